@@ -1,0 +1,124 @@
+"""The application factory every service uses.
+
+It assembles, in one place and in a fixed order, what each service needs around its own routes:
+request context (id, access log, metrics) → identity check → body limit → problem handlers → routes,
+plus ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` and the lifespan that owns the
+database pool, the outbound HTTP client and the service's own background tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from .health import Check, healthz, readyz_endpoint
+from .http import HttpClient
+from .identity import IdentityMiddleware, IdentityVerifier
+from .metrics import metrics_endpoint
+from .middleware import RequestContextMiddleware
+from .problems import EXCEPTION_HANDLERS, problem_response
+from .settings import ServiceSettings
+
+DEFAULT_MAX_BODY = 1 << 20
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+async def unavailable_handler(request: Request, exc: Exception) -> Response:
+    return problem_response(
+        503,
+        "Service Unavailable",
+        "A backing service is unreachable; retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
+def openapi_route(document: Mapping[str, Any]) -> Route:
+    body = json.dumps(document).encode()
+
+    async def openapi(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    routes: Sequence[BaseRoute],
+    *,
+    database: Database | None = None,
+    http: HttpClient | None = None,
+    checks: Mapping[str, Check] | None = None,
+    lifespan: Lifespan | None = None,
+    require_identity: bool = True,
+    open_paths: Sequence[str] = (),
+    max_body_size: int = DEFAULT_MAX_BODY,
+    openapi: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Starlette:
+    """Build a service app. ``state`` entries end up on ``app.state`` for handlers to use."""
+    all_checks: dict[str, Check] = {}
+    if database is not None:
+        all_checks["postgres"] = database.check
+    all_checks.update(checks or {})
+
+    operational: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        Route("/readyz", readyz_endpoint(all_checks), methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+    ]
+    if openapi is not None:
+        operational.append(openapi_route(openapi))
+
+    middleware = [Middleware(RequestContextMiddleware)]
+    if require_identity:
+        verifier = IdentityVerifier(settings.identity_keys, settings.identity_max_skew_seconds)
+        middleware.append(
+            Middleware(IdentityMiddleware, verifier=verifier, open_paths=(*OPEN_PATHS, *open_paths))
+        )
+
+    @contextlib.asynccontextmanager
+    async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
+        if database is not None:
+            database.start()
+        try:
+            if lifespan is not None:
+                async with lifespan(app):
+                    yield
+            else:
+                yield
+        finally:
+            if http is not None:
+                await http.close()
+            if database is not None:
+                await database.close()
+
+    handlers: dict[Any, Callable[[Request, Exception], Any]] = dict(EXCEPTION_HANDLERS)
+    handlers[DatabaseUnavailable] = unavailable_handler
+    for error in UNAVAILABLE_ERRORS:
+        handlers[error] = unavailable_handler
+
+    app = Starlette(
+        routes=[*operational, *routes],
+        middleware=middleware,
+        exception_handlers=handlers,
+        lifespan=app_lifespan,
+        max_body_size=max_body_size,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.http = http
+    for key, value in (state or {}).items():
+        setattr(app.state, key, value)
+    return app

@@ -1,0 +1,102 @@
+"""``python -m <service> [serve|migrate|<extra>]``: one entry point shape for every service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import uvicorn
+
+from .db import UNAVAILABLE_ERRORS
+from .logs import configure_logging
+from .migrations import MigrationError, migrate
+from .settings import DatabaseSettings, ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+Command = Callable[[S, list[str]], int]
+
+log = logging.getLogger("svckit.cli")
+
+
+def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
+    """Run uvicorn. SIGTERM stops accepting, waits for in-flight requests up to the bound, then
+    runs the lifespan shutdown that closes pools."""
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.bind_host,
+        port=settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        lifespan="on",
+    )
+    return 0
+
+
+async def migrate_with_wait(dsn: str, schema: str, directory: Path, wait_seconds: float) -> list[int]:
+    """A migration Job may start before Postgres is ready; wait for it instead of crash-looping."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return await migrate(dsn, schema, directory)
+        except UNAVAILABLE_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database not reachable yet, retrying migration", extra={"retry_in": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def run_cli(
+    *,
+    name: str,
+    settings_cls: type[S],
+    app_factory: str,
+    schema: str | None = None,
+    migrations: Path | None = None,
+    commands: Mapping[str, Command[S]] | None = None,
+    workers: Callable[[S], int] | None = None,
+    argv: Sequence[str] | None = None,
+) -> int:
+    extra = dict(commands or {})
+    choices = ["serve", *(["migrate"] if migrations else []), *extra]
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"The {name} service.")
+    parser.add_argument("command", nargs="?", default="serve", choices=choices)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
+    parsed = parser.parse_args(argv)
+
+    settings = load_settings(settings_cls)
+    configure_logging(name, settings.log_level)
+
+    if parsed.command == "serve":
+        return serve(app_factory, settings, workers(settings) if workers else 1)
+    if parsed.command == "migrate":
+        assert migrations is not None
+        assert schema is not None
+        if not isinstance(settings, DatabaseSettings):
+            raise TypeError("migrate needs DatabaseSettings")
+        try:
+            applied = asyncio.run(
+                migrate_with_wait(settings.database_url, schema, migrations, wait_seconds=60)
+            )
+        except MigrationError as exc:
+            print(f"migration refused: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except UNAVAILABLE_ERRORS as exc:
+            print(f"migration failed: database unreachable ({type(exc).__name__})", file=sys.stderr)
+            return 1
+        log.info("migrations complete", extra={"schema": schema, "applied": applied})
+        return 0
+    return extra[parsed.command](settings, list(parsed.args))

@@ -1,0 +1,286 @@
+"""The identity contract between the gateway and the services (and between services).
+
+Services never see the end-user JWT. The gateway verifies it once and forwards who the caller is as
+``X-Identity-*`` headers with an HMAC over the identity *and the request line*, keyed by a key id so
+keys can rotate (sign with the first of ``IDENTITY_KEYS``, accept all of them). Binding the method and
+path means a captured header set cannot be replayed against another route, and the timestamp bounds
+replay against the same one. Header names live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .context import new_request_id
+from .problems import problem_response
+
+PREFIX = "x-identity-"
+ISSUER = "x-identity-issuer"
+SUBJECT = "x-identity-subject"
+KIND = "x-identity-kind"
+CLIENT_ID = "x-identity-client-id"
+SCOPES = "x-identity-scopes"
+NAME = "x-identity-name"
+TIMESTAMP = "x-identity-timestamp"
+KEY_ID = "x-identity-key-id"
+SIGNATURE = "x-identity-signature"
+REQUEST_ID = "x-request-id"
+
+SIGNED_HEADERS = (ISSUER, SUBJECT, KIND, CLIENT_ID, SCOPES, NAME, TIMESTAMP, KEY_ID, SIGNATURE)
+SERVICE_ISSUER = "urn:timesheets:service"
+VERSION = "tsp-identity-v1"
+
+Kind = Literal["user", "client", "service"]
+KINDS: frozenset[str] = frozenset({"user", "client", "service"})
+
+failures = Counter(
+    "identity_verification_failures_total",
+    "Requests refused because their gateway-signed identity did not verify.",
+    ["reason"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: a user (via a user token), a client acting as itself, or a platform service."""
+
+    issuer: str
+    subject: str
+    kind: Kind = "user"
+    client_id: str = ""
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    name: str = ""
+
+    @property
+    def principal(self) -> tuple[str, str]:
+        """(issuer, subject): subjects are only unique within their issuer."""
+        return (self.issuer, self.subject)
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    @classmethod
+    def service(cls, name: str, scopes: Iterable[str] = ()) -> Identity:
+        return cls(SERVICE_ISSUER, name, "service", name, frozenset(scopes), name)
+
+
+class IdentityError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _clean(value: str, what: str) -> str:
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"{what} contains control characters")
+    return value
+
+
+def canonical(
+    *,
+    kid: str,
+    timestamp: str,
+    method: str,
+    target: str,
+    request_id: str,
+    identity: Identity,
+) -> bytes:
+    parts = (
+        VERSION,
+        kid,
+        timestamp,
+        method.upper(),
+        target,
+        request_id,
+        identity.issuer,
+        identity.subject,
+        identity.kind,
+        identity.client_id,
+        " ".join(sorted(identity.scopes)),
+        identity.name,
+    )
+    return "\n".join(parts).encode()
+
+
+def _mac(key: bytes, message: bytes) -> str:
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def request_target(path: str, query: str | bytes = b"") -> str:
+    """The signed request line part: raw path plus raw query, exactly as sent on the wire."""
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+class IdentitySigner:
+    """Produces identity headers; the gateway and service-to-service clients use it."""
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        if not keys:
+            raise ValueError("at least one identity key is required")
+        self.kid, self.key = next(iter(keys.items()))
+
+    def headers(
+        self,
+        identity: Identity,
+        *,
+        method: str,
+        target: str,
+        request_id: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, str]:
+        request_id = request_id or new_request_id()
+        timestamp = str(int(now if now is not None else time.time()))
+        for value, what in (
+            (identity.issuer, "issuer"),
+            (identity.subject, "subject"),
+            (identity.client_id, "client id"),
+            (identity.name, "name"),
+            (request_id, "request id"),
+        ):
+            _clean(value, what)
+        scopes = " ".join(sorted(identity.scopes))
+        message = canonical(
+            kid=self.kid,
+            timestamp=timestamp,
+            method=method,
+            target=target,
+            request_id=request_id,
+            identity=identity,
+        )
+        return {
+            ISSUER: identity.issuer,
+            SUBJECT: identity.subject,
+            KIND: identity.kind,
+            CLIENT_ID: identity.client_id,
+            SCOPES: scopes,
+            NAME: identity.name,
+            TIMESTAMP: timestamp,
+            KEY_ID: self.kid,
+            SIGNATURE: _mac(self.key, message),
+            REQUEST_ID: request_id,
+        }
+
+
+class IdentityVerifier:
+    """Checks identity headers against every configured key (current and previous)."""
+
+    def __init__(self, keys: Mapping[str, bytes], max_skew_seconds: int = 60) -> None:
+        self.keys = dict(keys)
+        self.max_skew = max_skew_seconds
+
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        *,
+        method: str,
+        target: str,
+        now: float | None = None,
+    ) -> Identity:
+        signature = headers.get(SIGNATURE)
+        if not signature:
+            raise IdentityError("missing", "The request carries no gateway-signed identity.")
+        kid = headers.get(KEY_ID, "")
+        key = self.keys.get(kid)
+        if key is None:
+            raise IdentityError("unknown_key", "The identity was signed with an unknown key id.")
+        timestamp = headers.get(TIMESTAMP, "")
+        if not timestamp.isdigit():
+            raise IdentityError("malformed", "The identity timestamp is missing or malformed.")
+        now = now if now is not None else time.time()
+        if abs(now - int(timestamp)) > self.max_skew:
+            raise IdentityError("stale", "The identity timestamp is outside the accepted window.")
+        kind = headers.get(KIND, "")
+        issuer, subject = headers.get(ISSUER, ""), headers.get(SUBJECT, "")
+        if kind not in KINDS or not issuer or not subject:
+            raise IdentityError("malformed", "The identity headers are incomplete.")
+        identity = Identity(
+            issuer=issuer,
+            subject=subject,
+            kind=kind,  # type: ignore[arg-type]
+            client_id=headers.get(CLIENT_ID, ""),
+            scopes=frozenset(headers.get(SCOPES, "").split()),
+            name=headers.get(NAME, ""),
+        )
+        message = canonical(
+            kid=kid,
+            timestamp=timestamp,
+            method=method,
+            target=target,
+            request_id=headers.get(REQUEST_ID, ""),
+            identity=identity,
+        )
+        if not hmac.compare_digest(_mac(key, message), signature):
+            raise IdentityError("bad_signature", "The identity signature does not verify.")
+        return identity
+
+
+class IdentityMiddleware:
+    """Refuses (401) every request without a verifying identity, except the open operational paths.
+
+    On success the identity is in ``scope["state"]["identity"]`` (``request.state.identity``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: IdentityVerifier,
+        open_paths: Iterable[str] = ("/healthz", "/readyz", "/metrics", "/openapi.json"),
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        target = request_target(
+            scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+            scope.get("query_string", b""),
+        )
+        try:
+            identity = self.verifier.verify(headers, method=scope["method"], target=target)
+        except IdentityError as exc:
+            failures.labels(exc.reason).inc()
+            response = problem_response(401, "Unauthorized", exc.detail, reason=exc.reason)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["identity"] = identity
+        await self.app(scope, receive, send)
+
+
+__all__ = [
+    "CLIENT_ID",
+    "ISSUER",
+    "KEY_ID",
+    "KIND",
+    "NAME",
+    "PREFIX",
+    "REQUEST_ID",
+    "SCOPES",
+    "SERVICE_ISSUER",
+    "SIGNATURE",
+    "SIGNED_HEADERS",
+    "SUBJECT",
+    "TIMESTAMP",
+    "Identity",
+    "IdentityError",
+    "IdentityMiddleware",
+    "IdentitySigner",
+    "IdentityVerifier",
+    "request_target",
+]

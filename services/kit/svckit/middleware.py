@@ -1,0 +1,75 @@
+"""The outermost middleware: request id, access log line, HTTP metrics.
+
+Written as raw ASGI (not ``BaseHTTPMiddleware``) so streaming bodies pass through untouched and
+the per-request overhead stays a few microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .context import is_valid_request_id, new_request_id, request_id_var
+from .metrics import UNMATCHED_ROUTE, observe
+
+access_log = logging.getLogger("access")
+
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        inbound = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                inbound = value.decode("latin-1")
+                break
+        request_id = inbound if inbound is not None and is_valid_request_id(inbound) else new_request_id()
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            observe(route, scope["method"], status, elapsed)
+            if scope["path"] not in QUIET_PATHS:
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    route,
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(token)

@@ -1,0 +1,148 @@
+"""RFC 9457 problem details: the one error shape every service answers with.
+
+Handlers for Starlette's HTTP errors, request-validation errors and unexpected exceptions live here,
+so a 404, 405, 413, 415, 422 or 500 looks the same everywhere and never carries a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .context import request_id_var
+
+PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger("svckit.problems")
+
+
+def problem_body(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    *,
+    type_: str = "about:blank",
+    **extensions: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extensions)
+    return body
+
+
+def problem_response(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    type_: str = "about:blank",
+    **extensions: Any,
+) -> Response:
+    body = problem_body(status, title, detail, type_=type_, **extensions)
+    return Response(
+        json.dumps(body, default=str).encode(),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=dict(headers or {}),
+    )
+
+
+class Problem(Exception):
+    """Raise anywhere in a handler to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str | None = None,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        type_: str = "about:blank",
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or title or str(status))
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.type_ = type_
+        self.extensions = extensions
+
+    def response(self) -> Response:
+        return problem_response(
+            self.status,
+            self.title,
+            self.detail,
+            headers=self.headers,
+            type_=self.type_,
+            **self.extensions,
+        )
+
+
+def field_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field": "entries.3.hours", "loc": [...], "message": ...}``."""
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [*prefix, *error["loc"]]
+        errors.append(
+            {
+                "field": ".".join(str(part) for part in loc),
+                "loc": loc,
+                "message": error["msg"].removeprefix("Value error, "),
+                "type": error["type"],
+            }
+        )
+    return errors
+
+
+def validation_problem(
+    errors: list[dict[str, Any]], detail: str = "The request has invalid fields."
+) -> Problem:
+    return Problem(422, "Unprocessable Content", detail, errors=errors)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    return problem_response(exc.status_code, None, detail, headers=exc.headers)
+
+
+async def problem_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
+async def validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return validation_problem(field_errors(exc)).response()
+
+
+async def unexpected_handler(request: Request, exc: Exception) -> Response:
+    """Log the failure with its traceback, answer without internals."""
+    log.error("unhandled error", exc_info=exc)
+    return problem_response(500, None, "An unexpected error occurred; it has been logged.")
+
+
+EXCEPTION_HANDLERS = {
+    HTTPException: http_exception_handler,
+    Problem: problem_handler,
+    ValidationError: validation_handler,
+    Exception: unexpected_handler,
+}
