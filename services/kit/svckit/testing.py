@@ -1,0 +1,300 @@
+"""Test fixtures and helpers shared by every service's tests (loaded from the root conftest).
+
+Tests never touch dev data: each session gets its own Postgres database (created on the server
+named by ``DATABASE_URL``, dropped afterwards) and its own Redis key prefix. Services under test run
+as real HTTP servers on loopback, either in-process (:func:`serve_app`) or as subprocesses started
+exactly as in production (:class:`ServiceProcess`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import uvicorn
+from starlette.types import ASGIApp
+
+from .identity import Identity, IdentitySigner, request_target
+from .migrations import migrate
+from .settings import parse_identity_keys
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def create_database(name: str) -> str:
+    admin = await asyncpg.connect(SERVER_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return with_database(SERVER_URL, name)
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(SERVER_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def new_identity_keys(*kids: str) -> str:
+    """An ``IDENTITY_KEYS`` value with fresh random secrets."""
+    return ",".join(f"{kid}:{secrets.token_urlsafe(32)}" for kid in (kids or ("test1",)))
+
+
+class Caller:
+    """Signs requests the way the gateway does, for tests that call a service directly."""
+
+    def __init__(self, identity_keys: str) -> None:
+        self.signer = IdentitySigner(parse_identity_keys(identity_keys))
+
+    def headers(self, identity: Identity, method: str, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        return self.signer.headers(identity, method=method, target=request_target(parts.path, parts.query))
+
+
+def user(
+    subject: str,
+    *scopes: str,
+    issuer: str = "http://localhost:9000/",
+    client_id: str = "timesheets-spa",
+    name: str = "",
+) -> Identity:
+    return Identity(issuer, subject, "user", client_id, frozenset(scopes), name or subject)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class ServiceProcess:
+    """A service started as ``python -m <package>`` with the given environment."""
+
+    def __init__(
+        self,
+        package: str,
+        env: Mapping[str, str],
+        *,
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.package = package
+        self.port = port or free_port()
+        self.env = {**os.environ, **env, "PORT": str(self.port), "BIND_HOST": "127.0.0.1"}
+        self.args = args
+        self.log_path = (log_dir or Path(tempfile.gettempdir())) / (
+            f"{package}-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_path: str = "/healthz", timeout: float = 30.0) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.package, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.package} exited early:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + wait_path, timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.package} did not answer {wait_path} in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.close()
+            return
+        self._links.update({client_w, server_w})
+        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+        self._links.difference_update({client_w, server_w})
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Stop listening and drop every open connection, as if the backend died."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    def url_for(self, url: str) -> str:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        auth = netloc[0] + "@" if len(netloc) == 2 else ""
+        return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{self.port}", parts.path, parts.query, ""))
+
+
+# ---- pytest fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def test_run_id() -> str:
+    return f"{os.getpid()}_{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="session")
+async def database_url(test_run_id: str) -> AsyncIterator[str]:
+    """A fresh database for this test session, on the server ``DATABASE_URL`` points at."""
+    name = f"tsp_test_{test_run_id}"
+    url = await create_database(name)
+    yield url
+    await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+async def redis_prefix(test_run_id: str, redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this session's own; its keys are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    prefix = f"tsp-test:{test_run_id}:"
+    yield prefix
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    except OSError:
+        pass
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def identity_keys() -> str:
+    return new_identity_keys("test1", "test0")
+
+
+@pytest.fixture(scope="session")
+def caller(identity_keys: str) -> Caller:
+    return Caller(identity_keys)
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url: str, redis_url: str, redis_prefix: str, identity_keys: str) -> dict[str, str]:
+    """Environment for a service under test: the test database, the test Redis prefix, test keys."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "IDENTITY_KEYS": identity_keys,
+        "LOG_LEVEL": "INFO",
+    }
+
+
+async def migrate_schema(database_url: str, schema: str, package_dir: Path) -> list[int]:
+    return await migrate(database_url, schema, package_dir / "migrations")
