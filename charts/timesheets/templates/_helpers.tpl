@@ -1,0 +1,274 @@
+{{/*
+Shared helpers. Every application component (gateway, identity, timesheets, approvals, audit) is
+rendered by the same templates from its own block of values, so a rule (probes, security context,
+labels) is written once and holds for every service.
+*/}}
+
+{{- define "timesheets.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "timesheets.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: <fullname>-<component>, at most 63 characters. */}}
+{{- define "timesheets.componentName" -}}
+{{- printf "%s-%s" (include "timesheets.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "timesheets.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every object carries. Call with the root context. */}}
+{{- define "timesheets.labels" -}}
+helm.sh/chart: {{ include "timesheets.chart" . }}
+app.kubernetes.io/name: {{ include "timesheets.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: timesheets
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component's objects. Call with (dict "root" $ "component" "gateway"). */}}
+{{- define "timesheets.componentLabels" -}}
+{{ include "timesheets.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Selector labels of one component: stable across upgrades, never add to these. */}}
+{{- define "timesheets.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "timesheets.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "timesheets.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The application components this release runs, in migration order. identity is left out when an
+external authorization server (Auth0) is used.
+*/}}
+{{- define "timesheets.components" -}}
+{{- $c := list -}}
+{{- if .Values.identity.enabled }}{{ $c = append $c "identity" }}{{ end -}}
+{{- $c = concat $c (list "gateway" "timesheets" "approvals" "audit") -}}
+{{- join " " $c -}}
+{{- end -}}
+
+{{/* Components that own a PostgreSQL schema, i.e. that the migration Job migrates, in order. */}}
+{{- define "timesheets.migratedComponents" -}}
+{{- $c := list -}}
+{{- if .Values.identity.enabled }}{{ $c = append $c "identity" }}{{ end -}}
+{{- $c = concat $c (list "timesheets" "approvals" "audit") -}}
+{{- join " " $c -}}
+{{- end -}}
+
+{{/* The fixed port of each component (docs/CONTRACTS.md). */}}
+{{- define "timesheets.port" -}}
+{{- $ports := dict "gateway" 8080 "identity" 9000 "timesheets" 8101 "approvals" 8102 "audit" 8103 -}}
+{{- get $ports .component -}}
+{{- end -}}
+
+{{/* In-cluster base URL of a component. */}}
+{{- define "timesheets.url" -}}
+{{- printf "http://%s:%s" (include "timesheets.componentName" .) (include "timesheets.port" .) -}}
+{{- end -}}
+
+{{/*
+Image reference of a component: registry/repository, then @digest when set, else :tag
+(defaulting to the chart's appVersion). "latest" is refused so that a rollout is reproducible.
+*/}}
+{{- define "timesheets.image" -}}
+{{- $img := .image -}}
+{{- $registry := default .root.Values.image.registry .root.Values.global.imageRegistry -}}
+{{- $tag := toString (default .root.Chart.AppVersion $img.tag) -}}
+{{- if eq $tag "latest" -}}
+{{- fail (printf "%s: image tag 'latest' is not allowed; pin a version or a digest" .what) -}}
+{{- end -}}
+{{- $repo := $img.repository -}}
+{{- if $registry }}{{ $repo = printf "%s/%s" $registry $img.repository }}{{ end -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "timesheets.imagePullSecrets" -}}
+{{- $secrets := concat (default list .Values.global.imagePullSecrets) (default list .Values.image.pullSecrets) -}}
+{{- if $secrets }}
+imagePullSecrets:
+{{- range $secrets }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Name of the Secret the chart generates (kept across upgrades). */}}
+{{- define "timesheets.generatedSecretName" -}}
+{{- printf "%s-generated" (include "timesheets.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Secret that holds IDENTITY_KEYS and the identity provider's secrets. */}}
+{{- define "timesheets.appSecretName" -}}
+{{- default (include "timesheets.generatedSecretName" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/* True when the chart must generate a Secret (something is not provided by reference). */}}
+{{- define "timesheets.needsGeneratedSecret" -}}
+{{- if or (not .Values.secrets.existingSecret) .Values.postgresql.enabled .Values.redis.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Where DATABASE_URL comes from: a (name, key) pair, or a clear failure. */}}
+{{- define "timesheets.databaseSecretRef" -}}
+{{- if .Values.postgresql.enabled -}}
+name: {{ include "timesheets.generatedSecretName" . }}
+key: database-url
+{{- else if .Values.externalDatabase.existingSecret -}}
+name: {{ .Values.externalDatabase.existingSecret }}
+key: {{ .Values.externalDatabase.existingSecretUrlKey }}
+{{- else -}}
+{{- fail "no database: set postgresql.enabled=true (demo) or externalDatabase.existingSecret (a Secret holding DATABASE_URL)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where REDIS_URL comes from, or nothing (Redis holds only losable state: services run colder without it). */}}
+{{- define "timesheets.redisSecretRef" -}}
+{{- if .Values.redis.enabled -}}
+name: {{ include "timesheets.generatedSecretName" . }}
+key: redis-url
+{{- else if .Values.externalRedis.existingSecret -}}
+name: {{ .Values.externalRedis.existingSecret }}
+key: {{ .Values.externalRedis.existingSecretUrlKey }}
+{{- end -}}
+{{- end -}}
+
+{{/* OIDC issuers: the first one is the bundled identity provider's own issuer when it is enabled. */}}
+{{- define "timesheets.oidcIssuers" -}}
+{{- if not .Values.oidc.issuers -}}
+{{- fail "oidc.issuers must name at least one issuer URL (the bundled identity service's public URL, or e.g. https://abc.eu.auth0.com/)" -}}
+{{- end -}}
+{{- join "," .Values.oidc.issuers -}}
+{{- end -}}
+
+{{/*
+Environment of one component. Call with (dict "root" $ "component" "gateway").
+Names and meanings: docs/CONTRACTS.md and each service's settings module.
+*/}}
+{{- define "timesheets.env" -}}
+{{- $root := .root -}}
+{{- $c := .component -}}
+{{- $values := get $root.Values $c -}}
+{{- $usesDb := has $c (splitList " " (include "timesheets.migratedComponents" $root)) -}}
+{{- $usesRedis := has $c (list "gateway" "identity") -}}
+- name: BIND_HOST
+  value: "0.0.0.0"
+- name: PORT
+  value: {{ include "timesheets.port" . | quote }}
+- name: LOG_LEVEL
+  value: {{ default $root.Values.config.logLevel $values.logLevel | quote }}
+- name: SHUTDOWN_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.shutdownTimeoutSeconds | quote }}
+- name: IDENTITY_MAX_SKEW_SECONDS
+  value: {{ $root.Values.config.identityMaxSkewSeconds | quote }}
+- name: IDENTITY_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: identity-keys
+- name: TIMESHEETS_URL
+  value: {{ include "timesheets.url" (dict "root" $root "component" "timesheets") | quote }}
+- name: APPROVALS_URL
+  value: {{ include "timesheets.url" (dict "root" $root "component" "approvals") | quote }}
+- name: AUDIT_URL
+  value: {{ include "timesheets.url" (dict "root" $root "component" "audit") | quote }}
+- name: OIDC_AUDIENCE
+  value: {{ $root.Values.oidc.audience | quote }}
+{{- if $usesDb }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+{{ include "timesheets.databaseSecretRef" $root | indent 6 }}
+- name: DB_POOL_MIN
+  value: {{ $root.Values.config.dbPoolMin | quote }}
+- name: DB_POOL_MAX
+  value: {{ $root.Values.config.dbPoolMax | quote }}
+{{- end }}
+{{- if $usesRedis }}
+{{- $redisRef := include "timesheets.redisSecretRef" $root }}
+{{- if $redisRef }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+{{ $redisRef | indent 6 }}
+{{- end }}
+- name: REDIS_KEY_PREFIX
+  value: {{ $root.Values.config.redisKeyPrefix | quote }}
+{{- end }}
+{{- if eq $c "gateway" }}
+- name: OIDC_ISSUER
+  value: {{ include "timesheets.oidcIssuers" $root | quote }}
+- name: GATEWAY_WORKERS
+  value: {{ $values.workers | quote }}
+{{- with $values.corsOrigins }}
+- name: CORS_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+{{- if eq $c "identity" }}
+- name: OIDC_ISSUER
+  value: {{ first $root.Values.oidc.issuers | quote }}
+- name: IDENTITY_KEY_ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: identity-key-encryption-key
+- name: IDENTITY_SESSION_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: identity-session-secret
+- name: BATCH_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: batch-client-secret
+{{- end }}
+{{- range $name, $value := $values.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, pod level. */}}
+{{- define "timesheets.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, container level. */}}
+{{- define "timesheets.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext }}
+{{- end -}}
