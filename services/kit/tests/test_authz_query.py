@@ -1,0 +1,91 @@
+"""Scope/service requirements and query-string validation, over real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from svckit.app import create_service_app
+from svckit.authz import requires_scope, requires_service
+from svckit.identity import Identity
+from svckit.query import parse_query
+from svckit.settings import ServiceSettings, load_settings
+from svckit.testing import Caller, serve_app, user
+
+
+class Listing(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    limit: int = Field(default=50, ge=1, le=100)
+    from_: dt.date | None = Field(default=None, alias="from")
+
+
+@requires_scope("read:things")
+async def list_things(request: Request) -> Response:
+    query = parse_query(request, Listing)
+    return JSONResponse({"limit": query.limit, "from": str(query.from_)})
+
+
+@requires_service("approvals")
+async def internal(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+@pytest.fixture(scope="module")
+async def base_url(identity_keys: str) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    routes = [Route("/things", list_things), Route("/internal/x", internal)]
+    async with serve_app(create_service_app(settings, routes)) as url:
+        yield url
+
+
+async def get(caller: Caller, identity: Identity, url: str) -> tuple[int, Any]:
+    headers = caller.headers(identity, "GET", url)
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+def test_requirements_are_readable_from_the_endpoint() -> None:
+    assert list_things.required_scope == "read:things"  # type: ignore[attr-defined]
+    assert internal.required_service == frozenset({"approvals"})  # type: ignore[attr-defined]
+
+
+async def test_scope_missing_is_403_naming_it(base_url: str, caller: Caller) -> None:
+    status, body = await get(caller, user("alice", "read:other"), f"{base_url}/things")
+    assert status == 403
+    assert body["required_scope"] == "read:things"
+    status, body = await get(
+        caller, user("alice", "read:things"), f"{base_url}/things?limit=5&from=2026-01-02"
+    )
+    assert (status, body) == (200, {"limit": 5, "from": "2026-01-02"})
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("from=yesterday", "from"),
+        ("stauts=x", "stauts"),
+        ("limit=1&limit=2", "limit"),
+    ],
+)
+async def test_bad_query_names_the_parameter(base_url: str, caller: Caller, query: str, field: str) -> None:
+    status, body = await get(caller, user("alice", "read:things"), f"{base_url}/things?{query}")
+    assert status == 422
+    assert [error["field"] for error in body["errors"]] == [field]
+    assert body["errors"][0]["loc"][0] == "query"
+
+
+async def test_internal_route_only_for_named_services(base_url: str, caller: Caller) -> None:
+    url = f"{base_url}/internal/x"
+    assert (await get(caller, user("alice", "read:things"), url))[0] == 403
+    assert (await get(caller, Identity.service("audit"), url))[0] == 403
+    assert (await get(caller, Identity.service("approvals"), url)) == (200, {"ok": True})
