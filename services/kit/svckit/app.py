@@ -25,7 +25,7 @@ from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
 from .metrics import metrics_endpoint
-from .middleware import RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .settings import ServiceSettings
 
@@ -81,7 +81,10 @@ def create_service_app(
     if openapi is not None:
         operational.append(openapi_route(openapi))
 
-    middleware = [Middleware(RequestContextMiddleware)]
+    middleware = [
+        Middleware(RequestContextMiddleware),
+        Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
+    ]
     if require_identity:
         verifier = IdentityVerifier(settings.identity_keys, settings.identity_max_skew_seconds)
         middleware.append(
@@ -114,7 +117,6 @@ def create_service_app(
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=app_lifespan,
-        max_body_size=max_body_size,
     )
     app.state.settings = settings
     app.state.database = database

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
 from .metrics import UNMATCHED_ROUTE, observe
+from .problems import Problem, problem_response
 
 access_log = logging.getLogger("access")
 
@@ -73,3 +75,40 @@ class RequestContextMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 as a problem document: up front from ``Content-Length``, or while a chunked body streams in."""
+
+    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+        self.app = app
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if not value.isdigit() or int(value) > self.max_body_size:
+                    await self._too_large()(scope, receive, send)
+                    return
+                break
+        total = 0
+
+        async def limited_receive() -> Message:
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.max_body_size:
+                    raise Problem(413, "Content Too Large", self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"The request body is larger than {self.max_body_size} bytes."
+
+    def _too_large(self) -> Response:
+        return problem_response(413, "Content Too Large", self._detail())

@@ -1,0 +1,138 @@
+"""The app factory over real HTTP: problem documents, identity refusal, metrics, request ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from svckit.app import create_service_app
+from svckit.body import parse_body
+from svckit.settings import ServiceSettings, load_settings
+from svckit.testing import Caller, serve_app, user
+
+
+class Entry(BaseModel):
+    project: str = Field(min_length=1, max_length=100)
+    hours: float = Field(gt=0, le=24)
+
+
+async def create(request: Request) -> Response:
+    entry = await parse_body(request, Entry)
+    return JSONResponse(entry.model_dump(), status_code=201)
+
+
+async def show(request: Request) -> Response:
+    identity = request.state.identity
+    return JSONResponse({"id": request.path_params["id"], "subject": identity.subject})
+
+
+async def crash(request: Request) -> Response:
+    raise RuntimeError("internal detail: password=hunter2")
+
+
+@pytest.fixture(scope="module")
+async def base_url(identity_keys: str) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    routes = [
+        Route("/things", create, methods=["POST"]),
+        Route("/things/{id}", show, methods=["GET"]),
+        Route("/crash", crash, methods=["GET"]),
+    ]
+    app = create_service_app(settings, routes, max_body_size=1024, openapi={"openapi": "3.1.0"})
+    async with serve_app(app) as url:
+        yield url
+
+
+async def call(
+    caller: Caller, method: str, url: str, *, signed: bool = True, **kwargs: object
+) -> tuple[int, dict[str, str], dict[str, object]]:
+    headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+    if signed:
+        headers.update(caller.headers(user("alice", "read:timesheets"), method, url))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            url,
+            headers=headers,
+            **kwargs,  # type: ignore[arg-type]
+        ) as response,
+    ):
+        body = await response.json(content_type=None)
+        return response.status, response.headers.copy(), body  # type: ignore[return-value]
+
+
+async def test_signed_request_reaches_handler(base_url: str, caller: Caller) -> None:
+    status, headers, body = await call(caller, "GET", f"{base_url}/things/42")
+    assert status == 200
+    assert body == {"id": "42", "subject": "alice"}
+    assert len(headers["x-request-id"]) >= 8
+
+
+async def test_unsigned_request_refused(base_url: str, caller: Caller) -> None:
+    status, headers, body = await call(caller, "GET", f"{base_url}/things/42", signed=False)
+    assert status == 401
+    assert headers["content-type"] == "application/problem+json"
+    assert body["reason"] == "missing"
+
+
+async def test_request_id_kept_when_well_formed(base_url: str, caller: Caller) -> None:
+    url = f"{base_url}/things/1"
+    headers = caller.headers(user("alice"), "GET", url)
+    headers["x-request-id"] = "trace-abcdef123"
+    signer_headers = caller.signer.headers(
+        user("alice"), method="GET", target="/things/1", request_id="trace-abcdef123"
+    )
+    async with aiohttp.ClientSession() as session, session.get(url, headers=signer_headers) as response:
+        assert response.headers["x-request-id"] == "trace-abcdef123"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/nowhere", {}, 404),
+        ("DELETE", "/things/1", {}, 405),
+        ("POST", "/things", {"data": b"x" * 5000, "headers": {"content-type": "application/json"}}, 413),
+        ("POST", "/things", {"data": b"project=x", "headers": {"content-type": "text/plain"}}, 415),
+        ("POST", "/things", {"data": b"{not json", "headers": {"content-type": "application/json"}}, 400),
+        ("POST", "/things", {"json": {"project": "", "hours": 30}}, 422),
+        ("GET", "/crash", {}, 500),
+    ],
+)
+async def test_errors_are_problem_documents(
+    base_url: str, caller: Caller, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    got, headers, body = await call(caller, method, base_url + path, **kwargs)
+    assert got == status
+    assert headers["content-type"] == "application/problem+json"
+    assert body["status"] == status
+    assert "title" in body
+    text = str(body)
+    assert "Traceback" not in text
+    assert "hunter2" not in text
+    if status == 422:
+        fields = {error["field"] for error in body["errors"]}  # type: ignore[attr-defined]
+        assert fields == {"project", "hours"}
+
+
+async def test_metrics_use_route_templates(base_url: str, caller: Caller) -> None:
+    await call(caller, "GET", f"{base_url}/things/777")
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as response:
+        text = await response.text()
+    assert 'route="/things/{id}"' in text
+    assert "/things/777" not in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert "process_cpu_seconds_total" in text
+
+
+async def test_operational_paths_are_open(base_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            async with session.get(base_url + path) as response:
+                assert response.status == 200, path
