@@ -1,0 +1,527 @@
+"""Transactional outbox: a state change and its audit event commit together, a relay delivers later.
+
+A writer service inserts the audit event into its own ``outbox`` table *in the same transaction* as
+the change it describes (:func:`enqueue`), so either both are committed or neither is. An
+:class:`OutboxRelay` running in every replica of that service then POSTs pending events in batches to
+the audit service's ``POST /internal/events`` as the service principal, and deletes them once the
+audit service answers 200. Delivery is at-least-once (a crash between the POST and the DELETE
+re-sends the batch); the audit service ingests idempotently by event id, so the effect is
+exactly-once.
+
+How the relay behaves:
+
+- Batches are claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction that stays open until the
+  audit service answered, so several replicas relay the same table without sending a row twice.
+- ``enqueue`` sends ``NOTIFY outbox_<schema>`` (delivered by Postgres at commit); the relay LISTENs on
+  a dedicated connection and wakes at once. Polling every ``poll_interval`` seconds covers a lost
+  LISTEN connection and rows whose retry time came.
+- A failed delivery (audit unreachable, 5xx, 401, timeout) records ``attempts``/``last_error`` on the
+  rows, pushes their ``next_attempt_at`` out by capped exponential backoff with full jitter, and the
+  relay itself backs off the same way, so a down audit service is not hammered. A batch refused as
+  malformed (400/413/422) is split and re-sent event by event, so one poison event waits alone
+  (visible in ``outbox_oldest_event_age_seconds``) instead of blocking everything behind it.
+  Nothing is ever dropped.
+
+Metrics (label ``service`` = the relay's ``source``): ``outbox_pending_events``,
+``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``.
+
+The table, created by each writer service's own migration in its own schema (copy this DDL
+verbatim into ``migrations/NNNN_outbox.sql``; it is also :data:`OUTBOX_DDL`)::
+
+    CREATE TABLE outbox (
+        position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id              uuid NOT NULL UNIQUE,
+        occurred_at     timestamptz NOT NULL,
+        payload         jsonb NOT NULL,
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL DEFAULT now(),
+        last_error      text
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, position);
+
+Usage in a writer service::
+
+    async with database.transaction() as conn:
+        row = await conn.fetchrow("INSERT INTO entries ... RETURNING id")
+        await enqueue(conn, AuditEvent.create(
+            action="timesheet.created", resource_type="timesheet", resource_id=str(row["id"]),
+            outcome="success", actor=identity, details={"project": ...}, source="timesheets"))
+
+    relay = OutboxRelay(database, "timesheets", "timesheets", SignedClient(http, AUDIT_URL, signer))
+    relay.start()   # in the lifespan, after database.start()
+    ...
+    await relay.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+from prometheus_client import Counter, Gauge
+
+from .context import current_request_id
+from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
+from .http import SignedClient
+from .identity import Identity
+
+log = logging.getLogger("svckit.outbox")
+
+OUTBOX_DDL = """\
+CREATE TABLE outbox (
+    position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              uuid NOT NULL UNIQUE,
+    occurred_at     timestamptz NOT NULL,
+    payload         jsonb NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at, position);
+"""
+
+INGEST_PATH = "/internal/events"
+MAX_BATCH = 500  # the audit service's limit per request
+OUTCOMES = frozenset({"success", "denied", "failure"})
+# A batch the audit service refuses as malformed is split; other failures are retried as a whole.
+SPLIT_STATUSES = frozenset({400, 413, 422})
+
+# The database being away is an expected condition the relay waits out, not a bug to log loudly.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    asyncpg.PostgresError,
+    *UNAVAILABLE_ERRORS,
+)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
+
+pending_events = Gauge(
+    "outbox_pending_events",
+    "Audit events committed to this service's outbox and not yet acknowledged by the audit service.",
+    ["service"],
+    multiprocess_mode="max",
+)
+oldest_event_age = Gauge(
+    "outbox_oldest_event_age_seconds",
+    "Age of the oldest undelivered outbox event (0 when the outbox is empty).",
+    ["service"],
+    multiprocess_mode="max",
+)
+delivered_total = Counter(
+    "outbox_delivered_total",
+    "Outbox events acknowledged by the audit service (accepted or recognised as duplicates).",
+    ["service"],
+)
+delivery_failures_total = Counter(
+    "outbox_delivery_failures_total",
+    "Failed delivery attempts of outbox batches (each failed POST counts once).",
+    ["service"],
+)
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one schema's outbox."""
+    return f"outbox_{schema}"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it, as recorded in the audit trail (a snapshot of the caller's :class:`Identity`)."""
+
+    issuer: str
+    subject: str
+    kind: str
+    client_id: str = ""
+    name: str = ""
+
+    @classmethod
+    def of(cls, identity: Identity) -> Actor:
+        return cls(identity.issuer, identity.subject, identity.kind, identity.client_id, identity.name)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "kind": self.kind,
+            "client_id": self.client_id,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit event in the wire shape of ``POST /internal/events`` (see :meth:`to_json`)."""
+
+    id: uuid.UUID
+    occurred_at: datetime
+    source: str
+    actor: Actor
+    action: str
+    resource_type: str
+    resource_id: str
+    outcome: str
+    request_id: str | None
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        outcome: str,
+        actor: Identity,
+        source: str,
+        details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+        event_id: uuid.UUID | None = None,
+    ) -> AuditEvent:
+        """A new event: a fresh id, now (UTC), and the current request's id unless given."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+        if occurred_at is not None and occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return cls(
+            id=event_id or uuid.uuid4(),
+            occurred_at=occurred_at or datetime.now(UTC),
+            source=source,
+            actor=Actor.of(actor),
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            outcome=outcome,
+            request_id=request_id if request_id is not None else current_request_id(),
+            details=dict(details or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "occurred_at": self.occurred_at.isoformat(),
+            "source": self.source,
+            "actor": self.actor.to_json(),
+            "action": self.action,
+            "resource": {"type": self.resource_type, "id": self.resource_id},
+            "outcome": self.outcome,
+            "request_id": self.request_id,
+            "details": dict(self.details),
+        }
+
+
+_ENQUEUE = """
+WITH added AS (
+    INSERT INTO outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb) RETURNING 1
+)
+SELECT pg_notify('outbox_' || current_schema(), '') FROM added
+"""
+
+
+async def enqueue(conn: Connection | asyncpg.Connection, event: AuditEvent) -> None:
+    """Add ``event`` to the outbox of the connection's schema, inside the caller's transaction.
+
+    The connection's ``search_path`` must start with the writer's schema (``Database(schema=…)``
+    does that). The NOTIFY that wakes the relays is only delivered if the transaction commits.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("enqueue must run inside the transaction of the change it describes")
+    payload = json.dumps(event.to_json(), default=str, ensure_ascii=False)
+    await conn.execute(_ENQUEUE, event.id, event.occurred_at, payload)
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    position: int
+    attempts: int
+    payload: dict[str, Any]
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Capped exponential backoff with full jitter (attempt 1 → up to ``base``, doubling to ``cap``)."""
+    ceiling = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class OutboxRelay:
+    """Delivers one schema's outbox to the audit service; run one per replica (see module docstring)."""
+
+    def __init__(
+        self,
+        database: Database,
+        schema: str,
+        source: str,
+        audit: SignedClient,
+        *,
+        batch_size: int = 200,
+        poll_interval: float = 2.0,
+        base_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        request_timeout: float = 10.0,
+        metrics_interval: float = 5.0,
+    ) -> None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema {schema!r} is not a plain lower-case identifier")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be within 1..{MAX_BATCH}")
+        self.database = database
+        self.schema = schema
+        self.source = source
+        self.audit = audit
+        self.identity = Identity.service(source)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.request_timeout = request_timeout
+        self.metrics_interval = metrics_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._failures_in_row = 0
+        self._metrics_due = 0.0
+        self._delivered = delivered_total.labels(source)
+        self._failed = delivery_failures_total.labels(source)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start relaying in the background; returns at once (the database may not be up yet)."""
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.schema}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Let a delivery in flight finish (bounded by ``timeout``), then stop and close the listener."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        await self._close_listener()
+
+    def wake(self) -> None:
+        """Deliver now instead of at the next poll (tests and callers that just enqueued may use it)."""
+        self._wake.set()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._ensure_listener()
+                progressed = await self.deliver_due()
+                await self._maybe_update_metrics()
+                if progressed:
+                    continue  # more may be waiting: drain before sleeping
+                delay = self.poll_interval
+            except DeliveryError as exc:
+                self._failures_in_row += 1
+                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
+                log.warning(
+                    "outbox delivery failed, backing off",
+                    extra={"service": self.source, "error": str(exc), "retry_in": round(delay, 2)},
+                )
+                await self._maybe_update_metrics()
+            except DB_ERRORS as exc:
+                self._failures_in_row += 1
+                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
+                log.warning(
+                    "outbox relay cannot reach its database, retrying",
+                    extra={"service": self.source, "error": type(exc).__name__, "retry_in": round(delay, 2)},
+                )
+            except Exception:
+                self._failures_in_row += 1
+                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
+                log.exception("outbox relay error", extra={"service": self.source})
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+        self._wake.clear()
+
+    async def deliver_due(self) -> bool:
+        """Deliver one batch of due events. True when a batch was delivered (more may be due).
+
+        Raises :class:`DeliveryError` when the audit service did not take the batch (after recording
+        the attempt on the rows).
+        """
+        failure: DeliveryError | None = None
+        acknowledged = 0
+        async with self.database.transaction() as conn:
+            rows = await conn.fetch(
+                f"""SELECT position, attempts, payload::text AS payload
+                    FROM {self.schema}.outbox
+                    WHERE next_attempt_at <= now()
+                    ORDER BY position
+                    LIMIT $1
+                    FOR UPDATE SKIP LOCKED""",
+                self.batch_size,
+            )
+            if not rows:
+                return False
+            batch = [_Row(r["position"], r["attempts"], json.loads(r["payload"])) for r in rows]
+            try:
+                await self._post(batch)
+                await self._acknowledge(conn, batch)
+                acknowledged = len(batch)
+            except DeliveryError as exc:
+                if exc.status in SPLIT_STATUSES and len(batch) > 1:
+                    acknowledged = await self._deliver_one_by_one(conn, batch)
+                    if acknowledged == 0:
+                        failure = exc
+                else:
+                    await self._record_failure(conn, batch, exc)
+                    failure = exc
+        self._delivered.inc(acknowledged)
+        # Raised only after the transaction committed the attempt counts and retry times.
+        if failure is not None:
+            raise failure
+        self._failures_in_row = 0
+        return True
+
+    async def _deliver_one_by_one(self, conn: Connection, batch: Sequence[_Row]) -> int:
+        """Isolate malformed events: deliver each alone, record failures on the ones refused."""
+        delivered = 0
+        for row in batch:
+            try:
+                await self._post([row])
+            except DeliveryError as exc:
+                await self._record_failure(conn, [row], exc)
+                if exc.status not in SPLIT_STATUSES:
+                    break  # the audit service itself is failing now; keep the rest for later
+                log.error(
+                    "audit service refused an outbox event; it stays in the outbox",
+                    extra={"service": self.source, "event_id": row.payload.get("id"), "status": exc.status},
+                )
+                continue
+            await self._acknowledge(conn, [row])
+            delivered += 1
+        return delivered
+
+    async def _post(self, batch: Sequence[_Row]) -> None:
+        body = {"events": [row.payload for row in batch]}
+        try:
+            async with self.audit.request(
+                "POST", INGEST_PATH, self.identity, json=body, timeout=self.request_timeout
+            ) as response:
+                if response.status == 200:
+                    await response.read()
+                    return
+                text = (await response.text())[:300]
+                self._failed.inc()
+                raise DeliveryError(f"audit service answered {response.status}: {text}", response.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._failed.inc()
+            raise DeliveryError(f"audit service unreachable: {type(exc).__name__}") from exc
+
+    async def _acknowledge(self, conn: Connection, batch: Sequence[_Row]) -> None:
+        await conn.execute(
+            f"DELETE FROM {self.schema}.outbox WHERE position = ANY($1::bigint[])",
+            [row.position for row in batch],
+        )
+
+    async def _record_failure(self, conn: Connection, batch: Sequence[_Row], exc: DeliveryError) -> None:
+        attempts = max(row.attempts for row in batch) + 1
+        delay = backoff_delay(attempts, self.base_backoff, self.max_backoff)
+        await conn.execute(
+            f"""UPDATE {self.schema}.outbox
+                SET attempts = attempts + 1,
+                    next_attempt_at = now() + make_interval(secs => $2),
+                    last_error = $3
+                WHERE position = ANY($1::bigint[])""",
+            [row.position for row in batch],
+            delay,
+            str(exc)[:500],
+        )
+
+    # ---- metrics -------------------------------------------------------------------------------
+
+    async def update_metrics(self) -> None:
+        """Refresh the backlog gauges from the table (shared by all replicas, so any one is right)."""
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(
+                f"""SELECT count(*) AS pending,
+                           COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at)), 0) AS age
+                    FROM {self.schema}.outbox"""
+            )
+        assert row is not None
+        pending_events.labels(self.source).set(row["pending"])
+        oldest_event_age.labels(self.source).set(max(0.0, float(row["age"])))
+
+    async def _maybe_update_metrics(self) -> None:
+        now = time.monotonic()
+        if now < self._metrics_due:
+            return
+        self._metrics_due = now + self.metrics_interval
+        with contextlib.suppress(*DB_ERRORS):
+            await self.update_metrics()
+
+    # ---- LISTEN --------------------------------------------------------------------------------
+
+    async def _ensure_listener(self) -> None:
+        """Keep a dedicated LISTEN connection; without one the relay still works by polling."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = None
+        try:
+            conn = await asyncpg.connect(
+                self.database.dsn,
+                timeout=self.database.connect_timeout,
+                server_settings={"application_name": f"{self.database.application_name}-outbox"},
+            )
+        except DB_ERRORS as exc:
+            log.info("outbox LISTEN connection unavailable; polling", extra={"error": type(exc).__name__})
+            return
+        await conn.add_listener(notify_channel(self.schema), self._on_notify)
+        self._listener = conn
+
+    def _on_notify(self, *args: object) -> None:
+        self._wake.set()
+
+    async def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await asyncio.wait_for(listener.close(), 2.0)
+            except DB_ERRORS:
+                listener.terminate()
+
+
+__all__ = [
+    "INGEST_PATH",
+    "MAX_BATCH",
+    "OUTBOX_DDL",
+    "Actor",
+    "AuditEvent",
+    "DeliveryError",
+    "OutboxRelay",
+    "backoff_delay",
+    "enqueue",
+    "notify_channel",
+]

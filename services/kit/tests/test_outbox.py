@@ -1,0 +1,415 @@
+"""The outbox and its relay against real Postgres and a real HTTP receiver on loopback.
+
+The receiver is a small service built with the kit's own app factory, so it verifies the signed
+service identity exactly as the audit service does, and it can be told to refuse or to be absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from svckit.app import create_service_app
+from svckit.context import request_id_var
+from svckit.db import Database
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import Identity, IdentitySigner
+from svckit.outbox import (
+    OUTBOX_DDL,
+    AuditEvent,
+    OutboxRelay,
+    backoff_delay,
+    enqueue,
+)
+from svckit.settings import ServiceSettings, load_settings, parse_identity_keys
+from svckit.testing import free_port, serve_app, user
+
+ALICE = user("alice", "create:timesheets", name="Alice")
+
+
+@dataclass
+class Receiver:
+    """What the fake-free receiver saw, and how it should answer."""
+
+    received: list[str] = field(default_factory=list)
+    callers: set[tuple[str, str]] = field(default_factory=set)
+    status: int = 200
+    refuse_poison: bool = False
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.received)
+
+
+def receiver_app(identity_keys: str, state: Receiver) -> Starlette:
+    async def ingest(request: Request) -> Response:
+        identity: Identity = request.state.identity
+        if identity.kind != "service":
+            return JSONResponse({"title": "service principals only"}, status_code=403)
+        body = await request.json()
+        events = body["events"]
+        if state.status != 200:
+            return JSONResponse({"title": "unavailable"}, status_code=state.status)
+        if state.refuse_poison and any(e["details"].get("poison") for e in events):
+            return JSONResponse({"title": "bad event"}, status_code=422)
+        state.callers.add((identity.kind, identity.subject))
+        fresh = [e["id"] for e in events if e["id"] not in state.received]
+        state.received.extend(e["id"] for e in events)
+        return JSONResponse({"accepted": len(fresh), "duplicates": len(events) - len(fresh)})
+
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    return create_service_app(settings, [Route("/internal/events", ingest, methods=["POST"])])
+
+
+@pytest.fixture
+async def schema(database_url: str) -> AsyncIterator[str]:
+    name = f"outbox_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {name}")
+        await conn.execute(f"SET search_path TO {name}")
+        await conn.execute(OUTBOX_DDL)
+        yield name
+        await conn.execute(f"DROP SCHEMA {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database(database_url: str, schema: str) -> AsyncIterator[Database]:
+    db = Database(database_url, schema=schema, application_name="outbox-test")
+    await db.wait_connected(10)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient(total_timeout=5)
+    yield client
+    await client.close()
+
+
+def signed(http: HttpClient, url: str, identity_keys: str) -> SignedClient:
+    return SignedClient(http, url, IdentitySigner(parse_identity_keys(identity_keys)))
+
+
+def event(source: str = "writer", **details: Any) -> AuditEvent:
+    return AuditEvent.create(
+        action="timesheet.created",
+        resource_type="timesheet",
+        resource_id=str(uuid.uuid4()),
+        outcome="success",
+        actor=ALICE,
+        source=source,
+        details=details,
+    )
+
+
+async def enqueue_committed(database: Database, events: list[AuditEvent]) -> None:
+    async with database.transaction() as conn:
+        for item in events:
+            await enqueue(conn, item)
+
+
+async def enqueue_then_fail(database: Database, item: AuditEvent) -> None:
+    """A change whose transaction fails after the event was enqueued."""
+    async with database.transaction() as conn:
+        await enqueue(conn, item)
+        raise RuntimeError("rolled back")
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> float:
+    """Wait until ``check`` holds; return how long it took."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def outbox_rows(database: Database, schema: str) -> list[asyncpg.Record]:
+    async with database.connection() as conn:
+        return list(await conn.fetch(f"SELECT * FROM {schema}.outbox ORDER BY position"))
+
+
+def metric(name: str, service: str) -> float:
+    return REGISTRY.get_sample_value(name, {"service": service}) or 0.0
+
+
+# ---- AuditEvent ----------------------------------------------------------------------------------
+
+
+def test_event_carries_the_wire_shape_and_the_current_request_id() -> None:
+    token = request_id_var.set("req-0123456789")
+    try:
+        item = AuditEvent.create(
+            action="approval.decided",
+            resource_type="timesheet",
+            resource_id="42",
+            outcome="success",
+            actor=ALICE,
+            source="approvals",
+            details={"decision": "approved"},
+        )
+    finally:
+        request_id_var.reset(token)
+    wire = item.to_json()
+    assert wire["request_id"] == "req-0123456789"
+    assert wire["actor"] == {
+        "issuer": ALICE.issuer,
+        "subject": "alice",
+        "kind": "user",
+        "client_id": "timesheets-spa",
+        "name": "Alice",
+    }
+    assert wire["resource"] == {"type": "timesheet", "id": "42"}
+    assert wire["source"] == "approvals"
+    assert wire["outcome"] == "success"
+    assert uuid.UUID(wire["id"]) == item.id
+    assert datetime.fromisoformat(wire["occurred_at"]).tzinfo is not None
+
+
+def test_event_refuses_unknown_outcome_and_naive_time() -> None:
+    with pytest.raises(ValueError, match="outcome"):
+        AuditEvent.create(
+            action="x", resource_type="t", resource_id="1", outcome="ok", actor=ALICE, source="s"
+        )
+    with pytest.raises(ValueError, match="timezone"):
+        AuditEvent.create(
+            action="x",
+            resource_type="t",
+            resource_id="1",
+            outcome="success",
+            actor=ALICE,
+            source="s",
+            occurred_at=datetime(2026, 1, 1),  # naive on purpose
+        )
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    delays = [backoff_delay(attempt, 0.5, 8.0) for attempt in range(1, 40)]
+    assert all(0 < d <= 8.0 for d in delays)
+    assert 0.25 <= backoff_delay(1, 0.5, 8.0) <= 0.5
+    assert len({round(backoff_delay(10, 0.5, 8.0), 6) for _ in range(20)}) > 1
+
+
+# ---- enqueue ---------------------------------------------------------------------------------------
+
+
+async def test_enqueue_refuses_to_run_outside_a_transaction(database: Database) -> None:
+    async with database.connection() as conn:
+        with pytest.raises(RuntimeError, match="inside the transaction"):
+            await enqueue(conn, event())
+
+
+async def test_rolled_back_change_leaves_no_event(database: Database, schema: str) -> None:
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await enqueue_then_fail(database, event())
+    assert await outbox_rows(database, schema) == []
+
+
+# ---- relay -----------------------------------------------------------------------------------------
+
+
+async def test_committed_events_arrive_promptly_through_notify(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    state = Receiver()
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        # Polling is slowed to a minute, so only LISTEN/NOTIFY can explain a prompt delivery.
+        relay = OutboxRelay(database, schema, "writer", signed(http, url, identity_keys), poll_interval=60)
+        relay.start()
+        try:
+            await asyncio.sleep(0.3)  # let the relay connect and LISTEN
+            lost = event()
+            with pytest.raises(RuntimeError, match="rolled back"):
+                await enqueue_then_fail(database, lost)
+            sent = [event() for _ in range(3)]
+            await enqueue_committed(database, sent)
+            took = await eventually(lambda: len(state.received) >= 3, timeout=5)
+        finally:
+            await relay.stop()
+    assert took < 2.0, f"delivery took {took:.2f}s"
+    assert state.received == [str(e.id) for e in sent]
+    assert str(lost.id) not in state.received
+    assert state.callers == {("service", "writer")}
+    assert await outbox_rows(database, schema) == []
+
+
+async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    port = free_port()  # nothing listens here yet: connections are refused
+    service = f"writer-{schema}"
+    relay = OutboxRelay(
+        database,
+        schema,
+        service,
+        signed(http, f"http://127.0.0.1:{port}", identity_keys),
+        poll_interval=0.2,
+        base_backoff=0.05,
+        max_backoff=0.3,
+        metrics_interval=0.0,
+    )
+    sent = [event(service, n=n) for n in range(25)]
+    await enqueue_committed(database, sent)
+    relay.start()
+    try:
+        await eventually(lambda: metric("outbox_delivery_failures_total", service) >= 2)
+        rows = await outbox_rows(database, schema)
+        assert len(rows) == 25
+        assert all(row["attempts"] >= 1 and "unreachable" in row["last_error"] for row in rows)
+        await relay.update_metrics()
+        assert metric("outbox_pending_events", service) == 25
+        assert metric("outbox_oldest_event_age_seconds", service) > 0
+
+        state = Receiver()
+        async with serve_app(receiver_app(identity_keys, state), port=port):
+            await eventually(lambda: len(state.received) >= 25, timeout=10)
+            await asyncio.sleep(0.3)  # a duplicate, if any, would show up now
+    finally:
+        await relay.stop()
+    assert state.counts() == Counter(str(e.id) for e in sent)  # every event, exactly once
+    assert state.received == [str(e.id) for e in sent]  # in commit order
+    assert metric("outbox_delivered_total", service) == 25
+    await relay.update_metrics()
+    assert metric("outbox_pending_events", service) == 0
+    assert metric("outbox_oldest_event_age_seconds", service) == 0
+
+
+async def test_server_errors_are_retried_with_backoff(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    state = Receiver(status=503)
+    service = f"writer-{schema}"
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        relay = OutboxRelay(
+            database,
+            schema,
+            service,
+            signed(http, url, identity_keys),
+            poll_interval=0.1,
+            base_backoff=0.2,
+            max_backoff=0.4,
+        )
+        await enqueue_committed(database, [event(service)])
+        relay.start()
+        try:
+            await asyncio.sleep(1.0)
+            failures = metric("outbox_delivery_failures_total", service)
+            # Backing off (0.1-0.4 s per try), not hammering: a handful of tries in one second.
+            assert 2 <= failures <= 10, failures
+            rows = await outbox_rows(database, schema)
+            assert "503" in rows[0]["last_error"]
+            state.status = 200
+            relay.wake()
+            await eventually(lambda: len(state.received) == 1, timeout=5)
+        finally:
+            await relay.stop()
+
+
+async def test_a_poison_event_waits_alone_and_does_not_block_the_rest(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    state = Receiver(refuse_poison=True)
+    service = f"writer-{schema}"
+    good = [event(service, n=n) for n in range(4)]
+    poison = event(service, poison=True)
+    await enqueue_committed(database, [good[0], good[1], poison, good[2], good[3]])
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        relay = OutboxRelay(
+            database, schema, service, signed(http, url, identity_keys), poll_interval=0.1, max_backoff=60
+        )
+        relay.start()
+        try:
+            await eventually(lambda: len(state.received) >= 4)
+        finally:
+            await relay.stop()
+    assert state.received == [str(e.id) for e in good]
+    rows = await outbox_rows(database, schema)
+    assert [row["id"] for row in rows] == [poison.id]
+    assert rows[0]["attempts"] >= 1
+    assert "422" in rows[0]["last_error"]
+
+
+async def test_two_relays_share_one_outbox_without_sending_twice(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    state = Receiver()
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        relays = [
+            OutboxRelay(
+                database, schema, "writer", signed(http, url, identity_keys), batch_size=7, poll_interval=0.1
+            )
+            for _ in range(2)
+        ]
+        for relay in relays:
+            relay.start()
+        try:
+            batches = [[event(n=n, batch=b) for n in range(10)] for b in range(30)]
+            await asyncio.gather(*(enqueue_committed(database, batch) for batch in batches))
+            await eventually(lambda: len(state.received) >= 300, timeout=20)
+            await asyncio.sleep(0.3)
+        finally:
+            await asyncio.gather(*(relay.stop() for relay in relays))
+    expected = Counter(str(e.id) for batch in batches for e in batch)
+    assert state.counts() == expected
+    assert await outbox_rows(database, schema) == []
+
+
+async def test_relay_waits_for_a_late_database(
+    database_url: str, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    """Started before its pool exists (as in a lifespan), the relay neither crashes nor gives up."""
+    state = Receiver()
+    db = Database(database_url, schema=schema, application_name="outbox-late")
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        relay = OutboxRelay(db, schema, "writer", signed(http, url, identity_keys), base_backoff=0.05)
+        relay.start()
+        try:
+            await asyncio.sleep(0.3)
+            db.start()
+            await db.wait_connected(10)
+            sent = [event()]
+            await enqueue_committed(db, sent)
+            await eventually(lambda: len(state.received) == 1)
+        finally:
+            await relay.stop()
+            await db.close()
+    assert state.received == [str(sent[0].id)]
+
+
+def test_relay_refuses_odd_schema_names_and_batch_sizes(http: HttpClient, identity_keys: str) -> None:
+    db = Database("postgresql://x@127.0.0.1/none")
+    client = signed(http, "http://127.0.0.1:1", identity_keys)
+    with pytest.raises(ValueError, match="schema"):
+        OutboxRelay(db, 'x"; DROP TABLE y; --', "w", client)
+    with pytest.raises(ValueError, match="batch_size"):
+        OutboxRelay(db, "ok", "w", client, batch_size=501)
+
+
+def test_the_docstring_ddl_is_the_constant() -> None:
+    import svckit.outbox as module
+
+    doc = module.__doc__ or ""
+    indented = "\n".join("    " + line if line else "" for line in OUTBOX_DDL.splitlines())
+    assert indented in doc
