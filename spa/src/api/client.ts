@@ -1,0 +1,121 @@
+/**
+ * The one place the app talks to the API: adds the bearer token, parses problem+json answers into
+ * `ApiError`, and on a 401 asks the session to renew silently once and retries the call before giving up.
+ */
+import { ApiError, NetworkError, missingScopeFrom, type Problem } from "./errors";
+import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
+
+export interface TokenSource {
+  /** The current access token, or null when signed out. */
+  accessToken(): string | null;
+  /** Try to get a fresh token without user interaction; resolves true when one was obtained. */
+  renew(): Promise<boolean>;
+}
+
+type Query = Record<string, string | number | undefined | null>;
+
+export class ApiClient {
+  constructor(
+    private readonly base: string,
+    private readonly tokens: TokenSource,
+  ) {}
+
+  private url(path: string, query?: Query): string {
+    const params = new URLSearchParams();
+    for (const [key, value] of Object.entries(query ?? {})) {
+      if (value !== undefined && value !== null && value !== "") params.set(key, String(value));
+    }
+    const qs = params.toString();
+    return `${this.base}${path}${qs ? `?${qs}` : ""}`;
+  }
+
+  private async send(method: string, url: string, body: unknown): Promise<Response> {
+    const token = this.tokens.accessToken();
+    const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    try {
+      return await fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        credentials: "omit",
+      });
+    } catch (error) {
+      throw new NetworkError(String(error));
+    }
+  }
+
+  async request<T>(method: string, path: string, options: { query?: Query; body?: unknown } = {}): Promise<T> {
+    const url = this.url(path, options.query);
+    let response = await this.send(method, url, options.body);
+    if (response.status === 401 && (await this.tokens.renew())) {
+      response = await this.send(method, url, options.body);
+    }
+    if (response.status === 204) return undefined as T;
+    const text = await response.text();
+    let parsed: unknown = null;
+    if (text) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = null;
+      }
+    }
+    if (!response.ok) {
+      const problem: Problem =
+        parsed && typeof parsed === "object" ? (parsed as Problem) : { status: response.status, title: response.statusText };
+      const retryAfter = Number(response.headers.get("retry-after"));
+      throw new ApiError(
+        response.status,
+        problem,
+        missingScopeFrom(response.headers.get("www-authenticate")),
+        Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null,
+      );
+    }
+    return parsed as T;
+  }
+
+  /** Follows `next_cursor` until the list is complete (bounded, so a bad server cannot loop us). */
+  async all<T>(path: string, query: Query = {}, maxPages = 20): Promise<T[]> {
+    const items: T[] = [];
+    let cursor: string | null | undefined;
+    for (let page = 0; page < maxPages; page++) {
+      const answer = await this.request<Page<T>>("GET", path, { query: { ...query, cursor } });
+      items.push(...(answer.items ?? []));
+      cursor = answer.next_cursor;
+      if (!cursor) break;
+    }
+    return items;
+  }
+
+  listEntries(from: string, to: string): Promise<Entry[]> {
+    return this.all<Entry>("/timesheets", { from, to, limit: 100 });
+  }
+
+  createEntry(entry: NewEntry): Promise<Entry> {
+    return this.request<Entry>("POST", "/timesheets", { body: entry });
+  }
+
+  deleteEntry(id: string): Promise<void> {
+    return this.request<void>("DELETE", `/timesheets/${encodeURIComponent(id)}`);
+  }
+
+  listApprovals(): Promise<Entry[]> {
+    return this.all<Entry>("/approvals", { limit: 100 });
+  }
+
+  decide(id: string, decision: "approved" | "rejected", comment: string): Promise<unknown> {
+    return this.request("PUT", `/approvals/${encodeURIComponent(id)}`, {
+      body: comment ? { decision, comment } : { decision },
+    });
+  }
+
+  auditEvents(query: Query, cursor?: string | null): Promise<Page<AuditEvent>> {
+    return this.request<Page<AuditEvent>>("GET", "/audit/events", { query: { ...query, cursor, limit: 50 } });
+  }
+
+  verifyChain(): Promise<ChainVerification> {
+    return this.request<ChainVerification>("GET", "/audit/verify");
+  }
+}

@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { ApiError, NetworkError, describeError, missingScopeFrom, parseFieldErrors } from "./errors";
+
+describe("problem answers", () => {
+  it("reads the kit's field errors", () => {
+    expect(
+      parseFieldErrors([
+        { field: "hours", loc: ["hours"], message: "must be at most 24" },
+        { loc: ["body", "project"], msg: "required" },
+        { field: "entries.3.date", message: "bad date" },
+        "junk",
+        { message: "no field" },
+      ]),
+    ).toEqual([
+      { field: "hours", message: "must be at most 24" },
+      { field: "project", message: "required" },
+      { field: "date", message: "bad date" },
+    ]);
+    const error = new ApiError(422, { status: 422, errors: [{ field: "hours", message: "too many" }] });
+    expect(error.fieldErrors).toEqual({ hours: "too many" });
+  });
+
+  it("reads the missing scope from WWW-Authenticate", () => {
+    expect(missingScopeFrom('Bearer realm="api", error="insufficient_scope", scope="approve:timesheets"')).toBe("approve:timesheets");
+    expect(missingScopeFrom('Bearer error="invalid_token"')).toBeNull();
+    expect(missingScopeFrom(null)).toBeNull();
+  });
+
+  it("says what to do for each status", () => {
+    expect(describeError(new ApiError(401, {}), "load").kind).toBe("signin");
+    const forbidden = describeError(new ApiError(403, { detail: "x" }, "read:audit"), "read the audit trail");
+    expect(forbidden.kind).toBe("permission");
+    expect(forbidden.text).toContain("read:audit");
+    const conflict = describeError(new ApiError(409, { detail: "An approved entry cannot be deleted." }), "delete this entry");
+    expect(conflict.text).toBe("You can't delete this entry: An approved entry cannot be deleted.");
+    expect(describeError(new ApiError(422, { detail: "The request has invalid fields." }), "add").kind).toBe("invalid");
+    expect(describeError(new ApiError(429, {}, null, 7), "add").text).toContain("7 seconds");
+    expect(describeError(new ApiError(503, { request_id: "r1" }), "add").text).toContain("r1");
+    expect(describeError(new NetworkError("down"), "add").kind).toBe("unavailable");
+    expect(describeError(new Error("?"), "add").kind).toBe("error");
+  });
+});

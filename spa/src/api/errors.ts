@@ -1,0 +1,161 @@
+/**
+ * Turning the API's RFC 9457 problem answers into messages people understand.
+ *
+ * 401 → sign in again; 403 → which permission is missing (from the RFC 6750 `WWW-Authenticate` header);
+ * 409 → why the action is not possible; 422 → a message next to each field.
+ */
+
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+export interface Problem {
+  type?: string;
+  title?: string;
+  status?: number;
+  detail?: string;
+  errors?: unknown;
+  request_id?: string;
+  [key: string]: unknown;
+}
+
+export class ApiError extends Error {
+  override name = "ApiError";
+  constructor(
+    readonly status: number,
+    readonly problem: Problem,
+    readonly missingScope: string | null = null,
+    readonly retryAfterSeconds: number | null = null,
+  ) {
+    super(problem.detail ?? problem.title ?? `HTTP ${status}`);
+  }
+
+  /** Field name → message, for 422 answers. */
+  get fieldErrors(): Record<string, string> {
+    const result: Record<string, string> = {};
+    for (const error of parseFieldErrors(this.problem.errors)) {
+      result[error.field] ??= error.message;
+    }
+    return result;
+  }
+}
+
+/** A network failure: the request never got an HTTP answer. */
+export class NetworkError extends Error {
+  override name = "NetworkError";
+}
+
+/**
+ * Reads `errors: [{field, loc, message}]`. `field` may be dotted (`body.hours`, `entries.0.hours`) and
+ * `loc` an array; the form field is the last named part.
+ */
+export function parseFieldErrors(errors: unknown): FieldError[] {
+  if (!Array.isArray(errors)) return [];
+  const result: FieldError[] = [];
+  for (const item of errors) {
+    if (typeof item !== "object" || item === null) continue;
+    const record = item as Record<string, unknown>;
+    const message = typeof record.message === "string" ? record.message : typeof record.msg === "string" ? record.msg : null;
+    let parts: unknown[] = [];
+    if (typeof record.field === "string") parts = record.field.split(".");
+    else if (Array.isArray(record.loc)) parts = record.loc;
+    else if (typeof record.loc === "string") parts = record.loc.split(".");
+    const named = parts.filter((part): part is string => typeof part === "string" && !/^\d+$/.test(part));
+    const field = named.at(-1);
+    if (field && message) result.push({ field, message });
+  }
+  return result;
+}
+
+/** The `scope="…"` of an RFC 6750 `WWW-Authenticate: Bearer error="insufficient_scope"` header. */
+export function missingScopeFrom(header: string | null): string | null {
+  if (!header || !/error="insufficient_scope"/.test(header)) return null;
+  const match = /scope="([^"]*)"/.exec(header);
+  return match?.[1]?.trim() || null;
+}
+
+const SCOPE_WORDS: Record<string, string> = {
+  "read:timesheets": "view timesheets",
+  "create:timesheets": "add timesheet entries",
+  "delete:timesheets": "delete timesheet entries",
+  "approve:timesheets": "approve timesheets",
+  "read:audit": "read the audit trail",
+  "batch:upload": "upload timesheets in bulk",
+};
+
+export function describeScope(scope: string): string {
+  return SCOPE_WORDS[scope] ?? scope;
+}
+
+export type MessageKind = "signin" | "permission" | "conflict" | "invalid" | "notfound" | "busy" | "unavailable" | "error";
+
+export interface UserMessage {
+  kind: MessageKind;
+  title: string;
+  text: string;
+}
+
+/** A message for any failure of an API call; `action` says what the user was doing ("delete the entry"). */
+export function describeError(error: unknown, action: string): UserMessage {
+  if (error instanceof NetworkError) {
+    return {
+      kind: "unavailable",
+      title: "Can't reach the server",
+      text: `We couldn't ${action} because the server could not be reached. Check your connection and try again.`,
+    };
+  }
+  if (!(error instanceof ApiError)) {
+    return { kind: "error", title: "Something went wrong", text: `We couldn't ${action}. Please try again.` };
+  }
+  const detail = error.problem.detail?.trim();
+  switch (error.status) {
+    case 401:
+      return {
+        kind: "signin",
+        title: "Please sign in again",
+        text: "Your session has ended, so nothing was changed. Sign in again to continue.",
+      };
+    case 403: {
+      const scopes = error.missingScope?.split(/\s+/).filter(Boolean) ?? [];
+      const needed = scopes.length
+        ? `It needs the permission to ${scopes.map(describeScope).join(" and ")} (${scopes.join(", ")}), which your account was not granted.`
+        : detail || "Your account does not have the permission this needs.";
+      return { kind: "permission", title: "You don't have permission", text: `You can't ${action}. ${needed}` };
+    }
+    case 404:
+      return {
+        kind: "notfound",
+        title: "Not found",
+        text: `We couldn't ${action}: it no longer exists, or it isn't yours.${detail ? ` (${detail})` : ""}`,
+      };
+    case 409:
+      return { kind: "conflict", title: "That's not possible right now", text: `You can't ${action}: ${detail || "its state has changed."}` };
+    case 400:
+    case 422:
+      return {
+        kind: "invalid",
+        title: "Please check the highlighted fields",
+        text: detail && !/invalid fields/i.test(detail) ? detail : "Some of the values need correcting.",
+      };
+    case 429: {
+      const wait = error.retryAfterSeconds;
+      return {
+        kind: "busy",
+        title: "Too many requests",
+        text: `Please wait${wait ? ` ${wait} seconds` : " a moment"} and try again.`,
+      };
+    }
+    default:
+      if (error.status >= 500) {
+        return {
+          kind: "unavailable",
+          title: "The service is unavailable",
+          text: `We couldn't ${action} because the service had a problem. Please try again in a moment.${
+            error.problem.request_id ? ` (Reference: ${error.problem.request_id})` : ""
+          }`,
+        };
+      }
+      return { kind: "error", title: error.problem.title ?? "Request failed", text: detail ?? `We couldn't ${action}.` };
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Holds the current session in memory, renews it silently before the access token expires, and tells
+ * the UI when it changes. Renewal is single-flight: a timer and a 401 arriving together make one
+ * `prompt=none` round trip.
+ */
+import type { TokenSource } from "../api/client";
+import { renewAt } from "./tokens";
+import { AuthError, type Authenticator, type Session } from "./types";
+
+export type SessionStatus = "signed-out" | "signed-in" | "expired";
+
+export interface SessionState {
+  status: SessionStatus;
+  session: Session | null;
+  /** Why the session ended, when it did on its own (e.g. the provider session is gone). */
+  reason: string | null;
+  renewals: number;
+}
+
+const HINT_KEY = "tsp.signedIn";
+
+export class SessionManager implements TokenSource {
+  private state: SessionState = { status: "signed-out", session: null, reason: null, renewals: 0 };
+  private readonly listeners = new Set<(state: SessionState) => void>();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private inflight: Promise<boolean> | null = null;
+
+  constructor(readonly auth: Authenticator) {}
+
+  get current(): SessionState {
+    return this.state;
+  }
+
+  subscribe(listener: (state: SessionState) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private update(patch: Partial<SessionState>): void {
+    this.state = { ...this.state, ...patch };
+    for (const listener of this.listeners) listener(this.state);
+  }
+
+  /** Whether this tab was signed in before a reload (a hint only: no token is stored). */
+  static hadSession(): boolean {
+    return sessionStorage.getItem(HINT_KEY) === "1";
+  }
+
+  start(session: Session): void {
+    sessionStorage.setItem(HINT_KEY, "1");
+    this.update({ status: "signed-in", session, reason: null });
+    this.schedule(session);
+  }
+
+  private schedule(session: Session): void {
+    if (this.timer) clearTimeout(this.timer);
+    const delayMs = Math.max(0, renewAt(session.obtainedAt, session.expiresAt) * 1000 - Date.now());
+    this.timer = setTimeout(() => void this.renew(), Math.min(delayMs, 2_147_000_000));
+  }
+
+  accessToken(): string | null {
+    return this.state.session?.accessToken ?? null;
+  }
+
+  has(scope: string): boolean {
+    return this.state.session?.scopes.has(scope) ?? false;
+  }
+
+  renew(): Promise<boolean> {
+    if (!this.state.session) return Promise.resolve(false);
+    this.inflight ??= this.auth
+      .signInSilently()
+      .then((session) => {
+        this.update({ status: "signed-in", session, reason: null, renewals: this.state.renewals + 1 });
+        this.schedule(session);
+        return true;
+      })
+      .catch((error: unknown) => {
+        const code = error instanceof AuthError ? error.code : "error";
+        console.warn("silent renewal failed:", code);
+        this.expire(code === "login_required" || code === "interaction_required" || code === "consent_required"
+          ? "Your session at the sign-in service has ended."
+          : "We couldn't renew your session.");
+        return false;
+      })
+      .finally(() => {
+        this.inflight = null;
+      });
+    return this.inflight;
+  }
+
+  /** Forget the tokens; the UI asks the user to sign in again. */
+  expire(reason: string): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    sessionStorage.removeItem(HINT_KEY);
+    this.update({ status: "expired", session: null, reason });
+  }
+
+  async signOut(): Promise<void> {
+    const session = this.state.session;
+    if (this.timer) clearTimeout(this.timer);
+    sessionStorage.removeItem(HINT_KEY);
+    this.update({ status: "signed-out", session: null, reason: null });
+    await this.auth.signOut(session);
+  }
+}

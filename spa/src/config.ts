@@ -1,0 +1,130 @@
+/**
+ * Runtime configuration. The same build runs against the bundled identity service or Auth0: the gateway
+ * serves `/config.json` from its environment, and nothing about the provider is baked into the bundle.
+ *
+ * When the app is loaded under `/partner/` it plays the third-party client `partner-spa` (the consent
+ * demo). The only query override accepted is `?flow=code|implicit` — it carries no secret and lets a
+ * tester pick the scenario's Implicit Grant without redeploying.
+ */
+
+export type Flow = "code" | "implicit";
+
+export interface AppConfig {
+  /** OIDC issuer URL, always ending in `/` (Auth0 style: `https://tenant.auth0.com/`). */
+  issuer: string;
+  clientId: string;
+  /** API identifier sent as `audience` on `/authorize`, Auth0 style. */
+  audience: string;
+  flow: Flow;
+  /** Space-delimited scopes requested at sign-in. */
+  scopes: string;
+  /** Base URL of the API, relative to the page's origin. */
+  apiBase: string;
+  /** Path the app is mounted at: `/` normally, `/partner/` for the third-party client. */
+  basePath: string;
+  /** Absolute redirect URI registered at the provider for this client. */
+  redirectUri: string;
+  /** Absolute URL the provider sends the browser back to after sign-out. */
+  postLogoutRedirectUri: string;
+}
+
+export const DEFAULT_SCOPES =
+  "openid profile email read:timesheets create:timesheets delete:timesheets approve:timesheets read:audit";
+
+export const DEFAULTS = {
+  issuer: "http://localhost:9000/",
+  clientId: "timesheets-spa",
+  partnerClientId: "partner-spa",
+  audience: "https://timesheets.abc.example/api",
+  flow: "code" as Flow,
+  scopes: DEFAULT_SCOPES,
+  apiBase: "/api",
+};
+
+export const PARTNER_BASE = "/partner/";
+const FLOW_KEY = "tsp.flow";
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+function str(raw: Record<string, unknown>, key: string): string | undefined {
+  const value = raw[key];
+  if (value === undefined || value === null || value === "") return undefined;
+  if (typeof value !== "string") throw new ConfigError(`config.json: "${key}" must be a string`);
+  return value.trim();
+}
+
+function parseFlow(value: string | undefined | null): Flow | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  if (value === "code" || value === "implicit") return value;
+  throw new ConfigError(`unknown sign-in flow "${value}" (expected "code" or "implicit")`);
+}
+
+/** The path the app is mounted at, derived from the page path. */
+export function basePathOf(pathname: string): string {
+  return pathname === "/partner" || pathname.startsWith(PARTNER_BASE) ? PARTNER_BASE : "/";
+}
+
+export interface LocationLike {
+  origin: string;
+  pathname: string;
+  search: string;
+}
+
+/**
+ * Combines the served configuration, the page location and the (safe) query override into the
+ * settings the app runs with. `storedFlow` is the flow this browser tab chose earlier, so that a
+ * redirect back from the provider (which drops the query) keeps using it.
+ */
+export function resolveConfig(
+  raw: Record<string, unknown>,
+  location: LocationLike,
+  storedFlow?: string | null,
+): AppConfig {
+  let issuer = str(raw, "issuer") ?? DEFAULTS.issuer;
+  if (!/^https?:\/\//.test(issuer)) throw new ConfigError(`config.json: issuer "${issuer}" is not a URL`);
+  if (!issuer.endsWith("/")) issuer += "/";
+  const basePath = basePathOf(location.pathname);
+  const partner = basePath === PARTNER_BASE;
+  const clientId = partner
+    ? (str(raw, "partnerClientId") ?? DEFAULTS.partnerClientId)
+    : (str(raw, "clientId") ?? DEFAULTS.clientId);
+  const scopes = (partner ? str(raw, "partnerScopes") : undefined) ?? str(raw, "scopes") ?? DEFAULTS.scopes;
+  const queryFlow = new URLSearchParams(location.search).get("flow");
+  const flow = parseFlow(queryFlow) ?? parseFlow(storedFlow) ?? parseFlow(str(raw, "flow")) ?? DEFAULTS.flow;
+  const apiBase = (str(raw, "apiBase") ?? DEFAULTS.apiBase).replace(/\/+$/, "");
+  return {
+    issuer,
+    clientId,
+    audience: str(raw, "audience") ?? DEFAULTS.audience,
+    flow,
+    scopes: scopes.split(/\s+/).filter(Boolean).join(" "),
+    apiBase,
+    basePath,
+    redirectUri: `${location.origin}${basePath}callback`,
+    postLogoutRedirectUri: `${location.origin}${basePath}`,
+  };
+}
+
+/** Fetches `/config.json`; falls back to the local-run defaults when the server has none. */
+export async function loadConfig(): Promise<AppConfig> {
+  let raw: Record<string, unknown> = {};
+  try {
+    const response = await fetch("/config.json", { cache: "no-store", headers: { accept: "application/json" } });
+    if (response.ok) raw = (await response.json()) as Record<string, unknown>;
+    else console.warn(`/config.json answered ${response.status}; using local defaults`);
+  } catch (error) {
+    console.warn("/config.json unavailable; using local defaults", error);
+  }
+  const query = new URLSearchParams(window.location.search).get("flow");
+  const config = resolveConfig(raw, window.location, sessionStorage.getItem(FLOW_KEY));
+  if (query) sessionStorage.setItem(FLOW_KEY, config.flow);
+  return config;
+}
+
+/** Only same-app paths are followed after sign-in (no open redirect through `returnTo`). */
+export function safeReturnPath(returnTo: string | undefined, basePath: string): string {
+  if (!returnTo || !returnTo.startsWith(basePath) || returnTo.startsWith("//") || returnTo.includes("\\")) return basePath;
+  return returnTo.endsWith("/callback") ? basePath : returnTo;
+}

@@ -1,0 +1,98 @@
+/**
+ * Start-up: read the runtime configuration, finish a sign-in if the provider just sent us back, restore
+ * the session silently after a reload, then render the app. Inside the hidden silent-renewal iframe it
+ * only hands the provider's answer to the parent window and stops.
+ */
+import { render } from "preact";
+import { ApiClient } from "./api/client";
+import type { UserMessage } from "./api/errors";
+import { CodeFlow, completeSilentCodeCallback } from "./auth/code";
+import { ImplicitFlow, isImplicitResponse, notifyParentOfImplicitAnswer } from "./auth/implicit";
+import { describeAuthError } from "./auth/messages";
+import { SessionManager } from "./auth/session";
+import { fetchDiscovery } from "./auth/tokens";
+import type { Authenticator } from "./auth/types";
+import { loadConfig, safeReturnPath, type AppConfig } from "./config";
+import { App } from "./ui/App";
+import { Banner } from "./ui/common";
+import "./styles.css";
+
+function BootFailure({ message, onRetry }: { message: UserMessage; onRetry: () => void }) {
+  return (
+    <main class="signin">
+      <div class="signin__card card">
+        <Banner message={message} />
+        <button type="button" class="button button--primary button--block" onClick={onRetry}>
+          Try again
+        </button>
+      </div>
+    </main>
+  );
+}
+
+async function boot(root: HTMLElement): Promise<void> {
+  let config: AppConfig;
+  try {
+    config = await loadConfig();
+  } catch (error) {
+    render(
+      <BootFailure
+        message={{ kind: "error", title: "The app is misconfigured", text: String(error instanceof Error ? error.message : error) }}
+        onRetry={() => window.location.reload()}
+      />,
+      root,
+    );
+    return;
+  }
+  const atCallback = window.location.pathname === `${config.basePath}callback`;
+  if (atCallback && window.parent !== window) {
+    if (isImplicitResponse(window.location.hash)) notifyParentOfImplicitAnswer();
+    else await completeSilentCodeCallback(config);
+    return;
+  }
+
+  let auth: Authenticator;
+  try {
+    const discovery = await fetchDiscovery(config.issuer);
+    auth = config.flow === "implicit" ? new ImplicitFlow(config, discovery) : new CodeFlow(config, discovery);
+  } catch (error) {
+    console.error("discovery failed", error);
+    render(
+      <BootFailure
+        message={{
+          kind: "unavailable",
+          title: "The sign-in service is unavailable",
+          text: `We couldn't reach ${config.issuer}. Please try again in a moment.`,
+        }}
+        onRetry={() => window.location.reload()}
+      />,
+      root,
+    );
+    return;
+  }
+
+  const manager = new SessionManager(auth);
+  const api = new ApiClient(config.apiBase, manager);
+  let notice: UserMessage | null = null;
+  if (atCallback) {
+    try {
+      const { session, returnTo } = await auth.handleRedirectCallback();
+      manager.start(session);
+      window.history.replaceState(null, "", safeReturnPath(returnTo, config.basePath));
+    } catch (error) {
+      console.warn("sign-in answer refused:", error instanceof Error ? error.message : error);
+      notice = describeAuthError(error);
+      window.history.replaceState(null, "", config.basePath);
+    }
+  } else if (SessionManager.hadSession()) {
+    try {
+      manager.start(await auth.signInSilently());
+    } catch {
+      // The provider session is gone: show the sign-in screen.
+    }
+  }
+  render(<App config={config} manager={manager} api={api} notice={notice} />, root);
+}
+
+const root = document.getElementById("app");
+if (root) void boot(root);

@@ -1,0 +1,160 @@
+/** "Approvals": other people's submitted entries, approved or rejected with a comment. */
+import { useState } from "preact/hooks";
+import type { ApiClient } from "../api/client";
+import { ApiError, describeError, type UserMessage } from "../api/errors";
+import { personName, type Entry } from "../api/types";
+import { formatHours, formatLongDate } from "../lib/week";
+import { Banner, EmptyState, Field, Loading, describedBy, toast } from "./common";
+import { useLoad } from "./hooks";
+
+export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
+  const queue = useLoad(() => api.listApprovals(), []);
+  const [decided, setDecided] = useState<Set<string>>(new Set());
+  const pending = (queue.data ?? []).filter((entry) => !decided.has(entry.id));
+  const loadError = queue.error ? describeError(queue.error, "load the approval queue") : null;
+  const hours = pending.reduce((sum, e) => sum + Math.round(Number(e.hours) * 100), 0) / 100;
+
+  return (
+    <section class="screen" aria-labelledby="screen-title">
+      <header class="screen__header">
+        <div>
+          <h1 id="screen-title" class="screen__title">
+            Approvals
+          </h1>
+          <p class="screen__subtitle">
+            {queue.data ? `${pending.length} waiting · ${formatHours(hours)}` : "Entries from your team that wait for your decision"}
+          </p>
+        </div>
+        <button type="button" class="button button--ghost" onClick={() => queue.reload()} disabled={queue.loading}>
+          Refresh
+        </button>
+      </header>
+      {loadError && (
+        <Banner
+          message={loadError}
+          action={
+            loadError.kind === "signin" ? (
+              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+                Sign in again
+              </button>
+            ) : undefined
+          }
+        />
+      )}
+      {queue.loading && !queue.data ? (
+        <Loading label="Loading the approval queue…" />
+      ) : queue.data && pending.length === 0 ? (
+        <div class="card">
+          <EmptyState title="You're all caught up.">Nothing is waiting for your decision. Your own entries are approved by someone else.</EmptyState>
+        </div>
+      ) : (
+        <ul class="approvals">
+          {pending.map((entry) => (
+            <ApprovalCard
+              key={entry.id}
+              api={api}
+              entry={entry}
+              onSignInAgain={onSignInAgain}
+              onDone={(gone) => {
+                setDecided(new Set([...decided, entry.id]));
+                if (gone) queue.reload();
+              }}
+            />
+          ))}
+        </ul>
+      )}
+    </section>
+  );
+}
+
+function ApprovalCard({
+  api,
+  entry,
+  onDone,
+  onSignInAgain,
+}: {
+  api: ApiClient;
+  entry: Entry;
+  onDone: (gone: boolean) => void;
+  onSignInAgain: () => void;
+}) {
+  const [comment, setComment] = useState("");
+  const [error, setError] = useState<string | undefined>();
+  const [message, setMessage] = useState<UserMessage | null>(null);
+  const [busy, setBusy] = useState<"approved" | "rejected" | null>(null);
+  const owner = personName(entry.owner);
+  const fieldId = `comment-${entry.id}`;
+
+  const decide = async (decision: "approved" | "rejected"): Promise<void> => {
+    setMessage(null);
+    if (decision === "rejected" && !comment.trim()) {
+      setError(`Say why you're rejecting it, so ${owner} can fix it.`);
+      document.getElementById(fieldId)?.focus();
+      return;
+    }
+    setError(undefined);
+    setBusy(decision);
+    try {
+      await api.decide(entry.id, decision, comment.trim());
+      toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
+      onDone(false);
+    } catch (failure) {
+      if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
+      setMessage(describeError(failure, `${decision === "approved" ? "approve" : "reject"} this entry`));
+      if (failure instanceof ApiError && (failure.status === 409 || failure.status === 404)) {
+        setTimeout(() => onDone(true), 4000);
+      }
+    } finally {
+      setBusy(null);
+    }
+  };
+
+  return (
+    <li class="card approval" data-entry-id={entry.id} data-project={entry.project} aria-labelledby={`approval-${entry.id}`}>
+      <div class="approval__head">
+        <span class="avatar" aria-hidden="true">
+          {owner.slice(0, 1).toUpperCase()}
+        </span>
+        <div>
+          <h2 class="approval__title" id={`approval-${entry.id}`}>
+            {owner} · {entry.project}
+          </h2>
+          <p class="approval__meta">
+            {formatLongDate(entry.date)} · <strong>{formatHours(entry.hours)}</strong>
+          </p>
+        </div>
+      </div>
+      {entry.notes && <p class="approval__notes">{entry.notes}</p>}
+      {message && (
+        <Banner
+          message={message}
+          onDismiss={() => setMessage(null)}
+          action={
+            message.kind === "signin" ? (
+              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+                Sign in again
+              </button>
+            ) : undefined
+          }
+        />
+      )}
+      <Field id={fieldId} label="Comment" hint="Optional when approving; required when rejecting." error={error}>
+        <textarea
+          rows={2}
+          value={comment}
+          maxLength={1000}
+          onInput={(e) => setComment(e.currentTarget.value)}
+          {...describedBy(fieldId, error, "hint")}
+        />
+      </Field>
+      <div class="approval__actions">
+        <button type="button" class="button button--success" disabled={busy !== null} onClick={() => void decide("approved")}>
+          {busy === "approved" ? "Approving…" : "Approve"}
+        </button>
+        <button type="button" class="button button--danger-outline" disabled={busy !== null} onClick={() => void decide("rejected")}>
+          {busy === "rejected" ? "Rejecting…" : "Reject"}
+        </button>
+      </div>
+    </li>
+  );
+}

@@ -1,0 +1,226 @@
+/** "Audit": the tamper-evident trail with filters, and the result of verifying its hash chain. */
+import { useState } from "preact/hooks";
+import type { ApiClient } from "../api/client";
+import { describeError, type UserMessage } from "../api/errors";
+import type { AuditEvent, ChainVerification } from "../api/types";
+import { describeEvent, type AuditFilters, ACTION_CHOICES, filtersToQuery } from "../lib/audit";
+import { Banner, EmptyState, Field, Loading } from "./common";
+import { useLoad } from "./hooks";
+
+const timeFormat = new Intl.DateTimeFormat("en-GB", {
+  day: "numeric",
+  month: "short",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
+
+function formatTime(value: string | null): string {
+  if (!value) return "—";
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? value : timeFormat.format(date);
+}
+
+export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
+  const [draft, setDraft] = useState<AuditFilters>({ action: "", actor: "", from: "", to: "" });
+  const [filters, setFilters] = useState<AuditFilters>(draft);
+  const [more, setMore] = useState<AuditEvent[]>([]);
+  const [cursor, setCursor] = useState<string | null>(null);
+  const [loadingMore, setLoadingMore] = useState(false);
+  const [message, setMessage] = useState<UserMessage | null>(null);
+  const events = useLoad(async () => {
+    const page = await api.auditEvents(filtersToQuery(filters));
+    setMore([]);
+    setCursor(page.next_cursor ?? null);
+    return page.items ?? [];
+  }, [filters]);
+  const chain = useLoad<ChainVerification>(() => api.verifyChain(), []);
+  const rows = [...(events.data ?? []), ...more];
+  const failure = message ?? (events.error ? describeError(events.error, "load the audit trail") : null);
+
+  const loadMore = async (): Promise<void> => {
+    if (!cursor) return;
+    setLoadingMore(true);
+    try {
+      const page = await api.auditEvents(filtersToQuery(filters), cursor);
+      setMore([...more, ...(page.items ?? [])]);
+      setCursor(page.next_cursor ?? null);
+    } catch (error) {
+      setMessage(describeError(error, "load more events"));
+    } finally {
+      setLoadingMore(false);
+    }
+  };
+
+  const set = (key: keyof AuditFilters) => (event: Event) =>
+    setDraft({ ...draft, [key]: (event.currentTarget as HTMLInputElement).value });
+
+  return (
+    <section class="screen" aria-labelledby="screen-title">
+      <header class="screen__header">
+        <div>
+          <h1 id="screen-title" class="screen__title">
+            Audit trail
+          </h1>
+          <p class="screen__subtitle">Every change and every refused request, in order, hash-chained.</p>
+        </div>
+      </header>
+
+      <ChainStatus chain={chain.data} error={chain.error} loading={chain.loading} onVerify={chain.reload} />
+
+      {failure && (
+        <Banner
+          message={failure}
+          onDismiss={message ? () => setMessage(null) : undefined}
+          action={
+            failure.kind === "signin" ? (
+              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+                Sign in again
+              </button>
+            ) : undefined
+          }
+        />
+      )}
+
+      <form
+        class="card filters"
+        aria-label="Filter events"
+        onSubmit={(event) => {
+          event.preventDefault();
+          setFilters({ ...draft });
+        }}
+      >
+        <Field id="filter-action" label="Action">
+          <select id="filter-action" value={draft.action} onChange={set("action")}>
+            <option value="">All actions</option>
+            {ACTION_CHOICES.map(([value, label]) => (
+              <option value={value} key={value}>
+                {label}
+              </option>
+            ))}
+          </select>
+        </Field>
+        <Field id="filter-actor" label="Who">
+          <input id="filter-actor" type="text" value={draft.actor} onInput={set("actor")} placeholder="e.g. bob" />
+        </Field>
+        <Field id="filter-from" label="From">
+          <input id="filter-from" type="date" value={draft.from} onInput={set("from")} />
+        </Field>
+        <Field id="filter-to" label="To">
+          <input id="filter-to" type="date" value={draft.to} onInput={set("to")} />
+        </Field>
+        <div class="filters__actions">
+          <button type="submit" class="button button--primary">
+            Apply filters
+          </button>
+          <button
+            type="button"
+            class="button button--ghost"
+            onClick={() => {
+              const cleared = { action: "", actor: "", from: "", to: "" };
+              setDraft(cleared);
+              setFilters(cleared);
+            }}
+          >
+            Clear
+          </button>
+        </div>
+      </form>
+
+      <div class="card table-card">
+        {events.loading && !events.data ? (
+          <Loading label="Loading the audit trail…" />
+        ) : rows.length === 0 && !events.error ? (
+          <EmptyState title="No events match these filters." />
+        ) : (
+          <table class="audit-table">
+            <caption class="sr-only">Audit events, oldest first</caption>
+            <thead>
+              <tr>
+                <th scope="col">#</th>
+                <th scope="col">When</th>
+                <th scope="col">Who</th>
+                <th scope="col">What</th>
+                <th scope="col">Details</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((event, index) => {
+                const view = describeEvent(event);
+                return (
+                  <tr key={view.key || index} data-action={view.action}>
+                    <td class="audit-table__seq" data-label="#">
+                      {view.seq ?? index + 1}
+                    </td>
+                    <td data-label="When">{formatTime(view.time)}</td>
+                    <td data-label="Who">{view.actor}</td>
+                    <td data-label="What">
+                      <span class={`action action--${view.tone}`}>{view.label}</span>
+                    </td>
+                    <td data-label="Details" class="audit-table__details">
+                      {view.details}
+                    </td>
+                  </tr>
+                );
+              })}
+            </tbody>
+          </table>
+        )}
+        {cursor && (
+          <div class="table-card__more">
+            <button type="button" class="button button--ghost" onClick={() => void loadMore()} disabled={loadingMore}>
+              {loadingMore ? "Loading…" : "Load more"}
+            </button>
+          </div>
+        )}
+      </div>
+    </section>
+  );
+}
+
+function ChainStatus({
+  chain,
+  error,
+  loading,
+  onVerify,
+}: {
+  chain: ChainVerification | null;
+  error: unknown;
+  loading: boolean;
+  onVerify: () => void;
+}) {
+  let body;
+  let tone = "pending";
+  if (loading) body = <span>Verifying the hash chain…</span>;
+  else if (error) {
+    tone = "unknown";
+    body = <span>{describeError(error, "verify the chain").text}</span>;
+  } else if (chain?.ok) {
+    tone = "ok";
+    body = (
+      <span>
+        <strong>Chain verified.</strong> {chain.checked ?? 0} events checked; none altered, none missing.
+      </span>
+    );
+  } else {
+    tone = "broken";
+    const where = chain?.first_bad_seq ?? chain?.broken_at ?? chain?.seq;
+    body = (
+      <span>
+        <strong>Chain broken.</strong> {where !== undefined ? `The trail was altered at event ${String(where)}.` : "The trail was altered."}{" "}
+        {typeof chain?.reason === "string" ? chain.reason : ""}
+      </span>
+    );
+  }
+  return (
+    <div class={`chain chain--${tone}`} role="status" data-testid="chain-status" data-ok={chain?.ok ? "true" : "false"}>
+      <span class="chain__icon" aria-hidden="true">
+        {tone === "ok" ? "✓" : tone === "broken" ? "✗" : "…"}
+      </span>
+      <div class="chain__text">{body}</div>
+      <button type="button" class="button button--ghost button--small" onClick={onVerify} disabled={loading}>
+        Verify again
+      </button>
+    </div>
+  );
+}

@@ -1,0 +1,364 @@
+/** "My timesheets": a week at a glance with per-day and weekly totals, adding and deleting entries. */
+import { useMemo, useRef, useState } from "preact/hooks";
+import type { ApiClient } from "../api/client";
+import { ApiError, describeError, type UserMessage } from "../api/errors";
+import { personName, type Entry } from "../api/types";
+import {
+  addDays,
+  formatDay,
+  formatHours,
+  formatLongDate,
+  formatWeekRange,
+  isIsoDate,
+  isoWeekNumber,
+  today,
+  weekDays,
+  weekStart,
+  weekTotals,
+} from "../lib/week";
+import { Banner, ConfirmDialog, EmptyState, Field, Loading, StatusBadge, describedBy, toast } from "./common";
+import { useLoad } from "./hooks";
+
+interface Props {
+  api: ApiClient;
+  canCreate: boolean;
+  canDelete: boolean;
+  onSignInAgain: () => void;
+}
+
+export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: Props) {
+  const [start, setStart] = useState(() => weekStart(today()));
+  const days = weekDays(start);
+  const end = days[6] ?? start;
+  const entries = useLoad(() => api.listEntries(start, end), [start]);
+  const [message, setMessage] = useState<UserMessage | null>(null);
+  const [toDelete, setToDelete] = useState<Entry | null>(null);
+  const [deleting, setDeleting] = useState(false);
+  const list = useMemo(
+    () => (entries.data ?? []).filter((e) => e.date >= start && e.date <= end),
+    [entries.data, start, end],
+  );
+  const totals = weekTotals(start, list);
+  const isThisWeek = start === weekStart(today());
+  const projects = useMemo(() => [...new Set((entries.data ?? []).map((e) => e.project))].sort(), [entries.data]);
+
+  const confirmDelete = async (): Promise<void> => {
+    if (!toDelete) return;
+    setDeleting(true);
+    try {
+      await api.deleteEntry(toDelete.id);
+      toast(`Deleted ${toDelete.project} on ${formatDay(toDelete.date)}`);
+      setMessage(null);
+    } catch (error) {
+      setMessage(describeError(error, "delete this entry"));
+    } finally {
+      setDeleting(false);
+      setToDelete(null);
+      entries.reload();
+    }
+  };
+
+  const loadError = entries.error ? describeError(entries.error, "load your timesheet") : null;
+  const shown = message ?? loadError;
+
+  return (
+    <section class="screen" aria-labelledby="screen-title">
+      <header class="screen__header">
+        <div>
+          <h1 id="screen-title" class="screen__title">
+            My timesheets
+          </h1>
+          <p class="screen__subtitle">
+            Week {isoWeekNumber(start)} · {formatWeekRange(start)}
+          </p>
+        </div>
+        <nav class="week-nav" aria-label="Choose week">
+          <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, -7))}>
+            <span aria-hidden="true">‹ </span>Previous week
+          </button>
+          <button type="button" class="button button--ghost" disabled={isThisWeek} onClick={() => setStart(weekStart(today()))}>
+            This week
+          </button>
+          <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, 7))}>
+            Next week<span aria-hidden="true"> ›</span>
+          </button>
+        </nav>
+      </header>
+
+      {shown && (
+        <Banner
+          message={shown}
+          onDismiss={message ? () => setMessage(null) : undefined}
+          action={
+            shown.kind === "signin" ? (
+              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+                Sign in again
+              </button>
+            ) : undefined
+          }
+        />
+      )}
+
+      <div class="timesheet-layout">
+        <div class="week card">
+          <div class="week__summary">
+            <span class="week__summary-label">Week total</span>
+            <span class="week__summary-value" data-testid="week-total">
+              {formatHours(totals.total)}
+            </span>
+          </div>
+          {entries.loading && !entries.data ? (
+            <Loading label="Loading your week…" />
+          ) : (
+            <>
+              {!entries.loading && !entries.error && list.length === 0 && (
+                <EmptyState title="Nothing recorded this week yet.">
+                  {canCreate ? "Add your first entry with the form — it is submitted for approval straight away." : null}
+                </EmptyState>
+              )}
+              <ol class="days" aria-label="Days of the week">
+                {days.map((day, index) => {
+                  const dayEntries = list.filter((e) => e.date === day);
+                  const isToday = day === today();
+                  return (
+                    <li class={`day${isToday ? " day--today" : ""}${dayEntries.length ? "" : " day--empty"}`} key={day} data-date={day}>
+                      <div class="day__header">
+                        <h2 class="day__name">
+                          {formatDay(day)}
+                          {isToday && <span class="day__today">Today</span>}
+                        </h2>
+                        <span class="day__total" aria-label={`Total for ${formatLongDate(day)}`}>
+                          {formatHours(totals.perDay[index] ?? 0)}
+                        </span>
+                      </div>
+                      {dayEntries.length > 0 && (
+                        <ul class="entries">
+                          {dayEntries.map((entry) => (
+                            <EntryRow key={entry.id} entry={entry} canDelete={canDelete} onDelete={() => setToDelete(entry)} />
+                          ))}
+                        </ul>
+                      )}
+                    </li>
+                  );
+                })}
+              </ol>
+            </>
+          )}
+        </div>
+        {canCreate && (
+          <EntryForm
+            api={api}
+            defaultDate={isThisWeek ? today() : start}
+            projects={projects}
+            onAdded={(entry) => {
+              if (entry.date < start || entry.date > end) setStart(weekStart(entry.date));
+              else entries.reload();
+            }}
+            onSignInAgain={onSignInAgain}
+          />
+        )}
+      </div>
+
+      {toDelete && (
+        <ConfirmDialog
+          title="Delete this entry?"
+          confirmLabel="Delete entry"
+          busy={deleting}
+          onConfirm={() => void confirmDelete()}
+          onCancel={() => setToDelete(null)}
+        >
+          <p>
+            <strong>{toDelete.project}</strong>, {formatHours(toDelete.hours)} on {formatLongDate(toDelete.date)}.
+          </p>
+          <p>This can't be undone.</p>
+        </ConfirmDialog>
+      )}
+    </section>
+  );
+}
+
+function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boolean; onDelete: () => void }) {
+  const decision = entry.decision;
+  return (
+    <li class={`entry entry--${entry.status}`} data-entry-id={entry.id} data-project={entry.project}>
+      <div class="entry__main">
+        <div class="entry__line">
+          <span class="entry__project">{entry.project}</span>
+          <span class="entry__hours">{formatHours(entry.hours)}</span>
+        </div>
+        {entry.notes && <p class="entry__notes">{entry.notes}</p>}
+        <div class="entry__meta">
+          <StatusBadge status={entry.status} />
+          {decision && entry.status !== "submitted" && (
+            <span class="entry__decision">
+              by {personName(decision.by)}
+              {decision.comment ? (
+                <>
+                  : <q class="entry__comment">{decision.comment}</q>
+                </>
+              ) : null}
+            </span>
+          )}
+        </div>
+      </div>
+      {canDelete &&
+        (entry.status === "approved" ? (
+          <span class="entry__locked" title="Approved entries can't be deleted">
+            <span aria-hidden="true">🔒</span>
+            <span class="sr-only">Approved entries can't be deleted</span>
+          </span>
+        ) : (
+          <button
+            type="button"
+            class="button button--icon"
+            onClick={onDelete}
+            aria-label={`Delete ${entry.project}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`}
+          >
+            <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
+              <path
+                fill="currentColor"
+                d="M9 3h6l1 2h4v2H4V5h4l1-2Zm-3 6h12l-1 12H7L6 9Zm4 2v8h2v-8h-2Zm4 0v8h2v-8h-2Z"
+              />
+            </svg>
+          </button>
+        ))}
+    </li>
+  );
+}
+
+interface FormState {
+  date: string;
+  project: string;
+  hours: string;
+  notes: string;
+}
+
+/** Client-side checks catch the obvious; the server's 422 answers land next to the same fields. */
+export function checkEntry(form: FormState): Record<string, string> {
+  const errors: Record<string, string> = {};
+  if (!isIsoDate(form.date)) errors.date = "Choose a date.";
+  if (!form.project.trim()) errors.project = "Enter the project you worked on.";
+  if (form.hours.trim() === "" || !Number.isFinite(Number(form.hours))) errors.hours = "Enter the hours as a number, e.g. 7.5.";
+  return errors;
+}
+
+function EntryForm({
+  api,
+  defaultDate,
+  projects,
+  onAdded,
+  onSignInAgain,
+}: {
+  api: ApiClient;
+  defaultDate: string;
+  projects: string[];
+  onAdded: (entry: Entry) => void;
+  onSignInAgain: () => void;
+}) {
+  const empty = (): FormState => ({ date: defaultDate, project: "", hours: "", notes: "" });
+  const [form, setForm] = useState<FormState>(empty);
+  const [errors, setErrors] = useState<Record<string, string>>({});
+  const [message, setMessage] = useState<UserMessage | null>(null);
+  const [saving, setSaving] = useState(false);
+  const formRef = useRef<HTMLFormElement>(null);
+
+  const set = (key: keyof FormState) => (event: Event) =>
+    setForm({ ...form, [key]: (event.currentTarget as HTMLInputElement).value });
+
+  const focusFirstError = (fieldErrors: Record<string, string>): void => {
+    const first = ["date", "project", "hours", "notes"].find((key) => fieldErrors[key]);
+    if (first) formRef.current?.querySelector<HTMLElement>(`#entry-${first}`)?.focus();
+  };
+
+  const submit = async (event: Event): Promise<void> => {
+    event.preventDefault();
+    const local = checkEntry(form);
+    setErrors(local);
+    setMessage(null);
+    if (Object.keys(local).length) return focusFirstError(local);
+    setSaving(true);
+    try {
+      const created = await api.createEntry({
+        date: form.date,
+        project: form.project.trim(),
+        hours: Number(form.hours),
+        notes: form.notes.trim(),
+      });
+      toast(`Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`);
+      setForm({ ...empty(), date: form.date });
+      setErrors({});
+      onAdded(created);
+    } catch (error) {
+      const fieldErrors = error instanceof ApiError ? error.fieldErrors : {};
+      const known = Object.fromEntries(Object.entries(fieldErrors).filter(([key]) => key in form));
+      setErrors(known);
+      const described = describeError(error, "add the entry");
+      const unplaced = Object.entries(fieldErrors).filter(([key]) => !(key in form));
+      setMessage(
+        unplaced.length ? { ...described, text: unplaced.map(([key, text]) => `${key}: ${text}`).join(" ") } : described,
+      );
+      focusFirstError(known);
+    } finally {
+      setSaving(false);
+    }
+  };
+
+  return (
+    <form class="card entry-form" onSubmit={(e) => void submit(e)} noValidate ref={formRef} aria-labelledby="entry-form-title">
+      <h2 id="entry-form-title" class="card__title">
+        Add an entry
+      </h2>
+      {message && (
+        <Banner
+          message={message}
+          onDismiss={() => setMessage(null)}
+          action={
+            message.kind === "signin" ? (
+              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+                Sign in again
+              </button>
+            ) : undefined
+          }
+        />
+      )}
+      <Field id="entry-date" label="Date" error={errors.date}>
+        <input type="date" name="date" value={form.date} onInput={set("date")} required {...describedBy("entry-date", errors.date)} />
+      </Field>
+      <Field id="entry-project" label="Project" error={errors.project}>
+        <input
+          type="text"
+          name="project"
+          value={form.project}
+          onInput={set("project")}
+          list="known-projects"
+          autocomplete="off"
+          maxLength={200}
+          required
+          {...describedBy("entry-project", errors.project)}
+        />
+        <datalist id="known-projects">
+          {projects.map((p) => (
+            <option value={p} key={p} />
+          ))}
+        </datalist>
+      </Field>
+      <Field id="entry-hours" label="Hours" hint="Between 0.25 and 24, in quarter hours." error={errors.hours}>
+        <input
+          type="text"
+          inputMode="decimal"
+          name="hours"
+          value={form.hours}
+          onInput={set("hours")}
+          required
+          {...describedBy("entry-hours", errors.hours, "hint")}
+        />
+      </Field>
+      <Field id="entry-notes" label="Notes (optional)" error={errors.notes}>
+        <textarea name="notes" rows={3} value={form.notes} onInput={set("notes")} maxLength={2000} {...describedBy("entry-notes", errors.notes)} />
+      </Field>
+      <button type="submit" class="button button--primary button--block" disabled={saving}>
+        {saving ? "Adding…" : "Add entry"}
+      </button>
+    </form>
+  );
+}

@@ -1,0 +1,75 @@
+/** Small hooks: the live session state, and path-based routing inside the app's base path. */
+import { useEffect, useState } from "preact/hooks";
+import type { SessionManager, SessionState } from "../auth/session";
+
+export function useSession(manager: SessionManager): SessionState {
+  const [state, setState] = useState(manager.current);
+  useEffect(() => manager.subscribe(setState), [manager]);
+  return state;
+}
+
+export type Screen = "timesheets" | "approvals" | "audit";
+
+export function screenFromPath(pathname: string, basePath: string): Screen | null {
+  const rest = pathname.startsWith(basePath) ? pathname.slice(basePath.length) : "";
+  if (rest === "" || rest === "timesheets") return "timesheets";
+  if (rest === "approvals") return "approvals";
+  if (rest === "audit") return "audit";
+  return null;
+}
+
+export function pathForScreen(screen: Screen, basePath: string): string {
+  return screen === "timesheets" ? basePath : `${basePath}${screen}`;
+}
+
+export function useRoute(basePath: string): [Screen | null, (screen: Screen) => void] {
+  const [path, setPath] = useState(window.location.pathname);
+  useEffect(() => {
+    const onPop = (): void => setPath(window.location.pathname);
+    window.addEventListener("popstate", onPop);
+    return () => window.removeEventListener("popstate", onPop);
+  }, []);
+  const navigate = (screen: Screen): void => {
+    const next = pathForScreen(screen, basePath);
+    if (next !== window.location.pathname) window.history.pushState(null, "", next);
+    setPath(next);
+  };
+  return [screenFromPath(path, basePath), navigate];
+}
+
+/** A value loaded asynchronously, with loading and error states and a way to reload. */
+export interface Loaded<T> {
+  data: T | null;
+  error: unknown;
+  loading: boolean;
+  reload: () => void;
+}
+
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
+  const [data, setData] = useState<T | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const [loading, setLoading] = useState(true);
+  const [tick, setTick] = useState(0);
+  useEffect(() => {
+    let live = true;
+    setLoading(true);
+    setError(null);
+    load().then(
+      (value) => {
+        if (!live) return;
+        setData(value);
+        setLoading(false);
+      },
+      (failure: unknown) => {
+        if (!live) return;
+        setError(failure);
+        setLoading(false);
+      },
+    );
+    return () => {
+      live = false;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [...deps, tick]);
+  return { data, error, loading, reload: () => setTick((t) => t + 1) };
+}
