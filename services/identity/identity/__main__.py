@@ -1,0 +1,26 @@
+"""``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client]``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from svckit.cli import run_cli
+
+from .admin import COMMANDS
+from .settings import IdentitySettings
+
+
+def main() -> int:
+    return run_cli(
+        name="identity",
+        settings_cls=IdentitySettings,
+        app_factory="identity.app:create_app",
+        schema="identity",
+        migrations=Path(__file__).parent / "migrations",
+        commands=COMMANDS,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Administration commands: ``seed``, ``rotate-keys``, ``add-user``, ``add-client``.
+
+Run as ``python -m identity <command> --help``. Secrets are never taken from the command line (where
+``ps`` would show them): passwords come from stdin or an environment variable, generated client
+secrets are printed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from . import store
+from .keys import KeyCipher, ensure_signing_key, new_secret, rotate_keys
+from .models import Client, User
+from .passwords import hash_secret, verify_secret
+from .scopes import ALL_SCOPES, KNOWN_ROLES, OIDC_SCOPES
+from .settings import IdentitySettings
+
+SPA_ORIGIN = "http://localhost:8080"
+USER_API_SCOPES = (
+    "read:timesheets",
+    "create:timesheets",
+    "delete:timesheets",
+    "approve:timesheets",
+    "read:audit",
+)
+
+DEMO_USERS = (
+    ("alice", "Alice Employee", "alice@example.com", ("employee",)),
+    ("bob", "Bob Manager", "bob@example.com", ("manager",)),
+    ("carol", "Carol Auditor", "carol@example.com", ("auditor",)),
+)
+
+
+def subject_for(username: str) -> str:
+    """Stable subject of a local user: ``local|<user name>`` (Auth0-shaped ``connection|id``)."""
+    return f"local|{username}"
+
+
+def demo_clients(batch_secret_hash: str) -> list[Client]:
+    oidc = ("openid", "profile", "email")
+    return [
+        Client(
+            client_id="timesheets-spa",
+            name="Timesheets",
+            first_party=True,
+            secret_hash=None,
+            redirect_uris=(f"{SPA_ORIGIN}/", f"{SPA_ORIGIN}/callback"),
+            post_logout_redirect_uris=(f"{SPA_ORIGIN}/",),
+            web_origins=(SPA_ORIGIN,),
+            grant_types=("authorization_code", "implicit"),
+            response_types=("code", "id_token token", "id_token"),
+            allowed_scopes=(*oidc, *USER_API_SCOPES),
+        ),
+        Client(
+            client_id="partner-spa",
+            name="Partner Time Reports",
+            first_party=False,
+            secret_hash=None,
+            redirect_uris=(f"{SPA_ORIGIN}/partner/", f"{SPA_ORIGIN}/partner/callback"),
+            post_logout_redirect_uris=(f"{SPA_ORIGIN}/partner/",),
+            web_origins=(SPA_ORIGIN,),
+            grant_types=("authorization_code", "implicit"),
+            response_types=("code", "id_token token", "id_token"),
+            allowed_scopes=(*oidc, "read:timesheets", "create:timesheets"),
+        ),
+        Client(
+            client_id="timesheets-batch",
+            name="Timesheets batch uploader",
+            first_party=True,
+            secret_hash=batch_secret_hash,
+            redirect_uris=(),
+            post_logout_redirect_uris=(),
+            web_origins=(),
+            grant_types=("client_credentials",),
+            response_types=(),
+            allowed_scopes=("batch:upload",),
+        ),
+    ]
+
+
+async def connect(settings: IdentitySettings) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        settings.database_url,
+        timeout=settings.db_connect_timeout_seconds,
+        server_settings={"search_path": "identity,public", "application_name": "identity-admin"},
+    )
+
+
+def _run(settings: IdentitySettings, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    async def main() -> int:
+        conn = await connect(settings)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+async def _keep_or_hash(conn: asyncpg.Connection, username: str, password: str) -> str:
+    """Re-use the stored hash when the password is unchanged, so re-seeding changes nothing."""
+    existing = await store.get_user_by_username(conn, username)
+    if existing and verify_secret(existing.password_hash, password):
+        return existing.password_hash
+    return hash_secret(password)
+
+
+async def _keep_or_hash_client(conn: asyncpg.Connection, client_id: str, secret: str) -> str:
+    existing = await store.get_client(conn, client_id)
+    if existing and existing.secret_hash and verify_secret(existing.secret_hash, secret):
+        return existing.secret_hash
+    return hash_secret(secret)
+
+
+def seed(settings: IdentitySettings, args: list[str]) -> int:
+    """Idempotent demo data: alice/bob/carol and the three clients of docs/CONTRACTS.md."""
+    argparse.ArgumentParser(prog="python -m identity seed", description=seed.__doc__).parse_args(args)
+    if not settings.batch_client_secret:
+        print("invalid configuration: BATCH_CLIENT_SECRET is required by seed", file=sys.stderr)
+        return 2
+
+    async def work(conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            for username, name, email, roles in DEMO_USERS:
+                password_hash = await _keep_or_hash(conn, username, settings.demo_password)
+                user = User(subject_for(username), username, email, name, roles, password_hash)
+                await store.upsert_user(conn, user)
+            assert settings.batch_client_secret is not None
+            batch_hash = await _keep_or_hash_client(conn, "timesheets-batch", settings.batch_client_secret)
+            for client in demo_clients(batch_hash):
+                await store.upsert_client(conn, client)
+        kid = await ensure_signing_key(conn, settings.signing_alg, KeyCipher(settings.key_encryption_key))
+        print("seeded users alice (employee), bob (manager), carol (auditor)")
+        print("seeded clients timesheets-spa, partner-spa, timesheets-batch")
+        if kid:
+            print(f"created signing key {kid} ({settings.signing_alg})")
+        return 0
+
+    return _run(settings, work)
+
+
+def rotate(settings: IdentitySettings, args: list[str]) -> int:
+    """Publish a new signing key now; it signs after the grace period, old keys stay published."""
+    parser = argparse.ArgumentParser(prog="python -m identity rotate-keys", description=rotate.__doc__)
+    parser.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=settings.key_rotation_grace_seconds,
+        help="seconds between publishing and signing (default KEY_ROTATION_GRACE_SECONDS)",
+    )
+    parser.add_argument("--alg", choices=("RS256", "ES256"), default=settings.signing_alg)
+    parsed = parser.parse_args(args)
+    if parsed.grace_seconds < 0:
+        parser.error("--grace-seconds must not be negative")
+
+    async def work(conn: asyncpg.Connection) -> int:
+        kid, starts = await rotate_keys(
+            conn,
+            parsed.alg,
+            KeyCipher(settings.key_encryption_key),
+            grace_seconds=parsed.grace_seconds,
+            max_token_ttl_seconds=settings.max_token_ttl_seconds,
+        )
+        print(f"published key {kid} ({parsed.alg}); it signs from {starts.isoformat()}")
+        return 0
+
+    return _run(settings, work)
+
+
+def _read_secret(env_name: str | None, what: str) -> str:
+    if env_name:
+        value = os.environ.get(env_name)
+        if not value:
+            raise SystemExit(f"{what}: environment variable {env_name} is empty or not set")
+        return value
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"{what}: ")
+    value = sys.stdin.readline().rstrip("\n")
+    if not value:
+        raise SystemExit(f"{what}: nothing on stdin")
+    return value
+
+
+def add_user(settings: IdentitySettings, args: list[str]) -> int:
+    """Add or update a user; the password is read from stdin (or --password-env VAR)."""
+    parser = argparse.ArgumentParser(prog="python -m identity add-user", description=add_user.__doc__)
+    parser.add_argument("username")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--email", required=True)
+    parser.add_argument("--role", action="append", choices=sorted(KNOWN_ROLES), required=True)
+    parser.add_argument("--password-env", metavar="VAR")
+    parsed = parser.parse_args(args)
+    if not parsed.username.replace(".", "").replace("-", "").replace("_", "").isalnum():
+        parser.error("username may only hold letters, digits, '.', '-' and '_'")
+    if "@" not in parsed.email:
+        parser.error("--email must be an e-mail address")
+    password = _read_secret(parsed.password_env, "password")
+    if len(password) < 4:
+        parser.error("the password must have at least 4 characters")
+
+    async def work(conn: asyncpg.Connection) -> int:
+        user = User(
+            subject_for(parsed.username),
+            parsed.username,
+            parsed.email,
+            parsed.name,
+            tuple(dict.fromkeys(parsed.role)),
+            hash_secret(password),
+        )
+        inserted = await store.upsert_user(conn, user)
+        print(f"{'added' if inserted else 'updated'} user {parsed.username} ({user.subject})")
+        return 0
+
+    return _run(settings, work)
+
+
+def add_client(settings: IdentitySettings, args: list[str]) -> int:
+    """Add or update an OAuth client. Confidential clients get a generated secret, printed once."""
+    parser = argparse.ArgumentParser(prog="python -m identity add-client", description=add_client.__doc__)
+    parser.add_argument("client_id")
+    parser.add_argument("--name", required=True)
+    kind = parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--public", action="store_true", help="a browser or native app (PKCE)")
+    kind.add_argument("--confidential", action="store_true", help="a server that keeps a secret")
+    parser.add_argument("--first-party", action="store_true", help="skip the consent page")
+    parser.add_argument("--redirect-uri", action="append", default=[])
+    parser.add_argument("--logout-uri", action="append", default=[])
+    parser.add_argument("--web-origin", action="append", default=[])
+    parser.add_argument(
+        "--grant-type",
+        action="append",
+        choices=("authorization_code", "implicit", "client_credentials"),
+        default=[],
+    )
+    parser.add_argument("--scope", action="append", choices=sorted(ALL_SCOPES), default=[])
+    parser.add_argument("--secret-env", metavar="VAR", help="take the secret from VAR instead")
+    parsed = parser.parse_args(args)
+    grants = tuple(dict.fromkeys(parsed.grant_type)) or (
+        ("client_credentials",) if parsed.confidential else ("authorization_code",)
+    )
+    if parsed.public and "client_credentials" in grants:
+        parser.error("a public client cannot use client_credentials")
+    if {"authorization_code", "implicit"} & set(grants) and not parsed.redirect_uri:
+        parser.error("--redirect-uri is required for authorization_code and implicit")
+    for uri in (*parsed.redirect_uri, *parsed.logout_uri, *parsed.web_origin):
+        if not uri.startswith(("https://", "http://")) or "#" in uri:
+            parser.error(f"{uri!r} must be an absolute http(s) URL without a fragment")
+    response_types: list[str] = []
+    if "authorization_code" in grants:
+        response_types.append("code")
+    if "implicit" in grants:
+        response_types += ["id_token token", "id_token"]
+    secret: str | None = None
+    if parsed.confidential:
+        secret = os.environ.get(parsed.secret_env, "") if parsed.secret_env else new_secret()
+        if not secret:
+            parser.error(f"environment variable {parsed.secret_env} is empty or not set")
+    scopes = tuple(dict.fromkeys(parsed.scope)) or tuple(OIDC_SCOPES)[:3]
+    client = Client(
+        client_id=parsed.client_id,
+        name=parsed.name,
+        first_party=parsed.first_party,
+        secret_hash=hash_secret(secret) if secret else None,
+        redirect_uris=tuple(parsed.redirect_uri),
+        post_logout_redirect_uris=tuple(parsed.logout_uri),
+        web_origins=tuple(parsed.web_origin),
+        grant_types=grants,
+        response_types=tuple(response_types),
+        allowed_scopes=scopes,
+    )
+
+    async def work(conn: asyncpg.Connection) -> int:
+        inserted = await store.upsert_client(conn, client)
+        print(f"{'added' if inserted else 'updated'} client {client.client_id}")
+        if secret and not parsed.secret_env:
+            print(f"client secret (shown once): {secret}")
+        return 0
+
+    return _run(settings, work)
+
+
+COMMANDS: dict[str, Callable[[IdentitySettings, list[str]], int]] = {
+    "seed": seed,
+    "rotate-keys": rotate,
+    "add-user": add_user,
+    "add-client": add_client,
+}

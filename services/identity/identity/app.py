@@ -1,0 +1,127 @@
+"""The identity service's ASGI app: routes, lifespan (keys, Redis, housekeeping) and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.routing import Route
+from svckit.app import create_service_app
+from svckit.db import UNAVAILABLE_ERRORS, Database
+from svckit.logs import configure_logging
+from svckit.settings import load_settings
+
+from . import store
+from .account import consents_page, revoke
+from .authorize import authorize, decision, login_form, login_submit
+from .browser import CsrfSigner
+from .context import Context
+from .cors import CorsMiddleware
+from .endpoints import auth0_logout, jwks, oidc_logout, openid_configuration, token, userinfo
+from .keys import KeyCipher
+from .keystore import KeyStore
+from .oauth import Backend, IdentityServer
+from .settings import IdentitySettings
+from .throttle import LoginThrottle
+
+log = logging.getLogger("identity.app")
+
+ROUTES = [
+    Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
+    Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+    Route("/authorize", authorize, methods=["GET"]),
+    Route("/authorize/decision", decision, methods=["POST"]),
+    Route("/login", login_form, methods=["GET"]),
+    Route("/login", login_submit, methods=["POST"]),
+    Route("/oauth/token", token, methods=["POST"]),
+    Route("/userinfo", userinfo, methods=["GET", "POST"]),
+    Route("/v2/logout", auth0_logout, methods=["GET"]),
+    Route("/oidc/logout", oidc_logout, methods=["GET", "POST"]),
+    Route("/account/consents", consents_page, methods=["GET"]),
+    Route("/account/consents/revoke", revoke, methods=["POST"]),
+]
+
+
+def build_app(settings: IdentitySettings) -> Starlette:
+    if settings.identity_allow_insecure_http:
+        os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
+    database = Database.from_settings(settings, "identity")
+    keys = KeyStore(
+        KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
+    )
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+    )
+    ctx = Context(
+        settings=settings,
+        database=database,
+        keys=keys,
+        server=IdentityServer(Backend(settings, keys, lambda: database.pool)),
+        throttle=LoginThrottle(
+            redis,
+            settings.redis_key_prefix,
+            max_per_user=settings.login_max_failures_per_user,
+            max_per_address=settings.login_max_failures_per_address,
+            window_seconds=settings.login_throttle_window_seconds,
+        ),
+        csrf=CsrfSigner(settings.session_secret),
+        redis=redis,
+    )
+
+    async def keys_ready() -> None:
+        ctx.keys.signer()
+
+    async def housekeeping() -> None:
+        """Load keys once the database is up, then refresh them and purge expired rows."""
+        while True:
+            try:
+                await database.wait_connected()
+                await keys.start(database.pool)
+                break
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("cannot load signing keys yet", extra={"error": type(exc).__name__})
+                await asyncio.sleep(1)
+        while True:
+            await asyncio.sleep(settings.key_refresh_seconds)
+            try:
+                await keys.refresh(database.pool)
+                await store.purge_expired(database.pool)
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("housekeeping failed", extra={"error": type(exc).__name__})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(housekeeping(), name="identity-housekeeping")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await redis.aclose()
+
+    app = create_service_app(
+        settings,
+        ROUTES,
+        database=database,
+        checks={"signing_keys": keys_ready},
+        lifespan=lifespan,
+        require_identity=False,
+        max_body_size=64 * 1024,
+        state={"ctx": ctx},
+    )
+    app.add_middleware(CorsMiddleware)
+    return app
+
+
+def create_app(settings: IdentitySettings | None = None) -> Starlette:
+    """Factory for uvicorn (``python -m identity`` serves this)."""
+    if settings is None:
+        settings = load_settings(IdentitySettings)
+        configure_logging(settings.service_name, settings.log_level)
+    return build_app(settings)

@@ -1,0 +1,80 @@
+"""Browser-facing security helpers: the session cookie, CSRF tokens and response headers.
+
+* Session: a random 256-bit value in an HttpOnly, SameSite=Lax cookie (Secure over HTTPS); only its
+  SHA-256 is stored server-side.
+* CSRF: signed double-submit. A random value sits in its own HttpOnly cookie; forms carry
+  HMAC(IDENTITY_SESSION_SECRET, purpose, value). A cross-site page can neither read the cookie nor
+  compute the HMAC, and SameSite=Lax keeps the cookie off cross-site POSTs in the first place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+SESSION_COOKIE = "tsp_idp_session"
+CSRF_COOKIE = "tsp_idp_csrf"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class CsrfSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._key = hashlib.sha256(b"tsp-identity-csrf-v1" + secret).digest()
+
+    def token(self, cookie_value: str, purpose: str) -> str:
+        mac = hmac.new(self._key, f"{purpose}\n{cookie_value}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def verify(self, cookie_value: str | None, purpose: str, submitted: str | None) -> bool:
+        if not cookie_value or not submitted:
+            return False
+        return hmac.compare_digest(self.token(cookie_value, purpose), submitted)
+
+
+def csrf_cookie_value(request: Request) -> tuple[str, bool]:
+    """The CSRF cookie value, and whether it is new (and must be set on the response)."""
+    current = request.cookies.get(CSRF_COOKIE)
+    if current and 20 <= len(current) <= 100:
+        return current, False
+    return new_token(), True
+
+
+def set_cookie(response: Response, name: str, value: str, *, secure: bool, max_age: int | None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax")
+
+
+def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
+    response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
+
+
+def page_headers(nonce: str, frame_ancestors: Iterable[str] = (), *, script: bool = False) -> dict[str, str]:
+    """Headers for every HTML page: strict CSP, no framing except by the listed origins, no caching."""
+    ancestors = " ".join(sorted(frame_ancestors)) or "'none'"
+    csp = [
+        "default-src 'none'",
+        f"style-src 'nonce-{nonce}'",
+        "img-src 'self' data:",
+        "base-uri 'none'",
+        f"frame-ancestors {ancestors}",
+    ]
+    if script:
+        csp.append(f"script-src 'nonce-{nonce}'")
+    headers = {
+        "Content-Security-Policy": "; ".join(csp),
+        "Cache-Control": "no-store",
+        "Pragma": "no-cache",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if ancestors == "'none'":
+        headers["X-Frame-Options"] = "DENY"
+    return headers

@@ -1,0 +1,68 @@
+"""CORS for the endpoints single-page apps call with ``fetch``: token, userinfo and discovery.
+
+Allowed origins are the registered clients' web origins (Auth0's "Allowed Web Origins", derived from
+their redirect URIs), looked up from the database with a short cache. No credentials are allowed:
+these endpoints authenticate with parameters and bearer tokens, never cookies.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CORS_PATHS = frozenset(
+    {"/oauth/token", "/userinfo", "/.well-known/openid-configuration", "/.well-known/jwks.json"}
+)
+ALLOWED_HEADERS = frozenset({"authorization", "content-type", "auth0-client", "x-request-id"})
+
+
+class CorsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in CORS_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        ctx = scope["app"].state.ctx
+        allowed = origin in await ctx.allowed_origins()
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            await self._preflight(origin, allowed, headers)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"vary", b"Origin")]
+                if allowed:
+                    extra.append((b"access-control-allow-origin", origin.encode("latin-1")))
+                    extra.append((b"access-control-expose-headers", b"WWW-Authenticate, X-Request-Id"))
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    @staticmethod
+    def _preflight(origin: str, allowed: bool, headers: Headers) -> Response:
+        if not allowed:
+            return Response(status_code=403, headers={"Vary": "Origin"})
+        requested = {
+            h.strip().lower()
+            for h in headers.get("access-control-request-headers", "").split(",")
+            if h.strip()
+        }
+        return Response(
+            status_code=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": ", ".join(sorted(requested & ALLOWED_HEADERS)),
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )

@@ -1,0 +1,84 @@
+"""The process's view of the signing keys: which key signs now and what the JWKS publishes.
+
+Keys are reloaded from Postgres periodically; because a rotated key is published ``grace`` seconds
+before it signs, every replica learns it (and serves it in the JWKS) before any token carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .keys import KeyCipher, SigningKey, ensure_signing_key, load_keys
+
+log = logging.getLogger("identity.keys")
+
+
+class NoSigningKey(RuntimeError):
+    """No key is valid for signing right now (run ``python -m identity rotate-keys``)."""
+
+
+class KeyStore:
+    def __init__(self, cipher: KeyCipher, alg: str, refresh_seconds: float) -> None:
+        self.cipher = cipher
+        self.alg = alg
+        self.refresh_seconds = refresh_seconds
+        self._keys: list[SigningKey] = []
+        self._loaded_at = 0.0
+        self._jose_cache: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        """Make sure a key can sign, then load every published key."""
+        async with pool.acquire() as conn:
+            kid = await ensure_signing_key(conn, self.alg, self.cipher)
+            if kid:
+                log.info("created the first signing key", extra={"kid": kid, "alg": self.alg})
+        await self.refresh(pool)
+
+    async def refresh(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            keys = await load_keys(conn, self.cipher)
+        self._keys = keys
+        self._loaded_at = time.monotonic()
+
+    async def refresh_if_stale(self, pool: asyncpg.Pool) -> None:
+        if time.monotonic() - self._loaded_at < self.refresh_seconds:
+            return
+        async with self._lock:
+            if time.monotonic() - self._loaded_at >= self.refresh_seconds:
+                await self.refresh(pool)
+
+    def signer(self, now: datetime | None = None) -> SigningKey:
+        moment = now or datetime.now(UTC)
+        for key in self._keys:
+            if key.signs_at(moment):
+                return key
+        raise NoSigningKey("no signing key is active; run `python -m identity rotate-keys`")
+
+    def jose_key(self, key: SigningKey) -> Any:
+        cached = self._jose_cache.get(key.kid)
+        if cached is None:
+            cached = self._jose_cache[key.kid] = key.jose_key
+        return cached
+
+    def jwks(self, now: datetime | None = None) -> dict[str, Any]:
+        moment = now or datetime.now(UTC)
+        return {"keys": [dict(key.jwk) for key in self._keys if key.published_at(moment)]}
+
+    def public_key(self, kid: str) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, str] | None:
+        now = datetime.now(UTC)
+        for key in self._keys:
+            if key.kid == kid and key.published_at(now):
+                return key.private_key.public_key(), key.alg
+        return None
+
+    @property
+    def algorithms(self) -> list[str]:
+        return sorted({key.alg for key in self._keys})

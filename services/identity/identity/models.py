@@ -1,0 +1,140 @@
+"""Users, clients and authorization codes as Authlib expects them (its ``*Mixin`` protocols)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from .passwords import verify_secret
+from .scopes import join_scope, split_scope
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (the Web origin a browser sends in ``Origin``)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class User:
+    subject: str
+    username: str
+    email: str
+    name: str
+    roles: tuple[str, ...]
+    password_hash: str = field(repr=False, default="")
+    disabled: bool = False
+
+    def get_user_id(self) -> str:
+        return self.subject
+
+
+@dataclass(frozen=True)
+class SignedInUser:
+    """The user behind a browser session, with the time they authenticated (OIDC ``auth_time``)."""
+
+    user: User
+    auth_time: int
+    session_hash: bytes = field(repr=False, default=b"")
+
+    def get_user_id(self) -> str:
+        return self.user.subject
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    first_party: bool
+    secret_hash: str | None = field(repr=False)
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    web_origins: tuple[str, ...]
+    grant_types: tuple[str, ...]
+    response_types: tuple[str, ...]
+    allowed_scopes: tuple[str, ...]
+
+    @property
+    def is_public(self) -> bool:
+        return self.secret_hash is None
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        return {"post_logout_redirect_uris": list(self.post_logout_redirect_uris)}
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Web origins allowed for CORS and framing: explicit ones plus every redirect URI's origin."""
+        return frozenset(self.web_origins) | {origin_of(uri) for uri in self.redirect_uris}
+
+    # --- authlib.oauth2.rfc6749.ClientMixin ---------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        """Requested scopes the client may ask for (all of them when none are requested).
+
+        Requests for scopes outside the client's list are refused earlier with ``invalid_scope``;
+        this narrowing is the second line.
+        """
+        requested = split_scope(scope)
+        if not requested:
+            return join_scope(self.allowed_scopes)
+        return join_scope(s for s in requested if s in self.allowed_scopes)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.secret_hash is not None and verify_secret(self.secret_hash, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.is_public:
+            return method == "none"
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        normalized = " ".join(sorted(response_type.split()))
+        return normalized in {" ".join(sorted(rt.split())) for rt in self.response_types}
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+
+@dataclass
+class AuthorizationCode:
+    code_hash: bytes = field(repr=False)
+    client_id: str
+    subject: str
+    redirect_uri: str
+    scope: str
+    audience: str
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    auth_time: datetime
+    expires_at: datetime
+
+    # --- authlib AuthorizationCodeMixin (OAuth 2.0 and OIDC) ----------------------------------
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> str | None:
+        return None
+
+    def get_amr(self) -> list[str] | None:
+        return ["pwd"]

@@ -1,0 +1,80 @@
+"""Settings of the identity service (environment variables, validated before the port binds)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from svckit.settings import DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
+
+MIN_SECRET_BYTES = 32
+
+
+class IdentitySettings(DatabaseSettings, RedisSettings):
+    """Every variable the identity service reads; secrets have no default."""
+
+    service_name: str = Field(default="identity", exclude=True)
+    port: int = Field(default=9000, ge=1, le=65535)
+    # The identity service is reached by browsers and SDKs directly, not through the gateway, so the
+    # gateway-signed identity headers do not apply to it; IDENTITY_KEYS is therefore optional here.
+    identity_keys: IdentityKeys = Field(default_factory=dict)
+
+    oidc_issuer: str = "http://localhost:9000/"
+    oidc_audience: str = "https://timesheets.abc.example/api"
+    identity_key_encryption_key: str = Field(repr=False)
+    identity_session_secret: str = Field(repr=False)
+    identity_cookie_secure: bool | None = None
+    identity_allow_insecure_http: bool = False
+    demo_password: str = Field(default="demo", repr=False)
+    batch_client_secret: str | None = Field(default=None, repr=False)
+
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86400)
+    access_token_typ: Literal["at+jwt", "JWT"] = "at+jwt"  # noqa: S105
+    id_token_ttl_seconds: int = Field(default=3600, ge=30, le=86400)
+    authorization_code_ttl_seconds: int = Field(default=60, ge=5, le=600)
+    session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    signing_alg: Literal["RS256", "ES256"] = "RS256"
+    key_rotation_grace_seconds: int = Field(default=600, ge=0, le=7 * 86400)
+    key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
+    login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
+    login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://localhost:9000/")
+        if "?" in value or "#" in value:
+            raise ValueError("must not contain a query or fragment")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("identity_key_encryption_key", "identity_session_secret")
+    @classmethod
+    def _long_secret(cls, value: str) -> str:
+        if len(decode_secret(value)) < MIN_SECRET_BYTES:
+            raise ValueError(f"must hold at least {MIN_SECRET_BYTES} bytes (base64url or raw text)")
+        return value
+
+    @property
+    def cookie_secure(self) -> bool:
+        if self.identity_cookie_secure is not None:
+            return self.identity_cookie_secure
+        return self.oidc_issuer.startswith("https://")
+
+    @property
+    def key_encryption_key(self) -> bytes:
+        return decode_secret(self.identity_key_encryption_key)
+
+    @property
+    def session_secret(self) -> bytes:
+        return decode_secret(self.identity_session_secret)
+
+    def url(self, path: str) -> str:
+        """An absolute URL on this issuer (``path`` without a leading slash)."""
+        return self.oidc_issuer + path.lstrip("/")
+
+    @property
+    def max_token_ttl_seconds(self) -> int:
+        return max(self.access_token_ttl_seconds, self.id_token_ttl_seconds)

@@ -1,0 +1,312 @@
+"""Every query the identity service runs, in one place (asyncpg, schema ``identity`` on the path)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from .models import AuthorizationCode, Client, User
+
+Conn = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
+
+
+def digest(value: str) -> bytes:
+    """SHA-256 of a bearer secret (code, session id): only digests are stored."""
+    return hashlib.sha256(value.encode()).digest()
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(
+        subject=row["subject"],
+        username=row["username"],
+        email=row["email"],
+        name=row["name"],
+        roles=tuple(row["roles"]),
+        password_hash=row["password_hash"],
+        disabled=row["disabled"],
+    )
+
+
+def _client(row: asyncpg.Record) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        name=row["name"],
+        first_party=row["first_party"],
+        secret_hash=row["secret_hash"],
+        redirect_uris=tuple(row["redirect_uris"]),
+        post_logout_redirect_uris=tuple(row["post_logout_redirect_uris"]),
+        web_origins=tuple(row["web_origins"]),
+        grant_types=tuple(row["grant_types"]),
+        response_types=tuple(row["response_types"]),
+        allowed_scopes=tuple(row["allowed_scopes"]),
+    )
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+async def get_user_by_username(db: Conn, username: str) -> User | None:
+    row = await db.fetchrow("SELECT * FROM users WHERE username = $1", username)
+    return _user(row) if row else None
+
+
+async def get_user(db: Conn, subject: str) -> User | None:
+    row = await db.fetchrow("SELECT * FROM users WHERE subject = $1", subject)
+    return _user(row) if row else None
+
+
+async def upsert_user(db: Conn, user: User) -> bool:
+    """Insert or update by user name; True when the row was inserted."""
+    inserted: bool = await db.fetchval(
+        """INSERT INTO users (subject, username, email, name, password_hash, roles)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (username) DO UPDATE
+             SET email = EXCLUDED.email, name = EXCLUDED.name,
+                 password_hash = EXCLUDED.password_hash, roles = EXCLUDED.roles, updated_at = now()
+           RETURNING (xmax = 0)""",
+        user.subject,
+        user.username,
+        user.email,
+        user.name,
+        user.password_hash,
+        list(user.roles),
+    )
+    return inserted
+
+
+async def update_password_hash(db: Conn, subject: str, password_hash: str) -> None:
+    await db.execute(
+        "UPDATE users SET password_hash = $2, updated_at = now() WHERE subject = $1",
+        subject,
+        password_hash,
+    )
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+async def get_client(db: Conn, client_id: str) -> Client | None:
+    row = await db.fetchrow("SELECT * FROM clients WHERE client_id = $1", client_id)
+    return _client(row) if row else None
+
+
+async def all_clients(db: Conn) -> list[Client]:
+    return [_client(row) for row in await db.fetch("SELECT * FROM clients ORDER BY client_id")]
+
+
+async def upsert_client(db: Conn, client: Client) -> bool:
+    inserted: bool = await db.fetchval(
+        """INSERT INTO clients (client_id, name, first_party, secret_hash, redirect_uris,
+                                post_logout_redirect_uris, web_origins, grant_types,
+                                response_types, allowed_scopes)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (client_id) DO UPDATE
+             SET name = EXCLUDED.name, first_party = EXCLUDED.first_party,
+                 secret_hash = EXCLUDED.secret_hash, redirect_uris = EXCLUDED.redirect_uris,
+                 post_logout_redirect_uris = EXCLUDED.post_logout_redirect_uris,
+                 web_origins = EXCLUDED.web_origins, grant_types = EXCLUDED.grant_types,
+                 response_types = EXCLUDED.response_types,
+                 allowed_scopes = EXCLUDED.allowed_scopes, updated_at = now()
+           RETURNING (xmax = 0)""",
+        client.client_id,
+        client.name,
+        client.first_party,
+        client.secret_hash,
+        list(client.redirect_uris),
+        list(client.post_logout_redirect_uris),
+        list(client.web_origins),
+        list(client.grant_types),
+        list(client.response_types),
+        list(client.allowed_scopes),
+    )
+    return inserted
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+async def create_session(db: Conn, session_id: str, subject: str, ttl_seconds: int) -> datetime:
+    auth_time: datetime = await db.fetchval(
+        """INSERT INTO sessions (id_hash, subject, auth_time, expires_at)
+           VALUES ($1, $2, now(), now() + make_interval(secs => $3))
+           RETURNING auth_time""",
+        digest(session_id),
+        subject,
+        float(ttl_seconds),
+    )
+    return auth_time
+
+
+async def get_session(db: Conn, session_id: str) -> tuple[User, datetime] | None:
+    row = await db.fetchrow(
+        """SELECT u.*, s.auth_time FROM sessions s JOIN users u USING (subject)
+           WHERE s.id_hash = $1 AND s.expires_at > now() AND NOT u.disabled""",
+        digest(session_id),
+    )
+    return (_user(row), row["auth_time"]) if row else None
+
+
+async def delete_session(db: Conn, session_id: str) -> None:
+    await db.execute("DELETE FROM sessions WHERE id_hash = $1", digest(session_id))
+
+
+# --- consents ----------------------------------------------------------------------------------
+
+
+async def get_consent(db: Conn, subject: str, client_id: str) -> frozenset[str]:
+    scopes = await db.fetchval(
+        "SELECT scopes FROM consents WHERE subject = $1 AND client_id = $2", subject, client_id
+    )
+    return frozenset(scopes or ())
+
+
+async def add_consent(db: Conn, subject: str, client_id: str, scopes: Sequence[str]) -> None:
+    """Remember the scopes the user allowed, adding to what they allowed before."""
+    await db.execute(
+        """INSERT INTO consents (subject, client_id, scopes) VALUES ($1, $2, $3)
+           ON CONFLICT (subject, client_id) DO UPDATE
+             SET scopes = ARRAY(SELECT DISTINCT unnest(consents.scopes || EXCLUDED.scopes)),
+                 granted_at = now()""",
+        subject,
+        client_id,
+        list(scopes),
+    )
+
+
+async def list_consents(db: Conn, subject: str) -> list[tuple[Client, list[str], datetime]]:
+    rows = await db.fetch(
+        """SELECT c.*, k.scopes AS granted, k.granted_at FROM consents k
+           JOIN clients c USING (client_id) WHERE k.subject = $1 ORDER BY c.name""",
+        subject,
+    )
+    return [(_client(row), list(row["granted"]), row["granted_at"]) for row in rows]
+
+
+async def revoke_consent(db: Conn, subject: str, client_id: str) -> bool:
+    result: str = await db.execute(
+        "DELETE FROM consents WHERE subject = $1 AND client_id = $2", subject, client_id
+    )
+    return result.endswith(" 1")
+
+
+# --- authorization codes -----------------------------------------------------------------------
+
+
+async def save_code(db: Conn, code: str, item: AuthorizationCode, ttl_seconds: int) -> None:
+    await db.execute(
+        """INSERT INTO authorization_codes (code_hash, client_id, subject, redirect_uri, scope,
+               audience, nonce, code_challenge, code_challenge_method, auth_time, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))""",
+        digest(code),
+        item.client_id,
+        item.subject,
+        item.redirect_uri,
+        item.scope,
+        item.audience,
+        item.nonce,
+        item.code_challenge,
+        item.code_challenge_method,
+        item.auth_time,
+        float(ttl_seconds),
+    )
+    # Housekeeping: codes are useless a day after they expired (kept that long to spot replays).
+    await db.execute("DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 day'")
+
+
+class CodeState:
+    FRESH = "fresh"
+    UNKNOWN = "unknown"
+    REPLAYED = "replayed"
+    EXPIRED = "expired"
+
+
+async def consume_code(db: Conn, code: str) -> tuple[str, AuthorizationCode | None]:
+    """Mark a code used, atomically, and say whether this was its first, valid use.
+
+    A second use finds ``used_at`` set: the caller refuses it and revokes what the first use issued.
+    """
+    code_hash = digest(code)
+    row = await db.fetchrow(
+        """UPDATE authorization_codes SET used_at = now()
+           WHERE code_hash = $1 AND used_at IS NULL
+           RETURNING *, (expires_at <= now()) AS expired""",
+        code_hash,
+    )
+    if row is None:
+        used = await db.fetchval(
+            "SELECT used_at IS NOT NULL FROM authorization_codes WHERE code_hash = $1", code_hash
+        )
+        return (CodeState.REPLAYED if used else CodeState.UNKNOWN), None
+    item = AuthorizationCode(
+        code_hash=code_hash,
+        client_id=row["client_id"],
+        subject=row["subject"],
+        redirect_uri=row["redirect_uri"],
+        scope=row["scope"],
+        audience=row["audience"],
+        nonce=row["nonce"],
+        code_challenge=row["code_challenge"],
+        code_challenge_method=row["code_challenge_method"],
+        auth_time=row["auth_time"],
+        expires_at=row["expires_at"],
+    )
+    return (CodeState.EXPIRED if row["expired"] else CodeState.FRESH), item
+
+
+async def nonce_used(db: Conn, client_id: str, nonce: str) -> bool:
+    found = await db.fetchval(
+        "SELECT 1 FROM authorization_codes WHERE client_id = $1 AND nonce = $2 LIMIT 1",
+        client_id,
+        nonce,
+    )
+    return found is not None
+
+
+# --- issued tokens (ledger for revocation) -----------------------------------------------------
+
+
+async def record_token(
+    db: Conn,
+    *,
+    jti: str,
+    code_hash: bytes | None,
+    client_id: str,
+    subject: str,
+    grant_type: str,
+    ttl_seconds: int,
+) -> None:
+    await db.execute(
+        """INSERT INTO issued_tokens (jti, code_hash, client_id, subject, grant_type, expires_at)
+           VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))""",
+        jti,
+        code_hash,
+        client_id,
+        subject,
+        grant_type,
+        float(ttl_seconds),
+    )
+
+
+async def revoke_tokens_of_code(db: Conn, code: str) -> int:
+    result: str = await db.execute(
+        "UPDATE issued_tokens SET revoked_at = now() WHERE code_hash = $1 AND revoked_at IS NULL",
+        digest(code),
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def token_revoked(db: Conn, jti: str) -> bool:
+    revoked = await db.fetchval("SELECT revoked_at IS NOT NULL FROM issued_tokens WHERE jti = $1", jti)
+    return bool(revoked)
+
+
+async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:
+    """Drop rows nobody can use any more (called from a periodic task)."""
+    await db.execute("DELETE FROM sessions WHERE expires_at < now()")
+    await db.execute(
+        "DELETE FROM issued_tokens WHERE expires_at < now() - make_interval(secs => $1)",
+        older_than.total_seconds(),
+    )

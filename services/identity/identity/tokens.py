@@ -1,0 +1,144 @@
+"""Access tokens: JWTs per RFC 9068 (or Auth0's ``typ: JWT``) carrying ``scope`` and ``permissions``.
+
+User tokens are audienced to the API (``OIDC_AUDIENCE``) and to this issuer's ``/userinfo``, as Auth0
+does when ``openid`` is requested; client-credentials tokens only to the API, with ``sub`` set to
+``<client_id>@clients`` and ``gty: client-credentials`` (Auth0's spelling).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from .keystore import KeyStore
+from .models import Client, SignedInUser
+from .scopes import api_scopes, grant_for_user, join_scope, split_scope
+from .settings import IdentitySettings
+
+CLIENT_CREDENTIALS = "client_credentials"
+GTY = {
+    "authorization_code": "authorization_code",
+    "implicit": "implicit",
+    CLIENT_CREDENTIALS: "client-credentials",
+    "refresh_token": "refresh_token",
+}
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    jti: str
+    grant_type: str
+    client_id: str
+    subject: str
+
+
+def granted_scopes(client: Client, user: SignedInUser | None, scope: str | None) -> list[str]:
+    """Requested ∩ client-allowed ∩ role-allowed (users); requested ∩ client-allowed (clients)."""
+    requested = split_scope(client.get_allowed_scope(scope))
+    if user is None:
+        return requested
+    return grant_for_user(requested, user.user.roles)
+
+
+class AccessTokenMinter:
+    """Authlib token generator (``server.register_token_generator("default", minter)``)."""
+
+    def __init__(self, settings: IdentitySettings, keys: KeyStore) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    def __call__(
+        self,
+        grant_type: str,
+        client: Client,
+        user: SignedInUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        scopes = granted_scopes(client, user, scope)
+        ttl = expires_in or self.settings.access_token_ttl_seconds
+        access_token, jti = self.mint(grant_type, client, user, scopes, ttl)
+        token: dict[str, Any] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": join_scope(scopes),
+        }
+        # Not part of the response: save_token() pops it to record the token in the ledger.
+        token["_issued"] = IssuedToken(
+            jti=jti,
+            grant_type=grant_type,
+            client_id=client.client_id,
+            subject=user.user.subject if user else f"{client.client_id}@clients",
+        )
+        return token
+
+    def mint(
+        self,
+        grant_type: str,
+        client: Client,
+        user: SignedInUser | None,
+        scopes: list[str],
+        ttl: int,
+    ) -> tuple[str, str]:
+        key = self.keys.signer()
+        now = int(time.time())
+        jti = secrets.token_urlsafe(18)
+        claims: dict[str, Any] = {
+            "iss": self.settings.oidc_issuer,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": jti,
+            "azp": client.client_id,
+            "client_id": client.client_id,
+            "scope": join_scope(scopes),
+            "permissions": api_scopes(scopes),
+            "gty": GTY.get(grant_type, grant_type),
+        }
+        if user is None:
+            claims["sub"] = f"{client.client_id}@clients"
+            claims["aud"] = self.settings.oidc_audience
+        else:
+            claims["sub"] = user.user.subject
+            claims["aud"] = [self.settings.oidc_audience, self.settings.url("userinfo")]
+            claims["auth_time"] = user.auth_time
+            claims["name"] = user.user.name
+            claims["email"] = user.user.email
+            claims["preferred_username"] = user.user.username
+        headers = {"kid": key.kid, "typ": self.settings.access_token_typ}
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers), jti
+
+
+class InvalidAccessToken(Exception):
+    """The bearer token was not issued by us for ``/userinfo``, or it expired."""
+
+
+def verify_access_token(settings: IdentitySettings, keys: KeyStore, token: str) -> dict[str, Any]:
+    """Verify one of our own access tokens (for ``/userinfo``): signature, iss, aud, exp."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidAccessToken("malformed token") from exc
+    kid = header.get("kid")
+    found = keys.public_key(kid) if isinstance(kid, str) else None
+    if found is None:
+        raise InvalidAccessToken("unknown signing key")
+    public_key, alg = found
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=[alg],
+            audience=settings.url("userinfo"),
+            issuer=settings.oidc_issuer,
+            leeway=30,
+            options={"require": ["exp", "iat", "sub", "jti"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidAccessToken(str(exc)) from exc
+    return claims
