@@ -1,0 +1,131 @@
+"""Helpers of the packaging tests: the chart rendered by the real Helm engine (Helm's Go SDK through
+``helm-python-sdk``), once per values scenario, as parsed Kubernetes objects.
+
+No cluster is needed: ``Chart.render`` is what ``helm template`` does (schema validation included);
+``lookup`` returns nothing offline, so every render is a first install.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "timesheets"
+VALUES_DIR = REPO / "deploy" / "helm"
+RELEASE = "ts"
+NAMESPACE = "timesheets"
+
+Obj = dict[str, Any]
+
+
+def load_values(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((VALUES_DIR / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Everything switched on at once, so that every template renders in at least one scenario.
+EVERYTHING_ON = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True},
+    },
+    "gateway": {"ingress": {"enabled": True, "tls": True, "className": "nginx"}},
+    "identity": {"ingress": {"enabled": True, "tls": True, "hostname": "id.timesheets.localtest.me"}},
+    "postgresql": {"persistence": {"enabled": True}},
+}
+
+# The chart's defaults plus only what has no safe default (issuer, database by reference).
+MINIMAL = {
+    "oidc": {"issuers": ["https://login.example.com/"]},
+    "externalDatabase": {"existingSecret": "db"},
+}
+
+
+def scenarios() -> dict[str, dict[str, Any]]:
+    """Values scenarios every rendering test runs over: the shipped files first."""
+    dev = load_values("values-dev.yaml")
+    prod = load_values("values-prod.yaml")
+    return {
+        "values-dev.yaml": dev,
+        "values-prod.yaml": prod,
+        "dev+everything": deep_merge(dev, EVERYTHING_ON),
+        "prod+bundled-identity": deep_merge(
+            prod, {"identity": {"enabled": True}, "oidc": {"issuers": ["https://id.abc.example/"]}}
+        ),
+        "minimal": MINIMAL,
+    }
+
+
+SCENARIOS = scenarios()
+
+
+def parse_manifests(rendered: dict[str, str]) -> list[Obj]:
+    objects: list[Obj] = []
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt") or not text.strip():
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                doc["__template__"] = template
+                objects.append(doc)
+    return objects
+
+
+def render(values: dict[str, Any] | None = None) -> list[Obj]:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return parse_manifests(rendered)
+
+
+def render_notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return next(text for name, text in rendered.items() if name.endswith("NOTES.txt"))
+
+
+_CACHE: dict[str, list[Obj]] = {}
+
+
+def rendered_scenario(name: str) -> list[Obj]:
+    if name not in _CACHE:
+        _CACHE[name] = render(SCENARIOS[name])
+    return copy.deepcopy(_CACHE[name])
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    kind = obj["kind"]
+    if kind in {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}:
+        spec: Obj = obj["spec"]["template"]["spec"]
+        return spec
+    if kind == "CronJob":
+        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return spec
+    if kind == "Pod":
+        spec = obj["spec"]
+        return spec
+    return None
+
+
+def component(obj: Obj) -> str:
+    return str(obj["metadata"].get("labels", {}).get("app.kubernetes.io/component", ""))
+
+
+APP_COMPONENTS = ("gateway", "identity", "timesheets", "approvals", "audit")

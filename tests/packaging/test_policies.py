@@ -1,0 +1,427 @@
+"""Policy tests over the rendered objects of every values scenario.
+
+They encode the platform's rules for workloads — the restricted Pod Security Standard, probes,
+resources, pinned images, no service-account token, HPA + PDB + topology spread for every app
+workload, NetworkPolicies that fence the backends, migrations as a hook Job, secrets only by
+reference — so that a template change that breaks one fails here, whatever values are used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.packaging.support import (
+    APP_COMPONENTS,
+    SCENARIOS,
+    Obj,
+    component,
+    pod_spec,
+    rendered_scenario,
+)
+
+SECRET_VARS = {
+    "IDENTITY_KEYS",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "IDENTITY_KEY_ENCRYPTION_KEY",
+    "IDENTITY_SESSION_SECRET",
+    "BATCH_CLIENT_SECRET",
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+}
+
+
+def workloads(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is not None:
+            yield obj, spec
+
+
+def containers(spec: Obj) -> list[Obj]:
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def by_kind(objects: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def app_deployments(objects: list[Obj]) -> list[Obj]:
+    return [o for o in by_kind(objects, "Deployment") if component(o) in APP_COMPONENTS]
+
+
+# --- Pod Security Standard "restricted" -------------------------------------------------------
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        psc = spec.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, where
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
+        for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(forbidden), where
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, where
+        for c in containers(spec):
+            sc = c.get("securityContext", {})
+            cwhere = f"{where} container {c['name']}"
+            assert sc.get("allowPrivilegeEscalation") is False, cwhere
+            assert sc.get("readOnlyRootFilesystem") is True, cwhere
+            assert sc.get("runAsNonRoot") is True, cwhere
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], cwhere
+            assert not sc.get("capabilities", {}).get("add"), cwhere
+            assert not sc.get("privileged"), cwhere
+            assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", cwhere
+            assert "ports" not in c or all("hostPort" not in p for p in c["ports"]), cwhere
+
+
+def test_read_only_root_filesystem_comes_with_a_writable_tmp(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        if component(obj) not in (*APP_COMPONENTS, "migrations"):
+            continue
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{obj['metadata']['name']}/{c['name']}"
+            assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_no_pod_mounts_a_service_account_token(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        assert spec.get("automountServiceAccountToken") is False, obj["metadata"]["name"]
+    for sa in by_kind(objects, "ServiceAccount"):
+        assert sa.get("automountServiceAccountToken") is False, sa["metadata"]["name"]
+
+
+def test_every_pod_uses_its_own_service_account(objects: list[Obj]) -> None:
+    accounts = {sa["metadata"]["name"] for sa in by_kind(objects, "ServiceAccount")}
+    for obj, spec in workloads(objects):
+        assert spec.get("serviceAccountName") in accounts, obj["metadata"]["name"]
+        assert spec["serviceAccountName"] != "default"
+
+
+# --- images, resources, probes ----------------------------------------------------------------
+
+PINNED = re.compile(r"^[^\s:@]+(:[0-9][\w.-]*|:(?!latest$)[\w][\w.-]*|@sha256:[a-f0-9]{64})$")
+
+
+def test_every_image_is_pinned_by_tag_or_digest(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            image = c["image"]
+            name_and_tag = image.rsplit("/", 1)[-1]
+            assert ("@sha256:" in image) or (":" in name_and_tag), image
+            assert not image.endswith(":latest"), image
+            assert PINNED.match(image.split("/", 1)[-1] if "@" not in image else image), image
+
+
+def test_digest_wins_over_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    values = dict(SCENARIOS["minimal"], gateway={"image": {"digest": digest}})
+    from tests.packaging.support import render
+
+    objects = render(values)
+    gateway = next(o for o in app_deployments(objects) if component(o) == "gateway")
+    image = gateway["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"ghcr.io/abc-inc/timesheets-gateway@{digest}"
+
+
+def test_every_container_requests_cpu_and_memory_and_limits_memory(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            res = c.get("resources", {})
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            assert res.get("requests", {}).get("cpu"), where
+            assert res.get("requests", {}).get("memory"), where
+            assert res.get("limits", {}).get("memory"), where
+
+
+def test_app_containers_probe_healthz_and_readyz(objects: list[Obj]) -> None:
+    deployments = app_deployments(objects)
+    assert deployments
+    for dep in deployments:
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        port_names = {p["name"] for p in c["ports"]}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert c[probe]["httpGet"]["port"] in port_names
+
+
+def test_every_workload_of_the_chart_has_probes(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        if obj["kind"] == "Job":
+            continue
+        for c in spec["containers"]:
+            assert "livenessProbe" in c and "readinessProbe" in c, obj["metadata"]["name"]
+
+
+# --- availability ------------------------------------------------------------------------------
+
+
+def test_every_app_workload_has_an_hpa_and_a_pdb_when_enabled(scenario: str, objects: list[Obj]) -> None:
+    values = SCENARIOS[scenario]
+    hpas = {o["spec"]["scaleTargetRef"]["name"]: o for o in by_kind(objects, "HorizontalPodAutoscaler")}
+    pdbs = {o["metadata"]["name"]: o for o in by_kind(objects, "PodDisruptionBudget")}
+    for dep in app_deployments(objects):
+        name, comp = dep["metadata"]["name"], component(dep)
+        comp_values: dict[str, Any] = values.get(comp, {})
+        if comp_values.get("autoscaling", {}).get("enabled", True):
+            assert name in hpas, name
+            assert hpas[name]["apiVersion"] == "autoscaling/v2"
+            assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+        else:
+            assert "replicas" in dep["spec"]
+        if comp_values.get("pdb", {}).get("enabled", True):
+            assert name in pdbs, name
+            assert pdbs[name]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_production_has_an_hpa_and_a_pdb_for_every_app_workload() -> None:
+    objects = rendered_scenario("values-prod.yaml")
+    deployments = {d["metadata"]["name"] for d in app_deployments(objects)}
+    assert len(deployments) == 4  # identity is Auth0 in production
+    assert {o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")} == deployments
+    assert {o["metadata"]["name"] for o in by_kind(objects, "PodDisruptionBudget")} == deployments
+    for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["minReplicas"] >= 2, "a PDB with one replica blocks node drains"
+
+
+def test_app_pods_spread_over_zones_and_nodes(objects: list[Obj]) -> None:
+    for dep in app_deployments(objects):
+        spec = dep["spec"]["template"]["spec"]
+        keys = {t["topologyKey"] for t in spec["topologySpreadConstraints"]}
+        assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys
+        for t in spec["topologySpreadConstraints"]:
+            selector = t["labelSelector"]["matchLabels"]
+            assert selector == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_selectors_match_pod_labels_and_services(objects: list[Obj]) -> None:
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    for dep in app_deployments(objects):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        for k, v in dep["spec"]["selector"]["matchLabels"].items():
+            assert labels[k] == v
+        svc = services[dep["metadata"]["name"]]
+        assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert svc["spec"]["ports"][0]["port"] == c["ports"][0]["containerPort"]
+
+
+# --- configuration and secrets -----------------------------------------------------------------
+
+CONTRACT_PORTS = {"gateway": 8080, "identity": 9000, "timesheets": 8101, "approvals": 8102, "audit": 8103}
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
+    for dep in app_deployments(objects):
+        comp = component(dep)
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        env = env_of(c)
+        assert c["command"] == ["python", "-m", comp]
+        assert env["BIND_HOST"]["value"] == "0.0.0.0"
+        assert env["PORT"]["value"] == str(CONTRACT_PORTS[comp])
+        assert c["ports"][0]["containerPort"] == CONTRACT_PORTS[comp]
+        assert "IDENTITY_KEYS" in env
+        if comp != "gateway":
+            assert "DATABASE_URL" in env
+        if comp in ("gateway", "identity"):
+            assert "OIDC_ISSUER" in env and "OIDC_AUDIENCE" in env
+        if comp == "identity":
+            for name in ("IDENTITY_KEY_ENCRYPTION_KEY", "IDENTITY_SESSION_SECRET", "BATCH_CLIENT_SECRET"):
+                assert name in env
+        for peer in ("TIMESHEETS_URL", "APPROVALS_URL", "AUDIT_URL"):
+            assert env[peer]["value"].startswith("http://ts-timesheets-")
+
+
+def test_secrets_reach_containers_only_by_reference(objects: list[Obj]) -> None:
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            for name, entry in env_of(c).items():
+                if name in SECRET_VARS:
+                    assert "value" not in entry, f"{obj['metadata']['name']}: {name} inline"
+                    assert "secretKeyRef" in entry["valueFrom"]
+
+
+def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
+    objects = rendered_scenario("values-prod.yaml")
+    assert by_kind(objects, "Secret") == [], "production generates no secret"
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            env = env_of(c)
+            assert env["IDENTITY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
+            if "DATABASE_URL" in env:
+                ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "timesheets-database", "key": "database-url"}
+            if "REDIS_URL" in env:
+                ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "timesheets-redis", "key": "redis-url"}
+
+
+def test_generated_secret_holds_every_key_the_pods_reference() -> None:
+    objects = rendered_scenario("values-dev.yaml")
+    (secret,) = by_kind(objects, "Secret")
+    name = secret["metadata"]["name"]
+    keys = set(secret["data"])
+    for obj, spec in workloads(objects):
+        for c in containers(spec):
+            for entry in c.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] == name:
+                    assert ref["key"] in keys, (obj["metadata"]["name"], ref)
+    annotations = secret["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert "pre-install" in annotations["helm.sh/hook"]
+
+
+def test_generated_secrets_are_strong_and_consistent() -> None:
+    import base64
+
+    (secret,) = by_kind(rendered_scenario("values-dev.yaml"), "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    kid, _, key = data["identity-keys"].partition(":")
+    assert kid and len(key) >= 32
+    for name in ("identity-key-encryption-key", "identity-session-secret", "postgres-password"):
+        assert len(data[name]) >= 32
+    assert f":{data['postgres-password']}@ts-timesheets-postgresql:5432/" in data["database-url"]
+    assert f":{data['redis-password']}@ts-timesheets-redis:6379/" in data["redis-url"]
+    (again,) = by_kind(rendered_scenario("dev+everything"), "Secret")
+    assert again["data"]["identity-keys"] != secret["data"]["identity-keys"], "random per install"
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "first_hook"),
+    [("values-prod.yaml", "pre-install"), ("values-dev.yaml", "post-install")],
+)
+def test_migrations_run_as_a_hook_job_for_every_schema(name: str, first_hook: str) -> None:
+    objects = rendered_scenario(name)
+    (job,) = by_kind(objects, "Job")
+    hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+    assert hooks == [first_hook, "pre-upgrade"]
+    spec = job["spec"]["template"]["spec"]
+    commands = [c["command"] for c in containers(spec)]
+    migrated = [cmd[2] for cmd in commands]
+    assert all(cmd[:2] == ["python", "-m"] and cmd[3:] == ["migrate"] for cmd in commands)
+    expected = ["timesheets", "approvals", "audit"]
+    if SCENARIOS[name].get("identity", {}).get("enabled", True):
+        expected = ["identity", *expected]
+    assert migrated == expected
+    assert spec["restartPolicy"] == "Never"
+    # The Job's own ServiceAccount exists when the hook runs (it is a hook with a lower weight).
+    sa = next(o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == spec["serviceAccountName"])
+    assert int(sa["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+
+
+# --- network policies --------------------------------------------------------------------------
+
+
+def policy_for(objects: list[Obj], comp: str) -> Obj:
+    (policy,) = [
+        o
+        for o in by_kind(objects, "NetworkPolicy")
+        if o["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == comp
+    ]
+    return policy
+
+
+def peers(rules: list[Obj], key: str) -> set[str]:
+    found = set()
+    for rule in rules:
+        for peer in rule.get(key, []):
+            comp = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            if comp and "namespaceSelector" not in peer:
+                found.add(comp)
+    return found
+
+
+BACKEND_CALLERS = {
+    "timesheets": {"gateway", "approvals"},
+    "approvals": {"gateway"},
+    "audit": {"gateway", "identity", "timesheets", "approvals"},
+}
+
+
+def test_every_app_workload_is_covered_by_a_network_policy(objects: list[Obj]) -> None:
+    for dep in app_deployments(objects):
+        policy = policy_for(objects, component(dep))
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_CALLERS))
+def test_backends_accept_only_the_gateway_and_their_peers(objects: list[Obj], backend: str) -> None:
+    present = {component(d) for d in app_deployments(objects)}
+    policy = policy_for(objects, backend)
+    ingress = policy["spec"]["ingress"]
+    for rule in ingress:
+        assert rule.get("from"), "a rule without 'from' admits anyone"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer
+    allowed = peers(ingress, "from")
+    assert allowed == BACKEND_CALLERS[backend] & present
+    # Anything else in 'from' may only be the metrics scrapers (a namespace selector).
+    others = [p for r in ingress for p in r["from"] if "podSelector" not in p or "namespaceSelector" in p]
+    assert all("namespaceSelector" in p for p in others)
+
+
+def test_egress_is_dns_database_redis_identity_provider_and_peers_only(objects: list[Obj]) -> None:
+    for dep in app_deployments(objects):
+        comp = component(dep)
+        egress = policy_for(objects, comp)["spec"]["egress"]
+        ports = {p["port"] for rule in egress for p in rule.get("ports", [])}
+        assert 53 in ports
+        allowed_ports = {53, 5432, 6379, 6380, 443, 9000, 8101, 8102, 8103}
+        assert ports <= allowed_ports, (comp, ports)
+        for rule in egress:
+            assert rule.get("ports"), f"{comp}: an egress rule without ports opens everything"
+        if comp == "audit":
+            assert peers(egress, "to") <= {"postgresql"}
+
+
+def test_demo_databases_accept_only_their_clients() -> None:
+    objects = rendered_scenario("values-dev.yaml")
+    pg = peers(policy_for(objects, "postgresql")["spec"]["ingress"], "from")
+    assert pg == {"identity", "timesheets", "approvals", "audit", "migrations"}
+    redis = peers(policy_for(objects, "redis")["spec"]["ingress"], "from")
+    assert redis == {"gateway", "identity"}
+
+
+def test_public_components_are_reachable_from_the_ingress_controller() -> None:
+    prod = rendered_scenario("values-prod.yaml")
+    ingress = policy_for(prod, "gateway")["spec"]["ingress"]
+    selectors = [p.get("namespaceSelector", {}).get("matchLabels") for r in ingress for p in r["from"]]
+    assert {"kubernetes.io/metadata.name": "ingress-nginx"} in selectors
+    dev = rendered_scenario("values-dev.yaml")
+    rules = policy_for(dev, "gateway")["spec"]["ingress"]
+    assert any("from" not in r for r in rules), "no ingressFrom: anyone may reach the gateway"
+
+
+# --- ingress -----------------------------------------------------------------------------------
+
+
+def test_ingress_exposes_gateway_and_bundled_identity_only() -> None:
+    objects = rendered_scenario("dev+everything")
+    ingresses = {component(o): o for o in by_kind(objects, "Ingress")}
+    assert set(ingresses) == {"gateway", "identity"}
+    for comp, ing in ingresses.items():
+        backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        assert backend["name"] == f"ts-timesheets-{comp}"
+        assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
+    prod = rendered_scenario("values-prod.yaml")
+    assert [component(o) for o in by_kind(prod, "Ingress")] == ["gateway"]
