@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -35,8 +36,33 @@ from .migrations import migrate
 from .settings import parse_identity_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+_embedded: list[Any] = []
+
+
+def server_url() -> str:
+    """The Postgres server tests create their databases on (``DATABASE_URL``'s server)."""
+    return os.environ["DATABASE_URL"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Like ``make dev``: use ``DATABASE_URL`` / ``REDIS_URL`` when set, else start embedded servers."""
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        from devstack.backing import EmbeddedPostgres, EmbeddedRedis
+
+        state = REPO_ROOT / ".local" / "test"
+        if not os.environ.get("DATABASE_URL"):
+            postgres = EmbeddedPostgres(state)
+            os.environ["DATABASE_URL"] = postgres.start()
+            _embedded.append(postgres)
+        if not os.environ.get("REDIS_URL"):
+            redis_server = EmbeddedRedis(state, port=6381)
+            os.environ["REDIS_URL"] = redis_server.start()
+            _embedded.append(redis_server)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _embedded:
+        _embedded.pop().stop()
 
 
 def free_port() -> int:
@@ -51,17 +77,17 @@ def with_database(url: str, name: str) -> str:
 
 
 async def create_database(name: str) -> str:
-    admin = await asyncpg.connect(SERVER_URL)
+    admin = await asyncpg.connect(server_url())
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    return with_database(SERVER_URL, name)
+    return with_database(server_url(), name)
 
 
 async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(SERVER_URL)
+    admin = await asyncpg.connect(server_url())
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -253,7 +279,7 @@ async def database_url(test_run_id: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    return REDIS_URL
+    return os.environ["REDIS_URL"]
 
 
 @pytest.fixture(scope="session")

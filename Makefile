@@ -1,0 +1,57 @@
+# Two commands matter: `make dev` runs the whole platform, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+PYTHON ?= python3
+UV := .local/uv/bin/uv
+PY := .venv/bin/python
+export UV_PROJECT_ENVIRONMENT := .venv
+# Debian packages the tests and benchmarks use: a real browser, a load generator, promtool.
+SYSTEM_PACKAGES := chromium wrk prometheus
+
+.PHONY: help install system-deps dev test e2e lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv .local/uv
+	.local/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+install: .venv/.synced ## create .venv from the lock file
+
+system-deps: ## install the Debian packages tests need (chromium, wrk, prometheus) when missing
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "please install:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS=1 adds Prometheus on :9090
+	$(PY) -m devstack
+
+test: install system-deps ## the whole suite: unit, integration (real Postgres/Redis), end-to-end, browser, packaging
+	$(PY) -m pytest
+
+e2e: install system-deps ## only the browser end-to-end tests (headless Chromium)
+	$(PY) -m pytest -m browser
+
+lint: install ## ruff and mypy --strict
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+format: install ## apply ruff's formatting and safe fixes
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+bench: install system-deps ## benchmarks under bench/ (figures printed and written to bench/results/)
+	$(PY) -m bench
+
+clean: ## remove the virtualenv, local data and build output
+	rm -rf .venv .local spa/dist spa/node_modules test-output
