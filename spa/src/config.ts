@@ -38,6 +38,8 @@ export const DEFAULTS = {
   audience: "https://timesheets.abc.example/api",
   flow: "code" as Flow,
   scopes: DEFAULT_SCOPES,
+  /** What the third-party demo client is registered for: it cannot ask for more. */
+  partnerScopes: "openid profile email read:timesheets create:timesheets",
   apiBase: "/api",
 };
 
@@ -90,7 +92,9 @@ export function resolveConfig(
   const clientId = partner
     ? (str(raw, "partnerClientId") ?? DEFAULTS.partnerClientId)
     : (str(raw, "clientId") ?? DEFAULTS.clientId);
-  const scopes = (partner ? str(raw, "partnerScopes") : undefined) ?? str(raw, "scopes") ?? DEFAULTS.scopes;
+  const scopes = partner
+    ? (str(raw, "partnerScopes") ?? DEFAULTS.partnerScopes)
+    : (str(raw, "scopes") ?? DEFAULTS.scopes);
   const queryFlow = new URLSearchParams(location.search).get("flow");
   const flow = parseFlow(queryFlow) ?? parseFlow(storedFlow) ?? parseFlow(str(raw, "flow")) ?? DEFAULTS.flow;
   const apiBase = (str(raw, "apiBase") ?? DEFAULTS.apiBase).replace(/\/+$/, "");
