@@ -30,9 +30,11 @@ def test_helm_lint_strict_is_clean(name: str, kube_version: str) -> None:
 def test_every_scenario_renders_objects_with_names_and_namespace(objects: list[Obj]) -> None:
     assert objects
     for obj in objects:
-        assert obj["apiVersion"] and obj["kind"], obj["__template__"]
+        assert obj["apiVersion"], obj["__template__"]
+        assert obj["kind"], obj["__template__"]
         name = obj["metadata"]["name"]
-        assert len(name) <= 63 and name.startswith("ts-"), name
+        assert len(name) <= 63, name
+        assert name.startswith("ts-"), name
         if obj["kind"] not in {"ServiceMonitor", "PrometheusRule", "ConfigMap"}:
             assert obj["metadata"]["namespace"] == "timesheets"
 

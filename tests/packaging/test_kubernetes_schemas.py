@@ -15,7 +15,10 @@ from tests.packaging.support import CHART, Obj
 
 OLDEST = "1.29"
 NEWEST = "1.37"
-OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def test_supported_range_matches_chart_kube_version() -> None:

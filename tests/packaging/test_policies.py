@@ -63,7 +63,8 @@ def test_every_pod_meets_the_restricted_pod_security_standard(objects: list[Obj]
         psc = spec.get("securityContext", {})
         assert psc.get("runAsNonRoot") is True, where
         assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
-        assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
+        assert isinstance(psc.get("runAsUser"), int), where
+        assert psc["runAsUser"] > 0, where
         for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
             assert not spec.get(forbidden), where
         for volume in spec.get("volumes", []):
@@ -112,7 +113,7 @@ PINNED = re.compile(r"^[^\s:@]+(:[0-9][\w.-]*|:(?!latest$)[\w][\w.-]*|@sha256:[a
 
 
 def test_every_image_is_pinned_by_tag_or_digest(objects: list[Obj]) -> None:
-    for obj, spec in workloads(objects):
+    for _obj, spec in workloads(objects):
         for c in containers(spec):
             image = c["image"]
             name_and_tag = image.rsplit("/", 1)[-1]
@@ -160,7 +161,8 @@ def test_every_workload_of_the_chart_has_probes(objects: list[Obj]) -> None:
         if obj["kind"] == "Job":
             continue
         for c in spec["containers"]:
-            assert "livenessProbe" in c and "readinessProbe" in c, obj["metadata"]["name"]
+            assert "livenessProbe" in c, obj["metadata"]["name"]
+            assert "readinessProbe" in c, obj["metadata"]["name"]
 
 
 # --- availability ------------------------------------------------------------------------------
@@ -188,7 +190,9 @@ def test_production_has_an_hpa_and_a_pdb_for_every_app_workload() -> None:
     objects = rendered_scenario("values-prod.yaml")
     deployments = {d["metadata"]["name"] for d in app_deployments(objects)}
     assert len(deployments) == 4  # identity is Auth0 in production
-    assert {o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")} == deployments
+    assert {
+        o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")
+    } == deployments
     assert {o["metadata"]["name"] for o in by_kind(objects, "PodDisruptionBudget")} == deployments
     for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
         assert hpa["spec"]["minReplicas"] >= 2, "a PDB with one replica blocks node drains"
@@ -238,7 +242,8 @@ def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
         if comp != "gateway":
             assert "DATABASE_URL" in env
         if comp in ("gateway", "identity"):
-            assert "OIDC_ISSUER" in env and "OIDC_AUDIENCE" in env
+            assert "OIDC_ISSUER" in env
+            assert "OIDC_AUDIENCE" in env
         if comp == "identity":
             for name in ("IDENTITY_KEY_ENCRYPTION_KEY", "IDENTITY_SESSION_SECRET", "BATCH_CLIENT_SECRET"):
                 assert name in env
@@ -258,7 +263,7 @@ def test_secrets_reach_containers_only_by_reference(objects: list[Obj]) -> None:
 def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
     objects = rendered_scenario("values-prod.yaml")
     assert by_kind(objects, "Secret") == [], "production generates no secret"
-    for obj, spec in workloads(objects):
+    for _obj, spec in workloads(objects):
         for c in containers(spec):
             env = env_of(c)
             assert env["IDENTITY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
@@ -292,7 +297,8 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
     (secret,) = by_kind(rendered_scenario("values-dev.yaml"), "Secret")
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     kid, _, key = data["identity-keys"].partition(":")
-    assert kid and len(key) >= 32
+    assert kid
+    assert len(key) >= 32
     for name in ("identity-key-encryption-key", "identity-session-secret", "postgres-password"):
         assert len(data[name]) >= 32
     assert f":{data['postgres-password']}@ts-timesheets-postgresql:5432/" in data["database-url"]
@@ -323,7 +329,9 @@ def test_migrations_run_as_a_hook_job_for_every_schema(name: str, first_hook: st
     assert migrated == expected
     assert spec["restartPolicy"] == "Never"
     # The Job's own ServiceAccount exists when the hook runs (it is a hook with a lower weight).
-    sa = next(o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == spec["serviceAccountName"])
+    sa = next(
+        o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == spec["serviceAccountName"]
+    )
     assert int(sa["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
         job["metadata"]["annotations"]["helm.sh/hook-weight"]
     )
