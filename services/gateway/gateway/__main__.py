@@ -1,7 +1,25 @@
-"""`python -m gateway` serves the gateway."""
+"""``python -m gateway`` serves the gateway with ``GATEWAY_WORKERS`` uvicorn worker processes.
+
+With several workers, Prometheus samples must be shared through files: the entry point points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (unless set) *before* prometheus_client is
+imported, so every worker writes there and ``/metrics`` on any worker shows the sum.
+"""
+
+import os
+import tempfile
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 from svckit.cli import run_cli
 
 from .settings import GatewaySettings
 
-raise SystemExit(run_cli(name="gateway", settings_cls=GatewaySettings, app_factory="gateway.app:create_app"))
+raise SystemExit(
+    run_cli(
+        name="gateway",
+        settings_cls=GatewaySettings,
+        app_factory="gateway.app:create_app",
+        workers=lambda settings: settings.gateway_workers,
+    )
+)

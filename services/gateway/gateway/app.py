@@ -1,17 +1,177 @@
-"""The gateway application (skeleton: health endpoints only until the gateway issue lands)."""
+"""The gateway application: the raw-ASGI API edge under ``/api``, a small Starlette app for the rest.
+
+``/api…`` goes straight to :class:`gateway.edge.Edge` (no framework on the hot path). Everything else
+— ``/healthz``, ``/readyz``, ``/metrics``, ``/config.json`` and the SPA's files — is served by the
+kit's service app, whose lifespan starts and stops the gateway's shared resources: the upstream
+connection pool, the Redis guard, the JWKS cache (warmed at start), the rate-limit sync task and the
+denial auditor.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 from svckit.app import create_service_app
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
+from . import metrics
+from .cors import Cors
+from .denials import DenialAuditor
+from .edge import Edge
+from .issuers import load_issuers
+from .jwks import JwksCache
+from .proxy import Forwarder, new_session
+from .ratelimit import RateLimiter
+from .redisguard import RedisGuard
+from .routes import API_PREFIX, load_routes
 from .settings import GatewaySettings
+from .spa import spa_routes
+from .tokens import TokenVerifier
+
+log = logging.getLogger("gateway")
+
+KEY_AGE_INTERVAL_SECONDS = 5.0
 
 
-def create_app(settings: GatewaySettings | None = None) -> Starlette:
+class Gateway:
+    """Owns every per-worker resource; ``edge`` exists between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.routes = load_routes(settings.gateway_routes_file, frozenset(settings.upstreams))
+        self.issuers = load_issuers(settings)
+        self.signer = IdentitySigner(settings.identity_keys)
+        self.cors = Cors(settings.cors_origins)
+        self.edge: Edge | None = None
+        self.jwks: JwksCache | None = None
+        self.limiter: RateLimiter | None = None
+        self.auditor: DenialAuditor | None = None
+        self.redis: RedisGuard | None = None
+        self._http = HttpClient(total_timeout=settings.jwks_fetch_timeout_seconds + 5)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings = self.settings
+        session = new_session(
+            settings.upstream_pool_size,
+            settings.upstream_connect_timeout_seconds,
+            settings.upstream_read_timeout_seconds,
+        )
+        self._session = session
+        self.redis = RedisGuard(
+            settings.redis_url,
+            settings.redis_key_prefix,
+            timeout=settings.redis_timeout_seconds,
+            retry_seconds=settings.redis_retry_seconds,
+        )
+        self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session())
+        verifier = TokenVerifier(settings, self.issuers, self.jwks)
+        if settings.rate_limit_enabled:
+            self.limiter = RateLimiter(
+                self.redis,
+                window_seconds=settings.rate_limit_window_seconds,
+                per_subject=settings.rate_limit_per_subject,
+                per_client=settings.rate_limit_per_client,
+                sync_seconds=settings.rate_limit_sync_seconds,
+            )
+            self.limiter.start()
+        if settings.audit_denials:
+            self.auditor = DenialAuditor(
+                SignedClient(self._http, settings.audit_url, self.signer),
+                queue_size=settings.audit_queue_size,
+                batch_size=settings.audit_batch_size,
+                flush_seconds=settings.audit_flush_seconds,
+            )
+            self.auditor.start()
+        request_metrics = metrics.RequestMetrics()
+        self.edge = Edge(
+            routes=self.routes,
+            verifier=verifier,
+            signer=self.signer,
+            forwarder=Forwarder(session, request_metrics),
+            upstreams=settings.upstreams,
+            cors=self.cors,
+            limiter=self.limiter,
+            auditor=self.auditor,
+            request_metrics=request_metrics,
+            max_body_bytes=settings.max_body_bytes,
+            access_log_enabled=settings.gateway_access_log,
+        )
+        self._tasks.append(asyncio.ensure_future(self._warm()))
+        self._tasks.append(asyncio.ensure_future(self._key_ages()))
+
+    async def _warm(self) -> None:
+        assert self.jwks is not None
+        try:
+            await self.jwks.warm()
+        except Exception:  # warming is an optimisation; requests fetch on demand
+            log.warning("warming the JWKS cache failed", exc_info=True)
+
+    async def _key_ages(self) -> None:
+        assert self.jwks is not None
+        while True:
+            self.jwks.update_ages()
+            await asyncio.sleep(KEY_AGE_INTERVAL_SECONDS)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.limiter is not None:
+            await self.limiter.stop()
+        if self.auditor is not None:
+            await self.auditor.stop()
+        if self.jwks is not None:
+            await self.jwks.close()
+        await self._session.close()
+        await self._http.close()
+        if self.redis is not None:
+            await self.redis.close()
+
+
+class GatewayApp:
+    """Dispatch: ``/api`` and ``/api/…`` to the edge, everything else (and lifespan) to ``web``."""
+
+    def __init__(self, gateway: Gateway, web: Starlette) -> None:
+        self.gateway = gateway
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(API_PREFIX) and (len(path) == len(API_PREFIX) or path[len(API_PREFIX)] == "/"):
+                edge = self.gateway.edge
+                if edge is None:
+                    raise RuntimeError("the gateway is not started (lifespan did not run)")
+                await edge(scope, receive, send)
+                return
+        await self.web(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     if settings is None:
         settings = load_settings(GatewaySettings)
         configure_logging(settings.service_name, settings.log_level)
-    return create_service_app(settings, [], require_identity=False)
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    web = create_service_app(settings, spa_routes(settings), require_identity=False, lifespan=lifespan)
+    web.state.gateway = gateway
+    return GatewayApp(gateway, web)

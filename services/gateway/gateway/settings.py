@@ -1,10 +1,142 @@
-"""Settings of the gateway (environment variables; see docs/CONTRACTS.md)."""
+"""Settings of the gateway (environment variables; see docs/CONTRACTS.md and the gateway README).
+
+Everything has a safe default for a local run except ``IDENTITY_KEYS`` (a secret). Bounds are
+validated here so that a typo (a leeway of an hour, a zero-second JWKS TTL) stops the process at
+start-up with a line naming the variable instead of weakening verification silently.
+"""
 
 from __future__ import annotations
 
-from svckit.settings import RedisSettings
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from svckit.settings import CsvList, RedisSettings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[2]
+
+#: Algorithms a trusted issuer may sign with unless ``JWT_ALGORITHMS`` narrows them. Asymmetric only.
+DEFAULT_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+#: Algorithms the gateway knows how to verify. ``none`` and every ``HS*`` are absent on purpose: an
+#: HMAC "signed" with the public key (the classic key-confusion attack) can never be configured in.
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_SPA_SCOPES = (
+    "openid profile email read:timesheets create:timesheets delete:timesheets approve:timesheets read:audit"
+)
 
 
 class GatewaySettings(RedisSettings):
     service_name: str = "gateway"
     port: int = 8080
+
+    # --- token verification -------------------------------------------------------------------
+    oidc_issuer: CsvList = Field(default_factory=lambda: ["http://localhost:9000/"])
+    oidc_audience: str = "https://timesheets.abc.example/api"
+    gateway_issuers_file: Path | None = None
+    jwt_algorithms: CsvList = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    max_token_bytes: int = Field(default=8192, ge=512, le=65536)
+    verified_token_cache_size: int = Field(default=10000, ge=0, le=1_000_000)
+    verified_token_cache_seconds: int = Field(default=300, ge=1, le=3600)
+
+    # --- JWKS caching -------------------------------------------------------------------------
+    jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)
+    jwks_min_ttl_seconds: int = Field(default=60, ge=1, le=86400)
+    jwks_max_ttl_seconds: int = Field(default=3600, ge=10, le=7 * 86400)
+    jwks_max_stale_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 86400)
+    jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0.0, le=3600)
+    jwks_fetch_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    # --- routing and forwarding ---------------------------------------------------------------
+    gateway_routes_file: Path = PACKAGE_DIR / "routes.yaml"
+    timesheets_url: str = "http://127.0.0.1:8101"
+    approvals_url: str = "http://127.0.0.1:8102"
+    audit_url: str = "http://127.0.0.1:8103"
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    upstream_pool_size: int = Field(default=256, ge=1, le=10000)
+    cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
+    gateway_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    gateway_access_log: bool = True
+
+    # --- rate limits (fixed windows kept in Redis, counted locally between syncs) -------------
+    rate_limit_enabled: bool = True
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
+    rate_limit_per_subject: int = Field(default=1200, ge=1)
+    rate_limit_per_client: int = Field(default=12000, ge=1)
+    rate_limit_sync_seconds: float = Field(default=0.25, gt=0, le=10)
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
+    redis_retry_seconds: float = Field(default=2.0, gt=0, le=300)
+
+    # --- audit of denials ---------------------------------------------------------------------
+    audit_denials: bool = True
+    audit_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
+    audit_batch_size: int = Field(default=200, ge=1, le=500)
+    audit_flush_seconds: float = Field(default=0.5, gt=0, le=60)
+
+    # --- the SPA ------------------------------------------------------------------------------
+    spa_dist_dir: Path = REPO_ROOT / "spa" / "dist"
+    spa_auth_issuer: str = ""
+    spa_client_id: str = "timesheets-spa"
+    spa_audience: str = ""
+    spa_auth_flow: str = "code"
+    spa_scopes: str = DEFAULT_SPA_SCOPES
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one issuer URL")
+        for issuer in value:
+            if not issuer.startswith(("https://", "http://")):
+                raise ValueError(f"issuer {issuer!r} must be an http(s) URL")
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in SUPPORTED_ALGORITHMS]
+        if unknown:
+            raise ValueError(
+                f"unsupported or forbidden algorithm(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+            )
+        if not value:
+            raise ValueError("needs at least one algorithm")
+        return value
+
+    @field_validator("spa_auth_flow")
+    @classmethod
+    def _flow(cls, value: str) -> str:
+        if value not in {"code", "implicit"}:
+            raise ValueError("must be 'code' or 'implicit'")
+        return value
+
+    @field_validator("timesheets_url", "approvals_url", "audit_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _ttl_bounds(self) -> GatewaySettings:
+        if self.jwks_min_ttl_seconds > self.jwks_max_ttl_seconds:
+            raise ValueError("JWKS_MIN_TTL_SECONDS must not exceed JWKS_MAX_TTL_SECONDS")
+        return self
+
+    @property
+    def upstreams(self) -> dict[str, str]:
+        return {
+            "timesheets": self.timesheets_url,
+            "approvals": self.approvals_url,
+            "audit": self.audit_url,
+        }
+
+    @property
+    def spa_issuer(self) -> str:
+        return self.spa_auth_issuer or self.oidc_issuer[0]

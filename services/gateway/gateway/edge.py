@@ -1,0 +1,525 @@
+"""The API pipeline, as raw ASGI: preflight → path safety → route → token → scopes → rate limit → forward.
+
+This is the gateway's hot path, so it avoids per-request framework objects: one pass over the
+headers, the verified-token cache, a local rate-limit decision, one pooled upstream request. Every
+refusal is an RFC 9457 problem document; 401/403 carry the RFC 6750 ``WWW-Authenticate`` challenge,
+and 401/403/429 are queued for the audit trail (:mod:`gateway.denials`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from svckit.context import is_valid_request_id, new_request_id, request_id_var
+from svckit.identity import PREFIX as IDENTITY_PREFIX
+from svckit.identity import Identity, IdentitySigner
+from svckit.problems import PROBLEM_JSON, problem_body
+from yarl import URL
+
+from . import metrics
+from .cors import Cors
+from .denials import DenialAuditor
+from .proxy import (
+    SMALL_BODY,
+    STRIPPED_INBOUND,
+    BodyStream,
+    BodyTooLarge,
+    ClientGone,
+    Forwarder,
+    UpstreamFailure,
+    read_body,
+)
+from .ratelimit import RateLimiter
+from .routes import API_PREFIX, Route, RouteTable, unsafe_path
+from .tokens import TokenError, TokenVerifier
+
+log = logging.getLogger("gateway.edge")
+access_log = logging.getLogger("access")
+
+REALM = "timesheets"
+UNMATCHED = "unmatched"
+_IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
+_DESCRIPTION_SAFE = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def challenge(error: str = "", description: str = "", scope: str = "") -> bytes:
+    """An RFC 6750 §3 ``WWW-Authenticate`` value (quoted strings restricted to safe characters)."""
+    parts = [f'Bearer realm="{REALM}"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        safe = "".join(ch for ch in description if ord(ch) in _DESCRIPTION_SAFE)
+        parts.append(f'error_description="{safe}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return ", ".join(parts).encode()
+
+
+class Edge:
+    def __init__(
+        self,
+        *,
+        routes: RouteTable,
+        verifier: TokenVerifier,
+        signer: IdentitySigner,
+        forwarder: Forwarder,
+        upstreams: dict[str, str],
+        cors: Cors,
+        limiter: RateLimiter | None,
+        auditor: DenialAuditor | None,
+        request_metrics: metrics.RequestMetrics,
+        max_body_bytes: int,
+        access_log_enabled: bool,
+    ) -> None:
+        self.routes = routes
+        self.verifier = verifier
+        self.signer = signer
+        self.forwarder = forwarder
+        self.upstreams = upstreams
+        self.cors = cors
+        self.limiter = limiter
+        self.auditor = auditor
+        self.metrics = request_metrics
+        self.max_body = max_body_bytes
+        self.access_log_enabled = access_log_enabled
+        self._auth_failures: dict[str, Any] = {}
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _count_failure(self, reason: str) -> None:
+        child = self._auth_failures.get(reason)
+        if child is None:
+            child = self._auth_failures[reason] = metrics.auth_failures.labels(reason)
+        child.inc()
+
+    @staticmethod
+    async def _problem(
+        send: Send,
+        status: int,
+        detail: str,
+        headers: list[tuple[bytes, bytes]],
+        title: str | None = None,
+        **extensions: Any,
+    ) -> None:
+        body = json.dumps(problem_body(status, title, detail, **extensions)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # --- the pipeline ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        authorization: list[bytes] = []
+        origin = inbound_id = acr_method = acr_headers = host = content_length = None
+        chunked = False
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization.append(value)
+            elif key == b"origin":
+                origin = value
+            elif key == b"x-request-id":
+                inbound_id = value
+            elif key == b"host":
+                host = value
+            elif key == b"content-length":
+                content_length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+            elif key == b"access-control-request-method":
+                acr_method = value
+            elif key == b"access-control-request-headers":
+                acr_headers = value
+        request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""
+        if not is_valid_request_id(request_id):
+            request_id = new_request_id()
+        context = request_id_var.set(request_id)
+        base_headers = [(b"x-request-id", request_id.encode()), *self.cors.response_headers(origin)]
+        state = _State()
+        try:
+            await self._handle(
+                scope,
+                receive,
+                send,
+                state,
+                method,
+                authorization,
+                origin,
+                acr_method,
+                acr_headers,
+                host,
+                content_length,
+                chunked,
+                request_id,
+                base_headers,
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(state.route, method, state.status, elapsed)
+            if self.access_log_enabled:
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    state.route,
+                    state.status,
+                    extra={
+                        "method": method,
+                        "route": state.route,
+                        "status": state.status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "subject": state.subject,
+                        "client_id": state.client_id,
+                    },
+                )
+            request_id_var.reset(context)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: _State,
+        method: str,
+        authorization: list[bytes],
+        origin: bytes | None,
+        acr_method: bytes | None,
+        acr_headers: bytes | None,
+        host: bytes | None,
+        content_length: bytes | None,
+        chunked: bool,
+        request_id: str,
+        base_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        path: str = scope["path"]
+        raw_path_bytes: bytes = scope.get("raw_path") or path.encode()
+        raw_path = raw_path_bytes.decode("latin-1")
+
+        # CORS preflight: answered here, never forwarded.
+        if method == "OPTIONS" and acr_method is not None:
+            methods = self.routes.methods_for(path) if not unsafe_path(raw_path) else ()
+            allow, why = self.cors.preflight(origin, acr_method, acr_headers, methods)
+            state.route = "preflight"
+            if allow is None:
+                state.status = 403
+                await self._problem(
+                    send, 403, why, [base_headers[0], (b"vary", b"Origin")], "CORS Preflight Refused"
+                )
+                return
+            state.status = 204
+            await send({"type": "http.response.start", "status": 204, "headers": [base_headers[0], *allow]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+        if unsafe_path(raw_path):
+            state.status = 400
+            await self._problem(
+                send, 400, "The path contains encoded separators or dot segments.", base_headers
+            )
+            return
+        match = self.routes.match(method, path)
+        route = match.route
+        if route is None:
+            if match.allowed_methods:
+                state.status = 405
+                allow_header = (b"allow", ", ".join(match.allowed_methods).encode())
+                await self._problem(
+                    send, 405, f"{method} is not allowed here.", [*base_headers, allow_header]
+                )
+            else:
+                state.status = 404
+                await self._problem(send, 404, "No API route matches this path.", base_headers)
+            return
+        state.route = route.template
+        query: bytes = scope.get("query_string", b"")
+        if b"access_token=" in query:
+            state.status = 400
+            await self._problem(
+                send,
+                400,
+                "Access tokens are accepted only in the Authorization header.",
+                [*base_headers, (b"www-authenticate", challenge("invalid_request", "token in query"))],
+            )
+            return
+
+        # --- authentication ---------------------------------------------------------------------
+        client_ip = _client_ip(scope)
+        if len(authorization) > 1:
+            state.status = 400
+            self._count_failure("malformed")
+            await self._problem(
+                send,
+                400,
+                "Send exactly one Authorization header.",
+                [
+                    *base_headers,
+                    (b"www-authenticate", challenge("invalid_request", "multiple Authorization headers")),
+                ],
+            )
+            return
+        token = ""
+        if authorization:
+            scheme, _, credentials = authorization[0].decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                token = credentials.strip()
+                if not token:
+                    token = "\0"  # noqa: S105 - "Bearer" with nothing after it: a malformed token, not a missing one
+        if not token:
+            self._count_failure("missing_token")
+            await self._deny(
+                send,
+                state,
+                route,
+                method,
+                request_id,
+                client_ip,
+                base_headers,
+                None,
+                status=401,
+                reason="missing_token",
+                detail="This API needs a bearer access token.",
+                www=challenge(),
+            )
+            return
+        try:
+            principal = await self.verifier.verify(token)
+        except TokenError as exc:
+            self._count_failure(exc.reason)
+            if exc.status == 503:
+                state.status = 503
+                await self._problem(send, 503, exc.description, [*base_headers, (b"retry-after", b"5")])
+                return
+            await self._deny(
+                send,
+                state,
+                route,
+                method,
+                request_id,
+                client_ip,
+                base_headers,
+                None,
+                status=401,
+                reason=exc.reason,
+                detail=exc.description,
+                www=challenge("invalid_token", exc.description),
+            )
+            return
+        identity = principal.identity
+        state.subject = identity.subject
+        state.client_id = identity.client_id
+
+        # --- authorization ----------------------------------------------------------------------
+        if not route.allows(identity.scopes):
+            self._count_failure("insufficient_scope")
+            needed = route.scope_text
+            await self._deny(
+                send,
+                state,
+                route,
+                method,
+                request_id,
+                client_ip,
+                base_headers,
+                identity,
+                status=403,
+                reason="insufficient_scope",
+                detail=f"This route needs the scope{'s' if len(route.scopes) > 1 else ''} "
+                f"{needed}{' (any of them)' if route.require == 'any' and len(route.scopes) > 1 else ''}.",
+                www=challenge("insufficient_scope", "The token lacks a required scope.", needed),
+                required_scope=needed,
+            )
+            return
+
+        # --- rate limits ------------------------------------------------------------------------
+        if self.limiter is not None:
+            decision = self.limiter.check(
+                _key(identity.issuer, identity.subject),
+                _key(identity.issuer, identity.client_id) if identity.client_id else "",
+            )
+            if not decision.allowed:
+                retry = str(decision.retry_after).encode()
+                await self._deny(
+                    send,
+                    state,
+                    route,
+                    method,
+                    request_id,
+                    client_ip,
+                    base_headers,
+                    identity,
+                    status=429,
+                    reason=f"rate_limit_{decision.limit}",
+                    detail=f"Too many requests for this {decision.limit}; retry in {decision.retry_after} s.",
+                    extra=[(b"retry-after", retry)],
+                )
+                return
+
+        # --- body -------------------------------------------------------------------------------
+        body: bytes | BodyStream | None = None
+        if content_length is not None:
+            try:
+                length = int(content_length)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                state.status = 400
+                await self._problem(send, 400, "The Content-Length header is not a number.", base_headers)
+                return
+            if length > self.max_body:
+                state.status = 413
+                await self._problem(
+                    send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers
+                )
+                return
+        else:
+            length = -1
+        try:
+            if 0 <= length <= SMALL_BODY and not chunked:
+                body = (
+                    await read_body(receive, self.max_body)
+                    if length > 0 or method not in NO_BODY_METHODS
+                    else None
+                )
+            elif chunked or length > SMALL_BODY:
+                body = BodyStream(receive, self.max_body)
+        except BodyTooLarge:
+            state.status = 413
+            await self._problem(send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers)
+            return
+        except ClientGone:
+            state.status = 499
+            return
+
+        # --- forward ----------------------------------------------------------------------------
+        target = raw_path[len(API_PREFIX) :]
+        if query:
+            target = f"{target}?{query.decode('latin-1')}"
+        headers = self._upstream_headers(scope, identity, method, target, request_id, host, client_ip)
+        url = URL(self.upstreams[route.upstream] + target, encoded=True)
+
+        def on_status(status: int) -> None:
+            state.status = status
+
+        try:
+            await self.forwarder.forward(
+                service=route.upstream,
+                method=method,
+                url=url,
+                headers=headers,
+                body=body,
+                send=send,
+                extra_response_headers=base_headers,
+                on_status=on_status,
+            )
+        except BodyTooLarge:
+            state.status = 413
+            await self._problem(send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers)
+        except ClientGone:
+            state.status = 499
+        except UpstreamFailure as exc:
+            state.status = exc.status
+            extra = [] if exc.status == 504 else [(b"retry-after", b"2")]
+            await self._problem(send, exc.status, exc.detail, [*base_headers, *extra])
+
+    def _upstream_headers(
+        self,
+        scope: Scope,
+        identity: Identity,
+        method: str,
+        target: str,
+        request_id: str,
+        host: bytes | None,
+        client_ip: str,
+    ) -> list[tuple[str, str]]:
+        dropped = STRIPPED_INBOUND
+        for key, value in scope["headers"]:
+            if key == b"connection":
+                dropped = dropped | frozenset(token.strip().lower() for token in value.split(b","))
+                break
+        headers = [
+            (key.decode("latin-1"), value.decode("latin-1"))
+            for key, value in scope["headers"]
+            if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
+        ]
+        headers.extend(
+            self.signer.headers(identity, method=method, target=target, request_id=request_id).items()
+        )
+        headers.append(("x-forwarded-for", client_ip))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        if host is not None:
+            headers.append(("x-forwarded-host", host.decode("latin-1")))
+        return headers
+
+    async def _deny(
+        self,
+        send: Send,
+        state: _State,
+        route: Route,
+        method: str,
+        request_id: str,
+        client_ip: str,
+        base_headers: list[tuple[bytes, bytes]],
+        identity: Identity | None,
+        *,
+        status: int,
+        reason: str,
+        detail: str,
+        www: bytes | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        required_scope: str = "",
+    ) -> None:
+        state.status = status
+        headers = [*base_headers, *(extra or [])]
+        if www is not None:
+            headers.append((b"www-authenticate", www))
+        if self.auditor is not None:
+            self.auditor.record(
+                status=status,
+                reason=reason,
+                route=route.template,
+                method=method,
+                request_id=request_id,
+                identity=identity,
+                client_ip=client_ip,
+                required_scope=required_scope,
+            )
+        extensions: dict[str, Any] = {"reason": reason}
+        if required_scope:
+            extensions["required_scope"] = required_scope
+        await self._problem(send, status, detail, headers, **extensions)
+
+
+class _State:
+    __slots__ = ("client_id", "route", "status", "subject")
+
+    def __init__(self) -> None:
+        self.route = UNMATCHED
+        self.status = 500
+        self.subject = ""
+        self.client_id = ""
+
+
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _key(issuer: str, name: str) -> str:
+    """Rate-limit keys: (issuer, name) hashed, so Redis keys stay short and never hold raw claims."""
+    return hashlib.blake2b(f"{issuer}\n{name}".encode(), digest_size=12).hexdigest()

@@ -1,0 +1,357 @@
+"""Signing keys of the trusted issuers: discovery, JWKS fetch, and a two-layer cache.
+
+Layers: the worker's memory, then Redis (shared by every replica, so a new replica with a warm Redis
+never calls the provider), then the provider (``{issuer}.well-known/openid-configuration`` →
+``jwks_uri``, or the per-issuer ``jwks_uri`` override).
+
+* Freshness: a key set is fresh for the provider's ``Cache-Control: max-age`` clamped to
+  ``[JWKS_MIN_TTL_SECONDS, JWKS_MAX_TTL_SECONDS]`` (``JWKS_DEFAULT_TTL_SECONDS`` without one). A stale
+  set keeps serving while one background refresh runs; it is dropped after
+  ``JWKS_MAX_STALE_SECONDS`` — keys never live forever if the provider stays unreachable.
+* Unknown ``kid``: one refresh per issuer, single-flight (concurrent requests await the same task),
+  and at most one per ``JWKS_REFETCH_COOLDOWN_SECONDS`` so a flood of made-up ``kid`` values costs
+  the provider one request per cool-down, not one per token.
+* Only verification keys are loaded: private key material, ``use`` other than ``sig``, RSA keys under
+  2048 bits and unknown key types are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
+
+from . import metrics
+from .issuers import IssuerConfig
+from .redisguard import RedisGuard
+from .settings import GatewaySettings
+
+log = logging.getLogger("gateway.jwks")
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+MAX_JWKS_BYTES = 512 * 1024
+MIN_RSA_BITS = 2048
+EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+
+
+class KeysUnavailable(Exception):
+    """No usable key set for an issuer (provider unreachable and nothing cached)."""
+
+
+class UnknownKey(Exception):
+    """The issuer's current key set has no key with this ``kid`` (after the permitted refresh)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Jwk:
+    kid: str | None
+    alg: str | None
+    key: PublicKey
+
+    def suits(self, alg: str) -> bool:
+        """The key type must match the algorithm family (and the JWK's own ``alg``, when it has one)."""
+        if self.alg is not None and self.alg != alg:
+            return False
+        key = self.key
+        if alg.startswith(("RS", "PS")):
+            return isinstance(key, rsa.RSAPublicKey)
+        if alg in EC_CURVES:
+            return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == EC_CURVES[alg]
+        if alg == "EdDSA":
+            return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+        return False
+
+
+@dataclass(slots=True)
+class KeySet:
+    keys: dict[str, Jwk]
+    anonymous: list[Jwk]  # keys without a kid (only usable when they are the only candidate)
+    fetched_at: float  # wall clock: when the provider served it (travels through Redis)
+    ttl: float
+    jwks_uri: str
+
+    def fresh(self, now: float) -> bool:
+        return now < self.fetched_at + self.ttl
+
+
+def parse_jwk(entry: object) -> Jwk | None:
+    if not isinstance(entry, dict):
+        return None
+    if "d" in entry or entry.get("use", "sig") != "sig":
+        return None
+    ops = entry.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return None
+    kty = entry.get("kty")
+    text = json.dumps(entry)
+    try:
+        if kty == "RSA":
+            key: Any = RSAAlgorithm.from_jwk(text)
+            if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+                return None
+        elif kty == "EC":
+            key = ECAlgorithm.from_jwk(text)
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                return None
+        elif kty == "OKP":
+            key = OKPAlgorithm.from_jwk(text)
+            if not isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+                return None
+        else:
+            return None
+    except (InvalidKeyError, ValueError, TypeError, KeyError):
+        return None
+    kid = entry.get("kid")
+    alg = entry.get("alg")
+    return Jwk(kid if isinstance(kid, str) else None, alg if isinstance(alg, str) else None, key)
+
+
+def parse_jwks(document: object, *, fetched_at: float, ttl: float, jwks_uri: str) -> KeySet:
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("the JWKS document has no 'keys' list")
+    keys: dict[str, Jwk] = {}
+    anonymous: list[Jwk] = []
+    for entry in entries:
+        jwk = parse_jwk(entry)
+        if jwk is None:
+            continue
+        if jwk.kid is None:
+            anonymous.append(jwk)
+        else:
+            keys.setdefault(jwk.kid, jwk)
+    if not keys and not anonymous:
+        raise ValueError("the JWKS document holds no usable verification key")
+    return KeySet(keys, anonymous, fetched_at, ttl, jwks_uri)
+
+
+def ttl_from(cache_control: str | None, settings: GatewaySettings) -> float:
+    match = _MAX_AGE.search(cache_control or "")
+    if match is None or "no-store" in (cache_control or "").lower():
+        seconds = settings.jwks_default_ttl_seconds
+    else:
+        seconds = int(match.group(1))
+    return float(min(max(seconds, settings.jwks_min_ttl_seconds), settings.jwks_max_ttl_seconds))
+
+
+@dataclass(slots=True)
+class IssuerKeys:
+    """Cache state of one issuer."""
+
+    config: IssuerConfig
+    keyset: KeySet | None = None
+    raw: Any = None  # the JWKS document of ``keyset`` (stored in Redis as-is)
+    inflight: asyncio.Task[None] | None = None
+    next_unknown_refresh: float = 0.0  # monotonic
+    redis_key_suffix: str = field(default="")
+
+
+class JwksCache:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        issuers: dict[str, IssuerConfig],
+        redis: RedisGuard | None,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.session = session
+        self.state = {issuer: IssuerKeys(config) for issuer, config in issuers.items()}
+        self._timeout = aiohttp.ClientTimeout(total=settings.jwks_fetch_timeout_seconds)
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- look-up (hot path) ------------------------------------------------------------------
+
+    async def key_for(self, issuer: str, kid: str | None, alg: str) -> Jwk:
+        state = self.state[issuer]
+        now = time.time()
+        keyset = state.keyset
+        if keyset is None or now > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
+            metrics.jwks_cache.labels("memory", "miss").inc()
+            await self._refresh(state, unknown_kid=None)
+            keyset = state.keyset
+            if keyset is None or time.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
+                raise KeysUnavailable(issuer)
+        elif not keyset.fresh(now):
+            self._refresh_in_background(state)
+        found = self._pick(keyset, kid, alg)
+        if found is not None:
+            metrics.jwks_cache.labels("memory", "hit").inc()
+            return found
+        metrics.jwks_cache.labels("memory", "miss").inc()
+        if kid is None:
+            raise UnknownKey("no kid")
+        if time.monotonic() < state.next_unknown_refresh and state.inflight is None:
+            raise UnknownKey(kid)
+        await self._refresh(state, unknown_kid=kid)
+        keyset = state.keyset
+        found = self._pick(keyset, kid, alg) if keyset is not None else None
+        if found is None:
+            raise UnknownKey(kid)
+        return found
+
+    @staticmethod
+    def _pick(keyset: KeySet, kid: str | None, alg: str) -> Jwk | None:
+        if kid is not None:
+            jwk = keyset.keys.get(kid)
+            return jwk if jwk is not None and jwk.suits(alg) else None
+        candidates = [jwk for jwk in (*keyset.keys.values(), *keyset.anonymous) if jwk.suits(alg)]
+        return candidates[0] if len(candidates) == 1 else None
+
+    # --- refresh (single-flight) -------------------------------------------------------------
+
+    def _refresh_in_background(self, state: IssuerKeys) -> None:
+        if state.inflight is None:
+            task = asyncio.ensure_future(self._refresh(state, unknown_kid=None))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, state: IssuerKeys, unknown_kid: str | None) -> None:
+        if unknown_kid is not None:
+            state.next_unknown_refresh = time.monotonic() + self.settings.jwks_refetch_cooldown_seconds
+        if state.inflight is None:
+            state.inflight = asyncio.ensure_future(self._load(state, unknown_kid))
+            state.inflight.add_done_callback(lambda _: setattr(state, "inflight", None))
+        await asyncio.shield(state.inflight)
+
+    async def _load(self, state: IssuerKeys, unknown_kid: str | None) -> None:
+        """Redis first (another replica may already hold newer keys), then the provider."""
+        copy = await self._from_redis(state)
+        current = state.keyset
+        now = time.time()
+        if copy is not None and (current is None or copy[0].fetched_at > current.fetched_at):
+            usable = copy[0].fresh(now) and (unknown_kid is None or unknown_kid in copy[0].keys)
+            if usable or current is None:
+                state.keyset, state.raw = copy
+                if usable:
+                    metrics.jwks_cache.labels("redis", "hit").inc()
+                    self._update_age(state)
+                    return
+        metrics.jwks_cache.labels("redis", "miss").inc()
+        try:
+            keyset, raw = await self._fetch(state)
+        except Exception as exc:  # the provider being down must never break verification
+            outcome = "invalid" if isinstance(exc, ValueError) else "error"
+            metrics.jwks_fetch.labels(state.config.issuer, outcome).inc()
+            log.warning(
+                "fetching signing keys failed; cached keys stay in use",
+                extra={"issuer": state.config.issuer, "error": f"{type(exc).__name__}: {exc}"[:200]},
+            )
+            self._update_age(state)
+            return
+        metrics.jwks_fetch.labels(state.config.issuer, "ok").inc()
+        state.keyset, state.raw = keyset, raw
+        self._update_age(state)
+        await self._to_redis(state)
+
+    async def _fetch(self, state: IssuerKeys) -> tuple[KeySet, Any]:
+        jwks_uri = state.config.jwks_uri
+        if jwks_uri is None:
+            discovery = await self._get_json(state.config.discovery_url)
+            if not isinstance(discovery, dict):
+                raise ValueError("the discovery document is not a JSON object")
+            if discovery.get("issuer") != state.config.issuer:
+                raise ValueError("the discovery document names a different issuer")
+            jwks_uri = discovery.get("jwks_uri")
+            if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+                raise ValueError("the discovery document has no usable jwks_uri")
+        async with self.session.get(jwks_uri, timeout=self._timeout, allow_redirects=False) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="JWKS fetch failed"
+                )
+            body = await response.content.read(MAX_JWKS_BYTES + 1)
+            if len(body) > MAX_JWKS_BYTES:
+                raise ValueError("the JWKS document is too large")
+            ttl = ttl_from(response.headers.get("Cache-Control"), self.settings)
+        document = json.loads(body)
+        return parse_jwks(document, fetched_at=time.time(), ttl=ttl, jwks_uri=jwks_uri), document
+
+    async def _get_json(self, url: str) -> Any:
+        async with self.session.get(url, timeout=self._timeout, allow_redirects=False) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="discovery failed"
+                )
+            body = await response.content.read(MAX_JWKS_BYTES + 1)
+            if len(body) > MAX_JWKS_BYTES:
+                raise ValueError("the discovery document is too large")
+            return json.loads(body)
+
+    # --- Redis layer -------------------------------------------------------------------------
+
+    def _redis_key(self, state: IssuerKeys) -> str:
+        assert self.redis is not None
+        return self.redis.key("gateway", "jwks", state.config.issuer)
+
+    async def _from_redis(self, state: IssuerKeys) -> tuple[KeySet, Any] | None:
+        if self.redis is None:
+            return None
+        key = self._redis_key(state)
+        raw = await self.redis.call(lambda client: client.get(key))
+        if raw is None:
+            return None
+        try:
+            stored = json.loads(raw)
+            keyset = parse_jwks(
+                stored["jwks"],
+                fetched_at=float(stored["fetched_at"]),
+                ttl=float(stored["ttl"]),
+                jwks_uri=str(stored["jwks_uri"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if time.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
+            return None
+        return keyset, stored["jwks"]
+
+    async def _to_redis(self, state: IssuerKeys) -> None:
+        if self.redis is None or state.keyset is None:
+            return
+        keyset = state.keyset
+        payload = json.dumps(
+            {
+                "jwks": state.raw,
+                "fetched_at": keyset.fetched_at,
+                "ttl": keyset.ttl,
+                "jwks_uri": keyset.jwks_uri,
+            }
+        )
+        key = self._redis_key(state)
+        expire = int(self.settings.jwks_max_stale_seconds)
+        await self.redis.call(lambda client: client.set(key, payload, ex=expire))
+
+    # --- warm-up and bookkeeping -------------------------------------------------------------
+
+    def _update_age(self, state: IssuerKeys) -> None:
+        if state.keyset is not None:
+            metrics.jwks_key_age.labels(state.config.issuer).set(
+                max(0.0, time.time() - state.keyset.fetched_at)
+            )
+
+    def update_ages(self) -> None:
+        for state in self.state.values():
+            self._update_age(state)
+
+    async def warm(self) -> None:
+        """Load every issuer's keys at start-up (Redis first), so the first request does not wait."""
+        await asyncio.gather(*(self._refresh(state, None) for state in self.state.values()))
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for state in self.state.values():
+            if state.inflight is not None:
+                state.inflight.cancel()

@@ -1,0 +1,110 @@
+"""The SPA's static files and its runtime configuration (``/config.json``).
+
+* Hashed build assets (``/assets/…`` or names like ``app.3f9a1c2b.js``) are cached for a year,
+  ``immutable``; ``index.html`` and everything else is ``no-cache`` so a deploy is seen at once.
+* A GET for a path that is not a file, from a client that accepts HTML, gets ``index.html``
+  (client-side routing: ``/callback``, ``/approvals``…); anything else is a 404 problem.
+* HTML carries a strict Content-Security-Policy: scripts, styles and connections only from the
+  gateway's own origin, plus ``connect-src`` and ``frame-src`` for the configured authorization
+  server (token endpoint calls and silent renewal in a hidden iframe).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Route
+from svckit.problems import problem_response
+
+from .settings import GatewaySettings
+
+HASHED = re.compile(r"[.-][0-9A-Za-z_]{8,}\.(?:js|mjs|css|woff2?|png|svg|jpg|webp|ico|map)$")
+IMMUTABLE = "public, max-age=31536000, immutable"
+NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Timesheets</title></head>
+<body><h1>Timesheets</h1><p>The web app is not built yet. Run <code>make spa</code> (or
+<code>cd spa &amp;&amp; npm ci &amp;&amp; npm run build</code>) and reload. The API is served under
+<code>/api</code>.</p></body></html>"""
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def content_security_policy(settings: GatewaySettings) -> str:
+    issuer = origin_of(settings.spa_issuer)
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "font-src 'self'",
+            f"connect-src 'self' {issuer}",
+            f"frame-src {issuer}",
+            f"form-action 'self' {issuer}",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "object-src 'none'",
+        ]
+    )
+
+
+def spa_config(settings: GatewaySettings) -> dict[str, str]:
+    return {
+        "issuer": settings.spa_issuer,
+        "clientId": settings.spa_client_id,
+        "audience": settings.spa_audience or settings.oidc_audience,
+        "flow": settings.spa_auth_flow,
+        "scopes": settings.spa_scopes,
+        "apiBase": "/api",
+    }
+
+
+def spa_routes(settings: GatewaySettings) -> list[Route]:
+    root = settings.spa_dist_dir.resolve()
+    html_headers = {
+        "Content-Security-Policy": content_security_policy(settings),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+    config_body = json.dumps(spa_config(settings)).encode()
+
+    async def config(request: Request) -> Response:
+        return Response(
+            config_body,
+            media_type="application/json",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    def file(path: Path) -> Response:
+        name = path.relative_to(root).as_posix()
+        if path.name == "index.html" or path.suffix == ".html":
+            return FileResponse(path, headers=html_headers)
+        cache = IMMUTABLE if name.startswith("assets/") or HASHED.search(name) else "no-cache"
+        return FileResponse(path, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+
+    async def static(request: Request) -> Response:
+        index = root / "index.html"
+        if not index.is_file():
+            return HTMLResponse(NOT_BUILT, headers=html_headers)
+        relative = request.path_params.get("path", "")
+        if relative and "\0" not in relative:
+            candidate = (root / relative).resolve()
+            if candidate.is_relative_to(root) and candidate.is_file():
+                return file(candidate)
+        if not relative or "text/html" in request.headers.get("accept", ""):
+            return file(index)
+        return problem_response(404, None, "No such file.")
+
+    return [
+        Route("/config.json", config, methods=["GET", "HEAD"]),
+        Route("/{path:path}", static, methods=["GET", "HEAD"]),
+    ]

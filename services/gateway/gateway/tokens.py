@@ -1,0 +1,234 @@
+"""Access-token verification: parse once, refuse early, verify the signature, then check the claims.
+
+The token is split and base64url-decoded exactly once (PyJWT's own parsing is most of its cost; see
+BENCHMARKS.md); the signature is checked with PyJWT's algorithm implementations on keys from
+:mod:`gateway.jwks`. Order of checks:
+
+1. size, shape and strict base64url (no padding, no foreign characters);
+2. header: ``alg`` in the allowlist (``none`` and ``HS*`` never), no key material or key URLs
+   (``jwk``, ``jku``, ``x5u``, ``x5c``), no ``crit`` (no extension is understood), ``typ`` absent,
+   ``JWT`` or ``at+jwt``;
+3. ``iss`` exactly one of the trusted issuers (only then is a key looked up — no fetch for strangers);
+4. the signature, with the key chosen by ``kid`` whose type matches ``alg``;
+5. ``exp`` (required), ``nbf``, ``iat`` with the issuer's leeway; ``aud`` contains the API identifier;
+   ``sub`` present; no ID-token claims (``nonce``, ``at_hash``, ``c_hash``).
+
+Verified tokens are cached by a BLAKE2b hash of the token (the token itself is never kept) until the
+earlier of ``exp`` and ``VERIFIED_TOKEN_CACHE_SECONDS``, so repeat calls skip steps 1 to 5.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+from svckit.identity import Identity, Kind
+
+from .issuers import IssuerConfig
+from .jwks import JwksCache, KeysUnavailable, UnknownKey
+from .settings import GatewaySettings
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token
+FORBIDDEN_HEADER_KEYS = ("jwk", "jku", "x5u", "x5c")
+ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt", "application/jwt"})
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+
+
+class TokenError(Exception):
+    """A refused token. ``reason`` is a fixed metric label; ``description`` goes to the client."""
+
+    def __init__(self, reason: str, description: str, *, status: int = 401) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    identity: Identity
+    expires_at: float
+    token_hash: bytes
+
+
+def _b64decode(part: str, what: str) -> bytes:
+    if not _B64URL.match(part) or len(part) % 4 == 1:
+        raise TokenError("malformed", f"The token {what} is not base64url.")
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError("malformed", f"The token {what} is not base64url.") from None
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TokenError("malformed", f"The token {what} is not JSON.") from None
+    if not isinstance(value, dict):
+        raise TokenError("malformed", f"The token {what} is not a JSON object.")
+    return value
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def scopes_from(claims: dict[str, Any], config: IssuerConfig) -> frozenset[str]:
+    granted: set[str] = set()
+    for claim in config.scope_claims:
+        value = claims.get(claim)
+        if isinstance(value, str):
+            granted.update(value.split())
+        elif isinstance(value, list):
+            granted.update(item for item in value if isinstance(item, str))
+    return frozenset(scope for scope in granted if _SCOPE_TOKEN.match(scope))
+
+
+def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozenset[str]) -> Identity:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or _CONTROL.search(subject) or len(subject) > 255:
+        raise TokenError("malformed", "The token has no usable 'sub' claim.")
+    client_id = claims.get("azp", claims.get("client_id", ""))
+    if not isinstance(client_id, str) or _CONTROL.search(client_id) or len(client_id) > 255:
+        raise TokenError("malformed", "The token's 'azp' / 'client_id' claim is not a plain string.")
+    kind: Kind = "user"
+    if claims.get("gty") == "client-credentials" or (
+        client_id and subject in (client_id, f"{client_id}@clients")
+    ):
+        kind = "client"
+    name = ""
+    for claim in config.name_claims:
+        value = claims.get(claim)
+        if isinstance(value, str) and value:
+            name = _CONTROL.sub("", value)[:200]
+            break
+    return Identity(config.issuer, subject, kind, client_id, scopes, name)
+
+
+class TokenVerifier:
+    def __init__(self, settings: GatewaySettings, issuers: dict[str, IssuerConfig], jwks: JwksCache) -> None:
+        self.settings = settings
+        self.issuers = issuers
+        self.jwks = jwks
+        self.audience = settings.oidc_audience
+        self.max_bytes = settings.max_token_bytes
+        self.cache_size = settings.verified_token_cache_size
+        self.cache_seconds = settings.verified_token_cache_seconds
+        self._cache: dict[bytes, Principal] = {}
+        all_algorithms = get_default_algorithms()
+        self._algorithms: dict[str, Algorithm] = {
+            alg: all_algorithms[alg] for alg in settings.jwt_algorithms if alg in all_algorithms
+        }
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > self.max_bytes:
+            raise TokenError("too_large", f"The token is larger than {self.max_bytes} bytes.")
+        digest = hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest()
+        cached = self._cache.get(digest)
+        now = time.time()
+        if cached is not None:
+            if now < cached.expires_at:
+                return cached
+            del self._cache[digest]
+        principal = await self._verify(token, digest, now)
+        if self.cache_size:
+            if len(self._cache) >= self.cache_size:
+                self._evict(now)
+            self._cache[digest] = principal
+        return principal
+
+    def _evict(self, now: float) -> None:
+        expired = [key for key, value in self._cache.items() if value.expires_at <= now]
+        for key in expired:
+            del self._cache[key]
+        while len(self._cache) >= self.cache_size:  # oldest first: dicts keep insertion order
+            del self._cache[next(iter(self._cache))]
+
+    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError(
+                "malformed", "The token is not a JWS in compact form (three dot-separated parts)."
+            )
+        header = _json_object(_b64decode(parts[0], "header"), "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise TokenError("malformed", "The token header has no 'alg'.")
+        algorithm = self._algorithms.get(alg)
+        if algorithm is None:
+            raise TokenError("alg_not_allowed", f"The signing algorithm {alg[:20]!r} is not accepted.")
+        if any(name in header for name in FORBIDDEN_HEADER_KEYS):
+            raise TokenError("header_key", "Keys or key URLs inside the token header are not accepted.")
+        if "crit" in header:
+            raise TokenError("crit", "The token requires header extensions ('crit') that are not supported.")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYP):
+            raise TokenError("typ", "The token type ('typ') is not an access token.")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("malformed", "The token header 'kid' is not a string.")
+
+        claims = _json_object(_b64decode(parts[1], "payload"), "payload")
+        issuer = claims.get("iss")
+        config = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if config is None:
+            raise TokenError("issuer", "The token was not issued by a trusted issuer.")
+        if alg not in config.algorithms:
+            raise TokenError("alg_not_allowed", f"The issuer does not sign with {alg!r} here.")
+
+        signature = _b64decode(parts[2], "signature")
+        try:
+            jwk = await self.jwks.key_for(config.issuer, kid, alg)
+        except UnknownKey:
+            raise TokenError("unknown_kid", "The token was signed with an unknown key.") from None
+        except KeysUnavailable:
+            raise TokenError(
+                "keys_unavailable", "The issuer's signing keys are unavailable; retry shortly.", status=503
+            ) from None
+        signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
+        try:
+            valid = algorithm.verify(signing_input, jwk.key, signature)
+        except Exception:  # malformed signatures raise inside the primitives
+            valid = False
+        if not valid:
+            raise TokenError("bad_signature", "The token signature does not verify.")
+
+        leeway = config.leeway_seconds
+        exp = claims.get("exp")
+        if exp is None:
+            raise TokenError("missing_exp", "The token has no expiry ('exp').")
+        if not _number(exp):
+            raise TokenError("malformed", "The token 'exp' is not a number.")
+        if now > exp + leeway:
+            raise TokenError("expired", "The token has expired.")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _number(nbf) or now + leeway < nbf):
+            raise TokenError("not_yet_valid", "The token is not valid yet ('nbf').")
+        iat = claims.get("iat")
+        if iat is not None and (not _number(iat) or now + leeway < iat):
+            raise TokenError("not_yet_valid", "The token was issued in the future ('iat').")
+        audience = claims.get("aud")
+        if isinstance(audience, str):
+            audience_ok = audience == self.audience
+        elif isinstance(audience, list):
+            audience_ok = self.audience in audience
+        else:
+            audience_ok = False
+        if not audience_ok:
+            raise TokenError("audience", "The token is not meant for this API ('aud').")
+        if any(claim in claims for claim in ID_TOKEN_CLAIMS):
+            raise TokenError("id_token", "An ID token is not an access token.")
+
+        identity = identity_from(claims, config, scopes_from(claims, config))
+        expires_at = min(float(exp), now + self.cache_seconds)
+        return Principal(identity, expires_at, digest)
