@@ -1,0 +1,142 @@
+"""Fixtures for the identity service's tests.
+
+The service runs as a real process (``python -m identity``) against this session's own database,
+seeded with ``python -m identity seed``; tests drive it over HTTP like a browser and an SDK would.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jwt
+import pytest
+from svckit.testing import REPO_ROOT, ServiceProcess, free_port, migrate_schema
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from identity_testkit import BATCH_SECRET, DEMO_PASSWORD, Browser  # noqa: E402
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "identity", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def identity_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def issuer(identity_port: int) -> str:
+    return f"http://localhost:{identity_port}/"
+
+
+@pytest.fixture(scope="session")
+def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
+    import os
+
+    return {
+        **os.environ,
+        **service_env,
+        "OIDC_ISSUER": issuer,
+        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+        "DEMO_PASSWORD": DEMO_PASSWORD,
+        "BATCH_CLIENT_SECRET": BATCH_SECRET,
+        "KEY_REFRESH_SECONDS": "1",
+        "KEY_ROTATION_GRACE_SECONDS": "600",
+        "LOGIN_MAX_FAILURES_PER_USER": "5",
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": "40",
+    }
+
+
+@pytest.fixture(scope="session")
+async def seeded(identity_env: dict[str, str], database_url: str) -> dict[str, str]:
+    await migrate_schema(database_url, "identity", PACKAGE_DIR)
+    for _ in range(2):  # the seed is idempotent: running it twice must succeed
+        result = run_cli(identity_env, "seed")
+        assert result.returncode == 0, result.stderr
+    return identity_env
+
+
+@pytest.fixture(scope="session")
+def identity_service(seeded: dict[str, str], identity_port: int) -> Iterator[ServiceProcess]:
+    process = ServiceProcess("identity", seeded, port=identity_port)
+    process.start(wait_path="/readyz")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(identity_service: ServiceProcess, issuer: str) -> str:
+    return issuer.rstrip("/")
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def browser(base_url: str) -> AsyncIterator[Browser]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield Browser(base_url, session)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@dataclass
+class Tokens:
+    raw: dict[str, Any]
+    access: dict[str, Any]
+    access_header: dict[str, Any]
+    id: dict[str, Any] | None
+
+
+@pytest.fixture
+def verify(base_url: str, issuer: str) -> Any:
+    """Verify tokens the way the gateway and an SDK would: keys from the JWKS, claims checked."""
+
+    async def check(
+        raw: dict[str, Any], client_id: str, audience: str = "https://timesheets.abc.example/api"
+    ) -> Tokens:
+        jwks_client = jwt.PyJWKClient(base_url + "/.well-known/jwks.json")
+        access_token = raw["access_token"]
+        key = jwks_client.get_signing_key_from_jwt(access_token)
+        access = jwt.decode(
+            access_token, key.key, algorithms=["RS256", "ES256"], audience=audience, issuer=issuer
+        )
+        header = jwt.get_unverified_header(access_token)
+        id_claims = None
+        if "id_token" in raw:
+            id_key = jwks_client.get_signing_key_from_jwt(raw["id_token"])
+            id_claims = jwt.decode(
+                raw["id_token"], id_key.key, algorithms=["RS256", "ES256"], audience=client_id, issuer=issuer
+            )
+        return Tokens(raw, access, header, id_claims)
+
+    return check

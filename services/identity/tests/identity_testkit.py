@@ -1,0 +1,107 @@
+"""Helpers for the identity tests: a scripted browser, PKCE, HTML form scraping.
+
+Kept in a module of its own (put on ``sys.path`` by this folder's conftest) so test files can import it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from html import unescape
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+
+DEMO_PASSWORD = "demo-" + secrets.token_hex(4)
+BATCH_SECRET = "batch-" + secrets.token_urlsafe(24)
+SPA = "http://localhost:8080"
+API = "https://timesheets.abc.example/api"
+
+
+# --- a scripted browser + SDK ------------------------------------------------------------------
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def hidden_field(html: str, name: str) -> str:
+    match = re.search(rf'name="{re.escape(name)}" value="([^"]*)"', html)
+    assert match, f"no hidden field {name} in page"
+    return unescape(match.group(1))
+
+
+def params_of(location: str) -> dict[str, str]:
+    parts = urlsplit(location)
+    return dict(parse_qsl(parts.fragment or parts.query, keep_blank_values=True))
+
+
+@dataclass
+class Browser:
+    """A cookie-keeping HTTP client that follows our own redirects step by step."""
+
+    base: str
+    session: aiohttp.ClientSession
+    last_html: str = ""
+    trail: list[str] = field(default_factory=list)
+
+    async def get(self, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        full = url if url.startswith("http") else self.base + url
+        response = await self.session.get(full, allow_redirects=False, **kwargs)
+        self.last_html = await response.text()
+        return response
+
+    async def post(self, url: str, data: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        full = url if url.startswith("http") else self.base + url
+        response = await self.session.post(full, data=data, allow_redirects=False, **kwargs)
+        self.last_html = await response.text()
+        return response
+
+    async def login(
+        self, username: str, password: str = DEMO_PASSWORD, return_to: str = ""
+    ) -> aiohttp.ClientResponse:
+        query = "?" + urlencode({"return_to": return_to}) if return_to else ""
+        page = await self.get("/login" + query)
+        assert page.status == 200, self.last_html
+        token = hidden_field(self.last_html, "csrf_token")
+        ret = hidden_field(self.last_html, "return_to")
+        return await self.post(
+            "/login", {"username": username, "password": password, "csrf_token": token, "return_to": ret}
+        )
+
+    async def authorize(self, **params: str) -> aiohttp.ClientResponse:
+        """GET /authorize and follow redirects that stay on the identity server."""
+        response = await self.get("/authorize?" + urlencode(params))
+        while response.status in (302, 303) and response.headers["Location"].startswith(("/", self.base)):
+            location = response.headers["Location"]
+            if location.startswith("/login"):
+                return response
+            response = await self.get(location)
+        return response
+
+    async def sign_in_and_authorize(self, username: str, **params: str) -> aiohttp.ClientResponse:
+        first = await self.authorize(**params)
+        if first.status == 302 and first.headers["Location"].startswith("/login"):
+            login_page = await self.get(first.headers["Location"])
+            assert login_page.status == 200
+            token = hidden_field(self.last_html, "csrf_token")
+            ret = hidden_field(self.last_html, "return_to")
+            done = await self.post(
+                "/login",
+                {"username": username, "password": DEMO_PASSWORD, "csrf_token": token, "return_to": ret},
+            )
+            assert done.status == 303, self.last_html
+            return await self.authorize_location(done.headers["Location"])
+        return first
+
+    async def authorize_location(self, location: str) -> aiohttp.ClientResponse:
+        response = await self.get(location)
+        while response.status in (302, 303) and response.headers["Location"].startswith("/"):
+            response = await self.get(response.headers["Location"])
+        return response
