@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import types
+from pathlib import Path
 
 from .platform import Platform, die_with_parent
 
@@ -13,7 +14,12 @@ from .platform import Platform, die_with_parent
 def main() -> int:
     # `make` does not forward SIGTERM to its recipe; dying with our parent covers `kill <make>`.
     die_with_parent()
-    platform = Platform(os.environ, prometheus=os.environ.get("DEV_PROMETHEUS") == "1")
+    state_dir = os.environ.get("DEVSTACK_STATE_DIR")
+    platform = Platform(
+        os.environ,
+        state_dir=Path(state_dir) if state_dir else None,
+        prometheus=os.environ.get("DEV_PROMETHEUS") == "1",
+    )
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:
         platform.request_stop()

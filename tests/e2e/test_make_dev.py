@@ -1,0 +1,91 @@
+"""`make dev` brings all five services up and SIGTERM to `make` stops every one of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from devstack import SERVICES
+from devstack.backing import port_is_free
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_make_dev_runs_and_stops_everything(service_env: dict[str, str], tmp_path: Path) -> None:
+    busy = [spec.port for spec in SERVICES if not port_is_free(spec.port)]
+    assert not busy, f"ports in use before the test: {busy}"
+    env = {**os.environ, **service_env, "DEVSTACK_STATE_DIR": str(tmp_path / "state")}
+    log = (tmp_path / "make-dev.log").open("wb")
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "dev"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        urls = {spec.name: f"http://127.0.0.1:{spec.port}" for spec in SERVICES}
+        wait_until(
+            lambda: make.poll() is not None or all(get(u + "/readyz") == 200 for u in urls.values()),
+            timeout=240,
+            what="every service to be ready",
+        )
+        output = (tmp_path / "make-dev.log").read_text(errors="replace")
+        assert make.poll() is None, output[-4000:]
+        for name, url in urls.items():
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert get(url + path) == 200, f"{name}{path}"
+        wait_until(
+            lambda: "http://localhost:8080/" in (tmp_path / "make-dev.log").read_text(errors="replace"),
+            timeout=10,
+            what="the banner",
+        )
+        output = (tmp_path / "make-dev.log").read_text(errors="replace")
+        assert "alice" in output
+        assert "gateway   |" in output  # log lines are prefixed per service
+        children = psutil.Process(make.pid).children(recursive=True)
+        assert len(children) >= 6
+
+        make.send_signal(signal.SIGTERM)  # to make only, as `kill <make>` would
+        make.wait(60)
+        wait_until(
+            lambda: all(port_is_free(spec.port) for spec in SERVICES), timeout=40, what="ports freed"
+        )
+        wait_until(
+            lambda: not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE],
+            timeout=30,
+            what="every child process to exit",
+        )
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
