@@ -1,16 +1,58 @@
-"""The timesheets service application."""
+"""The timesheets service application: routes, the outbox relay and the idempotency-key janitor."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
 from starlette.applications import Starlette
+from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import Database
+from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
+from svckit.outbox import OutboxRelay
 from svckit.settings import load_settings
 
+from . import api, internal
+from .openapi import document
 from .settings import TimesheetsSettings
+from .store import purge_keys
 
 SCHEMA = "timesheets"
+JANITOR_INTERVAL_SECONDS = 3600.0
+
+log = logging.getLogger("timesheets")
+
+DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+ROUTES = [
+    Route("/timesheets", api.list_entries, methods=["GET"]),
+    Route("/timesheets", api.create_entry, methods=["POST"]),
+    Route("/timesheets/upload", api.upload_entries, methods=["POST"]),
+    Route("/timesheets/{id}", api.get_entry, methods=["GET"]),
+    Route("/timesheets/{id}", api.delete_entry, methods=["DELETE"]),
+    Route("/internal/timesheets/pending", internal.pending_entries, methods=["GET"]),
+    Route("/internal/timesheets/{id}", internal.entry_for_peer, methods=["GET"]),
+    Route("/internal/timesheets/{id}/decision", internal.apply_decision, methods=["POST"]),
+]
+
+
+async def purge_idempotency_keys(database: Database, ttl: dt.timedelta) -> None:
+    """Forget expired Idempotency-Keys once an hour (expired ones are already ignored on lookup)."""
+    while True:
+        await asyncio.sleep(JANITOR_INTERVAL_SECONDS)
+        try:
+            async with database.connection() as conn:
+                purged = await purge_keys(conn, ttl)
+            log.info("expired idempotency keys purged", extra={"purged": purged})
+        except DB_ERRORS as exc:
+            log.warning("idempotency key purge skipped", extra={"error": type(exc).__name__})
 
 
 def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
@@ -18,4 +60,30 @@ def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
         settings = load_settings(TimesheetsSettings)
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
-    return create_service_app(settings, [], database=database)
+    http = HttpClient()
+    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_keys))
+    relay = OutboxRelay(database, SCHEMA, "timesheets", audit)
+    ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        relay.start()
+        janitor = asyncio.create_task(purge_idempotency_keys(database, ttl), name="idempotency-janitor")
+        try:
+            yield
+        finally:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
+            await relay.stop()
+
+    return create_service_app(
+        settings,
+        ROUTES,
+        database=database,
+        http=http,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+        openapi=document(),
+        state={"relay": relay},
+    )

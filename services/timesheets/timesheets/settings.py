@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from svckit.settings import DatabaseSettings
 
 
 class TimesheetsSettings(DatabaseSettings):
     service_name: str = "timesheets"
     port: int = 8101
+    # Where the outbox relay delivers audit events.
+    audit_url: str = "http://127.0.0.1:8103"
+    # How long a create/upload Idempotency-Key is remembered (retries later than this create anew).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    # Largest request body: a 1,000-row upload with long notes is ~2 MB.
+    max_body_bytes: int = Field(default=4 << 20, ge=64 << 10, le=64 << 20)

@@ -1,0 +1,45 @@
+"""Timesheets under test: migrated in the session's own database, served on a real loopback socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from svckit.settings import load_settings
+from svckit.testclient import SignedApi
+from svckit.testing import Caller, migrate_schema, serve_app
+from timesheets.app import create_app
+from timesheets.settings import TimesheetsSettings
+
+PACKAGE = Path(__file__).resolve().parents[1] / "timesheets"
+
+
+@pytest.fixture(scope="session")
+async def timesheets_database(database_url: str) -> str:
+    await migrate_schema(database_url, "timesheets", PACKAGE)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+async def timesheets_url(timesheets_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
+    # No audit service here: the relay keeps events in the outbox (asserted on directly).
+    env = {**service_env, "DATABASE_URL": timesheets_database, "AUDIT_URL": "http://127.0.0.1:9"}
+    settings = load_settings(TimesheetsSettings, env=env)
+    async with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def api(timesheets_url: str, caller: Caller) -> AsyncIterator[SignedApi]:
+    client = SignedApi(timesheets_url, caller)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def db(timesheets_database: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(timesheets_database, server_settings={"search_path": "timesheets"})
+    yield conn
+    await conn.close()

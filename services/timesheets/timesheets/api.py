@@ -1,0 +1,199 @@
+"""The public routes (reached through the gateway as ``/api/timesheets…``).
+
+Each handler states its scope next to it (``requires_scope``); the gateway checks the same scopes,
+this is defence in depth. Ownership is (issuer, subject) of the verified identity, always.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from svckit.authz import identity_of, requires_scope
+from svckit.body import parse_body
+from svckit.db import Database
+from svckit.outbox import enqueue
+from svckit.problems import Problem, field_errors, validation_problem
+from svckit.query import parse_query
+
+from . import cursor, events, idempotency, store
+from .metrics import entries_created, entries_deleted
+from .models import EntryIn, ListQuery, UploadIn, UploadRow
+from .representation import entry_json
+from .settings import TimesheetsSettings
+
+APPROVE = "approve:timesheets"
+MAX_ROW_ERRORS = 200
+
+
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def _ttl(request: Request) -> dt.timedelta:
+    settings: TimesheetsSettings = request.app.state.settings
+    return dt.timedelta(hours=settings.idempotency_ttl_hours)
+
+
+def entry_id_of(request: Request) -> uuid.UUID:
+    """The path's entry id; anything that is not a UUID names no entry (404, nothing leaked)."""
+    try:
+        return uuid.UUID(request.path_params["id"])
+    except ValueError:
+        raise Problem(404, "Not Found", "No such timesheet entry.") from None
+
+
+def not_found() -> Problem:
+    return Problem(404, "Not Found", "No such timesheet entry.")
+
+
+def page(rows: list[store.Row], limit: int) -> dict[str, Any]:
+    items = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "items": [entry_json(row) for row in items],
+        "next_cursor": cursor.encode(store.position_of(items[-1])) if more else None,
+    }
+
+
+@requires_scope("read:timesheets")
+async def list_entries(request: Request) -> Response:
+    identity = identity_of(request)
+    query = parse_query(request, ListQuery)
+    after = cursor.decode(query.cursor) if query.cursor else None
+    if query.from_ and query.to and query.from_ > query.to:
+        raise validation_problem(
+            [
+                {
+                    "field": "to",
+                    "loc": ["query", "to"],
+                    "message": "must not be before 'from'",
+                    "type": "range",
+                }
+            ],
+            "The query string has invalid parameters.",
+        )
+    async with _database(request).connection() as conn:
+        rows = await store.list_owned(conn, identity.principal, query, after)
+    return JSONResponse(page(rows, query.limit))
+
+
+@requires_scope("create:timesheets")
+async def create_entry(request: Request) -> Response:
+    identity = identity_of(request)
+    key = idempotency.key_from(request)
+    entry = await parse_body(request, EntryIn)
+    async with _database(request).transaction() as conn:
+        claim = None
+        if key is not None:
+            fingerprint = idempotency.fingerprint("create", entry.canonical())
+            outcome = await idempotency.begin(
+                conn, identity.principal, key, "create", fingerprint, _ttl(request)
+            )
+            if isinstance(outcome, Response):
+                return outcome
+            claim = outcome
+        row = await store.insert_entry(
+            conn, identity.principal, identity.name, entry, client_id=identity.client_id
+        )
+        await enqueue(conn, events.created(identity, row))
+        body = entry_json(row)
+        # Relative to the request URI, so it resolves right both directly (/timesheets) and through
+        # the gateway (/api/timesheets) without the service knowing the public prefix.
+        location = f"timesheets/{row['id']}"
+        if claim is not None:
+            await claim.save(conn, 201, body, location)
+    entries_created.labels("api").inc()
+    return JSONResponse(body, status_code=201, headers={"Location": location})
+
+
+@requires_scope("read:timesheets")
+async def get_entry(request: Request) -> Response:
+    """The caller's own entry, or one awaiting their decision if they approve; otherwise 404."""
+    identity = identity_of(request)
+    entry_id = entry_id_of(request)
+    async with _database(request).connection() as conn:
+        row = await store.get_entry(conn, entry_id)
+    if row is None or row["deleted_at"] is not None:
+        raise not_found()
+    owner = (row["owner_issuer"], row["owner_subject"])
+    awaiting_caller = identity.has(APPROVE) and row["status"] == "submitted" and owner != identity.principal
+    if owner != identity.principal and not awaiting_caller:
+        raise not_found()
+    return JSONResponse(entry_json(row))
+
+
+@requires_scope("delete:timesheets")
+async def delete_entry(request: Request) -> Response:
+    identity = identity_of(request)
+    entry_id = entry_id_of(request)
+    async with _database(request).transaction() as conn:
+        row = await store.get_entry(conn, entry_id, lock=True)
+        if row is None or row["deleted_at"] is not None:
+            raise not_found()
+        if (row["owner_issuer"], row["owner_subject"]) != identity.principal:
+            raise not_found()
+        if row["status"] == "approved":
+            raise Problem(409, "Conflict", "An approved entry cannot be deleted.", status_text="approved")
+        await store.mark_deleted(conn, entry_id)
+        await enqueue(conn, events.deleted(identity, row))
+    entries_deleted.inc()
+    return Response(status_code=204)
+
+
+def validate_rows(upload: UploadIn) -> list[UploadRow]:
+    """Every row checked; any bad row refuses the batch with the errors of all rows (capped)."""
+    rows: list[UploadRow] = []
+    errors: list[dict[str, Any]] = []
+    for index, raw in enumerate(upload.entries):
+        try:
+            rows.append(UploadRow.model_validate(raw))
+        except ValidationError as exc:
+            errors.extend(field_errors(exc, prefix=("entries", index)))
+    if errors:
+        raise validation_problem(
+            errors[:MAX_ROW_ERRORS],
+            f"{len({e['loc'][1] for e in errors})} of {len(upload.entries)} rows are invalid; "
+            "nothing was stored.",
+        )
+    return rows
+
+
+@requires_scope("batch:upload")
+async def upload_entries(request: Request) -> Response:
+    """A machine client (acting as itself) stores entries for named users, all or nothing."""
+    identity = identity_of(request)
+    if identity.kind != "client":
+        raise Problem(403, "Forbidden", "Batch upload is for machine clients acting as themselves.")
+    key = idempotency.key_from(request)
+    upload = await parse_body(request, UploadIn)
+    rows = validate_rows(upload)
+    upload_id = uuid.uuid4()
+    async with _database(request).transaction() as conn:
+        claim = None
+        if key is not None:
+            fingerprint = idempotency.fingerprint("upload", [row.canonical() for row in rows])
+            outcome = await idempotency.begin(
+                conn, identity.principal, key, "upload", fingerprint, _ttl(request)
+            )
+            if isinstance(outcome, Response):
+                return outcome
+            claim = outcome
+        stored = await store.insert_upload(
+            conn, identity.issuer, rows, client_id=identity.client_id, upload_id=upload_id
+        )
+        await enqueue(conn, events.uploaded(identity, upload_id, stored))
+        body = {
+            "upload_id": str(upload_id),
+            "count": len(stored),
+            "items": [entry_json(row) for row in stored],
+        }
+        if claim is not None:
+            await claim.save(conn, 201, body)
+    entries_created.labels("upload").inc(len(stored))
+    return JSONResponse(body, status_code=201)

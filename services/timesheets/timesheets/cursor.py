@@ -1,0 +1,55 @@
+"""Opaque, stable cursors for listings ordered by (date desc, created_at desc, id desc).
+
+The cursor is the sort key of the last item served, base64url-encoded JSON. Keyset pagination on the
+full sort key means inserts and deletes between pages neither skip nor repeat items, and every page
+is an index range scan however deep the client pages. The cursor carries nothing secret and grants
+nothing: the owner filter is applied on every page from the identity, never from the cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import uuid
+from typing import NamedTuple
+
+from svckit.problems import validation_problem
+
+
+class Position(NamedTuple):
+    date: dt.date
+    created_at: dt.datetime
+    id: uuid.UUID
+
+
+def encode(position: Position) -> str:
+    raw = json.dumps(
+        [position.date.isoformat(), position.created_at.isoformat(), str(position.id)],
+        separators=(",", ":"),
+    ).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode(cursor: str, parameter: str = "cursor") -> Position:
+    """The position a cursor names, or a 422 problem naming the parameter."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        date_text, created_text, id_text = json.loads(raw)
+        created_at = dt.datetime.fromisoformat(created_text)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return Position(dt.date.fromisoformat(date_text), created_at, uuid.UUID(id_text))
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise validation_problem(
+            [
+                {
+                    "field": parameter,
+                    "loc": ["query", parameter],
+                    "message": "is not a cursor this service issued",
+                    "type": "invalid_cursor",
+                }
+            ],
+            "The query string has invalid parameters.",
+        ) from exc

@@ -1,0 +1,95 @@
+"""The audit events the timesheets service emits, one builder per state change.
+
+Each is enqueued in the transaction of the change (``svckit.outbox.enqueue``), so an entry and its
+audit record exist together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from svckit.identity import Identity
+from svckit.outbox import AuditEvent
+
+from .models import DecisionIn
+from .store import Row
+
+SOURCE = "timesheets"
+
+
+def _entry_details(row: Row) -> dict[str, object]:
+    return {
+        "owner": {"issuer": row["owner_issuer"], "subject": row["owner_subject"]},
+        "date": row["date"].isoformat(),
+        "project": row["project"],
+        "hours": float(row["hours"]),
+    }
+
+
+def created(actor: Identity, row: Row) -> AuditEvent:
+    return AuditEvent.create(
+        action="timesheet.created",
+        resource_type="timesheet",
+        resource_id=str(row["id"]),
+        outcome="success",
+        actor=actor,
+        source=SOURCE,
+        details=_entry_details(row),
+    )
+
+
+def deleted(actor: Identity, row: Row) -> AuditEvent:
+    return AuditEvent.create(
+        action="timesheet.deleted",
+        resource_type="timesheet",
+        resource_id=str(row["id"]),
+        outcome="success",
+        actor=actor,
+        source=SOURCE,
+        details={**_entry_details(row), "status": row["status"]},
+    )
+
+
+def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[Row]) -> AuditEvent:
+    """One event per batch (its entries carry ``upload_id``), so a 1,000-row batch stays small."""
+    return AuditEvent.create(
+        action="timesheet.uploaded",
+        resource_type="timesheet_upload",
+        resource_id=str(upload_id),
+        outcome="success",
+        actor=actor,
+        source=SOURCE,
+        details={
+            "entries": len(rows),
+            "users": len({row["owner_subject"] for row in rows}),
+            "first_entry_id": str(rows[0]["id"]),
+            "last_entry_id": str(rows[-1]["id"]),
+        },
+    )
+
+
+def decided(caller: Identity, decision: DecisionIn, row: Row) -> AuditEvent:
+    """The entry's status changed by a decision the approvals service relayed for the approver."""
+    approver = Identity(
+        decision.by.issuer,
+        decision.by.subject,
+        "user",
+        decision.by.client_id,
+        frozenset(),
+        decision.by.name or "",
+    )
+    return AuditEvent.create(
+        action="timesheet.decided",
+        resource_type="timesheet",
+        resource_id=str(row["id"]),
+        outcome="success",
+        actor=approver,
+        source=SOURCE,
+        details={
+            **_entry_details(row),
+            "decision": decision.decision,
+            "decision_id": str(decision.decision_id),
+            "via": caller.subject,
+        },
+    )

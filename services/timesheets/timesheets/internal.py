@@ -1,0 +1,75 @@
+"""Routes for the approvals service only (service principal ``approvals``; the gateway never routes
+``/internal/…``).
+
+``POST /internal/timesheets/{id}/decision`` is the one step of an approval that changes this schema.
+It is idempotent by decision id, so the approvals service may retry it after any failure (timeout,
+crash, lost response) and always learns the true outcome: applied (200, also for a replay), entry
+gone (404), decided otherwise (409) or the approver owns the entry (403).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from svckit.authz import identity_of, requires_service
+from svckit.body import parse_body
+from svckit.outbox import enqueue
+from svckit.problems import Problem
+from svckit.query import parse_query
+
+from . import cursor, events, store
+from .api import _database, entry_id_of, not_found, page
+from .models import DecisionIn, PendingQuery
+from .representation import entry_json
+
+PEER = "approvals"
+
+
+@requires_service(PEER)
+async def pending_entries(request: Request) -> Response:
+    """The approval queue of one approver: submitted entries of everyone else."""
+    query = parse_query(request, PendingQuery)
+    after = cursor.decode(query.cursor) if query.cursor else None
+    async with _database(request).connection() as conn:
+        rows = await store.list_pending(
+            conn, (query.exclude_issuer, query.exclude_subject), query.limit, after
+        )
+    return JSONResponse(page(rows, query.limit))
+
+
+@requires_service(PEER)
+async def entry_for_peer(request: Request) -> Response:
+    """Any live entry, whoever owns it (the approvals service checks the rules before deciding)."""
+    entry_id = entry_id_of(request)
+    async with _database(request).connection() as conn:
+        row = await store.get_entry(conn, entry_id)
+    if row is None or row["deleted_at"] is not None:
+        raise not_found()
+    return JSONResponse(entry_json(row))
+
+
+@requires_service(PEER)
+async def apply_decision(request: Request) -> Response:
+    caller = identity_of(request)
+    entry_id = entry_id_of(request)
+    decision = await parse_body(request, DecisionIn)
+    async with _database(request).transaction() as conn:
+        row = await store.get_entry(conn, entry_id, lock=True)
+        if row is None:
+            raise not_found()
+        if row["decision_id"] == decision.decision_id:
+            return JSONResponse(entry_json(row))  # already applied: a retry learns it was
+        if row["deleted_at"] is not None:
+            raise not_found()
+        if row["status"] != "submitted":
+            raise Problem(
+                409,
+                "Conflict",
+                "The entry has already been decided.",
+                entry=entry_json(row),
+            )
+        if (row["owner_issuer"], row["owner_subject"]) == (decision.by.issuer, decision.by.subject):
+            raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
+        updated = await store.record_decision(conn, entry_id, decision)
+        await enqueue(conn, events.decided(caller, decision, updated))
+    return JSONResponse(entry_json(updated))

@@ -1,0 +1,221 @@
+"""SQL over the ``timesheets`` schema. Every function takes the caller's connection/transaction.
+
+Row locks (``FOR UPDATE``) serialise the two ways an entry can change after creation, deletion and a
+decision, so an approve racing a delete always sees the other's committed result: exactly one wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from svckit.db import Connection
+
+from .cursor import Position
+from .models import DecisionIn, EntryIn, ListQuery, UploadRow
+
+Row = asyncpg.Record
+Principal = tuple[str, str]
+
+COLUMNS = """id, owner_issuer, owner_subject, owner_name, date, project, hours, notes, status,
+    decision_id, decided_by_issuer, decided_by_subject, decided_by_name, decided_at, decision_comment,
+    created_at, updated_at, deleted_at"""
+
+ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
+
+
+async def insert_entry(
+    conn: Connection, owner: Principal, owner_name: str, entry: EntryIn, *, client_id: str
+) -> Row:
+    row = await conn.fetchrow(
+        f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
+                                 source, created_by_client)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'api', $9)
+            RETURNING {COLUMNS}""",
+        uuid.uuid4(),
+        owner[0],
+        owner[1],
+        owner_name,
+        entry.date,
+        entry.project,
+        entry.hours,
+        entry.notes,
+        client_id,
+    )
+    assert row is not None
+    return row
+
+
+async def insert_upload(
+    conn: Connection, issuer: str, rows: Sequence[UploadRow], *, client_id: str, upload_id: uuid.UUID
+) -> list[Row]:
+    """All rows in one statement (``unnest``): 1,000 entries cost one round trip, not 1,000."""
+    return await conn.fetch(
+        f"""INSERT INTO entries (id, owner_issuer, owner_subject, date, project, hours, notes,
+                                 source, created_by_client, upload_id)
+            SELECT id, $2, subject, date, project, hours, notes, 'upload', $3, $4
+            FROM unnest($1::uuid[], $5::text[], $6::date[], $7::text[], $8::numeric[], $9::text[])
+                 WITH ORDINALITY AS r(id, subject, date, project, hours, notes, n)
+            ORDER BY n
+            RETURNING {COLUMNS}""",
+        [uuid.uuid4() for _ in rows],
+        issuer,
+        client_id,
+        upload_id,
+        [row.user for row in rows],
+        [row.date for row in rows],
+        [row.project for row in rows],
+        [row.hours for row in rows],
+        [row.notes for row in rows],
+    )
+
+
+async def list_owned(
+    conn: Connection, owner: Principal, query: ListQuery, after: Position | None
+) -> list[Row]:
+    """One page (plus one row to tell whether another page exists) of the owner's live entries."""
+    conditions = ["owner_issuer = $1", "owner_subject = $2", "deleted_at IS NULL"]
+    args: list[Any] = [owner[0], owner[1]]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if query.from_ is not None:
+        conditions.append(f"date >= {arg(query.from_)}")
+    if query.to is not None:
+        conditions.append(f"date <= {arg(query.to)}")
+    if query.status is not None:
+        conditions.append(f"status = {arg(query.status)}")
+    if query.project is not None:
+        conditions.append(f"project = {arg(query.project)}")
+    if after is not None:
+        keyset = f"{arg(after.date)}, {arg(after.created_at)}, {arg(after.id)}"
+        conditions.append(f"(date, created_at, id) < ({keyset})")
+    limit = arg(query.limit + 1)
+    return await conn.fetch(
+        f"SELECT {COLUMNS} FROM entries WHERE {' AND '.join(conditions)} {ORDER} LIMIT {limit}", *args
+    )
+
+
+async def list_pending(conn: Connection, exclude: Principal, limit: int, after: Position | None) -> list[Row]:
+    """Submitted live entries of everyone but ``exclude`` (the approver), newest date first."""
+    args: list[Any] = [exclude[0], exclude[1], limit + 1]
+    keyset = ""
+    if after is not None:
+        args += [after.date, after.created_at, after.id]
+        keyset = "AND (date, created_at, id) < ($4, $5, $6)"
+    return await conn.fetch(
+        f"""SELECT {COLUMNS} FROM entries
+            WHERE status = 'submitted' AND deleted_at IS NULL
+              AND NOT (owner_issuer = $1 AND owner_subject = $2) {keyset}
+            {ORDER} LIMIT $3""",
+        *args,
+    )
+
+
+async def get_entry(conn: Connection, entry_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+    """The entry, deleted or not (callers decide what a deleted one means); optionally row-locked."""
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM entries WHERE id = $1 {'FOR UPDATE' if lock else ''}", entry_id
+    )
+
+
+async def mark_deleted(conn: Connection, entry_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE entries SET deleted_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
+        entry_id,
+    )
+
+
+async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: DecisionIn) -> Row:
+    row = await conn.fetchrow(
+        f"""UPDATE entries
+            SET status = $2, decision_id = $3, decided_by_issuer = $4, decided_by_subject = $5,
+                decided_by_name = $6, decided_at = $7, decision_comment = $8,
+                updated_at = clock_timestamp()
+            WHERE id = $1
+            RETURNING {COLUMNS}""",
+        entry_id,
+        decision.decision,
+        decision.decision_id,
+        decision.by.issuer,
+        decision.by.subject,
+        decision.by.name or "",
+        decision.at,
+        decision.comment,
+    )
+    assert row is not None
+    return row
+
+
+def position_of(row: Row) -> Position:
+    return Position(row["date"], row["created_at"], row["id"])
+
+
+# ---- idempotency keys ----------------------------------------------------------------------------
+
+
+async def claim_key(
+    conn: Connection,
+    caller: Principal,
+    key: str,
+    operation: str,
+    fingerprint: str,
+    ttl: dt.timedelta,
+) -> Row | None:
+    """Claim ``key`` for this request inside the caller's transaction.
+
+    Returns None when the claim succeeded (the request proceeds and must :func:`store_response`),
+    otherwise the earlier request's record. A concurrent request with the same key blocks on the
+    primary key until the first commits (then gets its record) or rolls back (then claims it). A record
+    older than ``ttl`` is taken over, as if it had expired.
+    """
+    claimed = await conn.fetchval(
+        """INSERT INTO idempotency_keys (caller_issuer, caller_subject, key, operation, fingerprint,
+                                         status_code, response)
+           VALUES ($1, $2, $3, $4, $5, 0, 'null')
+           ON CONFLICT (caller_issuer, caller_subject, key) DO UPDATE
+               SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint, status_code = 0,
+                   response = 'null', location = NULL, created_at = now()
+               WHERE idempotency_keys.created_at < now() - $6::interval
+           RETURNING true""",
+        caller[0],
+        caller[1],
+        key,
+        operation,
+        fingerprint,
+        ttl,
+    )
+    if claimed:
+        return None
+    return await conn.fetchrow(
+        """SELECT operation, fingerprint, status_code, response::text AS response, location
+           FROM idempotency_keys WHERE caller_issuer = $1 AND caller_subject = $2 AND key = $3""",
+        caller[0],
+        caller[1],
+        key,
+    )
+
+
+async def store_response(
+    conn: Connection, caller: Principal, key: str, status: int, body: str, location: str | None
+) -> None:
+    await conn.execute(
+        """UPDATE idempotency_keys SET status_code = $4, response = $5::jsonb, location = $6
+           WHERE caller_issuer = $1 AND caller_subject = $2 AND key = $3""",
+        caller[0],
+        caller[1],
+        key,
+        status,
+        body,
+        location,
+    )
+
+
+async def purge_keys(conn: Connection, ttl: dt.timedelta) -> int:
+    result = await conn.execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", ttl)
+    return int(result.split()[-1])
