@@ -3,6 +3,8 @@
 export type EntryStatus = "submitted" | "approved" | "rejected";
 
 export interface Person {
+  issuer?: string;
+  subject?: string;
   sub?: string;
   name?: string | null;
   email?: string | null;
@@ -57,7 +59,7 @@ export interface ChainVerification {
 export function personName(person: Person | string | null | undefined): string {
   if (!person) return "someone";
   if (typeof person === "string") return shortSubject(person);
-  return person.name || person.email || shortSubject(person.sub ?? "someone");
+  return person.name || person.email || shortSubject(person.subject ?? person.sub ?? "someone");
 }
 
 /** Subjects are namespaced by issuer (`http://localhost:9000/|alice`); show only the last part. */

@@ -1,54 +1,76 @@
 /**
- * How an audit event reads on screen. The audit service stores events from several producers
- * (timesheets, approvals, the gateway's denials); this turns each into a short "who did what" line.
+ * How an audit record reads on screen. The audit service stores events from several producers
+ * (timesheets, approvals, the gateway's denials) as
+ * `{seq, occurred_at, source, actor {issuer, subject, kind, name}, action, resource {type, id}, outcome,
+ * details}`; this turns each into a short "who did what" line.
  */
 import type { AuditEvent } from "../api/types";
 import { shortSubject } from "../api/types";
+import { addDays, isIsoDate } from "./week";
 
 export interface AuditFilters {
   action: string;
   actor: string;
+  outcome: string;
   from: string;
   to: string;
 }
 
+export const NO_FILTERS: AuditFilters = { action: "", actor: "", outcome: "", from: "", to: "" };
+
 export const ACTION_CHOICES: [string, string][] = [
   ["timesheet.created", "Entry added"],
   ["timesheet.deleted", "Entry deleted"],
-  ["timesheet.approved", "Entry approved"],
-  ["timesheet.rejected", "Entry rejected"],
+  ["timesheet.decided", "Entry approved or rejected"],
+  ["approval.decided", "Decision recorded"],
+  ["timesheet.uploaded", "Batch upload"],
   ["access.denied", "Access denied"],
 ];
 
-const LABELS: Record<string, string> = Object.fromEntries(ACTION_CHOICES);
+export const OUTCOME_CHOICES: [string, string][] = [
+  ["success", "Succeeded"],
+  ["denied", "Denied"],
+  ["failure", "Failed"],
+];
 
+const LABELS: Record<string, string> = {
+  "timesheet.created": "Entry added",
+  "timesheet.deleted": "Entry deleted",
+  "timesheet.uploaded": "Batch upload",
+  "access.denied": "Access denied",
+};
+
+/** Query parameters of `GET /api/audit/events`; dates cover whole days in UTC (`to` is exclusive). */
 export function filtersToQuery(filters: AuditFilters): Record<string, string> {
   const query: Record<string, string> = {};
   if (filters.action) query.action = filters.action;
   if (filters.actor.trim()) query.actor = filters.actor.trim();
-  if (filters.from) query.since = `${filters.from}T00:00:00Z`;
-  if (filters.to) query.until = `${filters.to}T23:59:59Z`;
+  if (filters.outcome) query.outcome = filters.outcome;
+  if (isIsoDate(filters.from)) query.from = `${filters.from}T00:00:00Z`;
+  if (isIsoDate(filters.to)) query.to = `${addDays(filters.to, 1)}T00:00:00Z`;
   return query;
 }
 
-function pick(event: Record<string, unknown>, ...keys: string[]): unknown {
-  for (const key of keys) {
-    const value = event[key];
-    if (value !== undefined && value !== null && value !== "") return value;
-  }
-  return undefined;
+type Json = Record<string, unknown>;
+
+function record(value: unknown): Json {
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Json) : {};
 }
 
-function asText(value: unknown): string | null {
-  if (value === undefined || value === null) return null;
+function text(value: unknown): string | null {
+  if (value === undefined || value === null || value === "") return null;
   if (typeof value === "string") return value;
   if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (typeof value === "object") {
-    const record = value as Record<string, unknown>;
-    const named = pick(record, "name", "email", "sub", "subject", "id");
-    if (named !== undefined) return asText(named);
-  }
-  return JSON.stringify(value);
+  return null;
+}
+
+function personText(value: unknown): string | null {
+  const person = record(value);
+  const name = text(person.name);
+  const subject = text(person.subject) ?? text(person.sub);
+  if (name) return name;
+  if (subject) return subject === "anonymous" ? "anonymous" : shortSubject(subject);
+  return text(value);
 }
 
 export interface EventView {
@@ -56,49 +78,76 @@ export interface EventView {
   seq: number | null;
   time: string | null;
   actor: string;
+  /** The actor's subject, for the "who" filter. */
+  actorSubject: string | null;
   action: string;
   label: string;
   tone: "create" | "delete" | "approve" | "reject" | "deny" | "other";
+  outcome: string;
   details: string;
 }
 
-function toneOf(action: string): EventView["tone"] {
-  if (/deni|refus|forbid|unauth|fail/i.test(action)) return "deny";
-  if (/reject/i.test(action)) return "reject";
-  if (/approv/i.test(action)) return "approve";
-  if (/delet/i.test(action)) return "delete";
-  if (/creat|add|upload/i.test(action)) return "create";
+function toneOf(action: string, decision: string | null, outcome: string): EventView["tone"] {
+  if (outcome === "denied" || outcome === "failure" || /denied/.test(action)) return "deny";
+  if (decision === "rejected" || /reject/.test(action)) return "reject";
+  if (decision === "approved" || /approv/.test(action)) return "approve";
+  if (/delet/.test(action)) return "delete";
+  if (/creat|upload/.test(action)) return "create";
   return "other";
 }
 
 export function describeEvent(raw: AuditEvent): EventView {
-  const event = raw as Record<string, unknown>;
-  const data = (pick(event, "data", "details", "payload") ?? {}) as Record<string, unknown>;
-  const action = asText(pick(event, "action", "type", "event_type", "kind")) ?? "event";
-  const actorRaw = pick(event, "actor", "subject", "actor_sub", "sub", "by");
-  const actor = actorRaw === undefined ? "—" : shortSubject(asText(actorRaw) ?? "—");
-  const seq = Number(pick(event, "seq", "sequence", "position"));
-  const detailParts: string[] = [];
-  const target = asText(pick(event, "resource", "target", "entity_id", "entry_id", "object_id"));
-  if (typeof data === "object" && data !== null) {
-    for (const key of ["project", "date", "hours", "owner", "comment", "reason", "route", "path", "method", "status"]) {
-      const value = data[key];
-      if (value !== undefined && value !== null && value !== "") {
-        const text = key === "owner" ? shortSubject(asText(value) ?? "") : asText(value);
-        detailParts.push(key === "comment" ? `“${text}”` : `${key}: ${text}`);
-      }
-    }
+  const event = raw as Json;
+  const details = record(event.details);
+  const action = text(event.action) ?? "event";
+  const outcome = text(event.outcome) ?? "success";
+  const decision = text(details.decision);
+  const actor = record(event.actor);
+  const seq = Number(event.seq);
+
+  let label = LABELS[action] ?? action;
+  if (decision === "approved") label = "Entry approved";
+  if (decision === "rejected") label = "Entry rejected";
+
+  const parts: string[] = [];
+  const project = text(details.project);
+  if (project) parts.push(project);
+  const date = text(details.date);
+  if (date) parts.push(date);
+  const hours = text(details.hours);
+  if (hours) parts.push(`${hours} h`);
+  const owner = personText(details.owner);
+  if (owner && owner !== personText(actor)) parts.push(`owner ${owner}`);
+  const comment = text(details.comment);
+  if (comment) parts.push(`“${comment}”`);
+  if (action === "access.denied") {
+    const status = text(details.status);
+    const route = text(details.route);
+    const method = text(details.method);
+    if (method && route) parts.push(`${method} ${route}`);
+    if (status) parts.push(String(status));
+    const reason = text(details.reason);
+    if (reason) parts.push(reason.replace(/_/g, " "));
+    const scope = text(details.required_scope);
+    if (scope) parts.push(`needs ${scope}`);
   }
-  if (detailParts.length === 0 && target) detailParts.push(target);
-  const time = asText(pick(event, "occurred_at", "at", "time", "timestamp", "created_at", "recorded_at"));
+  if (text(details.entries)) parts.push(`${text(details.entries)} entries`);
+  if (parts.length === 0) {
+    const resource = record(event.resource);
+    const id = text(resource.id);
+    if (id) parts.push(`${text(resource.type) ?? "resource"} ${id}`);
+  }
+
   return {
-    key: asText(pick(event, "id", "seq", "event_id")) ?? "",
-    seq: Number.isFinite(seq) ? seq : null,
-    time,
-    actor,
+    key: text(event.id) ?? text(event.seq) ?? "",
+    seq: Number.isFinite(seq) && seq > 0 ? seq : null,
+    time: text(event.occurred_at) ?? text(event.recorded_at),
+    actor: personText(actor) ?? "—",
+    actorSubject: text(actor.subject),
     action,
-    label: LABELS[action] ?? action,
-    tone: toneOf(action),
-    details: detailParts.join(" · "),
+    label,
+    tone: toneOf(action, decision, outcome),
+    outcome,
+    details: parts.join(" · "),
   };
 }

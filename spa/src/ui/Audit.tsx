@@ -3,7 +3,7 @@ import { useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { describeError, type UserMessage } from "../api/errors";
 import type { AuditEvent, ChainVerification } from "../api/types";
-import { describeEvent, type AuditFilters, ACTION_CHOICES, filtersToQuery } from "../lib/audit";
+import { ACTION_CHOICES, NO_FILTERS, OUTCOME_CHOICES, describeEvent, filtersToQuery, type AuditFilters } from "../lib/audit";
 import { Banner, EmptyState, Field, Loading } from "./common";
 import { useLoad } from "./hooks";
 
@@ -22,7 +22,7 @@ function formatTime(value: string | null): string {
 }
 
 export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
-  const [draft, setDraft] = useState<AuditFilters>({ action: "", actor: "", from: "", to: "" });
+  const [draft, setDraft] = useState<AuditFilters>(NO_FILTERS);
   const [filters, setFilters] = useState<AuditFilters>(draft);
   const [more, setMore] = useState<AuditEvent[]>([]);
   const [cursor, setCursor] = useState<string | null>(null);
@@ -36,6 +36,11 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
   }, [filters]);
   const chain = useLoad<ChainVerification>(() => api.verifyChain(), []);
   const rows = [...(events.data ?? []), ...more];
+  const people = new Map<string, string>();
+  for (const row of rows) {
+    const view = describeEvent(row);
+    if (view.actorSubject && view.actorSubject !== "anonymous") people.set(view.actorSubject, view.actor);
+  }
   const failure = message ?? (events.error ? describeError(events.error, "load the audit trail") : null);
 
   const loadMore = async (): Promise<void> => {
@@ -101,7 +106,32 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
           </select>
         </Field>
         <Field id="filter-actor" label="Who">
-          <input id="filter-actor" type="text" value={draft.actor} onInput={set("actor")} placeholder="e.g. bob" />
+          <input
+            id="filter-actor"
+            type="text"
+            value={draft.actor}
+            onInput={set("actor")}
+            list="known-actors"
+            autocomplete="off"
+            placeholder="user id, e.g. local|bob"
+          />
+          <datalist id="known-actors">
+            {[...people].map(([subject, name]) => (
+              <option value={subject} key={subject}>
+                {name}
+              </option>
+            ))}
+          </datalist>
+        </Field>
+        <Field id="filter-outcome" label="Outcome">
+          <select id="filter-outcome" value={draft.outcome} onChange={set("outcome")}>
+            <option value="">Any outcome</option>
+            {OUTCOME_CHOICES.map(([value, label]) => (
+              <option value={value} key={value}>
+                {label}
+              </option>
+            ))}
+          </select>
         </Field>
         <Field id="filter-from" label="From">
           <input id="filter-from" type="date" value={draft.from} onInput={set("from")} />
@@ -117,9 +147,8 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
             type="button"
             class="button button--ghost"
             onClick={() => {
-              const cleared = { action: "", actor: "", from: "", to: "" };
-              setDraft(cleared);
-              setFilters(cleared);
+              setDraft(NO_FILTERS);
+              setFilters(NO_FILTERS);
             }}
           >
             Clear
@@ -134,7 +163,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
           <EmptyState title="No events match these filters." />
         ) : (
           <table class="audit-table">
-            <caption class="sr-only">Audit events, oldest first</caption>
+            <caption class="sr-only">Audit events, newest first</caption>
             <thead>
               <tr>
                 <th scope="col">#</th>
@@ -148,7 +177,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
               {rows.map((event, index) => {
                 const view = describeEvent(event);
                 return (
-                  <tr key={view.key || index} data-action={view.action}>
+                  <tr key={view.key || index} data-action={view.action} data-outcome={view.outcome}>
                     <td class="audit-table__seq" data-label="#">
                       {view.seq ?? index + 1}
                     </td>
@@ -204,7 +233,7 @@ function ChainStatus({
     );
   } else {
     tone = "broken";
-    const where = chain?.first_bad_seq ?? chain?.broken_at ?? chain?.seq;
+    const where = chain?.first_bad;
     body = (
       <span>
         <strong>Chain broken.</strong> {where !== undefined ? `The trail was altered at event ${String(where)}.` : "The trail was altered."}{" "}

@@ -332,7 +332,7 @@ function EntryForm({
           onInput={set("project")}
           list="known-projects"
           autocomplete="off"
-          maxLength={200}
+          maxLength={100}
           required
           {...describedBy("entry-project", errors.project)}
         />

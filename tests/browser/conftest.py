@@ -1,0 +1,95 @@
+"""Browser end-to-end fixtures: the whole platform as `make dev` runs it, and headless Chromium.
+
+The platform is started once per session with ``devstack.Platform`` on its fixed ports (the SPA's
+redirect URIs are registered for ``http://localhost:8080``), against this session's own database
+and Redis key prefix. Every screen a test visits is saved as a PNG under
+``test-output/screenshots/<test name>/`` so a reviewer can see the app without running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
+
+from devstack.backing import port_is_free
+from devstack.platform import ROOT, SERVICES, Platform
+from tests.browser.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    OUTPUT,
+    SCREENSHOTS,
+    NewPage,
+    Shots,
+    Tokens,
+)
+
+
+@pytest.fixture(scope="session")
+async def platform(database_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[Platform]:
+    """The five services, migrated and seeded, with the SPA built, exactly as ``make dev`` runs them."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
+    busy = [f"{s.name} :{s.port}" for s in SERVICES if not port_is_free(s.port)]
+    if busy:
+        pytest.fail("ports in use, stop `make dev` first: " + ", ".join(busy))
+    state = OUTPUT / "browser-platform"
+    shutil.rmtree(state, ignore_errors=True)
+    stack = Platform(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix},
+        state_dir=state,
+        sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/
+    )
+    try:
+        await asyncio.to_thread(stack.start, 120.0)
+        if not (ROOT / "services" / "identity" / "identity" / "seed.py").exists():
+            # devstack seeds only when identity/seed.py exists; the seed is idempotent either way.
+            await asyncio.to_thread(stack.run_step, "identity", [sys.executable, "-m", "identity", "seed"])
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+@pytest.fixture(scope="session")
+async def browser(platform: Platform) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Shots:
+    return Shots(SCREENSHOTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name))
+
+
+@pytest.fixture
+async def new_page(browser: Browser) -> AsyncIterator[NewPage]:
+    """A fresh browser profile per user (own cookies at the provider), desktop size by default."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    async def make(viewport: ViewportSize = DESKTOP, **options: Any) -> tuple[Page, Tokens]:
+        context = await browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC", **options)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = await context.new_page()
+        tokens = Tokens()
+        page.on("request", tokens.on_request)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page, tokens
+
+    yield make
+    for context in contexts:
+        await context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

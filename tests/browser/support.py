@@ -1,0 +1,100 @@
+"""Helpers of the browser tests: where things are, screenshots, the provider's sign-in form."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from playwright.async_api import Page, Request, ViewportSize
+
+from devstack.platform import ROOT
+
+APP = "http://localhost:8080"
+PROVIDER = "http://localhost:9000"
+PASSWORD = "demo"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OUTPUT = ROOT / "test-output"
+SCREENSHOTS = OUTPUT / "screenshots"
+DESKTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+class Shots:
+    """Numbered screenshots of one test: ``01-alice-signed-in.png``, ``02-…``."""
+
+    def __init__(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.folder = folder
+        self.count = 0
+
+    async def __call__(self, page: Page, name: str, *, full_page: bool = True) -> Path:
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}.png"
+        await page.wait_for_load_state("load")
+        await page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="initial")
+        return path
+
+
+class Tokens:
+    """Bearer tokens the page sent to the API, in order (for renewal checks and direct API probes)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_request(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        if request.url.startswith(APP + "/api/") and header.startswith("Bearer "):
+            token = header.removeprefix("Bearer ")
+            if not self.seen or self.seen[-1] != token:
+                self.seen.append(token)
+
+    @property
+    def last(self) -> str:
+        assert self.seen, "the page has not called the API with a token yet"
+        return self.seen[-1]
+
+
+NewPage = Callable[..., Awaitable[tuple[Page, Tokens]]]
+
+
+async def provider_sign_in(page: Page, shot: Shots, username: str, password: str = PASSWORD) -> None:
+    """Fill the identity service's sign-in form (inputs `username`/`password`, one submit button)."""
+    await page.wait_for_url(re.compile(rf"^{re.escape(PROVIDER)}/login"))
+    await page.locator("input[name=username]").wait_for()
+    await shot(page, f"provider-sign-in-{username}")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", password)
+    await page.locator("form button[type=submit]").first.click()
+
+
+async def sign_in(page: Page, shot: Shots, username: str, path: str = "/") -> None:
+    """From the app's sign-in screen through the provider and back, signed in."""
+    await page.goto(APP + path)
+    button = page.get_by_role("button", name=re.compile(r"^Sign in"))
+    await button.wait_for()
+    await shot(page, f"signed-out-{username}")
+    await button.click()
+    await provider_sign_in(page, shot, username)
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await page.get_by_role("button", name="Sign out").wait_for()
+
+
+async def assert_no_tokens_stored(page: Page, tokens: Tokens) -> None:
+    """Tokens live in memory only: neither Web Storage area holds the access token."""
+    stored = await page.evaluate(
+        "() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
+    )
+    for token in tokens.seen:
+        assert token not in stored
+        assert token.split(".")[1] not in stored
