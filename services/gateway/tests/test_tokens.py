@@ -1,0 +1,283 @@
+"""Every token check as its own case, over real HTTP against a real provider's keys."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import RSAAlgorithm
+
+from .conftest import AUDIENCE, Provider, b64, b64json
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"sig") -> str:
+    return f"{b64json(header)}.{b64json(claims)}.{b64(signature)}"
+
+
+async def expect_invalid(api: Any, gateway: str, token: str, reason: str, fragment: str = "") -> dict[str, str]:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", token)
+    assert status == 401, body
+    www = headers["WWW-Authenticate"]
+    assert www.startswith('Bearer realm="timesheets"')
+    assert 'error="invalid_token"' in www
+    assert "error_description=" in www
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["status"] == 401
+    assert body["reason"] == reason, body
+    if fragment:
+        assert fragment in body["detail"]
+    return headers
+
+
+async def test_valid_token_reaches_upstream_with_identity(api: Any, gateway: str, provider: Provider) -> None:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets?limit=5", provider.token(name="Alice A."))
+    assert status == 200, body
+    assert body["path"] == "/timesheets"
+    assert body["query"] == "limit=5"
+    assert body["identity"] == {
+        "issuer": provider.issuer,
+        "subject": "alice",
+        "kind": "user",
+        "client_id": "timesheets-spa",
+        "scopes": ["openid", "read:timesheets"],
+        "name": "Alice A.",
+    }
+    assert headers["X-Upstream"] == "echo"
+
+
+@pytest.mark.parametrize("kid", ["rsa-1", "ec-1", "ed-1", "rsa-pss"])
+async def test_every_allowed_algorithm_verifies(api: Any, gateway: str, provider: Provider, kid: str) -> None:
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(kid))
+    assert status == 200, body
+
+
+async def test_no_token_gets_a_bare_challenge(api: Any, gateway: str) -> None:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets")
+    assert status == 401
+    assert headers["WWW-Authenticate"] == 'Bearer realm="timesheets"'
+    assert body["reason"] == "missing_token"
+
+
+async def test_other_auth_schemes_count_as_no_token(api: Any, gateway: str) -> None:
+    status, headers, _ = await api("GET", f"{gateway}/api/timesheets", headers={"Authorization": "Basic YTpi"})
+    assert status == 401
+    assert "error=" not in headers["WWW-Authenticate"]
+
+
+async def test_token_in_query_or_cookie_is_never_used(api: Any, gateway: str, provider: Provider) -> None:
+    token = provider.token()
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", headers={"Cookie": f"access_token={token}"})
+    assert status == 401
+    assert body["reason"] == "missing_token"
+    status, _, body = await api("GET", f"{gateway}/api/timesheets?access_token={token}")
+    assert status == 400
+    assert "Authorization header" in body["detail"]
+
+
+async def test_expired(api: Any, gateway: str, provider: Provider) -> None:
+    now = int(time.time())
+    await expect_invalid(api, gateway, provider.token(exp=now - 120, iat=now - 900), "expired")
+
+
+async def test_expiry_within_leeway_is_accepted(api: Any, gateway: str, provider: Provider) -> None:
+    now = int(time.time())
+    status, _, _ = await api("GET", f"{gateway}/api/timesheets", provider.token(exp=now - 5, iat=now - 900))
+    assert status == 200
+
+
+async def test_not_yet_valid(api: Any, gateway: str, provider: Provider) -> None:
+    now = int(time.time())
+    await expect_invalid(api, gateway, provider.token(nbf=now + 300), "not_yet_valid")
+    await expect_invalid(api, gateway, provider.token(iat=now + 300), "not_yet_valid")
+
+
+async def test_missing_exp(api: Any, gateway: str, provider: Provider) -> None:
+    await expect_invalid(api, gateway, provider.token(exp=None), "missing_exp")
+
+
+async def test_wrong_issuer(api: Any, gateway: str, provider: Provider) -> None:
+    await expect_invalid(api, gateway, provider.token(iss="https://evil.example/"), "issuer")
+    # the issuer must match exactly: no missing trailing slash, no prefix games
+    await expect_invalid(api, gateway, provider.token(iss=provider.issuer.rstrip("/")), "issuer")
+
+
+async def test_wrong_audience(api: Any, gateway: str, provider: Provider) -> None:
+    await expect_invalid(api, gateway, provider.token(aud="https://other.example/api"), "audience")
+    await expect_invalid(api, gateway, provider.token(aud=["https://other.example/api"]), "audience")
+    await expect_invalid(api, gateway, provider.token(aud=None), "audience")
+
+
+async def test_audience_as_string_is_accepted(api: Any, gateway: str, provider: Provider) -> None:
+    status, _, _ = await api("GET", f"{gateway}/api/timesheets", provider.token(aud=AUDIENCE))
+    assert status == 200
+
+
+async def test_alg_none(api: Any, gateway: str, provider: Provider) -> None:
+    token = forge({"alg": "none", "typ": "JWT"}, provider.claims(), b"")
+    assert token.endswith(".")
+    await expect_invalid(api, gateway, token, "alg_not_allowed")
+    await expect_invalid(api, gateway, forge({"alg": "NONE"}, provider.claims()), "alg_not_allowed")
+
+
+async def test_hs256_signed_with_the_public_key(api: Any, gateway: str, provider: Provider) -> None:
+    key, _ = provider.keys["rsa-1"]
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    signing_input = f"{b64json({'alg': 'HS256', 'kid': 'rsa-1', 'typ': 'JWT'})}.{b64json(provider.claims())}"
+    mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    await expect_invalid(api, gateway, f"{signing_input}.{b64(mac)}", "alg_not_allowed")
+
+
+async def test_unknown_kid(api: Any, gateway: str, provider: Provider) -> None:
+    provider.add_key("never-published", "RS256", publish=False)
+    await expect_invalid(api, gateway, provider.token("never-published"), "unknown_kid")
+
+
+async def test_tampered_payload(api: Any, gateway: str, provider: Provider) -> None:
+    header, _, signature = provider.token().split(".")
+    claims = provider.claims(scope="openid read:timesheets approve:timesheets read:audit")
+    await expect_invalid(api, gateway, f"{header}.{b64json(claims)}.{signature}", "bad_signature")
+
+
+async def test_tampered_header(api: Any, gateway: str, provider: Provider) -> None:
+    _, payload, signature = provider.token("rsa-1").split(".")
+    header = b64json({"alg": "RS256", "kid": "rsa-1", "typ": "JWT"})  # was at+jwt: signature must break
+    await expect_invalid(api, gateway, f"{header}.{payload}.{signature}", "bad_signature")
+
+
+async def test_key_type_must_match_alg(api: Any, gateway: str, provider: Provider) -> None:
+    # a PS256 header on the RS256 key id: right key type, but the JWK says alg RS256
+    _, payload, signature = provider.token("rsa-1").split(".")
+    header = b64json({"alg": "PS256", "kid": "rsa-1", "typ": "at+jwt"})
+    await expect_invalid(api, gateway, f"{header}.{payload}.{signature}", "unknown_kid")
+    # an ES256 header naming the RSA key id
+    header = b64json({"alg": "ES256", "kid": "rsa-1", "typ": "at+jwt"})
+    await expect_invalid(api, gateway, f"{header}.{payload}.{signature}", "unknown_kid")
+
+
+@pytest.mark.parametrize("field", ["jku", "jwk", "x5u", "x5c"])
+async def test_key_injection_in_header(api: Any, gateway: str, provider: Provider, field: str) -> None:
+    # signed with a real key, so only the injected header field can be the reason for refusal
+    value: Any = {
+        "jku": "https://evil.example/jwks",
+        "x5u": "https://evil.example/cert.pem",
+        "jwk": provider.public_jwk("rsa-1"),
+        "x5c": ["MIIBIjANBg"],
+    }[field]
+    await expect_invalid(api, gateway, provider.token(headers={field: value}), "header_key")
+
+
+async def test_unknown_crit(api: Any, gateway: str, provider: Provider) -> None:
+    token = provider.token(headers={"crit": ["exp-ext"], "exp-ext": True})
+    await expect_invalid(api, gateway, token, "crit")
+
+
+async def test_oversized_token(api: Any, gateway: str, provider: Provider) -> None:
+    token = provider.token(padding="x" * 9000)
+    await expect_invalid(api, gateway, token, "too_large")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.???.***",
+        "eyJhbGciOiJSUzI1NiJ9=.e30.c2ln",
+        "e30.e30.c2ln",  # no alg
+        f"{b64(b'not json')}.e30.c2ln",
+        f"{b64json([1, 2])}.e30.c2ln",
+    ],
+)
+async def test_malformed(api: Any, gateway: str, token: str) -> None:
+    await expect_invalid(api, gateway, token, "malformed")
+
+
+async def test_empty_bearer_is_malformed_not_missing(api: Any, gateway: str) -> None:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", headers={"Authorization": "Bearer "})
+    assert status == 401
+    assert body["reason"] == "malformed"
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/at+jwt"])
+async def test_accepted_typ(api: Any, gateway: str, provider: Provider, typ: str) -> None:
+    status, _, _ = await api("GET", f"{gateway}/api/timesheets", provider.token(headers={"typ": typ}))
+    assert status == 200
+
+
+async def test_absent_typ_is_accepted(api: Any, gateway: str, provider: Provider) -> None:
+    key, _ = provider.keys["rsa-1"]
+    header = b64json({"alg": "RS256", "kid": "rsa-1"})
+    payload = b64json(provider.claims())
+    signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(f"{header}.{payload}".encode(), key)
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", f"{header}.{payload}.{b64(signature)}")
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("typ", ["dpop+jwt", "secevent+jwt", "logout+jwt", "JOSE"])
+async def test_wrong_typ(api: Any, gateway: str, provider: Provider, typ: str) -> None:
+    await expect_invalid(api, gateway, provider.token(headers={"typ": typ}), "typ")
+
+
+async def test_id_token_presented_as_access_token(api: Any, gateway: str, provider: Provider) -> None:
+    # the shape an OIDC provider issues as an ID token: audience = the client, nonce, at_hash
+    id_token = provider.token(
+        headers={"typ": "JWT"}, aud="timesheets-spa", nonce="n-0S6_WzA2Mj", at_hash="77QmUPtjPfzWtF2AnpK9RQ"
+    )
+    await expect_invalid(api, gateway, id_token, "audience")
+    # even when it also names the API as an audience, ID-token claims give it away
+    sneaky = provider.token(headers={"typ": "JWT"}, aud=["timesheets-spa", AUDIENCE], nonce="n-0S6_WzA2Mj")
+    await expect_invalid(api, gateway, sneaky, "id_token")
+
+
+async def test_subject_namespaced_by_issuer(api: Any, gateway: str, provider: Provider) -> None:
+    _, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(sub="bob"))
+    assert (body["identity"]["issuer"], body["identity"]["subject"]) == (provider.issuer, "bob")
+
+
+async def test_client_credentials_token_is_a_client(api: Any, gateway: str, provider: Provider) -> None:
+    token = provider.token(
+        sub="timesheets-batch@clients",
+        azp="timesheets-batch",
+        gty="client-credentials",
+        scope="batch:upload",
+        aud=AUDIENCE,
+    )
+    status, _, body = await api("POST", f"{gateway}/api/timesheets/upload", token, data=b"date,hours\n")
+    assert status == 200, body
+    assert body["identity"]["kind"] == "client"
+    assert body["identity"]["client_id"] == "timesheets-batch"
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"scope": "read:timesheets create:timesheets"}, ["create:timesheets", "read:timesheets"]),
+        ({"scope": None, "scp": "read:timesheets"}, ["read:timesheets"]),
+        ({"scope": None, "scp": ["read:timesheets", "read:audit"]}, ["read:audit", "read:timesheets"]),
+        ({"scope": "openid", "permissions": ["read:timesheets"]}, ["openid", "read:timesheets"]),
+    ],
+)
+async def test_scope_claims(
+    api: Any, gateway: str, provider: Provider, claims: dict[str, Any], expected: list[str]
+) -> None:
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(**claims))
+    assert status == 200, body
+    assert body["identity"]["scopes"] == expected
+
+
+async def test_cached_token_never_outlives_exp(api: Any, start_gateway: Any, provider: Provider) -> None:
+    async with start_gateway(jwt_leeway_seconds=0) as gateway:
+        token = provider.token(exp=int(time.time()) + 2)
+        for _ in range(3):
+            status, _, _ = await api("GET", f"{gateway}/api/timesheets", token)
+            assert status == 200
+        await asyncio.sleep(2.1)
+        await expect_invalid(api, gateway, token, "expired")
