@@ -1,0 +1,41 @@
+"""The audit service's domain metrics (names fixed in docs/CONTRACTS.md; alerts and dashboards use them).
+
+- ``audit_events_ingested_total{source}``: records appended to the chain (first deliveries only).
+- ``audit_events_duplicates_total{source}``: re-sent events recognised by id and not stored again
+  (a relay retrying after a lost acknowledgement; a steady rate means acknowledgements get lost).
+- ``audit_ingest_lag_seconds``: event time → stored, so a backlog in some outbox shows here too.
+- ``audit_chain_verifications_total{result="ok|broken"}`` and ``audit_chain_ok`` (1/0, the last
+  verification in this process; alert on 0).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+ingested = Counter(
+    "audit_events_ingested_total",
+    "Audit events appended to the hash chain, by the service that produced them.",
+    ["source"],
+)
+duplicates = Counter(
+    "audit_events_duplicates_total",
+    "Audit events received again (same id) and acknowledged without storing a second record.",
+    ["source"],
+)
+ingest_lag = Histogram(
+    "audit_ingest_lag_seconds",
+    "Time from an event happening (occurred_at) to its record being stored.",
+    buckets=LAG_BUCKETS,
+)
+verifications = Counter(
+    "audit_chain_verifications_total",
+    "Hash chain verifications run, by result.",
+    ["result"],
+)
+chain_ok = Gauge(
+    "audit_chain_ok",
+    "1 when the last hash chain verification found the chain intact, 0 when it found it broken.",
+    multiprocess_mode="livemax",
+)

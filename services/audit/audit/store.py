@@ -1,0 +1,226 @@
+"""Reading and appending audit records; verifying the chain.
+
+Appending is the one serialised step of the service: a transaction-scoped advisory lock makes
+every ingesting transaction (on any replica) take the chain head, extend it and commit in turn, so
+the records form a single chain with gap-free ``seq``. Duplicates are detected under the same lock,
+so a re-sent event can never become a second record, however deliveries race.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from svckit.db import Connection, Database
+
+from . import metrics
+from .chain import GENESIS, HASHED_COLUMNS, record_hash
+from .models import EventsQuery, IngestEvent, encode_cursor
+
+COLUMNS = (*HASHED_COLUMNS, "hash")
+SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    checked: int
+    first_bad: int | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "checked": self.checked}
+        return {"ok": False, "checked": self.checked, "first_bad": self.first_bad, "reason": self.reason}
+
+
+def record_json(row: Any) -> dict[str, Any]:
+    """A stored record in the API's shape (the ingestion shape plus seq, recorded_at and the hashes)."""
+    return {
+        "seq": row["seq"],
+        "id": str(row["id"]),
+        "occurred_at": row["occurred_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "recorded_at": row["recorded_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "source": row["source"],
+        "actor": {
+            "issuer": row["actor_issuer"],
+            "subject": row["actor_subject"],
+            "kind": row["actor_kind"],
+            "client_id": row["actor_client_id"],
+            "name": row["actor_name"],
+        },
+        "action": row["action"],
+        "resource": {"type": row["resource_type"], "id": row["resource_id"]},
+        "outcome": row["outcome"],
+        "request_id": row["request_id"],
+        "details": json.loads(row["details"]),
+        "prev_hash": row["prev_hash"],
+        "hash": row["hash"],
+    }
+
+
+class AuditStore:
+    def __init__(self, database: Database, schema: str) -> None:
+        self.database = database
+        self.schema = schema
+        self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
+
+    # ---- append --------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[IngestEvent]) -> AppendResult:
+        unique: dict[uuid.UUID, IngestEvent] = {}
+        for event in events:
+            unique.setdefault(event.id, event)
+        async with self.database.transaction() as conn:
+            # jsonb's own text form is what gets hashed (see chain.py); normalise before locking.
+            details = await conn.fetchval(
+                "SELECT array_agg(d::jsonb::text ORDER BY n)"
+                " FROM unnest($1::text[]) WITH ORDINALITY AS t(d, n)",
+                [json.dumps(e.details, ensure_ascii=False) for e in unique.values()],
+            )
+            normalised = dict(zip(unique, details, strict=True))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            existing = {
+                str(row["id"])
+                for row in await conn.fetch(
+                    f"SELECT id FROM {self.schema}.records WHERE id = ANY($1::uuid[])", list(unique)
+                )
+            }
+            fresh = [e for e in unique.values() if str(e.id) not in existing]
+            if fresh:
+                await self._extend_chain(conn, fresh, normalised)
+        for event in fresh:
+            metrics.ingested.labels(event.source).inc()
+        recorded = datetime.now(UTC)
+        for event in fresh:
+            metrics.ingest_lag.observe(max(0.0, (recorded - event.occurred_at).total_seconds()))
+        first_deliveries = {e.id for e in fresh}
+        for event in events:
+            if event.id in first_deliveries:
+                first_deliveries.discard(event.id)
+            else:
+                metrics.duplicates.labels(event.source).inc()
+        duplicates = len(events) - len(fresh)
+        return AppendResult(accepted=len(fresh), duplicates=duplicates)
+
+    async def _extend_chain(
+        self, conn: Connection, events: Sequence[IngestEvent], details: dict[uuid.UUID, str]
+    ) -> None:
+        head = await conn.fetchrow(f"SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1")
+        seq, prev_hash = (head["seq"], head["hash"]) if head is not None else (0, GENESIS)
+        recorded_at = datetime.now(UTC)
+        rows = []
+        for event in events:
+            seq += 1
+            record: dict[str, Any] = {
+                "seq": seq,
+                "id": event.id,
+                "occurred_at": event.occurred_at,
+                "recorded_at": recorded_at,
+                "source": event.source,
+                "actor_issuer": event.actor.issuer,
+                "actor_subject": event.actor.subject,
+                "actor_kind": event.actor.kind,
+                "actor_client_id": event.actor.client_id,
+                "actor_name": event.actor.name,
+                "action": event.action,
+                "resource_type": event.resource.type,
+                "resource_id": event.resource.id,
+                "outcome": event.outcome,
+                "request_id": event.request_id,
+                "details": details[event.id],
+                "prev_hash": prev_hash,
+            }
+            record["hash"] = prev_hash = record_hash(record)
+            rows.append(tuple(record[column] for column in COLUMNS))
+        await conn.copy_records_to_table("records", schema_name=self.schema, columns=COLUMNS, records=rows)
+
+    # ---- query ---------------------------------------------------------------------------------
+
+    async def list(self, query: EventsQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """One page, newest first; the cursor is the last seq shown (stable while records are added)."""
+        conditions: list[str] = []
+        params: list[Any] = []
+
+        def where(sql: str, value: Any) -> None:
+            params.append(value)
+            conditions.append(sql.format(f"${len(params)}"))
+
+        equal = {
+            "actor_subject": query.actor,
+            "actor_issuer": query.actor_issuer,
+            "actor_client_id": query.client_id,
+            "action": query.action,
+            "resource_type": query.resource_type,
+            "resource_id": query.resource_id,
+            "outcome": query.outcome,
+            "source": query.source,
+        }
+        for column, value in equal.items():
+            if value is not None:
+                where(column + " = {}", value)
+        if query.from_ is not None:
+            where("occurred_at >= {}", query.from_)
+        if query.to is not None:
+            where("occurred_at < {}", query.to)
+        if query.before_seq is not None:
+            where("seq < {}", query.before_seq)
+        params.append(query.limit + 1)
+        sql = (
+            f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records"
+            + (" WHERE " + " AND ".join(conditions) if conditions else "")
+            + f" ORDER BY seq DESC LIMIT ${len(params)}"
+        )
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(sql, *params)
+        page = rows[: query.limit]
+        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > query.limit else None
+        return [record_json(row) for row in page], next_cursor
+
+    # ---- verify --------------------------------------------------------------------------------
+
+    async def verify(self, prefetch: int = 1000) -> Verification:
+        """Recompute the chain from seq 1, streaming rows through a server-side cursor.
+
+        Runs in one REPEATABLE READ snapshot, so records appended meanwhile neither appear half-way
+        nor make the walk endless. Reports the first seq whose record is missing, out of place,
+        altered (hash no longer matches its content) or unlinked (prev_hash differs).
+        """
+        result = await self._walk(prefetch)
+        metrics.verifications.labels("ok" if result.ok else "broken").inc()
+        metrics.chain_ok.set(1 if result.ok else 0)
+        return result
+
+    async def _walk(self, prefetch: int) -> Verification:
+        checked = 0
+        prev_hash = GENESIS
+        expected = 1
+        async with self.database.transaction(isolation="repeatable_read") as conn:
+            cursor = conn.cursor(
+                f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records ORDER BY seq", prefetch=prefetch
+            )
+            async for row in cursor:
+                seq = row["seq"]
+                if seq != expected:
+                    return Verification(False, checked, expected, f"record {expected} is missing")
+                checked += 1
+                if row["prev_hash"] != prev_hash:
+                    return Verification(
+                        False, checked, seq, "prev_hash does not match the previous record's hash"
+                    )
+                if record_hash(row) != row["hash"]:
+                    return Verification(False, checked, seq, "hash does not match the record's content")
+                prev_hash = row["hash"]
+                expected += 1
+        return Verification(True, checked)

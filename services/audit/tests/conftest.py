@@ -1,0 +1,97 @@
+"""Fixtures of the audit service's tests: the real app on loopback over this session's database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from audit.app import create_app
+from audit.openapi import build_document
+from audit.settings import AuditSettings
+from svckit.identity import Identity
+from svckit.settings import load_settings
+from svckit.testclient import SignedApi
+from svckit.testing import Caller, migrate_schema, serve_app, user
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audit"
+
+AUDITOR = user("carol", "read:audit", name="Carol")
+TIMESHEETS = Identity.service("timesheets")
+
+
+@pytest.fixture(scope="session")
+async def audit_schema(database_url: str) -> str:
+    await migrate_schema(database_url, "audit", PACKAGE_DIR)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+async def audit_url(audit_schema: str, service_env: dict[str, str]) -> AsyncIterator[str]:
+    settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0)
+    async with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def api(audit_url: str, caller: Caller) -> AsyncIterator[SignedApi]:
+    client = SignedApi(audit_url, caller)
+    yield client
+    await client.close()
+
+
+def make_event(
+    *,
+    source: str = "timesheets",
+    subject: str = "alice",
+    action: str = "timesheet.created",
+    resource_type: str = "timesheet",
+    resource_id: str | None = None,
+    outcome: str = "success",
+    occurred_at: datetime | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """An event in the wire shape of POST /internal/events."""
+    event: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "occurred_at": (occurred_at or datetime.now(UTC)).isoformat(),
+        "source": source,
+        "actor": {
+            "issuer": "http://localhost:9000/",
+            "subject": subject,
+            "kind": "user",
+            "client_id": "timesheets-spa",
+            "name": subject.title(),
+        },
+        "action": action,
+        "resource": {"type": resource_type, "id": resource_id or str(uuid.uuid4())},
+        "outcome": outcome,
+        "request_id": uuid.uuid4().hex,
+        "details": {"project": "StoreZero", "hours": 7.5},
+    }
+    event.update(overrides)
+    return event
+
+
+@pytest.fixture(scope="session")
+def conforms() -> Callable[[str, Any], None]:
+    """Assert that a response body matches its schema in the served OpenAPI document."""
+    document = build_document()
+
+    def check(model: str, body: Any) -> None:
+        schema = {"$ref": f"#/components/schemas/{model}", "components": document["components"]}
+        jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)
+
+    return check
+
+
+EventFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def new_event() -> EventFactory:
+    return make_event

@@ -1,0 +1,224 @@
+"""POST /internal/events: service principals only, idempotent by id, every bad field named."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from svckit.identity import Identity
+from svckit.testclient import SignedApi
+from svckit.testing import user
+
+TIMESHEETS = Identity.service("timesheets")
+APPROVALS = Identity.service("approvals")
+
+
+async def stored(database_url: str, ids: list[str]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT id, seq, source FROM audit.records WHERE id = ANY($1::uuid[]) ORDER BY seq",
+                ids,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_events_are_stored_once_and_resends_are_duplicates(
+    api: SignedApi, audit_schema: str, new_event: Any, conforms: Any
+) -> None:
+    events = [new_event() for _ in range(3)]
+    first = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert first.status == 200, first.text
+    assert first.body == {"accepted": 3, "duplicates": 0}
+    conforms("IngestResult", first.body)
+
+    again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [*events, new_event()]})
+    assert again.body == {"accepted": 1, "duplicates": 3}
+
+    ids = [e["id"] for e in events]
+    rows = await stored(audit_schema, ids)
+    assert [str(r["id"]) for r in rows] == ids  # stored once each, in the order sent
+    assert [r["seq"] for r in rows] == list(range(rows[0]["seq"], rows[0]["seq"] + 3))
+
+
+async def test_the_same_id_twice_in_one_batch_is_one_record(
+    api: SignedApi, audit_schema: str, new_event: Any
+) -> None:
+    event = new_event()
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event, event]})
+    assert reply.body == {"accepted": 1, "duplicates": 1}
+    assert len(await stored(audit_schema, [event["id"]])) == 1
+
+
+async def test_concurrent_overlapping_deliveries_make_one_chain(
+    api: SignedApi, audit_schema: str, new_event: Any
+) -> None:
+    """Ten relays racing with overlapping batches: each id stored once, seq without gaps."""
+    pool = [new_event() for _ in range(120)]
+    batches = [pool[i * 10 : i * 10 + 30] for i in range(10)]  # windows overlap by 20
+    replies = await asyncio.gather(
+        *(api.call("POST", "/internal/events", TIMESHEETS, json={"events": b}) for b in batches)
+    )
+    assert all(r.status == 200 for r in replies), [r.text for r in replies if r.status != 200]
+    assert sum(r.body["accepted"] for r in replies) == 120
+    assert sum(r.body["duplicates"] for r in replies) == sum(len(b) for b in batches) - 120
+    rows = await stored(audit_schema, [e["id"] for e in pool])
+    assert len(rows) == 120
+    conn = await asyncpg.connect(audit_schema)
+    try:
+        span = await conn.fetchrow(
+            "SELECT count(*) AS n, min(seq) AS low, max(seq) AS high FROM audit.records"
+        )
+    finally:
+        await conn.close()
+    assert span is not None
+    assert (span["low"], span["high"]) == (1, span["n"])  # the whole chain is gap-free
+
+
+async def test_only_service_principals_may_ingest(api: SignedApi, new_event: Any) -> None:
+    auditor = user("carol", "read:audit")
+    reply = await api.call("POST", "/internal/events", auditor, json={"events": [new_event()]})
+    assert reply.status == 403
+    assert reply.problem
+
+
+async def test_unsigned_and_forged_identities_are_refused(api: SignedApi, new_event: Any) -> None:
+    body = {"events": [new_event()]}
+    unsigned = await api.call("POST", "/internal/events", None, json=body)
+    assert unsigned.status == 401
+    assert unsigned.problem
+
+    headers = api.caller.headers(TIMESHEETS, "POST", api.base_url + "/internal/events")
+    headers["x-identity-subject"] = "approvals"  # a captured header set, re-labelled
+    forged = await api.call(
+        "POST",
+        "/internal/events",
+        None,
+        data=json.dumps(body),
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert forged.status == 401
+
+
+async def test_a_service_cannot_write_events_under_another_name(api: SignedApi, new_event: Any) -> None:
+    events = [new_event(source="timesheets"), new_event(source="approvals")]
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert reply.status == 422
+    assert reply.fields() == {"events.1.source"}
+    ok = await api.call("POST", "/internal/events", APPROVALS, json={"events": events[1:]})
+    assert ok.body == {"accepted": 1, "duplicates": 0}
+
+
+def _without(event: dict[str, Any], *path: str) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(json.dumps(event))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return copy
+
+
+def _with(event: dict[str, Any], value: Any, *path: str) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(json.dumps(event))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return copy
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return {"deep": value}
+
+
+BAD_EVENTS = [
+    ("events.0.id", lambda e: _with(e, "not-a-uuid", "id")),
+    ("events.0.id", lambda e: _without(e, "id")),
+    ("events.0.occurred_at", lambda e: _with(e, "2026-11-27T10:00:00", "occurred_at")),  # no offset
+    ("events.0.occurred_at", lambda e: _with(e, "yesterday", "occurred_at")),
+    ("events.0.source", lambda e: _with(e, "Time Sheets", "source")),
+    ("events.0.actor.subject", lambda e: _with(e, "", "actor", "subject")),
+    ("events.0.actor.subject", lambda e: _with(e, "ali\u0000ce", "actor", "subject")),
+    ("events.0.actor.kind", lambda e: _with(e, "robot", "actor", "kind")),
+    ("events.0.actor.issuer", lambda e: _without(e, "actor", "issuer")),
+    ("events.0.action", lambda e: _with(e, "Timesheet Created!", "action")),
+    ("events.0.resource.type", lambda e: _with(e, "", "resource", "type")),
+    ("events.0.resource.id", lambda e: _with(e, "x" * 513, "resource", "id")),
+    ("events.0.outcome", lambda e: _with(e, "ok", "outcome")),
+    ("events.0.request_id", lambda e: _with(e, "r" * 129, "request_id")),
+    ("events.0.details", lambda e: _with(e, ["not", "an", "object"], "details")),
+    ("events.0.details", lambda e: _with(e, {"note": "bad\u0000byte"}, "details")),
+    ("events.0.details", lambda e: _with(e, {"blob": "x" * 17_000}, "details")),
+    ("events.0.details", lambda e: _with(e, _nested(20), "details")),
+    ("events.0.surprise", lambda e: _with(e, 1, "surprise")),
+]
+
+
+@pytest.mark.parametrize(("field", "spoil"), BAD_EVENTS)
+async def test_each_bad_field_is_a_422_naming_it(
+    api: SignedApi, new_event: Any, conforms: Any, field: str, spoil: Any
+) -> None:
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [spoil(new_event())]})
+    assert reply.status == 422, reply.text
+    assert reply.problem
+    assert field in reply.fields(), reply.body
+    conforms("ProblemDetails", reply.body)
+
+
+async def test_non_finite_numbers_are_refused(api: SignedApi, new_event: Any) -> None:
+    raw = json.dumps({"events": [new_event()]}).replace('"hours": 7.5', '"hours": NaN')
+    assert "NaN" in raw
+    reply = await api.call(
+        "POST", "/internal/events", TIMESHEETS, data=raw, headers={"content-type": "application/json"}
+    )
+    assert reply.status == 422
+    assert reply.fields() == {"events.0.details"}
+
+
+async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> None:
+    empty = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": []})
+    assert (empty.status, empty.fields()) == (422, {"events"})
+    too_many = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [new_event()] * 501})
+    assert too_many.status in (413, 422)
+    not_json = await api.call(
+        "POST", "/internal/events", TIMESHEETS, data="{nope", headers={"content-type": "application/json"}
+    )
+    assert not_json.status == 400
+    assert not_json.problem
+    wrong_type = await api.call(
+        "POST", "/internal/events", TIMESHEETS, data="x=1", headers={"content-type": "text/plain"}
+    )
+    assert wrong_type.status == 415
+    huge = await api.call(
+        "POST",
+        "/internal/events",
+        TIMESHEETS,
+        data=json.dumps({"events": [new_event()], "pad": "x" * (2 << 20)}),
+        headers={"content-type": "application/json"},
+    )
+    assert huge.status == 413
+    assert huge.problem
+
+
+async def test_a_full_batch_of_500_small_events_is_accepted(api: SignedApi, new_event: Any) -> None:
+    events = [new_event(details={}) for _ in range(500)]
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert reply.body == {"accepted": 500, "duplicates": 0}
+
+
+async def test_event_ids_are_compared_as_uuids(api: SignedApi, new_event: Any) -> None:
+    event = new_event()
+    await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
+    upper = dict(event, id=str(uuid.UUID(event["id"])).upper())
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [upper]})
+    assert reply.body == {"accepted": 0, "duplicates": 1}
