@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import Awaitable, Callable
@@ -98,3 +99,12 @@ async def assert_no_tokens_stored(page: Page, tokens: Tokens) -> None:
     for token in tokens.seen:
         assert token not in stored
         assert token.split(".")[1] not in stored
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Wait until ``check()`` holds (for conditions observed through page events)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.1)

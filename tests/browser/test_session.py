@@ -1,0 +1,108 @@
+"""Session lifetime: silent renewal before the access token expires, and sign-out at the provider.
+
+The browser's clock is moved past the access token's lifetime (Playwright's clock: the SPA's timers
+and `Date` jump forward; the provider and gateway keep real time). The app must renew silently with
+`prompt=none` in a hidden iframe and keep working with a new token; when the provider session is gone
+it must say so and offer to sign in again. Sign-out must end the provider session, not just the app's.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, sign_in
+
+pytestmark = pytest.mark.browser
+
+PAST_EXPIRY = "16:00"  # minutes:seconds; the identity service's access tokens live 15 minutes
+
+
+async def refetch_week(page: Page) -> None:
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+
+
+def silent_authorize(page: Page) -> list[str]:
+    seen: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            seen.append(r.url)
+            if r.url.startswith(f"{PROVIDER}/authorize") and "prompt=none" in r.url
+            else None
+        ),
+    )
+    return seen
+
+
+async def test_expired_session_renews_silently(new_page: NewPage, shot: Shots) -> None:
+    page, tokens = await new_page()
+    await page.clock.install()
+    silent = silent_authorize(page)
+    await sign_in(page, shot, "alice")
+    await refetch_week(page)
+    first = tokens.last
+
+    await page.clock.fast_forward(PAST_EXPIRY)
+    await eventually(lambda: len(silent) > 0, "a prompt=none request in the hidden iframe")
+    await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    await refetch_week(page)
+    await eventually(lambda: tokens.last != first, "the API called with a new access token")
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    assert len(tokens.seen) >= 2
+    await shot(page, "renewed-silently-still-signed-in")
+
+
+async def test_renewal_without_provider_session_asks_to_sign_in_again(new_page: NewPage, shot: Shots) -> None:
+    page, _ = await new_page()
+    await page.clock.install()
+    await sign_in(page, shot, "alice")
+    # The provider session ends elsewhere (another tab of the same browser).
+    other = await page.context.new_page()
+    await other.goto(f"{PROVIDER}/v2/logout")
+    await expect(other.get_by_role("heading", name="Signed out")).to_be_visible()
+    await other.close()
+
+    await page.clock.fast_forward(PAST_EXPIRY)
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Please sign in again")
+    await expect(alert).to_contain_text("session at the sign-in service has ended")
+    await shot(page, "session-ended-sign-in-again")
+    await page.get_by_role("button", name=re.compile("^Sign in")).click()
+    await page.wait_for_url(re.compile(rf"^{re.escape(PROVIDER)}/login"))
+
+
+async def test_sign_out_ends_the_provider_session(new_page: NewPage, shot: Shots) -> None:
+    page, _ = await new_page()
+    logout: list[str] = []
+    page.on("request", lambda r: logout.append(r.url) if "logout" in r.url else None)
+    await sign_in(page, shot, "bob")
+    await shot(page, "bob-signed-in")
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{APP}/")
+    await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
+    assert logout, "sign-out went to the provider"
+    assert logout[0].startswith(f"{PROVIDER}/"), logout
+    await shot(page, "signed-out")
+
+    # A reload does not bring the session back, and signing in asks for the password again.
+    await page.reload()
+    await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
+    await page.get_by_role("button", name=re.compile("^Sign in")).click()
+    await page.wait_for_url(re.compile(rf"^{re.escape(PROVIDER)}/login"))
+    await expect(page.locator("input[name=password]")).to_be_visible()
+    await shot(page, "provider-asks-for-password-again")
+
+
+async def test_reload_restores_the_session_silently(new_page: NewPage, shot: Shots) -> None:
+    page, _ = await new_page()
+    await sign_in(page, shot, "carol")
+    await expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
+    await expect(page.get_by_test_id("user-name")).to_have_text("Carol Auditor")
+    await shot(page, "carol-after-reload")
