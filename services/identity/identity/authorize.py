@@ -163,7 +163,8 @@ async def _authorize(
     except OAuth2Error as error:
         return _deliver_error(ctx, delivery, error, None)
     client: Client = oreq.client
-    redirect_uri = grant.redirect_uri
+    # Validated by Authlib at this point (OpenIDImplicitGrant does not keep it on grant.redirect_uri).
+    redirect_uri = grant.redirect_uri or params.get("redirect_uri") or client.get_default_redirect_uri()
     prompts = split_scope(params.get("prompt"))
     state = params.get("state")
 

@@ -7,7 +7,6 @@ seeded with ``python -m identity seed``; tests drive it over HTTP like a browser
 from __future__ import annotations
 
 import secrets
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,25 +17,12 @@ import aiohttp
 import asyncpg
 import jwt
 import pytest
-from svckit.testing import REPO_ROOT, ServiceProcess, free_port, migrate_schema
+from svckit.testing import ServiceProcess, free_port, migrate_schema
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
 sys.path.insert(0, str(Path(__file__).parent))
 
-from identity_testkit import BATCH_SECRET, DEMO_PASSWORD, Browser  # noqa: E402
-
-
-def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "identity", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from identity_testkit import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")

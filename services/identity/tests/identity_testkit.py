@@ -9,17 +9,33 @@ import base64
 import hashlib
 import re
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from html import unescape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
+from svckit.testing import REPO_ROOT
 
 DEMO_PASSWORD = "demo-" + secrets.token_hex(4)
 BATCH_SECRET = "batch-" + secrets.token_urlsafe(24)
 SPA = "http://localhost:8080"
 API = "https://timesheets.abc.example/api"
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "identity", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 # --- a scripted browser + SDK ------------------------------------------------------------------
