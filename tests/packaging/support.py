@@ -129,3 +129,76 @@ def component(obj: Obj) -> str:
 
 
 APP_COMPONENTS = ("gateway", "identity", "timesheets", "approvals", "audit")
+
+
+# --- monitoring artefacts ------------------------------------------------------------------------
+
+RULES_FILE = CHART / "files" / "prometheus" / "timesheets-alerts.yml"
+DASHBOARD_FILE = CHART / "files" / "grafana" / "timesheets-overview.json"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+
+
+def load_rules() -> list[Obj]:
+    """Every rule (alerting and recording) of the platform's rule file."""
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def alerts() -> list[Obj]:
+    return [rule for rule in load_rules() if "alert" in rule]
+
+
+def dashboard() -> Obj:
+    import json
+
+    data: Obj = json.loads(DASHBOARD_FILE.read_text())
+    return data
+
+
+def dashboard_panels() -> list[Obj]:
+    panels = []
+    for panel in dashboard()["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return [p for p in panels if p.get("type") != "row"]
+
+
+# Grafana's variables, replaced by what they expand to, so a query parses as PromQL.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "${namespace}": ".*", "$namespace": ".*"}
+
+
+def dashboard_queries() -> list[str]:
+    queries = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            expr = str(target["expr"])
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append(expr)
+    return queries
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names of the series a PromQL expression selects, read from its syntax tree."""
+    import promql_parser
+
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(str(node.name))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def recorded_names() -> set[str]:
+    return {str(rule["record"]) for rule in load_rules() if "record" in rule}
+
+
+def exported_name(series_name: str) -> str:
+    """The metric family a series name belongs to (histogram/summary suffixes removed)."""
+    for suffix in ("_bucket", "_count", "_sum"):
+        if series_name.endswith(suffix):
+            return series_name[: -len(suffix)]
+    return series_name
