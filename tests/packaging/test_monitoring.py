@@ -92,7 +92,8 @@ def test_local_prometheus_config_is_valid_and_loads_the_same_rules() -> None:
 
 def unit_tested_alerts() -> tuple[set[str], set[str]]:
     tests = yaml.safe_load(TEST_FILE.read_text())["tests"]
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for case in tests:
         for check in case.get("alert_rule_test", []):
             (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
