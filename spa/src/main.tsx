@@ -1,13 +1,12 @@
 /**
  * Start-up: read the runtime configuration, finish a sign-in if the provider just sent us back, restore
- * the session silently after a reload, then render the app. Inside the hidden silent-renewal iframe it
- * only hands the provider's answer to the parent window and stops.
+ * the session silently after a reload, then render the app.
  */
 import { render } from "preact";
 import { ApiClient } from "./api/client";
 import type { UserMessage } from "./api/errors";
-import { CodeFlow, completeSilentCodeCallback } from "./auth/code";
-import { ImplicitFlow, isImplicitResponse, notifyParentOfImplicitAnswer } from "./auth/implicit";
+import { CodeFlow } from "./auth/code";
+import { ImplicitFlow } from "./auth/implicit";
 import { describeAuthError } from "./auth/messages";
 import { SessionManager } from "./auth/session";
 import { fetchDiscovery } from "./auth/tokens";
@@ -45,11 +44,6 @@ async function boot(root: HTMLElement): Promise<void> {
     return;
   }
   const atCallback = window.location.pathname === `${config.basePath}callback`;
-  if (atCallback && window.parent !== window) {
-    if (isImplicitResponse(window.location.hash)) notifyParentOfImplicitAnswer();
-    else await completeSilentCodeCallback(config);
-    return;
-  }
 
   let auth: Authenticator;
   try {

@@ -1,20 +1,24 @@
 /**
- * Authorization Code + PKCE through oidc-client-ts (a maintained, certified-style client library).
+ * Authorization Code + PKCE through oidc-client-ts (a maintained client library).
  * Tokens are kept in an in-memory user store; only the PKCE verifier and `state` sit in sessionStorage
- * for the few seconds of the redirect, which is the library's normal practice. Silent renewal is
- * `prompt=none` in a hidden iframe (`signinSilent`), scheduled by the session manager.
+ * for the few seconds of the redirect, which is the library's normal practice. Silent renewal is a
+ * `prompt=none` request in a hidden iframe answered by `web_message` (see webmessage.ts); the code it
+ * returns is exchanged by the library exactly like a redirect's, PKCE and state checks included.
  */
 import {
   ErrorResponse,
   InMemoryWebStorage,
+  OidcClient,
   UserManager,
   WebStorageStateStore,
+  type SigninResponse,
   type User,
   type UserManagerSettings,
 } from "oidc-client-ts";
 import type { AppConfig } from "../config";
 import { grantedScopes, logoutUrl, profileFrom } from "./tokens";
 import { AuthError, type Authenticator, type Discovery, type Session } from "./types";
+import { silentWebMessage } from "./webmessage";
 
 export function userManagerSettings(config: AppConfig, discovery?: Discovery): UserManagerSettings {
   return {
@@ -22,7 +26,6 @@ export function userManagerSettings(config: AppConfig, discovery?: Discovery): U
     ...(discovery ? { metadata: discovery } : {}),
     client_id: config.clientId,
     redirect_uri: config.redirectUri,
-    silent_redirect_uri: config.redirectUri,
     post_logout_redirect_uri: config.postLogoutRedirectUri,
     response_type: "code",
     scope: config.scopes,
@@ -36,7 +39,7 @@ export function userManagerSettings(config: AppConfig, discovery?: Discovery): U
   };
 }
 
-function toSession(user: User): Session {
+function toSession(user: User | SigninResponse): Session {
   const now = Math.floor(Date.now() / 1000);
   return {
     accessToken: user.access_token,
@@ -59,12 +62,15 @@ function asAuthError(error: unknown): AuthError {
 export class CodeFlow implements Authenticator {
   readonly flow = "code" as const;
   readonly manager: UserManager;
+  private readonly client: OidcClient;
 
   constructor(
     private readonly config: AppConfig,
     private readonly discovery: Discovery,
   ) {
-    this.manager = new UserManager(userManagerSettings(config, discovery));
+    const settings = userManagerSettings(config, discovery);
+    this.manager = new UserManager(settings);
+    this.client = new OidcClient(settings);
   }
 
   async signIn(returnTo: string): Promise<void> {
@@ -84,9 +90,17 @@ export class CodeFlow implements Authenticator {
 
   async signInSilently(): Promise<Session> {
     try {
-      const user = await this.manager.signinSilent();
-      if (!user) throw new AuthError("login_required");
-      return toSession(user);
+      const request = await this.client.createSigninRequest({
+        request_type: "si:s",
+        redirect_uri: this.config.redirectUri,
+        prompt: "none",
+        extraQueryParams: { audience: this.config.audience, response_mode: "web_message" },
+      });
+      const answer = await silentWebMessage(request.url);
+      const response = await this.client.processSigninResponse(
+        `${this.config.redirectUri}?${new URLSearchParams(answer).toString()}`,
+      );
+      return toSession(response);
     } catch (error) {
       throw asAuthError(error);
     }
@@ -102,9 +116,4 @@ export class CodeFlow implements Authenticator {
       }),
     );
   }
-}
-
-/** Runs inside the hidden iframe: oidc-client-ts posts the answer to its parent. */
-export async function completeSilentCodeCallback(config: AppConfig): Promise<void> {
-  await new UserManager(userManagerSettings(config)).signinSilentCallback();
 }

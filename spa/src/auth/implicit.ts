@@ -3,18 +3,17 @@
  * libraries dropped it. The tokens come back in the URL fragment; the fragment is removed from the
  * address bar before anything else happens, the `state` is single-use, and the ID token is validated
  * (signature, iss, aud, nonce, at_hash) before the access token is used. Silent renewal repeats the
- * request with `prompt=none` in a hidden iframe that hands its URL back with `postMessage` (same origin
- * only).
+ * request with `prompt=none` in a hidden iframe answered by `web_message` (see webmessage.ts).
  */
 import { createRemoteJWKSet, type JWTVerifyGetKey } from "jose";
 import type { AppConfig } from "../config";
 import { validateIdToken } from "./idtoken";
 import { grantedScopes, logoutUrl, profileFrom, randomToken } from "./tokens";
 import { AuthError, type Authenticator, type Discovery, type Session } from "./types";
+import { silentWebMessage } from "./webmessage";
 
 const PENDING_PREFIX = "tsp.implicit.";
 const PENDING_MAX_AGE_MS = 10 * 60 * 1000;
-export const IFRAME_MESSAGE = "tsp:implicit-callback";
 
 interface Pending {
   nonce: string;
@@ -44,7 +43,7 @@ export class ImplicitFlow implements Authenticator {
     this.keys = keys ?? createRemoteJWKSet(new URL(discovery.jwks_uri));
   }
 
-  private authorizeUrl(state: string, nonce: string, prompt?: string): string {
+  private authorizeUrl(state: string, nonce: string, prompt?: "none"): string {
     const url = new URL(this.discovery.authorization_endpoint);
     const params: Record<string, string> = {
       response_type: "id_token token",
@@ -55,7 +54,10 @@ export class ImplicitFlow implements Authenticator {
       nonce,
       audience: this.config.audience,
     };
-    if (prompt) params.prompt = prompt;
+    if (prompt) {
+      params.prompt = prompt;
+      params.response_mode = "web_message";
+    }
     for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
     return url.toString();
   }
@@ -133,35 +135,14 @@ export class ImplicitFlow implements Authenticator {
     return this.process(params);
   }
 
-  signInSilently(timeoutMs = 10_000): Promise<Session> {
+  async signInSilently(): Promise<Session> {
     const { state, nonce } = this.remember("");
-    const frame = document.createElement("iframe");
-    frame.title = "silent sign-in";
-    frame.setAttribute("aria-hidden", "true");
-    frame.tabIndex = -1;
-    frame.style.cssText = "position:absolute;width:0;height:0;border:0;visibility:hidden";
-    return new Promise<Session>((resolve, reject) => {
-      const cleanup = (): void => {
-        window.removeEventListener("message", onMessage);
-        clearTimeout(timer);
-        frame.remove();
-      };
-      const onMessage = (event: MessageEvent): void => {
-        if (event.origin !== window.location.origin || event.source !== frame.contentWindow) return;
-        const data = event.data as { type?: string; url?: string } | null;
-        if (data?.type !== IFRAME_MESSAGE || typeof data.url !== "string") return;
-        cleanup();
-        this.process(fragmentParams(new URL(data.url).hash)).then(({ session }) => resolve(session), reject);
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        sessionStorage.removeItem(PENDING_PREFIX + state);
-        reject(new AuthError("timeout", "the provider did not answer the silent sign-in"));
-      }, timeoutMs);
-      window.addEventListener("message", onMessage);
-      frame.src = this.authorizeUrl(state, nonce, "none");
-      document.body.appendChild(frame);
-    });
+    try {
+      const answer = await silentWebMessage(this.authorizeUrl(state, nonce, "none"));
+      return (await this.process(new URLSearchParams(answer))).session;
+    } finally {
+      sessionStorage.removeItem(PENDING_PREFIX + state);
+    }
   }
 
   async signOut(session: Session | null): Promise<void> {
@@ -175,7 +156,3 @@ export class ImplicitFlow implements Authenticator {
   }
 }
 
-/** Runs inside the hidden iframe: hands the answer to the parent window (same origin only). */
-export function notifyParentOfImplicitAnswer(): void {
-  window.parent.postMessage({ type: IFRAME_MESSAGE, url: window.location.href }, window.location.origin);
-}

@@ -71,6 +71,10 @@ export class SessionManager implements TokenSource {
     this.inflight ??= this.auth
       .signInSilently()
       .then((session) => {
+        if (this.state.session && session.profile.sub !== this.state.session.profile.sub) {
+          // Someone else signed in at the provider in the meantime: never switch users silently.
+          throw new AuthError("login_required", "a different user is signed in at the provider");
+        }
         this.update({ status: "signed-in", session, reason: null, renewals: this.state.renewals + 1 });
         this.schedule(session);
         return true;
