@@ -1,0 +1,177 @@
+"""Forwarding: identity headers, hop-by-hop headers, request ids, body limits, upstream failures."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aiohttp
+
+from svckit.testing import free_port
+
+from .conftest import Provider
+
+
+def upstream_headers(body: dict[str, Any]) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for key, value in body["headers"]:
+        seen.setdefault(key, []).append(value)
+    return seen
+
+
+async def test_spoofed_identity_headers_are_replaced(api: Any, gateway: str, provider: Provider) -> None:
+    spoofed = {
+        "X-Identity-Subject": "admin",
+        "X-Identity-Issuer": "urn:timesheets:service",
+        "X-Identity-Kind": "service",
+        "X-Identity-Scopes": "read:audit approve:timesheets",
+        "X-Identity-Client-Id": "approvals",
+        "X-Identity-Signature": "AAAA",
+        "X-Identity-Key-Id": "test1",
+        "X-Identity-Timestamp": "1",
+        "X-Identity-Name": "root",
+        "X-Identity-Extra": "x",
+    }
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(), headers=spoofed)
+    assert status == 200, body
+    assert body["identity"]["subject"] == "alice"
+    assert body["identity"]["kind"] == "user"
+    seen = upstream_headers(body)
+    for name in spoofed:
+        assert name.lower() not in seen or len(seen[name.lower()]) == 1
+    assert "x-identity-extra" not in seen
+    assert seen["x-identity-subject"] == ["alice"]
+
+
+async def test_hop_by_hop_and_credentials_are_not_forwarded(api: Any, gateway: str, provider: Provider) -> None:
+    status, headers, body = await api(
+        "GET",
+        f"{gateway}/api/timesheets",
+        provider.token(),
+        headers={
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic eDp5",
+            "Cookie": "session=1",
+            "Forwarded": "for=6.6.6.6",
+            # X-Forwarded-For replacement is checked against the real process (test_process.py): the
+            # in-process test server, unlike `python -m gateway`, honours proxy headers from loopback.
+            "X-Real-IP": "6.6.6.6",
+            "Accept-Language": "de",
+        },
+    )
+    assert status == 200
+    seen = upstream_headers(body)
+    for name in ("authorization", "cookie", "x-secret-hop", "keep-alive", "proxy-authorization", "forwarded", "x-real-ip"):
+        assert name not in seen, name
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"][0].startswith("127.0.0.1:")
+    assert seen["accept-language"] == ["de"]
+    # and back: the upstream's own request id and hop-by-hop headers do not leak to the client
+    assert headers.getall("X-Request-Id") == [seen["x-request-id"][0]]
+    assert "Keep-Alive" not in headers
+
+
+async def test_request_id_is_kept_when_well_formed(api: Any, gateway: str, provider: Provider) -> None:
+    rid = "trace-" + uuid.uuid4().hex
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", provider.token(), headers={"X-Request-Id": rid})
+    assert status == 200
+    assert headers["X-Request-Id"] == rid
+    assert upstream_headers(body)["x-request-id"] == [rid]
+
+
+async def test_bad_request_id_is_replaced(api: Any, gateway: str, provider: Provider) -> None:
+    for bad in ("short", "has spaces in it", "x" * 300, "evil\u00e9value1"):
+        status, headers, body = await api(
+            "GET", f"{gateway}/api/timesheets", provider.token(), headers={"X-Request-Id": bad}
+        )
+        assert status == 200
+        assert headers["X-Request-Id"] != bad
+        assert len(headers["X-Request-Id"]) == 32
+
+
+async def test_request_id_on_errors_too(api: Any, gateway: str) -> None:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", headers={"X-Request-Id": "abcdefgh-1234"})
+    assert status == 401
+    assert headers["X-Request-Id"] == "abcdefgh-1234"
+    assert body["request_id"] == "abcdefgh-1234"
+
+
+async def test_body_is_forwarded(api: Any, gateway: str, provider: Provider) -> None:
+    token = provider.scoped("create:timesheets")
+    status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=b"x" * 1000)
+    assert (status, body["body_length"]) == (200, 1000)
+    big = b"y" * 500_000  # above the small-body threshold: streamed
+    status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=big)
+    assert (status, body["body_length"]) == (200, 500_000)
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"z" * 10_000
+
+    status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=chunks())
+    assert (status, body["body_length"]) == (200, 100_000)
+
+
+async def test_oversized_body_is_413(api: Any, start_gateway: Any, provider: Provider, echo: Any) -> None:
+    token = provider.scoped("create:timesheets")
+    async with start_gateway(max_body_bytes=4096) as gateway:
+        status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=b"x" * 5000)
+        assert status == 413
+        assert "4096" in body["detail"]
+
+        async def chunks() -> Any:
+            for _ in range(10):
+                yield b"z" * 1000
+
+        before = echo.requests
+        status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=chunks())
+        assert status == 413, body
+        assert echo.requests == before
+
+
+async def test_large_response_is_streamed(api: Any, gateway: str, provider: Provider) -> None:
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets/big", provider.token())
+    assert status == 200
+    assert body == b"x" * 300_000
+
+
+async def test_upstream_timeout_is_504(api: Any, start_gateway: Any, provider: Provider) -> None:
+    async with start_gateway(upstream_read_timeout_seconds=0.3) as gateway:
+        status, headers, body = await api("GET", f"{gateway}/api/timesheets/slow?s=2", provider.token())
+        assert status == 504
+        assert headers["Content-Type"] == "application/problem+json"
+        assert "timesheets" in body["detail"]
+
+
+async def test_upstream_unreachable_is_503_with_retry_after(api: Any, start_gateway: Any, provider: Provider) -> None:
+    async with start_gateway(approvals_url=f"http://127.0.0.1:{free_port()}") as gateway:
+        status, headers, body = await api("GET", f"{gateway}/api/approvals", provider.scoped("approve:timesheets"))
+        assert status == 503
+        assert headers["Retry-After"] == "2"
+        assert "approvals" in body["detail"]
+
+
+async def test_keep_alive_pool_survives_idle_upstream_close(api: Any, gateway: str, provider: Provider) -> None:
+    # uvicorn closes idle keep-alive sockets after 5 s; the pool must never hand out a dead one
+    import asyncio
+
+    token = provider.token()
+    assert (await api("GET", f"{gateway}/api/timesheets", token))[0] == 200
+    await asyncio.sleep(5.5)
+    for _ in range(3):
+        assert (await api("GET", f"{gateway}/api/timesheets", token))[0] == 200
+
+
+async def test_head_is_not_routed(api: Any, gateway: str, provider: Provider) -> None:
+    status, _, _ = await api("HEAD", f"{gateway}/api/timesheets", provider.token())
+    assert status == 405
+
+
+async def test_raw_http_client_sees_problem_json(gateway: str) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway}/api/nothing") as response:
+        assert response.status == 404
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.headers["Cache-Control"] == "no-store"
