@@ -46,7 +46,7 @@ class GatewaySettings(RedisSettings):
     jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)
     jwks_min_ttl_seconds: int = Field(default=60, ge=1, le=86400)
     jwks_max_ttl_seconds: int = Field(default=3600, ge=10, le=7 * 86400)
-    jwks_max_stale_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 86400)
+    jwks_max_stale_seconds: int = Field(default=6 * 3600, ge=2, le=7 * 86400)
     jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0.0, le=3600)
     jwks_fetch_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
