@@ -5,8 +5,8 @@ so each worker counts locally and a background task pushes the deltas to Redis (
 ``INCRBY`` + ``EXPIRE`` per active key every ``RATE_LIMIT_SYNC_SECONDS``), reading back the global
 totals. A request is refused when *global total known at the last sync + local requests since* would
 exceed the limit. Within one worker the limit is exact; across W workers/replicas a burst can
-overshoot by at most what the others admit during one sync interval — the usual trade for keeping
-Redis off the hot path.
+overshoot by at most what the others admit before their next sync (one interval, or sooner: the first
+sight of a key in a window wakes the sync at once) — the usual trade for keeping Redis off the hot path.
 
 When Redis is unreachable the limiter fails open (requests pass) and every such request is counted
 in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers again.
@@ -15,6 +15,7 @@ in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextlib
 import logging
 import math
@@ -63,6 +64,7 @@ class RateLimiter:
         self._counters: dict[tuple[str, str], Counter] = {}
         self._synced_ok = True
         self._task: asyncio.Task[None] | None = None
+        self._new_key = asyncio.Event()
         self._failopen = metrics.ratelimit_failopen
         self._limited = {name: metrics.rate_limited.labels(name) for name in self.limits}
 
@@ -81,6 +83,7 @@ class RateLimiter:
             counter = self._counters.get((limit_name, key))
             if counter is None or counter.window != window:
                 counter = self._counters[(limit_name, key)] = Counter(window)
+                self._new_key.set()  # learn the global count for this key soon, not a full interval later
             if counter.known + counter.pending >= self.limits[limit_name]:
                 self._limited[limit_name].inc()
                 retry = math.ceil((window + 1) * self.window_seconds - now)
@@ -127,7 +130,9 @@ class RateLimiter:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.sync_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_key.wait(), self.sync_seconds)
+            self._new_key.clear()
             try:
                 await self.sync()
             except Exception:  # never let the sync loop die

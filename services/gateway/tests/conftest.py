@@ -138,7 +138,10 @@ class Provider:
     def token(self, kid: str = "rsa-1", headers: dict[str, Any] | None = None, **claims: Any) -> str:
         key, alg = self.keys[kid]
         return jwt.encode(
-            self.claims(**claims), key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt", **(headers or {})}
+            self.claims(**claims),
+            key,
+            algorithm=alg,
+            headers={"kid": kid, "typ": "at+jwt", **(headers or {})},
         )
 
     def scoped(self, *scopes: str, subject: str = "alice", **claims: Any) -> str:
@@ -194,7 +197,11 @@ class Echo:
                     },
                     "body_length": len(body),
                 },
-                headers={"X-Upstream": "echo", "Connection": "keep-alive", "X-Request-Id": "upstream-id-ignored"},
+                headers={
+                    "X-Upstream": "echo",
+                    "Connection": "keep-alive",
+                    "X-Request-Id": "upstream-id-ignored",
+                },
             )
 
         return Starlette(

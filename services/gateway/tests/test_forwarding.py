@@ -43,7 +43,9 @@ async def test_spoofed_identity_headers_are_replaced(api: Any, gateway: str, pro
     assert seen["x-identity-subject"] == ["alice"]
 
 
-async def test_hop_by_hop_and_credentials_are_not_forwarded(api: Any, gateway: str, provider: Provider) -> None:
+async def test_hop_by_hop_and_credentials_are_not_forwarded(
+    api: Any, gateway: str, provider: Provider
+) -> None:
     status, headers, body = await api(
         "GET",
         f"{gateway}/api/timesheets",
@@ -63,7 +65,15 @@ async def test_hop_by_hop_and_credentials_are_not_forwarded(api: Any, gateway: s
     )
     assert status == 200
     seen = upstream_headers(body)
-    for name in ("authorization", "cookie", "x-secret-hop", "keep-alive", "proxy-authorization", "forwarded", "x-real-ip"):
+    for name in (
+        "authorization",
+        "cookie",
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "forwarded",
+        "x-real-ip",
+    ):
         assert name not in seen, name
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
@@ -76,7 +86,9 @@ async def test_hop_by_hop_and_credentials_are_not_forwarded(api: Any, gateway: s
 
 async def test_request_id_is_kept_when_well_formed(api: Any, gateway: str, provider: Provider) -> None:
     rid = "trace-" + uuid.uuid4().hex
-    status, headers, body = await api("GET", f"{gateway}/api/timesheets", provider.token(), headers={"X-Request-Id": rid})
+    status, headers, body = await api(
+        "GET", f"{gateway}/api/timesheets", provider.token(), headers={"X-Request-Id": rid}
+    )
     assert status == 200
     assert headers["X-Request-Id"] == rid
     assert upstream_headers(body)["x-request-id"] == [rid]
@@ -93,7 +105,9 @@ async def test_bad_request_id_is_replaced(api: Any, gateway: str, provider: Prov
 
 
 async def test_request_id_on_errors_too(api: Any, gateway: str) -> None:
-    status, headers, body = await api("GET", f"{gateway}/api/timesheets", headers={"X-Request-Id": "abcdefgh-1234"})
+    status, headers, body = await api(
+        "GET", f"{gateway}/api/timesheets", headers={"X-Request-Id": "abcdefgh-1234"}
+    )
     assert status == 401
     assert headers["X-Request-Id"] == "abcdefgh-1234"
     assert body["request_id"] == "abcdefgh-1234"
@@ -146,15 +160,21 @@ async def test_upstream_timeout_is_504(api: Any, start_gateway: Any, provider: P
         assert "timesheets" in body["detail"]
 
 
-async def test_upstream_unreachable_is_503_with_retry_after(api: Any, start_gateway: Any, provider: Provider) -> None:
+async def test_upstream_unreachable_is_503_with_retry_after(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
     async with start_gateway(approvals_url=f"http://127.0.0.1:{free_port()}") as gateway:
-        status, headers, body = await api("GET", f"{gateway}/api/approvals", provider.scoped("approve:timesheets"))
+        status, headers, body = await api(
+            "GET", f"{gateway}/api/approvals", provider.scoped("approve:timesheets")
+        )
         assert status == 503
         assert headers["Retry-After"] == "2"
         assert "approvals" in body["detail"]
 
 
-async def test_keep_alive_pool_survives_idle_upstream_close(api: Any, gateway: str, provider: Provider) -> None:
+async def test_keep_alive_pool_survives_idle_upstream_close(
+    api: Any, gateway: str, provider: Provider
+) -> None:
     # uvicorn closes idle keep-alive sockets after 5 s; the pool must never hand out a dead one
     import asyncio
 

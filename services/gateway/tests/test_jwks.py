@@ -22,7 +22,9 @@ async def wait_for_keys(api: Any, gateway: str, provider: Provider) -> None:
     assert status == 200, body
 
 
-async def test_rotation_new_kid_accepted_after_one_refetch(api: Any, start_gateway: Any, provider: Provider) -> None:
+async def test_rotation_new_kid_accepted_after_one_refetch(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
     async with start_gateway() as gateway:
         await wait_for_keys(api, gateway, provider)
         kid = f"rotated-{uuid.uuid4().hex[:6]}"
@@ -59,7 +61,9 @@ async def test_refetch_storm_makes_one_fetch(api: Any, start_gateway: Any, provi
         assert provider.jwks_hits - before == 1
 
 
-async def test_provider_outage_cached_keys_keep_working(api: Any, start_gateway: Any, provider: Provider) -> None:
+async def test_provider_outage_cached_keys_keep_working(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
     async with start_gateway(jwks_min_ttl_seconds=1) as gateway:
         provider.max_age = 1
         try:
@@ -111,7 +115,9 @@ async def test_new_replica_with_warm_redis_never_calls_provider(
     assert sample("gateway_jwks_cache_total", layer="redis", result="hit") > redis_hits
 
 
-async def test_redis_outage_gateway_carries_on(api: Any, start_gateway: Any, provider: Provider, redis_url: str) -> None:
+async def test_redis_outage_gateway_carries_on(
+    api: Any, start_gateway: Any, provider: Provider, redis_url: str
+) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(redis_url)
@@ -140,7 +146,9 @@ async def test_replica_starting_while_redis_is_down(api: Any, start_gateway: Any
         assert status == 200, body
 
 
-async def test_jwks_uri_override_skips_discovery(api: Any, start_gateway: Any, provider: Provider, tmp_path: Any) -> None:
+async def test_jwks_uri_override_skips_discovery(
+    api: Any, start_gateway: Any, provider: Provider, tmp_path: Any
+) -> None:
     issuers = tmp_path / "issuers.yaml"
     issuers.write_text(
         f'issuers:\n  "{provider.issuer}":\n    jwks_uri: "{provider.base}/jwks"\n'

@@ -36,7 +36,14 @@ ROUTES = [
 @pytest.mark.parametrize(("method", "path", "upstream_path", "needed"), ROUTES)
 @pytest.mark.parametrize("granted", ALL_SCOPES)
 async def test_scope_matrix(
-    api: Any, gateway: str, provider: Provider, method: str, path: str, upstream_path: str, needed: str, granted: str
+    api: Any,
+    gateway: str,
+    provider: Provider,
+    method: str,
+    path: str,
+    upstream_path: str,
+    needed: str,
+    granted: str,
 ) -> None:
     token = provider.scoped("openid", granted)
     kwargs: dict[str, Any] = {"json": {"x": 1}} if method in ("POST", "PUT") else {}
@@ -58,7 +65,9 @@ async def test_scope_matrix(
 async def test_all_scopes_pass_every_route(api: Any, gateway: str, provider: Provider) -> None:
     token = provider.scoped(*ALL_SCOPES)
     for method, path, _, _ in ROUTES:
-        status, _, body = await api(method, gateway + path, token, json={} if method in ("POST", "PUT") else None)
+        status, _, body = await api(
+            method, gateway + path, token, json={} if method in ("POST", "PUT") else None
+        )
         assert status == 200, (method, path, body)
 
 

@@ -20,7 +20,9 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"s
     return f"{b64json(header)}.{b64json(claims)}.{b64(signature)}"
 
 
-async def expect_invalid(api: Any, gateway: str, token: str, reason: str, fragment: str = "") -> dict[str, str]:
+async def expect_invalid(
+    api: Any, gateway: str, token: str, reason: str, fragment: str = ""
+) -> dict[str, str]:
     status, headers, body = await api("GET", f"{gateway}/api/timesheets", token)
     assert status == 401, body
     www = headers["WWW-Authenticate"]
@@ -36,7 +38,9 @@ async def expect_invalid(api: Any, gateway: str, token: str, reason: str, fragme
 
 
 async def test_valid_token_reaches_upstream_with_identity(api: Any, gateway: str, provider: Provider) -> None:
-    status, headers, body = await api("GET", f"{gateway}/api/timesheets?limit=5", provider.token(name="Alice A."))
+    status, headers, body = await api(
+        "GET", f"{gateway}/api/timesheets?limit=5", provider.token(name="Alice A.")
+    )
     assert status == 200, body
     assert body["path"] == "/timesheets"
     assert body["query"] == "limit=5"
@@ -65,14 +69,18 @@ async def test_no_token_gets_a_bare_challenge(api: Any, gateway: str) -> None:
 
 
 async def test_other_auth_schemes_count_as_no_token(api: Any, gateway: str) -> None:
-    status, headers, _ = await api("GET", f"{gateway}/api/timesheets", headers={"Authorization": "Basic YTpi"})
+    status, headers, _ = await api(
+        "GET", f"{gateway}/api/timesheets", headers={"Authorization": "Basic YTpi"}
+    )
     assert status == 401
     assert "error=" not in headers["WWW-Authenticate"]
 
 
 async def test_token_in_query_or_cookie_is_never_used(api: Any, gateway: str, provider: Provider) -> None:
     token = provider.token()
-    status, _, body = await api("GET", f"{gateway}/api/timesheets", headers={"Cookie": f"access_token={token}"})
+    status, _, body = await api(
+        "GET", f"{gateway}/api/timesheets", headers={"Cookie": f"access_token={token}"}
+    )
     assert status == 401
     assert body["reason"] == "missing_token"
     status, _, body = await api("GET", f"{gateway}/api/timesheets?access_token={token}")
@@ -127,7 +135,9 @@ async def test_alg_none(api: Any, gateway: str, provider: Provider) -> None:
 
 async def test_hs256_signed_with_the_public_key(api: Any, gateway: str, provider: Provider) -> None:
     key, _ = provider.keys["rsa-1"]
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     signing_input = f"{b64json({'alg': 'HS256', 'kid': 'rsa-1', 'typ': 'JWT'})}.{b64json(provider.claims())}"
     mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     await expect_invalid(api, gateway, f"{signing_input}.{b64(mac)}", "alg_not_allowed")
@@ -200,7 +210,9 @@ async def test_malformed(api: Any, gateway: str, token: str) -> None:
 
 
 async def test_empty_bearer_is_malformed_not_missing(api: Any, gateway: str) -> None:
-    status, headers, body = await api("GET", f"{gateway}/api/timesheets", headers={"Authorization": "Bearer "})
+    status, headers, body = await api(
+        "GET", f"{gateway}/api/timesheets", headers={"Authorization": "Bearer "}
+    )
     assert status == 401
     assert body["reason"] == "malformed"
     assert 'error="invalid_token"' in headers["WWW-Authenticate"]

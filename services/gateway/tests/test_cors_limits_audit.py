@@ -1,0 +1,199 @@
+"""CORS, rate limits and the audit trail of denials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from .conftest import Echo, Provider
+
+SPA = "http://localhost:8080"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --- CORS --------------------------------------------------------------------------------------
+
+
+async def test_preflight_allowed_origin(api: Any, gateway: str, echo: Echo) -> None:
+    before = echo.requests
+    status, headers, _ = await api(
+        "OPTIONS",
+        f"{gateway}/api/timesheets/123",
+        headers={
+            "Origin": SPA,
+            "Access-Control-Request-Method": "DELETE",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == SPA
+    assert headers["Access-Control-Allow-Methods"] == "DELETE, GET"
+    assert headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+    assert headers["Access-Control-Max-Age"] == "600"
+    assert "Origin" in headers["Vary"]
+    assert echo.requests == before  # never forwarded
+
+
+async def test_preflight_other_origin_gets_no_allow_headers(api: Any, gateway: str, echo: Echo) -> None:
+    before = echo.requests
+    for origin in (
+        "https://evil.example",
+        "http://localhost:8080.evil.example",
+        "null",
+        "http://localhost:8081",
+    ):
+        status, headers, _ = await api(
+            "OPTIONS",
+            f"{gateway}/api/timesheets",
+            headers={"Origin": origin, "Access-Control-Request-Method": "GET"},
+        )
+        assert status == 403
+        assert not any(name.lower().startswith("access-control-allow") for name in headers)
+    assert echo.requests == before
+
+
+async def test_preflight_refuses_unknown_method_and_headers(api: Any, gateway: str) -> None:
+    status, headers, _ = await api(
+        "OPTIONS",
+        f"{gateway}/api/approvals",
+        headers={"Origin": SPA, "Access-Control-Request-Method": "DELETE"},
+    )
+    assert status == 403
+    status, _, _ = await api(
+        "OPTIONS",
+        f"{gateway}/api/approvals",
+        headers={
+            "Origin": SPA,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-evil",
+        },
+    )
+    assert status == 403
+
+
+async def test_actual_request_cors_headers(api: Any, gateway: str, provider: Provider) -> None:
+    status, headers, _ = await api(
+        "GET", f"{gateway}/api/timesheets", provider.token(), headers={"Origin": SPA}
+    )
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == SPA
+    assert "X-Request-Id" in headers["Access-Control-Expose-Headers"]
+    # errors carry them too, so the SPA can read a 401 and sign in again
+    status, headers, _ = await api("GET", f"{gateway}/api/timesheets", headers={"Origin": SPA})
+    assert status == 401
+    assert headers["Access-Control-Allow-Origin"] == SPA
+    status, headers, _ = await api(
+        "GET", f"{gateway}/api/timesheets", provider.token(), headers={"Origin": "https://evil.example"}
+    )
+    assert status == 200
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+# --- rate limits -------------------------------------------------------------------------------
+
+
+async def test_rate_limit_per_subject(api: Any, start_gateway: Any, provider: Provider) -> None:
+    async with start_gateway(rate_limit_per_subject=5, rate_limit_window_seconds=60) as gateway:
+        token = provider.token(sub=f"busy-{uuid.uuid4().hex[:6]}")
+        statuses = [(await api("GET", f"{gateway}/api/timesheets", token))[0] for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+        status, headers, body = await api("GET", f"{gateway}/api/timesheets", token)
+        assert status == 429
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        assert body["reason"] == "rate_limit_subject"
+        # another subject of the same client is not affected
+        other = provider.token(sub=f"calm-{uuid.uuid4().hex[:6]}")
+        assert (await api("GET", f"{gateway}/api/timesheets", other))[0] == 200
+
+
+async def test_rate_limit_per_client_shared_through_redis(
+    api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
+) -> None:
+    prefix = f"{redis_prefix}rl-{uuid.uuid4().hex[:6]}:"
+    client = f"client-{uuid.uuid4().hex[:6]}"
+    settings = {"rate_limit_per_client": 6, "rate_limit_sync_seconds": 0.05, "redis_key_prefix": prefix}
+    async with start_gateway(**settings) as one, start_gateway(**settings) as two:
+        for i in range(4):
+            token = provider.token(sub=f"u{i}", azp=client)
+            assert (await api("GET", f"{one}/api/timesheets", token))[0] == 200
+        await asyncio.sleep(0.3)  # both replicas sync with Redis
+        results = []
+        for i in range(4):
+            token = provider.token(sub=f"v{i}", azp=client)
+            results.append((await api("GET", f"{two}/api/timesheets", token))[0])
+            await asyncio.sleep(0.2)  # replica two learns the global count at its next sync
+        assert results == [200, 200, 429, 429]
+
+
+# --- audit of denials ---------------------------------------------------------------------------
+
+
+async def wait_for_events(echo: Echo, request_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        found = [event for event in echo.events if event["request_id"] == request_id]
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no audit event for {request_id}")
+
+
+async def test_denials_reach_the_audit_trail_without_the_token(
+    api: Any, gateway: str, provider: Provider, echo: Echo
+) -> None:
+    bad = provider.token(aud="https://other.example")
+    rid401 = f"deny-401-{uuid.uuid4().hex}"
+    await api("GET", f"{gateway}/api/timesheets", bad, headers={"X-Request-Id": rid401})
+    rid403 = f"deny-403-{uuid.uuid4().hex}"
+    await api(
+        "GET", f"{gateway}/api/audit/events", provider.token(sub="mallory"), headers={"X-Request-Id": rid403}
+    )
+    [event401] = await wait_for_events(echo, rid401)
+    [event403] = await wait_for_events(echo, rid403)
+    assert event401["action"] == "access.denied"
+    assert event401["outcome"] == "denied"
+    assert event401["source"] == "gateway"
+    assert event401["actor"]["subject"] == "anonymous"
+    assert event401["resource"] == {"type": "route", "id": "GET /api/timesheets"}
+    assert event401["details"]["reason"] == "audience"
+    assert event403["actor"]["subject"] == "mallory"
+    assert event403["actor"]["issuer"] == provider.issuer
+    assert event403["details"]["required_scope"] == "read:audit"
+    text = json.dumps(echo.events)
+    assert bad not in text
+    assert bad.split(".")[1] not in text
+
+
+async def test_denials_wait_while_audit_is_down(
+    api: Any, start_gateway: Any, provider: Provider, echo: Echo
+) -> None:
+    async with start_gateway() as gateway:
+        echo.audit_down = True
+        try:
+            rid = f"later-{uuid.uuid4().hex}"
+            status, _, _ = await api("GET", f"{gateway}/api/timesheets", headers={"X-Request-Id": rid})
+            assert status == 401
+            await asyncio.sleep(0.8)
+            assert not [event for event in echo.events if event["request_id"] == rid]
+        finally:
+            echo.audit_down = False
+        await wait_for_events(echo, rid, timeout=10)
+
+
+async def test_denial_queue_is_bounded(api: Any, start_gateway: Any, provider: Provider, echo: Echo) -> None:
+    async with start_gateway(audit_queue_size=3) as gateway:
+        echo.audit_down = True
+        try:
+            dropped = sample("gateway_audit_dropped_total")
+            for _ in range(8):
+                await api("GET", f"{gateway}/api/timesheets")
+            assert sample("gateway_audit_dropped_total") - dropped >= 5
+        finally:
+            echo.audit_down = False
