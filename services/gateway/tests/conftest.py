@@ -23,9 +23,11 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from multidict import CIMultiDict
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from multidict import CIMultiDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,9 +35,6 @@ from starlette.routing import Route
 from svckit.identity import IdentityError, IdentityVerifier, request_target
 from svckit.settings import parse_identity_keys
 from svckit.testing import serve_app
-
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 
 AUDIENCE = "https://timesheets.abc.example/api"
 
@@ -285,7 +284,7 @@ async def call(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     **kwargs: Any,
-) -> tuple[int, dict[str, str], Any]:
+) -> tuple[int, CIMultiDict[str], Any]:
     """One request; returns (status, headers, parsed JSON body or raw bytes)."""
     all_headers = dict(headers or {})
     if token is not None:

@@ -60,7 +60,7 @@ async def test_preflight_other_origin_gets_no_allow_headers(api: Any, gateway: s
 
 
 async def test_preflight_refuses_unknown_method_and_headers(api: Any, gateway: str) -> None:
-    status, headers, _ = await api(
+    status, _headers, _ = await api(
         "OPTIONS",
         f"{gateway}/api/approvals",
         headers={"Origin": SPA, "Access-Control-Request-Method": "DELETE"},

@@ -6,7 +6,6 @@ import uuid
 from typing import Any
 
 import aiohttp
-
 from svckit.testing import free_port
 
 from .conftest import Provider
@@ -96,7 +95,7 @@ async def test_request_id_is_kept_when_well_formed(api: Any, gateway: str, provi
 
 async def test_bad_request_id_is_replaced(api: Any, gateway: str, provider: Provider) -> None:
     for bad in ("short", "has spaces in it", "x" * 300, "evil\u00e9value1"):
-        status, headers, body = await api(
+        status, headers, _body = await api(
             "GET", f"{gateway}/api/timesheets", provider.token(), headers={"X-Request-Id": bad}
         )
         assert status == 200
@@ -147,7 +146,7 @@ async def test_oversized_body_is_413(api: Any, start_gateway: Any, provider: Pro
 
 
 async def test_large_response_is_streamed(api: Any, gateway: str, provider: Provider) -> None:
-    status, headers, body = await api("GET", f"{gateway}/api/timesheets/big", provider.token())
+    status, _headers, body = await api("GET", f"{gateway}/api/timesheets/big", provider.token())
     assert status == 200
     assert body == b"x" * 300_000
 

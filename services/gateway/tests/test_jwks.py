@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from prometheus_client import REGISTRY
-
 from svckit.testing import TcpProxy
 
 from .conftest import Provider

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from gateway.routes import RouteTableError, load_routes
 
 from .conftest import Echo, Provider
