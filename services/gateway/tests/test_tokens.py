@@ -21,7 +21,7 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"s
 
 async def expect_invalid(
     api: Any, gateway: str, token: str, reason: str, fragment: str = ""
-) -> dict[str, str]:
+) -> Any:
     status, headers, body = await api("GET", f"{gateway}/api/timesheets", token)
     assert status == 401, body
     www = headers["WWW-Authenticate"]
