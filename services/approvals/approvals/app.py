@@ -1,16 +1,34 @@
-"""The approvals service application."""
+"""The approvals service application: routes, the decision workflow, its reconciler, the outbox relay."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
+from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import Database
+from svckit.health import http_peer_check
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
+from svckit.outbox import OutboxRelay
 from svckit.settings import load_settings
 
+from . import api
+from .openapi import document
+from .peer import Timesheets
+from .reconciler import Reconciler
 from .settings import ApprovalsSettings
+from .workflow import Workflow
 
 SCHEMA = "approvals"
+
+ROUTES = [
+    Route("/approvals", api.queue, methods=["GET"]),
+    Route("/approvals/{id}", api.decide, methods=["PUT"]),
+]
 
 
 def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
@@ -18,4 +36,37 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         settings = load_settings(ApprovalsSettings)
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
-    return create_service_app(settings, [], database=database)
+    http = HttpClient()
+    signer = IdentitySigner(settings.identity_keys)
+    timesheets = Timesheets(
+        SignedClient(http, settings.timesheets_url, signer), settings.apply_timeout_seconds
+    )
+    workflow = Workflow(database, timesheets, settings.apply_attempts)
+    reconciler = Reconciler(
+        database,
+        workflow,
+        interval=settings.reconcile_interval_seconds,
+        after=settings.reconcile_after_seconds,
+    )
+    relay = OutboxRelay(database, SCHEMA, "approvals", SignedClient(http, settings.audit_url, signer))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        relay.start()
+        reconciler.start()
+        try:
+            yield
+        finally:
+            await reconciler.stop()
+            await relay.stop()
+
+    return create_service_app(
+        settings,
+        ROUTES,
+        database=database,
+        http=http,
+        checks={"timesheets": http_peer_check(http.session, settings.timesheets_url)},
+        lifespan=lifespan,
+        openapi=document(),
+        state={"timesheets": timesheets, "workflow": workflow, "reconciler": reconciler, "relay": relay},
+    )

@@ -1,0 +1,54 @@
+"""The audit events of the approvals service (enqueued in the transaction that settles a decision)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from svckit.identity import Identity
+from svckit.outbox import AuditEvent
+
+SOURCE = "approvals"
+
+
+def approver_of(row: asyncpg.Record) -> Identity:
+    return Identity(
+        row["approver_issuer"],
+        row["approver_subject"],
+        "user",
+        row["approver_client"],
+        frozenset(),
+        row["approver_name"],
+    )
+
+
+def decided(row: asyncpg.Record, via: str) -> AuditEvent:
+    """A decision applied to its entry; the request id is the original PUT's, even when the
+    reconciler finished it later. ``via`` says which: ``request`` or ``reconciler``."""
+    return AuditEvent.create(
+        action="approval.decided",
+        resource_type="timesheet",
+        resource_id=str(row["entry_id"]),
+        outcome="success",
+        actor=approver_of(row),
+        source=SOURCE,
+        request_id=row["request_id"] or "",
+        details={
+            "decision_id": str(row["id"]),
+            "decision": row["decision"],
+            "comment": row["comment"],
+            "applied_by": via,
+        },
+    )
+
+
+def refused_own_entry(approver: Identity, entry_id: uuid.UUID) -> AuditEvent:
+    return AuditEvent.create(
+        action="approval.decided",
+        resource_type="timesheet",
+        resource_id=str(entry_id),
+        outcome="denied",
+        actor=approver,
+        source=SOURCE,
+        details={"reason": "own_entry"},
+    )

@@ -1,0 +1,38 @@
+"""Domain metrics of the approvals service.
+
+``approvals_decisions_total{decision}`` is fixed in docs/CONTRACTS.md. The reconciler adds
+``approvals_decisions_pending`` (decisions recorded but not yet applied or voided),
+``approvals_oldest_pending_decision_age_seconds`` and ``approvals_reconciliations_total{outcome}``
+(``applied``, ``void``, ``retry``): a pending count or age that keeps growing means the timesheets
+service is unreachable or refusing decisions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+decisions = Counter(
+    "approvals_decisions_total",
+    "Decisions applied to entries, by decision (approved, rejected).",
+    ["decision"],
+)
+pending = Gauge(
+    "approvals_decisions_pending",
+    "Decisions recorded but not yet applied to their entry (or voided).",
+    multiprocess_mode="max",
+)
+oldest_pending = Gauge(
+    "approvals_oldest_pending_decision_age_seconds",
+    "Age of the oldest pending decision (0 when none).",
+    multiprocess_mode="max",
+)
+reconciliations = Counter(
+    "approvals_reconciliations_total",
+    "Pending decisions the reconciler drove, by outcome (applied, void, retry).",
+    ["outcome"],
+)
+
+for _decision in ("approved", "rejected"):
+    decisions.labels(_decision)
+for _outcome in ("applied", "void", "retry"):
+    reconciliations.labels(_outcome)

@@ -1,0 +1,115 @@
+"""Calls to the timesheets service's internal routes, as the ``approvals`` service principal.
+
+Answers are turned into a small closed set of outcomes so the workflow can decide without looking at
+HTTP details: the timesheets service's answer is either definitive (applied, gone, conflict,
+forbidden) or the call failed in a way that says nothing about the entry (:class:`PeerUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from svckit.http import SignedClient
+from svckit.identity import Identity
+
+PRINCIPAL = Identity.service("approvals")
+
+Verdict = Literal["applied", "gone", "conflict", "forbidden", "refused"]
+
+
+class PeerUnavailable(Exception):
+    """The timesheets service could not be reached or failed (5xx, timeout, broken connection)."""
+
+
+@dataclass(frozen=True)
+class PeerReply:
+    status: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    verdict: Verdict
+    entry: dict[str, Any] | None
+    detail: str = ""
+
+
+_VERDICTS: dict[int, Verdict] = {200: "applied", 404: "gone", 409: "conflict", 403: "forbidden"}
+
+
+class Timesheets:
+    def __init__(self, client: SignedClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    async def _call(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+    ) -> PeerReply:
+        try:
+            async with self.client.request(
+                method, path, PRINCIPAL, params=params, json=json_body, timeout=self.timeout
+            ) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnavailable(f"timesheets unreachable: {type(exc).__name__}") from exc
+        if response.status >= 500:
+            raise PeerUnavailable(f"timesheets answered {response.status}")
+        try:
+            body = json.loads(text) if text else None
+        except ValueError as exc:
+            raise PeerUnavailable("timesheets answered something that is not JSON") from exc
+        return PeerReply(response.status, body)
+
+    async def entry(self, entry_id: uuid.UUID) -> PeerReply:
+        return await self._call("GET", f"/internal/timesheets/{entry_id}")
+
+    async def pending(self, approver: Identity, limit: int, cursor: str | None) -> PeerReply:
+        params = {
+            "exclude_issuer": approver.issuer,
+            "exclude_subject": approver.subject,
+            "limit": str(limit),
+        }
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self._call("GET", "/internal/timesheets/pending", params=params)
+
+    async def apply(self, decision: Any) -> ApplyOutcome:
+        """Apply a decision row at the timesheets service (safe to repeat: keyed by decision id)."""
+        body = {
+            "decision_id": str(decision["id"]),
+            "decision": decision["decision"],
+            "comment": decision["comment"],
+            "by": {
+                "issuer": decision["approver_issuer"],
+                "subject": decision["approver_subject"],
+                "name": decision["approver_name"] or None,
+                "client_id": decision["approver_client"],
+            },
+            "at": decision["decided_at"].astimezone(dt.UTC).isoformat(),
+        }
+        reply = await self._call(
+            "POST", f"/internal/timesheets/{decision['entry_id']}/decision", json_body=body
+        )
+        verdict = _VERDICTS.get(reply.status, "refused")
+        entry = None
+        if isinstance(reply.body, dict):
+            entry = reply.body if reply.status == 200 else reply.body.get("entry")
+        detail = reply.body.get("detail", "") if isinstance(reply.body, dict) and reply.status != 200 else ""
+        return ApplyOutcome(verdict, entry, detail)
+
+    async def apply_with_retries(self, decision: Any, attempts: int, pause: float = 0.2) -> ApplyOutcome:
+        """A few quick tries for a transient failure; the reconciler covers longer outages."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.apply(decision)
+            except PeerUnavailable:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(pause * attempt)
+        raise AssertionError("unreachable")

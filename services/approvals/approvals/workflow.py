@@ -1,0 +1,151 @@
+"""Deciding an entry across two services without a distributed transaction.
+
+The steps (see docs/approvals-consistency.md for the failure analysis):
+
+1. **Record** the decision here as ``pending`` (unique per entry: a second or concurrent decision
+   conflicts in the database, not in application code).
+2. **Apply** it at the timesheets service, keyed by the decision id. That call is idempotent and its
+   answer definitive: applied (also when repeated), entry gone, decided otherwise, own entry.
+3. **Settle** here: ``applied`` (with its audit event, in the same transaction) or ``void``.
+
+If anything dies between the steps the decision stays ``pending`` and the :mod:`reconciler`
+repeats step 2 and 3 until they complete, so the decision and the entry's status always end equal.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+from svckit.context import current_request_id
+from svckit.db import Database
+from svckit.identity import Identity
+from svckit.outbox import enqueue
+
+from . import events, store
+from .metrics import decisions
+from .models import DecisionIn
+from .peer import ApplyOutcome, PeerUnavailable, Timesheets
+
+log = logging.getLogger("approvals.workflow")
+
+State = Literal["applied", "void", "pending"]
+VOID_REASONS = {"gone": "entry_gone", "conflict": "already_decided", "forbidden": "own_entry"}
+
+
+@dataclass(frozen=True)
+class Result:
+    """Where a decision stands after an attempt, and the entry as the timesheets service returned it."""
+
+    state: State
+    decision: asyncpg.Record
+    entry: dict[str, Any] | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The decision was refused before anything was recorded."""
+
+    status: int
+    detail: str
+    existing: asyncpg.Record | None = None
+
+
+class Workflow:
+    def __init__(self, database: Database, timesheets: Timesheets, attempts: int) -> None:
+        self.database = database
+        self.timesheets = timesheets
+        self.attempts = attempts
+
+    async def decide(self, approver: Identity, entry_id: uuid.UUID, body: DecisionIn) -> Result | Refusal:
+        """``PUT /approvals/{id}``. Raises :class:`PeerUnavailable` when nothing could be recorded."""
+        async with self.database.connection() as conn:
+            existing = await store.live_for_entry(conn, entry_id)
+        if existing is not None:
+            return await self._again(existing, approver, body)
+
+        # Cheap checks first, so refusals leave no pending decision behind (the apply step repeats
+        # them atomically; these only make the common refusals precise and quick).
+        reply = await self.timesheets.entry(entry_id)
+        if reply.status == 404:
+            return Refusal(404, "No such timesheet entry.")
+        if reply.status != 200 or not isinstance(reply.body, dict):
+            raise PeerUnavailable(f"timesheets answered {reply.status} for the entry")
+        owner = reply.body.get("owner") or {}
+        if (owner.get("issuer"), owner.get("subject")) == approver.principal:
+            async with self.database.transaction() as conn:
+                await enqueue(conn, events.refused_own_entry(approver, entry_id))
+            return Refusal(403, "Approvers cannot decide their own entries.")
+        if reply.body.get("status") != "submitted":
+            return Refusal(409, "The entry has already been decided.")
+
+        existing = None
+        async with self.database.transaction() as conn:
+            row = await store.insert_pending(conn, entry_id, approver, body, current_request_id())
+            if row is None:
+                existing = await store.live_for_entry(conn, entry_id)
+        if row is None:
+            if existing is None:  # voided between the two statements: treat as just decided
+                return Refusal(409, "The entry has already been decided.")
+            return await self._again(existing, approver, body)
+        return await self.drive(row, self.attempts, via="request")
+
+    async def _again(
+        self, existing: asyncpg.Record, approver: Identity, body: DecisionIn
+    ) -> Result | Refusal:
+        """A decision exists. The same approver repeating the same pending decision (a client retry
+        after a timeout or 503) drives it on; anything else is a second decision: 409."""
+        same = (
+            (existing["approver_issuer"], existing["approver_subject"]) == approver.principal
+            and existing["decision"] == body.decision
+            and existing["comment"] == body.comment
+        )
+        if existing["state"] == "pending" and same:
+            return await self.drive(existing, self.attempts, via="request")
+        return Refusal(409, "The entry already has a decision.", existing)
+
+    async def drive(self, decision: asyncpg.Record, attempts: int, *, via: str) -> Result:
+        """Steps 2 and 3 for a recorded decision; safe to run any number of times, concurrently too."""
+        try:
+            outcome = await self.timesheets.apply_with_retries(decision, attempts)
+        except PeerUnavailable as exc:
+            await self._note_failure(decision["id"], str(exc))
+            return Result("pending", decision, reason=str(exc))
+        return await self.settle(decision, outcome, via=via)
+
+    async def settle(self, decision: asyncpg.Record, outcome: ApplyOutcome, *, via: str) -> Result:
+        if outcome.verdict == "refused":
+            # Not a verdict on the entry (a 4xx we did not expect: misconfiguration, a bug). Keep the
+            # decision pending so nothing is lost; the pending-age metric makes it visible.
+            log.error(
+                "timesheets refused a decision; it stays pending",
+                extra={"decision_id": str(decision["id"]), "detail": outcome.detail[:200]},
+            )
+            await self._note_failure(decision["id"], f"refused: {outcome.detail[:200]}")
+            return Result("pending", decision, outcome.entry, "refused")
+        applied = False
+        async with self.database.transaction() as conn:
+            if outcome.verdict == "applied":
+                row = await store.mark_applied(conn, decision["id"])
+                if row is not None:
+                    await enqueue(conn, events.decided(row, via))
+                    applied = True
+            else:
+                row = await store.mark_void(conn, decision["id"], VOID_REASONS[outcome.verdict])
+            if row is None:  # another request or the reconciler settled it first: report that
+                row = await store.get(conn, decision["id"])
+        assert row is not None
+        if applied:
+            decisions.labels(row["decision"]).inc()
+        return Result(row["state"], row, outcome.entry, row["void_reason"] or "")
+
+    async def _note_failure(self, decision_id: uuid.UUID, error: str) -> None:
+        try:
+            async with self.database.transaction() as conn:
+                await store.record_attempt(conn, decision_id, error[:500])
+        except (asyncpg.PostgresError, OSError) as exc:  # best effort: the decision stays pending anyway
+            log.warning("could not record a failed apply attempt", extra={"error": type(exc).__name__})

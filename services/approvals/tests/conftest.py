@@ -1,0 +1,80 @@
+"""Approvals under test with a real timesheets service, both on loopback, one session database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from approvals.app import create_app as create_approvals
+from approvals.settings import ApprovalsSettings
+from svckit.settings import load_settings
+from svckit.testclient import SignedApi
+from svckit.testing import Caller, TcpProxy, migrate_schema, serve_app
+from timesheets.app import create_app as create_timesheets
+from timesheets.settings import TimesheetsSettings
+
+SERVICES = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+async def domain_database(database_url: str) -> str:
+    await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
+    await migrate_schema(database_url, "approvals", SERVICES / "approvals" / "approvals")
+    return database_url
+
+
+@pytest.fixture(scope="session")
+async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
+    env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
+    async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def timesheets_link(timesheets_url: str) -> AsyncIterator[TcpProxy]:
+    """Approvals reach timesheets through this proxy, so a test can cut the link."""
+    port = int(timesheets_url.rsplit(":", 1)[1])
+    proxy = TcpProxy("127.0.0.1", port)
+    await proxy.start()
+    yield proxy
+    await proxy.cut()
+
+
+@pytest.fixture(scope="session")
+async def approvals_url(
+    domain_database: str, service_env: dict[str, str], timesheets_link: TcpProxy
+) -> AsyncIterator[str]:
+    env = {
+        **service_env,
+        "DATABASE_URL": domain_database,
+        "TIMESHEETS_URL": f"http://127.0.0.1:{timesheets_link.port}",
+        "AUDIT_URL": "http://127.0.0.1:9",
+        "APPLY_TIMEOUT_SECONDS": "2",
+        "RECONCILE_INTERVAL_SECONDS": "0.3",
+        "RECONCILE_AFTER_SECONDS": "1",
+    }
+    async with serve_app(create_approvals(load_settings(ApprovalsSettings, env=env))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def timesheets(timesheets_url: str, caller: Caller) -> AsyncIterator[SignedApi]:
+    client = SignedApi(timesheets_url, caller)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def approvals(approvals_url: str, caller: Caller) -> AsyncIterator[SignedApi]:
+    client = SignedApi(approvals_url, caller)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def db(domain_database: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(domain_database)
+    yield conn
+    await conn.close()
