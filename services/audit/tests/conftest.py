@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import pytest
 from audit.app import create_app
@@ -30,10 +33,25 @@ async def audit_schema(database_url: str) -> str:
     return database_url
 
 
+async def wait_ready(url: str, timeout: float = 15.0) -> None:
+    """The pool connects in the background after start-up; tests begin once /readyz says so."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{url} not ready within {timeout}s")
+            await asyncio.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 async def audit_url(audit_schema: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0)
     async with serve_app(create_app(settings)) as url:
+        await wait_ready(url)
         yield url
 
 

@@ -1,0 +1,233 @@
+"""The trail is append-only in the database and tamper-evident through the hash chain.
+
+Tampering tests run on a database of their own: they drop the append-only trigger first, as an
+attacker with database rights would, and then change, delete or re-hash rows behind the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from audit.app import create_app
+from audit.chain import record_hash
+from audit.settings import AuditSettings
+from prometheus_client import REGISTRY
+from svckit.identity import Identity
+from svckit.settings import load_settings
+from svckit.testclient import SignedApi
+from svckit.testing import Caller, create_database, drop_database, migrate_schema, serve_app, user
+
+from .conftest import PACKAGE_DIR, wait_ready
+
+TIMESHEETS = Identity.service("timesheets")
+AUDITOR = user("carol", "read:audit")
+
+
+def verifications(result: str) -> float:
+    return REGISTRY.get_sample_value("audit_chain_verifications_total", {"result": result}) or 0.0
+
+
+async def verify(api: SignedApi) -> dict[str, Any]:
+    reply = await api.call("GET", "/audit/verify", AUDITOR)
+    assert reply.status == 200, reply.text
+    body: dict[str, Any] = reply.body
+    return body
+
+
+# ---- on the session's shared trail ----------------------------------------------------------------
+
+
+async def test_an_intact_chain_verifies(api: SignedApi, new_event: Any, conforms: Any) -> None:
+    await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [new_event() for _ in range(5)]})
+    before = verifications("ok")
+    body = await verify(api)
+    assert body["ok"] is True
+    assert body["checked"] >= 5
+    assert set(body) == {"ok", "checked"}
+    conforms("VerifyResult", body)
+    assert verifications("ok") == before + 1
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 1
+
+
+async def test_awkward_json_details_still_verify(api: SignedApi, new_event: Any) -> None:
+    """Whatever jsonb does to numbers, key order or Unicode, the hashed bytes are reproducible."""
+    details = [
+        {"z": 1, "a": {"y": [1.5, -0.0, True, None], "b": "Zoë ✓ 🚀 \\ \" '"}},
+        {"big": 1e20, "tiny": 1e-7, "huge_int": 12345678901234567890123, "pi": 3.141592653589793},
+        {"": "empty key", "emoji key 🗝": {"nested": {"deeper": [[], {}, ""]}}},
+        {"exp": 1.0e300, "neg": -42, "frac": 0.1 + 0.2},
+    ]
+    reply = await api.call(
+        "POST", "/internal/events", TIMESHEETS, json={"events": [new_event(details=d) for d in details]}
+    )
+    assert reply.body == {"accepted": 4, "duplicates": 0}
+    assert (await verify(api))["ok"] is True
+
+
+async def test_verify_needs_read_audit(api: SignedApi) -> None:
+    reply = await api.call("GET", "/audit/verify", user("alice", "read:timesheets"))
+    assert reply.status == 403
+    assert (await api.call("GET", "/audit/verify", None)).status == 401
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE audit.records SET outcome = 'failure'", "DELETE FROM audit.records", "TRUNCATE audit.records"],
+)
+async def test_the_database_refuses_to_change_records(
+    api: SignedApi, audit_schema: str, new_event: Any, statement: str
+) -> None:
+    await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [new_event()]})
+    conn = await asyncpg.connect(audit_schema)  # as the superuser: even the owner is refused
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_verification_during_ingestion_sees_one_consistent_snapshot(
+    api: SignedApi, new_event: Any
+) -> None:
+    async def ingest() -> None:
+        for _ in range(10):
+            events = [new_event() for _ in range(20)]
+            await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+
+    writer = asyncio.create_task(ingest())
+    results = []
+    while not writer.done():
+        results.append(await verify(api))
+    await writer
+    results.append(await verify(api))
+    assert all(r["ok"] for r in results), results
+
+
+# ---- tampering, on a trail of its own ---------------------------------------------------------------
+
+
+@dataclass
+class Trail:
+    api: SignedApi
+    dsn: str
+
+    async def sql(self, *statements: str) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def row(self, seq: int) -> asyncpg.Record:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT *, details::text AS details FROM audit.records WHERE seq = $1", seq
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return row
+
+
+ATTACKER_DISABLES_TRIGGER = "ALTER TABLE audit.records DISABLE TRIGGER USER"
+
+
+@pytest.fixture
+async def trail(identity_keys: str, caller: Caller, new_event: Any) -> AsyncIterator[Trail]:
+    name = f"tsp_test_audit_{secrets.token_hex(4)}"
+    dsn = await create_database(name)
+    try:
+        await migrate_schema(dsn, "audit", PACKAGE_DIR)
+        settings = load_settings(
+            AuditSettings,
+            env={"DATABASE_URL": dsn, "IDENTITY_KEYS": identity_keys},
+            audit_verify_interval_seconds=0,
+        )
+        async with serve_app(create_app(settings)) as url:
+            await wait_ready(url)
+            api = SignedApi(url, caller)
+            try:
+                events = [new_event(details={"n": n}) for n in range(10)]
+                reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+                assert reply.body == {"accepted": 10, "duplicates": 0}
+                assert await verify(api) == {"ok": True, "checked": 10}
+                yield Trail(api, dsn)
+            finally:
+                await api.close()
+    finally:
+        await drop_database(name)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "details = '{\"n\": 999}'",
+        "actor_subject = 'mallory'",
+        "outcome = 'failure'",
+        "occurred_at = occurred_at - interval '1 day'",
+        "request_id = NULL",
+    ],
+)
+async def test_a_changed_row_is_reported_at_its_seq(trail: Trail, change: str) -> None:
+    broken_before = verifications("broken")
+    await trail.sql(ATTACKER_DISABLES_TRIGGER, f"UPDATE audit.records SET {change} WHERE seq = 4")
+    body = await verify(trail.api)
+    assert body["ok"] is False
+    assert body["first_bad"] == 4
+    assert body["checked"] == 4
+    assert "hash" in body["reason"]
+    assert verifications("broken") == broken_before + 1
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 0
+
+
+async def test_a_deleted_row_is_reported_missing(trail: Trail) -> None:
+    await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq = 6")
+    body = await verify(trail.api)
+    assert (body["ok"], body["first_bad"]) == (False, 6)
+    assert "missing" in body["reason"]
+
+
+async def test_a_rehashed_row_breaks_the_link_to_the_next(trail: Trail) -> None:
+    """An attacker who also recomputes the changed row's hash is caught by the following record."""
+    row = dict((await trail.row(3)).items())
+    row["actor_subject"] = "mallory"
+    forged = record_hash(row)
+    await trail.sql(
+        ATTACKER_DISABLES_TRIGGER,
+        f"UPDATE audit.records SET actor_subject = 'mallory', hash = '{forged}' WHERE seq = 3",
+    )
+    body = await verify(trail.api)
+    assert (body["ok"], body["first_bad"]) == (False, 4)
+    assert "prev_hash" in body["reason"]
+
+
+async def test_a_renumbered_chain_is_caught(trail: Trail) -> None:
+    """Deleting a row and shifting the rest down to hide the gap still breaks the chain."""
+    await trail.sql(
+        ATTACKER_DISABLES_TRIGGER,
+        "DELETE FROM audit.records WHERE seq = 5",
+        "UPDATE audit.records SET seq = seq - 1 WHERE seq > 5",
+    )
+    body = await verify(trail.api)
+    assert (body["ok"], body["first_bad"]) == (False, 5)
+
+
+async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -> None:
+    """Thousands of records walked through a server-side cursor, in well under a second per thousand."""
+    for _ in range(6):
+        events = [new_event(details={"k": "v" * 100}) for _ in range(500)]
+        await trail.api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    started = time.perf_counter()
+    body = await verify(trail.api)
+    elapsed = time.perf_counter() - started
+    assert body == {"ok": True, "checked": 3010}
+    assert elapsed < 10, elapsed

@@ -1,0 +1,34 @@
+"""The served OpenAPI document: open, 3.1, and covering every route the service answers."""
+
+from __future__ import annotations
+
+import jsonschema
+from audit.api import routes
+from svckit.testclient import SignedApi
+
+
+async def test_document_is_served_without_identity_and_covers_every_route(api: SignedApi) -> None:
+    reply = await api.call("GET", "/openapi.json", None)
+    assert reply.status == 200
+    document = reply.body
+    assert document["openapi"].startswith("3.1")
+    documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
+    served = {
+        (route.path, method) for route in routes for method in (route.methods or ()) if method != "HEAD"
+    }
+    assert documented == served
+    for schema in document["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert operation["responses"]["401"]
+            assert operation["operationId"]
+
+
+async def test_operational_endpoints_answer_without_identity(api: SignedApi) -> None:
+    assert (await api.call("GET", "/healthz", None)).status == 200
+    ready = await api.call("GET", "/readyz", None)
+    assert ready.status == 200, ready.text
+    metrics = await api.call("GET", "/metrics", None)
+    assert "audit_events_ingested_total" in metrics.text
+    assert "audit_ingest_lag_seconds_bucket" in metrics.text
