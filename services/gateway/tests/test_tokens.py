@@ -19,9 +19,7 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"s
     return f"{b64json(header)}.{b64json(claims)}.{b64(signature)}"
 
 
-async def expect_invalid(
-    api: Any, gateway: str, token: str, reason: str, fragment: str = ""
-) -> Any:
+async def expect_invalid(api: Any, gateway: str, token: str, reason: str, fragment: str = "") -> Any:
     status, headers, body = await api("GET", f"{gateway}/api/timesheets", token)
     assert status == 401, body
     www = headers["WWW-Authenticate"]

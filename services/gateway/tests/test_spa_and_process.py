@@ -1,0 +1,143 @@
+"""The SPA's files and config, and the gateway as shipped: ``python -m gateway`` with several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from svckit.testing import ServiceProcess
+
+from .conftest import AUDIENCE, Echo, Provider
+
+
+@pytest.fixture
+def dist(tmp_path: Path) -> Path:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><title>Timesheets</title><div id=app></div>")
+    (tmp_path / "assets" / "app-3f9a1c2b.js").write_text("console.log('hi')")
+    (tmp_path / "favicon.ico").write_bytes(b"\0\0\1\0")
+    (tmp_path.parent / "secret.txt").write_text("do not serve")
+    return tmp_path
+
+
+async def test_spa_files_caching_and_fallback(
+    api: Any, start_gateway: Any, provider: Provider, dist: Path
+) -> None:
+    async with start_gateway(spa_dist_dir=dist) as gateway:
+        status, headers, body = await api("GET", gateway + "/", headers={"Accept": "text/html"})
+        assert status == 200
+        assert b"<div id=app>" in body
+        assert headers["Cache-Control"] == "no-cache"
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert f"connect-src 'self' {provider.base}" in csp
+        assert f"frame-src {provider.base}" in csp
+        assert "frame-ancestors 'none'" in csp
+        status, headers, body = await api(
+            "GET", gateway + "/callback?code=x", headers={"Accept": "text/html"}
+        )
+        assert status == 200 and b"<div id=app>" in body
+        status, headers, body = await api("GET", gateway + "/assets/app-3f9a1c2b.js")
+        assert status == 200
+        assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        status, headers, _ = await api("GET", gateway + "/favicon.ico")
+        assert (status, headers["Cache-Control"]) == (200, "no-cache")
+        status, headers, _ = await api("GET", gateway + "/assets/missing.js", headers={"Accept": "*/*"})
+        assert status == 404
+        assert headers["Content-Type"] == "application/problem+json"
+        for sneaky in ("/../secret.txt", "/%2e%2e/secret.txt", "/assets/..%2f..%2fsecret.txt"):
+            import yarl
+
+            status, _, body = await api(
+                "GET", yarl.URL(gateway + sneaky, encoded=True), headers={"Accept": "*/*"}
+            )
+            assert b"do not serve" not in (body if isinstance(body, bytes) else b"")
+        # API paths never fall back to the SPA
+        status, headers, _ = await api("GET", gateway + "/api/whatever", headers={"Accept": "text/html"})
+        assert status == 404 and headers["Content-Type"] == "application/problem+json"
+
+
+async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp_path: Path) -> None:
+    async with start_gateway(spa_dist_dir=tmp_path, spa_auth_flow="implicit") as gateway:
+        status, headers, body = await api("GET", gateway + "/config.json")
+        assert status == 200
+        assert body == {
+            "issuer": provider.issuer,
+            "clientId": "timesheets-spa",
+            "audience": AUDIENCE,
+            "flow": "implicit",
+            "scopes": "openid profile email read:timesheets create:timesheets delete:timesheets "
+            "approve:timesheets read:audit",
+            "apiBase": "/api",
+        }
+        status, headers, body = await api("GET", gateway + "/", headers={"Accept": "text/html"})
+        assert status == 200
+        assert b"not built" in body
+
+
+async def test_operational_endpoints(api: Any, gateway: str) -> None:
+    assert (await api("GET", gateway + "/healthz"))[0] == 200
+    assert (await api("GET", gateway + "/readyz"))[0] == 200
+    status, _, body = await api("GET", gateway + "/metrics")
+    assert status == 200
+    assert b"gateway_requests_total" in body
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_multi_worker_process(
+    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
+) -> None:
+    env = {
+        "IDENTITY_KEYS": identity_keys,
+        "OIDC_ISSUER": provider.issuer,
+        "OIDC_AUDIENCE": AUDIENCE,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}proc-{uuid.uuid4().hex[:6]}:",
+        "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
+        "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
+        "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
+        "GATEWAY_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": "",
+    }
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        token = provider.token()
+        for _ in range(20):
+            async with (
+                aiohttp.ClientSession() as session,  # a new connection each time: both workers serve
+                session.get(
+                    process.url + "/api/timesheets",
+                    headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "6.6.6.6"},
+                ) as response,
+            ):
+                assert response.status == 200, await response.text()
+                body = await response.json()
+                seen = [v for k, v in body["headers"] if k == "x-forwarded-for"]
+                assert seen == ["127.0.0.1"]
+        async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as response:
+            text = await response.text()
+        assert (
+            metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
+        )
+        assert metric(text, "gateway_jwks_fetch_total", outcome="ok") >= 1
+        logs = process.logs()
+        assert token not in logs
+        assert token.split(".")[1] not in logs
+    finally:
+        await asyncio.to_thread(process.stop)
