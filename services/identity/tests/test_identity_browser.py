@@ -1,0 +1,206 @@
+"""Browser proofs: Auth0's own SPA SDK and oidc-client-ts sign in against the identity service unchanged.
+
+A small npm project (``sdk_compat/``, installed from its lock file, bundled with esbuild) holds the two
+SDKs; a loopback page server hosts them on their own origin; headless Chromium drives sign-in, silent
+renewal in a hidden iframe (Auth0's ``web_message`` and oidc-client-ts' silent redirect) and logout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from identity_testkit import API, DEMO_PASSWORD, run_cli
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Route
+from svckit.testing import free_port, serve_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("identity_service")]
+
+SDK_DIR = Path(__file__).parent / "sdk_compat"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def build_bundles() -> Path:
+    """``npm ci`` (only when node_modules is missing or older than the lock file), then esbuild."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    modules = SDK_DIR / "node_modules"
+    lock = SDK_DIR / "package-lock.json"
+    marker = modules / ".package-lock.json"
+    if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True, timeout=300)
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_DIR, check=True, timeout=120)
+    return SDK_DIR / "dist"
+
+
+def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
+    def html(bundle: str, client_id: str) -> str:
+        config = json.dumps({"issuer": issuer, "clientId": client_id, "audience": API})
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>harness</title></head><body>"
+            f"<script>window.HARNESS = {config};</script>"
+            f"<script src='/dist/{bundle}.js'></script></body></html>"
+        )
+
+    async def auth0(request: Request) -> Response:
+        return HTMLResponse(html("auth0", clients["auth0"]))
+
+    async def oidc(request: Request) -> Response:
+        return HTMLResponse(html("oidc", clients["oidc"]))
+
+    async def bundle(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ("auth0.js", "oidc.js"):
+            return Response(status_code=404)
+        return FileResponse(dist / name, media_type="text/javascript")
+
+    return Starlette(
+        routes=[
+            Route("/auth0/", auth0),
+            Route("/oidc/", oidc),
+            Route("/oidc/silent.html", oidc),
+            Route("/dist/{name}", bundle),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+async def harness(seeded: dict[str, str], issuer: str) -> AsyncIterator[str]:
+    dist = build_bundles()
+    port = free_port()
+    origin = f"http://localhost:{port}"
+    for client_id, path, extra in (
+        ("sdk-auth0", "/auth0/", []),
+        ("sdk-oidc", "/oidc/", ["--redirect-uri", f"{origin}/oidc/silent.html"]),
+    ):
+        result = run_cli(
+            seeded,
+            "add-client",
+            client_id,
+            "--name",
+            client_id,
+            "--public",
+            "--first-party",
+            "--redirect-uri",
+            origin + path,
+            *extra,
+            "--logout-uri",
+            origin + path,
+            "--scope",
+            "openid",
+            "--scope",
+            "profile",
+            "--scope",
+            "email",
+            "--scope",
+            "read:timesheets",
+        )
+        assert result.returncode == 0, result.stderr
+    app = page_app(dist, issuer, {"auth0": "sdk-auth0", "oidc": "sdk-oidc"})
+    async with serve_app(app, port=port):
+        yield origin
+
+
+@pytest.fixture
+async def page(harness: str) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = await browser.new_context()
+        page = await context.new_page()
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            yield page
+        finally:
+            await context.close()
+            await browser.close()
+
+
+async def sign_in(page: Any, username: str, password: str = DEMO_PASSWORD) -> None:
+    await page.wait_for_selector("input[name=username]")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+async def test_auth0_spa_js_signs_in_renews_silently_and_logs_out(
+    page: Any, harness: str, issuer: str
+) -> None:
+    await page.goto(harness + "/auth0/")
+    await page.wait_for_function("window.harnessReady === true")
+    await page.evaluate("setTimeout(() => window.harness.login(), 0)")
+    await sign_in(page, "alice")
+    await page.wait_for_url(f"{harness}/auth0/?*code=*")
+    await page.wait_for_function("window.harnessReady === true")
+    await page.evaluate("window.harness.callback()")
+
+    user = await page.evaluate("window.harness.user()")
+    assert user["sub"] == "local|alice"
+    assert user["name"] == "Alice Employee"
+    first = await page.evaluate("window.harness.token()")
+    claims = claims_of(first)
+    assert claims["iss"] == issuer
+    assert claims["permissions"] == ["read:timesheets"]
+    assert claims["aud"][0] == API
+
+    # silent renewal: a hidden iframe with prompt=none and response_mode=web_message
+    renewed = await page.evaluate("window.harness.token({cacheMode: 'off'})")
+    assert renewed != first
+    assert claims_of(renewed)["sub"] == "local|alice"
+
+    await page.evaluate("setTimeout(() => window.harness.logout(), 0)")
+    await page.wait_for_url(f"{harness}/auth0/")
+    await page.wait_for_function("window.harnessReady === true")
+    error = await page.evaluate(
+        "window.harness.token({cacheMode: 'off'}).then(() => 'no error', e => e.error || String(e))"
+    )
+    assert error == "login_required"
+
+
+async def test_oidc_client_ts_signs_in_renews_silently_and_logs_out(page: Any, harness: str) -> None:
+    await page.goto(harness + "/oidc/")
+    await page.wait_for_function("window.harnessReady === true")
+    await page.evaluate("setTimeout(() => window.harness.login(), 0)")
+    await sign_in(page, "bob")
+    await page.wait_for_url(f"{harness}/oidc/?*code=*")
+    await page.wait_for_function("window.harnessReady === true")
+    signed_in = await page.evaluate("window.harness.callback()")
+    assert signed_in["profile"]["sub"] == "local|bob"
+    assert signed_in["profile"]["name"] == "Bob Manager"  # from /userinfo (loadUserInfo)
+    assert claims_of(signed_in["access_token"])["permissions"] == ["read:timesheets"]
+
+    renewed = await page.evaluate("window.harness.silent()")
+    assert renewed["access_token"] != signed_in["access_token"]
+    assert renewed["profile"]["sub"] == "local|bob"
+
+    await page.evaluate("setTimeout(() => window.harness.logout(), 0)")
+    await page.wait_for_url(f"{harness}/oidc/")
+    await page.wait_for_function("window.harnessReady === true")
+    error = await page.evaluate("window.harness.silent().then(() => 'no error', e => e.error || String(e))")
+    assert error == "login_required"
