@@ -1,0 +1,74 @@
+"""Service-level contracts of approvals: OpenAPI coverage, metrics, settings, the reconciler's lease."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import asyncpg
+import pytest
+from approvals.app import create_app
+from approvals.openapi import document
+from approvals.settings import ApprovalsSettings
+from svckit.openapi import app_operations, documented_operations
+from svckit.settings import SettingsError, load_settings
+from svckit.testclient import SignedApi
+from svckit.testing import new_identity_keys, user
+
+
+def test_every_route_is_documented() -> None:
+    app = create_app(load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
+    assert app_operations(app) == documented_operations(document())
+
+
+def test_bad_settings_stop_the_process() -> None:
+    with pytest.raises(SettingsError):
+        load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys(), "APPLY_ATTEMPTS": "0"})
+
+
+async def test_metrics_after_a_decision(
+    approvals: SignedApi, timesheets: SignedApi, approvals_url: str
+) -> None:
+    alice = user(f"alice-{uuid.uuid4().hex[:6]}", "create:timesheets")
+    made = await timesheets.call(
+        "POST", "/timesheets", alice, json={"date": "2026-01-05", "project": "M", "hours": 2}
+    )
+    boss = user(f"boss-{uuid.uuid4().hex[:6]}", "approve:timesheets")
+    assert (
+        await approvals.call("PUT", f"/approvals/{made.body['id']}", boss, json={"decision": "rejected"})
+    ).status == 200
+    async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/metrics") as response:
+        text = await response.text()
+    rejected = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('approvals_decisions_total{decision="rejected"}')
+    )
+    assert float(rejected.split()[-1]) >= 1
+    for name in (
+        'approvals_decisions_total{decision="approved"}',
+        "approvals_decisions_pending",
+        "approvals_oldest_pending_decision_age_seconds",
+        'approvals_reconciliations_total{outcome="applied"}',
+        'outbox_pending_events{service="approvals"}',
+    ):
+        assert name in text, name
+
+
+async def test_settled_decisions_are_final(db: asyncpg.Connection) -> None:
+    """The database itself refuses to change or delete a settled decision."""
+    decision_id = uuid.uuid4()
+    await db.execute(
+        """INSERT INTO approvals.decisions (id, entry_id, decision, approver_issuer, approver_subject,
+                                            state, applied_at)
+           VALUES ($1, $2, 'approved', 'i', 's', 'applied', now())""",
+        decision_id,
+        uuid.uuid4(),
+    )
+    for statement in (
+        "UPDATE approvals.decisions SET decision = 'rejected' WHERE id = $1",
+        "UPDATE approvals.decisions SET state = 'void', void_reason = 'x', applied_at = NULL WHERE id = $1",
+        "DELETE FROM approvals.decisions WHERE id = $1",
+    ):
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+            await db.execute(statement, decision_id)
