@@ -1,0 +1,281 @@
+"""API mix through the gateway: create and list timesheet entries at 32 concurrent clients.
+
+What runs (real processes on loopback, started and stopped here): a minimal OIDC issuer (discovery +
+JWKS, in this process), the gateway as it ships (token verification, rate limiting, audit of
+denials, metrics; one worker), the timesheets service (one worker, its outbox relaying to) the audit
+service, and PostgreSQL/Redis from ``DATABASE_URL``/``REDIS_URL`` (embedded ones when unset). The
+load is ``wrk -t1 -c32`` pinned to the last core: each request alternates between
+``POST /api/timesheets`` (a new entry) and ``GET /api/timesheets?limit=20`` (the first page of the
+caller's ~100 entries), each connection rotating over 32 users' tokens.
+
+Writes ``bench/results/api.json`` (rps, p50/p90/p99 in ms, non-2xx count) and prints a table.
+``BENCH_API_SECONDS`` (default 15) sets the measured duration; a 3-second warm-up precedes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from svckit.migrations import migrate
+from svckit.testing import ServiceProcess, create_database, drop_database, free_port, new_identity_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+AUDIENCE = "https://timesheets.abc.example/api"
+CLIENTS = 32
+USERS = 32
+SEED_PER_USER = 100
+SCOPES = "openid read:timesheets create:timesheets"
+
+
+class Issuer:
+    """Discovery + JWKS for one RSA key; tokens minted here verify at the gateway like real ones."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}/"
+        jwk = {**RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True), "kid": "bench-1", "alg": "RS256"}
+        documents = {
+            "/.well-known/openid-configuration": {"issuer": self.issuer, "jwks_uri": self.issuer + "jwks"},
+            "/jwks": {"keys": [jwk]},
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(documents.get(self.path, {})).encode()
+                self.send_response(200 if self.path in documents else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "public, max-age=3600")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, subject: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": AUDIENCE,
+            "azp": "timesheets-spa",
+            "iat": now,
+            "exp": now + 3600,
+            "scope": SCOPES,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "bench-1", "typ": "at+jwt"})
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@contextmanager
+def backing() -> Iterator[tuple[str, str]]:
+    """(server DSN, Redis URL): from the environment, or embedded servers like ``make dev``."""
+    started: list[Any] = []
+    dsn, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    try:
+        if not dsn or not redis_url:
+            from devstack.backing import EmbeddedPostgres, EmbeddedRedis
+
+            state = ROOT / ".local" / "bench"
+            if not dsn:
+                postgres = EmbeddedPostgres(state)
+                dsn = postgres.start()
+                started.append(postgres)
+            if not redis_url:
+                redis_server = EmbeddedRedis(state, port=6382)
+                redis_url = redis_server.start()
+                started.append(redis_server)
+        os.environ["DATABASE_URL"] = dsn
+        yield dsn, redis_url
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+async def prepare_database(name: str, issuer: str, subjects: list[str]) -> str:
+    url = await create_database(name)
+    for service in ("timesheets", "audit"):
+        await migrate(url, service, ROOT / "services" / service / service / "migrations")
+    conn = await asyncpg.connect(url)
+    try:
+        today = dt.date(2026, 11, 27)
+        await conn.copy_records_to_table(
+            "entries",
+            schema_name="timesheets",
+            columns=["id", "owner_issuer", "owner_subject", "date", "project", "hours", "source"],
+            records=[
+                (uuid.uuid4(), issuer, subject, today - dt.timedelta(days=n), "Seed", 8, "api")
+                for subject in subjects
+                for n in range(SEED_PER_USER)
+            ],
+        )
+        await conn.execute("ANALYZE timesheets.entries")
+    finally:
+        await conn.close()
+    return url
+
+
+async def count_entries(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        value: int = await conn.fetchval("SELECT count(*) FROM timesheets.entries")
+        return value
+    finally:
+        await conn.close()
+
+
+LUA = """
+local tokens = {%(tokens)s}
+local n = 0
+request = function()
+  n = n + 1
+  local auth = "Bearer " .. tokens[(n %% #tokens) + 1]
+  if n %% 2 == 0 then
+    local body = string.format('{"date":"2026-%%02d-%%02d","project":"Bench","hours":7.5,"notes":"wrk"}',
+                               (n %% 12) + 1, (n %% 28) + 1)
+    return wrk.format("POST", "/api/timesheets",
+                      {["Authorization"] = auth, ["Content-Type"] = "application/json"}, body)
+  end
+  return wrk.format("GET", "/api/timesheets?limit=20", {["Authorization"] = auth})
+end
+"""
+
+
+def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    command = ["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
+    if cores > 1 and shutil.which("taskset"):
+        command = ["taskset", "-c", str(cores - 1), *command]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match[1]), match[2]
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    requests = re.search(r"(\d+) requests in", output)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "requests": int(requests[1]) if requests else 0,
+        "rps": float(rps[1]) if rps else 0.0,
+        "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "socket_errors": socket_errors[1].strip() if socket_errors else "",
+        "raw": output,
+    }
+
+
+def main() -> int:
+    if not shutil.which("wrk"):
+        print("wrk is not installed (make system-deps); skipping the API benchmark")
+        return 1
+    seconds = float(os.environ.get("BENCH_API_SECONDS", "15"))
+    issuer = Issuer()
+    subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
+    name = f"tsp_bench_api_{os.getpid()}"
+    processes: list[ServiceProcess] = []
+    logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    try:
+        with backing() as (_, redis_url):
+            url = asyncio.run(prepare_database(name, issuer.issuer, subjects))
+            env = {
+                "DATABASE_URL": url,
+                "REDIS_URL": redis_url,
+                "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
+                "IDENTITY_KEYS": new_identity_keys("bench"),
+                "LOG_LEVEL": "WARNING",
+            }
+            audit = ServiceProcess("audit", env, log_dir=logs).start()
+            processes.append(audit)
+            timesheets = ServiceProcess("timesheets", {**env, "AUDIT_URL": audit.url}, log_dir=logs).start()
+            processes.append(timesheets)
+            gateway = ServiceProcess(
+                "gateway",
+                {
+                    **env,
+                    "OIDC_ISSUER": issuer.issuer,
+                    "OIDC_AUDIENCE": AUDIENCE,
+                    "TIMESHEETS_URL": timesheets.url,
+                    "APPROVALS_URL": "http://127.0.0.1:9",
+                    "AUDIT_URL": audit.url,
+                    "GATEWAY_WORKERS": "1",
+                    "GATEWAY_ACCESS_LOG": "false",
+                },
+                log_dir=logs,
+            ).start()
+            processes.append(gateway)
+
+            tokens = [issuer.token(subject) for subject in subjects]
+            script = logs / "api.lua"
+            script.write_text(LUA % {"tokens": ", ".join(f'"{t}"' for t in tokens)})
+            before = asyncio.run(count_entries(url))
+            run_wrk(gateway.url, script, 3)  # warm-up: JWKS fetched, pools filled, caches hot
+            result = run_wrk(gateway.url, script, seconds)
+            created = asyncio.run(count_entries(url)) - before
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        issuer.close()
+        asyncio.run(drop_database(name)) if os.environ.get("DATABASE_URL") else None
+        shutil.rmtree(logs, ignore_errors=True)
+
+    raw = result.pop("raw")
+    report = {
+        "benchmark": "api",
+        "what": "through the gateway: 50% POST /api/timesheets, 50% GET /api/timesheets?limit=20",
+        "clients": CLIENTS,
+        "users": USERS,
+        "seconds": seconds,
+        "cores": os.cpu_count(),
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **result,
+        "entries_created_incl_warmup": created,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "api.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(raw.strip())
+    print()
+    print(f"{'case':<34} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(
+        f"{'create+list via gateway (c=32)':<34} {report['rps']:>8.0f} {report['p50_ms']:>8.1f} "
+        f"{report['p90_ms']:>8.1f} {report['p99_ms']:>8.1f} {report['non_2xx']:>8}"
+    )
+    print(f"written to {RESULTS / 'api.json'}")
+    return 0 if report["non_2xx"] == 0 and report["requests"] > 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
