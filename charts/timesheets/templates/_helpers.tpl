@@ -230,6 +230,18 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ include "timesheets.oidcIssuers" $root | quote }}
 - name: GATEWAY_WORKERS
   value: {{ $values.workers | quote }}
+- name: SPA_AUTH_ISSUER
+  value: {{ default (first $root.Values.oidc.issuers) $values.spa.authIssuer | quote }}
+- name: SPA_CLIENT_ID
+  value: {{ $values.spa.clientId | quote }}
+- name: SPA_AUDIENCE
+  value: {{ $root.Values.oidc.audience | quote }}
+- name: SPA_AUTH_FLOW
+  value: {{ $values.spa.authFlow | quote }}
+{{- with $values.spa.scopes }}
+- name: SPA_SCOPES
+  value: {{ . | quote }}
+{{- end }}
 {{- with $values.corsOrigins }}
 - name: CORS_ORIGINS
   value: {{ join "," . | quote }}
