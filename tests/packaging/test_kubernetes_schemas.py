@@ -18,7 +18,7 @@ from tests.packaging.support import CHART, Obj
 
 # The package re-reads and re-parses its (multi-megabyte) definitions file for every object; the
 # files never change, so memoise the reads — same results, a fraction of the time.
-kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(  # type: ignore[assignment]
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
     kubernetes_validate.utils.schema_contents
 )
 
