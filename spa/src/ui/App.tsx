@@ -47,7 +47,8 @@ export function App({
   };
 
   useEffect(() => {
-    document.title = `${route ? (SCREENS.find((s) => s.screen === route)?.label ?? "") : ""} · Timesheets`.replace(/^ · /, "");
+    const label = SCREENS.find((s) => s.screen === route)?.label;
+    document.title = label ? `${label} · Timesheets` : "Timesheets";
   }, [route]);
 
   if (state.status !== "signed-in" || !state.session) {
@@ -65,9 +66,13 @@ export function App({
 
   const session = state.session;
   const allowed = SCREENS.filter((s) => session.scopes.has(s.scope));
-  const current = route && allowed.some((s) => s.screen === route) ? route : null;
-  const missing = route ? SCREENS.find((s) => s.screen === route && !session.scopes.has(s.scope)) : undefined;
-  const shown = current ?? allowed[0]?.screen ?? null;
+  // People who cannot record hours (auditors) start on the audit trail; everyone else on their week.
+  const auditor = !session.scopes.has("create:timesheets") && session.scopes.has("read:audit");
+  const home: Screen | undefined = auditor ? "audit" : allowed[0]?.screen;
+  const wanted = route === "home" ? home : route;
+  const current = wanted && allowed.some((s) => s.screen === wanted) ? wanted : null;
+  const missing = wanted ? SCREENS.find((s) => s.screen === wanted && !session.scopes.has(s.scope)) : undefined;
+  const shown = current ?? home ?? null;
   const name = session.profile.name ?? session.profile.sub;
 
   return (
@@ -82,7 +87,7 @@ export function App({
             href={config.basePath}
             onClick={(event) => {
               event.preventDefault();
-              navigate("timesheets");
+              navigate("home");
             }}
           >
             <Logo />

@@ -10,26 +10,28 @@ export function useSession(manager: SessionManager): SessionState {
 
 export type Screen = "timesheets" | "approvals" | "audit";
 
-export function screenFromPath(pathname: string, basePath: string): Screen | null {
+/** `home` is the bare base path: the screen shown there depends on what the user may do. */
+export function screenFromPath(pathname: string, basePath: string): Screen | "home" | null {
+  if (pathname === basePath || `${pathname}/` === basePath) return "home";
   const rest = pathname.startsWith(basePath) ? pathname.slice(basePath.length) : "";
-  if (rest === "" || rest === "timesheets") return "timesheets";
+  if (rest === "timesheets") return "timesheets";
   if (rest === "approvals") return "approvals";
   if (rest === "audit") return "audit";
   return null;
 }
 
-export function pathForScreen(screen: Screen, basePath: string): string {
-  return screen === "timesheets" ? basePath : `${basePath}${screen}`;
+export function pathForScreen(screen: Screen | "home", basePath: string): string {
+  return screen === "home" ? basePath : `${basePath}${screen}`;
 }
 
-export function useRoute(basePath: string): [Screen | null, (screen: Screen) => void] {
+export function useRoute(basePath: string): [Screen | "home" | null, (screen: Screen | "home") => void] {
   const [path, setPath] = useState(window.location.pathname);
   useEffect(() => {
     const onPop = (): void => setPath(window.location.pathname);
     window.addEventListener("popstate", onPop);
     return () => window.removeEventListener("popstate", onPop);
   }, []);
-  const navigate = (screen: Screen): void => {
+  const navigate = (screen: Screen | "home"): void => {
     const next = pathForScreen(screen, basePath);
     if (next !== window.location.pathname) window.history.pushState(null, "", next);
     setPath(next);
