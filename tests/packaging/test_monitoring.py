@@ -181,8 +181,9 @@ def test_service_monitors_scrape_every_component_under_its_name() -> None:
 
 
 def test_monitoring_objects_are_switchable() -> None:
-    dev = {o["kind"] for o in rendered_scenario("values-dev.yaml")}
-    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap"}.isdisjoint(dev)
+    dev = rendered_scenario("values-dev.yaml")
+    assert {"ServiceMonitor", "PrometheusRule"}.isdisjoint({o["kind"] for o in dev})
+    assert not [o for o in dev if "grafana_dashboard" in o["metadata"]["labels"]]
     everything = rendered_scenario("dev+everything")
     kinds = [o["kind"] for o in everything]
     assert kinds.count("PrometheusRule") == 1
@@ -191,7 +192,9 @@ def test_monitoring_objects_are_switchable() -> None:
 
 def test_dashboard_config_map_carries_the_dashboard_with_the_sidecar_label() -> None:
     objects = rendered_scenario("dev+everything")
-    (cm,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    (cm,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]
+    ]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     (content,) = cm["data"].values()
     assert json.loads(content) == json.loads(DASHBOARD_FILE.read_text())

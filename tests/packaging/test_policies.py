@@ -9,10 +9,11 @@ reference — so that a template change that breaks one fails here, whatever val
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.packaging.support import (
     APP_COMPONENTS,
@@ -433,3 +434,43 @@ def test_ingress_exposes_gateway_and_bundled_identity_only() -> None:
         assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
     prod = rendered_scenario("values-prod.yaml")
     assert [component(o) for o in by_kind(prod, "Ingress")] == ["gateway"]
+
+
+# --- gateway issuers file -------------------------------------------------------------------------
+
+
+def test_gateway_fetches_bundled_identity_keys_in_cluster() -> None:
+    objects = rendered_scenario("values-dev.yaml")
+    gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
+    spec = gateway["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    path = env_of(c)["GATEWAY_ISSUERS_FILE"]["value"]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    (cm,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == volume["configMap"]["name"]]
+    doc = yaml.safe_load(cm["data"][path.rsplit("/", 1)[1]])
+    assert doc == {
+        "issuers": {
+            "http://localhost:9000/": {"jwks_uri": "http://ts-timesheets-identity:9000/.well-known/jwks.json"}
+        }
+    }
+
+
+def test_gateway_issuer_settings_must_name_a_trusted_issuer(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    import helm_python as helm
+
+    values = {
+        **SCENARIOS["minimal"],
+        "gateway": {"issuers": {"https://other.example/": {"leeway_seconds": 5}}},
+    }
+    with pytest.raises(helm.HelmError, match=r"not one of oidc\.issuers"):
+        render_values(values)
+
+
+def test_production_without_issuer_settings_has_no_issuers_file() -> None:
+    objects = rendered_scenario("values-prod.yaml")
+    gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
+    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert "GATEWAY_ISSUERS_FILE" not in env_of(c)

@@ -242,6 +242,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: SPA_SCOPES
   value: {{ . | quote }}
 {{- end }}
+{{- if include "timesheets.gatewayIssuers" $root }}
+- name: GATEWAY_ISSUERS_FILE
+  value: /etc/timesheets/gateway/issuers.yaml
+{{- end }}
 {{- with $values.corsOrigins }}
 - name: CORS_ORIGINS
   value: {{ join "," . | quote }}
@@ -273,6 +277,31 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- with $values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The gateway's GATEWAY_ISSUERS_FILE document, or nothing when no issuer needs its own settings.
+With the bundled identity provider its keys are fetched from the in-cluster Service: the public issuer
+URL (what browsers use, e.g. a port-forwarded http://localhost:9000/) may not resolve from a pod.
+*/}}
+{{- define "timesheets.gatewayIssuers" -}}
+{{- $issuers := deepCopy (.Values.gateway.issuers | default dict) -}}
+{{- if and .Values.identity.enabled .Values.gateway.bundledIdentityJwksInCluster .Values.oidc.issuers -}}
+{{- $own := first .Values.oidc.issuers -}}
+{{- $entry := get $issuers $own | default dict -}}
+{{- if not (hasKey $entry "jwks_uri") -}}
+{{- $_ := set $entry "jwks_uri" (printf "%s/.well-known/jwks.json" (include "timesheets.url" (dict "root" . "component" "identity"))) -}}
+{{- end -}}
+{{- $_ := set $issuers $own $entry -}}
+{{- end -}}
+{{- range $issuer, $_ := $issuers -}}
+{{- if not (has $issuer $.Values.oidc.issuers) -}}
+{{- fail (printf "gateway.issuers: %s is not one of oidc.issuers" $issuer) -}}
+{{- end -}}
+{{- end -}}
+{{- if $issuers -}}
+{{ toYaml (dict "issuers" $issuers) }}
+{{- end -}}
 {{- end -}}
 
 {{/* The restricted Pod Security Standard, pod level. */}}
