@@ -48,7 +48,14 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         interval=settings.reconcile_interval_seconds,
         after=settings.reconcile_after_seconds,
     )
-    relay = OutboxRelay(database, SCHEMA, "approvals", SignedClient(http, settings.audit_url, signer))
+    relay = OutboxRelay(
+        database,
+        SCHEMA,
+        "approvals",
+        SignedClient(http, settings.audit_url, signer),
+        poll_interval=settings.outbox_poll_interval_seconds,
+        max_backoff=settings.outbox_max_backoff_seconds,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -20,3 +20,7 @@ class ApprovalsSettings(DatabaseSettings):
     # before it takes over; longer than a PUT's own attempts so it rarely races a live request.
     reconcile_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     reconcile_after_seconds: float = Field(default=15.0, ge=0, le=86400)
+    # The outbox relay: how often it polls besides LISTEN/NOTIFY, and its longest backoff while the
+    # audit service is unreachable (so the backlog drains within this long after it returns).
+    outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    outbox_max_backoff_seconds: float = Field(default=30.0, ge=0.1, le=3600)

@@ -62,7 +62,14 @@ def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
     database = Database.from_settings(settings, SCHEMA)
     http = HttpClient()
     audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_keys))
-    relay = OutboxRelay(database, SCHEMA, "timesheets", audit)
+    relay = OutboxRelay(
+        database,
+        SCHEMA,
+        "timesheets",
+        audit,
+        poll_interval=settings.outbox_poll_interval_seconds,
+        max_backoff=settings.outbox_max_backoff_seconds,
+    )
     ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
 
     @contextlib.asynccontextmanager

@@ -15,3 +15,7 @@ class TimesheetsSettings(DatabaseSettings):
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     # Largest request body: a 1,000-row upload with long notes is ~2 MB.
     max_body_bytes: int = Field(default=4 << 20, ge=64 << 10, le=64 << 20)
+    # The outbox relay: how often it polls besides LISTEN/NOTIFY, and its longest backoff while the
+    # audit service is unreachable (so the backlog drains within this long after it returns).
+    outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    outbox_max_backoff_seconds: float = Field(default=30.0, ge=0.1, le=3600)
