@@ -39,16 +39,18 @@ def silent_authorize(page: Page) -> list[str]:
     return seen
 
 
-async def test_expired_session_renews_silently(new_page: NewPage, shot: Shots) -> None:
+@pytest.mark.parametrize("flow", ["code", "implicit"])
+async def test_expired_session_renews_silently(new_page: NewPage, shot: Shots, flow: str) -> None:
     page, tokens = await new_page()
     await page.clock.install()
     silent = silent_authorize(page)
-    await sign_in(page, shot, "alice")
+    await sign_in(page, shot, "alice", path=f"/?flow={flow}")
     await refetch_week(page)
     first = tokens.last
 
     await page.clock.fast_forward(PAST_EXPIRY)
     await eventually(lambda: len(silent) > 0, "a prompt=none request in the hidden iframe")
+    assert "response_mode=web_message" in silent[0]
     await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
     await refetch_week(page)
     await eventually(lambda: tokens.last != first, "the API called with a new access token")

@@ -175,6 +175,8 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
         (BOREALIS, "Entry rejected"),
     ]
     await wait_for_audit(carol, rows, expected)
+    refused = rows.filter(has_text="Decision refused").filter(has_text="Bob Manager")
+    await expect(refused.filter(has_text="cannot decide their own").first).to_be_visible()
     await shot(carol, "carol-audit-trail")
 
     # Filters: only bob's actions.

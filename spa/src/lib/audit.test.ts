@@ -32,6 +32,17 @@ describe("audit events", () => {
     expect(view.details).toContain("needs approve:timesheets");
   });
 
+  it("reads a refused self-approval and hides the owner when it is the actor", () => {
+    const refused = describeEvent({ action: "approval.decided", outcome: "denied", actor: actor("local|bob", "Bob"), details: { reason: "own_entry" } });
+    expect(refused).toMatchObject({ label: "Decision refused", tone: "deny", details: "approvers cannot decide their own entries" });
+    const own = describeEvent({
+      action: "timesheet.created",
+      actor: actor("local|bob", "Bob Manager"),
+      details: { project: "Delta", owner: { issuer: "http://localhost:9000/", subject: "local|bob" } },
+    });
+    expect(own.details).toBe("Delta");
+  });
+
   it("copes with unknown shapes", () => {
     const view = describeEvent({ action: "something.else", resource: { type: "thing", id: "42" } });
     expect(view).toMatchObject({ actor: "—", label: "something.else", tone: "other", seq: null, details: "thing 42" });

@@ -22,7 +22,7 @@ export const ACTION_CHOICES: [string, string][] = [
   ["timesheet.created", "Entry added"],
   ["timesheet.deleted", "Entry deleted"],
   ["timesheet.decided", "Entry approved or rejected"],
-  ["approval.decided", "Decision recorded"],
+  ["approval.decided", "Approval decision"],
   ["timesheet.uploaded", "Batch upload"],
   ["access.denied", "Access denied"],
 ];
@@ -38,6 +38,13 @@ const LABELS: Record<string, string> = {
   "timesheet.deleted": "Entry deleted",
   "timesheet.uploaded": "Batch upload",
   "access.denied": "Access denied",
+};
+
+const REASONS: Record<string, string> = {
+  own_entry: "approvers cannot decide their own entries",
+  insufficient_scope: "missing permission",
+  invalid_token: "invalid token",
+  missing_token: "no token",
 };
 
 /** Query parameters of `GET /api/audit/events`; dates cover whole days in UTC (`to` is exclusive). */
@@ -108,6 +115,7 @@ export function describeEvent(raw: AuditEvent): EventView {
   let label = LABELS[action] ?? action;
   if (decision === "approved") label = "Entry approved";
   if (decision === "rejected") label = "Entry rejected";
+  if (action === "approval.decided" && outcome === "denied") label = "Decision refused";
 
   const parts: string[] = [];
   const project = text(details.project);
@@ -117,7 +125,8 @@ export function describeEvent(raw: AuditEvent): EventView {
   const hours = text(details.hours);
   if (hours) parts.push(`${hours} h`);
   const owner = personText(details.owner);
-  if (owner && owner !== personText(actor)) parts.push(`owner ${owner}`);
+  const ownerSubject = text(record(details.owner).subject);
+  if (owner && ownerSubject !== text(actor.subject)) parts.push(`owner ${owner}`);
   const comment = text(details.comment);
   if (comment) parts.push(`“${comment}”`);
   if (action === "access.denied") {
@@ -126,11 +135,11 @@ export function describeEvent(raw: AuditEvent): EventView {
     const method = text(details.method);
     if (method && route) parts.push(`${method} ${route}`);
     if (status) parts.push(String(status));
-    const reason = text(details.reason);
-    if (reason) parts.push(reason.replace(/_/g, " "));
     const scope = text(details.required_scope);
     if (scope) parts.push(`needs ${scope}`);
   }
+  const reason = text(details.reason);
+  if (reason) parts.push(REASONS[reason] ?? reason.replace(/_/g, " "));
   if (text(details.entries)) parts.push(`${text(details.entries)} entries`);
   if (parts.length === 0) {
     const resource = record(event.resource);

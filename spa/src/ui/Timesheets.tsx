@@ -204,7 +204,12 @@ function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boo
       {canDelete &&
         (entry.status === "approved" ? (
           <span class="entry__locked" title="Approved entries can't be deleted">
-            <span aria-hidden="true">🔒</span>
+            <svg viewBox="0 0 24 24" width="16" height="16" aria-hidden="true">
+              <path
+                fill="currentColor"
+                d="M12 2a5 5 0 0 0-5 5v3H6a2 2 0 0 0-2 2v8a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2v-8a2 2 0 0 0-2-2h-1V7a5 5 0 0 0-5-5Zm-3 8V7a3 3 0 1 1 6 0v3H9Z"
+              />
+            </svg>
             <span class="sr-only">Approved entries can't be deleted</span>
           </span>
         ) : (

@@ -126,8 +126,9 @@ export function Toasts() {
     let next = 0;
     pushToast = (text) => {
       const id = ++next;
-      setItems((current) => [...current.slice(-2), { id, text }]);
-      setTimeout(() => setItems((current) => current.filter((item) => item.id !== id)), 6000);
+      // One message at a time: the newest replaces the last, so they never pile up over the page.
+      setItems([{ id, text }]);
+      setTimeout(() => setItems((current) => current.filter((item) => item.id !== id)), 5000);
     };
     return () => {
       pushToast = null;
