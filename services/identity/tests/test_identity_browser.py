@@ -7,6 +7,7 @@ renewal in a hidden iframe (Auth0's ``web_message`` and oidc-client-ts' silent r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,9 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import jwt
 import pytest
-from identity_testkit import API, DEMO_PASSWORD, run_cli
+from identity import store
+from identity.models import Client
+from identity_testkit import API, DEMO_PASSWORD
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -38,14 +42,14 @@ CHROMIUM_ARGS = [
 
 
 def build_bundles() -> Path:
-    """``npm ci`` (only when node_modules is missing or older than the lock file), then esbuild."""
+    """``npm ci`` (only when node_modules was not installed from this very lock file), then esbuild."""
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed")
-    modules = SDK_DIR / "node_modules"
-    lock = SDK_DIR / "package-lock.json"
-    marker = modules / ".package-lock.json"
-    if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+    lock_digest = hashlib.sha256((SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
+    marker = SDK_DIR / "node_modules" / ".installed-from-lock"
+    if not marker.exists() or marker.read_text() != lock_digest:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True, timeout=300)
+        marker.write_text(lock_digest)
     subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_DIR, check=True, timeout=120)
     return SDK_DIR / "dist"
 
@@ -82,37 +86,31 @@ def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
 
 
 @pytest.fixture(scope="module")
-async def harness(seeded: dict[str, str], issuer: str) -> AsyncIterator[str]:
+async def harness(seeded: dict[str, str], issuer: str, database_url: str) -> AsyncIterator[str]:
     dist = build_bundles()
     port = free_port()
     origin = f"http://localhost:{port}"
-    for client_id, path, extra in (
-        ("sdk-auth0", "/auth0/", []),
-        ("sdk-oidc", "/oidc/", ["--redirect-uri", f"{origin}/oidc/silent.html"]),
-    ):
-        result = run_cli(
-            seeded,
-            "add-client",
-            client_id,
-            "--name",
-            client_id,
-            "--public",
-            "--first-party",
-            "--redirect-uri",
-            origin + path,
-            *extra,
-            "--logout-uri",
-            origin + path,
-            "--scope",
-            "openid",
-            "--scope",
-            "profile",
-            "--scope",
-            "email",
-            "--scope",
-            "read:timesheets",
-        )
-        assert result.returncode == 0, result.stderr
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
+    try:
+        for client_id, path, extra in (
+            ("sdk-auth0", "/auth0/", ()),
+            ("sdk-oidc", "/oidc/", (f"{origin}/oidc/silent.html",)),
+        ):
+            client = Client(
+                client_id=client_id,
+                name=client_id,
+                first_party=True,
+                secret_hash=None,
+                redirect_uris=(origin + path, *extra),
+                post_logout_redirect_uris=(origin + path,),
+                web_origins=(),
+                grant_types=("authorization_code",),
+                response_types=("code",),
+                allowed_scopes=("openid", "profile", "email", "read:timesheets"),
+            )
+            await store.upsert_client(conn, client)
+    finally:
+        await conn.close()
     app = page_app(dist, issuer, {"auth0": "sdk-auth0", "oidc": "sdk-oidc"})
     async with serve_app(app, port=port):
         yield origin
