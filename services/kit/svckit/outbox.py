@@ -16,11 +16,12 @@ How the relay behaves:
   a dedicated connection and wakes at once. Polling every ``poll_interval`` seconds covers a lost
   LISTEN connection and rows whose retry time came.
 - A failed delivery (audit unreachable, 5xx, 401, timeout) records ``attempts``/``last_error`` on the
-  rows, pushes their ``next_attempt_at`` out by capped exponential backoff with full jitter, and the
-  relay itself backs off the same way, so a down audit service is not hammered. A batch refused as
-  malformed (400/413/422) is split and re-sent event by event, so one poison event waits alone
-  (visible in ``outbox_oldest_event_age_seconds``) instead of blocking everything behind it.
-  Nothing is ever dropped.
+  rows and the relay backs off (capped exponential backoff with jitter), so a down audit service is
+  not hammered; the rows stay due, so once it is back they arrive in outbox order (strictly so with
+  one relaying replica; several replicas interleave batches). A batch refused as malformed
+  (400/413/422) is split and re-sent event by event, so one poison event waits alone with its own
+  growing ``next_attempt_at`` (and shows in ``outbox_oldest_event_age_seconds``) instead of
+  blocking everything behind it. Nothing is ever dropped.
 
 Metrics (label ``service`` = the relay's ``source``): ``outbox_pending_events``,
 ``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``.
@@ -447,8 +448,14 @@ class OutboxRelay:
         )
 
     async def _record_failure(self, conn: Connection, batch: Sequence[_Row], exc: DeliveryError) -> None:
-        attempts = max(row.attempts for row in batch) + 1
-        delay = backoff_delay(attempts, self.base_backoff, self.max_backoff)
+        """Note the attempt on the rows. Only events the audit service refused as malformed get a
+        retry time of their own; after an outage the rows stay due, so that (with one relay) the
+        chain receives them in outbox order once the relay's own backoff lets it try again."""
+        if exc.status in SPLIT_STATUSES:
+            attempts = max(row.attempts for row in batch) + 1
+            delay = backoff_delay(attempts, self.base_backoff, self.max_backoff)
+        else:
+            delay = 0.0
         await conn.execute(
             f"""UPDATE {self.schema}.outbox
                 SET attempts = attempts + 1,

@@ -1,0 +1,208 @@
+"""A writer's outbox and the real audit service as a process: nothing lost, nothing doubled.
+
+The audit service runs exactly as in production (``python -m audit``), and is stopped — gracefully,
+and killed outright — while a writer keeps committing changes with their audit events. When it comes
+back, every event is recorded exactly once, in outbox order, and the chain verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+from svckit.db import Database
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import IdentitySigner
+from svckit.outbox import OUTBOX_DDL, AuditEvent, OutboxRelay, enqueue
+from svckit.settings import parse_identity_keys
+from svckit.testclient import SignedApi
+from svckit.testing import Caller, ServiceProcess, free_port, migrate_schema, user
+
+AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
+SOURCE = "timesheets"  # the audit service records events only under the caller's own name
+AUDITOR = user("carol", "read:audit")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Writer:
+    """Stands in for a writer service: its own schema with an outbox, a relay, and 'changes'."""
+
+    def __init__(self, database: Database, schema: str, relay: OutboxRelay) -> None:
+        self.database = database
+        self.schema = schema
+        self.relay = relay
+        self.actor = user(f"writer-{schema}", "create:timesheets")
+
+    async def change(self, count: int = 1) -> list[uuid.UUID]:
+        """One committed transaction: a state change (here: a row) and its audit events."""
+        events = [
+            AuditEvent.create(
+                action="timesheet.created",
+                resource_type="timesheet",
+                resource_id=str(uuid.uuid4()),
+                outcome="success",
+                actor=self.actor,
+                source=SOURCE,
+                details={"n": n},
+            )
+            for n in range(count)
+        ]
+        async with self.database.transaction() as conn:
+            await conn.execute(f"INSERT INTO {self.schema}.changes DEFAULT VALUES")
+            for event in events:
+                await enqueue(conn, event)
+        return [e.id for e in events]
+
+    async def outbox_ids(self) -> list[uuid.UUID]:
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(f"SELECT id FROM {self.schema}.outbox ORDER BY position")
+        return [row["id"] for row in rows]
+
+
+@pytest.fixture
+async def audit_process(database_url: str, service_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
+    await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
+    process = ServiceProcess("audit", {**service_env, "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}, port=free_port())
+    await asyncio.to_thread(process.start, "/readyz")
+    yield process
+    await asyncio.to_thread(process.stop)
+
+
+@pytest.fixture
+async def writer(
+    database_url: str, identity_keys: str, audit_process: ServiceProcess
+) -> AsyncIterator[Writer]:
+    schema = f"writer_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path TO {schema}")
+        await conn.execute(OUTBOX_DDL)
+        await conn.execute("CREATE TABLE changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)")
+    finally:
+        await conn.close()
+    database = Database(database_url, schema=schema, application_name="writer")
+    await database.wait_connected(10)
+    http = HttpClient(total_timeout=5)
+    audit = SignedClient(http, audit_process.url, IdentitySigner(parse_identity_keys(identity_keys)))
+    relay = OutboxRelay(
+        database, schema, SOURCE, audit, batch_size=25, poll_interval=0.5, base_backoff=0.1, max_backoff=1.0
+    )
+    relay.start()
+    try:
+        yield Writer(database, schema, relay)
+    finally:
+        await relay.stop()
+        await http.close()
+        await database.close()
+
+
+async def until_outbox_empty(writer: Writer, timeout: float = 30.0) -> None:
+    async def empty() -> None:
+        while await writer.outbox_ids():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(empty(), timeout)
+
+
+async def recorded(database_url: str, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(
+            await conn.fetch("SELECT id, seq FROM audit.records WHERE id = ANY($1::uuid[]) ORDER BY seq", ids)
+        )
+    finally:
+        await conn.close()
+
+
+async def verify_through_api(url: str, caller: Caller) -> dict[str, object]:
+    api = SignedApi(url, caller)
+    try:
+        reply = await api.call("GET", "/audit/verify", AUDITOR)
+    finally:
+        await api.close()
+    assert reply.status == 200, reply.text
+    body: dict[str, object] = reply.body
+    return body
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0
+
+
+async def test_events_committed_while_audit_is_stopped_arrive_exactly_once_in_order(
+    writer: Writer, audit_process: ServiceProcess, database_url: str, caller: Caller
+) -> None:
+    before = [i for _ in range(10) for i in await writer.change(2)]
+    await until_outbox_empty(writer)
+
+    await asyncio.to_thread(audit_process.stop)  # SIGTERM: the real process goes away
+    failures_before = failures()
+    during: list[uuid.UUID] = []
+    for _ in range(40):
+        during.extend(await writer.change(3))
+    await asyncio.sleep(1.5)  # the relay keeps trying (and backing off) meanwhile
+    assert failures() > failures_before
+    pending = await writer.outbox_ids()
+    assert set(pending) == set(during)  # every event waits, none was dropped
+
+    await asyncio.to_thread(audit_process.start, "/readyz")
+    await until_outbox_empty(writer)
+
+    all_ids = before + during
+    rows = await recorded(database_url, all_ids)
+    assert len(rows) == len(all_ids) == 140
+    assert len({row["id"] for row in rows}) == 140  # exactly once each
+    assert [row["id"] for row in rows] == before + pending  # the chain keeps the outbox order
+    assert await verify_through_api(audit_process.url, caller) == {
+        "ok": True,
+        "checked": await chain_length(database_url),
+    }
+
+
+async def chain_length(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM audit.records"))
+    finally:
+        await conn.close()
+
+
+async def test_audit_killed_mid_stream_loses_and_doubles_nothing(
+    writer: Writer, audit_process: ServiceProcess, database_url: str, caller: Caller
+) -> None:
+    """SIGKILL while batches are in flight: some acknowledgements are lost, the re-sends are
+    recognised by id, and every event is still stored once."""
+    sent: list[uuid.UUID] = []
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:
+        while not stop.is_set():
+            sent.extend(await writer.change(5))
+            await asyncio.sleep(0.005)
+
+    producer = asyncio.create_task(keep_writing())
+    await asyncio.sleep(1.0)
+    assert audit_process.process is not None
+    audit_process.process.kill()  # no graceful shutdown: requests die half-way
+    await asyncio.to_thread(audit_process.process.wait)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(audit_process.start, "/readyz")
+    await asyncio.sleep(1.0)
+    stop.set()
+    await producer
+    await until_outbox_empty(writer)
+
+    rows = await recorded(database_url, sent)
+    assert len(sent) > 50
+    assert len(rows) == len(sent)
+    assert {row["id"] for row in rows} == set(sent)
+    body = await verify_through_api(audit_process.url, caller)
+    assert body["ok"] is True
