@@ -273,7 +273,8 @@ async def gateway(start_gateway: StartGateway) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # bounded: a hang shows up as a failing request with a traceback, not as a stuck session
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
 
 

@@ -63,9 +63,9 @@ async def test_refetch_storm_makes_one_fetch(api: Any, start_gateway: Any, provi
 async def test_provider_outage_cached_keys_keep_working(
     api: Any, start_gateway: Any, provider: Provider
 ) -> None:
-    async with start_gateway(jwks_min_ttl_seconds=1) as gateway:
-        provider.max_age = 1
-        try:
+    provider.max_age = 1  # before the gateway starts: its warm-up fetch must see the short TTL
+    try:
+        async with start_gateway(jwks_min_ttl_seconds=1) as gateway:
             await wait_for_keys(api, gateway, provider)
             errors_before = sample("gateway_jwks_fetch_total", issuer=provider.issuer, outcome="error")
             provider.down = True
@@ -76,14 +76,14 @@ async def test_provider_outage_cached_keys_keep_working(
                 await asyncio.sleep(0.05)
             assert sample("gateway_jwks_fetch_total", issuer=provider.issuer, outcome="error") > errors_before
             assert sample("gateway_jwks_key_age_seconds", issuer=provider.issuer) >= 1.0
-        finally:
-            provider.down = False
-            provider.max_age = 600
+    finally:
+        provider.down = False
+        provider.max_age = 600
 
 
 async def test_staleness_is_bounded(api: Any, start_gateway: Any, provider: Provider) -> None:
+    provider.max_age = 1
     async with start_gateway(jwks_min_ttl_seconds=1, jwks_max_stale_seconds=2) as gateway:
-        provider.max_age = 1
         try:
             await wait_for_keys(api, gateway, provider)
             provider.down = True

@@ -35,14 +35,16 @@ async def test_spa_files_caching_and_fallback(
         assert headers["Cache-Control"] == "no-cache"
         csp = headers["Content-Security-Policy"]
         assert "default-src 'self'" in csp
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "script-src 'self'" in csp
+        assert "unsafe-inline" not in csp
         assert f"connect-src 'self' {provider.base}" in csp
         assert f"frame-src {provider.base}" in csp
         assert "frame-ancestors 'none'" in csp
         status, headers, body = await api(
             "GET", gateway + "/callback?code=x", headers={"Accept": "text/html"}
         )
-        assert status == 200 and b"<div id=app>" in body
+        assert status == 200
+        assert b"<div id=app>" in body
         status, headers, body = await api("GET", gateway + "/assets/app-3f9a1c2b.js")
         assert status == 200
         assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
@@ -60,13 +62,15 @@ async def test_spa_files_caching_and_fallback(
             assert b"do not serve" not in (body if isinstance(body, bytes) else b"")
         # API paths never fall back to the SPA
         status, headers, _ = await api("GET", gateway + "/api/whatever", headers={"Accept": "text/html"})
-        assert status == 404 and headers["Content-Type"] == "application/problem+json"
+        assert status == 404
+        assert headers["Content-Type"] == "application/problem+json"
 
 
 async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp_path: Path) -> None:
     async with start_gateway(spa_dist_dir=tmp_path, spa_auth_flow="implicit") as gateway:
         status, headers, body = await api("GET", gateway + "/config.json")
         assert status == 200
+        assert headers["Cache-Control"] == "no-cache"
         assert body == {
             "issuer": provider.issuer,
             "clientId": "timesheets-spa",
@@ -76,7 +80,7 @@ async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp
             "approve:timesheets read:audit",
             "apiBase": "/api",
         }
-        status, headers, body = await api("GET", gateway + "/", headers={"Accept": "text/html"})
+        status, _headers, body = await api("GET", gateway + "/", headers={"Accept": "text/html"})
         assert status == 200
         assert b"not built" in body
 
