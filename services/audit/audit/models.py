@@ -72,11 +72,14 @@ def _details(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class Actor(BaseModel):
+    """Who acted. ``anonymous`` (with an empty issuer) is a caller whose token did not verify: the
+    gateway records such denials too."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    issuer: RequiredName
+    issuer: Name
     subject: RequiredName
-    kind: Literal["user", "client", "service"]
+    kind: Literal["user", "client", "service", "anonymous"]
     client_id: ClientId = ""
     name: Name = ""
 
