@@ -23,7 +23,7 @@ from .browser import CsrfSigner
 from .context import Context
 from .cors import CorsMiddleware
 from .endpoints import auth0_logout, jwks, oidc_logout, openid_configuration, token, userinfo
-from .keys import KeyCipher
+from .keys import KeyCipher, KeyEncryptionError
 from .keystore import KeyStore
 from .oauth import Backend, IdentityServer
 from .settings import IdentitySettings
@@ -86,13 +86,17 @@ def build_app(settings: IdentitySettings) -> Starlette:
             except UNAVAILABLE_ERRORS as exc:
                 log.warning("cannot load signing keys yet", extra={"error": type(exc).__name__})
                 await asyncio.sleep(1)
+            except KeyEncryptionError as exc:
+                # Misconfiguration: stay up but not ready (``/readyz`` names signing_keys), say why.
+                log.error("signing keys unusable", extra={"error": str(exc)})
+                await asyncio.sleep(30)
         while True:
             await asyncio.sleep(settings.key_refresh_seconds)
             try:
                 await keys.refresh(database.pool)
                 await store.purge_expired(database.pool)
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("housekeeping failed", extra={"error": type(exc).__name__})
+            except (KeyEncryptionError, *UNAVAILABLE_ERRORS) as exc:
+                log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

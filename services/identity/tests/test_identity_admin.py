@@ -1,0 +1,146 @@
+"""Configuration and administration: required secrets, the CLI, Redis-less throttling."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+import pytest
+from identity.throttle import LoginThrottle
+from identity_testkit import run_cli
+from redis.asyncio import Redis
+
+
+def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, str]) -> None:
+    env = {k: v for k, v in seeded.items() if k != "IDENTITY_KEY_ENCRYPTION_KEY"}
+    result = run_cli(env, "serve")
+    assert result.returncode == 2
+    assert "IDENTITY_KEY_ENCRYPTION_KEY is required" in result.stderr
+    result = run_cli({**seeded, "IDENTITY_SESSION_SECRET": "short"}, "serve")
+    assert result.returncode == 2
+    assert "IDENTITY_SESSION_SECRET" in result.stderr
+    assert "short" not in result.stderr, "secrets are never echoed"
+
+
+def test_seed_requires_the_batch_secret(seeded: dict[str, str]) -> None:
+    env = {k: v for k, v in seeded.items() if k != "BATCH_CLIENT_SECRET"}
+    result = run_cli(env, "seed")
+    assert result.returncode == 2
+    assert "BATCH_CLIENT_SECRET" in result.stderr
+
+
+async def test_seed_is_idempotent(seeded: dict[str, str], database_url: str) -> None:
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
+    try:
+        before = await conn.fetch("SELECT username, password_hash, roles FROM users ORDER BY username")
+        assert run_cli(seeded, "seed").returncode == 0
+        after = await conn.fetch("SELECT username, password_hash, roles FROM users ORDER BY username")
+        clients = {r["client_id"]: r for r in await conn.fetch("SELECT * FROM clients")}
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in before] == [tuple(r) for r in after]
+    assert {("alice", ("employee",)), ("bob", ("manager",)), ("carol", ("auditor",))} <= {
+        (r["username"], tuple(r["roles"])) for r in after
+    }
+    spa = clients["timesheets-spa"]
+    assert spa["redirect_uris"] == ["http://localhost:8080/", "http://localhost:8080/callback"]
+    assert spa["post_logout_redirect_uris"] == ["http://localhost:8080/"]
+    assert spa["first_party"]
+    assert spa["secret_hash"] is None
+    partner = clients["partner-spa"]
+    assert partner["redirect_uris"] == [
+        "http://localhost:8080/partner/",
+        "http://localhost:8080/partner/callback",
+    ]
+    assert not partner["first_party"]
+    batch = clients["timesheets-batch"]
+    assert batch["grant_types"] == ["client_credentials"]
+    assert batch["allowed_scopes"] == ["batch:upload"]
+    assert batch["secret_hash"].startswith("$argon2id$")
+
+
+async def test_add_client_generates_a_secret_once(seeded: dict[str, str], database_url: str) -> None:
+    result = run_cli(
+        seeded,
+        "add-client",
+        "reporting-job",
+        "--name",
+        "Reporting",
+        "--confidential",
+        "--grant-type",
+        "client_credentials",
+        "--scope",
+        "batch:upload",
+    )
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.rsplit(": ", 1)[1].strip()
+    assert len(secret) >= 40
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
+    try:
+        stored = await conn.fetchval("SELECT secret_hash FROM clients WHERE client_id = 'reporting-job'")
+    finally:
+        await conn.close()
+    assert secret not in stored
+    bad = run_cli(seeded, "add-client", "x", "--name", "X", "--public", "--grant-type", "client_credentials")
+    assert bad.returncode == 2
+    assert "public client" in bad.stderr
+
+
+def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str]) -> None:
+    result = run_cli(
+        seeded,
+        "add-user",
+        "erin",
+        "--name",
+        "Erin",
+        "--email",
+        "erin@example.com",
+        "--role",
+        "employee",
+        "--role",
+        "auditor",
+        stdin="erin-password\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "local|erin" in result.stdout
+    assert "erin-password" not in result.stdout + result.stderr
+    bad = run_cli(seeded, "add-user", "frank", "--name", "F", "--email", "f@example.com", "--role", "admin")
+    assert bad.returncode == 2
+
+
+async def test_throttle_shared_through_redis(redis_url: str, redis_prefix: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        replica_a = LoginThrottle(redis, redis_prefix, max_per_user=3, max_per_address=100, window_seconds=60)
+        replica_b = LoginThrottle(redis, redis_prefix, max_per_user=3, max_per_address=100, window_seconds=60)
+        user = "shared-" + secrets.token_hex(4)
+        for _ in range(3):
+            await replica_a.failed(user, "10.0.0.1")
+        verdict = await replica_b.check(user, "10.0.0.2")
+        assert not verdict.allowed
+        assert verdict.scope == "user"
+        assert 0 < verdict.retry_after <= 60
+    finally:
+        await redis.aclose()
+
+
+async def test_throttle_keeps_working_without_redis() -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        throttle = LoginThrottle(dead, "x:", max_per_user=10, max_per_address=4, window_seconds=60)
+        assert (await throttle.check("mallory", "192.0.2.7")).allowed
+        for i in range(4):
+            await throttle.failed(f"user{i}", "192.0.2.7")
+        verdict = await throttle.check("someone-else", "192.0.2.7")
+        assert not verdict.allowed
+        assert verdict.scope == "address"
+        assert (await throttle.check("someone-else", "192.0.2.8")).allowed
+    finally:
+        await dead.aclose()
+
+
+@pytest.mark.parametrize("value", ["ftp://x/", "http://localhost:9000/?a=1"])
+def test_issuer_must_be_an_http_url(seeded: dict[str, str], value: str) -> None:
+    result = run_cli({**seeded, "OIDC_ISSUER": value}, "serve")
+    assert result.returncode == 2
+    assert "OIDC_ISSUER" in result.stderr

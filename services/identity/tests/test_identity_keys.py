@@ -1,0 +1,115 @@
+"""Signing keys: encrypted at rest, rotated safely (published before signing, kept until expiry)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import urllib.request
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jwt
+import pytest
+from identity import keys as keymod
+from identity.settings import IdentitySettings
+from identity_testkit import BATCH_SECRET, run_cli
+from svckit.settings import load_settings
+
+pytestmark = pytest.mark.usefixtures("identity_service")
+
+
+async def cc_token_kid(http: aiohttp.ClientSession, base_url: str) -> str:
+    auth = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)}
+    async with http.post(
+        base_url + "/oauth/token", data={"grant_type": "client_credentials"}, headers=auth
+    ) as r:
+        assert r.status == 200
+        token = (await r.json())["access_token"]
+    kid: str = jwt.get_unverified_header(token)["kid"]
+    return kid
+
+
+async def published_kids(http: aiohttp.ClientSession, base_url: str) -> list[str]:
+    async with http.get(base_url + "/.well-known/jwks.json") as r:
+        return [k["kid"] for k in (await r.json())["keys"]]
+
+
+async def test_private_keys_are_encrypted_at_rest(db: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    rows = await db.fetch("SELECT kid, private_key, public_jwk FROM signing_keys")
+    assert rows
+    for row in rows:
+        blob = bytes(row["private_key"])
+        assert b"PRIVATE KEY" not in blob
+        assert "d" not in json.loads(row["public_jwk"])
+    settings = load_settings(IdentitySettings, env=seeded)
+    loaded = await keymod.load_keys(db, keymod.KeyCipher(settings.key_encryption_key))
+    assert {k.kid for k in loaded} >= {rows[0]["kid"]}
+    with pytest.raises(keymod.KeyEncryptionError, match="IDENTITY_KEY_ENCRYPTION_KEY"):
+        await keymod.load_keys(db, keymod.KeyCipher(secrets.token_bytes(32)))
+
+
+async def test_a_ciphertext_cannot_be_moved_to_another_key_id() -> None:
+    cipher = keymod.KeyCipher(secrets.token_bytes(32))
+    blob = cipher.encrypt(b"secret key material", "kid-a")
+    assert cipher.decrypt(blob, "kid-a") == b"secret key material"
+    with pytest.raises(keymod.KeyEncryptionError):
+        cipher.decrypt(blob, "kid-b")
+
+
+async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
+    http: aiohttp.ClientSession, base_url: str, seeded: dict[str, str], db: asyncpg.Connection
+) -> None:
+    old_kid = await cc_token_kid(http, base_url)
+    result = run_cli(seeded, "rotate-keys", "--grace-seconds", "4")
+    assert result.returncode == 0, result.stderr
+    new_kid = result.stdout.split()[2]
+    assert new_kid != old_kid
+
+    # within a refresh period the new key is in the JWKS while tokens are still signed by the old one
+    for _ in range(30):
+        if new_kid in await published_kids(http, base_url):
+            break
+        await asyncio.sleep(0.2)
+    assert new_kid in await published_kids(http, base_url)
+    assert await cc_token_kid(http, base_url) == old_kid
+
+    # after the grace period the new key signs, and the old one is still published
+    await asyncio.sleep(4.5)
+    assert await cc_token_kid(http, base_url) == new_kid
+    assert old_kid in await published_kids(http, base_url)
+    row = await db.fetchrow(
+        "SELECT extract(epoch FROM publish_until - retired_at) AS kept FROM signing_keys WHERE kid = $1",
+        old_kid,
+    )
+    assert row is not None
+    assert float(row["kept"]) >= 3600  # the longest token lifetime (ID token, 1 h) + leeway
+
+
+async def test_expired_keys_leave_the_jwks(
+    db: asyncpg.Connection, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    await db.execute(
+        """INSERT INTO signing_keys (kid, alg, public_jwk, private_key, signs_from, retired_at, publish_until)
+           SELECT 'gone-' || kid, alg, public_jwk, private_key, signs_from - interval '2 days',
+                  now() - interval '2 days', now() - interval '1 day' FROM signing_keys LIMIT 1"""
+    )
+    await asyncio.sleep(1.5)
+    assert not [k for k in await published_kids(http, base_url) if k.startswith("gone-")]
+
+
+def test_es256_keys_sign_and_verify() -> None:
+    key = keymod.generate_private_key("ES256")
+    jwk = keymod.public_jwk(key, "", "ES256")
+    kid = keymod.jwk_thumbprint_kid(jwk)
+    token = jwt.encode({"sub": "x"}, key, algorithm="ES256", headers={"kid": kid})
+    public: Any = jwt.PyJWK({**jwk, "kid": kid}).key
+    assert jwt.decode(token, public, algorithms=["ES256"])["sub"] == "x"
+    assert jwk["crv"] == "P-256"
+    assert "d" not in jwk
+
+
+def test_discovery_is_cacheable_and_jwks_short_lived(base_url: str) -> None:
+    with urllib.request.urlopen(base_url + "/.well-known/jwks.json") as response:
+        assert response.headers["Cache-Control"] == "public, max-age=60"
