@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, sign_in
 
@@ -76,6 +76,35 @@ async def test_renewal_without_provider_session_asks_to_sign_in_again(new_page: 
     await shot(page, "session-ended-sign-in-again")
     await page.get_by_role("button", name=re.compile("^Sign in")).click()
     await page.wait_for_url(re.compile(rf"^{re.escape(PROVIDER)}/login"))
+
+
+async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage, shot: Shots) -> None:
+    """The gateway refuses the token (401): one silent renewal and a retry, then a clear message."""
+    page, _ = await new_page()
+    await sign_in(page, shot, "alice")
+    await refetch_week(page)
+    silent = silent_authorize(page)
+    refused: list[int] = []
+
+    async def spoil_token(route: Route) -> None:
+        headers = {**route.request.headers, "authorization": "Bearer not.a.token"}
+        await route.continue_(headers=headers)
+
+    page.on("response", lambda r: refused.append(r.status) if "/api/timesheets" in r.url else None)
+    await page.route(f"{APP}/api/timesheets*", spoil_token)
+    await page.get_by_role("button", name="Next week").click()
+    alert = page.get_by_role("alert").filter(has_text="Please sign in again")
+    await expect(alert).to_be_visible()
+    assert refused.count(401) == 2, refused  # the call, and its one retry after renewal
+    assert len(silent) == 1, silent
+    await shot(page, "api-401-sign-in-again")
+
+    await page.unroute(f"{APP}/api/timesheets*")
+    await alert.get_by_role("button", name="Sign in again").click()
+    # Still signed in at the provider: straight back, working again.
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await expect(page.get_by_role("heading", name="My timesheets")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_count(0)
 
 
 async def test_sign_out_ends_the_provider_session(new_page: NewPage, shot: Shots) -> None:

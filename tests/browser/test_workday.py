@@ -101,7 +101,7 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
     dialog = alice.get_by_role("dialog", name="Delete this entry?")
     await expect(dialog).to_be_visible()
     await expect(dialog).to_contain_text(CYGNUS)
-    await shot(alice, "alice-confirm-delete")
+    await shot(alice, "alice-confirm-delete", full_page=False)
     await dialog.get_by_role("button", name="Delete entry").click()
     await expect(entry(alice, CYGNUS)).to_have_count(0)
     await expect(alice.get_by_role("status").filter(has_text="Deleted")).to_be_visible()
@@ -188,6 +188,12 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
     await carol.get_by_role("button", name="Verify again").click()
     await expect(chain).to_contain_text("Chain verified")
 
+    # A screen her permissions do not cover says which permission is missing.
+    await carol.goto(f"{APP}/approvals")
+    missing = carol.get_by_role("alert").filter(has_text="You don't have permission")
+    await expect(missing).to_contain_text("approve:timesheets")
+    await shot(carol, "carol-approvals-not-permitted")
+
 
 async def test_phone_width_and_keyboard(new_page: NewPage, shot: Shots) -> None:
     """The week view and the form work at phone width, and the form is reachable in a sensible order."""
@@ -213,3 +219,16 @@ async def test_phone_width_and_keyboard(new_page: NewPage, shot: Shots) -> None:
     outline = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", "keyboard focus must be visible"
     await shot(page, "phone-keyboard-focus", full_page=False)
+
+    bob, _ = await new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    await sign_in(bob, shot, "bob", path="/approvals")
+    await expect(bob.get_by_role("heading", name="Approvals")).to_be_visible()
+    await expect(bob.locator("li.approval").filter(has_text=f"Phone {RUN}")).to_be_visible()
+    await shot(bob, "phone-approvals")
+    assert await bob.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+
+    carol, _ = await new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    await sign_in(carol, shot, "carol")
+    await expect(carol.get_by_test_id("chain-status")).to_contain_text("Chain verified")
+    await shot(carol, "phone-audit")
+    assert await carol.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
