@@ -26,13 +26,21 @@ DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_
 
 class Reconciler:
     def __init__(
-        self, database: Database, workflow: Workflow, *, interval: float, after: float, batch: int = 50
+        self,
+        database: Database,
+        workflow: Workflow,
+        *,
+        interval: float,
+        after: float,
+        batch: int = 50,
+        concurrency: int = 8,
     ) -> None:
         self.database = database
         self.workflow = workflow
         self.interval = interval
         self.after = after
         self.batch = batch
+        self.concurrency = concurrency
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -51,8 +59,11 @@ class Reconciler:
         async with self.database.transaction() as conn:
             leased = await store.lease_stale(conn, self.after, self.batch)
         counts = {"applied": 0, "void": 0, "retry": 0}
-        for decision in leased:
-            result = await self.workflow.drive(decision, 1, via="reconciler")
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(decision: asyncpg.Record) -> None:
+            async with gate:
+                result = await self.workflow.drive(decision, 1, via="reconciler")
             outcome = "retry" if result.state == "pending" else result.state
             counts[outcome] += 1
             reconciliations.labels(outcome).inc()
@@ -60,6 +71,9 @@ class Reconciler:
                 "pending decision reconciled",
                 extra={"decision_id": str(decision["id"]), "outcome": outcome, "reason": result.reason},
             )
+
+        # Bounded concurrency: a black-holed peer costs a few timeouts per round, not one per decision.
+        await asyncio.gather(*(one(decision) for decision in leased))
         await self.update_metrics()
         return counts
 
