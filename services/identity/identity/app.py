@@ -31,6 +31,8 @@ from .throttle import LoginThrottle
 
 log = logging.getLogger("identity.app")
 
+HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (KeyEncryptionError, *UNAVAILABLE_ERRORS)
+
 ROUTES = [
     Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/.well-known/jwks.json", jwks, methods=["GET"]),
@@ -95,7 +97,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
             try:
                 await keys.refresh(database.pool)
                 await store.purge_expired(database.pool)
-            except (KeyEncryptionError, *UNAVAILABLE_ERRORS) as exc:
+            except HOUSEKEEPING_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
 
     @contextlib.asynccontextmanager

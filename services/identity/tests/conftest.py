@@ -7,7 +7,6 @@ seeded with ``python -m identity seed``; tests drive it over HTTP like a browser
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,10 @@ import aiohttp
 import asyncpg
 import jwt
 import pytest
+from identity.testing import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
 from svckit.testing import ServiceProcess, free_port, migrate_schema
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
-sys.path.insert(0, str(Path(__file__).parent))
-
-from identity_testkit import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")

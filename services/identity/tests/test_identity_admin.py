@@ -6,8 +6,8 @@ import secrets
 
 import asyncpg
 import pytest
+from identity.testing import run_cli
 from identity.throttle import LoginThrottle
-from identity_testkit import run_cli
 from redis.asyncio import Redis
 
 

@@ -20,7 +20,7 @@ import jwt
 import pytest
 from identity import store
 from identity.models import Client
-from identity_testkit import API, DEMO_PASSWORD
+from identity.testing import API, DEMO_PASSWORD
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from identity_testkit import API, BATCH_SECRET, SPA, Browser, hidden_field, params_of, pkce_pair
+from identity.testing import API, BATCH_SECRET, SPA, Browser, hidden_field, params_of, pkce_pair
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from identity import keys as keymod
 from identity.settings import IdentitySettings
-from identity_testkit import BATCH_SECRET, run_cli
+from identity.testing import BATCH_SECRET, run_cli
 from svckit.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("identity_service")

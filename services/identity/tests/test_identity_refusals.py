@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import aiohttp
 import asyncpg
 import pytest
-from identity_testkit import (
+from identity.testing import (
     API,
     BATCH_SECRET,
     DEMO_PASSWORD,
