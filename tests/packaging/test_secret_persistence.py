@@ -1,0 +1,161 @@
+"""Generated secrets are kept across upgrades.
+
+The chart reads the live Secret with Helm's ``lookup``. Offline rendering makes ``lookup`` return
+nothing, so here Helm's engine renders against a Kubernetes API server: a small HTTP server on
+loopback that answers the discovery and the Secret read exactly as the API server would (no
+cluster can run on this machine). The test then checks what an upgrade would apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import helm_python as helm
+import pytest
+
+from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, Obj, parse_manifests
+
+SECRET_NAME = "ts-timesheets-generated"
+SECRET_PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET_NAME}"
+
+
+class FakeApiServer:
+    """Answers GET for API discovery and for one Secret; 404 (a Status object) for anything else."""
+
+    def __init__(self) -> None:
+        self.secret: dict[str, Any] | None = None
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                outer.requests.append(path)
+                body: dict[str, Any] | None = None
+                if path == "/api/v1":
+                    body = {
+                        "kind": "APIResourceList",
+                        "groupVersion": "v1",
+                        "resources": [
+                            {
+                                "name": "secrets",
+                                "singularName": "secret",
+                                "namespaced": True,
+                                "kind": "Secret",
+                                "verbs": ["get", "list"],
+                            }
+                        ],
+                    }
+                elif path == SECRET_PATH and outer.secret is not None:
+                    body = outer.secret
+                status = 200 if body is not None else 404
+                if body is None:
+                    body = {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": "NotFound",
+                        "code": 404,
+                    }
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def live_secret(self, data: dict[str, str]) -> None:
+        self.secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def render_against(api: FakeApiServer, *, upgrade: bool) -> dict[str, str]:
+    config = helm.Config(kube_apiserver=api.url, kube_token="test", namespace=NAMESPACE)
+    try:
+        with helm.Chart.load(CHART) as chart:
+            rendered = config.render(
+                chart,
+                SCENARIOS["values-dev.yaml"],
+                name=RELEASE,
+                namespace=NAMESPACE,
+                is_upgrade=upgrade,
+                is_install=not upgrade,
+            )
+    finally:
+        config.close()
+    (secret,) = [o for o in parse_manifests(rendered) if o["kind"] == "Secret"]
+    return decoded(secret)
+
+
+def decoded(secret: Obj) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+LIVE = {
+    "identity-keys": "k1:" + "A" * 48,
+    "identity-key-encryption-key": "K" * 48,
+    "identity-session-secret": "S" * 48,
+    "batch-client-secret": "B" * 40,
+    "postgres-password": "P" * 32,
+    "redis-password": "R" * 32,
+}
+
+
+def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
+    api.live_secret(LIVE)
+    data = render_against(api, upgrade=True)
+    assert SECRET_PATH in api.requests, "the chart looked the live Secret up"
+    for key, value in LIVE.items():
+        assert data[key] == value, key
+    assert (
+        data["database-url"] == f"postgresql://timesheets:{'P' * 32}@ts-timesheets-postgresql:5432/timesheets"
+    )
+    assert data["redis-url"] == f"redis://:{'R' * 32}@ts-timesheets-redis:6379/0"
+
+
+def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: FakeApiServer) -> None:
+    api.live_secret({"identity-keys": LIVE["identity-keys"], "postgres-password": LIVE["postgres-password"]})
+    data = render_against(api, upgrade=True)
+    assert data["identity-keys"] == LIVE["identity-keys"]
+    assert data["postgres-password"] == LIVE["postgres-password"]
+    assert len(data["identity-session-secret"]) == 48
+    assert data["identity-session-secret"] != LIVE["identity-session-secret"]
+
+
+def test_a_first_install_generates_fresh_values(api: FakeApiServer) -> None:
+    first = render_against(api, upgrade=False)
+    second = render_against(api, upgrade=False)
+    assert SECRET_PATH in api.requests
+    for key in ("identity-keys", "identity-session-secret", "postgres-password"):
+        assert first[key] != second[key], "random per install while nothing is live"
+    kid, _, secret = first["identity-keys"].partition(":")
+    assert kid == "k1"
+    assert len(secret) == 48
