@@ -1,0 +1,101 @@
+"""The servers of ``bench/gateway.py`` other than the gateway itself (each run by uvicorn on core 0).
+
+* ``upstream`` — a trivial raw-ASGI upstream answering a small JSON document.
+* ``passthrough`` — a minimal raw-ASGI proxy on the gateway's stack (uvicorn + one shared aiohttp
+  session), no authentication: the floor any Python proxy pays.
+* ``naive`` — what a typical hand-written verifier looks like: Starlette, a new ``PyJWKClient``
+  (one JWKS fetch) and a new HTTP client per request, PyJWT decode, then the upstream call.
+
+Configured by ``BENCH_UPSTREAM_URL``, ``BENCH_JWKS_URL``, ``BENCH_ISSUER``, ``BENCH_AUDIENCE``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+import jwt
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+BODY = b'{"items":[],"next_cursor":null}'
+UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:9")
+HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length"}
+
+
+async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": BODY})
+
+
+class Passthrough:
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.session = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=4),
+                        auto_decompress=False,
+                    )
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    if self.session is not None:
+                        await self.session.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert self.session is not None
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in HOP]
+        target = scope["raw_path"].decode()[len("/api") :]
+        async with self.session.request(scope["method"], UPSTREAM + target, headers=headers) as response:
+            body = await response.read()
+            out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in HOP]
+            out.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+
+
+passthrough = Passthrough()
+
+
+async def naive_handler(request: Request) -> Response:
+    authorization = request.headers.get("authorization", "")
+    if not authorization.startswith("Bearer "):
+        return JSONResponse({"detail": "no token"}, status_code=401)
+    token = authorization[7:]
+    try:
+        signing_key = jwt.PyJWKClient(os.environ["BENCH_JWKS_URL"]).get_signing_key_from_jwt(token)
+        claims = jwt.decode(
+            token,
+            signing_key.key,
+            algorithms=["RS256"],
+            audience=os.environ["BENCH_AUDIENCE"],
+            issuer=os.environ["BENCH_ISSUER"],
+        )
+    except jwt.PyJWTError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=401)
+    if "read:timesheets" not in claims.get("scope", "").split():
+        return JSONResponse({"detail": "insufficient scope"}, status_code=403)
+    async with aiohttp.ClientSession() as session:  # noqa: SIM117 - the naive shape on purpose
+        async with session.get(
+            UPSTREAM + "/timesheets", headers={"X-User": claims["sub"], "X-Scopes": claims["scope"]}
+        ) as response:
+            body = await response.read()
+            return Response(body, status_code=response.status, media_type="application/json")
+
+
+naive = Starlette(routes=[Route("/api/timesheets", naive_handler)])
