@@ -324,8 +324,12 @@ def test_migrations_run_as_a_hook_job_for_every_schema(name: str, hooks: list[st
     assert job["metadata"]["annotations"]["helm.sh/hook"].split(",") == hooks
     spec = job["spec"]["template"]["spec"]
     commands = [c["command"] for c in containers(spec)]
-    migrated = [cmd[2] for cmd in commands]
-    assert all(cmd[:2] == ["python", "-m"] and cmd[3:] == ["migrate"] for cmd in commands)
+    migrated = [cmd[2] for cmd in commands if cmd[3:] == ["migrate"]]
+    assert all(cmd[:2] == ["python", "-m"] for cmd in commands)
+    seeds = [cmd for cmd in commands if cmd[3:] == ["seed"]]
+    assert seeds == ([["python", "-m", "identity", "seed"]] if name == "values-dev.yaml" else [])
+    if seeds:
+        assert commands.index(seeds[0]) == commands.index(["python", "-m", "identity", "migrate"]) + 1
     expected = ["timesheets", "approvals", "audit"]
     if SCENARIOS[name].get("identity", {}).get("enabled", True):
         expected = ["identity", *expected]
@@ -486,6 +490,11 @@ def test_with_the_demo_database_pods_migrate_their_own_schema_before_start() -> 
         init = dep["spec"]["template"]["spec"].get("initContainers", [])
         if comp == "gateway":
             assert init == []
+        elif comp == "identity":
+            assert [c["command"] for c in init] == [
+                ["python", "-m", "identity", "migrate"],
+                ["python", "-m", "identity", "seed"],  # seedDemo in values-dev.yaml
+            ]
         else:
             assert [c["command"] for c in init] == [["python", "-m", comp, "migrate"]]
             assert init[0]["image"] == dep["spec"]["template"]["spec"]["containers"][0]["image"]
