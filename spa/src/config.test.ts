@@ -6,7 +6,13 @@ const at = (pathname: string, search = "") => ({ origin: "http://localhost:8080"
 describe("resolveConfig", () => {
   it("uses the served values and derives redirect URIs from the page origin", () => {
     const config = resolveConfig(
-      { issuer: "https://tenant.auth0.com", clientId: "abc", audience: "https://api", flow: "implicit", scopes: "openid  read:timesheets" },
+      {
+        issuer: "https://tenant.auth0.com",
+        clientId: "abc",
+        audience: "https://api",
+        flow: "implicit",
+        scopes: "openid  read:timesheets",
+      },
       at("/"),
     );
     expect(config).toMatchObject({

@@ -129,6 +129,7 @@ export async function loadConfig(): Promise<AppConfig> {
 
 /** Only same-app paths are followed after sign-in (no open redirect through `returnTo`). */
 export function safeReturnPath(returnTo: string | undefined, basePath: string): string {
-  if (!returnTo || !returnTo.startsWith(basePath) || returnTo.startsWith("//") || returnTo.includes("\\")) return basePath;
+  if (!returnTo || !returnTo.startsWith(basePath) || returnTo.startsWith("//") || returnTo.includes("\\"))
+    return basePath;
   return returnTo.endsWith("/callback") ? basePath : returnTo;
 }

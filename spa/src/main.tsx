@@ -36,7 +36,11 @@ async function boot(root: HTMLElement): Promise<void> {
   } catch (error) {
     render(
       <BootFailure
-        message={{ kind: "error", title: "The app is misconfigured", text: String(error instanceof Error ? error.message : error) }}
+        message={{
+          kind: "error",
+          title: "The app is misconfigured",
+          text: String(error instanceof Error ? error.message : error),
+        }}
         onRetry={() => window.location.reload()}
       />,
       root,

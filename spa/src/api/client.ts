@@ -64,7 +64,9 @@ export class ApiClient {
     }
     if (!response.ok) {
       const problem: Problem =
-        parsed && typeof parsed === "object" ? (parsed as Problem) : { status: response.status, title: response.statusText };
+        parsed && typeof parsed === "object"
+          ? (parsed as Problem)
+          : { status: response.status, title: response.statusText };
       const retryAfter = Number(response.headers.get("retry-after"));
       throw new ApiError(
         response.status,

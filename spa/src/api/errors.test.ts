@@ -21,7 +21,9 @@ describe("problem answers", () => {
   });
 
   it("reads the missing scope from WWW-Authenticate", () => {
-    expect(missingScopeFrom('Bearer realm="api", error="insufficient_scope", scope="approve:timesheets"')).toBe("approve:timesheets");
+    expect(missingScopeFrom('Bearer realm="api", error="insufficient_scope", scope="approve:timesheets"')).toBe(
+      "approve:timesheets",
+    );
     expect(missingScopeFrom('Bearer error="invalid_token"')).toBeNull();
     expect(missingScopeFrom(null)).toBeNull();
   });
@@ -31,7 +33,10 @@ describe("problem answers", () => {
     const forbidden = describeError(new ApiError(403, { detail: "x" }, "read:audit"), "read the audit trail");
     expect(forbidden.kind).toBe("permission");
     expect(forbidden.text).toContain("read:audit");
-    const conflict = describeError(new ApiError(409, { detail: "An approved entry cannot be deleted." }), "delete this entry");
+    const conflict = describeError(
+      new ApiError(409, { detail: "An approved entry cannot be deleted." }),
+      "delete this entry",
+    );
     expect(conflict.text).toBe("You can't delete this entry: An approved entry cannot be deleted.");
     expect(describeError(new ApiError(422, { detail: "The request has invalid fields." }), "add").kind).toBe("invalid");
     expect(describeError(new ApiError(429, {}, null, 7), "add").text).toContain("7 seconds");

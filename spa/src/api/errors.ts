@@ -56,7 +56,8 @@ export function parseFieldErrors(errors: unknown): FieldError[] {
   for (const item of errors) {
     if (typeof item !== "object" || item === null) continue;
     const record = item as Record<string, unknown>;
-    const message = typeof record.message === "string" ? record.message : typeof record.msg === "string" ? record.msg : null;
+    const message =
+      typeof record.message === "string" ? record.message : typeof record.msg === "string" ? record.msg : null;
     let parts: unknown[] = [];
     if (typeof record.field === "string") parts = record.field.split(".");
     else if (Array.isArray(record.loc)) parts = record.loc;
@@ -88,7 +89,8 @@ export function describeScope(scope: string): string {
   return SCOPE_WORDS[scope] ?? scope;
 }
 
-export type MessageKind = "signin" | "permission" | "conflict" | "invalid" | "notfound" | "busy" | "unavailable" | "error";
+export type MessageKind =
+  "signin" | "permission" | "conflict" | "invalid" | "notfound" | "busy" | "unavailable" | "error";
 
 export interface UserMessage {
   kind: MessageKind;
@@ -130,7 +132,11 @@ export function describeError(error: unknown, action: string): UserMessage {
         text: `We couldn't ${action}: it no longer exists, or it isn't yours.${detail ? ` (${detail})` : ""}`,
       };
     case 409:
-      return { kind: "conflict", title: "That's not possible right now", text: `You can't ${action}: ${detail || "its state has changed."}` };
+      return {
+        kind: "conflict",
+        title: "That's not possible right now",
+        text: `You can't ${action}: ${detail || "its state has changed."}`,
+      };
     case 400:
     case 422:
       return {
@@ -156,6 +162,10 @@ export function describeError(error: unknown, action: string): UserMessage {
           }`,
         };
       }
-      return { kind: "error", title: error.problem.title ?? "Request failed", text: detail ?? `We couldn't ${action}.` };
+      return {
+        kind: "error",
+        title: error.problem.title ?? "Request failed",
+        text: detail ?? `We couldn't ${action}.`,
+      };
   }
 }

@@ -89,7 +89,8 @@ export class ImplicitFlow implements Authenticator {
     }
     if (!raw) throw new AuthError("invalid_state", "this sign-in answer does not belong to a request from this tab");
     const pending = JSON.parse(raw) as Pending;
-    if (Date.now() - pending.createdAt > PENDING_MAX_AGE_MS) throw new AuthError("invalid_state", "the sign-in request expired");
+    if (Date.now() - pending.createdAt > PENDING_MAX_AGE_MS)
+      throw new AuthError("invalid_state", "the sign-in request expired");
     return pending;
   }
 
@@ -105,7 +106,8 @@ export class ImplicitFlow implements Authenticator {
     if (error) throw new AuthError(error, params.get("error_description"));
     const accessToken = params.get("access_token");
     const idToken = params.get("id_token");
-    if (!accessToken || !idToken) throw new AuthError("invalid_response", "the answer lacks the access token or ID token");
+    if (!accessToken || !idToken)
+      throw new AuthError("invalid_response", "the answer lacks the access token or ID token");
     if ((params.get("token_type") ?? "").toLowerCase() !== "bearer") {
       throw new AuthError("invalid_response", "the access token is not a bearer token");
     }
@@ -155,4 +157,3 @@ export class ImplicitFlow implements Authenticator {
     );
   }
 }
-

@@ -15,7 +15,11 @@ export function describeAuthError(error: unknown): UserMessage {
     case "interaction_required":
       return { kind: "signin", title: "Please sign in", text: "Your session at the sign-in service has ended." };
     case "consent_required":
-      return { kind: "signin", title: "Please sign in", text: "This app needs your permission before it can continue." };
+      return {
+        kind: "signin",
+        title: "Please sign in",
+        text: "This app needs your permission before it can continue.",
+      };
     case "invalid_id_token":
       return {
         kind: "error",
@@ -41,7 +45,10 @@ export function describeAuthError(error: unknown): UserMessage {
       return {
         kind: "error",
         title: "Sign-in failed",
-        text: error instanceof AuthError && error.description ? error.description : "Something went wrong while signing you in. Please try again.",
+        text:
+          error instanceof AuthError && error.description
+            ? error.description
+            : "Something went wrong while signing you in. Please try again.",
       };
   }
 }

@@ -82,9 +82,11 @@ export class SessionManager implements TokenSource {
       .catch((error: unknown) => {
         const code = error instanceof AuthError ? error.code : "error";
         console.warn("silent renewal failed:", code);
-        this.expire(code === "login_required" || code === "interaction_required" || code === "consent_required"
-          ? "Your session at the sign-in service has ended."
-          : "We couldn't renew your session.");
+        this.expire(
+          code === "login_required" || code === "interaction_required" || code === "consent_required"
+            ? "Your session at the sign-in service has ended."
+            : "We couldn't renew your session.",
+        );
         return false;
       })
       .finally(() => {

@@ -8,11 +8,9 @@ function fakeJwt(claims: Record<string, unknown>): string {
 
 describe("tokens", () => {
   it("takes granted scopes from the access token, Auth0 permissions included", () => {
-    expect([...grantedScopes(fakeJwt({ scope: "openid read:timesheets", permissions: ["approve:timesheets"] }))].sort()).toEqual([
-      "approve:timesheets",
-      "openid",
-      "read:timesheets",
-    ]);
+    expect(
+      [...grantedScopes(fakeJwt({ scope: "openid read:timesheets", permissions: ["approve:timesheets"] }))].sort(),
+    ).toEqual(["approve:timesheets", "openid", "read:timesheets"]);
     expect([...grantedScopes("opaque-token", "read:audit openid")].sort()).toEqual(["openid", "read:audit"]);
     expect(grantedScopes(fakeJwt({ scp: ["read:audit"] }), "ignored").has("ignored")).toBe(false);
   });
@@ -27,7 +25,9 @@ describe("tokens", () => {
     expect(oidc.pathname).toBe("/oidc/logout");
     expect(oidc.searchParams.get("post_logout_redirect_uri")).toBe("http://localhost:8080/");
     expect(oidc.searchParams.get("id_token_hint")).toBe("id.tok.en");
-    const auth0 = new URL(logoutUrl({ issuer: "https://t.auth0.com/" }, { clientId: "c", idToken: null, returnTo: "http://x/" }));
+    const auth0 = new URL(
+      logoutUrl({ issuer: "https://t.auth0.com/" }, { clientId: "c", idToken: null, returnTo: "http://x/" }),
+    );
     expect(auth0.toString()).toBe("https://t.auth0.com/v2/logout?client_id=c&returnTo=http%3A%2F%2Fx%2F");
   });
 

@@ -14,8 +14,13 @@ export function grantedScopes(accessToken: string, responseScope?: string | null
   try {
     const claims = decodeJwt(accessToken);
     const add = (value: unknown): void => {
-      if (typeof value === "string") value.split(/\s+/).filter(Boolean).forEach((s) => scopes.add(s));
-      else if (Array.isArray(value)) value.filter((s): s is string => typeof s === "string").forEach((s) => scopes.add(s));
+      if (typeof value === "string")
+        value
+          .split(/\s+/)
+          .filter(Boolean)
+          .forEach((s) => scopes.add(s));
+      else if (Array.isArray(value))
+        value.filter((s): s is string => typeof s === "string").forEach((s) => scopes.add(s));
     };
     add(claims.scope);
     add(claims.scp);
@@ -23,12 +28,17 @@ export function grantedScopes(accessToken: string, responseScope?: string | null
   } catch {
     // An opaque access token: only the response says what was granted.
   }
-  if (scopes.size === 0 && responseScope) responseScope.split(/\s+/).filter(Boolean).forEach((s) => scopes.add(s));
+  if (scopes.size === 0 && responseScope)
+    responseScope
+      .split(/\s+/)
+      .filter(Boolean)
+      .forEach((s) => scopes.add(s));
   return scopes;
 }
 
 export function profileFrom(claims: Record<string, unknown>): Profile {
-  const text = (key: string): string | null => (typeof claims[key] === "string" && claims[key] ? (claims[key] as string) : null);
+  const text = (key: string): string | null =>
+    typeof claims[key] === "string" && claims[key] ? (claims[key] as string) : null;
   return {
     sub: text("sub") ?? "",
     name: text("name") ?? text("preferred_username") ?? text("nickname") ?? text("email"),
@@ -76,7 +86,9 @@ export function randomToken(bytes = 32): string {
 }
 
 export async function fetchDiscovery(issuer: string): Promise<Discovery> {
-  const response = await fetch(`${issuer}.well-known/openid-configuration`, { headers: { accept: "application/json" } });
+  const response = await fetch(`${issuer}.well-known/openid-configuration`, {
+    headers: { accept: "application/json" },
+  });
   if (!response.ok) throw new Error(`discovery answered ${response.status}`);
   const doc = (await response.json()) as Discovery;
   if (doc.issuer.replace(/\/$/, "") !== issuer.replace(/\/$/, "")) {

@@ -31,7 +31,8 @@ export function silentWebMessage(authorizeUrl: string, timeoutMs = 10_000): Prom
     const onMessage = (event: MessageEvent): void => {
       if (event.origin !== expectedOrigin || event.source !== frame.contentWindow) return;
       const data = event.data as { type?: unknown; response?: unknown } | null;
-      if (!data || data.type !== WEB_MESSAGE_TYPE || typeof data.response !== "object" || data.response === null) return;
+      if (!data || data.type !== WEB_MESSAGE_TYPE || typeof data.response !== "object" || data.response === null)
+        return;
       cleanup();
       const response: Record<string, string> = {};
       for (const [key, value] of Object.entries(data.response as Record<string, unknown>)) {

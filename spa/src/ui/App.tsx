@@ -54,7 +54,11 @@ export function App({
   if (state.status !== "signed-in" || !state.session) {
     const expired: UserMessage | null =
       state.status === "expired"
-        ? { kind: "signin", title: "Please sign in again", text: `${state.reason ?? "Your session has ended."} Sign in again to continue where you left off.` }
+        ? {
+            kind: "signin",
+            title: "Please sign in again",
+            text: `${state.reason ?? "Your session has ended."} Sign in again to continue where you left off.`,
+          }
         : null;
     return (
       <>
@@ -148,15 +152,16 @@ export function App({
           <div class="card empty">
             <p class="empty__title">There is nothing you can use here yet.</p>
             <p class="empty__text">
-              Your account was granted none of the permissions this app needs ({SCREENS.map((s) => s.scope).join(", ")}). Ask
-              your administrator for access.
+              Your account was granted none of the permissions this app needs ({SCREENS.map((s) => s.scope).join(", ")}
+              ). Ask your administrator for access.
             </p>
           </div>
         )}
       </main>
       <footer class="footer">
         <span>
-          Signed in as <strong>{name}</strong> · permissions: {[...session.scopes].filter((s) => s.includes(":")).join(", ") || "none"}
+          Signed in as <strong>{name}</strong> · permissions:{" "}
+          {[...session.scopes].filter((s) => s.includes(":")).join(", ") || "none"}
         </span>
       </footer>
       <Toasts />

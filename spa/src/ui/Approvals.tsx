@@ -22,7 +22,9 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
             Approvals
           </h1>
           <p class="screen__subtitle">
-            {queue.data ? `${pending.length} waiting · ${formatHours(hours)}` : "Entries from your team that wait for your decision"}
+            {queue.data
+              ? `${pending.length} waiting · ${formatHours(hours)}`
+              : "Entries from your team that wait for your decision"}
           </p>
         </div>
         <button type="button" class="button button--ghost" onClick={() => queue.reload()} disabled={queue.loading}>
@@ -45,7 +47,9 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
         <Loading label="Loading the approval queue…" />
       ) : queue.data && pending.length === 0 ? (
         <div class="card">
-          <EmptyState title="You're all caught up.">Nothing is waiting for your decision. Your own entries are approved by someone else.</EmptyState>
+          <EmptyState title="You're all caught up.">
+            Nothing is waiting for your decision. Your own entries are approved by someone else.
+          </EmptyState>
         </div>
       ) : (
         <ul class="approvals">
@@ -110,7 +114,12 @@ function ApprovalCard({
   };
 
   return (
-    <li class="card approval" data-entry-id={entry.id} data-project={entry.project} aria-labelledby={`approval-${entry.id}`}>
+    <li
+      class="card approval"
+      data-entry-id={entry.id}
+      data-project={entry.project}
+      aria-labelledby={`approval-${entry.id}`}
+    >
       <div class="approval__head">
         <span class="avatar" aria-hidden="true">
           {owner.slice(0, 1).toUpperCase()}
@@ -148,10 +157,20 @@ function ApprovalCard({
         />
       </Field>
       <div class="approval__actions">
-        <button type="button" class="button button--success" disabled={busy !== null} onClick={() => void decide("approved")}>
+        <button
+          type="button"
+          class="button button--success"
+          disabled={busy !== null}
+          onClick={() => void decide("approved")}
+        >
           {busy === "approved" ? "Approving…" : "Approve"}
         </button>
-        <button type="button" class="button button--danger-outline" disabled={busy !== null} onClick={() => void decide("rejected")}>
+        <button
+          type="button"
+          class="button button--danger-outline"
+          disabled={busy !== null}
+          onClick={() => void decide("rejected")}
+        >
           {busy === "rejected" ? "Rejecting…" : "Reject"}
         </button>
       </div>

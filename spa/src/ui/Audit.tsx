@@ -3,7 +3,14 @@ import { useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { describeError, type UserMessage } from "../api/errors";
 import type { AuditEvent, ChainVerification } from "../api/types";
-import { ACTION_CHOICES, NO_FILTERS, OUTCOME_CHOICES, describeEvent, filtersToQuery, type AuditFilters } from "../lib/audit";
+import {
+  ACTION_CHOICES,
+  NO_FILTERS,
+  OUTCOME_CHOICES,
+  describeEvent,
+  filtersToQuery,
+  type AuditFilters,
+} from "../lib/audit";
 import { Banner, EmptyState, Field, Loading } from "./common";
 import { useLoad } from "./hooks";
 
@@ -35,6 +42,9 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
     return page.items ?? [];
   }, [filters]);
   const chain = useLoad<ChainVerification>(() => api.verifyChain(), []);
+  // Filters start folded away at phone width, where the trail itself matters most.
+  const [wide] = useState(() => window.matchMedia("(min-width: 641px)").matches);
+  const active = Object.values(filters).filter(Boolean).length;
   const rows = [...(events.data ?? []), ...more];
   const people = new Map<string, string>();
   for (const row of rows) {
@@ -87,74 +97,77 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
         />
       )}
 
-      <form
-        class="card filters"
-        aria-label="Filter events"
-        onSubmit={(event) => {
-          event.preventDefault();
-          setFilters({ ...draft });
-        }}
-      >
-        <Field id="filter-action" label="Action">
-          <select id="filter-action" value={draft.action} onChange={set("action")}>
-            <option value="">All actions</option>
-            {ACTION_CHOICES.map(([value, label]) => (
-              <option value={value} key={value}>
-                {label}
-              </option>
-            ))}
-          </select>
-        </Field>
-        <Field id="filter-actor" label="Who">
-          <input
-            id="filter-actor"
-            type="text"
-            value={draft.actor}
-            onInput={set("actor")}
-            list="known-actors"
-            autocomplete="off"
-            placeholder="user id, e.g. local|bob"
-          />
-          <datalist id="known-actors">
-            {[...people].map(([subject, name]) => (
-              <option value={subject} key={subject}>
-                {name}
-              </option>
-            ))}
-          </datalist>
-        </Field>
-        <Field id="filter-outcome" label="Outcome">
-          <select id="filter-outcome" value={draft.outcome} onChange={set("outcome")}>
-            <option value="">Any outcome</option>
-            {OUTCOME_CHOICES.map(([value, label]) => (
-              <option value={value} key={value}>
-                {label}
-              </option>
-            ))}
-          </select>
-        </Field>
-        <Field id="filter-from" label="From">
-          <input id="filter-from" type="date" value={draft.from} onInput={set("from")} />
-        </Field>
-        <Field id="filter-to" label="To">
-          <input id="filter-to" type="date" value={draft.to} onInput={set("to")} />
-        </Field>
-        <div class="filters__actions">
-          <button type="submit" class="button button--primary">
-            Apply filters
-          </button>
-          <button
-            type="button"
-            class="button button--ghost"
-            onClick={() => {
-              setDraft(NO_FILTERS);
-              setFilters(NO_FILTERS);
-            }}
-          >
-            Clear
-          </button>
-        </div>
-      </form>
+      <details class="card filters-panel" open={wide}>
+        <summary class="filters-panel__summary">Filters{active ? ` · ${active} active` : ""}</summary>
+        <form
+          class="filters"
+          aria-label="Filter events"
+          onSubmit={(event) => {
+            event.preventDefault();
+            setFilters({ ...draft });
+          }}
+        >
+          <Field id="filter-action" label="Action">
+            <select id="filter-action" value={draft.action} onChange={set("action")}>
+              <option value="">All actions</option>
+              {ACTION_CHOICES.map(([value, label]) => (
+                <option value={value} key={value}>
+                  {label}
+                </option>
+              ))}
+            </select>
+          </Field>
+          <Field id="filter-actor" label="Who">
+            <input
+              id="filter-actor"
+              type="text"
+              value={draft.actor}
+              onInput={set("actor")}
+              list="known-actors"
+              autocomplete="off"
+              placeholder="user id, e.g. local|bob"
+            />
+            <datalist id="known-actors">
+              {[...people].map(([subject, name]) => (
+                <option value={subject} key={subject}>
+                  {name}
+                </option>
+              ))}
+            </datalist>
+          </Field>
+          <Field id="filter-outcome" label="Outcome">
+            <select id="filter-outcome" value={draft.outcome} onChange={set("outcome")}>
+              <option value="">Any outcome</option>
+              {OUTCOME_CHOICES.map(([value, label]) => (
+                <option value={value} key={value}>
+                  {label}
+                </option>
+              ))}
+            </select>
+          </Field>
+          <Field id="filter-from" label="From">
+            <input id="filter-from" type="date" value={draft.from} onInput={set("from")} />
+          </Field>
+          <Field id="filter-to" label="To">
+            <input id="filter-to" type="date" value={draft.to} onInput={set("to")} />
+          </Field>
+          <div class="filters__actions">
+            <button type="submit" class="button button--primary">
+              Apply filters
+            </button>
+            <button
+              type="button"
+              class="button button--ghost"
+              onClick={() => {
+                setDraft(NO_FILTERS);
+                setFilters(NO_FILTERS);
+              }}
+            >
+              Clear
+            </button>
+          </div>
+        </form>
+      </details>
 
       <div class="card table-card">
         {events.loading && !events.data ? (
@@ -236,7 +249,8 @@ function ChainStatus({
     const where = chain?.first_bad;
     body = (
       <span>
-        <strong>Chain broken.</strong> {where !== undefined ? `The trail was altered at event ${String(where)}.` : "The trail was altered."}{" "}
+        <strong>Chain broken.</strong>{" "}
+        {where !== undefined ? `The trail was altered at event ${String(where)}.` : "The trail was altered."}{" "}
         {typeof chain?.reason === "string" ? chain.reason : ""}
       </span>
     );

@@ -76,7 +76,12 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
           <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, -7))}>
             <span aria-hidden="true">‹ </span>Previous week
           </button>
-          <button type="button" class="button button--ghost" disabled={isThisWeek} onClick={() => setStart(weekStart(today()))}>
+          <button
+            type="button"
+            class="button button--ghost"
+            disabled={isThisWeek}
+            onClick={() => setStart(weekStart(today()))}
+          >
             This week
           </button>
           <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, 7))}>
@@ -113,7 +118,9 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
             <>
               {!entries.loading && !entries.error && list.length === 0 && (
                 <EmptyState title="Nothing recorded this week yet.">
-                  {canCreate ? "Add your first entry with the form — it is submitted for approval straight away." : null}
+                  {canCreate
+                    ? "Add your first entry with the form — it is submitted for approval straight away."
+                    : null}
                 </EmptyState>
               )}
               <ol class="days" aria-label="Days of the week">
@@ -121,7 +128,11 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
                   const dayEntries = list.filter((e) => e.date === day);
                   const isToday = day === today();
                   return (
-                    <li class={`day${isToday ? " day--today" : ""}${dayEntries.length ? "" : " day--empty"}`} key={day} data-date={day}>
+                    <li
+                      class={`day${isToday ? " day--today" : ""}${dayEntries.length ? "" : " day--empty"}`}
+                      key={day}
+                      data-date={day}
+                    >
                       <div class="day__header">
                         <h2 class="day__name">
                           {formatDay(day)}
@@ -134,7 +145,12 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
                       {dayEntries.length > 0 && (
                         <ul class="entries">
                           {dayEntries.map((entry) => (
-                            <EntryRow key={entry.id} entry={entry} canDelete={canDelete} onDelete={() => setToDelete(entry)} />
+                            <EntryRow
+                              key={entry.id}
+                              entry={entry}
+                              canDelete={canDelete}
+                              onDelete={() => setToDelete(entry)}
+                            />
                           ))}
                         </ul>
                       )}
@@ -243,7 +259,8 @@ export function checkEntry(form: FormState): Record<string, string> {
   const errors: Record<string, string> = {};
   if (!isIsoDate(form.date)) errors.date = "Choose a date.";
   if (!form.project.trim()) errors.project = "Enter the project you worked on.";
-  if (form.hours.trim() === "" || !Number.isFinite(Number(form.hours))) errors.hours = "Enter the hours as a number, e.g. 7.5.";
+  if (form.hours.trim() === "" || !Number.isFinite(Number(form.hours)))
+    errors.hours = "Enter the hours as a number, e.g. 7.5.";
   return errors;
 }
 
@@ -289,7 +306,9 @@ function EntryForm({
         hours: Number(form.hours),
         notes: form.notes.trim(),
       });
-      toast(`Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`);
+      toast(
+        `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
+      );
       setForm({ ...empty(), date: form.date });
       setErrors({});
       onAdded(created);
@@ -300,7 +319,9 @@ function EntryForm({
       const described = describeError(error, "add the entry");
       const unplaced = Object.entries(fieldErrors).filter(([key]) => !(key in form));
       setMessage(
-        unplaced.length ? { ...described, text: unplaced.map(([key, text]) => `${key}: ${text}`).join(" ") } : described,
+        unplaced.length
+          ? { ...described, text: unplaced.map(([key, text]) => `${key}: ${text}`).join(" ") }
+          : described,
       );
       focusFirstError(known);
     } finally {
@@ -309,7 +330,13 @@ function EntryForm({
   };
 
   return (
-    <form class="card entry-form" onSubmit={(e) => void submit(e)} noValidate ref={formRef} aria-labelledby="entry-form-title">
+    <form
+      class="card entry-form"
+      onSubmit={(e) => void submit(e)}
+      noValidate
+      ref={formRef}
+      aria-labelledby="entry-form-title"
+    >
       <h2 id="entry-form-title" class="card__title">
         Add an entry
       </h2>
@@ -327,7 +354,14 @@ function EntryForm({
         />
       )}
       <Field id="entry-date" label="Date" error={errors.date}>
-        <input type="date" name="date" value={form.date} onInput={set("date")} required {...describedBy("entry-date", errors.date)} />
+        <input
+          type="date"
+          name="date"
+          value={form.date}
+          onInput={set("date")}
+          required
+          {...describedBy("entry-date", errors.date)}
+        />
       </Field>
       <Field id="entry-project" label="Project" error={errors.project}>
         <input
@@ -359,7 +393,14 @@ function EntryForm({
         />
       </Field>
       <Field id="entry-notes" label="Notes (optional)" error={errors.notes}>
-        <textarea name="notes" rows={3} value={form.notes} onInput={set("notes")} maxLength={2000} {...describedBy("entry-notes", errors.notes)} />
+        <textarea
+          name="notes"
+          rows={3}
+          value={form.notes}
+          onInput={set("notes")}
+          maxLength={2000}
+          {...describedBy("entry-notes", errors.notes)}
+        />
       </Field>
       <button type="submit" class="button button--primary button--block" disabled={saving}>
         {saving ? "Adding…" : "Add entry"}

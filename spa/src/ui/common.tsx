@@ -23,7 +23,12 @@ export function Banner({
       <div class="banner__actions">
         {action}
         {onDismiss && (
-          <button type="button" class="button button--ghost button--small" onClick={onDismiss} aria-label="Dismiss message">
+          <button
+            type="button"
+            class="button button--ghost button--small"
+            onClick={onDismiss}
+            aria-label="Dismiss message"
+          >
             Dismiss
           </button>
         )}
