@@ -30,7 +30,7 @@ APPROVE = "approve:timesheets"
 MAX_ROW_ERRORS = 200
 
 
-def _database(request: Request) -> Database:
+def database_of(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
@@ -78,7 +78,7 @@ async def list_entries(request: Request) -> Response:
             ],
             "The query string has invalid parameters.",
         )
-    async with _database(request).connection() as conn:
+    async with database_of(request).connection() as conn:
         rows = await store.list_owned(conn, identity.principal, query, after)
     return JSONResponse(page(rows, query.limit))
 
@@ -88,7 +88,7 @@ async def create_entry(request: Request) -> Response:
     identity = identity_of(request)
     key = idempotency.key_from(request)
     entry = await parse_body(request, EntryIn)
-    async with _database(request).transaction() as conn:
+    async with database_of(request).transaction() as conn:
         claim = None
         if key is not None:
             fingerprint = idempotency.fingerprint("create", entry.canonical())
@@ -117,7 +117,7 @@ async def get_entry(request: Request) -> Response:
     """The caller's own entry, or one awaiting their decision if they approve; otherwise 404."""
     identity = identity_of(request)
     entry_id = entry_id_of(request)
-    async with _database(request).connection() as conn:
+    async with database_of(request).connection() as conn:
         row = await store.get_entry(conn, entry_id)
     if row is None or row["deleted_at"] is not None:
         raise not_found()
@@ -132,7 +132,7 @@ async def get_entry(request: Request) -> Response:
 async def delete_entry(request: Request) -> Response:
     identity = identity_of(request)
     entry_id = entry_id_of(request)
-    async with _database(request).transaction() as conn:
+    async with database_of(request).transaction() as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None or row["deleted_at"] is not None:
             raise not_found()
@@ -174,7 +174,7 @@ async def upload_entries(request: Request) -> Response:
     upload = await parse_body(request, UploadIn)
     rows = validate_rows(upload)
     upload_id = uuid.uuid4()
-    async with _database(request).transaction() as conn:
+    async with database_of(request).transaction() as conn:
         claim = None
         if key is not None:
             fingerprint = idempotency.fingerprint("upload", [row.canonical() for row in rows])

@@ -18,7 +18,7 @@ from svckit.problems import Problem
 from svckit.query import parse_query
 
 from . import cursor, events, store
-from .api import _database, entry_id_of, not_found, page
+from .api import database_of, entry_id_of, not_found, page
 from .models import DecisionIn, PendingQuery
 from .representation import entry_json
 
@@ -30,7 +30,7 @@ async def pending_entries(request: Request) -> Response:
     """The approval queue of one approver: submitted entries of everyone else."""
     query = parse_query(request, PendingQuery)
     after = cursor.decode(query.cursor) if query.cursor else None
-    async with _database(request).connection() as conn:
+    async with database_of(request).connection() as conn:
         rows = await store.list_pending(
             conn, (query.exclude_issuer, query.exclude_subject), query.limit, after
         )
@@ -41,7 +41,7 @@ async def pending_entries(request: Request) -> Response:
 async def entry_for_peer(request: Request) -> Response:
     """Any live entry, whoever owns it (the approvals service checks the rules before deciding)."""
     entry_id = entry_id_of(request)
-    async with _database(request).connection() as conn:
+    async with database_of(request).connection() as conn:
         row = await store.get_entry(conn, entry_id)
     if row is None or row["deleted_at"] is not None:
         raise not_found()
@@ -53,7 +53,7 @@ async def apply_decision(request: Request) -> Response:
     caller = identity_of(request)
     entry_id = entry_id_of(request)
     decision = await parse_body(request, DecisionIn)
-    async with _database(request).transaction() as conn:
+    async with database_of(request).transaction() as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None:
             raise not_found()
