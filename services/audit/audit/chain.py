@@ -47,7 +47,7 @@ HASHED_COLUMNS = (
 
 def timestamp(value: datetime) -> str:
     """UTC, microseconds, ``Z``: one spelling per instant."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def canonical(record: Fields) -> bytes:

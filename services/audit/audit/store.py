@@ -91,15 +91,23 @@ class AuditStore:
             )
             normalised = dict(zip(unique, details, strict=True))
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
-            existing = {
-                str(row["id"])
-                for row in await conn.fetch(
-                    f"SELECT id FROM {self.schema}.records WHERE id = ANY($1::uuid[])", list(unique)
-                )
-            }
+            # A separate statement from the lock: its snapshot must be taken after the lock is held.
+            state = await conn.fetchrow(
+                f"""SELECT ARRAY(SELECT id::text FROM {self.schema}.records WHERE id = ANY($1::uuid[]))
+                               AS existing,
+                           head.seq, head.hash
+                    FROM (SELECT 1) AS one
+                    LEFT JOIN LATERAL (
+                        SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1
+                    ) AS head ON true""",
+                list(unique),
+            )
+            assert state is not None
+            existing = set(state["existing"])
             fresh = [e for e in unique.values() if str(e.id) not in existing]
             if fresh:
-                await self._extend_chain(conn, fresh, normalised)
+                head = (state["seq"], state["hash"]) if state["seq"] is not None else (0, GENESIS)
+                await self._extend_chain(conn, fresh, normalised, head)
         for event in fresh:
             metrics.ingested.labels(event.source).inc()
         recorded = datetime.now(UTC)
@@ -115,10 +123,13 @@ class AuditStore:
         return AppendResult(accepted=len(fresh), duplicates=duplicates)
 
     async def _extend_chain(
-        self, conn: Connection, events: Sequence[IngestEvent], details: dict[uuid.UUID, str]
+        self,
+        conn: Connection,
+        events: Sequence[IngestEvent],
+        details: dict[uuid.UUID, str],
+        head: tuple[int, str],
     ) -> None:
-        head = await conn.fetchrow(f"SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1")
-        seq, prev_hash = (head["seq"], head["hash"]) if head is not None else (0, GENESIS)
+        seq, prev_hash = head
         recorded_at = datetime.now(UTC)
         rows = []
         for event in events:
