@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -18,12 +19,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from svckit.testing import ServiceProcess, free_port
 
 from tests.packaging.support import (
+    PROMETHEUS_DIR,
     REPO,
     alerts,
     dashboard_queries,
@@ -258,3 +263,74 @@ def test_each_component_exports_what_its_alerts_and_panels_group_by(
 
 def test_the_exporters_table_only_names_referenced_series() -> None:
     assert set(EXPORTERS) <= set(referenced_series())
+
+
+# --- the local Prometheus of `make dev`, for real ---------------------------------------------
+
+
+@pytest.fixture
+def local_prometheus(platform: dict[str, ServiceProcess], tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """prometheus-local.yml as devstack uses it, with targets moved to this test's ports and one
+    extra 'audit' target where nothing listens. Yields (Prometheus URL, the dead target)."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus comes from the Debian package 'prometheus'")
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus-local.yml").read_text())
+    config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
+    config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
+    dead = f"127.0.0.1:{free_port()}"
+    for job in config["scrape_configs"]:
+        target = f"127.0.0.1:{platform[job['job_name']].port}"
+        job["static_configs"] = [{"targets": [target, dead] if job["job_name"] == "audit" else [target]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", dead
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def api(url: str) -> Any:
+    status, body = http("GET", url)
+    assert status == 200, body[:300]
+    return json.loads(body)["data"]
+
+
+def test_local_prometheus_scrapes_every_service_and_evaluates_every_rule_cleanly(
+    local_prometheus: tuple[str, str],
+) -> None:
+    url, dead = local_prometheus
+    rule_count = len(load_rules())
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            targets = api(f"{url}/api/v1/targets")["activeTargets"]
+            groups = api(f"{url}/api/v1/rules")["groups"]
+            pending = api(f"{url}/api/v1/alerts")["alerts"]
+        except (OSError, AssertionError):
+            targets, groups, pending = [], [], []
+        rules = [rule for group in groups for rule in group["rules"]]
+        up = {t["labels"]["job"] for t in targets if t["health"] == "up"}
+        evaluated = [r for r in rules if r.get("lastEvaluation", "").startswith("20")]
+        down = [a for a in pending if a["labels"].get("alertname") == "TimesheetsTargetDown"]
+        if (up == set(ORDER) and len(evaluated) == rule_count and down) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert up == set(ORDER), targets
+    assert len(rules) == rule_count
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    # The SRE's view: the dead target is seen at once (pending until its `for:` elapses).
+    assert [(a["labels"]["job"], a["labels"]["instance"], a["state"]) for a in down] == [
+        ("audit", dead, "pending")
+    ]
