@@ -48,7 +48,8 @@ SCOPES = "openid read:timesheets create:timesheets"
 
 
 class Issuer:
-    """Discovery + JWKS for one RSA key; tokens minted here verify at the gateway like real ones."""
+    """Discovery + JWKS for one RSA key; tokens minted here verify at the gateway like real ones
+    (also used by ``tests/domain/test_through_gateway.py``)."""
 
     def __init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -76,7 +77,7 @@ class Issuer:
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def token(self, subject: str) -> str:
+    def token(self, subject: str, scope: str = SCOPES, name: str | None = None) -> str:
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -85,9 +86,11 @@ class Issuer:
             "azp": "timesheets-spa",
             "iat": now,
             "exp": now + 3600,
-            "scope": SCOPES,
+            "scope": scope,
             "jti": uuid.uuid4().hex,
         }
+        if name:
+            claims["name"] = name
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "bench-1", "typ": "at+jwt"})
 
     def close(self) -> None:
