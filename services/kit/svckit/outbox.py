@@ -298,6 +298,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        self._listen_failed = False
         self._failures_in_row = 0
         self._metrics_due = 0.0
         self._delivered = delivered_total.labels(source)
@@ -503,10 +504,21 @@ class OutboxRelay:
                 server_settings={"application_name": f"{self.database.application_name}-outbox"},
             )
         except DB_ERRORS as exc:
-            log.info("outbox LISTEN connection unavailable; polling", extra={"error": type(exc).__name__})
+            self._listen_unavailable(exc)
             return
-        await conn.add_listener(notify_channel(self.schema), self._on_notify)
+        try:
+            await conn.add_listener(notify_channel(self.schema), self._on_notify)
+        except DB_ERRORS as exc:
+            conn.terminate()
+            self._listen_unavailable(exc)
+            return
+        self._listen_failed = False
         self._listener = conn
+
+    def _listen_unavailable(self, exc: BaseException) -> None:
+        if not self._listen_failed:  # once per outage, not once per poll
+            log.info("outbox LISTEN connection unavailable; polling", extra={"error": type(exc).__name__})
+        self._listen_failed = True
 
     def _on_notify(self, *args: object) -> None:
         self._wake.set()
