@@ -187,16 +187,20 @@ def test_every_app_workload_has_an_hpa_and_a_pdb_when_enabled(scenario: str, obj
             assert pdbs[name]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
-def test_production_has_an_hpa_and_a_pdb_for_every_app_workload() -> None:
-    objects = rendered_scenario("values-prod.yaml")
+@pytest.mark.parametrize("name", ["values-dev.yaml", "values-prod.yaml"])
+def test_shipped_values_give_every_app_workload_an_hpa_and_a_pdb(name: str) -> None:
+    objects = rendered_scenario(name)
     deployments = {d["metadata"]["name"] for d in app_deployments(objects)}
-    assert len(deployments) == 4  # identity is Auth0 in production
+    assert len(deployments) == (5 if name == "values-dev.yaml" else 4)  # prod: Auth0, no identity
     assert {
         o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "HorizontalPodAutoscaler")
     } == deployments
     assert {o["metadata"]["name"] for o in by_kind(objects, "PodDisruptionBudget")} == deployments
-    for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
-        assert hpa["spec"]["minReplicas"] >= 2, "a PDB with one replica blocks node drains"
+    for pdb in by_kind(objects, "PodDisruptionBudget"):
+        assert "maxUnavailable" in pdb["spec"], "maxUnavailable never blocks a drain, even at 1 replica"
+    if name == "values-prod.yaml":
+        for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
+            assert hpa["spec"]["minReplicas"] >= 2, "production survives losing a pod"
 
 
 def test_app_pods_spread_over_zones_and_nodes(objects: list[Obj]) -> None:
