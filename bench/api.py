@@ -8,7 +8,11 @@ load is ``wrk -t1 -c32`` pinned to the last core: each request alternates betwee
 ``POST /api/timesheets`` (a new entry) and ``GET /api/timesheets?limit=20`` (the first page of the
 caller's ~100 entries), each connection rotating over 32 users' tokens.
 
-Writes ``bench/results/api.json`` (rps, p50/p90/p99 in ms, non-2xx count) and prints a table.
+The same mix is then sent straight to the timesheets service with pre-signed identity headers (the
+gateway's hop removed) so the two figures, measured in one run, can be compared as a ratio.
+
+Writes ``bench/results/api.json`` (rps, p50/p90/p99 in ms, non-2xx count for the gateway case at the
+top level, the direct case under ``direct_to_timesheets``) and prints a table.
 ``BENCH_API_SECONDS`` (default 15) sets the measured duration; a 3-second warm-up precedes it.
 """
 
@@ -35,7 +39,9 @@ import asyncpg
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from svckit.identity import Identity, IdentitySigner
 from svckit.migrations import migrate
+from svckit.settings import parse_identity_keys
 from svckit.testing import ServiceProcess, create_database, drop_database, free_port, new_identity_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +177,47 @@ end
 """
 
 
+DIRECT_LUA = """
+local posts = {%(posts)s}
+local gets = {%(gets)s}
+local n = 0
+request = function()
+  n = n + 1
+  local i = (n %% #posts) + 1
+  if n %% 2 == 0 then
+    local headers = posts[i]
+    headers["Content-Type"] = "application/json"
+    local body = string.format('{"date":"2026-%%02d-%%02d","project":"Bench","hours":7.5,"notes":"wrk"}',
+                               (n %% 12) + 1, (n %% 28) + 1)
+    return wrk.format("POST", "/timesheets", headers, body)
+  end
+  return wrk.format("GET", "/timesheets?limit=20", gets[i])
+end
+"""
+
+
+def direct_script(path: Path, identity_keys: str, issuer: str, subjects: list[str]) -> None:
+    """Pre-signed identity headers, as the gateway would send them, per user and request line.
+
+    The signature binds the method, path and query and a timestamp valid for
+    ``IDENTITY_MAX_SKEW_SECONDS`` (60 s), so the headers are minted right before the run.
+    """
+    signer = IdentitySigner(parse_identity_keys(identity_keys))
+
+    def table(subject: str, method: str, target: str) -> str:
+        identity = Identity(issuer, subject, "user", "timesheets-spa", frozenset(SCOPES.split()), "")
+        headers = signer.headers(identity, method=method, target=target)
+        return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
+
+    path.write_text(
+        DIRECT_LUA
+        % {
+            "posts": ", ".join(table(s, "POST", "/timesheets") for s in subjects),
+            "gets": ", ".join(table(s, "GET", "/timesheets?limit=20") for s in subjects),
+        }
+    )
+
+
 def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     command = ["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
@@ -214,11 +261,12 @@ def main() -> int:
     try:
         with backing() as (_, redis_url):
             url = asyncio.run(prepare_database(name, issuer.issuer, subjects))
+            identity_keys = new_identity_keys("bench")
             env = {
                 "DATABASE_URL": url,
                 "REDIS_URL": redis_url,
                 "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
-                "IDENTITY_KEYS": new_identity_keys("bench"),
+                "IDENTITY_KEYS": identity_keys,
                 "LOG_LEVEL": "WARNING",
             }
             audit = ServiceProcess("audit", env, log_dir=logs).start()
@@ -247,6 +295,12 @@ def main() -> int:
             before = asyncio.run(count_entries(url))
             run_wrk(gateway.url, script, 3)  # warm-up: JWKS fetched, pools filled, caches hot
             result = run_wrk(gateway.url, script, seconds)
+            # The same mix straight to the timesheets service (what the gateway hop costs).
+            direct = logs / "direct.lua"
+            direct_script(direct, identity_keys, issuer.issuer, subjects)
+            run_wrk(timesheets.url, direct, 3)
+            direct_script(direct, identity_keys, issuer.issuer, subjects)  # fresh timestamps
+            direct_result = run_wrk(timesheets.url, direct, min(seconds, 45))
             created = asyncio.run(count_entries(url)) - before
     finally:
         for process in reversed(processes):
@@ -256,6 +310,7 @@ def main() -> int:
         shutil.rmtree(logs, ignore_errors=True)
 
     raw = result.pop("raw")
+    direct_raw = direct_result.pop("raw")
     report = {
         "benchmark": "api",
         "what": "through the gateway: 50% POST /api/timesheets, 50% GET /api/timesheets?limit=20",
@@ -266,18 +321,26 @@ def main() -> int:
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **result,
         "entries_created_incl_warmup": created,
+        "direct_to_timesheets": direct_result,
+        "gateway_rps_ratio": round(result["rps"] / direct_result["rps"], 3) if direct_result["rps"] else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "api.json").write_text(json.dumps(report, indent=2) + "\n")
     print(raw.strip())
+    print(direct_raw.strip())
     print()
-    print(f"{'case':<34} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    print(
-        f"{'create+list via gateway (c=32)':<34} {report['rps']:>8.0f} {report['p50_ms']:>8.1f} "
-        f"{report['p90_ms']:>8.1f} {report['p99_ms']:>8.1f} {report['non_2xx']:>8}"
-    )
+    print(f"{'case':<36} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for label, case in (
+        ("create+list via gateway (c=32)", result),
+        ("create+list direct to timesheets", direct_result),
+    ):
+        print(
+            f"{label:<36} {case['rps']:>8.0f} {case['p50_ms']:>8.1f} "
+            f"{case['p90_ms']:>8.1f} {case['p99_ms']:>8.1f} {case['non_2xx']:>8}"
+        )
     print(f"written to {RESULTS / 'api.json'}")
-    return 0 if report["non_2xx"] == 0 and report["requests"] > 0 else 1
+    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in (result, direct_result))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
