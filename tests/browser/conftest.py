@@ -87,9 +87,17 @@ async def new_page(browser: Browser) -> AsyncIterator[NewPage]:
         tokens = Tokens()
         page.on("request", tokens.on_request)
         page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on(
+            "console",
+            lambda message: (
+                errors.append(message.text)
+                if message.type == "error" and "Content Security Policy" in message.text
+                else None
+            ),
+        )
         return page, tokens
 
     yield make
     for context in contexts:
         await context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    assert not errors, f"uncaught errors or CSP violations in the page: {errors}"

@@ -1,5 +1,5 @@
 /** "My timesheets": a week at a glance with per-day and weekly totals, adding and deleting entries. */
-import { useMemo, useRef, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { ApiError, describeError, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
@@ -107,7 +107,18 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
       <div class="timesheet-layout">
         <div class="week card">
           <div class="week__summary">
-            <span class="week__summary-label">Week total</span>
+            <div>
+              <span class="week__summary-label">Week total</span>
+              {list.length > 0 && (
+                <p class="week__statuses">
+                  {(["approved", "submitted", "rejected"] as const)
+                    .map((status) => [status, list.filter((e) => e.status === status)] as const)
+                    .filter(([, items]) => items.length > 0)
+                    .map(([status, items]) => `${formatHours(weekTotals(start, items).total)} ${status}`)
+                    .join(" · ")}
+                </p>
+              )}
+            </div>
             <span class="week__summary-value" data-testid="week-total">
               {formatHours(totals.total)}
             </span>
@@ -283,6 +294,12 @@ function EntryForm({
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [saving, setSaving] = useState(false);
   const formRef = useRef<HTMLFormElement>(null);
+  // Moving to another week moves the date with it, unless the user has started typing.
+  useEffect(() => {
+    setForm((current) =>
+      current.project || current.hours || current.notes ? current : { ...current, date: defaultDate },
+    );
+  }, [defaultDate]);
 
   const set = (key: keyof FormState) => (event: Event) =>
     setForm({ ...form, [key]: (event.currentTarget as HTMLInputElement).value });
