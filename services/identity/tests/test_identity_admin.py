@@ -6,9 +6,11 @@ import secrets
 
 import asyncpg
 import pytest
+from identity.settings import IdentitySettings
 from identity.testing import run_cli
 from identity.throttle import LoginThrottle
 from redis.asyncio import Redis
+from svckit.settings import SettingsError, load_settings
 
 
 def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, str]) -> None:
@@ -16,10 +18,16 @@ def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, 
     result = run_cli(env, "serve")
     assert result.returncode == 2
     assert "IDENTITY_KEY_ENCRYPTION_KEY is required" in result.stderr
-    result = run_cli({**seeded, "IDENTITY_SESSION_SECRET": "short"}, "serve")
-    assert result.returncode == 2
-    assert "IDENTITY_SESSION_SECRET" in result.stderr
-    assert "short" not in result.stderr, "secrets are never echoed"
+
+
+def test_short_secrets_are_refused_without_echoing_them(
+    seeded: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(IdentitySettings, env={**seeded, "IDENTITY_SESSION_SECRET": "short-value"})
+    err = capsys.readouterr().err
+    assert "IDENTITY_SESSION_SECRET" in err
+    assert "short-value" not in err, "secrets are never echoed"
 
 
 def test_seed_requires_the_batch_secret(seeded: dict[str, str]) -> None:
@@ -140,7 +148,15 @@ async def test_throttle_keeps_working_without_redis() -> None:
 
 
 @pytest.mark.parametrize("value", ["ftp://x/", "http://localhost:9000/?a=1"])
-def test_issuer_must_be_an_http_url(seeded: dict[str, str], value: str) -> None:
-    result = run_cli({**seeded, "OIDC_ISSUER": value}, "serve")
-    assert result.returncode == 2
-    assert "OIDC_ISSUER" in result.stderr
+def test_issuer_must_be_an_http_url(
+    seeded: dict[str, str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(IdentitySettings, env={**seeded, "OIDC_ISSUER": value})
+    assert "OIDC_ISSUER" in capsys.readouterr().err
+
+
+def test_issuer_gets_a_trailing_slash(seeded: dict[str, str]) -> None:
+    settings = load_settings(IdentitySettings, env={**seeded, "OIDC_ISSUER": "https://id.example"})
+    assert settings.oidc_issuer == "https://id.example/"
+    assert settings.cookie_secure

@@ -9,6 +9,9 @@ from urllib.parse import urlencode
 import aiohttp
 import asyncpg
 import pytest
+from identity import store
+from identity.models import User
+from identity.passwords import hash_secret
 from identity.testing import (
     API,
     BATCH_SECRET,
@@ -18,7 +21,6 @@ from identity.testing import (
     hidden_field,
     params_of,
     pkce_pair,
-    run_cli,
 )
 
 pytestmark = pytest.mark.usefixtures("identity_service")
@@ -311,22 +313,9 @@ async def test_csrf_on_the_sign_in_form(browser: Browser, base_url: str) -> None
     assert ok.status == 303
 
 
-async def test_brute_force_is_throttled_per_user(
-    browser: Browser, base_url: str, seeded: dict[str, str]
-) -> None:
-    result = run_cli(
-        seeded,
-        "add-user",
-        "dave",
-        "--name",
-        "Dave",
-        "--email",
-        "dave@example.com",
-        "--role",
-        "employee",
-        stdin="dave-password\n",
-    )
-    assert result.returncode == 0, result.stderr
+async def test_brute_force_is_throttled_per_user(browser: Browser, db: asyncpg.Connection) -> None:
+    dave = User("local|dave", "dave", "dave@example.com", "Dave", ("employee",), hash_secret("dave-password"))
+    await store.upsert_user(db, dave)
     statuses = [(await browser.login("dave", password=f"guess-{i}")).status for i in range(5)]
     assert statuses == [401] * 5
     blocked = await browser.login("dave", password="dave-password")
