@@ -23,6 +23,7 @@ from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
 from . import metrics
+from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
 from .edge import Edge
@@ -55,6 +56,7 @@ class Gateway:
         self.limiter: RateLimiter | None = None
         self.auditor: DenialAuditor | None = None
         self.redis: RedisGuard | None = None
+        self.access_log: AccessLog | None = None
         self._http = HttpClient(total_timeout=settings.jwks_fetch_timeout_seconds + 5)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -91,6 +93,12 @@ class Gateway:
                 flush_seconds=settings.audit_flush_seconds,
             )
             self.auditor.start()
+        if settings.gateway_access_log:
+            self.access_log = AccessLog(settings.service_name)
+            if self.access_log.enabled:
+                self.access_log.start()
+            else:
+                self.access_log = None
         request_metrics = metrics.RequestMetrics()
         self.edge = Edge(
             routes=self.routes,
@@ -103,7 +111,7 @@ class Gateway:
             auditor=self.auditor,
             request_metrics=request_metrics,
             max_body_bytes=settings.max_body_bytes,
-            access_log_enabled=settings.gateway_access_log,
+            access_log=self.access_log,
         )
         self._tasks.append(asyncio.ensure_future(self._warm()))
         self._tasks.append(asyncio.ensure_future(self._key_ages()))
@@ -133,6 +141,8 @@ class Gateway:
             await self.auditor.stop()
         if self.jwks is not None:
             await self.jwks.close()
+        if self.access_log is not None:
+            await self.access_log.stop()
         await self._session.close()
         await self._http.close()
         if self.redis is not None:

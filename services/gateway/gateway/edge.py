@@ -22,6 +22,7 @@ from svckit.problems import PROBLEM_JSON, problem_body
 from yarl import URL
 
 from . import metrics
+from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
 from .proxy import (
@@ -39,7 +40,6 @@ from .routes import API_PREFIX, Route, RouteTable, unsafe_path
 from .tokens import TokenError, TokenVerifier
 
 log = logging.getLogger("gateway.edge")
-access_log = logging.getLogger("access")
 
 REALM = "timesheets"
 UNMATCHED = "unmatched"
@@ -75,7 +75,7 @@ class Edge:
         auditor: DenialAuditor | None,
         request_metrics: metrics.RequestMetrics,
         max_body_bytes: int,
-        access_log_enabled: bool,
+        access_log: AccessLog | None,
     ) -> None:
         self.routes = routes
         self.verifier = verifier
@@ -87,7 +87,7 @@ class Edge:
         self.auditor = auditor
         self.metrics = request_metrics
         self.max_body = max_body_bytes
-        self.access_log_enabled = access_log_enabled
+        self.access_log = access_log
         self._auth_failures: dict[str, Any] = {}
 
     # --- helpers --------------------------------------------------------------------------------
@@ -173,20 +173,15 @@ class Edge:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(state.route, method, state.status, elapsed)
-            if self.access_log_enabled:
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    state.route,
-                    state.status,
-                    extra={
-                        "method": method,
-                        "route": state.route,
-                        "status": state.status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "subject": state.subject,
-                        "client_id": state.client_id,
-                    },
+            if self.access_log is not None:
+                self.access_log.record(
+                    method=method,
+                    route=state.route,
+                    status=state.status,
+                    seconds=elapsed,
+                    request_id=request_id,
+                    subject=state.subject,
+                    client_id=state.client_id,
                 )
             request_id_var.reset(context)
 

@@ -19,7 +19,8 @@ API_PREFIX = "/api"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 _VARIABLE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _LITERAL = re.compile(r"^[A-Za-z0-9._~-]+$")
-_UNSAFE_RAW = re.compile(r"%2[fF]|%5[cC]|\\|%00|//")
+# encoded "/" or "\\", a backslash, an encoded NUL, an empty segment, or a "." / ".." segment (raw or encoded)
+_UNSAFE_RAW = re.compile(r"%2[fF]|%5[cC]|\\|%00|//|(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)")
 
 
 class RouteTableError(ValueError):
@@ -59,11 +60,7 @@ def _segments(path: str) -> tuple[str, ...]:
 
 def unsafe_path(raw_path: str) -> bool:
     """Encoded separators, NULs, empty or dot segments: ambiguous between proxy and service."""
-    if _UNSAFE_RAW.search(raw_path):
-        return True
-    return any(
-        part in {".", "..", "%2e", "%2E", "%2e%2e", "%2E%2E", ".%2e", "%2e."} for part in raw_path.split("/")
-    )
+    return _UNSAFE_RAW.search(raw_path) is not None
 
 
 class RouteTable:

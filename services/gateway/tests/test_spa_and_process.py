@@ -140,7 +140,9 @@ async def test_multi_worker_process(
             metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
         )
         assert metric(text, "gateway_jwks_fetch_total", outcome="ok") >= 1
+        await asyncio.sleep(0.6)  # access lines are flushed in batches every 0.25 s
         logs = process.logs()
+        assert logs.count('"logger": "access"') >= 20
         assert token not in logs
         assert token.split(".")[1] not in logs
     finally:
