@@ -18,7 +18,7 @@ from svckit.body import parse_body
 from svckit.problems import validation_problem
 from svckit.query import parse_query
 
-from .models import EventsQuery, IngestBatch
+from .models import EventsQuery, IngestBatch, VerifyQuery
 from .store import AuditStore
 
 READ_AUDIT = "read:audit"
@@ -58,9 +58,10 @@ async def list_events(request: Request) -> Response:
 @requires_scope(READ_AUDIT)
 async def verify(request: Request) -> Response:
     # One walk at a time per process: concurrent callers queue instead of multiplying the work.
+    query = parse_query(request, VerifyQuery)
     lock: asyncio.Lock = request.app.state.verify_lock
     async with lock:
-        result = await store_of(request).verify()
+        result = await store_of(request).verify(anchor=query.anchor_point)
     return JSONResponse(result.to_json())
 
 

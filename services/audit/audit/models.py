@@ -171,6 +171,38 @@ class EventsQuery(BaseModel):
         return decode_cursor(self.cursor) if self.cursor else None
 
 
+# ---- GET /audit/verify -------------------------------------------------------------------------
+
+
+class Anchor(BaseModel):
+    seq: int
+    hash: str
+
+
+def _anchor(value: str) -> str:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or int(seq) < 1 or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("must be '<seq>:<hash>' as seen earlier in a record's seq and hash")
+    return value
+
+
+class VerifyQuery(BaseModel):
+    """``anchor=<seq>:<hash>``: a record seen earlier (say, the newest one from ``GET /audit/events
+    ?limit=1``, saved somewhere the database's owner cannot write). The chain must still hold it,
+    unchanged: that catches truncation and wholesale re-hashed rewrites, which the chain alone cannot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Annotated[str, Field(max_length=100), AfterValidator(_anchor)] | None = None
+
+    @property
+    def anchor_point(self) -> Anchor | None:
+        if self.anchor is None:
+            return None
+        seq, _, digest = self.anchor.partition(":")
+        return Anchor(seq=int(seq), hash=digest)
+
+
 # ---- responses (documented in the OpenAPI document; tests validate real answers against them) -----
 
 

@@ -163,8 +163,18 @@ def build_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "verifyChain",
                     "summary": "Recompute the hash chain (read:audit)",
+                    "parameters": [
+                        _query(
+                            "anchor",
+                            "'<seq>:<hash>' of a record seen earlier (e.g. the newest from "
+                            "GET /audit/events?limit=1, kept outside the database): the chain must "
+                            "still hold it unchanged, which catches truncation and re-hashed rewrites.",
+                            {"type": "string", "pattern": "^[1-9][0-9]*:[0-9a-f]{64}$"},
+                        )
+                    ],
                     "responses": {
                         "200": _json("VerifyResult", "Whether the chain is intact, and where it breaks."),
+                        "422": _problem("A malformed anchor."),
                         **COMMON_ERRORS,
                     },
                 }

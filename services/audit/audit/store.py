@@ -20,7 +20,7 @@ from svckit.db import Connection, Database
 
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
-from .models import EventsQuery, IngestEvent, encode_cursor
+from .models import Anchor, EventsQuery, IngestEvent, encode_cursor
 
 COLUMNS = (*HASHED_COLUMNS, "hash")
 SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
@@ -201,19 +201,20 @@ class AuditStore:
 
     # ---- verify --------------------------------------------------------------------------------
 
-    async def verify(self, prefetch: int = 1000) -> Verification:
+    async def verify(self, prefetch: int = 1000, anchor: Anchor | None = None) -> Verification:
         """Recompute the chain from seq 1, streaming rows through a server-side cursor.
 
         Runs in one REPEATABLE READ snapshot, so records appended meanwhile neither appear half-way
         nor make the walk endless. Reports the first seq whose record is missing, out of place,
-        altered (hash no longer matches its content) or unlinked (prev_hash differs).
+        altered (hash no longer matches its content) or unlinked (prev_hash differs), or, given an
+        ``anchor`` seen earlier, where the chain no longer holds it.
         """
-        result = await self._walk(prefetch)
+        result = await self._walk(prefetch, anchor)
         metrics.verifications.labels("ok" if result.ok else "broken").inc()
         metrics.chain_ok.set(1 if result.ok else 0)
         return result
 
-    async def _walk(self, prefetch: int) -> Verification:
+    async def _walk(self, prefetch: int, anchor: Anchor | None) -> Verification:
         checked = 0
         prev_hash = GENESIS
         expected = 1
@@ -232,6 +233,14 @@ class AuditStore:
                     )
                 if record_hash(row) != row["hash"]:
                     return Verification(False, checked, seq, "hash does not match the record's content")
+                if anchor is not None and seq == anchor.seq and row["hash"] != anchor.hash:
+                    return Verification(
+                        False, checked, seq, "hash differs from the anchor: the chain was rewritten"
+                    )
                 prev_hash = row["hash"]
                 expected += 1
+        if anchor is not None and anchor.seq >= expected:
+            return Verification(
+                False, checked, anchor.seq, f"anchor record {anchor.seq} is missing: the chain was truncated"
+            )
         return Verification(True, checked)

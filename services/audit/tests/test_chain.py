@@ -221,6 +221,64 @@ async def test_a_renumbered_chain_is_caught(trail: Trail) -> None:
     assert (body["ok"], body["first_bad"]) == (False, 5)
 
 
+async def anchor_of_newest(trail: Trail) -> str:
+    reply = await trail.api.call("GET", "/audit/events", AUDITOR, params={"limit": "1"})
+    [newest] = reply.body["items"]
+    return f"{newest['seq']}:{newest['hash']}"
+
+
+async def verify_with_anchor(api: SignedApi, anchor: str) -> dict[str, Any]:
+    reply = await api.call("GET", "/audit/verify", AUDITOR, params={"anchor": anchor})
+    assert reply.status == 200, reply.text
+    body: dict[str, Any] = reply.body
+    return body
+
+
+async def test_an_anchor_catches_a_truncated_chain(trail: Trail) -> None:
+    anchor = await anchor_of_newest(trail)
+    assert await verify_with_anchor(trail.api, anchor) == {"ok": True, "checked": 10}
+    await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq >= 9")
+    assert (await verify(trail.api))["ok"] is True  # the chain alone cannot tell
+    body = await verify_with_anchor(trail.api, anchor)
+    assert (body["ok"], body["first_bad"]) == (False, 10)
+    assert "truncated" in body["reason"]
+
+
+async def test_an_anchor_catches_a_rewritten_and_rehashed_chain(trail: Trail) -> None:
+    """The attacker changes record 4 and re-hashes every later record: internally consistent."""
+    anchor = await anchor_of_newest(trail)
+    await trail.sql(ATTACKER_DISABLES_TRIGGER)
+    prev_hash = (await trail.row(3))["hash"]
+    conn = await asyncpg.connect(trail.dsn)
+    try:
+        for seq in range(4, 11):
+            row = dict((await trail.row(seq)).items())
+            if seq == 4:
+                row["actor_subject"] = "mallory"
+            row["prev_hash"] = prev_hash
+            prev_hash = record_hash(row)
+            await conn.execute(
+                "UPDATE audit.records SET actor_subject = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+                seq,
+                row["actor_subject"],
+                row["prev_hash"],
+                prev_hash,
+            )
+    finally:
+        await conn.close()
+    assert (await verify(trail.api))["ok"] is True  # the chain alone cannot tell
+    body = await verify_with_anchor(trail.api, anchor)
+    assert (body["ok"], body["first_bad"]) == (False, 10)
+    assert "rewritten" in body["reason"]
+
+
+@pytest.mark.parametrize("anchor", ["10", "0:" + "a" * 64, "3:" + "A" * 64, "3:abc", "x:" + "a" * 64])
+async def test_a_malformed_anchor_is_named(api: SignedApi, anchor: str) -> None:
+    reply = await api.call("GET", "/audit/verify", AUDITOR, params={"anchor": anchor})
+    assert reply.status == 422
+    assert reply.fields() == {"anchor"}
+
+
 async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -> None:
     """Thousands of records walked through a server-side cursor, in well under a second per thousand."""
     for _ in range(6):
