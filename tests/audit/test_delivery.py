@@ -137,6 +137,18 @@ def failures() -> float:
     return REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0
 
 
+async def test_a_fresh_audit_process_reports_the_chain_as_unknown_not_broken(
+    audit_process: ServiceProcess,
+) -> None:
+    """Before its first verification a new replica must not trip `min(audit_chain_ok) == 0`."""
+    api = SignedApi(audit_process.url, Caller(audit_process.env["IDENTITY_KEYS"]))
+    try:
+        metrics = await api.call("GET", "/metrics", None)
+    finally:
+        await api.close()
+    assert "audit_chain_ok NaN" in metrics.text
+
+
 async def test_events_committed_while_audit_is_stopped_arrive_exactly_once_in_order(
     writer: Writer, audit_process: ServiceProcess, database_url: str, caller: Caller
 ) -> None:

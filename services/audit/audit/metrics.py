@@ -5,7 +5,7 @@
   (a relay retrying after a lost acknowledgement; a steady rate means acknowledgements get lost).
 - ``audit_ingest_lag_seconds``: event time → stored, so a backlog in some outbox shows here too.
 - ``audit_chain_verifications_total{result="ok|broken"}`` and ``audit_chain_ok`` (1/0, the last
-  verification in this process; alert on 0).
+  verification in this process; NaN before the first one; alert on 0).
 """
 
 from __future__ import annotations
@@ -39,3 +39,6 @@ chain_ok = Gauge(
     "1 when the last hash chain verification found the chain intact, 0 when it found it broken.",
     multiprocess_mode="livemax",
 )
+# Unknown until this process has verified once: NaN, not 0, so a restarting pod never looks like a
+# broken chain to `min(audit_chain_ok) == 0` (PromQL's min skips NaN unless every value is NaN).
+chain_ok.set(float("nan"))
