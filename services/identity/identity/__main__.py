@@ -7,7 +7,8 @@ from pathlib import Path
 
 from svckit.cli import run_cli
 
-from .admin import COMMANDS
+from .admin import add_client, add_user, rotate
+from .seed import seed
 from .settings import IdentitySettings
 
 
@@ -18,7 +19,12 @@ def main() -> int:
         app_factory="identity.app:create_app",
         schema="identity",
         migrations=Path(__file__).parent / "migrations",
-        commands=COMMANDS,
+        commands={
+            "seed": seed,
+            "rotate-keys": rotate,
+            "add-user": add_user,
+            "add-client": add_client,
+        },
     )
 
 

@@ -1,4 +1,4 @@
-"""Administration commands: ``seed``, ``rotate-keys``, ``add-user``, ``add-client``.
+"""Administration commands: ``rotate-keys``, ``add-user``, ``add-client`` (``seed`` is in seed.py).
 
 Run as ``python -m identity <command> --help``. Secrets are never taken from the command line (where
 ``ps`` would show them): passwords come from stdin or an environment variable, generated client
@@ -16,73 +16,16 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from . import store
-from .keys import KeyCipher, ensure_signing_key, new_secret, rotate_keys
+from .keys import KeyCipher, new_secret, rotate_keys
 from .models import Client, User
-from .passwords import hash_secret, verify_secret
+from .passwords import hash_secret
 from .scopes import ALL_SCOPES, KNOWN_ROLES, OIDC_SCOPES
 from .settings import IdentitySettings
-
-SPA_ORIGIN = "http://localhost:8080"
-USER_API_SCOPES = (
-    "read:timesheets",
-    "create:timesheets",
-    "delete:timesheets",
-    "approve:timesheets",
-    "read:audit",
-)
-
-DEMO_USERS = (
-    ("alice", "Alice Employee", "alice@example.com", ("employee",)),
-    ("bob", "Bob Manager", "bob@example.com", ("manager",)),
-    ("carol", "Carol Auditor", "carol@example.com", ("auditor",)),
-)
 
 
 def subject_for(username: str) -> str:
     """Stable subject of a local user: ``local|<user name>`` (Auth0-shaped ``connection|id``)."""
     return f"local|{username}"
-
-
-def demo_clients(batch_secret_hash: str) -> list[Client]:
-    oidc = ("openid", "profile", "email")
-    return [
-        Client(
-            client_id="timesheets-spa",
-            name="Timesheets",
-            first_party=True,
-            secret_hash=None,
-            redirect_uris=(f"{SPA_ORIGIN}/", f"{SPA_ORIGIN}/callback"),
-            post_logout_redirect_uris=(f"{SPA_ORIGIN}/",),
-            web_origins=(SPA_ORIGIN,),
-            grant_types=("authorization_code", "implicit"),
-            response_types=("code", "id_token token", "id_token"),
-            allowed_scopes=(*oidc, *USER_API_SCOPES),
-        ),
-        Client(
-            client_id="partner-spa",
-            name="Partner Time Reports",
-            first_party=False,
-            secret_hash=None,
-            redirect_uris=(f"{SPA_ORIGIN}/partner/", f"{SPA_ORIGIN}/partner/callback"),
-            post_logout_redirect_uris=(f"{SPA_ORIGIN}/partner/",),
-            web_origins=(SPA_ORIGIN,),
-            grant_types=("authorization_code", "implicit"),
-            response_types=("code", "id_token token", "id_token"),
-            allowed_scopes=(*oidc, "read:timesheets", "create:timesheets"),
-        ),
-        Client(
-            client_id="timesheets-batch",
-            name="Timesheets batch uploader",
-            first_party=True,
-            secret_hash=batch_secret_hash,
-            redirect_uris=(),
-            post_logout_redirect_uris=(),
-            web_origins=(),
-            grant_types=("client_credentials",),
-            response_types=(),
-            allowed_scopes=("batch:upload",),
-        ),
-    ]
 
 
 async def connect(settings: IdentitySettings) -> asyncpg.Connection:
@@ -93,7 +36,9 @@ async def connect(settings: IdentitySettings) -> asyncpg.Connection:
     )
 
 
-def _run(settings: IdentitySettings, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+def run_with_connection(
+    settings: IdentitySettings, work: Callable[[asyncpg.Connection], Awaitable[int]]
+) -> int:
     async def main() -> int:
         conn = await connect(settings)
         try:
@@ -102,48 +47,6 @@ def _run(settings: IdentitySettings, work: Callable[[asyncpg.Connection], Awaita
             await conn.close()
 
     return asyncio.run(main())
-
-
-async def _keep_or_hash(conn: asyncpg.Connection, username: str, password: str) -> str:
-    """Re-use the stored hash when the password is unchanged, so re-seeding changes nothing."""
-    existing = await store.get_user_by_username(conn, username)
-    if existing and verify_secret(existing.password_hash, password):
-        return existing.password_hash
-    return hash_secret(password)
-
-
-async def _keep_or_hash_client(conn: asyncpg.Connection, client_id: str, secret: str) -> str:
-    existing = await store.get_client(conn, client_id)
-    if existing and existing.secret_hash and verify_secret(existing.secret_hash, secret):
-        return existing.secret_hash
-    return hash_secret(secret)
-
-
-def seed(settings: IdentitySettings, args: list[str]) -> int:
-    """Idempotent demo data: alice/bob/carol and the three clients of docs/CONTRACTS.md."""
-    argparse.ArgumentParser(prog="python -m identity seed", description=seed.__doc__).parse_args(args)
-    if not settings.batch_client_secret:
-        print("invalid configuration: BATCH_CLIENT_SECRET is required by seed", file=sys.stderr)
-        return 2
-
-    async def work(conn: asyncpg.Connection) -> int:
-        async with conn.transaction():
-            for username, name, email, roles in DEMO_USERS:
-                password_hash = await _keep_or_hash(conn, username, settings.demo_password)
-                user = User(subject_for(username), username, email, name, roles, password_hash)
-                await store.upsert_user(conn, user)
-            assert settings.batch_client_secret is not None
-            batch_hash = await _keep_or_hash_client(conn, "timesheets-batch", settings.batch_client_secret)
-            for client in demo_clients(batch_hash):
-                await store.upsert_client(conn, client)
-        kid = await ensure_signing_key(conn, settings.signing_alg, KeyCipher(settings.key_encryption_key))
-        print("seeded users alice (employee), bob (manager), carol (auditor)")
-        print("seeded clients timesheets-spa, partner-spa, timesheets-batch")
-        if kid:
-            print(f"created signing key {kid} ({settings.signing_alg})")
-        return 0
-
-    return _run(settings, work)
 
 
 def rotate(settings: IdentitySettings, args: list[str]) -> int:
@@ -171,7 +74,7 @@ def rotate(settings: IdentitySettings, args: list[str]) -> int:
         print(f"published key {kid} ({parsed.alg}); it signs from {starts.isoformat()}")
         return 0
 
-    return _run(settings, work)
+    return run_with_connection(settings, work)
 
 
 def _read_secret(env_name: str | None, what: str) -> str:
@@ -220,7 +123,7 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
         print(f"{'added' if inserted else 'updated'} user {parsed.username} ({user.subject})")
         return 0
 
-    return _run(settings, work)
+    return run_with_connection(settings, work)
 
 
 def add_client(settings: IdentitySettings, args: list[str]) -> int:
@@ -285,12 +188,4 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
             print(f"client secret (shown once): {secret}")
         return 0
 
-    return _run(settings, work)
-
-
-COMMANDS: dict[str, Callable[[IdentitySettings, list[str]], int]] = {
-    "seed": seed,
-    "rotate-keys": rotate,
-    "add-user": add_user,
-    "add-client": add_client,
-}
+    return run_with_connection(settings, work)
