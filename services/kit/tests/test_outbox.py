@@ -36,7 +36,7 @@ from svckit.outbox import (
     enqueue,
 )
 from svckit.settings import ServiceSettings, load_settings, parse_identity_keys
-from svckit.testing import free_port, serve_app, user
+from svckit.testing import free_port, new_identity_keys, serve_app, user
 
 ALICE = user("alice", "create:timesheets", name="Alice")
 
@@ -416,3 +416,27 @@ def test_the_docstring_ddl_is_the_constant() -> None:
     doc = module.__doc__ or ""
     indented = "\n".join("    " + line if line else "" for line in OUTBOX_DDL.splitlines())
     assert indented in doc
+
+
+async def test_a_receiver_that_refuses_our_identity_is_retried_not_split(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    """Wrong keys (401) are a configuration fault, not bad events: nothing is split or parked."""
+    state = Receiver()
+    service = f"writer-{schema}"
+    other_keys = new_identity_keys("other")
+    async with serve_app(receiver_app(identity_keys, state)) as url:
+        relay = OutboxRelay(
+            database, schema, service, signed(http, url, other_keys), poll_interval=0.1, max_backoff=0.2
+        )
+        await enqueue_committed(database, [event(service) for _ in range(3)])
+        relay.start()
+        try:
+            await eventually(lambda: metric("outbox_delivery_failures_total", service) >= 3)
+        finally:
+            await relay.stop()
+    rows = await outbox_rows(database, schema)
+    assert len(rows) == 3
+    assert all("401" in row["last_error"] for row in rows)
+    assert len({row["attempts"] for row in rows}) == 1  # retried together, as one batch
+    assert state.received == []
