@@ -4,7 +4,8 @@
 * ``passthrough`` — a minimal raw-ASGI proxy on the gateway's stack (uvicorn + one shared aiohttp
   session), no authentication: the floor any Python proxy pays.
 * ``naive`` — what a typical hand-written verifier looks like: Starlette, a new ``PyJWKClient``
-  (one JWKS fetch) and a new HTTP client per request, PyJWT decode, then the upstream call.
+  (one JWKS fetch) and a new httpx client per request (as in
+  the anchor of /work/shared/BENCHMARKS.md), PyJWT decode, then the upstream call.
 
 Configured by ``BENCH_UPSTREAM_URL``, ``BENCH_JWKS_URL``, ``BENCH_ISSUER``, ``BENCH_AUDIENCE``.
 """
@@ -15,6 +16,7 @@ import os
 from typing import Any
 
 import aiohttp
+import httpx
 import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -90,12 +92,11 @@ async def naive_handler(request: Request) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=401)
     if "read:timesheets" not in claims.get("scope", "").split():
         return JSONResponse({"detail": "insufficient scope"}, status_code=403)
-    async with aiohttp.ClientSession() as session:  # noqa: SIM117 - the naive shape on purpose
-        async with session.get(
+    async with httpx.AsyncClient() as client:
+        response = await client.get(
             UPSTREAM + "/timesheets", headers={"X-User": claims["sub"], "X-Scopes": claims["scope"]}
-        ) as response:
-            body = await response.read()
-            return Response(body, status_code=response.status, media_type="application/json")
+        )
+        return Response(response.content, status_code=response.status_code, media_type="application/json")
 
 
 naive = Starlette(routes=[Route("/api/timesheets", naive_handler)])
