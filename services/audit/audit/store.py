@@ -38,6 +38,7 @@ class Verification:
     checked: int
     first_bad: int | None = None
     reason: str | None = None
+    head: Anchor | None = None  # the last record walked, when intact (the next walk may start there)
 
     def to_json(self) -> dict[str, Any]:
         if self.ok:
@@ -201,46 +202,58 @@ class AuditStore:
 
     # ---- verify --------------------------------------------------------------------------------
 
-    async def verify(self, prefetch: int = 1000, anchor: Anchor | None = None) -> Verification:
-        """Recompute the chain from seq 1, streaming rows through a server-side cursor.
+    async def verify(
+        self, prefetch: int = 1000, anchor: Anchor | None = None, since: Anchor | None = None
+    ) -> Verification:
+        """Recompute the chain, streaming rows through a server-side cursor.
 
         Runs in one REPEATABLE READ snapshot, so records appended meanwhile neither appear half-way
         nor make the walk endless. Reports the first seq whose record is missing, out of place,
         altered (hash no longer matches its content) or unlinked (prev_hash differs), or, given an
-        ``anchor`` seen earlier, where the chain no longer holds it.
+        ``anchor`` seen earlier, where the chain no longer holds it. ``since`` (a head verified
+        before) starts the walk there instead of at seq 1: only what was appended since is
+        recomputed, and that head must still be in place, unchanged.
         """
-        result = await self._walk(prefetch, anchor)
+        result = await self._walk(prefetch, anchor, since)
         metrics.verifications.labels("ok" if result.ok else "broken").inc()
         metrics.chain_ok.set(1 if result.ok else 0)
         return result
 
-    async def _walk(self, prefetch: int, anchor: Anchor | None) -> Verification:
+    async def _walk(self, prefetch: int, anchor: Anchor | None, since: Anchor | None) -> Verification:
         checked = 0
-        prev_hash = GENESIS
-        expected = 1
+        expected = since.seq if since is not None else 1
+        prev_hash: str | None = None if since is not None else GENESIS
+        points = [point for point in (anchor, since) if point is not None]
         async with self.database.transaction(isolation="repeatable_read") as conn:
             cursor = conn.cursor(
-                f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records ORDER BY seq", prefetch=prefetch
+                f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
+                expected,
+                prefetch=prefetch,
             )
             async for row in cursor:
                 seq = row["seq"]
                 if seq != expected:
                     return Verification(False, checked, expected, f"record {expected} is missing")
                 checked += 1
-                if row["prev_hash"] != prev_hash:
+                if prev_hash is not None and row["prev_hash"] != prev_hash:
                     return Verification(
                         False, checked, seq, "prev_hash does not match the previous record's hash"
                     )
                 if record_hash(row) != row["hash"]:
                     return Verification(False, checked, seq, "hash does not match the record's content")
-                if anchor is not None and seq == anchor.seq and row["hash"] != anchor.hash:
+                if any(seq == point.seq and row["hash"] != point.hash for point in points):
                     return Verification(
                         False, checked, seq, "hash differs from the anchor: the chain was rewritten"
                     )
                 prev_hash = row["hash"]
                 expected += 1
-        if anchor is not None and anchor.seq >= expected:
-            return Verification(
-                False, checked, anchor.seq, f"anchor record {anchor.seq} is missing: the chain was truncated"
-            )
-        return Verification(True, checked)
+        for point in points:
+            if point.seq >= expected:
+                return Verification(
+                    False,
+                    checked,
+                    point.seq,
+                    f"anchor record {point.seq} is missing: the chain was truncated",
+                )
+        head = Anchor(seq=expected - 1, hash=prev_hash) if prev_hash is not None and expected > 1 else None
+        return Verification(True, checked, head=head)

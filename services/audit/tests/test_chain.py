@@ -15,10 +15,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from audit.app import create_app
+from audit.app import BackgroundVerifier, create_app
 from audit.chain import record_hash
 from audit.settings import AuditSettings
+from audit.store import AuditStore
 from prometheus_client import REGISTRY
+from svckit.db import Database
 from svckit.identity import Identity
 from svckit.settings import load_settings
 from svckit.testclient import SignedApi
@@ -289,3 +291,54 @@ async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -
     elapsed = time.perf_counter() - started
     assert body == {"ok": True, "checked": 3010}
     assert elapsed < 10, elapsed
+
+
+# ---- background verification: incremental runs, full runs now and then --------------------------
+
+
+@pytest.fixture
+async def store(trail: Trail) -> AsyncIterator[AuditStore]:
+    database = Database(trail.dsn, schema="audit", application_name="verifier-test")
+    await database.wait_connected(10)
+    yield AuditStore(database, "audit")
+    await database.close()
+
+
+async def test_incremental_runs_recompute_only_what_was_appended(
+    trail: Trail, store: AuditStore, new_event: Any
+) -> None:
+    verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
+    first = await verifier.run_once()
+    assert (first.ok, first.checked) == (True, 10)
+    await trail.api.call(
+        "POST", "/internal/events", TIMESHEETS, json={"events": [new_event() for _ in range(5)]}
+    )
+    second = await verifier.run_once()
+    assert (second.ok, second.checked) == (True, 6)  # the verified head, then the 5 new records
+    assert verifier.head is not None
+    assert verifier.head.seq == 15
+
+
+async def test_an_incremental_run_catches_a_changed_head_and_a_full_run_catches_the_rest(
+    trail: Trail, store: AuditStore
+) -> None:
+    verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
+    assert (await verifier.run_once()).ok
+    # Older records are only re-checked by full runs (the trade-off that keeps runs cheap) ...
+    await trail.sql(ATTACKER_DISABLES_TRIGGER, "UPDATE audit.records SET outcome = 'failure' WHERE seq = 3")
+    assert (await verifier.run_once()).ok
+    # ... but the head an incremental run starts from must be intact.
+    await trail.sql("UPDATE audit.records SET outcome = 'failure' WHERE seq = 10")
+    broken = await verifier.run_once()
+    assert (broken.ok, broken.first_bad) == (False, 10)
+    assert verifier.head is None  # so the next run is a full one, and finds the older change first
+    full = await verifier.run_once()
+    assert (full.ok, full.first_bad) == (False, 3)
+
+
+async def test_a_truncated_chain_fails_the_incremental_run(trail: Trail, store: AuditStore) -> None:
+    verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
+    assert (await verifier.run_once()).ok
+    await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq >= 8")
+    result = await verifier.run_once()
+    assert (result.ok, result.first_bad) == (False, 10)
