@@ -13,7 +13,11 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from svckit.cli import run_cli
 
+from .app import check_configuration
 from .settings import GatewaySettings
+
+# Refuse a bad route table or issuers file here, once, before uvicorn forks workers that would die on it.
+check_configuration()
 
 raise SystemExit(
     run_cli(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -20,19 +21,19 @@ from svckit.app import create_service_app
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
-from svckit.settings import load_settings
+from svckit.settings import SettingsError, load_settings
 
 from . import metrics
 from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
 from .edge import Edge
-from .issuers import load_issuers
+from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder, new_session
 from .ratelimit import RateLimiter
 from .redisguard import RedisGuard
-from .routes import API_PREFIX, load_routes
+from .routes import API_PREFIX, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
 from .tokens import TokenVerifier
@@ -168,11 +169,27 @@ class GatewayApp:
         await self.web(scope, receive, send)
 
 
+def check_configuration(settings: GatewaySettings | None = None) -> None:
+    """Exit with status 2 and one line if the route table or the issuers file is invalid."""
+    settings = settings or load_settings(GatewaySettings)
+    try:
+        load_routes(settings.gateway_routes_file, frozenset(settings.upstreams))
+        load_issuers(settings)
+    except (RouteTableError, IssuerConfigError) as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr, flush=True)
+        raise SettingsError(2) from None
+
+
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     if settings is None:
         settings = load_settings(GatewaySettings)
         configure_logging(settings.service_name, settings.log_level)
-    gateway = Gateway(settings)
+    try:
+        gateway = Gateway(settings)
+    except (RouteTableError, IssuerConfigError) as exc:
+        # like a bad environment variable: one line naming the problem, exit status 2, no traceback
+        print(f"invalid configuration: {exc}", file=sys.stderr, flush=True)
+        raise SettingsError(2) from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

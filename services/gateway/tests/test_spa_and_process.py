@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from pathlib import Path
@@ -147,3 +148,26 @@ async def test_multi_worker_process(
         assert token.split(".")[1] not in logs
     finally:
         await asyncio.to_thread(process.stop)
+
+
+def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_keys: str) -> None:
+    import subprocess
+    import sys
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text('routes: [{method: GET, path: "/api/x", upstream: nowhere}]')
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway"],
+        env={
+            **os.environ,
+            "IDENTITY_KEYS": identity_keys,
+            "GATEWAY_ROUTES_FILE": str(routes),
+            "GATEWAY_WORKERS": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "upstream 'nowhere'" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
