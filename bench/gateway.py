@@ -9,9 +9,12 @@ pinned to the last core):
   limiting, audit of denials, metrics and access log all on), a valid RS256 token;
 * ``naive`` — Starlette + a new PyJWKClient (JWKS fetch) + a new HTTP client per request.
 
-Rounds are interleaved (``BENCH_GATEWAY_ROUNDS``, default 3; ``BENCH_GATEWAY_SECONDS`` each, default
-8) and the medians reported. Then ``direct``, ``passthrough`` and ``gateway`` run once more at half the
-gateway's measured maximum (wrk paced with a Lua ``delay()``) to measure the latency the gateway adds.
+Rounds of direct, passthrough and gateway are interleaved (``BENCH_GATEWAY_ROUNDS``, default 5, of
+``BENCH_GATEWAY_SECONDS``, default 5, each) and the medians reported; naive runs once, last (it falls
+so far behind that its backlog would disturb the next case). Server output goes to
+``bench/results/gateway-servers.log``. Then ``direct``, ``passthrough`` and ``gateway`` run once more
+at half the gateway's measured maximum (wrk paced with a Lua ``delay()``) to measure the latency
+the gateway adds.
 Writes ``bench/results/gateway.json``::
 
     {"cases": {"direct": {"rps", "p50_ms", "p99_ms"}, ...}, "half_load": {...}, "ratios": {...},
@@ -49,7 +52,7 @@ def wrk_core() -> str:
     return str(max(0, (os.cpu_count() or 1) - 1))
 
 
-def uvicorn_process(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def uvicorn_process(app: str, port: int, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -67,7 +70,7 @@ def uvicorn_process(app: str, port: int, env: dict[str, str]) -> subprocess.Pope
     ]
     if shutil.which("taskset"):
         command = ["taskset", "-c", SERVER_CORE, *command]
-    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
 
 
 def wait_ready(url: str, headers: dict[str, str] | None = None, timeout: float = 20.0) -> None:
@@ -149,8 +152,8 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (make system-deps); skipping the gateway benchmark")
         return 0
-    seconds = float(os.environ.get("BENCH_GATEWAY_SECONDS", "8"))
-    rounds = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "3"))
+    seconds = float(os.environ.get("BENCH_GATEWAY_SECONDS", "5"))
+    rounds = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "5"))
     issuer = Issuer()
     token = issuer.token("bench-user")
     keys = new_identity_keys("bench")
@@ -162,11 +165,13 @@ def main() -> int:
         "BENCH_ISSUER": issuer.issuer,
         "BENCH_AUDIENCE": AUDIENCE,
     }
+    server_log = (RESULTS / "gateway-servers.log").open("wb")
     processes = [
-        uvicorn_process("bench._gateway_apps:upstream", upstream_port, app_env),
-        uvicorn_process("bench._gateway_apps:passthrough", passthrough_port, app_env),
-        uvicorn_process("bench._gateway_apps:naive", naive_port, app_env),
+        uvicorn_process("bench._gateway_apps:upstream", upstream_port, app_env, server_log),
+        uvicorn_process("bench._gateway_apps:passthrough", passthrough_port, app_env, server_log),
     ]
+    naive_process = uvicorn_process("bench._gateway_apps:naive", naive_port, app_env, server_log)
+    processes.append(naive_process)
     gateway = ServiceProcess(
         "gateway",
         {
@@ -203,22 +208,28 @@ def main() -> int:
         wait_ready(urls["passthrough"][0])
         wait_ready(urls["naive"][0], auth)
         wait_ready(urls["gateway"][0], auth)
-        for name, (url, tok) in urls.items():  # warm-up: pools filled, JWKS cached, token verified
-            if name != "naive":
-                run_wrk(url, tok, 2)
+        for name in ("direct", "passthrough", "gateway"):  # warm-up: pools filled, JWKS cached
+            run_wrk(*urls[name], 2)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-        for round_number in range(rounds):
-            for name, (url, tok) in urls.items():
-                if name == "naive" and round_number > 0:
-                    continue  # two orders of magnitude slower: one round says all there is to say
-                result = run_wrk(url, tok, seconds)
-                runs[name].append(result)
-                print(
-                    f"  round {round_number + 1} {name:<12} {result['rps']:>9.0f} rps  "
-                    f"p50 {result['p50_ms']:>8.2f} ms  p99 {result['p99_ms']:>8.2f} ms  "
-                    f"non-2xx {result['non_2xx']}",
-                    flush=True,
-                )
+
+        def measure(round_number: int, name: str) -> None:
+            url, tok = urls[name]
+            result = run_wrk(url, tok, seconds)
+            runs[name].append(result)
+            print(
+                f"  round {round_number} {name:<12} {result['rps']:>9.0f} rps  "
+                f"p50 {result['p50_ms']:>8.2f} ms  p99 {result['p99_ms']:>8.2f} ms  "
+                f"non-2xx {result['non_2xx']}",
+                flush=True,
+            )
+
+        for round_number in range(1, rounds + 1):
+            for name in ("direct", "passthrough", "gateway"):
+                measure(round_number, name)
+        # the naive server falls so far behind that it keeps working off its backlog after wrk stops:
+        # measured once, last, and stopped before anything else runs
+        measure(1, "naive")
+        naive_process.kill()
         cases = {name: median_case(results) for name, results in runs.items()}
 
         half_rps = cases["gateway"]["rps"] / 2
@@ -244,6 +255,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         issuer.close()
+        server_log.close()
 
     ratios = {
         "gateway_vs_passthrough_rps": round(cases["gateway"]["rps"] / cases["passthrough"]["rps"], 3),
