@@ -15,7 +15,15 @@ import pytest
 from aiohttp import web
 from svckit.settings import load_settings
 from svckit.testclient import SignedApi
-from svckit.testing import Caller, ServiceProcess, free_port, migrate_schema, serve_app
+from svckit.testing import (
+    Caller,
+    ServiceProcess,
+    create_database,
+    drop_database,
+    free_port,
+    migrate_schema,
+    serve_app,
+)
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 from yarl import URL
@@ -109,10 +117,14 @@ class FaultProxy:
 
 
 @pytest.fixture(scope="session")
-async def domain_database(database_url: str) -> str:
-    await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
-    await migrate_schema(database_url, "approvals", SERVICES / "approvals" / "approvals")
-    return database_url
+async def domain_database(test_run_id: str) -> AsyncIterator[str]:
+    """A database of these tests' own: no other test's reconciler or relay may touch their rows."""
+    name = f"tsp_test_{test_run_id}_domain"
+    url = await create_database(name)
+    await migrate_schema(url, "timesheets", SERVICES / "timesheets" / "timesheets")
+    await migrate_schema(url, "approvals", SERVICES / "approvals" / "approvals")
+    yield url
+    await drop_database(name)
 
 
 @pytest.fixture(scope="session")
