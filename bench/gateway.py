@@ -12,7 +12,7 @@ pinned to the last core):
 Rounds of direct, passthrough and gateway are interleaved (``BENCH_GATEWAY_ROUNDS``, default 5, of
 ``BENCH_GATEWAY_SECONDS``, default 5, each) and the medians reported; naive runs once, last (it falls
 so far behind that its backlog would disturb the next case). Server output goes to
-``bench/results/gateway-servers.log``. Then ``direct``, ``passthrough`` and ``gateway`` run once more
+``$TMPDIR/bench-gateway-servers.log``. Then ``direct``, ``passthrough`` and ``gateway`` run once more
 at half the gateway's measured maximum (wrk paced with a Lua ``delay()``) to measure the latency
 the gateway adds.
 Writes ``bench/results/gateway.json``::
@@ -165,7 +165,7 @@ def main() -> int:
         "BENCH_ISSUER": issuer.issuer,
         "BENCH_AUDIENCE": AUDIENCE,
     }
-    server_log = (RESULTS / "gateway-servers.log").open("wb")
+    server_log = (Path(tempfile.gettempdir()) / "bench-gateway-servers.log").open("wb")
     processes = [
         uvicorn_process("bench._gateway_apps:upstream", upstream_port, app_env, server_log),
         uvicorn_process("bench._gateway_apps:passthrough", passthrough_port, app_env, server_log),
