@@ -36,7 +36,7 @@ HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (KeyEncryptionError, *UNA
 ROUTES = [
     Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-    Route("/authorize", authorize, methods=["GET"]),
+    Route("/authorize", authorize, methods=["GET", "POST"]),
     Route("/authorize/decision", decision, methods=["POST"]),
     Route("/login", login_form, methods=["GET"]),
     Route("/login", login_submit, methods=["POST"]),
@@ -50,6 +50,8 @@ ROUTES = [
 
 
 def build_app(settings: IdentitySettings) -> Starlette:
+    # Authlib logs whole token responses at DEBUG; keep them out of the logs whatever LOG_LEVEL says.
+    logging.getLogger("authlib").setLevel(logging.INFO)
     if settings.identity_allow_insecure_http:
         os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
     database = Database.from_settings(settings, "identity")

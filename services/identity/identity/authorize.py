@@ -148,6 +148,9 @@ async def authorize(request: Request) -> Response:
     ctx = ctx_of(request)
     await ctx.keys.refresh_if_stale(ctx.pool)
     pairs = list(request.query_params.multi_items())
+    if request.method == "POST":  # OIDC Core §3.1.2.1: the endpoint also accepts form-encoded POST
+        form = await request.form()
+        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     return await _authorize(ctx, request, pairs, decision=None)
 
 

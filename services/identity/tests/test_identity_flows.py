@@ -3,6 +3,7 @@ client credentials, userinfo, prompt=none, consent, logout."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -11,7 +12,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from identity.testing import API, BATCH_SECRET, SPA, Browser, hidden_field, params_of, pkce_pair
+from identity.testing import (
+    API,
+    BATCH_SECRET,
+    DEMO_PASSWORD,
+    SPA,
+    Browser,
+    hidden_field,
+    params_of,
+    pkce_pair,
+)
+from svckit.testing import ServiceProcess
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -412,3 +423,61 @@ async def test_health(http: aiohttp.ClientSession, base_url: str) -> None:
     async with http.get(base_url + "/readyz") as r:
         assert r.status == 200
         assert (await r.json())["checks"] == {"postgres": "ok", "signing_keys": "ok"}
+
+
+async def test_implicit_prompt_none_without_session_answers_in_the_fragment(browser: Browser) -> None:
+    response = await browser.authorize(
+        response_type="id_token token",
+        client_id="timesheets-spa",
+        redirect_uri=f"{SPA}/",
+        scope="openid",
+        nonce="n-1",
+        state="i1",
+        prompt="none",
+    )
+    assert response.status == 302
+    location = response.headers["Location"]
+    assert location.startswith(f"{SPA}/#")
+    answer = params_of(location)
+    assert answer["error"] == "login_required"
+    assert answer["state"] == "i1"
+
+
+async def test_authorize_accepts_post(browser: Browser) -> None:
+    await browser.login("alice")
+    _, challenge = pkce_pair()
+    form = {
+        "response_type": "code",
+        "client_id": "timesheets-spa",
+        "redirect_uri": f"{SPA}/",
+        "scope": "openid",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "post-1",
+    }
+    response = await browser.post("/authorize", form)
+    assert response.status == 302
+    answer = params_of(response.headers["Location"])
+    assert answer["state"] == "post-1"
+    assert "code" in answer
+
+
+async def test_no_secret_reaches_the_logs(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, identity_service: ServiceProcess
+) -> None:
+    params, verifier, _ = await code_flow(browser, "alice")
+    status, body = await exchange(http, base_url, params["code"], verifier)
+    assert status == 200
+    session_cookie = next(c.value for c in browser.session.cookie_jar if c.key == "tsp_idp_session")
+    await asyncio.sleep(0.5)  # let the process flush its log lines
+    logs = identity_service.logs()
+    assert "/oauth/token" in logs, "the access log is there"
+    for secret in (
+        params["code"],
+        verifier,
+        body["access_token"],
+        body["id_token"],
+        session_cookie,
+        DEMO_PASSWORD,
+    ):
+        assert secret not in logs

@@ -1,0 +1,88 @@
+"""Access token minting in-process: both header types, both algorithms, scope narrowing."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from identity.keys import KeyCipher, SigningKey, generate_private_key, jwk_thumbprint_kid, public_jwk
+from identity.keystore import KeyStore, NoSigningKey
+from identity.models import Client, SignedInUser, User
+from identity.settings import IdentitySettings
+from identity.tokens import AccessTokenMinter, InvalidAccessToken, verify_access_token
+from svckit.settings import load_settings
+
+ISSUER = "http://localhost:9000/"
+
+
+def settings(**env: str) -> IdentitySettings:
+    base = {
+        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+        "OIDC_ISSUER": ISSUER,
+    }
+    return load_settings(IdentitySettings, env={**base, **env})
+
+
+def keystore(alg: str, *, signs_from: datetime | None = None) -> KeyStore:
+    key = generate_private_key(alg)
+    jwk = public_jwk(key, "", alg)
+    kid = jwk_thumbprint_kid(jwk)
+    store = KeyStore(KeyCipher(secrets.token_bytes(32)), alg, 30)
+    store._keys = [
+        SigningKey(kid, alg, {**jwk, "kid": kid}, key, signs_from or datetime.now(UTC), None, None)
+    ]
+    return store
+
+
+CLIENT = Client(
+    client_id="spa",
+    name="SPA",
+    first_party=True,
+    secret_hash=None,
+    redirect_uris=("http://localhost:8080/",),
+    post_logout_redirect_uris=(),
+    web_origins=(),
+    grant_types=("authorization_code",),
+    response_types=("code",),
+    allowed_scopes=("openid", "read:timesheets", "approve:timesheets", "read:audit"),
+)
+ALICE = SignedInUser(User("local|alice", "alice", "a@example.com", "Alice", ("employee",)), auth_time=1)
+
+
+@pytest.mark.parametrize(("typ", "alg"), [("at+jwt", "RS256"), ("JWT", "RS256"), ("at+jwt", "ES256")])
+def test_header_type_and_algorithm(typ: str, alg: str) -> None:
+    config = settings(ACCESS_TOKEN_TYP=typ)
+    keys = keystore(alg)
+    token: dict[str, Any] = AccessTokenMinter(config, keys)(
+        "authorization_code", CLIENT, ALICE, "openid read:timesheets approve:timesheets read:audit"
+    )
+    header = jwt.get_unverified_header(token["access_token"])
+    assert header["typ"] == typ
+    assert header["alg"] == alg
+    assert header["kid"] == keys.signer().kid
+    claims = verify_access_token(config, keys, token["access_token"])
+    assert claims["permissions"] == ["read:timesheets"]  # an employee: no approve, no audit
+    assert token["scope"] == "openid read:timesheets"
+
+
+def test_userinfo_refuses_tokens_for_other_audiences_and_foreign_keys() -> None:
+    config = settings()
+    keys = keystore("RS256")
+    cc = AccessTokenMinter(config, keys)("client_credentials", CLIENT, None, "read:timesheets")
+    with pytest.raises(InvalidAccessToken):
+        verify_access_token(config, keys, cc["access_token"])  # not audienced to /userinfo
+    foreign = keystore("RS256")
+    user_token = AccessTokenMinter(config, foreign)("authorization_code", CLIENT, ALICE, "openid")
+    with pytest.raises(InvalidAccessToken):
+        verify_access_token(config, keys, user_token["access_token"])
+
+
+def test_a_key_scheduled_for_later_does_not_sign_yet() -> None:
+    keys = keystore("RS256", signs_from=datetime.now(UTC) + timedelta(minutes=5))
+    with pytest.raises(NoSigningKey):
+        keys.signer()
+    assert keys.jwks()["keys"], "but it is already published"
