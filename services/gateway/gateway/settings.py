@@ -116,6 +116,12 @@ class GatewaySettings(RedisSettings):
             raise ValueError("must be 'code' or 'implicit'")
         return value
 
+    @field_validator("spa_scopes")
+    @classmethod
+    def _scopes(cls, value: str) -> str:
+        # the Helm chart passes an empty SPA_SCOPES to mean "the gateway's default"
+        return " ".join(value.split()) or DEFAULT_SPA_SCOPES
+
     @field_validator("timesheets_url", "approvals_url", "audit_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

@@ -1,0 +1,65 @@
+"""Settings: safe defaults, empty chart values meaning "default", refusals naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gateway.issuers import IssuerConfigError, load_issuers
+from gateway.settings import GatewaySettings
+from svckit.settings import SettingsError, load_settings
+
+KEYS = "k1:" + "s" * 40
+
+
+def test_defaults_and_empty_values() -> None:
+    settings = load_settings(
+        GatewaySettings, env={"IDENTITY_KEYS": KEYS, "SPA_SCOPES": "", "CORS_ORIGINS": ""}
+    )
+    assert settings.port == 8080
+    assert settings.oidc_issuer == ["http://localhost:9000/"]
+    assert settings.jwt_algorithms == ["RS256", "PS256", "ES256", "EdDSA"]
+    assert settings.spa_scopes.startswith("openid profile email read:timesheets")
+    assert settings.cors_origins == []
+    assert settings.spa_issuer == "http://localhost:9000/"
+    many = load_settings(
+        GatewaySettings, env={"IDENTITY_KEYS": KEYS, "OIDC_ISSUER": "https://a.example/, https://b.example/"}
+    )
+    assert many.oidc_issuer == ["https://a.example/", "https://b.example/"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("JWT_ALGORITHMS", "RS256,HS256", "HS256"),
+        ("JWT_ALGORITHMS", "none", "none"),
+        ("JWT_LEEWAY_SECONDS", "3600", "JWT_LEEWAY_SECONDS"),
+        ("OIDC_ISSUER", "localhost:9000", "OIDC_ISSUER"),
+        ("SPA_AUTH_FLOW", "password", "SPA_AUTH_FLOW"),
+        ("TIMESHEETS_URL", "ftp://x", "TIMESHEETS_URL"),
+        ("MAX_TOKEN_BYTES", "10", "MAX_TOKEN_BYTES"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    variable: str, value: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(GatewaySettings, env={"IDENTITY_KEYS": KEYS, variable: value})
+    err = capsys.readouterr().err
+    assert variable in err
+    assert fragment in err
+    assert "s" * 40 not in err
+
+
+def test_issuers_file_may_only_refine_trusted_issuers(tmp_path: Path) -> None:
+    path = tmp_path / "issuers.yaml"
+    path.write_text('issuers:\n  "https://evil.example/": {jwks_uri: "https://evil.example/jwks"}\n')
+    settings = load_settings(GatewaySettings, env={"IDENTITY_KEYS": KEYS, "GATEWAY_ISSUERS_FILE": str(path)})
+    with pytest.raises(IssuerConfigError, match="not listed in OIDC_ISSUER"):
+        load_issuers(settings)
+    path.write_text('issuers:\n  "http://localhost:9000/": {algorithms: [HS256]}\n')
+    with pytest.raises(IssuerConfigError, match="not in JWT_ALGORITHMS"):
+        load_issuers(settings)
+    path.write_text('issuers:\n  "http://localhost:9000/": {scope_claims: [roles]}\n')
+    with pytest.raises(IssuerConfigError, match="unknown scope claims"):
+        load_issuers(settings)
