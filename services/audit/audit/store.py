@@ -9,6 +9,7 @@ so a re-sent event can never become a second record, however deliveries race.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from svckit.db import Connection, Database
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
 from .models import Anchor, EventsQuery, IngestEvent, encode_cursor
+
+log = logging.getLogger("audit.store")
 
 COLUMNS = (*HASHED_COLUMNS, "hash")
 SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
@@ -39,6 +42,9 @@ class Verification:
     first_bad: int | None = None
     reason: str | None = None
     head: Anchor | None = None  # the last record walked, when intact (the next walk may start there)
+    # Broken only relative to a caller-supplied anchor: reported, but it does not flip the
+    # audit_chain_ok alert (a mistyped anchor must not page anyone).
+    by_caller_anchor: bool = False
 
     def to_json(self) -> dict[str, Any]:
         if self.ok:
@@ -215,6 +221,12 @@ class AuditStore:
         recomputed, and that head must still be in place, unchanged.
         """
         result = await self._walk(prefetch, anchor, since)
+        if result.by_caller_anchor:
+            log.warning(
+                "audit chain does not hold the anchor given",
+                extra={"first_bad": result.first_bad, "reason": result.reason},
+            )
+            return result
         metrics.verifications.labels("ok" if result.ok else "broken").inc()
         metrics.chain_ok.set(1 if result.ok else 0)
         return result
@@ -223,7 +235,7 @@ class AuditStore:
         checked = 0
         expected = since.seq if since is not None else 1
         prev_hash: str | None = None if since is not None else GENESIS
-        points = [point for point in (anchor, since) if point is not None]
+        points = [(point, point is anchor) for point in (since, anchor) if point is not None]
         async with self.database.transaction(isolation="repeatable_read") as conn:
             cursor = conn.cursor(
                 f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
@@ -241,19 +253,25 @@ class AuditStore:
                     )
                 if record_hash(row) != row["hash"]:
                     return Verification(False, checked, seq, "hash does not match the record's content")
-                if any(seq == point.seq and row["hash"] != point.hash for point in points):
-                    return Verification(
-                        False, checked, seq, "hash differs from the anchor: the chain was rewritten"
-                    )
+                for point, given in points:
+                    if seq == point.seq and row["hash"] != point.hash:
+                        return Verification(
+                            False,
+                            checked,
+                            seq,
+                            "hash differs from the anchor: the chain was rewritten",
+                            by_caller_anchor=given,
+                        )
                 prev_hash = row["hash"]
                 expected += 1
-        for point in points:
+        for point, given in points:
             if point.seq >= expected:
                 return Verification(
                     False,
                     checked,
                     point.seq,
                     f"anchor record {point.seq} is missing: the chain was truncated",
+                    by_caller_anchor=given,
                 )
         head = Anchor(seq=expected - 1, hash=prev_hash) if prev_hash is not None and expected > 1 else None
         return Verification(True, checked, head=head)

@@ -236,6 +236,16 @@ async def verify_with_anchor(api: SignedApi, anchor: str) -> dict[str, Any]:
     return body
 
 
+async def test_a_wrong_anchor_is_reported_without_raising_the_alarm(trail: Trail) -> None:
+    """A mistyped anchor says so in the answer, but must not flip audit_chain_ok to 0."""
+    await verify(trail.api)
+    broken_before = verifications("broken")
+    body = await verify_with_anchor(trail.api, "5:" + "0" * 64)
+    assert (body["ok"], body["first_bad"]) == (False, 5)
+    assert verifications("broken") == broken_before
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 1
+
+
 async def test_an_anchor_catches_a_truncated_chain(trail: Trail) -> None:
     anchor = await anchor_of_newest(trail)
     assert await verify_with_anchor(trail.api, anchor) == {"ok": True, "checked": 10}
