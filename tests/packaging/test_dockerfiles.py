@@ -15,6 +15,7 @@ Project rules (hadolint does not know them):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -163,13 +164,18 @@ def test_dockerignore_keeps_the_context_small_and_clean() -> None:
 
 
 @pytest.fixture(scope="module")
-def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image's virtualenv, made the way its build stage makes it: locked runtime deps only."""
+def runtime_venv() -> Path:
+    """The image's virtualenv, made the way its build stage makes it: locked runtime deps only,
+    compiled to bytecode (UV_COMPILE_BYTECODE, as in the Dockerfiles)."""
     uv = shutil.which("uv") or "/tmp/vt/bin/uv"
     if not Path(uv).exists():
         pytest.skip("uv is not installed")
-    venv = tmp_path_factory.mktemp("image") / "venv"
-    env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable)
+    # Kept under .local/ between runs (keyed by the lock file): `uv sync` then only verifies it.
+    lock_hash = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:12]
+    venv = REPO / ".local" / "packaging" / f"runtime-venv-{lock_hash}"
+    env = dict(
+        os.environ, UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable, UV_COMPILE_BYTECODE="1"
+    )
     env.pop("VIRTUAL_ENV", None)
     subprocess.run(
         [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
@@ -181,38 +187,77 @@ def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+IMPORT_EVERYTHING = """
+import importlib, pkgutil, sys
+service = sys.argv[1]
+pkg = importlib.import_module(service)
+names = [m.name for m in pkgutil.walk_packages(pkg.__path__, service + ".")
+         if not m.name.endswith(("__main__", ".testing"))]
+for name in names:
+    importlib.import_module(name)
+foreign = {"pytest", "devstack", "tests", "gateway", "identity", "timesheets", "approvals", "audit"}
+bad = [m for m in sys.modules if m.split(".")[0] in foreign - {service}]
+assert not bad, bad
+print(len(names))
+"""
+
+
+@pytest.fixture(scope="module")
+def image_imports(
+    runtime_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """For every service: recreate /opt/app from its Dockerfile's COPY lines and import every module
+    of the service with only the runtime dependencies (all five at once, each in its own process)."""
+    running: dict[str, subprocess.Popen[str]] = {}
+    for service in sorted(SERVICES):
+        root = tmp_path_factory.mktemp(f"image-{service}")
+        app = root / "app"
+        app.mkdir()
+        for word, args in instructions(dockerfile(service)):
+            if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
+                source, dest = args.split()
+                shutil.copytree(REPO / source, app / Path(dest).name)
+        running[service] = subprocess.Popen(
+            [str(runtime_venv / "bin" / "python"), "-c", IMPORT_EVERYTHING, service],
+            cwd=root,
+            env={"PYTHONPATH": str(app), "PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    results = {}
+    for service, process in running.items():
+        out, err = process.communicate(timeout=180)
+        results[service] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return results
+
+
 @pytest.mark.parametrize("service", sorted(SERVICES))
-def test_image_layout_imports_every_module(service: str, runtime_venv: Path, tmp_path: Path) -> None:
-    """Recreate /opt/app from the Dockerfile's COPY lines and import every module of the service
-    with only the runtime dependencies: catches code that imports a dev-only package, another
-    service's package, or a file the Dockerfile does not copy. (``<package>.testing`` modules are
-    test helpers shipped for other packages' tests, never imported at run time: skipped.)"""
-    app = tmp_path / "app"
-    app.mkdir()
-    for word, args in instructions(dockerfile(service)):
-        if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
-            source, dest = args.split()
-            shutil.copytree(REPO / source, app / Path(dest).name)
-    assert {p.name for p in app.iterdir()} == {"svckit", service}
-    script = (
-        "import importlib, pkgutil, sys\n"
-        f"pkg = importlib.import_module({service!r})\n"
-        "names = [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.')\n"
-        "         if not m.name.endswith(('__main__', '.testing'))]\n"
-        "for name in names: importlib.import_module(name)\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in "
-        "{'pytest', 'devstack', 'tests', 'gateway', 'identity', 'timesheets', 'approvals', 'audit'}"
-        f" - {{{service!r}}}]\n"
-        "assert not bad, bad\n"
-        "print(len(names))\n"
-    )
+def test_image_layout_imports_every_module(
+    service: str, image_imports: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    """What the Dockerfile copies, with only the locked runtime dependencies, is enough to import
+    every module of the service: catches code that imports a dev-only package, another service's
+    package, or a file the Dockerfile does not copy. (``<package>.testing`` modules are test
+    helpers shipped for other packages' tests, never imported at run time: skipped.)"""
+    result = image_imports[service]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip()) > 0, "no module found"
+
+
+def test_image_layout_check_can_fail(runtime_venv: Path, tmp_path: Path) -> None:
+    """Guard: a service module importing a dev-only package must fail the layout check."""
+    app = tmp_path / "app" / "probe"
+    app.mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "uses_pytest.py").write_text("import pytest\n")
     result = subprocess.run(
-        [str(runtime_venv / "bin" / "python"), "-c", script],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(app), "PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+        [str(runtime_venv / "bin" / "python"), "-c", IMPORT_EVERYTHING, "probe"],
+        env={"PYTHONPATH": str(tmp_path / "app"), "PATH": os.environ["PATH"]},
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=60,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode != 0
+    assert "No module named 'pytest'" in result.stderr

@@ -10,6 +10,7 @@ the series names read from the alert rules and the dashboard queries.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,34 +102,39 @@ def platform(
         "GATEWAY_WORKERS": "1",
         "SPA_DIST_DIR": str(tmp_path_factory.mktemp("spa")),
     }
-    for name in ("identity", "timesheets", "approvals", "audit"):
-        subprocess.run(
-            [sys.executable, "-m", name, "migrate"],
-            env=env,
-            cwd=REPO,
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
-    subprocess.run(
-        [sys.executable, "-m", "identity", "seed"],
-        env=env,
-        cwd=REPO,
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
+    run_together([[name, "migrate"] for name in ("identity", "timesheets", "approvals", "audit")], env)
+    run_together([["identity", "seed"]], env)
     logs = tmp_path_factory.mktemp("logs")
     started: dict[str, ServiceProcess] = {}
     try:
-        for name in ORDER:
-            process = ServiceProcess(name, env, port=ports[name], log_dir=logs)
-            started[name] = process.start(timeout=60)
+        processes = {name: ServiceProcess(name, env, port=ports[name], log_dir=logs) for name in ORDER}
+        started.update(processes)
+        with ThreadPoolExecutor(len(ORDER)) as pool:
+            for future in [pool.submit(p.start, timeout=90) for p in processes.values()]:
+                future.result()
         drive_traffic(started, env["BATCH_CLIENT_SECRET"])
         yield started
     finally:
         for process in reversed(list(started.values())):
             process.stop()
+
+
+def run_together(commands: list[list[str]], env: dict[str, str]) -> None:
+    """``python -m <args>`` for every command at once; fail with the output of any that failed."""
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env={**os.environ, **env},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args in commands
+    ]
+    for args, process in zip(commands, running, strict=True):
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, f"python -m {' '.join(args)} failed:\n{output[-3000:]}"
 
 
 def drive_traffic(platform: dict[str, ServiceProcess], batch_secret: str) -> None:
