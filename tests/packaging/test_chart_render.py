@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import helm_python as helm
 import pytest
 
@@ -11,6 +13,7 @@ from tests.packaging.support import (
     SCENARIOS,
     Obj,
     deep_merge,
+    parse_manifests,
     render,
     render_notes,
 )
@@ -111,3 +114,26 @@ def test_notes_tell_how_to_reach_the_app_and_where_secrets_are() -> None:
     prod_notes = render_notes(SCENARIOS["values-prod.yaml"])
     assert "https://timesheets.abc.example/" in prod_notes
     assert "timesheets-app" in prod_notes
+
+
+def test_packaged_chart_renders_like_the_directory(tmp_path: Path) -> None:
+    """`helm package` keeps everything the templates read (files/, schema) and nothing else."""
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load(archive) as packaged:
+        names = {f["name"] for f in packaged.files}
+        rendered = packaged.render(
+            SCENARIOS["dev+everything"], name="ts", namespace="timesheets", is_install=True
+        )
+        assert packaged.schema is not None
+    assert "files/prometheus/timesheets-alerts.yml" in names
+    assert "files/grafana/timesheets-overview.json" in names
+    assert not [n for n in names if n.endswith((".py", ".pyc")) or "__pycache__" in n]
+    from_archive = {
+        (o["kind"], o["metadata"]["name"]) for o in parse_manifests(rendered) if o["kind"] != "Secret"
+    }
+    from_dir = {
+        (o["kind"], o["metadata"]["name"])
+        for o in render(SCENARIOS["dev+everything"])
+        if o["kind"] != "Secret"
+    }
+    assert from_archive == from_dir
