@@ -24,7 +24,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from . import store
-from .browser import CSRF_COOKIE, SESSION_COOKIE, csrf_cookie_value, new_token, set_cookie
+from .browser import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    client_address,
+    csrf_cookie_value,
+    new_token,
+    set_cookie,
+)
 from .context import Context, ctx_of, signed_in_user
 from .models import Client, SignedInUser, origin_of
 from .oauth import Request as OAuthRequest
@@ -337,7 +344,7 @@ async def login_submit(request: Request) -> Response:
             username=username,
             error="Enter your user name and password.",
         )
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request, ctx.settings.trusted_proxy_networks)
     verdict = await ctx.throttle.check(username, address)
     if not verdict.allowed:
         login_failures.labels("throttled").inc()
@@ -367,6 +374,9 @@ async def login_submit(request: Request) -> Response:
     await ctx.throttle.succeeded(username, address)
     if needs_rehash(user.password_hash):
         await store.update_password_hash(ctx.pool, user.subject, await ctx.in_thread(hash_secret, password))
+    previous = request.cookies.get(SESSION_COOKIE)
+    if previous and len(previous) <= 100:
+        await store.delete_session(ctx.pool, previous)
     session_id = new_token()
     await store.create_session(ctx.pool, session_id, user.subject, ctx.settings.session_ttl_seconds)
     logins.inc()

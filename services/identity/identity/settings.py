@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, field_validator
-from svckit.settings import DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
+from svckit.settings import CsvList, DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
 
 MIN_SECRET_BYTES = 32
 
@@ -40,6 +41,22 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
+    # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address.
+    identity_trusted_proxies: CsvList = Field(default_factory=list)
+
+    @field_validator("identity_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.identity_trusted_proxies)
 
     @field_validator("oidc_issuer")
     @classmethod

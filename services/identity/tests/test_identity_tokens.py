@@ -86,3 +86,22 @@ def test_a_key_scheduled_for_later_does_not_sign_yet() -> None:
     with pytest.raises(NoSigningKey):
         keys.signer()
     assert keys.jwks()["keys"], "but it is already published"
+
+
+def test_client_address_believes_only_trusted_proxies() -> None:
+    from identity.browser import client_address
+    from starlette.requests import Request
+
+    def request(peer: str, forwarded: str | None) -> Request:
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return Request(
+            {"type": "http", "headers": headers, "client": (peer, 1234), "method": "GET", "path": "/"}
+        )
+
+    trusted = settings(IDENTITY_TRUSTED_PROXIES="10.0.0.0/8,fd00::/8").trusted_proxy_networks
+    assert client_address(request("203.0.113.9", "1.2.3.4"), trusted) == "203.0.113.9"
+    assert client_address(request("10.1.2.3", "198.51.100.7"), trusted) == "198.51.100.7"
+    # a client-supplied left part does not win over the address the proxy saw
+    assert client_address(request("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9"), trusted) == "198.51.100.7"
+    assert client_address(request("10.1.2.3", None), trusted) == "10.1.2.3"
+    assert client_address(request("10.1.2.3", "1.2.3.4"), ()) == "10.1.2.3"
