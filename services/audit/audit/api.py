@@ -19,7 +19,7 @@ from svckit.problems import validation_problem
 from svckit.query import parse_query
 
 from .models import EventsQuery, IngestBatch, VerifyQuery
-from .store import AuditStore
+from .store import AuditStore, Verification
 
 READ_AUDIT = "read:audit"
 
@@ -57,12 +57,26 @@ async def list_events(request: Request) -> Response:
 
 @requires_scope(READ_AUDIT)
 async def verify(request: Request) -> Response:
-    # One walk at a time per process: concurrent callers queue instead of multiplying the work.
     query = parse_query(request, VerifyQuery)
-    lock: asyncio.Lock = request.app.state.verify_lock
-    async with lock:
-        result = await store_of(request).verify(anchor=query.anchor_point)
+    anchor = query.anchor_point
+    if anchor is None:
+        result = await shared_walk(request)
+    else:
+        lock: asyncio.Lock = request.app.state.verify_lock
+        async with lock:
+            result = await store_of(request).verify(anchor=anchor)
     return JSONResponse(result.to_json())
+
+
+async def shared_walk(request: Request) -> Verification:
+    """Callers arriving while a full walk is under way get its result instead of starting another,
+    so repeated calls cannot multiply the work. Shielded: one caller hanging up cancels nothing."""
+    state = request.app.state
+    task: asyncio.Task[Verification] | None = getattr(state, "verify_task", None)
+    if task is None or task.done():
+        task = asyncio.ensure_future(store_of(request).verify())
+        state.verify_task = task
+    return await asyncio.shield(task)
 
 
 routes = [

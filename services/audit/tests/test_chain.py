@@ -73,6 +73,14 @@ async def test_awkward_json_details_still_verify(api: SignedApi, new_event: Any)
     assert (await verify(api))["ok"] is True
 
 
+async def test_concurrent_verifications_share_one_walk(api: SignedApi) -> None:
+    before = verifications("ok")
+    results = await asyncio.gather(*(verify(api) for _ in range(8)))
+    assert all(r["ok"] for r in results)
+    assert len({r["checked"] for r in results}) == 1
+    assert verifications("ok") - before < 8  # fewer walks than callers
+
+
 async def test_verify_needs_read_audit(api: SignedApi) -> None:
     reply = await api.call("GET", "/audit/verify", user("alice", "read:timesheets"))
     assert reply.status == 403
