@@ -504,3 +504,13 @@ def test_with_the_demo_database_pods_migrate_their_own_schema_before_start() -> 
             assert init[0]["image"] == dep["spec"]["template"]["spec"]["containers"][0]["image"]
     for dep in app_deployments(rendered_scenario("values-prod.yaml")):
         assert "initContainers" not in dep["spec"]["template"]["spec"]
+
+
+def test_shutdown_fits_in_the_grace_period(objects: list[Obj]) -> None:
+    """preStop pause + the service's drain (SHUTDOWN_TIMEOUT_SECONDS) end before SIGKILL."""
+    for dep in app_deployments(objects):
+        spec = dep["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        pause = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+        drain = float(env_of(c)["SHUTDOWN_TIMEOUT_SECONDS"]["value"])
+        assert pause + drain < spec["terminationGracePeriodSeconds"], dep["metadata"]["name"]
