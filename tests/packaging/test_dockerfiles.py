@@ -167,9 +167,11 @@ def test_dockerignore_keeps_the_context_small_and_clean() -> None:
 def runtime_venv() -> Path:
     """The image's virtualenv, made the way its build stage makes it: locked runtime deps only,
     compiled to bytecode (UV_COMPILE_BYTECODE, as in the Dockerfiles)."""
-    uv = shutil.which("uv") or "/tmp/vt/bin/uv"
-    if not Path(uv).exists():
-        pytest.skip("uv is not installed")
+    # uv on PATH, else where `make install` puts it (.local/uv), else the workstation's copy.
+    candidates = [shutil.which("uv"), str(REPO / ".local" / "uv" / "bin" / "uv"), "/tmp/vt/bin/uv"]
+    uv = next((c for c in candidates if c and Path(c).exists()), None)
+    if uv is None:
+        pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
     # Kept under .local/ between runs (keyed by the lock file): `uv sync` then only verifies it.
     lock_hash = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:12]
     venv = REPO / ".local" / "packaging" / f"runtime-venv-{lock_hash}"
