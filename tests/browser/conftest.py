@@ -50,6 +50,14 @@ async def platform(database_url: str, redis_url: str, redis_prefix: str) -> Asyn
     )
     try:
         await asyncio.to_thread(stack.start, 120.0)
+        await asyncio.sleep(0.5)
+        # A service that lost the race for its fixed port exits while a stranger answers /readyz there.
+        dead = [f"{n} (exit {p.returncode})" for n, p in stack.processes.items() if p.poll() is not None]
+        if dead:
+            pytest.fail(
+                "platform services exited after start-up (is something else using ports 8080/9000/"
+                f"8101-8103?): {', '.join(dead)}; logs in {state / 'logs'}"
+            )
         if not (ROOT / "services" / "identity" / "identity" / "seed.py").exists():
             # devstack seeds only when identity/seed.py exists; the seed is idempotent either way.
             await asyncio.to_thread(stack.run_step, "identity", [sys.executable, "-m", "identity", "seed"])

@@ -52,6 +52,7 @@ async def test_implicit_grant_signs_in_and_calls_the_api(new_page: NewPage, shot
 
     # The API was called with the implicit access token, and answered.
     await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await shot(page, "implicit-signed-in-week")
     assert tokens.seen
     assert 200 in api_answers, api_answers
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Approvals").click()

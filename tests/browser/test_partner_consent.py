@@ -62,6 +62,7 @@ async def test_partner_consent_is_asked_once_and_remembered(new_page: NewPage, s
     # Ask again and allow: signed in with the partner's scopes only.
     await start_sign_in(page)
     await consent_page(page)  # still signed in at the provider: straight to consent
+    await shot(page, "partner-consent-page-again")
     await page.get_by_role("button", name="Allow").click()
     await page.wait_for_url(re.compile(rf"^{re.escape(PARTNER)}"))
     await expect(page.get_by_role("heading", name="My timesheets")).to_be_visible()
@@ -78,6 +79,7 @@ async def test_partner_consent_is_asked_once_and_remembered(new_page: NewPage, s
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url(PARTNER)
     await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
+    await shot(page, "partner-signed-out-again")
     await start_sign_in(page)
     await provider_sign_in(page, shot, "alice")
     await page.wait_for_url(re.compile(rf"^{re.escape(PARTNER)}"))

@@ -47,6 +47,7 @@ async def test_expired_session_renews_silently(new_page: NewPage, shot: Shots, f
     await sign_in(page, shot, "alice", path=f"/?flow={flow}")
     await refetch_week(page)
     first = tokens.last
+    await shot(page, f"signed-in-{flow}")
 
     await page.clock.fast_forward(PAST_EXPIRY)
     await eventually(lambda: len(silent) > 0, "a prompt=none request in the hidden iframe")
@@ -67,6 +68,7 @@ async def test_renewal_without_provider_session_asks_to_sign_in_again(new_page: 
     other = await page.context.new_page()
     await other.goto(f"{PROVIDER}/v2/logout")
     await expect(other.get_by_role("heading", name="Signed out")).to_be_visible()
+    await shot(other, "provider-signed-out-in-another-tab")
     await other.close()
 
     await page.clock.fast_forward(PAST_EXPIRY)
@@ -76,6 +78,7 @@ async def test_renewal_without_provider_session_asks_to_sign_in_again(new_page: 
     await shot(page, "session-ended-sign-in-again")
     await page.get_by_role("button", name=re.compile("^Sign in")).click()
     await page.wait_for_url(re.compile(rf"^{re.escape(PROVIDER)}/login"))
+    await shot(page, "provider-asks-for-password")
 
 
 async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage, shot: Shots) -> None:
@@ -105,6 +108,7 @@ async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage,
     await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
     await expect(page.get_by_role("heading", name="My timesheets")).to_be_visible()
     await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(page, "signed-in-again")
 
 
 async def test_sign_out_ends_the_provider_session(new_page: NewPage, shot: Shots) -> None:
