@@ -15,47 +15,26 @@ Project rules (hadolint does not know them):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.packaging.images import (
+    SERVICES,
+    dockerfile,
+    find_uv,
+    image_layout,
+    instructions,
+    stages,
+)
+from tests.packaging.images import runtime_venv as build_runtime_venv
 from tests.packaging.support import REPO
 
-SERVICES = {"gateway": 8080, "identity": 9000, "timesheets": 8101, "approvals": 8102, "audit": 8103}
 HADOLINT = Path(sys.executable).parent / "hadolint"
-
-
-def dockerfile(service: str) -> str:
-    return (REPO / "services" / service / "Dockerfile").read_text()
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n", " ", text)
-    out = []
-    for line in joined.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        word, _, rest = stripped.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    return out
-
-
-def stages(text: str) -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for ins in instructions(text):
-        if ins[0] == "FROM":
-            result.append([])
-        if result:
-            result[-1].append(ins)
-    return result
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -165,28 +144,11 @@ def test_dockerignore_keeps_the_context_small_and_clean() -> None:
 
 @pytest.fixture(scope="module")
 def runtime_venv() -> Path:
-    """The image's virtualenv, made the way its build stage makes it: locked runtime deps only,
-    compiled to bytecode (UV_COMPILE_BYTECODE, as in the Dockerfiles)."""
-    # uv on PATH, else where `make install` puts it (.local/uv), else the workstation's copy.
-    candidates = [shutil.which("uv"), str(REPO / ".local" / "uv" / "bin" / "uv"), "/tmp/vt/bin/uv"]
-    uv = next((c for c in candidates if c and Path(c).exists()), None)
+    """The image's /opt/venv (see tests/packaging/images.py)."""
+    uv = find_uv()
     if uv is None:
         pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
-    # Kept under .local/ between runs (keyed by the lock file): `uv sync` then only verifies it.
-    lock_hash = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:12]
-    venv = REPO / ".local" / "packaging" / f"runtime-venv-{lock_hash}"
-    env = dict(
-        os.environ, UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable, UV_COMPILE_BYTECODE="1"
-    )
-    env.pop("VIRTUAL_ENV", None)
-    subprocess.run(
-        [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        timeout=240,
-    )
-    return venv
+    return build_runtime_venv(uv)
 
 
 IMPORT_EVERYTHING = """
@@ -213,12 +175,8 @@ def image_imports(
     running: dict[str, subprocess.Popen[str]] = {}
     for service in sorted(SERVICES):
         root = tmp_path_factory.mktemp(f"image-{service}")
-        app = root / "app"
-        app.mkdir()
-        for word, args in instructions(dockerfile(service)):
-            if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
-                source, dest = args.split()
-                shutil.copytree(REPO / source, app / Path(dest).name)
+        app = image_layout(service, root)
+        assert {p.name for p in app.iterdir()} == {"svckit", service}
         running[service] = subprocess.Popen(
             [str(runtime_venv / "bin" / "python"), "-c", IMPORT_EVERYTHING, service],
             cwd=root,

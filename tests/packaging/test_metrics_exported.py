@@ -1,7 +1,8 @@
 """Every metric an alert or a dashboard panel names is really exported by the running services.
 
-The five services are started as real processes (``python -m <service>``, exactly as the images run
-them) on free loopback ports against the test database and Redis, given a little real traffic —
+The five services are started as real processes exactly as their images run them (the image's
+/opt/app and runtime-only /opt/venv recreated from its Dockerfile, ``python -m <service>``) on free
+loopback ports against the test database and Redis, given a little real traffic —
 refused and accepted tokens through the gateway, an upload that reaches the timesheets service and
 its outbox, an audit chain verification — and then their ``/metrics`` are scraped and compared with
 the series names read from the alert rules and the dashboard queries.
@@ -10,11 +11,9 @@ the series names read from the alert rules and the dashboard queries.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -27,11 +26,11 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from svckit.testing import ServiceProcess, free_port
+from svckit.testing import free_port
 
+from tests.packaging.images import ImageProcess, find_uv, image_layout, runtime_venv
 from tests.packaging.support import (
     PROMETHEUS_DIR,
-    REPO,
     alerts,
     dashboard_queries,
     load_rules,
@@ -85,12 +84,18 @@ def exported_series(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def platform(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, ServiceProcess]]:
+) -> Iterator[dict[str, ImageProcess]]:
+    """The five services run as their images run them (tests/packaging/images.py): migrated and
+    seeded by the images' own commands, as the chart's migration Job does, then started."""
+    uv = find_uv()
+    if uv is None:
+        pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
+    venv = runtime_venv(uv)
     ports = {name: free_port() for name in ORDER}
-    issuer = f"http://127.0.0.1:{ports['identity']}/"
     env = {
         **service_env,
-        "OIDC_ISSUER": issuer,
+        "BIND_HOST": "127.0.0.1",
+        "OIDC_ISSUER": f"http://127.0.0.1:{ports['identity']}/",
         "OIDC_AUDIENCE": "https://timesheets.abc.example/api",
         "TIMESHEETS_URL": f"http://127.0.0.1:{ports['timesheets']}",
         "APPROVALS_URL": f"http://127.0.0.1:{ports['approvals']}",
@@ -102,42 +107,35 @@ def platform(
         "GATEWAY_WORKERS": "1",
         "SPA_DIST_DIR": str(tmp_path_factory.mktemp("spa")),
     }
-    run_together([[name, "migrate"] for name in ("identity", "timesheets", "approvals", "audit")], env)
-    run_together([["identity", "seed"]], env)
     logs = tmp_path_factory.mktemp("logs")
-    started: dict[str, ServiceProcess] = {}
+    processes = {
+        name: ImageProcess(
+            name,
+            venv,
+            image_layout(name, tmp_path_factory.mktemp(f"image-{name}")),
+            env,
+            ports[name],
+            logs / f"{name}.log",
+        )
+        for name in ORDER
+    }
+    with ThreadPoolExecutor(len(ORDER)) as pool:
+        migrations = [pool.submit(processes[name].run, "migrate") for name in ORDER if name != "gateway"]
+        for future in migrations:
+            future.result()
+    processes["identity"].run("seed")
     try:
-        processes = {name: ServiceProcess(name, env, port=ports[name], log_dir=logs) for name in ORDER}
-        started.update(processes)
         with ThreadPoolExecutor(len(ORDER)) as pool:
-            for future in [pool.submit(p.start, timeout=90) for p in processes.values()]:
-                future.result()
-        drive_traffic(started, env["BATCH_CLIENT_SECRET"])
-        yield started
+            for started in [pool.submit(p.start) for p in processes.values()]:
+                started.result()
+        drive_traffic(processes, env["BATCH_CLIENT_SECRET"])
+        yield processes
     finally:
-        for process in reversed(list(started.values())):
+        for process in processes.values():
             process.stop()
 
 
-def run_together(commands: list[list[str]], env: dict[str, str]) -> None:
-    """``python -m <args>`` for every command at once; fail with the output of any that failed."""
-    running = [
-        subprocess.Popen(
-            [sys.executable, "-m", *args],
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for args in commands
-    ]
-    for args, process in zip(commands, running, strict=True):
-        output, _ = process.communicate(timeout=180)
-        assert process.returncode == 0, f"python -m {' '.join(args)} failed:\n{output[-3000:]}"
-
-
-def drive_traffic(platform: dict[str, ServiceProcess], batch_secret: str) -> None:
+def drive_traffic(platform: dict[str, ImageProcess], batch_secret: str) -> None:
     """A little real traffic, so that series which only exist once something happened appear."""
     gateway = platform["gateway"].url
     identity = platform["identity"].url
@@ -188,7 +186,7 @@ def drive_traffic(platform: dict[str, ServiceProcess], batch_secret: str) -> Non
     )
 
 
-def scrape(platform: dict[str, ServiceProcess]) -> dict[str, set[str]]:
+def scrape(platform: dict[str, ImageProcess]) -> dict[str, set[str]]:
     out = {}
     for name, process in platform.items():
         status, body = http("GET", f"{process.url}/metrics")
@@ -198,7 +196,7 @@ def scrape(platform: dict[str, ServiceProcess]) -> dict[str, set[str]]:
 
 
 def test_every_metric_named_by_alerts_and_dashboard_is_exported(
-    platform: dict[str, ServiceProcess],
+    platform: dict[str, ImageProcess],
 ) -> None:
     wanted = referenced_series()
     deadline = time.monotonic() + 20
@@ -261,7 +259,7 @@ KNOWN_GAPS = {
     ],
 )
 def test_each_component_exports_what_its_alerts_and_panels_group_by(
-    platform: dict[str, ServiceProcess], metric: str, service: str
+    platform: dict[str, ImageProcess], metric: str, service: str
 ) -> None:
     status, body = http("GET", f"{platform[service].url}/metrics")
     assert status == 200
@@ -276,7 +274,7 @@ def test_the_exporters_table_only_names_referenced_series() -> None:
 
 
 @pytest.fixture
-def local_prometheus(platform: dict[str, ServiceProcess], tmp_path: Path) -> Iterator[tuple[str, str]]:
+def local_prometheus(platform: dict[str, ImageProcess], tmp_path: Path) -> Iterator[tuple[str, str]]:
     """prometheus-local.yml as devstack uses it, with targets moved to this test's ports and one
     extra 'audit' target where nothing listens. Yields (Prometheus URL, the dead target)."""
     prometheus = shutil.which("prometheus")

@@ -1,0 +1,170 @@
+"""The service images without Docker: their Dockerfiles read, their contents recreated on disk.
+
+No container runtime exists on this machine, so the tests rebuild what an image holds the way its
+Dockerfile does — the locked runtime-only virtualenv (``uv sync --frozen --no-dev
+--no-install-project``, compiled to bytecode) for ``/opt/venv``, the Dockerfile's ``COPY services/…``
+lines for ``/opt/app``, the final stage's ``ENV`` with those two paths mapped — and run the
+services from there with the image's entrypoint (``python -m <service>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.packaging.support import REPO
+
+SERVICES = {"gateway": 8080, "identity": 9000, "timesheets": 8101, "approvals": 8102, "audit": 8103}
+
+
+def dockerfile(service: str) -> str:
+    return (REPO / "services" / service / "Dockerfile").read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        word, _, rest = stripped.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for ins in instructions(text):
+        if ins[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(ins)
+    return result
+
+
+def find_uv() -> str | None:
+    """uv on PATH, else where `make install` puts it (.local/uv), else the workstation's copy."""
+    candidates = [shutil.which("uv"), str(REPO / ".local" / "uv" / "bin" / "uv"), "/tmp/vt/bin/uv"]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+def runtime_venv(uv: str) -> Path:
+    """``/opt/venv``: the locked runtime dependencies only. Kept under .local/ between runs, keyed by
+    the lock file, so that `uv sync` usually only verifies it."""
+    lock_hash = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:12]
+    venv = REPO / ".local" / "packaging" / f"runtime-venv-{lock_hash}"
+    env = dict(
+        os.environ, UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON=sys.executable, UV_COMPILE_BYTECODE="1"
+    )
+    env.pop("VIRTUAL_ENV", None)
+    subprocess.run(
+        [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    return venv
+
+
+def image_layout(service: str, root: Path) -> Path:
+    """``/opt/app`` of the service's image, recreated under ``root`` from the COPY lines."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    for word, args in instructions(dockerfile(service)):
+        if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
+            source, dest = args.split()
+            shutil.copytree(REPO / source, app / Path(dest).name)
+    return app
+
+
+def image_env(service: str, venv: Path, app: Path) -> dict[str, str]:
+    """The final stage's ENV, with /opt/venv and /opt/app mapped to their recreations."""
+    env: dict[str, str] = {}
+    for word, args in stages(dockerfile(service))[-1]:
+        if word != "ENV":
+            continue
+        for pair in args.split():
+            name, _, value = pair.partition("=")
+            value = value.replace("$PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+            value = value.replace("/opt/venv", str(venv)).replace("/opt/app", str(app))
+            env[name] = value
+    return env
+
+
+class ImageProcess:
+    """One service run as its image runs it: ``python -m <service>`` from /opt/app with its ENV."""
+
+    def __init__(
+        self, service: str, venv: Path, app: Path, env: dict[str, str], port: int, log: Path
+    ) -> None:
+        self.service = service
+        self.python = str(venv / "bin" / "python")
+        self.app = app
+        self.env = {**image_env(service, venv, app), **env, "PORT": str(port)}
+        self.port = port
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, *args: str) -> None:
+        """A one-off command of the image (``migrate``, ``seed``), as the migration Job runs it."""
+        result = subprocess.run(
+            [self.python, "-m", self.service, *args],
+            cwd=self.app,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert result.returncode == 0, f"{self.service} {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+    def start(self, timeout: float = 90.0) -> ImageProcess:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [self.python, "-m", self.service], cwd=self.app, env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.service} exited early:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.service} did not answer /healthz in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
