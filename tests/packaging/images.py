@@ -116,6 +116,11 @@ class ImageProcess:
         self.port = port
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.initial_files = self.app_files()
+
+    def app_files(self) -> dict[str, int]:
+        """Every file under /opt/app with its size: the image's code must stay as built."""
+        return {str(p.relative_to(self.app)): p.stat().st_size for p in self.app.rglob("*") if p.is_file()}
 
     @property
     def url(self) -> str:

@@ -339,3 +339,10 @@ def test_local_prometheus_scrapes_every_service_and_evaluates_every_rule_cleanly
     assert [(a["labels"]["job"], a["labels"]["instance"], a["state"]) for a in down] == [
         ("audit", dead, "pending")
     ]
+
+
+def test_services_write_nothing_into_their_image(platform: dict[str, ImageProcess]) -> None:
+    """The chart mounts the root filesystem read-only (only /tmp is writable): after start-up,
+    migrations, seeding and traffic, /opt/app of every service is exactly as the image built it."""
+    for name, process in platform.items():
+        assert process.app_files() == process.initial_files, name
