@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from .passwords import verify_secret
+from .passwords import client_secrets
 from .scopes import join_scope, split_scope
 
 
@@ -91,7 +91,7 @@ class Client:
         return redirect_uri in self.redirect_uris
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.secret_hash is not None and verify_secret(self.secret_hash, client_secret)
+        return self.secret_hash is not None and client_secrets.verify(self.secret_hash, client_secret)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.is_public:

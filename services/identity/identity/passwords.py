@@ -8,6 +8,11 @@ stronger settings later only need ``needs_rehash`` (checked at every successful 
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -32,3 +37,38 @@ def verify_secret(stored_hash: str | None, secret: str) -> bool:
 
 def needs_rehash(stored_hash: str) -> bool:
     return _HASHER.check_needs_rehash(stored_hash)
+
+
+class VerifiedSecrets:
+    """Remembers successful client-secret verifications for a few minutes.
+
+    A machine client presents the same secret on every token request; paying Argon2 each time would
+    cap the token endpoint at a few requests per second per core. Only successes are cached, keyed by
+    SHA-256 over the stored hash and the secret, so a rotated secret (new stored hash) or a wrong one
+    still goes through Argon2. Used from Authlib's worker threads, hence the lock.
+    """
+
+    def __init__(self, ttl_seconds: float = 300.0, max_entries: int = 1024) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, stored_hash: str, secret: str) -> bool:
+        key = hashlib.sha256(stored_hash.encode() + b"\0" + secret.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            expires = self._entries.get(key)
+            if expires is not None and expires > now:
+                return True
+        if not verify_secret(stored_hash, secret):
+            return False
+        with self._lock:
+            self._entries[key] = now + self.ttl
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return True
+
+
+client_secrets = VerifiedSecrets()

@@ -15,7 +15,7 @@ from . import store
 from .admin import run_with_connection, subject_for
 from .keys import KeyCipher, ensure_signing_key
 from .models import Client, User
-from .passwords import hash_secret, verify_secret
+from .passwords import hash_secret, needs_rehash, verify_secret
 from .settings import IdentitySettings
 
 SPA_ORIGIN = "http://localhost:8080"
@@ -79,15 +79,20 @@ def demo_clients(batch_secret_hash: str) -> list[Client]:
 async def _keep_or_hash(conn: asyncpg.Connection, username: str, password: str) -> str:
     """Re-use the stored hash when the password is unchanged, so re-seeding changes nothing."""
     existing = await store.get_user_by_username(conn, username)
-    if existing and verify_secret(existing.password_hash, password):
+    if (
+        existing
+        and not needs_rehash(existing.password_hash)
+        and verify_secret(existing.password_hash, password)
+    ):
         return existing.password_hash
     return hash_secret(password)
 
 
 async def _keep_or_hash_client(conn: asyncpg.Connection, client_id: str, secret: str) -> str:
     existing = await store.get_client(conn, client_id)
-    if existing and existing.secret_hash and verify_secret(existing.secret_hash, secret):
-        return existing.secret_hash
+    stored = existing.secret_hash if existing else None
+    if stored and not needs_rehash(stored) and verify_secret(stored, secret):
+        return stored
     return hash_secret(secret)
 
 

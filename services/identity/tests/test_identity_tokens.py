@@ -105,3 +105,17 @@ def test_client_address_believes_only_trusted_proxies() -> None:
     assert client_address(request("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9"), trusted) == "198.51.100.7"
     assert client_address(request("10.1.2.3", None), trusted) == "10.1.2.3"
     assert client_address(request("10.1.2.3", "1.2.3.4"), ()) == "10.1.2.3"
+
+
+def test_client_secret_verifications_are_cached_only_on_success() -> None:
+    from identity.passwords import VerifiedSecrets, hash_secret
+
+    cache = VerifiedSecrets(ttl_seconds=60)
+    stored = hash_secret("right-secret")
+    assert not cache.verify(stored, "wrong-secret")
+    assert cache.verify(stored, "right-secret")
+    assert cache.verify(stored, "right-secret")  # from the cache
+    assert not cache.verify(stored, "wrong-secret")  # failures are never cached
+    rotated = hash_secret("new-secret")
+    assert not cache.verify(rotated, "right-secret")  # a new stored hash misses the cache
+    assert len(cache._entries) == 1
