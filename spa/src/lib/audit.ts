@@ -45,6 +45,8 @@ const REASONS: Record<string, string> = {
   insufficient_scope: "missing permission",
   invalid_token: "invalid token",
   missing_token: "no token",
+  malformed: "malformed token",
+  expired: "expired token",
 };
 
 /** Query parameters of `GET /api/audit/events`; dates cover whole days in UTC (`to` is exclusive). */
