@@ -16,12 +16,15 @@ from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
 from .api import routes
-from .models import Anchor
+from .models import MAX_BATCH, MAX_DETAILS_BYTES, Anchor
 from .openapi import build_document
 from .settings import AuditSettings
 from .store import AuditStore, Verification
 
 SCHEMA = "audit"
+# A full batch of events with the largest details, plus room for the rest of each event: a relay's
+# batch must never be refused for its size alone.
+MAX_BODY_BYTES = MAX_BATCH * MAX_DETAILS_BYTES + (2 << 20)
 
 log = logging.getLogger("audit")
 
@@ -101,5 +104,6 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         database=database,
         lifespan=lifespan,
         openapi=build_document(),
+        max_body_size=MAX_BODY_BYTES,
         state={"store": store, "verify_lock": asyncio.Lock(), "verifier": verifier},
     )

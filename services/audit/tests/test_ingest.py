@@ -203,7 +203,7 @@ async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> N
         "POST",
         "/internal/events",
         TIMESHEETS,
-        data=json.dumps({"events": [new_event()], "pad": "x" * (2 << 20)}),
+        data=json.dumps({"events": [new_event()], "pad": "x" * (11 << 20)}),
         headers={"content-type": "application/json"},
     )
     assert huge.status == 413
@@ -213,6 +213,13 @@ async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> N
 async def test_a_full_batch_of_500_small_events_is_accepted(api: SignedApi, new_event: Any) -> None:
     events = [new_event(details={}) for _ in range(500)]
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert reply.body == {"accepted": 500, "duplicates": 0}
+
+
+async def test_a_full_batch_of_the_largest_events_fits_the_body_limit(api: SignedApi, new_event: Any) -> None:
+    events = [new_event(details={"blob": "x" * 16_000}) for _ in range(500)]
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert reply.status == 200, reply.text[:300]
     assert reply.body == {"accepted": 500, "duplicates": 0}
 
 
