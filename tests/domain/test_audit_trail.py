@@ -45,7 +45,7 @@ async def stack(
     for service in ("timesheets", "approvals", "audit"):
         await migrate(url, service, SERVICES / service / service / "migrations")
     env = {**service_env, "DATABASE_URL": url}
-    audit = ServiceProcess("audit", env, log_dir=tmp_path_factory.mktemp("audit")).start()
+    audit = ServiceProcess("audit", env, log_dir=tmp_path_factory.mktemp("audit")).start("/readyz")
     relay = {"AUDIT_URL": audit.url, "OUTBOX_MAX_BACKOFF_SECONDS": "1", "OUTBOX_POLL_INTERVAL_SECONDS": "0.5"}
     timesheets_app = create_timesheets(load_settings(TimesheetsSettings, env={**env, **relay}))
     try:
@@ -159,7 +159,7 @@ async def test_audit_down_for_a_while_loses_and_duplicates_nothing(stack: Stack)
     # The changes succeeded; their events wait in the outboxes.
     assert await outbox_backlog(stack.url) == sum(len(events) for events in expected.values())
     await asyncio.sleep(2)  # a few failed deliveries and backoffs
-    stack.audit.start()
+    stack.audit.start("/readyz")
     await wait_drained(stack.url)
     audit = SignedApi(stack.audit.url, stack.timesheets.caller)
     try:
