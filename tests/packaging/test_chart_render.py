@@ -66,6 +66,7 @@ def test_object_names_are_unique_per_kind(objects: list[Obj]) -> None:
         ({"oidc": {"issuers": ["not a url"]}}, "/oidc/issuers/0"),
         ({"metrics": {"serviceMonitor": {"interval": 30}}}, "/metrics/serviceMonitor/interval"),
         ({"networkPolicy": {"egress": {"databasePort": 70000}}}, "databasePort"),
+        ({"identity": {"trustedProxies": ["everyone"]}}, "/identity/trustedProxies/0"),
     ],
 )
 def test_values_schema_refuses_bad_values(bad: dict[str, object], complaint: str) -> None:

@@ -514,3 +514,17 @@ def test_shutdown_fits_in_the_grace_period(objects: list[Obj]) -> None:
         pause = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
         drain = float(env_of(c)["SHUTDOWN_TIMEOUT_SECONDS"]["value"])
         assert pause + drain < spec["terminationGracePeriodSeconds"], dep["metadata"]["name"]
+
+
+def test_identity_trusts_forwarded_addresses_only_from_configured_proxies(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "identity": {"trustedProxies": ["10.42.0.0/16", "10.43.0.10"]},
+    }
+    identity = next(d for d in app_deployments(render_values(values)) if component(d) == "identity")
+    (c,) = identity["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["IDENTITY_TRUSTED_PROXIES"]["value"] == "10.42.0.0/16,10.43.0.10"
+    dev = next(d for d in app_deployments(rendered_scenario("values-dev.yaml")) if component(d) == "identity")
+    assert "IDENTITY_TRUSTED_PROXIES" not in env_of(dev["spec"]["template"]["spec"]["containers"][0])

@@ -269,6 +269,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
     secretKeyRef:
       name: {{ include "timesheets.appSecretName" $root }}
       key: batch-client-secret
+{{- with $values.trustedProxies }}
+- name: IDENTITY_TRUSTED_PROXIES
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- end }}
 {{- range $name, $value := $values.env }}
 - name: {{ $name }}
