@@ -1,0 +1,135 @@
+/** The API client against a real HTTP server on loopback (node:http), not a stubbed fetch. */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ApiClient, type TokenSource } from "./client";
+import { ApiError, NetworkError } from "./errors";
+
+type Handler = (req: IncomingMessage, res: ServerResponse, body: string) => void;
+let handler: Handler = (_req, res) => res.end();
+let server: Server;
+let base = "";
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => handler(req, res, body));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/api`;
+});
+
+afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+function problem(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { "content-type": "application/problem+json", ...headers });
+  res.end(JSON.stringify({ status, ...body }));
+}
+
+class Tokens implements TokenSource {
+  token = "t1";
+  renewals = 0;
+  constructor(private readonly next: string | null) {}
+  accessToken(): string | null {
+    return this.token;
+  }
+  async renew(): Promise<boolean> {
+    this.renewals++;
+    if (!this.next) return false;
+    this.token = this.next;
+    return true;
+  }
+}
+
+describe("ApiClient", () => {
+  it("sends the bearer token and JSON body", async () => {
+    let seen: { auth?: string; type?: string; body?: string } = {};
+    handler = (req, res, body) => {
+      seen = { auth: req.headers.authorization, type: req.headers["content-type"], body };
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify({ id: "e1", ...JSON.parse(body) }));
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    const created = await api.createEntry({ date: "2026-11-27", project: "Apollo", hours: 7.5, notes: "" });
+    expect(created).toMatchObject({ id: "e1", project: "Apollo" });
+    expect(seen).toEqual({ auth: "Bearer t1", type: "application/json", body: expect.stringContaining('"hours":7.5') });
+  });
+
+  it("renews once on 401 and retries with the new token", async () => {
+    const auths: (string | undefined)[] = [];
+    handler = (req, res) => {
+      auths.push(req.headers.authorization);
+      if (req.headers.authorization !== "Bearer t2") return problem(res, 401, { title: "Unauthorized" });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ items: [], next_cursor: null }));
+    };
+    const tokens = new Tokens("t2");
+    await new ApiClient(base, tokens).listApprovals();
+    expect(auths).toEqual(["Bearer t1", "Bearer t2"]);
+    expect(tokens.renewals).toBe(1);
+  });
+
+  it("gives up with a 401 ApiError when renewal fails", async () => {
+    handler = (_req, res) =>
+      problem(res, 401, { title: "Unauthorized" }, { "www-authenticate": 'Bearer error="invalid_token"' });
+    const error = await new ApiClient(base, new Tokens(null)).listApprovals().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ApiError);
+    expect((error as ApiError).status).toBe(401);
+  });
+
+  it("reads 403 scope, 409 detail, 422 field errors and 429 Retry-After", async () => {
+    const api = new ApiClient(base, new Tokens(null));
+    handler = (_req, res) =>
+      problem(
+        res,
+        403,
+        { title: "Forbidden" },
+        { "www-authenticate": 'Bearer error="insufficient_scope", scope="read:audit"' },
+      );
+    expect(await api.verifyChain().catch((e: ApiError) => e.missingScope)).toBe("read:audit");
+    handler = (_req, res) => problem(res, 409, { title: "Conflict", detail: "An approved entry cannot be deleted." });
+    expect(await api.deleteEntry("e1").catch((e: ApiError) => e.message)).toBe("An approved entry cannot be deleted.");
+    handler = (_req, res) => problem(res, 422, { errors: [{ field: "hours", loc: ["hours"], message: "too many" }] });
+    const invalid = (await api
+      .createEntry({ date: "x", project: "p", hours: 30, notes: "" })
+      .catch((e: unknown) => e)) as ApiError;
+    expect(invalid.fieldErrors).toEqual({ hours: "too many" });
+    handler = (_req, res) => problem(res, 429, {}, { "retry-after": "3" });
+    expect(await api.listApprovals().catch((e: ApiError) => e.retryAfterSeconds)).toBe(3);
+  });
+
+  it("follows next_cursor and encodes ids and queries", async () => {
+    const urls: string[] = [];
+    handler = (req, res) => {
+      urls.push(req.url ?? "");
+      const page = new URL(req.url ?? "", "http://x").searchParams.get("cursor");
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify(
+          page ? { items: [{ id: "b" }], next_cursor: null } : { items: [{ id: "a" }], next_cursor: "c/1" },
+        ),
+      );
+    };
+    const entries = await new ApiClient(base, new Tokens(null)).listEntries("2026-11-23", "2026-11-29");
+    expect(entries.map((e) => e.id)).toEqual(["a", "b"]);
+    expect(urls).toEqual([
+      "/api/timesheets?from=2026-11-23&to=2026-11-29&limit=100",
+      "/api/timesheets?from=2026-11-23&to=2026-11-29&limit=100&cursor=c%2F1",
+    ]);
+    handler = (req, res) => {
+      urls.push(req.url ?? "");
+      res.writeHead(204);
+      res.end();
+    };
+    await new ApiClient(base, new Tokens(null)).deleteEntry("../x?y");
+    expect(urls.at(-1)).toBe("/api/timesheets/..%2Fx%3Fy");
+  });
+
+  it("reports an unreachable server as a NetworkError", async () => {
+    const error = await new ApiClient("http://127.0.0.1:9/api", new Tokens(null))
+      .listApprovals()
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(NetworkError);
+  });
+});

@@ -1,0 +1,125 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { SessionManager } from "./session";
+import { AuthError, type Authenticator, type Session } from "./types";
+
+class MemoryStorage {
+  private data = new Map<string, string>();
+  get length(): number {
+    return this.data.size;
+  }
+  key(i: number): string | null {
+    return [...this.data.keys()][i] ?? null;
+  }
+  getItem(k: string): string | null {
+    return this.data.get(k) ?? null;
+  }
+  setItem(k: string, v: string): void {
+    this.data.set(k, v);
+  }
+  removeItem(k: string): void {
+    this.data.delete(k);
+  }
+  clear(): void {
+    this.data.clear();
+  }
+}
+
+function session(sub: string, lifetime = 900): Session {
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    accessToken: `token-${sub}-${now}-${Math.random()}`,
+    idToken: null,
+    obtainedAt: now,
+    expiresAt: now + lifetime,
+    scopes: new Set(["read:timesheets"]),
+    profile: { sub, name: sub, email: null },
+  };
+}
+
+/** An authenticator whose silent answers the test scripts. */
+class Scripted implements Authenticator {
+  readonly flow = "code" as const;
+  calls = 0;
+  answers: (() => Promise<Session>)[] = [];
+  async signIn(): Promise<void> {}
+  async handleRedirectCallback(): Promise<{ session: Session; returnTo: string }> {
+    throw new Error("unused");
+  }
+  signInSilently(): Promise<Session> {
+    this.calls++;
+    const next = this.answers.shift();
+    return next ? next() : Promise.reject(new AuthError("login_required"));
+  }
+  async signOut(): Promise<void> {}
+}
+
+describe("SessionManager", () => {
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.stubGlobal("sessionStorage", new MemoryStorage());
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+    vi.unstubAllGlobals();
+  });
+
+  it("renews 60 s before a 15-minute token expires, and again after that", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    auth.answers.push(
+      async () => session("alice"),
+      async () => session("alice"),
+    );
+    await vi.advanceTimersByTimeAsync(839_000);
+    expect(auth.calls).toBe(0);
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(auth.calls).toBe(1);
+    expect(manager.current).toMatchObject({ status: "signed-in", renewals: 1 });
+    await vi.advanceTimersByTimeAsync(840_000);
+    expect(auth.calls).toBe(2);
+  });
+
+  it("makes one round trip for concurrent renewals", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    let release: (s: Session) => void = () => {};
+    auth.answers.push(() => new Promise((resolve) => (release = resolve)));
+    const first = manager.renew();
+    const second = manager.renew();
+    release(session("alice"));
+    expect(await Promise.all([first, second])).toEqual([true, true]);
+    expect(auth.calls).toBe(1);
+  });
+
+  it("ends the session when the provider session is gone", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    expect(SessionManager.hadSession()).toBe(true);
+    expect(await manager.renew()).toBe(false);
+    expect(manager.current.status).toBe("expired");
+    expect(manager.current.reason).toMatch(/sign-in service has ended/);
+    expect(manager.accessToken()).toBeNull();
+    expect(SessionManager.hadSession()).toBe(false);
+  });
+
+  it("never switches user silently", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    auth.answers.push(async () => session("mallory"));
+    expect(await manager.renew()).toBe(false);
+    expect(manager.current.status).toBe("expired");
+  });
+
+  it("keeps tokens out of Web Storage", () => {
+    const manager = new SessionManager(new Scripted());
+    const s = session("alice");
+    manager.start(s);
+    const stored = JSON.stringify(Object.entries((sessionStorage as unknown as MemoryStorage)["data"]));
+    expect(stored).not.toContain(s.accessToken);
+    expect(manager.accessToken()).toBe(s.accessToken);
+  });
+});
