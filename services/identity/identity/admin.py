@@ -141,7 +141,7 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
     parser.add_argument(
         "--grant-type",
         action="append",
-        choices=("authorization_code", "implicit", "client_credentials"),
+        choices=("authorization_code", "implicit", "client_credentials", "refresh_token"),
         default=[],
     )
     parser.add_argument("--scope", action="append", choices=sorted(ALL_SCOPES), default=[])

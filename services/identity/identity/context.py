@@ -92,4 +92,6 @@ async def signed_in_user(request: Request) -> SignedInUser | None:
     if found is None:
         return None
     user, auth_time = found
-    return SignedInUser(user=user, auth_time=int(auth_time.timestamp()))
+    return SignedInUser(
+        user=user, auth_time=int(auth_time.timestamp()), session_hash=store.digest(session_id)
+    )

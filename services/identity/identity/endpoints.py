@@ -33,7 +33,7 @@ def discovery_document(ctx: Context) -> dict[str, Any]:
         "scopes_supported": list(ALL_SCOPES),
         "response_types_supported": ["code", "id_token token", "token id_token", "id_token"],
         "response_modes_supported": list(RESPONSE_MODES),
-        "grant_types_supported": ["authorization_code", "implicit", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "implicit", "client_credentials", "refresh_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [s.signing_alg],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],

@@ -119,6 +119,7 @@ class AuthorizationCode:
     code_challenge_method: str | None
     auth_time: datetime
     expires_at: datetime
+    session_hash: bytes | None = field(repr=False, default=None)
 
     # --- authlib AuthorizationCodeMixin (OAuth 2.0 and OIDC) ----------------------------------
     def get_redirect_uri(self) -> str:
@@ -138,3 +139,30 @@ class AuthorizationCode:
 
     def get_amr(self) -> list[str] | None:
         return ["pwd"]
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A stored refresh token (already marked used when Authlib sees it: rotation is one-shot)."""
+
+    token_hash: bytes = field(repr=False)
+    family_id: str
+    client_id: str
+    subject: str
+    scope: str
+    auth_time: datetime
+    session_hash: bytes | None = field(repr=False)
+    family_expires_at: datetime
+
+    # --- authlib TokenMixin (what RefreshTokenGrant asks) --------------------------------------
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return False  # checked in SQL when the token is consumed
+
+    def is_revoked(self) -> bool:
+        return False

@@ -10,10 +10,12 @@ here and the database stays async.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio.from_thread
@@ -23,17 +25,21 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidRequestError,
     InvalidScopeError,
 )
-from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, ClientCredentialsGrant
+from authlib.oauth2.rfc6749.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+)
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
-from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant
+from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from prometheus_client import Counter
 
 from . import store
 from .keystore import KeyStore
-from .models import AuthorizationCode, Client, SignedInUser, User
+from .models import AuthorizationCode, Client, RefreshToken, SignedInUser, User
 from .scopes import ALL_SCOPES, split_scope
 from .settings import IdentitySettings
 from .tokens import AccessTokenMinter, IssuedToken, granted_scopes
@@ -44,6 +50,10 @@ tokens_issued = Counter(
     "identity_tokens_issued_total",
     "Access tokens issued, by grant type (authorization_code, implicit, client_credentials).",
     ["grant_type"],
+)
+refresh_reuse = Counter(
+    "identity_refresh_token_reuse_total",
+    "Rotated refresh tokens presented again (their whole family is revoked).",
 )
 code_replays = Counter(
     "identity_code_replays_total",
@@ -143,6 +153,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(CodeGrant, [Pkce(), OidcCode(backend)])
         self.register_grant(ImplicitGrant)
         self.register_grant(ClientCredentials)
+        self.register_grant(RefreshGrant, [OidcToken(backend)])
         self.register_endpoint(EndSession(self))
 
     def query_client(self, client_id: str) -> Client | None:
@@ -161,6 +172,32 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
             int(token["expires_in"]),
         )
         tokens_issued.labels(issued.grant_type).inc()
+        if "refresh_token" in token:
+            self._save_refresh_token(token, request, code)
+
+    def _save_refresh_token(
+        self, token: dict[str, Any], request: Request, code: AuthorizationCode | None
+    ) -> None:
+        """A new family after a code exchange; the same family (and absolute expiry) after a refresh."""
+        previous: RefreshToken | None = request.refresh_token
+        user: SignedInUser = request.user
+        settings = self.backend.settings
+        self.backend.run(
+            partial(
+                store.save_refresh_token,
+                self.backend.pool,
+                token["refresh_token"],
+                family_id=previous.family_id if previous else secrets.token_urlsafe(16),
+                client_id=request.client.client_id,
+                subject=user.user.subject,
+                scope=token["scope"],
+                auth_time=_datetime(user.auth_time),
+                session_hash=previous.session_hash if previous else (code.session_hash if code else None),
+                idle_seconds=settings.refresh_token_idle_seconds,
+                family_expires_at=previous.family_expires_at if previous else None,
+                lifetime_seconds=settings.refresh_token_lifetime_seconds,
+            )
+        )
 
     def validate_requested_scope(self, scope: str | None) -> None:
         unknown = [s for s in split_scope(scope) if s not in ALL_SCOPES]
@@ -247,7 +284,9 @@ class IdTokenSigning:
         }
 
     def generate_user_info(self, user: SignedInUser, scope: str) -> UserInfo:
-        return user_info(user.user, scope)
+        info = user_info(user.user, scope)
+        info["auth_time"] = user.auth_time  # when the user signed in, also in refreshed ID tokens
+        return info
 
 
 # --- authorization code + PKCE + OpenID Connect ------------------------------------------------
@@ -309,6 +348,7 @@ class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore
             code_challenge_method=data.get("code_challenge_method"),
             auth_time=_datetime(user.auth_time),
             expires_at=_datetime(0),
+            session_hash=user.session_hash or None,
         )
         self.backend.run(
             store.save_code, self.backend.pool, code, item, settings.authorization_code_ttl_seconds
@@ -375,6 +415,50 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
 
 class ClientCredentials(ClientScopeAndAudience, ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+# --- refresh tokens (rotated, reuse detected) ---------------------------------------------------
+
+
+class OidcToken(IdTokenSigning, OpenIDToken):  # type: ignore[misc]
+    """A fresh ID token with every refresh (auth0-spa-js verifies one on each token response)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+
+class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    @property
+    def backend(self) -> Backend:
+        return self.server.backend
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
+        state, item = self.backend.run(store.consume_refresh_token, self.backend.pool, refresh_token)
+        if state == store.RefreshState.REUSED:
+            refresh_reuse.inc()
+            log.warning("refresh token reused; revoked its family", extra={"grant": "refresh_token"})
+            raise InvalidGrantError("The refresh token was already used; its session is revoked")
+        if state == store.RefreshState.REVOKED:
+            raise InvalidGrantError("The refresh token was revoked")
+        if state == store.RefreshState.EXPIRED:
+            raise InvalidGrantError("The refresh token has expired")
+        return item
+
+    def authenticate_user(self, refresh_token: RefreshToken) -> SignedInUser | None:
+        user = self.backend.run(store.get_user, self.backend.pool, refresh_token.subject)
+        if user is None or user.disabled:
+            return None
+        return SignedInUser(
+            user=user,
+            auth_time=int(refresh_token.auth_time.timestamp()),
+            session_hash=refresh_token.session_hash or b"",
+        )
+
+    def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
+        return None  # consumed (marked used) atomically in authenticate_refresh_token
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------

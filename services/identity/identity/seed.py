@@ -35,7 +35,7 @@ DEMO_USERS = (
 
 
 def demo_clients(batch_secret_hash: str) -> list[Client]:
-    oidc = ("openid", "profile", "email")
+    oidc = ("openid", "profile", "email", "offline_access")
     return [
         Client(
             client_id="timesheets-spa",
@@ -45,7 +45,7 @@ def demo_clients(batch_secret_hash: str) -> list[Client]:
             redirect_uris=(f"{SPA_ORIGIN}/", f"{SPA_ORIGIN}/callback"),
             post_logout_redirect_uris=(f"{SPA_ORIGIN}/",),
             web_origins=(SPA_ORIGIN,),
-            grant_types=("authorization_code", "implicit"),
+            grant_types=("authorization_code", "implicit", "refresh_token"),
             response_types=("code", "id_token token", "id_token"),
             allowed_scopes=(*oidc, *USER_API_SCOPES),
         ),
@@ -57,7 +57,7 @@ def demo_clients(batch_secret_hash: str) -> list[Client]:
             redirect_uris=(f"{SPA_ORIGIN}/partner/", f"{SPA_ORIGIN}/partner/callback"),
             post_logout_redirect_uris=(f"{SPA_ORIGIN}/partner/",),
             web_origins=(SPA_ORIGIN,),
-            grant_types=("authorization_code", "implicit"),
+            grant_types=("authorization_code", "implicit", "refresh_token"),
             response_types=("code", "id_token token", "id_token"),
             allowed_scopes=(*oidc, "read:timesheets", "create:timesheets"),
         ),

@@ -34,6 +34,8 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     id_token_ttl_seconds: int = Field(default=3600, ge=30, le=86400)
     authorization_code_ttl_seconds: int = Field(default=60, ge=5, le=600)
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    refresh_token_idle_seconds: int = Field(default=86400, ge=60, le=90 * 86400)
+    refresh_token_lifetime_seconds: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
     signing_alg: Literal["RS256", "ES256"] = "RS256"
     key_rotation_grace_seconds: int = Field(default=600, ge=0, le=7 * 86400)
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)

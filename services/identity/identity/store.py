@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from .models import AuthorizationCode, Client, User
+from .models import AuthorizationCode, Client, RefreshToken, User
 
 Conn = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
 
@@ -150,7 +150,13 @@ async def get_session(db: Conn, session_id: str) -> tuple[User, datetime] | None
 
 
 async def delete_session(db: Conn, session_id: str) -> None:
-    await db.execute("DELETE FROM sessions WHERE id_hash = $1", digest(session_id))
+    """End a sign-in session and revoke the refresh tokens obtained through it."""
+    session_hash = digest(session_id)
+    await db.execute("DELETE FROM sessions WHERE id_hash = $1", session_hash)
+    await db.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE session_hash = $1 AND revoked_at IS NULL",
+        session_hash,
+    )
 
 
 # --- consents ----------------------------------------------------------------------------------
@@ -198,8 +204,9 @@ async def revoke_consent(db: Conn, subject: str, client_id: str) -> bool:
 async def save_code(db: Conn, code: str, item: AuthorizationCode, ttl_seconds: int) -> None:
     await db.execute(
         """INSERT INTO authorization_codes (code_hash, client_id, subject, redirect_uri, scope,
-               audience, nonce, code_challenge, code_challenge_method, auth_time, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))""",
+               audience, nonce, code_challenge, code_challenge_method, auth_time, expires_at,
+               session_hash)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)""",
         digest(code),
         item.client_id,
         item.subject,
@@ -211,6 +218,7 @@ async def save_code(db: Conn, code: str, item: AuthorizationCode, ttl_seconds: i
         item.code_challenge_method,
         item.auth_time,
         float(ttl_seconds),
+        item.session_hash,
     )
     # Housekeeping: codes are useless a day after they expired (kept that long to spot replays).
     await db.execute("DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 day'")
@@ -252,6 +260,7 @@ async def consume_code(db: Conn, code: str) -> tuple[str, AuthorizationCode | No
         code_challenge_method=row["code_challenge_method"],
         auth_time=row["auth_time"],
         expires_at=row["expires_at"],
+        session_hash=row["session_hash"],
     )
     return (CodeState.EXPIRED if row["expired"] else CodeState.FRESH), item
 
@@ -303,9 +312,93 @@ async def token_revoked(db: Conn, jti: str) -> bool:
     return bool(revoked)
 
 
+# --- refresh tokens ----------------------------------------------------------------------------
+
+
+async def save_refresh_token(
+    db: Conn,
+    token: str,
+    *,
+    family_id: str,
+    client_id: str,
+    subject: str,
+    scope: str,
+    auth_time: datetime,
+    session_hash: bytes | None,
+    idle_seconds: int,
+    family_expires_at: datetime | None,
+    lifetime_seconds: int,
+) -> None:
+    await db.execute(
+        """INSERT INTO refresh_tokens (token_hash, family_id, client_id, subject, scope, auth_time,
+               session_hash, expires_at, family_expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7,
+                   LEAST(now() + make_interval(secs => $8),
+                         COALESCE($9, now() + make_interval(secs => $10))),
+                   COALESCE($9, now() + make_interval(secs => $10)))""",
+        digest(token),
+        family_id,
+        client_id,
+        subject,
+        scope,
+        auth_time,
+        session_hash,
+        float(idle_seconds),
+        family_expires_at,
+        float(lifetime_seconds),
+    )
+
+
+class RefreshState:
+    FRESH = "fresh"
+    UNKNOWN = "unknown"
+    REUSED = "reused"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken | None]:
+    """Mark a refresh token used, atomically. A second use revokes its whole family (reuse detection)."""
+    token_hash = digest(token)
+    row = await db.fetchrow(
+        """UPDATE refresh_tokens SET used_at = now()
+           WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
+           RETURNING *, (expires_at <= now()) AS expired""",
+        token_hash,
+    )
+    if row is None:
+        found = await db.fetchrow(
+            "SELECT family_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1", token_hash
+        )
+        if found is None:
+            return RefreshState.UNKNOWN, None
+        if found["used_at"] is not None:
+            await db.execute(
+                "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+                found["family_id"],
+            )
+            return RefreshState.REUSED, None
+        return RefreshState.REVOKED, None
+    item = RefreshToken(
+        token_hash=token_hash,
+        family_id=row["family_id"],
+        client_id=row["client_id"],
+        subject=row["subject"],
+        scope=row["scope"],
+        auth_time=row["auth_time"],
+        session_hash=row["session_hash"],
+        family_expires_at=row["family_expires_at"],
+    )
+    return (RefreshState.EXPIRED if row["expired"] else RefreshState.FRESH), item
+
+
 async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:
     """Drop rows nobody can use any more (called from a periodic task)."""
     await db.execute("DELETE FROM sessions WHERE expires_at < now()")
+    await db.execute(
+        "DELETE FROM refresh_tokens WHERE family_expires_at < now() - make_interval(secs => $1)",
+        older_than.total_seconds(),
+    )
     await db.execute(
         "DELETE FROM issued_tokens WHERE expires_at < now() - make_interval(secs => $1)",
         older_than.total_seconds(),

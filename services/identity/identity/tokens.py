@@ -69,6 +69,10 @@ class AccessTokenMinter:
             "expires_in": ttl,
             "scope": join_scope(scopes),
         }
+        if include_refresh_token and user is not None and "offline_access" in scopes:
+            # Only for clients registered for the refresh_token grant (Authlib asks) that requested
+            # offline_access; save_token() stores it and rotation replaces it at every use.
+            token["refresh_token"] = secrets.token_urlsafe(32)
         # Not part of the response: save_token() pops it to record the token in the ledger.
         token["_issued"] = IssuedToken(
             jti=jti,

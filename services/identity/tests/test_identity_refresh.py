@@ -1,0 +1,107 @@
+"""Refresh tokens: only with offline_access, rotated at every use, reuse revokes the family, logout too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from identity.testing import API, SPA, Browser, params_of, pkce_pair
+
+pytestmark = pytest.mark.usefixtures("identity_service")
+
+
+async def sign_in_tokens(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, scope: str
+) -> dict[str, Any]:
+    verifier, challenge = pkce_pair()
+    response = await browser.sign_in_and_authorize(
+        "alice",
+        response_type="code",
+        client_id="timesheets-spa",
+        redirect_uri=f"{SPA}/callback",
+        scope=scope,
+        code_challenge=challenge,
+        code_challenge_method="S256",
+        audience=API,
+        state="r",
+    )
+    code = params_of(response.headers["Location"])["code"]
+    data = {
+        "grant_type": "authorization_code",
+        "client_id": "timesheets-spa",
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": f"{SPA}/callback",
+    }
+    async with http.post(base_url + "/oauth/token", data=data) as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def refresh(
+    http: aiohttp.ClientSession, base_url: str, token: str, **extra: str
+) -> tuple[int, dict[str, Any]]:
+    data = {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": token, **extra}
+    async with http.post(base_url + "/oauth/token", data=data) as r:
+        return r.status, await r.json()
+
+
+async def test_no_refresh_token_without_offline_access(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    body = await sign_in_tokens(browser, http, base_url, "openid read:timesheets")
+    assert "refresh_token" not in body
+
+
+async def test_rotation_and_reuse_detection(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, verify: Any
+) -> None:
+    body = await sign_in_tokens(browser, http, base_url, "openid profile offline_access read:timesheets")
+    first = body["refresh_token"]
+    status, second = await refresh(http, base_url, first)
+    assert status == 200, second
+    assert second["refresh_token"] != first
+    tokens = await verify(second, "timesheets-spa")
+    assert tokens.access["permissions"] == ["read:timesheets"]
+    assert tokens.id is not None
+    assert tokens.id["sub"] == "local|alice"
+    assert tokens.id["auth_time"] == (await verify(body, "timesheets-spa")).id["auth_time"]
+    # a narrower scope may be asked for, a wider one not
+    status, narrower = await refresh(http, base_url, second["refresh_token"], scope="openid offline_access")
+    assert status == 200
+    assert narrower["scope"] == "openid offline_access"
+    status, error = await refresh(http, base_url, narrower["refresh_token"], scope="openid read:audit")
+    assert status == 400
+    assert error["error"] == "invalid_scope"
+
+    # the first token again: reuse is detected and the whole family dies, including the newest token
+    status, reused = await refresh(http, base_url, first)
+    assert status == 400
+    assert reused["error"] == "invalid_grant"
+    assert "already used" in reused["error_description"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+        fresh = await sign_in_tokens(Browser(base_url, other), http, base_url, "openid offline_access")
+    status, _ = await refresh(http, base_url, fresh["refresh_token"])
+    assert status == 200, "another session's family is unaffected"
+
+
+async def test_refresh_token_is_bound_to_its_client(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    body = await sign_in_tokens(browser, http, base_url, "openid offline_access")
+    status, error = await refresh(http, base_url, body["refresh_token"], client_id="partner-spa")
+    assert status == 400
+    assert error["error"] == "invalid_grant"
+
+
+async def test_logout_revokes_the_sessions_refresh_tokens(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    body = await sign_in_tokens(browser, http, base_url, "openid offline_access")
+    response = await browser.get(f"/v2/logout?client_id=timesheets-spa&returnTo={SPA}/")
+    assert response.status == 302
+    status, error = await refresh(http, base_url, body["refresh_token"])
+    assert status == 400
+    assert error["error"] == "invalid_grant"
