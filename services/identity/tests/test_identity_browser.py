@@ -55,8 +55,8 @@ def build_bundles() -> Path:
 
 
 def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
-    def html(bundle: str, client_id: str) -> str:
-        config = json.dumps({"issuer": issuer, "clientId": client_id, "audience": API})
+    def html(bundle: str, client_id: str, **extra: Any) -> str:
+        config = json.dumps({"issuer": issuer, "clientId": client_id, "audience": API, **extra})
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>harness</title></head><body>"
             f"<script>window.HARNESS = {config};</script>"
@@ -65,6 +65,9 @@ def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
 
     async def auth0(request: Request) -> Response:
         return HTMLResponse(html("auth0", clients["auth0"]))
+
+    async def auth0_refresh(request: Request) -> Response:
+        return HTMLResponse(html("auth0", clients["auth0"], useRefreshTokens=True))
 
     async def oidc(request: Request) -> Response:
         return HTMLResponse(html("oidc", clients["oidc"]))
@@ -78,6 +81,7 @@ def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
     return Starlette(
         routes=[
             Route("/auth0/", auth0),
+            Route("/auth0-rt/", auth0_refresh),
             Route("/oidc/", oidc),
             Route("/oidc/silent.html", oidc),
             Route("/dist/{name}", bundle),
@@ -93,7 +97,7 @@ async def harness(seeded: dict[str, str], issuer: str, database_url: str) -> Asy
     conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
     try:
         for client_id, path, extra in (
-            ("sdk-auth0", "/auth0/", ()),
+            ("sdk-auth0", "/auth0/", (f"{origin}/auth0-rt/",)),
             ("sdk-oidc", "/oidc/", (f"{origin}/oidc/silent.html",)),
         ):
             client = Client(
@@ -102,11 +106,11 @@ async def harness(seeded: dict[str, str], issuer: str, database_url: str) -> Asy
                 first_party=True,
                 secret_hash=None,
                 redirect_uris=(origin + path, *extra),
-                post_logout_redirect_uris=(origin + path,),
+                post_logout_redirect_uris=(origin + path, *extra),
                 web_origins=(),
-                grant_types=("authorization_code",),
+                grant_types=("authorization_code", "refresh_token"),
                 response_types=("code",),
-                allowed_scopes=("openid", "profile", "email", "read:timesheets"),
+                allowed_scopes=("openid", "profile", "email", "offline_access", "read:timesheets"),
             )
             await store.upsert_client(conn, client)
     finally:
@@ -202,3 +206,28 @@ async def test_oidc_client_ts_signs_in_renews_silently_and_logs_out(page: Any, h
     await page.wait_for_function("window.harnessReady === true")
     error = await page.evaluate("window.harness.silent().then(() => 'no error', e => e.error || String(e))")
     assert error == "login_required"
+
+
+async def test_auth0_spa_js_with_rotating_refresh_tokens(page: Any, harness: str) -> None:
+    """``useRefreshTokens: true``: the SDK asks for offline_access and renews with the refresh grant."""
+    await page.goto(harness + "/auth0-rt/")
+    await page.wait_for_function("window.harnessReady === true")
+    await page.evaluate("setTimeout(() => window.harness.login(), 0)")
+    await sign_in(page, "carol")
+    await page.wait_for_url(f"{harness}/auth0-rt/?*code=*")
+    await page.wait_for_function("window.harnessReady === true")
+    grants: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            grants.append(request.post_data or "") if request.url.endswith("/oauth/token") else None
+        ),
+    )
+    await page.evaluate("window.harness.callback()")
+    first = await page.evaluate("window.harness.token()")
+    renewed = await page.evaluate("window.harness.token({cacheMode: 'off'})")
+    again = await page.evaluate("window.harness.token({cacheMode: 'off'})")
+    assert len({first, renewed, again}) == 3
+    assert claims_of(again)["sub"] == "local|carol"
+    assert claims_of(again)["permissions"] == ["read:timesheets"]
+    assert sum("grant_type=refresh_token" in body for body in grants) == 2, grants

@@ -2,10 +2,11 @@
 import { Auth0Client } from "@auth0/auth0-spa-js";
 
 const cfg = window.HARNESS;
-const here = window.location.origin + "/auth0/";
+const here = window.location.origin + window.location.pathname;
 const client = new Auth0Client({
   domain: cfg.issuer.replace(/\/$/, ""),
   clientId: cfg.clientId,
+  useRefreshTokens: Boolean(cfg.useRefreshTokens),
   authorizationParams: {
     redirect_uri: here,
     audience: cfg.audience,
