@@ -80,7 +80,7 @@ async def test_killed_after_the_entry_changed_is_reconciled(
 ) -> None:
     alice, bob = employee(), manager()
     entry_id = await submit(timesheets, alice)
-    approvals_process.start("/readyz")
+    await asyncio.to_thread(approvals_process.start, "/readyz")
     fault_proxy.set("hold_after")
     async with signed_api(approvals_process.url, caller) as approvals:
         put = asyncio.create_task(
@@ -99,7 +99,7 @@ async def test_killed_after_the_entry_changed_is_reconciled(
         fault_proxy.set("pass")
         assert (await asyncio.gather(put, return_exceptions=True))[0] is not None
 
-        approvals_process.start("/readyz")  # a new process of the same service
+        await asyncio.to_thread(approvals_process.start, "/readyz")  # a new process of the same service
         settled = await wait_settled(db, entry_id)
         decision_id = window["decisions"][0][0]
         assert settled["decisions"] == [(decision_id, "applied", None)]
@@ -123,7 +123,7 @@ async def test_killed_before_applying_is_reconciled(
 ) -> None:
     alice, bob = employee(), manager()
     entry_id = await submit(timesheets, alice)
-    approvals_process.start("/readyz")
+    await asyncio.to_thread(approvals_process.start, "/readyz")
     fault_proxy.set("hold_before")
     async with signed_api(approvals_process.url, caller) as approvals:
         put = asyncio.create_task(
@@ -148,7 +148,7 @@ async def test_killed_before_applying_is_reconciled(
         fault_proxy.set("pass")
         await asyncio.gather(put, return_exceptions=True)
 
-        approvals_process.start("/readyz")
+        await asyncio.to_thread(approvals_process.start, "/readyz")
         settled = await wait_settled(db, entry_id)
         assert [d[1] for d in settled["decisions"]] == ["applied"]
         assert settled["status"] == "rejected"
@@ -166,7 +166,7 @@ async def test_lost_link_then_entry_deleted_voids_the_decision(
 ) -> None:
     alice, bob = employee(), manager()
     entry_id = await submit(timesheets, alice)
-    approvals_process.start("/readyz")
+    await asyncio.to_thread(approvals_process.start, "/readyz")
     fault_proxy.set("drop_request")
     async with signed_api(approvals_process.url, caller) as approvals:
         reply = await approvals.call("PUT", f"/approvals/{entry_id}", bob, json={"decision": "approved"})
@@ -196,7 +196,7 @@ async def test_lost_answer_then_client_retry_gets_the_outcome(
     alice, bob = employee(), manager()
     entry_id = await submit(timesheets, alice)
     approvals_process.env["RECONCILE_AFTER_SECONDS"] = "3600"  # only the client's retry drives it
-    approvals_process.start("/readyz")
+    await asyncio.to_thread(approvals_process.start, "/readyz")
     fault_proxy.set("drop_response")
     async with signed_api(approvals_process.url, caller) as approvals:
         body = {"decision": "approved", "comment": "ok"}

@@ -159,7 +159,7 @@ async def test_audit_down_for_a_while_loses_and_duplicates_nothing(stack: Stack)
     # The changes succeeded; their events wait in the outboxes.
     assert await outbox_backlog(stack.url) == sum(len(events) for events in expected.values())
     await asyncio.sleep(2)  # a few failed deliveries and backoffs
-    stack.audit.start("/readyz")
+    await asyncio.to_thread(stack.audit.start, "/readyz")
     await wait_drained(stack.url)
     audit = SignedApi(stack.audit.url, stack.timesheets.caller)
     try:
