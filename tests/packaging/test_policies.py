@@ -528,3 +528,29 @@ def test_identity_trusts_forwarded_addresses_only_from_configured_proxies(
     assert env_of(c)["IDENTITY_TRUSTED_PROXIES"]["value"] == "10.42.0.0/16,10.43.0.10"
     dev = next(d for d in app_deployments(rendered_scenario("values-dev.yaml")) if component(d) == "identity")
     assert "IDENTITY_TRUSTED_PROXIES" not in env_of(dev["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_image_pull_secrets_reach_every_pod(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "global": {"imagePullSecrets": ["registry-a"]},
+        "image": {"pullSecrets": ["registry-b"]},
+        "postgresql": {"enabled": True},
+        "redis": {"enabled": True},
+    }
+    pods = list(workloads(render_values(values)))
+    assert len(pods) == 8  # five services, migrations, PostgreSQL, Redis
+    for obj, spec in pods:
+        assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}], obj["kind"]
+    for _obj, spec in workloads(rendered_scenario("values-prod.yaml")):
+        assert "imagePullSecrets" not in spec
+
+
+def test_cors_allows_no_other_origin_unless_configured() -> None:
+    """The SPA is served by the gateway itself: no cross-origin caller unless named."""
+    objects = rendered_scenario("values-prod.yaml")
+    gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
+    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["CORS_ORIGINS"]["value"] == ""

@@ -114,12 +114,12 @@ Image reference of a component: registry/repository, then @digest when set, else
 
 {{- define "timesheets.imagePullSecrets" -}}
 {{- $secrets := concat (default list .Values.global.imagePullSecrets) (default list .Values.image.pullSecrets) -}}
-{{- if $secrets }}
+{{- if $secrets -}}
 imagePullSecrets:
 {{- range $secrets }}
   - name: {{ . }}
 {{- end }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Name of the Secret the chart generates (kept across upgrades). */}}
@@ -246,10 +246,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: GATEWAY_ISSUERS_FILE
   value: /etc/timesheets/gateway/issuers.yaml
 {{- end }}
-{{- with $values.corsOrigins }}
 - name: CORS_ORIGINS
-  value: {{ join "," . | quote }}
-{{- end }}
+  value: {{ join "," ($values.corsOrigins | default list) | quote }}
 {{- end }}
 {{- if eq $c "identity" }}
 - name: OIDC_ISSUER
