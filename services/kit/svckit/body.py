@@ -30,6 +30,9 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, "Bad Request", f"The body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Thousands of nested brackets exhaust the parser's recursion limit: refuse, do not crash.
+        raise Problem(400, "Bad Request", "The body nests too deeply to be parsed.") from None
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

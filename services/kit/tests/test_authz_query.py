@@ -89,3 +89,22 @@ async def test_internal_route_only_for_named_services(base_url: str, caller: Cal
     assert (await get(caller, user("alice", "read:things"), url))[0] == 403
     assert (await get(caller, Identity.service("audit"), url))[0] == 403
     assert (await get(caller, Identity.service("approvals"), url)) == (200, {"ok": True})
+
+
+async def test_deeply_nested_body_is_400(identity_keys: str, caller: Caller) -> None:
+    from pydantic import BaseModel as Model
+    from svckit.body import parse_body
+
+    async def take(request: Request) -> Response:
+        await parse_body(request, Model)
+        return JSONResponse({})
+
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    async with serve_app(create_service_app(settings, [Route("/x", take, methods=["POST"])])) as url:
+        headers = {**caller.headers(user("alice"), "POST", f"{url}/x"), "content-type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/x", data=b"[" * 100_000 + b"]" * 100_000, headers=headers) as response,
+        ):
+            assert response.status == 400
+            assert "nests too deeply" in (await response.json(content_type=None))["detail"]
