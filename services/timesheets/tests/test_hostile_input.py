@@ -1,0 +1,69 @@
+"""Pathological input never produces a 500: every one is a 4xx problem naming what was wrong."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from svckit.testclient import SignedApi
+from svckit.testing import user
+
+WHO = user("hostile", "read:timesheets", "create:timesheets", "delete:timesheets")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"date": "2026-11-23", "project": "P", "hours": NaN}', "hours"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": Infinity}', "hours"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1e309}', "hours"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 99999999999999999999999999}', "hours"),
+        (b'{"date": "2026-11-23", "project": "\\ud800", "hours": 1}', "project"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "a\\udfffb"}', "notes"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "a\\u0000b"}', "notes"),
+        (b'{"date": "0000-01-01", "project": "P", "hours": 1}', "date"),
+        (b'{"date": "2026-11-23\\n", "project": "P", "hours": 1}', "date"),
+        (b'{"date": ["2026-11-23"], "project": "P", "hours": 1}', "date"),
+        (b'{"date": "2026-11-23", "project": {"a": 1}, "hours": 1}', "project"),
+    ],
+)
+async def test_hostile_bodies(api: SignedApi, raw: bytes, field: str) -> None:
+    reply = await api.call("POST", "/timesheets", WHO, data=raw, headers={"content-type": "application/json"})
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {field}
+
+
+async def test_deep_nesting_and_bad_utf8(api: SignedApi) -> None:
+    deep = b'{"date": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for raw in (deep, b'{"date": "\xff\xfe"}'):
+        reply = await api.call(
+            "POST", "/timesheets", WHO, data=raw, headers={"content-type": "application/json"}
+        )
+        assert 400 <= reply.status < 500, reply.text
+        assert reply.problem
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "project=%ED%A0%80",
+        "project=%00",
+        "from=2026-11-23%00",
+        "limit=1e3",
+        "limit=%20",
+        "cursor=" + "A" * 600,
+        "cursor=%F0%9F%92%A9",
+    ],
+)
+async def test_hostile_queries(api: SignedApi, query: str) -> None:
+    reply = await api.call("GET", f"/timesheets?{query}", WHO)
+    assert reply.status in (200, 400, 422), reply.text
+    assert reply.status == 200 or reply.problem
+
+
+@pytest.mark.parametrize(
+    "path", ["/timesheets/%00", "/timesheets/" + "9" * 300, f"/timesheets/{uuid.uuid4()}%20"]
+)
+async def test_hostile_ids(api: SignedApi, path: str) -> None:
+    reply = await api.call("GET", path, WHO)
+    assert reply.status == 404
