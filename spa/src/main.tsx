@@ -29,7 +29,18 @@ function BootFailure({ message, onRetry }: { message: UserMessage; onRetry: () =
   );
 }
 
+/**
+ * Tokens delivered in the fragment (Implicit Grant) leave the address bar before any network call:
+ * the fragment is kept in memory only, for the flow to validate.
+ */
+function takeFragment(): string {
+  const hash = window.location.hash;
+  if (hash) window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  return hash;
+}
+
 async function boot(root: HTMLElement): Promise<void> {
+  const fragment = takeFragment();
   let config: AppConfig;
   try {
     config = await loadConfig();
@@ -74,7 +85,7 @@ async function boot(root: HTMLElement): Promise<void> {
   let notice: UserMessage | null = null;
   if (atCallback) {
     try {
-      const { session, returnTo } = await auth.handleRedirectCallback();
+      const { session, returnTo } = await auth.handleRedirectCallback(fragment);
       manager.start(session);
       window.history.replaceState(null, "", safeReturnPath(returnTo, config.basePath));
     } catch (error) {

@@ -26,11 +26,6 @@ export function fragmentParams(hash: string): URLSearchParams {
   return new URLSearchParams(hash.startsWith("#") ? hash.slice(1) : hash);
 }
 
-export function isImplicitResponse(hash: string): boolean {
-  const params = fragmentParams(hash);
-  return params.has("state") && (params.has("access_token") || params.has("id_token") || params.has("error"));
-}
-
 export class ImplicitFlow implements Authenticator {
   readonly flow = "implicit" as const;
   private readonly keys: JWTVerifyGetKey;
@@ -130,11 +125,11 @@ export class ImplicitFlow implements Authenticator {
     return { session, returnTo: pending.returnTo };
   }
 
-  async handleRedirectCallback(): Promise<{ session: Session; returnTo: string }> {
-    const params = fragmentParams(window.location.hash);
-    // The tokens must not stay in the address bar (history, screenshots, shoulder-surfing).
-    window.history.replaceState(null, "", window.location.pathname);
-    return this.process(params);
+  async handleRedirectCallback(fragment: string): Promise<{ session: Session; returnTo: string }> {
+    // The tokens must not stay in the address bar (history, screenshots, shoulder-surfing); main.tsx
+    // removed the fragment before anything else ran, this makes sure of it.
+    if (window.location.hash) window.history.replaceState(null, "", window.location.pathname);
+    return this.process(fragmentParams(fragment));
   }
 
   async signInSilently(): Promise<Session> {

@@ -42,7 +42,7 @@ class Scripted implements Authenticator {
   calls = 0;
   answers: (() => Promise<Session>)[] = [];
   async signIn(): Promise<void> {}
-  async handleRedirectCallback(): Promise<{ session: Session; returnTo: string }> {
+  async handleRedirectCallback(_fragment: string): Promise<{ session: Session; returnTo: string }> {
     throw new Error("unused");
   }
   signInSilently(): Promise<Session> {

@@ -34,8 +34,11 @@ export interface Authenticator {
   readonly flow: "code" | "implicit";
   /** Sends the browser to the provider; `returnTo` is the app path to come back to. */
   signIn(returnTo: string): Promise<void>;
-  /** Reads the provider's answer at the redirect URI (top window). */
-  handleRedirectCallback(): Promise<{ session: Session; returnTo: string }>;
+  /**
+   * Reads the provider's answer at the redirect URI (top window). `fragment` is the URL fragment the
+   * page was loaded with, already removed from the address bar.
+   */
+  handleRedirectCallback(fragment: string): Promise<{ session: Session; returnTo: string }>;
   /** `prompt=none` in a hidden iframe; rejects with AuthError (`login_required`, …) when it cannot. */
   signInSilently(): Promise<Session>;
   /** Ends the session at the provider (navigates away). */
