@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import aiohttp
 from svckit.identity import Identity
 from svckit.openapi import app_operations, documented_operations
 from svckit.settings import load_settings
 from svckit.testclient import SignedApi
-from svckit.testing import new_identity_keys, user
+from svckit.testing import create_database, drop_database, new_identity_keys, user
 from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
 
@@ -42,3 +46,24 @@ async def test_domain_metrics(api: SignedApi, timesheets_url: str) -> None:
         'outbox_oldest_event_age_seconds{service="timesheets"}',
     ):
         assert name in text, name
+
+
+async def test_migrate_command_is_repeatable(test_run_id: str, service_env: dict[str, str]) -> None:
+    """``python -m timesheets migrate`` (the Helm hook Job) on a fresh database, then again."""
+    name = f"tsp_test_{test_run_id}_ts_migrate"
+    url = await create_database(name)
+    try:
+        for _ in range(2):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "timesheets",
+                "migrate",
+                env={**os.environ, **service_env, "DATABASE_URL": url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await process.communicate()
+            assert process.returncode == 0, output.decode()
+    finally:
+        await drop_database(name)
