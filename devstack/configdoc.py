@@ -1,0 +1,165 @@
+"""The README's configuration table, generated from the services' settings classes.
+
+``python -m devstack.configdoc`` prints it; a test keeps the README in sync, so the table can never
+drift from what the services actually read.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
+SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
+
+MEANINGS = {
+    "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
+    "port": "port to listen on",
+    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
+    "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",
+    "identity_max_skew_seconds": "how old a signed identity may be",
+    "database_url": "PostgreSQL connection URL",
+    "db_pool_min": "smallest database pool",
+    "db_pool_max": "largest database pool",
+    "db_connect_timeout_seconds": "connect and acquire timeout",
+    "redis_url": "Redis URL (losable state: caches, counters)",
+    "redis_key_prefix": "prefix of every Redis key",
+    "oidc_issuer": "trusted issuer(s), comma-separated (gateway); the provider's own issuer (identity)",
+    "oidc_audience": "the API identifier access tokens must name in `aud`",
+    "timesheets_url": "where the timesheets service is",
+    "approvals_url": "where the approvals service is",
+    "audit_url": "where the audit service is",
+    "cors_origins": "browser origins allowed to call the API",
+    "gateway_workers": "uvicorn worker processes",
+    "gateway_routes_file": "the route table (method + path → upstream + scopes)",
+    "gateway_issuers_file": "optional per-issuer settings (JWKS URL, scope claims, leeway)",
+    "jwt_algorithms": "accepted signature algorithms (never `none` or HS*)",
+    "jwt_leeway_seconds": "clock leeway for `exp`, `nbf`, `iat`",
+    "max_token_bytes": "longest accepted access token",
+    "spa_dist_dir": "the built SPA the gateway serves at `/`",
+    "spa_auth_issuer": "the SPA's sign-in provider (default: the first `OIDC_ISSUER`)",
+    "spa_client_id": "the SPA's OAuth client id",
+    "spa_audience": "the audience the SPA asks for (default: `OIDC_AUDIENCE`)",
+    "spa_auth_flow": "`code` (Authorization Code + PKCE) or `implicit`",
+    "spa_scopes": "scopes the SPA requests",
+    "identity_key_encryption_key": "encrypts the provider's private signing keys at rest",
+    "identity_session_secret": "signs the provider's session cookies and CSRF tokens",
+    "demo_password": "password of the seeded demo users",
+    "batch_client_secret": "secret of the seeded `timesheets-batch` client",
+    "access_token_ttl_seconds": "access token lifetime",
+    "access_token_typ": "`at+jwt` (RFC 9068) or `JWT` (Auth0's default)",
+    "signing_alg": "RS256 or ES256",
+    "verified_token_cache_size": "how many verified tokens are remembered (by hash, never past `exp`)",
+    "verified_token_cache_seconds": "how long a verified token is remembered at most",
+    "jwks_default_ttl_seconds": "JWKS cache lifetime when the provider sends no Cache-Control",
+    "jwks_min_ttl_seconds": "lower bound on the provider's Cache-Control max-age",
+    "jwks_max_ttl_seconds": "upper bound on the provider's Cache-Control max-age",
+    "jwks_max_stale_seconds": "how long cached keys keep working while the provider is unreachable",
+    "jwks_refetch_cooldown_seconds": "at most one unknown-`kid` refetch per issuer per this period",
+    "jwks_fetch_timeout_seconds": "timeout of a discovery or JWKS fetch",
+    "max_body_bytes": "largest accepted request body (413 above)",
+    "upstream_connect_timeout_seconds": "connect timeout to a service (502/503 after)",
+    "upstream_read_timeout_seconds": "read timeout from a service (504 after)",
+    "upstream_pool_size": "keep-alive connections to the services",
+    "gateway_access_log": "one JSON access line per request",
+    "rate_limit_enabled": "per-subject and per-client rate limits",
+    "rate_limit_window_seconds": "rate-limit window",
+    "rate_limit_per_subject": "requests per window per (issuer, subject)",
+    "rate_limit_per_client": "requests per window per client id",
+    "rate_limit_sync_seconds": "how often local counters are merged in Redis",
+    "redis_timeout_seconds": "a Redis call slower than this counts as Redis down",
+    "redis_retry_seconds": "how long to wait before trying Redis again after a failure",
+    "audit_denials": "send 401/403/429 denials to the audit trail",
+    "audit_queue_size": "denials waiting for the audit service (drops are counted beyond it)",
+    "audit_batch_size": "denials per delivery",
+    "audit_flush_seconds": "longest wait before a partial batch is delivered",
+    "identity_cookie_secure": "force the Secure cookie flag (default: on when the issuer is https)",
+    "identity_allow_insecure_http": "allow an http issuer other than localhost (never in production)",
+    "id_token_ttl_seconds": "ID token lifetime",
+    "authorization_code_ttl_seconds": "authorization code lifetime (single use)",
+    "session_ttl_seconds": "sign-in session lifetime at the provider",
+    "refresh_token_idle_seconds": "a refresh token unused this long expires",
+    "refresh_token_lifetime_seconds": "absolute refresh token lifetime (rotated on every use)",
+    "key_rotation_grace_seconds": "a new signing key is published this long before it signs",
+    "key_refresh_seconds": "how often replicas reload the signing keys",
+    "login_max_failures_per_user": "failed sign-ins per user per window before throttling",
+    "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
+    "login_throttle_window_seconds": "sign-in throttling window",
+    "identity_trusted_proxies": "proxies whose X-Forwarded-For is believed (per-address throttling)",
+    "idempotency_ttl_hours": "how long an `Idempotency-Key` is remembered",
+    "outbox_poll_interval_seconds": "outbox relay poll interval (NOTIFY wakes it sooner)",
+    "outbox_max_backoff_seconds": "longest retry delay of the outbox relay while the audit service is down",
+    "apply_timeout_seconds": "timeout of applying a decision at the timesheets service",
+    "apply_attempts": "attempts to apply a decision before the reconciler takes over",
+    "reconcile_interval_seconds": "how often interrupted decisions are reconciled",
+    "reconcile_after_seconds": "a pending decision older than this is reconciled",
+    "audit_verify_interval_seconds": "background chain verification (incremental) interval; 0 disables",
+    "audit_full_verify_interval_seconds": "full chain verification interval; 0 disables",
+}
+
+
+def _default(field: FieldInfo, name: str) -> str:
+    if field.is_required():
+        return "required"
+    if any(hint in name for hint in SECRET_HINTS) and name not in {"database_url", "demo_password"}:
+        return "(secret, none)"
+    value: Any = field.default
+    if value is PydanticUndefined and field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    if name == "gateway_workers":
+        return "CPU count"
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if value is None or value == "":
+        return "–"
+    text = str(value)
+    if "/work/" in text or text.startswith("/"):
+        text = text.split("/main/", 1)[-1] if "/main/" in text else text
+    return f"`{text}`"
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    seen: dict[str, tuple[dict[str, str], list[str], str]] = {}
+    for service in SERVICES:
+        module = importlib.import_module(f"{service}.settings")
+        cls = next(
+            value
+            for key, value in vars(module).items()
+            if key.endswith("Settings") and getattr(value, "__module__", "") == module.__name__
+        )
+        for name, field in cls.model_fields.items():
+            if name == "service_name":
+                continue
+            default = _default(field, name)
+            if name in seen:
+                defaults, users, meaning = seen[name]
+                users.append(service)
+                defaults[service] = default
+                continue
+            seen[name] = ({service: default}, [service], MEANINGS.get(name, field.description or ""))
+    result = []
+    for name, (defaults, users, meaning) in seen.items():
+        values = set(defaults.values())
+        if len(values) == 1:
+            default = values.pop()
+        else:
+            default = "; ".join(f"{service} {value}" for service, value in defaults.items())
+        result.append((name.upper(), default, ", ".join(users), meaning))
+    return result
+
+
+def table() -> str:
+    lines = ["| variable | default | read by | meaning |", "| --- | --- | --- | --- |"]
+    for name, default, users, meaning in rows():
+        if users == ", ".join(SERVICES):
+            users = "all"
+        lines.append(f"| `{name}` | {default} | {users} | {meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
