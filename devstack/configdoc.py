@@ -115,7 +115,7 @@ def _default(field: FieldInfo, name: str) -> str:
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     if value is None or value == "":
-        return "–"
+        return "(empty)"
     text = str(value)
     if "/work/" in text or text.startswith("/"):
         text = text.split("/main/", 1)[-1] if "/main/" in text else text
