@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from svckit.settings import CsvList, DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
@@ -67,6 +68,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
             raise ValueError("must be an http(s) URL such as http://localhost:9000/")
         if "?" in value or "#" in value:
             raise ValueError("must not contain a query or fragment")
+        if urlsplit(value).path not in ("", "/"):
+            # The pages link to /login, /authorize… at the root of the host, as Auth0's do.
+            raise ValueError("must be the root of its host (https://id.example.com/), without a path")
         return value if value.endswith("/") else value + "/"
 
     @field_validator("identity_key_encryption_key", "identity_session_secret")

@@ -147,7 +147,7 @@ async def test_throttle_keeps_working_without_redis() -> None:
         await dead.aclose()
 
 
-@pytest.mark.parametrize("value", ["ftp://x/", "http://localhost:9000/?a=1"])
+@pytest.mark.parametrize("value", ["ftp://x/", "http://localhost:9000/?a=1", "https://id.example/tenant/"])
 def test_issuer_must_be_an_http_url(
     seeded: dict[str, str], value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
