@@ -327,13 +327,14 @@ class OutboxRelay:
         await self._close_listener()
 
     def wake(self) -> None:
-        """Deliver now instead of at the next poll (tests and callers that just enqueued may use it)."""
+        """Deliver now instead of at the next poll (not while backing off after a failed delivery)."""
         self._wake.set()
 
     # ---- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            backing_off = True  # unless a pass ends normally: then a NOTIFY may cut the wait short
             try:
                 await self._ensure_listener()
                 progressed = await self.deliver_due()
@@ -341,6 +342,7 @@ class OutboxRelay:
                 if progressed:
                     continue  # more may be waiting: drain before sleeping
                 delay = self.poll_interval
+                backing_off = False
             except DeliveryError as exc:
                 self._failures_in_row += 1
                 delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
@@ -360,11 +362,14 @@ class OutboxRelay:
                 self._failures_in_row += 1
                 delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
                 log.exception("outbox relay error", extra={"service": self.source})
-            await self._sleep(delay)
+            await self._sleep(delay, backing_off)
 
-    async def _sleep(self, delay: float) -> None:
+    async def _sleep(self, delay: float, backing_off: bool) -> None:
+        """Wait for the next pass. While backing off only ``stop()`` ends the wait early: every
+        commit in the writer sends a NOTIFY, and those must not turn the backoff into a hammering."""
+        event = self._stopping if backing_off else self._wake
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            await asyncio.wait_for(event.wait(), delay)
         self._wake.clear()
 
     async def deliver_due(self) -> bool:

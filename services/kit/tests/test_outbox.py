@@ -299,6 +299,38 @@ async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
     assert metric("outbox_oldest_event_age_seconds", service) == 0
 
 
+async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
+    database: Database, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    """Every commit NOTIFYs the relay; while the audit service is down that must not mean a retry."""
+    service = f"writer-{schema}"
+    relay = OutboxRelay(
+        database,
+        schema,
+        service,
+        signed(http, f"http://127.0.0.1:{free_port()}", identity_keys),
+        poll_interval=60,
+        base_backoff=1.0,
+        max_backoff=1.0,
+    )
+    await enqueue_committed(database, [event(service)])
+    relay.start()
+    try:
+        await eventually(lambda: metric("outbox_delivery_failures_total", service) >= 1)
+        before = metric("outbox_delivery_failures_total", service)
+        started = time.monotonic()
+        for _ in range(20):
+            await enqueue_committed(database, [event(service)])
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        tries = metric("outbox_delivery_failures_total", service) - before
+    finally:
+        await relay.stop()
+    # Backoff waits are 0.5-1 s: twenty NOTIFYs over `elapsed` seconds allow only that many tries.
+    assert tries <= elapsed / 0.5 + 1, (tries, elapsed)
+    assert len(await outbox_rows(database, schema)) == 21
+
+
 async def test_server_errors_are_retried_with_backoff(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
