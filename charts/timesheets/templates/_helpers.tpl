@@ -81,6 +81,15 @@ external authorization server (Auth0) is used.
 {{- join " " $c -}}
 {{- end -}}
 
+{{/*
+Who calls whom inside the release (each service's settings name the peers it reads: TIMESHEETS_URL,
+APPROVALS_URL, AUDIT_URL). The peer URLs in each environment and the NetworkPolicies are both
+derived from this one table. The gateway also calls the bundled identity provider (JWKS).
+*/}}
+{{- define "timesheets.calls" -}}
+{{- toJson (dict "gateway" (list "timesheets" "approvals" "audit" "identity") "identity" list "timesheets" (list "audit") "approvals" (list "timesheets" "audit") "audit" list) -}}
+{{- end -}}
+
 {{/* The fixed port of each component (docs/CONTRACTS.md). */}}
 {{- define "timesheets.port" -}}
 {{- $ports := dict "gateway" 8080 "identity" 9000 "timesheets" 8101 "approvals" 8102 "audit" 8103 -}}
@@ -196,14 +205,16 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
     secretKeyRef:
       name: {{ include "timesheets.appSecretName" $root }}
       key: identity-keys
-- name: TIMESHEETS_URL
-  value: {{ include "timesheets.url" (dict "root" $root "component" "timesheets") | quote }}
-- name: APPROVALS_URL
-  value: {{ include "timesheets.url" (dict "root" $root "component" "approvals") | quote }}
-- name: AUDIT_URL
-  value: {{ include "timesheets.url" (dict "root" $root "component" "audit") | quote }}
+{{- range $peer := get (include "timesheets.calls" $root | fromJson) $c }}
+{{- if ne $peer "identity" }}
+- name: {{ upper $peer }}_URL
+  value: {{ include "timesheets.url" (dict "root" $root "component" $peer) | quote }}
+{{- end }}
+{{- end }}
+{{- if has $c (list "gateway" "identity") }}
 - name: OIDC_AUDIENCE
   value: {{ $root.Values.oidc.audience | quote }}
+{{- end }}
 {{- if $usesDb }}
 - name: DATABASE_URL
   valueFrom:

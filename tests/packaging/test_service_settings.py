@@ -1,0 +1,123 @@
+"""The environment the chart gives each service is what that service reads, and it accepts it.
+
+For every values scenario and every app Deployment (and every migration container), the rendered
+env is fed to the service's own settings model (``load_settings`` — the same validation that stops a
+misconfigured pod at start-up), with Secret references replaced by values of the right shape. Every
+variable the chart sets must be a setting of that service (no typos, nothing ignored), and every
+peer URL a service reads must be set (no silent fallback to 127.0.0.1 in a cluster).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from svckit.settings import ServiceSettings, SettingsError, load_settings
+
+from tests.packaging.support import APP_COMPONENTS, Obj, pod_spec
+
+# Shapes of the secrets the chart references (never real ones).
+SECRET_SHAPES = {
+    "IDENTITY_KEYS": "k1:" + "a" * 43,
+    "DATABASE_URL": "postgresql://timesheets:pw@db.internal:5432/timesheets",
+    "REDIS_URL": "redis://:pw@redis.internal:6379/0",
+    "IDENTITY_KEY_ENCRYPTION_KEY": "e" * 48,
+    "IDENTITY_SESSION_SECRET": "s" * 48,
+    "BATCH_CLIENT_SECRET": "b" * 40,
+}
+PEER_URLS = {"timesheets_url", "approvals_url", "audit_url"}
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"{service}.settings")
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == module.__name__
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def containers_by_service(objects: list[Obj]) -> list[tuple[str, Obj]]:
+    """(service, container) for every container that runs `python -m <service> …`."""
+    out = []
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            command = c.get("command", [])
+            if command[:2] == ["python", "-m"] and command[2] in APP_COMPONENTS:
+                out.append((command[2], c))
+    return out
+
+
+def env_values(container: Obj, objects: list[Obj], tmp: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    config_maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    for entry in container.get("env", []):
+        name = entry["name"]
+        if "value" in entry:
+            env[name] = str(entry["value"])
+        else:
+            assert name in SECRET_SHAPES, f"{name} comes from a Secret this test does not know"
+            env[name] = SECRET_SHAPES[name]
+    if "GATEWAY_ISSUERS_FILE" in env:
+        # The file the gateway reads is the mounted ConfigMap: write its content where it points.
+        (cm,) = [c for name, c in config_maps.items() if name.endswith("gateway-issuers")]
+        path = tmp / "issuers.yaml"
+        path.write_text(cm["data"]["issuers.yaml"])
+        env["GATEWAY_ISSUERS_FILE"] = str(path)
+    return env
+
+
+def test_every_variable_is_read_and_accepted_by_the_service(objects: list[Obj], tmp_path: Path) -> None:
+    pairs = containers_by_service(objects)
+    assert {service for service, _ in pairs} >= {"gateway", "timesheets", "approvals", "audit"}
+    for service, container in pairs:
+        cls = settings_class(service)
+        env = env_values(container, objects, tmp_path)
+        fields = set(cls.model_fields)
+        unknown = sorted(name for name in env if name.lower() not in fields)
+        assert unknown == [], f"{service} does not read {unknown}"
+        try:
+            settings = load_settings(cls, env=env)
+        except SettingsError:
+            pytest.fail(f"{service} refuses the chart's environment (its message is above)")
+        assert settings.port == int(env["PORT"])
+        missing_peers = sorted(f.upper() for f in PEER_URLS & fields if f.upper() not in env)
+        assert missing_peers == [], f"{service} reads {missing_peers} but the chart does not set them"
+
+
+def test_the_check_notices_a_variable_nobody_reads(objects: list[Obj]) -> None:
+    """Guard: a misspelt variable must be caught by the field comparison above."""
+    cls = settings_class("timesheets")
+    assert "audit_url" in cls.model_fields
+    assert "oidc_isuer" not in cls.model_fields
+
+
+def test_gateway_issuer_settings_file_is_valid_for_the_gateway(tmp_path: Path) -> None:
+    """The issuers file the chart mounts parses with the gateway's own loader."""
+    from gateway.issuers import load_issuers
+
+    from tests.packaging.support import rendered_scenario
+
+    objects = rendered_scenario("values-dev.yaml")
+    (service, container) = next(p for p in containers_by_service(objects) if p[0] == "gateway")
+    env = env_values(container, objects, tmp_path)
+    settings: Any = load_settings(settings_class(service), env=env)
+    issuers = load_issuers(settings)
+    (issuer,) = issuers.values()
+    assert issuer.jwks_uri == "http://ts-timesheets-identity:9000/.well-known/jwks.json"
+    assert yaml.safe_load(Path(env["GATEWAY_ISSUERS_FILE"]).read_text())
+
+
+@pytest.mark.parametrize("service", APP_COMPONENTS)
+def test_settings_models_are_found(service: str) -> None:
+    assert issubclass(settings_class(service), ServiceSettings)
