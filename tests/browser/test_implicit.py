@@ -11,9 +11,18 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Route, expect
 
-from tests.browser.support import APP, PROVIDER, NewPage, Shots, assert_no_tokens_stored, provider_sign_in
+from tests.browser.support import (
+    APP,
+    PROVIDER,
+    NewPage,
+    Shots,
+    Tokens,
+    assert_no_tokens_stored,
+    provider_sign_in,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -68,3 +77,32 @@ async def test_implicit_grant_signs_in_and_calls_the_api(new_page: NewPage, shot
     await expect(page.get_by_role("alert")).to_contain_text("Sign-in could not be completed")
     assert "#" not in page.url
     await shot(page, "implicit-replayed-answer-refused")
+
+
+async def test_implicit_answer_with_a_swapped_access_token_is_refused(new_page: NewPage, shot: Shots) -> None:
+    """Token substitution: the ID token's at_hash no longer matches, so nothing is used."""
+    first, _ = await new_page()
+    await sign_in(first, shot, "alice")  # a provider session, so /authorize answers at once
+    page = await first.context.new_page()  # a new tab: no app session in it
+    tokens = Tokens()
+    page.on("request", tokens.on_request)
+    swapped: list[str] = []
+
+    async def swap_access_token(route: Route) -> None:
+        response = await route.fetch(max_redirects=0)
+        location = response.headers.get("location", "")
+        if "#" in location and "access_token=" in location:
+            location = location.replace("access_token=", "access_token=eyJzd2FwcGVkIjp0cnVlfQ", 1)
+            swapped.append(location)
+        await route.fulfill(response=response, headers={**response.headers, "location": location})
+
+    await page.route(f"{PROVIDER}/authorize*", swap_access_token)
+    await page.goto(f"{APP}/?flow=implicit")
+    await page.get_by_role("button", name=re.compile("^Sign in")).click()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Sign-in answer rejected")
+    assert swapped, "the provider's answer was intercepted and altered"
+    await expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+    assert "#" not in page.url
+    assert not tokens.seen, "the swapped token must never reach the API"
+    await shot(page, "implicit-swapped-token-refused")
