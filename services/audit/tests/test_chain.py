@@ -15,10 +15,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from audit.app import BackgroundVerifier, create_app
+from audit.app import create_app
 from audit.chain import record_hash
 from audit.settings import AuditSettings
 from audit.store import AuditStore
+from audit.verifier import BackgroundVerifier
 from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.identity import Identity

@@ -1,0 +1,64 @@
+"""Background verification of the chain, so that ``audit_chain_ok`` is current for alerting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
+
+from .models import Anchor
+from .store import AuditStore, Verification
+
+log = logging.getLogger("audit.verifier")
+
+UNREACHABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+
+
+class BackgroundVerifier:
+    """Keeps ``audit_chain_ok`` current: cheap incremental walks, a full walk now and then.
+
+    An incremental run starts at the head the previous run verified (which must still be there,
+    unchanged) and recomputes only what was appended since; a full run walks from seq 1 and so also
+    catches tampering with older records. A broken chain is logged as an error and forces the next
+    run to be a full one.
+    """
+
+    def __init__(self, store: AuditStore, interval: float, full_interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self.full_interval = full_interval
+        self.head: Anchor | None = None
+        self.last_full = -float("inf")
+
+    async def run_once(self) -> Verification:
+        now = time.monotonic()
+        full = self.head is None or now - self.last_full >= self.full_interval
+        result = await self.store.verify(since=None if full else self.head)
+        if result.ok:
+            self.head = result.head or self.head
+            if full:
+                self.last_full = now
+            log.info("audit chain verified", extra={"checked": result.checked, "full": full})
+        else:
+            self.head = None
+            log.error(
+                "audit chain is broken",
+                extra={"first_bad": result.first_bad, "reason": result.reason, "checked": result.checked},
+            )
+        return result
+
+    async def run_forever(self) -> None:
+        await asyncio.sleep(min(self.interval, 30.0) * random.uniform(0.5, 1.0))
+        while True:
+            try:
+                await self.run_once()
+            except UNREACHABLE as exc:
+                log.warning(
+                    "chain verification skipped: database unreachable", extra={"error": type(exc).__name__}
+                )
+            except Exception:
+                log.exception("chain verification failed")
+            await asyncio.sleep(self.interval * random.uniform(0.9, 1.1))
