@@ -361,3 +361,14 @@ async def test_a_truncated_chain_fails_the_incremental_run(trail: Trail, store: 
     await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq >= 8")
     result = await verifier.run_once()
     assert (result.ok, result.first_bad) == (False, 10)
+
+
+async def test_the_service_verifies_in_the_background(audit_schema: str, service_env: dict[str, str]) -> None:
+    settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0.2)
+    before = verifications("ok") + verifications("broken")
+    async with serve_app(create_app(settings)):
+        for _ in range(100):
+            if verifications("ok") + verifications("broken") >= before + 2:
+                break
+            await asyncio.sleep(0.05)
+    assert verifications("ok") + verifications("broken") >= before + 2  # runs again and again
