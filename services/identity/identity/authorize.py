@@ -35,7 +35,7 @@ from .browser import (
 from .context import Context, ctx_of, signed_in_user
 from .models import Client, SignedInUser, origin_of
 from .oauth import Request as OAuthRequest
-from .oauth import Result
+from .oauth import Result, unquotable_parameter
 from .passwords import hash_secret, needs_rehash, verify_secret
 from .scopes import describe, split_scope
 from .tokens import granted_scopes
@@ -165,6 +165,11 @@ async def _authorize(
     ctx: Context, request: Request, pairs: list[tuple[str, str]], decision: str | None
 ) -> Response:
     params = dict(pairs)
+    bad = unquotable_parameter(pairs)
+    if bad is not None:
+        return error_page(
+            ctx, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+        )
     delivery = Delivery(params)
     user = await signed_in_user(request)
     oreq = _oauth_request(ctx, request, pairs)

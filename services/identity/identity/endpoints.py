@@ -14,7 +14,7 @@ from .authorize import RESPONSE_MODES, error_page
 from .browser import SESSION_COOKIE, clear_cookie
 from .context import Context, ctx_of
 from .oauth import Request as OAuthRequest
-from .oauth import Result, user_info
+from .oauth import Result, unquotable_parameter, user_info
 from .scopes import ALL_SCOPES
 from .tokens import InvalidAccessToken, verify_access_token
 
@@ -107,6 +107,11 @@ async def token(request: Request) -> Response:
     params = await _token_params(request)
     if isinstance(params, Response):
         return params
+    bad = unquotable_parameter(params)
+    if bad is not None:
+        return oauth_error(
+            400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+        )
     oreq = OAuthRequest("POST", ctx.settings.url("oauth/token"), request.headers, [], params)  # type: ignore[arg-type]
     result: Result = await ctx.in_thread(ctx.server.create_token_response, oreq)
     headers = {**NO_STORE, **dict(result.headers)}
@@ -190,6 +195,11 @@ async def oidc_logout(request: Request) -> Response:
     form: list[tuple[str, str]] = []
     if request.method == "POST":
         form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    if unquotable_parameter([*query, *form]) is not None:
+        await _end_session(ctx, request)
+        return _signed_out(
+            ctx, error_page(ctx, "invalid_request", "A parameter holds characters that are not allowed.")
+        )
     oreq = OAuthRequest(request.method, ctx.settings.url("oidc/logout"), request.headers, query, form)  # type: ignore[arg-type]
     try:
         validated = await ctx.in_thread(ctx.server.validate_endpoint_request, "end_session", oreq)

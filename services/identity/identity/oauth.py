@@ -10,6 +10,7 @@ here and the database stays async.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections import defaultdict
@@ -64,6 +65,35 @@ T = TypeVar("T")
 
 
 # --- requests and responses --------------------------------------------------------------------
+
+# RFC 6749 §5.2 limits error descriptions to %x20-21 / %x23-5B / %x5D-7E, and Authlib raises (a 500)
+# when a description would contain anything else. Parameters Authlib quotes in its descriptions are
+# therefore checked first and refused with a plain 400 naming the parameter.
+_NOT_QUOTABLE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+QUOTED_PARAMETERS = (
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "response_mode",
+    "grant_type",
+    "scope",
+    "prompt",
+    "audience",
+    "code_challenge_method",
+)
+
+
+def unquotable_parameter(pairs: Iterable[tuple[str, str]]) -> str | None:
+    """The first parameter whose value may not appear in an OAuth error description, if any."""
+    for name, value in pairs:
+        if name in QUOTED_PARAMETERS and _NOT_QUOTABLE.search(value):
+            return name
+    return None
+
+
+def quotable(text: str) -> str:
+    """``text`` with every character an OAuth error description may not hold replaced by '?'."""
+    return _NOT_QUOTABLE.sub("?", text)[:200]
 
 
 class Payload(OAuth2Payload):  # type: ignore[misc]
@@ -202,7 +232,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
     def validate_requested_scope(self, scope: str | None) -> None:
         unknown = [s for s in split_scope(scope) if s not in ALL_SCOPES]
         if unknown:
-            raise InvalidScopeError(f"Unknown scope: {' '.join(unknown)}")
+            raise InvalidScopeError(quotable(f"Unknown scope: {' '.join(unknown)}"))
 
     def create_oauth2_request(self, request: Request) -> Request:
         return request
@@ -240,7 +270,7 @@ class ClientScopeAndAudience:
         client: Client = self.request.client
         refused = [s for s in split_scope(self.request.payload.scope) if s not in client.allowed_scopes]
         if refused:
-            raise InvalidScopeError(f"The client may not request: {' '.join(refused)}")
+            raise InvalidScopeError(quotable(f"The client may not request: {' '.join(refused)}"))
         audience = self.request.payload.data.get("audience")
         expected = self.server.backend.settings.oidc_audience
         if audience and audience != expected:

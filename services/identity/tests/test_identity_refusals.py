@@ -344,3 +344,48 @@ async def test_unsupported_token_requests_are_clear_4xx(http: aiohttp.ClientSess
     async with http.get(base_url + "/userinfo", headers={"Authorization": "Bearer not.a.jwt"}) as r:
         assert r.status == 401
         assert (await r.json())["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"client_id": "timesheets-spa", "response_type": "code", "redirect_uri": 'https://evil.example/"x'},
+        {"client_id": "timesheets-spa", "response_type": "code", "redirect_uri": "https://evil.example/é"},
+        {"client_id": "timesheets-spa", "response_type": "code", "redirect_uri": f"{SPA}/", "scope": 'a"b'},
+        {"client_id": "timesheets-spa", "response_type": "code", "redirect_uri": f"{SPA}/", "scope": "é"},
+        {"client_id": "timesheets-spa", "response_type": 'bogus"', "redirect_uri": f"{SPA}/"},
+        {"client_id": "\\", "response_type": "code"},
+        {},
+    ],
+)
+async def test_malformed_authorization_requests_are_400_pages(
+    browser: Browser, query: dict[str, str]
+) -> None:
+    response = await browser.get("/authorize?" + urlencode(query))
+    assert response.status == 400
+    assert "Location" not in response.headers
+    assert "invalid_" in browser.last_html or "unsupported_" in browser.last_html
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"grant_type": '"'},
+        {"grant_type": "authorization_code", "client_id": "é"},
+        {
+            "grant_type": "authorization_code",
+            "client_id": "timesheets-spa",
+            "code": '"é',
+            "code_verifier": "\\",
+        },
+        {"grant_type": "client_credentials", "client_id": "timesheets-batch", "client_secret": "é"},
+        {"grant_type": "client_credentials", "scope": "é"},
+        {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": "é"},
+    ],
+)
+async def test_malformed_token_requests_are_4xx_json(
+    http: aiohttp.ClientSession, base_url: str, data: dict[str, str]
+) -> None:
+    async with http.post(base_url + "/oauth/token", data=data) as response:
+        assert 400 <= response.status < 500
+        assert (await response.json())["error"]
