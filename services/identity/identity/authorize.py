@@ -165,7 +165,7 @@ async def _authorize(
     ctx: Context, request: Request, pairs: list[tuple[str, str]], decision: str | None
 ) -> Response:
     params = dict(pairs)
-    bad = unquotable_parameter(pairs)
+    bad = unquotable_parameter(pairs) or next((k for k, v in pairs if not store.storable(v)), None)
     if bad is not None:
         return error_page(
             ctx, "invalid_request", f"The {bad} parameter holds characters that are not allowed."

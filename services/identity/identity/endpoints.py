@@ -107,7 +107,7 @@ async def token(request: Request) -> Response:
     params = await _token_params(request)
     if isinstance(params, Response):
         return params
-    bad = unquotable_parameter(params)
+    bad = unquotable_parameter(params) or next((k for k, v in params if not store.storable(v)), None)
     if bad is not None:
         return oauth_error(
             400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."

@@ -18,6 +18,11 @@ def digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
+def storable(value: str) -> bool:
+    """Postgres text cannot hold NUL; a lookup by such a value finds nothing instead of failing."""
+    return "\x00" not in value
+
+
 def _user(row: asyncpg.Record) -> User:
     return User(
         subject=row["subject"],
@@ -49,6 +54,8 @@ def _client(row: asyncpg.Record) -> Client:
 
 
 async def get_user_by_username(db: Conn, username: str) -> User | None:
+    if not storable(username):
+        return None
     row = await db.fetchrow("SELECT * FROM users WHERE username = $1", username)
     return _user(row) if row else None
 
@@ -89,6 +96,8 @@ async def update_password_hash(db: Conn, subject: str, password_hash: str) -> No
 
 
 async def get_client(db: Conn, client_id: str) -> Client | None:
+    if not storable(client_id):
+        return None
     row = await db.fetchrow("SELECT * FROM clients WHERE client_id = $1", client_id)
     return _client(row) if row else None
 
@@ -192,6 +201,8 @@ async def list_consents(db: Conn, subject: str) -> list[tuple[Client, list[str],
 
 
 async def revoke_consent(db: Conn, subject: str, client_id: str) -> bool:
+    if not storable(client_id):
+        return False
     result: str = await db.execute(
         "DELETE FROM consents WHERE subject = $1 AND client_id = $2", subject, client_id
     )

@@ -389,3 +389,21 @@ async def test_malformed_token_requests_are_4xx_json(
     async with http.post(base_url + "/oauth/token", data=data) as response:
         assert 400 <= response.status < 500
         assert (await response.json())["error"]
+
+
+async def test_nul_characters_never_reach_the_database(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    page = await browser.get("/login?" + urlencode({"return_to": "/authorize?client_id=%00"}))
+    assert page.status == 200
+    for username in ("\x00", "al\x00ice"):
+        response = await browser.login(username, password="x")
+        assert response.status == 401
+    response = await browser.get("/authorize?" + urlencode(code_request(pkce_pair()[1], nonce="\x00")))
+    assert response.status == 400
+    async with http.post(
+        base_url + "/oauth/token", data={"grant_type": "authorization_code", "code": "\x00"}
+    ) as r:
+        assert r.status == 400
+    response = await browser.get("/v2/logout?" + urlencode({"client_id": "\x00", "returnTo": f"{SPA}/"}))
+    assert response.status == 400
