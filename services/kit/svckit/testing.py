@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -214,11 +214,22 @@ class ServiceProcess:
 class TcpProxy:
     """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, unix_socket: str | None = None) -> None:
         self.target = (target_host, target_port)
+        self.unix_socket = unix_socket
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def for_postgres(cls, dsn: str) -> TcpProxy:
+        """A proxy in front of the server of ``dsn``, over TCP or its Unix socket (``?host=/dir``)."""
+        parts = urlsplit(dsn)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        port = parts.port or 5432
+        if socket_dir.startswith("/"):
+            return cls("", port, unix_socket=f"{socket_dir}/.s.PGSQL.{port}")
+        return cls(parts.hostname or "127.0.0.1", port)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -232,7 +243,10 @@ class TcpProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
+            if self.unix_socket:
+                server_r, server_w = await asyncio.open_unix_connection(self.unix_socket)
+            else:
+                server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             client_w.close()
             return
@@ -257,7 +271,8 @@ class TcpProxy:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)
         auth = netloc[0] + "@" if len(netloc) == 2 else ""
-        return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{self.port}", parts.path, parts.query, ""))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+        return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{self.port}", parts.path, query, ""))
 
 
 # ---- pytest fixtures -------------------------------------------------------------------------

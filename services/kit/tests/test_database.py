@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -31,8 +30,7 @@ async def wait_for_status(url: str, status: int, timeout: float = 20.0) -> dict[
 
 
 async def test_readiness_follows_postgres(database_url: str, identity_keys: str) -> None:
-    parts = urlsplit(database_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy = TcpProxy.for_postgres(database_url)
     database = Database(proxy.url_for(database_url), schema="public", max_backoff=0.5)
     settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
     app = create_service_app(settings, [], database=database)
