@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool.
 SYSTEM_PACKAGES := chromium wrk prometheus
 
-.PHONY: help install system-deps dev test e2e lint format bench clean
+.PHONY: help install system-deps dev test e2e test-packaging chart-docs lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ test: install system-deps ## the whole suite: unit, integration (real Postgres/R
 
 e2e: install system-deps ## only the browser end-to-end tests (headless Chromium)
 	$(PY) -m pytest -m browser
+
+test-packaging: install system-deps ## only the chart, image, alert-rule and dashboard checks
+	$(PY) -m pytest tests/packaging
+
+chart-docs: install ## regenerate the chart README's values table
+	$(PY) charts/generate_readme.py
 
 lint: install ## ruff and mypy --strict
 	.venv/bin/ruff check .
