@@ -62,11 +62,9 @@ def problem(description: str) -> dict[str, Any]:
     }
 
 
-def json_body(schema: Mapping[str, Any], description: str = "") -> dict[str, Any]:
-    body: dict[str, Any] = {"content": {"application/json": {"schema": dict(schema)}}}
-    if description:
-        body["description"] = description
-    return body
+def json_body(schema: Mapping[str, Any], description: str = "A JSON document.") -> dict[str, Any]:
+    """A request body or response with a JSON document (responses require a description)."""
+    return {"description": description, "content": {"application/json": {"schema": dict(schema)}}}
 
 
 def document(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from openapi_spec_validator import validate
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.openapi import app_operations, document, documented_operations, problem
+from svckit.openapi import app_operations, document, documented_operations, json_body, problem
 from svckit.settings import ServiceSettings, load_settings
 from svckit.testing import new_identity_keys
 
@@ -21,7 +22,9 @@ def test_route_and_document_comparison() -> None:
         title="t",
         version="1",
         description="d",
-        paths={"/things": {"get": {"responses": {"404": problem("no")}}, "parameters": []}},
+        paths={
+            "/things": {"get": {"responses": {"200": json_body({"type": "object"}), "404": problem("no")}}}
+        },
         schemas={},
     )
     app = create_service_app(
@@ -32,4 +35,5 @@ def test_route_and_document_comparison() -> None:
     assert app_operations(app) == {("/things", "get"), ("/things/{id}", "delete")}
     assert documented_operations(doc) == {("/things", "get")}
     assert doc["openapi"] == "3.1.0"
+    validate(doc)  # a valid OpenAPI 3.1 document (responses need descriptions, and so on)
     assert "Problem" in doc["components"]["schemas"]
