@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import uuid
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 from approvals.app import create_app
 from approvals.openapi import document
 from approvals.settings import ApprovalsSettings
+from openapi_spec_validator import validate
 from svckit.openapi import app_operations, documented_operations
 from svckit.settings import SettingsError, load_settings
 from svckit.testclient import SignedApi
@@ -22,6 +24,7 @@ from svckit.testing import create_database, drop_database, new_identity_keys, us
 def test_every_route_is_documented() -> None:
     app = create_app(load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
     assert app_operations(app) == documented_operations(document())
+    validate(document())
 
 
 def test_bad_settings_stop_the_process() -> None:
@@ -40,22 +43,29 @@ async def test_metrics_after_a_decision(
     assert (
         await approvals.call("PUT", f"/approvals/{made.body['id']}", boss, json={"decision": "rejected"})
     ).status == 200
-    async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/metrics") as response:
-        text = await response.text()
+    names = (
+        'approvals_decisions_total{decision="approved"}',
+        "approvals_decisions_pending",
+        "approvals_oldest_pending_decision_age_seconds",
+        'approvals_reconciliations_total{outcome="applied"}',
+        'outbox_pending_events{service="approvals"}',
+    )
+    # The relay's and the reconciler's gauges are refreshed on their own schedules.
+    deadline = time.monotonic() + 20
+    while True:
+        async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/metrics") as response:
+            text = await response.text()
+        missing = [name for name in names if name not in text]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, missing
+        await asyncio.sleep(0.5)
     rejected = next(
         line
         for line in text.splitlines()
         if line.startswith('approvals_decisions_total{decision="rejected"}')
     )
     assert float(rejected.split()[-1]) >= 1
-    for name in (
-        'approvals_decisions_total{decision="approved"}',
-        "approvals_decisions_pending",
-        "approvals_oldest_pending_decision_age_seconds",
-        'approvals_reconciliations_total{outcome="applied"}',
-        'outbox_pending_events{service="approvals"}',
-    ):
-        assert name in text, name
 
 
 async def test_settled_decisions_are_final(db: asyncpg.Connection) -> None:
