@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import anyio.from_thread
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
@@ -35,6 +36,7 @@ from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
+from authlib.oidc.core.grants.util import create_response_mode_response
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from prometheus_client import Counter
 
@@ -431,6 +433,20 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
     def exists_nonce(self, nonce: str, request: Request) -> bool:
         # Implicit responses are not stored; the nonce is bound to the client's own state instead.
         return False
+
+    def create_authorization_response(self, redirect_uri: str, grant_user: SignedInUser | None) -> Any:
+        """Always answer as a fragment redirect; ``authorize.Delivery`` re-renders it for the requested
+        ``response_mode`` (Authlib knows no ``web_message``)."""
+        state = self.request.payload.state
+        if grant_user:
+            params = self.create_granted_params(grant_user)
+        else:
+            params = AccessDeniedError().get_body()
+        if state:
+            params.append(("state", state))
+        return create_response_mode_response(
+            redirect_uri=redirect_uri, params=params, response_mode="fragment"
+        )
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         claims = super().get_client_claims(client)

@@ -481,3 +481,26 @@ async def test_no_secret_reaches_the_logs(
         DEMO_PASSWORD,
     ):
         assert secret not in logs
+
+
+@pytest.mark.parametrize("mode", ["web_message", "form_post"])
+async def test_implicit_silent_renewal_in_other_response_modes(browser: Browser, mode: str) -> None:
+    await browser.login("alice")
+    response = await browser.authorize(
+        response_type="id_token token",
+        client_id="timesheets-spa",
+        redirect_uri=f"{SPA}/",
+        scope="openid read:timesheets",
+        nonce="n-2",
+        state="w1",
+        prompt="none",
+        response_mode=mode,
+    )
+    assert response.status == 200, browser.last_html
+    assert "access_token" in browser.last_html
+    assert "id_token" in browser.last_html
+    assert "w1" in browser.last_html
+    if mode == "web_message":
+        assert f"frame-ancestors {SPA}" in response.headers["Content-Security-Policy"]
+    else:
+        assert f'action="{SPA}/"' in browser.last_html
