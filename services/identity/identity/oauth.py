@@ -438,15 +438,10 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
         """Always answer as a fragment redirect; ``authorize.Delivery`` re-renders it for the requested
         ``response_mode`` (Authlib knows no ``web_message``)."""
         state = self.request.payload.state
-        if grant_user:
-            params = self.create_granted_params(grant_user)
-        else:
-            params = AccessDeniedError().get_body()
+        params = self.create_granted_params(grant_user) if grant_user else AccessDeniedError().get_body()
         if state:
             params.append(("state", state))
-        return create_response_mode_response(
-            redirect_uri=redirect_uri, params=params, response_mode="fragment"
-        )
+        return create_response_mode_response(redirect_uri, params, "fragment")
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         claims = super().get_client_claims(client)
