@@ -280,3 +280,27 @@ async def test_timesheets_unreachable(
     )
     async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/readyz") as ready:
         assert ready.status == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"decision": "approved", "comment": "a\\ud800"}', 422),
+        (b'{"decision": "approved", "comment": "a\\u0000b"}', 422),
+        (b'{"decision": null}', 422),
+        (b'{"decision": NaN}', 422),
+        (b'["approved"]', 422),
+        (b"[" * 50_000 + b"]" * 50_000, 400),
+        (b'{"decision": "approved"', 400),
+        (b"\xff\xfe", 400),
+    ],
+)
+async def test_hostile_bodies_never_500(
+    approvals: SignedApi, timesheets: SignedApi, raw: bytes, status: int
+) -> None:
+    entry_id = await submit(timesheets, employee())
+    reply = await approvals.call(
+        "PUT", f"/approvals/{entry_id}", manager(), data=raw, headers={"content-type": "application/json"}
+    )
+    assert reply.status == status, reply.text
+    assert reply.problem
