@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from typing import Any
@@ -49,6 +48,8 @@ class DenialAuditor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._identity = Identity.service("gateway")
+        self._stopping = False
+        self._stop_event = asyncio.Event()
         self.delivered = 0
 
     def record(
@@ -102,11 +103,13 @@ class DenialAuditor:
 
     async def _loop(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             if not self._queue:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+                # not wait_for: in Python 3.11 it can swallow a cancellation racing with its timeout
+                waiter = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({waiter}, timeout=self.flush_seconds)
+                waiter.cancel()
                 if not self._queue:
                     continue
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
@@ -135,17 +138,25 @@ class DenialAuditor:
                 "delivering denial events failed; retrying",
                 extra={"error": error, "retry_in": round(delay, 2), "queued": len(self._queue)},
             )
-            await asyncio.sleep(delay)
+            # only stop() cuts the backoff short (not new denials: that would hammer a down service)
+            waiter = asyncio.ensure_future(self._stop_event.wait())
+            await asyncio.wait({waiter}, timeout=delay)
+            waiter.cancel()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self, flush_timeout: float = 3.0) -> None:
         """Try once to deliver what is queued, bounded in time; count the rest as dropped."""
+        self._stopping = True
+        self._wake.set()
+        self._stop_event.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=flush_timeout)
+            if not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
         deadline = time.monotonic() + flush_timeout
         while self._queue and time.monotonic() < deadline:
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]

@@ -15,7 +15,6 @@ in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -64,6 +63,7 @@ class RateLimiter:
         self._synced_ok = True
         self._task: asyncio.Task[None] | None = None
         self._new_key = asyncio.Event()
+        self._stopping = False
         self._failopen = metrics.ratelimit_failopen
         self._limited = {name: metrics.rate_limited.labels(name) for name in self.limits}
 
@@ -128,23 +128,33 @@ class RateLimiter:
         return await self.redis.call(lambda client: client.ping()) is not None
 
     async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_key.wait(), self.sync_seconds)
+        while not self._stopping:
+            # wait_for is not used for the pause: in Python 3.11 it can swallow a cancellation that
+            # races with its timeout, which would make stop() wait forever
+            waiter = asyncio.ensure_future(self._new_key.wait())
+            await asyncio.wait({waiter}, timeout=self.sync_seconds)
+            waiter.cancel()
             self._new_key.clear()
+            if self._stopping:
+                return
             try:
                 await self.sync()
             except Exception:  # never let the sync loop die
                 log.exception("rate-limit sync failed")
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
+        """End the sync loop (by flag, then by cancellation if it is stuck) and push what is left."""
+        self._stopping = True
+        self._new_key.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2.0)
+            if not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
         try:
             await self.sync()
         except Exception:
