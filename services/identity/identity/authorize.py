@@ -11,6 +11,7 @@ are shown as a page here and never redirected (RFC 6749 §4.1.2.1).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -39,6 +40,8 @@ from .oauth import Result, unquotable_parameter
 from .passwords import hash_secret, needs_rehash, verify_secret
 from .scopes import describe, split_scope
 from .tokens import granted_scopes
+
+log = logging.getLogger("identity.signin")
 
 login_failures = Counter(
     "identity_login_failures_total",
@@ -353,6 +356,7 @@ async def login_submit(request: Request) -> Response:
     verdict = await ctx.throttle.check(username, address)
     if not verdict.allowed:
         login_failures.labels("throttled").inc()
+        log.warning("sign-in throttled", extra={"address": address, "limit": verdict.scope})
         return await _login_page(
             ctx,
             request,
@@ -368,6 +372,7 @@ async def login_submit(request: Request) -> Response:
     if not ok or user is None:
         await ctx.throttle.failed(username, address)
         login_failures.labels("invalid_credentials").inc()
+        log.info("sign-in refused", extra={"address": address, "reason": "invalid_credentials"})
         return await _login_page(
             ctx,
             request,
@@ -385,6 +390,7 @@ async def login_submit(request: Request) -> Response:
     session_id = new_token()
     await store.create_session(ctx.pool, session_id, user.subject, ctx.settings.session_ttl_seconds)
     logins.inc()
+    log.info("signed in", extra={"subject": user.subject, "address": address})
     response = RedirectResponse(return_to, status_code=303, headers=_no_store())
     set_cookie(
         response,

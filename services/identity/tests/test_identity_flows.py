@@ -504,3 +504,50 @@ async def test_implicit_silent_renewal_in_other_response_modes(browser: Browser,
         assert f"frame-ancestors {SPA}" in response.headers["Content-Security-Policy"]
     else:
         assert f'action="{SPA}/"' in browser.last_html
+
+
+async def test_prompt_login_and_max_age_ask_for_the_password_again(browser: Browser) -> None:
+    await browser.login("alice")
+    _, challenge = pkce_pair()
+    base = {
+        "response_type": "code",
+        "client_id": "timesheets-spa",
+        "redirect_uri": f"{SPA}/",
+        "scope": "openid",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    assert "code" in params_of((await browser.authorize(**base)).headers["Location"])
+    for extra in ({"prompt": "login"}, {"max_age": "0"}):
+        await asyncio.sleep(1.1)  # max_age=0: any session is too old a second later
+        response = await browser.authorize(**base, **extra)
+        assert response.status == 302
+        assert response.headers["Location"].startswith("/login?")
+        assert "prompt" not in response.headers["Location"], "no loop after signing in"
+    silent = await browser.authorize(**base, max_age="0", prompt="none")
+    assert params_of(silent.headers["Location"])["error"] == "login_required"
+
+
+async def test_prompt_consent_shows_the_page_again(browser: Browser) -> None:
+    await browser.login("bob")
+    _, challenge = pkce_pair()
+    params = {
+        "response_type": "code",
+        "client_id": "partner-spa",
+        "redirect_uri": f"{SPA}/partner/",
+        "scope": "openid read:timesheets",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    page = await browser.authorize(**params)
+    assert page.status == 200
+    form = {
+        "csrf_token": hidden_field(browser.last_html, "csrf_token"),
+        "request": hidden_field(browser.last_html, "request"),
+    }
+    allowed = await browser.post("/authorize/decision", {**form, "decision": "allow"})
+    assert "code" in params_of(allowed.headers["Location"])
+    assert (await browser.authorize(**params)).status == 302
+    again = await browser.authorize(**params, prompt="consent")
+    assert again.status == 200
+    assert "wants to access your account" in browser.last_html
