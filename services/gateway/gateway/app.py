@@ -58,6 +58,7 @@ class Gateway:
         self.auditor: DenialAuditor | None = None
         self.redis: RedisGuard | None = None
         self.access_log: AccessLog | None = None
+        self.request_metrics: metrics.RequestMetrics | None = None
         self._http = HttpClient(total_timeout=settings.jwks_fetch_timeout_seconds + 5)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,7 +101,7 @@ class Gateway:
                 self.access_log.start()
             else:
                 self.access_log = None
-        request_metrics = metrics.RequestMetrics()
+        request_metrics = self.request_metrics = metrics.RequestMetrics()
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,
@@ -116,6 +117,7 @@ class Gateway:
         )
         self._tasks.append(asyncio.ensure_future(self._warm()))
         self._tasks.append(asyncio.ensure_future(self._key_ages()))
+        self._tasks.append(asyncio.ensure_future(self._flush_metrics()))
 
     async def _warm(self) -> None:
         assert self.jwks is not None
@@ -129,6 +131,12 @@ class Gateway:
         while True:
             self.jwks.update_ages()
             await asyncio.sleep(KEY_AGE_INTERVAL_SECONDS)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.RequestMetrics.FLUSH_SECONDS)
+            if self.request_metrics is not None:
+                self.request_metrics.flush()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -144,6 +152,8 @@ class Gateway:
             await self.jwks.close()
         if self.access_log is not None:
             await self.access_log.stop()
+        if self.request_metrics is not None:
+            self.request_metrics.flush()
         await self._session.close()
         await self._http.close()
         if self.redis is not None:

@@ -8,14 +8,15 @@ and 401/403/429 are queued for the audit trail (:mod:`gateway.denials`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
+import random
 import time
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from svckit.context import is_valid_request_id, new_request_id, request_id_var
+from svckit.context import is_valid_request_id, request_id_var
 from svckit.identity import PREFIX as IDENTITY_PREFIX
 from svckit.identity import Identity, IdentitySigner
 from svckit.problems import PROBLEM_JSON, problem_body
@@ -42,6 +43,11 @@ from .tokens import TokenError, TokenVerifier
 log = logging.getLogger("gateway.edge")
 
 REALM = "timesheets"
+# Request ids need to be unique, not secret: a Mersenne Twister seeded from os.urandom, re-seeded in
+# forked children so that two workers never share a sequence
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+_random_bits = _rng.getrandbits
 UNMATCHED = "unmatched"
 _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
 _DESCRIPTION_SAFE = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}
@@ -149,7 +155,7 @@ class Edge:
                 acr_headers = value
         request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""
         if not is_valid_request_id(request_id):
-            request_id = new_request_id()
+            request_id = f"{_random_bits(128):032x}"  # uuid4().hex costs a syscall per request
         context = request_id_var.set(request_id)
         base_headers = [(b"x-request-id", request_id.encode()), *self.cors.response_headers(origin)]
         state = _State()
@@ -344,8 +350,8 @@ class Edge:
         # --- rate limits ------------------------------------------------------------------------
         if self.limiter is not None:
             decision = self.limiter.check(
-                _key(identity.issuer, identity.subject),
-                _key(identity.issuer, identity.client_id) if identity.client_id else "",
+                principal.subject_key,
+                principal.client_key,
             )
             if not decision.allowed:
                 retry = str(decision.retry_after).encode()
@@ -513,8 +519,3 @@ class _State:
 def _client_ip(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
-
-
-def _key(issuer: str, name: str) -> str:
-    """Rate-limit keys: (issuer, name) hashed, so Redis keys stay short and never hold raw claims."""
-    return hashlib.blake2b(f"{issuer}\n{name}".encode(), digest_size=12).hexdigest()

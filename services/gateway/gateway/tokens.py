@@ -57,7 +57,13 @@ class TokenError(Exception):
 class Principal:
     identity: Identity
     expires_at: float
-    token_hash: bytes
+    subject_key: str  # rate-limit keys, computed once per verified token, not per request
+    client_key: str
+
+
+def principal_key(issuer: str, name: str) -> str:
+    """(issuer, name) hashed: Redis keys stay short and never hold raw claims."""
+    return hashlib.blake2b(f"{issuer}\n{name}".encode(), digest_size=12).hexdigest()
 
 
 def _b64decode(part: str, what: str) -> bytes:
@@ -140,7 +146,7 @@ class TokenVerifier:
             if now < cached.expires_at:
                 return cached
             del self._cache[digest]
-        principal = await self._verify(token, digest, now)
+        principal = await self._verify(token, now)
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._evict(now)
@@ -154,7 +160,7 @@ class TokenVerifier:
         while len(self._cache) >= self.cache_size:  # oldest first: dicts keep insertion order
             del self._cache[next(iter(self._cache))]
 
-    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+    async def _verify(self, token: str, now: float) -> Principal:
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError(
@@ -231,4 +237,5 @@ class TokenVerifier:
 
         identity = identity_from(claims, config, scopes_from(claims, config))
         expires_at = min(float(exp), now + self.cache_seconds)
-        return Principal(identity, expires_at, digest)
+        client_key = principal_key(identity.issuer, identity.client_id) if identity.client_id else ""
+        return Principal(identity, expires_at, principal_key(identity.issuer, identity.subject), client_key)
