@@ -31,7 +31,7 @@ async def consents_page(request: Request) -> Response:
     return response
 
 
-async def revoke(request: Request) -> Response:
+async def revoke_consent(request: Request) -> Response:
     ctx = ctx_of(request)
     form = await request.form()
     if not ctx.csrf.verify(request.cookies.get(CSRF_COOKIE), "revoke", str(form.get("csrf_token") or "")):

@@ -17,12 +17,20 @@ from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
 from . import store
-from .account import consents_page, revoke
+from .account import consents_page, revoke_consent
 from .authorize import authorize, decision, login_form, login_submit
 from .browser import CsrfSigner
 from .context import Context
 from .cors import CorsMiddleware
-from .endpoints import auth0_logout, jwks, oidc_logout, openid_configuration, token, userinfo
+from .endpoints import (
+    auth0_logout,
+    jwks,
+    oidc_logout,
+    openid_configuration,
+    revoke_token,
+    token,
+    userinfo,
+)
 from .keys import KeyCipher, KeyEncryptionError
 from .keystore import KeyStore
 from .oauth import Backend, IdentityServer
@@ -41,11 +49,12 @@ ROUTES = [
     Route("/login", login_form, methods=["GET"]),
     Route("/login", login_submit, methods=["POST"]),
     Route("/oauth/token", token, methods=["POST"]),
+    Route("/oauth/revoke", revoke_token, methods=["POST"]),
     Route("/userinfo", userinfo, methods=["GET", "POST"]),
     Route("/v2/logout", auth0_logout, methods=["GET"]),
     Route("/oidc/logout", oidc_logout, methods=["GET", "POST"]),
     Route("/account/consents", consents_page, methods=["GET"]),
-    Route("/account/consents/revoke", revoke, methods=["POST"]),
+    Route("/account/consents/revoke", revoke_consent, methods=["POST"]),
 ]
 
 

@@ -12,7 +12,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORS_PATHS = frozenset(
-    {"/oauth/token", "/userinfo", "/.well-known/openid-configuration", "/.well-known/jwks.json"}
+    {
+        "/oauth/token",
+        "/oauth/revoke",
+        "/userinfo",
+        "/.well-known/openid-configuration",
+        "/.well-known/jwks.json",
+    }
 )
 ALLOWED_HEADERS = frozenset({"authorization", "content-type", "auth0-client", "x-request-id"})
 

@@ -30,6 +30,8 @@ def discovery_document(ctx: Context) -> dict[str, Any]:
         "userinfo_endpoint": s.url("userinfo"),
         "jwks_uri": s.url(".well-known/jwks.json"),
         "end_session_endpoint": s.url("oidc/logout"),
+        "revocation_endpoint": s.url("oauth/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": list(ALL_SCOPES),
         "response_types_supported": ["code", "id_token token", "token id_token", "id_token"],
         "response_modes_supported": list(RESPONSE_MODES),
@@ -114,6 +116,22 @@ async def token(request: Request) -> Response:
         )
     oreq = OAuthRequest("POST", ctx.settings.url("oauth/token"), request.headers, [], params)  # type: ignore[arg-type]
     result: Result = await ctx.in_thread(ctx.server.create_token_response, oreq)
+    headers = {**NO_STORE, **dict(result.headers)}
+    headers.pop("Content-Type", None)
+    return JSONResponse(result.body, status_code=result.status, headers=headers)
+
+
+async def revoke_token(request: Request) -> Response:
+    """RFC 7009 token revocation, through Authlib's endpoint."""
+    ctx = ctx_of(request)
+    await ctx.keys.refresh_if_stale(ctx.pool)
+    params = await _token_params(request)
+    if isinstance(params, Response):
+        return params
+    if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
+        return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
+    oreq = OAuthRequest("POST", ctx.settings.url("oauth/revoke"), request.headers, [], params)  # type: ignore[arg-type]
+    result: Result = await ctx.in_thread(ctx.server.create_endpoint_response, "revocation", oreq)
     headers = {**NO_STORE, **dict(result.headers)}
     headers.pop("Content-Type", None)
     return JSONResponse(result.body, status_code=result.status, headers=headers)

@@ -33,6 +33,7 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
@@ -45,7 +46,13 @@ from .keystore import KeyStore
 from .models import AuthorizationCode, Client, RefreshToken, SignedInUser, User
 from .scopes import ALL_SCOPES, split_scope
 from .settings import IdentitySettings
-from .tokens import AccessTokenMinter, IssuedToken, granted_scopes
+from .tokens import (
+    AccessTokenMinter,
+    InvalidAccessToken,
+    IssuedToken,
+    granted_scopes,
+    verify_access_token,
+)
 
 log = logging.getLogger("identity.oauth")
 
@@ -187,6 +194,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(ClientCredentials)
         self.register_grant(RefreshGrant, [OidcToken(backend)])
         self.register_endpoint(EndSession(self))
+        self.register_endpoint(Revocation(self))
 
     def query_client(self, client_id: str) -> Client | None:
         return self.backend.run(store.get_client, self.backend.pool, client_id)
@@ -500,6 +508,50 @@ class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[m
 
     def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
         return None  # consumed (marked used) atomically in authenticate_refresh_token
+
+
+# --- revocation (RFC 7009) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revocable:
+    kind: str  # "refresh_token" (key = family id) or "access_token" (key = jti)
+    key: str
+    client_id: str
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.client_id
+
+
+class Revocation(RevocationEndpoint):  # type: ignore[misc]
+    """``POST /oauth/revoke``: a refresh token revokes its whole family, an access token its ledger
+    entry (``/userinfo`` then refuses it). Unknown tokens answer 200 too, as RFC 7009 §2.2 says."""
+
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    @property
+    def backend(self) -> Backend:
+        server: IdentityServer = self.server
+        return server.backend
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Revocable | None:
+        if token_type_hint != "access_token":  # noqa: S105 - a hint's name, not a secret
+            owner = self.backend.run(store.refresh_token_owner, self.backend.pool, token_string)
+            if owner is not None:
+                return Revocable("refresh_token", owner[0], owner[1])
+        try:
+            claims = verify_access_token(
+                self.backend.settings, self.backend.keys, token_string, for_userinfo=False
+            )
+        except InvalidAccessToken:
+            return None
+        return Revocable("access_token", str(claims["jti"]), str(claims.get("client_id", "")))
+
+    def revoke_token(self, token: Revocable, request: Request) -> None:
+        if token.kind == "refresh_token":
+            self.backend.run(store.revoke_refresh_family, self.backend.pool, token.key)
+        else:
+            self.backend.run(store.revoke_access_token, self.backend.pool, token.key)
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------

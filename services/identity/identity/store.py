@@ -403,6 +403,25 @@ async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken
     return (RefreshState.EXPIRED if row["expired"] else RefreshState.FRESH), item
 
 
+async def refresh_token_owner(db: Conn, token: str) -> tuple[str, str] | None:
+    """(family id, client id) of a refresh token, used or not, for revocation."""
+    row = await db.fetchrow(
+        "SELECT family_id, client_id FROM refresh_tokens WHERE token_hash = $1", digest(token)
+    )
+    return (row["family_id"], row["client_id"]) if row else None
+
+
+async def revoke_refresh_family(db: Conn, family_id: str) -> None:
+    await db.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        family_id,
+    )
+
+
+async def revoke_access_token(db: Conn, jti: str) -> None:
+    await db.execute("UPDATE issued_tokens SET revoked_at = now() WHERE jti = $1 AND revoked_at IS NULL", jti)
+
+
 async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:
     """Drop rows nobody can use any more (called from a periodic task)."""
     await db.execute("DELETE FROM sessions WHERE expires_at < now()")

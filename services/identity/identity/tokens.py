@@ -122,8 +122,11 @@ class InvalidAccessToken(Exception):
     """The bearer token was not issued by us for ``/userinfo``, or it expired."""
 
 
-def verify_access_token(settings: IdentitySettings, keys: KeyStore, token: str) -> dict[str, Any]:
-    """Verify one of our own access tokens (for ``/userinfo``): signature, iss, aud, exp."""
+def verify_access_token(
+    settings: IdentitySettings, keys: KeyStore, token: str, *, for_userinfo: bool = True
+) -> dict[str, Any]:
+    """Verify one of our own access tokens: signature, iss, exp, and ``aud`` containing ``/userinfo``
+    (unless ``for_userinfo`` is false, as for revocation, where any of our access tokens counts)."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -138,10 +141,10 @@ def verify_access_token(settings: IdentitySettings, keys: KeyStore, token: str) 
             token,
             public_key,
             algorithms=[alg],
-            audience=settings.url("userinfo"),
+            audience=settings.url("userinfo") if for_userinfo else None,
             issuer=settings.oidc_issuer,
             leeway=30,
-            options={"require": ["exp", "iat", "sub", "jti"]},
+            options={"require": ["exp", "iat", "sub", "jti"], "verify_aud": for_userinfo},
         )
     except jwt.PyJWTError as exc:
         raise InvalidAccessToken(str(exc)) from exc

@@ -105,3 +105,39 @@ async def test_logout_revokes_the_sessions_refresh_tokens(
     status, error = await refresh(http, base_url, body["refresh_token"])
     assert status == 400
     assert error["error"] == "invalid_grant"
+
+
+async def test_revocation_endpoint(browser: Browser, http: aiohttp.ClientSession, base_url: str) -> None:
+    body = await sign_in_tokens(browser, http, base_url, "openid offline_access read:timesheets")
+    revoke = base_url + "/oauth/revoke"
+    # an unknown token is not an error (RFC 7009 §2.2)
+    async with http.post(revoke, data={"client_id": "timesheets-spa", "token": "nonsense"}) as r:
+        assert r.status == 200
+    # another client cannot revoke it
+    async with http.post(revoke, data={"client_id": "partner-spa", "token": body["refresh_token"]}) as r:
+        assert r.status == 400
+    status, rotated = await refresh(http, base_url, body["refresh_token"])
+    assert status == 200
+    async with http.post(
+        revoke,
+        data={
+            "client_id": "timesheets-spa",
+            "token": rotated["refresh_token"],
+            "token_type_hint": "refresh_token",
+        },
+    ) as r:
+        assert r.status == 200
+    status, error = await refresh(http, base_url, rotated["refresh_token"])
+    assert status == 400
+    assert error["error"] == "invalid_grant"
+    # access tokens: the ledger entry is revoked, /userinfo refuses it
+    bearer = {"Authorization": "Bearer " + rotated["access_token"]}
+    async with http.get(base_url + "/userinfo", headers=bearer) as r:
+        assert r.status == 200
+    async with http.post(revoke, data={"client_id": "timesheets-spa", "token": rotated["access_token"]}) as r:
+        assert r.status == 200
+    async with http.get(base_url + "/userinfo", headers=bearer) as r:
+        assert r.status == 401
+    async with http.post(revoke, data={"client_id": "timesheets-spa"}) as r:
+        assert r.status == 400
+        assert (await r.json())["error"] == "invalid_request"
