@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import aiohttp
 import asyncpg
 import pytest
 from identity.settings import IdentitySettings
@@ -160,3 +161,25 @@ def test_issuer_gets_a_trailing_slash(seeded: dict[str, str]) -> None:
     settings = load_settings(IdentitySettings, env={**seeded, "OIDC_ISSUER": "https://id.example"})
     assert settings.oidc_issuer == "https://id.example/"
     assert settings.cookie_secure
+
+
+async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str]) -> None:
+    """A second replica whose Redis is unreachable still signs users in and still throttles."""
+    from identity.testing import DEMO_PASSWORD, Browser
+    from svckit.testing import ServiceProcess, free_port
+
+    port = free_port()
+    env = {
+        **seeded,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "OIDC_ISSUER": f"http://localhost:{port}/",
+        "LOGIN_MAX_FAILURES_PER_USER": "3",
+    }
+    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz") as process:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            browser = Browser(f"http://localhost:{port}", session)
+            assert (await browser.login("carol")).status == 303
+            statuses = [(await browser.login("bob", password="wrong")).status for _ in range(3)]
+            assert statuses == [401, 401, 401]
+            assert (await browser.login("bob", password=DEMO_PASSWORD)).status == 429
+        assert "redis unavailable" in process.logs()
