@@ -18,11 +18,23 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import TextIO
 
 FLUSH_SECONDS = 0.25
+_PLAIN = re.compile(r"^[\x20-\x7e]*$")
+_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _plain(value: str) -> str:
+    """JSON string literal; printable ASCII without quotes or backslashes needs no encoder."""
+    if _PLAIN.match(value) and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return _json(value)
+
+
 MAX_LINES = 256
 
 
@@ -35,6 +47,8 @@ class AccessLog:
         self._task: asyncio.Task[None] | None = None
         self._second = -1
         self._prefix = ""
+        self._service = _json(service)
+        self._routes: dict[str, str] = {}
 
     def record(
         self,
@@ -51,23 +65,21 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = {
-            "ts": f"{self._prefix}.{int((now - second) * 1000):03d}Z",
-            "level": "info",
-            "service": self.service,
-            "logger": "access",
-            "msg": f"{method} {route} {status}",
-            "request_id": request_id,
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 2),
-        }
+        # a template, not a dict through json.dumps: only values that may need escaping are encoded
+        route_json = self._routes.get(route)
+        if route_json is None:
+            route_json = self._routes[route] = _json(route)[1:-1]
+        line = (
+            f'{{"ts": "{self._prefix}.{int((now - second) * 1000):03d}Z", "level": "info", '
+            f'"service": {self._service}, "logger": "access", "msg": "{method} {route_json} {status}", '
+            f'"request_id": "{request_id}", "method": "{method}", "route": "{route_json}", '
+            f'"status": {status}, "duration_ms": {round(seconds * 1000, 2)}'
+        )
         if subject:
-            line["subject"] = subject
+            line += f', "subject": {_plain(subject)}'
         if client_id:
-            line["client_id"] = client_id
-        self._lines.append(json.dumps(line, ensure_ascii=False))
+            line += f', "client_id": {_plain(client_id)}'
+        self._lines.append(line + "}")
         if len(self._lines) >= MAX_LINES:
             self.flush()
 
