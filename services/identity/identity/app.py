@@ -82,6 +82,14 @@ def build_app(settings: IdentitySettings) -> Starlette:
             max_per_address=settings.login_max_failures_per_address,
             window_seconds=settings.login_throttle_window_seconds,
         ),
+        client_auth_throttle=LoginThrottle(
+            redis,
+            settings.redis_key_prefix,
+            max_per_user=1_000_000_000,  # per address only: a client id is no secret to lock out
+            max_per_address=settings.client_auth_max_failures_per_address,
+            window_seconds=settings.login_throttle_window_seconds,
+            name="client-auth-fail",
+        ),
         csrf=CsrfSigner(settings.session_secret),
         redis=redis,
     )

@@ -37,6 +37,7 @@ class Context:
     keys: KeyStore
     server: IdentityServer
     throttle: LoginThrottle
+    client_auth_throttle: LoginThrottle
     csrf: CsrfSigner
     redis: Redis | None
     _origins: frozenset[str] = field(default=frozenset())

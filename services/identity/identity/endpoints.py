@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from . import store
 from .authorize import RESPONSE_MODES, error_page
-from .browser import SESSION_COOKIE, clear_cookie
+from .browser import SESSION_COOKIE, clear_cookie, client_address
 from .context import Context, ctx_of
 from .oauth import Request as OAuthRequest
 from .oauth import Result, unquotable_parameter, user_info
@@ -19,6 +20,11 @@ from .scopes import ALL_SCOPES
 from .tokens import InvalidAccessToken, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+client_auth_throttled = Counter(
+    "identity_client_auth_throttled_total",
+    "Token requests refused because their address failed client authentication too often.",
+)
 
 
 def discovery_document(ctx: Context) -> dict[str, Any]:
@@ -114,8 +120,20 @@ async def token(request: Request) -> Response:
         return oauth_error(
             400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
         )
+    address = client_address(request, ctx.settings.trusted_proxy_networks)
+    verdict = await ctx.client_auth_throttle.check("", address)
+    if not verdict.allowed:
+        client_auth_throttled.inc()
+        return oauth_error(
+            429,
+            "too_many_attempts",
+            f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
+            {"Retry-After": str(verdict.retry_after)},
+        )
     oreq = OAuthRequest("POST", ctx.settings.url("oauth/token"), request.headers, [], params)  # type: ignore[arg-type]
     result: Result = await ctx.in_thread(ctx.server.create_token_response, oreq)
+    if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
+        await ctx.client_auth_throttle.failed("", address)
     headers = {**NO_STORE, **dict(result.headers)}
     headers.pop("Content-Type", None)
     return JSONResponse(result.body, status_code=result.status, headers=headers)

@@ -44,6 +44,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
+    client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
     # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address.
     identity_trusted_proxies: CsvList = Field(default_factory=list)
 

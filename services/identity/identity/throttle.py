@@ -62,9 +62,10 @@ class LoginThrottle:
         max_per_user: int,
         max_per_address: int,
         window_seconds: int,
+        name: str = "login-fail",
     ) -> None:
         self.redis = redis
-        self.prefix = prefix
+        self.prefix = f"{prefix}identity:{name}:"
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
         self.window = window_seconds
@@ -73,10 +74,7 @@ class LoginThrottle:
     def _keys(self, username: str, address: str) -> tuple[str, str]:
         # Hash the user name so the Redis key space does not list who tried to sign in.
         user = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        return (
-            f"{self.prefix}identity:login-fail:user:{user}",
-            f"{self.prefix}identity:login-fail:addr:{address}",
-        )
+        return (f"{self.prefix}user:{user}", f"{self.prefix}addr:{address}")
 
     async def check(self, username: str, address: str) -> Verdict:
         user_key, addr_key = self._keys(username, address)

@@ -183,3 +183,35 @@ async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str
             assert statuses == [401, 401, 401]
             assert (await browser.login("bob", password=DEMO_PASSWORD)).status == 429
         assert "redis unavailable" in process.logs()
+
+
+async def test_failed_client_authentication_is_throttled_per_address(seeded: dict[str, str]) -> None:
+    from identity.testing import BATCH_SECRET
+    from svckit.testing import ServiceProcess, free_port
+
+    port = free_port()
+    env = {
+        **seeded,
+        "OIDC_ISSUER": f"http://localhost:{port}/",
+        "REDIS_KEY_PREFIX": seeded["REDIS_KEY_PREFIX"] + "client-throttle:",
+        "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": "3",
+    }
+    url = f"http://localhost:{port}/oauth/token"
+    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz"):
+        async with aiohttp.ClientSession() as http:
+
+            async def attempt(secret: str) -> int:
+                auth = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", secret)}
+                async with http.post(url, data={"grant_type": "client_credentials"}, headers=auth) as r:
+                    return r.status
+
+            assert await attempt(BATCH_SECRET) == 200
+            assert [await attempt("wrong") for _ in range(3)] == [401, 401, 401]
+            async with http.post(
+                url,
+                data={"grant_type": "client_credentials"},
+                headers={"Authorization": aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)},
+            ) as r:
+                assert r.status == 429
+                assert (await r.json())["error"] == "too_many_attempts"
+                assert int(r.headers["Retry-After"]) > 0
