@@ -81,6 +81,9 @@ async function boot(root: HTMLElement): Promise<void> {
   }
 
   const manager = new SessionManager(auth);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") manager.resumeIfDue();
+  });
   const api = new ApiClient(config.apiBase, manager);
   let notice: UserMessage | null = null;
   if (atCallback) {

@@ -80,6 +80,19 @@ describe("SessionManager", () => {
     expect(auth.calls).toBe(2);
   });
 
+  it("renews at once when the page comes back after the renewal time passed", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    auth.answers.push(async () => session("alice"));
+    manager.resumeIfDue();
+    expect(auth.calls).toBe(0);
+    vi.setSystemTime(Date.now() + 850_000); // the clock moved, the timer did not fire (sleep)
+    manager.resumeIfDue();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(auth.calls).toBe(1);
+  });
+
   it("makes one round trip for concurrent renewals", async () => {
     const auth = new Scripted();
     const manager = new SessionManager(auth);

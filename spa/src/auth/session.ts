@@ -58,6 +58,15 @@ export class SessionManager implements TokenSource {
     this.timer = setTimeout(() => void this.renew(), Math.min(delayMs, 2_147_000_000));
   }
 
+  /**
+   * Timers do not run while a laptop sleeps or a background tab is throttled: when the page is seen
+   * again, renew at once if the renewal time has passed.
+   */
+  resumeIfDue(): void {
+    const session = this.state.session;
+    if (session && Date.now() >= renewAt(session.obtainedAt, session.expiresAt) * 1000) void this.renew();
+  }
+
   accessToken(): string | null {
     return this.state.session?.accessToken ?? null;
   }

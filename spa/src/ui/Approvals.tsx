@@ -10,7 +10,10 @@ import { useLoad } from "./hooks";
 export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
   const queue = useLoad(() => api.listApprovals(), []);
   const [decided, setDecided] = useState<Set<string>>(new Set());
-  const pending = (queue.data ?? []).filter((entry) => !decided.has(entry.id));
+  // Oldest work first, then by person, so a manager can go through a week person by person.
+  const pending = (queue.data ?? [])
+    .filter((entry) => !decided.has(entry.id))
+    .sort((a, b) => a.date.localeCompare(b.date) || personName(a.owner).localeCompare(personName(b.owner)));
   const loadError = queue.error ? describeError(queue.error, "load the approval queue") : null;
   const hours = pending.reduce((sum, e) => sum + Math.round(Number(e.hours) * 100), 0) / 100;
 
