@@ -30,6 +30,7 @@ from tests.browser.support import (
     NewPage,
     Shots,
     Tokens,
+    write_gallery,
 )
 
 
@@ -74,6 +75,8 @@ async def browser(platform: Platform) -> AsyncIterator[Browser]:
             yield chromium
         finally:
             await chromium.close()
+            if SCREENSHOTS.exists():
+                write_gallery()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import shutil
 from collections.abc import Awaitable, Callable
@@ -108,3 +109,24 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         await asyncio.sleep(0.1)
+
+
+def write_gallery(folder: Path = SCREENSHOTS) -> Path:
+    """``index.html`` showing every screenshot, grouped by test, for a reviewer's browser."""
+    parts = [
+        "<!doctype html><meta charset=utf-8><title>Timesheets SPA screenshots</title>",
+        "<style>body{font-family:system-ui;margin:24px;background:#f5f6fa}figure{display:inline-block;"
+        "margin:8px;vertical-align:top}img{max-width:420px;border:1px solid #ccd;background:#fff}"
+        "figcaption{font-size:13px;color:#444}</style><h1>Timesheets SPA — screens visited by the tests</h1>",
+    ]
+    for test in sorted(p for p in folder.iterdir() if p.is_dir()):
+        parts.append(f"<h2>{html.escape(test.name)}</h2>")
+        for image in sorted(test.glob("*.png")):
+            src = html.escape(f"{test.name}/{image.name}")
+            parts.append(
+                f'<figure><a href="{src}"><img src="{src}" loading="lazy" alt=""></a>'
+                f"<figcaption>{html.escape(image.stem)}</figcaption></figure>"
+            )
+    index = folder / "index.html"
+    index.write_text("\n".join(parts), encoding="utf-8")
+    return index
