@@ -7,6 +7,7 @@ status, headers and decoded body in one :class:`Reply`.
 
 from __future__ import annotations
 
+import asyncio
 import json as jsonlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,4 +77,25 @@ class SignedApi:
         await self._session.close()
 
 
-__all__ = ["Reply", "SignedApi"]
+async def wait_ready(base_url: str, timeout: float = 30.0) -> None:
+    """Wait until a service's ``/readyz`` answers 200 (its database pool and peers are up).
+
+    ``serve_app`` returns once the socket listens; the pool connects in the background, and a request
+    that needs it before then is answered 503 by design. Tests that use the database wait here first.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while True:
+            try:
+                async with session.get(f"{base_url.rstrip('/')}/readyz") as response:
+                    if response.status == 200:
+                        return
+                    detail = await response.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                detail = type(exc).__name__
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{base_url} not ready after {timeout}s: {detail[:300]}")
+            await asyncio.sleep(0.05)
+
+
+__all__ = ["Reply", "SignedApi", "wait_ready"]
