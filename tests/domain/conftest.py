@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
+from svckit.testclient import SignedApi, wait_ready
 from svckit.testing import (
     Caller,
     ServiceProcess,
@@ -131,6 +131,7 @@ async def domain_database(test_run_id: str) -> AsyncIterator[str]:
 async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
+        await wait_ready(url)
         yield url
 
 

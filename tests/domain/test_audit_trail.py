@@ -18,7 +18,7 @@ from approvals.settings import ApprovalsSettings
 from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
+from svckit.testclient import SignedApi, wait_ready
 from svckit.testing import Caller, ServiceProcess, create_database, drop_database, serve_app, user
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
@@ -50,10 +50,12 @@ async def stack(
     timesheets_app = create_timesheets(load_settings(TimesheetsSettings, env={**env, **relay}))
     try:
         async with serve_app(timesheets_app) as timesheets_url:
+            await wait_ready(timesheets_url)
             approvals_settings = load_settings(
                 ApprovalsSettings, env={**env, **relay, "TIMESHEETS_URL": timesheets_url}
             )
             async with serve_app(create_approvals(approvals_settings)) as approvals_url:
+                await wait_ready(approvals_url)
                 timesheets = SignedApi(timesheets_url, caller)
                 approvals = SignedApi(approvals_url, caller)
                 yield Stack(url, audit, timesheets, approvals)

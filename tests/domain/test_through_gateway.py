@@ -13,6 +13,7 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from svckit.settings import load_settings
+from svckit.testclient import wait_ready
 from svckit.testing import ServiceProcess, serve_app
 
 from bench.api import AUDIENCE, Issuer
@@ -51,6 +52,7 @@ async def gateway(
         load_settings(ApprovalsSettings, env={**env, "TIMESHEETS_URL": timesheets_url})
     )
     async with serve_app(approvals_app) as approvals_url:
+        await wait_ready(approvals_url)
         process = ServiceProcess(
             "gateway",
             {

@@ -10,7 +10,7 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
+from svckit.testclient import SignedApi, wait_ready
 from svckit.testing import Caller, TcpProxy, migrate_schema, serve_app
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
@@ -29,6 +29,7 @@ async def domain_database(database_url: str) -> str:
 async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
+        await wait_ready(url)
         yield url
 
 
@@ -56,6 +57,7 @@ async def approvals_url(
         "RECONCILE_AFTER_SECONDS": "1",
     }
     async with serve_app(create_approvals(load_settings(ApprovalsSettings, env=env))) as url:
+        await wait_ready(url)
         yield url
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
+from svckit.testclient import SignedApi, wait_ready
 from svckit.testing import Caller, migrate_schema, serve_app
 from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
@@ -28,6 +28,7 @@ async def timesheets_url(timesheets_database: str, service_env: dict[str, str]) 
     env = {**service_env, "DATABASE_URL": timesheets_database, "AUDIT_URL": "http://127.0.0.1:9"}
     settings = load_settings(TimesheetsSettings, env=env)
     async with serve_app(create_app(settings)) as url:
+        await wait_ready(url)
         yield url
 
 
