@@ -175,7 +175,8 @@ async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str
         "OIDC_ISSUER": f"http://localhost:{port}/",
         "LOGIN_MAX_FAILURES_PER_USER": "3",
     }
-    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz") as process:
+    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             browser = Browser(f"http://localhost:{port}", session)
             assert (await browser.login("carol")).status == 303
@@ -183,6 +184,8 @@ async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str
             assert statuses == [401, 401, 401]
             assert (await browser.login("bob", password=DEMO_PASSWORD)).status == 429
         assert "redis unavailable" in process.logs()
+    finally:
+        process.stop()
 
 
 async def test_failed_client_authentication_is_throttled_per_address(seeded: dict[str, str]) -> None:
@@ -197,7 +200,8 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
         "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": "3",
     }
     url = f"http://localhost:{port}/oauth/token"
-    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz"):
+    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    try:
         async with aiohttp.ClientSession() as http:
 
             async def attempt(secret: str) -> int:
@@ -215,3 +219,5 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
                 assert r.status == 429
                 assert (await r.json())["error"] == "too_many_attempts"
                 assert int(r.headers["Retry-After"]) > 0
+    finally:
+        process.stop()
