@@ -78,9 +78,7 @@ def test_make_dev_runs_and_stops_everything(service_env: dict[str, str], tmp_pat
 
         make.send_signal(signal.SIGTERM)  # to make only, as `kill <make>` would
         make.wait(60)
-        wait_until(
-            lambda: all(port_is_free(spec.port) for spec in SERVICES), timeout=40, what="ports freed"
-        )
+        wait_until(lambda: all(port_is_free(spec.port) for spec in SERVICES), timeout=40, what="ports freed")
         wait_until(
             lambda: not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE],
             timeout=30,
