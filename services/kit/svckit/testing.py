@@ -165,6 +165,8 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_path: str = "/healthz", timeout: float = 30.0) -> ServiceProcess:
+        if self.process is not None and self.process.poll() is None:
+            return self  # already running: ``with ServiceProcess(...).start(...)`` must not start a second
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
