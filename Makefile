@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool.
 SYSTEM_PACKAGES := chromium wrk prometheus
 
-.PHONY: help install system-deps dev test e2e test-packaging chart-docs lint format bench clean
+.PHONY: help install system-deps dev test e2e test-packaging chart-docs spa lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ e2e: install system-deps ## only the browser end-to-end tests (headless Chromium
 
 test-packaging: install system-deps ## only the chart, image, alert-rule and dashboard checks
 	$(PY) -m pytest tests/packaging
+
+spa: ## build the SPA into spa/dist (make dev does this when sources changed)
+	npm ci --no-audit --no-fund --prefix spa
+	npm run build --prefix spa
 
 chart-docs: install ## regenerate the chart README's values table
 	$(PY) charts/generate_readme.py

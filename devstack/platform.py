@@ -130,8 +130,7 @@ class Platform:
         for spec in SERVICES:
             if spec.schema:
                 self.run_step(spec.name, [sys.executable, "-m", spec.name, "migrate"])
-        if (ROOT / "services" / "identity" / "identity" / "seed.py").exists():
-            self.run_step("identity", [sys.executable, "-m", "identity", "seed"])
+        self.run_step("identity", [sys.executable, "-m", "identity", "seed"])
         if self.build_spa:
             self.build_spa_bundle()
 

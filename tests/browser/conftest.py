@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
 
 from devstack.backing import port_is_free
-from devstack.platform import ROOT, SERVICES, Platform
+from devstack.platform import SERVICES, Platform
 from tests.browser.support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -59,9 +58,6 @@ async def platform(database_url: str, redis_url: str, redis_prefix: str) -> Asyn
                 "platform services exited after start-up (is something else using ports 8080/9000/"
                 f"8101-8103?): {', '.join(dead)}; logs in {state / 'logs'}"
             )
-        if not (ROOT / "services" / "identity" / "identity" / "seed.py").exists():
-            # devstack seeds only when identity/seed.py exists; the seed is idempotent either way.
-            await asyncio.to_thread(stack.run_step, "identity", [sys.executable, "-m", "identity", "seed"])
         yield stack
     finally:
         await asyncio.to_thread(stack.stop)
