@@ -297,7 +297,9 @@ async def _client_name(ctx: Context, return_to: str) -> str | None:
 async def login_form(request: Request) -> Response:
     ctx = ctx_of(request)
     return_to = safe_return_to(request.query_params.get("return_to"))
-    return await _login_page(ctx, request, return_to, error=None, username="", status=200)
+    # OIDC login_hint (Auth0 honours it too): pre-fill the user name, nothing more.
+    hint = dict(parse_qsl(urlsplit(return_to).query)).get("login_hint", "")[:200]
+    return await _login_page(ctx, request, return_to, error=None, username=hint, status=200)
 
 
 async def _login_page(

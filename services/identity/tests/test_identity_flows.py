@@ -551,3 +551,18 @@ async def test_prompt_consent_shows_the_page_again(browser: Browser) -> None:
     again = await browser.authorize(**params, prompt="consent")
     assert again.status == 200
     assert "wants to access your account" in browser.last_html
+
+
+async def test_login_hint_prefills_the_user_name(browser: Browser) -> None:
+    response = await browser.authorize(
+        response_type="code",
+        client_id="timesheets-spa",
+        redirect_uri=f"{SPA}/",
+        scope="openid",
+        code_challenge=pkce_pair()[1],
+        code_challenge_method="S256",
+        login_hint='bob"><script>',
+    )
+    page = await browser.get(response.headers["Location"])
+    assert page.status == 200
+    assert 'value="bob&#34;&gt;&lt;script&gt;"' in browser.last_html
