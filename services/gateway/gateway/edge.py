@@ -8,6 +8,7 @@ and 401/403/429 are queued for the audit trail (:mod:`gateway.denials`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -176,6 +177,14 @@ class Edge:
                 request_id,
                 base_headers,
             )
+        except Exception:
+            # a bug must still answer as a problem document (if nothing was sent yet), never a trace
+            log.exception("unhandled error in the API pipeline", extra={"route": state.route})
+            state.status = 500
+            with contextlib.suppress(Exception):  # the response may already have started
+                await self._problem(
+                    send, 500, "An unexpected error occurred; it has been logged.", base_headers
+                )
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(state.route, method, state.status, elapsed)
