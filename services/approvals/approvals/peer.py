@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+import asyncpg
 from svckit.http import SignedClient
 from svckit.identity import Identity
 
@@ -79,7 +80,7 @@ class Timesheets:
             params["cursor"] = cursor
         return await self._call("GET", "/internal/timesheets/pending", params=params)
 
-    async def apply(self, decision: Any) -> ApplyOutcome:
+    async def apply(self, decision: asyncpg.Record) -> ApplyOutcome:
         """Apply a decision row at the timesheets service (safe to repeat: keyed by decision id)."""
         body = {
             "decision_id": str(decision["id"]),
@@ -103,7 +104,9 @@ class Timesheets:
         detail = reply.body.get("detail", "") if isinstance(reply.body, dict) and reply.status != 200 else ""
         return ApplyOutcome(verdict, entry, detail)
 
-    async def apply_with_retries(self, decision: Any, attempts: int, pause: float = 0.2) -> ApplyOutcome:
+    async def apply_with_retries(
+        self, decision: asyncpg.Record, attempts: int, pause: float = 0.2
+    ) -> ApplyOutcome:
         """A few quick tries for a transient failure; the reconciler covers longer outages."""
         for attempt in range(1, attempts + 1):
             try:
