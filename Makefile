@@ -55,6 +55,8 @@ lint: install ## ruff and mypy --strict
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	@# each service's tests/ is its own root (several tests/conftest.py), so one mypy run per folder
+	@for d in services/*/tests; do echo "mypy $$d"; .venv/bin/mypy "$$d" || exit 1; done
 
 format: install ## apply ruff's formatting and safe fixes
 	.venv/bin/ruff check --fix .
