@@ -185,6 +185,8 @@ class Backend:
 
 
 class IdentityServer(AuthorizationServer):  # type: ignore[misc]
+    """Authlib's authorization server with our grants, endpoints, token generator and storage."""
+
     def __init__(self, backend: Backend) -> None:
         super().__init__(scopes_supported=list(ALL_SCOPES))
         self.backend = backend
