@@ -103,7 +103,19 @@ def run_wrk(url: str, token: str | None, seconds: float, delay_ms: float | None 
         lines.append(f"function delay() return {delay_ms:.3f} end")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
-    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{int(seconds)}s", "--latency", "-s", script.name, url]
+    # a 10 s timeout: wrk's default (2 s) would drop the naive case's slow answers from its latencies
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{int(seconds)}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     if shutil.which("taskset"):
         command = ["taskset", "-c", wrk_core(), *command]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
