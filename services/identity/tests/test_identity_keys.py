@@ -7,6 +7,7 @@ import json
 import secrets
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -116,3 +117,59 @@ def test_es256_keys_sign_and_verify() -> None:
 def test_discovery_is_cacheable_and_jwks_short_lived(base_url: str) -> None:
     with urllib.request.urlopen(base_url + "/.well-known/jwks.json") as response:
         assert response.headers["Cache-Control"] == "public, max-age=60"
+
+
+async def test_an_es256_deployment_signs_access_and_id_tokens(
+    seeded: dict[str, str], test_run_id: str
+) -> None:
+    """SIGNING_ALG=ES256 on a database of its own: both token kinds verify against the JWKS."""
+    from identity.testing import DEMO_PASSWORD, SPA, Browser, params_of, pkce_pair
+    from svckit.testing import ServiceProcess, create_database, drop_database, free_port, migrate_schema
+
+    name = f"tsp_test_{test_run_id}_es256"
+    url = await create_database(name)
+    port = free_port()
+    env = {**seeded, "DATABASE_URL": url, "SIGNING_ALG": "ES256", "OIDC_ISSUER": f"http://localhost:{port}/"}
+    process: ServiceProcess | None = None
+    try:
+        await migrate_schema(url, "identity", Path(keymod.__file__).parent)
+        assert run_cli(env, "seed").returncode == 0
+        process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+        base = f"http://localhost:{port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            browser = Browser(base, session)
+            verifier, challenge = pkce_pair()
+            response = await browser.sign_in_and_authorize(
+                "alice",
+                response_type="code",
+                client_id="timesheets-spa",
+                redirect_uri=f"{SPA}/",
+                scope="openid read:timesheets",
+                code_challenge=challenge,
+                code_challenge_method="S256",
+                nonce="es",
+            )
+            code = params_of(response.headers["Location"])["code"]
+            data = {
+                "grant_type": "authorization_code",
+                "client_id": "timesheets-spa",
+                "code": code,
+                "code_verifier": verifier,
+                "redirect_uri": f"{SPA}/",
+            }
+            async with session.post(base + "/oauth/token", data=data) as r:
+                assert r.status == 200
+                body = await r.json()
+            async with session.get(base + "/.well-known/jwks.json") as r:
+                jwks = (await r.json())["keys"]
+        assert {k["alg"] for k in jwks} == {"ES256"}
+        assert jwt.get_unverified_header(body["access_token"])["alg"] == "ES256"
+        assert jwt.get_unverified_header(body["id_token"])["alg"] == "ES256"
+        public = jwt.PyJWK(jwks[0]).key
+        claims = jwt.decode(body["id_token"], public, algorithms=["ES256"], audience="timesheets-spa")
+        assert claims["nonce"] == "es"
+        assert DEMO_PASSWORD not in process.logs()
+    finally:
+        if process is not None:
+            process.stop()
+        await drop_database(name)
