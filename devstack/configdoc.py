@@ -89,6 +89,7 @@ MEANINGS = {
     "login_max_failures_per_user": "failed sign-ins per user per window before throttling",
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",
+    "client_auth_max_failures_per_address": "failed client authentications per address per window",
     "identity_trusted_proxies": "proxies whose X-Forwarded-For is believed (per-address throttling)",
     "idempotency_ttl_hours": "how long an `Idempotency-Key` is remembered",
     "outbox_poll_interval_seconds": "outbox relay poll interval (NOTIFY wakes it sooner)",
