@@ -28,6 +28,14 @@ DEFAULT_SPA_SCOPES = (
 )
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset), not the whole node's count."""
+    try:
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(64, os.cpu_count() or 1))
+
+
 class GatewaySettings(RedisSettings):
     service_name: str = "gateway"
     port: int = 8080
@@ -60,7 +68,7 @@ class GatewaySettings(RedisSettings):
     upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     upstream_pool_size: int = Field(default=256, ge=1, le=10000)
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
-    gateway_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    gateway_workers: int = Field(default_factory=lambda: available_cpus(), ge=1, le=64)
     gateway_access_log: bool = True
 
     # --- rate limits (fixed windows kept in Redis, counted locally between syncs) -------------
