@@ -7,11 +7,13 @@ drift from what the services actually read.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
 SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 
@@ -117,10 +119,9 @@ def _default(field: FieldInfo, name: str) -> str:
         value = ",".join(str(v) for v in value)
     if value is None or value == "":
         return "(empty)"
-    text = str(value)
-    if "/work/" in text or text.startswith("/"):
-        text = text.split("/main/", 1)[-1] if "/main/" in text else text
-    return f"`{text}`"
+    if isinstance(value, Path) and value.is_relative_to(ROOT):
+        value = value.relative_to(ROOT)  # the checkout's location is not a default
+    return f"`{value}`"
 
 
 def rows() -> list[tuple[str, str, str, str]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
+from svckit.testing import IsolatedEnv
 
 from devstack.backing import port_is_free
 from devstack.platform import SERVICES, Platform
@@ -34,7 +35,7 @@ from tests.browser.support import (
 
 
 @pytest.fixture(scope="session")
-async def platform(database_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[Platform]:
+async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
     """The five services, migrated and seeded, with the SPA built, exactly as ``make dev`` runs them."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
@@ -43,8 +44,9 @@ async def platform(database_url: str, redis_url: str, redis_prefix: str) -> Asyn
         pytest.fail("ports in use, stop `make dev` first: " + ", ".join(busy))
     state = OUTPUT / "browser-platform"
     shutil.rmtree(state, ignore_errors=True)
+    env = isolated_env("browser")
     stack = Platform(
-        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix},
+        {key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX")},
         state_dir=state,
         sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from svckit.testing import IsolatedEnv
 
 from devstack import SERVICES
 from devstack.backing import port_is_free
@@ -40,10 +41,11 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_make_dev_runs_and_stops_everything(service_env: dict[str, str], tmp_path: Path) -> None:
+def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path: Path) -> None:
     busy = [spec.port for spec in SERVICES if not port_is_free(spec.port)]
     assert not busy, f"ports in use before the test: {busy}"
-    env = {**os.environ, **service_env, "DEVSTACK_STATE_DIR": str(tmp_path / "state")}
+    isolated = isolated_env("make_dev")
+    env = {**os.environ, **isolated, "DEVSTACK_STATE_DIR": str(tmp_path / "state")}
     log = (tmp_path / "make-dev.log").open("wb")
     make = subprocess.Popen(
         ["make", "--no-print-directory", "dev"],

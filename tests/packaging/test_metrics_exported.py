@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from svckit.testing import free_port
+from svckit.testing import IsolatedEnv, free_port
 
 from tests.packaging.images import ImageProcess, find_uv, image_layout, runtime_venv
 from tests.packaging.support import (
@@ -83,7 +83,7 @@ def exported_series(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def platform(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    isolated_env: IsolatedEnv, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ImageProcess]]:
     """The five services run as their images run them (tests/packaging/images.py): migrated and
     seeded by the images' own commands, as the chart's migration Job does, then started."""
@@ -93,7 +93,7 @@ def platform(
     venv = runtime_venv(uv)
     ports = {name: free_port() for name in ORDER}
     env = {
-        **service_env,
+        **isolated_env("packaging"),
         "BIND_HOST": "127.0.0.1",
         "OIDC_ISSUER": f"http://127.0.0.1:{ports['identity']}/",
         "OIDC_AUDIENCE": "https://timesheets.abc.example/api",

@@ -9,8 +9,10 @@ exactly as in production (:class:`ServiceProcess`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -21,9 +23,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +36,8 @@ from starlette.types import ASGIApp
 from .identity import Identity, IdentitySigner, request_target
 from .migrations import migrate
 from .settings import parse_identity_keys
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 _embedded: list[Any] = []
@@ -337,6 +341,49 @@ def service_env(database_url: str, redis_url: str, redis_prefix: str, identity_k
         "IDENTITY_KEYS": identity_keys,
         "LOG_LEVEL": "INFO",
     }
+
+
+class IsolatedEnv:
+    """Gives a test area a database and Redis prefix of its own, dropped at the end of the session.
+
+    The session database is shared by every test; a suite that brings up whole services with their own
+    secrets (the identity service encrypts its signing keys with its own key, say) needs state nobody
+    else wrote, or the two runs read each other's rows.
+    """
+
+    def __init__(self, run_id: str, redis_prefix: str, base: Mapping[str, str]) -> None:
+        self.run_id = run_id
+        self.redis_prefix = redis_prefix
+        self.base = dict(base)
+        self.databases: list[str] = []
+
+    def __call__(self, label: str) -> dict[str, str]:
+        """A ``service_env`` copy with its own ``DATABASE_URL`` and ``REDIS_KEY_PREFIX``."""
+        if not re.fullmatch(r"[a-z0-9_]{1,20}", label):
+            raise ValueError("label: 1-20 lower-case letters, digits or _")
+        name = f"tsp_test_{self.run_id}_{label}"
+        url = _run_async(create_database(name))
+        self.databases.append(name)
+        return {**self.base, "DATABASE_URL": url, "REDIS_KEY_PREFIX": f"{self.redis_prefix}{label}:"}
+
+    def close(self) -> None:
+        for name in self.databases:
+            _run_async(drop_database(name))
+        self.databases.clear()
+
+
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code even when the calling thread already has a running loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture(scope="session")
+def isolated_env(test_run_id: str, redis_prefix: str, service_env: dict[str, str]) -> Iterator[IsolatedEnv]:
+    """``isolated_env("browser")`` → an environment like ``service_env`` with a fresh database."""
+    factory = IsolatedEnv(test_run_id, redis_prefix, service_env)
+    yield factory
+    factory.close()
 
 
 async def migrate_schema(database_url: str, schema: str, package_dir: Path) -> list[int]:
