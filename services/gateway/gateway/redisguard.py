@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = logging.getLogger("gateway.redis")
@@ -30,6 +32,10 @@ class RedisGuard:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
+            # no client-side retries: redis-py retries connection errors with exponential backoff by
+            # default, which turns an outage into seconds of waiting per call; the guard's circuit is
+            # the retry policy here
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
             max_connections=64,
         )
