@@ -256,6 +256,10 @@ class TcpProxy:
         except OSError:
             client_w.close()
             return
+        if self._server is None:  # cut() ran while this link was being set up: it must not survive
+            server_w.transport.abort()
+            client_w.transport.abort()
+            return
         self._links.update({client_w, server_w})
         await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
         self._links.difference_update({client_w, server_w})
