@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from svckit.testing import ServiceProcess
 
@@ -97,9 +98,9 @@ async def test_operational_endpoints(api: Any, gateway: str) -> None:
 def metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith((name + "{", name + " ")):
             continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -142,6 +143,14 @@ async def test_multi_worker_process(
             metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
         )
         assert metric(text, "gateway_jwks_fetch_total", outcome="ok") >= 1
+        # process_* samples describe the supervisor, whichever worker answers the scrape: a start
+        # time flipping between workers would look like restarts to the restart alert.
+        starts = set()
+        for _ in range(6):
+            async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as r:
+                starts.add(metric(await r.text(), "process_start_time_seconds"))
+        assert len(starts) == 1
+        assert starts.pop() == pytest.approx(psutil.Process(process.process.pid).create_time(), abs=1)  # type: ignore[union-attr]
         logs = process.logs()
         assert logs.count('"logger": "access"') >= 20
         assert token not in logs

@@ -7,6 +7,7 @@ processes) the endpoint aggregates every worker's samples.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 from prometheus_client import (
@@ -14,6 +15,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -42,6 +44,17 @@ def observe(route: str, method: str, status: int, seconds: float) -> None:
     http_duration.labels(route, method).observe(seconds)
 
 
+def _supervisor_pid() -> int | str:
+    """``process_*`` samples of the process that outlives its workers (uvicorn's supervisor).
+
+    Scrapes land on any worker; reporting the answering worker would make ``process_start_time_seconds``
+    flip between workers and look like restarts. The supervisor's start time changes exactly when the
+    container restarts, which is what restart alerts want.
+    """
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else "self"
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text for this process, or for all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -49,6 +62,7 @@ def render_metrics() -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        ProcessCollector(pid=_supervisor_pid, registry=registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
 
