@@ -34,7 +34,7 @@ from tests.browser.support import (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
     """The five services, migrated and seeded, with the SPA built, exactly as ``make dev`` runs them."""
     if not Path(CHROMIUM).exists():
@@ -65,7 +65,7 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
         await asyncio.to_thread(stack.stop)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def browser(platform: Platform) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

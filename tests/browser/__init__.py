@@ -1,0 +1,1 @@
+"""Browser end-to-end tests (headless Chromium against the platform as `make dev` runs it)."""
