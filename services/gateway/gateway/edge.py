@@ -9,6 +9,7 @@ and 401/403/429 are queued for the audit trail (:mod:`gateway.denials`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -270,6 +271,8 @@ class Edge:
 
         # --- authentication ---------------------------------------------------------------------
         client_ip = _client_ip(scope)
+        # Every refusal below answers and audits with the same request context.
+        deny = functools.partial(self._deny, send, state, route, method, request_id, client_ip, base_headers)
         if len(authorization) > 1:
             state.status = 400
             self._count_failure("malformed")
@@ -292,14 +295,7 @@ class Edge:
                     token = "\0"  # noqa: S105 - "Bearer" with nothing after it: a malformed token, not a missing one
         if not token:
             self._count_failure("missing_token")
-            await self._deny(
-                send,
-                state,
-                route,
-                method,
-                request_id,
-                client_ip,
-                base_headers,
+            await deny(
                 None,
                 status=401,
                 reason="missing_token",
@@ -315,14 +311,7 @@ class Edge:
                 state.status = 503
                 await self._problem(send, 503, exc.description, [*base_headers, (b"retry-after", b"5")])
                 return
-            await self._deny(
-                send,
-                state,
-                route,
-                method,
-                request_id,
-                client_ip,
-                base_headers,
+            await deny(
                 None,
                 status=401,
                 reason=exc.reason,
@@ -338,14 +327,7 @@ class Edge:
         if not route.allows(identity.scopes):
             self._count_failure("insufficient_scope")
             needed = route.scope_text
-            await self._deny(
-                send,
-                state,
-                route,
-                method,
-                request_id,
-                client_ip,
-                base_headers,
+            await deny(
                 identity,
                 status=403,
                 reason="insufficient_scope",
@@ -364,14 +346,7 @@ class Edge:
             )
             if not decision.allowed:
                 retry = str(decision.retry_after).encode()
-                await self._deny(
-                    send,
-                    state,
-                    route,
-                    method,
-                    request_id,
-                    client_ip,
-                    base_headers,
+                await deny(
                     identity,
                     status=429,
                     reason=f"rate_limit_{decision.limit}",
