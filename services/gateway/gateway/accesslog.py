@@ -36,6 +36,7 @@ def _plain(value: str) -> str:
 
 
 MAX_LINES = 256
+MAX_LITERALS = 4096
 
 
 class AccessLog:
@@ -49,6 +50,7 @@ class AccessLog:
         self._prefix = ""
         self._service = _json(service)
         self._routes: dict[str, str] = {}
+        self._literals: dict[str, str] = {}
 
     def record(
         self,
@@ -76,12 +78,21 @@ class AccessLog:
             f'"status": {status}, "duration_ms": {round(seconds * 1000, 2)}'
         )
         if subject:
-            line += f', "subject": {_plain(subject)}'
+            line += f', "subject": {self._literal(subject)}'
         if client_id:
-            line += f', "client_id": {_plain(client_id)}'
+            line += f', "client_id": {self._literal(client_id)}'
         self._lines.append(line + "}")
         if len(self._lines) >= MAX_LINES:
             self.flush()
+
+    def _literal(self, value: str) -> str:
+        # the same few subjects and clients make most requests: encode each once, not per line
+        literal = self._literals.get(value)
+        if literal is None:
+            if len(self._literals) >= MAX_LITERALS:
+                self._literals.clear()
+            literal = self._literals[value] = _plain(value)
+        return literal
 
     def flush(self) -> None:
         if not self._lines:

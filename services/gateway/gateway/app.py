@@ -31,13 +31,14 @@ from .denials import DenialAuditor
 from .edge import Edge
 from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
-from .proxy import Forwarder, new_session
+from .proxy import Forwarder
 from .ratelimit import RateLimiter
 from .redisguard import RedisGuard
 from .routes import API_PREFIX, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
 from .tokens import TokenVerifier
+from .upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
@@ -60,17 +61,21 @@ class Gateway:
         self.redis: RedisGuard | None = None
         self.access_log: AccessLog | None = None
         self.request_metrics: metrics.RequestMetrics | None = None
+        self.pools: dict[str, UpstreamPool] = {}
         self._http = HttpClient(total_timeout=settings.jwks_fetch_timeout_seconds + 5)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         settings = self.settings
-        session = new_session(
-            settings.upstream_pool_size,
-            settings.upstream_connect_timeout_seconds,
-            settings.upstream_read_timeout_seconds,
-        )
-        self._session = session
+        self.pools = {
+            service: UpstreamPool(
+                url,
+                size=settings.upstream_pool_size,
+                connect_timeout=settings.upstream_connect_timeout_seconds,
+                read_timeout=settings.upstream_read_timeout_seconds,
+            )
+            for service, url in settings.upstreams.items()
+        }
         self.redis = RedisGuard(
             settings.redis_url,
             settings.redis_key_prefix,
@@ -78,7 +83,7 @@ class Gateway:
             retry_seconds=settings.redis_retry_seconds,
         )
         self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session())
-        verifier = TokenVerifier(settings, self.issuers, self.jwks)
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,
@@ -106,9 +111,7 @@ class Gateway:
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,
-            signer=self.signer,
-            forwarder=Forwarder(session, request_metrics),
-            upstreams=settings.upstreams,
+            forwarder=Forwarder(self.pools, request_metrics),
             cors=self.cors,
             limiter=self.limiter,
             auditor=self.auditor,
@@ -160,7 +163,8 @@ class Gateway:
             await self.access_log.stop()
         if self.request_metrics is not None:
             self.request_metrics.flush()
-        await self._session.close()
+        for pool in self.pools.values():
+            await pool.close()
         await self._http.close()
         if self.redis is not None:
             await self.redis.close()

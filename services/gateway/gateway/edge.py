@@ -9,20 +9,19 @@ and 401/403/429 are queued for the audit trail (:mod:`gateway.denials`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import random
+import re
 import time
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 from svckit.context import is_valid_request_id, request_id_var
 from svckit.identity import PREFIX as IDENTITY_PREFIX
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity
 from svckit.problems import PROBLEM_JSON, problem_body
-from yarl import URL
 
 from . import metrics
 from .accesslog import AccessLog
@@ -35,12 +34,13 @@ from .proxy import (
     BodyTooLarge,
     ClientGone,
     Forwarder,
+    UpstreamBrokeOff,
     UpstreamFailure,
     read_body,
 )
 from .ratelimit import RateLimiter
 from .routes import API_PREFIX, Route, RouteTable, unsafe_path
-from .tokens import TokenError, TokenVerifier
+from .tokens import Principal, TokenError, TokenVerifier
 
 log = logging.getLogger("gateway.edge")
 
@@ -52,6 +52,8 @@ os.register_at_fork(after_in_child=_rng.seed)
 _random_bits = _rng.getrandbits
 UNMATCHED = "unmatched"
 _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
+_NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")  # raw bytes beyond ASCII would sign differently
+NOT_PRINTABLE_DETAIL = "The request target must be printable ASCII; percent-encode the rest."
 _DESCRIPTION_SAFE = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
@@ -75,9 +77,7 @@ class Edge:
         *,
         routes: RouteTable,
         verifier: TokenVerifier,
-        signer: IdentitySigner,
         forwarder: Forwarder,
-        upstreams: dict[str, str],
         cors: Cors,
         limiter: RateLimiter | None,
         auditor: DenialAuditor | None,
@@ -87,9 +87,7 @@ class Edge:
     ) -> None:
         self.routes = routes
         self.verifier = verifier
-        self.signer = signer
         self.forwarder = forwarder
-        self.upstreams = upstreams
         self.cors = cors
         self.limiter = limiter
         self.auditor = auditor
@@ -134,112 +132,68 @@ class Edge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        method: str = scope["method"]
-        authorization: list[bytes] = []
-        origin = inbound_id = acr_method = acr_headers = host = content_length = None
-        chunked = False
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization.append(value)
-            elif key == b"origin":
-                origin = value
-            elif key == b"x-request-id":
-                inbound_id = value
-            elif key == b"host":
-                host = value
-            elif key == b"content-length":
-                content_length = value
-            elif key == b"transfer-encoding":
-                chunked = True
-            elif key == b"access-control-request-method":
-                acr_method = value
-            elif key == b"access-control-request-headers":
-                acr_headers = value
-        request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""
-        if not is_valid_request_id(request_id):
-            request_id = f"{_random_bits(128):032x}"  # uuid4().hex costs a syscall per request
-        context = request_id_var.set(request_id)
-        base_headers = [(b"x-request-id", request_id.encode()), *self.cors.response_headers(origin)]
-        state = _State()
+        request = _Request(scope)
+        context = request_id_var.set(request.request_id)
         try:
-            await self._handle(
-                scope,
-                receive,
-                send,
-                state,
-                method,
-                authorization,
-                origin,
-                acr_method,
-                acr_headers,
-                host,
-                content_length,
-                chunked,
-                request_id,
-                base_headers,
-            )
+            await self._handle(request, scope, receive, send)
+        except UpstreamBrokeOff:
+            request.status = 502  # the client got a head and a truncated body; already logged
         except Exception:
             # a bug must still answer as a problem document (if nothing was sent yet), never a trace
-            log.exception("unhandled error in the API pipeline", extra={"route": state.route})
-            state.status = 500
+            log.exception("unhandled error in the API pipeline", extra={"route": request.route})
+            request.status = 500
             with contextlib.suppress(Exception):  # the response may already have started
                 await self._problem(
-                    send, 500, "An unexpected error occurred; it has been logged.", base_headers
+                    send, 500, "An unexpected error occurred; it has been logged.", request.base_headers
                 )
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.observe(state.route, method, state.status, elapsed)
+            self.metrics.observe(request.route, request.method, request.status, elapsed)
             if self.access_log is not None:
                 self.access_log.record(
-                    method=method,
-                    route=state.route,
-                    status=state.status,
+                    method=request.method,
+                    route=request.route,
+                    status=request.status,
                     seconds=elapsed,
-                    request_id=request_id,
-                    subject=state.subject,
-                    client_id=state.client_id,
+                    request_id=request.request_id,
+                    subject=request.subject,
+                    client_id=request.client_id,
                 )
             request_id_var.reset(context)
 
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        state: _State,
-        method: str,
-        authorization: list[bytes],
-        origin: bytes | None,
-        acr_method: bytes | None,
-        acr_headers: bytes | None,
-        host: bytes | None,
-        content_length: bytes | None,
-        chunked: bool,
-        request_id: str,
-        base_headers: list[tuple[bytes, bytes]],
-    ) -> None:
+    async def _handle(self, request: _Request, scope: Scope, receive: Receive, send: Send) -> None:
+        method = request.method
         path: str = scope["path"]
-        raw_path_bytes: bytes = scope.get("raw_path") or path.encode()
-        raw_path = raw_path_bytes.decode("latin-1")
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        query: bytes = scope.get("query_string", b"")
+        base_headers = request.base_headers = [
+            (b"x-request-id", request.request_id.encode()),
+            *self.cors.response_headers(request.origin),
+        ]
 
         # CORS preflight: answered here, never forwarded.
-        if method == "OPTIONS" and acr_method is not None:
-            methods = self.routes.methods_for(path) if not unsafe_path(raw_path) else ()
-            allow, why = self.cors.preflight(origin, acr_method, acr_headers, methods)
-            state.route = "preflight"
+        if method == "OPTIONS" and request.acr_method is not None:
+            methods = self.routes.methods_for(path) if not unsafe_path(raw_path.decode("latin-1")) else ()
+            allow, why = self.cors.preflight(request.origin, request.acr_method, request.acr_headers, methods)
+            request.route = "preflight"
             if allow is None:
-                state.status = 403
+                request.status = 403
                 await self._problem(
                     send, 403, why, [base_headers[0], (b"vary", b"Origin")], "CORS Preflight Refused"
                 )
                 return
-            state.status = 204
+            request.status = 204
             await send({"type": "http.response.start", "status": 204, "headers": [base_headers[0], *allow]})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
 
-        if unsafe_path(raw_path):
-            state.status = 400
+        # --- path safety and routing ----------------------------------------------------------------
+        if _NOT_PRINTABLE.search(raw_path) or _NOT_PRINTABLE.search(query):
+            request.status = 400
+            await self._problem(send, 400, NOT_PRINTABLE_DETAIL, base_headers)
+            return
+        if unsafe_path(raw_path.decode("ascii")):
+            request.status = 400
             await self._problem(
                 send, 400, "The path contains encoded separators or dot segments.", base_headers
             )
@@ -248,19 +202,18 @@ class Edge:
         route = match.route
         if route is None:
             if match.allowed_methods:
-                state.status = 405
+                request.status = 405
                 allow_header = (b"allow", ", ".join(match.allowed_methods).encode())
                 await self._problem(
                     send, 405, f"{method} is not allowed here.", [*base_headers, allow_header]
                 )
             else:
-                state.status = 404
+                request.status = 404
                 await self._problem(send, 404, "No API route matches this path.", base_headers)
             return
-        state.route = route.template
-        query: bytes = scope.get("query_string", b"")
+        request.route = route.template
         if b"access_token=" in query:
-            state.status = 400
+            request.status = 400
             await self._problem(
                 send,
                 400,
@@ -270,11 +223,10 @@ class Edge:
             return
 
         # --- authentication ---------------------------------------------------------------------
-        client_ip = _client_ip(scope)
-        # Every refusal below answers and audits with the same request context.
-        deny = functools.partial(self._deny, send, state, route, method, request_id, client_ip, base_headers)
+        request.client_ip = _client_ip(scope)
+        authorization = request.authorization
         if len(authorization) > 1:
-            state.status = 400
+            request.status = 400
             self._count_failure("malformed")
             await self._problem(
                 send,
@@ -295,7 +247,10 @@ class Edge:
                     token = "\0"  # noqa: S105 - "Bearer" with nothing after it: a malformed token, not a missing one
         if not token:
             self._count_failure("missing_token")
-            await deny(
+            await self._deny(
+                send,
+                request,
+                route,
                 None,
                 status=401,
                 reason="missing_token",
@@ -308,10 +263,13 @@ class Edge:
         except TokenError as exc:
             self._count_failure(exc.reason)
             if exc.status == 503:
-                state.status = 503
+                request.status = 503
                 await self._problem(send, 503, exc.description, [*base_headers, (b"retry-after", b"5")])
                 return
-            await deny(
+            await self._deny(
+                send,
+                request,
+                route,
                 None,
                 status=401,
                 reason=exc.reason,
@@ -320,14 +278,17 @@ class Edge:
             )
             return
         identity = principal.identity
-        state.subject = identity.subject
-        state.client_id = identity.client_id
+        request.subject = identity.subject
+        request.client_id = identity.client_id
 
         # --- authorization ----------------------------------------------------------------------
         if not route.allows(identity.scopes):
             self._count_failure("insufficient_scope")
             needed = route.scope_text
-            await deny(
+            await self._deny(
+                send,
+                request,
+                route,
                 identity,
                 status=403,
                 reason="insufficient_scope",
@@ -340,72 +301,65 @@ class Edge:
 
         # --- rate limits ------------------------------------------------------------------------
         if self.limiter is not None:
-            decision = self.limiter.check(
-                principal.subject_key,
-                principal.client_key,
-            )
+            decision = self.limiter.check(principal.subject_key, principal.client_key)
             if not decision.allowed:
-                retry = str(decision.retry_after).encode()
-                await deny(
+                await self._deny(
+                    send,
+                    request,
+                    route,
                     identity,
                     status=429,
                     reason=f"rate_limit_{decision.limit}",
                     detail=f"Too many requests for this {decision.limit}; retry in {decision.retry_after} s.",
-                    extra=[(b"retry-after", retry)],
+                    extra=[(b"retry-after", str(decision.retry_after).encode())],
                 )
                 return
 
         # --- body -------------------------------------------------------------------------------
         body: bytes | BodyStream | None = None
-        if content_length is not None:
+        length = -1
+        if request.content_length is not None:
             try:
-                length = int(content_length)
+                length = int(request.content_length)
                 if length < 0:
                     raise ValueError
             except ValueError:
-                state.status = 400
+                request.status = 400
                 await self._problem(send, 400, "The Content-Length header is not a number.", base_headers)
                 return
             if length > self.max_body:
-                state.status = 413
+                request.status = 413
                 await self._problem(
                     send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers
                 )
                 return
-        else:
-            length = -1
         try:
-            if 0 <= length <= SMALL_BODY and not chunked:
-                body = (
-                    await read_body(receive, self.max_body)
-                    if length > 0 or method not in NO_BODY_METHODS
-                    else None
-                )
-            elif chunked or length > SMALL_BODY:
-                body = BodyStream(receive, self.max_body)
+            if length > SMALL_BODY:
+                body = BodyStream(receive, self.max_body)  # known to be large: streamed from the start
+            elif length > 0 or request.chunked or method not in NO_BODY_METHODS:
+                body = await read_body(receive, self.max_body, stream_above=SMALL_BODY)
         except BodyTooLarge:
-            state.status = 413
+            request.status = 413
             await self._problem(send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers)
             return
         except ClientGone:
-            state.status = 499
+            request.status = 499
             return
 
         # --- forward ----------------------------------------------------------------------------
         target = raw_path[len(API_PREFIX) :]
         if query:
-            target = f"{target}?{query.decode('latin-1')}"
-        headers = self._upstream_headers(scope, identity, method, target, request_id, host, client_ip)
-        url = URL(self.upstreams[route.upstream] + target, encoded=True)
+            target = target + b"?" + query
+        headers = self._upstream_headers(scope, request, principal, target)
 
         def on_status(status: int) -> None:
-            state.status = status
+            request.status = status
 
         try:
             await self.forwarder.forward(
                 service=route.upstream,
                 method=method,
-                url=url,
+                target=target,
                 headers=headers,
                 body=body,
                 send=send,
@@ -413,53 +367,45 @@ class Edge:
                 on_status=on_status,
             )
         except BodyTooLarge:
-            state.status = 413
+            request.status = 413
             await self._problem(send, 413, f"The request body exceeds {self.max_body} bytes.", base_headers)
         except ClientGone:
-            state.status = 499
+            request.status = 499
         except UpstreamFailure as exc:
-            state.status = exc.status
+            request.status = exc.status
             extra = [] if exc.status == 504 else [(b"retry-after", b"2")]
             await self._problem(send, exc.status, exc.detail, [*base_headers, *extra])
 
+    @staticmethod
     def _upstream_headers(
-        self,
-        scope: Scope,
-        identity: Identity,
-        method: str,
-        target: str,
-        request_id: str,
-        host: bytes | None,
-        client_ip: str,
-    ) -> list[tuple[str, str]]:
+        scope: Scope, request: _Request, principal: Principal, target: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """The client's end-to-end headers, then the signed identity and the forwarding headers."""
         dropped = STRIPPED_INBOUND
-        for key, value in scope["headers"]:
-            if key == b"connection":
-                dropped = dropped | frozenset(token.strip().lower() for token in value.split(b","))
-                break
+        if request.connection is not None:
+            dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
         headers = [
-            (key.decode("latin-1"), value.decode("latin-1"))
+            (key, value)
             for key, value in scope["headers"]
             if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
         ]
-        headers.extend(
-            self.signer.headers(identity, method=method, target=target, request_id=request_id).items()
+        headers += principal.signed.headers(
+            method=request.method,
+            target=target,
+            request_id=request.base_headers[0][1],
+            timestamp=str(int(time.time())).encode(),
         )
-        headers.append(("x-forwarded-for", client_ip))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
-        if host is not None:
-            headers.append(("x-forwarded-host", host.decode("latin-1")))
+        headers.append((b"x-forwarded-for", request.client_ip.encode()))
+        headers.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
+        if request.host is not None:
+            headers.append((b"x-forwarded-host", request.host))
         return headers
 
     async def _deny(
         self,
         send: Send,
-        state: _State,
+        request: _Request,
         route: Route,
-        method: str,
-        request_id: str,
-        client_ip: str,
-        base_headers: list[tuple[bytes, bytes]],
         identity: Identity | None,
         *,
         status: int,
@@ -469,8 +415,9 @@ class Edge:
         extra: list[tuple[bytes, bytes]] | None = None,
         required_scope: str = "",
     ) -> None:
-        state.status = status
-        headers = [*base_headers, *(extra or [])]
+        """Answer 401/403/429 as a problem document and queue the denial for the audit trail."""
+        request.status = status
+        headers = [*request.base_headers, *(extra or [])]
         if www is not None:
             headers.append((b"www-authenticate", www))
         if self.auditor is not None:
@@ -478,10 +425,10 @@ class Edge:
                 status=status,
                 reason=reason,
                 route=route.template,
-                method=method,
-                request_id=request_id,
+                method=request.method,
+                request_id=request.request_id,
                 identity=identity,
-                client_ip=client_ip,
+                client_ip=request.client_ip,
                 required_scope=required_scope,
             )
         extensions: dict[str, Any] = {"reason": reason}
@@ -490,14 +437,70 @@ class Edge:
         await self._problem(send, status, detail, headers, **extensions)
 
 
-class _State:
-    __slots__ = ("client_id", "route", "status", "subject")
+class _Request:
+    """What the pipeline knows about one request: parsed headers (one pass) and its outcome so far."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "acr_headers",
+        "acr_method",
+        "authorization",
+        "base_headers",
+        "chunked",
+        "client_id",
+        "client_ip",
+        "connection",
+        "content_length",
+        "host",
+        "method",
+        "origin",
+        "request_id",
+        "route",
+        "status",
+        "subject",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.method: str = scope["method"]
         self.route = UNMATCHED
         self.status = 500
         self.subject = ""
         self.client_id = ""
+        self.client_ip = ""
+        self.base_headers: list[tuple[bytes, bytes]] = []
+        authorization: list[bytes] = []
+        origin = inbound_id = acr_method = acr_headers = host = content_length = connection = None
+        chunked = False
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization.append(value)
+            elif key == b"origin":
+                origin = value
+            elif key == b"x-request-id":
+                inbound_id = value
+            elif key == b"host":
+                host = value
+            elif key == b"content-length":
+                content_length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+            elif key == b"connection":
+                connection = value
+            elif key == b"access-control-request-method":
+                acr_method = value
+            elif key == b"access-control-request-headers":
+                acr_headers = value
+        self.authorization = authorization
+        self.origin: bytes | None = origin
+        self.acr_method: bytes | None = acr_method
+        self.acr_headers: bytes | None = acr_headers
+        self.host: bytes | None = host
+        self.content_length: bytes | None = content_length
+        self.connection: bytes | None = connection
+        self.chunked = chunked
+        request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""
+        if not is_valid_request_id(request_id):
+            request_id = f"{_random_bits(128):032x}"  # uuid4().hex costs a syscall per request
+        self.request_id = request_id
 
 
 def _client_ip(scope: Scope) -> str:

@@ -1,28 +1,28 @@
-"""Streaming forwarder: one pooled keep-alive aiohttp session per worker, raw ASGI on both sides.
+"""Streaming forwarder: raw ASGI towards the client, :mod:`gateway.upstream` pools towards the services.
 
-* Request bodies: refused early with 413 by ``Content-Length``; small bodies are read whole, others
-  streamed with a running byte count that aborts at ``MAX_BODY_BYTES``.
+* Request bodies: refused early with 413 by ``Content-Length``; small bodies are read whole and sent
+  with the head in one write, others streamed (chunked) with a running byte count that aborts at
+  ``MAX_BODY_BYTES``.
 * Headers: hop-by-hop headers (and any named in ``Connection``) are dropped both ways, together with
   every inbound identity header, ``Authorization`` (services never see the end-user token), cookies
   and inbound forwarding headers; the caller's signed identity and ``X-Forwarded-*`` are added by the
   caller of :meth:`Forwarder.forward`.
 * Failures before the response head: connect failure → 503 with ``Retry-After``, timeout → 504,
   broken upstream → 502 with ``Retry-After``. An idempotent request whose pooled connection turned out
-  to be closed is retried once on a fresh one.
+  to be closed is retried once on another one. A failure after the head was sent ends the response
+  early (:class:`UpstreamBrokeOff`), which the client sees as a truncated body.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
 
-import aiohttp
-from starlette.types import Message, Receive, Send
-from yarl import URL
+from starlette.types import Receive, Send
 
 from . import metrics
+from .upstream import Connection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 
@@ -58,6 +58,7 @@ STRIPPED_INBOUND = HOP_BY_HOP | {
 STRIPPED_OUTBOUND = HOP_BY_HOP | {b"x-request-id", b"date", b"server", b"content-length"}
 SMALL_BODY = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 class BodyTooLarge(Exception):
@@ -84,24 +85,13 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def new_session(pool_size: int, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=pool_size,
-            limit_per_host=pool_size,
-            keepalive_timeout=4.0,  # below uvicorn's 5 s idle close, so pooled sockets are rarely stale
-            ttl_dns_cache=60,
-            enable_cleanup_closed=True,
-        ),
-        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        raise_for_status=False,
-    )
+async def read_body(receive: Receive, limit: int, *, stream_above: int | None = None) -> bytes | BodyStream:
+    """The inbound body, whole; past ``stream_above`` bytes the rest is handed over as a stream.
 
-
-async def read_body(receive: Receive, limit: int) -> bytes:
+    Reading the start of a body of unknown length before contacting the upstream means a small
+    chunked upload goes out with a ``Content-Length`` in one write, and one that turns out too large
+    early is refused without the upstream ever seeing a request.
+    """
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -115,19 +105,28 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        if stream_above is not None and total > stream_above:
+            return BodyStream(receive, limit, chunks, total)
 
 
 class BodyStream:
-    """The inbound body as an async iterator for aiohttp, bounded by ``limit``."""
+    """The inbound body as an async iterator, bounded by ``limit`` (``first``: chunks already read)."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(
+        self, receive: Receive, limit: int, first: list[bytes] | None = None, received: int = 0
+    ) -> None:
         self.receive = receive
         self.limit = limit
+        self.first = first or []
+        self.received = received
         self.too_large = False
         self.gone = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
+        for chunk in self.first:
+            if chunk:
+                yield chunk
+        total = self.received
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
@@ -144,9 +143,13 @@ class BodyStream:
                 return
 
 
+class UpstreamBrokeOff(Exception):
+    """The upstream failed after the response head went to the client (already logged and counted)."""
+
+
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, request_metrics: metrics.RequestMetrics) -> None:
-        self.session = session
+    def __init__(self, pools: Mapping[str, UpstreamPool], request_metrics: metrics.RequestMetrics) -> None:
+        self.pools = pools
         self.metrics = request_metrics
 
     async def forward(
@@ -154,8 +157,8 @@ class Forwarder:
         *,
         service: str,
         method: str,
-        url: URL,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
         body: bytes | BodyStream | None,
         send: Send,
         extra_response_headers: list[tuple[bytes, bytes]],
@@ -164,77 +167,77 @@ class Forwarder:
         """Send the request upstream and stream the answer to ``send``.
 
         Raises :class:`UpstreamFailure`, :class:`BodyTooLarge` or :class:`ClientGone` only before
-        anything was sent to the client; later failures end the response early.
+        anything was sent to the client, :class:`UpstreamBrokeOff` after.
         """
-        attempts = 2 if method in IDEMPOTENT and not isinstance(body, BodyStream) else 1
-        data: Any = body.__aiter__() if isinstance(body, BodyStream) else body
+        pool = self.pools[service]
+        head = _request_head(method, pool.prefix + target, pool.host_header, headers, body)
+        expect_body = method != "HEAD"
+        streamed = isinstance(body, BodyStream)
+        attempts = 2 if method in IDEMPOTENT and not streamed else 1
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
-                response = await self.session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False, compress=None
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                self._check_body(body)
-                if attempt + 1 < attempts and not isinstance(exc, aiohttp.ClientConnectorError):
+                connection = await pool.acquire()
+            except UpstreamError as exc:
+                raise self._failure(service, exc) from None
+            try:
+                if isinstance(body, BodyStream):
+                    await connection.start_streaming(head, body, expect_body=expect_body)
+                else:
+                    connection.start(head, body, expect_body=expect_body)
+                await connection.read_head()
+            except UpstreamError as exc:
+                connection.abort()
+                if exc.retryable and attempt + 1 < attempts:
                     continue
                 raise self._failure(service, exc) from None
-            except (aiohttp.ClientError, TimeoutError, ClientGone, BodyTooLarge) as exc:
-                self._check_body(body)
-                if isinstance(exc, ClientGone | BodyTooLarge):
-                    raise
-                raise self._failure(service, exc) from None
+            except BaseException:
+                connection.abort()
+                raise
             break
+        self.metrics.upstream(service, time.perf_counter() - started)
         try:
-            self.metrics.upstream(service, time.perf_counter() - started)
-            await self._relay(response, send, extra_response_headers, on_status, service)
+            await self._relay(connection, send, extra_response_headers, on_status, service)
         finally:
-            response.release()
+            connection.finish()
 
     @staticmethod
-    def _check_body(body: bytes | BodyStream | None) -> None:
-        if isinstance(body, BodyStream):
-            if body.too_large:
-                raise BodyTooLarge
-            if body.gone:
-                raise ClientGone
-
-    @staticmethod
-    def _failure(service: str, exc: BaseException) -> UpstreamFailure:
-        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            kind, status, detail = "timeout", 504, f"The {service} service did not answer in time."
-        elif isinstance(exc, aiohttp.ClientConnectorError):
-            kind, status, detail = "connect", 503, f"The {service} service is unreachable."
+    def _failure(service: str, exc: UpstreamError) -> UpstreamFailure:
+        if exc.kind == "timeout":
+            status, detail = 504, f"The {service} service did not answer in time."
+        elif exc.kind == "connect":
+            status, detail = 503, f"The {service} service is unreachable."
         else:
-            kind, status, detail = "protocol", 502, f"The {service} service failed to answer properly."
-        metrics.upstream_errors.labels(service, kind).inc()
-        log.warning("upstream request failed", extra={"upstream": service, "error": type(exc).__name__})
-        return UpstreamFailure(status, kind, detail)
+            status, detail = 502, f"The {service} service failed to answer properly."
+        metrics.upstream_errors.labels(service, exc.kind).inc()
+        log.warning("upstream request failed", extra={"upstream": service, "error": exc.detail})
+        return UpstreamFailure(status, exc.kind, detail)
 
     async def _relay(
         self,
-        response: aiohttp.ClientResponse,
+        connection: Connection,
         send: Send,
         extra: list[tuple[bytes, bytes]],
         on_status: Callable[[int], None],
         service: str,
     ) -> None:
-        raw = list(response.raw_headers)
-        dropped = STRIPPED_OUTBOUND | connection_tokens(raw)
-        headers = [(key.lower(), value) for key, value in raw if key.lower() not in dropped]
-        length = response.content_length
-        status = response.status
+        raw = connection.headers
+        dropped = STRIPPED_OUTBOUND | connection_tokens(raw) if _has_connection(raw) else STRIPPED_OUTBOUND
+        headers = [(key, value) for key, value in raw if key not in dropped]
+        length = connection.content_length
+        status = connection.status
         on_status(status)
-        if response.method == "HEAD" or status in (204, 304):
-            headers.extend((key.lower(), value) for key, value in raw if key.lower() == b"content-length")
+        if not connection.expect_body or status in (204, 304):
+            if length is not None:
+                headers.append((b"content-length", str(length).encode()))
             headers.extend(extra)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        if length is not None and length <= SMALL_BODY:
+        if connection.complete or (length is not None and length <= SMALL_BODY):
             try:
-                body = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                body = await connection.read_body()
+            except UpstreamError as exc:
                 raise self._failure(service, exc) from None
             headers.append((b"content-length", str(len(body)).encode()))
             headers.extend(extra)
@@ -245,15 +248,37 @@ class Forwarder:
             headers.append((b"content-length", str(length).encode()))
         headers.extend(extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        message: Message
         try:
-            async for chunk in response.content.iter_any():
-                message = {"type": "http.response.body", "body": chunk, "more_body": True}
-                await send(message)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            metrics.upstream_errors.labels(service, "protocol").inc()
-            log.warning(
-                "upstream broke off mid-response", extra={"upstream": service, "error": type(exc).__name__}
-            )
-            raise
+            async for chunk in connection.iter_body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            metrics.upstream_errors.labels(service, exc.kind).inc()
+            log.warning("upstream broke off mid-response", extra={"upstream": service, "error": exc.detail})
+            raise UpstreamBrokeOff from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _has_connection(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(key == b"connection" for key, _ in headers)
+
+
+def _request_head(
+    method: str,
+    target: bytes,
+    host: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | BodyStream | None,
+) -> bytes:
+    """The request line and headers, framed for HTTP/1.1 (values were checked for CR/LF upstream)."""
+    lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host]
+    for key, value in headers:
+        lines += (b"\r\n", key, b": ", value)
+    if isinstance(body, BodyStream):
+        lines.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
+    elif body:
+        lines += (b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n")
+    elif method in NO_BODY_METHODS:
+        lines.append(b"\r\n\r\n")
+    else:
+        lines.append(b"\r\ncontent-length: 0\r\n\r\n")
+    return b"".join(lines)

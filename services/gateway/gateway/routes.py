@@ -71,14 +71,14 @@ class RouteTable:
         for route in sorted(routes, key=lambda r: tuple(seg is None for seg in r.segments)):
             by_length.setdefault(len(route.segments), []).append(route)
         self._by_length = by_length
-        self._exact: dict[tuple[str, str], Route] = {
-            (route.method, route.template): route for route in routes if None not in route.segments
+        self._exact: dict[tuple[str, str], Match] = {  # answers prepared once for fixed paths
+            (route.method, route.template): Match(route, ()) for route in routes if None not in route.segments
         }
 
     def match(self, method: str, path: str) -> Match:
         exact = self._exact.get((method, path))
         if exact is not None:
-            return Match(exact, ())
+            return exact
         segments = _segments(path)
         candidates = self._by_length.get(len(segments), ())
         allowed: list[str] = []

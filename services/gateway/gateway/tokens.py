@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jwt.algorithms import Algorithm, get_default_algorithms
-from svckit.identity import Identity, Kind
+from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
 from .issuers import IssuerConfig
 from .jwks import JwksCache, KeysUnavailable, UnknownKey
@@ -59,6 +59,7 @@ class Principal:
     expires_at: float
     subject_key: str  # rate-limit keys, computed once per verified token, not per request
     client_key: str
+    signed: PreparedIdentity  # the identity headers to forward, ready to sign per request
 
 
 def principal_key(issuer: str, name: str) -> str:
@@ -122,8 +123,15 @@ def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozense
 
 
 class TokenVerifier:
-    def __init__(self, settings: GatewaySettings, issuers: dict[str, IssuerConfig], jwks: JwksCache) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        issuers: dict[str, IssuerConfig],
+        jwks: JwksCache,
+        signer: IdentitySigner,
+    ) -> None:
         self.settings = settings
+        self.signer = signer
         self.issuers = issuers
         self.jwks = jwks
         self.audience = settings.oidc_audience
@@ -238,4 +246,10 @@ class TokenVerifier:
         identity = identity_from(claims, config, scopes_from(claims, config))
         expires_at = min(float(exp), now + self.cache_seconds)
         client_key = principal_key(identity.issuer, identity.client_id) if identity.client_id else ""
-        return Principal(identity, expires_at, principal_key(identity.issuer, identity.subject), client_key)
+        try:
+            signed = self.signer.prepare(identity)
+        except ValueError:  # a control character in the issuer or a claim (identity_from checks most)
+            raise TokenError("malformed", "The token's identity claims contain control characters.") from None
+        return Principal(
+            identity, expires_at, principal_key(identity.issuer, identity.subject), client_key, signed
+        )

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from svckit.identity import IdentityError, IdentityVerifier, request_target
+from svckit.identity import IdentityError, IdentityVerifier, identity_headers, request_target
 from svckit.settings import parse_identity_keys
 from svckit.testing import serve_app
 
@@ -211,9 +211,9 @@ class Echo:
         )
 
     def _verify(self, request: Request) -> Any:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
         target = request_target(request.scope["raw_path"].decode("latin-1"), request.scope["query_string"])
         try:
+            headers = identity_headers(request.scope["headers"])
             return self.verifier.verify(headers, method=request.method, target=target)
         except IdentityError as exc:
             return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=401)

@@ -35,6 +35,11 @@ KEY_ID = "x-identity-key-id"
 SIGNATURE = "x-identity-signature"
 REQUEST_ID = "x-request-id"
 
+ISSUER_B, SUBJECT_B, KIND_B, CLIENT_ID_B = (h.encode() for h in (ISSUER, SUBJECT, KIND, CLIENT_ID))
+SCOPES_B, NAME_B, TIMESTAMP_B, KEY_ID_B = (h.encode() for h in (SCOPES, NAME, TIMESTAMP, KEY_ID))
+SIGNATURE_B, REQUEST_ID_B = SIGNATURE.encode(), REQUEST_ID.encode()
+_PREFIX_B = PREFIX.encode()
+
 SIGNED_HEADERS = (ISSUER, SUBJECT, KIND, CLIENT_ID, SCOPES, NAME, TIMESTAMP, KEY_ID, SIGNATURE)
 SERVICE_ISSUER = "urn:timesheets:service"
 VERSION = "tsp-identity-v1"
@@ -177,6 +182,59 @@ class IdentitySigner:
             REQUEST_ID: request_id,
         }
 
+    def prepare(self, identity: Identity) -> PreparedIdentity:
+        return PreparedIdentity(self, identity)
+
+
+class PreparedIdentity:
+    """One identity's headers, checked and encoded once, signed per request in a few microseconds.
+
+    The gateway keeps one with each verified token: the identity part of the canonical string and the
+    six identity headers never change for a token, so a request only adds its timestamp, method,
+    target and request id. Produces exactly the bytes :meth:`IdentitySigner.headers` would (UTF-8
+    header values), which the kit's tests compare.
+    """
+
+    __slots__ = ("_key", "_lead", "_static", "_tail")
+
+    def __init__(self, signer: IdentitySigner, identity: Identity) -> None:
+        for value, what in (
+            (identity.issuer, "issuer"),
+            (identity.subject, "subject"),
+            (identity.client_id, "client id"),
+            (identity.name, "name"),
+        ):
+            _clean(value, what)
+        scopes = " ".join(sorted(identity.scopes))
+        self._key = signer.key
+        self._lead = f"{VERSION}\n{signer.kid}\n".encode()
+        fields = (identity.issuer, identity.subject, identity.kind, identity.client_id, scopes, identity.name)
+        self._tail = ("\n" + "\n".join(fields)).encode()
+        self._static: tuple[tuple[bytes, bytes], ...] = (
+            (ISSUER_B, identity.issuer.encode()),
+            (SUBJECT_B, identity.subject.encode()),
+            (KIND_B, identity.kind.encode()),
+            (CLIENT_ID_B, identity.client_id.encode()),
+            (SCOPES_B, scopes.encode()),
+            (NAME_B, identity.name.encode()),
+            (KEY_ID_B, signer.kid.encode()),
+        )
+
+    def headers(
+        self, *, method: str, target: bytes, request_id: bytes, timestamp: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """Signed headers for one request. ``target`` and ``request_id`` must be free of control
+        characters (the gateway checks both before it gets here)."""
+        lead = self._lead + timestamp
+        message = b"\n".join((lead, method.upper().encode(), target, request_id)) + self._tail
+        signature = base64.urlsafe_b64encode(hmac.digest(self._key, message, "sha256")).rstrip(b"=")
+        return [
+            *self._static,
+            (TIMESTAMP_B, timestamp),
+            (SIGNATURE_B, signature),
+            (REQUEST_ID_B, request_id),
+        ]
+
 
 class IdentityVerifier:
     """Checks identity headers against every configured key (current and previous)."""
@@ -231,6 +289,18 @@ class IdentityVerifier:
         return identity
 
 
+def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The identity headers of a request, decoded as UTF-8 (names and subjects need not be ASCII)."""
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        if key.startswith(_PREFIX_B) or key == REQUEST_ID_B:
+            try:
+                headers[key.decode("latin-1")] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IdentityError("malformed", "The identity headers are not UTF-8.") from None
+    return headers
+
+
 class IdentityMiddleware:
     """Refuses (401) every request without a verifying identity, except the open operational paths.
 
@@ -251,12 +321,12 @@ class IdentityMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         target = request_target(
             scope.get("raw_path", b"").decode("latin-1") or scope["path"],
             scope.get("query_string", b""),
         )
         try:
+            headers = identity_headers(scope["headers"])
             identity = self.verifier.verify(headers, method=scope["method"], target=target)
         except IdentityError as exc:
             failures.labels(exc.reason).inc()
@@ -286,5 +356,6 @@ __all__ = [
     "IdentityMiddleware",
     "IdentitySigner",
     "IdentityVerifier",
+    "PreparedIdentity",
     "request_target",
 ]

@@ -13,6 +13,7 @@ from svckit.identity import (
     IdentityError,
     IdentitySigner,
     IdentityVerifier,
+    identity_headers,
 )
 from svckit.settings import parse_identity_keys
 
@@ -75,3 +76,38 @@ def test_control_characters_cannot_be_signed() -> None:
     evil = Identity("http://localhost:9000/", "alice\nX-Evil: 1", "user")
     with pytest.raises(ValueError, match="control characters"):
         IdentitySigner(KEYS).headers(evil, method="GET", target="/")
+
+
+ZOE = Identity(
+    "https://tenant.auth0.com/", "auth0|zoë", "user", "spa", frozenset({"b", "a"}), "Zoë Ünïcode ✓"
+)
+
+
+@pytest.mark.parametrize("identity", [ALICE, ZOE, Identity.service("approvals", ["read:timesheets"])])
+def test_prepared_identity_signs_exactly_like_the_signer(identity: Identity) -> None:
+    # the gateway's per-token fast path must produce the very headers the reference signer does
+    signer = IdentitySigner(KEYS)
+    reference = signer.headers(
+        identity, method="post", target="/timesheets/é?x=1", request_id="rid-12345", now=1000
+    )
+    prepared = signer.prepare(identity).headers(
+        method="post", target="/timesheets/é?x=1".encode(), request_id=b"rid-12345", timestamp=b"1000"
+    )
+    assert {k.decode(): v.decode() for k, v in prepared} == reference
+
+
+def test_utf8_identity_headers_verify_through_the_middleware_decoding() -> None:
+    signer = IdentitySigner(KEYS)
+    raw = signer.prepare(ZOE).headers(
+        method="GET", target=b"/timesheets", request_id=b"rid-12345", timestamp=b"1005"
+    )
+    headers = identity_headers([*raw, (b"accept", b"*/*"), (b"x-other", b"\xff")])
+    assert IdentityVerifier(KEYS, 60).verify(headers, method="GET", target="/timesheets", now=1010) == ZOE
+    with pytest.raises(IdentityError) as exc:
+        identity_headers([(SUBJECT.encode(), b"\xff\xfe")])
+    assert exc.value.reason == "malformed"
+
+
+def test_prepare_refuses_control_characters() -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        IdentitySigner(KEYS).prepare(Identity("https://i/", "ali\nce"))

@@ -1,0 +1,476 @@
+"""Keep-alive HTTP/1.1 connections to the upstream services: the gateway's forwarding hop.
+
+Why not aiohttp's client here, when the rest of the platform uses it: on the gateway's hot path
+``ClientSession.request`` costs about 220 µs of CPU per proxied request (request and response objects,
+multidicts, URL handling, tracing hooks, timers), more than verification, routing, signing and metrics
+together (``bench/gateway.py``, ``services/gateway/README.md``). Forwarding to a known service needs
+none of that: the head is framed from headers the edge already holds as bytes, the response is parsed
+by llhttp through ``httptools`` (the parser uvicorn serves the gateway with), and a connection goes
+back to a LIFO pool when its response ended cleanly. aiohttp stays the client for everything else
+(discovery, JWKS, the audit trail).
+
+What a forwarding client must get right, and where:
+
+* framing: responses delimited by ``Content-Length``, chunked, or (HTTP/1.0 style) connection close;
+  ``1xx`` heads skipped; a response head over :data:`MAX_HEAD_BYTES` or any parse error is a protocol
+  failure; ``101`` is refused (the gateway does not tunnel);
+* reuse: only after a complete response the upstream did not mark ``Connection: close``; idle
+  connections older than ``idle_seconds`` (kept below uvicorn's 5 s keep-alive) are closed, not used;
+* timeouts: connect, and a read timeout that measures the longest silence of the upstream while
+  the gateway waits for it (not while the gateway itself stopped reading because its client is slow);
+* back-pressure both ways: reading pauses above :data:`HIGH_WATER` bytes buffered for a slow client,
+  streamed request bodies wait for the socket to drain;
+* errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``) and whether
+  the request never reached a reused connection's peer (safe to retry when idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+Kind = Literal["connect", "timeout", "protocol"]
+
+MAX_HEAD_BYTES = 64 * 1024
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+_CRLF = b"\r\n"
+
+
+class UpstreamError(Exception):
+    def __init__(self, kind: Kind, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        #: nothing came back on a connection that had served earlier requests: the peer most likely
+        #: closed it while idle, so an idempotent request may be sent again on another one
+        self.retryable = retryable
+
+
+class Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; at most one request/response exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.served = 0
+        self.idle_since = 0.0
+        self._forgotten = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self.busy = False
+        self._reset(expect_body=True)
+
+    def _reset(self, *, expect_body: bool) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length: int | None = None
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: UpstreamError | None = None
+        self.expect_body = expect_body
+        self._chunked = False
+        self._informational = False
+        self._ignore = False
+        self._head_bytes = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._received = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._last_progress = self.loop.time()
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self._fail(UpstreamError("protocol", "the upstream sent data nobody asked for"))
+            return
+        self._received += len(data)
+        self._last_progress = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("protocol", "the upstream switched protocols"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", f"unparseable upstream response ({exc})"))
+            return
+        if not self.head_done and self._received > MAX_HEAD_BYTES:
+            self._fail(UpstreamError("protocol", "the upstream's response head is too large"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.busy and not self.complete and self.error is None:
+            if self.head_done and self.content_length is None and not self._chunked and exc is None:
+                self.complete = True  # a body delimited by the end of the connection
+            else:
+                self.error = UpstreamError(
+                    "protocol",
+                    "the upstream closed the connection before the response ended",
+                    retryable=self._received == 0 and self.served > 0,
+                )
+        self._wake()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._ignore:
+            return
+        if self.complete:  # a second response to one request: answer the first, then drop the line
+            self._ignore = True
+            self.keep_alive = False
+            return
+        self.headers = []
+        self.content_length = None
+        self._chunked = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._ignore:
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        name = name.lower()
+        if name == b"content-length":
+            self.content_length = int(value)  # llhttp has checked it is digits, and agrees if repeated
+        elif name == b"transfer-encoding":
+            self._chunked = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._ignore:
+            return
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(UpstreamError("protocol", "the upstream's response head is too large"))
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail(UpstreamError("protocol", "the upstream switched protocols"))
+                return
+            self._informational = True  # 100 Continue, 103 Early Hints: not the response
+            return
+        self.status = status
+        self.head_done = True
+        if not self.expect_body:  # the answer to HEAD: llhttp cannot be told, so the exchange ends here
+            self.complete = True
+            self.keep_alive = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._informational or self._ignore or not self.expect_body:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._ignore:
+            return
+        if self._informational:
+            self._informational = False
+            return
+        if self.expect_body:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # --- the exchange ----------------------------------------------------------------------------
+
+    def start(self, head: bytes, body: bytes | None, *, expect_body: bool) -> None:
+        """Send a request whose body is known (or absent) in a single write."""
+        self._reset(expect_body=expect_body)
+        assert self.transport is not None
+        self._begin()
+        self.transport.write(head + body if body else head)
+
+    async def start_streaming(self, head: bytes, chunks: AsyncIterable[bytes], *, expect_body: bool) -> None:
+        """Send a request whose body arrives in pieces, with chunked transfer coding."""
+        self._reset(expect_body=expect_body)
+        transport = self.transport
+        assert transport is not None
+        self._begin()  # a silent upstream that stops reading the body times out too
+        transport.write(head)
+        try:
+            async for chunk in chunks:
+                if self.closed or self.error is not None:
+                    break
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
+                self._last_progress = self.loop.time()
+                if self._writing_paused:
+                    self._drain = self.loop.create_future()
+                    try:
+                        await self._drain
+                    finally:
+                        self._drain = None
+            else:
+                if not self.closed:
+                    transport.write(b"0\r\n\r\n")
+        except BaseException:
+            self.abort()  # the inbound body failed (too large, client gone): this request is void
+            raise
+        self._last_progress = self.loop.time()
+
+    async def read_head(self) -> None:
+        while not self.head_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        if self.error is not None and not self.complete:
+            raise self.error
+
+    async def read_body(self) -> bytes:
+        """The whole body (the caller checked that it is small)."""
+        while not self.complete:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return body
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks
+        while True:
+            while chunks:
+                chunk = chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._reading_paused and self._buffered <= LOW_WATER and self.transport is not None:
+                    self._reading_paused = False
+                    self._last_progress = self.loop.time()
+                    self.transport.resume_reading()
+                yield chunk
+            if self.complete:
+                return
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    def finish(self) -> None:
+        """End the exchange: the connection goes back to the pool if it can serve another request."""
+        self._end()
+        self.served += 1
+        if self.complete and self.keep_alive and not self.closed and not self._chunks:
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self._end()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()  # connection_lost follows and tells the pool
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _fail(self, error: UpstreamError) -> None:
+        self._ignore = True  # whatever the parser still finds in this packet
+        if self.error is None:
+            self.error = error
+        self._wake()
+        self.abort()
+
+    def _begin(self) -> None:
+        self.busy = True
+        self._last_progress = self.loop.time()
+        self.pool.watch(self)
+
+    def _end(self) -> None:
+        if self.busy:
+            self.busy = False
+            self.pool.unwatch(self)
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the pool's sweeper: fail the exchange if the upstream has been silent too long."""
+        if not self.busy or self.complete or self.error is not None:
+            return
+        if self._reading_paused:  # waiting for our own slow client, not for the upstream
+            self._last_progress = now
+        elif now - self._last_progress >= self.pool.read_timeout:
+            self._fail(UpstreamError("timeout", "the upstream did not answer in time"))
+
+
+class UpstreamPool:
+    """Connections to one upstream base URL (``http://host:port[/prefix]``, or ``https://``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        idle_seconds: float = 4.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) base URL: {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.host_header = parts.netloc.rpartition("@")[2].encode("idna")
+        self.prefix = parts.path.rstrip("/").encode()
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_seconds = idle_seconds
+        self.loop = loop or asyncio.get_running_loop()
+        self.open = 0
+        self._idle: list[Connection] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._busy: set[Connection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def acquire(self) -> Connection:
+        idle = self._idle
+        while True:
+            if self._closed:
+                raise UpstreamError("connect", "the connection pool is closed")
+            while idle:
+                connection = idle.pop()
+                if connection.closed:
+                    continue
+                if self.loop.time() - connection.idle_since > self.idle_seconds:
+                    connection.abort()  # the upstream may be closing it right now
+                    continue
+                return connection
+            if self.open < self.size:
+                return await self._connect()
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def _connect(self) -> Connection:
+        self.open += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await self.loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            self._lost_slot()
+            raise UpstreamError("connect", "connecting to the upstream timed out") from None
+        except OSError as exc:
+            self._lost_slot()
+            raise UpstreamError("connect", f"cannot connect to the upstream ({exc.strerror})") from None
+        except BaseException:
+            self._lost_slot()
+            raise
+        return connection
+
+    def watch(self, connection: Connection) -> None:
+        self._busy.add(connection)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+
+    def unwatch(self, connection: Connection) -> None:
+        self._busy.discard(connection)
+
+    async def _sweep(self) -> None:
+        # One task per pool checks read deadlines, instead of a timer armed and cancelled per request
+        # (which cost more than signing the identity); a timeout fires within a quarter of it late.
+        interval = min(1.0, self.read_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for connection in list(self._busy):
+                connection.check_deadline(now)
+
+    def release(self, connection: Connection) -> None:
+        if self._closed:
+            connection.abort()
+            return
+        connection.idle_since = self.loop.time()
+        self._idle.append(connection)
+        self._wake_one()
+
+    def forget(self, connection: Connection) -> None:
+        """Called once a connection is gone: its slot is free again."""
+        if connection._forgotten:
+            return
+        connection._forgotten = True
+        with contextlib.suppress(ValueError):
+            self._idle.remove(connection)
+        self._lost_slot()
+
+    def _lost_slot(self) -> None:
+        self.open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.abort()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        await asyncio.sleep(0)  # let the transports report connection_lost

@@ -1,0 +1,433 @@
+"""The forwarding hop's HTTP/1.1 client (:mod:`gateway.upstream`) against scripted TCP servers.
+
+Each scenario is a coroutine that brings up its own loopback server, so the same scenarios run on
+the test loop (asyncio) and on uvloop, which is what ``python -m gateway`` serves with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import uvloop
+from gateway.upstream import HIGH_WATER, Connection, UpstreamError, UpstreamPool
+from svckit.testing import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+class Scripted:
+    """A TCP server whose handler writes whatever bytes the scenario wants; counts connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 22)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_head(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        return head
+
+
+def pool_for(
+    url: str, *, size: int = 8, read_timeout: float = 5.0, idle_seconds: float = 4.0
+) -> UpstreamPool:
+    return UpstreamPool(
+        url, size=size, connect_timeout=2.0, read_timeout=read_timeout, idle_seconds=idle_seconds
+    )
+
+
+GET = b"GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n"
+
+
+async def exchange(pool: UpstreamPool, head: bytes = GET, *, method: str = "GET") -> tuple[int, bytes]:
+    connection = await pool.acquire()
+    try:
+        connection.start(head, None, expect_body=method != "HEAD")
+        await connection.read_head()
+        body = b"".join([chunk async for chunk in connection.iter_body()])
+        return connection.status, body
+    finally:
+        connection.finish()
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+
+async def keep_alive_reuses_one_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        for _ in range(3):
+            assert await exchange(pool) == (200, b"ok")
+        assert server.connections == 1
+        assert pool.open == 1
+        await pool.close()
+
+
+async def chunked_body_arrives_whole() -> None:
+    pieces = [b"a" * 1000, b"b" * 70_000, b"c"]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await server.read_head(reader)  # and the connection serves the next request
+        writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        status, body = await exchange(pool)
+        assert (status, body) == (200, b"".join(pieces))
+        assert await exchange(pool) == (200, b"ok")
+        assert server.connections == 1
+        await pool.close()
+
+
+async def body_until_close_is_complete_and_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        assert await exchange(pool) == (200, b"until the end")
+        assert await exchange(pool) == (200, b"until the end")
+        assert server.connections == 2
+        await pool.close()
+
+
+async def connection_close_is_honoured() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+        await asyncio.sleep(0.5)  # the client must not wait for the server to hang up
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        started = time.monotonic()
+        assert await exchange(pool) == (200, b"ok")
+        assert await exchange(pool) == (200, b"ok")
+        assert time.monotonic() - started < 0.5
+        assert server.connections == 2
+        await pool.close()
+
+
+async def informational_heads_are_skipped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        assert await exchange(pool) == (200, b"ok")
+        connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        assert dict(connection.headers) == {b"content-length": b"2", b"content-type": b"text/plain"}
+        assert await connection.read_body() == b"ok"
+        connection.finish()
+        assert server.connections == 1
+        await pool.close()
+
+
+async def head_response_ends_at_its_head() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+        await asyncio.sleep(2)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        status, body = await asyncio.wait_for(
+            exchange(pool, b"HEAD /x HTTP/1.1\r\nhost: u\r\n\r\n", method="HEAD"), 1
+        )
+        assert (status, body) == (200, b"")
+        await pool.close()
+
+
+async def protocol_errors_are_reported() -> None:
+    answers = [
+        b"this is not http\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",  # then the connection closes
+        b"",  # closes without a word
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await server.read_head(reader)
+        writer.write(answers[index - 1])
+        await writer.drain()
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        for _ in answers:
+            with pytest.raises(UpstreamError) as caught:
+                await exchange(pool)
+            assert caught.value.kind == "protocol"
+            assert not caught.value.retryable  # fresh connections: the request may have been seen
+        await asyncio.sleep(0.05)
+        assert pool.open == 0
+        await pool.close()
+
+
+async def stale_pooled_connection_is_retryable() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK)
+        await server.read_head(reader)  # the second request on this connection: hang up unanswered
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        assert await exchange(pool) == (200, b"ok")
+        with pytest.raises(UpstreamError) as caught:
+            await exchange(pool)
+        assert (caught.value.kind, caught.value.retryable) == ("protocol", True)
+        assert await exchange(pool) == (200, b"ok")  # a new connection
+        assert server.connections == 2
+        await pool.close()
+
+
+async def silent_upstream_times_out() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        await asyncio.sleep(5)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, read_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as caught:
+            await exchange(pool)
+        assert caught.value.kind == "timeout"
+        assert 0.3 <= time.monotonic() - started < 1.0  # the sweeper runs every read_timeout / 4
+        await pool.close()
+
+
+async def unreachable_upstream_is_a_connect_error() -> None:
+    pool = pool_for(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UpstreamError) as caught:
+        await exchange(pool)
+    assert caught.value.kind == "connect"
+    assert pool.open == 0
+    await pool.close()
+
+
+async def pool_size_bounds_connections() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            await release.wait()
+            writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, size=1)
+        first = asyncio.ensure_future(exchange(pool))
+        second = asyncio.ensure_future(exchange(pool))
+        await asyncio.sleep(0.1)
+        assert len(server.heads) == 1  # the second request waits for the only connection
+        release.set()
+        assert await first == (200, b"ok")
+        assert await second == (200, b"ok")
+        assert server.connections == 1
+        await pool.close()
+
+
+async def idle_connections_expire() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, idle_seconds=0.1)
+        assert await exchange(pool) == (200, b"ok")
+        await asyncio.sleep(0.2)
+        assert await exchange(pool) == (200, b"ok")
+        assert server.connections == 2
+        await pool.close()
+
+
+async def unsolicited_bytes_retire_an_idle_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK)
+        if index == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nextra")  # nobody asked
+            await writer.drain()
+            await asyncio.sleep(1)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        assert await exchange(pool) == (200, b"ok")
+        await asyncio.sleep(0.05)
+        assert pool.open == 0
+        assert await exchange(pool) == (200, b"ok")
+        assert server.connections == 2
+        await pool.close()
+
+
+async def slow_consumer_applies_back_pressure() -> None:
+    size = 4 * 1024 * 1024
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"z" * 65536)
+            await writer.drain()
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, read_timeout=0.4)
+        connection: Connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        received = 0
+        most_buffered = 0
+        async for chunk in connection.iter_body():
+            received += len(chunk)
+            most_buffered = max(most_buffered, connection._buffered)
+            if received < size // 4:
+                await asyncio.sleep(0.002)  # slower than the upstream, for a while past the timeout
+        assert received == size
+        assert most_buffered < HIGH_WATER + 2 * 65536 + 65536  # paused, not buffered whole
+        connection.finish()
+        await pool.close()
+
+
+async def streamed_request_body_is_chunked() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        head = await server.read_head(reader)
+        assert b"transfer-encoding: chunked" in head
+        body = await reader.readuntil(b"0\r\n\r\n")
+        payload = b""
+        while body and body != b"0\r\n\r\n":
+            size_line, _sep, rest = body.partition(b"\r\n")
+            length = int(size_line, 16)
+            payload, body = payload + rest[:length], rest[length + 2 :]
+        reply = b"%d" % len(payload)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply))
+        await writer.drain()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"q" * 30_000
+            await asyncio.sleep(0)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        connection = await pool.acquire()
+        head = b"POST /x HTTP/1.1\r\nhost: u\r\ntransfer-encoding: chunked\r\n\r\n"
+        await connection.start_streaming(head, pieces(), expect_body=True)
+        await connection.read_head()
+        assert await connection.read_body() == b"300000"
+        connection.finish()
+        await pool.close()
+
+
+async def failing_request_body_voids_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        await reader.read()  # until the gateway drops the connection
+
+    class Refused(Exception):
+        pass
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"q" * 1000
+        raise Refused
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        connection = await pool.acquire()
+        with pytest.raises(Refused):
+            await connection.start_streaming(
+                b"POST /x HTTP/1.1\r\nhost: u\r\n\r\n", pieces(), expect_body=True
+            )
+        await asyncio.sleep(0.05)
+        assert connection.closed
+        assert pool.open == 0
+        await pool.close()
+
+
+SCENARIOS = [
+    keep_alive_reuses_one_connection,
+    chunked_body_arrives_whole,
+    body_until_close_is_complete_and_not_reused,
+    connection_close_is_honoured,
+    informational_heads_are_skipped,
+    head_response_ends_at_its_head,
+    protocol_errors_are_reported,
+    stale_pooled_connection_is_retryable,
+    silent_upstream_times_out,
+    unreachable_upstream_is_a_connect_error,
+    pool_size_bounds_connections,
+    idle_connections_expire,
+    unsolicited_bytes_retire_an_idle_connection,
+    slow_consumer_applies_back_pressure,
+    streamed_request_body_is_chunked,
+    failing_request_body_voids_the_connection,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_on_asyncio(scenario: Callable[[], Awaitable[None]]) -> None:
+    await scenario()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await scenario()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
+
+
+def test_base_url_must_be_http() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        for bad in ("ftp://x", "http://", "upstream:80"):
+            with pytest.raises(ValueError, match="not an http"):
+                UpstreamPool(bad, size=1, connect_timeout=1, read_timeout=1, loop=loop)
+    finally:
+        loop.close()
