@@ -3,6 +3,9 @@
 * ``upstream`` — a trivial raw-ASGI upstream answering a small JSON document.
 * ``passthrough`` — a minimal raw-ASGI proxy on the gateway's stack (uvicorn + one shared aiohttp
   session), no authentication: the floor any Python proxy pays.
+* ``pooled`` — the same minimal proxy over the gateway's own forwarding pool
+  (:class:`gateway.upstream.UpstreamPool`) instead of aiohttp: the floor of the gateway's hop, so the
+  benchmark can also say what verification, policy and observability cost on top of it.
 * ``naive`` — what a typical hand-written verifier looks like: Starlette, a new ``PyJWKClient``
   (one JWKS fetch) and a new httpx client per request (as in
   the anchor of /work/shared/BENCHMARKS.md), PyJWT decode, then the upstream call.
@@ -18,6 +21,7 @@ from typing import Any
 import aiohttp
 import httpx
 import jwt
+from gateway.upstream import UpstreamPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -72,6 +76,45 @@ class Passthrough:
 
 
 passthrough = Passthrough()
+
+
+class Pooled:
+    def __init__(self) -> None:
+        self.pool: UpstreamPool | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.pool = UpstreamPool(UPSTREAM, size=256, connect_timeout=2, read_timeout=30)
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    if self.pool is not None:
+                        await self.pool.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert self.pool is not None
+        lines = [scope["method"].encode(), b" ", scope["raw_path"][len("/api") :], b" HTTP/1.1\r\nhost: "]
+        lines.append(self.pool.host_header)
+        for key, value in scope["headers"]:
+            if key not in HOP:
+                lines += (b"\r\n", key, b": ", value)
+        lines.append(b"\r\n\r\n")
+        connection = await self.pool.acquire()
+        try:
+            connection.start(b"".join(lines), None, expect_body=True)
+            await connection.read_head()
+            body = await connection.read_body()
+            out = [(k, v) for k, v in connection.headers if k not in HOP]
+            out.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": connection.status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            connection.finish()
+
+
+pooled = Pooled()
 
 
 async def naive_handler(request: Request) -> Response:
