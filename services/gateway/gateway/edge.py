@@ -350,7 +350,7 @@ class Edge:
         target = raw_path[len(API_PREFIX) :]
         if query:
             target = target + b"?" + query
-        headers = self._upstream_headers(scope, request, principal, target)
+        headers, signed = self._upstream_headers(scope, request, principal, target)
 
         def on_status(status: int) -> None:
             request.status = status
@@ -361,6 +361,7 @@ class Edge:
                 method=method,
                 target=target,
                 headers=headers,
+                signed=signed,
                 body=body,
                 send=send,
                 extra_response_headers=base_headers,
@@ -379,8 +380,8 @@ class Edge:
     @staticmethod
     def _upstream_headers(
         scope: Scope, request: _Request, principal: Principal, target: bytes
-    ) -> list[tuple[bytes, bytes]]:
-        """The client's end-to-end headers, then the signed identity and the forwarding headers."""
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
         dropped = STRIPPED_INBOUND
         if request.connection is not None:
             dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
@@ -389,17 +390,17 @@ class Edge:
             for key, value in scope["headers"]
             if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
         ]
-        headers += principal.signed.headers(
+        headers.append((b"x-forwarded-for", request.client_ip.encode()))
+        headers.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
+        if request.host is not None:
+            headers.append((b"x-forwarded-host", request.host))
+        signed = principal.signed.header_block(
             method=request.method,
             target=target,
             request_id=request.base_headers[0][1],
             timestamp=str(int(time.time())).encode(),
         )
-        headers.append((b"x-forwarded-for", request.client_ip.encode()))
-        headers.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
-        if request.host is not None:
-            headers.append((b"x-forwarded-host", request.host))
-        return headers
+        return headers, signed
 
     async def _deny(
         self,

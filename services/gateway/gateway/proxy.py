@@ -159,6 +159,7 @@ class Forwarder:
         method: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
+        signed: bytes,
         body: bytes | BodyStream | None,
         send: Send,
         extra_response_headers: list[tuple[bytes, bytes]],
@@ -166,11 +167,12 @@ class Forwarder:
     ) -> None:
         """Send the request upstream and stream the answer to ``send``.
 
+        ``signed`` is the identity header block, already serialised (:class:`PreparedIdentity`).
         Raises :class:`UpstreamFailure`, :class:`BodyTooLarge` or :class:`ClientGone` only before
         anything was sent to the client, :class:`UpstreamBrokeOff` after.
         """
         pool = self.pools[service]
-        head = _request_head(method, pool.prefix + target, pool.host_header, headers, body)
+        head = _request_head(method, pool.prefix + target, pool.host_header, headers, signed, body)
         expect_body = method != "HEAD"
         streamed = isinstance(body, BodyStream)
         attempts = 2 if method in IDEMPOTENT and not streamed else 1
@@ -267,18 +269,24 @@ def _request_head(
     target: bytes,
     host: bytes,
     headers: list[tuple[bytes, bytes]],
+    signed: bytes,
     body: bytes | BodyStream | None,
 ) -> bytes:
-    """The request line and headers, framed for HTTP/1.1 (values were checked for CR/LF upstream)."""
-    lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host]
+    """The request line and headers, framed for HTTP/1.1.
+
+    No value can smuggle a line break: inbound headers were parsed by uvicorn's llhttp, the target
+    was checked to be printable ASCII, and the identity block by :class:`PreparedIdentity`.
+    """
+    lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     for key, value in headers:
-        lines += (b"\r\n", key, b": ", value)
+        lines += (key, b": ", value, b"\r\n")
+    lines.append(signed)
     if isinstance(body, BodyStream):
-        lines.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        lines.append(b"transfer-encoding: chunked\r\n\r\n")
     elif body:
-        lines += (b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n")
+        lines += (b"content-length: ", str(len(body)).encode(), b"\r\n\r\n")
     elif method in NO_BODY_METHODS:
-        lines.append(b"\r\n\r\n")
+        lines.append(b"\r\n")
     else:
-        lines.append(b"\r\ncontent-length: 0\r\n\r\n")
+        lines.append(b"content-length: 0\r\n\r\n")
     return b"".join(lines)

@@ -74,23 +74,28 @@ class RateLimiter:
             return ALLOW
         now = time.time()
         window = int(now // self.window_seconds)
-        checks = [("subject", subject_key)]
+        subject = self._counter("subject", subject_key, window)
+        if subject.known + subject.pending >= self.limits["subject"]:
+            return self._refuse("subject", window, now)
         if client_key:
-            checks.append(("client", client_key))
-        counters = []
-        for limit_name, key in checks:
-            counter = self._counters.get((limit_name, key))
-            if counter is None or counter.window != window:
-                counter = self._counters[(limit_name, key)] = Counter(window)
-                self._new_key.set()  # learn the global count for this key soon, not a full interval later
-            if counter.known + counter.pending >= self.limits[limit_name]:
-                self._limited[limit_name].inc()
-                retry = math.ceil((window + 1) * self.window_seconds - now)
-                return Decision(False, limit_name, max(1, retry))
-            counters.append(counter)
-        for counter in counters:
-            counter.pending += 1
+            client = self._counter("client", client_key, window)
+            if client.known + client.pending >= self.limits["client"]:
+                return self._refuse("client", window, now)
+            client.pending += 1
+        subject.pending += 1
         return ALLOW
+
+    def _counter(self, limit_name: str, key: str, window: int) -> Counter:
+        counter = self._counters.get((limit_name, key))
+        if counter is None or counter.window != window:
+            counter = self._counters[(limit_name, key)] = Counter(window)
+            self._new_key.set()  # learn the global count for this key soon, not a full interval later
+        return counter
+
+    def _refuse(self, limit_name: str, window: int, now: float) -> Decision:
+        self._limited[limit_name].inc()
+        retry = math.ceil((window + 1) * self.window_seconds - now)
+        return Decision(False, limit_name, max(1, retry))
 
     async def sync(self) -> None:
         """Push local counts, learn global ones, forget finished windows."""

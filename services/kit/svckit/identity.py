@@ -10,6 +10,8 @@ replay against the same one. Header names live here and nowhere else.
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import hmac
 import re
 import time
@@ -35,10 +37,9 @@ KEY_ID = "x-identity-key-id"
 SIGNATURE = "x-identity-signature"
 REQUEST_ID = "x-request-id"
 
-ISSUER_B, SUBJECT_B, KIND_B, CLIENT_ID_B = (h.encode() for h in (ISSUER, SUBJECT, KIND, CLIENT_ID))
-SCOPES_B, NAME_B, TIMESTAMP_B, KEY_ID_B = (h.encode() for h in (SCOPES, NAME, TIMESTAMP, KEY_ID))
-SIGNATURE_B, REQUEST_ID_B = SIGNATURE.encode(), REQUEST_ID.encode()
+_REQUEST_ID_B = REQUEST_ID.encode()
 _PREFIX_B = PREFIX.encode()
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 SIGNED_HEADERS = (ISSUER, SUBJECT, KIND, CLIENT_ID, SCOPES, NAME, TIMESTAMP, KEY_ID, SIGNATURE)
 SERVICE_ISSUER = "urn:timesheets:service"
@@ -187,15 +188,15 @@ class IdentitySigner:
 
 
 class PreparedIdentity:
-    """One identity's headers, checked and encoded once, signed per request in a few microseconds.
+    """One identity's headers, checked and serialised once, signed per request in a few microseconds.
 
     The gateway keeps one with each verified token: the identity part of the canonical string and the
-    six identity headers never change for a token, so a request only adds its timestamp, method,
-    target and request id. Produces exactly the bytes :meth:`IdentitySigner.headers` would (UTF-8
-    header values), which the kit's tests compare.
+    seven fixed headers never change for a token, so a request only adds its timestamp, method,
+    target and request id. Produces exactly the headers :meth:`IdentitySigner.headers` would (UTF-8
+    values), which the kit's tests compare.
     """
 
-    __slots__ = ("_key", "_lead", "_static", "_tail")
+    __slots__ = ("_block", "_lead", "_mac", "_tail")
 
     def __init__(self, signer: IdentitySigner, identity: Identity) -> None:
         for value, what in (
@@ -203,37 +204,47 @@ class PreparedIdentity:
             (identity.subject, "subject"),
             (identity.client_id, "client id"),
             (identity.name, "name"),
+            (" ".join(identity.scopes), "scopes"),
+            (signer.kid, "key id"),
         ):
-            _clean(value, what)
+            _clean(value, what)  # these become header lines verbatim: no CR/LF may get through
         scopes = " ".join(sorted(identity.scopes))
-        self._key = signer.key
+        # keyed once: per request only a copy of the keyed state is updated (no key set-up)
+        self._mac = hmac.new(signer.key, digestmod=hashlib.sha256)
         self._lead = f"{VERSION}\n{signer.kid}\n".encode()
         fields = (identity.issuer, identity.subject, identity.kind, identity.client_id, scopes, identity.name)
         self._tail = ("\n" + "\n".join(fields)).encode()
-        self._static: tuple[tuple[bytes, bytes], ...] = (
-            (ISSUER_B, identity.issuer.encode()),
-            (SUBJECT_B, identity.subject.encode()),
-            (KIND_B, identity.kind.encode()),
-            (CLIENT_ID_B, identity.client_id.encode()),
-            (SCOPES_B, scopes.encode()),
-            (NAME_B, identity.name.encode()),
-            (KEY_ID_B, signer.kid.encode()),
+        fixed = (
+            (ISSUER, identity.issuer),
+            (SUBJECT, identity.subject),
+            (KIND, identity.kind),
+            (CLIENT_ID, identity.client_id),
+            (SCOPES, scopes),
+            (NAME, identity.name),
+            (KEY_ID, signer.kid),
         )
+        self._block = "".join(f"{name}: {value}\r\n" for name, value in fixed).encode()
 
-    def headers(
-        self, *, method: str, target: bytes, request_id: bytes, timestamp: bytes
-    ) -> list[tuple[bytes, bytes]]:
-        """Signed headers for one request. ``target`` and ``request_id`` must be free of control
-        characters (the gateway checks both before it gets here)."""
-        lead = self._lead + timestamp
-        message = b"\n".join((lead, method.upper().encode(), target, request_id)) + self._tail
-        signature = base64.urlsafe_b64encode(hmac.digest(self._key, message, "sha256")).rstrip(b"=")
-        return [
-            *self._static,
-            (TIMESTAMP_B, timestamp),
-            (SIGNATURE_B, signature),
-            (REQUEST_ID_B, request_id),
-        ]
+    def header_block(self, *, method: str, target: bytes, request_id: bytes, timestamp: bytes) -> bytes:
+        """The signed identity headers of one request, serialised for HTTP/1.1 (``name: value\\r\\n``
+        lines). ``target`` and ``request_id`` must be free of control characters (the gateway checks
+        both before it gets here)."""
+        mac = self._mac.copy()
+        mac.update(b"\n".join((self._lead + timestamp, method.upper().encode(), target, request_id)))
+        mac.update(self._tail)
+        signature = binascii.b2a_base64(mac.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+        return b"".join(
+            (
+                self._block,
+                b"x-identity-timestamp: ",
+                timestamp,
+                b"\r\nx-identity-signature: ",
+                signature,
+                b"\r\nx-request-id: ",
+                request_id,
+                b"\r\n",
+            )
+        )
 
 
 class IdentityVerifier:
@@ -293,7 +304,7 @@ def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The identity headers of a request, decoded as UTF-8 (names and subjects need not be ASCII)."""
     headers: dict[str, str] = {}
     for key, value in raw:
-        if key.startswith(_PREFIX_B) or key == REQUEST_ID_B:
+        if key.startswith(_PREFIX_B) or key == _REQUEST_ID_B:
             try:
                 headers[key.decode("latin-1")] = value.decode("utf-8")
             except UnicodeDecodeError:
