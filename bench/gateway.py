@@ -20,7 +20,8 @@ Rounds of direct, passthrough, pooled and gateway are interleaved (``BENCH_GATEW
 ``BENCH_GATEWAY_SECONDS``, default 5, each) and the medians reported; naive runs once, last (it falls
 so far behind that its backlog would disturb the next case). Server output goes to
 ``$TMPDIR/bench-gateway-servers.log``. Then ``direct``, ``passthrough`` and ``gateway`` run once more
-at half the gateway's measured maximum to measure the latency the gateway adds. wrk is closed-loop,
+at half the gateway's measured maximum (``BENCH_GATEWAY_HALF_ROUNDS``, default 3, interleaved rounds,
+medians) to measure the latency the gateway adds. wrk is closed-loop,
 so the pacing is a Lua ``delay()`` drawn from an exponential distribution: a fixed delay would keep
 the 32 connections in lock-step, and every request would queue behind the other 31 of its burst —
 a p99 of the load generator's making, not of the server's.
@@ -208,6 +209,7 @@ def main() -> int:
         return 0
     seconds = float(os.environ.get("BENCH_GATEWAY_SECONDS", "5"))
     rounds = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "5"))
+    half_rounds = int(os.environ.get("BENCH_GATEWAY_HALF_ROUNDS", "3"))
     issuer = Issuer()
     token = issuer.token("bench-user")
     keys = new_identity_keys("bench")
@@ -307,10 +309,19 @@ def main() -> int:
         half_rps = cases["gateway"]["rps"] / 2
         delay_ms = max(0.0, CONNECTIONS * 1000.0 / half_rps - 1.0)
         half: dict[str, Any] = {"target_rps": round(half_rps, 1)}
-        for name in ("direct", "passthrough", "gateway"):
-            url, tok = urls[name]
-            result = run_wrk(url, tok, seconds, delay_ms=delay_ms)
-            half[name] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
+        paced: dict[str, list[dict[str, Any]]] = {"direct": [], "passthrough": [], "gateway": []}
+        for round_number in range(1, half_rounds + 1):  # interleaved too: one noisy second is not a p99
+            for name, results in paced.items():
+                url, tok = urls[name]
+                results.append(run_wrk(url, tok, seconds, delay_ms=delay_ms, server=servers[name]))
+                print(
+                    f"  half load round {round_number} {name:<12} {results[-1]['rps']:>7.0f} rps  "
+                    f"p50 {results[-1]['p50_ms']:>6.2f} ms  p99 {results[-1]['p99_ms']:>6.2f} ms",
+                    flush=True,
+                )
+        for name, results in paced.items():
+            half[name] = median_case(results)
+            half[name]["p99_ms_rounds"] = [round(r["p99_ms"], 2) for r in results]
         half["gateway_added_p99_ms_vs_direct"] = round(
             half["gateway"]["p99_ms"] - half["direct"]["p99_ms"], 2
         )

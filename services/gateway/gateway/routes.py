@@ -9,7 +9,7 @@ so the path the gateway authorizes is the path the service routes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +67,14 @@ class RouteTable:
     def __init__(self, routes: list[Route], upstreams: frozenset[str]) -> None:
         self.routes = routes
         self.upstreams = upstreams
+        # HEAD goes wherever GET goes (RFC 9110 §9.3.2), with the same scopes, unless declared itself
+        declared = {(route.method, route.template) for route in routes}
+        implicit_head = [
+            replace(route, method="HEAD")
+            for route in routes
+            if route.method == "GET" and ("HEAD", route.template) not in declared
+        ]
+        routes = [*routes, *implicit_head]
         by_length: dict[int, list[Route]] = {}
         for route in sorted(routes, key=lambda r: tuple(seg is None for seg in r.segments)):
             by_length.setdefault(len(route.segments), []).append(route)

@@ -34,7 +34,7 @@ async def test_preflight_allowed_origin(api: Any, gateway: str, echo: Echo) -> N
     )
     assert status == 204
     assert headers["Access-Control-Allow-Origin"] == SPA
-    assert headers["Access-Control-Allow-Methods"] == "DELETE, GET"
+    assert headers["Access-Control-Allow-Methods"] == "DELETE, GET, HEAD"
     assert headers["Access-Control-Allow-Headers"] == "authorization, content-type"
     assert headers["Access-Control-Max-Age"] == "600"
     assert "Origin" in headers["Vary"]

@@ -210,9 +210,22 @@ async def test_keep_alive_pool_survives_idle_upstream_close(
         assert (await api("GET", f"{gateway}/api/timesheets", token))[0] == 200
 
 
-async def test_head_is_not_routed(api: Any, gateway: str, provider: Provider) -> None:
-    status, _, _ = await api("HEAD", f"{gateway}/api/timesheets", provider.token())
+async def test_head_follows_get(api: Any, gateway: str, provider: Provider, echo: Any) -> None:
+    # HEAD is allowed wherever GET is, needs the same scopes, and answers the head alone
+    status, headers, body = await api("HEAD", f"{gateway}/api/timesheets", provider.token())
+    assert status == 200
+    assert not body
+    assert int(headers["Content-Length"]) > 0  # the length the GET body would have
+    assert headers["X-Upstream"] == "echo"
+    before = echo.requests
+    status, _, _ = await api("HEAD", f"{gateway}/api/timesheets", provider.scoped("create:timesheets"))
+    assert status == 403
+    assert echo.requests == before
+    status, headers, _ = await api("HEAD", f"{gateway}/api/timesheets/upload", provider.token())
     assert status == 405
+    assert "HEAD" not in headers["Allow"]
+    status, _, _ = await api("GET", f"{gateway}/api/timesheets", provider.token())  # the pool is fine
+    assert status == 200
 
 
 async def test_raw_http_client_sees_problem_json(gateway: str) -> None:

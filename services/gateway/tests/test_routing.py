@@ -102,10 +102,10 @@ async def test_unknown_route_is_404_even_without_token(api: Any, gateway: str) -
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("PATCH", "/api/timesheets", "GET, POST"),
-        ("DELETE", "/api/approvals", "GET"),
+        ("PATCH", "/api/timesheets", "GET, HEAD, POST"),
+        ("DELETE", "/api/approvals", "GET, HEAD"),
         ("GET", "/api/approvals/1", "PUT"),
-        ("POST", "/api/audit/events", "GET"),
+        ("POST", "/api/audit/events", "GET, HEAD"),
         ("GET", "/api/timesheets/upload", "POST"),
     ],
 )
