@@ -259,6 +259,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- end }}
 - name: CORS_ORIGINS
   value: {{ join "," ($values.corsOrigins | default list) | quote }}
+{{- with $values.trustedProxies }}
+- name: GATEWAY_TRUSTED_PROXIES
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- end }}
 {{- if eq $c "identity" }}
 - name: OIDC_ISSUER

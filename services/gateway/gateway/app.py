@@ -29,6 +29,7 @@ from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
 from .edge import Edge
+from .forwarded import ForwardedHeaders
 from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder
@@ -118,6 +119,7 @@ class Gateway:
             request_metrics=request_metrics,
             max_body_bytes=settings.max_body_bytes,
             access_log=self.access_log,
+            forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
         )
         # Everything allocated so far (modules, settings, keys, pools) lives as long as the worker:
         # move it out of the collector's generations so that full collections, which otherwise scan

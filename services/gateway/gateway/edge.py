@@ -27,6 +27,7 @@ from . import metrics
 from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
+from .forwarded import ForwardedHeaders, Origin
 from .proxy import (
     SMALL_BODY,
     STRIPPED_INBOUND,
@@ -84,6 +85,7 @@ class Edge:
         request_metrics: metrics.RequestMetrics,
         max_body_bytes: int,
         access_log: AccessLog | None,
+        forwarded: ForwardedHeaders,
     ) -> None:
         self.routes = routes
         self.verifier = verifier
@@ -94,6 +96,7 @@ class Edge:
         self.metrics = request_metrics
         self.max_body = max_body_bytes
         self.access_log = access_log
+        self.forwarded = forwarded
         self._auth_failures: dict[str, Any] = {}
 
     # --- helpers --------------------------------------------------------------------------------
@@ -223,7 +226,15 @@ class Edge:
             return
 
         # --- authentication ---------------------------------------------------------------------
-        request.client_ip = _client_ip(scope)
+        origin = self.forwarded.origin(
+            _peer(scope),
+            scope.get("scheme", "http"),
+            request.host,
+            request.xff,
+            request.xf_proto,
+            request.xf_host,
+        )
+        request.client_ip = origin.client_ip
         authorization = request.authorization
         if len(authorization) > 1:
             request.status = 400
@@ -350,7 +361,7 @@ class Edge:
         target = raw_path[len(API_PREFIX) :]
         if query:
             target = target + b"?" + query
-        headers, signed = self._upstream_headers(scope, request, principal, target)
+        headers, signed = self._upstream_headers(scope, request, principal, target, origin)
 
         def on_status(status: int) -> None:
             request.status = status
@@ -379,7 +390,7 @@ class Edge:
 
     @staticmethod
     def _upstream_headers(
-        scope: Scope, request: _Request, principal: Principal, target: bytes
+        scope: Scope, request: _Request, principal: Principal, target: bytes, origin: Origin
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
         dropped = STRIPPED_INBOUND
@@ -390,10 +401,10 @@ class Edge:
             for key, value in scope["headers"]
             if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
         ]
-        headers.append((b"x-forwarded-for", request.client_ip.encode()))
-        headers.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
-        if request.host is not None:
-            headers.append((b"x-forwarded-host", request.host))
+        headers.append((b"x-forwarded-for", origin.forwarded_for))
+        headers.append((b"x-forwarded-proto", origin.proto))
+        if origin.host is not None:
+            headers.append((b"x-forwarded-host", origin.host))
         signed = principal.signed.header_block(
             method=request.method,
             target=target,
@@ -458,6 +469,9 @@ class _Request:
         "route",
         "status",
         "subject",
+        "xf_host",
+        "xf_proto",
+        "xff",
     )
 
     def __init__(self, scope: Scope) -> None:
@@ -469,7 +483,10 @@ class _Request:
         self.client_ip = ""
         self.base_headers: list[tuple[bytes, bytes]] = []
         authorization: list[bytes] = []
-        origin = inbound_id = acr_method = acr_headers = host = content_length = connection = None
+        xff: list[bytes] = []
+        origin = xf_proto = xf_host = inbound_id = acr_method = acr_headers = host = content_length = (
+            connection
+        ) = None
         chunked = False
         for key, value in scope["headers"]:
             if key == b"authorization":
@@ -490,6 +507,12 @@ class _Request:
                 acr_method = value
             elif key == b"access-control-request-headers":
                 acr_headers = value
+            elif key == b"x-forwarded-for":
+                xff.append(value)
+            elif key == b"x-forwarded-proto":
+                xf_proto = value
+            elif key == b"x-forwarded-host":
+                xf_host = value
         self.authorization = authorization
         self.origin: bytes | None = origin
         self.acr_method: bytes | None = acr_method
@@ -498,12 +521,15 @@ class _Request:
         self.content_length: bytes | None = content_length
         self.connection: bytes | None = connection
         self.chunked = chunked
+        self.xff = xff
+        self.xf_proto: bytes | None = xf_proto
+        self.xf_host: bytes | None = xf_host
         request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""
         if not is_valid_request_id(request_id):
             request_id = f"{_random_bits(128):032x}"  # uuid4().hex costs a syscall per request
         self.request_id = request_id
 
 
-def _client_ip(scope: Scope) -> str:
+def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
+from svckit.proxies import parse_networks
 from svckit.settings import CsvList, RedisSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -68,6 +69,10 @@ class GatewaySettings(RedisSettings):
     upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     upstream_pool_size: int = Field(default=256, ge=1, le=10000)
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
+    gateway_trusted_proxies: CsvList = Field(
+        default_factory=list,
+        description="proxies (Ingress, load balancer) whose X-Forwarded-For/-Proto/-Host are believed",
+    )
     gateway_workers: int = Field(default_factory=lambda: available_cpus(), ge=1, le=64)
     gateway_access_log: bool = True
 
@@ -129,6 +134,12 @@ class GatewaySettings(RedisSettings):
     def _scopes(cls, value: str) -> str:
         # the Helm chart passes an empty SPA_SCOPES to mean "the gateway's default"
         return " ".join(value.split()) or DEFAULT_SPA_SCOPES
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # CIDRs or addresses: "10.0.0.0/8,192.168.1.7"
+        return value
 
     @field_validator("timesheets_url", "approvals_url", "audit_url")
     @classmethod

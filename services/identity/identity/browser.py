@@ -12,38 +12,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
+from svckit.proxies import Network, forwarded_client
 
 SESSION_COOKIE = "tsp_idp_session"
 CSRF_COOKIE = "tsp_idp_csrf"
 
 
-def client_address(
-    request: Request, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> str:
-    """The address a request came from: the peer, or, when the peer is a trusted proxy, the right-most
-    address in X-Forwarded-For that is not itself a trusted proxy (the left part is client-supplied)."""
+def client_address(request: Request, trusted: tuple[Network, ...]) -> str:
+    """The address a request came from (the peer, or what a trusted proxy says: :mod:`svckit.proxies`)."""
     peer = request.client.host if request.client else "unknown"
-    if not trusted or not _is_trusted(peer, trusted):
-        return peer
-    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop
-    return peer
-
-
-def _is_trusted(address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)[0]
 
 
 def new_token() -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
+from svckit.proxies import Network, parse_networks
 from svckit.settings import CsvList, DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
 
 MIN_SECRET_BYTES = 32
@@ -51,16 +51,12 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     @field_validator("identity_trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        parse_networks(value)
         return value
 
     @property
-    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(item, strict=False) for item in self.identity_trusted_proxies)
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.identity_trusted_proxies)
 
     @field_validator("oidc_issuer")
     @classmethod

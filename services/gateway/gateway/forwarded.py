@@ -1,0 +1,50 @@
+"""The forwarding headers the gateway sends upstream, and the client address it audits.
+
+Which peer to believe is :mod:`svckit.proxies` (``GATEWAY_TRUSTED_PROXIES``, none by default). From
+a trusted peer, ``X-Forwarded-Proto`` and ``-Host`` are believed too, and the ``X-Forwarded-For``
+chain is passed on with the peer appended, as every proxy in it did; from anyone else the gateway
+starts the chain itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from svckit.proxies import forwarded_client, is_trusted, parse_networks
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    client_ip: str
+    forwarded_for: bytes  # the X-Forwarded-For value to send upstream
+    proto: bytes
+    host: bytes | None
+
+
+class ForwardedHeaders:
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self.networks = parse_networks(trusted)
+
+    def origin(
+        self,
+        peer: str,
+        scheme: str,
+        host: bytes | None,
+        forwarded_for: list[bytes],
+        forwarded_proto: bytes | None,
+        forwarded_host: bytes | None,
+    ) -> Origin:
+        proto = b"https" if scheme == "https" else b"http"
+        if not self.networks or not is_trusted(peer, self.networks):
+            return Origin(peer, peer.encode(), proto, host)
+        client, chain = forwarded_client(
+            peer, (value.decode("latin-1") for value in forwarded_for), self.networks
+        )
+        if forwarded_proto is not None:
+            last = forwarded_proto.split(b",")[-1].strip().lower()
+            if last in (b"http", b"https"):
+                proto = last
+        if forwarded_host is not None:
+            host = forwarded_host.split(b",")[-1].strip() or host
+        return Origin(client, ", ".join([*chain, peer]).encode(), proto, host)

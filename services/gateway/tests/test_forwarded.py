@@ -1,0 +1,94 @@
+"""Client addresses behind trusted proxies (``GATEWAY_TRUSTED_PROXIES``), and only behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import pytest
+from gateway.forwarded import ForwardedHeaders
+from gateway.settings import GatewaySettings
+from pydantic import ValidationError
+from svckit.testing import ServiceProcess
+
+from .conftest import AUDIENCE, Echo, Provider
+
+INGRESS = ForwardedHeaders(["10.0.0.0/8", "fd00::/8"])
+
+
+def test_untrusted_peer_is_the_client_whatever_it_claims() -> None:
+    origin = INGRESS.origin("203.0.113.9", "http", b"api.example", [b"6.6.6.6"], b"https", b"evil.example")
+    assert origin.client_ip == "203.0.113.9"
+    assert origin.forwarded_for == b"203.0.113.9"
+    assert origin.proto == b"http"
+    assert origin.host == b"api.example"
+
+
+def test_nothing_is_trusted_by_default() -> None:
+    origin = ForwardedHeaders([]).origin("10.1.2.3", "http", None, [b"6.6.6.6"], b"https", None)
+    assert (origin.client_ip, origin.forwarded_for, origin.proto) == ("10.1.2.3", b"10.1.2.3", b"http")
+
+
+def test_trusted_peer_reveals_the_first_untrusted_hop_from_the_right() -> None:
+    # the client wrote "1.1.1.1" itself; 198.51.100.7 is who connected to our ingress (10.2.0.5)
+    origin = INGRESS.origin(
+        "10.9.0.1", "http", b"gw:8080", [b"1.1.1.1, 198.51.100.7", b"10.2.0.5"], b"https", b"app.example"
+    )
+    assert origin.client_ip == "198.51.100.7"
+    assert origin.forwarded_for == b"1.1.1.1, 198.51.100.7, 10.2.0.5, 10.9.0.1"
+    assert origin.proto == b"https"
+    assert origin.host == b"app.example"
+
+
+def test_trusted_peer_without_header_or_with_garbage() -> None:
+    assert INGRESS.origin("10.9.0.1", "http", None, [], None, None).client_ip == "10.9.0.1"
+    origin = INGRESS.origin("10.9.0.1", "http", None, [b"<script>"], b"gopher", None)
+    assert (origin.client_ip, origin.forwarded_for, origin.proto) == ("10.9.0.1", b"10.9.0.1", b"http")
+    ipv6 = INGRESS.origin("fd00::1", "https", None, [b"2001:db8::7"], None, None)
+    assert (ipv6.client_ip, ipv6.proto) == ("2001:db8::7", b"https")
+
+
+def test_only_all_trusted_chain_falls_back_to_its_leftmost_hop() -> None:
+    origin = INGRESS.origin("10.9.0.1", "http", None, [b"10.3.3.3, 10.4.4.4"], None, None)
+    assert origin.client_ip == "10.3.3.3"
+
+
+def test_setting_refuses_what_is_not_a_network() -> None:
+    with pytest.raises(ValidationError, match="not an IP address or CIDR"):
+        GatewaySettings(identity_keys="k:" + "x" * 40, gateway_trusted_proxies="10.0.0.0/8,ingress")
+
+
+async def test_process_behind_a_trusted_proxy(
+    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
+) -> None:
+    env = {
+        "IDENTITY_KEYS": identity_keys,
+        "OIDC_ISSUER": provider.issuer,
+        "OIDC_AUDIENCE": AUDIENCE,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}xff-{uuid.uuid4().hex[:6]}:",
+        "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
+        "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
+        "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+    }
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        headers = {
+            "Authorization": f"Bearer {provider.token()}",
+            "X-Forwarded-For": "6.6.6.6, 198.51.100.7",
+            "X-Forwarded-Proto": "https",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(process.url + "/api/timesheets", headers=headers) as response,
+        ):
+            assert response.status == 200, await response.text()
+            body = await response.json()
+        seen = {k: v for k, v in body["headers"] if k.startswith("x-forwarded-")}
+        assert seen["x-forwarded-for"] == "6.6.6.6, 198.51.100.7, 127.0.0.1"
+        assert seen["x-forwarded-proto"] == "https"
+    finally:
+        await asyncio.to_thread(process.stop)

@@ -1,0 +1,59 @@
+"""Which address a request came from when load balancers or an Ingress controller sit in front.
+
+The TCP peer is the client unless it is one of the trusted proxies (CIDRs from configuration; none by
+default, so nothing a client sends is believed). Behind a trusted peer, ``X-Forwarded-For`` is read
+right to left and the first address that is not itself a trusted proxy is the client: entries to its
+left were written by the client and prove nothing. Used by the gateway (audit, forwarded headers) and
+the identity service (per-address throttling).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs or single addresses; raises ``ValueError`` naming the first bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def forwarded_client(
+    peer: str, forwarded_for: Iterable[str], networks: tuple[Network, ...]
+) -> tuple[str, list[str]]:
+    """The client's address, and the ``X-Forwarded-For`` hops that were believed to get there.
+
+    ``forwarded_for`` is every value of the header, in order. An all-trusted chain yields its origin;
+    a chosen hop that is not an IP address yields the peer (garbage is not an address to key on).
+    """
+    if not networks or not is_trusted(peer, networks):
+        return peer, []
+    chain = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    client = peer
+    for hop in reversed(chain):
+        client = hop
+        if not is_trusted(hop, networks):
+            break
+    try:
+        ipaddress.ip_address(client)
+    except ValueError:
+        return peer, []
+    return client, chain
