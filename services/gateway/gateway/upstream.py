@@ -375,8 +375,8 @@ class UpstreamPool:
                 raise UpstreamError("connect", "the connection pool is closed")
             while idle:
                 connection = idle.pop()
-                if connection.closed:
-                    continue
+                if connection.closed or connection.transport is None or connection.transport.is_closing():
+                    continue  # the upstream hung up; connection_lost has freed (or will free) the slot
                 if self.loop.time() - connection.idle_since > self.idle_seconds:
                     connection.abort()  # the upstream may be closing it right now
                     continue
