@@ -270,7 +270,7 @@ class Edge:
             )
             return
         try:
-            principal = await self.verifier.verify(token)
+            principal = self.verifier.cached(token) or await self.verifier.verify(token)
         except TokenError as exc:
             self._count_failure(exc.reason)
             if exc.status == 503:

@@ -178,8 +178,9 @@ class Forwarder:
         attempts = 2 if method in IDEMPOTENT and not streamed else 1
         started = time.perf_counter()
         for attempt in range(attempts):
+            idle = pool.take_idle()  # the common case needs no suspension
             try:
-                connection = await pool.acquire()
+                connection = idle if idle is not None else await pool.acquire()
             except UpstreamError as exc:
                 raise self._failure(service, exc) from None
             try:
@@ -238,7 +239,7 @@ class Forwarder:
             return
         if connection.complete or (length is not None and length <= SMALL_BODY):
             try:
-                body = await connection.read_body()
+                body = connection.take_body() if connection.complete else await connection.read_body()
             except UpstreamError as exc:
                 raise self._failure(service, exc) from None
             headers.append((b"content-length", str(len(body)).encode()))

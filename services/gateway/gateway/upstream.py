@@ -257,6 +257,10 @@ class Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self._wait()
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The body of a complete response, without suspending."""
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -366,20 +370,27 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._closed = False
+        self.closed = False
+
+    def take_idle(self) -> Connection | None:
+        """A pooled connection that is still good, without suspending (the common case)."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.closed or connection.transport is None or connection.transport.is_closing():
+                continue  # the upstream hung up; connection_lost has freed (or will free) the slot
+            if self.loop.time() - connection.idle_since > self.idle_seconds:
+                connection.abort()  # the upstream may be closing it right now
+                continue
+            return connection
+        return None
 
     async def acquire(self) -> Connection:
-        idle = self._idle
         while True:
-            if self._closed:
+            if self.closed:
                 raise UpstreamError("connect", "the connection pool is closed")
-            while idle:
-                connection = idle.pop()
-                if connection.closed or connection.transport is None or connection.transport.is_closing():
-                    continue  # the upstream hung up; connection_lost has freed (or will free) the slot
-                if self.loop.time() - connection.idle_since > self.idle_seconds:
-                    connection.abort()  # the upstream may be closing it right now
-                    continue
+            connection = self.take_idle()
+            if connection is not None:
                 return connection
             if self.open < self.size:
                 return await self._connect()
@@ -434,7 +445,7 @@ class UpstreamPool:
                 connection.check_deadline(now)
 
     def release(self, connection: Connection) -> None:
-        if self._closed:
+        if self.closed:
             connection.abort()
             return
         connection.idle_since = self.loop.time()
@@ -462,7 +473,7 @@ class UpstreamPool:
                 return
 
     async def close(self) -> None:
-        self._closed = True
+        self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
