@@ -82,5 +82,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    # Access lines come from our own middleware (with route templates and request ids).
-    logging.getLogger("uvicorn.access").disabled = True
+    # Access lines come from our own middleware (with route templates and request ids). Not
+    # propagating matters too: uvicorn formats its access line (quoting the path) whenever the logger
+    # has handlers anywhere up the tree, before the logger gets to say that it is disabled.
+    access = logging.getLogger("uvicorn.access")
+    access.disabled = True
+    access.propagate = False

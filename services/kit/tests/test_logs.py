@@ -32,3 +32,21 @@ def test_json_line_carries_request_id() -> None:
     assert line["service"] == "svc"
     assert line["route"] == "/timesheets/{id}"
     assert JWT not in line["msg"]
+
+
+def test_uvicorn_access_logger_looks_unhandled() -> None:
+    # uvicorn builds its access line whenever the logger "has handlers" (its own or a parent's), and
+    # only then finds it disabled: our services must not pay for a line nobody writes.
+    from svckit.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("svc")
+        access = logging.getLogger("uvicorn.access")
+        assert access.disabled
+        assert not access.hasHandlers()
+        assert logging.getLogger("uvicorn.error").hasHandlers()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
