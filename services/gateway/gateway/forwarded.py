@@ -9,13 +9,12 @@ starts the chain itself.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from svckit.proxies import forwarded_client, is_trusted, parse_networks
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs ~1 µs more
     client_ip: str
     forwarded_for: bytes  # the X-Forwarded-For value to send upstream
     proto: bytes
