@@ -27,7 +27,7 @@ from . import metrics
 from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
-from .forwarded import ForwardedHeaders, Origin
+from .forwarded import ForwardedHeaders, Forwarding
 from .proxy import (
     SMALL_BODY,
     STRIPPED_INBOUND,
@@ -226,7 +226,7 @@ class Edge:
             return
 
         # --- authentication ---------------------------------------------------------------------
-        origin = self.forwarded.origin(
+        forwarding = self.forwarded.resolve(
             _peer(scope),
             scope.get("scheme", "http"),
             request.host,
@@ -234,7 +234,7 @@ class Edge:
             request.xf_proto,
             request.xf_host,
         )
-        request.client_ip = origin.client_ip
+        request.client_ip = forwarding.client_ip
         authorization = request.authorization
         if len(authorization) > 1:
             request.status = 400
@@ -361,7 +361,7 @@ class Edge:
         target = raw_path[len(API_PREFIX) :]
         if query:
             target = target + b"?" + query
-        headers, signed = self._upstream_headers(scope, request, principal, target, origin)
+        headers, signed = self._upstream_headers(scope, request, principal, target, forwarding)
 
         def on_status(status: int) -> None:
             request.status = status
@@ -390,7 +390,7 @@ class Edge:
 
     @staticmethod
     def _upstream_headers(
-        scope: Scope, request: _Request, principal: Principal, target: bytes, origin: Origin
+        scope: Scope, request: _Request, principal: Principal, target: bytes, forwarding: Forwarding
     ) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
         dropped = STRIPPED_INBOUND
@@ -401,10 +401,10 @@ class Edge:
             for key, value in scope["headers"]
             if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
         ]
-        headers.append((b"x-forwarded-for", origin.forwarded_for))
-        headers.append((b"x-forwarded-proto", origin.proto))
-        if origin.host is not None:
-            headers.append((b"x-forwarded-host", origin.host))
+        headers.append((b"x-forwarded-for", forwarding.forwarded_for))
+        headers.append((b"x-forwarded-proto", forwarding.proto))
+        if forwarding.host is not None:
+            headers.append((b"x-forwarded-host", forwarding.host))
         signed = principal.signed.header_block(
             method=request.method,
             target=target,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from svckit.proxies import forwarded_client, is_trusted, parse_networks
 
 
-class Origin(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs ~1 µs more
+class Forwarding(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs ~1 µs more
     client_ip: str
     forwarded_for: bytes  # the X-Forwarded-For value to send upstream
     proto: bytes
@@ -25,7 +25,7 @@ class ForwardedHeaders:
     def __init__(self, trusted: Iterable[str]) -> None:
         self.networks = parse_networks(trusted)
 
-    def origin(
+    def resolve(
         self,
         peer: str,
         scheme: str,
@@ -33,10 +33,10 @@ class ForwardedHeaders:
         forwarded_for: list[bytes],
         forwarded_proto: bytes | None,
         forwarded_host: bytes | None,
-    ) -> Origin:
+    ) -> Forwarding:
         proto = b"https" if scheme == "https" else b"http"
         if not self.networks or not is_trusted(peer, self.networks):
-            return Origin(peer, peer.encode(), proto, host)
+            return Forwarding(peer, peer.encode(), proto, host)
         client, chain = forwarded_client(
             peer, (value.decode("latin-1") for value in forwarded_for), self.networks
         )
@@ -46,4 +46,4 @@ class ForwardedHeaders:
                 proto = last
         if forwarded_host is not None:
             host = forwarded_host.split(b",")[-1].strip() or host
-        return Origin(client, ", ".join([*chain, peer]).encode(), proto, host)
+        return Forwarding(client, ", ".join([*chain, peer]).encode(), proto, host)

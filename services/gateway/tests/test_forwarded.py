@@ -18,40 +18,48 @@ INGRESS = ForwardedHeaders(["10.0.0.0/8", "fd00::/8"])
 
 
 def test_untrusted_peer_is_the_client_whatever_it_claims() -> None:
-    origin = INGRESS.origin("203.0.113.9", "http", b"api.example", [b"6.6.6.6"], b"https", b"evil.example")
-    assert origin.client_ip == "203.0.113.9"
-    assert origin.forwarded_for == b"203.0.113.9"
-    assert origin.proto == b"http"
-    assert origin.host == b"api.example"
+    fwd = INGRESS.resolve("203.0.113.9", "http", b"api.example", [b"6.6.6.6"], b"https", b"evil.example")
+    assert fwd.client_ip == "203.0.113.9"
+    assert fwd.forwarded_for == b"203.0.113.9"
+    assert fwd.proto == b"http"
+    assert fwd.host == b"api.example"
 
 
 def test_nothing_is_trusted_by_default() -> None:
-    origin = ForwardedHeaders([]).origin("10.1.2.3", "http", None, [b"6.6.6.6"], b"https", None)
-    assert (origin.client_ip, origin.forwarded_for, origin.proto) == ("10.1.2.3", b"10.1.2.3", b"http")
+    fwd = ForwardedHeaders([]).resolve("10.1.2.3", "http", None, [b"6.6.6.6"], b"https", None)
+    assert (fwd.client_ip, fwd.forwarded_for, fwd.proto) == (
+        "10.1.2.3",
+        b"10.1.2.3",
+        b"http",
+    )
 
 
 def test_trusted_peer_reveals_the_first_untrusted_hop_from_the_right() -> None:
     # the client wrote "1.1.1.1" itself; 198.51.100.7 is who connected to our ingress (10.2.0.5)
-    origin = INGRESS.origin(
+    fwd = INGRESS.resolve(
         "10.9.0.1", "http", b"gw:8080", [b"1.1.1.1, 198.51.100.7", b"10.2.0.5"], b"https", b"app.example"
     )
-    assert origin.client_ip == "198.51.100.7"
-    assert origin.forwarded_for == b"1.1.1.1, 198.51.100.7, 10.2.0.5, 10.9.0.1"
-    assert origin.proto == b"https"
-    assert origin.host == b"app.example"
+    assert fwd.client_ip == "198.51.100.7"
+    assert fwd.forwarded_for == b"1.1.1.1, 198.51.100.7, 10.2.0.5, 10.9.0.1"
+    assert fwd.proto == b"https"
+    assert fwd.host == b"app.example"
 
 
 def test_trusted_peer_without_header_or_with_garbage() -> None:
-    assert INGRESS.origin("10.9.0.1", "http", None, [], None, None).client_ip == "10.9.0.1"
-    origin = INGRESS.origin("10.9.0.1", "http", None, [b"<script>"], b"gopher", None)
-    assert (origin.client_ip, origin.forwarded_for, origin.proto) == ("10.9.0.1", b"10.9.0.1", b"http")
-    ipv6 = INGRESS.origin("fd00::1", "https", None, [b"2001:db8::7"], None, None)
+    assert INGRESS.resolve("10.9.0.1", "http", None, [], None, None).client_ip == "10.9.0.1"
+    fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"<script>"], b"gopher", None)
+    assert (fwd.client_ip, fwd.forwarded_for, fwd.proto) == (
+        "10.9.0.1",
+        b"10.9.0.1",
+        b"http",
+    )
+    ipv6 = INGRESS.resolve("fd00::1", "https", None, [b"2001:db8::7"], None, None)
     assert (ipv6.client_ip, ipv6.proto) == ("2001:db8::7", b"https")
 
 
 def test_only_all_trusted_chain_falls_back_to_its_leftmost_hop() -> None:
-    origin = INGRESS.origin("10.9.0.1", "http", None, [b"10.3.3.3, 10.4.4.4"], None, None)
-    assert origin.client_ip == "10.3.3.3"
+    fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"10.3.3.3, 10.4.4.4"], None, None)
+    assert fwd.client_ip == "10.3.3.3"
 
 
 def test_setting_refuses_what_is_not_a_network() -> None:
