@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 from svckit.testing import free_port
 
 from .conftest import Provider
@@ -233,3 +234,37 @@ async def test_raw_http_client_sees_problem_json(gateway: str) -> None:
         assert response.status == 404
         assert response.headers["Content-Type"] == "application/problem+json"
         assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_upstream_breaking_off_mid_body_truncates_the_client_response(
+    start_gateway: Any, provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the head went out with a Content-Length; the body cannot be completed, so the client's
+    # connection must end short of it (a visible truncation), and the gateway logs no traceback
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n" + b"x" * 100_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with start_gateway(timesheets_url=f"http://127.0.0.1:{port}") as gateway:
+            host, gateway_port = gateway.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(gateway_port))
+            writer.write(
+                b"GET /api/timesheets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + provider.token().encode()
+                + b"\r\n\r\n"
+            )
+            response = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
+            writer.close()
+    finally:
+        server.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length: 300000" in head.lower()
+    assert 0 < len(body) < 300_000
+    assert "unhandled error" not in caplog.text
+    assert "upstream broke off mid-response" in caplog.text
