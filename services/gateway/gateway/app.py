@@ -144,10 +144,17 @@ class Gateway:
             await asyncio.sleep(KEY_AGE_INTERVAL_SECONDS)
 
     async def _flush_metrics(self) -> None:
+        waits = dict.fromkeys(self.pools, 0)
         while True:
             await asyncio.sleep(metrics.RequestMetrics.FLUSH_SECONDS)
             if self.request_metrics is not None:
                 self.request_metrics.flush()
+            for service, pool in self.pools.items():  # read once a second, never per request
+                metrics.upstream_connections.labels(service, "busy").set(pool.open - pool.idle)
+                metrics.upstream_connections.labels(service, "idle").set(pool.idle)
+                if pool.waits > waits[service]:
+                    metrics.upstream_pool_waits.labels(service).inc(pool.waits - waits[service])
+                    waits[service] = pool.waits
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -13,6 +13,8 @@
 | ``gateway_ratelimit_failopen_total`` | (none) | requests let through unchecked while Redis is unreachable |
 | ``gateway_audit_dropped_total`` | (none) | denial audit events dropped (queue full or undeliverable) |
 | ``gateway_upstream_errors_total`` | service, kind | upstream failures (connect, timeout, protocol) |
+| ``gateway_upstream_connections`` | service, state | pooled connections (``busy``, ``idle``), all workers |
+| ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
 
 Every label value comes from a fixed set or from configuration (issuer URLs, route templates), never
 from request data, so cardinality is bounded. With several workers the values aggregate through
@@ -81,6 +83,18 @@ upstream_errors = Counter(
     "gateway_upstream_errors_total",
     "Requests that failed on the way to or from an upstream, by service and kind.",
     ["service", "kind"],
+)
+
+upstream_connections = Gauge(
+    "gateway_upstream_connections",
+    "Connections in the gateway's upstream pools, by service and state (busy, idle); summed over workers.",
+    ["service", "state"],
+    multiprocess_mode="livesum",
+)
+upstream_pool_waits = Counter(
+    "gateway_upstream_pool_waits_total",
+    "Requests that found every pooled connection to a service busy and waited for one.",
+    ["service"],
 )
 
 

@@ -366,6 +366,7 @@ class UpstreamPool:
         self.idle_seconds = idle_seconds
         self.loop = loop or asyncio.get_running_loop()
         self.open = 0
+        self.waits = 0  # requests that found every connection busy and waited (a counter)
         self._idle: list[Connection] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy: set[Connection] = set()
@@ -394,6 +395,7 @@ class UpstreamPool:
                 return connection
             if self.open < self.size:
                 return await self._connect()
+            self.waits += 1
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -425,6 +427,10 @@ class UpstreamPool:
             self._lost_slot()
             raise
         return connection
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def watch(self, connection: Connection) -> None:
         self._busy.add(connection)

@@ -143,6 +143,9 @@ async def test_multi_worker_process(
             metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
         )
         assert metric(text, "gateway_jwks_fetch_total", outcome="ok") >= 1
+        # the upstream pools, summed over both workers: every connection is back, idle
+        assert metric(text, "gateway_upstream_connections", service="timesheets", state="idle") >= 1
+        assert metric(text, "gateway_upstream_connections", service="timesheets", state="busy") == 0
         # process_* samples describe the supervisor, whichever worker answers the scrape: a start
         # time flipping between workers would look like restarts to the restart alert.
         starts = set()
@@ -180,3 +183,24 @@ def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_ke
     assert result.returncode == 2
     assert "upstream 'nowhere'" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+async def test_waiting_for_a_pooled_connection_is_counted(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
+    async with start_gateway(upstream_pool_size=1) as gateway:
+        token = provider.token()
+
+        async def waits() -> float:
+            async with aiohttp.ClientSession() as session, session.get(gateway + "/metrics") as response:
+                return metric(
+                    await response.text(), "gateway_upstream_pool_waits_total", service="timesheets"
+                )
+
+        before = await waits()
+        answers = await asyncio.gather(
+            *(api("GET", f"{gateway}/api/timesheets/slow?s=0.2", token) for _ in range(3))
+        )
+        assert [status for status, _, _ in answers] == [200, 200, 200]  # queued, not refused
+        await asyncio.sleep(1.3)  # pool figures are read once a second
+        assert await waits() - before >= 2  # the second and the third request waited
