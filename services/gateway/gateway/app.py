@@ -108,6 +108,8 @@ class Gateway:
                 self.access_log.start()
             else:
                 self.access_log = None
+        for service in self.pools:  # exported from the start, so rate() and alerts see a zero, not a gap
+            metrics.upstream_pool_waits.labels(service)
         request_metrics = self.request_metrics = metrics.RequestMetrics()
         self.edge = Edge(
             routes=self.routes,
