@@ -29,6 +29,7 @@ from .cors import Cors
 from .denials import DenialAuditor
 from .forwarded import ForwardedHeaders, Forwarding
 from .proxy import (
+    NO_BODY_METHODS,
     SMALL_BODY,
     STRIPPED_INBOUND,
     BodyStream,
@@ -56,7 +57,6 @@ _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
 _NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")  # raw bytes beyond ASCII would sign differently
 NOT_PRINTABLE_DETAIL = "The request target must be printable ASCII; percent-encode the rest."
 _DESCRIPTION_SAFE = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}
-NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 def challenge(error: str = "", description: str = "", scope: str = "") -> bytes:

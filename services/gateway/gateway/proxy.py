@@ -58,6 +58,7 @@ STRIPPED_INBOUND = HOP_BY_HOP | {
 STRIPPED_OUTBOUND = HOP_BY_HOP | {b"x-request-id", b"date", b"server", b"content-length"}
 SMALL_BODY = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Methods whose requests carry no body unless the client sends one (no ``Content-Length: 0`` then).
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 

@@ -308,3 +308,19 @@ def api(http: aiohttp.ClientSession) -> Api:
         return await call(http, method, url, token, **kwargs)
 
     return bound
+
+
+def process_env(
+    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str, **extra: str
+) -> dict[str, str]:
+    """Environment for ``python -m gateway`` in front of the echo upstream (tests of the real process)."""
+    return {
+        "IDENTITY_KEYS": identity_keys,
+        "OIDC_ISSUER": provider.issuer,
+        "OIDC_AUDIENCE": AUDIENCE,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}proc-{uuid.uuid4().hex[:6]}:",
+        "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
+        "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
+        "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
+        **extra,
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import aiohttp
 import pytest
@@ -12,7 +11,7 @@ from gateway.settings import GatewaySettings
 from pydantic import ValidationError
 from svckit.testing import ServiceProcess
 
-from .conftest import AUDIENCE, Echo, Provider
+from .conftest import Echo, Provider, process_env
 
 INGRESS = ForwardedHeaders(["10.0.0.0/8", "fd00::/8"])
 
@@ -70,17 +69,14 @@ def test_setting_refuses_what_is_not_a_network() -> None:
 async def test_process_behind_a_trusted_proxy(
     provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
 ) -> None:
-    env = {
-        "IDENTITY_KEYS": identity_keys,
-        "OIDC_ISSUER": provider.issuer,
-        "OIDC_AUDIENCE": AUDIENCE,
-        "REDIS_KEY_PREFIX": f"{redis_prefix}xff-{uuid.uuid4().hex[:6]}:",
-        "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
-        "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
-        "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
-        "GATEWAY_WORKERS": "1",
-        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
-    }
+    env = process_env(
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="1",
+        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
+    )
     process = ServiceProcess("gateway", env)
     await asyncio.to_thread(process.start)
     try:

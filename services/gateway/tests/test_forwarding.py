@@ -13,6 +13,25 @@ from svckit.testing import free_port
 from .conftest import Provider
 
 
+async def raw_get(gateway: str, target: bytes, token: str, *, close: bool = True) -> bytes:
+    """One request written byte for byte (no client library to tidy it up); reads until EOF."""
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET "
+        + target
+        + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + token.encode()
+        + b"\r\n"
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+    )
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
 def upstream_headers(body: dict[str, Any]) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = {}
     for key, value in body["headers"]:
@@ -56,15 +75,7 @@ async def test_target_beyond_ascii_is_refused(gateway: str, provider: Provider, 
     # raw bytes above 0x7e in the request line would be signed differently than services read them;
     # uvicorn's parser refuses most of them already, the edge refuses whatever gets through
     before = echo.requests
-    host, port = gateway.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"GET /api/timesheets?q=\xc3\xa9 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + provider.token().encode()
-        + b"\r\nConnection: close\r\n\r\n"
-    )
-    response = await reader.read()
-    writer.close()
+    response = await raw_get(gateway, b"/api/timesheets?q=\xc3\xa9", provider.token())
     assert response.startswith(b"HTTP/1.1 400"), response[:200]
     assert echo.requests == before
 
@@ -251,15 +262,8 @@ async def test_upstream_breaking_off_mid_body_truncates_the_client_response(
     port = server.sockets[0].getsockname()[1]
     try:
         async with start_gateway(timesheets_url=f"http://127.0.0.1:{port}") as gateway:
-            host, gateway_port = gateway.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(gateway_port))
-            writer.write(
-                b"GET /api/timesheets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                + provider.token().encode()
-                + b"\r\n\r\n"
-            )
-            response = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
-            writer.close()
+            # no "Connection: close": the response ends only because the gateway hangs up
+            response = await raw_get(gateway, b"/api/timesheets", provider.token(), close=False)
     finally:
         server.close()
     head, _, body = response.partition(b"\r\n\r\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 from svckit.testing import ServiceProcess
 
-from .conftest import AUDIENCE, Echo, Provider
+from .conftest import AUDIENCE, Echo, Provider, process_env
 
 
 @pytest.fixture
@@ -109,17 +108,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def test_multi_worker_process(
     provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
 ) -> None:
-    env = {
-        "IDENTITY_KEYS": identity_keys,
-        "OIDC_ISSUER": provider.issuer,
-        "OIDC_AUDIENCE": AUDIENCE,
-        "REDIS_KEY_PREFIX": f"{redis_prefix}proc-{uuid.uuid4().hex[:6]}:",
-        "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
-        "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
-        "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
-        "GATEWAY_WORKERS": "2",
-        "PROMETHEUS_MULTIPROC_DIR": "",
-    }
+    env = process_env(
+        provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=""
+    )
     process = ServiceProcess("gateway", env)
     await asyncio.to_thread(process.start)
     try:
