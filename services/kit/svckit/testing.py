@@ -392,3 +392,25 @@ def isolated_env(test_run_id: str, redis_prefix: str, service_env: dict[str, str
 
 async def migrate_schema(database_url: str, schema: str, package_dir: Path) -> list[int]:
     return await migrate(database_url, schema, package_dir / "migrations")
+
+
+async def assert_migrate_command_repeatable(
+    service: str, database: str, service_env: Mapping[str, str]
+) -> None:
+    """``python -m <service> migrate`` (the Helm hook Job) twice on a fresh database: both succeed."""
+    url = await create_database(database)
+    try:
+        for _ in range(2):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                service,
+                "migrate",
+                env={**os.environ, **service_env, "DATABASE_URL": url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await process.communicate()
+            assert process.returncode == 0, output.decode()
+    finally:
+        await drop_database(database)

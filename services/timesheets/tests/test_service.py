@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 
 import aiohttp
@@ -13,7 +11,11 @@ from svckit.identity import Identity
 from svckit.openapi import app_operations, documented_operations
 from svckit.settings import load_settings
 from svckit.testclient import SignedApi
-from svckit.testing import create_database, drop_database, new_identity_keys, user
+from svckit.testing import (
+    assert_migrate_command_repeatable,
+    new_identity_keys,
+    user,
+)
 from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
 
@@ -60,20 +62,4 @@ async def test_domain_metrics(api: SignedApi, timesheets_url: str) -> None:
 
 async def test_migrate_command_is_repeatable(test_run_id: str, service_env: dict[str, str]) -> None:
     """``python -m timesheets migrate`` (the Helm hook Job) on a fresh database, then again."""
-    name = f"tsp_test_{test_run_id}_ts_migrate"
-    url = await create_database(name)
-    try:
-        for _ in range(2):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "timesheets",
-                "migrate",
-                env={**os.environ, **service_env, "DATABASE_URL": url},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await process.communicate()
-            assert process.returncode == 0, output.decode()
-    finally:
-        await drop_database(name)
+    await assert_migrate_command_repeatable("timesheets", f"tsp_test_{test_run_id}_ts_migrate", service_env)
