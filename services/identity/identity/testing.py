@@ -48,6 +48,60 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+def code_request(challenge: str | None = None, **params: str) -> dict[str, str]:
+    """Authorization-request parameters of the SPA's code flow (PKCE S256 when ``challenge`` is given)."""
+    request = {
+        "response_type": "code",
+        "client_id": "timesheets-spa",
+        "redirect_uri": f"{SPA}/callback",
+        "scope": "openid read:timesheets",
+        "state": "st-" + secrets.token_hex(4),
+        "audience": API,
+    }
+    if challenge:
+        request.update(code_challenge=challenge, code_challenge_method="S256")
+    request.update(params)
+    return request
+
+
+async def exchange_code(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    code: str,
+    verifier: str,
+    *,
+    client_id: str = "timesheets-spa",
+    redirect_uri: str = f"{SPA}/callback",
+) -> tuple[int, dict[str, Any]]:
+    """``POST /oauth/token`` with an authorization code; returns (status, JSON body)."""
+    data = {
+        "grant_type": "authorization_code",
+        "client_id": client_id,
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": redirect_uri,
+    }
+    async with http.post(base_url + "/oauth/token", data=data) as response:
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+async def sign_in_tokens(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, username: str = "alice", **params: str
+) -> dict[str, Any]:
+    """The whole code flow: sign in, authorize with PKCE, exchange the code; returns the token response."""
+    verifier, challenge = pkce_pair()
+    request = code_request(challenge, **params)
+    response = await browser.sign_in_and_authorize(username, **request)
+    assert response.status == 302, browser.last_html
+    code = params_of(response.headers["Location"])["code"]
+    status, body = await exchange_code(
+        http, base_url, code, verifier, client_id=request["client_id"], redirect_uri=request["redirect_uri"]
+    )
+    assert status == 200, body
+    return body
+
+
 def hidden_field(html: str, name: str) -> str:
     match = re.search(rf'name="{re.escape(name)}" value="([^"]*)"', html)
     assert match, f"no hidden field {name} in page"

@@ -18,6 +18,8 @@ from identity.testing import (
     DEMO_PASSWORD,
     SPA,
     Browser,
+    code_request,
+    exchange_code,
     hidden_field,
     params_of,
     pkce_pair,
@@ -45,47 +47,22 @@ async def code_flow(
     verifier, challenge = pkce_pair()
     nonce = secrets.token_urlsafe(12)
     state = secrets.token_urlsafe(12)
-    response = await browser.sign_in_and_authorize(
-        username,
-        response_type="code",
+    request = code_request(
+        challenge,
         client_id=client_id,
         redirect_uri=redirect_uri,
         scope=scope,
         state=state,
         nonce=nonce,
-        code_challenge=challenge,
-        code_challenge_method="S256",
-        audience=API,
         **(extra or {}),
     )
+    response = await browser.sign_in_and_authorize(username, **request)
     assert response.status == 302, browser.last_html
     location = response.headers["Location"]
     assert location.startswith(redirect_uri + "?"), location
     params = params_of(location)
     assert params["state"] == state
     return params, verifier, nonce
-
-
-async def exchange(
-    http: aiohttp.ClientSession,
-    base_url: str,
-    code: str,
-    verifier: str,
-    *,
-    client_id: str = "timesheets-spa",
-    redirect_uri: str = f"{SPA}/callback",
-) -> tuple[int, dict[str, Any]]:
-    response = await http.post(
-        base_url + "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "client_id": client_id,
-            "code": code,
-            "code_verifier": verifier,
-            "redirect_uri": redirect_uri,
-        },
-    )
-    return response.status, await response.json()
 
 
 async def test_discovery_and_jwks(http: aiohttp.ClientSession, base_url: str, issuer: str) -> None:
@@ -109,7 +86,7 @@ async def test_code_flow_with_pkce_issues_verified_tokens(
     browser: Browser, http: aiohttp.ClientSession, base_url: str, issuer: str, verify: Any
 ) -> None:
     params, verifier, nonce = await code_flow(browser, "alice")
-    status, body = await exchange(http, base_url, params["code"], verifier)
+    status, body = await exchange_code(http, base_url, params["code"], verifier)
     assert status == 200, body
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 900
@@ -166,7 +143,7 @@ async def test_scopes_are_narrowed_to_roles(
     """alice (employee) asks for approve:timesheets and read:audit: the token carries neither."""
     scope = "openid read:timesheets approve:timesheets read:audit"
     params, verifier, _ = await code_flow(browser, "alice", scope=scope)
-    status, body = await exchange(http, base_url, params["code"], verifier)
+    status, body = await exchange_code(http, base_url, params["code"], verifier)
     assert status == 200
     claims = (await verify(body, "timesheets-spa")).access
     assert claims["permissions"] == ["read:timesheets"]
@@ -184,7 +161,7 @@ async def test_manager_gets_approve_and_auditor_gets_audit(
     ):
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             params, verifier, _ = await code_flow(Browser(base_url, session), user, scope=scope)
-        status, body = await exchange(http, base_url, params["code"], verifier)
+        status, body = await exchange_code(http, base_url, params["code"], verifier)
         assert status == 200
         assert (await verify(body, "timesheets-spa")).access["permissions"] == expected
 
@@ -239,16 +216,7 @@ async def test_client_credentials(http: aiohttp.ClientSession, base_url: str, ve
 
 async def test_prompt_none_silent_renewal(browser: Browser, base_url: str) -> None:
     _verifier, challenge = pkce_pair()
-    common = {
-        "response_type": "code",
-        "client_id": "timesheets-spa",
-        "redirect_uri": f"{SPA}/",
-        "scope": "openid read:timesheets",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "prompt": "none",
-        "state": "s1",
-    }
+    common = code_request(challenge, redirect_uri=f"{SPA}/", prompt="none", state="s1")
     # not signed in: login_required goes back to the client, no page is shown
     response = await browser.authorize(**common)
     assert response.status == 302
@@ -363,7 +331,7 @@ async def test_auth0_logout(browser: Browser, base_url: str) -> None:
 
 async def test_oidc_rp_initiated_logout(browser: Browser, http: aiohttp.ClientSession, base_url: str) -> None:
     params, verifier, _ = await code_flow(browser, "alice", redirect_uri=f"{SPA}/")
-    status, body = await exchange(http, base_url, params["code"], verifier, redirect_uri=f"{SPA}/")
+    status, body = await exchange_code(http, base_url, params["code"], verifier, redirect_uri=f"{SPA}/")
     assert status == 200
     query = {"id_token_hint": body["id_token"], "post_logout_redirect_uri": f"{SPA}/", "state": "bye"}
     from urllib.parse import urlencode
@@ -446,15 +414,7 @@ async def test_implicit_prompt_none_without_session_answers_in_the_fragment(brow
 async def test_authorize_accepts_post(browser: Browser) -> None:
     await browser.login("alice")
     _, challenge = pkce_pair()
-    form = {
-        "response_type": "code",
-        "client_id": "timesheets-spa",
-        "redirect_uri": f"{SPA}/",
-        "scope": "openid",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "state": "post-1",
-    }
+    form = code_request(challenge, redirect_uri=f"{SPA}/", scope="openid", state="post-1")
     response = await browser.post("/authorize", form)
     assert response.status == 302
     answer = params_of(response.headers["Location"])
@@ -466,7 +426,7 @@ async def test_no_secret_reaches_the_logs(
     browser: Browser, http: aiohttp.ClientSession, base_url: str, identity_service: ServiceProcess
 ) -> None:
     params, verifier, _ = await code_flow(browser, "alice")
-    status, body = await exchange(http, base_url, params["code"], verifier)
+    status, body = await exchange_code(http, base_url, params["code"], verifier)
     assert status == 200
     session_cookie = next(c.value for c in browser.session.cookie_jar if c.key == "tsp_idp_session")
     await asyncio.sleep(0.5)  # let the process flush its log lines
@@ -509,14 +469,7 @@ async def test_implicit_silent_renewal_in_other_response_modes(browser: Browser,
 async def test_prompt_login_and_max_age_ask_for_the_password_again(browser: Browser) -> None:
     await browser.login("alice")
     _, challenge = pkce_pair()
-    base = {
-        "response_type": "code",
-        "client_id": "timesheets-spa",
-        "redirect_uri": f"{SPA}/",
-        "scope": "openid",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-    }
+    base = code_request(challenge, redirect_uri=f"{SPA}/", scope="openid")
     assert "code" in params_of((await browser.authorize(**base)).headers["Location"])
     for extra in ({"prompt": "login"}, {"max_age": "0"}):
         await asyncio.sleep(1.1)  # max_age=0: any session is too old a second later
@@ -555,13 +508,7 @@ async def test_prompt_consent_shows_the_page_again(browser: Browser) -> None:
 
 async def test_login_hint_prefills_the_user_name(browser: Browser) -> None:
     response = await browser.authorize(
-        response_type="code",
-        client_id="timesheets-spa",
-        redirect_uri=f"{SPA}/",
-        scope="openid",
-        code_challenge=pkce_pair()[1],
-        code_challenge_method="S256",
-        login_hint='bob"><script>',
+        **code_request(pkce_pair()[1], redirect_uri=f"{SPA}/", scope="openid", login_hint='bob"><script>')
     )
     page = await browser.get(response.headers["Location"])
     assert page.status == 200

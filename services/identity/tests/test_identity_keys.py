@@ -123,7 +123,7 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     seeded: dict[str, str], test_run_id: str
 ) -> None:
     """SIGNING_ALG=ES256 on a database of its own: both token kinds verify against the JWKS."""
-    from identity.testing import DEMO_PASSWORD, SPA, Browser, params_of, pkce_pair
+    from identity.testing import DEMO_PASSWORD, SPA, Browser, sign_in_tokens
     from svckit.testing import ServiceProcess, create_database, drop_database, free_port, migrate_schema
 
     name = f"tsp_test_{test_run_id}_es256"
@@ -138,28 +138,9 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
         base = f"http://localhost:{port}"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             browser = Browser(base, session)
-            verifier, challenge = pkce_pair()
-            response = await browser.sign_in_and_authorize(
-                "alice",
-                response_type="code",
-                client_id="timesheets-spa",
-                redirect_uri=f"{SPA}/",
-                scope="openid read:timesheets",
-                code_challenge=challenge,
-                code_challenge_method="S256",
-                nonce="es",
+            body = await sign_in_tokens(
+                browser, session, base, redirect_uri=f"{SPA}/", scope="openid read:timesheets", nonce="es"
             )
-            code = params_of(response.headers["Location"])["code"]
-            data = {
-                "grant_type": "authorization_code",
-                "client_id": "timesheets-spa",
-                "code": code,
-                "code_verifier": verifier,
-                "redirect_uri": f"{SPA}/",
-            }
-            async with session.post(base + "/oauth/token", data=data) as r:
-                assert r.status == 200
-                body = await r.json()
             async with session.get(base + "/.well-known/jwks.json") as r:
                 jwks = (await r.json())["keys"]
         assert {k["alg"] for k in jwks} == {"ES256"}

@@ -6,38 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from identity.testing import API, SPA, Browser, params_of, pkce_pair
+from identity.testing import SPA, Browser, sign_in_tokens
 
 pytestmark = pytest.mark.usefixtures("identity_service")
-
-
-async def sign_in_tokens(
-    browser: Browser, http: aiohttp.ClientSession, base_url: str, scope: str
-) -> dict[str, Any]:
-    verifier, challenge = pkce_pair()
-    response = await browser.sign_in_and_authorize(
-        "alice",
-        response_type="code",
-        client_id="timesheets-spa",
-        redirect_uri=f"{SPA}/callback",
-        scope=scope,
-        code_challenge=challenge,
-        code_challenge_method="S256",
-        audience=API,
-        state="r",
-    )
-    code = params_of(response.headers["Location"])["code"]
-    data = {
-        "grant_type": "authorization_code",
-        "client_id": "timesheets-spa",
-        "code": code,
-        "code_verifier": verifier,
-        "redirect_uri": f"{SPA}/callback",
-    }
-    async with http.post(base_url + "/oauth/token", data=data) as r:
-        assert r.status == 200
-        body: dict[str, Any] = await r.json()
-        return body
 
 
 async def refresh(
@@ -51,14 +22,16 @@ async def refresh(
 async def test_no_refresh_token_without_offline_access(
     browser: Browser, http: aiohttp.ClientSession, base_url: str
 ) -> None:
-    body = await sign_in_tokens(browser, http, base_url, "openid read:timesheets")
+    body = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
     assert "refresh_token" not in body
 
 
 async def test_rotation_and_reuse_detection(
     browser: Browser, http: aiohttp.ClientSession, base_url: str, verify: Any
 ) -> None:
-    body = await sign_in_tokens(browser, http, base_url, "openid profile offline_access read:timesheets")
+    body = await sign_in_tokens(
+        browser, http, base_url, scope="openid profile offline_access read:timesheets"
+    )
     first = body["refresh_token"]
     status, second = await refresh(http, base_url, first)
     assert status == 200, second
@@ -82,7 +55,7 @@ async def test_rotation_and_reuse_detection(
     assert reused["error"] == "invalid_grant"
     assert "already used" in reused["error_description"]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
-        fresh = await sign_in_tokens(Browser(base_url, other), http, base_url, "openid offline_access")
+        fresh = await sign_in_tokens(Browser(base_url, other), http, base_url, scope="openid offline_access")
     status, _ = await refresh(http, base_url, fresh["refresh_token"])
     assert status == 200, "another session's family is unaffected"
 
@@ -90,7 +63,7 @@ async def test_rotation_and_reuse_detection(
 async def test_refresh_token_is_bound_to_its_client(
     browser: Browser, http: aiohttp.ClientSession, base_url: str
 ) -> None:
-    body = await sign_in_tokens(browser, http, base_url, "openid offline_access")
+    body = await sign_in_tokens(browser, http, base_url, scope="openid offline_access")
     status, error = await refresh(http, base_url, body["refresh_token"], client_id="partner-spa")
     assert status == 400
     assert error["error"] == "invalid_grant"
@@ -99,7 +72,7 @@ async def test_refresh_token_is_bound_to_its_client(
 async def test_logout_revokes_the_sessions_refresh_tokens(
     browser: Browser, http: aiohttp.ClientSession, base_url: str
 ) -> None:
-    body = await sign_in_tokens(browser, http, base_url, "openid offline_access")
+    body = await sign_in_tokens(browser, http, base_url, scope="openid offline_access")
     response = await browser.get(f"/v2/logout?client_id=timesheets-spa&returnTo={SPA}/")
     assert response.status == 302
     status, error = await refresh(http, base_url, body["refresh_token"])
@@ -108,7 +81,7 @@ async def test_logout_revokes_the_sessions_refresh_tokens(
 
 
 async def test_revocation_endpoint(browser: Browser, http: aiohttp.ClientSession, base_url: str) -> None:
-    body = await sign_in_tokens(browser, http, base_url, "openid offline_access read:timesheets")
+    body = await sign_in_tokens(browser, http, base_url, scope="openid offline_access read:timesheets")
     revoke = base_url + "/oauth/revoke"
     # an unknown token is not an error (RFC 7009 §2.2)
     async with http.post(revoke, data={"client_id": "timesheets-spa", "token": "nonsense"}) as r:

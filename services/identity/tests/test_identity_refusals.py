@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,32 +12,17 @@ from identity import store
 from identity.models import User
 from identity.passwords import hash_secret
 from identity.testing import (
-    API,
     BATCH_SECRET,
     DEMO_PASSWORD,
     SPA,
     Browser,
+    code_request,
     hidden_field,
     params_of,
     pkce_pair,
 )
 
 pytestmark = pytest.mark.usefixtures("identity_service")
-
-
-def code_request(challenge: str | None = None, **extra: str) -> dict[str, str]:
-    params = {
-        "response_type": "code",
-        "client_id": "timesheets-spa",
-        "redirect_uri": f"{SPA}/callback",
-        "scope": "openid read:timesheets",
-        "state": "st-" + secrets.token_hex(4),
-        "audience": API,
-    }
-    if challenge:
-        params.update(code_challenge=challenge, code_challenge_method="S256")
-    params.update(extra)
-    return params
 
 
 async def get_code(browser: Browser, username: str = "alice", **extra: str) -> tuple[str, str]:
