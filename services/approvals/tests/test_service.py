@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
-import aiohttp
 import asyncpg
 import pytest
 from approvals.app import create_app
@@ -20,6 +17,7 @@ from svckit.testing import (
     assert_migrate_command_repeatable,
     new_identity_keys,
     user,
+    wait_for_metrics,
 )
 
 
@@ -53,15 +51,7 @@ async def test_metrics_after_a_decision(
         'outbox_pending_events{service="approvals"}',
     )
     # The relay's and the reconciler's gauges are refreshed on their own schedules.
-    deadline = time.monotonic() + 20
-    while True:
-        async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/metrics") as response:
-            text = await response.text()
-        missing = [name for name in names if name not in text]
-        if not missing:
-            break
-        assert time.monotonic() < deadline, missing
-        await asyncio.sleep(0.5)
+    text = await wait_for_metrics(approvals_url, names)
     rejected = next(
         line
         for line in text.splitlines()

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -414,3 +414,21 @@ async def assert_migrate_command_repeatable(
             assert process.returncode == 0, output.decode()
     finally:
         await drop_database(database)
+
+
+async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float = 20.0) -> str:
+    """Poll ``/metrics`` until every series appears, and return that exposition: gauges that background
+    tasks refresh on their own schedule (outbox relays, reconcilers) show up a few seconds after the
+    traffic that made them."""
+    import aiohttp
+
+    wanted = tuple(series)
+    deadline = time.monotonic() + timeout
+    while True:
+        async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as response:
+            text = await response.text()
+        missing = [name for name in wanted if name not in text]
+        if not missing:
+            return text
+        assert time.monotonic() < deadline, missing
+        await asyncio.sleep(0.5)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import aiohttp
 from openapi_spec_validator import validate
 from svckit.identity import Identity
@@ -15,6 +12,7 @@ from svckit.testing import (
     assert_migrate_command_repeatable,
     new_identity_keys,
     user,
+    wait_for_metrics,
 )
 from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
@@ -49,15 +47,7 @@ async def test_domain_metrics(api: SignedApi, timesheets_url: str) -> None:
         'outbox_oldest_event_age_seconds{service="timesheets"}',
     )
     # The relay refreshes its backlog gauges on its own schedule (every few seconds).
-    deadline = time.monotonic() + 20
-    while True:
-        async with aiohttp.ClientSession() as session, session.get(f"{timesheets_url}/metrics") as response:
-            text = await response.text()
-        missing = [name for name in names if name not in text]
-        if not missing:
-            break
-        assert time.monotonic() < deadline, missing
-        await asyncio.sleep(0.5)
+    await wait_for_metrics(timesheets_url, names)
 
 
 async def test_migrate_command_is_repeatable(test_run_id: str, service_env: dict[str, str]) -> None:
