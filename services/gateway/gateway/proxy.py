@@ -120,8 +120,6 @@ class BodyStream:
         self.limit = limit
         self.first = first or []
         self.received = received
-        self.too_large = False
-        self.gone = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for chunk in self.first:
@@ -131,12 +129,10 @@ class BodyStream:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.gone = True
                 raise ClientGone
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.limit:
-                self.too_large = True
                 raise BodyTooLarge
             if chunk:
                 yield chunk
