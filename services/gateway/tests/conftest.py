@@ -244,6 +244,10 @@ def start_gateway(
 ) -> StartGateway:
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[str]:
+        async with serve_app(create_app(gateway_settings(**overrides))) as url:
+            yield url
+
+    def gateway_settings(**overrides: Any) -> GatewaySettings:
         values: dict[str, Any] = {
             "identity_keys": identity_keys,
             "oidc_issuer": [provider.issuer],
@@ -258,10 +262,9 @@ def start_gateway(
             "gateway_access_log": False,
         }
         values.update(overrides)
-        settings = GatewaySettings(**values)
-        async with serve_app(create_app(settings)) as url:
-            yield url
+        return GatewaySettings(**values)
 
+    start.settings = gateway_settings  # type: ignore[attr-defined]
     return start
 
 

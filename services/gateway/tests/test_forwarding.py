@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import aiohttp
 import pytest
+from gateway.app import create_app
 from svckit.testing import free_port
 
 from .conftest import Provider
@@ -78,6 +81,41 @@ async def test_target_beyond_ascii_is_refused(gateway: str, provider: Provider, 
     response = await raw_get(gateway, b"/api/timesheets?q=\xc3\xa9", provider.token())
     assert response.startswith(b"HTTP/1.1 400"), response[:200]
     assert echo.requests == before
+
+
+async def test_edge_answers_a_target_beyond_ascii_with_a_problem(
+    start_gateway: Any, provider: Provider
+) -> None:
+    # uvicorn never lets such a request line through; the edge's own check is for any server that does
+    app = create_app(start_gateway.settings())
+    await app.gateway.start()
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        for raw_path, query in ((b"/api/timesheets/\xc3\xa9", b""), (b"/api/timesheets", b"q=\x7f")):
+            sent.clear()
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": raw_path.decode("latin-1"),
+                "raw_path": raw_path,
+                "query_string": query,
+                "headers": [(b"authorization", f"Bearer {provider.token()}".encode())],
+                "client": ("127.0.0.1", 1234),
+                "scheme": "http",
+            }
+            await app(scope, receive, send)
+            assert sent[0]["status"] == 400
+            assert (b"content-type", b"application/problem+json") in sent[0]["headers"]
+            assert "printable ASCII" in json.loads(sent[1]["body"])["detail"]
+    finally:
+        await app.gateway.stop()
 
 
 async def test_hop_by_hop_and_credentials_are_not_forwarded(

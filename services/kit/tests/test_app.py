@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,6 +82,20 @@ async def test_unsigned_request_refused(base_url: str, caller: Caller) -> None:
     assert status == 401
     assert headers["content-type"] == "application/problem+json"
     assert body["reason"] == "missing"
+
+
+async def test_identity_header_that_is_not_utf8_is_a_malformed_401(base_url: str) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /things/42 HTTP/1.1\r\nHost: x\r\nX-Identity-Subject: \xff\xfe\r\nConnection: close\r\n\r\n"
+    )
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    assert b"application/problem+json" in head
+    assert json.loads(body)["reason"] == "malformed"
 
 
 async def test_request_id_kept_when_well_formed(base_url: str, caller: Caller) -> None:
