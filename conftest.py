@@ -1,3 +1,3 @@
 """Root conftest: every test gets the shared kit's fixtures (own database, own Redis prefix, keys)."""
 
-pytest_plugins = ["svckit.testing"]
+pytest_plugins = ["testkit.fixtures"]

@@ -42,7 +42,8 @@ from jwt.algorithms import RSAAlgorithm
 from svckit.identity import Identity, IdentitySigner
 from svckit.migrations import migrate
 from svckit.settings import parse_identity_keys
-from svckit.testing import ServiceProcess, create_database, drop_database, free_port, new_identity_keys
+
+from testkit.fixtures import ServiceProcess, create_database, drop_database, free_port, new_identity_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

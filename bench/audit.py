@@ -38,7 +38,8 @@ from svckit.identity import Identity, IdentitySigner
 from svckit.migrations import migrate
 from svckit.outbox import OUTBOX_DDL, AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
-from svckit.testing import ServiceProcess, create_database, drop_database, new_identity_keys
+
+from testkit.fixtures import ServiceProcess, create_database, drop_database, new_identity_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from svckit.testing import ServiceProcess, free_port, new_identity_keys
 
 from bench.api import AUDIENCE, Issuer
+from testkit.fixtures import ServiceProcess, free_port, new_identity_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

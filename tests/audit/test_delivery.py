@@ -21,8 +21,9 @@ from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.outbox import OUTBOX_DDL, AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, ServiceProcess, free_port, migrate_schema, user
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, ServiceProcess, free_port, migrate_schema, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 SOURCE = "timesheets"  # the audit service records events only under the caller's own name

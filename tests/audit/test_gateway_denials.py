@@ -16,8 +16,9 @@ from gateway.denials import DenialAuditor
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.settings import load_settings, parse_identity_keys
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, migrate_schema, serve_app, user
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, migrate_schema, serve_app, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 AUDITOR = user("carol", "read:audit")

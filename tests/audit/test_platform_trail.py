@@ -23,10 +23,19 @@ from approvals.settings import ApprovalsSettings
 from audit.app import create_app as create_audit
 from audit.settings import AuditSettings
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, create_database, drop_database, free_port, migrate_schema, serve_app, user
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
+
+from testkit.client import SignedApi
+from testkit.fixtures import (
+    Caller,
+    create_database,
+    drop_database,
+    free_port,
+    migrate_schema,
+    serve_app,
+    user,
+)
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
-from svckit.testing import IsolatedEnv
 
 from devstack.backing import port_is_free
 from devstack.platform import SERVICES, Platform
+from testkit.fixtures import IsolatedEnv
 from tests.browser.support import (
     CHROMIUM,
     CHROMIUM_ARGS,

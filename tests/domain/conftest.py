@@ -14,8 +14,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi, wait_ready
-from svckit.testing import (
+from timesheets.app import create_app as create_timesheets
+from timesheets.settings import TimesheetsSettings
+from yarl import URL
+
+from testkit.client import SignedApi, wait_ready
+from testkit.fixtures import (
     Caller,
     ServiceProcess,
     create_database,
@@ -24,9 +28,6 @@ from svckit.testing import (
     migrate_schema,
     serve_app,
 )
-from timesheets.app import create_app as create_timesheets
-from timesheets.settings import TimesheetsSettings
-from yarl import URL
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import asyncpg
 from svckit.identity import Identity
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, ServiceProcess, user
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, ServiceProcess, user
 
 from .conftest import FaultProxy, signed_api
 

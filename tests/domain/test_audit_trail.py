@@ -18,10 +18,11 @@ from approvals.settings import ApprovalsSettings
 from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi, wait_ready
-from svckit.testing import Caller, ServiceProcess, create_database, drop_database, serve_app, user
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
+
+from testkit.client import SignedApi, wait_ready
+from testkit.fixtures import Caller, ServiceProcess, create_database, drop_database, serve_app, user
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 EMPLOYEE = ("read:timesheets", "create:timesheets", "delete:timesheets")

@@ -13,10 +13,10 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from svckit.settings import load_settings
-from svckit.testclient import wait_ready
-from svckit.testing import ServiceProcess, serve_app
 
 from bench.api import AUDIENCE, Issuer
+from testkit.client import wait_ready
+from testkit.fixtures import ServiceProcess, serve_app
 
 EMPLOYEE = "openid read:timesheets create:timesheets delete:timesheets"
 MANAGER = EMPLOYEE + " approve:timesheets"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from svckit.testing import IsolatedEnv
 
 from devstack import SERVICES
 from devstack.backing import port_is_free
+from testkit.fixtures import IsolatedEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 

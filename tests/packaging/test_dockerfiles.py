@@ -156,10 +156,11 @@ import importlib, pkgutil, sys
 service = sys.argv[1]
 pkg = importlib.import_module(service)
 names = [m.name for m in pkgutil.walk_packages(pkg.__path__, service + ".")
-         if not m.name.endswith(("__main__", ".testing"))]
+         if not m.name.endswith("__main__")]
 for name in names:
     importlib.import_module(name)
-foreign = {"pytest", "devstack", "tests", "gateway", "identity", "timesheets", "approvals", "audit"}
+foreign = {"pytest", "devstack", "tests", "testkit",
+           "gateway", "identity", "timesheets", "approvals", "audit"}
 bad = [m for m in sys.modules if m.split(".")[0] in foreign - {service}]
 assert not bad, bad
 print(len(names))
@@ -198,8 +199,8 @@ def test_image_layout_imports_every_module(
 ) -> None:
     """What the Dockerfile copies, with only the locked runtime dependencies, is enough to import
     every module of the service: catches code that imports a dev-only package, another service's
-    package, or a file the Dockerfile does not copy. (``<package>.testing`` modules are test
-    helpers shipped for other packages' tests, never imported at run time: skipped.)"""
+    package, or a file the Dockerfile does not copy. Test helpers live in ``testkit`` (never
+    copied), so every module of the package is imported."""
     result = image_imports[service]
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.strip()) > 0, "no module found"
@@ -221,3 +222,18 @@ def test_image_layout_check_can_fail(runtime_venv: Path, tmp_path: Path) -> None
     )
     assert result.returncode != 0
     assert "No module named 'pytest'" in result.stderr
+
+
+def test_no_test_code_in_service_packages() -> None:
+    """Production packages carry no test helpers: nothing under ``services/*/<package>`` imports
+    pytest or ``testkit``, and no module is named like a test helper."""
+    offenders = []
+    for package in (REPO / "services").glob("*/*/__init__.py"):
+        for module in package.parent.rglob("*.py"):
+            text = module.read_text()
+            if module.stem in {"testing", "testclient", "conftest"} or any(
+                line.strip().startswith(("import pytest", "from pytest", "import testkit", "from testkit"))
+                for line in text.splitlines()
+            ):
+                offenders.append(str(module.relative_to(REPO)))
+    assert not offenders, offenders

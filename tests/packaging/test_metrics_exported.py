@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from svckit.testing import IsolatedEnv, free_port
 
+from testkit.fixtures import IsolatedEnv, free_port
 from tests.packaging.images import ImageProcess, find_uv, image_layout, runtime_venv
 from tests.packaging.support import (
     PROMETHEUS_DIR,

@@ -25,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from svckit.settings import load_settings
-from svckit.testing import migrate_schema, serve_app
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
+
+from testkit.fixtures import migrate_schema, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 AUDIENCE = "https://timesheets.abc.example/api"

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 from svckit.identity import Identity
-from svckit.testing import Caller, new_identity_keys, user
+
+from testkit.fixtures import Caller, new_identity_keys, user
 
 from .conftest import Edge, eventually
 

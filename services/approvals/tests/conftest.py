@@ -10,10 +10,11 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi, wait_ready
-from svckit.testing import Caller, TcpProxy, migrate_schema, serve_app
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
+
+from testkit.client import SignedApi, wait_ready
+from testkit.fixtures import Caller, TcpProxy, migrate_schema, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,9 @@ import aiohttp
 import asyncpg
 import pytest
 from svckit.identity import Identity
-from svckit.testclient import Reply, SignedApi
-from svckit.testing import TcpProxy, user
+
+from testkit.client import Reply, SignedApi
+from testkit.fixtures import TcpProxy, user
 
 EMPLOYEE = ("read:timesheets", "create:timesheets", "delete:timesheets")
 MANAGER = (*EMPLOYEE, "approve:timesheets")

@@ -15,8 +15,9 @@ from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import Identity, IdentitySigner
 from svckit.settings import parse_identity_keys
-from svckit.testclient import SignedApi
-from svckit.testing import user
+
+from testkit.client import SignedApi
+from testkit.fixtures import user
 
 
 @pytest.fixture

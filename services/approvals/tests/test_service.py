@@ -12,8 +12,9 @@ from approvals.settings import ApprovalsSettings
 from openapi_spec_validator import validate
 from svckit.openapi import app_operations, documented_operations
 from svckit.settings import SettingsError, load_settings
-from svckit.testclient import SignedApi
-from svckit.testing import (
+
+from testkit.client import SignedApi
+from testkit.fixtures import (
     assert_migrate_command_repeatable,
     new_identity_keys,
     user,

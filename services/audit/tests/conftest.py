@@ -18,8 +18,9 @@ from audit.openapi import build_document
 from audit.settings import AuditSettings
 from svckit.identity import Identity
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, migrate_schema, serve_app, user
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, migrate_schema, serve_app, user
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audit"
 

@@ -24,8 +24,9 @@ from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.identity import Identity
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
-from svckit.testing import Caller, create_database, drop_database, migrate_schema, serve_app, user
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, serve_app, user
 
 from .conftest import PACKAGE_DIR, wait_ready
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jsonschema
 from audit.api import routes
-from svckit.testclient import SignedApi
+
+from testkit.client import SignedApi
 
 
 async def test_document_is_served_without_identity_and_covers_every_route(api: SignedApi) -> None:

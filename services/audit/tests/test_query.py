@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from svckit.identity import Identity
-from svckit.testclient import SignedApi
-from svckit.testing import user
+
+from testkit.client import SignedApi
+from testkit.fixtures import user
 
 TIMESHEETS = Identity.service("timesheets")
 APPROVALS = Identity.service("approvals")

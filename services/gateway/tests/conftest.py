@@ -34,7 +34,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.identity import IdentityError, IdentityVerifier, identity_headers, request_target
 from svckit.settings import parse_identity_keys
-from svckit.testing import serve_app
+
+from testkit.fixtures import serve_app
 
 AUDIENCE = "https://timesheets.abc.example/api"
 

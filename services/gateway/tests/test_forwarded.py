@@ -9,7 +9,8 @@ import pytest
 from gateway.forwarded import ForwardedHeaders
 from gateway.settings import GatewaySettings
 from pydantic import ValidationError
-from svckit.testing import ServiceProcess
+
+from testkit.fixtures import ServiceProcess
 
 from .conftest import Echo, Provider, process_env
 

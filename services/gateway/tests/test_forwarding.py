@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from gateway.app import create_app
-from svckit.testing import free_port
+
+from testkit.fixtures import free_port
 
 from .conftest import Provider
 

@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 from prometheus_client import REGISTRY
-from svckit.testing import TcpProxy
+
+from testkit.fixtures import TcpProxy
 
 from .conftest import Provider
 
@@ -149,7 +150,7 @@ async def test_redis_outage_gateway_carries_on(
 
 
 async def test_replica_starting_while_redis_is_down(api: Any, start_gateway: Any, provider: Provider) -> None:
-    from svckit.testing import free_port
+    from testkit.fixtures import free_port
 
     async with start_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0") as gateway:
         status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
@@ -176,7 +177,7 @@ async def test_jwks_uri_override_skips_discovery(
 
 
 async def test_two_issuers_never_collide(api: Any, start_gateway: Any, provider: Provider) -> None:
-    from svckit.testing import serve_app
+    from testkit.fixtures import serve_app
 
     other = Provider()
     async with serve_app(other.app()) as url:

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from svckit.testing import ServiceProcess
+
+from testkit.fixtures import ServiceProcess
 
 from .conftest import AUDIENCE, Echo, Provider, process_env
 

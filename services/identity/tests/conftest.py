@@ -16,8 +16,9 @@ import aiohttp
 import asyncpg
 import jwt
 import pytest
-from identity.testing import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
-from svckit.testing import ServiceProcess, free_port, migrate_schema
+
+from testkit.fixtures import ServiceProcess, free_port, migrate_schema
+from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
 

@@ -8,10 +8,11 @@ import aiohttp
 import asyncpg
 import pytest
 from identity.settings import IdentitySettings
-from identity.testing import run_cli
 from identity.throttle import LoginThrottle
 from redis.asyncio import Redis
 from svckit.settings import SettingsError, load_settings
+
+from testkit.oidc import run_cli
 
 
 def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, str]) -> None:
@@ -165,8 +166,8 @@ def test_issuer_gets_a_trailing_slash(seeded: dict[str, str]) -> None:
 
 async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str]) -> None:
     """A second replica whose Redis is unreachable still signs users in and still throttles."""
-    from identity.testing import DEMO_PASSWORD, Browser
-    from svckit.testing import ServiceProcess, free_port
+    from testkit.fixtures import ServiceProcess, free_port
+    from testkit.oidc import DEMO_PASSWORD, Browser
 
     port = free_port()
     env = {
@@ -189,8 +190,8 @@ async def test_sign_in_and_throttling_work_with_redis_down(seeded: dict[str, str
 
 
 async def test_failed_client_authentication_is_throttled_per_address(seeded: dict[str, str]) -> None:
-    from identity.testing import BATCH_SECRET
-    from svckit.testing import ServiceProcess, free_port
+    from testkit.fixtures import ServiceProcess, free_port
+    from testkit.oidc import BATCH_SECRET
 
     port = free_port()
     env = {

@@ -20,12 +20,13 @@ import jwt
 import pytest
 from identity import store
 from identity.models import Client
-from identity.testing import API, DEMO_PASSWORD
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
-from svckit.testing import free_port, serve_app
+
+from testkit.fixtures import free_port, serve_app
+from testkit.oidc import API, DEMO_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("identity_service")]
 

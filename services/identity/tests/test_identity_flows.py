@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from identity.testing import (
+
+from testkit.fixtures import ServiceProcess
+from testkit.oidc import (
     API,
     BATCH_SECRET,
     DEMO_PASSWORD,
@@ -24,7 +26,6 @@ from identity.testing import (
     params_of,
     pkce_pair,
 )
-from svckit.testing import ServiceProcess
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 

@@ -16,8 +16,9 @@ import jwt
 import pytest
 from identity import keys as keymod
 from identity.settings import IdentitySettings
-from identity.testing import BATCH_SECRET, run_cli
 from svckit.settings import load_settings
+
+from testkit.oidc import BATCH_SECRET, run_cli
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -123,8 +124,8 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     seeded: dict[str, str], test_run_id: str
 ) -> None:
     """SIGNING_ALG=ES256 on a database of its own: both token kinds verify against the JWKS."""
-    from identity.testing import DEMO_PASSWORD, SPA, Browser, sign_in_tokens
-    from svckit.testing import ServiceProcess, create_database, drop_database, free_port, migrate_schema
+    from testkit.fixtures import ServiceProcess, create_database, drop_database, free_port, migrate_schema
+    from testkit.oidc import DEMO_PASSWORD, SPA, Browser, sign_in_tokens
 
     name = f"tsp_test_{test_run_id}_es256"
     url = await create_database(name)

@@ -6,7 +6,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from identity.testing import SPA, Browser, sign_in_tokens
+
+from testkit.oidc import SPA, Browser, sign_in_tokens
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 

@@ -11,7 +11,8 @@ import pytest
 from identity import store
 from identity.models import User
 from identity.passwords import hash_secret
-from identity.testing import (
+
+from testkit.oidc import (
     BATCH_SECRET,
     DEMO_PASSWORD,
     SPA,

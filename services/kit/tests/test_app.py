@@ -16,7 +16,8 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.body import parse_body
 from svckit.settings import ServiceSettings, load_settings
-from svckit.testing import Caller, serve_app, user
+
+from testkit.fixtures import Caller, serve_app, user
 
 
 class Entry(BaseModel):

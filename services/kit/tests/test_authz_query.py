@@ -17,7 +17,8 @@ from svckit.authz import requires_scope, requires_service
 from svckit.identity import Identity
 from svckit.query import parse_query
 from svckit.settings import ServiceSettings, load_settings
-from svckit.testing import Caller, serve_app, user
+
+from testkit.fixtures import Caller, serve_app, user
 
 
 class Listing(BaseModel):

@@ -13,7 +13,8 @@ from svckit.app import create_service_app
 from svckit.db import Database
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
-from svckit.testing import TcpProxy, serve_app
+
+from testkit.fixtures import TcpProxy, serve_app
 
 
 async def wait_for_status(url: str, status: int, timeout: float = 20.0) -> dict[str, object]:

@@ -9,7 +9,8 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.openapi import app_operations, document, documented_operations, json_body, problem
 from svckit.settings import ServiceSettings, load_settings
-from svckit.testing import new_identity_keys
+
+from testkit.fixtures import new_identity_keys
 
 
 async def nothing(request: Request) -> Response:

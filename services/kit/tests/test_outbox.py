@@ -36,7 +36,8 @@ from svckit.outbox import (
     enqueue,
 )
 from svckit.settings import ServiceSettings, load_settings, parse_identity_keys
-from svckit.testing import free_port, new_identity_keys, serve_app, user
+
+from testkit.fixtures import free_port, new_identity_keys, serve_app, user
 
 ALICE = user("alice", "create:timesheets", name="Alice")
 

@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.settings import ServiceSettings, load_settings
-from svckit.testing import ServiceProcess, free_port
+
+from testkit.fixtures import ServiceProcess, free_port
 
 
 def test_migrate_command_is_idempotent(service_env: dict[str, str]) -> None:

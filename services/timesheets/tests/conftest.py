@@ -8,10 +8,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi, wait_ready
-from svckit.testing import Caller, migrate_schema, serve_app
 from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
+
+from testkit.client import SignedApi, wait_ready
+from testkit.fixtures import Caller, migrate_schema, serve_app
 
 PACKAGE = Path(__file__).resolve().parents[1] / "timesheets"
 

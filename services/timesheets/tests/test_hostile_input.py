@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from svckit.testclient import SignedApi
-from svckit.testing import user
+
+from testkit.client import SignedApi
+from testkit.fixtures import user
 
 WHO = user("hostile", "read:timesheets", "create:timesheets", "delete:timesheets")
 

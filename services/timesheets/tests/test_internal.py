@@ -11,8 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 from svckit.identity import Identity
-from svckit.testclient import Reply, SignedApi
-from svckit.testing import user
+
+from testkit.client import Reply, SignedApi
+from testkit.fixtures import user
 
 ALL = ("read:timesheets", "create:timesheets", "delete:timesheets")
 APPROVALS = Identity.service("approvals")

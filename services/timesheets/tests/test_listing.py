@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from svckit.identity import Identity
-from svckit.testclient import SignedApi
-from svckit.testing import user
+
+from testkit.client import SignedApi
+from testkit.fixtures import user
 
 ALL = ("read:timesheets", "create:timesheets", "delete:timesheets")
 

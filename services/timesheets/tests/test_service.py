@@ -7,15 +7,16 @@ from openapi_spec_validator import validate
 from svckit.identity import Identity
 from svckit.openapi import app_operations, documented_operations
 from svckit.settings import load_settings
-from svckit.testclient import SignedApi
-from svckit.testing import (
+from timesheets.app import create_app
+from timesheets.settings import TimesheetsSettings
+
+from testkit.client import SignedApi
+from testkit.fixtures import (
     assert_migrate_command_repeatable,
     new_identity_keys,
     user,
     wait_for_metrics,
 )
-from timesheets.app import create_app
-from timesheets.settings import TimesheetsSettings
 
 
 def test_every_route_is_documented() -> None:

@@ -9,8 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 from svckit.identity import Identity
-from svckit.testclient import SignedApi
-from svckit.testing import user
+
+from testkit.client import SignedApi
+from testkit.fixtures import user
 
 
 def batch_client() -> Identity:

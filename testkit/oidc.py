@@ -1,7 +1,7 @@
 """Helpers for the identity tests: a scripted browser, PKCE, HTML form scraping.
 
-Shipped in the package (like ``svckit.testing``) so that test files and other services' end-to-end
-tests can sign in against a running identity service the way a browser does.
+Shared by the identity tests and by other suites' end-to-end tests, which sign in against a running
+identity service the way a browser does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
-from svckit.testing import REPO_ROOT
+
+from testkit.fixtures import REPO_ROOT
 
 DEMO_PASSWORD = "demo-" + secrets.token_hex(4)
 BATCH_SECRET = "batch-" + secrets.token_urlsafe(24)
@@ -27,7 +28,7 @@ API = "https://timesheets.abc.example/api"
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv: this interpreter, this package
+    return subprocess.run(
         [sys.executable, "-m", "identity", *args],
         env=env,
         cwd=REPO_ROOT,

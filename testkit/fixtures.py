@@ -32,14 +32,13 @@ import asyncpg
 import pytest
 import uvicorn
 from starlette.types import ASGIApp
-
-from .identity import Identity, IdentitySigner, request_target
-from .migrations import migrate
-from .settings import parse_identity_keys
+from svckit.identity import Identity, IdentitySigner, request_target
+from svckit.migrations import migrate
+from svckit.settings import parse_identity_keys
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _embedded: list[Any] = []
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+from svckit.identity import Identity
 from yarl import URL
 
-from .identity import Identity
-from .testing import Caller
+from testkit.fixtures import Caller
 
 
 @dataclass(frozen=True)
