@@ -30,7 +30,7 @@ client_auth_throttled = Counter(
 def discovery_document(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     return {
-        "issuer": s.oidc_issuer,
+        "issuer": s.identity_issuer,
         "authorization_endpoint": s.url("authorize"),
         "token_endpoint": s.url("oauth/token"),
         "userinfo_endpoint": s.url("userinfo"),

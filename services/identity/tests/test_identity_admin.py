@@ -119,13 +119,23 @@ def test_issuer_must_be_an_http_url(
     seeded: dict[str, str], value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SettingsError):
-        load_settings(IdentitySettings, env={**seeded, "OIDC_ISSUER": value})
-    assert "OIDC_ISSUER" in capsys.readouterr().err
+        load_settings(IdentitySettings, env={**seeded, "IDENTITY_ISSUER": value})
+    assert "IDENTITY_ISSUER" in capsys.readouterr().err
+
+
+def test_the_gateways_issuer_list_is_not_the_providers_issuer(seeded: dict[str, str]) -> None:
+    """OIDC_ISSUER lists the issuers the gateway trusts (Auth0 among them, say); the provider reads
+    IDENTITY_ISSUER only, so one environment can carry both (make dev, the chart)."""
+    env = {k: v for k, v in seeded.items() if k != "IDENTITY_ISSUER"}
+    settings = load_settings(
+        IdentitySettings, env={**env, "OIDC_ISSUER": "http://localhost:9000/,https://TENANT.auth0.com/"}
+    )
+    assert settings.identity_issuer == "http://localhost:9000/"
 
 
 def test_issuer_gets_a_trailing_slash(seeded: dict[str, str]) -> None:
-    settings = load_settings(IdentitySettings, env={**seeded, "OIDC_ISSUER": "https://id.example"})
-    assert settings.oidc_issuer == "https://id.example/"
+    settings = load_settings(IdentitySettings, env={**seeded, "IDENTITY_ISSUER": "https://id.example"})
+    assert settings.identity_issuer == "https://id.example/"
     assert settings.cookie_secure
 
 
@@ -136,7 +146,7 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
     port = free_port()
     env = {
         **seeded,
-        "OIDC_ISSUER": f"http://localhost:{port}/",
+        "IDENTITY_ISSUER": f"http://localhost:{port}/",
         "REDIS_KEY_PREFIX": seeded["REDIS_KEY_PREFIX"] + "client-throttle:",
         "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": "3",
     }

@@ -124,7 +124,6 @@ async def test_sign_in_takes_bounded_time_while_redis_hangs_or_is_gone(seeded: d
         env = {
             **seeded,
             "REDIS_URL": redis_server.url,
-            "OIDC_ISSUER": f"http://localhost:{port}/",
             "IDENTITY_ISSUER": f"http://localhost:{port}/",
             "LOGIN_MAX_FAILURES_PER_USER": "3",
         }

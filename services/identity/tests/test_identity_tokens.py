@@ -24,7 +24,7 @@ def settings(**env: str) -> IdentitySettings:
     base = {
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
-        "OIDC_ISSUER": ISSUER,
+        "IDENTITY_ISSUER": ISSUER,
     }
     return load_settings(IdentitySettings, env={**base, **env})
 
