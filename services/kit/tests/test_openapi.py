@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -16,6 +17,8 @@ from svckit.openapi import Placement, app_operations, build, documented_operatio
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.fixtures import new_identity_keys
+
+pytestmark = pytest.mark.unit
 
 
 async def nothing(request: Request) -> Response:
