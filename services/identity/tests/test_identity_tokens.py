@@ -15,6 +15,8 @@ from identity.settings import IdentitySettings
 from identity.tokens import AccessTokenMinter, InvalidAccessToken, verify_access_token
 from svckit.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 ISSUER = "http://localhost:9000/"
 
 
