@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import UNAVAILABLE_ERRORS, Database
+from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
+from svckit.tasks import PeriodicTask
 
 from . import store
 from .account import Account
@@ -124,30 +125,28 @@ def build_app(settings: IdentitySettings) -> Starlette:
             except HOUSEKEEPING_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
 
-    async def revocation_feed() -> None:
-        """Keep the gateways' revocation stream complete (see identity.revocation)."""
-        await database.wait_connected()
-        while True:
-            try:
-                await publisher.reconcile()
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("revocation reconcile failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(settings.revocation_check_seconds)
+    # Keeps the gateways' revocation stream complete (identity.revocation): re-publishes it when Redis
+    # lost it, publishes what a failed attempt left behind, trims it.
+    revocation_feed = PeriodicTask(
+        "identity-revocation-feed",
+        settings.revocation_check_seconds,
+        publisher.reconcile,
+        initial_delay=0,
+        expected=(*UNAVAILABLE_ERRORS, DatabaseUnavailable),
+        logger=log,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(housekeeping(), name="identity-housekeeping"),
-            asyncio.create_task(revocation_feed(), name="identity-revocation-feed"),
-        ]
+        task = asyncio.create_task(housekeeping(), name="identity-housekeeping")
+        revocation_feed.start()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await revocation_feed.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             await redis.close()
 
     app = create_service_app(
