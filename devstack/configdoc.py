@@ -19,7 +19,8 @@ SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 
 MEANINGS = {
     "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
-    "port": "port to listen on",
+    "port": "port to listen on (the public listener: never serves `/metrics`)",
+    "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
     "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",

@@ -400,6 +400,61 @@ def test_backends_accept_only_the_gateway_and_their_peers(objects: list[Obj], ba
     assert all("namespaceSelector" in p for p in others)
 
 
+def port_rules(policy: Obj, port: str) -> list[Obj]:
+    return [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r.get("ports", []))]
+
+
+def test_metrics_port_is_open_only_to_the_monitoring_namespaces(scenario: str, objects: list[Obj]) -> None:
+    """Every component serves /metrics on its `metrics` port (METRICS_PORT), never on `http`; the
+    NetworkPolicy admits only the monitoring namespaces there, and never opens `http` to them."""
+    namespaces = SCENARIOS[scenario].get("networkPolicy", {}).get("monitoringNamespaces", ["monitoring"])
+    for dep in app_deployments(objects):
+        comp = component(dep)
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert set(ports) == {"http", "metrics"}
+        assert env_of(c)["METRICS_PORT"]["value"] == str(ports["metrics"])
+        assert ports["metrics"] != ports["http"]
+        policy = policy_for(objects, comp)
+        rules = port_rules(policy, "metrics")
+        for rule in policy["spec"]["ingress"]:
+            assert [p["port"] for p in rule["ports"]] in (["http"], ["metrics"]), "one port per rule"
+        if not namespaces:
+            assert rules == [], comp
+            continue
+        (rule,) = rules
+        allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]}
+        assert allowed == set(namespaces), comp
+        assert all(set(p) <= {"namespaceSelector", "podSelector"} for p in rule["from"])
+        for http_rule in port_rules(policy, "http"):
+            assert not any(
+                p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                in namespaces
+                for p in http_rule.get("from", [])
+            ), f"{comp}: the monitoring namespaces reach the service port"
+
+
+def test_monitoring_pod_labels_narrow_the_metrics_rule(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "networkPolicy": {
+            "monitoringNamespaces": ["monitoring", "observability"],
+            "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
+        },
+    }
+    objects = render_values(values)
+    (rule,) = port_rules(policy_for(objects, "audit"), "metrics")
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+        for ns in ("monitoring", "observability")
+    ]
+
+
 def test_egress_is_dns_database_redis_identity_provider_and_peers_only(objects: list[Obj]) -> None:
     for dep in app_deployments(objects):
         comp = component(dep)
@@ -442,6 +497,7 @@ def test_ingress_exposes_gateway_and_bundled_identity_only() -> None:
     for comp, ing in ingresses.items():
         backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
         assert backend["name"] == f"ts-timesheets-{comp}"
+        assert backend["port"] == {"name": "http"}, "an Ingress never reaches the metrics port"
         assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
     prod = rendered_scenario("values-prod.yaml")
     assert [component(o) for o in by_kind(prod, "Ingress")] == ["gateway"]

@@ -96,6 +96,12 @@ derived from this one table. The gateway also calls the bundled identity provide
 {{- get $ports .component -}}
 {{- end -}}
 
+{{/* The metrics port of each component (METRICS_PORT; docs/CONTRACTS.md): never the public one. */}}
+{{- define "timesheets.metricsPort" -}}
+{{- $ports := dict "gateway" 9080 "identity" 9010 "timesheets" 9101 "approvals" 9102 "audit" 9103 -}}
+{{- get $ports .component -}}
+{{- end -}}
+
 {{/* In-cluster base URL of a component. */}}
 {{- define "timesheets.url" -}}
 {{- printf "http://%s:%s" (include "timesheets.componentName" .) (include "timesheets.port" .) -}}
@@ -194,6 +200,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: "0.0.0.0"
 - name: PORT
   value: {{ include "timesheets.port" . | quote }}
+- name: METRICS_PORT
+  value: {{ include "timesheets.metricsPort" . | quote }}
 - name: LOG_LEVEL
   value: {{ default $root.Values.config.logLevel $values.logLevel | quote }}
 - name: SHUTDOWN_TIMEOUT_SECONDS

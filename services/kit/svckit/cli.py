@@ -15,6 +15,7 @@ import uvicorn
 
 from .db import UNAVAILABLE_ERRORS
 from .logs import configure_logging
+from .metrics import MetricsServer
 from .migrations import MigrationError, migrate
 from .settings import DatabaseSettings, ServiceSettings, load_settings
 
@@ -42,6 +43,22 @@ def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
         lifespan="on",
     )
     return 0
+
+
+def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
+    """The metrics listener on METRICS_PORT, in this process — with several workers that is uvicorn's
+    supervisor, which aggregates the workers' samples — started before uvicorn and kept through the
+    drain. ``None`` (after one line on stderr) when the port cannot be bound."""
+    try:
+        return MetricsServer(settings.bind_host, settings.metrics_port).start()
+    except OSError as exc:
+        print(
+            f"cannot serve metrics on {settings.bind_host}:{settings.metrics_port} (METRICS_PORT): "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
 
 
 async def migrate_with_wait(dsn: str, schema: str, directory: Path, wait_seconds: float) -> list[int]:
@@ -81,7 +98,13 @@ def run_cli(
     configure_logging(name, settings.log_level)
 
     if parsed.command == "serve":
-        return serve(app_factory, settings, workers(settings) if workers else 1)
+        metrics = start_metrics_listener(settings)
+        if metrics is None:
+            return 1
+        try:
+            return serve(app_factory, settings, workers(settings) if workers else 1)
+        finally:
+            metrics.stop()
     if parsed.command == "migrate":
         assert migrations is not None
         assert schema is not None

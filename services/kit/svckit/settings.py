@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_IDENTITY_KEY_BYTES = 32
@@ -74,6 +74,9 @@ class ServiceSettings(BaseSettings):
     service_name: str = Field(default="service", exclude=True)
     bind_host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The metrics listener (GET /metrics, svckit.metrics.MetricsServer): never the public port, so an
+    # Ingress cannot publish it. Each service sets its own default (docs/CONTRACTS.md).
+    metrics_port: int = Field(default=9100, ge=1, le=65535)
     log_level: str = "INFO"
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
     identity_keys: IdentityKeys
@@ -86,6 +89,12 @@ class ServiceSettings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Self:
+        if self.metrics_port == self.port:
+            raise ValueError(f"METRICS_PORT must differ from PORT (both are {self.port})")
+        return self
 
     @property
     def signing_key_id(self) -> str:
@@ -133,11 +142,11 @@ def describe_error(exc: ValidationError) -> str:
     """One line: every offending variable with what is wrong, secrets never echoed."""
     parts = []
     for error in exc.errors():
-        name = str(error["loc"][0]).upper() if error["loc"] else "?"
+        name = str(error["loc"][0]).upper() if error["loc"] else ""  # "": a check across variables
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is required but not set"
-        parts.append(f"{name} {message}")
+        parts.append(f"{name} {message}".strip())
     return "invalid configuration: " + "; ".join(parts)
 
 
