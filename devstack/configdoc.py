@@ -29,6 +29,8 @@ MEANINGS = {
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
     "db_connect_timeout_seconds": "connect and acquire timeout",
+    "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
+    "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "redis_url": "Redis URL (losable state: caches, counters)",
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "trusted issuer(s), comma-separated (gateway); the provider's own issuer (identity)",

@@ -313,6 +313,68 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
     assert again["data"]["identity-keys"] != secret["data"]["identity-keys"], "random per install"
 
 
+# --- database TLS ------------------------------------------------------------------------------
+
+DB_CLIENTS = {"identity", "timesheets", "approvals", "audit"}
+
+
+def test_production_checks_the_database_certificate_in_every_pod_that_connects() -> None:
+    """values-prod.yaml: verify-full, with the CA bundle mounted into every service and migration
+    container that connects to PostgreSQL — and into nothing else."""
+    objects = rendered_scenario("values-prod.yaml")
+    connecting = 0
+    for obj, spec in workloads(objects):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            env = env_of(c)
+            mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+            if "DATABASE_URL" not in env:
+                assert "database-ca" not in mounts
+                assert "DB_SSLROOTCERT" not in env
+                continue
+            connecting += 1
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            assert env["DB_SSLMODE"]["value"] == "verify-full", where
+            path = env["DB_SSLROOTCERT"]["value"]
+            mount = mounts["database-ca"]
+            assert path == mount["mountPath"] + "/ca.crt", where
+            assert mount["readOnly"] is True
+            assert volumes["database-ca"]["configMap"] == {
+                "name": "timesheets-database-ca",
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+            }
+    assert connecting == 3 + 3  # timesheets, approvals, audit Deployments + their migration containers
+
+
+def test_database_ca_from_a_secret_or_the_system_store(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "externalDatabase": {"existingSecret": "db", "caBundle": {"secretName": "db-ca", "key": "root.pem"}},
+    }
+    objects = render_values(values)
+    (job,) = by_kind(objects, "Job")
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["database-ca"]["secret"] == {
+        "secretName": "db-ca",
+        "items": [{"key": "root.pem", "path": "ca.crt"}],
+    }
+    system = {
+        **SCENARIOS["minimal"],
+        "externalDatabase": {"existingSecret": "db", "caBundle": {"useSystemTrustStore": True}},
+    }
+    for dep in app_deployments(render_values(system)):
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        env = env_of(c)
+        if component(dep) in DB_CLIENTS:
+            assert env["DB_SSLROOTCERT"]["value"] == "system"
+        assert "database-ca" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    for dep in app_deployments(rendered_scenario("values-dev.yaml")):  # the demo database: plain
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert not {"DB_SSLMODE", "DB_SSLROOTCERT"} & set(env_of(c))
+
+
 # --- migrations --------------------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Self, TypeVar
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .dbtls import DatabaseTls, resolve
+
 MIN_IDENTITY_KEY_BYTES = 32
 
 
@@ -108,6 +110,11 @@ class DatabaseSettings(ServiceSettings):
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=500)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
+    # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
+    db_sslrootcert: str = ""
+    # Overrides the URL's sslmode (empty: the URL's): lets a deployment insist on verify-full.
+    db_sslmode: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -115,6 +122,16 @@ class DatabaseSettings(ServiceSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
+
+    @model_validator(mode="after")
+    def _tls_can_work(self) -> Self:
+        """A TLS set-up that cannot work stops the process now, not at the first connection."""
+        resolve(self.database_url, self.db_sslrootcert, self.db_sslmode)  # DatabaseTlsError: a ValueError
+        return self
+
+    @property
+    def database_tls(self) -> DatabaseTls:
+        return resolve(self.database_url, self.db_sslrootcert, self.db_sslmode)
 
 
 class RedisSettings(ServiceSettings):
