@@ -29,8 +29,11 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 
 import asyncpg
+
+from .dbtls import SslMode
 
 log = logging.getLogger("svckit.migrations")
 
@@ -223,16 +226,24 @@ def _check_history(
             )
 
 
-async def migrate(dsn: str, schema: str, directory: Path | None, *, kit: Iterable[str] = ()) -> list[int]:
+async def migrate(
+    dsn: str,
+    schema: str,
+    directory: Path | None,
+    *,
+    kit: Iterable[str] = (),
+    ssl: SSLContext | SslMode | None = None,
+) -> list[int]:
     """Apply pending migrations: the kit sets first (those ``directory/kit.txt`` names, then
     ``kit``), then the folder's own files. Returns the versions of the folder's own files applied by
-    this run (kit migrations applied are logged)."""
+    this run (kit migrations applied are logged). ``ssl``: the kit's verifying TLS context
+    (``DatabaseSettings.database_tls``), else the URL's own sslmode applies."""
     own = discover(directory) if directory is not None else []
     kits = kit_sets_of(directory, kit)
     tracks: list[tuple[str, list[Migration]]] = [(k.source, discover(k.directory)) for k in kits]
     tracks.append((OWN, own))
     quoted = _quote_ident(schema)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, ssl=ssl)
     try:
         lock_key = zlib.crc32(f"svckit-migrate:{schema}".encode())
         await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
