@@ -25,7 +25,7 @@ from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
 from .metrics import metrics_endpoint
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .settings import ServiceSettings
 
@@ -83,6 +83,7 @@ def create_service_app(
 
     middleware = [
         Middleware(RequestContextMiddleware),
+        Middleware(UnhandledErrorMiddleware),
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
     if require_identity:
