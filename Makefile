@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool.
 SYSTEM_PACKAGES := chromium wrk prometheus
 
-.PHONY: help install system-deps dev test e2e test-packaging chart-docs spa lint format bench clean
+.PHONY: help install system-deps dev test unit e2e test-packaging chart-docs spa lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 
 test: install system-deps ## the whole suite: unit, integration (real Postgres/Redis), end-to-end, browser, packaging
 	$(PY) -m pytest
+
+unit: install ## the fast tier: in-process tests of pure logic (no servers, no network, fake clocks)
+	$(PY) -m pytest -m unit -q
 
 e2e: install system-deps ## only the browser end-to-end tests (headless Chromium)
 	$(PY) -m pytest -m browser

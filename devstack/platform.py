@@ -42,7 +42,8 @@ SERVICES = (
 )
 
 DEFAULTS = {
-    "OIDC_ISSUER": "http://localhost:9000/",
+    "OIDC_ISSUER": "http://localhost:9000/",  # the gateway's trusted issuers (a comma-separated list)
+    "IDENTITY_ISSUER": "http://localhost:9000/",  # the bundled provider's own issuer
     "OIDC_AUDIENCE": "https://timesheets.abc.example/api",
     "TIMESHEETS_URL": "http://127.0.0.1:8101",
     "APPROVALS_URL": "http://127.0.0.1:8102",
@@ -127,6 +128,13 @@ class Platform:
             stale.unlink()
         env.setdefault("SPA_DIST_DIR", str(ROOT / "spa" / "dist"))
         self.env = env
+        trusted = [issuer.strip() for issuer in env["OIDC_ISSUER"].split(",") if issuer.strip()]
+        if env["IDENTITY_ISSUER"] not in trusted:
+            self.log(
+                "devstack",
+                f"IDENTITY_ISSUER {env['IDENTITY_ISSUER']} is not in OIDC_ISSUER: "
+                "the gateway will refuse the bundled provider's tokens",
+            )
         for spec in SERVICES:
             if spec.schema:
                 self.run_step(spec.name, [sys.executable, "-m", spec.name, "migrate"])

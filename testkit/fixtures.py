@@ -47,8 +47,21 @@ def server_url() -> str:
     return os.environ["DATABASE_URL"]
 
 
+#: Fixtures that reach a server; the fast tier (``-m unit``) may use none of them.
+SERVER_FIXTURES = frozenset({"database_url", "redis_url", "redis_prefix", "service_env", "isolated_env"})
+
+
+def _unit_only(config: pytest.Config) -> bool:
+    return str(config.getoption("markexpr", "") or "").strip() == "unit"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Like ``make dev``: use ``DATABASE_URL`` / ``REDIS_URL`` when set, else start embedded servers."""
+    """Like ``make dev``: use ``DATABASE_URL`` / ``REDIS_URL`` when set, else start embedded servers.
+
+    ``make unit`` (``-m unit``) starts none: the fast tier runs in process.
+    """
+    if _unit_only(config):
+        return
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
         from devstack.backing import EmbeddedPostgres, EmbeddedRedis
 
@@ -66,6 +79,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _embedded:
         _embedded.pop().stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``unit`` that needs a server is mislabelled: refuse the run, in every tier."""
+    wrong = [
+        f"{item.nodeid} uses {sorted(servers)}"
+        for item in items
+        if item.get_closest_marker("unit") is not None
+        and (servers := SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    ]
+    if wrong:
+        raise pytest.UsageError("tests marked 'unit' must run in process:\n  " + "\n  ".join(wrong))
 
 
 def free_port() -> int:

@@ -1,7 +1,14 @@
-"""`make dev` brings all five services up and SIGTERM to `make` stops every one of them."""
+"""`make dev` brings all five services up and SIGTERM to `make` stops every one of them.
+
+It runs with two trusted issuers, the bundled provider and an Auth0 tenant
+(``OIDC_ISSUER=http://localhost:9000/,https://TENANT.auth0.com/``): the provider reads its own
+``IDENTITY_ISSUER``, so the list starts, and a user signed in at the bundled provider calls the API.
+The tenant's keys come from a loopback URL (``GATEWAY_ISSUERS_FILE``), so nothing leaves the machine.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,12 +17,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
 from devstack import SERVICES
 from devstack.backing import port_is_free
-from testkit.fixtures import IsolatedEnv
+from testkit.fixtures import IsolatedEnv, free_port
+from testkit.oidc import DEMO_PASSWORD, Browser, sign_in_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,11 +50,36 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+TENANT = "https://TENANT.auth0.com/"
+
+
+async def sign_in_and_call_the_api() -> int:
+    """alice signs in at the bundled provider (code + PKCE) and lists her entries through the gateway."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser("http://localhost:9000", session)
+        tokens = await sign_in_tokens(browser, session, "http://localhost:9000", "alice")
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        async with session.get("http://127.0.0.1:8080/api/timesheets", headers=headers) as response:
+            return response.status
+
+
 def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path: Path) -> None:
     busy = [spec.port for spec in SERVICES if not port_is_free(spec.port)]
     assert not busy, f"ports in use before the test: {busy}"
     isolated = isolated_env("make_dev")
-    env = {**os.environ, **isolated, "DEVSTACK_STATE_DIR": str(tmp_path / "state")}
+    issuers_file = tmp_path / "issuers.yaml"
+    issuers_file.write_text(
+        f'issuers:\n  "{TENANT}":\n    jwks_uri: http://127.0.0.1:{free_port()}/.well-known/jwks.json\n'
+    )
+    env = {
+        **os.environ,
+        **isolated,
+        "DEVSTACK_STATE_DIR": str(tmp_path / "state"),
+        "OIDC_ISSUER": f"http://localhost:9000/,{TENANT}",
+        "GATEWAY_ISSUERS_FILE": str(issuers_file),
+        "DEMO_PASSWORD": DEMO_PASSWORD,
+    }
+    env.pop("IDENTITY_ISSUER", None)  # the default, http://localhost:9000/
     log = (tmp_path / "make-dev.log").open("wb")
     make = subprocess.Popen(
         ["make", "--no-print-directory", "dev"],
@@ -74,6 +108,7 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         )
         output = (tmp_path / "make-dev.log").read_text(errors="replace")
         assert "alice" in output
+        assert asyncio.run(sign_in_and_call_the_api()) == 200
         assert "gateway   |" in output  # log lines are prefixed per service
         children = psutil.Process(make.pid).children(recursive=True)
         assert len(children) >= 6

@@ -96,6 +96,7 @@ def platform(
         **isolated_env("packaging"),
         "BIND_HOST": "127.0.0.1",
         "OIDC_ISSUER": f"http://127.0.0.1:{ports['identity']}/",
+        "IDENTITY_ISSUER": f"http://127.0.0.1:{ports['identity']}/",
         "OIDC_AUDIENCE": "https://timesheets.abc.example/api",
         "TIMESHEETS_URL": f"http://127.0.0.1:{ports['timesheets']}",
         "APPROVALS_URL": f"http://127.0.0.1:{ports['approvals']}",

@@ -247,7 +247,7 @@ def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
         if comp != "gateway":
             assert "DATABASE_URL" in env
         if comp in ("gateway", "identity"):
-            assert "OIDC_ISSUER" in env
+            assert ("OIDC_ISSUER" if comp == "gateway" else "IDENTITY_ISSUER") in env
             assert "OIDC_AUDIENCE" in env
         if comp == "identity":
             for name in ("IDENTITY_KEY_ENCRYPTION_KEY", "IDENTITY_SESSION_SECRET", "BATCH_CLIENT_SECRET"):

@@ -265,7 +265,7 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- end }}
 {{- end }}
 {{- if eq $c "identity" }}
-- name: OIDC_ISSUER
+- name: IDENTITY_ISSUER
   value: {{ first $root.Values.oidc.issuers | quote }}
 - name: IDENTITY_KEY_ENCRYPTION_KEY
   valueFrom:

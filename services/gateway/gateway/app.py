@@ -22,6 +22,7 @@ from svckit.app import create_service_app
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
+from svckit.redisguard import RedisGuard
 from svckit.settings import SettingsError, load_settings
 
 from . import metrics
@@ -34,7 +35,6 @@ from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
-from .redisguard import RedisGuard
 from .routes import API_PREFIX, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
@@ -77,12 +77,7 @@ class Gateway:
             )
             for service, url in settings.upstreams.items()
         }
-        self.redis = RedisGuard(
-            settings.redis_url,
-            settings.redis_key_prefix,
-            timeout=settings.redis_timeout_seconds,
-            retry_seconds=settings.redis_retry_seconds,
-        )
+        self.redis = RedisGuard.from_settings(settings)
         self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session())
         verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer)
         if settings.rate_limit_enabled:

@@ -29,10 +29,10 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+from svckit.redisguard import RedisGuard
 
 from . import metrics
 from .issuers import IssuerConfig
-from .redisguard import RedisGuard
 from .settings import GatewaySettings
 
 log = logging.getLogger("gateway.jwks")

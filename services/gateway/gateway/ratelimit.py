@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from svckit.redisguard import RedisGuard
 
 from . import metrics
-from .redisguard import RedisGuard
 
 log = logging.getLogger("gateway.ratelimit")
 

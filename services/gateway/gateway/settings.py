@@ -82,8 +82,6 @@ class GatewaySettings(RedisSettings):
     rate_limit_per_subject: int = Field(default=1200, ge=1)
     rate_limit_per_client: int = Field(default=12000, ge=1)
     rate_limit_sync_seconds: float = Field(default=0.25, gt=0, le=10)
-    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
-    redis_retry_seconds: float = Field(default=2.0, gt=0, le=300)
 
     # --- audit of denials ---------------------------------------------------------------------
     audit_denials: bool = True

@@ -9,6 +9,8 @@ import logging
 import pytest
 from gateway.accesslog import MAX_LINES, AccessLog
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def info_level() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from gateway.metrics import RequestMetrics, request_duration, requests_total
 from prometheus_client import CollectorRegistry, Histogram
 from svckit.metrics import LATENCY_BUCKETS
+
+pytestmark = pytest.mark.unit
 
 VALUES = (0.0004, 0.001, 0.0011, 0.003, 0.2, 0.2, 7.5, 20.0)
 

@@ -9,6 +9,8 @@ from gateway.issuers import IssuerConfigError, load_issuers
 from gateway.settings import GatewaySettings
 from svckit.settings import SettingsError, load_settings
 
+pytestmark = pytest.mark.unit
+
 KEYS = "k1:" + "s" * 40
 
 

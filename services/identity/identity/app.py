@@ -8,12 +8,12 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database
 from svckit.logs import configure_logging
+from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
 
 from . import store
@@ -35,7 +35,7 @@ from .keys import KeyCipher, KeyEncryptionError
 from .keystore import KeyStore
 from .oauth import Backend, IdentityServer
 from .settings import IdentitySettings
-from .throttle import LoginThrottle
+from .throttle import FailureThrottle, LoginThrottle
 
 log = logging.getLogger("identity.app")
 
@@ -67,9 +67,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     keys = KeyStore(
         KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
     )
-    redis = Redis.from_url(
-        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
-    )
+    redis = RedisGuard.from_settings(settings)
     ctx = Context(
         settings=settings,
         database=database,
@@ -77,21 +75,17 @@ def build_app(settings: IdentitySettings) -> Starlette:
         server=IdentityServer(Backend(settings, keys, lambda: database.pool)),
         throttle=LoginThrottle(
             redis,
-            settings.redis_key_prefix,
             max_per_user=settings.login_max_failures_per_user,
             max_per_address=settings.login_max_failures_per_address,
             window_seconds=settings.login_throttle_window_seconds,
         ),
-        client_auth_throttle=LoginThrottle(
+        client_auth_throttle=FailureThrottle(
             redis,
-            settings.redis_key_prefix,
-            max_per_user=1_000_000_000,  # per address only: a client id is no secret to lock out
+            "client-auth-fail",
             max_per_address=settings.client_auth_max_failures_per_address,
             window_seconds=settings.login_throttle_window_seconds,
-            name="client-auth-fail",
         ),
         csrf=CsrfSigner(settings.session_secret),
-        redis=redis,
     )
 
     async def keys_ready() -> None:
@@ -128,7 +122,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await redis.aclose()
+            await redis.close()
 
     app = create_service_app(
         settings,

@@ -355,7 +355,8 @@ async def login_submit(request: Request) -> Response:
             error="Enter your user name and password.",
         )
     address = client_address(request, ctx.settings.trusted_proxy_networks)
-    verdict = await ctx.throttle.check(username, address)
+    # Counted before the (slow) password check, atomically: concurrent guesses cannot overrun it.
+    verdict = await ctx.throttle.attempt(username, address)
     if not verdict.allowed:
         login_failures.labels("throttled").inc()
         log.warning("sign-in throttled", extra={"address": address, "limit": verdict.scope})
@@ -372,7 +373,6 @@ async def login_submit(request: Request) -> Response:
     stored = user.password_hash if user and not user.disabled else None
     ok = await ctx.in_thread(verify_secret, stored, password)
     if not ok or user is None:
-        await ctx.throttle.failed(username, address)
         login_failures.labels("invalid_credentials").inc()
         log.info("sign-in refused", extra={"address": address, "reason": "invalid_credentials"})
         return await _login_page(

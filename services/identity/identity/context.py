@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio.to_thread
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from svckit.db import Database
@@ -21,7 +20,7 @@ from .keystore import KeyStore
 from .models import SignedInUser
 from .oauth import IdentityServer
 from .settings import IdentitySettings
-from .throttle import LoginThrottle
+from .throttle import FailureThrottle, LoginThrottle
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -37,9 +36,8 @@ class Context:
     keys: KeyStore
     server: IdentityServer
     throttle: LoginThrottle
-    client_auth_throttle: LoginThrottle
+    client_auth_throttle: FailureThrottle
     csrf: CsrfSigner
-    redis: Redis | None
     _origins: frozenset[str] = field(default=frozenset())
     _origins_at: float = 0.0
 

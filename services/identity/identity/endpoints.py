@@ -30,7 +30,7 @@ client_auth_throttled = Counter(
 def discovery_document(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     return {
-        "issuer": s.oidc_issuer,
+        "issuer": s.identity_issuer,
         "authorization_endpoint": s.url("authorize"),
         "token_endpoint": s.url("oauth/token"),
         "userinfo_endpoint": s.url("userinfo"),
@@ -121,7 +121,7 @@ async def token(request: Request) -> Response:
             400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
         )
     address = client_address(request, ctx.settings.trusted_proxy_networks)
-    verdict = await ctx.client_auth_throttle.check("", address)
+    verdict = await ctx.client_auth_throttle.check(address)
     if not verdict.allowed:
         client_auth_throttled.inc()
         return oauth_error(
@@ -133,7 +133,7 @@ async def token(request: Request) -> Response:
     oreq = OAuthRequest("POST", ctx.settings.url("oauth/token"), request.headers, [], params)  # type: ignore[arg-type]
     result: Result = await ctx.in_thread(ctx.server.create_token_response, oreq)
     if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
-        await ctx.client_auth_throttle.failed("", address)
+        await ctx.client_auth_throttle.failed(address)
     headers = {**NO_STORE, **dict(result.headers)}
     headers.pop("Content-Type", None)
     return JSONResponse(result.body, status_code=result.status, headers=headers)

@@ -318,7 +318,7 @@ class IdTokenSigning:
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         now = int(time.time())
         return {
-            "iss": self.backend.settings.oidc_issuer,
+            "iss": self.backend.settings.identity_issuer,
             "aud": client.client_id,
             "azp": client.client_id,
             "iat": now,

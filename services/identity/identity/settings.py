@@ -21,7 +21,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     # gateway-signed identity headers do not apply to it; IDENTITY_KEYS is therefore optional here.
     identity_keys: IdentityKeys = Field(default_factory=dict)
 
-    oidc_issuer: str = "http://localhost:9000/"
+    # This provider's own issuer (``iss`` of every token, base of every URL it publishes). Not
+    # OIDC_ISSUER: that is the gateway's list of trusted issuers, which may name others (Auth0) too.
+    identity_issuer: str = "http://localhost:9000/"
     oidc_audience: str = "https://timesheets.abc.example/api"
     identity_key_encryption_key: str = Field(repr=False)
     identity_session_secret: str = Field(repr=False)
@@ -58,7 +60,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     def trusted_proxy_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.identity_trusted_proxies)
 
-    @field_validator("oidc_issuer")
+    @field_validator("identity_issuer")
     @classmethod
     def _issuer_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -81,7 +83,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     def cookie_secure(self) -> bool:
         if self.identity_cookie_secure is not None:
             return self.identity_cookie_secure
-        return self.oidc_issuer.startswith("https://")
+        return self.identity_issuer.startswith("https://")
 
     @property
     def key_encryption_key(self) -> bytes:
@@ -93,7 +95,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
 
     def url(self, path: str) -> str:
         """An absolute URL on this issuer (``path`` without a leading slash)."""
-        return self.oidc_issuer + path.lstrip("/")
+        return self.identity_issuer + path.lstrip("/")
 
     @property
     def max_token_ttl_seconds(self) -> int:

@@ -1,22 +1,59 @@
-"""Throttling of failed sign-ins per user name and per client address.
+"""Throttling of sign-ins (per user name and per client address) and of failed client authentication.
 
-Counters live in Redis (shared by every replica, losable). When Redis is unreachable the limiter
-falls back to an in-process fixed-window counter with the same limits, so protection degrades to
-per-replica instead of disappearing, and sign-in keeps working.
+Counters are fixed windows in Redis (shared by every replica, losable), through the kit's
+:class:`~svckit.redisguard.RedisGuard`: bounded calls, no library retries, skipped while Redis is
+down. Without Redis each replica falls back to in-process windows with the same limits, so protection
+degrades to per-replica instead of disappearing, and sign-in keeps working.
+
+Sign-in counts an attempt *before* the password is checked, in one atomic step (a Lua script in
+Redis; a synchronous check-and-increment in process): concurrent guesses each take a slot or are
+refused, so no burst can exceed the limits while the slow password check runs. A successful sign-in
+gives its own slot back, so only failures stay counted; earlier failures are not forgiven by a success
+(else a guess that happened to be right would reopen the window to more guesses). The right password
+is refused too while a limit holds, until its window ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from svckit.redisguard import RedisGuard
 
 log = logging.getLogger("identity.throttle")
+
+# KEYS: the counters; ARGV: window seconds, then (limit, locally counted) per key. Refuses with the
+# first counter at its limit (and that counter's remaining milliseconds), else increments them all.
+_ACQUIRE = """
+local window = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  local limit = tonumber(ARGV[2 * i])
+  local local_count = tonumber(ARGV[2 * i + 1])
+  if math.max(count, local_count) >= limit then
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then ttl = window * 1000 end
+    return {0, i, ttl}
+  end
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 or redis.call('PTTL', key) < 0 then
+    redis.call('EXPIRE', key, window)
+  end
+end
+return {1, 0, 0}
+"""
+
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -26,22 +63,33 @@ class Verdict:
     scope: str = ""
 
 
-class _LocalWindows:
-    """Fixed windows in a dict; stale entries are dropped as the dict is touched."""
+@dataclass(frozen=True)
+class Counter:
+    """One counter to check: its scope name (``user``, ``address``), Redis key and limit."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    scope: str
+    key: str
+    limit: int
+
+
+class LocalWindows:
+    """Fixed windows in a dict; stale entries are dropped as the dict grows."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000) -> None:
         self._counts: dict[str, tuple[int, float]] = {}
+        self._clock = clock
         self._max_entries = max_entries
 
     def get(self, key: str) -> tuple[int, int]:
+        """(count, seconds left in the window)."""
         count, expires = self._counts.get(key, (0, 0.0))
-        now = time.monotonic()
+        now = self._clock()
         if expires <= now:
             return 0, 0
         return count, int(expires - now) + 1
 
     def incr(self, key: str, window: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         count, expires = self._counts.get(key, (0, 0.0))
         if expires <= now:
             count, expires = 0, now + window
@@ -49,81 +97,176 @@ class _LocalWindows:
         if len(self._counts) > self._max_entries:
             self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
 
+    def decr(self, key: str) -> None:
+        count, expires = self._counts.get(key, (0, 0.0))
+        if count > 1:
+            self._counts[key] = (count - 1, expires)
+        else:
+            self._counts.pop(key, None)
+
     def reset(self, key: str) -> None:
         self._counts.pop(key, None)
 
+    def acquire(self, counters: Sequence[Counter], window: int) -> Verdict:
+        """Check and count in one synchronous step (no await in between: atomic in this process)."""
+        for counter in counters:
+            count, left = self.get(counter.key)
+            if count >= counter.limit:
+                return Verdict(False, max(left, 1), counter.scope)
+        for counter in counters:
+            self.incr(counter.key, window)
+        return Verdict(True)
+
+    def check(self, counters: Sequence[Counter]) -> Verdict:
+        for counter in counters:
+            count, left = self.get(counter.key)
+            if count >= counter.limit:
+                return Verdict(False, max(left, 1), counter.scope)
+        return Verdict(True)
+
+
+class WindowCounters:
+    """Fixed-window counters in Redis with the in-process fallback; the building block of both
+    throttles below."""
+
+    def __init__(
+        self, redis: RedisGuard | None, window_seconds: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.redis = redis
+        self.window = window_seconds
+        self.local = LocalWindows(clock)
+
+    async def acquire(self, counters: Sequence[Counter]) -> Verdict:
+        """Refuse if any counter is at its limit, else count one on each, atomically."""
+        if self.redis is not None:
+            args: list[int] = [self.window]
+            for counter in counters:
+                args += [counter.limit, self.local.get(counter.key)[0]]
+            keys = [counter.key for counter in counters]
+
+            async def run(client: Redis) -> list[int]:
+                result: list[int] = await client.eval(_ACQUIRE, len(keys), *keys, *args)
+                return result
+
+            result = await self.redis.call(run)
+            if result is not None:
+                allowed, index, ttl_ms = (int(value) for value in result)
+                if allowed:
+                    return Verdict(True)
+                return Verdict(False, max(1, -(-ttl_ms // 1000)), counters[index - 1].scope)
+        return self.local.acquire(counters, self.window)
+
+    async def check(self, counters: Sequence[Counter]) -> Verdict:
+        """Refuse if any counter is at its limit (counted here or, while Redis was down, locally)."""
+        local = self.local.check(counters)
+        if self.redis is None or not local.allowed:
+            return local
+
+        async def run(client: Redis) -> list[object]:
+            async with client.pipeline(transaction=False) as pipe:
+                for counter in counters:
+                    pipe.get(counter.key)
+                    pipe.pttl(counter.key)
+                values: list[object] = await pipe.execute()
+                return values
+
+        values = await self.redis.call(run)
+        if values is None:
+            return local
+        for i, counter in enumerate(counters):
+            count, ttl_ms = int(values[2 * i] or 0), int(values[2 * i + 1] or 0)  # type: ignore[call-overload]
+            if count >= counter.limit:
+                return Verdict(False, max(1, -(-ttl_ms // 1000)), counter.scope)
+        return Verdict(True)
+
+    async def add(self, counters: Sequence[Counter]) -> None:
+        """Count one on each counter (an attempt that already failed)."""
+        if self.redis is not None:
+
+            async def run(client: Redis) -> bool:
+                async with client.pipeline(transaction=False) as pipe:
+                    for counter in counters:
+                        pipe.incr(counter.key)
+                        pipe.expire(counter.key, self.window, nx=True)
+                    await pipe.execute()
+                return True
+
+            if await self.redis.call(run):
+                return
+        for counter in counters:
+            self.local.incr(counter.key, self.window)
+
+    async def give_back(self, counters: Sequence[Counter]) -> None:
+        """Undo one count on each counter (an attempt that turned out well)."""
+        for counter in counters:
+            self.local.decr(counter.key)
+        if self.redis is not None:
+            keys = [counter.key for counter in counters]
+            await self.redis.call(lambda client: client.eval(_RELEASE, len(keys), *keys))
+
+
+def _user_part(username: str) -> str:
+    # Hashed, so that the Redis key space does not list who tried to sign in.
+    return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+
 
 class LoginThrottle:
+    """Sign-in attempts per user name and per client address, counted before the password check."""
+
     def __init__(
         self,
-        redis: Redis | None,
-        prefix: str,
+        redis: RedisGuard | None,
         *,
         max_per_user: int,
         max_per_address: int,
         window_seconds: int,
-        name: str = "login-fail",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.redis = redis
-        self.prefix = f"{prefix}identity:{name}:"
+        self.counters = WindowCounters(redis, window_seconds, clock)
+        self.prefix = redis.key("identity", "login", "") if redis else "identity:login:"
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
-        self.window = window_seconds
-        self.local = _LocalWindows()
 
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
-        # Hash the user name so the Redis key space does not list who tried to sign in.
-        user = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        return (f"{self.prefix}user:{user}", f"{self.prefix}addr:{address}")
+    def _counters(self, username: str, address: str) -> tuple[Counter, Counter]:
+        return (
+            Counter("address", f"{self.prefix}addr:{address}", self.max_per_address),
+            Counter("user", f"{self.prefix}user:{_user_part(username)}", self.max_per_user),
+        )
 
-    async def check(self, username: str, address: str) -> Verdict:
-        user_key, addr_key = self._keys(username, address)
-        counts = await self._get(user_key, addr_key)
-        (user_count, user_ttl), (addr_count, addr_ttl) = counts
-        if addr_count >= self.max_per_address:
-            return Verdict(False, max(addr_ttl, 1), "address")
-        if user_count >= self.max_per_user:
-            return Verdict(False, max(user_ttl, 1), "user")
-        return Verdict(True)
-
-    async def failed(self, username: str, address: str) -> None:
-        user_key, addr_key = self._keys(username, address)
-        if self.redis is not None:
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key in (user_key, addr_key):
-                        pipe.incr(key)
-                        pipe.expire(key, self.window, nx=True)
-                    await pipe.execute()
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable, throttling in process", extra={"error": str(exc)})
-        self.local.incr(user_key, self.window)
-        self.local.incr(addr_key, self.window)
+    async def attempt(self, username: str, address: str) -> Verdict:
+        """Take a slot for one sign-in attempt, or refuse (429) when a limit is reached."""
+        return await self.counters.acquire(self._counters(username, address))
 
     async def succeeded(self, username: str, address: str) -> None:
-        user_key, _ = self._keys(username, address)
-        self.local.reset(user_key)
-        if self.redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(user_key)
+        """The password was right: give this attempt's slots back (earlier failures stay counted)."""
+        await self.counters.give_back(self._counters(username, address))
 
-    async def _get(self, user_key: str, addr_key: str) -> list[tuple[int, int]]:
-        local = [self.local.get(user_key), self.local.get(addr_key)]
-        if self.redis is None:
-            return local
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key in (user_key, addr_key):
-                    pipe.get(key)
-                    pipe.ttl(key)
-                values = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("redis unavailable, throttling in process", extra={"error": str(exc)})
-            return local
-        remote = [
-            (int(values[0] or 0), int(values[1] or 0)),
-            (int(values[2] or 0), int(values[3] or 0)),
-        ]
-        # Failures counted locally while Redis was down still count.
-        return [max(r, lc) for r, lc in zip(remote, local, strict=True)]
+
+class FailureThrottle:
+    """Failures per client address only (failed client authentication at the token endpoint).
+
+    A client id is no secret, so counting per client would let anyone lock a client out. Successful
+    requests are not counted: only after a failure does ``failed`` count one.
+    """
+
+    def __init__(
+        self,
+        redis: RedisGuard | None,
+        name: str,
+        *,
+        max_per_address: int,
+        window_seconds: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.counters = WindowCounters(redis, window_seconds, clock)
+        self.prefix = redis.key("identity", name, "") if redis else f"identity:{name}:"
+        self.max_per_address = max_per_address
+
+    def _counter(self, address: str) -> Counter:
+        return Counter("address", f"{self.prefix}addr:{address}", self.max_per_address)
+
+    async def check(self, address: str) -> Verdict:
+        return await self.counters.check([self._counter(address)])
+
+    async def failed(self, address: str) -> None:
+        await self.counters.add([self._counter(address)])

@@ -94,7 +94,7 @@ class AccessTokenMinter:
         now = int(time.time())
         jti = secrets.token_urlsafe(18)
         claims: dict[str, Any] = {
-            "iss": self.settings.oidc_issuer,
+            "iss": self.settings.identity_issuer,
             "iat": now,
             "exp": now + ttl,
             "jti": jti,
@@ -142,7 +142,7 @@ def verify_access_token(
             public_key,
             algorithms=[alg],
             audience=settings.url("userinfo") if for_userinfo else None,
-            issuer=settings.oidc_issuer,
+            issuer=settings.identity_issuer,
             leeway=30,
             options={"require": ["exp", "iat", "sub", "jti"], "verify_aud": for_userinfo},
         )

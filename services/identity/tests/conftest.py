@@ -40,7 +40,7 @@ def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
     return {
         **os.environ,
         **service_env,
-        "OIDC_ISSUER": issuer,
+        "IDENTITY_ISSUER": issuer,
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
         "DEMO_PASSWORD": DEMO_PASSWORD,

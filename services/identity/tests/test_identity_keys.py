@@ -130,7 +130,12 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     name = f"tsp_test_{test_run_id}_es256"
     url = await create_database(name)
     port = free_port()
-    env = {**seeded, "DATABASE_URL": url, "SIGNING_ALG": "ES256", "OIDC_ISSUER": f"http://localhost:{port}/"}
+    env = {
+        **seeded,
+        "DATABASE_URL": url,
+        "SIGNING_ALG": "ES256",
+        "IDENTITY_ISSUER": f"http://localhost:{port}/",
+    }
     process: ServiceProcess | None = None
     try:
         await migrate_schema(url, "identity", Path(keymod.__file__).parent)

@@ -15,6 +15,8 @@ from identity.settings import IdentitySettings
 from identity.tokens import AccessTokenMinter, InvalidAccessToken, verify_access_token
 from svckit.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 ISSUER = "http://localhost:9000/"
 
 
@@ -22,7 +24,7 @@ def settings(**env: str) -> IdentitySettings:
     base = {
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
-        "OIDC_ISSUER": ISSUER,
+        "IDENTITY_ISSUER": ISSUER,
     }
     return load_settings(IdentitySettings, env={**base, **env})
 

@@ -113,6 +113,10 @@ class RedisSettings(ServiceSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "tsp:"
+    # Every call is bounded (svckit.redisguard): slower than this counts as Redis down, and Redis is
+    # then skipped for REDIS_RETRY_SECONDS instead of costing a timeout per request.
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
+    redis_retry_seconds: float = Field(default=2.0, gt=0, le=300)
 
     @field_validator("redis_url")
     @classmethod

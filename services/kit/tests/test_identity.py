@@ -17,6 +17,8 @@ from svckit.identity import (
 )
 from svckit.settings import parse_identity_keys
 
+pytestmark = pytest.mark.unit
+
 KEYS = parse_identity_keys("new:" + "n" * 40 + ",old:" + "o" * 40)
 ALICE = Identity("http://localhost:9000/", "alice", "user", "timesheets-spa", frozenset({"read:timesheets"}))
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from svckit.context import request_id_var
 from svckit.logs import JsonFormatter, scrub
+
+pytestmark = pytest.mark.unit
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 

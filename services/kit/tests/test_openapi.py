@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from openapi_spec_validator import validate
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,6 +12,8 @@ from svckit.openapi import app_operations, document, documented_operations, json
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.fixtures import new_identity_keys
+
+pytestmark = pytest.mark.unit
 
 
 async def nothing(request: Request) -> Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from svckit.proxies import forwarded_client, is_trusted, parse_networks
 
+pytestmark = pytest.mark.unit
+
 TRUSTED = parse_networks(["10.0.0.0/8", "fd00::/8", "192.168.1.7"])
 
 

@@ -12,12 +12,14 @@ from svckit.settings import DatabaseSettings, SettingsError, load_settings, pars
 GOOD_KEYS = "k1:" + "a" * 43
 
 
+@pytest.mark.unit
 def test_identity_keys_first_signs_all_verify() -> None:
     keys = parse_identity_keys(f"{GOOD_KEYS},k0:{'b' * 40}")
     assert list(keys) == ["k1", "k0"]
     assert all(len(secret) >= 32 for secret in keys.values())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -32,6 +34,7 @@ def test_identity_keys_refused(value: str, message: str) -> None:
         parse_identity_keys(value)
 
 
+@pytest.mark.unit
 def test_load_settings_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SettingsError) as exc:
         load_settings(DatabaseSettings, env={"IDENTITY_KEYS": GOOD_KEYS, "PORT": "seventy"})
@@ -41,6 +44,7 @@ def test_load_settings_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -
     assert "PORT" in err[0]
 
 
+@pytest.mark.unit
 def test_secret_values_are_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SettingsError):
         load_settings(DatabaseSettings, env={"IDENTITY_KEYS": "k1:supersecretbutshort"})

