@@ -1,20 +1,17 @@
-"""Private Postgres and Redis servers for tests that stop, kill or freeze them.
+"""A private Postgres server for tests that stop it (``pg_ctl stop -m fast`` / ``-m immediate``).
 
-The machine's shared Postgres and Redis must never be stopped or reconfigured (other test runs use
-them), so a fault test starts servers of its own: a throw-away cluster made with ``initdb`` and run
-with ``pg_ctl`` from the system's PostgreSQL binaries, and a ``redis-server`` (or the embedded Valkey
-the dev stack uses) on a free port, each in a temporary directory removed afterwards. As root,
-Postgres refuses to run, so the cluster belongs to the ``postgres`` system user (or a user of its own,
-as ``devstack.backing.EmbeddedPostgres`` does).
+The machine's shared Postgres must never be stopped or reconfigured (other test runs use it), so a
+fault test starts a cluster of its own: made with ``initdb`` and run with ``pg_ctl`` from the system's
+PostgreSQL binaries, on a free port, in a temporary directory removed afterwards. As root, Postgres
+refuses to run, so the cluster then belongs to the ``postgres`` system user. (Redis: see
+:mod:`testkit.redisproc`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -142,68 +139,3 @@ class PrivatePostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-class PrivateRedis:
-    """A ``redis-server`` of the test's own on a free port: kill it, freeze it (SIGSTOP), thaw it."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server") or shutil.which("valkey-server")
-        if self.binary is None:
-            raise RuntimeError("no redis-server on this machine")
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="tsp-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> PrivateRedis:
-        assert self.binary is not None
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.root),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not _wait_port(self.port, timeout):
-            self.kill()
-            raise RuntimeError("redis-server did not start")
-        return self
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(10)
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.remove()
