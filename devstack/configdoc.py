@@ -19,7 +19,8 @@ SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 
 MEANINGS = {
     "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
-    "port": "port to listen on",
+    "port": "port to listen on (the public listener: never serves `/metrics`)",
+    "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
     "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",
@@ -28,6 +29,8 @@ MEANINGS = {
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
     "db_connect_timeout_seconds": "connect and acquire timeout",
+    "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
+    "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "redis_url": "Redis URL (losable state: caches, counters)",
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "issuers the gateway trusts, comma-separated (exact `iss` values)",

@@ -33,6 +33,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 from svckit.identity import Identity, IdentitySigner, request_target
+from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.settings import parse_identity_keys
 
@@ -79,6 +80,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _embedded:
         _embedded.pop().stop()
+    while _in_process_metrics:
+        _in_process_metrics.pop().stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -148,9 +151,38 @@ def user(
     return Identity(issuer, subject, "user", client_id, frozenset(scopes), name or subject)
 
 
+# ---- metrics of services under test ------------------------------------------------------------
+#
+# Services serve /metrics on a port of their own (METRICS_PORT), never on their public listener.
+# ``metrics_url(service_url)`` is the one way tests find it, whichever way the service was started.
+
+_metrics_urls: dict[int, str] = {}  # public port of a service process → its metrics URL
+_in_process: set[int] = set()  # public ports of apps served in this process by serve_app
+_in_process_metrics: list[MetricsServer] = []
+
+
+def metrics_url(service_url: str) -> str:
+    """The ``/metrics`` URL of a service under test, given its base URL.
+
+    A :class:`ServiceProcess` has its own metrics listener (``METRICS_PORT`` on a free port). Apps
+    served in this process by :func:`serve_app` share this process's registry, as they would share a
+    process in production, so they share one metrics listener — the kit's own
+    :class:`~svckit.metrics.MetricsServer`, started on first use.
+    """
+    port = urlsplit(service_url).port  # 127.0.0.1 or localhost: services under test are on loopback
+    if port in _metrics_urls:
+        return _metrics_urls[port]
+    if port in _in_process:
+        if not _in_process_metrics:
+            _in_process_metrics.append(MetricsServer("127.0.0.1", 0).start())
+        return _in_process_metrics[0].url
+    raise LookupError(f"{service_url} was not started by serve_app or ServiceProcess: no metrics port known")
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL."""
+    """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL
+    (its metrics: :func:`metrics_url`)."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
@@ -160,9 +192,11 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
             task.result()
             raise RuntimeError("server exited during start-up")
         await asyncio.sleep(0.01)
+    _in_process.add(port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        _in_process.discard(port)
         server.should_exit = True
         await task
 
@@ -181,7 +215,15 @@ class ServiceProcess:
     ) -> None:
         self.package = package
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "PORT": str(self.port), "BIND_HOST": "127.0.0.1"}
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            **env,
+            "PORT": str(self.port),
+            "METRICS_PORT": str(self.metrics_port),
+            "BIND_HOST": "127.0.0.1",
+        }
+        _metrics_urls[self.port] = self.metrics_url
         self.args = args
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / (
             f"{package}-{self.port}-{uuid.uuid4().hex[:6]}.log"
@@ -191,6 +233,10 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, wait_path: str = "/healthz", timeout: float = 30.0) -> ServiceProcess:
         if self.process is not None and self.process.poll() is None:
@@ -502,17 +548,23 @@ async def assert_migrate_command_repeatable(
         await drop_database(database)
 
 
-async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float = 20.0) -> str:
-    """Poll ``/metrics`` until every series appears, and return that exposition: gauges that background
-    tasks refresh on their own schedule (outbox relays, reconcilers) show up a few seconds after the
-    traffic that made them."""
+async def scrape(service_url: str) -> str:
+    """The metrics exposition of a service under test (from its metrics port, :func:`metrics_url`)."""
     import aiohttp
 
+    async with aiohttp.ClientSession() as session, session.get(metrics_url(service_url)) as response:
+        assert response.status == 200, response.status
+        return await response.text()
+
+
+async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float = 20.0) -> str:
+    """Poll the service's metrics until every series appears, and return that exposition: gauges that
+    background tasks refresh on their own schedule (outbox relays, reconcilers) show up a few seconds
+    after the traffic that made them."""
     wanted = tuple(series)
     deadline = time.monotonic() + timeout
     while True:
-        async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as response:
-            text = await response.text()
+        text = await scrape(base_url)
         missing = [name for name in wanted if name not in text]
         if not missing:
             return text

@@ -17,6 +17,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
 
     service_name: str = Field(default="identity", exclude=True)
     port: int = Field(default=9000, ge=1, le=65535)
+    metrics_port: int = 9010
     # The identity service is reached by browsers and SDKs directly, not through the gateway, so the
     # gateway-signed identity headers do not apply to it; IDENTITY_KEYS is therefore optional here.
     identity_keys: IdentityKeys = Field(default_factory=dict)

@@ -2,8 +2,12 @@
 
 It assembles, in one place and in a fixed order, what each service needs around its own routes:
 request context (id, access log, metrics) → identity check → body limit → problem handlers → routes,
-plus ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` and the lifespan that owns the
-database pool, the outbound HTTP client and the service's own background tasks.
+plus ``/healthz``, ``/readyz`` and ``/openapi.json`` and the lifespan that owns the database pool,
+the outbound HTTP client and the service's own background tasks.
+
+``/metrics`` is deliberately *not* served here: this is the listener an Ingress may publish, so it
+answers 404 for it, and the metrics are on their own port (:class:`svckit.metrics.MetricsServer`,
+``METRICS_PORT``), which only Prometheus can reach.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted,
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
-from .metrics import metrics_endpoint
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .settings import ServiceSettings
@@ -66,6 +69,11 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
     )
 
 
+async def metrics_not_here(request: Request) -> Response:
+    """The public listener never exposes metrics (an Ingress in front of it would publish them)."""
+    return problem_response(404, "Not Found", "Metrics are served on the service's metrics port only.")
+
+
 def openapi_route(document: Mapping[str, Any]) -> Route:
     body = json.dumps(document).encode()
 
@@ -98,7 +106,7 @@ def create_service_app(
     operational: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
         Route("/readyz", readyz_endpoint(all_checks), methods=["GET"], include_in_schema=False),
-        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics_not_here, methods=["GET", "HEAD"], include_in_schema=False),
     ]
     if openapi is not None:
         operational.append(openapi_route(openapi))

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -32,13 +33,15 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from .dbtls import DatabaseTls, SslMode, describe_connect_error
+from .health import CheckFailed
 from .settings import DatabaseSettings
 
 log = logging.getLogger("svckit.db")
 
 
-class DatabaseUnavailable(Exception):
-    """Raised when a handler needs the pool before it exists."""
+class DatabaseUnavailable(CheckFailed):
+    """Raised when a handler needs the pool before it exists (its message is ``/readyz``-safe)."""
 
 
 class NotCommitted(DatabaseUnavailable):
@@ -96,8 +99,13 @@ class Database:
         connect_timeout: float = 5.0,
         max_backoff: float = 10.0,
         outcome_check_seconds: float = 10.0,
+        tls: DatabaseTls | None = None,
     ) -> None:
         self.dsn = dsn
+        self.tls = tls
+        # asyncpg's ssl=: the kit's verifying context (svckit.dbtls), or None for the URL's own sslmode
+        self.ssl: ssl.SSLContext | SslMode | None = tls.context() if tls is not None else None
+        self.last_error = "not connected yet"
         self.schema = schema
         self.application_name = application_name
         self.min_size = min_size
@@ -119,12 +127,13 @@ class Database:
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             connect_timeout=settings.db_connect_timeout_seconds,
+            tls=settings.database_tls,
         )
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise DatabaseUnavailable("the database pool is not connected yet")
+            raise DatabaseUnavailable(self.last_error)
         return self._pool
 
     @property
@@ -136,7 +145,12 @@ class Database:
         settings = {"application_name": self.application_name}
         if self.schema:
             settings["search_path"] = f"{self.schema},public"
-        return {"timeout": self.connect_timeout, "command_timeout": 30, "server_settings": settings}
+        return {
+            "timeout": self.connect_timeout,
+            "command_timeout": 30,
+            "server_settings": settings,
+            "ssl": self.ssl,
+        }
 
     async def _create_pool(self) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
@@ -155,9 +169,10 @@ class Database:
                 self._connected.set()
                 log.info("database pool ready", extra={"attempt": attempt})
             except UNAVAILABLE_ERRORS as exc:
+                self.last_error = describe_connect_error(exc, self.tls)
                 log.warning(
                     "database not reachable, retrying",
-                    extra={"attempt": attempt, "error": type(exc).__name__, "retry_in": delay},
+                    extra={"attempt": attempt, "error": self.last_error, "retry_in": delay},
                 )
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, self.max_backoff)

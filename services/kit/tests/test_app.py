@@ -17,7 +17,7 @@ from svckit.app import create_service_app
 from svckit.body import parse_body
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import Caller, serve_app, user
+from testkit.fixtures import Caller, metrics_url, serve_app, user
 
 
 class Entry(BaseModel):
@@ -140,7 +140,7 @@ async def test_errors_are_problem_documents(
 
 async def test_metrics_use_route_templates(base_url: str, caller: Caller) -> None:
     await call(caller, "GET", f"{base_url}/things/777")
-    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as response:
+    async with aiohttp.ClientSession() as session, session.get(metrics_url(base_url)) as response:
         text = await response.text()
     assert 'route="/things/{id}"' in text
     assert "/things/777" not in text
