@@ -92,6 +92,7 @@ MEANINGS = {
     "refresh_token_lifetime_seconds": "absolute refresh token lifetime (rotated on every use)",
     "key_rotation_grace_seconds": "a new signing key is published this long before it signs",
     "key_refresh_seconds": "how often replicas reload the signing keys",
+    "revocation_check_seconds": "how often the revocation stream is checked (re-published if Redis lost it)",
     "login_max_failures_per_user": "failed sign-ins per user per window before throttling",
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",
