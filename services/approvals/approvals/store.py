@@ -58,9 +58,17 @@ COLUMNS = ", ".join(field.name for field in fields(DecisionRow))
 
 
 async def insert_pending(
-    conn: Connection, entry_id: uuid.UUID, approver: Identity, body: DecisionIn, request_id: str | None
+    conn: Connection,
+    entry_id: uuid.UUID,
+    approver: Identity,
+    body: DecisionIn,
+    request_id: str | None,
+    *,
+    decision_id: uuid.UUID,
 ) -> DecisionRow | None:
-    """Record a new decision as pending; None if the entry already has a live (non-void) decision."""
+    """Record a new decision as pending; None if the entry already has a live (non-void) decision.
+
+    ``decision_id`` is the caller's, so that after a lost COMMIT it knows what to look for."""
     return DecisionRow.maybe(
         await conn.fetchrow(
             f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer, approver_subject,
@@ -68,7 +76,7 @@ async def insert_pending(
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
             RETURNING {COLUMNS}""",
-            uuid.uuid4(),
+            decision_id,
             entry_id,
             body.decision,
             body.comment,
@@ -94,6 +102,12 @@ async def get(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:
     return DecisionRow.maybe(
         await conn.fetchrow(f"SELECT {COLUMNS} FROM decisions WHERE id = $1", decision_id)
     )
+
+
+async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
+    """No longer pending (applied or void): asked after a COMMIT of settling whose answer was lost."""
+    state = await conn.fetchval("SELECT state FROM decisions WHERE id = $1", decision_id)
+    return state is not None and state != "pending"
 
 
 async def mark_applied(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:

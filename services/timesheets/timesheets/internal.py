@@ -14,6 +14,7 @@ from starlette.responses import Response
 from svckit.authz import identity_of, requires_service
 from svckit.body import parse_body
 from svckit.contracts.timesheets import ApplyDecision, PendingQuery
+from svckit.db import Connection
 from svckit.outbox import enqueue
 from svckit.problems import Problem
 from svckit.query import parse_query
@@ -54,7 +55,11 @@ async def apply_decision(request: Request) -> Response:
     caller = identity_of(request)
     entry_id = entry_id_of(request)
     decision = await parse_body(request, ApplyDecision)
-    async with database_of(request).transaction() as conn:
+
+    async def committed(conn: Connection) -> bool:
+        return await store.decision_recorded(conn, entry_id, decision.decision_id)
+
+    async with database_of(request).transaction(committed=committed) as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None:
             raise not_found()
