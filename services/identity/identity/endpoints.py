@@ -8,13 +8,13 @@ token, withdrawn consent, ``/oauth/revoke`` itself) are published to the gateway
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio.to_thread
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from svckit.body import NotAccepted, parse_json
 from svckit.db import Database
 
 from . import store
@@ -92,8 +92,8 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
         return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     if media_type == "application/json":
         try:
-            document = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = parse_json(await request.body())
+        except NotAccepted:
             return oauth_error(400, "invalid_request", "The body is not valid JSON.")
         if not isinstance(document, dict) or not all(
             isinstance(v, str | int) and not isinstance(v, bool) for v in document.values()
