@@ -35,6 +35,7 @@ from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
+from .revocations import DenyList, RevocationFeed
 from .routes import API_PREFIX, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
@@ -60,6 +61,7 @@ class Gateway:
         self.limiter: RateLimiter | None = None
         self.auditor: DenialAuditor | None = None
         self.redis: RedisGuard | None = None
+        self.revocations: RevocationFeed | None = None
         self.access_log: AccessLog | None = None
         self.request_metrics: metrics.RequestMetrics | None = None
         self.pools: dict[str, UpstreamPool] = {}
@@ -79,7 +81,12 @@ class Gateway:
         }
         self.redis = RedisGuard.from_settings(settings)
         self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session())
-        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer)
+        deny = DenyList()
+        if settings.revocation_feed_enabled:
+            leeways = {issuer: config.leeway_seconds for issuer, config in self.issuers.items()}
+            self.revocations = RevocationFeed(self.redis, deny, leeways)
+            self.revocations.start()
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,
@@ -159,6 +166,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self.limiter is not None:
             await self.limiter.stop()
         if self.auditor is not None:
