@@ -19,7 +19,8 @@ SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 
 MEANINGS = {
     "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
-    "port": "port to listen on",
+    "port": "port to listen on (the public listener: never serves `/metrics`)",
+    "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
     "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",
@@ -28,6 +29,8 @@ MEANINGS = {
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
     "db_connect_timeout_seconds": "connect and acquire timeout",
+    "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
+    "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "redis_url": "Redis URL (losable state: caches, counters)",
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "issuers the gateway trusts, comma-separated (exact `iss` values)",
@@ -93,6 +96,7 @@ MEANINGS = {
     "refresh_token_lifetime_seconds": "absolute refresh token lifetime (rotated on every use)",
     "key_rotation_grace_seconds": "a new signing key is published this long before it signs",
     "key_refresh_seconds": "how often replicas reload the signing keys",
+    "revocation_check_seconds": "how often the revocation stream is checked (re-published if Redis lost it)",
     "login_max_failures_per_user": "failed sign-ins per user per window before throttling",
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",

@@ -31,14 +31,15 @@ class ServiceSpec:
     port: int
     schema: str | None
     colour: int
+    metrics_port: int  # METRICS_PORT: /metrics is never on the public port
 
 
 SERVICES = (
-    ServiceSpec("identity", 9000, "identity", 35),
-    ServiceSpec("timesheets", 8101, "timesheets", 32),
-    ServiceSpec("approvals", 8102, "approvals", 33),
-    ServiceSpec("audit", 8103, "audit", 36),
-    ServiceSpec("gateway", 8080, None, 34),
+    ServiceSpec("identity", 9000, "identity", 35, 9010),
+    ServiceSpec("timesheets", 8101, "timesheets", 32, 9101),
+    ServiceSpec("approvals", 8102, "approvals", 33, 9102),
+    ServiceSpec("audit", 8103, "audit", 36, 9103),
+    ServiceSpec("gateway", 8080, None, 34, 9080),
 )
 
 DEFAULTS = {
@@ -143,7 +144,7 @@ class Platform:
             self.build_spa_bundle()
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
-        env = {**os.environ, **self.env, "PORT": str(spec.port)}
+        env = {**os.environ, **self.env, "PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)}
         env.setdefault("BIND_HOST", "127.0.0.1")
         if spec.name != "gateway":
             env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -181,13 +182,14 @@ class Platform:
             self.run_step("spa", ["npm", "run", "build", "--prefix", str(spa)])
 
     def start(self, timeout: float = 90.0) -> Platform:
-        busy = [spec for spec in SERVICES if not port_is_free(spec.port)]
+        busy = [
+            f"{spec.name} :{port}"
+            for spec in SERVICES
+            for port in (spec.port, spec.metrics_port)
+            if not port_is_free(port)
+        ]
         if busy:
-            raise RuntimeError(
-                "ports already in use: "
-                + ", ".join(f"{s.name} :{s.port}" for s in busy)
-                + " (is another `make dev` running?)"
-            )
+            raise RuntimeError(f"ports already in use: {', '.join(busy)} (is another `make dev` running?)")
         self.prepare()
         for spec in SERVICES:
             self.spawn(spec.name, [sys.executable, "-m", spec.name], self.service_env(spec))
@@ -273,7 +275,10 @@ class Platform:
             f"  Sign in as     alice / {password} (employee), bob / {password} (manager), "
             f"carol / {password} (auditor)",
             "  Identity       http://localhost:9000/.well-known/openid-configuration",
-            "  Services       timesheets :8101, approvals :8102, audit :8103 (/healthz /readyz /metrics)",
+            "  Services       timesheets :8101, approvals :8102, audit :8103 (/healthz /readyz)",
+            "  Metrics        "
+            + ", ".join(f"{spec.name} :{spec.metrics_port}" for spec in SERVICES)
+            + " (/metrics, Prometheus format)",
         ]
         if "BATCH_CLIENT_SECRET" in self.generated_secrets or not os.environ.get("BATCH_CLIENT_SECRET"):
             lines.append(

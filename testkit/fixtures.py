@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -33,6 +33,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 from svckit.identity import Identity, IdentitySigner, request_target
+from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.settings import parse_identity_keys
 
@@ -79,6 +80,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _embedded:
         _embedded.pop().stop()
+    while _in_process_metrics:
+        _in_process_metrics.pop().stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -148,9 +151,38 @@ def user(
     return Identity(issuer, subject, "user", client_id, frozenset(scopes), name or subject)
 
 
+# ---- metrics of services under test ------------------------------------------------------------
+#
+# Services serve /metrics on a port of their own (METRICS_PORT), never on their public listener.
+# ``metrics_url(service_url)`` is the one way tests find it, whichever way the service was started.
+
+_metrics_urls: dict[int, str] = {}  # public port of a service process → its metrics URL
+_in_process: set[int] = set()  # public ports of apps served in this process by serve_app
+_in_process_metrics: list[MetricsServer] = []
+
+
+def metrics_url(service_url: str) -> str:
+    """The ``/metrics`` URL of a service under test, given its base URL.
+
+    A :class:`ServiceProcess` has its own metrics listener (``METRICS_PORT`` on a free port). Apps
+    served in this process by :func:`serve_app` share this process's registry, as they would share a
+    process in production, so they share one metrics listener — the kit's own
+    :class:`~svckit.metrics.MetricsServer`, started on first use.
+    """
+    port = urlsplit(service_url).port  # 127.0.0.1 or localhost: services under test are on loopback
+    if port in _metrics_urls:
+        return _metrics_urls[port]
+    if port in _in_process:
+        if not _in_process_metrics:
+            _in_process_metrics.append(MetricsServer("127.0.0.1", 0).start())
+        return _in_process_metrics[0].url
+    raise LookupError(f"{service_url} was not started by serve_app or ServiceProcess: no metrics port known")
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL."""
+    """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL
+    (its metrics: :func:`metrics_url`)."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
@@ -160,9 +192,11 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
             task.result()
             raise RuntimeError("server exited during start-up")
         await asyncio.sleep(0.01)
+    _in_process.add(port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        _in_process.discard(port)
         server.should_exit = True
         await task
 
@@ -181,7 +215,15 @@ class ServiceProcess:
     ) -> None:
         self.package = package
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "PORT": str(self.port), "BIND_HOST": "127.0.0.1"}
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            **env,
+            "PORT": str(self.port),
+            "METRICS_PORT": str(self.metrics_port),
+            "BIND_HOST": "127.0.0.1",
+        }
+        _metrics_urls[self.port] = self.metrics_url
         self.args = args
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / (
             f"{package}-{self.port}-{uuid.uuid4().hex[:6]}.log"
@@ -191,6 +233,10 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, wait_path: str = "/healthz", timeout: float = 30.0) -> ServiceProcess:
         if self.process is not None and self.process.poll() is None:
@@ -241,8 +287,18 @@ class ServiceProcess:
         self.stop()
 
 
+# A simple-query protocol message ('Q', int32 length) whose text is a COMMIT (asyncpg sends "COMMIT;").
+_COMMIT_MESSAGE = re.compile(rb"Q.{4}(?:COMMIT|END)\b", re.DOTALL | re.IGNORECASE)
+
+
 class TcpProxy:
-    """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'."""
+    """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'.
+
+    In front of Postgres it can also break a connection exactly around ``COMMIT``
+    (:meth:`cut_at_commit`): before the command reaches the server (nothing committed), or after the
+    server answered it (committed, but the client never hears so) — the two cases a client cannot
+    tell apart.
+    """
 
     def __init__(self, target_host: str, target_port: int, unix_socket: str | None = None) -> None:
         self.target = (target_host, target_port)
@@ -250,6 +306,12 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._pairs: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}  # client side → server side
+        self._commit_cut: Literal["before", "after"] | None = None
+        self._drop_reply_of: asyncio.StreamWriter | None = None
+        self._commit_marker = b""
+        self._marked: set[asyncio.StreamWriter] = set()
+        self.commit_cut_done = asyncio.Event()
 
     @classmethod
     def for_postgres(cls, dsn: str) -> TcpProxy:
@@ -261,15 +323,56 @@ class TcpProxy:
             return cls("", port, unix_socket=f"{socket_dir}/.s.PGSQL.{port}")
         return cls(parts.hostname or "127.0.0.1", port)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def cut_at_commit(self, when: Literal["before", "after"], *, after_sending: bytes = b"") -> asyncio.Event:
+        """Arm a one-shot break of the next connection that sends ``COMMIT``: ``before`` it reaches the
+        server, or ``after`` the server's answer arrived (which is then dropped). With
+        ``after_sending``, only a connection that sent those bytes since (say ``b"INSERT INTO entries"``)
+        counts, so a background task's COMMIT does not take the cut meant for a request. Every open
+        link is cut at that moment; the proxy keeps accepting new ones. The event fires when done."""
+        self._commit_cut = when
+        self._commit_marker = after_sending
+        self._marked = set()
+        self.commit_cut_done = asyncio.Event()
+        return self.commit_cut_done
+
+    def _abort_links(self) -> None:
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if to_server and self._commit_cut is not None and self._commit_marker in data:
+                    self._marked.add(writer)
+                if (
+                    to_server
+                    and self._commit_cut is not None
+                    and writer in self._marked
+                    and _COMMIT_MESSAGE.search(data)
+                ):
+                    when, self._commit_cut = self._commit_cut, None
+                    if when == "before":
+                        self._abort_links()
+                        self.commit_cut_done.set()
+                        return
+                    self._drop_reply_of = writer
+                elif not to_server and self._drop_reply_of is not None and self._reply_belongs(writer):
+                    self._drop_reply_of = None  # the server committed; its answer never arrives
+                    self._abort_links()
+                    self.commit_cut_done.set()
+                    return
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+
+    def _reply_belongs(self, client_writer: asyncio.StreamWriter) -> bool:
+        return self._pairs.get(client_writer) is self._drop_reply_of
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -285,8 +388,15 @@ class TcpProxy:
             client_w.transport.abort()
             return
         self._links.update({client_w, server_w})
-        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
-        self._links.difference_update({client_w, server_w})
+        self._pairs[client_w] = server_w
+        try:
+            await asyncio.gather(
+                self._pipe(client_r, server_w, to_server=True),
+                self._pipe(server_r, client_w, to_server=False),
+            )
+        finally:
+            self._links.difference_update({client_w, server_w})
+            self._pairs.pop(client_w, None)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -297,9 +407,7 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
+        self._abort_links()
 
     def url_for(self, url: str) -> str:
         parts = urlsplit(url)
@@ -440,17 +548,23 @@ async def assert_migrate_command_repeatable(
         await drop_database(database)
 
 
-async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float = 20.0) -> str:
-    """Poll ``/metrics`` until every series appears, and return that exposition: gauges that background
-    tasks refresh on their own schedule (outbox relays, reconcilers) show up a few seconds after the
-    traffic that made them."""
+async def scrape(service_url: str) -> str:
+    """The metrics exposition of a service under test (from its metrics port, :func:`metrics_url`)."""
     import aiohttp
 
+    async with aiohttp.ClientSession() as session, session.get(metrics_url(service_url)) as response:
+        assert response.status == 200, response.status
+        return await response.text()
+
+
+async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float = 20.0) -> str:
+    """Poll the service's metrics until every series appears, and return that exposition: gauges that
+    background tasks refresh on their own schedule (outbox relays, reconcilers) show up a few seconds
+    after the traffic that made them."""
     wanted = tuple(series)
     deadline = time.monotonic() + timeout
     while True:
-        async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as response:
-            text = await response.text()
+        text = await scrape(base_url)
         missing = [name for name in wanted if name not in text]
         if not missing:
             return text

@@ -64,7 +64,7 @@ async def sign_in_and_call_the_api() -> int:
 
 
 def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path: Path) -> None:
-    busy = [spec.port for spec in SERVICES if not port_is_free(spec.port)]
+    busy = [p for spec in SERVICES for p in (spec.port, spec.metrics_port) if not port_is_free(p)]
     assert not busy, f"ports in use before the test: {busy}"
     isolated = isolated_env("make_dev")
     issuers_file = tmp_path / "issuers.yaml"
@@ -99,8 +99,11 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         output = (tmp_path / "make-dev.log").read_text(errors="replace")
         assert make.poll() is None, output[-4000:]
         for name, url in urls.items():
-            for path in ("/healthz", "/readyz", "/metrics"):
+            for path in ("/healthz", "/readyz"):
                 assert get(url + path) == 200, f"{name}{path}"
+            assert get(url + "/metrics") == 404, f"{name}: /metrics on the public port"
+        for spec in SERVICES:
+            assert get(f"http://127.0.0.1:{spec.metrics_port}/metrics") == 200, f"{spec.name} metrics port"
         wait_until(
             lambda: "http://localhost:8080/" in (tmp_path / "make-dev.log").read_text(errors="replace"),
             timeout=10,
@@ -115,7 +118,11 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
 
         make.send_signal(signal.SIGTERM)  # to make only, as `kill <make>` would
         make.wait(60)
-        wait_until(lambda: all(port_is_free(spec.port) for spec in SERVICES), timeout=40, what="ports freed")
+        wait_until(
+            lambda: all(port_is_free(p) for spec in SERVICES for p in (spec.port, spec.metrics_port)),
+            timeout=40,
+            what="ports freed",
+        )
         wait_until(
             lambda: not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE],
             timeout=30,

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from testkit.fixtures import free_port
 from tests.packaging.support import REPO
 
 SERVICES = {"gateway": 8080, "identity": 9000, "timesheets": 8101, "approvals": 8102, "audit": 8103}
@@ -112,7 +113,13 @@ class ImageProcess:
         self.service = service
         self.python = str(venv / "bin" / "python")
         self.app = app
-        self.env = {**image_env(service, venv, app), **env, "PORT": str(port)}
+        self.metrics_port = free_port()
+        self.env = {
+            **image_env(service, venv, app),
+            **env,
+            "PORT": str(port),
+            "METRICS_PORT": str(self.metrics_port),
+        }
         self.port = port
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -125,6 +132,10 @@ class ImageProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def run(self, *args: str) -> None:
         """A one-off command of the image (``migrate``, ``seed``), as the migration Job runs it."""

@@ -67,6 +67,11 @@ def test_object_names_are_unique_per_kind(objects: list[Obj]) -> None:
         ({"metrics": {"serviceMonitor": {"interval": 30}}}, "/metrics/serviceMonitor/interval"),
         ({"networkPolicy": {"egress": {"databasePort": 70000}}}, "databasePort"),
         ({"identity": {"trustedProxies": ["everyone"]}}, "/identity/trustedProxies/0"),
+        ({"externalDatabase": {"sslMode": "strict"}}, "/externalDatabase/sslMode"),
+        (
+            {"externalDatabase": {"caBundle": {"secretName": "a", "configMapName": "b"}}},
+            "/externalDatabase/caBundle",
+        ),
     ],
 )
 def test_values_schema_refuses_bad_values(bad: dict[str, object], complaint: str) -> None:

@@ -190,7 +190,7 @@ def drive_traffic(platform: dict[str, ImageProcess], batch_secret: str) -> None:
 def scrape(platform: dict[str, ImageProcess]) -> dict[str, set[str]]:
     out = {}
     for name, process in platform.items():
-        status, body = http("GET", f"{process.url}/metrics")
+        status, body = http("GET", process.metrics_url)
         assert status == 200, name
         out[name] = exported_series(body.decode())
     return out
@@ -213,6 +213,20 @@ def test_every_metric_named_by_alerts_and_dashboard_is_exported(
             break
         time.sleep(1)
     assert missing == {}, f"named by alerts/dashboard but exported by no service: {missing}"
+
+
+def test_public_listeners_never_serve_metrics(platform: dict[str, ImageProcess]) -> None:
+    """/metrics lives on METRICS_PORT only; the public listeners (what an Ingress publishes, for the
+    gateway and the identity provider) answer 404 for it and serve no internal /openapi.json."""
+    for name, process in platform.items():
+        status, _ = http("GET", f"{process.url}/metrics")
+        assert status == 404, name
+        status, body = http("GET", process.metrics_url)
+        assert status == 200, name
+        assert b"process_start_time_seconds" in body, name
+    for public in ("gateway", "identity"):
+        status, body = http("GET", f"{platform[public].url}/openapi.json")
+        assert status == 404 or b'"openapi"' not in body, public  # the gateway: the SPA's page
 
 
 def test_the_external_allowlist_is_minimal() -> None:
@@ -257,7 +271,7 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {}
 def test_each_component_exports_what_its_alerts_and_panels_group_by(
     platform: dict[str, ImageProcess], metric: str, service: str
 ) -> None:
-    status, body = http("GET", f"{platform[service].url}/metrics")
+    status, body = http("GET", platform[service].metrics_url)
     assert status == 200
     assert metric in exported_series(body.decode()), f"{service} does not export {metric}"
 
@@ -281,7 +295,7 @@ def local_prometheus(platform: dict[str, ImageProcess], tmp_path: Path) -> Itera
     config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
     dead = f"127.0.0.1:{free_port()}"
     for job in config["scrape_configs"]:
-        target = f"127.0.0.1:{platform[job['job_name']].port}"
+        target = f"127.0.0.1:{platform[job['job_name']].metrics_port}"
         job["static_configs"] = [{"targets": [target, dead] if job["job_name"] == "audit" else [target]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

@@ -82,11 +82,11 @@ def test_local_prometheus_config_is_valid_and_loads_the_same_rules() -> None:
     assert [p.resolve() for p in rule_files] == [RULES_FILE.resolve()]
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert jobs == {
-        "gateway": ["127.0.0.1:8080"],
-        "identity": ["127.0.0.1:9000"],
-        "timesheets": ["127.0.0.1:8101"],
-        "approvals": ["127.0.0.1:8102"],
-        "audit": ["127.0.0.1:8103"],
+        "gateway": ["127.0.0.1:9080"],
+        "identity": ["127.0.0.1:9010"],
+        "timesheets": ["127.0.0.1:9101"],
+        "approvals": ["127.0.0.1:9102"],
+        "audit": ["127.0.0.1:9103"],
     }
 
 

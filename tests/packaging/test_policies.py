@@ -313,6 +313,68 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
     assert again["data"]["identity-keys"] != secret["data"]["identity-keys"], "random per install"
 
 
+# --- database TLS ------------------------------------------------------------------------------
+
+DB_CLIENTS = {"identity", "timesheets", "approvals", "audit"}
+
+
+def test_production_checks_the_database_certificate_in_every_pod_that_connects() -> None:
+    """values-prod.yaml: verify-full, with the CA bundle mounted into every service and migration
+    container that connects to PostgreSQL — and into nothing else."""
+    objects = rendered_scenario("values-prod.yaml")
+    connecting = 0
+    for obj, spec in workloads(objects):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            env = env_of(c)
+            mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+            if "DATABASE_URL" not in env:
+                assert "database-ca" not in mounts
+                assert "DB_SSLROOTCERT" not in env
+                continue
+            connecting += 1
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            assert env["DB_SSLMODE"]["value"] == "verify-full", where
+            path = env["DB_SSLROOTCERT"]["value"]
+            mount = mounts["database-ca"]
+            assert path == mount["mountPath"] + "/ca.crt", where
+            assert mount["readOnly"] is True
+            assert volumes["database-ca"]["configMap"] == {
+                "name": "timesheets-database-ca",
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+            }
+    assert connecting == 3 + 3  # timesheets, approvals, audit Deployments + their migration containers
+
+
+def test_database_ca_from_a_secret_or_the_system_store(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "externalDatabase": {"existingSecret": "db", "caBundle": {"secretName": "db-ca", "key": "root.pem"}},
+    }
+    objects = render_values(values)
+    (job,) = by_kind(objects, "Job")
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["database-ca"]["secret"] == {
+        "secretName": "db-ca",
+        "items": [{"key": "root.pem", "path": "ca.crt"}],
+    }
+    system = {
+        **SCENARIOS["minimal"],
+        "externalDatabase": {"existingSecret": "db", "caBundle": {"useSystemTrustStore": True}},
+    }
+    for dep in app_deployments(render_values(system)):
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        env = env_of(c)
+        if component(dep) in DB_CLIENTS:
+            assert env["DB_SSLROOTCERT"]["value"] == "system"
+        assert "database-ca" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    for dep in app_deployments(rendered_scenario("values-dev.yaml")):  # the demo database: plain
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert not {"DB_SSLMODE", "DB_SSLROOTCERT"} & set(env_of(c))
+
+
 # --- migrations --------------------------------------------------------------------------------
 
 
@@ -400,6 +462,61 @@ def test_backends_accept_only_the_gateway_and_their_peers(objects: list[Obj], ba
     assert all("namespaceSelector" in p for p in others)
 
 
+def port_rules(policy: Obj, port: str) -> list[Obj]:
+    return [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r.get("ports", []))]
+
+
+def test_metrics_port_is_open_only_to_the_monitoring_namespaces(scenario: str, objects: list[Obj]) -> None:
+    """Every component serves /metrics on its `metrics` port (METRICS_PORT), never on `http`; the
+    NetworkPolicy admits only the monitoring namespaces there, and never opens `http` to them."""
+    namespaces = SCENARIOS[scenario].get("networkPolicy", {}).get("monitoringNamespaces", ["monitoring"])
+    for dep in app_deployments(objects):
+        comp = component(dep)
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert set(ports) == {"http", "metrics"}
+        assert env_of(c)["METRICS_PORT"]["value"] == str(ports["metrics"])
+        assert ports["metrics"] != ports["http"]
+        policy = policy_for(objects, comp)
+        rules = port_rules(policy, "metrics")
+        for rule in policy["spec"]["ingress"]:
+            assert [p["port"] for p in rule["ports"]] in (["http"], ["metrics"]), "one port per rule"
+        if not namespaces:
+            assert rules == [], comp
+            continue
+        (rule,) = rules
+        allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]}
+        assert allowed == set(namespaces), comp
+        assert all(set(p) <= {"namespaceSelector", "podSelector"} for p in rule["from"])
+        for http_rule in port_rules(policy, "http"):
+            assert not any(
+                p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                in namespaces
+                for p in http_rule.get("from", [])
+            ), f"{comp}: the monitoring namespaces reach the service port"
+
+
+def test_monitoring_pod_labels_narrow_the_metrics_rule(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "networkPolicy": {
+            "monitoringNamespaces": ["monitoring", "observability"],
+            "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
+        },
+    }
+    objects = render_values(values)
+    (rule,) = port_rules(policy_for(objects, "audit"), "metrics")
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+        for ns in ("monitoring", "observability")
+    ]
+
+
 def test_egress_is_dns_database_redis_identity_provider_and_peers_only(objects: list[Obj]) -> None:
     for dep in app_deployments(objects):
         comp = component(dep)
@@ -442,6 +559,7 @@ def test_ingress_exposes_gateway_and_bundled_identity_only() -> None:
     for comp, ing in ingresses.items():
         backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
         assert backend["name"] == f"ts-timesheets-{comp}"
+        assert backend["port"] == {"name": "http"}, "an Ingress never reaches the metrics port"
         assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
     prod = rendered_scenario("values-prod.yaml")
     assert [component(o) for o in by_kind(prod, "Ingress")] == ["gateway"]

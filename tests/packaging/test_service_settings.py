@@ -68,6 +68,12 @@ def env_values(container: Obj, objects: list[Obj], tmp: Path) -> dict[str, str]:
         else:
             assert name in SECRET_SHAPES, f"{name} comes from a Secret this test does not know"
             env[name] = SECRET_SHAPES[name]
+    if env.get("DB_SSLROOTCERT", "system") != "system":
+        # The mounted CA bundle: a real PEM where the service will read it.
+        from testkit.postgres import make_ca
+
+        ca_path, _ = make_ca("database CA").write(tmp, "database-ca")
+        env["DB_SSLROOTCERT"] = str(ca_path)
     if "GATEWAY_ISSUERS_FILE" in env:
         # The file the gateway reads is the mounted ConfigMap: write its content where it points.
         (cm,) = [c for name, c in config_maps.items() if name.endswith("gateway-issuers")]

@@ -96,6 +96,12 @@ derived from this one table. The gateway also calls the bundled identity provide
 {{- get $ports .component -}}
 {{- end -}}
 
+{{/* The metrics port of each component (METRICS_PORT; docs/CONTRACTS.md): never the public one. */}}
+{{- define "timesheets.metricsPort" -}}
+{{- $ports := dict "gateway" 9080 "identity" 9010 "timesheets" 9101 "approvals" 9102 "audit" 9103 -}}
+{{- get $ports .component -}}
+{{- end -}}
+
 {{/* In-cluster base URL of a component. */}}
 {{- define "timesheets.url" -}}
 {{- printf "http://%s:%s" (include "timesheets.componentName" .) (include "timesheets.port" .) -}}
@@ -161,6 +167,41 @@ key: {{ .Values.externalDatabase.existingSecretUrlKey }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The external database's CA bundle (externalDatabase.caBundle) as a pod volume, or nothing. Mounted
+read-only at /etc/timesheets/database-ca in every container that connects (services and migrations).
+*/}}
+{{- define "timesheets.databaseCaVolume" -}}
+{{- $ca := .Values.externalDatabase.caBundle -}}
+{{- if and (not .Values.postgresql.enabled) (or $ca.secretName $ca.configMapName) -}}
+{{- if and $ca.secretName $ca.configMapName -}}
+{{- fail "externalDatabase.caBundle: set secretName or configMapName, not both" -}}
+{{- end -}}
+- name: database-ca
+  {{- if $ca.secretName }}
+  secret:
+    secretName: {{ $ca.secretName }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+  {{- else }}
+  configMap:
+    name: {{ $ca.configMapName }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- define "timesheets.databaseCaMount" -}}
+{{- if include "timesheets.databaseCaVolume" . -}}
+- name: database-ca
+  mountPath: /etc/timesheets/database-ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
 {{/* Where REDIS_URL comes from, or nothing (Redis holds only losable state: services run colder without it). */}}
 {{- define "timesheets.redisSecretRef" -}}
 {{- if .Values.redis.enabled -}}
@@ -194,6 +235,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: "0.0.0.0"
 - name: PORT
   value: {{ include "timesheets.port" . | quote }}
+- name: METRICS_PORT
+  value: {{ include "timesheets.metricsPort" . | quote }}
 - name: LOG_LEVEL
   value: {{ default $root.Values.config.logLevel $values.logLevel | quote }}
 - name: SHUTDOWN_TIMEOUT_SECONDS
@@ -220,6 +263,19 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   valueFrom:
     secretKeyRef:
 {{ include "timesheets.databaseSecretRef" $root | indent 6 }}
+{{- if not $root.Values.postgresql.enabled }}
+{{- with $root.Values.externalDatabase.sslMode }}
+- name: DB_SSLMODE
+  value: {{ . | quote }}
+{{- end }}
+{{- if include "timesheets.databaseCaVolume" $root }}
+- name: DB_SSLROOTCERT
+  value: /etc/timesheets/database-ca/ca.crt
+{{- else if $root.Values.externalDatabase.caBundle.useSystemTrustStore }}
+- name: DB_SSLROOTCERT
+  value: system
+{{- end }}
+{{- end }}
 - name: DB_POOL_MIN
   value: {{ $root.Values.config.dbPoolMin | quote }}
 - name: DB_POOL_MAX

@@ -9,6 +9,7 @@ from svckit.settings import DatabaseSettings
 class ApprovalsSettings(DatabaseSettings):
     service_name: str = "approvals"
     port: int = 8102
+    metrics_port: int = 9102
     # The peer that owns entries, and where the outbox relay delivers audit events.
     timesheets_url: str = "http://127.0.0.1:8101"
     audit_url: str = "http://127.0.0.1:8103"

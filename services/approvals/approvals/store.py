@@ -18,16 +18,24 @@ COLUMNS = """id, entry_id, decision, comment, approver_issuer, approver_subject,
 
 
 async def insert_pending(
-    conn: Connection, entry_id: uuid.UUID, approver: Identity, body: DecisionIn, request_id: str | None
+    conn: Connection,
+    entry_id: uuid.UUID,
+    approver: Identity,
+    body: DecisionIn,
+    request_id: str | None,
+    *,
+    decision_id: uuid.UUID,
 ) -> Row | None:
-    """Record a new decision as pending; None if the entry already has a live (non-void) decision."""
+    """Record a new decision as pending; None if the entry already has a live (non-void) decision.
+
+    ``decision_id`` is the caller's, so that after a lost COMMIT it knows what to look for."""
     return await conn.fetchrow(
         f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer, approver_subject,
                                    approver_name, approver_client, request_id)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
             RETURNING {COLUMNS}""",
-        uuid.uuid4(),
+        decision_id,
         entry_id,
         body.decision,
         body.comment,
@@ -48,6 +56,12 @@ async def live_for_entry(conn: Connection, entry_id: uuid.UUID) -> Row | None:
 
 async def get(conn: Connection, decision_id: uuid.UUID) -> Row | None:
     return await conn.fetchrow(f"SELECT {COLUMNS} FROM decisions WHERE id = $1", decision_id)
+
+
+async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
+    """No longer pending (applied or void): asked after a COMMIT of settling whose answer was lost."""
+    state = await conn.fetchval("SELECT state FROM decisions WHERE id = $1", decision_id)
+    return state is not None and state != "pending"
 
 
 async def mark_applied(conn: Connection, decision_id: uuid.UUID) -> Row | None:

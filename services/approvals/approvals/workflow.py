@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import asyncpg
 from svckit.context import current_request_id
-from svckit.db import Database
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 from svckit.identity import Identity
 from svckit.outbox import enqueue
 
@@ -33,6 +33,7 @@ from .peer import ApplyOutcome, PeerUnavailable, Timesheets
 log = logging.getLogger("approvals.workflow")
 
 State = Literal["applied", "void", "pending"]
+NOTE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNAVAILABLE_ERRORS)
 VOID_REASONS = {"gone": "entry_gone", "conflict": "already_decided", "forbidden": "own_entry"}
 
 
@@ -84,8 +85,15 @@ class Workflow:
             return Refusal(409, "The entry has already been decided.")
 
         existing = None
-        async with self.database.transaction() as conn:
-            row = await store.insert_pending(conn, entry_id, approver, body, current_request_id())
+        decision_id = uuid.uuid4()
+
+        async def recorded(conn: Connection) -> bool:
+            return await store.get(conn, decision_id) is not None
+
+        async with self.database.transaction(committed=recorded) as conn:
+            row = await store.insert_pending(
+                conn, entry_id, approver, body, current_request_id(), decision_id=decision_id
+            )
             if row is None:
                 existing = await store.live_for_entry(conn, entry_id)
         if row is None:
@@ -128,16 +136,26 @@ class Workflow:
             await self._note_failure(decision["id"], f"refused: {outcome.detail[:200]}")
             return Result("pending", decision, outcome.entry, "refused")
         applied = False
-        async with self.database.transaction() as conn:
-            if outcome.verdict == "applied":
-                row = await store.mark_applied(conn, decision["id"])
-                if row is not None:
-                    await enqueue(conn, events.decided(row, via))
-                    applied = True
-            else:
-                row = await store.mark_void(conn, decision["id"], VOID_REASONS[outcome.verdict])
-            if row is None:  # another request or the reconciler settled it first: report that
-                row = await store.get(conn, decision["id"])
+
+        async def settled(conn: Connection) -> bool:
+            return await store.settled(conn, decision["id"])
+
+        try:
+            async with self.database.transaction(committed=settled) as conn:
+                if outcome.verdict == "applied":
+                    row = await store.mark_applied(conn, decision["id"])
+                    if row is not None:
+                        await enqueue(conn, events.decided(row, via))
+                        applied = True
+                else:
+                    row = await store.mark_void(conn, decision["id"], VOID_REASONS[outcome.verdict])
+                if row is None:  # another request or the reconciler settled it first: report that
+                    row = await store.get(conn, decision["id"])
+        except UNAVAILABLE_ERRORS as exc:
+            # Applied at the timesheets service but not settled here (or not known to be): the
+            # decision is recorded and stays pending until a retry or the reconciler settles it.
+            log.warning("could not settle a decision; it stays pending", extra={"error": type(exc).__name__})
+            return Result("pending", decision, outcome.entry, "settle_failed")
         assert row is not None
         if applied:
             decisions.labels(row["decision"]).inc()
@@ -147,5 +165,5 @@ class Workflow:
         try:
             async with self.database.transaction() as conn:
                 await store.record_attempt(conn, decision_id, error[:500])
-        except (asyncpg.PostgresError, OSError) as exc:  # best effort: the decision stays pending anyway
+        except NOTE_ERRORS as exc:  # best effort: the decision stays pending anyway
             log.warning("could not record a failed apply attempt", extra={"error": type(exc).__name__})

@@ -9,6 +9,7 @@ from svckit.settings import DatabaseSettings
 class AuditSettings(DatabaseSettings):
     service_name: str = "audit"
     port: int = 8103
+    metrics_port: int = 9103
     # How often each replica verifies the chain in the background, keeping the audit_chain_ok gauge
     # current for alerting (0 turns it off; GET /audit/verify still works). Each run recomputes what
     # was appended since the last one; the whole chain is walked again every

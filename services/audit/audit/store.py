@@ -89,7 +89,15 @@ class AuditStore:
         unique: dict[uuid.UUID, IngestEvent] = {}
         for event in events:
             unique.setdefault(event.id, event)
-        async with self.database.transaction() as conn:
+
+        async def committed(conn: Connection) -> bool:
+            """After a lost COMMIT: every event of the batch is on the chain (ids are the caller's)."""
+            count = await conn.fetchval(
+                f"SELECT count(*) FROM {self.schema}.records WHERE id = ANY($1::uuid[])", list(unique)
+            )
+            return bool(count == len(unique))
+
+        async with self.database.transaction(committed=committed) as conn:
             # jsonb's own text form is what gets hashed (see chain.py); normalise before locking.
             details = await conn.fetchval(
                 "SELECT array_agg(d::jsonb::text ORDER BY n)"

@@ -40,6 +40,7 @@ def available_cpus() -> int:
 class GatewaySettings(RedisSettings):
     service_name: str = "gateway"
     port: int = 8080
+    metrics_port: int = 9080
 
     # --- token verification -------------------------------------------------------------------
     oidc_issuer: CsvList = Field(default_factory=lambda: ["http://localhost:9000/"])

@@ -22,12 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from jwt.algorithms import Algorithm, get_default_algorithms
+from svckit.body import NotAccepted, parse_json
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
@@ -78,8 +78,8 @@ def _b64decode(part: str, what: str) -> bytes:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = parse_json(raw)  # the kit's rules: huge numbers, duplicate claims, NaN are malformed
+    except NotAccepted:
         raise TokenError("malformed", f"The token {what} is not JSON.") from None
     if not isinstance(value, dict):
         raise TokenError("malformed", f"The token {what} is not a JSON object.")

@@ -12,7 +12,7 @@ import aiohttp
 import psutil
 import pytest
 
-from testkit.fixtures import ServiceProcess
+from testkit.fixtures import ServiceProcess, metrics_url
 
 from .conftest import AUDIENCE, Echo, Provider, process_env
 
@@ -90,7 +90,13 @@ async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp
 async def test_operational_endpoints(api: Any, gateway: str) -> None:
     assert (await api("GET", gateway + "/healthz"))[0] == 200
     assert (await api("GET", gateway + "/readyz"))[0] == 200
-    status, _, body = await api("GET", gateway + "/metrics")
+    # The public listener (what the Ingress publishes) has no metrics and no internal OpenAPI document
+    # (an unknown path is the SPA's — here its "not built" page — never a JSON document).
+    status, _, _ = await api("GET", gateway + "/metrics", headers={"Accept": "application/json"})
+    assert status == 404
+    _, _, body = await api("GET", gateway + "/openapi.json", headers={"Accept": "application/json"})
+    assert b'"openapi"' not in body
+    status, _, body = await api("GET", metrics_url(gateway))
     assert status == 200
     assert b"gateway_requests_total" in body
 
@@ -130,6 +136,8 @@ async def test_multi_worker_process(
                 assert seen == ["127.0.0.1"]
         await asyncio.sleep(1.5)  # request metrics are written to Prometheus once a second
         async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as response:
+            assert response.status == 404  # never on the public listener
+        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as response:
             text = await response.text()
         assert (
             metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
@@ -138,11 +146,11 @@ async def test_multi_worker_process(
         # the upstream pools, summed over both workers: every connection is back, idle
         assert metric(text, "gateway_upstream_connections", service="timesheets", state="idle") >= 1
         assert metric(text, "gateway_upstream_connections", service="timesheets", state="busy") == 0
-        # process_* samples describe the supervisor, whichever worker answers the scrape: a start
-        # time flipping between workers would look like restarts to the restart alert.
+        # The metrics listener lives in the supervisor, which aggregates both workers: its process_*
+        # samples are the supervisor's (restarts only when the container does), on every scrape.
         starts = set()
         for _ in range(6):
-            async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as r:
+            async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
                 starts.add(metric(await r.text(), "process_start_time_seconds"))
         assert len(starts) == 1
         assert starts.pop() == pytest.approx(psutil.Process(process.process.pid).create_time(), abs=1)  # type: ignore[union-attr]
@@ -184,7 +192,7 @@ async def test_waiting_for_a_pooled_connection_is_counted(
         token = provider.token()
 
         async def waits() -> float:
-            async with aiohttp.ClientSession() as session, session.get(gateway + "/metrics") as response:
+            async with aiohttp.ClientSession() as session, session.get(metrics_url(gateway)) as response:
                 return metric(
                     await response.text(), "gateway_upstream_pool_waits_total", service="timesheets"
                 )

@@ -314,7 +314,8 @@ async def test_scope_claims(
 async def test_cached_token_never_outlives_exp(api: Any, start_gateway: Any, provider: Provider) -> None:
     clock = FakeClock(start=time.time())  # the gateway's clock: moved, not waited for
     async with start_gateway(clock, jwt_leeway_seconds=0) as gateway:
-        token = provider.token(exp=int(clock.time()) + 2)
+        now = int(clock.time())
+        token = provider.token(iat=now, exp=now + 2)  # no leeway: iat from the gateway's clock too
         for _ in range(3):
             status, _, _ = await api("GET", f"{gateway}/api/timesheets", token)
             assert status == 200

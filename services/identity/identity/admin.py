@@ -33,6 +33,7 @@ async def connect(settings: IdentitySettings) -> asyncpg.Connection:
         settings.database_url,
         timeout=settings.db_connect_timeout_seconds,
         server_settings={"search_path": "identity,public", "application_name": "identity-admin"},
+        ssl=settings.database_tls.context(),  # sslmode/sslrootcert as the kit applies them (svckit.dbtls)
     )
 
 

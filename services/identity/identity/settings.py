@@ -17,6 +17,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
 
     service_name: str = Field(default="identity", exclude=True)
     port: int = Field(default=9000, ge=1, le=65535)
+    metrics_port: int = 9010
     # The identity service is reached by browsers and SDKs directly, not through the gateway, so the
     # gateway-signed identity headers do not apply to it; IDENTITY_KEYS is therefore optional here.
     identity_keys: IdentityKeys = Field(default_factory=dict)
@@ -42,6 +43,10 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     signing_alg: Literal["RS256", "ES256"] = "RS256"
     key_rotation_grace_seconds: int = Field(default=600, ge=0, le=7 * 86400)
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    # How often the revocation stream is checked: lost (Redis restarted empty) → re-published from the
+    # database; revocations whose publication failed → published. Bounds the catch-up after an outage.
+    revocation_check_seconds: float = Field(default=5.0, gt=0, le=300)
 
     login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.fixtures import ServiceProcess
+from testkit.fixtures import ServiceProcess, metrics_url
 from testkit.oidc import (
     API,
     BATCH_SECRET,
@@ -381,7 +381,7 @@ async def test_metrics(http: aiohttp.ClientSession, base_url: str, browser: Brow
         headers={"Authorization": aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)},
     ) as r:
         assert r.status == 200
-    async with http.get(base_url + "/metrics") as r:
+    async with http.get(metrics_url(base_url)) as r:
         text = await r.text()
     assert 'identity_tokens_issued_total{grant_type="client_credentials"}' in text
     assert 'identity_login_failures_total{reason="invalid_credentials"}' in text

@@ -2,8 +2,12 @@
 
 It assembles, in one place and in a fixed order, what each service needs around its own routes:
 request context (id, access log, metrics) → identity check → body limit → problem handlers → routes,
-plus ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` and the lifespan that owns the
-database pool, the outbound HTTP client and the service's own background tasks.
+plus ``/healthz``, ``/readyz`` and ``/openapi.json`` and the lifespan that owns the database pool,
+the outbound HTTP client and the service's own background tasks.
+
+``/metrics`` is deliberately *not* served here: this is the listener an Ingress may publish, so it
+answers 404 for it, and the metrics are on their own port (:class:`svckit.metrics.MetricsServer`,
+``METRICS_PORT``), which only Prometheus can reach.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted, OutcomeUnknown
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
-from .metrics import metrics_endpoint
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .settings import ServiceSettings
 
@@ -35,13 +38,40 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
+RETRY_AFTER = {"Retry-After": "2"}
+
+
 async def unavailable_handler(request: Request, exc: Exception) -> Response:
+    """Every "database unavailable" error class, whatever the handler was doing: 503 + Retry-After."""
+    if isinstance(exc, OutcomeUnknown):
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database went away while the change was being committed, and whether it was stored "
+            "could not be found out yet. Repeat the request with the same Idempotency-Key, or look "
+            "the resource up, once the service answers again.",
+            headers=RETRY_AFTER,
+            outcome="unknown",
+        )
+    if isinstance(exc, NotCommitted):
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database went away before the change was committed; nothing was stored. Retry shortly.",
+            headers=RETRY_AFTER,
+            outcome="not_stored",
+        )
     return problem_response(
         503,
         "Service Unavailable",
         "A backing service is unreachable; retry shortly.",
-        headers={"Retry-After": "2"},
+        headers=RETRY_AFTER,
     )
+
+
+async def metrics_not_here(request: Request) -> Response:
+    """The public listener never exposes metrics (an Ingress in front of it would publish them)."""
+    return problem_response(404, "Not Found", "Metrics are served on the service's metrics port only.")
 
 
 def openapi_route(document: Mapping[str, Any]) -> Route:
@@ -76,13 +106,14 @@ def create_service_app(
     operational: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
         Route("/readyz", readyz_endpoint(all_checks), methods=["GET"], include_in_schema=False),
-        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics_not_here, methods=["GET", "HEAD"], include_in_schema=False),
     ]
     if openapi is not None:
         operational.append(openapi_route(openapi))
 
     middleware = [
         Middleware(RequestContextMiddleware),
+        Middleware(UnhandledErrorMiddleware),
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
     if require_identity:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,9 @@ from typing import TypeVar
 import uvicorn
 
 from .db import UNAVAILABLE_ERRORS
+from .dbtls import SslMode, describe_connect_error
 from .logs import configure_logging
+from .metrics import MetricsServer
 from .migrations import MigrationError, migrate
 from .settings import DatabaseSettings, ServiceSettings, load_settings
 
@@ -44,15 +47,39 @@ def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
     return 0
 
 
-async def migrate_with_wait(dsn: str, schema: str, directory: Path, wait_seconds: float) -> list[int]:
-    """A migration Job may start before Postgres is ready; wait for it instead of crash-looping."""
+def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
+    """The metrics listener on METRICS_PORT, in this process — with several workers that is uvicorn's
+    supervisor, which aggregates the workers' samples — started before uvicorn and kept through the
+    drain. ``None`` (after one line on stderr) when the port cannot be bound."""
+    try:
+        return MetricsServer(settings.bind_host, settings.metrics_port).start()
+    except OSError as exc:
+        print(
+            f"cannot serve metrics on {settings.bind_host}:{settings.metrics_port} (METRICS_PORT): "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+async def migrate_with_wait(
+    dsn: str,
+    schema: str,
+    directory: Path,
+    wait_seconds: float,
+    tls: ssl.SSLContext | SslMode | None = None,
+) -> list[int]:
+    """A migration Job may start before Postgres is ready; wait for it instead of crash-looping.
+    A TLS failure (a refused certificate, no TLS at the server) does not go away by waiting: it
+    fails at once."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.5
     while True:
         try:
-            return await migrate(dsn, schema, directory)
-        except UNAVAILABLE_ERRORS:
-            if time.monotonic() > deadline:
+            return await migrate(dsn, schema, directory, ssl=tls)
+        except UNAVAILABLE_ERRORS as exc:
+            if time.monotonic() > deadline or describe_connect_error(exc).startswith("TLS"):
                 raise
             log.warning("database not reachable yet, retrying migration", extra={"retry_in": delay})
             await asyncio.sleep(delay)
@@ -81,21 +108,33 @@ def run_cli(
     configure_logging(name, settings.log_level)
 
     if parsed.command == "serve":
-        return serve(app_factory, settings, workers(settings) if workers else 1)
+        metrics = start_metrics_listener(settings)
+        if metrics is None:
+            return 1
+        try:
+            return serve(app_factory, settings, workers(settings) if workers else 1)
+        finally:
+            metrics.stop()
     if parsed.command == "migrate":
         assert migrations is not None
         assert schema is not None
         if not isinstance(settings, DatabaseSettings):
             raise TypeError("migrate needs DatabaseSettings")
+        tls = settings.database_tls
         try:
             applied = asyncio.run(
-                migrate_with_wait(settings.database_url, schema, migrations, wait_seconds=60)
+                migrate_with_wait(
+                    settings.database_url, schema, migrations, wait_seconds=60, tls=tls.context()
+                )
             )
         except MigrationError as exc:
             print(f"migration refused: {exc}", file=sys.stderr, flush=True)
             return 1
         except UNAVAILABLE_ERRORS as exc:
-            print(f"migration failed: database unreachable ({type(exc).__name__})", file=sys.stderr)
+            reason = describe_connect_error(exc, tls)
+            if not reason.startswith("TLS"):
+                reason = f"database unreachable ({reason})"
+            print(f"migration failed: {reason}", file=sys.stderr, flush=True)
             return 1
         log.info("migrations complete", extra={"schema": schema, "applied": applied})
         return 0

@@ -18,6 +18,12 @@ from .problems import problem_response
 
 Check = Callable[[], Awaitable[None]]
 
+
+class CheckFailed(Exception):
+    """A readiness failure whose message says why and is safe to publish in ``/readyz`` (no host
+    names, credentials or internals); any other exception is reported by its type name only."""
+
+
 CHECK_TIMEOUT_SECONDS = 2.5
 
 
@@ -32,6 +38,8 @@ async def run_checks(checks: Mapping[str, Check]) -> dict[str, str]:
             return "ok"
         except TimeoutError:
             return "timed out"
+        except CheckFailed as exc:
+            return f"failed: {exc}"
         except Exception as exc:  # a check failing for any reason means "not ready"
             return f"failed: {type(exc).__name__}"
 

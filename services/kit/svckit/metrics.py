@@ -1,14 +1,26 @@
-"""HTTP metrics and the ``/metrics`` endpoint.
+"""HTTP metrics, and the metrics listener that serves them on a port of their own.
 
 Labels are route *templates* (``/timesheets/{id}``), never raw paths, so cardinality stays bounded no
-matter what clients send. When ``PROMETHEUS_MULTIPROC_DIR`` is set (a service run with several worker
-processes) the endpoint aggregates every worker's samples.
+matter what clients send.
+
+``/metrics`` is never served on the public listener (an Ingress in front of the gateway or the
+identity provider would publish it): :class:`MetricsServer` is a second, tiny HTTP listener on
+``METRICS_PORT`` in the same process, started by ``python -m <service>`` before uvicorn. It runs in a
+thread, so it keeps answering while the event loop is busy or draining, and it lives in the process
+that outlives uvicorn's workers: with several workers (``PROMETHEUS_MULTIPROC_DIR`` set) that is the
+supervisor, which aggregates every worker's samples and reports its own ``process_*`` series — whose
+start time changes exactly when the container restarts, which is what restart alerts want.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,8 +31,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from starlette.requests import Request
-from starlette.responses import Response
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -44,17 +54,6 @@ def observe(route: str, method: str, status: int, seconds: float) -> None:
     http_duration.labels(route, method).observe(seconds)
 
 
-def _supervisor_pid() -> int | str:
-    """``process_*`` samples of the process that outlives its workers (uvicorn's supervisor).
-
-    Scrapes land on any worker; reporting the answering worker would make ``process_start_time_seconds``
-    flip between workers and look like restarts. The supervisor's start time changes exactly when the
-    container restarts, which is what restart alerts want.
-    """
-    parent = multiprocessing.parent_process()
-    return parent.pid if parent is not None and parent.pid is not None else "self"
-
-
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text for this process, or for all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -62,11 +61,87 @@ def render_metrics() -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        ProcessCollector(pid=_supervisor_pid, registry=registry)
+        ProcessCollector(registry=registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
 
 
-async def metrics_endpoint(request: Request) -> Response:
+METRICS_PATH = "/metrics"
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def metrics_wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """``GET /metrics`` (and HEAD); 404 for any other path, 405 for any other method."""
+    if environ.get("PATH_INFO") != METRICS_PATH:
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: metrics are at /metrics\n"]
+    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+        return [b""]
     body, content_type = render_metrics()
-    return Response(body, media_type=content_type)
+    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape; never blocks process exit."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not access-logged (every few seconds, forever)."""
+
+
+class MetricsServer:
+    """The metrics listener: ``GET /metrics`` on ``host:port`` in a daemon thread.
+
+    ``port=0`` picks a free port (tests); :attr:`port` is the one bound. ``start`` raises ``OSError``
+    when the port is taken, before anything else of the service starts.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.requested_port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the metrics listener is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        if ":" in host:
+            host = "[::1]" if host == "::" else f"[{host}]"
+        return f"http://{host}:{self.port}{METRICS_PATH}"
+
+    def start(self) -> MetricsServer:
+        server_class = _ThreadingServer6 if ":" in self.host else _ThreadingServer
+        self._server = make_server(
+            self.host, self.requested_port, metrics_wsgi_app, server_class, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-listener", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

@@ -14,8 +14,11 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 
 import asyncpg
+
+from .dbtls import SslMode
 
 log = logging.getLogger("svckit.migrations")
 
@@ -56,11 +59,14 @@ def _quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-async def migrate(dsn: str, schema: str, directory: Path) -> list[int]:
-    """Apply pending migrations; return the versions applied by this run."""
+async def migrate(
+    dsn: str, schema: str, directory: Path, *, ssl: SSLContext | SslMode | None = None
+) -> list[int]:
+    """Apply pending migrations; return the versions applied by this run. ``ssl``: the kit's verifying
+    TLS context (``DatabaseSettings.database_tls``), else the URL's own sslmode applies."""
     migrations = discover(directory)
     quoted = _quote_ident(schema)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, ssl=ssl)
     try:
         lock_key = zlib.crc32(f"svckit-migrate:{schema}".encode())
         await conn.execute("SELECT pg_advisory_lock($1)", lock_key)

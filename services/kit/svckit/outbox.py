@@ -507,6 +507,7 @@ class OutboxRelay:
                 self.database.dsn,
                 timeout=self.database.connect_timeout,
                 server_settings={"application_name": f"{self.database.application_name}-outbox"},
+                ssl=self.database.ssl,
             )
         except DB_ERRORS as exc:
             self._listen_unavailable(exc)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .dbtls import DatabaseTls, resolve
 
 MIN_IDENTITY_KEY_BYTES = 32
 
@@ -74,6 +76,9 @@ class ServiceSettings(BaseSettings):
     service_name: str = Field(default="service", exclude=True)
     bind_host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The metrics listener (GET /metrics, svckit.metrics.MetricsServer): never the public port, so an
+    # Ingress cannot publish it. Each service sets its own default (docs/CONTRACTS.md).
+    metrics_port: int = Field(default=9100, ge=1, le=65535)
     log_level: str = "INFO"
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
     identity_keys: IdentityKeys
@@ -87,6 +92,12 @@ class ServiceSettings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Self:
+        if self.metrics_port == self.port:
+            raise ValueError(f"METRICS_PORT must differ from PORT (both are {self.port})")
+        return self
+
     @property
     def signing_key_id(self) -> str:
         return next(iter(self.identity_keys))
@@ -99,6 +110,11 @@ class DatabaseSettings(ServiceSettings):
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=500)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
+    # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
+    db_sslrootcert: str = ""
+    # Overrides the URL's sslmode (empty: the URL's): lets a deployment insist on verify-full.
+    db_sslmode: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -106,6 +122,16 @@ class DatabaseSettings(ServiceSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
+
+    @model_validator(mode="after")
+    def _tls_can_work(self) -> Self:
+        """A TLS set-up that cannot work stops the process now, not at the first connection."""
+        resolve(self.database_url, self.db_sslrootcert, self.db_sslmode)  # DatabaseTlsError: a ValueError
+        return self
+
+    @property
+    def database_tls(self) -> DatabaseTls:
+        return resolve(self.database_url, self.db_sslrootcert, self.db_sslmode)
 
 
 class RedisSettings(ServiceSettings):
@@ -137,11 +163,11 @@ def describe_error(exc: ValidationError) -> str:
     """One line: every offending variable with what is wrong, secrets never echoed."""
     parts = []
     for error in exc.errors():
-        name = str(error["loc"][0]).upper() if error["loc"] else "?"
+        name = str(error["loc"][0]).upper() if error["loc"] else ""  # "": a check across variables
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is required but not set"
-        parts.append(f"{name} {message}")
+        parts.append(f"{name} {message}".strip())
     return "invalid configuration: " + "; ".join(parts)
 
 

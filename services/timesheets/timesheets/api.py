@@ -6,8 +6,10 @@ this is defence in depth. Ownership is (issuer, subject) of the verified identit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from svckit.authz import identity_of, requires_scope
 from svckit.body import parse_body
-from svckit.db import Database
+from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
@@ -46,6 +48,22 @@ def entry_id_of(request: Request) -> uuid.UUID:
         return uuid.UUID(request.path_params["id"])
     except ValueError:
         raise Problem(404, "Not Found", "No such timesheet entry.") from None
+
+
+@contextlib.asynccontextmanager
+async def outcome_located(location: str) -> AsyncIterator[None]:
+    """A create whose outcome stayed unknown names where the entry would be, so the client can look."""
+    try:
+        yield
+    except OutcomeUnknown as exc:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "The database went away while the entry was being committed; whether it was stored is not "
+            "known yet. Look it up at the Location given, or repeat with the same Idempotency-Key.",
+            headers={"Retry-After": "2", "Location": location},
+            outcome="unknown",
+        ) from exc
 
 
 def not_found() -> Problem:
@@ -88,7 +106,15 @@ async def create_entry(request: Request) -> Response:
     identity = identity_of(request)
     key = idempotency.key_from(request)
     entry = await parse_body(request, EntryIn)
-    async with database_of(request).transaction() as conn:
+    entry_id = uuid.uuid4()
+    # Relative to the request URI, so it resolves right both directly (/timesheets) and through
+    # the gateway (/api/timesheets) without the service knowing the public prefix.
+    location = f"timesheets/{entry_id}"
+
+    async def committed(conn: Connection) -> bool:
+        return await store.entry_exists(conn, entry_id)
+
+    async with outcome_located(location), database_of(request).transaction(committed=committed) as conn:
         claim = None
         if key is not None:
             fingerprint = idempotency.fingerprint("create", entry.canonical())
@@ -99,13 +125,10 @@ async def create_entry(request: Request) -> Response:
                 return outcome
             claim = outcome
         row = await store.insert_entry(
-            conn, identity.principal, identity.name, entry, client_id=identity.client_id
+            conn, identity.principal, identity.name, entry, client_id=identity.client_id, entry_id=entry_id
         )
         await enqueue(conn, events.created(identity, row))
         body = entry_json(row)
-        # Relative to the request URI, so it resolves right both directly (/timesheets) and through
-        # the gateway (/api/timesheets) without the service knowing the public prefix.
-        location = f"timesheets/{row['id']}"
         if claim is not None:
             await claim.save(conn, 201, body, location)
     entries_created.labels("api").inc()
@@ -132,7 +155,11 @@ async def get_entry(request: Request) -> Response:
 async def delete_entry(request: Request) -> Response:
     identity = identity_of(request)
     entry_id = entry_id_of(request)
-    async with database_of(request).transaction() as conn:
+
+    async def committed(conn: Connection) -> bool:
+        return await store.entry_deleted(conn, entry_id)
+
+    async with database_of(request).transaction(committed=committed) as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None or row["deleted_at"] is not None:
             raise not_found()
@@ -174,7 +201,11 @@ async def upload_entries(request: Request) -> Response:
     upload = await parse_body(request, UploadIn)
     rows = validate_rows(upload)
     upload_id = uuid.uuid4()
-    async with database_of(request).transaction() as conn:
+
+    async def committed(conn: Connection) -> bool:
+        return await store.upload_exists(conn, upload_id)
+
+    async with database_of(request).transaction(committed=committed) as conn:
         claim = None
         if key is not None:
             fingerprint = idempotency.fingerprint("upload", [row.canonical() for row in rows])

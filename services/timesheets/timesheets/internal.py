@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from svckit.authz import identity_of, requires_service
 from svckit.body import parse_body
+from svckit.db import Connection
 from svckit.outbox import enqueue
 from svckit.problems import Problem
 from svckit.query import parse_query
@@ -53,7 +54,11 @@ async def apply_decision(request: Request) -> Response:
     caller = identity_of(request)
     entry_id = entry_id_of(request)
     decision = await parse_body(request, DecisionIn)
-    async with database_of(request).transaction() as conn:
+
+    async def committed(conn: Connection) -> bool:
+        return await store.decision_recorded(conn, entry_id, decision.decision_id)
+
+    async with database_of(request).transaction(committed=committed) as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None:
             raise not_found()

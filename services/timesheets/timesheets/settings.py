@@ -9,6 +9,7 @@ from svckit.settings import DatabaseSettings
 class TimesheetsSettings(DatabaseSettings):
     service_name: str = "timesheets"
     port: int = 8101
+    metrics_port: int = 9101
     # Where the outbox relay delivers audit events.
     audit_url: str = "http://127.0.0.1:8103"
     # How long a create/upload Idempotency-Key is remembered (retries later than this create anew).

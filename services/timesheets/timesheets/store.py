@@ -28,14 +28,21 @@ ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
 
 
 async def insert_entry(
-    conn: Connection, owner: Principal, owner_name: str, entry: EntryIn, *, client_id: str
+    conn: Connection,
+    owner: Principal,
+    owner_name: str,
+    entry: EntryIn,
+    *,
+    client_id: str,
+    entry_id: uuid.UUID,
 ) -> Row:
+    """``entry_id`` is chosen by the caller, so that after a lost COMMIT it knows what to look for."""
     row = await conn.fetchrow(
         f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
                                  source, created_by_client)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'api', $9)
             RETURNING {COLUMNS}""",
-        uuid.uuid4(),
+        entry_id,
         owner[0],
         owner[1],
         owner_name,
@@ -150,6 +157,33 @@ async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: Decis
     )
     assert row is not None
     return row
+
+
+# ---- did it commit? (asked on a fresh connection after a COMMIT whose answer was lost) -------------
+
+
+async def entry_exists(conn: Connection, entry_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM entries WHERE id = $1)", entry_id))
+
+
+async def entry_deleted(conn: Connection, entry_id: uuid.UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE id = $1 AND deleted_at IS NOT NULL)", entry_id
+        )
+    )
+
+
+async def upload_exists(conn: Connection, upload_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM entries WHERE upload_id = $1)", upload_id))
+
+
+async def decision_recorded(conn: Connection, entry_id: uuid.UUID, decision_id: uuid.UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE id = $1 AND decision_id = $2)", entry_id, decision_id
+        )
+    )
 
 
 def position_of(row: Row) -> Position:

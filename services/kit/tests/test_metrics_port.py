@@ -1,0 +1,110 @@
+"""Metrics on a port of their own: the kit's metrics listener, and a service process as shipped
+(``python -m <service>``) serving /metrics only there while its public listener answers 404."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import aiohttp
+import pytest
+from prometheus_client import Counter
+from svckit.metrics import MetricsServer
+from svckit.settings import ServiceSettings, SettingsError, load_settings
+
+from testkit.fixtures import ServiceProcess, free_port, metrics_url, scrape, serve_app
+
+probe = Counter("kit_metrics_port_probe_total", "Incremented by the metrics port tests only.")
+
+
+def get(url: str, method: str = "GET") -> tuple[int, bytes, str]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+def test_listener_serves_the_registry_at_metrics_only() -> None:
+    server = MetricsServer("127.0.0.1", 0).start()
+    port = server.port
+    try:
+        probe.inc()
+        status, body, content_type = get(server.url)
+        assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+        assert status == 200
+        assert content_type.startswith("text/plain; version=")
+        assert b"kit_metrics_port_probe_total 1.0" in body
+        assert get(server.url, "HEAD")[:2] == (200, b"")
+        assert get(f"http://127.0.0.1:{server.port}/")[0] == 404
+        assert get(f"http://127.0.0.1:{server.port}/metrics/x")[0] == 404
+        assert get(server.url, "POST")[0] == 405
+    finally:
+        server.stop()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 1):
+        pass  # stopped: nothing listens any more
+
+
+def test_a_taken_port_is_an_error_at_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="Address already in use"):
+            MetricsServer("127.0.0.1", taken.getsockname()[1]).start()
+
+
+def test_metrics_port_must_differ_from_the_public_port(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"IDENTITY_KEYS": "k1:" + "a" * 43, "PORT": "8200", "METRICS_PORT": "8200"}
+    with pytest.raises(SettingsError):
+        load_settings(ServiceSettings, env=env)
+    assert capsys.readouterr().err.strip() == (
+        "invalid configuration: METRICS_PORT must differ from PORT (both are 8200)"
+    )
+
+
+async def test_in_process_apps_share_the_kit_listener(identity_keys: str) -> None:
+    from svckit.app import create_service_app
+
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    async with serve_app(create_service_app(settings, [])) as url:
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+            assert response.status == 404  # the public listener: served in this event loop
+        assert "process_cpu_seconds_total" in await scrape(url)
+        assert metrics_url(url).endswith("/metrics")
+        assert not metrics_url(url).startswith(url)
+    with pytest.raises(LookupError):
+        metrics_url("http://127.0.0.1:9")
+
+
+def test_service_process_serves_metrics_only_on_its_metrics_port(service_env: dict[str, str]) -> None:
+    with ServiceProcess("audit", service_env) as service:
+        status, body, _ = get(service.url + "/metrics")
+        assert status == 404
+        assert b"metrics port" in body
+        status, body, _ = get(metrics_url(service.url))
+        assert status == 200
+        assert b"audit_events_ingested_total" in body
+        assert b"db_pool_connections" in body
+
+
+def test_a_taken_metrics_port_stops_start_up_with_one_line(service_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "audit"],
+            env={**service_env, "PORT": str(free_port()), "METRICS_PORT": str(port), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT): Address already in use"
+    ]
