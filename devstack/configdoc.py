@@ -61,6 +61,7 @@ MEANINGS = {
     "signing_alg": "RS256 or ES256",
     "verified_token_cache_size": "how many verified tokens are remembered (by hash, never past `exp`)",
     "verified_token_cache_seconds": "how long a verified token is remembered at most",
+    "revocation_feed_enabled": "refuse tokens revoked at the provider (its revocation stream)",
     "jwks_default_ttl_seconds": "JWKS cache lifetime when the provider sends no Cache-Control",
     "jwks_min_ttl_seconds": "lower bound on the provider's Cache-Control max-age",
     "jwks_max_ttl_seconds": "upper bound on the provider's Cache-Control max-age",

@@ -37,6 +37,7 @@ from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
+from .revocations import DenyList, RevocationFeed
 from .routes import API_PREFIX, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
@@ -64,6 +65,7 @@ class Gateway:
         self.limiter: RateLimiter | None = None
         self.auditor: DenialAuditor | None = None
         self.redis: RedisGuard | None = None
+        self.revocations: RevocationFeed | None = None
         self.access_log: AccessLog | None = None
         self.request_metrics: metrics.RequestMetrics | None = None
         self.pools: dict[str, UpstreamPool] = {}
@@ -85,7 +87,12 @@ class Gateway:
         self.redis = RedisGuard.from_settings(settings)
         clock = self.clock
         self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session(), clock)
-        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, clock)
+        deny = DenyList(clock.time)
+        if settings.revocation_feed_enabled:
+            leeways = {issuer: config.leeway_seconds for issuer, config in self.issuers.items()}
+            self.revocations = RevocationFeed(self.redis, deny, leeways)
+            self.revocations.start()
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny, clock)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,
@@ -175,6 +182,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._warming
         await stop_all(self._tasks)
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self.limiter is not None:
             await self.limiter.stop()
         if self.auditor is not None:

@@ -51,6 +51,9 @@ class GatewaySettings(RedisSettings):
     max_token_bytes: int = Field(default=8192, ge=512, le=65536)
     verified_token_cache_size: int = Field(default=10000, ge=0, le=1_000_000)
     verified_token_cache_seconds: int = Field(default=300, ge=1, le=3600)
+    # Read the providers' revocation stream (<REDIS_KEY_PREFIX>revocations) into a deny set checked on
+    # every request; off only where no provider publishes (Auth0: see docs/CONTRACTS.md).
+    revocation_feed_enabled: bool = True
 
     # --- JWKS caching -------------------------------------------------------------------------
     jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)

@@ -192,10 +192,17 @@ class Authenticate:
         self.limiter = limiter
 
     def cached(self, request: ApiRequest) -> bool:
-        """A token verified before and not expired since (no suspension, no allocation)."""
+        """A token verified before, not expired and not revoked since (no suspension, no allocation).
+
+        A revoked token is no cache hit: :meth:`verify` refuses it (401 ``revoked``) like any
+        other token that does not verify, and it counts against the address like them.
+        """
         if not request.token:
             return False
-        principal = self.verifier.cached(request.token)
+        try:
+            principal = self.verifier.cached(request.token)
+        except TokenError:
+            return False
         if principal is None:
             return False
         request.principal = principal

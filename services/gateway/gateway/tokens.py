@@ -33,6 +33,7 @@ from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
 from .issuers import IssuerConfig
 from .jwks import JwksCache, KeysUnavailable, UnknownKey
+from .revocations import DenyList
 from .settings import GatewaySettings
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -60,6 +61,7 @@ class Principal:
     subject_key: str  # rate-limit keys, computed once per verified token, not per request
     client_key: str
     signed: PreparedIdentity  # the identity headers to forward, ready to sign per request
+    jti: str = ""  # the token's id, checked against revocations (gateway.revocations) on every request
 
 
 def principal_key(issuer: str, name: str) -> str:
@@ -164,9 +166,11 @@ class TokenVerifier:
         issuers: dict[str, IssuerConfig],
         jwks: JwksCache,
         signer: IdentitySigner,
+        deny: DenyList | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.deny = deny
         self._now = clock.time  # bound once: the builtin itself with the system clock
         self.signer = signer
         self.issuers = issuers
@@ -187,8 +191,18 @@ class TokenVerifier:
             return None
         cached = self._cache.get(hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest())
         if cached is not None and self._now() < cached.expires_at:
-            return cached
+            return self._not_revoked(cached)
         return None
+
+    def _not_revoked(self, principal: Principal) -> Principal:
+        """Revoked tokens are refused however they were verified (cache hits included)."""
+        if (
+            self.deny is not None
+            and principal.jti
+            and self.deny.denied(principal.identity.issuer, principal.jti)
+        ):
+            raise TokenError("revoked", "The token was revoked.")
+        return principal
 
     async def verify(self, token: str) -> Principal:
         if len(token) > self.max_bytes:
@@ -198,9 +212,9 @@ class TokenVerifier:
         now = self._now()
         if cached is not None:
             if now < cached.expires_at:
-                return cached
+                return self._not_revoked(cached)
             del self._cache[digest]
-        principal = await self._verify(token, now)
+        principal = self._not_revoked(await self._verify(token, now))
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._evict(now)
@@ -283,6 +297,12 @@ class TokenVerifier:
             signed = self.signer.prepare(identity)
         except ValueError:  # a control character in the issuer or a claim (identity_from checks most)
             raise TokenError("malformed", "The token's identity claims contain control characters.") from None
+        jti = claims.get("jti")
         return Principal(
-            identity, expires_at, principal_key(identity.issuer, identity.subject), client_key, signed
+            identity,
+            expires_at,
+            principal_key(identity.issuer, identity.subject),
+            client_key,
+            signed,
+            jti if isinstance(jti, str) else "",
         )
