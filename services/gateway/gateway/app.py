@@ -92,7 +92,7 @@ class Gateway:
             leeways = {issuer: config.leeway_seconds for issuer, config in self.issuers.items()}
             self.revocations = RevocationFeed(self.redis, deny, leeways)
             self.revocations.start()
-        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny, clock)
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny, clock=clock)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,

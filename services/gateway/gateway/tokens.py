@@ -167,6 +167,7 @@ class TokenVerifier:
         jwks: JwksCache,
         signer: IdentitySigner,
         deny: DenyList | None = None,
+        *,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings

@@ -25,6 +25,7 @@ from gateway.jwks import JwksCache, parse_jwks
 from gateway.proxy import BodyStream, Forwarder
 from gateway.ratelimit import RateLimiter
 from gateway.request import ApiRequest, Refusal, Reply
+from gateway.revocations import DenyList
 from gateway.routes import load_routes
 from gateway.settings import GatewaySettings
 from gateway.stages import (
@@ -114,7 +115,8 @@ class Rig:
         )
         self.jwks.state[PROVIDER.issuer].keyset = keyset
         signer = IdentitySigner(parse_identity_keys(KEYS))
-        self.verifier = TokenVerifier(self.settings, issuers, self.jwks, signer, self.clock)
+        self.deny = DenyList(self.clock.time)
+        self.verifier = TokenVerifier(self.settings, issuers, self.jwks, signer, self.deny, clock=self.clock)
         self.limiter = RateLimiter(
             RedisGuard(self.settings.redis_url, "unit:", timeout=0.1, retry_seconds=1),
             window_seconds=60,
@@ -345,6 +347,20 @@ async def test_a_verified_token_is_served_from_the_cache_until_it_expires(rig: R
     refusal = await authenticate.verify(authenticated(rig, token))
     assert refusal is not None  # …and not beyond it
     assert (refusal.status, refusal.reason, refusal.audit) == (401, "expired", "aggregate")
+
+
+async def test_a_revoked_token_is_refused_even_from_the_cache(rig: Rig) -> None:
+    authenticate = Authenticate(rig.verifier, rig.limiter)
+    token = PROVIDER.token(jti="revoke-me")
+    first = authenticated(rig, token)
+    assert await authenticate.verify(first) is None
+    assert authenticate.cached(authenticated(rig, token))
+    rig.deny.add(PROVIDER.issuer, "revoke-me", rig.clock.time() + 600)
+    again = authenticated(rig, token)
+    assert not authenticate.cached(again)
+    refusal = await authenticate.verify(again)
+    assert refusal is not None
+    assert (refusal.status, refusal.reason, refusal.audit) == (401, "revoked", "aggregate")
 
 
 async def test_anonymous_denials_use_up_the_address_budget(rig: Rig) -> None:
