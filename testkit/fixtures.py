@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -287,8 +287,18 @@ class ServiceProcess:
         self.stop()
 
 
+# A simple-query protocol message ('Q', int32 length) whose text is a COMMIT (asyncpg sends "COMMIT;").
+_COMMIT_MESSAGE = re.compile(rb"Q.{4}(?:COMMIT|END)\b", re.DOTALL | re.IGNORECASE)
+
+
 class TcpProxy:
-    """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'."""
+    """A loopback TCP forwarder that a test can cut and restore, to make a backend 'go away'.
+
+    In front of Postgres it can also break a connection exactly around ``COMMIT``
+    (:meth:`cut_at_commit`): before the command reaches the server (nothing committed), or after the
+    server answered it (committed, but the client never hears so) — the two cases a client cannot
+    tell apart.
+    """
 
     def __init__(self, target_host: str, target_port: int, unix_socket: str | None = None) -> None:
         self.target = (target_host, target_port)
@@ -296,6 +306,12 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._pairs: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}  # client side → server side
+        self._commit_cut: Literal["before", "after"] | None = None
+        self._drop_reply_of: asyncio.StreamWriter | None = None
+        self._commit_marker = b""
+        self._marked: set[asyncio.StreamWriter] = set()
+        self.commit_cut_done = asyncio.Event()
 
     @classmethod
     def for_postgres(cls, dsn: str) -> TcpProxy:
@@ -307,15 +323,56 @@ class TcpProxy:
             return cls("", port, unix_socket=f"{socket_dir}/.s.PGSQL.{port}")
         return cls(parts.hostname or "127.0.0.1", port)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def cut_at_commit(self, when: Literal["before", "after"], *, after_sending: bytes = b"") -> asyncio.Event:
+        """Arm a one-shot break of the next connection that sends ``COMMIT``: ``before`` it reaches the
+        server, or ``after`` the server's answer arrived (which is then dropped). With
+        ``after_sending``, only a connection that sent those bytes since (say ``b"INSERT INTO entries"``)
+        counts, so a background task's COMMIT does not take the cut meant for a request. Every open
+        link is cut at that moment; the proxy keeps accepting new ones. The event fires when done."""
+        self._commit_cut = when
+        self._commit_marker = after_sending
+        self._marked = set()
+        self.commit_cut_done = asyncio.Event()
+        return self.commit_cut_done
+
+    def _abort_links(self) -> None:
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if to_server and self._commit_cut is not None and self._commit_marker in data:
+                    self._marked.add(writer)
+                if (
+                    to_server
+                    and self._commit_cut is not None
+                    and writer in self._marked
+                    and _COMMIT_MESSAGE.search(data)
+                ):
+                    when, self._commit_cut = self._commit_cut, None
+                    if when == "before":
+                        self._abort_links()
+                        self.commit_cut_done.set()
+                        return
+                    self._drop_reply_of = writer
+                elif not to_server and self._drop_reply_of is not None and self._reply_belongs(writer):
+                    self._drop_reply_of = None  # the server committed; its answer never arrives
+                    self._abort_links()
+                    self.commit_cut_done.set()
+                    return
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+
+    def _reply_belongs(self, client_writer: asyncio.StreamWriter) -> bool:
+        return self._pairs.get(client_writer) is self._drop_reply_of
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -331,8 +388,15 @@ class TcpProxy:
             client_w.transport.abort()
             return
         self._links.update({client_w, server_w})
-        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
-        self._links.difference_update({client_w, server_w})
+        self._pairs[client_w] = server_w
+        try:
+            await asyncio.gather(
+                self._pipe(client_r, server_w, to_server=True),
+                self._pipe(server_r, client_w, to_server=False),
+            )
+        finally:
+            self._links.difference_update({client_w, server_w})
+            self._pairs.pop(client_w, None)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -343,9 +407,7 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
+        self._abort_links()
 
     def url_for(self, url: str) -> str:
         parts = urlsplit(url)

@@ -64,7 +64,8 @@ async def test_awkward_json_details_still_verify(api: SignedApi, new_event: Any)
     """Whatever jsonb does to numbers, key order or Unicode, the hashed bytes are reproducible."""
     details = [
         {"z": 1, "a": {"y": [1.5, -0.0, True, None], "b": "Zoë ✓ 🚀 \\ \" '"}},
-        {"big": 1e20, "tiny": 1e-7, "huge_int": 12345678901234567890123, "pi": 3.141592653589793},
+        # the largest integer the kit's body rules (I-JSON) accept
+        {"big": 1e20, "tiny": 1e-7, "huge_int": 9007199254740991, "pi": 3.141592653589793},
         {"": "empty key", "emoji key 🗝": {"nested": {"deeper": [[], {}, ""]}}},
         {"exp": 1.0e300, "neg": -42, "frac": 0.1 + 0.2},
     ]

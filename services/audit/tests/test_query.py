@@ -162,7 +162,7 @@ async def test_bad_query_parameters_are_named(
     reply = await api.call("GET", "/audit/events", AUDITOR, params=params)
     assert reply.status == 422, reply.text
     assert field in reply.fields(), reply.body
-    conforms("ProblemDetails", reply.body)
+    conforms("Problem", reply.body)
 
 
 async def test_a_repeated_parameter_is_refused(api: SignedApi) -> None:

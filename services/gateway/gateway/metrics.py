@@ -13,8 +13,14 @@
 | ``gateway_ratelimit_failopen_total`` | (none) | requests let through unchecked while Redis is unreachable |
 | ``gateway_audit_dropped_total`` | (none) | denial audit events dropped (queue full or undeliverable) |
 | ``gateway_upstream_errors_total`` | service, kind | upstream failures (connect, timeout, protocol) |
+| ``gateway_upstream_retries_total`` | service, reason | requests sent again (``idempotent``, ``unsent``) |
 | ``gateway_upstream_connections`` | service, state | pooled connections (``busy``, ``idle``), all workers |
 | ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
+| ``gateway_revocations_received_total`` | outcome | revocation events (``added``, ``expired``, ``ignored``) |
+| ``gateway_revocation_feed_errors_total`` | (none) | times the revocation reader lost Redis |
+| ``gateway_revoked_tokens`` | (none) | revoked, unexpired tokens in the deny set |
+
+(The revocation series are defined in ``gateway/revocations.py``.)
 
 Every label value comes from a fixed set or from configuration (issuer URLs, route templates), never
 from request data, so cardinality is bounded. With several workers the values aggregate through
@@ -83,6 +89,12 @@ upstream_errors = Counter(
     "gateway_upstream_errors_total",
     "Requests that failed on the way to or from an upstream, by service and kind.",
     ["service", "kind"],
+)
+upstream_retries = Counter(
+    "gateway_upstream_retries_total",
+    "Requests sent once more on a fresh connection: idempotent ones whose pooled connection was closed"
+    " under them, or any whose request provably never reached the upstream (unsent).",
+    ["service", "reason"],
 )
 
 upstream_connections = Gauge(

@@ -8,9 +8,10 @@
   and inbound forwarding headers; the caller's signed identity and ``X-Forwarded-*`` are added by the
   caller of :meth:`Forwarder.forward`.
 * Failures before the response head: connect failure → 503 with ``Retry-After``, timeout → 504,
-  broken upstream → 502 with ``Retry-After``. An idempotent request whose pooled connection turned out
-  to be closed is retried once on another one. A failure after the head was sent ends the response
-  early (:class:`UpstreamBrokeOff`), which the client sees as a truncated body.
+  broken upstream → 502 with ``Retry-After``. A request is sent once more, on a fresh connection,
+  when its pooled connection turned out to be closed and it is idempotent, or whatever its method
+  when it provably never reached the upstream (``UpstreamError.unsent``). A failure after the head
+  was sent ends the response early (:class:`UpstreamBrokeOff`): the client sees a truncated body.
 """
 
 from __future__ import annotations
@@ -172,12 +173,12 @@ class Forwarder:
         head = _request_head(method, pool.prefix + target, pool.host_header, headers, signed, body)
         expect_body = method != "HEAD"
         streamed = isinstance(body, BodyStream)
-        attempts = 2 if method in IDEMPOTENT and not streamed else 1
+        attempts = 1 if streamed else 2  # a streamed body cannot be sent twice
         started = time.perf_counter()
         for attempt in range(attempts):
-            idle = pool.take_idle()  # the common case needs no suspension
+            idle = pool.take_idle() if attempt == 0 else None  # the common case needs no suspension
             try:
-                connection = idle if idle is not None else await pool.acquire()
+                connection = idle if idle is not None else await pool.acquire(fresh=attempt > 0)
             except UpstreamError as exc:
                 raise self._failure(service, exc) from None
             try:
@@ -188,7 +189,8 @@ class Forwarder:
                 await connection.read_head()
             except UpstreamError as exc:
                 connection.abort()
-                if exc.retryable and attempt + 1 < attempts:
+                if attempt + 1 < attempts and (exc.unsent or (exc.retryable and method in IDEMPOTENT)):
+                    metrics.upstream_retries.labels(service, "unsent" if exc.unsent else "idempotent").inc()
                     continue
                 raise self._failure(service, exc) from None
             except BaseException:

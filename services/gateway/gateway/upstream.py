@@ -21,8 +21,15 @@ What a forwarding client must get right, and where:
   checked by one sweeper task per pool rather than a timer per request;
 * back-pressure both ways: reading pauses above :data:`HIGH_WATER` bytes buffered for a slow client,
   streamed request bodies wait for the socket to drain;
-* errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``) and whether
-  the request never reached a reused connection's peer (safe to retry when idempotent);
+* reuse never hands out a connection whose peer has already closed or reset it: besides the
+  transport's own state, the kernel's TCP state is read (one ``getsockopt``), because the peer's FIN
+  may have arrived after the previous response but before the event loop reported it;
+* errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``), whether
+  nothing came back on a reused connection (``retryable``: safe to send again when idempotent) and
+  whether the request *provably never reached* the peer (``unsent``: safe to send again whatever the
+  method). Proof on a reused connection with no response byte: the peer reset the connection (its
+  application never read the request), or its FIN arrived while the request's bytes were still
+  unacknowledged (a peer that closed before they arrived answers them with a reset, never an ACK);
 * a second response to one request (bytes nobody asked for) retires the connection.
 
 Tested against scripted TCP servers on asyncio and uvloop (``services/gateway/tests/test_upstream.py``).
@@ -32,7 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import ssl
+import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Literal, cast
@@ -48,14 +59,50 @@ LOW_WATER = 64 * 1024
 _CRLF = b"\r\n"
 
 
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (Linux)
+_SIOCOUTQ = 0x5411  # bytes in the send queue not yet acknowledged by the peer (Linux)
+_RESETS = (errno.ECONNRESET, errno.EPIPE)
+
+
+def _peer_gone(sock: socket.socket | None) -> bool:
+    """The kernel already knows the peer closed (FIN) or reset this connection."""
+    if sock is None or _TCP_INFO is None:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+    except (OSError, IndexError, TypeError):
+        return False
+
+
+def _request_refused(sock: socket.socket | None) -> bool:
+    """At the peer's FIN: was our request reset, or still unacknowledged (so never received)?"""
+    if sock is None:
+        return False
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in _RESETS:
+            return True
+        if sys.platform != "linux":
+            return False
+        import fcntl
+
+        unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        return bool(unacked > 0)
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 class UpstreamError(Exception):
-    def __init__(self, kind: Kind, detail: str, *, retryable: bool = False) -> None:
+    def __init__(self, kind: Kind, detail: str, *, retryable: bool = False, unsent: bool = False) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         #: nothing came back on a connection that had served earlier requests: the peer most likely
         #: closed it while idle, so an idempotent request may be sent again on another one
         self.retryable = retryable
+        #: the peer provably never received the request (see the module docstring): any request may
+        #: be sent again, on a fresh connection
+        self.unsent = unsent
 
 
 class Connection(asyncio.Protocol):
@@ -73,9 +120,12 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.busy = False
+        self.sock: socket.socket | None = None
+        self._refused_at_eof = False
         self._reset(expect_body=True)
 
     def _reset(self, *, expect_body: bool) -> None:
+        self._refused_at_eof = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
@@ -99,6 +149,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        self.sock = transport.get_extra_info("socket")  # asyncio's TransportSocket, uvloop's PseudoSocket
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
@@ -118,6 +169,8 @@ class Connection(asyncio.Protocol):
             self._fail(UpstreamError("protocol", "the upstream's response head is too large"))
 
     def eof_received(self) -> bool | None:
+        if self.busy and self._received == 0 and self.served > 0:
+            self._refused_at_eof = _request_refused(self.sock)  # read while the socket is still open
         return None  # close the transport; connection_lost decides what the EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,10 +179,13 @@ class Connection(asyncio.Protocol):
             if self.head_done and self.content_length is None and not self._chunked and exc is None:
                 self.complete = True  # a body delimited by the end of the connection
             else:
+                reused_silent = self._received == 0 and self.served > 0
+                reset = isinstance(exc, ConnectionResetError | BrokenPipeError)
                 self.error = UpstreamError(
                     "protocol",
                     "the upstream closed the connection before the response ended",
-                    retryable=self._received == 0 and self.served > 0,
+                    retryable=reused_silent,
+                    unsent=reused_silent and (reset or self._refused_at_eof),
                 )
         self._wake()
         drain = self._drain
@@ -387,14 +443,23 @@ class UpstreamPool:
             if self.loop.time() - connection.idle_since > self.idle_seconds:
                 connection.abort()  # the upstream may be closing it right now
                 continue
+            if _peer_gone(connection.sock):
+                connection.abort()  # its FIN or reset arrived, the event loop has not said so yet
+                continue
             return connection
         return None
 
-    async def acquire(self) -> Connection:
+    async def acquire(self, *, fresh: bool = False) -> Connection:
+        """A connection: an idle one, else a new one, else wait. ``fresh``: a new connection (for a
+        retry), making room by closing an idle one when the pool is full."""
         while True:
             if self.closed:
                 raise UpstreamError("connect", "the connection pool is closed")
-            connection = self.take_idle()
+            if fresh and self.open >= self.size and self._idle:
+                spare = self._idle.pop()
+                spare.abort()
+                self.forget(spare)  # its slot is free now; connection_lost finds it forgotten
+            connection = None if fresh else self.take_idle()
             if connection is not None:
                 return connection
             if self.open < self.size:

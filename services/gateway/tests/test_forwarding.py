@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -311,3 +313,80 @@ async def test_upstream_breaking_off_mid_body_truncates_the_client_response(
     assert 0 < len(body) < 300_000
     assert "unhandled error" not in caplog.text
     assert "upstream broke off mid-response" in caplog.text
+
+
+# A plain Starlette app (no kit): a crash is answered 500 by Starlette and uvicorn then closes the
+# keep-alive connection without "Connection: close" (a few milliseconds later, as a busy upstream or a
+# real network would); every other request is counted and answered.
+CRASHING_UPSTREAM = """
+import asyncio, sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def handler(request):
+    body = await request.json()
+    if body.get("crash"):
+        raise RuntimeError("boom")
+    print(body["n"], flush=True)
+    return JSONResponse({"n": body["n"]}, status_code=201)
+
+starlette = Starlette(routes=[Route("/timesheets", handler, methods=["POST"])])
+
+async def app(scope, receive, send):
+    try:
+        await starlette(scope, receive, send)
+    except RuntimeError:
+        await asyncio.sleep(0.005)
+        raise
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="critical")
+"""
+
+
+async def test_an_upstream_that_answers_500_and_closes_costs_no_other_request_a_502(
+    start_gateway: Any, provider: Provider
+) -> None:
+    """A real upstream process answers a crash with 500 and closes the connection without saying so.
+    With a small pool, requests waiting for a connection are handed each one as it comes back: none
+    may be sent on the closing one (or, sent before the close was visible, it is sent again on a
+    fresh connection, since it provably never reached the upstream). 90 POSTs of 90 users, each
+    crash interleaved: all 201, each written exactly once."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_UPSTREAM, str(port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.1)
+        async with (
+            start_gateway(timesheets_url=f"http://127.0.0.1:{port}", upstream_pool_size=2) as gateway,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def post(subject: str, body: dict[str, Any]) -> int:
+                token = provider.scoped("create:timesheets", subject=subject)
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.post(f"{gateway}/api/timesheets", json=body, headers=headers) as response:
+                    await response.read()
+                    return response.status
+
+            statuses: list[int] = []
+            for round_ in range(3):
+                requests = []
+                for n in range(30):
+                    requests.append(post("mallory", {"crash": True}))
+                    requests.append(post(f"user-{round_}-{n}", {"n": f"{round_}-{n}"}))
+                results = await asyncio.gather(*requests)
+                assert set(results[0::2]) == {500}
+                statuses += results[1::2]
+            assert statuses == [201] * 90, sorted(statuses)
+    finally:
+        process.terminate()
+        output, _ = await process.communicate()
+    served = output.decode().split()
+    assert len(served) == len(set(served)) == 90  # each write reached the upstream exactly once

@@ -220,10 +220,73 @@ async def stale_pooled_connection_is_retryable() -> None:
         assert await exchange(pool) == (200, b"ok")
         with pytest.raises(UpstreamError) as caught:
             await exchange(pool)
-        assert (caught.value.kind, caught.value.retryable) == ("protocol", True)
+        # it read the request before hanging up: maybe processed, so only an idempotent one may go again
+        assert (caught.value.kind, caught.value.retryable, caught.value.unsent) == ("protocol", True, False)
         assert await exchange(pool) == (200, b"ok")  # a new connection
         assert server.connections == 2
         await pool.close()
+
+
+def answer_then_close() -> tuple[Scripted, asyncio.Event]:
+    """A server that answers one request per connection and then closes it without a word."""
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        closed.set()
+
+    server = Scripted(handler)
+    return server, closed
+
+
+async def connection_the_peer_closed_is_not_handed_out() -> None:
+    """The peer's FIN reached the kernel, but the event loop has not read it yet (here: reading is
+    paused): the pool must still not hand the connection out."""
+    server, closed = answer_then_close()
+    async with server:
+        pool = pool_for(server.url)
+        connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        await connection.read_body()
+        assert connection.transport is not None
+        connection.transport.pause_reading()
+        connection.finish()  # back in the pool, looking healthy to the event loop
+        await closed.wait()
+        await asyncio.sleep(0.05)  # the FIN is in the kernel
+        assert not connection.closed
+        assert pool.take_idle() is None
+        assert await exchange(pool) == (200, b"ok")  # on a new connection
+        assert server.connections == 2
+        await pool.close()
+
+
+async def request_sent_to_a_closed_peer_is_unsent() -> None:
+    """The FIN arrives just after the request went out (the race the check above cannot close): the
+    peer had closed before the request reached it, so it answers with a reset, never an ACK. That is
+    proof the request never reached it, and any request, a POST too, may be sent again."""
+    for wait_for_reset in (0.0, 0.05):
+        server, closed = answer_then_close()
+        async with server:
+            pool = pool_for(server.url)
+            assert await exchange(pool) == (200, b"ok")
+            connection = pool._idle.pop()  # as if taken a moment before the FIN arrived
+            assert connection.transport is not None
+            connection.transport.pause_reading()
+            await closed.wait()
+            await asyncio.sleep(0.05)
+            connection.start(
+                b"POST /x HTTP/1.1\r\nhost: u\r\ncontent-length: 2\r\n\r\n{}", None, expect_body=True
+            )
+            await asyncio.sleep(wait_for_reset)
+            connection.transport.resume_reading()
+            with pytest.raises(UpstreamError) as caught:
+                await connection.read_head()
+            connection.abort()
+            assert (caught.value.retryable, caught.value.unsent) == (True, True), wait_for_reset
+            await pool.close()
 
 
 async def silent_upstream_times_out() -> None:
@@ -399,6 +462,8 @@ SCENARIOS = [
     head_response_ends_at_its_head,
     protocol_errors_are_reported,
     stale_pooled_connection_is_retryable,
+    connection_the_peer_closed_is_not_handed_out,
+    request_sent_to_a_closed_peer_is_unsent,
     silent_upstream_times_out,
     unreachable_upstream_is_a_connect_error,
     pool_size_bounds_connections,

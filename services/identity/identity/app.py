@@ -1,4 +1,8 @@
-"""The identity service's ASGI app: routes, lifespan (keys, Redis, housekeeping) and readiness."""
+"""The identity service's ASGI app: its parts wired together, routes, lifespan and readiness.
+
+Every handler is a method of a small object that receives exactly what it uses (settings, database,
+keys, the Authlib server, throttles, the revocation publisher) here, in one place.
+"""
 
 from __future__ import annotations
 
@@ -11,51 +15,36 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import UNAVAILABLE_ERRORS, Database
+from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
+from svckit.tasks import PeriodicTask
 
 from . import store
-from .account import consents_page, revoke_consent
-from .authorize import authorize, decision, login_form, login_submit
+from .account import Account
+from .authorize import AuthorizationEndpoint
 from .browser import CsrfSigner
-from .context import Context
-from .cors import CorsMiddleware
-from .endpoints import (
-    auth0_logout,
-    jwks,
-    oidc_logout,
-    openid_configuration,
-    revoke_token,
-    token,
-    userinfo,
-)
+from .cors import ClientOrigins, CorsMiddleware
+from .endpoints import ProtocolEndpoints
 from .keys import KeyCipher, KeyEncryptionError
 from .keystore import KeyStore
+from .logout import Logout
 from .oauth import Backend, IdentityServer
+from .revocation import RevocationPublisher, Revoker
+from .sessions import Sessions
 from .settings import IdentitySettings
+from .signin import PasswordSignIn
 from .throttle import FailureThrottle, LoginThrottle
+from .tokens import IdTokenMinter
 
 log = logging.getLogger("identity.app")
 
 HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (KeyEncryptionError, *UNAVAILABLE_ERRORS)
 
-ROUTES = [
-    Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
-    Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-    Route("/authorize", authorize, methods=["GET", "POST"]),
-    Route("/authorize/decision", decision, methods=["POST"]),
-    Route("/login", login_form, methods=["GET"]),
-    Route("/login", login_submit, methods=["POST"]),
-    Route("/oauth/token", token, methods=["POST"]),
-    Route("/oauth/revoke", revoke_token, methods=["POST"]),
-    Route("/userinfo", userinfo, methods=["GET", "POST"]),
-    Route("/v2/logout", auth0_logout, methods=["GET"]),
-    Route("/oidc/logout", oidc_logout, methods=["GET", "POST"]),
-    Route("/account/consents", consents_page, methods=["GET"]),
-    Route("/account/consents/revoke", revoke_consent, methods=["POST"]),
-]
+#: How much longer than an access token lives a revocation stays in the stream: the gateways' largest
+#: allowed clock leeway (JWT_LEEWAY_SECONDS ≤ 300), so a gateway starting late still learns it.
+STREAM_RETENTION_MARGIN_SECONDS = 300
 
 
 def build_app(settings: IdentitySettings) -> Starlette:
@@ -68,28 +57,51 @@ def build_app(settings: IdentitySettings) -> Starlette:
         KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
     )
     redis = RedisGuard.from_settings(settings)
-    ctx = Context(
-        settings=settings,
-        database=database,
-        keys=keys,
-        server=IdentityServer(Backend(settings, keys, lambda: database.pool)),
-        throttle=LoginThrottle(
-            redis,
-            max_per_user=settings.login_max_failures_per_user,
-            max_per_address=settings.login_max_failures_per_address,
-            window_seconds=settings.login_throttle_window_seconds,
-        ),
-        client_auth_throttle=FailureThrottle(
-            redis,
-            "client-auth-fail",
-            max_per_address=settings.client_auth_max_failures_per_address,
-            window_seconds=settings.login_throttle_window_seconds,
-        ),
-        csrf=CsrfSigner(settings.session_secret),
+    server = IdentityServer(Backend(settings, keys, database, IdTokenMinter(settings, keys)))
+    publisher = RevocationPublisher(
+        redis,
+        database,
+        settings.identity_issuer,
+        retention_seconds=settings.access_token_ttl_seconds + STREAM_RETENTION_MARGIN_SECONDS,
     )
+    revoker = Revoker(database, publisher)
+    sessions = Sessions(database)
+    csrf = CsrfSigner(settings.session_secret)
+    throttle = LoginThrottle(
+        redis,
+        max_per_user=settings.login_max_failures_per_user,
+        max_per_address=settings.login_max_failures_per_address,
+        window_seconds=settings.login_throttle_window_seconds,
+    )
+    client_auth_throttle = FailureThrottle(
+        redis,
+        "client-auth-fail",
+        max_per_address=settings.client_auth_max_failures_per_address,
+        window_seconds=settings.login_throttle_window_seconds,
+    )
+    protocol = ProtocolEndpoints(settings, database, keys, server, client_auth_throttle, publisher)
+    authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf)
+    signin = PasswordSignIn(settings, database, sessions, revoker, throttle, csrf)
+    logout = Logout(settings, database, keys, server, revoker)
+    account = Account(settings, database, sessions, revoker, csrf)
+    routes = [
+        Route("/.well-known/openid-configuration", protocol.openid_configuration, methods=["GET"]),
+        Route("/.well-known/jwks.json", protocol.jwks, methods=["GET"]),
+        Route("/authorize", authorization.authorize, methods=["GET", "POST"]),
+        Route("/authorize/decision", authorization.decision, methods=["POST"]),
+        Route("/login", signin.form, methods=["GET"]),
+        Route("/login", signin.submit, methods=["POST"]),
+        Route("/oauth/token", protocol.token, methods=["POST"]),
+        Route("/oauth/revoke", protocol.revoke, methods=["POST"]),
+        Route("/userinfo", protocol.userinfo, methods=["GET", "POST"]),
+        Route("/v2/logout", logout.auth0_logout, methods=["GET"]),
+        Route("/oidc/logout", logout.oidc_logout, methods=["GET", "POST"]),
+        Route("/account/consents", account.consents_page, methods=["GET"]),
+        Route("/account/consents/revoke", account.revoke_consent, methods=["POST"]),
+    ]
 
     async def keys_ready() -> None:
-        ctx.keys.signer()
+        keys.signer()
 
     async def housekeeping() -> None:
         """Load keys once the database is up, then refresh them and purge expired rows."""
@@ -113,12 +125,25 @@ def build_app(settings: IdentitySettings) -> Starlette:
             except HOUSEKEEPING_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
 
+    # Keeps the gateways' revocation stream complete (identity.revocation): re-publishes it when Redis
+    # lost it, publishes what a failed attempt left behind, trims it.
+    revocation_feed = PeriodicTask(
+        "identity-revocation-feed",
+        settings.revocation_check_seconds,
+        publisher.reconcile,
+        initial_delay=0,
+        expected=(*UNAVAILABLE_ERRORS, DatabaseUnavailable),
+        logger=log,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(housekeeping(), name="identity-housekeeping")
+        revocation_feed.start()
         try:
             yield
         finally:
+            await revocation_feed.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -126,15 +151,14 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     app = create_service_app(
         settings,
-        ROUTES,
+        routes,
         database=database,
         checks={"signing_keys": keys_ready},
         lifespan=lifespan,
         require_identity=False,
         max_body_size=64 * 1024,
-        state={"ctx": ctx},
     )
-    app.add_middleware(CorsMiddleware)
+    app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
     return app
 
 

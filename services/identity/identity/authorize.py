@@ -1,4 +1,4 @@
-"""The authorization endpoint and what the browser sees on the way: sign-in and consent.
+"""The authorization endpoint and the consent decision (password sign-in is :mod:`identity.signin`).
 
 ``GET /authorize`` validates the request with Authlib (client, exact redirect URI, response type,
 scopes, nonce, PKCE, ``prompt``), sends the user to sign in or to consent when needed, and delivers
@@ -6,6 +6,11 @@ the response in the requested ``response_mode``: ``query`` (code), ``fragment`` 
 request), ``form_post``, or Auth0's ``web_message`` (a page that ``postMessage``s the result to the
 window that framed it, for silent renewal). Errors that cannot be tied to a registered redirect URI
 are shown as a page here and never redirected (RFC 6749 §4.1.2.1).
+
+``prompt=login`` and ``max_age`` demand a sign-in newer than the request. The sign-in page returns to
+the request with those replaced by ``login_after`` (unix seconds): a session older than that counts as
+no session, so opening the ``return_to`` link without signing in leads to the sign-in page again, never
+to a code. The ID token's ``auth_time`` proves the fresh sign-in to the client.
 """
 
 from __future__ import annotations
@@ -16,42 +21,33 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import anyio.to_thread
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from svckit.db import Database
 
 from . import store
-from .browser import (
-    CSRF_COOKIE,
-    SESSION_COOKIE,
-    client_address,
-    csrf_cookie_value,
-    new_token,
-    set_cookie,
-)
-from .context import Context, ctx_of, signed_in_user
+from .browser import CSRF_COOKIE, CsrfSigner, csrf_cookie_value, set_cookie
+from .keystore import KeyStore
 from .models import Client, SignedInUser, origin_of
+from .oauth import IdentityServer, Result, unquotable_parameter
 from .oauth import Request as OAuthRequest
-from .oauth import Result, unquotable_parameter
-from .passwords import hash_secret, needs_rehash, verify_secret
+from .pages import error_page, render
 from .scopes import describe, split_scope
+from .sessions import Sessions
+from .settings import IdentitySettings
+from .signin import login_failures
 from .tokens import granted_scopes
 
-log = logging.getLogger("identity.signin")
-
-login_failures = Counter(
-    "identity_login_failures_total",
-    "Refused sign-in attempts, by reason (invalid_credentials, throttled, csrf).",
-    ["reason"],
-)
-logins = Counter("identity_logins_total", "Successful sign-ins.")
+log = logging.getLogger("identity.authorize")
 
 RESPONSE_MODES = ("query", "fragment", "form_post", "web_message")
-RETURN_PATHS = ("/authorize", "/account/consents")
+#: Internal parameter of the return_to link: the sign-in must be newer than this (unix seconds).
+LOGIN_AFTER = "login_after"
 
 
 def _is_implicit(response_type: str | None) -> bool:
@@ -84,12 +80,11 @@ class Delivery:
                 redirect_fragment=self.implicit,
             )
 
-    def respond(self, ctx: Context, result: Result, client: Client | None) -> Response:
+    def respond(self, result: Result, client: Client | None) -> Response:
         location = result.location
         if result.status != 302 or location is None:
             body = result.body if isinstance(result.body, dict) else {}
             return error_page(
-                ctx,
                 str(body.get("error", "invalid_request")),
                 str(body.get("error_description", "The request is not valid.")),
                 status=result.status if 400 <= result.status < 500 else 400,
@@ -113,8 +108,8 @@ class Delivery:
             uri = add_params_to_uri(base, params, fragment=True)
             return RedirectResponse(uri, 302, headers=_no_store())
         if self.mode == "form_post":
-            return ctx.render("form_post.html", action=base, params=params, script=True)
-        return ctx.render(
+            return render("form_post.html", action=base, params=params, script=True)
+        return render(
             "web_message.html",
             response_json=_json_for_script(dict(params)),
             target_origin_json=_json_for_script(origin_of(base)),
@@ -127,278 +122,172 @@ def _no_store() -> dict[str, str]:
     return {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def error_page(ctx: Context, error: str, description: str, status: int = 400) -> Response:
-    return ctx.render(
-        "error.html",
-        status,
-        title="This sign-in link cannot be used",
-        error=error,
-        description=description,
-    )
-
-
-def _oauth_request(ctx: Context, request: Request, pairs: list[tuple[str, str]]) -> OAuthRequest:
-    uri = ctx.settings.url("authorize") + ("?" + urlencode(pairs) if pairs else "")
-    return OAuthRequest("GET", uri, dict(request.headers), pairs, [])
-
-
-def _deliver_error(ctx: Context, delivery: Delivery, error: OAuth2Error, client: Client | None) -> Response:
+def _deliver_error(delivery: Delivery, error: OAuth2Error, client: Client | None) -> Response:
     status, body, headers = error(None)
-    return delivery.respond(ctx, Result(status, body, list(headers)), client)
+    return delivery.respond(Result(status, body, list(headers)), client)
 
 
-def _login_redirect(pairs: list[tuple[str, str]]) -> Response:
-    """To the sign-in page, returning afterwards to this request without ``prompt=login``."""
-    kept = [(k, v) for k, v in pairs if k not in ("prompt", "max_age")]
+def login_after(pairs: list[tuple[str, str]], now: float) -> float | None:
+    """The instant the sign-in must be newer than, from ``prompt=login``, ``max_age`` or ``login_after``."""
+    params = dict(pairs)
+    bounds: list[float] = []
+    if "login" in split_scope(params.get("prompt")):
+        bounds.append(now)
+    max_age = params.get("max_age")
+    if max_age is not None and max_age.isdigit():
+        bounds.append(now - int(max_age))
+    carried = params.get(LOGIN_AFTER)
+    if carried is not None:
+        try:
+            bounds.append(float(carried))
+        except ValueError:
+            bounds.append(now)  # unreadable: be strict
+    return max(bounds) if bounds else None
+
+
+def _login_redirect(pairs: list[tuple[str, str]], after: float | None) -> Response:
+    """To the sign-in page, returning afterwards to this request with ``prompt=login``/``max_age``
+    replaced by ``login_after``: the way back demands the sign-in that the request demanded."""
+    kept = [(k, v) for k, v in pairs if k not in ("prompt", "max_age", LOGIN_AFTER)]
+    if after is not None:
+        kept.append((LOGIN_AFTER, f"{after:.6f}"))
     return_to = "/authorize?" + urlencode(kept)
     return RedirectResponse("/login?" + urlencode({"return_to": return_to}), 302, headers=_no_store())
 
 
-async def authorize(request: Request) -> Response:
-    ctx = ctx_of(request)
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    pairs = list(request.query_params.multi_items())
-    if request.method == "POST":  # OIDC Core §3.1.2.1: the endpoint also accepts form-encoded POST
+class AuthorizationEndpoint:
+    """``GET|POST /authorize`` and ``POST /authorize/decision`` (the consent form's answer)."""
+
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        database: Database,
+        keys: KeyStore,
+        server: IdentityServer,
+        sessions: Sessions,
+        csrf: CsrfSigner,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.keys = keys
+        self.server = server
+        self.sessions = sessions
+        self.csrf = csrf
+
+    async def authorize(self, request: Request) -> Response:
+        await self.keys.refresh_if_stale(self.database.pool)
+        pairs = list(request.query_params.multi_items())
+        if request.method == "POST":  # OIDC Core §3.1.2.1: the endpoint also accepts form-encoded POST
+            form = await request.form()
+            pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        return await self._authorize(request, pairs, decision=None)
+
+    async def decision(self, request: Request) -> Response:
+        """Remember the consent (allow) or tell the client ``access_denied``."""
         form = await request.form()
-        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    return await _authorize(ctx, request, pairs, decision=None)
+        token = form.get("csrf_token")
+        if not self.csrf.verify(request.cookies.get(CSRF_COOKIE), "consent", str(token or "")):
+            login_failures.labels("csrf").inc()
+            return error_page("invalid_request", "The form expired or was not sent by this site.", 403)
+        answer = str(form.get("decision") or "")
+        if answer not in ("allow", "deny"):
+            return error_page("invalid_request", "decision must be allow or deny.", 400)
+        pairs = parse_qsl(str(form.get("request") or ""), keep_blank_values=True)
+        if not pairs:
+            return error_page("invalid_request", "The authorization request is missing.", 400)
+        if await self.sessions.current(request) is None:
+            return _login_redirect(pairs, login_after(pairs, time.time()))
+        return await self._authorize(request, pairs, decision=answer)
 
+    def _oauth_request(self, request: Request, pairs: list[tuple[str, str]]) -> OAuthRequest:
+        uri = self.settings.url("authorize") + ("?" + urlencode(pairs) if pairs else "")
+        return OAuthRequest("GET", uri, dict(request.headers), pairs, [])
 
-async def _authorize(
-    ctx: Context, request: Request, pairs: list[tuple[str, str]], decision: str | None
-) -> Response:
-    params = dict(pairs)
-    bad = unquotable_parameter(pairs) or next((k for k, v in pairs if not store.storable(v)), None)
-    if bad is not None:
-        return error_page(
-            ctx, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+    async def _authorize(
+        self, request: Request, pairs: list[tuple[str, str]], decision: str | None
+    ) -> Response:
+        params = dict(pairs)
+        bad = unquotable_parameter(pairs) or next((k for k, v in pairs if not store.storable(v)), None)
+        if bad is not None:
+            return error_page(
+                "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+            )
+        delivery = Delivery(params)
+        user = await self.sessions.current(request)
+        oreq = self._oauth_request(request, pairs)
+        try:
+            grant = await anyio.to_thread.run_sync(self.server.get_consent_grant, oreq, user)
+        except OAuth2Error as error:
+            return _deliver_error(delivery, error, None)
+        client: Client = oreq.client
+        # Validated by Authlib at this point (OpenIDImplicitGrant does not keep it on grant.redirect_uri).
+        redirect_uri = grant.redirect_uri or params.get("redirect_uri") or client.get_default_redirect_uri()
+        prompts = split_scope(params.get("prompt"))
+        state = params.get("state")
+
+        def fail(error: OAuth2Error) -> Response:
+            error.redirect_uri = redirect_uri
+            error.redirect_fragment = delivery.implicit
+            error.state = state
+            return _deliver_error(delivery, error, client)
+
+        try:
+            delivery.validate(redirect_uri)
+        except OAuth2Error as error:
+            delivery.mode = delivery.default_mode
+            return fail(error)
+
+        # (The consent form's copy of the request has no prompt/max_age/login_after: the session
+        # shown that form had already satisfied them.)
+        after = login_after(pairs, time.time())
+        if user is not None and after is not None and user.signed_in_at < after:
+            user = None  # signed in before the request demanded: not good enough
+        if user is None:
+            if "none" in prompts:
+                return fail(LoginRequiredError())
+            return _login_redirect(pairs, after)
+
+        if not client.first_party:
+            scopes = granted_scopes(client, user, oreq.scope)
+            pool = self.database.pool
+            if decision == "allow":
+                await store.add_consent(pool, user.user.subject, client.client_id, scopes)
+            elif decision is None:
+                remembered = await store.get_consent(pool, user.user.subject, client.client_id)
+                if "consent" in prompts or any(s not in remembered for s in scopes):
+                    if "none" in prompts:
+                        return fail(ConsentRequiredError())
+                    return self._consent_page(request, client, user, scopes, pairs)
+
+        grant_user = None if decision == "deny" else user
+        oreq = self._oauth_request(request, pairs)
+        oreq.user = user
+        result = await anyio.to_thread.run_sync(
+            self.server.create_authorization_response, oreq, grant_user, grant
         )
-    delivery = Delivery(params)
-    user = await signed_in_user(request)
-    oreq = _oauth_request(ctx, request, pairs)
-    try:
-        grant = await ctx.in_thread(ctx.server.get_consent_grant, oreq, user)
-    except OAuth2Error as error:
-        return _deliver_error(ctx, delivery, error, None)
-    client: Client = oreq.client
-    # Validated by Authlib at this point (OpenIDImplicitGrant does not keep it on grant.redirect_uri).
-    redirect_uri = grant.redirect_uri or params.get("redirect_uri") or client.get_default_redirect_uri()
-    prompts = split_scope(params.get("prompt"))
-    state = params.get("state")
+        return delivery.respond(result, client)
 
-    def fail(error: OAuth2Error) -> Response:
-        error.redirect_uri = redirect_uri
-        error.redirect_fragment = delivery.implicit
-        error.state = state
-        return _deliver_error(ctx, delivery, error, client)
-
-    try:
-        delivery.validate(redirect_uri)
-    except OAuth2Error as error:
-        delivery.mode = delivery.default_mode
-        return fail(error)
-
-    if user is not None and _too_old(user, params.get("max_age")):
-        user = None
-    if user is None or ("login" in prompts and decision is None):
-        if "none" in prompts:
-            return fail(LoginRequiredError())
-        return _login_redirect(pairs)
-
-    if not client.first_party:
-        scopes = granted_scopes(client, user, oreq.scope)
-        if decision == "allow":
-            await store.add_consent(ctx.pool, user.user.subject, client.client_id, scopes)
-        elif decision is None:
-            remembered = await store.get_consent(ctx.pool, user.user.subject, client.client_id)
-            if "consent" in prompts or any(s not in remembered for s in scopes):
-                if "none" in prompts:
-                    return fail(ConsentRequiredError())
-                return _consent_page(ctx, request, client, user, scopes, pairs)
-
-    grant_user = None if decision == "deny" else user
-    oreq = _oauth_request(ctx, request, pairs)
-    oreq.user = user
-    result = await ctx.in_thread(ctx.server.create_authorization_response, oreq, grant_user, grant)
-    return delivery.respond(ctx, result, client)
-
-
-def _too_old(user: SignedInUser, max_age: str | None) -> bool:
-    if max_age is None or not max_age.isdigit():
-        return False
-    return time.time() - user.auth_time > int(max_age)
-
-
-def _consent_page(
-    ctx: Context,
-    request: Request,
-    client: Client,
-    user: SignedInUser,
-    scopes: list[str],
-    pairs: list[tuple[str, str]],
-) -> Response:
-    cookie, fresh = csrf_cookie_value(request)
-    response = ctx.render(
-        "consent.html",
-        client_name=client.name,
-        user_name=user.user.name,
-        scopes=describe(scopes),
-        consents_url="/account/consents",
-        action="/authorize/decision",
-        csrf_token=ctx.csrf.token(cookie, "consent"),
-        request_query=urlencode(pairs),
-    )
-    if fresh:
-        set_cookie(response, CSRF_COOKIE, cookie, secure=ctx.settings.cookie_secure, max_age=None)
-    return response
-
-
-async def decision(request: Request) -> Response:
-    """The consent form's answer: remember the consent (allow) or tell the client ``access_denied``."""
-    ctx = ctx_of(request)
-    form = await request.form()
-    token = form.get("csrf_token")
-    if not ctx.csrf.verify(request.cookies.get(CSRF_COOKIE), "consent", str(token or "")):
-        login_failures.labels("csrf").inc()
-        return error_page(ctx, "invalid_request", "The form expired or was not sent by this site.", 403)
-    answer = str(form.get("decision") or "")
-    if answer not in ("allow", "deny"):
-        return error_page(ctx, "invalid_request", "decision must be allow or deny.", 400)
-    pairs = parse_qsl(str(form.get("request") or ""), keep_blank_values=True)
-    if not pairs:
-        return error_page(ctx, "invalid_request", "The authorization request is missing.", 400)
-    if await signed_in_user(request) is None:
-        return _login_redirect(pairs)
-    return await _authorize(ctx, request, pairs, decision=answer)
-
-
-# --- sign-in -----------------------------------------------------------------------------------
-
-
-def safe_return_to(value: str | None) -> str:
-    """Only our own authorization endpoint or account page: never an open redirect."""
-    if not value or "\\" in value or any(ord(c) < 0x20 for c in value):
-        return "/account/consents"
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc or parts.path not in RETURN_PATHS or value.startswith("//"):
-        return "/account/consents"
-    return value
-
-
-async def _client_name(ctx: Context, return_to: str) -> str | None:
-    query = dict(parse_qsl(urlsplit(return_to).query))
-    client_id = query.get("client_id")
-    if not client_id:
-        return None
-    client = await store.get_client(ctx.pool, client_id)
-    return client.name if client else None
-
-
-async def login_form(request: Request) -> Response:
-    ctx = ctx_of(request)
-    return_to = safe_return_to(request.query_params.get("return_to"))
-    # OIDC login_hint (Auth0 honours it too): pre-fill the user name, nothing more.
-    hint = dict(parse_qsl(urlsplit(return_to).query)).get("login_hint", "")[:200]
-    return await _login_page(ctx, request, return_to, error=None, username=hint, status=200)
-
-
-async def _login_page(
-    ctx: Context,
-    request: Request,
-    return_to: str,
-    *,
-    error: str | None,
-    username: str,
-    status: int,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    cookie, fresh = csrf_cookie_value(request)
-    response = ctx.render(
-        "login.html",
-        status,
-        action="/login",
-        csrf_token=ctx.csrf.token(cookie, "login"),
-        return_to=return_to,
-        error=error,
-        username=username,
-        client_name=await _client_name(ctx, return_to),
-    )
-    response.headers.update(headers or {})
-    if fresh:
-        set_cookie(response, CSRF_COOKIE, cookie, secure=ctx.settings.cookie_secure, max_age=None)
-    return response
-
-
-async def login_submit(request: Request) -> Response:
-    ctx = ctx_of(request)
-    form = await request.form()
-    return_to = safe_return_to(str(form.get("return_to") or ""))
-    username = str(form.get("username") or "").strip()[:200]
-    password = str(form.get("password") or "")[:1000]
-    if not ctx.csrf.verify(request.cookies.get(CSRF_COOKIE), "login", str(form.get("csrf_token") or "")):
-        login_failures.labels("csrf").inc()
-        return await _login_page(
-            ctx,
-            request,
-            return_to,
-            status=403,
-            username=username,
-            error="This form expired or was not sent by this site. Please try again.",
+    def _consent_page(
+        self,
+        request: Request,
+        client: Client,
+        user: SignedInUser,
+        scopes: list[str],
+        pairs: list[tuple[str, str]],
+    ) -> Response:
+        cookie, fresh = csrf_cookie_value(request)
+        # prompt/max_age were satisfied by the session just checked; login_after is not carried on.
+        kept = [(k, v) for k, v in pairs if k not in ("prompt", "max_age", LOGIN_AFTER)]
+        response = render(
+            "consent.html",
+            client_name=client.name,
+            user_name=user.user.name,
+            scopes=describe(scopes),
+            consents_url="/account/consents",
+            action="/authorize/decision",
+            csrf_token=self.csrf.token(cookie, "consent"),
+            request_query=urlencode(kept),
         )
-    if not username or not password:
-        return await _login_page(
-            ctx,
-            request,
-            return_to,
-            status=400,
-            username=username,
-            error="Enter your user name and password.",
-        )
-    address = client_address(request, ctx.settings.trusted_proxy_networks)
-    # Counted before the (slow) password check, atomically: concurrent guesses cannot overrun it.
-    verdict = await ctx.throttle.attempt(username, address)
-    if not verdict.allowed:
-        login_failures.labels("throttled").inc()
-        log.warning("sign-in throttled", extra={"address": address, "limit": verdict.scope})
-        return await _login_page(
-            ctx,
-            request,
-            return_to,
-            status=429,
-            username=username,
-            error=f"Too many failed attempts. Try again in {verdict.retry_after} seconds.",
-            headers={"Retry-After": str(verdict.retry_after)},
-        )
-    user = await store.get_user_by_username(ctx.pool, username)
-    stored = user.password_hash if user and not user.disabled else None
-    ok = await ctx.in_thread(verify_secret, stored, password)
-    if not ok or user is None:
-        login_failures.labels("invalid_credentials").inc()
-        log.info("sign-in refused", extra={"address": address, "reason": "invalid_credentials"})
-        return await _login_page(
-            ctx,
-            request,
-            return_to,
-            status=401,
-            username=username,
-            error="Wrong user name or password.",
-        )
-    await ctx.throttle.succeeded(username, address)
-    if needs_rehash(user.password_hash):
-        await store.update_password_hash(ctx.pool, user.subject, await ctx.in_thread(hash_secret, password))
-    previous = request.cookies.get(SESSION_COOKIE)
-    if previous and len(previous) <= 100:
-        await store.delete_session(ctx.pool, previous)
-    session_id = new_token()
-    await store.create_session(ctx.pool, session_id, user.subject, ctx.settings.session_ttl_seconds)
-    logins.inc()
-    log.info("signed in", extra={"subject": user.subject, "address": address})
-    response = RedirectResponse(return_to, status_code=303, headers=_no_store())
-    set_cookie(
-        response,
-        SESSION_COOKIE,
-        session_id,
-        secure=ctx.settings.cookie_secure,
-        max_age=ctx.settings.session_ttl_seconds,
-    )
-    return response
+        if fresh:
+            set_cookie(response, CSRF_COOKIE, cookie, secure=self.settings.cookie_secure, max_age=None)
+        return response

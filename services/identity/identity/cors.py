@@ -7,9 +7,14 @@ these endpoints authenticate with parameters and bearer tokens, never cookies.
 
 from __future__ import annotations
 
+import time
+
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from svckit.db import Database
+
+from . import store
 
 CORS_PATHS = frozenset(
     {
@@ -23,9 +28,29 @@ CORS_PATHS = frozenset(
 ALLOWED_HEADERS = frozenset({"authorization", "content-type", "auth0-client", "x-request-id"})
 
 
+class ClientOrigins:
+    """The union of every registered client's web origins, re-read every ``ttl`` seconds."""
+
+    def __init__(self, database: Database, ttl: float = 10.0) -> None:
+        self.database = database
+        self.ttl = ttl
+        self._origins: frozenset[str] = frozenset()
+        self._loaded_at = float("-inf")
+
+    async def allowed(self) -> frozenset[str]:
+        if time.monotonic() - self._loaded_at > self.ttl:
+            origins: set[str] = set()
+            for client in await store.all_clients(self.database.pool):
+                origins |= client.allowed_origins
+            self._origins = frozenset(origins)
+            self._loaded_at = time.monotonic()
+        return self._origins
+
+
 class CorsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, origins: ClientOrigins) -> None:
         self.app = app
+        self.origins = origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in CORS_PATHS:
@@ -36,8 +61,7 @@ class CorsMiddleware:
         if origin is None:
             await self.app(scope, receive, send)
             return
-        ctx = scope["app"].state.ctx
-        allowed = origin in await ctx.allowed_origins()
+        allowed = origin in await self.origins.allowed()
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             await self._preflight(origin, allowed, headers)(scope, receive, send)
             return

@@ -1,23 +1,33 @@
-"""Machine-facing endpoints: discovery, JWKS, token, userinfo; and logout (Auth0's and OIDC's)."""
+"""Machine-facing endpoints: discovery, JWKS, token, revocation (RFC 7009), userinfo.
+
+The token and revocation endpoints run Authlib inside one database transaction per request (see
+:mod:`identity.oauth`): a code exchange uses up the code, records the access token and saves the
+refresh token together, or not at all. Revocations made on the way (a replayed code, a reused refresh
+token, withdrawn consent, ``/oauth/revoke`` itself) are published to the gateways after the commit.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from authlib.oauth2.rfc6749 import OAuth2Error
+import anyio.to_thread
 from prometheus_client import Counter
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
+from svckit.body import NotAccepted, parse_json
+from svckit.db import Database
 
 from . import store
-from .authorize import RESPONSE_MODES, error_page
-from .browser import SESSION_COOKIE, clear_cookie, client_address
-from .context import Context, ctx_of
+from .authorize import RESPONSE_MODES
+from .browser import client_address
+from .keystore import KeyStore
+from .oauth import CURRENT_DB, IdentityServer, Result, unquotable_parameter
 from .oauth import Request as OAuthRequest
-from .oauth import Result, unquotable_parameter, user_info
+from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
-from .tokens import InvalidAccessToken, verify_access_token
+from .settings import IdentitySettings
+from .throttle import FailureThrottle
+from .tokens import InvalidAccessToken, user_info, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -27,8 +37,7 @@ client_auth_throttled = Counter(
 )
 
 
-def discovery_document(ctx: Context) -> dict[str, Any]:
-    s = ctx.settings
+def discovery_document(s: IdentitySettings) -> dict[str, Any]:
     return {
         "issuer": s.identity_issuer,
         "authorization_endpoint": s.url("authorize"),
@@ -70,17 +79,6 @@ def discovery_document(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def openid_configuration(request: Request) -> Response:
-    ctx = ctx_of(request)
-    return JSONResponse(discovery_document(ctx), headers={"Cache-Control": "public, max-age=300"})
-
-
-async def jwks(request: Request) -> Response:
-    ctx = ctx_of(request)
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    return JSONResponse(ctx.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
-
-
 def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
     body = {"error": error, "error_description": description}
     return JSONResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
@@ -94,8 +92,8 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
         return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     if media_type == "application/json":
         try:
-            document = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = parse_json(await request.body())
+        except NotAccepted:
             return oauth_error(400, "invalid_request", "The body is not valid JSON.")
         if not isinstance(document, dict) or not all(
             isinstance(v, str | int) and not isinstance(v, bool) for v in document.values()
@@ -109,52 +107,6 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     )
 
 
-async def token(request: Request) -> Response:
-    ctx = ctx_of(request)
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    params = await _token_params(request)
-    if isinstance(params, Response):
-        return params
-    bad = unquotable_parameter(params) or next((k for k, v in params if not store.storable(v)), None)
-    if bad is not None:
-        return oauth_error(
-            400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
-        )
-    address = client_address(request, ctx.settings.trusted_proxy_networks)
-    verdict = await ctx.client_auth_throttle.check(address)
-    if not verdict.allowed:
-        client_auth_throttled.inc()
-        return oauth_error(
-            429,
-            "too_many_attempts",
-            f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
-            {"Retry-After": str(verdict.retry_after)},
-        )
-    oreq = OAuthRequest("POST", ctx.settings.url("oauth/token"), request.headers, [], params)  # type: ignore[arg-type]
-    result: Result = await ctx.in_thread(ctx.server.create_token_response, oreq)
-    if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
-        await ctx.client_auth_throttle.failed(address)
-    headers = {**NO_STORE, **dict(result.headers)}
-    headers.pop("Content-Type", None)
-    return JSONResponse(result.body, status_code=result.status, headers=headers)
-
-
-async def revoke_token(request: Request) -> Response:
-    """RFC 7009 token revocation, through Authlib's endpoint."""
-    ctx = ctx_of(request)
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    params = await _token_params(request)
-    if isinstance(params, Response):
-        return params
-    if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
-        return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
-    oreq = OAuthRequest("POST", ctx.settings.url("oauth/revoke"), request.headers, [], params)  # type: ignore[arg-type]
-    result: Result = await ctx.in_thread(ctx.server.create_endpoint_response, "revocation", oreq)
-    headers = {**NO_STORE, **dict(result.headers)}
-    headers.pop("Content-Type", None)
-    return JSONResponse(result.body, status_code=result.status, headers=headers)
-
-
 def _bearer_challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
     value = 'Bearer realm="userinfo"'
     if error:
@@ -164,88 +116,112 @@ def _bearer_challenge(error: str | None = None, description: str | None = None) 
     return {"WWW-Authenticate": value}
 
 
-async def userinfo(request: Request) -> Response:
-    ctx = ctx_of(request)
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return oauth_error(
-            401, "invalid_request", "Send the access token as a Bearer token.", _bearer_challenge()
-        )
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    try:
-        claims = verify_access_token(ctx.settings, ctx.keys, credentials.strip())
-    except InvalidAccessToken:
-        description = "The access token is invalid or expired"
-        return oauth_error(401, "invalid_token", description, _bearer_challenge("invalid_token", description))
-    if await store.token_revoked(ctx.pool, str(claims["jti"])):
-        description = "The access token was revoked"
-        return oauth_error(401, "invalid_token", description, _bearer_challenge("invalid_token", description))
-    user = await store.get_user(ctx.pool, str(claims["sub"]))
-    if user is None or user.disabled:
-        description = "The user no longer exists"
-        return oauth_error(401, "invalid_token", description, _bearer_challenge("invalid_token", description))
-    return JSONResponse(dict(user_info(user, str(claims.get("scope", "")))), headers=NO_STORE)
+def _json_result(result: Result) -> Response:
+    headers = {**NO_STORE, **dict(result.headers)}
+    headers.pop("Content-Type", None)
+    return JSONResponse(result.body, status_code=result.status, headers=headers)
 
 
-# --- logout ------------------------------------------------------------------------------------
+class ProtocolEndpoints:
+    """Discovery, JWKS, ``/oauth/token``, ``/oauth/revoke`` and ``/userinfo``."""
+
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        database: Database,
+        keys: KeyStore,
+        server: IdentityServer,
+        client_auth_throttle: FailureThrottle,
+        publisher: RevocationPublisher,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.keys = keys
+        self.server = server
+        self.client_auth_throttle = client_auth_throttle
+        self.publisher = publisher
+
+    async def openid_configuration(self, request: Request) -> Response:
+        document = discovery_document(self.settings)
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(self, request: Request) -> Response:
+        await self.keys.refresh_if_stale(self.database.pool)
+        return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def _in_transaction(self, endpoint: str, oreq: OAuthRequest) -> Result:
+        """Run Authlib on one transaction; publish what it revoked once that committed."""
+        async with self.database.transaction() as conn:
+            oreq.db = conn
+            current = CURRENT_DB.set(conn)  # copied into the worker thread with the rest of the context
+            try:
+                if endpoint == "token":
+                    result: Result = await anyio.to_thread.run_sync(self.server.create_token_response, oreq)
+                else:
+                    result = await anyio.to_thread.run_sync(
+                        self.server.create_endpoint_response, endpoint, oreq
+                    )
+            finally:
+                CURRENT_DB.reset(current)
+        await self.publisher.publish(oreq.revoked_tokens)
+        return result
+
+    async def token(self, request: Request) -> Response:
+        await self.keys.refresh_if_stale(self.database.pool)
+        params = await _token_params(request)
+        if isinstance(params, Response):
+            return params
+        bad = unquotable_parameter(params) or next((k for k, v in params if not store.storable(v)), None)
+        if bad is not None:
+            return oauth_error(
+                400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+            )
+        address = client_address(request, self.settings.trusted_proxy_networks)
+        verdict = await self.client_auth_throttle.check(address)
+        if not verdict.allowed:
+            client_auth_throttled.inc()
+            return oauth_error(
+                429,
+                "too_many_attempts",
+                f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
+                {"Retry-After": str(verdict.retry_after)},
+            )
+        oreq = OAuthRequest("POST", self.settings.url("oauth/token"), request.headers, [], params)
+        result = await self._in_transaction("token", oreq)
+        if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
+            await self.client_auth_throttle.failed(address)
+        return _json_result(result)
+
+    async def revoke(self, request: Request) -> Response:
+        """RFC 7009 token revocation, through Authlib's endpoint (client authentication included)."""
+        await self.keys.refresh_if_stale(self.database.pool)
+        params = await _token_params(request)
+        if isinstance(params, Response):
+            return params
+        if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
+            return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
+        oreq = OAuthRequest("POST", self.settings.url("oauth/revoke"), request.headers, [], params)
+        return _json_result(await self._in_transaction("revocation", oreq))
+
+    async def userinfo(self, request: Request) -> Response:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return oauth_error(
+                401, "invalid_request", "Send the access token as a Bearer token.", _bearer_challenge()
+            )
+        await self.keys.refresh_if_stale(self.database.pool)
+        try:
+            claims = verify_access_token(self.settings, self.keys, credentials.strip())
+        except InvalidAccessToken:
+            return _invalid_token("The access token is invalid or expired")
+        pool = self.database.pool
+        if await store.token_revoked(pool, str(claims["jti"])):
+            return _invalid_token("The access token was revoked")
+        user = await store.get_user(pool, str(claims["sub"]))
+        if user is None or user.disabled:
+            return _invalid_token("The user no longer exists")
+        return JSONResponse(user_info(user, str(claims.get("scope", ""))), headers=NO_STORE)
 
 
-async def _end_session(ctx: Context, request: Request) -> None:
-    session_id = request.cookies.get(SESSION_COOKIE)
-    if session_id and len(session_id) <= 100:
-        await store.delete_session(ctx.pool, session_id)
-
-
-def _signed_out(ctx: Context, response: Response | None = None) -> Response:
-    response = response or ctx.render(
-        "message.html", title="Signed out", text="You are signed out. You can close this window."
-    )
-    clear_cookie(response, SESSION_COOKIE, secure=ctx.settings.cookie_secure)
-    return response
-
-
-async def auth0_logout(request: Request) -> Response:
-    """Auth0's ``/v2/logout?client_id=…&returnTo=…``: ``returnTo`` must be registered for the client."""
-    ctx = ctx_of(request)
-    return_to = request.query_params.get("returnTo")
-    client_id = request.query_params.get("client_id")
-    await _end_session(ctx, request)
-    if not return_to:
-        return _signed_out(ctx)
-    client = await store.get_client(ctx.pool, client_id) if client_id else None
-    if client is None or return_to not in client.post_logout_redirect_uris:
-        page = error_page(
-            ctx,
-            "invalid_request",
-            "returnTo is not an allowed logout URL for this client_id; you are signed out.",
-        )
-        return _signed_out(ctx, page)
-    return _signed_out(ctx, RedirectResponse(return_to, 302, headers=NO_STORE))
-
-
-async def oidc_logout(request: Request) -> Response:
-    """OpenID Connect RP-Initiated Logout 1.0 (``end_session_endpoint``), through Authlib."""
-    ctx = ctx_of(request)
-    await ctx.keys.refresh_if_stale(ctx.pool)
-    query = list(request.query_params.multi_items())
-    form: list[tuple[str, str]] = []
-    if request.method == "POST":
-        form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
-    if unquotable_parameter([*query, *form]) is not None:
-        await _end_session(ctx, request)
-        return _signed_out(
-            ctx, error_page(ctx, "invalid_request", "A parameter holds characters that are not allowed.")
-        )
-    oreq = OAuthRequest(request.method, ctx.settings.url("oidc/logout"), request.headers, query, form)  # type: ignore[arg-type]
-    try:
-        validated = await ctx.in_thread(ctx.server.validate_endpoint_request, "end_session", oreq)
-    except OAuth2Error as error:
-        await _end_session(ctx, request)
-        page = error_page(
-            ctx, error.error or "invalid_request", error.description or "Invalid logout request."
-        )
-        return _signed_out(ctx, page)
-    await _end_session(ctx, request)
-    if validated.redirect_uri:
-        return _signed_out(ctx, RedirectResponse(validated.redirect_uri, 302, headers=NO_STORE))
-    return _signed_out(ctx)
+def _invalid_token(description: str) -> Response:
+    return oauth_error(401, "invalid_token", description, _bearer_challenge("invalid_token", description))

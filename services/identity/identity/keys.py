@@ -94,14 +94,6 @@ class SigningKey:
     retired_at: datetime | None
     publish_until: datetime | None
 
-    @property
-    def jose_key(self) -> Any:
-        """The private key as a joserfc key (what Authlib's ID token encoder takes)."""
-        from joserfc.jwk import ECKey, RSAKey
-
-        kind = RSAKey if self.alg == "RS256" else ECKey
-        return kind.import_key(self.private_key, parameters={"kid": self.kid})  # type: ignore[arg-type]
-
     def signs_at(self, now: datetime) -> bool:
         return self.signs_from <= now and (self.retired_at is None or now < self.retired_at)
 

@@ -31,7 +31,6 @@ class KeyStore:
         self.refresh_seconds = refresh_seconds
         self._keys: list[SigningKey] = []
         self._loaded_at = 0.0
-        self._jose_cache: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
     async def start(self, pool: asyncpg.Pool) -> None:
@@ -61,12 +60,6 @@ class KeyStore:
             if key.signs_at(moment):
                 return key
         raise NoSigningKey("no signing key is active; run `python -m identity rotate-keys`")
-
-    def jose_key(self, key: SigningKey) -> Any:
-        cached = self._jose_cache.get(key.kid)
-        if cached is None:
-            cached = self._jose_cache[key.kid] = key.jose_key
-        return cached
 
     def jwks(self, now: datetime | None = None) -> dict[str, Any]:
         moment = now or datetime.now(UTC)

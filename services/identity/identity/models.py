@@ -38,6 +38,9 @@ class SignedInUser:
     user: User
     auth_time: int
     session_hash: bytes = field(repr=False, default=b"")
+    # auth_time to the microsecond: a sign-in "newer than the request" is decided on this, not on
+    # whole seconds (prompt=login, max_age)
+    signed_in_at: float = 0.0
 
     def get_user_id(self) -> str:
         return self.user.subject

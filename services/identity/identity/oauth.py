@@ -1,10 +1,18 @@
 """Authlib's OAuth 2.0 / OIDC server, adapted to Starlette and asyncpg.
 
-Authlib's grant classes hold the protocol logic (parameter validation, redirect URI matching, PKCE,
-client authentication, ``prompt``, nonce, ``at_hash``) and call synchronous hooks for storage. The
-adapter runs an Authlib call in a worker thread (``anyio.to_thread``) and lets those hooks run their
-asyncpg queries back on the event loop (``anyio.from_thread``), so no protocol parsing is re-written
-here and the database stays async.
+Why Authlib stays: its grant classes hold the protocol machinery (parameter validation, exact redirect
+URI matching, response types, PKCE, client authentication methods, scope narrowing on refresh,
+``prompt`` and ``nonce`` rules, RFC 7009 and RP-initiated-logout request validation), which is where
+hand-written servers go wrong. What it no longer does is JOSE: ID tokens are minted and
+``id_token_hint`` is verified by :mod:`identity.tokens` with PyJWT, the library that signs the access
+tokens too (Authlib's encoder uses joserfc).
+
+Authlib calls synchronous hooks for storage. The adapter runs an Authlib call in a worker thread
+(``anyio.to_thread``) and lets those hooks run their asyncpg queries back on the event loop
+(``anyio.from_thread``), on the connection the request carries (``Request.db``): the token and
+revocation endpoints open one transaction per request, so using up a code, recording the issued
+token and saving the refresh token commit together or not at all. Revocations a hook makes are
+collected on ``Request.revoked_tokens`` and published by the endpoint after the commit.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -35,23 +44,27 @@ from authlib.oauth2.rfc6749.grants import (
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
 from authlib.oidc.core.grants.util import create_response_mode_response
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from prometheus_client import Counter
+from svckit.db import Connection, Database
 
 from . import store
 from .keystore import KeyStore
-from .models import AuthorizationCode, Client, RefreshToken, SignedInUser, User
+from .models import AuthorizationCode, Client, RefreshToken, SignedInUser
 from .scopes import ALL_SCOPES, split_scope
 from .settings import IdentitySettings
+from .store import RevokedToken
 from .tokens import (
     AccessTokenMinter,
+    IdTokenMinter,
     InvalidAccessToken,
+    InvalidIdTokenHint,
     IssuedToken,
     granted_scopes,
     verify_access_token,
+    verify_id_token_hint,
 )
 
 log = logging.getLogger("identity.oauth")
@@ -67,7 +80,11 @@ refresh_reuse = Counter(
 )
 code_replays = Counter(
     "identity_code_replays_total",
-    "Authorization codes presented a second time (the tokens of their first use are revoked).",
+    "Authorization codes presented a second time (everything issued from them is revoked).",
+)
+consent_refusals = Counter(
+    "identity_refresh_consent_refusals_total",
+    "Refresh grants of third-party clients refused because consent no longer covers their scopes.",
 )
 
 T = TypeVar("T")
@@ -130,14 +147,20 @@ class Request(OAuth2Request):  # type: ignore[misc]
         self,
         method: str,
         uri: str,
-        headers: dict[str, str],
+        headers: Mapping[str, str],  # Starlette's Headers: Authlib looks names up case-sensitively
         query: list[tuple[str, str]],
         form: list[tuple[str, str]],
+        *,
+        db: Connection | None = None,
     ) -> None:
         super().__init__(method, uri, headers=headers)
         self._args = dict(query)
         self._form = dict(form)
         self.payload = Payload([*query, *form])
+        # The transaction of this request's writes (None: the pool, one statement at a time).
+        self.db = db
+        # Access tokens the hooks revoked; published by the endpoint once the transaction commits.
+        self.revoked_tokens: list[RevokedToken] = []
 
     @property
     def args(self) -> dict[str, str]:
@@ -167,21 +190,38 @@ class Result:
 # --- the server --------------------------------------------------------------------------------
 
 
-class Backend:
-    """What the hooks need: settings, keys, the pool, and a way to await from a worker thread."""
+#: The transaction of the request Authlib is working on, for hooks whose signature has no request
+#: (``query_client``): without it a token request would hold a second pool connection while its
+#: transaction holds the first, and a burst of requests could exhaust the pool against itself.
+CURRENT_DB: ContextVar[Connection | None] = ContextVar("identity_current_db", default=None)
 
-    def __init__(self, settings: IdentitySettings, keys: KeyStore, pool: Callable[[], Any]) -> None:
+
+class Backend:
+    """What the hooks need: settings, keys, the database, the ID-token minter, and a way to await
+    from a worker thread."""
+
+    def __init__(
+        self, settings: IdentitySettings, keys: KeyStore, database: Database, id_tokens: IdTokenMinter
+    ) -> None:
         self.settings = settings
         self.keys = keys
-        self._pool = pool
+        self.database = database
+        self.id_tokens = id_tokens
 
-    @property
-    def pool(self) -> Any:
-        return self._pool()
+    def conn(self, request: Request | None = None) -> Any:
+        """The request's transaction when it has one, else the pool."""
+        if request is not None and request.db is not None:
+            return request.db
+        current = CURRENT_DB.get()
+        return current if current is not None else self.database.pool
 
     def run(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run a coroutine function on the event loop from Authlib's (worker-thread) code."""
         return anyio.from_thread.run(func, *args)
+
+
+def _datetime(timestamp: int) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 class IdentityServer(AuthorizationServer):  # type: ignore[misc]
@@ -199,47 +239,57 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.register_endpoint(Revocation(self))
 
     def query_client(self, client_id: str) -> Client | None:
-        return self.backend.run(store.get_client, self.backend.pool, client_id)
+        return self.backend.run(store.get_client, self.backend.conn(), client_id)
 
     def save_token(self, token: dict[str, Any], request: Request) -> None:
+        """Record the access token in the ledger (with the session and refresh family it belongs to,
+        so that logout and revocation find it) and, when one was issued, the refresh token."""
         issued: IssuedToken | None = token.pop("_issued", None)
         if issued is None:
             return
         code: AuthorizationCode | None = request.authorization_code
-        self.backend.run(
-            _record_token,
-            self.backend.pool,
-            issued,
-            code.code_hash if code else None,
-            int(token["expires_in"]),
-        )
-        tokens_issued.labels(issued.grant_type).inc()
-        if "refresh_token" in token:
-            self._save_refresh_token(token, request, code)
-
-    def _save_refresh_token(
-        self, token: dict[str, Any], request: Request, code: AuthorizationCode | None
-    ) -> None:
-        """A new family after a code exchange; the same family (and absolute expiry) after a refresh."""
         previous: RefreshToken | None = request.refresh_token
-        user: SignedInUser = request.user
-        settings = self.backend.settings
+        user: SignedInUser | None = request.user
+        if previous is not None:
+            family_id: str | None = previous.family_id
+            session_hash = previous.session_hash
+        else:
+            family_id = secrets.token_urlsafe(16) if "refresh_token" in token else None
+            session_hash = code.session_hash if code else (user.session_hash or None if user else None)
         self.backend.run(
             partial(
-                store.save_refresh_token,
-                self.backend.pool,
-                token["refresh_token"],
-                family_id=previous.family_id if previous else secrets.token_urlsafe(16),
-                client_id=request.client.client_id,
-                subject=user.user.subject,
-                scope=token["scope"],
-                auth_time=_datetime(user.auth_time),
-                session_hash=previous.session_hash if previous else (code.session_hash if code else None),
-                idle_seconds=settings.refresh_token_idle_seconds,
-                family_expires_at=previous.family_expires_at if previous else None,
-                lifetime_seconds=settings.refresh_token_lifetime_seconds,
+                store.record_token,
+                self.backend.conn(request),
+                jti=issued.jti,
+                code_hash=code.code_hash if code else None,
+                client_id=issued.client_id,
+                subject=issued.subject,
+                grant_type=issued.grant_type,
+                expires_at=issued.expires_at,
+                session_hash=session_hash,
+                family_id=family_id,
             )
         )
+        tokens_issued.labels(issued.grant_type).inc()
+        if "refresh_token" in token and family_id is not None and user is not None:
+            settings = self.backend.settings
+            self.backend.run(
+                partial(
+                    store.save_refresh_token,
+                    self.backend.conn(request),
+                    token["refresh_token"],
+                    family_id=family_id,
+                    code_hash=code.code_hash if code and previous is None else None,
+                    client_id=request.client.client_id,
+                    subject=user.user.subject,
+                    scope=token["scope"],
+                    auth_time=_datetime(user.auth_time),
+                    session_hash=session_hash,
+                    idle_seconds=settings.refresh_token_idle_seconds,
+                    family_expires_at=previous.family_expires_at if previous else None,
+                    lifetime_seconds=settings.refresh_token_lifetime_seconds,
+                )
+            )
 
     def validate_requested_scope(self, scope: str | None) -> None:
         unknown = [s for s in split_scope(scope) if s not in ALL_SCOPES]
@@ -254,18 +304,6 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
-
-
-async def _record_token(pool: Any, issued: IssuedToken, code_hash: bytes | None, ttl: int) -> None:
-    await store.record_token(
-        pool,
-        jti=issued.jti,
-        code_hash=code_hash,
-        client_id=issued.client_id,
-        subject=issued.subject,
-        grant_type=issued.grant_type,
-        ttl_seconds=ttl,
-    )
 
 
 # --- shared grant behaviour --------------------------------------------------------------------
@@ -289,46 +327,20 @@ class ClientScopeAndAudience:
             raise InvalidRequestError(f"Unknown audience; this server issues tokens for {expected}")
 
 
-def user_info(user: User, scope: str) -> UserInfo:
-    """Standard claims (OIDC Core §5.1) released for the granted scopes."""
-    scopes = split_scope(scope)
-    info = UserInfo(sub=user.subject)
-    if "profile" in scopes:
-        info.update(name=user.name, nickname=user.username, preferred_username=user.username)
-    if "email" in scopes:
-        info.update(email=user.email, email_verified=True)
-    return info
-
-
 class IdTokenSigning:
-    """ID token header and claims shared by the code and implicit flows."""
+    """ID tokens through :class:`identity.tokens.IdTokenMinter` (PyJWT) instead of Authlib's encoder."""
 
     backend: Backend
 
-    def resolve_client_private_key(self, client: Client) -> Any:
-        return self.backend.keys.jose_key(self.backend.keys.signer())
-
-    def get_client_algorithm(self, client: Client) -> str:
-        return self.backend.keys.signer().alg
-
-    def get_encode_header(self, client: Client) -> dict[str, str]:
-        key = self.backend.keys.signer()
-        return {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
-
-    def get_client_claims(self, client: Client) -> dict[str, Any]:
-        now = int(time.time())
-        return {
-            "iss": self.backend.settings.identity_issuer,
-            "aud": client.client_id,
-            "azp": client.client_id,
-            "iat": now,
-            "exp": now + self.backend.settings.id_token_ttl_seconds,
-        }
-
-    def generate_user_info(self, user: SignedInUser, scope: str) -> UserInfo:
-        info = user_info(user.user, scope)
-        info["auth_time"] = user.auth_time  # when the user signed in, also in refreshed ID tokens
-        return info
+    def encode_id_token(self, token: dict[str, Any], request: Request) -> str:
+        code: AuthorizationCode | None = request.authorization_code
+        return self.backend.id_tokens.mint(
+            request.client,
+            request.user,
+            token["scope"],
+            nonce=code.get_nonce() if code else None,
+            access_token=token.get("access_token"),
+        )
 
 
 # --- authorization code + PKCE + OpenID Connect ------------------------------------------------
@@ -363,7 +375,7 @@ class OidcCode(IdTokenSigning, OpenIDCode):  # type: ignore[misc]
 
     def exists_nonce(self, nonce: str, request: Request) -> bool:
         client_id = request.payload.client_id
-        return self.backend.run(store.nonce_used, self.backend.pool, client_id, nonce)
+        return self.backend.run(store.nonce_used, self.backend.conn(request), client_id, nonce)
 
 
 class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore[misc]
@@ -393,17 +405,24 @@ class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore
             session_hash=user.session_hash or None,
         )
         self.backend.run(
-            store.save_code, self.backend.pool, code, item, settings.authorization_code_ttl_seconds
+            store.save_code,
+            self.backend.conn(request),
+            code,
+            item,
+            settings.authorization_code_ttl_seconds,
         )
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
-        state, item = self.backend.run(store.consume_code, self.backend.pool, code)
+        """Use the code up (atomically); a second use revokes everything issued from it."""
+        conn = self.backend.conn(self.request)
+        state, item = self.backend.run(store.consume_code, conn, code)
         if state == store.CodeState.REPLAYED:
-            revoked = self.backend.run(store.revoke_tokens_of_code, self.backend.pool, code)
+            revoked = self.backend.run(store.revoke_code, conn, code, "code_replay")
+            self.request.revoked_tokens.extend(revoked)
             code_replays.inc()
             log.warning(
-                "authorization code replayed; revoked the tokens it issued",
-                extra={"client_id": client.client_id, "revoked": revoked},
+                "authorization code replayed; revoked what it issued",
+                extra={"client_id": client.client_id, "revoked": len(revoked)},
             )
             raise InvalidGrantError("The authorization code was already used")
         if state == store.CodeState.EXPIRED:
@@ -417,16 +436,15 @@ class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore
         return None
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> SignedInUser | None:
-        user = self.backend.run(store.get_user, self.backend.pool, authorization_code.subject)
+        conn = self.backend.conn(self.request)
+        user = self.backend.run(store.get_user, conn, authorization_code.subject)
         if user is None or user.disabled:
             return None
-        return SignedInUser(user=user, auth_time=authorization_code.get_auth_time())
-
-
-def _datetime(timestamp: int) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(timestamp, UTC)
+        return SignedInUser(
+            user=user,
+            auth_time=authorization_code.get_auth_time(),
+            session_hash=authorization_code.session_hash or b"",
+        )
 
 
 # --- implicit (the scenario's ``id_token token``) ----------------------------------------------
@@ -453,12 +471,15 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
             params.append(("state", state))
         return create_response_mode_response(redirect_uri, params, "fragment")
 
-    def get_client_claims(self, client: Client) -> dict[str, Any]:
-        claims = super().get_client_claims(client)
-        user: SignedInUser | None = self.request.user
-        if user is not None:
-            claims["auth_time"] = user.auth_time
-        return claims
+    def process_implicit_token(self, token: dict[str, Any], code: str | None = None) -> dict[str, Any]:
+        token["id_token"] = self.backend.id_tokens.mint(
+            self.request.client,
+            self.request.user,
+            token["scope"],
+            nonce=self.request.payload.data.get("nonce"),
+            access_token=token.get("access_token"),
+        )
+        return token
 
 
 # --- client credentials ------------------------------------------------------------------------
@@ -487,8 +508,11 @@ class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[m
         return self.server.backend
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
-        state, item = self.backend.run(store.consume_refresh_token, self.backend.pool, refresh_token)
+        conn = self.backend.conn(self.request)
+        state, item, family_id = self.backend.run(store.consume_refresh_token, conn, refresh_token)
         if state == store.RefreshState.REUSED:
+            assert family_id is not None
+            self._revoke_family(family_id, "refresh_reuse")
             refresh_reuse.inc()
             log.warning("refresh token reused; revoked its family", extra={"grant": "refresh_token"})
             raise InvalidGrantError("The refresh token was already used; its session is revoked")
@@ -496,10 +520,29 @@ class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[m
             raise InvalidGrantError("The refresh token was revoked")
         if state == store.RefreshState.EXPIRED:
             raise InvalidGrantError("The refresh token has expired")
+        if item is not None:
+            self._check_consent(item)
         return item
 
+    def _revoke_family(self, family_id: str, reason: str) -> None:
+        revoked = self.backend.run(store.revoke_family, self.backend.conn(self.request), family_id, reason)
+        self.request.revoked_tokens.extend(revoked)
+
+    def _check_consent(self, item: RefreshToken) -> None:
+        """A third-party client keeps refreshing only while the user's consent covers its scopes."""
+        client: Client | None = self.request.client
+        if client is None or client.first_party or client.client_id != item.client_id:
+            return
+        conn = self.backend.conn(self.request)
+        consented = self.backend.run(store.get_consent, conn, item.subject, item.client_id)
+        if all(scope in consented for scope in split_scope(item.scope)):
+            return
+        self._revoke_family(item.family_id, "consent_withdrawn")
+        consent_refusals.inc()
+        raise InvalidGrantError("The user no longer consents to this application's access")
+
     def authenticate_user(self, refresh_token: RefreshToken) -> SignedInUser | None:
-        user = self.backend.run(store.get_user, self.backend.pool, refresh_token.subject)
+        user = self.backend.run(store.get_user, self.backend.conn(self.request), refresh_token.subject)
         if user is None or user.disabled:
             return None
         return SignedInUser(
@@ -526,8 +569,10 @@ class Revocable:
 
 
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
-    """``POST /oauth/revoke``: a refresh token revokes its whole family, an access token its ledger
-    entry (``/userinfo`` then refuses it). Unknown tokens answer 200 too, as RFC 7009 §2.2 says."""
+    """``POST /oauth/revoke`` (RFC 7009, Auth0's path). Clients authenticate as at the token endpoint:
+    public clients by ``client_id`` (method ``none``), confidential ones with their secret. A refresh
+    token revokes its whole family and every access token issued with or from it; an access token
+    revokes itself. Unknown tokens answer 200 too (RFC 7009 §2.2); another client's token is refused."""
 
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
@@ -536,9 +581,17 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         server: IdentityServer = self.server
         return server.backend
 
-    def query_token(self, token_string: str, token_type_hint: str | None) -> Revocable | None:
+    def authenticate_token(self, request: Request, client: Client) -> Revocable | None:
+        """The token named in the request, if it is ours; another client's token is refused."""
+        self.check_params(request, client)
+        token = self._find(request, request.form["token"], request.form.get("token_type_hint"))
+        if token is not None and not token.check_client(client):
+            raise InvalidGrantError("The token was not issued to this client")
+        return token
+
+    def _find(self, request: Request, token_string: str, token_type_hint: str | None) -> Revocable | None:
         if token_type_hint != "access_token":  # noqa: S105 - a hint's name, not a secret
-            owner = self.backend.run(store.refresh_token_owner, self.backend.pool, token_string)
+            owner = self.backend.run(store.refresh_token_owner, self.backend.conn(request), token_string)
             if owner is not None:
                 return Revocable("refresh_token", owner[0], owner[1])
         try:
@@ -550,10 +603,12 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         return Revocable("access_token", str(claims["jti"]), str(claims.get("client_id", "")))
 
     def revoke_token(self, token: Revocable, request: Request) -> None:
+        conn = self.backend.conn(request)
         if token.kind == "refresh_token":
-            self.backend.run(store.revoke_refresh_family, self.backend.pool, token.key)
+            revoked = self.backend.run(store.revoke_family, conn, token.key, "revoked")
         else:
-            self.backend.run(store.revoke_access_token, self.backend.pool, token.key)
+            revoked = self.backend.run(store.revoke_access_token, conn, token.key, "revoked")
+        request.revoked_tokens.extend(revoked)
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------
@@ -561,6 +616,14 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
 
 class EndSession(EndSessionEndpoint):  # type: ignore[misc]
     """OIDC RP-Initiated Logout; the session itself is ended by the route, not here."""
+
+    def _validate_id_token_hint(self, id_token_hint: str) -> dict[str, Any]:
+        # Verified with PyJWT like every other token here (Authlib's version uses joserfc).
+        server: IdentityServer = self.server
+        try:
+            return verify_id_token_hint(server.backend.settings, server.backend.keys, id_token_hint)
+        except InvalidIdTokenHint as exc:
+            raise InvalidRequestError(quotable(str(exc))) from exc
 
     def get_server_jwks(self) -> dict[str, Any]:
         server: IdentityServer = self.server

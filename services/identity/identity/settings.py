@@ -44,6 +44,10 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
     key_rotation_grace_seconds: int = Field(default=600, ge=0, le=7 * 86400)
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)
 
+    # How often the revocation stream is checked: lost (Redis restarted empty) → re-published from the
+    # database; revocations whose publication failed → published. Bounds the catch-up after an outage.
+    revocation_check_seconds: float = Field(default=5.0, gt=0, le=300)
+
     login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -137,16 +139,21 @@ async def upsert_client(db: Conn, client: Client) -> bool:
 # --- sessions ----------------------------------------------------------------------------------
 
 
-async def create_session(db: Conn, session_id: str, subject: str, ttl_seconds: int) -> datetime:
-    auth_time: datetime = await db.fetchval(
+async def create_session(
+    db: Conn, session_id: str, subject: str, ttl_seconds: int, auth_time: float | None = None
+) -> datetime:
+    """A new sign-in session. ``auth_time`` comes from the service's clock (the one that decides
+    whether a sign-in is newer than an authorization request), not the database's."""
+    created: datetime = await db.fetchval(
         """INSERT INTO sessions (id_hash, subject, auth_time, expires_at)
-           VALUES ($1, $2, now(), now() + make_interval(secs => $3))
+           VALUES ($1, $2, to_timestamp($4), now() + make_interval(secs => $3))
            RETURNING auth_time""",
         digest(session_id),
         subject,
         float(ttl_seconds),
+        time.time() if auth_time is None else auth_time,
     )
-    return auth_time
+    return created
 
 
 async def get_session(db: Conn, session_id: str) -> tuple[User, datetime] | None:
@@ -158,14 +165,11 @@ async def get_session(db: Conn, session_id: str) -> tuple[User, datetime] | None
     return (_user(row), row["auth_time"]) if row else None
 
 
-async def delete_session(db: Conn, session_id: str) -> None:
-    """End a sign-in session and revoke the refresh tokens obtained through it."""
+async def delete_session(db: Conn, session_id: str) -> bytes:
+    """End a sign-in session; returns its hash (revoke what it issued with :func:`revoke_session`)."""
     session_hash = digest(session_id)
     await db.execute("DELETE FROM sessions WHERE id_hash = $1", session_hash)
-    await db.execute(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE session_hash = $1 AND revoked_at IS NULL",
-        session_hash,
-    )
+    return session_hash
 
 
 # --- consents ----------------------------------------------------------------------------------
@@ -288,6 +292,15 @@ async def nonce_used(db: Conn, client_id: str, nonce: str) -> bool:
 # --- issued tokens (ledger for revocation) -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RevokedToken:
+    """A revoked access token, as published to the gateways (``exp`` = the token's own expiry)."""
+
+    jti: str
+    expires_at: datetime
+    reason: str
+
+
 async def record_token(
     db: Conn,
     *,
@@ -296,31 +309,108 @@ async def record_token(
     client_id: str,
     subject: str,
     grant_type: str,
-    ttl_seconds: int,
+    expires_at: int,
+    session_hash: bytes | None = None,
+    family_id: str | None = None,
 ) -> None:
+    """One issued access token; ``expires_at`` is its ``exp`` (unix seconds), published on revocation."""
     await db.execute(
-        """INSERT INTO issued_tokens (jti, code_hash, client_id, subject, grant_type, expires_at)
-           VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))""",
+        """INSERT INTO issued_tokens (jti, code_hash, client_id, subject, grant_type, expires_at,
+                                      session_hash, family_id)
+           VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7, $8)""",
         jti,
         code_hash,
         client_id,
         subject,
         grant_type,
-        float(ttl_seconds),
+        float(expires_at),
+        session_hash,
+        family_id,
     )
 
 
-async def revoke_tokens_of_code(db: Conn, code: str) -> int:
-    result: str = await db.execute(
-        "UPDATE issued_tokens SET revoked_at = now() WHERE code_hash = $1 AND revoked_at IS NULL",
-        digest(code),
+_REVOKE_ACCESS = """UPDATE issued_tokens SET revoked_at = now(), revocation_reason = $1
+                    WHERE ({where}) AND revoked_at IS NULL
+                    RETURNING jti, expires_at, revocation_reason"""
+_REVOKE_REFRESH = "UPDATE refresh_tokens SET revoked_at = now() WHERE ({where}) AND revoked_at IS NULL"
+
+
+async def _revoke_access(db: Conn, reason: str, where: str, *args: object) -> list[RevokedToken]:
+    rows = await db.fetch(_REVOKE_ACCESS.format(where=where), reason, *args)
+    return [RevokedToken(row["jti"], row["expires_at"], row["revocation_reason"]) for row in rows]
+
+
+async def revoke_access_token(db: Conn, jti: str, reason: str) -> list[RevokedToken]:
+    return await _revoke_access(db, reason, "jti = $2", jti)
+
+
+async def revoke_family(db: Conn, family_id: str, reason: str) -> list[RevokedToken]:
+    """A refresh-token family and every access token issued with or from it."""
+    await db.execute(_REVOKE_REFRESH.format(where="family_id = $1"), family_id)
+    return await _revoke_access(db, reason, "family_id = $2", family_id)
+
+
+async def revoke_session(db: Conn, session_hash: bytes, reason: str) -> list[RevokedToken]:
+    """Every refresh and access token obtained through one sign-in session (logout)."""
+    await db.execute(_REVOKE_REFRESH.format(where="session_hash = $1"), session_hash)
+    return await _revoke_access(db, reason, "session_hash = $2", session_hash)
+
+
+async def revoke_session_refresh_tokens(db: Conn, session_hash: bytes) -> None:
+    """Only the refresh tokens of a session (it was replaced by a new sign-in: no more renewals)."""
+    await db.execute(_REVOKE_REFRESH.format(where="session_hash = $1"), session_hash)
+
+
+async def revoke_client_grants(db: Conn, subject: str, client_id: str, reason: str) -> list[RevokedToken]:
+    """Every token a client holds for a user (consent withdrawn)."""
+    await db.execute(_REVOKE_REFRESH.format(where="subject = $1 AND client_id = $2"), subject, client_id)
+    return await _revoke_access(db, reason, "subject = $2 AND client_id = $3", subject, client_id)
+
+
+async def revoke_code(db: Conn, code: str, reason: str) -> list[RevokedToken]:
+    """Everything issued from an authorization code: its access tokens, the refresh-token family it
+    started, and every access token that family issued since (a replayed code)."""
+    code_hash = digest(code)
+    families = [
+        row["family_id"]
+        for row in await db.fetch(
+            """SELECT DISTINCT family_id FROM refresh_tokens WHERE code_hash = $1
+               UNION SELECT family_id FROM issued_tokens WHERE code_hash = $1 AND family_id IS NOT NULL""",
+            code_hash,
+        )
+    ]
+    await db.execute(_REVOKE_REFRESH.format(where="family_id = ANY($1::text[])"), families)
+    return await _revoke_access(
+        db, reason, "code_hash = $2 OR family_id = ANY($3::text[])", code_hash, families
     )
-    return int(result.rsplit(" ", 1)[-1])
 
 
 async def token_revoked(db: Conn, jti: str) -> bool:
     revoked = await db.fetchval("SELECT revoked_at IS NOT NULL FROM issued_tokens WHERE jti = $1", jti)
     return bool(revoked)
+
+
+async def unexpired_revocations(
+    db: Conn, *, unpublished_only: bool, settle_seconds: float = 0.0
+) -> list[RevokedToken]:
+    """Revoked access tokens that have not expired: all of them (to re-publish after Redis lost the
+    stream), or those not yet published that were revoked over ``settle_seconds`` ago."""
+    rows = await db.fetch(
+        """SELECT jti, expires_at, revocation_reason FROM issued_tokens
+           WHERE revoked_at IS NOT NULL AND expires_at > now()
+             AND (NOT $1 OR (published_at IS NULL
+                             AND revoked_at < now() - make_interval(secs => $2)))
+           ORDER BY revoked_at""",
+        unpublished_only,
+        settle_seconds,
+    )
+    return [
+        RevokedToken(row["jti"], row["expires_at"], row["revocation_reason"] or "revoked") for row in rows
+    ]
+
+
+async def mark_published(db: Conn, jtis: Sequence[str]) -> None:
+    await db.execute("UPDATE issued_tokens SET published_at = now() WHERE jti = ANY($1::text[])", list(jtis))
 
 
 # --- refresh tokens ----------------------------------------------------------------------------
@@ -331,6 +421,7 @@ async def save_refresh_token(
     token: str,
     *,
     family_id: str,
+    code_hash: bytes | None,
     client_id: str,
     subject: str,
     scope: str,
@@ -342,11 +433,11 @@ async def save_refresh_token(
 ) -> None:
     await db.execute(
         """INSERT INTO refresh_tokens (token_hash, family_id, client_id, subject, scope, auth_time,
-               session_hash, expires_at, family_expires_at)
+               session_hash, expires_at, family_expires_at, code_hash)
            VALUES ($1, $2, $3, $4, $5, $6, $7,
                    LEAST(now() + make_interval(secs => $8),
                          COALESCE($9, now() + make_interval(secs => $10))),
-                   COALESCE($9, now() + make_interval(secs => $10)))""",
+                   COALESCE($9, now() + make_interval(secs => $10)), $11)""",
         digest(token),
         family_id,
         client_id,
@@ -357,6 +448,7 @@ async def save_refresh_token(
         float(idle_seconds),
         family_expires_at,
         float(lifetime_seconds),
+        code_hash,
     )
 
 
@@ -368,8 +460,11 @@ class RefreshState:
     EXPIRED = "expired"
 
 
-async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken | None]:
-    """Mark a refresh token used, atomically. A second use revokes its whole family (reuse detection)."""
+async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken | None, str | None]:
+    """Mark a refresh token used, atomically: (state, the token when fresh or expired, its family id).
+
+    A second use is ``REUSED``: the caller revokes the whole family (reuse detection).
+    """
     token_hash = digest(token)
     row = await db.fetchrow(
         """UPDATE refresh_tokens SET used_at = now()
@@ -382,14 +477,10 @@ async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken
             "SELECT family_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1", token_hash
         )
         if found is None:
-            return RefreshState.UNKNOWN, None
+            return RefreshState.UNKNOWN, None, None
         if found["used_at"] is not None:
-            await db.execute(
-                "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
-                found["family_id"],
-            )
-            return RefreshState.REUSED, None
-        return RefreshState.REVOKED, None
+            return RefreshState.REUSED, None, found["family_id"]
+        return RefreshState.REVOKED, None, found["family_id"]
     item = RefreshToken(
         token_hash=token_hash,
         family_id=row["family_id"],
@@ -400,7 +491,8 @@ async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken
         session_hash=row["session_hash"],
         family_expires_at=row["family_expires_at"],
     )
-    return (RefreshState.EXPIRED if row["expired"] else RefreshState.FRESH), item
+    state = RefreshState.EXPIRED if row["expired"] else RefreshState.FRESH
+    return state, item, item.family_id
 
 
 async def refresh_token_owner(db: Conn, token: str) -> tuple[str, str] | None:
@@ -411,15 +503,10 @@ async def refresh_token_owner(db: Conn, token: str) -> tuple[str, str] | None:
     return (row["family_id"], row["client_id"]) if row else None
 
 
-async def revoke_refresh_family(db: Conn, family_id: str) -> None:
-    await db.execute(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
-        family_id,
-    )
-
-
-async def revoke_access_token(db: Conn, jti: str) -> None:
-    await db.execute("UPDATE issued_tokens SET revoked_at = now() WHERE jti = $1 AND revoked_at IS NULL", jti)
+async def access_token_owner(db: Conn, jti: str) -> str | None:
+    """The client an access token was issued to (RFC 7009: only that client may revoke it)."""
+    client_id: str | None = await db.fetchval("SELECT client_id FROM issued_tokens WHERE jti = $1", jti)
+    return client_id
 
 
 async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:

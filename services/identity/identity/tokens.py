@@ -1,12 +1,20 @@
-"""Access tokens: JWTs per RFC 9068 (or Auth0's ``typ: JWT``) carrying ``scope`` and ``permissions``.
+"""Every JWT the provider signs or reads, with one JOSE library (PyJWT on ``cryptography`` keys).
 
+Access tokens: JWTs per RFC 9068 (or Auth0's ``typ: JWT``) carrying ``scope`` and ``permissions``.
 User tokens are audienced to the API (``OIDC_AUDIENCE``) and to this issuer's ``/userinfo``, as Auth0
 does when ``openid`` is requested; client-credentials tokens only to the API, with ``sub`` set to
 ``<client_id>@clients`` and ``gty: client-credentials`` (Auth0's spelling).
+
+ID tokens (OIDC Core §2): minted here too, not by Authlib's encoder (which uses another JOSE library,
+joserfc): one library means one set of algorithm and key-handling rules to review. Authlib still
+decides *when* an ID token is due (``openid`` scope, which grant); :mod:`identity.oauth` hands the
+minting to :class:`IdTokenMinter`. ``id_token_hint`` at logout is verified here as well.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,7 +23,7 @@ from typing import Any
 import jwt
 
 from .keystore import KeyStore
-from .models import Client, SignedInUser
+from .models import Client, SignedInUser, User
 from .scopes import api_scopes, grant_for_user, join_scope, split_scope
 from .settings import IdentitySettings
 
@@ -34,6 +42,7 @@ class IssuedToken:
     grant_type: str
     client_id: str
     subject: str
+    expires_at: int  # the token's exp
 
 
 def granted_scopes(client: Client, user: SignedInUser | None, scope: str | None) -> list[str]:
@@ -62,7 +71,7 @@ class AccessTokenMinter:
     ) -> dict[str, Any]:
         scopes = granted_scopes(client, user, scope)
         ttl = expires_in or self.settings.access_token_ttl_seconds
-        access_token, jti = self.mint(grant_type, client, user, scopes, ttl)
+        access_token, jti, exp = self.mint(grant_type, client, user, scopes, ttl)
         token: dict[str, Any] = {
             "access_token": access_token,
             "token_type": "Bearer",
@@ -79,6 +88,7 @@ class AccessTokenMinter:
             grant_type=grant_type,
             client_id=client.client_id,
             subject=user.user.subject if user else f"{client.client_id}@clients",
+            expires_at=exp,
         )
         return token
 
@@ -89,7 +99,8 @@ class AccessTokenMinter:
         user: SignedInUser | None,
         scopes: list[str],
         ttl: int,
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, int]:
+        """(the signed token, its jti, its exp)."""
         key = self.keys.signer()
         now = int(time.time())
         jti = secrets.token_urlsafe(18)
@@ -115,11 +126,92 @@ class AccessTokenMinter:
             claims["email"] = user.user.email
             claims["preferred_username"] = user.user.username
         headers = {"kid": key.kid, "typ": self.settings.access_token_typ}
-        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers), jti
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers), jti, now + ttl
+
+
+def user_info(user: User, scope: str) -> dict[str, Any]:
+    """Standard claims (OIDC Core §5.1) released for the granted scopes."""
+    scopes = split_scope(scope)
+    info: dict[str, Any] = {"sub": user.subject}
+    if "profile" in scopes:
+        info.update(name=user.name, nickname=user.username, preferred_username=user.username)
+    if "email" in scopes:
+        info.update(email=user.email, email_verified=True)
+    return info
+
+
+def half_hash(value: str) -> str:
+    """OIDC ``at_hash``: base64url of the left half of SHA-256 (the hash of RS256 and ES256 alike)."""
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+
+
+class IdTokenMinter:
+    """ID tokens for the code, implicit and refresh flows, signed by the current signing key."""
+
+    def __init__(self, settings: IdentitySettings, keys: KeyStore) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    def mint(
+        self,
+        client: Client,
+        user: SignedInUser,
+        scope: str,
+        *,
+        nonce: str | None = None,
+        access_token: str | None = None,
+    ) -> str:
+        key = self.keys.signer()
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.settings.identity_issuer,
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": now,
+            "exp": now + self.settings.id_token_ttl_seconds,
+            # when the user signed in (kept in refreshed ID tokens): what prompt=login/max_age prove
+            "auth_time": user.auth_time,
+            "amr": ["pwd"],
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        if access_token:
+            claims["at_hash"] = half_hash(access_token)
+        claims.update(user_info(user.user, scope))
+        headers = {"kid": key.kid, "typ": "JWT"}
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers=headers)
 
 
 class InvalidAccessToken(Exception):
     """The bearer token was not issued by us for ``/userinfo``, or it expired."""
+
+
+class InvalidIdTokenHint(Exception):
+    """An ``id_token_hint`` this provider did not sign."""
+
+
+def verify_id_token_hint(settings: IdentitySettings, keys: KeyStore, token: str) -> dict[str, Any]:
+    """An ID token we issued, expired or not (RP-Initiated Logout §2 allows expired hints)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError as exc:
+        raise InvalidIdTokenHint("malformed id_token_hint") from exc
+    found = keys.public_key(kid) if isinstance(kid, str) else None
+    if found is None:
+        raise InvalidIdTokenHint("id_token_hint was not signed by this provider")
+    public_key, alg = found
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=[alg],
+            issuer=settings.identity_issuer,
+            options={"require": ["iss", "sub", "aud"], "verify_exp": False, "verify_aud": False},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidIdTokenHint(str(exc)) from exc
+    return claims
 
 
 def verify_access_token(

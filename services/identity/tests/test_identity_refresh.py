@@ -104,14 +104,21 @@ async def test_revocation_endpoint(browser: Browser, http: aiohttp.ClientSession
     status, error = await refresh(http, base_url, rotated["refresh_token"])
     assert status == 400
     assert error["error"] == "invalid_grant"
-    # access tokens: the ledger entry is revoked, /userinfo refuses it
-    bearer = {"Authorization": "Bearer " + rotated["access_token"]}
+    # revoking the refresh token revoked every access token of its family too (issue 14)
+    for access_token in (body["access_token"], rotated["access_token"]):
+        async with http.get(base_url + "/userinfo", headers={"Authorization": "Bearer " + access_token}) as r:
+            assert r.status == 401
+    # an access token alone: its ledger entry is revoked, /userinfo refuses it, the refresh token lives
+    other = await sign_in_tokens(browser, http, base_url, scope="openid offline_access read:timesheets")
+    bearer = {"Authorization": "Bearer " + other["access_token"]}
     async with http.get(base_url + "/userinfo", headers=bearer) as r:
         assert r.status == 200
-    async with http.post(revoke, data={"client_id": "timesheets-spa", "token": rotated["access_token"]}) as r:
+    async with http.post(revoke, data={"client_id": "timesheets-spa", "token": other["access_token"]}) as r:
         assert r.status == 200
     async with http.get(base_url + "/userinfo", headers=bearer) as r:
         assert r.status == 401
+    status, _ = await refresh(http, base_url, other["refresh_token"])
+    assert status == 200
     async with http.post(revoke, data={"client_id": "timesheets-spa"}) as r:
         assert r.status == 400
         assert (await r.json())["error"] == "invalid_request"

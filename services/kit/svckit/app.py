@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted, OutcomeUnknown
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .settings import ServiceSettings
 
@@ -38,12 +38,34 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
+RETRY_AFTER = {"Retry-After": "2"}
+
+
 async def unavailable_handler(request: Request, exc: Exception) -> Response:
+    """Every "database unavailable" error class, whatever the handler was doing: 503 + Retry-After."""
+    if isinstance(exc, OutcomeUnknown):
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database went away while the change was being committed, and whether it was stored "
+            "could not be found out yet. Repeat the request with the same Idempotency-Key, or look "
+            "the resource up, once the service answers again.",
+            headers=RETRY_AFTER,
+            outcome="unknown",
+        )
+    if isinstance(exc, NotCommitted):
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database went away before the change was committed; nothing was stored. Retry shortly.",
+            headers=RETRY_AFTER,
+            outcome="not_stored",
+        )
     return problem_response(
         503,
         "Service Unavailable",
         "A backing service is unreachable; retry shortly.",
-        headers={"Retry-After": "2"},
+        headers=RETRY_AFTER,
     )
 
 
@@ -91,6 +113,7 @@ def create_service_app(
 
     middleware = [
         Middleware(RequestContextMiddleware),
+        Middleware(UnhandledErrorMiddleware),
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
     if require_identity:

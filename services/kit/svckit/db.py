@@ -3,7 +3,16 @@
 The process never crashes over the database: the pool is created in the background with capped
 exponential backoff, ``/readyz`` reports 503 until it exists and whenever a probe query fails, and
 asyncpg replaces broken connections by itself once Postgres is back. Handlers that hit a dead
-database answer 503 with ``Retry-After`` (see :data:`UNAVAILABLE_ERRORS`).
+database answer 503 with ``Retry-After`` (every class in :data:`UNAVAILABLE_ERRORS`, mapped once in
+:mod:`svckit.app`, never per handler).
+
+A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
+its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
+until the old server session is over (so its transaction is decided), asks the caller's
+``committed`` check on a fresh connection, and either returns normally (it did commit: the handler
+answers as if nothing happened), raises :class:`NotCommitted` (503, nothing was stored) or, when
+Postgres stays unreachable, :class:`OutcomeUnknown` (503 that says so). Writes therefore choose their
+identifiers before inserting, so there is something to look for.
 """
 
 from __future__ import annotations
@@ -13,11 +22,14 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -27,25 +39,52 @@ from .settings import DatabaseSettings
 
 log = logging.getLogger("svckit.db")
 
+
+class DatabaseUnavailable(CheckFailed):
+    """Raised when a handler needs the pool before it exists (its message is ``/readyz``-safe)."""
+
+
+class NotCommitted(DatabaseUnavailable):
+    """The connection died around ``COMMIT`` and the check on a fresh connection found nothing stored."""
+
+
+class OutcomeUnknown(DatabaseUnavailable):
+    """The connection died around ``COMMIT`` and whether it committed could not be found out."""
+
+
+# Every error class that means "the database is not there right now; retry": the socket (OSError,
+# timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
+# shutdown, "cannot connect now", cancelled), 53 (insufficient resources: too many connections,
+# disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy),
+# and asyncpg's client-side states of a connection that broke mid-operation (``InterfaceError``
+# "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
     asyncio.TimeoutError,
+    DatabaseUnavailable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.InterfaceError,
+    asyncpg_base.InternalClientError,
 )
 
 # What handlers receive from `connection()` / `transaction()`; annotate with this.
 Connection = asyncpg.pool.PoolConnectionProxy
 IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
+#: ``committed(conn)``: did the write of this transaction commit? Read on a fresh connection.
+CommitCheck = Callable[[Any], Awaitable[bool]]
+
+ambiguous_commits = Counter(
+    "db_ambiguous_commits_total",
+    "Transactions whose connection died around COMMIT, by what the check on a fresh connection found.",
+    ["outcome"],
+)
+for _outcome in ("committed", "not_committed", "unknown"):
+    ambiguous_commits.labels(_outcome)
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-class DatabaseUnavailable(CheckFailed):
-    """Raised when a handler needs the pool before it exists (its message is ``/readyz``-safe)."""
 
 
 class Database:
@@ -59,6 +98,7 @@ class Database:
         max_size: int = 10,
         connect_timeout: float = 5.0,
         max_backoff: float = 10.0,
+        outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
     ) -> None:
         self.dsn = dsn
@@ -72,6 +112,7 @@ class Database:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
+        self.outcome_check_seconds = outcome_check_seconds
         self._pool: asyncpg.Pool | None = None
         self._connector: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -99,18 +140,21 @@ class Database:
     def connected(self) -> bool:
         return self._pool is not None
 
-    async def _create_pool(self) -> asyncpg.Pool:
+    def _connect_options(self) -> dict[str, Any]:
+        """What every connection of this database uses, pooled or not (one place to add TLS)."""
         settings = {"application_name": self.application_name}
         if self.schema:
             settings["search_path"] = f"{self.schema},public"
+        return {
+            "timeout": self.connect_timeout,
+            "command_timeout": 30,
+            "server_settings": settings,
+            "ssl": self.ssl,
+        }
+
+    async def _create_pool(self) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
-            self.dsn,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            timeout=self.connect_timeout,
-            command_timeout=30,
-            server_settings=settings,
-            ssl=self.ssl,
+            self.dsn, min_size=self.min_size, max_size=self.max_size, **self._connect_options()
         )
         assert pool is not None
         return pool
@@ -165,9 +209,91 @@ class Database:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def transaction(self, isolation: IsolationLevel = "read_committed") -> AsyncIterator[Connection]:
-        async with self.connection() as conn, conn.transaction(isolation=isolation):
-            yield conn
+    async def transaction(
+        self, isolation: IsolationLevel = "read_committed", *, committed: CommitCheck | None = None
+    ) -> AsyncIterator[Connection]:
+        """A transaction on a pooled connection, committed when the block ends without an exception.
+
+        If the connection breaks while committing, the outcome is resolved as the module docstring
+        says: with ``committed`` the block's end either returns normally (it did commit) or raises
+        :class:`NotCommitted`; without it (or when Postgres stays away) :class:`OutcomeUnknown`.
+        """
+        failure: BaseException | None = None
+        async with self.connection() as conn:
+            server_pid = conn.get_server_pid()
+            body_done = False
+            try:
+                async with conn.transaction(isolation=isolation):
+                    yield conn
+                    body_done = True
+            except UNAVAILABLE_ERRORS as exc:
+                if not body_done:
+                    raise
+                failure = exc  # COMMIT was (perhaps) sent and its answer lost
+        if failure is None:
+            return
+        failed_at = time.monotonic()
+        log.warning(
+            "the database connection broke while committing; resolving the outcome",
+            extra={"error": f"{type(failure).__name__}: {failure}"[:200]},
+        )
+        outcome = None if committed is None else await self._resolve(committed, server_pid, failed_at)
+        ambiguous_commits.labels(
+            "unknown" if outcome is None else "committed" if outcome else "not_committed"
+        ).inc()
+        if outcome is None:
+            raise OutcomeUnknown("the connection broke while committing") from failure
+        if not outcome:
+            raise NotCommitted("the connection broke before the transaction committed") from failure
+
+    async def _resolve(self, committed: CommitCheck, server_pid: int, failed_at: float) -> bool | None:
+        """Ask ``committed`` on a fresh connection once the old session is gone; None if Postgres
+        stays unreachable for ``outcome_check_seconds``."""
+        deadline = failed_at + self.outcome_check_seconds
+        delay = 0.05
+        while time.monotonic() < deadline:
+            try:
+                conn = await asyncpg.connect(self.dsn, **self._connect_options())
+            except UNAVAILABLE_ERRORS:
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                if not await self._session_over(conn, server_pid, failed_at, deadline):
+                    return None
+                return bool(await committed(conn))
+            except UNAVAILABLE_ERRORS:
+                continue
+            finally:
+                with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                    await conn.close(timeout=1)
+        return None
+
+    @staticmethod
+    async def _session_over(conn: Any, server_pid: int, failed_at: float, deadline: float) -> bool:
+        """Wait until the server session that had the transaction has ended, so that its commit is
+        decided (it may still be working on a COMMIT whose client is gone); after a second, end it.
+
+        ``backend_start`` before the failure tells the old session from a new one given its pid.
+        """
+        asked_to_end = False
+        while True:
+            age = time.monotonic() - failed_at
+            alive = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE pid = $1 AND backend_start < now() - make_interval(secs => $2)",
+                server_pid,
+                age,
+            )
+            if not alive:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if age > 1.0 and not asked_to_end:
+                asked_to_end = True
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await conn.fetchval("SELECT pg_terminate_backend($1)", server_pid)
+            await asyncio.sleep(0.05)
 
     def pool_stats(self) -> dict[str, int]:
         if self._pool is None:

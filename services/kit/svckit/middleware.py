@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
 from .metrics import UNMATCHED_ROUTE, observe
-from .problems import Problem, problem_response
+from .problems import Problem, problem_response, unexpected_problem
 
 access_log = logging.getLogger("access")
 
@@ -75,6 +75,40 @@ class RequestContextMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+
+class UnhandledErrorMiddleware:
+    """Answers an unexpected exception with a 500 problem *and keeps the connection usable*.
+
+    Starlette's outermost error middleware sends its 500 and then re-raises, and uvicorn closes a
+    connection whose application raised, without ``Connection: close`` on the response: a
+    keep-alive client (the gateway's pool) then sends its next request, possibly another user's,
+    into a closing socket. Handled here instead, nothing propagates after a complete response; an
+    exception after the response started (a broken stream) still propagates, so the server ends
+    the connection and the client sees the truncation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await unexpected_problem(exc)(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -134,10 +134,14 @@ async def validation_handler(request: Request, exc: Exception) -> Response:
     return validation_problem(field_errors(exc)).response()
 
 
-async def unexpected_handler(request: Request, exc: Exception) -> Response:
+def unexpected_problem(exc: BaseException) -> Response:
     """Log the failure with its traceback, answer without internals."""
     log.error("unhandled error", exc_info=exc)
     return problem_response(500, None, "An unexpected error occurred; it has been logged.")
+
+
+async def unexpected_handler(request: Request, exc: Exception) -> Response:
+    return unexpected_problem(exc)
 
 
 EXCEPTION_HANDLERS = {

@@ -153,3 +153,32 @@ async def test_operational_paths_are_open(base_url: str) -> None:
         for path in ("/healthz", "/readyz", "/openapi.json"):
             async with session.get(base_url + path) as response:
                 assert response.status == 200, path
+
+
+async def test_a_500_keeps_the_connection_usable(base_url: str, caller: Caller) -> None:
+    """uvicorn closes a connection whose application raised, without ``Connection: close``: a pooled
+    client (the gateway) would send the next request, maybe another user's, into a closing socket.
+    The kit answers the 500 itself, so the same connection serves the next request."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for path in ("/crash", "/things/1", "/crash", "/things/2"):
+            headers = caller.headers(user("alice"), "GET", base_url + path)
+            lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(
+                next(
+                    line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+                ).split(b":")[1]
+            )
+            body = json.loads(await reader.readexactly(length))
+            assert b"connection: close" not in head.lower()
+            if path == "/crash":
+                assert head.startswith(b"HTTP/1.1 500")
+                assert b"application/problem+json" in head
+                assert body["status"] == 500
+            else:
+                assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        writer.close()

@@ -108,4 +108,4 @@ async def test_deeply_nested_body_is_400(identity_keys: str, caller: Caller) -> 
             session.post(f"{url}/x", data=b"[" * 100_000 + b"]" * 100_000, headers=headers) as response,
         ):
             assert response.status == 400
-            assert "nests too deeply" in (await response.json(content_type=None))["detail"]
+            assert "nests deeper than" in (await response.json(content_type=None))["detail"]

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import Database
+from svckit.db import Database, NotCommitted, OutcomeUnknown
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
 
@@ -96,3 +102,117 @@ def test_bad_file_name_refused(tmp_path: Path) -> None:
 
     with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
+
+
+# ---- a write's answer never contradicts its outcome ----------------------------------------------
+
+
+@pytest.fixture
+async def commit_rig(database_url: str) -> AsyncIterator[tuple[TcpProxy, Database, str]]:
+    """A table, and a Database whose every connection runs through a proxy that can cut COMMIT."""
+    table = f"commit_cut_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f"CREATE TABLE {table} (id uuid PRIMARY KEY)")
+    proxy = TcpProxy.for_postgres(database_url)
+    await proxy.start()
+    database = Database(proxy.url_for(database_url), schema="public", outcome_check_seconds=5)
+    await database.wait_connected(10)
+    try:
+        yield proxy, database, table
+    finally:
+        await database.close()
+        await proxy.cut()
+        await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
+
+
+async def _insert(database: Database, table: str, row_id: uuid.UUID, *, check: bool = True) -> None:
+    async def committed(conn: Any) -> bool:
+        return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)", row_id))
+
+    async with database.transaction(committed=committed if check else None) as conn:
+        await conn.execute(f"INSERT INTO {table} (id) VALUES ($1)", row_id)
+
+
+async def _stored(database: Database, table: str, row_id: uuid.UUID) -> bool:
+    async with database.connection() as conn:
+        return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)", row_id))
+
+
+async def test_commit_lost_after_the_server_committed_is_a_success(
+    commit_rig: tuple[TcpProxy, Database, str],
+) -> None:
+    proxy, database, table = commit_rig
+    row_id = uuid.uuid4()
+    done = proxy.cut_at_commit("after")
+    await _insert(database, table, row_id)  # returns normally: the check found the row
+    assert done.is_set()
+    assert await _stored(database, table, row_id)
+
+
+async def test_commit_cut_before_the_server_saw_it_is_not_committed(
+    commit_rig: tuple[TcpProxy, Database, str],
+) -> None:
+    proxy, database, table = commit_rig
+    row_id = uuid.uuid4()
+    done = proxy.cut_at_commit("before")
+    with pytest.raises(NotCommitted):
+        await _insert(database, table, row_id)
+    assert done.is_set()
+    assert not await _stored(database, table, row_id)
+
+
+async def test_commit_lost_without_a_check_is_an_unknown_outcome(
+    commit_rig: tuple[TcpProxy, Database, str],
+) -> None:
+    proxy, database, table = commit_rig
+    proxy.cut_at_commit("after")
+    with pytest.raises(OutcomeUnknown):
+        await _insert(database, table, uuid.uuid4(), check=False)
+
+
+async def test_commit_lost_while_postgres_stays_away_is_an_unknown_outcome(
+    commit_rig: tuple[TcpProxy, Database, str],
+) -> None:
+    proxy, database, table = commit_rig
+    database.outcome_check_seconds = 1.0
+    done = proxy.cut_at_commit("after")
+    task = asyncio.ensure_future(_insert(database, table, uuid.uuid4()))
+    await done.wait()
+    await proxy.cut()  # and nothing answers any more: the check cannot run
+    with pytest.raises(OutcomeUnknown):
+        await task
+    await proxy.start()
+
+
+async def test_http_answers_follow_the_outcome(
+    commit_rig: tuple[TcpProxy, Database, str], identity_keys: str
+) -> None:
+    """Through the kit's app: 201 when the lost COMMIT had committed, 503 (not stored) when not, 503
+    with ``outcome: unknown`` when it cannot be known — never a 500, never an answer that lies."""
+    proxy, database, table = commit_rig
+    ids: list[uuid.UUID] = []
+
+    async def create(request: Request) -> Response:
+        row_id = uuid.uuid4()
+        ids.append(row_id)
+        await _insert(database, table, row_id, check=request.query_params.get("check") != "no")
+        return JSONResponse({"id": str(row_id)}, status_code=201)
+
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    app = create_service_app(settings, [Route("/rows", create, methods=["POST"])], require_identity=False)
+    async with serve_app(app) as base, aiohttp.ClientSession() as session:
+        for when, check, status, outcome, stored in (
+            ("after", "yes", 201, None, True),
+            ("before", "yes", 503, "not_stored", False),
+            ("after", "no", 503, "unknown", True),
+        ):
+            proxy.cut_at_commit(when)  # type: ignore[arg-type]
+            async with session.post(f"{base}/rows?check={check}") as response:
+                body = await response.json(content_type=None)
+                assert response.status == status, body
+                if status == 503:
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.headers["retry-after"]
+                    assert body["outcome"] == outcome
+            assert await _stored(database, table, ids[-1]) is stored

@@ -1,0 +1,57 @@
+"""Ingest answers what really happened when Postgres's connection breaks around COMMIT: accepted when
+the lost COMMIT had committed (the events are on the chain), 503 ``not_stored`` when it had not (a
+relay resends; the events are recorded once either way)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import pytest
+from audit.app import create_app
+from audit.settings import AuditSettings
+from svckit.settings import load_settings
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, TcpProxy, serve_app
+
+from .conftest import TIMESHEETS, wait_ready
+from .test_ingest import stored
+
+
+@pytest.fixture(scope="module")
+async def rig(
+    audit_schema: str, service_env: dict[str, str], caller: Caller
+) -> AsyncIterator[tuple[TcpProxy, SignedApi]]:
+    proxy = TcpProxy.for_postgres(audit_schema)
+    await proxy.start()
+    env = {**service_env, "DATABASE_URL": proxy.url_for(audit_schema)}
+    settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0)
+    async with serve_app(create_app(settings)) as url:
+        await wait_ready(url)
+        client = SignedApi(url, caller)
+        yield proxy, client
+        await client.close()
+    await proxy.cut()
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+async def test_ingest(
+    rig: tuple[TcpProxy, SignedApi], audit_schema: str, new_event: Any, when: Literal["before", "after"]
+) -> None:
+    proxy, api = rig
+    events = [new_event() for _ in range(3)]
+    done = proxy.cut_at_commit(when, after_sending=b"pg_advisory_xact_lock")
+    reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert done.is_set()
+    ids = [event["id"] for event in events]
+    if when == "after":
+        assert reply.status == 200, reply.text
+        assert reply.body == {"accepted": 3, "duplicates": 0}
+        assert len(await stored(audit_schema, ids)) == 3
+    else:
+        assert reply.status == 503, reply.text
+        assert reply.body["outcome"] == "not_stored"
+        assert await stored(audit_schema, ids) == []
+        again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+        assert again.body == {"accepted": 3, "duplicates": 0}

@@ -1,0 +1,170 @@
+"""Revocation events: the provider publishes every revoked access token to the gateways.
+
+The provider's database is the source of truth (``issued_tokens.revoked_at``); Redis only fans it out
+(docs/CONTRACTS.md, "Revocation events"):
+
+* the stream ``<REDIS_KEY_PREFIX>revocations`` holds one entry per revoked access token,
+  ``{iss, jti, exp, reason}`` (``exp`` = the token's own expiry, unix seconds); gateways ``XREAD`` it
+  and refuse those tokens until ``exp``;
+* a revocation is published right after the transaction that made it commits, and the row is marked
+  ``published_at``; a publish that failed (Redis down) is retried by :meth:`RevocationPublisher.reconcile`,
+  a periodic task, which picks up every unpublished revocation;
+* Redis may lose everything (a restart without persistence): the marker key
+  ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
+  finds it missing it re-publishes every unexpired revocation from the database and sets it again;
+* entries older than the longest access-token lifetime (plus a minute of leeway) are trimmed: the
+  tokens they name have expired, so no gateway needs them.
+
+Duplicates are harmless (a deny set is idempotent); the order of entries does not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from svckit.db import Database
+from svckit.redisguard import RedisGuard
+
+from . import store
+from .store import RevokedToken
+
+log = logging.getLogger("identity.revocation")
+
+STREAM = "revocations"
+COMPLETE_MARKER = "revocations:complete"
+#: A revocation not published within this many seconds of its commit is picked up by ``reconcile``
+#: (the request that made it publishes it itself; this only avoids publishing twice in the meantime).
+SETTLE_SECONDS = 1.0
+
+revocations = Counter(
+    "identity_revocations_total",
+    "Access tokens revoked, by reason (revoked, refresh_family, consent_withdrawn, logout, "
+    "code_replay, refresh_reuse).",
+    ["reason"],
+)
+published = Counter(
+    "identity_revocations_published_total",
+    "Revocation events written to the Redis stream, by how (inline, retried, republished) or failed.",
+    ["outcome"],
+)
+
+
+class RevocationPublisher:
+    """Writes revocation events to the stream and keeps it complete (see the module docstring)."""
+
+    def __init__(
+        self,
+        redis: RedisGuard,
+        database: Database,
+        issuer: str,
+        *,
+        retention_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.database = database
+        self.issuer = issuer
+        self.retention_seconds = retention_seconds
+        self.clock = clock
+        self.stream = redis.key(STREAM)
+        self.marker = redis.key(COMPLETE_MARKER)
+
+    def _min_id(self) -> str:
+        return str(int((self.clock() - self.retention_seconds) * 1000))
+
+    async def _append(self, revoked: Sequence[RevokedToken]) -> bool:
+        stream, min_id = self.stream, self._min_id()
+
+        async def run(client: Redis) -> bool:
+            async with client.pipeline(transaction=False) as pipe:
+                for token in revoked:
+                    fields: dict[Any, Any] = {
+                        "iss": self.issuer,
+                        "jti": token.jti,
+                        "exp": int(token.expires_at.timestamp()),
+                        "reason": token.reason,
+                    }
+                    pipe.xadd(stream, fields, minid=min_id, approximate=True)
+                await pipe.execute()
+            return True
+
+        return bool(await self.redis.call(run))
+
+    async def publish(self, revoked: Sequence[RevokedToken], outcome: str = "inline") -> bool:
+        """Publish revocations that just committed; False (retried later) when Redis is unavailable."""
+        if not revoked:
+            return True
+        for token in revoked:
+            if outcome == "inline":
+                revocations.labels(token.reason).inc()
+        if not await self._append(revoked):
+            published.labels("failed").inc(len(revoked))
+            log.warning("revocations not published yet (Redis unavailable)", extra={"count": len(revoked)})
+            return False
+        published.labels(outcome).inc(len(revoked))
+        await store.mark_published(self.database.pool, [token.jti for token in revoked])
+        return True
+
+    async def reconcile(self) -> None:
+        """The periodic check: re-publish everything when Redis lost the stream, else publish what a
+        failed attempt left behind, and trim expired entries."""
+        marker = self.marker
+        complete = await self.redis.call(lambda client: client.exists(marker))
+        if complete is None:
+            return  # Redis unavailable: the next run tries again
+        pool = self.database.pool
+        if not complete:
+            everything = await store.unexpired_revocations(pool, unpublished_only=False)
+            if everything and not await self._append(everything):
+                return
+            if await self.redis.call(lambda client: client.set(marker, "1")) is None:
+                return
+            if everything:
+                published.labels("republished").inc(len(everything))
+                await store.mark_published(pool, [token.jti for token in everything])
+                log.info("re-published every unexpired revocation", extra={"count": len(everything)})
+            return
+        pending = await store.unexpired_revocations(
+            pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS
+        )
+        await self.publish(pending, outcome="retried")
+        stream, min_id = self.stream, self._min_id()
+        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=True))
+
+
+class Revoker:
+    """Revocations made outside the token endpoint (logout, consent withdrawal): the state change and
+    the revocation commit in one transaction, then the revocations are published."""
+
+    def __init__(self, database: Database, publisher: RevocationPublisher) -> None:
+        self.database = database
+        self.publisher = publisher
+
+    async def end_session(self, session_id: str) -> list[RevokedToken]:
+        """Sign-out: the session ends and every token issued through it is revoked."""
+        async with self.database.transaction() as conn:
+            session_hash = await store.delete_session(conn, session_id)
+            revoked = await store.revoke_session(conn, session_hash, "logout")
+        await self.publisher.publish(revoked)
+        return revoked
+
+    async def replace_session(self, session_id: str) -> None:
+        """A new sign-in in the same browser: the old session ends and can renew nothing any more
+        (its refresh tokens go); the access tokens it issued live out their short lives."""
+        async with self.database.transaction() as conn:
+            session_hash = await store.delete_session(conn, session_id)
+            await store.revoke_session_refresh_tokens(conn, session_hash)
+
+    async def withdraw_consent(self, subject: str, client_id: str) -> list[RevokedToken]:
+        """The user removes a third-party app: its consent and every token it holds for the user go."""
+        async with self.database.transaction() as conn:
+            if not await store.revoke_consent(conn, subject, client_id):
+                return []
+            revoked = await store.revoke_client_grants(conn, subject, client_id, "consent_withdrawn")
+        await self.publisher.publish(revoked)
+        return revoked

@@ -1,0 +1,172 @@
+"""Password sign-in: the form, the throttled check, and the new session.
+
+An attempt takes its throttle slot before the password is checked (:mod:`identity.throttle`), so
+concurrent guesses cannot overrun the limits. A successful sign-in replaces any previous session
+(new cookie value) and returns to ``return_to``, which may only be our own authorization endpoint or
+account page (never an open redirect).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio.to_thread
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from svckit.db import Database
+
+from . import store
+from .browser import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    CsrfSigner,
+    client_address,
+    csrf_cookie_value,
+    new_token,
+    set_cookie,
+)
+from .pages import render
+from .passwords import hash_secret, needs_rehash, verify_secret
+from .revocation import Revoker
+from .sessions import Sessions
+from .settings import IdentitySettings
+from .throttle import LoginThrottle
+
+log = logging.getLogger("identity.signin")
+
+login_failures = Counter(
+    "identity_login_failures_total",
+    "Refused sign-in attempts, by reason (invalid_credentials, throttled, csrf).",
+    ["reason"],
+)
+logins = Counter("identity_logins_total", "Successful sign-ins.")
+
+RETURN_PATHS = ("/authorize", "/account/consents")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def safe_return_to(value: str | None) -> str:
+    """Only our own authorization endpoint or account page: never an open redirect."""
+    if not value or "\\" in value or any(ord(c) < 0x20 for c in value):
+        return "/account/consents"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or parts.path not in RETURN_PATHS or value.startswith("//"):
+        return "/account/consents"
+    return value
+
+
+class PasswordSignIn:
+    """``GET /login`` (the form) and ``POST /login`` (the attempt)."""
+
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        database: Database,
+        sessions: Sessions,
+        revoker: Revoker,
+        throttle: LoginThrottle,
+        csrf: CsrfSigner,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.sessions = sessions
+        self.revoker = revoker
+        self.throttle = throttle
+        self.csrf = csrf
+
+    async def form(self, request: Request) -> Response:
+        return_to = safe_return_to(request.query_params.get("return_to"))
+        # OIDC login_hint (Auth0 honours it too): pre-fill the user name, nothing more.
+        hint = dict(parse_qsl(urlsplit(return_to).query)).get("login_hint", "")[:200]
+        return await self._page(request, return_to, error=None, username=hint, status=200)
+
+    async def submit(self, request: Request) -> Response:
+        form = await request.form()
+        return_to = safe_return_to(str(form.get("return_to") or ""))
+        username = str(form.get("username") or "").strip()[:200]
+        password = str(form.get("password") or "")[:1000]
+        if not self.csrf.verify(request.cookies.get(CSRF_COOKIE), "login", str(form.get("csrf_token") or "")):
+            login_failures.labels("csrf").inc()
+            error = "This form expired or was not sent by this site. Please try again."
+            return await self._page(request, return_to, status=403, username=username, error=error)
+        if not username or not password:
+            error = "Enter your user name and password."
+            return await self._page(request, return_to, status=400, username=username, error=error)
+        address = client_address(request, self.settings.trusted_proxy_networks)
+        # Counted before the (slow) password check, atomically: concurrent guesses cannot overrun it.
+        verdict = await self.throttle.attempt(username, address)
+        if not verdict.allowed:
+            login_failures.labels("throttled").inc()
+            log.warning("sign-in throttled", extra={"address": address, "limit": verdict.scope})
+            return await self._page(
+                request,
+                return_to,
+                status=429,
+                username=username,
+                error=f"Too many failed attempts. Try again in {verdict.retry_after} seconds.",
+                headers={"Retry-After": str(verdict.retry_after)},
+            )
+        pool = self.database.pool
+        user = await store.get_user_by_username(pool, username)
+        stored = user.password_hash if user and not user.disabled else None
+        ok = await anyio.to_thread.run_sync(verify_secret, stored, password)
+        if not ok or user is None:
+            login_failures.labels("invalid_credentials").inc()
+            log.info("sign-in refused", extra={"address": address, "reason": "invalid_credentials"})
+            error = "Wrong user name or password."
+            return await self._page(request, return_to, status=401, username=username, error=error)
+        await self.throttle.succeeded(username, address)
+        if needs_rehash(user.password_hash):
+            new_hash = await anyio.to_thread.run_sync(hash_secret, password)
+            await store.update_password_hash(pool, user.subject, new_hash)
+        previous = self.sessions.cookie(request)
+        if previous is not None:
+            await self.revoker.replace_session(previous)
+        session_id = new_token()
+        await store.create_session(pool, session_id, user.subject, self.settings.session_ttl_seconds)
+        logins.inc()
+        log.info("signed in", extra={"subject": user.subject, "address": address})
+        response = RedirectResponse(return_to, status_code=303, headers=NO_STORE)
+        set_cookie(
+            response,
+            SESSION_COOKIE,
+            session_id,
+            secure=self.settings.cookie_secure,
+            max_age=self.settings.session_ttl_seconds,
+        )
+        return response
+
+    async def _client_name(self, return_to: str) -> str | None:
+        client_id = dict(parse_qsl(urlsplit(return_to).query)).get("client_id")
+        if not client_id:
+            return None
+        client = await store.get_client(self.database.pool, client_id)
+        return client.name if client else None
+
+    async def _page(
+        self,
+        request: Request,
+        return_to: str,
+        *,
+        error: str | None,
+        username: str,
+        status: int,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        cookie, fresh = csrf_cookie_value(request)
+        response = render(
+            "login.html",
+            status,
+            action="/login",
+            csrf_token=self.csrf.token(cookie, "login"),
+            return_to=return_to,
+            error=error,
+            username=username,
+            client_name=await self._client_name(return_to),
+        )
+        response.headers.update(headers or {})
+        if fresh:
+            set_cookie(response, CSRF_COOKIE, cookie, secure=self.settings.cookie_secure, max_age=None)
+        return response

@@ -1,0 +1,84 @@
+"""The kit's JSON body rules (I-JSON, RFC 7493): a 400 for what is not UTF-8 JSON, a 422 naming each
+refused value, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+from svckit.body import MAX_DEPTH, MAX_SAFE_INTEGER, InvalidValues, Refused, parse_json
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "deeper"),
+        (b'{"a": ' * 40 + b"1" + b"}" * 40, "deeper"),
+        (b"[" * 100_000 + b"]" * 100_000, "deeper"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+        ('{"a": "é"}'.encode("latin-1"), "not UTF-8"),
+        ('{"a": 1}'.encode("utf-16"), "not UTF-8"),
+        ('{"a": 1}'.encode("utf-32-le"), "not valid JSON"),  # NULs are valid UTF-8, not JSON
+        (b'\xef\xbb\xbf{"a": 1}', "byte order mark"),
+        (b'{"a": 1', "not valid JSON"),
+        (b"{'a': 1}", "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_not_a_json_document(raw: bytes, says: str) -> None:
+    with pytest.raises(Refused) as refused:
+        parse_json(raw)
+    assert says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fields", "type_"),
+    [
+        (b'{"n": ' + b"9" * 5000 + b"}", {"n"}, "integer_out_of_range"),  # past Python's 4,300 digits
+        (b'{"n": -' + b"1" * 40 + b"}", {"n"}, "integer_out_of_range"),
+        (b'{"n": %d}' % (MAX_SAFE_INTEGER + 1), {"n"}, "integer_out_of_range"),
+        (b'{"n": 1e999}', {"n"}, "number_out_of_range"),
+        (b'{"a": [1, -1.5E+400]}', {"a.1"}, "number_out_of_range"),
+        (b'{"n": NaN}', {"n"}, "not_a_json_value"),
+        (b'{"n": Infinity}', {"n"}, "not_a_json_value"),
+        (b'{"n": -Infinity}', {"n"}, "not_a_json_value"),
+        (b'{"hours": 1, "hours": 8}', {"hours"}, "duplicate_member"),
+        (b'{"a": {"b": 1, "b": 2}}', {"a.b"}, "duplicate_member"),
+        (b'{"entries": [{}, {"notes": "\\ud800"}]}', {"entries.1.notes"}, "lone_surrogate"),
+        (b'{"\\udfff": 1}', {"?"}, "lone_surrogate"),
+        (b"NaN", {"(body)"}, "not_a_json_value"),
+    ],
+)
+def test_refused_values_are_named(raw: bytes, fields: set[str], type_: str) -> None:
+    with pytest.raises(InvalidValues) as invalid:
+        parse_json(raw)
+    assert {error["field"] for error in invalid.value.errors} == fields
+    assert {error["type"] for error in invalid.value.errors} == {type_}
+
+
+def test_every_refused_value_is_named_at_once() -> None:
+    with pytest.raises(InvalidValues) as invalid:
+        parse_json(b'{"a": NaN, "b": [1e400, 2], "c": {"d": "\\ud800", "d": 1}}')
+    assert [error["field"] for error in invalid.value.errors] == ["a", "b.0", "c.d"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b'{"n": %d}' % MAX_SAFE_INTEGER, {"n": MAX_SAFE_INTEGER}),
+        (b'{"n": -%d}' % MAX_SAFE_INTEGER, {"n": -MAX_SAFE_INTEGER}),
+        (b'{"n": 1e-400}', {"n": 0.0}),
+        (b'{"n": 7.25, "s": "\\ud83d\\ude00 \xc3\xa9"}', {"n": 7.25, "s": "\U0001f600 é"}),
+        (b'{"a": 1, "A": 2}', {"a": 1, "A": 2}),
+    ],
+)
+def test_accepted(raw: bytes, value: object) -> None:
+    assert parse_json(raw) == value
+
+
+def test_the_deepest_accepted_nesting() -> None:
+    raw = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    parsed = parse_json(raw)
+    depth = 0
+    while isinstance(parsed, list):
+        depth += 1
+        parsed = parsed[0] if parsed else None
+    assert depth == MAX_DEPTH

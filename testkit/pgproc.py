@@ -1,0 +1,141 @@
+"""A private Postgres server for tests that stop it (``pg_ctl stop -m fast`` / ``-m immediate``).
+
+The machine's shared Postgres must never be stopped or reconfigured (other test runs use it), so a
+fault test starts a cluster of its own: made with ``initdb`` and run with ``pg_ctl`` from the system's
+PostgreSQL binaries, on a free port, in a temporary directory removed afterwards. As root, Postgres
+refuses to run, so the cluster then belongs to the ``postgres`` system user. (Redis: see
+:mod:`testkit.redisproc`.)
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from testkit.fixtures import free_port
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+StopMode = Literal["smart", "fast", "immediate"]
+
+
+def postgres_bin() -> Path | None:
+    """The newest system PostgreSQL with ``initdb`` and ``pg_ctl``, if any."""
+    for directory in PG_BIN_DIRS:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    found = shutil.which("pg_ctl")
+    return Path(found).parent if found else None
+
+
+def _wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own: ``start()``, ``stop(mode)``, ``start()``, ``remove()``."""
+
+    def __init__(self, bin_dir: Path | None = None) -> None:
+        found = bin_dir or postgres_bin()
+        if found is None:
+            raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+        self.bin = found
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="tsp-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self._user: str | None = None
+        if os.geteuid() == 0:
+            self._user = "postgres"
+            pwd.getpwnam(self._user)  # KeyError: no such user on this machine
+            self.root.chmod(0o755)
+            shutil.chown(self.root, self._user)
+        self._initdb()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=self._user,
+            cwd=self.root,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+        )
+
+    def _initdb(self) -> None:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "off",  # crash recovery (stop -m immediate) needs the WAL, not fsync
+            "full_page_writes": "off",
+            "max_connections": "60",
+            "shared_buffers": "32MB",
+            "logging_collector": "off",
+        }
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def start(self, timeout: float = 30.0) -> PrivatePostgres:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start")
+        if not _wait_port(self.port, timeout):
+            raise RuntimeError(f"postgres did not listen on {self.port}:\n{self.logs()}")
+        return self
+
+    def stop(self, mode: StopMode = "fast", timeout: float = 30.0) -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(int(timeout)), "stop", check=False
+        )
+
+    def running(self) -> bool:
+        result = self._run("pg_ctl", "-D", str(self.data), "status", check=False)
+        return result.returncode == 0
+
+    def logs(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def remove(self) -> None:
+        if self.data.exists() and self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrivatePostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
