@@ -1,10 +1,10 @@
 """The gateway application: the raw-ASGI API edge under ``/api``, a small Starlette app for the rest.
 
 ``/api…`` goes straight to :class:`gateway.edge.Edge` (no framework on the hot path). Everything else
-— ``/healthz``, ``/readyz``, ``/metrics``, ``/config.json`` and the SPA's files — is served by the
-kit's service app, whose lifespan starts and stops the gateway's shared resources: the upstream
-connection pool, the Redis guard, the JWKS cache (warmed at start), the rate-limit sync task and the
-denial auditor.
+— ``/healthz``, ``/readyz``, ``/config.json`` and the SPA's files — is served by the kit's service
+app, whose lifespan starts and stops the gateway's shared resources: the upstream connection pool,
+the Redis guard, the JWKS cache (warmed at start), the rate-limit sync task and the denial auditor.
+Metrics are not on this (public) listener: ``python -m gateway`` serves them on ``METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from svckit.app import create_service_app
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import SettingsError, load_settings
+from svckit.tasks import PeriodicTask, stop_all
 
 from . import metrics, openapi
 from .accesslog import AccessLog
@@ -51,13 +53,15 @@ log = logging.getLogger("gateway")
 OPENAPI_PATH = API_PREFIX + "/openapi.json"
 
 KEY_AGE_INTERVAL_SECONDS = 5.0
+_API_HEADS = frozenset({API_PREFIX, API_PREFIX + "/"})
 
 
 class Gateway:
     """Owns every per-worker resource; ``edge`` exists between :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.clock = clock
         self.routes = load_routes(settings.gateway_routes_file, frozenset(settings.upstreams))
         self.issuers = load_issuers(settings)
         self.signer = IdentitySigner(settings.identity_keys)
@@ -72,7 +76,8 @@ class Gateway:
         self.request_metrics: metrics.RequestMetrics | None = None
         self.pools: dict[str, UpstreamPool] = {}
         self._http = HttpClient(total_timeout=settings.jwks_fetch_timeout_seconds + 5)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._warming: asyncio.Task[None] | None = None
+        self._tasks: list[PeriodicTask] = []
 
     async def start(self) -> None:
         settings = self.settings
@@ -86,20 +91,23 @@ class Gateway:
             for service, url in settings.upstreams.items()
         }
         self.redis = RedisGuard.from_settings(settings)
-        self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session())
-        deny = DenyList()
+        clock = self.clock
+        self.jwks = JwksCache(settings, self.issuers, self.redis, self._http.session(), clock)
+        deny = DenyList(clock.time)
         if settings.revocation_feed_enabled:
             leeways = {issuer: config.leeway_seconds for issuer, config in self.issuers.items()}
             self.revocations = RevocationFeed(self.redis, deny, leeways)
             self.revocations.start()
-        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny)
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny, clock=clock)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,
                 window_seconds=settings.rate_limit_window_seconds,
                 per_subject=settings.rate_limit_per_subject,
                 per_client=settings.rate_limit_per_client,
+                anonymous_per_address=settings.rate_limit_anonymous_per_address,
                 sync_seconds=settings.rate_limit_sync_seconds,
+                clock=clock,
             )
             self.limiter.start()
         if settings.audit_denials:
@@ -108,6 +116,9 @@ class Gateway:
                 queue_size=settings.audit_queue_size,
                 batch_size=settings.audit_batch_size,
                 flush_seconds=settings.audit_flush_seconds,
+                window_seconds=settings.audit_denial_window_seconds,
+                max_keys=settings.audit_denial_max_keys,
+                clock=clock,
             )
             self.auditor.start()
         if settings.gateway_access_log:
@@ -130,15 +141,23 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             access_log=self.access_log,
             forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
+            clock=clock,
         )
         # Everything allocated so far (modules, settings, keys, pools) lives as long as the worker:
         # move it out of the collector's generations so that full collections, which otherwise scan
         # the whole heap and show up as tens of milliseconds in the p99, only look at request garbage.
         gc.collect()
         gc.freeze()
-        self._tasks.append(asyncio.ensure_future(self._warm()))
-        self._tasks.append(asyncio.ensure_future(self._key_ages()))
-        self._tasks.append(asyncio.ensure_future(self._flush_metrics()))
+        self._warming = asyncio.ensure_future(self._warm())
+        self._pool_waits = dict.fromkeys(self.pools, 0)
+        self._tasks = [
+            PeriodicTask("gateway-key-ages", KEY_AGE_INTERVAL_SECONDS, self._key_ages, clock=clock),
+            PeriodicTask(
+                "gateway-metrics", metrics.RequestMetrics.FLUSH_SECONDS, self._flush_metrics, clock=clock
+            ),
+        ]
+        for task in self._tasks:
+            task.start()
 
     async def _warm(self) -> None:
         assert self.jwks is not None
@@ -149,29 +168,26 @@ class Gateway:
 
     async def _key_ages(self) -> None:
         assert self.jwks is not None
-        while True:
-            self.jwks.update_ages()
-            await asyncio.sleep(KEY_AGE_INTERVAL_SECONDS)
+        self.jwks.update_ages()
 
     async def _flush_metrics(self) -> None:
-        waits = dict.fromkeys(self.pools, 0)
-        while True:
-            await asyncio.sleep(metrics.RequestMetrics.FLUSH_SECONDS)
-            if self.request_metrics is not None:
-                self.request_metrics.flush()
-            for service, pool in self.pools.items():  # read once a second, never per request
-                metrics.upstream_connections.labels(service, "busy").set(pool.open - pool.idle)
-                metrics.upstream_connections.labels(service, "idle").set(pool.idle)
-                if pool.waits > waits[service]:
-                    metrics.upstream_pool_waits.labels(service).inc(pool.waits - waits[service])
-                    waits[service] = pool.waits
+        """Request metrics and the pools' figures, written once a second, never per request."""
+        if self.request_metrics is not None:
+            self.request_metrics.flush()
+        waits = self._pool_waits
+        for service, pool in self.pools.items():
+            metrics.upstream_connections.labels(service, "busy").set(pool.open - pool.idle)
+            metrics.upstream_connections.labels(service, "idle").set(pool.idle)
+            if pool.waits > waits[service]:
+                metrics.upstream_pool_waits.labels(service).inc(pool.waits - waits[service])
+                waits[service] = pool.waits
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._warming is not None:
+            self._warming.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self._warming
+        await stop_all(self._tasks)
         if self.revocations is not None:
             await self.revocations.stop()
         if self.limiter is not None:
@@ -211,18 +227,19 @@ class GatewayApp:
         self.web = web
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            if (
-                path.startswith(API_PREFIX)
-                and (len(path) == len(API_PREFIX) or path[len(API_PREFIX)] == "/")
-                and path != OPENAPI_PATH
-            ):
-                edge = self.gateway.edge
-                if edge is None:
-                    raise RuntimeError("the gateway is not started (lifespan did not run)")
-                await edge(scope, receive, send)
-                return
+        # "/api" in any case or spelling goes to the edge, which refuses whatever is not literally
+        # /api/… (gateway.stages.check_target) instead of letting the SPA's routes answer for it; the
+        # public API document is the one /api path the web app serves
+        if (
+            scope["type"] == "http"
+            and scope["path"][:5].lower() in _API_HEADS
+            and scope["path"] != OPENAPI_PATH
+        ):
+            edge = self.gateway.edge
+            if edge is None:
+                raise RuntimeError("the gateway is not started (lifespan did not run)")
+            await edge(scope, receive, send)
+            return
         await self.web(scope, receive, send)
 
 
@@ -237,12 +254,12 @@ def check_configuration(settings: GatewaySettings | None = None) -> None:
         raise SettingsError(2) from None
 
 
-def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
+def create_app(settings: GatewaySettings | None = None, clock: Clock = SYSTEM_CLOCK) -> GatewayApp:
     if settings is None:
         settings = load_settings(GatewaySettings)
         configure_logging(settings.service_name, settings.log_level)
     try:
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, clock)
     except (RouteTableError, IssuerConfigError) as exc:
         # like a bad environment variable: one line naming the problem, exit status 2, no traceback
         print(f"invalid configuration: {exc}", file=sys.stderr, flush=True)

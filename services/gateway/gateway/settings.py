@@ -86,12 +86,19 @@ class GatewaySettings(RedisSettings):
     rate_limit_per_subject: int = Field(default=1200, ge=1)
     rate_limit_per_client: int = Field(default=12000, ge=1)
     rate_limit_sync_seconds: float = Field(default=0.25, gt=0, le=10)
+    # requests without a valid token (no token, or one that did not verify) per client address and
+    # window; beyond it the address gets 429 before any verification work (see gateway/ratelimit.py)
+    rate_limit_anonymous_per_address: int = Field(default=300, ge=1)
 
     # --- audit of denials ---------------------------------------------------------------------
     audit_denials: bool = True
     audit_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
     audit_batch_size: int = Field(default=200, ge=1, le=500)
     audit_flush_seconds: float = Field(default=0.5, gt=0, le=60)
+    # anonymous and rate-limit denials are counted per window and recorded once per (reason, route,
+    # caller, address) and window, at most AUDIT_DENIAL_MAX_KEYS records per window and worker
+    audit_denial_window_seconds: float = Field(default=60.0, ge=0.05, le=3600)
+    audit_denial_max_keys: int = Field(default=1000, ge=1, le=100_000)
 
     # --- the SPA ------------------------------------------------------------------------------
     spa_dist_dir: Path = REPO_ROOT / "spa" / "dist"

@@ -12,8 +12,9 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
 * Redis may lose everything (a restart without persistence): the marker key
   ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
   finds it missing it re-publishes every unexpired revocation from the database and sets it again;
-* entries older than the longest access-token lifetime (plus a minute of leeway) are trimmed: the
-  tokens they name have expired, so no gateway needs them.
+* entries older than the longest access-token lifetime plus the largest gateway leeway (300 s) are
+  trimmed (``MINID`` on every ``XADD``, and by the periodic check): the tokens they name have expired,
+  so no gateway needs them.
 
 Duplicates are harmless (a deny set is idempotent); the order of entries does not matter.
 """
@@ -89,7 +90,7 @@ class RevocationPublisher:
                         "exp": int(token.expires_at.timestamp()),
                         "reason": token.reason,
                     }
-                    pipe.xadd(stream, fields, minid=min_id, approximate=True)
+                    pipe.xadd(stream, fields, minid=min_id, approximate=False)
                 await pipe.execute()
             return True
 
@@ -133,8 +134,12 @@ class RevocationPublisher:
             pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS
         )
         await self.publish(pending, outcome="retried")
+        await self.trim()
+
+    async def trim(self) -> None:
+        """Drop entries older than the retention (exactly: revocations are few, and a test can see it)."""
         stream, min_id = self.stream, self._min_id()
-        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=True))
+        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=False))
 
 
 class Revoker:
