@@ -240,7 +240,8 @@ async def test_lone_surrogates_in_claims_are_malformed_not_a_500(
 ) -> None:
     """A signed token may escape a lone surrogate ("\\ud800") into a claim; no UTF-8 header of the
     signed identity could carry it. The payload is refused as not JSON (I-JSON) before that."""
-    for claims in ({"sub": "alice\ud800"}, {"azp": "spa\udfff"}, {"name": "Ali\ud800ce"}):
+    surrogates: list[dict[str, Any]] = [{"sub": "alice\ud800"}, {"azp": "spa\udfff"}, {"name": "Ali\ud800ce"}]
+    for claims in surrogates:
         await expect_invalid(api, gateway, provider.token(**claims), "malformed")
 
 
