@@ -71,7 +71,6 @@ def test_the_enforced_constraints_are_published(doc: dict[str, Any]) -> None:
         "maximum": 24,
         "multipleOf": 0.25,
         "description": "",
-        "title": "Hours",
     }
     assert entry_in["project"]["minLength"] == 1
     assert entry_in["project"]["maxLength"] == 100
