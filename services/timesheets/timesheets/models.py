@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,10 +20,13 @@ from pydantic import (
     Strict,
     StringConstraints,
 )
+from svckit.values import Instant
 
 STATUSES = ("submitted", "approved", "rejected")
 Status = Literal["submitted", "approved", "rejected"]
 MAX_UPLOAD_ENTRIES = 1000
+FIRST_WORK_DATE = dt.date(2000, 1, 1)
+LAST_WORK_DATE = dt.date(2099, 12, 31)
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -55,7 +57,16 @@ def _blank_is_none(value: str | None) -> str | None:
     return value if value else None
 
 
+def _work_date(value: dt.date) -> dt.date:
+    if not FIRST_WORK_DATE <= value <= LAST_WORK_DATE:
+        raise ValueError(f"must be a work date from {FIRST_WORK_DATE} to {LAST_WORK_DATE}")
+    return value
+
+
 IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_text)]
+# What an entry may be dated (docs/CONTRACTS.md "Accepted input"): 0001-01-01 or 9999-12-31 are typos or
+# probes, not work. Filters (``from``/``to``) take any date: they only bound a range.
+WorkDate = Annotated[IsoDate, AfterValidator(_work_date)]
 Hours = Annotated[float, Strict(), Field(gt=0, le=24), AfterValidator(_quarter_hours)]
 Project = Annotated[
     str,
@@ -82,7 +93,7 @@ class EntryIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    date: IsoDate
+    date: WorkDate
     project: Project
     hours: Hours
     notes: Notes = None
@@ -154,4 +165,4 @@ class DecisionIn(BaseModel):
     decision: Literal["approved", "rejected"]
     comment: str | None = Field(default=None, max_length=2000)
     by: Approver
-    at: AwareDatetime
+    at: Instant
