@@ -31,12 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import Identity, IdentitySigner
 from svckit.migrations import migrate
-from svckit.outbox import OUTBOX_DDL, AuditEvent, OutboxRelay, enqueue
+from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
 
 from testkit.fixtures import ServiceProcess, create_database, drop_database, new_identity_keys
@@ -110,13 +109,7 @@ async def ingest_case(client: SignedClient, batch: int, senders: int, seconds: f
 
 async def relay_case(dsn: str, client: SignedClient, total: int = 5000, per_tx: int = 50) -> dict[str, Any]:
     schema = f"bench_writer_{secrets.token_hex(3)}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        await conn.execute(f"SET search_path TO {schema}")
-        await conn.execute(OUTBOX_DDL)
-    finally:
-        await conn.close()
+    await migrate(dsn, schema, None, kit=["outbox"])
     database = Database(dsn, schema=schema, application_name="bench-writer")
     await database.wait_connected(10)
     relay = OutboxRelay(database, schema, SOURCE, client, batch_size=200, poll_interval=1.0)

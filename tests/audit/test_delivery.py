@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
-from svckit.outbox import OUTBOX_DDL, AuditEvent, OutboxRelay, enqueue
+from svckit.migrations import migrate
+from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
 
 from testkit.client import SignedApi
@@ -81,11 +82,10 @@ async def writer(
     database_url: str, identity_keys: str, audit_process: ServiceProcess
 ) -> AsyncIterator[Writer]:
     schema = f"writer_{secrets.token_hex(4)}"
+    await migrate(database_url, schema, None, kit=["outbox"])
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
         await conn.execute(f"SET search_path TO {schema}")
-        await conn.execute(OUTBOX_DDL)
         await conn.execute("CREATE TABLE changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)")
     finally:
         await conn.close()

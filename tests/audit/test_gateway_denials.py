@@ -1,5 +1,6 @@
 """The gateway's denial events, as its DenialAuditor really sends them, are recorded by the audit
-service — including denials of callers whose token did not verify (the anonymous actor)."""
+service — including the aggregated records of callers whose token did not verify (the anonymous
+actor, a count per window)."""
 
 from __future__ import annotations
 
@@ -43,19 +44,20 @@ async def test_denials_from_the_gateway_are_recorded(
 ) -> None:
     http = HttpClient()
     client = SignedClient(http, audit_url, IdentitySigner(parse_identity_keys(identity_keys)))
-    auditor = DenialAuditor(client, queue_size=100, batch_size=10, flush_seconds=0.1)
+    auditor = DenialAuditor(client, queue_size=100, batch_size=10, flush_seconds=0.1, window_seconds=0.2)
     auditor.start()
     anonymous_request, scoped_request = uuid.uuid4().hex, uuid.uuid4().hex
     try:
-        auditor.record(
-            status=401,
-            reason="invalid_token",
-            route="/api/timesheets",
-            method="GET",
-            request_id=anonymous_request,
-            identity=None,
-            client_ip="203.0.113.7",
-        )
+        for _ in range(7):  # a small flood: one aggregated record
+            auditor.aggregate(
+                status=401,
+                reason="invalid_token",
+                route="/api/timesheets",
+                method="GET",
+                request_id=anonymous_request,
+                identity=None,
+                address="203.0.113.7",
+            )
         auditor.record(
             status=403,
             reason="insufficient_scope",
@@ -86,7 +88,12 @@ async def test_denials_from_the_gateway_are_recorded(
     anonymous = by_request[anonymous_request]
     assert anonymous["actor"]["kind"] == "anonymous"
     assert anonymous["outcome"] == "denied"
-    assert anonymous["details"]["reason"] == "invalid_token"
+    details = anonymous["details"]
+    assert details["reason"] == "invalid_token"
+    assert details["count"] == 7
+    assert details["address"] == "203.0.113.7"
+    assert details["route"] == "/api/timesheets"
+    assert details["window_start"] < details["window_end"]
     scoped = by_request[scoped_request]
     assert scoped["actor"]["subject"] == "alice"
     assert scoped["details"]["required_scope"] == "approve:timesheets"

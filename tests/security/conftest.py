@@ -104,6 +104,7 @@ async def edge(database_url: str, service_env: dict[str, str]) -> AsyncIterator[
                     approvals_url=timesheets_url,
                     audit_url=audit_url,
                     audit_flush_seconds=0.05,
+                    audit_denial_window_seconds=0.2,
                     gateway_access_log=False,
                 )
                 async with serve_app(create_gateway(gateway_settings)) as gateway_url:

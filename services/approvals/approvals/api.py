@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import uuid
 
+from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from svckit.authz import identity_of, requires_scope
 from svckit.body import parse_body
+from svckit.contracts.approvals import DecisionIn, QueueQuery
+from svckit.contracts.timesheets import EntryPage
 from svckit.problems import Problem
 from svckit.query import parse_query
+from svckit.responses import model_response
 
-from .models import DecisionIn, QueueQuery
 from .peer import PeerUnavailable, Timesheets
-from .representation import decision_json
+from .representation import decision_of
 from .workflow import Refusal, Workflow
 
 APPROVE = "approve:timesheets"
@@ -41,7 +44,10 @@ async def queue(request: Request) -> Response:
     except PeerUnavailable:
         raise unavailable("The timesheets service is unreachable; retry shortly.") from None
     if reply.status == 200:
-        return JSONResponse(reply.body)
+        try:
+            return model_response(EntryPage.model_validate(reply.body))
+        except ValidationError:
+            raise Problem(502, "Bad Gateway", "The timesheets service answered an invalid page.") from None
     if reply.status == 422 and isinstance(reply.body, dict):
         # A bad cursor: the timesheets service names the parameter; pass its problem on.
         raise Problem(
@@ -66,10 +72,15 @@ async def decide(request: Request) -> Response:
         raise unavailable("The timesheets service is unreachable; nothing was recorded.") from None
     if isinstance(result, Refusal):
         if result.existing is not None:
-            raise Problem(result.status, None, result.detail, decision=decision_json(result.existing))
+            raise Problem(
+                result.status,
+                None,
+                result.detail,
+                decision=decision_of(result.existing).model_dump(mode="json"),
+            )
         raise Problem(result.status, None, result.detail)
     if result.state == "applied":
-        return JSONResponse(decision_json(result.decision, result.entry))
+        return model_response(decision_of(result.decision, result.entry))
     if result.state == "void":
         status, detail = VOID_ANSWERS[result.reason]
         raise Problem(status, None, detail)
@@ -78,7 +89,7 @@ async def decide(request: Request) -> Response:
             502,
             "Bad Gateway",
             "The timesheets service refused the decision unexpectedly; it stays recorded and is retried.",
-            decision=decision_json(result.decision),
+            decision=decision_of(result.decision).model_dump(mode="json"),
         )
     # Recorded but not applied yet: the reconciler finishes it; repeating the same PUT drives it too.
     raise Problem(
@@ -87,5 +98,5 @@ async def decide(request: Request) -> Response:
         "The decision is recorded and will be applied as soon as the timesheets service answers; "
         "repeat this request to see the outcome.",
         headers=RETRY_AFTER,
-        decision=decision_json(result.decision),
+        decision=decision_of(result.decision).model_dump(mode="json"),
     )

@@ -74,6 +74,6 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         http=http,
         checks={"timesheets": http_peer_check(http.session, settings.timesheets_url)},
         lifespan=lifespan,
-        openapi=document(),
+        openapi=document(ROUTES),
         state={"timesheets": timesheets, "workflow": workflow, "reconciler": reconciler, "relay": relay},
     )

@@ -4,39 +4,40 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
+from svckit.contracts.audit import AuditEvent
 from svckit.identity import Identity
-from svckit.outbox import AuditEvent
+
+from .store import DecisionRow
 
 SOURCE = "approvals"
 
 
-def approver_of(row: asyncpg.Record) -> Identity:
+def approver_of(row: DecisionRow) -> Identity:
     return Identity(
-        row["approver_issuer"],
-        row["approver_subject"],
+        row.approver_issuer,
+        row.approver_subject,
         "user",
-        row["approver_client"],
+        row.approver_client,
         frozenset(),
-        row["approver_name"],
+        row.approver_name,
     )
 
 
-def decided(row: asyncpg.Record, via: str) -> AuditEvent:
+def decided(row: DecisionRow, via: str) -> AuditEvent:
     """A decision applied to its entry; the request id is the original PUT's, even when the
     reconciler finished it later. ``via`` says which: ``request`` or ``reconciler``."""
     return AuditEvent.create(
         action="approval.decided",
         resource_type="timesheet",
-        resource_id=str(row["entry_id"]),
+        resource_id=str(row.entry_id),
         outcome="success",
         actor=approver_of(row),
         source=SOURCE,
-        request_id=row["request_id"] or "",
+        request_id=row.request_id or "",
         details={
-            "decision_id": str(row["id"]),
-            "decision": row["decision"],
-            "comment": row["comment"],
+            "decision_id": str(row.id),
+            "decision": row.decision,
+            "comment": row.comment,
             "applied_by": via,
         },
     )

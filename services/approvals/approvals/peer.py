@@ -8,16 +8,21 @@ forbidden) or the call failed in a way that says nothing about the entry (:class
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
-import asyncpg
+from pydantic import ValidationError
+from svckit.contracts.timesheets import ApplyDecision, Approver, Entry
 from svckit.http import SignedClient
 from svckit.identity import Identity
+
+from .store import DecisionRow
+
+log = logging.getLogger("approvals.peer")
 
 PRINCIPAL = Identity.service("approvals")
 
@@ -37,8 +42,20 @@ class PeerReply:
 @dataclass(frozen=True)
 class ApplyOutcome:
     verdict: Verdict
-    entry: dict[str, Any] | None
+    entry: Entry | None
     detail: str = ""
+
+
+def entry_in(document: Any) -> Entry | None:
+    """The entry the timesheets service answered with, read with the shared contract; None (and a
+    warning) if it does not hold one."""
+    if not isinstance(document, dict):
+        return None
+    try:
+        return Entry.model_validate(document)
+    except ValidationError as exc:
+        log.warning("timesheets answered an entry that breaks its contract", extra={"error": str(exc)[:300]})
+        return None
 
 
 _VERDICTS: dict[int, Verdict] = {200: "applied", 404: "gone", 409: "conflict", 403: "forbidden"}
@@ -67,8 +84,15 @@ class Timesheets:
             raise PeerUnavailable("timesheets answered something that is not JSON") from exc
         return PeerReply(response.status, body)
 
-    async def entry(self, entry_id: uuid.UUID) -> PeerReply:
-        return await self._call("GET", f"/internal/timesheets/{entry_id}")
+    async def entry(self, entry_id: uuid.UUID) -> Entry | None:
+        """The live entry, or None when the timesheets service has none by that id."""
+        reply = await self._call("GET", f"/internal/timesheets/{entry_id}")
+        if reply.status == 404:
+            return None
+        entry = entry_in(reply.body) if reply.status == 200 else None
+        if entry is None:
+            raise PeerUnavailable(f"timesheets answered {reply.status} for the entry")
+        return entry
 
     async def pending(self, approver: Identity, limit: int, cursor: str | None) -> PeerReply:
         params = {
@@ -80,32 +104,34 @@ class Timesheets:
             params["cursor"] = cursor
         return await self._call("GET", "/internal/timesheets/pending", params=params)
 
-    async def apply(self, decision: asyncpg.Record) -> ApplyOutcome:
+    async def apply(self, decision: DecisionRow) -> ApplyOutcome:
         """Apply a decision row at the timesheets service (safe to repeat: keyed by decision id)."""
-        body = {
-            "decision_id": str(decision["id"]),
-            "decision": decision["decision"],
-            "comment": decision["comment"],
-            "by": {
-                "issuer": decision["approver_issuer"],
-                "subject": decision["approver_subject"],
-                "name": decision["approver_name"] or None,
-                "client_id": decision["approver_client"],
-            },
-            "at": decision["decided_at"].astimezone(dt.UTC).isoformat(),
-        }
+        body = ApplyDecision(
+            decision_id=decision.id,
+            decision=decision.decision,
+            comment=decision.comment,
+            by=Approver(
+                issuer=decision.approver_issuer,
+                subject=decision.approver_subject,
+                name=decision.approver_name or None,
+                client_id=decision.approver_client,
+            ),
+            at=decision.decided_at,
+        )
         reply = await self._call(
-            "POST", f"/internal/timesheets/{decision['entry_id']}/decision", json_body=body
+            "POST",
+            f"/internal/timesheets/{decision.entry_id}/decision",
+            json_body=body.model_dump(mode="json"),
         )
         verdict = _VERDICTS.get(reply.status, "refused")
         entry = None
         if isinstance(reply.body, dict):
-            entry = reply.body if reply.status == 200 else reply.body.get("entry")
+            entry = entry_in(reply.body if reply.status == 200 else reply.body.get("entry"))
         detail = reply.body.get("detail", "") if isinstance(reply.body, dict) and reply.status != 200 else ""
         return ApplyOutcome(verdict, entry, detail)
 
     async def apply_with_retries(
-        self, decision: asyncpg.Record, attempts: int, pause: float = 0.2
+        self, decision: DecisionRow, attempts: int, pause: float = 0.2
     ) -> ApplyOutcome:
         """A few quick tries for a transient failure; the reconciler covers longer outages."""
         for attempt in range(1, attempts + 1):

@@ -17,6 +17,7 @@ from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 
 from . import store
 from .metrics import oldest_pending, pending, reconciliations
+from .store import DecisionRow
 from .workflow import Workflow
 
 log = logging.getLogger("approvals.reconciler")
@@ -61,7 +62,7 @@ class Reconciler:
         counts = {"applied": 0, "void": 0, "retry": 0}
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(decision: asyncpg.Record) -> None:
+        async def one(decision: DecisionRow) -> None:
             async with gate:
                 result = await self.workflow.drive(decision, 1, via="reconciler")
             outcome = "retry" if result.state == "pending" else result.state
@@ -69,7 +70,7 @@ class Reconciler:
             reconciliations.labels(outcome).inc()
             log.info(
                 "pending decision reconciled",
-                extra={"decision_id": str(decision["id"]), "outcome": outcome, "reason": result.reason},
+                extra={"decision_id": str(decision.id), "outcome": outcome, "reason": result.reason},
             )
 
         # Bounded concurrency: a black-holed peer costs a few timeouts per round, not one per decision.
@@ -80,8 +81,8 @@ class Reconciler:
     async def update_metrics(self) -> None:
         async with self.database.connection() as conn:
             stats = await store.pending_stats(conn)
-        pending.set(stats["pending"])
-        oldest_pending.set(max(0.0, float(stats["oldest"])))
+        pending.set(stats.pending)
+        oldest_pending.set(max(0.0, stats.oldest))
 
     async def _run(self) -> None:
         while True:

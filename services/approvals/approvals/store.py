@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass, fields
 
 import asyncpg
+from svckit.contracts.approvals import DecisionIn
 from svckit.db import Connection
 from svckit.identity import Identity
 
-from .models import DecisionIn
 
-Row = asyncpg.Record
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One row of ``decisions``."""
 
-COLUMNS = """id, entry_id, decision, comment, approver_issuer, approver_subject, approver_name,
-    approver_client, request_id, state, void_reason, attempts, last_error, decided_at, applied_at,
-    updated_at"""
+    id: uuid.UUID
+    entry_id: uuid.UUID
+    decision: str
+    comment: str | None
+    approver_issuer: str
+    approver_subject: str
+    approver_name: str
+    approver_client: str
+    request_id: str | None
+    state: str
+    void_reason: str | None
+    attempts: int
+    last_error: str | None
+    decided_at: dt.datetime
+    applied_at: dt.datetime | None
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> DecisionRow:
+        """From a row selected with :data:`COLUMNS`."""
+        return cls(*record.values())
+
+    @classmethod
+    def maybe(cls, record: asyncpg.Record | None) -> DecisionRow | None:
+        return cls.of(record) if record is not None else None
+
+    @property
+    def approver(self) -> tuple[str, str]:
+        return (self.approver_issuer, self.approver_subject)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStats:
+    pending: int
+    oldest: float
+
+
+# The select list is the row type's fields, in order, so ``DecisionRow.of`` can take values positionally.
+COLUMNS = ", ".join(field.name for field in fields(DecisionRow))
 
 
 async def insert_pending(
@@ -25,37 +65,43 @@ async def insert_pending(
     request_id: str | None,
     *,
     decision_id: uuid.UUID,
-) -> Row | None:
+) -> DecisionRow | None:
     """Record a new decision as pending; None if the entry already has a live (non-void) decision.
 
     ``decision_id`` is the caller's, so that after a lost COMMIT it knows what to look for."""
-    return await conn.fetchrow(
-        f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer, approver_subject,
+    return DecisionRow.maybe(
+        await conn.fetchrow(
+            f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer, approver_subject,
                                    approver_name, approver_client, request_id)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
             RETURNING {COLUMNS}""",
-        decision_id,
-        entry_id,
-        body.decision,
-        body.comment,
-        approver.issuer,
-        approver.subject,
-        approver.name,
-        approver.client_id,
-        request_id,
+            decision_id,
+            entry_id,
+            body.decision,
+            body.comment,
+            approver.issuer,
+            approver.subject,
+            approver.name,
+            approver.client_id,
+            request_id,
+        )
     )
 
 
-async def live_for_entry(conn: Connection, entry_id: uuid.UUID) -> Row | None:
+async def live_for_entry(conn: Connection, entry_id: uuid.UUID) -> DecisionRow | None:
     """The entry's pending or applied decision, if any."""
-    return await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM decisions WHERE entry_id = $1 AND state <> 'void'", entry_id
+    return DecisionRow.maybe(
+        await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM decisions WHERE entry_id = $1 AND state <> 'void'", entry_id
+        )
     )
 
 
-async def get(conn: Connection, decision_id: uuid.UUID) -> Row | None:
-    return await conn.fetchrow(f"SELECT {COLUMNS} FROM decisions WHERE id = $1", decision_id)
+async def get(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:
+    return DecisionRow.maybe(
+        await conn.fetchrow(f"SELECT {COLUMNS} FROM decisions WHERE id = $1", decision_id)
+    )
 
 
 async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
@@ -64,24 +110,28 @@ async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
     return state is not None and state != "pending"
 
 
-async def mark_applied(conn: Connection, decision_id: uuid.UUID) -> Row | None:
+async def mark_applied(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:
     """pending → applied; None if it was no longer pending (someone else settled it first)."""
-    return await conn.fetchrow(
-        f"""UPDATE decisions SET state = 'applied', applied_at = clock_timestamp(),
+    return DecisionRow.maybe(
+        await conn.fetchrow(
+            f"""UPDATE decisions SET state = 'applied', applied_at = clock_timestamp(),
                                  updated_at = clock_timestamp(), last_error = NULL
             WHERE id = $1 AND state = 'pending'
             RETURNING {COLUMNS}""",
-        decision_id,
+            decision_id,
+        )
     )
 
 
-async def mark_void(conn: Connection, decision_id: uuid.UUID, reason: str) -> Row | None:
-    return await conn.fetchrow(
-        f"""UPDATE decisions SET state = 'void', void_reason = $2, updated_at = clock_timestamp()
+async def mark_void(conn: Connection, decision_id: uuid.UUID, reason: str) -> DecisionRow | None:
+    return DecisionRow.maybe(
+        await conn.fetchrow(
+            f"""UPDATE decisions SET state = 'void', void_reason = $2, updated_at = clock_timestamp()
             WHERE id = $1 AND state = 'pending'
             RETURNING {COLUMNS}""",
-        decision_id,
-        reason,
+            decision_id,
+            reason,
+        )
     )
 
 
@@ -95,13 +145,13 @@ async def record_attempt(conn: Connection, decision_id: uuid.UUID, error: str | 
     )
 
 
-async def lease_stale(conn: Connection, older_than_seconds: float, limit: int) -> list[Row]:
+async def lease_stale(conn: Connection, older_than_seconds: float, limit: int) -> list[DecisionRow]:
     """Take up to ``limit`` decisions pending and untouched for ``older_than_seconds``.
 
     Touching ``updated_at`` is the lease: another reconciler (another replica) skips them for the
     same period, and ``SKIP LOCKED`` keeps two replicas from taking the same rows at the same moment.
     """
-    return await conn.fetch(
+    records = await conn.fetch(
         f"""UPDATE decisions SET updated_at = clock_timestamp()
             WHERE id IN (
                 SELECT id FROM decisions
@@ -114,13 +164,14 @@ async def lease_stale(conn: Connection, older_than_seconds: float, limit: int) -
         older_than_seconds,
         limit,
     )
+    return [DecisionRow.of(record) for record in records]
 
 
-async def pending_stats(conn: Connection) -> Row:
+async def pending_stats(conn: Connection) -> PendingStats:
     row = await conn.fetchrow(
         """SELECT count(*) AS pending,
                   COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(decided_at)), 0) AS oldest
            FROM decisions WHERE state = 'pending'"""
     )
     assert row is not None
-    return row
+    return PendingStats(pending=row["pending"], oldest=float(row["oldest"]))

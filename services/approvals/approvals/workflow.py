@@ -17,18 +17,20 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 from svckit.context import current_request_id
+from svckit.contracts.approvals import DecisionIn
+from svckit.contracts.timesheets import Entry
 from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 from svckit.identity import Identity
 from svckit.outbox import enqueue
 
 from . import events, store
 from .metrics import decisions
-from .models import DecisionIn
 from .peer import ApplyOutcome, PeerUnavailable, Timesheets
+from .store import DecisionRow
 
 log = logging.getLogger("approvals.workflow")
 
@@ -42,8 +44,8 @@ class Result:
     """Where a decision stands after an attempt, and the entry as the timesheets service returned it."""
 
     state: State
-    decision: asyncpg.Record
-    entry: dict[str, Any] | None = None
+    decision: DecisionRow
+    entry: Entry | None = None
     reason: str = ""
 
 
@@ -53,7 +55,7 @@ class Refusal:
 
     status: int
     detail: str
-    existing: asyncpg.Record | None = None
+    existing: DecisionRow | None = None
 
 
 class Workflow:
@@ -71,17 +73,14 @@ class Workflow:
 
         # Cheap checks first, so refusals leave no pending decision behind (the apply step repeats
         # them atomically; these only make the common refusals precise and quick).
-        reply = await self.timesheets.entry(entry_id)
-        if reply.status == 404:
+        entry = await self.timesheets.entry(entry_id)
+        if entry is None:
             return Refusal(404, "No such timesheet entry.")
-        if reply.status != 200 or not isinstance(reply.body, dict):
-            raise PeerUnavailable(f"timesheets answered {reply.status} for the entry")
-        owner = reply.body.get("owner") or {}
-        if (owner.get("issuer"), owner.get("subject")) == approver.principal:
+        if (entry.owner.issuer, entry.owner.subject) == approver.principal:
             async with self.database.transaction() as conn:
                 await enqueue(conn, events.refused_own_entry(approver, entry_id))
             return Refusal(403, "Approvers cannot decide their own entries.")
-        if reply.body.get("status") != "submitted":
+        if entry.status != "submitted":
             return Refusal(409, "The entry has already been decided.")
 
         existing = None
@@ -102,55 +101,53 @@ class Workflow:
             return await self._again(existing, approver, body)
         return await self.drive(row, self.attempts, via="request")
 
-    async def _again(
-        self, existing: asyncpg.Record, approver: Identity, body: DecisionIn
-    ) -> Result | Refusal:
+    async def _again(self, existing: DecisionRow, approver: Identity, body: DecisionIn) -> Result | Refusal:
         """A decision exists. The same approver repeating the same pending decision (a client retry
         after a timeout or 503) drives it on; anything else is a second decision: 409."""
         same = (
-            (existing["approver_issuer"], existing["approver_subject"]) == approver.principal
-            and existing["decision"] == body.decision
-            and existing["comment"] == body.comment
+            existing.approver == approver.principal
+            and existing.decision == body.decision
+            and existing.comment == body.comment
         )
-        if existing["state"] == "pending" and same:
+        if existing.state == "pending" and same:
             return await self.drive(existing, self.attempts, via="request")
         return Refusal(409, "The entry already has a decision.", existing)
 
-    async def drive(self, decision: asyncpg.Record, attempts: int, *, via: str) -> Result:
+    async def drive(self, decision: DecisionRow, attempts: int, *, via: str) -> Result:
         """Steps 2 and 3 for a recorded decision; safe to run any number of times, concurrently too."""
         try:
             outcome = await self.timesheets.apply_with_retries(decision, attempts)
         except PeerUnavailable as exc:
-            await self._note_failure(decision["id"], str(exc))
+            await self._note_failure(decision.id, str(exc))
             return Result("pending", decision, reason=str(exc))
         return await self.settle(decision, outcome, via=via)
 
-    async def settle(self, decision: asyncpg.Record, outcome: ApplyOutcome, *, via: str) -> Result:
+    async def settle(self, decision: DecisionRow, outcome: ApplyOutcome, *, via: str) -> Result:
         if outcome.verdict == "refused":
             # Not a verdict on the entry (a 4xx we did not expect: misconfiguration, a bug). Keep the
             # decision pending so nothing is lost; the pending-age metric makes it visible.
             log.error(
                 "timesheets refused a decision; it stays pending",
-                extra={"decision_id": str(decision["id"]), "detail": outcome.detail[:200]},
+                extra={"decision_id": str(decision.id), "detail": outcome.detail[:200]},
             )
-            await self._note_failure(decision["id"], f"refused: {outcome.detail[:200]}")
+            await self._note_failure(decision.id, f"refused: {outcome.detail[:200]}")
             return Result("pending", decision, outcome.entry, "refused")
         applied = False
 
         async def settled(conn: Connection) -> bool:
-            return await store.settled(conn, decision["id"])
+            return await store.settled(conn, decision.id)
 
         try:
             async with self.database.transaction(committed=settled) as conn:
                 if outcome.verdict == "applied":
-                    row = await store.mark_applied(conn, decision["id"])
+                    row = await store.mark_applied(conn, decision.id)
                     if row is not None:
                         await enqueue(conn, events.decided(row, via))
                         applied = True
                 else:
-                    row = await store.mark_void(conn, decision["id"], VOID_REASONS[outcome.verdict])
+                    row = await store.mark_void(conn, decision.id, VOID_REASONS[outcome.verdict])
                 if row is None:  # another request or the reconciler settled it first: report that
-                    row = await store.get(conn, decision["id"])
+                    row = await store.get(conn, decision.id)
         except UNAVAILABLE_ERRORS as exc:
             # Applied at the timesheets service but not settled here (or not known to be): the
             # decision is recorded and stays pending until a retry or the reconciler settles it.
@@ -158,8 +155,8 @@ class Workflow:
             return Result("pending", decision, outcome.entry, "settle_failed")
         assert row is not None
         if applied:
-            decisions.labels(row["decision"]).inc()
-        return Result(row["state"], row, outcome.entry, row["void_reason"] or "")
+            decisions.labels(row.decision).inc()
+        return Result(row.state, row, outcome.entry, row.void_reason or "")  # type: ignore[arg-type]
 
     async def _note_failure(self, decision_id: uuid.UUID, error: str) -> None:
         try:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from svckit.authz import require_service, requires_scope
 from svckit.body import parse_body
+from svckit.contracts.audit import EventsPage, EventsQuery, IngestBatch, IngestResult, VerifyQuery
 from svckit.problems import validation_problem
 from svckit.query import parse_query
+from svckit.responses import model_response
 
-from .models import EventsQuery, IngestBatch, VerifyQuery
 from .store import AuditStore, Verification
 
 READ_AUDIT = "read:audit"
@@ -45,14 +46,14 @@ async def ingest(request: Request) -> Response:
     if foreign:
         raise validation_problem(foreign, "A service may only record events under its own name.")
     result = await store_of(request).append(batch.events)
-    return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates})
+    return model_response(IngestResult(accepted=result.accepted, duplicates=result.duplicates))
 
 
 @requires_scope(READ_AUDIT)
 async def list_events(request: Request) -> Response:
     query = parse_query(request, EventsQuery)
-    items, next_cursor = await store_of(request).list(query)
-    return JSONResponse({"items": items, "next_cursor": next_cursor})
+    rows, next_cursor = await store_of(request).list(query)
+    return model_response(EventsPage(items=[row.record() for row in rows], next_cursor=next_cursor))
 
 
 @requires_scope(READ_AUDIT)
@@ -65,7 +66,7 @@ async def verify(request: Request) -> Response:
         lock: asyncio.Lock = request.app.state.verify_lock
         async with lock:
             result = await store_of(request).verify(anchor=anchor)
-    return JSONResponse(result.to_json())
+    return model_response(result.result(), exclude_none=True)
 
 
 async def shared_walk(request: Request) -> Verification:

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from svckit.app import create_service_app
+from svckit.contracts.audit import MAX_BATCH, MAX_DETAILS_BYTES
 from svckit.db import Database
 from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
 from .api import routes
-from .models import MAX_BATCH, MAX_DETAILS_BYTES
 from .openapi import build_document
 from .settings import AuditSettings
 from .store import AuditStore

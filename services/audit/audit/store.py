@@ -13,15 +13,25 @@ import logging
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+from svckit.contracts.audit import (
+    Actor,
+    Anchor,
+    AuditEvent,
+    AuditRecord,
+    EventsQuery,
+    Resource,
+    VerifyResult,
+    encode_cursor,
+)
 from svckit.db import Connection, Database
 
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
-from .models import Anchor, EventsQuery, IngestEvent, encode_cursor
 
 log = logging.getLogger("audit.store")
 
@@ -46,35 +56,67 @@ class Verification:
     # audit_chain_ok alert (a mistyped anchor must not page anyone).
     by_caller_anchor: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def result(self) -> VerifyResult:
+        """What ``GET /audit/verify`` answers (``first_bad`` and ``reason`` only when broken)."""
         if self.ok:
-            return {"ok": True, "checked": self.checked}
-        return {"ok": False, "checked": self.checked, "first_bad": self.first_bad, "reason": self.reason}
+            return VerifyResult(ok=True, checked=self.checked)
+        return VerifyResult(ok=False, checked=self.checked, first_bad=self.first_bad, reason=self.reason)
 
 
-def record_json(row: Any) -> dict[str, Any]:
-    """A stored record in the API's shape (the ingestion shape plus seq, recorded_at and the hashes)."""
-    return {
-        "seq": row["seq"],
-        "id": str(row["id"]),
-        "occurred_at": row["occurred_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "recorded_at": row["recorded_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "source": row["source"],
-        "actor": {
-            "issuer": row["actor_issuer"],
-            "subject": row["actor_subject"],
-            "kind": row["actor_kind"],
-            "client_id": row["actor_client_id"],
-            "name": row["actor_name"],
-        },
-        "action": row["action"],
-        "resource": {"type": row["resource_type"], "id": row["resource_id"]},
-        "outcome": row["outcome"],
-        "request_id": row["request_id"],
-        "details": json.loads(row["details"]),
-        "prev_hash": row["prev_hash"],
-        "hash": row["hash"],
-    }
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One row of ``records`` (``details`` as the jsonb text that was hashed)."""
+
+    seq: int
+    id: uuid.UUID
+    occurred_at: datetime
+    recorded_at: datetime
+    source: str
+    actor_issuer: str
+    actor_subject: str
+    actor_kind: str
+    actor_client_id: str
+    actor_name: str
+    action: str
+    resource_type: str
+    resource_id: str
+    outcome: str
+    request_id: str | None
+    details: str
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> RecordRow:
+        """From a row selected with :data:`SELECT_COLUMNS`."""
+        return cls(*record.values())
+
+    def record(self) -> AuditRecord:
+        """The record in the API's shape (the ingestion shape plus seq, recorded_at and the hashes)."""
+        return AuditRecord(
+            seq=self.seq,
+            id=self.id,
+            occurred_at=self.occurred_at,
+            recorded_at=self.recorded_at,
+            source=self.source,
+            actor=Actor(
+                issuer=self.actor_issuer,
+                subject=self.actor_subject,
+                kind=self.actor_kind,
+                client_id=self.actor_client_id,
+                name=self.actor_name,
+            ),
+            action=self.action,
+            resource=Resource(type=self.resource_type, id=self.resource_id),
+            outcome=self.outcome,
+            request_id=self.request_id,
+            details=json.loads(self.details),
+            prev_hash=self.prev_hash,
+            hash=self.hash,
+        )
+
+
+assert tuple(field.name for field in fields(RecordRow)) == COLUMNS, "RecordRow follows the columns"
 
 
 class AuditStore:
@@ -85,8 +127,8 @@ class AuditStore:
 
     # ---- append --------------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[IngestEvent]) -> AppendResult:
-        unique: dict[uuid.UUID, IngestEvent] = {}
+    async def append(self, events: Sequence[AuditEvent]) -> AppendResult:
+        unique: dict[uuid.UUID, AuditEvent] = {}
         for event in events:
             unique.setdefault(event.id, event)
 
@@ -140,7 +182,7 @@ class AuditStore:
     async def _extend_chain(
         self,
         conn: Connection,
-        events: Sequence[IngestEvent],
+        events: Sequence[AuditEvent],
         details: dict[uuid.UUID, str],
         head: tuple[int, str],
     ) -> None:
@@ -174,7 +216,7 @@ class AuditStore:
 
     # ---- query ---------------------------------------------------------------------------------
 
-    async def list(self, query: EventsQuery) -> tuple[list[dict[str, Any]], str | None]:
+    async def list(self, query: EventsQuery) -> tuple[list[RecordRow], str | None]:
         """One page, newest first; the cursor is the last seq shown (stable while records are added)."""
         conditions: list[str] = []
         params: list[Any] = []
@@ -210,9 +252,9 @@ class AuditStore:
         )
         async with self.database.connection() as conn:
             rows = await conn.fetch(sql, *params)
-        page = rows[: query.limit]
-        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > query.limit else None
-        return [record_json(row) for row in page], next_cursor
+        page = [RecordRow.of(row) for row in rows[: query.limit]]
+        next_cursor = encode_cursor(page[-1].seq) if len(rows) > query.limit else None
+        return page, next_cursor
 
     # ---- verify --------------------------------------------------------------------------------
 

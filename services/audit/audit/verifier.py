@@ -7,9 +7,9 @@ import logging
 import random
 import time
 
+from svckit.contracts.audit import Anchor
 from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 
-from .models import Anchor
 from .store import AuditStore, Verification
 
 log = logging.getLogger("audit.verifier")

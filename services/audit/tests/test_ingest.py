@@ -173,7 +173,7 @@ async def test_each_bad_field_is_a_422_naming_it(
     assert reply.status == 422, reply.text
     assert reply.problem
     assert field in reply.fields(), reply.body
-    conforms("ProblemDetails", reply.body)
+    conforms("Problem", reply.body)
 
 
 async def test_non_finite_numbers_are_refused(api: SignedApi, new_event: Any) -> None:

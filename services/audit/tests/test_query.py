@@ -173,7 +173,7 @@ async def test_bad_query_parameters_are_named(
     reply = await api.call("GET", "/audit/events", AUDITOR, params=params)
     assert reply.status == 422, reply.text
     assert field in reply.fields(), reply.body
-    conforms("ProblemDetails", reply.body)
+    conforms("Problem", reply.body)
 
 
 @pytest.mark.parametrize(

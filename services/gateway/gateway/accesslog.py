@@ -14,7 +14,6 @@ most expensive part of a log line, are not needed here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -22,6 +21,8 @@ import re
 import sys
 import time
 from typing import TextIO
+
+from svckit.tasks import PeriodicTask
 
 FLUSH_SECONDS = 0.25
 _PLAIN = re.compile(r"^[\x20-\x7e]*$")
@@ -45,7 +46,7 @@ class AccessLog:
         self.stream = stream
         self.enabled = logging.getLogger("access").isEnabledFor(logging.INFO)
         self._lines: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task = PeriodicTask("gateway-access-log", FLUSH_SECONDS, self._flush)
         self._second = -1
         self._prefix = ""
         self._service = _json(service)
@@ -104,17 +105,12 @@ class AccessLog:
             stream.write(text)
             stream.flush()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            self.flush()
+    async def _flush(self) -> None:
+        self.flush()
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._task.stop()
         self.flush()

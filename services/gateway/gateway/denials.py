@@ -1,13 +1,29 @@
-"""Denials (401, 403, 429) to the audit trail: asynchronous, batched, never blocking a request.
+"""Denials (401, 403, 429) to the audit trail: asynchronous, batched, aggregated, never blocking a request.
 
-The request path only appends to a bounded in-memory queue (``AUDIT_QUEUE_SIZE``); a background task
-sends batches of up to ``AUDIT_BATCH_SIZE`` events to the audit service's ``POST /internal/events``,
-signed as the service principal ``gateway``. While the audit service is down, the batch is retried
-with capped exponential backoff and jitter (the queue keeps filling meanwhile). Events that do not
-fit in the queue, or that the audit service refuses as malformed, are dropped and counted in
-``gateway_audit_dropped_total`` — the gateway has no database, and a flood of bad tokens must not be
-able to exhaust its memory. The token itself never goes into an event: only the reason, the route
-template and, when the token verified, the caller's identity.
+Two kinds of record, both audit events with action ``access.denied`` and outcome ``denied``:
+
+* **one per request** for a caller whose token verified and who lacks a scope (403): attributable,
+  and bounded by that caller's rate limit. ``details``: ``status``, ``reason``, ``method``, ``route``,
+  ``client_ip``, ``required_scope``; the event's ``request_id`` is the request's.
+* **aggregated per window** for everything a flood is made of — *anonymous* denials (no token, a
+  token that did not verify: 401, and the per-address limit's 429) and rate-limit refusals (429) —
+  one record per (status, reason, route, method, caller, address) and window of
+  ``AUDIT_DENIAL_WINDOW_SECONDS``, with ``details`` ``count``, ``window_start`` and ``window_end``
+  (RFC 3339, UTC) besides ``status``, ``reason``, ``method``, ``route`` and ``address``; the event's
+  ``request_id`` is the first denied request's. However many requests a flood sends, the trail grows
+  by at most ``AUDIT_DENIAL_MAX_KEYS`` records per window and worker (further callers share the
+  address ``*``), and the counts add up to what was refused. The shape is in ``docs/CONTRACTS.md``.
+
+The request path only updates a dictionary (aggregated) or appends to a bounded queue
+(``AUDIT_QUEUE_SIZE``, per request); a supervised background task (:class:`svckit.tasks.PeriodicTask`)
+closes finished windows and sends batches of up to ``AUDIT_BATCH_SIZE`` events to the audit
+service's ``POST /internal/events``, signed as the service principal ``gateway``. While the audit
+service is down, the batch is retried with capped exponential back-off (the queue keeps filling
+meanwhile; aggregated windows keep counting). Events that do not fit in the queue, or that the audit
+service refuses as malformed, are dropped and counted in ``gateway_audit_dropped_total`` — the
+gateway has no database, and a flood of bad tokens must not be able to exhaust its memory. The
+token itself never goes into an event: only the reason, the route template and, when the token
+verified, the caller's identity.
 """
 
 from __future__ import annotations
@@ -15,13 +31,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.http import SignedClient
 from svckit.identity import Identity
-from svckit.outbox import INGEST_PATH, Actor, AuditEvent, backoff_delay
+from svckit.outbox import INGEST_PATH, Actor, AuditEvent
+from svckit.tasks import PeriodicTask
 
 from . import metrics
 
@@ -29,6 +49,146 @@ log = logging.getLogger("gateway.denials")
 
 ANONYMOUS = Actor(issuer="", subject="anonymous", kind="anonymous")
 REFUSED_STATUSES = frozenset({400, 413, 422})
+OTHER_ADDRESS = "*"
+
+
+class DeliveryFailed(Exception):
+    """The audit service did not take a batch (the periodic task backs off)."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """One aggregated record in the making."""
+
+    count: int
+    first_request_id: str
+    identity: Identity | None
+
+
+# (window index, status, reason, route, method, issuer, subject, address)
+Key = tuple[int, int, str, str, str, str, str, str]
+
+
+class DenialWindows:
+    """Counts denials per key and fixed window; hands out one event per key when its window ends."""
+
+    def __init__(self, window_seconds: float, max_keys: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.window_seconds = window_seconds
+        self.max_keys = max_keys
+        self._now = clock.time
+        self._tallies: dict[Key, Tally] = {}
+        self._keys_in: collections.Counter[int] = collections.Counter()  # keys per window
+
+    def add(
+        self,
+        *,
+        status: int,
+        reason: str,
+        route: str,
+        method: str,
+        identity: Identity | None,
+        address: str,
+        request_id: str,
+    ) -> None:
+        window = int(self._now() // self.window_seconds)
+        issuer, subject = (identity.issuer, identity.subject) if identity is not None else ("", "")
+        key = (window, status, reason, route, method, issuer, subject, address)
+        tally = self._tallies.get(key)
+        if tally is not None:
+            tally.count += 1
+            return
+        if self._keys_in[window] >= self.max_keys:  # a flood from many callers: one bucket for the rest
+            key = (window, status, reason, route, method, "", "", OTHER_ADDRESS)
+            identity = None
+            tally = self._tallies.get(key)
+            if tally is not None:
+                tally.count += 1
+                return
+        self._keys_in[window] += 1
+        self._tallies[key] = Tally(1, request_id, identity)
+
+    def close(self, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Events for the windows that have ended (all windows when ``everything``, at shutdown)."""
+        if not self._tallies:
+            return []
+        now = self._now()
+        current = int(now // self.window_seconds)
+        done = [key for key in self._tallies if everything or key[0] < current]
+        events = []
+        for key in done:
+            tally = self._tallies.pop(key)
+            window, status, reason, route, method, _, _, address = key
+            start = window * self.window_seconds
+            end = min(start + self.window_seconds, now)
+            events.append(
+                aggregated_event(
+                    status=status,
+                    reason=reason,
+                    route=route,
+                    method=method,
+                    identity=tally.identity,
+                    address=address,
+                    count=tally.count,
+                    window_start=start,
+                    window_end=end,
+                    request_id=tally.first_request_id,
+                )
+            )
+        for window in [window for window in self._keys_in if everything or window < current]:
+            del self._keys_in[window]
+        return events
+
+    def __len__(self) -> int:
+        return len(self._tallies)
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _document(event: AuditEvent, identity: Identity | None) -> dict[str, Any]:
+    document = event.to_json()
+    if identity is None:
+        document["actor"] = ANONYMOUS.to_json()
+    return document
+
+
+def aggregated_event(
+    *,
+    status: int,
+    reason: str,
+    route: str,
+    method: str,
+    identity: Identity | None,
+    address: str,
+    count: int,
+    window_start: float,
+    window_end: float,
+    request_id: str,
+) -> dict[str, Any]:
+    """The wire shape of one aggregated denial record (see the module docstring)."""
+    event = AuditEvent.create(
+        action="access.denied",
+        resource_type="route",
+        resource_id=f"{method} {route}",
+        outcome="denied",
+        actor=identity or Identity("", "anonymous"),
+        source="gateway",
+        details={
+            "status": status,
+            "reason": reason,
+            "method": method,
+            "route": route,
+            "address": address,
+            "count": count,
+            "window_start": _rfc3339(window_start),
+            "window_end": _rfc3339(window_end),
+        },
+        request_id=request_id,
+        occurred_at=datetime.fromtimestamp(window_end, UTC),
+        event_id=uuid.uuid4(),
+    )
+    return _document(event, identity)
 
 
 class DenialAuditor:
@@ -39,18 +199,27 @@ class DenialAuditor:
         queue_size: int,
         batch_size: int,
         flush_seconds: float,
+        window_seconds: float = 60.0,
+        max_keys: int = 1000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
         self.batch_size = batch_size
-        self.flush_seconds = flush_seconds
+        self.windows = DenialWindows(window_seconds, max_keys, clock)
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._queue_size = queue_size
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._identity = Identity.service("gateway")
-        self._stopping = False
-        self._stop_event = asyncio.Event()
         self.delivered = 0
+        self.task = PeriodicTask(
+            "gateway-denial-flush",
+            flush_seconds,
+            self.deliver,
+            clock=clock,
+            expected=(DeliveryFailed,),
+            backoff_base=0.5,
+            max_backoff=30.0,
+            logger=log,
+        )
 
     def record(
         self,
@@ -64,10 +233,7 @@ class DenialAuditor:
         client_ip: str,
         required_scope: str = "",
     ) -> None:
-        """Queue one denial (no I/O; drops and counts when the queue is full)."""
-        if len(self._queue) >= self._queue_size:
-            metrics.audit_dropped.inc()
-            return
+        """Queue one denial as its own record (no I/O; drops and counts when the queue is full)."""
         details: dict[str, Any] = {
             "status": status,
             "reason": reason,
@@ -87,12 +253,38 @@ class DenialAuditor:
             details=details,
             request_id=request_id,
         )
-        document = event.to_json()
-        if identity is None:
-            document["actor"] = ANONYMOUS.to_json()
-        self._queue.append(document)
+        self._enqueue([_document(event, identity)])
+
+    def aggregate(
+        self,
+        *,
+        status: int,
+        reason: str,
+        route: str,
+        method: str,
+        request_id: str,
+        identity: Identity | None,
+        address: str,
+    ) -> None:
+        """Count one denial towards its window's record (no I/O, no allocation when the key exists)."""
+        self.windows.add(
+            status=status,
+            reason=reason,
+            route=route,
+            method=method,
+            identity=identity,
+            address=address,
+            request_id=request_id,
+        )
+
+    def _enqueue(self, documents: list[dict[str, Any]]) -> None:
+        room = self._queue_size - len(self._queue)
+        if len(documents) > room:
+            metrics.audit_dropped.inc(len(documents) - max(0, room))
+            documents = documents[: max(0, room)]
+        self._queue.extend(documents)
         if len(self._queue) >= self.batch_size:
-            self._wake.set()
+            self.task.wake()
 
     async def _send(self, batch: list[dict[str, Any]]) -> int:
         async with self.client.request(
@@ -101,73 +293,49 @@ class DenialAuditor:
             await response.read()
             return int(response.status)
 
-    async def _loop(self) -> None:
-        failures = 0
-        while not self._stopping:
-            if not self._queue:
-                self._wake.clear()
-                # not wait_for: in Python 3.11 it can swallow a cancellation racing with its timeout
-                waiter = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait({waiter}, timeout=self.flush_seconds)
-                waiter.cancel()
-                if not self._queue:
-                    continue
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
-            try:
-                status = await self._send(batch)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status = 0
-                error = type(exc).__name__
-            else:
-                error = f"HTTP {status}"
-            if status == 200:
-                for _ in batch:
-                    self._queue.popleft()
-                self.delivered += len(batch)
-                failures = 0
-                continue
-            if status in REFUSED_STATUSES:
-                log.error("audit service refused denial events; dropping them", extra={"status": status})
-                for _ in batch:
-                    self._queue.popleft()
-                metrics.audit_dropped.inc(len(batch))
-                continue
-            failures += 1
-            delay = backoff_delay(failures, 0.5, 30.0)
-            log.warning(
-                "delivering denial events failed; retrying",
-                extra={"error": error, "retry_in": round(delay, 2), "queued": len(self._queue)},
-            )
-            # only stop() cuts the backoff short (not new denials: that would hammer a down service)
-            waiter = asyncio.ensure_future(self._stop_event.wait())
-            await asyncio.wait({waiter}, timeout=delay)
-            waiter.cancel()
-
-    def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.ensure_future(self._loop())
-
-    async def stop(self, flush_timeout: float = 3.0) -> None:
-        """Try once to deliver what is queued, bounded in time; count the rest as dropped."""
-        self._stopping = True
-        self._wake.set()
-        self._stop_event.set()
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=flush_timeout)
-            if not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
-        deadline = time.monotonic() + flush_timeout
-        while self._queue and time.monotonic() < deadline:
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
-            try:
-                status = await asyncio.wait_for(self._send(batch), max(0.1, deadline - time.monotonic()))
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                break
-            if status != 200:
-                break
+    async def deliver(self) -> bool:
+        """Close ended windows, send one batch; ``True`` when more is queued. Raises DeliveryFailed."""
+        self._enqueue(self.windows.close())
+        if not self._queue:
+            return False
+        batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        try:
+            status = await self._send(batch)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}; {len(self._queue)} queued") from None
+        if status == 200:
             for _ in batch:
                 self._queue.popleft()
+            self.delivered += len(batch)
+            return bool(self._queue)
+        if status in REFUSED_STATUSES:
+            log.error("audit service refused denial events; dropping them", extra={"status": status})
+            for _ in batch:
+                self._queue.popleft()
+            metrics.audit_dropped.inc(len(batch))
+            return bool(self._queue)
+        raise DeliveryFailed(f"HTTP {status}; {len(self._queue)} queued")
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self.task.start()
+
+    async def stop(self, flush_timeout: float = 3.0) -> None:
+        """Try once to deliver what is queued (open windows included), bounded in time; count the rest."""
+        await self.task.stop(timeout=flush_timeout)
+        self._enqueue(self.windows.close(everything=True))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_timeout
+        while self._queue and loop.time() < deadline:
+            try:
+                more = await asyncio.wait_for(self.deliver(), max(0.1, deadline - loop.time()))
+            except (DeliveryFailed, TimeoutError):
+                break
+            if not more:
+                break
         if self._queue:
             metrics.audit_dropped.inc(len(self._queue))
             self._queue.clear()

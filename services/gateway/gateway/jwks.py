@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.redisguard import RedisGuard
 
 from . import metrics
@@ -164,8 +164,10 @@ class JwksCache:
         issuers: dict[str, IssuerConfig],
         redis: RedisGuard | None,
         session: aiohttp.ClientSession,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.redis = redis
         self.session = session
         self.state = {issuer: IssuerKeys(config) for issuer, config in issuers.items()}
@@ -176,13 +178,13 @@ class JwksCache:
 
     async def key_for(self, issuer: str, kid: str | None, alg: str) -> Jwk:
         state = self.state[issuer]
-        now = time.time()
+        now = self.clock.time()
         keyset = state.keyset
         if keyset is None or now > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
             metrics.jwks_cache.labels("memory", "miss").inc()
             await self._refresh(state, unknown_kid=None)
             keyset = state.keyset
-            if keyset is None or time.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
+            if keyset is None or self.clock.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
                 raise KeysUnavailable(issuer)
         elif not keyset.fresh(now):
             self._refresh_in_background(state)
@@ -193,7 +195,7 @@ class JwksCache:
         metrics.jwks_cache.labels("memory", "miss").inc()
         if kid is None:
             raise UnknownKey("no kid")
-        if time.monotonic() < state.next_unknown_refresh and state.inflight is None:
+        if self.clock.monotonic() < state.next_unknown_refresh and state.inflight is None:
             raise UnknownKey(kid)
         await self._refresh(state, unknown_kid=kid)
         keyset = state.keyset
@@ -220,7 +222,7 @@ class JwksCache:
 
     async def _refresh(self, state: IssuerKeys, unknown_kid: str | None) -> None:
         if unknown_kid is not None:
-            state.next_unknown_refresh = time.monotonic() + self.settings.jwks_refetch_cooldown_seconds
+            state.next_unknown_refresh = self.clock.monotonic() + self.settings.jwks_refetch_cooldown_seconds
         if state.inflight is None:
             state.inflight = asyncio.ensure_future(self._load(state, unknown_kid))
             state.inflight.add_done_callback(lambda _: setattr(state, "inflight", None))
@@ -230,7 +232,7 @@ class JwksCache:
         """Redis first (another replica may already hold newer keys), then the provider."""
         copy = await self._from_redis(state)
         current = state.keyset
-        now = time.time()
+        now = self.clock.time()
         if copy is not None and (current is None or copy[0].fetched_at > current.fetched_at):
             usable = copy[0].fresh(now) and (unknown_kid is None or unknown_kid in copy[0].keys)
             if usable or current is None:
@@ -277,7 +279,7 @@ class JwksCache:
                 raise ValueError("the JWKS document is too large")
             ttl = ttl_from(response.headers.get("Cache-Control"), self.settings)
         document = json.loads(body)
-        return parse_jwks(document, fetched_at=time.time(), ttl=ttl, jwks_uri=jwks_uri), document
+        return parse_jwks(document, fetched_at=self.clock.time(), ttl=ttl, jwks_uri=jwks_uri), document
 
     async def _get_json(self, url: str) -> Any:
         async with self.session.get(url, timeout=self._timeout, allow_redirects=False) as response:
@@ -313,7 +315,7 @@ class JwksCache:
             )
         except (ValueError, KeyError, TypeError):
             return None
-        if time.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
+        if self.clock.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
             return None
         return keyset, stored["jwks"]
 
@@ -338,7 +340,7 @@ class JwksCache:
     def _update_age(self, state: IssuerKeys) -> None:
         if state.keyset is not None:
             metrics.jwks_key_age.labels(state.config.issuer).set(
-                max(0.0, time.time() - state.keyset.fetched_at)
+                max(0.0, self.clock.time() - state.keyset.fetched_at)
             )
 
     def update_ages(self) -> None:

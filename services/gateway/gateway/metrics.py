@@ -16,6 +16,11 @@
 | ``gateway_upstream_retries_total`` | service, reason | requests sent again (``idempotent``, ``unsent``) |
 | ``gateway_upstream_connections`` | service, state | pooled connections (``busy``, ``idle``), all workers |
 | ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
+| ``gateway_revocations_received_total`` | outcome | revocation events (``added``, ``expired``, ``ignored``) |
+| ``gateway_revocation_feed_errors_total`` | (none) | times the revocation reader lost Redis |
+| ``gateway_revoked_tokens`` | (none) | revoked, unexpired tokens in the deny set |
+
+(The revocation series are defined in ``gateway/revocations.py``.)
 
 Every label value comes from a fixed set or from configuration (issuer URLs, route templates), never
 from request data, so cardinality is bounded. With several workers the values aggregate through

@@ -1,31 +1,49 @@
-"""Per-subject and per-client rate limits: fixed windows in Redis, counted locally between syncs.
+"""Rate limits: fixed windows in Redis, counted locally between syncs.
+
+Three limits, each a fixed window of ``RATE_LIMIT_WINDOW_SECONDS``:
+
+* ``subject`` and ``client`` — requests per verified (issuer, subject) and (issuer, client id),
+  checked after the token verified (:meth:`RateLimiter.check`);
+* ``address`` — *anonymous denials* per client address (the address resolved through the trusted
+  proxies): requests without a token, or whose token did not verify. Once an address has used up
+  ``RATE_LIMIT_ANONYMOUS_PER_ADDRESS`` of them in a window, its further requests that are not
+  carrying an already-verified token are answered 429 before any verification work is done
+  (:meth:`RateLimiter.anonymous_refused`). A flood of junk tokens therefore costs one dictionary
+  look-up per request instead of a signature check, and what it leaves on the audit trail is a
+  count (:mod:`gateway.denials`), not a record per request.
 
 A Redis round trip per request would cost more than the rest of the gateway's work on a cache hit,
-so each worker counts locally and a background task pushes the deltas to Redis (one pipelined
-``INCRBY`` + ``EXPIRE`` per active key every ``RATE_LIMIT_SYNC_SECONDS``), reading back the global
-totals. A request is refused when *global total known at the last sync + local requests since* would
-exceed the limit. Within one worker the limit is exact; across W workers/replicas a burst can
-overshoot by at most what the others admit before their next sync (one interval, or sooner: the first
-sight of a key in a window wakes the sync at once) — the usual trade for keeping Redis off the hot path.
+so each worker counts locally and a supervised background task (:class:`svckit.tasks.PeriodicTask`)
+pushes the deltas to Redis (one pipelined ``INCRBY`` + ``EXPIRE`` per active key every
+``RATE_LIMIT_SYNC_SECONDS``), reading back the global totals. A request is refused when *global total
+known at the last sync + local requests since* would exceed the limit. Within one worker the limit
+is exact; across W workers/replicas a burst can overshoot by at most what the others admit before
+their next sync (one interval, or sooner: the first sight of a key in a window wakes the sync at
+once) — the usual trade for keeping Redis off the hot path.
 
-When Redis is unreachable the limiter fails open (requests pass) and every such request is counted
-in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers again.
+When Redis is unreachable the subject and client limits fail open (requests pass) and every such
+request is counted in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers
+again. The address limit does not fail open: it keeps counting in the worker, so protection
+degrades to per-worker instead of disappearing. The number of addresses tracked per window is
+bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one counter, which under a flood
+from that many addresses soon refuses all of them — the safe side for anonymous traffic.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.redisguard import RedisGuard
+from svckit.tasks import PeriodicTask
 
 from . import metrics
+from .tokens import principal_key
 
-log = logging.getLogger("gateway.ratelimit")
+MAX_ADDRESSES = 100_000
+OVERFLOW_ADDRESS = "overflow"
 
 
 @dataclass(slots=True)
@@ -54,25 +72,33 @@ class RateLimiter:
         per_subject: int,
         per_client: int,
         sync_seconds: float,
+        anonymous_per_address: int = 300,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.redis = redis
         self.window_seconds = window_seconds
-        self.limits = {"subject": per_subject, "client": per_client}
+        self.limits = {"subject": per_subject, "client": per_client, "address": anonymous_per_address}
         self.sync_seconds = sync_seconds
+        self.clock = clock
+        self._now = clock.time
         self._counters: dict[tuple[str, str], Counter] = {}
+        self._addresses: dict[str, str] = {}  # address → its key, for the current window
+        self._addresses_window = -1
         self._synced_ok = True
-        self._task: asyncio.Task[None] | None = None
-        self._new_key = asyncio.Event()
-        self._stopping = False
         self._failopen = metrics.ratelimit_failopen
         self._limited = {name: metrics.rate_limited.labels(name) for name in self.limits}
+        self.task = PeriodicTask(
+            "gateway-ratelimit-sync", sync_seconds, self.sync, clock=clock, max_backoff=5.0
+        )
+
+    # --- per verified principal (after authentication) -----------------------------------------
 
     def check(self, subject_key: str, client_key: str) -> Decision:
-        """Admit or refuse one request (no I/O)."""
+        """Admit or refuse one request of a verified caller (no I/O)."""
         if not self._synced_ok or not self.redis.available:
             self._failopen.inc()
             return ALLOW
-        now = time.time()
+        now = self._now()
         window = int(now // self.window_seconds)
         subject = self._counter("subject", subject_key, window)
         if subject.known + subject.pending >= self.limits["subject"]:
@@ -85,11 +111,42 @@ class RateLimiter:
         subject.pending += 1
         return ALLOW
 
+    # --- per address, for callers without a verified token ---------------------------------------
+
+    def anonymous_refused(self, address: str) -> Decision:
+        """Has this address used up its anonymous denials for the window? (No I/O, counts nothing.)"""
+        now = self._now()
+        window = int(now // self.window_seconds)
+        counter = self._counters.get(("address", self._address_key(address, window)))
+        if counter is None or counter.window != window:
+            return ALLOW
+        if counter.known + counter.pending >= self.limits["address"]:
+            return self._refuse("address", window, now)
+        return ALLOW
+
+    def count_anonymous(self, address: str) -> None:
+        """One more anonymous denial for this address (a request without a usable token)."""
+        window = int(self._now() // self.window_seconds)
+        self._counter("address", self._address_key(address, window), window).pending += 1
+
+    def _address_key(self, address: str, window: int) -> str:
+        if window != self._addresses_window:
+            self._addresses.clear()
+            self._addresses_window = window
+        key = self._addresses.get(address)
+        if key is None:
+            if len(self._addresses) >= MAX_ADDRESSES:
+                return principal_key("address", OVERFLOW_ADDRESS)
+            key = self._addresses[address] = principal_key("address", address)
+        return key
+
+    # --- shared ------------------------------------------------------------------------------------
+
     def _counter(self, limit_name: str, key: str, window: int) -> Counter:
         counter = self._counters.get((limit_name, key))
         if counter is None or counter.window != window:
             counter = self._counters[(limit_name, key)] = Counter(window)
-            self._new_key.set()  # learn the global count for this key soon, not a full interval later
+            self.task.wake()  # learn the global count for this key soon, not a full interval later
         return counter
 
     def _refuse(self, limit_name: str, window: int, now: float) -> Decision:
@@ -99,7 +156,7 @@ class RateLimiter:
 
     async def sync(self) -> None:
         """Push local counts, learn global ones, forget finished windows."""
-        window = int(time.time() // self.window_seconds)
+        window = int(self._now() // self.window_seconds)
         stale = [key for key, counter in self._counters.items() if counter.window != window]
         for key in stale:
             del self._counters[key]
@@ -120,7 +177,7 @@ class RateLimiter:
 
         results = await self.redis.call(run)
         if results is None:
-            self._synced_ok = False
+            self._synced_ok = False  # local counts stay pending and are pushed at the next success
             return
         self._synced_ok = True
         for index, ((_, _), counter) in enumerate(active):
@@ -132,35 +189,10 @@ class RateLimiter:
     async def _probe(self) -> bool:
         return await self.redis.call(lambda client: client.ping()) is not None
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            # wait_for is not used for the pause: in Python 3.11 it can swallow a cancellation that
-            # races with its timeout, which would make stop() wait forever
-            waiter = asyncio.ensure_future(self._new_key.wait())
-            await asyncio.wait({waiter}, timeout=self.sync_seconds)
-            waiter.cancel()
-            self._new_key.clear()
-            if self._stopping:
-                return
-            try:
-                await self.sync()
-            except Exception:  # never let the sync loop die
-                log.exception("rate-limit sync failed")
-
     def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.ensure_future(self._loop())
+        self.task.start()
 
     async def stop(self) -> None:
-        """End the sync loop (by flag, then by cancellation if it is stuck) and push what is left."""
-        self._stopping = True
-        self._new_key.set()
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=2.0)
-            if not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
-        try:
-            await self.sync()
-        except Exception:
-            log.debug("final rate-limit sync failed", exc_info=True)
+        """End the sync task and push what is left (bounded: Redis calls are)."""
+        await self.task.stop(timeout=2.0)
+        await self.task.run_once()

@@ -51,6 +51,9 @@ class GatewaySettings(RedisSettings):
     max_token_bytes: int = Field(default=8192, ge=512, le=65536)
     verified_token_cache_size: int = Field(default=10000, ge=0, le=1_000_000)
     verified_token_cache_seconds: int = Field(default=300, ge=1, le=3600)
+    # Read the providers' revocation stream (<REDIS_KEY_PREFIX>revocations) into a deny set checked on
+    # every request; off only where no provider publishes (Auth0: see docs/CONTRACTS.md).
+    revocation_feed_enabled: bool = True
 
     # --- JWKS caching -------------------------------------------------------------------------
     jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)
@@ -83,12 +86,19 @@ class GatewaySettings(RedisSettings):
     rate_limit_per_subject: int = Field(default=1200, ge=1)
     rate_limit_per_client: int = Field(default=12000, ge=1)
     rate_limit_sync_seconds: float = Field(default=0.25, gt=0, le=10)
+    # requests without a valid token (no token, or one that did not verify) per client address and
+    # window; beyond it the address gets 429 before any verification work (see gateway/ratelimit.py)
+    rate_limit_anonymous_per_address: int = Field(default=300, ge=1)
 
     # --- audit of denials ---------------------------------------------------------------------
     audit_denials: bool = True
     audit_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
     audit_batch_size: int = Field(default=200, ge=1, le=500)
     audit_flush_seconds: float = Field(default=0.5, gt=0, le=60)
+    # anonymous and rate-limit denials are counted per window and recorded once per (reason, route,
+    # caller, address) and window, at most AUDIT_DENIAL_MAX_KEYS records per window and worker
+    audit_denial_window_seconds: float = Field(default=60.0, ge=0.05, le=3600)
+    audit_denial_max_keys: int = Field(default=1000, ge=1, le=100_000)
 
     # --- the SPA ------------------------------------------------------------------------------
     spa_dist_dir: Path = REPO_ROOT / "spa" / "dist"

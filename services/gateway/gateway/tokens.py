@@ -23,16 +23,17 @@ import base64
 import binascii
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 from svckit.body import NotAccepted, parse_json
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
 from .issuers import IssuerConfig
 from .jwks import JwksCache, KeysUnavailable, UnknownKey
+from .revocations import DenyList
 from .settings import GatewaySettings
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -60,6 +61,7 @@ class Principal:
     subject_key: str  # rate-limit keys, computed once per verified token, not per request
     client_key: str
     signed: PreparedIdentity  # the identity headers to forward, ready to sign per request
+    jti: str = ""  # the token's id, checked against revocations (gateway.revocations) on every request
 
 
 def principal_key(issuer: str, name: str) -> str:
@@ -86,8 +88,43 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+#: 9999-12-31T23:59:59Z: a NumericDate beyond it is not a time but an attempt to break arithmetic
+MAX_NUMERIC_DATE = 253_402_300_799
+
+
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """``exp`` / ``nbf`` / ``iat`` as seconds, or ``None`` when absent (RFC 7519 §2 NumericDate).
+
+    Only finite JSON numbers from 0 to :data:`MAX_NUMERIC_DATE` count: ``NaN`` compares false with
+    everything (an ``exp: NaN`` would never expire), ``Infinity`` never expires either, a huge integer
+    overflows ``float``, and a string or a boolean is not a date whatever it looks like.
+    """
+    value = claims.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_NUMERIC_DATE  # NaN fails every comparison, so it fails this one
+    ):
+        raise TokenError("malformed", f"The token '{name}' is not a finite number of seconds (NumericDate).")
+    return float(value)
+
+
+def check_times(claims: dict[str, Any], now: float, leeway: float) -> float:
+    """Check ``exp`` (required), ``nbf`` and ``iat`` against ``now`` with ``leeway``; returns ``exp``."""
+    exp = numeric_date(claims, "exp")
+    nbf = numeric_date(claims, "nbf")
+    iat = numeric_date(claims, "iat")
+    if exp is None:
+        raise TokenError("missing_exp", "The token has no expiry ('exp').")
+    if now > exp + leeway:
+        raise TokenError("expired", "The token has expired.")
+    if nbf is not None and now + leeway < nbf:
+        raise TokenError("not_yet_valid", "The token is not valid yet ('nbf').")
+    if iat is not None and now + leeway < iat:
+        raise TokenError("not_yet_valid", "The token was issued in the future ('iat').")
+    return exp
 
 
 def scopes_from(claims: dict[str, Any], config: IssuerConfig) -> frozenset[str]:
@@ -129,8 +166,13 @@ class TokenVerifier:
         issuers: dict[str, IssuerConfig],
         jwks: JwksCache,
         signer: IdentitySigner,
+        deny: DenyList | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.deny = deny
+        self._now = clock.time  # bound once: the builtin itself with the system clock
         self.signer = signer
         self.issuers = issuers
         self.jwks = jwks
@@ -149,21 +191,31 @@ class TokenVerifier:
         if len(token) > self.max_bytes:
             return None
         cached = self._cache.get(hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest())
-        if cached is not None and time.time() < cached.expires_at:
-            return cached
+        if cached is not None and self._now() < cached.expires_at:
+            return self._not_revoked(cached)
         return None
+
+    def _not_revoked(self, principal: Principal) -> Principal:
+        """Revoked tokens are refused however they were verified (cache hits included)."""
+        if (
+            self.deny is not None
+            and principal.jti
+            and self.deny.denied(principal.identity.issuer, principal.jti)
+        ):
+            raise TokenError("revoked", "The token was revoked.")
+        return principal
 
     async def verify(self, token: str) -> Principal:
         if len(token) > self.max_bytes:
             raise TokenError("too_large", f"The token is larger than {self.max_bytes} bytes.")
         digest = hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest()
         cached = self._cache.get(digest)
-        now = time.time()
+        now = self._now()
         if cached is not None:
             if now < cached.expires_at:
-                return cached
+                return self._not_revoked(cached)
             del self._cache[digest]
-        principal = await self._verify(token, now)
+        principal = self._not_revoked(await self._verify(token, now))
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._evict(now)
@@ -226,20 +278,7 @@ class TokenVerifier:
         if not valid:
             raise TokenError("bad_signature", "The token signature does not verify.")
 
-        leeway = config.leeway_seconds
-        exp = claims.get("exp")
-        if exp is None:
-            raise TokenError("missing_exp", "The token has no expiry ('exp').")
-        if not _number(exp):
-            raise TokenError("malformed", "The token 'exp' is not a number.")
-        if now > exp + leeway:
-            raise TokenError("expired", "The token has expired.")
-        nbf = claims.get("nbf")
-        if nbf is not None and (not _number(nbf) or now + leeway < nbf):
-            raise TokenError("not_yet_valid", "The token is not valid yet ('nbf').")
-        iat = claims.get("iat")
-        if iat is not None and (not _number(iat) or now + leeway < iat):
-            raise TokenError("not_yet_valid", "The token was issued in the future ('iat').")
+        exp = check_times(claims, now, config.leeway_seconds)
         audience = claims.get("aud")
         if isinstance(audience, str):
             audience_ok = audience == self.audience
@@ -253,12 +292,18 @@ class TokenVerifier:
             raise TokenError("id_token", "An ID token is not an access token.")
 
         identity = identity_from(claims, config, scopes_from(claims, config))
-        expires_at = min(float(exp), now + self.cache_seconds)
+        expires_at = min(exp, now + self.cache_seconds)
         client_key = principal_key(identity.issuer, identity.client_id) if identity.client_id else ""
         try:
             signed = self.signer.prepare(identity)
         except ValueError:  # a control character in the issuer or a claim (identity_from checks most)
             raise TokenError("malformed", "The token's identity claims contain control characters.") from None
+        jti = claims.get("jti")
         return Principal(
-            identity, expires_at, principal_key(identity.issuer, identity.subject), client_key, signed
+            identity,
+            expires_at,
+            principal_key(identity.issuer, identity.subject),
+            client_key,
+            signed,
+            jti if isinstance(jti, str) else "",
         )

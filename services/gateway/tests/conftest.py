@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.identity import IdentityError, IdentityVerifier, identity_headers, request_target
 from svckit.settings import parse_identity_keys
 
@@ -244,8 +245,8 @@ def start_gateway(
     provider: Provider, echo: Echo, identity_keys: str, redis_url: str, redis_prefix: str
 ) -> StartGateway:
     @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[str]:
-        async with serve_app(create_app(gateway_settings(**overrides))) as url:
+    async def start(clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> AsyncIterator[str]:
+        async with serve_app(create_app(gateway_settings(**overrides), clock)) as url:
             yield url
 
     def gateway_settings(**overrides: Any) -> GatewaySettings:
@@ -259,6 +260,10 @@ def start_gateway(
             "approvals_url": echo.url,  # type: ignore[attr-defined]
             "audit_url": echo.url,  # type: ignore[attr-defined]
             "audit_flush_seconds": 0.05,
+            "audit_denial_window_seconds": 0.2,  # aggregated denials reach the echo within ~0.3 s
+            # every test calls from 127.0.0.1, and many send bad tokens on purpose: the per-address
+            # limit of anonymous denials is tested on its own, with a limit of its own
+            "rate_limit_anonymous_per_address": 1_000_000,
             "cors_origins": ["http://localhost:8080"],
             "gateway_access_log": False,
         }

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import secrets
 import uuid
 from typing import Any
 
 from prometheus_client import REGISTRY
+
+from testkit.clock import FakeClock
 
 from .conftest import Echo, Provider
 
@@ -147,27 +151,68 @@ async def wait_for_events(echo: Echo, request_id: str, timeout: float = 5.0) -> 
     raise AssertionError(f"no audit event for {request_id}")
 
 
+def from_address(echo: Echo, address: str) -> list[dict[str, Any]]:
+    """The aggregated denial records of one client address."""
+    return [event for event in echo.events if event["details"].get("address") == address]
+
+
+async def wait_for_address(echo: Echo, address: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        found = from_address(echo, address)
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no aggregated audit record for {address}")
+
+
+def unique_address() -> str:
+    # IPv6 documentation prefix with a random tail: unique per test, valid in X-Forwarded-For
+    return f"2001:db8::{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}"
+
+
+BEHIND_PROXY = {"gateway_trusted_proxies": ["127.0.0.1"]}
+
+
 async def test_denials_reach_the_audit_trail_without_the_token(
-    api: Any, gateway: str, provider: Provider, echo: Echo
+    api: Any, start_gateway: Any, provider: Provider, echo: Echo
 ) -> None:
+    # anonymous denials are counted per window (one record per reason, route and address); a
+    # verified caller's 403 is a record of its own, with the request's id
+    address = unique_address()
     bad = provider.token(aud="https://other.example")
-    rid401 = f"deny-401-{uuid.uuid4().hex}"
-    await api("GET", f"{gateway}/api/timesheets", bad, headers={"X-Request-Id": rid401})
-    rid403 = f"deny-403-{uuid.uuid4().hex}"
-    await api(
-        "GET", f"{gateway}/api/audit/events", provider.token(sub="mallory"), headers={"X-Request-Id": rid403}
-    )
-    [event401] = await wait_for_events(echo, rid401)
-    [event403] = await wait_for_events(echo, rid403)
+    async with start_gateway(**BEHIND_PROXY) as gateway:
+        for _ in range(3):
+            status, _, _ = await api(
+                "GET", f"{gateway}/api/timesheets", bad, headers={"X-Forwarded-For": address}
+            )
+            assert status == 401
+        rid403 = f"deny-403-{uuid.uuid4().hex}"
+        await api(
+            "GET",
+            f"{gateway}/api/audit/events",
+            provider.token(sub="mallory"),
+            headers={"X-Request-Id": rid403, "X-Forwarded-For": address},
+        )
+        [event403] = await wait_for_events(echo, rid403)
+        records = await wait_for_address(echo, address)
+    assert sum(event["details"]["count"] for event in records) == 3
+    event401 = records[0]
     assert event401["action"] == "access.denied"
     assert event401["outcome"] == "denied"
     assert event401["source"] == "gateway"
     assert event401["actor"]["subject"] == "anonymous"
+    assert event401["actor"]["kind"] == "anonymous"
     assert event401["resource"] == {"type": "route", "id": "GET /api/timesheets"}
-    assert event401["details"]["reason"] == "audience"
+    details = event401["details"]
+    assert details["reason"] == "audience"
+    assert details["status"] == 401
+    assert details["route"] == "/api/timesheets"
+    assert details["window_start"] < details["window_end"]
     assert event403["actor"]["subject"] == "mallory"
     assert event403["actor"]["issuer"] == provider.issuer
     assert event403["details"]["required_scope"] == "read:audit"
+    assert event403["details"]["client_ip"] == address
     text = json.dumps(echo.events)
     assert bad not in text
     assert bad.split(".")[1] not in text
@@ -176,17 +221,19 @@ async def test_denials_reach_the_audit_trail_without_the_token(
 async def test_denials_wait_while_audit_is_down(
     api: Any, start_gateway: Any, provider: Provider, echo: Echo
 ) -> None:
-    async with start_gateway() as gateway:
+    address = unique_address()
+    async with start_gateway(**BEHIND_PROXY) as gateway:
         echo.audit_down = True
         try:
-            rid = f"later-{uuid.uuid4().hex}"
-            status, _, _ = await api("GET", f"{gateway}/api/timesheets", headers={"X-Request-Id": rid})
+            status, _, _ = await api("GET", f"{gateway}/api/timesheets", headers={"X-Forwarded-For": address})
             assert status == 401
-            await asyncio.sleep(0.8)
-            assert not [event for event in echo.events if event["request_id"] == rid]
+            await asyncio.sleep(0.8)  # the window (0.2 s) closed: the record is ready and retried
+            assert not from_address(echo, address)
         finally:
             echo.audit_down = False
-        await wait_for_events(echo, rid, timeout=10)
+        [record] = await wait_for_address(echo, address, timeout=10)
+    assert record["details"]["reason"] == "missing_token"
+    assert record["details"]["count"] == 1
 
 
 async def test_denial_queue_is_bounded(api: Any, start_gateway: Any, provider: Provider, echo: Echo) -> None:
@@ -194,8 +241,55 @@ async def test_denial_queue_is_bounded(api: Any, start_gateway: Any, provider: P
         echo.audit_down = True
         try:
             dropped = sample("gateway_audit_dropped_total")
-            for _ in range(8):
-                await api("GET", f"{gateway}/api/timesheets")
+            token = provider.token(sub=f"nosy-{uuid.uuid4().hex[:6]}")
+            for _ in range(8):  # 403s: one record each, so they queue
+                assert (await api("GET", f"{gateway}/api/audit/events", token))[0] == 403
             assert sample("gateway_audit_dropped_total") - dropped >= 5
         finally:
             echo.audit_down = False
+
+
+async def test_a_flood_without_tokens_is_limited_per_address_and_counted_not_recorded(
+    api: Any, start_gateway: Any, echo: Echo
+) -> None:
+    # The clock stands still (one rate-limit window, one audit window): the figures are exact.
+    clock = FakeClock(start=1_800_000_000)  # a multiple of 60: windows start here
+    address, other = unique_address(), unique_address()
+    limit, flood = 50, 2000
+    limited = sample("gateway_rate_limited_total", limit="address")
+    statuses: collections.Counter[int] = collections.Counter()
+    retry_after: set[str] = set()
+    settings = {"rate_limit_anonymous_per_address": limit, "audit_denial_window_seconds": 60, **BEHIND_PROXY}
+    async with start_gateway(clock, **settings) as gateway:
+
+        async def one(source: str) -> None:
+            status, headers, body = await api(
+                "GET", f"{gateway}/api/timesheets", headers={"X-Forwarded-For": source}
+            )
+            statuses[status] += 1
+            if status == 429:
+                assert body["reason"] == "rate_limit_address"
+                retry_after.add(headers["Retry-After"])
+
+        for start in range(0, flood, 100):
+            await asyncio.gather(*(one(address) for _ in range(start, min(flood, start + 100))))
+        # another address is not affected by the first one's flood
+        status, headers, _ = await api("GET", f"{gateway}/api/timesheets", headers={"X-Forwarded-For": other})
+        assert status == 401
+        assert headers["WWW-Authenticate"] == 'Bearer realm="timesheets"'
+        assert not from_address(echo, address)  # nothing on the trail while the window is open
+    # stopping the gateway closed the open window: the records arrive now
+    assert statuses == {401: limit, 429: flood - limit}
+    assert retry_after == {"60"}  # the whole window is left: the clock did not move
+    assert sample("gateway_rate_limited_total", limit="address") - limited == flood - limit
+    records = from_address(echo, address)
+    assert len(records) == 2
+    counts = {event["details"]["reason"]: event["details"]["count"] for event in records}
+    assert counts == {"missing_token": limit, "rate_limit_address": flood - limit}
+    for event in records:
+        details = event["details"]
+        assert event["actor"]["kind"] == "anonymous"
+        assert details["route"] == "/api/timesheets"
+        assert details["window_start"] == "2027-01-15T08:00:00.000Z"
+        assert details["window_end"] == "2027-01-15T08:00:00.000Z"  # the clock stood still
+    assert [event["details"]["count"] for event in from_address(echo, other)] == [1]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 from prometheus_client import REGISTRY
 
+from testkit.clock import FakeClock
 from testkit.fixtures import TcpProxy
 
 from .conftest import Provider
@@ -65,12 +67,13 @@ async def test_provider_outage_cached_keys_keep_working(
     api: Any, start_gateway: Any, provider: Provider
 ) -> None:
     provider.max_age = 1  # before the gateway starts: its warm-up fetch must see the short TTL
+    clock = FakeClock(start=time.time())
     try:
-        async with start_gateway(jwks_min_ttl_seconds=1) as gateway:
+        async with start_gateway(clock, jwks_min_ttl_seconds=1) as gateway:
             await wait_for_keys(api, gateway, provider)
             errors_before = sample("gateway_jwks_fetch_total", issuer=provider.issuer, outcome="error")
             provider.down = True
-            await asyncio.sleep(1.3)  # keys are now stale: each request may trigger a background refresh
+            clock.advance(1.3)  # keys are now stale: each request may trigger a background refresh
             # requests keep succeeding while the background refresh fails (poll: a loaded machine is slow)
             for _ in range(60):
                 status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
@@ -90,11 +93,12 @@ async def test_provider_outage_cached_keys_keep_working(
 
 async def test_staleness_is_bounded(api: Any, start_gateway: Any, provider: Provider) -> None:
     provider.max_age = 1
-    async with start_gateway(jwks_min_ttl_seconds=1, jwks_max_stale_seconds=2) as gateway:
+    clock = FakeClock(start=time.time())
+    async with start_gateway(clock, jwks_min_ttl_seconds=1, jwks_max_stale_seconds=2) as gateway:
         try:
             await wait_for_keys(api, gateway, provider)
             provider.down = True
-            await asyncio.sleep(2.3)
+            clock.advance(2.3)
             status, headers, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
             assert status == 503, body
             assert headers["Retry-After"]

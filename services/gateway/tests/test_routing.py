@@ -139,6 +139,34 @@ async def test_ambiguous_paths_are_refused(api: Any, gateway: str, provider: Pro
     assert "dot segments" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "status", "detail"),
+    [
+        # issue 14: authorised as /api/timesheets, forwarded as "pi/timesheets" before
+        ("/%61pi/timesheets", 400, "literally"),
+        ("/%41PI/timesheets", 400, "literally"),
+        ("/api%2Ftimesheets", 400, "literally"),
+        ("/API/timesheets", 404, "No API route"),
+        ("/Api/timesheets", 404, "No API route"),
+        # routing reads the raw path too: an encoded letter in a literal segment is no route at all
+        ("/api/time%73heets", 404, "No API route"),
+        ("/api/%74imesheets/5f0c", 404, "No API route"),
+    ],
+)
+async def test_targets_not_literally_under_api_are_refused_never_rewritten(
+    api: Any, gateway: str, provider: Provider, echo: Echo, raw: str, status: int, detail: str
+) -> None:
+    import yarl
+
+    before = echo.requests
+    url = yarl.URL(gateway + raw, encoded=True)
+    got, headers, body = await api("GET", url, provider.scoped(*ALL_SCOPES))
+    assert got == status, body
+    assert headers["Content-Type"] == "application/problem+json"
+    assert detail in body["detail"]
+    assert echo.requests == before  # nothing reached an upstream
+
+
 async def test_percent_encoded_id_is_forwarded_verbatim(api: Any, gateway: str, provider: Provider) -> None:
     import yarl
 

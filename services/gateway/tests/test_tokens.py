@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import time
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import RSAAlgorithm
+
+from testkit.clock import FakeClock
 
 from .conftest import AUDIENCE, Provider, b64, b64json
 
@@ -104,6 +107,32 @@ async def test_not_yet_valid(api: Any, gateway: str, provider: Provider) -> None
 
 async def test_missing_exp(api: Any, gateway: str, provider: Provider) -> None:
     await expect_invalid(api, gateway, provider.token(exp=None), "missing_exp")
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("exp", float("nan")),  # issue 14: NaN compared false with the clock, so it never expired
+        ("exp", float("inf")),
+        ("exp", float("-inf")),
+        ("exp", "4102444800"),
+        ("exp", True),
+        ("exp", 10**20),  # beyond year 9999
+        ("exp", 1e300),
+        ("nbf", float("nan")),
+        ("nbf", "0"),
+        ("iat", float("inf")),
+        ("iat", False),
+    ],
+)
+async def test_time_claims_must_be_finite_numbers(
+    api: Any, gateway: str, provider: Provider, claim: str, value: Any
+) -> None:
+    token = provider.token(**{claim: value})  # really signed: only the claim's value is wrong
+    payload = token.split(".")[1]
+    sent = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))[claim]
+    assert repr(sent) == repr(value)  # the value went out as is (NaN and Infinity as JSON literals)
+    await expect_invalid(api, gateway, token, "malformed")
 
 
 async def test_wrong_issuer(api: Any, gateway: str, provider: Provider) -> None:
@@ -283,10 +312,12 @@ async def test_scope_claims(
 
 
 async def test_cached_token_never_outlives_exp(api: Any, start_gateway: Any, provider: Provider) -> None:
-    async with start_gateway(jwt_leeway_seconds=0) as gateway:
-        token = provider.token(exp=int(time.time()) + 2)
+    clock = FakeClock(start=time.time())  # the gateway's clock: moved, not waited for
+    async with start_gateway(clock, jwt_leeway_seconds=0) as gateway:
+        now = int(clock.time())
+        token = provider.token(iat=now, exp=now + 2)  # no leeway: iat from the gateway's clock too
         for _ in range(3):
             status, _, _ = await api("GET", f"{gateway}/api/timesheets", token)
             assert status == 200
-        await asyncio.sleep(2.1)
+        clock.advance(2.1)
         await expect_invalid(api, gateway, token, "expired")

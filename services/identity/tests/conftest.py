@@ -46,6 +46,7 @@ def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
         "DEMO_PASSWORD": DEMO_PASSWORD,
         "BATCH_CLIENT_SECRET": BATCH_SECRET,
         "KEY_REFRESH_SECONDS": "1",
+        "REVOCATION_CHECK_SECONDS": "1",
         "KEY_ROTATION_GRACE_SECONDS": "600",
         "LOGIN_MAX_FAILURES_PER_USER": "5",
         "LOGIN_MAX_FAILURES_PER_ADDRESS": "40",

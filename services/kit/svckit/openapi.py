@@ -1,47 +1,46 @@
-"""Small helpers for the hand-written OpenAPI 3.1 documents each service serves at ``/openapi.json``.
+"""OpenAPI 3.1 documents generated from the contracts (:mod:`svckit.contracts`).
 
-Services describe their own operations; this module supplies the parts every document repeats
-(the problem+json error shape, the identity security scheme) and the check tests run: every route
-the app serves is documented, and nothing documented is missing from the app.
+Two kinds of document come out of :func:`build`:
+
+- each service's internal ``/openapi.json`` (:func:`service_document`): its own operations, paths as
+  the service routes them, the gateway-signed identity as the security scheme, and for each
+  operation the scope (or service principal) its handler declares;
+- the gateway's public ``/api/openapi.json`` (``gateway.openapi``): the operations ``routes.yaml``
+  exposes, under ``/api``, with bearer and DPoP security and the route's scopes. It never mentions
+  the internal identity headers.
+
+Schemas are the pydantic models' own JSON Schemas (requests in validation mode, responses in
+serialization mode); query parameters are the fields of the query models. Nothing here is written
+by hand per operation except what :mod:`svckit.contracts.operations` says.
+
+The checks tests run are here too: every route the app serves is documented, and nothing documented
+is missing from the app (:func:`app_operations`, :func:`documented_operations`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import copy
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+
+from .contracts.operations import IDEMPOTENCY_KEY_PATTERN, Answer, Operation, operations_of, problem_answer
+from .contracts.problem import Problem
 
 OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 METHODS = ("get", "put", "post", "delete", "patch")
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+_PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "RFC 9457 problem details.",
-    "required": ["type", "title", "status"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "request_id": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "description": "Per-field errors (validation problems).",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "field": {"type": "string", "description": "dotted path, e.g. entries.3.hours"},
-                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                },
-            },
-        },
-    },
-    "additionalProperties": True,
-}
+Mode = Literal["validation", "serialization"]
 
 IDENTITY_SECURITY_SCHEME: dict[str, Any] = {
     "type": "apiKey",
@@ -53,41 +52,354 @@ IDENTITY_SECURITY_SCHEME: dict[str, Any] = {
     ),
 }
 
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
+    "description": (
+        "1-255 visible ASCII characters (the service also accepts the key as a quoted string). A retry "
+        "with the same key and body replays the first answer (header Idempotent-Replayed: true) and "
+        "creates nothing; the same key with a different body answers 422. Keys are per caller and "
+        "remembered for 24 hours (IDEMPOTENCY_TTL_HOURS)."
+    ),
+    "example": "2f6c0e1c-4b7a-4d2e-9c55-6b0d3f8e1a27",
+}
 
-def problem(description: str) -> dict[str, Any]:
-    """A response that is a problem document."""
-    return {
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
+
+@dataclass(frozen=True)
+class Placement:
+    """An operation as one document shows it: at ``path``, with its security and extra answers."""
+
+    operation: Operation
+    path: str
+    security: Sequence[Mapping[str, Sequence[str]]]
+    answers: Sequence[Answer] = ()
+    extensions: Mapping[str, Any] = field(default_factory=dict)
 
 
-def json_body(schema: Mapping[str, Any], description: str = "A JSON document.") -> dict[str, Any]:
-    """A request body or response with a JSON document (responses require a description)."""
-    return {"description": description, "content": {"application/json": {"schema": dict(schema)}}}
+# ---- schemas -------------------------------------------------------------------------------------
 
 
-def document(
+class Schemas:
+    """The models a document uses, turned into ``components.schemas`` in one pass (shared ``$defs``)."""
+
+    def __init__(self) -> None:
+        self._wanted: dict[tuple[type[BaseModel], Mode], None] = {(Problem, "serialization"): None}
+
+    def want(self, model: type[BaseModel], mode: Mode) -> dict[str, str]:
+        self._wanted[(model, mode)] = None
+        return {"$ref": REF.format(model=model.__name__)}
+
+    def components(self) -> dict[str, Any]:
+        keys, top = models_json_schema(list(self._wanted), ref_template=REF)
+        for (model, _mode), ref in keys.items():
+            expected = REF.format(model=model.__name__)
+            if ref.get("$ref") != expected:  # one name per model: same model in both modes must agree
+                raise ValueError(f"{model.__name__} has different input and output schemas")
+        return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _examples(model: type[BaseModel]) -> list[Any]:
+    extra = model.model_config.get("json_schema_extra")
+    if isinstance(extra, dict):
+        examples = extra.get("examples")
+        if isinstance(examples, list):
+            return list(examples)
+    return []
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query field ``X | None = None``: the parameter is simply absent, never ``null``."""
+    schema = copy.deepcopy(schema)
+    schema.pop("title", None)
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+    branches = schema.get("anyOf")
+    if isinstance(branches, list):
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            del schema["anyOf"]
+            inner = dict(rest[0])
+            inner.update(schema)  # the field's description wins over the type's
+            schema = inner
+    return schema
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One OpenAPI query parameter per field of a query model (aliases are the parameter names)."""
+    schema = model.model_json_schema(by_alias=True, ref_template=REF, mode="validation")
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema.get("properties", {}).items():
+        item = _without_null(prop)
+        description = item.pop("description", None)
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": item,
+        }
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
+def path_parameters(path: str) -> list[dict[str, Any]]:
+    """Path variables: every ``{id}`` of the platform names an entry by its UUID."""
+    parameters = []
+    for name in _PATH_PARAM.findall(path):
+        schema = {"type": "string", "format": "uuid"} if name == "id" else {"type": "string"}
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": schema,
+                "description": "The entry's id (a UUID; anything else names no entry: 404)."
+                if name == "id"
+                else "A path segment.",
+            }
+        )
+    return parameters
+
+
+# ---- answers -------------------------------------------------------------------------------------
+
+
+def _answer(answer: Answer, schemas: Schemas) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": answer.description}
+    if answer.model is not None:
+        media: dict[str, Any] = {"schema": schemas.want(answer.model, "serialization")}
+        examples = _examples(answer.model)
+        if examples:
+            media["example"] = examples[0]
+        response["content"] = {JSON: media}
+    elif answer.problem is not None:
+        response["content"] = {
+            PROBLEM_JSON: {"schema": schemas.want(Problem, "serialization"), "example": dict(answer.problem)}
+        }
+    if answer.headers:
+        response["headers"] = {name: dict(header) for name, header in answer.headers.items()}
+    if answer.links:
+        response["links"] = {
+            name: {
+                "operationId": link.operation_id,
+                "parameters": {link.parameter: link.expression},
+                **({"description": link.description} if link.description else {}),
+            }
+            for name, link in answer.links.items()
+        }
+    return response
+
+
+def body_answers(operation: Operation) -> list[Answer]:
+    """What the kit's body reader answers for any JSON body (svckit.body)."""
+    if operation.body is None:
+        return []
+    return [
+        problem_answer(
+            400,
+            "Bad Request",
+            "The body is not JSON (or is empty, or nests too deeply), or a header is malformed.",
+            "The body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+        ),
+        problem_answer(413, "Content Too Large", "The body is too large.", "The request body is too large."),
+        problem_answer(
+            415,
+            "Unsupported Media Type",
+            "The body is not application/json.",
+            "Send the body as application/json.",
+        ),
+        problem_answer(
+            422,
+            "Unprocessable Content",
+            "Invalid fields; errors[] names each one.",
+            "The request has invalid fields.",
+            errors=[
+                {
+                    "field": "hours",
+                    "loc": ["hours"],
+                    "message": "must be in quarter hours (a multiple of 0.25)",
+                    "type": "value_error",
+                }
+            ],
+        ),
+    ]
+
+
+def query_answers(operation: Operation) -> list[Answer]:
+    if operation.query is None:
+        return []
+    return [
+        problem_answer(
+            422,
+            "Unprocessable Content",
+            "A query parameter is invalid, unknown or repeated; errors[] names it.",
+            "The query string has invalid parameters.",
+            errors=[
+                {
+                    "field": "limit",
+                    "loc": ["query", "limit"],
+                    "message": "Input should be less than or equal to 100",
+                    "type": "less_than_equal",
+                }
+            ],
+        )
+    ]
+
+
+def _merged(placement: Placement) -> list[Answer]:
+    """The operation's own answers win; then the document's; then those of its body and query."""
+    merged: dict[int, Answer] = {}
+    op = placement.operation
+    for answer in (*op.answers, *placement.answers, *body_answers(op), *query_answers(op)):
+        merged.setdefault(answer.status, answer)
+    return [merged[status] for status in sorted(merged)]
+
+
+# ---- the document --------------------------------------------------------------------------------
+
+
+def _operation(placement: Placement, schemas: Schemas) -> dict[str, Any]:
+    op = placement.operation
+    document: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+    if op.description:
+        document["description"] = op.description
+    if op.tag:
+        document["tags"] = [op.tag]
+    parameters = path_parameters(placement.path)
+    if op.query is not None:
+        parameters += query_parameters(op.query)
+    if op.idempotency_key:
+        parameters.append(dict(IDEMPOTENCY_KEY_PARAMETER))
+    if parameters:
+        document["parameters"] = parameters
+    if op.body is not None:
+        media: dict[str, Any] = {"schema": schemas.want(op.body, "validation")}
+        examples = _examples(op.body)
+        if examples:
+            media["examples"] = {f"example{n}": {"value": value} for n, value in enumerate(examples, 1)}
+        document["requestBody"] = {"required": True, "content": {JSON: media}}
+    for model in op.also:
+        schemas.want(model, "validation")
+    document["responses"] = {str(a.status): _answer(a, schemas) for a in _merged(placement)}
+    document["security"] = [dict(requirement) for requirement in placement.security]
+    document.update(placement.extensions)
+    return document
+
+
+def build(
     *,
     title: str,
     version: str,
     description: str,
-    paths: Mapping[str, Any],
-    schemas: Mapping[str, Any],
-    servers: Iterable[Mapping[str, str]] = (),
+    placements: Iterable[Placement],
+    security_schemes: Mapping[str, Any],
+    servers: Iterable[Mapping[str, str]] = ({"url": "/"},),
+    tags: Iterable[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
-    """An OpenAPI 3.1 document with the shared components added."""
-    return {
+    schemas = Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for placement in placements:
+        item = paths.setdefault(placement.path, {})
+        item[placement.operation.method.lower()] = _operation(placement, schemas)
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
-        "servers": list(servers),
-        "security": [{"gatewayIdentity": []}],
-        "paths": dict(paths),
-        "components": {
-            "schemas": {"Problem": PROBLEM_SCHEMA, **schemas},
-            "securitySchemes": {"gatewayIdentity": IDENTITY_SECURITY_SCHEME},
-        },
+        "servers": [dict(server) for server in servers],
+        "paths": paths,
+        "components": {"schemas": schemas.components(), "securitySchemes": dict(security_schemes)},
     }
+    if tags:
+        document["tags"] = [dict(tag) for tag in tags]
+    return document
+
+
+# ---- the services' own documents -------------------------------------------------------------------
+
+
+def service_answers(operation: Operation) -> list[Answer]:
+    """What the kit answers around any service handler."""
+    forbidden = (
+        "The caller is not a platform service allowed here."
+        if operation.internal
+        else "The identity lacks the operation's scope."
+    )
+    return [
+        problem_answer(
+            401,
+            "Unauthorized",
+            "No gateway-signed identity, or it does not verify.",
+            "The request carries no gateway-signed identity.",
+            reason="missing",
+        ),
+        problem_answer(403, "Forbidden", forbidden, "This operation needs the scope 'read:timesheets'."),
+        Answer(
+            503,
+            "The database (or a peer service) is unreachable; retry after Retry-After seconds.",
+            problem={
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": "A backing service is unreachable; retry shortly.",
+            },
+            headers={"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+        ),
+    ]
+
+
+def _requirement(route: Route) -> dict[str, Any]:
+    scope = getattr(route.endpoint, "required_scope", None)
+    if scope is not None:
+        return {"x-required-scope": scope}
+    principal = getattr(route.endpoint, "required_service", None)
+    if principal is True:
+        return {"x-required-principal": "service"}
+    if principal:
+        return {"x-required-principal": " ".join(f"service:{name}" for name in sorted(principal))}
+    return {"x-required-principal": "service"}  # checked inside the handler (require_service)
+
+
+def service_document(
+    service: str, routes: Sequence[BaseRoute], *, title: str, description: str, version: str = "1.0.0"
+) -> dict[str, Any]:
+    """A service's ``/openapi.json``: the catalogue's operations of ``service`` that ``routes`` serve."""
+    placements = []
+    served = {
+        (route.path, method): route
+        for route in routes
+        if isinstance(route, Route)
+        for method in (route.methods or ())
+        if method != "HEAD"
+    }
+    for operation in operations_of(service):
+        route = served.get((operation.path, operation.method))
+        if route is None:
+            raise ValueError(
+                f"{service}: {operation.method} {operation.path} is in the catalogue, not served"
+            )
+        placements.append(
+            Placement(
+                operation,
+                operation.path,
+                [{"gatewayIdentity": []}],
+                service_answers(operation),
+                _requirement(route),
+            )
+        )
+    return build(
+        title=title,
+        version=version,
+        description=description,
+        placements=placements,
+        security_schemes={"gatewayIdentity": IDENTITY_SECURITY_SCHEME},
+        servers=[{"url": "/", "description": "the service itself (through the gateway: /api)"}],
+    )
+
+
+# ---- checks ----------------------------------------------------------------------------------------
 
 
 def app_operations(app: Starlette) -> set[tuple[str, str]]:
@@ -108,11 +420,14 @@ def documented_operations(doc: Mapping[str, Any]) -> set[tuple[str, str]]:
 
 
 __all__ = [
+    "IDEMPOTENCY_KEY_PARAMETER",
     "IDENTITY_SECURITY_SCHEME",
-    "PROBLEM_SCHEMA",
+    "Placement",
     "app_operations",
-    "document",
+    "build",
     "documented_operations",
-    "json_body",
-    "problem",
+    "path_parameters",
+    "query_parameters",
+    "service_answers",
+    "service_document",
 ]

@@ -26,19 +26,10 @@ How the relay behaves:
 Metrics (label ``service`` = the relay's ``source``): ``outbox_pending_events``,
 ``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``.
 
-The table, created by each writer service's own migration in its own schema (copy this DDL
-verbatim into ``migrations/NNNN_outbox.sql``; it is also :data:`OUTBOX_DDL`)::
-
-    CREATE TABLE outbox (
-        position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id              uuid NOT NULL UNIQUE,
-        occurred_at     timestamptz NOT NULL,
-        payload         jsonb NOT NULL,
-        attempts        integer NOT NULL DEFAULT 0,
-        next_attempt_at timestamptz NOT NULL DEFAULT now(),
-        last_error      text
-    );
-    CREATE INDEX outbox_due ON outbox (next_attempt_at, position);
+The table comes from the kit migration set ``outbox`` (``svckit/schema/outbox/``): a writer service
+lists ``outbox`` in its ``migrations/kit.txt`` and ``python -m <service> migrate`` creates it in the
+writer's own schema (see :mod:`svckit.migrations`). The event itself is
+:class:`svckit.contracts.audit.AuditEvent`, the model the audit service validates with.
 
 Usage in a writer service::
 
@@ -63,39 +54,21 @@ import logging
 import random
 import re
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from .context import current_request_id
+from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent
 from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
 from .http import SignedClient
 from .identity import Identity
 
 log = logging.getLogger("svckit.outbox")
 
-OUTBOX_DDL = """\
-CREATE TABLE outbox (
-    position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id              uuid NOT NULL UNIQUE,
-    occurred_at     timestamptz NOT NULL,
-    payload         jsonb NOT NULL,
-    attempts        integer NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    last_error      text
-);
-CREATE INDEX outbox_due ON outbox (next_attempt_at, position);
-"""
-
-INGEST_PATH = "/internal/events"
-MAX_BATCH = 500  # the audit service's limit per request
-OUTCOMES = frozenset({"success", "denied", "failure"})
 # A batch the audit service refuses as malformed is split; other failures are retried as a whole.
 SPLIT_STATUSES = frozenset({400, 413, 422})
 
@@ -137,92 +110,6 @@ def notify_channel(schema: str) -> str:
     return f"outbox_{schema}"
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who did it, as recorded in the audit trail (a snapshot of the caller's :class:`Identity`)."""
-
-    issuer: str
-    subject: str
-    kind: str
-    client_id: str = ""
-    name: str = ""
-
-    @classmethod
-    def of(cls, identity: Identity) -> Actor:
-        return cls(identity.issuer, identity.subject, identity.kind, identity.client_id, identity.name)
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "issuer": self.issuer,
-            "subject": self.subject,
-            "kind": self.kind,
-            "client_id": self.client_id,
-            "name": self.name,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """One audit event in the wire shape of ``POST /internal/events`` (see :meth:`to_json`)."""
-
-    id: uuid.UUID
-    occurred_at: datetime
-    source: str
-    actor: Actor
-    action: str
-    resource_type: str
-    resource_id: str
-    outcome: str
-    request_id: str | None
-    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        action: str,
-        resource_type: str,
-        resource_id: str,
-        outcome: str,
-        actor: Identity,
-        source: str,
-        details: Mapping[str, Any] | None = None,
-        request_id: str | None = None,
-        occurred_at: datetime | None = None,
-        event_id: uuid.UUID | None = None,
-    ) -> AuditEvent:
-        """A new event: a fresh id, now (UTC), and the current request's id unless given."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
-        if occurred_at is not None and occurred_at.tzinfo is None:
-            raise ValueError("occurred_at must be timezone-aware")
-        return cls(
-            id=event_id or uuid.uuid4(),
-            occurred_at=occurred_at or datetime.now(UTC),
-            source=source,
-            actor=Actor.of(actor),
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            outcome=outcome,
-            request_id=request_id if request_id is not None else current_request_id(),
-            details=dict(details or {}),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": str(self.id),
-            "occurred_at": self.occurred_at.isoformat(),
-            "source": self.source,
-            "actor": self.actor.to_json(),
-            "action": self.action,
-            "resource": {"type": self.resource_type, "id": self.resource_id},
-            "outcome": self.outcome,
-            "request_id": self.request_id,
-            "details": dict(self.details),
-        }
-
-
 _ENQUEUE = """
 WITH added AS (
     INSERT INTO outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb) RETURNING 1
@@ -239,8 +126,7 @@ async def enqueue(conn: Connection | asyncpg.Connection, event: AuditEvent) -> N
     """
     if not conn.is_in_transaction():
         raise RuntimeError("enqueue must run inside the transaction of the change it describes")
-    payload = json.dumps(event.to_json(), default=str, ensure_ascii=False)
-    await conn.execute(_ENQUEUE, event.id, event.occurred_at, payload)
+    await conn.execute(_ENQUEUE, event.id, event.occurred_at, event.model_dump_json())
 
 
 class DeliveryError(Exception):
@@ -541,7 +427,6 @@ class OutboxRelay:
 __all__ = [
     "INGEST_PATH",
     "MAX_BATCH",
-    "OUTBOX_DDL",
     "Actor",
     "AuditEvent",
     "DeliveryError",

@@ -28,8 +28,8 @@ from svckit.context import request_id_var
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import Identity, IdentitySigner
+from svckit.migrations import migrate
 from svckit.outbox import (
-    OUTBOX_DDL,
     AuditEvent,
     OutboxRelay,
     backoff_delay,
@@ -78,12 +78,10 @@ def receiver_app(identity_keys: str, state: Receiver) -> Starlette:
 @pytest.fixture
 async def schema(database_url: str) -> AsyncIterator[str]:
     name = f"outbox_{secrets.token_hex(4)}"
+    await migrate(database_url, name, None, kit=["outbox"])  # the kit's one definition of the table
+    yield name
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(f"CREATE SCHEMA {name}")
-        await conn.execute(f"SET search_path TO {name}")
-        await conn.execute(OUTBOX_DDL)
-        yield name
         await conn.execute(f"DROP SCHEMA {name} CASCADE")
     finally:
         await conn.close()
@@ -260,7 +258,7 @@ async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
     port = free_port()  # nothing listens here yet: connections are refused
-    service = f"writer-{schema}"
+    service = f"writer-{schema[-8:]}"
     relay = OutboxRelay(
         database,
         schema,
@@ -304,7 +302,7 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
     """Every commit NOTIFYs the relay; while the audit service is down that must not mean a retry."""
-    service = f"writer-{schema}"
+    service = f"writer-{schema[-8:]}"
     relay = OutboxRelay(
         database,
         schema,
@@ -336,7 +334,7 @@ async def test_server_errors_are_retried_with_backoff(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
     state = Receiver(status=503)
-    service = f"writer-{schema}"
+    service = f"writer-{schema[-8:]}"
     async with serve_app(receiver_app(identity_keys, state)) as url:
         relay = OutboxRelay(
             database,
@@ -367,7 +365,7 @@ async def test_a_poison_event_waits_alone_and_does_not_block_the_rest(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
     state = Receiver(refuse_poison=True)
-    service = f"writer-{schema}"
+    service = f"writer-{schema[-8:]}"
     good = [event(service, n=n) for n in range(4)]
     poison = event(service, poison=True)
     await enqueue_committed(database, [good[0], good[1], poison, good[2], good[3]])
@@ -443,20 +441,12 @@ def test_relay_refuses_odd_schema_names_and_batch_sizes(http: HttpClient, identi
         OutboxRelay(db, "ok", "w", client, batch_size=501)
 
 
-def test_the_docstring_ddl_is_the_constant() -> None:
-    import svckit.outbox as module
-
-    doc = module.__doc__ or ""
-    indented = "\n".join("    " + line if line else "" for line in OUTBOX_DDL.splitlines())
-    assert indented in doc
-
-
 async def test_a_receiver_that_refuses_our_identity_is_retried_not_split(
     database: Database, schema: str, http: HttpClient, identity_keys: str
 ) -> None:
     """Wrong keys (401) are a configuration fault, not bad events: nothing is split or parked."""
     state = Receiver()
-    service = f"writer-{schema}"
+    service = f"writer-{schema[-8:]}"
     other_keys = new_identity_keys("other")
     async with serve_app(receiver_app(identity_keys, state)) as url:
         relay = OutboxRelay(

@@ -14,18 +14,19 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from svckit.authz import identity_of, requires_scope
 from svckit.body import parse_body
+from svckit.contracts.timesheets import EntryIn, ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
+from svckit.responses import model_response
 
 from . import cursor, events, idempotency, store
 from .metrics import entries_created, entries_deleted
-from .models import EntryIn, ListQuery, UploadIn, UploadRow
-from .representation import entry_json
+from .representation import entry_of, page_of
 from .settings import TimesheetsSettings
 
 APPROVE = "approve:timesheets"
@@ -70,15 +71,6 @@ def not_found() -> Problem:
     return Problem(404, "Not Found", "No such timesheet entry.")
 
 
-def page(rows: list[store.Row], limit: int) -> dict[str, Any]:
-    items = rows[:limit]
-    more = len(rows) > limit
-    return {
-        "items": [entry_json(row) for row in items],
-        "next_cursor": cursor.encode(store.position_of(items[-1])) if more else None,
-    }
-
-
 @requires_scope("read:timesheets")
 async def list_entries(request: Request) -> Response:
     identity = identity_of(request)
@@ -98,7 +90,7 @@ async def list_entries(request: Request) -> Response:
         )
     async with database_of(request).connection() as conn:
         rows = await store.list_owned(conn, identity.principal, query, after)
-    return JSONResponse(page(rows, query.limit))
+    return model_response(page_of(rows, query.limit))
 
 
 @requires_scope("create:timesheets")
@@ -128,11 +120,11 @@ async def create_entry(request: Request) -> Response:
             conn, identity.principal, identity.name, entry, client_id=identity.client_id, entry_id=entry_id
         )
         await enqueue(conn, events.created(identity, row))
-        body = entry_json(row)
+        created = entry_of(row)
         if claim is not None:
-            await claim.save(conn, 201, body, location)
+            await claim.save(conn, 201, created, location)
     entries_created.labels("api").inc()
-    return JSONResponse(body, status_code=201, headers={"Location": location})
+    return model_response(created, 201, {"Location": location})
 
 
 @requires_scope("read:timesheets")
@@ -142,13 +134,12 @@ async def get_entry(request: Request) -> Response:
     entry_id = entry_id_of(request)
     async with database_of(request).connection() as conn:
         row = await store.get_entry(conn, entry_id)
-    if row is None or row["deleted_at"] is not None:
+    if row is None or not row.live:
         raise not_found()
-    owner = (row["owner_issuer"], row["owner_subject"])
-    awaiting_caller = identity.has(APPROVE) and row["status"] == "submitted" and owner != identity.principal
-    if owner != identity.principal and not awaiting_caller:
+    awaiting_caller = identity.has(APPROVE) and row.status == "submitted" and row.owner != identity.principal
+    if row.owner != identity.principal and not awaiting_caller:
         raise not_found()
-    return JSONResponse(entry_json(row))
+    return model_response(entry_of(row))
 
 
 @requires_scope("delete:timesheets")
@@ -161,11 +152,11 @@ async def delete_entry(request: Request) -> Response:
 
     async with database_of(request).transaction(committed=committed) as conn:
         row = await store.get_entry(conn, entry_id, lock=True)
-        if row is None or row["deleted_at"] is not None:
+        if row is None or not row.live:
             raise not_found()
-        if (row["owner_issuer"], row["owner_subject"]) != identity.principal:
+        if row.owner != identity.principal:
             raise not_found()
-        if row["status"] == "approved":
+        if row.status == "approved":
             raise Problem(409, "Conflict", "An approved entry cannot be deleted.", status_text="approved")
         await store.mark_deleted(conn, entry_id)
         await enqueue(conn, events.deleted(identity, row))
@@ -219,12 +210,8 @@ async def upload_entries(request: Request) -> Response:
             conn, identity.issuer, rows, client_id=identity.client_id, upload_id=upload_id
         )
         await enqueue(conn, events.uploaded(identity, upload_id, stored))
-        body = {
-            "upload_id": str(upload_id),
-            "count": len(stored),
-            "items": [entry_json(row) for row in stored],
-        }
+        result = UploadResult(upload_id=upload_id, count=len(stored), items=[entry_of(row) for row in stored])
         if claim is not None:
-            await claim.save(conn, 201, body)
+            await claim.save(conn, 201, result)
     entries_created.labels("upload").inc(len(stored))
-    return JSONResponse(body, status_code=201)
+    return model_response(result, 201)

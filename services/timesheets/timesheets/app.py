@@ -91,6 +91,6 @@ def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
         http=http,
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
-        openapi=document(),
+        openapi=document(ROUTES),
         state={"relay": relay},
     )

@@ -9,29 +9,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from svckit.contracts.audit import AuditEvent
+from svckit.contracts.timesheets import ApplyDecision
 from svckit.identity import Identity
-from svckit.outbox import AuditEvent
 
-from .models import DecisionIn
-from .store import Row
+from .store import EntryRow
 
 SOURCE = "timesheets"
 
 
-def _entry_details(row: Row) -> dict[str, object]:
+def _entry_details(row: EntryRow) -> dict[str, object]:
     return {
-        "owner": {"issuer": row["owner_issuer"], "subject": row["owner_subject"]},
-        "date": row["date"].isoformat(),
-        "project": row["project"],
-        "hours": float(row["hours"]),
+        "owner": {"issuer": row.owner_issuer, "subject": row.owner_subject},
+        "date": row.date.isoformat(),
+        "project": row.project,
+        "hours": float(row.hours),
     }
 
 
-def created(actor: Identity, row: Row) -> AuditEvent:
+def created(actor: Identity, row: EntryRow) -> AuditEvent:
     return AuditEvent.create(
         action="timesheet.created",
         resource_type="timesheet",
-        resource_id=str(row["id"]),
+        resource_id=str(row.id),
         outcome="success",
         actor=actor,
         source=SOURCE,
@@ -39,19 +39,19 @@ def created(actor: Identity, row: Row) -> AuditEvent:
     )
 
 
-def deleted(actor: Identity, row: Row) -> AuditEvent:
+def deleted(actor: Identity, row: EntryRow) -> AuditEvent:
     return AuditEvent.create(
         action="timesheet.deleted",
         resource_type="timesheet",
-        resource_id=str(row["id"]),
+        resource_id=str(row.id),
         outcome="success",
         actor=actor,
         source=SOURCE,
-        details={**_entry_details(row), "status": row["status"]},
+        details={**_entry_details(row), "status": row.status},
     )
 
 
-def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[Row]) -> AuditEvent:
+def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[EntryRow]) -> AuditEvent:
     """One event per batch (its entries carry ``upload_id``), so a 1,000-row batch stays small."""
     return AuditEvent.create(
         action="timesheet.uploaded",
@@ -62,14 +62,14 @@ def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[Row]) -> Audi
         source=SOURCE,
         details={
             "entries": len(rows),
-            "users": len({row["owner_subject"] for row in rows}),
-            "first_entry_id": str(rows[0]["id"]),
-            "last_entry_id": str(rows[-1]["id"]),
+            "users": len({row.owner_subject for row in rows}),
+            "first_entry_id": str(rows[0].id),
+            "last_entry_id": str(rows[-1].id),
         },
     )
 
 
-def decided(caller: Identity, decision: DecisionIn, row: Row) -> AuditEvent:
+def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> AuditEvent:
     """The entry's status changed by a decision the approvals service relayed for the approver."""
     approver = Identity(
         decision.by.issuer,
@@ -82,7 +82,7 @@ def decided(caller: Identity, decision: DecisionIn, row: Row) -> AuditEvent:
     return AuditEvent.create(
         action="timesheet.decided",
         resource_type="timesheet",
-        resource_id=str(row["id"]),
+        resource_id=str(row.id),
         outcome="success",
         actor=approver,
         source=SOURCE,

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from svckit.db import Connection
@@ -55,8 +56,8 @@ class Claim:
     caller: store.Principal
     key: str
 
-    async def save(self, conn: Connection, status: int, body: Any, location: str | None = None) -> None:
-        await store.store_response(conn, self.caller, self.key, status, json.dumps(body), location)
+    async def save(self, conn: Connection, status: int, body: BaseModel, location: str | None = None) -> None:
+        await store.store_response(conn, self.caller, self.key, status, body.model_dump_json(), location)
 
 
 async def begin(
@@ -71,7 +72,7 @@ async def begin(
     earlier = await store.claim_key(conn, caller, key, operation, request_fingerprint, ttl)
     if earlier is None:
         return Claim(caller, key)
-    if earlier["operation"] != operation or earlier["fingerprint"] != request_fingerprint:
+    if earlier.operation != operation or earlier.fingerprint != request_fingerprint:
         raise Problem(
             422,
             "Unprocessable Content",
@@ -86,11 +87,11 @@ async def begin(
             ],
         )
     headers = {REPLAYED_HEADER: "true"}
-    if earlier["location"]:
-        headers["Location"] = earlier["location"]
+    if earlier.location:
+        headers["Location"] = earlier.location
     return Response(
-        earlier["response"].encode(),
-        status_code=earlier["status_code"],
+        earlier.response.encode(),
+        status_code=earlier.status_code,
         media_type="application/json",
         headers=headers,
     )

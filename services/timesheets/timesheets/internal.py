@@ -10,18 +10,19 @@ gone (404), decided otherwise (409) or the approver owns the entry (403).
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from svckit.authz import identity_of, requires_service
 from svckit.body import parse_body
+from svckit.contracts.timesheets import ApplyDecision, PendingQuery
 from svckit.db import Connection
 from svckit.outbox import enqueue
 from svckit.problems import Problem
 from svckit.query import parse_query
+from svckit.responses import model_response
 
 from . import cursor, events, store
-from .api import database_of, entry_id_of, not_found, page
-from .models import DecisionIn, PendingQuery
-from .representation import entry_json
+from .api import database_of, entry_id_of, not_found
+from .representation import entry_of, page_of
 
 PEER = "approvals"
 
@@ -35,7 +36,7 @@ async def pending_entries(request: Request) -> Response:
         rows = await store.list_pending(
             conn, (query.exclude_issuer, query.exclude_subject), query.limit, after
         )
-    return JSONResponse(page(rows, query.limit))
+    return model_response(page_of(rows, query.limit))
 
 
 @requires_service(PEER)
@@ -44,16 +45,16 @@ async def entry_for_peer(request: Request) -> Response:
     entry_id = entry_id_of(request)
     async with database_of(request).connection() as conn:
         row = await store.get_entry(conn, entry_id)
-    if row is None or row["deleted_at"] is not None:
+    if row is None or not row.live:
         raise not_found()
-    return JSONResponse(entry_json(row))
+    return model_response(entry_of(row))
 
 
 @requires_service(PEER)
 async def apply_decision(request: Request) -> Response:
     caller = identity_of(request)
     entry_id = entry_id_of(request)
-    decision = await parse_body(request, DecisionIn)
+    decision = await parse_body(request, ApplyDecision)
 
     async def committed(conn: Connection) -> bool:
         return await store.decision_recorded(conn, entry_id, decision.decision_id)
@@ -62,19 +63,19 @@ async def apply_decision(request: Request) -> Response:
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None:
             raise not_found()
-        if row["decision_id"] == decision.decision_id:
-            return JSONResponse(entry_json(row))  # already applied: a retry learns it was
-        if row["deleted_at"] is not None:
+        if row.decision_id == decision.decision_id:
+            return model_response(entry_of(row))  # already applied: a retry learns it was
+        if not row.live:
             raise not_found()
-        if row["status"] != "submitted":
+        if row.status != "submitted":
             raise Problem(
                 409,
                 "Conflict",
                 "The entry has already been decided.",
-                entry=entry_json(row),
+                entry=entry_of(row).model_dump(mode="json"),
             )
-        if (row["owner_issuer"], row["owner_subject"]) == (decision.by.issuer, decision.by.subject):
+        if row.owner == (decision.by.issuer, decision.by.subject):
             raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
         updated = await store.record_decision(conn, entry_id, decision)
         await enqueue(conn, events.decided(caller, decision, updated))
-    return JSONResponse(entry_json(updated))
+    return model_response(entry_of(updated))

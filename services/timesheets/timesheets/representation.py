@@ -1,40 +1,48 @@
-"""Database rows as the JSON documents clients see (the entry shape fixed in api-shared)."""
+"""Typed rows as the contract's documents (:class:`svckit.contracts.timesheets.Entry`)."""
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+from collections.abc import Sequence
 
-import asyncpg
+from svckit.contracts.identity import Person
+from svckit.contracts.timesheets import Entry, EntryDecision, EntryPage
 
-
-def rfc3339(value: dt.datetime) -> str:
-    """UTC, microseconds, ``Z``: one spelling for every timestamp the service emits."""
-    return value.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+from . import cursor
+from .store import EntryRow
 
 
-def person(issuer: str, subject: str, name: str | None) -> dict[str, Any]:
-    return {"issuer": issuer, "subject": subject, "name": name or None}
-
-
-def entry_json(row: asyncpg.Record) -> dict[str, Any]:
+def entry_of(row: EntryRow) -> Entry:
     decision = None
-    if row["decision_id"] is not None:
-        decision = {
-            "decision": row["status"],
-            "by": person(row["decided_by_issuer"], row["decided_by_subject"], row["decided_by_name"]),
-            "at": rfc3339(row["decided_at"]),
-            "comment": row["decision_comment"],
-        }
-    return {
-        "id": str(row["id"]),
-        "owner": person(row["owner_issuer"], row["owner_subject"], row["owner_name"]),
-        "date": row["date"].isoformat(),
-        "project": row["project"],
-        "hours": float(row["hours"]),
-        "notes": row["notes"],
-        "status": row["status"],
-        "decision": decision,
-        "created_at": rfc3339(row["created_at"]),
-        "updated_at": rfc3339(row["updated_at"]),
-    }
+    if row.decision_id is not None:
+        decision = EntryDecision(
+            decision=row.status,
+            by=Person(
+                issuer=row.decided_by_issuer or "",
+                subject=row.decided_by_subject or "",
+                name=row.decided_by_name or None,
+            ),
+            at=row.decided_at,
+            comment=row.decision_comment,
+        )
+    return Entry(
+        id=row.id,
+        owner=Person(issuer=row.owner_issuer, subject=row.owner_subject, name=row.owner_name or None),
+        date=row.date,
+        project=row.project,
+        hours=float(row.hours),
+        notes=row.notes,
+        status=row.status,
+        decision=decision,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def page_of(rows: Sequence[EntryRow], limit: int) -> EntryPage:
+    """One page from ``limit + 1`` rows: the extra row only says that another page exists."""
+    items = rows[:limit]
+    more = len(rows) > limit
+    return EntryPage(
+        items=[entry_of(row) for row in items],
+        next_cursor=cursor.encode(items[-1].position) if more else None,
+    )

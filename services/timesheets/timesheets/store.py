@@ -9,20 +9,74 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from svckit.contracts.timesheets import ApplyDecision, EntryIn, ListQuery, UploadRow
 from svckit.db import Connection
 
 from .cursor import Position
-from .models import DecisionIn, EntryIn, ListQuery, UploadRow
 
-Row = asyncpg.Record
 Principal = tuple[str, str]
 
-COLUMNS = """id, owner_issuer, owner_subject, owner_name, date, project, hours, notes, status,
-    decision_id, decided_by_issuer, decided_by_subject, decided_by_name, decided_at, decision_comment,
-    created_at, updated_at, deleted_at"""
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    """One row of ``entries`` as the handlers use it (deleted rows too: callers decide)."""
+
+    id: uuid.UUID
+    owner_issuer: str
+    owner_subject: str
+    owner_name: str
+    date: dt.date
+    project: str
+    hours: Decimal
+    notes: str | None
+    status: str
+    decision_id: uuid.UUID | None
+    decided_by_issuer: str | None
+    decided_by_subject: str | None
+    decided_by_name: str | None
+    decided_at: dt.datetime | None
+    decision_comment: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> EntryRow:
+        """From a row selected with :data:`COLUMNS`."""
+        return cls(*record.values())
+
+    @property
+    def owner(self) -> Principal:
+        return (self.owner_issuer, self.owner_subject)
+
+    @property
+    def live(self) -> bool:
+        return self.deleted_at is None
+
+    @property
+    def position(self) -> Position:
+        """Where the entry sits in the listings' order (what a cursor after it names)."""
+        return Position(self.date, self.created_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An earlier request's claim on an Idempotency-Key, with the response to replay."""
+
+    operation: str
+    fingerprint: str
+    status_code: int
+    response: str
+    location: str | None
+
+
+# The select list is the row type's fields, in order, so ``EntryRow.of`` can take values positionally.
+COLUMNS = ", ".join(field.name for field in fields(EntryRow))
 
 ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
 
@@ -35,7 +89,7 @@ async def insert_entry(
     *,
     client_id: str,
     entry_id: uuid.UUID,
-) -> Row:
+) -> EntryRow:
     """``entry_id`` is chosen by the caller, so that after a lost COMMIT it knows what to look for."""
     row = await conn.fetchrow(
         f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
@@ -53,14 +107,14 @@ async def insert_entry(
         client_id,
     )
     assert row is not None
-    return row
+    return EntryRow.of(row)
 
 
 async def insert_upload(
     conn: Connection, issuer: str, rows: Sequence[UploadRow], *, client_id: str, upload_id: uuid.UUID
-) -> list[Row]:
+) -> list[EntryRow]:
     """All rows in one statement (``unnest``): 1,000 entries cost one round trip, not 1,000."""
-    return await conn.fetch(
+    records = await conn.fetch(
         f"""INSERT INTO entries (id, owner_issuer, owner_subject, date, project, hours, notes,
                                  source, created_by_client, upload_id)
             SELECT id, $2, subject, date, project, hours, notes, 'upload', $3, $4
@@ -78,11 +132,12 @@ async def insert_upload(
         [row.hours for row in rows],
         [row.notes for row in rows],
     )
+    return [EntryRow.of(record) for record in records]
 
 
 async def list_owned(
     conn: Connection, owner: Principal, query: ListQuery, after: Position | None
-) -> list[Row]:
+) -> list[EntryRow]:
     """One page (plus one row to tell whether another page exists) of the owner's live entries."""
     conditions = ["owner_issuer = $1", "owner_subject = $2", "deleted_at IS NULL"]
     args: list[Any] = [owner[0], owner[1]]
@@ -103,32 +158,37 @@ async def list_owned(
         keyset = f"{arg(after.date)}, {arg(after.created_at)}, {arg(after.id)}"
         conditions.append(f"(date, created_at, id) < ({keyset})")
     limit = arg(query.limit + 1)
-    return await conn.fetch(
+    records = await conn.fetch(
         f"SELECT {COLUMNS} FROM entries WHERE {' AND '.join(conditions)} {ORDER} LIMIT {limit}", *args
     )
+    return [EntryRow.of(record) for record in records]
 
 
-async def list_pending(conn: Connection, exclude: Principal, limit: int, after: Position | None) -> list[Row]:
+async def list_pending(
+    conn: Connection, exclude: Principal, limit: int, after: Position | None
+) -> list[EntryRow]:
     """Submitted live entries of everyone but ``exclude`` (the approver), newest date first."""
     args: list[Any] = [exclude[0], exclude[1], limit + 1]
     keyset = ""
     if after is not None:
         args += [after.date, after.created_at, after.id]
         keyset = "AND (date, created_at, id) < ($4, $5, $6)"
-    return await conn.fetch(
+    records = await conn.fetch(
         f"""SELECT {COLUMNS} FROM entries
             WHERE status = 'submitted' AND deleted_at IS NULL
               AND NOT (owner_issuer = $1 AND owner_subject = $2) {keyset}
             {ORDER} LIMIT $3""",
         *args,
     )
+    return [EntryRow.of(record) for record in records]
 
 
-async def get_entry(conn: Connection, entry_id: uuid.UUID, *, lock: bool = False) -> Row | None:
+async def get_entry(conn: Connection, entry_id: uuid.UUID, *, lock: bool = False) -> EntryRow | None:
     """The entry, deleted or not (callers decide what a deleted one means); optionally row-locked."""
-    return await conn.fetchrow(
+    record = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM entries WHERE id = $1 {'FOR UPDATE' if lock else ''}", entry_id
     )
+    return EntryRow.of(record) if record is not None else None
 
 
 async def mark_deleted(conn: Connection, entry_id: uuid.UUID) -> None:
@@ -138,7 +198,7 @@ async def mark_deleted(conn: Connection, entry_id: uuid.UUID) -> None:
     )
 
 
-async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: DecisionIn) -> Row:
+async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: ApplyDecision) -> EntryRow:
     row = await conn.fetchrow(
         f"""UPDATE entries
             SET status = $2, decision_id = $3, decided_by_issuer = $4, decided_by_subject = $5,
@@ -156,7 +216,7 @@ async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: Decis
         decision.comment,
     )
     assert row is not None
-    return row
+    return EntryRow.of(row)
 
 
 # ---- did it commit? (asked on a fresh connection after a COMMIT whose answer was lost) -------------
@@ -186,10 +246,6 @@ async def decision_recorded(conn: Connection, entry_id: uuid.UUID, decision_id: 
     )
 
 
-def position_of(row: Row) -> Position:
-    return Position(row["date"], row["created_at"], row["id"])
-
-
 # ---- idempotency keys ----------------------------------------------------------------------------
 
 
@@ -200,7 +256,7 @@ async def claim_key(
     operation: str,
     fingerprint: str,
     ttl: dt.timedelta,
-) -> Row | None:
+) -> KeyRecord | None:
     """Claim ``key`` for this request inside the caller's transaction.
 
     Returns None when the claim succeeded (the request proceeds and must :func:`store_response`),
@@ -226,13 +282,15 @@ async def claim_key(
     )
     if claimed:
         return None
-    return await conn.fetchrow(
+    record = await conn.fetchrow(
         """SELECT operation, fingerprint, status_code, response::text AS response, location
            FROM idempotency_keys WHERE caller_issuer = $1 AND caller_subject = $2 AND key = $3""",
         caller[0],
         caller[1],
         key,
     )
+    assert record is not None  # the conflicting row exists: the INSERT above just conflicted with it
+    return KeyRecord(**record)
 
 
 async def store_response(

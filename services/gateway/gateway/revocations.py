@@ -1,0 +1,179 @@
+"""Revoked access tokens: a deny set fed by the providers' revocation stream.
+
+The gateway verifies tokens offline (and remembers verified ones), so a token revoked at the provider
+would keep passing until ``exp``. Providers therefore publish revocations to the Redis stream
+``<REDIS_KEY_PREFIX>revocations`` (entries ``{iss, jti, exp, reason}``, docs/CONTRACTS.md, "Revocation
+events"); every gateway worker process reads it with a blocking ``XREAD`` on a connection of its own
+and keeps a deny set ``(iss, jti) → exp`` in memory, which :class:`gateway.tokens.TokenVerifier`
+consults on every request, verified-token cache hits included (one dict look-up, no Redis round trip).
+
+* A new entry reaches every worker within milliseconds (``XREAD BLOCK`` returns as soon as it is
+  written); the issue-14 bound is 2 s.
+* On start, and after losing Redis, a worker reads the stream from the beginning (``0``): what was
+  revoked while it was away is learnt as soon as it reconnects. The provider re-publishes everything
+  still unexpired when Redis lost the stream itself.
+* An entry is kept until the token's ``exp`` plus the issuer's clock leeway (the token is refused by
+  its own expiry after that). Entries for issuers the gateway does not trust are ignored, as are
+  malformed ones; a writer to the stream can only make the gateway refuse tokens, never accept one.
+* While Redis is unreachable the deny set keeps what it has (revocations published meanwhile arrive
+  on reconnection); the reader retries after ``REDIS_RETRY_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from svckit.redisguard import REDIS_ERRORS, RedisGuard
+
+log = logging.getLogger("gateway.revocations")
+
+STREAM = "revocations"
+MAX_JTI_LENGTH = 255
+
+received = Counter(
+    "gateway_revocations_received_total",
+    "Revocation events read from the stream, by outcome (added, expired, ignored).",
+    ["outcome"],
+)
+feed_errors = Counter(
+    "gateway_revocation_feed_errors_total",
+    "Times the revocation stream reader lost Redis (it reconnects and reads from the start).",
+)
+denied_tokens = Gauge(
+    "gateway_revoked_tokens",
+    "Revoked, unexpired access tokens this gateway refuses (largest deny set among its workers).",
+    multiprocess_mode="livemax",
+)
+
+
+class DenyList:
+    """``(iss, jti) → keep until`` (unix seconds): revoked tokens, refused until they expire."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 1_000_000) -> None:
+        self._entries: dict[tuple[str, str], float] = {}
+        self.clock = clock
+        self.max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, issuer: str, jti: str, keep_until: float) -> bool:
+        """Remember a revocation; False when it has already expired (nothing to refuse)."""
+        now = self.clock()
+        if keep_until <= now:
+            return False
+        if len(self._entries) >= self.max_entries:
+            self.purge(now)
+            if len(self._entries) >= self.max_entries:
+                log.error(
+                    "revocation deny set full; dropping the oldest entry", extra={"max": self.max_entries}
+                )
+                del self._entries[next(iter(self._entries))]
+        key = (issuer, jti)
+        self._entries[key] = max(keep_until, self._entries.get(key, 0.0))
+        return True
+
+    def denied(self, issuer: str, jti: str) -> bool:
+        """O(1): is this token revoked? (An entry past its time may linger; its token is expired.)"""
+        return (issuer, jti) in self._entries
+
+    def purge(self, now: float | None = None) -> None:
+        moment = self.clock() if now is None else now
+        self._entries = {key: until for key, until in self._entries.items() if until > moment}
+        denied_tokens.set(len(self._entries))
+
+
+def _text(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class RevocationFeed:
+    """Reads the stream into a :class:`DenyList`; one per worker process (started in the lifespan)."""
+
+    def __init__(
+        self,
+        redis: RedisGuard,
+        deny: DenyList,
+        leeways: Mapping[str, int],
+        *,
+        block_seconds: float = 5.0,
+        purge_seconds: float = 60.0,
+    ) -> None:
+        self.redis = redis
+        self.deny = deny
+        self.leeways = dict(leeways)  # trusted issuer → its clock leeway (seconds)
+        self.block_ms = max(1, int(block_seconds * 1000))
+        self.read_timeout = block_seconds + max(redis.timeout, 1.0)
+        self.purge_seconds = purge_seconds
+        self.stream = redis.key(STREAM)
+        self.last_id = "0"
+        self.connected = asyncio.Event()  # set while reading (tests and readiness may wait on it)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="gateway-revocation-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def apply(self, fields: Mapping[bytes, bytes]) -> str:
+        """Add one stream entry to the deny set; returns the outcome (a metric label)."""
+        issuer, jti, exp_text = _text(fields, b"iss"), _text(fields, b"jti"), _text(fields, b"exp")
+        if issuer is None or issuer not in self.leeways or not jti or len(jti) > MAX_JTI_LENGTH:
+            return "ignored"
+        try:
+            exp = float(exp_text or "")
+        except ValueError:
+            return "ignored"
+        if not math.isfinite(exp):
+            return "ignored"
+        added = self.deny.add(issuer, jti, exp + self.leeways[issuer])
+        return "added" if added else "expired"
+
+    async def _run(self) -> None:
+        next_purge = time.monotonic() + self.purge_seconds
+        while True:
+            client: Redis = self.redis.dedicated(self.read_timeout)
+            self.last_id = "0"  # (re)connected: read everything the stream still holds
+            try:
+                while True:
+                    response: Any = await client.xread(
+                        {self.stream: self.last_id}, count=1000, block=self.block_ms
+                    )
+                    self.connected.set()
+                    for _stream, entries in response or []:
+                        for entry_id, fields in entries:
+                            received.labels(self.apply(fields)).inc()
+                            self.last_id = entry_id.decode()
+                    denied_tokens.set(len(self.deny))
+                    if time.monotonic() >= next_purge:
+                        self.deny.purge()
+                        next_purge = time.monotonic() + self.purge_seconds
+            except REDIS_ERRORS as exc:
+                self.connected.clear()
+                feed_errors.inc()
+                self.redis.mark_down(exc)
+                log.warning("revocation stream unavailable; retrying", extra={"error": type(exc).__name__})
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await client.aclose()
+            await asyncio.sleep(self.redis.retry_seconds)

@@ -1,0 +1,417 @@
+"""The stages of an API request, each a small unit with one job (composed in :mod:`gateway.edge`).
+
+A stage looks at an :class:`ApiRequest`, records what it learnt on it (the route, the caller's
+address and token, the verified principal, the body) and returns ``None`` to let the request go on,
+or an answer that ends it: a :class:`Refusal` (a problem document, possibly a denial for the audit
+trail) or a :class:`Reply` (the preflight's 204). Most stages are plain functions or synchronous
+methods — on the hot path (a verified-token cache hit, no body) nothing here suspends, and nothing
+is allocated beyond what the request needs anyway; refusals are built only when refusing.
+
+In order (``Edge._handle`` reads the same, top to bottom):
+
+1. :class:`Preflight` — CORS preflights are answered here and never forwarded;
+2. :func:`check_target` — the request target is printable ASCII, literally under ``/api/`` (no
+   percent-encoded letters in the prefix), with no encoded separators or dot segments — so the path
+   the gateway routes and authorizes is byte for byte the path it forwards;
+3. :class:`Router` — the route table, on that same raw path (404 / 405);
+4. :class:`Credentials` — who is asking: the client address (through the trusted proxies) and the
+   bearer token (one ``Authorization`` header, never in the query);
+5. :class:`Authenticate` — a verified-token cache hit, else the per-address budget of anonymous
+   denials (429 before any verification work), else the signature and the claims (401 / 503);
+6. :func:`authorize` — the route's scopes (403);
+7. :class:`RateLimit` — per subject and per client (429);
+8. :class:`Body` — ``Content-Length`` (400 / 413), then the body itself (read whole when small);
+9. :class:`Forward` — the signed identity and the forwarding headers, the upstream's answer
+   streamed back (upstream failures become 502 / 503 / 504).
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import Receive, Send
+from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.identity import PREFIX as IDENTITY_PREFIX
+
+from .cors import Cors
+from .forwarded import ForwardedHeaders
+from .proxy import (
+    NO_BODY_METHODS,
+    SMALL_BODY,
+    STRIPPED_INBOUND,
+    BodyStream,
+    BodyTooLarge,
+    ClientGone,
+    Forwarder,
+    UpstreamFailure,
+    read_body,
+)
+from .ratelimit import RateLimiter
+from .request import GONE, Answer, ApiRequest, Refusal, Reply, challenge
+from .routes import API_PREFIX, RouteTable, unsafe_path
+from .tokens import TokenError, TokenVerifier
+
+_IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
+_NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")  # raw bytes beyond ASCII would sign differently
+NOT_PRINTABLE_DETAIL = "The request target must be printable ASCII; percent-encode the rest."
+_API_LITERAL = API_PREFIX + "/"
+
+
+# --- 1. preflight --------------------------------------------------------------------------------
+
+
+class Preflight:
+    """``OPTIONS`` with ``Access-Control-Request-Method``: 204 with allow headers, or 403."""
+
+    def __init__(self, cors: Cors, routes: RouteTable) -> None:
+        self.cors = cors
+        self.routes = routes
+
+    def __call__(self, request: ApiRequest) -> Answer | None:
+        if request.method != "OPTIONS" or request.acr_method is None:
+            return None
+        request.route = "preflight"
+        path = request.raw_path.decode("latin-1")
+        methods = (
+            ()
+            if _NOT_PRINTABLE.search(request.raw_path) or unsafe_path(path)
+            else self.routes.methods_for(path)
+        )
+        allow, why = self.cors.preflight(request.origin, request.acr_method, request.acr_headers, methods)
+        if allow is None:
+            return Refusal(403, why, [(b"vary", b"Origin")], title="CORS Preflight Refused", cors=False)
+        return Reply(204, allow)
+
+
+# --- 2. the target -------------------------------------------------------------------------------
+
+
+def check_target(request: ApiRequest) -> Refusal | None:
+    """The raw target must be printable ASCII, literally under ``/api/``, and unambiguous.
+
+    The gateway routes, authorizes and forwards the *raw* path: a request the gateway would read one
+    way and the service another (``/%61pi/…``, ``/api%2Ftimesheets``, ``/api/a/../b``) is refused,
+    never normalised and never rewritten.
+    """
+    raw = request.raw_path
+    if _NOT_PRINTABLE.search(raw) or _NOT_PRINTABLE.search(request.query):
+        return Refusal(400, NOT_PRINTABLE_DETAIL)
+    path = raw.decode("ascii")
+    if not path.startswith(_API_LITERAL):
+        prefix = path[: len(_API_LITERAL)]
+        if "%" in prefix or "\\" in prefix:
+            return Refusal(
+                400, f"The request target must start with {_API_LITERAL} literally, without percent-encoding."
+            )
+        return Refusal(404, "No API route matches this path.")
+    if unsafe_path(path):
+        return Refusal(400, "The path contains encoded separators or dot segments.")
+    request.path = path
+    return None
+
+
+# --- 3. the route --------------------------------------------------------------------------------
+
+
+class Router:
+    """The route table, matched on the raw path (404 / 405 + ``Allow``)."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self.routes = routes
+
+    def __call__(self, request: ApiRequest) -> Refusal | None:
+        match = self.routes.match(request.method, request.path)
+        route = match.route
+        if route is None:
+            if match.allowed_methods:
+                allow = (b"allow", ", ".join(match.allowed_methods).encode())
+                return Refusal(405, f"{request.method} is not allowed here.", [allow])
+            return Refusal(404, "No API route matches this path.")
+        request.matched = route
+        request.route = route.template
+        return None
+
+
+# --- 4. the caller's credentials -----------------------------------------------------------------
+
+
+class Credentials:
+    """The client address (through the trusted proxies) and the bearer token, from the header only."""
+
+    def __init__(self, forwarded: ForwardedHeaders) -> None:
+        self.forwarded = forwarded
+
+    def __call__(self, request: ApiRequest) -> Refusal | None:
+        scope = request.scope
+        client = scope.get("client")
+        forwarding = request.forwarding = self.forwarded.resolve(
+            str(client[0]) if client else "",
+            scope.get("scheme", "http"),
+            request.host,
+            request.xff,
+            request.xf_proto,
+            request.xf_host,
+        )
+        request.client_ip = forwarding.client_ip
+        if b"access_token=" in request.query:
+            return Refusal(
+                400,
+                "Access tokens are accepted only in the Authorization header.",
+                [(b"www-authenticate", challenge("invalid_request", "token in query"))],
+            )
+        authorization = request.authorization
+        if len(authorization) > 1:
+            return Refusal(
+                400,
+                "Send exactly one Authorization header.",
+                [(b"www-authenticate", challenge("invalid_request", "multiple Authorization headers"))],
+                reason="malformed",
+                failure=True,
+            )
+        if authorization:
+            scheme, _, credentials = authorization[0].decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                # "Bearer" with nothing after it is a malformed token, not a missing one
+                request.token = credentials.strip() or "\0"
+        return None
+
+
+# --- 5. authentication ---------------------------------------------------------------------------
+
+
+class Authenticate:
+    """The verified principal: from the cache without suspending, else verified (see module docstring).
+
+    Callers without a usable token are *anonymous*: each such denial counts against the client
+    address's budget (:meth:`RateLimiter.count_anonymous`), and an address over budget is answered
+    429 before its token is even parsed.
+    """
+
+    def __init__(self, verifier: TokenVerifier, limiter: RateLimiter | None) -> None:
+        self.verifier = verifier
+        self.limiter = limiter
+
+    def cached(self, request: ApiRequest) -> bool:
+        """A token verified before, not expired and not revoked since (no suspension, no allocation).
+
+        A revoked token is no cache hit: :meth:`verify` refuses it (401 ``revoked``) like any
+        other token that does not verify, and it counts against the address like them.
+        """
+        if not request.token:
+            return False
+        try:
+            principal = self.verifier.cached(request.token)
+        except TokenError:
+            return False
+        if principal is None:
+            return False
+        request.principal = principal
+        return True
+
+    def anonymous_budget(self, request: ApiRequest) -> Refusal | None:
+        """429 for an address that used up its anonymous denials in this window."""
+        if self.limiter is None:
+            return None
+        decision = self.limiter.anonymous_refused(request.client_ip)
+        if decision.allowed:
+            return None
+        return Refusal(
+            429,
+            f"Too many requests without a valid token from this address; retry in {decision.retry_after} s.",
+            [(b"retry-after", str(decision.retry_after).encode())],
+            reason="rate_limit_address",
+            audit="aggregate",
+        )
+
+    async def verify(self, request: ApiRequest) -> Refusal | None:
+        if not request.token:
+            self._count_anonymous(request)
+            return Refusal(
+                401,
+                "This API needs a bearer access token.",
+                [(b"www-authenticate", challenge())],
+                reason="missing_token",
+                failure=True,
+                audit="aggregate",
+            )
+        try:
+            request.principal = await self.verifier.verify(request.token)
+        except TokenError as exc:
+            if exc.status == 503:  # our keys are unavailable: not the caller's fault, not a denial
+                return Refusal(
+                    503, exc.description, [(b"retry-after", b"5")], reason=exc.reason, failure=True
+                )
+            self._count_anonymous(request)
+            return Refusal(
+                401,
+                exc.description,
+                [(b"www-authenticate", challenge("invalid_token", exc.description))],
+                reason=exc.reason,
+                failure=True,
+                audit="aggregate",
+            )
+        return None
+
+    def _count_anonymous(self, request: ApiRequest) -> None:
+        if self.limiter is not None:
+            self.limiter.count_anonymous(request.client_ip)
+
+
+# --- 6. authorization ----------------------------------------------------------------------------
+
+
+def authorize(request: ApiRequest) -> Refusal | None:
+    """The route's scopes against the token's (403 ``insufficient_scope``)."""
+    route, principal = request.matched, request.principal
+    assert route is not None
+    assert principal is not None
+    identity = principal.identity
+    request.subject = identity.subject
+    request.client_id = identity.client_id
+    if route.allows(identity.scopes):
+        return None
+    needed = route.scope_text
+    plural = "s" if len(route.scopes) > 1 else ""
+    any_of = " (any of them)" if route.require == "any" and len(route.scopes) > 1 else ""
+    return Refusal(
+        403,
+        f"This route needs the scope{plural} {needed}{any_of}.",
+        [(b"www-authenticate", challenge("insufficient_scope", "The token lacks a required scope.", needed))],
+        reason="insufficient_scope",
+        failure=True,
+        audit="each",
+        required_scope=needed,
+    )
+
+
+# --- 7. rate limits ------------------------------------------------------------------------------
+
+
+class RateLimit:
+    """Per (issuer, subject) and per (issuer, client id): 429 + ``Retry-After``."""
+
+    def __init__(self, limiter: RateLimiter | None) -> None:
+        self.limiter = limiter
+
+    def __call__(self, request: ApiRequest) -> Refusal | None:
+        if self.limiter is None:
+            return None
+        principal = request.principal
+        assert principal is not None
+        decision = self.limiter.check(principal.subject_key, principal.client_key)
+        if decision.allowed:
+            return None
+        return Refusal(
+            429,
+            f"Too many requests for this {decision.limit}; retry in {decision.retry_after} s.",
+            [(b"retry-after", str(decision.retry_after).encode())],
+            reason=f"rate_limit_{decision.limit}",
+            audit="aggregate",
+        )
+
+
+# --- 8. the body ---------------------------------------------------------------------------------
+
+
+class Body:
+    """``Content-Length`` checked at once; a small body is read whole, a large one streamed."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body = max_body_bytes
+        self.too_large = f"The request body exceeds {max_body_bytes} bytes."
+
+    def check(self, request: ApiRequest, receive: Receive) -> Refusal | None:
+        """The declared length (no I/O); decides whether :meth:`read` has anything to do."""
+        length = -1
+        if request.content_length is not None:
+            try:
+                length = int(request.content_length)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                return Refusal(400, "The Content-Length header is not a number.")
+            if length > self.max_body:
+                return Refusal(413, self.too_large)
+        if length > SMALL_BODY:
+            request.body = BodyStream(receive, self.max_body)  # known to be large: streamed from the start
+        elif length > 0 or request.chunked or request.method not in NO_BODY_METHODS:
+            request.read_body = True
+        return None
+
+    async def read(self, request: ApiRequest, receive: Receive) -> Refusal | None:
+        """Up to 64 KiB before the upstream is contacted; more is handed over as a stream."""
+        try:
+            request.body = await read_body(receive, self.max_body, stream_above=SMALL_BODY)
+        except BodyTooLarge:
+            return Refusal(413, self.too_large)
+        except ClientGone:
+            return GONE
+        return None
+
+
+# --- 9. forwarding -------------------------------------------------------------------------------
+
+
+class Forward:
+    """The request upstream with the signed identity; the answer streamed back to the client."""
+
+    def __init__(self, forwarder: Forwarder, max_body_bytes: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.forwarder = forwarder
+        self.too_large = f"The request body exceeds {max_body_bytes} bytes."
+        self._now = clock.time
+
+    async def __call__(self, request: ApiRequest, send: Send) -> Refusal | None:
+        route = request.matched
+        assert route is not None
+        target = request.raw_path[len(API_PREFIX) :]
+        if request.query:
+            target = target + b"?" + request.query
+        headers, signed = self.upstream_headers(request, target)
+
+        def on_status(status: int) -> None:
+            request.status = status
+
+        try:
+            await self.forwarder.forward(
+                service=route.upstream,
+                method=request.method,
+                target=target,
+                headers=headers,
+                signed=signed,
+                body=request.body,
+                send=send,
+                extra_response_headers=request.base_headers,
+                on_status=on_status,
+            )
+        except BodyTooLarge:
+            return Refusal(413, self.too_large)
+        except ClientGone:
+            return GONE
+        except UpstreamFailure as exc:
+            return Refusal(exc.status, exc.detail, [] if exc.status == 504 else [(b"retry-after", b"2")])
+        return None
+
+    def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
+        principal, forwarding = request.principal, request.forwarding
+        assert principal is not None
+        assert forwarding is not None
+        dropped = STRIPPED_INBOUND
+        if request.connection is not None:
+            dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
+        headers = [
+            (key, value)
+            for key, value in request.scope["headers"]
+            if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
+        ]
+        headers.append((b"x-forwarded-for", forwarding.forwarded_for))
+        headers.append((b"x-forwarded-proto", forwarding.proto))
+        if forwarding.host is not None:
+            headers.append((b"x-forwarded-host", forwarding.host))
+        signed = principal.signed.header_block(
+            method=request.method,
+            target=target,
+            request_id=request.base_headers[0][1],
+            timestamp=str(int(self._now())).encode(),
+        )
+        return headers, signed

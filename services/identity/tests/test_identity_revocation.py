@@ -1,0 +1,161 @@
+"""Issue 14 at the provider: fresh sign-in for prompt=login/max_age, consent checked at every refresh of
+a third-party client, RFC 7009 client authentication, and the revocation stream the gateways read
+(the gateways' side: tests/revocation/test_propagation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+import asyncpg
+import jwt
+import redis.asyncio as aioredis
+
+from testkit.oidc import (
+    BATCH_SECRET,
+    SPA,
+    Browser,
+    code_request,
+    exchange_code,
+    hidden_field,
+    params_of,
+    pkce_pair,
+    sign_in_tokens,
+)
+
+
+def return_to_of(location: str) -> str:
+    """The ``return_to`` of a redirect to the sign-in page."""
+    assert location.startswith("/login?"), location
+    return dict(parse_qsl(urlsplit(location).query))["return_to"]
+
+
+async def test_prompt_login_and_max_age_need_a_sign_in_newer_than_the_request(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """With a session, ``prompt=login``/``max_age=0`` send the user to sign in; opening the
+    ``return_to`` link without signing in must not yield a code; signing in does, and the ID token's
+    ``auth_time`` proves the sign-in happened after the request."""
+    await browser.login("alice")
+    for extra in ({"prompt": "login"}, {"max_age": "0"}):
+        verifier, challenge = pkce_pair()
+        request = code_request(challenge, scope="openid", **extra)
+        requested_at = int(time.time())
+        first = await browser.get("/authorize?" + urlencode(request))
+        assert first.status == 302
+        return_to = return_to_of(first.headers["Location"])
+        assert "login_after=" in return_to
+        skipped = await browser.get(return_to)  # the way back, without signing in
+        assert skipped.status == 302
+        assert skipped.headers["Location"].startswith("/login?"), "no code without a fresh sign-in"
+        assert "code=" not in skipped.headers["Location"]
+        signed = await browser.login("alice", return_to=return_to)
+        assert signed.status == 303
+        done = await browser.authorize_location(signed.headers["Location"])
+        code = params_of(done.headers["Location"])["code"]
+        status, tokens = await exchange_code(http, browser.base, code, verifier)
+        assert status == 200
+        claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+        assert claims["auth_time"] >= requested_at
+
+
+async def test_third_party_refresh_needs_consent_that_still_covers_its_scopes(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    verifier, challenge = pkce_pair()
+    request = code_request(
+        challenge,
+        client_id="partner-spa",
+        redirect_uri=f"{SPA}/partner/callback",
+        scope="openid offline_access read:timesheets",
+    )
+    await browser.sign_in_and_authorize("bob", **request)
+    answer = {
+        "csrf_token": hidden_field(browser.last_html, "csrf_token"),
+        "request": hidden_field(browser.last_html, "request"),
+        "decision": "allow",
+    }
+    response = await browser.post("/authorize/decision", answer)
+    code = params_of(response.headers["Location"])["code"]
+    status, tokens = await exchange_code(
+        http, base_url, code, verifier, client_id="partner-spa", redirect_uri=f"{SPA}/partner/callback"
+    )
+    assert status == 200
+
+    async def refresh(token: str) -> tuple[int, dict[str, Any]]:
+        form = {"grant_type": "refresh_token", "client_id": "partner-spa", "refresh_token": token}
+        async with http.post(base_url + "/oauth/token", data=form) as r:
+            return r.status, await r.json()
+
+    status, tokens = await refresh(tokens["refresh_token"])
+    assert status == 200
+    # consent narrowed behind the refresh token's back (no withdrawal, so nothing was revoked yet)
+    await db.execute(
+        "UPDATE consents SET scopes = ARRAY['openid'] "
+        "WHERE subject = 'local|bob' AND client_id = 'partner-spa'"
+    )
+    status, error = await refresh(tokens["refresh_token"])
+    assert (status, error["error"]) == (400, "invalid_grant")
+    assert "consent" in error["error_description"]
+    revoked = await db.fetchval(
+        "SELECT count(*) FROM issued_tokens WHERE subject = 'local|bob' AND client_id = 'partner-spa' "
+        "AND revocation_reason = 'consent_withdrawn'"
+    )
+    assert revoked >= 2, "the family's access tokens were revoked too"
+
+
+async def test_revocation_authenticates_clients_as_auth0_does(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """Public clients by client_id alone; confidential clients only with their secret."""
+    auth = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)}
+    grant = {"grant_type": "client_credentials"}
+    async with http.post(base_url + "/oauth/token", data=grant, headers=auth) as r:
+        token = (await r.json())["access_token"]
+    revoke = base_url + "/oauth/revoke"
+    async with http.post(revoke, data={"client_id": "timesheets-batch", "token": token}) as r:
+        assert r.status == 401, "a confidential client must authenticate"
+        assert (await r.json())["error"] == "invalid_client"
+    wrong = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", "not-the-secret")}
+    async with http.post(revoke, data={"token": token}, headers=wrong) as r:
+        assert r.status == 401
+    async with http.post(revoke, data={"token": token}, headers=auth) as r:
+        assert r.status == 200
+
+
+async def test_revocations_are_published_to_the_stream_and_republished_when_lost(
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    issuer: str,
+    redis_url: str,
+    seeded: dict[str, str],
+) -> None:
+    """The event contract of docs/CONTRACTS.md: {iss, jti, exp, reason} on <prefix>revocations; the
+    provider re-publishes every unexpired revocation when the stream and its marker are gone."""
+    tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    async with http.post(
+        base_url + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": tokens["access_token"]}
+    ) as r:
+        assert r.status == 200
+    stream = seeded["REDIS_KEY_PREFIX"] + "revocations"
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+
+        async def events() -> list[dict[str, str]]:
+            entries: Any = await client.xrange(stream)
+            return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+        expected = {"iss": issuer, "jti": access["jti"], "exp": str(access["exp"]), "reason": "revoked"}
+        assert expected in await events()
+        await client.delete(stream, seeded["REDIS_KEY_PREFIX"] + "revocations:complete")  # Redis lost it
+        deadline = time.monotonic() + 10  # REVOCATION_CHECK_SECONDS is 1 s in these tests
+        while expected not in await events():
+            assert time.monotonic() < deadline, "not re-published"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()

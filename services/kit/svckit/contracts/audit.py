@@ -1,0 +1,447 @@
+"""The audit contracts: the event writers send (``POST /internal/events``), the records and chain
+verifications auditors read (``GET /audit/events``, ``GET /audit/verify``).
+
+:class:`AuditEvent` is the one definition of an audit event. Writers build it with
+:meth:`AuditEvent.create` (and queue it in their outbox, :mod:`svckit.outbox`); the audit service
+validates what arrives with the same model. It is validated on both ends: a writer cannot queue an
+event the audit service would refuse (which would wait in the outbox forever).
+
+Everything here must also be storable: Postgres text cannot hold NUL characters, ``jsonb`` refuses
+NaN and infinities, and strings must be valid UTF-8. Such values are refused at the door rather than
+failing later inside the chain lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import WithJsonSchema
+
+from ..context import current_request_id
+from .fields import Instant
+from .identity import Identity
+
+INGEST_PATH = "/internal/events"
+MAX_BATCH = 500
+MAX_DETAILS_BYTES = 16 * 1024
+MAX_DETAILS_DEPTH = 16
+MAX_NAME = 512
+OUTCOMES = frozenset({"success", "denied", "failure"})
+Outcome = Literal["success", "denied", "failure"]
+ActorKind = Literal["user", "client", "service", "anonymous"]
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def _utc_text(value: datetime) -> str:
+    """UTC with ``Z``; microseconds only when there are any (how the audit API has always spelt it)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(_utc_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339, UTC, Z."}),
+]
+
+
+class InvalidEvent(ValueError):
+    """A writer built an event the audit service would refuse: a bug in the writer, never the
+    client's fault (so deliberately not a pydantic ``ValidationError``, which answers 422)."""
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Storable = AfterValidator(_storable)
+Name = Annotated[str, Field(max_length=MAX_NAME), Storable]
+RequiredName = Annotated[str, Field(min_length=1, max_length=MAX_NAME), Storable]
+ClientId = Annotated[str, Field(max_length=256), Storable]
+RequestId = Annotated[str, Field(max_length=128), Storable]
+Filter = Annotated[str, Field(min_length=1, max_length=512), Storable]
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DETAILS_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_DETAILS_DEPTH} levels")
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+
+
+def _details(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json(value)
+    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_DETAILS_BYTES:
+        raise ValueError(f"must be at most {MAX_DETAILS_BYTES} bytes as JSON")
+    return value
+
+
+class Actor(BaseModel):
+    """Who acted (a snapshot of the caller's :class:`~svckit.identity.Identity`). ``anonymous`` (with
+    an empty issuer) is a caller whose token did not verify: the gateway records such denials too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Name
+    subject: RequiredName
+    kind: ActorKind
+    client_id: ClientId = ""
+    name: Name = ""
+
+    @classmethod
+    def of(cls, identity: Identity) -> Actor:
+        # The display name is a snapshot for people; a token may carry a longer one than the trail
+        # keeps, and that must not make the event unstorable.
+        return cls(
+            issuer=identity.issuer,
+            subject=identity.subject,
+            kind=identity.kind,
+            client_id=identity.client_id,
+            name=identity.name[:MAX_NAME],
+        )
+
+    def to_json(self) -> dict[str, str]:
+        return self.model_dump(mode="json")
+
+
+class Resource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    id: Name = ""
+
+
+class AuditEvent(BaseModel):
+    """One audit event, in the wire shape of ``POST /internal/events``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: uuid.UUID
+    occurred_at: Instant
+    source: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+    actor: Actor
+    action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$", max_length=100)]
+    resource: Resource
+    outcome: Outcome
+    request_id: RequestId | None = None
+    details: Annotated[dict[str, Any], AfterValidator(_details)] = Field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        outcome: str,
+        actor: Identity | Actor,
+        source: str,
+        details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+        event_id: uuid.UUID | None = None,
+    ) -> AuditEvent:
+        """A new event: a fresh id, now (UTC), and the current request's id unless given. Raises
+        :class:`InvalidEvent` (naming the field) when the audit service would refuse it."""
+        if outcome not in OUTCOMES:
+            raise InvalidEvent(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+        if occurred_at is not None and occurred_at.tzinfo is None:
+            raise InvalidEvent("occurred_at must be timezone-aware")
+        try:
+            return cls(
+                id=event_id or uuid.uuid4(),
+                occurred_at=occurred_at or datetime.now(UTC),
+                source=source,
+                actor=actor if isinstance(actor, Actor) else Actor.of(actor),
+                action=action,
+                resource=Resource(type=resource_type, id=resource_id),
+                outcome=outcome,
+                request_id=request_id if request_id is not None else current_request_id(),
+                details=dict(details or {}),
+            )
+        except ValidationError as exc:
+            raise InvalidEvent(f"the audit service would refuse this event: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class IngestBatch(BaseModel):
+    """``POST /internal/events``: events of the calling service (its name as each ``source``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[AuditEvent], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class IngestResult(BaseModel):
+    accepted: int = Field(ge=0, description="Events stored now.")
+    duplicates: int = Field(ge=0, description="Events already stored (recognised by id).")
+
+
+# ---- GET /audit/events ---------------------------------------------------------------------------
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).rstrip(b"=").decode()
+
+
+MAX_SEQ = 2**63 - 1  # seq is a bigint: a position beyond it names no record (and cannot be a parameter)
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+
+def chain_position(text: str) -> int | None:
+    """A ``seq`` written in ASCII digits, within 1..2^63-1 (a Postgres bigint), else None."""
+    if not _SEQ.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_SEQ else None
+
+
+def decode_cursor(value: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("is not a cursor returned by this API") from None
+    seq = chain_position(raw[1:]) if raw.startswith("s") else None
+    if seq is None:
+        raise ValueError("is not a cursor returned by this API")
+    return seq
+
+
+def _valid_cursor(value: str) -> str:
+    decode_cursor(value)
+    return value
+
+
+class EventsQuery(BaseModel):
+    """Filters of ``GET /audit/events``; every one optional, combined with AND."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    actor: Filter | None = Field(None, description="Actor subject.")
+    actor_issuer: RequiredName | None = Field(None, description="Actor issuer (with or without actor).")
+    client_id: Filter | None = Field(None, description="Client id of the actor's token.")
+    action: Filter | None = Field(None, description="Exact action, e.g. timesheet.created.")
+    resource_type: Filter | None = Field(None, description="Resource type, e.g. timesheet.")
+    resource_id: Filter | None = Field(None, description="Resource id.")
+    outcome: Outcome | None = Field(None, description="Outcome.")
+    source: Filter | None = Field(None, description="Producing service.")
+    from_: Instant | None = Field(
+        None, alias="from", description="occurred_at ≥ from (RFC 3339 with an offset)."
+    )
+    to: Instant | None = Field(
+        None, description="occurred_at < to (RFC 3339 with an offset); later than from."
+    )
+    limit: int = Field(50, ge=1, le=100, description="Page size.")
+    cursor: (
+        Annotated[
+            str,
+            Field(max_length=64),
+            AfterValidator(_valid_cursor),
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "pattern": "^[A-Za-z0-9_-]+$",
+                    "description": "The next_cursor of the previous page, unchanged (opaque).",
+                }
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("to")
+    @classmethod
+    def _after_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("from_")
+        if value is not None and start is not None and value <= start:
+            raise ValueError("must be later than 'from'")
+        return value
+
+    @property
+    def before_seq(self) -> int | None:
+        return decode_cursor(self.cursor) if self.cursor else None
+
+
+EXAMPLE_RECORD: dict[str, Any] = {
+    "seq": 1842,
+    "id": "3c9a7e52-1b0d-4f6e-a8c2-5d4e3f2a1b0c",
+    "occurred_at": "2026-11-23T17:02:11.204518Z",
+    "recorded_at": "2026-11-23T17:02:11.391204Z",
+    "source": "timesheets",
+    "actor": {
+        "issuer": "https://login.abc.example/",
+        "subject": "local|alice",
+        "kind": "user",
+        "client_id": "timesheets-spa",
+        "name": "Alice Example",
+    },
+    "action": "timesheet.created",
+    "resource": {"type": "timesheet", "id": "0b5c6f9e-3d2a-4c1b-8e7f-6a5b4c3d2e1f"},
+    "outcome": "success",
+    "request_id": "5f0c6d0e8b3f4a0f9d1e2c3b4a5f6e7d",
+    "details": {"date": "2026-11-23", "project": "Store rollout", "hours": 7.5},
+    "prev_hash": "9f2b5c1d7e3a8f4b6c0d2e1f3a5b7c9d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
+    "hash": "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
+}
+
+
+class AuditRecord(BaseModel):
+    """A stored record: the ingested event plus its place in the chain."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_RECORD]})
+
+    seq: int = Field(ge=1, description="Chain position: 1, 2, 3, … without gaps.")
+    id: uuid.UUID
+    occurred_at: Timestamp
+    recorded_at: Timestamp
+    source: str
+    actor: Actor
+    action: str
+    resource: Resource
+    outcome: Outcome
+    request_id: str | None
+    details: dict[str, Any]
+    prev_hash: Annotated[str, Field(pattern=HASH_PATTERN)]
+    hash: Annotated[str, Field(pattern=HASH_PATTERN)]
+
+
+class EventsPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [EXAMPLE_RECORD], "next_cursor": None}]}
+    )
+
+    items: list[AuditRecord]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next (older) page; null at the end."
+    )
+
+
+# ---- GET /audit/verify -------------------------------------------------------------------------
+
+ANCHOR_PATTERN = r"^[1-9][0-9]*:[0-9a-f]{64}$"
+
+
+class Anchor(BaseModel):
+    seq: int
+    hash: str
+
+
+def _anchor(value: str) -> str:
+    seq, _, digest = value.partition(":")
+    if chain_position(seq) is None or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("must be '<seq>:<hash>' as seen earlier in a record's seq and hash")
+    return value
+
+
+class VerifyQuery(BaseModel):
+    """``anchor=<seq>:<hash>``: a record seen earlier (say, the newest one from ``GET /audit/events
+    ?limit=1``, saved somewhere the database's owner cannot write). The chain must still hold it,
+    unchanged: that catches truncation and wholesale re-hashed rewrites, which the chain alone cannot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: (
+        Annotated[
+            str,
+            Field(max_length=100),
+            AfterValidator(_anchor),
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "maxLength": 100,
+                    "pattern": ANCHOR_PATTERN,
+                    "description": "'<seq>:<hash>' of a record seen earlier (e.g. the newest from "
+                    "GET /audit/events?limit=1, kept outside the database): the chain must still "
+                    "hold it unchanged, which catches truncation and re-hashed rewrites.",
+                }
+            ),
+        ]
+        | None
+    ) = None
+
+    @property
+    def anchor_point(self) -> Anchor | None:
+        if self.anchor is None:
+            return None
+        seq, _, digest = self.anchor.partition(":")
+        return Anchor(seq=int(seq), hash=digest)
+
+
+class VerifyResult(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"ok": True, "checked": 1842},
+                {
+                    "ok": False,
+                    "checked": 977,
+                    "first_bad": 977,
+                    "reason": "hash does not match the record's content",
+                },
+            ]
+        },
+    )
+
+    ok: bool
+    checked: int = Field(ge=0, description="Records examined.")
+    first_bad: int | None = Field(
+        None, ge=1, description="The first seq that is missing, altered or unlinked (only when ok is false)."
+    )
+    reason: str | None = Field(None, description="What is wrong at first_bad (only when ok is false).")
+
+
+__all__ = [
+    "INGEST_PATH",
+    "MAX_BATCH",
+    "OUTCOMES",
+    "Actor",
+    "Anchor",
+    "AuditEvent",
+    "AuditRecord",
+    "EventsPage",
+    "EventsQuery",
+    "IngestBatch",
+    "IngestResult",
+    "InvalidEvent",
+    "Resource",
+    "VerifyQuery",
+    "VerifyResult",
+    "decode_cursor",
+    "encode_cursor",
+]

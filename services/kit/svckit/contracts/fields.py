@@ -1,0 +1,224 @@
+"""Field types shared by the contracts: each one validates *and* states its JSON Schema.
+
+Every type here pairs the rule a service enforces (a validator, with the error message clients see)
+with the schema the OpenAPI documents publish (``WithJsonSchema``), side by side, so a constraint is
+written once. ``services/kit/tests/test_contracts.py`` checks the pairing both ways: values generated
+from each published schema are accepted by the model, and the examples in the schemas validate.
+
+Patterns are written in the subset of regular-expression syntax that ECMA-262 (what JSON Schema and
+browsers use) and Python's ``re`` (what the validators and the property tests use) read the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from annotated_types import GroupedMetadata
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    PlainSerializer,
+    Strict,
+    StringConstraints,
+)
+from pydantic.json_schema import WithJsonSchema
+
+# Control characters other than tab, line feed and carriage return (which free text may contain).
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F"
+# Free text: any characters but control characters (line breaks and tabs are fine).
+FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
+# A name: free text that is not blank (services strip surrounding whitespace before checking length).
+# \u0085 is whitespace to Python but not to ECMA-262, so it is named explicitly.
+NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^\s\u0085\u0000-\u001F\u007F][^{_CONTROL_CLASS}]*$"
+ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# Opaque cursors are base64url without padding.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
+
+EARLIEST_DATE = dt.date.min  # 0001-01-01
+LATEST_DATE = dt.date.max  # 9999-12-31
+# What a timesheet entry may be dated (docs/CONTRACTS.md "Accepted input"): 0001-01-01 or 9999-12-31
+# are typos or probes, not work. The window is exactly the years the pattern below allows.
+FIRST_WORK_DATE = dt.date(2000, 1, 1)
+LAST_WORK_DATE = dt.date(2099, 12, 31)
+WORK_DATE_PATTERN = r"^20[0-9]{2}-[0-9]{2}-[0-9]{2}$"
+
+
+def no_control_chars(value: str) -> str:
+    if CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _iso_date_text(value: Any) -> Any:
+    """Only ``YYYY-MM-DD`` strings: pydantic alone would also take numbers (as Unix times)."""
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(ISO_DATE_PATTERN, value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+def rfc3339(value: dt.datetime) -> str:
+    """UTC, microseconds, ``Z``: one spelling for every timestamp the services emit."""
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+IsoDate = Annotated[
+    dt.date,
+    BeforeValidator(_iso_date_text),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date",
+            "pattern": ISO_DATE_PATTERN,
+            "description": (
+                f"A calendar date as YYYY-MM-DD (RFC 3339 full-date), {EARLIEST_DATE.isoformat()} to "
+                f"{LATEST_DATE.isoformat()}."
+            ),
+        }
+    ),
+]
+"""A calendar date in a request: ``YYYY-MM-DD`` text only."""
+
+
+def _work_date(value: dt.date) -> dt.date:
+    if not FIRST_WORK_DATE <= value <= LAST_WORK_DATE:
+        raise ValueError(f"must be a work date from {FIRST_WORK_DATE} to {LAST_WORK_DATE}")
+    return value
+
+
+WorkDate = Annotated[
+    dt.date,
+    BeforeValidator(_iso_date_text),
+    AfterValidator(_work_date),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date",
+            "pattern": WORK_DATE_PATTERN,
+            "description": (
+                f"The day worked, YYYY-MM-DD, {FIRST_WORK_DATE.isoformat()} to {LAST_WORK_DATE.isoformat()}."
+            ),
+        }
+    ),
+]
+"""The date of an entry: an :data:`IsoDate` within the work-date window (422 naming the field)."""
+
+
+def _has_utc_form(value: dt.datetime) -> dt.datetime:
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("must be an instant between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_has_utc_form)]
+"""An aware timestamp in a request that has a UTC form. ``AwareDatetime`` alone takes
+``0001-01-01T00:00:00+14:00``, before year 1 in UTC: unrepresentable, and the database driver failed
+with a 500 converting it."""
+
+Timestamp = Annotated[
+    dt.datetime,
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, microseconds, Z."}
+    ),
+]
+"""A point in time in a response, always written as :func:`rfc3339` spells it."""
+
+
+class NameText(GroupedMetadata):
+    """A required, stripped, non-blank name of at most ``max_length`` characters (``Annotated[str, …]``)."""
+
+    def __init__(self, max_length: int, description: str) -> None:
+        self.max_length = max_length
+        self.description = description
+
+    def __iter__(self) -> Iterator[object]:
+        yield Strict()
+        yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
+        yield AfterValidator(no_control_chars)
+        yield WithJsonSchema(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": self.max_length,
+                "pattern": NAME_PATTERN,
+                "description": f"{self.description} Not blank, no control characters; surrounding "
+                "whitespace is removed.",
+            }
+        )
+
+
+def _blank_is_none(value: str | None) -> str | None:
+    if value is not None and CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters (line breaks are fine)")
+    return value or None
+
+
+class OptionalText(GroupedMetadata):
+    """Optional free text (``Annotated[str | None, …]``): line breaks allowed, no other control
+    characters, at most ``max_length`` characters; blank means absent."""
+
+    def __init__(self, max_length: int, description: str) -> None:
+        self.max_length = max_length
+        self.description = description
+
+    def __iter__(self) -> Iterator[object]:
+        yield StringConstraints(max_length=self.max_length)
+        yield AfterValidator(_blank_is_none)
+        yield WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": self.max_length, "pattern": FREE_TEXT_PATTERN},
+                    {"type": "null"},
+                ],
+                "description": f"{self.description} At most {self.max_length} characters; line breaks "
+                "are fine, other control characters are not. An empty string means none.",
+            }
+        )
+
+
+class CursorText(GroupedMetadata):
+    """An opaque pagination cursor as returned in ``next_cursor`` (``Annotated[str, …]``)."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+
+    def __iter__(self) -> Iterator[object]:
+        yield StringConstraints(min_length=1, max_length=self.max_length)
+        yield WithJsonSchema(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": self.max_length,
+                "pattern": CURSOR_PATTERN,
+                "description": "The next_cursor of the previous page, unchanged (opaque).",
+            }
+        )
+
+
+__all__ = [
+    "CONTROL_CHARS",
+    "CURSOR_PATTERN",
+    "FREE_TEXT_PATTERN",
+    "ISO_DATE_PATTERN",
+    "NAME_PATTERN",
+    "UUID_SCHEMA",
+    "CursorText",
+    "Instant",
+    "IsoDate",
+    "NameText",
+    "OptionalText",
+    "Timestamp",
+    "WorkDate",
+    "no_control_chars",
+    "rfc3339",
+]

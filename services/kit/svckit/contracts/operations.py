@@ -1,0 +1,382 @@
+"""Every HTTP operation of the platform's services: path, request models, answers, links.
+
+This catalogue is what the OpenAPI documents are generated from: each service's internal
+``/openapi.json`` (its own operations, paths as the service routes them) and the gateway's public
+``/api/openapi.json`` (the operations ``routes.yaml`` exposes, under ``/api``). It names models and
+describes answers; it does not say which scope an operation needs: services declare that next to
+their handlers (``requires_scope``) and the gateway in ``routes.yaml``, and a test proves the two
+agree route by route (``tests/contracts/test_route_scopes.py``).
+
+Answers every operation can give whatever it does (401, 403, 503, and 400/413/415/422 for a body or
+422 for a query) are added by :mod:`svckit.openapi`; only the operation's own answers are listed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from .approvals import Decision, DecisionIn, QueueQuery
+from .audit import EventsPage, EventsQuery, IngestBatch, IngestResult, VerifyQuery, VerifyResult
+from .timesheets import (
+    ApplyDecision,
+    Entry,
+    EntryIn,
+    EntryPage,
+    ListQuery,
+    PendingQuery,
+    UploadIn,
+    UploadResult,
+    UploadRow,
+)
+
+IDEMPOTENCY_KEY_PATTERN = "^[\\x21\\x23-\\x7E]{1,255}$"
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link: the value of ``parameter`` of ``operation_id`` taken from this answer."""
+
+    operation_id: str
+    parameter: str
+    expression: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One documented response. ``model`` set: an ``application/json`` body of that model; ``problem``
+    set: an RFC 9457 problem with that example body; neither: no body."""
+
+    status: int
+    description: str
+    model: type[BaseModel] | None = None
+    problem: Mapping[str, Any] | None = None
+    headers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    links: Mapping[str, Link] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    operation_id: str
+    service: str
+    method: str
+    path: str
+    summary: str
+    answers: tuple[Answer, ...]
+    description: str = ""
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    # models the body's schema refers to by name without pydantic knowing (see UploadIn)
+    also: tuple[type[BaseModel], ...] = ()
+    idempotency_key: bool = False
+    internal: bool = False
+    tag: str = ""
+
+
+def problem_example(status: int, title: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions}
+
+
+def problem_answer(status: int, title: str, description: str, detail: str, **extensions: Any) -> Answer:
+    return Answer(status, description, problem=problem_example(status, title, detail, **extensions))
+
+
+NOT_FOUND_ENTRY = problem_answer(
+    404,
+    "Not Found",
+    "No such entry (unknown, deleted, or not visible to the caller).",
+    "No such timesheet entry.",
+)
+ENTRY_ID_LINKS = {
+    "GetEntry": Link("getEntry", "id", "$response.body#/id", "Read the entry just answered."),
+    "DeleteEntry": Link("deleteEntry", "id", "$response.body#/id", "Delete the entry just answered."),
+}
+IDEMPOTENCY_HEADERS = {
+    "Location": {
+        "description": "The entry's URL, relative to the request's (timesheets/{id}).",
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "true when this is the stored answer to an earlier request with the same key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+IDEMPOTENCY_REUSED = problem_answer(
+    422,
+    "Unprocessable Content",
+    "Invalid fields (errors[] names each one), or an Idempotency-Key reused with a different body.",
+    "This Idempotency-Key was already used for a different request; use a new key for a new request.",
+    errors=[
+        {
+            "field": "Idempotency-Key",
+            "loc": ["header", "Idempotency-Key"],
+            "message": "reused with a different request body",
+            "type": "idempotency_key_reused",
+        }
+    ],
+)
+
+OPERATIONS: tuple[Operation, ...] = (
+    # ---- timesheets ------------------------------------------------------------------------------
+    Operation(
+        "listEntries",
+        "timesheets",
+        "GET",
+        "/timesheets",
+        "The caller's own entries, newest date first",
+        (
+            Answer(
+                200,
+                "One page; next_cursor leads to the next.",
+                EntryPage,
+                links={"GetFirstEntry": Link("getEntry", "id", "$response.body#/items/0/id")},
+            ),
+        ),
+        query=ListQuery,
+        tag="timesheets",
+    ),
+    Operation(
+        "createEntry",
+        "timesheets",
+        "POST",
+        "/timesheets",
+        "Create an entry owned by the caller (status submitted)",
+        (
+            Answer(
+                201,
+                "Created, or the stored answer to a retry with the same Idempotency-Key and body.",
+                Entry,
+                headers=IDEMPOTENCY_HEADERS,
+                links=ENTRY_ID_LINKS,
+            ),
+            IDEMPOTENCY_REUSED,
+        ),
+        body=EntryIn,
+        idempotency_key=True,
+        tag="timesheets",
+    ),
+    Operation(
+        "uploadEntries",
+        "timesheets",
+        "POST",
+        "/timesheets/upload",
+        "Batch upload by a machine client: up to 1,000 entries for named users, all or nothing",
+        (
+            Answer(201, "All rows stored.", UploadResult),
+            problem_answer(
+                403,
+                "Forbidden",
+                "The caller lacks the scope, or is not a machine client acting as itself.",
+                "Batch upload is for machine clients acting as themselves.",
+            ),
+            IDEMPOTENCY_REUSED,
+        ),
+        description="Any bad row refuses the whole batch; errors[] names every bad field as entries.N.field.",
+        body=UploadIn,
+        also=(UploadRow,),
+        idempotency_key=True,
+        tag="timesheets",
+    ),
+    Operation(
+        "getEntry",
+        "timesheets",
+        "GET",
+        "/timesheets/{id}",
+        "The caller's entry, or a submitted entry of someone else when the caller approves",
+        (Answer(200, "The entry.", Entry, links=ENTRY_ID_LINKS), NOT_FOUND_ENTRY),
+        tag="timesheets",
+    ),
+    Operation(
+        "deleteEntry",
+        "timesheets",
+        "DELETE",
+        "/timesheets/{id}",
+        "Delete the caller's own entry unless it is approved",
+        (
+            Answer(204, "Deleted."),
+            NOT_FOUND_ENTRY,
+            problem_answer(
+                409,
+                "Conflict",
+                "The entry is approved and stays.",
+                "An approved entry cannot be deleted.",
+                status_text="approved",
+            ),
+        ),
+        tag="timesheets",
+    ),
+    Operation(
+        "pendingEntries",
+        "timesheets",
+        "GET",
+        "/internal/timesheets/pending",
+        "Internal (approvals only): submitted entries of everyone but one approver",
+        (Answer(200, "One page.", EntryPage),),
+        query=PendingQuery,
+        internal=True,
+        tag="internal",
+    ),
+    Operation(
+        "entryForPeer",
+        "timesheets",
+        "GET",
+        "/internal/timesheets/{id}",
+        "Internal (approvals only): any live entry",
+        (Answer(200, "The entry.", Entry), NOT_FOUND_ENTRY),
+        internal=True,
+        tag="internal",
+    ),
+    Operation(
+        "applyDecision",
+        "timesheets",
+        "POST",
+        "/internal/timesheets/{id}/decision",
+        "Internal (approvals only): apply a decision; idempotent by decision_id",
+        (
+            Answer(200, "Applied now or earlier (a replay of the same decision_id).", Entry),
+            problem_answer(
+                403, "Forbidden", "The approver owns the entry.", "Approvers cannot decide their own entries."
+            ),
+            NOT_FOUND_ENTRY,
+            problem_answer(
+                409,
+                "Conflict",
+                "Already decided by another decision (entry carries the entry).",
+                "The entry has already been decided.",
+            ),
+        ),
+        body=ApplyDecision,
+        internal=True,
+        tag="internal",
+    ),
+    # ---- approvals -------------------------------------------------------------------------------
+    Operation(
+        "approvalQueue",
+        "approvals",
+        "GET",
+        "/approvals",
+        "Submitted entries of other users awaiting a decision, newest date first",
+        (
+            Answer(
+                200,
+                "One page.",
+                EntryPage,
+                links={
+                    "ApproveFirst": Link("decide", "id", "$response.body#/items/0/id", "Decide the first."),
+                },
+            ),
+            problem_answer(
+                502,
+                "Bad Gateway",
+                "The timesheets service answered something unexpected.",
+                "The timesheets service answered 500.",
+            ),
+        ),
+        query=QueueQuery,
+        tag="approvals",
+    ),
+    Operation(
+        "decide",
+        "approvals",
+        "PUT",
+        "/approvals/{id}",
+        "Approve or reject someone else's submitted entry (recorded once per entry)",
+        (
+            Answer(200, "Applied; entry holds the decided entry.", Decision),
+            problem_answer(
+                403,
+                "Forbidden",
+                "The caller lacks the scope, or the entry is the caller's own.",
+                "Approvers cannot decide their own entries.",
+            ),
+            NOT_FOUND_ENTRY,
+            problem_answer(
+                409,
+                "Conflict",
+                "The entry already has a decision (decision carries it, when known).",
+                "The entry already has a decision.",
+            ),
+            problem_answer(
+                502,
+                "Bad Gateway",
+                "The timesheets service refused the decision unexpectedly; it stays recorded and is retried.",
+                "The timesheets service refused the decision unexpectedly; it stays recorded and is retried.",
+            ),
+        ),
+        description=(
+            "A decision is recorded, applied at the timesheets service idempotently, and reconciled "
+            "after failures: a 503 with decision set means it is recorded and will be applied; repeating "
+            "the same request shows the outcome."
+        ),
+        body=DecisionIn,
+        tag="approvals",
+    ),
+    # ---- audit -----------------------------------------------------------------------------------
+    Operation(
+        "ingestEvents",
+        "audit",
+        "POST",
+        "/internal/events",
+        "Record audit events (platform services only; idempotent by event id)",
+        (Answer(200, "Stored (accepted) or already stored (duplicates).", IngestResult),),
+        description=(
+            "Up to 500 events. An event whose id is already recorded is counted as a duplicate and not "
+            "stored again. Each event's source must be the calling service's own name."
+        ),
+        body=IngestBatch,
+        internal=True,
+        tag="internal",
+    ),
+    Operation(
+        "listEvents",
+        "audit",
+        "GET",
+        "/audit/events",
+        "Audit records, newest first",
+        (Answer(200, "One page of records.", EventsPage),),
+        query=EventsQuery,
+        tag="audit",
+    ),
+    Operation(
+        "verifyChain",
+        "audit",
+        "GET",
+        "/audit/verify",
+        "Recompute the hash chain",
+        (Answer(200, "Whether the chain is intact, and where it breaks.", VerifyResult),),
+        query=VerifyQuery,
+        tag="audit",
+    ),
+)
+
+SERVICES = ("timesheets", "approvals", "audit")
+
+
+def operations_of(service: str) -> list[Operation]:
+    return [op for op in OPERATIONS if op.service == service]
+
+
+def find(service: str, method: str, path: str) -> Operation | None:
+    """The operation a service serves at ``method path`` (path as the service routes it)."""
+    for op in OPERATIONS:
+        if (op.service, op.method, op.path) == (service, method.upper(), path):
+            return op
+    return None
+
+
+__all__ = [
+    "IDEMPOTENCY_KEY_PATTERN",
+    "OPERATIONS",
+    "SERVICES",
+    "Answer",
+    "Link",
+    "Operation",
+    "find",
+    "operations_of",
+    "problem_answer",
+    "problem_example",
+]

@@ -1,0 +1,34 @@
+"""Answering with a contract model: serialised by pydantic straight to JSON bytes.
+
+Handlers build the response model from typed rows (validated: a row that breaks its contract is a
+bug and fails loudly instead of reaching a client) and answer with :func:`model_response`. Pydantic's
+serialiser writes the bytes directly, which measured about twice as fast as building dicts by hand
+and passing them to ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel
+from starlette.responses import Response
+
+
+def model_response(
+    model: BaseModel,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+    *,
+    exclude_none: bool = False,
+) -> Response:
+    """``exclude_none`` leaves out optional members that are unset (where the contract says they
+    appear only in some answers), rather than sending them as null."""
+    return Response(
+        model.model_dump_json(exclude_none=exclude_none),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+__all__ = ["model_response"]

@@ -1,0 +1,331 @@
+"""Revocation end to end (issue 14): the bundled provider revokes, two gateway processes refuse.
+
+Real processes on loopback: the identity service, two gateways (one worker each, as two replicas) and
+a private Redis (``testkit.redisproc``) that a test may restart empty; the gateways forward to an echo
+upstream. Every scenario calls both gateways with the token first, so that each holds it in its
+verified-token cache, then revokes it at the provider and measures how long until both answer 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, serve_app
+from testkit.oidc import (
+    BATCH_SECRET,
+    DEMO_PASSWORD,
+    SPA,
+    Browser,
+    code_request,
+    exchange_code,
+    hidden_field,
+    params_of,
+    pkce_pair,
+    run_cli,
+    sign_in_tokens,
+)
+from testkit.redisproc import PrivateRedis
+
+REPO = Path(__file__).resolve().parents[2]
+PROPAGATION_BOUND_SECONDS = 2.0
+SCOPE = "openid offline_access read:timesheets"
+
+
+@dataclass
+class Stack:
+    identity: ServiceProcess
+    issuer: str
+    gateways: list[ServiceProcess]
+    gateway_env: dict[str, str]
+    redis: PrivateRedis
+
+    @property
+    def base(self) -> str:
+        return self.issuer.rstrip("/")
+
+
+async def _echo(request: Request) -> JSONResponse:
+    return JSONResponse({"path": request.url.path})
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[PrivateRedis]:
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[str]:
+    app = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
+    async with serve_app(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    isolated_env: IsolatedEnv,
+    redis_server: PrivateRedis,
+    upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    env = isolated_env("revocation")
+    port = free_port()
+    issuer = f"http://localhost:{port}/"
+    identity_env = {
+        **env,
+        "REDIS_URL": redis_server.url,
+        "IDENTITY_ISSUER": issuer,
+        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+        "DEMO_PASSWORD": DEMO_PASSWORD,
+        "BATCH_CLIENT_SECRET": BATCH_SECRET,
+        "REVOCATION_CHECK_SECONDS": "0.5",
+        "REDIS_RETRY_SECONDS": "0.5",
+    }
+    await migrate_schema(env["DATABASE_URL"], "identity", REPO / "services" / "identity" / "identity")
+    seeded = run_cli(identity_env, "seed")
+    assert seeded.returncode == 0, seeded.stderr
+    logs = tmp_path_factory.mktemp("revocation-logs")
+    identity = ServiceProcess("identity", identity_env, port=port, log_dir=logs).start(wait_path="/readyz")
+    gateway_env = {
+        **env,
+        "REDIS_URL": redis_server.url,
+        "OIDC_ISSUER": issuer,
+        "TIMESHEETS_URL": upstream,
+        "APPROVALS_URL": upstream,
+        "AUDIT_URL": upstream,
+        "GATEWAY_WORKERS": "1",
+        "AUDIT_DENIALS": "false",
+        "REDIS_RETRY_SECONDS": "0.5",
+        "SPA_DIST_DIR": str(logs),
+    }
+    gateways = [
+        ServiceProcess("gateway", gateway_env, log_dir=logs).start(wait_path="/readyz") for _ in range(2)
+    ]
+    try:
+        yield Stack(identity, issuer, gateways, gateway_env, redis_server)
+    finally:
+        for process in [*gateways, identity]:
+            process.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield session
+
+
+async def call(http: aiohttp.ClientSession, gateway: ServiceProcess, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(gateway.url + "/api/timesheets", headers=headers) as response:
+        return response.status
+
+
+async def all_accept(http: aiohttp.ClientSession, gateways: list[ServiceProcess], token: str) -> None:
+    """Each gateway verifies the token and keeps it in its verified-token cache."""
+    for gateway in gateways:
+        for _ in range(2):  # the second call is a cache hit
+            assert await call(http, gateway, token) == 200
+
+
+async def seconds_until_refused(
+    http: aiohttp.ClientSession, gateways: list[ServiceProcess], token: str, since: float, limit: float = 10.0
+) -> list[float]:
+    """For each gateway, seconds from ``since`` until it answered 401 (polled every 20 ms)."""
+
+    async def watch(gateway: ServiceProcess) -> float:
+        while time.monotonic() - since < limit:
+            if await call(http, gateway, token) == 401:
+                return time.monotonic() - since
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{gateway.url} still accepts the revoked token after {limit}s")
+
+    return list(await asyncio.gather(*(watch(g) for g in gateways)))
+
+
+async def signed_in(
+    stack: Stack, http: aiohttp.ClientSession, **params: str
+) -> tuple[Browser, dict[str, Any]]:
+    browser = Browser(stack.base, http)
+    tokens = await sign_in_tokens(browser, http, stack.base, "alice", scope=SCOPE, **params)
+    return browser, tokens
+
+
+async def test_revoked_access_token_is_refused_by_both_gateways_within_2s(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    _, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    started = time.monotonic()
+    form = {"client_id": "timesheets-spa", "token": tokens["access_token"], "token_type_hint": "access_token"}
+    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+        assert response.status == 200
+    delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started)
+    print("revocation to 401 on both gateways (s):", [round(d, 3) for d in delays])
+    assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+    async with http.get(
+        stack.gateways[0].url + "/api/timesheets",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    ) as response:
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+async def test_revoking_a_refresh_token_refuses_its_access_tokens(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    _, tokens = await signed_in(stack, http)
+    form = {
+        "grant_type": "refresh_token",
+        "client_id": "timesheets-spa",
+        "refresh_token": tokens["refresh_token"],
+    }
+    async with http.post(stack.base + "/oauth/token", data=form) as response:
+        assert response.status == 200
+        rotated = await response.json()
+    for token in (tokens["access_token"], rotated["access_token"]):
+        await all_accept(http, stack.gateways, token)
+    started = time.monotonic()
+    form = {"client_id": "timesheets-spa", "token": rotated["refresh_token"]}
+    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+        assert response.status == 200
+    for token in (tokens["access_token"], rotated["access_token"]):
+        delays = await seconds_until_refused(http, stack.gateways, token, started)
+        assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+
+
+async def test_signing_out_refuses_the_sessions_tokens(stack: Stack, http: aiohttp.ClientSession) -> None:
+    browser, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    started = time.monotonic()
+    response = await browser.get(f"/v2/logout?client_id=timesheets-spa&returnTo={SPA}/")
+    assert response.status == 302
+    delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started)
+    assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+    form = {
+        "grant_type": "refresh_token",
+        "client_id": "timesheets-spa",
+        "refresh_token": tokens["refresh_token"],
+    }
+    async with http.post(stack.base + "/oauth/token", data=form) as refreshed:
+        assert refreshed.status == 400
+
+
+async def test_a_replayed_code_revokes_access_and_refresh(stack: Stack, http: aiohttp.ClientSession) -> None:
+    browser = Browser(stack.base, http)
+    verifier, challenge = pkce_pair()
+    request = code_request(challenge, scope=SCOPE)
+    response = await browser.sign_in_and_authorize("alice", **request)
+    code = params_of(response.headers["Location"])["code"]
+    status, tokens = await exchange_code(http, stack.base, code, verifier)
+    assert status == 200
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    started = time.monotonic()
+    status, error = await exchange_code(http, stack.base, code, verifier)  # the replay
+    assert (status, error["error"]) == (400, "invalid_grant")
+    delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started)
+    assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+    form = {
+        "grant_type": "refresh_token",
+        "client_id": "timesheets-spa",
+        "refresh_token": tokens["refresh_token"],
+    }
+    async with http.post(stack.base + "/oauth/token", data=form) as refreshed:
+        assert refreshed.status == 400
+        assert (await refreshed.json())["error"] == "invalid_grant"
+
+
+async def test_withdrawn_consent_refuses_the_apps_tokens_and_refreshes(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    browser = Browser(stack.base, http)
+    verifier, challenge = pkce_pair()
+    request = code_request(
+        challenge, client_id="partner-spa", redirect_uri=f"{SPA}/partner/callback", scope=SCOPE
+    )
+    consent = await browser.sign_in_and_authorize("alice", **request)
+    assert consent.status == 200
+    assert "consent" in browser.last_html.lower()
+    answer = {
+        "csrf_token": hidden_field(browser.last_html, "csrf_token"),
+        "request": hidden_field(browser.last_html, "request"),
+        "decision": "allow",
+    }
+    response = await browser.post("/authorize/decision", answer)
+    code = params_of(response.headers["Location"])["code"]
+    status, tokens = await exchange_code(
+        http, stack.base, code, verifier, client_id="partner-spa", redirect_uri=f"{SPA}/partner/callback"
+    )
+    assert status == 200
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    refresh = {
+        "grant_type": "refresh_token",
+        "client_id": "partner-spa",
+        "refresh_token": tokens["refresh_token"],
+    }
+    async with http.post(stack.base + "/oauth/token", data=refresh) as refreshed:
+        assert refreshed.status == 200
+        tokens = await refreshed.json()
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    page = await browser.get("/account/consents")
+    assert page.status == 200
+    started = time.monotonic()
+    withdrawn = await browser.post(
+        "/account/consents/revoke",
+        {"csrf_token": hidden_field(browser.last_html, "csrf_token"), "client_id": "partner-spa"},
+    )
+    assert withdrawn.status == 303
+    delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started)
+    assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+    refresh["refresh_token"] = tokens["refresh_token"]
+    async with http.post(stack.base + "/oauth/token", data=refresh) as refreshed:
+        assert refreshed.status == 400
+        assert (await refreshed.json())["error"] == "invalid_grant"
+
+
+async def test_revocations_survive_redis_losing_everything(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """Redis restarts empty while a revocation is made: the provider re-publishes from its database,
+    the running gateways reconnect and catch up, and a gateway started afterwards knows it too."""
+    _, before = await signed_in(stack, http)
+    _, during = await signed_in(stack, http)
+    for token in (before["access_token"], during["access_token"]):
+        await all_accept(http, stack.gateways, token)
+    async with http.post(
+        stack.base + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": before["access_token"]}
+    ) as response:
+        assert response.status == 200
+    await seconds_until_refused(http, stack.gateways, before["access_token"], time.monotonic())
+
+    stack.redis.stop()  # Redis gone: the next revocation cannot be published now
+    async with http.post(
+        stack.base + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": during["access_token"]}
+    ) as response:
+        assert response.status == 200
+    for gateway in stack.gateways:  # the gateways keep what they had
+        assert await call(http, gateway, before["access_token"]) == 401
+    stack.redis.start()  # back, empty
+    restarted = time.monotonic()
+    delays = await seconds_until_refused(http, stack.gateways, during["access_token"], restarted)
+    print("Redis back empty to 401 on both gateways (s):", [round(d, 3) for d in delays])
+    assert max(delays) < 5.0, delays  # reconnect back-off + the provider's 0.5 s check
+
+    late = ServiceProcess("gateway", stack.gateway_env).start(wait_path="/readyz")
+    try:
+        for token in (before["access_token"], during["access_token"]):
+            await seconds_until_refused(http, [late], token, time.monotonic(), limit=5.0)
+        _, fresh = await signed_in(stack, http)
+        assert await call(http, late, fresh["access_token"]) == 200
+    finally:
+        late.stop()
