@@ -6,7 +6,6 @@ keys, the Authlib server, throttles, the revocation publisher) here, in one plac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -19,7 +18,7 @@ from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
-from svckit.tasks import PeriodicTask
+from svckit.tasks import PeriodicTask, stop_all
 
 from . import store
 from .account import Account
@@ -103,27 +102,35 @@ def build_app(settings: IdentitySettings) -> Starlette:
     async def keys_ready() -> None:
         keys.signer()
 
-    async def housekeeping() -> None:
-        """Load keys once the database is up, then refresh them and purge expired rows."""
-        while True:
-            try:
+    keys_loaded = False
+
+    async def key_housekeeping() -> None:
+        """First make sure a key signs and load the keys (as soon as the database is up), then reload
+        them and purge expired rows every KEY_REFRESH_SECONDS."""
+        nonlocal keys_loaded
+        try:
+            if not keys_loaded:
                 await database.wait_connected()
                 await keys.start(database.pool)
-                break
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("cannot load signing keys yet", extra={"error": type(exc).__name__})
-                await asyncio.sleep(1)
-            except KeyEncryptionError as exc:
-                # Misconfiguration: stay up but not ready (``/readyz`` names signing_keys), say why.
-                log.error("signing keys unusable", extra={"error": str(exc)})
-                await asyncio.sleep(30)
-        while True:
-            await asyncio.sleep(settings.key_refresh_seconds)
-            try:
-                await keys.refresh(database.pool)
-                await store.purge_expired(database.pool)
-            except HOUSEKEEPING_ERRORS as exc:
-                log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
+                keys_loaded = True
+                return
+            await keys.refresh(database.pool)
+        except KeyEncryptionError as exc:
+            # Misconfiguration: stay up but not ready (``/readyz`` names signing_keys), say why.
+            log.error("signing keys unusable", extra={"error": str(exc)})
+            raise
+        await store.purge_expired(database.pool)
+
+    housekeeping = PeriodicTask(
+        "identity-keys",
+        settings.key_refresh_seconds,
+        key_housekeeping,
+        initial_delay=0,
+        expected=(*HOUSEKEEPING_ERRORS, DatabaseUnavailable),
+        backoff_base=1.0,
+        max_backoff=30.0,
+        logger=log,
+    )
 
     # Keeps the gateways' revocation stream complete (identity.revocation): re-publishes it when Redis
     # lost it, publishes what a failed attempt left behind, trims it.
@@ -138,15 +145,12 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(housekeeping(), name="identity-housekeeping")
+        housekeeping.start()
         revocation_feed.start()
         try:
             yield
         finally:
-            await revocation_feed.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_all([revocation_feed, housekeeping])
             await redis.close()
 
     app = create_service_app(
