@@ -104,31 +104,28 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     keys_loaded = False
 
-    async def key_housekeeping() -> None:
-        """First make sure a key signs and load the keys (as soon as the database is up), then reload
-        them and purge expired rows every KEY_REFRESH_SECONDS."""
+    async def housekeeping() -> None:
+        """Load the signing keys once the database is up; after that refresh them and purge expired
+        rows. Until the keys load, ``/readyz`` names ``signing_keys`` (a misconfigured
+        ``IDENTITY_KEY_ENCRYPTION_KEY`` keeps it there, and every attempt logs why)."""
         nonlocal keys_loaded
-        try:
-            if not keys_loaded:
-                await database.wait_connected()
-                await keys.start(database.pool)
-                keys_loaded = True
-                return
-            await keys.refresh(database.pool)
-        except KeyEncryptionError as exc:
-            # Misconfiguration: stay up but not ready (``/readyz`` names signing_keys), say why.
-            log.error("signing keys unusable", extra={"error": str(exc)})
-            raise
+        if not keys_loaded:
+            await database.wait_connected()
+            await keys.start(database.pool)
+            keys_loaded = True
+            return
+        await keys.refresh(database.pool)
         await store.purge_expired(database.pool)
 
-    housekeeping = PeriodicTask(
-        "identity-keys",
+    housekeeper = PeriodicTask(
+        "identity-housekeeping",
         settings.key_refresh_seconds,
-        key_housekeeping,
+        housekeeping,
         initial_delay=0,
         expected=(*HOUSEKEEPING_ERRORS, DatabaseUnavailable),
-        backoff_base=1.0,
+        backoff_base=1.0,  # keys not loaded yet: try again soon, then less and less often
         max_backoff=30.0,
+        stop_timeout=1.0,
         logger=log,
     )
 
@@ -145,12 +142,12 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        housekeeping.start()
+        housekeeper.start()
         revocation_feed.start()
         try:
             yield
         finally:
-            await stop_all([revocation_feed, housekeeping])
+            await stop_all([revocation_feed, housekeeper])
             await redis.close()
 
     app = create_service_app(

@@ -1,9 +1,8 @@
-"""Pure logic of the provider, in process (the fast tier): ID tokens and id_token_hint with PyJWT, the
-in-process throttle windows on a fake clock, and the freshness bound of prompt=login/max_age."""
+"""Pure logic of the provider, in process (the fast tier): ID tokens and id_token_hint with PyJWT, and
+the freshness bound of prompt=login/max_age (the throttle windows: test_throttle_windows.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
@@ -16,11 +15,8 @@ from identity.keys import KeyCipher, SigningKey, generate_private_key, jwk_thumb
 from identity.keystore import KeyStore
 from identity.models import Client, SignedInUser, User
 from identity.settings import IdentitySettings
-from identity.throttle import LoginThrottle
 from identity.tokens import IdTokenMinter, InvalidIdTokenHint, half_hash, verify_id_token_hint
 from svckit.settings import load_settings
-
-from testkit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -122,22 +118,3 @@ def test_prompt_login_and_max_age_bound_the_sign_in_time() -> None:
     assert login_after([("max_age", "300"), (LOGIN_AFTER, "999999.5")], now) == 999_999.5
     assert login_after([(LOGIN_AFTER, "junk")], now) == now, "unreadable: the strictest bound"
     assert login_after([("max_age", "-5")], now) is None, "not a number of seconds: ignored as before"
-
-
-def test_in_process_windows_hold_until_the_window_ends() -> None:
-    clock = FakeClock()
-    throttle = LoginThrottle(None, max_per_user=2, max_per_address=100, window_seconds=900, clock=clock)
-
-    async def attempts() -> list[bool]:
-        results = []
-        for _ in range(3):
-            results.append((await throttle.attempt("mallory", "192.0.2.1")).allowed)
-        return results
-
-    assert asyncio.run(attempts()) == [True, True, False]
-    clock.advance(899)
-    verdict = asyncio.run(throttle.attempt("mallory", "192.0.2.1"))
-    assert not verdict.allowed
-    assert verdict.retry_after <= 2
-    clock.advance(2)
-    assert asyncio.run(throttle.attempt("mallory", "192.0.2.1")).allowed
