@@ -51,8 +51,9 @@ spa: ## build the SPA into spa/dist (make dev does this when sources changed)
 	npm ci --no-audit --no-fund --prefix spa
 	npm run build --prefix spa
 
-chart-docs: install ## regenerate the chart README's values table
+chart-docs: install ## regenerate what is derived from the chart: its README's values table, deploy/prometheus/rules/
 	$(PY) charts/generate_readme.py
+	$(PY) charts/generate_rules.py
 
 lint: install ## ruff and mypy --strict
 	.venv/bin/ruff check .

@@ -133,13 +133,16 @@ APP_COMPONENTS = ("gateway", "identity", "timesheets", "approvals", "audit")
 
 # --- monitoring artefacts ------------------------------------------------------------------------
 
-RULES_FILE = CHART / "files" / "prometheus" / "timesheets-alerts.yml"
+RULES_SOURCE = CHART / "files" / "prometheus" / "timesheets-alerts.yml"
 DASHBOARD_FILE = CHART / "files" / "grafana" / "timesheets-overview.json"
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+# The chart's PrometheusRule rendered for the release "timesheets" in namespace "timesheets"
+# (charts/generate_rules.py): what the local Prometheus loads and promtool tests.
+RULES_FILE = PROMETHEUS_DIR / "rules" / "timesheets-alerts.yml"
 
 
 def load_rules() -> list[Obj]:
-    """Every rule (alerting and recording) of the platform's rule file."""
+    """Every rule (alerting and recording) of the rendered rule file."""
     groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
 
@@ -163,33 +166,60 @@ def dashboard_panels() -> list[Obj]:
     return [p for p in panels if p.get("type") != "row"]
 
 
-# Grafana's variables, replaced by what they expand to, so a query parses as PromQL.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "${namespace}": ".*", "$namespace": ".*"}
+# Grafana's variables, replaced by what they expand to, so a query parses as PromQL. The selected
+# namespace and release become sentinels that the filter tests look for.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "${namespace}": "SELECTED_NS",
+    "$namespace": "SELECTED_NS",
+    "${release}": "SELECTED_RELEASE",
+    "$release": "SELECTED_RELEASE",
+}
+
+
+def expand_variables(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
 
 
 def dashboard_queries() -> list[str]:
-    queries = []
-    for panel in dashboard_panels():
-        for target in panel.get("targets", []):
-            expr = str(target["expr"])
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            queries.append(expr)
-    return queries
+    return [
+        expand_variables(str(target["expr"]))
+        for panel in dashboard_panels()
+        for target in panel.get("targets", [])
+    ]
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """Every vector selector of a PromQL expression: (metric name, {label: (operator, value)})."""
+    import promql_parser
+
+    found: list[tuple[str, dict[str, tuple[str, str]]]] = []
+    ops = (
+        (promql_parser.MatchOp.Equal, "="),
+        (promql_parser.MatchOp.NotEqual, "!="),
+        (promql_parser.MatchOp.Re, "=~"),
+        (promql_parser.MatchOp.NotRe, "!~"),
+    )
+
+    def op(value: Any) -> str:
+        return next(text for known, text in ops if known == value)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = {m.name: (op(m.op), m.value) for m in node.matchers.matchers}
+            found.append((str(node.name or matchers.get("__name__", ("", ""))[1]), matchers))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
 
 
 def metric_names(expr: str) -> set[str]:
     """Names of the series a PromQL expression selects, read from its syntax tree."""
-    import promql_parser
-
-    names: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
-            names.add(str(node.name))
-
-    promql_parser.walk(promql_parser.parse(expr), visit)
-    return names
+    return {name for name, _ in selectors(expr) if name}
 
 
 def recorded_names() -> set[str]:

@@ -70,7 +70,7 @@ def env_values(container: Obj, objects: list[Obj], tmp: Path) -> dict[str, str]:
             env[name] = SECRET_SHAPES[name]
     if env.get("DB_SSLROOTCERT", "system") != "system":
         # The mounted CA bundle: a real PEM where the service will read it.
-        from testkit.postgres import make_ca
+        from testkit.pgtls import make_ca
 
         ca_path, _ = make_ca("database CA").write(tmp, "database-ca")
         env["DB_SSLROOTCERT"] = str(ca_path)

@@ -9,11 +9,12 @@ stays pending and is retried next round; nothing is ever dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from svckit.tasks import PeriodicTask
 
 from . import store
 from .metrics import oldest_pending, pending, reconciliations
@@ -35,6 +36,7 @@ class Reconciler:
         after: float,
         batch: int = 50,
         concurrency: int = 8,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.database = database
         self.workflow = workflow
@@ -42,18 +44,22 @@ class Reconciler:
         self.after = after
         self.batch = batch
         self.concurrency = concurrency
-        self._task: asyncio.Task[None] | None = None
+        self.task = PeriodicTask(
+            "approvals-reconciler",
+            interval,
+            self._round,
+            clock=clock,
+            initial_delay=0,
+            expected=DB_ERRORS,
+            stop_timeout=1.0,  # every step of a round is idempotent: cancelling one loses nothing
+            logger=log,
+        )
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="approvals-reconciler")
+        self.task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.task.stop()
 
     async def run_once(self) -> dict[str, int]:
         """One round: returns how many leased decisions ended applied, void, or still pending."""
@@ -84,14 +90,7 @@ class Reconciler:
         pending.set(stats.pending)
         oldest_pending.set(max(0.0, stats.oldest))
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                counts = await self.run_once()
-                if counts["applied"] + counts["void"] == self.batch:
-                    continue  # a full batch settled: more may be waiting
-            except DB_ERRORS as exc:
-                log.warning("reconciler cannot reach its database", extra={"error": type(exc).__name__})
-            except Exception:
-                log.exception("reconciler round failed")
-            await asyncio.sleep(self.interval)
+    async def _round(self) -> bool:
+        """One round; True when a full batch settled (more may be waiting: run again at once)."""
+        counts = await self.run_once()
+        return counts["applied"] + counts["void"] == self.batch

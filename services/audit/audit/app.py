@@ -36,14 +36,14 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(verifier.run_forever()) if interval > 0 else None
+        task = verifier.task() if interval > 0 else None
+        if task is not None:
+            task.start()
         try:
             yield
         finally:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await task.stop()
 
     return create_service_app(
         settings,

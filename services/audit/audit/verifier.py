@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.contracts.audit import Anchor
 from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from svckit.tasks import PeriodicTask
 
 from .store import AuditStore, Verification
 
@@ -50,15 +51,17 @@ class BackgroundVerifier:
             )
         return result
 
-    async def run_forever(self) -> None:
-        await asyncio.sleep(min(self.interval, 30.0) * random.uniform(0.5, 1.0))
-        while True:
-            try:
-                await self.run_once()
-            except UNREACHABLE as exc:
-                log.warning(
-                    "chain verification skipped: database unreachable", extra={"error": type(exc).__name__}
-                )
-            except Exception:
-                log.exception("chain verification failed")
-            await asyncio.sleep(self.interval * random.uniform(0.9, 1.1))
+    def task(self, clock: Clock = SYSTEM_CLOCK) -> PeriodicTask:
+        """The supervised background task: the first run within ``min(interval, 30)`` seconds
+        (replicas started together spread out), then every ``interval`` ± 10 %."""
+        return PeriodicTask(
+            "audit-verifier",
+            self.interval,
+            self.run_once,
+            clock=clock,
+            initial_delay=min(self.interval, 30.0) * random.uniform(0.5, 1.0),
+            jitter=0.1,
+            expected=UNREACHABLE,
+            stop_timeout=1.0,  # a walk only reads: cancelling it loses nothing
+            logger=log,
+        )

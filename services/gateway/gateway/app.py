@@ -1,10 +1,10 @@
 """The gateway application: the raw-ASGI API edge under ``/api``, a small Starlette app for the rest.
 
 ``/api…`` goes straight to :class:`gateway.edge.Edge` (no framework on the hot path). Everything else
-— ``/healthz``, ``/readyz``, ``/metrics``, ``/config.json`` and the SPA's files — is served by the
-kit's service app, whose lifespan starts and stops the gateway's shared resources: the upstream
-connection pool, the Redis guard, the JWKS cache (warmed at start), the rate-limit sync task and the
-denial auditor.
+— ``/healthz``, ``/readyz``, ``/config.json`` and the SPA's files — is served by the kit's service
+app, whose lifespan starts and stops the gateway's shared resources: the upstream connection pool,
+the Redis guard, the JWKS cache (warmed at start), the rate-limit sync task and the denial auditor.
+Metrics are not on this (public) listener: ``python -m gateway`` serves them on ``METRICS_PORT``.
 """
 
 from __future__ import annotations

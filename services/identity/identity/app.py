@@ -6,7 +6,6 @@ keys, the Authlib server, throttles, the revocation publisher) here, in one plac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -19,7 +18,7 @@ from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
-from svckit.tasks import PeriodicTask
+from svckit.tasks import PeriodicTask, stop_all
 
 from . import store
 from .account import Account
@@ -103,27 +102,32 @@ def build_app(settings: IdentitySettings) -> Starlette:
     async def keys_ready() -> None:
         keys.signer()
 
+    keys_loaded = False
+
     async def housekeeping() -> None:
-        """Load keys once the database is up, then refresh them and purge expired rows."""
-        while True:
-            try:
-                await database.wait_connected()
-                await keys.start(database.pool)
-                break
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("cannot load signing keys yet", extra={"error": type(exc).__name__})
-                await asyncio.sleep(1)
-            except KeyEncryptionError as exc:
-                # Misconfiguration: stay up but not ready (``/readyz`` names signing_keys), say why.
-                log.error("signing keys unusable", extra={"error": str(exc)})
-                await asyncio.sleep(30)
-        while True:
-            await asyncio.sleep(settings.key_refresh_seconds)
-            try:
-                await keys.refresh(database.pool)
-                await store.purge_expired(database.pool)
-            except HOUSEKEEPING_ERRORS as exc:
-                log.warning("housekeeping failed", extra={"error": str(exc) or type(exc).__name__})
+        """Load the signing keys once the database is up; after that refresh them and purge expired
+        rows. Until the keys load, ``/readyz`` names ``signing_keys`` (a misconfigured
+        ``IDENTITY_KEY_ENCRYPTION_KEY`` keeps it there, and every attempt logs why)."""
+        nonlocal keys_loaded
+        if not keys_loaded:
+            await database.wait_connected()
+            await keys.start(database.pool)
+            keys_loaded = True
+            return
+        await keys.refresh(database.pool)
+        await store.purge_expired(database.pool)
+
+    housekeeper = PeriodicTask(
+        "identity-housekeeping",
+        settings.key_refresh_seconds,
+        housekeeping,
+        initial_delay=0,
+        expected=(*HOUSEKEEPING_ERRORS, DatabaseUnavailable),
+        backoff_base=1.0,  # keys not loaded yet: try again soon, then less and less often
+        max_backoff=30.0,
+        stop_timeout=1.0,
+        logger=log,
+    )
 
     # Keeps the gateways' revocation stream complete (identity.revocation): re-publishes it when Redis
     # lost it, publishes what a failed attempt left behind, trims it.
@@ -138,15 +142,12 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(housekeeping(), name="identity-housekeeping")
+        housekeeper.start()
         revocation_feed.start()
         try:
             yield
         finally:
-            await revocation_feed.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_all([revocation_feed, housekeeper])
             await redis.close()
 
     app = create_service_app(

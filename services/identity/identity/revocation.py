@@ -12,8 +12,9 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
 * Redis may lose everything (a restart without persistence): the marker key
   ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
   finds it missing it re-publishes every unexpired revocation from the database and sets it again;
-* entries older than the longest access-token lifetime (plus a minute of leeway) are trimmed: the
-  tokens they name have expired, so no gateway needs them.
+* entries older than the longest access-token lifetime plus the largest gateway leeway (300 s) are
+  trimmed (``MINID`` on every ``XADD``, and by the periodic check): the tokens they name have expired,
+  so no gateway needs them.
 
 Duplicates are harmless (a deny set is idempotent); the order of entries does not matter.
 """
@@ -21,12 +22,12 @@ Duplicates are harmless (a deny set is idempotent); the order of entries does no
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
@@ -64,7 +65,7 @@ class RevocationPublisher:
         issuer: str,
         *,
         retention_seconds: int,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.redis = redis
         self.database = database
@@ -75,7 +76,7 @@ class RevocationPublisher:
         self.marker = redis.key(COMPLETE_MARKER)
 
     def _min_id(self) -> str:
-        return str(int((self.clock() - self.retention_seconds) * 1000))
+        return str(int((self.clock.time() - self.retention_seconds) * 1000))
 
     async def _append(self, revoked: Sequence[RevokedToken]) -> bool:
         stream, min_id = self.stream, self._min_id()
@@ -89,7 +90,7 @@ class RevocationPublisher:
                         "exp": int(token.expires_at.timestamp()),
                         "reason": token.reason,
                     }
-                    pipe.xadd(stream, fields, minid=min_id, approximate=True)
+                    pipe.xadd(stream, fields, minid=min_id, approximate=False)
                 await pipe.execute()
             return True
 
@@ -133,8 +134,12 @@ class RevocationPublisher:
             pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS
         )
         await self.publish(pending, outcome="retried")
+        await self.trim()
+
+    async def trim(self) -> None:
+        """Drop entries older than the retention (exactly: revocations are few, and a test can see it)."""
         stream, min_id = self.stream, self._min_id()
-        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=True))
+        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=False))
 
 
 class Revoker:

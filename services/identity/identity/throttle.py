@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.redisguard import RedisGuard
 
 log = logging.getLogger("identity.throttle")
@@ -75,9 +75,9 @@ class Counter:
 class LocalWindows:
     """Fixed windows in a dict; stale entries are dropped as the dict grows."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, max_entries: int = 100_000) -> None:
         self._counts: dict[str, tuple[int, float]] = {}
-        self._clock = clock
+        self._clock = clock.monotonic
         self._max_entries = max_entries
 
     def get(self, key: str) -> tuple[int, int]:
@@ -129,9 +129,7 @@ class WindowCounters:
     """Fixed-window counters in Redis with the in-process fallback; the building block of both
     throttles below."""
 
-    def __init__(
-        self, redis: RedisGuard | None, window_seconds: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, redis: RedisGuard | None, window_seconds: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.redis = redis
         self.window = window_seconds
         self.local = LocalWindows(clock)
@@ -220,7 +218,7 @@ class LoginThrottle:
         max_per_user: int,
         max_per_address: int,
         window_seconds: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.counters = WindowCounters(redis, window_seconds, clock)
         self.prefix = redis.key("identity", "login", "") if redis else "identity:login:"
@@ -256,7 +254,7 @@ class FailureThrottle:
         *,
         max_per_address: int,
         window_seconds: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.counters = WindowCounters(redis, window_seconds, clock)
         self.prefix = redis.key("identity", name, "") if redis else f"identity:{name}:"

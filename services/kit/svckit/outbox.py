@@ -23,8 +23,15 @@ How the relay behaves:
   growing ``next_attempt_at`` (and shows in ``outbox_oldest_event_age_seconds``) instead of
   blocking everything behind it. Nothing is ever dropped.
 
+The relay runs as the kit's supervised periodic task (:class:`svckit.tasks.PeriodicTask`, task
+``outbox-relay``): one pass per ``poll_interval`` or NOTIFY, passes back to back while batches keep
+coming, the back-off above after a failure (while backing off only ``stop()`` cuts the wait short —
+every commit sends a NOTIFY, and those must not turn a back-off into hammering), on an injectable
+clock.
+
 Metrics (label ``service`` = the relay's ``source``): ``outbox_pending_events``,
-``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``.
+``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``;
+and the task's ``background_task_runs_total{task="outbox-relay"}``.
 
 The table comes from the kit migration set ``outbox`` (``svckit/schema/outbox/``): a writer service
 lists ``outbox`` in its ``migrations/kit.txt`` and ``python -m <service> migrate`` creates it in the
@@ -51,9 +58,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +67,12 @@ import aiohttp
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from .clock import SYSTEM_CLOCK, Clock
 from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent
 from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
 from .http import SignedClient
 from .identity import Identity
+from .tasks import PeriodicTask, backoff_delay
 
 log = logging.getLogger("svckit.outbox")
 
@@ -142,12 +149,6 @@ class _Row:
     payload: dict[str, Any]
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Capped exponential backoff with full jitter (attempt 1 → up to ``base``, doubling to ``cap``)."""
-    ceiling = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
-    return random.uniform(ceiling / 2, ceiling)
-
-
 class OutboxRelay:
     """Delivers one schema's outbox to the audit service; run one per replica (see module docstring)."""
 
@@ -164,6 +165,7 @@ class OutboxRelay:
         max_backoff: float = 30.0,
         request_timeout: float = 10.0,
         metrics_interval: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"schema {schema!r} is not a plain lower-case identifier")
@@ -180,12 +182,22 @@ class OutboxRelay:
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
         self.metrics_interval = metrics_interval
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.clock = clock
+        # NOTIFY wakes it; a failed delivery backs off (and then only stop() ends the wait: every
+        # commit in the writer sends a NOTIFY, and those must not turn a back-off into hammering)
+        self.task = PeriodicTask(
+            "outbox-relay",
+            poll_interval,
+            self._pass,
+            clock=clock,
+            initial_delay=0,
+            expected=(DeliveryError, *DB_ERRORS),
+            backoff_base=base_backoff,
+            max_backoff=max_backoff,
+            logger=log,
+        )
         self._listener: asyncpg.Connection | None = None
         self._listen_failed = False
-        self._failures_in_row = 0
         self._metrics_due = 0.0
         self._delivered = delivered_total.labels(source)
         self._failed = delivery_failures_total.labels(source)
@@ -194,69 +206,26 @@ class OutboxRelay:
 
     def start(self) -> None:
         """Start relaying in the background; returns at once (the database may not be up yet)."""
-        if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.schema}")
+        self.task.start()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Let a delivery in flight finish (bounded by ``timeout``), then stop and close the listener."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+        await self.task.stop(timeout)
         await self._close_listener()
 
     def wake(self) -> None:
         """Deliver now instead of at the next poll (not while backing off after a failed delivery)."""
-        self._wake.set()
+        self.task.wake()
 
-    # ---- the loop ------------------------------------------------------------------------------
+    # ---- one pass (run by the periodic task) ----------------------------------------------------
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            backing_off = True  # unless a pass ends normally: then a NOTIFY may cut the wait short
-            try:
-                await self._ensure_listener()
-                progressed = await self.deliver_due()
-                await self._maybe_update_metrics()
-                if progressed:
-                    continue  # more may be waiting: drain before sleeping
-                delay = self.poll_interval
-                backing_off = False
-            except DeliveryError as exc:
-                self._failures_in_row += 1
-                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
-                log.warning(
-                    "outbox delivery failed, backing off",
-                    extra={"service": self.source, "error": str(exc), "retry_in": round(delay, 2)},
-                )
-                await self._maybe_update_metrics()
-            except DB_ERRORS as exc:
-                self._failures_in_row += 1
-                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
-                log.warning(
-                    "outbox relay cannot reach its database, retrying",
-                    extra={"service": self.source, "error": type(exc).__name__, "retry_in": round(delay, 2)},
-                )
-            except Exception:
-                self._failures_in_row += 1
-                delay = backoff_delay(self._failures_in_row, self.base_backoff, self.max_backoff)
-                log.exception("outbox relay error", extra={"service": self.source})
-            await self._sleep(delay, backing_off)
-
-    async def _sleep(self, delay: float, backing_off: bool) -> None:
-        """Wait for the next pass. While backing off only ``stop()`` ends the wait early: every
-        commit in the writer sends a NOTIFY, and those must not turn the backoff into a hammering."""
-        event = self._stopping if backing_off else self._wake
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), delay)
-        self._wake.clear()
+    async def _pass(self) -> bool:
+        """Listen, deliver one batch, refresh the gauges now and then. True: more may be waiting."""
+        await self._ensure_listener()
+        try:
+            return await self.deliver_due()
+        finally:
+            await self._maybe_update_metrics()
 
     async def deliver_due(self) -> bool:
         """Deliver one batch of due events. True when a batch was delivered (more may be due).
@@ -295,7 +264,6 @@ class OutboxRelay:
         # Raised only after the transaction committed the attempt counts and retry times.
         if failure is not None:
             raise failure
-        self._failures_in_row = 0
         return True
 
     async def _deliver_one_by_one(self, conn: Connection, batch: Sequence[_Row]) -> int:
@@ -374,7 +342,7 @@ class OutboxRelay:
         oldest_event_age.labels(self.source).set(max(0.0, float(row["age"])))
 
     async def _maybe_update_metrics(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now < self._metrics_due:
             return
         self._metrics_due = now + self.metrics_interval
@@ -413,7 +381,7 @@ class OutboxRelay:
         self._listen_failed = True
 
     def _on_notify(self, *args: object) -> None:
-        self._wake.set()
+        self.task.wake()
 
     async def _close_listener(self) -> None:
         listener, self._listener = self._listener, None

@@ -26,7 +26,8 @@ from svckit.dbtls import client_ssl, resolve
 from svckit.settings import DatabaseSettings, SettingsError, load_settings
 
 from testkit.fixtures import ServiceProcess
-from testkit.postgres import PrivatePostgres, make_ca, make_server_cert, postgres_bin
+from testkit.pgproc import postgres_bin
+from testkit.pgtls import TlsPostgres, make_ca, make_server_cert
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs the PostgreSQL server packages")
 
@@ -34,7 +35,7 @@ KEYS = "k1:" + "a" * 43
 
 
 class Tls:
-    def __init__(self, server: PrivatePostgres, ca: Path, wrong_ca: Path) -> None:
+    def __init__(self, server: TlsPostgres, ca: Path, wrong_ca: Path) -> None:
         self.server = server
         self.ca = str(ca)
         self.wrong_ca = str(wrong_ca)
@@ -50,7 +51,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     other = make_ca("Some other CA")
     ca_path, _ = ca.write(certs, "ca")
     wrong_path, _ = other.write(certs, "wrong-ca")
-    server = PrivatePostgres(tls=make_server_cert(ca, ["localhost"]), require_tls=True).start()
+    server = TlsPostgres(make_server_cert(ca, ["localhost"]))
+    server.start()
     try:
         yield Tls(server, ca_path, wrong_path)
     finally:

@@ -37,6 +37,7 @@ from svckit.outbox import (
 )
 from svckit.settings import ServiceSettings, load_settings, parse_identity_keys
 
+from testkit.clock import FakeClock
 from testkit.fixtures import free_port, new_identity_keys, serve_app, user
 
 ALICE = user("alice", "create:timesheets", name="Alice")
@@ -303,6 +304,7 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
 ) -> None:
     """Every commit NOTIFYs the relay; while the audit service is down that must not mean a retry."""
     service = f"writer-{schema[-8:]}"
+    clock = FakeClock()  # the relay's pauses: time passes only when the test says so
     relay = OutboxRelay(
         database,
         schema,
@@ -311,23 +313,29 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
         poll_interval=60,
         base_backoff=1.0,
         max_backoff=1.0,
+        clock=clock,
     )
     await enqueue_committed(database, [event(service)])
     relay.start()
     try:
         await eventually(lambda: metric("outbox_delivery_failures_total", service) >= 1)
+        await eventually(lambda: clock.sleepers > 0)  # backing off
         before = metric("outbox_delivery_failures_total", service)
-        started = time.monotonic()
         for _ in range(20):
             await enqueue_committed(database, [event(service)])
-            await asyncio.sleep(0.01)
-        elapsed = time.monotonic() - started
-        tries = metric("outbox_delivery_failures_total", service) - before
+        await asyncio.sleep(0.3)  # real time for the NOTIFYs to arrive; the clock stands still
+        assert metric("outbox_delivery_failures_total", service) == before  # no NOTIFY cut it short
+        clock.advance(1.0)  # the back-off (0.5-1 s) is over: exactly one more try
+        await eventually(lambda: metric("outbox_delivery_failures_total", service) == before + 1)
+        await eventually(lambda: clock.sleepers > 0)
+        assert metric("outbox_delivery_failures_total", service) == before + 1
     finally:
         await relay.stop()
-    # Backoff waits are 0.5-1 s: twenty NOTIFYs over `elapsed` seconds allow only that many tries.
-    assert tries <= elapsed / 0.5 + 1, (tries, elapsed)
     assert len(await outbox_rows(database, schema)) == 21
+
+
+def failures_reach(service: str, tries: int) -> Callable[[], bool]:
+    return lambda: metric("outbox_delivery_failures_total", service) == tries
 
 
 async def test_server_errors_are_retried_with_backoff(
@@ -335,6 +343,7 @@ async def test_server_errors_are_retried_with_backoff(
 ) -> None:
     state = Receiver(status=503)
     service = f"writer-{schema[-8:]}"
+    clock = FakeClock()
     async with serve_app(receiver_app(identity_keys, state)) as url:
         relay = OutboxRelay(
             database,
@@ -344,19 +353,25 @@ async def test_server_errors_are_retried_with_backoff(
             poll_interval=0.1,
             base_backoff=0.2,
             max_backoff=0.4,
+            clock=clock,
         )
         await enqueue_committed(database, [event(service)])
         relay.start()
         try:
-            await asyncio.sleep(1.0)
-            failures = metric("outbox_delivery_failures_total", service)
-            # Backing off (0.1-0.4 s per try), not hammering: a handful of tries in one second.
-            assert 2 <= failures <= 10, failures
-            rows = await outbox_rows(database, schema)
-            assert "503" in rows[0]["last_error"]
-            state.status = 200
-            relay.wake()
+            # back-off ceilings 0.2, 0.4, 0.4, …; each wait is drawn from the upper half of its ceiling
+            for tries, (too_early, late_enough) in enumerate(((0.09, 0.11), (0.19, 0.21), (0.19, 0.21)), 1):
+                await eventually(failures_reach(service, tries))
+                await eventually(lambda: clock.sleepers > 0)
+                clock.advance(too_early)
+                await asyncio.sleep(0.05)
+                assert metric("outbox_delivery_failures_total", service) == tries  # still backing off
+                if tries == 3:
+                    rows = await outbox_rows(database, schema)
+                    assert "503" in rows[0]["last_error"]
+                    state.status = 200  # the audit service is back: the next try delivers
+                clock.advance(late_enough)
             await eventually(lambda: len(state.received) == 1, timeout=5)
+            assert metric("outbox_delivery_failures_total", service) == 3
         finally:
             await relay.stop()
 

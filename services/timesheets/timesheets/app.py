@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -18,6 +17,7 @@ from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
 from svckit.outbox import OutboxRelay
 from svckit.settings import load_settings
+from svckit.tasks import PeriodicTask
 
 from . import api, internal
 from .openapi import document
@@ -44,15 +44,10 @@ ROUTES = [
 
 
 async def purge_idempotency_keys(database: Database, ttl: dt.timedelta) -> None:
-    """Forget expired Idempotency-Keys once an hour (expired ones are already ignored on lookup)."""
-    while True:
-        await asyncio.sleep(JANITOR_INTERVAL_SECONDS)
-        try:
-            async with database.connection() as conn:
-                purged = await purge_keys(conn, ttl)
-            log.info("expired idempotency keys purged", extra={"purged": purged})
-        except DB_ERRORS as exc:
-            log.warning("idempotency key purge skipped", extra={"error": type(exc).__name__})
+    """Forget expired Idempotency-Keys (expired ones are already ignored on lookup)."""
+    async with database.connection() as conn:
+        purged = await purge_keys(conn, ttl)
+    log.info("expired idempotency keys purged", extra={"purged": purged})
 
 
 def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
@@ -71,17 +66,22 @@ def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
         max_backoff=settings.outbox_max_backoff_seconds,
     )
     ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
+    janitor = PeriodicTask(  # once an hour
+        "timesheets-idempotency-purge",
+        JANITOR_INTERVAL_SECONDS,
+        lambda: purge_idempotency_keys(database, ttl),
+        expected=DB_ERRORS,
+        logger=log,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         relay.start()
-        janitor = asyncio.create_task(purge_idempotency_keys(database, ttl), name="idempotency-janitor")
+        janitor.start()
         try:
             yield
         finally:
-            janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await janitor
+            await janitor.stop()
             await relay.stop()
 
     return create_service_app(
