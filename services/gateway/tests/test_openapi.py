@@ -75,7 +75,8 @@ def test_the_enforced_constraints_are_published(doc: dict[str, Any]) -> None:
     assert entry_in["project"]["minLength"] == 1
     assert entry_in["project"]["maxLength"] == 100
     assert entry_in["date"]["format"] == "date"
-    assert "0001-01-01 to 9999-12-31" in entry_in["date"]["description"]
+    assert "2000-01-01 to 2099-12-31" in entry_in["date"]["description"]
+    assert not re.fullmatch(entry_in["date"]["pattern"], "9999-12-31")
     notes = entry_in["notes"]["anyOf"][0]
     assert notes["maxLength"] == 2000
     assert re.fullmatch(notes["pattern"], "two\nlines\tand a tab")

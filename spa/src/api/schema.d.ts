@@ -366,7 +366,7 @@ export interface components {
     EntryIn: {
       /**
        * Format: date
-       * @description A calendar date as YYYY-MM-DD (RFC 3339 full-date), 0001-01-01 to 9999-12-31.
+       * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
       /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
@@ -603,7 +603,7 @@ export interface components {
     UploadRow: {
       /**
        * Format: date
-       * @description A calendar date as YYYY-MM-DD (RFC 3339 full-date), 0001-01-01 to 9999-12-31.
+       * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
       /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
