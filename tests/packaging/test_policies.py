@@ -107,7 +107,7 @@ def main_container(deployment: Obj) -> Obj:
 
 def chart_container(container: Obj) -> bool:
     name = str(container["name"])
-    return name in APP_COMPONENTS or name.startswith(("migrate-", "seed-"))
+    return name in APP_COMPONENTS or name == "dev-source" or name.startswith(("migrate-", "seed-"))
 
 
 def test_no_pod_mounts_a_service_account_token(objects: list[Obj]) -> None:
