@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,11 +16,13 @@ from typing import TypeVar
 
 import uvicorn
 
+from . import server
 from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .migrations import MigrationError, migrate
+from .server import ProblemHttpProtocol
 from .settings import DatabaseSettings, ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -29,19 +33,43 @@ log = logging.getLogger("svckit.cli")
 
 
 def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
-    """Run uvicorn. SIGTERM stops accepting, waits for in-flight requests up to the bound, then
-    runs the lifespan shutdown that closes pools."""
-    uvicorn.run(
+    """Serve with the kit's HTTP protocol and shutdown (:mod:`svckit.server`): SIGTERM stops
+    accepting (later connections are refused, queued ones served), lets in-flight requests finish up
+    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools."""
+    config = uvicorn.Config(
         app_factory,
         factory=True,
         host=settings.bind_host,
         port=settings.port,
         workers=workers,
+        http=ProblemHttpProtocol,
         log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        lifespan="on",
+    )
+    return server.serve(config, workers)
+
+
+def serve_reloading(app_factory: str, settings: ServiceSettings) -> int:
+    """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
+    reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
+    edited sources. The app runs in a child process, so its metrics go through multiprocess files
+    that this process's metrics listener aggregates."""
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
+    watched = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] or [os.getcwd()]
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.bind_host,
+        port=settings.port,
+        reload=True,
+        reload_dirs=watched,
+        log_config=None,
+        access_log=False,
+        server_header=False,
         lifespan="on",
     )
     return 0
@@ -112,6 +140,8 @@ def run_cli(
         if metrics is None:
             return 1
         try:
+            if settings.dev_reload:
+                return serve_reloading(app_factory, settings)
             return serve(app_factory, settings, workers(settings) if workers else 1)
         finally:
             metrics.stop()
