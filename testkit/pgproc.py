@@ -48,7 +48,13 @@ def _wait_port(port: int, timeout: float) -> bool:
 class PrivatePostgres:
     """A PostgreSQL cluster of the test's own: ``start()``, ``stop(mode)``, ``start()``, ``remove()``."""
 
-    def __init__(self, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, bin_dir: Path | None = None, *, passwords: bool = False, log_statements: bool = False
+    ) -> None:
+        """``passwords``: every role but ``postgres`` must log in over TCP with its SCRAM password (the
+        shared server trusts loopback). ``log_statements``: the server log records every statement."""
+        self.passwords = passwords
+        self.log_statements = log_statements
         found = bin_dir or postgres_bin()
         if found is None:
             raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
@@ -105,8 +111,16 @@ class PrivatePostgres:
             "shared_buffers": "32MB",
             "logging_collector": "off",
         }
+        if self.log_statements:
+            settings["log_statement"] = "'all'"
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        if self.passwords:
+            (self.data / "pg_hba.conf").write_text(
+                "local all all trust\n"
+                "host all postgres 127.0.0.1/32 trust\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+            )
 
     def start(self, timeout: float = 30.0) -> PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start")

@@ -22,6 +22,7 @@ from .dbtls import SslMode, describe_connect_error
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .migrations import MigrationError, migrate
+from .roles import RoleError, RuntimeRole
 from .server import ProblemHttpProtocol
 from .settings import DatabaseSettings, ServiceSettings, load_settings
 
@@ -97,6 +98,7 @@ async def migrate_with_wait(
     directory: Path,
     wait_seconds: float,
     tls: ssl.SSLContext | SslMode | None = None,
+    role: RuntimeRole | None = None,
 ) -> list[int]:
     """A migration Job may start before Postgres is ready; wait for it instead of crash-looping.
     A TLS failure (a refused certificate, no TLS at the server) does not go away by waiting: it
@@ -105,7 +107,7 @@ async def migrate_with_wait(
     delay = 0.5
     while True:
         try:
-            return await migrate(dsn, schema, directory, ssl=tls)
+            return await migrate(dsn, schema, directory, ssl=tls, role=role)
         except UNAVAILABLE_ERRORS as exc:
             if time.monotonic() > deadline or describe_connect_error(exc).startswith("TLS"):
                 raise
@@ -152,12 +154,19 @@ def run_cli(
             raise TypeError("migrate needs DatabaseSettings")
         tls = settings.database_tls
         try:
+            role = settings.runtime_role
+            if role is None:
+                log.warning(
+                    "DB_RUNTIME_ROLE is not set: no runtime role is prepared, so the service can only run "
+                    "as the owner of its tables (svckit.roles; not for production)",
+                    extra={"schema": schema},
+                )
             applied = asyncio.run(
                 migrate_with_wait(
-                    settings.database_url, schema, migrations, wait_seconds=60, tls=tls.context()
+                    settings.database_url, schema, migrations, wait_seconds=60, tls=tls.context(), role=role
                 )
             )
-        except MigrationError as exc:
+        except (MigrationError, RoleError) as exc:
             print(f"migration refused: {exc}", file=sys.stderr, flush=True)
             return 1
         except UNAVAILABLE_ERRORS as exc:

@@ -168,6 +168,7 @@ class Database:
                 self._pool = await self._create_pool()
                 self._connected.set()
                 log.info("database pool ready", extra={"attempt": attempt})
+                await self._warn_if_owner()
             except UNAVAILABLE_ERRORS as exc:
                 self.last_error = describe_connect_error(exc, self.tls)
                 log.warning(
@@ -176,6 +177,25 @@ class Database:
                 )
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, self.max_backoff)
+
+    async def _warn_if_owner(self) -> None:
+        """Services run as a runtime role that owns nothing (:mod:`svckit.roles`); connected as the
+        owner of the schema, the database no longer protects the data from this process. Say so once."""
+        if not self.schema or self._pool is None:
+            return
+        with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            role = await self._pool.fetchval(
+                "SELECT current_user FROM pg_namespace WHERE nspname = $1 AND nspowner = "
+                "(SELECT oid FROM pg_roles WHERE rolname = current_user)",
+                self.schema,
+                timeout=2.0,
+            )
+            if role:
+                log.warning(
+                    "connected as the owner of the schema: run the service as its runtime role "
+                    "(DB_RUNTIME_ROLE, see svckit.roles)",
+                    extra={"schema": self.schema, "role": role},
+                )
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""

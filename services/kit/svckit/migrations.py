@@ -15,6 +15,10 @@ that file records the kit migration instead, keeping the original ``applied_at``
 again. ``services/kit/tests/test_kit_migrations.py`` migrates a database built by the previous runner
 from the previous files to today's layout.
 
+After the files, ``role`` (the service's runtime role, ``DB_RUNTIME_ROLE``) is brought to what the
+``privileges.txt`` of the folder and of its kit sets declare, under the same lock (:mod:`svckit.roles`):
+the connection is the migration role, which owns everything it created.
+
 Bookkeeping: ``<schema>.schema_migrations (source, version, name, checksum, applied_at)`` with
 ``source`` ``service`` for the schema's own files and ``kit:<set>`` for kit sets. A table from before
 kit sets (no ``source`` column) is upgraded in place on the first run.
@@ -34,6 +38,7 @@ from ssl import SSLContext
 import asyncpg
 
 from .dbtls import SslMode
+from .roles import RoleError, RuntimeRole, apply, read_privileges
 
 log = logging.getLogger("svckit.migrations")
 
@@ -233,11 +238,13 @@ async def migrate(
     *,
     kit: Iterable[str] = (),
     ssl: SSLContext | SslMode | None = None,
+    role: RuntimeRole | None = None,
 ) -> list[int]:
     """Apply pending migrations: the kit sets first (those ``directory/kit.txt`` names, then
     ``kit``), then the folder's own files. Returns the versions of the folder's own files applied by
     this run (kit migrations applied are logged). ``ssl``: the kit's verifying TLS context
-    (``DatabaseSettings.database_tls``), else the URL's own sslmode applies."""
+    (``DatabaseSettings.database_tls``), else the URL's own sslmode applies. ``role``: the service's
+    runtime role, brought to what the ``privileges.txt`` files declare afterwards (:mod:`svckit.roles`)."""
     own = discover(directory) if directory is not None else []
     kits = kit_sets_of(directory, kit)
     tracks: list[tuple[str, list[Migration]]] = [(k.source, discover(k.directory)) for k in kits]
@@ -289,6 +296,16 @@ async def migrate(
                     )
                     if source == OWN:
                         done.append(migration.version)
+            if role is not None:
+                try:
+                    privileges = read_privileges([*(k.directory for k in kits), directory])
+                    await apply(conn, schema, role, privileges)
+                except RoleError as exc:
+                    raise MigrationError(f"{schema}: {exc}") from None
+                log.info(
+                    "runtime role ready",
+                    extra={"schema": schema, "role": role.name, "managed": role.manage},
+                )
             return done
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)

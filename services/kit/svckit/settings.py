@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .dbtls import DatabaseTls, resolve
+from .roles import RuntimeRole
 
 MIN_IDENTITY_KEY_BYTES = 32
 
@@ -117,6 +118,15 @@ class DatabaseSettings(ServiceSettings):
     db_sslrootcert: str = ""
     # Overrides the URL's sslmode (empty: the URL's): lets a deployment insist on verify-full.
     db_sslmode: str = ""
+    # Read by `migrate` only (svckit.roles): the login role the service runs as. `migrate` connects with
+    # DATABASE_URL as the migration role (the owner) and brings this role to the privileges its schema
+    # declares; the service itself is then started with a DATABASE_URL naming this role. Empty: no
+    # runtime role (the service would run as the owner of its tables: local experiments only).
+    db_runtime_role: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
+    # The runtime role's password, set by `migrate` when DB_MANAGE_ROLES (it creates the role if needed).
+    db_runtime_password: str = ""
+    # false: the platform team creates the runtime role (and its password) itself; `migrate` only grants.
+    db_manage_roles: bool = True
 
     @field_validator("database_url")
     @classmethod
@@ -134,6 +144,16 @@ class DatabaseSettings(ServiceSettings):
     @property
     def database_tls(self) -> DatabaseTls:
         return resolve(self.database_url, self.db_sslrootcert, self.db_sslmode)
+
+    @property
+    def runtime_role(self) -> RuntimeRole | None:
+        """The role ``migrate`` prepares (``None`` without ``DB_RUNTIME_ROLE``); raises
+        :class:`~svckit.roles.RoleError` when it cannot be prepared as configured."""
+        if not self.db_runtime_role:
+            return None
+        return RuntimeRole(
+            self.db_runtime_role, self.db_runtime_password or None, manage=self.db_manage_roles
+        )
 
 
 class RedisSettings(ServiceSettings):
