@@ -35,6 +35,7 @@ from starlette.types import ASGIApp
 from svckit.identity import Identity, IdentitySigner, request_target
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
+from svckit.roles import RuntimeRole, role_url
 from svckit.server import ProblemHttpProtocol
 from svckit.settings import parse_identity_keys
 
@@ -42,6 +43,12 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _embedded: list[Any] = []
+
+#: This test session's id: in its database names, Redis prefix and database role names.
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+#: Every database role this session creates starts with this (see "database roles" below).
+ROLE_PREFIX = f"tspt_{RUN_ID}_"
+_ROLE_PASSWORD = secrets.token_urlsafe(24)
 
 
 def server_url() -> str:
@@ -79,6 +86,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _unit_only(config) and os.environ.get("DATABASE_URL"):
+        try:
+            _run_async(drop_runtime_roles(server_url()))
+        except (OSError, asyncpg.PostgresError) as exc:  # never hide the session's own result
+            print(f"testkit: could not drop the runtime roles {ROLE_PREFIX}*: {exc}", file=sys.stderr)
     while _embedded:
         _embedded.pop().stop()
     while _in_process_metrics:
@@ -432,7 +444,7 @@ class TcpProxy:
 
 @pytest.fixture(scope="session")
 def test_run_id() -> str:
-    return f"{os.getpid()}_{secrets.token_hex(3)}"
+    return RUN_ID
 
 
 @pytest.fixture(scope="session")
@@ -510,7 +522,13 @@ class IsolatedEnv:
         name = f"tsp_test_{self.run_id}_{label}"
         url = _run_async(create_database(name))
         self.databases.append(name)
-        return {**self.base, "DATABASE_URL": url, "REDIS_KEY_PREFIX": f"{self.redis_prefix}{label}:"}
+        return {
+            **self.base,
+            "DATABASE_URL": url,
+            "REDIS_KEY_PREFIX": f"{self.redis_prefix}{label}:",
+            # a devstack.Platform on this database names its runtime roles so (dropped with the session's)
+            "DB_ROLE_PREFIX": f"{ROLE_PREFIX}{label}_",
+        }
 
     def close(self) -> None:
         for name in self.databases:
@@ -532,14 +550,79 @@ def isolated_env(test_run_id: str, redis_prefix: str, service_env: dict[str, str
     factory.close()
 
 
+# ---- database roles: services under test run as their runtime roles, as in production ---------------
+#
+# ``database_url`` (and every URL ``create_database`` returns) is the migration role: the owner, the
+# one tests use to look at rows or to play an attacker with full database rights. ``migrate_schema``
+# prepares the schema's runtime role (svckit.roles), and services get its URL through
+# ``runtime_url`` / ``runtime_env``. Roles are global to the Postgres cluster, so their names carry this
+# session's id, and every role with that prefix is dropped when the session ends.
+
+
+def runtime_role(service: str) -> RuntimeRole:
+    """The runtime role of ``service`` (its schema's name) in this session."""
+    return RuntimeRole(ROLE_PREFIX + service, _ROLE_PASSWORD)
+
+
+def runtime_url(url: str, service: str) -> str:
+    """``url`` (a database of this session) as ``service``'s runtime role would connect."""
+    return role_url(url, ROLE_PREFIX + service, _ROLE_PASSWORD)
+
+
+def runtime_env(env: Mapping[str, str], service: str) -> dict[str, str]:
+    """A copy of ``env`` whose ``DATABASE_URL`` is ``service``'s runtime role's."""
+    return {**env, "DATABASE_URL": runtime_url(env["DATABASE_URL"], service)}
+
+
+def migrate_role_env(service: str) -> dict[str, str]:
+    """What ``python -m <service> migrate`` needs to prepare the session's runtime role."""
+    return {"DB_RUNTIME_ROLE": ROLE_PREFIX + service, "DB_RUNTIME_PASSWORD": _ROLE_PASSWORD}
+
+
 async def migrate_schema(database_url: str, schema: str, package_dir: Path) -> list[int]:
-    return await migrate(database_url, schema, package_dir / "migrations")
+    """Migrate as the owner (``database_url``) and prepare the schema's runtime role."""
+    return await migrate(database_url, schema, package_dir / "migrations", role=runtime_role(schema))
+
+
+async def drop_runtime_roles(server: str, prefix: str = ROLE_PREFIX) -> list[str]:
+    """Drop every role whose name starts with ``prefix``: first what they hold in each database
+    (grants, default privileges: ``DROP OWNED``), then the roles. Returns the names dropped."""
+    admin = await asyncpg.connect(server)
+    try:
+        names = [
+            row["rolname"]
+            for row in await admin.fetch(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY rolname", prefix
+            )
+        ]
+        if not names:
+            return []
+        databases = await admin.fetch(
+            """SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+               WHERE s.refclassid = 'pg_authid'::regclass
+                 AND s.refobjid IN (SELECT oid FROM pg_roles WHERE rolname = ANY($1::text[]))""",
+            names,
+        )
+        quoted = ", ".join('"' + name + '"' for name in names)
+        for row in databases:
+            conn = await asyncpg.connect(with_database(server, row["datname"]))
+            try:
+                await conn.execute(f"DROP OWNED BY {quoted}")
+            finally:
+                await conn.close()
+        await admin.execute(f"DROP OWNED BY {quoted}")  # grants on shared objects (databases)
+        for name in names:
+            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        return names
+    finally:
+        await admin.close()
 
 
 async def assert_migrate_command_repeatable(
     service: str, database: str, service_env: Mapping[str, str]
 ) -> None:
-    """``python -m <service> migrate`` (the Helm hook Job) twice on a fresh database: both succeed."""
+    """``python -m <service> migrate`` (the Helm hook Job) twice on a fresh database, preparing the
+    service's runtime role: both succeed."""
     url = await create_database(database)
     try:
         for _ in range(2):
@@ -548,7 +631,7 @@ async def assert_migrate_command_repeatable(
                 "-m",
                 service,
                 "migrate",
-                env={**os.environ, **service_env, "DATABASE_URL": url},
+                env={**os.environ, **service_env, "DATABASE_URL": url, **migrate_role_env(service)},
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )

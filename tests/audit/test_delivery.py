@@ -24,7 +24,7 @@ from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, ServiceProcess, free_port, migrate_schema, scrape, user
+from testkit.fixtures import Caller, ServiceProcess, free_port, migrate_schema, runtime_env, scrape, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 SOURCE = "timesheets"  # the audit service records events only under the caller's own name
@@ -71,7 +71,8 @@ class Writer:
 @pytest.fixture
 async def audit_process(database_url: str, service_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
     await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
-    process = ServiceProcess("audit", {**service_env, "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}, port=free_port())
+    env = {**runtime_env(service_env, "audit"), "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}
+    process = ServiceProcess("audit", env, port=free_port())
     await asyncio.to_thread(process.start, "/readyz")
     yield process
     await asyncio.to_thread(process.stop)

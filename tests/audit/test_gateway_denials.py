@@ -19,7 +19,7 @@ from svckit.identity import IdentitySigner
 from svckit.settings import load_settings, parse_identity_keys
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, migrate_schema, serve_app, user
+from testkit.fixtures import Caller, migrate_schema, runtime_env, serve_app, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 AUDITOR = user("carol", "read:audit")
@@ -28,7 +28,8 @@ AUDITOR = user("carol", "read:audit")
 @pytest.fixture
 async def audit_url(database_url: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
-    settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0)
+    env = runtime_env(service_env, "audit")
+    settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0)
     async with serve_app(create_app(settings)) as url:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):

@@ -33,6 +33,7 @@ from testkit.fixtures import (
     drop_database,
     free_port,
     migrate_schema,
+    runtime_url,
     serve_app,
     user,
 )
@@ -71,15 +72,19 @@ async def platform(identity_keys: str, caller: Caller) -> AsyncIterator[Platform
             await migrate_schema(dsn, service, SERVICES / service / service)
         ports = {service: free_port() for service in ("timesheets", "approvals", "audit")}
         urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-        common = {"DATABASE_URL": dsn, "IDENTITY_KEYS": identity_keys, "AUDIT_URL": urls["audit"]}
-        audit = create_audit(load_settings(AuditSettings, env=common, audit_verify_interval_seconds=0))
+        common = {"IDENTITY_KEYS": identity_keys, "AUDIT_URL": urls["audit"]}
+
+        def env(service: str, **more: str) -> dict[str, str]:
+            return {**common, "DATABASE_URL": runtime_url(dsn, service), **more}  # its own role
+
+        audit = create_audit(load_settings(AuditSettings, env=env("audit"), audit_verify_interval_seconds=0))
         timesheets = create_timesheets(
-            load_settings(TimesheetsSettings, env={**common, "OUTBOX_POLL_INTERVAL_SECONDS": "0.5"})
+            load_settings(TimesheetsSettings, env=env("timesheets", OUTBOX_POLL_INTERVAL_SECONDS="0.5"))
         )
         approvals = create_approvals(
             load_settings(
                 ApprovalsSettings,
-                env={**common, "TIMESHEETS_URL": urls["timesheets"], "OUTBOX_POLL_INTERVAL_SECONDS": "0.5"},
+                env=env("approvals", TIMESHEETS_URL=urls["timesheets"], OUTBOX_POLL_INTERVAL_SECONDS="0.5"),
             )
         )
         async with (

@@ -41,7 +41,7 @@ from timesheets.settings import TimesheetsSettings
 
 from bench.api import AUDIENCE, Issuer
 from testkit.client import wait_ready
-from testkit.fixtures import IsolatedEnv, migrate_schema, serve_app
+from testkit.fixtures import IsolatedEnv, migrate_schema, runtime_env, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 HOOKS = Path(__file__).with_name("fuzz_auth.py")
@@ -76,16 +76,20 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
         await migrate_schema(env["DATABASE_URL"], service, SERVICES / service / service)
     issuer = Issuer()
     try:
-        audit = create_audit(load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0))
+        audit_env = runtime_env(env, "audit")  # each service as its own runtime role
+        audit = create_audit(load_settings(AuditSettings, env=audit_env, audit_verify_interval_seconds=0))
         async with serve_app(audit) as audit_url:
-            timesheets = create_timesheets(
-                load_settings(TimesheetsSettings, env={**env, "AUDIT_URL": audit_url})
-            )
+            timesheets_env = {**runtime_env(env, "timesheets"), "AUDIT_URL": audit_url}
+            timesheets = create_timesheets(load_settings(TimesheetsSettings, env=timesheets_env))
             async with serve_app(timesheets) as timesheets_url:
                 approvals = create_approvals(
                     load_settings(
                         ApprovalsSettings,
-                        env={**env, "AUDIT_URL": audit_url, "TIMESHEETS_URL": timesheets_url},
+                        env={
+                            **runtime_env(env, "approvals"),
+                            "AUDIT_URL": audit_url,
+                            "TIMESHEETS_URL": timesheets_url,
+                        },
                     )
                 )
                 async with serve_app(approvals) as approvals_url:

@@ -26,6 +26,7 @@ from testkit.fixtures import (
     drop_database,
     free_port,
     migrate_schema,
+    runtime_url,
     serve_app,
 )
 
@@ -130,7 +131,8 @@ async def domain_database(test_run_id: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
-    env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
+    url = runtime_url(domain_database, "timesheets")  # as in production: its own role
+    env = {**service_env, "DATABASE_URL": url, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
         await wait_ready(url)
         yield url
@@ -150,7 +152,7 @@ def approvals_env(
 ) -> dict[str, str]:
     return {
         **service_env,
-        "DATABASE_URL": domain_database,
+        "DATABASE_URL": runtime_url(domain_database, "approvals"),
         "TIMESHEETS_URL": fault_proxy.url,
         "AUDIT_URL": "http://127.0.0.1:9",
         "APPLY_TIMEOUT_SECONDS": "2",

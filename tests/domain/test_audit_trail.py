@@ -16,13 +16,21 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from svckit.identity import Identity
-from svckit.migrations import migrate
 from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, ServiceProcess, create_database, drop_database, serve_app, user
+from testkit.fixtures import (
+    Caller,
+    ServiceProcess,
+    create_database,
+    drop_database,
+    migrate_schema,
+    runtime_env,
+    serve_app,
+    user,
+)
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 EMPLOYEE = ("read:timesheets", "create:timesheets", "delete:timesheets")
@@ -44,17 +52,19 @@ async def stack(
     name = f"tsp_test_{test_run_id}_trail"
     url = await create_database(name)
     for service in ("timesheets", "approvals", "audit"):
-        await migrate(url, service, SERVICES / service / service / "migrations")
-    env = {**service_env, "DATABASE_URL": url}
-    audit = ServiceProcess("audit", env, log_dir=tmp_path_factory.mktemp("audit")).start("/readyz")
+        await migrate_schema(url, service, SERVICES / service / service)
+    env = {**service_env, "DATABASE_URL": url}  # the owner: each service gets its own role below
+    logs = tmp_path_factory.mktemp("audit")
+    audit = ServiceProcess("audit", runtime_env(env, "audit"), log_dir=logs).start("/readyz")
     relay = {"AUDIT_URL": audit.url, "OUTBOX_MAX_BACKOFF_SECONDS": "1", "OUTBOX_POLL_INTERVAL_SECONDS": "0.5"}
-    timesheets_app = create_timesheets(load_settings(TimesheetsSettings, env={**env, **relay}))
+    timesheets_app = create_timesheets(
+        load_settings(TimesheetsSettings, env={**runtime_env(env, "timesheets"), **relay})
+    )
     try:
         async with serve_app(timesheets_app) as timesheets_url:
             await wait_ready(timesheets_url)
-            approvals_settings = load_settings(
-                ApprovalsSettings, env={**env, **relay, "TIMESHEETS_URL": timesheets_url}
-            )
+            approvals_env = {**runtime_env(env, "approvals"), **relay, "TIMESHEETS_URL": timesheets_url}
+            approvals_settings = load_settings(ApprovalsSettings, env=approvals_env)
             async with serve_app(create_approvals(approvals_settings)) as approvals_url:
                 await wait_ready(approvals_url)
                 timesheets = SignedApi(timesheets_url, caller)

@@ -16,7 +16,7 @@ from svckit.settings import load_settings
 
 from bench.api import AUDIENCE, Issuer
 from testkit.client import wait_ready
-from testkit.fixtures import ServiceProcess, serve_app
+from testkit.fixtures import ServiceProcess, runtime_url, serve_app
 
 EMPLOYEE = "openid read:timesheets create:timesheets delete:timesheets"
 MANAGER = EMPLOYEE + " approve:timesheets"
@@ -47,10 +47,13 @@ async def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Gateway]:
     issuer = Issuer()
-    env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
-    approvals_app = create_approvals(
-        load_settings(ApprovalsSettings, env={**env, "TIMESHEETS_URL": timesheets_url})
-    )
+    env = {**service_env, "AUDIT_URL": "http://127.0.0.1:9"}
+    approvals_env = {
+        **env,
+        "DATABASE_URL": runtime_url(domain_database, "approvals"),
+        "TIMESHEETS_URL": timesheets_url,
+    }
+    approvals_app = create_approvals(load_settings(ApprovalsSettings, env=approvals_env))
     async with serve_app(approvals_app) as approvals_url:
         await wait_ready(approvals_url)
         process = ServiceProcess(

@@ -164,12 +164,13 @@ class ImageProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def run(self, *args: str) -> None:
-        """A one-off command of the image (``migrate``, ``seed``), as the migration Job runs it."""
+    def run(self, *args: str, env: dict[str, str] | None = None) -> None:
+        """A one-off command of the image (``migrate``, ``seed``), as the migration Job runs it
+        (``env``: what differs from the service's own, e.g. the owner's ``DATABASE_URL``)."""
         result = subprocess.run(
             [self.python, "-m", self.service, *args],
             cwd=self.app,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=180,

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.fixtures import IsolatedEnv, free_port
+from testkit.fixtures import IsolatedEnv, free_port, migrate_role_env, runtime_env
 from tests.packaging.images import ImageProcess, find_uv, image_layout, runtime_venv
 from tests.packaging.support import (
     PROMETHEUS_DIR,
@@ -115,23 +115,28 @@ def platform(
         "GATEWAY_WORKERS": "1",
         "SPA_DIST_DIR": str(tmp_path_factory.mktemp("spa")),
     }
+    owner = {"DATABASE_URL": env["DATABASE_URL"]}  # the migration Job's: migrates, seeds, grants
     logs = tmp_path_factory.mktemp("logs")
     processes = {
         name: ImageProcess(
             name,
             venv,
             image_layout(name, tmp_path_factory.mktemp(f"image-{name}")),
-            env,
+            runtime_env(env, name) if name != "gateway" else env,  # each service as its own role
             ports[name],
             logs / f"{name}.log",
         )
         for name in ORDER
     }
     with ThreadPoolExecutor(len(ORDER)) as pool:
-        migrations = [pool.submit(processes[name].run, "migrate") for name in ORDER if name != "gateway"]
+        migrations = [
+            pool.submit(processes[name].run, "migrate", env={**owner, **migrate_role_env(name)})
+            for name in ORDER
+            if name != "gateway"
+        ]
         for future in migrations:
             future.result()
-    processes["identity"].run("seed")
+    processes["identity"].run("seed", env=owner)
     try:
         with ThreadPoolExecutor(len(ORDER)) as pool:
             for started in [pool.submit(p.start) for p in processes.values()]:

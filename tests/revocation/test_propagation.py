@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, serve_app
+from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
 from testkit.oidc import (
     BATCH_SECRET,
     DEMO_PASSWORD,
@@ -99,7 +99,9 @@ async def stack(
     seeded = run_cli(identity_env, "seed")
     assert seeded.returncode == 0, seeded.stderr
     logs = tmp_path_factory.mktemp("revocation-logs")
-    identity = ServiceProcess("identity", identity_env, port=port, log_dir=logs).start(wait_path="/readyz")
+    identity = ServiceProcess(
+        "identity", runtime_env(identity_env, "identity"), port=port, log_dir=logs
+    ).start(wait_path="/readyz")
     gateway_env = {
         **env,
         "REDIS_URL": redis_server.url,

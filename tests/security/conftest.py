@@ -28,7 +28,7 @@ from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
-from testkit.fixtures import migrate_schema, serve_app
+from testkit.fixtures import migrate_schema, runtime_env, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 AUDIENCE = "https://timesheets.abc.example/api"
@@ -86,11 +86,12 @@ async def edge(database_url: str, service_env: dict[str, str]) -> AsyncIterator[
     issuer, other = Issuer(), Issuer()
     async with serve_app(issuer.app()) as issuer_url, serve_app(other.app()) as other_url:
         issuer.base, other.base = issuer_url, other_url
-        audit_settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0)
+        audit_env = runtime_env(service_env, "audit")
+        audit_settings = load_settings(AuditSettings, env=audit_env, audit_verify_interval_seconds=0)
         async with serve_app(create_audit(audit_settings)) as audit_url:
             timesheets_settings = load_settings(
                 TimesheetsSettings,
-                env={**service_env, "AUDIT_URL": audit_url},
+                env={**runtime_env(service_env, "timesheets"), "AUDIT_URL": audit_url},
                 outbox_poll_interval_seconds=0.2,
             )
             async with serve_app(create_timesheets(timesheets_settings)) as timesheets_url:

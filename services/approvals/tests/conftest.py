@@ -14,7 +14,7 @@ from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, TcpProxy, migrate_schema, serve_app
+from testkit.fixtures import Caller, TcpProxy, migrate_schema, runtime_url, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,8 @@ async def domain_database(database_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
-    env = {**service_env, "DATABASE_URL": domain_database, "AUDIT_URL": "http://127.0.0.1:9"}
+    url = runtime_url(domain_database, "timesheets")  # each service as its own runtime role
+    env = {**service_env, "DATABASE_URL": url, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
         await wait_ready(url)
         yield url
@@ -50,7 +51,7 @@ async def approvals_url(
 ) -> AsyncIterator[str]:
     env = {
         **service_env,
-        "DATABASE_URL": domain_database,
+        "DATABASE_URL": runtime_url(domain_database, "approvals"),
         "TIMESHEETS_URL": f"http://127.0.0.1:{timesheets_link.port}",
         "AUDIT_URL": "http://127.0.0.1:9",
         "APPLY_TIMEOUT_SECONDS": "2",

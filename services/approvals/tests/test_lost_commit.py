@@ -16,7 +16,7 @@ from approvals.settings import ApprovalsSettings
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, TcpProxy, serve_app, user
+from testkit.fixtures import Caller, TcpProxy, runtime_url, serve_app, user
 
 When = Literal["before", "after"]
 APPROVER = user(f"lc-approver-{uuid.uuid4().hex[:6]}", "approve:timesheets")
@@ -30,7 +30,7 @@ async def rig(
     await proxy.start()
     env = {
         **service_env,
-        "DATABASE_URL": proxy.url_for(domain_database),
+        "DATABASE_URL": proxy.url_for(runtime_url(domain_database, "approvals")),
         "TIMESHEETS_URL": f"http://127.0.0.1:{timesheets_link.port}",
         "AUDIT_URL": "http://127.0.0.1:9",
         "RECONCILE_INTERVAL_SECONDS": "0.3",

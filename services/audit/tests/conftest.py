@@ -20,7 +20,7 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, migrate_schema, serve_app, user
+from testkit.fixtures import Caller, migrate_schema, runtime_env, serve_app, user
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audit"
 
@@ -50,7 +50,8 @@ async def wait_ready(url: str, timeout: float = 15.0) -> None:
 
 @pytest.fixture(scope="session")
 async def audit_url(audit_schema: str, service_env: dict[str, str]) -> AsyncIterator[str]:
-    settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0)
+    env = runtime_env(service_env, "audit")  # as in production: the runtime role, not the owner
+    settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0)
     async with serve_app(create_app(settings)) as url:
         await wait_ready(url)
         yield url

@@ -26,7 +26,16 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, serve_app, user
+from testkit.fixtures import (
+    Caller,
+    create_database,
+    drop_database,
+    migrate_schema,
+    runtime_env,
+    runtime_url,
+    serve_app,
+    user,
+)
 
 from .conftest import PACKAGE_DIR, wait_ready
 
@@ -162,7 +171,7 @@ async def trail(identity_keys: str, caller: Caller, new_event: Any) -> AsyncIter
         await migrate_schema(dsn, "audit", PACKAGE_DIR)
         settings = load_settings(
             AuditSettings,
-            env={"DATABASE_URL": dsn, "IDENTITY_KEYS": identity_keys},
+            env={"DATABASE_URL": runtime_url(dsn, "audit"), "IDENTITY_KEYS": identity_keys},
             audit_verify_interval_seconds=0,
         )
         async with serve_app(create_app(settings)) as url:
@@ -319,7 +328,7 @@ async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -
 
 @pytest.fixture
 async def store(trail: Trail) -> AsyncIterator[AuditStore]:
-    database = Database(trail.dsn, schema="audit", application_name="verifier-test")
+    database = Database(runtime_url(trail.dsn, "audit"), schema="audit", application_name="verifier-test")
     await database.wait_connected(10)
     yield AuditStore(database, "audit")
     await database.close()
@@ -366,7 +375,8 @@ async def test_a_truncated_chain_fails_the_incremental_run(trail: Trail, store: 
 
 
 async def test_the_service_verifies_in_the_background(audit_schema: str, service_env: dict[str, str]) -> None:
-    settings = load_settings(AuditSettings, env=service_env, audit_verify_interval_seconds=0.2)
+    env = runtime_env(service_env, "audit")
+    settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0.2)
     before = verifications("ok") + verifications("broken")
     async with serve_app(create_app(settings)):
         for _ in range(100):

@@ -13,7 +13,7 @@ from audit.settings import AuditSettings
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, TcpProxy, serve_app
+from testkit.fixtures import Caller, TcpProxy, runtime_url, serve_app
 
 from .conftest import TIMESHEETS, wait_ready
 from .test_ingest import stored
@@ -25,7 +25,7 @@ async def rig(
 ) -> AsyncIterator[tuple[TcpProxy, SignedApi]]:
     proxy = TcpProxy.for_postgres(audit_schema)
     await proxy.start()
-    env = {**service_env, "DATABASE_URL": proxy.url_for(audit_schema)}
+    env = {**service_env, "DATABASE_URL": proxy.url_for(runtime_url(audit_schema, "audit"))}
     settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0)
     async with serve_app(create_app(settings)) as url:
         await wait_ready(url)

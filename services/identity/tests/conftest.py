@@ -17,7 +17,7 @@ import asyncpg
 import jwt
 import pytest
 
-from testkit.fixtures import ServiceProcess, free_port, migrate_schema
+from testkit.fixtures import ServiceProcess, free_port, migrate_schema, runtime_env
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
@@ -55,10 +55,12 @@ def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 async def seeded(identity_env: dict[str, str], database_url: str) -> dict[str, str]:
+    """Migrated and seeded as the owner (like the chart's migration Job); what it returns runs the
+    service and its admin commands as the runtime role, as in production."""
     await migrate_schema(database_url, "identity", PACKAGE_DIR)
     result = run_cli(identity_env, "seed")
     assert result.returncode == 0, result.stderr
-    return identity_env
+    return runtime_env(identity_env, "identity")
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,14 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     seeded: dict[str, str], test_run_id: str
 ) -> None:
     """SIGNING_ALG=ES256 on a database of its own: both token kinds verify against the JWKS."""
-    from testkit.fixtures import ServiceProcess, create_database, drop_database, free_port, migrate_schema
+    from testkit.fixtures import (
+        ServiceProcess,
+        create_database,
+        drop_database,
+        free_port,
+        migrate_schema,
+        runtime_env,
+    )
     from testkit.oidc import DEMO_PASSWORD, SPA, Browser, sign_in_tokens
 
     name = f"tsp_test_{test_run_id}_es256"
@@ -140,7 +147,8 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     try:
         await migrate_schema(url, "identity", Path(keymod.__file__).parent)
         assert run_cli(env, "seed").returncode == 0
-        process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+        served = runtime_env(env, "identity")  # seeded as the owner, served as the runtime role
+        process = ServiceProcess("identity", served, port=port).start(wait_path="/readyz")
         base = f"http://localhost:{port}"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             browser = Browser(base, session)

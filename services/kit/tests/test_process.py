@@ -16,14 +16,14 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import ServiceProcess, free_port
+from testkit.fixtures import ServiceProcess, free_port, migrate_role_env
 
 
 def test_migrate_command_is_idempotent(service_env: dict[str, str]) -> None:
     for _ in range(2):
         result = subprocess.run(
             [sys.executable, "-m", "audit", "migrate"],
-            env={**service_env, "PATH": "/usr/bin:/bin"},
+            env={**service_env, **migrate_role_env("audit"), "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
             timeout=60,

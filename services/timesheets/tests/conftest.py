@@ -12,7 +12,7 @@ from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, migrate_schema, serve_app
+from testkit.fixtures import Caller, migrate_schema, runtime_url, serve_app
 
 PACKAGE = Path(__file__).resolve().parents[1] / "timesheets"
 
@@ -26,7 +26,9 @@ async def timesheets_database(database_url: str) -> str:
 @pytest.fixture(scope="session")
 async def timesheets_url(timesheets_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     # No audit service here: the relay keeps events in the outbox (asserted on directly).
-    env = {**service_env, "DATABASE_URL": timesheets_database, "AUDIT_URL": "http://127.0.0.1:9"}
+    # As in production, the service runs as its runtime role; tests read rows as the owner (db).
+    url = runtime_url(timesheets_database, "timesheets")
+    env = {**service_env, "DATABASE_URL": url, "AUDIT_URL": "http://127.0.0.1:9"}
     settings = load_settings(TimesheetsSettings, env=env)
     async with serve_app(create_app(settings)) as url:
         await wait_ready(url)

@@ -20,7 +20,7 @@ from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import Reply, SignedApi, wait_ready
-from testkit.fixtures import Caller, TcpProxy, serve_app, user
+from testkit.fixtures import Caller, TcpProxy, runtime_url, serve_app, user
 
 from .test_internal import APPROVALS, decision
 from .test_upload import batch_client
@@ -37,7 +37,7 @@ async def rig(
     await proxy.start()
     env = {
         **service_env,
-        "DATABASE_URL": proxy.url_for(timesheets_database),
+        "DATABASE_URL": proxy.url_for(runtime_url(timesheets_database, "timesheets")),
         "AUDIT_URL": "http://127.0.0.1:9",
     }
     async with serve_app(create_app(load_settings(TimesheetsSettings, env=env))) as url:

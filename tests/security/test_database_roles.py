@@ -1,0 +1,199 @@
+"""What a service's database credentials are worth to an attacker: each attack run as a runtime role.
+
+Each service connects as a login role of its own (svckit.roles) that owns nothing. Whoever steals a
+service's ``DATABASE_URL`` gets exactly the rows that service may touch, and the audit service's
+role cannot change or remove a record, nor switch off or replace what keeps them append-only. Every
+attack below is refused by Postgres' privilege checks themselves (SQLSTATE 42501, "permission
+denied" or "must be owner"), before any trigger is reached: the triggers remain a second fence for
+the owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from testkit.fixtures import ROLE_PREFIX, migrate_schema, runtime_url
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+SCHEMAS = ("identity", "timesheets", "approvals", "audit")
+REFUSED = r"permission denied|must be owner"
+
+
+@pytest.fixture(scope="module")
+async def schemas(database_url: str) -> str:
+    """Every service's schema in the session database, one audit record in it (written by the
+    audit service's own role, as ingestion does)."""
+    for schema in SCHEMAS:
+        await migrate_schema(database_url, schema, SERVICES / schema / schema)
+    audit = await asyncpg.connect(runtime_url(database_url, "audit"))
+    try:
+        await audit.execute(
+            """INSERT INTO audit.records (seq, id, occurred_at, recorded_at, source, actor_issuer,
+                   actor_subject, actor_kind, actor_client_id, actor_name, action, resource_type,
+                   resource_id, outcome, request_id, details, prev_hash, hash)
+               SELECT coalesce(max(seq), 0) + 1, $1, now(), now(), 'timesheets', 'i', 'alice', 'user',
+                   'c', 'Alice', 'timesheet.created', 'timesheet', 'x', 'success', NULL, '{}',
+                   repeat('0', 64), repeat('a', 64)
+               FROM audit.records""",
+            uuid.uuid4(),
+        )
+    finally:
+        await audit.close()
+    return database_url
+
+
+async def as_role(database_url: str, service: str) -> asyncpg.Connection:
+    return await asyncpg.connect(runtime_url(database_url, service), server_settings={"search_path": service})
+
+
+async def refused(conn: asyncpg.Connection, statement: str) -> str:
+    """Run ``statement`` expecting Postgres to refuse it for want of privilege; the message."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match=REFUSED) as caught:
+        await conn.execute(statement)
+    return str(caught.value)
+
+
+AUDIT_ATTACKS = {
+    "update": "UPDATE audit.records SET actor_subject = 'mallory'",
+    "delete": "DELETE FROM audit.records",
+    "truncate": "TRUNCATE audit.records",
+    "alter_table": "ALTER TABLE audit.records ADD COLUMN note text",
+    "disable_trigger": "ALTER TABLE audit.records DISABLE TRIGGER records_append_only",
+    "disable_all_triggers": "ALTER TABLE audit.records DISABLE TRIGGER USER",
+    "drop_trigger": "DROP TRIGGER records_append_only ON audit.records",
+    "replace_trigger_function": (
+        "CREATE OR REPLACE FUNCTION audit.refuse_record_change() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RETURN NEW; END $$"
+    ),
+    "drop_table": "DROP TABLE audit.records",
+    "take_ownership": f'ALTER TABLE audit.records OWNER TO "{ROLE_PREFIX}audit"',
+    "create_table_in_schema": "CREATE TABLE audit.shadow (seq bigint)",
+    "create_view_in_schema": "CREATE VIEW audit.records_view AS SELECT 1 AS one",
+    "create_in_public": "CREATE TABLE public.shadow (seq bigint)",
+    "bookkeeping": "DELETE FROM audit.schema_migrations",
+    "replica_role": "SET session_replication_role = replica",  # would skip the triggers
+}
+
+
+@pytest.mark.parametrize("attack", sorted(AUDIT_ATTACKS))
+async def test_the_audit_role_cannot_change_remove_or_unprotect_records(schemas: str, attack: str) -> None:
+    conn = await as_role(schemas, "audit")
+    try:
+        message = await refused(conn, AUDIT_ATTACKS[attack])
+        assert "append-only" not in message, "refused by its privileges, not only by the trigger"
+        assert await conn.fetchval("SELECT count(*) FROM audit.records") >= 1
+        assert await conn.fetchval("SELECT count(*) FROM audit.records WHERE actor_subject = 'mallory'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) -> None:
+    conn = await as_role(schemas, "audit")
+    try:
+        granted = await conn.fetch(
+            "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
+            " WHERE grantee = current_user ORDER BY 1, 2"
+        )
+        assert [(r["table_name"], r["privilege_type"]) for r in granted] == [
+            ("records", "INSERT"),
+            ("records", "SELECT"),
+        ]
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM pg_class"
+            " WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        )
+        assert owned == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_audit_role_cannot_grant_itself_more(schemas: str) -> None:
+    """Without grant options Postgres only warns and grants nothing: the privilege stays absent."""
+    conn = await as_role(schemas, "audit")
+    try:
+        for privilege in ("UPDATE", "DELETE", "TRUNCATE", "TRIGGER"):
+            with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f'GRANT {privilege} ON audit.records TO "{ROLE_PREFIX}audit"')
+            assert not await conn.fetchval(
+                "SELECT has_table_privilege(current_user, 'audit.records', $1)", privilege
+            ), privilege
+    finally:
+        await conn.close()
+
+
+CROSSINGS = [(service, other) for service in SCHEMAS for other in SCHEMAS if service != other]
+
+
+@pytest.mark.parametrize(("service", "other"), CROSSINGS, ids=[f"{s}-into-{o}" for s, o in CROSSINGS])
+async def test_a_service_role_cannot_read_another_services_schema(
+    schemas: str, service: str, other: str
+) -> None:
+    table = {"identity": "users", "timesheets": "entries", "approvals": "decisions", "audit": "records"}[
+        other
+    ]
+    conn = await as_role(schemas, service)
+    try:
+        await refused(conn, f"SELECT * FROM {other}.{table}")
+        await refused(conn, f"CREATE TABLE {other}.planted (id int)")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("service", "table"),
+    [("identity", "users"), ("timesheets", "entries"), ("approvals", "decisions"), ("timesheets", "outbox")],
+)
+async def test_a_writer_role_uses_rows_but_never_the_tables_themselves(
+    schemas: str, service: str, table: str
+) -> None:
+    conn = await as_role(schemas, service)
+    try:
+        await conn.execute(f"SELECT count(*) FROM {service}.{table}")  # its rows: yes
+        for statement in (
+            f"TRUNCATE {service}.{table}",
+            f"ALTER TABLE {service}.{table} DISABLE TRIGGER USER",
+            f"ALTER TABLE {service}.{table} ADD COLUMN planted text",
+            f"DROP TABLE {service}.{table}",
+            f"CREATE TABLE {service}.planted (id int)",
+            f"DELETE FROM {service}.schema_migrations",
+        ):
+            await refused(conn, statement)
+    finally:
+        await conn.close()
+
+
+async def test_the_outbox_stays_writable_by_its_writer(schemas: str) -> None:
+    """The relay marks attempts and deletes what the audit service acknowledged."""
+    conn = await as_role(schemas, "approvals")
+    try:
+        async with conn.transaction():
+            event = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO approvals.outbox (id, occurred_at, payload) VALUES ($1, now(), '{}')", event
+            )
+            await conn.execute("UPDATE approvals.outbox SET attempts = attempts + 1 WHERE id = $1", event)
+            assert (
+                await conn.fetchval("DELETE FROM approvals.outbox WHERE id = $1 RETURNING attempts", event)
+                == 1
+            )
+    finally:
+        await conn.close()
+
+
+async def test_the_platform_under_test_runs_as_its_runtime_roles(edge: object, database_url: str) -> None:
+    """The suites start services as in production: their pools connect as the runtime roles."""
+    owner = await asyncpg.connect(database_url)
+    try:
+        rows = await owner.fetch(
+            "SELECT DISTINCT application_name, usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name IN ('audit', 'timesheets')"
+        )
+    finally:
+        await owner.close()
+    seen = {r["application_name"]: r["usename"] for r in rows}
+    assert seen == {"audit": f"{ROLE_PREFIX}audit", "timesheets": f"{ROLE_PREFIX}timesheets"}
