@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .backing import EmbeddedPostgres, EmbeddedRedis, npm_available, port_is_free
+from .roles import migrate_env, service_database
 from .secrets_file import load_or_create
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,23 +138,26 @@ class Platform:
                 "the gateway will refuse the bundled provider's tokens",
             )
         for spec in SERVICES:
-            if spec.schema:
-                self.run_step(spec.name, [sys.executable, "-m", spec.name, "migrate"])
+            if spec.schema:  # as the owner, preparing the service's runtime role (devstack.roles)
+                command = [sys.executable, "-m", spec.name, "migrate"]
+                self.run_step(spec.name, command, migrate_env(env, spec.name))
         self.run_step("identity", [sys.executable, "-m", "identity", "seed"])
         if self.build_spa:
             self.build_spa_bundle()
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
-        env = {**os.environ, **self.env, "PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)}
+        """A service's environment: its own database role's URL, no other database credential."""
+        env = service_database({**os.environ, **self.env}, spec.name, spec.schema)
+        env.update({"PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)})
         env.setdefault("BIND_HOST", "127.0.0.1")
         if spec.name != "gateway":
             env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         return env
 
-    def run_step(self, name: str, command: list[str]) -> None:
+    def run_step(self, name: str, command: list[str], extra_env: Mapping[str, str] | None = None) -> None:
         result = subprocess.run(
             command,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(extra_env or {})},
             cwd=ROOT,
             capture_output=True,
             text=True,

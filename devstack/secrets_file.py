@@ -25,6 +25,11 @@ GENERATED = {
     "IDENTITY_KEY_ENCRYPTION_KEY": _fernet_key,
     "IDENTITY_SESSION_SECRET": _key,
     "BATCH_CLIENT_SECRET": _key,
+    # the services' runtime database roles (devstack.roles)
+    "IDENTITY_DB_PASSWORD": _key,
+    "TIMESHEETS_DB_PASSWORD": _key,
+    "APPROVALS_DB_PASSWORD": _key,
+    "AUDIT_DB_PASSWORD": _key,
 }
 
 

@@ -46,7 +46,7 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
     shutil.rmtree(state, ignore_errors=True)
     env = isolated_env("browser")
     stack = Platform(
-        {key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX")},
+        {key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
         state_dir=state,
         sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/
     )

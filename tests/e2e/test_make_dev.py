@@ -4,6 +4,7 @@ It runs with two trusted issuers, the bundled provider and an Auth0 tenant
 (``OIDC_ISSUER=http://localhost:9000/,https://TENANT.auth0.com/``): the provider reads its own
 ``IDENTITY_ISSUER``, so the list starts, and a user signed in at the bundled provider calls the API.
 The tenant's keys come from a loopback URL (``GATEWAY_ISSUERS_FILE``), so nothing leaves the machine.
+Each service is connected to the given database as its own runtime role, never as the owner.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import psutil
 import pytest
 
@@ -61,6 +63,21 @@ async def sign_in_and_call_the_api() -> int:
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
         async with session.get("http://127.0.0.1:8080/api/timesheets", headers=headers) as response:
             return response.status
+
+
+async def connected_roles(database_url: str) -> dict[str, set[str]]:
+    """Which roles each service (application_name) is connected to the database as."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT application_name, usename FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        seen.setdefault(row["application_name"], set()).add(row["usename"])
+    return seen
 
 
 def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path: Path) -> None:
@@ -112,6 +129,10 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         output = (tmp_path / "make-dev.log").read_text(errors="replace")
         assert "alice" in output
         assert asyncio.run(sign_in_and_call_the_api()) == 200
+        roles = asyncio.run(connected_roles(isolated["DATABASE_URL"]))
+        prefix = isolated["DB_ROLE_PREFIX"]
+        for service in ("identity", "timesheets", "approvals", "audit"):
+            assert roles.get(service) == {prefix + service}, roles
         assert "gateway   |" in output  # log lines are prefixed per service
         children = psutil.Process(make.pid).children(recursive=True)
         assert len(children) >= 6

@@ -1,0 +1,53 @@
+"""The services' runtime database roles in a local run (what the chart's migration Job does too).
+
+``DATABASE_URL`` — given, or the embedded server's — is the migration role: it owns every schema.
+``python -m <service> migrate`` runs with it and prepares ``<DB_ROLE_PREFIX><service>`` (default
+prefix ``tsp_``) with the password ``<SERVICE>_DB_PASSWORD`` from ``.local/secrets.env``; each
+service then runs with a ``DATABASE_URL`` naming its own role (:mod:`svckit.roles`). Roles are global
+to a PostgreSQL cluster: give every ``make dev`` sharing one server its own ``DB_ROLE_PREFIX``.
+``DB_MANAGE_ROLES=false`` leaves creating the roles (and their passwords, given as
+``<SERVICE>_DB_PASSWORD``) to whoever runs the server, as on a managed database.
+
+A service's environment holds its own role's password only: never the owner's URL, never another
+service's password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from svckit.roles import role_url
+
+DEFAULT_PREFIX = "tsp_"
+PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
+
+
+def role_name(env: Mapping[str, str], service: str) -> str:
+    return env.get("DB_ROLE_PREFIX", DEFAULT_PREFIX) + service
+
+
+def password_variable(service: str) -> str:
+    return service.upper() + PASSWORD_SUFFIX
+
+
+def migrate_env(env: Mapping[str, str], service: str) -> dict[str, str]:
+    """What ``python -m <service> migrate`` adds to the owner's environment."""
+    return {
+        "DB_RUNTIME_ROLE": role_name(env, service),
+        "DB_RUNTIME_PASSWORD": env.get(password_variable(service), ""),
+    }
+
+
+def service_database(env: Mapping[str, str], service: str, schema: str | None) -> dict[str, str]:
+    """``env`` as ``service`` may see it: its own role's ``DATABASE_URL`` (none without a schema) and
+    no database password at all."""
+    visible = {
+        name: value
+        for name, value in env.items()
+        if not name.endswith(PASSWORD_SUFFIX) and name not in ("DATABASE_URL", "DB_RUNTIME_PASSWORD")
+    }
+    if schema is not None:
+        visible["DATABASE_URL"] = role_url(
+            env["DATABASE_URL"], role_name(env, service), env.get(password_variable(service)) or None
+        )
+    return visible

@@ -1,0 +1,42 @@
+"""`make dev` hands each service its own database role and no other database credential."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.roles import migrate_env, service_database
+from devstack.secrets_file import GENERATED
+
+pytestmark = pytest.mark.unit
+
+ENV = {
+    "DATABASE_URL": "postgresql://owner:owner-pw@db.local:5433/app?sslmode=require",
+    "DB_ROLE_PREFIX": "dev1_",
+    "AUDIT_DB_PASSWORD": "audit-pw",
+    "TIMESHEETS_DB_PASSWORD": "ts-pw",
+    "IDENTITY_KEYS": "k:x",
+}
+
+
+def test_a_service_sees_its_own_role_only() -> None:
+    env = service_database(ENV, "audit", "audit")
+    assert env["DATABASE_URL"] == "postgresql://dev1_audit:audit-pw@db.local:5433/app?sslmode=require"
+    assert "owner-pw" not in "".join(env.values())
+    assert "ts-pw" not in "".join(env.values())
+    assert env["IDENTITY_KEYS"] == "k:x"
+
+
+def test_the_gateway_gets_no_database_credential_at_all() -> None:
+    env = service_database(ENV, "gateway", None)
+    assert "DATABASE_URL" not in env
+    assert not [name for name in env if name.endswith("_DB_PASSWORD")]
+
+
+def test_migrate_prepares_the_role_with_its_generated_password() -> None:
+    assert migrate_env(ENV, "timesheets") == {
+        "DB_RUNTIME_ROLE": "dev1_timesheets",
+        "DB_RUNTIME_PASSWORD": "ts-pw",
+    }
+    assert migrate_env({}, "audit")["DB_RUNTIME_ROLE"] == "tsp_audit"
+    for service in ("IDENTITY", "TIMESHEETS", "APPROVALS", "AUDIT"):
+        assert f"{service}_DB_PASSWORD" in GENERATED
