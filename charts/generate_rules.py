@@ -28,6 +28,7 @@ RELEASE = NAMESPACE = "timesheets"
 VALUES: dict[str, Any] = {
     "oidc": {"issuers": ["http://localhost:9000/"]},
     "externalDatabase": {"existingSecret": "timesheets-database"},
+    "databaseRoles": {"existingSecret": "timesheets-database-roles"},
     "metrics": {"prometheusRule": {"enabled": True}},
 }
 HEADER = """\

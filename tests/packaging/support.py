@@ -118,10 +118,11 @@ EXTENSIONS: dict[str, Any] = {
     },
 }
 
-# The chart's defaults plus only what has no safe default (issuer, database by reference).
+# The chart's defaults plus only what has no safe default (issuer, database by reference, and where
+# the services' own database roles connect).
 MINIMAL = {
     "oidc": {"issuers": ["https://login.example.com/"]},
-    "externalDatabase": {"existingSecret": "db"},
+    "externalDatabase": {"existingSecret": "db", "host": "db.internal", "database": "timesheets"},
 }
 
 

@@ -109,7 +109,11 @@ def test_values_schema_accepts_every_shipped_values_file() -> None:
     ("values", "message"),
     [
         ({"oidc": {"issuers": ["https://a.example/"]}}, "externalDatabase.existingSecret"),
-        ({"externalDatabase": {"existingSecret": "db"}}, "oidc.issuers"),
+        ({"externalDatabase": MINIMAL["externalDatabase"]}, "oidc.issuers"),
+        (
+            {"oidc": MINIMAL["oidc"], "externalDatabase": {"existingSecret": "db"}},
+            "set externalDatabase.host and externalDatabase.database",
+        ),
         (deep_merge(MINIMAL, {"gateway": {"image": {"tag": "latest"}}}), "/gateway/image/tag"),
     ],
 )

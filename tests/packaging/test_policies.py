@@ -33,6 +33,7 @@ SECRET_VARS = {
     "BATCH_CLIENT_SECRET",
     "POSTGRES_PASSWORD",
     "REDIS_PASSWORD",
+    "DB_RUNTIME_PASSWORD",
 }
 
 
@@ -292,8 +293,19 @@ def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
             env = env_of(c)
             assert env["IDENTITY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
             if "DATABASE_URL" in env:
+                # the owner's URL reaches the migration containers only; a service gets its own role's
                 ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-                assert ref == {"name": "timesheets-database", "key": "database-url"}
+                if c["command"][3:] == ["migrate"]:
+                    assert ref == {"name": "timesheets-database", "key": "database-url"}
+                    password = env["DB_RUNTIME_PASSWORD"]["valueFrom"]["secretKeyRef"]
+                    service = c["command"][2]
+                    assert password == {
+                        "name": "timesheets-database-roles",
+                        "key": f"database-password-{service}",
+                    }
+                else:
+                    service = c["command"][2]
+                    assert ref == {"name": "timesheets-database-roles", "key": f"database-url-{service}"}
             if "REDIS_URL" in env:
                 ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
                 assert ref == {"name": "timesheets-redis", "key": "redis-url"}
@@ -369,7 +381,10 @@ def test_database_ca_from_a_secret_or_the_system_store(
 ) -> None:
     values = {
         **SCENARIOS["minimal"],
-        "externalDatabase": {"existingSecret": "db", "caBundle": {"secretName": "db-ca", "key": "root.pem"}},
+        "externalDatabase": {
+            **SCENARIOS["minimal"]["externalDatabase"],
+            "caBundle": {"secretName": "db-ca", "key": "root.pem"},
+        },
     }
     objects = render_values(values)
     (job,) = by_kind(objects, "Job")
@@ -380,7 +395,10 @@ def test_database_ca_from_a_secret_or_the_system_store(
     }
     system = {
         **SCENARIOS["minimal"],
-        "externalDatabase": {"existingSecret": "db", "caBundle": {"useSystemTrustStore": True}},
+        "externalDatabase": {
+            **SCENARIOS["minimal"]["externalDatabase"],
+            "caBundle": {"useSystemTrustStore": True},
+        },
     }
     for dep in app_deployments(render_values(system)):
         c = main_container(dep)

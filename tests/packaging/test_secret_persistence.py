@@ -126,6 +126,10 @@ LIVE = {
     "batch-client-secret": "B" * 40,
     "postgres-password": "P" * 32,
     "redis-password": "R" * 32,
+    "database-password-identity": "I" * 32,
+    "database-password-timesheets": "T" * 32,
+    "database-password-approvals": "A" * 32,
+    "database-password-audit": "U" * 32,
 }
 
 
@@ -139,6 +143,11 @@ def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
         data["database-url"] == f"postgresql://timesheets:{'P' * 32}@ts-timesheets-postgresql:5432/timesheets"
     )
     assert data["redis-url"] == f"redis://:{'R' * 32}@ts-timesheets-redis:6379/0"
+    # the services' roles keep their passwords: the URLs they connect with match what the Job sets
+    assert (
+        data["database-url-audit"]
+        == f"postgresql://ts_audit:{'U' * 32}@ts-timesheets-postgresql:5432/timesheets"
+    )
 
 
 def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: FakeApiServer) -> None:

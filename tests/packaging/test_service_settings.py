@@ -27,6 +27,7 @@ SECRET_SHAPES = {
     "IDENTITY_KEY_ENCRYPTION_KEY": "e" * 48,
     "IDENTITY_SESSION_SECRET": "s" * 48,
     "BATCH_CLIENT_SECRET": "b" * 40,
+    "DB_RUNTIME_PASSWORD": "r" * 32,
 }
 PEER_URLS = {"timesheets_url", "approvals_url", "audit_url"}
 
@@ -98,6 +99,8 @@ def test_every_variable_is_read_and_accepted_by_the_service(objects: list[Obj], 
         except SettingsError:
             pytest.fail(f"{service} refuses the chart's environment (its message is above)")
         assert settings.port == int(env["PORT"])
+        if "DB_RUNTIME_ROLE" in env:  # a migration container: the role it prepares is valid as given
+            assert getattr(settings, "runtime_role", None) is not None, service
         missing_peers = sorted(f.upper() for f in PEER_URLS & fields if f.upper() not in env)
         assert missing_peers == [], f"{service} reads {missing_peers} but the chart does not set them"
 

@@ -149,8 +149,47 @@ imagePullSecrets:
 
 {{/* True when the chart must generate a Secret (something is not provided by reference). */}}
 {{- define "timesheets.needsGeneratedSecret" -}}
-{{- if or (not .Values.secrets.existingSecret) .Values.postgresql.enabled .Values.redis.enabled -}}
+{{- $roles := .Values.databaseRoles -}}
+{{- if or (not .Values.secrets.existingSecret) .Values.postgresql.enabled .Values.redis.enabled (and $roles.enabled (not $roles.existingSecret)) -}}
 true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The runtime database role of a component: <prefix><component> (databaseRoles.prefix, by default the
+release name and _). Call with (dict "root" $ "component" "audit").
+*/}}
+{{- define "timesheets.databaseRole" -}}
+{{- $prefix := .root.Values.databaseRoles.prefix -}}
+{{- if not $prefix -}}
+{{- $prefix = printf "%s_" (.root.Release.Name | lower | replace "-" "_" | replace "." "_") -}}
+{{- end -}}
+{{- $name := printf "%s%s" $prefix .component -}}
+{{- if not (regexMatch "^[a-z_][a-z0-9_]{0,62}$" $name) -}}
+{{- fail (printf "databaseRoles.prefix: role name %q is not a plain PostgreSQL name (lower-case letters, digits, _; at most 63); set databaseRoles.prefix" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/* The Secret with each service's database-url-<service> (and database-password-<service>). */}}
+{{- define "timesheets.databaseRolesSecretName" -}}
+{{- default (include "timesheets.generatedSecretName" .) .Values.databaseRoles.existingSecret -}}
+{{- end -}}
+
+{{/*
+Where the runtime roles' URLs point (databaseRoles without existingSecret): the demo PostgreSQL, or
+externalDatabase.host/port/database. A list: host, port, database.
+*/}}
+{{- define "timesheets.databaseServer" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- list (include "timesheets.componentName" (dict "root" . "component" "postgresql")) 5432 .Values.postgresql.database | toJson -}}
+{{- else -}}
+{{- $_ := include "timesheets.databaseSecretRef" . -}}{{- /* no database at all: that message first */ -}}
+{{- $db := .Values.externalDatabase -}}
+{{- if or (not $db.host) (not $db.database) -}}
+{{- fail "databaseRoles: the services connect as their own roles; set externalDatabase.host and externalDatabase.database (their URLs are built from them), or give the URLs in databaseRoles.existingSecret, or set databaseRoles.enabled=false" -}}
+{{- end -}}
+{{- list $db.host (int $db.port) $db.database | toJson -}}
 {{- end -}}
 {{- end -}}
 
@@ -259,10 +298,30 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.oidc.audience | quote }}
 {{- end }}
 {{- if $usesDb }}
+{{- $roles := $root.Values.databaseRoles }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
+{{- if and $roles.enabled (not .migration) }}
+      {{- /* the service's own runtime role; the owner's URL reaches the migration containers only */}}
+      name: {{ include "timesheets.databaseRolesSecretName" $root }}
+      key: database-url-{{ $c }}
+{{- else }}
 {{ include "timesheets.databaseSecretRef" $root | indent 6 }}
+{{- end }}
+{{- if and $roles.enabled .prepareRole }}
+- name: DB_RUNTIME_ROLE
+  value: {{ include "timesheets.databaseRole" . | quote }}
+- name: DB_MANAGE_ROLES
+  value: {{ $roles.manage | quote }}
+{{- if $roles.manage }}
+- name: DB_RUNTIME_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.databaseRolesSecretName" $root }}
+      key: database-password-{{ $c }}
+{{- end }}
+{{- end }}
 {{- if not $root.Values.postgresql.enabled }}
 {{- with $root.Values.externalDatabase.sslMode }}
 - name: DB_SSLMODE
