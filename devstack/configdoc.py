@@ -32,6 +32,11 @@ MEANINGS = {
     "db_connect_timeout_seconds": "connect and acquire timeout",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
+    "db_runtime_role": "`migrate` only: the login role the service runs as; `migrate` (as the owner in "
+    "`DATABASE_URL`) grants it exactly its schema's `privileges.txt` (docs/database-roles.md)",
+    "db_runtime_password": "`migrate` only: the password `migrate` sets on that role",
+    "db_manage_roles": "`migrate` only: create the role / set its password (`false`: the platform team "
+    "creates the role; `migrate` only grants)",
     "redis_url": "Redis URL (losable state: caches, counters)",
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "issuers the gateway trusts, comma-separated (exact `iss` values)",
