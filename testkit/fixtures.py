@@ -35,6 +35,7 @@ from starlette.types import ASGIApp
 from svckit.identity import Identity, IdentitySigner, request_target
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
+from svckit.server import ProblemHttpProtocol
 from svckit.settings import parse_identity_keys
 
 T = TypeVar("T")
@@ -179,12 +180,21 @@ def metrics_url(service_url: str) -> str:
     raise LookupError(f"{service_url} was not started by serve_app or ServiceProcess: no metrics port known")
 
 
+class _QuickDrainProtocol(ProblemHttpProtocol):
+    """The kit's protocol as services run it, closing idle connections at once when a test ends."""
+
+    idle_grace_seconds = 0.0
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
     """Run an ASGI app on a real loopback socket inside the test's event loop; yield its base URL
-    (its metrics: :func:`metrics_url`)."""
+    (its metrics: :func:`metrics_url`). Served with the kit's HTTP protocol, as ``python -m`` does
+    (problem bodies from the server layer, head limits)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=_QuickDrainProtocol
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

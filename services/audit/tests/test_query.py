@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,6 +141,10 @@ async def test_reading_needs_read_audit(api: SignedApi) -> None:
     assert service.status == 403
 
 
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -148,6 +153,12 @@ async def test_reading_needs_read_audit(api: SignedApi) -> None:
         ({"limit": "many"}, "limit"),
         ({"cursor": "not-a-cursor!"}, "cursor"),
         ({"cursor": "czA"}, "cursor"),  # "s0": well-formed but impossible
+        ({"cursor": b64(f"s{2**63}")}, "cursor"),  # beyond a bigint (answered 500 before)
+        ({"cursor": b64("s" + "9" * 40)}, "cursor"),
+        ({"cursor": b64("s\u0661\u0662")}, "cursor"),  # digits, but not ASCII ones
+        ({"from": "0001-01-01T00:00:00+14:00"}, "from"),  # before year 1 in UTC (answered 500 before)
+        ({"to": "9999-12-31T23:59:59-14:00"}, "to"),  # after 9999 in UTC
+        ({"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59Z", "limit": "1e3"}, "limit"),
         ({"from": "yesterday"}, "from"),
         ({"from": "2026-11-23T10:00:00"}, "from"),  # no offset: ambiguous
         ({"from": "2026-11-23T10:00:00Z", "to": "2026-11-23T09:00:00Z"}, "to"),
@@ -163,6 +174,27 @@ async def test_bad_query_parameters_are_named(
     assert reply.status == 422, reply.text
     assert field in reply.fields(), reply.body
     conforms("Problem", reply.body)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "0001-01-01T00:00:00Z"},
+        {"to": "9999-12-31T23:59:59Z"},
+        {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"},
+        {"cursor": b64(f"s{2**63 - 1}")},  # the largest position there can be: an empty page
+    ],
+)
+async def test_extreme_but_valid_parameters_answer(api: SignedApi, params: dict[str, str]) -> None:
+    reply = await api.call("GET", "/audit/events", AUDITOR, params=params)
+    assert reply.status == 200, reply.text
+
+
+@pytest.mark.parametrize("anchor", [f"{2**63}:{'0' * 64}", "9" * 35 + ":" + "0" * 64, "0:" + "0" * 64])
+async def test_anchor_positions_are_bounded(api: SignedApi, anchor: str) -> None:
+    reply = await api.call("GET", "/audit/verify", AUDITOR, params={"anchor": anchor})
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"anchor"}
 
 
 async def test_a_repeated_parameter_is_refused(api: SignedApi) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -127,6 +128,9 @@ def _deliver_error(delivery: Delivery, error: OAuth2Error, client: Client | None
     return delivery.respond(Result(status, body, list(headers)), client)
 
 
+MAX_AGE_DIGITS = 12
+
+
 def login_after(pairs: list[tuple[str, str]], now: float) -> float | None:
     """The instant the sign-in must be newer than, from ``prompt=login``, ``max_age`` or ``login_after``."""
     params = dict(pairs)
@@ -134,14 +138,17 @@ def login_after(pairs: list[tuple[str, str]], now: float) -> float | None:
     if "login" in split_scope(params.get("prompt")):
         bounds.append(now)
     max_age = params.get("max_age")
-    if max_age is not None and max_age.isdigit():
-        bounds.append(now - int(max_age))
+    if max_age is not None and max_age.isascii() and max_age.isdigit():
+        # bounded before int(): a longer number (beyond Python's 4,300-digit limit, too) is as good
+        # as "any sign-in" anyway
+        bounds.append(now - (int(max_age) if len(max_age) <= MAX_AGE_DIGITS else 10**MAX_AGE_DIGITS))
     carried = params.get(LOGIN_AFTER)
     if carried is not None:
         try:
-            bounds.append(float(carried))
+            instant = float(carried[:32])
         except ValueError:
-            bounds.append(now)  # unreadable: be strict
+            instant = math.nan
+        bounds.append(instant if math.isfinite(instant) else now)  # unreadable: be strict
     return max(bounds) if bounds else None
 
 

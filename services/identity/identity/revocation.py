@@ -22,12 +22,12 @@ Duplicates are harmless (a deny set is idempotent); the order of entries does no
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
@@ -65,7 +65,7 @@ class RevocationPublisher:
         issuer: str,
         *,
         retention_seconds: int,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.redis = redis
         self.database = database
@@ -76,7 +76,7 @@ class RevocationPublisher:
         self.marker = redis.key(COMPLETE_MARKER)
 
     def _min_id(self) -> str:
-        return str(int((self.clock() - self.retention_seconds) * 1000))
+        return str(int((self.clock.time() - self.retention_seconds) * 1000))
 
     async def _append(self, revoked: Sequence[RevokedToken]) -> bool:
         stream, min_id = self.stream, self._min_id()

@@ -160,3 +160,28 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
         if process is not None:
             process.stop()
         await drop_database(name)
+
+
+async def test_a_wrong_key_encryption_key_leaves_the_service_up_but_not_ready(seeded: dict[str, str]) -> None:
+    """The keys' housekeeping task cannot decrypt them: /healthz 200, /readyz 503 naming
+    signing_keys, and a log line naming the variable (never the key)."""
+    from testkit.fixtures import ServiceProcess, free_port
+
+    wrong = secrets.token_urlsafe(32)
+    port = free_port()
+    env = {**seeded, "IDENTITY_KEY_ENCRYPTION_KEY": wrong, "IDENTITY_ISSUER": f"http://localhost:{port}/"}
+    process = ServiceProcess("identity", env, port=port).start(wait_path="/healthz")
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(50):
+                if "IDENTITY_KEY_ENCRYPTION_KEY does not match" in process.logs():
+                    break
+                await asyncio.sleep(0.1)
+            async with http.get(f"http://localhost:{port}/readyz") as r:
+                assert r.status == 503
+                assert "signing_keys" in await r.text()
+        logs = process.logs()
+        assert "IDENTITY_KEY_ENCRYPTION_KEY does not match" in logs
+        assert wrong not in logs
+    finally:
+        process.stop()

@@ -14,6 +14,7 @@ import asyncpg
 import jwt
 import redis.asyncio as aioredis
 
+from testkit.clock import FakeClock
 from testkit.oidc import (
     BATCH_SECRET,
     SPA,
@@ -171,20 +172,20 @@ async def test_the_stream_keeps_only_what_can_still_be_used(redis_url: str, redi
     from svckit.redisguard import RedisGuard
 
     guard = RedisGuard(redis_url, redis_prefix + "trim:", timeout=0.5, retry_seconds=1)
-    now = [time.time()]
+    clock = FakeClock(time.time())
     unused = Database("postgresql://unused@127.0.0.1:1/none")  # only Redis is touched below
     publisher = RevocationPublisher(
-        guard, unused, "http://localhost:9000/", retention_seconds=60, clock=lambda: now[0]
+        guard, unused, "http://localhost:9000/", retention_seconds=60, clock=clock
     )
-    soon = datetime.fromtimestamp(now[0] + 30, UTC)
+    soon = datetime.fromtimestamp(clock.time() + 30, UTC)
     try:
         # an entry written two minutes ago (stream ids are the writer's milliseconds)
-        old_id = f"{int((now[0] - 120) * 1000)}-0"
+        old_id = f"{int((clock.time() - 120) * 1000)}-0"
         await guard.client.xadd(publisher.stream, {"iss": "x", "jti": "old", "exp": "0"}, id=old_id)
         assert await publisher._append([RevokedToken("new", soon, "revoked")])
         entries: Any = await guard.client.xrange(publisher.stream)
         assert [fields[b"jti"] for _, fields in entries] == [b"new"]
-        now[0] += 3600
+        clock.advance(3600)
         await publisher.trim()
         assert await guard.client.xlen(publisher.stream) == 0
     finally:

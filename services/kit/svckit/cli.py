@@ -14,11 +14,13 @@ from typing import TypeVar
 
 import uvicorn
 
+from . import server
 from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .migrations import MigrationError, migrate
+from .server import ProblemHttpProtocol
 from .settings import DatabaseSettings, ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -29,14 +31,16 @@ log = logging.getLogger("svckit.cli")
 
 
 def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
-    """Run uvicorn. SIGTERM stops accepting, waits for in-flight requests up to the bound, then
-    runs the lifespan shutdown that closes pools."""
-    uvicorn.run(
+    """Serve with the kit's HTTP protocol and shutdown (:mod:`svckit.server`): SIGTERM stops
+    accepting (later connections are refused, queued ones served), lets in-flight requests finish up
+    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools."""
+    config = uvicorn.Config(
         app_factory,
         factory=True,
         host=settings.bind_host,
         port=settings.port,
         workers=workers,
+        http=ProblemHttpProtocol,
         log_config=None,
         access_log=False,
         server_header=False,
@@ -44,7 +48,7 @@ def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         lifespan="on",
     )
-    return 0
+    return server.serve(config, workers)
 
 
 def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:

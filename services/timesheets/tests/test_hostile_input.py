@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
@@ -68,3 +70,46 @@ async def test_hostile_queries(api: SignedApi, query: str) -> None:
 async def test_hostile_ids(api: SignedApi, path: str) -> None:
     reply = await api.call("GET", path, WHO)
     assert reply.status == 404
+
+
+def cursor_of(*parts: object) -> str:
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        cursor_of("2026-01-01", "0001-01-01T00:00:00+14:00", str(uuid.uuid4())),  # no UTC form
+        cursor_of("2026-01-01", "9999-12-31T23:59:59-14:00", str(uuid.uuid4())),
+        cursor_of("2026-01-01", "2026-01-01T00:00:00", str(uuid.uuid4())),  # naive
+        cursor_of("2026-01-01", 10**400, str(uuid.uuid4())),
+        cursor_of(*["x"] * 3),
+        cursor_of([[[[[]]]]]),
+    ],
+)
+async def test_forged_cursors_are_named(api: SignedApi, cursor: str) -> None:
+    reply = await api.call("GET", "/timesheets", WHO, params={"cursor": cursor})
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"cursor"}
+
+
+@pytest.mark.parametrize("date", ["0001-01-01", "1999-12-31", "2100-01-01", "9999-12-31"])
+async def test_work_dates_outside_the_window_are_named(api: SignedApi, date: str) -> None:
+    body = {"date": date, "project": "P", "hours": 1}
+    reply = await api.call("POST", "/timesheets", WHO, json=body)
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"date"}
+    assert "2000-01-01" in reply.body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("date", ["2000-01-01", "2099-12-31"])
+async def test_work_dates_at_the_edges_of_the_window_are_stored(api: SignedApi, date: str) -> None:
+    reply = await api.call("POST", "/timesheets", WHO, json={"date": date, "project": "Edge", "hours": 1})
+    assert reply.status == 201, reply.text
+    assert reply.body["date"] == date
+
+
+async def test_filters_take_any_date(api: SignedApi) -> None:
+    reply = await api.call("GET", "/timesheets", WHO, params={"from": "0001-01-01", "to": "9999-12-31"})
+    assert reply.status == 200, reply.text

@@ -40,8 +40,9 @@ def decode(cursor: str, parameter: str = "cursor") -> Position:
         created_at = dt.datetime.fromisoformat(created_text)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
+        created_at.astimezone(dt.UTC)  # a forged offset can put it outside what has a UTC form
         return Position(dt.date.fromisoformat(date_text), created_at, uuid.UUID(id_text))
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
         raise validation_problem(
             [
                 {

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,7 +25,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic.json_schema import WithJsonSchema
 
 from ..context import current_request_id
+from .fields import Instant
 from .identity import Identity
 
 INGEST_PATH = "/internal/events"
@@ -148,7 +149,7 @@ class AuditEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: uuid.UUID
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     source: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
     actor: Actor
     action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$", max_length=100)]
@@ -217,14 +218,27 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).rstrip(b"=").decode()
 
 
+MAX_SEQ = 2**63 - 1  # seq is a bigint: a position beyond it names no record (and cannot be a parameter)
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+
+def chain_position(text: str) -> int | None:
+    """A ``seq`` written in ASCII digits, within 1..2^63-1 (a Postgres bigint), else None."""
+    if not _SEQ.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_SEQ else None
+
+
 def decode_cursor(value: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("is not a cursor returned by this API") from None
-    if not raw.startswith("s") or not raw[1:].isdigit() or int(raw[1:]) < 1:
+    seq = chain_position(raw[1:]) if raw.startswith("s") else None
+    if seq is None:
         raise ValueError("is not a cursor returned by this API")
-    return int(raw[1:])
+    return seq
 
 
 def _valid_cursor(value: str) -> str:
@@ -245,10 +259,10 @@ class EventsQuery(BaseModel):
     resource_id: Filter | None = Field(None, description="Resource id.")
     outcome: Outcome | None = Field(None, description="Outcome.")
     source: Filter | None = Field(None, description="Producing service.")
-    from_: AwareDatetime | None = Field(
+    from_: Instant | None = Field(
         None, alias="from", description="occurred_at ≥ from (RFC 3339 with an offset)."
     )
-    to: AwareDatetime | None = Field(
+    to: Instant | None = Field(
         None, description="occurred_at < to (RFC 3339 with an offset); later than from."
     )
     limit: int = Field(50, ge=1, le=100, description="Page size.")
@@ -349,7 +363,7 @@ class Anchor(BaseModel):
 
 def _anchor(value: str) -> str:
     seq, _, digest = value.partition(":")
-    if not seq.isdigit() or int(seq) < 1 or len(digest) != 64 or digest.strip("0123456789abcdef"):
+    if chain_position(seq) is None or len(digest) != 64 or digest.strip("0123456789abcdef"):
         raise ValueError("must be '<seq>:<hash>' as seen earlier in a record's seq and hash")
     return value
 

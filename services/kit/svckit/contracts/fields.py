@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from annotated_types import GroupedMetadata
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    PlainSerializer,
+    Strict,
+    StringConstraints,
+)
 from pydantic.json_schema import WithJsonSchema
 
 # Control characters other than tab, line feed and carriage return (which free text may contain).
@@ -35,6 +42,11 @@ UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
 
 EARLIEST_DATE = dt.date.min  # 0001-01-01
 LATEST_DATE = dt.date.max  # 9999-12-31
+# What a timesheet entry may be dated (docs/CONTRACTS.md "Accepted input"): 0001-01-01 or 9999-12-31
+# are typos or probes, not work. The window is exactly the years the pattern below allows.
+FIRST_WORK_DATE = dt.date(2000, 1, 1)
+LAST_WORK_DATE = dt.date(2099, 12, 31)
+WORK_DATE_PATTERN = r"^20[0-9]{2}-[0-9]{2}-[0-9]{2}$"
 
 
 def no_control_chars(value: str) -> str:
@@ -73,6 +85,44 @@ IsoDate = Annotated[
     ),
 ]
 """A calendar date in a request: ``YYYY-MM-DD`` text only."""
+
+
+def _work_date(value: dt.date) -> dt.date:
+    if not FIRST_WORK_DATE <= value <= LAST_WORK_DATE:
+        raise ValueError(f"must be a work date from {FIRST_WORK_DATE} to {LAST_WORK_DATE}")
+    return value
+
+
+WorkDate = Annotated[
+    dt.date,
+    BeforeValidator(_iso_date_text),
+    AfterValidator(_work_date),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date",
+            "pattern": WORK_DATE_PATTERN,
+            "description": (
+                f"The day worked, YYYY-MM-DD, {FIRST_WORK_DATE.isoformat()} to {LAST_WORK_DATE.isoformat()}."
+            ),
+        }
+    ),
+]
+"""The date of an entry: an :data:`IsoDate` within the work-date window (422 naming the field)."""
+
+
+def _has_utc_form(value: dt.datetime) -> dt.datetime:
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("must be an instant between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_has_utc_form)]
+"""An aware timestamp in a request that has a UTC form. ``AwareDatetime`` alone takes
+``0001-01-01T00:00:00+14:00``, before year 1 in UTC: unrepresentable, and the database driver failed
+with a 500 converting it."""
 
 Timestamp = Annotated[
     dt.datetime,
@@ -163,10 +213,12 @@ __all__ = [
     "NAME_PATTERN",
     "UUID_SCHEMA",
     "CursorText",
+    "Instant",
     "IsoDate",
     "NameText",
     "OptionalText",
     "Timestamp",
+    "WorkDate",
     "no_control_chars",
     "rfc3339",
 ]

@@ -11,10 +11,10 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.json_schema import WithJsonSchema
 
-from .fields import UUID_SCHEMA, CursorText, IsoDate, NameText, OptionalText, Timestamp
+from .fields import UUID_SCHEMA, CursorText, Instant, IsoDate, NameText, OptionalText, Timestamp, WorkDate
 from .identity import Person
 
 STATUSES = ("submitted", "approved", "rejected")
@@ -83,7 +83,7 @@ class EntryIn(BaseModel):
         },
     )
 
-    date: IsoDate
+    date: WorkDate
     project: Project
     hours: Hours
     notes: Notes = None
@@ -197,7 +197,7 @@ class ApplyDecision(BaseModel):
     decision: Verdict
     comment: str | None = Field(default=None, max_length=2000)
     by: Approver
-    at: AwareDatetime
+    at: Instant
 
 
 # ---- responses -----------------------------------------------------------------------------------

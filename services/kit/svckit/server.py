@@ -1,0 +1,318 @@
+"""How every service is served: uvicorn with the kit's HTTP protocol, and a shutdown that loses nothing.
+
+**Problem bodies from the server layer.** Requests the HTTP parser refuses never reach the
+application, so uvicorn answered them itself in plain text. :class:`ProblemHttpProtocol` (httptools,
+as uvicorn's default) answers them as RFC 9457 problem documents like everything else: a request that
+is not valid HTTP/1.1 — both ``Content-Length`` and ``Transfer-Encoding``, two lengths, a bad chunk,
+control characters in a header — is a 400 whose detail is the parser's reason; a request target over
+:data:`MAX_TARGET_BYTES` a 414; a head over :data:`MAX_HEAD_BYTES` or with more than
+:data:`MAX_HEADERS` fields a 431 (httptools has no limit of its own: a megabyte of headers was read
+and handed to the application); uvicorn's own last-resort 500 a problem too.
+
+**Shutdown without resets** (SIGTERM, with one worker or several). Stopping must refuse new
+connections cleanly and finish what was accepted:
+
+* uvicorn's multi-worker supervisor held its copy of the shared listening socket until every worker
+  had drained, so the kernel kept completing handshakes that no worker would ever accept, and reset
+  them all when the supervisor finally exited (6-10 per run). :class:`Supervisor` closes its copy at
+  once and forwards the signal: the listening socket disappears when the last worker stops accepting,
+  and later connection attempts are refused (nothing was sent: any client may retry elsewhere);
+* each worker (:class:`DrainingServer`) accepts what the kernel had already queued before it closes
+  its listener, instead of leaving those connections to be reset;
+* an idle keep-alive connection is not closed under a request that may be on its way: it stays open
+  for :data:`IDLE_GRACE_SECONDS`; a request arriving meanwhile is served with ``Connection: close``
+  (as is the response of every request in flight), then the connection ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from http import HTTPStatus
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from .problems import PROBLEM_JSON
+
+log = logging.getLogger("svckit.server")
+
+MAX_TARGET_BYTES = 16 * 1024
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+IDLE_GRACE_SECONDS = 1.0
+
+
+class _Refusal(Exception):
+    """Raised inside a parser callback to refuse the request with ``status`` (httptools wraps it)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def problem_bytes(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A complete HTTP/1.1 response carrying a problem document, ending the connection."""
+    phrase = HTTPStatus(status).phrase
+    body = json.dumps({"type": "about:blank", "title": phrase, "status": status, "detail": detail}).encode()
+    head = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
+    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+    head += [
+        b"content-type: " + PROBLEM_JSON.encode() + b"\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"cache-control: no-store\r\n",
+        b"connection: close\r\n\r\n",
+    ]
+    return b"".join(head) + body
+
+
+def _parser_reason(exc: BaseException | None) -> str:
+    """llhttp's reason (fixed strings such as "Content-Length can't be present with Transfer-Encoding")."""
+    text = str(exc or "").strip().rstrip(".")
+    printable = "".join(c for c in text if c.isprintable())[:200]
+    return (
+        f"The request is not valid HTTP/1.1 ({printable})."
+        if printable
+        else "The request is not valid HTTP/1.1."
+    )
+
+
+class _ProblemCycle(RequestResponseCycle):
+    """uvicorn's request cycle whose last-resort 500 (an application that failed before answering and
+    was not caught by the kit's own handlers) is a problem document too."""
+
+    async def send_500_response(self) -> None:
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Internal Server Error",
+                "status": 500,
+                "detail": "An unexpected error occurred; it has been logged.",
+            }
+        ).encode()
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ProblemHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with problem bodies, head limits and a graceful idle drain."""
+
+    idle_grace_seconds = IDLE_GRACE_SECONDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target_bytes = 0
+        self._head_bytes = 0
+        self._header_count = 0
+        self._refusal: _Refusal | None = None
+        self._draining = False
+        self._receiving = False
+
+    # --- limits on the request head --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._target_bytes = self._head_bytes = self._header_count = 0
+        self._receiving = True
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._target_bytes += len(url)
+        self._head_bytes += len(url)
+        if self._target_bytes > MAX_TARGET_BYTES:
+            self._refusal = _Refusal(414, f"The request target is longer than {MAX_TARGET_BYTES} bytes.")
+            raise self._refusal
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refusal = _Refusal(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
+            raise self._refusal
+        if self._header_count > MAX_HEADERS:
+            self._refusal = _Refusal(431, f"The request has more than {MAX_HEADERS} header fields.")
+            raise self._refusal
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._receiving = False
+        super().on_headers_complete()
+        if self.cycle is not None:
+            # the cycle was just made and its task not yet run: give it the problem-document 500
+            self.cycle.__class__ = _ProblemCycle
+            if self._draining:
+                self.cycle.keep_alive = False  # answered with Connection: close, then the connection ends
+
+    # --- answers of the server layer -----------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
+        refusal, self._refusal = self._refusal, None
+        if refusal is not None:
+            status, detail = refusal.status, refusal.detail
+        else:
+            status, detail = 400, _parser_reason(sys.exc_info()[1])
+        self.transport.write(problem_bytes(status, detail, self.server_state.default_headers))
+        self.transport.close()
+
+    # --- graceful shutdown -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Called by the server when it stops: finish the request in flight (then close), and give an
+        idle connection a moment for a request already on its way instead of closing under it."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        self._draining = True
+        self.loop.call_later(self.idle_grace_seconds, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self._receiving or (self.cycle is not None and not self.cycle.response_complete):
+            self.loop.call_later(0.1, self._close_if_idle)  # a request arrived: it closes after its response
+            return
+        self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, accepting what the kernel already queued before it stops listening."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._accept_queued(sockets or [])
+        await super().shutdown(sockets)
+
+    async def _accept_queued(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        accepted = 0
+        for listener in sockets:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # closed or in error: nothing queued to serve
+                connection.setblocking(False)
+                await loop.connect_accepted_socket(protocol, connection)
+                accepted += 1
+        if accepted:
+            log.info("accepted queued connections before closing the listener", extra={"count": accepted})
+
+
+def _run_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """A worker process (spawned): serve on the shared listening socket until told to stop."""
+    config.configure_logging()
+    DrainingServer(config).run(sockets=sockets)
+
+
+class Supervisor:
+    """``workers`` processes sharing one listening socket; SIGTERM/SIGINT stop them without resets.
+
+    Replaces uvicorn's multiprocess supervisor, which kept its copy of the listening socket open until
+    every worker had drained (see the module docstring). A worker that dies is replaced; one that fails
+    during start-up stops everything (it would fail the same way again).
+    """
+
+    def __init__(self, config: uvicorn.Config, workers: int, *, kill_after: float | None = None) -> None:
+        self.config = config
+        self.workers = workers
+        self.kill_after = (
+            kill_after if kill_after is not None else (config.timeout_graceful_shutdown or 30) + 10
+        )
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+        self.failed = False
+        self._context = multiprocessing.get_context("spawn")
+
+    def _spawn(self, sockets: list[socket.socket]) -> multiprocessing.process.BaseProcess:
+        process = self._context.Process(target=_run_worker, args=(self.config, sockets), daemon=False)
+        process.start()
+        log.info("worker started", extra={"pid": process.pid})
+        return process
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        listener = self.config.bind_socket()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.processes = [self._spawn([listener]) for _ in range(self.workers)]
+            while not self.stopping:
+                time.sleep(0.1)
+                self._replace_dead([listener])
+        finally:
+            # Stop listening here first: the socket goes away as soon as the last worker stops accepting.
+            listener.close()
+            self._stop_workers()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.failed else 0
+
+    def _replace_dead(self, sockets: list[socket.socket]) -> None:
+        for index, process in enumerate(self.processes):
+            if process.is_alive() or self.stopping:
+                continue
+            if process.exitcode == STARTUP_FAILURE:
+                log.error("a worker failed to start; stopping", extra={"pid": process.pid})
+                self.failed = self.stopping = True
+                return
+            log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
+            self.processes[index] = self._spawn(sockets)
+
+    def _stop_workers(self) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_after
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker did not stop in time; killing it", extra={"pid": process.pid})
+                process.kill()
+                process.join()
+
+
+def serve(config: uvicorn.Config, workers: int) -> int:
+    """Serve with ``workers`` processes (1: this process), the kit's protocol and shutdown."""
+    if workers <= 1:
+        listener = config.bind_socket()
+        single = DrainingServer(config)
+        try:
+            single.run(sockets=[listener])
+        finally:
+            listener.close()
+        return 0 if single.started else STARTUP_FAILURE
+    return Supervisor(config, workers).run()
+
+
+__all__ = ["DrainingServer", "ProblemHttpProtocol", "Supervisor", "problem_bytes", "serve"]

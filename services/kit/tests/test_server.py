@@ -1,0 +1,127 @@
+"""How the kit serves (svckit.server): problem bodies from the HTTP layer, head limits, and a shutdown
+that resets nothing — with one worker and with several."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from svckit.app import create_service_app
+from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
+from svckit.settings import ServiceSettings, load_settings
+
+from testkit.drain import load_through
+from testkit.fixtures import REPO_ROOT, free_port, serve_app
+
+
+@pytest.fixture(scope="module")
+async def base_url(identity_keys: str) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    async with serve_app(create_service_app(settings, [])) as url:
+        yield url
+
+
+async def raw(base_url: str, request: bytes) -> tuple[bytes, dict[str, object]]:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        response = await asyncio.wait_for(reader.read(), 10)  # the server closes after a refusal
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+POST = b"POST /x HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (POST + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "Content-Length"),
+        (POST + b"Content-Length: 3\r\nTransfer-Encoding: identity\r\n\r\nabc", 400, "Content-Length"),
+        (POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "Duplicate Content-Length"),
+        (POST + b"Content-Length: -1\r\n\r\n", 400, "Content-Length"),
+        (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "chunk size"),
+        (POST + b"Transfer-Encoding: gzip\r\n\r\n", 400, "Transfer-Encoding"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400, "header value"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n", 400, "header token"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, "whitespace"),
+        (b"G@T /x HTTP/1.1\r\nHost: x\r\n\r\n", 400, "method"),
+        (b"GET /x HTTP/9.9\r\nHost: x\r\n\r\n", 400, "version"),
+        (b"GET /x\x00y HTTP/1.1\r\nHost: x\r\n\r\n", 400, "url"),
+        (b"GET /x HTTP/1.1\nHost: x\n\n", 400, "CRLF"),
+        (b"GET /" + b"a" * (MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "target"),
+        (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431, "head"),
+        (
+            b"GET /x HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n",
+            431,
+            "header fields",
+        ),
+    ],
+)
+async def test_the_server_layer_refuses_with_problem_documents(
+    base_url: str, request_bytes: bytes, status: int, says: str
+) -> None:
+    head, body = await raw(base_url, request_bytes)
+    assert head.startswith(b"HTTP/1.1 %d" % status), head
+    assert b"content-type: application/problem+json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body["status"] == status
+    assert says in str(body["detail"]), body
+
+
+async def test_the_last_resort_500_is_a_problem_document() -> None:
+    """An application failing outside every handler (uvicorn answers for it) still yields a problem."""
+
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("outside every handler")
+
+    async with serve_app(broken) as url:
+        head, body = await raw(url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500")
+    assert b"application/problem+json" in head
+    assert body["status"] == 500
+    assert "outside" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_under_keep_alive_load_resets_nothing(workers: int) -> None:
+    """SIGTERM while keep-alive clients, new-connection clients and slow requests run: the slow ones
+    complete, later connections are refused, and no request is reset or cut without an answer.
+    (uvicorn's own supervisor reset 6-10 connections per run here; svckit.server closes its copy of
+    the listening socket first, accepts what the kernel queued, and drains idle connections gently.)"""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "testkit.sampleapp", str(port), str(workers)], cwd=REPO_ROOT
+    )
+    try:
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5 * workers)  # every worker up
+        base = f"http://127.0.0.1:{port}"
+        report = await load_through(
+            f"{base}/fast", f"{base}/slow?s=1.5", lambda: process.send_signal(signal.SIGTERM)
+        )
+        code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert report.requests_before_signal > 50
+    assert report.slow == ["ok"] * 4, report
+    assert report.broken == 0, report.after_signal
+    assert report.after_signal["refused"] > 0, report.after_signal  # it did stop listening
+    assert code in (0, -signal.SIGTERM)

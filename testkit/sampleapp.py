@@ -1,0 +1,61 @@
+"""A minimal service for tests of how the kit serves (``svckit.server``): as separate processes, with
+one worker or several, without a database. ``GET /fast``, ``GET /slow?s=<seconds>``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+async def fast(request: Request) -> Response:
+    return JSONResponse({"ok": True, "pid": os.getpid()})
+
+
+async def slow(request: Request) -> Response:
+    await asyncio.sleep(min(float(request.query_params.get("s", "1")), 10.0))
+    return JSONResponse({"ok": True, "pid": os.getpid()})
+
+
+def create_app() -> Starlette:
+    return Starlette(routes=[Route("/fast", fast), Route("/slow", slow)])
+
+
+def main() -> int:
+    """``python -m testkit.sampleapp PORT WORKERS [uvicorn]``: serve with the kit (or plain uvicorn)."""
+    from svckit.server import ProblemHttpProtocol, serve
+
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    plain = len(sys.argv) > 3 and sys.argv[3] == "uvicorn"
+    config = uvicorn.Config(
+        "testkit.sampleapp:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        http="httptools" if plain else ProblemHttpProtocol,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    if plain:  # uvicorn's own supervisor and shutdown, to compare with
+        uvicorn.run(
+            "testkit.sampleapp:create_app",
+            factory=True,
+            host="127.0.0.1",
+            port=port,
+            workers=workers,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+        return 0
+    return serve(config, workers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
