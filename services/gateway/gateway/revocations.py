@@ -123,17 +123,27 @@ class RevocationFeed:
         self.last_id = "0"
         self.connected = asyncio.Event()  # set while reading (tests and readiness may wait on it)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="gateway-revocation-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Cancel the reader, again if need be: a cancellation that races with one of redis-py's
+        own timeouts can be swallowed on Python 3.11 (the reader would then go back to ``XREAD`` and
+        a plain ``await`` of it would never return). The flag ends the loop in that case too."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        for _ in range(20):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return
+        log.error("the revocation stream reader did not stop")
 
     def apply(self, fields: Mapping[bytes, bytes]) -> str:
         """Add one stream entry to the deny set; returns the outcome (a metric label)."""
@@ -151,11 +161,11 @@ class RevocationFeed:
 
     async def _run(self) -> None:
         next_purge = time.monotonic() + self.purge_seconds
-        while True:
+        while not self._stopping:
             client: Redis = self.redis.dedicated(self.read_timeout)
             self.last_id = "0"  # (re)connected: read everything the stream still holds
             try:
-                while True:
+                while not self._stopping:
                     response: Any = await client.xread(
                         {self.stream: self.last_id}, count=1000, block=self.block_ms
                     )
@@ -176,4 +186,5 @@ class RevocationFeed:
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await client.aclose()
-            await asyncio.sleep(self.redis.retry_seconds)
+            if not self._stopping:
+                await asyncio.sleep(self.redis.retry_seconds)
