@@ -127,23 +127,24 @@ class RevocationFeed:
 
     def start(self) -> None:
         if self._task is None:
-            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="gateway-revocation-feed")
 
-    async def stop(self) -> None:
-        """Cancel the reader, again if need be: a cancellation that races with one of redis-py's
-        own timeouts can be swallowed on Python 3.11 (the reader would then go back to ``XREAD`` and
-        a plain ``await`` of it would never return). The flag ends the loop in that case too."""
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Cancel the reader, bounded: a cancellation that lands as a socket timeout fires inside
+        redis-py can surface as ``TimeoutError`` (and look like Redis failing), so the loop also
+        checks ``_stopping`` and shutdown never waits on it for more than ``timeout``."""
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
-        for _ in range(20):
+        deadline = time.monotonic() + timeout
+        while not task.done() and time.monotonic() < deadline:
             task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return
-        log.error("the revocation stream reader did not stop")
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.done():
+            log.warning("the revocation stream reader did not stop in time")
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("the revocation stream reader ended with an error", exc_info=task.exception())
 
     def apply(self, fields: Mapping[bytes, bytes]) -> str:
         """Add one stream entry to the deny set; returns the outcome (a metric label)."""
@@ -180,11 +181,12 @@ class RevocationFeed:
                         next_purge = time.monotonic() + self.purge_seconds
             except REDIS_ERRORS as exc:
                 self.connected.clear()
+                if self._stopping:
+                    return
                 feed_errors.inc()
                 self.redis.mark_down(exc)
                 log.warning("revocation stream unavailable; retrying", extra={"error": type(exc).__name__})
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await client.aclose()
-            if not self._stopping:
-                await asyncio.sleep(self.redis.retry_seconds)
+            await asyncio.sleep(self.redis.retry_seconds)
