@@ -23,6 +23,7 @@ MEANINGS = {
     "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
+    "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",
     "identity_max_skew_seconds": "how old a signed identity may be",
     "database_url": "PostgreSQL connection URL",

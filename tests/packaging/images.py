@@ -1,10 +1,10 @@
-"""The service images without Docker: their Dockerfiles read, their contents recreated on disk.
+"""The service images without Docker: the one Dockerfile read for a SERVICE, the image recreated on disk.
 
-No container runtime exists on this machine, so the tests rebuild what an image holds the way its
-Dockerfile does — the locked runtime-only virtualenv (``uv sync --frozen --no-dev
---no-install-project``, compiled to bytecode) for ``/opt/venv``, the Dockerfile's ``COPY services/…``
-lines for ``/opt/app``, the final stage's ``ENV`` with those two paths mapped — and run the
-services from there with the image's entrypoint (``python -m <service>``).
+No container runtime exists on this machine, so the tests rebuild what an image holds the way the
+Dockerfile does for ``--build-arg SERVICE=<service>`` — the locked runtime-only virtualenv (``uv sync
+--frozen --no-dev --no-install-project``, compiled to bytecode) for ``/opt/venv``, the build stage's
+``COPY services/…`` lines for ``/opt/app``, the ``ENV`` of the stages the image is made of with those
+two paths mapped — and run the services from there with the image's entrypoint (``python -m <service>``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from tests.packaging.support import REPO
 SERVICES = {"gateway": 8080, "identity": 9000, "timesheets": 8101, "approvals": 8102, "audit": 8103}
 
 
-def dockerfile(service: str) -> str:
-    return (REPO / "services" / service / "Dockerfile").read_text()
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def dockerfile() -> str:
+    """The one Dockerfile of every image (the SERVICE build argument picks the service)."""
+    return DOCKERFILE.read_text()
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -54,6 +58,54 @@ def stages(text: str) -> list[list[tuple[str, str]]]:
     return result
 
 
+def stage_name(stage: list[tuple[str, str]]) -> str:
+    parts = stage[0][1].split()
+    return parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else ""
+
+
+def service_stages(service: str) -> dict[str, list[tuple[str, str]]]:
+    """The stages as a build with ``--build-arg SERVICE=<service>`` sees them, by name ("" = the final)."""
+    text = dockerfile().replace("${SERVICE}", service)
+    return {stage_name(stage): stage for stage in stages(text)}
+
+
+def image_chain(service: str) -> list[list[tuple[str, str]]]:
+    """The stages the service's image is made of, from its base stage to the final one (each FROM
+    naming a stage of the file is followed; the Python base image ends the chain)."""
+    by_name = service_stages(service)
+    chain = [by_name[""]]
+    while (base := chain[0][0][1].split()[0]) in by_name:
+        chain.insert(0, by_name[base])
+    return chain
+
+
+def image_layout(service: str, root: Path) -> Path:
+    """``/opt/app`` of the service's image, recreated under ``root`` from the build stage's COPY lines."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    for word, args in service_stages(service)["build"]:
+        if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
+            source, dest = args.split()
+            shutil.copytree(REPO / source, app / Path(dest).name)
+    return app
+
+
+def image_env(service: str, venv: Path, app: Path) -> dict[str, str]:
+    """The image's ENV (every stage of its chain), with /opt/venv and /opt/app mapped to their
+    recreations."""
+    env: dict[str, str] = {}
+    for stage in image_chain(service):
+        for word, args in stage:
+            if word != "ENV":
+                continue
+            for pair in args.split():
+                name, _, value = pair.partition("=")
+                value = value.replace("$PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+                value = value.replace("/opt/venv", str(venv)).replace("/opt/app", str(app))
+                env[name] = value
+    return env
+
+
 def find_uv() -> str | None:
     """uv on PATH, else where `make install` puts it (.local/uv), else the workstation's copy."""
     candidates = [shutil.which("uv"), str(REPO / ".local" / "uv" / "bin" / "uv"), "/tmp/vt/bin/uv"]
@@ -77,31 +129,6 @@ def runtime_venv(uv: str) -> Path:
         timeout=300,
     )
     return venv
-
-
-def image_layout(service: str, root: Path) -> Path:
-    """``/opt/app`` of the service's image, recreated under ``root`` from the COPY lines."""
-    app = root / "app"
-    app.mkdir(parents=True)
-    for word, args in instructions(dockerfile(service)):
-        if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
-            source, dest = args.split()
-            shutil.copytree(REPO / source, app / Path(dest).name)
-    return app
-
-
-def image_env(service: str, venv: Path, app: Path) -> dict[str, str]:
-    """The final stage's ENV, with /opt/venv and /opt/app mapped to their recreations."""
-    env: dict[str, str] = {}
-    for word, args in stages(dockerfile(service))[-1]:
-        if word != "ENV":
-            continue
-        for pair in args.split():
-            name, _, value = pair.partition("=")
-            value = value.replace("$PATH", os.environ.get("PATH", "/usr/bin:/bin"))
-            value = value.replace("/opt/venv", str(venv)).replace("/opt/app", str(app))
-            env[name] = value
-    return env
 
 
 class ImageProcess:

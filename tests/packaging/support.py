@@ -51,6 +51,73 @@ EVERYTHING_ON = {
     "postgresql": {"persistence": {"enabled": True}},
 }
 
+# Every Bitnami-style extension point in use (on the timesheets service and the gateway), so that
+# every rendering test — lint, strict schemas, Pod Security, policies — runs over them too.
+EXTENSIONS: dict[str, Any] = {
+    "timesheets": {
+        "podAnnotations": {"example.com/team": "timesheets"},
+        "podLabels": {"example.com/cost-centre": "cc-42"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "apps", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 50,
+                        "preference": {
+                            "matchExpressions": [{"key": "node-pool", "operator": "In", "values": ["apps"]}]
+                        },
+                    }
+                ]
+            }
+        },
+        "priorityClassName": "timesheets-high",
+        "extraEnvVarsSecret": "timesheets-extra-env",
+        "extraVolumes": [{"name": "extra-config", "configMap": {"name": "timesheets-extra"}}],
+        "extraVolumeMounts": [{"name": "extra-config", "mountPath": "/etc/extra", "readOnly": True}],
+        "initContainers": [
+            {
+                "name": "wait-for-vault",
+                "image": "docker.io/library/busybox:1.36.1",
+                "command": ["sh", "-c", "true"],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+            }
+        ],
+        "sidecars": [
+            {
+                "name": "log-shipper",
+                "image": "docker.io/fluent/fluent-bit:3.1.9",
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+    },
+    "gateway": {"extraEnvVarsSecret": "gateway-extra-env"},
+    "networkPolicy": {
+        "extraIngress": [
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "linkerd-viz"}}}
+                ],
+                "ports": [{"port": 4191, "protocol": "TCP"}],
+            }
+        ],
+        "extraEgress": [
+            {
+                "to": [{"ipBlock": {"cidr": "10.30.0.10/32"}}],
+                "ports": [{"port": 4317, "protocol": "TCP"}],
+            }
+        ],
+    },
+    "metrics": {
+        "serviceMonitor": {
+            "enabled": True,
+            "relabelings": [{"action": "replace", "targetLabel": "cluster", "replacement": "eu-1"}],
+        },
+        "prometheusRule": {"enabled": True},
+    },
+}
+
 # The chart's defaults plus only what has no safe default (issuer, database by reference).
 MINIMAL = {
     "oidc": {"issuers": ["https://login.example.com/"]},
@@ -70,6 +137,7 @@ def scenarios() -> dict[str, dict[str, Any]]:
             prod, {"identity": {"enabled": True}, "oidc": {"issuers": ["https://id.abc.example/"]}}
         ),
         "minimal": MINIMAL,
+        "prod+extensions": deep_merge(prod, EXTENSIONS),
     }
 
 

@@ -64,6 +64,14 @@ def test_object_names_are_unique_per_kind(objects: list[Obj]) -> None:
         ({"gateway": {"resources": {"limits": None}}}, "/gateway/resources"),
         ({"config": {"logLevel": "verbose"}}, "/config/logLevel"),
         ({"oidc": {"issuers": ["not a url"]}}, "/oidc/issuers/0"),
+        ({"oidc": {"issuers": ["https://YOUR_TENANT.eu.auth0.com/"]}}, "/oidc/issuers/0"),
+        ({"oidc": {"issuers": ["https://TENANT.auth0.com/"]}}, "/oidc/issuers/0"),
+        ({"oidc": {"audience": "<your API identifier>"}}, "/oidc/audience"),
+        ({"oidc": {"audience": "https://REPLACE-ME/api"}}, "/oidc/audience"),
+        ({"gateway": {"spa": {"clientId": "REPLACE-WITH-AUTH0-SPA-CLIENT-ID"}}}, "/gateway/spa/clientId"),
+        ({"gateway": {"spa": {"clientId": "<client-id>"}}}, "/gateway/spa/clientId"),
+        ({"gateway": {"spa": {"clientId": "changeme"}}}, "/gateway/spa/clientId"),
+        ({"gateway": {"spa": {"clientId": "{{ .Values.id }}"}}}, "/gateway/spa/clientId"),
         ({"metrics": {"serviceMonitor": {"interval": 30}}}, "/metrics/serviceMonitor/interval"),
         ({"networkPolicy": {"egress": {"databasePort": 70000}}}, "databasePort"),
         ({"identity": {"trustedProxies": ["everyone"]}}, "/identity/trustedProxies/0"),
@@ -81,6 +89,14 @@ def test_values_schema_refuses_bad_values(bad: dict[str, object], complaint: str
     assert complaint in str(refused.value)
     with pytest.raises(helm.HelmValuesError):
         render(values)
+
+
+@pytest.mark.parametrize(
+    "client_id", ["timesheets-spa", "5kQ2vXr9TmB7yLw3NcZ8pJd4HsA6fGe1", "0oa1b2c3d4E5F6g7H8i9", "spa.prod"]
+)
+def test_real_client_ids_pass_the_placeholder_check(client_id: str) -> None:
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(deep_merge(MINIMAL, {"gateway": {"spa": {"clientId": client_id}}}))
 
 
 def test_values_schema_accepts_every_shipped_values_file() -> None:

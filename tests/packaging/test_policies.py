@@ -89,9 +89,25 @@ def test_read_only_root_filesystem_comes_with_a_writable_tmp(objects: list[Obj])
             continue
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in containers(spec):
+            if not chart_container(c):
+                continue  # a sidecar or init container from values: its image's needs are its own
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{obj['metadata']['name']}/{c['name']}"
             assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def main_container(deployment: Obj) -> Obj:
+    """The service's own container (sidecars from values may stand beside it)."""
+    found: list[Obj] = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == component(deployment)
+    ]
+    (c,) = found
+    return c
+
+
+def chart_container(container: Obj) -> bool:
+    name = str(container["name"])
+    return name in APP_COMPONENTS or name == "dev-source" or name.startswith(("migrate-", "seed-"))
 
 
 def test_no_pod_mounts_a_service_account_token(objects: list[Obj]) -> None:
@@ -148,7 +164,7 @@ def test_app_containers_probe_healthz_and_readyz(objects: list[Obj]) -> None:
     deployments = app_deployments(objects)
     assert deployments
     for dep in deployments:
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -162,6 +178,8 @@ def test_every_workload_of_the_chart_has_probes(objects: list[Obj]) -> None:
         if obj["kind"] == "Job":
             continue
         for c in spec["containers"]:
+            if component(obj) in APP_COMPONENTS and not chart_container(c):
+                continue  # a sidecar from values
             assert "livenessProbe" in c, obj["metadata"]["name"]
             assert "readinessProbe" in c, obj["metadata"]["name"]
 
@@ -221,7 +239,7 @@ def test_selectors_match_pod_labels_and_services(objects: list[Obj]) -> None:
             assert labels[k] == v
         svc = services[dep["metadata"]["name"]]
         assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         assert svc["spec"]["ports"][0]["port"] == c["ports"][0]["containerPort"]
 
 
@@ -237,7 +255,7 @@ def env_of(container: Obj) -> dict[str, Obj]:
 def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
     for dep in app_deployments(objects):
         comp = component(dep)
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         env = env_of(c)
         assert c["command"] == ["python", "-m", comp]
         assert env["BIND_HOST"]["value"] == "0.0.0.0"
@@ -365,13 +383,13 @@ def test_database_ca_from_a_secret_or_the_system_store(
         "externalDatabase": {"existingSecret": "db", "caBundle": {"useSystemTrustStore": True}},
     }
     for dep in app_deployments(render_values(system)):
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         env = env_of(c)
         if component(dep) in DB_CLIENTS:
             assert env["DB_SSLROOTCERT"]["value"] == "system"
         assert "database-ca" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
     for dep in app_deployments(rendered_scenario("values-dev.yaml")):  # the demo database: plain
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         assert not {"DB_SSLMODE", "DB_SSLROOTCERT"} & set(env_of(c))
 
 
@@ -472,14 +490,17 @@ def test_metrics_port_is_open_only_to_the_monitoring_namespaces(scenario: str, o
     namespaces = SCENARIOS[scenario].get("networkPolicy", {}).get("monitoringNamespaces", ["monitoring"])
     for dep in app_deployments(objects):
         comp = component(dep)
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        c = main_container(dep)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert set(ports) == {"http", "metrics"}
         assert env_of(c)["METRICS_PORT"]["value"] == str(ports["metrics"])
         assert ports["metrics"] != ports["http"]
         policy = policy_for(objects, comp)
         rules = port_rules(policy, "metrics")
+        extra = SCENARIOS[scenario].get("networkPolicy", {}).get("extraIngress", [])
         for rule in policy["spec"]["ingress"]:
+            if rule in extra:
+                continue
             assert [p["port"] for p in rule["ports"]] in (["http"], ["metrics"]), "one port per rule"
         if not namespaces:
             assert rules == [], comp
@@ -517,13 +538,17 @@ def test_monitoring_pod_labels_narrow_the_metrics_rule(
     ]
 
 
-def test_egress_is_dns_database_redis_identity_provider_and_peers_only(objects: list[Obj]) -> None:
+def test_egress_is_dns_database_redis_identity_provider_and_peers_only(
+    scenario: str, objects: list[Obj]
+) -> None:
+    extra = SCENARIOS[scenario].get("networkPolicy", {}).get("extraEgress", [])
     for dep in app_deployments(objects):
         comp = component(dep)
         egress = policy_for(objects, comp)["spec"]["egress"]
         ports = {p["port"] for rule in egress for p in rule.get("ports", [])}
         assert 53 in ports
         allowed_ports = {53, 5432, 6379, 6380, 443, 9000, 8101, 8102, 8103}
+        allowed_ports |= {p["port"] for rule in extra for p in rule["ports"]}  # what values add
         assert ports <= allowed_ports, (comp, ports)
         for rule in egress:
             assert rule.get("ports"), f"{comp}: an egress rule without ports opens everything"
@@ -572,7 +597,7 @@ def test_gateway_fetches_bundled_identity_keys_in_cluster() -> None:
     objects = rendered_scenario("values-dev.yaml")
     gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
     spec = gateway["spec"]["template"]["spec"]
-    (c,) = spec["containers"]
+    c = main_container(gateway)
     path = env_of(c)["GATEWAY_ISSUERS_FILE"]["value"]
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
@@ -601,7 +626,7 @@ def test_gateway_issuer_settings_must_name_a_trusted_issuer(
 def test_production_without_issuer_settings_has_no_issuers_file() -> None:
     objects = rendered_scenario("values-prod.yaml")
     gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
-    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    c = main_container(gateway)
     assert "GATEWAY_ISSUERS_FILE" not in env_of(c)
 
 
@@ -629,7 +654,7 @@ def test_shutdown_fits_in_the_grace_period(objects: list[Obj]) -> None:
     """preStop pause + the service's drain (SHUTDOWN_TIMEOUT_SECONDS) end before SIGKILL."""
     for dep in app_deployments(objects):
         spec = dep["spec"]["template"]["spec"]
-        (c,) = spec["containers"]
+        c = main_container(dep)
         pause = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
         drain = float(env_of(c)["SHUTDOWN_TIMEOUT_SECONDS"]["value"])
         assert pause + drain < spec["terminationGracePeriodSeconds"], dep["metadata"]["name"]
@@ -643,7 +668,7 @@ def test_identity_trusts_forwarded_addresses_only_from_configured_proxies(
         "identity": {"trustedProxies": ["10.42.0.0/16", "10.43.0.10"]},
     }
     identity = next(d for d in app_deployments(render_values(values)) if component(d) == "identity")
-    (c,) = identity["spec"]["template"]["spec"]["containers"]
+    c = main_container(identity)
     assert env_of(c)["IDENTITY_TRUSTED_PROXIES"]["value"] == "10.42.0.0/16,10.43.0.10"
     dev = next(d for d in app_deployments(rendered_scenario("values-dev.yaml")) if component(d) == "identity")
     assert "IDENTITY_TRUSTED_PROXIES" not in env_of(dev["spec"]["template"]["spec"]["containers"][0])
@@ -671,5 +696,97 @@ def test_cors_allows_no_other_origin_unless_configured() -> None:
     """The SPA is served by the gateway itself: no cross-origin caller unless named."""
     objects = rendered_scenario("values-prod.yaml")
     gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
-    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    c = main_container(gateway)
     assert env_of(c)["CORS_ORIGINS"]["value"] == ""
+
+
+# --- Bitnami-style extension points ------------------------------------------------------------
+
+
+def test_extension_points_reach_the_pods_and_policies() -> None:
+    """Every extension point of values (scenario prod+extensions) ends up where a platform team
+    expects it; the restricted Pod Security Standard still holds for the added containers."""
+    from tests.packaging.support import EXTENSIONS
+
+    objects = rendered_scenario("prod+extensions")
+    ext = EXTENSIONS["timesheets"]
+    dep = next(d for d in app_deployments(objects) if component(d) == "timesheets")
+    template = dep["spec"]["template"]
+    spec = template["spec"]
+    assert template["metadata"]["annotations"]["example.com/team"] == "timesheets"
+    assert template["metadata"]["labels"]["example.com/cost-centre"] == "cc-42"
+    assert "example.com/cost-centre" not in dep["spec"]["selector"]["matchLabels"], "selectors never change"
+    assert spec["nodeSelector"] == ext["nodeSelector"]
+    assert spec["tolerations"] == ext["tolerations"]
+    assert spec["affinity"] == ext["affinity"]
+    assert spec["priorityClassName"] == "timesheets-high"
+    c = main_container(dep)
+    assert c["envFrom"] == [{"secretRef": {"name": "timesheets-extra-env"}}]
+    assert {"name": "extra-config", "mountPath": "/etc/extra", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "extra-config", "configMap": {"name": "timesheets-extra"}} in spec["volumes"]
+    assert [i["name"] for i in spec["initContainers"]] == ["wait-for-vault"]
+    assert [x["name"] for x in spec["containers"]] == ["timesheets", "log-shipper"]
+    for added in (spec["initContainers"][0], spec["containers"][1]):
+        assert added["securityContext"]["allowPrivilegeEscalation"] is False, "restricted by default"
+    # the component's migration container reads the same extra environment
+    (job,) = by_kind(objects, "Job")
+    migrate = next(
+        m for m in containers(job["spec"]["template"]["spec"]) if m["name"] == "migrate-timesheets"
+    )
+    assert migrate["envFrom"] == [{"secretRef": {"name": "timesheets-extra-env"}}]
+    gateway = next(d for d in app_deployments(objects) if component(d) == "gateway")
+    assert main_container(gateway)["envFrom"] == [{"secretRef": {"name": "gateway-extra-env"}}]
+    approvals = next(d for d in app_deployments(objects) if component(d) == "approvals")
+    assert "envFrom" not in main_container(approvals)
+    for comp in ("gateway", "timesheets", "audit"):
+        policy = policy_for(objects, comp)["spec"]
+        assert EXTENSIONS["networkPolicy"]["extraIngress"][0] in policy["ingress"]
+        assert EXTENSIONS["networkPolicy"]["extraEgress"][0] in policy["egress"]
+
+
+def test_an_added_container_keeps_its_own_security_context(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    own = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False}
+    values = {
+        **SCENARIOS["minimal"],
+        "audit": {"sidecars": [{"name": "agent", "image": "example/agent:1.0", "securityContext": own}]},
+    }
+    audit = next(d for d in app_deployments(render_values(values)) if component(d) == "audit")
+    agent = next(c for c in audit["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    assert agent["securityContext"] == own
+
+
+@pytest.mark.parametrize(
+    ("bad", "complaint"),
+    [
+        ({"timesheets": {"extraVolumes": [{"configMap": {"name": "x"}}]}}, "/timesheets/extraVolumes/0"),
+        ({"timesheets": {"extraVolumeMounts": [{"name": "x", "mountPath": "etc"}]}}, "mountPath"),
+        ({"gateway": {"sidecars": [{"name": "no-image"}]}}, "/gateway/sidecars/0"),
+        ({"audit": {"extraEnvVarsSecret": "Not_A_Name"}}, "/audit/extraEnvVarsSecret"),
+        ({"networkPolicy": {"extraEgress": [{"too": []}]}}, "too"),
+    ],
+)
+def test_the_schema_checks_the_extension_points(bad: dict[str, Any], complaint: str) -> None:
+    import helm_python as helm
+
+    from tests.packaging.support import CHART, deep_merge
+
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as refused:
+        chart.validate_schema(deep_merge(SCENARIOS["minimal"], bad))
+    assert complaint in str(refused.value)
+
+
+def test_production_believes_forwarded_headers_from_the_ingress_controller_only() -> None:
+    """Behind the Ingress the gateway must know the controller's addresses, or the audit trail and
+    the rate limits see the controller instead of the client."""
+    from tests.packaging.support import render_notes
+
+    gateway = next(
+        d for d in app_deployments(rendered_scenario("values-prod.yaml")) if component(d) == "gateway"
+    )
+    proxies = env_of(main_container(gateway))["GATEWAY_TRUSTED_PROXIES"]["value"].split(",")
+    assert proxies
+    assert "0.0.0.0/0" not in proxies
+    assert "trustedProxies is empty" not in render_notes(SCENARIOS["values-prod.yaml"])
+    assert "trustedProxies is empty" in render_notes(SCENARIOS["dev+everything"])

@@ -159,3 +159,37 @@ def test_a_first_install_generates_fresh_values(api: FakeApiServer) -> None:
     kid, _, secret = first["identity-keys"].partition(":")
     assert kid == "k1"
     assert len(secret) == 48
+
+
+# --- GitOps (Argo CD, Flux): rendered without a cluster, every sync -----------------------------
+
+
+def render_text(values: dict[str, Any]) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return dict(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True))
+
+
+def test_with_existing_secrets_every_render_is_identical() -> None:
+    """Argo CD renders with `helm template` on every sync and cannot `lookup`: with every secret given
+    by reference (values-prod.yaml) two renders are byte-identical — no random value, nothing that
+    drifts, nothing to roll."""
+    first = render_text(SCENARIOS["values-prod.yaml"])
+    second = render_text(SCENARIOS["values-prod.yaml"])
+    assert first == second
+    assert not [o for o in parse_manifests(first) if o["kind"] == "Secret"]
+
+
+def test_without_existing_secrets_only_the_generated_secret_changes_between_renders() -> None:
+    """What a GitOps tool would see without secrets.existingSecret: a new random Secret per sync (so
+    the chart README tells GitOps users to give them by reference); everything else is stable."""
+    first = render_text(SCENARIOS["values-dev.yaml"])
+    second = render_text(SCENARIOS["values-dev.yaml"])
+    changed = sorted(name for name in first if first[name] != second[name])
+    assert changed == ["timesheets/templates/secret.yaml"]
+
+
+def test_notes_warn_gitops_users_when_secrets_are_generated() -> None:
+    from tests.packaging.support import render_notes
+
+    assert "GitOps" in render_notes(SCENARIOS["values-dev.yaml"])
+    assert "GitOps" not in render_notes(SCENARIOS["values-prod.yaml"])

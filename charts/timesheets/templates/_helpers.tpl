@@ -377,6 +377,21 @@ URL (what browsers use, e.g. a port-forwarded http://localhost:9000/) may not re
 {{- end -}}
 {{- end -}}
 
+{{/*
+Containers given in values (initContainers, sidecars): as written, except that one without a
+securityContext gets the chart's restricted one, so that adding a sidecar keeps the pod admissible
+under the restricted Pod Security Standard. Call with (dict "root" $ "containers" list).
+*/}}
+{{- define "timesheets.extraContainers" -}}
+{{- range $c := .containers }}
+{{- $container := deepCopy $c }}
+{{- if not (hasKey $container "securityContext") }}
+{{- $_ := set $container "securityContext" $.root.Values.containerSecurityContext }}
+{{- end }}
+- {{ toYaml $container | nindent 2 | trim }}
+{{- end }}
+{{- end -}}
+
 {{/* The restricted Pod Security Standard, pod level. */}}
 {{- define "timesheets.podSecurityContext" -}}
 {{- toYaml .Values.podSecurityContext }}

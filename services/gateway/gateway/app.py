@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from svckit.app import create_service_app
 from svckit.clock import SYSTEM_CLOCK, Clock
@@ -28,7 +32,7 @@ from svckit.redisguard import RedisGuard
 from svckit.settings import SettingsError, load_settings
 from svckit.tasks import PeriodicTask, stop_all
 
-from . import metrics
+from . import metrics, openapi
 from .accesslog import AccessLog
 from .cors import Cors
 from .denials import DenialAuditor
@@ -39,13 +43,15 @@ from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
 from .revocations import DenyList, RevocationFeed
-from .routes import API_PREFIX, RouteTableError, load_routes
+from .routes import API_PREFIX, RouteTable, RouteTableError, load_routes
 from .settings import GatewaySettings
 from .spa import spa_routes
 from .tokens import TokenVerifier
 from .upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
+
+OPENAPI_PATH = API_PREFIX + "/openapi.json"
 
 KEY_AGE_INTERVAL_SECONDS = 5.0
 JWKS_MAINTAIN_SECONDS = 1.0  # how often issuers without fresh keys are looked at (back-off permitting)
@@ -214,8 +220,20 @@ class Gateway:
             await self.redis.close()
 
 
+def openapi_route(table: RouteTable) -> Route:
+    """``GET /api/openapi.json``: the client-facing document (:mod:`gateway.openapi`), public (no
+    token: it describes how to get one and what to send), built once per worker."""
+    body = json.dumps(openapi.document(table)).encode()
+
+    async def serve(request: Request) -> Response:
+        return Response(body, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+
+    return Route(OPENAPI_PATH, serve, methods=["GET"], include_in_schema=False)
+
+
 class GatewayApp:
-    """Dispatch: ``/api`` and ``/api/…`` to the edge, everything else (and lifespan) to ``web``."""
+    """Dispatch: ``/api`` and ``/api/…`` to the edge (but the public ``/api/openapi.json``), everything
+    else (and lifespan) to ``web``."""
 
     def __init__(self, gateway: Gateway, web: Starlette) -> None:
         self.gateway = gateway
@@ -223,8 +241,13 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # "/api" in any case or spelling goes to the edge, which refuses whatever is not literally
-        # /api/… (gateway.stages.check_target) instead of letting the SPA's routes answer for it
-        if scope["type"] == "http" and scope["path"][:5].lower() in _API_HEADS:
+        # /api/… (gateway.stages.check_target) instead of letting the SPA's routes answer for it; the
+        # public API document is the one /api path the web app serves
+        if (
+            scope["type"] == "http"
+            and scope["path"][:5].lower() in _API_HEADS
+            and scope["path"] != OPENAPI_PATH
+        ):
             edge = self.gateway.edge
             if edge is None:
                 raise RuntimeError("the gateway is not started (lifespan did not run)")
@@ -265,7 +288,7 @@ def create_app(settings: GatewaySettings | None = None, clock: Clock = SYSTEM_CL
 
     web = create_service_app(
         settings,
-        spa_routes(settings),
+        [openapi_route(gateway.routes), *spa_routes(settings)],
         require_identity=False,
         lifespan=lifespan,
         checks={"signing_keys": gateway.keys_ready},

@@ -123,17 +123,28 @@ class RevocationFeed:
         self.last_id = "0"
         self.connected = asyncio.Event()  # set while reading (tests and readiness may wait on it)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="gateway-revocation-feed")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Cancel the reader, bounded: a cancellation that lands as a socket timeout fires inside
+        redis-py can surface as ``TimeoutError`` (and look like Redis failing), so the loop also
+        checks ``_stopping`` and shutdown never waits on it for more than ``timeout``."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.done():
+            log.warning("the revocation stream reader did not stop in time")
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("the revocation stream reader ended with an error", exc_info=task.exception())
 
     def apply(self, fields: Mapping[bytes, bytes]) -> str:
         """Add one stream entry to the deny set; returns the outcome (a metric label)."""
@@ -151,11 +162,11 @@ class RevocationFeed:
 
     async def _run(self) -> None:
         next_purge = time.monotonic() + self.purge_seconds
-        while True:
+        while not self._stopping:
             client: Redis = self.redis.dedicated(self.read_timeout)
             self.last_id = "0"  # (re)connected: read everything the stream still holds
             try:
-                while True:
+                while not self._stopping:
                     response: Any = await client.xread(
                         {self.stream: self.last_id}, count=1000, block=self.block_ms
                     )
@@ -170,6 +181,8 @@ class RevocationFeed:
                         next_purge = time.monotonic() + self.purge_seconds
             except REDIS_ERRORS as exc:
                 self.connected.clear()
+                if self._stopping:
+                    return
                 feed_errors.inc()
                 self.redis.mark_down(exc)
                 log.warning("revocation stream unavailable; retrying", extra={"error": type(exc).__name__})

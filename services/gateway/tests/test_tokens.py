@@ -235,6 +235,16 @@ async def test_malformed(api: Any, gateway: str, token: str) -> None:
     await expect_invalid(api, gateway, token, "malformed")
 
 
+async def test_lone_surrogates_in_claims_are_malformed_not_a_500(
+    api: Any, gateway: str, provider: Provider
+) -> None:
+    """A signed token may escape a lone surrogate ("\\ud800") into a claim; no UTF-8 header of the
+    signed identity could carry it. The payload is refused as not JSON (I-JSON) before that."""
+    surrogates: list[dict[str, Any]] = [{"sub": "alice\ud800"}, {"azp": "spa\udfff"}, {"name": "Ali\ud800ce"}]
+    for claims in surrogates:
+        await expect_invalid(api, gateway, provider.token(**claims), "malformed")
+
+
 async def test_empty_bearer_is_malformed_not_missing(api: Any, gateway: str) -> None:
     status, headers, body = await api(
         "GET", f"{gateway}/api/timesheets", headers={"Authorization": "Bearer "}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +51,28 @@ def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
         lifespan="on",
     )
     return server.serve(config, workers)
+
+
+def serve_reloading(app_factory: str, settings: ServiceSettings) -> int:
+    """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
+    reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
+    edited sources. The app runs in a child process, so its metrics go through multiprocess files
+    that this process's metrics listener aggregates."""
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
+    watched = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] or [os.getcwd()]
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.bind_host,
+        port=settings.port,
+        reload=True,
+        reload_dirs=watched,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
+    return 0
 
 
 def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
@@ -116,6 +140,8 @@ def run_cli(
         if metrics is None:
             return 1
         try:
+            if settings.dev_reload:
+                return serve_reloading(app_factory, settings)
             return serve(app_factory, settings, workers(settings) if workers else 1)
         finally:
             metrics.stop()

@@ -97,7 +97,11 @@ class Schemas:
             expected = REF.format(model=model.__name__)
             if ref.get("$ref") != expected:  # one name per model: same model in both modes must agree
                 raise ValueError(f"{model.__name__} has different input and output schemas")
-        return dict(sorted(top.get("$defs", {}).items()))
+        schemas = dict(sorted(top.get("$defs", {}).items()))
+        for schema in schemas.values():
+            for prop in schema.get("properties", {}).values():
+                prop.pop("title", None)  # pydantic's title is the field name again: noise in every client
+        return schemas
 
 
 def _examples(model: type[BaseModel]) -> list[Any]:

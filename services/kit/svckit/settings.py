@@ -81,6 +81,8 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(default=9100, ge=1, le=65535)
     log_level: str = "INFO"
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    # Development only (the chart's devMode.sourceSync, `skaffold dev`): restart on source changes.
+    dev_reload: bool = False
     identity_keys: IdentityKeys
     identity_max_skew_seconds: int = Field(default=60, ge=1, le=3600)
 

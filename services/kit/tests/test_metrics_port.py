@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -108,3 +111,31 @@ def test_a_taken_metrics_port_stops_start_up_with_one_line(service_env: dict[str
     assert result.stderr.strip().splitlines() == [
         f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT): Address already in use"
     ]
+
+
+def test_dev_reload_picks_up_a_synced_source_file(service_env: dict[str, str], tmp_path: Path) -> None:
+    """What `skaffold dev` does with the chart's devMode.sourceSync: the code runs from a writable copy
+    (PYTHONPATH), an edited file is copied over it, and the service restarts itself with it — its
+    metrics still on the metrics port."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[3]
+    shutil.copytree(repo / "services" / "kit" / "svckit", tmp_path / "svckit")
+    shutil.copytree(repo / "services" / "audit" / "audit", tmp_path / "audit")
+    env = {**service_env, "DEV_RELOAD": "true", "PYTHONPATH": str(tmp_path)}
+    with ServiceProcess("audit", env).start(timeout=60) as service:
+        assert json.loads(get(service.url + "/healthz")[1]) == {"status": "ok"}
+        health = tmp_path / "svckit" / "health.py"
+        health.write_text(health.read_text().replace('{"status": "ok"}', '{"status": "ok", "synced": True}'))
+        deadline = time.monotonic() + 30
+        body: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            try:
+                body = json.loads(get(service.url + "/healthz")[1])
+            except (OSError, ValueError):
+                body = {}
+            if body.get("synced"):
+                break
+            time.sleep(0.3)
+        assert body == {"status": "ok", "synced": True}
+        assert get(metrics_url(service.url))[0] == 200

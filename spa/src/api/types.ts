@@ -1,65 +1,34 @@
-/** Shapes of the API's answers, as the timesheets, approvals and audit services define them. */
+/**
+ * The API's shapes, as the app uses them. They are the generated types of the published OpenAPI
+ * document (./schema.d.ts, `npm run gen:api`), which the gateway builds from the same models the
+ * services validate with: change the API, regenerate, and the compiler shows what to adapt.
+ */
+import type { components } from "./schema";
 
-export type EntryStatus = "submitted" | "approved" | "rejected";
+type Schemas = components["schemas"];
 
-export interface Person {
-  issuer?: string;
-  subject?: string;
-  sub?: string;
-  name?: string | null;
-  email?: string | null;
-  [key: string]: unknown;
-}
+export type Entry = Schemas["Entry"];
+export type EntryStatus = Entry["status"];
+export type Person = Schemas["Person"];
+export type Decision = Schemas["EntryDecision"];
+export type NewEntry = Schemas["EntryIn"];
+export type DecisionRequest = Schemas["DecisionIn"];
+export type EntryPage = Schemas["EntryPage"];
+export type AuditEvent = Schemas["AuditRecord"];
+export type AuditPage = Schemas["EventsPage"];
+export type ChainVerification = Schemas["VerifyResult"];
 
-export interface Decision {
-  by?: Person | string | null;
-  at?: string | null;
-  comment?: string | null;
-  decision?: string;
-}
-
-export interface Entry {
-  id: string;
-  date: string;
-  project: string;
-  hours: number | string;
-  notes?: string | null;
-  status: EntryStatus;
-  owner?: Person | string | null;
-  decision?: Decision | null;
-  created_at?: string;
-  updated_at?: string;
-}
-
-export interface NewEntry {
-  date: string;
-  project: string;
-  hours: number;
-  notes: string;
-}
-
+/** A page of any listing: the items and the cursor of the next page (null on the last). */
 export interface Page<T> {
   items: T[];
-  next_cursor?: string | null;
-}
-
-export interface AuditEvent {
-  id?: string | number;
-  seq?: number;
-  [key: string]: unknown;
-}
-
-export interface ChainVerification {
-  ok: boolean;
-  checked?: number;
-  [key: string]: unknown;
+  next_cursor: string | null;
 }
 
 /** A readable name for a person field that may be an object, a bare subject or missing. */
 export function personName(person: Person | string | null | undefined): string {
   if (!person) return "someone";
   if (typeof person === "string") return shortSubject(person);
-  return person.name || person.email || shortSubject(person.subject ?? person.sub ?? "someone");
+  return person.name || shortSubject(person.subject || "someone");
 }
 
 /** Subjects are namespaced by issuer (`http://localhost:9000/|alice`); show only the last part. */

@@ -105,7 +105,8 @@ function toneOf(action: string, decision: string | null, outcome: string): Event
   return "other";
 }
 
-export function describeEvent(raw: AuditEvent): EventView {
+/** An audit record; anything else that looks like one (older records, other sources) is read defensively. */
+export function describeEvent(raw: AuditEvent | Json): EventView {
   const event = raw as Json;
   const details = record(event.details);
   const action = text(event.action) ?? "event";

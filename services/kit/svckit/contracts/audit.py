@@ -207,6 +207,8 @@ class IngestBatch(BaseModel):
 
 
 class IngestResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 199, "duplicates": 1}]})
+
     accepted: int = Field(ge=0, description="Events stored now.")
     duplicates: int = Field(ge=0, description="Events already stored (recognised by id).")
 

@@ -154,6 +154,26 @@ OPERATIONS: tuple[Operation, ...] = (
                 links=ENTRY_ID_LINKS,
             ),
             IDEMPOTENCY_REUSED,
+            Answer(
+                503,
+                "Unavailable; with outcome unknown, the database went away while the entry was being "
+                "committed: look it up at Location, or repeat with the same Idempotency-Key.",
+                problem=problem_example(
+                    503,
+                    "Service Unavailable",
+                    "The database went away while the entry was being committed; whether it was stored "
+                    "is not known yet. Look it up at the Location given, or repeat with the same "
+                    "Idempotency-Key.",
+                    outcome="unknown",
+                ),
+                headers={
+                    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+                    "Location": {
+                        "description": "Where the entry is if it was stored (outcome unknown only).",
+                        "schema": {"type": "string"},
+                    },
+                },
+            ),
         ),
         body=EntryIn,
         idempotency_key=True,

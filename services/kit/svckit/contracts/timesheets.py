@@ -245,6 +245,18 @@ class EntryPage(BaseModel):
 class UploadResult(BaseModel):
     """What a batch upload stored."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "upload_id": "5d2c1b0a-9e8f-4a7b-b6c5-d4e3f2a1b0c9",
+                    "count": 1,
+                    "items": [{**EXAMPLE_ENTRY, "owner": {**EXAMPLE_OWNER, "name": None}, "notes": None}],
+                }
+            ]
+        }
+    )
+
     upload_id: uuid.UUID
     count: int = Field(ge=1)
     items: list[Entry]

@@ -1,0 +1,89 @@
+"""The revocation stream reader against a real (private) Redis: it reads, it reconnects, and stopping it
+is bounded whatever Redis is doing (blocked in XREAD, hung, gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from gateway.revocations import DenyList, RevocationFeed
+from svckit.redisguard import RedisGuard
+
+from testkit.redisproc import PrivateRedis
+
+ISSUER = "http://localhost:9000/"
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    yield server
+    server.close()
+
+
+async def wait_for(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_reads_entries_and_stops_promptly_while_blocked(redis_server: PrivateRedis) -> None:
+    guard = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+    deny = DenyList()
+    feed = RevocationFeed(guard, deny, {ISSUER: 0}, block_seconds=5.0)
+    feed.start()
+    try:
+        exp = str(int(time.time()) + 60)
+        await guard.client.xadd(
+            "p:revocations", {"iss": ISSUER, "jti": "j1", "exp": exp, "reason": "revoked"}
+        )
+        await wait_for(lambda: deny.denied(ISSUER, "j1"))
+        await asyncio.sleep(0.2)  # now blocked in XREAD for up to 5 s
+    finally:
+        started = time.monotonic()
+        await feed.stop()
+        assert time.monotonic() - started < 1.0
+        await guard.close()
+
+
+@pytest.mark.parametrize("fault", ["hung", "gone"])
+async def test_stopping_is_bounded_when_redis_hangs_or_is_gone(
+    redis_server: PrivateRedis, fault: str
+) -> None:
+    guard = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+    feed = RevocationFeed(guard, DenyList(), {ISSUER: 0}, block_seconds=0.5)
+    feed.start()
+    await wait_for(feed.connected.is_set)
+    if fault == "hung":
+        redis_server.pause()
+    else:
+        redis_server.stop()
+    await asyncio.sleep(1.2)  # the read times out; the reader backs off and retries
+    try:
+        started = time.monotonic()
+        await feed.stop()
+        assert time.monotonic() - started < 2.5
+    finally:
+        redis_server.resume()
+        await guard.close()
+
+
+async def test_catches_up_from_the_start_after_reconnecting(redis_server: PrivateRedis) -> None:
+    guard = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+    deny = DenyList()
+    feed = RevocationFeed(guard, deny, {ISSUER: 0}, block_seconds=0.5)
+    feed.start()
+    try:
+        await wait_for(feed.connected.is_set)
+        redis_server.restart()  # empty; the reader's connection breaks
+        exp = str(int(time.time()) + 60)
+        writer = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+        await writer.client.xadd("p:revocations", {"iss": ISSUER, "jti": "after", "exp": exp, "reason": "x"})
+        await wait_for(lambda: deny.denied(ISSUER, "after"))
+        await writer.close()
+    finally:
+        await feed.stop()
+        await guard.close()

@@ -1,0 +1,138 @@
+"""The contracts: each published schema says what its model accepts, no more and no less (checked on
+the boundary values of every rule), and the audit event survives the trip from writer to audit
+service unchanged."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import BaseModel, ValidationError
+from svckit.contracts.approvals import DecisionIn
+from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent
+from svckit.contracts.timesheets import EntryIn, UploadRow
+from svckit.identity import Identity
+
+pytestmark = pytest.mark.unit
+
+ENTRY = {"date": "2026-11-23", "project": "Store", "hours": 7.5}
+CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
+    (EntryIn, ENTRY, True),
+    (EntryIn, {**ENTRY, "hours": 0.25}, True),
+    (EntryIn, {**ENTRY, "hours": 24}, True),
+    (EntryIn, {**ENTRY, "hours": 0}, False),
+    (EntryIn, {**ENTRY, "hours": 24.25}, False),
+    (EntryIn, {**ENTRY, "hours": 7.3}, False),
+    (EntryIn, {**ENTRY, "hours": -1}, False),
+    (EntryIn, {**ENTRY, "hours": "7.5"}, False),
+    (EntryIn, {**ENTRY, "hours": True}, False),
+    (EntryIn, {**ENTRY, "project": "x" * 100}, True),
+    (EntryIn, {**ENTRY, "project": "x" * 101}, False),
+    (EntryIn, {**ENTRY, "project": ""}, False),
+    (EntryIn, {**ENTRY, "project": "   "}, False),
+    (EntryIn, {**ENTRY, "project": "\u0085"}, False),
+    (EntryIn, {**ENTRY, "project": "a\tb"}, True),
+    (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
+    (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
+    (EntryIn, {**ENTRY, "project": 7}, False),
+    (EntryIn, {**ENTRY, "date": "2000-01-01"}, True),
+    (EntryIn, {**ENTRY, "date": "2099-12-31"}, True),
+    (EntryIn, {**ENTRY, "date": "1999-12-31"}, False),
+    (EntryIn, {**ENTRY, "date": "2100-01-01"}, False),
+    (EntryIn, {**ENTRY, "date": "0001-01-01"}, False),
+    (EntryIn, {**ENTRY, "date": "9999-12-31"}, False),
+    (EntryIn, {**ENTRY, "date": "2026-02-30"}, False),
+    (EntryIn, {**ENTRY, "date": "2026-1-1"}, False),
+    (EntryIn, {**ENTRY, "date": "20261123"}, False),
+    (EntryIn, {**ENTRY, "date": 20261123}, False),
+    (EntryIn, {**ENTRY, "notes": None}, True),
+    (EntryIn, {**ENTRY, "notes": ""}, True),
+    (EntryIn, {**ENTRY, "notes": "two\r\nlines\tand a tab"}, True),
+    (EntryIn, {**ENTRY, "notes": "x" * 2000}, True),
+    (EntryIn, {**ENTRY, "notes": "x" * 2001}, False),
+    (EntryIn, {**ENTRY, "notes": "bell\x07"}, False),
+    (EntryIn, {**ENTRY, "owner": "mallory"}, False),
+    (EntryIn, {"project": "Store", "hours": 7.5}, False),
+    (UploadRow, {**ENTRY, "user": "local|alice"}, True),
+    (UploadRow, {**ENTRY, "user": "x" * 256}, False),
+    (UploadRow, {**ENTRY, "user": " "}, False),
+    (UploadRow, ENTRY, False),
+    (DecisionIn, {"decision": "approved"}, True),
+    (DecisionIn, {"decision": "rejected", "comment": "Split it\nby project."}, True),
+    (DecisionIn, {"decision": "maybe"}, False),
+    (DecisionIn, {"decision": "approved", "comment": "nul\x00"}, False),
+    (DecisionIn, {"decision": "approved", "comment": "x" * 2001}, False),
+    (DecisionIn, {"decision": "approved", "by": "me"}, False),
+]
+
+
+def published(model: type[BaseModel]) -> jsonschema.Draft202012Validator:
+    schema = model.model_json_schema(ref_template="#/$defs/{model}")
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def model_accepts(model: type[BaseModel], document: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(document)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("model", "document", "valid"), CASES, ids=lambda v: repr(v)[:40])
+def test_the_schema_and_the_model_agree(
+    model: type[BaseModel], document: dict[str, Any], valid: bool
+) -> None:
+    assert published(model).is_valid(document) is valid, "what the document says"
+    assert model_accepts(model, document) is valid, "what the service does"
+
+
+def test_an_event_reads_back_as_sent() -> None:
+    alice = Identity("https://issuer.example/", "alice", "user", "spa", frozenset({"x"}), "Alice")
+    event = AuditEvent.create(
+        action="timesheet.created",
+        resource_type="timesheet",
+        resource_id=str(uuid.uuid4()),
+        outcome="success",
+        actor=alice,
+        source="timesheets",
+        details={"hours": 7.5, "nested": {"a": [1, "b"]}},
+        request_id="req-123456789",
+    )
+    wire = json.loads(event.model_dump_json())  # what the outbox stores and the relay posts
+    assert IngestBatch.model_validate({"events": [wire]}).events == [event]
+    assert wire["actor"] == {
+        "issuer": "https://issuer.example/",
+        "subject": "alice",
+        "kind": "user",
+        "client_id": "spa",
+        "name": "Alice",
+    }
+
+
+def test_a_writer_cannot_build_an_event_the_audit_service_would_refuse() -> None:
+    base: dict[str, Any] = {
+        "action": "timesheet.created",
+        "resource_type": "timesheet",
+        "resource_id": "1",
+        "outcome": "success",
+        "actor": Identity("i", "s"),
+        "source": "timesheets",
+    }
+    for change in (
+        {"source": "Time_Sheets"},
+        {"details": {"x": float("nan")}},
+        {"resource_type": "Bad Type"},
+    ):
+        with pytest.raises(InvalidEvent):
+            AuditEvent.create(**{**base, **change})
+    with pytest.raises(InvalidEvent, match="outcome"):
+        AuditEvent.create(**{**base, "outcome": "ok"})
+    # InvalidEvent is a writer's bug (500), never a client's 422: it is not a pydantic error.
+    assert not issubclass(InvalidEvent, ValidationError)
+    # A display name longer than the trail keeps is cut, not refused.
+    long_name = AuditEvent.create(**{**base, "actor": Identity("i", "s", name="n" * 600)})
+    assert len(long_name.actor.name) == 512
