@@ -55,6 +55,7 @@ async def get(caller: Caller, identity: Identity, url: str) -> tuple[int, Any]:
         return response.status, await response.json(content_type=None)
 
 
+@pytest.mark.unit
 def test_requirements_are_readable_from_the_endpoint() -> None:
     assert list_things.required_scope == "read:things"  # type: ignore[attr-defined]
     assert internal.required_service == frozenset({"approvals"})  # type: ignore[attr-defined]
