@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 from svckit.identity import Identity
 
 from testkit.fixtures import Caller, new_identity_keys, user
@@ -183,6 +184,7 @@ async def test_denials_are_in_the_real_audit_trail(edge: Edge, client: aiohttp.C
     assert mine["source"] == "gateway"
 
 
+@pytest.mark.unit
 def test_identity_header_names_come_from_the_kit() -> None:
     # the gateway strips by the kit's prefix: a new identity header in the kit is stripped too
     from gateway.edge import _IDENTITY_PREFIX

@@ -22,6 +22,7 @@ from testkit.fixtures import (
 )
 
 
+@pytest.mark.unit
 def test_every_route_is_documented() -> None:
     app = create_app(load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
     assert app_operations(app) == documented_operations(document())

@@ -17,6 +17,7 @@ from .conftest import Echo, Provider, process_env
 INGRESS = ForwardedHeaders(["10.0.0.0/8", "fd00::/8"])
 
 
+@pytest.mark.unit
 def test_untrusted_peer_is_the_client_whatever_it_claims() -> None:
     fwd = INGRESS.resolve("203.0.113.9", "http", b"api.example", [b"6.6.6.6"], b"https", b"evil.example")
     assert fwd.client_ip == "203.0.113.9"
@@ -25,6 +26,7 @@ def test_untrusted_peer_is_the_client_whatever_it_claims() -> None:
     assert fwd.host == b"api.example"
 
 
+@pytest.mark.unit
 def test_nothing_is_trusted_by_default() -> None:
     fwd = ForwardedHeaders([]).resolve("10.1.2.3", "http", None, [b"6.6.6.6"], b"https", None)
     assert (fwd.client_ip, fwd.forwarded_for, fwd.proto) == (
@@ -34,6 +36,7 @@ def test_nothing_is_trusted_by_default() -> None:
     )
 
 
+@pytest.mark.unit
 def test_trusted_peer_reveals_the_first_untrusted_hop_from_the_right() -> None:
     # the client wrote "1.1.1.1" itself; 198.51.100.7 is who connected to our ingress (10.2.0.5)
     fwd = INGRESS.resolve(
@@ -45,6 +48,7 @@ def test_trusted_peer_reveals_the_first_untrusted_hop_from_the_right() -> None:
     assert fwd.host == b"app.example"
 
 
+@pytest.mark.unit
 def test_trusted_peer_without_header_or_with_garbage() -> None:
     assert INGRESS.resolve("10.9.0.1", "http", None, [], None, None).client_ip == "10.9.0.1"
     fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"<script>"], b"gopher", None)
@@ -57,11 +61,13 @@ def test_trusted_peer_without_header_or_with_garbage() -> None:
     assert (ipv6.client_ip, ipv6.proto) == ("2001:db8::7", b"https")
 
 
+@pytest.mark.unit
 def test_only_all_trusted_chain_falls_back_to_its_leftmost_hop() -> None:
     fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"10.3.3.3, 10.4.4.4"], None, None)
     assert fwd.client_ip == "10.3.3.3"
 
 
+@pytest.mark.unit
 def test_setting_refuses_what_is_not_a_network() -> None:
     with pytest.raises(ValidationError, match="not an IP address or CIDR"):
         GatewaySettings(identity_keys="k:" + "x" * 40, gateway_trusted_proxies="10.0.0.0/8,ingress")

@@ -177,6 +177,7 @@ async def test_percent_encoded_id_is_forwarded_verbatim(api: Any, gateway: str, 
     assert body["query"] == "x=%20y"
 
 
+@pytest.mark.unit
 def test_route_table_errors_name_the_entry(tmp_path: Path) -> None:
     upstreams = frozenset({"timesheets"})
     cases = {

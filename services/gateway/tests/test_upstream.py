@@ -489,6 +489,7 @@ def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
         runner.run(run())
 
 
+@pytest.mark.unit
 def test_base_url_must_be_http() -> None:
     loop = asyncio.new_event_loop()
     try:

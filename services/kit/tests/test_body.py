@@ -23,6 +23,7 @@ from svckit.body import MAX_DEPTH, MAX_SAFE_INTEGER, InvalidValues, Refused, par
         (b"", "not valid JSON"),
     ],
 )
+@pytest.mark.unit
 def test_not_a_json_document(raw: bytes, says: str) -> None:
     with pytest.raises(Refused) as refused:
         parse_json(raw)
@@ -47,6 +48,7 @@ def test_not_a_json_document(raw: bytes, says: str) -> None:
         (b"NaN", {"(body)"}, "not_a_json_value"),
     ],
 )
+@pytest.mark.unit
 def test_refused_values_are_named(raw: bytes, fields: set[str], type_: str) -> None:
     with pytest.raises(InvalidValues) as invalid:
         parse_json(raw)
@@ -54,12 +56,14 @@ def test_refused_values_are_named(raw: bytes, fields: set[str], type_: str) -> N
     assert {error["type"] for error in invalid.value.errors} == {type_}
 
 
+@pytest.mark.unit
 def test_every_refused_value_is_named_at_once() -> None:
     with pytest.raises(InvalidValues) as invalid:
         parse_json(b'{"a": NaN, "b": [1e400, 2], "c": {"d": "\\ud800", "d": 1}}')
     assert [error["field"] for error in invalid.value.errors] == ["a", "b.0", "c.d"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("raw", "value"),
     [
@@ -74,6 +78,7 @@ def test_accepted(raw: bytes, value: object) -> None:
     assert parse_json(raw) == value
 
 
+@pytest.mark.unit
 def test_the_deepest_accepted_nesting() -> None:
     raw = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
     parsed = parse_json(raw)

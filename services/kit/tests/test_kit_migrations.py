@@ -240,6 +240,7 @@ async def test_a_folder_that_stops_naming_an_applied_kit_set_is_refused(
         await migrate(url, "dropped", without)
 
 
+@pytest.mark.unit
 def test_unknown_kit_sets_are_named(tmp_path: Path) -> None:
     (tmp_path / "kit.txt").write_text("# comment\noutbox\nnope  # typo\n")
     with pytest.raises(MigrationError, match=r"\['nope'\]"):

@@ -60,6 +60,7 @@ def test_a_taken_port_is_an_error_at_start() -> None:
             MetricsServer("127.0.0.1", taken.getsockname()[1]).start()
 
 
+@pytest.mark.unit
 def test_metrics_port_must_differ_from_the_public_port(capsys: pytest.CaptureFixture[str]) -> None:
     env = {"IDENTITY_KEYS": "k1:" + "a" * 43, "PORT": "8200", "METRICS_PORT": "8200"}
     with pytest.raises(SettingsError):

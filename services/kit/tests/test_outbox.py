@@ -158,6 +158,7 @@ def metric(name: str, service: str) -> float:
 # ---- AuditEvent ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_event_carries_the_wire_shape_and_the_current_request_id() -> None:
     token = request_id_var.set("req-0123456789")
     try:
@@ -188,6 +189,7 @@ def test_event_carries_the_wire_shape_and_the_current_request_id() -> None:
     assert datetime.fromisoformat(wire["occurred_at"]).tzinfo is not None
 
 
+@pytest.mark.unit
 def test_event_refuses_unknown_outcome_and_naive_time() -> None:
     with pytest.raises(ValueError, match="outcome"):
         AuditEvent.create(
@@ -205,6 +207,7 @@ def test_event_refuses_unknown_outcome_and_naive_time() -> None:
         )
 
 
+@pytest.mark.unit
 def test_backoff_is_capped_and_jittered() -> None:
     delays = [backoff_delay(attempt, 0.5, 8.0) for attempt in range(1, 40)]
     assert all(0 < d <= 8.0 for d in delays)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from openapi_spec_validator import validate
 from svckit.identity import Identity
 from svckit.openapi import app_operations, documented_operations
@@ -19,6 +20,7 @@ from testkit.fixtures import (
 )
 
 
+@pytest.mark.unit
 def test_every_route_is_documented() -> None:
     app = create_app(load_settings(TimesheetsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
     from timesheets.openapi import document
