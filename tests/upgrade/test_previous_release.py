@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from testkit.fixtures import IsolatedEnv, ServiceProcess, new_identity_keys
+from testkit.fixtures import IsolatedEnv, ServiceProcess, migrate_role_env, new_identity_keys, runtime_env
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = "c79eb8ff0a5c6bc7309e27a06f9e828a02282bd8"
@@ -70,7 +70,7 @@ def migrated(isolated_env: IsolatedEnv) -> dict[str, str]:
     for service in SERVICES:
         result = subprocess.run(
             [sys.executable, "-m", service, "migrate"],
-            env={**os.environ, **env},
+            env={**os.environ, **env, **migrate_role_env(service)},  # and prepares its runtime role
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -89,7 +89,7 @@ def previous_services(previous_tree: Path, migrated: dict[str, str]) -> Iterator
     for name, process in processes.items():
         process.env.update(
             {
-                **migrated,
+                **runtime_env(migrated, name),  # as the chart runs it: its own role, not the owner
                 "PYTHONPATH": os.pathsep.join(
                     [str(previous_tree / "services" / "kit"), str(previous_tree / "services" / name)]
                 ),
