@@ -490,13 +490,24 @@ def caller(identity_keys: str) -> Caller:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url: str, redis_url: str, redis_prefix: str, identity_keys: str) -> dict[str, str]:
+def checkpoint_keys() -> str:
+    """``AUDIT_CHECKPOINT_KEYS`` of this session: the audit service signs checkpoints, as in production."""
+    from audit.checkpoints import CheckpointKeys
+
+    return CheckpointKeys.generate("test-ck1")
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    database_url: str, redis_url: str, redis_prefix: str, identity_keys: str, checkpoint_keys: str
+) -> dict[str, str]:
     """Environment for a service under test: the test database, the test Redis prefix, test keys."""
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": redis_prefix,
         "IDENTITY_KEYS": identity_keys,
+        "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
         "LOG_LEVEL": "INFO",
     }
 

@@ -170,10 +170,11 @@ async def test_events_committed_while_audit_is_stopped_arrive_exactly_once_in_or
     assert len(rows) == len(all_ids) == 140
     assert len({row["id"] for row in rows}) == 140  # exactly once each
     assert [row["id"] for row in rows] == before + pending  # the chain keeps the outbox order
-    assert await verify_through_api(audit_process.url, caller) == {
-        "ok": True,
-        "checked": await chain_length(database_url),
-    }
+    body = await verify_through_api(audit_process.url, caller)
+    assert (body["ok"], body["checked"]) == (True, await chain_length(database_url))
+    checkpoints = body["checkpoints"]
+    assert isinstance(checkpoints, dict)
+    assert checkpoints["chain_matches"] is True  # and so do the signed checkpoints
 
 
 async def chain_length(database_url: str) -> int:

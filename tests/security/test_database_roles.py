@@ -77,6 +77,11 @@ AUDIT_ATTACKS = {
     "create_in_public": "CREATE TABLE public.shadow (seq bigint)",
     "bookkeeping": "DELETE FROM audit.schema_migrations",
     "replica_role": "SET session_replication_role = replica",  # would skip the triggers
+    # the signed checkpoints: append-only for this role as well
+    "delete_checkpoints": "DELETE FROM audit.checkpoints",
+    "update_checkpoints": "UPDATE audit.checkpoints SET seq = 0",
+    "truncate_checkpoints": "TRUNCATE audit.checkpoints",
+    "disable_checkpoint_trigger": "ALTER TABLE audit.checkpoints DISABLE TRIGGER USER",
 }
 
 
@@ -100,6 +105,8 @@ async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) 
             " WHERE grantee = current_user ORDER BY 1, 2"
         )
         assert [(r["table_name"], r["privilege_type"]) for r in granted] == [
+            ("checkpoints", "INSERT"),
+            ("checkpoints", "SELECT"),
             ("records", "INSERT"),
             ("records", "SELECT"),
         ]

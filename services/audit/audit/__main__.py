@@ -1,10 +1,18 @@
-"""`python -m audit` serves; `python -m audit migrate` applies the schema migrations."""
+"""`python -m audit` serves; `python -m audit migrate` applies the schema migrations;
+`python -m audit verify` / `export-checkpoints` check and copy the trail offline (audit/offline.py,
+which needs only the database's settings, not the service's)."""
 
+import sys
 from pathlib import Path
 
 from svckit.cli import run_cli
 
 from .settings import AuditSettings
+
+if sys.argv[1:2] in (["verify"], ["export-checkpoints"]):
+    from .offline import main
+
+    raise SystemExit(main(sys.argv[1:]))
 
 raise SystemExit(
     run_cli(

@@ -2,8 +2,12 @@
 
 ``POST /internal/events`` is for platform services only (the gateway never routes ``/internal``) and
 records each event under its producer's own name: a service cannot write events on behalf of
-another, so a compromised writer cannot forge, say, approval decisions. ``GET /audit/events`` and
-``GET /audit/verify`` need ``read:audit``.
+another, so a compromised writer cannot forge, say, approval decisions. ``GET /audit/events``,
+``GET /audit/verify``, ``GET /audit/checkpoints`` and ``GET /audit/checkpoint-keys`` need
+``read:audit``. The public keys too: every route the gateway forwards carries a verified caller (the
+identity contract has no anonymous principal), and whoever verifies checkpoints audits; a verifier
+should pin the keys it got once anyway, since keys served by the platform under audit are only as
+trustworthy as that platform.
 """
 
 from __future__ import annotations
@@ -15,12 +19,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 from svckit.authz import require_service, requires_scope
 from svckit.body import parse_body
-from svckit.contracts.audit import EventsPage, EventsQuery, IngestBatch, IngestResult, VerifyQuery
+from svckit.contracts.audit import (
+    CheckpointKeySet,
+    CheckpointRecord,
+    CheckpointsPage,
+    CheckpointsQuery,
+    EventsPage,
+    EventsQuery,
+    IngestBatch,
+    IngestResult,
+    VerifyQuery,
+    encode_checkpoint_cursor,
+)
 from svckit.problems import validation_problem
 from svckit.query import parse_query
 from svckit.responses import model_response
 
+from .checkpoints import PublicKeys, parse
 from .store import AuditStore, Verification
+from .trail import CheckpointTrail
 
 READ_AUDIT = "read:audit"
 
@@ -56,6 +73,11 @@ async def list_events(request: Request) -> Response:
     return model_response(EventsPage(items=[row.record() for row in rows], next_cursor=next_cursor))
 
 
+def new_trail(request: Request) -> CheckpointTrail | None:
+    keys: PublicKeys | None = request.app.state.checkpoint_keys
+    return CheckpointTrail(keys) if keys is not None else None
+
+
 @requires_scope(READ_AUDIT)
 async def verify(request: Request) -> Response:
     query = parse_query(request, VerifyQuery)
@@ -65,7 +87,7 @@ async def verify(request: Request) -> Response:
     else:
         lock: asyncio.Lock = request.app.state.verify_lock
         async with lock:
-            result = await store_of(request).verify(anchor=anchor)
+            result = await store_of(request).verify(anchor=anchor, trail=new_trail(request))
     return model_response(result.result(), exclude_none=True)
 
 
@@ -75,13 +97,47 @@ async def shared_walk(request: Request) -> Verification:
     state = request.app.state
     task: asyncio.Task[Verification] | None = getattr(state, "verify_task", None)
     if task is None or task.done():
-        task = asyncio.ensure_future(store_of(request).verify())
+        task = asyncio.ensure_future(store_of(request).verify(trail=new_trail(request)))
         state.verify_task = task
     return await asyncio.shield(task)
+
+
+@requires_scope(READ_AUDIT)
+async def list_checkpoints(request: Request) -> Response:
+    query = parse_query(request, CheckpointsQuery)
+    signed, more = await store_of(request).checkpoints.page(query.limit, query.before_number)
+    items = []
+    for jws in signed:
+        checkpoint = parse(jws)  # the stored JWS, as it is: verifying is GET /audit/verify's job
+        items.append(
+            CheckpointRecord(
+                number=checkpoint.number,
+                seq=checkpoint.seq,
+                head=checkpoint.head,
+                count=checkpoint.count,
+                signed_at=checkpoint.signed_at,
+                prev=checkpoint.prev,
+                key_id=checkpoint.key_id,
+                jws=checkpoint.jws,
+            )
+        )
+    next_cursor = encode_checkpoint_cursor(items[-1].number) if more and items else None
+    return model_response(CheckpointsPage(items=items, next_cursor=next_cursor))
+
+
+@requires_scope(READ_AUDIT)
+async def checkpoint_keys(request: Request) -> Response:
+    keys: PublicKeys | None = request.app.state.checkpoint_keys
+    document = CheckpointKeySet.model_validate(keys.jwks() if keys is not None else {"keys": []})
+    response = model_response(document)
+    response.headers["Cache-Control"] = "private, max-age=300"
+    return response
 
 
 routes = [
     Route("/internal/events", ingest, methods=["POST"]),
     Route("/audit/events", list_events, methods=["GET"]),
     Route("/audit/verify", verify, methods=["GET"]),
+    Route("/audit/checkpoints", list_checkpoints, methods=["GET"]),
+    Route("/audit/checkpoint-keys", checkpoint_keys, methods=["GET"]),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -14,10 +15,13 @@ from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
 from .api import routes
+from .checkpointer import Checkpointer
 from .openapi import build_document
 from .settings import AuditSettings
 from .store import AuditStore
 from .verifier import BackgroundVerifier
+
+log = logging.getLogger("audit")
 
 SCHEMA = "audit"
 # A full batch of events with the largest details, plus room for the rest of each event: a relay's
@@ -31,18 +35,28 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
     store = AuditStore(database, SCHEMA)
+    keys = settings.checkpoint_keys
     interval = settings.audit_verify_interval_seconds
-    verifier = BackgroundVerifier(store, interval, settings.audit_full_verify_interval_seconds)
+    verifier = BackgroundVerifier(store, interval, settings.audit_full_verify_interval_seconds, keys)
+    signing = settings.audit_checkpoint_interval_seconds
+    checkpointer = Checkpointer(store, keys, signing) if keys is not None and signing > 0 else None
+    if keys is None:
+        log.warning(
+            "AUDIT_CHECKPOINT_KEYS is not set: no checkpoints are signed or checked, so a history "
+            "rewritten with the database owner's rights would verify (not for production)"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = verifier.task() if interval > 0 else None
-        if task is not None:
+        tasks = [verifier.task()] if interval > 0 else []
+        if checkpointer is not None:
+            tasks.append(checkpointer.task())
+        for task in tasks:
             task.start()
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 await task.stop()
 
     return create_service_app(
@@ -52,5 +66,11 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         lifespan=lifespan,
         openapi=build_document(),
         max_body_size=MAX_BODY_BYTES,
-        state={"store": store, "verify_lock": asyncio.Lock(), "verifier": verifier},
+        state={
+            "store": store,
+            "verify_lock": asyncio.Lock(),
+            "verifier": verifier,
+            "checkpoint_keys": keys,
+            "checkpointer": checkpointer,
+        },
     )

@@ -5,7 +5,13 @@
   (a relay retrying after a lost acknowledgement; a steady rate means acknowledgements get lost).
 - ``audit_ingest_lag_seconds``: event time → stored, so a backlog in some outbox shows here too.
 - ``audit_chain_verifications_total{result="ok|broken"}`` and ``audit_chain_ok`` (1/0, the last
-  verification in this process; NaN before the first one; alert on 0).
+  verification in this process; NaN before the first one; alert on 0). A verification holds the
+  records to the signed checkpoints too: a rewritten history makes it 0.
+- ``audit_checkpoints_total{outcome="signed|unchanged|refused"}``: runs of the checkpoint signer —
+  ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an error
+  log line says what; alert on any).
+- ``audit_checkpoint_latest_timestamp_seconds``: when the newest checkpoint this process signed or
+  found was signed (alert when it lags while records keep arriving).
 """
 
 from __future__ import annotations
@@ -42,3 +48,15 @@ chain_ok = Gauge(
 # Unknown until this process has verified once: NaN, not 0, so a restarting pod never looks like a
 # broken chain to `min(audit_chain_ok) == 0` (PromQL's min skips NaN unless every value is NaN).
 chain_ok.set(float("nan"))
+checkpoints = Counter(
+    "audit_checkpoints_total",
+    "Runs of the checkpoint signer by outcome: signed, unchanged, refused (tampering found, nothing signed).",
+    ["outcome"],
+)
+for _outcome in ("signed", "unchanged", "refused"):
+    checkpoints.labels(_outcome)
+checkpoint_latest = Gauge(
+    "audit_checkpoint_latest_timestamp_seconds",
+    "Unix time at which the newest checkpoint this process signed or found was signed.",
+    multiprocess_mode="livemax",
+)

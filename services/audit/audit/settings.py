@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from svckit.settings import DatabaseSettings
+
+from .checkpoints import CheckpointKeys
 
 
 class AuditSettings(DatabaseSettings):
@@ -16,3 +18,23 @@ class AuditSettings(DatabaseSettings):
     # AUDIT_FULL_VERIFY_INTERVAL_SECONDS (a full walk costs ~1 s per 10,000 records).
     audit_verify_interval_seconds: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
     audit_full_verify_interval_seconds: float = Field(default=86400.0, ge=0, le=30 * 24 * 3600)
+    # Ed25519 keys that sign checkpoints of the chain (audit/checkpoints.py): kid:seed[,kid:seed…], the
+    # first signs, the others only verify (the previous key during a rotation). A Secret, never in the
+    # database. Empty: no checkpoints are signed or checked (GET /audit/verify checks the chain alone).
+    audit_checkpoint_keys: str = ""
+    # How often a checkpoint is signed when the chain grew (one replica at a time); 0: never by this
+    # process (it still verifies against the checkpoints others signed).
+    audit_checkpoint_interval_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+
+    @field_validator("audit_checkpoint_keys")
+    @classmethod
+    def _usable_keys(cls, value: str) -> str:
+        if value.strip():
+            CheckpointKeys.parse(value)  # CheckpointKeyError is a ValueError naming no key material
+        return value
+
+    @property
+    def checkpoint_keys(self) -> CheckpointKeys | None:
+        return (
+            CheckpointKeys.parse(self.audit_checkpoint_keys) if self.audit_checkpoint_keys.strip() else None
+        )

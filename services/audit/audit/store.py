@@ -23,6 +23,8 @@ from svckit.contracts.audit import (
     Anchor,
     AuditEvent,
     AuditRecord,
+    CheckpointStatus,
+    CheckpointSummary,
     EventsQuery,
     Resource,
     VerifyResult,
@@ -32,6 +34,8 @@ from svckit.db import Connection, Database
 
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
+from .checkpoint_store import CheckpointFeed, CheckpointStore
+from .trail import CheckpointTrail
 
 log = logging.getLogger("audit.store")
 
@@ -55,12 +59,43 @@ class Verification:
     # Broken only relative to a caller-supplied anchor: reported, but it does not flip the
     # audit_chain_ok alert (a mistyped anchor must not page anyone).
     by_caller_anchor: bool = False
+    # The checkpoints the walk held the records to (None: checkpoints off)
+    trail: CheckpointTrail | None = None
+    records_match: bool = True  # the records hold every signed head the walk reached
 
     def result(self) -> VerifyResult:
         """What ``GET /audit/verify`` answers (``first_bad`` and ``reason`` only when broken)."""
+        checkpoints = self.checkpoint_status()
         if self.ok:
-            return VerifyResult(ok=True, checked=self.checked)
-        return VerifyResult(ok=False, checked=self.checked, first_bad=self.first_bad, reason=self.reason)
+            return VerifyResult(ok=True, checked=self.checked, checkpoints=checkpoints)
+        return VerifyResult(
+            ok=False,
+            checked=self.checked,
+            first_bad=self.first_bad,
+            reason=self.reason,
+            checkpoints=checkpoints,
+        )
+
+    def checkpoint_status(self) -> CheckpointStatus | None:
+        trail = self.trail
+        if trail is None:
+            return None
+        latest = None
+        if trail.latest is not None:
+            latest = CheckpointSummary(
+                number=trail.latest.number,
+                seq=trail.latest.seq,
+                signed_at=trail.latest.signed_at,
+                key_id=trail.latest.key_id,
+            )
+        return CheckpointStatus(
+            checked=trail.checked,
+            verified=trail.verified,
+            latest=latest,
+            signatures_valid=trail.signatures_valid,
+            chain_matches=self.records_match,
+            problem=trail.problems[0] if trail.problems else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +159,7 @@ class AuditStore:
         self.database = database
         self.schema = schema
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
+        self.checkpoints = CheckpointStore(database, schema)
 
     # ---- append --------------------------------------------------------------------------------
 
@@ -259,7 +295,11 @@ class AuditStore:
     # ---- verify --------------------------------------------------------------------------------
 
     async def verify(
-        self, prefetch: int = 1000, anchor: Anchor | None = None, since: Anchor | None = None
+        self,
+        prefetch: int = 1000,
+        anchor: Anchor | None = None,
+        since: Anchor | None = None,
+        trail: CheckpointTrail | None = None,
     ) -> Verification:
         """Recompute the chain, streaming rows through a server-side cursor.
 
@@ -269,8 +309,15 @@ class AuditStore:
         ``anchor`` seen earlier, where the chain no longer holds it. ``since`` (a head verified
         before) starts the walk there instead of at seq 1: only what was appended since is
         recomputed, and that head must still be in place, unchanged.
+
+        With a ``trail`` the signed checkpoints stream in step (:mod:`audit.trail`): the record at
+        each checkpoint's seq must carry the head hash that was signed. A chain rewritten and
+        re-hashed after a checkpoint was signed is reported with ``first_bad`` the first record after
+        the last checkpoint that still matches (the rewrite began there or later, and no later than
+        the checkpoint that no longer matches). Problems with the checkpoints themselves make the
+        result broken too, with ``first_bad`` unset.
         """
-        result = await self._walk(prefetch, anchor, since)
+        result = await self._walk(prefetch, anchor, since, trail)
         if result.by_caller_anchor:
             log.warning(
                 "audit chain does not hold the anchor given",
@@ -281,11 +328,29 @@ class AuditStore:
         metrics.chain_ok.set(1 if result.ok else 0)
         return result
 
-    async def _walk(self, prefetch: int, anchor: Anchor | None, since: Anchor | None) -> Verification:
+    async def _walk(
+        self, prefetch: int, anchor: Anchor | None, since: Anchor | None, trail: CheckpointTrail | None
+    ) -> Verification:
         checked = 0
         expected = since.seq if since is not None else 1
         prev_hash: str | None = None if since is not None else GENESIS
         points = [(point, point is anchor) for point in (since, anchor) if point is not None]
+        feed = CheckpointFeed(self.checkpoints, trail) if trail is not None else None
+        matched = since.seq if since is not None else 0  # the last seq a signed checkpoint vouched for
+
+        def broken(
+            first_bad: int | None, reason: str, *, by_caller_anchor: bool = False, records_match: bool = False
+        ) -> Verification:
+            return Verification(
+                False,
+                checked,
+                first_bad,
+                reason,
+                by_caller_anchor=by_caller_anchor,
+                trail=trail,
+                records_match=records_match,
+            )
+
         async with self.database.transaction(isolation="repeatable_read") as conn:
             cursor = conn.cursor(
                 f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
@@ -295,33 +360,50 @@ class AuditStore:
             async for row in cursor:
                 seq = row["seq"]
                 if seq != expected:
-                    return Verification(False, checked, expected, f"record {expected} is missing")
+                    return broken(expected, f"record {expected} is missing")
                 checked += 1
                 if prev_hash is not None and row["prev_hash"] != prev_hash:
-                    return Verification(
-                        False, checked, seq, "prev_hash does not match the previous record's hash"
-                    )
+                    return broken(seq, "prev_hash does not match the previous record's hash")
                 if record_hash(row) != row["hash"]:
-                    return Verification(False, checked, seq, "hash does not match the record's content")
+                    return broken(seq, "hash does not match the record's content")
                 for point, given in points:
                     if seq == point.seq and row["hash"] != point.hash:
-                        return Verification(
-                            False,
-                            checked,
+                        return broken(
                             seq,
                             "hash differs from the anchor: the chain was rewritten",
                             by_caller_anchor=given,
+                            records_match=not given,
                         )
+                if feed is not None:
+                    for signed in await feed.at(conn, seq):
+                        if row["hash"] != signed.head:
+                            first = matched + 1
+                            span = f"record {seq}" if first == seq else f"records {first} to {seq}"
+                            return broken(
+                                first,
+                                f"{span} differ from signed checkpoint {signed.number}: the history was "
+                                "rewritten and the chain recomputed after it was signed",
+                            )
+                        matched = seq
                 prev_hash = row["hash"]
                 expected += 1
+            unmet = await feed.rest(conn) if feed is not None else []
         for point, given in points:
             if point.seq >= expected:
-                return Verification(
-                    False,
-                    checked,
+                return broken(
                     point.seq,
                     f"anchor record {point.seq} is missing: the chain was truncated",
                     by_caller_anchor=given,
+                    records_match=not given,
                 )
+        if unmet:
+            last = max(unmet, key=lambda e: e.seq)
+            return broken(
+                expected,
+                f"record {expected} is missing: signed checkpoint {last.number} covers the chain up to seq "
+                f"{last.seq}, so records were removed",
+            )
         head = Anchor(seq=expected - 1, hash=prev_hash) if prev_hash is not None and expected > 1 else None
-        return Verification(True, checked, head=head)
+        if trail is not None and not trail.ok:
+            return Verification(False, checked, None, trail.problems[0], head=head, trail=trail)
+        return Verification(True, checked, head=head, trail=trail)

@@ -11,7 +11,9 @@ from svckit.contracts.audit import Anchor
 from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from svckit.tasks import PeriodicTask
 
+from .checkpoints import PublicKeys
 from .store import AuditStore, Verification
+from .trail import CheckpointTrail, TrailState
 
 log = logging.getLogger("audit.verifier")
 
@@ -27,24 +29,34 @@ class BackgroundVerifier:
     run to be a full one.
     """
 
-    def __init__(self, store: AuditStore, interval: float, full_interval: float) -> None:
+    def __init__(
+        self, store: AuditStore, interval: float, full_interval: float, keys: PublicKeys | None = None
+    ) -> None:
         self.store = store
         self.interval = interval
         self.full_interval = full_interval
+        self.keys = keys
         self.head: Anchor | None = None
+        self.trail_state = TrailState()  # where the checkpoints verified so far end
         self.last_full = -float("inf")
 
     async def run_once(self) -> Verification:
         now = time.monotonic()
         full = self.head is None or now - self.last_full >= self.full_interval
-        result = await self.store.verify(since=None if full else self.head)
+        trail = None
+        if self.keys is not None:  # an incremental run goes on from the checkpoints verified before
+            trail = CheckpointTrail(self.keys, state=TrailState() if full else self.trail_state)
+        result = await self.store.verify(since=None if full else self.head, trail=trail)
         if result.ok:
             self.head = result.head or self.head
+            if trail is not None:
+                self.trail_state = trail.state
             if full:
                 self.last_full = now
             log.info("audit chain verified", extra={"checked": result.checked, "full": full})
         else:
             self.head = None
+            self.trail_state = TrailState()
             log.error(
                 "audit chain is broken",
                 extra={"first_bad": result.first_bad, "reason": result.reason, "checked": result.checked},

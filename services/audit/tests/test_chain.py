@@ -63,7 +63,8 @@ async def test_an_intact_chain_verifies(api: SignedApi, new_event: Any, conforms
     body = await verify(api)
     assert body["ok"] is True
     assert body["checked"] >= 5
-    assert set(body) == {"ok", "checked"}
+    assert set(body) == {"ok", "checked", "checkpoints"}  # the session's service signs checkpoints
+    assert body["checkpoints"]["signatures_valid"] is True
     conforms("VerifyResult", body)
     assert verifications("ok") == before + 1
     assert REGISTRY.get_sample_value("audit_chain_ok") == 1

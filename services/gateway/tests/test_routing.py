@@ -29,6 +29,8 @@ ROUTES = [
     ("PUT", "/api/approvals/5f0c", "/approvals/5f0c", "approve:timesheets"),
     ("GET", "/api/audit/events", "/audit/events", "read:audit"),
     ("GET", "/api/audit/verify", "/audit/verify", "read:audit"),
+    ("GET", "/api/audit/checkpoints", "/audit/checkpoints", "read:audit"),
+    ("GET", "/api/audit/checkpoint-keys", "/audit/checkpoint-keys", "read:audit"),
 ]
 
 

@@ -1,5 +1,6 @@
 """The audit contracts: the event writers send (``POST /internal/events``), the records and chain
-verifications auditors read (``GET /audit/events``, ``GET /audit/verify``).
+verifications auditors read (``GET /audit/events``, ``GET /audit/verify``), and the signed checkpoints
+of the chain with their public keys (``GET /audit/checkpoints``, ``GET /audit/checkpoint-keys``).
 
 :class:`AuditEvent` is the one definition of an audit event. Writers build it with
 :meth:`AuditEvent.create` (and queue it in their outbox, :mod:`svckit.outbox`); the audit service
@@ -404,17 +405,67 @@ class VerifyQuery(BaseModel):
         return Anchor(seq=int(seq), hash=digest)
 
 
+class CheckpointSummary(BaseModel):
+    """Which signed checkpoint is the newest: what the chain was held to last."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int = Field(ge=1, description="Checkpoint number (1, 2, 3, …).")
+    seq: int = Field(ge=0, description="The chain position it signs.")
+    signed_at: Timestamp
+    key_id: str = Field(description="The kid of the key that signed it (GET /audit/checkpoint-keys).")
+
+
+class CheckpointStatus(BaseModel):
+    """The chain against its signed checkpoints (present when the service signs checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checked: int = Field(ge=0, description="Checkpoints examined.")
+    verified: int = Field(ge=0, description="Checkpoints whose signature verified with a published key.")
+    latest: CheckpointSummary | None = Field(
+        None, description="The newest checkpoint; absent before the first."
+    )
+    signatures_valid: bool = Field(
+        description="Every checkpoint is signed by a published key, or chained to one that is."
+    )
+    chain_matches: bool = Field(description="The records still hold every signed head, in place.")
+    problem: str | None = Field(None, description="The first thing wrong with the checkpoints (when any).")
+
+
 class VerifyResult(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"ok": True, "checked": 1842},
+                {
+                    "ok": True,
+                    "checked": 1842,
+                    "checkpoints": {
+                        "checked": 17,
+                        "verified": 17,
+                        "latest": {
+                            "number": 17,
+                            "seq": 1842,
+                            "signed_at": "2026-11-23T17:05:00Z",
+                            "key_id": "ck-2026-11",
+                        },
+                        "signatures_valid": True,
+                        "chain_matches": True,
+                    },
+                },
                 {
                     "ok": False,
                     "checked": 977,
                     "first_bad": 977,
                     "reason": "hash does not match the record's content",
+                },
+                {
+                    "ok": False,
+                    "checked": 1842,
+                    "first_bad": 1801,
+                    "reason": "records 1801 to 1842 differ from signed checkpoint 17: the history was "
+                    "rewritten and the chain recomputed after it was signed",
                 },
             ]
         },
@@ -423,9 +474,153 @@ class VerifyResult(BaseModel):
     ok: bool
     checked: int = Field(ge=0, description="Records examined.")
     first_bad: int | None = Field(
-        None, ge=1, description="The first seq that is missing, altered or unlinked (only when ok is false)."
+        None,
+        ge=1,
+        description="The first seq that is missing, altered or unlinked, or — when the records no longer "
+        "match a signed checkpoint — the first one after the last checkpoint that still matches (only when "
+        "ok is false and records are at fault).",
     )
-    reason: str | None = Field(None, description="What is wrong at first_bad (only when ok is false).")
+    reason: str | None = Field(None, description="What is wrong (only when ok is false).")
+    checkpoints: CheckpointStatus | None = Field(
+        None, description="The chain against its signed checkpoints (absent when checkpoints are off)."
+    )
+
+
+# ---- GET /audit/checkpoints, GET /audit/checkpoint-keys ------------------------------------------
+
+EXAMPLE_JWS = (
+    "eyJhbGciOiJFZERTQSIsImtpZCI6ImNrLTIwMjYtMTEiLCJ0eXAiOiJ0c3AtYXVkaXQtY2hlY2twb2ludCtqd3MifQ"
+    ".eyJjb3VudCI6MTg0MiwiaGVhZCI6IjFhMmIuLi4iLCJuIjoxNywicHJldiI6IjdjOWQuLi4iLCJzZXEiOjE4NDJ9"
+    ".c2lnbmF0dXJl"
+)
+JWS_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+
+
+def encode_checkpoint_cursor(number: int) -> str:
+    return base64.urlsafe_b64encode(f"c{number}".encode()).rstrip(b"=").decode()
+
+
+def decode_checkpoint_cursor(value: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("is not a cursor returned by this API") from None
+    number = chain_position(raw[1:]) if raw.startswith("c") else None
+    if number is None:
+        raise ValueError("is not a cursor returned by this API")
+    return number
+
+
+def _valid_checkpoint_cursor(value: str) -> str:
+    decode_checkpoint_cursor(value)
+    return value
+
+
+class CheckpointsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(20, ge=1, le=100, description="Page size.")
+    cursor: (
+        Annotated[
+            str,
+            Field(max_length=64),
+            AfterValidator(_valid_checkpoint_cursor),
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "pattern": "^[A-Za-z0-9_-]+$",
+                    "description": "The next_cursor of the previous page, unchanged (opaque).",
+                }
+            ),
+        ]
+        | None
+    ) = None
+
+    @property
+    def before_number(self) -> int | None:
+        return decode_checkpoint_cursor(self.cursor) if self.cursor else None
+
+
+EXAMPLE_CHECKPOINT: dict[str, Any] = {
+    "number": 17,
+    "seq": 1842,
+    "head": EXAMPLE_RECORD["hash"],
+    "count": 1842,
+    "signed_at": "2026-11-23T17:05:00Z",
+    "prev": EXAMPLE_RECORD["prev_hash"],
+    "key_id": "ck-2026-11",
+    "jws": EXAMPLE_JWS,
+}
+
+
+class CheckpointRecord(BaseModel):
+    """A signed checkpoint: ``jws`` is the checkpoint itself (RFC 7515 compact, EdDSA, verifiable with
+    GET /audit/checkpoint-keys); the other fields repeat what it signs, for reading."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_CHECKPOINT]})
+
+    number: int = Field(ge=1, description="1, 2, 3, … without gaps.")
+    seq: int = Field(ge=0, description="The chain position signed (its head).")
+    head: Annotated[str, Field(pattern=HASH_PATTERN, description="The hash of record seq.")]
+    count: int = Field(ge=0, description="Records in the chain up to seq (equal to seq: no gaps).")
+    signed_at: Timestamp
+    prev: Annotated[
+        str,
+        Field(pattern=HASH_PATTERN, description="SHA-256 of the previous checkpoint's jws (zeros for 1)."),
+    ]
+    key_id: str
+    jws: Annotated[str, Field(pattern=JWS_PATTERN)]
+
+
+class CheckpointsPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [EXAMPLE_CHECKPOINT], "next_cursor": "YzE3"}]}
+    )
+
+    items: list[CheckpointRecord]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next (older) page; null at the end."
+    )
+
+
+class CheckpointKey(BaseModel):
+    """An Ed25519 public key as a JWK (RFC 8037)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+
+
+class CheckpointKeySet(BaseModel):
+    """A JWKS (RFC 7517): the keys checkpoints are signed with, the current signing key first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "keys": [
+                        {
+                            "kty": "OKP",
+                            "crv": "Ed25519",
+                            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+                            "kid": "ck-2026-11",
+                            "use": "sig",
+                            "alg": "EdDSA",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    keys: list[CheckpointKey]
 
 
 __all__ = [
@@ -436,6 +631,13 @@ __all__ = [
     "Anchor",
     "AuditEvent",
     "AuditRecord",
+    "CheckpointKey",
+    "CheckpointKeySet",
+    "CheckpointRecord",
+    "CheckpointStatus",
+    "CheckpointSummary",
+    "CheckpointsPage",
+    "CheckpointsQuery",
     "EventsPage",
     "EventsQuery",
     "IngestBatch",

@@ -20,7 +20,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from .approvals import Decision, DecisionIn, QueueQuery
-from .audit import EventsPage, EventsQuery, IngestBatch, IngestResult, VerifyQuery, VerifyResult
+from .audit import (
+    CheckpointKeySet,
+    CheckpointsPage,
+    CheckpointsQuery,
+    EventsPage,
+    EventsQuery,
+    IngestBatch,
+    IngestResult,
+    VerifyQuery,
+    VerifyResult,
+)
 from .timesheets import (
     ApplyDecision,
     Entry,
@@ -366,9 +376,45 @@ OPERATIONS: tuple[Operation, ...] = (
         "audit",
         "GET",
         "/audit/verify",
-        "Recompute the hash chain",
+        "Recompute the hash chain and hold it to its signed checkpoints",
         (Answer(200, "Whether the chain is intact, and where it breaks.", VerifyResult),),
+        description=(
+            "Walks every record, recomputing each hash and link, and requires the record at each signed "
+            "checkpoint's position to still carry the head hash that was signed: a history rewritten and "
+            "re-hashed with full database access is reported, with first_bad the first record after the "
+            "last checkpoint that still matches. The checkpoints themselves are checked too: signatures, "
+            "numbering and the chain of prev digests."
+        ),
         query=VerifyQuery,
+        tag="audit",
+    ),
+    Operation(
+        "listCheckpoints",
+        "audit",
+        "GET",
+        "/audit/checkpoints",
+        "Signed checkpoints of the chain, newest first",
+        (Answer(200, "One page of checkpoints.", CheckpointsPage),),
+        description=(
+            "Each checkpoint signs the chain's head (seq and hash) at a moment, with a key kept outside "
+            "the database, and chains to the one before (prev). Keep copies outside the platform: "
+            "verifying against them (python -m audit verify --checkpoints FILE) also detects checkpoints "
+            "deleted or re-signed later."
+        ),
+        query=CheckpointsQuery,
+        tag="audit",
+    ),
+    Operation(
+        "checkpointKeys",
+        "audit",
+        "GET",
+        "/audit/checkpoint-keys",
+        "The public keys checkpoints are signed with (a JWKS)",
+        (Answer(200, "The current signing key first, then keys that only verify.", CheckpointKeySet),),
+        description=(
+            "Ed25519 keys as JWKs (RFC 8037). Pin them where checkpoints are verified: keys fetched from "
+            "the platform being audited are only as trustworthy as the platform."
+        ),
         tag="audit",
     ),
 )

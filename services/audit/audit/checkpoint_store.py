@@ -1,0 +1,111 @@
+"""The ``checkpoints`` table: append the signed checkpoints, page through them, stream them to a walk.
+
+The JWS is the checkpoint; ``seq``, ``head``, ``signed_at`` and ``key_id`` repeat what it signs so
+that listing needs no parsing — nothing trusts those columns: verification reads the JWS alone.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass
+
+from svckit.db import Connection, Database
+
+from .checkpoints import Checkpoint
+from .trail import CheckpointTrail, Expectation
+
+FEED_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    number: int
+    jws: str
+
+
+class CheckpointStore:
+    def __init__(self, database: Database, schema: str) -> None:
+        self.database = database
+        self.schema = schema
+        #: taken by the signer: one checkpoint at a time across every replica
+        self.lock_key = zlib.crc32(f"audit-checkpoint:{schema}".encode())
+
+    async def latest(self, conn: Connection) -> StoredCheckpoint | None:
+        row = await conn.fetchrow(
+            f"SELECT number, jws FROM {self.schema}.checkpoints ORDER BY number DESC LIMIT 1"
+        )
+        return StoredCheckpoint(row["number"], row["jws"]) if row is not None else None
+
+    async def insert(self, conn: Connection, checkpoint: Checkpoint) -> None:
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.checkpoints (number, seq, head, signed_at, key_id, jws)
+                VALUES ($1, $2, $3, $4, $5, $6)""",
+            checkpoint.number,
+            checkpoint.seq,
+            checkpoint.head,
+            checkpoint.signed_at,
+            checkpoint.key_id,
+            checkpoint.jws,
+        )
+
+    async def page(self, limit: int, before: int | None) -> tuple[list[str], bool]:
+        """The JWS of up to ``limit`` checkpoints, newest first, numbered below ``before``; and
+        whether older ones exist."""
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                f"""SELECT jws FROM {self.schema}.checkpoints WHERE number < $1
+                    ORDER BY number DESC LIMIT $2""",
+                before if before is not None else 2**63 - 1,
+                limit + 1,
+            )
+        return [row["jws"] for row in rows[:limit]], len(rows) > limit
+
+    async def after(self, conn: Connection, number: int, limit: int) -> list[StoredCheckpoint]:
+        rows = await conn.fetch(
+            f"SELECT number, jws FROM {self.schema}.checkpoints WHERE number > $1 ORDER BY number LIMIT $2",
+            number,
+            limit,
+        )
+        return [StoredCheckpoint(row["number"], row["jws"]) for row in rows]
+
+
+class CheckpointFeed:
+    """The checkpoints of the database, through a :class:`CheckpointTrail`, in step with a chain walk:
+    :meth:`at` answers what record ``seq`` must hash to, fetching in batches as the walk advances."""
+
+    def __init__(self, store: CheckpointStore, trail: CheckpointTrail) -> None:
+        self.store = store
+        self.trail = trail
+        self._after = trail.state.number
+        self._exhausted = False
+        self._pending: deque[Expectation] = deque()
+
+    async def _fetch(self, conn: Connection) -> None:
+        batch = await self.store.after(conn, self._after, FEED_BATCH)
+        for stored in batch:
+            self._pending.extend(self.trail.feed(stored.number, stored.jws))
+            self._after = stored.number
+        if len(batch) < FEED_BATCH:
+            self._exhausted = True
+            self._pending.extend(self.trail.finish())
+
+    async def at(self, conn: Connection, seq: int) -> list[Expectation]:
+        """Expectations for record ``seq`` (those for earlier records, before this walk began, are
+        dropped: an incremental walk cannot check them)."""
+        while not self._exhausted and (not self._pending or self._pending[-1].seq <= seq):
+            await self._fetch(conn)
+        while self._pending and self._pending[0].seq < seq:
+            self._pending.popleft()
+        found = []
+        while self._pending and self._pending[0].seq == seq:
+            found.append(self._pending.popleft())
+        return found
+
+    async def rest(self, conn: Connection) -> list[Expectation]:
+        """Every expectation not yet answered (after the walk's last record: those it cannot meet)."""
+        while not self._exhausted:
+            await self._fetch(conn)
+        rest = list(self._pending)
+        self._pending.clear()
+        return rest

@@ -1,0 +1,124 @@
+"""The checkpoint signer: a supervised periodic task that signs the chain's head when it grew.
+
+Each run, on one replica at a time (a transaction-scoped advisory lock; the others find the fresh
+checkpoint and do nothing): read the newest checkpoint and verify its signature; verify the records
+appended since — the checkpoint's head must still be in place and every later record must link to it —
+and only then sign the new head as checkpoint ``n + 1`` chained to it, store it, and write it as one
+JSON log line (a copy outside the database, wherever the logs are shipped). A checkpoint therefore
+never vouches for a history that does not extend the one signed before.
+
+The signer refuses, signs nothing and logs an error (``audit_checkpoints_total{outcome="refused"}``)
+when the newest checkpoint does not verify, when the chain no longer extends it, or when checkpoints
+this process signed have disappeared from the database (a replica that stays up notices what a
+restarted one cannot: see the README, "What checkpoints detect").
+
+A new head is signed at most every ``interval`` seconds; an unchanged head is signed again only under
+a new signing key, so that after a rotation the newest checkpoint verifies with the current key and the
+previous one can be retired.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime
+
+from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.contracts.audit import Anchor
+from svckit.tasks import PeriodicTask
+
+from . import metrics
+from .checkpoints import GENESIS_DIGEST, Checkpoint, CheckpointKeys, InvalidCheckpoint
+from .store import AuditStore
+from .verifier import UNREACHABLE
+
+log = logging.getLogger("audit.checkpoints")
+
+
+class Checkpointer:
+    def __init__(
+        self, store: AuditStore, keys: CheckpointKeys, interval: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.interval = interval
+        self.clock = clock
+        self.last_signed: Checkpoint | None = None  # by this process: survives what the database loses
+
+    def _refuse(self, reason: str, **context: object) -> None:
+        metrics.checkpoints.labels("refused").inc()
+        log.error("audit checkpoint refused: " + reason, extra={"reason": reason, **context})
+
+    async def run_once(self) -> Checkpoint | None:
+        """One attempt; the checkpoint signed, or None (nothing new, another replica did, refused)."""
+        checkpoints = self.store.checkpoints
+        async with self.store.database.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", checkpoints.lock_key)
+            stored = await checkpoints.latest(conn)
+            last: Checkpoint | None = None
+            if stored is not None:
+                try:
+                    last = self.keys.verify(stored.jws)
+                except InvalidCheckpoint as exc:
+                    self._refuse(f"the newest checkpoint {stored.number} does not verify ({exc})")
+                    return None
+            mine = self.last_signed
+            if mine is not None and (
+                last is None
+                or last.number < mine.number
+                or (last.number == mine.number and last.jws != mine.jws)
+            ):
+                self._refuse(
+                    f"checkpoint {mine.number}, signed by this process, is no longer in the database",
+                    newest=stored.number if stored else None,
+                )
+                return None
+            now = datetime.fromtimestamp(self.clock.time(), UTC)
+            if last is not None:
+                metrics.checkpoint_latest.set(last.signed_at.timestamp())
+                fresh = (now - last.signed_at).total_seconds() < self.interval / 2
+                if fresh and last.key_id == self.keys.signing_kid:
+                    metrics.checkpoints.labels("unchanged").inc()
+                    return None
+            since = Anchor(seq=last.seq, hash=last.head) if last is not None and last.seq > 0 else None
+            verification = await self.store.verify(since=since)
+            if not verification.ok:
+                self._refuse(
+                    "the chain does not extend the newest checkpoint",
+                    first_bad=verification.first_bad,
+                    detail=verification.reason,
+                )
+                return None
+            head = verification.head
+            if head is None or (
+                last is not None and head.seq == last.seq and last.key_id == self.keys.signing_kid
+            ):
+                metrics.checkpoints.labels("unchanged").inc()
+                return None
+            checkpoint = self.keys.sign(
+                number=last.number + 1 if last is not None else 1,
+                seq=head.seq,
+                head=head.hash,
+                signed_at=now,
+                prev=last.digest if last is not None else GENESIS_DIGEST,
+            )
+            await checkpoints.insert(conn, checkpoint)
+        self.last_signed = checkpoint
+        metrics.checkpoints.labels("signed").inc()
+        metrics.checkpoint_latest.set(checkpoint.signed_at.timestamp())
+        log.info("audit checkpoint signed", extra={"checkpoint": checkpoint.log_fields()})
+        return checkpoint
+
+    def task(self) -> PeriodicTask:
+        """Every ``interval`` ± 10 %, the first run soon after start (replicas spread out)."""
+        return PeriodicTask(
+            "audit-checkpoint",
+            self.interval,
+            self.run_once,
+            clock=self.clock,
+            initial_delay=min(self.interval, 5.0) * random.uniform(0.5, 1.0),
+            jitter=0.1,
+            expected=UNREACHABLE,
+            stop_timeout=2.0,
+            logger=log,
+        )

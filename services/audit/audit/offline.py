@@ -1,0 +1,203 @@
+"""``python -m audit verify`` and ``python -m audit export-checkpoints``: the trail checked, and its
+checkpoints copied, from outside the service.
+
+Why a command: the verification an auditor trusts should not depend on the service being audited. It
+connects to the database directly (``DATABASE_URL``, with ``DB_SSLMODE`` / ``DB_SSLROOTCERT`` as the
+services read them; any role that can read ``audit`` will do), takes the public keys from a JWKS file
+the auditor pinned (``--keys``; else the public halves of ``AUDIT_CHECKPOINT_KEYS``), and holds the
+chain to the checkpoints in the database *and* to copies retained elsewhere (``--checkpoints FILE``:
+exported earlier, or the service's own log lines). It needs none of the service's other settings.
+
+``verify`` prints the same JSON document as ``GET /audit/verify`` and exits 0 (intact), 1 (broken),
+2 (bad arguments or settings) or 3 (database unreachable). ``export-checkpoints`` writes one JSON line
+per checkpoint (``--after N`` continues an earlier export): keep them where the database's owner cannot
+write (object storage with retention, a log archive).
+
+A ``--checkpoints`` file may hold JSON lines — this export, the service's log lines (their
+``checkpoint`` field), API items — or one JSON document (a ``GET /audit/checkpoints`` page, a list).
+Anything else in it is ignored; a checkpoint in it that is not a valid JWS is an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from svckit.db import UNAVAILABLE_ERRORS, Database
+from svckit.dbtls import resolve
+from svckit.settings import describe_error
+
+from .app import SCHEMA
+from .checkpoints import (
+    CheckpointKeyError,
+    CheckpointKeys,
+    InvalidCheckpoint,
+    PublicKeys,
+    from_flattened,
+    parse,
+)
+from .store import AuditStore
+from .trail import CheckpointTrail
+
+USAGE, BROKEN, UNREACHABLE_EXIT = 2, 1, 3
+# unreachable, or refusing us (a wrong password, a role that may not read the schema)
+DATABASE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+class OfflineSettings(BaseSettings):
+    """What the commands read from the environment (nothing else of the service's settings)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_sslmode: str = ""
+    db_sslrootcert: str = ""
+    audit_checkpoint_keys: str = ""
+    db_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+def checkpoint_jws(entry: Any) -> Iterator[str]:
+    """The checkpoints in one parsed JSON value of a ``--checkpoints`` file."""
+    if isinstance(entry, list):
+        for item in entry:
+            yield from checkpoint_jws(item)
+        return
+    if not isinstance(entry, dict):
+        return
+    if isinstance(entry.get("items"), list):  # a GET /audit/checkpoints page
+        yield from checkpoint_jws(entry["items"])
+        return
+    if isinstance(entry.get("checkpoint"), dict):  # a log line
+        yield from checkpoint_jws(entry["checkpoint"])
+        return
+    jws = entry.get("jws")
+    if isinstance(jws, str):
+        yield jws
+    elif isinstance(jws, dict):
+        yield from_flattened(jws)
+
+
+def read_retained(path: Path) -> dict[int, str]:
+    """Checkpoint number → JWS from a file of retained copies (duplicates must agree)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        values: list[Any] = [json.loads(text)]
+    except json.JSONDecodeError:
+        values = []
+        for line in text.splitlines():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # not JSON: some other line of a log file
+    found: dict[int, str] = {}
+    for value in values:
+        for jws in checkpoint_jws(value):
+            number = parse(jws).number
+            if found.setdefault(number, jws) != jws:
+                raise InvalidCheckpoint(f"{path} holds two different checkpoints numbered {number}")
+    return found
+
+
+def public_keys(args: argparse.Namespace, settings: OfflineSettings) -> PublicKeys:
+    if args.keys is not None:
+        return PublicKeys.from_jwks(json.loads(Path(args.keys).read_text(encoding="utf-8")))
+    if settings.audit_checkpoint_keys.strip():
+        private = CheckpointKeys.parse(settings.audit_checkpoint_keys)
+        return PublicKeys(private.keys)
+    raise CheckpointKeyError(
+        "give --keys FILE (a JWKS, e.g. from GET /api/audit/checkpoint-keys) or AUDIT_CHECKPOINT_KEYS"
+    )
+
+
+async def _with_store(settings: OfflineSettings) -> tuple[Database, AuditStore]:
+    tls = resolve(settings.database_url, settings.db_sslrootcert, settings.db_sslmode)
+    database = Database(
+        settings.database_url,
+        schema=SCHEMA,
+        application_name="audit-offline",
+        min_size=1,
+        max_size=2,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        tls=tls,
+    )
+    await database.wait_connected(settings.db_connect_timeout_seconds)
+    return database, AuditStore(database, SCHEMA)
+
+
+async def _verify(settings: OfflineSettings, keys: PublicKeys, retained: dict[int, str]) -> int:
+    database, store = await _with_store(settings)
+    try:
+        result = await store.verify(trail=CheckpointTrail(keys, retained))
+    finally:
+        await database.close()
+    print(result.result().model_dump_json(exclude_none=True, indent=2))
+    if result.ok:
+        print(f"audit chain intact: {result.checked} records", file=sys.stderr)
+        return 0
+    where = f" at record {result.first_bad}" if result.first_bad is not None else ""
+    print(f"audit chain BROKEN{where}: {result.reason}", file=sys.stderr)
+    return BROKEN
+
+
+async def _export(settings: OfflineSettings, after: int) -> int:
+    database, store = await _with_store(settings)
+    try:
+        async with database.connection() as conn:
+            while batch := await store.checkpoints.after(conn, after, 500):
+                for stored in batch:
+                    checkpoint = parse(stored.jws)
+                    print(json.dumps({**checkpoint.log_fields(), "jws": checkpoint.jws}, sort_keys=True))
+                    after = stored.number
+    finally:
+        await database.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m audit", description="Check or copy the audit trail offline."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="verify the chain against its signed checkpoints")
+    verify.add_argument("--checkpoints", type=Path, help="checkpoints retained outside the database")
+    verify.add_argument("--keys", type=Path, help="a JWKS of the checkpoint keys (pinned by the auditor)")
+    export = commands.add_parser("export-checkpoints", help="print every checkpoint as one JSON line")
+    export.add_argument("--after", type=int, default=0, help="only checkpoints numbered above this")
+    args = parser.parse_args(argv)
+    try:
+        settings = OfflineSettings()
+        resolve(settings.database_url, settings.db_sslrootcert, settings.db_sslmode)
+    except (ValidationError, ValueError) as exc:
+        message = describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"audit {args.command}: {message}", file=sys.stderr)
+        return USAGE
+    keys: PublicKeys | None = None
+    retained: dict[int, str] = {}
+    if args.command == "verify":
+        try:
+            keys = public_keys(args, settings)
+            retained = read_retained(args.checkpoints) if args.checkpoints is not None else {}
+        except (
+            CheckpointKeyError,
+            InvalidCheckpoint,
+            OSError,
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+        ) as exc:
+            print(f"audit verify: {exc}", file=sys.stderr)
+            return USAGE
+    try:
+        if keys is None:
+            return asyncio.run(_export(settings, args.after))
+        return asyncio.run(_verify(settings, keys, retained))
+    except DATABASE_FAILURES as exc:
+        print(f"audit {args.command}: database unreachable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return UNREACHABLE_EXIT

@@ -1,0 +1,141 @@
+"""Checking the checkpoints themselves: signatures, numbering, the chain of ``prev`` digests, and the
+copies retained outside the database.
+
+The database holds the checkpoints, and whoever owns the database can delete or replace rows there —
+but cannot sign. :class:`CheckpointTrail` takes the checkpoints in number order (as they stream out of
+the database, so memory does not grow with the trail) and reports:
+
+* a signature that does not verify with the key its ``kid`` names (a forged or altered checkpoint);
+* a number missing, or a ``prev`` that is not the digest of the checkpoint before (one deleted or
+  replaced in the middle);
+* checkpoints signed by a key the verifier does not know (a retired key): acceptable only while a
+  later checkpoint, signed by a known key, chains back to them — the newest must always verify;
+* with copies retained elsewhere (log lines, exports: ``python -m audit verify --checkpoints``): a
+  retained checkpoint the database no longer has, or has in another form.
+
+It yields an :class:`Expectation` — "record ``seq`` must have hash ``head``" — for every checkpoint
+whose signature verified; the chain walk (:mod:`audit.store`) holds the records to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .checkpoints import GENESIS_DIGEST, Checkpoint, InvalidCheckpoint, PublicKeys, parse
+
+
+@dataclass(frozen=True)
+class Expectation:
+    number: int
+    seq: int
+    head: str
+
+
+@dataclass
+class TrailState:
+    """Where the previous walk left the checkpoint chain (an incremental walk goes on from there)."""
+
+    number: int = 0
+    digest: str = GENESIS_DIGEST
+    seq: int = 0
+
+
+@dataclass
+class CheckpointTrail:
+    keys: PublicKeys
+    retained: Mapping[int, str] = field(default_factory=dict)
+    state: TrailState = field(default_factory=TrailState)
+    problems: list[str] = field(default_factory=list)
+    checked: int = 0
+    verified: int = 0
+    latest: Checkpoint | None = None
+    signatures_valid: bool = True
+    _unvouched: list[int] = field(default_factory=list)
+    _retained_left: set[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._retained_left = {n for n in self.retained if n > self.state.number}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def feed(self, number: int, jws: str) -> list[Expectation]:
+        """The database's checkpoint ``number`` (called in increasing number order)."""
+        found: list[Expectation] = []
+        for earlier in sorted(n for n in self._retained_left if n < number):
+            found += self._missing_from_database(earlier)
+        if number in self._retained_left:
+            self._retained_left.discard(number)
+            if self.retained[number] != jws:
+                self.problems.append(
+                    f"checkpoint {number} differs from the copy retained outside the database: "
+                    "it was replaced (and, if both verify, re-signed with the key)"
+                )
+                jws = self.retained[number]  # the retained copy is the better witness
+        return found + self._take(number, jws)
+
+    def finish(self) -> list[Expectation]:
+        """After the database's last checkpoint: retained ones beyond it, and what stays unvouched."""
+        found: list[Expectation] = []
+        for number in sorted(self._retained_left):
+            found += self._missing_from_database(number)
+        self._retained_left.clear()
+        if self._unvouched:
+            self.signatures_valid = False
+            self.problems.append(
+                f"checkpoint {self._unvouched[-1]} and those after checkpoint {self._unvouched[0] - 1} are "
+                "signed by a key this verifier does not know, and no later checkpoint signed by a known "
+                "key vouches for them"
+            )
+        return found
+
+    def _missing_from_database(self, number: int) -> list[Expectation]:
+        self._retained_left.discard(number)
+        self.problems.append(f"checkpoint {number} is missing from the database (a retained copy has it)")
+        return self._take(number, self.retained[number])
+
+    def _take(self, number: int, jws: str) -> list[Expectation]:
+        self.checked += 1
+        expected = self.state.number + 1
+        if number > expected:
+            self.problems.append(
+                f"checkpoint {expected} is missing"
+                if number == expected + 1
+                else f"checkpoints {expected} to {number - 1} are missing"
+            )
+        digest = hashlib.sha256(jws.encode("utf-8", "replace")).hexdigest()
+        try:
+            checkpoint = parse(jws)
+        except InvalidCheckpoint as exc:
+            self.signatures_valid = False
+            self.problems.append(f"checkpoint {number} is not a valid checkpoint ({exc})")
+            self.state = TrailState(number, digest, self.state.seq)
+            return []
+        if checkpoint.number != number:
+            self.problems.append(f"checkpoint {number} is signed as number {checkpoint.number}")
+        if number == expected and checkpoint.prev != self.state.digest:
+            self.problems.append(
+                f"checkpoint {number} does not follow checkpoint {number - 1} (prev differs): "
+                "checkpoints were replaced or removed"
+            )
+        if checkpoint.seq < self.state.seq:
+            self.problems.append(f"checkpoint {number} goes back in the chain (seq {checkpoint.seq})")
+        trusted = False
+        if self.keys.known(checkpoint.key_id):
+            try:
+                self.keys.verify(jws)
+                trusted = True
+            except InvalidCheckpoint:
+                self.signatures_valid = False
+                self.problems.append(f"checkpoint {number}: the signature does not verify")
+        else:
+            self._unvouched.append(number)
+        if trusted:
+            self.verified += 1
+            self._unvouched.clear()  # a verified checkpoint vouches for the links before it
+        self.state = TrailState(number, digest, max(self.state.seq, checkpoint.seq))
+        self.latest = checkpoint
+        return [Expectation(number, checkpoint.seq, checkpoint.head)] if trusted else []

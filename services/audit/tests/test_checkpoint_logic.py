@@ -1,0 +1,285 @@
+"""Checkpoints in process: keys, signatures, the checkpoint chain and its retained copies.
+
+What an attacker with the database owner's rights can do to the checkpoints table — delete rows,
+replace them, insert ones signed with a key of their own — and what each looks like to
+:class:`audit.trail.CheckpointTrail`; and what a holder of the signing key can do, which only copies
+retained outside the database reveal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from audit.checkpoints import (
+    GENESIS_DIGEST,
+    Checkpoint,
+    CheckpointKeyError,
+    CheckpointKeys,
+    InvalidCheckpoint,
+    PublicKeys,
+    from_flattened,
+    parse,
+)
+from audit.offline import checkpoint_jws, read_retained
+from audit.trail import CheckpointTrail, Expectation, TrailState
+from svckit.logs import JsonFormatter
+
+pytestmark = pytest.mark.unit
+
+KEYS = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))
+T0 = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+
+
+def head(n: int) -> str:
+    return f"{n:064x}"
+
+
+def signed_chain(keys: CheckpointKeys, count: int, first: Checkpoint | None = None) -> list[Checkpoint]:
+    """``count`` checkpoints chained to ``first`` (or from the start), every 10 records."""
+    chain: list[Checkpoint] = [first] if first else []
+    for _ in range(count):
+        last = chain[-1] if chain else None
+        number = last.number + 1 if last else 1
+        chain.append(
+            keys.sign(
+                number=number,
+                seq=number * 10,
+                head=head(number * 10),
+                signed_at=T0 + timedelta(minutes=number),
+                prev=last.digest if last else GENESIS_DIGEST,
+            )
+        )
+    return chain[1:] if first else chain
+
+
+def walk(trail: CheckpointTrail, checkpoints: list[tuple[int, str]]) -> list[Expectation]:
+    found: list[Expectation] = []
+    for number, jws in checkpoints:
+        found += trail.feed(number, jws)
+    return found + trail.finish()
+
+
+def rows(chain: list[Checkpoint]) -> list[tuple[int, str]]:
+    return [(c.number, c.jws) for c in chain]
+
+
+# ---- keys and signatures ------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_reads_back_as_signed_and_verifies_with_the_published_keys() -> None:
+    checkpoint = KEYS.sign(number=3, seq=1842, head=head(7), signed_at=T0, prev=head(1))
+    assert (checkpoint.number, checkpoint.seq, checkpoint.count, checkpoint.head) == (3, 1842, 1842, head(7))
+    assert checkpoint.key_id == "ck-1"
+    assert parse(checkpoint.jws) == checkpoint
+    published = PublicKeys.from_jwks(json.loads(json.dumps(KEYS.jwks())))  # as served, as pinned
+    assert published.verify(checkpoint.jws) == checkpoint
+    (jwk,) = KEYS.jwks()["keys"]
+    assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}  # public half only
+    assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["kid"]) == ("OKP", "Ed25519", "EdDSA", "ck-1")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda p: {**p, "seq": p["seq"] - 1, "count": p["count"] - 1}, "signature does not verify"),
+        (lambda p: {**p, "head": head(99)}, "signature does not verify"),
+        (lambda p: {**p, "extra": 1}, "unexpected fields"),
+        (lambda p: {**p, "count": p["seq"] + 1}, "count equal to seq"),
+    ],
+)
+def test_a_changed_checkpoint_does_not_verify(tamper: object, reason: str) -> None:
+    checkpoint = KEYS.sign(number=1, seq=10, head=head(10), signed_at=T0, prev=GENESIS_DIGEST)
+    protected, payload, signature = checkpoint.jws.split(".")
+    body = json.loads(_b64(payload))
+    changed = tamper(body)  # type: ignore[operator]
+    forged = ".".join(
+        [protected, _b64e(json.dumps(changed, sort_keys=True, separators=(",", ":"))), signature]
+    )
+    with pytest.raises(InvalidCheckpoint, match=reason):
+        KEYS.verify(forged)
+
+
+def test_a_checkpoint_signed_with_another_key_does_not_verify() -> None:
+    mallory = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))  # same kid, another key
+    forged = mallory.sign(number=1, seq=10, head=head(10), signed_at=T0, prev=GENESIS_DIGEST)
+    with pytest.raises(InvalidCheckpoint, match="signature does not verify"):
+        KEYS.verify(forged.jws)
+    unknown = CheckpointKeys.parse(CheckpointKeys.generate("mallory"))
+    with pytest.raises(InvalidCheckpoint, match="unknown key 'mallory'"):
+        KEYS.verify(unknown.sign(number=1, seq=1, head=head(1), signed_at=T0, prev=GENESIS_DIGEST).jws)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ck-1", "kid:seed"),
+        ("ck 1:AAAA", "kid:seed"),
+        ("ck-1:" + "A" * 10, "32 bytes"),
+        ("ck-1:!!!", "32 bytes"),
+        (f"{CheckpointKeys.generate('a')},{CheckpointKeys.generate('a')}", "appears twice"),
+    ],
+)
+def test_unusable_keys_are_refused_without_echoing_them(text: str, message: str) -> None:
+    with pytest.raises(CheckpointKeyError, match=message) as refused:
+        CheckpointKeys.parse(text)
+    seed = text.partition(":")[2]
+    assert len(seed) < 8 or seed[:8] not in str(refused.value)
+
+
+def test_the_first_key_signs_the_others_verify() -> None:
+    old = CheckpointKeys.generate("ck-old")
+    new = CheckpointKeys.generate("ck-new")
+    rotated = CheckpointKeys.parse(f"{new},{old}")
+    assert rotated.signing_kid == "ck-new"
+    before = CheckpointKeys.parse(old).sign(number=1, seq=1, head=head(1), signed_at=T0, prev=GENESIS_DIGEST)
+    assert rotated.verify(before.jws).key_id == "ck-old"
+    assert [k["kid"] for k in rotated.jwks()["keys"]] == ["ck-new", "ck-old"]
+
+
+def test_the_log_line_carries_the_checkpoint_intact_through_the_scrubbing_formatter() -> None:
+    """Log lines are scrubbed of token-shaped strings (a compact JWS is one); the checkpoint's
+    flattened JWS survives and reads back as the same, verifiable checkpoint."""
+    checkpoint = KEYS.sign(number=4, seq=40, head=head(40), signed_at=T0, prev=head(3))
+    record = logging.LogRecord(
+        "audit.checkpoints", logging.INFO, __file__, 1, "audit checkpoint signed", (), None
+    )
+    record.checkpoint = checkpoint.log_fields()
+    line = JsonFormatter("audit").format(record)
+    assert "redacted" not in line
+    (jws,) = checkpoint_jws(json.loads(line))
+    assert KEYS.verify(jws) == checkpoint
+    assert from_flattened(checkpoint.flattened()) == checkpoint.jws
+
+
+def test_retained_copies_are_read_from_log_lines_exports_and_api_pages(tmp_path: object) -> None:
+    from pathlib import Path
+
+    chain = signed_chain(KEYS, 3)
+    folder = Path(str(tmp_path))
+    log = io.StringIO()
+    log.write("not json at all\n")
+    log.write(json.dumps({"msg": "audit checkpoint signed", "checkpoint": chain[0].log_fields()}) + "\n")
+    log.write(json.dumps({**chain[1].log_fields(), "jws": chain[1].jws}) + "\n")  # an export line
+    log.write(json.dumps({"msg": "something else", "level": "info"}) + "\n")
+    (folder / "mixed.jsonl").write_text(log.getvalue())
+    assert read_retained(folder / "mixed.jsonl") == {1: chain[0].jws, 2: chain[1].jws}
+    page = {"items": [{"number": c.number, "jws": c.jws} for c in chain], "next_cursor": None}
+    (folder / "page.json").write_text(json.dumps(page))
+    assert sorted(read_retained(folder / "page.json")) == [1, 2, 3]
+    other = KEYS.sign(number=2, seq=99, head=head(99), signed_at=T0, prev=head(0))
+    (folder / "conflict.jsonl").write_text(
+        json.dumps({"jws": chain[1].jws}) + "\n" + json.dumps({"jws": other.jws})
+    )
+    with pytest.raises(InvalidCheckpoint, match="two different checkpoints numbered 2"):
+        read_retained(folder / "conflict.jsonl")
+
+
+# ---- the checkpoint chain -------------------------------------------------------------------------
+
+
+def test_an_intact_chain_of_checkpoints_yields_every_signed_head() -> None:
+    chain = signed_chain(KEYS, 5)
+    trail = CheckpointTrail(KEYS)
+    assert walk(trail, rows(chain)) == [Expectation(c.number, c.seq, c.head) for c in chain]
+    assert (trail.ok, trail.checked, trail.verified, trail.signatures_valid) == (True, 5, 5, True)
+    assert trail.latest == chain[-1]
+
+
+def test_a_checkpoint_deleted_from_the_middle_is_noticed() -> None:
+    chain = signed_chain(KEYS, 5)
+    trail = CheckpointTrail(KEYS)
+    expectations = walk(trail, rows(chain[:2] + chain[3:]))
+    assert trail.problems == ["checkpoint 3 is missing"]
+    assert [e.number for e in expectations] == [1, 2, 4, 5]  # the others still hold the records
+
+
+def test_a_checkpoint_replaced_by_one_signed_with_another_key_is_noticed() -> None:
+    chain = signed_chain(KEYS, 4)
+    mallory = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))
+    forged = mallory.sign(number=2, seq=20, head=head(666), signed_at=T0, prev=chain[0].digest)
+    trail = CheckpointTrail(KEYS)
+    expectations = walk(trail, rows([chain[0], forged, *chain[2:]]))
+    assert "checkpoint 2: the signature does not verify" in trail.problems
+    assert (
+        "checkpoint 3 does not follow checkpoint 2 (prev differs): checkpoints were replaced or removed"
+        in (trail.problems)
+    )
+    assert trail.signatures_valid is False
+    assert Expectation(2, 20, head(666)) not in expectations  # a forged head is never held against records
+
+
+def test_a_newest_checkpoint_signed_by_an_unknown_key_is_noticed() -> None:
+    chain = signed_chain(KEYS, 3)
+    mallory = CheckpointKeys.parse(CheckpointKeys.generate("mallory"))
+    (planted,) = signed_chain(mallory, 1, first=chain[-1])
+    trail = CheckpointTrail(KEYS)
+    walk(trail, rows([*chain, planted]))
+    assert trail.signatures_valid is False
+    assert (
+        "checkpoint 4 and those after checkpoint 3 are signed by a key this verifier does not know"
+        in (trail.problems[0])
+    )
+
+
+def test_checkpoints_of_a_retired_key_are_vouched_for_by_later_ones() -> None:
+    """After a rotation the old key may be dropped: its checkpoints stay covered by the chain of prev
+    digests up to a checkpoint signed by a key the verifier knows."""
+    old = CheckpointKeys.parse(CheckpointKeys.generate("ck-old"))
+    early = signed_chain(old, 3)
+    later = signed_chain(KEYS, 2, first=early[-1])
+    trail = CheckpointTrail(KEYS)  # knows only the new key
+    expectations = walk(trail, rows(early + later))
+    assert trail.ok, trail.problems
+    assert (trail.checked, trail.verified) == (5, 2)
+    assert [e.number for e in expectations] == [4, 5]
+
+
+def test_a_retained_copy_reveals_a_checkpoint_deleted_or_re_signed_in_the_database() -> None:
+    """Someone with the signing key can re-sign a rewritten history, and someone with database rights
+    can delete the newest checkpoints: the database alone then looks consistent. A copy retained
+    outside it (log lines, exports) does not."""
+    chain = signed_chain(KEYS, 4)
+    retained = {c.number: c.jws for c in chain}
+    # the newest two deleted: consistent on its own, not against the retained copies
+    alone = CheckpointTrail(KEYS)
+    walk(alone, rows(chain[:2]))
+    assert alone.ok
+    trail = CheckpointTrail(KEYS, retained)
+    expectations = walk(trail, rows(chain[:2]))
+    assert trail.problems == [
+        "checkpoint 3 is missing from the database (a retained copy has it)",
+        "checkpoint 4 is missing from the database (a retained copy has it)",
+    ]
+    assert [e.number for e in expectations] == [1, 2, 3, 4]  # the retained heads are still held to
+    # re-signed with the real key after a rewrite: both verify, and they differ
+    resigned = KEYS.sign(number=3, seq=30, head=head(333), signed_at=T0, prev=chain[1].digest)
+    trail = CheckpointTrail(KEYS, retained)
+    expectations = walk(trail, rows([*chain[:2], resigned, chain[3]]))
+    assert trail.problems[0].startswith("checkpoint 3 differs from the copy retained outside the database")
+    assert Expectation(3, 30, chain[2].head) in expectations  # the retained copy is what counts
+
+
+def test_an_incremental_walk_goes_on_where_the_last_one_ended() -> None:
+    chain = signed_chain(KEYS, 5)
+    first = CheckpointTrail(KEYS)
+    walk(first, rows(chain[:3]))
+    assert first.state == TrailState(3, chain[2].digest, 30)
+    second = CheckpointTrail(KEYS, state=first.state)
+    assert [e.number for e in walk(second, rows(chain[3:]))] == [4, 5]
+    assert second.ok
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64e(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()

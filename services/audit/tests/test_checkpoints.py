@@ -1,0 +1,297 @@
+"""Signed checkpoints on a real trail: the signer, the routes, and what verification finds after the
+database owner rewrote history (records changed and re-hashed, triggers re-enabled).
+
+Each test has a trail of its own (a database, the service as its runtime role, checkpoints signed by
+a :class:`audit.checkpointer.Checkpointer` driven by a fake clock), and plays the attacker with the
+owner's connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from audit.app import create_app
+from audit.checkpointer import Checkpointer
+from audit.checkpoints import CheckpointKeys, PublicKeys
+from audit.settings import AuditSettings
+from audit.store import AuditStore
+from audit.trail import CheckpointTrail
+from prometheus_client import REGISTRY
+from svckit.db import Database
+from svckit.settings import load_settings
+
+from testkit.client import SignedApi
+from testkit.clock import FakeClock
+from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
+from testkit.tamper import owner_sql, rewrite_history
+
+from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, EventFactory, wait_ready
+
+
+def refusals() -> float:
+    return REGISTRY.get_sample_value("audit_checkpoints_total", {"outcome": "refused"}) or 0.0
+
+
+@dataclass
+class Ledger:
+    api: SignedApi
+    owner: str  # the owner's URL: the attacker
+    store: AuditStore  # as the service's runtime role
+    clock: FakeClock
+    keys: CheckpointKeys
+    new_event: EventFactory
+
+    def signer(self, keys: CheckpointKeys | None = None) -> Checkpointer:
+        return Checkpointer(self.store, keys or self.keys, interval=60, clock=self.clock)
+
+    async def ingest(self, count: int) -> None:
+        events = [self.new_event(details={"n": n}) for n in range(count)]
+        reply = await self.api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+        assert reply.body["accepted"] == count, reply.text
+
+    async def verify(self) -> dict[str, Any]:
+        reply = await self.api.call("GET", "/audit/verify", AUDITOR)
+        assert reply.status == 200, reply.text
+        body: dict[str, Any] = reply.body
+        return body
+
+    async def checkpoints(self) -> list[dict[str, Any]]:
+        reply = await self.api.call("GET", "/audit/checkpoints?limit=100", AUDITOR)
+        assert reply.status == 200, reply.text
+        items: list[dict[str, Any]] = reply.body["items"]
+        return items
+
+
+@pytest.fixture
+async def ledger(caller: Caller, identity_keys: str, new_event: EventFactory) -> AsyncIterator[Ledger]:
+    """A trail with two checkpoints: records 1-5 signed as checkpoint 1, records 6-8 as checkpoint 2."""
+    name = f"tsp_test_ck_{secrets.token_hex(4)}"
+    dsn = await create_database(name)
+    keys_text = CheckpointKeys.generate("ck-1")
+    try:
+        await migrate_schema(dsn, "audit", PACKAGE_DIR)
+        env = {
+            "DATABASE_URL": runtime_url(dsn, "audit"),
+            "IDENTITY_KEYS": identity_keys,
+            "AUDIT_CHECKPOINT_KEYS": keys_text,
+            "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "0",  # the test signs, with its own clock
+            "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
+        }
+        database = Database(runtime_url(dsn, "audit"), schema="audit", application_name="audit-signer")
+        await database.wait_connected(10)
+        async with serve_app(create_app(load_settings(AuditSettings, env=env))) as url:
+            await wait_ready(url)
+            api = SignedApi(url, caller)
+            ledger = Ledger(
+                api,
+                dsn,
+                AuditStore(database, "audit"),
+                FakeClock(),
+                CheckpointKeys.parse(keys_text),
+                new_event,
+            )
+            signer = ledger.signer()
+            try:
+                await ledger.ingest(5)
+                assert (await signer.run_once()) is not None
+                ledger.clock.advance(61)
+                await ledger.ingest(3)
+                assert (await signer.run_once()) is not None
+                yield ledger
+            finally:
+                await api.close()
+                await database.close()
+    finally:
+        await drop_database(name)
+
+
+async def test_the_signer_signs_a_grown_head_once_and_chains_the_checkpoints(ledger: Ledger) -> None:
+    signer = ledger.signer()
+    await ledger.ingest(2)
+    ledger.clock.advance(10)
+    assert await signer.run_once() is None  # the newest checkpoint is younger than interval / 2
+    ledger.clock.advance(30)
+    third = await signer.run_once()
+    assert third is not None
+    assert (third.number, third.seq, third.count) == (3, 10, 10)
+    ledger.clock.advance(61)
+    assert await signer.run_once() is None  # the head did not move: nothing to sign
+    items = await ledger.checkpoints()
+    assert [i["number"] for i in items] == [3, 2, 1]
+    assert [i["seq"] for i in items] == [10, 8, 5]
+    assert items[0]["prev"] == ledger.keys.verify(items[1]["jws"]).digest
+    body = await ledger.verify()
+    assert body["ok"] is True
+    assert body["checkpoints"] == {
+        "checked": 3,
+        "verified": 3,
+        "latest": {"number": 3, "seq": 10, "signed_at": items[0]["signed_at"], "key_id": "ck-1"},
+        "signatures_valid": True,
+        "chain_matches": True,
+    }
+
+
+async def test_checkpoints_page_newest_first_and_verify_with_the_published_keys(
+    ledger: Ledger, conforms: Any
+) -> None:
+    first = await ledger.api.call("GET", "/audit/checkpoints?limit=1", AUDITOR)
+    conforms("CheckpointsPage", first.body)
+    assert [i["number"] for i in first.body["items"]] == [2]
+    second = await ledger.api.call(
+        "GET", f"/audit/checkpoints?limit=1&cursor={first.body['next_cursor']}", AUDITOR
+    )
+    assert [i["number"] for i in second.body["items"]] == [1]
+    assert second.body["next_cursor"] is None
+    keys = await ledger.api.call("GET", "/audit/checkpoint-keys", AUDITOR)
+    conforms("CheckpointKeySet", keys.body)
+    published = PublicKeys.from_jwks(keys.body)
+    for item in first.body["items"] + second.body["items"]:
+        checkpoint = published.verify(item["jws"])
+        assert (checkpoint.number, checkpoint.seq, checkpoint.head) == (
+            item["number"],
+            item["seq"],
+            item["head"],
+        )
+    assert "d" not in keys.body["keys"][0]  # never a private part
+    bad = await ledger.api.call("GET", "/audit/checkpoints?cursor=czE", AUDITOR)  # an events cursor
+    assert bad.status == 422
+
+
+async def test_a_history_rewritten_and_rechained_by_the_owner_fails_verification(ledger: Ledger) -> None:
+    """The reported attack: record 7 changed, 7 and 8 re-hashed, the trigger enabled again. The chain
+    alone verifies; held to checkpoint 2 (signed at record 8) it does not."""
+    await rewrite_history(ledger.owner, 7, "actor_subject = 'mallory'")
+    chain_alone = await ledger.store.verify()
+    assert chain_alone.ok  # the attack works against the hash chain by itself
+    body = await ledger.verify()
+    assert body["ok"] is False
+    assert body["first_bad"] == 6  # the first record after checkpoint 1, the last that still matches
+    assert body["reason"] == (
+        "records 6 to 8 differ from signed checkpoint 2: the history was rewritten and the chain "
+        "recomputed after it was signed"
+    )
+    assert body["checkpoints"]["chain_matches"] is False
+    assert body["checkpoints"]["signatures_valid"] is True  # the checkpoints are fine; the records are not
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 0
+
+
+async def test_a_rewrite_right_after_a_checkpoint_is_pinned_to_its_record(ledger: Ledger) -> None:
+    await rewrite_history(ledger.owner, 6, "details = '{\"n\": 999}'")
+    body = await ledger.verify()
+    assert (body["ok"], body["first_bad"]) == (False, 6)
+
+
+async def test_the_signer_refuses_to_extend_a_rewritten_history(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ledger.ingest(2)
+    await rewrite_history(ledger.owner, 3, "outcome = 'failure'")  # before checkpoint 2's head... and after 1
+    before = refusals()
+    ledger.clock.advance(61)
+    with caplog.at_level(logging.ERROR, logger="audit.checkpoints"):
+        assert await ledger.signer().run_once() is None
+    assert refusals() == before + 1
+    assert "the chain does not extend the newest checkpoint" in caplog.text
+    assert [i["number"] for i in await ledger.checkpoints()] == [2, 1]
+
+
+async def test_records_removed_after_a_checkpoint_are_reported_missing(ledger: Ledger) -> None:
+    await owner_sql(ledger.owner, "DELETE FROM audit.records WHERE seq >= 7")
+    body = await ledger.verify()
+    assert (body["ok"], body["first_bad"]) == (False, 7)
+    assert body["reason"].startswith("record 7 is missing: signed checkpoint 2 covers the chain up to seq 8")
+
+
+async def test_what_deleting_the_newest_checkpoints_as_well_hides_and_what_still_sees_it(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit, precisely: an owner who rewrites history after checkpoint 1 *and* deletes checkpoint
+    2 leaves a database that is consistent with itself — what still sees it: a copy of checkpoint 2
+    kept outside the database, and a signer that is still running (it signed checkpoint 2)."""
+    kept = {item["number"]: item["jws"] for item in await ledger.checkpoints()}
+    running = ledger.signer()
+    running.last_signed = ledger.keys.verify(kept[2])  # as the process that signed it remembers
+    await rewrite_history(ledger.owner, 7, "actor_subject = 'mallory'")
+    await owner_sql(ledger.owner, "DELETE FROM audit.checkpoints WHERE number = 2")
+    assert (await ledger.verify())["ok"] is True  # the database alone: nothing to see
+    retained = await ledger.store.verify(trail=CheckpointTrail(ledger.keys, kept))
+    assert not retained.ok
+    assert retained.first_bad == 6
+    assert retained.trail is not None
+    assert "checkpoint 2 is missing from the database (a retained copy has it)" in retained.trail.problems
+    ledger.clock.advance(61)
+    with caplog.at_level(logging.ERROR, logger="audit.checkpoints"):
+        assert await running.run_once() is None
+    assert "checkpoint 2, signed by this process, is no longer in the database" in caplog.text
+    # a freshly started signer knows nothing of checkpoint 2, and would sign the rewrite: the reason
+    # to keep copies of the checkpoints (log lines, exports) where the database's owner cannot reach
+    assert (await ledger.signer().run_once()) is not None
+
+
+async def test_a_checkpoint_forged_into_the_database_is_refused(ledger: Ledger) -> None:
+    mallory = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))  # a key of its own, the same kid
+    newest = ledger.keys.verify((await ledger.checkpoints())[0]["jws"])
+    forged = mallory.sign(number=3, seq=8, head=newest.head, signed_at=newest.signed_at, prev=newest.digest)
+    await owner_sql(
+        ledger.owner,
+        f"INSERT INTO audit.checkpoints (number, seq, head, signed_at, key_id, jws) VALUES "
+        f"(3, 8, '{forged.head}', now(), 'ck-1', '{forged.jws}')",
+    )
+    body = await ledger.verify()
+    assert body["ok"] is False
+    assert body["checkpoints"]["signatures_valid"] is False
+    assert body["checkpoints"]["problem"] == "checkpoint 3: the signature does not verify"
+    ledger.clock.advance(61)
+    before = refusals()
+    assert await ledger.signer().run_once() is None
+    assert refusals() == before + 1
+
+
+async def test_after_a_key_rotation_the_head_is_signed_again_and_the_old_key_can_go(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    rotated = CheckpointKeys.parse(f"{CheckpointKeys.generate('ck-2')},{ledger_private(ledger)}")
+    with caplog.at_level(logging.INFO, logger="audit.checkpoints"):
+        third = await ledger.signer(rotated).run_once()  # unchanged head, new signing key
+    assert third is not None
+    assert (third.number, third.seq, third.key_id) == (3, 8, "ck-2")
+    only_new = PublicKeys({"ck-2": rotated.keys["ck-2"]})  # ck-1 retired entirely
+    result = await ledger.store.verify(trail=CheckpointTrail(only_new))
+    assert result.ok, result.reason
+    assert result.trail is not None
+    assert (result.trail.checked, result.trail.verified) == (3, 1)
+    # the JSON log line is a full copy of the checkpoint
+    (line,) = [r for r in caplog.records if r.getMessage() == "audit checkpoint signed"]
+    assert line.checkpoint["number"] == 3  # type: ignore[attr-defined]
+
+
+def ledger_private(ledger: Ledger) -> str:
+    """The ledger's own key as configuration text (kid:seed)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    seed = ledger.keys.private["ck-1"].private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return "ck-1:" + base64.urlsafe_b64encode(seed).rstrip(b"=").decode()
+
+
+async def test_checkpoints_cannot_be_changed_by_the_runtime_role(ledger: Ledger) -> None:
+    conn = await asyncpg.connect(runtime_url(ledger.owner, "audit"))
+    try:
+        for statement in (
+            "UPDATE audit.checkpoints SET seq = 0",
+            "DELETE FROM audit.checkpoints",
+            "TRUNCATE audit.checkpoints",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
