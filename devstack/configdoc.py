@@ -120,6 +120,10 @@ MEANINGS = {
     "reconcile_after_seconds": "a pending decision older than this is reconciled",
     "audit_verify_interval_seconds": "background chain verification (incremental) interval; 0 disables",
     "audit_full_verify_interval_seconds": "full chain verification interval; 0 disables",
+    "audit_checkpoint_keys": "`kid:seed[,kid:seed…]` Ed25519 keys (32-byte seeds, base64url) signing "
+    "checkpoints of the chain; the first signs, the rest verify (rotation); empty: no checkpoints",
+    "audit_checkpoint_interval_seconds": "how often the grown chain's head is signed as a checkpoint; "
+    "0: this process signs none",
 }
 
 

@@ -9,7 +9,7 @@ to a PostgreSQL cluster: give every ``make dev`` sharing one server its own ``DB
 ``<SERVICE>_DB_PASSWORD``) to whoever runs the server, as on a managed database.
 
 A service's environment holds its own role's password only: never the owner's URL, never another
-service's password.
+service's password; and the audit service alone sees its checkpoint signing keys.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from svckit.roles import role_url
 
 DEFAULT_PREFIX = "tsp_"
+#: secrets that belong to one service: the others never see them
+OWN_SECRETS = {"AUDIT_CHECKPOINT_KEYS": "audit"}
 PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
 
 
@@ -44,7 +46,9 @@ def service_database(env: Mapping[str, str], service: str, schema: str | None) -
     visible = {
         name: value
         for name, value in env.items()
-        if not name.endswith(PASSWORD_SUFFIX) and name not in ("DATABASE_URL", "DB_RUNTIME_PASSWORD")
+        if not name.endswith(PASSWORD_SUFFIX)
+        and name not in ("DATABASE_URL", "DB_RUNTIME_PASSWORD")
+        and OWN_SECRETS.get(name, service) == service
     }
     if schema is not None:
         visible["DATABASE_URL"] = role_url(

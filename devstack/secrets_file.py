@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,7 +21,13 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-GENERATED = {
+def _checkpoint_key() -> str:
+    from audit.checkpoints import CheckpointKeys
+
+    return CheckpointKeys.generate(f"dev-{secrets.token_hex(3)}")
+
+
+GENERATED: dict[str, Callable[[], str]] = {
     "IDENTITY_KEYS": lambda: f"dev-{secrets.token_hex(3)}:{_key()}",
     "IDENTITY_KEY_ENCRYPTION_KEY": _fernet_key,
     "IDENTITY_SESSION_SECRET": _key,
@@ -30,6 +37,8 @@ GENERATED = {
     "TIMESHEETS_DB_PASSWORD": _key,
     "APPROVALS_DB_PASSWORD": _key,
     "AUDIT_DB_PASSWORD": _key,
+    # the audit service's checkpoint signing key (Ed25519), the public half at /api/audit/checkpoint-keys
+    "AUDIT_CHECKPOINT_KEYS": _checkpoint_key,
 }
 
 

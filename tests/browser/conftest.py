@@ -46,7 +46,10 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
     shutil.rmtree(state, ignore_errors=True)
     env = isolated_env("browser")
     stack = Platform(
-        {key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
+        {
+            **{key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
+            "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",  # the audit page shows a checkpoint within seconds
+        },
         state_dir=state,
         sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/
     )

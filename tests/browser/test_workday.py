@@ -192,6 +192,21 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
     await carol.get_by_role("button", name="Verify again").click()
     await expect(chain).to_contain_text("Chain verified")
 
+    # The chain is held to its signed checkpoints (signed every second on this platform): the newest
+    # one, whether its signature is valid, whether the events still match what it signed.
+    checkpoint = carol.get_by_test_id("checkpoint-status")
+    for _ in range(30):
+        if "Checkpoint #" in await checkpoint.inner_text():
+            break
+        await carol.wait_for_timeout(500)
+        await carol.get_by_role("button", name="Verify again").click()
+        await expect(chain).to_contain_text("Chain verified")
+    await expect(checkpoint).to_contain_text(re.compile(r"Checkpoint #\d+ covers events 1\u2013\d+, signed"))
+    await expect(checkpoint).to_contain_text("signature valid")
+    await expect(checkpoint).to_contain_text("chain matches")
+    await expect(checkpoint).to_have_attribute("data-matches", "true")
+    await shot(carol, "carol-audit-checkpoint")
+
     # A screen her permissions do not cover says which permission is missing.
     await carol.goto(f"{APP}/approvals")
     missing = carol.get_by_role("alert").filter(has_text="You don't have permission")

@@ -15,6 +15,7 @@ ENV = {
     "AUDIT_DB_PASSWORD": "audit-pw",
     "TIMESHEETS_DB_PASSWORD": "ts-pw",
     "IDENTITY_KEYS": "k:x",
+    "AUDIT_CHECKPOINT_KEYS": "ck:seed",
 }
 
 
@@ -24,6 +25,8 @@ def test_a_service_sees_its_own_role_only() -> None:
     assert "owner-pw" not in "".join(env.values())
     assert "ts-pw" not in "".join(env.values())
     assert env["IDENTITY_KEYS"] == "k:x"
+    assert env["AUDIT_CHECKPOINT_KEYS"] == "ck:seed"
+    assert "AUDIT_CHECKPOINT_KEYS" not in service_database(ENV, "timesheets", "timesheets")
 
 
 def test_the_gateway_gets_no_database_credential_at_all() -> None:
@@ -40,3 +43,10 @@ def test_migrate_prepares_the_role_with_its_generated_password() -> None:
     assert migrate_env({}, "audit")["DB_RUNTIME_ROLE"] == "tsp_audit"
     for service in ("IDENTITY", "TIMESHEETS", "APPROVALS", "AUDIT"):
         assert f"{service}_DB_PASSWORD" in GENERATED
+
+
+def test_make_dev_generates_a_usable_checkpoint_key() -> None:
+    from audit.checkpoints import CheckpointKeys
+
+    keys = CheckpointKeys.parse(GENERATED["AUDIT_CHECKPOINT_KEYS"]())
+    assert keys.signing_kid.startswith("dev-")

@@ -130,6 +130,7 @@ LIVE = {
     "database-password-timesheets": "T" * 32,
     "database-password-approvals": "A" * 32,
     "database-password-audit": "U" * 32,
+    "audit-checkpoint-keys": "ck1:" + "C" * 43,
 }
 
 

@@ -28,6 +28,7 @@ SECRET_SHAPES = {
     "IDENTITY_SESSION_SECRET": "s" * 48,
     "BATCH_CLIENT_SECRET": "b" * 40,
     "DB_RUNTIME_PASSWORD": "r" * 32,
+    "AUDIT_CHECKPOINT_KEYS": "ck1:" + "A" * 43,  # a 32-byte seed, base64url
 }
 PEER_URLS = {"timesheets_url", "approvals_url", "audit_url"}
 

@@ -379,6 +379,13 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ join "," . | quote }}
 {{- end }}
 {{- end }}
+{{- if and (eq $c "audit") (not .migration) }}
+- name: AUDIT_CHECKPOINT_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: audit-checkpoint-keys
+{{- end }}
 {{- if eq $c "identity" }}
 - name: IDENTITY_ISSUER
   value: {{ first $root.Values.oidc.issuers | quote }}
