@@ -122,8 +122,51 @@ export interface paths {
       path?: never;
       cookie?: never;
     };
-    /** Recompute the hash chain */
+    /**
+     * Recompute the hash chain and hold it to its signed checkpoints
+     * @description Walks every record, recomputing each hash and link, and requires the record at each signed checkpoint's position to still carry the head hash that was signed: a history rewritten and re-hashed with full database access is reported, with first_bad the first record after the last checkpoint that still matches. The checkpoints themselves are checked too: signatures, numbering and the chain of prev digests.
+     */
     get: operations["verifyChain"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/api/audit/checkpoints": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * Signed checkpoints of the chain, newest first
+     * @description Each checkpoint signs the chain's head (seq and hash) at a moment, with a key kept outside the database, and chains to the one before (prev). Keep copies outside the platform: verifying against them (python -m audit verify --checkpoints FILE) also detects checkpoints deleted or re-signed later.
+     */
+    get: operations["listCheckpoints"];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  "/api/audit/checkpoint-keys": {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * The public keys checkpoints are signed with (a JWKS)
+     * @description Ed25519 keys as JWKs (RFC 8037). Pin them where checkpoints are verified: keys fetched from the platform being audited are only as trustworthy as the platform.
+     */
+    get: operations["checkpointKeys"];
     put?: never;
     post?: never;
     delete?: never;
@@ -210,6 +253,139 @@ export interface components {
       };
       prev_hash: string;
       hash: string;
+    };
+    /**
+     * CheckpointKey
+     * @description An Ed25519 public key as a JWK (RFC 8037).
+     */
+    CheckpointKey: {
+      /** @constant */
+      kty: "OKP";
+      /** @constant */
+      crv: "Ed25519";
+      x: string;
+      kid: string;
+      /** @constant */
+      use: "sig";
+      /** @constant */
+      alg: "EdDSA";
+    };
+    /**
+     * CheckpointKeySet
+     * @description A JWKS (RFC 7517): the keys checkpoints are signed with, the current signing key first.
+     * @example {
+     *       "keys": [
+     *         {
+     *           "alg": "EdDSA",
+     *           "crv": "Ed25519",
+     *           "kid": "ck-2026-11",
+     *           "kty": "OKP",
+     *           "use": "sig",
+     *           "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+     *         }
+     *       ]
+     *     }
+     */
+    CheckpointKeySet: {
+      keys: components["schemas"]["CheckpointKey"][];
+    };
+    /**
+     * CheckpointRecord
+     * @description A signed checkpoint: ``jws`` is the checkpoint itself (RFC 7515 compact, EdDSA, verifiable with
+     *     GET /audit/checkpoint-keys); the other fields repeat what it signs, for reading.
+     * @example {
+     *       "count": 1842,
+     *       "head": "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
+     *       "jws": "eyJhbGciOiJFZERTQSIsImtpZCI6ImNrLTIwMjYtMTEiLCJ0eXAiOiJ0c3AtYXVkaXQtY2hlY2twb2ludCtqd3MifQ.eyJjb3VudCI6MTg0MiwiaGVhZCI6IjFhMmIuLi4iLCJuIjoxNywicHJldiI6IjdjOWQuLi4iLCJzZXEiOjE4NDJ9.c2lnbmF0dXJl",
+     *       "key_id": "ck-2026-11",
+     *       "number": 17,
+     *       "prev": "9f2b5c1d7e3a8f4b6c0d2e1f3a5b7c9d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
+     *       "seq": 1842,
+     *       "signed_at": "2026-11-23T17:05:00Z"
+     *     }
+     */
+    CheckpointRecord: {
+      /** @description 1, 2, 3, … without gaps. */
+      number: number;
+      /** @description The chain position signed (its head). */
+      seq: number;
+      /** @description The hash of record seq. */
+      head: string;
+      /** @description Records in the chain up to seq (equal to seq: no gaps). */
+      count: number;
+      /**
+       * Format: date-time
+       * @description RFC 3339, UTC, Z.
+       */
+      signed_at: string;
+      /** @description SHA-256 of the previous checkpoint's jws (zeros for 1). */
+      prev: string;
+      key_id: string;
+      jws: string;
+    };
+    /**
+     * CheckpointStatus
+     * @description The chain against its signed checkpoints (present when the service signs checkpoints).
+     */
+    CheckpointStatus: {
+      /** @description Checkpoints examined. */
+      checked: number;
+      /** @description Checkpoints whose signature verified with a published key. */
+      verified: number;
+      /**
+       * @description The newest checkpoint; absent before the first.
+       * @default null
+       */
+      latest: components["schemas"]["CheckpointSummary"] | null;
+      /** @description Every checkpoint is signed by a published key, or chained to one that is. */
+      signatures_valid: boolean;
+      /** @description The records still hold every signed head, in place. */
+      chain_matches: boolean;
+      /**
+       * @description The first thing wrong with the checkpoints (when any).
+       * @default null
+       */
+      problem: string | null;
+    };
+    /**
+     * CheckpointSummary
+     * @description Which signed checkpoint is the newest: what the chain was held to last.
+     */
+    CheckpointSummary: {
+      /** @description Checkpoint number (1, 2, 3, …). */
+      number: number;
+      /** @description The chain position it signs. */
+      seq: number;
+      /**
+       * Format: date-time
+       * @description RFC 3339, UTC, Z.
+       */
+      signed_at: string;
+      /** @description The kid of the key that signed it (GET /audit/checkpoint-keys). */
+      key_id: string;
+    };
+    /**
+     * CheckpointsPage
+     * @example {
+     *       "items": [
+     *         {
+     *           "count": 1842,
+     *           "head": "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
+     *           "jws": "eyJhbGciOiJFZERTQSIsImtpZCI6ImNrLTIwMjYtMTEiLCJ0eXAiOiJ0c3AtYXVkaXQtY2hlY2twb2ludCtqd3MifQ.eyJjb3VudCI6MTg0MiwiaGVhZCI6IjFhMmIuLi4iLCJuIjoxNywicHJldiI6IjdjOWQuLi4iLCJzZXEiOjE4NDJ9.c2lnbmF0dXJl",
+     *           "key_id": "ck-2026-11",
+     *           "number": 17,
+     *           "prev": "9f2b5c1d7e3a8f4b6c0d2e1f3a5b7c9d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
+     *           "seq": 1842,
+     *           "signed_at": "2026-11-23T17:05:00Z"
+     *         }
+     *       ],
+     *       "next_cursor": "YzE3"
+     *     }
+     */
+    CheckpointsPage: {
+      items: components["schemas"]["CheckpointRecord"][];
+      /** @description Pass as ?cursor= for the next (older) page; null at the end. */
+      next_cursor: string | null;
     };
     /**
      * Decision
@@ -622,6 +798,18 @@ export interface components {
      * VerifyResult
      * @example {
      *       "checked": 1842,
+     *       "checkpoints": {
+     *         "chain_matches": true,
+     *         "checked": 17,
+     *         "latest": {
+     *           "key_id": "ck-2026-11",
+     *           "number": 17,
+     *           "seq": 1842,
+     *           "signed_at": "2026-11-23T17:05:00Z"
+     *         },
+     *         "signatures_valid": true,
+     *         "verified": 17
+     *       },
      *       "ok": true
      *     }
      * @example {
@@ -630,21 +818,32 @@ export interface components {
      *       "ok": false,
      *       "reason": "hash does not match the record's content"
      *     }
+     * @example {
+     *       "checked": 1842,
+     *       "first_bad": 1801,
+     *       "ok": false,
+     *       "reason": "records 1801 to 1842 differ from signed checkpoint 17: the history was rewritten and the chain recomputed after it was signed"
+     *     }
      */
     VerifyResult: {
       ok: boolean;
       /** @description Records examined. */
       checked: number;
       /**
-       * @description The first seq that is missing, altered or unlinked (only when ok is false).
+       * @description The first seq that is missing, altered or unlinked, or — when the records no longer match a signed checkpoint — the first one after the last checkpoint that still matches (only when ok is false and records are at fault).
        * @default null
        */
       first_bad: number | null;
       /**
-       * @description What is wrong at first_bad (only when ok is false).
+       * @description What is wrong (only when ok is false).
        * @default null
        */
       reason: string | null;
+      /**
+       * @description The chain against its signed checkpoints (absent when checkpoints are off).
+       * @default null
+       */
+      checkpoints: components["schemas"]["CheckpointStatus"] | null;
     };
   };
   responses: never;
@@ -2493,7 +2692,19 @@ export interface operations {
           /**
            * @example {
            *       "ok": true,
-           *       "checked": 1842
+           *       "checked": 1842,
+           *       "checkpoints": {
+           *         "checked": 17,
+           *         "verified": 17,
+           *         "latest": {
+           *           "number": 17,
+           *           "seq": 1842,
+           *           "signed_at": "2026-11-23T17:05:00Z",
+           *           "key_id": "ck-2026-11"
+           *         },
+           *         "signatures_valid": true,
+           *         "chain_matches": true
+           *       }
            *     }
            */
           "application/json": components["schemas"]["VerifyResult"];
@@ -2580,6 +2791,372 @@ export interface operations {
            *           "type": "less_than_equal"
            *         }
            *       ]
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      429: {
+        headers: {
+          /** @description Seconds to wait before retrying. */
+          "Retry-After"?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Too Many Requests",
+           *       "status": 429,
+           *       "detail": "Too many requests for this subject; retry in 12 s.",
+           *       "reason": "rate_limit_subject"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The service behind the gateway failed. */
+      502: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Bad Gateway",
+           *       "status": 502,
+           *       "detail": "The service is unreachable."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      503: {
+        headers: {
+          /** @description Seconds to wait before retrying. */
+          "Retry-After"?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Service Unavailable",
+           *       "status": 503,
+           *       "detail": "A backing service is unreachable; retry shortly."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The service did not answer in time. */
+      504: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Gateway Timeout",
+           *       "status": 504,
+           *       "detail": "The service timed out."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  listCheckpoints: {
+    parameters: {
+      query?: {
+        /** @description Page size. */
+        limit?: number;
+        /** @description The next_cursor of the previous page, unchanged (opaque). */
+        cursor?: string;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description One page of checkpoints. */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "items": [
+           *         {
+           *           "number": 17,
+           *           "seq": 1842,
+           *           "head": "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
+           *           "count": 1842,
+           *           "signed_at": "2026-11-23T17:05:00Z",
+           *           "prev": "9f2b5c1d7e3a8f4b6c0d2e1f3a5b7c9d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
+           *           "key_id": "ck-2026-11",
+           *           "jws": "eyJhbGciOiJFZERTQSIsImtpZCI6ImNrLTIwMjYtMTEiLCJ0eXAiOiJ0c3AtYXVkaXQtY2hlY2twb2ludCtqd3MifQ.eyJjb3VudCI6MTg0MiwiaGVhZCI6IjFhMmIuLi4iLCJuIjoxNywicHJldiI6IjdjOWQuLi4iLCJzZXEiOjE4NDJ9.c2lnbmF0dXJl"
+           *         }
+           *       ],
+           *       "next_cursor": "YzE3"
+           *     }
+           */
+          "application/json": components["schemas"]["CheckpointsPage"];
+        };
+      };
+      /** @description Malformed: the request target (encoded separators, dot segments, characters beyond printable ASCII), a header, or the JSON body. */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Bad Request",
+           *       "status": 400,
+           *       "detail": "The path contains encoded separators or dot segments."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description No access token, or one that does not verify (expired, wrong audience or issuer, bad signature, revoked). */
+      401: {
+        headers: {
+          /** @description An RFC 6750 challenge: error invalid_token or insufficient_scope (with scope). */
+          "WWW-Authenticate"?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unauthorized",
+           *       "status": 401,
+           *       "detail": "This API needs a bearer access token.",
+           *       "reason": "missing_token"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The token lacks a scope the operation needs. */
+      403: {
+        headers: {
+          /** @description An RFC 6750 challenge: error invalid_token or insufficient_scope (with scope). */
+          "WWW-Authenticate"?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Forbidden",
+           *       "status": 403,
+           *       "detail": "This route needs the scope read:timesheets.",
+           *       "reason": "insufficient_scope",
+           *       "required_scope": "read:timesheets"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description A query parameter is invalid, unknown or repeated; errors[] names it. */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unprocessable Content",
+           *       "status": 422,
+           *       "detail": "The query string has invalid parameters.",
+           *       "errors": [
+           *         {
+           *           "field": "limit",
+           *           "loc": [
+           *             "query",
+           *             "limit"
+           *           ],
+           *           "message": "Input should be less than or equal to 100",
+           *           "type": "less_than_equal"
+           *         }
+           *       ]
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      429: {
+        headers: {
+          /** @description Seconds to wait before retrying. */
+          "Retry-After"?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Too Many Requests",
+           *       "status": 429,
+           *       "detail": "Too many requests for this subject; retry in 12 s.",
+           *       "reason": "rate_limit_subject"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The service behind the gateway failed. */
+      502: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Bad Gateway",
+           *       "status": 502,
+           *       "detail": "The service is unreachable."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      503: {
+        headers: {
+          /** @description Seconds to wait before retrying. */
+          "Retry-After"?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Service Unavailable",
+           *       "status": 503,
+           *       "detail": "A backing service is unreachable; retry shortly."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The service did not answer in time. */
+      504: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Gateway Timeout",
+           *       "status": 504,
+           *       "detail": "The service timed out."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+    };
+  };
+  checkpointKeys: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description The current signing key first, then keys that only verify. */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "keys": [
+           *         {
+           *           "kty": "OKP",
+           *           "crv": "Ed25519",
+           *           "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+           *           "kid": "ck-2026-11",
+           *           "use": "sig",
+           *           "alg": "EdDSA"
+           *         }
+           *       ]
+           *     }
+           */
+          "application/json": components["schemas"]["CheckpointKeySet"];
+        };
+      };
+      /** @description Malformed: the request target (encoded separators, dot segments, characters beyond printable ASCII), a header, or the JSON body. */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Bad Request",
+           *       "status": 400,
+           *       "detail": "The path contains encoded separators or dot segments."
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description No access token, or one that does not verify (expired, wrong audience or issuer, bad signature, revoked). */
+      401: {
+        headers: {
+          /** @description An RFC 6750 challenge: error invalid_token or insufficient_scope (with scope). */
+          "WWW-Authenticate"?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unauthorized",
+           *       "status": 401,
+           *       "detail": "This API needs a bearer access token.",
+           *       "reason": "missing_token"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The token lacks a scope the operation needs. */
+      403: {
+        headers: {
+          /** @description An RFC 6750 challenge: error invalid_token or insufficient_scope (with scope). */
+          "WWW-Authenticate"?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Forbidden",
+           *       "status": 403,
+           *       "detail": "This route needs the scope read:timesheets.",
+           *       "reason": "insufficient_scope",
+           *       "required_scope": "read:timesheets"
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];

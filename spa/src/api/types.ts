@@ -17,6 +17,7 @@ export type EntryPage = Schemas["EntryPage"];
 export type AuditEvent = Schemas["AuditRecord"];
 export type AuditPage = Schemas["EventsPage"];
 export type ChainVerification = Schemas["VerifyResult"];
+export type CheckpointStatus = Schemas["CheckpointStatus"];
 
 /** A page of any listing: the items and the cursor of the next page (null on the last). */
 export interface Page<T> {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeEvent, filtersToQuery, NO_FILTERS } from "./audit";
+import { describeCheckpoints, describeEvent, filtersToQuery, NO_FILTERS } from "./audit";
 
 const actor = (subject: string, name = "") => ({
   issuer: "http://localhost:9000/",
@@ -97,5 +97,64 @@ describe("audit events", () => {
       to: "2026-12-01T00:00:00Z",
     });
     expect(filtersToQuery({ ...NO_FILTERS, from: "garbage" })).toEqual({});
+  });
+});
+
+describe("checkpoint status", () => {
+  const when = (iso: string) => `at ${iso}`;
+  const latest = { number: 17, seq: 1842, signed_at: "2026-11-23T17:05:00Z", key_id: "ck-1" };
+
+  it("reads an intact chain held to its newest checkpoint", () => {
+    const view = describeCheckpoints(
+      { checked: 17, verified: 17, latest, signatures_valid: true, chain_matches: true, problem: null },
+      when,
+    );
+    expect(view).toEqual({
+      tone: "ok",
+      headline: "Checkpoint #17 covers events 1–1842, signed at 2026-11-23T17:05:00Z",
+      signature: "signature valid",
+      chain: "chain matches",
+      problem: null,
+    });
+  });
+
+  it("says loudly when the events no longer match what was signed", () => {
+    const view = describeCheckpoints(
+      { checked: 17, verified: 17, latest, signatures_valid: true, chain_matches: false, problem: null },
+      when,
+    );
+    expect(view.tone).toBe("broken");
+    expect(view.chain).toBe("chain does NOT match");
+    expect(view.signature).toBe("signature valid");
+  });
+
+  it("says so when a checkpoint's signature is invalid", () => {
+    const view = describeCheckpoints(
+      {
+        checked: 3,
+        verified: 2,
+        latest: { ...latest, number: 3 },
+        signatures_valid: false,
+        chain_matches: true,
+        problem: "checkpoint 3: the signature does not verify",
+      },
+      when,
+    );
+    expect(view).toMatchObject({
+      tone: "broken",
+      signature: "signature INVALID",
+      problem: "checkpoint 3: the signature does not verify",
+    });
+  });
+
+  it("tells a trail without checkpoints yet from a service that signs none", () => {
+    const none = describeCheckpoints(
+      { checked: 0, verified: 0, latest: null, signatures_valid: true, chain_matches: true, problem: null },
+      when,
+    );
+    expect(none).toMatchObject({ tone: "pending", headline: "No checkpoint signed yet.", signature: null });
+    const off = describeCheckpoints(undefined, when);
+    expect(off.tone).toBe("off");
+    expect(off.headline).toContain("only checked against itself");
   });
 });

@@ -4,7 +4,7 @@
  * `{seq, occurred_at, source, actor {issuer, subject, kind, name}, action, resource {type, id}, outcome,
  * details}`; this turns each into a short "who did what" line.
  */
-import type { AuditEvent } from "../api/types";
+import type { AuditEvent, CheckpointStatus } from "../api/types";
 import { shortSubject } from "../api/types";
 import { addDays, isIsoDate } from "./week";
 
@@ -161,5 +161,58 @@ export function describeEvent(raw: AuditEvent | Json): EventView {
     tone: toneOf(action, decision, outcome),
     outcome,
     details: parts.join(" · "),
+  };
+}
+
+/** How the chain's signed checkpoints read on the audit page (from `GET /api/audit/verify`). */
+export interface CheckpointView {
+  tone: "ok" | "broken" | "pending" | "off";
+  /** "Checkpoint #17 covers events 1–1842, signed 23 Nov, 17:05:00" or why there is none. */
+  headline: string;
+  /** "signature valid" / "signature INVALID": the checkpoints are signed by a published key. */
+  signature: string | null;
+  /** "chain matches" / "chain does NOT match": the events still hold every signed head. */
+  chain: string | null;
+  problem: string | null;
+}
+
+/**
+ * Absent (`undefined`) means the audit service signs no checkpoints: the chain is then only checked
+ * against itself, which an owner of the database can recompute.
+ */
+export function describeCheckpoints(
+  status: CheckpointStatus | null | undefined,
+  when: (iso: string) => string,
+): CheckpointView {
+  if (!status) {
+    return {
+      tone: "off",
+      headline: "No signed checkpoints: the chain is only checked against itself.",
+      signature: null,
+      chain: null,
+      problem: null,
+    };
+  }
+  const problem = typeof status.problem === "string" ? status.problem : null;
+  const signature = status.signatures_valid ? "signature valid" : "signature INVALID";
+  const chain = status.chain_matches ? "chain matches" : "chain does NOT match";
+  const bad = !status.signatures_valid || !status.chain_matches || problem !== null;
+  const latest = status.latest;
+  if (!latest) {
+    return {
+      tone: bad ? "broken" : "pending",
+      headline: "No checkpoint signed yet.",
+      signature: bad ? signature : null,
+      chain: bad ? chain : null,
+      problem,
+    };
+  }
+  const span = latest.seq > 0 ? `events 1–${latest.seq}` : "an empty trail";
+  return {
+    tone: bad ? "broken" : "ok",
+    headline: `Checkpoint #${latest.number} covers ${span}, signed ${when(latest.signed_at)}`,
+    signature,
+    chain,
+    problem,
   };
 }

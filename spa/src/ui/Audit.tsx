@@ -7,6 +7,7 @@ import {
   ACTION_CHOICES,
   NO_FILTERS,
   OUTCOME_CHOICES,
+  describeCheckpoints,
   describeEvent,
   filtersToQuery,
   type AuditFilters,
@@ -260,10 +261,32 @@ function ChainStatus({
       <span class="chain__icon" aria-hidden="true">
         {tone === "ok" ? "✓" : tone === "broken" ? "✗" : "…"}
       </span>
-      <div class="chain__text">{body}</div>
+      <div class="chain__text">
+        {body}
+        {chain && !loading && !error && <Checkpoints status={chain.checkpoints} />}
+      </div>
       <button type="button" class="button button--ghost button--small" onClick={onVerify} disabled={loading}>
         Verify again
       </button>
     </div>
+  );
+}
+
+/** The signed checkpoints the chain was held to: the newest, its signature, whether the events match. */
+function Checkpoints({ status }: { status: ChainVerification["checkpoints"] }) {
+  const view = describeCheckpoints(status, formatTime);
+  return (
+    <p
+      class={`chain__checkpoints chain__checkpoints--${view.tone}`}
+      data-testid="checkpoint-status"
+      data-tone={view.tone}
+      data-signatures={status ? String(status.signatures_valid) : undefined}
+      data-matches={status ? String(status.chain_matches) : undefined}
+    >
+      {view.headline}
+      {view.signature && <span> · {view.signature}</span>}
+      {view.chain && <span> · {view.chain}</span>}
+      {view.problem && <span class="chain__problem"> — {view.problem}</span>}
+    </p>
   );
 }
