@@ -13,7 +13,9 @@ trustworthy as that platform.
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -35,11 +37,13 @@ from svckit.problems import validation_problem
 from svckit.query import parse_query
 from svckit.responses import model_response
 
-from .checkpoints import PublicKeys, parse
+from .checkpoints import InvalidCheckpoint, PublicKeys, parse
 from .store import AuditStore, Verification
 from .trail import CheckpointTrail
 
 READ_AUDIT = "read:audit"
+
+log = logging.getLogger("audit.api")
 
 
 def store_of(request: Request) -> AuditStore:
@@ -107,21 +111,29 @@ async def list_checkpoints(request: Request) -> Response:
     query = parse_query(request, CheckpointsQuery)
     signed, more = await store_of(request).checkpoints.page(query.limit, query.before_number)
     items = []
-    for jws in signed:
-        checkpoint = parse(jws)  # the stored JWS, as it is: verifying is GET /audit/verify's job
-        items.append(
-            CheckpointRecord(
-                number=checkpoint.number,
-                seq=checkpoint.seq,
-                head=checkpoint.head,
-                count=checkpoint.count,
-                signed_at=checkpoint.signed_at,
-                prev=checkpoint.prev,
-                key_id=checkpoint.key_id,
-                jws=checkpoint.jws,
+    for number, jws in signed:
+        # the stored JWS as it is (verifying signatures is GET /audit/verify's job); a row that is
+        # not even a checkpoint was written by someone else than this service: verify reports it
+        try:
+            checkpoint = parse(jws)
+            items.append(
+                CheckpointRecord(
+                    number=checkpoint.number,
+                    seq=checkpoint.seq,
+                    head=checkpoint.head,
+                    count=checkpoint.count,
+                    signed_at=checkpoint.signed_at,
+                    prev=checkpoint.prev,
+                    key_id=checkpoint.key_id,
+                    jws=checkpoint.jws,
+                )
             )
-        )
-    next_cursor = encode_checkpoint_cursor(items[-1].number) if more and items else None
+        except (InvalidCheckpoint, ValidationError) as exc:
+            log.warning(
+                "a stored checkpoint is malformed; not listed",
+                extra={"number": number, "error": str(exc)[:200]},
+            )
+    next_cursor = encode_checkpoint_cursor(signed[-1][0]) if more and signed else None
     return model_response(CheckpointsPage(items=items, next_cursor=next_cursor))
 
 

@@ -49,17 +49,17 @@ class CheckpointStore:
             checkpoint.jws,
         )
 
-    async def page(self, limit: int, before: int | None) -> tuple[list[str], bool]:
-        """The JWS of up to ``limit`` checkpoints, newest first, numbered below ``before``; and
-        whether older ones exist."""
+    async def page(self, limit: int, before: int | None) -> tuple[list[tuple[int, str]], bool]:
+        """(number, JWS) of up to ``limit`` checkpoints, newest first, numbered below ``before``;
+        and whether older ones exist."""
         async with self.database.connection() as conn:
             rows = await conn.fetch(
-                f"""SELECT jws FROM {self.schema}.checkpoints WHERE number < $1
+                f"""SELECT number, jws FROM {self.schema}.checkpoints WHERE number < $1
                     ORDER BY number DESC LIMIT $2""",
                 before if before is not None else 2**63 - 1,
                 limit + 1,
             )
-        return [row["jws"] for row in rows[:limit]], len(rows) > limit
+        return [(row["number"], row["jws"]) for row in rows[:limit]], len(rows) > limit
 
     async def after(self, conn: Connection, number: int, limit: int) -> list[StoredCheckpoint]:
         rows = await conn.fetch(

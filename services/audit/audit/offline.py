@@ -199,5 +199,8 @@ def main(argv: list[str]) -> int:
             return asyncio.run(_export(settings, args.after))
         return asyncio.run(_verify(settings, keys, retained))
     except DATABASE_FAILURES as exc:
-        print(f"audit {args.command}: database unreachable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print(
+            f"audit {args.command}: database unreachable or refusing ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
         return UNREACHABLE_EXIT

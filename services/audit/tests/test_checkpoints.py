@@ -283,6 +283,18 @@ def ledger_private(ledger: Ledger) -> str:
     return "ck-1:" + base64.urlsafe_b64encode(seed).rstrip(b"=").decode()
 
 
+async def test_a_row_that_is_no_checkpoint_is_left_out_of_the_listing_and_reported(ledger: Ledger) -> None:
+    await owner_sql(
+        ledger.owner,
+        "INSERT INTO audit.checkpoints (number, seq, head, signed_at, key_id, jws) VALUES "
+        f"(3, 9, '{'a' * 64}', now(), 'ck-1', 'not.a.checkpoint')",
+    )
+    assert [i["number"] for i in await ledger.checkpoints()] == [2, 1]
+    body = await ledger.verify()
+    assert body["ok"] is False
+    assert body["checkpoints"]["problem"].startswith("checkpoint 3 is not a valid checkpoint")
+
+
 async def test_checkpoints_cannot_be_changed_by_the_runtime_role(ledger: Ledger) -> None:
     conn = await asyncpg.connect(runtime_url(ledger.owner, "audit"))
     try:
