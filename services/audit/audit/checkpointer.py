@@ -81,7 +81,7 @@ class Checkpointer:
                     metrics.checkpoints.labels("unchanged").inc()
                     return None
             since = Anchor(seq=last.seq, hash=last.head) if last is not None and last.seq > 0 else None
-            verification = await self.store.verify(since=since)
+            verification = await self.store.verify(since=since, observe=False)
             if not verification.ok:
                 self._refuse(
                     "the chain does not extend the newest checkpoint",
