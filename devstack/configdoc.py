@@ -69,6 +69,8 @@ MEANINGS = {
     "jwks_max_stale_seconds": "how long cached keys keep working while the provider is unreachable",
     "jwks_refetch_cooldown_seconds": "at most one unknown-`kid` refetch per issuer per this period",
     "jwks_fetch_timeout_seconds": "timeout of a discovery or JWKS fetch",
+    "jwks_retry_min_seconds": "back-off after a failed discovery/JWKS fetch (doubling, jittered)",
+    "jwks_retry_max_seconds": "longest back-off between fetches while an issuer keeps failing",
     "max_body_bytes": "largest accepted request body (413 above)",
     "upstream_connect_timeout_seconds": "connect timeout to a service (502/503 after)",
     "upstream_read_timeout_seconds": "read timeout from a service (504 after)",

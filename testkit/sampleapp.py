@@ -1,5 +1,6 @@
 """A minimal service for tests of how the kit serves (``svckit.server``): as separate processes, with
-one worker or several, without a database. ``GET /fast``, ``GET /slow?s=<seconds>``."""
+one worker or several, without a database (or as a stand-in upstream behind a gateway). ``GET /fast``,
+``GET /slow?s=<seconds>``, and any other path (``?s=<seconds>`` to be slow)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,21 @@ async def slow(request: Request) -> Response:
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 
+async def anything(request: Request) -> Response:
+    """Any other path (a stand-in upstream behind a gateway): ``?s=<seconds>`` makes it slow."""
+    if "s" in request.query_params:
+        await asyncio.sleep(min(float(request.query_params["s"]), 10.0))
+    return JSONResponse({"ok": True, "path": request.url.path, "pid": os.getpid()})
+
+
 def create_app() -> Starlette:
-    return Starlette(routes=[Route("/fast", fast), Route("/slow", slow)])
+    return Starlette(
+        routes=[
+            Route("/fast", fast),
+            Route("/slow", slow),
+            Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE"]),
+        ]
+    )
 
 
 def main() -> int:

@@ -138,6 +138,11 @@ def scenarios() -> dict[str, dict[str, Any]]:
         ),
         "minimal": MINIMAL,
         "prod+extensions": deep_merge(prod, EXTENSIONS),
+        # chart-testing's install values (ct.yaml): rendered, linted and validated like the others
+        **{
+            f"ci/{path.name}": yaml.safe_load(path.read_text())
+            for path in sorted((CHART / "ci").glob("*-values.yaml"))
+        },
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,8 +176,8 @@ def test_app_containers_probe_healthz_and_readyz(objects: list[Obj]) -> None:
 
 def test_every_workload_of_the_chart_has_probes(objects: list[Obj]) -> None:
     for obj, spec in workloads(objects):
-        if obj["kind"] == "Job":
-            continue
+        if obj["kind"] == "Job" or obj["metadata"]["annotations"].get("helm.sh/hook") == "test":
+            continue  # runs to completion
         for c in spec["containers"]:
             if component(obj) in APP_COMPONENTS and not chart_container(c):
                 continue  # a sidecar from values
@@ -287,7 +288,12 @@ def test_secrets_reach_containers_only_by_reference(objects: list[Obj]) -> None:
 def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
     objects = rendered_scenario("values-prod.yaml")
     assert by_kind(objects, "Secret") == [], "production generates no secret"
-    for _obj, spec in workloads(objects):
+    for obj, spec in workloads(objects):
+        if component(obj) == "helm-test":
+            assert not [e for c in containers(spec) for e in c.get("env", []) if "valueFrom" in e], (
+                "no secrets"
+            )
+            continue
         for c in containers(spec):
             env = env_of(c)
             assert env["IDENTITY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
@@ -473,7 +479,7 @@ def test_backends_accept_only_the_gateway_and_their_peers(objects: list[Obj], ba
         assert rule.get("from"), "a rule without 'from' admits anyone"
         for peer in rule["from"]:
             assert "ipBlock" not in peer
-    allowed = peers(ingress, "from")
+    allowed = peers(ingress, "from") - {"helm-test"}  # `helm test`'s pod checks every /readyz
     assert allowed == BACKEND_CALLERS[backend] & present
     # Anything else in 'from' may only be the metrics scrapers (a namespace selector).
     others = [p for r in ingress for p in r["from"] if "podSelector" not in p or "namespaceSelector" in p]
@@ -685,7 +691,7 @@ def test_image_pull_secrets_reach_every_pod(
         "redis": {"enabled": True},
     }
     pods = list(workloads(render_values(values)))
-    assert len(pods) == 8  # five services, migrations, PostgreSQL, Redis
+    assert len(pods) == 9  # five services, migrations, PostgreSQL, Redis, the helm test pod
     for obj, spec in pods:
         assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}], obj["kind"]
     for _obj, spec in workloads(rendered_scenario("values-prod.yaml")):
@@ -790,3 +796,89 @@ def test_production_believes_forwarded_headers_from_the_ingress_controller_only(
     assert "0.0.0.0/0" not in proxies
     assert "trustedProxies is empty" not in render_notes(SCENARIOS["values-prod.yaml"])
     assert "trustedProxies is empty" in render_notes(SCENARIOS["dev+everything"])
+
+
+# --- helm test -----------------------------------------------------------------------------------
+
+
+def test_helm_test_checks_every_readyz_and_an_unauthenticated_api_call(objects: list[Obj]) -> None:
+    pods = [o for o in by_kind(objects, "Pod") if o["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    (pod,) = pods
+    (c,) = pod["spec"]["containers"]
+    env = env_of(c)
+    components = {component(d) for d in app_deployments(objects)}
+    assert sorted(env["READY_URLS"]["value"].split()) == sorted(
+        f"http://ts-timesheets-{comp}:{CONTRACT_PORTS[comp]}/readyz" for comp in components
+    )
+    assert env["API_URL"]["value"] == "http://ts-timesheets-gateway:8080/api/timesheets"
+    assert "exc.code != 401" in c["command"][2]
+    assert "Bearer" in c["command"][2]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "hook-succeeded" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    # it may reach what it checks, through the NetworkPolicies
+    for comp in components:
+        http_rules = [
+            r for r in policy_for(objects, comp)["spec"]["ingress"] if r["ports"][0]["port"] == "http"
+        ]
+        if http_rules and "from" in http_rules[0]:
+            assert "helm-test" in peers(http_rules, "from"), comp
+    egress = policy_for(objects, "helm-test")["spec"]["egress"]
+    assert peers(egress, "to") == components
+
+
+def test_the_helm_test_script_runs_and_fails_when_a_component_is_not_ready(tmp_path: Path) -> None:
+    """The pod's script itself, against two tiny servers: one ready, one not; an API answering 401
+    with a Bearer challenge. It must pass only when everything is as expected."""
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/readyz":
+                self.send_response(200 if self.server.server_port == ready.server_port else 503)  # type: ignore[attr-defined]
+            else:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer realm="api"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    ready = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    broken = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for server in (ready, broken):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (pod,) = [o for o in rendered_scenario("values-dev.yaml") if o["kind"] == "Pod"]
+        script = pod["spec"]["containers"][0]["command"][2]
+
+        def run(ready_urls: list[str]) -> subprocess.CompletedProcess[str]:
+            env = {
+                "READY_URLS": " ".join(ready_urls),
+                "API_URL": f"http://127.0.0.1:{ready.server_port}/api/timesheets",
+                "PATH": "/usr/bin:/bin",
+            }
+            return subprocess.run(
+                [sys.executable, "-c", script],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        good = run([f"http://127.0.0.1:{ready.server_port}/readyz"])
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "all checks passed" in good.stdout
+        bad = run(
+            [f"http://127.0.0.1:{ready.server_port}/readyz", f"http://127.0.0.1:{broken.server_port}/readyz"]
+        )
+        assert bad.returncode == 1
+        assert f"not ready: http://127.0.0.1:{broken.server_port}/readyz" in bad.stdout
+    finally:
+        for server in (ready, broken):
+            server.shutdown()
+            server.server_close()

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from svckit.app import create_service_app
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.health import CheckFailed
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
@@ -53,6 +54,7 @@ log = logging.getLogger("gateway")
 OPENAPI_PATH = API_PREFIX + "/openapi.json"
 
 KEY_AGE_INTERVAL_SECONDS = 5.0
+JWKS_MAINTAIN_SECONDS = 1.0  # how often issuers without fresh keys are looked at (back-off permitting)
 _API_HEADS = frozenset({API_PREFIX, API_PREFIX + "/"})
 
 
@@ -152,6 +154,7 @@ class Gateway:
         self._pool_waits = dict.fromkeys(self.pools, 0)
         self._tasks = [
             PeriodicTask("gateway-key-ages", KEY_AGE_INTERVAL_SECONDS, self._key_ages, clock=clock),
+            PeriodicTask("gateway-jwks-refresh", JWKS_MAINTAIN_SECONDS, self._maintain_keys, clock=clock),
             PeriodicTask(
                 "gateway-metrics", metrics.RequestMetrics.FLUSH_SECONDS, self._flush_metrics, clock=clock
             ),
@@ -159,12 +162,22 @@ class Gateway:
         for task in self._tasks:
             task.start()
 
+    async def keys_ready(self) -> None:
+        """Readiness: a gateway that cannot verify any token must not take traffic; one whose
+        provider is down but whose cached keys are still usable can, and does."""
+        if self.jwks is None or not self.jwks.ready():
+            raise CheckFailed("no trusted issuer has usable signing keys")
+
     async def _warm(self) -> None:
         assert self.jwks is not None
         try:
             await self.jwks.warm()
         except Exception:  # warming is an optimisation; requests fetch on demand
             log.warning("warming the JWKS cache failed", exc_info=True)
+
+    async def _maintain_keys(self) -> None:
+        assert self.jwks is not None
+        self.jwks.maintain()
 
     async def _key_ages(self) -> None:
         assert self.jwks is not None
@@ -278,6 +291,7 @@ def create_app(settings: GatewaySettings | None = None, clock: Clock = SYSTEM_CL
         [openapi_route(gateway.routes), *spa_routes(settings)],
         require_identity=False,
         lifespan=lifespan,
+        checks={"signing_keys": gateway.keys_ready},
     )
     web.state.gateway = gateway
     return GatewayApp(gateway, web)

@@ -11,6 +11,15 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
 * Unknown ``kid``: one refresh per issuer, single-flight (concurrent requests await the same task),
   and at most one per ``JWKS_REFETCH_COOLDOWN_SECONDS`` so a flood of made-up ``kid`` values costs
   the provider one request per cool-down, not one per token.
+* Provider failing: each failed fetch puts the issuer in back-off — exponential from
+  ``JWKS_RETRY_MIN_SECONDS`` up to ``JWKS_RETRY_MAX_SECONDS``, with jitter so replicas do not retry in
+  step — during which no request, stale-key refresh or unknown ``kid`` fetches from it: requests go on
+  with the cached keys (or fail fast when there are none). So the fetches an unreachable provider sees
+  are bounded whatever the traffic (issue 11: 298 fetches in 2.6 s), one at a time per issuer, and the
+  warning is logged once per failure streak and then at most every :data:`WARN_EVERY_SECONDS`.
+* Readiness: :meth:`JwksCache.ready` says whether at least one trusted issuer has usable keys (fresh,
+  or stale within ``JWKS_MAX_STALE_SECONDS``): ``/readyz`` is 503 without any, 200 with cached keys
+  while the provider is down.
 * Only verification keys are loaded: private key material, ``use`` other than ``sig``, RSA keys under
   2048 bits and unknown key types are skipped.
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +165,13 @@ class IssuerKeys:
     inflight: asyncio.Task[None] | None = None
     next_unknown_refresh: float = 0.0  # monotonic
     redis_key_suffix: str = field(default="")
+    failures: int = 0  # consecutive failed fetches
+    retry_at: float = 0.0  # monotonic: no fetch from this issuer before (back-off after a failure)
+    warned_at: float = float("-inf")  # monotonic: when the last failure warning was logged
+    unwarned: int = 0  # failures since that warning
+
+
+WARN_EVERY_SECONDS = 60.0
 
 
 class JwksCache:
@@ -172,7 +189,6 @@ class JwksCache:
         self.session = session
         self.state = {issuer: IssuerKeys(config) for issuer, config in issuers.items()}
         self._timeout = aiohttp.ClientTimeout(total=settings.jwks_fetch_timeout_seconds)
-        self._background: set[asyncio.Task[None]] = set()
 
     # --- look-up (hot path) ------------------------------------------------------------------
 
@@ -182,6 +198,8 @@ class JwksCache:
         keyset = state.keyset
         if keyset is None or now > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
             metrics.jwks_cache.labels("memory", "miss").inc()
+            if self._backing_off(state):
+                raise KeysUnavailable(issuer)  # fail fast: the provider failed a moment ago
             await self._refresh(state, unknown_kid=None)
             keyset = state.keyset
             if keyset is None or self.clock.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
@@ -195,7 +213,9 @@ class JwksCache:
         metrics.jwks_cache.labels("memory", "miss").inc()
         if kid is None:
             raise UnknownKey("no kid")
-        if self.clock.monotonic() < state.next_unknown_refresh and state.inflight is None:
+        if state.inflight is None and (
+            self.clock.monotonic() < state.next_unknown_refresh or self._backing_off(state)
+        ):
             raise UnknownKey(kid)
         await self._refresh(state, unknown_kid=kid)
         keyset = state.keyset
@@ -214,19 +234,26 @@ class JwksCache:
 
     # --- refresh (single-flight) -------------------------------------------------------------
 
+    def _backing_off(self, state: IssuerKeys) -> bool:
+        return self.clock.monotonic() < state.retry_at
+
     def _refresh_in_background(self, state: IssuerKeys) -> None:
+        if state.inflight is None and not self._backing_off(state):
+            self._start(state, unknown_kid=None)
+
+    def _start(self, state: IssuerKeys, unknown_kid: str | None) -> asyncio.Task[None]:
+        """The issuer's one load in flight, started now if there is none (set synchronously, so that
+        every request of the same event-loop turn finds it and none starts another)."""
         if state.inflight is None:
-            task = asyncio.ensure_future(self._refresh(state, unknown_kid=None))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            task = asyncio.ensure_future(self._load(state, unknown_kid))
+            state.inflight = task
+            task.add_done_callback(lambda _: setattr(state, "inflight", None))
+        return state.inflight
 
     async def _refresh(self, state: IssuerKeys, unknown_kid: str | None) -> None:
         if unknown_kid is not None:
             state.next_unknown_refresh = self.clock.monotonic() + self.settings.jwks_refetch_cooldown_seconds
-        if state.inflight is None:
-            state.inflight = asyncio.ensure_future(self._load(state, unknown_kid))
-            state.inflight.add_done_callback(lambda _: setattr(state, "inflight", None))
-        await asyncio.shield(state.inflight)
+        await asyncio.shield(self._start(state, unknown_kid))
 
     async def _load(self, state: IssuerKeys, unknown_kid: str | None) -> None:
         """Redis first (another replica may already hold newer keys), then the provider."""
@@ -247,16 +274,66 @@ class JwksCache:
         except Exception as exc:  # the provider being down must never break verification
             outcome = "invalid" if isinstance(exc, ValueError) else "error"
             metrics.jwks_fetch.labels(state.config.issuer, outcome).inc()
-            log.warning(
-                "fetching signing keys failed; cached keys stay in use",
-                extra={"issuer": state.config.issuer, "error": f"{type(exc).__name__}: {exc}"[:200]},
-            )
+            self._failed(state, exc)
             self._update_age(state)
             return
         metrics.jwks_fetch.labels(state.config.issuer, "ok").inc()
+        if state.failures:
+            log.info(
+                "signing keys fetched again",
+                extra={"issuer": state.config.issuer, "failed_attempts": state.failures},
+            )
+        state.failures, state.retry_at, state.unwarned = 0, 0.0, 0
+        state.warned_at = float("-inf")
         state.keyset, state.raw = keyset, raw
         self._update_age(state)
         await self._to_redis(state)
+
+    def _failed(self, state: IssuerKeys, exc: Exception) -> None:
+        """Back off (exponential, capped, jittered) and warn — once per streak, then rarely."""
+        state.failures += 1
+        settings = self.settings
+        ceiling = min(
+            settings.jwks_retry_max_seconds, settings.jwks_retry_min_seconds * 2 ** (state.failures - 1)
+        )
+        delay = ceiling * random.uniform(0.5, 1.0)
+        now = self.clock.monotonic()
+        state.retry_at = now + delay
+        state.unwarned += 1
+        if now - state.warned_at >= WARN_EVERY_SECONDS:
+            log.warning(
+                "fetching signing keys failed; cached keys stay in use",
+                extra={
+                    "issuer": state.config.issuer,
+                    "error": f"{type(exc).__name__}: {exc}"[:200],
+                    "failures": state.unwarned,
+                    "retry_in": round(delay, 1),
+                    "cached_keys": state.keyset is not None,
+                },
+            )
+            state.warned_at, state.unwarned = now, 0
+
+    def usable(self, state: IssuerKeys) -> bool:
+        keyset = state.keyset
+        return (
+            keyset is not None
+            and self.clock.time() <= keyset.fetched_at + self.settings.jwks_max_stale_seconds
+        )
+
+    def maintain(self) -> None:
+        """Refresh, in the background, every issuer without fresh keys whose back-off has passed.
+
+        Called every second by the gateway: keys missing at start-up (the provider was down) arrive
+        once it is back without waiting for a request — a gateway that is not ready gets none — and
+        stale keys are renewed even when no token of that issuer comes by."""
+        now = self.clock.time()
+        for state in self.state.values():
+            if state.keyset is None or not state.keyset.fresh(now):
+                self._refresh_in_background(state)
+
+    def ready(self) -> list[str]:
+        """The trusted issuers whose keys can verify a token now (fresh, or stale within the bound)."""
+        return [issuer for issuer, state in self.state.items() if self.usable(state)]
 
     async def _fetch(self, state: IssuerKeys) -> tuple[KeySet, Any]:
         jwks_uri = state.config.jwks_uri
@@ -352,8 +429,6 @@ class JwksCache:
         await asyncio.gather(*(self._refresh(state, None) for state in self.state.values()))
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
         for state in self.state.values():
             if state.inflight is not None:
                 state.inflight.cancel()

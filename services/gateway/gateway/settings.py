@@ -62,6 +62,8 @@ class GatewaySettings(RedisSettings):
     jwks_max_stale_seconds: int = Field(default=6 * 3600, ge=2, le=7 * 86400)
     jwks_refetch_cooldown_seconds: float = Field(default=30.0, ge=0.0, le=3600)
     jwks_fetch_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    jwks_retry_min_seconds: float = Field(default=1.0, gt=0, le=3600)
+    jwks_retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     # --- routing and forwarding ---------------------------------------------------------------
     gateway_routes_file: Path = PACKAGE_DIR / "routes.yaml"
@@ -161,6 +163,8 @@ class GatewaySettings(RedisSettings):
     def _ttl_bounds(self) -> GatewaySettings:
         if self.jwks_min_ttl_seconds > self.jwks_max_ttl_seconds:
             raise ValueError("JWKS_MIN_TTL_SECONDS must not exceed JWKS_MAX_TTL_SECONDS")
+        if self.jwks_retry_min_seconds > self.jwks_retry_max_seconds:
+            raise ValueError("JWKS_RETRY_MIN_SECONDS must not exceed JWKS_RETRY_MAX_SECONDS")
         return self
 
     @property

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
 
+import aiohttp
+import pytest
+from gateway.issuers import load_issuers
+from gateway.jwks import JwksCache
 from prometheus_client import REGISTRY
 
 from testkit.clock import FakeClock
@@ -89,6 +94,7 @@ async def test_provider_outage_cached_keys_keep_working(
     finally:
         provider.down = False
         provider.max_age = 600
+        provider.max_age = 600
 
 
 async def test_staleness_is_bounded(api: Any, start_gateway: Any, provider: Provider) -> None:
@@ -103,6 +109,11 @@ async def test_staleness_is_bounded(api: Any, start_gateway: Any, provider: Prov
             assert status == 503, body
             assert headers["Retry-After"]
             provider.down = False
+            # the failed fetch put the issuer in back-off (JWKS_RETRY_MIN_SECONDS, jittered): requests
+            # fail fast until it has passed, then the next one fetches
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
+            assert status == 503, body
+            clock.advance(1.0)
             status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
             assert status == 200, body
         finally:
@@ -194,3 +205,116 @@ async def test_two_issuers_never_collide(api: Any, start_gateway: Any, provider:
             # a token claiming one issuer but signed with the other's key fails
             forged = other.token(iss=provider.issuer)
             assert (await api("GET", f"{gateway}/api/timesheets", forged))[0] == 401
+
+
+def fresh_token(provider: Provider, clock: FakeClock) -> str:
+    """A token valid on the gateway's (fake) clock, however far the test moved it."""
+    now = int(clock.time())
+    return provider.token(iat=now, exp=now + 600)
+
+
+def provider_calls(provider: Provider) -> int:
+    return provider.discovery_hits + provider.jwks_hits
+
+
+async def test_a_failing_provider_is_asked_a_bounded_number_of_times(
+    start_gateway: Any, provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stale keys, the provider failing, and ten simulated minutes of steady traffic (6,000 look-ups):
+    every look-up is answered from the cached keys, while the provider is asked a bounded number of
+    times (back-off doubling from 1 s to 60 s, jittered) and the failure is logged once, then at most
+    once a minute (issue 11: 298 fetches and 298 warnings in 2.6 s)."""
+    provider.max_age = 1
+    clock = FakeClock(start=time.time())
+    caplog.set_level(logging.INFO, logger="gateway.jwks")
+    settings = start_gateway.settings(jwks_min_ttl_seconds=1)
+    async with aiohttp.ClientSession() as session:
+        cache = JwksCache(settings, load_issuers(settings), None, session, clock)
+        try:
+            await cache.warm()
+            assert cache.ready() == [provider.issuer]
+            provider.down = True
+            before = provider_calls(provider)
+            caplog.clear()
+            per_minute = []
+            for _ in range(10):
+                start = provider_calls(provider)
+                for _ in range(600):
+                    clock.advance(0.1)
+                    key = await cache.key_for(provider.issuer, "rsa-1", "RS256")
+                    assert key.kid == "rsa-1"
+                    await asyncio.sleep(0)
+                    inflight = cache.state[provider.issuer].inflight
+                    if inflight is not None:
+                        await asyncio.shield(inflight)  # the fetch ends
+                per_minute.append(provider_calls(provider) - start)
+                cache.maintain()  # the gateway's 1 s task adds nothing beyond the back-off either
+            fetches = provider_calls(provider) - before
+            warnings = [r for r in caplog.records if "fetching signing keys failed" in r.getMessage()]
+            print(f"issuer down, stale keys: {fetches} fetches in 10 min of traffic, per minute {per_minute}")
+            assert fetches <= 20, per_minute
+            assert max(per_minute[2:]) <= 2, per_minute  # capped at one per 30-60 s
+            assert len(warnings) <= 11, len(warnings)  # the first, then at most one a minute
+            assert cache.ready() == [provider.issuer]  # stale, but usable
+            # the provider is back: within the longest back-off, the keys are fresh again
+            provider.down = False
+            for _ in range(700):
+                clock.advance(0.1)
+                cache.maintain()
+                await asyncio.sleep(0)
+                inflight = cache.state[provider.issuer].inflight
+                if inflight is not None:
+                    await asyncio.shield(inflight)
+                keyset = cache.state[provider.issuer].keyset
+                if keyset is not None and keyset.fresh(clock.time()):
+                    break
+            keyset = cache.state[provider.issuer].keyset
+            assert keyset is not None
+            assert keyset.fresh(clock.time())
+            assert "signing keys fetched again" in caplog.text
+        finally:
+            provider.down = False
+            provider.max_age = 600
+            await cache.close()
+
+
+async def readyz(api: Any, gateway: str) -> tuple[int, Any]:
+    status, _, body = await api("GET", f"{gateway}/readyz")
+    return status, body
+
+
+async def test_readiness_tells_whether_any_trusted_issuer_has_usable_keys(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
+    clock = FakeClock(start=time.time())
+    provider.down = True  # before the gateway starts: no keys anywhere (its Redis prefix is new)
+    provider.max_age = 1
+    try:
+        async with start_gateway(clock, jwks_min_ttl_seconds=1) as gateway:
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+            status, body = await readyz(api, gateway)
+            assert status == 503, body
+            assert body["failed"] == ["signing_keys"]
+            assert "usable signing keys" in body["checks"]["signing_keys"]
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
+            assert status == 503, body  # cannot verify: fails fast, no fetch per request
+            # the provider comes back: the gateway fetches by itself (no request needed), then is ready
+            provider.down = False
+            for _ in range(200):
+                await clock.tick(0.5)
+                await asyncio.sleep(0.01)
+                status, body = await readyz(api, gateway)
+                if status == 200:
+                    break
+            assert status == 200, body
+            # the provider goes down again: cached keys still verify, so the gateway stays ready
+            provider.down = True
+            clock.advance(30)  # past the keys' max-age (1 s): stale, within JWKS_MAX_STALE_SECONDS
+            status, body = await readyz(api, gateway)
+            assert status == 200, body
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", fresh_token(provider, clock))
+            assert status == 200, body
+    finally:
+        provider.down = False
+        provider.max_age = 600

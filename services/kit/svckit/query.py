@@ -4,22 +4,45 @@
 parameter name (``"limit"``), the same shape :func:`svckit.body.parse_body` produces for bodies. A
 parameter given twice is refused too: silently taking the first or the last hides client bugs.
 Models should set ``extra="forbid"`` so a misspelt parameter (``?stauts=``) is an error, not a no-op.
+
+A query string that is not well-formed is a 400 before any of that: a ``%`` not followed by two hex
+digits (``%zz``), or escapes that decode to bytes that are not UTF-8 (``%FF``, or ``%ED%A0%80``, a
+surrogate). Starlette would pass ``%zz`` through literally and replace bad bytes with U+FFFD, so the
+handler would search for something the client never sent.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
+from urllib.parse import unquote_to_bytes
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from .problems import field_errors, validation_problem
+from .problems import Problem, field_errors, validation_problem
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 M = TypeVar("M", bound=BaseModel)
 
 
+def check_query_string(raw: bytes) -> None:
+    """400 unless every percent-escape is well-formed and every name and value decodes as UTF-8."""
+    if _BAD_ESCAPE.search(raw):
+        raise Problem(
+            400, "Bad Request", "The query string has a malformed percent-escape (% + two hex digits)."
+        )
+    for pair in raw.split(b"&"):
+        try:
+            unquote_to_bytes(pair.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Problem(400, "Bad Request", "The query string does not decode as UTF-8.") from None
+
+
 def parse_query(request: Request, model: type[M]) -> M:
     """Validate the request's query string against ``model`` (field aliases are parameter names)."""
+    check_query_string(request.scope.get("query_string", b""))
     values: dict[str, str] = {}
     repeated: list[dict[str, object]] = []
     for name, value in request.query_params.multi_items():

@@ -22,6 +22,14 @@ connections cleanly and finish what was accepted:
 * an idle keep-alive connection is not closed under a request that may be on its way: it stays open
   for :data:`IDLE_GRACE_SECONDS`; a request arriving meanwhile is served with ``Connection: close``
   (as is the response of every request in flight), then the connection ends.
+
+**Lingering close.** A server that answers before it has read the whole request (a 413 from the
+``Content-Length`` alone, a 400 at the first bad byte) and then closes the socket while the client is
+still sending makes the kernel reset the connection, and the reset destroys the answer the client
+had not read yet: it saw a connection reset instead of its 413. Whenever the server ends a connection,
+:class:`ProblemHttpProtocol` therefore sends its FIN after the response (``write_eof``) and reads and
+discards what the client still sends, until the client closes, :data:`LINGER_SECONDS` pass or
+:data:`LINGER_BYTES` arrive — what nginx calls lingering close.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ MAX_TARGET_BYTES = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 IDLE_GRACE_SECONDS = 1.0
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
 
 
 class _Refusal(Exception):
@@ -115,19 +125,86 @@ class _ProblemCycle(RequestResponseCycle):
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: ``close()`` lingers (see the module docstring)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: ProblemHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        # the calls of every response, bound once (no __getattr__ on the hot path)
+        self.write = transport.write
+        self.writelines = transport.writelines
+        self.get_extra_info = transport.get_extra_info
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol.linger()
+
+
 class ProblemHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with problem bodies, head limits and a graceful idle drain."""
+    """uvicorn's httptools protocol with problem bodies, head limits, lingering close and a graceful
+    idle drain."""
 
     idle_grace_seconds = IDLE_GRACE_SECONDS
+    linger_seconds = LINGER_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.lingering = False
+        self._raw: asyncio.Transport | None = None
+        self._lingered_bytes = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._target_bytes = 0
         self._head_bytes = 0
         self._header_count = 0
         self._refusal: _Refusal | None = None
         self._draining = False
         self._receiving = False
+
+    # --- lingering close -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+
+    def linger(self) -> None:
+        """End the connection: FIN after what was written, then discard input until the peer closes."""
+        raw = self._raw
+        if raw is None or self.lingering or raw.is_closing():
+            return
+        self.lingering = True
+        try:
+            can_half_close = raw.can_write_eof()
+        except (AttributeError, NotImplementedError):
+            can_half_close = False
+        if not can_half_close:
+            raw.close()
+            return
+        raw.write_eof()
+        raw.resume_reading()  # flow control may have paused it
+        self._linger_timer = self.loop.call_later(self.linger_seconds, raw.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > LINGER_BYTES and self._raw is not None:
+                self._raw.close()
+            return
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        super().connection_lost(exc)
+        if self._raw is not None and not self._raw.is_closing():
+            self._raw.close()
 
     # --- limits on the request head --------------------------------------------------------------
 
@@ -174,7 +251,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         else:
             status, detail = 400, _parser_reason(sys.exc_info()[1])
         self.transport.write(problem_bytes(status, detail, self.server_state.default_headers))
-        self.transport.close()
+        self.transport.close()  # lingering: the client may still be sending
 
     # --- graceful shutdown -------------------------------------------------------------------------
 

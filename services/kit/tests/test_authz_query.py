@@ -17,6 +17,7 @@ from svckit.authz import requires_scope, requires_service
 from svckit.identity import Identity
 from svckit.query import parse_query
 from svckit.settings import ServiceSettings, load_settings
+from yarl import URL
 
 from testkit.fixtures import Caller, serve_app, user
 
@@ -49,7 +50,8 @@ async def base_url(identity_keys: str) -> AsyncIterator[str]:
 
 async def get(caller: Caller, identity: Identity, url: str) -> tuple[int, Any]:
     headers = caller.headers(identity, "GET", url)
-    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+    target = URL(url, encoded=True)  # byte for byte, as signed (aiohttp would re-quote "%zz")
+    async with aiohttp.ClientSession() as session, session.get(target, headers=headers) as response:
         return response.status, await response.json(content_type=None)
 
 
@@ -84,6 +86,22 @@ async def test_bad_query_names_the_parameter(base_url: str, caller: Caller, quer
     assert status == 422
     assert [error["field"] for error in body["errors"]] == [field]
     assert body["errors"][0]["loc"][0] == "query"
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("limit=%zz", "percent-escape"),
+        ("limit=5%", "percent-escape"),
+        ("lim%2it=5", "percent-escape"),
+        ("limit=%FF", "UTF-8"),
+        ("limit=%ED%A0%80", "UTF-8"),  # a surrogate, in CESU-8
+    ],
+)
+async def test_malformed_query_strings_are_400(base_url: str, caller: Caller, query: str, says: str) -> None:
+    status, body = await get(caller, user("alice", "read:things"), f"{base_url}/things?{query}")
+    assert status == 400, body
+    assert says in body["detail"]
 
 
 async def test_internal_route_only_for_named_services(base_url: str, caller: Caller) -> None:

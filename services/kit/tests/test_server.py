@@ -125,3 +125,31 @@ async def test_sigterm_under_keep_alive_load_resets_nothing(workers: int) -> Non
     assert report.broken == 0, report.after_signal
     assert report.after_signal["refused"] > 0, report.after_signal  # it did stop listening
     assert code in (0, -signal.SIGTERM)
+
+
+async def test_an_early_answer_reaches_a_client_still_sending(identity_keys: str) -> None:
+    """413 from the Content-Length alone while the client still sends 5 MiB: the server lingers (FIN
+    after the answer, input discarded) instead of closing under the client, whose kernel would
+    otherwise get a reset and throw the unread answer away."""
+    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    async with serve_app(create_service_app(settings, [], max_body_size=1024)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            body = b"x" * (5 * 1024 * 1024)
+            head = b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+            writer.write(POST + head % len(body))
+
+            async def send_body(stream: asyncio.StreamWriter = writer, data: bytes = body) -> None:
+                try:
+                    stream.write(data)
+                    await stream.drain()
+                except ConnectionError:
+                    pass
+
+            sending = asyncio.ensure_future(send_body())
+            response = await asyncio.wait_for(reader.read(), 10)
+            await sending
+            writer.close()
+            assert response.startswith(b"HTTP/1.1 413"), response[:100]
+            assert b"application/problem+json" in response

@@ -1,0 +1,262 @@
+"""The fault suite's platform: every service as a process of its own, on a Postgres and a Redis of the
+suite's own, so that a test can kill, stop or freeze any part and start it again.
+
+* :class:`Stack` — a private PostgreSQL (``testkit.pgproc``: never the machine's shared one), a private
+  Redis (``testkit.redisproc``), and identity, timesheets, approvals, audit and the gateway started as
+  ``python -m <service>`` on free ports, as ``make dev`` starts them; tokens of alice (employee), bob
+  (manager) and carol (auditor) from the identity service's real code flow.
+* :class:`Figures` — what the fault cases measured (outages, recovery times, p99, fetch rates). Written
+  to ``test-output/faults.json`` and printed in pytest's terminal summary, so the figures are in every
+  ``make test`` log without ``-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port, migrate_schema, new_identity_keys
+from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli, sign_in_tokens
+from testkit.pgproc import PrivatePostgres, postgres_bin
+from testkit.redisproc import PrivateRedis
+
+SERVICES = REPO_ROOT / "services"
+OUTPUT = REPO_ROOT / "test-output" / "faults.json"
+SCOPES = {
+    "alice": "openid read:timesheets create:timesheets delete:timesheets",
+    "bob": "openid read:timesheets approve:timesheets",
+    "carol": "openid read:audit",
+}
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+
+class Figures:
+    """Named measurements of the fault cases, in the order they were taken."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+
+    def record(self, case: str, **figures: Any) -> None:
+        self.values.setdefault(case, {}).update(figures)
+        OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+        OUTPUT.write_text(json.dumps(self.values, indent=2, default=str) + "\n")
+
+    def lines(self) -> list[str]:
+        return [f"{case}: {json.dumps(figures, default=str)}" for case, figures in self.values.items()]
+
+
+FIGURES = Figures()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES.values:
+        terminalreporter.section("fault suite figures (also in test-output/faults.json)")
+        for line in FIGURES.lines():
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def figures() -> Figures:
+    return FIGURES
+
+
+# ---- the stack -------------------------------------------------------------------------------------
+
+
+class Stack:
+    """Five service processes on a private Postgres and Redis; each can be killed and started again."""
+
+    def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, logs: Path) -> None:
+        self.postgres = postgres
+        self.redis = redis
+        self.logs = logs
+        self.identity_keys = new_identity_keys("faults")
+        port = free_port()
+        self.issuer = f"http://localhost:{port}/"
+        common = {
+            "DATABASE_URL": postgres.dsn,
+            "REDIS_URL": redis.url,
+            "REDIS_KEY_PREFIX": "faults:",
+            "IDENTITY_KEYS": self.identity_keys,
+            "LOG_LEVEL": "INFO",
+            "DB_CONNECT_TIMEOUT_SECONDS": "2",
+            "REDIS_RETRY_SECONDS": "0.5",
+            "SHUTDOWN_TIMEOUT_SECONDS": "5",
+        }
+        self.identity = ServiceProcess(
+            "identity",
+            {
+                **common,
+                "IDENTITY_ISSUER": self.issuer,
+                "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+                "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+                "DEMO_PASSWORD": DEMO_PASSWORD,
+                "BATCH_CLIENT_SECRET": BATCH_SECRET,
+            },
+            port=port,
+            log_dir=logs,
+        )
+        self.audit = ServiceProcess("audit", common, log_dir=logs)
+        relay = {
+            "AUDIT_URL": self.audit.url,
+            "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
+            "OUTBOX_MAX_BACKOFF_SECONDS": "1",
+        }
+        self.timesheets = ServiceProcess("timesheets", {**common, **relay}, log_dir=logs)
+        self.approvals = ServiceProcess(
+            "approvals",
+            {
+                **common,
+                **relay,
+                "TIMESHEETS_URL": self.timesheets.url,
+                "RECONCILE_INTERVAL_SECONDS": "0.5",
+                "RECONCILE_AFTER_SECONDS": "1",
+                "APPLY_TIMEOUT_SECONDS": "2",
+            },
+            log_dir=logs,
+        )
+        self.gateway_env = {
+            **common,
+            "OIDC_ISSUER": self.issuer,
+            "TIMESHEETS_URL": self.timesheets.url,
+            "APPROVALS_URL": self.approvals.url,
+            "AUDIT_URL": self.audit.url,
+            "GATEWAY_WORKERS": "1",
+            "RATE_LIMIT_PER_SUBJECT": "1000000",
+            "RATE_LIMIT_PER_CLIENT": "1000000",
+            "JWKS_MIN_TTL_SECONDS": "1",
+            "JWKS_MAX_TTL_SECONDS": "10",  # keys go stale 10 s after a fetch (the issuer-down case)
+            "SPA_DIST_DIR": str(logs),
+            "GATEWAY_ACCESS_LOG": "false",
+        }
+        self.gateway = ServiceProcess("gateway", self.gateway_env, log_dir=logs)
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def services(self) -> dict[str, ServiceProcess]:
+        return {
+            "identity": self.identity,
+            "audit": self.audit,
+            "timesheets": self.timesheets,
+            "approvals": self.approvals,
+            "gateway": self.gateway,
+        }
+
+    @property
+    def api(self) -> str:
+        return self.gateway.url + "/api"
+
+    def headers(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def prepare(self) -> None:
+        for schema in ("identity", "timesheets", "approvals", "audit"):
+            await migrate_schema(self.postgres.dsn, schema, SERVICES / schema / schema)
+        seeded = await asyncio.to_thread(run_cli, {**os.environ, **self.identity.env}, "seed")
+        assert seeded.returncode == 0, seeded.stderr
+
+    async def start_all(self) -> None:
+        await asyncio.to_thread(self.identity.start, "/readyz", 60)
+        await asyncio.gather(
+            *(asyncio.to_thread(s.start, "/readyz", 60) for s in (self.audit, self.timesheets))
+        )
+        await asyncio.gather(
+            *(asyncio.to_thread(s.start, "/readyz", 60) for s in (self.approvals, self.gateway))
+        )
+
+    async def ensure_up(self) -> None:
+        """Every service running and ready (a case that failed half-way may have left one down)."""
+        if not self.postgres.running():
+            await asyncio.to_thread(self.postgres.start)
+        for service in self.services.values():
+            if service.process is None or service.process.poll() is not None:
+                await asyncio.to_thread(service.start, "/readyz", 60)
+        for service in self.services.values():
+            await wait_ready(service.url)
+
+    async def sign_in(self) -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            for who, scope in SCOPES.items():
+                browser = Browser(self.identity.url, http)
+                tokens = await sign_in_tokens(browser, http, self.identity.url, who, scope=scope)
+                self.tokens[who] = tokens["access_token"]
+                http.cookie_jar.clear()
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": "timesheets-batch",
+                "client_secret": BATCH_SECRET,
+                "audience": "https://timesheets.abc.example/api",
+            }
+            async with http.post(self.identity.url + "/oauth/token", data=form) as response:
+                body = await response.json()
+                assert response.status == 200, body
+                self.tokens["batch"] = body["access_token"]
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop(timeout=10)
+
+    async def db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.postgres.dsn)
+
+
+async def wait_ready(url: str, timeout: float = 30.0) -> float:
+    """Seconds until ``url/readyz`` answers 200."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                async with http.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{url} not ready within {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    with PrivatePostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[PrivateRedis]:
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    private_postgres: PrivatePostgres, private_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    stack = Stack(private_postgres, private_redis, tmp_path_factory.mktemp("fault-logs"))
+    started = time.monotonic()
+    await stack.prepare()
+    try:
+        await stack.start_all()
+        await stack.sign_in()
+        FIGURES.record("stack", started_in_seconds=round(time.monotonic() - started, 1))
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop_all)
+
+
+def tag() -> str:
+    return f"faults-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,202 @@
+"""Rollback safety: the PREVIOUS release's code runs against the schema the CURRENT code migrated.
+
+Migrations only ever move forward (docs/upgrades.md: expand/contract). `helm upgrade` migrates
+before the new pods start, and `helm rollback` does not un-migrate: the old pods come back against
+the new schema — and during a rolling upgrade old and new pods serve side by side. So the previous
+release must keep working on the current schema. This test takes the previous release's services
+from git (``git archive``), migrates a fresh database with the current code (``python -m <svc>
+migrate``, as the migration Job does), starts the previous timesheets, approvals and audit services
+on it as processes, and drives them as their gateway would: create, list, approve, refuse to delete
+an approved entry, delete a submitted one, and see every change reach the audit trail through the
+previous code's outbox relay, with the chain verifying.
+
+The previous release is ``$PREVIOUS_RELEASE`` if set, else the newest ``v*`` tag, else
+:data:`BASELINE` — the commit this release line started from; bump it when a release is cut.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testkit.fixtures import IsolatedEnv, ServiceProcess, new_identity_keys
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = "c79eb8ff0a5c6bc7309e27a06f9e828a02282bd8"
+SERVICES = ("timesheets", "approvals", "audit")
+
+pytestmark = pytest.mark.e2e
+
+
+def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=False, timeout=60)
+
+
+def previous_release() -> str:
+    if os.environ.get("PREVIOUS_RELEASE"):
+        return os.environ["PREVIOUS_RELEASE"]
+    tags = git("tag", "--list", "v*", "--sort=-version:refname").stdout.decode().split()
+    return tags[0] if tags else BASELINE
+
+
+@pytest.fixture(scope="module")
+def previous_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The previous release's services/ (kit and packages), as that commit had them."""
+    rev = previous_release()
+    archive = git("archive", "--format=tar", rev, "services")
+    if archive.returncode != 0:
+        if git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true":
+            pytest.skip(f"shallow clone: the previous release {rev} is not in the history")
+        pytest.fail(f"git archive {rev}: {archive.stderr.decode()}")
+    root = tmp_path_factory.mktemp("previous-release")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+@pytest.fixture(scope="module")
+def migrated(isolated_env: IsolatedEnv) -> dict[str, str]:
+    """A fresh database migrated by the CURRENT code, as the pre-upgrade migration Job does."""
+    env = {**isolated_env("upgrade"), "IDENTITY_KEYS": new_identity_keys("k1")}
+    for service in SERVICES:
+        result = subprocess.run(
+            [sys.executable, "-m", service, "migrate"],
+            env={**os.environ, **env},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    return env
+
+
+@pytest.fixture(scope="module")
+def previous_services(previous_tree: Path, migrated: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
+    """The previous release's services, started on the current schema (nothing migrates them back)."""
+    processes = {name: ServiceProcess(name, {}) for name in SERVICES}
+    urls = {name: p.url for name, p in processes.items()}
+    for name, process in processes.items():
+        process.env.update(
+            {
+                **migrated,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(previous_tree / "services" / "kit"), str(previous_tree / "services" / name)]
+                ),
+                "TIMESHEETS_URL": urls["timesheets"],
+                "AUDIT_URL": urls["audit"],
+                "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
+            }
+        )
+    try:
+        for name in ("audit", "timesheets", "approvals"):
+            processes[name].start(wait_path="/readyz", timeout=60)
+        yield processes
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+def test_the_services_run_the_previous_releases_code(
+    previous_tree: Path, previous_services: dict[str, ServiceProcess]
+) -> None:
+    """Guard: what runs is the archived code, not the working tree's."""
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import svckit, timesheets; print(svckit.__file__); print(timesheets.__file__)",
+        ],
+        env={**os.environ, **previous_services["timesheets"].env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert all(line.startswith(str(previous_tree)) for line in probe.stdout.split())
+
+
+def test_the_previous_release_works_on_the_current_schema(
+    previous_tree: Path, previous_services: dict[str, ServiceProcess], migrated: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("previous_client.py")),
+            *(previous_services[name].url for name in SERVICES),
+        ],
+        env={
+            **os.environ,
+            "IDENTITY_KEYS": migrated["IDENTITY_KEYS"],
+            "PYTHONPATH": str(previous_tree / "services" / "kit"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    logs = {name: p.logs()[-2000:] for name, p in previous_services.items()}
+    assert result.returncode == 0, result.stderr + json.dumps(logs)
+    seen: dict[str, Any] = json.loads(result.stdout)
+    assert seen == {
+        "create": 201,
+        "list": 200,
+        "listed": True,
+        "queue": 200,
+        "queued": True,
+        "approve": 200,
+        "delete_approved": 409,
+        "delete_submitted": 204,
+        "audit": 200,
+        "audited": True,
+        "verify": 200,
+        "chain_ok": True,
+    }, json.dumps(logs)
+
+
+def test_a_contract_step_shipped_too_early_is_caught(
+    previous_tree: Path, previous_services: dict[str, ServiceProcess], migrated: dict[str, str]
+) -> None:
+    """Guard: had the current release renamed a column the previous code still uses (a contract
+    step in the same release as its expand step), the previous release would break — and this test
+    would say so. Runs last: it leaves the schema broken for the previous code."""
+    import asyncio
+
+    import asyncpg
+
+    async def rename() -> None:
+        conn = await asyncpg.connect(migrated["DATABASE_URL"])
+        try:
+            await conn.execute("ALTER TABLE timesheets.entries RENAME COLUMN notes TO note")
+        finally:
+            await conn.close()
+
+    asyncio.run(rename())
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("previous_client.py")),
+            *(previous_services[name].url for name in SERVICES),
+        ],
+        env={
+            **os.environ,
+            "IDENTITY_KEYS": migrated["IDENTITY_KEYS"],
+            "PYTHONPATH": str(previous_tree / "services" / "kit"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0  # the previous code cannot create an entry any more
+    assert "KeyError" in result.stderr or "TypeError" in result.stderr
