@@ -136,6 +136,8 @@ def platform(
         with ThreadPoolExecutor(len(ORDER)) as pool:
             for started in [pool.submit(p.start) for p in processes.values()]:
                 started.result()
+        for process in processes.values():  # as a Service routes traffic: to ready pods only
+            process.wait_ready()
         drive_traffic(processes, env["BATCH_CLIENT_SECRET"])
         yield processes
     finally:
