@@ -67,9 +67,11 @@ def serve_reloading(app_factory: str, settings: ServiceSettings) -> int:
         port=settings.port,
         reload=True,
         reload_dirs=watched,
+        http=ProblemHttpProtocol,  # the same HTTP layer as in production, only the restarts differ
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         lifespan="on",
     )
     return 0
