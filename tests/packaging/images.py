@@ -177,19 +177,6 @@ class ImageProcess:
         )
         assert result.returncode == 0, f"{self.service} {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until ``/readyz`` answers 200 (the gateway: once it holds the issuer's signing keys)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.service} not ready in {timeout}s:\n{self.logs()}")
-
     def start(self, timeout: float = 90.0) -> ImageProcess:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
