@@ -2,15 +2,14 @@
 
 Strict mode of ``kubernetes-validate`` refuses unknown fields, so a misspelt key fails here instead
 of being silently dropped by the API server. The Prometheus Operator kinds (ServiceMonitor,
-PrometheusRule) are not in that package: they are validated, just as strictly, against the JSON
-schemas of their CRDs vendored under ``schemas/`` (source and licence in ``schemas/README.md``).
+PrometheusRule) are not in that package: they are validated, just as strictly, against JSON schemas
+derived from the operator's CRDs through ``cloudcoil-models-prometheus-operator`` (pydantic models
+generated from the CRDs, a locked dev dependency), made strict here (see :func:`strict`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -18,6 +17,8 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
+from pydantic import BaseModel
 
 from tests.packaging.support import CHART, MINIMAL, Obj, deep_merge, render
 
@@ -29,22 +30,38 @@ kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
 
 OLDEST = "1.29"
 NEWEST = "1.37"
-SCHEMAS = Path(__file__).parent / "schemas"
-OPERATOR_KINDS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS
-    / "monitoring.coreos.com"
-    / "servicemonitor_v1.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS
-    / "monitoring.coreos.com"
-    / "prometheusrule_v1.json",
+OPERATOR_KINDS: dict[tuple[str, str], type[BaseModel]] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring_v1.ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring_v1.PrometheusRule,
 }
 
 
+def strict(schema: Any) -> Any:
+    """Refuse unknown fields wherever the CRD lists an object's fields, as the API server's strict
+    field validation (``kubectl apply --validate=strict``) does; free-form maps (labels,
+    annotations: ``additionalProperties`` already given) stay free-form. Optional fields
+    (pydantic's ``anyOf: [S, null]``) become ``S``, so that an error names the offending field
+    instead of "not valid under any of the given schemas"."""
+    if isinstance(schema, dict):
+        options = schema.get("anyOf")
+        if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+            rest = {k: v for k, v in schema.items() if k not in {"anyOf", "default"}}
+            schema = {**rest, **next(o for o in options if o != {"type": "null"})}
+        schema = {key: strict(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    return schema
+
+
 @functools.cache
-def operator_validator(kind: tuple[str, str]) -> jsonschema.Draft7Validator:
-    # No check_schema: the CRDs' patterns are Go (RE2) expressions, and one of them
-    # (partial_response_strategy's inline "(?i)") is not a Python one; the chart never sets that field.
-    return jsonschema.Draft7Validator(json.loads(OPERATOR_KINDS[kind].read_text()))
+def operator_validator(kind: tuple[str, str]) -> jsonschema.Draft202012Validator:
+    # No check_schema: the CRDs' patterns are Go (RE2) expressions; every one the chart's objects
+    # meet is also a valid Python expression.
+    schema = OPERATOR_KINDS[kind].model_json_schema(by_alias=True, mode="validation")
+    return jsonschema.Draft202012Validator(strict(schema))
 
 
 def operator_errors(obj: Obj) -> list[str]:

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,22 @@ def platform(
         with ThreadPoolExecutor(len(ORDER)) as pool:
             for started in [pool.submit(p.start) for p in processes.values()]:
                 started.result()
+        # Ready, not just alive: the gateway is ready once it holds the issuer's keys (started next
+        # to the identity provider, its first fetch may fail and back off for a few seconds).
+        wait_ready(processes.values())
         drive_traffic(processes, env["BATCH_CLIENT_SECRET"])
         yield processes
     finally:
         for process in processes.values():
             process.stop()
+
+
+def wait_ready(processes: Iterable[ImageProcess], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        while (status := http("GET", f"{process.url}/readyz")[0]) != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert status == 200, f"{process.service} not ready:\n{process.logs()}"
 
 
 def drive_traffic(platform: dict[str, ImageProcess], batch_secret: str) -> None:
@@ -188,7 +199,8 @@ def drive_traffic(platform: dict[str, ImageProcess], batch_secret: str) -> None:
             ]
         }
     ).encode()
-    http("POST", f"{gateway}/api/timesheets/upload", data=upload, headers=auth)
+    status, body = http("POST", f"{gateway}/api/timesheets/upload", data=upload, headers=auth)
+    assert status == 201, body[:500]
     # A sign-in form posted without its CSRF token: refused and counted by the identity provider.
     login = urllib.parse.urlencode({"username": "alice", "password": "wrong"}).encode()
     http(

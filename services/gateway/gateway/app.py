@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from svckit.app import create_service_app
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.dpop import ReplayGuard
 from svckit.health import CheckFailed
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
@@ -132,6 +133,7 @@ class Gateway:
         for service in self.pools:  # exported from the start, so rate() and alerts see a zero, not a gap
             metrics.upstream_pool_waits.labels(service)
         request_metrics = self.request_metrics = metrics.RequestMetrics()
+        proofs = settings.proof_verifier(settings.dpop_nonce_key, clock)
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,
@@ -143,6 +145,9 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             access_log=self.access_log,
             forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
+            proofs=proofs,
+            # every replica's proofs in one Redis window (jti used once), a local one meanwhile
+            replays=ReplayGuard(self.redis, "dpop-jti", proofs.window_seconds, clock=clock),
             clock=clock,
         )
         # Everything allocated so far (modules, settings, keys, pools) lives as long as the worker:

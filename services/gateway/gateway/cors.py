@@ -1,7 +1,7 @@
 """CORS for the configured SPA origins. Preflights are answered here and never forwarded.
 
 Only exact origins from ``CORS_ORIGINS`` get allow headers; any other origin gets none (the browser
-then blocks the response). No credentials mode: the SPA sends bearer tokens, not cookies.
+then blocks the response). No credentials mode: the SPA sends access tokens (and DPoP proofs), not cookies.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterable
 ALLOWED_REQUEST_HEADERS = frozenset(
     {
         "authorization",
+        "dpop",  # the proof of RFC 9449
         "content-type",
         "x-request-id",
         "accept",
@@ -20,7 +21,8 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         "if-none-match",
     }
 )
-EXPOSED_HEADERS = b"X-Request-Id, Retry-After, WWW-Authenticate, Location, Content-Disposition"
+# WWW-Authenticate and DPoP-Nonce: a DPoP client reads use_dpop_nonce and the nonce to retry with
+EXPOSED_HEADERS = b"X-Request-Id, Retry-After, WWW-Authenticate, DPoP-Nonce, Location, Content-Disposition"
 MAX_AGE = b"600"
 VARY = (b"vary", b"Origin")
 

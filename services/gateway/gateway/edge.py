@@ -22,6 +22,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.context import request_id_var
+from svckit.dpop import ProofVerifier, ReplayGuard
 from svckit.problems import PROBLEM_JSON, problem_body
 
 from . import metrics
@@ -31,7 +32,7 @@ from .denials import DenialAuditor
 from .forwarded import ForwardedHeaders
 from .proxy import Forwarder, UpstreamBrokeOff
 from .ratelimit import RateLimiter
-from .request import REALM, UNMATCHED, Answer, ApiRequest, Refusal, Reply, challenge
+from .request import REALM, UNMATCHED, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
 from .routes import RouteTable
 from .stages import (
     _IDENTITY_PREFIX,
@@ -40,6 +41,7 @@ from .stages import (
     Body,
     Credentials,
     Forward,
+    Possession,
     Preflight,
     RateLimit,
     Router,
@@ -69,8 +71,15 @@ class Edge:
         max_body_bytes: int,
         access_log: AccessLog | None,
         forwarded: ForwardedHeaders,
+        proofs: ProofVerifier | None = None,
+        replays: ReplayGuard | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        # DPoP: the defaults check proofs with the kit's settings and remember jtis in process only
+        if proofs is None:
+            proofs = ProofVerifier(clock=clock)
+        if replays is None:
+            replays = ReplayGuard(None, "dpop", proofs.window_seconds, clock=clock)
         self.cors = cors
         self.auditor = auditor
         self.metrics = request_metrics
@@ -79,7 +88,10 @@ class Edge:
         self.preflight = Preflight(cors, routes)
         self.router = Router(routes)
         self.credentials = Credentials(forwarded)
-        self.authenticate = Authenticate(verifier, limiter)
+        self.authenticate = Authenticate(
+            verifier, limiter, dpop_challenge(" ".join(proofs.algorithms).encode())
+        )
+        self.possession = Possession(proofs, replays, self.authenticate)
         self.rate_limit = RateLimit(limiter)
         self.body = Body(max_body_bytes)
         self.forward = Forward(forwarder, max_body_bytes, clock)
@@ -134,6 +146,9 @@ class Edge:
         # verify: a cached token costs no suspension; anything else is an anonymous caller until verified
         if answer is None and not self.authenticate.cached(request):
             answer = self.authenticate.anonymous_budget(request) or await self.authenticate.verify(request)
+        # proof of possession: only DPoP requests (and bound tokens, and where DPoP is required) pay
+        if answer is None and Possession.needed(request):
+            answer = await self.possession(request)
         # authorize
         if answer is None:
             answer = authorize(request) or self.rate_limit(request) or self.body.check(request, receive)

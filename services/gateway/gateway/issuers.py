@@ -10,6 +10,7 @@ them its own settings::
         name_claims: [name, email]
         leeway_seconds: 10
         algorithms: [RS256]
+        dpop: required            # DPoP-bound tokens only (default: DPOP_POLICY, "allowed")
 
 An entry for an issuer that is not in ``OIDC_ISSUER`` is an error: trust is granted in one place.
 """
@@ -40,6 +41,7 @@ class IssuerConfig:
     name_claims: tuple[str, ...]
     leeway_seconds: int
     algorithms: frozenset[str]
+    dpop_required: bool = False  # bearer tokens of this issuer are refused (DPoP-bound ones only)
 
     @property
     def discovery_url(self) -> str:
@@ -97,6 +99,9 @@ def load_issuers(settings: GatewaySettings) -> dict[str, IssuerConfig]:
         outside = set(algorithms) - set(settings.jwt_algorithms)
         if outside:
             raise IssuerConfigError(f"{where}: algorithms {sorted(outside)} are not in JWT_ALGORITHMS")
+        dpop = entry.get("dpop", settings.dpop_policy)
+        if dpop not in ("allowed", "required"):
+            raise IssuerConfigError(f"{where}: dpop must be 'allowed' or 'required'")
         issuers[issuer] = IssuerConfig(
             issuer=issuer,
             jwks_uri=jwks_uri,
@@ -104,5 +109,6 @@ def load_issuers(settings: GatewaySettings) -> dict[str, IssuerConfig]:
             name_claims=name_claims,
             leeway_seconds=leeway,
             algorithms=frozenset(algorithms),
+            dpop_required=dpop == "required",
         )
     return issuers

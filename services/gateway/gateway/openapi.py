@@ -147,12 +147,14 @@ TAGS = (
 
 
 def _security(route: Route) -> list[dict[str, list[str]]]:
-    """Either scheme, with the route's scopes (each alone when any of them will do)."""
+    """Either scheme (DPoP only on a ``dpop: required`` route), with the route's scopes (each alone
+    when any of them will do)."""
     scopes = sorted(route.scopes)
     groups = [[scope] for scope in scopes] if route.require == "any" and len(scopes) > 1 else [scopes]
     requirements: list[dict[str, list[str]]] = []
     for group in groups:
-        requirements.append({"bearer": group})
+        if not route.dpop_required:
+            requirements.append({"bearer": group})
         requirements.append({"dpop": group, "dpopProof": []})
     return requirements
 

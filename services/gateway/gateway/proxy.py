@@ -44,6 +44,7 @@ HOP_BY_HOP = frozenset(
 STRIPPED_INBOUND = HOP_BY_HOP | {
     b"host",
     b"authorization",
+    b"dpop",  # the proof was for the gateway; services get the signed identity
     b"cookie",
     b"x-request-id",
     b"x-forwarded-for",

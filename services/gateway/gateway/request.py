@@ -46,6 +46,18 @@ def challenge(error: str = "", description: str = "", scope: str = "") -> bytes:
     return ", ".join(parts).encode()
 
 
+def dpop_challenge(algs: bytes, error: str = "", description: str = "") -> bytes:
+    """An RFC 9449 §7.1 ``WWW-Authenticate: DPoP`` value: the realm, the accepted proof algorithms
+    and, when refusing, the error (``invalid_token``, ``invalid_dpop_proof``, ``use_dpop_nonce``)."""
+    value = b'DPoP realm="' + REALM.encode() + b'", algs="' + algs + b'"'
+    if error:
+        value += f', error="{error}"'.encode()
+    if description:
+        safe = "".join(ch for ch in description if ord(ch) in _DESCRIPTION_SAFE)
+        value += f', error_description="{safe}"'.encode()
+    return value
+
+
 @dataclass(slots=True)
 class Refusal:
     """An answer that ends the pipeline with a problem document (RFC 9457).
@@ -95,6 +107,8 @@ class ApiRequest:
         "client_ip",
         "connection",
         "content_length",
+        "dpop",
+        "dpop_scheme",
         "forwarding",
         "host",
         "matched",
@@ -130,11 +144,13 @@ class ApiRequest:
         self.base_headers: list[tuple[bytes, bytes]] = []
         self.matched: Route | None = None
         self.token = ""
+        self.dpop_scheme = False  # the token came as "Authorization: DPoP …"
         self.principal: Principal | None = None
         self.forwarding: Forwarding | None = None
         self.body: bytes | BodyStream | None = None
         self.read_body = False
         authorization: list[bytes] = []
+        dpop: list[bytes] = []
         xff: list[bytes] = []
         origin = xf_proto = xf_host = acr_method = acr_headers = host = content_length = connection = None
         inbound_id = None
@@ -164,7 +180,10 @@ class ApiRequest:
                 xf_proto = value
             elif key == b"x-forwarded-host":
                 xf_host = value
+            elif key == b"dpop":
+                dpop.append(value)
         self.authorization = authorization
+        self.dpop = dpop  # DPoP proof header values (RFC 9449: exactly one when used)
         self.origin: bytes | None = origin
         self.acr_method: bytes | None = acr_method
         self.acr_headers: bytes | None = acr_headers

@@ -35,6 +35,7 @@ class Route:
     scopes: frozenset[str]
     require: Literal["all", "any"]
     segments: tuple[str | None, ...]  # None marks a variable segment
+    dpop_required: bool = False  # `dpop: required`: only DPoP-bound tokens, with their proof
 
     def allows(self, granted: frozenset[str]) -> bool:
         if not self.scopes:
@@ -118,6 +119,7 @@ def parse_route(entry: object, index: int, upstreams: frozenset[str]) -> Route:
     upstream = entry.get("upstream")
     scopes = entry.get("scopes", [])
     require = entry.get("require", "all")
+    dpop = entry.get("dpop", "allowed")
     if method not in METHODS:
         raise RouteTableError(f"{where}: method {method!r} is not one of {sorted(METHODS)}")
     if not isinstance(template, str) or not template.startswith(API_PREFIX + "/"):
@@ -136,7 +138,11 @@ def parse_route(entry: object, index: int, upstreams: frozenset[str]) -> Route:
         raise RouteTableError(f"{where}: scopes must be a list of scope names")
     if require not in ("all", "any"):
         raise RouteTableError(f"{where}: require must be 'all' or 'any'")
-    return Route(method, template, str(upstream), frozenset(scopes), require, tuple(segments))
+    if dpop not in ("allowed", "required"):
+        raise RouteTableError(f"{where}: dpop must be 'allowed' or 'required'")
+    return Route(
+        method, template, str(upstream), frozenset(scopes), require, tuple(segments), dpop == "required"
+    )
 
 
 def load_routes(path: Path, upstreams: frozenset[str]) -> RouteTable:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from svckit.dpop import DpopSettings
 from svckit.proxies import parse_networks
-from svckit.settings import CsvList, RedisSettings
+from svckit.settings import CsvList, RedisSettings, decode_secret
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[2]
@@ -37,7 +39,7 @@ def available_cpus() -> int:
         return max(1, min(64, os.cpu_count() or 1))
 
 
-class GatewaySettings(RedisSettings):
+class GatewaySettings(RedisSettings, DpopSettings):
     service_name: str = "gateway"
     port: int = 8080
     metrics_port: int = 9080
@@ -54,6 +56,13 @@ class GatewaySettings(RedisSettings):
     # Read the providers' revocation stream (<REDIS_KEY_PREFIX>revocations) into a deny set checked on
     # every request; off only where no provider publishes (Auth0: see docs/CONTRACTS.md).
     revocation_feed_enabled: bool = True
+
+    # --- DPoP (RFC 9449; the proof checks are svckit.dpop's, DPOP_* settings shared with identity) --
+    # "required": bearer tokens are refused, every request needs a DPoP-bound token and its proof;
+    # "allowed": both. The default for every issuer; GATEWAY_ISSUERS_FILE and routes.yaml may require.
+    dpop_policy: Literal["allowed", "required"] = "allowed"
+    # the key of the stateless DPoP-Nonce values (DPOP_NONCES=true): equal on every gateway replica
+    dpop_nonce_secret: str = Field(default="", repr=False)
 
     # --- JWKS caching -------------------------------------------------------------------------
     jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)
@@ -158,6 +167,16 @@ class GatewaySettings(RedisSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _nonce_secret(self) -> GatewaySettings:
+        if self.dpop_nonces and len(decode_secret(self.dpop_nonce_secret or "")) < 32:
+            raise ValueError("DPOP_NONCES needs DPOP_NONCE_SECRET (at least 32 bytes, base64url or raw text)")
+        return self
+
+    @property
+    def dpop_nonce_key(self) -> bytes | None:
+        return decode_secret(self.dpop_nonce_secret) if self.dpop_nonce_secret else None
 
     @model_validator(mode="after")
     def _ttl_bounds(self) -> GatewaySettings:

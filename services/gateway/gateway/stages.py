@@ -18,6 +18,8 @@ In order (``Edge._handle`` reads the same, top to bottom):
    bearer token (one ``Authorization`` header, never in the query);
 5. :class:`Authenticate` — a verified-token cache hit, else the per-address budget of anonymous
    denials (429 before any verification work), else the signature and the claims (401 / 503);
+   :class:`Possession` — for requests that use DPoP (or must), the proof of possession of the key the
+   token is bound to (401 ``invalid_dpop_proof`` / ``use_dpop_nonce``); bearer requests skip it;
 6. :func:`authorize` — the route's scopes (403);
 7. :class:`RateLimit` — per subject and per client (429);
 8. :class:`Body` — ``Content-Length`` (400 / 413), then the body itself (read whole when small);
@@ -31,6 +33,7 @@ import re
 
 from starlette.types import Receive, Send
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.dpop import ProofError, ProofVerifier, ReplayGuard, request_url
 from svckit.identity import PREFIX as IDENTITY_PREFIX
 
 from .cors import Cors
@@ -47,7 +50,7 @@ from .proxy import (
     read_body,
 )
 from .ratelimit import RateLimiter
-from .request import GONE, Answer, ApiRequest, Refusal, Reply, challenge
+from .request import GONE, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
 from .routes import API_PREFIX, RouteTable, unsafe_path
 from .tokens import TokenError, TokenVerifier
 
@@ -136,7 +139,9 @@ class Router:
 
 
 class Credentials:
-    """The client address (through the trusted proxies) and the bearer token, from the header only."""
+    """The client address (through the trusted proxies) and the access token, from the header only:
+    ``Authorization: Bearer …`` or ``Authorization: DPoP …`` (RFC 9449 §7.1, checked by
+    :class:`Possession`)."""
 
     def __init__(self, forwarded: ForwardedHeaders) -> None:
         self.forwarded = forwarded
@@ -170,9 +175,11 @@ class Credentials:
             )
         if authorization:
             scheme, _, credentials = authorization[0].decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
+            scheme = scheme.lower()
+            if scheme in ("bearer", "dpop"):
                 # "Bearer" with nothing after it is a malformed token, not a missing one
                 request.token = credentials.strip() or "\0"
+                request.dpop_scheme = scheme == "dpop"
         return None
 
 
@@ -187,9 +194,15 @@ class Authenticate:
     429 before its token is even parsed.
     """
 
-    def __init__(self, verifier: TokenVerifier, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, limiter: RateLimiter | None, dpop_challenge: bytes = b""
+    ) -> None:
         self.verifier = verifier
         self.limiter = limiter
+        # a request without a token is told about both schemes (RFC 9449 §7.2)
+        self.missing = [(b"www-authenticate", challenge())]
+        if dpop_challenge:
+            self.missing.append((b"www-authenticate", dpop_challenge))
 
     def cached(self, request: ApiRequest) -> bool:
         """A token verified before, not expired and not revoked since (no suspension, no allocation).
@@ -229,7 +242,7 @@ class Authenticate:
             return Refusal(
                 401,
                 "This API needs a bearer access token.",
-                [(b"www-authenticate", challenge())],
+                list(self.missing),
                 reason="missing_token",
                 failure=True,
                 audit="aggregate",
@@ -255,6 +268,118 @@ class Authenticate:
     def _count_anonymous(self, request: ApiRequest) -> None:
         if self.limiter is not None:
             self.limiter.count_anonymous(request.client_ip)
+
+
+# --- 5b. proof of possession (DPoP) -----------------------------------------------------------------
+
+
+class Possession:
+    """DPoP (RFC 9449): a bound token only with a fresh proof by its key; bearer where allowed.
+
+    :meth:`needed` decides without allocating whether a request has anything to prove: bearer
+    requests with an unbound token on a route and issuer that allow bearer tokens (the hot path) go
+    straight on. The others: a DPoP-bound token sent as ``Bearer`` is refused (§7.1: otherwise a
+    stolen token would simply be replayed as a bearer token), as is a bearer token where DPoP is
+    required and a ``DPoP``-scheme token that is not bound; then the proof — one ``DPoP`` header,
+    every check of :class:`svckit.dpop.ProofVerifier` against this request (method, the URL as the
+    client addressed it through the trusted proxies, the token's hash, the bound key), and its
+    ``jti`` never used before by any replica (:class:`svckit.dpop.ReplayGuard`). A refusal is an
+    anonymous denial: the caller did not prove who they are (counted against the address's budget,
+    aggregated on the audit trail), except ``use_dpop_nonce``, a normal step of the protocol.
+    """
+
+    def __init__(
+        self,
+        verifier: ProofVerifier,
+        replays: ReplayGuard,
+        authenticate: Authenticate,
+    ) -> None:
+        self.verifier = verifier
+        self.replays = replays
+        self.authenticate = authenticate
+        self.algs = " ".join(verifier.algorithms).encode()
+        self.nonces = verifier.nonces
+
+    @staticmethod
+    def needed(request: ApiRequest) -> bool:
+        principal, route = request.principal, request.matched
+        assert principal is not None
+        assert route is not None
+        return request.dpop_scheme or bool(principal.jkt) or principal.dpop_required or route.dpop_required
+
+    async def __call__(self, request: ApiRequest) -> Refusal | None:
+        principal, route = request.principal, request.matched
+        assert principal is not None
+        assert route is not None
+        bearer_allowed = not (principal.dpop_required or route.dpop_required)
+        if not request.dpop_scheme:
+            if principal.jkt:
+                return self._refuse(
+                    request,
+                    "dpop_bearer_bound",
+                    "This token is bound to a DPoP key: send it as 'Authorization: DPoP' with a proof.",
+                    "invalid_token",
+                    bearer_allowed,
+                )
+            return self._refuse(
+                request, "dpop_required", "This API accepts DPoP-bound tokens only.", "invalid_token", False
+            )
+        if not principal.jkt:
+            return self._refuse(
+                request,
+                "dpop_unbound_token",
+                "The token is not bound to a DPoP key; send it as a Bearer token.",
+                "invalid_token",
+                bearer_allowed,
+            )
+        if len(request.dpop) != 1:
+            reason, detail = (
+                ("dpop_missing", "Send a DPoP proof with every request.")
+                if not request.dpop
+                else ("dpop_multiple", "Send exactly one DPoP header.")
+            )
+            return self._refuse(request, reason, detail, "invalid_dpop_proof", bearer_allowed)
+        over_budget = self.authenticate.anonymous_budget(request)
+        if over_budget is not None:
+            return over_budget
+        forwarding = request.forwarding
+        assert forwarding is not None
+        host = forwarding.host.decode("latin-1") if forwarding.host is not None else ""
+        try:
+            proof = self.verifier.verify(
+                request.dpop[0].decode("latin-1"),
+                method=request.method,
+                url=request_url(forwarding.proto.decode(), host, request.path),
+                access_token=request.token,
+                jkt=principal.jkt,
+            )
+        except ProofError as exc:
+            return self._refuse(request, exc.reason, exc.description, exc.error, bearer_allowed)
+        if not await self.replays.first_use(proof):
+            return self._refuse(
+                request,
+                "dpop_replay",
+                "This DPoP proof was used before; make one per request.",
+                "invalid_dpop_proof",
+                bearer_allowed,
+            )
+        if self.nonces is not None:
+            request.base_headers.append((b"dpop-nonce", self.nonces.current().encode()))
+        return None
+
+    def _refuse(
+        self, request: ApiRequest, reason: str, detail: str, error: str, bearer_allowed: bool
+    ) -> Refusal:
+        headers = [(b"www-authenticate", dpop_challenge(self.algs, error, detail))]
+        if bearer_allowed:
+            headers.append((b"www-authenticate", challenge()))
+        if error == "use_dpop_nonce":
+            assert self.nonces is not None
+            headers.append((b"dpop-nonce", self.nonces.current().encode()))
+        else:
+            self.authenticate._count_anonymous(request)
+        request.principal = None  # not proven: the denial is an anonymous one
+        return Refusal(401, detail, headers, reason=reason, failure=True, audit="aggregate")
 
 
 # --- 6. authorization ----------------------------------------------------------------------------

@@ -11,7 +11,9 @@ BENCHMARKS.md); the signature is checked with PyJWT's algorithm implementations 
 3. ``iss`` exactly one of the trusted issuers (only then is a key looked up — no fetch for strangers);
 4. the signature, with the key chosen by ``kid`` whose type matches ``alg``;
 5. ``exp`` (required), ``nbf``, ``iat`` with the issuer's leeway; ``aud`` contains the API identifier;
-   ``sub`` present; no ID-token claims (``nonce``, ``at_hash``, ``c_hash``).
+   ``sub`` present; no ID-token claims (``nonce``, ``at_hash``, ``c_hash``); a confirmation (``cnf``)
+   only as a DPoP key thumbprint (``cnf.jkt``, RFC 9449 §6.1), kept on the principal: such a token
+   needs its proof on every request (:class:`gateway.stages.Possession`).
 
 Verified tokens are cached by a BLAKE2b hash of the token (the token itself is never kept) until the
 earlier of ``exp`` and ``VERIFIED_TOKEN_CACHE_SECONDS``, so repeat calls skip steps 1 to 5.
@@ -29,6 +31,7 @@ from typing import Any
 from jwt.algorithms import Algorithm, get_default_algorithms
 from svckit.body import NotAccepted, parse_json
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.dpop import is_thumbprint
 from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
 from .issuers import IssuerConfig
@@ -62,6 +65,8 @@ class Principal:
     client_key: str
     signed: PreparedIdentity  # the identity headers to forward, ready to sign per request
     jti: str = ""  # the token's id, checked against revocations (gateway.revocations) on every request
+    jkt: str = ""  # cnf.jkt: the DPoP key the token is bound to ("" for a bearer token)
+    dpop_required: bool = False  # its issuer accepts DPoP-bound tokens only
 
 
 def principal_key(issuer: str, name: str) -> str:
@@ -291,6 +296,16 @@ class TokenVerifier:
         if any(claim in claims for claim in ID_TOKEN_CLAIMS):
             raise TokenError("id_token", "An ID token is not an access token.")
 
+        jkt = ""
+        cnf = claims.get("cnf")
+        if cnf is not None:
+            bound = cnf.get("jkt") if isinstance(cnf, dict) else None
+            if not isinstance(bound, str) or not is_thumbprint(bound):
+                raise TokenError(
+                    "cnf", "The token's confirmation ('cnf') is not a DPoP key thumbprint ('jkt')."
+                )
+            jkt = bound
+
         identity = identity_from(claims, config, scopes_from(claims, config))
         expires_at = min(exp, now + self.cache_seconds)
         client_key = principal_key(identity.issuer, identity.client_id) if identity.client_id else ""
@@ -306,4 +321,6 @@ class TokenVerifier:
             client_key,
             signed,
             jti if isinstance(jti, str) else "",
+            jkt,
+            config.dpop_required,
         )

@@ -163,6 +163,7 @@ class Rig:
 
         await self.edge(asgi_scope, receive, send)
         head, tail = sent
+        self.raw_headers: list[tuple[bytes, bytes]] = head["headers"]
         return head["status"], dict(head["headers"]), tail["body"]
 
 
@@ -515,7 +516,11 @@ async def test_the_edge_answers_refusals_as_problems_and_audits_them(rig: Rig) -
     status, headers, body = await rig.call(scope(headers=[(b"origin", SPA), (b"x-request-id", b"req-0001")]))
     assert status == 401
     assert headers[b"content-type"] == b"application/problem+json"
-    assert headers[b"www-authenticate"] == b'Bearer realm="timesheets"'
+    # both schemes are offered (RFC 9449 §7.2): Bearer, and DPoP with the proof algorithms
+    assert [value for name, value in rig.raw_headers if name == b"www-authenticate"] == [
+        b'Bearer realm="timesheets"',
+        b'DPoP realm="timesheets", algs="ES256 ES384 RS256 PS256 EdDSA"',
+    ]
     assert headers[b"x-request-id"] == b"req-0001"
     assert headers[b"access-control-allow-origin"] == SPA  # the SPA can read the 401
     assert b'"reason": "missing_token"' in body

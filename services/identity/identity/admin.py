@@ -147,6 +147,11 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
     )
     parser.add_argument("--scope", action="append", choices=sorted(ALL_SCOPES), default=[])
     parser.add_argument("--secret-env", metavar="VAR", help="take the secret from VAR instead")
+    parser.add_argument(
+        "--require-dpop",
+        action="store_true",
+        help="every token request must carry a DPoP proof (RFC 9449 dpop_bound_access_tokens)",
+    )
     parsed = parser.parse_args(args)
     grants = tuple(dict.fromkeys(parsed.grant_type)) or (
         ("client_credentials",) if parsed.confidential else ("authorization_code",)
@@ -180,6 +185,7 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
         grant_types=grants,
         response_types=tuple(response_types),
         allowed_scopes=scopes,
+        dpop_bound_access_tokens=parsed.require_dpop,
     )
 
     async def work(conn: asyncpg.Connection) -> int:

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from svckit.dpop import ReplayGuard
 from svckit.logs import configure_logging
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
@@ -78,7 +79,12 @@ def build_app(settings: IdentitySettings) -> Starlette:
         max_per_address=settings.client_auth_max_failures_per_address,
         window_seconds=settings.login_throttle_window_seconds,
     )
-    protocol = ProtocolEndpoints(settings, database, keys, server, client_auth_throttle, publisher)
+    proofs = settings.proof_verifier(settings.dpop_nonce_key)
+    # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable
+    replays = ReplayGuard(redis, "identity-dpop-jti", proofs.window_seconds)
+    protocol = ProtocolEndpoints(
+        settings, database, keys, server, client_auth_throttle, publisher, proofs, replays
+    )
     authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf)
     signin = PasswordSignIn(settings, database, sessions, revoker, throttle, csrf)
     logout = Logout(settings, database, keys, server, revoker)

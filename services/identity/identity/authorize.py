@@ -30,6 +30,7 @@ from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
+from svckit.dpop import is_thumbprint
 
 from . import store
 from .browser import CSRF_COOKIE, CsrfSigner, csrf_cookie_value, set_cookie
@@ -243,6 +244,9 @@ class AuthorizationEndpoint:
         except OAuth2Error as error:
             delivery.mode = delivery.default_mode
             return fail(error)
+        # RFC 9449 §10: the code will be redeemable only with a proof by this key
+        if "dpop_jkt" in params and (delivery.implicit or not is_thumbprint(params["dpop_jkt"])):
+            return fail(InvalidRequestError("dpop_jkt must be a JWK SHA-256 thumbprint, with a code flow"))
 
         # (The consent form's copy of the request has no prompt/max_age/login_after: the session
         # shown that form had already satisfied them.)

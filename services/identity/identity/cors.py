@@ -25,7 +25,9 @@ CORS_PATHS = frozenset(
         "/.well-known/jwks.json",
     }
 )
-ALLOWED_HEADERS = frozenset({"authorization", "content-type", "auth0-client", "x-request-id"})
+# DPoP-Nonce: a DPoP client retries a use_dpop_nonce answer with it (RFC 9449 §8)
+EXPOSED = b"WWW-Authenticate, X-Request-Id, DPoP-Nonce"
+ALLOWED_HEADERS = frozenset({"authorization", "content-type", "auth0-client", "x-request-id", "dpop"})
 
 
 class ClientOrigins:
@@ -71,7 +73,9 @@ class CorsMiddleware:
                 extra = [(b"vary", b"Origin")]
                 if allowed:
                     extra.append((b"access-control-allow-origin", origin.encode("latin-1")))
-                    extra.append((b"access-control-expose-headers", b"WWW-Authenticate, X-Request-Id"))
+                    extra.append(
+                        (b"access-control-expose-headers", b"WWW-Authenticate, X-Request-Id, DPoP-Nonce")
+                    )
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -1,5 +1,11 @@
 """Machine-facing endpoints: discovery, JWKS, token, revocation (RFC 7009), userinfo.
 
+DPoP (RFC 9449) at the token endpoint: a ``DPoP`` proof is verified here, before Authlib runs, with
+the kit's :mod:`svckit.dpop` (the checks the gateway makes too; ``htu`` is the published token
+endpoint, ``jti`` used once across replicas), so that a ``use_dpop_nonce`` answer or a bad proof
+never uses up a code or a refresh token; the grants then bind what they issue to the proof's key
+(:class:`identity.oauth.SenderConstrained`). ``/userinfo`` accepts DPoP-bound tokens with their proof.
+
 The token and revocation endpoints run Authlib inside one database transaction per request (see
 :mod:`identity.oauth`): a code exchange uses up the code, records the access token and saves the
 refresh token together, or not at all. Revocations made on the way (a replayed code, a reused refresh
@@ -16,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from svckit.body import NotAccepted, parse_json
 from svckit.db import Database
+from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
 
 from . import store
 from .authorize import RESPONSE_MODES
@@ -31,6 +38,11 @@ from .tokens import InvalidAccessToken, user_info, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+dpop_refusals = Counter(
+    "identity_dpop_proof_refusals_total",
+    "DPoP proofs refused at the token endpoint and /userinfo, by reason (dpop_nonce is the nonce step).",
+    ["reason"],
+)
 client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
     "Token requests refused because their address failed client authentication too often.",
@@ -55,6 +67,7 @@ def discovery_document(s: IdentitySettings) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": [s.signing_alg],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
+        "dpop_signing_alg_values_supported": list(s.dpop_algorithms),
         "claims_supported": [
             "sub",
             "iss",
@@ -133,6 +146,8 @@ class ProtocolEndpoints:
         server: IdentityServer,
         client_auth_throttle: FailureThrottle,
         publisher: RevocationPublisher,
+        proofs: ProofVerifier,
+        replays: ReplayGuard,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -140,6 +155,35 @@ class ProtocolEndpoints:
         self.server = server
         self.client_auth_throttle = client_auth_throttle
         self.publisher = publisher
+        self.proofs = proofs
+        self.replays = replays
+
+    def _nonce_headers(self) -> dict[str, str]:
+        nonces = self.proofs.nonces
+        return {NONCE_HEADER: nonces.current()} if nonces is not None else {}
+
+    async def _proof(
+        self, request: Request, url: str, access_token: str | None = None, jkt: str | None = None
+    ) -> str | ProofError | None:
+        """The thumbprint of the key a valid ``DPoP`` proof demonstrates; ``None`` without a proof."""
+        values = request.headers.getlist("dpop")
+        if not values:
+            return None
+        if len(values) > 1:
+            error = ProofError("dpop_multiple", "Send exactly one DPoP header.")
+        else:
+            try:
+                proof = self.proofs.verify(
+                    values[0], method=request.method, url=url, access_token=access_token, jkt=jkt
+                )
+            except ProofError as exc:
+                error = exc
+            else:
+                if await self.replays.first_use(proof):
+                    return proof.jkt
+                error = ProofError("dpop_replay", "This DPoP proof was used before; make one per request.")
+        dpop_refusals.labels(error.reason).inc()
+        return error
 
     async def openid_configuration(self, request: Request) -> Response:
         document = discovery_document(self.settings)
@@ -186,11 +230,20 @@ class ProtocolEndpoints:
                 f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
                 {"Retry-After": str(verdict.retry_after)},
             )
-        oreq = OAuthRequest("POST", self.settings.url("oauth/token"), request.headers, [], params)
+        token_url = self.settings.url("oauth/token")
+        proof = await self._proof(request, token_url)
+        if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
+            headers = self._nonce_headers() if proof.use_nonce else {}
+            return oauth_error(400, proof.error, proof.description, headers)
+        oreq = OAuthRequest("POST", token_url, request.headers, [], params)
+        oreq.dpop_jkt = proof
         result = await self._in_transaction("token", oreq)
         if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
             await self.client_auth_throttle.failed(address)
-        return _json_result(result)
+        response = _json_result(result)
+        if proof is not None:
+            response.headers.update(self._nonce_headers())  # RFC 9449 §8.2: the next nonce
+        return response
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 token revocation, through Authlib's endpoint (client authentication included)."""
@@ -205,15 +258,32 @@ class ProtocolEndpoints:
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
+        scheme = scheme.lower()
+        token = credentials.strip()
+        if scheme not in ("bearer", "dpop") or not token:
             return oauth_error(
                 401, "invalid_request", "Send the access token as a Bearer token.", _bearer_challenge()
             )
         await self.keys.refresh_if_stale(self.database.pool)
         try:
-            claims = verify_access_token(self.settings, self.keys, credentials.strip())
+            claims = verify_access_token(self.settings, self.keys, token)
         except InvalidAccessToken:
             return _invalid_token("The access token is invalid or expired")
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if scheme == "bearer" and jkt:  # RFC 9449 §7.1: a bound token is never a bearer token
+            return _invalid_token("The access token is DPoP-bound: send it with the DPoP scheme and a proof")
+        if scheme == "dpop":
+            proof = await self._proof(request, self.settings.url("userinfo"), token, str(jkt or ""))
+            if proof is None or isinstance(proof, ProofError) or not jkt:
+                error = proof if isinstance(proof, ProofError) else None
+                code = error.error if error else ("invalid_dpop_proof" if jkt else "invalid_token")
+                description = error.description if error else "A DPoP proof by the token's key is required"
+                challenge = f'DPoP algs="{" ".join(self.proofs.algorithms)}", error="{code}"'
+                headers = {"WWW-Authenticate": challenge}
+                if error is not None and error.use_nonce:
+                    headers.update(self._nonce_headers())
+                return oauth_error(401, code, description, headers)
         pool = self.database.pool
         if await store.token_revoked(pool, str(claims["jti"])):
             return _invalid_token("The access token was revoked")

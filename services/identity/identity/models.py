@@ -58,6 +58,8 @@ class Client:
     grant_types: tuple[str, ...]
     response_types: tuple[str, ...]
     allowed_scopes: tuple[str, ...]
+    # RFC 9449 §5.2: every token request must carry a DPoP proof (its access tokens are all bound)
+    dpop_bound_access_tokens: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -123,6 +125,7 @@ class AuthorizationCode:
     auth_time: datetime
     expires_at: datetime
     session_hash: bytes | None = field(repr=False, default=None)
+    dpop_jkt: str | None = None  # RFC 9449 §10: only a proof by this key may redeem the code
 
     # --- authlib AuthorizationCodeMixin (OAuth 2.0 and OIDC) ----------------------------------
     def get_redirect_uri(self) -> str:
@@ -156,6 +159,7 @@ class RefreshToken:
     auth_time: datetime
     session_hash: bytes | None = field(repr=False)
     family_expires_at: datetime
+    dpop_jkt: str | None = None  # bound to this DPoP key (public clients): refreshed only with its proof
 
     # --- authlib TokenMixin (what RefreshTokenGrant asks) --------------------------------------
     def check_client(self, client: Client) -> bool:

@@ -29,7 +29,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio.from_thread
-from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Request
+from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
     InvalidGrantError,
@@ -81,6 +81,12 @@ refresh_reuse = Counter(
 code_replays = Counter(
     "identity_code_replays_total",
     "Authorization codes presented a second time (everything issued from them is revoked).",
+)
+dpop_binding_refusals = Counter(
+    "identity_dpop_binding_refusals_total",
+    "Token requests refused because a code, refresh token or client is bound to a DPoP key the "
+    "request did not prove (code, refresh_token, client).",
+    ["binding"],
 )
 consent_refusals = Counter(
     "identity_refresh_consent_refusals_total",
@@ -161,6 +167,8 @@ class Request(OAuth2Request):  # type: ignore[misc]
         self.db = db
         # Access tokens the hooks revoked; published by the endpoint once the transaction commits.
         self.revoked_tokens: list[RevokedToken] = []
+        # The RFC 7638 thumbprint of the key a verified DPoP proof demonstrated (RFC 9449), if any.
+        self.dpop_jkt: str | None = None
 
     @property
     def args(self) -> dict[str, str]:
@@ -230,7 +238,8 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
     def __init__(self, backend: Backend) -> None:
         super().__init__(scopes_supported=list(ALL_SCOPES))
         self.backend = backend
-        self.register_token_generator("default", AccessTokenMinter(backend.settings, backend.keys))
+        self.minter = AccessTokenMinter(backend.settings, backend.keys)
+        self.register_token_generator("default", self.minter)
         self.register_grant(CodeGrant, [Pkce(), OidcCode(backend)])
         self.register_grant(ImplicitGrant)
         self.register_grant(ClientCredentials)
@@ -273,6 +282,11 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         tokens_issued.labels(issued.grant_type).inc()
         if "refresh_token" in token and family_id is not None and user is not None:
             settings = self.backend.settings
+            # RFC 9449 §5: a public client's refresh tokens are bound to the proof's key, for the
+            # whole family (a family issued without DPoP is bound from its first use with a proof)
+            binding = previous.dpop_jkt if previous is not None else None
+            if binding is None and request.client.is_public:
+                binding = request.dpop_jkt
             self.backend.run(
                 partial(
                     store.save_refresh_token,
@@ -288,6 +302,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
                     idle_seconds=settings.refresh_token_idle_seconds,
                     family_expires_at=previous.family_expires_at if previous else None,
                     lifetime_seconds=settings.refresh_token_lifetime_seconds,
+                    dpop_jkt=binding,
                 )
             )
 
@@ -307,6 +322,55 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
 
 
 # --- shared grant behaviour --------------------------------------------------------------------
+
+
+class InvalidDpopProofError(OAuth2Error):  # type: ignore[misc]
+    """RFC 9449 §5: the token request's DPoP proof is missing where one is required, or invalid."""
+
+    error = "invalid_dpop_proof"
+
+
+class SenderConstrained:
+    """DPoP at the token endpoint (RFC 9449 §5): a client registered with
+    ``dpop_bound_access_tokens`` must send a proof; with a verified proof (checked by the endpoint
+    before Authlib runs: ``Request.dpop_jkt``) the access token is bound to its key."""
+
+    request: Request
+    server: IdentityServer
+    GRANT_TYPE: str
+
+    def authenticate_token_endpoint_client(self) -> Client:
+        client: Client = super().authenticate_token_endpoint_client()  # type: ignore[misc]
+        if client.dpop_bound_access_tokens and self.request.dpop_jkt is None:
+            dpop_binding_refusals.labels("client").inc()
+            raise InvalidDpopProofError("This client must send a DPoP proof with every token request.")
+        return client
+
+    def generate_token(
+        self,
+        user: SignedInUser | None = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        return self.server.minter(
+            grant_type or self.GRANT_TYPE,
+            self.request.client,
+            user,
+            scope,
+            expires_in,
+            include_refresh_token,
+            dpop_jkt=self.request.dpop_jkt,
+        )
+
+
+def refuse_binding(binding: str, request: Request, what: str) -> OAuth2Error:
+    """A code or refresh token bound to a DPoP key this request did not prove (left unused)."""
+    dpop_binding_refusals.labels(binding).inc()
+    if request.dpop_jkt is None:
+        return InvalidDpopProofError(f"The {what} is bound to a DPoP key: send a proof by that key.")
+    return InvalidGrantError(f"The {what} is bound to another DPoP key.")
 
 
 class ClientScopeAndAudience:
@@ -378,7 +442,7 @@ class OidcCode(IdTokenSigning, OpenIDCode):  # type: ignore[misc]
         return self.backend.run(store.nonce_used, self.backend.conn(request), client_id, nonce)
 
 
-class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore[misc]
+class CodeGrant(SenderConstrained, ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     @property
@@ -403,6 +467,7 @@ class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore
             auth_time=_datetime(user.auth_time),
             expires_at=_datetime(0),
             session_hash=user.session_hash or None,
+            dpop_jkt=data.get("dpop_jkt") or None,  # checked by the authorization endpoint
         )
         self.backend.run(
             store.save_code,
@@ -415,7 +480,9 @@ class CodeGrant(ClientScopeAndAudience, AuthorizationCodeGrant):  # type: ignore
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
         """Use the code up (atomically); a second use revokes everything issued from it."""
         conn = self.backend.conn(self.request)
-        state, item = self.backend.run(store.consume_code, conn, code)
+        state, item = self.backend.run(store.consume_code, conn, code, self.request.dpop_jkt)
+        if state == store.CodeState.WRONG_KEY:
+            raise refuse_binding("code", self.request, "authorization code")
         if state == store.CodeState.REPLAYED:
             revoked = self.backend.run(store.revoke_code, conn, code, "code_replay")
             self.request.revoked_tokens.extend(revoked)
@@ -485,7 +552,7 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
 # --- client credentials ------------------------------------------------------------------------
 
 
-class ClientCredentials(ClientScopeAndAudience, ClientCredentialsGrant):  # type: ignore[misc]
+class ClientCredentials(SenderConstrained, ClientScopeAndAudience, ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 
@@ -499,7 +566,7 @@ class OidcToken(IdTokenSigning, OpenIDToken):  # type: ignore[misc]
         self.backend = backend
 
 
-class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[misc]
+class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
@@ -509,7 +576,11 @@ class RefreshGrant(ClientScopeAndAudience, RefreshTokenGrant):  # type: ignore[m
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
         conn = self.backend.conn(self.request)
-        state, item, family_id = self.backend.run(store.consume_refresh_token, conn, refresh_token)
+        state, item, family_id = self.backend.run(
+            store.consume_refresh_token, conn, refresh_token, self.request.dpop_jkt
+        )
+        if state == store.RefreshState.WRONG_KEY:
+            raise refuse_binding("refresh_token", self.request, "refresh token")
         if state == store.RefreshState.REUSED:
             assert family_id is not None
             self._revoke_family(family_id, "refresh_reuse")

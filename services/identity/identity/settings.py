@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
+from svckit.dpop import DpopSettings
 from svckit.proxies import Network, parse_networks
 from svckit.settings import CsvList, DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
 
 MIN_SECRET_BYTES = 32
 
 
-class IdentitySettings(DatabaseSettings, RedisSettings):
+class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings):
     """Every variable the identity service reads; secrets have no default."""
 
     service_name: str = Field(default="identity", exclude=True)
@@ -89,6 +92,11 @@ class IdentitySettings(DatabaseSettings, RedisSettings):
         if self.identity_cookie_secure is not None:
             return self.identity_cookie_secure
         return self.identity_issuer.startswith("https://")
+
+    @property
+    def dpop_nonce_key(self) -> bytes:
+        """The DPoP nonces' key, derived from the session secret (shared by every replica already)."""
+        return hmac.new(self.session_secret, b"tsp-identity-dpop-nonces", hashlib.sha256).digest()
 
     @property
     def key_encryption_key(self) -> bytes:

@@ -49,6 +49,7 @@ def _client(row: asyncpg.Record) -> Client:
         grant_types=tuple(row["grant_types"]),
         response_types=tuple(row["response_types"]),
         allowed_scopes=tuple(row["allowed_scopes"]),
+        dpop_bound_access_tokens=row["dpop_bound_access_tokens"],
     )
 
 
@@ -112,15 +113,16 @@ async def upsert_client(db: Conn, client: Client) -> bool:
     inserted: bool = await db.fetchval(
         """INSERT INTO clients (client_id, name, first_party, secret_hash, redirect_uris,
                                 post_logout_redirect_uris, web_origins, grant_types,
-                                response_types, allowed_scopes)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                response_types, allowed_scopes, dpop_bound_access_tokens)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (client_id) DO UPDATE
              SET name = EXCLUDED.name, first_party = EXCLUDED.first_party,
                  secret_hash = EXCLUDED.secret_hash, redirect_uris = EXCLUDED.redirect_uris,
                  post_logout_redirect_uris = EXCLUDED.post_logout_redirect_uris,
                  web_origins = EXCLUDED.web_origins, grant_types = EXCLUDED.grant_types,
                  response_types = EXCLUDED.response_types,
-                 allowed_scopes = EXCLUDED.allowed_scopes, updated_at = now()
+                 allowed_scopes = EXCLUDED.allowed_scopes,
+                 dpop_bound_access_tokens = EXCLUDED.dpop_bound_access_tokens, updated_at = now()
            RETURNING (xmax = 0)""",
         client.client_id,
         client.name,
@@ -132,6 +134,7 @@ async def upsert_client(db: Conn, client: Client) -> bool:
         list(client.grant_types),
         list(client.response_types),
         list(client.allowed_scopes),
+        client.dpop_bound_access_tokens,
     )
     return inserted
 
@@ -220,8 +223,9 @@ async def save_code(db: Conn, code: str, item: AuthorizationCode, ttl_seconds: i
     await db.execute(
         """INSERT INTO authorization_codes (code_hash, client_id, subject, redirect_uri, scope,
                audience, nonce, code_challenge, code_challenge_method, auth_time, expires_at,
-               session_hash)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)""",
+               session_hash, dpop_jkt)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12,
+                   $13)""",
         digest(code),
         item.client_id,
         item.subject,
@@ -234,6 +238,7 @@ async def save_code(db: Conn, code: str, item: AuthorizationCode, ttl_seconds: i
         item.auth_time,
         float(ttl_seconds),
         item.session_hash,
+        item.dpop_jkt,
     )
     # Housekeeping: codes are useless a day after they expired (kept that long to spot replays).
     await db.execute("DELETE FROM authorization_codes WHERE expires_at < now() - interval '1 day'")
@@ -244,25 +249,34 @@ class CodeState:
     UNKNOWN = "unknown"
     REPLAYED = "replayed"
     EXPIRED = "expired"
+    WRONG_KEY = "wrong_key"  # bound by dpop_jkt to another key (or none was proven): left unused
 
 
-async def consume_code(db: Conn, code: str) -> tuple[str, AuthorizationCode | None]:
+async def consume_code(
+    db: Conn, code: str, dpop_jkt: str | None = None
+) -> tuple[str, AuthorizationCode | None]:
     """Mark a code used, atomically, and say whether this was its first, valid use.
 
     A second use finds ``used_at`` set: the caller refuses it and revokes what the first use issued.
+    A code bound to a DPoP key (``dpop_jkt``) is used only by a request proving that key; any other
+    attempt leaves it unused (whoever intercepted it cannot burn it for the client).
     """
     code_hash = digest(code)
     row = await db.fetchrow(
         """UPDATE authorization_codes SET used_at = now()
-           WHERE code_hash = $1 AND used_at IS NULL
+           WHERE code_hash = $1 AND used_at IS NULL AND (dpop_jkt IS NULL OR dpop_jkt = $2)
            RETURNING *, (expires_at <= now()) AS expired""",
         code_hash,
+        dpop_jkt,
     )
     if row is None:
-        used = await db.fetchval(
-            "SELECT used_at IS NOT NULL FROM authorization_codes WHERE code_hash = $1", code_hash
+        found = await db.fetchrow(
+            "SELECT used_at IS NOT NULL AS used, dpop_jkt FROM authorization_codes WHERE code_hash = $1",
+            code_hash,
         )
-        return (CodeState.REPLAYED if used else CodeState.UNKNOWN), None
+        if found is None:
+            return CodeState.UNKNOWN, None
+        return (CodeState.REPLAYED if found["used"] else CodeState.WRONG_KEY), None
     item = AuthorizationCode(
         code_hash=code_hash,
         client_id=row["client_id"],
@@ -276,6 +290,7 @@ async def consume_code(db: Conn, code: str) -> tuple[str, AuthorizationCode | No
         auth_time=row["auth_time"],
         expires_at=row["expires_at"],
         session_hash=row["session_hash"],
+        dpop_jkt=row["dpop_jkt"],
     )
     return (CodeState.EXPIRED if row["expired"] else CodeState.FRESH), item
 
@@ -430,14 +445,15 @@ async def save_refresh_token(
     idle_seconds: int,
     family_expires_at: datetime | None,
     lifetime_seconds: int,
+    dpop_jkt: str | None = None,
 ) -> None:
     await db.execute(
         """INSERT INTO refresh_tokens (token_hash, family_id, client_id, subject, scope, auth_time,
-               session_hash, expires_at, family_expires_at, code_hash)
+               session_hash, expires_at, family_expires_at, code_hash, dpop_jkt)
            VALUES ($1, $2, $3, $4, $5, $6, $7,
                    LEAST(now() + make_interval(secs => $8),
                          COALESCE($9, now() + make_interval(secs => $10))),
-                   COALESCE($9, now() + make_interval(secs => $10)), $11)""",
+                   COALESCE($9, now() + make_interval(secs => $10)), $11, $12)""",
         digest(token),
         family_id,
         client_id,
@@ -449,6 +465,7 @@ async def save_refresh_token(
         family_expires_at,
         float(lifetime_seconds),
         code_hash,
+        dpop_jkt,
     )
 
 
@@ -458,19 +475,26 @@ class RefreshState:
     REUSED = "reused"
     REVOKED = "revoked"
     EXPIRED = "expired"
+    WRONG_KEY = "wrong_key"  # bound to a DPoP key this request did not prove: left unused
 
 
-async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken | None, str | None]:
+async def consume_refresh_token(
+    db: Conn, token: str, dpop_jkt: str | None = None
+) -> tuple[str, RefreshToken | None, str | None]:
     """Mark a refresh token used, atomically: (state, the token when fresh or expired, its family id).
 
-    A second use is ``REUSED``: the caller revokes the whole family (reuse detection).
+    A second use is ``REUSED``: the caller revokes the whole family (reuse detection). A token bound
+    to a DPoP key is used only with a proof by that key (``dpop_jkt``); without one it stays unused
+    (``WRONG_KEY``): a stolen bound token is worthless, and presenting it cannot log the owner out.
     """
     token_hash = digest(token)
     row = await db.fetchrow(
         """UPDATE refresh_tokens SET used_at = now()
            WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
+             AND (dpop_jkt IS NULL OR dpop_jkt = $2)
            RETURNING *, (expires_at <= now()) AS expired""",
         token_hash,
+        dpop_jkt,
     )
     if row is None:
         found = await db.fetchrow(
@@ -480,7 +504,9 @@ async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken
             return RefreshState.UNKNOWN, None, None
         if found["used_at"] is not None:
             return RefreshState.REUSED, None, found["family_id"]
-        return RefreshState.REVOKED, None, found["family_id"]
+        if found["revoked_at"] is not None:
+            return RefreshState.REVOKED, None, found["family_id"]
+        return RefreshState.WRONG_KEY, None, found["family_id"]
     item = RefreshToken(
         token_hash=token_hash,
         family_id=row["family_id"],
@@ -490,6 +516,7 @@ async def consume_refresh_token(db: Conn, token: str) -> tuple[str, RefreshToken
         auth_time=row["auth_time"],
         session_hash=row["session_hash"],
         family_expires_at=row["family_expires_at"],
+        dpop_jkt=row["dpop_jkt"],
     )
     state = RefreshState.EXPIRED if row["expired"] else RefreshState.FRESH
     return state, item, item.family_id

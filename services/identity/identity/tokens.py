@@ -68,13 +68,17 @@ class AccessTokenMinter:
         scope: str | None = None,
         expires_in: int | None = None,
         include_refresh_token: bool = True,
+        *,
+        dpop_jkt: str | None = None,
     ) -> dict[str, Any]:
+        """The token response; with ``dpop_jkt`` (a proof was verified) the access token is bound to
+        that key (``cnf.jkt``) and the response says ``token_type: DPoP`` (RFC 9449 §5)."""
         scopes = granted_scopes(client, user, scope)
         ttl = expires_in or self.settings.access_token_ttl_seconds
-        access_token, jti, exp = self.mint(grant_type, client, user, scopes, ttl)
+        access_token, jti, exp = self.mint(grant_type, client, user, scopes, ttl, dpop_jkt=dpop_jkt)
         token: dict[str, Any] = {
             "access_token": access_token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if dpop_jkt else "Bearer",
             "expires_in": ttl,
             "scope": join_scope(scopes),
         }
@@ -99,6 +103,8 @@ class AccessTokenMinter:
         user: SignedInUser | None,
         scopes: list[str],
         ttl: int,
+        *,
+        dpop_jkt: str | None = None,
     ) -> tuple[str, str, int]:
         """(the signed token, its jti, its exp)."""
         key = self.keys.signer()
@@ -115,6 +121,8 @@ class AccessTokenMinter:
             "permissions": api_scopes(scopes),
             "gty": GTY.get(grant_type, grant_type),
         }
+        if dpop_jkt:
+            claims["cnf"] = {"jkt": dpop_jkt}  # RFC 9449 §6.1: the key every use must prove
         if user is None:
             claims["sub"] = f"{client.client_id}@clients"
             claims["aud"] = self.settings.oidc_audience

@@ -55,7 +55,6 @@ Usage in a writer service::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -345,9 +344,11 @@ class OutboxRelay:
         now = self.clock.monotonic()
         if now < self._metrics_due:
             return
-        self._metrics_due = now + self.metrics_interval
-        with contextlib.suppress(*DB_ERRORS):
+        try:
             await self.update_metrics()
+        except DB_ERRORS:
+            return  # the database is away: try again at the next pass, not an interval later
+        self._metrics_due = now + self.metrics_interval
 
     # ---- LISTEN --------------------------------------------------------------------------------
 

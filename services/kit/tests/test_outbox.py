@@ -337,6 +337,40 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
     assert len(await outbox_rows(database, schema)) == 21
 
 
+async def test_the_backlog_gauges_appear_as_soon_as_the_database_does(
+    database_url: str, schema: str, http: HttpClient, identity_keys: str
+) -> None:
+    """A service starting before its database: the first pass that reaches it fills the gauges (not
+    one metrics interval later — alerts and dashboards would see a gap, a scrape no series)."""
+    service = f"writer-{schema[-8:]}"
+    clock = FakeClock()
+    database = Database(database_url, schema=schema, application_name="outbox-test")  # not started
+    relay = OutboxRelay(
+        database,
+        schema,
+        service,
+        signed(http, f"http://127.0.0.1:{free_port()}", identity_keys),
+        base_backoff=1.0,
+        max_backoff=1.0,
+        metrics_interval=3600,
+        clock=clock,
+    )
+    relay.start()
+    try:
+        await eventually(lambda: clock.sleepers > 0)  # the first pass failed: backing off
+        assert relay.task.failures == 1
+        assert REGISTRY.get_sample_value("outbox_pending_events", {"service": service}) is None
+        await database.wait_connected(10)
+        clock.advance(1.0)
+        await eventually(
+            lambda: REGISTRY.get_sample_value("outbox_pending_events", {"service": service}) == 0
+        )
+        assert relay.task.failures == 0
+    finally:
+        await relay.stop()
+        await database.close()
+
+
 def failures_reach(service: str, tries: int) -> Callable[[], bool]:
     return lambda: metric("outbox_delivery_failures_total", service) == tries
 

@@ -1,0 +1,378 @@
+"""The kit's DPoP proof checks (svckit.dpop), each refusal as its own case, on a fake clock.
+
+The replay store against a real Redis (shared by two guards, and lost) is at the end; everything else
+is in process (the fast tier).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from svckit.dpop import (
+    NonceSource,
+    Proof,
+    ProofError,
+    ProofVerifier,
+    ReplayGuard,
+    access_token_hash,
+    normalise_url,
+    thumbprint,
+)
+from svckit.redisguard import RedisGuard
+
+from testkit.clock import FakeClock
+from testkit.dpop import DpopKey
+from testkit.fixtures import free_port
+
+URL = "https://api.example.com/api/timesheets"
+NOW = 1_700_000_000.0
+TOKEN = "header.payload.signature"
+
+unit = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def key() -> DpopKey:
+    return DpopKey()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+def verifier(clock: FakeClock, **options: Any) -> ProofVerifier:
+    return ProofVerifier(clock=clock, **options)
+
+
+def refused(check: ProofVerifier, proof: str, reason: str, **request: Any) -> ProofError:
+    arguments: dict[str, Any] = {"method": "GET", "url": URL, **request}
+    with pytest.raises(ProofError) as caught:
+        check.verify(proof, **arguments)
+    assert caught.value.reason == reason, caught.value.description
+    return caught.value
+
+
+def b64(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# --- what passes ------------------------------------------------------------------------------------
+
+
+@unit
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+def test_a_proof_of_every_allowed_algorithm_verifies(alg: str, clock: FakeClock) -> None:
+    signer = DpopKey(alg)
+    proof = verifier(clock).verify(
+        signer.proof("GET", URL, access_token=TOKEN, iat=NOW),
+        method="GET",
+        url=URL,
+        access_token=TOKEN,
+        jkt=signer.jkt,
+    )
+    assert proof.jkt == signer.jkt
+    assert proof.iat == NOW
+
+
+@unit
+def test_the_thumbprint_is_rfc_7638s_example() -> None:
+    """RFC 7638 §3.1's example key and thumbprint."""
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+        "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQ"
+        "MicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRw"
+        "r3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@unit
+def test_ath_is_the_base64url_sha256_of_the_token() -> None:
+    # RFC 9449 §7.1's example token and its ath
+    assert access_token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU") == (
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    )
+
+
+@unit
+@pytest.mark.parametrize(
+    ("claimed", "actual"),
+    [
+        ("HTTPS://API.Example.COM/api/timesheets", URL),
+        ("https://api.example.com:443/api/timesheets", URL),
+        ("https://api.example.com/api/%74imesheets", URL),  # an escaped unreserved character
+        ("https://api.example.com/api/timesheets?limit=5#x", URL + "?cursor=abc"),
+        ("http://localhost:80/api/a%2fb", "http://localhost/api/a%2Fb"),
+        ("https://api.example.com", "https://api.example.com/"),
+    ],
+)
+def test_htu_is_compared_after_normalisation(
+    claimed: str, actual: str, key: DpopKey, clock: FakeClock
+) -> None:
+    verifier(clock).verify(key.proof("GET", URL, htu=claimed, iat=NOW), method="GET", url=actual)
+
+
+@unit
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://x/a", "https://user@x/a", "/api/timesheets", "https://x/a b", "https://x:99999/a", "https://"],
+)
+def test_urls_that_cannot_match_normalise_to_nothing(url: str) -> None:
+    assert normalise_url(url) is None
+
+
+# --- every refusal ------------------------------------------------------------------------------
+
+
+@unit
+@pytest.mark.parametrize("proof", ["", "a.b", "a.b.c.d", "!!.e30.sig", "x" * 9000])
+def test_malformed_proofs(proof: str, clock: FakeClock) -> None:
+    refused(verifier(clock), proof, "dpop_malformed")
+
+
+@unit
+@pytest.mark.parametrize("payload", [b"not json", b"[1]", b'{"iat": 1e999}'])
+def test_a_payload_that_is_not_a_json_object_is_malformed(
+    payload: bytes, key: DpopKey, clock: FakeClock
+) -> None:
+    header = b64({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk})
+    refused(verifier(clock), f"{header}.{b64(payload)}.c2ln", "dpop_malformed")
+
+
+@unit
+@pytest.mark.parametrize("typ", [None, "JWT", "at+jwt", "dpop"])
+def test_the_type_must_be_dpop_jwt(typ: str | None, key: DpopKey, clock: FakeClock) -> None:
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, headers={"typ": typ}), "dpop_typ")
+
+
+@unit
+def test_crit_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    proof = key.proof("GET", URL, iat=NOW, headers={"crit": ["exp"], "exp": 1})
+    refused(verifier(clock), proof, "dpop_malformed")
+
+
+@unit
+def test_symmetric_and_none_algorithms_are_refused(key: DpopKey, clock: FakeClock) -> None:
+    payload = b64({"jti": "j", "htm": "GET", "htu": URL, "iat": NOW})
+    for alg in ("none", "HS256"):
+        header = b64({"typ": "dpop+jwt", "alg": alg, "jwk": key.public_jwk})
+        refused(verifier(clock), f"{header}.{payload}.c2ln", "dpop_alg")
+
+
+@unit
+def test_an_algorithm_outside_the_allowlist_is_refused(clock: FakeClock) -> None:
+    proof = DpopKey("RS256").proof("GET", URL, iat=NOW)
+    error = refused(verifier(clock, algorithms=["ES256"]), proof, "dpop_alg")
+    assert "ES256" in error.description
+
+
+@unit
+def test_the_allowlist_cannot_name_a_mac() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        ProofVerifier(algorithms=["HS256"])
+
+
+@unit
+def test_a_missing_key_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, headers={"jwk": None}), "dpop_jwk")
+
+
+@unit
+def test_a_private_key_in_the_header_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    proof = key.proof("GET", URL, iat=NOW, headers={"jwk": key.private_jwk()})
+    error = refused(verifier(clock), proof, "dpop_jwk")
+    assert "private" in error.description
+
+
+@unit
+def test_a_key_of_the_wrong_type_or_curve_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    rsa_key = DpopKey("RS256")
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, headers={"jwk": rsa_key.public_jwk}), "dpop_jwk")
+    p384 = DpopKey("ES384")
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, headers={"jwk": p384.public_jwk}), "dpop_jwk")
+
+
+@unit
+def test_a_short_rsa_key_is_refused(clock: FakeClock) -> None:
+    with pytest.warns(UserWarning, match="2048"):  # PyJWT warns about signing with a short key
+        proof = DpopKey("RS256", rsa_bits=1024).proof("GET", URL, iat=NOW)
+    refused(verifier(clock), proof, "dpop_jwk")
+
+
+@unit
+def test_a_point_off_the_curve_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    bad = {**key.public_jwk, "y": key.public_jwk["x"]}
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, headers={"jwk": bad}), "dpop_jwk")
+
+
+@unit
+def test_a_signature_by_another_key_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    other = DpopKey()
+    refused(
+        verifier(clock), other.proof("GET", URL, iat=NOW, headers={"jwk": key.public_jwk}), "dpop_signature"
+    )
+
+
+@unit
+def test_a_tampered_payload_is_refused(key: DpopKey, clock: FakeClock) -> None:
+    header, _, signature = key.proof("GET", URL, iat=NOW).split(".")
+    payload = b64({"jti": "j", "htm": "GET", "htu": URL, "iat": NOW})
+    refused(verifier(clock), f"{header}.{payload}.{signature}", "dpop_signature")
+
+
+@unit
+@pytest.mark.parametrize(("claim", "value"), [("jti", None), ("jti", ""), ("jti", "j" * 256), ("jti", 7)])
+def test_jti_is_required(claim: str, value: Any, key: DpopKey, clock: FakeClock) -> None:
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, **{claim: value}), "dpop_malformed")
+
+
+@unit
+@pytest.mark.parametrize("htm", [None, "POST", "get"])
+def test_htm_must_be_the_request_method(htm: str | None, key: DpopKey, clock: FakeClock) -> None:
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, htm=htm), "dpop_htm")
+
+
+@unit
+@pytest.mark.parametrize(
+    "htu",
+    [
+        None,
+        "http://api.example.com/api/timesheets",  # another scheme
+        "https://api.example.com:8443/api/timesheets",  # another port
+        "https://evil.example.com/api/timesheets",  # another host
+        "https://api.example.com/api/timesheets/1",  # another path
+        "https://api.example.com/api/Timesheets",  # paths are case-sensitive
+    ],
+)
+def test_htu_must_be_the_request_url(htu: str | None, key: DpopKey, clock: FakeClock) -> None:
+    refused(verifier(clock), key.proof("GET", URL, iat=NOW, htu=htu), "dpop_htu")
+
+
+@unit
+@pytest.mark.parametrize("iat", [None, "1700000000", True, float("inf")])
+def test_iat_must_be_a_number(iat: Any, key: DpopKey, clock: FakeClock) -> None:
+    proof = key.proof("GET", URL, iat=iat) if iat is not None else key.proof("GET", URL, without=("iat",))
+    refused(verifier(clock), proof, "dpop_malformed")
+
+
+@unit
+def test_iat_window_with_leeway(key: DpopKey, clock: FakeClock) -> None:
+    check = verifier(clock, max_age_seconds=60, leeway_seconds=5)
+    check.verify(key.proof("GET", URL, iat=NOW - 65), method="GET", url=URL)
+    check.verify(key.proof("GET", URL, iat=NOW + 5), method="GET", url=URL)
+    refused(check, key.proof("GET", URL, iat=NOW - 66), "dpop_iat")
+    refused(check, key.proof("GET", URL, iat=NOW + 6), "dpop_iat")
+    proof = key.proof("GET", URL, iat=NOW)
+    clock.advance(66)
+    refused(check, proof, "dpop_iat")
+
+
+@unit
+def test_ath_must_hash_the_presented_token(key: DpopKey, clock: FakeClock) -> None:
+    check = verifier(clock)
+    refused(check, key.proof("GET", URL, iat=NOW), "dpop_ath", access_token=TOKEN)
+    refused(
+        check, key.proof("GET", URL, iat=NOW, access_token="another.token.x"), "dpop_ath", access_token=TOKEN
+    )
+
+
+@unit
+def test_the_key_must_be_the_one_the_token_is_bound_to(key: DpopKey, clock: FakeClock) -> None:
+    other = DpopKey()
+    proof = other.proof("GET", URL, iat=NOW, access_token=TOKEN)
+    refused(verifier(clock), proof, "dpop_key_mismatch", access_token=TOKEN, jkt=key.jkt)
+
+
+# --- nonces -------------------------------------------------------------------------------------
+
+
+@unit
+def test_nonces_are_required_when_on_and_rotate(key: DpopKey, clock: FakeClock) -> None:
+    nonces = NonceSource(b"s" * 32, 60, clock)
+    check = verifier(clock, nonces=nonces)
+    error = refused(check, key.proof("GET", URL, iat=NOW), "dpop_nonce")
+    assert error.use_nonce
+    assert error.error == "use_dpop_nonce"
+    refused(check, key.proof("GET", URL, iat=NOW, nonce="made-up"), "dpop_nonce")
+    first = nonces.current()
+    check.verify(key.proof("GET", URL, iat=NOW, nonce=first), method="GET", url=URL)
+    clock.advance(60)  # next window: the previous nonce still works, a new one is handed out
+    assert nonces.current() != first
+    check.verify(key.proof("GET", URL, iat=clock.time(), nonce=first), method="GET", url=URL)
+    clock.advance(60)
+    refused(check, key.proof("GET", URL, iat=clock.time(), nonce=first), "dpop_nonce")
+
+
+@unit
+def test_processes_with_the_same_secret_agree_on_nonces(clock: FakeClock) -> None:
+    one, two = NonceSource(b"k" * 32, 30, clock), NonceSource(b"k" * 32, 30, clock)
+    assert one.current() == two.current()
+    assert not NonceSource(b"x" * 32, 30, clock).valid(one.current())
+
+
+# --- replays ------------------------------------------------------------------------------------
+
+
+@unit
+async def test_a_jti_is_accepted_once_within_the_window(clock: FakeClock) -> None:
+    guard = ReplayGuard(None, "dpop", window_seconds=65, clock=clock)
+    proof = Proof("jkt", "jti-1", NOW)
+    assert await guard.first_use(proof)
+    assert not await guard.first_use(proof)
+    assert await guard.first_use(Proof("other-key", "jti-1", NOW))  # scoped to the key
+    clock.advance(66)  # the proof is no longer acceptable anyway: the entry may go
+    assert await guard.first_use(proof)
+
+
+@unit
+async def test_the_local_window_is_bounded(clock: FakeClock) -> None:
+    guard = ReplayGuard(None, "dpop", window_seconds=65, clock=clock, max_local=100)
+    for n in range(250):
+        await guard.first_use(Proof("jkt", f"jti-{n}", NOW))
+    assert len(guard) <= 100
+
+
+async def test_two_guards_sharing_redis_accept_a_jti_once(redis_url: str, redis_prefix: str) -> None:
+    """Two processes' guards (separate clients, separate local windows) on one Redis."""
+    guards = [
+        ReplayGuard(RedisGuard(redis_url, redis_prefix, timeout=0.5, retry_seconds=1), "dpop", 65)
+        for _ in range(2)
+    ]
+    try:
+        import time
+
+        proof = Proof("jkt", "shared-jti", time.time())
+        assert await guards[0].first_use(proof)
+        assert not await guards[1].first_use(proof)
+        assert not await guards[0].first_use(proof)
+    finally:
+        for guard in guards:
+            assert guard.redis is not None
+            await guard.redis.close()
+
+
+async def test_without_redis_the_local_window_still_refuses_replays() -> None:
+    """Redis down: a replay to the same process is refused; the check counts as local-only."""
+    import time
+
+    from svckit.dpop import replay_checks
+
+    redis = RedisGuard(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout=0.2, retry_seconds=60)
+    guard = ReplayGuard(redis, "dpop", 65)
+    before = replay_checks.labels("local")._value.get()
+    try:
+        proof = Proof("jkt", "lonely", time.time())
+        assert await guard.first_use(proof)
+        assert not await guard.first_use(proof)
+        assert replay_checks.labels("local")._value.get() == before + 1
+    finally:
+        await redis.close()
