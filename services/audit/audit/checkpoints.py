@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
@@ -45,6 +46,7 @@ GENESIS_DIGEST = "0" * 64
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("count", "head", "n", "prev", "seq", "signed_at")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class CheckpointKeyError(ValueError):
@@ -101,11 +103,16 @@ class Checkpoint:
 
 def parse(jws: str) -> Checkpoint:
     """Read a checkpoint without checking its signature (:meth:`PublicKeys.verify` does)."""
+    parts = jws.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        raise InvalidCheckpoint("not a JWS in compact serialization")
     try:
-        header = jwt.get_unverified_header(jws)
-        payload = json.loads(_b64decode(jws.split(".")[1]))
-    except (jwt.InvalidTokenError, ValueError, IndexError, binascii.Error) as exc:
+        header = json.loads(_b64decode(parts[0]))
+        payload = json.loads(_b64decode(parts[1]))
+    except (ValueError, binascii.Error) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidCheckpoint(f"not a JWS: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidCheckpoint("not a JWS: the header is not an object")
     if header.get("typ") != JWS_TYPE or header.get("alg") != "EdDSA":
         raise InvalidCheckpoint("not an audit checkpoint (typ or alg)")
     if not isinstance(payload, dict) or sorted(payload) != list(_FIELDS):
@@ -172,13 +179,18 @@ class PublicKeys:
     def verify(self, jws: str) -> Checkpoint:
         """The checkpoint, if its signature verifies with the key its ``kid`` names; else
         :class:`InvalidCheckpoint` (an unknown ``kid`` included)."""
-        checkpoint = parse(jws)
+        return self.check(parse(jws))
+
+    def check(self, checkpoint: Checkpoint) -> Checkpoint:
+        """:meth:`verify` for a checkpoint already parsed (a full verification checks every one:
+        the Ed25519 check itself, without parsing the JWS again)."""
         key = self.keys.get(checkpoint.key_id)
         if key is None:
             raise InvalidCheckpoint(f"signed by an unknown key {checkpoint.key_id!r}")
+        signing_input, _, signature = checkpoint.jws.rpartition(".")
         try:
-            jwt.api_jws.PyJWS().decode_complete(jws, key, algorithms=["EdDSA"])
-        except jwt.InvalidTokenError:
+            key.verify(_b64decode(signature), signing_input.encode("ascii"))
+        except (InvalidSignature, binascii.Error, ValueError):
             raise InvalidCheckpoint("the signature does not verify") from None
         return checkpoint
 

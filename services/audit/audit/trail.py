@@ -126,7 +126,7 @@ class CheckpointTrail:
         trusted = False
         if self.keys.known(checkpoint.key_id):
             try:
-                self.keys.verify(jws)
+                self.keys.check(checkpoint)
                 trusted = True
             except InvalidCheckpoint:
                 self.signatures_valid = False
