@@ -25,8 +25,6 @@ import secrets
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,8 @@ from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 from svckit.settings import parse_identity_keys
 
-from testkit.fixtures import ServiceProcess, create_database, drop_database, new_identity_keys
+from bench._backing import fresh_database, servers
+from testkit.fixtures import ServiceProcess, new_identity_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -173,27 +172,8 @@ async def verify_case(url: str, keys: str) -> dict[str, Any]:
     return {"records": checked, "seconds": round(median, 3), "records_per_second": round(checked / median)}
 
 
-@contextmanager
-def postgres() -> Iterator[None]:
-    """``DATABASE_URL``'s server, or an embedded one like ``make dev`` when it is unset."""
-    if os.environ.get("DATABASE_URL"):
-        yield
-        return
-    from devstack.backing import EmbeddedPostgres
-
-    server = EmbeddedPostgres(ROOT / ".local" / "bench")
-    os.environ["DATABASE_URL"] = server.start()
-    try:
-        yield
-    finally:
-        server.stop()
-        del os.environ["DATABASE_URL"]
-
-
-async def run() -> dict[str, Any]:
+async def run(dsn: str) -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
-    name = f"tsp_bench_audit_{secrets.token_hex(3)}"
-    dsn = await create_database(name)
     keys = new_identity_keys("bench")
     process = ServiceProcess(
         "audit",
@@ -221,13 +201,12 @@ async def run() -> dict[str, Any]:
         verify = await verify_case(process.url, keys)
     finally:
         await asyncio.to_thread(process.stop)
-        await drop_database(name)
     return {"ingest": ingest, "relay": relay, "verify": verify, "cpus": os.cpu_count()}
 
 
 def main() -> int:
-    with postgres():
-        results = asyncio.run(run())
+    with servers(), fresh_database(f"tsp_bench_audit_{secrets.token_hex(3)}") as dsn:
+        results = asyncio.run(run(dsn))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audit.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'case':<28}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
