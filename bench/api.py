@@ -191,9 +191,9 @@ def direct_script(path: Path, identity_keys: str, issuer: str, subjects: list[st
     )
 
 
-def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENTS) -> dict[str, Any]:
     cores = os.cpu_count() or 1
-    command = ["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
     if cores > 1 and shutil.which("taskset"):
         command = ["taskset", "-c", str(cores - 1), *command]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
