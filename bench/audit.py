@@ -33,12 +33,11 @@ from typing import Any
 
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
-from svckit.settings import parse_identity_keys
 
-from testkit.fixtures import ServiceProcess, create_database, drop_database, new_identity_keys
+from testkit.fixtures import ServiceProcess, create_database, drop_database, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -152,8 +151,8 @@ async def relay_case(dsn: str, client: SignedClient, total: int = 5000, per_tx: 
     }
 
 
-async def verify_case(url: str, keys: str) -> dict[str, Any]:
-    signer = IdentitySigner(parse_identity_keys(keys))
+async def verify_case(url: str, keys: dict[str, str]) -> dict[str, Any]:
+    signer = pair_signer(keys, "gateway", "audit")  # a user reads the trail through the gateway
     http = HttpClient(total_timeout=300)
     client = SignedClient(http, url, signer)
     auditor = Identity("http://localhost:9000/", "carol", "user", "spa", frozenset({"read:audit"}), "")
@@ -194,12 +193,12 @@ async def run() -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
     name = f"tsp_bench_audit_{secrets.token_hex(3)}"
     dsn = await create_database(name)
-    keys = new_identity_keys("bench")
+    keys = new_pair_keys("bench")
     process = ServiceProcess(
         "audit",
         {
             "DATABASE_URL": dsn,
-            "IDENTITY_KEYS": keys,
+            **keys,
             "LOG_LEVEL": "WARNING",
             "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
         },
@@ -208,7 +207,7 @@ async def run() -> dict[str, Any]:
         await migrate(dsn, "audit", MIGRATIONS)
         await asyncio.to_thread(process.start, "/readyz")
         http = HttpClient(total_timeout=60)
-        client = SignedClient(http, process.url, IdentitySigner(parse_identity_keys(keys)))
+        client = SignedClient(http, process.url, pair_signer(keys, SOURCE, "audit"))
         try:
             ingest = [
                 await ingest_case(client, 1, 8, seconds),

@@ -51,7 +51,7 @@ from typing import Any
 import psutil
 
 from bench.api import AUDIENCE, Issuer
-from testkit.fixtures import ServiceProcess, free_port, new_identity_keys
+from testkit.fixtures import ServiceProcess, free_port, new_pair_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -212,7 +212,7 @@ def main() -> int:
     half_rounds = int(os.environ.get("BENCH_GATEWAY_HALF_ROUNDS", "5"))
     issuer = Issuer()
     token = issuer.token("bench-user")
-    keys = new_identity_keys("bench")
+    keys = new_pair_keys("bench")
     upstream_port, passthrough_port, pooled_port, naive_port = (
         free_port(),
         free_port(),
@@ -237,7 +237,7 @@ def main() -> int:
     gateway = ServiceProcess(
         "gateway",
         {
-            "IDENTITY_KEYS": keys,
+            **keys,
             "OIDC_ISSUER": issuer.issuer,
             "OIDC_AUDIENCE": AUDIENCE,
             "REDIS_KEY_PREFIX": f"bench-gw-{uuid.uuid4().hex[:8]}:",
