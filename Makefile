@@ -8,7 +8,7 @@ UV := .local/uv/bin/uv
 PY := .venv/bin/python
 export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool.
-SYSTEM_PACKAGES := chromium wrk prometheus
+SYSTEM_PACKAGES := chromium wrk prometheus haproxy
 
 .PHONY: help install system-deps dev test unit e2e test-packaging chart-docs spa lint format bench clean
 
@@ -25,7 +25,7 @@ $(UV):
 
 install: .venv/.synced ## create .venv from the lock file
 
-system-deps: ## install the Debian packages tests need (chromium, wrk, prometheus) when missing
+system-deps: ## install the Debian packages tests need (chromium, wrk, prometheus, haproxy) when missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -29,8 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,8 @@ from jwt.algorithms import RSAAlgorithm
 from svckit.identity import Identity
 from svckit.migrations import migrate
 
-from testkit.fixtures import (
-    ServiceProcess,
-    create_database,
-    drop_database,
-    free_port,
-    new_pair_keys,
-    pair_signer,
-)
+from bench._backing import fresh_database, servers
+from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -110,33 +102,7 @@ class Issuer:
         self.server.shutdown()
 
 
-@contextmanager
-def backing() -> Iterator[tuple[str, str]]:
-    """(server DSN, Redis URL): from the environment, or embedded servers like ``make dev``."""
-    started: list[Any] = []
-    dsn, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    try:
-        if not dsn or not redis_url:
-            from devstack.backing import EmbeddedPostgres, EmbeddedRedis
-
-            state = ROOT / ".local" / "bench"
-            if not dsn:
-                postgres = EmbeddedPostgres(state)
-                dsn = postgres.start()
-                started.append(postgres)
-            if not redis_url:
-                redis_server = EmbeddedRedis(state, port=6382)
-                redis_url = redis_server.start()
-                started.append(redis_server)
-        os.environ["DATABASE_URL"] = dsn
-        yield dsn, redis_url
-    finally:
-        for server in reversed(started):
-            server.stop()
-
-
-async def prepare_database(name: str, issuer: str, subjects: list[str]) -> str:
-    url = await create_database(name)
+async def prepare_database(url: str, issuer: str, subjects: list[str]) -> None:
     for service in ("timesheets", "audit"):
         await migrate(url, service, ROOT / "services" / service / service / "migrations")
     conn = await asyncpg.connect(url)
@@ -155,7 +121,6 @@ async def prepare_database(name: str, issuer: str, subjects: list[str]) -> str:
         await conn.execute("ANALYZE timesheets.entries")
     finally:
         await conn.close()
-    return url
 
 
 async def count_entries(url: str) -> int:
@@ -225,9 +190,9 @@ def direct_script(path: Path, identity_keys: dict[str, str], issuer: str, subjec
     )
 
 
-def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENTS) -> dict[str, Any]:
     cores = os.cpu_count() or 1
-    command = ["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
     if cores > 1 and shutil.which("taskset"):
         command = ["taskset", "-c", str(cores - 1), *command]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
@@ -266,54 +231,58 @@ def main() -> int:
     processes: list[ServiceProcess] = []
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     try:
-        with backing() as (_, redis_url):
-            url = asyncio.run(prepare_database(name, issuer.issuer, subjects))
-            identity_keys = new_pair_keys("bench")
-            env = {
-                "DATABASE_URL": url,
-                "REDIS_URL": redis_url,
-                "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
-                **identity_keys,
-                "LOG_LEVEL": "WARNING",
-            }
-            audit = ServiceProcess("audit", env, log_dir=logs).start()
-            processes.append(audit)
-            timesheets = ServiceProcess("timesheets", {**env, "AUDIT_URL": audit.url}, log_dir=logs).start()
-            processes.append(timesheets)
-            gateway = ServiceProcess(
-                "gateway",
-                {
-                    **env,
-                    "OIDC_ISSUER": issuer.issuer,
-                    "OIDC_AUDIENCE": AUDIENCE,
-                    "TIMESHEETS_URL": timesheets.url,
-                    "APPROVALS_URL": "http://127.0.0.1:9",
-                    "AUDIT_URL": audit.url,
-                    "GATEWAY_WORKERS": "1",
-                    "GATEWAY_ACCESS_LOG": "false",
-                },
-                log_dir=logs,
-            ).start()
-            processes.append(gateway)
+        with servers(redis=True) as backing, fresh_database(name) as url:
+            redis_url = backing.redis_url
+            assert redis_url is not None
+            asyncio.run(prepare_database(url, issuer.issuer, subjects))
+            try:
+                identity_keys = new_pair_keys("bench")
+                env = {
+                    "DATABASE_URL": url,
+                    "REDIS_URL": redis_url,
+                    "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
+                    **identity_keys,
+                    "LOG_LEVEL": "WARNING",
+                }
+                audit = ServiceProcess("audit", env, log_dir=logs).start()
+                processes.append(audit)
+                timesheets_env = {**env, "AUDIT_URL": audit.url}
+                timesheets = ServiceProcess("timesheets", timesheets_env, log_dir=logs).start()
+                processes.append(timesheets)
+                gateway = ServiceProcess(
+                    "gateway",
+                    {
+                        **env,
+                        "OIDC_ISSUER": issuer.issuer,
+                        "OIDC_AUDIENCE": AUDIENCE,
+                        "TIMESHEETS_URL": timesheets.url,
+                        "APPROVALS_URL": "http://127.0.0.1:9",
+                        "AUDIT_URL": audit.url,
+                        "GATEWAY_WORKERS": "1",
+                        "GATEWAY_ACCESS_LOG": "false",
+                    },
+                    log_dir=logs,
+                ).start()
+                processes.append(gateway)
 
-            tokens = [issuer.token(subject) for subject in subjects]
-            script = logs / "api.lua"
-            script.write_text(LUA % {"tokens": ", ".join(f'"{t}"' for t in tokens)})
-            before = asyncio.run(count_entries(url))
-            run_wrk(gateway.url, script, 3)  # warm-up: JWKS fetched, pools filled, caches hot
-            result = run_wrk(gateway.url, script, seconds)
-            # The same mix straight to the timesheets service (what the gateway hop costs).
-            direct = logs / "direct.lua"
-            direct_script(direct, identity_keys, issuer.issuer, subjects)
-            run_wrk(timesheets.url, direct, 3)
-            direct_script(direct, identity_keys, issuer.issuer, subjects)  # fresh timestamps
-            direct_result = run_wrk(timesheets.url, direct, min(seconds, 45))
-            created = asyncio.run(count_entries(url)) - before
+                tokens = [issuer.token(subject) for subject in subjects]
+                script = logs / "api.lua"
+                script.write_text(LUA % {"tokens": ", ".join(f'"{t}"' for t in tokens)})
+                before = asyncio.run(count_entries(url))
+                run_wrk(gateway.url, script, 3)  # warm-up: JWKS fetched, pools filled, caches hot
+                result = run_wrk(gateway.url, script, seconds)
+                # The same mix straight to the timesheets service (what the gateway hop costs).
+                direct = logs / "direct.lua"
+                direct_script(direct, identity_keys, issuer.issuer, subjects)
+                run_wrk(timesheets.url, direct, 3)
+                direct_script(direct, identity_keys, issuer.issuer, subjects)  # fresh timestamps
+                direct_result = run_wrk(timesheets.url, direct, min(seconds, 45))
+                created = asyncio.run(count_entries(url)) - before
+            finally:  # the services stop before their database is dropped
+                for process in reversed(processes):
+                    process.stop()
     finally:
-        for process in reversed(processes):
-            process.stop()
         issuer.close()
-        asyncio.run(drop_database(name)) if os.environ.get("DATABASE_URL") else None
         shutil.rmtree(logs, ignore_errors=True)
 
     raw = result.pop("raw")

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+from pydantic import ValidationError
+from svckit.contracts.problem import Problem
 from svckit.identity import Identity
 from yarl import URL
 
@@ -30,7 +32,15 @@ class Reply:
 
     @property
     def problem(self) -> bool:
-        return self.headers.get("content-type", "").startswith("application/problem+json")
+        """An RFC 9457 problem as the contract (``svckit.contracts.Problem``) describes it, whose
+        ``status`` repeats the answer's: every test that expects a problem checks the model too."""
+        if not self.headers.get("content-type", "").startswith("application/problem+json"):
+            return False
+        try:
+            document = Problem.model_validate(self.body)
+        except ValidationError:
+            return False
+        return document.status == self.status
 
     def fields(self) -> set[str]:
         """The fields named by a validation problem's ``errors``."""

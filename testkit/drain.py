@@ -25,6 +25,8 @@ class DrainReport:
     after_signal: collections.Counter[str] = field(default_factory=collections.Counter)
     slow: list[str] = field(default_factory=list)
     requests_before_signal: int = 0
+    #: what each unexpected failure was (exception type and text), so a failing run says what it saw
+    details: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def broken(self) -> int:
@@ -43,13 +45,18 @@ def _classify_error(exc: BaseException) -> str:
     return "other"
 
 
-async def _one(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
+async def _one(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], details: collections.Counter[str]
+) -> str:
     try:
         async with session.get(url, headers=headers) as response:
             await response.read()
             return "ok"
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return _classify_error(exc)
+        outcome = _classify_error(exc)
+        if outcome != "refused":
+            details[f"{outcome}: {type(exc).__name__}: {exc!r}"[:300]] += 1
+        return outcome
 
 
 async def load_through(
@@ -80,17 +87,17 @@ async def load_through(
         connector = aiohttp.TCPConnector(limit=1)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             while time.monotonic() < deadline:
-                record(await _one(session, fast_url, headers))
+                record(await _one(session, fast_url, headers, report.details))
 
     async def new_connections() -> None:
         while time.monotonic() < deadline:
             connector = aiohttp.TCPConnector(force_close=True)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                record(await _one(session, fast_url, headers))
+                record(await _one(session, fast_url, headers, report.details))
 
     async def slow() -> None:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            report.slow.append(await _one(session, slow_url, headers))
+            report.slow.append(await _one(session, slow_url, headers, report.details))
 
     workers = [asyncio.ensure_future(keep_alive()) for _ in range(keep_alive_clients)]
     workers += [asyncio.ensure_future(new_connections()) for _ in range(new_connection_clients)]

@@ -7,7 +7,9 @@ import html
 import re
 import shutil
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, Request, ViewportSize
 
@@ -48,16 +50,31 @@ class Shots:
         return path
 
 
+@dataclass(frozen=True)
+class SentCall:
+    """One API request as the page sent it: what a token thief could copy out of it."""
+
+    method: str
+    url: str
+    scheme: str  # Bearer or DPoP
+    token: str
+    proof: str | None
+
+
 class Tokens:
-    """Bearer tokens the page sent to the API, in order (for renewal checks and direct API probes)."""
+    """Access tokens the page sent to the API, in order (for renewal checks and direct API probes),
+    and every call's authorisation (scheme, token and DPoP proof)."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.calls: list[SentCall] = []
 
     def on_request(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        if request.url.startswith(APP + "/api/") and header.startswith("Bearer "):
-            token = header.removeprefix("Bearer ")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if request.url.startswith(APP + "/api/") and scheme in ("Bearer", "DPoP") and token:
+            self.calls.append(
+                SentCall(request.method, request.url, scheme, token, request.headers.get("dpop"))
+            )
             if not self.seen or self.seen[-1] != token:
                 self.seen.append(token)
 
@@ -90,6 +107,58 @@ async def sign_in(page: Page, shot: Shots, username: str, path: str = "/") -> No
     await provider_sign_in(page, shot, username)
     await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
     await page.get_by_role("button", name="Sign out").wait_for()
+
+
+# In-page: the SPA's DPoP key pair as oidc-client-ts keeps it in IndexedDB (database "oidc", object
+# store "dpop", keyed by client id), or null. Page scripts can use the key but never read it out.
+DPOP_KEYS_JS = """async (clientId) => {
+  const db = await new Promise((resolve, reject) => {
+    const request = indexedDB.open("oidc");
+    request.onupgradeneeded = () => request.result.createObjectStore("dpop");
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  const state = await new Promise((resolve, reject) => {
+    const request = db.transaction("dpop", "readonly").objectStore("dpop").get(clientId);
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  db.close();
+  return state && state.keys;
+}"""
+
+# In-page: an API call authorised like the SPA's, with a proof signed by its IndexedDB key (what
+# script running in the page, the app's own or an injected one, can do while the page is open).
+API_CALL_JS = """async ([clientId, method, path, token, body]) => {
+  const keys = await (KEYS)(clientId);
+  const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/[+]/g, "-").replace(/[/]/g, "_").replace(/=+$/, "");
+  const json = (value) => b64(new TextEncoder().encode(JSON.stringify(value)));
+  const jwk = await crypto.subtle.exportKey("jwk", keys.publicKey);
+  const url = new URL(path, location.href);
+  const ath = b64(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token)));
+  const publicJwk = { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y };
+  const input = json({ typ: "dpop+jwt", alg: "ES256", jwk: publicJwk })
+    + "." + json({ jti: crypto.randomUUID(), htm: method, htu: url.origin + url.pathname,
+                   iat: Math.floor(Date.now() / 1000), ath });
+  const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, keys.privateKey,
+                                             new TextEncoder().encode(input));
+  const headers = { authorization: "DPoP " + token, dpop: input + "." + b64(signature) };
+  if (body !== null) headers["content-type"] = "application/json";
+  const response = await fetch(url, { method, headers, body: body === null ? null : JSON.stringify(body) });
+  return { status: response.status, contentType: response.headers.get("content-type"),
+           text: await response.text() };
+}""".replace("KEYS", DPOP_KEYS_JS)
+
+
+async def api_call_in_page(
+    page: Page, method: str, path: str, token: str, body: Any = None, client_id: str = "timesheets-spa"
+) -> dict[str, Any]:
+    """``method path`` through the gateway from inside the page, with ``token`` and a proof from the
+    SPA's own DPoP key: a direct API probe with the user's credentials (a DPoP-bound token is useless
+    from anywhere else)."""
+    answer: dict[str, Any] = await page.evaluate(API_CALL_JS, [client_id, method, path, token, body])
+    return answer
 
 
 async def assert_no_tokens_stored(page: Page, tokens: Tokens) -> None:

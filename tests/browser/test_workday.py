@@ -20,6 +20,7 @@ from tests.browser.support import (
     PHONE,
     NewPage,
     Shots,
+    api_call_in_page,
     assert_no_tokens_stored,
     sign_in,
 )
@@ -127,14 +128,17 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
     await expect(queue.filter(has_text=DELTA)).to_have_count(0)  # his own: never offered
     await shot(bob, "bob-approval-queue")
 
-    # The API refuses too, whatever the UI shows (through the gateway, with bob's own token).
-    answer = await bob.request.put(
-        f"{APP}/api/approvals/{delta_id}",
-        data={"decision": "approved", "comment": "self-service"},
-        headers={"authorization": f"Bearer {bob_tokens.last}"},
+    # The API refuses too, whatever the UI shows (through the gateway, with bob's own DPoP-bound token
+    # and a proof from his browser's key).
+    answer = await api_call_in_page(
+        bob,
+        "PUT",
+        f"/api/approvals/{delta_id}",
+        bob_tokens.last,
+        {"decision": "approved", "comment": "self-service"},
     )
-    assert answer.status in (403, 409), await answer.text()
-    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer["status"] in (403, 409), answer["text"]
+    assert answer["contentType"].startswith("application/problem+json")
 
     apollo_card = queue.filter(has_text=APOLLO)
     await apollo_card.get_by_label("Comment").fill("Thanks, looks right.")

@@ -54,6 +54,6 @@ async def test_gateway_sigterm_with_two_workers_under_keep_alive_load(stack: Sta
     )
     assert report.requests_before_signal > 50
     assert report.slow == ["ok"] * 4
-    assert report.broken == 0, report.after_signal
+    assert report.broken == 0, (report.after_signal, report.details)
     assert report.after_signal["refused"] > 0
     assert code in (0, -signal.SIGTERM)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+from svckit.contracts.problem import Problem
 from svckit.identity import Identity
 
 from testkit.fixtures import Caller, user
@@ -526,16 +528,10 @@ def assert_problem(case: Case, answer: Answer) -> str | None:
     if not answer.content_type.startswith("application/problem+json"):
         return where
     try:
-        document = json.loads(answer.body)
-    except ValueError:
-        return where
-    if (
-        not isinstance(document, dict)
-        or not isinstance(document.get("detail"), str)
-        or not document["detail"]
-    ):
-        return where
-    if document.get("status") != answer.status:
+        document = Problem.model_validate_json(answer.body)
+    except ValidationError:
+        return where  # not JSON, or not the contract's problem document
+    if not document.detail or document.status != answer.status:
         return where
     return None
 

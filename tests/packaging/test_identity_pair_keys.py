@@ -32,7 +32,7 @@ def test_each_pair_key_reaches_its_two_ends_only() -> None:
         for sender, receiver in PAIRS:
             ends = {(prefix + end, f"python -m {end}") for end in (sender, receiver)}
             assert found[pair_variable(sender, receiver)] == ends, (scenario, sender, receiver)
-        for obj, spec in workloads(rendered_scenario(scenario)):
+        for _, spec in workloads(rendered_scenario(scenario)):
             for c in containers(spec):
                 for name, entry in env_of(c).items():
                     if name.startswith("IDENTITY_KEYS"):

@@ -270,7 +270,9 @@ def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
         assert env["PORT"]["value"] == str(CONTRACT_PORTS[comp])
         assert c["ports"][0]["containerPort"] == CONTRACT_PORTS[comp]
         assert set(identity_keys_of(c)) == {
-            f"IDENTITY_KEYS_{sender}_TO_{receiver}".upper() for sender, receiver in PAIRS if comp in (sender, receiver)
+            f"IDENTITY_KEYS_{sender}_TO_{receiver}".upper()
+            for sender, receiver in PAIRS
+            if comp in (sender, receiver)
         }
         if comp != "gateway":
             assert "DATABASE_URL" in env

@@ -4,14 +4,18 @@ that resets nothing — with one worker and with several."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import pytest
 from starlette.types import Receive, Scope, Send
+from svckit import server
 from svckit.app import create_service_app
 from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
 from svckit.settings import ServiceSettings, load_settings
@@ -122,7 +126,7 @@ async def test_sigterm_under_keep_alive_load_resets_nothing(workers: int) -> Non
             process.kill()
     assert report.requests_before_signal > 50
     assert report.slow == ["ok"] * 4, report
-    assert report.broken == 0, report.after_signal
+    assert report.broken == 0, (report.after_signal, report.details)
     assert report.after_signal["refused"] > 0, report.after_signal  # it did stop listening
     assert code in (0, -signal.SIGTERM)
 
@@ -153,3 +157,26 @@ async def test_an_early_answer_reaches_a_client_still_sending(identity_keys: dic
             writer.close()
             assert response.startswith(b"HTTP/1.1 413"), response[:100]
             assert b"application/problem+json" in response
+
+
+def test_a_shut_door_completes_no_new_handshake_but_keeps_the_queue() -> None:
+    """After refuse_new_connections, a queued connection is still accepted and a new one never lands
+    in the queue (its SYN is dropped), so closing the listener afterwards resets nobody."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    assert server.refuse_new_connections(listener)
+    late = socket.socket()
+    late.setblocking(False)
+    assert late.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS
+    select.select([], [late], [], 0.3)  # a completed handshake would make it writable at once
+    assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    accepted, _ = listener.accept()
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # the late connection never completed its handshake
+    listener.close()
+    for sock in (accepted, queued, late):
+        sock.close()

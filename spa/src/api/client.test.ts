@@ -4,6 +4,8 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ApiClient, type TokenSource } from "./client";
 import { ApiError, NetworkError } from "./errors";
+import { EmbeddedJWK, jwtVerify } from "jose";
+import { accessTokenHash, generateDpopKeys, makeProof, serverClock } from "../auth/dpop";
 
 type Handler = (req: IncomingMessage, res: ServerResponse, body: string) => void;
 let handler: Handler = (_req, res) => res.end();
@@ -39,6 +41,19 @@ class Tokens implements TokenSource {
     if (!this.next) return false;
     this.token = this.next;
     return true;
+  }
+}
+
+/** A DPoP-bound session: proofs from a real non-extractable WebCrypto key. */
+class DpopTokens extends Tokens {
+  constructor(
+    private readonly keys: CryptoKeyPair,
+    next: string | null = null,
+  ) {
+    super(next);
+  }
+  proof(method: string, url: string, nonce: string | null): Promise<string | null> {
+    return makeProof(this.keys, { method, url, accessToken: this.token, nonce });
   }
 }
 
@@ -124,6 +139,97 @@ describe("ApiClient", () => {
     };
     await new ApiClient(base, new Tokens(null)).deleteEntry("../x?y");
     expect(urls.at(-1)).toBe("/api/timesheets/..%2Fx%3Fy");
+  });
+
+  it("sends a DPoP-bound token with a fresh proof for each request", async () => {
+    const keys = await generateDpopKeys();
+    const tokens = new DpopTokens(keys);
+    const seen: { auth?: string; proof?: string; url?: string; method?: string }[] = [];
+    handler = (req, res) => {
+      seen.push({
+        auth: req.headers.authorization,
+        proof: req.headers.dpop as string,
+        url: req.url,
+        method: req.method,
+      });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ items: [], next_cursor: null }));
+    };
+    const api = new ApiClient(base, tokens);
+    await api.listApprovals();
+    await api.listApprovals();
+    expect(seen.map((s) => s.auth)).toEqual(["DPoP t1", "DPoP t1"]);
+    const claims = await Promise.all(seen.map(async (s) => (await jwtVerify(s.proof!, EmbeddedJWK)).payload));
+    expect(claims[0]).toMatchObject({ htm: "GET", htu: `${base}/approvals`, ath: await accessTokenHash("t1") });
+    expect(claims[0]!.nonce).toBeUndefined();
+    expect(claims[0]!.jti).not.toBe(claims[1]!.jti);
+  });
+
+  it("retries once with the gateway's DPoP-Nonce, then keeps using the newest nonce", async () => {
+    const tokens = new DpopTokens(await generateDpopKeys());
+    const nonces: unknown[] = [];
+    handler = async (req, res) => {
+      const { payload } = await jwtVerify(req.headers.dpop as string, EmbeddedJWK);
+      nonces.push(payload.nonce);
+      if (payload.nonce !== "n-1" && payload.nonce !== "n-2") {
+        return problem(
+          res,
+          401,
+          { title: "Unauthorized" },
+          { "www-authenticate": 'DPoP error="use_dpop_nonce", algs="ES256"', "dpop-nonce": "n-1" },
+        );
+      }
+      res.writeHead(200, { "content-type": "application/json", "dpop-nonce": "n-2" });
+      res.end(JSON.stringify({ items: [], next_cursor: null }));
+    };
+    const api = new ApiClient(base, tokens);
+    await api.listApprovals();
+    await api.listApprovals();
+    expect(nonces).toEqual([undefined, "n-1", "n-2"]);
+    expect(tokens.renewals).toBe(0);
+  });
+
+  it("retries a proof refused for its iat once it knows the server's time from the answer's Date", async () => {
+    const tokens = new DpopTokens(await generateDpopKeys());
+    const serverNow = Date.now() - 16 * 60_000; // this computer's clock is 16 minutes fast
+    const iats: number[] = [];
+    handler = async (req, res) => {
+      const { payload } = await jwtVerify(req.headers.dpop as string, EmbeddedJWK);
+      iats.push(payload.iat!);
+      const date = new Date(serverNow).toUTCString();
+      if (Math.abs(payload.iat! - serverNow / 1000) > 30)
+        return problem(
+          res,
+          401,
+          { reason: "dpop_iat" },
+          { date, "www-authenticate": 'DPoP error="invalid_dpop_proof", algs="ES256"' },
+        );
+      res.writeHead(200, { "content-type": "application/json", date });
+      res.end(JSON.stringify({ items: [], next_cursor: null }));
+    };
+    try {
+      await new ApiClient(base, tokens).listApprovals();
+      expect(iats).toHaveLength(2);
+      expect(Math.abs(iats[1]! - serverNow / 1000)).toBeLessThan(5);
+      expect(tokens.renewals).toBe(0);
+    } finally {
+      serverClock.observe(new Date().toUTCString());
+    }
+  });
+
+  it("renews when a DPoP proof is refused for another reason", async () => {
+    const tokens = new DpopTokens(await generateDpopKeys(), "t2");
+    const auths: (string | undefined)[] = [];
+    handler = (req, res) => {
+      auths.push(req.headers.authorization);
+      if (req.headers.authorization !== "DPoP t2")
+        return problem(res, 401, { reason: "dpop_key_mismatch" }, { "www-authenticate": 'DPoP error="invalid_token"' });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ items: [], next_cursor: null }));
+    };
+    await new ApiClient(base, tokens).listApprovals();
+    expect(auths).toEqual(["DPoP t1", "DPoP t2"]);
+    expect(tokens.renewals).toBe(1);
   });
 
   it("reports an unreachable server as a NetworkError", async () => {

@@ -1,7 +1,13 @@
 /**
- * The one place the app talks to the API: adds the bearer token, parses problem+json answers into
+ * The one place the app talks to the API: adds the access token, parses problem+json answers into
  * `ApiError`, and on a 401 asks the session to renew silently once and retries the call before giving up.
+ *
+ * A DPoP-bound token goes as `Authorization: DPoP <token>` with a fresh proof per request (RFC 9449);
+ * the gateway's latest `DPoP-Nonce` is put in the next proofs, and a `use_dpop_nonce` refusal is
+ * retried once with the nonce it brought; so is a refused proof when the answer's `Date` shows that
+ * this computer's clock is off (proofs are dated by the server's clock). Other tokens go as `Bearer`.
  */
+import { serverClock } from "../auth/dpop";
 import { ApiError, NetworkError, missingScopeFrom, type Problem } from "./errors";
 import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
 
@@ -10,11 +16,28 @@ export interface TokenSource {
   accessToken(): string | null;
   /** Try to get a fresh token without user interaction; resolves true when one was obtained. */
   renew(): Promise<boolean>;
+  /** A DPoP proof for `method url` when the current token is DPoP-bound; null (or absent) for Bearer. */
+  proof?(method: string, url: string, nonce: string | null): Promise<string | null>;
+}
+
+/**
+ * Whether a refused proof is worth one more try: RFC 9449 §9's `use_dpop_nonce` (the nonce came in
+ * `DPoP-Nonce`), or `invalid_dpop_proof` while the answer moved our idea of the server's clock.
+ */
+function worthAnotherProof(response: Response, clockMoved: boolean): boolean {
+  if (response.status !== 401) return false;
+  const challenge = response.headers.get("www-authenticate") ?? "";
+  if (/error="use_dpop_nonce"/.test(challenge)) return response.headers.has("dpop-nonce");
+  return clockMoved && /error="invalid_dpop_proof"/.test(challenge);
 }
 
 type Query = Record<string, string | number | undefined | null>;
 
 export class ApiClient {
+  /** The last `DPoP-Nonce` the API handed out (the gateway's nonces are its own, not the provider's). */
+  private nonce: string | null = null;
+  private clockMoved = false;
+
   constructor(
     private readonly base: string,
     private readonly tokens: TokenSource,
@@ -32,10 +55,15 @@ export class ApiClient {
   private async send(method: string, url: string, body: unknown): Promise<Response> {
     const token = this.tokens.accessToken();
     const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
-    if (token) headers.authorization = `Bearer ${token}`;
+    if (token) {
+      const proof = this.tokens.proof ? await this.tokens.proof(method, url, this.nonce) : null;
+      headers.authorization = `${proof ? "DPoP" : "Bearer"} ${token}`;
+      if (proof) headers.dpop = proof;
+    }
     if (body !== undefined) headers["content-type"] = "application/json";
+    let response: Response;
     try {
-      return await fetch(url, {
+      response = await fetch(url, {
         method,
         headers,
         body: body === undefined ? null : JSON.stringify(body),
@@ -44,13 +72,22 @@ export class ApiClient {
     } catch (error) {
       throw new NetworkError(String(error));
     }
+    this.nonce = response.headers.get("dpop-nonce") ?? this.nonce;
+    this.clockMoved = serverClock.observe(response.headers.get("date"));
+    return response;
+  }
+
+  /** Sends once more when the gateway asked for its nonce, or refused a proof dated by a wrong clock. */
+  private async sendWithNonce(method: string, url: string, body: unknown): Promise<Response> {
+    const response = await this.send(method, url, body);
+    return worthAnotherProof(response, this.clockMoved) ? this.send(method, url, body) : response;
   }
 
   async request<T>(method: string, path: string, options: { query?: Query; body?: unknown } = {}): Promise<T> {
     const url = this.url(path, options.query);
-    let response = await this.send(method, url, options.body);
+    let response = await this.sendWithNonce(method, url, options.body);
     if (response.status === 401 && (await this.tokens.renew())) {
-      response = await this.send(method, url, options.body);
+      response = await this.sendWithNonce(method, url, options.body);
     }
     if (response.status === 204) return undefined as T;
     const text = await response.text();

@@ -116,6 +116,7 @@ export class ImplicitFlow implements Authenticator {
     const expiresIn = Number(params.get("expires_in"));
     const session: Session = {
       accessToken,
+      tokenType: "Bearer", // the authorization endpoint issues no DPoP-bound tokens (RFC 9449 §10)
       idToken,
       obtainedAt: now,
       expiresAt: now + (Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn : 300),

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SessionManager } from "./session";
+import type { ProofRequest } from "./dpop";
 import { AuthError, type Authenticator, type Session } from "./types";
 
 class MemoryStorage {
@@ -28,6 +29,7 @@ function session(sub: string, lifetime = 900): Session {
   const now = Math.floor(Date.now() / 1000);
   return {
     accessToken: `token-${sub}-${now}-${Math.random()}`,
+    tokenType: "Bearer",
     idToken: null,
     obtainedAt: now,
     expiresAt: now + lifetime,
@@ -51,6 +53,7 @@ class Scripted implements Authenticator {
     return next ? next() : Promise.reject(new AuthError("login_required"));
   }
   async signOut(): Promise<void> {}
+  proof?: (request: ProofRequest) => Promise<string | null>;
 }
 
 describe("SessionManager", () => {
@@ -125,6 +128,23 @@ describe("SessionManager", () => {
     auth.answers.push(async () => session("mallory"));
     expect(await manager.renew()).toBe(false);
     expect(manager.current.status).toBe("expired");
+  });
+
+  it("asks for a DPoP proof only for a DPoP-bound token, with that token", async () => {
+    const auth = new Scripted();
+    const requests: unknown[] = [];
+    auth.proof = async (request) => {
+      requests.push(request);
+      return "proof";
+    };
+    const manager = new SessionManager(auth);
+    expect(await manager.proof("GET", "/api/x", null)).toBeNull(); // signed out
+    manager.start(session("alice"));
+    expect(await manager.proof("GET", "/api/x", null)).toBeNull(); // Bearer
+    const bound: Session = { ...session("alice"), tokenType: "DPoP" };
+    manager.start(bound);
+    expect(await manager.proof("GET", "/api/x", "n")).toBe("proof");
+    expect(requests).toEqual([{ method: "GET", url: "/api/x", accessToken: bound.accessToken, nonce: "n" }]);
   });
 
   it("keeps tokens out of Web Storage", () => {

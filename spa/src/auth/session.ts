@@ -71,6 +71,13 @@ export class SessionManager implements TokenSource {
     return this.state.session?.accessToken ?? null;
   }
 
+  /** A proof for an API call when the current token is DPoP-bound; null for Bearer tokens. */
+  async proof(method: string, url: string, nonce: string | null): Promise<string | null> {
+    const session = this.state.session;
+    if (!session || session.tokenType !== "DPoP" || !this.auth.proof) return null;
+    return this.auth.proof({ method, url, accessToken: session.accessToken, nonce });
+  }
+
   has(scope: string): boolean {
     return this.state.session?.scopes.has(scope) ?? false;
   }

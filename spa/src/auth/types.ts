@@ -1,4 +1,5 @@
 /** What the rest of the app knows about a signed-in user: tokens live only in memory, in this object. */
+import type { ProofRequest } from "./dpop";
 
 export interface Profile {
   sub: string;
@@ -8,6 +9,11 @@ export interface Profile {
 
 export interface Session {
   accessToken: string;
+  /**
+   * `DPoP` when the provider bound the token to this browser's key (every API call then carries a
+   * proof, see dpop.ts), else `Bearer`.
+   */
+  tokenType: "Bearer" | "DPoP";
   idToken: string | null;
   /** Access-token expiry, epoch seconds (client clock). */
   expiresAt: number;
@@ -43,6 +49,8 @@ export interface Authenticator {
   signInSilently(): Promise<Session>;
   /** Ends the session at the provider (navigates away). */
   signOut(session: Session | null): Promise<void>;
+  /** A DPoP proof for an API request (null when this flow holds no DPoP key). */
+  proof?(request: ProofRequest): Promise<string | null>;
 }
 
 /** OIDC discovery document (the parts used here). */
@@ -53,5 +61,6 @@ export interface Discovery {
   jwks_uri: string;
   userinfo_endpoint?: string;
   end_session_endpoint?: string;
+  dpop_signing_alg_values_supported?: string[];
   [key: string]: unknown;
 }

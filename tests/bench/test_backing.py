@@ -1,0 +1,46 @@
+"""``make bench`` on a machine without ``DATABASE_URL``: the benchmarks start an embedded Postgres,
+drop their database while it still runs, and leave the environment as they found it (a URL left
+pointing at the stopped server broke the next benchmark of the same run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bench._backing import fresh_database, servers
+
+
+async def databases(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {row["datname"] for row in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
+def test_embedded_postgres_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+    name = "tsp_bench_backing_test"
+    with servers(state=tmp_path) as backing:
+        assert backing.embedded
+        assert os.environ["DATABASE_URL"] == backing.database_url
+        with fresh_database(name) as url:
+            assert name in asyncio.run(databases(url))
+        assert name not in asyncio.run(databases(backing.database_url))
+    assert "DATABASE_URL" not in os.environ
+    # twice in one process, as `python -m bench` runs api then audit
+    with servers(state=tmp_path) as again, fresh_database(name):
+        assert again.embedded
+    assert "DATABASE_URL" not in os.environ
+
+
+def test_given_server_is_used_and_kept(database_url: str) -> None:
+    before = os.environ["DATABASE_URL"]
+    with servers() as backing:
+        assert not backing.embedded
+        assert backing.database_url == before
+    assert os.environ["DATABASE_URL"] == before

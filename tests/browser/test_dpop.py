@@ -1,0 +1,165 @@
+"""DPoP end to end (RFC 9449): the SPA's tokens are bound to a key its browser cannot export.
+
+The bundled provider advertises DPoP, so the SPA turns it on by itself: a non-extractable ES256 key in
+IndexedDB, ``dpop_jkt`` on the authorization request, a proof on the code exchange and on every API
+call. A token copied out of the page is then refused from anywhere else — as Bearer, under DPoP
+without a proof, with a proof from another key, and with the very proof the page sent (replayed).
+Silent renewal keeps the same key (the page's clock is moved 16 minutes ahead, so the proofs are only
+accepted because the SPA dates them by the gateway's clock); sign-out forgets the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import jwt
+import pytest
+from playwright.async_api import Page, Request, expect
+from svckit.dpop import thumbprint
+
+from testkit.dpop import DpopKey
+from tests.browser.support import (
+    APP,
+    DPOP_KEYS_JS,
+    PROVIDER,
+    NewPage,
+    SentCall,
+    Shots,
+    assert_no_tokens_stored,
+    eventually,
+    sign_in,
+)
+
+pytestmark = pytest.mark.browser
+
+PAST_EXPIRY = "16:00"  # the provider's access tokens live 15 minutes
+CLIENT_ID = "timesheets-spa"
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def proof_key(proof: str) -> dict[str, Any]:
+    header = proof.split(".")[0]
+    return dict(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["jwk"])
+
+
+async def refetch_week(page: Page) -> None:
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+
+
+async def replay(
+    http: aiohttp.ClientSession, call: SentCall, scheme: str, proof: str | None
+) -> tuple[int, str, list[str]]:
+    """The stolen token (and maybe a proof) sent from another client, as the page sent it."""
+    headers = {"Authorization": f"{scheme} {call.token}"}
+    if proof is not None:
+        headers["DPoP"] = proof
+    async with http.request(call.method, call.url, headers=headers) as response:
+        body = await response.json(content_type=None)
+        return response.status, str(body.get("reason")), response.headers.getall("WWW-Authenticate", [])
+
+
+async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPage, shot: Shots) -> None:
+    page, tokens = await new_page()
+    await page.clock.install()
+    authorize: list[str] = []
+    token_requests: list[Request] = []
+    page.on(
+        "request", lambda r: authorize.append(r.url) if r.url.startswith(f"{PROVIDER}/authorize") else None
+    )
+    page.on(
+        "request",
+        lambda r: (
+            token_requests.append(r)
+            if r.url.startswith(PROVIDER) and r.method == "POST" and "token" in r.url
+            else None
+        ),
+    )
+
+    # --- sign-in: the code is bound to the key, the exchange carries a proof, the token cnf.jkt -----
+    await sign_in(page, shot, "alice")
+    await refetch_week(page)
+    await shot(page, "alice-signed-in-with-dpop")
+    calls = [call for call in tokens.calls if call.url.startswith(f"{APP}/api/timesheets")]
+    assert calls
+    assert all(call.scheme == "DPoP" and call.proof for call in calls), tokens.calls
+    jkt = claims_of(calls[-1].token)["cnf"]["jkt"]
+    assert thumbprint(proof_key(calls[-1].proof or "")) == jkt
+    assert parse_qs(urlsplit(authorize[0]).query)["dpop_jkt"] == [jkt]
+    assert token_requests
+    assert token_requests[0].headers.get("dpop"), "the code exchange carried no proof"
+    assert thumbprint(proof_key(token_requests[0].headers["dpop"])) == jkt
+    jtis = [claims_of(call.proof or "")["jti"] for call in calls]
+    assert len(set(jtis)) == len(jtis), "a proof was sent twice"
+
+    # --- the key: in IndexedDB, usable by the page, never exportable --------------------------------
+    exported = await page.evaluate(
+        f"""async () => {{
+          const keys = await ({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)});
+          const key = keys.privateKey;
+          const outcome = await crypto.subtle.exportKey("jwk", key).then(() => "exported", e => e.name);
+          return {{ extractable: key.extractable, algorithm: key.algorithm, outcome }};
+        }}"""
+    )
+    assert exported == {
+        "extractable": False,
+        "algorithm": {"name": "ECDSA", "namedCurve": "P-256"},
+        "outcome": "InvalidAccessError",
+    }
+    await assert_no_tokens_stored(page, tokens)
+
+    # --- the token copied out of the page and replayed from another client: refused every way ------
+    stolen = calls[-1]
+    async with aiohttp.ClientSession() as http:
+        status, reason, challenges = await replay(http, stolen, "Bearer", None)
+        assert (status, reason) == (401, "dpop_bearer_bound")
+        assert any('error="invalid_token"' in value for value in challenges if value.startswith("DPoP "))
+        status, reason, _ = await replay(http, stolen, "DPoP", None)
+        assert (status, reason) == (401, "dpop_missing")
+        forged = DpopKey().proof(stolen.method, stolen.url, access_token=stolen.token)
+        status, reason, challenges = await replay(http, stolen, "DPoP", forged)
+        assert (status, reason) == (401, "dpop_key_mismatch")
+        assert any('error="invalid_dpop_proof"' in value for value in challenges)
+        status, reason, _ = await replay(http, stolen, "DPoP", stolen.proof)
+        assert (status, reason) == (401, "dpop_replay")
+        # a proof of the thief's own for another token cannot be re-aimed either (ath)
+        other = DpopKey()
+        status, reason, _ = await replay(
+            http, stolen, "DPoP", other.proof(stolen.method, stolen.url, access_token="another")
+        )
+        assert status == 401
+        assert reason in ("dpop_ath", "dpop_key_mismatch")
+
+    # --- silent renewal (page clock 16 minutes fast): same key, a new bound token, calls work ------
+    first = stolen.token
+    await page.clock.fast_forward(PAST_EXPIRY)
+    await eventually(lambda: len(token_requests) >= 2, "the renewal's code exchange")
+    await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    await refetch_week(page)
+    await eventually(lambda: tokens.last != first, "the API called with the renewed token")
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    renewed = [call for call in tokens.calls if call.token == tokens.last]
+    assert renewed
+    assert all(call.scheme == "DPoP" for call in renewed)
+    assert claims_of(tokens.last)["cnf"]["jkt"] == jkt
+    assert thumbprint(proof_key(token_requests[-1].headers["dpop"])) == jkt
+    silent = [url for url in authorize if "prompt=none" in url]
+    assert silent
+    assert parse_qs(urlsplit(silent[-1]).query)["dpop_jkt"] == [jkt]
+    await shot(page, "renewed-with-the-same-key")
+
+    # --- sign-out: the key is gone with the session ------------------------------------------------
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{APP}/")
+    await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
+    assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
+    await shot(page, "signed-out-key-forgotten")
