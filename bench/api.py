@@ -54,13 +54,12 @@ import asyncpg
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity
 from svckit.migrations import migrate
-from svckit.settings import parse_identity_keys
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter, median_case
-from testkit.fixtures import ServiceProcess, free_port, new_identity_keys
+from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -195,13 +194,13 @@ end
 """
 
 
-def direct_script(path: Path, identity_keys: str, issuer: str, subjects: list[str]) -> None:
+def direct_script(path: Path, identity_keys: dict[str, str], issuer: str, subjects: list[str]) -> None:
     """Pre-signed identity headers, as the gateway would send them, per user and request line.
 
     The signature binds the method, path and query and a timestamp valid for
     ``IDENTITY_MAX_SKEW_SECONDS`` (60 s), so the headers are minted right before the run.
     """
-    signer = IdentitySigner(parse_identity_keys(identity_keys))
+    signer = pair_signer(identity_keys, "gateway", "timesheets")
 
     def table(subject: str, method: str, target: str) -> str:
         identity = Identity(issuer, subject, "user", "timesheets-spa", frozenset(SCOPES.split()), "")
@@ -403,12 +402,12 @@ def main() -> int:
             assert redis_url is not None
             asyncio.run(prepare_database(url, issuer.issuer, subjects))
             try:
-                identity_keys = new_identity_keys("bench")
+                identity_keys = new_pair_keys("bench")
                 env = {
                     "DATABASE_URL": url,
                     "REDIS_URL": redis_url,
                     "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
-                    "IDENTITY_KEYS": identity_keys,
+                    **identity_keys,
                     "LOG_LEVEL": "WARNING",
                 }
                 audit = ServiceProcess("audit", env, log_dir=logs).start()

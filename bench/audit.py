@@ -38,14 +38,13 @@ from typing import Any
 import psutil
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
-from svckit.settings import parse_identity_keys
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter, median_case, spread
-from testkit.fixtures import ServiceProcess, new_identity_keys
+from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -170,8 +169,8 @@ async def relay_case(dsn: str, client: SignedClient, total: int = 5000, per_tx: 
     }
 
 
-async def verify_case(url: str, keys: str) -> dict[str, Any]:
-    signer = IdentitySigner(parse_identity_keys(keys))
+async def verify_case(url: str, keys: dict[str, str]) -> dict[str, Any]:
+    signer = pair_signer(keys, "gateway", "audit")  # a user reads the trail through the gateway
     http = HttpClient(total_timeout=300)
     client = SignedClient(http, url, signer)
     auditor = Identity("http://localhost:9000/", "carol", "user", "spa", frozenset({"read:audit"}), "")
@@ -206,12 +205,12 @@ def pin(process: ServiceProcess) -> int | None:
 async def run(dsn: str) -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
     rounds = int(os.environ.get("BENCH_AUDIT_ROUNDS", "3"))
-    keys = new_identity_keys("bench")
+    keys = new_pair_keys("bench")
     process = ServiceProcess(
         "audit",
         {
             "DATABASE_URL": dsn,
-            "IDENTITY_KEYS": keys,
+            **keys,
             "LOG_LEVEL": "WARNING",
             "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
         },
@@ -220,7 +219,7 @@ async def run(dsn: str) -> dict[str, Any]:
         await migrate(dsn, "audit", MIGRATIONS)
         await asyncio.to_thread(process.start, "/readyz")
         http = HttpClient(total_timeout=60)
-        client = SignedClient(http, process.url, IdentitySigner(parse_identity_keys(keys)))
+        client = SignedClient(http, process.url, pair_signer(keys, SOURCE, "audit"))
         pid = pin(process)
         try:
             runs: dict[tuple[int, int], list[dict[str, Any]]] = {case: [] for case in INGEST_CASES}

@@ -56,7 +56,7 @@ from audit.checkpoints import CheckpointKeys
 
 from bench._backing import fresh_database, servers
 from bench.api import AUDIENCE, Issuer, prepare_database, run_wrk
-from testkit.fixtures import ServiceProcess, new_identity_keys
+from testkit.fixtures import ServiceProcess, new_pair_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -121,12 +121,12 @@ def start_stack(
     replicas: int, url: str, redis_url: str, issuer: Issuer, logs: Path, tag: str, checkpoint_keys: str
 ) -> Stack:
     stack = Stack(replicas)
-    keys = new_identity_keys("scale")
+    keys = new_pair_keys("scale")
     common = {
         "DATABASE_URL": url,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"tsp-bench-scale:{tag}:",
-        "IDENTITY_KEYS": keys,
+        **keys,
         "LOG_LEVEL": "WARNING",
     }
     try:
