@@ -287,7 +287,7 @@ class VerifyingUpstream:
     """
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
-        verifier = IdentityVerifier(keys)
+        verifier = IdentityVerifier({"gateway": keys})  # the gateway's pair key with this upstream
         seen: list[dict[str, str]] = []
         self.seen = seen
 

@@ -37,12 +37,11 @@ import asyncpg
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity
 from svckit.migrations import migrate
-from svckit.settings import parse_identity_keys
 
 from bench._backing import fresh_database, servers
-from testkit.fixtures import ServiceProcess, free_port, new_identity_keys
+from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -169,13 +168,13 @@ end
 """
 
 
-def direct_script(path: Path, identity_keys: str, issuer: str, subjects: list[str]) -> None:
+def direct_script(path: Path, identity_keys: dict[str, str], issuer: str, subjects: list[str]) -> None:
     """Pre-signed identity headers, as the gateway would send them, per user and request line.
 
     The signature binds the method, path and query and a timestamp valid for
     ``IDENTITY_MAX_SKEW_SECONDS`` (60 s), so the headers are minted right before the run.
     """
-    signer = IdentitySigner(parse_identity_keys(identity_keys))
+    signer = pair_signer(identity_keys, "gateway", "timesheets")
 
     def table(subject: str, method: str, target: str) -> str:
         identity = Identity(issuer, subject, "user", "timesheets-spa", frozenset(SCOPES.split()), "")
@@ -191,9 +190,9 @@ def direct_script(path: Path, identity_keys: str, issuer: str, subjects: list[st
     )
 
 
-def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENTS) -> dict[str, Any]:
     cores = os.cpu_count() or 1
-    command = ["wrk", "-t1", f"-c{CLIENTS}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url]
     if cores > 1 and shutil.which("taskset"):
         command = ["taskset", "-c", str(cores - 1), *command]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
@@ -237,12 +236,12 @@ def main() -> int:
             assert redis_url is not None
             asyncio.run(prepare_database(url, issuer.issuer, subjects))
             try:
-                identity_keys = new_identity_keys("bench")
+                identity_keys = new_pair_keys("bench")
                 env = {
                     "DATABASE_URL": url,
                     "REDIS_URL": redis_url,
                     "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:",
-                    "IDENTITY_KEYS": identity_keys,
+                    **identity_keys,
                     "LOG_LEVEL": "WARNING",
                 }
                 audit = ServiceProcess("audit", env, log_dir=logs).start()

@@ -42,12 +42,10 @@ from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from jwt.algorithms import RSAAlgorithm
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
 from svckit.redisguard import RedisGuard
-from svckit.settings import parse_identity_keys
 
 from bench.api import AUDIENCE, Issuer
-from testkit.fixtures import new_identity_keys
+from testkit.fixtures import new_pair_keys, pair_fields, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -82,9 +80,9 @@ def scope(token: str | None, address: str = "127.0.0.1") -> dict[str, Any]:
 
 async def measure() -> dict[str, float]:
     issuer = Issuer()
-    keys = new_identity_keys("bench")
+    keys = new_pair_keys("bench")
     settings = GatewaySettings(
-        identity_keys=keys,
+        **pair_fields(keys),
         oidc_issuer=[issuer.issuer],
         oidc_audience=AUDIENCE,
         redis_url="redis://127.0.0.1:9/0",  # never called: the limiter counts locally between syncs
@@ -93,12 +91,13 @@ async def measure() -> dict[str, float]:
         rate_limit_anonymous_per_address=BUDGET,
     )
     issuers = load_issuers(settings)
+    signers = {upstream: pair_signer(keys, "gateway", upstream) for upstream in settings.upstreams}
     jwks = JwksCache(settings, issuers, None, cast(aiohttp.ClientSession, None))
     jwk = {**RSAAlgorithm.to_jwk(issuer.key.public_key(), as_dict=True), "kid": "bench-1", "alg": "RS256"}
     jwks.state[issuer.issuer].keyset = parse_jwks(
         {"keys": [jwk]}, fetched_at=time.time(), ttl=3600, jwks_uri=issuer.issuer + "jwks"
     )
-    verifier = TokenVerifier(settings, issuers, jwks, IdentitySigner(parse_identity_keys(keys)))
+    verifier = TokenVerifier(settings, issuers, jwks, signers)
     limiter = RateLimiter(
         RedisGuard(settings.redis_url, "bench:", timeout=0.1, retry_seconds=1),
         window_seconds=3600,
@@ -109,7 +108,7 @@ async def measure() -> dict[str, float]:
     )
     http = HttpClient()
     auditor = DenialAuditor(
-        SignedClient(http, "http://127.0.0.1:9", IdentitySigner(parse_identity_keys(keys))),
+        SignedClient(http, "http://127.0.0.1:9", signers["audit"]),
         queue_size=10,
         batch_size=10,
         flush_seconds=3600,

@@ -68,12 +68,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from svckit.dpop import access_token_hash
+from svckit.identity import pair_variable
 from svckit.settings import parse_identity_keys
 
 from bench import _haproxy
 from bench.api import AUDIENCE, Issuer
 from testkit.dpop import DpopKey
-from testkit.fixtures import ServiceProcess, free_port, new_identity_keys
+from testkit.fixtures import ServiceProcess, free_port, new_pair_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -304,7 +305,7 @@ def main() -> int:
     half_rounds = int(os.environ.get("BENCH_GATEWAY_HALF_ROUNDS", "5"))
     issuer = Issuer()
     token = issuer.token("bench-user", scope=TOKEN_SCOPES)
-    keys = new_identity_keys("bench")
+    keys = new_pair_keys("bench")
     with_haproxy = _haproxy.haproxy_available()
     if not with_haproxy:
         print("haproxy is not installed (make system-deps): the haproxy case is skipped")
@@ -333,7 +334,7 @@ def main() -> int:
     gateway = ServiceProcess(
         "gateway",
         {
-            "IDENTITY_KEYS": keys,
+            **keys,
             "OIDC_ISSUER": issuer.issuer,
             "OIDC_AUDIENCE": AUDIENCE,
             "REDIS_KEY_PREFIX": f"bench-gw-{uuid.uuid4().hex[:8]}:",
@@ -537,7 +538,9 @@ def main() -> int:
     return 0
 
 
-def start_haproxy(issuer: Issuer, keys: str, token: str, upstream_port: int, log: Any) -> _haproxy.Haproxy:
+def start_haproxy(
+    issuer: Issuer, keys: dict[str, str], token: str, upstream_port: int, log: Any
+) -> _haproxy.Haproxy:
     """HAProxy in front of the trivial upstream, after its configuration passed the checks.
 
     The checks run the same generated configuration in front of an upstream that verifies the
@@ -547,7 +550,7 @@ def start_haproxy(issuer: Issuer, keys: str, token: str, upstream_port: int, log
     directory = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     public_key = directory / "issuer.pem"
     public_key.write_bytes(_haproxy.public_key_pem(issuer.key))
-    parsed = parse_identity_keys(keys)
+    parsed = parse_identity_keys(keys[pair_variable("gateway", "timesheets")])  # every route's upstream
     kid, key = next(iter(parsed.items()))
     routes = _haproxy.default_routes()
 

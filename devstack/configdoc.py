@@ -12,9 +12,11 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+from svckit.identity import GATEWAY, PAIRS, pair_variable
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
+PAIR_PREFIX = "identity_keys_"
 SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 
 MEANINGS = {
@@ -24,7 +26,6 @@ MEANINGS = {
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
-    "identity_keys": "`kid:secret[,kid:secret…]`: the first signs, all verify the gateway-signed identity",
     "identity_max_skew_seconds": "how old a signed identity may be",
     "database_url": "PostgreSQL connection URL",
     "db_pool_min": "smallest database pool",
@@ -163,8 +164,8 @@ def rows() -> list[tuple[str, str, str, str]]:
             if key.endswith("Settings") and getattr(value, "__module__", "") == module.__name__
         )
         for name, field in cls.model_fields.items():
-            if name == "service_name":
-                continue
+            if name == "service_name" or name.startswith(PAIR_PREFIX):
+                continue  # pair keys: one row per pair below, read by its two ends only
             default = _default(field, name)
             if name in seen:
                 defaults, users, meaning = seen[name]
@@ -180,7 +181,24 @@ def rows() -> list[tuple[str, str, str, str]]:
         else:
             default = "; ".join(f"{service} {value}" for service, value in defaults.items())
         result.append((name.upper(), default, ", ".join(users), meaning))
+        if name == "identity_max_skew_seconds":
+            result.extend(pair_rows())
     return result
+
+
+def pair_rows() -> list[tuple[str, str, str, str]]:
+    """One row per sender → receiver pair (svckit.identity.PAIRS): only its two ends read it."""
+    return [
+        (
+            pair_variable(sender, receiver),
+            "(secret, none; required to serve)",
+            f"{sender}, {receiver}",
+            f"{sender} → {receiver} identity key, `kid:secret[,kid:secret…]`: {sender} signs with the first, "
+            f"{receiver} accepts all; a key of {sender} may assert "
+            + ("a user, a client or `service:gateway`" if sender == GATEWAY else f"`service:{sender}` only"),
+        )
+        for sender, receiver in PAIRS
+    ]
 
 
 def table() -> str:

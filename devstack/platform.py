@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .backing import EmbeddedPostgres, EmbeddedRedis, npm_available, port_is_free
-from .roles import migrate_env, service_database
+from .roles import identity_key_visible, migrate_env, service_database
 from .secrets_file import load_or_create
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,11 @@ class Platform:
     def run_step(self, name: str, command: list[str], extra_env: Mapping[str, str] | None = None) -> None:
         result = subprocess.run(
             command,
-            env={**os.environ, **self.env, **(extra_env or {})},
+            env={
+                name: value
+                for name, value in {**os.environ, **self.env, **(extra_env or {})}.items()
+                if identity_key_visible(name, None)  # migrations and seeding sign nothing
+            },
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -9,19 +9,34 @@ to a PostgreSQL cluster: give every ``make dev`` sharing one server its own ``DB
 ``<SERVICE>_DB_PASSWORD``) to whoever runs the server, as on a managed database.
 
 A service's environment holds its own role's password only: never the owner's URL, never another
-service's password; and the audit service alone sees its checkpoint signing keys.
+service's password; the audit service alone sees its checkpoint signing keys; and a service sees
+the identity keys of the pairs it is an end of only (svckit.identity.PAIRS), a migration none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from svckit.identity import PAIRS, pair_variable
 from svckit.roles import role_url
 
 DEFAULT_PREFIX = "tsp_"
 #: secrets that belong to one service: the others never see them
 OWN_SECRETS = {"AUDIT_CHECKPOINT_KEYS": "audit"}
 PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
+
+
+IDENTITY_KEY_PREFIX = "IDENTITY_KEYS"  # the pairs' variables, and the retired shared IDENTITY_KEYS
+
+
+def identity_key_visible(name: str, service: str | None) -> bool:
+    """Whether ``service`` (``None``: a migration or seed step) may see variable ``name``."""
+    if not name.startswith(IDENTITY_KEY_PREFIX):
+        return True
+    return service is not None and any(
+        name == pair_variable(sender, receiver) and service in (sender, receiver)
+        for sender, receiver in PAIRS
+    )
 
 
 def role_name(env: Mapping[str, str], service: str) -> str:
@@ -49,6 +64,7 @@ def service_database(env: Mapping[str, str], service: str, schema: str | None) -
         if not name.endswith(PASSWORD_SUFFIX)
         and name not in ("DATABASE_URL", "DB_RUNTIME_PASSWORD")
         and OWN_SECRETS.get(name, service) == service
+        and identity_key_visible(name, service)
     }
     if schema is not None:
         visible["DATABASE_URL"] = role_url(

@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from svckit.identity import PAIRS, pair_variable
+
 
 def _key() -> str:
     return secrets.token_urlsafe(32)
@@ -27,8 +29,13 @@ def _checkpoint_key() -> str:
     return CheckpointKeys.generate(f"dev-{secrets.token_hex(3)}")
 
 
+def _pair_key(sender: str, receiver: str) -> Callable[[], str]:
+    return lambda: f"{sender}-{receiver}-{secrets.token_hex(3)}:{_key()}"
+
+
 GENERATED: dict[str, Callable[[], str]] = {
-    "IDENTITY_KEYS": lambda: f"dev-{secrets.token_hex(3)}:{_key()}",
+    # one identity key per sender → receiver pair; each process is given only its own (devstack.roles)
+    **{pair_variable(sender, receiver): _pair_key(sender, receiver) for sender, receiver in PAIRS},
     "IDENTITY_KEY_ENCRYPTION_KEY": _fernet_key,
     "IDENTITY_SESSION_SECRET": _key,
     "BATCH_CLIENT_SECRET": _key,

@@ -32,7 +32,7 @@ import asyncpg
 import pytest
 import uvicorn
 from starlette.types import ASGIApp
-from svckit.identity import Identity, IdentitySigner, request_target
+from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_variable, request_target
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.roles import RuntimeRole, role_url
@@ -139,19 +139,73 @@ async def drop_database(name: str) -> None:
 
 
 def new_identity_keys(*kids: str) -> str:
-    """An ``IDENTITY_KEYS`` value with fresh random secrets."""
+    """One pair's keys (``kid:secret[,kid:secret…]``) with fresh random secrets."""
     return ",".join(f"{kid}:{secrets.token_urlsafe(32)}" for kid in (kids or ("test1",)))
 
 
+def new_pair_keys(*generations: str) -> dict[str, str]:
+    """Fresh keys for every pair of :data:`svckit.identity.PAIRS`, as environment variables.
+
+    Test environments hold all pairs at once (one ``service_env`` for every service under test); each
+    service reads only the pairs it is an end of, exactly as it does in production where it is given
+    no others. Key ids name their pair (``gateway-audit-1``), so they are unique per receiver.
+    """
+    generations = generations or ("1", "0")
+    return {
+        pair_variable(sender, receiver): new_identity_keys(
+            *(f"{sender}-{receiver}-{generation}" for generation in generations)
+        )
+        for sender, receiver in PAIRS
+    }
+
+
+def pair_signer(keys: Mapping[str, str], sender: str, receiver: str) -> IdentitySigner:
+    """The signer ``sender`` uses towards ``receiver`` with the pair keys of :func:`new_pair_keys`."""
+    variable = pair_variable(sender, receiver)
+    if variable not in keys:
+        raise LookupError(f"{sender} → {receiver} is no signing pair (svckit.identity.PAIRS)")
+    return IdentitySigner(parse_identity_keys(keys[variable]))
+
+
+def receiver_env(keys: Mapping[str, str], service: str = "timesheets", **extra: str) -> dict[str, str]:
+    """Settings of a kit-level test app that receives signed requests as ``service`` (``SERVICE_NAME``
+    picks the pairs it verifies)."""
+    return {**keys, "SERVICE_NAME": service, **extra}
+
+
+def pair_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    """The pair keys of an environment as settings keyword arguments (``GatewaySettings(**...)``)."""
+    return {name.lower(): value for name, value in env.items() if name.startswith("IDENTITY_KEYS_")}
+
+
+_services: dict[int, str] = {}  # public port of a service under test → its service name
+
+
+def service_at(url: str) -> str:
+    """The name of the service a test started at ``url`` (the receiver a request to it is signed for)."""
+    port = urlsplit(url).port
+    if port is None or port not in _services:
+        raise LookupError(f"{url} was not started by serve_app or ServiceProcess: its service is unknown")
+    return _services[port]
+
+
 class Caller:
-    """Signs requests the way the gateway does, for tests that call a service directly."""
+    """Signs requests the way their legitimate sender does, for tests that call a service directly:
+    the gateway for users and clients, the service itself for a service principal; the receiver is
+    the service the URL belongs to (:func:`service_at`)."""
 
-    def __init__(self, identity_keys: str) -> None:
-        self.signer = IdentitySigner(parse_identity_keys(identity_keys))
+    def __init__(self, identity_keys: Mapping[str, str]) -> None:
+        self.keys = dict(identity_keys)
 
-    def headers(self, identity: Identity, method: str, url: str) -> dict[str, str]:
+    def signer(self, receiver: str, sender: str = GATEWAY) -> IdentitySigner:
+        return pair_signer(self.keys, sender, receiver)
+
+    def headers(self, identity: Identity, method: str, url: str, **kwargs: Any) -> dict[str, str]:
         parts = urlsplit(url)
-        return self.signer.headers(identity, method=method, target=request_target(parts.path, parts.query))
+        sender = identity.subject if identity.kind == "service" else GATEWAY
+        return self.signer(service_at(url), sender).headers(
+            identity, method=method, target=request_target(parts.path, parts.query), **kwargs
+        )
 
 
 def user(
@@ -215,6 +269,9 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
             raise RuntimeError("server exited during start-up")
         await asyncio.sleep(0.01)
     _in_process.add(port)
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if settings is not None:
+        _services[port] = settings.service_name
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -246,6 +303,7 @@ class ServiceProcess:
             "BIND_HOST": "127.0.0.1",
         }
         _metrics_urls[self.port] = self.metrics_url
+        _services[self.port] = package
         self.args = args
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / (
             f"{package}-{self.port}-{uuid.uuid4().hex[:6]}.log"
@@ -480,12 +538,13 @@ async def redis_prefix(test_run_id: str, redis_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def identity_keys() -> str:
-    return new_identity_keys("test1", "test0")
+def identity_keys() -> dict[str, str]:
+    """This session's pair keys (:func:`new_pair_keys`), as environment variables."""
+    return new_pair_keys()
 
 
 @pytest.fixture(scope="session")
-def caller(identity_keys: str) -> Caller:
+def caller(identity_keys: dict[str, str]) -> Caller:
     return Caller(identity_keys)
 
 
@@ -499,14 +558,14 @@ def checkpoint_keys() -> str:
 
 @pytest.fixture(scope="session")
 def service_env(
-    database_url: str, redis_url: str, redis_prefix: str, identity_keys: str, checkpoint_keys: str
+    database_url: str, redis_url: str, redis_prefix: str, identity_keys: dict[str, str], checkpoint_keys: str
 ) -> dict[str, str]:
     """Environment for a service under test: the test database, the test Redis prefix, test keys."""
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": redis_prefix,
-        "IDENTITY_KEYS": identity_keys,
+        **identity_keys,
         "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
         "LOG_LEVEL": "INFO",
     }

@@ -120,7 +120,11 @@ def offline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [sys.executable, "-m", "audit", *args],
         env={
-            **{k: v for k, v in os.environ.items() if k not in ("IDENTITY_KEYS", "AUDIT_CHECKPOINT_KEYS")},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k != "AUDIT_CHECKPOINT_KEYS" and not k.startswith("IDENTITY_KEYS")
+            },
             **env,
         },
         cwd=REPO,

@@ -18,13 +18,20 @@ import pytest
 from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
 from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
-from svckit.settings import parse_identity_keys
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, ServiceProcess, free_port, migrate_schema, runtime_env, scrape, user
+from testkit.fixtures import (
+    Caller,
+    ServiceProcess,
+    free_port,
+    migrate_schema,
+    pair_signer,
+    runtime_env,
+    scrape,
+    user,
+)
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 SOURCE = "timesheets"  # the audit service records events only under the caller's own name
@@ -80,7 +87,7 @@ async def audit_process(database_url: str, service_env: dict[str, str]) -> Async
 
 @pytest.fixture
 async def writer(
-    database_url: str, identity_keys: str, audit_process: ServiceProcess
+    database_url: str, identity_keys: dict[str, str], audit_process: ServiceProcess
 ) -> AsyncIterator[Writer]:
     schema = f"writer_{secrets.token_hex(4)}"
     await migrate(database_url, schema, None, kit=["outbox"])
@@ -93,7 +100,7 @@ async def writer(
     database = Database(database_url, schema=schema, application_name="writer")
     await database.wait_connected(10)
     http = HttpClient(total_timeout=5)
-    audit = SignedClient(http, audit_process.url, IdentitySigner(parse_identity_keys(identity_keys)))
+    audit = SignedClient(http, audit_process.url, pair_signer(identity_keys, SOURCE, "audit"))
     relay = OutboxRelay(
         database, schema, SOURCE, audit, batch_size=25, poll_interval=0.5, base_backoff=0.1, max_backoff=1.0
     )

@@ -15,11 +15,10 @@ from audit.app import create_app
 from audit.settings import AuditSettings
 from gateway.denials import DenialAuditor
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
-from svckit.settings import load_settings, parse_identity_keys
+from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, migrate_schema, runtime_env, serve_app, user
+from testkit.fixtures import Caller, migrate_schema, pair_signer, runtime_env, serve_app, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 AUDITOR = user("carol", "read:audit")
@@ -41,10 +40,10 @@ async def audit_url(database_url: str, service_env: dict[str, str]) -> AsyncIter
 
 
 async def test_denials_from_the_gateway_are_recorded(
-    audit_url: str, identity_keys: str, caller: Caller
+    audit_url: str, identity_keys: dict[str, str], caller: Caller
 ) -> None:
     http = HttpClient()
-    client = SignedClient(http, audit_url, IdentitySigner(parse_identity_keys(identity_keys)))
+    client = SignedClient(http, audit_url, pair_signer(identity_keys, "gateway", "audit"))
     auditor = DenialAuditor(client, queue_size=100, batch_size=10, flush_seconds=0.1, window_seconds=0.2)
     auditor.start()
     anonymous_request, scoped_request = uuid.uuid4().hex, uuid.uuid4().hex

@@ -64,7 +64,7 @@ async def ready(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def platform(identity_keys: str, caller: Caller) -> AsyncIterator[Platform]:
+async def platform(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[Platform]:
     name = f"tsp_test_trail_{secrets.token_hex(4)}"
     dsn = await create_database(name)
     try:
@@ -72,7 +72,7 @@ async def platform(identity_keys: str, caller: Caller) -> AsyncIterator[Platform
             await migrate_schema(dsn, service, SERVICES / service / service)
         ports = {service: free_port() for service in ("timesheets", "approvals", "audit")}
         urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-        common = {"IDENTITY_KEYS": identity_keys, "AUDIT_URL": urls["audit"]}
+        common = {**identity_keys, "AUDIT_URL": urls["audit"]}
 
         def env(service: str, **more: str) -> dict[str, str]:
             return {**common, "DATABASE_URL": runtime_url(dsn, service), **more}  # its own role

@@ -17,6 +17,9 @@ from devstack.platform import ROOT
 
 APP = "http://localhost:8080"
 PROVIDER = "http://localhost:9000"
+# the SDK harness's own origin (tests/browser/test_sdk_dpop.py): a browser app on another origin than
+# the gateway's, which the gateway's CORS_ORIGINS lists beside the SPA's
+SDK_ORIGIN = "http://localhost:8090"
 PASSWORD = "demo"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -158,8 +158,8 @@ async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPag
     await shot(page, "renewed-with-the-same-key")
 
     # --- sign-out: the key is gone with the session ------------------------------------------------
-    await page.get_by_role("button", name="Sign out").click()
-    await page.wait_for_url(f"{APP}/")
+    async with page.expect_navigation(url=f"{APP}/", wait_until="load"):  # back from the provider
+        await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
     assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
     await shot(page, "signed-out-key-forgotten")

@@ -41,7 +41,7 @@ from timesheets.settings import TimesheetsSettings
 
 from bench.api import AUDIENCE, Issuer
 from testkit.client import wait_ready
-from testkit.fixtures import IsolatedEnv, migrate_schema, runtime_env, serve_app
+from testkit.fixtures import IsolatedEnv, migrate_schema, pair_fields, runtime_env, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 HOOKS = Path(__file__).with_name("fuzz_auth.py")
@@ -94,7 +94,7 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
                 )
                 async with serve_app(approvals) as approvals_url:
                     settings = GatewaySettings(
-                        identity_keys=env["IDENTITY_KEYS"],
+                        **pair_fields(env),
                         oidc_issuer=[issuer.issuer],
                         oidc_audience=AUDIENCE,
                         redis_url=env["REDIS_URL"],

@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port, migrate_schema, new_identity_keys
+from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port, migrate_schema, new_pair_keys
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli, sign_in_tokens
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis
@@ -84,14 +84,14 @@ class Stack:
         self.postgres = postgres
         self.redis = redis
         self.logs = logs
-        self.identity_keys = new_identity_keys("faults")
+        self.identity_keys = new_pair_keys("faults")
         port = free_port()
         self.issuer = f"http://localhost:{port}/"
         common = {
             "DATABASE_URL": postgres.dsn,
             "REDIS_URL": redis.url,
             "REDIS_KEY_PREFIX": "faults:",
-            "IDENTITY_KEYS": self.identity_keys,
+            **self.identity_keys,
             "LOG_LEVEL": "INFO",
             "DB_CONNECT_TIMEOUT_SECONDS": "2",
             "REDIS_RETRY_SECONDS": "0.5",

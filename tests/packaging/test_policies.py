@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from svckit.identity import PAIRS
 
 from tests.packaging.support import (
     APP_COMPONENTS,
@@ -26,7 +27,7 @@ from tests.packaging.support import (
 )
 
 SECRET_VARS = {
-    "IDENTITY_KEYS",
+    *(f"IDENTITY_KEYS_{sender}_TO_{receiver}".upper() for sender, receiver in PAIRS),
     "DATABASE_URL",
     "REDIS_URL",
     "IDENTITY_KEY_ENCRYPTION_KEY",
@@ -255,6 +256,10 @@ def env_of(container: Obj) -> dict[str, Obj]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def identity_keys_of(container: Obj) -> list[str]:
+    return [name for name in env_of(container) if name.startswith("IDENTITY_KEYS")]
+
+
 def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
     for dep in app_deployments(objects):
         comp = component(dep)
@@ -264,7 +269,11 @@ def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
         assert env["BIND_HOST"]["value"] == "0.0.0.0"
         assert env["PORT"]["value"] == str(CONTRACT_PORTS[comp])
         assert c["ports"][0]["containerPort"] == CONTRACT_PORTS[comp]
-        assert "IDENTITY_KEYS" in env
+        assert set(identity_keys_of(c)) == {
+            f"IDENTITY_KEYS_{sender}_TO_{receiver}".upper()
+            for sender, receiver in PAIRS
+            if comp in (sender, receiver)
+        }
         if comp != "gateway":
             assert "DATABASE_URL" in env
         if comp in ("gateway", "identity"):
@@ -298,7 +307,8 @@ def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
             continue
         for c in containers(spec):
             env = env_of(c)
-            assert env["IDENTITY_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
+            for name in identity_keys_of(c):
+                assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "timesheets-app"
             if "DATABASE_URL" in env:
                 # the owner's URL reaches the migration containers only; a service gets its own role's
                 ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
@@ -339,15 +349,18 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
 
     (secret,) = by_kind(rendered_scenario("values-dev.yaml"), "Secret")
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    kid, _, key = data["identity-keys"].partition(":")
-    assert kid
-    assert len(key) >= 32
+    for sender, receiver in PAIRS:
+        kid, _, key = data[f"identity-keys-{sender}-to-{receiver}"].partition(":")
+        assert kid == f"{sender}-{receiver}-1"  # a receiver's key ids each name one sender
+        assert len(key) >= 32
+    assert "identity-keys" not in data, "no key shared by every service"
     for name in ("identity-key-encryption-key", "identity-session-secret", "postgres-password"):
         assert len(data[name]) >= 32
     assert f":{data['postgres-password']}@ts-timesheets-postgresql:5432/" in data["database-url"]
     assert f":{data['redis-password']}@ts-timesheets-redis:6379/" in data["redis-url"]
     (again,) = by_kind(rendered_scenario("dev+everything"), "Secret")
-    assert again["data"]["identity-keys"] != secret["data"]["identity-keys"], "random per install"
+    pair = "identity-keys-gateway-to-audit"
+    assert again["data"][pair] != secret["data"][pair], "random per install"
 
 
 # --- database TLS ------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ def decoded(secret: Obj) -> dict[str, str]:
 
 
 LIVE = {
-    "identity-keys": "k1:" + "A" * 48,
+    "identity-keys-gateway-to-timesheets": "gateway-timesheets-1:" + "A" * 48,
+    "identity-keys-approvals-to-audit": "approvals-audit-1:" + "Z" * 48,
     "identity-key-encryption-key": "K" * 48,
     "identity-session-secret": "S" * 48,
     "batch-client-secret": "B" * 40,
@@ -152,9 +153,10 @@ def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
 
 
 def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: FakeApiServer) -> None:
-    api.live_secret({"identity-keys": LIVE["identity-keys"], "postgres-password": LIVE["postgres-password"]})
+    old = "identity-keys-gateway-to-timesheets"
+    api.live_secret({old: LIVE[old], "postgres-password": LIVE["postgres-password"]})
     data = render_against(api, upgrade=True)
-    assert data["identity-keys"] == LIVE["identity-keys"]
+    assert data[old] == LIVE[old]
     assert data["postgres-password"] == LIVE["postgres-password"]
     assert len(data["identity-session-secret"]) == 48
     assert data["identity-session-secret"] != LIVE["identity-session-secret"]
@@ -164,10 +166,10 @@ def test_a_first_install_generates_fresh_values(api: FakeApiServer) -> None:
     first = render_against(api, upgrade=False)
     second = render_against(api, upgrade=False)
     assert SECRET_PATH in api.requests
-    for key in ("identity-keys", "identity-session-secret", "postgres-password"):
+    for key in ("identity-keys-timesheets-to-audit", "identity-session-secret", "postgres-password"):
         assert first[key] != second[key], "random per install while nothing is live"
-    kid, _, secret = first["identity-keys"].partition(":")
-    assert kid == "k1"
+    kid, _, secret = first["identity-keys-timesheets-to-audit"].partition(":")
+    assert kid == "timesheets-audit-1"
     assert len(secret) == 48
 
 

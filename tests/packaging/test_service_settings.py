@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 import yaml
+from svckit.identity import PAIRS, pair_variable
 from svckit.settings import ServiceSettings, SettingsError, load_settings
 
 from tests.packaging.support import APP_COMPONENTS, Obj, pod_spec
 
 # Shapes of the secrets the chart references (never real ones).
 SECRET_SHAPES = {
-    "IDENTITY_KEYS": "k1:" + "a" * 43,
+    **{pair_variable(sender, receiver): f"{sender}-{receiver}-1:" + "a" * 43 for sender, receiver in PAIRS},
     "DATABASE_URL": "postgresql://timesheets:pw@db.internal:5432/timesheets",
     "REDIS_URL": "redis://:pw@redis.internal:6379/0",
     "IDENTITY_KEY_ENCRYPTION_KEY": "e" * 48,
@@ -102,6 +103,8 @@ def test_every_variable_is_read_and_accepted_by_the_service(objects: list[Obj], 
         assert settings.port == int(env["PORT"])
         if "DB_RUNTIME_ROLE" in env:  # a migration container: the role it prepares is valid as given
             assert getattr(settings, "runtime_role", None) is not None, service
+        if container["command"][3:] == []:  # serving: every pair it is an end of has its key
+            assert settings.missing_identity_pairs() == "", service
         missing_peers = sorted(f.upper() for f in PEER_URLS & fields if f.upper() not in env)
         assert missing_peers == [], f"{service} reads {missing_peers} but the chart does not set them"
 

@@ -28,7 +28,7 @@ from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
-from testkit.fixtures import migrate_schema, runtime_env, serve_app
+from testkit.fixtures import migrate_schema, pair_fields, runtime_env, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 AUDIENCE = "https://timesheets.abc.example/api"
@@ -96,7 +96,7 @@ async def edge(database_url: str, service_env: dict[str, str]) -> AsyncIterator[
             )
             async with serve_app(create_timesheets(timesheets_settings)) as timesheets_url:
                 gateway_settings = GatewaySettings(
-                    identity_keys=service_env["IDENTITY_KEYS"],
+                    **pair_fields(service_env),
                     oidc_issuer=[issuer.issuer, other.issuer],
                     oidc_audience=AUDIENCE,
                     redis_url=service_env["REDIS_URL"],

@@ -82,6 +82,15 @@ AUDIT_ATTACKS = {
     "update_checkpoints": "UPDATE audit.checkpoints SET seq = 0",
     "truncate_checkpoints": "TRUNCATE audit.checkpoints",
     "disable_checkpoint_trigger": "ALTER TABLE audit.checkpoints DISABLE TRIGGER USER",
+    # the chain's head: moved only by the owner's trigger on records, read by this role
+    "update_head": "UPDATE audit.chain_head SET seq = 0",
+    "delete_head": "DELETE FROM audit.chain_head",
+    "truncate_head": "TRUNCATE audit.chain_head",
+    "replace_head_function": (
+        "CREATE OR REPLACE FUNCTION audit.advance_chain_head() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RETURN NULL; END $$"
+    ),
+    "drop_head_trigger": "DROP TRIGGER records_advance_head ON audit.records",
 }
 
 
@@ -105,11 +114,18 @@ async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) 
             " WHERE grantee = current_user ORDER BY 1, 2"
         )
         assert [(r["table_name"], r["privilege_type"]) for r in granted] == [
+            ("chain_head", "SELECT"),
             ("checkpoints", "INSERT"),
             ("checkpoints", "SELECT"),
             ("records", "INSERT"),
             ("records", "SELECT"),
         ]
+        # its append moved the head all the same: the owner's trigger does that, not this role
+        head = await conn.fetchrow("SELECT seq, hash FROM audit.chain_head")
+        newest = await conn.fetchrow("SELECT seq, hash FROM audit.records ORDER BY seq DESC LIMIT 1")
+        assert head is not None
+        assert newest is not None
+        assert tuple(head) == tuple(newest)
         owned = await conn.fetchval(
             "SELECT count(*) FROM pg_class"
             " WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)"

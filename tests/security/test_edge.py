@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from svckit.identity import Identity
 
-from testkit.fixtures import Caller, new_identity_keys, user
+from testkit.fixtures import Caller, new_pair_keys, user
 
 from .conftest import Edge, eventually
 
@@ -90,7 +90,7 @@ async def test_same_subject_at_another_issuer_is_someone_else(
 
 
 async def test_going_around_the_gateway(
-    edge: Edge, client: aiohttp.ClientSession, identity_keys: str
+    edge: Edge, client: aiohttp.ClientSession, identity_keys: dict[str, str]
 ) -> None:
     url = f"{edge.timesheets}/timesheets"
     # no identity at all
@@ -103,7 +103,7 @@ async def test_going_around_the_gateway(
     }
     assert (await request(client, "GET", url, headers={**forged, "X-Identity-Signature": "AAAA"}))[0] == 401
     # properly shaped but signed with a key the services do not know
-    stranger = Caller(new_identity_keys("test1"))
+    stranger = Caller(new_pair_keys("1"))  # the same key ids, other secrets
     alice = user("alice", "read:timesheets", issuer=edge.issuer.issuer)
     assert (await request(client, "GET", url, headers=stranger.headers(alice, "GET", url)))[0] == 401
     # a valid signature for one request line does not carry over to another

@@ -142,7 +142,15 @@ imagePullSecrets:
 {{- printf "%s-generated" (include "timesheets.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Secret that holds IDENTITY_KEYS and the identity provider's secrets. */}}
+{{/*
+The sender → receiver pairs that sign identities (svckit.identity.PAIRS): one key each, in the Secret
+as identity-keys-<sender>-to-<receiver>, given to those two containers only.
+*/}}
+{{- define "timesheets.identityPairs" -}}
+{{- toJson (list (list "gateway" "timesheets") (list "gateway" "approvals") (list "gateway" "audit") (list "approvals" "timesheets") (list "timesheets" "audit") (list "approvals" "audit")) -}}
+{{- end -}}
+
+{{/* Secret that holds the identity pair keys, the checkpoint key and the identity provider's secrets. */}}
 {{- define "timesheets.appSecretName" -}}
 {{- default (include "timesheets.generatedSecretName" .) .Values.secrets.existingSecret -}}
 {{- end -}}
@@ -282,11 +290,18 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.shutdownTimeoutSeconds | quote }}
 - name: IDENTITY_MAX_SKEW_SECONDS
   value: {{ $root.Values.config.identityMaxSkewSeconds | quote }}
-- name: IDENTITY_KEYS
+{{- if not .migration }}
+{{- /* the identity keys of the pairs this component is an end of, and no others (never in a migration) */}}
+{{- range $pair := include "timesheets.identityPairs" $root | fromJsonArray }}
+{{- if has $c $pair }}
+- name: {{ printf "IDENTITY_KEYS_%s_TO_%s" (index $pair 0) (index $pair 1) | upper }}
   valueFrom:
     secretKeyRef:
       name: {{ include "timesheets.appSecretName" $root }}
-      key: identity-keys
+      key: {{ printf "identity-keys-%s-to-%s" (index $pair 0) (index $pair 1) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $peer := get (include "timesheets.calls" $root | fromJson) $c }}
 {{- if ne $peer "identity" }}
 - name: {{ upper $peer }}_URL

@@ -37,9 +37,11 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
     http = HttpClient()
-    signer = IdentitySigner(settings.identity_keys)
     timesheets = Timesheets(
-        SignedClient(http, settings.timesheets_url, signer), settings.apply_timeout_seconds
+        SignedClient(
+            http, settings.timesheets_url, IdentitySigner(settings.identity_sign_keys("timesheets"))
+        ),
+        settings.apply_timeout_seconds,
     )
     workflow = Workflow(database, timesheets, settings.apply_attempts)
     reconciler = Reconciler(
@@ -52,7 +54,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         database,
         SCHEMA,
         "approvals",
-        SignedClient(http, settings.audit_url, signer),
+        SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit"))),
         poll_interval=settings.outbox_poll_interval_seconds,
         max_backoff=settings.outbox_max_backoff_seconds,
     )

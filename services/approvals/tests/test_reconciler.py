@@ -13,22 +13,21 @@ from approvals.reconciler import Reconciler
 from approvals.workflow import Workflow
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import Identity, IdentitySigner
-from svckit.settings import parse_identity_keys
+from svckit.identity import Identity
 
 from testkit.client import SignedApi
-from testkit.fixtures import user
+from testkit.fixtures import pair_signer, user
 
 
 @pytest.fixture
 async def reconciler(
-    domain_database: str, timesheets_url: str, identity_keys: str
+    domain_database: str, timesheets_url: str, identity_keys: dict[str, str]
 ) -> AsyncIterator[Reconciler]:
     database = Database(domain_database, schema="approvals")
     await database.wait_connected(10)
     http = HttpClient()
     peer = Timesheets(
-        SignedClient(http, timesheets_url, IdentitySigner(parse_identity_keys(identity_keys))), 5
+        SignedClient(http, timesheets_url, pair_signer(identity_keys, "approvals", "timesheets")), 5
     )
     # The session's approvals app runs its own reconciler (it takes decisions untouched for 1 s). The
     # backlog below is stamped an hour ahead so only this one, told to look that far, takes it.

@@ -16,7 +16,7 @@ from svckit.settings import SettingsError, load_settings
 from testkit.client import SignedApi
 from testkit.fixtures import (
     assert_migrate_command_repeatable,
-    new_identity_keys,
+    new_pair_keys,
     user,
     wait_for_metrics,
 )
@@ -24,14 +24,14 @@ from testkit.fixtures import (
 
 @pytest.mark.unit
 def test_every_route_is_documented() -> None:
-    app = create_app(load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
+    app = create_app(load_settings(ApprovalsSettings, env=new_pair_keys()))
     assert app_operations(app) == documented_operations(document())
     validate(document())
 
 
 def test_bad_settings_stop_the_process() -> None:
     with pytest.raises(SettingsError):
-        load_settings(ApprovalsSettings, env={"IDENTITY_KEYS": new_identity_keys(), "APPLY_ATTEMPTS": "0"})
+        load_settings(ApprovalsSettings, env={**new_pair_keys(), "APPLY_ATTEMPTS": "0"})
 
 
 async def test_metrics_after_a_decision(

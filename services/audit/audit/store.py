@@ -4,6 +4,12 @@ Appending is the one serialised step of the service: a transaction-scoped adviso
 every ingesting transaction (on any replica) take the chain head, extend it and commit in turn, so
 the records form a single chain with gap-free ``seq``. Duplicates are detected under the same lock,
 so a re-sent event can never become a second record, however deliveries race.
+
+Two things keep that step short, since the lock's holder sets the whole platform's audited write
+rate: concurrent ingests in one process share one transaction (group commit,
+:mod:`audit.groupcommit`: one lock acquisition, one head lookup, one COPY, each caller answered
+after that commit), and the head is one row of ``chain_head`` kept by a trigger (migration 0005), a
+lookup by key whose cost cannot grow with the table or turn into a scan.
 """
 
 from __future__ import annotations
@@ -30,16 +36,26 @@ from svckit.contracts.audit import (
     VerifyResult,
     encode_cursor,
 )
-from svckit.db import Connection, Database
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
 from .checkpoint_store import CheckpointFeed, CheckpointStore
+from .groupcommit import GroupCommit
 from .trail import CheckpointTrail
 
 log = logging.getLogger("audit.store")
 
 COLUMNS = (*HASHED_COLUMNS, "hash")
+#: Events per group commit: a few full batches (MAX_BATCH) in one COPY, not an unbounded transaction.
+GROUP_MAX_EVENTS = 2000
+
+
+def shared_failure(exc: BaseException) -> bool:
+    """A failure of the database itself, every member's (not one member's data being refused)."""
+    return isinstance(exc, UNAVAILABLE_ERRORS)
+
+
 SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
 
 
@@ -154,101 +170,135 @@ class RecordRow:
 assert tuple(field.name for field in fields(RecordRow)) == COLUMNS, "RecordRow follows the columns"
 
 
+def chain_row(
+    event: AuditEvent, seq: int, recorded_at: datetime, details: str, prev_hash: str
+) -> tuple[Any, ...]:
+    """The stored row of ``event`` at ``seq`` (in :data:`COLUMNS` order, its hash last)."""
+    record: dict[str, Any] = {
+        "seq": seq,
+        "id": event.id,
+        "occurred_at": event.occurred_at,
+        "recorded_at": recorded_at,
+        "source": event.source,
+        "actor_issuer": event.actor.issuer,
+        "actor_subject": event.actor.subject,
+        "actor_kind": event.actor.kind,
+        "actor_client_id": event.actor.client_id,
+        "actor_name": event.actor.name,
+        "action": event.action,
+        "resource_type": event.resource.type,
+        "resource_id": event.resource.id,
+        "outcome": event.outcome,
+        "request_id": event.request_id,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    record["hash"] = record_hash(record)
+    return tuple(record[column] for column in COLUMNS)
+
+
 class AuditStore:
+    columns = COLUMNS  # of the records table, in the order rows are written
+
     def __init__(self, database: Database, schema: str) -> None:
         self.database = database
         self.schema = schema
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
+        self._group: GroupCommit[list[AuditEvent], frozenset[uuid.UUID]] = GroupCommit(
+            self._append_group, size=len, max_items=GROUP_MAX_EVENTS, shared_failure=shared_failure
+        )
+
+    @property
+    def group_commits(self) -> int:
+        """Ingest transactions so far (fewer than ingest calls when they shared)."""
+        return self._group.groups
 
     # ---- append --------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[AuditEvent]) -> AppendResult:
+        """Chain ``events`` (duplicates of recorded ids are counted, not stored again); returns once
+        the transaction that chained them committed, shared with whatever else was being ingested
+        meanwhile (:mod:`audit.groupcommit`)."""
         unique: dict[uuid.UUID, AuditEvent] = {}
         for event in events:
             unique.setdefault(event.id, event)
-
-        async def committed(conn: Connection) -> bool:
-            """After a lost COMMIT: every event of the batch is on the chain (ids are the caller's)."""
-            count = await conn.fetchval(
-                f"SELECT count(*) FROM {self.schema}.records WHERE id = ANY($1::uuid[])", list(unique)
-            )
-            return bool(count == len(unique))
-
-        async with self.database.transaction(committed=committed) as conn:
-            # jsonb's own text form is what gets hashed (see chain.py); normalise before locking.
-            details = await conn.fetchval(
-                "SELECT array_agg(d::jsonb::text ORDER BY n)"
-                " FROM unnest($1::text[]) WITH ORDINALITY AS t(d, n)",
-                [json.dumps(e.details, ensure_ascii=False) for e in unique.values()],
-            )
-            normalised = dict(zip(unique, details, strict=True))
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
-            # A separate statement from the lock: its snapshot must be taken after the lock is held.
-            state = await conn.fetchrow(
-                f"""SELECT ARRAY(SELECT id::text FROM {self.schema}.records WHERE id = ANY($1::uuid[]))
-                               AS existing,
-                           head.seq, head.hash
-                    FROM (SELECT 1) AS one
-                    LEFT JOIN LATERAL (
-                        SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1
-                    ) AS head ON true""",
-                list(unique),
-            )
-            assert state is not None
-            existing = set(state["existing"])
-            fresh = [e for e in unique.values() if str(e.id) not in existing]
-            if fresh:
-                head = (state["seq"], state["hash"]) if state["seq"] is not None else (0, GENESIS)
-                await self._extend_chain(conn, fresh, normalised, head)
+        fresh_ids = await self._group.submit(list(unique.values()))
+        fresh = [event for event in unique.values() if event.id in fresh_ids]
         for event in fresh:
             metrics.ingested.labels(event.source).inc()
         recorded = datetime.now(UTC)
         for event in fresh:
             metrics.ingest_lag.observe(max(0.0, (recorded - event.occurred_at).total_seconds()))
-        first_deliveries = {e.id for e in fresh}
+        first_deliveries = set(fresh_ids)
         for event in events:
             if event.id in first_deliveries:
                 first_deliveries.discard(event.id)
             else:
                 metrics.duplicates.labels(event.source).inc()
-        duplicates = len(events) - len(fresh)
-        return AppendResult(accepted=len(fresh), duplicates=duplicates)
+        return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
-    async def _extend_chain(
-        self,
-        conn: Connection,
-        events: Sequence[AuditEvent],
-        details: dict[uuid.UUID, str],
-        head: tuple[int, str],
-    ) -> None:
-        seq, prev_hash = head
-        recorded_at = datetime.now(UTC)
-        rows = []
-        for event in events:
-            seq += 1
-            record: dict[str, Any] = {
-                "seq": seq,
-                "id": event.id,
-                "occurred_at": event.occurred_at,
-                "recorded_at": recorded_at,
-                "source": event.source,
-                "actor_issuer": event.actor.issuer,
-                "actor_subject": event.actor.subject,
-                "actor_kind": event.actor.kind,
-                "actor_client_id": event.actor.client_id,
-                "actor_name": event.actor.name,
-                "action": event.action,
-                "resource_type": event.resource.type,
-                "resource_id": event.resource.id,
-                "outcome": event.outcome,
-                "request_id": event.request_id,
-                "details": details[event.id],
-                "prev_hash": prev_hash,
-            }
-            record["hash"] = prev_hash = record_hash(record)
-            rows.append(tuple(record[column] for column in COLUMNS))
-        await conn.copy_records_to_table("records", schema_name=self.schema, columns=COLUMNS, records=rows)
+    async def _append_group(self, batches: Sequence[list[AuditEvent]]) -> list[frozenset[uuid.UUID]]:
+        """One transaction for the batches of several callers: one lock acquisition, one look at the
+        head, one COPY. Returns, per batch, the ids it added to the chain (the others were there
+        already, or came earlier in the same group)."""
+        ids = list(dict.fromkeys(event.id for batch in batches for event in batch))
+
+        async def committed(conn: Connection) -> bool:
+            """After a lost COMMIT: every event of the group is on the chain (ids are the callers')."""
+            count = await conn.fetchval(
+                f"SELECT count(*) FROM {self.schema}.records WHERE id = ANY($1::uuid[])", ids
+            )
+            return bool(count == len(ids))
+
+        details_json = [json.dumps(e.details, ensure_ascii=False) for batch in batches for e in batch]
+        async with self.database.transaction(committed=committed) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            # A separate statement from the lock: its snapshot must be taken after the lock is held.
+            # The head is one row by its key (0005), never a search of the records; jsonb's own text
+            # form of the details is what gets hashed (see chain.py).
+            state = await conn.fetchrow(
+                f"""SELECT ARRAY(SELECT id FROM {self.schema}.records WHERE id = ANY($1::uuid[]))
+                               AS existing,
+                           ARRAY(SELECT d::jsonb::text FROM unnest($2::text[]) WITH ORDINALITY AS t(d, n)
+                                 ORDER BY n) AS details,
+                           head.seq, head.hash
+                    FROM (SELECT 1) AS one LEFT JOIN {self.schema}.chain_head AS head ON true""",
+                ids,
+                details_json,
+            )
+            assert state is not None
+            seq, prev_hash = state["seq"], state["hash"]
+            if seq is None:  # the owner removed the head row: find it the slow way
+                seq, prev_hash = await self._head_from_records(conn)
+            taken = set(state["existing"])
+            normalised = iter(state["details"])
+            added: list[frozenset[uuid.UUID]] = []
+            rows: list[tuple[Any, ...]] = []
+            recorded_at = datetime.now(UTC)
+            for batch in batches:
+                mine: set[uuid.UUID] = set()
+                for event in batch:
+                    details = next(normalised)
+                    if event.id in taken:
+                        continue
+                    taken.add(event.id)
+                    mine.add(event.id)
+                    seq += 1
+                    row = chain_row(event, seq, recorded_at, details, prev_hash)
+                    prev_hash = row[-1]
+                    rows.append(row)
+                added.append(frozenset(mine))
+            if rows:
+                await conn.copy_records_to_table(
+                    "records", schema_name=self.schema, columns=COLUMNS, records=rows
+                )
+        return added
+
+    async def _head_from_records(self, conn: Connection) -> tuple[int, str]:
+        row = await conn.fetchrow(f"SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1")
+        log.warning("audit chain head row missing: taking the head from the records")
+        return (row["seq"], row["hash"]) if row is not None else (0, GENESIS)
 
     # ---- query ---------------------------------------------------------------------------------
 

@@ -165,14 +165,14 @@ ATTACKER_DISABLES_TRIGGER = "ALTER TABLE audit.records DISABLE TRIGGER USER"
 
 
 @pytest.fixture
-async def trail(identity_keys: str, caller: Caller, new_event: Any) -> AsyncIterator[Trail]:
+async def trail(identity_keys: dict[str, str], caller: Caller, new_event: Any) -> AsyncIterator[Trail]:
     name = f"tsp_test_audit_{secrets.token_hex(4)}"
     dsn = await create_database(name)
     try:
         await migrate_schema(dsn, "audit", PACKAGE_DIR)
         settings = load_settings(
             AuditSettings,
-            env={"DATABASE_URL": runtime_url(dsn, "audit"), "IDENTITY_KEYS": identity_keys},
+            env={"DATABASE_URL": runtime_url(dsn, "audit"), **identity_keys},
             audit_verify_interval_seconds=0,
         )
         async with serve_app(create_app(settings)) as url:

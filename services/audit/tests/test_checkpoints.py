@@ -69,7 +69,9 @@ class Ledger:
 
 
 @pytest.fixture
-async def ledger(caller: Caller, identity_keys: str, new_event: EventFactory) -> AsyncIterator[Ledger]:
+async def ledger(
+    caller: Caller, identity_keys: dict[str, str], new_event: EventFactory
+) -> AsyncIterator[Ledger]:
     """A trail with two checkpoints: records 1-5 signed as checkpoint 1, records 6-8 as checkpoint 2."""
     name = f"tsp_test_ck_{secrets.token_hex(4)}"
     dsn = await create_database(name)
@@ -78,7 +80,7 @@ async def ledger(caller: Caller, identity_keys: str, new_event: EventFactory) ->
         await migrate_schema(dsn, "audit", PACKAGE_DIR)
         env = {
             "DATABASE_URL": runtime_url(dsn, "audit"),
-            "IDENTITY_KEYS": identity_keys,
+            **identity_keys,
             "AUDIT_CHECKPOINT_KEYS": keys_text,
             "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "0",  # the test signs, with its own clock
             "AUDIT_VERIFY_INTERVAL_SECONDS": "0",

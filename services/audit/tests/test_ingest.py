@@ -7,12 +7,14 @@ import json
 import uuid
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from svckit.identity import Identity
 
 from testkit.client import SignedApi
-from testkit.fixtures import user
+from testkit.fixtures import pair_signer, user
 
 TIMESHEETS = Identity.service("timesheets")
 APPROVALS = Identity.service("approvals")
@@ -230,3 +232,34 @@ async def test_event_ids_are_compared_as_uuids(api: SignedApi, new_event: Any) -
     upper = dict(event, id=str(uuid.UUID(event["id"])).upper())
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [upper]})
     assert reply.body == {"accepted": 0, "duplicates": 1}
+
+
+@pytest.mark.parametrize(("sender", "claimed"), [("timesheets", APPROVALS), ("gateway", APPROVALS)])
+async def test_a_key_cannot_sign_events_as_another_writer(
+    audit_url: str,
+    audit_schema: str,
+    new_event: Any,
+    identity_keys: dict[str, str],
+    sender: str,
+    claimed: Identity,
+) -> None:
+    """Issue 13's attack: a holder of one writer's key (or of the gateway's) signs, correctly, as the
+    approvals service to make the trail say ``source: approvals``. The key's pair fixes who may be
+    asserted with it, so the audit service refuses before reading the body, and stores nothing."""
+    forged = new_event(source=claimed.subject)
+    headers = pair_signer(identity_keys, sender, "audit").headers(
+        claimed, method="POST", target="/internal/events"
+    )
+    before = (
+        REGISTRY.get_sample_value("identity_verification_failures_total", {"reason": "wrong_principal"}) or 0
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{audit_url}/internal/events", json={"events": [forged]}, headers=headers) as response,
+    ):
+        assert response.status == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert (await response.json())["reason"] == "wrong_principal"
+    assert await stored(audit_schema, [forged["id"]]) == []
+    after = REGISTRY.get_sample_value("identity_verification_failures_total", {"reason": "wrong_principal"})
+    assert after == before + 1

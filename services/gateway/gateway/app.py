@@ -67,7 +67,10 @@ class Gateway:
         self.clock = clock
         self.routes = load_routes(settings.gateway_routes_file, frozenset(settings.upstreams))
         self.issuers = load_issuers(settings)
-        self.signer = IdentitySigner(settings.identity_keys)
+        # one signer per upstream: each pair has its own key (svckit.identity.PAIRS)
+        self.signers = {
+            service: IdentitySigner(settings.identity_sign_keys(service)) for service in settings.upstreams
+        }
         self.cors = Cors(settings.cors_origins)
         self.edge: Edge | None = None
         self.jwks: JwksCache | None = None
@@ -101,7 +104,7 @@ class Gateway:
             leeways = {issuer: config.leeway_seconds for issuer, config in self.issuers.items()}
             self.revocations = RevocationFeed(self.redis, deny, leeways)
             self.revocations.start()
-        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signer, deny, clock=clock)
+        verifier = TokenVerifier(settings, self.issuers, self.jwks, self.signers, deny, clock=clock)
         if settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.redis,
@@ -115,7 +118,7 @@ class Gateway:
             self.limiter.start()
         if settings.audit_denials:
             self.auditor = DenialAuditor(
-                SignedClient(self._http, settings.audit_url, self.signer),
+                SignedClient(self._http, settings.audit_url, self.signers["audit"]),
                 queue_size=settings.audit_queue_size,
                 batch_size=settings.audit_batch_size,
                 flush_seconds=settings.audit_flush_seconds,

@@ -518,9 +518,10 @@ class Forward:
 
     def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
-        principal, forwarding = request.principal, request.forwarding
+        principal, forwarding, route = request.principal, request.forwarding, request.matched
         assert principal is not None
         assert forwarding is not None
+        assert route is not None
         dropped = STRIPPED_INBOUND
         if request.connection is not None:
             dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
@@ -533,7 +534,7 @@ class Forward:
         headers.append((b"x-forwarded-proto", forwarding.proto))
         if forwarding.host is not None:
             headers.append((b"x-forwarded-host", forwarding.host))
-        signed = principal.signed.header_block(
+        signed = principal.signed[route.upstream].header_block(
             method=request.method,
             target=target,
             request_id=request.base_headers[0][1],

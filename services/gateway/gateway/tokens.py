@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ class Principal:
     expires_at: float
     subject_key: str  # rate-limit keys, computed once per verified token, not per request
     client_key: str
-    signed: PreparedIdentity  # the identity headers to forward, ready to sign per request
+    signed: Mapping[str, PreparedIdentity]  # per upstream: the identity headers, ready to sign per request
     jti: str = ""  # the token's id, checked against revocations (gateway.revocations) on every request
     jkt: str = ""  # cnf.jkt: the DPoP key the token is bound to ("" for a bearer token)
     dpop_required: bool = False  # its issuer accepts DPoP-bound tokens only
@@ -170,7 +171,7 @@ class TokenVerifier:
         settings: GatewaySettings,
         issuers: dict[str, IssuerConfig],
         jwks: JwksCache,
-        signer: IdentitySigner,
+        signers: Mapping[str, IdentitySigner],
         deny: DenyList | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
@@ -178,7 +179,7 @@ class TokenVerifier:
         self.settings = settings
         self.deny = deny
         self._now = clock.time  # bound once: the builtin itself with the system clock
-        self.signer = signer
+        self.signers = signers  # upstream → the signer of the gateway's pair with it
         self.issuers = issuers
         self.jwks = jwks
         self.audience = settings.oidc_audience
@@ -310,7 +311,7 @@ class TokenVerifier:
         expires_at = min(exp, now + self.cache_seconds)
         client_key = principal_key(identity.issuer, identity.client_id) if identity.client_id else ""
         try:
-            signed = self.signer.prepare(identity)
+            signed = {service: signer.prepare(identity) for service, signer in self.signers.items()}
         except ValueError:  # a control character in the issuer or a claim (identity_from checks most)
             raise TokenError("malformed", "The token's identity claims contain control characters.") from None
         jti = claims.get("jti")

@@ -33,7 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.clock import SYSTEM_CLOCK, Clock
-from svckit.identity import IdentityError, IdentityVerifier, identity_headers, request_target
+from svckit.identity import (
+    GATEWAY,
+    IdentityError,
+    IdentityVerifier,
+    identity_headers,
+    pair_variable,
+    request_target,
+)
 from svckit.settings import parse_identity_keys
 
 from testkit.fixtures import serve_app
@@ -152,8 +159,14 @@ class Provider:
 class Echo:
     """Every upstream at once: verifies the signed identity, echoes the request, ingests audit events."""
 
-    def __init__(self, identity_keys: str) -> None:
-        self.verifier = IdentityVerifier(parse_identity_keys(identity_keys))
+    def __init__(self, identity_keys: dict[str, str]) -> None:
+        # the gateway's keys towards each of the three upstreams this one stands in for
+        gateway = {
+            kid: secret
+            for upstream in ("timesheets", "approvals", "audit")
+            for kid, secret in parse_identity_keys(identity_keys[pair_variable(GATEWAY, upstream)]).items()
+        }
+        self.verifier = IdentityVerifier({GATEWAY: gateway})
         self.events: list[dict[str, Any]] = []
         self.requests = 0
         self.audit_down = False
@@ -230,7 +243,7 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 @pytest.fixture(scope="session")
-async def echo(identity_keys: str) -> AsyncIterator[Echo]:
+async def echo(identity_keys: dict[str, str]) -> AsyncIterator[Echo]:
     echo = Echo(identity_keys)
     async with serve_app(echo.app()) as url:
         echo.url = url  # type: ignore[attr-defined]
@@ -242,7 +255,7 @@ StartGateway = Callable[..., contextlib.AbstractAsyncContextManager[str]]
 
 @pytest.fixture(scope="session")
 def start_gateway(
-    provider: Provider, echo: Echo, identity_keys: str, redis_url: str, redis_prefix: str
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_url: str, redis_prefix: str
 ) -> StartGateway:
     @contextlib.asynccontextmanager
     async def start(clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> AsyncIterator[str]:
@@ -251,7 +264,7 @@ def start_gateway(
 
     def gateway_settings(**overrides: Any) -> GatewaySettings:
         values: dict[str, Any] = {
-            "identity_keys": identity_keys,
+            **{name.lower(): value for name, value in identity_keys.items()},
             "oidc_issuer": [provider.issuer],
             "oidc_audience": AUDIENCE,
             "redis_url": redis_url,
@@ -320,11 +333,11 @@ def api(http: aiohttp.ClientSession) -> Api:
 
 
 def process_env(
-    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str, **extra: str
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str, **extra: str
 ) -> dict[str, str]:
     """Environment for ``python -m gateway`` in front of the echo upstream (tests of the real process)."""
     return {
-        "IDENTITY_KEYS": identity_keys,
+        **identity_keys,
         "OIDC_ISSUER": provider.issuer,
         "OIDC_AUDIENCE": AUDIENCE,
         "REDIS_KEY_PREFIX": f"{redis_prefix}proc-{uuid.uuid4().hex[:6]}:",

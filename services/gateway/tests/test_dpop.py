@@ -384,7 +384,7 @@ async def test_refusals_are_counted_and_audited_as_anonymous(
 
 @pytest.fixture
 async def two_gateways(
-    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
 ) -> AsyncIterator[list[ServiceProcess]]:
     env = process_env(provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="1")
     processes = [ServiceProcess("gateway", env), ServiceProcess("gateway", env)]  # the same Redis prefix

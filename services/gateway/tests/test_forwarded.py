@@ -70,11 +70,11 @@ def test_only_all_trusted_chain_falls_back_to_its_leftmost_hop() -> None:
 @pytest.mark.unit
 def test_setting_refuses_what_is_not_a_network() -> None:
     with pytest.raises(ValidationError, match="not an IP address or CIDR"):
-        GatewaySettings(identity_keys="k:" + "x" * 40, gateway_trusted_proxies="10.0.0.0/8,ingress")
+        GatewaySettings(gateway_trusted_proxies="10.0.0.0/8,ingress")
 
 
 async def test_process_behind_a_trusted_proxy(
-    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
 ) -> None:
     env = process_env(
         provider,

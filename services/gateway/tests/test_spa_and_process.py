@@ -113,7 +113,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_multi_worker_process(
-    provider: Provider, echo: Echo, identity_keys: str, redis_prefix: str
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
 ) -> None:
     env = process_env(
         provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=""
@@ -162,7 +162,7 @@ async def test_multi_worker_process(
         await asyncio.to_thread(process.stop)
 
 
-def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_keys: str) -> None:
+def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_keys: dict[str, str]) -> None:
     import subprocess
     import sys
 
@@ -172,7 +172,7 @@ def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_ke
         [sys.executable, "-m", "gateway"],
         env={
             **os.environ,
-            "IDENTITY_KEYS": identity_keys,
+            **identity_keys,
             "GATEWAY_ROUTES_FILE": str(routes),
             "GATEWAY_WORKERS": "1",
         },

@@ -40,12 +40,10 @@ from gateway.stages import (
 )
 from gateway.tokens import TokenVerifier
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
 from svckit.redisguard import RedisGuard
-from svckit.settings import parse_identity_keys
 
 from testkit.clock import FakeClock
-from testkit.fixtures import new_identity_keys
+from testkit.fixtures import new_pair_keys, pair_signer
 
 from .conftest import AUDIENCE, Provider
 
@@ -55,12 +53,12 @@ SPA = b"http://localhost:8080"
 PEER = "198.51.100.7"
 PROVIDER = Provider()
 PROVIDER.base = "https://issuer.test"
-KEYS = new_identity_keys("unit")
+KEYS = new_pair_keys("unit")
 
 
 def settings(**overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {
-        "identity_keys": KEYS,
+        **{name.lower(): value for name, value in KEYS.items()},
         "oidc_issuer": [PROVIDER.issuer],
         "oidc_audience": AUDIENCE,
         "redis_url": "redis://127.0.0.1:9/0",  # never called by these tests
@@ -114,9 +112,9 @@ class Rig:
             jwks_uri=PROVIDER.base + "/jwks",
         )
         self.jwks.state[PROVIDER.issuer].keyset = keyset
-        signer = IdentitySigner(parse_identity_keys(KEYS))
+        signers = {upstream: pair_signer(KEYS, "gateway", upstream) for upstream in self.settings.upstreams}
         self.deny = DenyList(self.clock.time)
-        self.verifier = TokenVerifier(self.settings, issuers, self.jwks, signer, self.deny, clock=self.clock)
+        self.verifier = TokenVerifier(self.settings, issuers, self.jwks, signers, self.deny, clock=self.clock)
         self.limiter = RateLimiter(
             RedisGuard(self.settings.redis_url, "unit:", timeout=0.1, retry_seconds=1),
             window_seconds=60,
@@ -128,7 +126,7 @@ class Rig:
         )
         self.http = HttpClient()
         self.auditor = DenialAuditor(
-            SignedClient(self.http, "http://127.0.0.1:9", signer),
+            SignedClient(self.http, "http://127.0.0.1:9", signers["audit"]),
             queue_size=100,
             batch_size=10,
             flush_seconds=1,

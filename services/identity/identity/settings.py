@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from svckit.dpop import DpopSettings
 from svckit.proxies import Network, parse_networks
-from svckit.settings import CsvList, DatabaseSettings, IdentityKeys, RedisSettings, decode_secret
+from svckit.settings import CsvList, DatabaseSettings, RedisSettings, decode_secret
 
 MIN_SECRET_BYTES = 32
 
@@ -22,8 +22,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings):
     port: int = Field(default=9000, ge=1, le=65535)
     metrics_port: int = 9010
     # The identity service is reached by browsers and SDKs directly, not through the gateway, so the
-    # gateway-signed identity headers do not apply to it; IDENTITY_KEYS is therefore optional here.
-    identity_keys: IdentityKeys = Field(default_factory=dict)
+    # signed identity headers do not apply to it: it is an end of no pair (svckit.identity.PAIRS).
 
     # This provider's own issuer (``iss`` of every token, base of every URL it publishes). Not
     # OIDC_ISSUER: that is the gateway's list of trusted issuers, which may name others (Auth0) too.

@@ -96,8 +96,12 @@ def create_service_app(
     max_body_size: int = DEFAULT_MAX_BODY,
     openapi: Mapping[str, Any] | None = None,
     state: Mapping[str, Any] | None = None,
+    verifier: IdentityVerifier | None = None,
 ) -> Starlette:
-    """Build a service app. ``state`` entries end up on ``app.state`` for handlers to use."""
+    """Build a service app. ``state`` entries end up on ``app.state`` for handlers to use.
+
+    ``verifier`` replaces the one built from the settings' pair keys (a kit test receiving from
+    senders that are not platform services)."""
     all_checks: dict[str, Check] = {}
     if database is not None:
         all_checks["postgres"] = database.check
@@ -117,7 +121,8 @@ def create_service_app(
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
     if require_identity:
-        verifier = IdentityVerifier(settings.identity_keys, settings.identity_max_skew_seconds)
+        if verifier is None:
+            verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
         middleware.append(
             Middleware(IdentityMiddleware, verifier=verifier, open_paths=(*OPEN_PATHS, *open_paths))
         )

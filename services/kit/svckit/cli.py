@@ -140,6 +140,9 @@ def run_cli(
     configure_logging(name, settings.log_level)
 
     if parsed.command == "serve":
+        if missing := settings.missing_identity_pairs():
+            print(f"invalid configuration: {missing}", file=sys.stderr, flush=True)
+            return 2
         metrics = start_metrics_listener(settings)
         if metrics is None:
             return 1

@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .dbtls import DatabaseTls, resolve
+from .identity import PAIRS, pair_variable
 from .roles import RuntimeRole
 
 MIN_IDENTITY_KEY_BYTES = 32
@@ -69,6 +70,16 @@ def parse_identity_keys(value: object) -> dict[str, bytes]:
 IdentityKeys = Annotated[dict[str, bytes], NoDecode, BeforeValidator(parse_identity_keys)]
 
 
+def parse_pair_keys(value: object) -> dict[str, bytes]:
+    """One pair's keys (:func:`parse_identity_keys`), or none when the variable is unset or empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    return parse_identity_keys(value)
+
+
+PairKeys = Annotated[dict[str, bytes], NoDecode, BeforeValidator(parse_pair_keys)]
+
+
 class ServiceSettings(BaseSettings):
     """What every service reads. Field names are the environment variable names, case-insensitively."""
 
@@ -84,8 +95,16 @@ class ServiceSettings(BaseSettings):
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
     # Development only (the chart's devMode.sourceSync, `skaffold dev`): restart on source changes.
     dev_reload: bool = False
-    identity_keys: IdentityKeys
     identity_max_skew_seconds: int = Field(default=60, ge=1, le=3600)
+    # One secret per sender → receiver pair (svckit.identity.PAIRS), kid:secret[,kid:secret…]: the
+    # first signs, all verify. A process reads only the pairs it is an end of (by SERVICE_NAME); the
+    # chart and `make dev` give it no others. The sender a key belongs to is what it may assert.
+    identity_keys_gateway_to_timesheets: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_gateway_to_approvals: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_gateway_to_audit: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_approvals_to_timesheets: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_timesheets_to_audit: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_approvals_to_audit: PairKeys = Field(default_factory=dict, repr=False)
 
     @field_validator("log_level")
     @classmethod
@@ -101,9 +120,54 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"METRICS_PORT must differ from PORT (both are {self.port})")
         return self
 
+    @model_validator(mode="after")
+    def _key_ids_name_one_sender(self) -> Self:
+        """A receiver's key ids must each name one sender: the key id is how it knows who signed."""
+        seen: dict[str, str] = {}
+        for sender, keys in self.identity_verify_keys.items():
+            for kid in keys:
+                if kid in seen:
+                    raise ValueError(
+                        f"key id {kid!r} is in both {pair_variable(seen[kid], self.service_name)} and "
+                        f"{pair_variable(sender, self.service_name)}: each key id must name one sender"
+                    )
+                seen[kid] = sender
+        return self
+
+    def missing_identity_pairs(self) -> str:
+        """ "" when every pair this service is an end of has keys, else the one-line complaint.
+
+        Checked when a service is about to serve (svckit.cli), not by every command: ``migrate`` runs
+        with the service's settings but must not be given its identity keys (the chart does not)."""
+        missing = [
+            pair_variable(sender, receiver)
+            for sender, receiver in PAIRS
+            if self.service_name in (sender, receiver) and not self.pair_keys(sender, receiver)
+        ]
+        if not missing:
+            return ""
+        return f"{', '.join(missing)} must be set (kid:secret[,kid:secret...])"
+
+    def pair_keys(self, sender: str, receiver: str) -> dict[str, bytes]:
+        """The keys of one pair (empty when unset)."""
+        keys: dict[str, bytes] = getattr(self, pair_variable(sender, receiver).lower(), {})
+        return keys
+
     @property
-    def signing_key_id(self) -> str:
-        return next(iter(self.identity_keys))
+    def identity_verify_keys(self) -> dict[str, dict[str, bytes]]:
+        """Sender → its keys, for every pair this service receives on."""
+        return {
+            sender: self.pair_keys(sender, receiver)
+            for sender, receiver in PAIRS
+            if receiver == self.service_name and self.pair_keys(sender, receiver)
+        }
+
+    def identity_sign_keys(self, receiver: str) -> dict[str, bytes]:
+        """This service's keys towards ``receiver`` (the first signs)."""
+        keys = self.pair_keys(self.service_name, receiver)
+        if not keys:
+            raise ValueError(f"{pair_variable(self.service_name, receiver)} is not set")
+        return keys
 
 
 class DatabaseSettings(ServiceSettings):
@@ -217,6 +281,7 @@ __all__ = [
     "CsvList",
     "DatabaseSettings",
     "IdentityKeys",
+    "PairKeys",
     "RedisSettings",
     "ServiceSettings",
     "SettingsError",
@@ -225,4 +290,5 @@ __all__ = [
     "describe_error",
     "load_settings",
     "parse_identity_keys",
+    "parse_pair_keys",
 ]

@@ -17,7 +17,7 @@ from svckit.app import create_service_app
 from svckit.body import parse_body
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import Caller, metrics_url, serve_app, user
+from testkit.fixtures import Caller, metrics_url, receiver_env, serve_app, user
 
 
 class Entry(BaseModel):
@@ -40,8 +40,8 @@ async def crash(request: Request) -> Response:
 
 
 @pytest.fixture(scope="module")
-async def base_url(identity_keys: str) -> AsyncIterator[str]:
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+async def base_url(identity_keys: dict[str, str]) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     routes = [
         Route("/things", create, methods=["POST"]),
         Route("/things/{id}", show, methods=["GET"]),
@@ -103,7 +103,7 @@ async def test_request_id_kept_when_well_formed(base_url: str, caller: Caller) -
     url = f"{base_url}/things/1"
     headers = caller.headers(user("alice"), "GET", url)
     headers["x-request-id"] = "trace-abcdef123"
-    signer_headers = caller.signer.headers(
+    signer_headers = caller.signer("timesheets").headers(
         user("alice"), method="GET", target="/things/1", request_id="trace-abcdef123"
     )
     async with aiohttp.ClientSession() as session, session.get(url, headers=signer_headers) as response:

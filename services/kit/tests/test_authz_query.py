@@ -19,7 +19,7 @@ from svckit.query import parse_query
 from svckit.settings import ServiceSettings, load_settings
 from yarl import URL
 
-from testkit.fixtures import Caller, serve_app, user
+from testkit.fixtures import Caller, receiver_env, serve_app, user
 
 
 class Listing(BaseModel):
@@ -41,8 +41,8 @@ async def internal(request: Request) -> Response:
 
 
 @pytest.fixture(scope="module")
-async def base_url(identity_keys: str) -> AsyncIterator[str]:
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+async def base_url(identity_keys: dict[str, str]) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     routes = [Route("/things", list_things), Route("/internal/x", internal)]
     async with serve_app(create_service_app(settings, routes)) as url:
         yield url
@@ -107,11 +107,11 @@ async def test_malformed_query_strings_are_400(base_url: str, caller: Caller, qu
 async def test_internal_route_only_for_named_services(base_url: str, caller: Caller) -> None:
     url = f"{base_url}/internal/x"
     assert (await get(caller, user("alice", "read:things"), url))[0] == 403
-    assert (await get(caller, Identity.service("audit"), url))[0] == 403
+    assert (await get(caller, Identity.service("gateway"), url))[0] == 403
     assert (await get(caller, Identity.service("approvals"), url)) == (200, {"ok": True})
 
 
-async def test_deeply_nested_body_is_400(identity_keys: str, caller: Caller) -> None:
+async def test_deeply_nested_body_is_400(identity_keys: dict[str, str], caller: Caller) -> None:
     from pydantic import BaseModel as Model
     from svckit.body import parse_body
 
@@ -119,7 +119,7 @@ async def test_deeply_nested_body_is_400(identity_keys: str, caller: Caller) -> 
         await parse_body(request, Model)
         return JSONResponse({})
 
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     async with serve_app(create_service_app(settings, [Route("/x", take, methods=["POST"])])) as url:
         headers = {**caller.headers(user("alice"), "POST", f"{url}/x"), "content-type": "application/json"}
         async with (

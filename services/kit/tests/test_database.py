@@ -20,7 +20,7 @@ from svckit.db import Database, NotCommitted, OutcomeUnknown
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import TcpProxy, serve_app
+from testkit.fixtures import TcpProxy, receiver_env, serve_app
 
 
 async def wait_for_status(url: str, status: int, timeout: float = 20.0) -> dict[str, object]:
@@ -36,10 +36,10 @@ async def wait_for_status(url: str, status: int, timeout: float = 20.0) -> dict[
             await asyncio.sleep(0.2)
 
 
-async def test_readiness_follows_postgres(database_url: str, identity_keys: str) -> None:
+async def test_readiness_follows_postgres(database_url: str, identity_keys: dict[str, str]) -> None:
     proxy = TcpProxy.for_postgres(database_url)
     database = Database(proxy.url_for(database_url), schema="public", max_backoff=0.5)
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     app = create_service_app(settings, [], database=database)
     async with serve_app(app) as base:
         # Started before Postgres is reachable: not ready, but alive.
@@ -186,7 +186,7 @@ async def test_commit_lost_while_postgres_stays_away_is_an_unknown_outcome(
 
 
 async def test_http_answers_follow_the_outcome(
-    commit_rig: tuple[TcpProxy, Database, str], identity_keys: str
+    commit_rig: tuple[TcpProxy, Database, str], identity_keys: dict[str, str]
 ) -> None:
     """Through the kit's app: 201 when the lost COMMIT had committed, 503 (not stored) when not, 503
     with ``outcome: unknown`` when it cannot be known — never a 500, never an answer that lies."""
@@ -199,7 +199,7 @@ async def test_http_answers_follow_the_outcome(
         await _insert(database, table, row_id, check=request.query_params.get("check") != "no")
         return JSONResponse({"id": str(row_id)}, status_code=201)
 
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     app = create_service_app(settings, [Route("/rows", create, methods=["POST"])], require_identity=False)
     async with serve_app(app) as base, aiohttp.ClientSession() as session:
         for when, check, status, outcome, stored in (

@@ -25,13 +25,13 @@ from svckit.db import Database
 from svckit.dbtls import client_ssl, resolve
 from svckit.settings import DatabaseSettings, SettingsError, load_settings
 
-from testkit.fixtures import ServiceProcess
+from testkit.fixtures import ServiceProcess, new_pair_keys
 from testkit.pgproc import postgres_bin
 from testkit.pgtls import TlsPostgres, make_ca, make_server_cert
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs the PostgreSQL server packages")
 
-KEYS = "k1:" + "a" * 43
+KEYS = new_pair_keys()
 
 
 class Tls:
@@ -78,7 +78,7 @@ async def test_db_sslrootcert_supplies_the_ca_and_wins_over_the_url(tls: Tls) ->
     settings = load_settings(
         DatabaseSettings,
         env={
-            "IDENTITY_KEYS": KEYS,
+            **KEYS,
             "DATABASE_URL": tls.url(sslmode="verify-full", sslrootcert=tls.wrong_ca),
             "DB_SSLROOTCERT": tls.ca,
         },
@@ -167,7 +167,7 @@ def readyz(url: str) -> tuple[int, dict[str, object]]:
 
 def test_readyz_of_a_service_names_the_refused_certificate(tls: Tls) -> None:
     env = {
-        "IDENTITY_KEYS": KEYS,
+        **KEYS,
         "DATABASE_URL": tls.url(sslmode="verify-full"),
         "DB_SSLROOTCERT": tls.wrong_ca,
     }
@@ -188,7 +188,7 @@ def test_readyz_of_a_service_names_the_refused_certificate(tls: Tls) -> None:
 
 
 def test_readyz_is_ready_with_the_right_ca(tls: Tls) -> None:
-    env = {"IDENTITY_KEYS": KEYS, "DATABASE_URL": tls.url(sslmode="verify-full"), "DB_SSLROOTCERT": tls.ca}
+    env = {**KEYS, "DATABASE_URL": tls.url(sslmode="verify-full"), "DB_SSLROOTCERT": tls.ca}
     migrate(env, "audit")
     with ServiceProcess("audit", env) as service:
         deadline = time.monotonic() + 15
@@ -210,13 +210,13 @@ def migrate(env: dict[str, str], service: str) -> subprocess.CompletedProcess[st
 
 def test_migrate_with_verify_full_succeeds_and_a_wrong_ca_fails_at_once_with_one_line(tls: Tls) -> None:
     good = migrate(
-        {"IDENTITY_KEYS": KEYS, "DATABASE_URL": tls.url(sslmode="verify-full", sslrootcert=tls.ca)},
+        {**KEYS, "DATABASE_URL": tls.url(sslmode="verify-full", sslrootcert=tls.ca)},
         "timesheets",
     )
     assert good.returncode == 0, good.stderr
     started = time.monotonic()
     bad = migrate(
-        {"IDENTITY_KEYS": KEYS, "DATABASE_URL": tls.url(sslmode="verify-full", sslrootcert=tls.wrong_ca)},
+        {**KEYS, "DATABASE_URL": tls.url(sslmode="verify-full", sslrootcert=tls.wrong_ca)},
         "timesheets",
     )
     assert time.monotonic() - started < 20, "a refused certificate is not waited out like a late database"
@@ -267,7 +267,7 @@ def test_impossible_tls_settings_stop_start_up_with_one_line(
     from urllib.parse import urlencode
 
     env = {
-        "IDENTITY_KEYS": KEYS,
+        **KEYS,
         "DATABASE_URL": f"postgresql://u:secret-pw@db.internal/app?{urlencode(query)}",
     }
     if rootcert:

@@ -6,6 +6,7 @@ import pytest
 from svckit.identity import (
     KEY_ID,
     SCOPES,
+    SERVICE_ISSUER,
     SIGNATURE,
     SUBJECT,
     TIMESTAMP,
@@ -14,6 +15,7 @@ from svckit.identity import (
     IdentitySigner,
     IdentityVerifier,
     identity_headers,
+    may_assert,
 )
 from svckit.settings import parse_identity_keys
 
@@ -28,7 +30,7 @@ def signed(keys: dict[str, bytes] = KEYS, **kwargs: object) -> dict[str, str]:
 
 
 def verify(headers: dict[str, str], *, method: str = "GET", target: str = "/timesheets?limit=5") -> Identity:
-    return IdentityVerifier(KEYS, 60).verify(headers, method=method, target=target, now=1010)
+    return IdentityVerifier({"gateway": KEYS}, 60).verify(headers, method=method, target=target, now=1010)
 
 
 def test_round_trip() -> None:
@@ -113,7 +115,8 @@ def test_utf8_identity_headers_verify_through_the_middleware_decoding() -> None:
         )
     )
     headers = identity_headers([*raw, (b"accept", b"*/*"), (b"x-other", b"\xff")])
-    assert IdentityVerifier(KEYS, 60).verify(headers, method="GET", target="/timesheets", now=1010) == ZOE
+    verifier = IdentityVerifier({"gateway": KEYS}, 60)
+    assert verifier.verify(headers, method="GET", target="/timesheets", now=1010) == ZOE
     with pytest.raises(IdentityError) as exc:
         identity_headers([(SUBJECT.encode(), b"\xff\xfe")])
     assert exc.value.reason == "malformed"
@@ -132,3 +135,57 @@ def test_prepare_refuses_control_characters(identity: Identity) -> None:
     # the prepared block goes into the request head verbatim: no header may be smuggled in with it
     with pytest.raises(ValueError, match="control characters"):
         IdentitySigner(KEYS).prepare(identity)
+
+
+# --- principal binding: a key asserts only the principal of its sender --------------------------------
+
+APPROVALS_KEY = parse_identity_keys("approvals-ts-1:" + "p" * 40)
+RECEIVER = IdentityVerifier({"gateway": KEYS, "approvals": APPROVALS_KEY}, 60)
+
+
+def as_approvals(identity: Identity) -> dict[str, str]:
+    return IdentitySigner(APPROVALS_KEY).headers(identity, method="POST", target="/internal/apply", now=1000)
+
+
+def test_a_service_key_asserts_its_own_service() -> None:
+    approvals = Identity.service("approvals", ["write:entries"])
+    assert (
+        RECEIVER.verify(as_approvals(approvals), method="POST", target="/internal/apply", now=1010)
+        == approvals
+    )
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    [
+        ALICE,  # a user: only the gateway may assert one
+        Identity("http://localhost:9000/", "batch", "client", "batch"),  # a client acting as itself
+        Identity.service("timesheets"),  # another service
+        Identity.service("gateway"),
+        Identity(SERVICE_ISSUER, "approvals", "user", "approvals"),  # its own name, not as a service
+    ],
+)
+def test_a_service_key_asserting_anyone_else_is_refused(claimed: Identity) -> None:
+    # the attack: a holder of approvals' key signs, correctly, a principal that is not approvals
+    with pytest.raises(IdentityError) as exc:
+        RECEIVER.verify(as_approvals(claimed), method="POST", target="/internal/apply", now=1010)
+    assert exc.value.reason == "wrong_principal"
+
+
+def test_the_gateway_asserts_users_clients_and_itself_but_no_other_service() -> None:
+    assert may_assert("gateway", ALICE)
+    assert may_assert("gateway", Identity("https://tenant.auth0.com/", "c1@clients", "client", "c1"))
+    assert may_assert("gateway", Identity.service("gateway"))
+    assert not may_assert("gateway", Identity.service("approvals"))
+    assert not may_assert("gateway", Identity(SERVICE_ISSUER, "approvals", "user"))
+    gateway_signed = IdentitySigner(KEYS).headers(
+        Identity.service("approvals"), method="POST", target="/internal/apply", now=1000
+    )
+    with pytest.raises(IdentityError) as exc:
+        RECEIVER.verify(gateway_signed, method="POST", target="/internal/apply", now=1010)
+    assert exc.value.reason == "wrong_principal"
+
+
+def test_one_key_id_for_two_senders_is_refused() -> None:
+    with pytest.raises(ValueError, match="each key id must name one sender"):
+        IdentityVerifier({"gateway": KEYS, "approvals": {"new": b"x" * 32}}, 60)

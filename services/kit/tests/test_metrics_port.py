@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from svckit.metrics import MetricsServer
 from svckit.settings import ServiceSettings, SettingsError, load_settings
 
-from testkit.fixtures import ServiceProcess, free_port, metrics_url, scrape, serve_app
+from testkit.fixtures import ServiceProcess, free_port, metrics_url, receiver_env, scrape, serve_app
 
 probe = Counter("kit_metrics_port_probe_total", "Incremented by the metrics port tests only.")
 
@@ -62,7 +62,7 @@ def test_a_taken_port_is_an_error_at_start() -> None:
 
 @pytest.mark.unit
 def test_metrics_port_must_differ_from_the_public_port(capsys: pytest.CaptureFixture[str]) -> None:
-    env = {"IDENTITY_KEYS": "k1:" + "a" * 43, "PORT": "8200", "METRICS_PORT": "8200"}
+    env = {"PORT": "8200", "METRICS_PORT": "8200"}
     with pytest.raises(SettingsError):
         load_settings(ServiceSettings, env=env)
     assert capsys.readouterr().err.strip() == (
@@ -70,10 +70,10 @@ def test_metrics_port_must_differ_from_the_public_port(capsys: pytest.CaptureFix
     )
 
 
-async def test_in_process_apps_share_the_kit_listener(identity_keys: str) -> None:
+async def test_in_process_apps_share_the_kit_listener(identity_keys: dict[str, str]) -> None:
     from svckit.app import create_service_app
 
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     async with serve_app(create_service_app(settings, [])) as url:
         async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
             assert response.status == 404  # the public listener: served in this event loop

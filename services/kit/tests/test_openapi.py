@@ -16,7 +16,7 @@ from svckit.contracts.operations import Answer, Link, Operation
 from svckit.openapi import Placement, app_operations, build, documented_operations, query_parameters
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import new_identity_keys
+from testkit.fixtures import new_pair_keys
 
 pytestmark = pytest.mark.unit
 
@@ -85,7 +85,7 @@ def test_a_built_document_is_valid_openapi_with_models_answers_and_links() -> No
 
 
 def test_route_and_document_comparison() -> None:
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": new_identity_keys()})
+    settings = load_settings(ServiceSettings, env=new_pair_keys())
     doc = build(
         title="t",
         version="1",

@@ -7,6 +7,7 @@ service identity exactly as the audit service does, and it can be told to refuse
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 import uuid
@@ -27,7 +28,7 @@ from svckit.app import create_service_app
 from svckit.context import request_id_var
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
-from svckit.identity import Identity, IdentitySigner
+from svckit.identity import Identity, IdentitySigner, IdentityVerifier
 from svckit.migrations import migrate
 from svckit.outbox import (
     AuditEvent,
@@ -35,10 +36,10 @@ from svckit.outbox import (
     backoff_delay,
     enqueue,
 )
-from svckit.settings import ServiceSettings, load_settings, parse_identity_keys
+from svckit.settings import ServiceSettings, load_settings
 
 from testkit.clock import FakeClock
-from testkit.fixtures import free_port, new_identity_keys, serve_app, user
+from testkit.fixtures import free_port, serve_app, user
 
 ALICE = user("alice", "create:timesheets", name="Alice")
 
@@ -56,7 +57,16 @@ class Receiver:
         return Counter(self.received)
 
 
-def receiver_app(identity_keys: str, state: Receiver) -> Starlette:
+#: The receiver's pair key with each writer: a writer's key may assert only that writer (the kit's
+#: principal binding), and test writers have names of their own (their metrics stay apart).
+_PAIR_SECRET = secrets.token_bytes(32)
+
+
+def writer_keys(writer: str) -> dict[str, bytes]:
+    return {f"{writer}-1": hashlib.sha256(_PAIR_SECRET + writer.encode()).digest()}
+
+
+def receiver_app(state: Receiver, writer: str) -> Starlette:
     async def ingest(request: Request) -> Response:
         identity: Identity = request.state.identity
         if identity.kind != "service":
@@ -72,8 +82,11 @@ def receiver_app(identity_keys: str, state: Receiver) -> Starlette:
         state.received.extend(e["id"] for e in events)
         return JSONResponse({"accepted": len(fresh), "duplicates": len(events) - len(fresh)})
 
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
-    return create_service_app(settings, [Route("/internal/events", ingest, methods=["POST"])])
+    settings = load_settings(ServiceSettings)
+    verifier = IdentityVerifier({writer: writer_keys(writer)}, settings.identity_max_skew_seconds)
+    return create_service_app(
+        settings, [Route("/internal/events", ingest, methods=["POST"])], verifier=verifier
+    )
 
 
 @pytest.fixture
@@ -103,8 +116,8 @@ async def http() -> AsyncIterator[HttpClient]:
     await client.close()
 
 
-def signed(http: HttpClient, url: str, identity_keys: str) -> SignedClient:
-    return SignedClient(http, url, IdentitySigner(parse_identity_keys(identity_keys)))
+def signed(http: HttpClient, url: str, writer: str) -> SignedClient:
+    return SignedClient(http, url, IdentitySigner(writer_keys(writer)))
 
 
 def event(source: str = "writer", **details: Any) -> AuditEvent:
@@ -234,12 +247,12 @@ async def test_rolled_back_change_leaves_no_event(database: Database, schema: st
 
 
 async def test_committed_events_arrive_promptly_through_notify(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     state = Receiver()
-    async with serve_app(receiver_app(identity_keys, state)) as url:
+    async with serve_app(receiver_app(state, "writer")) as url:
         # Polling is slowed to a minute, so only LISTEN/NOTIFY can explain a prompt delivery.
-        relay = OutboxRelay(database, schema, "writer", signed(http, url, identity_keys), poll_interval=60)
+        relay = OutboxRelay(database, schema, "writer", signed(http, url, "writer"), poll_interval=60)
         relay.start()
         try:
             await asyncio.sleep(0.3)  # let the relay connect and LISTEN
@@ -259,7 +272,7 @@ async def test_committed_events_arrive_promptly_through_notify(
 
 
 async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     port = free_port()  # nothing listens here yet: connections are refused
     service = f"writer-{schema[-8:]}"
@@ -267,7 +280,7 @@ async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
         database,
         schema,
         service,
-        signed(http, f"http://127.0.0.1:{port}", identity_keys),
+        signed(http, f"http://127.0.0.1:{port}", service),
         batch_size=5,  # several batches fail in turn; they must still arrive in order
         poll_interval=0.2,
         base_backoff=0.05,
@@ -289,7 +302,7 @@ async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
         assert metric("outbox_oldest_event_age_seconds", service) > 0
 
         state = Receiver()
-        async with serve_app(receiver_app(identity_keys, state), port=port):
+        async with serve_app(receiver_app(state, service), port=port):
             await eventually(lambda: len(state.received) >= 25, timeout=10)
             await asyncio.sleep(0.3)  # a duplicate, if any, would show up now
     finally:
@@ -303,7 +316,7 @@ async def test_events_wait_while_the_receiver_is_down_and_arrive_once(
 
 
 async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     """Every commit NOTIFYs the relay; while the audit service is down that must not mean a retry."""
     service = f"writer-{schema[-8:]}"
@@ -312,7 +325,7 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
         database,
         schema,
         service,
-        signed(http, f"http://127.0.0.1:{free_port()}", identity_keys),
+        signed(http, f"http://127.0.0.1:{free_port()}", service),
         poll_interval=60,
         base_backoff=1.0,
         max_backoff=1.0,
@@ -338,7 +351,7 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
 
 
 async def test_the_backlog_gauges_appear_as_soon_as_the_database_does(
-    database_url: str, schema: str, http: HttpClient, identity_keys: str
+    database_url: str, schema: str, http: HttpClient
 ) -> None:
     """A service starting before its database: the first pass that reaches it fills the gauges (not
     one metrics interval later — alerts and dashboards would see a gap, a scrape no series)."""
@@ -349,7 +362,7 @@ async def test_the_backlog_gauges_appear_as_soon_as_the_database_does(
         database,
         schema,
         service,
-        signed(http, f"http://127.0.0.1:{free_port()}", identity_keys),
+        signed(http, f"http://127.0.0.1:{free_port()}", service),
         base_backoff=1.0,
         max_backoff=1.0,
         metrics_interval=3600,
@@ -376,17 +389,17 @@ def failures_reach(service: str, tries: int) -> Callable[[], bool]:
 
 
 async def test_server_errors_are_retried_with_backoff(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     state = Receiver(status=503)
     service = f"writer-{schema[-8:]}"
     clock = FakeClock()
-    async with serve_app(receiver_app(identity_keys, state)) as url:
+    async with serve_app(receiver_app(state, service)) as url:
         relay = OutboxRelay(
             database,
             schema,
             service,
-            signed(http, url, identity_keys),
+            signed(http, url, service),
             poll_interval=0.1,
             base_backoff=0.2,
             max_backoff=0.4,
@@ -414,16 +427,16 @@ async def test_server_errors_are_retried_with_backoff(
 
 
 async def test_a_poison_event_waits_alone_and_does_not_block_the_rest(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     state = Receiver(refuse_poison=True)
     service = f"writer-{schema[-8:]}"
     good = [event(service, n=n) for n in range(4)]
     poison = event(service, poison=True)
     await enqueue_committed(database, [good[0], good[1], poison, good[2], good[3]])
-    async with serve_app(receiver_app(identity_keys, state)) as url:
+    async with serve_app(receiver_app(state, service)) as url:
         relay = OutboxRelay(
-            database, schema, service, signed(http, url, identity_keys), poll_interval=0.1, max_backoff=60
+            database, schema, service, signed(http, url, service), poll_interval=0.1, max_backoff=60
         )
         relay.start()
         try:
@@ -438,13 +451,13 @@ async def test_a_poison_event_waits_alone_and_does_not_block_the_rest(
 
 
 async def test_two_relays_share_one_outbox_without_sending_twice(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     state = Receiver()
-    async with serve_app(receiver_app(identity_keys, state)) as url:
+    async with serve_app(receiver_app(state, "writer")) as url:
         relays = [
             OutboxRelay(
-                database, schema, "writer", signed(http, url, identity_keys), batch_size=7, poll_interval=0.1
+                database, schema, "writer", signed(http, url, "writer"), batch_size=7, poll_interval=0.1
             )
             for _ in range(2)
         ]
@@ -462,14 +475,12 @@ async def test_two_relays_share_one_outbox_without_sending_twice(
     assert await outbox_rows(database, schema) == []
 
 
-async def test_relay_waits_for_a_late_database(
-    database_url: str, schema: str, http: HttpClient, identity_keys: str
-) -> None:
+async def test_relay_waits_for_a_late_database(database_url: str, schema: str, http: HttpClient) -> None:
     """Started before its pool exists (as in a lifespan), the relay neither crashes nor gives up."""
     state = Receiver()
     db = Database(database_url, schema=schema, application_name="outbox-late")
-    async with serve_app(receiver_app(identity_keys, state)) as url:
-        relay = OutboxRelay(db, schema, "writer", signed(http, url, identity_keys), base_backoff=0.05)
+    async with serve_app(receiver_app(state, "writer")) as url:
+        relay = OutboxRelay(db, schema, "writer", signed(http, url, "writer"), base_backoff=0.05)
         relay.start()
         try:
             await asyncio.sleep(0.3)
@@ -484,9 +495,9 @@ async def test_relay_waits_for_a_late_database(
     assert state.received == [str(sent[0].id)]
 
 
-def test_relay_refuses_odd_schema_names_and_batch_sizes(http: HttpClient, identity_keys: str) -> None:
+def test_relay_refuses_odd_schema_names_and_batch_sizes(http: HttpClient) -> None:
     db = Database("postgresql://x@127.0.0.1/none")
-    client = signed(http, "http://127.0.0.1:1", identity_keys)
+    client = signed(http, "http://127.0.0.1:1", "w")
     with pytest.raises(ValueError, match="schema"):
         OutboxRelay(db, 'x"; DROP TABLE y; --', "w", client)
     with pytest.raises(ValueError, match="batch_size"):
@@ -494,15 +505,20 @@ def test_relay_refuses_odd_schema_names_and_batch_sizes(http: HttpClient, identi
 
 
 async def test_a_receiver_that_refuses_our_identity_is_retried_not_split(
-    database: Database, schema: str, http: HttpClient, identity_keys: str
+    database: Database, schema: str, http: HttpClient
 ) -> None:
     """Wrong keys (401) are a configuration fault, not bad events: nothing is split or parked."""
     state = Receiver()
     service = f"writer-{schema[-8:]}"
-    other_keys = new_identity_keys("other")
-    async with serve_app(receiver_app(identity_keys, state)) as url:
+    other_keys = {f"{service}-1": secrets.token_bytes(32)}  # not the pair key the receiver holds
+    async with serve_app(receiver_app(state, service)) as url:
         relay = OutboxRelay(
-            database, schema, service, signed(http, url, other_keys), poll_interval=0.1, max_backoff=0.2
+            database,
+            schema,
+            service,
+            SignedClient(http, url, IdentitySigner(other_keys)),
+            poll_interval=0.1,
+            max_backoff=0.2,
         )
         await enqueue_committed(database, [event(service) for _ in range(3)])
         relay.start()

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import ServiceProcess, free_port, migrate_role_env
+from testkit.fixtures import ServiceProcess, free_port, migrate_role_env, receiver_env
 
 
 def test_migrate_command_is_idempotent(service_env: dict[str, str]) -> None:
@@ -44,7 +44,7 @@ def test_sigterm_stops_the_process_cleanly(service_env: dict[str, str]) -> None:
     assert "Traceback" not in logs
 
 
-async def test_in_flight_request_finishes_after_shutdown_starts(identity_keys: str) -> None:
+async def test_in_flight_request_finishes_after_shutdown_starts(identity_keys: dict[str, str]) -> None:
     started = asyncio.Event()
 
     async def slow(request: Request) -> Response:
@@ -52,7 +52,7 @@ async def test_in_flight_request_finishes_after_shutdown_starts(identity_keys: s
         await asyncio.sleep(0.5)
         return JSONResponse({"done": True})
 
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     app = create_service_app(settings, [Route("/slow", slow)], require_identity=False)
     port = free_port()
     server = uvicorn.Server(

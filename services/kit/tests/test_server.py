@@ -21,12 +21,12 @@ from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.drain import load_through
-from testkit.fixtures import REPO_ROOT, free_port, serve_app
+from testkit.fixtures import REPO_ROOT, free_port, receiver_env, serve_app
 
 
 @pytest.fixture(scope="module")
-async def base_url(identity_keys: str) -> AsyncIterator[str]:
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+async def base_url(identity_keys: dict[str, str]) -> AsyncIterator[str]:
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     async with serve_app(create_service_app(settings, [])) as url:
         yield url
 
@@ -131,11 +131,11 @@ async def test_sigterm_under_keep_alive_load_resets_nothing(workers: int) -> Non
     assert code in (0, -signal.SIGTERM)
 
 
-async def test_an_early_answer_reaches_a_client_still_sending(identity_keys: str) -> None:
+async def test_an_early_answer_reaches_a_client_still_sending(identity_keys: dict[str, str]) -> None:
     """413 from the Content-Length alone while the client still sends 5 MiB: the server lingers (FIN
     after the answer, input discarded) instead of closing under the client, whose kernel would
     otherwise get a reset and throw the unread answer away."""
-    settings = load_settings(ServiceSettings, env={"IDENTITY_KEYS": identity_keys})
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     async with serve_app(create_service_app(settings, [], max_body_size=1024)) as url:
         host, port = url.removeprefix("http://").split(":")
         for _ in range(3):

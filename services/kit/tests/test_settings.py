@@ -7,9 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from svckit.identity import pair_variable
 from svckit.settings import DatabaseSettings, SettingsError, load_settings, parse_identity_keys
 
+from testkit.fixtures import new_pair_keys
+
 GOOD_KEYS = "k1:" + "a" * 43
+PAIRS = new_pair_keys()
 
 
 @pytest.mark.unit
@@ -37,7 +41,7 @@ def test_identity_keys_refused(value: str, message: str) -> None:
 @pytest.mark.unit
 def test_load_settings_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SettingsError) as exc:
-        load_settings(DatabaseSettings, env={"IDENTITY_KEYS": GOOD_KEYS, "PORT": "seventy"})
+        load_settings(DatabaseSettings, env={**PAIRS, "PORT": "seventy"})
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -47,23 +51,28 @@ def test_load_settings_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.unit
 def test_secret_values_are_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SettingsError):
-        load_settings(DatabaseSettings, env={"IDENTITY_KEYS": "k1:supersecretbutshort"})
+        load_settings(DatabaseSettings, env={"IDENTITY_KEYS_GATEWAY_TO_AUDIT": "k1:supersecretbutshort"})
     err = capsys.readouterr().err
-    assert "IDENTITY_KEYS" in err
+    assert "IDENTITY_KEYS_GATEWAY_TO_AUDIT" in err
     assert "supersecretbutshort" not in err
 
 
 @pytest.mark.parametrize(
     ("package", "env", "variable"),
     [
-        ("timesheets", {"IDENTITY_KEYS": GOOD_KEYS, "DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
-        ("audit", {"IDENTITY_KEYS": ""}, "IDENTITY_KEYS"),
-        ("approvals", {"IDENTITY_KEYS": GOOD_KEYS, "DB_POOL_MAX": "0"}, "DB_POOL_MAX"),
-        ("gateway", {"IDENTITY_KEYS": GOOD_KEYS, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ("timesheets", {**PAIRS, "DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ("audit", {**PAIRS, "IDENTITY_KEYS_TIMESHEETS_TO_AUDIT": ""}, "IDENTITY_KEYS_TIMESHEETS_TO_AUDIT"),
+        ("approvals", {**PAIRS, "DB_POOL_MAX": "0"}, "DB_POOL_MAX"),
+        ("gateway", {**PAIRS, "LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        (
+            "gateway",
+            {**PAIRS, "IDENTITY_KEYS_GATEWAY_TO_APPROVALS": ""},
+            "IDENTITY_KEYS_GATEWAY_TO_APPROVALS",
+        ),
     ],
 )
 def test_service_refuses_to_start(package: str, env: dict[str, str], variable: str) -> None:
-    clean = {k: v for k, v in os.environ.items() if k not in {"IDENTITY_KEYS", "DATABASE_URL"}}
+    clean = {k: v for k, v in os.environ.items() if k not in {*PAIRS, "DATABASE_URL"}}
     result = subprocess.run(
         [sys.executable, "-m", package],
         env={**clean, **env},
@@ -76,3 +85,29 @@ def test_service_refuses_to_start(package: str, env: dict[str, str], variable: s
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert variable in lines[0]
+
+
+@pytest.mark.unit
+def test_a_service_reads_only_the_pairs_it_is_an_end_of() -> None:
+    settings = load_settings(DatabaseSettings, env={**PAIRS, "SERVICE_NAME": "timesheets"})
+    assert set(settings.identity_verify_keys) == {"gateway", "approvals"}
+    assert settings.identity_sign_keys("audit") == parse_identity_keys(
+        PAIRS[pair_variable("timesheets", "audit")]
+    )
+    with pytest.raises(ValueError, match="IDENTITY_KEYS_TIMESHEETS_TO_APPROVALS is not set"):
+        settings.identity_sign_keys("approvals")
+
+
+@pytest.mark.unit
+def test_a_key_id_may_name_one_sender_only(capsys: pytest.CaptureFixture[str]) -> None:
+    shared = {
+        pair_variable("gateway", "timesheets"): f"same:{'a' * 43}",
+        pair_variable("approvals", "timesheets"): f"same:{'b' * 43}",
+    }
+    with pytest.raises(SettingsError):
+        load_settings(DatabaseSettings, env={**PAIRS, **shared, "SERVICE_NAME": "timesheets"})
+    err = capsys.readouterr().err
+    assert (
+        "'same' is in both IDENTITY_KEYS_GATEWAY_TO_TIMESHEETS and IDENTITY_KEYS_APPROVALS_TO_TIMESHEETS"
+        in err
+    )

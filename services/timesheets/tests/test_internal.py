@@ -48,7 +48,7 @@ async def decide(api: SignedApi, entry_id: str, body: dict[str, Any]) -> Reply:
     "identity",
     [
         user("alice", *ALL, "approve:timesheets"),
-        Identity.service("audit"),
+        Identity.service("gateway"),  # a service principal, validly signed, that is not approvals
         Identity("http://localhost:9000/", "approvals", "client", "approvals", frozenset(), ""),
     ],
 )

@@ -14,7 +14,7 @@ from timesheets.settings import TimesheetsSettings
 from testkit.client import SignedApi
 from testkit.fixtures import (
     assert_migrate_command_repeatable,
-    new_identity_keys,
+    new_pair_keys,
     user,
     wait_for_metrics,
 )
@@ -22,7 +22,7 @@ from testkit.fixtures import (
 
 @pytest.mark.unit
 def test_every_route_is_documented() -> None:
-    app = create_app(load_settings(TimesheetsSettings, env={"IDENTITY_KEYS": new_identity_keys()}))
+    app = create_app(load_settings(TimesheetsSettings, env=new_pair_keys()))
     from timesheets.openapi import document
 
     doc = document()

@@ -56,7 +56,7 @@ def create_app(settings: TimesheetsSettings | None = None) -> Starlette:
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
     http = HttpClient()
-    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_keys))
+    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit")))
     relay = OutboxRelay(
         database,
         SCHEMA,

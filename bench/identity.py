@@ -1,0 +1,116 @@
+"""What a signed identity costs per request: the gateway's signing and a service's verification.
+
+The identity contract (docs/CONTRACTS.md, "Service identity") uses one HMAC-SHA256 secret per
+sender → receiver pair. The alternative that would also keep every key within its pair is an
+asymmetric signature (the gateway signs with a private key, services hold the public key); this
+measures both over the very canonical string the contract signs, in process, CPU time of this
+process, best of five runs of ``BENCH_IDENTITY_REQUESTS`` (default 20,000) each:
+
+* ``hmac_sign_gateway`` — :meth:`PreparedIdentity.header_block`, the gateway's per-request path (one
+  identity prepared per verified token, then one keyed-hash copy per request);
+* ``hmac_verify_service`` — :meth:`IdentityVerifier.verify` from the decoded headers, what
+  :class:`IdentityMiddleware` does per request (principal binding included);
+* ``ed25519_sign`` / ``ed25519_verify`` and ``p256_sign`` / ``p256_verify`` — the same canonical
+  bytes with ``cryptography``'s Ed25519 and ECDSA P-256 (SHA-256).
+
+Writes ``bench/results/identity.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from svckit.identity import Identity, IdentitySigner, IdentityVerifier, canonical, identity_headers
+
+RESULTS = Path(__file__).parent / "results"
+ALICE = Identity(
+    "http://localhost:9000/",
+    "local|alice",
+    "user",
+    "timesheets-spa",
+    frozenset({"read:timesheets", "create:timesheets", "delete:timesheets"}),
+    "Alice Example",
+)
+KEYS = {"gateway-timesheets-1": b"k" * 32}
+TARGET = "/timesheets?limit=20"
+
+
+def best_us(run: Callable[[], object], requests: int, rounds: int = 5) -> float:
+    """Best per-call CPU time over ``rounds`` runs of ``requests`` calls, in microseconds."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(requests):
+            run()
+        best = min(best, (time.process_time() - started) / requests)
+    return round(best * 1e6, 2)
+
+
+def measure(requests: int) -> dict[str, float]:
+    signer = IdentitySigner(KEYS)
+    prepared = signer.prepare(ALICE)
+    verifier = IdentityVerifier({"gateway": KEYS}, 60)
+    now = int(time.time())
+    stamp = str(now).encode()
+    block = prepared.header_block(method="GET", target=TARGET.encode(), request_id=b"r" * 32, timestamp=stamp)
+    raw = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]
+    message = canonical(
+        kid="gateway-timesheets-1",
+        timestamp=str(now),
+        method="GET",
+        target=TARGET,
+        request_id="r" * 32,
+        identity=ALICE,
+    )
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ed_public = ed_key.public_key()
+    ed_signature = ed_key.sign(message)
+    p256_key = ec.generate_private_key(ec.SECP256R1())
+    p256_public = p256_key.public_key()
+    ecdsa = ec.ECDSA(hashes.SHA256())
+    p256_signature = p256_key.sign(message, ecdsa)
+
+    def hmac_sign() -> object:
+        return prepared.header_block(
+            method="GET", target=TARGET.encode(), request_id=b"r" * 32, timestamp=stamp
+        )
+
+    def hmac_verify() -> object:
+        headers = identity_headers(raw)  # type: ignore[arg-type]
+        return verifier.verify(headers, method="GET", target=TARGET, now=now)
+
+    return {
+        "hmac_sign_gateway": best_us(hmac_sign, requests),
+        "hmac_verify_service": best_us(hmac_verify, requests),
+        "ed25519_sign": best_us(lambda: ed_key.sign(message), requests // 4),
+        "ed25519_verify": best_us(lambda: ed_public.verify(ed_signature, message), requests // 4),
+        "p256_sign": best_us(lambda: p256_key.sign(message, ecdsa), requests // 4),
+        "p256_verify": best_us(lambda: p256_public.verify(p256_signature, message, ecdsa), requests // 4),
+    }
+
+
+def main() -> int:
+    requests = int(os.environ.get("BENCH_IDENTITY_REQUESTS", "20000"))
+    figures = measure(requests)
+    for name, value in figures.items():
+        print(f"  {name:<22} {value:>9.2f} µs per request")
+    document: dict[str, Any] = {
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "requests": requests,
+        "us_per_request": figures,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "identity.json").write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The bytes a record's hash covers: the fast serialisation is exactly the documented one (sorted
+keys, no whitespace, UTF-8), so chains hashed before it verify after it and the other way round."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from audit.chain import GENESIS, canonical, document, record_hash
+
+pytestmark = pytest.mark.unit
+
+AWKWARD = [
+    "plain",
+    "",
+    'quote " backslash \\ slash /',
+    "tab\tnewline\n\u2028",
+    "ünïcødé ✓ 𝄞",
+    "\x01\x1f",
+    "{}",
+]
+
+
+def record(text: str, request_id: str | None, when: datetime) -> dict[str, object]:
+    return {
+        "seq": 42,
+        "id": uuid.UUID(int=7),
+        "occurred_at": when,
+        "recorded_at": when + timedelta(microseconds=1),
+        "source": text,
+        "actor_issuer": text,
+        "actor_subject": text,
+        "actor_kind": "user",
+        "actor_client_id": text,
+        "actor_name": text,
+        "action": text,
+        "resource_type": text,
+        "resource_id": text,
+        "outcome": "success",
+        "request_id": request_id,
+        "details": json.dumps({"note": text}, ensure_ascii=False),
+        "prev_hash": GENESIS,
+    }
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+@pytest.mark.parametrize("request_id", [None, "r-1"])
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 6, UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_the_fast_bytes_are_the_documented_bytes(text: str, request_id: str | None, when: datetime) -> None:
+    fields = record(text, request_id, when)
+    reference = json.dumps(
+        document(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    assert canonical(fields) == reference
+
+
+def test_a_known_record_keeps_its_hash() -> None:
+    """Pinned (computed by the serialisation before the fast path): a change here would break every
+    chain already stored."""
+    fields = record('plain ✓ "q"', None, datetime(2026, 1, 2, 3, 4, 5, 6, UTC))
+    assert record_hash(fields) == "53cd51569068ae35d50a2c3f7626e57c8d0061abb27867aebba9d0ad6b6c7e97"
