@@ -22,11 +22,11 @@ from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
-from svckit.responses import model_response
+from svckit.responses import json_response, model_response
 
 from . import cursor, events, idempotency, store
 from .metrics import entries_created, entries_deleted
-from .representation import entry_of, page_of
+from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
 
 APPROVE = "approve:timesheets"
@@ -90,7 +90,7 @@ async def list_entries(request: Request) -> Response:
         )
     async with database_of(request).connection() as conn:
         rows = await store.list_owned(conn, identity.principal, query, after)
-    return model_response(page_of(rows, query.limit))
+    return json_response(page_json(rows, query.limit))
 
 
 @requires_scope("create:timesheets")
@@ -117,14 +117,18 @@ async def create_entry(request: Request) -> Response:
                 return outcome
             claim = outcome
         row = await store.insert_entry(
-            conn, identity.principal, identity.name, entry, client_id=identity.client_id, entry_id=entry_id
+            conn,
+            identity.principal,
+            identity.name,
+            entry,
+            client_id=identity.client_id,
+            entry_id=entry_id,
+            event=events.created(identity, entry_id, entry),
         )
-        await enqueue(conn, events.created(identity, row))
-        created = entry_of(row)
         if claim is not None:
-            await claim.save(conn, 201, created, location)
+            await claim.save(conn, 201, entry_of(row), location)
     entries_created.labels("api").inc()
-    return model_response(created, 201, {"Location": location})
+    return json_response(entry_json(row), 201, {"Location": location})
 
 
 @requires_scope("read:timesheets")
@@ -139,7 +143,7 @@ async def get_entry(request: Request) -> Response:
     awaiting_caller = identity.has(APPROVE) and row.status == "submitted" and row.owner != identity.principal
     if row.owner != identity.principal and not awaiting_caller:
         raise not_found()
-    return model_response(entry_of(row))
+    return json_response(entry_json(row))
 
 
 @requires_scope("delete:timesheets")
