@@ -2,8 +2,9 @@
 
 Starlette + asyncpg, served by uvicorn like the services (httptools, uvloop when installed, no
 access log), with the kit's pool (:class:`svckit.db.Database`: same size, same reset hook) and the
-service's own SQL text (``timesheets.store``) in the same transactions: a create is ``BEGIN``, the
-entry + outbox + NOTIFY statement, ``COMMIT``; a list is one query. What it leaves out is what makes
+service's own SQL text (``timesheets.store``) in the same transactions: a create is the entry +
+outbox + NOTIFY statement in autocommit (as the service does without an Idempotency-Key); a list is
+one query. What it leaves out is what makes
 the service a service: identity verification (it reads the subject from the headers unverified),
 body validation, the contract's response models, metrics, logging, the outbox relay. The answers
 are ``json.dumps`` of the rows.
@@ -62,7 +63,7 @@ async def create(request: Request) -> Response:
     issuer, subject = request.headers[ISSUER], request.headers[SUBJECT]
     entry_id, event_id = uuid.uuid4(), uuid.uuid4()
     payload = json.dumps({"id": str(event_id), "action": "timesheet.created", "resource": str(entry_id)})
-    async with database_of(request).transaction() as conn:
+    async with database_of(request).connection() as conn:
         row = await conn.fetchrow(
             CREATE_ENTRY,
             entry_id,

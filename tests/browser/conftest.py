@@ -52,6 +52,10 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
             **{key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
             "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",  # the audit page shows a checkpoint within seconds
             "CORS_ORIGINS": f"{APP},{SDK_ORIGIN}",  # the SDK harness calls the API from its own origin
+            # DPoP server nonces on, at the provider and the gateway: every client here (the SPA, the
+            # SDKs) must follow use_dpop_nonce / DPoP-Nonce (RFC 9449 §8, §9)
+            "DPOP_NONCES": "true",
+            "DPOP_NONCE_SECRET": "browser-tests-gateway-dpop-nonce-secret",
         },
         state_dir=state,
         sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/

@@ -106,27 +106,37 @@ async def create_entry(request: Request) -> Response:
     async def committed(conn: Connection) -> bool:
         return await store.entry_exists(conn, entry_id)
 
-    async with outcome_located(location), database_of(request).transaction(committed=committed) as conn:
-        claim = None
-        if key is not None:
+    arguments = store.create_arguments(
+        identity.principal,
+        identity.name,
+        entry,
+        client_id=identity.client_id,
+        entry_id=entry_id,
+        event=events.created(identity, entry_id, entry),
+    )
+    database = database_of(request)
+    if key is None:
+        # One statement in autocommit: the entry, its audit event and the relays' NOTIFY commit
+        # together by themselves, in one round trip.
+        async with outcome_located(location):
+            record = await database.write_once(store.CREATE_ENTRY, *arguments, committed=committed)
+        if record is not None:
+            row = store.EntryRow.of(record)
+        else:  # committed, the answer lost on the way: read what was written
+            async with database.connection() as conn:
+                found = await store.get_entry(conn, entry_id)
+            assert found is not None
+            row = found
+    else:
+        async with outcome_located(location), database.transaction(committed=committed) as conn:
             fingerprint = idempotency.fingerprint("create", entry.canonical())
             outcome = await idempotency.begin(
                 conn, identity.principal, key, "create", fingerprint, _ttl(request)
             )
             if isinstance(outcome, Response):
                 return outcome
-            claim = outcome
-        row = await store.insert_entry(
-            conn,
-            identity.principal,
-            identity.name,
-            entry,
-            client_id=identity.client_id,
-            entry_id=entry_id,
-            event=events.created(identity, entry_id, entry),
-        )
-        if claim is not None:
-            await claim.save(conn, 201, entry_of(row), location)
+            row = await store.insert_entry(conn, arguments)
+            await outcome.save(conn, 201, entry_of(row), location)
     entries_created.labels("api").inc()
     return json_response(entry_json(row), 201, {"Location": location})
 

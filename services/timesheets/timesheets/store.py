@@ -93,8 +93,7 @@ CREATE_ENTRY = with_enqueued(
 )
 
 
-async def insert_entry(
-    conn: Connection,
+def create_arguments(
     owner: Principal,
     owner_name: str,
     entry: EntryIn,
@@ -102,11 +101,11 @@ async def insert_entry(
     client_id: str,
     entry_id: uuid.UUID,
     event: AuditEvent,
-) -> EntryRow:
-    """``entry_id`` is chosen by the caller, so that after a lost COMMIT it knows what to look for;
-    ``event`` (the creation's audit event) goes to the outbox in the same statement."""
-    row = await conn.fetchrow(
-        CREATE_ENTRY,
+) -> tuple[Any, ...]:
+    """The parameters of :data:`CREATE_ENTRY`. ``entry_id`` is chosen by the caller, so that after a
+    lost answer it knows what to look for; ``event`` (the creation's audit event) goes to the outbox
+    in the same statement."""
+    return (
         entry_id,
         owner[0],
         owner[1],
@@ -118,6 +117,11 @@ async def insert_entry(
         client_id,
         *event_parameters(event),
     )
+
+
+async def insert_entry(conn: Connection, arguments: tuple[Any, ...]) -> EntryRow:
+    """:data:`CREATE_ENTRY` inside the caller's transaction (with an idempotency key)."""
+    row = await conn.fetchrow(CREATE_ENTRY, *arguments)
     assert row is not None
     return EntryRow.of(row)
 

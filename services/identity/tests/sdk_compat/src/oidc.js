@@ -30,13 +30,23 @@ const summary = (user) => user && {
   expires_in: user.expires_in,
 };
 
+// The API's DPoP-Nonce (RFC 9449 §9): kept from every answer, and a use_dpop_nonce refusal retried once.
+let apiNonce;
 async function api(path) {
   const user = await manager.getUser();
   const url = new URL(cfg.apiBase + path, window.location.href);
-  const proof = await manager.dpopProof(url.origin + url.pathname, user, "GET");
-  const headers = { authorization: `${proof ? "DPoP" : "Bearer"} ${user.access_token}` };
-  if (proof) headers.dpop = proof;
-  const response = await fetch(url, { headers });
+  const send = async () => {
+    const proof = await manager.dpopProof(url.origin + url.pathname, user, "GET", apiNonce);
+    const headers = { authorization: `${proof ? "DPoP" : "Bearer"} ${user.access_token}` };
+    if (proof) headers.dpop = proof;
+    const response = await fetch(url, { headers });
+    apiNonce = response.headers.get("dpop-nonce") ?? apiNonce;
+    return response;
+  };
+  let response = await send();
+  if (response.status === 401 && /use_dpop_nonce/.test(response.headers.get("www-authenticate") ?? "")) {
+    response = await send();
+  }
   return { status: response.status, body: await response.text() };
 }
 
