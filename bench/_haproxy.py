@@ -15,7 +15,8 @@ fronts do the same work per request:
   deleted, the ``/api`` prefix stripped;
 * the identity headers set and signed with the ``hmac(sha256,<key>),ub64enc`` converters over the
   same canonical string as :func:`svckit.identity.canonical` (the version, key id, time, method,
-  target, request id and the identity's fields, one per line).
+  target, request id, nonce (a ``uuid``), ``Content-Digest`` (``req.body,sha2(256),base64``, the body
+  buffered by ``option http-buffer-request``) and the identity's fields, one per line).
 
 Refusals answer RFC 6750 challenges as the gateway does (401 ``invalid_token``, 403
 ``insufficient_scope``), with a short JSON body.
@@ -111,11 +112,13 @@ class HaproxySetup:
             "frontend api",
             f"    bind 127.0.0.1:{self.listen_port}",
             "    unique-id-format %[uuid]",
+            "    option http-buffer-request",  # the body's digest is signed
             # nothing that claims an identity, or forwarding facts, comes from outside
             "    http-request del-header x-identity- -m beg",
             "    http-request del-header x-request-id",
             "    http-request del-header x-forwarded- -m beg",
             "    http-request del-header forwarded",
+            "    http-request del-header content-digest",
             # the token: RS256 only, its signature on every request
             "    http-request set-var(txn.bearer) http_auth_bearer",
             f"    http-request {deny401} {_CHALLENGE_401} unless {{ var(txn.bearer) -m found }}",
@@ -172,6 +175,8 @@ class HaproxySetup:
             'concat(,txn.method,"\\n")',
             'concat(,txn.target,"\\n")',
             'concat(,txn.rid,"\\n")',
+            'concat(,txn.nonce,"\\n")',
+            'concat("sha-256=:",txn.digest,":\\n")',
             'concat(,txn.iss,"\\n")',
             'concat(,txn.sub,"\\n")',
             'concat(,txn.kind,"\\n")',
@@ -186,6 +191,8 @@ class HaproxySetup:
             "    http-request set-header x-forwarded-proto http",
             "    http-request set-var(txn.method) method",
             "    http-request set-var(txn.rid) unique-id",
+            "    http-request set-var(txn.nonce) uuid",
+            "    http-request set-var(txn.digest) req.body,sha2(256),base64",
             f"    http-request set-var(txn.target) pathq,regsub(^{API_PREFIX}/,/)",
             f"    http-request set-var(txn.signed) {','.join(message)}",
             "    http-request set-path %[path,regsub(^/api/,/)]",
@@ -196,6 +203,8 @@ class HaproxySetup:
             "    http-request set-header x-identity-scopes %[var(txn.scope)] if { var(txn.scope) -m found }",
             "    http-request set-header x-identity-name %[var(txn.name)] if { var(txn.name) -m found }",
             "    http-request set-header x-identity-timestamp %[var(txn.now)]",
+            "    http-request set-header x-identity-nonce %[var(txn.nonce)]",
+            "    http-request set-header content-digest sha-256=:%[var(txn.digest)]:",
             f"    http-request set-header x-identity-key-id {self.key_id}",
             "    http-request set-header x-identity-signature "
             f"%[var(txn.signed),hmac(sha256,{key_b64}),ub64enc]",
