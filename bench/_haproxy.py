@@ -15,8 +15,9 @@ fronts do the same work per request:
   deleted, the ``/api`` prefix stripped;
 * the identity headers set and signed with the ``hmac(sha256,<key>),ub64enc`` converters over the
   same canonical string as :func:`svckit.identity.canonical` (the version, key id, time, method,
-  target, request id, nonce (a ``uuid``), ``Content-Digest`` (``req.body,sha2(256),base64``, the body
-  buffered by ``option http-buffer-request``) and the identity's fields, one per line).
+  target, request id, then — when the contract has them — a fresh nonce (``uuid``) and the body's
+  ``Content-Digest`` (``req.body,sha2(256),base64``; the request body is buffered), then the
+  identity's fields, one per line).
 
 Refusals answer RFC 6750 challenges as the gateway does (401 ``invalid_token``, 403
 ``insufficient_scope``), with a short JSON body.
@@ -53,12 +54,29 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.routes import API_PREFIX, Route, RouteTable, load_routes
+from svckit import identity as contract
 from svckit.identity import VERSION, Identity, IdentityError, IdentityVerifier, identity_headers
 
 ROUTES_FILE = Path(__file__).resolve().parents[1] / "services" / "gateway" / "gateway" / "routes.yaml"
 UPSTREAMS = frozenset({"timesheets", "approvals", "audit"})
 _JSON_401 = '\'{"error":"invalid_token"}\''
 _CHALLENGE_401 = '\'Bearer realm="timesheets", error="invalid_token"\''
+
+
+#: the contract signs a nonce and the body's Content-Digest too (tsp-identity-v2)
+_BINDS_BODY = hasattr(contract, "NONCE") and hasattr(contract, "content_digest")
+_BODY_LINES = [
+    "    http-request set-var(txn.nonce) uuid,regsub(-,,g)",
+    f'    http-request set-var(txn.digest) str("{getattr(contract, "EMPTY_DIGEST", "")}")',
+    "    http-request set-var(txn.b64) req.body,sha2(256),base64 if { req.body_size gt 0 }",
+    '    http-request set-var(txn.digest) str("sha-256=:"),concat(,txn.b64,":") if { var(txn.b64) -m found }',
+    "    http-request del-header content-digest",
+]
+
+
+def _digest_of(body: bytes) -> str:
+    digest: str = getattr(contract, "content_digest")(body)  # noqa: B009 (absent before tsp-identity-v2)
+    return digest
 
 
 def public_key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -111,14 +129,13 @@ class HaproxySetup:
             "    http-reuse always",
             "frontend api",
             f"    bind 127.0.0.1:{self.listen_port}",
+            *(["    option http-buffer-request"] if _BINDS_BODY else []),
             "    unique-id-format %[uuid]",
-            "    option http-buffer-request",  # the body's digest is signed
             # nothing that claims an identity, or forwarding facts, comes from outside
             "    http-request del-header x-identity- -m beg",
             "    http-request del-header x-request-id",
             "    http-request del-header x-forwarded- -m beg",
             "    http-request del-header forwarded",
-            "    http-request del-header content-digest",
             # the token: RS256 only, its signature on every request
             "    http-request set-var(txn.bearer) http_auth_bearer",
             f"    http-request {deny401} {_CHALLENGE_401} unless {{ var(txn.bearer) -m found }}",
@@ -175,8 +192,7 @@ class HaproxySetup:
             'concat(,txn.method,"\\n")',
             'concat(,txn.target,"\\n")',
             'concat(,txn.rid,"\\n")',
-            'concat(,txn.nonce,"\\n")',
-            'concat("sha-256=:",txn.digest,":\\n")',
+            *(['concat(,txn.nonce,"\\n")', 'concat(,txn.digest,"\\n")'] if _BINDS_BODY else []),
             'concat(,txn.iss,"\\n")',
             'concat(,txn.sub,"\\n")',
             'concat(,txn.kind,"\\n")',
@@ -191,8 +207,7 @@ class HaproxySetup:
             "    http-request set-header x-forwarded-proto http",
             "    http-request set-var(txn.method) method",
             "    http-request set-var(txn.rid) unique-id",
-            "    http-request set-var(txn.nonce) uuid",
-            "    http-request set-var(txn.digest) req.body,sha2(256),base64",
+            *(_BODY_LINES if _BINDS_BODY else []),
             f"    http-request set-var(txn.target) pathq,regsub(^{API_PREFIX}/,/)",
             f"    http-request set-var(txn.signed) {','.join(message)}",
             "    http-request set-path %[path,regsub(^/api/,/)]",
@@ -203,9 +218,15 @@ class HaproxySetup:
             "    http-request set-header x-identity-scopes %[var(txn.scope)] if { var(txn.scope) -m found }",
             "    http-request set-header x-identity-name %[var(txn.name)] if { var(txn.name) -m found }",
             "    http-request set-header x-identity-timestamp %[var(txn.now)]",
-            "    http-request set-header x-identity-nonce %[var(txn.nonce)]",
-            "    http-request set-header content-digest sha-256=:%[var(txn.digest)]:",
             f"    http-request set-header x-identity-key-id {self.key_id}",
+            *(
+                [
+                    "    http-request set-header x-identity-nonce %[var(txn.nonce)]",
+                    "    http-request set-header content-digest %[var(txn.digest)]",
+                ]
+                if _BINDS_BODY
+                else []
+            ),
             "    http-request set-header x-identity-signature "
             f"%[var(txn.signed),hmac(sha256,{key_b64}),ub64enc]",
             "    http-request set-header x-request-id %[var(txn.rid)]",
@@ -306,8 +327,12 @@ class VerifyingUpstream:
             def do_GET(self) -> None:
                 raw = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
                 seen.append({k.decode(): v.decode() for k, v in raw})
+                received = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
-                    identity = verifier.verify(identity_headers(raw), method=self.command, target=self.path)
+                    headers = identity_headers(raw)
+                    if _BINDS_BODY and headers.get("content-digest") != _digest_of(received):
+                        raise IdentityError("digest", "The Content-Digest does not match the body.")
+                    identity = verifier.verify(headers, method=self.command, target=self.path)
                     status, body = 200, {"identity": _identity_json(identity), "target": self.path}
                 except IdentityError as exc:
                     status, body = 401, {"reason": exc.reason}
@@ -317,6 +342,9 @@ class VerifyingUpstream:
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                self.do_GET()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -350,8 +378,8 @@ def verifying_upstream(keys: Mapping[str, bytes]) -> Iterator[VerifyingUpstream]
         upstream.close()
 
 
-def _get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers)
+def _get(url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers, data=body)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -380,7 +408,8 @@ def tampered(token: str) -> str:
 def check(url: str, upstream: VerifyingUpstream, good: str, wrong_scope: str, issuer: str) -> list[str]:
     """The pre-load checks against a running front; returns what went wrong (empty: all good).
 
-    ``good`` must grant ``read:timesheets``, ``wrong_scope`` must not.
+    ``good`` must grant ``read:timesheets`` and ``create:timesheets`` (a POST with a body is checked
+    too: its ``Content-Digest``, when the contract signs one), ``wrong_scope`` must not.
     """
     problems: list[str] = []
     payload = good.split(".")[1]
@@ -408,6 +437,14 @@ def check(url: str, upstream: VerifyingUpstream, good: str, wrong_scope: str, is
         forwarded = upstream.seen[-1]
         if "authorization" in forwarded or "cookie" in forwarded:
             problems.append("good token: credentials reached the upstream")
+    entry = b'{"date":"2026-12-01","project":"Bench","hours":7.5}'
+    status, _, body = _get(
+        url + "/api/timesheets",
+        {"Authorization": f"Bearer {good}", "Content-Type": "application/json"},
+        entry,
+    )
+    if status != 200:
+        problems.append(f"a POST with a body: {status} {body[:200]!r}")
     status, headers, _ = _get(url + "/api/timesheets", {"Authorization": f"Bearer {wrong_scope}"})
     if status != 403 or "insufficient_scope" not in headers.get("www-authenticate", ""):
         problems.append(f"wrong scope: {status} {headers.get('www-authenticate')!r}, expected 403")

@@ -8,27 +8,44 @@ load is ``wrk -t1 -c32`` pinned to the last core: each request alternates betwee
 ``POST /api/timesheets`` (a new entry) and ``GET /api/timesheets?limit=20`` (the first page of the
 caller's ~100 entries), each connection rotating over 32 users' tokens.
 
-The same mix is then sent straight to the timesheets service with pre-signed identity headers (the
-gateway's hop removed) so the two figures, measured in one run, can be compared as a ratio.
+The same mix is also sent, in the same run, to three peers:
 
-Writes ``bench/results/api.json`` (rps, p50/p90/p99 in ms, non-2xx count for the gateway case at the
-top level, the direct case under ``direct_to_timesheets``) and prints a table.
-``BENCH_API_SECONDS`` (default 15) sets the measured duration; a 3-second warm-up precedes it.
+- ``direct``: straight to the timesheets service with pre-signed identity headers (the gateway's hop
+  removed);
+- ``reference``: a minimal same-stack app (:mod:`bench._reference_app`: Starlette + asyncpg, the
+  service's own SQL in the same transactions, the kit's pool) with the same requests;
+- ``pgbench``: the same statements and transactions (:func:`pgbench_scripts`, the service's SQL text
+  with its parameters as pgbench expressions), ``-M prepared -c32 -j1`` pinned like wrk.
+
+``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the four cases, ``BENCH_API_SECONDS`` (default
+10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
+p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
+reference app; pgbench's own), and the ratios the issue sets targets for, from the same run.
+
+Writes ``bench/results/api.json``: the gateway case at the top level (as before), the direct case
+under ``direct_to_timesheets``, ``reference``, ``pgbench``, ``ratios`` and ``targets``; prints a
+table. Works with ``DATABASE_URL``/``REDIS_URL`` or without (embedded servers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import resource
 import shutil
+import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -41,6 +58,7 @@ from svckit.identity import Identity
 from svckit.migrations import migrate
 
 from bench._backing import fresh_database, servers
+from bench._measure import CpuMeter, median_case
 from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +68,14 @@ CLIENTS = 32
 USERS = 32
 SEED_PER_USER = 100
 SCOPES = "openid read:timesheets create:timesheets"
+CASES = ("gateway", "direct", "reference", "pgbench")
+#: the issue's targets for the service against the peers measured in the same run (never asserted)
+TARGETS = {
+    "service_vs_reference_rps": ">= 1.0",
+    "service_vs_reference_cpu_per_request": "<= 1.0",
+    "service_vs_pgbench_rps": ">= 0.5",
+    "p99_ms_at_32_clients": "<= 50",
+}
 
 
 class Issuer:
@@ -220,16 +246,155 @@ def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENT
     }
 
 
+PGBENCH_CREATE = """\\set u random(0, %(last)d)
+\\set d random(0, 300)
+%(create)s;
+"""
+
+PGBENCH_LIST = """\\set u random(0, %(last)d)
+%(list)s;
+"""
+
+
+def pgbench_scripts(directory: Path, issuer: str) -> list[Path]:
+    """The service's own SQL text (``timesheets.store``) with its parameters written as pgbench
+    expressions: the same statements in the same transactions (a create is one statement in
+    autocommit, as the service sends it without an Idempotency-Key), 50% create / 50% list."""
+    from timesheets.store import CREATE_ENTRY
+
+    from bench._reference_app import LIST_FIRST_PAGE
+
+    subject = "('bench-user-' || lpad(:u::text, 2, '0'))"
+    quoted_issuer = "'" + issuer.replace("'", "''") + "'"
+    create_values = {
+        1: "gen_random_uuid()",
+        2: quoted_issuer,
+        3: subject,
+        4: "''",
+        5: "(date '2026-01-01' + :d::int)",
+        6: "'Bench'",
+        7: "7.5",
+        8: "'pgbench'",
+        9: "'timesheets-spa'",
+        10: "gen_random_uuid()",
+        11: "now()",
+        12: '\'{"action": "timesheet.created"}\'',
+    }
+    list_values = {1: quoted_issuer, 2: subject, 3: "21"}
+
+    def bind(sql: str, values: dict[int, str]) -> str:
+        return re.sub(r"\$(\d+)", lambda match: values[int(match[1])], sql)
+
+    create = directory / "create.sql"
+    create.write_text(PGBENCH_CREATE % {"last": USERS - 1, "create": bind(CREATE_ENTRY, create_values)})
+    listing = directory / "list.sql"
+    listing.write_text(PGBENCH_LIST % {"last": USERS - 1, "list": bind(LIST_FIRST_PAGE, list_values)})
+    return [create, listing]
+
+
+def run_pgbench(url: str, scripts: list[Path], seconds: float, logs: Path) -> dict[str, Any]:
+    """``pgbench -M prepared -c32 -j1`` pinned to the last core like wrk; latencies from its
+    per-transaction log, its own CPU time from the children's rusage."""
+    cores = os.cpu_count() or 1
+    prefix = logs / f"pgbench-{time.monotonic_ns()}"
+    command = ["pgbench", "-n", "-M", "prepared", f"-c{CLIENTS}", "-j1", f"-T{int(seconds)}", "-l"]
+    command += [f"--log-prefix={prefix}", *(f"-f{script}@1" for script in scripts), url]
+    if cores > 1 and shutil.which("taskset"):
+        command = ["taskset", "-c", str(cores - 1), *command]
+    env = {**os.environ, "PGOPTIONS": "-c search_path=timesheets,public"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {completed.stderr.strip()[-500:]}")
+    latencies: list[float] = []
+    failed = 0
+    for log in logs.glob(prefix.name + "*"):
+        for line in log.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                latencies.append(int(fields[2]) / 1000)
+            else:
+                failed += 1
+        log.unlink()
+    latencies.sort()
+    tps = re.search(r"tps = ([\d.]+)", completed.stdout)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "requests": len(latencies),
+        "rps": float(tps[1]) if tps else 0.0,
+        "p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else float("nan"),
+        "p90_ms": round(latencies[int(len(latencies) * 0.9)], 2) if latencies else float("nan"),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2) if latencies else float("nan"),
+        "non_2xx": failed,
+        "cpu_us_per_request": {"pgbench": round(cpu * 1e6 / max(1, len(latencies)), 1)},
+    }
+
+
+def measured(run: Callable[[], dict[str, Any]], meter: CpuMeter) -> dict[str, Any]:
+    """``run`` (a wrk run) with the CPU time of each server per request beside its figures."""
+    meter.start()
+    result = run()
+    used = meter.stop()
+    requests = max(1, result["requests"])
+    result["cpu_us_per_request"] = {
+        name: round(seconds * 1e6 / requests, 1) for name, seconds in used.items()
+    }
+    return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Interleaved rounds of one case: medians (CPU per server too), each round's rps beside."""
+    case = median_case(
+        [{k: v for k, v in run.items() if k not in ("raw", "cpu_us_per_request")} for run in runs]
+    )
+    servers = runs[0]["cpu_us_per_request"]
+    case["cpu_us_per_request"] = {
+        name: round(statistics.median(run["cpu_us_per_request"][name] for run in runs), 1) for name in servers
+    }
+    case["rps_rounds"] = [round(run["rps"]) for run in runs]
+    case["raw"] = runs[-1].get("raw", "")
+    return case
+
+
+def start_reference(url: str, logs: Path) -> subprocess.Popen[bytes]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._reference_app"],
+        env={**os.environ, "DATABASE_URL": url, "PORT": str(port)},
+        stdout=(logs / "reference.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            process.reference_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+            return process
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the reference app did not start: " + (logs / "reference.log").read_text()[-500:])
+
+
+def pid_of(process: ServiceProcess) -> int | None:
+    return process.process.pid if process.process is not None else None
+
+
 def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (make system-deps); skipping the API benchmark")
         return 1
-    seconds = float(os.environ.get("BENCH_API_SECONDS", "15"))
+    seconds = float(os.environ.get("BENCH_API_SECONDS", "10"))
+    rounds = int(os.environ.get("BENCH_API_ROUNDS", "3"))
     issuer = Issuer()
     subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
     name = f"tsp_bench_api_{os.getpid()}"
     processes: list[ServiceProcess] = []
+    reference: subprocess.Popen[bytes] | None = None
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     try:
         with servers(redis=True) as backing, fresh_database(name) as url:
             redis_url = backing.redis_url
@@ -264,58 +429,117 @@ def main() -> int:
                     log_dir=logs,
                 ).start()
                 processes.append(gateway)
+                reference = start_reference(url, logs)
+                reference_url: str = reference.reference_url  # type: ignore[attr-defined]
 
                 tokens = [issuer.token(subject) for subject in subjects]
                 script = logs / "api.lua"
                 script.write_text(LUA % {"tokens": ", ".join(f'"{t}"' for t in tokens)})
-                before = asyncio.run(count_entries(url))
-                run_wrk(gateway.url, script, 3)  # warm-up: JWKS fetched, pools filled, caches hot
-                result = run_wrk(gateway.url, script, seconds)
-                # The same mix straight to the timesheets service (what the gateway hop costs).
                 direct = logs / "direct.lua"
-                direct_script(direct, identity_keys, issuer.issuer, subjects)
-                run_wrk(timesheets.url, direct, 3)
-                direct_script(direct, identity_keys, issuer.issuer, subjects)  # fresh timestamps
-                direct_result = run_wrk(timesheets.url, direct, min(seconds, 45))
+                pgbench = pgbench_scripts(logs, issuer.issuer) if shutil.which("pgbench") else None
+                services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit)}
+                meters = {
+                    "gateway": CpuMeter({"gateway": pid_of(gateway), **services}),
+                    "direct": CpuMeter(services),
+                    "reference": CpuMeter({"reference": reference.pid}),
+                }
+
+                def signed() -> Path:  # identity headers are valid for 60 s: minted right before a run
+                    direct_script(direct, identity_keys, issuer.issuer, subjects)
+                    return direct
+
+                before = asyncio.run(count_entries(url))
+                # warm-up: JWKS fetched, pools filled, caches and prepared statements hot
+                run_wrk(gateway.url, script, 3)
+                run_wrk(timesheets.url, signed(), 3)
+                run_wrk(reference_url, signed(), 3)
+                for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                    runs["gateway"].append(
+                        measured(lambda: run_wrk(gateway.url, script, seconds), meters["gateway"])
+                    )
+                    runs["direct"].append(
+                        measured(lambda: run_wrk(timesheets.url, signed(), seconds), meters["direct"])
+                    )
+                    runs["reference"].append(
+                        measured(lambda: run_wrk(reference_url, signed(), seconds), meters["reference"])
+                    )
+                    if pgbench is not None:
+                        runs["pgbench"].append(run_pgbench(url, pgbench, seconds, logs))
                 created = asyncio.run(count_entries(url)) - before
-            finally:  # the services stop before their database is dropped
+            finally:  # the servers stop before their database is dropped
+                if reference is not None:
+                    reference.terminate()
+                    reference.wait(10)
                 for process in reversed(processes):
                     process.stop()
     finally:
         issuer.close()
         shutil.rmtree(logs, ignore_errors=True)
 
-    raw = result.pop("raw")
-    direct_raw = direct_result.pop("raw")
+    cases = {case: median_of(found) for case, found in runs.items() if found}
+    result, direct_result = cases["gateway"], cases["direct"]
+    raws = {case: cases[case].pop("raw", "") for case in cases}
+    service, minimal = direct_result, cases["reference"]
+    pg = cases.get("pgbench")
+    service_cpu = service["cpu_us_per_request"]["timesheets"]
     report = {
         "benchmark": "api",
         "what": "through the gateway: 50% POST /api/timesheets, 50% GET /api/timesheets?limit=20",
         "clients": CLIENTS,
         "users": USERS,
         "seconds": seconds,
+        "rounds": rounds,
         "cores": os.cpu_count(),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **result,
         "entries_created_incl_warmup": created,
         "direct_to_timesheets": direct_result,
         "gateway_rps_ratio": round(result["rps"] / direct_result["rps"], 3) if direct_result["rps"] else None,
+        "reference": minimal,
+        "pgbench": pg,
+        "ratios": {
+            "service_vs_reference_rps": round(service["rps"] / minimal["rps"], 3) if minimal["rps"] else None,
+            "service_vs_reference_cpu_per_request": round(
+                service_cpu / minimal["cpu_us_per_request"]["reference"], 3
+            )
+            if minimal["cpu_us_per_request"]["reference"]
+            else None,
+            "service_vs_pgbench_rps": round(service["rps"] / pg["rps"], 3) if pg and pg["rps"] else None,
+        },
+        "targets": TARGETS,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "api.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(raw.strip())
-    print(direct_raw.strip())
+    print(raws["gateway"].strip())
     print()
-    print(f"{'case':<36} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(
+        f"{'case':<36} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request"
+        "   rps per round"
+    )
     for label, case in (
         ("create+list via gateway (c=32)", result),
         ("create+list direct to timesheets", direct_result),
+        ("reference app (same SQL)", minimal),
+        ("pgbench (same SQL)", pg),
     ):
+        if case is None:
+            print(f"{label:<36} (pgbench is not installed)")
+            continue
+        cpu = ", ".join(f"{name} {value:.0f}" for name, value in case["cpu_us_per_request"].items())
         print(
             f"{label:<36} {case['rps']:>8.0f} {case['p50_ms']:>8.1f} "
-            f"{case['p90_ms']:>8.1f} {case['p99_ms']:>8.1f} {case['non_2xx']:>8}"
+            f"{case['p90_ms']:>8.1f} {case['p99_ms']:>8.1f} {case['non_2xx']:>8}   {cpu}"
+            f"   {case.get('rps_rounds', '')}"
         )
+    ratios = report["ratios"]
+    print(
+        f"timesheets / reference: {ratios['service_vs_reference_rps']} by throughput (target >= 1.0), "
+        f"{ratios['service_vs_reference_cpu_per_request']} by CPU per request (target <= 1.0); "
+        f"timesheets / pgbench: {ratios['service_vs_pgbench_rps']} (target >= 0.5); "
+        f"p99 direct {direct_result['p99_ms']} ms (target <= 50)"
+    )
     print(f"written to {RESULTS / 'api.json'}")
-    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in (result, direct_result))
+    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in (result, direct_result, minimal))
     return 0 if ok else 1
 
 

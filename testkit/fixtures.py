@@ -370,6 +370,9 @@ class ServiceProcess:
 
 # A simple-query protocol message ('Q', int32 length) whose text is a COMMIT (asyncpg sends "COMMIT;").
 _COMMIT_MESSAGE = re.compile(rb"Q.{4}(?:COMMIT|END)\b", re.DOTALL | re.IGNORECASE)
+# An extended-protocol Execute of the unnamed portal (asyncpg's; any row limit): where a statement
+# sent outside BEGIN/COMMIT runs, and so commits.
+_EXECUTE_MESSAGE = re.compile(rb"E\x00\x00\x00\x09\x00.{4}", re.DOTALL)
 
 
 class TcpProxy:
@@ -391,6 +394,7 @@ class TcpProxy:
         self._commit_cut: Literal["before", "after"] | None = None
         self._drop_reply_of: asyncio.StreamWriter | None = None
         self._commit_marker = b""
+        self._commit_pattern = _COMMIT_MESSAGE
         self._marked: set[asyncio.StreamWriter] = set()
         self.commit_cut_done = asyncio.Event()
 
@@ -404,12 +408,19 @@ class TcpProxy:
             return cls("", port, unix_socket=f"{socket_dir}/.s.PGSQL.{port}")
         return cls(parts.hostname or "127.0.0.1", port)
 
-    def cut_at_commit(self, when: Literal["before", "after"], *, after_sending: bytes = b"") -> asyncio.Event:
+    def cut_at_commit(
+        self, when: Literal["before", "after"], *, after_sending: bytes = b"", autocommit: bool = False
+    ) -> asyncio.Event:
         """Arm a one-shot break of the next connection that sends ``COMMIT``: ``before`` it reaches the
         server, or ``after`` the server's answer arrived (which is then dropped). With
         ``after_sending``, only a connection that sent those bytes since (say ``b"INSERT INTO entries"``)
         counts, so a background task's COMMIT does not take the cut meant for a request. Every open
-        link is cut at that moment; the proxy keeps accepting new ones. The event fires when done."""
+        link is cut at that moment; the proxy keeps accepting new ones. The event fires when done.
+
+        ``autocommit``: the write is one statement outside ``BEGIN``/``COMMIT``
+        (:meth:`svckit.db.Database.write_once`), which commits where it runs: the cut is at its
+        ``Execute`` instead."""
+        self._commit_pattern = _EXECUTE_MESSAGE if autocommit else _COMMIT_MESSAGE
         self._commit_cut = when
         self._commit_marker = after_sending
         self._marked = set()
@@ -432,7 +443,7 @@ class TcpProxy:
                     to_server
                     and self._commit_cut is not None
                     and writer in self._marked
-                    and _COMMIT_MESSAGE.search(data)
+                    and self._commit_pattern.search(data)
                 ):
                     when, self._commit_cut = self._commit_cut, None
                     if when == "before":

@@ -57,5 +57,6 @@ def test_generated_configuration_passes_the_checks(issuer: Issuer, tmp_path: Pat
 
 def test_the_checks_catch_a_front_that_signs_with_another_key(issuer: Issuer, tmp_path: Path) -> None:
     problems = run_checks(issuer, tmp_path, secrets.token_bytes(32), secrets.token_bytes(32))
-    assert len(problems) == 1
+    assert len(problems) == 2, problems
     assert problems[0].startswith("good token: 401")
+    assert problems[1].startswith("a POST with a body: 401")

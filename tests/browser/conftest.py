@@ -22,11 +22,13 @@ from devstack.backing import port_is_free
 from devstack.platform import SERVICES, Platform
 from testkit.fixtures import IsolatedEnv
 from tests.browser.support import (
+    APP,
     CHROMIUM,
     CHROMIUM_ARGS,
     DESKTOP,
     OUTPUT,
     SCREENSHOTS,
+    SDK_ORIGIN,
     NewPage,
     Shots,
     Tokens,
@@ -49,6 +51,11 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
         {
             **{key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
             "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",  # the audit page shows a checkpoint within seconds
+            "CORS_ORIGINS": f"{APP},{SDK_ORIGIN}",  # the SDK harness calls the API from its own origin
+            # DPoP server nonces on, at the provider and the gateway: every client here (the SPA, the
+            # SDKs) must follow use_dpop_nonce / DPoP-Nonce (RFC 9449 §8, §9)
+            "DPOP_NONCES": "true",
+            "DPOP_NONCE_SECRET": "browser-tests-gateway-dpop-nonce-secret",
         },
         state_dir=state,
         sink=lambda name, line: None,  # logs are kept in test-output/browser-platform/logs/

@@ -17,6 +17,9 @@ from devstack.platform import ROOT
 
 APP = "http://localhost:8080"
 PROVIDER = "http://localhost:9000"
+# the SDK harness's own origin (tests/browser/test_sdk_dpop.py): a browser app on another origin than
+# the gateway's, which the gateway's CORS_ORIGINS lists beside the SPA's
+SDK_ORIGIN = "http://localhost:8090"
 PASSWORD = "demo"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -138,14 +141,19 @@ API_CALL_JS = """async ([clientId, method, path, token, body]) => {
   const url = new URL(path, location.href);
   const ath = b64(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token)));
   const publicJwk = { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y };
-  const input = json({ typ: "dpop+jwt", alg: "ES256", jwk: publicJwk })
-    + "." + json({ jti: crypto.randomUUID(), htm: method, htu: url.origin + url.pathname,
-                   iat: Math.floor(Date.now() / 1000), ath });
-  const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, keys.privateKey,
-                                             new TextEncoder().encode(input));
-  const headers = { authorization: "DPoP " + token, dpop: input + "." + b64(signature) };
-  if (body !== null) headers["content-type"] = "application/json";
-  const response = await fetch(url, { method, headers, body: body === null ? null : JSON.stringify(body) });
+  const send = async (nonce) => {
+    const claims = { jti: crypto.randomUUID(), htm: method, htu: url.origin + url.pathname,
+                     iat: Math.floor(Date.now() / 1000), ath, ...(nonce ? { nonce } : {}) };
+    const input = json({ typ: "dpop+jwt", alg: "ES256", jwk: publicJwk }) + "." + json(claims);
+    const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, keys.privateKey,
+                                               new TextEncoder().encode(input));
+    const headers = { authorization: "DPoP " + token, dpop: input + "." + b64(signature) };
+    if (body !== null) headers["content-type"] = "application/json";
+    return fetch(url, { method, headers, body: body === null ? null : JSON.stringify(body) });
+  };
+  let response = await send(null);
+  const nonce = response.headers.get("dpop-nonce");
+  if (response.status === 401 && nonce) response = await send(nonce);  /* use_dpop_nonce */
   return { status: response.status, contentType: response.headers.get("content-type"),
            text: await response.text() };
 }""".replace("KEYS", DPOP_KEYS_JS)

@@ -3,7 +3,9 @@
 The bundled provider advertises DPoP, so the SPA turns it on by itself: a non-extractable ES256 key in
 IndexedDB, ``dpop_jkt`` on the authorization request, a proof on the code exchange and on every API
 call. A token copied out of the page is then refused from anywhere else — as Bearer, under DPoP
-without a proof, with a proof from another key, and with the very proof the page sent (replayed).
+without a proof, with a proof from another key (with and without the gateway's nonce), and with the
+very proof the page sent (replayed). Server nonces are on (the browser platform's ``DPOP_NONCES``):
+the SPA follows ``use_dpop_nonce`` at the provider and at the gateway.
 Silent renewal keeps the same key (the page's clock is moved 16 minutes ahead, so the proofs are only
 accepted because the SPA dates them by the gateway's clock); sign-out forgets the key.
 """
@@ -58,14 +60,16 @@ async def refetch_week(page: Page) -> None:
 
 async def replay(
     http: aiohttp.ClientSession, call: SentCall, scheme: str, proof: str | None
-) -> tuple[int, str, list[str]]:
-    """The stolen token (and maybe a proof) sent from another client, as the page sent it."""
+) -> tuple[int, str, list[str], str | None]:
+    """The stolen token (and maybe a proof) sent from another client, as the page sent it: status,
+    problem reason, challenges and the gateway's DPoP-Nonce (nonces are on in the browser platform)."""
     headers = {"Authorization": f"{scheme} {call.token}"}
     if proof is not None:
         headers["DPoP"] = proof
     async with http.request(call.method, call.url, headers=headers) as response:
         body = await response.json(content_type=None)
-        return response.status, str(body.get("reason")), response.headers.getall("WWW-Authenticate", [])
+        challenges = response.headers.getall("WWW-Authenticate", [])
+        return response.status, str(body.get("reason")), challenges, response.headers.get("DPoP-Nonce")
 
 
 async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPage, shot: Shots) -> None:
@@ -96,8 +100,10 @@ async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPag
     assert thumbprint(proof_key(calls[-1].proof or "")) == jkt
     assert parse_qs(urlsplit(authorize[0]).query)["dpop_jkt"] == [jkt]
     assert token_requests
-    assert token_requests[0].headers.get("dpop"), "the code exchange carried no proof"
-    assert thumbprint(proof_key(token_requests[0].headers["dpop"])) == jkt
+    assert all(request.headers.get("dpop") for request in token_requests), "a token request without a proof"
+    assert thumbprint(proof_key(token_requests[-1].headers["dpop"])) == jkt
+    # with nonces on: the first proof had none, the provider answered use_dpop_nonce, the retry had it
+    assert "nonce" in claims_of(token_requests[-1].headers["dpop"])
     jtis = [claims_of(call.proof or "")["jti"] for call in calls]
     assert len(set(jtis)) == len(jtis), "a proof was sent twice"
 
@@ -120,29 +126,37 @@ async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPag
     # --- the token copied out of the page and replayed from another client: refused every way ------
     stolen = calls[-1]
     async with aiohttp.ClientSession() as http:
-        status, reason, challenges = await replay(http, stolen, "Bearer", None)
+        status, reason, challenges, _ = await replay(http, stolen, "Bearer", None)
         assert (status, reason) == (401, "dpop_bearer_bound")
         assert any('error="invalid_token"' in value for value in challenges if value.startswith("DPoP "))
-        status, reason, _ = await replay(http, stolen, "DPoP", None)
+        status, reason, _, _ = await replay(http, stolen, "DPoP", None)
         assert (status, reason) == (401, "dpop_missing")
-        forged = DpopKey().proof(stolen.method, stolen.url, access_token=stolen.token)
-        status, reason, challenges = await replay(http, stolen, "DPoP", forged)
+        # the thief's own key: the gateway hands out its nonce to anyone (use_dpop_nonce) ...
+        thief = DpopKey()
+        forged = thief.proof(stolen.method, stolen.url, access_token=stolen.token)
+        status, reason, challenges, nonce = await replay(http, stolen, "DPoP", forged)
+        assert (status, reason) == (401, "dpop_nonce")
+        assert any('error="use_dpop_nonce"' in value for value in challenges)
+        assert nonce
+        # ... but a proof with it is still from the wrong key
+        forged = thief.proof(stolen.method, stolen.url, access_token=stolen.token, nonce=nonce)
+        status, reason, challenges, _ = await replay(http, stolen, "DPoP", forged)
         assert (status, reason) == (401, "dpop_key_mismatch")
         assert any('error="invalid_dpop_proof"' in value for value in challenges)
-        status, reason, _ = await replay(http, stolen, "DPoP", stolen.proof)
+        status, reason, _, _ = await replay(http, stolen, "DPoP", stolen.proof)  # the page's own proof
         assert (status, reason) == (401, "dpop_replay")
         # a proof of the thief's own for another token cannot be re-aimed either (ath)
-        other = DpopKey()
-        status, reason, _ = await replay(
-            http, stolen, "DPoP", other.proof(stolen.method, stolen.url, access_token="another")
+        status, reason, _, _ = await replay(
+            http, stolen, "DPoP", thief.proof(stolen.method, stolen.url, access_token="other", nonce=nonce)
         )
         assert status == 401
         assert reason in ("dpop_ath", "dpop_key_mismatch")
 
     # --- silent renewal (page clock 16 minutes fast): same key, a new bound token, calls work ------
     first = stolen.token
+    exchanges = len(token_requests)
     await page.clock.fast_forward(PAST_EXPIRY)
-    await eventually(lambda: len(token_requests) >= 2, "the renewal's code exchange")
+    await eventually(lambda: len(token_requests) > exchanges, "the renewal's code exchange")
     await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
     await refetch_week(page)
     await eventually(lambda: tokens.last != first, "the API called with the renewed token")
@@ -158,8 +172,8 @@ async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPag
     await shot(page, "renewed-with-the-same-key")
 
     # --- sign-out: the key is gone with the session ------------------------------------------------
-    await page.get_by_role("button", name="Sign out").click()
-    await page.wait_for_url(f"{APP}/")
+    async with page.expect_navigation(url=f"{APP}/", wait_until="load"):  # back from the provider
+        await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
     assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
     await shot(page, "signed-out-key-forgotten")

@@ -45,7 +45,7 @@ async def queue(request: Request) -> Response:
         raise unavailable("The timesheets service is unreachable; retry shortly.") from None
     if reply.status == 200:
         try:
-            return model_response(EntryPage.model_validate(reply.body))
+            return model_response(EntryPage.model_validate_json(reply.text))
         except ValidationError:
             raise Problem(502, "Bad Gateway", "The timesheets service answered an invalid page.") from None
     if reply.status == 422 and isinstance(reply.body, dict):

@@ -37,6 +37,7 @@ class PeerUnavailable(Exception):
 class PeerReply:
     status: int
     body: Any
+    text: str = ""  # the body as received (a page is validated from it directly, in one pass)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Timesheets:
             body = json.loads(text) if text else None
         except ValueError as exc:
             raise PeerUnavailable("timesheets answered something that is not JSON") from exc
-        return PeerReply(response.status, body)
+        return PeerReply(response.status, body, text)
 
     async def entry(self, entry_id: uuid.UUID) -> Entry | None:
         """The live entry, or None when the timesheets service has none by that id."""

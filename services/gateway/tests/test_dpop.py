@@ -16,9 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.dpop import DpopKey
-from testkit.fixtures import ServiceProcess
+from testkit.fixtures import ServiceProcess, metrics_url
 
 from .conftest import Echo, Provider, StartGateway, process_env
 
@@ -358,13 +359,36 @@ async def test_cors_allows_the_proof_header_and_exposes_the_nonce(
         assert "WWW-Authenticate" in exposed
 
 
+async def auth_failures(http: aiohttp.ClientSession, gateway: str) -> dict[str, float]:
+    """``gateway_auth_failures_total`` by reason, from the gateway's metrics listener."""
+    async with http.get(metrics_url(gateway)) as response:
+        text = await response.text()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_auth_failures_total":
+                reason = sample.labels["reason"]
+                counts[reason] = counts.get(reason, 0.0) + sample.value
+    return counts
+
+
 async def test_refusals_are_counted_and_audited_as_anonymous(
     http: aiohttp.ClientSession, gateway: str, provider: Provider, key: DpopKey, echo: Echo
 ) -> None:
     token = bound_token(provider, key)
     url = f"{gateway}{ROUTE}"
+    before = await auth_failures(http, gateway)
     forged = DpopKey().proof("GET", url, access_token=token)
     expect_refused(await dpop_call(http, "GET", url, token, forged), "dpop_key_mismatch")
+    proof = key.proof("GET", url, access_token=token)
+    assert (await dpop_call(http, "GET", url, token, proof))[0] == 200
+    expect_refused(await dpop_call(http, "GET", url, token, proof), "dpop_replay")
+    expect_refused(
+        await dpop_call(http, "GET", url, token, None, scheme="Bearer"), "dpop_bearer_bound", "invalid_token"
+    )
+    after = await auth_failures(http, gateway)
+    for reason in ("dpop_key_mismatch", "dpop_replay", "dpop_bearer_bound"):
+        assert after.get(reason, 0.0) - before.get(reason, 0.0) == 1.0, (reason, before, after)
     for _ in range(50):
         found = [
             event

@@ -1,16 +1,12 @@
 """Browser proofs: Auth0's own SPA SDK and oidc-client-ts sign in against the identity service unchanged.
 
-A small npm project (``sdk_compat/``, installed from its lock file, bundled with esbuild) holds the two
+A small npm project (``sdk_compat/``, built by ``testkit.sdkcompat``) holds the two
 SDKs; a loopback page server hosts them on their own origin; headless Chromium drives sign-in, silent
 renewal in a hidden iframe (Auth0's ``web_message`` and oidc-client-ts' silent redirect) and logout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +23,10 @@ from starlette.routing import Route
 
 from testkit.fixtures import free_port, serve_app
 from testkit.oidc import API, DEMO_PASSWORD
+from testkit.sdkcompat import BUNDLES, build_bundles, harness_html
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("identity_service")]
 
-SDK_DIR = Path(__file__).parent / "sdk_compat"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,27 +38,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-def build_bundles() -> Path:
-    """``npm ci`` (only when node_modules was not installed from this very lock file), then esbuild."""
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed")
-    lock_digest = hashlib.sha256((SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
-    marker = SDK_DIR / "node_modules" / ".installed-from-lock"
-    if not marker.exists() or marker.read_text() != lock_digest:
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True, timeout=300)
-        marker.write_text(lock_digest)
-    subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_DIR, check=True, timeout=120)
-    return SDK_DIR / "dist"
-
-
 def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
     def html(bundle: str, client_id: str, **extra: Any) -> str:
-        config = json.dumps({"issuer": issuer, "clientId": client_id, "audience": API, **extra})
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>harness</title></head><body>"
-            f"<script>window.HARNESS = {config};</script>"
-            f"<script src='/dist/{bundle}.js'></script></body></html>"
-        )
+        return harness_html(bundle, {"issuer": issuer, "clientId": client_id, "audience": API, **extra})
 
     async def auth0(request: Request) -> Response:
         return HTMLResponse(html("auth0", clients["auth0"]))
@@ -75,7 +53,7 @@ def page_app(dist: Path, issuer: str, clients: dict[str, str]) -> Starlette:
 
     async def bundle(request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in ("auth0.js", "oidc.js"):
+        if name not in BUNDLES:
             return Response(status_code=404)
         return FileResponse(dist / name, media_type="text/javascript")
 

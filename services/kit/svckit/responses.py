@@ -31,4 +31,10 @@ def model_response(
     )
 
 
-__all__ = ["model_response"]
+def json_response(body: str, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON document already written (a hot route's own serialiser, held to the model's bytes by
+    its tests)."""
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+__all__ = ["json_response", "model_response"]

@@ -216,3 +216,29 @@ async def test_http_answers_follow_the_outcome(
                     assert response.headers["retry-after"]
                     assert body["outcome"] == outcome
             assert await _stored(database, table, ids[-1]) is stored
+
+
+async def test_a_released_connection_carries_nothing_into_the_next_request(database_url: str) -> None:
+    """The pool sends no reset query on release (``svckit.db._keep_session``): what a request leaves
+    behind must already be gone — its transaction, its transaction-scoped lock, its ``SET LOCAL``."""
+    database = Database(database_url, min_size=1, max_size=1)
+    await database.wait_connected(10)
+    try:
+
+        async def failing_request() -> None:
+            async with database.transaction() as conn:
+                await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+                await conn.execute("SET LOCAL statement_timeout = 1234")
+                raise RuntimeError("the handler failed")
+
+        with pytest.raises(RuntimeError):
+            await failing_request()
+        async with database.connection() as conn:  # the same (only) connection
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW statement_timeout") != "1234ms"
+            locks = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert locks == 0
+    finally:
+        await database.close()

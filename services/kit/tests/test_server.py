@@ -180,3 +180,52 @@ def test_a_shut_door_completes_no_new_handshake_but_keeps_the_queue() -> None:
     listener.close()
     for sock in (accepted, queued, late):
         sock.close()
+
+
+def _raw_app(started: asyncio.Event, go_on: asyncio.Event, body: bytes) -> object:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        length = str(len(body)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        started.set()
+        await go_on.wait()
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    return app
+
+
+@pytest.mark.parametrize(("method", "size"), [("GET", 5), ("HEAD", 5), ("GET", server.COALESCE_BYTES + 1)])
+async def test_a_response_head_leaves_with_its_body(method: str, size: int) -> None:
+    """One write per small response: the head waits for the body (and goes alone for HEAD, or before a
+    large body). A loopback write lands in the peer's receive buffer before it returns, so a head sent
+    at ``http.response.start`` would already be readable when the application signals."""
+    started, go_on = asyncio.Event(), asyncio.Event()
+    body = b"x" * size
+    async with serve_app(_raw_app(started, go_on, body)) as url:  # type: ignore[arg-type]
+        host, port = url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        client = socket.create_connection((host, int(port)))
+        client.setblocking(False)
+        try:
+            await loop.sock_sendall(client, f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await started.wait()
+            try:
+                with pytest.raises(BlockingIOError):
+                    client.recv(65536)
+            finally:
+                go_on.set()  # the application must finish, or the server's shutdown waits for it
+            want = len(body) if method == "GET" else 0
+            response = b""
+            while b"\r\n\r\n" not in response or len(response.partition(b"\r\n\r\n")[2]) < want:
+                chunk = await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 10)
+                assert chunk, response
+                response += chunk
+        finally:
+            client.close()
+    head, _, received = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert received == (body if method == "GET" else b"")

@@ -22,11 +22,11 @@ from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
-from svckit.responses import model_response
+from svckit.responses import json_response, model_response
 
 from . import cursor, events, idempotency, store
 from .metrics import entries_created, entries_deleted
-from .representation import entry_of, page_of
+from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
 
 APPROVE = "approve:timesheets"
@@ -90,7 +90,7 @@ async def list_entries(request: Request) -> Response:
         )
     async with database_of(request).connection() as conn:
         rows = await store.list_owned(conn, identity.principal, query, after)
-    return model_response(page_of(rows, query.limit))
+    return json_response(page_json(rows, query.limit))
 
 
 @requires_scope("create:timesheets")
@@ -106,25 +106,39 @@ async def create_entry(request: Request) -> Response:
     async def committed(conn: Connection) -> bool:
         return await store.entry_exists(conn, entry_id)
 
-    async with outcome_located(location), database_of(request).transaction(committed=committed) as conn:
-        claim = None
-        if key is not None:
+    arguments = store.create_arguments(
+        identity.principal,
+        identity.name,
+        entry,
+        client_id=identity.client_id,
+        entry_id=entry_id,
+        event=events.created(identity, entry_id, entry),
+    )
+    database = database_of(request)
+    if key is None:
+        # One statement in autocommit: the entry, its audit event and the relays' NOTIFY commit
+        # together by themselves, in one round trip.
+        async with outcome_located(location):
+            record = await database.write_once(store.CREATE_ENTRY, *arguments, committed=committed)
+        if record is not None:
+            row = store.EntryRow.of(record)
+        else:  # committed, the answer lost on the way: read what was written
+            async with database.connection() as conn:
+                found = await store.get_entry(conn, entry_id)
+            assert found is not None
+            row = found
+    else:
+        async with outcome_located(location), database.transaction(committed=committed) as conn:
             fingerprint = idempotency.fingerprint("create", entry.canonical())
             outcome = await idempotency.begin(
                 conn, identity.principal, key, "create", fingerprint, _ttl(request)
             )
             if isinstance(outcome, Response):
                 return outcome
-            claim = outcome
-        row = await store.insert_entry(
-            conn, identity.principal, identity.name, entry, client_id=identity.client_id, entry_id=entry_id
-        )
-        await enqueue(conn, events.created(identity, row))
-        created = entry_of(row)
-        if claim is not None:
-            await claim.save(conn, 201, created, location)
+            row = await store.insert_entry(conn, arguments)
+            await outcome.save(conn, 201, entry_of(row), location)
     entries_created.labels("api").inc()
-    return model_response(created, 201, {"Location": location})
+    return json_response(entry_json(row), 201, {"Location": location})
 
 
 @requires_scope("read:timesheets")
@@ -139,7 +153,7 @@ async def get_entry(request: Request) -> Response:
     awaiting_caller = identity.has(APPROVE) and row.status == "submitted" and row.owner != identity.principal
     if row.owner != identity.principal and not awaiting_caller:
         raise not_found()
-    return model_response(entry_of(row))
+    return json_response(entry_json(row))
 
 
 @requires_scope("delete:timesheets")

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 
 from svckit.contracts.audit import AuditEvent
-from svckit.contracts.timesheets import ApplyDecision
+from svckit.contracts.timesheets import ApplyDecision, EntryIn
 from svckit.identity import Identity
 
 from .store import EntryRow
@@ -27,15 +27,22 @@ def _entry_details(row: EntryRow) -> dict[str, object]:
     }
 
 
-def created(actor: Identity, row: EntryRow) -> AuditEvent:
+def created(actor: Identity, entry_id: uuid.UUID, entry: EntryIn) -> AuditEvent:
+    """Built from what is about to be stored (the same values the row will hold: hours are quarter
+    hours, exact in ``numeric``), so it is written in the statement that stores the entry."""
     return AuditEvent.create(
         action="timesheet.created",
         resource_type="timesheet",
-        resource_id=str(row.id),
+        resource_id=str(entry_id),
         outcome="success",
         actor=actor,
         source=SOURCE,
-        details=_entry_details(row),
+        details={
+            "owner": {"issuer": actor.issuer, "subject": actor.subject},
+            "date": entry.date.isoformat(),
+            "project": entry.project,
+            "hours": float(entry.hours),
+        },
     )
 
 

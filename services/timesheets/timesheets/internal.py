@@ -18,11 +18,11 @@ from svckit.db import Connection
 from svckit.outbox import enqueue
 from svckit.problems import Problem
 from svckit.query import parse_query
-from svckit.responses import model_response
+from svckit.responses import json_response, model_response
 
 from . import cursor, events, store
 from .api import database_of, entry_id_of, not_found
-from .representation import entry_of, page_of
+from .representation import entry_json, entry_of, page_json
 
 PEER = "approvals"
 
@@ -36,7 +36,7 @@ async def pending_entries(request: Request) -> Response:
         rows = await store.list_pending(
             conn, (query.exclude_issuer, query.exclude_subject), query.limit, after
         )
-    return model_response(page_of(rows, query.limit))
+    return json_response(page_json(rows, query.limit))
 
 
 @requires_service(PEER)
@@ -47,7 +47,7 @@ async def entry_for_peer(request: Request) -> Response:
         row = await store.get_entry(conn, entry_id)
     if row is None or not row.live:
         raise not_found()
-    return model_response(entry_of(row))
+    return json_response(entry_json(row))
 
 
 @requires_service(PEER)

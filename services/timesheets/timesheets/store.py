@@ -14,8 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from svckit.contracts.audit import AuditEvent
 from svckit.contracts.timesheets import ApplyDecision, EntryIn, ListQuery, UploadRow
 from svckit.db import Connection
+from svckit.outbox import event_parameters, with_enqueued
 
 from .cursor import Position
 
@@ -81,21 +83,29 @@ COLUMNS = ", ".join(field.name for field in fields(EntryRow))
 ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
 
 
-async def insert_entry(
-    conn: Connection,
+#: A new entry and its audit event in one statement (``$10`` to ``$12``: the event's outbox values)
+CREATE_ENTRY = with_enqueued(
+    f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
+                             source, created_by_client)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'api', $9)
+        RETURNING {COLUMNS}""",
+    first=10,
+)
+
+
+def create_arguments(
     owner: Principal,
     owner_name: str,
     entry: EntryIn,
     *,
     client_id: str,
     entry_id: uuid.UUID,
-) -> EntryRow:
-    """``entry_id`` is chosen by the caller, so that after a lost COMMIT it knows what to look for."""
-    row = await conn.fetchrow(
-        f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
-                                 source, created_by_client)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'api', $9)
-            RETURNING {COLUMNS}""",
+    event: AuditEvent,
+) -> tuple[Any, ...]:
+    """The parameters of :data:`CREATE_ENTRY`. ``entry_id`` is chosen by the caller, so that after a
+    lost answer it knows what to look for; ``event`` (the creation's audit event) goes to the outbox
+    in the same statement."""
+    return (
         entry_id,
         owner[0],
         owner[1],
@@ -105,7 +115,13 @@ async def insert_entry(
         entry.hours,
         entry.notes,
         client_id,
+        *event_parameters(event),
     )
+
+
+async def insert_entry(conn: Connection, arguments: tuple[Any, ...]) -> EntryRow:
+    """:data:`CREATE_ENTRY` inside the caller's transaction (with an idempotency key)."""
+    row = await conn.fetchrow(CREATE_ENTRY, *arguments)
     assert row is not None
     return EntryRow.of(row)
 
