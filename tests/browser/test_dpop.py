@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import jwt
 import pytest
-from playwright.async_api import Page, Request, expect
+from playwright.async_api import Page, Request, Route, expect
 from svckit.dpop import thumbprint
 
 from testkit.dpop import DpopKey
@@ -177,3 +177,31 @@ async def test_dpop_bound_session_and_a_stolen_token_is_useless(new_page: NewPag
     await expect(page.get_by_role("button", name=re.compile("^Sign in"))).to_be_visible()
     assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
     await shot(page, "signed-out-key-forgotten")
+
+
+async def test_a_provider_without_dpop_gets_bearer_tokens_from_the_same_spa(
+    new_page: NewPage, shot: Shots
+) -> None:
+    """Discovery without ``dpop_signing_alg_values_supported`` (a provider, or an Auth0 application,
+    without DPoP): the SPA signs in and calls the API with Bearer tokens, and keeps no key."""
+    page, tokens = await new_page()
+
+    async def without_dpop(route: Route) -> None:
+        response = await route.fetch()
+        document = await response.json()
+        document.pop("dpop_signing_alg_values_supported")
+        await route.fulfill(response=response, json=document)
+
+    await page.route(f"{PROVIDER}/.well-known/openid-configuration", without_dpop)
+    authorize: list[str] = []
+    page.on(
+        "request", lambda r: authorize.append(r.url) if r.url.startswith(f"{PROVIDER}/authorize") else None
+    )
+    await sign_in(page, shot, "alice")
+    await refetch_week(page)
+    assert tokens.calls
+    assert all(call.scheme == "Bearer" and call.proof is None for call in tokens.calls), tokens.calls
+    assert "cnf" not in claims_of(tokens.last)
+    assert "dpop_jkt" not in parse_qs(urlsplit(authorize[0]).query)
+    assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
+    await shot(page, "alice-signed-in-with-bearer")

@@ -46,8 +46,14 @@ EVERYTHING_ON = {
         "prometheusRule": {"enabled": True},
         "dashboard": {"enabled": True},
     },
-    "gateway": {"ingress": {"enabled": True, "tls": True, "className": "nginx"}},
-    "identity": {"ingress": {"enabled": True, "tls": True, "hostname": "id.timesheets.localtest.me"}},
+    "gateway": {
+        "ingress": {"enabled": True, "tls": True, "className": "nginx"},
+        "dpop": {"policy": "required", "nonces": True},
+    },
+    "identity": {
+        "ingress": {"enabled": True, "tls": True, "hostname": "id.timesheets.localtest.me"},
+        "dpop": {"nonces": True},
+    },
     "postgresql": {"persistence": {"enabled": True}},
 }
 

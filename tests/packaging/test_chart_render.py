@@ -75,6 +75,8 @@ def test_object_names_are_unique_per_kind(objects: list[Obj]) -> None:
         ({"metrics": {"serviceMonitor": {"interval": 30}}}, "/metrics/serviceMonitor/interval"),
         ({"networkPolicy": {"egress": {"databasePort": 70000}}}, "databasePort"),
         ({"identity": {"trustedProxies": ["everyone"]}}, "/identity/trustedProxies/0"),
+        ({"gateway": {"dpop": {"policy": "sometimes"}}}, "/gateway/dpop/policy"),
+        ({"gateway": {"issuers": {"https://login.example.com/": {"dpop": "maybe"}}}}, "dpop"),
         ({"externalDatabase": {"sslMode": "strict"}}, "/externalDatabase/sslMode"),
         (
             {"externalDatabase": {"caBundle": {"secretName": "a", "configMapName": "b"}}},

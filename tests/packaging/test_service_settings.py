@@ -30,6 +30,7 @@ SECRET_SHAPES = {
     "BATCH_CLIENT_SECRET": "b" * 40,
     "DB_RUNTIME_PASSWORD": "r" * 32,
     "AUDIT_CHECKPOINT_KEYS": "ck1:" + "A" * 43,  # a 32-byte seed, base64url
+    "DPOP_NONCE_SECRET": "n" * 48,
 }
 PEER_URLS = {"timesheets_url", "approvals_url", "audit_url"}
 
@@ -130,6 +131,35 @@ def test_gateway_issuer_settings_file_is_valid_for_the_gateway(tmp_path: Path) -
     (issuer,) = issuers.values()
     assert issuer.jwks_uri == "http://ts-timesheets-identity:9000/.well-known/jwks.json"
     assert yaml.safe_load(Path(env["GATEWAY_ISSUERS_FILE"]).read_text())
+
+
+def test_dpop_settings_reach_the_gateway_and_the_provider(tmp_path: Path) -> None:
+    """gateway.dpop (policy, nonces with the generated nonce key), identity.dpop and a per-issuer
+    ``dpop`` reach the services as settings they accept (issue 15)."""
+    from gateway.issuers import load_issuers
+
+    from tests.packaging.support import SCENARIOS, deep_merge, render, rendered_scenario
+
+    objects = rendered_scenario("dev+everything")  # gateway.dpop: required + nonces, identity nonces
+    containers = dict(containers_by_service(objects))
+    gateway = {entry["name"]: entry for entry in containers["gateway"]["env"]}
+    assert gateway["DPOP_POLICY"]["value"] == "required"
+    assert gateway["DPOP_NONCES"]["value"] == "true"
+    assert gateway["DPOP_NONCE_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "dpop-nonce-secret"
+    (secret,) = [o for o in objects if o["kind"] == "Secret" and "dpop-nonce-secret" in o.get("data", {})]
+    assert len(secret["data"]["dpop-nonce-secret"]) >= 44  # 32+ bytes, base64
+    identity = {entry["name"]: entry for entry in containers["identity"]["env"]}
+    assert identity["DPOP_NONCES"]["value"] == "true"
+    assert "DPOP_NONCE_SECRET" not in identity  # the provider's nonce key derives from its session secret
+
+    dev = SCENARIOS["values-dev.yaml"]
+    (own,) = dev["oidc"]["issuers"]
+    objects = render(deep_merge(dev, {"gateway": {"issuers": {own: {"dpop": "required"}}}}))
+    container = dict(containers_by_service(objects))["gateway"]
+    env = env_values(container, objects, tmp_path)
+    assert env["DPOP_POLICY"] == "allowed"  # the default; the issuer's own setting wins
+    settings: Any = load_settings(settings_class("gateway"), env=env)
+    assert load_issuers(settings)[own].dpop_required
 
 
 @pytest.mark.parametrize("service", APP_COMPONENTS)

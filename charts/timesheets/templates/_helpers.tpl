@@ -394,6 +394,17 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: GATEWAY_TRUSTED_PROXIES
   value: {{ join "," . | quote }}
 {{- end }}
+- name: DPOP_POLICY
+  value: {{ $values.dpop.policy | quote }}
+{{- if $values.dpop.nonces }}
+- name: DPOP_NONCES
+  value: "true"
+- name: DPOP_NONCE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: dpop-nonce-secret
+{{- end }}
 {{- end }}
 {{- if and (eq $c "audit") (not .migration) }}
 - name: AUDIT_CHECKPOINT_KEYS
@@ -423,6 +434,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- with $values.trustedProxies }}
 - name: IDENTITY_TRUSTED_PROXIES
   value: {{ join "," . | quote }}
+{{- end }}
+{{- if $values.dpop.nonces }}
+- name: DPOP_NONCES
+  value: "true"
 {{- end }}
 {{- end }}
 {{- range $name, $value := $values.env }}

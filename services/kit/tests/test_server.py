@@ -229,3 +229,31 @@ async def test_a_response_head_leaves_with_its_body(method: str, size: int) -> N
     head, _, received = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert received == (body if method == "GET" else b"")
+
+
+async def test_a_100_continue_is_not_held_back() -> None:
+    """The client waits for ``100 Continue`` before it sends the body: holding it would deadlock."""
+
+    async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async with serve_app(echo) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert interim.startswith(b"HTTP/1.1 100")
+            writer.write(b"hello")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+        finally:
+            writer.close()
