@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import asyncpg
 from svckit.contracts.approvals import DecisionIn
 from svckit.db import Connection
 from svckit.identity import Identity
+from svckit.outbox import with_enqueued
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,36 +60,44 @@ class PendingStats:
 COLUMNS = ", ".join(field.name for field in fields(DecisionRow))
 
 
-async def insert_pending(
-    conn: Connection,
+RECORD_PENDING = f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer,
+                                       approver_subject, approver_name, approver_client, request_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
+    RETURNING {COLUMNS}"""
+
+
+def pending_arguments(
     entry_id: uuid.UUID,
     approver: Identity,
     body: DecisionIn,
     request_id: str | None,
     *,
     decision_id: uuid.UUID,
-) -> DecisionRow | None:
-    """Record a new decision as pending; None if the entry already has a live (non-void) decision.
-
-    ``decision_id`` is the caller's, so that after a lost COMMIT it knows what to look for."""
-    return DecisionRow.maybe(
-        await conn.fetchrow(
-            f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer, approver_subject,
-                                   approver_name, approver_client, request_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-            ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
-            RETURNING {COLUMNS}""",
-            decision_id,
-            entry_id,
-            body.decision,
-            body.comment,
-            approver.issuer,
-            approver.subject,
-            approver.name,
-            approver.client_id,
-            request_id,
-        )
+) -> tuple[Any, ...]:
+    """The parameters of :data:`RECORD_PENDING` (one statement: it records the decision as pending,
+    or nothing when the entry already has a live, non-void decision). ``decision_id`` is the
+    caller's, so that after a lost answer it knows what to look for."""
+    return (
+        decision_id,
+        entry_id,
+        body.decision,
+        body.comment,
+        approver.issuer,
+        approver.subject,
+        approver.name,
+        approver.client_id,
+        request_id,
     )
+
+
+def decision_record(decision_id: uuid.UUID) -> Callable[[Connection], Awaitable[asyncpg.Record | None]]:
+    """Reads the decision's row as :data:`RECORD_PENDING` returns it (after its answer was lost)."""
+
+    async def reread(conn: Connection) -> asyncpg.Record | None:
+        return await conn.fetchrow(f"SELECT {COLUMNS} FROM decisions WHERE id = $1", decision_id)
+
+    return reread
 
 
 async def live_for_entry(conn: Connection, entry_id: uuid.UUID) -> DecisionRow | None:
@@ -110,17 +121,15 @@ async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
     return state is not None and state != "pending"
 
 
-async def mark_applied(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:
-    """pending → applied; None if it was no longer pending (someone else settled it first)."""
-    return DecisionRow.maybe(
-        await conn.fetchrow(
-            f"""UPDATE decisions SET state = 'applied', applied_at = clock_timestamp(),
-                                 updated_at = clock_timestamp(), last_error = NULL
-            WHERE id = $1 AND state = 'pending'
-            RETURNING {COLUMNS}""",
-            decision_id,
-        )
-    )
+#: pending → applied with the decision's audit event (``$2`` to ``$4``): one statement; no row (and no
+#: event) when it was no longer pending (someone else settled it first)
+MARK_APPLIED = with_enqueued(
+    f"""UPDATE decisions SET state = 'applied', applied_at = clock_timestamp(),
+                             updated_at = clock_timestamp(), last_error = NULL
+        WHERE id = $1 AND state = 'pending'
+        RETURNING {COLUMNS}""",
+    first=2,
+)
 
 
 async def mark_void(conn: Connection, decision_id: uuid.UUID, reason: str) -> DecisionRow | None:

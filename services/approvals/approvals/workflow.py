@@ -25,7 +25,7 @@ from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.timesheets import Entry
 from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 from svckit.identity import Identity
-from svckit.outbox import enqueue
+from svckit.outbox import enqueue, event_parameters
 
 from . import events, store
 from .metrics import decisions
@@ -89,13 +89,21 @@ class Workflow:
         async def recorded(conn: Connection) -> bool:
             return await store.get(conn, decision_id) is not None
 
-        async with self.database.transaction(committed=recorded) as conn:
-            row = await store.insert_pending(
-                conn, entry_id, approver, body, current_request_id(), decision_id=decision_id
+        # One statement in autocommit (one round trip): recorded as pending, or nothing when the entry
+        # has a live decision already (then read that one).
+        row = DecisionRow.maybe(
+            await self.database.write_once(
+                store.RECORD_PENDING,
+                *store.pending_arguments(
+                    entry_id, approver, body, current_request_id(), decision_id=decision_id
+                ),
+                committed=recorded,
+                reread=store.decision_record(decision_id),
             )
-            if row is None:
-                existing = await store.live_for_entry(conn, entry_id)
+        )
         if row is None:
+            async with self.database.connection() as conn:
+                existing = await store.live_for_entry(conn, entry_id)
             if existing is None:  # voided between the two statements: treat as just decided
                 return Refusal(409, "The entry has already been decided.")
             return await self._again(existing, approver, body)
@@ -138,16 +146,27 @@ class Workflow:
             return await store.settled(conn, decision.id)
 
         try:
-            async with self.database.transaction(committed=settled) as conn:
-                if outcome.verdict == "applied":
-                    row = await store.mark_applied(conn, decision.id)
-                    if row is not None:
-                        await enqueue(conn, events.decided(row, via))
-                        applied = True
-                else:
+            if outcome.verdict == "applied":
+                # One statement in autocommit: applied with its audit event, or nothing if settled
+                # already (the event is built from the pending row: the fields it names never change).
+                row = DecisionRow.maybe(
+                    await self.database.write_once(
+                        store.MARK_APPLIED,
+                        decision.id,
+                        *event_parameters(events.decided(decision, via)),
+                        committed=settled,
+                        reread=store.decision_record(decision.id),
+                    )
+                )
+                applied = row is not None  # (after a lost answer: whoever applied it, it is applied)
+                if row is None:
+                    async with self.database.connection() as conn:
+                        row = await store.get(conn, decision.id)
+            else:
+                async with self.database.transaction(committed=settled) as conn:
                     row = await store.mark_void(conn, decision.id, VOID_REASONS[outcome.verdict])
-                if row is None:  # another request or the reconciler settled it first: report that
-                    row = await store.get(conn, decision.id)
+                    if row is None:  # another request or the reconciler settled it first: report that
+                        row = await store.get(conn, decision.id)
         except UNAVAILABLE_ERRORS as exc:
             # Applied at the timesheets service but not settled here (or not known to be): the
             # decision is recorded and stays pending until a retry or the reconciler settles it.

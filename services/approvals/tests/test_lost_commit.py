@@ -66,7 +66,8 @@ async def test_recording_the_decision(
 ) -> None:
     proxy, approvals = rig
     entry_id = await submitted(timesheets)
-    done = proxy.cut_at_commit(when, after_sending=b"INSERT INTO decisions")
+    # recording is one statement in autocommit: cut where it executes
+    done = proxy.cut_at_commit(when, after_sending=b"INSERT INTO decisions", autocommit=True)
     reply = await approvals.call("PUT", f"/approvals/{entry_id}", APPROVER, json={"decision": "approved"})
     assert done.is_set()
     if when == "after":  # recorded: the request goes on and applies it
@@ -86,7 +87,8 @@ async def test_settling_the_decision(
 ) -> None:
     proxy, approvals = rig
     entry_id = await submitted(timesheets)
-    done = proxy.cut_at_commit(when, after_sending=b"SET state = 'applied'")
+    # settling is one statement in autocommit: cut where it executes
+    done = proxy.cut_at_commit(when, after_sending=b"SET state = 'applied'", autocommit=True)
     reply = await approvals.call("PUT", f"/approvals/{entry_id}", APPROVER, json={"decision": "approved"})
     assert done.is_set()
     if when == "after":

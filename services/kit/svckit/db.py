@@ -75,6 +75,8 @@ Connection = asyncpg.pool.PoolConnectionProxy
 IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
 #: ``committed(conn)``: did the write of this transaction commit? Read on a fresh connection.
 CommitCheck = Callable[[Any], Awaitable[bool]]
+#: ``reread(conn)``: the row a committed write would have returned, read again (its answer was lost).
+Reread = Callable[[Any], Awaitable["asyncpg.Record | None"]]
 
 ambiguous_commits = Counter(
     "db_ambiguous_commits_total",
@@ -270,14 +272,16 @@ class Database:
         if not outcome:
             raise NotCommitted("the connection broke before the transaction committed") from failure
 
-    async def write_once(self, query: str, *args: Any, committed: CommitCheck) -> asyncpg.Record | None:
+    async def write_once(
+        self, query: str, *args: Any, committed: CommitCheck, reread: Reread
+    ) -> asyncpg.Record | None:
         """One statement that commits by itself (no ``BEGIN``/``COMMIT``: one round trip instead of
-        three), its first row returned; for writes that are a single statement (one that makes the
-        change and queues its audit event, say: atomic by itself).
+        three), its first row returned (None: it returned none); for writes that are a single
+        statement (one that makes the change and queues its audit event, say: atomic by itself).
 
         If the connection breaks while the statement is on its way or running, the outcome is
-        resolved as for :meth:`transaction`: ``None`` when ``committed`` finds it did commit (its
-        answer was lost: read what was written), :class:`NotCommitted` when not,
+        resolved as for :meth:`transaction`: when ``committed`` finds it did commit (only its answer
+        was lost) the row is ``reread`` on a fresh connection; :class:`NotCommitted` when it did not,
         :class:`OutcomeUnknown` when Postgres stays away.
         """
         async with self.connection() as conn:
@@ -300,7 +304,8 @@ class Database:
             raise OutcomeUnknown("the connection broke while writing") from failure
         if not outcome:
             raise NotCommitted("the connection broke before the write committed") from failure
-        return None
+        async with self.connection() as conn:
+            return await reread(conn)
 
     async def _resolve(self, committed: CommitCheck, server_pid: int, failed_at: float) -> bool | None:
         """Ask ``committed`` on a fresh connection once the old session is gone; None if Postgres

@@ -140,17 +140,21 @@ def with_enqueued(change: str, first: int) -> str:
     the relays: what :func:`enqueue` does after the change, without a round trip of its own (on the
     hot paths, round trips are most of a write's time).
 
-    ``change`` is an ``INSERT``/``UPDATE``/``DELETE … RETURNING`` of exactly one row (the statement
-    answers its rows); the event's values are the parameters ``$first`` to ``$first + 2``, in the
-    order :func:`event_parameters` gives them. Like :func:`enqueue` it belongs in the change's
-    transaction, and a single statement commits or fails as a whole by itself.
+    ``change`` is an ``INSERT``/``UPDATE``/``DELETE … RETURNING`` of at most one row (the statement
+    answers its rows); the event is queued only when it returned one, so a change that found nothing
+    to do (a row already settled by someone else) records no event. The event's values are the
+    parameters ``$first`` to ``$first + 2``, in the order :func:`event_parameters` gives them. Like
+    :func:`enqueue` it belongs with the change (a single statement commits or fails as a whole, also
+    in autocommit).
     """
     return f"""WITH change AS ({change}),
 queued AS (
-    INSERT INTO outbox (id, occurred_at, payload) VALUES (${first}, ${first + 1}, ${first + 2}::jsonb)
+    INSERT INTO outbox (id, occurred_at, payload)
+    SELECT ${first}::uuid, ${first + 1}::timestamptz, ${first + 2}::jsonb FROM change
     RETURNING 1
 )
-SELECT change.* FROM change, (SELECT pg_notify('outbox_' || current_schema(), '') FROM queued) AS woken"""
+SELECT change.* FROM change
+LEFT JOIN (SELECT pg_notify('outbox_' || current_schema(), '') FROM queued) AS woken ON true"""
 
 
 def event_parameters(event: AuditEvent) -> tuple[Any, ...]:

@@ -119,14 +119,11 @@ async def create_entry(request: Request) -> Response:
         # One statement in autocommit: the entry, its audit event and the relays' NOTIFY commit
         # together by themselves, in one round trip.
         async with outcome_located(location):
-            record = await database.write_once(store.CREATE_ENTRY, *arguments, committed=committed)
-        if record is not None:
-            row = store.EntryRow.of(record)
-        else:  # committed, the answer lost on the way: read what was written
-            async with database.connection() as conn:
-                found = await store.get_entry(conn, entry_id)
-            assert found is not None
-            row = found
+            record = await database.write_once(
+                store.CREATE_ENTRY, *arguments, committed=committed, reread=store.entry_record(entry_id)
+            )
+        assert record is not None
+        row = store.EntryRow.of(record)
     else:
         async with outcome_located(location), database.transaction(committed=committed) as conn:
             fingerprint = idempotency.fingerprint("create", entry.canonical())

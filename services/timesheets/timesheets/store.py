@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any
@@ -117,6 +117,15 @@ def create_arguments(
         client_id,
         *event_parameters(event),
     )
+
+
+def entry_record(entry_id: uuid.UUID) -> Callable[[Connection], Awaitable[asyncpg.Record | None]]:
+    """Reads the entry's row as :data:`CREATE_ENTRY` returns it (after a create's answer was lost)."""
+
+    async def reread(conn: Connection) -> asyncpg.Record | None:
+        return await conn.fetchrow(f"SELECT {COLUMNS} FROM entries WHERE id = $1", entry_id)
+
+    return reread
 
 
 async def insert_entry(conn: Connection, arguments: tuple[Any, ...]) -> EntryRow:
