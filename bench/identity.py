@@ -11,7 +11,11 @@ process, best of five runs of ``BENCH_IDENTITY_REQUESTS`` (default 20,000) each:
 * ``hmac_verify_service`` — :meth:`IdentityVerifier.verify` from the decoded headers, what
   :class:`IdentityMiddleware` does per request (principal binding included);
 * ``ed25519_sign`` / ``ed25519_verify`` and ``p256_sign`` / ``p256_verify`` — the same canonical
-  bytes with ``cryptography``'s Ed25519 and ECDSA P-256 (SHA-256).
+  bytes with ``cryptography``'s Ed25519 and ECDSA P-256 (SHA-256);
+* ``digest_1k`` / ``digest_1m`` — the ``Content-Digest`` of a 1 KiB and a 1 MiB body (paid by the
+  sender and again by the receiver; a GET's empty-body digest is a constant);
+* ``replay_local`` — the receiver's in-process replay window per request (the shared Redis ``SET NX``
+  adds one round trip, measured by the services' own benchmarks, not here).
 
 Writes ``bench/results/identity.json``.
 """
@@ -28,7 +32,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from svckit.identity import Identity, IdentitySigner, IdentityVerifier, canonical, identity_headers
+from svckit.identity import (
+    EMPTY_DIGEST,
+    Identity,
+    IdentitySigner,
+    IdentityVerifier,
+    canonical,
+    content_digest,
+    identity_headers,
+    new_nonce,
+)
+from svckit.replay import ReplayMemory
 
 RESULTS = Path(__file__).parent / "results"
 ALICE = Identity(
@@ -60,7 +74,11 @@ def measure(requests: int) -> dict[str, float]:
     verifier = IdentityVerifier({"gateway": KEYS}, 60)
     now = int(time.time())
     stamp = str(now).encode()
-    block = prepared.header_block(method="GET", target=TARGET.encode(), request_id=b"r" * 32, timestamp=stamp)
+    nonce = new_nonce().encode()
+    target, request_id = TARGET.encode(), b"r" * 32
+    block = prepared.header_block(
+        method="GET", target=target, request_id=request_id, timestamp=stamp, nonce=nonce
+    )
     raw = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]
     message = canonical(
         kid="gateway-timesheets-1",
@@ -68,6 +86,8 @@ def measure(requests: int) -> dict[str, float]:
         method="GET",
         target=TARGET,
         request_id="r" * 32,
+        nonce=nonce.decode(),
+        digest=EMPTY_DIGEST,
         identity=ALICE,
     )
     ed_key = ed25519.Ed25519PrivateKey.generate()
@@ -79,21 +99,40 @@ def measure(requests: int) -> dict[str, float]:
     p256_signature = p256_key.sign(message, ecdsa)
 
     def hmac_sign() -> object:
+        fresh = new_nonce().encode()
         return prepared.header_block(
-            method="GET", target=TARGET.encode(), request_id=b"r" * 32, timestamp=stamp
+            method="GET", target=target, request_id=request_id, timestamp=stamp, nonce=fresh
         )
 
     def hmac_verify() -> object:
         headers = identity_headers(raw)  # type: ignore[arg-type]
         return verifier.verify(headers, method="GET", target=TARGET, now=now)
 
+    memory = ReplayMemory(None, "timesheets", 60)
+    kilobyte, megabyte = b"x" * 1024, b"x" * (1 << 20)
+
+    async def remember() -> object:
+        return await memory.first_use(new_nonce(), "POST")
+
+    def replay_local() -> object:
+        coroutine = remember()
+        try:
+            coroutine.send(None)  # completes without suspending: no Redis configured
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("the local replay window suspended")
+
+    quarter = requests // 4
     return {
         "hmac_sign_gateway": best_us(hmac_sign, requests),
         "hmac_verify_service": best_us(hmac_verify, requests),
-        "ed25519_sign": best_us(lambda: ed_key.sign(message), requests // 4),
-        "ed25519_verify": best_us(lambda: ed_public.verify(ed_signature, message), requests // 4),
-        "p256_sign": best_us(lambda: p256_key.sign(message, ecdsa), requests // 4),
-        "p256_verify": best_us(lambda: p256_public.verify(p256_signature, message, ecdsa), requests // 4),
+        "ed25519_sign": best_us(lambda: ed_key.sign(message), quarter),
+        "ed25519_verify": best_us(lambda: ed_public.verify(ed_signature, message), quarter),
+        "p256_sign": best_us(lambda: p256_key.sign(message, ecdsa), quarter),
+        "p256_verify": best_us(lambda: p256_public.verify(p256_signature, message, ecdsa), quarter),
+        "digest_1k": best_us(lambda: content_digest(kilobyte), requests),
+        "digest_1m": best_us(lambda: content_digest(megabyte), max(1, requests // 200)),
+        "replay_local": best_us(replay_local, requests),
     }
 
 

@@ -38,7 +38,7 @@ MEANINGS = {
     "db_runtime_password": "`migrate` only: the password `migrate` sets on that role",
     "db_manage_roles": "`migrate` only: create the role / set its password (`false`: the platform team "
     "creates the role; `migrate` only grants)",
-    "redis_url": "Redis URL (losable state: caches, counters)",
+    "redis_url": "Redis URL (losable state: caches, counters, the replay memory of signed requests)",
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "issuers the gateway trusts, comma-separated (exact `iss` values)",
     "identity_issuer": "the bundled provider's own issuer (its `iss`); list it in `OIDC_ISSUER`",

@@ -70,11 +70,12 @@ class SignedApi:
         if params:
             url = url.update_query(params)
         all_headers = dict(headers or {})
-        if identity is not None:
-            all_headers.update(self.caller.headers(identity, method, str(url)))
         if json is not None:
             data = jsonlib.dumps(json)
             all_headers.setdefault("content-type", "application/json")
+        sent = data.encode() if isinstance(data, str) else (data or b"")
+        if identity is not None:  # signed over the very bytes sent (Content-Digest)
+            all_headers.update(self.caller.headers(identity, method, str(url), body=sent))
         async with self._session.request(method, url, data=data, headers=all_headers) as response:
             text = await response.text()
             try:

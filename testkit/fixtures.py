@@ -201,6 +201,7 @@ class Caller:
         return pair_signer(self.keys, sender, receiver)
 
     def headers(self, identity: Identity, method: str, url: str, **kwargs: Any) -> dict[str, str]:
+        """Signed headers for one request; pass ``body=`` (the exact bytes) when it has one."""
         parts = urlsplit(url)
         sender = identity.subject if identity.kind == "service" else GATEWAY
         return self.signer(service_at(url), sender).headers(

@@ -22,6 +22,7 @@ import aiohttp
 import asyncpg
 import psutil
 import pytest
+from svckit.identity import PAIRS, pair_variable
 
 from devstack import SERVICES
 from devstack.backing import port_is_free
@@ -136,6 +137,18 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         assert "gateway   |" in output  # log lines are prefixed per service
         children = psutil.Process(make.pid).children(recursive=True)
         assert len(children) >= 6
+        # every pair's identity key was generated into the state dir; each process holds its own only
+        generated = (tmp_path / "state" / "secrets.env").read_text()
+        held: dict[str, set[str]] = {}
+        for child in children:
+            command = child.cmdline()
+            if len(command) >= 3 and command[1] == "-m" and command[2] in urls:
+                held[command[2]] = {name for name in child.environ() if name.startswith("IDENTITY_KEYS")}
+        assert set(held) == set(urls), held
+        for service, names in held.items():
+            own = {pair_variable(s, r) for s, r in PAIRS if service in (s, r)}
+            assert names == own, (service, names)
+            assert all(f"{name}=" in generated for name in own)
 
         make.send_signal(signal.SIGTERM)  # to make only, as `kill <make>` would
         make.wait(60)

@@ -395,8 +395,10 @@ def corpus(stack: Stack) -> list[Case]:
     )
     bob_id = user("local|bob", "read:timesheets", "approve:timesheets", issuer=stack.issuer)
 
-    def signed(identity: Identity, method: str, service: Any, path: str) -> dict[str, str]:
-        return caller.headers(identity, method, service.url + path)
+    def signed(identity: Identity, method: str, service: Any, path: str, body: Any = b"") -> dict[str, str]:
+        """Signed for this very body (Content-Digest), so the malformed body reaches the service's parser."""
+        raw = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else b""
+        return caller.headers(identity, method, service.url + path, body=raw)
 
     ts, ap, au = stack.timesheets, stack.approvals, stack.audit
     for kind, body, ctype in body_variants(ENTRY, "project", number_field="hours"):
@@ -408,7 +410,7 @@ def corpus(stack: Stack) -> list[Case]:
                 request(
                     "POST",
                     "/timesheets",
-                    signed(alice_id, "POST", ts, "/timesheets"),
+                    signed(alice_id, "POST", ts, "/timesheets", body),
                     body,
                     content_type=ctype or None,
                 ),
@@ -431,12 +433,13 @@ def corpus(stack: Stack) -> list[Case]:
                 request(
                     "POST",
                     internal,
-                    signed(Identity.service("approvals"), "POST", ts, internal),
+                    signed(Identity.service("approvals"), "POST", ts, internal, body),
                     body,
                     content_type=ctype or None,
                 ),
             )
         )
+    early = json.dumps({**apply, "at": "0001-01-01T00:00:00+14:00"}).encode()
     cases.append(
         Case(
             f"timesheets POST {internal[:22]}…",
@@ -445,8 +448,8 @@ def corpus(stack: Stack) -> list[Case]:
             request(
                 "POST",
                 internal,
-                signed(Identity.service("approvals"), "POST", ts, internal),
-                json.dumps({**apply, "at": "0001-01-01T00:00:00+14:00"}).encode(),
+                signed(Identity.service("approvals"), "POST", ts, internal, early),
+                early,
             ),
         )
     )
@@ -457,7 +460,7 @@ def corpus(stack: Stack) -> list[Case]:
                 "approvals PUT /approvals/{id}",
                 kind,
                 ap.port,
-                request("PUT", path, signed(bob_id, "PUT", ap, path), body, content_type=ctype or None),
+                request("PUT", path, signed(bob_id, "PUT", ap, path, body), body, content_type=ctype or None),
             )
         )
     event = {
@@ -486,7 +489,7 @@ def corpus(stack: Stack) -> list[Case]:
                 request(
                     "POST",
                     "/internal/events",
-                    signed(Identity.service("timesheets"), "POST", au, "/internal/events"),
+                    signed(Identity.service("timesheets"), "POST", au, "/internal/events", body),
                     body,
                     content_type=ctype or None,
                 ),
@@ -505,7 +508,7 @@ def corpus(stack: Stack) -> list[Case]:
                 request(
                     "POST",
                     "/internal/events",
-                    signed(Identity.service("timesheets"), "POST", au, "/internal/events"),
+                    signed(Identity.service("timesheets"), "POST", au, "/internal/events", raw),
                     raw,
                 ),
             )
@@ -516,7 +519,8 @@ def corpus(stack: Stack) -> list[Case]:
         ("audit", au, "/audit/events"),
         ("identity", stack.identity, "/oauth/token"),
     ):
-        headers = signed(alice_id, "GET", service, path)
+        # the identity provider takes no signed identity (it is an end of no pair)
+        headers = signed(alice_id, "GET", service, path) if name != "identity" else {}
         cases += framing_cases(name, service.port, path, headers)
     return cases
 

@@ -43,3 +43,18 @@ def test_each_pair_key_reaches_its_two_ends_only() -> None:
 def test_no_shared_identity_key_is_given_to_anyone() -> None:
     assert "IDENTITY_KEYS" not in holders("values-dev.yaml")
     assert "IDENTITY_KEYS" not in holders("dev+everything")
+
+
+def test_every_receiver_shares_its_replay_memory_in_redis_and_no_migration_needs_it() -> None:
+    """A signed request is accepted once by all replicas: the receivers get the release's Redis."""
+    for scenario in ("values-dev.yaml", "values-prod.yaml"):
+        for obj, spec in workloads(rendered_scenario(scenario)):
+            for c in containers(spec):
+                command = c.get("command", [])
+                if command[:2] != ["python", "-m"] or command[2] not in ("timesheets", "approvals", "audit"):
+                    continue
+                env = env_of(c)
+                serving = command[3:] == []
+                assert ("REDIS_URL" in env) == serving, (scenario, obj["metadata"]["name"], command)
+                if serving:
+                    assert "secretKeyRef" in env["REDIS_URL"]["valueFrom"]

@@ -591,7 +591,7 @@ def test_egress_is_dns_database_redis_identity_provider_and_peers_only(
         for rule in egress:
             assert rule.get("ports"), f"{comp}: an egress rule without ports opens everything"
         if comp == "audit":
-            assert peers(egress, "to") <= {"postgresql"}
+            assert peers(egress, "to") <= {"postgresql", "redis"}
 
 
 def test_demo_databases_accept_only_their_clients() -> None:
@@ -599,7 +599,8 @@ def test_demo_databases_accept_only_their_clients() -> None:
     pg = peers(policy_for(objects, "postgresql")["spec"]["ingress"], "from")
     assert pg == {"identity", "timesheets", "approvals", "audit", "migrations"}
     redis = peers(policy_for(objects, "redis")["spec"]["ingress"], "from")
-    assert redis == {"gateway", "identity"}
+    # every service: the API services share their replay memory of signed requests there
+    assert redis == {"gateway", "identity", "timesheets", "approvals", "audit"}
 
 
 def test_public_components_are_reachable_from_the_ingress_controller() -> None:

@@ -277,7 +277,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- $c := .component -}}
 {{- $values := get $root.Values $c -}}
 {{- $usesDb := has $c (splitList " " (include "timesheets.migratedComponents" $root)) -}}
-{{- $usesRedis := has $c (list "gateway" "identity") -}}
+{{- /* the API services keep the replay memory of signed requests in Redis (svckit.replay), not their migrations */}}
+{{- $usesRedis := or (has $c (list "gateway" "identity")) (and (has $c (list "timesheets" "approvals" "audit")) (not .migration)) -}}
 - name: BIND_HOST
   value: "0.0.0.0"
 - name: PORT

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from svckit.settings import DatabaseSettings
+from svckit.settings import DatabaseSettings, RedisSettings
 
 
-class ApprovalsSettings(DatabaseSettings):
+class ApprovalsSettings(DatabaseSettings, RedisSettings):
+    """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
+
     service_name: str = "approvals"
     port: int = 8102
     metrics_port: int = 9102

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from svckit.settings import DatabaseSettings
+from svckit.settings import DatabaseSettings, RedisSettings
 
 from .checkpoints import CheckpointKeys
 
 
-class AuditSettings(DatabaseSettings):
+class AuditSettings(DatabaseSettings, RedisSettings):
+    """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
+
     service_name: str = "audit"
     port: int = 8103
     metrics_port: int = 9103

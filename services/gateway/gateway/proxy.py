@@ -55,6 +55,7 @@ STRIPPED_INBOUND = HOP_BY_HOP | {
     b"forwarded",
     b"content-length",
     b"expect",
+    b"content-digest",  # the gateway sends its own, bound by the identity signature
 }
 #: Upstream response headers replaced by the gateway's own.
 STRIPPED_OUTBOUND = HOP_BY_HOP | {b"x-request-id", b"date", b"server", b"content-length"}
@@ -161,12 +162,14 @@ class Forwarder:
         signed: bytes,
         body: bytes | BodyStream | None,
         send: Send,
+        resign: Callable[[], bytes] | None = None,
         extra_response_headers: list[tuple[bytes, bytes]],
         on_status: Callable[[int], None],
     ) -> None:
         """Send the request upstream and stream the answer to ``send``.
 
-        ``signed`` is the identity header block, already serialised (:class:`PreparedIdentity`).
+        ``signed`` is the identity header block, already serialised (:class:`PreparedIdentity`);
+        ``resign`` gives a fresh one for a retry (a receiver accepts each signed request once).
         Raises :class:`UpstreamFailure`, :class:`BodyTooLarge` or :class:`ClientGone` only before
         anything was sent to the client, :class:`UpstreamBrokeOff` after.
         """
@@ -178,6 +181,8 @@ class Forwarder:
         started = time.perf_counter()
         for attempt in range(attempts):
             idle = pool.take_idle() if attempt == 0 else None  # the common case needs no suspension
+            if attempt and resign is not None:
+                head = _request_head(method, pool.prefix + target, pool.host_header, headers, resign(), body)
             try:
                 connection = idle if idle is not None else await pool.acquire(fresh=attempt > 0)
             except UpstreamError as exc:

@@ -107,6 +107,7 @@ class ApiRequest:
         "client_ip",
         "connection",
         "content_length",
+        "digest",
         "dpop",
         "dpop_scheme",
         "forwarding",
@@ -149,6 +150,7 @@ class ApiRequest:
         self.forwarding: Forwarding | None = None
         self.body: bytes | BodyStream | None = None
         self.read_body = False
+        self.digest = b""  # the body's Content-Digest, computed once (every attempt upstream signs it)
         authorization: list[bytes] = []
         dpop: list[bytes] = []
         xff: list[bytes] = []

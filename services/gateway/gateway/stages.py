@@ -34,13 +34,13 @@ import re
 from starlette.types import Receive, Send
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.dpop import ProofError, ProofVerifier, ReplayGuard, request_url
+from svckit.identity import EMPTY_DIGEST, content_digest, new_nonce
 from svckit.identity import PREFIX as IDENTITY_PREFIX
 
 from .cors import Cors
 from .forwarded import ForwardedHeaders
 from .proxy import (
     NO_BODY_METHODS,
-    SMALL_BODY,
     STRIPPED_INBOUND,
     BodyStream,
     BodyTooLarge,
@@ -55,6 +55,7 @@ from .routes import API_PREFIX, RouteTable, unsafe_path
 from .tokens import TokenError, TokenVerifier
 
 _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
+_EMPTY_DIGEST = EMPTY_DIGEST.encode()
 _NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")  # raw bytes beyond ASCII would sign differently
 NOT_PRINTABLE_DETAIL = "The request target must be printable ASCII; percent-encode the rest."
 _API_LITERAL = API_PREFIX + "/"
@@ -439,7 +440,9 @@ class RateLimit:
 
 
 class Body:
-    """``Content-Length`` checked at once; a small body is read whole, a large one streamed."""
+    """``Content-Length`` checked at once, then the body read whole (up to ``MAX_BODY_BYTES``): the
+    identity signature binds its digest (``Content-Digest``), which must be known before the request
+    head goes upstream, so bodies are no longer streamed through."""
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body = max_body_bytes
@@ -457,16 +460,14 @@ class Body:
                 return Refusal(400, "The Content-Length header is not a number.")
             if length > self.max_body:
                 return Refusal(413, self.too_large)
-        if length > SMALL_BODY:
-            request.body = BodyStream(receive, self.max_body)  # known to be large: streamed from the start
-        elif length > 0 or request.chunked or request.method not in NO_BODY_METHODS:
+        if length > 0 or request.chunked or request.method not in NO_BODY_METHODS:
             request.read_body = True
         return None
 
     async def read(self, request: ApiRequest, receive: Receive) -> Refusal | None:
-        """Up to 64 KiB before the upstream is contacted; more is handed over as a stream."""
+        """The whole body before the upstream is contacted (its digest is signed)."""
         try:
-            request.body = await read_body(receive, self.max_body, stream_above=SMALL_BODY)
+            request.body = await read_body(receive, self.max_body)
         except BodyTooLarge:
             return Refusal(413, self.too_large)
         except ClientGone:
@@ -503,6 +504,7 @@ class Forward:
                 target=target,
                 headers=headers,
                 signed=signed,
+                resign=lambda: self.sign(request, target),
                 body=request.body,
                 send=send,
                 extra_response_headers=request.base_headers,
@@ -534,10 +536,22 @@ class Forward:
         headers.append((b"x-forwarded-proto", forwarding.proto))
         if forwarding.host is not None:
             headers.append((b"x-forwarded-host", forwarding.host))
-        signed = principal.signed[route.upstream].header_block(
+        body = request.body
+        assert not isinstance(body, BodyStream)  # Body reads every body whole
+        request.digest = content_digest(body).encode() if body else _EMPTY_DIGEST
+        return headers, self.sign(request, target)
+
+    def sign(self, request: ApiRequest, target: bytes) -> bytes:
+        """The signed identity block for one attempt: a fresh nonce each time, as the upstream
+        accepts every signed request once (a retry of an idempotent request is a new one)."""
+        principal, route = request.principal, request.matched
+        assert principal is not None
+        assert route is not None
+        return principal.signed[route.upstream].header_block(
             method=request.method,
             target=target,
             request_id=request.base_headers[0][1],
             timestamp=str(int(self._now())).encode(),
+            nonce=new_nonce().encode(),
+            digest=request.digest,
         )
-        return headers, signed

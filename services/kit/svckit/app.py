@@ -30,7 +30,9 @@ from .http import HttpClient
 from .identity import IdentityMiddleware, IdentityVerifier
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from .problems import EXCEPTION_HANDLERS, problem_response
-from .settings import ServiceSettings
+from .redisguard import RedisGuard
+from .replay import ReplayMemory
+from .settings import RedisSettings, ServiceSettings
 
 DEFAULT_MAX_BODY = 1 << 20
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
@@ -120,11 +122,21 @@ def create_service_app(
         Middleware(UnhandledErrorMiddleware),
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
+    replay_store: RedisGuard | None = None
     if require_identity:
         if verifier is None:
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
+        # each signed request is accepted once: by every replica when they share Redis (svckit.replay)
+        if isinstance(settings, RedisSettings):
+            replay_store = RedisGuard.from_settings(settings, max_connections=32)
+        replay = ReplayMemory(replay_store, settings.service_name, settings.identity_max_skew_seconds)
         middleware.append(
-            Middleware(IdentityMiddleware, verifier=verifier, open_paths=(*OPEN_PATHS, *open_paths))
+            Middleware(
+                IdentityMiddleware,
+                verifier=verifier,
+                open_paths=(*OPEN_PATHS, *open_paths),
+                replay=replay,
+            )
         )
 
     @contextlib.asynccontextmanager
@@ -138,6 +150,8 @@ def create_service_app(
             else:
                 yield
         finally:
+            if replay_store is not None:
+                await replay_store.close()
             if http is not None:
                 await http.close()
             if database is not None:

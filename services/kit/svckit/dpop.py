@@ -53,6 +53,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -247,6 +248,10 @@ def normalise_url(url: str) -> str | None:
     return f"{scheme}://{netloc}{_normalise_escapes(parts.path) or '/'}"
 
 
+#: the proofs of one client name the same few URLs: each normalised once (bounded, attacker input)
+_normalised = lru_cache(maxsize=1024)(normalise_url)
+
+
 def request_url(scheme: str, host: str, raw_path: str) -> str:
     """The URL a client addressed (scheme and ``Host`` as it used them, the raw path), for ``htu``."""
     return f"{scheme}://{host}{raw_path}"
@@ -319,6 +324,9 @@ class ProofVerifier:
         self.nonces = nonces
         self._now = clock.time
         self._keys: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # a client signs every proof with one key, so every proof it sends has the same header: what
+        # the header decides (alg, key, thumbprint) is kept per header text, checked once
+        self._headers: OrderedDict[str, tuple[Algorithm, str, Any]] = OrderedDict()
 
     @property
     def window_seconds(self) -> float:
@@ -341,23 +349,8 @@ class ProofVerifier:
         parts = proof.split(".")
         if len(parts) != 3:
             raise ProofError("dpop_malformed", "The DPoP proof is not a JWS in compact form.")
-        header = _json_object(_b64decode(parts[0]), "header")
-        typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() != "dpop+jwt":
-            raise ProofError("dpop_typ", "The DPoP proof type ('typ') must be dpop+jwt.")
-        if "crit" in header:
-            raise ProofError("dpop_malformed", "The DPoP proof requires unsupported extensions ('crit').")
-        alg = header.get("alg")
-        algorithm = self._algorithms.get(alg) if isinstance(alg, str) else None
-        if algorithm is None:
-            raise ProofError(
-                "dpop_alg", f"The DPoP proof algorithm is not one of {' '.join(self.algorithms)}."
-            )
-        assert isinstance(alg, str)
-        jwk = header.get("jwk")
-        if not isinstance(jwk, dict):
-            raise ProofError("dpop_jwk", "The DPoP proof header has no public key ('jwk').")
-        key_jkt, key = self._key(alg, algorithm, jwk)
+        known = self._headers.get(parts[0])
+        algorithm, key_jkt, key = known if known is not None else self._header(parts[0])
         claims = _json_object(_b64decode(parts[1]), "payload")
 
         signature = _b64decode(parts[2])
@@ -374,8 +367,8 @@ class ProofVerifier:
         if claims.get("htm") != method:
             raise ProofError("dpop_htm", "The DPoP proof was made for another HTTP method ('htm').")
         htu = claims.get("htu")
-        expected = normalise_url(url)
-        if not isinstance(htu, str) or expected is None or normalise_url(htu) != expected:
+        expected = _normalised(url)
+        if not isinstance(htu, str) or expected is None or _normalised(htu) != expected:
             raise ProofError("dpop_htu", "The DPoP proof was made for another URL ('htu').")
         iat = claims.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
@@ -398,6 +391,30 @@ class ProofVerifier:
         if jkt is not None and not hmac.compare_digest(key_jkt, jkt):
             raise ProofError("dpop_key_mismatch", "The DPoP proof key is not the one the token is bound to.")
         return Proof(key_jkt, jti, float(iat))
+
+    def _header(self, text: str) -> tuple[Algorithm, str, Any]:
+        """The checks of a proof's header that it decides alone; what passes them is remembered."""
+        header = _json_object(_b64decode(text), "header")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() != "dpop+jwt":
+            raise ProofError("dpop_typ", "The DPoP proof type ('typ') must be dpop+jwt.")
+        if "crit" in header:
+            raise ProofError("dpop_malformed", "The DPoP proof requires unsupported extensions ('crit').")
+        alg = header.get("alg")
+        algorithm = self._algorithms.get(alg) if isinstance(alg, str) else None
+        if algorithm is None:
+            raise ProofError(
+                "dpop_alg", f"The DPoP proof algorithm is not one of {' '.join(self.algorithms)}."
+            )
+        assert isinstance(alg, str)
+        jwk = header.get("jwk")
+        if not isinstance(jwk, dict):
+            raise ProofError("dpop_jwk", "The DPoP proof header has no public key ('jwk').")
+        key_jkt, key = self._key(alg, algorithm, jwk)
+        self._headers[text] = (algorithm, key_jkt, key)
+        if len(self._headers) > _KEY_CACHE_SIZE:
+            self._headers.popitem(last=False)
+        return algorithm, key_jkt, key
 
     def _key(self, alg: str, algorithm: Algorithm, jwk: dict[str, Any]) -> tuple[str, Any]:
         """The thumbprint and the key object of ``jwk``, checked against ``alg`` (cached per key)."""

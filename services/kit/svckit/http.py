@@ -7,6 +7,7 @@ as it verifies the gateway's.
 
 from __future__ import annotations
 
+import json as jsonlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,15 +59,19 @@ class SignedClient:
         url = self.base_url.with_path(self.base_url.path.rstrip("/") + path)
         if params:
             url = url.with_query(params)
+        # serialised here, not by aiohttp: the signature binds these very bytes (Content-Digest)
+        body = b"" if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
         signed = self.signer.headers(
             identity,
             method=method,
             target=request_target(url.raw_path, url.raw_query_string),
             request_id=current_request_id(),
+            body=body,
         )
         kwargs: dict[str, Any] = {"headers": {**(headers or {}), **signed}}
         if json is not None:
-            kwargs["json"] = json
+            kwargs["data"] = body
+            kwargs["headers"].setdefault("Content-Type", "application/json")
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         return self.http.session().request(method, url, **kwargs)

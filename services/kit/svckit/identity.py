@@ -13,6 +13,11 @@ assert a user or a client, and every other sender only itself (``service:<sender
 service can sign neither as a user nor as a peer, and a key never leaves the two processes that use it.
 HMAC rather than signatures: ~3 µs per sign or verify against ~50-200 µs for Ed25519 or P-256, on the
 gateway's hot path (bench/identity.py).
+
+A signature also binds the body (``Content-Digest``, RFC 9530, sha-256: a body that does not match is
+refused) and a nonce fresh for every signed request (``X-Identity-Nonce``): the receiving service
+accepts each nonce once within the skew window, on every replica (:mod:`svckit.replay`), so a captured
+header set can be replayed neither with its own body nor with another one.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import random
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import new_request_id
-from .problems import problem_response
+from .problems import Problem, problem_response
+
+if TYPE_CHECKING:
+    from .replay import ReplayMemory
 
 PREFIX = "x-identity-"
 ISSUER = "x-identity-issuer"
@@ -43,15 +52,41 @@ NAME = "x-identity-name"
 TIMESTAMP = "x-identity-timestamp"
 KEY_ID = "x-identity-key-id"
 SIGNATURE = "x-identity-signature"
+NONCE = "x-identity-nonce"
 REQUEST_ID = "x-request-id"
+CONTENT_DIGEST = "content-digest"
 
 _REQUEST_ID_B = REQUEST_ID.encode()
+_CONTENT_DIGEST_B = CONTENT_DIGEST.encode()
 _PREFIX_B = PREFIX.encode()
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
-SIGNED_HEADERS = (ISSUER, SUBJECT, KIND, CLIENT_ID, SCOPES, NAME, TIMESTAMP, KEY_ID, SIGNATURE)
+SIGNED_HEADERS = (ISSUER, SUBJECT, KIND, CLIENT_ID, SCOPES, NAME, TIMESTAMP, KEY_ID, NONCE, SIGNATURE)
 SERVICE_ISSUER = "urn:timesheets:service"
-VERSION = "tsp-identity-v1"
+VERSION = "tsp-identity-v2"
+#: A nonce: 16-128 characters of letters, digits, ``-`` and ``_`` (the gateway sends 32 hex digits).
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+#: ``Content-Digest`` as the contract sends it: one sha-256 member (RFC 9530 section 2).
+_DIGEST = re.compile(r"sha-256=:[A-Za-z0-9+/]{43}=:")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_nonce_bits = random.Random().getrandbits  # reseeded in every forked worker (random registers at fork)
+
+
+def content_digest(body: bytes) -> str:
+    """The ``Content-Digest`` field value of ``body`` (RFC 9530): ``sha-256=:<base64>:``."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
+
+
+#: The digest of an empty body: what a GET carries (precomputed: the gateway's hot path).
+EMPTY_DIGEST = content_digest(b"")
+
+
+def new_nonce() -> str:
+    """A nonce for one signed request: 128 random bits as 32 hex digits. Uniqueness is what matters
+    (a receiver accepts each nonce once); unpredictability is not needed, a nonce is useless without
+    the key that signs it, so a fast non-cryptographic generator is enough."""
+    return f"{_nonce_bits(128):032x}"
+
 
 GATEWAY = "gateway"
 #: Every sender → receiver pair that signs: the gateway forwards to the three API services and feeds its
@@ -70,9 +105,25 @@ KINDS: frozenset[str] = frozenset({"user", "client", "service"})
 
 failures = Counter(
     "identity_verification_failures_total",
-    "Requests refused because their gateway-signed identity did not verify.",
+    "Requests refused because their signed identity did not verify, was replayed, or came with "
+    "another body than signed.",
     ["reason"],
 )
+#: Every reason a request is refused for, exported at 0 from the start: the alerts on forged and
+#: replayed requests (increase() over a window) then see the first one.
+REASONS = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "stale",
+    "bad_signature",
+    "wrong_principal",
+    "digest_mismatch",
+    "replay",
+    "replay_store_unavailable",
+)
+for _reason in REASONS:
+    failures.labels(_reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +187,12 @@ def canonical(
     method: str,
     target: str,
     request_id: str,
+    nonce: str,
+    digest: str,
     identity: Identity,
 ) -> bytes:
+    """The signed string: the version, key id, time, METHOD, target, request id, nonce, Content-Digest
+    and the identity (issuer, subject, kind, client id, sorted scopes, name), joined by ``\n``."""
     parts = (
         VERSION,
         kid,
@@ -145,6 +200,8 @@ def canonical(
         method.upper(),
         target,
         request_id,
+        nonce,
+        digest,
         identity.issuer,
         identity.subject,
         identity.kind,
@@ -183,8 +240,13 @@ class IdentitySigner:
         target: str,
         request_id: str | None = None,
         now: float | None = None,
+        body: bytes = b"",
+        nonce: str | None = None,
     ) -> dict[str, str]:
+        """The identity headers of one request with ``body`` (its exact bytes), plus ``Content-Digest``."""
         request_id = request_id or new_request_id()
+        nonce = nonce or new_nonce()
+        digest = content_digest(body) if body else EMPTY_DIGEST
         timestamp = str(int(now if now is not None else time.time()))
         for value, what in (
             (identity.issuer, "issuer"),
@@ -192,6 +254,7 @@ class IdentitySigner:
             (identity.client_id, "client id"),
             (identity.name, "name"),
             (request_id, "request id"),
+            (nonce, "nonce"),
         ):
             _clean(value, what)
         scopes = " ".join(sorted(identity.scopes))
@@ -201,6 +264,8 @@ class IdentitySigner:
             method=method,
             target=target,
             request_id=request_id,
+            nonce=nonce,
+            digest=digest,
             identity=identity,
         )
         return {
@@ -212,8 +277,10 @@ class IdentitySigner:
             NAME: identity.name,
             TIMESTAMP: timestamp,
             KEY_ID: self.kid,
+            NONCE: nonce,
             SIGNATURE: _mac(self.key, message),
             REQUEST_ID: request_id,
+            CONTENT_DIGEST: digest,
         }
 
     def prepare(self, identity: Identity) -> PreparedIdentity:
@@ -225,8 +292,8 @@ class PreparedIdentity:
 
     The gateway keeps one with each verified token: the identity part of the canonical string and the
     seven fixed headers never change for a token, so a request only adds its timestamp, method,
-    target and request id. Produces exactly the headers :meth:`IdentitySigner.headers` would (UTF-8
-    values), which the kit's tests compare.
+    target, request id, nonce and body digest. Produces exactly the headers
+    :meth:`IdentitySigner.headers` would (UTF-8 values), which the kit's tests compare.
     """
 
     __slots__ = ("_block", "_lead", "_mac", "_tail")
@@ -258,12 +325,24 @@ class PreparedIdentity:
         )
         self._block = "".join(f"{name}: {value}\r\n" for name, value in fixed).encode()
 
-    def header_block(self, *, method: str, target: bytes, request_id: bytes, timestamp: bytes) -> bytes:
+    def header_block(
+        self,
+        *,
+        method: str,
+        target: bytes,
+        request_id: bytes,
+        timestamp: bytes,
+        nonce: bytes,
+        digest: bytes = EMPTY_DIGEST.encode(),
+    ) -> bytes:
         """The signed identity headers of one request, serialised for HTTP/1.1 (``name: value\\r\\n``
-        lines). ``target`` and ``request_id`` must be free of control characters (the gateway checks
-        both before it gets here)."""
+        lines), ``Content-Digest`` included (``digest``: :func:`content_digest` of the body that goes
+        with them). ``target`` and ``request_id`` must be free of control characters (the gateway
+        checks both before it gets here)."""
         mac = self._mac.copy()
-        mac.update(b"\n".join((self._lead + timestamp, method.upper().encode(), target, request_id)))
+        mac.update(
+            b"\n".join((self._lead + timestamp, method.upper().encode(), target, request_id, nonce, digest))
+        )
         mac.update(self._tail)
         signature = binascii.b2a_base64(mac.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
         return b"".join(
@@ -271,10 +350,14 @@ class PreparedIdentity:
                 self._block,
                 b"x-identity-timestamp: ",
                 timestamp,
+                b"\r\nx-identity-nonce: ",
+                nonce,
                 b"\r\nx-identity-signature: ",
                 signature,
                 b"\r\nx-request-id: ",
                 request_id,
+                b"\r\ncontent-digest: ",
+                digest,
                 b"\r\n",
             )
         )
@@ -326,6 +409,11 @@ class IdentityVerifier:
         issuer, subject = headers.get(ISSUER, ""), headers.get(SUBJECT, "")
         if kind not in KINDS or not issuer or not subject:
             raise IdentityError("malformed", "The identity headers are incomplete.")
+        nonce, digest = headers.get(NONCE, ""), headers.get(CONTENT_DIGEST, "")
+        if _NONCE.fullmatch(nonce) is None:
+            raise IdentityError("malformed", "The identity nonce is missing or malformed.")
+        if _DIGEST.fullmatch(digest) is None:
+            raise IdentityError("malformed", "The Content-Digest (sha-256) is missing or malformed.")
         identity = Identity(
             issuer=issuer,
             subject=subject,
@@ -340,6 +428,8 @@ class IdentityVerifier:
             method=method,
             target=target,
             request_id=headers.get(REQUEST_ID, ""),
+            nonce=nonce,
+            digest=digest,
             identity=identity,
         )
         if not hmac.compare_digest(_mac(key, message), signature):
@@ -355,7 +445,7 @@ def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The identity headers of a request, decoded as UTF-8 (names and subjects need not be ASCII)."""
     headers: dict[str, str] = {}
     for key, value in raw:
-        if key.startswith(_PREFIX_B) or key == _REQUEST_ID_B:
+        if key.startswith(_PREFIX_B) or key in (_REQUEST_ID_B, _CONTENT_DIGEST_B):
             try:
                 headers[key.decode("latin-1")] = value.decode("utf-8")
             except UnicodeDecodeError:
@@ -364,9 +454,13 @@ def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 class IdentityMiddleware:
-    """Refuses (401) every request without a verifying identity, except the open operational paths.
+    """Refuses every request without a verifying identity, except the open operational paths.
 
-    On success the identity is in ``scope["state"]["identity"]`` (``request.state.identity``).
+    In order: the signature (401), the body against its signed ``Content-Digest`` (401
+    ``digest_mismatch``; the body is read whole here, within the body limit, and handed on), then the
+    nonce against ``replay`` (401 ``replay``; 503 ``replay_store_unavailable`` for an unsafe method
+    while the shared memory is unreachable, see :mod:`svckit.replay`). On success the identity is in
+    ``scope["state"]["identity"]`` (``request.state.identity``).
     """
 
     def __init__(
@@ -374,41 +468,105 @@ class IdentityMiddleware:
         app: ASGIApp,
         verifier: IdentityVerifier,
         open_paths: Iterable[str] = ("/healthz", "/readyz", "/metrics", "/openapi.json"),
+        replay: ReplayMemory | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.open_paths = frozenset(open_paths)
+        self.replay = replay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
         target = request_target(
             scope.get("raw_path", b"").decode("latin-1") or scope["path"],
             scope.get("query_string", b""),
         )
         try:
             headers = identity_headers(scope["headers"])
-            identity = self.verifier.verify(headers, method=scope["method"], target=target)
+            identity = self.verifier.verify(headers, method=method, target=target)
         except IdentityError as exc:
-            failures.labels(exc.reason).inc()
-            response = problem_response(401, "Unauthorized", exc.detail, reason=exc.reason)
-            await response(scope, receive, send)
+            await self._refuse(exc.reason, exc.detail, scope, receive, send)
             return
+        try:
+            body = await _read_body(receive)
+        except Problem as exc:  # over the body limit (BodyLimitMiddleware)
+            await exc.response()(scope, receive, send)
+            return
+        if body is None:  # the client went away
+            return
+        if (content_digest(body) if body else EMPTY_DIGEST) != headers[CONTENT_DIGEST]:
+            detail = "The request body does not match the signed Content-Digest."
+            await self._refuse("digest_mismatch", detail, scope, receive, send)
+            return
+        if self.replay is not None:
+            verdict = await self.replay.first_use(headers[NONCE], method)
+            if verdict == "replay":
+                detail = "This signed request was accepted before; a signed request is accepted once."
+                await self._refuse("replay", detail, scope, receive, send)
+                return
+            if verdict == "unavailable":
+                failures.labels("replay_store_unavailable").inc()
+                response = problem_response(
+                    503,
+                    "Service Unavailable",
+                    "Whether this signed request was seen before cannot be checked right now; retry shortly.",
+                    headers={"Retry-After": "2"},
+                    reason="replay_store_unavailable",
+                )
+                await response(scope, receive, send)
+                return
         scope.setdefault("state", {})["identity"] = identity
-        await self.app(scope, receive, send)
+        await self.app(scope, _replaying(body, receive), send)
+
+    @staticmethod
+    async def _refuse(reason: str, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+        failures.labels(reason).inc()
+        await problem_response(401, "Unauthorized", detail, reason=reason)(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (``None`` when the client disconnected first)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the already-read body to the app once, then waits as the server's."""
+    sent = False
+
+    async def replay_receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
 
 
 __all__ = [
     "CLIENT_ID",
+    "CONTENT_DIGEST",
+    "EMPTY_DIGEST",
     "GATEWAY",
     "ISSUER",
     "KEY_ID",
     "KIND",
     "NAME",
+    "NONCE",
     "PAIRS",
     "PREFIX",
     "REQUEST_ID",
+    "SAFE_METHODS",
     "SCOPES",
     "SERVICE_ISSUER",
     "SIGNATURE",
@@ -421,7 +579,9 @@ __all__ = [
     "IdentitySigner",
     "IdentityVerifier",
     "PreparedIdentity",
+    "content_digest",
     "may_assert",
+    "new_nonce",
     "pair_variable",
     "request_target",
 ]

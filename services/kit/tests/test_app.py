@@ -56,8 +56,13 @@ async def call(
     caller: Caller, method: str, url: str, *, signed: bool = True, **kwargs: object
 ) -> tuple[int, dict[str, str], dict[str, object]]:
     headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+    if "json" in kwargs:  # sent as the bytes that are signed
+        kwargs["data"] = json.dumps(kwargs.pop("json")).encode()
+        headers.setdefault("content-type", "application/json")
+    data = kwargs.get("data", b"")
+    body = data.encode() if isinstance(data, str) else data if isinstance(data, bytes) else b""
     if signed:
-        headers.update(caller.headers(user("alice", "read:timesheets"), method, url))
+        headers.update(caller.headers(user("alice", "read:timesheets"), method, url, body=body))
     async with (
         aiohttp.ClientSession() as session,
         session.request(

@@ -121,10 +121,12 @@ async def test_deeply_nested_body_is_400(identity_keys: dict[str, str], caller: 
 
     settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
     async with serve_app(create_service_app(settings, [Route("/x", take, methods=["POST"])])) as url:
-        headers = {**caller.headers(user("alice"), "POST", f"{url}/x"), "content-type": "application/json"}
+        deep = b"[" * 100_000 + b"]" * 100_000
+        headers = caller.headers(user("alice"), "POST", f"{url}/x", body=deep)
+        headers["content-type"] = "application/json"
         async with (
             aiohttp.ClientSession() as session,
-            session.post(f"{url}/x", data=b"[" * 100_000 + b"]" * 100_000, headers=headers) as response,
+            session.post(f"{url}/x", data=deep, headers=headers) as response,
         ):
             assert response.status == 400
             assert "nests deeper than" in (await response.json(content_type=None))["detail"]

@@ -223,6 +223,29 @@ def test_a_signature_by_another_key_is_refused(key: DpopKey, clock: FakeClock) -
 
 
 @unit
+def test_a_known_header_spares_no_check_of_the_rest(key: DpopKey, clock: FakeClock) -> None:
+    """A header seen before is not parsed again, but the signature and the claims still are: a proof
+    that reuses a verified proof's header with another key's signature, or a stale one, is refused."""
+    check = verifier(clock)
+    first = key.proof("GET", URL, iat=NOW)
+    check.verify(first, method="GET", url=URL)
+    header = first.split(".")[0]
+    other = DpopKey()
+    _, payload, signature = other.proof("GET", URL, iat=NOW, headers={"jwk": key.public_jwk}).split(".")
+    refused(check, f"{header}.{payload}.{signature}", "dpop_signature")
+    refused(check, key.proof("GET", URL, iat=NOW - 3600), "dpop_iat")
+    assert check.verify(key.proof("GET", URL, iat=NOW), method="GET", url=URL).jkt == key.jkt
+
+
+@unit
+def test_a_refused_header_is_refused_every_time(key: DpopKey, clock: FakeClock) -> None:
+    check = verifier(clock)
+    proof = key.proof("GET", URL, iat=NOW, headers={"typ": "JWT"})
+    refused(check, proof, "dpop_typ")
+    refused(check, proof, "dpop_typ")
+
+
+@unit
 def test_a_tampered_payload_is_refused(key: DpopKey, clock: FakeClock) -> None:
     header, _, signature = key.proof("GET", URL, iat=NOW).split(".")
     payload = b64({"jti": "j", "htm": "GET", "htu": URL, "iat": NOW})

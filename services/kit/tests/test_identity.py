@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from svckit.identity import (
+    CONTENT_DIGEST,
     KEY_ID,
+    NONCE,
     SCOPES,
     SERVICE_ISSUER,
     SIGNATURE,
@@ -14,8 +16,10 @@ from svckit.identity import (
     IdentityError,
     IdentitySigner,
     IdentityVerifier,
+    content_digest,
     identity_headers,
     may_assert,
+    new_nonce,
 )
 from svckit.settings import parse_identity_keys
 
@@ -53,6 +57,10 @@ def test_previous_key_still_verifies() -> None:
         ({TIMESTAMP: "900"}, "stale"),
         ({TIMESTAMP: "soon"}, "malformed"),
         ({SIGNATURE: ""}, "missing"),
+        ({NONCE: "n" * 32}, "bad_signature"),  # another nonce: the captured signature does not follow
+        ({NONCE: ""}, "malformed"),
+        ({CONTENT_DIGEST: content_digest(b'{"hours": 99}')}, "bad_signature"),  # a digest of another body
+        ({CONTENT_DIGEST: "md5=:abc:"}, "malformed"),
     ],
 )
 def test_tampering_refused(change: dict[str, str], reason: str) -> None:
@@ -96,11 +104,23 @@ def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
 def test_prepared_identity_signs_exactly_like_the_signer(identity: Identity) -> None:
     # the gateway's per-token fast path must produce the very headers the reference signer does
     signer = IdentitySigner(KEYS)
+    nonce = new_nonce()
     reference = signer.headers(
-        identity, method="post", target="/timesheets/é?x=1", request_id="rid-12345", now=1000
+        identity,
+        method="post",
+        target="/timesheets/é?x=1",
+        request_id="rid-12345",
+        now=1000,
+        nonce=nonce,
+        body=b"{}",
     )
     block = signer.prepare(identity).header_block(
-        method="post", target="/timesheets/é?x=1".encode(), request_id=b"rid-12345", timestamp=b"1000"
+        method="post",
+        target="/timesheets/é?x=1".encode(),
+        request_id=b"rid-12345",
+        timestamp=b"1000",
+        nonce=nonce.encode(),
+        digest=content_digest(b"{}").encode(),
     )
     lines = parse_block(block)
     assert {k.decode(): v.decode() for k, v in lines} == reference
@@ -111,7 +131,7 @@ def test_utf8_identity_headers_verify_through_the_middleware_decoding() -> None:
     signer = IdentitySigner(KEYS)
     raw = parse_block(
         signer.prepare(ZOE).header_block(
-            method="GET", target=b"/timesheets", request_id=b"rid-12345", timestamp=b"1005"
+            method="GET", target=b"/timesheets", request_id=b"rid-12345", timestamp=b"1005", nonce=b"n" * 32
         )
     )
     headers = identity_headers([*raw, (b"accept", b"*/*"), (b"x-other", b"\xff")])
@@ -189,3 +209,35 @@ def test_the_gateway_asserts_users_clients_and_itself_but_no_other_service() -> 
 def test_one_key_id_for_two_senders_is_refused() -> None:
     with pytest.raises(ValueError, match="each key id must name one sender"):
         IdentityVerifier({"gateway": KEYS, "approvals": {"new": b"x" * 32}}, 60)
+
+
+def test_the_signed_string_is_the_documented_one() -> None:
+    """docs/CONTRACTS.md spells this string out for other implementations (the HAProxy benchmark's)."""
+    headers = IdentitySigner({"k1": b"s" * 32}).headers(
+        ALICE, method="get", target="/timesheets?limit=5", request_id="rid-12345", now=1000, nonce="n" * 32
+    )
+    expected = "\n".join(
+        [
+            "tsp-identity-v2",
+            "k1",
+            "1000",
+            "GET",
+            "/timesheets?limit=5",
+            "rid-12345",
+            "n" * 32,
+            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+            "http://localhost:9000/",
+            "alice",
+            "user",
+            "timesheets-spa",
+            "read:timesheets",
+            "",
+        ]
+    ).encode()
+    import base64
+    import hashlib
+    import hmac
+
+    mac = base64.urlsafe_b64encode(hmac.digest(b"s" * 32, expected, hashlib.sha256)).rstrip(b"=").decode()
+    assert headers[SIGNATURE] == mac
+    assert headers[CONTENT_DIGEST] == "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from svckit.settings import DatabaseSettings
+from svckit.settings import DatabaseSettings, RedisSettings
 
 
-class TimesheetsSettings(DatabaseSettings):
+class TimesheetsSettings(DatabaseSettings, RedisSettings):
+    """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
+
     service_name: str = "timesheets"
     port: int = 8101
     metrics_port: int = 9101
