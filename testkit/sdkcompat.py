@@ -8,6 +8,7 @@ gateway). Why here: test helpers shared by two packages live in testkit, not in 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "services" / "identity" / "tests" / "sdk_compat"
@@ -41,3 +43,20 @@ def harness_html(bundle: str, config: dict[str, Any]) -> str:
         f"<script>window.HARNESS = {json.dumps(config)};</script>"
         f"<script src='/dist/{bundle}.js'></script></body></html>"
     )
+
+
+async def provider_allows_origin(issuer: str, origin: str) -> None:
+    """Wait until the provider's token endpoint lets ``origin`` through CORS.
+
+    The bundled provider re-reads its clients' web origins every 10 s (``identity.cors.ClientOrigins``):
+    a client registered just now is not known yet, and an SDK's first token request from its origin
+    would fail ("Failed to fetch") if sent before.
+    """
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(150):
+            async with http.options(f"{issuer.rstrip('/')}/oauth/token", headers=headers) as response:
+                if response.headers.get("Access-Control-Allow-Origin") == origin:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the provider's CORS never allowed {origin}")

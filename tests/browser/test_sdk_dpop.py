@@ -12,7 +12,6 @@ renewal keeps the key.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from devstack.platform import Platform
 from testkit.fixtures import serve_app
-from testkit.sdkcompat import BUNDLES, build_bundles, harness_html
+from testkit.sdkcompat import BUNDLES, build_bundles, harness_html, provider_allows_origin
 from tests.browser.support import APP, SDK_ORIGIN, NewPage, Shots, provider_sign_in
 
 pytestmark = pytest.mark.browser
@@ -69,22 +68,9 @@ async def harness(platform: Platform) -> AsyncIterator[dict[str, str]]:
     finally:
         await conn.close()
     config = {"issuer": platform.env["IDENTITY_ISSUER"], "audience": platform.env["OIDC_AUDIENCE"]}
-    await provider_allows_origin(config["issuer"])
+    await provider_allows_origin(config["issuer"], SDK_ORIGIN)
     async with serve_app(harness_app(dist, config), port=urlsplit(SDK_ORIGIN).port):
         yield config
-
-
-async def provider_allows_origin(issuer: str) -> None:
-    """The provider re-reads its clients' web origins every 10 s (identity.cors.ClientOrigins): wait
-    until the token endpoint's CORS knows SDK_ORIGIN, or the SDKs' first token request fails."""
-    headers = {"Origin": SDK_ORIGIN, "Access-Control-Request-Method": "POST"}
-    async with aiohttp.ClientSession() as http:
-        for _ in range(150):
-            async with http.options(f"{issuer.rstrip('/')}/oauth/token", headers=headers) as response:
-                if response.headers.get("Access-Control-Allow-Origin") == SDK_ORIGIN:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the provider's CORS never allowed {SDK_ORIGIN}")
 
 
 def harness_app(dist: Path, config: dict[str, str]) -> Starlette:

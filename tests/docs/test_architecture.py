@@ -54,13 +54,14 @@ def test_every_file_in_the_contract_table_exists() -> None:
 def test_the_request_path_is_the_order_the_edge_runs_its_stages() -> None:
     from gateway.edge import Edge
 
-    described = re.findall(r"^\d\. \*\*(\w[\w ]*)\*\*", DOC, re.M)
+    described = re.findall(r"^\d+\. \*\*(\w[\w ]*)\*\*", DOC, re.M)
     assert described == [
         "Preflight",
         "Target",
         "Route",
         "Credentials",
         "Authenticate",
+        "Possession",
         "Authorize",
         "Rate limit",
         "Body",
@@ -73,6 +74,7 @@ def test_the_request_path_is_the_order_the_edge_runs_its_stages() -> None:
         "self.router(",
         "self.credentials(",
         "self.authenticate.",
+        "self.possession(",
         "authorize(",
         "self.rate_limit(",
         "self.body.",

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from testkit.fixtures import free_port, serve_app
 from testkit.oidc import API, DEMO_PASSWORD
-from testkit.sdkcompat import BUNDLES, build_bundles, harness_html
+from testkit.sdkcompat import BUNDLES, build_bundles, harness_html, provider_allows_origin
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("identity_service")]
 
@@ -94,6 +94,7 @@ async def harness(seeded: dict[str, str], issuer: str, database_url: str) -> Asy
             await store.upsert_client(conn, client)
     finally:
         await conn.close()
+    await provider_allows_origin(issuer, origin)  # the clients registered just now
     app = page_app(dist, issuer, {"auth0": "sdk-auth0", "oidc": "sdk-oidc"})
     async with serve_app(app, port=port):
         yield origin
