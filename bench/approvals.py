@@ -64,9 +64,12 @@ request = function()
   local i = ((n - 1) %% #paths) + 1
   local headers = heads[i]
   headers["Content-Type"] = "application/json"
-  return wrk.format("PUT", paths[i], headers, '{"decision":"approved"}')
+  return wrk.format("PUT", paths[i], headers, '%(decision)s')
 end
 """
+
+
+DECISION = b'{"decision":"approved"}'
 
 
 def lua_table(headers: dict[str, str]) -> str:
@@ -125,8 +128,11 @@ def decide_script(path: Path, keys: dict[str, str], entries: list[uuid.UUID]) ->
     for n, entry_id in enumerate(entries):
         target = f"/approvals/{entry_id}"
         paths.append(json.dumps(target))
-        heads.append(lua_table(signer.headers(manager(n), method="PUT", target=target)))
-    path.write_text(DECIDE_LUA % {"paths": ", ".join(paths), "heads": ", ".join(heads)})
+        # signed over the body the script sends (Content-Digest); each entry's PUT is sent once
+        heads.append(lua_table(signer.headers(manager(n), method="PUT", target=target, body=DECISION)))
+    path.write_text(
+        DECIDE_LUA % {"paths": ", ".join(paths), "heads": ", ".join(heads), "decision": DECISION.decode()}
+    )
     return path
 
 

@@ -519,7 +519,8 @@ def corpus(stack: Stack) -> list[Case]:
         ("audit", au, "/audit/events"),
         ("identity", stack.identity, "/oauth/token"),
     ):
-        headers = signed(alice_id, "GET", service, path)
+        # the identity provider takes no signed identity (it is an end of no pair)
+        headers = signed(alice_id, "GET", service, path) if name != "identity" else {}
         cases += framing_cases(name, service.port, path, headers)
     return cases
 
