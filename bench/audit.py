@@ -6,7 +6,9 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
 
 - ``ingest``: ``POST /internal/events`` at batch sizes 1 (8 concurrent senders), 50 and 500 (2
   concurrent senders): events/s, per-request p50/p99 and the audit process's CPU time per request
-  and per event (the service pinned to the first core, the senders to the last). Every append takes
+  and per event (the service pinned to the first core, the senders to the last). The senders are
+  wrk's connections (unique event ids generated in its Lua script), so the figure is the service's,
+  not a Python client's; without wrk, coroutines of this process. Every append takes
   the single chain lock (concurrent ones share it by group commit), so this is the ceiling of the
   whole platform's audited write rate. ``BENCH_AUDIT_ROUNDS`` (default 3) interleaved rounds of the
   three cases; medians, each round's events/s beside them. The issue's targets are printed beside
@@ -28,7 +30,9 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -44,6 +48,7 @@ from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter, median_case, spread
+from bench.api import run_wrk
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +126,67 @@ async def ingest_case(
         "errors": errors,
         "cpu_us_per_request": round(used * 1e6 / max(1, len(latencies)), 1),
         "cpu_us_per_event": round(used * 1e6 / max(1, events), 1),
+    }
+
+
+INGEST_LUA = """
+local prefix = "%(prefix)s"
+local headers = %(headers)s
+headers["Content-Type"] = "application/json"
+local head = '{"occurred_at":"%(occurred_at)s","source":"timesheets","actor":{"issuer":"http://localhost:9000/",'
+  .. '"subject":"bench-user","kind":"user","client_id":"timesheets-spa","name":"Bench"},'
+  .. '"action":"timesheet.created","outcome":"success","request_id":"wrk",'
+  .. '"details":{"project":"StoreZero","hours":7.5,"date":"2026-11-23"},'
+local n = 0
+request = function()
+  n = n + 1
+  local events = {}
+  for k = 1, %(batch)d do
+    local id = string.format("%%s-%%04x-4000-8000-%%012x", prefix, k, n)
+    events[k] = head .. '"id":"' .. id .. '","resource":{"type":"timesheet","id":"' .. id .. '"}}'
+  end
+  return wrk.format("POST", "/internal/events", headers, '{"events":[' .. table.concat(events, ",") .. ']}')
+end
+"""
+
+
+def wrk_ingest_case(
+    url: str, keys: dict[str, str], batch: int, connections: int, seconds: float, pid: int | None, logs: Path
+) -> dict[str, Any]:
+    """``POST /internal/events`` from wrk (``-c`` = the senders): a load generator in C, so the
+    figure is the service's and not a Python client's. Event ids are unique per run (a random prefix,
+    the event's place and the request's number); the identity headers (bound to the method and path,
+    valid for ``IDENTITY_MAX_SKEW_SECONDS``) are minted right before the run."""
+    signer = pair_signer(keys, SOURCE, "audit")
+    headers = signer.headers(Identity.service(SOURCE), method="POST", target="/internal/events")
+    script = logs / f"ingest-{batch}.lua"
+    script.write_text(
+        INGEST_LUA
+        % {
+            "prefix": secrets.token_hex(4),
+            "headers": "{"
+            + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+            + "}",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "batch": batch,
+        }
+    )
+    cpu = CpuMeter({"audit": pid})
+    cpu.start()
+    result = run_wrk(url, script, seconds, connections=connections)
+    used = cpu.stop()["audit"]
+    requests = max(1, result["requests"])
+    ok = result["requests"] - result["non_2xx"]
+    return {
+        "batch": batch,
+        "senders": connections,
+        "events_per_second": round(result["rps"] * batch * ok / requests),
+        "requests": result["requests"],
+        "p50_ms": round(result["p50_ms"], 1),
+        "p99_ms": round(result["p99_ms"], 1),
+        "errors": result["non_2xx"],
+        "cpu_us_per_request": round(used * 1e6 / requests, 1),
+        "cpu_us_per_event": round(used * 1e6 / (requests * batch), 1),
     }
 
 
@@ -221,11 +287,19 @@ async def run(dsn: str) -> dict[str, Any]:
         http = HttpClient(total_timeout=60)
         client = SignedClient(http, process.url, pair_signer(keys, SOURCE, "audit"))
         pid = pin(process)
+        wrk = shutil.which("wrk") is not None  # else the senders are this process (slower: a Python client)
+        logs = Path(tempfile.mkdtemp(prefix="bench-audit-"))
         try:
             runs: dict[tuple[int, int], list[dict[str, Any]]] = {case: [] for case in INGEST_CASES}
             for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
                 for batch, senders in INGEST_CASES:
-                    runs[(batch, senders)].append(await ingest_case(client, batch, senders, seconds, pid))
+                    if wrk:
+                        found = await asyncio.to_thread(
+                            wrk_ingest_case, process.url, keys, batch, senders, seconds, pid, logs
+                        )
+                    else:
+                        found = await ingest_case(client, batch, senders, seconds, pid)
+                    runs[(batch, senders)].append(found)
             ingest = [
                 {**median_case(cases), "events_per_second_rounds": spread(cases, "events_per_second")}
                 for cases in runs.values()
@@ -233,6 +307,7 @@ async def run(dsn: str) -> dict[str, Any]:
             relay = await relay_case(dsn, client)
         finally:
             await http.close()
+            shutil.rmtree(logs, ignore_errors=True)
         verify = await verify_case(process.url, keys)
     finally:
         await asyncio.to_thread(process.stop)
