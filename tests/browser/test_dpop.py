@@ -205,3 +205,36 @@ async def test_a_provider_without_dpop_gets_bearer_tokens_from_the_same_spa(
     assert "dpop_jkt" not in parse_qs(urlsplit(authorize[0]).query)
     assert await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})") is None
     await shot(page, "alice-signed-in-with-bearer")
+
+
+async def test_a_lost_key_is_replaced_by_a_silent_renewal(new_page: NewPage, shot: Shots) -> None:
+    """Site data cleared while signed in (the IndexedDB key gone): the next call goes out as Bearer,
+    the gateway refuses the bound token, and the one silent renewal binds a new token to a new key."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "bob")
+    await refetch_week(page)
+    first = tokens.last
+    old_jkt = claims_of(first)["cnf"]["jkt"]
+    await page.evaluate(
+        """() => new Promise((resolve, reject) => {
+          const request = indexedDB.open("oidc");
+          request.onsuccess = () => {
+            const tx = request.result.transaction("dpop", "readwrite");
+            tx.objectStore("dpop").clear();
+            tx.oncomplete = () => { request.result.close(); resolve(null); };
+            tx.onerror = () => reject(tx.error);
+          };
+          request.onerror = () => reject(request.error);
+        })"""
+    )
+    await refetch_week(page)
+    await eventually(lambda: tokens.last != first, "the API called with a renewed token")
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    new_jkt = claims_of(tokens.last)["cnf"]["jkt"]
+    assert new_jkt != old_jkt
+    keys = await page.evaluate(f"({DPOP_KEYS_JS})({json.dumps(CLIENT_ID)})")
+    assert keys is not None
+    last = tokens.calls[-1]
+    assert last.scheme == "DPoP"
+    assert thumbprint(proof_key(last.proof or "")) == new_jkt
+    await shot(page, "bob-with-a-new-key")
