@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from testkit.fixtures import ROLE_PREFIX, migrate_schema, runtime_url
+from testkit.fixtures import ROLE_PREFIX, IsolatedEnv, migrate_schema, runtime_url
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 SCHEMAS = ("identity", "timesheets", "approvals", "audit")
@@ -25,9 +25,11 @@ REFUSED = r"permission denied|must be owner"
 
 
 @pytest.fixture(scope="module")
-async def schemas(database_url: str) -> str:
-    """Every service's schema in the session database, one audit record in it (written by the
-    audit service's own role, as ingestion does)."""
+async def schemas(isolated_env: IsolatedEnv) -> str:
+    """Every service's schema in a database of its own, one audit record in it (written by the
+    audit service's own role, as ingestion does). Not the session database: that record's made-up
+    hashes would break the session's chain for every audit test that runs after this module."""
+    database_url = isolated_env("db_roles")["DATABASE_URL"]
     for schema in SCHEMAS:
         await migrate_schema(database_url, schema, SERVICES / schema / schema)
     audit = await asyncpg.connect(runtime_url(database_url, "audit"))
