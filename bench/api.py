@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from svckit.migrations import migrate
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter, median_case
+from bench._presigned import Request, write_pool
 from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,9 @@ USERS = 32
 SEED_PER_USER = 100
 SCOPES = "openid read:timesheets create:timesheets"
 CASES = ("gateway", "direct", "reference", "pgbench")
+#: pre-signed requests per second of a direct run (more than the service answers here; a pool that
+#: runs out shows as 401 replays among the non-2xx)
+POOL_PER_SECOND = 2500
 #: the issue's targets for the service against the peers measured in the same run (never asserted)
 TARGETS = {
     "service_vs_reference_rps": ">= 1.0",
@@ -175,45 +179,31 @@ end
 """
 
 
-DIRECT_LUA = """
-local posts = {%(posts)s}
-local gets = {%(gets)s}
-local n = 0
-request = function()
-  n = n + 1
-  local i = (n %% #posts) + 1
-  if n %% 2 == 0 then
-    local headers = posts[i]
-    headers["Content-Type"] = "application/json"
-    local body = string.format('{"date":"2026-%%02d-%%02d","project":"Bench","hours":7.5,"notes":"wrk"}',
-                               (n %% 12) + 1, (n %% 28) + 1)
-    return wrk.format("POST", "/timesheets", headers, body)
-  end
-  return wrk.format("GET", "/timesheets?limit=20", gets[i])
-end
-"""
-
-
-def direct_script(path: Path, identity_keys: dict[str, str], issuer: str, subjects: list[str]) -> None:
-    """Pre-signed identity headers, as the gateway would send them, per user and request line.
-
-    The signature binds the method, path and query and a timestamp valid for
-    ``IDENTITY_MAX_SKEW_SECONDS`` (60 s), so the headers are minted right before the run.
-    """
+def direct_script(
+    path: Path, identity_keys: dict[str, str], issuer: str, subjects: list[str], requests: int
+) -> Path:
+    """The mix as the gateway would forward it: ``requests`` pre-signed requests (each with its own
+    nonce and body digest, :mod:`bench._presigned`), alternating a list and a create, rotating over
+    the users. Minted right before the run (timestamps are valid for 60 s)."""
     signer = pair_signer(identity_keys, "gateway", "timesheets")
+    identities = [
+        Identity(issuer, subject, "user", "timesheets-spa", frozenset(SCOPES.split()), "")
+        for subject in subjects
+    ]
 
-    def table(subject: str, method: str, target: str) -> str:
-        identity = Identity(issuer, subject, "user", "timesheets-spa", frozenset(SCOPES.split()), "")
-        headers = signer.headers(identity, method=method, target=target)
-        return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
+    def pool() -> Iterator[Request]:
+        for n in range(requests):
+            identity = identities[n % len(identities)]
+            if n % 2:
+                date = f"2026-{n % 12 + 1:02d}-{n % 28 + 1:02d}"
+                body = f'{{"date":"{date}","project":"Bench","hours":7.5,"notes":"wrk"}}'.encode()
+                headers = signer.headers(identity, method="POST", target="/timesheets", body=body)
+                yield "POST", "/timesheets", {**headers, "Content-Type": "application/json"}, body
+            else:
+                target = "/timesheets?limit=20"
+                yield "GET", target, signer.headers(identity, method="GET", target=target), b""
 
-    path.write_text(
-        DIRECT_LUA
-        % {
-            "posts": ", ".join(table(s, "POST", "/timesheets") for s in subjects),
-            "gets": ", ".join(table(s, "GET", "/timesheets?limit=20") for s in subjects),
-        }
-    )
+    return write_pool(path, pool())
 
 
 def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENTS) -> dict[str, Any]:
@@ -444,15 +434,15 @@ def main() -> int:
                     "reference": CpuMeter({"reference": reference.pid}),
                 }
 
-                def signed() -> Path:  # identity headers are valid for 60 s: minted right before a run
-                    direct_script(direct, identity_keys, issuer.issuer, subjects)
-                    return direct
+                def signed(run_seconds: float = seconds) -> Path:  # minted right before each run
+                    pool = int(run_seconds * POOL_PER_SECOND)
+                    return direct_script(direct, identity_keys, issuer.issuer, subjects, pool)
 
                 before = asyncio.run(count_entries(url))
                 # warm-up: JWKS fetched, pools filled, caches and prepared statements hot
                 run_wrk(gateway.url, script, 3)
-                run_wrk(timesheets.url, signed(), 3)
-                run_wrk(reference_url, signed(), 3)
+                run_wrk(timesheets.url, signed(3), 3)
+                run_wrk(reference_url, signed(3), 3)
                 for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
                     runs["gateway"].append(
                         measured(lambda: run_wrk(gateway.url, script, seconds), meters["gateway"])

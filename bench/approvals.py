@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from svckit.migrations import migrate
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter
+from bench._presigned import Request, write_pool
 from bench.api import CLIENTS, measured, median_of, pid_of, run_wrk
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
@@ -46,34 +48,9 @@ PER_EMPLOYEE = 500
 MANAGERS = 8
 SCOPES = frozenset({"read:timesheets", "approve:timesheets"})
 
-QUEUE_LUA = """
-local gets = {%(gets)s}
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format("GET", "/approvals?limit=20", gets[(n %% #gets) + 1])
-end
-"""
-
-DECIDE_LUA = """
-local paths = {%(paths)s}
-local heads = {%(heads)s}
-local n = 0
-request = function()
-  n = n + 1
-  local i = ((n - 1) %% #paths) + 1
-  local headers = heads[i]
-  headers["Content-Type"] = "application/json"
-  return wrk.format("PUT", paths[i], headers, '%(decision)s')
-end
-"""
-
-
 DECISION = b'{"decision":"approved"}'
-
-
-def lua_table(headers: dict[str, str]) -> str:
-    return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
+#: pre-signed queue requests per second of a run (more than the service answers here)
+QUEUE_PER_SECOND = 1500
 
 
 def manager(n: int) -> Identity:
@@ -111,29 +88,30 @@ async def seed(url: str) -> list[uuid.UUID]:
     return ids
 
 
-def queue_script(path: Path, keys: dict[str, str]) -> Path:
+def queue_script(path: Path, keys: dict[str, str], requests: int) -> Path:
+    """``requests`` pre-signed queue reads (each its own nonce), rotating over the managers."""
     signer = pair_signer(keys, "gateway", "approvals")
-    gets = [
-        lua_table(signer.headers(manager(n), method="GET", target="/approvals?limit=20"))
-        for n in range(MANAGERS)
-    ]
-    path.write_text(QUEUE_LUA % {"gets": ", ".join(gets)})
-    return path
+    target = "/approvals?limit=20"
+    return write_pool(
+        path,
+        (
+            ("GET", target, signer.headers(manager(n), method="GET", target=target), b"")
+            for n in range(requests)
+        ),
+    )
 
 
 def decide_script(path: Path, keys: dict[str, str], entries: list[uuid.UUID]) -> Path:
-    """One signed PUT per entry (the signature binds the path), minted right before the run."""
+    """One signed PUT per entry (the signature binds the path, the body's digest and a nonce)."""
     signer = pair_signer(keys, "gateway", "approvals")
-    paths, heads = [], []
-    for n, entry_id in enumerate(entries):
-        target = f"/approvals/{entry_id}"
-        paths.append(json.dumps(target))
-        # signed over the body the script sends (Content-Digest); each entry's PUT is sent once
-        heads.append(lua_table(signer.headers(manager(n), method="PUT", target=target, body=DECISION)))
-    path.write_text(
-        DECIDE_LUA % {"paths": ", ".join(paths), "heads": ", ".join(heads), "decision": DECISION.decode()}
-    )
-    return path
+
+    def pool() -> Iterator[Request]:
+        for n, entry_id in enumerate(entries):
+            target = f"/approvals/{entry_id}"
+            headers = signer.headers(manager(n), method="PUT", target=target, body=DECISION)
+            yield "PUT", target, {**headers, "Content-Type": "application/json"}, DECISION
+
+    return write_pool(path, pool())
 
 
 def main() -> int:
@@ -171,11 +149,13 @@ def main() -> int:
                 )
                 per_round = len(entries) // (rounds + 1)
                 slices = [entries[i * per_round : (i + 1) * per_round] for i in range(rounds + 1)]
-                run_wrk(approvals.url, queue_script(logs / "queue.lua", keys), 2)  # warm-up
+                run_wrk(
+                    approvals.url, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2
+                )  # warm-up
                 run_wrk(approvals.url, decide_script(logs / "decide.lua", keys, slices[-1]), 2)
                 for n in range(rounds):
                     scripts = {
-                        "queue": queue_script(logs / "queue.lua", keys),
+                        "queue": queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND)),
                         "decide": decide_script(logs / "decide.lua", keys, slices[n]),
                     }
                     for name, script in scripts.items():

@@ -7,12 +7,12 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
 - ``ingest``: ``POST /internal/events`` at batch sizes 1 (8 concurrent senders), 50 and 500 (2
   concurrent senders): events/s, per-request p50/p99 and the audit process's CPU time per request
   and per event (the service pinned to the first core, the senders to the last). The senders are
-  wrk's connections (unique event ids generated in its Lua script), so the figure is the service's,
-  not a Python client's; without wrk, coroutines of this process. Every append takes
-  the single chain lock (concurrent ones share it by group commit), so this is the ceiling of the
-  whole platform's audited write rate. ``BENCH_AUDIT_ROUNDS`` (default 3) interleaved rounds of the
-  three cases; medians, each round's events/s beside them. The issue's targets are printed beside
-  the figures, never asserted.
+  wrk's connections (every request pre-signed with its own nonce and body digest, fresh events), so
+  the figure is the service's, not a Python client's; without wrk, coroutines of this process.
+  Every append takes the single chain lock (concurrent ones share it by group commit), so this is
+  the ceiling of the whole platform's audited write rate. ``BENCH_AUDIT_ROUNDS`` (default 3)
+  interleaved rounds of the three cases; medians, each round's events/s beside them. The issue's
+  targets are printed beside the figures, never asserted.
 - ``relay``: 5,000 events committed to an outbox in 100 transactions (enqueue rate), then the relay
   started on that backlog, as after an audit outage: the time until it has drained it (events/s end
   to end: claim with SKIP LOCKED, POST, DELETE, commit).
@@ -35,6 +35,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter, median_case, spread
+from bench._presigned import Request, write_pool
 from bench.api import run_wrk
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
@@ -129,48 +131,26 @@ async def ingest_case(
     }
 
 
-INGEST_LUA = """
-local prefix = "%(prefix)s"
-local headers = %(headers)s
-headers["Content-Type"] = "application/json"
-local head = '{"occurred_at":"%(occurred_at)s","source":"timesheets","actor":{"issuer":"http://localhost:9000/",'
-  .. '"subject":"bench-user","kind":"user","client_id":"timesheets-spa","name":"Bench"},'
-  .. '"action":"timesheet.created","outcome":"success","request_id":"wrk",'
-  .. '"details":{"project":"StoreZero","hours":7.5,"date":"2026-11-23"},'
-local n = 0
-request = function()
-  n = n + 1
-  local events = {}
-  for k = 1, %(batch)d do
-    local id = string.format("%%s-%%04x-4000-8000-%%012x", prefix, k, n)
-    events[k] = head .. '"id":"' .. id .. '","resource":{"type":"timesheet","id":"' .. id .. '"}}'
-  end
-  return wrk.format("POST", "/internal/events", headers, '{"events":[' .. table.concat(events, ",") .. ']}')
-end
-"""
+#: pre-signed requests per second of a run, by batch size (more than the service answers here)
+POOL_PER_SECOND = {1: 3000, 50: 150, 500: 20}
 
 
 def wrk_ingest_case(
     url: str, keys: dict[str, str], batch: int, connections: int, seconds: float, pid: int | None, logs: Path
 ) -> dict[str, Any]:
     """``POST /internal/events`` from wrk (``-c`` = the senders): a load generator in C, so the
-    figure is the service's and not a Python client's. Event ids are unique per run (a random prefix,
-    the event's place and the request's number); the identity headers (bound to the method and path,
-    valid for ``IDENTITY_MAX_SKEW_SECONDS``) are minted right before the run."""
+    figure is the service's and not a Python client's. Every request is signed beforehand with its
+    own nonce and body digest (:mod:`bench._presigned`), its events fresh, right before the run."""
     signer = pair_signer(keys, SOURCE, "audit")
-    headers = signer.headers(Identity.service(SOURCE), method="POST", target="/internal/events")
-    script = logs / f"ingest-{batch}.lua"
-    script.write_text(
-        INGEST_LUA
-        % {
-            "prefix": secrets.token_hex(4),
-            "headers": "{"
-            + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
-            + "}",
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "batch": batch,
-        }
-    )
+    identity = Identity.service(SOURCE)
+
+    def pool() -> Iterator[Request]:
+        for _ in range(max(4, int(seconds * POOL_PER_SECOND[batch]))):
+            body = json.dumps({"events": [event() for _ in range(batch)]}, separators=(",", ":")).encode()
+            headers = signer.headers(identity, method="POST", target="/internal/events", body=body)
+            yield "POST", "/internal/events", {**headers, "Content-Type": "application/json"}, body
+
+    script = write_pool(logs / f"ingest-{batch}.lua", pool())
     cpu = CpuMeter({"audit": pid})
     cpu.start()
     result = run_wrk(url, script, seconds, connections=connections)

@@ -93,15 +93,14 @@ def spa_routes(settings: GatewaySettings) -> list[Route]:
 
     async def static(request: Request) -> Response:
         index = root / "index.html"
-        if not index.is_file():
-            return HTMLResponse(NOT_BUILT, headers=html_headers)
         relative = request.path_params.get("path", "")
         if relative and "\0" not in relative:
             candidate = (root / relative).resolve()
             if candidate.is_relative_to(root) and candidate.is_file():
                 return file(candidate)
         if not relative or "text/html" in request.headers.get("accept", ""):
-            return file(index)
+            # the page, or how to build it: an API client gets the same 404 either way
+            return file(index) if index.is_file() else HTMLResponse(NOT_BUILT, headers=html_headers)
         return problem_response(404, None, "No such file.")
 
     return [

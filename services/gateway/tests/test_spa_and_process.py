@@ -89,6 +89,11 @@ async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp
 
 async def test_operational_endpoints(api: Any, gateway: str) -> None:
     assert (await api("GET", gateway + "/healthz"))[0] == 200
+    # ready once the issuer's signing keys are in (fetched in the background after start-up)
+    for _ in range(100):
+        if (await api("GET", gateway + "/readyz"))[0] == 200:
+            break
+        await asyncio.sleep(0.1)
     assert (await api("GET", gateway + "/readyz"))[0] == 200
     # The public listener (what the Ingress publishes) has no metrics and no internal OpenAPI document
     # (an unknown path is the SPA's — here its "not built" page — never a JSON document).

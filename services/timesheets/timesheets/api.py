@@ -169,8 +169,7 @@ async def delete_entry(request: Request) -> Response:
             raise not_found()
         if row.status == "approved":
             raise Problem(409, "Conflict", "An approved entry cannot be deleted.", status_text="approved")
-        await store.mark_deleted(conn, entry_id)
-        await enqueue(conn, events.deleted(identity, row))
+        await store.mark_deleted(conn, entry_id, events.deleted(identity, row))
     entries_deleted.inc()
     return Response(status_code=204)
 

@@ -15,7 +15,6 @@ from svckit.authz import identity_of, requires_service
 from svckit.body import parse_body
 from svckit.contracts.timesheets import ApplyDecision, PendingQuery
 from svckit.db import Connection
-from svckit.outbox import enqueue
 from svckit.problems import Problem
 from svckit.query import parse_query
 from svckit.responses import json_response, model_response
@@ -76,6 +75,6 @@ async def apply_decision(request: Request) -> Response:
             )
         if row.owner == (decision.by.issuer, decision.by.subject):
             raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
-        updated = await store.record_decision(conn, entry_id, decision)
-        await enqueue(conn, events.decided(caller, decision, updated))
+        # the event names the entry's owner, date, project and hours: the decision changes none of them
+        updated = await store.record_decision(conn, entry_id, decision, events.decided(caller, decision, row))
     return model_response(entry_of(updated))

@@ -216,21 +216,37 @@ async def get_entry(conn: Connection, entry_id: uuid.UUID, *, lock: bool = False
     return EntryRow.of(record) if record is not None else None
 
 
-async def mark_deleted(conn: Connection, entry_id: uuid.UUID) -> None:
-    await conn.execute(
-        "UPDATE entries SET deleted_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
-        entry_id,
-    )
+#: the entry marked deleted and its audit event (``$2`` to ``$4``) in one statement
+MARK_DELETED = with_enqueued(
+    "UPDATE entries SET deleted_at = clock_timestamp(), updated_at = clock_timestamp()"
+    " WHERE id = $1 RETURNING id",
+    first=2,
+)
 
 
-async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: ApplyDecision) -> EntryRow:
+async def mark_deleted(conn: Connection, entry_id: uuid.UUID, event: AuditEvent) -> None:
+    """Inside the caller's transaction (the row is locked there), with the deletion's audit event."""
+    await conn.execute(MARK_DELETED, entry_id, *event_parameters(event))
+
+
+#: the decision recorded on the entry and its audit event (``$9`` to ``$11``) in one statement
+RECORD_DECISION = with_enqueued(
+    f"""UPDATE entries
+        SET status = $2, decision_id = $3, decided_by_issuer = $4, decided_by_subject = $5,
+            decided_by_name = $6, decided_at = $7, decision_comment = $8,
+            updated_at = clock_timestamp()
+        WHERE id = $1
+        RETURNING {COLUMNS}""",
+    first=9,
+)
+
+
+async def record_decision(
+    conn: Connection, entry_id: uuid.UUID, decision: ApplyDecision, event: AuditEvent
+) -> EntryRow:
+    """Inside the caller's transaction (the row is locked there), with the decision's audit event."""
     row = await conn.fetchrow(
-        f"""UPDATE entries
-            SET status = $2, decision_id = $3, decided_by_issuer = $4, decided_by_subject = $5,
-                decided_by_name = $6, decided_at = $7, decision_comment = $8,
-                updated_at = clock_timestamp()
-            WHERE id = $1
-            RETURNING {COLUMNS}""",
+        RECORD_DECISION,
         entry_id,
         decision.decision,
         decision.decision_id,
@@ -239,6 +255,7 @@ async def record_decision(conn: Connection, entry_id: uuid.UUID, decision: Apply
         decision.by.name or "",
         decision.at,
         decision.comment,
+        *event_parameters(event),
     )
     assert row is not None
     return EntryRow.of(row)
