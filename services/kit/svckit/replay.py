@@ -29,7 +29,12 @@ Verdict = Literal["fresh", "replay", "unavailable"]
 
 
 class ReplayMemory:
-    """The nonces accepted within the window: this process's own, and (with ``redis``) every replica's."""
+    """The nonces accepted within the window: this process's own, and (with ``redis``) every replica's.
+
+    The local window keeps at most ``max_local`` nonces (~20 MB; ~200 bytes each), the oldest dropped
+    first: under more than ``max_local / window`` signed requests per second it covers less than the
+    whole window, which only matters while Redis — the memory every replica shares — is away.
+    """
 
     def __init__(
         self,
@@ -37,7 +42,7 @@ class ReplayMemory:
         service: str,
         window_seconds: float,
         *,
-        max_local: int = 1_000_000,
+        max_local: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
