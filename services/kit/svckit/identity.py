@@ -69,7 +69,10 @@ _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 #: ``Content-Digest`` as the contract sends it: one sha-256 member (RFC 9530 section 2).
 _DIGEST = re.compile(r"sha-256=:[A-Za-z0-9+/]{43}=:")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_nonce_bits = random.Random().getrandbits  # reseeded in every forked worker (random registers at fork)
+# the module's own generator: random reseeds it in a forked child (os.register_at_fork), which it does
+# not do for a Random() of our own — two forked workers would then send the same nonces, refused as
+# replays (the kit's supervisor spawns, but a forking server must not break this)
+_nonce_bits = random.getrandbits
 
 
 def content_digest(body: bytes) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from svckit.identity import (
     CONTENT_DIGEST,
@@ -241,3 +243,20 @@ def test_the_signed_string_is_the_documented_one() -> None:
     mac = base64.urlsafe_b64encode(hmac.digest(b"s" * 32, expected, hashlib.sha256)).rstrip(b"=").decode()
     assert headers[SIGNATURE] == mac
     assert headers[CONTENT_DIGEST] == "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"
+
+
+def test_forked_processes_send_different_nonces() -> None:
+    """A forked worker must not repeat its parent's nonces: the receiver would refuse them as replays."""
+    from svckit.identity import new_nonce
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one nonce to the parent, then out without running pytest's exit
+        os.write(write, new_nonce().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != new_nonce()
