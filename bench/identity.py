@@ -156,10 +156,22 @@ async def redis_round_trips(requests: int) -> dict[str, float]:
                 assert await memory.first_use(new_nonce(), "POST") == "fresh"
             best_cpu = min(best_cpu, (time.process_time() - cpu) / requests)
             best_wall = min(best_wall, (time.perf_counter() - wall) / requests)
+        # 32 requests at a time, as under load: their nonces share pipelined round trips
+        best_concurrent = float("inf")
+        for _ in range(3):
+            cpu = time.process_time()
+            waves = max(1, requests // 32)
+            for _ in range(waves):
+                await asyncio.gather(*(memory.first_use(new_nonce(), "POST") for _ in range(32)))
+            best_concurrent = min(best_concurrent, (time.process_time() - cpu) / (waves * 32))
     finally:
         await guard.close()
         redis.stop()
-    return {"replay_redis_cpu": round(best_cpu * 1e6, 2), "replay_redis_wall": round(best_wall * 1e6, 2)}
+    return {
+        "replay_redis_cpu": round(best_cpu * 1e6, 2),
+        "replay_redis_wall": round(best_wall * 1e6, 2),
+        "replay_redis_cpu_32_concurrent": round(best_concurrent * 1e6, 2),
+    }
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The in-process replay window (svckit.replay): each nonce accepted once within the window, forgotten
-after it, and bounded in size. The shared Redis memory is tested with real replicas in
-tests/security/test_signed_requests.py."""
+after it, and bounded in size. The shared Redis memory: test_replay_shared.py, and with real service
+replicas tests/security/test_signed_requests.py."""
 
 from __future__ import annotations
 
