@@ -72,6 +72,7 @@ from svckit.identity import pair_variable
 from svckit.settings import parse_identity_keys
 
 from bench import _haproxy
+from bench._measure import cpu_seconds
 from bench.api import AUDIENCE, Issuer
 from testkit.dpop import DpopKey
 from testkit.fixtures import ServiceProcess, free_port, new_pair_keys
@@ -256,16 +257,7 @@ def run_wrk(
 
 def server_cpu_seconds(server: psutil.Process | None) -> float:
     """User + system CPU of a server process and its children (the gateway may fork workers)."""
-    if server is None:
-        return 0.0
-    total = 0.0
-    for process in (server, *server.children(recursive=True)):
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+    return cpu_seconds(server.pid if server is not None else None)
 
 
 def machine() -> str:

@@ -51,10 +51,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import psutil
 from audit.checkpoints import CheckpointKeys
 
 from bench._backing import fresh_database, servers
+from bench._measure import cpu_seconds
 from bench.api import AUDIENCE, Issuer, prepare_database, run_wrk
 from testkit.fixtures import ServiceProcess, new_pair_keys
 
@@ -97,20 +97,14 @@ class Stack:
         return [p for name in SERVICES for p in self.processes.get(name, [])]
 
     def cpu_seconds(self) -> dict[str, float]:
-        totals = {}
-        for name in SERVICES:
-            total = 0.0
-            for service in self.processes.get(name, []):
-                assert service.process is not None
-                try:
-                    parent = psutil.Process(service.process.pid)
-                    for process in (parent, *parent.children(recursive=True)):
-                        times = process.cpu_times()
-                        total += times.user + times.system
-                except psutil.Error:
-                    continue
-            totals[name] = total
-        return totals
+        """CPU seconds of each service's replicas (and their workers) together."""
+        return {
+            name: sum(
+                cpu_seconds(service.process.pid if service.process else None)
+                for service in self.processes.get(name, [])
+            )
+            for name in SERVICES
+        }
 
     def stop(self) -> None:
         for service in reversed(self.all()):
