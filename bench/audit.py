@@ -9,6 +9,9 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
   and per event (the service pinned to the first core, the senders to the last). The senders are
   wrk's connections (every request pre-signed with its own nonce and body digest, fresh events), so
   the figure is the service's, not a Python client's; without wrk, coroutines of this process.
+  Beside the service's CPU, the embedded Postgres's (all its processes; ``null`` with
+  ``DATABASE_URL``, a server shared with others) and wrk's own per request: the senders must not be
+  what limits the figure on a two-core machine.
   Every append takes the single chain lock (concurrent ones share it by group commit), so this is
   the ceiling of the whole platform's audited write rate. ``BENCH_AUDIT_ROUNDS`` (default 3)
   interleaved rounds of the three cases; medians, each round's events/s beside them. The issue's
@@ -18,7 +21,8 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
   to end: claim with SKIP LOCKED, POST, DELETE, commit).
 - ``verify``: ``GET /audit/verify`` over the accumulated chain: records/s.
 
-Works with ``DATABASE_URL`` or without (an embedded Postgres, :mod:`bench._backing`). Writes
+Works with ``DATABASE_URL`` / ``REDIS_URL`` or without (embedded servers, :mod:`bench._backing`): the
+service's replay memory (Redis) is the benchmark's own, never the machine's shared one. Writes
 ``bench/results/audit.json`` and prints a table. ``BENCH_AUDIT_SECONDS`` (default 4) is the
 duration of each ingest case.
 """
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -47,7 +52,7 @@ from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 
-from bench._backing import fresh_database, servers
+from bench._backing import STATE, fresh_database, servers
 from bench._measure import CpuMeter, median_case, spread
 from bench._presigned import Request, write_pool
 from bench.api import run_wrk
@@ -136,7 +141,14 @@ POOL_PER_SECOND = {1: 3000, 50: 150, 500: 20}
 
 
 def wrk_ingest_case(
-    url: str, keys: dict[str, str], batch: int, connections: int, seconds: float, pid: int | None, logs: Path
+    url: str,
+    keys: dict[str, str],
+    batch: int,
+    connections: int,
+    seconds: float,
+    pid: int | None,
+    logs: Path,
+    postgres: int | None = None,
 ) -> dict[str, Any]:
     """``POST /internal/events`` from wrk (``-c`` = the senders): a load generator in C, so the
     figure is the service's and not a Python client's. Every request is signed beforehand with its
@@ -151,10 +163,14 @@ def wrk_ingest_case(
             yield "POST", "/internal/events", {**headers, "Content-Type": "application/json"}, body
 
     script = write_pool(logs / f"ingest-{batch}.lua", pool())
-    cpu = CpuMeter({"audit": pid})
+    cpu = CpuMeter({"audit": pid, "postgres": postgres})
     cpu.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: is the load generator the limit?
     result = run_wrk(url, script, seconds, connections=connections)
-    used = cpu.stop()["audit"]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = cpu.stop()
+    used = spent["audit"]
+    wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     requests = max(1, result["requests"])
     ok = result["requests"] - result["non_2xx"]
     return {
@@ -167,7 +183,22 @@ def wrk_ingest_case(
         "errors": result["non_2xx"],
         "cpu_us_per_request": round(used * 1e6 / requests, 1),
         "cpu_us_per_event": round(used * 1e6 / (requests * batch), 1),
+        "postgres_cpu_us_per_event": (
+            round(spent["postgres"] * 1e6 / (requests * batch), 1) if postgres else None
+        ),
+        "wrk_cpu_us_per_request": round(wrk_cpu * 1e6 / requests, 1),
     }
+
+
+def embedded_postgres() -> int | None:
+    """The pid of the benchmark's embedded Postgres (its backends are its children), None when the
+    server is someone else's (``DATABASE_URL``): its CPU time is then not this run's alone."""
+    data = str(STATE / "postgres")
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "-D" in command and data in command:
+            return int(process.pid)
+    return None
 
 
 async def relay_case(dsn: str, client: SignedClient, total: int = 5000, per_tx: int = 50) -> dict[str, Any]:
@@ -248,7 +279,7 @@ def pin(process: ServiceProcess) -> int | None:
     return pid
 
 
-async def run(dsn: str) -> dict[str, Any]:
+async def run(dsn: str, redis_url: str, postgres: int | None) -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
     rounds = int(os.environ.get("BENCH_AUDIT_ROUNDS", "3"))
     keys = new_pair_keys("bench")
@@ -256,6 +287,8 @@ async def run(dsn: str) -> dict[str, Any]:
         "audit",
         {
             "DATABASE_URL": dsn,
+            "REDIS_URL": redis_url,
+            "REDIS_KEY_PREFIX": f"tsp-bench-audit:{os.getpid()}:",
             **keys,
             "LOG_LEVEL": "WARNING",
             "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
@@ -275,7 +308,7 @@ async def run(dsn: str) -> dict[str, Any]:
                 for batch, senders in INGEST_CASES:
                     if wrk:
                         found = await asyncio.to_thread(
-                            wrk_ingest_case, process.url, keys, batch, senders, seconds, pid, logs
+                            wrk_ingest_case, process.url, keys, batch, senders, seconds, pid, logs, postgres
                         )
                     else:
                         found = await ingest_case(client, batch, senders, seconds, pid)
@@ -295,19 +328,22 @@ async def run(dsn: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    with servers(), fresh_database(f"tsp_bench_audit_{secrets.token_hex(3)}") as dsn:
-        results = asyncio.run(run(dsn))
+    with servers(redis=True) as backing, fresh_database(f"tsp_bench_audit_{secrets.token_hex(3)}") as dsn:
+        assert backing.redis_url is not None
+        postgres = embedded_postgres() if backing.embedded else None
+        results = asyncio.run(run(dsn, backing.redis_url, postgres))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audit.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"{'case':<28}{'events/s':>10}{'target':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'cpu us/req':>12}{'cpu us/event':>14}   rounds (events/s)"
+        f"{'cpu us/req':>12}{'cpu us/event':>14}{'pg us/event':>13}{'wrk us/req':>12}   rounds (events/s)"
     )
     for case in results["ingest"]:
         label = f"ingest batch={case['batch']} x{case['senders']}"
         print(
             f"{label:<28}{case['events_per_second']:>10}{TARGETS[case['batch']]:>8}{case['p50_ms']:>9}"
             f"{case['p99_ms']:>9}{case['errors']:>8}{case['cpu_us_per_request']:>12}{case['cpu_us_per_event']:>14}"
+            f"{case.get('postgres_cpu_us_per_event') or '-':>13}{case.get('wrk_cpu_us_per_request', '-'):>12}"
             f"   {case['events_per_second_rounds']}"
         )
     relay = results["relay"]
