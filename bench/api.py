@@ -17,6 +17,11 @@ The same mix is also sent, in the same run, to three peers:
 - ``pgbench``: the same statements and transactions (:func:`pgbench_scripts`, the service's SQL text
   with its parameters as pgbench expressions), ``-M prepared -c32 -j1`` pinned like wrk.
 
+The two peers work on a database of their own, seeded like the service's: their outbox rows are not
+audit events the audit service accepts, and in the service's database its outbox relay spent its CPU
+on them (each refused batch split and re-sent event by event, thousands of 422s per round), counted
+as the service's.
+
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the four cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
@@ -386,10 +391,15 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     try:
-        with servers(redis=True) as backing, fresh_database(name) as url:
+        with (
+            servers(redis=True) as backing,
+            fresh_database(name) as url,
+            fresh_database(name + "_peers") as peers_url,
+        ):
             redis_url = backing.redis_url
             assert redis_url is not None
-            asyncio.run(prepare_database(url, issuer.issuer, subjects))
+            for database in (url, peers_url):
+                asyncio.run(prepare_database(database, issuer.issuer, subjects))
             try:
                 identity_keys = new_pair_keys("bench")
                 env = {
@@ -419,7 +429,7 @@ def main() -> int:
                     log_dir=logs,
                 ).start()
                 processes.append(gateway)
-                reference = start_reference(url, logs)
+                reference = start_reference(peers_url, logs)
                 reference_url: str = reference.reference_url  # type: ignore[attr-defined]
 
                 tokens = [issuer.token(subject) for subject in subjects]
@@ -454,7 +464,7 @@ def main() -> int:
                         measured(lambda: run_wrk(reference_url, signed(), seconds), meters["reference"])
                     )
                     if pgbench is not None:
-                        runs["pgbench"].append(run_pgbench(url, pgbench, seconds, logs))
+                        runs["pgbench"].append(run_pgbench(peers_url, pgbench, seconds, logs))
                 created = asyncio.run(count_entries(url)) - before
             finally:  # the servers stop before their database is dropped
                 if reference is not None:
