@@ -14,6 +14,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from svckit.cli import run_cli
 
 from .app import check_configuration
+from .serving import GatewayHttpProtocol
 from .settings import GatewaySettings
 
 # Refuse a bad route table or issuers file here, once, before uvicorn forks workers that would die on it.
@@ -25,5 +26,6 @@ raise SystemExit(
         settings_cls=GatewaySettings,
         app_factory="gateway.app:create_app",
         workers=lambda settings: settings.gateway_workers,
+        http_protocol=GatewayHttpProtocol,
     )
 )

@@ -44,7 +44,8 @@ from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
 from .revocations import DenyList, RevocationFeed
-from .routes import API_PREFIX, RouteTable, RouteTableError, load_routes
+from .routes import RouteTable, RouteTableError, load_routes
+from .serving import OPENAPI_PATH, GatewayHttpProtocol, is_api_path
 from .settings import GatewaySettings
 from .spa import spa_routes
 from .tokens import TokenVerifier
@@ -52,11 +53,8 @@ from .upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
-OPENAPI_PATH = API_PREFIX + "/openapi.json"
-
 KEY_AGE_INTERVAL_SECONDS = 5.0
 JWKS_MAINTAIN_SECONDS = 1.0  # how often issuers without fresh keys are looked at (back-off permitting)
-_API_HEADS = frozenset({API_PREFIX, API_PREFIX + "/"})
 
 
 class Gateway:
@@ -241,7 +239,10 @@ def openapi_route(table: RouteTable) -> Route:
 
 class GatewayApp:
     """Dispatch: ``/api`` and ``/api/…`` to the edge (but the public ``/api/openapi.json``), everything
-    else (and lifespan) to ``web``."""
+    else (and lifespan) to ``web``. Served by :class:`gateway.serving.GatewayHttpProtocol`
+    (``http_protocol``), which makes the same dispatch itself and calls the edge directly."""
+
+    http_protocol = GatewayHttpProtocol
 
     def __init__(self, gateway: Gateway, web: Starlette) -> None:
         self.gateway = gateway
@@ -251,11 +252,7 @@ class GatewayApp:
         # "/api" in any case or spelling goes to the edge, which refuses whatever is not literally
         # /api/… (gateway.stages.check_target) instead of letting the SPA's routes answer for it; the
         # public API document is the one /api path the web app serves
-        if (
-            scope["type"] == "http"
-            and scope["path"][:5].lower() in _API_HEADS
-            and scope["path"] != OPENAPI_PATH
-        ):
+        if scope["type"] == "http" and is_api_path(scope["path"]):
             edge = self.gateway.edge
             if edge is None:
                 raise RuntimeError("the gateway is not started (lifespan did not run)")

@@ -33,17 +33,23 @@ Command = Callable[[S, list[str]], int]
 log = logging.getLogger("svckit.cli")
 
 
-def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
+def serve(
+    app_factory: str,
+    settings: ServiceSettings,
+    workers: int = 1,
+    http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
+) -> int:
     """Serve with the kit's HTTP protocol and shutdown (:mod:`svckit.server`): SIGTERM stops
     accepting (later connections are refused, queued ones served), lets in-flight requests finish up
-    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools."""
+    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools.
+    ``http_protocol``: a subclass of the kit's protocol (the gateway serves its API through its own)."""
     config = uvicorn.Config(
         app_factory,
         factory=True,
         host=settings.bind_host,
         port=settings.port,
         workers=workers,
-        http=ProblemHttpProtocol,
+        http=http_protocol,
         log_config=None,
         access_log=False,
         server_header=False,
@@ -54,7 +60,11 @@ def serve(app_factory: str, settings: ServiceSettings, workers: int = 1) -> int:
     return server.serve(config, workers)
 
 
-def serve_reloading(app_factory: str, settings: ServiceSettings) -> int:
+def serve_reloading(
+    app_factory: str,
+    settings: ServiceSettings,
+    http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
+) -> int:
     """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
     reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
     edited sources. The app runs in a child process, so its metrics go through multiprocess files
@@ -68,7 +78,7 @@ def serve_reloading(app_factory: str, settings: ServiceSettings) -> int:
         port=settings.port,
         reload=True,
         reload_dirs=watched,
-        http=ProblemHttpProtocol,  # the same HTTP layer as in production, only the restarts differ
+        http=http_protocol,  # the same HTTP layer as in production, only the restarts differ
         log_config=None,
         access_log=False,
         server_header=False,
@@ -128,6 +138,7 @@ def run_cli(
     commands: Mapping[str, Command[S]] | None = None,
     workers: Callable[[S], int] | None = None,
     argv: Sequence[str] | None = None,
+    http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
 ) -> int:
     extra = dict(commands or {})
     choices = ["serve", *(["migrate"] if migrations else []), *extra]
@@ -148,8 +159,8 @@ def run_cli(
             return 1
         try:
             if settings.dev_reload:
-                return serve_reloading(app_factory, settings)
-            return serve(app_factory, settings, workers(settings) if workers else 1)
+                return serve_reloading(app_factory, settings, http_protocol)
+            return serve(app_factory, settings, workers(settings) if workers else 1, http_protocol)
         finally:
             metrics.stop()
     if parsed.command == "migrate":

@@ -1,0 +1,374 @@
+"""How the gateway is served: the kit's HTTP protocol, with a lean request cycle for ``/api``.
+
+Measured with ``bench/gateway.py`` and py-spy, uvicorn's per-request ASGI machinery was the largest
+single share of the gateway's CPU after the system calls themselves: an ``asyncio.Event`` per
+request, a ``send`` that runs two regular expressions over every response header, the kit's hold of
+the response head through a wrapped transport, and the dispatch through :class:`gateway.app.GatewayApp`.
+:class:`GatewayHttpProtocol` keeps everything else of the kit's protocol
+(:class:`svckit.server.ProblemHttpProtocol`, i.e. uvicorn's httptools protocol): parsing with llhttp,
+the head limits and the server layer's problem answers, keep-alive and its timer, pipelining (the
+queue of cycles), flow control, ``100 Continue``, lingering close, the graceful drain and
+``refuse_new_connections``. Only an API request (what :class:`GatewayApp` would hand to the edge) gets
+:class:`ApiCycle` and goes straight to :class:`gateway.edge.Edge`; everything else (``/healthz``,
+``/readyz``, the SPA, the API document) keeps uvicorn's cycle and the Starlette app.
+
+:class:`ApiCycle` speaks the same ASGI as uvicorn's cycle (the edge cannot tell them apart) with
+these differences:
+
+* the request/response signal is a small object with ``set``/``clear``/``wait`` (what the protocol
+  and the cycle use of an event), not an ``asyncio.Event``;
+* the response head is framed once and checked once as a whole — no control character but the line
+  ends, and exactly one CR LF per line, so no header name or value can split a line — instead of two
+  regular expressions per header; header names are the gateway's own or the upstream's as llhttp
+  parsed them;
+* the head goes out in the same write as the body (up to :data:`svckit.server.COALESCE_BYTES`), the
+  kit's one-write-per-response without wrapping the transport's ``write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import httptools
+from starlette.types import ASGIApp
+from svckit.problems import PROBLEM_JSON
+from svckit.server import COALESCE_BYTES, ProblemHttpProtocol, _ProblemCycle
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from .routes import API_PREFIX
+
+log = logging.getLogger("gateway.serving")
+
+OPENAPI_PATH = API_PREFIX + "/openapi.json"
+_API_HEADS = frozenset({API_PREFIX, API_PREFIX + "/"})
+#: what may not appear anywhere in a response head besides CR and LF (HTAB may, inside values)
+_FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_CLOSE = b"connection: close\r\n"
+_INTERNAL_ERROR = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "An unexpected error occurred; it has been logged.",
+    }
+).encode()
+
+
+def is_api_path(path: str) -> bool:
+    """Whether a request goes to the edge: ``/api`` in any case or spelling (the edge refuses what is
+    not literally ``/api/…``, instead of letting the SPA's routes answer), but the public API document."""
+    return path[:5].lower() in _API_HEADS and path != OPENAPI_PATH
+
+
+def check_head(head: bytes) -> None:
+    """A framed response head must be lines and nothing else: no control character but HTAB inside
+    them, and every CR and every LF part of one line end — so no name or value split a line (a
+    response-splitting attempt through an upstream's or a client's bytes is a 500, never sent)."""
+    lines = head.count(b"\n")
+    if _FORBIDDEN.search(head) is not None or head.count(b"\r") != lines or head.count(b"\r\n") != lines:
+        raise RuntimeError("Invalid HTTP header.")
+
+
+class _HasEdge(Protocol):
+    edge: ASGIApp | None
+
+
+class _Signal:
+    """What uvicorn's protocol and cycle use of an ``asyncio.Event``: ``set``, ``clear``, ``wait`` by one
+    waiter at a time (the cycle's ``receive``), without the event's cost per request."""
+
+    __slots__ = ("_flag", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flag = False
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> bool:
+        if not self._flag:
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return True
+
+
+class _Defaults:
+    """The server's default headers (``date``), serialised once per value (uvicorn replaces the list
+    every second)."""
+
+    __slots__ = ("_block", "_source")
+
+    def __init__(self) -> None:
+        self._source: list[tuple[bytes, bytes]] | None = None
+        self._block = b""
+
+    def block(self, current: list[tuple[bytes, bytes]]) -> bytes:
+        if current is not self._source:
+            self._source = current  # held: its identity cannot be reused while it is compared against
+            self._block = b"".join(name + b": " + value + b"\r\n" for name, value in current)
+        return self._block
+
+
+_defaults = _Defaults()
+
+
+def _no_response() -> None:
+    return None
+
+
+class ApiCycle(RequestResponseCycle):
+    """One API request's ASGI cycle (see the module docstring for how it differs from uvicorn's)."""
+
+    def __init__(
+        self,
+        scope: Any,
+        protocol: GatewayHttpProtocol,
+        *,
+        keep_alive: bool,
+        expect_100_continue: bool,
+    ) -> None:
+        # uvicorn's constructor is not called: it makes the asyncio.Event this class does without
+        self.scope = scope
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.logger = protocol.logger
+        self.access_logger = protocol.access_logger
+        self.access_log = False
+        self.default_headers = protocol.server_state.default_headers
+        self.message_event = _Signal(protocol.loop)  # type: ignore[assignment]
+        self.on_response = protocol.on_response_complete
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding: bool | None = None
+        self.expected_content_length = 0
+        self._head = b""
+        self._bodiless = scope["method"] == "HEAD"
+
+    async def run_asgi(self, app: Any) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self._abandon()
+        else:
+            if not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self._abandon()
+        finally:
+            self.on_response = _no_response
+
+    async def send_500_response(self) -> None:
+        """The server layer's last resort, as a problem document (the edge answers its own errors)."""
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": _INTERNAL_ERROR, "more_body": False})
+
+    def _abandon(self) -> None:
+        """A response that cannot complete: what was framed goes out, then the connection ends."""
+        head, self._head = self._head, b""
+        if head:
+            self.transport.write(head)
+        self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected 'http.response.start', but got '{message['type']}'.")
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self._head = self._frame(message["status"], message.get("headers", ()))
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"Expected 'http.response.body', but got '{message['type']}'.")
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        head, self._head = self._head, b""
+        write = self.transport.write
+        if self._bodiless:
+            self.expected_content_length = 0
+            if head:
+                write(head)
+        elif self.chunked_encoding:
+            parts = [head] if head else []
+            if body:
+                parts += (b"%x\r\n" % len(body), body, b"\r\n")
+            if not more_body:
+                parts.append(b"0\r\n\r\n")
+            if parts:
+                write(b"".join(parts))
+        else:
+            size = len(body)
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            if head and size <= COALESCE_BYTES:
+                write(head + body if size else head)
+            else:
+                if head:
+                    write(head)
+                if size:
+                    write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _frame(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The status line and headers, with uvicorn's framing rules (Content-Length, chunked,
+        ``Connection: close``), checked as a whole."""
+        parts = [STATUS_LINE[status], _defaults.block(self.default_headers)]
+        close_sent = False
+        for raw_name, value in headers:
+            name = raw_name.lower()
+            parts += (name, b": ", value, b"\r\n")
+            if name in _FRAMING:
+                if name == b"content-length":
+                    if self.chunked_encoding is None:
+                        self.expected_content_length = int(value.decode())
+                        self.chunked_encoding = False
+                elif name == b"transfer-encoding":
+                    if value.lower() == b"chunked":
+                        self.expected_content_length = 0
+                        self.chunked_encoding = True
+                elif b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    close_sent = True
+        if not self.keep_alive and not close_sent:
+            parts.append(_CLOSE)
+        if self.chunked_encoding is None and not self._bodiless and status not in (204, 304):
+            self.chunked_encoding = True
+            parts.append(_CHUNKED)
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        check_head(head)
+        return head
+
+
+class GatewayHttpProtocol(ProblemHttpProtocol):
+    """The kit's protocol; API requests get an :class:`ApiCycle` and go straight to the edge."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        gateway = getattr(self.app, "gateway", None)  # a GatewayApp (not one wrapped in middleware)
+        self._gateway: _HasEdge | None = gateway
+
+    def on_headers_complete(self) -> None:
+        gateway = self._gateway
+        edge = gateway.edge if gateway is not None else None
+        if edge is None:
+            super().on_headers_complete()
+            return
+        self._receiving = False
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("ascii") + raw_path
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = parsed.query or b""
+        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not self._draining
+        cycle: RequestResponseCycle
+        app: Any
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            self.logger.warning("Exceeded concurrency limit.")
+            cycle, app = self._asgi_cycle(keep_alive), service_unavailable
+        elif is_api_path(path):
+            cycle = ApiCycle(scope, self, keep_alive=keep_alive, expect_100_continue=self.expect_100_continue)
+            app = edge
+        else:
+            cycle, app = self._asgi_cycle(keep_alive), self.app
+        existing = self.cycle
+        self.cycle = cycle
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the response in progress is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
+
+    def _asgi_cycle(self, keep_alive: bool) -> RequestResponseCycle:
+        return _ProblemCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+
+
+__all__ = ["ApiCycle", "GatewayHttpProtocol", "check_head", "is_api_path"]

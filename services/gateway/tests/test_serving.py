@@ -1,0 +1,134 @@
+"""The gateway's own serving path for API requests (gateway.serving): HTTP/1.1 as uvicorn's cycle
+speaks it — pipelining, HEAD, 100-continue, chunked bodies, Connection: close — on a real gateway,
+written and read byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, NamedTuple
+
+import pytest
+from gateway.serving import check_head
+
+from .conftest import Provider
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool) -> Answer:
+    """One response off the stream: its head, then a Content-Length or chunked body (none for HEAD)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head[:-4].split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if head_only:
+        pass
+    elif b"content-length" in headers:
+        body = await reader.readexactly(int(headers[b"content-length"]))
+    elif headers.get(b"transfer-encoding") == b"chunked":
+        while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+    return Answer(int(status_line.split()[1]), headers, body)
+
+
+async def exchange(
+    gateway: str, requests: bytes, methods: list[str], *, then: bytes = b"", wait_for: bytes = b""
+) -> list[Answer]:
+    """Write ``requests`` at once (optionally wait for an interim ``wait_for`` and write ``then``), and
+    read one response per method off the same connection, in order."""
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(requests)
+        if wait_for:
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert interim.startswith(wait_for), interim
+            writer.write(then)
+        return [await read_answer(reader, method == "HEAD") for method in methods]
+    finally:
+        writer.close()
+
+
+def get(target: str, token: str, request_id: str, *, method: str = "GET", extra: str = "") -> bytes:
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"X-Request-Id: {request_id}\r\n{extra}\r\n"
+    ).encode()
+
+
+async def test_pipelined_requests_are_answered_in_order(gateway: str, provider: Provider) -> None:
+    token = provider.scoped("read:timesheets")
+    pipeline = (
+        get("/api/timesheets/1", token, "req-one-0001")
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-health-01\r\n\r\n"  # not an API request
+        + get("/api/nowhere", token, "req-two-0002")  # refused by the edge: 404
+        + get("/api/timesheets/3", token, "req-three-003", extra="Connection: close\r\n")
+    )
+    answers = await exchange(gateway, pipeline, ["GET"] * 4)
+    assert [answer.status for answer in answers] == [200, 200, 404, 200]
+    ids = [answer.headers.get(b"x-request-id") for answer in answers]
+    assert ids == [b"req-one-0001", b"req-health-01", b"req-two-0002", b"req-three-003"]
+    assert json.loads(answers[0].body)["path"] == "/timesheets/1"
+    assert json.loads(answers[3].body)["path"] == "/timesheets/3"
+    assert answers[2].headers[b"content-type"] == b"application/problem+json"
+    assert answers[3].headers[b"connection"] == b"close"
+
+
+async def test_head_answers_the_head_only_and_keeps_the_connection(gateway: str, provider: Provider) -> None:
+    token = provider.scoped("read:timesheets")
+    head, after = await exchange(
+        gateway,
+        get("/api/timesheets/1", token, "req-head-0001", method="HEAD")
+        + get("/api/timesheets/2", token, "req-next-0002", extra="Connection: close\r\n"),
+        ["HEAD", "GET"],
+    )
+    assert head.status == 200
+    assert int(head.headers[b"content-length"]) > 0  # the GET's length, without its body
+    assert after.status == 200  # so the next response starts where the head ended
+    assert json.loads(after.body)["path"] == "/timesheets/2"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_after_100_continue(gateway: str, provider: Provider, chunked: bool) -> None:
+    token = provider.scoped("create:timesheets")
+    body = b'{"hours": 8}'
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    request = (
+        f"POST /api/timesheets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nExpect: 100-continue\r\n{framing}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    sent = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+    (answer,) = await exchange(gateway, request, ["POST"], wait_for=b"HTTP/1.1 100 Continue", then=sent)
+    assert answer.status == 200
+    echoed: dict[str, Any] = json.loads(answer.body)
+    assert echoed["method"] == "POST"
+    assert echoed["body_length"] == len(body)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("head", "valid"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\tc\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nx-a: b\r\nset-cookie: evil\r\n\r\n", True),  # lines, as framed
+        (b"HTTP/1.1 200 OK\r\nx-a: b\nset-cookie: evil\r\n\r\n", False),  # a bare LF in a value
+        (b"HTTP/1.1 200 OK\r\nx-a: b\rset-cookie: evil\r\n\r\n", False),  # a bare CR
+        (b"HTTP/1.1 200 OK\r\nx-a: b\x00c\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nx-a: b\x7f\r\n\r\n", False),
+    ],
+)
+def test_a_response_head_is_lines_and_nothing_else(head: bytes, valid: bool) -> None:
+    if valid:
+        check_head(head)
+    else:
+        with pytest.raises(RuntimeError):
+            check_head(head)
