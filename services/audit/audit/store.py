@@ -5,11 +5,14 @@ every ingesting transaction (on any replica) take the chain head, extend it and 
 the records form a single chain with gap-free ``seq``. Duplicates are detected under the same lock,
 so a re-sent event can never become a second record, however deliveries race.
 
-Two things keep that step short, since the lock's holder sets the whole platform's audited write
+Three things keep that step short, since the lock's holder sets the whole platform's audited write
 rate: concurrent ingests in one process share one transaction (group commit,
-:mod:`audit.groupcommit`: one lock acquisition, one head lookup, one COPY, each caller answered
-after that commit), and the head is one row of ``chain_head`` kept by a trigger (migration 0005), a
-lookup by key whose cost cannot grow with the table or turn into a scan.
+:mod:`audit.groupcommit`: one lock acquisition, one head lookup, one insert, each caller answered
+after that commit); that transaction is one statement, one round trip (``append_records``,
+migration 0006: the group is chained from the head this process wrote last and the function checks
+under the lock that it still is the head, else the group is chained again from what it found); and
+the head is one row of ``chain_head`` kept by a trigger (migration 0005), a lookup by key whose cost
+cannot grow with the table or turn into a scan.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import logging
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -36,12 +39,13 @@ from svckit.contracts.audit import (
     VerifyResult,
     encode_cursor,
 )
-from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
+from svckit.db import UNAVAILABLE_ERRORS, CommitCheck, Connection, Database
 
 from . import metrics
 from .chain import GENESIS, HASHED_COLUMNS, record_hash
 from .checkpoint_store import CheckpointFeed, CheckpointStore
 from .groupcommit import GroupCommit
+from .jsonb import jsonb_text
 from .trail import CheckpointTrail
 
 log = logging.getLogger("audit.store")
@@ -182,6 +186,17 @@ COLUMN_ARRAYS = {
 }
 
 
+#: ``append_records``' parameters: the lock key, the expected head (seq, hash), then one array per column
+ARGUMENTS = ", ".join(f"${n}" for n in range(1, 4 + len(COLUMNS)))
+#: times a group is chained again from what ``append_records`` found before the locked path is taken
+AT_ONCE_ATTEMPTS = 3
+
+
+async def _nothing(conn: Connection) -> None:
+    """What ``append_records`` answers when it stored the group (to a lost answer's re-read)."""
+    return None
+
+
 def insert_statement(schema: str) -> str:
     """Rows given column by column (arrays, :data:`COLUMNS` order) inserted in one statement."""
     arrays = ", ".join(f"${n}::{COLUMN_ARRAYS.get(column, 'text[]')}" for n, column in enumerate(COLUMNS, 1))
@@ -228,6 +243,10 @@ class AuditStore:
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
         self._insert = insert_statement(schema)
+        self._append_records = (
+            f"SELECT head_seq, head_hash, existing, forms FROM {schema}.append_records({ARGUMENTS})"
+        )
+        self._head: tuple[int, str] | None = None  # (seq, hash) this process appended or read last
         self._group: GroupCommit[list[AuditEvent], frozenset[uuid.UUID]] = GroupCommit(
             self._append_group, size=len, max_items=GROUP_MAX_EVENTS, shared_failure=shared_failure
         )
@@ -262,10 +281,15 @@ class AuditStore:
         return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
     async def _append_group(self, batches: Sequence[list[AuditEvent]]) -> list[frozenset[uuid.UUID]]:
-        """One transaction for the batches of several callers: one lock acquisition, one look at the
-        head, one COPY. Returns, per batch, the ids it added to the chain (the others were there
-        already, or came earlier in the same group)."""
-        ids = list(dict.fromkeys(event.id for batch in batches for event in batch))
+        """The batches of several callers appended together, in one round trip when the head this
+        process wrote last is still the head (:meth:`_append_at_once`), else in a transaction that
+        holds the chain lock while it reads the head (:meth:`_append_locked`). Returns, per batch, the
+        ids it added to the chain (the others were there already, or came earlier in the group)."""
+        unique: dict[uuid.UUID, AuditEvent] = {}
+        for batch in batches:
+            for event in batch:
+                unique.setdefault(event.id, event)
+        ids = list(unique)
 
         async def committed(conn: Connection) -> bool:
             """After a lost COMMIT: every event of the group is on the chain (ids are the callers')."""
@@ -274,7 +298,76 @@ class AuditStore:
             )
             return bool(count == len(ids))
 
-        details_json = [json.dumps(e.details, ensure_ascii=False) for batch in batches for e in batch]
+        events = list(unique.values())
+        try:
+            added = await self._append_at_once(events, committed)
+            if added is None:
+                added = await self._append_locked(events, committed)
+        except BaseException:
+            self._head = None  # unknown now: the next group reads it under the lock
+            raise
+        result: list[frozenset[uuid.UUID]] = []
+        for batch in batches:
+            mine = frozenset(event.id for event in batch if event.id in added)
+            added -= mine
+            result.append(mine)
+        return result
+
+    def _chain(
+        self, events: Sequence[AuditEvent], seq: int, prev_hash: str, forms: Mapping[uuid.UUID, str]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``events`` chained after the record ``seq`` whose hash is ``prev_hash``."""
+        recorded_at = datetime.now(UTC)
+        rows = []
+        for event in events:
+            seq += 1
+            row = chain_row(event, seq, recorded_at, forms[event.id], prev_hash)
+            prev_hash = row[-1]
+            rows.append(row)
+        return rows
+
+    async def _append_at_once(
+        self, events: Sequence[AuditEvent], committed: CommitCheck
+    ) -> set[uuid.UUID] | None:
+        """The group chained from the head this process knows, sent to ``append_records`` (migration
+        0006) as one statement in autocommit: one round trip that takes the lock, checks the head,
+        the ids and the details' jsonb forms, and inserts. When it finds another head (another
+        replica appended), recorded ids or other forms, it stores nothing and says what it found: the
+        group is chained again from that, a few times at most. None: take the locked path (the head
+        keeps moving under us, or its row is gone)."""
+        forms = {event.id: jsonb_text(event.details) for event in events}
+        expected = self._head if self._head is not None else (-1, "")  # -1: no head is ever that
+        taken: set[uuid.UUID] = set()
+        for _ in range(AT_ONCE_ATTEMPTS):
+            fresh = [event for event in events if event.id not in taken]
+            if not fresh:
+                self._head = expected
+                return set()
+            rows = self._chain(fresh, *expected, forms)
+            found = await self.database.write_once(
+                self._append_records,
+                self.lock_key,
+                *expected,
+                *(list(column) for column in zip(*rows, strict=True)),
+                committed=committed,
+                reread=_nothing,
+            )
+            if found is None:  # stored
+                self._head = (rows[-1][0], rows[-1][-1])
+                return {event.id for event in fresh}
+            if found["head_seq"] is None:
+                return None
+            expected = (found["head_seq"], found["head_hash"])
+            taken.update(found["existing"])
+            forms.update(zip((event.id for event in fresh), found["forms"], strict=True))
+        return None
+
+    async def _append_locked(self, events: Sequence[AuditEvent], committed: CommitCheck) -> set[uuid.UUID]:
+        """One transaction that holds the chain lock from reading the head to committing: when the
+        head this process knew is stale again and again (replicas appending in turn), or its row was
+        removed."""
+        ids = [event.id for event in events]
+        details_json = [json.dumps(event.details, ensure_ascii=False) for event in events]
         async with self.database.transaction(committed=committed) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
             # A separate statement from the lock: its snapshot must be taken after the lock is held.
@@ -295,30 +388,17 @@ class AuditStore:
             if seq is None:  # the owner removed the head row: find it the slow way
                 seq, prev_hash = await self._head_from_records(conn)
             taken = set(state["existing"])
-            normalised = iter(state["details"])
-            added: list[frozenset[uuid.UUID]] = []
-            rows: list[tuple[Any, ...]] = []
-            recorded_at = datetime.now(UTC)
-            for batch in batches:
-                mine: set[uuid.UUID] = set()
-                for event in batch:
-                    details = next(normalised)
-                    if event.id in taken:
-                        continue
-                    taken.add(event.id)
-                    mine.add(event.id)
-                    seq += 1
-                    row = chain_row(event, seq, recorded_at, details, prev_hash)
-                    prev_hash = row[-1]
-                    rows.append(row)
-                added.append(frozenset(mine))
+            fresh = [event for event in events if event.id not in taken]
+            forms = dict(zip(ids, state["details"], strict=True))
+            rows = self._chain(fresh, seq, prev_hash, forms)
             if len(rows) > COPY_FROM_ROWS:  # COPY's binary rows: cheaper to encode for many rows
                 await conn.copy_records_to_table(
                     "records", schema_name=self.schema, columns=COLUMNS, records=rows
                 )
             elif rows:  # one statement (prepared once): one round trip where COPY takes two
                 await conn.execute(self._insert, *(list(column) for column in zip(*rows, strict=True)))
-        return added
+        self._head = (rows[-1][0], rows[-1][-1]) if rows else (seq, prev_hash)
+        return {event.id for event in fresh}
 
     async def _head_from_records(self, conn: Connection) -> tuple[int, str]:
         row = await conn.fetchrow(f"SELECT seq, hash FROM {self.schema}.records ORDER BY seq DESC LIMIT 1")

@@ -1,6 +1,7 @@
 """Ingest answers what really happened when Postgres's connection breaks around COMMIT: accepted when
 the lost COMMIT had committed (the events are on the chain), 503 ``not_stored`` when it had not (a
-relay resends; the events are recorded once either way)."""
+relay resends; the events are recorded once either way). Both ways a group is appended: in one
+statement in autocommit (``append_records``, the usual one) and in a transaction holding the lock."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
+from audit import store
 from audit.app import create_app
 from audit.settings import AuditSettings
 from svckit.settings import load_settings
@@ -35,13 +37,26 @@ async def rig(
     await proxy.cut()
 
 
+@pytest.mark.parametrize("path", ["at_once", "locked"])
 @pytest.mark.parametrize("when", ["after", "before"])
 async def test_ingest(
-    rig: tuple[TcpProxy, SignedApi], audit_schema: str, new_event: Any, when: Literal["before", "after"]
+    rig: tuple[TcpProxy, SignedApi],
+    audit_schema: str,
+    new_event: Any,
+    when: Literal["before", "after"],
+    path: Literal["at_once", "locked"],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy, api = rig
+    # the process knows the head once it appended: the next group goes in one statement
+    warm = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [new_event()]})
+    assert warm.status == 200, warm.text
+    if path == "locked":
+        monkeypatch.setattr(store, "AT_ONCE_ATTEMPTS", 0)
     events = [new_event() for _ in range(3)]
-    done = proxy.cut_at_commit(when, after_sending=b"pg_advisory_xact_lock")
+    # the cut waits for a connection that sent this group's data (in the statement's parameters)
+    marker = events[0]["resource"]["id"].encode()
+    done = proxy.cut_at_commit(when, after_sending=marker, autocommit=path == "at_once")
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
     assert done.is_set()
     ids = [event["id"] for event in events]

@@ -90,12 +90,33 @@ def _constant(name: str) -> _Flagged:
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document = dict(pairs)
     if len(document) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                document[name] = _DUPLICATE
-            seen.add(name)
+        _mark_duplicates(document, pairs)
     return document
+
+
+def _mark_duplicates(document: dict[str, Any], pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            document[name] = _DUPLICATE
+        seen.add(name)
+
+
+#: A lone surrogate reaches a document only as an escape (UTF-8 text cannot carry one): \uD800-\uDFFF.
+#: Matching an escaped backslash followed by such letters is harmless: the full walk then runs.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(document: Any) -> bool:
+    """Whether a container sits :data:`MAX_DEPTH` levels down: the walk visits containers only."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            return True
+        members = value.values() if isinstance(value, dict) else value
+        stack.extend((member, depth + 1) for member in members if isinstance(member, dict | list))
+    return False
 
 
 def _error(path: list[str | int], flagged: _Flagged) -> dict[str, Any]:
@@ -144,20 +165,54 @@ def parse_json(raw: bytes) -> Any:
         raise Refused(f"The body is not UTF-8 (invalid byte at offset {exc.start}).") from None
     if text.startswith("\ufeff"):
         raise Refused("The body starts with a byte order mark; send UTF-8 without one.")
+    flagged = False  # a value the rules refuse was met (the hooks see every object and number)
+
+    def members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal flagged
+        document = dict(pairs)
+        if len(document) != len(pairs):
+            flagged = True
+            _mark_duplicates(document, pairs)
+        return document
+
+    def integer(literal: str) -> int | _Flagged:
+        nonlocal flagged
+        value = _integer(literal)
+        flagged = flagged or isinstance(value, _Flagged)
+        return value
+
+    def number(literal: str) -> float | _Flagged:
+        nonlocal flagged
+        value = _float(literal)
+        flagged = flagged or isinstance(value, _Flagged)
+        return value
+
+    def constant(name: str) -> _Flagged:
+        nonlocal flagged
+        flagged = True
+        return _constant(name)
+
     try:
         document = json.loads(
             text,
-            object_pairs_hook=_object,
-            parse_int=_integer,
-            parse_float=_float,
-            parse_constant=_constant,
+            object_pairs_hook=members,
+            parse_int=integer,
+            parse_float=number,
+            parse_constant=constant,
         )
     except json.JSONDecodeError as exc:
         raise Refused(f"The body is not valid JSON: {exc}") from None
     except RecursionError:
         # Thousands of nested brackets exhaust the parser's recursion limit: refuse, do not crash.
         raise Refused(f"The body nests deeper than {MAX_DEPTH} levels.") from None
-    _check_tree(document)
+    if flagged or ("\\u" in text and _SURROGATE_ESCAPE.search(text) is not None):
+        _check_tree(document)  # something may be refused: the walk that names each value
+    elif (
+        isinstance(document, dict | list)
+        and text.count("{") + text.count("[") > MAX_DEPTH  # fewer brackets cannot nest deeper
+        and _too_deep(document)
+    ):  # nothing to name, only the depth to check
+        raise Refused(f"The body nests deeper than {MAX_DEPTH} levels.")
     return document
 
 

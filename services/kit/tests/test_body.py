@@ -87,3 +87,40 @@ def test_the_deepest_accepted_nesting() -> None:
         depth += 1
         parsed = parsed[0] if parsed else None
     assert depth == MAX_DEPTH
+
+
+def _wide(inner: bytes, at: int = 37, width: int = 50) -> bytes:
+    """A batch-like document: ``width`` shallow objects (more brackets than MAX_DEPTH), ``inner`` as
+    the members of the one at index ``at``."""
+    items = [b'{"i": %d, "s": "[{["}' % n for n in range(width)]
+    items[at] = b"{" + inner + b"}"
+    return b'{"events": [' + b", ".join(items) + b"]}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("inner", "field", "type_"),
+    [
+        (b'"x": 1, "x": 2', "events.37.x", "duplicate_member"),
+        (b'"n": 9007199254740992', "events.37.n", "integer_out_of_range"),
+        (b'"n": 1e999', "events.37.n", "number_out_of_range"),
+        (b'"n": NaN', "events.37.n", "not_a_json_value"),
+        (b'"s": "\\udc00"', "events.37.s", "lone_surrogate"),
+    ],
+)
+def test_a_refused_value_deep_in_a_wide_document_is_named(inner: bytes, field: str, type_: str) -> None:
+    """Only a document where the parser met a refused value (or a surrogate escape) is walked value by
+    value; the others are checked for depth alone: both must still find everything."""
+    with pytest.raises(InvalidValues) as invalid:
+        parse_json(_wide(inner))
+    assert [(error["field"], error["type"]) for error in invalid.value.errors] == [(field, type_)]
+
+
+@pytest.mark.unit
+def test_wide_documents_with_many_brackets_are_checked_for_depth_alone() -> None:
+    assert len(parse_json(_wide(b'"ok": [[{"a": "\\\\ud800"}]]'))["events"]) == 50  # an escaped backslash
+    deep = b'"d": ' + b"[" * (MAX_DEPTH - 2) + b"]" * (MAX_DEPTH - 2)
+    with pytest.raises(Refused, match="deeper"):
+        parse_json(_wide(deep))
+    fits = b'"d": ' + b"[" * (MAX_DEPTH - 3) + b"]" * (MAX_DEPTH - 3)
+    assert parse_json(_wide(fits))["events"][37]["d"]

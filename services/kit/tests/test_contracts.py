@@ -136,3 +136,51 @@ def test_a_writer_cannot_build_an_event_the_audit_service_would_refuse() -> None
     # A display name longer than the trail keeps is cut, not refused.
     long_name = AuditEvent.create(**{**base, "actor": Identity("i", "s", name="n" * 600)})
     assert len(long_name.actor.name) == 512
+
+
+@pytest.mark.parametrize(
+    ("details", "says"),
+    [
+        ({"x": float("nan")}, "finite"),
+        ({"x": [1, float("inf")]}, "finite"),
+        ({"x": "nul\x00"}, "NUL"),
+        ({"nul\x00": 1}, "NUL"),
+        ({"x": "\ud800"}, "Unicode"),
+        (
+            {"x": 'a literal "\\u0000" is text, not NUL', "deep": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]},
+            "deeper",
+        ),
+        ({"x": "y" * (16 * 1024)}, "bytes"),
+    ],
+)
+def test_event_details_are_refused_with_the_reason(details: dict[str, Any], says: str) -> None:
+    """The details are checked by their JSON text when it shows nothing can be wrong, else walked:
+    each refusal still names its reason."""
+    with pytest.raises(InvalidEvent, match=says):
+        AuditEvent.create(
+            action="timesheet.created",
+            resource_type="timesheet",
+            resource_id="1",
+            outcome="success",
+            actor=Identity("i", "s"),
+            source="timesheets",
+            details=details,
+        )
+
+
+def test_event_details_that_only_look_odd_are_accepted() -> None:
+    details = {
+        "x": 'a literal "\\u0000"',
+        "brackets": "[[[[{{{{[[[[{{{{[[[[",
+        "deep": [[[[[[[[[[[[[[[1]]]]]]]]]]]]]]],
+    }
+    event = AuditEvent.create(
+        action="timesheet.created",
+        resource_type="timesheet",
+        resource_id="1",
+        outcome="success",
+        actor=Identity("i", "s"),
+        source="timesheets",
+        details=details,
+    )
+    assert event.details == details

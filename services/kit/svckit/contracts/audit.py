@@ -103,8 +103,19 @@ def _check_json(value: Any, depth: int = 0) -> None:
 
 
 def _details(value: dict[str, Any]) -> dict[str, Any]:
-    _check_json(value)
-    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_DETAILS_BYTES:
+    """Storable (:func:`_check_json`) and at most :data:`MAX_DETAILS_BYTES` as JSON. The size needs the
+    JSON text anyway, and that text shows when the walk cannot find anything: no NaN or infinity
+    (``allow_nan=False`` refuses them), no NUL (it would be written ``\\u0000``), no lone surrogate
+    (UTF-8 cannot encode one), fewer brackets than the depth limit. Else the walk names the problem."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except ValueError:  # NaN or infinity, or a lone surrogate (UnicodeEncodeError): the walk names it
+        _check_json(value)
+        raise
+    if "\\u0000" in text or text.count("{") + text.count("[") > MAX_DETAILS_DEPTH:
+        _check_json(value)
+    if size > MAX_DETAILS_BYTES:
         raise ValueError(f"must be at most {MAX_DETAILS_BYTES} bytes as JSON")
     return value
 

@@ -1,0 +1,65 @@
+"""The details' jsonb text form predicted in Python (audit.jsonb) is Postgres's own for what writers
+send; where it is not (floats in exponent notation), the append function answers the right form and
+the group is chained again: stored once, the chain verifies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from audit.jsonb import jsonb_text
+from audit.store import AuditStore
+from svckit.db import Database
+
+from testkit.fixtures import runtime_url
+
+from .test_group_commit import event
+
+VALUES: list[Any] = [
+    {},
+    [],
+    {"hours": 7.5, "project": "StoreZero", "date": "2026-11-23"},
+    {"b": 1, "a": 2, "aa": 3, "ab": [], "": None, "z": {"yy": True, "x": False}},
+    {"ü": 1, "z": 2, "zz": 3, "é✓": 4, "𝄞": 5},  # keys ordered by UTF-8 length, then bytes
+    {"note": 'quote " backslash \\ slash / tab\t newline\n \u2028 \x01\x1f \x7f ✓ 𝄞'},
+    {"n": [0, -1, 9007199254740991, -9007199254740991, 0.1, 100.0, -2.5, 123456.789]},
+    {"nested": [[{"k": [1, {"j": "v"}]}], [], {}]},
+]
+
+
+@pytest.fixture
+async def conn(audit_schema: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(audit_schema)
+    yield connection
+    await connection.close()
+
+
+@pytest.mark.parametrize("value", VALUES, ids=range(len(VALUES)))
+async def test_the_predicted_form_is_jsonbs(conn: asyncpg.Connection, value: Any) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    assert jsonb_text(value) == await conn.fetchval("SELECT $1::jsonb::text", text)
+
+
+@pytest.fixture
+async def store(audit_schema: str) -> AsyncIterator[AuditStore]:
+    database = Database(runtime_url(audit_schema, "audit"), schema="audit", application_name="test-jsonb")
+    await database.wait_connected(10)
+    yield AuditStore(database, "audit")
+    await database.close()
+
+
+async def test_a_form_predicted_wrong_is_corrected_by_the_database(
+    store: AuditStore, conn: asyncpg.Connection
+) -> None:
+    odd = event(big=1e16, tiny=1e-07, negative_zero=-0.0)
+    assert jsonb_text(odd.details) != await conn.fetchval(
+        "SELECT $1::jsonb::text", json.dumps(odd.details)
+    )  # the case this test is about
+    await store.append([event()])  # the process knows the head: the next group goes at once
+    assert (await store.append([odd, event()])).accepted == 2
+    stored = await conn.fetchval("SELECT details::text FROM audit.records WHERE id = $1", odd.id)
+    assert json.loads(stored) == {"big": 1e16, "tiny": 1e-07, "negative_zero": 0}
+    assert (await store.verify(observe=False)).ok
