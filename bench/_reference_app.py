@@ -1,13 +1,20 @@
-"""The reference for the timesheets service's benchmark: the least a same-stack app can do.
+"""The reference for the services' benchmarks: the least a same-stack app can do.
 
-Starlette + asyncpg, served by uvicorn like the services (httptools, uvloop when installed, no
-access log), with the kit's pool (:class:`svckit.db.Database`: same size, same reset hook) and the
-service's own SQL text (``timesheets.store``) in the same transactions: a create is the entry +
-outbox + NOTIFY statement in autocommit (as the service does without an Idempotency-Key); a list is
-one query. What it leaves out is what makes
-the service a service: identity verification (it reads the subject from the headers unverified),
-body validation, the contract's response models, metrics, logging, the outbox relay. The answers
-are ``json.dumps`` of the rows.
+Starlette + asyncpg (+ aiohttp for the peer hop), served by uvicorn like the services (httptools,
+uvloop when installed, no access log), with the kit's pool (:class:`svckit.db.Database`: same size,
+same reset hook) and the services' own SQL text (``timesheets.store``, ``approvals.store``) in the
+same transactions. What it leaves out is what makes a service a service: identity verification (it
+reads the caller from the headers unverified), signing its own calls, body validation, the
+contracts' response models, metrics, logging, the outbox relays. The answers are ``json.dumps`` of
+the rows.
+
+- timesheets (``bench/api.py``): a create is the entry + outbox statement in autocommit (as the
+  service does without an Idempotency-Key); a list is one query;
+- approvals (``bench/approvals.py``), built like the two services: the approvals routes call this
+  same process's minimal ``/internal/timesheets/…`` routes over HTTP (one pooled aiohttp session),
+  as the approvals service calls the timesheets service. The queue is the pending query behind one
+  hop; a decision is the live-decision lookup, the entry read (hop), the pending insert, the apply
+  (hop: entry locked, decision + outbox in one transaction) and the applied + outbox statement.
 
 ``python -m bench._reference_app`` with ``DATABASE_URL`` (the benchmark's database) and ``PORT``.
 """
@@ -23,14 +30,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import uvicorn
+from approvals.store import LIVE_FOR_ENTRY, MARK_APPLIED, RECORD_PENDING
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from svckit.db import Database
 from svckit.identity import ISSUER, SUBJECT
-from timesheets.store import COLUMNS, CREATE_ENTRY, ORDER
+from timesheets.store import (
+    COLUMNS,
+    CREATE_ENTRY,
+    GET_ENTRY,
+    GET_ENTRY_LOCKED,
+    ORDER,
+    PENDING_FIRST_PAGE,
+    RECORD_DECISION,
+)
 
 #: the query ``timesheets.store.list_owned`` builds for a first page without filters
 LIST_FIRST_PAGE = (
@@ -90,12 +107,128 @@ async def list_entries(request: Request) -> Response:
     return answer({"items": [dict(row) for row in rows[:limit]], "next_cursor": None})
 
 
+# ---- the timesheets half of approvals: the internal routes ---------------------------------------
+
+
+def event_payload(action: str, resource: uuid.UUID) -> tuple[uuid.UUID, dt.datetime, str]:
+    """An outbox row's values (id, occurred_at, payload): a small document, no model."""
+    event_id = uuid.uuid4()
+    payload = json.dumps({"id": str(event_id), "action": action, "resource": str(resource)})
+    return event_id, dt.datetime.now(dt.UTC), payload
+
+
+async def pending(request: Request) -> Response:
+    params = request.query_params
+    limit = int(params.get("limit", "20"))
+    async with database_of(request).connection() as conn:
+        rows = await conn.fetch(
+            PENDING_FIRST_PAGE, params["exclude_issuer"], params["exclude_subject"], limit + 1
+        )
+    return answer({"items": [dict(row) for row in rows[:limit]], "next_cursor": None})
+
+
+async def entry(request: Request) -> Response:
+    async with database_of(request).connection() as conn:
+        row = await conn.fetchrow(GET_ENTRY, uuid.UUID(request.path_params["id"]))
+    return answer(dict(row)) if row is not None else Response(status_code=404)
+
+
+async def apply_decision(request: Request) -> Response:
+    body = json.loads(await request.body())
+    entry_id = uuid.UUID(request.path_params["id"])
+    async with database_of(request).connection() as conn, conn.transaction():
+        row = await conn.fetchrow(GET_ENTRY_LOCKED, entry_id)
+        if row is None or row["status"] != "submitted":
+            return Response(status_code=409)
+        updated = await conn.fetchrow(
+            RECORD_DECISION,
+            entry_id,
+            body["decision"],
+            uuid.UUID(body["decision_id"]),
+            body["issuer"],
+            body["subject"],
+            "",
+            dt.datetime.fromisoformat(body["at"]),
+            None,
+            *event_payload("timesheet.decided", entry_id),
+        )
+    return answer(dict(updated) if updated is not None else {})
+
+
+# ---- approvals: the public routes, calling the routes above over HTTP ------------------------------
+
+
+def approvals_of(request: Request) -> Database:
+    database: Database = request.app.state.approvals
+    return database
+
+
+def peer(request: Request) -> tuple[aiohttp.ClientSession, str]:
+    return request.app.state.session, request.app.state.self_url
+
+
+async def queue(request: Request) -> Response:
+    session, base = peer(request)
+    query = {
+        "exclude_issuer": request.headers[ISSUER],
+        "exclude_subject": request.headers[SUBJECT],
+        "limit": request.query_params.get("limit", "20"),
+    }
+    async with session.get(f"{base}/internal/timesheets/pending", params=query) as reply:
+        text = await reply.text()
+    return Response(text, reply.status, media_type="application/json")
+
+
+async def decide(request: Request) -> Response:
+    body = json.loads(await request.body())
+    issuer, subject = request.headers[ISSUER], request.headers[SUBJECT]
+    entry_id = uuid.UUID(request.path_params["id"])
+    session, base = peer(request)
+    database = approvals_of(request)
+    async with database.connection() as conn:
+        if await conn.fetchrow(LIVE_FOR_ENTRY, entry_id) is not None:
+            return Response(status_code=409)
+    async with session.get(f"{base}/internal/timesheets/{entry_id}") as reply:
+        found = json.loads(await reply.text()) if reply.status == 200 else None
+    if found is None or found["status"] != "submitted" or found["owner_subject"] == subject:
+        return Response(status_code=409)
+    decision_id = uuid.uuid4()
+    async with database.connection() as conn:
+        decision = await conn.fetchrow(
+            RECORD_PENDING, decision_id, entry_id, body["decision"], body.get("comment"), issuer, subject, "",
+            "timesheets-spa", None,
+        )  # fmt: skip
+    if decision is None:
+        return Response(status_code=409)
+    apply = {
+        "decision_id": str(decision_id),
+        "decision": body["decision"],
+        "issuer": issuer,
+        "subject": subject,
+        "at": decision["decided_at"].isoformat(),
+    }
+    async with session.post(f"{base}/internal/timesheets/{entry_id}/decision", json=apply) as reply:
+        applied = json.loads(await reply.text()) if reply.status == 200 else None
+    if applied is None:
+        return Response(status_code=502)
+    async with database.connection() as conn:
+        settled = await conn.fetchrow(MARK_APPLIED, decision_id, *event_payload("approval.decided", entry_id))
+    return answer({**dict(settled or decision), "entry": applied})
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    database = Database(os.environ["DATABASE_URL"], schema="timesheets", application_name="bench-reference")
+    url = os.environ["DATABASE_URL"]
+    database = Database(url, schema="timesheets", application_name="bench-reference")
+    approvals = Database(url, schema="approvals", application_name="bench-reference-approvals")
     await database.wait_connected(30)
-    app.state.database = database
-    yield
+    await approvals.wait_connected(30)
+    app.state.database, app.state.approvals = database, approvals
+    app.state.self_url = f"http://127.0.0.1:{os.environ['PORT']}"
+    async with aiohttp.ClientSession() as session:
+        app.state.session = session
+        yield
+    await approvals.close()
     await database.close()
 
 
@@ -103,6 +236,11 @@ app = Starlette(
     routes=[
         Route("/timesheets", create, methods=["POST"]),
         Route("/timesheets", list_entries, methods=["GET"]),
+        Route("/internal/timesheets/pending", pending, methods=["GET"]),
+        Route("/internal/timesheets/{id}", entry, methods=["GET"]),
+        Route("/internal/timesheets/{id}/decision", apply_decision, methods=["POST"]),
+        Route("/approvals", queue, methods=["GET"]),
+        Route("/approvals/{id}", decide, methods=["PUT"]),
     ],
     lifespan=lifespan,
 )

@@ -12,9 +12,24 @@ pre-signed identity headers (as the gateway would send them):
   decision is recorded once: the approvals service records it pending, applies it at the timesheets
   service, settles it with its audit event).
 
+The same two cases also go, in the same run, to two peers working on a database of their own,
+seeded alike (the same entry ids):
+
+- ``reference``: the minimal same-stack app (:mod:`bench._reference_app`), built like the two
+  services: its approvals routes call its own minimal timesheets routes over HTTP; the services' SQL
+  in the same transactions; the same pre-signed requests (it reads the caller unverified). Its one
+  process does what the approvals and timesheets services do together, so the services' CPU per
+  request is compared as their sum;
+- ``pgbench``: the same statements and transactions in one script per case (:func:`pgbench_scripts`:
+  the services' SQL text, tables qualified by schema since pgbench has one ``search_path``, the
+  parameters as pgbench expressions), ``-M prepared -c32 -j1``. A decision picks an entry at random
+  (some twice: the second pending insert then conflicts and records nothing).
+
 ``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
-each; medians, each round's rps, the CPU time per request of every server process. Writes
-``bench/results/approvals.json`` and prints a table. Benchmarks assert nothing.
+each; medians, each round's rps, the CPU time per request of every server process, and the ratios
+the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
+(the service's cases under ``queue`` and ``decide`` as before; ``reference``, ``pgbench``, ``ratios``,
+``targets``) and prints a table. Benchmarks assert nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -37,7 +53,16 @@ from svckit.migrations import migrate
 from bench._backing import fresh_database, servers
 from bench._measure import CpuMeter
 from bench._presigned import Request, write_pool
-from bench.api import CLIENTS, measured, median_of, pid_of, run_wrk
+from bench.api import (
+    CLIENTS,
+    TARGETS,
+    measured,
+    median_of,
+    pid_of,
+    run_pgbench,
+    run_wrk,
+    start_reference,
+)
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,17 +78,22 @@ DECISION = b'{"decision":"approved"}'
 QUEUE_PER_SECOND = 1500
 
 
+def entry_uuid(n: int) -> uuid.UUID:
+    """The ``n``-th seeded entry's id (also computed by the pgbench script: :data:`PGBENCH_ENTRY`)."""
+    return uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
+
+
 def manager(n: int) -> Identity:
     return Identity(ISSUER, f"bench-manager-{n % MANAGERS}", "user", "timesheets-spa", SCOPES, "")
 
 
 async def seed(url: str) -> list[uuid.UUID]:
-    """The schemas, and the employees' submitted entries (their ids, in a shuffled-free order)."""
+    """The schemas, and the employees' submitted entries (their ids, in order: :func:`entry_uuid`)."""
     for service in ("timesheets", "approvals", "audit"):
         await migrate(url, service, ROOT / "services" / service / service / "migrations")
     conn = await asyncpg.connect(url)
     try:
-        ids = [uuid.uuid4() for _ in range(EMPLOYEES * PER_EMPLOYEE)]
+        ids = [entry_uuid(n) for n in range(EMPLOYEES * PER_EMPLOYEE)]
         day = dt.date(2026, 11, 27)
         await conn.copy_records_to_table(
             "entries",
@@ -114,6 +144,108 @@ def decide_script(path: Path, keys: dict[str, str], entries: list[uuid.UUID]) ->
     return write_pool(path, pool())
 
 
+PGBENCH_ENTRY = "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid"
+PGBENCH_DECISION = "('00000000-0000-4000-9000-' || lpad(:n::text, 12, '0'))::uuid"
+_TABLES = re.compile(r"\b(FROM|INTO|UPDATE)\s+(entries|decisions|outbox)\b")
+
+
+def qualified(sql: str, schema: str) -> str:
+    """``sql`` with its tables named with ``schema`` (a service's connection has it on its search path)."""
+    return _TABLES.sub(lambda match: f"{match[1]} {schema}.{match[2]}", sql)
+
+
+def bind(sql: str, values: dict[int, str]) -> str:
+    return re.sub(r"\$(\d+)", lambda match: values[int(match[1])], sql)
+
+
+def pgbench_scripts(directory: Path) -> dict[str, Path]:
+    """The services' SQL for one queue read and one decision, with the parameters as pgbench
+    expressions: the queue is the timesheets service's pending query; a decision is what the two
+    services send for one ``PUT``, in order and in the same transactions — the live-decision lookup
+    (approvals), the entry read (timesheets), the pending insert (approvals), the entry locked and the
+    decision with its outbox row in one transaction (timesheets), the applied + outbox statement
+    (approvals)."""
+    from approvals.store import LIVE_FOR_ENTRY, MARK_APPLIED, RECORD_PENDING
+    from timesheets.store import GET_ENTRY, GET_ENTRY_LOCKED, PENDING_FIRST_PAGE, RECORD_DECISION
+
+    issuer = "'" + ISSUER.replace("'", "''") + "'"
+    approver = "('bench-manager-' || :m)"
+    now = "clock_timestamp()"
+    queue = directory / "queue.sql"
+    queue.write_text(
+        f"\\set m random(0, {MANAGERS - 1})\n"
+        + bind(qualified(PENDING_FIRST_PAGE, "timesheets"), {1: issuer, 2: approver, 3: "21"})
+        + ";\n"
+    )
+    event = {"id": "gen_random_uuid()", "at": now}
+    statements = [
+        bind(qualified(LIVE_FOR_ENTRY, "approvals"), {1: PGBENCH_ENTRY}),
+        bind(qualified(GET_ENTRY, "timesheets"), {1: PGBENCH_ENTRY}),
+        bind(
+            qualified(RECORD_PENDING, "approvals"),
+            {
+                1: PGBENCH_DECISION,
+                2: PGBENCH_ENTRY,
+                3: "'approved'",
+                4: "NULL",
+                5: issuer,
+                6: approver,
+                7: "''",
+                8: "'timesheets-spa'",
+                9: "NULL",
+            },
+        ),
+        "BEGIN",
+        bind(qualified(GET_ENTRY_LOCKED, "timesheets"), {1: PGBENCH_ENTRY}),
+        bind(
+            qualified(RECORD_DECISION, "timesheets"),
+            {
+                1: PGBENCH_ENTRY,
+                2: "'approved'",
+                3: PGBENCH_DECISION,
+                4: issuer,
+                5: approver,
+                6: "''",
+                7: now,
+                8: "NULL",
+                9: event["id"],
+                10: event["at"],
+                11: '\'{"action": "timesheet.decided"}\'',
+            },
+        ),
+        "COMMIT",
+        bind(
+            qualified(MARK_APPLIED, "approvals"),
+            {1: PGBENCH_DECISION, 2: event["id"], 3: event["at"], 4: '\'{"action": "approval.decided"}\''},
+        ),
+    ]
+    decide = directory / "decide.sql"
+    decide.write_text(
+        f"\\set n random(0, {EMPLOYEES * PER_EMPLOYEE - 1})\n\\set m random(0, {MANAGERS - 1})\n"
+        + "".join(" ".join(statement.split()) + ";\n" for statement in statements)
+    )
+    return {"queue": queue, "decide": decide}
+
+
+def ratios(
+    service: dict[str, Any], reference: dict[str, Any], pgbench: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The issue's ratios for one case; the services' CPU is approvals + timesheets (the reference's
+    one process does both)."""
+    cpu = service["cpu_us_per_request"]
+    service_cpu = cpu["approvals"] + cpu["timesheets"]
+    reference_cpu = reference["cpu_us_per_request"]["reference"]
+    return {
+        "service_vs_reference_rps": round(service["rps"] / reference["rps"], 3) if reference["rps"] else None,
+        "service_vs_reference_cpu_per_request": round(service_cpu / reference_cpu, 3)
+        if reference_cpu
+        else None,
+        "service_vs_pgbench_rps": round(service["rps"] / pgbench["rps"], 3)
+        if pgbench and pgbench["rps"]
+        else None,
+    }
+
+
 def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (make system-deps); skipping the approvals benchmark")
@@ -122,10 +254,20 @@ def main() -> int:
     rounds = int(os.environ.get("BENCH_APPROVALS_ROUNDS", "3"))
     logs = Path(tempfile.mkdtemp(prefix="bench-approvals-"))
     processes: list[ServiceProcess] = []
-    runs: dict[str, list[dict[str, Any]]] = {"queue": [], "decide": []}
+    reference: Any = None
+    cases = ("queue", "decide")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        peer: {case: [] for case in cases} for peer in ("service", "reference", "pgbench")
+    }
+    name = f"tsp_bench_approvals_{os.getpid()}"
     try:
-        with servers(redis=True) as backing, fresh_database(f"tsp_bench_approvals_{os.getpid()}") as url:
+        with (
+            servers(redis=True) as backing,
+            fresh_database(name) as url,
+            fresh_database(name + "_peers") as peers_url,
+        ):
             entries = asyncio.run(seed(url))
+            asyncio.run(seed(peers_url))
             try:
                 keys = new_pair_keys("bench")
                 env = {
@@ -144,32 +286,54 @@ def main() -> int:
                 approvals_env = {**env, "AUDIT_URL": audit.url, "TIMESHEETS_URL": timesheets.url}
                 approvals = ServiceProcess("approvals", approvals_env, log_dir=logs).start()
                 processes.append(approvals)
-                meter = CpuMeter(
-                    {"approvals": pid_of(approvals), "timesheets": pid_of(timesheets), "audit": pid_of(audit)}
-                )
+                reference = start_reference(peers_url, logs)
+                urls = {"service": approvals.url, "reference": reference.reference_url}
+                meters = {
+                    "service": CpuMeter(
+                        {
+                            "approvals": pid_of(approvals),
+                            "timesheets": pid_of(timesheets),
+                            "audit": pid_of(audit),
+                        }
+                    ),
+                    "reference": CpuMeter({"reference": reference.pid}),
+                }
+                pgbench = pgbench_scripts(logs) if shutil.which("pgbench") else None
                 per_round = len(entries) // (rounds + 1)
                 slices = [entries[i * per_round : (i + 1) * per_round] for i in range(rounds + 1)]
-                run_wrk(
-                    approvals.url, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2
-                )  # warm-up
-                run_wrk(approvals.url, decide_script(logs / "decide.lua", keys, slices[-1]), 2)
-                for n in range(rounds):
-                    scripts = {
-                        "queue": queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND)),
-                        "decide": decide_script(logs / "decide.lua", keys, slices[n]),
-                    }
-                    for name, script in scripts.items():
-                        runs[name].append(measured(lambda: run_wrk(approvals.url, script, seconds), meter))  # noqa: B023
-            finally:
+                for target in urls.values():  # warm-up
+                    run_wrk(target, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2)
+                    run_wrk(target, decide_script(logs / "decide.lua", keys, slices[-1]), 2)
+                for n in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                    for case in cases:
+                        for peer, target in urls.items():
+                            script = (
+                                queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND))
+                                if case == "queue"
+                                else decide_script(logs / "decide.lua", keys, slices[n])
+                            )
+                            runs[peer][case].append(
+                                measured(lambda: run_wrk(target, script, seconds), meters[peer])  # noqa: B023
+                            )
+                        if pgbench is not None:
+                            runs["pgbench"][case].append(
+                                run_pgbench(peers_url, [pgbench[case]], seconds, logs)
+                            )
+            finally:  # the servers stop before their databases are dropped
+                if reference is not None:
+                    reference.terminate()
+                    reference.wait(10)
                 for process in reversed(processes):
                     process.stop()
     finally:
         shutil.rmtree(logs, ignore_errors=True)
 
-    cases = {name: median_of(found) for name, found in runs.items()}
-    for case in cases.values():
-        case.pop("raw", None)
-    report = {
+    found = {peer: {case: median_of(r) for case, r in by_case.items() if r} for peer, by_case in runs.items()}
+    for results in found.values():
+        for result in results.values():
+            result.pop("raw", None)
+    service, minimal, pg = found["service"], found["reference"], found["pgbench"]
+    report: dict[str, Any] = {
         "benchmark": "approvals",
         "what": "straight to the approvals service: GET /approvals?limit=20, PUT /approvals/{id} approved",
         "clients": CLIENTS,
@@ -177,24 +341,37 @@ def main() -> int:
         "rounds": rounds,
         "cores": os.cpu_count(),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **cases,
+        **service,
+        "reference": minimal,
+        "pgbench": pg or None,
+        "ratios": {case: ratios(service[case], minimal[case], pg.get(case)) for case in cases},
+        "targets": TARGETS,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "approvals.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
-        f"{'case':<32} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
+        f"{'case':<40} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
     )
-    for label, case in (
-        ("queue GET /approvals (c=32)", cases["queue"]),
-        ("decide PUT /approvals/{id}", cases["decide"]),
-    ):
-        cpu = ", ".join(f"{name} {value:.0f}" for name, value in case["cpu_us_per_request"].items())
+    for case, label in (("queue", "queue GET /approvals (c=32)"), ("decide", "decide PUT /approvals/{id}")):
+        for peer, result in (("service", service), ("reference", minimal), ("pgbench", pg)):
+            row = result.get(case)
+            if row is None:
+                print(f"{label + ' ' + peer:<40} (pgbench is not installed)")
+                continue
+            cpu = ", ".join(f"{who} {value:.0f}" for who, value in row["cpu_us_per_request"].items())
+            print(
+                f"{label + ' ' + peer:<40} {row['rps']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
+                f" {row['non_2xx']:>8}   {cpu}   {row['rps_rounds']}"
+            )
+        r = report["ratios"][case]
         print(
-            f"{label:<32} {case['rps']:>8.0f} {case['p50_ms']:>8.1f} {case['p99_ms']:>8.1f}"
-            f" {case['non_2xx']:>8}   {cpu}   {case['rps_rounds']}"
+            f"{case}: services / reference {r['service_vs_reference_rps']} by throughput (target >= 1.0), "
+            f"{r['service_vs_reference_cpu_per_request']} by CPU per request, approvals + timesheets "
+            f"(target <= 1.0); / pgbench {r['service_vs_pgbench_rps']} (target >= 0.5); "
+            f"p99 {service[case]['p99_ms']} ms (target <= 50)"
         )
     print(f"written to {RESULTS / 'approvals.json'}")
-    return 0 if all(case["non_2xx"] == 0 for case in cases.values()) else 1
+    return 0 if all(case["non_2xx"] == 0 for case in service.values()) else 1
 
 
 if __name__ == "__main__":

@@ -43,13 +43,6 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         ),
         settings.apply_timeout_seconds,
     )
-    workflow = Workflow(database, timesheets, settings.apply_attempts)
-    reconciler = Reconciler(
-        database,
-        workflow,
-        interval=settings.reconcile_interval_seconds,
-        after=settings.reconcile_after_seconds,
-    )
     relay = OutboxRelay(
         database,
         SCHEMA,
@@ -57,6 +50,13 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit"))),
         poll_interval=settings.outbox_poll_interval_seconds,
         max_backoff=settings.outbox_max_backoff_seconds,
+    )
+    workflow = Workflow(database, timesheets, settings.apply_attempts, events_committed=relay.wake)
+    reconciler = Reconciler(
+        database,
+        workflow,
+        interval=settings.reconcile_interval_seconds,
+        after=settings.reconcile_after_seconds,
     )
 
     @contextlib.asynccontextmanager

@@ -100,13 +100,13 @@ def decision_record(decision_id: uuid.UUID) -> Callable[[Connection], Awaitable[
     return reread
 
 
+#: the entry's pending or applied decision
+LIVE_FOR_ENTRY = f"SELECT {COLUMNS} FROM decisions WHERE entry_id = $1 AND state <> 'void'"
+
+
 async def live_for_entry(conn: Connection, entry_id: uuid.UUID) -> DecisionRow | None:
     """The entry's pending or applied decision, if any."""
-    return DecisionRow.maybe(
-        await conn.fetchrow(
-            f"SELECT {COLUMNS} FROM decisions WHERE entry_id = $1 AND state <> 'void'", entry_id
-        )
-    )
+    return DecisionRow.maybe(await conn.fetchrow(LIVE_FOR_ENTRY, entry_id))
 
 
 async def get(conn: Connection, decision_id: uuid.UUID) -> DecisionRow | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,10 +60,20 @@ class Refusal:
 
 
 class Workflow:
-    def __init__(self, database: Database, timesheets: Timesheets, attempts: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        timesheets: Timesheets,
+        attempts: int,
+        *,
+        events_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``events_committed``: called once a decision and its audit event have committed
+        (``store.MARK_APPLIED`` sends no NOTIFY): the outbox relay's ``wake``."""
         self.database = database
         self.timesheets = timesheets
         self.attempts = attempts
+        self.events_committed = events_committed
 
     async def decide(self, approver: Identity, entry_id: uuid.UUID, body: DecisionIn) -> Result | Refusal:
         """``PUT /approvals/{id}``. Raises :class:`PeerUnavailable` when nothing could be recorded."""
@@ -159,6 +170,8 @@ class Workflow:
                     )
                 )
                 applied = row is not None  # (after a lost answer: whoever applied it, it is applied)
+                if applied:
+                    self.events_committed()
                 if row is None:
                     async with self.database.connection() as conn:
                         row = await store.get(conn, decision.id)

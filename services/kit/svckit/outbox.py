@@ -15,6 +15,18 @@ How the relay behaves:
 - ``enqueue`` sends ``NOTIFY outbox_<schema>`` (delivered by Postgres at commit); the relay LISTENs on
   a dedicated connection and wakes at once. Polling every ``poll_interval`` seconds covers a lost
   LISTEN connection and rows whose retry time came.
+- The hot paths' single statements (:func:`with_enqueued`) send no NOTIFY: the writer wakes the
+  relay of its own process after the commit (:meth:`OutboxRelay.wake`), which delivers its rows at
+  once; other replicas' relays find them when they poll, as before. A NOTIFY makes every committing
+  transaction that sent one take Postgres's one lock on the notification queue (cluster-wide) and
+  hold it through its WAL flush: such commits cannot share a flush, they go one at a time. Under load
+  that was the ceiling of decisions (two notifying commits each: ~130/s, backends waiting on
+  ``Lock: object`` and ``WalSync``), and every NOTIFY also woke every listening relay.
+- Under load the relay gathers batches: after a pass that delivered fewer than ``batch_size`` events
+  it waits ``linger`` seconds (real time, 25 ms by default) before the next one, so a steady stream
+  of commits goes out in batches of many events instead of one POST, one claim and one delete per
+  event or two (which cost the writer as much CPU as serving the request, and the audit service
+  more). A relay that was idle delivers a lone event at once.
 - A failed delivery (audit unreachable, 5xx, 401, timeout) records ``attempts``/``last_error`` on the
   rows and the relay backs off (capped exponential backoff with jitter), so a down audit service is
   not hammered; the rows stay due, so once it is back they arrive in outbox order (strictly so with
@@ -136,9 +148,11 @@ async def enqueue(conn: Connection | asyncpg.Connection, event: AuditEvent) -> N
 
 
 def with_enqueued(change: str, first: int) -> str:
-    """One statement that makes ``change`` and adds the change's audit event to the outbox, waking
-    the relays: what :func:`enqueue` does after the change, without a round trip of its own (on the
-    hot paths, round trips are most of a write's time).
+    """One statement that makes ``change`` and adds the change's audit event to the outbox: what
+    :func:`enqueue` does after the change, without a round trip of its own (on the hot paths, round
+    trips are most of a write's time) and without a NOTIFY (see the module docstring: the writer
+    calls :meth:`OutboxRelay.wake` of its own relay once the statement, or its transaction, has
+    committed).
 
     ``change`` is an ``INSERT``/``UPDATE``/``DELETE … RETURNING`` of at most one row (the statement
     answers its rows); the event is queued only when it returned one, so a change that found nothing
@@ -153,8 +167,7 @@ queued AS (
     SELECT ${first}::uuid, ${first + 1}::timestamptz, ${first + 2}::jsonb FROM change
     RETURNING 1
 )
-SELECT change.* FROM change
-LEFT JOIN (SELECT pg_notify('outbox_' || current_schema(), '') FROM queued) AS woken ON true"""
+SELECT change.* FROM change"""
 
 
 def event_parameters(event: AuditEvent) -> tuple[Any, ...]:
@@ -187,6 +200,7 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         poll_interval: float = 2.0,
+        linger: float = 0.025,
         base_backoff: float = 0.5,
         max_backoff: float = 30.0,
         request_timeout: float = 10.0,
@@ -204,6 +218,7 @@ class OutboxRelay:
         self.identity = Identity.service(source)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.linger = linger
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
@@ -246,15 +261,20 @@ class OutboxRelay:
     # ---- one pass (run by the periodic task) ----------------------------------------------------
 
     async def _pass(self) -> bool:
-        """Listen, deliver one batch, refresh the gauges now and then. True: more may be waiting."""
+        """Listen, deliver one batch, refresh the gauges now and then. True: more may be waiting
+        (after a batch that was not full, only once ``linger`` has passed: more gather meanwhile)."""
         await self._ensure_listener()
         try:
-            return await self.deliver_due()
+            delivered = await self.deliver_due()
         finally:
             await self._maybe_update_metrics()
+        if 0 < delivered < self.batch_size and self.linger > 0:
+            await asyncio.sleep(self.linger)  # real time: a batching window, not part of the schedule
+        return delivered > 0
 
-    async def deliver_due(self) -> bool:
-        """Deliver one batch of due events. True when a batch was delivered (more may be due).
+    async def deliver_due(self) -> int:
+        """Deliver one batch of due events: how many were in it (0: none were due; more may be due
+        when it was full).
 
         Raises :class:`DeliveryError` when the audit service did not take the batch (after recording
         the attempt on the rows).
@@ -272,7 +292,7 @@ class OutboxRelay:
                 self.batch_size,
             )
             if not rows:
-                return False
+                return 0
             batch = [_Row(r["position"], r["attempts"], json.loads(r["payload"])) for r in rows]
             try:
                 await self._post(batch)
@@ -290,7 +310,7 @@ class OutboxRelay:
         # Raised only after the transaction committed the attempt counts and retry times.
         if failure is not None:
             raise failure
-        return True
+        return len(batch)
 
     async def _deliver_one_by_one(self, conn: Connection, batch: Sequence[_Row]) -> int:
         """Isolate malformed events: deliver each alone, record failures on the ones refused."""

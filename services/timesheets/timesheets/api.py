@@ -19,7 +19,7 @@ from svckit.authz import identity_of, requires_scope
 from svckit.body import parse_body
 from svckit.contracts.timesheets import EntryIn, ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
-from svckit.outbox import enqueue
+from svckit.outbox import OutboxRelay, enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
 from svckit.responses import json_response, model_response
@@ -36,6 +36,13 @@ MAX_ROW_ERRORS = 200
 def database_of(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
+
+
+def events_committed(request: Request) -> None:
+    """A change and its audit event (``store``'s statements built with ``with_enqueued``, which send
+    no NOTIFY) have committed: this process's outbox relay delivers it now."""
+    relay: OutboxRelay = request.app.state.relay
+    relay.wake()
 
 
 def _ttl(request: Request) -> dt.timedelta:
@@ -134,6 +141,7 @@ async def create_entry(request: Request) -> Response:
                 return outcome
             row = await store.insert_entry(conn, arguments)
             await outcome.save(conn, 201, entry_of(row), location)
+    events_committed(request)
     entries_created.labels("api").inc()
     return json_response(entry_json(row), 201, {"Location": location})
 
@@ -170,6 +178,7 @@ async def delete_entry(request: Request) -> Response:
         if row.status == "approved":
             raise Problem(409, "Conflict", "An approved entry cannot be deleted.", status_text="approved")
         await store.mark_deleted(conn, entry_id, events.deleted(identity, row))
+    events_committed(request)
     entries_deleted.inc()
     return Response(status_code=204)
 

@@ -20,7 +20,7 @@ from svckit.query import parse_query
 from svckit.responses import json_response, model_response
 
 from . import cursor, events, store
-from .api import database_of, entry_id_of, not_found
+from .api import database_of, entry_id_of, events_committed, not_found
 from .representation import entry_json, entry_of, page_json
 
 PEER = "approvals"
@@ -77,4 +77,5 @@ async def apply_decision(request: Request) -> Response:
             raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
         # the event names the entry's owner, date, project and hours: the decision changes none of them
         updated = await store.record_decision(conn, entry_id, decision, events.decided(caller, decision, row))
+    events_committed(request)
     return model_response(entry_of(updated))

@@ -189,30 +189,36 @@ async def list_owned(
     return [EntryRow.of(record) for record in records]
 
 
+#: submitted live entries of everyone but one approver (``$1``, ``$2``), ``$3`` of them; ``{keyset}``:
+#: nothing for the first page, the condition on ``$4``-``$6`` after a cursor
+PENDING = f"""SELECT {COLUMNS} FROM entries
+    WHERE status = 'submitted' AND deleted_at IS NULL
+      AND NOT (owner_issuer = $1 AND owner_subject = $2) {{keyset}}
+    {ORDER} LIMIT $3"""
+PENDING_FIRST_PAGE = PENDING.format(keyset="")
+PENDING_AFTER = PENDING.format(keyset="AND (date, created_at, id) < ($4, $5, $6)")
+
+#: one entry by id, deleted or not; and the same, row-locked
+GET_ENTRY = f"SELECT {COLUMNS} FROM entries WHERE id = $1"
+GET_ENTRY_LOCKED = GET_ENTRY + " FOR UPDATE"
+
+
 async def list_pending(
     conn: Connection, exclude: Principal, limit: int, after: Position | None
 ) -> list[EntryRow]:
     """Submitted live entries of everyone but ``exclude`` (the approver), newest date first."""
-    args: list[Any] = [exclude[0], exclude[1], limit + 1]
-    keyset = ""
-    if after is not None:
-        args += [after.date, after.created_at, after.id]
-        keyset = "AND (date, created_at, id) < ($4, $5, $6)"
-    records = await conn.fetch(
-        f"""SELECT {COLUMNS} FROM entries
-            WHERE status = 'submitted' AND deleted_at IS NULL
-              AND NOT (owner_issuer = $1 AND owner_subject = $2) {keyset}
-            {ORDER} LIMIT $3""",
-        *args,
-    )
+    if after is None:
+        records = await conn.fetch(PENDING_FIRST_PAGE, exclude[0], exclude[1], limit + 1)
+    else:
+        records = await conn.fetch(
+            PENDING_AFTER, exclude[0], exclude[1], limit + 1, after.date, after.created_at, after.id
+        )
     return [EntryRow.of(record) for record in records]
 
 
 async def get_entry(conn: Connection, entry_id: uuid.UUID, *, lock: bool = False) -> EntryRow | None:
     """The entry, deleted or not (callers decide what a deleted one means); optionally row-locked."""
-    record = await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM entries WHERE id = $1 {'FOR UPDATE' if lock else ''}", entry_id
-    )
+    record = await conn.fetchrow(GET_ENTRY_LOCKED if lock else GET_ENTRY, entry_id)
     return EntryRow.of(record) if record is not None else None
 
 
