@@ -163,7 +163,8 @@ def create_service_app(
         handlers[error] = unavailable_handler
 
     app = Starlette(
-        routes=[*operational, *routes],
+        # the service's routes first: the router tries routes in order, and these are the busy ones
+        routes=[*routes, *operational],
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=app_lifespan,

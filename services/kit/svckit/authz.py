@@ -24,7 +24,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def identity_of(request: Request) -> Identity:
     """The verified caller (set by the identity middleware); 401 if a route was left open by mistake."""
-    identity = getattr(request.state, "identity", None)
+    # straight from the scope: ``request.state`` builds a State object on every access
+    identity = request.scope.get("state", {}).get("identity")
     if not isinstance(identity, Identity):
         raise Problem(401, "Unauthorized", "The request carries no gateway-signed identity.")
     return identity
