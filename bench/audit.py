@@ -137,7 +137,7 @@ async def ingest_case(
 
 
 #: pre-signed requests per second of a run, by batch size (more than the service answers here)
-POOL_PER_SECOND = {1: 3000, 50: 150, 500: 20}
+POOL_PER_SECOND = {1: 6000, 50: 600, 500: 60}
 
 
 def wrk_ingest_case(

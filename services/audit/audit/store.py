@@ -17,6 +17,7 @@ cannot grow with the table or turn into a scan.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import uuid
@@ -267,17 +268,19 @@ class AuditStore:
             unique.setdefault(event.id, event)
         fresh_ids = await self._group.submit(list(unique.values()))
         fresh = [event for event in unique.values() if event.id in fresh_ids]
-        for event in fresh:
-            metrics.ingested.labels(event.source).inc()
         recorded = datetime.now(UTC)
+        lag = metrics.ingest_lag.observe
         for event in fresh:
-            metrics.ingest_lag.observe(max(0.0, (recorded - event.occurred_at).total_seconds()))
-        first_deliveries = set(fresh_ids)
-        for event in events:
-            if event.id in first_deliveries:
-                first_deliveries.discard(event.id)
-            else:
-                metrics.duplicates.labels(event.source).inc()
+            lag(max(0.0, (recorded - event.occurred_at).total_seconds()))
+        for source, count in collections.Counter(event.source for event in fresh).items():
+            metrics.ingested.labels(source).inc(count)  # one labelled increment per source, not per event
+        if len(fresh) < len(events):
+            first_deliveries = set(fresh_ids)
+            for event in events:
+                if event.id in first_deliveries:
+                    first_deliveries.discard(event.id)
+                else:
+                    metrics.duplicates.labels(event.source).inc()
         return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
     async def _append_group(self, batches: Sequence[list[AuditEvent]]) -> list[frozenset[uuid.UUID]]:

@@ -130,3 +130,27 @@ async def test_the_head_follows_appends_by_the_previous_release(
     assert (await ingest.append([new])).accepted == 1
     rows = await tail(audit_schema, [old.id])
     assert [row["id"] for row in rows][:2] == [old.id, new.id]
+
+
+@pytest.mark.parametrize("bad", ["g" * 64, "A" * 64, "a" * 63, "a" * 65, "\u00e4" * 64, ""])
+@pytest.mark.parametrize("column", ["prev_hash", "hash"])
+async def test_the_hash_columns_take_64_lowercase_hex_digits_only(
+    audit_schema: str, bad: str, column: str
+) -> None:
+    """Checked by length and ltrim since 0007 (the regular expression cost a third of an insert):
+    the same rule, still the database's."""
+    row = dict.fromkeys(("prev_hash", "hash"), "0" * 64) | {column: bad}
+    conn = await asyncpg.connect(runtime_url(audit_schema, "audit"))
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO audit.records (seq, id, occurred_at, recorded_at, source, actor_issuer,"
+                " actor_subject, actor_kind, actor_client_id, actor_name, action, resource_type,"
+                " resource_id, outcome, details, prev_hash, hash) VALUES (9000000000000000000,"
+                " gen_random_uuid(), now(), now(), 's', 'i', 's', 'user', 'c', 'n', 'a', 't', 'r',"
+                " 'success', '{}', $1, $2)",
+                row["prev_hash"],
+                row["hash"],
+            )
+    finally:
+        await conn.close()

@@ -50,8 +50,8 @@ class AccessLog:
         self._second = -1
         self._prefix = ""
         self._service = _json(service)
-        self._routes: dict[str, str] = {}
-        self._literals: dict[str, str] = {}
+        self._fixed: dict[tuple[str, str, int], tuple[str, str]] = {}
+        self._who: dict[tuple[str, str], str] = {}
 
     def record(
         self,
@@ -68,32 +68,35 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        # a template, not a dict through json.dumps: only values that may need escaping are encoded
-        route_json = self._routes.get(route)
-        if route_json is None:
-            route_json = self._routes[route] = _json(route)[1:-1]
-        line = (
-            f'{{"ts": "{self._prefix}.{int((now - second) * 1000):03d}Z", "level": "info", '
-            f'"service": {self._service}, "logger": "access", "msg": "{method} {route_json} {status}", '
-            f'"request_id": "{request_id}", "method": "{method}", "route": "{route_json}", '
-            f'"status": {status}, "duration_ms": {round(seconds * 1000, 2)}'
+        # the line is a template: what repeats (per method, route and status; per subject and client)
+        # is encoded once, only the time, request id and duration are formatted per request
+        key = (method, route, status)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            if len(self._fixed) >= MAX_LITERALS:
+                self._fixed.clear()
+            route_json = _json(route)[1:-1]
+            fixed = self._fixed[key] = (
+                f'Z", "level": "info", "service": {self._service}, "logger": "access", '
+                f'"msg": "{method} {route_json} {status}", "request_id": "',
+                f'", "method": "{method}", "route": "{route_json}", "status": {status}, "duration_ms": ',
+            )
+        who = self._who.get((subject, client_id))
+        if who is None:
+            if len(self._who) >= MAX_LITERALS:
+                self._who.clear()
+            who = ""
+            if subject:
+                who += f', "subject": {_plain(subject)}'
+            if client_id:
+                who += f', "client_id": {_plain(client_id)}'
+            who = self._who[(subject, client_id)] = who + "}"
+        self._lines.append(
+            f'{{"ts": "{self._prefix}.{int((now - second) * 1000):03d}{fixed[0]}{request_id}{fixed[1]}'
+            f"{round(seconds * 1000, 2)}{who}"
         )
-        if subject:
-            line += f', "subject": {self._literal(subject)}'
-        if client_id:
-            line += f', "client_id": {self._literal(client_id)}'
-        self._lines.append(line + "}")
         if len(self._lines) >= MAX_LINES:
             self.flush()
-
-    def _literal(self, value: str) -> str:
-        # the same few subjects and clients make most requests: encode each once, not per line
-        literal = self._literals.get(value)
-        if literal is None:
-            if len(self._literals) >= MAX_LITERALS:
-                self._literals.clear()
-            literal = self._literals[value] = _plain(value)
-        return literal
 
     def flush(self) -> None:
         if not self._lines:

@@ -27,7 +27,7 @@ from svckit.problems import PROBLEM_JSON, problem_body
 
 from . import metrics
 from .accesslog import AccessLog
-from .cors import Cors
+from .cors import VARY, Cors
 from .denials import DenialAuditor
 from .forwarded import ForwardedHeaders
 from .proxy import Forwarder, UpstreamBrokeOff
@@ -102,10 +102,12 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = ApiRequest(scope)
-        request.base_headers = [
-            (b"x-request-id", request.request_id.encode()),
-            *self.cors.response_headers(request.origin),
-        ]
+        origin = request.origin
+        request.base_headers = (
+            [(b"x-request-id", request.request_id.encode()), VARY]
+            if origin is None
+            else [(b"x-request-id", request.request_id.encode()), *self.cors.response_headers(origin)]
+        )
         context = request_id_var.set(request.request_id)
         try:
             await self._handle(request, receive, send)

@@ -21,9 +21,15 @@ class Forwarding(NamedTuple):  # a tuple: built for every request, and a frozen 
     host: bytes | None
 
 
+_DIRECT_CACHE = 4096
+
+
 class ForwardedHeaders:
     def __init__(self, trusted: Iterable[str]) -> None:
         self.networks = parse_networks(trusted)
+        # peers that are no proxy: the answer depends on (peer, scheme, Host) only, and the same few
+        # clients make most requests — one look-up instead of a tuple and an encoding per request
+        self._direct: dict[tuple[str, str, bytes | None], Forwarding] = {}
 
     def resolve(
         self,
@@ -34,8 +40,17 @@ class ForwardedHeaders:
         forwarded_proto: bytes | None,
         forwarded_host: bytes | None,
     ) -> Forwarding:
+        if not self.networks:
+            key = (peer, scheme, host)
+            direct = self._direct.get(key)
+            if direct is None:
+                if len(self._direct) >= _DIRECT_CACHE:
+                    self._direct.clear()
+                proto = b"https" if scheme == "https" else b"http"
+                direct = self._direct[key] = Forwarding(peer, peer.encode(), proto, host)
+            return direct
         proto = b"https" if scheme == "https" else b"http"
-        if not self.networks or not is_trusted(peer, self.networks):
+        if not is_trusted(peer, self.networks):
             return Forwarding(peer, peer.encode(), proto, host)
         client, chain = forwarded_client(
             peer, (value.decode("latin-1") for value in forwarded_for), self.networks

@@ -230,7 +230,9 @@ class Forwarder:
         service: str,
     ) -> None:
         raw = connection.headers
-        dropped = STRIPPED_OUTBOUND | connection_tokens(raw) if _has_connection(raw) else STRIPPED_OUTBOUND
+        dropped = STRIPPED_OUTBOUND
+        if connection.has_connection_header:
+            dropped = dropped | connection_tokens(raw)
         headers = [(key, value) for key, value in raw if key not in dropped]
         length = connection.content_length
         status = connection.status
@@ -264,10 +266,6 @@ class Forwarder:
             log.warning("upstream broke off mid-response", extra={"upstream": service, "error": exc.detail})
             raise UpstreamBrokeOff from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _has_connection(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(key == b"connection" for key, _ in headers)
 
 
 def _request_head(

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import ssl
 import struct
@@ -73,6 +74,23 @@ def _peer_gone(sock: socket.socket | None) -> bool:
         return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] != _TCP_ESTABLISHED
     except (OSError, IndexError, TypeError):
         return False
+
+
+def _probe(transport_socket: object) -> socket.socket | None:
+    """A socket of our own on the connection's descriptor (a duplicate), for the kernel's view of it.
+
+    The transport's socket will not do: uvloop's (a ``PseudoSocket``) makes a new ``socket.socket``
+    for every ``getsockopt``, which :func:`_peer_gone` calls for every pooled request. The duplicate
+    must be closed with the connection (:meth:`Connection.abort`, ``connection_lost``): while it is
+    open, the transport closing its own descriptor would end nothing.
+    """
+    fileno = getattr(transport_socket, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        return socket.socket(fileno=os.dup(fileno()))
+    except (OSError, ValueError):
+        return None
 
 
 def _request_refused(sock: socket.socket | None) -> bool:
@@ -129,6 +147,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
+        self.has_connection_header = False
         self.head_done = False
         self.complete = False
         self.keep_alive = False
@@ -149,7 +168,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
-        self.sock = transport.get_extra_info("socket")  # asyncio's TransportSocket, uvloop's PseudoSocket
+        self.sock = _probe(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
@@ -175,6 +194,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._close_probe()
         if self.busy and not self.complete and self.error is None:
             if self.head_done and self.content_length is None and not self._chunked and exc is None:
                 self.complete = True  # a body delimited by the end of the connection
@@ -213,6 +233,7 @@ class Connection(asyncio.Protocol):
             return
         self.headers = []
         self.content_length = None
+        self.has_connection_header = False
         self._chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -224,6 +245,8 @@ class Connection(asyncio.Protocol):
             self.content_length = int(value)  # llhttp has checked it is digits, and agrees if repeated
         elif name == b"transfer-encoding":
             self._chunked = True
+        elif name == b"connection":
+            self.has_connection_header = True  # its tokens name more hop-by-hop headers
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -356,7 +379,13 @@ class Connection(asyncio.Protocol):
         self._end()
         if self.transport is not None and not self.closed:
             self.closed = True
+            self._close_probe()  # first: while it is open, closing the transport's descriptor ends nothing
             self.transport.abort()  # connection_lost follows and tells the pool
+
+    def _close_probe(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
     # --- internals --------------------------------------------------------------------------------
 

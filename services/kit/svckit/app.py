@@ -162,9 +162,12 @@ def create_service_app(
     for error in UNAVAILABLE_ERRORS:
         handlers[error] = unavailable_handler
 
+    # the service's routes first: the router tries routes in order, and these are the busy ones; but a
+    # catch-all (a ``{…:path}`` route: the gateway's SPA) after the operational ones it would shadow
+    catch_all = [route for route in routes if ":path}" in getattr(route, "path", "")]
+    specific = [route for route in routes if route not in catch_all]
     app = Starlette(
-        # the service's routes first: the router tries routes in order, and these are the busy ones
-        routes=[*routes, *operational],
+        routes=[*specific, *operational, *catch_all],
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=app_lifespan,

@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -215,6 +215,20 @@ def canonical(
     return "\n".join(parts).encode()
 
 
+_SHA256_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 keyed once (RFC 2104): the inner and outer hash states after ``key ^ ipad`` and
+    ``key ^ opad``; ``outer(inner(message))`` of copies of them is ``hmac.digest(key, message)``."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 def _mac(key: bytes, message: bytes) -> str:
     digest = hmac.digest(key, message, "sha256")  # one-shot C implementation, same bytes as hmac.new
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -299,7 +313,7 @@ class PreparedIdentity:
     :meth:`IdentitySigner.headers` would (UTF-8 values), which the kit's tests compare.
     """
 
-    __slots__ = ("_block", "_lead", "_mac", "_tail")
+    __slots__ = ("_block", "_inner", "_lead", "_outer", "_tail")
 
     def __init__(self, signer: IdentitySigner, identity: Identity) -> None:
         for value, what in (
@@ -312,8 +326,9 @@ class PreparedIdentity:
         ):
             _clean(value, what)  # these become header lines verbatim: no CR/LF may get through
         scopes = " ".join(sorted(identity.scopes))
-        # keyed once: per request only a copy of the keyed state is updated (no key set-up)
-        self._mac = hmac.new(signer.key, digestmod=hashlib.sha256)
+        # keyed once (RFC 2104: the inner and outer SHA-256 states after the padded key): per request
+        # only copies of hashlib's states are updated, with no Python-level HMAC wrapper in between
+        self._inner, self._outer = _hmac_states(signer.key)
         self._lead = f"{VERSION}\n{signer.kid}\n".encode()
         fields = (identity.issuer, identity.subject, identity.kind, identity.client_id, scopes, identity.name)
         self._tail = ("\n" + "\n".join(fields)).encode()
@@ -342,12 +357,14 @@ class PreparedIdentity:
         lines), ``Content-Digest`` included (``digest``: :func:`content_digest` of the body that goes
         with them). ``target`` and ``request_id`` must be free of control characters (the gateway
         checks both before it gets here)."""
-        mac = self._mac.copy()
-        mac.update(
+        inner = self._inner.copy()
+        inner.update(
             b"\n".join((self._lead + timestamp, method.upper().encode(), target, request_id, nonce, digest))
         )
-        mac.update(self._tail)
-        signature = binascii.b2a_base64(mac.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+        inner.update(self._tail)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        signature = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
         return b"".join(
             (
                 self._block,

@@ -187,3 +187,23 @@ async def test_a_500_keeps_the_connection_usable(base_url: str, caller: Caller) 
                 assert head.startswith(b"HTTP/1.1 200"), head
     finally:
         writer.close()
+
+
+async def test_a_catch_all_route_does_not_shadow_the_operational_paths(identity_keys: dict[str, str]) -> None:
+    """The service's routes are tried first (the busy ones), but a catch-all after /healthz and /readyz
+    (the gateway serves its SPA through one)."""
+
+    async def anything(request: Request) -> Response:
+        return JSONResponse({"caught": request.path_params["path"]})
+
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    app = create_service_app(
+        settings, [Route("/{path:path}", anything, methods=["GET"])], require_identity=False
+    )
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        for path in ("/healthz", "/readyz"):
+            async with session.get(url + path) as response:
+                assert response.status == 200
+                assert "caught" not in await response.json()
+        async with session.get(url + "/anything/else") as response:
+            assert await response.json() == {"caught": "anything/else"}

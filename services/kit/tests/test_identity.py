@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from svckit.identity import (
     IdentityError,
     IdentitySigner,
     IdentityVerifier,
+    _hmac_states,
     content_digest,
     identity_headers,
     may_assert,
@@ -260,3 +262,17 @@ def test_forked_processes_send_different_nonces() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 32
     assert child != new_nonce()
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 64, 65, 200])
+def test_the_prepared_hmac_states_are_hmac_sha256(key_length: int) -> None:
+    """PreparedIdentity signs through precomputed RFC 2104 states: the same bytes as hmac.digest for
+    keys shorter than, as long as and longer than SHA-256's block."""
+    key, message = bytes(range(key_length % 256)) * (key_length // 256 + 1), b"tsp-identity-v2\n" * 20
+    key = key[:key_length]
+    inner, outer = _hmac_states(key)
+    inner = inner.copy()
+    inner.update(message)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    assert outer.digest() == hmac.digest(key, message, "sha256")
