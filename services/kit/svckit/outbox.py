@@ -19,14 +19,14 @@ How the relay behaves:
   relay of its own process after the commit (:meth:`OutboxRelay.wake`), which delivers its rows at
   once; other replicas' relays find them when they poll, as before. A NOTIFY makes every committing
   transaction that sent one take Postgres's one lock on the notification queue (cluster-wide) and
-  hold it through its WAL flush: such commits cannot share a flush, they go one at a time. Under load
-  that was the ceiling of decisions (two notifying commits each: ~130/s, backends waiting on
-  ``Lock: object`` and ``WalSync``), and every NOTIFY also woke every listening relay.
+  hold it through its WAL flush: such commits cannot share a flush, they go one at a time. Under the
+  decisions benchmark (two notifying commits per decision, 80-130 decisions/s) the backends waited
+  on ``Lock: object`` and ``WalSync``; and every NOTIFY also woke every listening relay.
 - Under load the relay gathers batches: after a pass that delivered fewer than ``batch_size`` events
   it waits ``linger`` seconds (real time, 25 ms by default) before the next one, so a steady stream
   of commits goes out in batches of many events instead of one POST, one claim and one delete per
-  event or two (which cost the writer as much CPU as serving the request, and the audit service
-  more). A relay that was idle delivers a lone event at once.
+  event or two (each POST also costs the audit service an ingest). A relay that was idle delivers a
+  lone event at once.
 - A failed delivery (audit unreachable, 5xx, 401, timeout) records ``attempts``/``last_error`` on the
   rows and the relay backs off (capped exponential backoff with jitter), so a down audit service is
   not hammered; the rows stay due, so once it is back they arrive in outbox order (strictly so with

@@ -72,11 +72,14 @@ def entry_json(row: EntryRow) -> str:
         at = rfc3339(row.decided_at)
         decision = f'{{"decision":{_text(row.status)},"by":{by},"at":"{at}","comment":{comment}}}'
     notes = _text(row.notes) if row.notes is not None else "null"
+    created = rfc3339(row.created_at)
+    # an entry never changed since it was made has one timestamp twice: formatted once
+    updated = created if row.updated_at == row.created_at else rfc3339(row.updated_at)
     return (
         f'{{"id":"{row.id}","owner":{_person(row.owner_issuer, row.owner_subject, row.owner_name)},'
         f'"date":"{row.date.isoformat()}","project":{_text(row.project)},"hours":{float(row.hours)!r},'
         f'"notes":{notes},"status":{_text(row.status)},"decision":{decision},'
-        f'"created_at":"{rfc3339(row.created_at)}","updated_at":"{rfc3339(row.updated_at)}"}}'
+        f'"created_at":"{created}","updated_at":"{updated}"}}'
     )
 
 
