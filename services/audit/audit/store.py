@@ -372,7 +372,11 @@ class AuditStore:
         ids = [event.id for event in events]
         details_json = [json.dumps(event.details, ensure_ascii=False) for event in events]
         async with self.database.transaction(committed=committed) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            # Index lookups only in this transaction, as in append_records (0008): a generic plan
+            # made while the table was small must not scan it for every group once it has grown.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)", self.lock_key
+            )
             # A separate statement from the lock: its snapshot must be taken after the lock is held.
             # The head is one row by its key (0005), never a search of the records; jsonb's own text
             # form of the details is what gets hashed (see chain.py).

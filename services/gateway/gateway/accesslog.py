@@ -91,9 +91,10 @@ class AccessLog:
             if client_id:
                 who += f', "client_id": {_plain(client_id)}'
             who = self._who[(subject, client_id)] = who + "}"
+        hundredths = round(seconds * 100_000)  # of a millisecond: integers format faster than floats
         self._lines.append(
             f'{{"ts": "{self._prefix}.{int((now - second) * 1000):03d}{fixed[0]}{request_id}{fixed[1]}'
-            f"{round(seconds * 1000, 2)}{who}"
+            f"{hundredths // 100}.{hundredths % 100:02d}{who}"
         )
         if len(self._lines) >= MAX_LINES:
             self.flush()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -49,7 +48,7 @@ log = logging.getLogger("gateway.serving")
 OPENAPI_PATH = API_PREFIX + "/openapi.json"
 _API_HEADS = frozenset({API_PREFIX, API_PREFIX + "/"})
 #: what may not appear anywhere in a response head besides CR and LF (HTAB may, inside values)
-_FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FORBIDDEN = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
@@ -74,7 +73,12 @@ def check_head(head: bytes) -> None:
     them, and every CR and every LF part of one line end — so no name or value split a line (a
     response-splitting attempt through an upstream's or a client's bytes is a 500, never sent)."""
     lines = head.count(b"\n")
-    if _FORBIDDEN.search(head) is not None or head.count(b"\r") != lines or head.count(b"\r\n") != lines:
+    # translate(None, …) deletes the forbidden bytes: a C loop, several times faster than a regex here
+    if (
+        len(head.translate(None, _FORBIDDEN)) != len(head)
+        or head.count(b"\r") != lines
+        or head.count(b"\r\n") != lines
+    ):
         raise RuntimeError("Invalid HTTP header.")
 
 
@@ -306,6 +310,50 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         super().connection_made(transport)
         gateway = getattr(self.app, "gateway", None)  # a GatewayApp (not one wrapped in middleware)
         self._gateway: _HasEdge | None = gateway
+        self._active_at = self.loop.time()
+
+    # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn cancels its keep-alive timer on every read and arms a new one after every response
+        (a timer handle made and cancelled per request); here activity is only noted, and the timer,
+        when it fires, looks at how long the connection has really been idle."""
+        self._active_at = self.loop.time()
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._active_at = self.loop.time()
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request starts now
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_expired
+            )
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._receiving or self.pipeline or (cycle is not None and not cycle.response_complete):
+            return  # a request in progress: its response arms the timer again
+        idle = self.loop.time() - self._active_at
+        if idle >= self.timeout_keep_alive:
+            self.transport.close()
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive - idle, self._keep_alive_expired
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         gateway = self._gateway

@@ -29,8 +29,6 @@ In order (``Edge._handle`` reads the same, top to bottom):
 
 from __future__ import annotations
 
-import re
-
 from starlette.types import Receive, Send
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.dpop import ProofError, ProofVerifier, ReplayGuard, request_url
@@ -56,7 +54,15 @@ from .tokens import TokenError, TokenVerifier
 
 _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
 _EMPTY_DIGEST = EMPTY_DIGEST.encode()
-_NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")  # raw bytes beyond ASCII would sign differently
+_PRINTABLE = bytes(range(0x21, 0x7F))  # raw bytes beyond ASCII would sign differently
+
+
+def _not_printable(raw: bytes) -> bool:
+    """Any byte outside ``\\x21-\\x7e`` (what is left once the printable ones are deleted: a C loop,
+    several times faster than a regular expression on the hot path)."""
+    return bool(raw.translate(None, _PRINTABLE))
+
+
 NOT_PRINTABLE_DETAIL = "The request target must be printable ASCII; percent-encode the rest."
 _API_LITERAL = API_PREFIX + "/"
 
@@ -77,9 +83,7 @@ class Preflight:
         request.route = "preflight"
         path = request.raw_path.decode("latin-1")
         methods = (
-            ()
-            if _NOT_PRINTABLE.search(request.raw_path) or unsafe_path(path)
-            else self.routes.methods_for(path)
+            () if _not_printable(request.raw_path) or unsafe_path(path) else self.routes.methods_for(path)
         )
         allow, why = self.cors.preflight(request.origin, request.acr_method, request.acr_headers, methods)
         if allow is None:
@@ -98,7 +102,7 @@ def check_target(request: ApiRequest) -> Refusal | None:
     never normalised and never rewritten.
     """
     raw = request.raw_path
-    if _NOT_PRINTABLE.search(raw) or _NOT_PRINTABLE.search(request.query):
+    if _not_printable(raw) or _not_printable(request.query):
         return Refusal(400, NOT_PRINTABLE_DETAIL)
     path = raw.decode("ascii")
     if not path.startswith(_API_LITERAL):

@@ -9,9 +9,12 @@ import json
 from typing import Any, NamedTuple
 
 import pytest
-from gateway.serving import check_head
+from gateway.app import create_app
+from gateway.serving import GatewayHttpProtocol, check_head
 
-from .conftest import Provider
+from testkit.fixtures import serve_app
+
+from .conftest import Provider, StartGateway
 
 
 class Answer(NamedTuple):
@@ -132,3 +135,34 @@ def test_a_response_head_is_lines_and_nothing_else(head: bytes, valid: bool) -> 
     else:
         with pytest.raises(RuntimeError):
             check_head(head)
+
+
+async def test_keep_alive_closes_idle_connections_only(
+    start_gateway: StartGateway, provider: Provider
+) -> None:
+    """The keep-alive timer is armed once per idle stretch (gateway.serving): a connection idle for the
+    timeout is closed; one that was used meanwhile, or waits for a slow answer, is not."""
+
+    class ShortKeepAlive(GatewayHttpProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.timeout_keep_alive = 0.4  # type: ignore[assignment]  # uvicorn's is whole seconds
+
+    app = create_app(start_gateway.settings())  # type: ignore[attr-defined]
+    app.http_protocol = ShortKeepAlive
+    token = provider.scoped("read:timesheets")
+    async with serve_app(app) as gateway:
+        host, port = gateway.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for number in range(3):  # used every 0.25 s: never idle for 0.4 s
+                writer.write(get(f"/api/timesheets/{number}", token, f"req-alive-{number:04d}"))
+                assert (await read_answer(reader, False)).status == 200
+                await asyncio.sleep(0.25)
+            writer.write(get("/api/timesheets/slow?s=0.7", token, "req-slow-0001"))  # longer than 0.4 s
+            assert (await read_answer(reader, False)).status == 200
+            started = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
+            assert 0.3 < asyncio.get_running_loop().time() - started < 2
+        finally:
+            writer.close()
