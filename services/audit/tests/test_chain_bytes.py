@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from audit.chain import GENESIS, HASHED_COLUMNS, canonical, canonical_of, document, record_hash, timestamp
@@ -75,6 +76,6 @@ def test_the_walks_bytes_are_the_documented_bytes(text: str, request_id: str | N
     """The verification walk hashes the values as read, the timestamps written by Postgres as
     :func:`timestamp` writes them (held to it in test_jsonb_text.py): the same bytes."""
     fields = record(text, request_id, datetime(2026, 1, 2, 3, 4, 5, 6, UTC))
-    values = [fields[column] for column in HASHED_COLUMNS]
+    values: list[Any] = [fields[column] for column in HASHED_COLUMNS]
     values[2:4] = [timestamp(values[2]), timestamp(values[3])]
     assert canonical_of(*values) == canonical(fields)
