@@ -13,6 +13,7 @@ answers 404 for it, and the metrics are on their own port (:class:`svckit.metric
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -74,6 +75,20 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
 async def metrics_not_here(request: Request) -> Response:
     """The public listener never exposes metrics (an Ingress in front of it would publish them)."""
     return problem_response(404, "Not Found", "Metrics are served on the service's metrics port only.")
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive once the service has started (modules, models, routes, pools: some
+    65,000 tracked objects after importing a service) out of the cyclic garbage collector's reach
+    (:func:`gc.freeze`).
+
+    Under load the requests' short-lived objects trigger collections all the time, and every full
+    collection walked all of those long-lived objects too, with the event loop stopped: the long tail
+    of the latency. Measured on the timesheets service (32 clients, 50% create / 50% list, five
+    interleaved pairs of runs): p99 63-81 ms without, 33-55 ms with; CPU per request within the
+    runs' noise. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def openapi_route(document: Mapping[str, Any]) -> Route:
@@ -146,8 +161,10 @@ def create_service_app(
         try:
             if lifespan is not None:
                 async with lifespan(app):
+                    freeze_startup_objects()
                     yield
             else:
+                freeze_startup_objects()
                 yield
         finally:
             if replay_store is not None:
