@@ -109,10 +109,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests marked 'unit' must run in process:\n  " + "\n  ".join(wrong))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on, never one this process handed out before.
+
+    The kernel may give a just-closed ephemeral port again: a replica restarted on its old port while
+    its metrics listener asks for a fresh one got the same number twice (and refused to start).
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def with_database(url: str, name: str) -> str:
