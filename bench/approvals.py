@@ -12,8 +12,9 @@ pre-signed identity headers (as the gateway would send them):
   decision is recorded once: the approvals service records it pending, applies it at the timesheets
   service, settles it with its audit event).
 
-The same two cases also go, in the same run, to two peers working on a database of their own,
-seeded alike (the same entry ids):
+The same two cases also go, in the same run, to two peers, each working on a database of its own
+seeded alike (the same entry ids; in one database pgbench's random decisions would decide the
+entries the reference's requests are about):
 
 - ``reference``: the minimal same-stack app (:mod:`bench._reference_app`), built like the two
   services: its approvals routes call its own minimal timesheets routes over HTTP; the services' SQL
@@ -265,9 +266,11 @@ def main() -> int:
             servers(redis=True) as backing,
             fresh_database(name) as url,
             fresh_database(name + "_peers") as peers_url,
+            fresh_database(name + "_pgbench") as pgbench_url,
         ):
             entries = asyncio.run(seed(url))
-            asyncio.run(seed(peers_url))
+            for database in (peers_url, pgbench_url):
+                asyncio.run(seed(database))
             try:
                 keys = new_pair_keys("bench")
                 env = {
@@ -317,7 +320,7 @@ def main() -> int:
                             )
                         if pgbench is not None:
                             runs["pgbench"][case].append(
-                                run_pgbench(peers_url, [pgbench[case]], seconds, logs)
+                                run_pgbench(pgbench_url, [pgbench[case]], seconds, logs)
                             )
             finally:  # the servers stop before their databases are dropped
                 if reference is not None:
