@@ -101,5 +101,53 @@ def canonical(record: Fields) -> bytes:
     ).encode()
 
 
+def canonical_of(
+    seq: int,
+    id: Any,
+    occurred_at: str,
+    recorded_at: str,
+    source: str,
+    actor_issuer: str,
+    actor_subject: str,
+    actor_kind: str,
+    actor_client_id: str,
+    actor_name: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    outcome: str,
+    request_id: str | None,
+    details: str,
+    prev_hash: str,
+) -> bytes:
+    """:func:`canonical` from the values in :data:`HASHED_COLUMNS` order, the timestamps already
+    written as :func:`timestamp` writes them: the verification walk has Postgres format them
+    (:data:`UTC_TEXT`), which saves it two datetime objects and their formatting per record. The same
+    f-string as :func:`canonical`; ``test_chain_bytes`` holds both to the documented bytes."""
+    s = _string
+    return (
+        f'{{"action":{s(action)},"actor":{{"client_id":{s(actor_client_id)},'
+        f'"issuer":{s(actor_issuer)},"kind":{s(actor_kind)},'
+        f'"name":{s(actor_name)},"subject":{s(actor_subject)}}},'
+        f'"details":{s(details)},"id":"{id}",'
+        f'"occurred_at":"{occurred_at}","outcome":{s(outcome)},'
+        f'"prev_hash":{s(prev_hash)},"recorded_at":"{recorded_at}",'
+        f'"request_id":{"null" if request_id is None else s(request_id)},'
+        f'"resource":{{"id":{s(resource_id)},"type":{s(resource_type)}}},'
+        f'"seq":{int(seq)},"source":{s(source)}}}'
+    ).encode()
+
+
+#: SQL writing a ``timestamptz`` column as :func:`timestamp` writes what asyncpg reads from it (UTC,
+#: microseconds, ``Z``; a 4-digit year, zero-padded like ``isoformat``), for :func:`canonical_of`.
+#: asyncpg stores ``datetime.max`` / ``datetime.min`` as ``infinity`` / ``-infinity`` and reads them back
+#: so: an event may carry either instant, and its hash was computed from the datetime.
+UTC_TEXT = (
+    "CASE {column} WHEN 'infinity' THEN '9999-12-31T23:59:59.999999Z'"
+    " WHEN '-infinity' THEN '0001-01-01T00:00:00.000000Z'"
+    """ ELSE to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END"""
+)
+
+
 def record_hash(record: Fields) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()

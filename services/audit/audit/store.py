@@ -18,6 +18,7 @@ cannot grow with the table or turn into a scan.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import uuid
@@ -43,7 +44,7 @@ from svckit.contracts.audit import (
 from svckit.db import UNAVAILABLE_ERRORS, CommitCheck, Connection, Database
 
 from . import metrics
-from .chain import GENESIS, HASHED_COLUMNS, record_hash
+from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_of, record_hash
 from .checkpoint_store import CheckpointFeed, CheckpointStore
 from .groupcommit import GroupCommit
 from .jsonb import jsonb_text
@@ -52,6 +53,7 @@ from .trail import CheckpointTrail
 log = logging.getLogger("audit.store")
 
 COLUMNS = (*HASHED_COLUMNS, "hash")
+HASHED = len(HASHED_COLUMNS)
 #: Events per group commit: a few full batches (MAX_BATCH) in one COPY, not an unbounded transaction.
 GROUP_MAX_EVENTS = 2000
 
@@ -62,6 +64,12 @@ def shared_failure(exc: BaseException) -> bool:
 
 
 SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
+#: What the verification walk reads: :data:`SELECT_COLUMNS` with the timestamps as the hash writes
+#: them (:func:`~audit.chain.canonical_of` takes the first 17 as they come).
+WALK_COLUMNS = ", ".join(
+    UTC_TEXT.format(column=c) + f" AS {c}" if c in ("occurred_at", "recorded_at") else c
+    for c in SELECT_COLUMNS.split(", ")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +529,7 @@ class AuditStore:
 
         async with self.database.transaction(isolation="repeatable_read") as conn:
             cursor = conn.cursor(
-                f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
+                f"SELECT {WALK_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
                 expected,
                 prefetch=prefetch,
             )
@@ -532,7 +540,7 @@ class AuditStore:
                 checked += 1
                 if prev_hash is not None and row["prev_hash"] != prev_hash:
                     return broken(seq, "prev_hash does not match the previous record's hash")
-                if record_hash(row) != row["hash"]:
+                if hashlib.sha256(canonical_of(*row[:HASHED])).hexdigest() != row["hash"]:
                     return broken(seq, "hash does not match the record's content")
                 for point, given in points:
                     if seq == point.seq and row["hash"] != point.hash:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from audit.chain import GENESIS, canonical, document, record_hash
+from audit.chain import GENESIS, HASHED_COLUMNS, canonical, canonical_of, document, record_hash, timestamp
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +68,14 @@ def test_a_known_record_keeps_its_hash() -> None:
     chain already stored."""
     fields = record('plain ✓ "q"', None, datetime(2026, 1, 2, 3, 4, 5, 6, UTC))
     assert record_hash(fields) == "53cd51569068ae35d50a2c3f7626e57c8d0061abb27867aebba9d0ad6b6c7e97"
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+@pytest.mark.parametrize("request_id", [None, "r-1"])
+def test_the_walks_bytes_are_the_documented_bytes(text: str, request_id: str | None) -> None:
+    """The verification walk hashes the values as read, the timestamps written by Postgres as
+    :func:`timestamp` writes them (held to it in test_jsonb_text.py): the same bytes."""
+    fields = record(text, request_id, datetime(2026, 1, 2, 3, 4, 5, 6, UTC))
+    values: list[Any] = [fields[column] for column in HASHED_COLUMNS]
+    values[2:4] = [timestamp(values[2]), timestamp(values[3])]
+    assert canonical_of(*values) == canonical(fields)

@@ -1,15 +1,18 @@
 """The details' jsonb text form predicted in Python (audit.jsonb) is Postgres's own for what writers
 send; where it is not (floats in exponent notation), the append function answers the right form and
-the group is chained again: stored once, the chain verifies."""
+the group is chained again: stored once, the chain verifies. And the other way round: the timestamps
+Postgres writes for the verification walk (chain.UTC_TEXT) are the ones chain.timestamp writes."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 import pytest
+from audit.chain import UTC_TEXT, timestamp
 from audit.jsonb import jsonb_text
 from audit.store import AuditStore
 from svckit.db import Database
@@ -63,3 +66,22 @@ async def test_a_form_predicted_wrong_is_corrected_by_the_database(
     stored = await conn.fetchval("SELECT details::text FROM audit.records WHERE id = $1", odd.id)
     assert json.loads(stored) == {"big": 1e16, "tiny": 1e-07, "negative_zero": 0}
     assert (await store.verify(observe=False)).ok
+
+
+INSTANTS = [
+    datetime(2026, 12, 3, 19, 55, 52, 123456, UTC),
+    datetime(2026, 12, 3, 19, 55, 52, tzinfo=UTC),  # no microseconds: still six digits
+    datetime(2026, 1, 1, 0, 30, 0, 5, tzinfo=timezone(timedelta(hours=2))),  # the day before in UTC
+    datetime(5, 3, 4, 5, 6, 7, 8, UTC),  # a year below 1000: zero-padded by both
+    datetime(9999, 12, 31, 23, 59, 58, 999999, UTC),
+    datetime.max.replace(tzinfo=UTC),  # asyncpg stores infinity
+    datetime.min.replace(tzinfo=UTC),  # and -infinity
+]
+
+
+@pytest.mark.parametrize("instant", INSTANTS, ids=range(len(INSTANTS)))
+async def test_postgres_writes_timestamps_as_the_chain_does(
+    conn: asyncpg.Connection, instant: datetime
+) -> None:
+    written = await conn.fetchval(f"SELECT {UTC_TEXT.format(column='$1::timestamptz')}", instant)
+    assert written == timestamp(instant)
