@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, sign_in
 
@@ -87,18 +87,28 @@ async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage,
     await sign_in(page, shot, "alice")
     await refetch_week(page)
     silent = silent_authorize(page)
-    refused: list[int] = []
+    refused: dict[str, list[int]] = {}
 
     async def spoil_token(route: Route) -> None:
         headers = {**route.request.headers, "authorization": "Bearer not.a.token"}
         await route.continue_(headers=headers)
 
-    page.on("response", lambda r: refused.append(r.status) if "/api/timesheets" in r.url else None)
+    def note(response: Response) -> None:
+        if "/api/timesheets" in response.url:
+            refused.setdefault(response.url, []).append(response.status)
+
+    page.on("response", note)
     await page.route(f"{APP}/api/timesheets*", spoil_token)
     await page.get_by_role("button", name="Next week").click()
     alert = page.get_by_role("alert").filter(has_text="Please sign in again")
     await expect(alert).to_be_visible()
-    assert refused.count(401) == 2, refused  # the call, and its one retry after renewal
+    # The next week's call is refused, renewed once and retried once, then the message. The current
+    # week may be fetched again around the click (it went stale meanwhile): that call was either
+    # answered before the token was spoiled or follows the same rule, sharing the one renewal.
+    next_week = max(refused)  # the URLs differ only in their ISO dates
+    assert refused.pop(next_week) == [401, 401], (next_week, refused)
+    assert all(statuses in ([200], [401, 401]) for statuses in refused.values()), refused
+    assert len(refused) <= 1, refused
     assert len(silent) == 1, silent
     await shot(page, "api-401-sign-in-again")
 
