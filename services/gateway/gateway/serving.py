@@ -28,7 +28,6 @@ these differences:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import urllib.parse
 from collections.abc import Iterable
@@ -36,8 +35,7 @@ from typing import Any, Protocol
 
 import httptools
 from starlette.types import ASGIApp
-from svckit.problems import PROBLEM_JSON
-from svckit.server import COALESCE_BYTES, ProblemHttpProtocol, _ProblemCycle
+from svckit.server import COALESCE_BYTES, ProblemHttpProtocol, _ProblemCycle, send_internal_error
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
@@ -52,14 +50,6 @@ _FORBIDDEN = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
-_INTERNAL_ERROR = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "An unexpected error occurred; it has been logged.",
-    }
-).encode()
 
 
 def is_api_path(path: str) -> bool:
@@ -197,18 +187,7 @@ class ApiCycle(RequestResponseCycle):
 
     async def send_500_response(self) -> None:
         """The server layer's last resort, as a problem document (the edge answers its own errors)."""
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await self.send({"type": "http.response.body", "body": _INTERNAL_ERROR, "more_body": False})
+        await send_internal_error(self.send)
 
     def _abandon(self) -> None:
         """A response that cannot complete: what was framed goes out, then the connection ends."""

@@ -61,6 +61,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
@@ -119,6 +120,33 @@ def _parser_reason(exc: BaseException | None) -> str:
     )
 
 
+_INTERNAL_ERROR = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "An unexpected error occurred; it has been logged.",
+    }
+).encode()
+
+
+async def send_internal_error(send: Callable[[Any], Awaitable[None]]) -> None:
+    """The server layer's last-resort 500 (an application that failed before answering), as a problem
+    document, sent through a request cycle's ``send``: one answer for every cycle the kit serves."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _INTERNAL_ERROR, "more_body": False})
+
+
 class _ProblemCycle(RequestResponseCycle):
     """uvicorn's request cycle whose last-resort 500 (an application that failed before answering and
     was not caught by the kit's own handlers) is a problem document too, and whose response head goes
@@ -134,26 +162,7 @@ class _ProblemCycle(RequestResponseCycle):
         transport.release()  # the body wrote nothing (HEAD) or the message was refused: the head goes now
 
     async def send_500_response(self) -> None:
-        body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Internal Server Error",
-                "status": 500,
-                "detail": "An unexpected error occurred; it has been logged.",
-            }
-        ).encode()
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_internal_error(self.send)
 
 
 class _LingeringTransport:
