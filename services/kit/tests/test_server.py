@@ -17,6 +17,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 from svckit import server
 from svckit.app import create_service_app
+from svckit.contracts.problem import Problem
 from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
 from svckit.settings import ServiceSettings, load_settings
 
@@ -257,3 +258,25 @@ async def test_a_100_continue_is_not_held_back() -> None:
             assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
         finally:
             writer.close()
+
+
+@pytest.mark.unit
+async def test_the_last_resort_500_is_a_problem_document_that_closes_the_connection() -> None:
+    """What every request cycle sends when an application failed before answering."""
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await server.send_internal_error(send)
+    start, body = sent
+    assert start["status"] == 500
+    headers = dict(start["headers"])  # type: ignore[call-overload]
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert headers[b"connection"] == b"close"
+    payload = body["body"]
+    assert isinstance(payload, bytes)
+    assert int(headers[b"content-length"]) == len(payload)
+    problem = Problem.model_validate_json(payload)
+    assert problem.status == 500
+    assert body["more_body"] is False
