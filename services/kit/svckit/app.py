@@ -138,6 +138,7 @@ def create_service_app(
         Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
     ]
     replay_store: RedisGuard | None = None
+    replay: ReplayMemory | None = None
     if require_identity:
         if verifier is None:
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
@@ -167,6 +168,8 @@ def create_service_app(
                 freeze_startup_objects()
                 yield
         finally:
+            if replay is not None:
+                replay.close()
             if replay_store is not None:
                 await replay_store.close()
             if http is not None:
