@@ -103,11 +103,12 @@ def create_arguments(
     *,
     client_id: str,
     entry_id: uuid.UUID,
-    event: AuditEvent,
+    event: tuple[uuid.UUID, dt.datetime, str],
 ) -> tuple[Any, ...]:
     """The parameters of :data:`CREATE_ENTRY`. ``entry_id`` is chosen by the caller, so that after a
-    lost answer it knows what to look for; ``event`` (the creation's audit event) goes to the outbox
-    in the same statement."""
+    lost answer it knows what to look for; ``event`` (the creation's audit event, as the outbox's
+    values: ``event_parameters`` of it, or ``svckit.contracts.audit.outbox_values``) goes to the
+    outbox in the same statement."""
     return (
         entry_id,
         owner[0],
@@ -118,7 +119,7 @@ def create_arguments(
         entry.hours,
         entry.notes,
         client_id,
-        *event_parameters(event),
+        *event,
     )
 
 
