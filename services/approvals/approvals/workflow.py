@@ -26,7 +26,7 @@ from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.timesheets import Entry
 from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 from svckit.identity import Identity
-from svckit.outbox import enqueue, event_parameters
+from svckit.outbox import enqueue
 
 from . import events, store
 from .metrics import decisions
@@ -179,7 +179,7 @@ class Workflow:
                     await self.database.write_once(
                         store.MARK_APPLIED,
                         decision.id,
-                        *event_parameters(events.decided(decision, via)),
+                        *events.decided(decision, via),
                         committed=settled,
                         reread=store.decision_record(decision.id),
                     )

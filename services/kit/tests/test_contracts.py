@@ -264,3 +264,24 @@ def test_the_fast_outbox_writer_refuses_what_the_model_refuses() -> None:
             outbox_values(**base)
     finally:
         request_id_var.reset(token)
+
+
+@pytest.mark.parametrize("given", ["", "put-request-123456"])
+def test_the_fast_outbox_writer_takes_a_given_request_id_over_the_current_one(given: str) -> None:
+    """A decision settled later by the reconciler keeps the original PUT's request id."""
+    token = request_id_var.set("reconciler-run-1234")
+    try:
+        fast, model = _both(
+            action="approval.decided",
+            resource_type="timesheet",
+            resource_id=str(uuid.uuid4()),
+            outcome="success",
+            actor=Identity("i", "bob", "user", "spa", frozenset(), "Bob"),
+            source="approvals",
+            details={"decision_id": str(uuid.uuid4()), "decision": "approved", "comment": None},
+            request_id=given,
+        )
+    finally:
+        request_id_var.reset(token)
+    assert fast == model
+    assert fast["request_id"] == given

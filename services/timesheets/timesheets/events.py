@@ -79,8 +79,9 @@ def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[EntryRow]) ->
     )
 
 
-def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> AuditEvent:
-    """The entry's status changed by a decision the approvals service relayed for the approver."""
+def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> tuple[uuid.UUID, dt.datetime, str]:
+    """The entry's status changed by a decision the approvals service relayed for the approver, as
+    the outbox's values (written directly: :func:`svckit.contracts.audit.outbox_values`)."""
     approver = Identity(
         decision.by.issuer,
         decision.by.subject,
@@ -89,7 +90,7 @@ def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> AuditEv
         frozenset(),
         decision.by.name or "",
     )
-    return AuditEvent.create(
+    return outbox_values(
         action="timesheet.decided",
         resource_type="timesheet",
         resource_id=str(row.id),

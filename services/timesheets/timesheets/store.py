@@ -252,9 +252,13 @@ RECORD_DECISION = with_enqueued(
 
 
 async def record_decision(
-    conn: Connection, entry_id: uuid.UUID, decision: ApplyDecision, event: AuditEvent
+    conn: Connection,
+    entry_id: uuid.UUID,
+    decision: ApplyDecision,
+    event: tuple[uuid.UUID, dt.datetime, str],
 ) -> EntryRow:
-    """Inside the caller's transaction (the row is locked there), with the decision's audit event."""
+    """Inside the caller's transaction (the row is locked there), with the decision's audit event (the
+    outbox's values of it: ``timesheets.events.decided``)."""
     row = await conn.fetchrow(
         RECORD_DECISION,
         entry_id,
@@ -265,7 +269,7 @@ async def record_decision(
         decision.by.name or "",
         decision.at,
         decision.comment,
-        *event_parameters(event),
+        *event,
     )
     assert row is not None
     return EntryRow.of(row)

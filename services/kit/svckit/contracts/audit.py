@@ -258,6 +258,7 @@ def outbox_values(
     actor: Identity,
     source: str,
     details: Mapping[str, Any],
+    request_id: str | None = None,
 ) -> tuple[uuid.UUID, datetime, str]:
     """``event_parameters(AuditEvent.create(...))`` (:mod:`svckit.outbox`: the outbox row's id,
     occurred_at and JSON payload) for a writer's hot path, without building and serialising the
@@ -278,7 +279,8 @@ def outbox_values(
         ):
             raise InvalidEvent(f"the audit service would refuse this event: names {names!r}")
         _checked_names.add(names)
-    request_id = current_request_id()
+    if request_id is None:  # the current request's, as AuditEvent.create takes it
+        request_id = current_request_id()
     try:
         actor_text = _actor_json(actor)
         if len(resource_id) > MAX_NAME:
