@@ -9,7 +9,7 @@ process, best of five runs of ``BENCH_IDENTITY_REQUESTS`` (default 20,000) each:
 * ``hmac_sign_gateway`` — :meth:`PreparedIdentity.header_block`, the gateway's per-request path (one
   identity prepared per verified token, then one keyed-hash copy per request);
 * ``hmac_verify_service`` — :meth:`IdentityVerifier.verify` from the decoded headers, what
-  :class:`IdentityMiddleware` does per request (principal binding included);
+  :class:`IdentityGate` does per request (principal binding included);
 * ``ed25519_sign`` / ``ed25519_verify`` and ``p256_sign`` / ``p256_verify`` — the same canonical
   bytes with ``cryptography``'s Ed25519 and ECDSA P-256 (SHA-256);
 * ``digest_1k`` / ``digest_1m`` — the ``Content-Digest`` of a 1 KiB and a 1 MiB body (paid by the

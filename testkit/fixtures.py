@@ -280,8 +280,17 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
     (its metrics: :func:`metrics_url`). Served with the kit's HTTP protocol, as ``python -m`` does
     (problem bodies from the server layer, head limits)."""
     port = port or free_port()
+    # proxy_headers off, as svckit.cli serves every service: uvicorn's default wraps the app in its
+    # proxy-headers middleware, which production does not have, and behind which the gateway's own
+    # protocol could not find the gateway (its API path went untested)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=_quick_drain(app)
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        http=_quick_drain(app),
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -15,7 +15,7 @@ from svckit.problems import Problem
 from svckit.query import parse_query
 from svckit.responses import model_response
 
-from .peer import PeerUnavailable, Timesheets
+from .peer import PeerUnavailable, Timesheets, not_json
 from .representation import decision_of
 from .workflow import Refusal, Workflow
 
@@ -47,6 +47,8 @@ async def queue(request: Request) -> Response:
         try:
             return model_response(EntryPage.model_validate_json(reply.text))
         except ValidationError:
+            if not_json(reply.text) is not None:
+                raise unavailable("The timesheets service is unreachable; retry shortly.") from None
             raise Problem(502, "Bad Gateway", "The timesheets service answered an invalid page.") from None
     if reply.status == 422 and isinstance(reply.body, dict):
         # A bad cursor: the timesheets service names the parameter; pass its problem on.

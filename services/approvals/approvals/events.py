@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
-from svckit.contracts.audit import AuditEvent
+from svckit.contracts.audit import AuditEvent, outbox_values
 from svckit.identity import Identity
 
 from .store import DecisionRow
@@ -23,10 +24,12 @@ def approver_of(row: DecisionRow) -> Identity:
     )
 
 
-def decided(row: DecisionRow, via: str) -> AuditEvent:
-    """A decision applied to its entry; the request id is the original PUT's, even when the
-    reconciler finished it later. ``via`` says which: ``request`` or ``reconciler``."""
-    return AuditEvent.create(
+def decided(row: DecisionRow, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
+    """A decision applied to its entry, as the outbox's values (``svckit.outbox.event_parameters``
+    of its event, written directly: :func:`svckit.contracts.audit.outbox_values`); the request id is
+    the original PUT's, even when the reconciler finished it later. ``via`` says which: ``request``
+    or ``reconciler``."""
+    return outbox_values(
         action="approval.decided",
         resource_type="timesheet",
         resource_id=str(row.entry_id),

@@ -35,9 +35,12 @@ class PeerUnavailable(Exception):
 
 @dataclass(frozen=True)
 class PeerReply:
+    """``body``: the parsed JSON of an answer other than 200; a 200's is read from ``text`` (as
+    received) by the caller, with its contract, in one pass (:func:`entry_from`, ``EntryPage``)."""
+
     status: int
     body: Any
-    text: str = ""  # the body as received (a page is validated from it directly, in one pass)
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,30 @@ def entry_in(document: Any) -> Entry | None:
     try:
         return Entry.model_validate(document)
     except ValidationError as exc:
+        log.warning("timesheets answered an entry that breaks its contract", extra={"error": str(exc)[:300]})
+        return None
+
+
+def not_json(text: str) -> PeerUnavailable | None:
+    """What an answer that is not JSON at all means (the peer is broken: as good as unreachable);
+    None when it is JSON (or empty). Asked only once a 200's text failed its contract."""
+    if not text:
+        return None
+    try:
+        json.loads(text)
+    except ValueError:
+        return PeerUnavailable("timesheets answered something that is not JSON")
+    return None
+
+
+def entry_from(text: str) -> Entry | None:
+    """:func:`entry_in` from a 200's text: parsed and validated in one pass; :class:`PeerUnavailable`
+    raised when the text is not JSON (as for any other answer)."""
+    try:
+        return Entry.model_validate_json(text)
+    except ValidationError as exc:
+        if (broken := not_json(text)) is not None:
+            raise broken from None
         log.warning("timesheets answered an entry that breaks its contract", extra={"error": str(exc)[:300]})
         return None
 
@@ -79,6 +106,8 @@ class Timesheets:
             raise PeerUnavailable(f"timesheets unreachable: {type(exc).__name__}") from exc
         if response.status >= 500:
             raise PeerUnavailable(f"timesheets answered {response.status}")
+        if response.status == 200:  # read by the caller from the text, with its contract
+            return PeerReply(200, None, text)
         try:
             body = json.loads(text) if text else None
         except ValueError as exc:
@@ -90,7 +119,7 @@ class Timesheets:
         reply = await self._call("GET", f"/internal/timesheets/{entry_id}")
         if reply.status == 404:
             return None
-        entry = entry_in(reply.body) if reply.status == 200 else None
+        entry = entry_from(reply.text) if reply.status == 200 else None
         if entry is None:
             raise PeerUnavailable(f"timesheets answered {reply.status} for the entry")
         return entry
@@ -126,8 +155,10 @@ class Timesheets:
         )
         verdict = _VERDICTS.get(reply.status, "refused")
         entry = None
-        if isinstance(reply.body, dict):
-            entry = entry_in(reply.body if reply.status == 200 else reply.body.get("entry"))
+        if reply.status == 200:
+            entry = entry_from(reply.text)
+        elif isinstance(reply.body, dict):
+            entry = entry_in(reply.body.get("entry"))
         detail = reply.body.get("detail", "") if isinstance(reply.body, dict) and reply.status != 200 else ""
         return ApplyOutcome(verdict, entry, detail)
 

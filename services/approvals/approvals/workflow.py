@@ -26,7 +26,7 @@ from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.timesheets import Entry
 from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
 from svckit.identity import Identity
-from svckit.outbox import enqueue, event_parameters
+from svckit.outbox import enqueue
 
 from . import events, store
 from .metrics import decisions
@@ -76,25 +76,37 @@ class Workflow:
         self.events_committed = events_committed
 
     async def decide(self, approver: Identity, entry_id: uuid.UUID, body: DecisionIn) -> Result | Refusal:
-        """``PUT /approvals/{id}``. Raises :class:`PeerUnavailable` when nothing could be recorded."""
-        async with self.database.connection() as conn:
-            existing = await store.live_for_entry(conn, entry_id)
-        if existing is not None:
-            return await self._again(existing, approver, body)
+        """``PUT /approvals/{id}``. Raises :class:`PeerUnavailable` when nothing could be recorded.
 
+        An entry's live decision, if it has one, is looked up only where it changes the answer: on
+        the paths that refuse, or that cannot go on, before answering (a repeated decision is
+        answered by the one that exists, as if it had been looked up first), and when recording
+        conflicts with it. A new decision, the common case, goes without that round trip."""
         # Cheap checks first, so refusals leave no pending decision behind (the apply step repeats
         # them atomically; these only make the common refusals precise and quick).
-        entry = await self.timesheets.entry(entry_id)
+        try:
+            entry = await self.timesheets.entry(entry_id)
+        except PeerUnavailable:
+            existing = await self._live(entry_id)
+            if existing is not None:  # a repeated decision: answered by the one recorded
+                return await self._again(existing, approver, body)
+            raise
+        refusal = None
         if entry is None:
-            return Refusal(404, "No such timesheet entry.")
-        if (entry.owner.issuer, entry.owner.subject) == approver.principal:
-            async with self.database.transaction() as conn:
-                await enqueue(conn, events.refused_own_entry(approver, entry_id))
-            return Refusal(403, "Approvers cannot decide their own entries.")
-        if entry.status != "submitted":
-            return Refusal(409, "The entry has already been decided.")
+            refusal = Refusal(404, "No such timesheet entry.")
+        elif (entry.owner.issuer, entry.owner.subject) == approver.principal:
+            refusal = Refusal(403, "Approvers cannot decide their own entries.")
+        elif entry.status != "submitted":
+            refusal = Refusal(409, "The entry has already been decided.")
+        if refusal is not None:
+            existing = await self._live(entry_id)
+            if existing is not None:
+                return await self._again(existing, approver, body)
+            if refusal.status == 403:
+                async with self.database.transaction() as conn:
+                    await enqueue(conn, events.refused_own_entry(approver, entry_id))
+            return refusal
 
-        existing = None
         decision_id = uuid.uuid4()
 
         async def recorded(conn: Connection) -> bool:
@@ -113,12 +125,15 @@ class Workflow:
             )
         )
         if row is None:
-            async with self.database.connection() as conn:
-                existing = await store.live_for_entry(conn, entry_id)
+            existing = await self._live(entry_id)
             if existing is None:  # voided between the two statements: treat as just decided
                 return Refusal(409, "The entry has already been decided.")
             return await self._again(existing, approver, body)
         return await self.drive(row, self.attempts, via="request")
+
+    async def _live(self, entry_id: uuid.UUID) -> DecisionRow | None:
+        async with self.database.connection() as conn:
+            return await store.live_for_entry(conn, entry_id)
 
     async def _again(self, existing: DecisionRow, approver: Identity, body: DecisionIn) -> Result | Refusal:
         """A decision exists. The same approver repeating the same pending decision (a client retry
@@ -164,7 +179,7 @@ class Workflow:
                     await self.database.write_once(
                         store.MARK_APPLIED,
                         decision.id,
-                        *event_parameters(events.decided(decision, via)),
+                        *events.decided(decision, via),
                         committed=settled,
                         reread=store.decision_record(decision.id),
                     )

@@ -9,6 +9,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from approvals.store import RECORD_PENDING, pending_arguments
+from svckit.contracts.approvals import DecisionIn
 from svckit.identity import Identity
 
 from testkit.client import Reply, SignedApi
@@ -281,6 +283,40 @@ async def test_timesheets_unreachable(
     )
     async with aiohttp.ClientSession() as session, session.get(f"{approvals_url}/readyz") as ready:
         assert ready.status == 200
+
+
+async def test_a_repeated_pending_decision_is_driven_even_while_timesheets_is_unreachable(
+    approvals: SignedApi, timesheets: SignedApi, timesheets_link: TcpProxy, db: asyncpg.Connection
+) -> None:
+    """A decision recorded but not applied (its apply failed): the same approver repeating it gets
+    that decision back, still pending (503 naming it), while the timesheets service is away (the
+    entry cannot even be read), and applied once it is back; nobody else may decide meanwhile."""
+    entry_id = await submit(timesheets, employee("alice"))
+    bob = manager("bob")
+    recorded = await db.fetchrow(
+        RECORD_PENDING.replace("INTO decisions", "INTO approvals.decisions"),
+        *pending_arguments(
+            uuid.UUID(entry_id), bob, DecisionIn(decision="approved"), None, decision_id=uuid.uuid4()
+        ),
+    )
+    assert recorded is not None
+    await timesheets_link.cut()
+    try:
+        reply = await put(approvals, bob, entry_id)
+        assert reply.status == 503
+        assert reply.body["decision"]["state"] == "pending"
+        assert reply.body["decision"]["id"] == str(recorded["id"])
+    finally:
+        await timesheets_link.start()
+    reply = await put(approvals, manager("dave"), entry_id, "rejected")
+    assert reply.status == 409
+    assert reply.body["decision"]["by"]["subject"] == bob.subject
+    reply = await put(approvals, bob, entry_id)
+    assert reply.status == 200
+    assert reply.body["state"] == "applied"
+    assert reply.body["id"] == str(recorded["id"])
+    assert (await timesheets.call("GET", f"/timesheets/{entry_id}", employee())).status == 404
+    assert await decisions_of(db, entry_id) == 1
 
 
 @pytest.mark.parametrize(

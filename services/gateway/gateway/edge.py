@@ -8,7 +8,9 @@ the response — an RFC 9457 problem document, with the RFC 6750 ``WWW-Authentic
 
 This is the gateway's hot path, so it avoids per-request framework objects: one pass over the
 headers, the verified-token cache, a local rate-limit decision, one pooled upstream request. A
-request with a cached token and no body suspends only to talk to its upstream.
+request with a cached token and no body never suspends: :meth:`Edge.decide` sends it upstream from
+the HTTP parser's callback and :mod:`gateway.serving` relays the answer from the upstream's; the
+coroutine path (:meth:`Edge.serve`) is for everything else, and for servers other than the gateway's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .accesslog import AccessLog
 from .cors import VARY, Cors
 from .denials import DenialAuditor
 from .forwarded import ForwardedHeaders
-from .proxy import Forwarder, UpstreamBrokeOff
+from .proxy import Exchange, Forwarder, UpstreamBrokeOff
 from .ratelimit import RateLimiter
 from .request import REALM, UNMATCHED, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
 from .routes import RouteTable
@@ -53,6 +55,10 @@ from .tokens import TokenVerifier
 __all__ = ["NOT_PRINTABLE_DETAIL", "REALM", "UNMATCHED", "_IDENTITY_PREFIX", "Edge", "challenge"]
 
 log = logging.getLogger("gateway.edge")
+
+#: where :meth:`Edge.serve` resumes a request that :meth:`Edge.decide` did not finish
+START = 0
+FORWARD = 1
 
 _PROBLEM_HEAD = ((b"content-type", PROBLEM_JSON.encode()), (b"cache-control", b"no-store"))
 
@@ -100,17 +106,43 @@ class Edge:
     # --- the pipeline ---------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(self.begin(scope), receive, send)
+
+    def begin(self, scope: Scope) -> ApiRequest:
+        """The request as the stages see it, its clock started and its base response headers set."""
         started = time.perf_counter()
         request = ApiRequest(scope)
+        request.started = started
         origin = request.origin
         request.base_headers = (
             [(b"x-request-id", request.request_id.encode()), VARY]
             if origin is None
             else [(b"x-request-id", request.request_id.encode()), *self.cors.response_headers(origin)]
         )
+        return request
+
+    async def serve(
+        self,
+        request: ApiRequest,
+        receive: Receive,
+        send: Send,
+        resume: Answer | Exchange | int = 0,
+    ) -> None:
+        """The pipeline for a request from :meth:`begin`, with its last-resort answer, metrics and
+        access line; ``resume``: where :meth:`decide` left it (an answer to send, :data:`FORWARD`,
+        or an exchange already sent upstream), else from the start."""
         context = request_id_var.set(request.request_id)
         try:
-            await self._handle(request, receive, send)
+            if resume == START:
+                await self._handle(request, receive, send)
+            else:
+                answer = (
+                    resume
+                    if isinstance(resume, Refusal | Reply)
+                    else await self.forward(request, send, resume if isinstance(resume, Exchange) else None)
+                )
+                if answer is not None:
+                    await self._answer(send, request, answer)
         except UpstreamBrokeOff:
             request.status = 502  # the client got a head and a truncated body; already logged
         except Exception:
@@ -122,19 +154,23 @@ class Edge:
                     send, 500, "An unexpected error occurred; it has been logged.", request.base_headers
                 )
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(request.route, request.method, request.status, elapsed)
-            if self.access_log is not None:
-                self.access_log.record(
-                    method=request.method,
-                    route=request.route,
-                    status=request.status,
-                    seconds=elapsed,
-                    request_id=request.request_id,
-                    subject=request.subject,
-                    client_id=request.client_id,
-                )
+            self.finish(request)
             request_id_var.reset(context)
+
+    def finish(self, request: ApiRequest) -> None:
+        """The request's metrics and access line, once it has been answered."""
+        elapsed = time.perf_counter() - request.started
+        self.metrics.observe(request.route, request.method, request.status, elapsed)
+        if self.access_log is not None:
+            self.access_log.record(
+                method=request.method,
+                route=request.route,
+                status=request.status,
+                seconds=elapsed,
+                request_id=request.request_id,
+                subject=request.subject,
+                client_id=request.client_id,
+            )
 
     async def _handle(self, request: ApiRequest, receive: Receive, send: Send) -> None:
         """The stages, top to bottom; the first one that answers ends the request."""
@@ -161,6 +197,35 @@ class Edge:
             answer = await self.forward(request, send)
         if answer is not None:
             await self._answer(send, request, answer)
+
+    def decide(self, request: ApiRequest, receive: Receive) -> Answer | Exchange | int:
+        """:meth:`_handle` as far as it goes without suspending, for the callback path of
+        :mod:`gateway.serving`: an :class:`Exchange` already sent upstream (a cached bearer token,
+        allowed, no body, an idle upstream connection: the hot path), or where :meth:`serve` must
+        take over — an answer to send, :data:`FORWARD` (no idle connection), :data:`START` (a token
+        to verify, a proof to check, a body to read: the stages before the rate limit run again,
+        which they may, as they change nothing but the request).
+
+        The stages run in :meth:`_handle`'s order and answer the same; the one difference is that
+        the body's framing is looked at before the rate limit instead of after it, and only to send
+        a request that has a body, or a framing to refuse, to :meth:`_handle` from the start.
+        """
+        answer = (
+            self.preflight(request)
+            or check_target(request)
+            or self.router(request)
+            or self.credentials(request)
+        )
+        if answer is not None:
+            return answer
+        if not self.authenticate.cached(request) or Possession.needed(request):
+            return START
+        if self.body.check(request, receive) is not None or request.read_body:
+            return START
+        answer = authorize(request) or self.rate_limit(request)
+        if answer is not None:
+            return answer
+        return self.forward.start(request) or FORWARD
 
     # --- answers --------------------------------------------------------------------------------
 

@@ -165,11 +165,15 @@ class Forwarder:
         resign: Callable[[], bytes] | None = None,
         extra_response_headers: list[tuple[bytes, bytes]],
         on_status: Callable[[int], None],
+        started: Exchange | None = None,
     ) -> None:
         """Send the request upstream and stream the answer to ``send``.
 
         ``signed`` is the identity header block, already serialised (:class:`PreparedIdentity`);
         ``resign`` gives a fresh one for a retry (a receiver accepts each signed request once).
+        ``started``: the first attempt, already sent by :meth:`start` (the callback path of
+        :mod:`gateway.serving` hands over whatever it does not relay itself: errors, retries, large
+        or streamed answers, a client that is not reading).
         Raises :class:`UpstreamFailure`, :class:`BodyTooLarge` or :class:`ClientGone` only before
         anything was sent to the client, :class:`UpstreamBrokeOff` after.
         """
@@ -178,17 +182,24 @@ class Forwarder:
         expect_body = method != "HEAD"
         streamed = isinstance(body, BodyStream)
         attempts = 1 if streamed else 2  # a streamed body cannot be sent twice
-        started = time.perf_counter()
+        started_at = started.started_at if started is not None else time.perf_counter()
         for attempt in range(attempts):
-            idle = pool.take_idle() if attempt == 0 else None  # the common case needs no suspension
-            if attempt and resign is not None:
-                head = _request_head(method, pool.prefix + target, pool.host_header, headers, resign(), body)
+            if attempt == 0 and started is not None:
+                connection = started.connection
+            else:
+                idle = pool.take_idle() if attempt == 0 else None  # the common case needs no suspension
+                if attempt and resign is not None:
+                    head = _request_head(
+                        method, pool.prefix + target, pool.host_header, headers, resign(), body
+                    )
+                try:
+                    connection = idle if idle is not None else await pool.acquire(fresh=attempt > 0)
+                except UpstreamError as exc:
+                    raise self._failure(service, exc) from None
             try:
-                connection = idle if idle is not None else await pool.acquire(fresh=attempt > 0)
-            except UpstreamError as exc:
-                raise self._failure(service, exc) from None
-            try:
-                if isinstance(body, BodyStream):
+                if attempt == 0 and started is not None:
+                    pass
+                elif isinstance(body, BodyStream):
                     await connection.start_streaming(head, body, expect_body=expect_body)
                 else:
                     connection.start(head, body, expect_body=expect_body)
@@ -203,11 +214,77 @@ class Forwarder:
                 connection.abort()
                 raise
             break
-        self.metrics.upstream(service, time.perf_counter() - started)
+        self.metrics.upstream(service, time.perf_counter() - started_at)
         try:
             await self._relay(connection, send, extra_response_headers, on_status, service)
         finally:
             connection.finish()
+
+    def start(
+        self,
+        *,
+        service: str,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        signed: bytes,
+        body: bytes | None,
+    ) -> Exchange | None:
+        """The first attempt of :meth:`forward`, sent without suspending on an idle pooled connection
+        (``None``: none idle, so :meth:`forward` must wait for one)."""
+        pool = self.pools[service]
+        connection = pool.take_idle()
+        if connection is None:
+            return None
+        started_at = time.perf_counter()
+        head = _request_head(method, pool.prefix + target, pool.host_header, headers, signed, body)
+        connection.start(head, body, expect_body=method != "HEAD", defer=True)
+        return Exchange(connection, started_at)
+
+    def relayable(self, exchange: Exchange) -> bool | None:
+        """Whether the callback path can answer now from a started exchange without suspending:
+        ``True`` (the response is complete), ``False`` (hand it to :meth:`forward`: an error, or a
+        body to stream), ``None`` (not yet: wait for more of it)."""
+        connection = exchange.connection
+        if connection.complete:
+            return True
+        if connection.error is not None:
+            return False
+        if not connection.head_done:
+            return None
+        if not connection.expect_body or connection.status in (204, 304):
+            return True
+        length = connection.content_length
+        return None if length is not None and length <= SMALL_BODY else False
+
+    def answer(
+        self, exchange: Exchange, service: str, extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A relayable exchange's response for the client: status, headers, whole body (the exchange
+        is not finished: the caller writes the answer, then calls :meth:`Exchange.finish`)."""
+        connection = exchange.connection
+        self.metrics.upstream(service, time.perf_counter() - exchange.started_at)
+        headers = self._response_headers(connection)
+        length = connection.content_length
+        if not connection.expect_body or connection.status in (204, 304):
+            if length is not None:
+                headers.append((b"content-length", str(length).encode()))
+            body = b""
+        else:
+            body = connection.take_body()
+            headers.append((b"content-length", str(len(body)).encode()))
+        headers.extend(extra)
+        return connection.status, headers, body
+
+    @staticmethod
+    def _response_headers(connection: Connection) -> list[tuple[bytes, bytes]]:
+        """The upstream's end-to-end response headers (its hop-by-hop ones, and those named in its
+        ``Connection``, dropped; ``content-length`` too: the caller sets its own)."""
+        raw = connection.headers
+        dropped = STRIPPED_OUTBOUND
+        if connection.has_connection_header:
+            dropped = dropped | connection_tokens(raw)
+        return [(key, value) for key, value in raw if key not in dropped]
 
     @staticmethod
     def _failure(service: str, exc: UpstreamError) -> UpstreamFailure:
@@ -229,11 +306,7 @@ class Forwarder:
         on_status: Callable[[int], None],
         service: str,
     ) -> None:
-        raw = connection.headers
-        dropped = STRIPPED_OUTBOUND
-        if connection.has_connection_header:
-            dropped = dropped | connection_tokens(raw)
-        headers = [(key, value) for key, value in raw if key not in dropped]
+        headers = self._response_headers(connection)
         length = connection.content_length
         status = connection.status
         on_status(status)
@@ -266,6 +339,19 @@ class Forwarder:
             log.warning("upstream broke off mid-response", extra={"upstream": service, "error": exc.detail})
             raise UpstreamBrokeOff from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class Exchange:
+    """A request sent upstream by :meth:`Forwarder.start`, its response not yet relayed."""
+
+    __slots__ = ("connection", "started_at")
+
+    def __init__(self, connection: Connection, started_at: float) -> None:
+        self.connection = connection
+        self.started_at = started_at
+
+    def finish(self) -> None:
+        self.connection.finish()
 
 
 def _request_head(

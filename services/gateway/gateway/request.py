@@ -123,6 +123,7 @@ class ApiRequest:
         "request_id",
         "route",
         "scope",
+        "started",
         "status",
         "subject",
         "token",
@@ -138,6 +139,7 @@ class ApiRequest:
         self.query: bytes = scope.get("query_string", b"")
         self.path = ""  # the raw path as text, once check_target has vouched for it
         self.route = UNMATCHED
+        self.started = 0.0  # perf_counter() when the gateway began on it
         self.status = 500
         self.subject = ""
         self.client_id = ""

@@ -23,6 +23,18 @@ these differences:
   parsed them;
 * the head goes out in the same write as the body (up to :data:`svckit.server.COALESCE_BYTES`), the
   kit's one-write-per-response without wrapping the transport's ``write``.
+
+**The callback path.** The hot request — a cached bearer token, allowed, no body, an idle upstream
+connection — needs no suspension at all, so it gets no task either: :meth:`Edge.decide` runs the
+stages from the parser's ``on_headers_complete`` and sends the request upstream, and :class:`_Relay`
+answers from the upstream connection's callback when the response is complete (one write, the
+exchange back to the pool, metrics and access line). No task, no coroutines, no ASGI messages, no
+futures per request. Whatever else happens — a token to verify, a DPoP proof, a body, a refusal, no
+idle connection, an upstream failure (retry, 502/503/504), a large or streamed answer, a client that
+is not reading — goes to a task that carries on from the point reached (:meth:`Edge.serve`), with
+the same cycle: pipelining, keep-alive, ``Connection: close`` on drain and the graceful drain itself
+(which waits for the connection, whose cycle is in progress) work as for every request. Pipelined
+requests queued behind a response take the task path.
 """
 
 from __future__ import annotations
@@ -31,14 +43,18 @@ import asyncio
 import logging
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httptools
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope
+from svckit.context import request_id_var
 from svckit.server import COALESCE_BYTES, ProblemHttpProtocol, _ProblemCycle, send_internal_error
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
+from .edge import START, Edge
+from .proxy import Exchange
+from .request import Answer, ApiRequest
 from .routes import API_PREFIX
 
 log = logging.getLogger("gateway.serving")
@@ -214,8 +230,21 @@ class ApiCycle(RequestResponseCycle):
             )
         if message["type"] != "http.response.body":
             raise RuntimeError(f"Expected 'http.response.body', but got '{message['type']}'.")
-        body: bytes = message.get("body", b"")
-        more_body: bool = message.get("more_body", False)
+        self._body(message.get("body", b""), message.get("more_body", False))
+
+    def respond(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        """The whole response at once, without suspending (the callback path): what ``send`` does
+        with a start message and one final body message, for a client that is not making the
+        gateway wait (the caller checked ``flow.write_paused``)."""
+        if self.disconnected:
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self._head = self._frame(status, headers)
+        self._body(body, False)
+        self.on_response = _no_response
+
+    def _body(self, body: bytes, more_body: bool) -> None:
         head, self._head = self._head, b""
         write = self.transport.write
         if self._bodiless:
@@ -280,6 +309,60 @@ class ApiCycle(RequestResponseCycle):
         head = b"".join(parts)
         check_head(head)
         return head
+
+
+class _Relay:
+    """The upstream's answer to one request sent by the callback path, relayed from the upstream
+    connection's callback (:meth:`gateway.upstream.Connection.listen`): a complete answer goes to
+    the client in one write, the exchange back to the pool, the request to the metrics and the
+    access log. Anything else — an upstream failure (retried or answered 502/503/504), a body to
+    stream, a client that is not reading — is handed to :meth:`Edge.serve` in a task, which carries
+    on from the exchange already started.
+    """
+
+    __slots__ = ("cycle", "edge", "exchange", "protocol", "request")
+
+    def __init__(
+        self,
+        edge: Edge,
+        request: ApiRequest,
+        cycle: ApiCycle,
+        exchange: Exchange,
+        protocol: GatewayHttpProtocol,
+    ) -> None:
+        self.edge = edge
+        self.request = request
+        self.cycle = cycle
+        self.exchange = exchange
+        self.protocol = protocol
+
+    def __call__(self) -> None:
+        edge, exchange, cycle = self.edge, self.exchange, self.cycle
+        forwarder = edge.forward.forwarder
+        relayable = forwarder.relayable(exchange)
+        if relayable is None:
+            return  # more of the answer to come
+        exchange.connection.listen(None)
+        if not relayable or (cycle.flow.write_paused and not cycle.disconnected):
+            self.protocol._resume(edge, self.request, cycle, exchange)
+            return
+        request = self.request
+        context = request_id_var.set(request.request_id)
+        try:
+            route = request.matched
+            assert route is not None
+            status, headers, body = forwarder.answer(exchange, route.upstream, request.base_headers)
+            request.status = status
+            cycle.respond(status, headers, body)
+        except Exception:  # a response head that failed its check, say: as the task path, no answer
+            log.exception("unhandled error in the API pipeline", extra={"route": request.route})
+            request.status = 500
+            cycle.on_response = _no_response
+            cycle._abandon()
+        finally:
+            exchange.finish()
+            edge.finish(request)
+            request_id_var.reset(context)
 
 
 class GatewayHttpProtocol(ProblemHttpProtocol):
@@ -377,10 +460,44 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         existing = self.cycle
         self.cycle = cycle
         if existing is None or existing.response_complete:
-            self._start_asgi_task(cycle, app)
+            if app is edge and isinstance(edge, Edge):
+                self._serve_api(edge, cast(ApiCycle, cycle))
+            else:
+                self._start_asgi_task(cycle, app)
         else:  # pipelined: queued until the response in progress is complete
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, app))
+
+    # --- the callback path (see the module docstring) ---------------------------------------------
+
+    def _serve_api(self, edge: Edge, cycle: ApiCycle) -> None:
+        """An API request, as far as it goes from this callback: sent upstream (its answer relayed by
+        :class:`_Relay`), else handed to a task at the point :meth:`Edge.decide` reached."""
+        request = edge.begin(cast(Scope, cycle.scope))
+        context = request_id_var.set(request.request_id)
+        try:
+            decided = edge.decide(request, cast(Receive, cycle.receive))
+        except Exception:  # a bug: the task path runs the stages again and answers it as a problem
+            log.exception("unhandled error deciding an API request", extra={"route": request.route})
+            decided = START
+        finally:
+            request_id_var.reset(context)
+        if isinstance(decided, Exchange):
+            relay = _Relay(edge, request, cycle, decided, self)
+            decided.connection.listen(relay)
+            relay()  # the answer may be complete already (an upstream that answered within the write)
+        else:
+            self._resume(edge, request, cycle, decided)
+
+    def _resume(
+        self, edge: Edge, request: ApiRequest, cycle: ApiCycle, resume: Answer | Exchange | int
+    ) -> None:
+        """The rest of the request in a task, like any other cycle's (counted for the graceful drain)."""
+
+        async def rest(scope: Any, receive: Any, send: Any) -> None:
+            await edge.serve(request, receive, send, resume)
+
+        self._start_asgi_task(cycle, rest)
 
     def _asgi_cycle(self, keep_alive: bool) -> RequestResponseCycle:
         return _ProblemCycle(

@@ -43,6 +43,7 @@ from .proxy import (
     BodyStream,
     BodyTooLarge,
     ClientGone,
+    Exchange,
     Forwarder,
     UpstreamFailure,
     read_body,
@@ -490,16 +491,22 @@ class Forward:
         self.too_large = f"The request body exceeds {max_body_bytes} bytes."
         self._now = clock.time
 
-    async def __call__(self, request: ApiRequest, send: Send) -> Refusal | None:
+    async def __call__(
+        self, request: ApiRequest, send: Send, started: Exchange | None = None
+    ) -> Refusal | None:
+        """``started``: the request already sent by :meth:`start` (its answer is relayed from there)."""
         route = request.matched
         assert route is not None
-        target = request.raw_path[len(API_PREFIX) :]
-        if request.query:
-            target = target + b"?" + request.query
+        target = self._target(request)
+        # with ``started`` (rare: an error, a large answer, a client not reading) only a retry frames
+        # the request again, with these
         headers, signed = self.upstream_headers(request, target)
 
         def on_status(status: int) -> None:
             request.status = status
+
+        def resign() -> bytes:
+            return self.sign(request, target)
 
         try:
             await self.forwarder.forward(
@@ -508,11 +515,12 @@ class Forward:
                 target=target,
                 headers=headers,
                 signed=signed,
-                resign=lambda: self.sign(request, target),
+                resign=resign,
                 body=request.body,
                 send=send,
                 extra_response_headers=request.base_headers,
                 on_status=on_status,
+                started=started,
             )
         except BodyTooLarge:
             return Refusal(413, self.too_large)
@@ -521,6 +529,30 @@ class Forward:
         except UpstreamFailure as exc:
             return Refusal(exc.status, exc.detail, [] if exc.status == 504 else [(b"retry-after", b"2")])
         return None
+
+    def start(self, request: ApiRequest) -> Exchange | None:
+        """The request sent upstream without suspending, on an idle pooled connection (``None``: none
+        idle). Only for a request without a body (what :meth:`Edge.decide` sends here)."""
+        route = request.matched
+        assert route is not None
+        assert request.body is None
+        target = self._target(request)
+        headers, signed = self.upstream_headers(request, target)
+        return self.forwarder.start(
+            service=route.upstream,
+            method=request.method,
+            target=target,
+            headers=headers,
+            signed=signed,
+            body=None,
+        )
+
+    @staticmethod
+    def _target(request: ApiRequest) -> bytes:
+        target = request.raw_path[len(API_PREFIX) :]
+        if request.query:
+            target = target + b"?" + request.query
+        return target
 
     def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""

@@ -46,7 +46,7 @@ import ssl
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
@@ -140,9 +140,13 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.sock: socket.socket | None = None
         self._refused_at_eof = False
+        #: instead of a waiter: called when the exchange may have moved on (see :meth:`listen`)
+        self.listener: Callable[[], None] | None = None
+        self._feeding = False
         self._reset(expect_body=True)
 
     def _reset(self, *, expect_body: bool) -> None:
+        self.listener = None
         self._refused_at_eof = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -176,16 +180,21 @@ class Connection(asyncio.Protocol):
             return
         self._received += len(data)
         self._last_progress = self.loop.time()
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("protocol", "the upstream switched protocols"))
-            return
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("protocol", f"unparseable upstream response ({exc})"))
-            return
-        if not self.head_done and self._received > MAX_HEAD_BYTES:
-            self._fail(UpstreamError("protocol", "the upstream's response head is too large"))
+        else:
+            if not self.head_done and self._received > MAX_HEAD_BYTES:
+                self._fail(UpstreamError("protocol", "the upstream's response head is too large"))
+        finally:
+            self._feeding = False
+        listener = self.listener
+        if listener is not None:
+            listener()  # after the parser returned: the listener may hand this connection back
 
     def eof_received(self) -> bool | None:
         if self.busy and self._received == 0 and self.served > 0:
@@ -292,12 +301,17 @@ class Connection(asyncio.Protocol):
 
     # --- the exchange ----------------------------------------------------------------------------
 
-    def start(self, head: bytes, body: bytes | None, *, expect_body: bool) -> None:
-        """Send a request whose body is known (or absent) in a single write."""
+    def start(self, head: bytes, body: bytes | None, *, expect_body: bool, defer: bool = False) -> None:
+        """Send a request whose body is known (or absent) in a single write; ``defer``: the write
+        waits for the end of the event loop's current round of callbacks (:meth:`UpstreamPool.send`)."""
         self._reset(expect_body=expect_body)
         assert self.transport is not None
         self._begin()
-        self.transport.write(head + body if body else head)
+        data = head + body if body else head
+        if defer:
+            self.pool.send(self, data)
+        else:
+            self.transport.write(data)
 
     async def start_streaming(self, head: bytes, chunks: AsyncIterable[bytes], *, expect_body: bool) -> None:
         """Send a request whose body arrives in pieces, with chunked transfer coding."""
@@ -389,7 +403,23 @@ class Connection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------------
 
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Have ``listener`` called (instead of waking a waiter) whenever the exchange may have moved
+        on: after each packet the parser has consumed, and at an error or the end of the connection.
+
+        For the gateway's callback path (:mod:`gateway.serving`), which relays a small response from
+        here without a coroutine; ``None`` returns to the awaitable interface. Never called from
+        inside the parser: a listener may finish the exchange and hand the connection back to the
+        pool, and a connection must not be reused while its parser is still running.
+        """
+        self.listener = listener
+
     def _wake(self) -> None:
+        listener = self.listener
+        if listener is not None:
+            if not self._feeding:
+                listener()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -460,6 +490,7 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[Connection, bytes]] = []
         self.closed = False
 
     def take_idle(self) -> Connection | None:
@@ -477,6 +508,30 @@ class UpstreamPool:
                 continue
             return connection
         return None
+
+    def send(self, connection: Connection, data: bytes) -> None:
+        """Write ``data`` to ``connection`` once the callbacks of this round of the event loop have run.
+
+        Requests started from the client connections' read callbacks (:mod:`gateway.serving`) would
+        otherwise each wake the upstream as it is read: on a shared core the upstream then preempts
+        the gateway in the middle of its round, once per request (measured with ``perf stat``: 0.70
+        context switches per request instead of 0.48). Held to the end of the round, the writes of
+        every request read in it go out together, as they did when each request had a task of its own.
+        """
+        if not self._outbox:
+            self.loop.call_soon(self._flush_outbox)
+        self._outbox.append((connection, data))
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for connection, data in outbox:
+            transport = connection.transport
+            if connection.closed or transport is None or transport.is_closing():
+                error = connection.error
+                if error is not None and connection.served > 0 and connection._received == 0:
+                    error.unsent = True  # gone before its request was written: it never left
+                continue
+            transport.write(data)
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
         """A connection: an idle one, else a new one, else wait. ``fresh``: a new connection (for a

@@ -166,3 +166,98 @@ async def test_keep_alive_closes_idle_connections_only(
             assert 0.3 < asyncio.get_running_loop().time() - started < 2
         finally:
             writer.close()
+
+
+def api_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks serving API requests on this loop (the task path: ``ApiCycle.run_asgi``)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "ApiCycle.run_asgi"
+    ]
+
+
+async def test_a_cached_request_is_served_from_callbacks_without_a_task(
+    gateway: str, provider: Provider
+) -> None:
+    """The callback path (gateway.serving): once its token is verified, a request without a body is
+    sent upstream and answered with no task of its own; a token to verify still takes a task."""
+    token = provider.scoped("read:timesheets", subject="callback-path")
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for number, expect_task in ((1, True), (2, False), (3, False)):
+            writer.write(get(f"/api/timesheets/slow?s=0.3&n={number}", token, f"req-callback-{number:03d}"))
+            await asyncio.sleep(0.15)  # the request is with the upstream now
+            assert bool(api_tasks()) is expect_task
+            answer = await read_answer(reader, False)
+            assert answer.status == 200
+            assert answer.headers[b"x-request-id"] == f"req-callback-{number:03d}".encode()
+            assert json.loads(answer.body)["query"] == f"s=0.3&n={number}"
+            assert json.loads(answer.body)["identity"]["subject"] == "callback-path"
+    finally:
+        writer.close()
+
+
+async def test_answers_the_callback_path_hands_over(gateway: str, provider: Provider) -> None:
+    """A large answer (streamed, not relayed whole), a HEAD, and an answer the client cannot take yet
+    are carried on by the task path from the exchange already started, on one keep-alive connection."""
+    token = provider.scoped("read:timesheets")
+    await exchange(
+        gateway, get("/api/timesheets/warm", token, "req-warm-0001", extra="Connection: close\r\n"), ["GET"]
+    )
+    big, head, small = await exchange(
+        gateway,
+        get("/api/timesheets/big", token, "req-big-00001")
+        + get("/api/timesheets/1", token, "req-head-0001", method="HEAD")
+        + get("/api/timesheets/2", token, "req-small-0001", extra="Connection: close\r\n"),
+        ["GET", "HEAD", "GET"],
+    )
+    assert big.status == 200
+    assert big.body == b"x" * 300_000
+    assert big.headers[b"x-request-id"] == b"req-big-00001"
+    assert head.status == 200
+    assert head.body == b""
+    assert small.status == 200
+    assert json.loads(small.body)["path"] == "/timesheets/2"
+
+    # a client that does not read: the answers pile up until the gateway stops writing, then flow
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 24)
+    try:
+        count = 40
+        for number in range(count):
+            writer.write(get("/api/timesheets/big", token, f"req-pile-{number:04d}"))
+        await writer.drain()
+        await asyncio.sleep(1.0)  # socket buffers full: the gateway's writes are paused
+        for number in range(count):
+            answer = await read_answer(reader, False)
+            assert answer.status == 200
+            assert len(answer.body) == 300_000
+            assert answer.headers[b"x-request-id"] == f"req-pile-{number:04d}".encode()
+    finally:
+        writer.close()
+
+
+async def test_a_client_gone_before_its_answer_costs_the_next_request_nothing(
+    gateway: str, provider: Provider
+) -> None:
+    """A client that hangs up while its request is with the upstream (callback path): the answer is
+    dropped, the upstream connection goes back to the pool, and the next request is served."""
+    token = provider.scoped("read:timesheets")
+    await exchange(
+        gateway, get("/api/timesheets/warm", token, "req-warm-0002", extra="Connection: close\r\n"), ["GET"]
+    )
+    host, port = gateway.removeprefix("http://").split(":")
+    for number in range(3):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(get("/api/timesheets/slow?s=0.2", token, f"req-gone-{number:04d}"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+    await asyncio.sleep(0.4)
+    (answer,) = await exchange(
+        gateway, get("/api/timesheets/after", token, "req-after-0001", extra="Connection: close\r\n"), ["GET"]
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body)["path"] == "/timesheets/after"

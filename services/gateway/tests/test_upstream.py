@@ -453,6 +453,132 @@ async def failing_request_body_voids_the_connection() -> None:
         await pool.close()
 
 
+async def deferred_writes_leave_together_after_the_round() -> None:
+    """``defer=True`` (the callback path): requests started in one callback are written once that
+    round of the loop is over, all of them, and the exchanges then complete as usual."""
+    arrived: list[float] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            arrived.append(time.monotonic())
+            writer.write(OK)
+            await writer.drain()
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        first, second = await pool.acquire(), await pool.acquire()
+        for connection in (first, second):  # back to the pool, so that both are idle and connected
+            connection.start(GET, None, expect_body=True)
+            await connection.read_head()
+            await connection.read_body()
+            connection.finish()
+        arrived.clear()
+        a, b = pool.take_idle(), pool.take_idle()
+        assert a is not None
+        assert b is not None
+        assert a is not b
+        a.start(GET, None, expect_body=True, defer=True)
+        b.start(GET, None, expect_body=True, defer=True)
+        assert len(pool._outbox) == 2  # nothing written from inside the round
+        for connection in (a, b):
+            await connection.read_head()
+            assert await connection.read_body() == b"ok"
+            connection.finish()
+        assert len(arrived) == 2
+        assert not pool._outbox
+        await pool.close()
+
+
+async def deferred_write_to_a_connection_gone_meanwhile_is_unsent() -> None:
+    """A pooled connection that dies between ``start(defer=True)`` and the write: nothing is written,
+    and the failure says the request never left (any method may be sent again)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        await connection.read_body()
+        connection.finish()
+        again = pool.take_idle()
+        assert again is connection
+        connection.start(
+            b"POST /x HTTP/1.1\r\nhost: u\r\ncontent-length: 0\r\n\r\n", None, expect_body=True, defer=True
+        )
+        transport = connection.transport
+        assert transport is not None
+        # as the loop reports the peer's FIN before the write: by itself no proof the request never left
+        connection.connection_lost(None)
+        error = connection.error
+        assert error is not None
+        assert error.retryable
+        assert not error.unsent
+        await asyncio.sleep(0)  # the round ends: the deferred write finds the connection gone
+        assert error.unsent  # it never left: safe to send again, whatever the method
+        with pytest.raises(UpstreamError):
+            await connection.read_head()
+        transport.abort()
+        await asyncio.sleep(0.05)
+        assert len(server.heads) == 1  # only the first request reached the upstream
+        await pool.close()
+
+
+async def a_listener_is_called_after_the_parser_not_from_inside() -> None:
+    """:meth:`Connection.listen`: called once per packet after the parser returned (so it may hand the
+    connection back to the pool) and at a failure; the awaitable interface is not woken meanwhile."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"-done")  # one byte short, then the upstream goes away
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url)
+        connection = await pool.acquire()
+        seen: list[tuple[bool, bool, bool]] = []
+        done = asyncio.Event()
+
+        def listener() -> None:
+            assert not connection._feeding
+            seen.append((connection.head_done, connection.complete, connection.error is not None))
+            if connection.complete or connection.error is not None:
+                connection.listen(None)
+                done.set()
+
+        connection.start(GET, None, expect_body=True)
+        connection.listen(listener)
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen[-1] == (True, True, False)
+        assert connection.take_body() == b"ok"
+        connection.finish()
+        assert pool.idle == 1  # the listener's exchange ended cleanly: back in the pool
+
+        done.clear()
+        seen.clear()
+        connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        connection.listen(listener)
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen[0] == (True, False, False)  # the head and half the body: not yet
+        assert seen[-1] == (True, False, True)  # then the end of the connection, short of the body
+        connection.abort()
+        await pool.close()
+
+
 SCENARIOS = [
     keep_alive_reuses_one_connection,
     chunked_body_arrives_whole,
@@ -472,6 +598,9 @@ SCENARIOS = [
     slow_consumer_applies_back_pressure,
     streamed_request_body_is_chunked,
     failing_request_body_voids_the_connection,
+    deferred_writes_leave_together_after_the_round,
+    deferred_write_to_a_connection_gone_meanwhile_is_unsent,
+    a_listener_is_called_after_the_parser_not_from_inside,
 ]
 
 

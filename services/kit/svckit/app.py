@@ -1,7 +1,8 @@
 """The application factory every service uses.
 
 It assembles, in one place and in a fixed order, what each service needs around its own routes:
-request context (id, access log, metrics) → identity check → body limit → problem handlers → routes,
+request context (id, access log, metrics), unhandled errors, body limit and identity check (one layer:
+:class:`svckit.middleware.ServiceFront`) → problem handlers → routes,
 plus ``/healthz``, ``/readyz`` and ``/openapi.json`` and the lifespan that owns the database pool,
 the outbound HTTP client and the service's own background tasks.
 
@@ -28,8 +29,8 @@ from starlette.routing import BaseRoute, Route
 from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted, OutcomeUnknown
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
-from .identity import IdentityMiddleware, IdentityVerifier
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
+from .identity import IdentityGate, IdentityVerifier
+from .middleware import ServiceFront
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .redisguard import RedisGuard
 from .replay import ReplayMemory
@@ -132,12 +133,9 @@ def create_service_app(
     if openapi is not None:
         operational.append(openapi_route(openapi))
 
-    middleware = [
-        Middleware(RequestContextMiddleware),
-        Middleware(UnhandledErrorMiddleware),
-        Middleware(BodyLimitMiddleware, max_body_size=max_body_size),
-    ]
     replay_store: RedisGuard | None = None
+    replay: ReplayMemory | None = None
+    gate: IdentityGate | None = None
     if require_identity:
         if verifier is None:
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
@@ -145,14 +143,9 @@ def create_service_app(
         if isinstance(settings, RedisSettings):
             replay_store = RedisGuard.from_settings(settings, max_connections=32)
         replay = ReplayMemory(replay_store, settings.service_name, settings.identity_max_skew_seconds)
-        middleware.append(
-            Middleware(
-                IdentityMiddleware,
-                verifier=verifier,
-                open_paths=(*OPEN_PATHS, *open_paths),
-                replay=replay,
-            )
-        )
+        gate = IdentityGate(verifier, open_paths=(*OPEN_PATHS, *open_paths), replay=replay)
+    # request context, unhandled errors, body limit and identity: one layer (svckit.middleware)
+    middleware = [Middleware(ServiceFront, max_body_size=max_body_size, gate=gate)]
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -167,6 +160,8 @@ def create_service_app(
                 freeze_startup_objects()
                 yield
         finally:
+            if replay is not None:
+                replay.close()
             if replay_store is not None:
                 await replay_store.close()
             if http is not None:

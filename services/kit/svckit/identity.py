@@ -403,6 +403,8 @@ class IdentityVerifier:
                 self.keys[kid] = secret
                 self.senders[kid] = sender
         self.max_skew = max_skew_seconds
+        self._states = {kid: _hmac_states(secret) for kid, secret in self.keys.items()}
+        self._identities: dict[tuple[str, str, str, str, str, str, str], tuple[Identity, bytes, bool]] = {}
 
     def verify(
         self,
@@ -412,93 +414,118 @@ class IdentityVerifier:
         target: str,
         now: float | None = None,
     ) -> Identity:
-        signature = headers.get(SIGNATURE)
+        """The identity the headers assert, if they verify; else :class:`IdentityError` (its reason).
+
+        Per request only the HMAC of the signed string is computed, from SHA-256 states keyed once per
+        key (:func:`_hmac_states`); the identity part (an :class:`Identity`, its part of the signed
+        string and whether the key's sender may assert it) is made once per (key id, identity headers)
+        and reused (:attr:`MAX_CACHED_IDENTITIES`; the values are immutable)."""
+        get = headers.get
+        signature = get(SIGNATURE)
         if not signature:
             raise IdentityError("missing", "The request carries no gateway-signed identity.")
-        kid = headers.get(KEY_ID, "")
-        key = self.keys.get(kid)
-        if key is None:
+        kid = get(KEY_ID, "")
+        states = self._states.get(kid)
+        if states is None:
             raise IdentityError("unknown_key", "The identity was signed with an unknown key id.")
-        timestamp = headers.get(TIMESTAMP, "")
+        timestamp = get(TIMESTAMP, "")
         if not timestamp.isdigit():
             raise IdentityError("malformed", "The identity timestamp is missing or malformed.")
         now = now if now is not None else time.time()
         if abs(now - int(timestamp)) > self.max_skew:
             raise IdentityError("stale", "The identity timestamp is outside the accepted window.")
-        kind = headers.get(KIND, "")
-        issuer, subject = headers.get(ISSUER, ""), headers.get(SUBJECT, "")
+        kind = get(KIND, "")
+        issuer, subject = get(ISSUER, ""), get(SUBJECT, "")
         if kind not in KINDS or not issuer or not subject:
             raise IdentityError("malformed", "The identity headers are incomplete.")
-        nonce, digest = headers.get(NONCE, ""), headers.get(CONTENT_DIGEST, "")
+        nonce, digest = get(NONCE, ""), get(CONTENT_DIGEST, "")
         if _NONCE.fullmatch(nonce) is None:
             raise IdentityError("malformed", "The identity nonce is missing or malformed.")
         if _DIGEST.fullmatch(digest) is None:
             raise IdentityError("malformed", "The Content-Digest (sha-256) is missing or malformed.")
-        identity = Identity(
-            issuer=issuer,
-            subject=subject,
-            kind=kind,  # type: ignore[arg-type]
-            client_id=headers.get(CLIENT_ID, ""),
-            scopes=frozenset(headers.get(SCOPES, "").split()),
-            name=headers.get(NAME, ""),
+        key = (kid, issuer, subject, kind, get(CLIENT_ID, ""), get(SCOPES, ""), get(NAME, ""))
+        known = self._identities.get(key)
+        if known is None:
+            known = self._identity_of(key)
+        identity, tail, allowed = known
+        # canonical(): the version, key id, time, METHOD, target, request id, nonce, digest, identity
+        inner = states[0].copy()
+        inner.update(
+            f"{VERSION}\n{kid}\n{timestamp}\n{method.upper()}\n{target}\n{get(REQUEST_ID, '')}\n"
+            f"{nonce}\n{digest}".encode()
         )
-        message = canonical(
-            kid=kid,
-            timestamp=timestamp,
-            method=method,
-            target=target,
-            request_id=headers.get(REQUEST_ID, ""),
-            nonce=nonce,
-            digest=digest,
-            identity=identity,
-        )
-        if not hmac.compare_digest(_mac(key, message), signature):
+        inner.update(tail)
+        outer = states[1].copy()
+        outer.update(inner.digest())
+        expected = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+        if not hmac.compare_digest(expected, signature.encode()):
             raise IdentityError("bad_signature", "The identity signature does not verify.")
-        if not may_assert(self.senders[kid], identity):
+        if not allowed:
             raise IdentityError(
                 "wrong_principal", "The identity was signed with a key that may not assert this principal."
             )
         return identity
 
+    #: identities kept with their part of the signed string (the dict is emptied when it is full)
+    MAX_CACHED_IDENTITIES = 10_000
+
+    def _identity_of(self, key: tuple[str, str, str, str, str, str, str]) -> tuple[Identity, bytes, bool]:
+        kid, issuer, subject, kind, client_id, scopes, name = key
+        identity = Identity(
+            issuer=issuer,
+            subject=subject,
+            kind=kind,  # type: ignore[arg-type]
+            client_id=client_id,
+            scopes=frozenset(scopes.split()),
+            name=name,
+        )
+        fields = (issuer, subject, kind, client_id, " ".join(sorted(identity.scopes)), name)
+        known = (identity, ("\n" + "\n".join(fields)).encode(), may_assert(self.senders[kid], identity))
+        if len(self._identities) >= self.MAX_CACHED_IDENTITIES:
+            self._identities.clear()
+        self._identities[key] = known
+        return known
+
 
 def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The identity headers of a request, decoded as UTF-8 (names and subjects need not be ASCII)."""
-    headers: dict[str, str] = {}
-    for key, value in raw:
-        if key.startswith(_PREFIX_B) or key in (_REQUEST_ID_B, _CONTENT_DIGEST_B):
-            try:
-                headers[key.decode("latin-1")] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise IdentityError("malformed", "The identity headers are not UTF-8.") from None
-    return headers
+    try:
+        return {
+            key.decode("latin-1"): value.decode("utf-8")
+            for key, value in raw
+            if key.startswith(_PREFIX_B) or key in (_REQUEST_ID_B, _CONTENT_DIGEST_B)
+        }
+    except UnicodeDecodeError:
+        raise IdentityError("malformed", "The identity headers are not UTF-8.") from None
 
 
-class IdentityMiddleware:
-    """Refuses every request without a verifying identity, except the open operational paths.
+class IdentityGate:
+    """Admits only requests with a verifying identity, except the open operational paths.
 
     In order: the signature (401), the body against its signed ``Content-Digest`` (401
-    ``digest_mismatch``; the body is read whole here, within the body limit, and handed on), then the
-    nonce against ``replay`` (401 ``replay``; 503 ``replay_store_unavailable`` for an unsafe method
-    while the shared memory is unreachable, see :mod:`svckit.replay`). On success the identity is in
-    ``scope["state"]["identity"]`` (``request.state.identity``).
+    ``digest_mismatch``; the body is read whole here, within ``max_body_size`` when given, and handed
+    on), then the nonce against ``replay`` (401 ``replay``; 503 ``replay_store_unavailable`` for an
+    unsafe method while the shared memory is unreachable, see :mod:`svckit.replay`). On success the
+    identity is in ``scope["state"]["identity"]`` (``request.state.identity``). The kit's front
+    (:class:`svckit.middleware.ServiceFront`) calls :meth:`admit`; :class:`IdentityMiddleware` is the
+    same as a middleware of its own.
     """
 
     def __init__(
         self,
-        app: ASGIApp,
         verifier: IdentityVerifier,
         open_paths: Iterable[str] = ("/healthz", "/readyz", "/metrics", "/openapi.json"),
         replay: ReplayMemory | None = None,
+        max_body_size: int | None = None,
     ) -> None:
-        self.app = app
         self.verifier = verifier
         self.open_paths = frozenset(open_paths)
         self.replay = replay
+        self.max_body_size = max_body_size
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """The ``receive`` to call the application with (the body already read, handed over once), or
+        None when the request was answered here (refused) or the client went away."""
         method = scope["method"]
         target = request_target(
             scope.get("raw_path", b"").decode("latin-1") or scope["path"],
@@ -509,24 +536,24 @@ class IdentityMiddleware:
             identity = self.verifier.verify(headers, method=method, target=target)
         except IdentityError as exc:
             await self._refuse(exc.reason, exc.detail, scope, receive, send)
-            return
+            return None
         try:
-            body = await _read_body(receive)
-        except Problem as exc:  # over the body limit (BodyLimitMiddleware)
+            body = await _read_body(receive, self.max_body_size)
+        except Problem as exc:  # over the body limit
             await exc.response()(scope, receive, send)
-            return
+            return None
         if body is None:  # the client went away
-            return
+            return None
         if (content_digest(body) if body else EMPTY_DIGEST) != headers[CONTENT_DIGEST]:
             detail = "The request body does not match the signed Content-Digest."
             await self._refuse("digest_mismatch", detail, scope, receive, send)
-            return
+            return None
         if self.replay is not None:
             verdict = await self.replay.first_use(headers[NONCE], method)
             if verdict == "replay":
                 detail = "This signed request was accepted before; a signed request is accepted once."
                 await self._refuse("replay", detail, scope, receive, send)
-                return
+                return None
             if verdict == "unavailable":
                 failures.labels("replay_store_unavailable").inc()
                 response = problem_response(
@@ -537,9 +564,9 @@ class IdentityMiddleware:
                     reason="replay_store_unavailable",
                 )
                 await response(scope, receive, send)
-                return
+                return None
         scope.setdefault("state", {})["identity"] = identity
-        await self.app(scope, _replaying(body, receive), send)
+        return _replaying(body, receive)
 
     @staticmethod
     async def _refuse(reason: str, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -547,14 +574,54 @@ class IdentityMiddleware:
         await problem_response(401, "Unauthorized", detail, reason=reason)(scope, receive, send)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (``None`` when the client disconnected first)."""
-    chunks: list[bytes] = []
+class IdentityMiddleware:
+    """:class:`IdentityGate` as a middleware of its own (open paths pass straight through)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: IdentityVerifier,
+        open_paths: Iterable[str] = ("/healthz", "/readyz", "/metrics", "/openapi.json"),
+        replay: ReplayMemory | None = None,
+    ) -> None:
+        self.app = app
+        self.gate = IdentityGate(verifier, open_paths, replay)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.gate.open_paths:
+            await self.app(scope, receive, send)
+            return
+        admitted = await self.gate.admit(scope, receive, send)
+        if admitted is not None:
+            await self.app(scope, admitted, send)
+
+
+def body_too_large(max_body_size: int) -> Problem:
+    return Problem(413, "Content Too Large", f"The request body is larger than {max_body_size} bytes.")
+
+
+async def _read_body(receive: Receive, max_body_size: int | None = None) -> bytes | None:
+    """The whole request body (``None`` when the client disconnected first); :func:`body_too_large`
+    raised as soon as it grows past ``max_body_size``."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the common case: one message
+        if max_body_size is not None and len(body) > max_body_size:
+            raise body_too_large(max_body_size)
+        return body
+    chunks = [body]
+    total = len(body)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if max_body_size is not None and total > max_body_size:
+            raise body_too_large(max_body_size)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -595,6 +662,7 @@ __all__ = [
     "TIMESTAMP",
     "Identity",
     "IdentityError",
+    "IdentityGate",
     "IdentityMiddleware",
     "IdentitySigner",
     "IdentityVerifier",

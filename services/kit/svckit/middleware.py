@@ -1,7 +1,10 @@
-"""The outermost middleware: request id, access log line, HTTP metrics.
+"""The kit's layer around every service's routes: request id, access log line, HTTP metrics, a 500
+that keeps the connection usable, the body limit and the identity check — one raw-ASGI call.
 
-Written as raw ASGI (not ``BaseHTTPMiddleware``) so streaming bodies pass through untouched and
-the per-request overhead stays a few microseconds.
+It was four middlewares (request context, unhandled errors, body limit, identity), each a call of its
+own with its own ``send`` wrapper that every response message went through; merged, a request costs
+one call and one wrapper. Raw ASGI (not ``BaseHTTPMiddleware``) so streaming bodies pass through
+untouched.
 """
 
 from __future__ import annotations
@@ -9,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
+from .identity import IdentityGate, body_too_large
 from .metrics import UNMATCHED_ROUTE, observe
-from .problems import Problem, problem_response, unexpected_problem
+from .problems import unexpected_problem
 
 access_log = logging.getLogger("access")
 
@@ -27,48 +30,83 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+class ServiceFront:
+    """Around every request, in this order:
+
+    * **request context**: the inbound ``X-Request-Id`` when well formed, else a new one, in the
+      context (log lines, outbound calls), in ``scope["state"]`` and on the response; when the
+      request is over, its metrics (route template, method, status, duration) and one access log line
+      (not for ``/healthz``, ``/readyz``, ``/metrics``);
+    * **unhandled errors**: an exception before the response started is answered with a 500 problem
+      *and the connection stays usable* (Starlette's outermost error middleware sends its 500 and then
+      re-raises, and uvicorn closes a connection whose application raised, without ``Connection:
+      close`` on the response: a keep-alive client such as the gateway's pool then sends its next
+      request, possibly another user's, into a closing socket). An exception after the response
+      started (a broken stream) still propagates, so the server ends the connection and the client
+      sees the truncation;
+    * **body limit**: 413 as a problem document, up front from ``Content-Length``, or as soon as a
+      chunked body grows past ``max_body_size`` (the body is counted only when it has no length:
+      the HTTP parser delivers exactly ``Content-Length`` bytes);
+    * **identity** (``gate``; none for services that verify nobody): see
+      :class:`svckit.identity.IdentityGate`; its open paths skip it.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_size: int, gate: IdentityGate | None = None) -> None:
         self.app = app
+        self.max_body_size = max_body_size
+        self.gate = gate
+        self.open_paths = gate.open_paths if gate is not None else frozenset()
+        if gate is not None:
+            gate.max_body_size = max_body_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         inbound = None
+        length = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
-                inbound = value.decode("latin-1")
-                break
+                if inbound is None:
+                    inbound = value.decode("latin-1")
+            elif key == b"content-length" and length is None:
+                length = value
         request_id = inbound if inbound is not None and is_valid_request_id(inbound) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        response_started = False
+        request_id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self._serve(scope, receive, send_with_id, length)
+            except Exception as exc:
+                if response_started:
+                    raise
+                await unexpected_problem(exc)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
-            observe(route, scope["method"], status, elapsed)
-            if scope["path"] not in QUIET_PATHS:
+            method = scope["method"]
+            observe(route, method, status, elapsed)
+            if access_log.isEnabledFor(logging.INFO) and scope["path"] not in QUIET_PATHS:
                 access_log.info(
                     "%s %s %d",
-                    scope["method"],
+                    method,
                     route,
                     status,
                     extra={
-                        "method": scope["method"],
+                        "method": method,
                         "route": route,
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
@@ -76,58 +114,19 @@ class RequestContextMiddleware:
                 )
             request_id_var.reset(token)
 
-
-class UnhandledErrorMiddleware:
-    """Answers an unexpected exception with a 500 problem *and keeps the connection usable*.
-
-    Starlette's outermost error middleware sends its 500 and then re-raises, and uvicorn closes a
-    connection whose application raised, without ``Connection: close`` on the response: a
-    keep-alive client (the gateway's pool) then sends its next request, possibly another user's,
-    into a closing socket. Handled here instead, nothing propagates after a complete response; an
-    exception after the response started (a broken stream) still propagates, so the server ends
-    the connection and the client sees the truncation.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, length: bytes | None) -> None:
+        limit = self.max_body_size
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await body_too_large(limit).response()(scope, receive, send)
+            return
+        if self.gate is not None and scope["path"] not in self.open_paths:
+            admitted = await self.gate.admit(scope, receive, send)  # reads the body within the limit
+            if admitted is not None:
+                await self.app(scope, admitted, send)
+            return
+        if length is not None:
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                raise
-            await unexpected_problem(exc)(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """413 as a problem document: up front from ``Content-Length``, or while a chunked body streams in."""
-
-    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
-        self.app = app
-        self.max_body_size = max_body_size
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                if not value.isdigit() or int(value) > self.max_body_size:
-                    await self._too_large()(scope, receive, send)
-                    return
-                break
         total = 0
 
         async def limited_receive() -> Message:
@@ -135,14 +134,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if total > self.max_body_size:
-                    raise Problem(413, "Content Too Large", self._detail())
+                if total > limit:
+                    raise body_too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
-
-    def _detail(self) -> str:
-        return f"The request body is larger than {self.max_body_size} bytes."
-
-    def _too_large(self) -> Response:
-        return problem_response(413, "Content Too Large", self._detail())

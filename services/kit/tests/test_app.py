@@ -207,3 +207,35 @@ async def test_a_catch_all_route_does_not_shadow_the_operational_paths(identity_
                 assert "caught" not in await response.json()
         async with session.get(url + "/anything/else") as response:
             assert await response.json() == {"caught": "anything/else"}
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413_on_signed_and_open_routes(
+    base_url: str, caller: Caller, identity_keys: dict[str, str]
+) -> None:
+    """Without a Content-Length the limit is counted as the body arrives: where the identity check
+    reads it (a signed route) and where the application does (a service that verifies nobody)."""
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    open_app = create_service_app(
+        settings, [Route("/things", create, methods=["POST"])], max_body_size=1024, require_identity=False
+    )
+    body = b'{"project": "' + b"x" * 1500 + b'", "hours": 1}'
+    chunked = (
+        b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:700], body[700:])) + b"0\r\n\r\n"
+    )
+    async with serve_app(open_app) as open_url:
+        for url, signed in ((base_url, True), (open_url, False)):
+            headers = caller.headers(user("alice"), "POST", url + "/things", body=body) if signed else {}
+            lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(
+                    b"POST /things HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n" + lines.encode() + b"\r\n" + chunked
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 413"), (url, head)
+                assert b"application/problem+json" in head
+                assert b"x-request-id" in head.lower()
+            finally:
+                writer.close()

@@ -11,10 +11,12 @@ from typing import Any
 import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
+from svckit.context import request_id_var
 from svckit.contracts.approvals import DecisionIn
-from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent
+from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent, outbox_values
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
+from svckit.outbox import event_parameters
 
 pytestmark = pytest.mark.unit
 
@@ -184,3 +186,102 @@ def test_event_details_that_only_look_odd_are_accepted() -> None:
         details=details,
     )
     assert event.details == details
+
+
+def _both(**fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fast writer's payload and the model's, with the fast one's id and time given to the model."""
+    event_id, occurred_at, payload = outbox_values(**fields)
+    event = AuditEvent.create(**fields, event_id=event_id, occurred_at=occurred_at)
+    assert event_parameters(event)[:2] == (event_id, occurred_at)
+    return json.loads(payload), json.loads(event.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    "actor",
+    [
+        Identity("https://issuer.example/", "alice", "user", "spa", frozenset({"x"}), "Alice"),
+        Identity("i", 'q"uote\\back\u2028', "client", "c\tid", frozenset(), "Zoë \U0001f600"),
+        Identity("urn:timesheets:service", "approvals", "service", "approvals", frozenset(), "approvals"),
+        Identity("i", "s", name="n" * 600),  # cut to the trail's 512, not refused
+    ],
+)
+@pytest.mark.parametrize("request_id", [None, "req-123456789", "a" * 128])
+def test_the_fast_outbox_writer_queues_the_models_document(actor: Identity, request_id: str | None) -> None:
+    token = request_id_var.set(request_id)
+    try:
+        fast, model = _both(
+            action="timesheet.created",
+            resource_type="timesheet",
+            resource_id=str(uuid.uuid4()),
+            outcome="success",
+            actor=actor,
+            source="timesheets",
+            details={"hours": 7.5, "project": 'Zoë "x"\n', "nested": {"a": [1, "b", None, True]}},
+        )
+    finally:
+        request_id_var.reset(token)
+    assert fast == model
+    assert (
+        IngestBatch.model_validate({"events": [fast]}).events[0].model_dump()
+        == AuditEvent.model_validate(model).model_dump()
+    )
+
+
+def test_the_fast_outbox_writer_refuses_what_the_model_refuses() -> None:
+    base: dict[str, Any] = {
+        "action": "timesheet.created",
+        "resource_type": "timesheet",
+        "resource_id": "1",
+        "outcome": "success",
+        "actor": Identity("i", "s"),
+        "source": "timesheets",
+        "details": {},
+    }
+    for change in (
+        {"source": "Time_Sheets"},
+        {"action": "Timesheet Created"},
+        {"action": "a" * 101},
+        {"resource_type": "Bad Type"},
+        {"resource_id": "x" * 513},
+        {"resource_id": "nul\x00"},
+        {"actor": Identity("i", "")},  # no subject
+        {"actor": Identity("i", "s\x00")},
+        {"actor": Identity("i" * 513, "s")},
+        {"details": {"x": float("nan")}},
+        {"details": {"x": "y" * (16 * 1024)}},
+        {"outcome": "ok"},
+    ):
+        fields = {**base, **change}
+        with pytest.raises(InvalidEvent):
+            AuditEvent.create(**fields)
+        with pytest.raises(InvalidEvent):
+            outbox_values(**fields)
+    token = request_id_var.set("r" * 129)
+    try:
+        with pytest.raises(InvalidEvent):
+            AuditEvent.create(**base)
+        with pytest.raises(InvalidEvent):
+            outbox_values(**base)
+    finally:
+        request_id_var.reset(token)
+
+
+@pytest.mark.parametrize("given", ["", "put-request-123456"])
+def test_the_fast_outbox_writer_takes_a_given_request_id_over_the_current_one(given: str) -> None:
+    """A decision settled later by the reconciler keeps the original PUT's request id."""
+    token = request_id_var.set("reconciler-run-1234")
+    try:
+        fast, model = _both(
+            action="approval.decided",
+            resource_type="timesheet",
+            resource_id=str(uuid.uuid4()),
+            outcome="success",
+            actor=Identity("i", "bob", "user", "spa", frozenset(), "Bob"),
+            source="approvals",
+            details={"decision_id": str(uuid.uuid4()), "decision": "approved", "comment": None},
+            request_id=given,
+        )
+    finally:
+        request_id_var.reset(token)
+    assert fast == model
+    assert fast["request_id"] == given

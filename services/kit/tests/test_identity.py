@@ -276,3 +276,29 @@ def test_the_prepared_hmac_states_are_hmac_sha256(key_length: int) -> None:
     outer = outer.copy()
     outer.update(inner.digest())
     assert outer.digest() == hmac.digest(key, message, "sha256")
+
+
+def test_identities_kept_between_requests_are_kept_per_key_and_still_checked_whole() -> None:
+    """The verifier keeps each identity it made (with its part of the signed string and whether the
+    key's sender may assert it): a user the gateway asserted is still refused from approvals' key, a
+    signature over other values is still refused, scopes in another order are the same identity, and
+    a full cache starts over."""
+    receiver = IdentityVerifier({"gateway": KEYS, "approvals": APPROVALS_KEY}, 60)
+    receiver.MAX_CACHED_IDENTITIES = 2
+    target = "/internal/apply"
+    by_gateway = IdentitySigner(KEYS).headers(ALICE, method="POST", target=target, now=1000)
+    assert receiver.verify(by_gateway, method="POST", target=target, now=1010) == ALICE
+    for _ in range(2):  # from the cache the second time
+        with pytest.raises(IdentityError) as exc:
+            receiver.verify(as_approvals(ALICE), method="POST", target=target, now=1010)
+        assert exc.value.reason == "wrong_principal"
+    again = IdentitySigner(KEYS).headers(ALICE, method="POST", target=target, now=1000)
+    assert receiver.verify(again, method="POST", target=target, now=1010) == ALICE
+    with pytest.raises(IdentityError) as exc:
+        receiver.verify({**again, SUBJECT: "bob"}, method="POST", target=target, now=1010)
+    assert exc.value.reason == "bad_signature"
+    two = Identity(ALICE.issuer, "carol", "user", "spa", frozenset({"b:x", "a:y"}))
+    reordered = {**IdentitySigner(KEYS).headers(two, method="POST", target=target, now=1000)}
+    reordered[SCOPES] = "b:x a:y"  # the signed string sorts them: the same identity
+    assert receiver.verify(reordered, method="POST", target=target, now=1010) == two
+    assert len(receiver._identities) <= 2

@@ -4,11 +4,14 @@ recorded refused at another, and writes refused / reads served while Redis is aw
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
+import pytest
+from redis.exceptions import ResponseError
 from svckit.identity import new_nonce
 from svckit.redisguard import RedisGuard
-from svckit.replay import ReplayMemory
+from svckit.replay import ReplayMemory, SetOnceWire
 
 from testkit.redisproc import PrivateRedis
 
@@ -49,3 +52,86 @@ async def test_writes_are_refused_and_reads_served_while_the_shared_memory_is_aw
     finally:
         await guard.close()
         redis.stop()
+
+
+async def test_the_wire_records_each_key_once_with_the_window_as_expiry(redis_url: str) -> None:
+    """The replay memory's own connection (svckit.replay.SetOnceWire): what redis-py's SET NX EX did,
+    read back with redis-py; a replayed nonce is a replay whichever client recorded it first."""
+    prefix = f"test-wire-{uuid.uuid4().hex}:"
+    guard = RedisGuard(redis_url, prefix, timeout=1.0, retry_seconds=1.0)
+    wire = SetOnceWire(redis_url, timeout=1.0)
+    try:
+        keys = [guard.key("identity-replay", "timesheets", new_nonce()) for _ in range(5)]
+        assert await guard.call(lambda c: c.set(keys[0], b"1")) is True  # recorded by redis-py
+        assert await wire.set_once(keys, 121) == [False, True, True, True, True]
+        assert await wire.set_once(keys[2:4], 121) == [False, False]
+        ttl = await guard.call(lambda c: c.ttl(keys[1]))
+        assert ttl is not None
+        assert 110 < ttl <= 121
+        memory = ReplayMemory(guard, "timesheets", 60)
+        assert memory._wire is not None  # the lean path is the one in use for this URL
+        nonce = new_nonce()
+        assert await memory.first_use(nonce, "POST") == "fresh"
+        other = ReplayMemory(RedisGuard(redis_url, prefix, timeout=1.0, retry_seconds=1.0), "timesheets", 60)
+        assert await other.first_use(nonce, "POST") == "replay"  # another replica refuses the replay
+        memory.close()
+        other.close()
+    finally:
+        wire.close()
+        await guard.close()
+
+
+async def test_the_wire_authenticates_and_selects_the_database_of_the_url() -> None:
+    with PrivateRedis() as redis:
+        admin = RedisGuard(redis.url, "", timeout=1.0, retry_seconds=1.0)
+        assert await admin.call(lambda c: c.config_set("requirepass", "s3cret")) is True
+        await admin.close()
+        url = f"redis://:s3cret@127.0.0.1:{redis.port}/3"
+        wire = SetOnceWire(url, timeout=1.0)
+        wrong = SetOnceWire(f"redis://:wrong@127.0.0.1:{redis.port}/3", timeout=1.0)
+        reader = RedisGuard(url, "", timeout=1.0, retry_seconds=1.0)
+        try:
+            assert await wire.set_once(["k"], 10) == [True]
+            assert await reader.call(lambda c: c.exists("k")) == 1  # in database 3, behind the password
+            with pytest.raises(ResponseError):
+                await wrong.set_once(["k2"], 10)
+            assert wrong._writer is None  # a failed round trip leaves no connection behind
+        finally:
+            wire.close()
+            wrong.close()
+            await reader.close()
+
+
+async def test_a_hung_store_refuses_writes_within_the_timeout_and_recovers() -> None:
+    """A round trip that gets no answer opens the circuit after one timeout: unsafe methods are
+    refused, reads go on; the late connection is dropped (no reply can be taken for another batch's),
+    and once Redis answers again a fresh connection records nonces and refuses their replays."""
+    with PrivateRedis() as redis:
+        guard = RedisGuard(redis.url, "replay:", timeout=0.3, retry_seconds=0.5)
+        memory = ReplayMemory(guard, "timesheets", 60)
+        try:
+            assert await memory.first_use(new_nonce(), "POST") == "fresh"  # connected before the hang
+            redis.pause()
+            started = time.monotonic()
+            verdicts = await asyncio.gather(*(memory.first_use(new_nonce(), m) for m in ("PUT", "GET")))
+            assert verdicts == ["unavailable", "fresh"]
+            assert 0.25 < time.monotonic() - started < 0.6
+            assert memory._wire is not None
+            assert memory._wire._writer is None
+            redis.resume()
+            await asyncio.sleep(0.6)
+            nonce = new_nonce()
+            assert await memory.first_use(nonce, "POST") == "fresh"
+            memory._seen.clear()  # forget locally: the refusal must come from Redis
+            assert await memory.first_use(nonce, "POST") == "replay"
+        finally:
+            redis.resume()
+            memory.close()
+            await guard.close()
+
+
+def test_a_tls_url_keeps_redis_py() -> None:
+    assert SetOnceWire.for_url("rediss://127.0.0.1:6380/0", timeout=1.0) is None
+    assert SetOnceWire.for_url("unix:///tmp/redis.sock?db=2", timeout=1.0) is not None
+    guard = RedisGuard("rediss://127.0.0.1:6380/0", "p:", timeout=1.0, retry_seconds=1.0)
+    assert ReplayMemory(guard, "timesheets", 60)._wire is None

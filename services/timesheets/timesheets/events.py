@@ -6,10 +6,11 @@ audit record exist together or not at all.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from svckit.contracts.audit import AuditEvent
+from svckit.contracts.audit import AuditEvent, outbox_values
 from svckit.contracts.timesheets import ApplyDecision, EntryIn
 from svckit.identity import Identity
 
@@ -27,10 +28,12 @@ def _entry_details(row: EntryRow) -> dict[str, object]:
     }
 
 
-def created(actor: Identity, entry_id: uuid.UUID, entry: EntryIn) -> AuditEvent:
-    """Built from what is about to be stored (the same values the row will hold: hours are quarter
-    hours, exact in ``numeric``), so it is written in the statement that stores the entry."""
-    return AuditEvent.create(
+def created(actor: Identity, entry_id: uuid.UUID, entry: EntryIn) -> tuple[uuid.UUID, dt.datetime, str]:
+    """The creation's outbox values (``svckit.outbox.event_parameters`` of its event, written without
+    building the models: :func:`svckit.contracts.audit.outbox_values`). Built from what is about to be
+    stored (the same values the row will hold: hours are quarter hours, exact in ``numeric``), so it
+    is written in the statement that stores the entry."""
+    return outbox_values(
         action="timesheet.created",
         resource_type="timesheet",
         resource_id=str(entry_id),
@@ -76,8 +79,9 @@ def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[EntryRow]) ->
     )
 
 
-def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> AuditEvent:
-    """The entry's status changed by a decision the approvals service relayed for the approver."""
+def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> tuple[uuid.UUID, dt.datetime, str]:
+    """The entry's status changed by a decision the approvals service relayed for the approver, as
+    the outbox's values (written directly: :func:`svckit.contracts.audit.outbox_values`)."""
     approver = Identity(
         decision.by.issuer,
         decision.by.subject,
@@ -86,7 +90,7 @@ def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> AuditEv
         frozenset(),
         decision.by.name or "",
     )
-    return AuditEvent.create(
+    return outbox_values(
         action="timesheet.decided",
         resource_type="timesheet",
         resource_id=str(row.id),

@@ -17,7 +17,7 @@ from svckit.contracts.timesheets import ApplyDecision, PendingQuery
 from svckit.db import Connection
 from svckit.problems import Problem
 from svckit.query import parse_query
-from svckit.responses import json_response, model_response
+from svckit.responses import json_response
 
 from . import cursor, events, store
 from .api import database_of, entry_id_of, events_committed, not_found
@@ -63,7 +63,7 @@ async def apply_decision(request: Request) -> Response:
         if row is None:
             raise not_found()
         if row.decision_id == decision.decision_id:
-            return model_response(entry_of(row))  # already applied: a retry learns it was
+            return json_response(entry_json(row))  # already applied: a retry learns it was
         if not row.live:
             raise not_found()
         if row.status != "submitted":
@@ -78,4 +78,4 @@ async def apply_decision(request: Request) -> Response:
         # the event names the entry's owner, date, project and hours: the decision changes none of them
         updated = await store.record_decision(conn, entry_id, decision, events.decided(caller, decision, row))
     events_committed(request)
-    return model_response(entry_of(updated))
+    return json_response(entry_json(updated))

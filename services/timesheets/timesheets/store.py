@@ -103,11 +103,12 @@ def create_arguments(
     *,
     client_id: str,
     entry_id: uuid.UUID,
-    event: AuditEvent,
+    event: tuple[uuid.UUID, dt.datetime, str],
 ) -> tuple[Any, ...]:
     """The parameters of :data:`CREATE_ENTRY`. ``entry_id`` is chosen by the caller, so that after a
-    lost answer it knows what to look for; ``event`` (the creation's audit event) goes to the outbox
-    in the same statement."""
+    lost answer it knows what to look for; ``event`` (the creation's audit event, as the outbox's
+    values: ``event_parameters`` of it, or ``svckit.contracts.audit.outbox_values``) goes to the
+    outbox in the same statement."""
     return (
         entry_id,
         owner[0],
@@ -118,7 +119,7 @@ def create_arguments(
         entry.hours,
         entry.notes,
         client_id,
-        *event_parameters(event),
+        *event,
     )
 
 
@@ -251,9 +252,13 @@ RECORD_DECISION = with_enqueued(
 
 
 async def record_decision(
-    conn: Connection, entry_id: uuid.UUID, decision: ApplyDecision, event: AuditEvent
+    conn: Connection,
+    entry_id: uuid.UUID,
+    decision: ApplyDecision,
+    event: tuple[uuid.UUID, dt.datetime, str],
 ) -> EntryRow:
-    """Inside the caller's transaction (the row is locked there), with the decision's audit event."""
+    """Inside the caller's transaction (the row is locked there), with the decision's audit event (the
+    outbox's values of it: ``timesheets.events.decided``)."""
     row = await conn.fetchrow(
         RECORD_DECISION,
         entry_id,
@@ -264,7 +269,7 @@ async def record_decision(
         decision.by.name or "",
         decision.at,
         decision.comment,
-        *event_parameters(event),
+        *event,
     )
     assert row is not None
     return EntryRow.of(row)

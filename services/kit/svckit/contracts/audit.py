@@ -49,6 +49,11 @@ OUTCOMES = frozenset({"success", "denied", "failure"})
 Outcome = Literal["success", "denied", "failure"]
 ActorKind = Literal["user", "client", "service", "anonymous"]
 HASH_PATTERN = r"^[0-9a-f]{64}$"
+SOURCE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$"
+MAX_ACTION = 100
+RESOURCE_TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+MAX_REQUEST_ID = 128
 
 
 def _utc_text(value: datetime) -> str:
@@ -82,7 +87,7 @@ Storable = AfterValidator(_storable)
 Name = Annotated[str, Field(max_length=MAX_NAME), Storable]
 RequiredName = Annotated[str, Field(min_length=1, max_length=MAX_NAME), Storable]
 ClientId = Annotated[str, Field(max_length=256), Storable]
-RequestId = Annotated[str, Field(max_length=128), Storable]
+RequestId = Annotated[str, Field(max_length=MAX_REQUEST_ID), Storable]
 Filter = Annotated[str, Field(min_length=1, max_length=512), Storable]
 
 
@@ -102,13 +107,17 @@ def _check_json(value: Any, depth: int = 0) -> None:
             _check_json(item, depth + 1)
 
 
-def _details(value: dict[str, Any]) -> dict[str, Any]:
-    """Storable (:func:`_check_json`) and at most :data:`MAX_DETAILS_BYTES` as JSON. The size needs the
-    JSON text anyway, and that text shows when the walk cannot find anything: no NaN or infinity
-    (``allow_nan=False`` refuses them), no NUL (it would be written ``\\u0000``), no lone surrogate
-    (UTF-8 cannot encode one), fewer brackets than the depth limit. Else the walk names the problem."""
+_DETAILS_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # json.dumps' own, made once
+
+
+def _details_text(value: Mapping[str, Any]) -> str:
+    """The JSON text of storable details (:func:`_check_json`) of at most :data:`MAX_DETAILS_BYTES`.
+    The size needs the text anyway, and that text shows when the walk cannot find anything: no NaN or
+    infinity (``allow_nan=False`` refuses them), no NUL (it would be written ``\\u0000``), no lone
+    surrogate (UTF-8 cannot encode one), fewer brackets than the depth limit. Else the walk names the
+    problem."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text = _DETAILS_JSON.encode(value)
         size = len(text.encode())
     except ValueError:  # NaN or infinity, or a lone surrogate (UnicodeEncodeError): the walk names it
         _check_json(value)
@@ -117,6 +126,12 @@ def _details(value: dict[str, Any]) -> dict[str, Any]:
         _check_json(value)
     if size > MAX_DETAILS_BYTES:
         raise ValueError(f"must be at most {MAX_DETAILS_BYTES} bytes as JSON")
+    return text
+
+
+def _details(value: dict[str, Any]) -> dict[str, Any]:
+    """Storable and small enough (:func:`_details_text`)."""
+    _details_text(value)
     return value
 
 
@@ -151,7 +166,7 @@ class Actor(BaseModel):
 class Resource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    type: Annotated[str, Field(pattern=RESOURCE_TYPE_PATTERN)]
     id: Name = ""
 
 
@@ -162,9 +177,9 @@ class AuditEvent(BaseModel):
 
     id: uuid.UUID
     occurred_at: Instant
-    source: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+    source: Annotated[str, Field(pattern=SOURCE_PATTERN)]
     actor: Actor
-    action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$", max_length=100)]
+    action: Annotated[str, Field(pattern=ACTION_PATTERN, max_length=MAX_ACTION)]
     resource: Resource
     outcome: Outcome
     request_id: RequestId | None = None
@@ -208,6 +223,85 @@ class AuditEvent(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+_SOURCE = re.compile(SOURCE_PATTERN)
+_ACTION = re.compile(ACTION_PATTERN)
+_RESOURCE_TYPE = re.compile(RESOURCE_TYPE_PATTERN)
+#: (source, action, resource type) triples already checked against the patterns
+_checked_names: set[tuple[str, str, str]] = set()
+#: an identity's :class:`Actor` as JSON, validated once (bounded: cleared when full)
+_actors: dict[Identity, str] = {}
+MAX_CACHED_ACTORS = 4096
+
+
+def _actor_json(identity: Identity) -> str:
+    text = _actors.get(identity)
+    if text is None:
+        text = Actor.of(identity).model_dump_json()
+        if len(_actors) >= MAX_CACHED_ACTORS:
+            _actors.clear()
+        _actors[identity] = text
+    return text
+
+
+def _text(value: str) -> str:
+    return json.encoder.encode_basestring(value)
+
+
+def outbox_values(
+    *,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    outcome: str,
+    actor: Identity,
+    source: str,
+    details: Mapping[str, Any],
+    request_id: str | None = None,
+) -> tuple[uuid.UUID, datetime, str]:
+    """``event_parameters(AuditEvent.create(...))`` (:mod:`svckit.outbox`: the outbox row's id,
+    occurred_at and JSON payload) for a writer's hot path, without building and serialising the
+    three models: ~5 µs instead of ~55. The same checks, each where it costs least: the names against
+    the model's patterns once per (source, action, type); the actor through :class:`Actor` once per
+    identity (kept as JSON); the resource id, request id and details as the model checks them. Raises
+    :class:`InvalidEvent` where :meth:`AuditEvent.create` does; the payload parses to the same
+    document (``tests/test_contracts.py`` holds the two to it; the outbox stores it as ``jsonb``)."""
+    if outcome not in OUTCOMES:
+        raise InvalidEvent(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+    names = (source, action, resource_type)
+    if names not in _checked_names:
+        if (
+            _SOURCE.fullmatch(source) is None
+            or _ACTION.fullmatch(action) is None
+            or len(action) > MAX_ACTION
+            or _RESOURCE_TYPE.fullmatch(resource_type) is None
+        ):
+            raise InvalidEvent(f"the audit service would refuse this event: names {names!r}")
+        _checked_names.add(names)
+    if request_id is None:  # the current request's, as AuditEvent.create takes it
+        request_id = current_request_id()
+    try:
+        actor_text = _actor_json(actor)
+        if len(resource_id) > MAX_NAME:
+            raise ValueError(f"resource id: at most {MAX_NAME} characters")
+        _storable(resource_id)
+        if request_id is not None:
+            if len(request_id) > MAX_REQUEST_ID:
+                raise ValueError(f"request id: at most {MAX_REQUEST_ID} characters")
+            _storable(request_id)
+        details_text = _details_text(details)
+    except ValueError as exc:  # pydantic's ValidationError too
+        raise InvalidEvent(f"the audit service would refuse this event: {exc}") from None
+    event_id = uuid.uuid4()
+    occurred_at = datetime.now(UTC)
+    payload = (
+        f'{{"id":"{event_id}","occurred_at":"{occurred_at.isoformat()[:-6]}Z","source":"{source}",'
+        f'"actor":{actor_text},"action":"{action}","resource":{{"type":"{resource_type}",'
+        f'"id":{_text(resource_id)}}},"outcome":"{outcome}",'
+        f'"request_id":{"null" if request_id is None else _text(request_id)},"details":{details_text}}}'
+    )
+    return event_id, occurred_at, payload
 
 
 class IngestBatch(BaseModel):
@@ -659,4 +753,5 @@ __all__ = [
     "VerifyResult",
     "decode_cursor",
     "encode_cursor",
+    "outbox_values",
 ]
