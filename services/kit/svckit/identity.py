@@ -242,12 +242,55 @@ def request_target(path: str, query: str | bytes = b"") -> str:
 
 
 class IdentitySigner:
-    """Produces identity headers; the gateway and service-to-service clients use it."""
+    """Produces identity headers; the gateway and service-to-service clients use it.
+
+    The key's HMAC states are made once (:func:`_hmac_states`), and so is each identity's part of the
+    headers and of the signed string, checked for control characters the first time it is signed
+    (:attr:`MAX_CACHED_IDENTITIES`): a service signs for itself, or for a few callers, over and over."""
+
+    #: identities kept with their checked fixed part (the dict is emptied when it is full)
+    MAX_CACHED_IDENTITIES = 1024
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
         if not keys:
             raise ValueError("at least one identity key is required")
         self.kid, self.key = next(iter(keys.items()))
+        self._inner, self._outer = _hmac_states(self.key)
+        self._fixed: dict[Identity, tuple[dict[str, str], bytes]] = {}
+
+    def _fixed_part(self, identity: Identity) -> tuple[dict[str, str], bytes]:
+        """The identity's own headers and its part of the signed string (after the digest)."""
+        fixed = self._fixed.get(identity)
+        if fixed is None:
+            for value, what in (
+                (identity.issuer, "issuer"),
+                (identity.subject, "subject"),
+                (identity.client_id, "client id"),
+                (identity.name, "name"),
+            ):
+                _clean(value, what)
+            scopes = " ".join(sorted(identity.scopes))
+            headers = {
+                ISSUER: identity.issuer,
+                SUBJECT: identity.subject,
+                KIND: identity.kind,
+                CLIENT_ID: identity.client_id,
+                SCOPES: scopes,
+                NAME: identity.name,
+            }
+            parts = (
+                identity.issuer,
+                identity.subject,
+                identity.kind,
+                identity.client_id,
+                scopes,
+                identity.name,
+            )
+            fixed = (headers, ("\n" + "\n".join(parts)).encode())
+            if len(self._fixed) >= self.MAX_CACHED_IDENTITIES:
+                self._fixed.clear()
+            self._fixed[identity] = fixed
+        return fixed
 
     def headers(
         self,
@@ -260,42 +303,30 @@ class IdentitySigner:
         body: bytes = b"",
         nonce: str | None = None,
     ) -> dict[str, str]:
-        """The identity headers of one request with ``body`` (its exact bytes), plus ``Content-Digest``."""
+        """The identity headers of one request with ``body`` (its exact bytes), plus ``Content-Digest``:
+        signed over :func:`canonical`'s string."""
         request_id = request_id or new_request_id()
         nonce = nonce or new_nonce()
         digest = content_digest(body) if body else EMPTY_DIGEST
         timestamp = str(int(now if now is not None else time.time()))
-        for value, what in (
-            (identity.issuer, "issuer"),
-            (identity.subject, "subject"),
-            (identity.client_id, "client id"),
-            (identity.name, "name"),
-            (request_id, "request id"),
-            (nonce, "nonce"),
-        ):
-            _clean(value, what)
-        scopes = " ".join(sorted(identity.scopes))
-        message = canonical(
-            kid=self.kid,
-            timestamp=timestamp,
-            method=method,
-            target=target,
-            request_id=request_id,
-            nonce=nonce,
-            digest=digest,
-            identity=identity,
+        fixed, tail = self._fixed_part(identity)
+        _clean(request_id, "request id")
+        _clean(nonce, "nonce")
+        inner = self._inner.copy()
+        inner.update(
+            f"{VERSION}\n{self.kid}\n{timestamp}\n{method.upper()}\n{target}\n{request_id}\n{nonce}\n"
+            f"{digest}".encode()
         )
+        inner.update(tail)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        signature = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
         return {
-            ISSUER: identity.issuer,
-            SUBJECT: identity.subject,
-            KIND: identity.kind,
-            CLIENT_ID: identity.client_id,
-            SCOPES: scopes,
-            NAME: identity.name,
+            **fixed,
             TIMESTAMP: timestamp,
             KEY_ID: self.kid,
             NONCE: nonce,
-            SIGNATURE: _mac(self.key, message),
+            SIGNATURE: signature.decode(),
             REQUEST_ID: request_id,
             CONTENT_DIGEST: digest,
         }

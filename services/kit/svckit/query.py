@@ -9,6 +9,10 @@ A query string that is not well-formed is a 400 before any of that: a ``%`` not 
 digits (``%zz``), or escapes that decode to bytes that are not UTF-8 (``%FF``, or ``%ED%A0%80``, a
 surrogate). Starlette would pass ``%zz`` through literally and replace bad bytes with U+FFFD, so the
 handler would search for something the client never sent.
+
+The same query strings come back all the time (``limit=20``, an approver's queue): a model that is
+``frozen`` is made once per raw query string and handed out again (:data:`MAX_CACHED`; what is
+refused is refused each time, never kept). Its validation depends on nothing but the string.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 M = TypeVar("M", bound=BaseModel)
 
+#: query strings kept with their (frozen) model; the dict is emptied when it is full
+MAX_CACHED = 4096
+_parsed: dict[tuple[type[BaseModel], bytes], BaseModel] = {}
+
 
 def check_query_string(raw: bytes) -> None:
     """400 unless every percent-escape is well-formed and every name and value decodes as UTF-8."""
@@ -42,7 +50,20 @@ def check_query_string(raw: bytes) -> None:
 
 def parse_query(request: Request, model: type[M]) -> M:
     """Validate the request's query string against ``model`` (field aliases are parameter names)."""
-    check_query_string(request.scope.get("query_string", b""))
+    raw: bytes = request.scope.get("query_string", b"")
+    known = _parsed.get((model, raw))
+    if known is not None:
+        return known  # type: ignore[return-value]
+    parsed = _parse_query(request, raw, model)
+    if model.model_config.get("frozen"):
+        if len(_parsed) >= MAX_CACHED:
+            _parsed.clear()
+        _parsed[(model, raw)] = parsed
+    return parsed
+
+
+def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
+    check_query_string(raw)
     values: dict[str, str] = {}
     repeated: list[dict[str, object]] = []
     for name, value in request.query_params.multi_items():

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.authz import requires_scope, requires_service
 from svckit.identity import Identity
+from svckit.problems import Problem
 from svckit.query import parse_query
 from svckit.settings import ServiceSettings, load_settings
 from yarl import URL
@@ -130,3 +131,31 @@ async def test_deeply_nested_body_is_400(identity_keys: dict[str, str], caller: 
         ):
             assert response.status == 400
             assert "nests deeper than" in (await response.json(content_type=None))["detail"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(default=50, ge=1, le=100)
+
+
+def request_with(query: bytes) -> Request:
+    return Request({"type": "http", "method": "GET", "path": "/", "query_string": query, "headers": []})
+
+
+@pytest.mark.unit
+def test_a_frozen_query_model_is_made_once_per_query_string_and_refusals_are_never_kept() -> None:
+    first = parse_query(request_with(b"limit=7"), Frozen)
+    assert first.limit == 7
+    assert parse_query(request_with(b"limit=7"), Frozen) is first  # kept: it cannot change
+    assert parse_query(request_with(b"limit=8"), Frozen).limit == 8
+    for _ in range(2):
+        with pytest.raises(Problem) as refused:
+            parse_query(request_with(b"limit=0"), Frozen)
+        assert refused.value.status == 422
+    for _ in range(2):
+        with pytest.raises(Problem):
+            parse_query(request_with(b"limit=7&limit=7"), Frozen)
+    # a model that is not frozen is made each time: a handler may change its copy
+    mutable = parse_query(request_with(b"limit=7"), Listing)
+    assert parse_query(request_with(b"limit=7"), Listing) is not mutable

@@ -90,8 +90,13 @@ def test_unknown_signing_key_refused() -> None:
 
 def test_control_characters_cannot_be_signed() -> None:
     evil = Identity("http://localhost:9000/", "alice\nX-Evil: 1", "user")
+    signer = IdentitySigner(KEYS)
+    for _ in range(2):  # the signer keeps identities it signed: never one it refused
+        with pytest.raises(ValueError, match="control characters"):
+            signer.headers(evil, method="GET", target="/")
+    signer.headers(ALICE, method="GET", target="/")  # kept from here on
     with pytest.raises(ValueError, match="control characters"):
-        IdentitySigner(KEYS).headers(evil, method="GET", target="/")
+        signer.headers(ALICE, method="GET", target="/", request_id="rid\r\nX-Evil: 1")
 
 
 ZOE = Identity(
