@@ -177,8 +177,13 @@ async def test_the_database_hashes_every_field_as_the_python_definition_does(
     assert b.rechained == before + 1
     # and the same values on the usual path (a's head is stale now: it learns b's from its answer)
     await a.append([event()])
-    again = [e.model_copy(update={"id": uuid.uuid4()}) for e in awkward]
+    again = [
+        e.model_copy(update={"id": uuid.uuid4(), "details": {AWKWARD: [AWKWARD, 2.5, -1, None, True, {}]}})
+        for e in awkward
+    ]
+    rechained = a.rechained
     assert (await a.append(again)).accepted == 4
+    assert a.rechained == rechained  # stored as sent: the documents' values read by Postgres
     await assert_chain(a, dsn, 10)
     rows = await records(dsn)
     assert rows[1]["actor_subject"] == AWKWARD
