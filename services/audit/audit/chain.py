@@ -124,6 +124,48 @@ def canonical_of(
     written as :func:`timestamp` writes them: the verification walk has Postgres format them
     (:data:`UTC_TEXT`), which saves it two datetime objects and their formatting per record. The same
     f-string as :func:`canonical`; ``test_chain_bytes`` holds both to the documented bytes."""
+    return canonical_text(
+        seq,
+        id,
+        occurred_at,
+        recorded_at,
+        source,
+        actor_issuer,
+        actor_subject,
+        actor_kind,
+        actor_client_id,
+        actor_name,
+        action,
+        resource_type,
+        resource_id,
+        outcome,
+        request_id,
+        details,
+        prev_hash,
+    ).encode()
+
+
+def canonical_text(
+    seq: int,
+    id: Any,
+    occurred_at: str,
+    recorded_at: str,
+    source: str,
+    actor_issuer: str,
+    actor_subject: str,
+    actor_kind: str,
+    actor_client_id: str,
+    actor_name: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    outcome: str,
+    request_id: str | None,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """:func:`canonical_of` before its UTF-8 encoding: the document ingestion sends to the database
+    with its hash (``append_documents``, migration 0009), which stores the columns read from it."""
     s = _string
     return (
         f'{{"action":{s(action)},"actor":{{"client_id":{s(actor_client_id)},'
@@ -135,7 +177,7 @@ def canonical_of(
         f'"request_id":{"null" if request_id is None else s(request_id)},'
         f'"resource":{{"id":{s(resource_id)},"type":{s(resource_type)}}},'
         f'"seq":{int(seq)},"source":{s(source)}}}'
-    ).encode()
+    )
 
 
 #: SQL writing a ``timestamptz`` column as :func:`timestamp` writes what asyncpg reads from it (UTC,

@@ -8,9 +8,10 @@ so a re-sent event can never become a second record, however deliveries race.
 Three things keep that step short, since the lock's holder sets the whole platform's audited write
 rate: concurrent ingests in one process share one transaction (group commit,
 :mod:`audit.groupcommit`: one lock acquisition, one head lookup, one insert, each caller answered
-after that commit); that transaction is one statement, one round trip (``append_records``,
-migration 0006: the group is chained from the head this process wrote last and the function checks
-under the lock that it still is the head, else the group is chained again from what it found); and
+after that commit); that transaction is one statement, one round trip (``append_documents``,
+migration 0009: the group is chained from the head this process wrote last and sent as the documents
+that were hashed; the function checks under the lock that it still is the head, else chains the group
+itself from the head it found, so a replica appending meanwhile costs no second round trip); and
 the head is one row of ``chain_head`` kept by a trigger (migration 0005), a lookup by key whose cost
 cannot grow with the table or turn into a scan.
 """
@@ -18,7 +19,6 @@ cannot grow with the table or turn into a scan.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import uuid
@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,7 @@ from svckit.contracts.audit import (
 from svckit.db import UNAVAILABLE_ERRORS, CommitCheck, Connection, Database
 
 from . import metrics
-from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_of, record_hash
+from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_text, record_hash, timestamp
 from .checkpoint_store import CheckpointFeed, CheckpointStore
 from .groupcommit import GroupCommit
 from .jsonb import jsonb_text
@@ -65,7 +66,7 @@ def shared_failure(exc: BaseException) -> bool:
 
 SELECT_COLUMNS = ", ".join(c if c != "details" else "details::text AS details" for c in COLUMNS)
 #: What the verification walk reads: :data:`SELECT_COLUMNS` with the timestamps as the hash writes
-#: them (:func:`~audit.chain.canonical_of` takes the first 17 as they come).
+#: them (:func:`~audit.chain.canonical_text` takes the first 17 as they come).
 WALK_COLUMNS = ", ".join(
     UTC_TEXT.format(column=c) + f" AS {c}" if c in ("occurred_at", "recorded_at") else c
     for c in SELECT_COLUMNS.split(", ")
@@ -195,15 +196,8 @@ COLUMN_ARRAYS = {
 }
 
 
-#: ``append_records``' parameters: the lock key, the expected head (seq, hash), then one array per column
-ARGUMENTS = ", ".join(f"${n}" for n in range(1, 4 + len(COLUMNS)))
-#: times a group is chained again from what ``append_records`` found before the locked path is taken
-AT_ONCE_ATTEMPTS = 3
-
-
-async def _nothing(conn: Connection) -> None:
-    """What ``append_records`` answers when it stored the group (to a lost answer's re-read)."""
-    return None
+#: times a group is sent to ``append_documents`` (0: every group takes :meth:`AuditStore._append_locked`)
+AT_ONCE_ATTEMPTS = 1
 
 
 def insert_statement(schema: str) -> str:
@@ -252,9 +246,12 @@ class AuditStore:
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
         self._insert = insert_statement(schema)
-        self._append_records = (
-            f"SELECT head_seq, head_hash, existing, forms FROM {schema}.append_records({ARGUMENTS})"
+        self._append_documents = (
+            f"SELECT head_seq, head_hash, existing FROM {schema}.append_documents($1, $2, $3, $4, $5)"
         )
+        #: groups the database chained itself (the head had moved: another replica appended; an event
+        #: was recorded already; a details form differed), for tests and figures
+        self.rechained = 0
         self._head: tuple[int, str] | None = None  # (seq, hash) this process appended or read last
         self._group: GroupCommit[list[AuditEvent], frozenset[uuid.UUID]] = GroupCommit(
             self._append_group, size=len, max_items=GROUP_MAX_EVENTS, shared_failure=shared_failure
@@ -292,10 +289,10 @@ class AuditStore:
         return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
     async def _append_group(self, batches: Sequence[list[AuditEvent]]) -> list[frozenset[uuid.UUID]]:
-        """The batches of several callers appended together, in one round trip when the head this
-        process wrote last is still the head (:meth:`_append_at_once`), else in a transaction that
-        holds the chain lock while it reads the head (:meth:`_append_locked`). Returns, per batch, the
-        ids it added to the chain (the others were there already, or came earlier in the group)."""
+        """The batches of several callers appended together, in one round trip
+        (:meth:`_append_at_once`; with :data:`AT_ONCE_ATTEMPTS` 0, a transaction that holds the chain
+        lock while it reads the head: :meth:`_append_locked`). Returns, per batch, the ids it added to
+        the chain (the others were there already, or came earlier in the group)."""
         unique: dict[uuid.UUID, AuditEvent] = {}
         for batch in batches:
             for event in batch:
@@ -315,7 +312,7 @@ class AuditStore:
             if added is None:
                 added = await self._append_locked(events, committed)
         except BaseException:
-            self._head = None  # unknown now: the next group reads it under the lock
+            self._head = None  # unknown now: the next group is chained from what the database finds
             raise
         result: list[frozenset[uuid.UUID]] = []
         for batch in batches:
@@ -337,53 +334,103 @@ class AuditStore:
             rows.append(row)
         return rows
 
+    def _documents(
+        self, events: Sequence[AuditEvent], seq: int, prev_hash: str
+    ) -> tuple[list[str], list[str], str]:
+        """The canonical documents of ``events`` chained after the record ``seq`` whose hash is
+        ``prev_hash`` (:func:`~audit.chain.canonical_text`, details in jsonb's predicted form), and
+        their hashes: what ``append_documents`` stores; and the group's ``recorded_at`` as written."""
+        recorded_at = timestamp(datetime.now(UTC))
+        documents = []
+        hashes = []
+        for event in events:
+            seq += 1
+            actor = event.actor
+            resource = event.resource
+            document = canonical_text(
+                seq,
+                event.id,
+                timestamp(event.occurred_at),
+                recorded_at,
+                event.source,
+                actor.issuer,
+                actor.subject,
+                actor.kind,
+                actor.client_id,
+                actor.name,
+                event.action,
+                resource.type,
+                resource.id,
+                event.outcome,
+                event.request_id,
+                jsonb_text(event.details),
+                prev_hash,
+            )
+            prev_hash = sha256(document.encode()).hexdigest()
+            documents.append(document)
+            hashes.append(prev_hash)
+        return documents, hashes, recorded_at
+
     async def _append_at_once(
         self, events: Sequence[AuditEvent], committed: CommitCheck
     ) -> set[uuid.UUID] | None:
-        """The group chained from the head this process knows, sent to ``append_records`` (migration
-        0006) as one statement in autocommit: one round trip that takes the lock, checks the head,
-        the ids and the details' jsonb forms, and inserts. When it finds another head (another
-        replica appended), recorded ids or other forms, it stores nothing and says what it found: the
-        group is chained again from that, a few times at most. None: take the locked path (the head
-        keeps moving under us, or its row is gone)."""
-        forms = {event.id: jsonb_text(event.details) for event in events}
+        """The group chained from the head this process knows, sent to ``append_documents``
+        (migration 0009) as one statement in autocommit: one round trip that takes the lock and
+        inserts the documents as they are when that head is still the head, no event is recorded
+        and every details text is jsonb's own form; otherwise it chains the group itself from the
+        head it found, without the events recorded already. Either way the group is stored in that
+        one round trip; the answer is the new head and the ids skipped. None: take the locked path
+        (:data:`AT_ONCE_ATTEMPTS` is 0)."""
+        if AT_ONCE_ATTEMPTS < 1:
+            return None
         expected = self._head if self._head is not None else (-1, "")  # -1: no head is ever that
-        taken: set[uuid.UUID] = set()
-        for _ in range(AT_ONCE_ATTEMPTS):
-            fresh = [event for event in events if event.id not in taken]
-            if not fresh:
-                self._head = expected
-                return set()
-            rows = self._chain(fresh, *expected, forms)
-            found = await self.database.write_once(
-                self._append_records,
-                self.lock_key,
-                *expected,
-                *(list(column) for column in zip(*rows, strict=True)),
-                committed=committed,
-                reread=_nothing,
+        documents, hashes, recorded_at = self._documents(events, *expected)
+
+        async def reread(conn: Connection) -> asyncpg.Record | None:
+            """After a lost answer to a group that was stored: the head, and the events that were on
+            the chain before (recorded at another time than this group)."""
+            return await conn.fetchrow(
+                f"""SELECT head.seq AS head_seq, head.hash AS head_hash,
+                           ARRAY(SELECT id FROM {self.schema}.records
+                                 WHERE id = ANY($1::uuid[]) AND recorded_at <> $2::text::timestamptz)
+                               AS existing
+                    FROM {self.schema}.chain_head AS head""",
+                [event.id for event in events],
+                recorded_at,
             )
-            if found is None:  # stored
-                self._head = (rows[-1][0], rows[-1][-1])
-                return {event.id for event in fresh}
-            if found["head_seq"] is None:
-                return None
-            expected = (found["head_seq"], found["head_hash"])
-            taken.update(found["existing"])
-            forms.update(zip((event.id for event in fresh), found["forms"], strict=True))
-        return None
+
+        found = await self.database.write_once(
+            self._append_documents,
+            self.lock_key,
+            *expected,
+            documents,
+            hashes,
+            committed=committed,
+            reread=reread,
+        )
+        if found is None:  # only a reread finds no head row (the owner removed it)
+            self._head = None
+            return {event.id for event in events}
+        self._head = (found["head_seq"], found["head_hash"])
+        if found["head_hash"] != hashes[-1]:
+            self.rechained += 1  # chained by the database: another head, a recorded event, a form
+        taken = set(found["existing"])
+        return {event.id for event in events if event.id not in taken}
 
     async def _append_locked(self, events: Sequence[AuditEvent], committed: CommitCheck) -> set[uuid.UUID]:
-        """One transaction that holds the chain lock from reading the head to committing: when the
-        head this process knew is stale again and again (replicas appending in turn), or its row was
-        removed."""
+        """One transaction that holds the chain lock from reading the head to committing (the path
+        before migration 0006, kept behind :data:`AT_ONCE_ATTEMPTS` = 0: a switch should the function
+        ever misbehave, and the lost-commit tests' second path)."""
         ids = [event.id for event in events]
         details_json = [json.dumps(event.details, ensure_ascii=False) for event in events]
         async with self.database.transaction(committed=committed) as conn:
-            # Index lookups only in this transaction, as in append_records (0008): a generic plan
-            # made while the table was small must not scan it for every group once it has grown.
+            # Index lookups only in this transaction, as in append_documents (0009): a generic plan
+            # made while the table was small must not scan it for every group once it has grown;
+            # and no JIT (with sequential scans off every plan costs more than jit_above_cost).
             await conn.execute(
-                "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)", self.lock_key
+                "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true),"
+                " set_config('jit', 'off', true)",
+                self.lock_key,
             )
             # A separate statement from the lock: its snapshot must be taken after the lock is held.
             # The head is one row by its key (0005), never a search of the records; jsonb's own text
@@ -540,7 +587,7 @@ class AuditStore:
                 checked += 1
                 if prev_hash is not None and row["prev_hash"] != prev_hash:
                     return broken(seq, "prev_hash does not match the previous record's hash")
-                if hashlib.sha256(canonical_of(*row[:HASHED])).hexdigest() != row["hash"]:
+                if sha256(canonical_text(*row[:HASHED]).encode()).hexdigest() != row["hash"]:
                     return broken(seq, "hash does not match the record's content")
                 for point, given in points:
                     if seq == point.seq and row["hash"] != point.hash:

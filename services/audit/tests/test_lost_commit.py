@@ -1,7 +1,7 @@
 """Ingest answers what really happened when Postgres's connection breaks around COMMIT: accepted when
 the lost COMMIT had committed (the events are on the chain), 503 ``not_stored`` when it had not (a
 relay resends; the events are recorded once either way). Both ways a group is appended: in one
-statement in autocommit (``append_records``, the usual one) and in a transaction holding the lock."""
+statement in autocommit (``append_documents``, the usual one) and in a transaction holding the lock."""
 
 from __future__ import annotations
 
