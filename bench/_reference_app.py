@@ -13,8 +13,9 @@ the rows.
 - approvals (``bench/approvals.py``), built like the two services: the approvals routes call this
   same process's minimal ``/internal/timesheets/…`` routes over HTTP (one pooled aiohttp session),
   as the approvals service calls the timesheets service. The queue is the pending query behind one
-  hop; a decision is the live-decision lookup, the entry read (hop), the pending insert, the apply
-  (hop: entry locked, decision + outbox in one transaction) and the applied + outbox statement.
+  hop; a decision is the entry read (hop), the pending insert (the live-decision lookup only when it
+  conflicts, as the service does), the apply (hop: entry locked, decision + outbox in one
+  transaction) and the applied + outbox statement.
 
 ``python -m bench._reference_app`` with ``DATABASE_URL`` (the benchmark's database) and ``PORT``.
 """
@@ -185,9 +186,6 @@ async def decide(request: Request) -> Response:
     entry_id = uuid.UUID(request.path_params["id"])
     session, base = peer(request)
     database = approvals_of(request)
-    async with database.connection() as conn:
-        if await conn.fetchrow(LIVE_FOR_ENTRY, entry_id) is not None:
-            return Response(status_code=409)
     async with session.get(f"{base}/internal/timesheets/{entry_id}") as reply:
         found = json.loads(await reply.text()) if reply.status == 200 else None
     if found is None or found["status"] != "submitted" or found["owner_subject"] == subject:
@@ -198,7 +196,9 @@ async def decide(request: Request) -> Response:
             RECORD_PENDING, decision_id, entry_id, body["decision"], body.get("comment"), issuer, subject, "",
             "timesheets-spa", None,
         )  # fmt: skip
-    if decision is None:
+    if decision is None:  # the entry has a live decision: read it (the conflict path)
+        async with database.connection() as conn:
+            await conn.fetchrow(LIVE_FOR_ENTRY, entry_id)
         return Response(status_code=409)
     apply = {
         "decision_id": str(decision_id),

@@ -162,11 +162,11 @@ def bind(sql: str, values: dict[int, str]) -> str:
 def pgbench_scripts(directory: Path) -> dict[str, Path]:
     """The services' SQL for one queue read and one decision, with the parameters as pgbench
     expressions: the queue is the timesheets service's pending query; a decision is what the two
-    services send for one ``PUT``, in order and in the same transactions — the live-decision lookup
-    (approvals), the entry read (timesheets), the pending insert (approvals), the entry locked and the
-    decision with its outbox row in one transaction (timesheets), the applied + outbox statement
-    (approvals)."""
-    from approvals.store import LIVE_FOR_ENTRY, MARK_APPLIED, RECORD_PENDING
+    services send for one ``PUT``, in order and in the same transactions — the entry read
+    (timesheets), the pending insert (approvals; the live-decision lookup follows only when it
+    conflicts), the entry locked and the decision with its outbox row in one transaction
+    (timesheets), the applied + outbox statement (approvals)."""
+    from approvals.store import MARK_APPLIED, RECORD_PENDING
     from timesheets.store import GET_ENTRY, GET_ENTRY_LOCKED, PENDING_FIRST_PAGE, RECORD_DECISION
 
     issuer = "'" + ISSUER.replace("'", "''") + "'"
@@ -180,7 +180,6 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
     )
     event = {"id": "gen_random_uuid()", "at": now}
     statements = [
-        bind(qualified(LIVE_FOR_ENTRY, "approvals"), {1: PGBENCH_ENTRY}),
         bind(qualified(GET_ENTRY, "timesheets"), {1: PGBENCH_ENTRY}),
         bind(
             qualified(RECORD_PENDING, "approvals"),
