@@ -53,14 +53,22 @@ class SignedClient:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> Any:
+        """``json``: a document, serialised here; ``content``: a JSON document already serialised
+        (sent as these very bytes, ``Content-Type: application/json``). Not both."""
         url = self.base_url.with_path(self.base_url.path.rstrip("/") + path)
         if params:
             url = url.with_query(params)
         # serialised here, not by aiohttp: the signature binds these very bytes (Content-Digest)
-        body = b"" if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
+        if content is not None:
+            if json is not None:
+                raise TypeError("json and content are exclusive")
+            body = content
+        else:
+            body = b"" if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
         signed = self.signer.headers(
             identity,
             method=method,
@@ -69,7 +77,7 @@ class SignedClient:
             body=body,
         )
         kwargs: dict[str, Any] = {"headers": {**(headers or {}), **signed}}
-        if json is not None:
+        if json is not None or content is not None:
             kwargs["data"] = body
             kwargs["headers"].setdefault("Content-Type", "application/json")
         if timeout is not None:

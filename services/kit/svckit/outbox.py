@@ -185,7 +185,15 @@ class DeliveryError(Exception):
 class _Row:
     position: int
     attempts: int
-    payload: dict[str, Any]
+    payload: str  # the event as stored (``payload::text``): sent as it is, never parsed on the way
+
+    def event_id(self) -> object:
+        """The event's id (for a log line about it; parsed only then)."""
+        try:
+            document = json.loads(self.payload)
+        except ValueError:
+            return None
+        return document.get("id") if isinstance(document, dict) else None
 
 
 class OutboxRelay:
@@ -293,7 +301,7 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            batch = [_Row(r["position"], r["attempts"], json.loads(r["payload"])) for r in rows]
+            batch = [_Row(*row) for row in rows]
             try:
                 await self._post(batch)
                 await self._acknowledge(conn, batch)
@@ -324,7 +332,7 @@ class OutboxRelay:
                     break  # the audit service itself is failing now; keep the rest for later
                 log.error(
                     "audit service refused an outbox event; it stays in the outbox",
-                    extra={"service": self.source, "event_id": row.payload.get("id"), "status": exc.status},
+                    extra={"service": self.source, "event_id": row.event_id(), "status": exc.status},
                 )
                 continue
             await self._acknowledge(conn, [row])
@@ -332,10 +340,12 @@ class OutboxRelay:
         return delivered
 
     async def _post(self, batch: Sequence[_Row]) -> None:
-        body = {"events": [row.payload for row in batch]}
+        # {"events": [...]} around the stored documents as they are: parsing each one and writing it
+        # again cost more than the rest of a batch's delivery
+        body = f'{{"events":[{",".join([row.payload for row in batch])}]}}'.encode()
         try:
             async with self.audit.request(
-                "POST", INGEST_PATH, self.identity, json=body, timeout=self.request_timeout
+                "POST", INGEST_PATH, self.identity, content=body, timeout=self.request_timeout
             ) as response:
                 if response.status == 200:
                     await response.read()
