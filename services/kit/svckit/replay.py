@@ -14,7 +14,7 @@ through a Redis outage (a replayed read within the window discloses no more than
 
 Batched: the nonces of requests that reach the check in the same turn of the event loop, or while a
 round trip is under way, are recorded together, one pipelined round trip for all of them (no timer: a
-lone request waits one turn of the loop, for the task that sends it). redis-py spends ~100 µs of CPU
+lone request waits one turn of the loop, for the callback that sends it). redis-py spends ~100 µs of CPU
 per command on its own (pool, packing, parsing with timeouts); under load most of it is then shared.
 Requests answered together come back together: at 8 concurrent senders to the audit service, sending
 even the first of a turn at once (as before) made one round trip per request or nearly; waiting for
@@ -27,7 +27,12 @@ parsed each command in Python, with its pool and retry machinery around: ~80 µs
 concurrent requests, against ~15 µs this way (measured in-process on the shared Redis). The same
 command, the same keys and expiry, the same circuit (:class:`~svckit.redisguard.RedisGuard`: a failure
 opens it, and while it is open nothing is recorded and unsafe methods are refused); a URL this wire
-does not speak (``rediss://``, TLS options) keeps redis-py's pipeline.
+does not speak (``rediss://``, TLS options) keeps redis-py's pipeline. Once connected, a round trip
+is callbacks only (an ``asyncio.Protocol``: no task, no stream reader), and its deadline gives the
+socket one more turn of the event loop before it fails: a reply that arrived while the process did
+not run (a starved or stalled event loop, under heavy load) is read, not taken for Redis being away
+(that opened the circuit and refused writes with 503 ``replay_store_unavailable`` for
+``REDIS_RETRY_SECONDS``).
 """
 
 from __future__ import annotations
@@ -52,12 +57,35 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+class _WireProtocol(asyncio.Protocol):
+    """The socket end of :class:`SetOnceWire`: what arrives goes straight to the wire's parser."""
+
+    def __init__(self, wire: SetOnceWire) -> None:
+        self.wire = wire
+
+    def data_received(self, data: bytes) -> None:
+        self.wire._received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.wire._lost(self, exc)
+
+
 class SetOnceWire:
     """One Redis connection for the replay memory's ``SET key 1 NX EX ttl`` batches (see the module
-    docstring). Opened on first use and again after any failure: a failed or cancelled round trip
-    closes it, so a late reply can never be read as the answer to another batch. One round trip at a
-    time (the memory's sender task is the only caller; a second concurrent call is a bug and raises).
+    docstring). Opened on first use and again after any failure: a failed, late or cancelled round
+    trip closes it, so a late reply can never be read as the answer to another batch. One round trip
+    at a time (the memory sends the next batch once the last one is answered; a second concurrent
+    call is a bug and raises).
+
+    A protocol, not a stream: the replies are parsed in the transport's callback and the batch's
+    future resolved there, with no task or coroutine per round trip. The deadline (``timeout``) is
+    checked by a timer; when it fires, the connection gets one more turn of the event loop (a
+    ``GRACE_SECONDS`` timer) before the batch fails, so a reply that arrived while the process was
+    not running (a stalled or starved event loop: timers can run before the socket is read) is read
+    rather than taken for Redis being away.
     """
+
+    GRACE_SECONDS = 0.01
 
     def __init__(self, url: str, *, timeout: float) -> None:
         options = parse_url(url)
@@ -78,9 +106,14 @@ class SetOnceWire:
         self.username: str | None = options.get("username")
         self.password: str | None = options.get("password")
         self.timeout = timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._in_use = False
+        self._writer: asyncio.Transport | None = None  # None: not connected (or closed after a failure)
+        self._protocol: _WireProtocol | None = None
+        self._buffer = b""
+        self._expected = 0  # reply lines the batch in flight still waits for
+        self._lines: list[bytes] = []
+        self._reply: asyncio.Future[list[bytes]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._late = False  # the deadline passed once: the grace turn is under way
 
     @classmethod
     def for_url(cls, url: str, *, timeout: float) -> SetOnceWire | None:
@@ -94,67 +127,160 @@ class SetOnceWire:
     def command(*parts: bytes) -> bytes:
         return b"*%d\r\n%b" % (len(parts), b"".join(_bulk(part) for part in parts))
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.path is not None:
-            reader, writer = await asyncio.open_unix_connection(self.path)
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        self._reader, self._writer = reader, writer
-        handshake: list[bytes] = []
-        if self.password is not None:
-            credentials = [self.username, self.password] if self.username else [self.password]
-            handshake.append(self.command(b"AUTH", *(part.encode() for part in credentials)))
-        if self.db:
-            handshake.append(self.command(b"SELECT", str(self.db).encode()))
-        if handshake:
-            writer.write(b"".join(handshake))
-            for _ in handshake:
-                line = await reader.readline()
-                if not line.startswith(b"+"):
-                    raise ResponseError(line.decode("utf-8", "replace").strip() or "connection closed")
-        return reader, writer
+    @staticmethod
+    def set_commands(keys: list[str], ttl: int) -> bytes:
+        """``SET key 1 NX EX ttl`` for every key, as one buffer."""
+        tail = b"\r\n$1\r\n1\r\n$2\r\nNX\r\n$2\r\nEX\r\n" + _bulk(str(ttl).encode())
+        buffer = []
+        for key in keys:
+            encoded = key.encode()
+            buffer.append(b"*6\r\n$3\r\nSET\r\n$%d\r\n%b%b" % (len(encoded), encoded, tail))
+        return b"".join(buffer)
+
+    @staticmethod
+    def answers(lines: list[bytes]) -> list[bool]:
+        """The replies of :meth:`set_commands`: True where recorded now, False where it was there."""
+        answers: list[bool] = []
+        for line in lines:
+            if line == b"+OK":
+                answers.append(True)
+            elif line == b"$-1":
+                answers.append(False)
+            elif line.startswith(b"-"):
+                raise ResponseError(line[1:].decode("utf-8", "replace").strip())
+            else:
+                raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+        return answers
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def connect(self) -> None:
+        """Open the connection (with ``AUTH``/``SELECT`` as the URL says), within the timeout."""
+        if self._reply is not None:
+            raise RuntimeError("SetOnceWire is used by one caller at a time")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.path is not None:
+                    transport, protocol = await loop.create_unix_connection(
+                        lambda: _WireProtocol(self), self.path
+                    )
+                else:
+                    transport, protocol = await loop.create_connection(
+                        lambda: _WireProtocol(self), self.host, self.port
+                    )
+                self._writer, self._protocol, self._buffer = transport, protocol, b""
+                handshake: list[bytes] = []
+                if self.password is not None:
+                    credentials = [self.username, self.password] if self.username else [self.password]
+                    handshake.append(self.command(b"AUTH", *(part.encode() for part in credentials)))
+                if self.db:
+                    handshake.append(self.command(b"SELECT", str(self.db).encode()))
+                if handshake:
+                    for line in await self.send(b"".join(handshake), len(handshake)):
+                        if not line.startswith(b"+"):
+                            raise ResponseError(line.decode("utf-8", "replace").lstrip("-").strip())
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, data: bytes, replies: int) -> asyncio.Future[list[bytes]]:
+        """Write ``data`` (``replies`` commands) on the open connection: a future of the reply lines,
+        failed (and the connection closed) when Redis fails or does not answer within the timeout."""
+        transport = self._writer
+        if transport is None:
+            raise ConnectionError("the replay wire is not connected")
+        if self._reply is not None:
+            raise RuntimeError("SetOnceWire is used by one caller at a time")
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[list[bytes]] = loop.create_future()
+        self._reply, self._expected, self._lines, self._late = reply, replies, [], False
+        self._timer = loop.call_later(self.timeout, self._deadline)
+        transport.write(data)
+        return reply
 
     async def set_once(self, keys: list[str], ttl: int) -> list[bool]:
         """``SET key 1 NX EX ttl`` for every key in one round trip: True where this call recorded it,
         False where it was already there. Raises (one of :data:`~svckit.redisguard.REDIS_ERRORS`) when
         Redis fails or does not answer within the timeout."""
-        if self._in_use:
-            raise RuntimeError("SetOnceWire is used by one caller at a time")
-        self._in_use = True
-        tail = b"\r\n$1\r\n1\r\n$2\r\nNX\r\n$2\r\nEX\r\n" + _bulk(str(ttl).encode())
+        if self._writer is None:
+            await self.connect()
+        reply = self.send(self.set_commands(keys, ttl), len(keys))
         try:
-            async with asyncio.timeout(self.timeout):
-                if self._writer is None or self._reader is None:
-                    reader, writer = await self._connect()
-                else:
-                    reader, writer = self._reader, self._writer
-                buffer = []
-                for key in keys:
-                    encoded = key.encode()
-                    buffer.append(b"*6\r\n$3\r\nSET\r\n$%d\r\n%b%b" % (len(encoded), encoded, tail))
-                writer.write(b"".join(buffer))
-                answers: list[bool] = []
-                for _ in keys:
-                    line = await reader.readline()
-                    if line == b"+OK\r\n":
-                        answers.append(True)
-                    elif line == b"$-1\r\n":
-                        answers.append(False)
-                    elif line.startswith(b"-"):
-                        raise ResponseError(line[1:].decode("utf-8", "replace").strip())
-                    else:
-                        raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
-                return answers
+            lines = await reply
         except BaseException:
-            self.close()  # the connection's state is unknown: what comes next must not be misread
+            self.close()  # cancelled: the connection's state is unknown, what comes next must not be misread
             raise
-        finally:
-            self._in_use = False
+        try:
+            return self.answers(lines)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- the transport's side ----------------------------------------------------------------------
+
+    def _received(self, protocol: _WireProtocol, data: bytes) -> None:
+        if protocol is not self._protocol:
+            return  # a closed connection's last bytes
+        buffer = self._buffer + data if self._buffer else data
+        lines = self._lines
+        start = 0
+        while True:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            lines.append(buffer[start:end])
+            start = end + 2
+        self._buffer = buffer[start:]
+        if self._reply is None:
+            if lines or self._buffer:
+                self._fail(ConnectionError("Redis sent a reply nobody asked for"))
+            return
+        if len(lines) > self._expected or (len(lines) == self._expected and self._buffer):
+            self._fail(ConnectionError("Redis sent more replies than commands"))
+        elif len(lines) == self._expected:
+            reply, self._reply, self._lines = self._reply, None, []
+            self._cancel_timer()
+            if not reply.done():
+                reply.set_result(lines)
+
+    def _lost(self, protocol: _WireProtocol, exc: Exception | None) -> None:
+        if protocol is self._protocol:
+            self._fail(exc or ConnectionError("Redis closed the connection"))
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self._reply is None:
+            return
+        if not self._late:  # one more turn of the loop: a reply already here is read first
+            self._late = True
+            self._timer = asyncio.get_running_loop().call_later(self.GRACE_SECONDS, self._deadline)
+            return
+        self._fail(TimeoutError(f"Redis did not answer within {self.timeout} s"))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, exc: BaseException) -> None:
+        reply, self._reply = self._reply, None
+        self.close()
+        if reply is not None and not reply.done():
+            reply.set_exception(exc)
 
     def close(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
+        """Drop the connection; a batch in flight fails with ``ConnectionError``."""
+        writer, self._writer, self._protocol = self._writer, None, None
+        reply, self._reply = self._reply, None
+        self._buffer, self._lines, self._expected = b"", [], 0
+        self._cancel_timer()
         if writer is not None:
             writer.close()
+        if reply is not None and not reply.done():
+            reply.set_exception(ConnectionError("the replay wire was closed"))
 
 
 class ReplayMemory:
@@ -221,11 +347,67 @@ class ReplayMemory:
         return "fresh" if recorded else "replay"
 
     def _send_waiting(self) -> None:
-        """Those who queued behind a round trip get the next one, in a task of its own: a request that
-        is cancelled must not cancel the others' round trip."""
+        """Those who queued behind a round trip get the next one, one turn of the loop later (with the
+        others of that turn). On the open wire the round trip is callbacks only (:meth:`_flush`);
+        otherwise (connecting first, or redis-py's pipeline) a task of its own. Either way a request
+        that is cancelled does not cancel the others' round trip."""
         if self._waiting and not self._busy:
             self._busy = True
+            if self._wire is not None and self._wire.connected:
+                asyncio.get_running_loop().call_soon(self._flush)
+            else:
+                self._sender = asyncio.create_task(self._send(), name="identity-replay")
+
+    def _flush(self) -> None:
+        """Send what waits on the open wire; :meth:`_answered` settles it."""
+        assert self.redis is not None
+        assert self._wire is not None
+        wire = self._wire
+        batch, self._waiting = self._waiting, []
+        if not self.redis.available:
+            self._busy = False
+            self._settle(batch, None)
+            return
+        if not wire.connected:  # closed since: connect again, in a task
+            self._waiting = batch + self._waiting
             self._sender = asyncio.create_task(self._send(), name="identity-replay")
+            return
+        try:
+            reply = wire.send(wire.set_commands([key for key, _ in batch], self._ttl), len(batch))
+        except REDIS_ERRORS as exc:
+            wire.close()
+            self.redis.mark_down(exc)
+            self._busy = False
+            self._settle(batch, None)
+            return
+        except BaseException:
+            self._busy = False
+            self._settle(batch, None)  # nobody may wait forever (a bug)
+            raise
+        reply.add_done_callback(lambda done: self._answered(batch, done))
+
+    def _answered(
+        self, batch: list[tuple[str, asyncio.Future[bool | None]]], reply: asyncio.Future[list[bytes]]
+    ) -> None:
+        assert self.redis is not None
+        assert self._wire is not None
+        self._busy = False
+        answers: list[bool] | None = None
+        try:
+            answers = self._wire.answers(reply.result())
+            self.round_trips += 1
+        except REDIS_ERRORS as exc:
+            self._wire.close()
+            self.redis.mark_down(exc)
+        finally:
+            self._settle(batch, answers)
+            self._send_waiting()
+
+    @staticmethod
+    def _settle(batch: list[tuple[str, asyncio.Future[bool | None]]], answers: list[bool] | None) -> None:
+        for index, (_, future) in enumerate(batch):
+            if not future.done():  # done: that request was cancelled meanwhile
+                future.set_result(None if answers is None else answers[index])
 
     async def _send(self) -> None:
         """Record everything waiting in one pipelined round trip, again while more arrived meanwhile."""

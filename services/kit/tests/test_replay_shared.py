@@ -135,3 +135,37 @@ def test_a_tls_url_keeps_redis_py() -> None:
     assert SetOnceWire.for_url("unix:///tmp/redis.sock?db=2", timeout=1.0) is not None
     guard = RedisGuard("rediss://127.0.0.1:6380/0", "p:", timeout=1.0, retry_seconds=1.0)
     assert ReplayMemory(guard, "timesheets", 60)._wire is None
+
+
+async def test_a_reply_that_came_while_the_loop_was_stalled_is_read_not_taken_for_a_timeout(
+    redis_url: str,
+) -> None:
+    """Under heavy load the event loop may not run for longer than the timeout while Redis answers in
+    time: the reply is then read (the batch's deadline gives the socket one more turn of the loop),
+    not taken for Redis being away. Before, the deadline fired before the socket was read: the circuit
+    opened and writes were refused with 503 ``replay_store_unavailable`` for ``retry_seconds``."""
+    guard = RedisGuard(redis_url, f"test-stall-{uuid.uuid4().hex}:", timeout=0.2, retry_seconds=5.0)
+    memory = ReplayMemory(guard, "timesheets", 60)
+    try:
+        assert await memory.first_use(new_nonce(), "POST") == "fresh"  # connected
+        wire = memory._wire
+        assert wire is not None
+        verdict = asyncio.ensure_future(memory.first_use(new_nonce(), "POST"))
+        while wire._reply is None:  # the batch is on its way
+            await asyncio.sleep(0)
+        time.sleep(0.5)  # the loop stalls past the deadline; Redis answers meanwhile
+        assert await verdict == "fresh"
+        assert guard.available
+        assert wire.connected
+        # and a store that really does not answer still fails after the timeout (and the grace turn)
+        stalled = SetOnceWire(redis_url, timeout=0.2)
+        await stalled.connect()
+        reply = stalled.send(b"", 1)  # nothing asked: no reply will come
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await reply
+        assert 0.15 < time.monotonic() - started < 0.5
+        assert not stalled.connected
+    finally:
+        memory.close()
+        await guard.close()
