@@ -37,6 +37,8 @@ from .replay import ReplayMemory
 from .settings import RedisSettings, ServiceSettings
 
 DEFAULT_MAX_BODY = 1 << 20
+#: the cyclic collector's thresholds once a service has started (see :func:`freeze_startup_objects`)
+GC_THRESHOLDS = (20_000, 20, 20)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -87,9 +89,19 @@ def freeze_startup_objects() -> None:
     collection walked all of those long-lived objects too, with the event loop stopped: the long tail
     of the latency. Measured on the timesheets service (32 clients, 50% create / 50% list, five
     interleaved pairs of runs): p99 63-81 ms without, 33-55 ms with; CPU per request within the
-    runs' noise. Objects made later are collected as before."""
+    runs' noise. Objects made later are collected as before.
+
+    And the collector runs less often (:data:`GC_THRESHOLDS`): a young generation of 20,000 objects
+    instead of 700 before a collection, and 20 collections of a generation before the next older one
+    (10). Under load dozens of requests are in flight at once, each holding its frames, futures and
+    records: with 700 the young collections kept finding them alive and promoting them, so they
+    filled the older generations and made those collections frequent and long, only to die soon
+    after. Measured on the timesheets service (direct mix, 32 clients each, variants loaded at the same
+    time on a busy machine, six rounds), against the same code with the default thresholds: CPU per
+    request -139 us (median of paired differences; every round lower, -80 to -233)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def openapi_route(document: Mapping[str, Any]) -> Route:
