@@ -21,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from svckit.authz import require_service, requires_scope
-from svckit.body import parse_body
 from svckit.contracts.audit import (
     CheckpointKeySet,
     CheckpointRecord,
@@ -29,7 +28,6 @@ from svckit.contracts.audit import (
     CheckpointsQuery,
     EventsPage,
     EventsQuery,
-    IngestBatch,
     VerifyQuery,
     encode_checkpoint_cursor,
 )
@@ -38,6 +36,7 @@ from svckit.query import parse_query
 from svckit.responses import model_response
 
 from .checkpoints import InvalidCheckpoint, PublicKeys, parse
+from .intake import read_batch
 from .store import AppendResult, AuditStore, Verification
 from .trail import CheckpointTrail
 
@@ -56,7 +55,7 @@ class Ingest:
     identity check (``create_service_app(direct_routes=...)``), without Starlette's router, exception
     middleware and response objects around it: for a single event those cost as much as validating
     it. The same checks as any route (:func:`~svckit.authz.require_service`,
-    :func:`~svckit.body.parse_body`), and errors raised as problems are answered by the app's handlers
+    :func:`~audit.intake.read_batch`), and errors raised as problems are answered by the app's handlers
     as before. The answer is :class:`IngestResult`'s JSON, written here (``test_ingest`` holds the two
     to the same bytes)."""
 
@@ -77,7 +76,7 @@ class Ingest:
 async def ingest(request: Request) -> AppendResult:
     """Check and append the events of ``request``: what ``POST /internal/events`` accepted."""
     identity = require_service(request)
-    batch = await parse_body(request, IngestBatch)
+    batch = await read_batch(request)
     foreign = [
         {
             "field": f"events.{index}.source",
