@@ -276,6 +276,33 @@ class Forwarder:
         headers.extend(extra)
         return connection.status, headers, body
 
+    def answer_block(
+        self, exchange: Exchange, service: str, extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes] | None:
+        """:meth:`answer` for the common relayable response — complete, with a body, and no
+        ``Connection`` header from the upstream — with its header lines already serialised: the
+        upstream's end-to-end headers (names lower-cased by the parser), ``content-length`` and
+        ``extra`` (the gateway's own, lower-case names). ``None``: anything else (:meth:`answer`)."""
+        connection = exchange.connection
+        status = connection.status
+        if (
+            not connection.complete
+            or not connection.expect_body
+            or status in (204, 304)
+            or connection.has_connection_header
+        ):
+            return None
+        self.metrics.upstream(service, time.perf_counter() - exchange.started_at)
+        body = connection.take_body()
+        parts: list[bytes] = []
+        for key, value in connection.headers:
+            if key not in STRIPPED_OUTBOUND:
+                parts += (key, b": ", value, b"\r\n")
+        parts += (b"content-length: ", b"%d" % len(body), b"\r\n")
+        for key, value in extra:
+            parts += (key, b": ", value, b"\r\n")
+        return status, b"".join(parts), body
+
     @staticmethod
     def _response_headers(connection: Connection) -> list[tuple[bytes, bytes]]:
         """The upstream's end-to-end response headers (its hop-by-hop ones, and those named in its

@@ -66,6 +66,8 @@ _FORBIDDEN = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
+_END = b"\r\n"
+_CLOSE_END = _CLOSE + _END
 
 
 def is_api_path(path: str) -> bool:
@@ -244,6 +246,37 @@ class ApiCycle(RequestResponseCycle):
         self._body(body, False)
         self.on_response = _no_response
 
+    def respond_block(self, status: int, block: bytes, body: bytes) -> None:
+        """:meth:`respond` for the relay's common answer (:meth:`gateway.proxy.Forwarder.answer_block`):
+        ``block`` is the header lines already serialised — lower-case names, one ``content-length``
+        that matches ``body``, no other framing header — so only the status line, the server's
+        default headers and ``Connection: close`` (when the connection ends) are added; the head is
+        checked as a whole like any other (:func:`check_head`)."""
+        if self.disconnected:
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        keep_alive = self.keep_alive
+        head = b"".join(
+            (STATUS_LINE[status], _defaults.block(self.default_headers), block, _END if keep_alive else _CLOSE_END)
+        )
+        check_head(head)
+        write = self.transport.write
+        if self._bodiless:
+            write(head)
+        elif len(body) <= COALESCE_BYTES:
+            write(head + body)
+        else:
+            write(head)
+            write(body)
+        self.chunked_encoding = False
+        self.response_complete = True
+        self.message_event.set()
+        if not keep_alive:
+            self.transport.close()
+        self.on_response()
+        self.on_response = _no_response
+
     def _body(self, body: bytes, more_body: bool) -> None:
         head, self._head = self._head, b""
         write = self.transport.write
@@ -351,9 +384,15 @@ class _Relay:
         try:
             route = request.matched
             assert route is not None
-            status, headers, body = forwarder.answer(exchange, route.upstream, request.base_headers)
-            request.status = status
-            cycle.respond(status, headers, body)
+            framed = forwarder.answer_block(exchange, route.upstream, request.base_headers)
+            if framed is not None:
+                status, block, body = framed
+                request.status = status
+                cycle.respond_block(status, block, body)
+            else:
+                status, headers, body = forwarder.answer(exchange, route.upstream, request.base_headers)
+                request.status = status
+                cycle.respond(status, headers, body)
         except Exception:  # a response head that failed its check, say: as the task path, no answer
             log.exception("unhandled error in the API pipeline", extra={"route": request.route})
             request.status = 500
