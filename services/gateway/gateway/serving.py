@@ -54,7 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from .edge import START, Edge
 from .proxy import Exchange
-from .request import Answer, ApiRequest
+from .request import Answer, ApiRequest, CredentialMemo
 from .routes import API_PREFIX
 
 log = logging.getLogger("gateway.serving")
@@ -412,6 +412,7 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         gateway = getattr(self.app, "gateway", None)  # a GatewayApp (not one wrapped in middleware)
         self._gateway: _HasEdge | None = gateway
         self._active_at = self.loop.time()
+        self._memo = CredentialMemo()
 
     # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
 
@@ -512,7 +513,7 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
     def _serve_api(self, edge: Edge, cycle: ApiCycle) -> None:
         """An API request, as far as it goes from this callback: sent upstream (its answer relayed by
         :class:`_Relay`), else handed to a task at the point :meth:`Edge.decide` reached."""
-        request = edge.begin(cast(Scope, cycle.scope))
+        request = edge.begin(cast(Scope, cycle.scope), self._memo)
         context = request_id_var.set(request.request_id)
         try:
             decided = edge.decide(request, cast(Receive, cycle.receive))

@@ -153,16 +153,23 @@ class Credentials:
         self.forwarded = forwarded
 
     def __call__(self, request: ApiRequest) -> Refusal | None:
-        scope = request.scope
-        client = scope.get("client")
-        forwarding = request.forwarding = self.forwarded.resolve(
-            str(client[0]) if client else "",
-            scope.get("scheme", "http"),
-            request.host,
-            request.xff,
-            request.xf_proto,
-            request.xf_host,
-        )
+        memo = request.memo
+        if memo is not None and memo.forwarding is not None and memo.host == request.host:
+            forwarding = memo.forwarding  # kept only where it depends on the peer and Host alone
+        else:
+            scope = request.scope
+            client = scope.get("client")
+            forwarding = self.forwarded.resolve(
+                str(client[0]) if client else "",
+                scope.get("scheme", "http"),
+                request.host,
+                request.xff,
+                request.xf_proto,
+                request.xf_host,
+            )
+            if memo is not None and self.forwarded.direct_only:
+                memo.host, memo.forwarding = request.host, forwarding
+        request.forwarding = forwarding
         request.client_ip = forwarding.client_ip
         if b"access_token=" in request.query:
             return Refusal(
@@ -180,12 +187,18 @@ class Credentials:
                 failure=True,
             )
         if authorization:
-            scheme, _, credentials = authorization[0].decode("latin-1").partition(" ")
+            raw = authorization[0]
+            if memo is not None and memo.raw == raw:  # the connection's last value, read before
+                request.token, request.dpop_scheme, request.token_key = memo.token, memo.dpop_scheme, memo.token_key
+                return None
+            scheme, _, credentials = raw.decode("latin-1").partition(" ")
             scheme = scheme.lower()
             if scheme in ("bearer", "dpop"):
                 # "Bearer" with nothing after it is a malformed token, not a missing one
                 request.token = credentials.strip() or "\0"
                 request.dpop_scheme = scheme == "dpop"
+            if memo is not None:
+                memo.raw, memo.token, memo.dpop_scheme, memo.token_key = raw, request.token, request.dpop_scheme, b""
         return None
 
 
@@ -216,10 +229,20 @@ class Authenticate:
         A revoked token is no cache hit: :meth:`verify` refuses it (401 ``revoked``) like any
         other token that does not verify, and it counts against the address like them.
         """
-        if not request.token:
+        token = request.token
+        if not token:
             return False
+        key = request.token_key
+        if not key:
+            key = self.verifier.cache_key(token)
+            if key is None:
+                return False
+            request.token_key = key
+            memo = request.memo
+            if memo is not None and memo.token is token:
+                memo.token_key = key
         try:
-            principal = self.verifier.cached(request.token)
+            principal = self.verifier.cached_by_key(key)
         except TokenError:
             return False
         if principal is None:
