@@ -39,7 +39,7 @@ from .request import (
     UNMATCHED,
     Answer,
     ApiRequest,
-    CredentialMemo,
+    ConnectionMemo,
     Refusal,
     Reply,
     challenge,
@@ -118,9 +118,9 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(self.begin(scope), receive, send)
 
-    def begin(self, scope: Scope, memo: CredentialMemo | None = None) -> ApiRequest:
+    def begin(self, scope: Scope, memo: ConnectionMemo | None = None) -> ApiRequest:
         """The request as the stages see it, its clock started and its base response headers set;
-        ``memo``: the client connection's (:class:`CredentialMemo`), if the server keeps one."""
+        ``memo``: the client connection's (:class:`ConnectionMemo`), if the server keeps one."""
         started = time.perf_counter()
         request = ApiRequest(scope, memo)
         request.started = started

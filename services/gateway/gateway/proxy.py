@@ -158,7 +158,7 @@ class Forwarder:
         service: str,
         method: str,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         signed: bytes,
         body: bytes | BodyStream | None,
         send: Send,
@@ -226,7 +226,7 @@ class Forwarder:
         service: str,
         method: str,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         signed: bytes,
         body: bytes | None,
     ) -> Exchange | None:
@@ -385,7 +385,7 @@ def _request_head(
     method: str,
     target: bytes,
     host: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]] | bytes,
     signed: bytes,
     body: bytes | BodyStream | None,
 ) -> bytes:
@@ -395,8 +395,11 @@ def _request_head(
     was checked to be printable ASCII, and the identity block by :class:`PreparedIdentity`.
     """
     lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    for key, value in headers:
-        lines += (key, b": ", value, b"\r\n")
+    if isinstance(headers, bytes):  # already header lines (gateway.stages.Forward.upstream_headers)
+        lines.append(headers)
+    else:
+        for key, value in headers:
+            lines += (key, b": ", value, b"\r\n")
     lines.append(signed)
     if isinstance(body, BodyStream):
         lines.append(b"transfer-encoding: chunked\r\n\r\n")

@@ -92,15 +92,17 @@ Answer = Refusal | Reply
 GONE = Refusal(499, "", silent=True)
 
 
-class CredentialMemo:
-    """What one client connection's last ``Authorization`` value was read as — the token, its scheme,
-    the verified-token cache's key (:meth:`gateway.tokens.TokenVerifier.cache_key`) — and the
-    forwarding headers of its last ``Host``: a keep-alive connection sends the same values with every
-    request, and comparing bytes costs far less than decoding and hashing a token again. Each field
-    is a function of the bytes it is kept with, so a match gives exactly what reading them again
-    would. Held by the connection, like the last request's headers, and gone with it."""
+class ConnectionMemo:
+    """What one client connection's last request was read as: its ``Authorization`` value as a token,
+    its scheme and the verified-token cache's key (:meth:`gateway.tokens.TokenVerifier.cache_key`);
+    the forwarding headers of its ``Host``; the header lines it was forwarded with. A keep-alive
+    connection sends the same values with every request, and comparing bytes costs far less than
+    decoding and hashing a token, or filtering and framing the headers, again. Each field is a
+    function of what it is kept with (compared in full before it is reused), so a match gives
+    exactly what reading them again would. Held by the connection, like the last request's headers,
+    and gone with it."""
 
-    __slots__ = ("dpop_scheme", "forwarding", "host", "raw", "token", "token_key")
+    __slots__ = ("block", "dpop_scheme", "forwarded", "forwarding", "headers", "host", "raw", "token", "token_key")
 
     def __init__(self) -> None:
         self.raw: bytes | None = None
@@ -109,6 +111,9 @@ class CredentialMemo:
         self.token_key = b""
         self.host: bytes | None = None
         self.forwarding: Forwarding | None = None
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.forwarded: Forwarding | None = None
+        self.block = b""
 
 
 class ApiRequest:
@@ -153,7 +158,7 @@ class ApiRequest:
         "xff",
     )
 
-    def __init__(self, scope: Scope, memo: CredentialMemo | None = None) -> None:
+    def __init__(self, scope: Scope, memo: ConnectionMemo | None = None) -> None:
         self.scope = scope
         self.memo = memo  # the client connection's, when the server keeps one (gateway.serving)
         self.method: str = scope["method"]

@@ -54,7 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from .edge import START, Edge
 from .proxy import Exchange
-from .request import Answer, ApiRequest, CredentialMemo
+from .request import Answer, ApiRequest, ConnectionMemo
 from .routes import API_PREFIX
 
 log = logging.getLogger("gateway.serving")
@@ -412,7 +412,7 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         gateway = getattr(self.app, "gateway", None)  # a GatewayApp (not one wrapped in middleware)
         self._gateway: _HasEdge | None = gateway
         self._active_at = self.loop.time()
-        self._memo = CredentialMemo()
+        self._memo = ConnectionMemo()
 
     # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
 

@@ -577,28 +577,37 @@ class Forward:
             target = target + b"?" + request.query
         return target
 
-    def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
+    def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[bytes, bytes]:
+        """The client's end-to-end headers plus the forwarding ones, as header lines, and the signed
+        identity block. The lines are kept on the connection's memo and reused while the client
+        sends the very same headers (its token included) through the same forwarding."""
         principal, forwarding, route = request.principal, request.forwarding, request.matched
         assert principal is not None
         assert forwarding is not None
         assert route is not None
-        dropped = STRIPPED_INBOUND
-        if request.connection is not None:
-            dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
-        headers = [
-            (key, value)
-            for key, value in request.scope["headers"]
-            if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
-        ]
-        headers.append((b"x-forwarded-for", forwarding.forwarded_for))
-        headers.append((b"x-forwarded-proto", forwarding.proto))
-        if forwarding.host is not None:
-            headers.append((b"x-forwarded-host", forwarding.host))
+        inbound = request.scope["headers"]
+        memo = request.memo
+        if memo is not None and memo.forwarded is forwarding and memo.headers == inbound:
+            block = memo.block
+        else:
+            dropped = STRIPPED_INBOUND
+            if request.connection is not None:
+                dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
+            lines: list[bytes] = []
+            for key, value in inbound:
+                if key not in dropped and not key.startswith(_IDENTITY_PREFIX):
+                    lines += (key, b": ", value, b"\r\n")
+            lines += (b"x-forwarded-for: ", forwarding.forwarded_for, b"\r\nx-forwarded-proto: ", forwarding.proto)
+            if forwarding.host is not None:
+                lines += (b"\r\nx-forwarded-host: ", forwarding.host)
+            lines.append(b"\r\n")
+            block = b"".join(lines)
+            if memo is not None:
+                memo.headers, memo.forwarded, memo.block = inbound, forwarding, block
         body = request.body
         assert not isinstance(body, BodyStream)  # Body reads every body whole
         request.digest = content_digest(body).encode() if body else _EMPTY_DIGEST
-        return headers, self.sign(request, target)
+        return block, self.sign(request, target)
 
     def sign(self, request: ApiRequest, target: bytes) -> bytes:
         """The signed identity block for one attempt: a fresh nonce each time, as the upstream
