@@ -102,7 +102,17 @@ class ConnectionMemo:
     exactly what reading them again would. Held by the connection, like the last request's headers,
     and gone with it."""
 
-    __slots__ = ("block", "dpop_scheme", "forwarded", "forwarding", "headers", "host", "raw", "token", "token_key")
+    __slots__ = (
+        "block",
+        "dpop_scheme",
+        "forwarded",
+        "forwarding",
+        "headers",
+        "host",
+        "raw",
+        "token",
+        "token_key",
+    )
 
     def __init__(self) -> None:
         self.raw: bytes | None = None

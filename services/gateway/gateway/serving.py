@@ -258,7 +258,12 @@ class ApiCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         keep_alive = self.keep_alive
         head = b"".join(
-            (STATUS_LINE[status], _defaults.block(self.default_headers), block, _END if keep_alive else _CLOSE_END)
+            (
+                STATUS_LINE[status],
+                _defaults.block(self.default_headers),
+                block,
+                _END if keep_alive else _CLOSE_END,
+            )
         )
         check_head(head)
         write = self.transport.write

@@ -189,7 +189,11 @@ class Credentials:
         if authorization:
             raw = authorization[0]
             if memo is not None and memo.raw == raw:  # the connection's last value, read before
-                request.token, request.dpop_scheme, request.token_key = memo.token, memo.dpop_scheme, memo.token_key
+                request.token, request.dpop_scheme, request.token_key = (
+                    memo.token,
+                    memo.dpop_scheme,
+                    memo.token_key,
+                )
                 return None
             scheme, _, credentials = raw.decode("latin-1").partition(" ")
             scheme = scheme.lower()
@@ -198,7 +202,12 @@ class Credentials:
                 request.token = credentials.strip() or "\0"
                 request.dpop_scheme = scheme == "dpop"
             if memo is not None:
-                memo.raw, memo.token, memo.dpop_scheme, memo.token_key = raw, request.token, request.dpop_scheme, b""
+                memo.raw, memo.token, memo.dpop_scheme, memo.token_key = (
+                    raw,
+                    request.token,
+                    request.dpop_scheme,
+                    b"",
+                )
         return None
 
 
@@ -234,10 +243,10 @@ class Authenticate:
             return False
         key = request.token_key
         if not key:
-            key = self.verifier.cache_key(token)
-            if key is None:
+            computed = self.verifier.cache_key(token)
+            if computed is None:
                 return False
-            request.token_key = key
+            key = request.token_key = computed
             memo = request.memo
             if memo is not None and memo.token is token:
                 memo.token_key = key
@@ -513,6 +522,8 @@ class Forward:
         self.forwarder = forwarder
         self.too_large = f"The request body exceeds {max_body_bytes} bytes."
         self._now = clock.time
+        self._second = -1
+        self._stamp = b""  # the signed timestamp of the current second, formatted once
 
     async def __call__(
         self, request: ApiRequest, send: Send, started: Exchange | None = None
@@ -592,12 +603,19 @@ class Forward:
         else:
             dropped = STRIPPED_INBOUND
             if request.connection is not None:
-                dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
+                dropped = dropped | frozenset(
+                    token.strip().lower() for token in request.connection.split(b",")
+                )
             lines: list[bytes] = []
             for key, value in inbound:
                 if key not in dropped and not key.startswith(_IDENTITY_PREFIX):
                     lines += (key, b": ", value, b"\r\n")
-            lines += (b"x-forwarded-for: ", forwarding.forwarded_for, b"\r\nx-forwarded-proto: ", forwarding.proto)
+            lines += (
+                b"x-forwarded-for: ",
+                forwarding.forwarded_for,
+                b"\r\nx-forwarded-proto: ",
+                forwarding.proto,
+            )
             if forwarding.host is not None:
                 lines += (b"\r\nx-forwarded-host: ", forwarding.host)
             lines.append(b"\r\n")
@@ -615,11 +633,14 @@ class Forward:
         principal, route = request.principal, request.matched
         assert principal is not None
         assert route is not None
+        second = int(self._now())
+        if second != self._second:
+            self._second, self._stamp = second, b"%d" % second
         return principal.signed[route.upstream].header_block(
             method=request.method,
             target=target,
             request_id=request.base_headers[0][1],
-            timestamp=str(int(self._now())).encode(),
+            timestamp=self._stamp,
             nonce=new_nonce().encode(),
             digest=request.digest,
         )
