@@ -14,8 +14,9 @@ the rows.
   same process's minimal ``/internal/timesheets/…`` routes over HTTP (one pooled aiohttp session),
   as the approvals service calls the timesheets service. The queue is the pending query behind one
   hop; a decision is the entry read (hop), the pending insert (the live-decision lookup only when it
-  conflicts, as the service does), the apply (hop: entry locked, decision + outbox in one
-  transaction) and the applied + outbox statement.
+  conflicts, as the service does), the apply (hop: ``timesheets.store.APPLY_DECISION``, the entry
+  locked by its update with the decision and the outbox row, one statement in autocommit; the entry
+  read again only when it changed nothing) and the applied + outbox statement.
 
 ``python -m bench._reference_app`` with ``DATABASE_URL`` (the benchmark's database) and ``PORT``.
 """
@@ -41,13 +42,12 @@ from starlette.routing import Route
 from svckit.db import Database
 from svckit.identity import ISSUER, SUBJECT
 from timesheets.store import (
+    APPLY_DECISION,
     COLUMNS,
     CREATE_ENTRY,
     GET_ENTRY,
-    GET_ENTRY_LOCKED,
     ORDER,
     PENDING_FIRST_PAGE,
-    RECORD_DECISION,
 )
 
 #: the query ``timesheets.store.list_owned`` builds for a first page without filters
@@ -112,9 +112,10 @@ async def list_entries(request: Request) -> Response:
 
 
 def event_payload(action: str, resource: uuid.UUID) -> tuple[uuid.UUID, dt.datetime, str]:
-    """An outbox row's values (id, occurred_at, payload): a small document, no model."""
+    """An outbox row's values (id, occurred_at, payload): a small document, no model (with the
+    ``details`` that ``APPLY_DECISION`` adds the entry's fields to)."""
     event_id = uuid.uuid4()
-    payload = json.dumps({"id": str(event_id), "action": action, "resource": str(resource)})
+    payload = json.dumps({"id": str(event_id), "action": action, "resource": str(resource), "details": {}})
     return event_id, dt.datetime.now(dt.UTC), payload
 
 
@@ -137,12 +138,9 @@ async def entry(request: Request) -> Response:
 async def apply_decision(request: Request) -> Response:
     body = json.loads(await request.body())
     entry_id = uuid.UUID(request.path_params["id"])
-    async with database_of(request).connection() as conn, conn.transaction():
-        row = await conn.fetchrow(GET_ENTRY_LOCKED, entry_id)
-        if row is None or row["status"] != "submitted":
-            return Response(status_code=409)
+    async with database_of(request).connection() as conn:
         updated = await conn.fetchrow(
-            RECORD_DECISION,
+            APPLY_DECISION,
             entry_id,
             body["decision"],
             uuid.UUID(body["decision_id"]),
@@ -153,7 +151,10 @@ async def apply_decision(request: Request) -> Response:
             None,
             *event_payload("timesheet.decided", entry_id),
         )
-    return answer(dict(updated) if updated is not None else {})
+        if updated is None:  # nothing changed: the entry's state says why (the refusal path)
+            await conn.fetchrow(GET_ENTRY, entry_id)
+            return Response(status_code=409)
+    return answer(dict(updated))
 
 
 # ---- approvals: the public routes, calling the routes above over HTTP ------------------------------

@@ -164,10 +164,10 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
     expressions: the queue is the timesheets service's pending query; a decision is what the two
     services send for one ``PUT``, in order and in the same transactions — the entry read
     (timesheets), the pending insert (approvals; the live-decision lookup follows only when it
-    conflicts), the entry locked and the decision with its outbox row in one transaction
-    (timesheets), the applied + outbox statement (approvals)."""
+    conflicts), the decision with its outbox row in one statement that locks the entry by updating
+    it (timesheets: ``APPLY_DECISION``, in autocommit), the applied + outbox statement (approvals)."""
     from approvals.store import MARK_APPLIED, RECORD_PENDING
-    from timesheets.store import GET_ENTRY, GET_ENTRY_LOCKED, PENDING_FIRST_PAGE, RECORD_DECISION
+    from timesheets.store import APPLY_DECISION, GET_ENTRY, PENDING_FIRST_PAGE
 
     issuer = "'" + ISSUER.replace("'", "''") + "'"
     approver = "('bench-manager-' || :m)"
@@ -195,10 +195,8 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
                 9: "NULL",
             },
         ),
-        "BEGIN",
-        bind(qualified(GET_ENTRY_LOCKED, "timesheets"), {1: PGBENCH_ENTRY}),
         bind(
-            qualified(RECORD_DECISION, "timesheets"),
+            qualified(APPLY_DECISION, "timesheets"),
             {
                 1: PGBENCH_ENTRY,
                 2: "'approved'",
@@ -210,10 +208,9 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
                 8: "NULL",
                 9: event["id"],
                 10: event["at"],
-                11: '\'{"action": "timesheet.decided"}\'',
+                11: '\'{"action": "timesheet.decided", "details": {}}\'',
             },
         ),
-        "COMMIT",
         bind(
             qualified(MARK_APPLIED, "approvals"),
             {1: PGBENCH_DECISION, 2: event["id"], 3: event["at"], 4: '\'{"action": "approval.decided"}\''},

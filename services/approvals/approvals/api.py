@@ -13,7 +13,7 @@ from svckit.contracts.approvals import DecisionIn, QueueQuery
 from svckit.contracts.timesheets import EntryPage
 from svckit.problems import Problem
 from svckit.query import parse_query
-from svckit.responses import model_response
+from svckit.responses import json_response, model_response
 
 from .peer import PeerUnavailable, Timesheets, not_json
 from .representation import decision_of
@@ -44,8 +44,13 @@ async def queue(request: Request) -> Response:
     except PeerUnavailable:
         raise unavailable("The timesheets service is unreachable; retry shortly.") from None
     if reply.status == 200:
+        # Held to the contract here, then answered as the timesheets service wrote it: its page is
+        # ``EntryPage.model_dump_json()``'s bytes (timesheets.representation.page_json, held to them by
+        # its tests), so writing the validated model out again would give the same text, for about
+        # three times the validation's CPU (a page of 20: ~400 us against ~140 in-process).
         try:
-            return model_response(EntryPage.model_validate_json(reply.text))
+            EntryPage.model_validate_json(reply.text)
+            return json_response(reply.text)
         except ValidationError:
             if not_json(reply.text) is not None:
                 raise unavailable("The timesheets service is unreachable; retry shortly.") from None

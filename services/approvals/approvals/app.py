@@ -37,10 +37,9 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
     http = HttpClient()
-    timesheets = Timesheets(
-        SignedClient(
-            http, settings.timesheets_url, IdentitySigner(settings.identity_sign_keys("timesheets"))
-        ),
+    timesheets = Timesheets.at(
+        settings.timesheets_url,
+        IdentitySigner(settings.identity_sign_keys("timesheets")),
         settings.apply_timeout_seconds,
     )
     relay = OutboxRelay(
@@ -68,6 +67,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         finally:
             await reconciler.stop()
             await relay.stop()
+            await timesheets.close()
 
     return create_service_app(
         settings,

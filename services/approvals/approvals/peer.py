@@ -13,13 +13,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlencode
 
-import aiohttp
 from pydantic import ValidationError
 from svckit.contracts.timesheets import ApplyDecision, Approver, Entry
-from svckit.http import SignedClient
-from svckit.identity import Identity
+from svckit.identity import Identity, IdentitySigner
 
+from .peerhttp import PeerHttp, PeerHttpError
 from .store import DecisionRow
 
 log = logging.getLogger("approvals.peer")
@@ -90,29 +90,47 @@ _VERDICTS: dict[int, Verdict] = {200: "applied", 404: "gone", 409: "conflict", 4
 
 
 class Timesheets:
-    def __init__(self, client: SignedClient, timeout: float) -> None:
+    """The timesheets service's internal routes, called over :class:`PeerHttp` as ``service:approvals``."""
+
+    def __init__(self, client: PeerHttp, timeout: float) -> None:
         self.client = client
         self.timeout = timeout
 
+    @classmethod
+    def at(cls, base_url: str, signer: IdentitySigner, timeout: float) -> Timesheets:
+        return cls(PeerHttp(base_url, signer, PRINCIPAL), timeout)
+
+    async def close(self) -> None:
+        await self.client.close()
+
     async def _call(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes = b"",
+        idempotent: bool = True,
     ) -> PeerReply:
+        target = f"{path}?{urlencode(params)}" if params else path
         try:
-            async with self.client.request(
-                method, path, PRINCIPAL, params=params, json=json_body, timeout=self.timeout
-            ) as response:
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, raw = await self.client.request(
+                method, target, body=body, timeout=self.timeout, idempotent=idempotent
+            )
+            text = raw.decode()
+        except (PeerHttpError, TimeoutError, OSError) as exc:
             raise PeerUnavailable(f"timesheets unreachable: {type(exc).__name__}") from exc
-        if response.status >= 500:
-            raise PeerUnavailable(f"timesheets answered {response.status}")
-        if response.status == 200:  # read by the caller from the text, with its contract
+        except UnicodeDecodeError as exc:
+            raise PeerUnavailable("timesheets answered something that is not JSON") from exc
+        if status >= 500:
+            raise PeerUnavailable(f"timesheets answered {status}")
+        if status == 200:  # read by the caller from the text, with its contract
             return PeerReply(200, None, text)
         try:
-            body = json.loads(text) if text else None
+            body_json = json.loads(text) if text else None
         except ValueError as exc:
             raise PeerUnavailable("timesheets answered something that is not JSON") from exc
-        return PeerReply(response.status, body, text)
+        return PeerReply(status, body_json, text)
 
     async def entry(self, entry_id: uuid.UUID) -> Entry | None:
         """The live entry, or None when the timesheets service has none by that id."""
@@ -148,10 +166,11 @@ class Timesheets:
             ),
             at=decision.decided_at,
         )
+        # idempotent by decision id: safe to send again when a kept connection turns out closed
         reply = await self._call(
             "POST",
             f"/internal/timesheets/{decision.entry_id}/decision",
-            json_body=body.model_dump(mode="json"),
+            body=body.model_dump_json().encode(),
         )
         verdict = _VERDICTS.get(reply.status, "refused")
         entry = None

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from approvals.store import RECORD_PENDING, pending_arguments
 from svckit.contracts.approvals import DecisionIn
+from svckit.contracts.timesheets import EntryPage
 from svckit.identity import Identity
 
 from testkit.client import Reply, SignedApi
@@ -175,6 +176,8 @@ async def test_queue_shows_others_submitted_entries(approvals: SignedApi, timesh
         params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
         reply = await approvals.call("GET", "/approvals", bob, params=params)
         assert reply.status == 200, reply.text
+        # the timesheets service's page, answered as written: the contract model's own bytes
+        assert reply.text == EntryPage.model_validate_json(reply.text).model_dump_json()
         seen += [item["id"] for item in reply.body["items"]]
         cursor = reply.body["next_cursor"]
         if cursor is None or len(seen) > 200:

@@ -12,7 +12,6 @@ from approvals.peer import Timesheets
 from approvals.reconciler import Reconciler
 from approvals.workflow import Workflow
 from svckit.db import Database
-from svckit.http import HttpClient, SignedClient
 from svckit.identity import Identity
 
 from testkit.client import SignedApi
@@ -25,14 +24,11 @@ async def reconciler(
 ) -> AsyncIterator[Reconciler]:
     database = Database(domain_database, schema="approvals")
     await database.wait_connected(10)
-    http = HttpClient()
-    peer = Timesheets(
-        SignedClient(http, timesheets_url, pair_signer(identity_keys, "approvals", "timesheets")), 5
-    )
+    peer = Timesheets.at(timesheets_url, pair_signer(identity_keys, "approvals", "timesheets"), 5)
     # The session's approvals app runs its own reconciler (it takes decisions untouched for 1 s). The
     # backlog below is stamped an hour ahead so only this one, told to look that far, takes it.
     yield Reconciler(database, Workflow(database, peer, 1), interval=1, after=-7200)
-    await http.close()
+    await peer.close()
     await database.close()
 
 

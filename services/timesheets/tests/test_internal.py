@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -108,12 +109,25 @@ async def test_decision_rules_and_idempotency(api: SignedApi, db: asyncpg.Connec
     assert (await decide(api, entry_id, body)).status == 200
     assert (await decide(api, entry_id, decision(boss))).status == 404
     assert (await decide(api, str(uuid.uuid4()), decision(boss))).status == 404
-    events = await db.fetchval(
-        "SELECT count(*) FROM outbox WHERE payload->>'action' = 'timesheet.decided' "
+    events = await db.fetch(
+        "SELECT payload FROM outbox WHERE payload->>'action' = 'timesheet.decided' "
         "AND payload->'resource'->>'id' = $1",
         entry_id,
     )
-    assert events == 1
+    assert len(events) == 1
+    # the entry's part of the details comes from the row the decision changed (store.APPLY_DECISION)
+    event = json.loads(events[0]["payload"])
+    assert event["details"] == {
+        "owner": {"issuer": alice.issuer, "subject": alice.subject},
+        "date": "2026-11-23",
+        "project": "P",
+        "hours": 4.0,
+        "decision": "rejected",
+        "decision_id": body["decision_id"],
+        "via": "approvals",
+    }
+    assert isinstance(event["details"]["hours"], float)
+    assert event["actor"]["subject"] == boss.subject
 
 
 async def test_bad_decisions_are_named(api: SignedApi) -> None:

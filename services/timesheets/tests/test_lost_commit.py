@@ -133,6 +133,7 @@ async def test_decision(rig: tuple[TcpProxy, SignedApi], db: asyncpg.Connection,
         when,
         b"UPDATE entries",
         api.call("POST", f"/internal/timesheets/{entry_id}/decision", APPROVALS, json=body),
+        autocommit=True,  # one statement (store.APPLY_DECISION)
     )
     expect(reply, when, 200)
     status = await db.fetchval("SELECT status FROM timesheets.entries WHERE id = $1", uuid.UUID(entry_id))

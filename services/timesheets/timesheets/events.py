@@ -79,9 +79,15 @@ def uploaded(actor: Identity, upload_id: uuid.UUID, rows: Sequence[EntryRow]) ->
     )
 
 
-def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> tuple[uuid.UUID, dt.datetime, str]:
+def decided(
+    caller: Identity, decision: ApplyDecision, entry_id: uuid.UUID
+) -> tuple[uuid.UUID, dt.datetime, str]:
     """The entry's status changed by a decision the approvals service relayed for the approver, as
-    the outbox's values (written directly: :func:`svckit.contracts.audit.outbox_values`)."""
+    the outbox's values (written directly: :func:`svckit.contracts.audit.outbox_values`). Its
+    ``details`` name the decision here; the entry's owner, date, project and hours (as
+    :func:`_entry_details` writes them) are added by the statement that applies it, from the row it
+    changes (``store.APPLY_DECISION``: jsonb keeps ``date`` as ISO text and ``hours`` as the number
+    stored, which reads back as the same float)."""
     approver = Identity(
         decision.by.issuer,
         decision.by.subject,
@@ -93,12 +99,11 @@ def decided(caller: Identity, decision: ApplyDecision, row: EntryRow) -> tuple[u
     return outbox_values(
         action="timesheet.decided",
         resource_type="timesheet",
-        resource_id=str(row.id),
+        resource_id=str(entry_id),
         outcome="success",
         actor=approver,
         source=SOURCE,
         details={
-            **_entry_details(row),
             "decision": decision.decision,
             "decision_id": str(decision.decision_id),
             "via": caller.subject,

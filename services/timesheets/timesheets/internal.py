@@ -9,12 +9,13 @@ gone (404), decided otherwise (409) or the approver owns the entry (403).
 
 from __future__ import annotations
 
+from asyncpg import Record
 from starlette.requests import Request
 from starlette.responses import Response
 from svckit.authz import identity_of, requires_service
 from svckit.body import parse_body
 from svckit.contracts.timesheets import ApplyDecision, PendingQuery
-from svckit.db import Connection
+from svckit.db import Connection, DatabaseUnavailable
 from svckit.problems import Problem
 from svckit.query import parse_query
 from svckit.responses import json_response
@@ -51,31 +52,46 @@ async def entry_for_peer(request: Request) -> Response:
 
 @requires_service(PEER)
 async def apply_decision(request: Request) -> Response:
+    """One statement in autocommit (``store.APPLY_DECISION``: the entry locked by its update, the
+    decision and its audit event); only when it changed nothing is the entry read again, to answer why."""
     caller = identity_of(request)
     entry_id = entry_id_of(request)
     decision = await parse_body(request, ApplyDecision)
+    database = database_of(request)
 
     async def committed(conn: Connection) -> bool:
         return await store.decision_recorded(conn, entry_id, decision.decision_id)
 
-    async with database_of(request).transaction(committed=committed) as conn:
-        row = await store.get_entry(conn, entry_id, lock=True)
-        if row is None:
+    async def reread(conn: Connection) -> Record | None:
+        return await conn.fetchrow(store.GET_ENTRY, entry_id)
+
+    arguments = store.apply_arguments(entry_id, decision, events.decided(caller, decision, entry_id))
+    for _ in range(3):
+        record = await database.write_once(
+            store.APPLY_DECISION, *arguments, committed=committed, reread=reread
+        )
+        if record is not None:
+            if record["decision_id"] == decision.decision_id:  # (after a lost answer: it was applied)
+                events_committed(request)
+            break
+        async with database.connection() as conn:
+            row = await store.get_entry(conn, entry_id)
+        refusal = store.apply_refusal(row, decision)
+        if refusal == "gone":
             raise not_found()
-        if row.decision_id == decision.decision_id:
+        if refusal == "applied":
+            assert row is not None
             return json_response(entry_json(row))  # already applied: a retry learns it was
-        if not row.live:
-            raise not_found()
-        if row.status != "submitted":
+        if refusal == "decided":
+            assert row is not None
             raise Problem(
                 409,
                 "Conflict",
                 "The entry has already been decided.",
                 entry=entry_of(row).model_dump(mode="json"),
             )
-        if row.owner == (decision.by.issuer, decision.by.subject):
+        if refusal == "own":
             raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
-        # the event names the entry's owner, date, project and hours: the decision changes none of them
-        updated = await store.record_decision(conn, entry_id, decision, events.decided(caller, decision, row))
-    events_committed(request)
-    return json_response(entry_json(updated))
+    else:
+        raise DatabaseUnavailable("the entry kept changing under the decision")
+    return json_response(entry_json(store.EntryRow.of(record)))

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 from svckit.contracts.audit import AuditEvent
@@ -239,28 +239,39 @@ async def mark_deleted(conn: Connection, entry_id: uuid.UUID, event: AuditEvent)
     await conn.execute(MARK_DELETED, entry_id, *event_parameters(event))
 
 
-#: the decision recorded on the entry and its audit event (``$9`` to ``$11``) in one statement
-RECORD_DECISION = with_enqueued(
-    f"""UPDATE entries
+#: A decision applied in one statement that commits by itself (``Database.write_once``): the entry
+#: (``$1``) takes the decision (``$2``-``$8``) only if it is live, still submitted and not the
+#: approver's own (``$4``, ``$5``), with its audit event in the outbox (``$9``-``$11``: the event's
+#: ``details`` get the entry's owner, date, project and hours from the row the update returns, as
+#: :func:`timesheets.events.decided` documents). The row lock is the update's own: a concurrent
+#: delete or decision is waited for and the conditions are checked again on the row it left. No row
+#: back: nothing changed, the entry's state says why (:func:`apply_refusal`, read after the fact).
+APPLY_DECISION = f"""WITH change AS (
+    UPDATE entries
         SET status = $2, decision_id = $3, decided_by_issuer = $4, decided_by_subject = $5,
             decided_by_name = $6, decided_at = $7, decision_comment = $8,
             updated_at = clock_timestamp()
-        WHERE id = $1
-        RETURNING {COLUMNS}""",
-    first=9,
+        WHERE id = $1 AND deleted_at IS NULL AND status = 'submitted'
+          AND NOT (owner_issuer = $4 AND owner_subject = $5)
+        RETURNING {COLUMNS}
+),
+queued AS (
+    INSERT INTO outbox (id, occurred_at, payload)
+    SELECT $9::uuid, $10::timestamptz,
+           jsonb_set($11::jsonb, '{{details}}', ($11::jsonb -> 'details') || jsonb_build_object(
+               'owner', jsonb_build_object('issuer', change.owner_issuer, 'subject', change.owner_subject),
+               'date', change.date, 'project', change.project, 'hours', change.hours))
+    FROM change
+    RETURNING 1
 )
+SELECT change.* FROM change"""
 
 
-async def record_decision(
-    conn: Connection,
-    entry_id: uuid.UUID,
-    decision: ApplyDecision,
-    event: tuple[uuid.UUID, dt.datetime, str],
-) -> EntryRow:
-    """Inside the caller's transaction (the row is locked there), with the decision's audit event (the
-    outbox's values of it: ``timesheets.events.decided``)."""
-    row = await conn.fetchrow(
-        RECORD_DECISION,
+def apply_arguments(
+    entry_id: uuid.UUID, decision: ApplyDecision, event: tuple[uuid.UUID, dt.datetime, str]
+) -> tuple[Any, ...]:
+    """:data:`APPLY_DECISION`'s parameters."""
+    return (
         entry_id,
         decision.decision,
         decision.decision_id,
@@ -271,8 +282,27 @@ async def record_decision(
         decision.comment,
         *event,
     )
-    assert row is not None
-    return EntryRow.of(row)
+
+
+Refusal = Literal["gone", "applied", "decided", "own"]
+
+
+def apply_refusal(row: EntryRow | None, decision: ApplyDecision) -> Refusal | None:
+    """Why :data:`APPLY_DECISION` changed nothing, from the entry as it is now (in the order the
+    route answers: no entry, this very decision applied already, deleted, decided, own entry); None
+    when the entry would take it (it changed back under the statement: not a state an entry returns
+    to, so this does not happen; the caller tries again)."""
+    if row is None:
+        return "gone"
+    if row.decision_id == decision.decision_id:
+        return "applied"
+    if not row.live:
+        return "gone"
+    if row.status != "submitted":
+        return "decided"
+    if row.owner == (decision.by.issuer, decision.by.subject):
+        return "own"
+    return None
 
 
 # ---- did it commit? (asked on a fresh connection after a COMMIT whose answer was lost) -------------
