@@ -27,6 +27,11 @@ verification, policy and observability cost on top of the gateway's hop, and ``p
 server's CPU time per request (process and children, from ``psutil``), which the hypervisor's noise
 disturbs less than requests per second.
 
+With ``BENCH_GATEWAY_BASELINE`` set to a checkout (a directory holding ``services/gateway`` and
+``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second gateway
+runs from that code with the same settings, measured in the same rounds as ``gateway_before``
+(under ``reference``; ``ratios.gateway_vs_before_cpu_per_request``): an A/B of a change in one run.
+
 Rounds of direct, passthrough, pooled, gateway and haproxy are interleaved (``BENCH_GATEWAY_ROUNDS``,
 default 5, of ``BENCH_GATEWAY_SECONDS``, default 5, each) and the medians reported; naive runs once,
 last (it falls so far behind that its backlog would disturb the next case). Server output goes to
@@ -337,22 +342,33 @@ def main() -> int:
     naive_process = uvicorn_process("bench._gateway_apps:naive", naive_port, app_env, server_log)
     processes.append(naive_process)
     haproxy: _haproxy.Haproxy | None = None
-    gateway = ServiceProcess(
-        "gateway",
-        {
-            **keys,
-            "OIDC_ISSUER": issuer.issuer,
-            "OIDC_AUDIENCE": AUDIENCE,
-            "REDIS_KEY_PREFIX": f"bench-gw-{uuid.uuid4().hex[:8]}:",
-            "TIMESHEETS_URL": upstream_url,
-            "APPROVALS_URL": upstream_url,
-            "AUDIT_URL": upstream_url,
-            "GATEWAY_WORKERS": "1",
-            # rate limiting stays on, with limits a single benchmark user cannot reach
-            "RATE_LIMIT_PER_SUBJECT": "100000000",
-            "RATE_LIMIT_PER_CLIENT": "100000000",
-            "LOG_LEVEL": "INFO",
-        },
+    baseline = os.environ.get("BENCH_GATEWAY_BASELINE", "")
+
+    def gateway_process(extra: dict[str, str]) -> ServiceProcess:
+        return ServiceProcess(
+            "gateway",
+            {
+                **keys,
+                "OIDC_ISSUER": issuer.issuer,
+                "OIDC_AUDIENCE": AUDIENCE,
+                "REDIS_KEY_PREFIX": f"bench-gw-{uuid.uuid4().hex[:8]}:",
+                "TIMESHEETS_URL": upstream_url,
+                "APPROVALS_URL": upstream_url,
+                "AUDIT_URL": upstream_url,
+                "GATEWAY_WORKERS": "1",
+                # rate limiting stays on, with limits a single benchmark user cannot reach
+                "RATE_LIMIT_PER_SUBJECT": "100000000",
+                "RATE_LIMIT_PER_CLIENT": "100000000",
+                "LOG_LEVEL": "INFO",
+                **extra,
+            },
+        )
+
+    gateway = gateway_process({})
+    before = (
+        gateway_process({"PYTHONPATH": f"{baseline}/services/gateway{os.pathsep}{baseline}/services/kit"})
+        if baseline
+        else None
     )
     try:
         # `python -m gateway` inherits this process's CPU affinity: pin it to the server core
@@ -360,6 +376,8 @@ def main() -> int:
         os.sched_setaffinity(0, {int(SERVER_CORE)})
         try:
             gateway.start()
+            if before is not None:
+                before.start()
         finally:
             os.sched_setaffinity(0, all_cores)
         if with_haproxy:
@@ -374,6 +392,8 @@ def main() -> int:
         }
         if haproxy is not None:
             urls["haproxy"] = (f"{haproxy.url}/api/timesheets", token)
+        if before is not None:
+            urls["gateway_before"] = (f"{before.url}/api/timesheets", token)
         dpop_key = DpopKey()
         proofs = ProofBatch(dpop_key, bound_token(issuer, dpop_key.jkt))
         dpop_url = f"{gateway.url}/api/timesheets"
@@ -391,13 +411,25 @@ def main() -> int:
             "gateway": psutil.Process(gateway.process.pid),
         }
         servers["gateway_dpop"] = servers["gateway"]
+        if before is not None:
+            assert before.process is not None
+            servers["gateway_before"] = psutil.Process(before.process.pid)
+            wait_ready(urls["gateway_before"][0], auth)
         if haproxy is not None:
             assert haproxy.process is not None
             servers["haproxy"] = psutil.Process(haproxy.process.pid)
         upstream_process = servers["direct"]
         measured: tuple[str, ...] = tuple(
             name
-            for name in ("direct", "passthrough", "pooled", "gateway", "gateway_dpop", "haproxy")
+            for name in (
+                "direct",
+                "passthrough",
+                "pooled",
+                "gateway",
+                "gateway_before",
+                "gateway_dpop",
+                "haproxy",
+            )
             if name in urls
         )
 
@@ -431,8 +463,14 @@ def main() -> int:
         # measured once, last, and stopped before anything else runs
         measure(1, "naive")
         naive_process.kill()
-        cases = {name: median_case(results) for name, results in runs.items() if name != "pooled"}
+        cases = {
+            name: median_case(results)
+            for name, results in runs.items()
+            if name not in ("pooled", "gateway_before")
+        }
         reference = {"pooled": median_case(runs["pooled"])}
+        if before is not None:
+            reference["gateway_before"] = median_case(runs["gateway_before"])
 
         half_rps = cases["gateway"]["rps"] / 2
         delay_ms = max(0.0, CONNECTIONS * 1000.0 / half_rps - 1.0)
@@ -468,6 +506,8 @@ def main() -> int:
             )
     finally:
         gateway.stop()
+        if before is not None:
+            before.stop()
         if haproxy is not None:
             haproxy.stop()
         Path(tempfile.gettempdir(), f"bench-gateway-dpop-{os.getpid()}.proofs").unlink(missing_ok=True)
@@ -495,6 +535,14 @@ def main() -> int:
             cases["gateway"]["cpu_us_per_request"] / cases["haproxy"]["cpu_us_per_request"], 3
         )
         ratios["gateway_vs_haproxy_rps"] = round(cases["gateway"]["rps"] / cases["haproxy"]["rps"], 3)
+    if "gateway_before" in reference:
+        ratios["gateway_vs_before_cpu_per_request"] = round(
+            cases["gateway"]["cpu_us_per_request"] / reference["gateway_before"]["cpu_us_per_request"], 3
+        )
+        if "haproxy" in cases:
+            ratios["gateway_before_vs_haproxy_cpu_per_request"] = round(
+                reference["gateway_before"]["cpu_us_per_request"] / cases["haproxy"]["cpu_us_per_request"], 3
+            )
     document = {
         "cases": cases,
         "reference": reference,
@@ -552,6 +600,11 @@ def main() -> int:
         f"gateway with DPoP (a proof per request) / bearer, CPU per request: "
         f"{ratios['gateway_dpop_vs_bearer_cpu_per_request']:.2f}"
     )
+    if "gateway_vs_before_cpu_per_request" in ratios:
+        print(
+            f"gateway / gateway_before (BENCH_GATEWAY_BASELINE) CPU per request: "
+            f"{ratios['gateway_vs_before_cpu_per_request']:.3f}"
+        )
     print(f"written to {RESULTS / 'gateway.json'}")
     return 0
 

@@ -14,7 +14,7 @@ from svckit.db import Database
 from svckit.logs import configure_logging
 from svckit.settings import load_settings
 
-from .api import routes
+from .api import INGEST, routes
 from .checkpointer import Checkpointer
 from .openapi import build_document
 from .settings import AuditSettings
@@ -66,6 +66,7 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         lifespan=lifespan,
         openapi=build_document(),
         max_body_size=MAX_BODY_BYTES,
+        direct_routes=[INGEST],
         state={
             "store": store,
             "verify_lock": asyncio.Lock(),

@@ -10,7 +10,7 @@ reordered row, shows up as a mismatch at the first record affected.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _string  # json.dumps' own, ensure_ascii=False
 from typing import Any, Protocol
 
@@ -45,9 +45,13 @@ HASHED_COLUMNS = (
 )
 
 
+_ZERO = timedelta(0)
+
+
 def timestamp(value: datetime) -> str:
-    """UTC, microseconds, ``Z``: one spelling per instant."""
-    if value.tzinfo is not UTC:
+    """UTC, microseconds, ``Z``: one spelling per instant. (A time zone at offset zero other than
+    ``UTC``, as pydantic parses ``Z``, is UTC already: its wall time is written without conversion.)"""
+    if value.tzinfo is not UTC and value.utcoffset() != _ZERO:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 

@@ -11,6 +11,7 @@ in exponent notation, which ``numeric`` prints in full) costs a second round tri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from json.encoder import encode_basestring as _string
 from typing import Any
 
@@ -37,8 +38,14 @@ def jsonb_text(value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        names = sorted(value, key=_key) if len(value) > 1 else list(value)
-        return "{" + ", ".join(f"{_string(name)}: {jsonb_text(value[name])}" for name in names) + "}"
+        if len(value) == 1:
+            names: Iterable[str] = value
+        elif "".join(value).isascii():
+            # one byte per character: by length, then by name (both sorts in C; the second is stable)
+            names = sorted(sorted(value), key=len)
+        else:
+            names = sorted(value, key=_key)
+        return "{" + ", ".join([f"{_string(name)}: {jsonb_text(value[name])}" for name in names]) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(jsonb_text(item) for item in value) + "]"
     raise TypeError(f"not a JSON value: {type(value).__name__}")

@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
+from svckit.contracts.audit import IngestResult
 from svckit.identity import Identity
 
 from testkit.client import SignedApi
@@ -41,6 +42,10 @@ async def test_events_are_stored_once_and_resends_are_duplicates(
     assert first.status == 200, first.text
     assert first.body == {"accepted": 3, "duplicates": 0}
     conforms("IngestResult", first.body)
+    # the endpoint writes its answer itself: the model's bytes and media type, the kit's request id
+    assert first.text == IngestResult(accepted=3, duplicates=0).model_dump_json()
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["x-request-id"]
 
     again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [*events, new_event()]})
     assert again.body == {"accepted": 1, "duplicates": 3}

@@ -34,7 +34,17 @@ from .denials import DenialAuditor
 from .forwarded import ForwardedHeaders
 from .proxy import Exchange, Forwarder, UpstreamBrokeOff
 from .ratelimit import RateLimiter
-from .request import REALM, UNMATCHED, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
+from .request import (
+    REALM,
+    UNMATCHED,
+    Answer,
+    ApiRequest,
+    ConnectionMemo,
+    Refusal,
+    Reply,
+    challenge,
+    dpop_challenge,
+)
 from .routes import RouteTable
 from .stages import (
     _IDENTITY_PREFIX,
@@ -108,10 +118,11 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(self.begin(scope), receive, send)
 
-    def begin(self, scope: Scope) -> ApiRequest:
-        """The request as the stages see it, its clock started and its base response headers set."""
+    def begin(self, scope: Scope, memo: ConnectionMemo | None = None) -> ApiRequest:
+        """The request as the stages see it, its clock started and its base response headers set;
+        ``memo``: the client connection's (:class:`ConnectionMemo`), if the server keeps one."""
         started = time.perf_counter()
-        request = ApiRequest(scope)
+        request = ApiRequest(scope, memo)
         request.started = started
         origin = request.origin
         request.base_headers = (

@@ -31,6 +31,12 @@ class ForwardedHeaders:
         # clients make most requests — one look-up instead of a tuple and an encoding per request
         self._direct: dict[tuple[str, str, bytes | None], Forwarding] = {}
 
+    @property
+    def direct_only(self) -> bool:
+        """No proxy is trusted: the forwarding headers depend on the peer, the scheme and ``Host``
+        only (never on the ``X-Forwarded-*`` a client sends)."""
+        return not self.networks
+
     def resolve(
         self,
         peer: str,

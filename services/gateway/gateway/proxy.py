@@ -158,7 +158,7 @@ class Forwarder:
         service: str,
         method: str,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         signed: bytes,
         body: bytes | BodyStream | None,
         send: Send,
@@ -226,7 +226,7 @@ class Forwarder:
         service: str,
         method: str,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         signed: bytes,
         body: bytes | None,
     ) -> Exchange | None:
@@ -275,6 +275,33 @@ class Forwarder:
             headers.append((b"content-length", str(len(body)).encode()))
         headers.extend(extra)
         return connection.status, headers, body
+
+    def answer_block(
+        self, exchange: Exchange, service: str, extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes] | None:
+        """:meth:`answer` for the common relayable response — complete, with a body, and no
+        ``Connection`` header from the upstream — with its header lines already serialised: the
+        upstream's end-to-end headers (names lower-cased by the parser), ``content-length`` and
+        ``extra`` (the gateway's own, lower-case names). ``None``: anything else (:meth:`answer`)."""
+        connection = exchange.connection
+        status = connection.status
+        if (
+            not connection.complete
+            or not connection.expect_body
+            or status in (204, 304)
+            or connection.has_connection_header
+        ):
+            return None
+        self.metrics.upstream(service, time.perf_counter() - exchange.started_at)
+        body = connection.take_body()
+        parts: list[bytes] = []
+        for key, value in connection.headers:
+            if key not in STRIPPED_OUTBOUND:
+                parts += (key, b": ", value, b"\r\n")
+        parts += (b"content-length: ", b"%d" % len(body), b"\r\n")
+        for key, value in extra:
+            parts += (key, b": ", value, b"\r\n")
+        return status, b"".join(parts), body
 
     @staticmethod
     def _response_headers(connection: Connection) -> list[tuple[bytes, bytes]]:
@@ -358,7 +385,7 @@ def _request_head(
     method: str,
     target: bytes,
     host: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]] | bytes,
     signed: bytes,
     body: bytes | BodyStream | None,
 ) -> bytes:
@@ -368,8 +395,11 @@ def _request_head(
     was checked to be printable ASCII, and the identity block by :class:`PreparedIdentity`.
     """
     lines = [method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    for key, value in headers:
-        lines += (key, b": ", value, b"\r\n")
+    if isinstance(headers, bytes):  # already header lines (gateway.stages.Forward.upstream_headers)
+        lines.append(headers)
+    else:
+        for key, value in headers:
+            lines += (key, b": ", value, b"\r\n")
     lines.append(signed)
     if isinstance(body, BodyStream):
         lines.append(b"transfer-encoding: chunked\r\n\r\n")

@@ -92,6 +92,40 @@ Answer = Refusal | Reply
 GONE = Refusal(499, "", silent=True)
 
 
+class ConnectionMemo:
+    """What one client connection's last request was read as: its ``Authorization`` value as a token,
+    its scheme and the verified-token cache's key (:meth:`gateway.tokens.TokenVerifier.cache_key`);
+    the forwarding headers of its ``Host``; the header lines it was forwarded with. A keep-alive
+    connection sends the same values with every request, and comparing bytes costs far less than
+    decoding and hashing a token, or filtering and framing the headers, again. Each field is a
+    function of what it is kept with (compared in full before it is reused), so a match gives
+    exactly what reading them again would. Held by the connection, like the last request's headers,
+    and gone with it."""
+
+    __slots__ = (
+        "block",
+        "dpop_scheme",
+        "forwarded",
+        "forwarding",
+        "headers",
+        "host",
+        "raw",
+        "token",
+        "token_key",
+    )
+
+    def __init__(self) -> None:
+        self.raw: bytes | None = None
+        self.token = ""
+        self.dpop_scheme = False
+        self.token_key = b""
+        self.host: bytes | None = None
+        self.forwarding: Forwarding | None = None
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.forwarded: Forwarding | None = None
+        self.block = b""
+
+
 class ApiRequest:
     """What the pipeline knows about one request: its headers (parsed in one pass), what each stage
     learnt, and the outcome so far (``route``, ``status``, ``subject``, ``client_id`` for the logs)."""
@@ -113,6 +147,7 @@ class ApiRequest:
         "forwarding",
         "host",
         "matched",
+        "memo",
         "method",
         "origin",
         "path",
@@ -127,13 +162,15 @@ class ApiRequest:
         "status",
         "subject",
         "token",
+        "token_key",
         "xf_host",
         "xf_proto",
         "xff",
     )
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, memo: ConnectionMemo | None = None) -> None:
         self.scope = scope
+        self.memo = memo  # the client connection's, when the server keeps one (gateway.serving)
         self.method: str = scope["method"]
         self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         self.query: bytes = scope.get("query_string", b"")
@@ -147,6 +184,7 @@ class ApiRequest:
         self.base_headers: list[tuple[bytes, bytes]] = []
         self.matched: Route | None = None
         self.token = ""
+        self.token_key = b""  # the verified-token cache's key for the token, once known
         self.dpop_scheme = False  # the token came as "Authorization: DPoP …"
         self.principal: Principal | None = None
         self.forwarding: Forwarding | None = None

@@ -54,7 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from .edge import START, Edge
 from .proxy import Exchange
-from .request import Answer, ApiRequest
+from .request import Answer, ApiRequest, ConnectionMemo
 from .routes import API_PREFIX
 
 log = logging.getLogger("gateway.serving")
@@ -66,6 +66,8 @@ _FORBIDDEN = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
+_END = b"\r\n"
+_CLOSE_END = _CLOSE + _END
 
 
 def is_api_path(path: str) -> bool:
@@ -244,6 +246,42 @@ class ApiCycle(RequestResponseCycle):
         self._body(body, False)
         self.on_response = _no_response
 
+    def respond_block(self, status: int, block: bytes, body: bytes) -> None:
+        """:meth:`respond` for the relay's common answer (:meth:`gateway.proxy.Forwarder.answer_block`):
+        ``block`` is the header lines already serialised — lower-case names, one ``content-length``
+        that matches ``body``, no other framing header — so only the status line, the server's
+        default headers and ``Connection: close`` (when the connection ends) are added; the head is
+        checked as a whole like any other (:func:`check_head`)."""
+        if self.disconnected:
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        keep_alive = self.keep_alive
+        head = b"".join(
+            (
+                STATUS_LINE[status],
+                _defaults.block(self.default_headers),
+                block,
+                _END if keep_alive else _CLOSE_END,
+            )
+        )
+        check_head(head)
+        write = self.transport.write
+        if self._bodiless:
+            write(head)
+        elif len(body) <= COALESCE_BYTES:
+            write(head + body)
+        else:
+            write(head)
+            write(body)
+        self.chunked_encoding = False
+        self.response_complete = True
+        self.message_event.set()
+        if not keep_alive:
+            self.transport.close()
+        self.on_response()
+        self.on_response = _no_response
+
     def _body(self, body: bytes, more_body: bool) -> None:
         head, self._head = self._head, b""
         write = self.transport.write
@@ -351,9 +389,15 @@ class _Relay:
         try:
             route = request.matched
             assert route is not None
-            status, headers, body = forwarder.answer(exchange, route.upstream, request.base_headers)
-            request.status = status
-            cycle.respond(status, headers, body)
+            framed = forwarder.answer_block(exchange, route.upstream, request.base_headers)
+            if framed is not None:
+                status, block, body = framed
+                request.status = status
+                cycle.respond_block(status, block, body)
+            else:
+                status, headers, body = forwarder.answer(exchange, route.upstream, request.base_headers)
+                request.status = status
+                cycle.respond(status, headers, body)
         except Exception:  # a response head that failed its check, say: as the task path, no answer
             log.exception("unhandled error in the API pipeline", extra={"route": request.route})
             request.status = 500
@@ -373,6 +417,7 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         gateway = getattr(self.app, "gateway", None)  # a GatewayApp (not one wrapped in middleware)
         self._gateway: _HasEdge | None = gateway
         self._active_at = self.loop.time()
+        self._memo = ConnectionMemo()
 
     # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
 
@@ -473,7 +518,7 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
     def _serve_api(self, edge: Edge, cycle: ApiCycle) -> None:
         """An API request, as far as it goes from this callback: sent upstream (its answer relayed by
         :class:`_Relay`), else handed to a task at the point :meth:`Edge.decide` reached."""
-        request = edge.begin(cast(Scope, cycle.scope))
+        request = edge.begin(cast(Scope, cycle.scope), self._memo)
         context = request_id_var.set(request.request_id)
         try:
             decided = edge.decide(request, cast(Receive, cycle.receive))

@@ -153,16 +153,23 @@ class Credentials:
         self.forwarded = forwarded
 
     def __call__(self, request: ApiRequest) -> Refusal | None:
-        scope = request.scope
-        client = scope.get("client")
-        forwarding = request.forwarding = self.forwarded.resolve(
-            str(client[0]) if client else "",
-            scope.get("scheme", "http"),
-            request.host,
-            request.xff,
-            request.xf_proto,
-            request.xf_host,
-        )
+        memo = request.memo
+        if memo is not None and memo.forwarding is not None and memo.host == request.host:
+            forwarding = memo.forwarding  # kept only where it depends on the peer and Host alone
+        else:
+            scope = request.scope
+            client = scope.get("client")
+            forwarding = self.forwarded.resolve(
+                str(client[0]) if client else "",
+                scope.get("scheme", "http"),
+                request.host,
+                request.xff,
+                request.xf_proto,
+                request.xf_host,
+            )
+            if memo is not None and self.forwarded.direct_only:
+                memo.host, memo.forwarding = request.host, forwarding
+        request.forwarding = forwarding
         request.client_ip = forwarding.client_ip
         if b"access_token=" in request.query:
             return Refusal(
@@ -180,12 +187,27 @@ class Credentials:
                 failure=True,
             )
         if authorization:
-            scheme, _, credentials = authorization[0].decode("latin-1").partition(" ")
+            raw = authorization[0]
+            if memo is not None and memo.raw == raw:  # the connection's last value, read before
+                request.token, request.dpop_scheme, request.token_key = (
+                    memo.token,
+                    memo.dpop_scheme,
+                    memo.token_key,
+                )
+                return None
+            scheme, _, credentials = raw.decode("latin-1").partition(" ")
             scheme = scheme.lower()
             if scheme in ("bearer", "dpop"):
                 # "Bearer" with nothing after it is a malformed token, not a missing one
                 request.token = credentials.strip() or "\0"
                 request.dpop_scheme = scheme == "dpop"
+            if memo is not None:
+                memo.raw, memo.token, memo.dpop_scheme, memo.token_key = (
+                    raw,
+                    request.token,
+                    request.dpop_scheme,
+                    b"",
+                )
         return None
 
 
@@ -216,10 +238,20 @@ class Authenticate:
         A revoked token is no cache hit: :meth:`verify` refuses it (401 ``revoked``) like any
         other token that does not verify, and it counts against the address like them.
         """
-        if not request.token:
+        token = request.token
+        if not token:
             return False
+        key = request.token_key
+        if not key:
+            computed = self.verifier.cache_key(token)
+            if computed is None:
+                return False
+            key = request.token_key = computed
+            memo = request.memo
+            if memo is not None and memo.token is token:
+                memo.token_key = key
         try:
-            principal = self.verifier.cached(request.token)
+            principal = self.verifier.cached_by_key(key)
         except TokenError:
             return False
         if principal is None:
@@ -490,6 +522,8 @@ class Forward:
         self.forwarder = forwarder
         self.too_large = f"The request body exceeds {max_body_bytes} bytes."
         self._now = clock.time
+        self._second = -1
+        self._stamp = b""  # the signed timestamp of the current second, formatted once
 
     async def __call__(
         self, request: ApiRequest, send: Send, started: Exchange | None = None
@@ -554,28 +588,44 @@ class Forward:
             target = target + b"?" + request.query
         return target
 
-    def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """The client's end-to-end headers plus the forwarding ones, and the signed identity block."""
+    def upstream_headers(self, request: ApiRequest, target: bytes) -> tuple[bytes, bytes]:
+        """The client's end-to-end headers plus the forwarding ones, as header lines, and the signed
+        identity block. The lines are kept on the connection's memo and reused while the client
+        sends the very same headers (its token included) through the same forwarding."""
         principal, forwarding, route = request.principal, request.forwarding, request.matched
         assert principal is not None
         assert forwarding is not None
         assert route is not None
-        dropped = STRIPPED_INBOUND
-        if request.connection is not None:
-            dropped = dropped | frozenset(token.strip().lower() for token in request.connection.split(b","))
-        headers = [
-            (key, value)
-            for key, value in request.scope["headers"]
-            if key not in dropped and not key.startswith(_IDENTITY_PREFIX)
-        ]
-        headers.append((b"x-forwarded-for", forwarding.forwarded_for))
-        headers.append((b"x-forwarded-proto", forwarding.proto))
-        if forwarding.host is not None:
-            headers.append((b"x-forwarded-host", forwarding.host))
+        inbound = request.scope["headers"]
+        memo = request.memo
+        if memo is not None and memo.forwarded is forwarding and memo.headers == inbound:
+            block = memo.block
+        else:
+            dropped = STRIPPED_INBOUND
+            if request.connection is not None:
+                dropped = dropped | frozenset(
+                    token.strip().lower() for token in request.connection.split(b",")
+                )
+            lines: list[bytes] = []
+            for key, value in inbound:
+                if key not in dropped and not key.startswith(_IDENTITY_PREFIX):
+                    lines += (key, b": ", value, b"\r\n")
+            lines += (
+                b"x-forwarded-for: ",
+                forwarding.forwarded_for,
+                b"\r\nx-forwarded-proto: ",
+                forwarding.proto,
+            )
+            if forwarding.host is not None:
+                lines += (b"\r\nx-forwarded-host: ", forwarding.host)
+            lines.append(b"\r\n")
+            block = b"".join(lines)
+            if memo is not None:
+                memo.headers, memo.forwarded, memo.block = inbound, forwarding, block
         body = request.body
         assert not isinstance(body, BodyStream)  # Body reads every body whole
         request.digest = content_digest(body).encode() if body else _EMPTY_DIGEST
-        return headers, self.sign(request, target)
+        return block, self.sign(request, target)
 
     def sign(self, request: ApiRequest, target: bytes) -> bytes:
         """The signed identity block for one attempt: a fresh nonce each time, as the upstream
@@ -583,11 +633,14 @@ class Forward:
         principal, route = request.principal, request.matched
         assert principal is not None
         assert route is not None
+        second = int(self._now())
+        if second != self._second:
+            self._second, self._stamp = second, b"%d" % second
         return principal.signed[route.upstream].header_block(
             method=request.method,
             target=target,
             request_id=request.base_headers[0][1],
-            timestamp=str(int(self._now())).encode(),
+            timestamp=self._stamp,
             nonce=new_nonce().encode(),
             digest=request.digest,
         )

@@ -194,9 +194,20 @@ class TokenVerifier:
 
     def cached(self, token: str) -> Principal | None:
         """The principal of a token verified before and not expired since (no suspension)."""
+        key = self.cache_key(token)
+        return None if key is None else self.cached_by_key(key)
+
+    def cache_key(self, token: str) -> bytes | None:
+        """What the verified-token cache knows a token by (a digest: the cache holds no token), or
+        ``None`` for a token too large to be cached."""
         if len(token) > self.max_bytes:
             return None
-        cached = self._cache.get(hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest())
+        return hashlib.blake2b(token.encode("ascii", "replace"), digest_size=20).digest()
+
+    def cached_by_key(self, key: bytes) -> Principal | None:
+        """:meth:`cached` by the token's :meth:`cache_key` (a caller that kept it from an earlier
+        request with the same token skips the hashing)."""
+        cached = self._cache.get(key)
         if cached is not None and self._now() < cached.expires_at:
             return self._not_revoked(cached)
         return None

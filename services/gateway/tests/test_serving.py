@@ -261,3 +261,72 @@ async def test_a_client_gone_before_its_answer_costs_the_next_request_nothing(
     )
     assert answer.status == 200
     assert json.loads(answer.body)["path"] == "/timesheets/after"
+
+
+async def test_one_connection_with_changing_tokens_and_headers(
+    start_gateway: StartGateway, provider: Provider
+) -> None:
+    """What a client connection's memo keeps (gateway.request.ConnectionMemo: its last token, its
+    forwarding, its forwarded header lines) is reused only for the very same bytes: each request on
+    one connection reaches the upstream as its own token and headers say, with a refusal in between,
+    and the answer relayed with its framing (an upstream without a Connection header: the relay's
+    pre-framed path)."""
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head)
+                body = b'{"n": %d}' % len(heads)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-upstream: scripted\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    alice = provider.scoped("read:timesheets", subject="memo-alice")
+    bob = provider.scoped("read:timesheets", subject="memo-bob")
+    unscoped = provider.scoped("read:audit", subject="memo-carol")
+    steps = [  # token, extra header lines, expected status, expected subject upstream
+        (alice, "X-Custom: one\r\n", 200, "memo-alice"),
+        (alice, "X-Custom: one\r\n", 200, "memo-alice"),
+        (bob, "X-Custom: one\r\n", 200, "memo-bob"),
+        (bob, "X-Custom: two\r\nX-Identity-Subject: forged\r\n", 200, "memo-bob"),
+        (unscoped, "", 403, ""),
+        ("not-a-token", "", 401, ""),
+        (alice, "X-Custom: three\r\n", 200, "memo-alice"),
+    ]
+    try:
+        async with start_gateway(timesheets_url=upstream) as gateway:
+            host, port = gateway.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                for number, (token, extra, status, subject) in enumerate(steps):
+                    request_id = f"req-memo-{number:04d}"
+                    writer.write(get(f"/api/timesheets/{number}", token, request_id, extra=extra))
+                    answer = await read_answer(reader, False)
+                    assert answer.status == status, (number, answer)
+                    assert answer.headers[b"x-request-id"] == request_id.encode()
+                    assert int(answer.headers[b"content-length"]) == len(answer.body)
+                    if status != 200:
+                        continue
+                    assert answer.headers[b"x-upstream"] == b"scripted"
+                    lines = heads[-1].decode().split("\r\n")
+                    assert lines[0] == f"GET /timesheets/{number} HTTP/1.1"
+                    fields = [line.partition(": ") for line in lines[1:] if line]
+                    seen = {name: value for name, _, value in fields}
+                    assert [name for name, _, _ in fields].count("x-identity-subject") == 1
+                    assert seen["x-identity-subject"] == subject
+                    assert seen["x-request-id"] == request_id
+                    assert seen["x-custom"] == extra.split("\r\n")[0].removeprefix("X-Custom: ")
+                    assert "authorization" not in seen
+            finally:
+                writer.close()
+    finally:
+        server.close()
+    nonces = [line for head in heads for line in head.split(b"\r\n") if line.startswith(b"x-identity-nonce")]
+    assert len(nonces) == len(set(nonces)) == 5  # a fresh nonce for every forwarded request

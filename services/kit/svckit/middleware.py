@@ -9,9 +9,14 @@ untouched.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
@@ -22,6 +27,9 @@ from .problems import unexpected_problem
 access_log = logging.getLogger("access")
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+#: An exception handler as Starlette takes them: ``(request, exc) -> Response`` (or its awaitable).
+Handler = Callable[[Request, Exception], Any]
 
 
 def route_template(scope: Scope) -> str:
@@ -48,16 +56,30 @@ class ServiceFront:
       chunked body grows past ``max_body_size`` (the body is counted only when it has no length:
       the HTTP parser delivers exactly ``Content-Length`` bytes);
     * **identity** (``gate``; none for services that verify nobody): see
-      :class:`svckit.identity.IdentityGate`; its open paths skip it.
+      :class:`svckit.identity.IdentityGate`; its open paths skip it;
+    * **direct routes** (``direct``): a service's busiest routes whose endpoint is a raw ASGI app are
+      called from here, after the checks above, instead of through Starlette's exception middleware,
+      router and route (the same route object is in the router too, for what does not match here).
+      An exception they raise is answered by the app's handlers (``handlers``, by class, as
+      Starlette looks them up), so the answers are the router's.
     """
 
-    def __init__(self, app: ASGIApp, max_body_size: int, gate: IdentityGate | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_size: int,
+        gate: IdentityGate | None = None,
+        direct: Sequence[Route] = (),
+        handlers: Mapping[Any, Handler] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_size = max_body_size
         self.gate = gate
         self.open_paths = gate.open_paths if gate is not None else frozenset()
         if gate is not None:
             gate.max_body_size = max_body_size
+        self.direct = {route.path: route for route in direct}
+        self.handlers: dict[Any, Handler] = dict(handlers or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,7 +115,14 @@ class ServiceFront:
             except Exception as exc:
                 if response_started:
                     raise
-                await unexpected_problem(exc)(scope, receive, send_with_id)
+                handler = self._handler(exc) if self._served_directly(scope) else None
+                if handler is None:
+                    await unexpected_problem(exc)(scope, receive, send_with_id)
+                else:
+                    response = handler(Request(scope, receive), exc)
+                    if inspect.isawaitable(response):
+                        response = await response
+                    await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
@@ -114,6 +143,27 @@ class ServiceFront:
                 )
             request_id_var.reset(token)
 
+    def _served_directly(self, scope: Scope) -> bool:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        return isinstance(path, str) and self.direct.get(path) is route
+
+    def _handler(self, exc: Exception) -> Handler | None:
+        for cls in type(exc).__mro__:
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None
+
+    def _app_for(self, scope: Scope) -> ASGIApp:
+        """The direct route's endpoint for this request (noted in the scope as the router would), or
+        the application."""
+        route = self.direct.get(scope["path"]) if self.direct else None
+        if route is None or (route.methods is not None and scope["method"] not in route.methods):
+            return self.app
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        return route.app
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, length: bytes | None) -> None:
         limit = self.max_body_size
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -122,10 +172,10 @@ class ServiceFront:
         if self.gate is not None and scope["path"] not in self.open_paths:
             admitted = await self.gate.admit(scope, receive, send)  # reads the body within the limit
             if admitted is not None:
-                await self.app(scope, admitted, send)
+                await self._app_for(scope)(scope, admitted, send)
             return
         if length is not None:
-            await self.app(scope, receive, send)
+            await self._app_for(scope)(scope, receive, send)
             return
         total = 0
 
@@ -138,4 +188,4 @@ class ServiceFront:
                     raise body_too_large(limit)
             return message
 
-        await self.app(scope, limited_receive, send)
+        await self._app_for(scope)(scope, limited_receive, send)

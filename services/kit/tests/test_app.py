@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.body import parse_body
+from svckit.db import DatabaseUnavailable
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.fixtures import Caller, metrics_url, receiver_env, serve_app, user
@@ -239,3 +240,48 @@ async def test_a_chunked_body_over_the_limit_is_a_413_on_signed_and_open_routes(
                 assert b"x-request-id" in head.lower()
             finally:
                 writer.close()
+
+
+class RawEndpoint:
+    """A raw ASGI endpoint: what a service serves as a direct route."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        if request.query_params.get("fail") == "db":
+            raise DatabaseUnavailable("down")
+        if request.query_params.get("fail") == "crash":
+            raise RuntimeError("internal detail: password=hunter2")
+        entry = await parse_body(request, Entry)
+        await JSONResponse(entry.model_dump(), status_code=201)(scope, receive, send)
+
+
+async def test_a_direct_route_answers_as_through_the_router(
+    identity_keys: dict[str, str], caller: Caller
+) -> None:
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    answers = []
+    for direct in (False, True):
+        route = Route("/raw", RawEndpoint(), methods=["POST"])
+        app = create_service_app(settings, [route], direct_routes=[route] if direct else [])
+        async with serve_app(app) as url:
+            seen = []
+            for query, kwargs in (
+                ("", {"json": {"project": "p", "hours": 2}}),
+                ("", {"json": {"project": "", "hours": 30}}),
+                ("", {"data": b"{not json", "headers": {"content-type": "application/json"}}),
+                ("", {"data": b"{}", "headers": {"content-type": "text/plain"}}),
+                ("?fail=db", {"json": {}}),
+                ("?fail=crash", {"json": {}}),
+            ):
+                status, headers, body = await call(caller, "POST", f"{url}/raw{query}", **kwargs)
+                assert isinstance(body, dict)
+                body.pop("request_id", None)
+                seen.append((status, headers["content-type"], headers.get("retry-after"), body))
+            got, _, _ = await call(caller, "GET", f"{url}/raw")
+            seen.append((got, "", None, {}))
+            async with aiohttp.ClientSession() as session, session.get(metrics_url(url)) as response:
+                text = await response.text()
+            assert 'route="/raw"' in text  # the route template, served directly or not
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert [answer[0] for answer in answers[1]] == [201, 422, 400, 415, 503, 500, 405]

@@ -1,0 +1,171 @@
+"""The one-pass reading of an ingest body (:func:`audit.intake.fast_batch`) gives exactly what
+``parse_body`` gives: the same batch when it takes a body, and it takes none that ``parse_body``
+refuses (those are then answered by ``parse_body`` itself, as before)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from audit.intake import _Batch, fast_batch
+from pydantic import ValidationError
+from svckit.body import NotAccepted, parse_json
+from svckit.contracts.audit import AuditEvent, IngestBatch
+
+pytestmark = pytest.mark.unit
+
+
+def event(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "occurred_at": "2026-12-04T03:14:27.123456+01:00",
+        "source": "timesheets",
+        "actor": {"issuer": "http://localhost:9000/", "subject": "alice", "kind": "user", "client_id": "spa"},
+        "action": "timesheet.created",
+        "resource": {"type": "timesheet", "id": "42"},
+        "outcome": "success",
+        "request_id": "r-1",
+        "details": {"project": "StoreZero", "hours": 7.5, "date": "2026-11-23"},
+    }
+    base.update(changes)
+    return base
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def compact(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def spaced(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+ONE = event()
+BODIES: list[bytes] = [
+    compact({"events": [ONE]}),
+    spaced({"events": [ONE]}),
+    compact({"events": [event() for _ in range(50)]}),
+    compact({"events": [event(details={})]}),
+    compact({"events": [{k: v for k, v in ONE.items() if k not in ("details", "request_id")}]}),
+    compact({"events": [event(request_id=None)]}),
+    compact({"events": [event(details={"list": [1, {"x": [2, {"y": None}]}], "t": True, "f": -0.0})]}),
+    compact({"events": [event(details={"unicode": "é ✓ 😀", "escaped": 'a"b\\c\n', "colon": 'a":b'})]}),
+    json.dumps({"events": [event(details={"unicode": "é ✓ 😀"})]}, ensure_ascii=True).encode(),
+    compact({"events": [event(details={"n": 9007199254740991})]}),
+    compact({"events": [event(details={"n": 9007199254740992})]}),
+    compact({"events": [event(details={"n": 123456789012345})]}),
+    compact({"events": [event(details={"n": [-9007199254740992, 1]})]}),
+    compact({"events": [event(details={"n": [1, 12345678901234567890.5]})]}),
+    compact({"events": [event(request_id="1234567890123456789012345678901234567890")]}),
+    compact({"events": [event(details={"f": 0.1, "g": 1e-7, "h": 1.5e300})]}),
+    compact({"events": [event(details=nested(16))]}),
+    compact({"events": [event(details=nested(17))]}),
+    compact({"events": [event(details=nested(40))]}),
+    compact({"events": [event(details={"x": "a" * 17000})]}),
+    compact({"events": [event(actor={"issuer": "i", "subject": "s\u0000", "kind": "user"})]}),
+    compact({"events": [event(source="approvals")]}),
+    compact({"events": [event(occurred_at="2026-12-04T03:14:27")]}),
+    compact({"events": [event(occurred_at="0001-01-01T00:00:00+14:00")]}),
+    compact({"events": [event(occurred_at="9999-12-31T23:59:59-14:00")]}),
+    compact({"events": [event(occurred_at="0001-01-01T00:00:00Z")]}),
+    compact({"events": [event(occurred_at=-62135596800)]}),
+    compact({"events": [event(occurred_at="\\u0039999-12-31T23:59:59-14:00")]}).replace(b"\\\\", b"\\"),
+    compact({"events": [event(actor={"issuer": "i", "subject": "s\u0000", "kind": "user"})]}),
+    compact({"events": [event(resource={"type": "t", "id": "\u0000"})]}),
+    compact({"events": [event(request_id="\u0000")]}),
+    compact({"events": [event(request_id="a" * 129)]}),
+    compact({"events": [event(actor={"issuer": "i" * 513, "subject": "s", "kind": "user"})]}),
+    compact({"events": [event(actor={"issuer": "i", "subject": "", "kind": "user"})]}),
+    compact({"events": [event(resource={"type": "t", "id": "x" * 513})]}),
+    compact({"events": [event(occurred_at=1700000000)]}),
+    compact({"events": [event(id=str(uuid.uuid4()).replace("-", ""))]}),
+    compact({"events": [event(extra=1)]}),
+    compact({"events": []}),
+    compact({"events": [event() for _ in range(501)]}),
+    compact({"events": [ONE], "more": 1}),
+    compact([ONE]),
+    b"",
+    b"{not json",
+    b'{"events":[' + compact(ONE) + b"]} trailing",
+    b"\xef\xbb\xbf" + compact({"events": [ONE]}),
+    b'{"events":[' + compact(ONE)[:-1] + b',"outcome":"denied"}]}',  # a name twice in an event
+    b'{"events":[' + compact(ONE)[:-1] + b',"outcome" :"denied"}]}',  # ... with a space before the colon
+    compact({"events": [ONE]})[:-1] + b',"events":[]}',  # a name twice at the top
+    compact({"events": [event(details={"a": 1})]}).replace(b'{"a":1}', b'{"a":1,"a":2}'),
+    compact({"events": [event(details={"a": [{"b": 1}]})]}).replace(b'{"b":1}', b'{"b":1,"b":1}'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'"\\ud800"'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'"\\ud83d\\ude00"'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"NaN"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"-Infinity"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"1e999"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"12345678901234567890"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"01"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'"\x01"'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'"\xff"'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'"\\u0000"'),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"a"', b'"\\u0061"'),
+    b'{"events":[' + compact(ONE) + b"]}\n",
+    b' \n{"events":[' + compact(ONE) + b"]}",
+]
+
+
+def slow(raw: bytes) -> IngestBatch | str:
+    """What ``parse_body`` makes of ``raw``: the batch, or the kind of refusal."""
+    try:
+        document = parse_json(raw)
+    except NotAccepted as exc:
+        return type(exc).__name__
+    try:
+        return IngestBatch.model_validate(document)
+    except ValidationError:
+        return "ValidationError"
+
+
+@pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
+def test_the_one_pass_reading_gives_what_parse_body_gives(raw: bytes) -> None:
+    expected = slow(raw)
+    fast = fast_batch(raw)
+    if isinstance(expected, str):
+        assert fast is None, f"parse_body refuses it ({expected}); the one pass took it"
+    elif fast is not None:
+        assert fast.model_dump() == expected.model_dump()
+        assert all(isinstance(e, AuditEvent) for e in fast.events)
+        assert [e.details for e in fast.events] == [e.details for e in expected.events]
+        assert [type(v) for e in fast.events for v in e.details.values()] == [
+            type(v) for e in expected.events for v in e.details.values()
+        ]
+
+
+def test_the_usual_bodies_take_the_one_pass() -> None:
+    for raw in [*BODIES[:7], BODIES[14]]:  # 14: a request id of 40 digits (a string)
+        assert fast_batch(raw) is not None, raw[:200]
+    assert fast_batch(BODIES[7]) is None  # a string with '":' in it: parse_body reads that one
+
+
+def test_the_models_without_the_python_checks_state_the_same_contract() -> None:
+    """The same fields, types and constraints (names and descriptions aside): only the checks written
+    in Python differ, and ``fast_batch`` makes those for the whole body."""
+    names = {"_Batch": "IngestBatch", "_Event": "AuditEvent", "_Actor": "Actor", "_Resource": "Resource"}
+
+    def bare(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                names.get(key, key): bare(item)
+                for key, item in value.items()
+                if key not in ("title", "description")
+            }
+        if isinstance(value, list):
+            return [bare(item) for item in value]
+        if isinstance(value, str) and value.startswith("#/$defs/_"):
+            return "#/$defs/" + names[value.removeprefix("#/$defs/")]
+        return value
+
+    assert bare(_Batch.model_json_schema()) == bare(IngestBatch.model_json_schema())
