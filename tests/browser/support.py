@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Page, Request, ViewportSize
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from devstack.platform import ROOT
 
@@ -49,7 +50,17 @@ class Shots:
         self.count += 1
         path = self.folder / f"{self.count:02d}-{name}.png"
         await page.wait_for_load_state("load")
-        await page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="initial")
+        try:
+            await page.screenshot(
+                path=str(path), full_page=full_page, animations="disabled", caret="initial", timeout=10_000
+            )
+        except PlaywrightTimeoutError:
+            # Headless Chromium on a starved machine sometimes never hands over the frame of a page
+            # that has just navigated (CI saw a 15 s hang after "fonts loaded"). A screenshot is
+            # evidence, not the check: ask once more for a fresh frame, with more time.
+            await page.bring_to_front()
+            await page.wait_for_load_state("load")
+            await page.screenshot(path=str(path), full_page=full_page, caret="initial", timeout=30_000)
         return path
 
 
