@@ -12,10 +12,11 @@ be in it:
   (this path then gives way and ``parse_body`` answers, 400 or 422 as always);
 * the model's checks written in Python, each a call per value (names without NUL or lone surrogates,
   an instant with a UTC form): the body is validated with subclasses of the contract's models that
-  leave them out (:class:`_Batch`), when what they refuse cannot be in it: no ``\\u`` escape at all
-  (the only way JSON text carries a NUL or a lone surrogate, or spells a character other than as
-  itself) and no string that starts with the year 0001 or 9999 (only an instant on the first or the
-  last day has no UTC form; a number is a Unix time, in UTC);
+  leave them out (:data:`_Batch`, derived from the contract's own fields), when what they refuse
+  cannot be in it: no ``\\u`` escape at all (the only way JSON text carries a NUL or a lone
+  surrogate, or spells a character other than as itself) and no string that starts with the year
+  0001 or 9999 (only an instant on the first or the last day has no UTC form; a number is a Unix
+  time, in UTC);
 * integers beyond ±(2^53-1): they have 16 digits or more, and a number that starts so gives way;
 * NaN, infinities: only ``details`` takes a number, and the model refuses non-finite ones there;
 * nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch the model accepts nests at most
@@ -32,49 +33,74 @@ awkward bodies.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from collections.abc import Mapping
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import AwareDatetime, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from starlette.requests import Request
 from svckit.body import parse_body
-from svckit.contracts.audit import (
-    MAX_BATCH,
-    MAX_NAME,
-    MAX_REQUEST_ID,
-    Actor,
-    AuditEvent,
-    IngestBatch,
-    Resource,
-)
+from svckit.contracts.audit import Actor, AuditEvent, IngestBatch, Resource, Storable
+from svckit.contracts.fields import Instant
+
+Model = TypeVar("Model", bound=BaseModel)
 
 #: a number of 16 digits or more: a number token follows a ``:``, ``,`` or ``[`` (and whitespace)
 _LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{16}")
 _SPACED_COLON = re.compile(r'"\s+:')
 
 
-class _Actor(Actor):
-    issuer: Annotated[str, Field(max_length=MAX_NAME)]
-    subject: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
-    client_id: Annotated[str, Field(max_length=256)] = ""
-    name: Annotated[str, Field(max_length=MAX_NAME)] = ""
+#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once
+_PYTHON_CHECKS = (Storable, *get_args(Instant)[1:])  # no NUL or lone surrogate; a UTC form
 
 
-class _Resource(Resource):
-    id: Annotated[str, Field(max_length=MAX_NAME)] = ""
+def _unchecked(annotation: Any, models: Mapping[type[BaseModel], type[BaseModel]]) -> Any:
+    """``annotation`` without :data:`_PYTHON_CHECKS` and with ``models`` in place of their contract
+    models; every other part (bounds, patterns, types) as the contract states it."""
+    if isinstance(annotation, type) and annotation in models:
+        return models[annotation]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        kept = [m for m in annotation.__metadata__ if not _is_python_check(m)]
+        base = _unchecked(args[0], models)
+        return Annotated[(base, *kept)] if kept else base
+    if origin is Union or origin is UnionType:
+        return Union[tuple(_unchecked(arg, models) for arg in args)]  # noqa: UP007 (built from parts)
+    if origin is list:
+        return list[_unchecked(args[0], models)]  # type: ignore[misc]
+    return annotation
 
 
-class _Event(AuditEvent):
-    occurred_at: AwareDatetime
-    actor: _Actor
-    resource: _Resource
-    request_id: Annotated[str, Field(max_length=MAX_REQUEST_ID)] | None = None
+def _is_python_check(metadata: Any) -> bool:
+    return isinstance(metadata, AfterValidator) and metadata in _PYTHON_CHECKS
 
 
-class _Batch(IngestBatch):
-    """:class:`IngestBatch` without the checks in Python that :func:`fast_batch` makes for the whole
-    body at once (``test_intake`` holds the JSON Schemas of the two to the same)."""
+def _without_python_checks(
+    name: str, model: type[Model], models: Mapping[type[BaseModel], type[BaseModel]]
+) -> type[Model]:
+    """A subclass of ``model`` whose fields are the contract's minus :data:`_PYTHON_CHECKS`, derived
+    from the contract model itself (one source of truth for every bound and pattern)."""
+    fields: dict[str, Any] = {}
+    for field_name, field in model.model_fields.items():
+        annotation: Any = field.annotation
+        if field.metadata:
+            annotation = Annotated[(annotation, *field.metadata)]
+        unchecked = _unchecked(annotation, models)
+        if unchecked == annotation:
+            continue  # inherited as it is
+        if field.default_factory is not None:
+            fields[field_name] = (unchecked, Field(default_factory=field.default_factory))
+        else:
+            fields[field_name] = (unchecked, ... if field.is_required() else field.default)
+    return create_model(name, __base__=model, __module__=__name__, **fields)
 
-    events: Annotated[list[_Event], Field(min_length=1, max_length=MAX_BATCH)]  # type: ignore[assignment]
+
+_Actor = _without_python_checks("_Actor", Actor, {})
+_Resource = _without_python_checks("_Resource", Resource, {})
+_Event = _without_python_checks("_Event", AuditEvent, {Actor: _Actor, Resource: _Resource})
+_Batch = _without_python_checks("_Batch", IngestBatch, {AuditEvent: _Event})
+"""The contract's :class:`IngestBatch` without the checks in Python that :func:`fast_batch` makes for
+the whole body at once (``test_intake`` holds the JSON Schemas of the two to the same)."""
 
 
 def _names(value: Any) -> int:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from audit.intake import _Batch, fast_batch
 from pydantic import ValidationError
 from svckit.body import NotAccepted, parse_json
-from svckit.contracts.audit import AuditEvent, IngestBatch
+from svckit.contracts.audit import MAX_NAME, MAX_REQUEST_ID, Actor, AuditEvent, IngestBatch, Resource
 
 pytestmark = pytest.mark.unit
 
@@ -169,3 +169,59 @@ def test_the_models_without_the_python_checks_state_the_same_contract() -> None:
         return value
 
     assert bare(_Batch.model_json_schema()) == bare(IngestBatch.model_json_schema())
+
+
+def test_the_models_without_the_python_checks_are_derived_from_the_contract() -> None:
+    """Every field as the contract states it, bar the checks ``fast_batch`` makes for the whole body:
+    a bound changed in the contract is a bound changed here (one source of truth)."""
+    pairs: list[tuple[Any, Any]] = [(_Batch, IngestBatch)]
+    seen = set()
+    while pairs:
+        derived, contract = pairs.pop()
+        seen.add(contract)
+        assert issubclass(derived, contract)
+        assert derived.model_fields.keys() == contract.model_fields.keys()
+        for name, field in derived.model_fields.items():
+            original = contract.model_fields[name]
+            assert (field.default, field.is_required()) == (original.default, original.is_required())
+        for name in ("actor", "resource"):
+            if name in derived.model_fields:
+                pairs.append((derived.model_fields[name].annotation, contract.model_fields[name].annotation))
+        if "events" in derived.model_fields:
+            pairs.append((get_args(derived.model_fields["events"].annotation)[0], AuditEvent))
+    assert seen == {IngestBatch, AuditEvent, Actor, Resource}
+
+    def both(**changes: Any) -> tuple[bool, bool]:
+        body = {"events": [event(**changes)]}
+        accepted = []
+        for model in (_Batch, IngestBatch):
+            try:
+                model.model_validate(body)
+                accepted.append(True)
+            except ValidationError:
+                accepted.append(False)
+        return accepted[0], accepted[1]
+
+    actor = event()["actor"]
+    # the checks written in Python: left to fast_batch (on the text)
+    assert both(actor={**actor, "subject": "a\x00"}) == (True, False)
+    assert both(occurred_at="0001-01-01T00:00:00+01:00") == (True, False)
+    # the bounds: the contract's, in both
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        (
+            {"actor": {**actor, "issuer": "i" * MAX_NAME}},
+            {"actor": {**actor, "issuer": "i" * (MAX_NAME + 1)}},
+        ),
+        ({"actor": {**actor, "subject": "s"}}, {"actor": {**actor, "subject": ""}}),
+        ({"actor": {**actor, "name": "n" * MAX_NAME}}, {"actor": {**actor, "name": "n" * (MAX_NAME + 1)}}),
+        ({"actor": {**actor, "client_id": "c" * 256}}, {"actor": {**actor, "client_id": "c" * 257}}),
+        (
+            {"resource": {"type": "t", "id": "x" * MAX_NAME}},
+            {"resource": {"type": "t", "id": "x" * (MAX_NAME + 1)}},
+        ),
+        ({"request_id": "r" * MAX_REQUEST_ID}, {"request_id": "r" * (MAX_REQUEST_ID + 1)}),
+        ({"request_id": None}, {"source": "Timesheets"}),
+    ]
+    for changes, limit in cases:
+        assert both(**changes) == (True, True), changes
+        assert both(**limit) == (False, False), limit
