@@ -24,7 +24,13 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
 Works with ``DATABASE_URL`` / ``REDIS_URL`` or without (embedded servers, :mod:`bench._backing`): the
 service's replay memory (Redis) is the benchmark's own, never the machine's shared one. Writes
 ``bench/results/audit.json`` and prints a table. ``BENCH_AUDIT_SECONDS`` (default 4) is the
-duration of each ingest case.
+duration of each ingest case; ``BENCH_AUDIT_CASES`` (e.g. ``1`` or ``1,500``) runs only the ingest
+cases of those batch sizes.
+
+With ``BENCH_AUDIT_BASELINE`` set to a checkout (a directory holding ``services/audit`` and
+``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second audit service
+runs from that code on a database of its own (migrated with its own migrations), and every ingest
+case runs against it too, in the same rounds (``ingest_before``): an A/B of a change in one run.
 """
 
 from __future__ import annotations
@@ -190,6 +196,13 @@ def wrk_ingest_case(
     }
 
 
+def ingest_cases() -> tuple[tuple[int, int], ...]:
+    """:data:`INGEST_CASES`, or those of the batch sizes in ``BENCH_AUDIT_CASES``."""
+    chosen = os.environ.get("BENCH_AUDIT_CASES", "")
+    sizes = {int(size) for size in chosen.split(",") if size.strip()}
+    return tuple(case for case in INGEST_CASES if not sizes or case[0] in sizes)
+
+
 def embedded_postgres() -> int | None:
     """The pid of the benchmark's embedded Postgres (its backends are its children), None when the
     server is someone else's (``DATABASE_URL``): its CPU time is then not this run's alone."""
@@ -279,43 +292,86 @@ def pin(process: ServiceProcess) -> int | None:
     return pid
 
 
-async def run(dsn: str, redis_url: str, postgres: int | None) -> dict[str, Any]:
-    seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
-    rounds = int(os.environ.get("BENCH_AUDIT_ROUNDS", "3"))
-    keys = new_pair_keys("bench")
-    process = ServiceProcess(
+def audit_process(dsn: str, redis_url: str, keys: dict[str, str], extra: dict[str, str]) -> ServiceProcess:
+    return ServiceProcess(
         "audit",
         {
             "DATABASE_URL": dsn,
             "REDIS_URL": redis_url,
-            "REDIS_KEY_PREFIX": f"tsp-bench-audit:{os.getpid()}:",
+            "REDIS_KEY_PREFIX": f"tsp-bench-audit:{os.getpid()}:{secrets.token_hex(3)}:",
             **keys,
             "LOG_LEVEL": "WARNING",
             "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
+            **extra,
         },
     )
+
+
+async def run(
+    dsn: str, redis_url: str, postgres: int | None, baseline: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The cases against the service of this checkout; with ``baseline`` (a checkout's directory and
+    a database of its own) the ingest cases against that checkout's service too, in the same rounds."""
+    seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
+    rounds = int(os.environ.get("BENCH_AUDIT_ROUNDS", "3"))
+    cases = ingest_cases()
+    keys = new_pair_keys("bench")
+    process = audit_process(dsn, redis_url, keys, {})
+    before = None
+    if baseline is not None:
+        code, before_dsn = baseline
+        path = os.pathsep.join(f"{code}/services/{name}" for name in ("audit", "kit"))
+        before = audit_process(before_dsn, redis_url, keys, {"PYTHONPATH": path})
     try:
         await migrate(dsn, "audit", MIGRATIONS)
         await asyncio.to_thread(process.start, "/readyz")
+        if before is not None and baseline is not None:
+            await migrate(baseline[1], "audit", Path(baseline[0]) / "services/audit/audit/migrations")
+            await asyncio.to_thread(before.start, "/readyz")
         http = HttpClient(total_timeout=60)
         client = SignedClient(http, process.url, pair_signer(keys, SOURCE, "audit"))
         pid = pin(process)
+        before_pid = pin(before) if before is not None else None
         wrk = shutil.which("wrk") is not None  # else the senders are this process (slower: a Python client)
         logs = Path(tempfile.mkdtemp(prefix="bench-audit-"))
         try:
-            runs: dict[tuple[int, int], list[dict[str, Any]]] = {case: [] for case in INGEST_CASES}
+            runs: dict[tuple[int, int], list[dict[str, Any]]] = {case: [] for case in cases}
+            runs_before: dict[tuple[int, int], list[dict[str, Any]]] = {case: [] for case in cases}
+            targets = [(process, pid, runs)]
+            if before is not None:
+                targets.append((before, before_pid, runs_before))
             for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
-                for batch, senders in INGEST_CASES:
-                    if wrk:
-                        found = await asyncio.to_thread(
-                            wrk_ingest_case, process.url, keys, batch, senders, seconds, pid, logs, postgres
-                        )
-                    else:
-                        found = await ingest_case(client, batch, senders, seconds, pid)
-                    runs[(batch, senders)].append(found)
+                for batch, senders in cases:
+                    for service, service_pid, found_runs in targets:
+                        if wrk:
+                            found = await asyncio.to_thread(
+                                wrk_ingest_case,
+                                service.url,
+                                keys,
+                                batch,
+                                senders,
+                                seconds,
+                                service_pid,
+                                logs,
+                                postgres,
+                            )
+                        else:
+                            found = await ingest_case(
+                                SignedClient(http, service.url, pair_signer(keys, SOURCE, "audit")),
+                                batch,
+                                senders,
+                                seconds,
+                                service_pid,
+                            )
+                        found_runs[(batch, senders)].append(found)
             ingest = [
                 {**median_case(cases), "events_per_second_rounds": spread(cases, "events_per_second")}
                 for cases in runs.values()
+            ]
+            ingest_before = [
+                {**median_case(cases), "events_per_second_rounds": spread(cases, "events_per_second")}
+                for cases in runs_before.values()
+                if cases
             ]
             relay = await relay_case(dsn, client)
         finally:
@@ -324,22 +380,36 @@ async def run(dsn: str, redis_url: str, postgres: int | None) -> dict[str, Any]:
         verify = await verify_case(process.url, keys)
     finally:
         await asyncio.to_thread(process.stop)
-    return {"ingest": ingest, "relay": relay, "verify": verify, "cpus": os.cpu_count()}
+        if before is not None:
+            await asyncio.to_thread(before.stop)
+    results: dict[str, Any] = {"ingest": ingest, "relay": relay, "verify": verify, "cpus": os.cpu_count()}
+    if ingest_before:
+        results["ingest_before"] = ingest_before
+    return results
 
 
 def main() -> int:
-    with servers(redis=True) as backing, fresh_database(f"tsp_bench_audit_{secrets.token_hex(3)}") as dsn:
+    code = os.environ.get("BENCH_AUDIT_BASELINE", "")
+    with (
+        servers(redis=True) as backing,
+        fresh_database(f"tsp_bench_audit_{secrets.token_hex(3)}") as dsn,
+        contextlib.ExitStack() as stack,
+    ):
         assert backing.redis_url is not None
         postgres = embedded_postgres() if backing.embedded else None
-        results = asyncio.run(run(dsn, backing.redis_url, postgres))
+        baseline = None
+        if code:
+            before_dsn = stack.enter_context(fresh_database(f"tsp_bench_audit_before_{secrets.token_hex(3)}"))
+            baseline = (code, before_dsn)
+        results = asyncio.run(run(dsn, backing.redis_url, postgres, baseline))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audit.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"{'case':<28}{'events/s':>10}{'target':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
         f"{'cpu us/req':>12}{'cpu us/event':>14}{'pg us/event':>13}{'wrk us/req':>12}   rounds (events/s)"
     )
-    for case in results["ingest"]:
-        label = f"ingest batch={case['batch']} x{case['senders']}"
+    for case in [*results["ingest"], *({**c, "before": True} for c in results.get("ingest_before", []))]:
+        label = f"ingest batch={case['batch']} x{case['senders']}" + (" BEFORE" if "before" in case else "")
         print(
             f"{label:<28}{case['events_per_second']:>10}{TARGETS[case['batch']]:>8}{case['p50_ms']:>9}"
             f"{case['p99_ms']:>9}{case['errors']:>8}{case['cpu_us_per_request']:>12}{case['cpu_us_per_event']:>14}"

@@ -38,7 +38,8 @@ from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive, Scope
 from svckit.body import parse_body
 from svckit.contracts.audit import Actor, AuditEvent, IngestBatch, Resource, Storable
 from svckit.contracts.fields import Instant
@@ -141,14 +142,50 @@ def fast_batch(raw: bytes) -> IngestBatch | None:
     return batch if text.count('":') == names else None
 
 
-def _json_media_type(request: Request) -> bool:
-    return request.headers.get("content-type", "").lower() == "application/json"
+def _json_media_type(scope: Scope) -> bool:
+    """``Content-Type: application/json`` exactly (any case), as ``request.headers.get`` reads it (the
+    first such header), straight from the scope: Starlette's ``Headers`` is built anew per request."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media_type: str = value.decode("latin-1").lower()
+            return media_type == "application/json"
+    return False
+
+
+async def _whole_body(receive: Receive) -> bytes:
+    """The request body as ``Request.body`` reads it (:class:`ClientDisconnect` if the client left
+    first), without the ``Request`` and its stream generator around it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands ``body`` (read already) over once, then waits as ``receive``."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def read_batch(request: Request) -> IngestBatch:
     """The request's batch, or the problem ``parse_body`` raises for it."""
-    if _json_media_type(request):
-        batch = fast_batch(await request.body())
+    if _json_media_type(request.scope):
+        body = await _whole_body(request.receive)
+        batch = fast_batch(body)
         if batch is not None:
             return batch
+        request = Request(request.scope, _replaying(body, request.receive))
     return await parse_body(request, IngestBatch)

@@ -25,6 +25,18 @@ ingested = Counter(
     "Audit events appended to the hash chain, by the service that produced them.",
     ["source"],
 )
+#: ``ingested.labels(source)`` by source, looked up once (``labels`` validates and locks per call)
+_ingested_children: dict[str, Counter] = {}
+
+
+def ingested_by(source: str) -> Counter:
+    """``ingested.labels(source)``, the child kept after its first use."""
+    child = _ingested_children.get(source)
+    if child is None:
+        child = _ingested_children[source] = ingested.labels(source)
+    return child
+
+
 duplicates = Counter(
     "audit_events_duplicates_total",
     "Audit events received again (same id) and acknowledged without storing a second record.",

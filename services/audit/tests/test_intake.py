@@ -9,10 +9,12 @@ import uuid
 from typing import Any, get_args
 
 import pytest
-from audit.intake import _Batch, fast_batch
+from audit.intake import _Batch, _json_media_type, fast_batch, read_batch
 from pydantic import ValidationError
-from svckit.body import NotAccepted, parse_json
+from starlette.requests import ClientDisconnect, Request
+from svckit.body import NotAccepted, parse_body, parse_json
 from svckit.contracts.audit import MAX_NAME, MAX_REQUEST_ID, Actor, AuditEvent, IngestBatch, Resource
+from svckit.problems import Problem
 
 pytestmark = pytest.mark.unit
 
@@ -225,3 +227,81 @@ def test_the_models_without_the_python_checks_are_derived_from_the_contract() ->
     for changes, limit in cases:
         assert both(**changes) == (True, True), changes
         assert both(**limit) == (False, False), limit
+
+
+def scope_with(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/internal/events", "headers": headers}
+
+
+def receiving(*messages: dict[str, Any]) -> Any:
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    return receive
+
+
+def chunks(raw: bytes, size: int) -> list[dict[str, Any]]:
+    parts = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+    return [
+        {"type": "http.request", "body": part, "more_body": index < len(parts) - 1}
+        for index, part in enumerate(parts)
+    ]
+
+
+async def outcome(request: Request, reader: Any) -> Any:
+    try:
+        batch = await reader(request)
+    except Problem as exc:
+        return ("problem", exc.status, exc.title)
+    except ClientDisconnect:
+        return "disconnect"
+    return batch.model_dump()
+
+
+JSON = [(b"content-type", b"application/json")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        JSON,
+        [(b"content-type", b"Application/JSON")],
+        [(b"content-type", b"application/json; charset=utf-8")],
+        [(b"content-type", b"text/plain")],
+        [(b"x-other", b"1"), (b"content-type", b"application/json"), (b"content-type", b"text/plain")],
+        [(b"content-type", b"text/plain"), (b"content-type", b"application/json")],
+        [],
+    ],
+)
+def test_the_media_type_is_read_from_the_scope_as_request_headers_read_it(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    scope = scope_with(headers)
+    expected = Request(scope).headers.get("content-type", "").lower() == "application/json"
+    assert _json_media_type(scope) is expected
+
+
+@pytest.mark.parametrize("raw", [BODIES[0], BODIES[2], BODIES[7], BODIES[20], b"{not json", b""])
+@pytest.mark.parametrize("size", [1 << 20, 7])
+@pytest.mark.parametrize("headers", [JSON, [(b"content-type", b"application/json; charset=utf-8")]])
+async def test_read_batch_answers_as_parse_body_whether_in_one_message_or_many(
+    raw: bytes, size: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The body read straight from ``receive`` (the fast path), handed on to ``parse_body`` when the
+    fast path gives way: the same batch or the same problem as ``parse_body`` on the request."""
+    expected = await outcome(Request(scope_with(headers), receiving(*chunks(raw, size))), parse_body_of)
+    found = await outcome(Request(scope_with(headers), receiving(*chunks(raw, size))), read_batch)
+    assert found == expected
+
+
+async def parse_body_of(request: Request) -> IngestBatch:
+    return await parse_body(request, IngestBatch)
+
+
+async def test_a_client_gone_before_the_whole_body_is_a_disconnect_as_in_request_body() -> None:
+    first = {"type": "http.request", "body": BODIES[0][:10], "more_body": True}
+    expected = await outcome(Request(scope_with(JSON), receiving(first)), parse_body_of)
+    assert expected == "disconnect"
+    assert await outcome(Request(scope_with(JSON), receiving(first)), read_batch) == expected
