@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
@@ -61,7 +61,10 @@ class ServiceFront:
       called from here, after the checks above, instead of through Starlette's exception middleware,
       router and route (the same route object is in the router too, for what does not match here).
       An exception they raise is answered by the app's handlers (``handlers``, by class, as
-      Starlette looks them up), so the answers are the router's.
+      Starlette looks them up), so the answers are the router's. A route with path parameters
+      (``/approvals/{id}``) is matched as the router matches it (``Route.matches``: the same
+      ``path_params`` in the scope), after the routes without; it must not be shadowed by a route
+      the router would try first.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ServiceFront:
         if gate is not None:
             gate.max_body_size = max_body_size
         self.direct = {route.path: route for route in direct}
+        self.patterns = [route for route in direct if route.param_convertors]
         self.handlers: dict[Any, Handler] = dict(handlers or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,7 +162,15 @@ class ServiceFront:
         """The direct route's endpoint for this request (noted in the scope as the router would), or
         the application."""
         route = self.direct.get(scope["path"]) if self.direct else None
-        if route is None or (route.methods is not None and scope["method"] not in route.methods):
+        if route is None:
+            for pattern in self.patterns:
+                match, child = pattern.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)  # endpoint and path_params, as the router sets them
+                    scope["route"] = pattern
+                    return pattern.app
+            return self.app
+        if route.methods is not None and scope["method"] not in route.methods:
             return self.app
         scope["route"] = route
         scope["endpoint"] = route.endpoint
