@@ -66,7 +66,7 @@ def request_with(body: bytes, content_type: str | None = "application/json") -> 
     return Request(scope, receive)
 
 
-async def read_with(reader: Any, body: bytes, content_type: str | None) -> DecisionIn | tuple[int, Any]:
+async def read_with(reader: Any, body: bytes, content_type: str | None) -> DecisionIn | tuple[Any, ...]:
     try:
         model: DecisionIn = await reader(request_with(body, content_type))
     except Problem as problem:
