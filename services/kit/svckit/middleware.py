@@ -78,7 +78,13 @@ class ServiceFront:
         self.open_paths = gate.open_paths if gate is not None else frozenset()
         if gate is not None:
             gate.max_body_size = max_body_size
-        self.direct = {route.path: route for route in direct}
+        # by (method, path): a path may have a direct route per method (a list and a create)
+        self.direct: dict[tuple[str, str], Route] = {}
+        for route in direct:
+            assert route.methods, "a direct route names its methods"
+            for method in route.methods:
+                self.direct[(method, route.path)] = route
+        self._direct_ids = frozenset(id(route) for route in direct)
         self.handlers: dict[Any, Handler] = dict(handlers or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,9 +150,7 @@ class ServiceFront:
             request_id_var.reset(token)
 
     def _served_directly(self, scope: Scope) -> bool:
-        route = scope.get("route")
-        path = getattr(route, "path", None)
-        return isinstance(path, str) and self.direct.get(path) is route
+        return id(scope.get("route")) in self._direct_ids
 
     def _handler(self, exc: Exception) -> Handler | None:
         for cls in type(exc).__mro__:
@@ -157,8 +161,8 @@ class ServiceFront:
     def _app_for(self, scope: Scope) -> ASGIApp:
         """The direct route's endpoint for this request (noted in the scope as the router would), or
         the application."""
-        route = self.direct.get(scope["path"]) if self.direct else None
-        if route is None or (route.methods is not None and scope["method"] not in route.methods):
+        route = self.direct.get((scope["method"], scope["path"])) if self.direct else None
+        if route is None:
             return self.app
         scope["route"] = route
         scope["endpoint"] = route.endpoint
