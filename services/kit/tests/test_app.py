@@ -287,6 +287,44 @@ async def test_a_direct_route_answers_as_through_the_router(
     assert [answer[0] for answer in answers[1]] == [201, 422, 400, 415, 503, 500, 405]
 
 
+class Named:
+    """A raw ASGI endpoint that says which one it is (and through which way in it was reached)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # the router notes the path parameters in the scope; the front layer, serving directly, does not
+        via = "router" if "path_params" in scope else "front"
+        await JSONResponse({"endpoint": self.name, "route": scope["route"].path, "via": via})(
+            scope, receive, send
+        )
+
+
+async def test_one_path_has_a_direct_route_per_method(identity_keys: dict[str, str], caller: Caller) -> None:
+    """A list and a create on the same path, both direct: each method reaches its own endpoint, and a
+    method neither serves is answered as the router answers it (405 with the allowed methods)."""
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    answers = []
+    for direct in (False, True):
+        listing = Route("/items", Named("list"), methods=["GET"])
+        making = Route("/items", Named("create"), methods=["POST"])
+        routes = [listing, making]
+        app = create_service_app(settings, routes, direct_routes=routes if direct else [])
+        async with serve_app(app) as url:
+            seen = []
+            for method in ("GET", "POST", "PUT", "DELETE"):
+                status, headers, body = await call(caller, method, f"{url}/items", json={})
+                body.pop("request_id", None)
+                assert body.pop("via", "front" if direct else "router") == ("front" if direct else "router")
+                seen.append((status, headers.get("allow"), body))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert [answer[0] for answer in answers[1]] == [200, 200, 405, 405]
+    assert answers[1][0][2] == {"endpoint": "list", "route": "/items"}
+    assert answers[1][1][2] == {"endpoint": "create", "route": "/items"}
+
+
 class ParamEndpoint:
     """A raw ASGI endpoint of a route with a path parameter: answers with what it was given."""
 
