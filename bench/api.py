@@ -22,6 +22,14 @@ audit events the audit service accepts, and in the service's database its outbox
 on them (each refused batch split and re-sent event by event, thousands of 422s per round), counted
 as the service's.
 
+With ``BENCH_API_BASELINE`` set to a checkout (a directory holding ``services/timesheets`` and
+``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second timesheets
+service runs from that code (its own database, seeded alike; the same audit service), sent the direct
+mix in the same rounds as ``direct_before`` (``direct_to_timesheets_before``;
+``ratios.service_vs_before_cpu_per_request``): an A/B of a change in one run, the two cases' order
+swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) runs only some cases
+(e.g. ``direct,direct_before,reference`` for a quick A/B; a full run for ``bench/results``).
+
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the four cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
@@ -42,6 +50,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,7 +83,7 @@ CLIENTS = 32
 USERS = 32
 SEED_PER_USER = 100
 SCOPES = "openid read:timesheets create:timesheets"
-CASES = ("gateway", "direct", "reference", "pgbench")
+CASES = ("gateway", "direct", "direct_before", "reference", "pgbench")
 #: pre-signed requests per second of a direct run (more than the service answers here; a pool that
 #: runs out shows as 401 replays among the non-2xx)
 POOL_PER_SECOND = 2500
@@ -354,6 +363,26 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return case
 
 
+def profiled(pid: int | None, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` with py-spy sampling ``pid`` throughout when ``BENCH_API_PROFILE`` names an output
+    file (``--format raw``, collapsed stacks; one file per round, suffixed): where the direct case's
+    CPU goes. Off by default (sampling costs the process some CPU too)."""
+    output = os.environ.get("BENCH_API_PROFILE", "")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not output or pid is None or not Path(spy).exists():
+        return run()
+    target = f"{output}.{time.monotonic_ns()}"
+    command = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", target]
+    sampler = subprocess.Popen(
+        [*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        return run()
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(30)
+
+
 def start_reference(url: str, logs: Path) -> subprocess.Popen[bytes]:
     port = free_port()
     process = subprocess.Popen(
@@ -388,6 +417,13 @@ def main() -> int:
     issuer = Issuer()
     subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
     name = f"tsp_bench_api_{os.getpid()}"
+    baseline = os.environ.get("BENCH_API_BASELINE", "")
+    selected = [c.strip() for c in os.environ.get("BENCH_API_CASES", ",".join(CASES)).split(",") if c.strip()]
+    unknown = set(selected) - set(CASES)
+    if unknown:
+        raise SystemExit(f"BENCH_API_CASES: unknown cases {sorted(unknown)} (known: {', '.join(CASES)})")
+    if not baseline and "direct_before" in selected:
+        selected.remove("direct_before")
     processes: list[ServiceProcess] = []
     reference: subprocess.Popen[bytes] | None = None
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -397,10 +433,11 @@ def main() -> int:
             servers(redis=True) as backing,
             fresh_database(name) as url,
             fresh_database(name + "_peers") as peers_url,
+            fresh_database(name + "_before") as before_url,
         ):
             redis_url = backing.redis_url
             assert redis_url is not None
-            for database in (url, peers_url):
+            for database in (url, peers_url, before_url) if baseline else (url, peers_url):
                 asyncio.run(prepare_database(database, issuer.issuer, subjects))
             try:
                 identity_keys = new_pair_keys("bench")
@@ -416,6 +453,12 @@ def main() -> int:
                 timesheets_env = {**env, "AUDIT_URL": audit.url}
                 timesheets = ServiceProcess("timesheets", timesheets_env, log_dir=logs).start()
                 processes.append(timesheets)
+                before_service: ServiceProcess | None = None
+                if baseline:
+                    code = f"{baseline}/services/timesheets{os.pathsep}{baseline}/services/kit"
+                    before_env = {**timesheets_env, "DATABASE_URL": before_url, "PYTHONPATH": code}
+                    before_service = ServiceProcess("timesheets", before_env, log_dir=logs).start()
+                    processes.append(before_service)
                 gateway = ServiceProcess(
                     "gateway",
                     {
@@ -449,6 +492,33 @@ def main() -> int:
                     "direct": CpuMeter(services),
                     "reference": CpuMeter({"reference": reference.pid}),
                 }
+                if before_service is not None:
+                    meters["direct_before"] = CpuMeter(
+                        {"timesheets": pid_of(before_service), "audit": pid_of(audit)}
+                    )
+                targets: dict[str, Callable[[], dict[str, Any]]] = {
+                    "gateway": lambda: measured(
+                        lambda: run_wrk(gateway.url, script, seconds), meters["gateway"]
+                    ),
+                    "direct": lambda: measured(
+                        lambda: profiled(
+                            pid_of(timesheets), lambda: run_wrk(timesheets.url, signed(), seconds)
+                        ),
+                        meters["direct"],
+                    ),
+                    "reference": lambda: measured(
+                        lambda: run_wrk(reference_url, signed(), seconds), meters["reference"]
+                    ),
+                }
+                if before_service is not None:
+                    before_url_http = before_service.url
+                    targets["direct_before"] = lambda: measured(
+                        lambda: run_wrk(before_url_http, signed(), seconds), meters["direct_before"]
+                    )
+                if pgbench is not None:
+                    scripts = pgbench
+                    targets["pgbench"] = lambda: run_pgbench(peers_url, scripts, seconds, logs)
+                order = [case for case in CASES if case in selected and case in targets]
 
                 def signed(run_seconds: float = seconds) -> Path:  # minted right before each run
                     pool = int(run_seconds * POOL_PER_SECOND)
@@ -456,21 +526,20 @@ def main() -> int:
 
                 before = asyncio.run(count_entries(url))
                 # warm-up: JWKS fetched, pools filled, caches and prepared statements hot
-                run_wrk(gateway.url, script, 3)
+                if "gateway" in order:
+                    run_wrk(gateway.url, script, 3)
                 run_wrk(timesheets.url, signed(3), 3)
+                if before_service is not None:
+                    run_wrk(before_service.url, signed(3), 3)
                 run_wrk(reference_url, signed(3), 3)
-                for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
-                    runs["gateway"].append(
-                        measured(lambda: run_wrk(gateway.url, script, seconds), meters["gateway"])
-                    )
-                    runs["direct"].append(
-                        measured(lambda: run_wrk(timesheets.url, signed(), seconds), meters["direct"])
-                    )
-                    runs["reference"].append(
-                        measured(lambda: run_wrk(reference_url, signed(), seconds), meters["reference"])
-                    )
-                    if pgbench is not None:
-                        runs["pgbench"].append(run_pgbench(peers_url, pgbench, seconds, logs))
+                for number in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                    cases_now = list(order)
+                    if number % 2 and "direct_before" in cases_now and "direct" in cases_now:
+                        # the A/B pair's order swapped every other round: neither always runs first
+                        a, b = cases_now.index("direct"), cases_now.index("direct_before")
+                        cases_now[a], cases_now[b] = cases_now[b], cases_now[a]
+                    for case in cases_now:
+                        runs[case].append(targets[case]())
                 created = asyncio.run(count_entries(url)) - before
             finally:  # the servers stop before their database is dropped
                 if reference is not None:
@@ -483,12 +552,35 @@ def main() -> int:
         shutil.rmtree(logs, ignore_errors=True)
 
     cases = {case: median_of(found) for case, found in runs.items() if found}
-    result, direct_result = cases["gateway"], cases["direct"]
     raws = {case: cases[case].pop("raw", "") for case in cases}
-    service, minimal = direct_result, cases["reference"]
-    pg = cases.get("pgbench")
-    service_cpu = service["cpu_us_per_request"]["timesheets"]
-    report = {
+    result, direct_result = cases.get("gateway"), cases.get("direct")
+    minimal, pg, before_result = cases.get("reference"), cases.get("pgbench"), cases.get("direct_before")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    def cpu(case: dict[str, Any] | None, server: str) -> float | None:
+        return case["cpu_us_per_request"][server] if case is not None else None
+
+    def rps(case: dict[str, Any] | None) -> float | None:
+        return case["rps"] if case is not None else None
+
+    ratios = {
+        "service_vs_reference_rps": ratio(rps(direct_result), rps(minimal)),
+        "service_vs_reference_cpu_per_request": ratio(
+            cpu(direct_result, "timesheets"), cpu(minimal, "reference")
+        ),
+        "service_vs_pgbench_rps": ratio(rps(direct_result), rps(pg)),
+    }
+    if before_result is not None:
+        ratios["service_vs_before_cpu_per_request"] = ratio(
+            cpu(direct_result, "timesheets"), cpu(before_result, "timesheets")
+        )
+        ratios["service_vs_before_rps"] = ratio(rps(direct_result), rps(before_result))
+        ratios["before_vs_reference_cpu_per_request"] = ratio(
+            cpu(before_result, "timesheets"), cpu(minimal, "reference")
+        )
+    report: dict[str, Any] = {
         "benchmark": "api",
         "what": "through the gateway: 50% POST /api/timesheets, 50% GET /api/timesheets?limit=20",
         "clients": CLIENTS,
@@ -497,55 +589,66 @@ def main() -> int:
         "rounds": rounds,
         "cores": os.cpu_count(),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **result,
+        **(result or {}),
         "entries_created_incl_warmup": created,
         "direct_to_timesheets": direct_result,
-        "gateway_rps_ratio": round(result["rps"] / direct_result["rps"], 3) if direct_result["rps"] else None,
+        "gateway_rps_ratio": ratio(rps(result), rps(direct_result)),
         "reference": minimal,
         "pgbench": pg,
-        "ratios": {
-            "service_vs_reference_rps": round(service["rps"] / minimal["rps"], 3) if minimal["rps"] else None,
-            "service_vs_reference_cpu_per_request": round(
-                service_cpu / minimal["cpu_us_per_request"]["reference"], 3
-            )
-            if minimal["cpu_us_per_request"]["reference"]
-            else None,
-            "service_vs_pgbench_rps": round(service["rps"] / pg["rps"], 3) if pg and pg["rps"] else None,
-        },
+        "ratios": ratios,
         "targets": TARGETS,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "api.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(raws["gateway"].strip())
-    print()
+    if before_result is not None:
+        report["direct_to_timesheets_before"] = {**before_result, "code": baseline}
+    complete = all(case in cases for case in ("gateway", "direct", "reference"))
+    # only a run of every case is the benchmark's result; a partial one (BENCH_API_CASES) is a probe
+    written = RESULTS / "api.json" if complete else Path(tempfile.gettempdir()) / "bench-api-partial.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(report, indent=2) + "\n")
+    if "gateway" in raws:
+        print(raws["gateway"].strip())
+        print()
     print(
         f"{'case':<36} {'rps':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request"
         "   rps per round"
     )
-    for label, case in (
-        ("create+list via gateway (c=32)", result),
-        ("create+list direct to timesheets", direct_result),
-        ("reference app (same SQL)", minimal),
-        ("pgbench (same SQL)", pg),
+    for label, key in (
+        ("create+list via gateway (c=32)", "gateway"),
+        ("create+list direct to timesheets", "direct"),
+        ("the same, baseline code", "direct_before"),
+        ("reference app (same SQL)", "reference"),
+        ("pgbench (same SQL)", "pgbench"),
     ):
-        if case is None:
-            print(f"{label:<36} (pgbench is not installed)")
+        shown = cases.get(key)
+        if shown is None:
+            if key in selected:
+                print(f"{label:<36} (not run: pgbench is not installed)")
             continue
-        cpu = ", ".join(f"{name} {value:.0f}" for name, value in case["cpu_us_per_request"].items())
+        spent = ", ".join(f"{name} {value:.0f}" for name, value in shown["cpu_us_per_request"].items())
         print(
-            f"{label:<36} {case['rps']:>8.0f} {case['p50_ms']:>8.1f} "
-            f"{case['p90_ms']:>8.1f} {case['p99_ms']:>8.1f} {case['non_2xx']:>8}   {cpu}"
-            f"   {case.get('rps_rounds', '')}"
+            f"{label:<36} {shown['rps']:>8.0f} {shown['p50_ms']:>8.1f} "
+            f"{shown['p90_ms']:>8.1f} {shown['p99_ms']:>8.1f} {shown['non_2xx']:>8}   {spent}"
+            f"   {shown.get('rps_rounds', '')}"
         )
-    ratios = report["ratios"]
+        if key in ("direct", "direct_before"):
+            rounds_cpu = [run["cpu_us_per_request"]["timesheets"] for run in runs[key]]
+            print(f"{'':<36} timesheets cpu us/request per round: {rounds_cpu}")
     print(
         f"timesheets / reference: {ratios['service_vs_reference_rps']} by throughput (target >= 1.0), "
         f"{ratios['service_vs_reference_cpu_per_request']} by CPU per request (target <= 1.0); "
         f"timesheets / pgbench: {ratios['service_vs_pgbench_rps']} (target >= 0.5); "
-        f"p99 direct {direct_result['p99_ms']} ms (target <= 50)"
+        f"p99 direct {direct_result['p99_ms'] if direct_result else None} ms (target <= 50)"
     )
-    print(f"written to {RESULTS / 'api.json'}")
-    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in (result, direct_result, minimal))
+    if before_result is not None:
+        print(
+            "timesheets / baseline (BENCH_API_BASELINE): "
+            f"{ratios['service_vs_before_cpu_per_request']} by CPU per request, "
+            f"{ratios['service_vs_before_rps']} by throughput; baseline / reference "
+            f"{ratios['before_vs_reference_cpu_per_request']} by CPU"
+        )
+    print(f"written to {written}")
+    checked = [case for case in (result, direct_result, minimal, before_result) if case is not None]
+    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in checked)
     return 0 if ok else 1
 
 

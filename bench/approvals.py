@@ -2,9 +2,11 @@
 
 What runs (real processes on loopback): the approvals service, the timesheets service it asks for
 entries and applies decisions at, the audit service both relay their events to, and PostgreSQL/Redis
-from ``DATABASE_URL``/``REDIS_URL`` (embedded ones when unset). 16,000 submitted entries of 32
-employees are seeded; 8 managers decide. Requests go straight to the approvals service with
-pre-signed identity headers (as the gateway would send them):
+from ``DATABASE_URL``/``REDIS_URL`` (embedded ones when unset). Submitted entries of 32
+employees are seeded, a slice of its own for each round's decisions (each decides a different entry)
+large enough for 1,000 decisions a second (32,000 entries for 3 rounds of 8 s); 8 managers decide.
+Requests go straight to the approvals service with pre-signed identity headers (as the gateway would
+send them):
 
 - ``queue``: ``GET /approvals?limit=20`` (a manager's first page: the newest submitted entries of
   everyone else, served by the timesheets service's internal route);
@@ -25,6 +27,12 @@ entries the reference's requests are about):
   the services' SQL text, tables qualified by schema since pgbench has one ``search_path``, the
   parameters as pgbench expressions), ``-M prepared -c32 -j1``. A decision picks an entry at random
   (some twice: the second pending insert then conflicts and records nothing).
+
+With ``BENCH_APPROVALS_BASELINE`` set to a checkout (a directory holding ``services/approvals`` and
+``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second approvals
+service runs from that code with the same settings, beside the first (the same timesheets and audit
+services and database; its decisions on entries of their own), measured in the same rounds as
+``before`` (``ratios.<case>.approvals_vs_before_cpu_per_request``): an A/B of a change in one run.
 
 ``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
 each; medians, each round's rps, the CPU time per request of every server process, and the ratios
@@ -70,7 +78,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ISSUER = "http://127.0.0.1:9/"
 EMPLOYEES = 32
-PER_EMPLOYEE = 500
+#: the fewest entries a round's decisions get (each decides a different entry); more when a round
+#: could decide more than that (``BENCH_APPROVALS_SECONDS`` at :data:`DECISIONS_PER_SECOND`)
+MIN_PER_SLICE = 4000
+DECISIONS_PER_SECOND = 1000
 MANAGERS = 8
 SCOPES = frozenset({"read:timesheets", "approve:timesheets"})
 
@@ -88,13 +99,13 @@ def manager(n: int) -> Identity:
     return Identity(ISSUER, f"bench-manager-{n % MANAGERS}", "user", "timesheets-spa", SCOPES, "")
 
 
-async def seed(url: str) -> list[uuid.UUID]:
+async def seed(url: str, count: int) -> list[uuid.UUID]:
     """The schemas, and the employees' submitted entries (their ids, in order: :func:`entry_uuid`)."""
     for service in ("timesheets", "approvals", "audit"):
         await migrate(url, service, ROOT / "services" / service / service / "migrations")
     conn = await asyncpg.connect(url)
     try:
-        ids = [entry_uuid(n) for n in range(EMPLOYEES * PER_EMPLOYEE)]
+        ids = [entry_uuid(n) for n in range(count)]
         day = dt.date(2026, 11, 27)
         await conn.copy_records_to_table(
             "entries",
@@ -146,7 +157,10 @@ def decide_script(path: Path, keys: dict[str, str], entries: list[uuid.UUID]) ->
 
 
 PGBENCH_ENTRY = "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid"
-PGBENCH_DECISION = "('00000000-0000-4000-9000-' || lpad(:n::text, 12, '0'))::uuid"
+#: a decision id of its own per transaction: two clients picking the same entry at once then conflict
+#: on the live-decision index (the pending insert records nothing), not on the primary key (an error
+#: that aborted a run when the id was the entry's number)
+PGBENCH_DECISION = "('00000000-0000-4000-9000-' || lpad(:d::text, 12, '0'))::uuid"
 _TABLES = re.compile(r"\b(FROM|INTO|UPDATE)\s+(entries|decisions|outbox)\b")
 
 
@@ -159,7 +173,7 @@ def bind(sql: str, values: dict[int, str]) -> str:
     return re.sub(r"\$(\d+)", lambda match: values[int(match[1])], sql)
 
 
-def pgbench_scripts(directory: Path) -> dict[str, Path]:
+def pgbench_scripts(directory: Path, count: int) -> dict[str, Path]:
     """The services' SQL for one queue read and one decision, with the parameters as pgbench
     expressions: the queue is the timesheets service's pending query; a decision is what the two
     services send for one ``PUT``, in order and in the same transactions — the entry read
@@ -218,21 +232,26 @@ def pgbench_scripts(directory: Path) -> dict[str, Path]:
     ]
     decide = directory / "decide.sql"
     decide.write_text(
-        f"\\set n random(0, {EMPLOYEES * PER_EMPLOYEE - 1})\n\\set m random(0, {MANAGERS - 1})\n"
+        f"\\set n random(0, {count - 1})\n\\set m random(0, {MANAGERS - 1})\n"
+        "\\set d random(0, 999999999999)\n"
         + "".join(" ".join(statement.split()) + ";\n" for statement in statements)
     )
     return {"queue": queue, "decide": decide}
 
 
 def ratios(
-    service: dict[str, Any], reference: dict[str, Any], pgbench: dict[str, Any] | None
+    service: dict[str, Any],
+    reference: dict[str, Any],
+    pgbench: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The issue's ratios for one case; the services' CPU is approvals + timesheets (the reference's
-    one process does both)."""
+    one process does both). With ``before`` (``BENCH_APPROVALS_BASELINE``), the approvals service's
+    CPU per request and throughput against the old code's."""
     cpu = service["cpu_us_per_request"]
     service_cpu = cpu["approvals"] + cpu["timesheets"]
     reference_cpu = reference["cpu_us_per_request"]["reference"]
-    return {
+    found: dict[str, Any] = {
         "service_vs_reference_rps": round(service["rps"] / reference["rps"], 3) if reference["rps"] else None,
         "service_vs_reference_cpu_per_request": round(service_cpu / reference_cpu, 3)
         if reference_cpu
@@ -241,6 +260,13 @@ def ratios(
         if pgbench and pgbench["rps"]
         else None,
     }
+    if before is not None:
+        old = before["cpu_us_per_request"]
+        found["approvals_vs_before_cpu_per_request"] = (
+            round(cpu["approvals"] / old["approvals"], 3) if old["approvals"] else None
+        )
+        found["service_vs_before_rps"] = round(service["rps"] / before["rps"], 3) if before["rps"] else None
+    return found
 
 
 def main() -> int:
@@ -252,10 +278,14 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-approvals-"))
     processes: list[ServiceProcess] = []
     reference: Any = None
+    baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     cases = ("queue", "decide")
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        peer: {case: [] for case in cases} for peer in ("service", "reference", "pgbench")
-    }
+    peers = ("service", "before", "reference", "pgbench") if baseline else ("service", "reference", "pgbench")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
+    # a slice of entries per round and approvals service, and one for each one's warm-up
+    instances = 2 if baseline else 1
+    per_slice = max(MIN_PER_SLICE, int(seconds * DECISIONS_PER_SECOND))
+    count = per_slice * (rounds + 1) * instances
     name = f"tsp_bench_approvals_{os.getpid()}"
     try:
         with (
@@ -264,9 +294,9 @@ def main() -> int:
             fresh_database(name + "_peers") as peers_url,
             fresh_database(name + "_pgbench") as pgbench_url,
         ):
-            entries = asyncio.run(seed(url))
+            entries = asyncio.run(seed(url, count))
             for database in (peers_url, pgbench_url):
-                asyncio.run(seed(database))
+                asyncio.run(seed(database, count))
             try:
                 keys = new_pair_keys("bench")
                 env = {
@@ -287,7 +317,26 @@ def main() -> int:
                 processes.append(approvals)
                 reference = start_reference(peers_url, logs)
                 urls = {"service": approvals.url, "reference": reference.reference_url}
-                meters = {
+                meters = {}
+                if baseline:
+                    before = ServiceProcess(
+                        "approvals",
+                        {
+                            **approvals_env,
+                            "PYTHONPATH": f"{baseline}/services/approvals{os.pathsep}{baseline}/services/kit",
+                        },
+                        log_dir=logs,
+                    ).start()
+                    processes.append(before)
+                    urls = {"service": approvals.url, "before": before.url, "reference": urls["reference"]}
+                    meters["before"] = CpuMeter(
+                        {
+                            "approvals": pid_of(before),
+                            "timesheets": pid_of(timesheets),
+                            "audit": pid_of(audit),
+                        }
+                    )
+                meters |= {
                     "service": CpuMeter(
                         {
                             "approvals": pid_of(approvals),
@@ -297,19 +346,24 @@ def main() -> int:
                     ),
                     "reference": CpuMeter({"reference": reference.pid}),
                 }
-                pgbench = pgbench_scripts(logs) if shutil.which("pgbench") else None
-                per_round = len(entries) // (rounds + 1)
-                slices = [entries[i * per_round : (i + 1) * per_round] for i in range(rounds + 1)]
-                for target in urls.values():  # warm-up
+                pgbench = pgbench_scripts(logs, count) if shutil.which("pgbench") else None
+                slices = [entries[i * per_slice : (i + 1) * per_slice] for i in range(count // per_slice)]
+
+                def entries_of(peer: str, n: int) -> list[uuid.UUID]:
+                    """Round ``n``'s entries (``rounds``: the warm-up's) for ``peer``: the two approvals
+                    services share a database, the reference has one of its own seeded alike."""
+                    return slices[n * instances + (1 if peer == "before" else 0)]
+
+                for peer, target in urls.items():  # warm-up
                     run_wrk(target, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2)
-                    run_wrk(target, decide_script(logs / "decide.lua", keys, slices[-1]), 2)
+                    run_wrk(target, decide_script(logs / "decide.lua", keys, entries_of(peer, rounds)), 2)
                 for n in range(rounds):  # interleaved: a noisy moment hurts every case alike
                     for case in cases:
                         for peer, target in urls.items():
                             script = (
                                 queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND))
                                 if case == "queue"
-                                else decide_script(logs / "decide.lua", keys, slices[n])
+                                else decide_script(logs / "decide.lua", keys, entries_of(peer, n))
                             )
                             runs[peer][case].append(
                                 measured(lambda: run_wrk(target, script, seconds), meters[peer])  # noqa: B023
@@ -332,6 +386,7 @@ def main() -> int:
         for result in results.values():
             result.pop("raw", None)
     service, minimal, pg = found["service"], found["reference"], found["pgbench"]
+    old = found.get("before")
     report: dict[str, Any] = {
         "benchmark": "approvals",
         "what": "straight to the approvals service: GET /approvals?limit=20, PUT /approvals/{id} approved",
@@ -343,7 +398,11 @@ def main() -> int:
         **service,
         "reference": minimal,
         "pgbench": pg or None,
-        "ratios": {case: ratios(service[case], minimal[case], pg.get(case)) for case in cases},
+        **({"before": old} if old else {}),
+        "ratios": {
+            case: ratios(service[case], minimal[case], pg.get(case), old[case] if old else None)
+            for case in cases
+        },
         "targets": TARGETS,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -352,7 +411,14 @@ def main() -> int:
         f"{'case':<40} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
     )
     for case, label in (("queue", "queue GET /approvals (c=32)"), ("decide", "decide PUT /approvals/{id}")):
-        for peer, result in (("service", service), ("reference", minimal), ("pgbench", pg)):
+        for peer, result in (
+            ("service", service),
+            ("before", old or {}),
+            ("reference", minimal),
+            ("pgbench", pg),
+        ):
+            if peer == "before" and not old:
+                continue
             row = result.get(case)
             if row is None:
                 print(f"{label + ' ' + peer:<40} (pgbench is not installed)")
@@ -369,6 +435,11 @@ def main() -> int:
             f"(target <= 1.0); / pgbench {r['service_vs_pgbench_rps']} (target >= 0.5); "
             f"p99 {service[case]['p99_ms']} ms (target <= 50)"
         )
+        if old:
+            print(
+                f"{case}: approvals / before (BENCH_APPROVALS_BASELINE) CPU per request "
+                f"{r['approvals_vs_before_cpu_per_request']}, throughput {r['service_vs_before_rps']}"
+            )
     print(f"written to {RESULTS / 'approvals.json'}")
     return 0 if all(case["non_2xx"] == 0 for case in service.values()) else 1
 

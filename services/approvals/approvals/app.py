@@ -25,13 +25,16 @@ from .workflow import Workflow
 
 SCHEMA = "approvals"
 
+#: both served by the kit's front layer directly (raw ASGI endpoints: see :mod:`approvals.api`)
 ROUTES = [
-    Route("/approvals", api.queue, methods=["GET"]),
-    Route("/approvals/{id}", api.decide, methods=["PUT"]),
+    Route("/approvals", api.Queue(), methods=["GET"]),
+    Route("/approvals/{id}", api.Decide(), methods=["PUT"]),
 ]
 
 
-def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
+def create_app(settings: ApprovalsSettings | None = None, *, direct: bool = True) -> Starlette:
+    """``direct=False`` leaves the routes to Starlette's router (the general path, which
+    ``test_direct`` holds the direct one to)."""
     if settings is None:
         settings = load_settings(ApprovalsSettings)
         configure_logging(settings.service_name, settings.log_level)
@@ -77,5 +80,6 @@ def create_app(settings: ApprovalsSettings | None = None) -> Starlette:
         checks={"timesheets": http_peer_check(http.session, settings.timesheets_url)},
         lifespan=lifespan,
         openapi=document(ROUTES),
+        direct_routes=ROUTES if direct else (),
         state={"timesheets": timesheets, "workflow": workflow, "reconciler": reconciler, "relay": relay},
     )

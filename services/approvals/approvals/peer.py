@@ -87,6 +87,20 @@ def entry_from(text: str) -> Entry | None:
 
 
 _VERDICTS: dict[int, Verdict] = {200: "applied", 404: "gone", 409: "conflict", 403: "forbidden"}
+#: first-page queue targets kept (:meth:`Timesheets.pending`); emptied when full
+MAX_TARGETS = 4096
+
+
+def pending_target(approver: Identity, limit: int, cursor: str | None) -> str:
+    """The internal route's target for an approver's page of the queue (path and query)."""
+    params = {
+        "exclude_issuer": approver.issuer,
+        "exclude_subject": approver.subject,
+        "limit": str(limit),
+    }
+    if cursor is not None:
+        params["cursor"] = cursor
+    return f"/internal/timesheets/pending?{urlencode(params)}"
 
 
 class Timesheets:
@@ -95,6 +109,8 @@ class Timesheets:
     def __init__(self, client: PeerHttp, timeout: float) -> None:
         self.client = client
         self.timeout = timeout
+        # the same approvers ask for their first page all the time: its target, built once each
+        self._first_pages: dict[tuple[str, str, int], str] = {}
 
     @classmethod
     def at(cls, base_url: str, signer: IdentitySigner, timeout: float) -> Timesheets:
@@ -143,14 +159,15 @@ class Timesheets:
         return entry
 
     async def pending(self, approver: Identity, limit: int, cursor: str | None) -> PeerReply:
-        params = {
-            "exclude_issuer": approver.issuer,
-            "exclude_subject": approver.subject,
-            "limit": str(limit),
-        }
         if cursor is not None:
-            params["cursor"] = cursor
-        return await self._call("GET", "/internal/timesheets/pending", params=params)
+            return await self._call("GET", pending_target(approver, limit, cursor))
+        key = (approver.issuer, approver.subject, limit)
+        target = self._first_pages.get(key)
+        if target is None:
+            if len(self._first_pages) >= MAX_TARGETS:
+                self._first_pages.clear()
+            target = self._first_pages[key] = pending_target(approver, limit, None)
+        return await self._call("GET", target)
 
     async def apply(self, decision: DecisionRow) -> ApplyOutcome:
         """Apply a decision row at the timesheets service (safe to repeat: keyed by decision id)."""

@@ -7,9 +7,11 @@ import datetime as dt
 import uuid
 
 import pytest
-from approvals.peer import PeerUnavailable, entry_from, entry_in, not_json
+from approvals.peer import PeerUnavailable, Timesheets, entry_from, entry_in, not_json, pending_target
+from approvals.peerhttp import PeerHttp
 from svckit.contracts.identity import Person
 from svckit.contracts.timesheets import Entry
+from svckit.identity import Identity
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +42,37 @@ def test_json_that_breaks_the_contract_is_no_entry_and_text_that_is_not_json_is_
     assert isinstance(not_json("<html>oops</html>"), PeerUnavailable)
     with pytest.raises(PeerUnavailable, match="not JSON"):
         entry_from("<html>oops</html>")
+
+
+def test_a_queue_target_is_the_query_the_internal_route_reads() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    odd = Identity("https://login.example/a b?c=d&e", "local|zoë+1", "user", "spa", frozenset(), "")
+    for cursor in (None, "abc/+=&", "x" * 40):
+        target = urlsplit(pending_target(odd, 20, cursor))
+        assert target.path == "/internal/timesheets/pending"
+        expected = {"exclude_issuer": [odd.issuer], "exclude_subject": [odd.subject], "limit": ["20"]}
+        assert parse_qs(target.query) == expected | ({"cursor": [cursor]} if cursor else {})
+
+
+async def test_the_first_page_target_is_built_once_per_approver_and_limit() -> None:
+    sent: list[str] = []
+
+    class Recorder(PeerHttp):
+        async def request(self, method: str, target: str, **options: object) -> tuple[int, bytes]:
+            sent.append(target)
+            return 200, b"{}"
+
+    timesheets = Timesheets(Recorder.__new__(Recorder), 1.0)  # no connection: it only records
+    alice = Identity("http://i/", "alice", "user", "spa", frozenset(), "")
+    bob = Identity("http://i/", "bob", "user", "spa", frozenset(), "")
+    for who, limit, cursor in (
+        (alice, 20, None),
+        (alice, 20, None),
+        (bob, 20, None),
+        (alice, 5, None),
+        (alice, 20, "c"),
+    ):
+        await timesheets.pending(who, limit, cursor)
+        assert sent[-1] == pending_target(who, limit, cursor)
+    assert len(timesheets._first_pages) == 3

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
@@ -61,7 +61,10 @@ class ServiceFront:
       called from here, after the checks above, instead of through Starlette's exception middleware,
       router and route (the same route object is in the router too, for what does not match here).
       An exception they raise is answered by the app's handlers (``handlers``, by class, as
-      Starlette looks them up), so the answers are the router's.
+      Starlette looks them up), so the answers are the router's. A route with path parameters
+      (``/approvals/{id}``) is matched as the router matches it (``Route.matches``: the same
+      ``path_params`` in the scope), after the routes without; it must not be shadowed by a route
+      the router would try first.
     """
 
     def __init__(
@@ -78,7 +81,16 @@ class ServiceFront:
         self.open_paths = gate.open_paths if gate is not None else frozenset()
         if gate is not None:
             gate.max_body_size = max_body_size
-        self.direct = {route.path: route for route in direct}
+        # without path parameters by (method, path): a path may have a direct route per method (a list
+        # and a create); with them (``/approvals/{id}``) matched as the router matches them
+        self.direct: dict[tuple[str, str], Route] = {}
+        self.patterns = [route for route in direct if route.param_convertors]
+        for route in direct:
+            assert route.methods, "a direct route names its methods"
+            if not route.param_convertors:
+                for method in route.methods:
+                    self.direct[(method, route.path)] = route
+        self._direct_ids = frozenset(id(route) for route in direct)
         self.handlers: dict[Any, Handler] = dict(handlers or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,9 +156,7 @@ class ServiceFront:
             request_id_var.reset(token)
 
     def _served_directly(self, scope: Scope) -> bool:
-        route = scope.get("route")
-        path = getattr(route, "path", None)
-        return isinstance(path, str) and self.direct.get(path) is route
+        return id(scope.get("route")) in self._direct_ids
 
     def _handler(self, exc: Exception) -> Handler | None:
         for cls in type(exc).__mro__:
@@ -157,8 +167,14 @@ class ServiceFront:
     def _app_for(self, scope: Scope) -> ASGIApp:
         """The direct route's endpoint for this request (noted in the scope as the router would), or
         the application."""
-        route = self.direct.get(scope["path"]) if self.direct else None
-        if route is None or (route.methods is not None and scope["method"] not in route.methods):
+        route = self.direct.get((scope["method"], scope["path"])) if self.direct else None
+        if route is None:
+            for pattern in self.patterns:
+                match, child = pattern.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)  # endpoint and path_params, as the router sets them
+                    scope["route"] = pattern
+                    return pattern.app
             return self.app
         scope["route"] = route
         scope["endpoint"] = route.endpoint

@@ -8,10 +8,13 @@ and passing them to ``json.dumps``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.types import Send
+
+_JSON = (b"content-type", b"application/json")
 
 
 def model_response(
@@ -37,4 +40,21 @@ def json_response(body: str, status_code: int = 200, headers: Mapping[str, str] 
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
-__all__ = ["json_response", "model_response"]
+async def send_json(
+    send: Send, body: str, status_code: int = 200, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """:func:`json_response` for a raw ASGI endpoint (a direct route: ``create_service_app``): the
+    same two messages with the same headers in the same order (``headers`` as ``Response`` lists
+    them: lower-case names, latin-1), without a response object in between."""
+    raw = body.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status_code,
+            "headers": [*headers, (b"content-length", b"%d" % len(raw)), _JSON],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+__all__ = ["json_response", "model_response", "send_json"]

@@ -285,3 +285,85 @@ async def test_a_direct_route_answers_as_through_the_router(
         answers.append(seen)
     assert answers[0] == answers[1]
     assert [answer[0] for answer in answers[1]] == [201, 422, 400, 415, 503, 500, 405]
+
+
+class Named:
+    """A raw ASGI endpoint that says which one it is (and through which way in it was reached)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # the router notes the path parameters in the scope; the front layer, serving directly, does not
+        via = "router" if "path_params" in scope else "front"
+        await JSONResponse({"endpoint": self.name, "route": scope["route"].path, "via": via})(
+            scope, receive, send
+        )
+
+
+async def test_one_path_has_a_direct_route_per_method(identity_keys: dict[str, str], caller: Caller) -> None:
+    """A list and a create on the same path, both direct: each method reaches its own endpoint, and a
+    method neither serves is answered as the router answers it (405 with the allowed methods)."""
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    answers = []
+    for direct in (False, True):
+        listing = Route("/items", Named("list"), methods=["GET"])
+        making = Route("/items", Named("create"), methods=["POST"])
+        routes = [listing, making]
+        app = create_service_app(settings, routes, direct_routes=routes if direct else [])
+        async with serve_app(app) as url:
+            seen = []
+            for method in ("GET", "POST", "PUT", "DELETE"):
+                status, headers, body = await call(caller, method, f"{url}/items", json={})
+                body.pop("request_id", None)
+                assert body.pop("via", "front" if direct else "router") == ("front" if direct else "router")
+                seen.append((status, headers.get("allow"), body))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert [answer[0] for answer in answers[1]] == [200, 200, 405, 405]
+    assert answers[1][0][2] == {"endpoint": "list", "route": "/items"}
+    assert answers[1][1][2] == {"endpoint": "create", "route": "/items"}
+
+
+class ParamEndpoint:
+    """A raw ASGI endpoint of a route with a path parameter: answers with what it was given."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        if request.path_params["id"] == 13:
+            raise DatabaseUnavailable("down")
+        await JSONResponse({"id": request.path_params["id"], "path": request.url.path})(scope, receive, send)
+
+
+async def test_a_direct_route_with_a_path_parameter_answers_as_through_the_router(
+    identity_keys: dict[str, str], caller: Caller
+) -> None:
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    answers = []
+    for direct in (False, True):
+        exact = Route("/items", RawEndpoint(), methods=["POST"])
+        param = Route("/items/{id:int}", ParamEndpoint(), methods=["PUT"])
+        routes = [exact, param]
+        app = create_service_app(settings, routes, direct_routes=routes if direct else [])
+        async with serve_app(app) as url:
+            seen = []
+            for method, path in (
+                ("PUT", "/items/7"),
+                ("PUT", "/items/13"),
+                ("PUT", "/items/x"),  # no match for the convertor: the router's 404
+                ("GET", "/items/7"),  # the router's 405
+                ("PUT", "/items/7/more"),
+                ("POST", "/items"),
+            ):
+                status, headers, body = await call(
+                    caller, method, f"{url}{path}", json={"project": "p", "hours": 1}
+                )
+                body.pop("request_id", None)
+                seen.append((status, headers.get("content-type"), headers.get("allow"), body))
+            async with aiohttp.ClientSession() as session, session.get(metrics_url(url)) as response:
+                text = await response.text()
+            assert 'route="/items/{id:int}"' in text
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert [answer[0] for answer in answers[1]] == [200, 503, 404, 405, 404, 201]
+    assert answers[1][0][3] == {"id": 7, "path": "/items/7"}

@@ -4,6 +4,7 @@ service unchanged."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from svckit.context import request_id_var
 from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent, outbox_values
+from svckit.contracts.fields import rfc3339
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
 from svckit.outbox import event_parameters
@@ -285,3 +287,22 @@ def test_the_fast_outbox_writer_takes_a_given_request_id_over_the_current_one(gi
         request_id_var.reset(token)
     assert fast == model
     assert fast["request_id"] == given
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2026, 11, 27, 9, 30, 0, 123456, dt.UTC),
+        dt.datetime(2026, 11, 27, 9, 30, 0, 0, dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 6, dt.UTC),
+        dt.datetime(1, 1, 1, 0, 0, 0, 0, dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, dt.UTC),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 1, dt.UTC),
+        dt.datetime(2026, 11, 27, 9, 30, 0, 123456, dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(2026, 11, 27, 9, 30, 0, 0, dt.timezone(dt.timedelta(hours=-5, minutes=-30))),
+    ],
+)
+def test_a_timestamp_is_spelt_as_isoformat_in_utc_with_z(value: dt.datetime) -> None:
+    """The UTC case written out by hand is the ``isoformat`` spelling, microseconds always."""
+    expected = value.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    assert rfc3339(value) == expected

@@ -15,16 +15,18 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from svckit.authz import identity_of, requires_scope
+from starlette.types import Receive, Scope, Send
+from svckit.authz import identity_of, require_scope, requires_scope
 from svckit.body import parse_body
-from svckit.contracts.timesheets import EntryIn, ListQuery, UploadIn, UploadResult, UploadRow
+from svckit.contracts.timesheets import ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import OutboxRelay, enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
-from svckit.responses import json_response, model_response
+from svckit.responses import json_response, model_response, send_json
 
 from . import cursor, events, idempotency, store
+from .intake import read_entry
 from .metrics import entries_created, entries_deleted
 from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
@@ -78,9 +80,13 @@ def not_found() -> Problem:
     return Problem(404, "Not Found", "No such timesheet entry.")
 
 
-@requires_scope("read:timesheets")
-async def list_entries(request: Request) -> Response:
-    identity = identity_of(request)
+READ = "read:timesheets"
+CREATE = "create:timesheets"
+
+
+async def entries_page(request: Request) -> str:
+    """``GET /timesheets``: the caller's page of entries, as JSON."""
+    identity = require_scope(request, READ)
     query = parse_query(request, ListQuery)
     after = cursor.decode(query.cursor) if query.cursor else None
     if query.from_ and query.to and query.from_ > query.to:
@@ -97,14 +103,15 @@ async def list_entries(request: Request) -> Response:
         )
     async with database_of(request).connection() as conn:
         rows = await store.list_owned(conn, identity.principal, query, after)
-    return json_response(page_json(rows, query.limit))
+    return page_json(rows, query.limit)
 
 
-@requires_scope("create:timesheets")
-async def create_entry(request: Request) -> Response:
-    identity = identity_of(request)
+async def new_entry(request: Request) -> tuple[str, str] | Response:
+    """``POST /timesheets``: the entry created, as JSON, and its location; or, for a repeated
+    Idempotency-Key, the earlier answer to replay."""
+    identity = require_scope(request, CREATE)
     key = idempotency.key_from(request)
-    entry = await parse_body(request, EntryIn)
+    entry = await read_entry(request)
     entry_id = uuid.uuid4()
     # Relative to the request URI, so it resolves right both directly (/timesheets) and through
     # the gateway (/api/timesheets) without the service knowing the public prefix.
@@ -143,10 +150,38 @@ async def create_entry(request: Request) -> Response:
             await outcome.save(conn, 201, entry_of(row), location)
     events_committed(request)
     entries_created.labels("api").inc()
-    return json_response(entry_json(row), 201, {"Location": location})
+    return entry_json(row), location
 
 
-@requires_scope("read:timesheets")
+class ListEntries:
+    """``GET /timesheets``, a raw ASGI endpoint that the kit's front layer calls straight after the
+    identity check (``create_service_app(direct_routes=...)``): without Starlette's exception
+    middleware, router, request-response wrapper and response object, which cost about as much as
+    everything this route decides. The same checks as a decorated handler (the scope, 403 first),
+    errors raised as problems answered by the app's handlers, the same messages as ``json_response``
+    (``tests/test_direct.py`` holds the two ways in to the same answers)."""
+
+    required_scope = READ
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, await entries_page(Request(scope, receive)))
+
+
+class CreateEntry:
+    """``POST /timesheets``, a raw ASGI endpoint like :class:`ListEntries`."""
+
+    required_scope = CREATE
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        made = await new_entry(Request(scope, receive))
+        if isinstance(made, Response):  # an Idempotency-Key's earlier answer
+            await made(scope, receive, send)
+            return
+        body, location = made
+        await send_json(send, body, 201, ((b"location", location.encode("latin-1")),))
+
+
+@requires_scope(READ)
 async def get_entry(request: Request) -> Response:
     """The caller's own entry, or one awaiting their decision if they approve; otherwise 404."""
     identity = identity_of(request)

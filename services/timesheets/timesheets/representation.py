@@ -11,11 +11,12 @@ The rows come from a table whose constraints are the contract's (status, hours, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from json.encoder import encode_basestring as _text  # json.dumps' own string escaping
 
 from svckit.contracts.fields import rfc3339
 from svckit.contracts.identity import Person
-from svckit.contracts.timesheets import Entry, EntryDecision, EntryPage
+from svckit.contracts.timesheets import STATUSES, Entry, EntryDecision, EntryPage
 
 from . import cursor
 from .store import EntryRow
@@ -62,8 +63,25 @@ def _person(issuer: str, subject: str, name: str | None) -> str:
     return f'{{"issuer":{_text(issuer)},"subject":{_text(subject)},"name":{_text(name) if name else "null"}}}'
 
 
-def entry_json(row: EntryRow) -> str:
-    """``entry_of(row).model_dump_json()``, written directly."""
+#: the statuses as JSON strings (the table holds no others; anything else is escaped as it comes)
+_STATUS = {status: _text(status) for status in STATUSES}
+#: ``hours`` as JSON numbers by the stored value: quarter hours up to 24, at most 96 of them (the
+#: ``float`` and its ``repr`` per row cost as much as the rest of the number's share together)
+_HOURS: dict[Decimal, str] = {}
+_MAX_HOURS_KEPT = 1024
+
+
+def _hours(value: Decimal) -> str:
+    text = _HOURS.get(value)
+    if text is None:
+        text = repr(float(value))
+        if len(_HOURS) < _MAX_HOURS_KEPT:
+            _HOURS[value] = text
+    return text
+
+
+def _entry(row: EntryRow, owner: str) -> str:
+    """The entry's JSON with its owner already written (the same on every row of a page)."""
     decision = "null"
     if row.decision_id is not None:
         assert row.decided_at is not None
@@ -75,16 +93,31 @@ def entry_json(row: EntryRow) -> str:
     created = rfc3339(row.created_at)
     # an entry never changed since it was made has one timestamp twice: formatted once
     updated = created if row.updated_at == row.created_at else rfc3339(row.updated_at)
+    status = _STATUS.get(row.status) or _text(row.status)
     return (
-        f'{{"id":"{row.id}","owner":{_person(row.owner_issuer, row.owner_subject, row.owner_name)},'
-        f'"date":"{row.date.isoformat()}","project":{_text(row.project)},"hours":{float(row.hours)!r},'
-        f'"notes":{notes},"status":{_text(row.status)},"decision":{decision},'
+        f'{{"id":"{row.id}","owner":{owner},'
+        f'"date":"{row.date.isoformat()}","project":{_text(row.project)},"hours":{_hours(row.hours)},'
+        f'"notes":{notes},"status":{status},"decision":{decision},'
         f'"created_at":"{created}","updated_at":"{updated}"}}'
     )
 
 
+def entry_json(row: EntryRow) -> str:
+    """``entry_of(row).model_dump_json()``, written directly."""
+    return _entry(row, _person(row.owner_issuer, row.owner_subject, row.owner_name))
+
+
 def page_json(rows: Sequence[EntryRow], limit: int) -> str:
-    """``page_of(rows, limit).model_dump_json()``, written directly."""
+    """``page_of(rows, limit).model_dump_json()``, written directly. A listing's rows are one
+    owner's: the owner is written once and reused while the next row has the same."""
     items = rows[:limit]
     next_cursor = _text(cursor.encode(items[-1].position)) if len(rows) > limit else "null"
-    return f'{{"items":[{",".join(entry_json(row) for row in items)}],"next_cursor":{next_cursor}}}'
+    written = []
+    owner_of: tuple[str, str, str] | None = None
+    owner = ""
+    for row in items:
+        if owner_of is None or (row.owner_issuer, row.owner_subject, row.owner_name) != owner_of:
+            owner_of = (row.owner_issuer, row.owner_subject, row.owner_name)
+            owner = _person(*owner_of)
+        written.append(_entry(row, owner))
+    return f'{{"items":[{",".join(written)}],"next_cursor":{next_cursor}}}'
