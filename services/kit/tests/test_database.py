@@ -242,3 +242,41 @@ async def test_a_released_connection_carries_nothing_into_the_next_request(datab
             assert locks == 0
     finally:
         await database.close()
+
+
+async def test_a_pooled_connection_is_waited_for_within_the_connect_timeout_and_always_returned(
+    database_url: str,
+) -> None:
+    """``connection()`` bounds the wait for a free connection by ``connect_timeout`` (TimeoutError, as
+    asyncpg's own acquire timeout raised) and gives the connection back however the block ends: after
+    a failure in the block, or a caller cancelled while waiting, the pool still serves."""
+    database = Database(database_url, min_size=1, max_size=1, connect_timeout=0.3)
+    await database.wait_connected(10)
+    try:
+        async with database.connection() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                async with database.connection():
+                    pass  # never reached: the only connection is in use
+            assert 0.25 <= loop.time() - started < 2.0
+            waiting = asyncio.create_task(database.connection().__aenter__())
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        async def failing_block() -> None:
+            async with database.connection() as conn:
+                await conn.fetchval("SELECT 1")
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await failing_block()
+        for _ in range(3):
+            async with database.connection() as conn:
+                assert await conn.fetchval("SELECT 2") == 2
+        assert database.pool.get_idle_size() == 1
+    finally:
+        await database.close()
