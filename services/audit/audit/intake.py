@@ -39,10 +39,11 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 from svckit.body import parse_body
 from svckit.contracts.audit import Actor, AuditEvent, IngestBatch, Resource, Storable
 from svckit.contracts.fields import Instant
+from svckit.identity import replaying_receive
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -166,20 +167,6 @@ async def _whole_body(receive: Receive) -> bytes:
             raise ClientDisconnect()
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands ``body`` (read already) over once, then waits as ``receive``."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 async def read_batch(request: Request) -> IngestBatch:
     """The request's batch, or the problem ``parse_body`` raises for it."""
     if _json_media_type(request.scope):
@@ -187,5 +174,5 @@ async def read_batch(request: Request) -> IngestBatch:
         batch = fast_batch(body)
         if batch is not None:
             return batch
-        request = Request(request.scope, _replaying(body, request.receive))
+        request = Request(request.scope, replaying_receive(body, request.receive))
     return await parse_body(request, IngestBatch)

@@ -597,7 +597,7 @@ class IdentityGate:
                 await response(scope, receive, send)
                 return None
         scope.setdefault("state", {})["identity"] = identity
-        return _replaying(body, receive)
+        return replaying_receive(body, receive)
 
     @staticmethod
     async def _refuse(reason: str, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -657,7 +657,7 @@ async def _read_body(receive: Receive, max_body_size: int | None = None) -> byte
             return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def replaying_receive(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the already-read body to the app once, then waits as the server's."""
     sent = False
 
