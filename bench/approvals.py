@@ -33,12 +33,21 @@ With ``BENCH_APPROVALS_BASELINE`` set to a checkout (a directory holding ``servi
 service runs from that code with the same settings, beside the first (the same timesheets and audit
 services and database; its decisions on entries of their own), measured in the same rounds as
 ``before`` (``ratios.<case>.approvals_vs_before_cpu_per_request``): an A/B of a change in one run.
+With ``BENCH_APPROVALS_BASELINE_TIMESHEETS=1`` as well, the old approvals service has a timesheets
+service from that checkout of its own too (the same database and audit service), so ``before`` is the
+old pair against the new one (``timesheets_vs_before_cpu_per_request``,
+``services_vs_before_cpu_per_request``): the A/B of a change to the timesheets side of a decision.
 
 ``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
 each; medians, each round's rps, the CPU time per request of every server process, and the ratios
 the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
 (the service's cases under ``queue`` and ``decide`` as before; ``reference``, ``pgbench``, ``ratios``,
 ``targets``) and prints a table. Benchmarks assert nothing.
+
+``BENCH_APPROVALS_PROFILE`` naming an output prefix samples the approvals and timesheets services
+with py-spy while the ``service`` peer runs (collapsed stacks, ``--format raw``: one file per
+process, case and round, ``<prefix>.<case>.<process>.<round>``): where a decision's CPU goes on both
+sides. Off by default (sampling costs the processes some CPU too, counted in their figures).
 """
 
 from __future__ import annotations
@@ -49,9 +58,12 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,10 +256,13 @@ def ratios(
     reference: dict[str, Any],
     pgbench: dict[str, Any] | None,
     before: dict[str, Any] | None = None,
+    *,
+    both_before: bool = False,
 ) -> dict[str, Any]:
     """The issue's ratios for one case; the services' CPU is approvals + timesheets (the reference's
     one process does both). With ``before`` (``BENCH_APPROVALS_BASELINE``), the approvals service's
-    CPU per request and throughput against the old code's."""
+    CPU per request and throughput against the old code's; ``both_before``: the old approvals
+    service had an old timesheets service of its own (the two services' CPU against the old pair's)."""
     cpu = service["cpu_us_per_request"]
     service_cpu = cpu["approvals"] + cpu["timesheets"]
     reference_cpu = reference["cpu_us_per_request"]["reference"]
@@ -265,8 +280,51 @@ def ratios(
         found["approvals_vs_before_cpu_per_request"] = (
             round(cpu["approvals"] / old["approvals"], 3) if old["approvals"] else None
         )
+        if both_before:
+            old_cpu = old["approvals"] + old["timesheets"]
+            found["timesheets_vs_before_cpu_per_request"] = (
+                round(cpu["timesheets"] / old["timesheets"], 3) if old["timesheets"] else None
+            )
+            found["services_vs_before_cpu_per_request"] = round(service_cpu / old_cpu, 3) if old_cpu else None
         found["service_vs_before_rps"] = round(service["rps"] / before["rps"], 3) if before["rps"] else None
     return found
+
+
+def profiled(pids: dict[str, int | None], name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` with py-spy sampling each of ``pids`` when ``BENCH_APPROVALS_PROFILE`` names an output
+    prefix (``<prefix>.<name>.<process>``), else just ``run``."""
+    output = os.environ.get("BENCH_APPROVALS_PROFILE", "")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not output or not Path(spy).exists():
+        return run()
+    samplers = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                f"{output}.{name}.{who}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for who, pid in pids.items()
+        if pid is not None
+    ]
+    try:
+        return run()
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)
+        for sampler in samplers:
+            sampler.wait(30)
 
 
 def main() -> int:
@@ -279,6 +337,7 @@ def main() -> int:
     processes: list[ServiceProcess] = []
     reference: Any = None
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
+    both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
     cases = ("queue", "decide")
     peers = ("service", "before", "reference", "pgbench") if baseline else ("service", "reference", "pgbench")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
@@ -319,10 +378,25 @@ def main() -> int:
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
                 if baseline:
+                    old_timesheets = timesheets
+                    if both_before:
+                        old_timesheets = ServiceProcess(
+                            "timesheets",
+                            {
+                                **env,
+                                "AUDIT_URL": audit.url,
+                                "PYTHONPATH": os.pathsep.join(
+                                    (f"{baseline}/services/timesheets", f"{baseline}/services/kit")
+                                ),
+                            },
+                            log_dir=logs,
+                        ).start()
+                        processes.append(old_timesheets)
                     before = ServiceProcess(
                         "approvals",
                         {
                             **approvals_env,
+                            "TIMESHEETS_URL": old_timesheets.url,
                             "PYTHONPATH": f"{baseline}/services/approvals{os.pathsep}{baseline}/services/kit",
                         },
                         log_dir=logs,
@@ -332,7 +406,7 @@ def main() -> int:
                     meters["before"] = CpuMeter(
                         {
                             "approvals": pid_of(before),
-                            "timesheets": pid_of(timesheets),
+                            "timesheets": pid_of(old_timesheets),
                             "audit": pid_of(audit),
                         }
                     )
@@ -365,9 +439,18 @@ def main() -> int:
                                 if case == "queue"
                                 else decide_script(logs / "decide.lua", keys, entries_of(peer, n))
                             )
-                            runs[peer][case].append(
-                                measured(lambda: run_wrk(target, script, seconds), meters[peer])  # noqa: B023
-                            )
+
+                            def work() -> dict[str, Any]:
+                                return measured(
+                                    lambda: run_wrk(target, script, seconds),  # noqa: B023
+                                    meters[peer],  # noqa: B023
+                                )
+
+                            if peer == "service":
+                                pids = {"approvals": pid_of(approvals), "timesheets": pid_of(timesheets)}
+                                runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
+                            else:
+                                runs[peer][case].append(work())
                         if pgbench is not None:
                             runs["pgbench"][case].append(
                                 run_pgbench(pgbench_url, [pgbench[case]], seconds, logs)
@@ -398,9 +481,15 @@ def main() -> int:
         **service,
         "reference": minimal,
         "pgbench": pg or None,
-        **({"before": old} if old else {}),
+        **({"before": old, "before_timesheets": "baseline" if both_before else "shared"} if old else {}),
         "ratios": {
-            case: ratios(service[case], minimal[case], pg.get(case), old[case] if old else None)
+            case: ratios(
+                service[case],
+                minimal[case],
+                pg.get(case),
+                old[case] if old else None,
+                both_before=both_before,
+            )
             for case in cases
         },
         "targets": TARGETS,
@@ -439,6 +528,11 @@ def main() -> int:
             print(
                 f"{case}: approvals / before (BENCH_APPROVALS_BASELINE) CPU per request "
                 f"{r['approvals_vs_before_cpu_per_request']}, throughput {r['service_vs_before_rps']}"
+            )
+        if both_before:
+            print(
+                f"{case}: timesheets / before {r['timesheets_vs_before_cpu_per_request']}, approvals + "
+                f"timesheets / before {r['services_vs_before_cpu_per_request']} (CPU per request)"
             )
     print(f"written to {RESULTS / 'approvals.json'}")
     return 0 if all(case["non_2xx"] == 0 for case in service.values()) else 1
