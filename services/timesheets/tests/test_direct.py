@@ -208,3 +208,211 @@ async def test_idempotency_keys_are_answered_as_through_the_router(
         ]
         answers.append(seen)
     assert answers[0] == answers[1]
+
+
+# ---- the approvals service's internal routes (direct too: timesheets.internal) -------------------
+
+APPROVALS = Identity.service("approvals")
+#: callers the internal routes refuse (403): a user with every scope, another service, a client named
+#: like the service
+STRANGERS = [
+    user("stranger", *ALL, "approve:timesheets", "delete:timesheets"),
+    Identity.service("gateway"),
+    Identity("http://localhost:9000/", "approvals", "client", "approvals", frozenset(), ""),
+]
+
+
+async def alike(
+    direct: SignedApi, routed: SignedApi, method: str, path: str, who: Identity | None, **kwargs: Any
+) -> tuple[int, list[tuple[str, str]], Any]:
+    """The same request (signed afresh for each: a signature is accepted once) to both services,
+    answered alike; the answer, normalised (entries' owners masked by ``owner``, if given)."""
+    owner = kwargs.pop("owner", who or user("nobody"))
+    answers = [normalised(await api.call(method, path, who, **kwargs), owner) for api in (direct, routed)]
+    assert answers[0] == answers[1], (method, path, who, kwargs)
+    return answers[0]
+
+
+async def new_entry_of(api: SignedApi, who: Identity, date: str = "2026-11-23") -> str:
+    made = await api.call("POST", "/timesheets", who, json={**BASE, "date": date})
+    assert made.status == 201, made.text
+    entry_id: str = made.body["id"]
+    return entry_id
+
+
+def decision_of(by: Identity, verdict: str = "approved", decision_id: str | None = None) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id or str(uuid.uuid4()),
+        "decision": verdict,
+        "comment": "fine",
+        "by": {"issuer": by.issuer, "subject": by.subject, "name": by.name, "client_id": by.client_id},
+        "at": "2026-12-04T10:00:00Z",
+    }
+
+
+PENDING_QUERIES = [
+    ("?exclude_issuer={issuer}&exclude_subject=boss&limit=2", 200),
+    ("?exclude_issuer={issuer}&exclude_subject=boss", 200),
+    ("", 422),
+    ("?exclude_issuer={issuer}", 422),
+    ("?exclude_issuer={issuer}&exclude_subject=boss&limit=0", 422),
+    ("?exclude_issuer={issuer}&exclude_subject=boss&limit=abc", 422),
+    ("?exclude_issuer={issuer}&exclude_subject=boss&cursor=abc", 422),
+    ("?exclude_issuer={issuer}&exclude_subject=boss&cursor=%%%", 400),
+    ("?exclude_issuer={issuer}&exclude_subject=boss&bogus=1", 422),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), PENDING_QUERIES)
+async def test_the_pending_queue_is_answered_as_through_the_router(
+    api: SignedApi, routed: SignedApi, query: str, expected: int
+) -> None:
+    """Over one database: the same page (the pending entries are everyone's, so the owner of two new
+    ones is masked), and the same problems."""
+    owner = user(f"queued-{uuid.uuid4().hex[:8]}", *ALL, name="Quinn")
+    for day in (1, 2):
+        await new_entry_of(api, owner, f"2030-01-0{day}")
+    path = "/internal/timesheets/pending" + query.format(issuer=owner.issuer)
+    status, _, body = await alike(api, routed, "GET", path, APPROVALS, owner=owner)
+    assert status == expected
+    if status == 200 and "limit=2" in query:
+        assert [item["owner"]["subject"] for item in body["items"]] == ["<subject>", "<subject>"]
+        cursor = (await api.call("GET", path, APPROVALS)).body["next_cursor"]
+        await alike(api, routed, "GET", f"{path}&cursor={cursor}", APPROVALS, owner=owner)
+    for who in (*STRANGERS, None):
+        assert (await alike(api, routed, "GET", path, who))[0] == (401 if who is None else 403)
+
+
+async def test_an_entry_is_answered_to_the_peer_as_through_the_router(
+    api: SignedApi, routed: SignedApi
+) -> None:
+    owner = user(f"peered-{uuid.uuid4().hex[:8]}", *ALL, "delete:timesheets", name="Pia")
+    live, deleted = await new_entry_of(api, owner), await new_entry_of(api, owner, "2026-11-24")
+    assert (await api.call("DELETE", f"/timesheets/{deleted}", owner)).status == 204
+    for target, expected in [
+        (live, 200),
+        (deleted, 404),
+        (str(uuid.uuid4()), 404),
+        ("not-an-id", 404),
+        (live.upper(), 200),
+    ]:
+        path = f"/internal/timesheets/{target}"
+        assert (await alike(api, routed, "GET", path, APPROVALS, owner=owner))[0] == expected
+        assert (await alike(api, routed, "HEAD", path, APPROVALS, owner=owner))[0] == expected
+        for who in (*STRANGERS, None):
+            assert (await alike(api, routed, "GET", path, who))[0] == (401 if who is None else 403)
+        for method in ("PUT", "DELETE", "POST"):
+            assert (await alike(api, routed, method, path, APPROVALS, json={}))[0] == 405
+    assert (await alike(api, routed, "POST", "/internal/timesheets/pending", APPROVALS, json={}))[0] == 405
+    assert (await alike(api, routed, "GET", f"/internal/timesheets/{live}/decision", APPROVALS))[0] == 405
+
+
+async def test_decisions_are_applied_as_through_the_router(
+    api: SignedApi, routed: SignedApi, db: Any
+) -> None:
+    """Each step on an entry of its own on each service: applied, repeated (200 again), another
+    decision (409 with the entry), the owner deciding (403), a deleted or unknown entry (404), and
+    the one audit event each decision queued."""
+    owner = user(f"decided-{uuid.uuid4().hex[:8]}", *ALL, "delete:timesheets", name="Dora")
+    boss, other = user(f"boss-{uuid.uuid4().hex[:8]}", name="Bo"), user(f"boss-{uuid.uuid4().hex[:8]}")
+    entries = [await new_entry_of(client, owner) for client in (api, routed)]
+    bodies = [decision_of(boss, "rejected") for _ in entries]
+    answers: list[list[Any]] = [[], []]
+
+    def step(n: int, reply: Reply) -> None:
+        text = reply.text.replace(entries[n], "<entry>").replace(bodies[n]["decision_id"], "<decision>")
+        answers[n].append(normalised(Reply(reply.status, reply.headers, None, text), owner))
+
+    for n, client in enumerate((api, routed)):
+        path = f"/internal/timesheets/{entries[n]}/decision"
+        step(n, await client.call("POST", path, APPROVALS, json=decision_of(owner)))  # own: 403
+        step(n, await client.call("POST", path, APPROVALS, json=bodies[n]))  # applied
+        step(n, await client.call("POST", path, APPROVALS, json=bodies[n]))  # repeated
+        step(n, await client.call("POST", path, APPROVALS, json=decision_of(other)))  # 409
+        assert (await client.call("DELETE", f"/timesheets/{entries[n]}", owner)).status == 204
+        step(n, await client.call("POST", path, APPROVALS, json=bodies[n]))  # deleted, yet applied: 200
+        step(n, await client.call("POST", path, APPROVALS, json=decision_of(other)))  # gone: 404
+    assert answers[0] == answers[1]
+    assert [status for status, _, _ in answers[0]] == [403, 200, 200, 409, 200, 404]
+    events = []
+    for n, entry in enumerate(entries):
+        rows = await db.fetch(
+            "SELECT payload FROM outbox WHERE payload->>'action' = 'timesheet.decided' "
+            "AND payload->'resource'->>'id' = $1",
+            entry,
+        )
+        assert len(rows) == 1
+        payload = json.loads(rows[0]["payload"])
+        for name in ("id", "at", "occurred_at", "request_id"):
+            payload.pop(name, None)
+        events.append(
+            json.loads(
+                json.dumps(payload).replace(entry, "<entry>").replace(bodies[n]["decision_id"], "<decision>")
+            )
+        )
+    assert events[0] == events[1]
+
+
+DECISION_BODIES: list[tuple[Any, str, int]] = [
+    ('{"decision_id":"not-a-uuid"}', "application/json", 422),
+    ("{}", "application/json", 422),
+    ("{", "application/json", 400),
+    ("", "application/json", 400),
+    (b"\xff", "application/json", 400),
+    ("[1]", "application/json", 422),
+    ("{DECISION}", "text/plain", 415),
+    ("{DECISION}", "application/json; charset=latin-1", 415),
+    ('{"decision_id":"x","decision_id":"y"}', "application/json", 422),
+]
+
+
+@pytest.mark.parametrize(("raw", "content_type", "expected"), DECISION_BODIES)
+async def test_a_refused_decision_is_answered_as_through_the_router(
+    api: SignedApi, routed: SignedApi, raw: Any, content_type: str, expected: int
+) -> None:
+    owner = user(f"refused-{uuid.uuid4().hex[:8]}", *ALL, name="Rey")
+    entry = await new_entry_of(api, owner)
+    if isinstance(raw, str):
+        raw = raw.replace("{DECISION}", json.dumps(decision_of(user("boss")))).encode()
+    headers = {"content-type": content_type}
+    for target in (entry, str(uuid.uuid4()), "not-an-id"):
+        path = f"/internal/timesheets/{target}/decision"
+        status, _, _ = await alike(api, routed, "POST", path, APPROVALS, data=raw, headers=headers)
+        assert status == (404 if target == "not-an-id" else expected)
+        for who in (*STRANGERS, None):
+            assert (await alike(api, routed, "POST", path, who, data=raw, headers=headers))[0] == (
+                401 if who is None else 403
+            )
+    # none of it changed the entry
+    assert (await api.call("GET", f"/internal/timesheets/{entry}", APPROVALS)).body["status"] == "submitted"
+
+
+async def test_without_the_database_the_internal_routes_answer_alike(
+    service_env: dict[str, str], caller: Caller
+) -> None:
+    """``DatabaseUnavailable`` (no pool: Postgres unreachable) answered by the app's handler, 503 with
+    Retry-After, on either path."""
+    env = {
+        **service_env,
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+        "AUDIT_URL": "http://127.0.0.1:9",
+    }
+    settings = load_settings(TimesheetsSettings, env=env)
+    async with (
+        serve_app(create_app(settings)) as direct_url,
+        serve_app(create_app(settings, direct=False)) as routed_url,
+    ):
+        direct, general = SignedApi(direct_url, caller), SignedApi(routed_url, caller)
+        try:
+            entry = str(uuid.uuid4())
+            for method, path, body in [
+                ("GET", "/internal/timesheets/pending?exclude_issuer=i&exclude_subject=s", None),
+                ("GET", f"/internal/timesheets/{entry}", None),
+                ("POST", f"/internal/timesheets/{entry}/decision", decision_of(user("boss"))),
+            ]:
+                status, headers, _ = await alike(direct, general, method, path, APPROVALS, json=body)
+                assert status == 503
+                assert ("retry-after", "2") in headers
+        finally:
+            await direct.close()
+            await general.close()

@@ -37,15 +37,19 @@ DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_
 #: the busiest routes, served by the kit's front layer directly (``create_service_app(direct_routes=)``)
 LIST = Route("/timesheets", api.ListEntries(), methods=["GET"])
 CREATE = Route("/timesheets", api.CreateEntry(), methods=["POST"])
+#: the approvals service's calls (two per decision, one per queue page), direct too
+PENDING = Route("/internal/timesheets/pending", internal.PendingEntries(), methods=["GET"])
+PEER_ENTRY = Route("/internal/timesheets/{id}", internal.EntryForPeer(), methods=["GET"])
+DECISION = Route("/internal/timesheets/{id}/decision", internal.ApplyDecisionRoute(), methods=["POST"])
 ROUTES = [
     LIST,
     CREATE,
     Route("/timesheets/upload", api.upload_entries, methods=["POST"]),
     Route("/timesheets/{id}", api.get_entry, methods=["GET"]),
     Route("/timesheets/{id}", api.delete_entry, methods=["DELETE"]),
-    Route("/internal/timesheets/pending", internal.pending_entries, methods=["GET"]),
-    Route("/internal/timesheets/{id}", internal.entry_for_peer, methods=["GET"]),
-    Route("/internal/timesheets/{id}/decision", internal.apply_decision, methods=["POST"]),
+    PENDING,
+    PEER_ENTRY,
+    DECISION,
 ]
 
 
@@ -101,5 +105,5 @@ def create_app(settings: TimesheetsSettings | None = None, *, direct: bool = Tru
         max_body_size=settings.max_body_bytes,
         openapi=document(ROUTES),
         state={"relay": relay},
-        direct_routes=[LIST, CREATE] if direct else [],
+        direct_routes=[LIST, CREATE, PENDING, PEER_ENTRY, DECISION] if direct else [],
     )

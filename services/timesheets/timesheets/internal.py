@@ -5,53 +5,63 @@
 It is idempotent by decision id, so the approvals service may retry it after any failure (timeout,
 crash, lost response) and always learns the true outcome: applied (200, also for a replay), entry
 gone (404), decided otherwise (409) or the approver owns the entry (403).
+
+All three are raw ASGI endpoints (:class:`PendingEntries`, :class:`EntryForPeer`,
+:class:`ApplyDecisionRoute`) that the kit's front layer calls straight after the identity check
+(``create_service_app(direct_routes=...)``), as ``GET``/``POST /timesheets`` are
+(:class:`timesheets.api.ListEntries`): the approvals service calls two of them for every decision and
+one for every queue page, and Starlette's exception middleware, router, request-response wrapper and
+response objects cost about as much as what each route decides. The same check first
+(:func:`~svckit.authz.require_service`, as ``requires_service`` makes it), problems raised and
+answered by the app's handlers, a 200 written as ``json_response`` writes it (``tests/test_direct.py``
+holds these to the same service with the routes behind the router).
 """
 
 from __future__ import annotations
 
 from asyncpg import Record
 from starlette.requests import Request
-from starlette.responses import Response
-from svckit.authz import identity_of, requires_service
+from starlette.types import Receive, Scope, Send
+from svckit.authz import identity_of, require_service
 from svckit.body import parse_body
 from svckit.contracts.timesheets import ApplyDecision, PendingQuery
 from svckit.db import Connection, DatabaseUnavailable
 from svckit.problems import Problem
 from svckit.query import parse_query
-from svckit.responses import json_response
+from svckit.responses import send_json
 
 from . import cursor, events, store
 from .api import database_of, entry_id_of, events_committed, not_found
 from .representation import entry_json, entry_of, page_json
 
 PEER = "approvals"
+#: who may call these routes (``endpoint.required_service``, as ``requires_service(PEER)`` records it)
+PEERS = frozenset({PEER})
 
 
-@requires_service(PEER)
-async def pending_entries(request: Request) -> Response:
-    """The approval queue of one approver: submitted entries of everyone else."""
+async def pending_entries(request: Request) -> str:
+    """The approval queue of one approver: submitted entries of everyone else (the page's JSON). The
+    callers of these three checked the service principal."""
     query = parse_query(request, PendingQuery)
     after = cursor.decode(query.cursor) if query.cursor else None
     async with database_of(request).connection() as conn:
         rows = await store.list_pending(
             conn, (query.exclude_issuer, query.exclude_subject), query.limit, after
         )
-    return json_response(page_json(rows, query.limit))
+    return page_json(rows, query.limit)
 
 
-@requires_service(PEER)
-async def entry_for_peer(request: Request) -> Response:
+async def entry_for_peer(request: Request) -> str:
     """Any live entry, whoever owns it (the approvals service checks the rules before deciding)."""
     entry_id = entry_id_of(request)
     async with database_of(request).connection() as conn:
         row = await store.get_entry(conn, entry_id)
     if row is None or not row.live:
         raise not_found()
-    return json_response(entry_json(row))
+    return entry_json(row)
 
 
-@requires_service(PEER)
-async def apply_decision(request: Request) -> Response:
+async def apply_decision(request: Request) -> str:
     """One statement in autocommit (``store.APPLY_DECISION``: the entry locked by its update, the
     decision and its audit event); only when it changed nothing is the entry read again, to answer why."""
     caller = identity_of(request)
@@ -81,7 +91,7 @@ async def apply_decision(request: Request) -> Response:
             raise not_found()
         if refusal == "applied":
             assert row is not None
-            return json_response(entry_json(row))  # already applied: a retry learns it was
+            return entry_json(row)  # already applied: a retry learns it was
         if refusal == "decided":
             assert row is not None
             raise Problem(
@@ -94,4 +104,37 @@ async def apply_decision(request: Request) -> Response:
             raise Problem(403, "Forbidden", "Approvers cannot decide their own entries.")
     else:
         raise DatabaseUnavailable("the entry kept changing under the decision")
-    return json_response(entry_json(store.EntryRow.of(record)))
+    return entry_json(store.EntryRow.of(record))
+
+
+class PendingEntries:
+    """``GET /internal/timesheets/pending``, raw ASGI (see the module docstring)."""
+
+    required_service = PEERS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        require_service(request, PEERS)
+        await send_json(send, await pending_entries(request))
+
+
+class EntryForPeer:
+    """``GET /internal/timesheets/{id}``, raw ASGI (see the module docstring)."""
+
+    required_service = PEERS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        require_service(request, PEERS)
+        await send_json(send, await entry_for_peer(request))
+
+
+class ApplyDecisionRoute:
+    """``POST /internal/timesheets/{id}/decision``, raw ASGI (see the module docstring)."""
+
+    required_service = PEERS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        require_service(request, PEERS)
+        await send_json(send, await apply_decision(request))
