@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 from svckit.body import parse_body
-from svckit.contracts.timesheets import EntryIn
+from svckit.contracts.timesheets import ApplyDecision, EntryIn
 from svckit.problems import Problem
-from timesheets.intake import fast_entry, read_entry
+from timesheets.intake import fast_decision, fast_entry, read_decision, read_entry
 
 pytestmark = pytest.mark.unit
 
@@ -201,3 +201,124 @@ async def test_a_body_only_the_general_path_reads_gives_the_same_entry() -> None
     read = await served(body)
     assert isinstance(read, EntryIn)
     assert read.project == "Café"
+
+
+# ---- decisions: POST /internal/timesheets/{id}/decision (fast_decision, read_decision) -------------
+
+BY: dict[str, Any] = {"issuer": "http://localhost:9000/", "subject": "boss", "name": "Bo", "client_id": "spa"}
+DECISION: dict[str, Any] = {
+    "decision_id": "0b9a3c1e-6a55-4d1f-9d8e-2f1c7e0d4a11",
+    "decision": "approved",
+    "comment": "fine",
+    "by": BY,
+    "at": "2026-12-04T10:00:00.123456Z",
+}
+
+DECISIONS_VALID = [
+    compact(DECISION),
+    json.dumps(DECISION).encode(),  # spaces after the separators: declined (no "at":"), still read
+    compact({**DECISION, "comment": None}),
+    compact({key: value for key, value in DECISION.items() if key != "comment"}),
+    compact({**DECISION, "decision": "rejected", "comment": ""}),
+    compact({**DECISION, "by": {"issuer": "i", "subject": "s"}}),
+    compact({**DECISION, "by": {**BY, "name": None}}),
+    compact({**DECISION, "at": "2026-12-04T11:00:00+01:00"}),
+    compact({**DECISION, "at": "2026-12-04T10:00:00Z"}),
+    compact({**DECISION, "comment": 'Café ☕ 𝄞 "quoted" back\\slash'}),
+    compact({"at": DECISION["at"], "by": BY, "decision": "approved", "decision_id": DECISION["decision_id"]}),
+    compact({**DECISION, "comment": 'it said "at":"now"'}),
+    compact({**DECISION, "decision_id": DECISION["decision_id"].upper()}),
+    compact({**DECISION, "at": 1764842400}),  # a number: pydantic's datetime, read by parse_body
+    compact({**DECISION, "comment": "a\\u0041"}),
+    b'{"decision_id" :"0b9a3c1e-6a55-4d1f-9d8e-2f1c7e0d4a11","decision":"approved","by":{"issuer":"i",'
+    b'"subject":"s"},"at":"2026-12-04T10:00:00Z"}',
+]
+
+DECISIONS_INVALID = [
+    b"",
+    b"{",
+    b"[]",
+    b"{}",
+    compact({**DECISION, "decision": "maybe"}),
+    compact({**DECISION, "decision_id": "not-a-uuid"}),
+    compact({**DECISION, "decision_id": 5}),
+    compact({**DECISION, "comment": "x" * 2001}),
+    compact({**DECISION, "comment": 5}),
+    compact({**DECISION, "comment": True}),
+    compact({**DECISION, "by": None}),
+    compact({**DECISION, "by": {**BY, "subject": ""}}),
+    compact({**DECISION, "by": {**BY, "extra": "x"}}),
+    compact({**DECISION, "by": {**BY, "name": 5}}),
+    compact({**DECISION, "by": "boss"}),
+    compact({**DECISION, "extra": {"a": [1]}}),
+    compact({**DECISION, "at": "2026-12-04T10:00:00"}),
+    compact({**DECISION, "at": "0001-01-01T00:00:00+14:00"}),
+    compact({**DECISION, "at": "yesterday"}),
+    compact({**DECISION, "at": 9007199254740993}),
+    compact({key: value for key, value in DECISION.items() if key != "at"}),
+    compact({key: value for key, value in DECISION.items() if key != "by"}),
+    compact(DECISION)[:-1] + b',"at":"2026-12-05T10:00:00Z"}',
+    compact(DECISION)[:-1] + b',"decision":"rejected"}',
+    compact(DECISION).replace(b'"name":"Bo"', b'"name":"Bo","name":"Al"'),
+    compact(DECISION).replace(b'"subject":"boss"', b'"subject":"boss","subject":"boss"'),
+    compact(DECISION).replace(b'"fine"', b'"f\\ud800"'),
+    compact(DECISION).replace(b'"fine"', b'"f\x01"'),
+    compact(DECISION).replace(b'"fine"', b'"\xff"'),
+    compact(DECISION).replace(b'"2026-12-04T10:00:00.123456Z"', b"1e999"),
+    compact(DECISION).replace(b'"2026-12-04T10:00:00.123456Z"', b"NaN"),
+    compact(DECISION).replace(b'"2026-12-04T10:00:00.123456Z"', b"Infinity"),
+    compact(DECISION).replace(b'"2026-12-04T10:00:00.123456Z"', b"1" + b"0" * 400),
+    compact(DECISION) + b" x",
+    compact(DECISION)[:-1] + b",}",
+    b"\xef\xbb\xbf" + compact(DECISION),
+    compact({**DECISION, "comment": "[" * 40 + "]" * 40}).replace(b'"[[', b"[[").replace(b']]"', b"]]"),
+]
+
+
+async def general_decision(body: bytes, content_type: str = "application/json") -> Any:
+    try:
+        return await parse_body(request_with(body, content_type), ApplyDecision)
+    except Problem as exc:
+        return exc.status, json.loads(bytes(exc.response().body))
+
+
+async def served_decision(body: bytes, content_type: str = "application/json") -> Any:
+    try:
+        return await read_decision(request_with(body, content_type))
+    except Problem as exc:
+        return exc.status, json.loads(bytes(exc.response().body))
+
+
+@pytest.mark.parametrize("body", DECISIONS_VALID)
+async def test_a_valid_decision_is_read_as_parse_body_reads_it(body: bytes) -> None:
+    expected = await general_decision(body)
+    assert isinstance(expected, ApplyDecision), expected
+    fast = fast_decision(body)
+    assert fast is None or (fast == expected and fast.model_fields_set == expected.model_fields_set)
+    assert await served_decision(body) == expected
+
+
+@pytest.mark.parametrize("comment", [None, "", "fine", "Café ☕", 'with "quotes"'])
+@pytest.mark.parametrize("name", [None, "Bo"])
+def test_what_the_approvals_service_sends_is_read_in_one_pass(comment: str | None, name: str | None) -> None:
+    """Its bodies (``approvals.peer``: ``ApplyDecision.model_dump_json()``, compact) take the one-pass
+    read, which gives the model they were written from."""
+    sent = ApplyDecision.model_validate({**DECISION, "comment": comment, "by": {**BY, "name": name}})
+    assert fast_decision(sent.model_dump_json().encode()) == sent
+
+
+@pytest.mark.parametrize("body", DECISIONS_INVALID)
+async def test_a_decision_parse_body_refuses_is_never_taken(body: bytes) -> None:
+    expected = await general_decision(body)
+    assert not isinstance(expected, ApplyDecision), body
+    assert fast_decision(body) is None
+    assert await served_decision(body) == expected
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "text/plain", "application/x+json", ""],
+)
+@pytest.mark.parametrize("body", [compact(DECISION), compact({**DECISION, "decision": "no"}), b"{"])
+async def test_a_decision_of_another_media_type_is_read_by_parse_body(content_type: str, body: bytes) -> None:
+    assert await served_decision(body, content_type) == await general_decision(body, content_type)

@@ -23,8 +23,7 @@ from asyncpg import Record
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 from svckit.authz import identity_of, require_service
-from svckit.body import parse_body
-from svckit.contracts.timesheets import ApplyDecision, PendingQuery
+from svckit.contracts.timesheets import PendingQuery
 from svckit.db import Connection, DatabaseUnavailable
 from svckit.problems import Problem
 from svckit.query import parse_query
@@ -32,6 +31,7 @@ from svckit.responses import send_json
 
 from . import cursor, events, store
 from .api import database_of, entry_id_of, events_committed, not_found
+from .intake import read_decision
 from .representation import entry_json, entry_of, page_json
 
 PEER = "approvals"
@@ -66,7 +66,7 @@ async def apply_decision(request: Request) -> str:
     decision and its audit event); only when it changed nothing is the entry read again, to answer why."""
     caller = identity_of(request)
     entry_id = entry_id_of(request)
-    decision = await parse_body(request, ApplyDecision)
+    decision = await read_decision(request)
     database = database_of(request)
 
     async def committed(conn: Connection) -> bool:
