@@ -24,7 +24,7 @@ from svckit.problems import Problem
 from svckit.query import parse_query
 
 from .peer import PeerUnavailable, Timesheets, not_json
-from .representation import decision_of
+from .representation import decision_json, decision_of
 from .workflow import Refusal, Workflow
 
 APPROVE = "approve:timesheets"
@@ -153,7 +153,7 @@ async def decide(request: Request) -> bytes:
             )
         raise Problem(result.status, None, result.detail)
     if result.state == "applied":
-        return decision_of(result.decision, result.entry).model_dump_json().encode()
+        return decision_json(result.decision, result.entry, result.entry_text)
     if result.state == "void":
         status, detail = VOID_ANSWERS[result.reason]
         raise Problem(status, None, detail)

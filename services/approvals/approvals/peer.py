@@ -45,9 +45,13 @@ class PeerReply:
 
 @dataclass(frozen=True)
 class ApplyOutcome:
+    """``entry_text``: a 200's entry as the timesheets service wrote it (``entry`` read from it), the
+    bytes ``entry.model_dump_json()`` would write again (:func:`approvals.representation.decision_json`)."""
+
     verdict: Verdict
     entry: Entry | None
     detail: str = ""
+    entry_text: str = ""
 
 
 def entry_in(document: Any) -> Entry | None:
@@ -191,12 +195,14 @@ class Timesheets:
         )
         verdict = _VERDICTS.get(reply.status, "refused")
         entry = None
+        entry_text = ""
         if reply.status == 200:
             entry = entry_from(reply.text)
+            entry_text = reply.text if entry is not None else ""
         elif isinstance(reply.body, dict):
             entry = entry_in(reply.body.get("entry"))
         detail = reply.body.get("detail", "") if isinstance(reply.body, dict) and reply.status != 200 else ""
-        return ApplyOutcome(verdict, entry, detail)
+        return ApplyOutcome(verdict, entry, detail, entry_text)
 
     async def apply_with_retries(
         self, decision: DecisionRow, attempts: int, pause: float = 0.2

@@ -42,12 +42,14 @@ VOID_REASONS = {"gone": "entry_gone", "conflict": "already_decided", "forbidden"
 
 @dataclass(frozen=True)
 class Result:
-    """Where a decision stands after an attempt, and the entry as the timesheets service returned it."""
+    """Where a decision stands after an attempt, and the entry as the timesheets service returned it
+    (``entry_text``: as it wrote it, when it answered the entry with a 200)."""
 
     state: State
     decision: DecisionRow
     entry: Entry | None = None
     reason: str = ""
+    entry_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,13 @@ class Workflow:
         assert row is not None
         if applied:
             decisions.labels(row.decision).inc()
-        return Result(row.state, row, outcome.entry, row.void_reason or "")  # type: ignore[arg-type]
+        return Result(
+            row.state,  # type: ignore[arg-type]
+            row,
+            outcome.entry,
+            row.void_reason or "",
+            outcome.entry_text,
+        )
 
     async def _note_failure(self, decision_id: uuid.UUID, error: str) -> None:
         try:
