@@ -268,10 +268,12 @@ async def test_the_pending_queue_is_answered_as_through_the_router(
     api: SignedApi, routed: SignedApi, query: str, expected: int
 ) -> None:
     """Over one database: the same page (the pending entries are everyone's, so the owner of two new
-    ones is masked), and the same problems."""
+    ones is masked), and the same problems. The two are dated the last work date there is, so that
+    they head the queue (newest date, then newest created) whatever other tests left pending in the
+    database the suite shares."""
     owner = user(f"queued-{uuid.uuid4().hex[:8]}", *ALL, name="Quinn")
-    for day in (1, 2):
-        await new_entry_of(api, owner, f"2030-01-0{day}")
+    for _ in (1, 2):
+        await new_entry_of(api, owner, "2099-12-31")
     path = "/internal/timesheets/pending" + query.format(issuer=owner.issuer)
     status, _, body = await alike(api, routed, "GET", path, APPROVALS, owner=owner)
     assert status == expected
