@@ -38,9 +38,11 @@ DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_
 LIST = Route("/timesheets", api.ListEntries(), methods=["GET"])
 CREATE = Route("/timesheets", api.CreateEntry(), methods=["POST"])
 #: the approvals service's calls (two per decision, one per queue page), direct too
-PENDING = Route("/internal/timesheets/pending", internal.PendingEntries(), methods=["GET"])
-PEER_ENTRY = Route("/internal/timesheets/{id}", internal.EntryForPeer(), methods=["GET"])
-DECISION = Route("/internal/timesheets/{id}/decision", internal.ApplyDecisionRoute(), methods=["POST"])
+PENDING = Route("/internal/timesheets/pending", internal.PeerRoute(internal.pending_entries), methods=["GET"])
+PEER_ENTRY = Route("/internal/timesheets/{id}", internal.PeerRoute(internal.entry_for_peer), methods=["GET"])
+DECISION = Route(
+    "/internal/timesheets/{id}/decision", internal.PeerRoute(internal.apply_decision), methods=["POST"]
+)
 ROUTES = [
     LIST,
     CREATE,

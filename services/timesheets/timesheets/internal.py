@@ -6,18 +6,19 @@ It is idempotent by decision id, so the approvals service may retry it after any
 crash, lost response) and always learns the true outcome: applied (200, also for a replay), entry
 gone (404), decided otherwise (409) or the approver owns the entry (403).
 
-All three are raw ASGI endpoints (:class:`PendingEntries`, :class:`EntryForPeer`,
-:class:`ApplyDecisionRoute`) that the kit's front layer calls straight after the identity check
-(``create_service_app(direct_routes=...)``), as ``GET``/``POST /timesheets`` are
-(:class:`timesheets.api.ListEntries`): the approvals service calls two of them for every decision and
-one for every queue page, and Starlette's exception middleware, router, request-response wrapper and
-response objects cost about as much as what each route decides. The same check first
-(:func:`~svckit.authz.require_service`, as ``requires_service`` makes it), problems raised and
-answered by the app's handlers, a 200 written as ``json_response`` writes it (``tests/test_direct.py``
-holds these to the same service with the routes behind the router).
+All three are raw ASGI endpoints (:class:`PeerRoute` around each handler) that the kit's front layer
+calls straight after the identity check (``create_service_app(direct_routes=...)``), as
+``GET``/``POST /timesheets`` are (:class:`timesheets.api.ListEntries`): the approvals service calls
+two of them for every decision and one for every queue page, and Starlette's exception middleware,
+router, request-response wrapper and response objects cost about as much as what each route decides.
+The same check first (:func:`~svckit.authz.require_service`, as ``requires_service`` makes it),
+problems raised and answered by the app's handlers, a 200 written as ``json_response`` writes it
+(``tests/test_direct.py`` holds these to the same service with the routes behind the router).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from asyncpg import Record
 from starlette.requests import Request
@@ -107,34 +108,16 @@ async def apply_decision(request: Request) -> str:
     return entry_json(store.EntryRow.of(record))
 
 
-class PendingEntries:
-    """``GET /internal/timesheets/pending``, raw ASGI (see the module docstring)."""
+class PeerRoute:
+    """One of the approvals service's routes as a raw ASGI endpoint (see the module docstring): the
+    service principal checked first, then ``handler``'s JSON answered as ``json_response`` writes it."""
 
     required_service = PEERS
+
+    def __init__(self, handler: Callable[[Request], Awaitable[str]]) -> None:
+        self.handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         require_service(request, PEERS)
-        await send_json(send, await pending_entries(request))
-
-
-class EntryForPeer:
-    """``GET /internal/timesheets/{id}``, raw ASGI (see the module docstring)."""
-
-    required_service = PEERS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        require_service(request, PEERS)
-        await send_json(send, await entry_for_peer(request))
-
-
-class ApplyDecisionRoute:
-    """``POST /internal/timesheets/{id}/decision``, raw ASGI (see the module docstring)."""
-
-    required_service = PEERS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        require_service(request, PEERS)
-        await send_json(send, await apply_decision(request))
+        await send_json(send, await self.handler(request))
