@@ -3,11 +3,18 @@ latency move with whatever else the machine runs; CPU per request much less)."""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -57,3 +64,30 @@ def median_case(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def spread(runs: Iterable[Mapping[str, Any]], key: str) -> list[Any]:
     return [run.get(key) for run in runs]
+
+
+def sampled(outputs: Mapping[str, int | None], run: Callable[[], T]) -> T:
+    """``run`` with py-spy sampling each process of ``outputs`` (output file → pid; None: skipped)
+    throughout, as collapsed stacks (``--format raw``), for the benchmarks' ``*_PROFILE`` options; just
+    ``run`` when py-spy is not installed. Sampling costs the processes some CPU too, counted in their
+    figures, so it is never on by default."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return run()
+    command = [spy, "record", "--rate", "250", "--format", "raw", "--nonblocking"]
+    samplers = [
+        subprocess.Popen(
+            [*command, "--pid", str(pid), "-o", output],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for output, pid in outputs.items()
+        if pid is not None
+    ]
+    try:
+        return run()
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)
+        for sampler in samplers:
+            sampler.wait(30)

@@ -50,7 +50,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -72,7 +71,7 @@ from svckit.identity import Identity
 from svckit.migrations import migrate
 
 from bench._backing import fresh_database, servers
-from bench._measure import CpuMeter, median_case
+from bench._measure import CpuMeter, median_case, sampled
 from bench._presigned import Request, write_pool
 from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
 
@@ -368,19 +367,9 @@ def profiled(pid: int | None, run: Callable[[], dict[str, Any]]) -> dict[str, An
     file (``--format raw``, collapsed stacks; one file per round, suffixed): where the direct case's
     CPU goes. Off by default (sampling costs the process some CPU too)."""
     output = os.environ.get("BENCH_API_PROFILE", "")
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not output or pid is None or not Path(spy).exists():
+    if not output:
         return run()
-    target = f"{output}.{time.monotonic_ns()}"
-    command = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", target]
-    sampler = subprocess.Popen(
-        [*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        return run()
-    finally:
-        sampler.send_signal(signal.SIGINT)
-        sampler.wait(30)
+    return sampled({f"{output}.{time.monotonic_ns()}": pid}, run)
 
 
 def start_reference(url: str, logs: Path) -> subprocess.Popen[bytes]:

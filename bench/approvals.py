@@ -58,9 +58,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,7 +69,7 @@ from svckit.identity import Identity
 from svckit.migrations import migrate
 
 from bench._backing import fresh_database, servers
-from bench._measure import CpuMeter
+from bench._measure import CpuMeter, sampled
 from bench._presigned import Request, write_pool
 from bench.api import (
     CLIENTS,
@@ -294,37 +291,9 @@ def profiled(pids: dict[str, int | None], name: str, run: Callable[[], dict[str,
     """``run`` with py-spy sampling each of ``pids`` when ``BENCH_APPROVALS_PROFILE`` names an output
     prefix (``<prefix>.<name>.<process>``), else just ``run``."""
     output = os.environ.get("BENCH_APPROVALS_PROFILE", "")
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not output or not Path(spy).exists():
+    if not output:
         return run()
-    samplers = [
-        subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--nonblocking",
-                "-o",
-                f"{output}.{name}.{who}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for who, pid in pids.items()
-        if pid is not None
-    ]
-    try:
-        return run()
-    finally:
-        for sampler in samplers:
-            sampler.send_signal(signal.SIGINT)
-        for sampler in samplers:
-            sampler.wait(30)
+    return sampled({f"{output}.{name}.{who}": pid for who, pid in pids.items()}, run)
 
 
 def main() -> int:
