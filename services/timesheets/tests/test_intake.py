@@ -6,7 +6,8 @@ corpus of valid and awkward bodies, the entry read is ``parse_body``'s, or it is
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 from starlette.requests import Request
@@ -16,6 +17,8 @@ from svckit.problems import Problem
 from timesheets.intake import fast_decision, fast_entry, read_decision, read_entry
 
 pytestmark = pytest.mark.unit
+
+M = TypeVar("M")
 
 BASE: dict[str, Any] = {"date": "2026-11-23", "project": "Store rollout", "hours": 7.5, "notes": "wrk"}
 
@@ -134,20 +137,22 @@ def request_with(body: bytes, content_type: str = "application/json") -> Request
     return Request(scope, receive)
 
 
-async def general(body: bytes, content_type: str = "application/json") -> EntryIn | tuple[int, Any]:
-    """What ``parse_body`` makes of the body: the entry, or the problem's status and document."""
+async def answered(reading: Awaitable[M]) -> M | tuple[int, Any]:
+    """What a read makes of a body: the model, or the problem's status and document."""
     try:
-        return await parse_body(request_with(body, content_type), EntryIn)
+        return await reading
     except Problem as exc:
         return exc.status, json.loads(bytes(exc.response().body))
+
+
+async def general(body: bytes, content_type: str = "application/json") -> EntryIn | tuple[int, Any]:
+    """What ``parse_body`` makes of the body."""
+    return await answered(parse_body(request_with(body, content_type), EntryIn))
 
 
 async def served(body: bytes, content_type: str = "application/json") -> EntryIn | tuple[int, Any]:
-    """What the route reads (``read_entry``), the same way."""
-    try:
-        return await read_entry(request_with(body, content_type))
-    except Problem as exc:
-        return exc.status, json.loads(bytes(exc.response().body))
+    """What the route reads (``read_entry``)."""
+    return await answered(read_entry(request_with(body, content_type)))
 
 
 @pytest.mark.parametrize("body", VALID)
@@ -276,17 +281,11 @@ DECISIONS_INVALID = [
 
 
 async def general_decision(body: bytes, content_type: str = "application/json") -> Any:
-    try:
-        return await parse_body(request_with(body, content_type), ApplyDecision)
-    except Problem as exc:
-        return exc.status, json.loads(bytes(exc.response().body))
+    return await answered(parse_body(request_with(body, content_type), ApplyDecision))
 
 
 async def served_decision(body: bytes, content_type: str = "application/json") -> Any:
-    try:
-        return await read_decision(request_with(body, content_type))
-    except Problem as exc:
-        return exc.status, json.loads(bytes(exc.response().body))
+    return await answered(read_decision(request_with(body, content_type)))
 
 
 @pytest.mark.parametrize("body", DECISIONS_VALID)
