@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from pydantic import ValidationError
 from svckit.contracts.problem import Problem
 from svckit.identity import Identity
+from svckit.server import PEER_IDLE_SECONDS
 from yarl import URL
 
 from testkit.fixtures import Caller
@@ -53,7 +54,11 @@ class SignedApi:
     def __init__(self, base_url: str, caller: Caller, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.caller = caller
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        # idle connections go before the server's keep-alive closes them, as in every client of ours
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(keepalive_timeout=PEER_IDLE_SECONDS),
+        )
 
     async def call(
         self,

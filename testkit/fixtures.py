@@ -36,7 +36,7 @@ from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_varia
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.roles import RuntimeRole, role_url
-from svckit.server import ProblemHttpProtocol
+from svckit.server import KEEP_ALIVE_SECONDS, ProblemHttpProtocol
 from svckit.settings import parse_identity_keys
 
 T = TypeVar("T")
@@ -291,6 +291,7 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
         lifespan="on",
         http=_quick_drain(app),
         proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -14,7 +14,7 @@ with). What it has to get right:
 * framing: ``Content-Length`` or chunked answers (llhttp), ``1xx`` heads skipped, a parse error or
   bytes nobody asked for retire the connection;
 * reuse: a connection goes back to a LIFO pool only after a complete answer the peer did not mark
-  ``Connection: close``; one idle longer than ``idle_seconds`` (below uvicorn's 5 s keep-alive) is
+  ``Connection: close``; one idle longer than ``idle_seconds`` (below the kit's ``KEEP_ALIVE_SECONDS``) is
   closed rather than used; the pool holds at most ``limit`` connections, callers beyond wait;
 * timeouts: one deadline per call (connect, waiting for a pool slot, the answer);
   a call that times out or is cancelled closes its connection (its answer may still come);

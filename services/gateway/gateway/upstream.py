@@ -15,7 +15,8 @@ What a forwarding client must get right, and where:
   ``1xx`` heads skipped; a response head over :data:`MAX_HEAD_BYTES` or any parse error is a protocol
   failure; ``101`` is refused (the gateway does not tunnel);
 * reuse: only after a complete response the upstream did not mark ``Connection: close``; idle
-  connections older than ``idle_seconds`` (kept below uvicorn's 5 s keep-alive) are closed, not used;
+  connections older than ``idle_seconds`` (the kit's ``PEER_IDLE_SECONDS``, below the services'
+  keep-alive) are closed, not used;
 * timeouts: connect, and a read timeout that measures the longest silence of the upstream while
   the gateway waits for it (not while the gateway itself stopped reading because its client is slow),
   checked by one sweeper task per pool rather than a timer per request;
@@ -51,6 +52,7 @@ from typing import Literal, cast
 from urllib.parse import urlsplit
 
 import httptools
+from svckit.server import PEER_IDLE_SECONDS
 
 Kind = Literal["connect", "timeout", "protocol"]
 
@@ -468,7 +470,7 @@ class UpstreamPool:
         size: int,
         connect_timeout: float,
         read_timeout: float,
-        idle_seconds: float = 4.0,
+        idle_seconds: float = PEER_IDLE_SECONDS,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         parts = urlsplit(base_url)

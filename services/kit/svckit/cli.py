@@ -55,6 +55,7 @@ def serve(
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
         lifespan="on",
     )
     return server.serve(config, workers)
@@ -83,6 +84,7 @@ def serve_reloading(
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
         lifespan="on",
     )
     return 0

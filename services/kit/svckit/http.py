@@ -16,6 +16,7 @@ from yarl import URL
 
 from .context import current_request_id
 from .identity import Identity, IdentitySigner, request_target
+from .server import PEER_IDLE_SECONDS
 
 
 class HttpClient:
@@ -27,7 +28,7 @@ class HttpClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=PEER_IDLE_SECONDS),
                 raise_for_status=False,
             )
         return self._session

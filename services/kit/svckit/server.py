@@ -78,6 +78,12 @@ MAX_TARGET_BYTES = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 IDLE_GRACE_SECONDS = 1.0
+#: the server closes a connection idle this long (uvicorn's default, set explicitly where we serve)
+KEEP_ALIVE_SECONDS = 5
+#: how long a client of these servers may keep an idle connection for reuse: a second less, so it
+#: never sends a request on one the server is closing at that moment (a POST lost that way is not
+#: retried); every pool of ours that talks to them uses this
+PEER_IDLE_SECONDS = KEEP_ALIVE_SECONDS - 1.0
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 _Bytes = bytes | bytearray | memoryview

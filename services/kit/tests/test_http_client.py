@@ -1,0 +1,83 @@
+"""The kit's outbound client against the kit's server: an idle keep-alive connection is not used
+once the server may be closing it.
+
+CI once failed two POSTs to the timesheets service with ``ServerDisconnectedError``: the client
+reused a pooled connection just as the server's keep-alive timer came due; the server closed it
+(lingering: what arrives afterwards is discarded) and a POST is not retried. Every client of our
+servers therefore lets an idle connection go a second before the server would
+(:data:`svckit.server.PEER_IDLE_SECONDS` against :data:`svckit.server.KEEP_ALIVE_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from svckit.http import HttpClient
+from svckit.server import KEEP_ALIVE_SECONDS, PEER_IDLE_SECONDS
+
+from testkit.client import SignedApi
+from testkit.fixtures import Caller, serve_app
+
+
+async def echo(request: Request) -> Response:
+    return Response(await request.body())
+
+
+def echo_app() -> Starlette:
+    return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+
+
+async def post_after_keep_alive(session: aiohttp.ClientSession, url: str) -> list[bytes]:
+    """Two POSTs on one session; between them the loop is busy until the server's keep-alive timer
+    is overdue, and the second POST is written in the loop round in which that timer runs."""
+    answers = []
+    async with session.post(url + "/echo", data=b"first") as response:
+        answers.append(await response.read())
+    time.sleep(KEEP_ALIVE_SECONDS + 0.3)  # a long callback (a slow machine): nothing else runs
+    await asyncio.sleep(0)  # resumed in the round that also runs the server's overdue timer
+    async with session.post(url + "/echo", data=b"second") as response:
+        answers.append(await response.read())
+    return answers
+
+
+def test_clients_let_idle_connections_go_before_the_server_does() -> None:
+    assert PEER_IDLE_SECONDS <= KEEP_ALIVE_SECONDS - 1
+
+
+async def test_the_kit_client_does_not_post_on_a_connection_the_server_is_closing() -> None:
+    client = HttpClient()
+    try:
+        async with serve_app(echo_app()) as url:
+            assert await post_after_keep_alive(client.session(), url) == [b"first", b"second"]
+    finally:
+        await client.close()
+
+
+async def test_a_default_aiohttp_session_would_have_lost_that_post() -> None:
+    """The failure the above guards against, shown: aiohttp's default keeps idle connections 15 s."""
+    async with serve_app(echo_app()) as url, aiohttp.ClientSession() as session:
+        try:
+            answers = await post_after_keep_alive(session, url)
+        except aiohttp.ServerDisconnectedError:
+            return
+    raise AssertionError(f"the second POST was answered ({answers}); the race was not reproduced")
+
+
+async def test_the_test_client_does_not_post_on_a_connection_the_server_is_closing(caller: Caller) -> None:
+    api = SignedApi("http://127.0.0.1:9", caller)
+    try:
+        async with serve_app(echo_app()) as url:
+            api.base_url = url
+            first = await api.call("POST", "/echo", None, data=b"first")
+            time.sleep(KEEP_ALIVE_SECONDS + 0.3)
+            await asyncio.sleep(0)
+            second = await api.call("POST", "/echo", None, data=b"second")
+    finally:
+        await api.close()
+    assert (first.text, second.text) == ("first", "second")
