@@ -9,7 +9,8 @@ of ``bench/api.py`` (50% ``POST /api/timesheets``, 50% ``GET /api/timesheets?lim
 connections in all, split over the gateways (one ``wrk`` per gateway, pinned to the last core).
 Rounds alternate 1, 2, 2, 1 (``BENCH_SCALE_ROUNDS`` pairs), each a fresh stack; medians per case.
 
-After each load, the correctness checks that replicas could break:
+After each load, the correctness checks that replicas could break (and that the load itself was
+answered 2xx throughout: a round whose load met a limit measured the refusals):
 
 * no duplicates — every request carries a unique tag in ``notes``; no tag is stored twice;
 * nothing lost — a second, short load from an HTTP client records the entry id of every 201 and
@@ -61,7 +62,9 @@ from testkit.fixtures import ServiceProcess, new_pair_keys
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CONNECTIONS = 32
-USERS = 128  # many users, so the load itself stays far below the per-subject limit
+#: many users, so the load itself stays below the per-subject limit (PROBE_LIMIT a round for each:
+#: 128 users capped a fast machine's round at 25,600 requests, and 86% of the load was 429s)
+USERS = 2048
 PROJECT = "Scale"
 PROBE_LIMIT = 200
 CLIENT_LIMIT = 100_000_000
@@ -356,7 +359,11 @@ def one_round(
         per_service = {name: round((after[name] - before[name]) * 1e6 / requests, 1) for name in SERVICES}
         load["cpu_us_per_request"] = round(sum(per_service.values()), 1)
         load["cpu_us_per_request_by_service"] = per_service
-        load["checks"] = asyncio.run(check(url, stack, issuer, tag, checkpoint_keys))
+        checks = asyncio.run(check(url, stack, issuer, tag, checkpoint_keys))
+        # a load answered with errors (a limit's 429s, say) measures the errors, not the platform
+        checks["load_all_2xx"] = load["non_2xx"] == 0
+        checks["ok"] = checks["ok"] and checks["load_all_2xx"]
+        load["checks"] = checks
         return load
     finally:
         stack.stop()
