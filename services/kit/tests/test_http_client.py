@@ -14,6 +14,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,6 +47,7 @@ async def post_after_keep_alive(session: aiohttp.ClientSession, url: str) -> lis
     return answers
 
 
+@pytest.mark.unit
 def test_clients_let_idle_connections_go_before_the_server_does() -> None:
     assert PEER_IDLE_SECONDS <= KEEP_ALIVE_SECONDS - 1
 
