@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import os
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,15 @@ async def _grant(conn: asyncpg.Connection, schema: str, name: str, privileges: P
 async def _grant_connect(conn: asyncpg.Connection, database: str, name: str) -> None:
     """``CONNECT`` on the database, granted explicitly (so revoking it from ``PUBLIC`` later changes
     nothing). A migration role that does not own the database may be unable to: then the role must
-    have it already, granted by the platform team."""
+    have it already, granted by the platform team.
+
+    Every service's role is granted on the same database, whose privileges are one catalog row:
+    two migrations granting at once (each service's, in parallel) fail with "tuple concurrently
+    updated". A lock for the database's grants, held to the end of this transaction, puts them one
+    after the other."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"svckit-grant-connect:{database}".encode())
+    )
     try:
         async with conn.transaction():
             await conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {_ident(name)}")

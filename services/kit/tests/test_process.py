@@ -33,7 +33,9 @@ def test_migrate_command_is_idempotent(service_env: dict[str, str]) -> None:
 
 
 def test_sigterm_stops_the_process_cleanly(service_env: dict[str, str]) -> None:
-    service = ServiceProcess("audit", service_env).start()
+    # ready, not just up: /healthz answers before the pool has connected, /readyz only after (it
+    # answered 503 here once, when the check below came first)
+    service = ServiceProcess("audit", service_env).start("/readyz")
     with urllib.request.urlopen(service.url + "/readyz", timeout=5) as response:
         assert response.status == 200
     code = service.stop(timeout=20)

@@ -6,6 +6,7 @@ Postgres with roles named for this test session, and look at what each role can 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator
@@ -217,6 +218,25 @@ async def test_migrate_converges_a_removed_privilege_is_revoked_a_new_table_foll
     finally:
         await owner.close()
     assert await can(as_role, "INSERT INTO early VALUES (1)")
+
+
+async def test_services_migrated_at_once_into_one_database_all_get_their_roles(
+    scratch: tuple[str, Path],
+) -> None:
+    """Every service's migration grants its role CONNECT on the one database: the same catalog row
+    (``pg_database.datacl``). Run at once (the packaging tests run the four services' migrations in
+    parallel, as separate Jobs could), two such grants failed with "tuple concurrently updated" in CI."""
+    url, folder = scratch
+    (folder / "privileges.txt").write_text("things SELECT\n")
+    for attempt in range(3):
+        roles = [role(f"par{attempt}_{n}") for n in range(6)]
+        await asyncio.gather(
+            *(migrate(url, f"app_{attempt}_{n}", folder, role=runtime) for n, runtime in enumerate(roles))
+        )
+        for n, runtime in enumerate(roles):
+            assert await can(
+                role_url(url, runtime.name, runtime.password), f"SELECT * FROM app_{attempt}_{n}.things"
+            )
 
 
 async def test_a_role_that_could_bypass_its_privileges_is_refused(scratch: tuple[str, Path]) -> None:
