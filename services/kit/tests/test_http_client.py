@@ -34,14 +34,19 @@ def echo_app() -> Starlette:
     return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
 
 
+async def past_the_keep_alive() -> None:
+    """The loop busy until the server's keep-alive timer is overdue, then the caller resumed in the
+    loop round in which that timer runs: what it writes next goes out just before the server closes."""
+    time.sleep(KEEP_ALIVE_SECONDS + 0.3)  # a long callback (a slow machine): nothing else runs
+    await asyncio.sleep(0)
+
+
 async def post_after_keep_alive(session: aiohttp.ClientSession, url: str) -> list[bytes]:
-    """Two POSTs on one session; between them the loop is busy until the server's keep-alive timer
-    is overdue, and the second POST is written in the loop round in which that timer runs."""
+    """Two POSTs on one session, the second :func:`past_the_keep_alive`."""
     answers = []
     async with session.post(url + "/echo", data=b"first") as response:
         answers.append(await response.read())
-    time.sleep(KEEP_ALIVE_SECONDS + 0.3)  # a long callback (a slow machine): nothing else runs
-    await asyncio.sleep(0)  # resumed in the round that also runs the server's overdue timer
+    await past_the_keep_alive()
     async with session.post(url + "/echo", data=b"second") as response:
         answers.append(await response.read())
     return answers
@@ -72,14 +77,12 @@ async def test_a_default_aiohttp_session_would_have_lost_that_post() -> None:
 
 
 async def test_the_test_client_does_not_post_on_a_connection_the_server_is_closing(caller: Caller) -> None:
-    api = SignedApi("http://127.0.0.1:9", caller)
-    try:
-        async with serve_app(echo_app()) as url:
-            api.base_url = url
+    async with serve_app(echo_app()) as url:
+        api = SignedApi(url, caller)
+        try:
             first = await api.call("POST", "/echo", None, data=b"first")
-            time.sleep(KEEP_ALIVE_SECONDS + 0.3)
-            await asyncio.sleep(0)
+            await past_the_keep_alive()
             second = await api.call("POST", "/echo", None, data=b"second")
-    finally:
-        await api.close()
+        finally:
+            await api.close()
     assert (first.text, second.text) == ("first", "second")
