@@ -32,12 +32,14 @@ function problem(res: ServerResponse, status: number, body: object, headers: Rec
 class Tokens implements TokenSource {
   token = "t1";
   renewals = 0;
+  refused: (string | null)[] = [];
   constructor(private readonly next: string | null) {}
   accessToken(): string | null {
     return this.token;
   }
-  async renew(): Promise<boolean> {
+  async renew(refused: string | null): Promise<boolean> {
     this.renewals++;
+    this.refused.push(refused);
     if (!this.next) return false;
     this.token = this.next;
     return true;
@@ -83,6 +85,7 @@ describe("ApiClient", () => {
     await new ApiClient(base, tokens).listApprovals();
     expect(auths).toEqual(["Bearer t1", "Bearer t2"]);
     expect(tokens.renewals).toBe(1);
+    expect(tokens.refused).toEqual(["t1"]); // the session tells a stale token from a fresh one by it
   });
 
   it("gives up with a 401 ApiError when renewal fails", async () => {

@@ -14,8 +14,11 @@ import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./typ
 export interface TokenSource {
   /** The current access token, or null when signed out. */
   accessToken(): string | null;
-  /** Try to get a fresh token without user interaction; resolves true when one was obtained. */
-  renew(): Promise<boolean>;
+  /**
+   * Try to get a fresh token without user interaction because the API refused `refused`; resolves
+   * true when there is another token to retry with (a renewal may already have replaced it).
+   */
+  renew(refused: string | null): Promise<boolean>;
   /** A DPoP proof for `method url` when the current token is DPoP-bound; null (or absent) for Bearer. */
   proof?(method: string, url: string, nonce: string | null): Promise<string | null>;
 }
@@ -32,6 +35,12 @@ function worthAnotherProof(response: Response, clockMoved: boolean): boolean {
 }
 
 type Query = Record<string, string | number | undefined | null>;
+
+/** An answer and the access token its request carried (null when signed out). */
+interface Sent {
+  response: Response;
+  token: string | null;
+}
 
 export class ApiClient {
   /** The last `DPoP-Nonce` the API handed out (the gateway's nonces are its own, not the provider's). */
@@ -52,7 +61,8 @@ export class ApiClient {
     return `${this.base}${path}${qs ? `?${qs}` : ""}`;
   }
 
-  private async send(method: string, url: string, body: unknown): Promise<Response> {
+  /** Sends one request; answers with the token it carried, which a 401 refused. */
+  private async send(method: string, url: string, body: unknown): Promise<Sent> {
     const token = this.tokens.accessToken();
     const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
     if (token) {
@@ -74,21 +84,22 @@ export class ApiClient {
     }
     this.nonce = response.headers.get("dpop-nonce") ?? this.nonce;
     this.clockMoved = serverClock.observe(response.headers.get("date"));
-    return response;
+    return { response, token };
   }
 
   /** Sends once more when the gateway asked for its nonce, or refused a proof dated by a wrong clock. */
-  private async sendWithNonce(method: string, url: string, body: unknown): Promise<Response> {
-    const response = await this.send(method, url, body);
-    return worthAnotherProof(response, this.clockMoved) ? this.send(method, url, body) : response;
+  private async sendWithNonce(method: string, url: string, body: unknown): Promise<Sent> {
+    const sent = await this.send(method, url, body);
+    return worthAnotherProof(sent.response, this.clockMoved) ? this.send(method, url, body) : sent;
   }
 
   async request<T>(method: string, path: string, options: { query?: Query; body?: unknown } = {}): Promise<T> {
     const url = this.url(path, options.query);
-    let response = await this.sendWithNonce(method, url, options.body);
-    if (response.status === 401 && (await this.tokens.renew())) {
-      response = await this.sendWithNonce(method, url, options.body);
+    let sent = await this.sendWithNonce(method, url, options.body);
+    if (sent.response.status === 401 && (await this.tokens.renew(sent.token))) {
+      sent = await this.sendWithNonce(method, url, options.body);
     }
+    const response = sent.response;
     if (response.status === 204) return undefined as T;
     const text = await response.text();
     let parsed: unknown = null;

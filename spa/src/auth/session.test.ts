@@ -109,6 +109,45 @@ describe("SessionManager", () => {
     expect(auth.calls).toBe(1);
   });
 
+  it("makes one round trip for calls refused for one token, however late their 401s arrive", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    const sent = manager.accessToken();
+    auth.answers.push(async () => session("alice"));
+    // The first call's 401 renews; a second call sent with the same token is refused only after the
+    // renewal finished: it retries with the new token, no second prompt=none round trip.
+    expect(await manager.renew(sent)).toBe(true);
+    const renewed = manager.accessToken();
+    expect(renewed).not.toBe(sent);
+    expect(await manager.renew(sent)).toBe(true);
+    expect(auth.calls).toBe(1);
+    expect(manager.accessToken()).toBe(renewed);
+    // The new token is refused too: the gateway refuses this session's tokens, so that is final (the
+    // call fails with 401 and the UI asks to sign in again) instead of a round trip per call.
+    expect(await manager.renew(renewed)).toBe(false);
+    expect(auth.calls).toBe(1);
+    expect(manager.current.status).toBe("signed-in");
+  });
+
+  it("still renews for a refused token that a timer's renewal brought", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    const first = manager.accessToken();
+    auth.answers.push(
+      async () => session("alice"),
+      async () => session("alice"),
+      async () => session("alice"),
+    );
+    expect(await manager.renew(first)).toBe(true); // a 401's renewal
+    expect(await manager.renew()).toBe(true); // the timer's, later
+    const timers = manager.accessToken();
+    expect(await manager.renew(timers)).toBe(true); // refused minutes later: one renewal again
+    expect(auth.calls).toBe(3);
+    expect(manager.accessToken()).not.toBe(timers);
+  });
+
   it("ends the session when the provider session is gone", async () => {
     const auth = new Scripted();
     const manager = new SessionManager(auth);

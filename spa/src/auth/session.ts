@@ -1,7 +1,8 @@
 /**
  * Holds the current session in memory, renews it silently before the access token expires, and tells
  * the UI when it changes. Renewal is single-flight: a timer and a 401 arriving together make one
- * `prompt=none` round trip.
+ * `prompt=none` round trip, and so do several calls refused for one token, however their answers
+ * interleave with the renewal.
  */
 import type { TokenSource } from "../api/client";
 import { renewAt } from "./tokens";
@@ -24,6 +25,8 @@ export class SessionManager implements TokenSource {
   private readonly listeners = new Set<(state: SessionState) => void>();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private inflight: Promise<boolean> | null = null;
+  /** The token a renewal brought because the API refused the one before: refused too, it is final. */
+  private renewedAfterRefusal: string | null = null;
 
   constructor(readonly auth: Authenticator) {}
 
@@ -82,9 +85,22 @@ export class SessionManager implements TokenSource {
     return this.state.session?.scopes.has(scope) ?? false;
   }
 
-  renew(): Promise<boolean> {
-    if (!this.state.session) return Promise.resolve(false);
-    this.inflight ??= this.auth
+  /**
+   * Gets a new token without user interaction; resolves true when there is a token to retry with.
+   *
+   * `refused` is the token the API refused, when a 401 asks. A call sent just before a renewal may be
+   * refused just after it: the renewal already replaced that token, so the caller retries with the
+   * new one instead of making a second round trip. When the token a 401's renewal brought is refused
+   * as well, the gateway refuses this session's tokens and another renewal would only bring the same
+   * answer, so the caller gives up and the user is asked to sign in again.
+   */
+  renew(refused?: string | null): Promise<boolean> {
+    const current = this.state.session?.accessToken;
+    if (!current) return Promise.resolve(false);
+    if (this.inflight) return this.inflight;
+    if (refused != null && refused !== current) return Promise.resolve(true);
+    if (refused != null && refused === this.renewedAfterRefusal) return Promise.resolve(false);
+    this.inflight = this.auth
       .signInSilently()
       .then((session) => {
         if (this.state.session && session.profile.sub !== this.state.session.profile.sub) {
@@ -92,6 +108,7 @@ export class SessionManager implements TokenSource {
           throw new AuthError("login_required", "a different user is signed in at the provider");
         }
         this.update({ status: "signed-in", session, reason: null, renewals: this.state.renewals + 1 });
+        this.renewedAfterRefusal = refused != null ? session.accessToken : null;
         this.schedule(session);
         return true;
       })
