@@ -45,9 +45,13 @@ the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/resu
 ``targets``) and prints a table. Benchmarks assert nothing.
 
 ``BENCH_APPROVALS_PROFILE`` naming an output prefix samples the approvals and timesheets services
-with py-spy while the ``service`` peer runs (collapsed stacks, ``--format raw``: one file per
-process, case and round, ``<prefix>.<case>.<process>.<round>``): where a decision's CPU goes on both
-sides. Off by default (sampling costs the processes some CPU too, counted in their figures).
+with py-spy while the ``service`` peer runs, and the reference while it runs (collapsed stacks,
+``--format raw``: one file per process, case and round, ``<prefix>.<case>.<round>.<process>``): where a
+decision's time goes on both sides, and in the one process that does the same work. Each profile is
+printed with the CPU its process used meanwhile: on this machine the services wait for a core for
+much of what py-spy samples as running (:class:`bench._measure.ProfileTime`), the reference hardly at
+all, so compare lines across them by CPU, not by share. Off by default (sampling costs the processes
+some CPU too, counted in their figures).
 """
 
 from __future__ import annotations
@@ -415,11 +419,12 @@ def main() -> int:
                                     meters[peer],  # noqa: B023
                                 )
 
+                            pids: dict[str, int | None] = {}
                             if peer == "service":
                                 pids = {"approvals": pid_of(approvals), "timesheets": pid_of(timesheets)}
-                                runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
-                            else:
-                                runs[peer][case].append(work())
+                            elif peer == "reference":
+                                pids = {"reference": reference.pid}
+                            runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
                         if pgbench is not None:
                             runs["pgbench"][case].append(
                                 run_pgbench(pgbench_url, [pgbench[case]], seconds, logs)
