@@ -127,7 +127,8 @@ def sampled(
         return run()
     command = [spy, "record", "--rate", str(SAMPLES_PER_SECOND), "--format", "raw", "--nonblocking"]
     targets = {output: pid for output, pid in outputs.items() if pid is not None}
-    before = {output: cpu_seconds(pid) for output, pid in targets.items()}
+    meter = CpuMeter(targets)
+    meter.start()
     samplers = [
         subprocess.Popen(
             [*command, "--pid", str(pid), "-o", output],
@@ -143,7 +144,7 @@ def sampled(
             sampler.send_signal(signal.SIGINT)
         for sampler in samplers:
             sampler.wait(30)
-        for output, pid in targets.items():
+        used = meter.stop()
+        for output in targets:
             if Path(output).exists():
-                used = cpu_seconds(pid) - before[output]
-                report(ProfileTime(output, samples_in(output) / SAMPLES_PER_SECOND, used))
+                report(ProfileTime(output, samples_in(output) / SAMPLES_PER_SECOND, used[output]))
