@@ -30,14 +30,10 @@ connections cleanly and finish what was accepted:
   for :data:`IDLE_GRACE_SECONDS`; a request arriving meanwhile is served with ``Connection: close``
   (as is the response of every request in flight), then the connection ends.
 
-**One write per response.** uvicorn writes a response's head as soon as the application starts it
-and its body with the next message: two ``write`` calls, two TCP segments, two wake-ups of the client,
-for every small response (most of this platform's). The kit's cycle holds the head back
-(:meth:`_LingeringTransport.hold_next`) until the first body message, and sends both in one write
-when the body is small (:data:`COALESCE_BYTES`); a larger body follows the head in a second write, as
-before. The head is never held past that message: a body message that writes nothing (``HEAD``)
-or a close releases it. Measured on the gateway: one syscall fewer per request (see
-``services/gateway/README.md``).
+**The request cycle** is :class:`svckit.cycle.LeanCycle` for every request: uvicorn's ASGI with the
+response head framed and checked once and sent in the same write as a small body (one syscall and
+one TCP segment per response instead of two), and the last-resort 500 a problem document. The
+keep-alive timer is armed once per idle stretch rather than made and cancelled per request.
 
 **Lingering close.** A server that answers before it has read the whole request (a 413 from the
 ``Content-Length`` alone, a 400 at the first bad byte) and then closes the socket while the client is
@@ -61,15 +57,19 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import urllib.parse
 from http import HTTPStatus
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
+import httptools
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .cycle import LeanCycle
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
@@ -86,9 +86,6 @@ KEEP_ALIVE_SECONDS = 5
 PEER_IDLE_SECONDS = KEEP_ALIVE_SECONDS - 1.0
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
-_Bytes = bytes | bytearray | memoryview
-#: a held response head is sent in the same write as a body of up to this many bytes (copied once)
-COALESCE_BYTES = 64 * 1024
 
 
 class _Refusal(Exception):
@@ -126,51 +123,6 @@ def _parser_reason(exc: BaseException | None) -> str:
     )
 
 
-_INTERNAL_ERROR = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "An unexpected error occurred; it has been logged.",
-    }
-).encode()
-
-
-async def send_internal_error(send: Callable[[Any], Awaitable[None]]) -> None:
-    """The server layer's last-resort 500 (an application that failed before answering), as a problem
-    document, sent through a request cycle's ``send``: one answer for every cycle the kit serves."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _INTERNAL_ERROR, "more_body": False})
-
-
-class _ProblemCycle(RequestResponseCycle):
-    """uvicorn's request cycle whose last-resort 500 (an application that failed before answering and
-    was not caught by the kit's own handlers) is a problem document too, and whose response head goes
-    out in the same write as the body (see the module docstring)."""
-
-    async def send(self, message: Any) -> None:
-        transport: _LingeringTransport = self.transport  # type: ignore[assignment]
-        if message["type"] == "http.response.start":
-            transport.hold_next()
-            await super().send(message)
-            return
-        await super().send(message)
-        transport.release()  # the body wrote nothing (HEAD) or the message was refused: the head goes now
-
-    async def send_500_response(self) -> None:
-        await send_internal_error(self.send)
-
-
 class _LingeringTransport:
     """The connection's transport as uvicorn sees it: ``close()`` lingers (see the module docstring)."""
 
@@ -178,8 +130,7 @@ class _LingeringTransport:
         self._transport = transport
         self._protocol = protocol
         # the calls of every response, bound once (no __getattr__ on the hot path)
-        self.write = self._write = transport.write
-        self._held: _Bytes = b""
+        self.write = transport.write
         self.writelines = transport.writelines
         self.get_extra_info = transport.get_extra_info
         self.pause_reading = transport.pause_reading
@@ -192,35 +143,7 @@ class _LingeringTransport:
         return self._protocol.lingering or self._transport.is_closing()
 
     def close(self) -> None:
-        self.release()
         self._protocol.linger()
-
-    # --- one write per response (see the module docstring) ---------------------------------------
-
-    def hold_next(self) -> None:
-        """Keep the next write (a response head) until the one after it (its body)."""
-        self.write = self._hold
-
-    def _hold(self, data: _Bytes) -> None:
-        self._held = data
-        self.write = self._with_held
-
-    def _with_held(self, data: _Bytes) -> None:
-        head, self._held = self._held, b""
-        self.write = self._write
-        if len(data) <= COALESCE_BYTES:
-            self._write(b"".join((head, data)))
-        else:
-            self._write(head)
-            self._write(data)
-
-    def release(self) -> None:
-        """Send a held head now (nothing held: nothing to do)."""
-        if self.write is not self._write:
-            head, self._held = self._held, b""
-            self.write = self._write
-            if head:
-                self._write(head)
 
 
 class ProblemHttpProtocol(HttpToolsProtocol):
@@ -242,12 +165,14 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._refusal: _Refusal | None = None
         self._draining = False
         self._receiving = False
+        self._active_at = 0.0
 
     # --- lingering close -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        self._active_at = self.loop.time()
 
     def linger(self) -> None:
         """End the connection: FIN after what was written, then discard input until the peer closes."""
@@ -277,6 +202,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
         if self._raw is not None and not self._raw.is_closing():
             self._raw.close()
@@ -294,7 +222,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if self._target_bytes > MAX_TARGET_BYTES:
             self._refusal = _Refusal(414, f"The request target is longer than {MAX_TARGET_BYTES} bytes.")
             raise self._refusal
-        super().on_url(url)
+        self.url += url  # uvicorn's, inline (a parser callback per request)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -305,16 +233,106 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if self._header_count > MAX_HEADERS:
             self._refusal = _Refusal(431, f"The request has more than {MAX_HEADERS} header fields.")
             raise self._refusal
-        super().on_header(name, value)
+        # uvicorn's, inline (a parser callback per header: ~10 per signed request)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    # --- the request cycle (see the module docstring) --------------------------------------------
 
     def on_headers_complete(self) -> None:
+        """uvicorn's, with the kit's cycle: the scope completed, a :class:`LeanCycle` started (or
+        queued behind the response in progress), answered with ``Connection: close`` while draining."""
         self._receiving = False
-        super().on_headers_complete()
-        if self.cycle is not None:
-            # the cycle was just made and its task not yet run: give it the problem-document 500
-            self.cycle.__class__ = _ProblemCycle
-            if self._draining:
-                self.cycle.keep_alive = False  # answered with Connection: close, then the connection ends
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("ascii") + raw_path
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = parsed.query or b""
+        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not self._draining
+        cycle: LeanCycle
+        app: ASGIApp
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            self.logger.warning("Exceeded concurrency limit.")
+            cycle, app = self.new_cycle(keep_alive), cast(ASGIApp, service_unavailable)
+        else:
+            cycle, app = self.route(keep_alive)
+        existing = self.cycle
+        self.cycle = cycle
+        if existing is None or existing.response_complete:
+            self.start(cycle, app)
+        else:  # pipelined: queued until the response in progress is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
+
+    def new_cycle(self, keep_alive: bool) -> LeanCycle:
+        return LeanCycle(
+            self.scope, self, keep_alive=keep_alive, expect_100_continue=self.expect_100_continue
+        )
+
+    def route(self, keep_alive: bool) -> tuple[LeanCycle, ASGIApp]:
+        """The cycle and the application for the request whose scope is complete: the app's own here;
+        a subclass may send some requests elsewhere (the gateway's edge)."""
+        return self.new_cycle(keep_alive), self.app
+
+    def start(self, cycle: LeanCycle, app: ASGIApp) -> None:
+        """Serve the request now (a task running the cycle, as uvicorn does)."""
+        self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn cancels its keep-alive timer on every read and arms a new one after every response
+        (a timer handle made and cancelled per request); here activity is only noted, and the timer,
+        when it fires, looks at how long the connection has really been idle."""
+        self._active_at = self.loop.time()
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._active_at = self.loop.time()
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request starts now, in a task (never from this callback)
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_expired
+            )
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._receiving or self.pipeline or (cycle is not None and not cycle.response_complete):
+            return  # a request in progress: its response arms the timer again
+        idle = self.loop.time() - self._active_at
+        if idle >= self.timeout_keep_alive:
+            self.transport.close()
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive - idle, self._keep_alive_expired
+            )
 
     # --- answers of the server layer -----------------------------------------------------------
 

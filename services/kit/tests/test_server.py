@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from starlette.types import Receive, Scope, Send
-from svckit import server
+from svckit import cycle, server
 from svckit.app import create_service_app
 from svckit.contracts.problem import Problem
 from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
@@ -199,7 +199,7 @@ def _raw_app(started: asyncio.Event, go_on: asyncio.Event, body: bytes) -> objec
     return app
 
 
-@pytest.mark.parametrize(("method", "size"), [("GET", 5), ("HEAD", 5), ("GET", server.COALESCE_BYTES + 1)])
+@pytest.mark.parametrize(("method", "size"), [("GET", 5), ("HEAD", 5), ("GET", cycle.COALESCE_BYTES + 1)])
 async def test_a_response_head_leaves_with_its_body(method: str, size: int) -> None:
     """One write per small response: the head waits for the body (and goes alone for HEAD, or before a
     large body). A loopback write lands in the peer's receive buffer before it returns, so a head sent
@@ -268,7 +268,7 @@ async def test_the_last_resort_500_is_a_problem_document_that_closes_the_connect
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    await server.send_internal_error(send)
+    await cycle.send_internal_error(send)
     start, body = sent
     assert start["status"] == 500
     headers = dict(start["headers"])  # type: ignore[call-overload]

@@ -1,0 +1,199 @@
+"""The kit's request cycle (svckit.cycle.LeanCycle) and keep-alive timer (svckit.server), on a real
+loopback server: the framing rules uvicorn's cycle had, one write per small response, and a response
+head that cannot be split."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from svckit.cycle import check_head, check_names
+from svckit.server import ProblemHttpProtocol
+
+from testkit.fixtures import serve_app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/len`` a body with its length, ``/chunked`` one without (two parts), ``/close`` one the app
+    ends with ``Connection: close``, ``/slow?s=`` after a pause, ``/split`` a header value that would
+    start a new line, ``/short`` fewer bytes than its length."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    path = scope["path"]
+    body = path.encode()
+    if path == "/slow":
+        await asyncio.sleep(float(scope["query_string"].decode().removeprefix("s=")))
+    if path == "/chunked":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+        return
+    headers = [(b"content-length", str(len(body) + (path == "/short")).encode())]
+    if path == "/close":
+        headers.append((b"connection", b"close"))
+    if path == "/split":
+        headers.append((b"x-note", b"a\r\nset-cookie: evil=1"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+class ShortKeepAlive(ProblemHttpProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = 0.4  # type: ignore[assignment]  # uvicorn's is whole seconds
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    protocol: type[ProblemHttpProtocol] | None = None,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    served: Any = app
+    if protocol is not None:
+
+        async def served(scope: Scope, receive: Receive, send: Send) -> None:
+            await app(scope, receive, send)
+
+        served.http_protocol = protocol
+    async with serve_app(served) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.lower().split(b"\r\n")
+    if method == "HEAD":
+        return head, b""
+    for line in lines:
+        if line.startswith(b"content-length:"):
+            return head, await asyncio.wait_for(reader.readexactly(int(line.split(b":")[1])), 10)
+    assert b"transfer-encoding: chunked" in lines
+    body = b""
+    while True:
+        size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).strip(), 16)
+        chunk = await asyncio.wait_for(reader.readexactly(size + 2), 10)
+        if size == 0:
+            return head, body
+        body += chunk[:-2]
+
+
+def request(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+async def test_pipelined_requests_are_framed_as_uvicorn_frames_them() -> None:
+    """With and without a length, a HEAD, and an application's ``Connection: close``: answered in
+    order on one connection, which ends after the close."""
+    async with connection() as (reader, writer):
+        writer.write(request("/len") + request("/chunked") + request("/len", "HEAD") + request("/close"))
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == b"/len"
+        head, body = await read_response(reader)
+        assert b"transfer-encoding: chunked" in head
+        assert body == b"one,two"
+        head, body = await read_response(reader, "HEAD")
+        assert b"content-length: 4" in head
+        assert body == b""
+        head, body = await read_response(reader)
+        assert b"connection: close" in head
+        assert body == b"/close"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+
+
+@pytest.mark.parametrize("path", ["/split", "/short"])
+async def test_a_response_that_cannot_be_framed_ends_the_connection(path: str) -> None:
+    """A header value that would start a new line is never sent (nothing of the head leaves); a body
+    shorter than its length ends the connection after what was sent, so the client cannot take the
+    next response for the rest of this one."""
+    async with connection() as (reader, writer):
+        writer.write(request(path) + request("/len"))
+        received = await asyncio.wait_for(reader.read(), 10)
+    assert b"set-cookie" not in received
+    assert b"/len" not in received  # the pipelined request after it was not answered on this connection
+    if path == "/short":
+        assert received.startswith(b"HTTP/1.1 200")
+        assert received.endswith(b"/short")
+    else:
+        assert received == b""
+
+
+async def test_keep_alive_closes_idle_connections_only() -> None:
+    """The keep-alive timer is armed once per idle stretch: a connection idle for the timeout is
+    closed; one that was used meanwhile, or waits for a slow answer, is not."""
+    async with connection(ShortKeepAlive) as (reader, writer):
+        for _ in range(3):  # used every 0.25 s: never idle for 0.4 s
+            writer.write(request("/len"))
+            assert (await read_response(reader))[1] == b"/len"
+            await asyncio.sleep(0.25)
+        writer.write(request("/slow?s=0.7"))  # longer than 0.4 s
+        assert (await read_response(reader))[1] == b"/slow"
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
+        assert 0.3 < asyncio.get_running_loop().time() - started < 2
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("head", "valid"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\tc\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nx-a: b\r\nset-cookie: evil\r\n\r\n", True),  # lines, as framed
+        (b"HTTP/1.1 200 OK\r\nx-a: b\nset-cookie: evil\r\n\r\n", False),  # a bare LF in a value
+        (b"HTTP/1.1 200 OK\r\nx-a: b\rset-cookie: evil\r\n\r\n", False),  # a bare CR
+        (b"HTTP/1.1 200 OK\r\nx-a: b\x00c\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nx-a: b\x7f\r\n\r\n", False),
+    ],
+)
+def test_a_response_head_is_lines_and_nothing_else(head: bytes, valid: bool) -> None:
+    if valid:
+        check_head(head)
+    else:
+        with pytest.raises(RuntimeError):
+            check_head(head)
+
+
+@pytest.mark.unit
+def test_a_line_end_inside_a_value_is_caught_by_the_line_count() -> None:
+    """``x-a: b\\r\\nset-cookie: evil`` framed as one header is well-formed lines on its own; the
+    count the framing made (status line, one header, blank line) is what tells."""
+    head = b"HTTP/1.1 200 OK\r\nx-a: b\r\nset-cookie: evil\r\n\r\n"
+    check_head(head, 4)
+    with pytest.raises(RuntimeError):
+        check_head(head, 3)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("names", "valid"),
+    [
+        (b"x-ok", True),
+        (b"content-type" + b"x-a~1", True),
+        (b"x a", False),
+        (b"x:a", False),
+        (b"x\x00", False),
+        (b"x\ta", False),
+        (b"\xff", False),
+    ],
+)
+def test_header_names_must_be_tokens(names: bytes, valid: bool) -> None:
+    if valid:
+        check_names(names)
+    else:
+        with pytest.raises(RuntimeError):
+            check_names(names)
