@@ -1,0 +1,57 @@
+"""The serving benchmark's application (``bench/serving.py``): a raw ASGI app that answers at once,
+so that what a request costs is the HTTP layer serving it.
+
+``python -m bench._serving_app PORT kit|uvicorn``: ``kit`` serves it as every service is served
+(:func:`svckit.cli.serve`'s options: the kit's protocol, no access log, no server header, no proxy
+headers, the kit's keep-alive); ``uvicorn`` with uvicorn's own httptools protocol and the same
+options. The answer is a list page's size of JSON with the headers a service's 200 carries.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from svckit import server
+
+BODY = (
+    b'{"items":['
+    + b",".join([b'{"id":"0f3c2d2e-8a41-4c4f-9d55-3f1b2a7c9e10","hours":7.5}'] * 20)
+    + b'],"next_cursor":null}'
+)
+HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BODY)).encode()),
+    (b"cache-control", b"no-store"),
+    (b"x-request-id", b"req-0123456789abcdef"),
+]
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def main(port: int, layer: str) -> None:
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=server.ProblemHttpProtocol if layer == "kit" else "httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])
