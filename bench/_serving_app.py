@@ -2,9 +2,9 @@
 so that what a request costs is the HTTP layer serving it.
 
 ``python -m bench._serving_app PORT kit|uvicorn``: ``kit`` serves it as every service is served
-(:func:`svckit.cli.serve`'s options: the kit's protocol, no access log, no server header, no proxy
-headers, the kit's keep-alive); ``uvicorn`` with uvicorn's own httptools protocol and the same
-options. The answer is a list page's size of JSON with the headers a service's 200 carries.
+(the kit's protocol with :data:`svckit.cli.SERVING_OPTIONS`); ``uvicorn`` with uvicorn's own
+httptools protocol and the same options. The answer is a list page's size of JSON with the headers a
+service's 200 carries.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import sys
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from svckit import server
+from svckit.cli import SERVING_OPTIONS
+
+from testkit.fixtures import answer_lifespan
 
 BODY = (
     b'{"items":['
@@ -30,9 +33,7 @@ HEADERS = [
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await answer_lifespan(receive, send)
         return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
@@ -44,12 +45,7 @@ def main(port: int, layer: str) -> None:
         host="127.0.0.1",
         port=port,
         http=server.ProblemHttpProtocol if layer == "kit" else "httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
-        lifespan="on",
+        **SERVING_OPTIONS,
     )
 
 

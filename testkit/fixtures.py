@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Send
 from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_variable, request_target
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
@@ -110,6 +110,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _HANDED_OUT: set[int] = set()
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """A raw ASGI test app's lifespan with nothing to start or stop: startup, then shutdown, completed."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -32,6 +32,18 @@ Command = Callable[[S, list[str]], int]
 
 log = logging.getLogger("svckit.cli")
 
+#: how uvicorn serves every service (besides the kit's protocol): the kit's own JSON logs and no access
+#: log of uvicorn's (the front writes one), no ``server`` header, no proxy headers (the gateway's
+#: forwarding is the only one trusted), the kit's keep-alive, a lifespan that must succeed
+SERVING_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+    "timeout_keep_alive": server.KEEP_ALIVE_SECONDS,
+    "lifespan": "on",
+}
+
 
 def serve(
     app_factory: str,
@@ -50,13 +62,8 @@ def serve(
         port=settings.port,
         workers=workers,
         http=http_protocol,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
-        lifespan="on",
+        **SERVING_OPTIONS,
     )
     return server.serve(config, workers)
 
@@ -80,12 +87,7 @@ def serve_reloading(
         reload=True,
         reload_dirs=watched,
         http=http_protocol,  # the same HTTP layer as in production, only the restarts differ
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=server.KEEP_ALIVE_SECONDS,
-        lifespan="on",
+        **SERVING_OPTIONS,
     )
     return 0
 

@@ -14,13 +14,7 @@ from starlette.types import Receive, Scope, Send
 from svckit.cycle import check_head, check_names
 from svckit.server import ProblemHttpProtocol
 
-from testkit.fixtures import serve_app
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while (await receive())["type"] != "lifespan.shutdown":
-        await send({"type": "lifespan.startup.complete"})
-    await send({"type": "lifespan.shutdown.complete"})
+from testkit.fixtures import answer_lifespan, serve_app
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -28,7 +22,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     ends with ``Connection: close``, ``/slow?s=`` after a pause, ``/split`` a header value that would
     start a new line, ``/short`` fewer bytes than its length."""
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await answer_lifespan(receive, send)
         return
     path = scope["path"]
     body = path.encode()

@@ -22,7 +22,7 @@ from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.drain import load_through
-from testkit.fixtures import REPO_ROOT, free_port, receiver_env, serve_app
+from testkit.fixtures import REPO_ROOT, answer_lifespan, free_port, receiver_env, serve_app
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +186,7 @@ def test_a_shut_door_completes_no_new_handshake_but_keeps_the_queue() -> None:
 def _raw_app(started: asyncio.Event, go_on: asyncio.Event, body: bytes) -> object:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         length = str(len(body)).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
@@ -237,9 +235,7 @@ async def test_a_100_continue_is_not_held_back() -> None:
 
     async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         body = (await receive())["body"]
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
