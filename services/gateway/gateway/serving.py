@@ -34,7 +34,7 @@ from typing import Any, Protocol, cast
 
 from starlette.types import ASGIApp, Receive, Scope
 from svckit.context import request_id_var
-from svckit.cycle import COALESCE_BYTES, LeanCycle, check_head, default_headers, no_response
+from svckit.cycle import LeanCycle, check_head, default_headers, no_response
 from svckit.server import ProblemHttpProtocol
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
@@ -87,30 +87,18 @@ class ApiCycle(LeanCycle):
             return
         self.response_started = True
         self.waiting_for_100_continue = False
-        keep_alive = self.keep_alive
         head = b"".join(
             (
                 STATUS_LINE[status],
                 default_headers.block(self.default_headers),
                 block,
-                _END if keep_alive else _CLOSE_END,
+                _END if self.keep_alive else _CLOSE_END,
             )
         )
         check_head(head)
-        write = self.transport.write
-        if self._bodiless:
-            write(head)
-        elif len(body) <= COALESCE_BYTES:
-            write(head + body)
-        else:
-            write(head)
-            write(body)
+        self._write(head, b"" if self._bodiless else body)
         self.chunked_encoding = False
-        self.response_complete = True
-        self.message_event.set()
-        if not keep_alive:
-            self.transport.close()
-        self.on_response()
+        self._complete()
         self.on_response = no_response
 
 
@@ -231,4 +219,4 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
         self._start_asgi_task(cycle, rest)
 
 
-__all__ = ["ApiCycle", "GatewayHttpProtocol", "check_head", "is_api_path"]
+__all__ = ["ApiCycle", "GatewayHttpProtocol", "is_api_path"]

@@ -8,9 +8,10 @@ this platform's). :class:`LeanCycle` speaks the same ASGI (an application cannot
 
 * signals request/response progress with :class:`_Signal` (``set``, ``clear``, ``wait`` by one waiter:
   all the protocol and the cycle use of an event);
-* frames the head once and checks it as a whole (:func:`check_head`: no control character but the
-  line ends, exactly one CR LF per line, so no header name or value can split a line: a response
-  splitting attempt is a 500, never sent) instead of two regular expressions per header;
+* frames the head once and checks it as a whole instead of two regular expressions per header
+  (:func:`check_head`: no control character but the line ends, exactly one CR LF per line, and as
+  many lines as were framed, so no header value can add one; :func:`check_names`: names are tokens):
+  a head that fails is never sent, and the connection ends as it did with uvicorn's check;
 * sends the head in the same write as the body when the body is small (:data:`COALESCE_BYTES`);
   a larger body follows in a second write; a body message that writes nothing (``HEAD``) sends the
   head alone, and a response that cannot complete sends what was framed, then ends the connection;
@@ -255,21 +256,31 @@ class LeanCycle(RequestResponseCycle):
             if size > self.expected_content_length:
                 raise RuntimeError("Response content longer than Content-Length")
             self.expected_content_length -= size
-            if head and size <= COALESCE_BYTES:
-                write(head + body if size else head)
-            else:
-                if head:
-                    write(head)
-                if size:
-                    write(body)
+            self._write(head, body)
         if not more_body:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            self._complete()
+
+    def _write(self, head: bytes, body: bytes) -> None:
+        """A framed head (or none) and body bytes: one write when the body is small."""
+        write = self.transport.write
+        if head and len(body) <= COALESCE_BYTES:
+            write(head + body if body else head)
+        else:
+            if head:
+                write(head)
+            if body:
+                write(body)
+
+    def _complete(self) -> None:
+        """The response is written: its waiter woken, the connection ended unless it is kept, the
+        protocol told (it starts a pipelined request or arms the keep-alive timer)."""
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     def _frame(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The status line and headers, with uvicorn's framing rules (Content-Length, chunked,
