@@ -1,22 +1,24 @@
 """The serving benchmark's application (``bench/serving.py``): a raw ASGI app that answers at once,
 so that what a request costs is the HTTP layer serving it.
 
-``python -m bench._serving_app PORT kit|uvicorn``: ``kit`` serves it as every service is served
-(the kit's protocol with :data:`svckit.cli.SERVING_OPTIONS`); ``uvicorn`` with uvicorn's own
-httptools protocol and the same options. The answer is a list page's size of JSON with the headers a
-service's 200 carries.
+``python -m bench._serving_app PORT kit|uvicorn OPTIONS``: ``kit`` serves it with the kit's protocol,
+``uvicorn`` with uvicorn's own httptools protocol, both with the uvicorn options given as JSON (the
+benchmark passes :data:`svckit.cli.SERVING_OPTIONS` of its own checkout, so that a baseline checkout's
+kit is served the same way even when it predates that name). The answer is a list page's size of
+JSON with the headers a service's 200 carries. The app imports nothing of the kit but its protocol
+(:class:`svckit.server.ProblemHttpProtocol`, in every checkout) and has nothing to start: it runs
+without a lifespan.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from svckit import server
-from svckit.cli import SERVING_OPTIONS
-
-from testkit.fixtures import answer_lifespan
 
 BODY = (
     b'{"items":['
@@ -32,22 +34,19 @@ HEADERS = [
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        await answer_lifespan(receive, send)
-        return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
 
 
-def main(port: int, layer: str) -> None:
+def main(port: int, layer: str, options: dict[str, Any]) -> None:
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         http=server.ProblemHttpProtocol if layer == "kit" else "httptools",
-        **SERVING_OPTIONS,
+        **options,
     )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))

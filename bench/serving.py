@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from svckit.cli import SERVING_OPTIONS
 
 from bench.gateway import SERVER_CORE, run_wrk
 from testkit.fixtures import free_port
@@ -64,7 +65,8 @@ def start(layer: str, kit: Path | None, logs: Path) -> tuple[subprocess.Popen[by
     env = dict(os.environ)
     if kit is not None:  # the baseline's svckit first on the path, before the installed one
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(kit), env.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "bench._serving_app", str(port), layer]
+    options = json.dumps({**SERVING_OPTIONS, "lifespan": "off"})  # the app has nothing to start
+    command = [sys.executable, "-m", "bench._serving_app", str(port), layer, options]
     if shutil.which("taskset"):
         command = ["taskset", "-c", SERVER_CORE, *command]
     log = (logs / f"serving-{layer}-{port}.log").open("wb")
