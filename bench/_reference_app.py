@@ -19,6 +19,13 @@ the rows.
   read again only when it changed nothing) and the applied + outbox statement.
 
 ``python -m bench._reference_app`` with ``DATABASE_URL`` (the benchmark's database) and ``PORT``.
+
+With ``REFERENCE_IDENTITY=1`` the app is served behind the kit's identity gate as the timesheets
+service receives (:func:`with_identity_contract`: the signature, the body's digest and the nonce in the
+replay memory shared over ``REDIS_URL``; the pair keys from the environment, as the service reads
+them): the least a same-stack app does that honours the identity contract of DESIGN.md, which the plain
+reference skips. ``bench/api.py`` measures it as ``reference_identity``, beside the plain reference
+(the issue's targets stay against the plain one).
 """
 
 from __future__ import annotations
@@ -39,8 +46,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 from svckit.db import Database
-from svckit.identity import ISSUER, SUBJECT
+from svckit.identity import ISSUER, SUBJECT, IdentityMiddleware, IdentityVerifier
+from svckit.redisguard import RedisGuard
+from svckit.replay import ReplayMemory
+from timesheets.settings import TimesheetsSettings
 from timesheets.store import (
     APPLY_DECISION,
     COLUMNS,
@@ -246,9 +257,20 @@ app = Starlette(
     lifespan=lifespan,
 )
 
+
+def with_identity_contract(inner: ASGIApp) -> ASGIApp:
+    """``inner`` behind :class:`svckit.identity.IdentityMiddleware`, built from the timesheets
+    service's settings as its app is (``svckit.app``): the same verifier, the same replay memory over
+    Redis (its own key prefix: ``REDIS_KEY_PREFIX``)."""
+    settings = TimesheetsSettings()
+    skew = settings.identity_max_skew_seconds
+    replay = ReplayMemory(RedisGuard.from_settings(settings, max_connections=32), settings.service_name, skew)
+    return IdentityMiddleware(inner, IdentityVerifier(settings.identity_verify_keys, skew), replay=replay)
+
+
 if __name__ == "__main__":
     uvicorn.run(
-        app,
+        with_identity_contract(app) if os.environ.get("REFERENCE_IDENTITY") == "1" else app,
         host="127.0.0.1",
         port=int(os.environ["PORT"]),
         log_level="warning",

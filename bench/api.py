@@ -14,6 +14,11 @@ The same mix is also sent, in the same run, to three peers:
   removed);
 - ``reference``: a minimal same-stack app (:mod:`bench._reference_app`: Starlette + asyncpg, the
   service's own SQL in the same transactions, the kit's pool) with the same requests;
+- ``reference_identity``: the same reference app behind the kit's identity gate, as the timesheets
+  service receives (``REFERENCE_IDENTITY=1``: signature, body digest, nonce in the replay memory shared
+  over Redis), on the reference's database: the least a same-stack app does that honours DESIGN.md's
+  identity contract. Checked before the load (an unsigned request gets 401). Informational: the
+  issue's targets stay against the plain reference (``ratios.service_vs_reference_identity_*``);
 - ``pgbench``: the same statements and transactions (:func:`pgbench_scripts`, the service's SQL text
   with its parameters as pgbench expressions), ``-M prepared -c32 -j1`` pinned like wrk.
 
@@ -30,7 +35,7 @@ mix in the same rounds as ``direct_before`` (``direct_to_timesheets_before``;
 swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) runs only some cases
 (e.g. ``direct,direct_before,reference`` for a quick A/B; a full run for ``bench/results``).
 
-``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the four cases, ``BENCH_API_SECONDS`` (default
+``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
 reference app; pgbench's own), and the ratios the issue sets targets for, from the same run.
@@ -57,6 +62,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,7 +89,7 @@ CLIENTS = 32
 USERS = 32
 SEED_PER_USER = 100
 SCOPES = "openid read:timesheets create:timesheets"
-CASES = ("gateway", "direct", "direct_before", "reference", "pgbench")
+CASES = ("gateway", "direct", "direct_before", "reference", "reference_identity", "pgbench")
 #: pre-signed requests per second of a direct run: more than the service answers on a fast, quiet
 #: machine of this kind (~9,000/s at the 2026-12-04 run, where 2,500 ran out); a pool that runs out
 #: shows as 401 replays among the non-2xx, and the run then fails
@@ -373,12 +380,14 @@ def profiled(pid: int | None, run: Callable[[], dict[str, Any]]) -> dict[str, An
     return sampled({f"{output}.{time.monotonic_ns()}": pid}, run)
 
 
-def start_reference(url: str, logs: Path) -> subprocess.Popen[bytes]:
+def start_reference(
+    url: str, logs: Path, env: dict[str, str] | None = None, name: str = "reference"
+) -> subprocess.Popen[bytes]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench._reference_app"],
-        env={**os.environ, "DATABASE_URL": url, "PORT": str(port)},
-        stdout=(logs / "reference.log").open("wb"),
+        env={**os.environ, **(env or {}), "DATABASE_URL": url, "PORT": str(port)},
+        stdout=(logs / f"{name}.log").open("wb"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
@@ -391,7 +400,16 @@ def start_reference(url: str, logs: Path) -> subprocess.Popen[bytes]:
             break
         time.sleep(0.1)
     process.kill()
-    raise RuntimeError("the reference app did not start: " + (logs / "reference.log").read_text()[-500:])
+    raise RuntimeError(f"the {name} app did not start: " + (logs / f"{name}.log").read_text()[-500:])
+
+
+def refuses_unsigned(url: str) -> bool:
+    """True when ``url`` answers an unsigned list request with 401 (the identity gate is in front)."""
+    try:
+        urllib.request.urlopen(f"{url}/timesheets?limit=20", timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    return False
 
 
 def pid_of(process: ServiceProcess) -> int | None:
@@ -416,6 +434,7 @@ def main() -> int:
         selected.remove("direct_before")
     processes: list[ServiceProcess] = []
     reference: subprocess.Popen[bytes] | None = None
+    gated: subprocess.Popen[bytes] | None = None
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     try:
@@ -470,6 +489,18 @@ def main() -> int:
                 processes.append(gateway)
                 reference = start_reference(peers_url, logs)
                 reference_url: str = reference.reference_url  # type: ignore[attr-defined]
+                gated_url = ""
+                if "reference_identity" in selected:
+                    gated_env = {
+                        **identity_keys,
+                        "REFERENCE_IDENTITY": "1",
+                        "REDIS_URL": redis_url,
+                        "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:reference:",
+                    }
+                    gated = start_reference(peers_url, logs, gated_env, "reference_identity")
+                    gated_url = gated.reference_url  # type: ignore[attr-defined]
+                    if not refuses_unsigned(gated_url):
+                        raise RuntimeError("reference_identity admitted an unsigned request")
 
                 tokens = [issuer.token(subject) for subject in subjects]
                 script = logs / "api.lua"
@@ -482,6 +513,8 @@ def main() -> int:
                     "direct": CpuMeter(services),
                     "reference": CpuMeter({"reference": reference.pid}),
                 }
+                if gated is not None:
+                    meters["reference_identity"] = CpuMeter({"reference": gated.pid})
                 if before_service is not None:
                     meters["direct_before"] = CpuMeter(
                         {"timesheets": pid_of(before_service), "audit": pid_of(audit)}
@@ -500,6 +533,10 @@ def main() -> int:
                         lambda: run_wrk(reference_url, signed(), seconds), meters["reference"]
                     ),
                 }
+                if gated is not None:
+                    targets["reference_identity"] = lambda: measured(
+                        lambda: run_wrk(gated_url, signed(), seconds), meters["reference_identity"]
+                    )
                 if before_service is not None:
                     before_url_http = before_service.url
                     targets["direct_before"] = lambda: measured(
@@ -522,6 +559,8 @@ def main() -> int:
                 if before_service is not None:
                     run_wrk(before_service.url, signed(3), 3)
                 run_wrk(reference_url, signed(3), 3)
+                if gated is not None:
+                    run_wrk(gated_url, signed(3), 3)
                 for number in range(rounds):  # interleaved: a noisy moment hurts every case alike
                     cases_now = list(order)
                     if number % 2 and "direct_before" in cases_now and "direct" in cases_now:
@@ -532,9 +571,10 @@ def main() -> int:
                         runs[case].append(targets[case]())
                 created = asyncio.run(count_entries(url)) - before
             finally:  # the servers stop before their database is dropped
-                if reference is not None:
-                    reference.terminate()
-                    reference.wait(10)
+                for peer in (reference, gated):
+                    if peer is not None:
+                        peer.terminate()
+                        peer.wait(10)
                 for process in reversed(processes):
                     process.stop()
     finally:
@@ -545,6 +585,7 @@ def main() -> int:
     raws = {case: cases[case].pop("raw", "") for case in cases}
     result, direct_result = cases.get("gateway"), cases.get("direct")
     minimal, pg, before_result = cases.get("reference"), cases.get("pgbench"), cases.get("direct_before")
+    gated_result = cases.get("reference_identity")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
@@ -562,6 +603,14 @@ def main() -> int:
         ),
         "service_vs_pgbench_rps": ratio(rps(direct_result), rps(pg)),
     }
+    if gated_result is not None:
+        ratios["service_vs_reference_identity_rps"] = ratio(rps(direct_result), rps(gated_result))
+        ratios["service_vs_reference_identity_cpu_per_request"] = ratio(
+            cpu(direct_result, "timesheets"), cpu(gated_result, "reference")
+        )
+        ratios["reference_identity_vs_reference_cpu_per_request"] = ratio(
+            cpu(gated_result, "reference"), cpu(minimal, "reference")
+        )
     if before_result is not None:
         ratios["service_vs_before_cpu_per_request"] = ratio(
             cpu(direct_result, "timesheets"), cpu(before_result, "timesheets")
@@ -584,6 +633,7 @@ def main() -> int:
         "direct_to_timesheets": direct_result,
         "gateway_rps_ratio": ratio(rps(result), rps(direct_result)),
         "reference": minimal,
+        "reference_identity": gated_result,
         "pgbench": pg,
         "ratios": ratios,
         "targets": TARGETS,
@@ -607,6 +657,7 @@ def main() -> int:
         ("create+list direct to timesheets", "direct"),
         ("the same, baseline code", "direct_before"),
         ("reference app (same SQL)", "reference"),
+        ("reference + identity contract", "reference_identity"),
         ("pgbench (same SQL)", "pgbench"),
     ):
         shown = cases.get(key)
@@ -629,6 +680,13 @@ def main() -> int:
         f"timesheets / pgbench: {ratios['service_vs_pgbench_rps']} (target >= 0.5); "
         f"p99 direct {direct_result['p99_ms'] if direct_result else None} ms (target <= 50)"
     )
+    if gated_result is not None:
+        print(
+            "timesheets / reference + identity contract (informational): "
+            f"{ratios['service_vs_reference_identity_rps']} by throughput, "
+            f"{ratios['service_vs_reference_identity_cpu_per_request']} by CPU per request; the contract "
+            f"costs the reference {ratios['reference_identity_vs_reference_cpu_per_request']}x its CPU"
+        )
     if before_result is not None:
         print(
             "timesheets / baseline (BENCH_API_BASELINE): "
@@ -637,7 +695,9 @@ def main() -> int:
             f"{ratios['before_vs_reference_cpu_per_request']} by CPU"
         )
     print(f"written to {written}")
-    checked = [case for case in (result, direct_result, minimal, before_result) if case is not None]
+    checked = [
+        case for case in (result, direct_result, minimal, gated_result, before_result) if case is not None
+    ]
     ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in checked)
     return 0 if ok else 1
 
