@@ -20,12 +20,14 @@ the rows.
 
 ``python -m bench._reference_app`` with ``DATABASE_URL`` (the benchmark's database) and ``PORT``.
 
-With ``REFERENCE_IDENTITY=1`` the app is served behind the kit's identity gate as the timesheets
-service receives (:func:`with_identity_contract`: the signature, the body's digest and the nonce in the
-replay memory shared over ``REDIS_URL``; the pair keys from the environment, as the service reads
-them): the least a same-stack app does that honours the identity contract of DESIGN.md, which the plain
-reference skips. ``bench/api.py`` measures it as ``reference_identity``, beside the plain reference
-(the issue's targets stay against the plain one).
+With ``REFERENCE_IDENTITY=1`` the app honours DESIGN.md's identity contract, which the plain
+reference skips (:func:`with_identity_contract`): every request passes the kit's identity gate of the
+service whose route it is (``/approvals…`` the approvals service's, the rest the timesheets
+service's: the signature, the body's digest, the nonce in that service's replay memory shared over
+``REDIS_URL``; the pair keys from the environment, as the services read them), and its calls to its
+own internal routes are signed as ``service:approvals`` (:func:`peer_headers`). The benchmarks
+measure it as ``reference_identity`` beside the plain reference (the issue's targets stay against
+the plain one).
 """
 
 from __future__ import annotations
@@ -38,19 +40,30 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import uvicorn
+import yarl
+from approvals.settings import ApprovalsSettings
 from approvals.store import LIVE_FOR_ENTRY, MARK_APPLIED, RECORD_PENDING
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 from svckit.db import Database
-from svckit.identity import ISSUER, SUBJECT, IdentityMiddleware, IdentityVerifier
+from svckit.identity import (
+    ISSUER,
+    SUBJECT,
+    Identity,
+    IdentityMiddleware,
+    IdentitySigner,
+    IdentityVerifier,
+)
 from svckit.redisguard import RedisGuard
 from svckit.replay import ReplayMemory
+from svckit.settings import RedisSettings
 from timesheets.settings import TimesheetsSettings
 from timesheets.store import (
     APPLY_DECISION,
@@ -180,6 +193,24 @@ def peer(request: Request) -> tuple[aiohttp.ClientSession, str]:
     return request.app.state.session, request.app.state.self_url
 
 
+#: who the approvals routes call their internal routes as (``approvals.peer.PRINCIPAL``)
+PEER = Identity.service("approvals")
+
+
+def peer_headers(request: Request, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+    """The identity headers of a call to an internal route: none for the plain reference, signed as
+    ``service:approvals`` with the approvals → timesheets key when it honours the contract."""
+    signer: IdentitySigner | None = request.app.state.signer
+    if signer is None:
+        return {}
+    return signer.headers(PEER, method=method, target=target, body=body)
+
+
+def peer_url(base: str, target: str) -> yarl.URL:
+    """``target`` as written (and signed): not encoded again."""
+    return yarl.URL(base + target, encoded=True)
+
+
 async def queue(request: Request) -> Response:
     session, base = peer(request)
     query = {
@@ -187,7 +218,9 @@ async def queue(request: Request) -> Response:
         "exclude_subject": request.headers[SUBJECT],
         "limit": request.query_params.get("limit", "20"),
     }
-    async with session.get(f"{base}/internal/timesheets/pending", params=query) as reply:
+    target = f"/internal/timesheets/pending?{urlencode(query)}"
+    headers = peer_headers(request, "GET", target)
+    async with session.get(peer_url(base, target), headers=headers) as reply:
         text = await reply.text()
     return Response(text, reply.status, media_type="application/json")
 
@@ -198,7 +231,8 @@ async def decide(request: Request) -> Response:
     entry_id = uuid.UUID(request.path_params["id"])
     session, base = peer(request)
     database = approvals_of(request)
-    async with session.get(f"{base}/internal/timesheets/{entry_id}") as reply:
+    target = f"/internal/timesheets/{entry_id}"
+    async with session.get(peer_url(base, target), headers=peer_headers(request, "GET", target)) as reply:
         found = json.loads(await reply.text()) if reply.status == 200 else None
     if found is None or found["status"] != "submitted" or found["owner_subject"] == subject:
         return Response(status_code=409)
@@ -219,7 +253,9 @@ async def decide(request: Request) -> Response:
         "subject": subject,
         "at": decision["decided_at"].isoformat(),
     }
-    async with session.post(f"{base}/internal/timesheets/{entry_id}/decision", json=apply) as reply:
+    target, sent = f"/internal/timesheets/{entry_id}/decision", json.dumps(apply).encode()
+    headers = {**peer_headers(request, "POST", target, sent), "Content-Type": "application/json"}
+    async with session.post(peer_url(base, target), data=sent, headers=headers) as reply:
         applied = json.loads(await reply.text()) if reply.status == 200 else None
     if applied is None:
         return Response(status_code=502)
@@ -237,6 +273,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await approvals.wait_connected(30)
     app.state.database, app.state.approvals = database, approvals
     app.state.self_url = f"http://127.0.0.1:{os.environ['PORT']}"
+    app.state.signer = None
+    if os.environ.get("REFERENCE_IDENTITY") == "1":
+        app.state.signer = IdentitySigner(ApprovalsSettings().identity_sign_keys("timesheets"))
     async with aiohttp.ClientSession() as session:
         app.state.session = session
         yield
@@ -258,14 +297,26 @@ app = Starlette(
 )
 
 
-def with_identity_contract(inner: ASGIApp) -> ASGIApp:
-    """``inner`` behind :class:`svckit.identity.IdentityMiddleware`, built from the timesheets
-    service's settings as its app is (``svckit.app``): the same verifier, the same replay memory over
-    Redis (its own key prefix: ``REDIS_KEY_PREFIX``)."""
-    settings = TimesheetsSettings()
+def gate_of(inner: ASGIApp, settings: RedisSettings) -> IdentityMiddleware:
+    """``inner`` behind the identity gate of the service ``settings`` are of, built as its app builds
+    it (``svckit.app``): the same verifier, the same replay memory over Redis (``REDIS_KEY_PREFIX``)."""
     skew = settings.identity_max_skew_seconds
     replay = ReplayMemory(RedisGuard.from_settings(settings, max_connections=32), settings.service_name, skew)
     return IdentityMiddleware(inner, IdentityVerifier(settings.identity_verify_keys, skew), replay=replay)
+
+
+def with_identity_contract(inner: ASGIApp) -> ASGIApp:
+    """``inner`` with each route behind its service's identity gate: ``/approvals…`` the approvals
+    service's (signed by the gateway), the rest the timesheets service's (by the gateway, or by the
+    approvals routes for the internal ones)."""
+    approvals = gate_of(inner, ApprovalsSettings())
+    timesheets = gate_of(inner, TimesheetsSettings())
+
+    async def gated(scope: Scope, receive: Receive, send: Send) -> None:
+        gate = approvals if scope.get("path", "").startswith("/approvals") else timesheets
+        await gate(scope, receive, send)
+
+    return gated
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ send them):
   decision is recorded once: the approvals service records it pending, applies it at the timesheets
   service, settles it with its audit event).
 
-The same two cases also go, in the same run, to two peers, each working on a database of its own
+The same two cases also go, in the same run, to three peers, each working on a database of its own
 seeded alike (the same entry ids; in one database pgbench's random decisions would decide the
 entries the reference's requests are about):
 
@@ -23,6 +23,11 @@ entries the reference's requests are about):
   in the same transactions; the same pre-signed requests (it reads the caller unverified). Its one
   process does what the approvals and timesheets services do together, so the services' CPU per
   request is compared as their sum;
+- ``reference_identity``: the same reference app honouring DESIGN.md's identity contract
+  (``REFERENCE_IDENTITY=1``: each route behind its service's identity gate, the kit's verifier and
+  replay memory over Redis; its calls to its own internal routes signed as ``service:approvals``), on a
+  database of its own seeded alike. Informational: the issue's targets stay against the plain
+  reference (``ratios.<case>.service_vs_reference_identity_*``);
 - ``pgbench``: the same statements and transactions in one script per case (:func:`pgbench_scripts`:
   the services' SQL text, tables qualified by schema since pgbench has one ``search_path``, the
   parameters as pgbench expressions), ``-M prepared -c32 -j1``. A decision picks an entry at random
@@ -81,6 +86,7 @@ from bench.api import (
     measured,
     median_of,
     pid_of,
+    refuses_unsigned,
     run_pgbench,
     run_wrk,
     start_reference,
@@ -259,11 +265,13 @@ def ratios(
     before: dict[str, Any] | None = None,
     *,
     both_before: bool = False,
+    gated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The issue's ratios for one case; the services' CPU is approvals + timesheets (the reference's
     one process does both). With ``before`` (``BENCH_APPROVALS_BASELINE``), the approvals service's
     CPU per request and throughput against the old code's; ``both_before``: the old approvals
-    service had an old timesheets service of its own (the two services' CPU against the old pair's)."""
+    service had an old timesheets service of its own (the two services' CPU against the old pair's).
+    ``gated``: the reference honouring the identity contract (informational ratios)."""
     cpu = service["cpu_us_per_request"]
     service_cpu = cpu["approvals"] + cpu["timesheets"]
     reference_cpu = reference["cpu_us_per_request"]["reference"]
@@ -276,6 +284,17 @@ def ratios(
         if pgbench and pgbench["rps"]
         else None,
     }
+    if gated is not None:
+        gated_cpu = gated["cpu_us_per_request"]["reference"]
+        found["service_vs_reference_identity_rps"] = (
+            round(service["rps"] / gated["rps"], 3) if gated["rps"] else None
+        )
+        found["service_vs_reference_identity_cpu_per_request"] = (
+            round(service_cpu / gated_cpu, 3) if gated_cpu else None
+        )
+        found["reference_identity_vs_reference_cpu_per_request"] = (
+            round(gated_cpu / reference_cpu, 3) if reference_cpu else None
+        )
     if before is not None:
         old = before["cpu_us_per_request"]
         found["approvals_vs_before_cpu_per_request"] = (
@@ -309,10 +328,13 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-approvals-"))
     processes: list[ServiceProcess] = []
     reference: Any = None
+    gated: Any = None
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
     cases = ("queue", "decide")
-    peers = ("service", "before", "reference", "pgbench") if baseline else ("service", "reference", "pgbench")
+    peers: tuple[str, ...] = ("service", "before", "reference", "reference_identity", "pgbench")
+    if not baseline:
+        peers = tuple(peer for peer in peers if peer != "before")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
     # a slice of entries per round and approvals service, and one for each one's warm-up
     instances = 2 if baseline else 1
@@ -325,9 +347,10 @@ def main() -> int:
             fresh_database(name) as url,
             fresh_database(name + "_peers") as peers_url,
             fresh_database(name + "_pgbench") as pgbench_url,
+            fresh_database(name + "_gated") as gated_url,
         ):
             entries = asyncio.run(seed(url, count))
-            for database in (peers_url, pgbench_url):
+            for database in (peers_url, pgbench_url, gated_url):
                 asyncio.run(seed(database, count))
             try:
                 keys = new_pair_keys("bench")
@@ -348,6 +371,15 @@ def main() -> int:
                 approvals = ServiceProcess("approvals", approvals_env, log_dir=logs).start()
                 processes.append(approvals)
                 reference = start_reference(peers_url, logs)
+                gated_env = {
+                    **keys,
+                    "REFERENCE_IDENTITY": "1",
+                    "REDIS_URL": backing.redis_url or "",
+                    "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:reference:",
+                }
+                gated = start_reference(gated_url, logs, gated_env, "reference_identity")
+                if not refuses_unsigned(gated.reference_url):
+                    raise RuntimeError("reference_identity admitted an unsigned request")
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
                 if baseline:
@@ -383,6 +415,7 @@ def main() -> int:
                             "audit": pid_of(audit),
                         }
                     )
+                urls["reference_identity"] = gated.reference_url
                 meters |= {
                     "service": CpuMeter(
                         {
@@ -392,13 +425,14 @@ def main() -> int:
                         }
                     ),
                     "reference": CpuMeter({"reference": reference.pid}),
+                    "reference_identity": CpuMeter({"reference": gated.pid}),
                 }
                 pgbench = pgbench_scripts(logs, count) if shutil.which("pgbench") else None
                 slices = [entries[i * per_slice : (i + 1) * per_slice] for i in range(count // per_slice)]
 
                 def entries_of(peer: str, n: int) -> list[uuid.UUID]:
                     """Round ``n``'s entries (``rounds``: the warm-up's) for ``peer``: the two approvals
-                    services share a database, the reference has one of its own seeded alike."""
+                    services share a database, each reference has one of its own seeded alike."""
                     return slices[n * instances + (1 if peer == "before" else 0)]
 
                 for peer, target in urls.items():  # warm-up
@@ -424,15 +458,18 @@ def main() -> int:
                                 pids = {"approvals": pid_of(approvals), "timesheets": pid_of(timesheets)}
                             elif peer == "reference":
                                 pids = {"reference": reference.pid}
+                            elif peer == "reference_identity":
+                                pids = {"reference": gated.pid}
                             runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
                         if pgbench is not None:
                             runs["pgbench"][case].append(
                                 run_pgbench(pgbench_url, [pgbench[case]], seconds, logs)
                             )
             finally:  # the servers stop before their databases are dropped
-                if reference is not None:
-                    reference.terminate()
-                    reference.wait(10)
+                for peer_process in (reference, gated):
+                    if peer_process is not None:
+                        peer_process.terminate()
+                        peer_process.wait(10)
                 for process in reversed(processes):
                     process.stop()
     finally:
@@ -443,6 +480,7 @@ def main() -> int:
         for result in results.values():
             result.pop("raw", None)
     service, minimal, pg = found["service"], found["reference"], found["pgbench"]
+    gated_found = found["reference_identity"]
     old = found.get("before")
     report: dict[str, Any] = {
         "benchmark": "approvals",
@@ -454,6 +492,7 @@ def main() -> int:
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **service,
         "reference": minimal,
+        "reference_identity": gated_found,
         "pgbench": pg or None,
         **({"before": old, "before_timesheets": "baseline" if both_before else "shared"} if old else {}),
         "ratios": {
@@ -463,6 +502,7 @@ def main() -> int:
                 pg.get(case),
                 old[case] if old else None,
                 both_before=both_before,
+                gated=gated_found.get(case),
             )
             for case in cases
         },
@@ -471,24 +511,25 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "approvals.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
-        f"{'case':<40} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
+        f"{'case':<52} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
     )
     for case, label in (("queue", "queue GET /approvals (c=32)"), ("decide", "decide PUT /approvals/{id}")):
         for peer, result in (
             ("service", service),
             ("before", old or {}),
             ("reference", minimal),
+            ("reference_identity", gated_found),
             ("pgbench", pg),
         ):
             if peer == "before" and not old:
                 continue
             row = result.get(case)
             if row is None:
-                print(f"{label + ' ' + peer:<40} (pgbench is not installed)")
+                print(f"{label + ' ' + peer:<52} (pgbench is not installed)")
                 continue
             cpu = ", ".join(f"{who} {value:.0f}" for who, value in row["cpu_us_per_request"].items())
             print(
-                f"{label + ' ' + peer:<40} {row['rps']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
+                f"{label + ' ' + peer:<52} {row['rps']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
                 f" {row['non_2xx']:>8}   {cpu}   {row['rps_rounds']}"
             )
         r = report["ratios"][case]
@@ -498,6 +539,13 @@ def main() -> int:
             f"(target <= 1.0); / pgbench {r['service_vs_pgbench_rps']} (target >= 0.5); "
             f"p99 {service[case]['p99_ms']} ms (target <= 50)"
         )
+        if "service_vs_reference_identity_cpu_per_request" in r:
+            print(
+                f"{case}: services / reference + identity contract (informational) "
+                f"{r['service_vs_reference_identity_rps']} by throughput, "
+                f"{r['service_vs_reference_identity_cpu_per_request']} by CPU per request; the contract "
+                f"costs the reference {r['reference_identity_vs_reference_cpu_per_request']}x its CPU"
+            )
         if old:
             print(
                 f"{case}: approvals / before (BENCH_APPROVALS_BASELINE) CPU per request "
