@@ -61,9 +61,8 @@ from svckit.identity import (
     IdentitySigner,
     IdentityVerifier,
 )
-from svckit.redisguard import RedisGuard
 from svckit.replay import ReplayMemory
-from svckit.settings import RedisSettings
+from svckit.settings import ServiceSettings
 from timesheets.settings import TimesheetsSettings
 from timesheets.store import (
     APPLY_DECISION,
@@ -297,12 +296,11 @@ app = Starlette(
 )
 
 
-def gate_of(inner: ASGIApp, settings: RedisSettings) -> IdentityMiddleware:
+def gate_of(inner: ASGIApp, settings: ServiceSettings) -> IdentityMiddleware:
     """``inner`` behind the identity gate of the service ``settings`` are of, built as its app builds
     it (``svckit.app``): the same verifier, the same replay memory over Redis (``REDIS_KEY_PREFIX``)."""
-    skew = settings.identity_max_skew_seconds
-    replay = ReplayMemory(RedisGuard.from_settings(settings, max_connections=32), settings.service_name, skew)
-    return IdentityMiddleware(inner, IdentityVerifier(settings.identity_verify_keys, skew), replay=replay)
+    verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
+    return IdentityMiddleware(inner, verifier, replay=ReplayMemory.for_service(settings))
 
 
 def with_identity_contract(inner: ASGIApp) -> ASGIApp:

@@ -32,9 +32,8 @@ from .http import HttpClient
 from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
 from .problems import EXCEPTION_HANDLERS, problem_response
-from .redisguard import RedisGuard
 from .replay import ReplayMemory
-from .settings import RedisSettings, ServiceSettings
+from .settings import ServiceSettings
 
 DEFAULT_MAX_BODY = 1 << 20
 #: the cyclic collector's thresholds once a service has started (see :func:`freeze_startup_objects`)
@@ -149,16 +148,13 @@ def create_service_app(
     if openapi is not None:
         operational.append(openapi_route(openapi))
 
-    replay_store: RedisGuard | None = None
     replay: ReplayMemory | None = None
     gate: IdentityGate | None = None
     if require_identity:
         if verifier is None:
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
         # each signed request is accepted once: by every replica when they share Redis (svckit.replay)
-        if isinstance(settings, RedisSettings):
-            replay_store = RedisGuard.from_settings(settings, max_connections=32)
-        replay = ReplayMemory(replay_store, settings.service_name, settings.identity_max_skew_seconds)
+        replay = ReplayMemory.for_service(settings)
         gate = IdentityGate(verifier, open_paths=(*OPEN_PATHS, *open_paths), replay=replay)
     handlers: dict[Any, Callable[[Request, Exception], Any]] = dict(EXCEPTION_HANDLERS)
     handlers[DatabaseUnavailable] = unavailable_handler
@@ -188,8 +184,8 @@ def create_service_app(
         finally:
             if replay is not None:
                 replay.close()
-            if replay_store is not None:
-                await replay_store.close()
+                if replay.redis is not None:
+                    await replay.redis.close()
             if http is not None:
                 await http.close()
             if database is not None:

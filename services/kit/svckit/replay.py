@@ -49,6 +49,7 @@ from redis.exceptions import ResponseError
 
 from .identity import SAFE_METHODS
 from .redisguard import REDIS_ERRORS, RedisGuard
+from .settings import RedisSettings, ServiceSettings
 
 Verdict = Literal["fresh", "replay", "unavailable"]
 
@@ -313,6 +314,16 @@ class ReplayMemory:
         self._busy = False  # the sender task is queued or its round trip under way
         self.round_trips = 0  # pipelined round trips made (for tests and figures)
         self._wire = SetOnceWire.for_url(redis.url, timeout=redis.timeout) if redis is not None else None
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings) -> ReplayMemory:
+        """The memory a service's identity gate uses (``svckit.app``, and whatever must check as a
+        service does): shared over Redis when the settings have it (:attr:`redis`, closed by the
+        owner after :meth:`close`), this process's own otherwise."""
+        store = None
+        if isinstance(settings, RedisSettings):
+            store = RedisGuard.from_settings(settings, max_connections=32)
+        return cls(store, settings.service_name, settings.identity_max_skew_seconds)
 
     def _remember_locally(self, nonce: str) -> bool:
         """False when this process accepted ``nonce`` within the window; otherwise records it."""
