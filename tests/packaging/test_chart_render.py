@@ -111,12 +111,25 @@ def test_values_schema_accepts_every_shipped_values_file() -> None:
     ("values", "message"),
     [
         ({"oidc": {"issuers": ["https://a.example/"]}}, "externalDatabase.existingSecret"),
-        ({"externalDatabase": MINIMAL["externalDatabase"]}, "oidc.issuers"),
         (
-            {"oidc": MINIMAL["oidc"], "externalDatabase": {"existingSecret": "db"}},
+            {"externalDatabase": MINIMAL["externalDatabase"], "externalRedis": MINIMAL["externalRedis"]},
+            "oidc.issuers",
+        ),
+        (
+            {
+                "oidc": MINIMAL["oidc"],
+                "externalDatabase": {"existingSecret": "db"},
+                "externalRedis": MINIMAL["externalRedis"],
+            },
             "set externalDatabase.host and externalDatabase.database",
         ),
         (deep_merge(MINIMAL, {"gateway": {"image": {"tag": "latest"}}}), "/gateway/image/tag"),
+        # without a Redis the API services refuse every write while /readyz stays 200 (reads go on):
+        # a release that installs "healthy" and cannot take a timesheet
+        (
+            {"oidc": MINIMAL["oidc"], "externalDatabase": MINIMAL["externalDatabase"]},
+            "set redis.enabled=true (demo) or externalRedis.existingSecret",
+        ),
     ],
 )
 def test_incomplete_values_fail_with_a_message_naming_the_value(

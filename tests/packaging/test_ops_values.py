@@ -1,4 +1,11 @@
-"""Values the schema accepts must not render a platform that is broken or leaks secrets into plain env."""
+"""A component's extra environment cannot undo what the chart sets, nor put a secret in plain sight.
+
+`<component>.env` and `<component>.extraEnv` are for a service's own tuning settings. A second entry
+of a name the chart already sets wins in the container (the later one), so a PORT the probes do not
+probe, a METRICS_PORT the ServiceMonitor does not scrape, or a DATABASE_URL / pair key as a plain
+value in the Deployment would all render and install. The render refuses a name the chart sets, and
+the schema refuses a secret's name as a plain value.
+"""
 
 from __future__ import annotations
 
@@ -11,71 +18,85 @@ import pytest
 from tests.packaging.support import CHART, MINIMAL, Obj, deep_merge, pod_spec, render
 
 
-def main_containers(objects: list[Obj]) -> dict[str, Obj]:
-    out = {}
+def container_env(objects: list[Obj], component: str) -> list[dict[str, Any]]:
     for obj in objects:
-        if obj["kind"] != "Deployment":
-            continue
-        spec = pod_spec(obj)
-        assert spec is not None
-        for c in spec["containers"]:
-            if c.get("command", [])[:2] == ["python", "-m"]:
-                out[c["command"][2]] = c
-    return out
+        if (
+            obj["kind"] == "Deployment"
+            and obj["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ):
+            spec = pod_spec(obj)
+            assert spec is not None
+            (main,) = [
+                c for c in spec["containers"] if c.get("command", [])[:3] == ["python", "-m", component]
+            ]
+            env: list[dict[str, Any]] = main["env"]
+            return env
+    raise AssertionError(f"no Deployment for {component}")
 
 
-def schema_accepts(values: dict[str, Any]) -> bool:
+def schema_refuses(values: dict[str, Any]) -> str:
     with helm.Chart.load(CHART) as chart:
         try:
             chart.validate_schema(values)
-        except helm.HelmValuesError:
-            return False
-    return True
+        except helm.HelmValuesError as refused:
+            return str(refused)
+    return ""
 
 
 @pytest.mark.parametrize(
-    ("component", "name", "value"),
+    ("component", "field", "entry"),
     [
-        ("gateway", "PORT", "9999"),  # probes, Service and NetworkPolicy stay on the `http` port 8080
-        ("timesheets", "METRICS_PORT", "9999"),  # the ServiceMonitor scrapes `metrics` (9101)
-        ("audit", "DATABASE_URL", "postgresql://owner:hunter2@db.internal/timesheets"),  # a secret, inline
-        ("gateway", "IDENTITY_KEYS_GATEWAY_TO_AUDIT", "k1:" + "s" * 43),  # a pair key, inline
+        ("gateway", "env", {"PORT": "9999"}),  # the probes, Service and NetworkPolicy use 8080
+        ("timesheets", "env", {"METRICS_PORT": "9999"}),  # the ServiceMonitor scrapes 9101
+        ("approvals", "env", {"TIMESHEETS_URL": "http://elsewhere:8101"}),
+        ("audit", "extraEnv", [{"name": "REDIS_KEY_PREFIX", "value": "other:"}]),
+        ("gateway", "extraEnv", [{"name": "IDENTITY_KEYS_GATEWAY_TO_AUDIT", "value": "k1:" + "s" * 43}]),
     ],
 )
-def test_component_env_cannot_shadow_what_the_chart_sets(component: str, name: str, value: str) -> None:
-    """`<component>.env` is for "extra plain environment variables, e.g. the service's own tuning
-    settings". A name the chart already sets renders the container with that variable twice, the
-    later (plain) entry winning: a PORT the probes do not probe, a METRICS_PORT the ServiceMonitor
-    does not scrape, or a secret in the Deployment's plain env. The schema must refuse it."""
-    values = deep_merge(MINIMAL, {component: {"env": {name: value}}})
-    if not schema_accepts(values):
-        return
-    env = main_containers(render(values))[component]["env"]
-    twice = [n for n, count in collections.Counter(e["name"] for e in env).items() if count > 1]
-    pytest.fail(f"the schema accepts {component}.env.{name}; the container's env then has {twice} twice")
+def test_a_variable_the_chart_sets_is_refused_when_rendering(component: str, field: str, entry: Any) -> None:
+    values = deep_merge(MINIMAL, {component: {field: entry}})
+    name = next(iter(entry)) if isinstance(entry, dict) else entry[0]["name"]
+    with pytest.raises(helm.HelmError) as refused:
+        render(values)
+    assert f"the chart sets {name} for this container" in str(refused.value)
 
 
-def test_a_render_without_redis_gives_every_api_service_a_redis_url() -> None:
-    """The chart's own values say of Redis: "one of the two is needed: the API services share their
-    replay memory of signed requests there and refuse writes without it". Yet the chart's minimal
-    values (no redis.enabled, no externalRedis.existingSecret) render and install: timesheets,
-    approvals and audit get no REDIS_URL, fall back to the default redis://127.0.0.1:6379/0 where
-    nothing listens in a pod, and answer every write 503 replay_store_unavailable — while /readyz
-    and `helm test` pass and NOTES.txt calls it "correct, but colder". Either the render refuses, or
-    every API service gets a REDIS_URL."""
-    with helm.Chart.load(CHART) as chart:
-        try:
-            rendered = chart.render(MINIMAL, name="ts", namespace="timesheets", is_install=True)
-        except Exception:  # refused at render time, with a message: fine
-            return
-    notes = next(text for name, text in rendered.items() if name.endswith("NOTES.txt"))
-    containers = main_containers(render(MINIMAL))
-    without = sorted(
-        service
-        for service in ("timesheets", "approvals", "audit")
-        if "REDIS_URL" not in {e["name"] for e in containers[service]["env"]}
+@pytest.mark.parametrize(
+    ("component", "name"),
+    [
+        ("audit", "DATABASE_URL"),
+        ("gateway", "DATABASE_URL"),  # not set for the gateway: a secret all the same
+        ("gateway", "REDIS_URL"),
+        ("gateway", "IDENTITY_KEYS_GATEWAY_TO_AUDIT"),
+        ("identity", "IDENTITY_SESSION_SECRET"),
+        ("identity", "BATCH_CLIENT_SECRET"),
+        ("timesheets", "DB_RUNTIME_PASSWORD"),
+        ("audit", "AUDIT_CHECKPOINT_KEYS"),
+        ("identity", "IDENTITY_KEY_ENCRYPTION_KEY"),
+    ],
+)
+def test_a_secrets_name_as_a_plain_value_is_refused_by_the_schema(component: str, name: str) -> None:
+    refused = schema_refuses(deep_merge(MINIMAL, {component: {"env": {name: "hunter2-hunter2"}}}))
+    assert f"invalid propertyName '{name}'" in refused, refused
+
+
+def test_tuning_settings_still_pass_once_and_after_what_the_chart_sets() -> None:
+    """The guard refuses only what it should: a service's own tuning setting renders, once."""
+    values = deep_merge(
+        MINIMAL,
+        {
+            "timesheets": {
+                "env": {"REDIS_TIMEOUT_SECONDS": 0.5},
+                "extraEnv": [
+                    {"name": "EXTRA_FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                ],
+            }
+        },
     )
-    assert without == [], (
-        f"rendered without REDIS_URL for {without} (writes refused); NOTES.txt says: "
-        + " ".join(line.strip() for line in notes.splitlines() if "Redis" in line or "colder" in line)
-    )
+    assert not schema_refuses(values)
+    env = container_env(render(values), "timesheets")
+    names = [e["name"] for e in env]
+    assert [n for n, count in collections.Counter(names).items() if count > 1] == []
+    assert {"name": "REDIS_TIMEOUT_SECONDS", "value": "0.5"} in env
+    assert names.index("REDIS_TIMEOUT_SECONDS") > names.index("PORT")
+    assert "EXTRA_FROM_SECRET" in names

@@ -249,7 +249,11 @@ read-only at /etc/timesheets/database-ca in every container that connects (servi
 {{- end -}}
 {{- end -}}
 
-{{/* Where REDIS_URL comes from, or nothing (Redis holds only losable state: services run colder without it). */}}
+{{/*
+Where REDIS_URL comes from. Required: Redis holds only losable state, but the API services keep their
+replay memory of signed requests there and refuse every write (503 replay_store_unavailable) without
+it, while /readyz stays 200 (reads go on), so a release without one would install "healthy" and broken.
+*/}}
 {{- define "timesheets.redisSecretRef" -}}
 {{- if .Values.redis.enabled -}}
 name: {{ include "timesheets.generatedSecretName" . }}
@@ -257,6 +261,8 @@ key: redis-url
 {{- else if .Values.externalRedis.existingSecret -}}
 name: {{ .Values.externalRedis.existingSecret }}
 key: {{ .Values.externalRedis.existingSecretUrlKey }}
+{{- else -}}
+{{- fail "no Redis: set redis.enabled=true (demo) or externalRedis.existingSecret (a Secret holding REDIS_URL); the API services keep their replay memory of signed requests there and refuse writes without it" -}}
 {{- end -}}
 {{- end -}}
 
@@ -273,6 +279,35 @@ Environment of one component. Call with (dict "root" $ "component" "gateway").
 Names and meanings: docs/CONTRACTS.md and each service's settings module.
 */}}
 {{- define "timesheets.env" -}}
+{{- $c := .component -}}
+{{- $values := get .root.Values $c -}}
+{{- $chart := include "timesheets.chartEnv" . -}}
+{{- /* what the chart sets, the probes, Service, NetworkPolicy and ServiceMonitor rely on, and secrets
+     come by reference: an extra entry of the same name would win (the later one) and undo that */}}
+{{- $set := list -}}
+{{- range fromYamlArray $chart }}{{ $set = append $set .name }}{{ end -}}
+{{- range $name, $value := $values.env }}
+{{- if has $name $set }}
+{{- fail (printf "%s.env.%s: the chart sets %s for this container; change it through the chart's own values" $c $name $name) }}
+{{- end }}
+{{- end }}
+{{- range $values.extraEnv }}
+{{- if has .name $set }}
+{{- fail (printf "%s.extraEnv: the chart sets %s for this container; change it through the chart's own values" $c .name) }}
+{{- end }}
+{{- end }}
+{{- $chart }}
+{{- range $name, $value := $values.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The environment the chart itself sets for one component (see timesheets.env). */}}
+{{- define "timesheets.chartEnv" -}}
 {{- $root := .root -}}
 {{- $c := .component -}}
 {{- $values := get $root.Values $c -}}
@@ -357,13 +392,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.dbPoolMax | quote }}
 {{- end }}
 {{- if $usesRedis }}
-{{- $redisRef := include "timesheets.redisSecretRef" $root }}
-{{- if $redisRef }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-{{ $redisRef | indent 6 }}
-{{- end }}
+{{ include "timesheets.redisSecretRef" $root | indent 6 }}
 - name: REDIS_KEY_PREFIX
   value: {{ $root.Values.config.redisKeyPrefix | quote }}
 {{- end }}
@@ -439,13 +471,6 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: DPOP_NONCES
   value: "true"
 {{- end }}
-{{- end }}
-{{- range $name, $value := $values.env }}
-- name: {{ $name }}
-  value: {{ $value | quote }}
-{{- end }}
-{{- with $values.extraEnv }}
-{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
