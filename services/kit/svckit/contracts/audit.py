@@ -57,7 +57,11 @@ MAX_REQUEST_ID = 128
 
 
 def _utc_text(value: datetime) -> str:
-    """UTC with ``Z``; microseconds only when there are any (how the audit API has always spelt it)."""
+    """UTC with ``Z``; microseconds only when there are any (how the audit API has always spelt it).
+    A naive value is UTC: asyncpg reads ``infinity`` / ``-infinity`` (what the two ends of the instant
+    range are stored as) as naive ``datetime.max`` / ``datetime.min``, never local time."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
