@@ -37,6 +37,8 @@ def decode(cursor: str, parameter: str = "cursor") -> Position:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         date_text, created_text, id_text = json.loads(raw)
+        if not isinstance(id_text, str):  # uuid.UUID(1) is an AttributeError, not a ValueError
+            raise TypeError("the id is not a string")
         created_at = dt.datetime.fromisoformat(created_text)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
