@@ -239,7 +239,7 @@ async def decide(request: Request) -> Response:
     async with database.connection() as conn:
         decision = await conn.fetchrow(
             RECORD_PENDING, decision_id, entry_id, body["decision"], body.get("comment"), issuer, subject, "",
-            "timesheets-spa", None,
+            "timesheets-spa", None, "user",
         )  # fmt: skip
     if decision is None:  # the entry has a live decision: read it (the conflict path)
         async with database.connection() as conn:

@@ -17,7 +17,7 @@ def approver_of(row: DecisionRow) -> Identity:
     return Identity(
         row.approver_issuer,
         row.approver_subject,
-        "user",
+        row.approver_kind,  # type: ignore[arg-type]  # the table's CHECK holds it to the kinds
         row.approver_client,
         frozenset(),
         row.approver_name,

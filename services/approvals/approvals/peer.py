@@ -107,6 +107,28 @@ def pending_target(approver: Identity, limit: int, cursor: str | None) -> str:
     return f"/internal/timesheets/pending?{urlencode(params)}"
 
 
+def apply_body(decision: DecisionRow) -> bytes:
+    """The ``ApplyDecision`` a decision row is applied with. A person's goes without ``by.kind``:
+    the body the previous release sends and accepts (its ``Approver`` forbids unknown members), so a
+    rolling upgrade or a rollback of the timesheets service leaves people's decisions alone; a
+    machine client's then waits, pending, for a timesheets pod that reads it (docs/upgrades.md)."""
+    body = ApplyDecision(
+        decision_id=decision.id,
+        decision=decision.decision,
+        comment=decision.comment,
+        by=Approver(
+            issuer=decision.approver_issuer,
+            subject=decision.approver_subject,
+            name=decision.approver_name or None,
+            client_id=decision.approver_client,
+            kind=decision.approver_kind,  # held to the kinds by the column's CHECK
+        ),
+        at=decision.decided_at,
+    )
+    omitted = {"by": {"kind"}} if decision.approver_kind == "user" else None
+    return body.model_dump_json(exclude=omitted).encode()
+
+
 class Timesheets:
     """The timesheets service's internal routes, called over :class:`PeerHttp` as ``service:approvals``."""
 
@@ -175,23 +197,9 @@ class Timesheets:
 
     async def apply(self, decision: DecisionRow) -> ApplyOutcome:
         """Apply a decision row at the timesheets service (safe to repeat: keyed by decision id)."""
-        body = ApplyDecision(
-            decision_id=decision.id,
-            decision=decision.decision,
-            comment=decision.comment,
-            by=Approver(
-                issuer=decision.approver_issuer,
-                subject=decision.approver_subject,
-                name=decision.approver_name or None,
-                client_id=decision.approver_client,
-            ),
-            at=decision.decided_at,
-        )
         # idempotent by decision id: safe to send again when a kept connection turns out closed
         reply = await self._call(
-            "POST",
-            f"/internal/timesheets/{decision.entry_id}/decision",
-            body=body.model_dump_json().encode(),
+            "POST", f"/internal/timesheets/{decision.entry_id}/decision", body=apply_body(decision)
         )
         verdict = _VERDICTS.get(reply.status, "refused")
         entry = None

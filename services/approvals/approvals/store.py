@@ -27,6 +27,7 @@ class DecisionRow:
     approver_subject: str
     approver_name: str
     approver_client: str
+    approver_kind: str
     request_id: str | None
     state: str
     void_reason: str | None
@@ -61,8 +62,9 @@ COLUMNS = ", ".join(field.name for field in fields(DecisionRow))
 
 
 RECORD_PENDING = f"""INSERT INTO decisions (id, entry_id, decision, comment, approver_issuer,
-                                       approver_subject, approver_name, approver_client, request_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                       approver_subject, approver_name, approver_client, request_id,
+                                       approver_kind)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (entry_id) WHERE state <> 'void' DO NOTHING
     RETURNING {COLUMNS}"""
 
@@ -88,6 +90,7 @@ def pending_arguments(
         approver.name,
         approver.client_id,
         request_id,
+        approver.kind,
     )
 
 

@@ -4,13 +4,23 @@ with what the separate parse and validation concluded before."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import pytest
-from approvals.peer import PeerUnavailable, Timesheets, entry_from, entry_in, not_json, pending_target
+from approvals.peer import (
+    PeerUnavailable,
+    Timesheets,
+    apply_body,
+    entry_from,
+    entry_in,
+    not_json,
+    pending_target,
+)
 from approvals.peerhttp import PeerHttp
+from approvals.store import DecisionRow
 from svckit.contracts.identity import Person
-from svckit.contracts.timesheets import Entry
+from svckit.contracts.timesheets import ApplyDecision, Entry
 from svckit.identity import Identity
 
 pytestmark = pytest.mark.unit
@@ -76,3 +86,37 @@ async def test_the_first_page_target_is_built_once_per_approver_and_limit() -> N
         await timesheets.pending(who, limit, cursor)
         assert sent[-1] == pending_target(who, limit, cursor)
     assert len(timesheets._first_pages) == 3
+
+
+def decision_by(kind: str) -> DecisionRow:
+    return DecisionRow(
+        id=uuid.uuid4(),
+        entry_id=ENTRY.id,
+        decision="approved",
+        comment=None,
+        approver_issuer="http://i/",
+        approver_subject="robot@clients" if kind == "client" else "bob",
+        approver_name="",
+        approver_client="robot" if kind == "client" else "timesheets-spa",
+        approver_kind=kind,
+        request_id="r",
+        state="pending",
+        void_reason=None,
+        attempts=0,
+        last_error=None,
+        decided_at=NOW,
+        applied_at=None,
+        updated_at=NOW,
+    )
+
+
+def test_a_persons_decision_is_applied_with_the_body_the_previous_release_accepts() -> None:
+    """The previous release's ``Approver`` had no ``kind`` and forbids unknown members: during a
+    rolling upgrade (or after a rollback of the timesheets service) a person's decision must still
+    apply, so its body leaves ``by.kind`` out; a machine client's carries it."""
+    person = json.loads(apply_body(decision_by("user")))
+    assert set(person["by"]) == {"issuer", "subject", "name", "client_id"}
+    assert ApplyDecision.model_validate(person).by.kind == "user"
+    client = json.loads(apply_body(decision_by("client")))
+    assert client["by"]["kind"] == "client"
+    assert ApplyDecision.model_validate(client).by.kind == "client"

@@ -31,6 +31,7 @@ def decision_row(
         approver_subject=text,
         approver_name=name,
         approver_client="timesheets-spa",
+        approver_kind="user",
         request_id="r",
         state=state,
         void_reason=None,

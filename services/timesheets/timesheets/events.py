@@ -91,7 +91,7 @@ def decided(
     approver = Identity(
         decision.by.issuer,
         decision.by.subject,
-        "user",
+        decision.by.kind,
         decision.by.client_id,
         frozenset(),
         decision.by.name or "",

@@ -185,6 +185,10 @@ class Approver(BaseModel):
     subject: str = Field(min_length=1, max_length=1000)
     name: str | None = Field(default=None, max_length=1000)
     client_id: str = Field(default="", max_length=1000)
+    #: who the approver is (a person, or a machine client holding ``approve:timesheets``): the
+    #: decision's audit events name it so. Sent only when not ``user`` (``approvals.peer``), so a
+    #: person's decision is the body the previous release sends and accepts (docs/upgrades.md)
+    kind: Literal["user", "client", "service"] = "user"
 
 
 class ApplyDecision(BaseModel):
