@@ -192,6 +192,34 @@ async def test_a_writer_role_uses_rows_but_never_the_tables_themselves(
         await conn.close()
 
 
+@pytest.mark.parametrize(
+    ("service", "table"),
+    [("timesheets", "entries"), ("approvals", "decisions")],
+    ids=["entries", "decisions"],
+)
+async def test_a_writer_role_cannot_erase_the_records_it_only_ever_marks(
+    schemas: str, service: str, table: str
+) -> None:
+    """An entry is deleted by marking it (``deleted_at``), a decision is never deleted: neither
+    role holds DELETE there, so a stolen connection string cannot erase what was recorded."""
+    conn = await as_role(schemas, service)
+    try:
+        await refused(conn, f"DELETE FROM {service}.{table}")
+        await conn.execute(f"SELECT count(*) FROM {service}.{table}")
+    finally:
+        await conn.close()
+
+
+async def test_the_timesheets_role_still_purges_expired_idempotency_keys(schemas: str) -> None:
+    conn = await as_role(schemas, "timesheets")
+    try:
+        await conn.execute(
+            "DELETE FROM timesheets.idempotency_keys WHERE created_at < now() - interval '1 day'"
+        )
+    finally:
+        await conn.close()
+
+
 async def test_the_outbox_stays_writable_by_its_writer(schemas: str) -> None:
     """The relay marks attempts and deletes what the audit service acknowledged."""
     conn = await as_role(schemas, "approvals")
