@@ -5,6 +5,9 @@
 -- Expand only (docs/upgrades.md): a default, so the previous release, which does not write the
 -- column, keeps inserting (its decisions are recorded as it recorded them: a user's). Rows decided
 -- before this migration keep that default: which of them a client made is not known here.
+--
+-- Version 4, not 3: deployments from before the kit owned the outbox ran their outbox as version 3
+-- (kept in their history when the kit adopted it: services/kit/tests/test_kit_migrations.py).
 
 ALTER TABLE decisions
     ADD COLUMN approver_kind text NOT NULL DEFAULT 'user'
