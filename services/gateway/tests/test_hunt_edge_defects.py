@@ -1,0 +1,59 @@
+"""Defects found by probing the gateway's edge (hunt-gateway): each test performs one and fails on main.
+
+DPoP cases run against the in-process gateway of conftest.py; the HTTP-layer cases against a real
+``python -m gateway`` process, served exactly as in production (svckit.cli.SERVING_OPTIONS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from svckit.server import KEEP_ALIVE_SECONDS, MAX_HEAD_BYTES
+
+from testkit.dpop import DpopKey
+from testkit.fixtures import ServiceProcess
+
+from .conftest import Echo, Provider, StartGateway, process_env
+from .test_dpop import bound_token, dpop_call
+
+ROUTE = "/api/timesheets"
+
+
+# --- DPoP: a proof claim that is not ASCII ------------------------------------------------------
+
+
+async def test_a_proof_whose_ath_is_not_ascii_is_refused_not_a_500(
+    http: aiohttp.ClientSession, gateway: str, provider: Provider
+) -> None:
+    """``hmac.compare_digest`` raises TypeError on a str with non-ASCII characters: a caller with a
+    DPoP-bound token (any user) and its own key turned the proof check into a 500."""
+    key = DpopKey()
+    token = bound_token(provider, key)
+    url = f"{gateway}{ROUTE}"
+    status, headers, body = await dpop_call(
+        http, "GET", url, token, key.proof("GET", url, access_token=token, ath="\u00e9")
+    )
+    assert status == 401, body
+    assert body["reason"] == "dpop_ath"
+    assert headers["Content-Type"] == "application/problem+json"
+
+
+async def test_a_proof_whose_nonce_is_not_ascii_is_refused_not_a_500(
+    http: aiohttp.ClientSession, start_gateway: StartGateway, provider: Provider
+) -> None:
+    """The same with server nonces on (``NonceSource.valid``); the provider's token endpoint runs the
+    same check (svckit.dpop), before any token binding."""
+    key = DpopKey()
+    async with start_gateway(dpop_nonces=True, dpop_nonce_secret="n" * 40) as gateway:
+        token = bound_token(provider, key)
+        url = f"{gateway}{ROUTE}"
+        status, headers, body = await dpop_call(
+            http, "GET", url, token, key.proof("GET", url, access_token=token, nonce="\u00e9")
+        )
+    assert status == 401, body
+    assert body["reason"] == "dpop_nonce"
+    assert headers["DPoP-Nonce"]
