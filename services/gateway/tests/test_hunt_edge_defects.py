@@ -57,3 +57,20 @@ async def test_a_proof_whose_nonce_is_not_ascii_is_refused_not_a_500(
     assert status == 401, body
     assert body["reason"] == "dpop_nonce"
     assert headers["DPoP-Nonce"]
+
+
+# --- cnf: "any other cnf member is refused" (docs/CONTRACTS.md, DPoP) ------------------------------
+
+
+async def test_a_confirmation_with_a_member_besides_jkt_is_refused(
+    http: aiohttp.ClientSession, gateway: str, provider: Provider
+) -> None:
+    """A token bound to a DPoP key *and* an mTLS certificate (``x5t#S256``): the gateway checks only
+    the DPoP key and lets the certificate binding go unchecked, where the contract refuses any other
+    ``cnf`` member (reason ``cnf``)."""
+    key = DpopKey()
+    token = provider.token(cnf={"jkt": key.jkt, "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"})
+    url = f"{gateway}{ROUTE}"
+    status, _, body = await dpop_call(http, "GET", url, token, key.proof("GET", url, access_token=token))
+    assert status == 401, body
+    assert body["reason"] == "cnf"
