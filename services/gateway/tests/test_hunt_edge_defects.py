@@ -74,3 +74,65 @@ async def test_a_confirmation_with_a_member_besides_jkt_is_refused(
     status, _, body = await dpop_call(http, "GET", url, token, key.proof("GET", url, access_token=token))
     assert status == 401, body
     assert body["reason"] == "cnf"
+
+
+# --- the HTTP layer of a real gateway process -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def process(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
+) -> AsyncIterator[ServiceProcess]:
+    started = ServiceProcess("gateway", process_env(provider, echo, identity_keys, redis_prefix))
+    await asyncio.to_thread(started.start)
+    try:
+        yield started
+    finally:
+        await asyncio.to_thread(started.stop)
+
+
+async def exchange(url: str, data: bytes, wait: float) -> tuple[bytes, bool]:
+    """Send ``data``; what came back within ``wait`` seconds, and whether the server closed."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    received = b""
+    try:
+        writer.write(data)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except TimeoutError:
+                break
+            if not chunk:
+                return received, True
+            received += chunk
+        return received, False
+    finally:
+        writer.close()
+
+
+def problem_status(response: bytes) -> int:
+    head = response.partition(b"\r\n\r\n")[0].lower()
+    assert b"content-type: application/problem+json" in head, response[:300]
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_a_websocket_upgrade_is_answered_with_a_problem_document(
+    process: ServiceProcess, provider: Provider
+) -> None:
+    """uvicorn[standard] brings websockets, and SERVING_OPTIONS leaves ``ws`` on "auto": an Upgrade
+    request never reaches the edge and is answered by uvicorn in text/plain (403 with an empty body,
+    or 400 "Failed to open a WebSocket connection…"), on /api as on every other path."""
+    token = provider.token().encode()
+    for extra in (b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""):
+        response, _ = await exchange(
+            process.url,
+            b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            + extra
+            + b"Authorization: Bearer "
+            + token
+            + b"\r\n\r\n",
+            3,
+        )
+        problem_status(response)
