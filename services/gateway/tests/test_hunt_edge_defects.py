@@ -136,3 +136,17 @@ async def test_a_websocket_upgrade_is_answered_with_a_problem_document(
             3,
         )
         problem_status(response)
+
+
+async def test_a_request_with_two_host_fields_is_refused(process: ServiceProcess, provider: Provider) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to a request with more than one Host field line. The
+    gateway serves it, reading the last one (X-Forwarded-Host, the DPoP ``htu``) where a proxy in
+    front may have routed on the first."""
+    token = provider.token().encode()
+    response, _ = await exchange(
+        process.url,
+        b"GET /api/timesheets HTTP/1.1\r\nHost: gw.example\r\nHost: evil.example\r\n"
+        b"Authorization: Bearer " + token + b"\r\n\r\n",
+        3,
+    )
+    assert problem_status(response) == 400
