@@ -160,3 +160,14 @@ async def test_a_header_over_the_head_limit_is_refused_before_its_line_ends(proc
     response, _ = await exchange(process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\nX-Big: " + too_much, 3)
     assert response, "no answer while the oversized header value is still open"
     assert problem_status(response) == 431
+
+
+async def test_a_stalled_request_head_does_not_hold_the_connection_forever(process: ServiceProcess) -> None:
+    """A client that sends half a request head and goes quiet is never timed out: the keep-alive timer
+    sees a request "in progress" and is not armed again (slowloris: connections and file descriptors
+    held for as long as the client likes)."""
+    wait = 3 * KEEP_ALIVE_SECONDS
+    response, closed = await exchange(process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\n", wait)
+    assert closed, f"the connection is still open after {wait} s of silence in the middle of a head"
+    if response:
+        problem_status(response)
