@@ -292,7 +292,9 @@ class NonceSource:
 
     def valid(self, nonce: str) -> bool:
         window = math.floor(self._now() / self.lifetime)
-        return any(hmac.compare_digest(nonce, self._nonce(w)) for w in (window, window - 1))
+        # bytes: compare_digest raises TypeError on a str with non-ASCII characters (client input)
+        sent = nonce.encode("utf-8", "surrogatepass")
+        return any(hmac.compare_digest(sent, self._nonce(w).encode()) for w in (window, window - 1))
 
 
 # --- the verifier -------------------------------------------------------------------------------
@@ -386,7 +388,9 @@ class ProofVerifier:
                 )
         if access_token is not None:
             ath = claims.get("ath")
-            if not isinstance(ath, str) or not hmac.compare_digest(ath, access_token_hash(access_token)):
+            if not isinstance(ath, str) or not hmac.compare_digest(
+                ath.encode("utf-8", "surrogatepass"), access_token_hash(access_token).encode()
+            ):
                 raise ProofError("dpop_ath", "The DPoP proof was made for another access token ('ath').")
         if jkt is not None and not hmac.compare_digest(key_jkt, jkt):
             raise ProofError("dpop_key_mismatch", "The DPoP proof key is not the one the token is bound to.")
