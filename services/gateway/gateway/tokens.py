@@ -311,7 +311,8 @@ class TokenVerifier:
         jkt = ""
         cnf = claims.get("cnf")
         if cnf is not None:
-            bound = cnf.get("jkt") if isinstance(cnf, dict) else None
+            # only a DPoP key thumbprint: a binding the gateway cannot check (x5t#S256 beside it) refuses
+            bound = cnf.get("jkt") if isinstance(cnf, dict) and len(cnf) == 1 else None
             if not isinstance(bound, str) or not is_thumbprint(bound):
                 raise TokenError(
                     "cnf", "The token's confirmation ('cnf') is not a DPoP key thumbprint ('jkt')."
