@@ -90,7 +90,9 @@ class RouteTable:
         exact = self._exact.get((method, path))
         if exact is not None:
             return exact
-        segments = _segments(path)
+        # every segment of the raw path, a trailing empty one included: "/api/timesheets/" is not
+        # "/api/timesheets" (the service would answer it with a redirect to its own URL)
+        segments = tuple(path[1:].split("/")) if path.startswith("/") else _segments(path)
         candidates = self._by_length.get(len(segments), ())
         allowed: list[str] = []
         matched_template: str | None = None
