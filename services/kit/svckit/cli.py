@@ -40,6 +40,9 @@ SERVING_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "server_header": False,
     "proxy_headers": False,
+    # no WebSocket routes anywhere: an Upgrade request is plain HTTP to the app (uvicorn[standard]
+    # would otherwise answer it itself, in text/plain, before the kit's problem documents)
+    "ws": "none",
     "timeout_keep_alive": server.KEEP_ALIVE_SECONDS,
     "lifespan": "on",
 }
