@@ -162,6 +162,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._target_bytes = 0
         self._head_bytes = 0
         self._header_count = 0
+        self._hosts = 0
         self._refusal: _Refusal | None = None
         self._draining = False
         self._receiving = False
@@ -212,7 +213,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     # --- limits on the request head --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._target_bytes = self._head_bytes = self._header_count = 0
+        self._target_bytes = self._head_bytes = self._header_count = self._hosts = 0
         self._receiving = True
         super().on_message_begin()
 
@@ -235,7 +236,12 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             raise self._refusal
         # uvicorn's, inline (a parser callback per header: ~10 per signed request)
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self._hosts += 1
+            if self._hosts > 1:  # RFC 9112 §3.2: more than one Host field line is a 400
+                self._refusal = _Refusal(400, "The request has more than one Host header field.")
+                raise self._refusal
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
