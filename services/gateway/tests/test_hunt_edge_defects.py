@@ -167,3 +167,29 @@ async def test_a_stalled_request_head_does_not_hold_the_connection_forever(proce
     assert closed, f"the connection is still open after {wait} s of silence in the middle of a head"
     if response:
         problem_status(response)
+
+
+# --- denials on the audit trail ------------------------------------------------------------------
+
+
+async def test_several_authorization_headers_are_a_denial_on_the_audit_trail(
+    start_gateway: StartGateway, provider: Provider, echo: Echo
+) -> None:
+    """The gateway README lists "several Authorization headers" under the reason ``malformed``, whose
+    codes go to the metric, the problem body *and* the audit trail's ``details.reason``; the refusal
+    is counted in gateway_auth_failures_total{reason="malformed"} but never reaches the trail."""
+    from multidict import CIMultiDict
+
+    from .test_cors_limits_audit import BEHIND_PROXY, unique_address, wait_for_address
+
+    address = unique_address()
+    token = provider.token()
+    async with start_gateway(**BEHIND_PROXY) as gateway, aiohttp.ClientSession() as session:
+        headers: CIMultiDict[str] = CIMultiDict({"X-Forwarded-For": address})
+        headers.add("Authorization", f"Bearer {token}")
+        headers.add("Authorization", f"Bearer {token}")
+        async with session.get(f"{gateway}{ROUTE}", headers=headers) as response:
+            assert response.status == 400
+            assert (await response.json())["reason"] == "malformed"
+        records = await wait_for_address(echo, address)
+    assert [record["details"]["reason"] for record in records] == ["malformed"]
