@@ -185,6 +185,7 @@ class Credentials:
                 [(b"www-authenticate", challenge("invalid_request", "multiple Authorization headers"))],
                 reason="malformed",
                 failure=True,
+                audit="aggregate",
             )
         if authorization:
             raw = authorization[0]
