@@ -153,7 +153,9 @@ async def test_a_header_over_the_head_limit_is_refused_before_its_line_ends(proc
     buffers a field value until the next field begins), so one endless header value is buffered
     without bound — 64 MiB by one connection in a few seconds — and never answered."""
     too_much = b"a" * (4 * MAX_HEAD_BYTES)
-    response, _ = await exchange(process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\nX-Big: " + too_much, 3)
+    response, _ = await exchange(
+        process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\nX-Big: " + too_much, 3
+    )
     assert response, "no answer while the oversized header value is still open"
     assert problem_status(response) == 431
 
