@@ -7,7 +7,14 @@ is not valid HTTP/1.1 — both ``Content-Length`` and ``Transfer-Encoding``, two
 control characters in a header — is a 400 whose detail is the parser's reason; a request target over
 :data:`MAX_TARGET_BYTES` a 414; a head over :data:`MAX_HEAD_BYTES` or with more than
 :data:`MAX_HEADERS` fields a 431 (httptools has no limit of its own: a megabyte of headers was read
-and handed to the application); uvicorn's own last-resort 500 a problem too.
+and handed to the application); uvicorn's own last-resort 500 a problem too. The head limit is also
+counted in raw bytes while a head is incomplete: httptools hands a header over only once its line
+ends and buffers its value until then, so one endless header value was buffered without bound (64 MiB
+by one connection in a few seconds) and never answered. A read that finds a head open and leaves it
+open was all head: such reads are counted (a lower bound of the head's size, so a head within the
+limit is never refused), and a read larger than the limit is fed in slices of the limit, so what a
+connection can make httptools buffer is about twice the limit (the slice a head began in is not
+counted: where in it the request began, httptools does not say).
 
 **Shutdown without resets** (SIGTERM, with one worker or several). Stopping must refuse new
 connections cleanly and finish what was accepted:
@@ -161,6 +168,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._target_bytes = 0
         self._head_bytes = 0
+        self._head_raw = 0
         self._header_count = 0
         self._hosts = 0
         self._refusal: _Refusal | None = None
@@ -198,7 +206,16 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             if self._lingered_bytes > LINGER_BYTES and self._raw is not None:
                 self._raw.close()
             return
+        if len(data) > MAX_HEAD_BYTES:  # a large read (a body, or a head over the limit): in slices
+            view = memoryview(data)
+            for start in range(0, len(data), MAX_HEAD_BYTES):
+                self.data_received(view[start : start + MAX_HEAD_BYTES])  # type: ignore[arg-type]
+            return
+        if self._receiving:  # a head split across reads (rare: heads come whole); see the module docstring
+            self._head_raw += len(data)  # wiped by on_message_begin if another request starts in it
         super().data_received(data)
+        if self._receiving and self._head_raw > MAX_HEAD_BYTES and not self.lingering:
+            self._refuse(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
@@ -213,7 +230,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     # --- limits on the request head --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._target_bytes = self._head_bytes = self._header_count = self._hosts = 0
+        self._target_bytes = self._head_bytes = self._head_raw = self._header_count = self._hosts = 0
         self._receiving = True
         super().on_message_begin()
 
@@ -346,9 +363,12 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
         refusal, self._refusal = self._refusal, None
         if refusal is not None:
-            status, detail = refusal.status, refusal.detail
+            self._refuse(refusal.status, refusal.detail)
         else:
-            status, detail = 400, _parser_reason(sys.exc_info()[1])
+            self._refuse(400, _parser_reason(sys.exc_info()[1]))
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer with a problem document and end the connection."""
         self.transport.write(problem_bytes(status, detail, self.server_state.default_headers))
         self.transport.close()  # lingering: the client may still be sending
 

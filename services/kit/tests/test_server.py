@@ -65,6 +65,8 @@ POST = b"POST /x HTTP/1.1\r\nHost: x\r\n"
         (b"GET /x HTTP/1.1\nHost: x\n\n", 400, "CRLF"),
         (b"GET /" + b"a" * (MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "target"),
         (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431, "head"),
+        # a header value that never ends: refused while it is still open, not buffered without bound
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MAX_HEAD_BYTES), 431, "head"),
         (
             b"GET /x HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n",
             431,
