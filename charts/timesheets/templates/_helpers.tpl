@@ -324,6 +324,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ default $root.Values.config.logLevel $values.logLevel | quote }}
 - name: SHUTDOWN_TIMEOUT_SECONDS
   value: {{ $root.Values.config.shutdownTimeoutSeconds | quote }}
+- name: REQUEST_HEAD_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.requestHeadTimeoutSeconds | quote }}
+- name: REQUEST_BODY_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.requestBodyTimeoutSeconds | quote }}
 - name: IDENTITY_MAX_SKEW_SECONDS
   value: {{ $root.Values.config.identityMaxSkewSeconds | quote }}
 {{- if not .migration }}

@@ -56,9 +56,10 @@ def serve(
 ) -> int:
     """Serve with the kit's HTTP protocol and shutdown (:mod:`svckit.server`): SIGTERM stops
     accepting (later connections are refused, queued ones served), lets in-flight requests finish up
-    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools.
+    to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools. The
+    request head and body timeouts come from the settings (:class:`svckit.server.ServingConfig`).
     ``http_protocol``: a subclass of the kit's protocol (the gateway serves its API through its own)."""
-    config = uvicorn.Config(
+    config = server.ServingConfig(
         app_factory,
         factory=True,
         host=settings.bind_host,
@@ -66,6 +67,8 @@ def serve(
         workers=workers,
         http=http_protocol,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        request_head_timeout=settings.request_head_timeout_seconds,
+        request_body_timeout=settings.request_body_timeout_seconds,
         **SERVING_OPTIONS,
     )
     return server.serve(config, workers)
@@ -79,7 +82,8 @@ def serve_reloading(
     """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
     reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
     edited sources. The app runs in a child process, so its metrics go through multiprocess files
-    that this process's metrics listener aggregates."""
+    that this process's metrics listener aggregates. ``uvicorn.run`` builds its own configuration, so
+    the request head and body timeouts are the kit's defaults here, whatever the settings say."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
     watched = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] or [os.getcwd()]
     uvicorn.run(

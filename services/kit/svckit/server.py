@@ -16,6 +16,25 @@ limit is never refused), and a read larger than the limit is fed in slices of th
 connection can make httptools buffer is about twice the limit (the slice a head began in is not
 counted: where in it the request began, httptools does not say).
 
+**Clients that stop sending.** uvicorn times out only an idle keep-alive connection, and only after a
+first response: a connection that sent half a request head and went quiet (slowloris), one that
+never sent anything, or one whose declared body never arrived was held — its socket and its memory —
+for as long as the client liked. Every connection now has one timer from the start (the keep-alive
+timer, armed once per connection and re-armed by itself, never per request), which looks at what the
+connection is waiting for when it fires: an idle connection is closed after ``timeout_keep_alive``;
+a request head not complete :data:`REQUEST_HEAD_TIMEOUT_SECONDS` after its first byte is answered 408
+and the connection ends; a request body the application is waiting for, of which nothing arrived for
+:data:`REQUEST_BODY_TIMEOUT_SECONDS`, likewise (the application hears ``http.disconnect``). The body
+clock counts silence only while the server is ready to read: not while reading is paused because the
+application has not consumed what came, nor while the client waits for ``100 Continue``, nor once a
+response has started (a 408 could no longer be sent). The timer fires at least once per shortest of
+the three periods (the keep-alive's, 5 s, with the defaults: as often as before), so the head's
+deadline is met on time, and a body's silence counts from the later of its last byte and the moment
+the timer first saw the server waiting for it (at most one period late: the server cannot tell
+without a timer per request when an application began to wait). The settings
+``REQUEST_HEAD_TIMEOUT_SECONDS`` and ``REQUEST_BODY_TIMEOUT_SECONDS`` reach the protocol through
+:class:`ServingConfig`.
+
 **Shutdown without resets** (SIGTERM, with one worker or several). Stopping must refuse new
 connections cleanly and finish what was accepted:
 
@@ -40,7 +59,8 @@ connections cleanly and finish what was accepted:
 **The request cycle** is :class:`svckit.cycle.LeanCycle` for every request: uvicorn's ASGI with the
 response head framed and checked once and sent in the same write as a small body (one syscall and
 one TCP segment per response instead of two), and the last-resort 500 a problem document. The
-keep-alive timer is armed once per idle stretch rather than made and cancelled per request.
+connection's one timer (keep-alive, head, body) is armed once per connection and re-arms itself, rather
+than being made and cancelled per request.
 
 **Lingering close.** A server that answers before it has read the whole request (a 413 from the
 ``Content-Length`` alone, a 400 at the first bad byte) and then closes the socket while the client is
@@ -93,6 +113,28 @@ KEEP_ALIVE_SECONDS = 5
 PEER_IDLE_SECONDS = KEEP_ALIVE_SECONDS - 1.0
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
+#: a request head must be complete this long after its first byte (REQUEST_HEAD_TIMEOUT_SECONDS): a
+#: real client sends a head in one go; one that trickles it holds a connection for nothing
+REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
+#: a request body the server waits for may be silent this long (REQUEST_BODY_TIMEOUT_SECONDS): an
+#: inactivity bound, as nginx's ``client_body_timeout``, generous for a slow uplink
+REQUEST_BODY_TIMEOUT_SECONDS = 30.0
+
+
+class ServingConfig(uvicorn.Config):
+    """uvicorn's configuration and the kit's serving settings it has no field for: a module-level
+    class, so the multi-worker supervisor can hand it to spawned workers like uvicorn's own."""
+
+    def __init__(
+        self,
+        *args: Any,
+        request_head_timeout: float = REQUEST_HEAD_TIMEOUT_SECONDS,
+        request_body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_head_timeout = request_head_timeout
+        self.request_body_timeout = request_body_timeout
 
 
 class _Refusal(Exception):
@@ -159,9 +201,16 @@ class ProblemHttpProtocol(HttpToolsProtocol):
 
     idle_grace_seconds = IDLE_GRACE_SECONDS
     linger_seconds = LINGER_SECONDS
+    #: the defaults when served with a plain ``uvicorn.Config`` (tests), else :class:`ServingConfig`'s
+    request_head_timeout = REQUEST_HEAD_TIMEOUT_SECONDS
+    request_body_timeout = REQUEST_BODY_TIMEOUT_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        config = self.config
+        if isinstance(config, ServingConfig):
+            self.request_head_timeout = config.request_head_timeout
+            self.request_body_timeout = config.request_body_timeout
         self.lingering = False
         self._raw: asyncio.Transport | None = None
         self._lingered_bytes = 0
@@ -169,12 +218,16 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._target_bytes = 0
         self._head_bytes = 0
         self._head_raw = 0
+        self._head_at = 0.0
         self._header_count = 0
         self._hosts = 0
         self._refusal: _Refusal | None = None
         self._draining = False
         self._receiving = False
         self._active_at = 0.0
+        self._tick = 0.0
+        self._body_waited: object = None
+        self._body_waited_since = 0.0
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -182,6 +235,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._active_at = self.loop.time()
+        # the connection's one timer, from the start: a client that sends nothing is idle too
+        self._tick = min(float(self.timeout_keep_alive), self.request_head_timeout, self.request_body_timeout)
+        self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
     def linger(self) -> None:
         """End the connection: FIN after what was written, then discard input until the peer closes."""
@@ -232,6 +288,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._target_bytes = self._head_bytes = self._head_raw = self._header_count = self._hosts = 0
         self._receiving = True
+        self._head_at = self._active_at  # when the read that holds the head's first byte arrived
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -320,7 +377,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         """Serve the request now (a task running the cycle, as uvicorn does)."""
         self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
 
-    # --- keep-alive: one timer per idle stretch, not one armed and cancelled per request ----------
+    # --- one timer per connection: idle, head and body (see the module docstring) -----------------
 
     def _unset_keepalive_if_required(self) -> None:
         """uvicorn cancels its keep-alive timer on every read and arms a new one after every response
@@ -337,25 +394,63 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if self.pipeline:  # the next pipelined request starts now, in a task (never from this callback)
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        elif self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._keep_alive_expired
-            )
+        elif self.timeout_keep_alive_task is None:  # the timer re-arms itself; this only if it had not
+            self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
-    def _keep_alive_expired(self) -> None:
+    def _timer_expired(self) -> None:
+        """What the connection waits for decides: the application (nothing to do), a body the
+        application waits for (silence bounded), the rest of a head (bounded from its first byte), or
+        the next request (idle, the keep-alive bound). Re-armed for the nearest deadline, at most one
+        tick away, so a deadline of whatever state the connection enters next is not missed."""
         self.timeout_keep_alive_task = None
         if self.transport.is_closing():
             return
+        now = self.loop.time()
         cycle = self.cycle
-        if self._receiving or self.pipeline or (cycle is not None and not cycle.response_complete):
-            return  # a request in progress: its response arms the timer again
-        idle = self.loop.time() - self._active_at
-        if idle >= self.timeout_keep_alive:
-            self.transport.close()
+        if self.pipeline or (cycle is not None and not cycle.response_complete):
+            left = self._tick
+            if self._awaiting_body():
+                if self._body_waited is not cycle:  # first seen waiting: the silence counts from here
+                    self._body_waited, self._body_waited_since = cycle, now
+                since = max(self._active_at, self._body_waited_since)
+                left = since + self.request_body_timeout - now
+                if left <= 0:
+                    self._body_timed_out()
+                    return
+        elif self._receiving:
+            left = self._head_at + self.request_head_timeout - now
+            if left <= 0:
+                detail = f"The request head was not complete within {self.request_head_timeout:g} s."
+                self._refuse(408, detail)
+                return
         else:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive - idle, self._keep_alive_expired
-            )
+            left = self._active_at + self.timeout_keep_alive - now
+            if left <= 0:
+                self.transport.close()
+                return
+        self.timeout_keep_alive_task = self.loop.call_later(min(left, self._tick), self._timer_expired)
+
+    def _awaiting_body(self) -> bool:
+        """Whether the request being served waits on the client for body bytes the server is ready to
+        read (a response not started yet, so a 408 can still be its answer)."""
+        cycle = self.cycle
+        return (
+            not self.pipeline
+            and cycle is not None
+            and cycle.more_body
+            and not cycle.response_started
+            and not cycle.disconnected
+            and not cycle.waiting_for_100_continue
+            and not self.flow.read_paused
+        )
+
+    def _body_timed_out(self) -> None:
+        """408 for a body that stopped arriving; the application hears ``http.disconnect`` and what it
+        would still send is dropped (its cycle is disconnected)."""
+        cycle = self.cycle
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(408, f"The request body stopped arriving: nothing for {self.request_body_timeout:g} s.")
 
     # --- answers of the server layer -----------------------------------------------------------
 
@@ -553,6 +648,7 @@ def serve(config: uvicorn.Config, workers: int) -> int:
 __all__ = [
     "DrainingServer",
     "ProblemHttpProtocol",
+    "ServingConfig",
     "Supervisor",
     "problem_bytes",
     "refuse_new_connections",

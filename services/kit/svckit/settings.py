@@ -93,6 +93,12 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(default=9100, ge=1, le=65535)
     log_level: str = "INFO"
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    # How long a client may take to send a request head, and stay silent inside a body the server waits
+    # for, before the server answers 408 and ends the connection (svckit.server: its defaults
+    # REQUEST_HEAD_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS, repeated here to keep this module
+    # free of the server's imports).
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # Development only (the chart's devMode.sourceSync, `skaffold dev`): restart on source changes.
     dev_reload: bool = False
     identity_max_skew_seconds: int = Field(default=60, ge=1, le=3600)

@@ -1,11 +1,12 @@
-"""The kit's request cycle (svckit.cycle.LeanCycle) and keep-alive timer (svckit.server), on a real
-loopback server: the framing rules uvicorn's cycle had, one write per small response, and a response
-head that cannot be split."""
+"""The kit's request cycle (svckit.cycle.LeanCycle) and connection timer (svckit.server), on a real
+loopback server: the framing rules uvicorn's cycle had, one write per small response, a response
+head that cannot be split, and clients that stop sending (idle, in a head, in a body)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,14 +21,25 @@ from testkit.fixtures import answer_lifespan, serve_app
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/len`` a body with its length, ``/chunked`` one without (two parts), ``/close`` one the app
     ends with ``Connection: close``, ``/slow?s=`` after a pause, ``/split`` a header value that would
-    start a new line, ``/short`` fewer bytes than its length."""
+    start a new line, ``/short`` fewer bytes than its length, ``/echo?s=`` the request body read after
+    a pause (``/disconnected`` when the server said the client had gone)."""
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
         return
     path = scope["path"]
     body = path.encode()
-    if path == "/slow":
+    if path in ("/slow", "/echo") and scope["query_string"]:
         await asyncio.sleep(float(scope["query_string"].decode().removeprefix("s=")))
+    if path == "/echo":
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body = b"/disconnected"
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
     if path == "/chunked":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"one,", "more_body": True})
@@ -46,6 +58,15 @@ class ShortKeepAlive(ProblemHttpProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timeout_keep_alive = 0.4  # type: ignore[assignment]  # uvicorn's is whole seconds
+
+
+class ShortTimeouts(ShortKeepAlive):
+    request_head_timeout = 0.8
+    request_body_timeout = 0.8
+
+
+#: what the app in the middle of one (a disconnected cycle) sends, if it were sent
+DISCONNECTED = b"/disconnected"
 
 
 @contextlib.asynccontextmanager
@@ -128,7 +149,7 @@ async def test_a_response_that_cannot_be_framed_ends_the_connection(path: str) -
 
 
 async def test_keep_alive_closes_idle_connections_only() -> None:
-    """The keep-alive timer is armed once per idle stretch: a connection idle for the timeout is
+    """The connection timer is not made per request: a connection idle for the timeout is
     closed; one that was used meanwhile, or waits for a slow answer, is not."""
     async with connection(ShortKeepAlive) as (reader, writer):
         for _ in range(3):  # used every 0.25 s: never idle for 0.4 s
@@ -191,3 +212,80 @@ def test_header_names_must_be_tokens(names: bytes, valid: bool) -> None:
     else:
         with pytest.raises(RuntimeError):
             check_names(names)
+
+
+# --- clients that stop sending ------------------------------------------------------------------------
+
+
+async def until_closed(reader: asyncio.StreamReader, within: float = 5) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received = await asyncio.wait_for(reader.read(), within)
+    return received, loop.time() - started
+
+
+def assert_problem(response: bytes, status: int) -> None:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status), response[:300]
+    assert b"content-type: application/problem+json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["status"] == status
+
+
+async def test_a_connection_that_sends_nothing_is_closed_when_idle() -> None:
+    """No first request: idle all the same (uvicorn armed its timer only after a first response)."""
+    async with connection(ShortTimeouts) as (reader, _):
+        received, took = await until_closed(reader)
+    assert received == b""
+    assert 0.3 < took < 2
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_a_request_head_not_complete_in_time_is_answered_408(trickle: bool) -> None:
+    """Half a head, then silence (slowloris) — or a byte now and then, which keeps the connection
+    from ever being idle: the head's deadline counts from its first byte."""
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(b"GET /len HTTP/1.1\r\nHost: x\r\n")
+        if trickle:
+            for _ in range(5):
+                await asyncio.sleep(0.25)
+                writer.write(b"X")
+        received, took = await until_closed(reader)
+    assert_problem(received, 408)
+    assert took < 3
+    assert b"/len" not in received
+
+
+async def test_a_request_body_that_stops_arriving_is_answered_408() -> None:
+    """A declared length that never arrives: the application waits for the rest (until it hears
+    ``http.disconnect``), the client is answered 408 and the connection ends."""
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        received, took = await until_closed(reader)
+    assert_problem(received, 408)
+    assert DISCONNECTED not in received  # what the application answered afterwards was dropped
+    assert 0.7 < took < 3
+
+
+async def test_waiting_on_the_application_is_not_the_client_stalling() -> None:
+    """Slower than every timeout, the application: with its whole body sent (a slow answer), with the
+    body held back by the client until ``100 Continue`` (sent when the application reads), with a
+    body that keeps arriving slowly (silence never as long as the timeout)."""
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(b"POST /slow?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert (await read_response(reader))[1] == b"/slow"
+
+        writer.write(
+            b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100")
+        writer.write(b"abc")
+        assert (await read_response(reader))[1] == b"abc"
+
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"hello":
+            await asyncio.sleep(0.4)
+            writer.write(bytes([byte]))
+        assert (await read_response(reader))[1] == b"hello"

@@ -14,12 +14,14 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+import uvicorn
 from starlette.types import Receive, Scope, Send
-from svckit import cycle, server
+from svckit import cli, cycle, server
 from svckit.app import create_service_app
 from svckit.contracts.problem import Problem
 from svckit.server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES
 from svckit.settings import ServiceSettings, load_settings
+from uvicorn.server import ServerState
 
 from testkit.drain import load_through
 from testkit.fixtures import REPO_ROOT, answer_lifespan, free_port, receiver_env, serve_app
@@ -278,3 +280,38 @@ async def test_the_last_resort_500_is_a_problem_document_that_closes_the_connect
     problem = Problem.model_validate_json(payload)
     assert problem.status == 500
     assert body["more_body"] is False
+
+
+@pytest.mark.unit
+async def test_the_request_timeouts_reach_every_connection_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REQUEST_HEAD_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS: the settings' defaults are the
+    server's, and what they say is what each connection's protocol uses (through ServingConfig, which
+    a plain uvicorn.Config cannot carry)."""
+    defaults = load_settings(ServiceSettings, env={})
+    assert defaults.request_head_timeout_seconds == server.REQUEST_HEAD_TIMEOUT_SECONDS
+    assert defaults.request_body_timeout_seconds == server.REQUEST_BODY_TIMEOUT_SECONDS
+    settings = load_settings(
+        ServiceSettings, env={"REQUEST_HEAD_TIMEOUT_SECONDS": "3", "REQUEST_BODY_TIMEOUT_SECONDS": "4.5"}
+    )
+    served: list[uvicorn.Config] = []
+
+    def capture(config: uvicorn.Config, workers: int) -> int:
+        served.append(config)
+        return 0
+
+    monkeypatch.setattr(server, "serve", capture)
+    assert cli.serve("unused:factory", settings) == 0
+    (config,) = served
+    assert isinstance(config, server.ServingConfig)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("not called")
+
+    config.app = app
+    config.factory = False
+    protocol = server.ProblemHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    assert (protocol.request_head_timeout, protocol.request_body_timeout) == (3.0, 4.5)
