@@ -1,6 +1,7 @@
-"""A trailing slash: the gateway routes /api/timesheets/ as /api/timesheets (its route matching strips
-slashes at both ends) but forwards the raw path /timesheets/, which the service's Starlette router
-answers with a 307 to its own internal URL (hunt-gateway)."""
+"""A trailing slash never exposes a service's internal URL: the gateway once routed /api/timesheets/
+as /api/timesheets (its route matching stripped slashes at both ends) but forwarded the raw path
+/timesheets/, which the service's Starlette router answered with a 307 to its own internal URL. Now
+such a path matches no route, and the answer is the gateway's own problem document."""
 
 from __future__ import annotations
 

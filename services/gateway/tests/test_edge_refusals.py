@@ -1,4 +1,7 @@
-"""Defects found by probing the gateway's edge (hunt-gateway): each test performs one and fails on main.
+"""What the edge refuses, and how, for input found by probing it: DPoP proof claims that are not
+ASCII, a ``cnf`` with members besides ``jkt``, several Authorization headers (on the audit trail), and
+at the HTTP layer a WebSocket Upgrade, two Host fields, an endless header value (431) and clients that
+stall in a head or a body (408). Each case was a defect once; the docstrings say what it was.
 
 DPoP cases run against the in-process gateway of conftest.py; the HTTP-layer cases against a real
 ``python -m gateway`` process, served exactly as in production (svckit.cli.SERVING_OPTIONS).
