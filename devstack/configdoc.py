@@ -25,6 +25,12 @@ MEANINGS = {
     "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "shutdown_timeout_seconds": "on SIGTERM, how long in-flight requests may take to finish",
+    "request_head_timeout_seconds": (
+        "a request head not complete this long after its first byte: 408, connection ended (slowloris)"
+    ),
+    "request_body_timeout_seconds": (
+        "a request body silent this long while the server waits for it: 408, connection ended"
+    ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",
     "database_url": "PostgreSQL connection URL",
