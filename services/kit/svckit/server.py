@@ -7,7 +7,10 @@ is not valid HTTP/1.1 — both ``Content-Length`` and ``Transfer-Encoding``, two
 control characters in a header — is a 400 whose detail is the parser's reason; a request target over
 :data:`MAX_TARGET_BYTES` a 414; a head over :data:`MAX_HEAD_BYTES` or with more than
 :data:`MAX_HEADERS` fields a 431 (httptools has no limit of its own: a megabyte of headers was read
-and handed to the application); uvicorn's own last-resort 500 a problem too. The head limit is also
+and handed to the application); uvicorn's own last-resort 500 a problem too. ``Host`` as RFC 9112
+§3.2 has it: an HTTP/1.1 request without one, with more than one, or with a value that is no
+``host[:port]`` is a 400 (the gateway forwards the host as ``X-Forwarded-Host`` and checks DPoP proofs'
+``htu`` against it; a proxy in front may have routed on another reading). The head limit is also
 counted in raw bytes while a head is incomplete: httptools hands a header over only once its line
 ends and buffers its value until then, so one endless header value was buffered without bound (64 MiB
 by one connection in a few seconds) and never answered. A read that finds a head open and leaves it
@@ -79,6 +82,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import struct
@@ -104,6 +108,9 @@ log = logging.getLogger("svckit.server")
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
+#: a ``Host`` field's value (RFC 9112 §3.2, RFC 3986 §3.2.2-3): an IP literal or a reg-name (empty
+#: too: a target without an authority), then an optional port
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 IDLE_GRACE_SECONDS = 1.0
 #: the server closes a connection idle this long (uvicorn's default, set explicitly where we serve)
 KEEP_ALIVE_SECONDS = 5
@@ -315,6 +322,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             if self._hosts > 1:  # RFC 9112 §3.2: more than one Host field line is a 400
                 self._refusal = _Refusal(400, "The request has more than one Host header field.")
                 raise self._refusal
+            if _HOST_VALUE.fullmatch(value) is None:  # and so is a value that is no host[:port]
+                self._refusal = _Refusal(400, "The request's Host header field is not a host[:port].")
+                raise self._refusal
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
@@ -328,6 +338,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         parser = self.parser
         scope = self.scope
         http_version = parser.get_http_version()
+        if not self._hosts and http_version == "1.1":  # RFC 9112 §3.2 (HTTP/1.0 may leave it out)
+            self._refusal = _Refusal(400, "An HTTP/1.1 request must have a Host header field.")
+            raise self._refusal
         scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version

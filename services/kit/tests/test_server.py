@@ -65,6 +65,12 @@ POST = b"POST /x HTTP/1.1\r\nHost: x\r\n"
         (b"GET /x HTTP/9.9\r\nHost: x\r\n\r\n", 400, "version"),
         (b"GET /x\x00y HTTP/1.1\r\nHost: x\r\n\r\n", 400, "url"),
         (b"GET /x HTTP/1.1\nHost: x\n\n", 400, "CRLF"),
+        # Host as RFC 9112 §3.2 has it: present in HTTP/1.1, once, a host[:port]
+        (b"GET /x HTTP/1.1\r\n\r\n", 400, "must have a Host"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "more than one Host"),
+        (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "not a host[:port]"),
+        (b"GET /x HTTP/1.1\r\nHost: a/b?c\r\n\r\n", 400, "not a host[:port]"),
+        (b"GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n", 400, "not a host[:port]"),
         (b"GET /" + b"a" * (MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "target"),
         (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431, "head"),
         # a header value that never ends: refused while it is still open, not buffered without bound
@@ -85,6 +91,28 @@ async def test_the_server_layer_refuses_with_problem_documents(
     assert b"connection: close" in head.lower()
     assert body["status"] == status
     assert says in str(body["detail"]), body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /x HTTP/1.0\r\n\r\n",  # HTTP/1.0 may leave Host out
+        b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",  # empty: a target without authority
+    ],
+)
+async def test_a_request_with_a_valid_host_or_none_in_http_1_0_is_served(
+    base_url: str, request_bytes: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+    try:
+        writer.write(request_bytes)
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert not response.startswith(b"HTTP/1.1 400"), response[:300]
+    assert response.startswith(b"HTTP/1.1 "), response[:300]
 
 
 async def test_the_last_resort_500_is_a_problem_document() -> None:
