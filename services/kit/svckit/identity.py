@@ -160,9 +160,16 @@ def pair_variable(sender: str, receiver: str) -> str:
 
 def may_assert(sender: str, identity: Identity) -> bool:
     """Whether a key of ``sender`` may sign ``identity``: the gateway any user or client (from a token it
-    verified) and itself; every other sender only its own service principal."""
+    verified) and itself; every other sender only its own service principal. A service principal holds
+    no scopes: scopes come from a token the gateway verified, and a writer that could grant itself
+    ``read:audit`` (or any other) would act beyond itself."""
     if identity.kind == "service" or identity.issuer == SERVICE_ISSUER:
-        return identity.kind == "service" and identity.issuer == SERVICE_ISSUER and identity.subject == sender
+        return (
+            identity.kind == "service"
+            and identity.issuer == SERVICE_ISSUER
+            and identity.subject == sender
+            and not identity.scopes
+        )
     return sender == GATEWAY
 
 

@@ -177,7 +177,7 @@ def as_approvals(identity: Identity) -> dict[str, str]:
 
 
 def test_a_service_key_asserts_its_own_service() -> None:
-    approvals = Identity.service("approvals", ["write:entries"])
+    approvals = Identity.service("approvals")
     assert (
         RECEIVER.verify(as_approvals(approvals), method="POST", target="/internal/apply", now=1010)
         == approvals
@@ -192,6 +192,7 @@ def test_a_service_key_asserts_its_own_service() -> None:
         Identity.service("timesheets"),  # another service
         Identity.service("gateway"),
         Identity(SERVICE_ISSUER, "approvals", "user", "approvals"),  # its own name, not as a service
+        Identity.service("approvals", ["read:audit"]),  # itself, with scopes no token granted it
     ],
 )
 def test_a_service_key_asserting_anyone_else_is_refused(claimed: Identity) -> None:
