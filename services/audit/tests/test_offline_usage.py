@@ -1,0 +1,49 @@
+"""``python -m audit verify``: a key file or a file of retained checkpoints it cannot use is a usage
+error (exit 2, one line saying why), never a traceback and exit 1, which is the code for "the chain
+is BROKEN" (a job that alerts on 1 would page for a typo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+KEY = {"kty": "OKP", "crv": "Ed25519", "kid": "ck-1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+
+
+def verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "audit", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize(
+    "jwk",
+    [{**KEY, "x": 5}, {**KEY, "x": None}, {**KEY, "x": ["a"]}],
+    ids=["number", "null", "list"],
+)
+def test_a_key_file_with_a_non_string_x_is_a_usage_error(tmp_path: Path, jwk: dict[str, object]) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [jwk]}))
+    result = verify("--keys", str(keys))
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_deeply_nested_checkpoints_file_is_a_usage_error(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [KEY]}))
+    retained = tmp_path / "checkpoints.json"
+    retained.write_text("[" * 100_000 + "]" * 100_000)
+    result = verify("--keys", str(keys), "--checkpoints", str(retained))
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "Traceback" not in result.stderr
