@@ -166,7 +166,7 @@ class PublicKeys:
                 raise CheckpointKeyError("every Ed25519 key of the JWKS needs a kid")
             try:
                 key = OKPAlgorithm.from_jwk(jwk)
-            except (jwt.InvalidKeyError, ValueError) as exc:
+            except (jwt.InvalidKeyError, ValueError, TypeError) as exc:  # TypeError: "x" not a string
                 raise CheckpointKeyError(f"key {kid}: {exc}") from None
             if not isinstance(key, Ed25519PublicKey):
                 raise CheckpointKeyError(f"key {kid} is not a public key")

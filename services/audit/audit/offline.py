@@ -87,6 +87,13 @@ def checkpoint_jws(entry: Any) -> Iterator[str]:
 
 def read_retained(path: Path) -> dict[int, str]:
     """Checkpoint number → JWS from a file of retained copies (duplicates must agree)."""
+    try:
+        return _read_retained(path)
+    except RecursionError:  # json.loads (or the walk) on a value nested beyond Python's limit
+        raise InvalidCheckpoint(f"{path} nests JSON too deeply to be retained checkpoints") from None
+
+
+def _read_retained(path: Path) -> dict[int, str]:
     text = path.read_text(encoding="utf-8")
     try:
         values: list[Any] = [json.loads(text)]
