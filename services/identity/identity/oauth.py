@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import anyio.from_thread
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
     InvalidGrantError,
@@ -42,6 +43,7 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
@@ -228,6 +230,18 @@ class Backend:
         return anyio.from_thread.run(func, *args)
 
 
+def client_secret_basic(query_client: Callable[[str], Client | None], request: Request) -> Client | None:
+    """Authlib's ``client_secret_basic``, except that credentials that are not base64 of UTF-8 text
+    authenticate nobody (``invalid_client``): Authlib lets the ``ValueError`` of decoding them escape,
+    a 500."""
+    try:
+        extract_basic_authorization(request.headers)
+    except ValueError:  # UnicodeDecodeError, or a header value that is not ASCII
+        return None
+    client: Client | None = authenticate_client_secret_basic(query_client, request)
+    return client
+
+
 def _datetime(timestamp: int) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
@@ -240,6 +254,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.backend = backend
         self.minter = AccessTokenMinter(backend.settings, backend.keys)
         self.register_token_generator("default", self.minter)
+        self.register_client_auth_method("client_secret_basic", client_secret_basic)
         self.register_grant(CodeGrant, [Pkce(), OidcCode(backend)])
         self.register_grant(ImplicitGrant)
         self.register_grant(ClientCredentials)
