@@ -36,6 +36,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
+    UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants import (
     AuthorizationCodeGrant,
@@ -543,6 +544,21 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
     def exists_nonce(self, nonce: str, request: Request) -> bool:
         # Implicit responses are not stored; the nonce is bound to the client's own state instead.
         return False
+
+    def validate_authorization_request(self) -> str:
+        """A client registered with ``dpop_bound_access_tokens`` holds bound access tokens only: the
+        implicit flow, which hands out bearer tokens at this endpoint (no proof possible), is refused
+        to it (``id_token`` alone carries no access token and stays allowed)."""
+        redirect_uri: str = super().validate_authorization_request()
+        client: Client = self.request.client
+        if client.dpop_bound_access_tokens and "token" in split_scope(self.request.payload.response_type):
+            raise UnauthorizedClientError(
+                "This client must use DPoP: ask for a code and redeem it with a proof",
+                state=self.request.payload.state,
+                redirect_uri=redirect_uri,
+                redirect_fragment=True,
+            )
+        return redirect_uri
 
     def create_authorization_response(self, redirect_uri: str, grant_user: SignedInUser | None) -> Any:
         """Always answer as a fragment redirect; ``authorize.Delivery`` re-renders it for the requested
