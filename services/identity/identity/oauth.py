@@ -172,6 +172,10 @@ class Request(OAuth2Request):  # type: ignore[misc]
         self.revoked_tokens: list[RevokedToken] = []
         # The RFC 7638 thumbprint of the key a verified DPoP proof demonstrated (RFC 9449), if any.
         self.dpop_jkt: str | None = None
+        # A refused request's writes are rolled back (the code or refresh token it named stays
+        # usable), except a revocation it caused (a replayed code, a reused refresh token, consent
+        # no longer given), which must commit although the answer is an error.
+        self.commit_refusal = False
 
     @property
     def args(self) -> dict[str, str]:
@@ -500,6 +504,7 @@ class CodeGrant(SenderConstrained, ClientScopeAndAudience, AuthorizationCodeGran
         if state == store.CodeState.WRONG_KEY:
             raise refuse_binding("code", self.request, "authorization code")
         if state == store.CodeState.REPLAYED:
+            self.request.commit_refusal = True
             revoked = self.backend.run(store.revoke_code, conn, code, "code_replay")
             self.request.revoked_tokens.extend(revoked)
             code_replays.inc()
@@ -627,6 +632,7 @@ class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant)
         return item
 
     def _revoke_family(self, family_id: str, reason: str) -> None:
+        self.request.commit_refusal = True
         revoked = self.backend.run(store.revoke_family, self.backend.conn(self.request), family_id, reason)
         self.request.revoked_tokens.extend(revoked)
 
