@@ -120,6 +120,14 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     )
 
 
+class _Refused(Exception):
+    """A refused token or revocation request: raised to roll its transaction back."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.status)
+        self.result = result
+
+
 def _bearer_challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
     value = 'Bearer realm="userinfo"'
     if error:
@@ -194,19 +202,30 @@ class ProtocolEndpoints:
         return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
     async def _in_transaction(self, endpoint: str, oreq: OAuthRequest) -> Result:
-        """Run Authlib on one transaction; publish what it revoked once that committed."""
-        async with self.database.transaction() as conn:
-            oreq.db = conn
-            current = CURRENT_DB.set(conn)  # copied into the worker thread with the rest of the context
-            try:
-                if endpoint == "token":
-                    result: Result = await anyio.to_thread.run_sync(self.server.create_token_response, oreq)
-                else:
-                    result = await anyio.to_thread.run_sync(
-                        self.server.create_endpoint_response, endpoint, oreq
-                    )
-            finally:
-                CURRENT_DB.reset(current)
+        """Run Authlib on one transaction; publish what it revoked once that committed.
+
+        Authlib answers a refusal instead of raising, after the grant may already have used up the
+        code or refresh token (checks such as the PKCE verifier, the client and the scope come after
+        the lookup): a refusal is rolled back, unless it revoked something (``commit_refusal``)."""
+        try:
+            async with self.database.transaction() as conn:
+                oreq.db = conn
+                current = CURRENT_DB.set(conn)  # copied into the worker thread with the rest of the context
+                try:
+                    if endpoint == "token":
+                        result: Result = await anyio.to_thread.run_sync(
+                            self.server.create_token_response, oreq
+                        )
+                    else:
+                        result = await anyio.to_thread.run_sync(
+                            self.server.create_endpoint_response, endpoint, oreq
+                        )
+                finally:
+                    CURRENT_DB.reset(current)
+                if result.status >= 400 and not oreq.commit_refusal:
+                    raise _Refused(result)
+        except _Refused as refused:
+            return refused.result
         await self.publisher.publish(oreq.revoked_tokens)
         return result
 

@@ -30,11 +30,13 @@ from typing import Any, TypeVar
 
 import anyio.from_thread
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
+    UnauthorizedClientError,
 )
 from authlib.oauth2.rfc6749.grants import (
     AuthorizationCodeGrant,
@@ -42,6 +44,7 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
@@ -169,6 +172,10 @@ class Request(OAuth2Request):  # type: ignore[misc]
         self.revoked_tokens: list[RevokedToken] = []
         # The RFC 7638 thumbprint of the key a verified DPoP proof demonstrated (RFC 9449), if any.
         self.dpop_jkt: str | None = None
+        # A refused request's writes are rolled back (the code or refresh token it named stays
+        # usable), except a revocation it caused (a replayed code, a reused refresh token, consent
+        # no longer given), which must commit although the answer is an error.
+        self.commit_refusal = False
 
     @property
     def args(self) -> dict[str, str]:
@@ -228,6 +235,18 @@ class Backend:
         return anyio.from_thread.run(func, *args)
 
 
+def client_secret_basic(query_client: Callable[[str], Client | None], request: Request) -> Client | None:
+    """Authlib's ``client_secret_basic``, except that credentials that are not base64 of UTF-8 text
+    authenticate nobody (``invalid_client``): Authlib lets the ``ValueError`` of decoding them escape,
+    a 500."""
+    try:
+        extract_basic_authorization(request.headers)
+    except ValueError:  # UnicodeDecodeError, or a header value that is not ASCII
+        return None
+    client: Client | None = authenticate_client_secret_basic(query_client, request)
+    return client
+
+
 def _datetime(timestamp: int) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
@@ -240,6 +259,7 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
         self.backend = backend
         self.minter = AccessTokenMinter(backend.settings, backend.keys)
         self.register_token_generator("default", self.minter)
+        self.register_client_auth_method("client_secret_basic", client_secret_basic)
         self.register_grant(CodeGrant, [Pkce(), OidcCode(backend)])
         self.register_grant(ImplicitGrant)
         self.register_grant(ClientCredentials)
@@ -484,6 +504,7 @@ class CodeGrant(SenderConstrained, ClientScopeAndAudience, AuthorizationCodeGran
         if state == store.CodeState.WRONG_KEY:
             raise refuse_binding("code", self.request, "authorization code")
         if state == store.CodeState.REPLAYED:
+            self.request.commit_refusal = True
             revoked = self.backend.run(store.revoke_code, conn, code, "code_replay")
             self.request.revoked_tokens.extend(revoked)
             code_replays.inc()
@@ -528,6 +549,21 @@ class ImplicitGrant(IdTokenSigning, ClientScopeAndAudience, OpenIDImplicitGrant)
     def exists_nonce(self, nonce: str, request: Request) -> bool:
         # Implicit responses are not stored; the nonce is bound to the client's own state instead.
         return False
+
+    def validate_authorization_request(self) -> str:
+        """A client registered with ``dpop_bound_access_tokens`` holds bound access tokens only: the
+        implicit flow, which hands out bearer tokens at this endpoint (no proof possible), is refused
+        to it (``id_token`` alone carries no access token and stays allowed)."""
+        redirect_uri: str = super().validate_authorization_request()
+        client: Client = self.request.client
+        if client.dpop_bound_access_tokens and "token" in split_scope(self.request.payload.response_type):
+            raise UnauthorizedClientError(
+                "This client must use DPoP: ask for a code and redeem it with a proof",
+                state=self.request.payload.state,
+                redirect_uri=redirect_uri,
+                redirect_fragment=True,
+            )
+        return redirect_uri
 
     def create_authorization_response(self, redirect_uri: str, grant_user: SignedInUser | None) -> Any:
         """Always answer as a fragment redirect; ``authorize.Delivery`` re-renders it for the requested
@@ -596,6 +632,7 @@ class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant)
         return item
 
     def _revoke_family(self, family_id: str, reason: str) -> None:
+        self.request.commit_refusal = True
         revoked = self.backend.run(store.revoke_family, self.backend.conn(self.request), family_id, reason)
         self.request.revoked_tokens.extend(revoked)
 

@@ -365,14 +365,24 @@ async def revoke_family(db: Conn, family_id: str, reason: str) -> list[RevokedTo
     return await _revoke_access(db, reason, "family_id = $2", family_id)
 
 
+# Codes issued through a session that ended expire with it: redeemed later they would issue tokens
+# bound to a session no sign-out can reach any more.
+_EXPIRE_CODES = """UPDATE authorization_codes SET expires_at = now()
+                   WHERE session_hash = $1 AND used_at IS NULL AND expires_at > now()"""
+
+
 async def revoke_session(db: Conn, session_hash: bytes, reason: str) -> list[RevokedToken]:
-    """Every refresh and access token obtained through one sign-in session (logout)."""
+    """Every refresh and access token obtained through one sign-in session (logout), and the codes
+    not yet redeemed."""
+    await db.execute(_EXPIRE_CODES, session_hash)
     await db.execute(_REVOKE_REFRESH.format(where="session_hash = $1"), session_hash)
     return await _revoke_access(db, reason, "session_hash = $2", session_hash)
 
 
 async def revoke_session_refresh_tokens(db: Conn, session_hash: bytes) -> None:
-    """Only the refresh tokens of a session (it was replaced by a new sign-in: no more renewals)."""
+    """Only the refresh tokens of a session (it was replaced by a new sign-in: no more renewals), and
+    the codes not yet redeemed (they would start a new family)."""
+    await db.execute(_EXPIRE_CODES, session_hash)
     await db.execute(_REVOKE_REFRESH.format(where="session_hash = $1"), session_hash)
 
 
