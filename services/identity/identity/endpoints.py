@@ -102,7 +102,15 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
         form = await request.form()
-        return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        seen: set[str] = set()
+        for name, _ in pairs:
+            # RFC 6749 §3.2: no parameter more than once (Authlib's checks and this service's own code
+            # would otherwise read different copies of one: the first, or the last)
+            if name in seen:
+                return oauth_error(400, "invalid_request", f"The parameter '{name}' is sent more than once.")
+            seen.add(name)
+        return pairs
     if media_type == "application/json":
         try:
             document = parse_json(await request.body())
