@@ -103,6 +103,16 @@ async def sign_in_tokens(
     return body
 
 
+async def refresh(
+    http: aiohttp.ClientSession, base_url: str, token: str, **extra: str
+) -> tuple[int, dict[str, Any]]:
+    """A refresh-token grant as the SPA sends it (``extra`` adds or overrides parameters)."""
+    data = {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": token, **extra}
+    async with http.post(base_url + "/oauth/token", data=data) as response:
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
 def hidden_field(html: str, name: str) -> str:
     match = re.search(rf'name="{re.escape(name)}" value="([^"]*)"', html)
     assert match, f"no hidden field {name} in page"

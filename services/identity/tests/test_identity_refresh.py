@@ -7,17 +7,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.oidc import SPA, Browser, sign_in_tokens
+from testkit.oidc import SPA, Browser, refresh, sign_in_tokens
 
 pytestmark = pytest.mark.usefixtures("identity_service")
-
-
-async def refresh(
-    http: aiohttp.ClientSession, base_url: str, token: str, **extra: str
-) -> tuple[int, dict[str, Any]]:
-    data = {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": token, **extra}
-    async with http.post(base_url + "/oauth/token", data=data) as r:
-        return r.status, await r.json()
 
 
 async def test_no_refresh_token_without_offline_access(

@@ -5,22 +5,12 @@ revokes the user's whole session."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import pytest
 
-from testkit.oidc import Browser, code_request, exchange_code, params_of, pkce_pair, sign_in_tokens
+from testkit.oidc import Browser, code_request, exchange_code, params_of, pkce_pair, refresh, sign_in_tokens
 
 pytestmark = pytest.mark.usefixtures("identity_service")
-
-
-async def refresh(
-    http: aiohttp.ClientSession, base_url: str, token: str, **extra: str
-) -> tuple[int, dict[str, Any]]:
-    data = {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": token, **extra}
-    async with http.post(base_url + "/oauth/token", data=data) as response:
-        return response.status, await response.json()
 
 
 async def test_a_refresh_refused_for_its_scope_leaves_the_refresh_token_usable(
