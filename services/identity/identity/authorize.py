@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -215,6 +216,10 @@ class AuthorizationEndpoint:
         self, request: Request, pairs: list[tuple[str, str]], decision: str | None
     ) -> Response:
         params = dict(pairs)
+        if len(params) != len(pairs):  # RFC 6749 §3.1: none more than once (shown here, not redirected:
+            # which redirect_uri, state or dpop_jkt is meant, Authlib and this code would read differently)
+            twice = next(name for name, count in Counter(k for k, _ in pairs).items() if count > 1)
+            return error_page("invalid_request", f"The {twice} parameter is sent more than once.")
         bad = unquotable_parameter(pairs) or next((k for k, v in pairs if not store.storable(v)), None)
         if bad is not None:
             return error_page(
