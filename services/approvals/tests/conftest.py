@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
+from approvals.store import DecisionRow
 from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
@@ -17,6 +22,31 @@ from testkit.client import SignedApi, wait_ready
 from testkit.fixtures import Caller, TcpProxy, migrate_schema, runtime_url, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2]
+
+
+def decision_row(**changes: Any) -> DecisionRow:
+    """A row of ``decisions`` as the store reads it: a person's pending approval, but for ``changes``."""
+    at = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
+    row = DecisionRow(
+        id=uuid.uuid4(),
+        entry_id=uuid.uuid4(),
+        decision="approved",
+        comment=None,
+        approver_issuer="http://localhost:9000/",
+        approver_subject="bob",
+        approver_name="",
+        approver_client="timesheets-spa",
+        approver_kind="user",
+        request_id="r",
+        state="pending",
+        void_reason=None,
+        attempts=0,
+        last_error=None,
+        decided_at=at,
+        applied_at=None,
+        updated_at=at,
+    )
+    return dataclasses.replace(row, **changes)
 
 
 @pytest.fixture(scope="session")

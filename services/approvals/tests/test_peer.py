@@ -23,6 +23,8 @@ from svckit.contracts.identity import Person
 from svckit.contracts.timesheets import ApplyDecision, Entry
 from svckit.identity import Identity
 
+from .conftest import decision_row
+
 pytestmark = pytest.mark.unit
 
 NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
@@ -89,24 +91,10 @@ async def test_the_first_page_target_is_built_once_per_approver_and_limit() -> N
 
 
 def decision_by(kind: str) -> DecisionRow:
-    return DecisionRow(
-        id=uuid.uuid4(),
-        entry_id=ENTRY.id,
-        decision="approved",
-        comment=None,
-        approver_issuer="http://i/",
-        approver_subject="robot@clients" if kind == "client" else "bob",
-        approver_name="",
-        approver_client="robot" if kind == "client" else "timesheets-spa",
-        approver_kind=kind,
-        request_id="r",
-        state="pending",
-        void_reason=None,
-        attempts=0,
-        last_error=None,
-        decided_at=NOW,
-        applied_at=None,
-        updated_at=NOW,
+    if kind == "user":
+        return decision_row(entry_id=ENTRY.id)
+    return decision_row(
+        entry_id=ENTRY.id, approver_subject="robot@clients", approver_client="robot", approver_kind=kind
     )
 
 

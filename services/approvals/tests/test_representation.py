@@ -5,13 +5,14 @@ with and without the entry, the entry as the timesheets service wrote it or writ
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 from approvals.representation import decision_json, decision_of
 from approvals.store import DecisionRow
 from svckit.contracts.identity import Person
 from svckit.contracts.timesheets import Entry, EntryDecision
+
+from .conftest import decision_row as a_decision
 
 pytestmark = pytest.mark.unit
 
@@ -22,21 +23,12 @@ WHEN = dt.datetime(2026, 11, 27, 9, 30, 0, 123456, dt.UTC)
 def decision_row(
     text: str, *, comment: str | None, name: str, state: str, verdict: str, at: dt.datetime
 ) -> DecisionRow:
-    return DecisionRow(
-        id=uuid.uuid4(),
-        entry_id=uuid.uuid4(),
+    return a_decision(
         decision=verdict,
         comment=comment,
-        approver_issuer="http://localhost:9000/",
         approver_subject=text,
         approver_name=name,
-        approver_client="timesheets-spa",
-        approver_kind="user",
-        request_id="r",
         state=state,
-        void_reason=None,
-        attempts=0,
-        last_error=None,
         decided_at=at,
         applied_at=at,
         updated_at=at,
