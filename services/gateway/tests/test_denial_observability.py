@@ -6,9 +6,15 @@ a denial path found without one or the other; the docstrings say what it was.
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+from collections.abc import AsyncIterator
 
-from .conftest import Echo, Provider, StartGateway
+import aiohttp
+import pytest
+
+from testkit.fixtures import ServiceProcess
+
+from .conftest import Echo, Provider, StartGateway, process_env
 from .test_cors_limits_audit import BEHIND_PROXY, unique_address, wait_for_address
 from .test_dpop import auth_failures
 
@@ -40,3 +46,72 @@ async def test_a_token_in_the_query_string_is_a_counted_and_audited_denial(
         records = await wait_for_address(echo, address, timeout=3.0)
     assert [record["details"]["reason"] for record in records] == [reason]
     assert all(token not in str(record) for record in records)
+
+
+# --- refusals of the HTTP layer -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def process(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
+) -> AsyncIterator[ServiceProcess]:
+    """A real ``python -m gateway`` process, served as in production, with short stall timeouts."""
+    from .test_edge_refusals import STALL_TIMEOUTS
+
+    started = ServiceProcess(
+        "gateway", process_env(provider, echo, identity_keys, redis_prefix, **STALL_TIMEOUTS)
+    )
+    await asyncio.to_thread(started.start)
+    try:
+        yield started
+    finally:
+        await asyncio.to_thread(started.stop)
+
+
+def statuses_counted(text: str) -> dict[str, float]:
+    """``gateway_requests_total`` summed by status."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_requests_total":
+                status = sample.labels["status"]
+                counts[status] = counts.get(status, 0.0) + sample.value
+    return counts
+
+
+async def test_refusals_of_the_http_layer_are_counted(
+    http: aiohttp.ClientSession, process: ServiceProcess
+) -> None:
+    """The gateway's HTTP layer answers a head over the limit (431) and a client that stops sending
+    in the middle of a head (408: slowloris) itself, before the edge sees a request: neither reaches
+    ``gateway_requests_total`` (nor the access log, nor any other series), so a flood of them — the
+    very attacks those answers exist for — is invisible on the dashboards and to the alerts. A 404
+    from the edge, sent alongside, is counted."""
+    from svckit.server import MAX_HEAD_BYTES
+
+    from .test_edge_refusals import exchange, problem_status
+
+    async def counted() -> dict[str, float]:
+        async with http.get(process.metrics_url) as response:
+            return statuses_counted(await response.text())
+
+    before = await counted()
+    response, _ = await exchange(
+        process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * (2 * MAX_HEAD_BYTES), 3
+    )
+    assert problem_status(response) == 431
+    response, _ = await exchange(process.url, b"GET /api/timesheets HTTP/1.1\r\nHost: gw\r\n", 4)
+    assert problem_status(response) == 408
+    async with http.get(f"{process.url}/api/no-such-route") as answered:
+        assert answered.status == 404
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # request metrics are flushed once a second
+        after = await counted()
+        if after.get("404", 0.0) > before.get("404", 0.0) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert after.get("404", 0.0) > before.get("404", 0.0), "the control 404 was never counted"
+    grown = {status for status in after if after[status] > before.get(status, 0.0)}
+    assert {"408", "431"} <= grown, f"counted: {sorted(grown)}"
