@@ -176,6 +176,9 @@ class Credentials:
                 400,
                 "Access tokens are accepted only in the Authorization header.",
                 [(b"www-authenticate", challenge("invalid_request", "token in query"))],
+                reason="malformed",
+                failure=True,
+                audit="aggregate",
             )
         authorization = request.authorization
         if len(authorization) > 1:

@@ -183,6 +183,22 @@ class Database:
                 )
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, self.max_backoff)
+            except Exception as exc:
+                # a login refused (SQLSTATE class 28: the role not created yet, a password not set
+                # yet), a database not created yet (3D000), a DSN asyncpg cannot read: not a reason
+                # to give up for good (nothing would connect until a restart); said, then retried
+                self.last_error = describe_connect_error(exc, self.tls)
+                sqlstate = getattr(exc, "sqlstate", None)
+                log.warning(
+                    "database refused the connection, retrying",
+                    extra={
+                        "attempt": attempt,
+                        "error": self.last_error,
+                        "sqlstate": sqlstate if isinstance(sqlstate, str) else None,
+                        "retry_in": self.max_backoff,
+                    },
+                )
+                await asyncio.sleep(self.max_backoff * (0.8 + 0.4 * random.random()))
 
     async def _warn_if_owner(self) -> None:
         """Services run as a runtime role that owns nothing (:mod:`svckit.roles`); connected as the

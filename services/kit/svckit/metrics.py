@@ -46,6 +46,13 @@ http_duration = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+http_refused = Counter(
+    "http_refused_total",
+    "Requests the HTTP layer answered itself before any route saw them (400 unparsable, 408 head or "
+    "body too slow, 414 target too long, 431 head too large), by status code.",
+    ["status"],
+)
+
 UNMATCHED_ROUTE = "unmatched"
 
 

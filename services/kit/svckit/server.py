@@ -101,6 +101,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
+from .metrics import http_refused
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
@@ -142,6 +143,37 @@ class ServingConfig(uvicorn.Config):
         super().__init__(*args, **kwargs)
         self.request_head_timeout = request_head_timeout
         self.request_body_timeout = request_body_timeout
+
+
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class RefusalLog:
+    """What the HTTP layer refused: every refusal counted in ``http_refused_total{status}``, and one
+    warning line per :data:`REFUSAL_LOG_SECONDS` at most, with how many were refused since the last
+    (a line per refusal would let the flood it reports flood the logs too)."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, Any] = {}
+        self._last_line = float("-inf")
+        self._unlogged = 0
+
+    def note(self, status: int, detail: str) -> None:
+        child = self._children.get(status)
+        if child is None:
+            child = self._children[status] = http_refused.labels(str(status))
+        child.inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_line >= REFUSAL_LOG_SECONDS:
+            log.warning(
+                "request refused by the HTTP layer",
+                extra={"status": status, "detail": detail, "refused_since_last_line": self._unlogged},
+            )
+            self._last_line, self._unlogged = now, 0
+
+
+refusals = RefusalLog()
 
 
 class _Refusal(Exception):
@@ -476,7 +508,10 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self._refuse(400, _parser_reason(sys.exc_info()[1]))
 
     def _refuse(self, status: int, detail: str) -> None:
-        """Answer with a problem document and end the connection."""
+        """Answer with a problem document and end the connection; counted and (a line at most every
+        :data:`REFUSAL_LOG_SECONDS`) logged, since no route, metric or access line sees the request:
+        a flood of these (oversized heads, slowloris) would otherwise be invisible."""
+        refusals.note(status, detail)
         self.transport.write(problem_bytes(status, detail, self.server_state.default_headers))
         self.transport.close()  # lingering: the client may still be sending
 

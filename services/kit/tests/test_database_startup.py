@@ -1,0 +1,66 @@
+"""A service started before its database login works: what it says, and that it gets there by itself.
+
+The chart and ``make dev`` start each service as its runtime role, which ``python -m <service>
+migrate`` creates (svckit.roles); a Deployment's pods may well start before the migration Job has
+created the role or the database, or while a rotated password has not reached the role yet. The
+service must then stay alive, not ready, say why in its log, and become ready once the login works —
+as it does when Postgres itself is late (test_database.test_readiness_follows_postgres).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from svckit.app import create_service_app
+from svckit.db import Database
+from svckit.settings import ServiceSettings, load_settings
+
+from testkit.fixtures import receiver_env, serve_app
+
+from .test_database import wait_for_status
+
+
+def as_role(database_url: str, role: str) -> str:
+    parts = urlsplit(database_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}:not-yet@{host}"))
+
+
+async def test_a_login_refused_at_start_is_logged_and_retried_until_it_works(
+    database_url: str, identity_keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused login (SQLSTATE class 28: the role does not exist yet, a wrong password) is not in
+    ``svckit.db.UNAVAILABLE_ERRORS``, so it ends the pool's connecting task for good: the service stays
+    up and not ready (``/readyz``: "not connected yet") until someone restarts it, and no line of its
+    log says why (the task's exception is never retrieved)."""
+    role = f"tsp_late_{uuid.uuid4().hex[:10]}"
+    database = Database(as_role(database_url, role), schema="public", max_backoff=0.5)
+    settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+    app = create_service_app(settings, [], database=database)
+    admin = await asyncpg.connect(database_url)
+    try:
+        with caplog.at_level(logging.INFO, logger="svckit.db"):
+            async with serve_app(app) as base:
+                body = await wait_for_status(base + "/readyz", 503)
+                assert body["failed"] == ["postgres"]
+                await asyncio.sleep(1.0)  # a few attempts
+                said = [record for record in caplog.records if record.name == "svckit.db"]
+                assert said, "nothing in the log says why the service is not ready"
+                assert "not-yet" not in caplog.text  # the password never
+                # the migration Job creates the role: the service connects by itself
+                await admin.execute(f"CREATE ROLE {role} LOGIN")
+                name = await admin.fetchval("SELECT current_database()")
+                await admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {role}')
+                await wait_for_status(base + "/readyz", 200, timeout=15.0)
+    finally:
+        await database.close()
+        if await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            name = await admin.fetchval("SELECT current_database()")
+            await admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM {role}')
+            await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
