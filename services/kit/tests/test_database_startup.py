@@ -64,3 +64,34 @@ async def test_a_login_refused_at_start_is_logged_and_retried_until_it_works(
             await admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM {role}')
             await admin.execute(f"DROP ROLE {role}")
         await admin.close()
+
+
+@pytest.mark.parametrize("refused", ["login", "database"])
+def test_a_migration_refused_at_login_fails_with_one_line(database_url: str, refused: str) -> None:
+    """``python -m <service> migrate`` (the chart's migration Job) whose login is refused (the role
+    is unknown: SQLSTATE 28000) or whose database does not exist (3D000) says so in one line and
+    exits 1, without a traceback and without the URL's password."""
+    import os
+    import subprocess
+    import sys
+
+    from testkit.fixtures import new_pair_keys
+
+    url = as_role(database_url, f"tsp_nobody_{uuid.uuid4().hex[:8]}")
+    if refused == "database":
+        url = urlunsplit(urlsplit(database_url)._replace(path=f"/tsp_missing_{uuid.uuid4().hex[:8]}"))
+    result = subprocess.run(
+        [sys.executable, "-m", "timesheets", "migrate"],
+        env={**os.environ, **new_pair_keys(), "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "not-yet" not in result.stderr + result.stdout
+    sqlstate = "28000" if refused == "login" else "3D000"
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("migration failed: the database refused the connection"), line
+    assert f"SQLSTATE {sqlstate}" in line
