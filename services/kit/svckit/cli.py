@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import uvicorn
 from uvicorn.supervisors import ChangeReload
 
@@ -148,6 +149,14 @@ async def migrate_with_wait(
             delay = min(delay * 2, 5.0)
 
 
+def refused_login(exc: asyncpg.PostgresError) -> bool:
+    """The server refused the connection itself: the login (SQLSTATE class 28: an unknown role, a
+    wrong password, pg_hba) or the database name (3D000). Waiting does not help, unlike an unreachable
+    server; the message names the SQLSTATE, never the URL."""
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return sqlstate.startswith("28") or sqlstate == "3D000"
+
+
 def run_cli(
     *,
     name: str,
@@ -210,6 +219,16 @@ def run_cli(
             if not reason.startswith("TLS"):
                 reason = f"database unreachable ({reason})"
             print(f"migration failed: {reason}", file=sys.stderr, flush=True)
+            return 1
+        except asyncpg.PostgresError as exc:
+            if not refused_login(exc):
+                raise  # a statement of a migration failed: its traceback says where
+            print(
+                f"migration failed: the database refused the connection ({type(exc).__name__}, "
+                f"SQLSTATE {exc.sqlstate}): the role, its password or the database name",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         log.info("migrations complete", extra={"schema": schema, "applied": applied})
         return 0
