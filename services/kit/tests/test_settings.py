@@ -25,6 +25,23 @@ def test_identity_keys_first_signs_all_verify() -> None:
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
+    "value",
+    [
+        "Rz7!qP0x:" + "a" * 40,  # a raw secret with a colon in it, taken for kid:secret
+        "Rz7qP0xW:short",
+        "Rz7qP0xW:" + "a" * 43 + ",Rz7qP0xW:" + "b" * 43,
+    ],
+)
+def test_a_refused_key_entry_is_named_by_position_never_by_its_text(value: str) -> None:
+    """A secret set without a kid but holding a ``:`` reads as ``kid:secret``: what stands before the
+    colon is then part of the secret, so a refusal names the entry's position, not its "kid"."""
+    with pytest.raises(ValueError, match=r"^entry [12]: ") as refused:
+        parse_identity_keys(value)
+    assert "Rz7" not in str(refused.value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
     ("value", "message"),
     [
         ("nocolon", "kid:secret"),
