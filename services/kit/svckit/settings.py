@@ -52,17 +52,19 @@ def parse_identity_keys(value: object) -> dict[str, bytes]:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be 'kid:secret[,kid:secret...]'")
     keys: dict[str, bytes] = {}
-    for item in value.split(","):
+    # Entries are named by position, never by their text: a secret set without a kid but holding a
+    # ":" reads as kid:secret, and its "kid" is then part of the secret.
+    for number, item in enumerate(value.split(","), start=1):
         kid, sep, secret = item.strip().partition(":")
         if not sep or not kid or not secret:
-            raise ValueError("each entry must be 'kid:secret'")
+            raise ValueError(f"entry {number}: each entry must be 'kid:secret'")
         if not kid.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"key id {kid!r} may only hold letters, digits, '-', '_' and '.'")
+            raise ValueError(f"entry {number}: a key id may only hold letters, digits, '-', '_' and '.'")
         raw = decode_secret(secret)
         if len(raw) < MIN_IDENTITY_KEY_BYTES:
-            raise ValueError(f"secret of key {kid!r} is shorter than {MIN_IDENTITY_KEY_BYTES} bytes")
+            raise ValueError(f"entry {number}: the secret is shorter than {MIN_IDENTITY_KEY_BYTES} bytes")
         if kid in keys:
-            raise ValueError(f"key id {kid!r} appears twice")
+            raise ValueError(f"entry {number}: its key id appears twice")
         keys[kid] = raw
     return keys
 
