@@ -318,3 +318,54 @@ async def test_readiness_tells_whether_any_trusted_issuer_has_usable_keys(
     finally:
         provider.down = False
         provider.max_age = 600
+
+
+async def test_keys_planted_in_redis_are_not_trusted(
+    api: Any, start_gateway: Any, provider: Provider, redis_url: str, redis_prefix: str
+) -> None:
+    """Every service and the provider can write to Redis (replay memory, revocations), so an attacker
+    holding any of them could plant a key set of their own in the gateway's JWKS cache and sign tokens
+    for anyone with any scope. A cached key set counts only with the gateway's own MAC over it
+    (``GATEWAY_CACHE_KEY``): a planted one is ignored and the provider asked instead."""
+    import json
+
+    import jwt
+    import redis.asyncio as aioredis
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    prefix = f"{redis_prefix}planted-{uuid.uuid4().hex[:6]}:"
+    evil = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(evil.public_key()))
+    planted_jwks = {"keys": [{**jwk, "kid": "evil-1", "alg": "RS256", "use": "sig"}]}
+    forged = jwt.encode(
+        provider.claims(scope="read:timesheets approve:timesheets read:audit"),
+        evil,
+        algorithm="RS256",
+        headers={"kid": "evil-1", "typ": "at+jwt"},
+    )
+    client = aioredis.from_url(redis_url)
+    key = f"{prefix}gateway:jwks:{provider.issuer}"
+    try:
+        async with start_gateway(redis_key_prefix=prefix) as gateway:
+            await wait_for_keys(api, gateway, provider)
+            cached = await client.get(key)
+            assert cached is not None, "the gateway cached no key set in Redis"
+            stored = json.loads(cached)
+            # the attacker rewrites the entry as it is stored, with the key set swapped
+            if "payload" in stored:
+                payload = json.loads(stored["payload"])
+                payload["jwks"] = planted_jwks
+                payload["fetched_at"] = time.time()
+                stored["payload"] = json.dumps(payload)
+            else:
+                stored["jwks"], stored["fetched_at"] = planted_jwks, time.time()
+            await client.set(key, json.dumps(stored))
+            rejected = sample("gateway_jwks_cache_total", layer="redis", result="rejected")
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", forged)
+            assert status == 401, f"a token signed with a planted key was accepted: {body}"
+            assert body["reason"] == "unknown_kid"
+            assert sample("gateway_jwks_cache_total", layer="redis", result="rejected") == rejected + 1
+            # and the provider's own keys still work (the planted entry was replaced)
+            assert (await api("GET", f"{gateway}/api/timesheets", provider.token()))[0] == 200
+    finally:
+        await client.aclose()
