@@ -38,6 +38,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -62,6 +63,7 @@ from testkit.fixtures import ServiceProcess, new_pair_keys
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CONNECTIONS = 32
+CACHE_SECRET = secrets.token_urlsafe(32)  # one key for both gateway replicas of a run
 #: many users, so the load itself stays below the per-subject limit (PROBE_LIMIT a round for each:
 #: 128 users capped a fast machine's round at 25,600 requests, and 86% of the load was 429s)
 USERS = 2048
@@ -145,6 +147,7 @@ def start_stack(
                 "APPROVALS_URL": "http://127.0.0.1:9",
                 "AUDIT_URL": audit.url,
                 "GATEWAY_WORKERS": "1",
+                "GATEWAY_CACHE_SECRET": CACHE_SECRET,  # replicas share their key-set copies in Redis
                 "GATEWAY_ACCESS_LOG": "false",
                 "RATE_LIMIT_PER_SUBJECT": str(PROBE_LIMIT),
                 # every token of the run is one client's: its limit (12,000 a window by default) must not

@@ -65,6 +65,10 @@ MEANINGS = {
     "dpop_nonces": "require server nonces in DPoP proofs (`DPoP-Nonce`, `use_dpop_nonce`)",
     "dpop_nonce_seconds": "how long a DPoP nonce is handed out (it is accepted for twice that)",
     "dpop_nonce_secret": "key of the gateway's DPoP nonces (equal on every replica; for `DPOP_NONCES`)",
+    "gateway_cache_secret": (
+        "key of the MAC over the key sets the gateway caches in Redis (which every service can write): "
+        "equal on every replica; unset, each process draws its own and replicas do not share copies"
+    ),
     "max_token_bytes": "longest accepted access token",
     "spa_dist_dir": "the built SPA the gateway serves at `/`",
     "spa_auth_issuer": "the SPA's sign-in provider (default: the first `OIDC_ISSUER`)",

@@ -22,7 +22,7 @@ from svckit.roles import role_url
 
 DEFAULT_PREFIX = "tsp_"
 #: secrets that belong to one service: the others never see them
-OWN_SECRETS = {"AUDIT_CHECKPOINT_KEYS": "audit"}
+OWN_SECRETS = {"AUDIT_CHECKPOINT_KEYS": "audit", "GATEWAY_CACHE_SECRET": "gateway"}
 PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
 
 

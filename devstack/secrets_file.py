@@ -46,6 +46,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "AUDIT_DB_PASSWORD": _key,
     # the audit service's checkpoint signing key (Ed25519), the public half at /api/audit/checkpoint-keys
     "AUDIT_CHECKPOINT_KEYS": _checkpoint_key,
+    # the gateway's MAC key over the key sets it caches in Redis (gateway.jwks)
+    "GATEWAY_CACHE_SECRET": _key,
 }
 
 

@@ -31,6 +31,7 @@ SECRET_SHAPES = {
     "DB_RUNTIME_PASSWORD": "r" * 32,
     "AUDIT_CHECKPOINT_KEYS": "ck1:" + "A" * 43,  # a 32-byte seed, base64url
     "DPOP_NONCE_SECRET": "n" * 48,
+    "GATEWAY_CACHE_SECRET": "g" * 48,
 }
 PEER_URLS = {"timesheets_url", "approvals_url", "audit_url"}
 
@@ -131,6 +132,28 @@ def test_gateway_issuer_settings_file_is_valid_for_the_gateway(tmp_path: Path) -
     (issuer,) = issuers.values()
     assert issuer.jwks_uri == "http://ts-timesheets-identity:9000/.well-known/jwks.json"
     assert yaml.safe_load(Path(env["GATEWAY_ISSUERS_FILE"]).read_text())
+
+
+def test_the_gateway_cache_key_is_generated_and_given_to_the_gateway_alone() -> None:
+    """The MAC key over the gateway's Redis key-set cache: every service can write to Redis, so a
+    service that also held this key could plant keys the gateway trusts (gateway.jwks)."""
+    from tests.packaging.support import rendered_scenario
+
+    objects = rendered_scenario("values-dev.yaml")
+    holders = sorted(
+        service
+        for service, container in containers_by_service(objects)
+        if any(entry["name"] == "GATEWAY_CACHE_SECRET" for entry in container.get("env", []))
+    )
+    assert holders == ["gateway"]
+    (entry,) = [
+        e
+        for e in dict(containers_by_service(objects))["gateway"]["env"]
+        if e["name"] == "GATEWAY_CACHE_SECRET"
+    ]
+    assert entry["valueFrom"]["secretKeyRef"]["key"] == "gateway-cache-secret"
+    (secret,) = [o for o in objects if o["kind"] == "Secret" and "gateway-cache-secret" in o.get("data", {})]
+    assert len(secret["data"]["gateway-cache-secret"]) >= 44  # 32+ bytes, base64
 
 
 def test_dpop_settings_reach_the_gateway_and_the_provider(tmp_path: Path) -> None:

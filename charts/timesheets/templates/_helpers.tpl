@@ -432,6 +432,13 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- end }}
 - name: DPOP_POLICY
   value: {{ $values.dpop.policy | quote }}
+- name: GATEWAY_CACHE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.appSecretName" $root }}
+      key: gateway-cache-secret
+      {{- /* an existingSecret from before this key: each gateway process then draws its own */}}
+      optional: true
 {{- if $values.dpop.nonces }}
 - name: DPOP_NONCES
   value: "true"

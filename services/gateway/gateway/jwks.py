@@ -22,15 +22,24 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
   while the provider is down.
 * Only verification keys are loaded: private key material, ``use`` other than ``sig``, RSA keys under
   2048 bits and unknown key types are skipped.
+* Redis is not trusted with keys: every service and the provider can write to it (replay memory,
+  revocations), and a key set planted there would let its author sign tokens for anyone. A copy is
+  stored with an HMAC-SHA256 under ``GATEWAY_CACHE_SECRET`` (the gateway's alone) over the issuer and
+  the document; a copy whose MAC does not verify is ignored (``gateway_jwks_cache_total{layer="redis",
+  result="rejected"}``, and a warning) and the provider asked instead. Without the setting each process
+  draws a key of its own, so replicas do not share copies (each fetches once at start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import random
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +198,7 @@ class JwksCache:
         self.session = session
         self.state = {issuer: IssuerKeys(config) for issuer, config in issuers.items()}
         self._timeout = aiohttp.ClientTimeout(total=settings.jwks_fetch_timeout_seconds)
+        self._mac_key = settings.gateway_cache_key or secrets.token_bytes(32)
 
     # --- look-up (hot path) ------------------------------------------------------------------
 
@@ -375,6 +385,10 @@ class JwksCache:
         assert self.redis is not None
         return self.redis.key("gateway", "jwks", state.config.issuer)
 
+    def _mac(self, issuer: str, document: str) -> str:
+        message = b"tsp-gateway-jwks-v1\n%b\n%b" % (issuer.encode(), document.encode())
+        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+
     async def _from_redis(self, state: IssuerKeys) -> tuple[KeySet, Any] | None:
         if self.redis is None:
             return None
@@ -383,7 +397,22 @@ class JwksCache:
         if raw is None:
             return None
         try:
-            stored = json.loads(raw)
+            envelope = json.loads(raw)
+            document, mac = envelope["payload"], envelope["mac"]
+            if not isinstance(document, str) or not isinstance(mac, str):
+                raise TypeError("payload and mac are strings")
+        except (ValueError, KeyError, TypeError):
+            document = mac = ""
+        if not hmac.compare_digest(mac.encode(), self._mac(state.config.issuer, document).encode()):
+            metrics.jwks_cache.labels("redis", "rejected").inc()
+            log.warning(
+                "ignored a key set in Redis that this gateway's MAC does not vouch for: written by "
+                "something else, or GATEWAY_CACHE_SECRET differs between replicas",
+                extra={"issuer": state.config.issuer},
+            )
+            return None
+        try:
+            stored = json.loads(document)
             keyset = parse_jwks(
                 stored["jwks"],
                 fetched_at=float(stored["fetched_at"]),
@@ -400,7 +429,7 @@ class JwksCache:
         if self.redis is None or state.keyset is None:
             return
         keyset = state.keyset
-        payload = json.dumps(
+        document = json.dumps(
             {
                 "jwks": state.raw,
                 "fetched_at": keyset.fetched_at,
@@ -408,6 +437,7 @@ class JwksCache:
                 "jwks_uri": keyset.jwks_uri,
             }
         )
+        payload = json.dumps({"payload": document, "mac": self._mac(state.config.issuer, document)})
         key = self._redis_key(state)
         expire = int(self.settings.jwks_max_stale_seconds)
         await self.redis.call(lambda client: client.set(key, payload, ex=expire))

@@ -65,6 +65,10 @@ class GatewaySettings(RedisSettings, DpopSettings):
     dpop_nonce_secret: str = Field(default="", repr=False)
 
     # --- JWKS caching -------------------------------------------------------------------------
+    # the key of the MAC over the key sets cached in Redis (gateway.jwks): every service and the
+    # provider may write to Redis, and only a key set this key vouches for is trusted from there.
+    # Equal on every replica (else each ignores the others' copies); unset: one per process.
+    gateway_cache_secret: str = Field(default="", repr=False)
     jwks_default_ttl_seconds: int = Field(default=600, ge=10, le=86400)
     jwks_min_ttl_seconds: int = Field(default=60, ge=1, le=86400)
     jwks_max_ttl_seconds: int = Field(default=3600, ge=10, le=7 * 86400)
@@ -177,6 +181,16 @@ class GatewaySettings(RedisSettings, DpopSettings):
     @property
     def dpop_nonce_key(self) -> bytes | None:
         return decode_secret(self.dpop_nonce_secret) if self.dpop_nonce_secret else None
+
+    @model_validator(mode="after")
+    def _cache_secret(self) -> GatewaySettings:
+        if self.gateway_cache_secret and len(decode_secret(self.gateway_cache_secret)) < 32:
+            raise ValueError("GATEWAY_CACHE_SECRET must hold at least 32 bytes (base64url or raw text)")
+        return self
+
+    @property
+    def gateway_cache_key(self) -> bytes | None:
+        return decode_secret(self.gateway_cache_secret) if self.gateway_cache_secret else None
 
     @model_validator(mode="after")
     def _ttl_bounds(self) -> GatewaySettings:

@@ -46,6 +46,8 @@ from svckit.settings import parse_identity_keys
 from testkit.fixtures import serve_app
 
 AUDIENCE = "https://timesheets.abc.example/api"
+#: the gateways a test starts are replicas of one deployment: they share the JWKS copies in Redis
+CACHE_SECRET = "gateway-tests-jwks-cache-mac-secret-0123456789"
 
 
 def b64(data: bytes) -> str:
@@ -269,6 +271,7 @@ def start_gateway(
             "oidc_audience": AUDIENCE,
             "redis_url": redis_url,
             "redis_key_prefix": f"{redis_prefix}gw-{secrets.token_hex(4)}:",
+            "gateway_cache_secret": CACHE_SECRET,  # as on every replica of one deployment
             "timesheets_url": echo.url,  # type: ignore[attr-defined]
             "approvals_url": echo.url,  # type: ignore[attr-defined]
             "audit_url": echo.url,  # type: ignore[attr-defined]
@@ -341,6 +344,7 @@ def process_env(
         "OIDC_ISSUER": provider.issuer,
         "OIDC_AUDIENCE": AUDIENCE,
         "REDIS_KEY_PREFIX": f"{redis_prefix}proc-{uuid.uuid4().hex[:6]}:",
+        "GATEWAY_CACHE_SECRET": CACHE_SECRET,
         "TIMESHEETS_URL": echo.url,  # type: ignore[attr-defined]
         "APPROVALS_URL": echo.url,  # type: ignore[attr-defined]
         "AUDIT_URL": echo.url,  # type: ignore[attr-defined]
