@@ -155,7 +155,7 @@ Limit = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Page size.")]
 class ListQuery(BaseModel):
     """``GET /timesheets`` query string."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     from_: IsoDate | None = Field(default=None, alias="from", description="Earliest date (inclusive).")
     to: IsoDate | None = Field(default=None, description="Latest date (inclusive); not before from.")
