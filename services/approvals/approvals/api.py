@@ -168,8 +168,8 @@ async def decide(request: Request) -> bytes:
     raise Problem(
         503,
         "Service Unavailable",
-        "The decision is recorded and will be applied as soon as the timesheets service answers; "
-        "repeat this request to see the outcome.",
+        "The decision is recorded; it is applied as soon as the timesheets service answers (or "
+        "voided, if the entry was deleted or decided meanwhile). Repeat this request to see the outcome.",
         headers=RETRY_AFTER,
         decision=decision_of(result.decision).model_dump(mode="json"),
     )

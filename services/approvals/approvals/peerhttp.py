@@ -182,26 +182,27 @@ class PeerHttp:
         if not request_id or _UNSAFE.search(request_id) is not None:
             request_id = new_request_id()
         target_bytes = target.encode()
-        head = [
-            f"{method} {target} HTTP/1.1\r\n".encode(),
-            self._host_line,
-            self.identity.header_block(
+        line = f"{method} {target} HTTP/1.1\r\n".encode()
+        digest = (content_digest(body) if body else EMPTY_DIGEST).encode()
+        framing = b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, len(body)) if body else b""
+
+        def signed() -> bytes:
+            """The request, signed with a nonce of its own: a receiver accepts each signed request
+            once, so a copy sent again after its first reached the peer would be refused as a replay."""
+            block = self.identity.header_block(
                 method=method,
                 target=target_bytes,
                 request_id=request_id.encode(),
                 timestamp=str(int(time.time())).encode(),
                 nonce=new_nonce().encode(),
-                digest=(content_digest(body) if body else EMPTY_DIGEST).encode(),
-            ),
-        ]
-        if body:
-            head.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, len(body)))
-        head.append(b"\r\n")
-        head.append(body)
-        data = b"".join(head)
+                digest=digest,
+            )
+            return b"".join((line, self._host_line, block, framing, b"\r\n", body))
+
         async with asyncio.timeout(timeout):
             async with self._slots:
                 for attempt in (1, 2):
+                    data = signed()
                     connection, reused = await self._connection()
                     try:
                         answer = await connection.send(data, asyncio.get_running_loop())

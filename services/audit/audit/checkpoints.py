@@ -61,6 +61,16 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _segment(text: str) -> bytes:
+    """A JWS segment: base64url in its one canonical spelling. With the unused bits of its last
+    character set, it would be another string for the same bytes: another JWS (another digest, which
+    the next checkpoint's ``prev`` names) that still verifies."""
+    raw = _b64decode(text)
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
+        raise binascii.Error("not in canonical base64url")
+    return raw
+
+
 def timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
@@ -107,8 +117,8 @@ def parse(jws: str) -> Checkpoint:
     if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
         raise InvalidCheckpoint("not a JWS in compact serialization")
     try:
-        header = json.loads(_b64decode(parts[0]))
-        payload = json.loads(_b64decode(parts[1]))
+        header = json.loads(_segment(parts[0]))
+        payload = json.loads(_segment(parts[1]))
     except (ValueError, binascii.Error) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidCheckpoint(f"not a JWS: {exc}") from None
     if not isinstance(header, dict):
@@ -189,7 +199,7 @@ class PublicKeys:
             raise InvalidCheckpoint(f"signed by an unknown key {checkpoint.key_id!r}")
         signing_input, _, signature = checkpoint.jws.rpartition(".")
         try:
-            key.verify(_b64decode(signature), signing_input.encode("ascii"))
+            key.verify(_segment(signature), signing_input.encode("ascii"))
         except (InvalidSignature, binascii.Error, ValueError):
             raise InvalidCheckpoint("the signature does not verify") from None
         return checkpoint

@@ -103,6 +103,23 @@ def test_a_changed_checkpoint_does_not_verify(tamper: object, reason: str) -> No
         KEYS.verify(forged)
 
 
+@pytest.mark.parametrize("segment", [0, 1, 2])
+def test_a_segment_re_encoded_with_other_unused_bits_is_not_the_signed_checkpoint(segment: int) -> None:
+    """Base64url's last character carries bits no byte uses; setting them gives another string for the
+    same bytes. Such a copy is not what was signed (its digest, which the next checkpoint's ``prev``
+    names, differs), so it is refused outright rather than verified and then reported as a mismatch."""
+    checkpoint = KEYS.sign(number=1, seq=10, head=head(10), signed_at=T0, prev=GENESIS_DIGEST)
+    parts = checkpoint.jws.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    text = parts[segment]
+    assert len(text) % 4 in (2, 3)  # a final group with unused bits (else nothing to set)
+    parts[segment] = text[:-1] + alphabet[alphabet.index(text[-1]) ^ 1]
+    altered = ".".join(parts)
+    assert _b64(parts[segment]) == _b64(text)  # the same bytes: only the unused bits changed
+    with pytest.raises(InvalidCheckpoint):
+        KEYS.verify(altered)
+
+
 def test_a_checkpoint_signed_with_another_key_does_not_verify() -> None:
     mallory = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))  # same kid, another key
     forged = mallory.sign(number=1, seq=10, head=head(10), signed_at=T0, prev=GENESIS_DIGEST)

@@ -87,7 +87,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     )
     authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf)
     signin = PasswordSignIn(settings, database, sessions, revoker, throttle, csrf)
-    logout = Logout(settings, database, keys, server, revoker)
+    logout = Logout(settings, database, keys, server, revoker, sessions, csrf)
     account = Account(settings, database, sessions, revoker, csrf)
     routes = [
         Route("/.well-known/openid-configuration", protocol.openid_configuration, methods=["GET"]),

@@ -27,7 +27,12 @@ import anyio.to_thread
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    LoginRequiredError,
+    RequestNotSupportedError,
+    RequestURINotSupportedError,
+)
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
@@ -249,6 +254,12 @@ class AuthorizationEndpoint:
         except OAuth2Error as error:
             delivery.mode = delivery.default_mode
             return fail(error)
+        # OIDC Core §6: unsupported (discovery says so), so refused; ignoring one would serve the outer
+        # parameters where the client meant the signed object's (a narrower scope, a max_age) to count
+        if "request" in params:
+            return fail(RequestNotSupportedError())
+        if "request_uri" in params:
+            return fail(RequestURINotSupportedError())
         # RFC 9449 §10: the code will be redeemable only with a proof by this key
         if "dpop_jkt" in params and (delivery.implicit or not is_thumbprint(params["dpop_jkt"])):
             return fail(InvalidRequestError("dpop_jkt must be a JWK SHA-256 thumbprint, with a code flow"))

@@ -1,5 +1,11 @@
 """Signing out at the provider: Auth0's ``/v2/logout`` and OIDC RP-Initiated Logout.
 
+RP-Initiated Logout ends a session at once only for a request carrying an ``id_token_hint`` of the
+signed-in person; otherwise it asks them first (§2 of the specification: the OP MUST ask), on a page
+whose form carries a CSRF token. Without that question any page could sign a visitor out, since a
+top-level navigation carries the SameSite=Lax session cookie. Auth0's ``/v2/logout`` keeps Auth0's
+behaviour (no question), as its SDKs expect.
+
 Either way the browser's session ends and every token issued through it (refresh tokens and the
 access tokens they and the session's code exchanges produced) is revoked and published to the
 gateways (:class:`identity.revocation.Revoker`), so an API call with such a token is refused within
@@ -15,8 +21,9 @@ from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 
 from . import store
-from .browser import SESSION_COOKIE, clear_cookie
+from .browser import CSRF_COOKIE, SESSION_COOKIE, CsrfSigner, clear_cookie, csrf_cookie_value, set_cookie
 from .keystore import KeyStore
+from .models import Client, SignedInUser
 from .oauth import IdentityServer, unquotable_parameter
 from .oauth import Request as OAuthRequest
 from .pages import error_page, render
@@ -25,6 +32,7 @@ from .sessions import Sessions
 from .settings import IdentitySettings
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+LOGOUT_PURPOSE = "logout"  # the CSRF token's purpose: a sign-in or consent form's token is not this one's
 
 
 class Logout:
@@ -37,12 +45,16 @@ class Logout:
         keys: KeyStore,
         server: IdentityServer,
         revoker: Revoker,
+        sessions: Sessions,
+        csrf: CsrfSigner,
     ) -> None:
         self.settings = settings
         self.database = database
         self.keys = keys
         self.server = server
         self.revoker = revoker
+        self.sessions = sessions
+        self.csrf = csrf
 
     async def _end_session(self, request: Request) -> None:
         session_id = Sessions.cookie(request)
@@ -79,22 +91,64 @@ class Logout:
         form: list[tuple[str, str]] = []
         if request.method == "POST":
             form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
-        if unquotable_parameter([*query, *form]) is not None:
-            await self._end_session(request)
-            page = error_page("invalid_request", "A parameter holds characters that are not allowed.")
-            return self._signed_out(page)
+        confirmed = self.csrf.verify(
+            request.cookies.get(CSRF_COOKIE), LOGOUT_PURPOSE, dict(form).get("csrf_token")
+        )
+        params = [(k, v) for k, v in [*query, *form] if k != "csrf_token"]
+        if unquotable_parameter(params) is not None:
+            problem = ("invalid_request", "A parameter holds characters that are not allowed.")
+            return await self._refused(request, problem, confirmed)
         oreq = OAuthRequest(request.method, self.settings.url("oidc/logout"), request.headers, query, form)
         try:
             validated = await anyio.to_thread.run_sync(
                 self.server.validate_endpoint_request, "end_session", oreq
             )
         except OAuth2Error as error:
-            await self._end_session(request)
-            page = error_page(
-                error.error or "invalid_request", error.description or "Invalid logout request."
-            )
-            return self._signed_out(page)
+            problem = (error.error or "invalid_request", error.description or "Invalid logout request.")
+            return await self._refused(request, problem, confirmed)
+        if not confirmed:
+            user = await self.sessions.current(request)
+            hinted = (validated.id_token_claims or {}).get("sub")
+            if user is not None and hinted != user.user.subject:
+                return self._ask(request, user, params, validated.client)
         await self._end_session(request)
         if validated.redirect_uri:
             return self._signed_out(RedirectResponse(validated.redirect_uri, 302, headers=NO_STORE))
         return self._signed_out()
+
+    async def _refused(self, request: Request, problem: tuple[str, str], confirmed: bool) -> Response:
+        """An invalid request is shown, never redirected. It signs out only a confirmed form (this
+        page's own, which carries nothing else); otherwise the page offers that form."""
+        error, description = problem
+        if confirmed:
+            await self._end_session(request)
+            return self._signed_out(error_page(error, description + " You are signed out."))
+        user = await self.sessions.current(request)
+        if user is None:
+            return self._signed_out(error_page(error, description))
+        return self._ask(request, user, [], None, problem)
+
+    def _ask(
+        self,
+        request: Request,
+        user: SignedInUser,
+        params: list[tuple[str, str]],
+        client: Client | None,
+        problem: tuple[str, str] | None = None,
+    ) -> Response:
+        cookie, fresh = csrf_cookie_value(request)
+        error, description = problem or ("", "")
+        response = render(
+            "logout.html",
+            400 if problem else 200,
+            user_name=user.user.name,
+            client_name=client.name if client is not None else "",
+            action="/oidc/logout",
+            csrf_token=self.csrf.token(cookie, LOGOUT_PURPOSE),
+            params=params,
+            error=error,
+            description=description,
+        )
+        if fresh:
+            set_cookie(response, CSRF_COOKIE, cookie, secure=self.settings.cookie_secure, max_age=None)
+        return response

@@ -392,3 +392,23 @@ async def test_nul_characters_never_reach_the_database(
         assert r.status == 400
     response = await browser.get("/v2/logout?" + urlencode({"client_id": "\x00", "returnTo": f"{SPA}/"}))
     assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("parameter", "error"),
+    [("request", "request_not_supported"), ("request_uri", "request_uri_not_supported")],
+)
+async def test_a_request_object_is_refused_never_ignored(
+    browser: Browser, parameter: str, error: str
+) -> None:
+    """OIDC Core §6: a provider without request objects answers with their error. Ignoring one would
+    serve the outer parameters, which the client may have meant to be overridden (a narrower scope, a
+    max_age) by the signed object."""
+    await browser.login("alice")
+    request = code_request(pkce_pair()[1], state="s1", **{parameter: "eyJhbGciOiJub25lIn0.e30."})
+    response = await browser.get("/authorize?" + urlencode(request))
+    assert response.status == 302
+    answer = params_of(response.headers["Location"])
+    assert answer["error"] == error
+    assert answer["state"] == "s1"
+    assert "code" not in answer

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
+from uvicorn.supervisors import ChangeReload
 
 from . import server
 from .db import UNAVAILABLE_ERRORS
@@ -82,20 +83,28 @@ def serve_reloading(
     """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
     reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
     edited sources. The app runs in a child process, so its metrics go through multiprocess files
-    that this process's metrics listener aggregates. ``uvicorn.run`` builds its own configuration, so
-    the request head and body timeouts are the kit's defaults here, whatever the settings say."""
+    that this process's metrics listener aggregates. The child gets the kit's configuration, so the
+    same HTTP layer and request timeouts as in production: only the restarts differ."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
     watched = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] or [os.getcwd()]
-    uvicorn.run(
+    config = server.ServingConfig(
         app_factory,
         factory=True,
         host=settings.bind_host,
         port=settings.port,
         reload=True,
         reload_dirs=watched,
-        http=http_protocol,  # the same HTTP layer as in production, only the restarts differ
+        http=http_protocol,
+        request_head_timeout=settings.request_head_timeout_seconds,
+        request_body_timeout=settings.request_body_timeout_seconds,
         **SERVING_OPTIONS,
     )
+    listener = config.bind_socket()
+    try:
+        # uvicorn.Server, not the kit's DrainingServer: each restart hands the same listener on
+        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[listener]).run()
+    finally:
+        listener.close()
     return 0
 
 

@@ -140,3 +140,18 @@ def test_dev_reload_picks_up_a_synced_source_file(service_env: dict[str, str], t
             time.sleep(0.3)
         assert body == {"status": "ok", "synced": True}
         assert get(metrics_url(service.url))[0] == 200
+
+
+def test_dev_reload_serves_with_the_configured_request_timeouts(service_env: dict[str, str]) -> None:
+    """Under DEV_RELOAD the app runs in the reloader's child: the head timeout the settings give still
+    holds there (a half-sent request head gets its 408 after 1 s, not after the default 10 s)."""
+    env = {**service_env, "DEV_RELOAD": "true", "REQUEST_HEAD_TIMEOUT_SECONDS": "1"}
+    with ServiceProcess("audit", env).start(timeout=60) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+            started = time.monotonic()
+            answer = client.recv(4096)
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert waited < 4

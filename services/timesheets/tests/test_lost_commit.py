@@ -138,3 +138,38 @@ async def test_decision(rig: tuple[TcpProxy, SignedApi], db: asyncpg.Connection,
     expect(reply, when, 200)
     status = await db.fetchval("SELECT status FROM timesheets.entries WHERE id = $1", uuid.UUID(entry_id))
     assert status == ("approved" if when == "after" else "submitted")
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+@pytest.mark.parametrize("operation", ["create", "upload"])
+async def test_a_replayed_key_is_replayed_whatever_becomes_of_its_commit(
+    rig: tuple[TcpProxy, SignedApi], db: asyncpg.Connection, when: When, operation: str
+) -> None:
+    """A retry with the same Idempotency-Key stores nothing (it replays the first answer), yet its
+    transaction ends with a COMMIT like any other. When that COMMIT's connection breaks, the service
+    asks whether *this* attempt's new entry or upload id committed (it never exists) and answers 503
+    ``not_stored``: the client is told its request was not stored, while the first attempt's entries
+    are there under that very key. The retry's answer must be the replay (201)."""
+    proxy, api = rig
+    key = f"replay-{operation}-{when}-{uuid.uuid4().hex[:8]}"
+    if operation == "create":
+        who, path = WHO, "/timesheets"
+        body: object = {"date": "2026-10-07", "project": key[:100], "hours": 1}
+    else:
+        who, path = batch_client(), "/timesheets/upload"
+        body = {
+            "entries": [
+                {"user": f"{key}-{i}", "date": "2026-10-07", "project": "U", "hours": 1} for i in range(2)
+            ]
+        }
+    first = await api.call("POST", path, who, json=body, headers={"Idempotency-Key": key})
+    assert first.status == 201, first.text
+    retry = await cut(
+        proxy,
+        when,
+        key.encode(),  # in the claim's parameters (the statement itself is prepared already)
+        api.call("POST", path, who, json=body, headers={"Idempotency-Key": key}),
+    )
+    assert retry.status == 201, retry.text
+    assert retry.headers.get("idempotent-replayed") == "true"
+    assert retry.body == first.body

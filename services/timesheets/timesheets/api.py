@@ -117,8 +117,10 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
     # the gateway (/api/timesheets) without the service knowing the public prefix.
     location = f"timesheets/{entry_id}"
 
+    replaying = False  # an Idempotency-Key's earlier answer: stored already, whatever this COMMIT does
+
     async def committed(conn: Connection) -> bool:
-        return await store.entry_exists(conn, entry_id)
+        return replaying or await store.entry_exists(conn, entry_id)
 
     arguments = store.create_arguments(
         identity.principal,
@@ -145,6 +147,7 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
                 conn, identity.principal, key, "create", fingerprint, _ttl(request)
             )
             if isinstance(outcome, Response):
+                replaying = True
                 return outcome
             row = await store.insert_entry(conn, arguments)
             await outcome.save(conn, 201, entry_of(row), location)
@@ -247,8 +250,10 @@ async def upload_entries(request: Request) -> Response:
     rows = validate_rows(upload)
     upload_id = uuid.uuid4()
 
+    replaying = False  # an Idempotency-Key's earlier answer: stored already, whatever this COMMIT does
+
     async def committed(conn: Connection) -> bool:
-        return await store.upload_exists(conn, upload_id)
+        return replaying or await store.upload_exists(conn, upload_id)
 
     async with database_of(request).transaction(committed=committed) as conn:
         claim = None
@@ -258,6 +263,7 @@ async def upload_entries(request: Request) -> Response:
                 conn, identity.principal, key, "upload", fingerprint, _ttl(request)
             )
             if isinstance(outcome, Response):
+                replaying = True
                 return outcome
             claim = outcome
         stored = await store.insert_upload(
