@@ -52,7 +52,8 @@ _LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{16}")
 _SPACED_COLON = re.compile(r'"\s+:')
 
 
-#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once
+#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once (the
+#: AfterValidators among these; Instant's BeforeValidator, RFC 3339 text only, stays in the fast model)
 _PYTHON_CHECKS = (Storable, *get_args(Instant)[1:])  # no NUL or lone surrogate; a UTC form
 
 

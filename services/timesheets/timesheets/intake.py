@@ -27,10 +27,8 @@ The approvals service's ``POST /internal/timesheets/{id}/decision`` bodies are r
 (:func:`fast_decision`, ``ApplyDecision``), under the same conditions, adapted to its model: every
 member is a string, null or the one nested object ``by`` (whose members are strings or null), so
 anything nested deeper, and any number, ``true`` or ``false`` where a string is expected, is refused
-by the model — except ``at``, a datetime, which pydantic also reads from a number (so does
-``parse_body``'s model, but not from a number ``parse_body`` refuses, 1e999 say): the one-pass read
-takes a body only when ``at`` is written as a string (``"at":"``; a member name is followed by ``":``
-nowhere else once the count below holds); member names counted with the nested object's.
+by the model — ``at`` included: an ``Instant`` is RFC 3339 text only, never a number; member names
+counted with the nested object's.
 """
 
 from __future__ import annotations
@@ -78,8 +76,8 @@ def fast_entry(raw: bytes) -> EntryIn | None:
 
 def fast_decision(raw: bytes) -> ApplyDecision | None:
     """The decision in ``raw`` as ``parse_body`` reads it, or None: let ``parse_body`` read (and
-    answer); only with ``at`` written as a string (see the module docstring)."""
-    return _one_pass(raw, ApplyDecision, ("by",)) if b'"at":"' in raw else None
+    answer)."""
+    return _one_pass(raw, ApplyDecision, ("by",))
 
 
 async def _read(request: Request, model: type[M], fast: Callable[[bytes], M | None]) -> M:

@@ -36,6 +36,11 @@ FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
 # \u0085 is whitespace to Python but not to ECMA-262, so it is named explicitly.
 NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^\s\u0085\u0000-\u001F\u007F][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# RFC 3339 date-time (section 5.6): a full date, "T", a full time with seconds, and an offset ("Z" or
+# +hh:mm / -hh:mm); the letters in either case, as the RFC's ABNF allows.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 # Opaque cursors are base64url without padding.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
@@ -61,6 +66,20 @@ def _iso_date_text(value: Any) -> Any:
         return value
     if not isinstance(value, str) or not re.fullmatch(ISO_DATE_PATTERN, value):
         raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+_RFC3339 = re.compile(RFC3339_PATTERN)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Only RFC 3339 date-time strings (or datetimes built in code): pydantic alone would also take
+    numbers and strings of digits (as Unix times: ``20261203`` is 1970-08-23), times without seconds,
+    and offsets without a colon."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-23T09:30:00Z")
     return value
 
 
@@ -131,10 +150,11 @@ def _has_utc_form(value: dt.datetime) -> dt.datetime:
     return value
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_has_utc_form)]
-"""An aware timestamp in a request that has a UTC form. ``AwareDatetime`` alone takes
-``0001-01-01T00:00:00+14:00``, before year 1 in UTC: unrepresentable, and the database driver failed
-with a 500 converting it."""
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_has_utc_form)]
+"""An aware timestamp in a request, RFC 3339 text with an offset, that has a UTC form. The published
+schema is ``AwareDatetime``'s (``format: date-time``). ``AwareDatetime`` alone reads ``20261203`` or
+``0.5`` as Unix times, and takes ``0001-01-01T00:00:00+14:00``, before year 1 in UTC:
+unrepresentable, and the database driver failed with a 500 converting it."""
 
 Timestamp = Annotated[
     dt.datetime,
@@ -223,6 +243,7 @@ __all__ = [
     "FREE_TEXT_PATTERN",
     "ISO_DATE_PATTERN",
     "NAME_PATTERN",
+    "RFC3339_PATTERN",
     "UUID_SCHEMA",
     "CursorText",
     "Instant",
