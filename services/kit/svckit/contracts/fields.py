@@ -32,9 +32,17 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F"
 # Free text: any characters but control characters (line breaks and tabs are fine).
 FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
+# Whitespace to ECMA-262 (``\s``: WhiteSpace and LineTerminator, U+FEFF included) or to Python (``\s``,
+# ``str.isspace``: U+001C-U+001F and U+0085 included), listed rather than written ``\s``, which the two
+# read differently.
+WHITESPACE = (
+    "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+# What a name may not consist of only: control characters and that whitespace.
+_BLANK_CLASS = r"\u0000-\u0020\u007F\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
-# \u0085 is whitespace to Python but not to ECMA-262, so it is named explicitly.
-NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^\s\u0085\u0000-\u001F\u007F][^{_CONTROL_CLASS}]*$"
+NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # RFC 3339 date-time (section 5.6): a full date, "T", a full time with seconds, and an offset ("Z" or
 # +hh:mm / -hh:mm); the letters in either case, as the RFC's ABNF allows.
@@ -57,6 +65,15 @@ WORK_DATE_PATTERN = r"^20[0-9]{2}-[0-9]{2}-[0-9]{2}$"
 def no_control_chars(value: str) -> str:
     if CONTROL_CHARS.search(value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    """``value`` without surrounding :data:`WHITESPACE` (pydantic's strip leaves U+FEFF, which
+    ECMA-262 and so the published pattern count as whitespace); a name of nothing else is blank."""
+    value = value.strip(WHITESPACE)
+    if not value:
+        raise ValueError("must not be blank")
     return value
 
 
@@ -177,6 +194,7 @@ class NameText(GroupedMetadata):
         yield Strict()
         yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
         yield AfterValidator(no_control_chars)
+        yield AfterValidator(_not_blank)
         yield WithJsonSchema(
             {
                 "type": "string",
@@ -245,6 +263,7 @@ __all__ = [
     "NAME_PATTERN",
     "RFC3339_PATTERN",
     "UUID_SCHEMA",
+    "WHITESPACE",
     "CursorText",
     "Instant",
     "IsoDate",
