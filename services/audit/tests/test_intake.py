@@ -276,13 +276,20 @@ JSON = [(b"content-type", b"application/json")]
         [(b"x-other", b"1"), (b"content-type", b"application/json"), (b"content-type", b"text/plain")],
         [(b"content-type", b"text/plain"), (b"content-type", b"application/json")],
         [],
+        [*JSON, (b"content-encoding", b"gzip")],
+        [(b"content-encoding", b"identity"), *JSON],
     ],
 )
 def test_the_media_type_is_read_from_the_scope_as_request_headers_read_it(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
+    """...and a body with a ``Content-Encoding`` is left to ``parse_body`` (415 unless identity)."""
     scope = scope_with(headers)
-    expected = Request(scope).headers.get("content-type", "").lower() == "application/json"
+    request_headers = Request(scope).headers
+    expected = (
+        request_headers.get("content-type", "").lower() == "application/json"
+        and "content-encoding" not in request_headers
+    )
     assert _json_media_type(scope) is expected
 
 

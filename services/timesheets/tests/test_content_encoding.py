@@ -20,6 +20,8 @@ import pytest
 from testkit.client import SignedApi
 from testkit.fixtures import user
 
+from .test_upload import batch_client
+
 BODY = {"date": "2026-11-23", "project": "Coded", "hours": 1}
 
 
@@ -36,5 +38,33 @@ async def test_a_coded_body_is_415(api: SignedApi, coding: str, data: bytes) -> 
     who = user(f"coded-{uuid.uuid4().hex[:8]}", "create:timesheets")
     headers = {"content-type": "application/json", "content-encoding": coding}
     reply = await api.call("POST", "/timesheets", who, data=data, headers=headers)
+    assert reply.status == 415, reply.text
+    assert reply.problem
+
+
+async def test_the_refusal_names_the_coding_accepted(api: SignedApi) -> None:
+    who = user(f"coded-{uuid.uuid4().hex[:8]}", "create:timesheets", "read:timesheets")
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    reply = await api.call("POST", "/timesheets", who, data=json.dumps(BODY).encode(), headers=headers)
+    assert reply.status == 415
+    assert reply.headers["accept-encoding"] == "identity"  # RFC 7694 §3
+    listed = await api.call("GET", "/timesheets", who)
+    assert listed.body["items"] == []  # nothing stored
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity", " identity "])
+async def test_identity_is_no_coding(api: SignedApi, coding: str) -> None:
+    who = user(f"coded-{uuid.uuid4().hex[:8]}", "create:timesheets")
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    reply = await api.call("POST", "/timesheets", who, data=json.dumps(BODY).encode(), headers=headers)
+    assert reply.status == 201, reply.text
+
+
+async def test_a_coded_upload_is_415(api: SignedApi) -> None:
+    batch = {"entries": [{**BODY, "user": "someone"}]}
+    headers = {"content-type": "application/json", "content-encoding": "br"}
+    reply = await api.call(
+        "POST", "/timesheets/upload", batch_client(), data=json.dumps(batch).encode(), headers=headers
+    )
     assert reply.status == 415, reply.text
     assert reply.problem

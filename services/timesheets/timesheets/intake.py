@@ -8,6 +8,7 @@ the result only when nothing ``parse_body`` refuses can be in it:
 
 * not UTF-8, a byte order mark, invalid JSON, a value the model refuses: pydantic refuses them too
   (this path then gives way and ``parse_body`` answers, 400 or 422 as always);
+* a ``Content-Encoding`` header (``parse_body`` refuses any coding but ``identity``, 415): gives way;
 * no ``\\u`` escape at all (the only way JSON text carries a lone surrogate) and no control character
   anywhere (JSON forbids them in strings; whitespace between tokens is allowed, but a compact body
   has none, and one that has them gives way);
@@ -83,7 +84,8 @@ def fast_decision(raw: bytes) -> ApplyDecision | None:
 async def _read(request: Request, model: type[M], fast: Callable[[bytes], M | None]) -> M:
     """The request's body as ``model``, read by ``fast`` when it can vouch for it, or the problem
     ``parse_body`` raises for it."""
-    if request.headers.get("content-type", "").lower() == "application/json":
+    headers = request.headers
+    if headers.get("content-type", "").lower() == "application/json" and "content-encoding" not in headers:
         found = fast(await request.body())
         if found is not None:
             return found
