@@ -54,10 +54,11 @@ KNOWN_BODIES: dict[bytes, DecisionIn] = {
 
 async def read_decision(request: Request) -> DecisionIn:
     """The request's decision as :func:`~svckit.body.parse_body` reads it: looked up when the body is
-    one of :data:`KNOWN_BODIES` sent as plain ``application/json`` (``parse_body`` reads each of those
-    to the same model; ``test_direct`` holds them to it), else read by ``parse_body`` (and its
-    problems)."""
-    if request.headers.get("content-type") == "application/json":
+    one of :data:`KNOWN_BODIES` sent as plain ``application/json`` without a ``Content-Encoding``
+    (``parse_body`` reads each of those to the same model; ``test_direct`` holds them to it), else
+    read by ``parse_body`` (and its problems)."""
+    headers = request.headers
+    if headers.get("content-type") == "application/json" and "content-encoding" not in headers:
         known = KNOWN_BODIES.get(await request.body())
         if known is not None:
             return known

@@ -344,3 +344,20 @@ async def test_hostile_bodies_never_500(
     )
     assert reply.status == status, reply.text
     assert reply.problem
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip"])
+async def test_a_coded_decision_is_415(
+    approvals: SignedApi, timesheets: SignedApi, db: asyncpg.Connection, coding: str
+) -> None:
+    """A body in a content coding is refused (RFC 9110 §15.5.16), not read as if uncoded: a known
+    body labelled gzip is not taken by the lookup of common bodies either."""
+    entry_id = await submit(timesheets, employee())
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    reply = await approvals.call(
+        "PUT", f"/approvals/{entry_id}", manager(), data=b'{"decision":"approved"}', headers=headers
+    )
+    assert reply.status == 415, reply.text
+    assert reply.problem
+    assert reply.headers["accept-encoding"] == "identity"
+    assert await decisions_of(db, entry_id) == 0

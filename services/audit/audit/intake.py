@@ -10,13 +10,14 @@ be in it:
 
 * not UTF-8, a byte order mark, invalid JSON, a value the model refuses: pydantic refuses them too
   (this path then gives way and ``parse_body`` answers, 400 or 422 as always);
+* a ``Content-Encoding`` header (``parse_body`` refuses any coding but ``identity``, 415): gives way;
 * the model's checks written in Python, each a call per value (names without NUL or lone surrogates,
   an instant with a UTC form): the body is validated with subclasses of the contract's models that
   leave them out (:data:`_Batch`, derived from the contract's own fields), when what they refuse
   cannot be in it: no ``\\u`` escape at all (the only way JSON text carries a NUL or a lone
   surrogate, or spells a character other than as itself) and no string that starts with the year
-  0001 or 9999 (only an instant on the first or the last day has no UTC form; a number is a Unix
-  time, in UTC);
+  0001 or 9999 (only an instant on the first or the last day has no UTC form; an instant is RFC 3339
+  text, which the fast models check too);
 * integers beyond ±(2^53-1): they have 16 digits or more, and a number that starts so gives way;
 * NaN, infinities: only ``details`` takes a number, and the model refuses non-finite ones there;
 * nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch the model accepts nests at most
@@ -52,7 +53,8 @@ _LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{16}")
 _SPACED_COLON = re.compile(r'"\s+:')
 
 
-#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once
+#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once (the
+#: AfterValidators among these; Instant's BeforeValidator, RFC 3339 text only, stays in the fast model)
 _PYTHON_CHECKS = (Storable, *get_args(Instant)[1:])  # no NUL or lone surrogate; a UTC form
 
 
@@ -145,12 +147,15 @@ def fast_batch(raw: bytes) -> IngestBatch | None:
 
 def _json_media_type(scope: Scope) -> bool:
     """``Content-Type: application/json`` exactly (any case), as ``request.headers.get`` reads it (the
-    first such header), straight from the scope: Starlette's ``Headers`` is built anew per request."""
+    first such header), and no ``Content-Encoding`` (``parse_body`` refuses any coding but identity),
+    straight from the scope: Starlette's ``Headers`` is built anew per request."""
+    media_type: str | None = None
     for name, value in scope["headers"]:
-        if name == b"content-type":
-            media_type: str = value.decode("latin-1").lower()
-            return media_type == "application/json"
-    return False
+        if name == b"content-encoding":
+            return False
+        if name == b"content-type" and media_type is None:
+            media_type = value.decode("latin-1").lower()
+    return media_type == "application/json"
 
 
 async def _whole_body(receive: Receive) -> bytes:

@@ -207,6 +207,18 @@ async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> N
         "POST", "/internal/events", TIMESHEETS, data="x=1", headers={"content-type": "text/plain"}
     )
     assert wrong_type.status == 415
+    event = new_event()
+    coded = await api.call(
+        "POST",
+        "/internal/events",
+        TIMESHEETS,
+        data=json.dumps({"events": [event]}, separators=(",", ":")),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert coded.status == 415, coded.text  # not read as if uncoded (RFC 9110 §15.5.16)
+    assert coded.headers["accept-encoding"] == "identity"
+    again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
+    assert again.body == {"accepted": 1, "duplicates": 0}  # nothing was stored
     huge = await api.call(
         "POST",
         "/internal/events",

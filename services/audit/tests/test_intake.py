@@ -88,6 +88,8 @@ BODIES: list[bytes] = [
     compact({"events": [event(actor={"issuer": "i", "subject": "", "kind": "user"})]}),
     compact({"events": [event(resource={"type": "t", "id": "x" * 513})]}),
     compact({"events": [event(occurred_at=1700000000)]}),
+    compact({"events": [event(occurred_at="20261203")]}),
+    compact({"events": [event(occurred_at="2026-12-04T03:14Z")]}),
     compact({"events": [event(id=str(uuid.uuid4()).replace("-", ""))]}),
     compact({"events": [event(extra=1)]}),
     compact({"events": []}),
@@ -223,6 +225,7 @@ def test_the_models_without_the_python_checks_are_derived_from_the_contract() ->
         ),
         ({"request_id": "r" * MAX_REQUEST_ID}, {"request_id": "r" * (MAX_REQUEST_ID + 1)}),
         ({"request_id": None}, {"source": "Timesheets"}),
+        ({"occurred_at": "2026-12-04T03:14:27Z"}, {"occurred_at": "20261203"}),  # RFC 3339 text only
     ]
     for changes, limit in cases:
         assert both(**changes) == (True, True), changes
@@ -273,13 +276,20 @@ JSON = [(b"content-type", b"application/json")]
         [(b"x-other", b"1"), (b"content-type", b"application/json"), (b"content-type", b"text/plain")],
         [(b"content-type", b"text/plain"), (b"content-type", b"application/json")],
         [],
+        [*JSON, (b"content-encoding", b"gzip")],
+        [(b"content-encoding", b"identity"), *JSON],
     ],
 )
 def test_the_media_type_is_read_from_the_scope_as_request_headers_read_it(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
+    """...and a body with a ``Content-Encoding`` is left to ``parse_body`` (415 unless identity)."""
     scope = scope_with(headers)
-    expected = Request(scope).headers.get("content-type", "").lower() == "application/json"
+    request_headers = Request(scope).headers
+    expected = (
+        request_headers.get("content-type", "").lower() == "application/json"
+        and "content-encoding" not in request_headers
+    )
     assert _json_media_type(scope) is expected
 
 

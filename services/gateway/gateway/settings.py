@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 from svckit.dpop import DpopSettings
 from svckit.proxies import parse_networks
 from svckit.settings import CsvList, RedisSettings, decode_secret
@@ -83,7 +84,8 @@ class GatewaySettings(RedisSettings, DpopSettings):
     timesheets_url: str = "http://127.0.0.1:8101"
     approvals_url: str = "http://127.0.0.1:8102"
     audit_url: str = "http://127.0.0.1:8103"
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # the largest body a route takes: a full timesheets upload (16 MiB, the service's own default)
+    max_body_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024, le=1024 * 1024 * 1024)
     upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     upstream_pool_size: int = Field(default=256, ge=1, le=10000)

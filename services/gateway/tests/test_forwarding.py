@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gateway.app import create_app
+from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 
 from testkit.fixtures import free_port
 
@@ -222,6 +223,20 @@ async def test_oversized_body_is_413(api: Any, start_gateway: Any, provider: Pro
         status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=chunks())
         assert status == 413, body
         assert echo.requests == before
+
+
+async def test_a_full_upload_fits_the_default_body_limit(api: Any, gateway: str, provider: Provider) -> None:
+    """The default ``MAX_BODY_BYTES`` is the timesheets service's upload limit: a body the service
+    takes is never refused in front of it (a 1,000-row upload in CJK, escaped as json.dumps does, ~14 MB)."""
+    token = provider.scoped("batch:upload")
+    status, _, body = await api(
+        "POST", f"{gateway}/api/timesheets/upload", token, data=b"x" * MAX_UPLOAD_BYTES
+    )
+    assert (status, body["body_length"]) == (200, MAX_UPLOAD_BYTES)
+    status, _, body = await api(
+        "POST", f"{gateway}/api/timesheets/upload", token, data=b"x" * (MAX_UPLOAD_BYTES + 1)
+    )
+    assert status == 413, body
 
 
 async def test_large_response_is_streamed(api: Any, gateway: str, provider: Provider) -> None:

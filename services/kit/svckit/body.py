@@ -5,6 +5,9 @@ I-JSON document (RFC 7493), so that every service reads exactly what the client 
 can reach a code path that fails with a 500:
 
 * UTF-8 (RFC 8259 §8.1), without a byte order mark; ``charset`` other than UTF-8 is a 415;
+* as sent: a ``Content-Encoding`` other than ``identity`` (gzip, br, …) is a 415 with
+  ``Accept-Encoding: identity`` (RFC 9110 §15.5.16, RFC 7694): no coding is decoded, and a body read
+  as if the label were absent would be something else than was sent;
 * no duplicate member names: ``{"hours": 1, "hours": 8}`` is ambiguous (parsers keep the first, the
   last, or fail), so it is refused rather than silently read one way;
 * numbers a JavaScript client can hold: integers within ±(2^53-1), finite floats (``1e999`` would
@@ -27,6 +30,7 @@ import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from .problems import Problem, field_errors, validation_problem
@@ -227,7 +231,29 @@ def _media_type(request: Request) -> tuple[str, str | None]:
     return media_type.strip().lower(), charset
 
 
+def coded(headers: Headers) -> str | None:
+    """The first content coding other than ``identity`` that ``Content-Encoding`` names, if any."""
+    for value in headers.getlist("content-encoding"):
+        for coding in value.split(","):
+            coding = coding.strip().lower()
+            if coding and coding != "identity":
+                return coding
+    return None
+
+
+def refuse_coded(request: Request) -> None:
+    """A 415 for a body in a content coding (:func:`coded`): read as identity it is another body."""
+    if coded(request.headers) is not None:
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "The body is in a content coding (Content-Encoding); send it without one (identity).",
+            headers={"Accept-Encoding": "identity"},
+        )
+
+
 async def read_json(request: Request) -> Any:
+    refuse_coded(request)
     media_type, charset = _media_type(request)
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise Problem(

@@ -213,7 +213,8 @@ def body_answers(operation: Operation) -> list[Answer]:
         problem_answer(
             415,
             "Unsupported Media Type",
-            "The body is not application/json.",
+            "The body is not application/json, or is in a content coding (a Content-Encoding other "
+            "than identity: Accept-Encoding says so).",
             "Send the body as application/json.",
         ),
         problem_answer(

@@ -123,6 +123,12 @@ async def test_request_id_kept_when_well_formed(base_url: str, caller: Caller) -
         ("DELETE", "/things/1", {}, 405),
         ("POST", "/things", {"data": b"x" * 5000, "headers": {"content-type": "application/json"}}, 413),
         ("POST", "/things", {"data": b"project=x", "headers": {"content-type": "text/plain"}}, 415),
+        (
+            "POST",
+            "/things",
+            {"data": b"{}", "headers": {"content-type": "application/json", "content-encoding": "gzip"}},
+            415,
+        ),
         ("POST", "/things", {"data": b"{not json", "headers": {"content-type": "application/json"}}, 400),
         ("POST", "/things", {"json": {"project": "", "hours": 30}}, 422),
         ("GET", "/crash", {}, 500),

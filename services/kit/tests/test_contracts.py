@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from svckit.context import request_id_var
 from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent, outbox_values
-from svckit.contracts.fields import rfc3339
+from svckit.contracts.fields import CONTROL_CHARS, NAME_PATTERN, rfc3339
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
 from svckit.outbox import event_parameters
@@ -38,6 +39,9 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "project": ""}, False),
     (EntryIn, {**ENTRY, "project": "   "}, False),
     (EntryIn, {**ENTRY, "project": "\u0085"}, False),
+    (EntryIn, {**ENTRY, "project": "\ufeff"}, False),  # whitespace to ECMA-262, not to Python
+    (EntryIn, {**ENTRY, "project": " \ufeff\u3000"}, False),
+    (EntryIn, {**ENTRY, "project": "\ufeffStore"}, True),
     (EntryIn, {**ENTRY, "project": "a\tb"}, True),
     (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
@@ -63,6 +67,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (UploadRow, {**ENTRY, "user": "local|alice"}, True),
     (UploadRow, {**ENTRY, "user": "x" * 256}, False),
     (UploadRow, {**ENTRY, "user": " "}, False),
+    (UploadRow, {**ENTRY, "user": "\ufeff"}, False),
     (UploadRow, ENTRY, False),
     (DecisionIn, {"decision": "approved"}, True),
     (DecisionIn, {"decision": "rejected", "comment": "Split it\nby project."}, True),
@@ -92,6 +97,25 @@ def test_the_schema_and_the_model_agree(
 ) -> None:
     assert published(model).is_valid(document) is valid, "what the document says"
     assert model_accepts(model, document) is valid, "what the service does"
+
+
+# ECMA-262's \s (WhiteSpace and LineTerminator; Zs as of Unicode 15) and Python's (str.isspace)
+ECMA_WHITESPACE = "\t\n\v\f\r \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+ECMA_WHITESPACE += "\u2028\u2029\u202f\u205f\u3000\ufeff"
+PYTHON_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+def test_a_name_of_whitespace_in_either_sense_is_blank_to_the_pattern_and_the_model() -> None:
+    """The pattern is read by ECMA-262 (browsers, JSON Schema validators) and by Python (the model,
+    these tests): ``\\s`` differs between the two, so the pattern lists the characters instead."""
+    assert "\\s" not in NAME_PATTERN
+    for char in sorted(set(ECMA_WHITESPACE + PYTHON_WHITESPACE)):
+        for name in (char, f" {char} "):
+            document = {**ENTRY, "project": name}
+            assert re.search(NAME_PATTERN, name) is None, repr(name)
+            assert not model_accepts(EntryIn, document), repr(name)
+        if CONTROL_CHARS.search(char) is None:  # surrounding whitespace is removed (U+FEFF too)
+            assert EntryIn.model_validate({**ENTRY, "project": f"{char}x{char}"}).project == "x", repr(char)
 
 
 def test_an_event_reads_back_as_sent() -> None:

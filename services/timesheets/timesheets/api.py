@@ -23,7 +23,7 @@ from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import OutboxRelay, enqueue
 from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
-from svckit.responses import json_response, model_response, send_json
+from svckit.responses import json_response, send_json
 
 from . import cursor, events, idempotency, store
 from .intake import read_entry
@@ -139,7 +139,7 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
                 store.CREATE_ENTRY, *arguments, committed=committed, reread=store.entry_record(entry_id)
             )
         assert record is not None
-        row = store.EntryRow.of(record)
+        text = entry_json(store.EntryRow.of(record))
     else:
         async with outcome_located(location), database.transaction(committed=committed) as conn:
             fingerprint = idempotency.fingerprint("create", entry.canonical())
@@ -149,11 +149,11 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
             if isinstance(outcome, Response):
                 replaying = True
                 return outcome
-            row = await store.insert_entry(conn, arguments)
-            await outcome.save(conn, 201, entry_of(row), location)
+            text = entry_json(await store.insert_entry(conn, arguments))
+            await outcome.save(conn, 201, text, location)  # the very text answered, for replays
     events_committed(request)
     entries_created.labels("api").inc()
-    return entry_json(row), location
+    return text, location
 
 
 class ListEntries:
@@ -271,7 +271,8 @@ async def upload_entries(request: Request) -> Response:
         )
         await enqueue(conn, events.uploaded(identity, upload_id, stored))
         result = UploadResult(upload_id=upload_id, count=len(stored), items=[entry_of(row) for row in stored])
+        text = result.model_dump_json()  # the answer, and the very text kept for replays
         if claim is not None:
-            await claim.save(conn, 201, result)
+            await claim.save(conn, 201, text)
     entries_created.labels("upload").inc(len(stored))
-    return model_response(result, 201)
+    return json_response(text, 201)

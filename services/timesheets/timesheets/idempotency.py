@@ -1,7 +1,8 @@
 """``Idempotency-Key`` for create and upload (draft-ietf-httpapi-idempotency-key-header).
 
 A retried request (same caller, same key, same normalised body) gets the first response again,
-byte for byte in content and with the same status, and creates nothing; the same key with a different
+byte for byte in content (kept as the text sent, not as jsonb) and with the same status and
+``Location``, plus ``Idempotent-Replayed: true``, and creates nothing; the same key with a different
 body is refused with 422. The key is claimed in the same transaction as the write it protects, so a
 request that fails leaves the key free and two concurrent retries cannot both write.
 """
@@ -15,7 +16,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from svckit.db import Connection
@@ -56,8 +56,9 @@ class Claim:
     caller: store.Principal
     key: str
 
-    async def save(self, conn: Connection, status: int, body: BaseModel, location: str | None = None) -> None:
-        await store.store_response(conn, self.caller, self.key, status, body.model_dump_json(), location)
+    async def save(self, conn: Connection, status: int, body: str, location: str | None = None) -> None:
+        """Keep the answer for replays: ``body``, the JSON text as sent (the same string)."""
+        await store.store_response(conn, self.caller, self.key, status, body, location)
 
 
 async def begin(

@@ -8,6 +8,7 @@ the result only when nothing ``parse_body`` refuses can be in it:
 
 * not UTF-8, a byte order mark, invalid JSON, a value the model refuses: pydantic refuses them too
   (this path then gives way and ``parse_body`` answers, 400 or 422 as always);
+* a ``Content-Encoding`` header (``parse_body`` refuses any coding but ``identity``, 415): gives way;
 * no ``\\u`` escape at all (the only way JSON text carries a lone surrogate) and no control character
   anywhere (JSON forbids them in strings; whitespace between tokens is allowed, but a compact body
   has none, and one that has them gives way);
@@ -27,10 +28,8 @@ The approvals service's ``POST /internal/timesheets/{id}/decision`` bodies are r
 (:func:`fast_decision`, ``ApplyDecision``), under the same conditions, adapted to its model: every
 member is a string, null or the one nested object ``by`` (whose members are strings or null), so
 anything nested deeper, and any number, ``true`` or ``false`` where a string is expected, is refused
-by the model — except ``at``, a datetime, which pydantic also reads from a number (so does
-``parse_body``'s model, but not from a number ``parse_body`` refuses, 1e999 say): the one-pass read
-takes a body only when ``at`` is written as a string (``"at":"``; a member name is followed by ``":``
-nowhere else once the count below holds); member names counted with the nested object's.
+by the model — ``at`` included: an ``Instant`` is RFC 3339 text only, never a number; member names
+counted with the nested object's.
 """
 
 from __future__ import annotations
@@ -78,14 +77,15 @@ def fast_entry(raw: bytes) -> EntryIn | None:
 
 def fast_decision(raw: bytes) -> ApplyDecision | None:
     """The decision in ``raw`` as ``parse_body`` reads it, or None: let ``parse_body`` read (and
-    answer); only with ``at`` written as a string (see the module docstring)."""
-    return _one_pass(raw, ApplyDecision, ("by",)) if b'"at":"' in raw else None
+    answer)."""
+    return _one_pass(raw, ApplyDecision, ("by",))
 
 
 async def _read(request: Request, model: type[M], fast: Callable[[bytes], M | None]) -> M:
     """The request's body as ``model``, read by ``fast`` when it can vouch for it, or the problem
     ``parse_body`` raises for it."""
-    if request.headers.get("content-type", "").lower() == "application/json":
+    headers = request.headers
+    if headers.get("content-type", "").lower() == "application/json" and "content-encoding" not in headers:
         found = fast(await request.body())
         if found is not None:
             return found

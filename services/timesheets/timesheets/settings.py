@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
+from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 from svckit.settings import DatabaseSettings, RedisSettings
 
 
@@ -16,8 +17,9 @@ class TimesheetsSettings(DatabaseSettings, RedisSettings):
     audit_url: str = "http://127.0.0.1:8103"
     # How long a create/upload Idempotency-Key is remembered (retries later than this create anew).
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
-    # Largest request body: a 1,000-row upload with long notes is ~2 MB.
-    max_body_bytes: int = Field(default=4 << 20, ge=64 << 10, le=64 << 20)
+    # Largest request body: a 1,000-row upload of the longest rows, in any BMP script, \u-escaped too
+    # (~14.2 MB; svckit.contracts.timesheets.MAX_UPLOAD_BYTES, 16 MiB).
+    max_body_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=64 << 10, le=64 << 20)
     # The outbox relay: how often it polls besides LISTEN/NOTIFY, and its longest backoff while the
     # audit service is unreachable (so the backlog drains within this long after it returns).
     outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)

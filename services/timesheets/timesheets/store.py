@@ -369,7 +369,7 @@ async def claim_key(
     if claimed:
         return None
     record = await conn.fetchrow(
-        """SELECT operation, fingerprint, status_code, response::text AS response, location
+        """SELECT operation, fingerprint, status_code, response, location
            FROM idempotency_keys WHERE caller_issuer = $1 AND caller_subject = $2 AND key = $3""",
         caller[0],
         caller[1],
@@ -383,7 +383,7 @@ async def store_response(
     conn: Connection, caller: Principal, key: str, status: int, body: str, location: str | None
 ) -> None:
     await conn.execute(
-        """UPDATE idempotency_keys SET status_code = $4, response = $5::jsonb, location = $6
+        """UPDATE idempotency_keys SET status_code = $4, response = $5, location = $6
            WHERE caller_issuer = $1 AND caller_subject = $2 AND key = $3""",
         caller[0],
         caller[1],

@@ -1194,7 +1194,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The body is not application/json. */
+      /** @description The body is not application/json, or is in a content coding (a Content-Encoding other than identity: Accept-Encoding says so). */
       415: {
         headers: {
           [name: string]: unknown;
@@ -1440,7 +1440,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The body is not application/json. */
+      /** @description The body is not application/json, or is in a content coding (a Content-Encoding other than identity: Accept-Encoding says so). */
       415: {
         headers: {
           [name: string]: unknown;
@@ -2313,7 +2313,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The body is not application/json. */
+      /** @description The body is not application/json, or is in a content coding (a Content-Encoding other than identity: Accept-Encoding says so). */
       415: {
         headers: {
           [name: string]: unknown;

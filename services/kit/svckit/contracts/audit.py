@@ -361,7 +361,7 @@ def _valid_cursor(value: str) -> str:
 class EventsQuery(BaseModel):
     """Filters of ``GET /audit/events``; every one optional, combined with AND."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     actor: Filter | None = Field(None, description="Actor subject.")
     actor_issuer: RequiredName | None = Field(None, description="Actor issuer (with or without actor).")

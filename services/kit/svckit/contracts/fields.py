@@ -32,10 +32,23 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F"
 # Free text: any characters but control characters (line breaks and tabs are fine).
 FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
+# Whitespace to ECMA-262 (``\s``: WhiteSpace and LineTerminator, U+FEFF included) or to Python (``\s``,
+# ``str.isspace``: U+001C-U+001F and U+0085 included), listed rather than written ``\s``, which the two
+# read differently.
+WHITESPACE = (
+    "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+# What a name may not consist of only: control characters and that whitespace.
+_BLANK_CLASS = r"\u0000-\u0020\u007F\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
-# \u0085 is whitespace to Python but not to ECMA-262, so it is named explicitly.
-NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^\s\u0085\u0000-\u001F\u007F][^{_CONTROL_CLASS}]*$"
+NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# RFC 3339 date-time (section 5.6): a full date, "T", a full time with seconds, and an offset ("Z" or
+# +hh:mm / -hh:mm); the letters in either case, as the RFC's ABNF allows.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 # Opaque cursors are base64url without padding.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
@@ -55,12 +68,35 @@ def no_control_chars(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    """``value`` without surrounding :data:`WHITESPACE` (pydantic's strip leaves U+FEFF, which
+    ECMA-262 and so the published pattern count as whitespace); a name of nothing else is blank."""
+    value = value.strip(WHITESPACE)
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
 def _iso_date_text(value: Any) -> Any:
     """Only ``YYYY-MM-DD`` strings: pydantic alone would also take numbers (as Unix times)."""
     if isinstance(value, dt.date):
         return value
     if not isinstance(value, str) or not re.fullmatch(ISO_DATE_PATTERN, value):
         raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+_RFC3339 = re.compile(RFC3339_PATTERN)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Only RFC 3339 date-time strings (or datetimes built in code): pydantic alone would also take
+    numbers and strings of digits (as Unix times: ``20261203`` is 1970-08-23), times without seconds,
+    and offsets without a colon."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-23T09:30:00Z")
     return value
 
 
@@ -131,10 +167,11 @@ def _has_utc_form(value: dt.datetime) -> dt.datetime:
     return value
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_has_utc_form)]
-"""An aware timestamp in a request that has a UTC form. ``AwareDatetime`` alone takes
-``0001-01-01T00:00:00+14:00``, before year 1 in UTC: unrepresentable, and the database driver failed
-with a 500 converting it."""
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_has_utc_form)]
+"""An aware timestamp in a request, RFC 3339 text with an offset, that has a UTC form. The published
+schema is ``AwareDatetime``'s (``format: date-time``). ``AwareDatetime`` alone reads ``20261203`` or
+``0.5`` as Unix times, and takes ``0001-01-01T00:00:00+14:00``, before year 1 in UTC:
+unrepresentable, and the database driver failed with a 500 converting it."""
 
 Timestamp = Annotated[
     dt.datetime,
@@ -157,6 +194,7 @@ class NameText(GroupedMetadata):
         yield Strict()
         yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
         yield AfterValidator(no_control_chars)
+        yield AfterValidator(_not_blank)
         yield WithJsonSchema(
             {
                 "type": "string",
@@ -223,7 +261,9 @@ __all__ = [
     "FREE_TEXT_PATTERN",
     "ISO_DATE_PATTERN",
     "NAME_PATTERN",
+    "RFC3339_PATTERN",
     "UUID_SCHEMA",
+    "WHITESPACE",
     "CursorText",
     "Instant",
     "IsoDate",

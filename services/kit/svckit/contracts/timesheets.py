@@ -21,6 +21,11 @@ STATUSES = ("submitted", "approved", "rejected")
 Status = Literal["submitted", "approved", "rejected"]
 Verdict = Literal["approved", "rejected"]
 MAX_UPLOAD_ENTRIES = 1000
+# The largest upload body (the timesheets service's and the gateway's MAX_BODY_BYTES default): the
+# most rows at their longest (user 255, project 100, notes 2,000 characters) in any script of the
+# Basic Multilingual Plane even written as \uXXXX escapes (6 bytes a character, what json.dumps
+# writes by default) is ~14.2 MB; as UTF-8, at most 4 bytes a character, ~9.5 MB.
+MAX_UPLOAD_BYTES = 16 << 20
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
 MAX_CURSOR = 512
@@ -155,7 +160,7 @@ Limit = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Page size.")]
 class ListQuery(BaseModel):
     """``GET /timesheets`` query string."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     from_: IsoDate | None = Field(default=None, alias="from", description="Earliest date (inclusive).")
     to: IsoDate | None = Field(default=None, description="Latest date (inclusive); not before from.")
