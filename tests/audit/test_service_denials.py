@@ -119,14 +119,19 @@ def forged(caller: Caller, identity: Identity, method: str, url: str, body: byte
     return headers
 
 
-async def denials(platform: Platform, source: str, expected: int, timeout: float = 15.0) -> list[Any]:
-    """The ``access.denied`` records of ``source``, once their counts add up to ``expected``."""
+async def denials(
+    platform: Platform, source: str, expected: int, status: int | None = None, timeout: float = 15.0
+) -> list[Any]:
+    """The ``access.denied`` records of ``source`` (of ``status`` only, when given), once their counts
+    add up to ``expected``."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         params = {"action": "access.denied", "source": source, "limit": "100"}
         reply = await platform.audit.call("GET", "/audit/events", CAROL, params=params)
         assert reply.status == 200, reply.text
-        items: list[Any] = reply.body["items"]
+        items: list[Any] = [
+            item for item in reply.body["items"] if status is None or item["details"]["status"] == status
+        ]
         total = sum(item["details"]["count"] for item in items)
         if total >= expected or asyncio.get_running_loop().time() > deadline:
             return items
@@ -181,9 +186,8 @@ async def test_a_scope_refused_by_the_service_is_on_the_trail(platform: Platform
         "POST", "/timesheets", MALLORY, json={"date": "2026-11-23", "project": "X", "hours": 1}
     )
     assert reply.status == 403, reply.text
-    items = await denials(platform, "timesheets", 1)
-    scoped = [item for item in items if item["details"]["status"] == 403]
-    assert len(scoped) == 1, items
+    scoped = await denials(platform, "timesheets", 1, status=403)
+    assert len(scoped) == 1, scoped
     assert scoped[0]["actor"]["subject"] == "mallory"  # verified: the caller is the actor
     assert scoped[0]["details"]["reason"] == "insufficient_scope"
     assert scoped[0]["details"]["route"] == "/timesheets"
