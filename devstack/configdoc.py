@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
 PAIR_PREFIX = "identity_keys_"
 SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
+#: names with a hint in them that are no secret (their default is shown)
+NOT_SECRET = frozenset({"database_url", "demo_password", "audit_denial_max_keys"})
 
 MEANINGS = {
     "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
@@ -112,7 +114,9 @@ MEANINGS = {
     "audit_queue_size": "denial records waiting for the audit service (drops are counted beyond it)",
     "audit_batch_size": "denial records per delivery",
     "audit_flush_seconds": "longest wait before a partial batch is delivered",
-    "audit_denial_window_seconds": "anonymous and rate-limit denials are recorded as one count per window",
+    "audit_denial_window_seconds": "denials are recorded as one count per (status, reason, route, method, "
+    "caller, address) and window: the gateway's anonymous and rate-limit ones, the services' refused "
+    "identities and scopes",
     "audit_denial_max_keys": "aggregated denial records per window and worker (the rest share address `*`)",
     "identity_cookie_secure": "force the Secure cookie flag (default: on when the issuer is https)",
     "identity_allow_insecure_http": "allow an http issuer other than localhost (never in production)",
@@ -148,7 +152,7 @@ MEANINGS = {
 def _default(field: FieldInfo, name: str) -> str:
     if field.is_required():
         return "required"
-    if any(hint in name for hint in SECRET_HINTS) and name not in {"database_url", "demo_password"}:
+    if any(hint in name for hint in SECRET_HINTS) and name not in NOT_SECRET:
         return "(secret, none)"
     value: Any = field.default
     if value is PydanticUndefined and field.default_factory is not None:

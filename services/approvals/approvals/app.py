@@ -13,7 +13,7 @@ from svckit.health import http_peer_check
 from svckit.http import HttpClient, SignedClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
-from svckit.outbox import OutboxRelay
+from svckit.outbox import DB_ERRORS, OutboxRelay
 from svckit.settings import load_settings
 
 from . import api
@@ -86,5 +86,8 @@ def create_app(settings: ApprovalsSettings | None = None, *, direct: bool = True
         lifespan=lifespan,
         openapi=document(ROUTES),
         direct_routes=ROUTES if direct else (),
+        # refused identities and scopes: aggregated records, committed to the outbox like the rest
+        denial_sink=relay.record,
+        denial_sink_errors=DB_ERRORS,
         state={"timesheets": timesheets, "workflow": workflow, "reconciler": reconciler, "relay": relay},
     )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pydantic import Field
-from svckit.settings import DatabaseSettings, RedisSettings
+from svckit.settings import DatabaseSettings, DenialAuditSettings, RedisSettings
 
 
-class ApprovalsSettings(DatabaseSettings, RedisSettings):
+class ApprovalsSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
 
     service_name: str = "approvals"

@@ -12,6 +12,7 @@ from svckit.app import create_service_app
 from svckit.contracts.audit import MAX_BATCH, MAX_DETAILS_BYTES
 from svckit.db import Database
 from svckit.logs import configure_logging
+from svckit.outbox import DB_ERRORS
 from svckit.settings import load_settings
 
 from .api import INGEST, routes
@@ -67,6 +68,10 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         openapi=build_document(),
         max_body_size=MAX_BODY_BYTES,
         direct_routes=[INGEST],
+        # its own refusals (a forged sender at the ingest endpoint too) go on its own trail, appended
+        # in process: never sent to itself over HTTP, where they could be refused in turn
+        denial_sink=store.append,
+        denial_sink_errors=DB_ERRORS,
         state={
             "store": store,
             "verify_lock": asyncio.Lock(),

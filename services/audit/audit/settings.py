@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from svckit.settings import DatabaseSettings, RedisSettings
+from svckit.settings import DatabaseSettings, DenialAuditSettings, RedisSettings
 
 from .checkpoints import CheckpointKeys
 
 
-class AuditSettings(DatabaseSettings, RedisSettings):
+class AuditSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
 
     service_name: str = "audit"

@@ -12,7 +12,9 @@ Two kinds of record, both audit events with action ``access.denied`` and outcome
   (RFC 3339, UTC) besides ``status``, ``reason``, ``method``, ``route`` and ``address``; the event's
   ``request_id`` is the first denied request's. However many requests a flood sends, the trail grows
   by at most ``AUDIT_DENIAL_MAX_KEYS`` records per window and worker (further callers share the
-  address ``*``), and the counts add up to what was refused. The shape is in ``docs/CONTRACTS.md``.
+  address ``*``), and the counts add up to what was refused. The aggregation is the kit's
+  (:class:`svckit.denials.DenialWindows`), which the services behind the gateway use for their own
+  refusals too; the shape is in ``docs/CONTRACTS.md``.
 
 The request path only updates a dictionary (aggregated) or appends to a bounded queue
 (``AUDIT_QUEUE_SIZE``, per request); a supervised background task (:class:`svckit.tasks.PeriodicTask`)
@@ -31,164 +33,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.denials import ACTION, DenialWindows, actor_of
 from svckit.http import SignedClient
 from svckit.identity import Identity
-from svckit.outbox import INGEST_PATH, Actor, AuditEvent
+from svckit.outbox import INGEST_PATH, AuditEvent
 from svckit.tasks import PeriodicTask
 
 from . import metrics
 
 log = logging.getLogger("gateway.denials")
 
-ANONYMOUS = Actor(issuer="", subject="anonymous", kind="anonymous")
 REFUSED_STATUSES = frozenset({400, 413, 422})
-OTHER_ADDRESS = "*"
 
 
 class DeliveryFailed(Exception):
     """The audit service did not take a batch (the periodic task backs off)."""
-
-
-@dataclass(slots=True)
-class Tally:
-    """One aggregated record in the making."""
-
-    count: int
-    first_request_id: str
-    identity: Identity | None
-
-
-# (window index, status, reason, route, method, issuer, subject, address)
-Key = tuple[int, int, str, str, str, str, str, str]
-
-
-class DenialWindows:
-    """Counts denials per key and fixed window; hands out one event per key when its window ends."""
-
-    def __init__(self, window_seconds: float, max_keys: int, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.window_seconds = window_seconds
-        self.max_keys = max_keys
-        self._now = clock.time
-        self._tallies: dict[Key, Tally] = {}
-        self._keys_in: collections.Counter[int] = collections.Counter()  # keys per window
-
-    def add(
-        self,
-        *,
-        status: int,
-        reason: str,
-        route: str,
-        method: str,
-        identity: Identity | None,
-        address: str,
-        request_id: str,
-    ) -> None:
-        window = int(self._now() // self.window_seconds)
-        issuer, subject = (identity.issuer, identity.subject) if identity is not None else ("", "")
-        key = (window, status, reason, route, method, issuer, subject, address)
-        tally = self._tallies.get(key)
-        if tally is not None:
-            tally.count += 1
-            return
-        if self._keys_in[window] >= self.max_keys:  # a flood from many callers: one bucket for the rest
-            key = (window, status, reason, route, method, "", "", OTHER_ADDRESS)
-            identity = None
-            tally = self._tallies.get(key)
-            if tally is not None:
-                tally.count += 1
-                return
-        self._keys_in[window] += 1
-        self._tallies[key] = Tally(1, request_id, identity)
-
-    def close(self, *, everything: bool = False) -> list[dict[str, Any]]:
-        """Events for the windows that have ended (all windows when ``everything``, at shutdown)."""
-        if not self._tallies:
-            return []
-        now = self._now()
-        current = int(now // self.window_seconds)
-        done = [key for key in self._tallies if everything or key[0] < current]
-        events = []
-        for key in done:
-            tally = self._tallies.pop(key)
-            window, status, reason, route, method, _, _, address = key
-            start = window * self.window_seconds
-            end = min(start + self.window_seconds, now)
-            events.append(
-                aggregated_event(
-                    status=status,
-                    reason=reason,
-                    route=route,
-                    method=method,
-                    identity=tally.identity,
-                    address=address,
-                    count=tally.count,
-                    window_start=start,
-                    window_end=end,
-                    request_id=tally.first_request_id,
-                )
-            )
-        for window in [window for window in self._keys_in if everything or window < current]:
-            del self._keys_in[window]
-        return events
-
-    def __len__(self) -> int:
-        return len(self._tallies)
-
-
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _document(event: AuditEvent, identity: Identity | None) -> dict[str, Any]:
-    document = event.to_json()
-    if identity is None:
-        document["actor"] = ANONYMOUS.to_json()
-    return document
-
-
-def aggregated_event(
-    *,
-    status: int,
-    reason: str,
-    route: str,
-    method: str,
-    identity: Identity | None,
-    address: str,
-    count: int,
-    window_start: float,
-    window_end: float,
-    request_id: str,
-) -> dict[str, Any]:
-    """The wire shape of one aggregated denial record (see the module docstring)."""
-    event = AuditEvent.create(
-        action="access.denied",
-        resource_type="route",
-        resource_id=f"{method} {route}",
-        outcome="denied",
-        actor=identity or Identity("", "anonymous"),
-        source="gateway",
-        details={
-            "status": status,
-            "reason": reason,
-            "method": method,
-            "route": route,
-            "address": address,
-            "count": count,
-            "window_start": _rfc3339(window_start),
-            "window_end": _rfc3339(window_end),
-        },
-        request_id=request_id,
-        occurred_at=datetime.fromtimestamp(window_end, UTC),
-        event_id=uuid.uuid4(),
-    )
-    return _document(event, identity)
 
 
 class DenialAuditor:
@@ -205,7 +68,7 @@ class DenialAuditor:
     ) -> None:
         self.client = client
         self.batch_size = batch_size
-        self.windows = DenialWindows(window_seconds, max_keys, clock)
+        self.windows = DenialWindows(window_seconds, max_keys, clock, source="gateway")
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._queue_size = queue_size
         self._identity = Identity.service("gateway")
@@ -244,16 +107,16 @@ class DenialAuditor:
         if required_scope:
             details["required_scope"] = required_scope
         event = AuditEvent.create(
-            action="access.denied",
+            action=ACTION,
             resource_type="route",
             resource_id=f"{method} {route}",
             outcome="denied",
-            actor=identity or Identity("", "anonymous"),
+            actor=actor_of(identity),
             source="gateway",
             details=details,
             request_id=request_id,
         )
-        self._enqueue([_document(event, identity)])
+        self._enqueue([event.to_json()])
 
     def aggregate(
         self,
@@ -266,7 +129,8 @@ class DenialAuditor:
         identity: Identity | None,
         address: str,
     ) -> None:
-        """Count one denial towards its window's record (no I/O, no allocation when the key exists)."""
+        """Count one denial towards its window's record (no I/O, no allocation when the key exists:
+        :class:`svckit.denials.DenialWindows`, shared with the services behind the gateway)."""
         self.windows.add(
             status=status,
             reason=reason,
@@ -295,7 +159,7 @@ class DenialAuditor:
 
     async def deliver(self) -> bool:
         """Close ended windows, send one batch; ``True`` when more is queued. Raises DeliveryFailed."""
-        self._enqueue(self.windows.close())
+        self._enqueue([event.to_json() for event in self.windows.close()])
         if not self._queue:
             return False
         batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
@@ -326,7 +190,7 @@ class DenialAuditor:
     async def stop(self, flush_timeout: float = 3.0) -> None:
         """Try once to deliver what is queued (open windows included), bounded in time; count the rest."""
         await self.task.stop(timeout=flush_timeout)
-        self._enqueue(self.windows.close(everything=True))
+        self._enqueue([event.to_json() for event in self.windows.close(everything=True)])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + flush_timeout
         while self._queue and loop.time() < deadline:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 from svckit.dpop import DpopSettings
 from svckit.proxies import parse_networks
-from svckit.settings import CsvList, RedisSettings, decode_secret
+from svckit.settings import CsvList, DenialAuditSettings, RedisSettings, decode_secret
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[2]
@@ -40,7 +40,7 @@ def available_cpus() -> int:
         return max(1, min(64, os.cpu_count() or 1))
 
 
-class GatewaySettings(RedisSettings, DpopSettings):
+class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     service_name: str = "gateway"
     port: int = 8080
     metrics_port: int = 9080
@@ -112,10 +112,8 @@ class GatewaySettings(RedisSettings, DpopSettings):
     audit_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
     audit_batch_size: int = Field(default=200, ge=1, le=500)
     audit_flush_seconds: float = Field(default=0.5, gt=0, le=60)
-    # anonymous and rate-limit denials are counted per window and recorded once per (reason, route,
-    # caller, address) and window, at most AUDIT_DENIAL_MAX_KEYS records per window and worker
-    audit_denial_window_seconds: float = Field(default=60.0, ge=0.05, le=3600)
-    audit_denial_max_keys: int = Field(default=1000, ge=1, le=100_000)
+    # anonymous and rate-limit denials are counted per window: AUDIT_DENIAL_WINDOW_SECONDS and
+    # AUDIT_DENIAL_MAX_KEYS (svckit.settings.DenialAuditSettings, shared with the services)
 
     # --- the SPA ------------------------------------------------------------------------------
     spa_dist_dir: Path = REPO_ROOT / "spa" / "dist"

@@ -1,14 +1,11 @@
-"""Aggregated denials and the per-address budget, in process, on a fake clock."""
+"""The per-address budget of anonymous denials, in process, on a fake clock (their aggregation per
+window is the kit's: services/kit/tests/test_denials.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from gateway import ratelimit
-from gateway.denials import OTHER_ADDRESS, DenialWindows
 from gateway.ratelimit import RateLimiter
-from svckit.identity import Identity
 from svckit.redisguard import RedisGuard
 
 from testkit.clock import FakeClock
@@ -16,80 +13,6 @@ from testkit.clock import FakeClock
 pytestmark = pytest.mark.unit
 
 START = 1_800_000_000.0  # a multiple of 60 and of 10
-
-
-def deny(windows: DenialWindows, address: str = "198.51.100.1", **overrides: Any) -> None:
-    values: dict[str, Any] = {
-        "status": 401,
-        "reason": "missing_token",
-        "route": "/api/timesheets",
-        "method": "GET",
-        "identity": None,
-        "address": address,
-        "request_id": "first-request",
-        **overrides,
-    }
-    windows.add(**values)
-
-
-def test_a_window_becomes_one_record_per_key_when_it_ends() -> None:
-    clock = FakeClock(start=START)
-    windows = DenialWindows(10, max_keys=100, clock=clock)
-    for _ in range(500):
-        deny(windows)
-    deny(windows, reason="bad_signature", request_id="other")
-    deny(windows, status=429, reason="rate_limit_subject", identity=Identity("https://i/", "sam"))
-    assert windows.close() == []  # the window is still open
-    clock.advance(9.5)
-    deny(windows)
-    assert windows.close() == []
-    clock.advance(0.5)
-    records = windows.close()
-    assert len(records) == 3
-    by_reason = {record["details"]["reason"]: record for record in records}
-    flood = by_reason["missing_token"]
-    assert flood["details"] == {
-        "status": 401,
-        "reason": "missing_token",
-        "method": "GET",
-        "route": "/api/timesheets",
-        "address": "198.51.100.1",
-        "count": 501,
-        "window_start": "2027-01-15T08:00:00.000Z",
-        "window_end": "2027-01-15T08:00:10.000Z",
-    }
-    assert flood["request_id"] == "first-request"
-    assert flood["actor"]["kind"] == "anonymous"
-    assert flood["action"] == "access.denied"
-    assert flood["outcome"] == "denied"
-    assert flood["resource"] == {"type": "route", "id": "GET /api/timesheets"}
-    assert flood["occurred_at"].startswith("2027-01-15T08:00:10")
-    limited = by_reason["rate_limit_subject"]
-    assert limited["actor"]["subject"] == "sam"  # a verified caller's refusals name the caller
-    assert len(windows) == 0
-    assert windows.close() == []
-
-
-def test_a_flood_from_many_addresses_is_bounded_by_max_keys() -> None:
-    clock = FakeClock(start=START)
-    windows = DenialWindows(10, max_keys=5, clock=clock)
-    for i in range(1000):
-        deny(windows, address=f"2001:db8::{i:x}")
-    clock.advance(10)
-    records = windows.close()
-    assert len(records) == 6  # five addresses, then everyone else together
-    other = [record for record in records if record["details"]["address"] == OTHER_ADDRESS]
-    assert [record["details"]["count"] for record in other] == [995]
-    assert sum(record["details"]["count"] for record in records) == 1000
-
-
-def test_shutdown_closes_the_open_window_up_to_now() -> None:
-    clock = FakeClock(start=START)
-    windows = DenialWindows(60, max_keys=5, clock=clock)
-    deny(windows)
-    clock.advance(12.5)
-    [record] = windows.close(everything=True)
-    assert record["details"]["window_end"] == "2027-01-15T08:00:12.500Z"
 
 
 def limiter(clock: FakeClock, per_address: int) -> RateLimiter:

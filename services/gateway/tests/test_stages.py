@@ -537,8 +537,8 @@ async def test_the_edge_answers_refusals_as_problems_and_audits_them(rig: Rig) -
         assert (await rig.call(scope()))[0] == 401
     assert len(rig.auditor.windows) == 1  # six anonymous denials: one record in the making
     [record] = rig.auditor.windows.close(everything=True)
-    assert record["details"]["count"] == 6
-    assert record["details"]["address"] == PEER
+    assert record.details["count"] == 6
+    assert record.details["address"] == PEER
 
 
 async def test_the_edge_refuses_a_flood_before_verifying() -> None:
@@ -548,7 +548,7 @@ async def test_the_edge_refuses_a_flood_before_verifying() -> None:
     statuses = [(await rig.call(scope(token="junk")))[0] for _ in range(25)]
     assert statuses == [401] * 10 + [429] * 15
     windows = rig.auditor.windows.close(everything=True)
-    counts = {event["details"]["reason"]: event["details"]["count"] for event in windows}
+    counts = {event.details["reason"]: event.details["count"] for event in windows}
     assert counts == {"malformed": 10, "rate_limit_address": 15}
     # a token verified before passes (403 here: it got as far as the scopes); a new one waits its turn
     assert (await rig.call(scope(raw=b"/api/audit/events", token=known)))[0] == 403

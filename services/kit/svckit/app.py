@@ -27,13 +27,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted, OutcomeUnknown
+from .denials import DenialRecorder, Sink
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .replay import ReplayMemory
-from .settings import ServiceSettings
+from .settings import DenialAuditSettings, ServiceSettings
 
 DEFAULT_MAX_BODY = 1 << 20
 #: the cyclic collector's thresholds once a service has started (see :func:`freeze_startup_objects`)
@@ -127,6 +128,8 @@ def create_service_app(
     state: Mapping[str, Any] | None = None,
     verifier: IdentityVerifier | None = None,
     direct_routes: Sequence[Route] = (),
+    denial_sink: Sink | None = None,
+    denial_sink_errors: tuple[type[BaseException], ...] = (),
 ) -> Starlette:
     """Build a service app. ``state`` entries end up on ``app.state`` for handlers to use.
 
@@ -134,7 +137,11 @@ def create_service_app(
     senders that are not platform services). ``direct_routes``: routes among ``routes`` whose endpoint
     is a raw ASGI app, called by the front layer itself rather than through Starlette's router
     (:class:`svckit.middleware.ServiceFront`): a hot route's few tens of microseconds; the answers are
-    the same, errors included."""
+    the same, errors included.
+
+    ``denial_sink``: where the service's denials go (:class:`svckit.denials.DenialRecorder`: refused
+    identities, 401, and the kit's 403s, aggregated per window as ``settings`` say); its errors
+    ``denial_sink_errors`` mean "try again later". The recorder is ``app.state.denials``."""
     all_checks: dict[str, Check] = {}
     if database is not None:
         all_checks["postgres"] = database.check
@@ -148,6 +155,16 @@ def create_service_app(
     if openapi is not None:
         operational.append(openapi_route(openapi))
 
+    denials: DenialRecorder | None = None
+    if denial_sink is not None:
+        assert isinstance(settings, DenialAuditSettings), "a service recording denials has their settings"
+        denials = DenialRecorder(
+            settings.service_name,
+            denial_sink,
+            window_seconds=settings.audit_denial_window_seconds,
+            max_keys=settings.audit_denial_max_keys,
+            expected=denial_sink_errors,
+        )
     replay: ReplayMemory | None = None
     gate: IdentityGate | None = None
     if require_identity:
@@ -155,7 +172,7 @@ def create_service_app(
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
         # each signed request is accepted once: by every replica when they share Redis (svckit.replay)
         replay = ReplayMemory.for_service(settings)
-        gate = IdentityGate(verifier, open_paths=(*OPEN_PATHS, *open_paths), replay=replay)
+        gate = IdentityGate(verifier, open_paths=(*OPEN_PATHS, *open_paths), replay=replay, denials=denials)
     handlers: dict[Any, Callable[[Request, Exception], Any]] = dict(EXCEPTION_HANDLERS)
     handlers[DatabaseUnavailable] = unavailable_handler
     for error in UNAVAILABLE_ERRORS:
@@ -173,6 +190,8 @@ def create_service_app(
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
         if database is not None:
             database.start()
+        if denials is not None:
+            denials.start()
         try:
             if lifespan is not None:
                 async with lifespan(app):
@@ -182,6 +201,8 @@ def create_service_app(
                 freeze_startup_objects()
                 yield
         finally:
+            if denials is not None:
+                await denials.stop()  # the last records, while the database is still there
             if replay is not None:
                 replay.close()
                 if replay.redis is not None:
@@ -195,8 +216,11 @@ def create_service_app(
     # catch-all (a ``{…:path}`` route: the gateway's SPA) after the operational ones it would shadow
     catch_all = [route for route in routes if ":path}" in getattr(route, "path", "")]
     specific = [route for route in routes if route not in catch_all]
+    all_routes = [*specific, *operational, *catch_all]
+    if denials is not None:
+        denials.routes = all_routes  # the template of a request refused before it was routed
     app = Starlette(
-        routes=[*specific, *operational, *catch_all],
+        routes=all_routes,
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=app_lifespan,
@@ -204,6 +228,7 @@ def create_service_app(
     app.state.settings = settings
     app.state.database = database
     app.state.http = http
+    app.state.denials = denials
     for key, value in (state or {}).items():
         setattr(app.state, key, value)
     return app

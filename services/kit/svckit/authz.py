@@ -6,6 +6,10 @@ route the gateway does not know yet, a peer service calling the wrong route) is 
 Handlers declare the requirement next to their definition with :func:`requires_scope` /
 :func:`requires_service`; both record it on the endpoint (``endpoint.required_scope`` /
 ``endpoint.required_service``) so tests and OpenAPI checks can read it back.
+
+Each such 403 is a denial on the audit trail: counted towards an aggregated ``access.denied`` record
+naming the (verified) caller, reason ``insufficient_scope`` or ``service_only``, when the app records
+denials (``app.state.denials``, a :class:`svckit.denials.DenialRecorder`; a dict update here).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .denials import INSUFFICIENT_SCOPE, SERVICE_ONLY
 from .identity import Identity
 from .problems import Problem
 
@@ -31,10 +36,18 @@ def identity_of(request: Request) -> Identity:
     return identity
 
 
+def _deny(request: Request, reason: str, identity: Identity) -> None:
+    """Count a 403 towards the trail, when the app records denials."""
+    denials = getattr(getattr(request.scope.get("app"), "state", None), "denials", None)
+    if denials is not None:
+        denials.deny(request.scope, 403, reason, identity)
+
+
 def require_scope(request: Request, scope: str) -> Identity:
     """The caller, if their identity holds ``scope``; otherwise a 403 problem naming the scope."""
     identity = identity_of(request)
     if not identity.has(scope):
+        _deny(request, INSUFFICIENT_SCOPE, identity)
         raise Problem(
             403,
             "Forbidden",
@@ -48,6 +61,7 @@ def require_service(request: Request, allowed: frozenset[str] = frozenset()) -> 
     """The caller, if it is a platform service principal (one of ``allowed`` when given); else 403."""
     identity = identity_of(request)
     if identity.kind != "service" or (allowed and identity.subject not in allowed):
+        _deny(request, SERVICE_ONLY, identity)
         raise Problem(403, "Forbidden", "This internal route only answers platform services.")
     return identity
 

@@ -40,6 +40,7 @@ from .context import new_request_id
 from .problems import Problem, problem_response
 
 if TYPE_CHECKING:
+    from .denials import DenialRecorder
     from .replay import ReplayMemory
 
 PREFIX = "x-identity-"
@@ -543,7 +544,10 @@ class IdentityGate:
     In order: the signature (401), the body against its signed ``Content-Digest`` (401
     ``digest_mismatch``; the body is read whole here, within ``max_body_size`` when given, and handed
     on), then the nonce against ``replay`` (401 ``replay``; 503 ``replay_store_unavailable`` for an
-    unsafe method while the shared memory is unreachable, see :mod:`svckit.replay`). On success the
+    unsafe method while the shared memory is unreachable, see :mod:`svckit.replay`). Each 401 is
+    counted in ``identity_verification_failures_total{reason}`` and, with ``denials``, towards an
+    aggregated anonymous ``access.denied`` record on the audit trail (:mod:`svckit.denials`: a dict
+    update here, written later; the principal the headers claim is never named). On success the
     identity is in ``scope["state"]["identity"]`` (``request.state.identity``). The kit's front
     (:class:`svckit.middleware.ServiceFront`) calls :meth:`admit`; :class:`IdentityMiddleware` is the
     same as a middleware of its own.
@@ -555,11 +559,13 @@ class IdentityGate:
         open_paths: Iterable[str] = ("/healthz", "/readyz", "/metrics", "/openapi.json"),
         replay: ReplayMemory | None = None,
         max_body_size: int | None = None,
+        denials: DenialRecorder | None = None,
     ) -> None:
         self.verifier = verifier
         self.open_paths = frozenset(open_paths)
         self.replay = replay
         self.max_body_size = max_body_size
+        self.denials = denials
 
     async def admit(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The ``receive`` to call the application with (the body already read, handed over once), or
@@ -606,9 +612,10 @@ class IdentityGate:
         scope.setdefault("state", {})["identity"] = identity
         return replaying_receive(body, receive)
 
-    @staticmethod
-    async def _refuse(reason: str, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, reason: str, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
         failures.labels(reason).inc()
+        if self.denials is not None:
+            self.denials.deny(scope, 401, reason)  # anonymous: the identity did not verify
         await problem_response(401, "Unauthorized", detail, reason=reason)(scope, receive, send)
 
 

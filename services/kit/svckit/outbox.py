@@ -266,6 +266,19 @@ class OutboxRelay:
         """Deliver now instead of at the next poll (not while backing off after a failed delivery)."""
         self.task.wake()
 
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        """Commit ``events`` to the outbox on their own — records of no state change of the service,
+        such as its aggregated denials (:mod:`svckit.denials`) — and wake this relay. One transaction:
+        all of them or none (a database error propagates: :data:`DB_ERRORS`)."""
+        if not events:
+            return
+        async with self.database.transaction() as conn:
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb)",
+                [event_parameters(event) for event in events],
+            )
+        self.wake()
+
     # ---- one pass (run by the periodic task) ----------------------------------------------------
 
     async def _pass(self) -> bool:

@@ -178,6 +178,16 @@ class ServiceSettings(BaseSettings):
         return keys
 
 
+class DenialAuditSettings(ServiceSettings):
+    """Settings of a process whose denials go to the audit trail aggregated per window
+    (:mod:`svckit.denials`): the gateway and every service behind it."""
+
+    # denials are recorded once per (status, reason, route, method, caller, address) and window, at most
+    # AUDIT_DENIAL_MAX_KEYS records per window and worker (callers beyond it share the address "*")
+    audit_denial_window_seconds: float = Field(default=60.0, ge=0.05, le=3600)
+    audit_denial_max_keys: int = Field(default=1000, ge=1, le=100_000)
+
+
 class DatabaseSettings(ServiceSettings):
     """Settings of a service that owns a Postgres schema."""
 
@@ -288,6 +298,7 @@ def copy_with(settings: S, **changes: Any) -> S:
 __all__ = [
     "CsvList",
     "DatabaseSettings",
+    "DenialAuditSettings",
     "IdentityKeys",
     "PairKeys",
     "RedisSettings",

@@ -107,5 +107,8 @@ def create_app(settings: TimesheetsSettings | None = None, *, direct: bool = Tru
         max_body_size=settings.max_body_bytes,
         openapi=document(ROUTES),
         state={"relay": relay},
+        # refused identities and scopes: aggregated records, committed to the outbox like the rest
+        denial_sink=relay.record,
+        denial_sink_errors=DB_ERRORS,
         direct_routes=[LIST, CREATE, PENDING, PEER_ENTRY, DECISION] if direct else [],
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
-from svckit.settings import DatabaseSettings, RedisSettings
+from svckit.settings import DatabaseSettings, DenialAuditSettings, RedisSettings
 
 
-class TimesheetsSettings(DatabaseSettings, RedisSettings):
+class TimesheetsSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     """Redis (REDIS_URL): the replay memory of signed requests shared by the replicas (svckit.replay)."""
 
     service_name: str = "timesheets"
