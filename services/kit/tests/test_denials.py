@@ -200,3 +200,17 @@ async def test_records_wait_while_the_sink_fails_within_a_bound_and_drops_are_co
     await denials.stop(timeout=0.2)
     assert dropped(denials) == 5
     assert denials.pending == 0
+
+
+async def test_windows_that_end_while_no_flush_runs_are_bounded_too() -> None:
+    """The flush task backs off up to 30 s while the sink fails; with a short window many windows end
+    meanwhile. Their tallies are not kept without bound until it runs again: past the bound, ended
+    windows become waiting records (themselves bounded, the rest dropped and counted)."""
+    sink, clock = Sink(), FakeClock(start=START)
+    denials = recorder(sink, clock, max_keys=3, max_pending=5)
+    for _window in range(50):  # no flush at all: the task is backing off
+        for i in range(3):
+            denials.deny(request_scope("GET", "/timesheets", client=f"10.0.1.{i}"), 401, "replay")
+        clock.advance(10)
+    assert len(denials.windows) + denials.pending <= 2 * 3 + 5
+    assert dropped(denials) >= 50 * 3 - (2 * 3 + 5)
