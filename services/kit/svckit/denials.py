@@ -161,6 +161,11 @@ class DenialWindows:
     def __len__(self) -> int:
         return len(self._tallies)
 
+    @property
+    def open_windows(self) -> int:
+        """Windows holding tallies: the current one, and ended ones not closed yet."""
+        return len(self._keys_in)
+
 
 def rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -269,6 +274,11 @@ class DenialRecorder:
             address=peer_address(scope),
             request_id=str(state.get("request_id", "")),
         )
+        if self.windows.open_windows > 2:
+            # windows ended while the flush task backs off (up to 30 s; a short window ends many
+            # times meanwhile): their tallies become waiting records now, within that bound too
+            # (each window's tallies are bounded by max_keys; at most once per window, so cheap)
+            self._take_closed()
 
     def route_of(self, scope: Scope) -> str:
         """The route template of the request: the one it was routed to, or (refused before routing) the
