@@ -72,3 +72,53 @@ def test_every_pair_key_is_generated_for_a_local_run() -> None:
 
     assert {pair_variable(sender, receiver) for sender, receiver in PAIRS} <= set(GENERATED)
     assert "IDENTITY_KEYS" not in GENERATED
+
+
+SETTINGS = {
+    "identity": "identity.settings:IdentitySettings",
+    "timesheets": "timesheets.settings:TimesheetsSettings",
+    "approvals": "approvals.settings:ApprovalsSettings",
+    "audit": "audit.settings:AuditSettings",
+    "gateway": "gateway.settings:GatewaySettings",
+}
+SCHEMA_OF = {"identity": "identity", "timesheets": "timesheets", "approvals": "approvals", "audit": "audit"}
+
+
+def readers_of(variable: str) -> set[str]:
+    """The services whose settings read ``variable`` (the only ones that need it)."""
+    import importlib
+
+    readers = set()
+    for service, path in SETTINGS.items():
+        module, name = path.split(":")
+        fields = getattr(importlib.import_module(module), name).model_fields
+        if variable.lower() in fields:
+            readers.add(service)
+    return readers
+
+
+def test_a_secret_of_one_service_reaches_no_other() -> None:
+    """`make dev` generates the identity provider's secrets (IDENTITY_SESSION_SECRET,
+    IDENTITY_KEY_ENCRYPTION_KEY, BATCH_CLIENT_SECRET) and the gateway's DPOP_NONCE_SECRET can be set,
+    but OWN_SECRETS names only AUDIT_CHECKPOINT_KEYS and GATEWAY_CACHE_SECRET: every other service
+    process gets the rest. A compromised audit or approvals process then holds the batch client's
+    secret (a batch:upload token for entries in anyone's name) and the key that decrypts the
+    provider's signing keys."""
+    env = {**ENV, **{name: f"secret-of-{name}" for name in GENERATED}, "DPOP_NONCE_SECRET": "n" * 40}
+    single_owner = {
+        name: readers.pop()
+        for name in [*GENERATED, "DPOP_NONCE_SECRET"]
+        if not name.endswith("_DB_PASSWORD")
+        and not name.startswith("IDENTITY_KEYS")
+        and len(readers := readers_of(name)) == 1
+    }
+    assert {"IDENTITY_SESSION_SECRET", "IDENTITY_KEY_ENCRYPTION_KEY", "BATCH_CLIENT_SECRET"} <= set(
+        single_owner
+    )
+    leaks = sorted(
+        f"{name} -> {service}"
+        for service in SETTINGS
+        for name, owner in single_owner.items()
+        if service != owner and name in service_database(env, service, SCHEMA_OF.get(service))
+    )
+    assert leaks == [], leaks
