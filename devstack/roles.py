@@ -21,8 +21,17 @@ from svckit.identity import PAIRS, pair_variable
 from svckit.roles import role_url
 
 DEFAULT_PREFIX = "tsp_"
-#: secrets that belong to one service: the others never see them
-OWN_SECRETS = {"AUDIT_CHECKPOINT_KEYS": "audit", "GATEWAY_CACHE_SECRET": "gateway"}
+#: secrets that belong to one service: the others never see them (tests/docs/test_devstack_roles.py
+#: finds every variable that only one service's settings read)
+OWN_SECRETS = {
+    "AUDIT_CHECKPOINT_KEYS": "audit",
+    "GATEWAY_CACHE_SECRET": "gateway",
+    "DPOP_NONCE_SECRET": "gateway",
+    "IDENTITY_KEY_ENCRYPTION_KEY": "identity",
+    "IDENTITY_SESSION_SECRET": "identity",
+    "BATCH_CLIENT_SECRET": "identity",
+    "DEMO_PASSWORD": "identity",
+}
 PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
 
 
