@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import zlib
 from pathlib import Path
 
 import asyncpg
@@ -250,3 +251,33 @@ async def test_the_platform_under_test_runs_as_its_runtime_roles(edge: object, d
         await owner.close()
     seen = {r["application_name"]: r["usename"] for r in rows}
     assert seen == {"audit": f"{ROLE_PREFIX}audit", "timesheets": f"{ROLE_PREFIX}timesheets"}
+
+
+async def test_another_services_role_cannot_hold_up_the_audit_chain(schemas: str) -> None:
+    """Appending to the trail is serialised by a transaction-scoped advisory lock whose key is public
+    (``crc32("audit-chain:<schema>")``, audit/store.py) and is passed to ``append_documents`` by the
+    caller. Advisory locks belong to the database, not to a schema, and take no privilege: any role
+    that may connect — the timesheets service's, stolen from its pod — can take that key and keep
+    it. Every append then waits behind it: nothing reaches the trail (the outboxes grow, the
+    gateway's denial queue overflows and drops records) for as long as the thief's session lives."""
+    chain_lock = zlib.crc32(b"audit-chain:audit")
+    thief = await as_role(schemas, "timesheets")
+    audit = await as_role(schemas, "audit")
+    try:
+        await thief.execute("SELECT pg_advisory_lock($1)", chain_lock)
+        async with audit.transaction():
+            await audit.execute("SET LOCAL lock_timeout = '1s'")
+            head = await audit.fetchrow("SELECT seq, hash FROM audit.chain_head")
+            assert head is not None
+            try:
+                await audit.fetch(
+                    "SELECT * FROM audit.append_documents($1, $2, $3, '{}'::text[], '{}'::text[])",
+                    chain_lock,
+                    head["seq"],
+                    head["hash"],
+                )
+            except asyncpg.LockNotAvailableError:
+                pytest.fail("the audit service's append waits on a lock the timesheets role holds")
+    finally:
+        await thief.close()
+        await audit.close()
