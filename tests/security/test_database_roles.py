@@ -122,6 +122,8 @@ async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) 
             ("checkpoints", "SELECT"),
             ("records", "INSERT"),
             ("records", "SELECT"),
+            ("service_locks", "SELECT"),  # its locks: rows locked FOR UPDATE (0012), which takes
+            ("service_locks", "UPDATE"),  # UPDATE; a CHECK keeps the two rows what they are
         ]
         # its append moved the head all the same: the owner's trigger does that, not this role
         head = await conn.fetchrow("SELECT seq, hash FROM audit.chain_head")

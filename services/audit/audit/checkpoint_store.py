@@ -6,7 +6,6 @@ that listing needs no parsing — nothing trusts those columns: verification rea
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -28,8 +27,6 @@ class CheckpointStore:
     def __init__(self, database: Database, schema: str) -> None:
         self.database = database
         self.schema = schema
-        #: taken by the signer: one checkpoint at a time across every replica
-        self.lock_key = zlib.crc32(f"audit-checkpoint:{schema}".encode())
 
     async def latest(self, conn: Connection) -> StoredCheckpoint | None:
         row = await conn.fetchrow(

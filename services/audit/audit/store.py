@@ -1,7 +1,8 @@
 """Reading and appending audit records; verifying the chain.
 
-Appending is the one serialised step of the service: a transaction-scoped advisory lock makes
-every ingesting transaction (on any replica) take the chain head, extend it and commit in turn, so
+Appending is the one serialised step of the service: a row lock (``service_locks``, migration 0012:
+not an advisory lock, which any role that may connect could take and keep) makes every ingesting
+transaction (on any replica) take the chain head, extend it and commit in turn, so
 the records form a single chain with gap-free ``seq``. Duplicates are detected under the same lock,
 so a re-sent event can never become a second record, however deliveries race.
 
@@ -243,6 +244,8 @@ class AuditStore:
     def __init__(self, database: Database, schema: str) -> None:
         self.database = database
         self.schema = schema
+        # the advisory key append_documents still takes as its first argument (the previous release's
+        # pods pass it too); since 0012 the function locks a row of service_locks instead
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
         self._insert = insert_statement(schema)
@@ -437,9 +440,8 @@ class AuditStore:
             # made while the table was small must not scan it for every group once it has grown;
             # and no JIT (with sequential scans off every plan costs more than jit_above_cost).
             await conn.execute(
-                "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true),"
-                " set_config('jit', 'off', true)",
-                self.lock_key,
+                f"SELECT 1 FROM {self.schema}.service_locks WHERE name = 'chain' FOR UPDATE;"
+                " SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
             )
             # A separate statement from the lock: its snapshot must be taken after the lock is held.
             # The head is one row by its key (0005), never a search of the records; jsonb's own text
