@@ -122,7 +122,17 @@ async def test_rate_limit_per_client_shared_through_redis(
 ) -> None:
     prefix = f"{redis_prefix}rl-{uuid.uuid4().hex[:6]}:"
     client = f"client-{uuid.uuid4().hex[:6]}"
-    settings = {"rate_limit_per_client": 6, "rate_limit_sync_seconds": 0.05, "redis_key_prefix": prefix}
+    settings = {
+        "rate_limit_per_client": 6,
+        "rate_limit_sync_seconds": 0.05,
+        "redis_key_prefix": prefix,
+        # the test takes ~2 s: in a 60 s fixed window it straddled a window's end one run in 30 (every
+        # count then starts again, and all four answers are 200); in the longest window, one in 1,800
+        "rate_limit_window_seconds": 3600,
+        # sharing is what is tested: a Redis reply slowed past the default 0.25 s by a loaded machine
+        # would open the circuit, and the limiter rightly fails open for REDIS_RETRY_SECONDS
+        "redis_timeout_seconds": 2.0,
+    }
     async with start_gateway(**settings) as one, start_gateway(**settings) as two:
         for i in range(4):
             token = provider.token(sub=f"u{i}", azp=client)
