@@ -5,4 +5,7 @@
 -- which Postgres assigns to a text column (jsonb's output cast), and reads `response::text`. The
 -- table holds one row per key within IDEMPOTENCY_TTL_HOURS, so the rewrite is short. Answers stored
 -- before this migration replay as jsonb wrote them (the same JSON value).
+--
+-- Version 4, not 3: deployments from before the kit owned the outbox ran their outbox as version 3
+-- (kept in their history when the kit adopted it: services/kit/tests/test_kit_migrations.py).
 ALTER TABLE idempotency_keys ALTER COLUMN response TYPE text USING response::text;
