@@ -9,109 +9,43 @@ cluster can run on this machine). The test then checks what an upgrade would app
 from __future__ import annotations
 
 import base64
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import helm_python as helm
 import pytest
 
+from tests.packaging.fakeapi import FakeApiServer, fake_api, object_path
 from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, Obj, parse_manifests
 
 SECRET_NAME = "ts-timesheets-generated"
-SECRET_PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET_NAME}"
+SECRET_PATH = object_path("Secret", SECRET_NAME)
 
 
-class FakeApiServer:
-    """Answers GET for API discovery and for one Secret; 404 (a Status object) for anything else."""
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with fake_api() as server:
+        yield server
 
-    def __init__(self) -> None:
-        self.secret: dict[str, Any] | None = None
-        self.requests: list[str] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                outer.requests.append(path)
-                body: dict[str, Any] | None = None
-                if path == "/api/v1":
-                    body = {
-                        "kind": "APIResourceList",
-                        "groupVersion": "v1",
-                        "resources": [
-                            {
-                                "name": "secrets",
-                                "singularName": "secret",
-                                "namespaced": True,
-                                "kind": "Secret",
-                                "verbs": ["get", "list"],
-                            }
-                        ],
-                    }
-                elif path == SECRET_PATH and outer.secret is not None:
-                    body = outer.secret
-                status = 200 if body is not None else 404
-                if body is None:
-                    body = {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "reason": "NotFound",
-                        "code": 404,
-                    }
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def live_secret(self, data: dict[str, str]) -> None:
-        self.secret = {
+def live_secret(api: FakeApiServer, data: dict[str, str]) -> None:
+    api.live(
+        {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
             "type": "Opaque",
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
+    )
 
 
 def render_against(api: FakeApiServer, *, upgrade: bool) -> dict[str, str]:
-    config = helm.Config(kube_apiserver=api.url, kube_token="test", namespace=NAMESPACE)
-    try:
-        with helm.Chart.load(CHART) as chart:
-            rendered = config.render(
-                chart,
-                SCENARIOS["values-dev.yaml"],
-                name=RELEASE,
-                namespace=NAMESPACE,
-                is_upgrade=upgrade,
-                is_install=not upgrade,
-            )
-    finally:
-        config.close()
-    (secret,) = [o for o in parse_manifests(rendered) if o["kind"] == "Secret"]
+    (secret,) = [
+        o
+        for o in parse_manifests(api.render(SCENARIOS["values-dev.yaml"], upgrade=upgrade))
+        if o["kind"] == "Secret"
+    ]
     return decoded(secret)
 
 
@@ -136,7 +70,7 @@ LIVE = {
 
 
 def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
-    api.live_secret(LIVE)
+    live_secret(api, LIVE)
     data = render_against(api, upgrade=True)
     assert SECRET_PATH in api.requests, "the chart looked the live Secret up"
     for key, value in LIVE.items():
@@ -154,7 +88,7 @@ def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
 
 def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: FakeApiServer) -> None:
     old = "identity-keys-gateway-to-timesheets"
-    api.live_secret({old: LIVE[old], "postgres-password": LIVE["postgres-password"]})
+    live_secret(api, {old: LIVE[old], "postgres-password": LIVE["postgres-password"]})
     data = render_against(api, upgrade=True)
     assert data[old] == LIVE[old]
     assert data["postgres-password"] == LIVE["postgres-password"]
