@@ -534,3 +534,39 @@ under the restricted Pod Security Standard. Call with (dict "root" $ "containers
 {{- define "timesheets.containerSecurityContext" -}}
 {{- toYaml .Values.containerSecurityContext }}
 {{- end -}}
+
+{{/*
+The generation of the contracts between this release's pods: the signed identity, the internal
+routes, the audit chain's lock. Pods of one generation can serve side by side in a rolling update;
+pods of two cannot (docs/upgrades.md, "Breaking boundaries"): 0.1.0's pods sign tsp-identity-v1 with
+one shared key, and append to the audit chain under an advisory lock, which this generation neither
+accepts nor takes. Raise it only with such a change, and say so in docs/upgrades.md.
+*/}}
+{{- define "timesheets.contractGeneration" -}}2{{- end -}}
+
+{{- define "timesheets.contractAnnotation" -}}timesheets.abc.example/contract-generation{{- end -}}
+
+{{/*
+A component's Deployment strategy (rollout.strategy): RollingUpdate or Recreate. "auto" is
+RollingUpdate, except on an upgrade whose live Deployment runs pods of another contract generation
+(timesheets.contractGeneration; 0.1.0's carry none): then Recreate, so that old and new pods never
+serve side by side. That costs a short outage of each component once, where a rolling update would
+answer 401 between old and new pods for its whole length. `lookup` finds nothing under `helm template`
+(GitOps): there, set rollout.strategy=Recreate for that one upgrade.
+*/}}
+{{- define "timesheets.rolloutStrategy" -}}
+{{- $root := .root -}}
+{{- $strategy := $root.Values.rollout.strategy -}}
+{{- if ne $strategy "auto" -}}
+{{- $strategy -}}
+{{- else -}}
+{{- $live := lookup "apps/v1" "Deployment" $root.Release.Namespace (include "timesheets.componentName" .) | default dict -}}
+{{- $annotations := dig "spec" "template" "metadata" "annotations" (dict) $live -}}
+{{- $generation := get $annotations (include "timesheets.contractAnnotation" $root) -}}
+{{- if and $live (ne $generation (include "timesheets.contractGeneration" $root)) -}}
+Recreate
+{{- else -}}
+RollingUpdate
+{{- end -}}
+{{- end -}}
+{{- end -}}

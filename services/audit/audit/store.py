@@ -244,8 +244,8 @@ class AuditStore:
     def __init__(self, database: Database, schema: str) -> None:
         self.database = database
         self.schema = schema
-        # the advisory key append_documents still takes as its first argument (the previous release's
-        # pods pass it too); since 0012 the function locks a row of service_locks instead
+        # the advisory key append_documents still takes as its first argument (pods built before
+        # migration 0012 pass it too); since 0012 the function locks a row of service_locks instead
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
         self._insert = insert_statement(schema)

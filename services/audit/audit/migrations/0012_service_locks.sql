@@ -8,8 +8,10 @@
 -- 'chain' serialises appends (append_documents below, and audit/store.py's transaction path);
 -- 'checkpoint' lets one replica at a time sign a checkpoint (audit/checkpointer.py).
 --
--- append_documents keeps its signature (a rolling upgrade's previous pods call it too, with the
--- advisory key they compute, now unused) and its body but for the lock.
+-- append_documents keeps its signature (pods built before this migration call it too, with the
+-- advisory key they compute, now unused) and its body but for the lock. 0.1.0's pods never call it:
+-- they take the advisory lock and insert themselves, so they must not append beside this release's
+-- pods; the chart recreates the audit pods across that boundary (docs/upgrades.md).
 CREATE TABLE service_locks (
     name text PRIMARY KEY CHECK (name IN ('chain', 'checkpoint'))
 );
