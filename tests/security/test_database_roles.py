@@ -118,12 +118,12 @@ async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) 
         )
         assert [(r["table_name"], r["privilege_type"]) for r in granted] == [
             ("chain_head", "SELECT"),
+            ("chain_lock", "UPDATE"),  # tables it only locks IN EXCLUSIVE MODE (0012), which takes
+            ("checkpoint_lock", "UPDATE"),  # UPDATE; they hold no rows (a CHECK refuses any)
             ("checkpoints", "INSERT"),
             ("checkpoints", "SELECT"),
             ("records", "INSERT"),
             ("records", "SELECT"),
-            ("service_locks", "SELECT"),  # its locks: rows locked FOR UPDATE (0012), which takes
-            ("service_locks", "UPDATE"),  # UPDATE; a CHECK keeps the two rows what they are
         ]
         # its append moved the head all the same: the owner's trigger does that, not this role
         head = await conn.fetchrow("SELECT seq, hash FROM audit.chain_head")
@@ -280,6 +280,11 @@ async def test_another_services_role_cannot_hold_up_the_audit_chain(schemas: str
                 )
             except asyncpg.LockNotAvailableError:
                 pytest.fail("the audit service's append waits on a lock the timesheets role holds")
+        # nor can it take the lock the append does take (no privilege in the audit schema at all)
+        for table in ("chain_lock", "checkpoint_lock"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with thief.transaction():
+                    await thief.execute(f"LOCK TABLE audit.{table} IN EXCLUSIVE MODE")
     finally:
         await thief.close()
         await audit.close()

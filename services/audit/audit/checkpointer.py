@@ -1,6 +1,6 @@
 """The checkpoint signer: a supervised periodic task that signs the chain's head when it grew.
 
-Each run, on one replica at a time (a row lock, ``service_locks``' ``checkpoint``; the others find the fresh
+Each run, on one replica at a time (a table lock, ``checkpoint_lock``; the others find the fresh
 checkpoint and do nothing): read the newest checkpoint and verify its signature; verify the records
 appended since — the checkpoint's head must still be in place and every later record must link to it —
 and only then sign the new head as checkpoint ``n + 1`` chained to it, store it, and write it as one
@@ -53,10 +53,8 @@ class Checkpointer:
         """One attempt; the checkpoint signed, or None (nothing new, another replica did, refused)."""
         checkpoints = self.store.checkpoints
         async with self.store.database.transaction() as conn:
-            # a row of the schema's own (0012), not an advisory lock another role could take
-            await conn.execute(
-                f"SELECT 1 FROM {checkpoints.schema}.service_locks WHERE name = 'checkpoint' FOR UPDATE"
-            )
+            # a table of the schema's own (0012), not an advisory lock another role could take
+            await conn.execute(f"LOCK TABLE {checkpoints.schema}.checkpoint_lock IN EXCLUSIVE MODE")
             stored = await checkpoints.latest(conn)
             last: Checkpoint | None = None
             if stored is not None:

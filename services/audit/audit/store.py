@@ -1,6 +1,6 @@
 """Reading and appending audit records; verifying the chain.
 
-Appending is the one serialised step of the service: a row lock (``service_locks``, migration 0012:
+Appending is the one serialised step of the service: a table lock (``chain_lock``, migration 0012:
 not an advisory lock, which any role that may connect could take and keep) makes every ingesting
 transaction (on any replica) take the chain head, extend it and commit in turn, so
 the records form a single chain with gap-free ``seq``. Duplicates are detected under the same lock,
@@ -245,7 +245,7 @@ class AuditStore:
         self.database = database
         self.schema = schema
         # the advisory key append_documents still takes as its first argument (pods built before
-        # migration 0012 pass it too); since 0012 the function locks a row of service_locks instead
+        # migration 0012 pass it too); since 0012 the function locks the table chain_lock instead
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
         self.checkpoints = CheckpointStore(database, schema)
         self._insert = insert_statement(schema)
@@ -440,7 +440,7 @@ class AuditStore:
             # made while the table was small must not scan it for every group once it has grown;
             # and no JIT (with sequential scans off every plan costs more than jit_above_cost).
             await conn.execute(
-                f"SELECT 1 FROM {self.schema}.service_locks WHERE name = 'chain' FOR UPDATE;"
+                f"LOCK TABLE {self.schema}.chain_lock IN EXCLUSIVE MODE;"
                 " SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
             )
             # A separate statement from the lock: its snapshot must be taken after the lock is held.

@@ -1,21 +1,22 @@
--- The service's locks as rows of a table in its schema, not advisory locks. An advisory lock needs
+-- The service's locks as locks on tables of its schema, not advisory locks. An advisory lock needs
 -- no privilege: any role that may connect to the database (another service's, stolen from its pod)
 -- could take the chain's key (crc32 of "audit-chain:<schema>", public in the source, and visible in
 -- pg_locks while the audit service holds it) and keep it, and nothing would reach the trail for as
--- long as its session lived. A row lock needs UPDATE on the table, and only the audit roles have any
--- privilege in this schema.
+-- long as its session lived. LOCK TABLE ... IN EXCLUSIVE MODE needs UPDATE on the table, and only
+-- the audit roles have any privilege in this schema. A table lock, like an advisory one, lives in the
+-- lock manager only: no row written, no WAL (a row locked FOR UPDATE costs a write and its WAL record
+-- on every append).
 --
--- 'chain' serialises appends (append_documents below, and audit/store.py's transaction path);
--- 'checkpoint' lets one replica at a time sign a checkpoint (audit/checkpointer.py).
+-- chain_lock serialises appends (append_documents below, and audit/store.py's transaction path);
+-- checkpoint_lock lets one replica at a time sign a checkpoint (audit/checkpointer.py). Neither holds
+-- rows: only their locks are used.
 --
 -- append_documents keeps its signature (pods built before this migration call it too, with the
 -- advisory key they compute, now unused) and its body but for the lock. 0.1.0's pods never call it:
 -- they take the advisory lock and insert themselves, so they must not append beside this release's
 -- pods; the chart recreates the audit pods across that boundary (docs/upgrades.md).
-CREATE TABLE service_locks (
-    name text PRIMARY KEY CHECK (name IN ('chain', 'checkpoint'))
-);
-INSERT INTO service_locks (name) VALUES ('chain'), ('checkpoint');
+CREATE TABLE chain_lock (nothing boolean CHECK (false));
+CREATE TABLE checkpoint_lock (nothing boolean CHECK (false));
 
 CREATE OR REPLACE FUNCTION append_documents(lock_key bigint, expected_seq bigint, expected_hash text,
                                  documents text[], hashes text[])
@@ -33,8 +34,8 @@ DECLARE
     new_documents text[] := '{}';
     new_hashes text[] := '{}';
 BEGIN
-    -- the chain lock: a row only this schema's roles can reach (not an advisory lock: see above)
-    PERFORM 1 FROM service_locks WHERE name = 'chain' FOR UPDATE;
+    -- the chain lock: a table only this schema's roles can lock (not an advisory lock: see above)
+    LOCK TABLE chain_lock IN EXCLUSIVE MODE;
     -- each statement of a VOLATILE function takes a fresh snapshot: the head is read after the lock
     SELECT h.seq, h.hash INTO found_seq, found_hash FROM chain_head AS h;
     IF NOT FOUND THEN  -- the owner removed the head row: the newest record is the head
