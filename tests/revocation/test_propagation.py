@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -331,3 +332,35 @@ async def test_revocations_survive_redis_losing_everything(stack: Stack, http: a
         assert await call(http, late, fresh["access_token"]) == 200
     finally:
         late.stop()
+
+
+async def test_a_redis_writer_cannot_silence_revocations(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """Every service holds the one Redis credential, so a compromised timesheets, approvals or audit
+    pod can write the stream key. gateway/revocations.py promises that "a writer to the stream can only
+    make the gateway refuse tokens, never accept one". One planted entry with the last possible stream
+    id is enough: the provider's ``XADD *`` fails from then on ("exhausted the last possible ID") and
+    every gateway's ``XREAD`` waits after that id forever, so a token revoked afterwards keeps
+    passing at every gateway until it expires."""
+    _, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    prefix = stack.gateway_env.get("REDIS_KEY_PREFIX", "tsp:")
+    stream = f"{prefix}revocations"
+    attacker = Redis.from_url(stack.redis.url)  # what any service's REDIS_URL allows
+    try:
+        await attacker.xadd(
+            stream,
+            {"iss": stack.issuer, "jti": "planted", "exp": "0", "reason": "revoked"},
+            id="18446744073709551615-18446744073709551615",
+        )
+        await asyncio.sleep(0.5)  # the gateways have read the planted entry
+        started = time.monotonic()
+        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+            assert response.status == 200
+        delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started, limit=5.0)
+        assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+    finally:
+        await attacker.delete(stream)
+        # the gateways' readers wait after the planted id: reconnected, they read from the start again
+        await attacker.client_kill_filter(_type="normal", skipme=True)
+        await attacker.aclose()
