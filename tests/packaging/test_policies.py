@@ -918,14 +918,15 @@ def test_the_helm_test_script_runs_and_fails_when_a_component_is_not_ready(tmp_p
 
 
 def test_no_two_components_share_a_redis_credential(scenario: str, objects: list[Obj]) -> None:
-    """No key shared beyond the parties that need it (DESIGN.md), yet every component gets the same REDIS_URL, and
-    the bundled Redis knows one password (``--requirepass``: the default user, every command on every
-    key). A compromised timesheets, approvals or audit pod can then write what the gateway and the
-    identity provider rely on — the revocation stream (tests/revocation/test_propagation.py::
-    test_a_redis_writer_cannot_silence_revocations: revoked tokens keep passing), the sign-in
-    throttle's counters, the rate-limit counters, the DPoP ``jti`` memory — or end Redis for all
-    (CONFIG SET requirepass, FLUSHALL, SHUTDOWN). As with the database (a role per service), each
-    component needs a Redis user of its own, limited by ACL to its own keys and the commands it uses."""
+    """No key shared beyond the parties that need it (DESIGN.md), yet every component gets the
+    same REDIS_URL, and the bundled Redis knows one password (``--requirepass``: the default user,
+    every command on every key). A compromised timesheets, approvals or audit pod can then write
+    what the gateway and the identity provider rely on: the revocation stream
+    (tests/revocation/test_propagation.py::test_a_redis_writer_cannot_silence_revocations: revoked
+    tokens keep passing), the sign-in throttle's counters, the rate-limit counters, the DPoP ``jti``
+    memory; or end Redis for all (CONFIG SET requirepass, FLUSHALL, SHUTDOWN). As with the database
+    (a role per service), each component needs a Redis user of its own, limited by ACL to its own
+    keys and the commands it uses."""
     credentials: dict[tuple[str, str], list[str]] = {}
     for dep in app_deployments(objects):
         env = env_of(main_container(dep))
