@@ -324,8 +324,9 @@ def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
                     service = c["command"][2]
                     assert ref == {"name": "timesheets-database-roles", "key": f"database-url-{service}"}
             if "REDIS_URL" in env:
+                # each component its own Redis user's URL (svckit.redisacl), from the referenced Secret
                 ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
-                assert ref == {"name": "timesheets-redis", "key": "redis-url"}
+                assert ref == {"name": "timesheets-redis", "key": f"redis-url-{component(obj)}"}
 
 
 def test_generated_secret_holds_every_key_the_pods_reference() -> None:
@@ -357,7 +358,12 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
     for name in ("identity-key-encryption-key", "identity-session-secret", "postgres-password"):
         assert len(data[name]) >= 32
     assert f":{data['postgres-password']}@ts-timesheets-postgresql:5432/" in data["database-url"]
-    assert f":{data['redis-password']}@ts-timesheets-redis:6379/" in data["redis-url"]
+    assert "redis-url" not in data, "no Redis credential shared by every component"
+    for name in ("gateway", "identity", "timesheets", "approvals", "audit"):
+        password = data[f"redis-password-{name}"]
+        assert len(password) >= 32
+        assert data[f"redis-url-{name}"] == f"redis://{name}:{password}@ts-timesheets-redis:6379/0"
+        assert password not in data["redis-users.acl"], "the ACL file holds hashes only"
     (again,) = by_kind(rendered_scenario("dev+everything"), "Secret")
     pair = "identity-keys-gateway-to-audit"
     assert again["data"][pair] != secret["data"][pair], "random per install"

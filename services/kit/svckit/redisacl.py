@@ -72,7 +72,10 @@ GRANTS: Mapping[str, Grant] = {
         # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
         # identity:login:* and identity:client-auth:*; svckit.dpop SET identity-dpop-jti:<digest>;
         # revocation.py XADD (MINID)/XTRIM revocations, EXISTS/SET revocations:complete
-        commands=("get", "set", "incr", "incrby", "decr", "expire", "pttl", "eval", "exists", "xadd", "xtrim"),
+        commands=(
+            *("get", "set", "incr", "incrby", "decr", "expire", "pttl", "eval"),
+            *("exists", "xadd", "xtrim"),
+        ),
         keys=("identity:*", "identity-dpop-jti:*", "revocations", "revocations:complete"),
     ),
     "timesheets": _replay("timesheets"),
@@ -116,8 +119,21 @@ def setuser_args(component: str, password: str, prefix: str) -> list[str]:
     return ["reset", "on", f">{password}", *rules(component, prefix).split(" ")]
 
 
-def acl_file(usernames: Mapping[str, str], passwords: Mapping[str, str], prefix: str) -> str:
-    """An ACL file (``--aclfile``): the default user off, then one user per component given."""
+#: The bundled Redis's probe user (the chart's readiness probe): PING only.
+PROBE_RULES = "resetchannels -@all +ping"
+
+
+def acl_file(
+    usernames: Mapping[str, str],
+    passwords: Mapping[str, str],
+    prefix: str,
+    *,
+    probe_password: str | None = None,
+) -> str:
+    """An ACL file (``--aclfile``): the default user off, the probe user (PING only) when given a
+    password, then one user per component given (``usernames``: component → user name)."""
     lines = ["user default off resetchannels -@all"]
+    if probe_password is not None:
+        lines.append(f"user probe on {password_hash(probe_password)} {PROBE_RULES}")
     lines += [user_line(c, usernames[c], passwords[c], prefix) for c in COMPONENTS if c in usernames]
     return "\n".join(lines) + "\n"
