@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,24 @@ class EmbeddedRedis:
             with contextlib.suppress(Exception):
                 self._server.stop()
             self._server = None
+
+
+def create_redis_users(admin_url: str, prefix: str, passwords: Mapping[str, str]) -> dict[str, str]:
+    """On the server at ``admin_url``, (re)create one ACL user per component in ``passwords``, named
+    after it, with its rules (svckit.redisacl) for keys under ``prefix``; returns component → URL."""
+    import redis
+    from svckit import redisacl
+
+    from .roles import redis_user_url
+
+    client = redis.Redis.from_url(admin_url, driver_info=None)
+    try:
+        for component, password in passwords.items():
+            args = redisacl.setuser_args(component, password, prefix)
+            client.execute_command("ACL", "SETUSER", component, *args)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+    return {component: redis_user_url(admin_url, component, pw) for component, pw in passwords.items()}
 
 
 def npm_available() -> bool:

@@ -68,7 +68,7 @@ MEANINGS = {
     "dpop_nonce_seconds": "how long a DPoP nonce is handed out (it is accepted for twice that)",
     "dpop_nonce_secret": "key of the gateway's DPoP nonces (equal on every replica; for `DPOP_NONCES`)",
     "gateway_cache_secret": (
-        "key of the MAC over the key sets the gateway caches in Redis (which every service can write): "
+        "key of the MAC over the key sets the gateway caches in Redis (a second line behind its ACL): "
         "equal on every replica; unset, each process draws its own and replicas do not share copies"
     ),
     "max_token_bytes": "longest accepted access token",

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .backing import EmbeddedPostgres, EmbeddedRedis, npm_available, port_is_free
-from .roles import identity_key_visible, migrate_env, service_database
+from svckit import redisacl
+from svckit.settings import RedisSettings
+
+from .backing import EmbeddedPostgres, EmbeddedRedis, create_redis_users, npm_available, port_is_free
+from .roles import identity_key_visible, migrate_env, redis_password_variable, service_database
 from .secrets_file import load_or_create
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +109,7 @@ class Platform:
         self._threads: list[threading.Thread] = []
         self._postgres: EmbeddedPostgres | None = None
         self._redis: EmbeddedRedis | None = None
+        self.redis_urls: dict[str, str] = {}  # component → its own Redis user's URL (embedded Redis)
         self._stopping = False
 
     # ---- start-up ------------------------------------------------------------------------------
@@ -124,6 +128,11 @@ class Platform:
             self.log("devstack", "REDIS_URL not set: starting embedded Redis (Valkey, .local/valkey)")
             self._redis = EmbeddedRedis(self.state_dir)
             env["REDIS_URL"] = self._redis.start()
+            # each service its own Redis user (svckit.redisacl; devstack.roles): REDIS_URL stays the
+            # default user's, for migrations, seeding and you
+            prefix = env.get("REDIS_KEY_PREFIX") or RedisSettings.model_fields["redis_key_prefix"].default
+            passwords = {c: env[redis_password_variable(c)] for c in redisacl.COMPONENTS}
+            self.redis_urls = create_redis_users(env["REDIS_URL"], prefix, passwords)
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.state_dir / "prometheus-multiproc"))
         Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         for stale in Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
@@ -146,8 +155,11 @@ class Platform:
             self.build_spa_bundle()
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
-        """A service's environment: its own database role's URL, no other database credential."""
+        """A service's environment: its own database role's and Redis user's URLs, no other database
+        or Redis credential."""
         env = service_database({**os.environ, **self.env}, spec.name, spec.schema)
+        if spec.name in self.redis_urls:
+            env["REDIS_URL"] = self.redis_urls[spec.name]
         env.update({"PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)})
         env.setdefault("BIND_HOST", "127.0.0.1")
         if spec.name != "gateway":

@@ -11,11 +11,18 @@ to a PostgreSQL cluster: give every ``make dev`` sharing one server its own ``DB
 A service's environment holds its own role's password only: never the owner's URL, never another
 service's password; the audit service alone sees its checkpoint signing keys; and a service sees
 the identity keys of the pairs it is an end of only (svckit.identity.PAIRS), a migration none.
+
+Redis likewise: with the embedded server, ``make dev`` creates one ACL user per component
+(svckit.redisacl: its commands, its keys under ``REDIS_KEY_PREFIX``), named after the component, with
+the password ``<COMPONENT>_REDIS_PASSWORD`` from ``.local/secrets.env``, and each service gets a
+``REDIS_URL`` naming its own user (:func:`redis_user_url`) and no Redis password at all. A
+``REDIS_URL`` given in the environment is used as it is, by every service (its users are yours).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from svckit.identity import PAIRS, pair_variable
 from svckit.roles import role_url
@@ -33,6 +40,7 @@ OWN_SECRETS = {
     "DEMO_PASSWORD": "identity",
 }
 PASSWORD_SUFFIX = "_DB_PASSWORD"  # noqa: S105 - a variable name, not a password
+REDIS_PASSWORD_SUFFIX = "_REDIS_PASSWORD"  # noqa: S105 - a variable name, not a password
 
 
 IDENTITY_KEY_PREFIX = "IDENTITY_KEYS"  # the pairs' variables, and the retired shared IDENTITY_KEYS
@@ -56,6 +64,19 @@ def password_variable(service: str) -> str:
     return service.upper() + PASSWORD_SUFFIX
 
 
+def redis_password_variable(component: str) -> str:
+    return component.upper() + REDIS_PASSWORD_SUFFIX
+
+
+def redis_user_url(url: str, username: str, password: str) -> str:
+    """``url`` (the Redis server's) as ``username`` connects."""
+    parts = urlsplit(url)
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname or '127.0.0.1'}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def migrate_env(env: Mapping[str, str], service: str) -> dict[str, str]:
     """What ``python -m <service> migrate`` adds to the owner's environment."""
     return {
@@ -70,7 +91,7 @@ def service_database(env: Mapping[str, str], service: str, schema: str | None) -
     visible = {
         name: value
         for name, value in env.items()
-        if not name.endswith(PASSWORD_SUFFIX)
+        if not name.endswith((PASSWORD_SUFFIX, REDIS_PASSWORD_SUFFIX))
         and name not in ("DATABASE_URL", "DB_RUNTIME_PASSWORD")
         and OWN_SECRETS.get(name, service) == service
         and identity_key_visible(name, service)

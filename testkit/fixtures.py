@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -57,7 +57,9 @@ def server_url() -> str:
 
 
 #: Fixtures that reach a server; the fast tier (``-m unit``) may use none of them.
-SERVER_FIXTURES = frozenset({"database_url", "redis_url", "redis_prefix", "service_env", "isolated_env"})
+SERVER_FIXTURES = frozenset(
+    {"database_url", "redis_url", "redis_prefix", "redis_user", "service_env", "isolated_env"}
+)
 
 
 def _unit_only(config: pytest.Config) -> bool:
@@ -585,6 +587,22 @@ async def redis_prefix(test_run_id: str, redis_url: str) -> AsyncIterator[str]:
         pass
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_user(redis_url: str) -> Iterator[Callable[..., str]]:
+    """``redis_user("gateway", prefix)`` → the URL of a new Redis user with the gateway's ACL
+    (svckit.redisacl) for keys under ``prefix`` (``any_suffix=True``: under any prefix starting so),
+    as the service connects in production; every user is deleted after the session."""
+    from testkit.redisusers import RedisUsers
+
+    users = RedisUsers(redis_url)
+
+    def create(component: str, prefix: str, *, any_suffix: bool = False) -> str:
+        return _run_async(users.create(component, prefix, any_suffix=any_suffix))
+
+    yield create
+    _run_async(users.close())
 
 
 @pytest.fixture(scope="session")

@@ -35,14 +35,21 @@ class PrivateRedis:
     """``start()`` / ``pause()`` (SIGSTOP: accepts connections, never answers) / ``resume()`` /
     ``restart()`` (a fresh, empty server on the same port, as after a crash without persistence)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, acl: str | None = None) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tsp-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self.acl = acl  # an ACL file's text (``--aclfile``): its users survive a restart
+        if acl is not None:
+            (self.dir / "users.acl").write_text(acl)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, username: str, password: str) -> str:
+        """The URL of one of the ACL file's users."""
+        return f"redis://{username}:{password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
         log = (self.dir / "server.log").open("ab")
@@ -59,6 +66,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.dir),
+                *(["--aclfile", str(self.dir / "users.acl")] if self.acl is not None else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -67,7 +75,7 @@ class PrivateRedis:
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: the default user off)
                     return self
             time.sleep(0.05)
         self.stop()

@@ -122,3 +122,16 @@ def test_a_secret_of_one_service_reaches_no_other() -> None:
         if service != owner and name in service_database(env, service, SCHEMA_OF.get(service))
     )
     assert leaks == [], leaks
+
+
+def test_a_service_sees_no_redis_password() -> None:
+    """`make dev` generates a Redis password per component (its ACL user on the embedded server,
+    svckit.redisacl); a service gets its own user's REDIS_URL from devstack, and no password."""
+    from svckit import redisacl
+
+    env = {**ENV, **{f"{c.upper()}_REDIS_PASSWORD": f"{c}-redis-pw" for c in redisacl.COMPONENTS}}
+    assert {f"{c.upper()}_REDIS_PASSWORD" for c in redisacl.COMPONENTS} <= set(GENERATED)
+    for service, schema in SCHEMA_OF.items():
+        seen = "".join(service_database(env, service, schema).values())
+        assert "redis-pw" not in seen, service
+    assert "redis-pw" not in "".join(service_database(env, "gateway", None).values())

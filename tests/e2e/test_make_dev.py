@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -98,6 +99,7 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         "DEMO_PASSWORD": DEMO_PASSWORD,
     }
     env.pop("IDENTITY_ISSUER", None)  # the default, http://localhost:9000/
+    env.pop("REDIS_URL", None)  # the embedded Redis (Valkey), where devstack creates each component's user
     log = (tmp_path / "make-dev.log").open("wb")
     make = subprocess.Popen(
         ["make", "--no-print-directory", "dev"],
@@ -140,10 +142,16 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         # every pair's identity key was generated into the state dir; each process holds its own only
         generated = (tmp_path / "state" / "secrets.env").read_text()
         held: dict[str, set[str]] = {}
+        redis_users: dict[str, str | None] = {}
         for child in children:
             command = child.cmdline()
             if len(command) >= 3 and command[1] == "-m" and command[2] in urls:
-                held[command[2]] = {name for name in child.environ() if name.startswith("IDENTITY_KEYS")}
+                environ = child.environ()
+                held[command[2]] = {name for name in environ if name.startswith("IDENTITY_KEYS")}
+                redis_users[command[2]] = urlsplit(environ["REDIS_URL"]).username
+                assert not [name for name in environ if name.endswith("_REDIS_PASSWORD")], command[2]
+        # each process connects to Redis as its own ACL user (svckit.redisacl), none as the default
+        assert redis_users == {name: name for name in urls}, redis_users
         assert set(held) == set(urls), held
         for service, names in held.items():
             own = {pair_variable(s, r) for s, r in PAIRS if service in (s, r)}

@@ -324,8 +324,9 @@ def test_production_reads_every_secret_from_the_referenced_secrets() -> None:
                     service = c["command"][2]
                     assert ref == {"name": "timesheets-database-roles", "key": f"database-url-{service}"}
             if "REDIS_URL" in env:
+                # each component its own Redis user's URL (svckit.redisacl), from the referenced Secret
                 ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
-                assert ref == {"name": "timesheets-redis", "key": "redis-url"}
+                assert ref == {"name": "timesheets-redis", "key": f"redis-url-{component(obj)}"}
 
 
 def test_generated_secret_holds_every_key_the_pods_reference() -> None:
@@ -357,7 +358,12 @@ def test_generated_secrets_are_strong_and_consistent() -> None:
     for name in ("identity-key-encryption-key", "identity-session-secret", "postgres-password"):
         assert len(data[name]) >= 32
     assert f":{data['postgres-password']}@ts-timesheets-postgresql:5432/" in data["database-url"]
-    assert f":{data['redis-password']}@ts-timesheets-redis:6379/" in data["redis-url"]
+    assert "redis-url" not in data, "no Redis credential shared by every component"
+    for name in ("gateway", "identity", "timesheets", "approvals", "audit"):
+        password = data[f"redis-password-{name}"]
+        assert len(password) >= 32
+        assert data[f"redis-url-{name}"] == f"redis://{name}:{password}@ts-timesheets-redis:6379/0"
+        assert password not in data["redis-users.acl"], "the ACL file holds hashes only"
     (again,) = by_kind(rendered_scenario("dev+everything"), "Secret")
     pair = "identity-keys-gateway-to-audit"
     assert again["data"][pair] != secret["data"][pair], "random per install"
@@ -915,3 +921,23 @@ def test_the_helm_test_script_runs_and_fails_when_a_component_is_not_ready(tmp_p
         for server in (ready, broken):
             server.shutdown()
             server.server_close()
+
+
+def test_no_two_components_share_a_redis_credential(scenario: str, objects: list[Obj]) -> None:
+    """No key shared beyond the parties that need it (DESIGN.md), yet every component gets the
+    same REDIS_URL, and the bundled Redis knows one password (``--requirepass``: the default user,
+    every command on every key). A compromised timesheets, approvals or audit pod can then write
+    what the gateway and the identity provider rely on: the revocation stream
+    (tests/revocation/test_propagation.py::test_a_redis_writer_cannot_silence_revocations: revoked
+    tokens keep passing), the sign-in throttle's counters, the rate-limit counters, the DPoP ``jti``
+    memory; or end Redis for all (CONFIG SET requirepass, FLUSHALL, SHUTDOWN). As with the database
+    (a role per service), each component needs a Redis user of its own, limited by ACL to its own
+    keys and the commands it uses."""
+    credentials: dict[tuple[str, str], list[str]] = {}
+    for dep in app_deployments(objects):
+        env = env_of(main_container(dep))
+        if "REDIS_URL" in env:
+            ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+            credentials.setdefault((ref["name"], ref["key"]), []).append(component(dep))
+    shared = {f"{name}/{key}": users for (name, key), users in credentials.items() if len(users) > 1}
+    assert shared == {}

@@ -9,6 +9,7 @@ cluster can run on this machine). The test then checks what an upgrade would app
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +62,8 @@ LIVE = {
     "batch-client-secret": "B" * 40,
     "postgres-password": "P" * 32,
     "redis-password": "R" * 32,
+    "redis-password-gateway": "G" * 32,
+    "redis-password-timesheets": "E" * 32,
     "database-password-identity": "I" * 32,
     "database-password-timesheets": "T" * 32,
     "database-password-approvals": "A" * 32,
@@ -78,7 +81,10 @@ def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
     assert (
         data["database-url"] == f"postgresql://timesheets:{'P' * 32}@ts-timesheets-postgresql:5432/timesheets"
     )
-    assert data["redis-url"] == f"redis://:{'R' * 32}@ts-timesheets-redis:6379/0"
+    # each component's Redis user keeps its password: its URL matches the bundled Redis's ACL file
+    assert data["redis-url-gateway"] == f"redis://gateway:{'G' * 32}@ts-timesheets-redis:6379/0"
+    assert data["redis-url-timesheets"] == f"redis://timesheets:{'E' * 32}@ts-timesheets-redis:6379/0"
+    assert hashlib.sha256(b"G" * 32).hexdigest() in data["redis-users.acl"]
     # the services' roles keep their passwords: the URLs they connect with match what the Job sets
     assert (
         data["database-url-audit"]

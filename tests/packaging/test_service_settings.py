@@ -135,8 +135,9 @@ def test_gateway_issuer_settings_file_is_valid_for_the_gateway(tmp_path: Path) -
 
 
 def test_the_gateway_cache_key_is_generated_and_given_to_the_gateway_alone() -> None:
-    """The MAC key over the gateway's Redis key-set cache: every service can write to Redis, so a
-    service that also held this key could plant keys the gateway trusts (gateway.jwks)."""
+    """The MAC key over the gateway's Redis key-set cache, a second line behind the Redis ACL (a
+    shared external credential lets every service write there): a service that also held this key
+    could plant keys the gateway trusts (gateway.jwks)."""
     from tests.packaging.support import rendered_scenario
 
     objects = rendered_scenario("values-dev.yaml")

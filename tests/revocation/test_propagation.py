@@ -18,10 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from svckit import redisacl
 
 from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
 from testkit.oidc import (
@@ -51,6 +54,7 @@ class Stack:
     gateways: list[ServiceProcess]
     gateway_env: dict[str, str]
     redis: PrivateRedis
+    redis_urls: dict[str, str]  # each component's own Redis user (svckit.redisacl)
 
     @property
     def base(self) -> str:
@@ -62,8 +66,23 @@ async def _echo(request: Request) -> JSONResponse:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[PrivateRedis]:
-    with PrivateRedis() as server:
+def revocation_env(isolated_env: IsolatedEnv) -> dict[str, str]:
+    return isolated_env("revocation")
+
+
+@pytest.fixture(scope="module")
+def redis_passwords() -> dict[str, str]:
+    return {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
+
+
+@pytest.fixture(scope="module")
+def redis_server(revocation_env: dict[str, str], redis_passwords: dict[str, str]) -> Iterator[PrivateRedis]:
+    """The components' users as in production (svckit.redisacl, named after the component), whose
+    ACL file survives a restart; the default user stays the tests' own, for looking at keys."""
+    prefix = revocation_env["REDIS_KEY_PREFIX"]
+    lines = ["user default on nopass ~* &* +@all"]
+    lines += [redisacl.user_line(c, c, redis_passwords[c], prefix) for c in redisacl.COMPONENTS]
+    with PrivateRedis(acl="\n".join(lines) + "\n") as server:
         yield server
 
 
@@ -76,17 +95,19 @@ async def upstream() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 async def stack(
-    isolated_env: IsolatedEnv,
+    revocation_env: dict[str, str],
     redis_server: PrivateRedis,
+    redis_passwords: dict[str, str],
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    env = isolated_env("revocation")
+    env = revocation_env
+    redis_urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
     port = free_port()
     issuer = f"http://localhost:{port}/"
     identity_env = {
         **env,
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": redis_urls["identity"],
         "IDENTITY_ISSUER": issuer,
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
@@ -104,7 +125,7 @@ async def stack(
     ).start(wait_path="/readyz")
     gateway_env = {
         **env,
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": redis_urls["gateway"],
         "OIDC_ISSUER": issuer,
         "TIMESHEETS_URL": upstream,
         "APPROVALS_URL": upstream,
@@ -118,7 +139,7 @@ async def stack(
         ServiceProcess("gateway", gateway_env, log_dir=logs).start(wait_path="/readyz") for _ in range(2)
     ]
     try:
-        yield Stack(identity, issuer, gateways, gateway_env, redis_server)
+        yield Stack(identity, issuer, gateways, gateway_env, redis_server, redis_urls)
     finally:
         for process in [*gateways, identity]:
             process.stop()
@@ -331,3 +352,46 @@ async def test_revocations_survive_redis_losing_everything(stack: Stack, http: a
         assert await call(http, late, fresh["access_token"]) == 200
     finally:
         late.stop()
+
+
+async def test_a_redis_writer_cannot_silence_revocations(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """One planted stream entry with the last possible id would silence the fan-out: the provider's
+    ``XADD *`` fails from then on ("exhausted the last possible ID") and every gateway's ``XREAD``
+    waits after that id forever, so a token revoked afterwards would keep passing at every gateway
+    until it expires. Deleting the stream while its ``revocations:complete`` marker stays would lose
+    every revocation until the gateways reconnect. Every component connects as its own Redis user
+    (svckit.redisacl): a compromised timesheets, approvals or audit pod may only record its own
+    replay nonces, and a gateway may only read the stream; each attempt is refused (NOPERM), and a
+    revocation made afterwards still reaches both gateways within the bound."""
+    _, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
+    stream = f"{prefix}revocations"
+    last_id = f"{2**64 - 1}-{2**64 - 1}"
+    planted = {"iss": stack.issuer, "jti": "planted", "exp": "0", "reason": "revoked"}
+    for component in ("timesheets", "approvals", "audit", "gateway"):
+        attacker = Redis.from_url(stack.redis_urls[component])  # what that component's REDIS_URL allows
+        try:
+            assert await attacker.ping()  # the credential works: what follows is refused, not failed
+            with pytest.raises(NoPermissionError):
+                await attacker.xadd(stream, planted, id=last_id)  # type: ignore[arg-type]
+            with pytest.raises(NoPermissionError):
+                await attacker.delete(stream)
+            with pytest.raises(NoPermissionError):
+                await attacker.set(f"{prefix}revocations:complete", "1")
+            with pytest.raises(NoPermissionError):
+                await attacker.flushall()
+        finally:
+            await attacker.aclose()
+    admin = Redis.from_url(stack.redis.url)
+    try:
+        if await admin.exists(stream):  # nothing planted: the provider can still append
+            assert (await admin.xinfo_stream(stream))["last-generated-id"] != last_id.encode()
+    finally:
+        await admin.aclose()
+    started = time.monotonic()
+    form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+        assert response.status == 200
+    delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started, limit=5.0)
+    assert max(delays) < PROPAGATION_BOUND_SECONDS, delays

@@ -249,20 +249,54 @@ read-only at /etc/timesheets/database-ca in every container that connects (servi
 {{- end -}}
 {{- end -}}
 
+{{/* The components that connect to Redis, each as a Redis user of its own (svckit.redisacl). */}}
+{{- define "timesheets.redisComponents" -}}
+{{- $c := list "gateway" -}}
+{{- if .Values.identity.enabled }}{{ $c = append $c "identity" }}{{ end -}}
+{{- $c = concat $c (list "timesheets" "approvals" "audit") -}}
+{{- join " " $c -}}
+{{- end -}}
+
 {{/*
-Where REDIS_URL comes from. Required: Redis holds only losable state, but the API services keep their
-replay memory of signed requests there and refuse every write (503 replay_store_unavailable) without
-it, while /readyz stays 200 (reads go on), so a release without one would install "healthy" and broken.
+The ACL rules of a component's Redis user, for keys under config.redisKeyPrefix: the same lines as
+services/kit/svckit/redisacl.py renders (tests/packaging/test_redis_acl.py checks they are equal).
+Call with (dict "root" $ "component" "gateway").
+*/}}
+{{- define "timesheets.redisAclRules" -}}
+{{- $p := regexReplaceAll "([*?\\[\\]\\\\])" .root.Values.config.redisKeyPrefix "\\${1}" -}}
+{{- $base := "resetchannels -@all +ping +select" -}}
+{{- $tail := "-@dangerous -@admin" -}}
+{{- if eq .component "gateway" -}}
+{{ $base }} +get +set +incrby +expire +xread {{ $tail }} ~{{ $p }}gateway:* ~{{ $p }}dpop-jti:* %R~{{ $p }}revocations
+{{- else if eq .component "identity" -}}
+{{ $base }} +get +set +incr +incrby +decr +expire +pttl +eval +exists +xadd +xtrim {{ $tail }} ~{{ $p }}identity:* ~{{ $p }}identity-dpop-jti:* ~{{ $p }}revocations ~{{ $p }}revocations:complete
+{{- else -}}
+{{ $base }} +set {{ $tail }} ~{{ $p }}identity-replay:{{ .component }}:*
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where a component's REDIS_URL comes from: its own Redis user's URL (bundled Redis: the generated
+Secret's redis-url-<component>; external: externalRedis.existingSecret's redis-url-<component>, or the
+one shared key when externalRedis.sharedCredential). Required: Redis holds only losable state, but the
+API services keep their replay memory of signed requests there and refuse every write (503
+replay_store_unavailable) without it, while /readyz stays 200 (reads go on), so a release without one
+would install "healthy" and broken. Call with (dict "root" $ "component" "gateway").
 */}}
 {{- define "timesheets.redisSecretRef" -}}
-{{- if .Values.redis.enabled -}}
-name: {{ include "timesheets.generatedSecretName" . }}
-key: redis-url
-{{- else if .Values.externalRedis.existingSecret -}}
-name: {{ .Values.externalRedis.existingSecret }}
-key: {{ .Values.externalRedis.existingSecretUrlKey }}
+{{- $root := .root -}}
+{{- if $root.Values.redis.enabled -}}
+name: {{ include "timesheets.generatedSecretName" $root }}
+key: redis-url-{{ .component }}
+{{- else if $root.Values.externalRedis.existingSecret -}}
+name: {{ $root.Values.externalRedis.existingSecret }}
+{{- if $root.Values.externalRedis.sharedCredential }}
+key: {{ $root.Values.externalRedis.existingSecretUrlKey }}
+{{- else }}
+key: redis-url-{{ .component }}
+{{- end }}
 {{- else -}}
-{{- fail "no Redis: set redis.enabled=true (demo) or externalRedis.existingSecret (a Secret holding REDIS_URL); the API services keep their replay memory of signed requests there and refuse writes without it" -}}
+{{- fail "no Redis: set redis.enabled=true (demo) or externalRedis.existingSecret (a Secret holding each component's REDIS_URL, redis-url-<component>); the API services keep their replay memory of signed requests there and refuse writes without it" -}}
 {{- end -}}
 {{- end -}}
 
@@ -399,7 +433,7 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-{{ include "timesheets.redisSecretRef" $root | indent 6 }}
+{{ include "timesheets.redisSecretRef" (dict "root" $root "component" $c) | indent 6 }}
 - name: REDIS_KEY_PREFIX
   value: {{ $root.Values.config.redisKeyPrefix | quote }}
 {{- end }}

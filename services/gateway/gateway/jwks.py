@@ -22,8 +22,10 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
   while the provider is down.
 * Only verification keys are loaded: private key material, ``use`` other than ``sig``, RSA keys under
   2048 bits and unknown key types are skipped.
-* Redis is not trusted with keys: every service and the provider can write to it (replay memory,
-  revocations), and a key set planted there would let its author sign tokens for anyone. A copy is
+* Redis is not trusted with keys: only the gateway's Redis user may write ``gateway:*``
+  (svckit.redisacl), but a Redis shared with a wider credential (``externalRedis.sharedCredential``),
+  or anyone holding the gateway's, could plant a key set there that would let its author sign tokens
+  for anyone. A copy is
   stored with an HMAC-SHA256 under ``GATEWAY_CACHE_SECRET`` (the gateway's alone) over the issuer and
   the document; a copy whose MAC does not verify is ignored (``gateway_jwks_cache_total{layer="redis",
   result="rejected"}``, and a warning) and the provider asked instead. Without the setting each process

@@ -14,7 +14,13 @@ consults on every request, verified-token cache hits included (one dict look-up,
   still unexpired when Redis lost the stream itself.
 * An entry is kept until the token's ``exp`` plus the issuer's clock leeway (the token is refused by
   its own expiry after that). Entries for issuers the gateway does not trust are ignored, as are
-  malformed ones; a writer to the stream can only make the gateway refuse tokens, never accept one.
+  malformed ones.
+* The stream is trusted, so only the provider may write it: each component connects to Redis as a
+  user of its own (svckit.redisacl), the gateways' may only read this key (``%R~``) and the other
+  services' may not touch it. A writer could do more than make the gateway refuse tokens: one entry
+  with the last possible id ends every later ``XADD`` and leaves each reader waiting after it, and a
+  stream deleted under its ``revocations:complete`` marker loses what it held, so revoked tokens
+  would pass again.
 * While Redis is unreachable the deny set keeps what it has (revocations published meanwhile arrive
   on reconnection); the reader retries after ``REDIS_RETRY_SECONDS``.
 """

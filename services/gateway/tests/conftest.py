@@ -257,8 +257,15 @@ StartGateway = Callable[..., contextlib.AbstractAsyncContextManager[str]]
 
 @pytest.fixture(scope="session")
 def start_gateway(
-    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_url: str, redis_prefix: str
+    provider: Provider,
+    echo: Echo,
+    identity_keys: dict[str, str],
+    redis_user: Callable[..., str],
+    redis_prefix: str,
 ) -> StartGateway:
+    # the gateway's own Redis user, as in production (svckit.redisacl), for every prefix a test draws
+    gateway_redis = redis_user("gateway", redis_prefix, any_suffix=True)
+
     @contextlib.asynccontextmanager
     async def start(clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> AsyncIterator[str]:
         async with serve_app(create_app(gateway_settings(**overrides), clock)) as url:
@@ -269,7 +276,7 @@ def start_gateway(
             **{name.lower(): value for name, value in identity_keys.items()},
             "oidc_issuer": [provider.issuer],
             "oidc_audience": AUDIENCE,
-            "redis_url": redis_url,
+            "redis_url": gateway_redis,
             "redis_key_prefix": f"{redis_prefix}gw-{secrets.token_hex(4)}:",
             "gateway_cache_secret": CACHE_SECRET,  # as on every replica of one deployment
             "timesheets_url": echo.url,  # type: ignore[attr-defined]

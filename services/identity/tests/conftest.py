@@ -7,7 +7,7 @@ seeded with ``python -m identity seed``; tests drive it over HTTP like a browser
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,14 @@ def issuer(identity_port: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def identity_env(service_env: dict[str, str], issuer: str) -> dict[str, str]:
+def identity_env(service_env: dict[str, str], issuer: str, redis_user: Callable[..., str]) -> dict[str, str]:
     import os
 
     return {
         **os.environ,
         **service_env,
+        # the provider's own Redis user, as in production (svckit.redisacl)
+        "REDIS_URL": redis_user("identity", service_env["REDIS_KEY_PREFIX"], any_suffix=True),
         "IDENTITY_ISSUER": issuer,
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),

@@ -1,0 +1,139 @@
+"""Who may do what in Redis: one ACL user per component, its own keys and the commands it uses.
+
+Redis holds losable state, but some of it is relied on: the revocation stream the gateways read
+(a writer to it could silence revocations), the sign-in throttle's counters, the rate-limit counters,
+the DPoP ``jti`` and signed-request replay memories. No component may touch another's keys, and none
+may run what ends Redis for all (``FLUSHALL``, ``CONFIG``, ``SHUTDOWN``, ``CLIENT KILL``...).
+
+This module is the one statement of those rules (docs/CONTRACTS.md, "Redis keys"): devstack creates
+its users from it, the tests run the services as these users, and a test checks that the chart's
+bundled Redis (charts/timesheets/templates/secret.yaml, ``redis-users.acl``) renders the same lines.
+
+Key patterns are under ``REDIS_KEY_PREFIX`` (:func:`pattern` escapes the glob characters in it):
+
+========== ========================================= ===========================================
+component  keys (read and write)                      commands
+========== ========================================= ===========================================
+gateway    ``gateway:*`` (key-set cache, rate-limit   GET SET INCRBY EXPIRE; XREAD on
+           counters), ``dpop-jti:*``;                 ``revocations``, which it may only read
+           ``revocations`` read-only
+identity   ``identity:*`` (sign-in and client-auth    GET SET INCR DECR EXPIRE PTTL EVAL (the
+           throttles), ``identity-dpop-jti:*``,       throttle's scripts: their commands are
+           ``revocations``, ``revocations:complete``  checked too) INCRBY EXISTS XADD XTRIM
+timesheets ``identity-replay:timesheets:*``           SET (``NX EX``: the replay memory)
+approvals  ``identity-replay:approvals:*``            SET
+audit      ``identity-replay:audit:*``                SET
+========== ========================================= ===========================================
+
+Every user may also ``PING`` (the gateway's probe of Redis) and ``SELECT`` (a ``/db`` in the URL);
+``AUTH`` and ``HELLO`` need no permission, and the kit's clients send no ``CLIENT SETINFO``
+(svckit.redisguard). ``-@dangerous -@admin`` comes last for every user, so that no edit above can
+let one in by mistake. No channels (pub/sub) for anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: The components that connect to Redis, in the order the chart and devstack list them.
+COMPONENTS: tuple[str, ...] = ("gateway", "identity", "timesheets", "approvals", "audit")
+
+#: What every user may run: connection set-up and PING.
+CONNECTION_COMMANDS: tuple[str, ...] = ("ping", "select")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One component's commands, and key patterns (suffixes after the prefix) it may read and write
+    (``keys``) or only read (``read_keys``)."""
+
+    commands: tuple[str, ...]
+    keys: tuple[str, ...]
+    read_keys: tuple[str, ...] = ()
+
+
+def _replay(service: str) -> Grant:
+    # svckit.replay: SET <prefix>identity-replay:<service>:<nonce> 1 NX EX <window>
+    return Grant(commands=("set",), keys=(f"identity-replay:{service}:*",))
+
+
+GRANTS: Mapping[str, Grant] = {
+    "gateway": Grant(
+        # jwks.py GET/SET gateway:jwks:<issuer>; ratelimit.py INCRBY+EXPIRE gateway:rl:...;
+        # svckit.dpop SET dpop-jti:<digest> NX EX; revocations.py XREAD revocations
+        commands=("get", "set", "incrby", "expire", "xread"),
+        keys=("gateway:*", "dpop-jti:*"),
+        read_keys=("revocations",),
+    ),
+    "identity": Grant(
+        # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
+        # identity:login:* and identity:client-auth:*; svckit.dpop SET identity-dpop-jti:<digest>;
+        # revocation.py XADD (MINID)/XTRIM revocations, EXISTS/SET revocations:complete
+        commands=(
+            *("get", "set", "incr", "incrby", "decr", "expire", "pttl", "eval"),
+            *("exists", "xadd", "xtrim"),
+        ),
+        keys=("identity:*", "identity-dpop-jti:*", "revocations", "revocations:complete"),
+    ),
+    "timesheets": _replay("timesheets"),
+    "approvals": _replay("approvals"),
+    "audit": _replay("audit"),
+}
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def pattern(prefix: str, suffix: str) -> str:
+    """The key pattern ``suffix`` under ``prefix``: the prefix's glob characters escaped."""
+    return _GLOB.sub(r"\\\1", prefix) + suffix
+
+
+def rules(component: str, prefix: str) -> str:
+    """The ACL rules of ``component``'s user (no name, no password), for keys under ``prefix``."""
+    if " " in prefix or not prefix.isprintable():
+        raise ValueError("REDIS_KEY_PREFIX: no spaces or control characters in an ACL key pattern")
+    grant = GRANTS[component]
+    parts = ["resetchannels", "-@all"]
+    parts += [f"+{command}" for command in (*CONNECTION_COMMANDS, *grant.commands)]
+    parts += ["-@dangerous", "-@admin"]
+    parts += [f"~{pattern(prefix, key)}" for key in grant.keys]
+    parts += [f"%R~{pattern(prefix, key)}" for key in grant.read_keys]
+    return " ".join(parts)
+
+
+def password_hash(password: str) -> str:
+    """The SHA-256 form Redis accepts for a password (``#<hex>``): the ACL file holds no password."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def user_line(component: str, username: str, password: str, prefix: str) -> str:
+    """One line of an ACL file: ``user <name> on #<sha256> <rules>``."""
+    return f"user {username} on {password_hash(password)} {rules(component, prefix)}"
+
+
+def setuser_args(component: str, password: str, prefix: str) -> list[str]:
+    """Arguments of ``ACL SETUSER <name> ...`` creating (or resetting) the component's user."""
+    return ["reset", "on", f">{password}", *rules(component, prefix).split(" ")]
+
+
+#: The bundled Redis's probe user (the chart's readiness probe): PING only.
+PROBE_RULES = "resetchannels -@all +ping"
+
+
+def acl_file(
+    usernames: Mapping[str, str],
+    passwords: Mapping[str, str],
+    prefix: str,
+    *,
+    probe_password: str | None = None,
+) -> str:
+    """An ACL file (``--aclfile``): the default user off, the probe user (PING only) when given a
+    password, then one user per component given (``usernames``: component → user name)."""
+    lines = ["user default off resetchannels -@all"]
+    if probe_password is not None:
+        lines.append(f"user probe on {password_hash(probe_password)} {PROBE_RULES}")
+    lines += [user_line(c, usernames[c], passwords[c], prefix) for c in COMPONENTS if c in usernames]
+    return "\n".join(lines) + "\n"

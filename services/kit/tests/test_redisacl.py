@@ -1,0 +1,83 @@
+"""svckit.redisacl: each component's Redis user may run what the kit does for it, and nothing of the
+others'. On the session's Redis, as users of this test's own (testkit.redisusers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
+from svckit import redisacl
+from svckit.dpop import Proof, ReplayGuard
+from svckit.identity import new_nonce
+from svckit.redisguard import RedisGuard
+from svckit.replay import ReplayMemory
+
+
+@pytest.mark.unit
+def test_the_prefix_is_escaped_and_every_user_ends_without_dangerous_commands() -> None:
+    assert redisacl.pattern("a*b?[c]\\:", "x:*") == "a\\*b\\?\\[c\\]\\\\:x:*"
+    for component in redisacl.COMPONENTS:
+        rules = redisacl.rules(component, "p:").split(" ")
+        assert rules[:2] == ["resetchannels", "-@all"]
+        commands = [rule for rule in rules if rule[0] in "+-"]
+        assert commands[-2:] == ["-@dangerous", "-@admin"]
+        assert "+@all" not in rules
+        assert all(rule.startswith(("~p:", "%R~p:")) for rule in rules if "~" in rule), rules
+    with pytest.raises(ValueError, match="spaces"):
+        redisacl.rules("gateway", "a b:")
+
+
+async def test_a_service_records_its_own_nonces_only(redis_user: Callable[..., str], redis_url: str) -> None:
+    """The replay memory (svckit.replay: its own RESP wire, AUTH with the user's name) works as the
+    timesheets user, which may not write the audit service's memory nor read its own."""
+    prefix = f"test-acl-{uuid.uuid4().hex}:"
+    url = await asyncio.to_thread(redis_user, "timesheets", prefix)
+    guard = RedisGuard(url, prefix, timeout=1.0, retry_seconds=1.0)
+    try:
+        memory = ReplayMemory(guard, "timesheets", 60)
+        nonce = new_nonce()
+        assert await memory.first_use(nonce, "POST") == "fresh"
+        assert await ReplayMemory(guard, "timesheets", 60).first_use(nonce, "POST") == "replay"
+        assert guard.available, "no command was refused"
+        with pytest.raises(NoPermissionError):
+            await guard.client.set(f"{prefix}identity-replay:audit:{nonce}", "1", nx=True)
+        with pytest.raises(NoPermissionError):
+            await guard.client.get(f"{prefix}identity-replay:timesheets:{nonce}")
+        memory.close()
+    finally:
+        await guard.close()
+        admin = Redis.from_url(redis_url)
+        keys = [key async for key in admin.scan_iter(match=prefix + "*")]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()
+
+
+async def test_the_dpop_memories_are_the_gateways_and_the_providers(
+    redis_user: Callable[..., str], redis_url: str
+) -> None:
+    prefix = f"test-acl-{uuid.uuid4().hex}:"
+    urls = [await asyncio.to_thread(redis_user, c, prefix) for c in ("gateway", "identity")]
+    gateway, identity = (RedisGuard(url, prefix, timeout=1.0, retry_seconds=30.0) for url in urls)
+    try:
+        proof = Proof("jkt", "jti-1", time.time())
+        assert await ReplayGuard(gateway, "dpop-jti", 65).first_use(proof)
+        assert await ReplayGuard(identity, "identity-dpop-jti", 65).first_use(proof)
+        assert gateway.available, "no command was refused"
+        assert identity.available, "no command was refused"
+        # the provider's user may not write the gateway's memory: refused (the circuit opens)
+        await ReplayGuard(identity, "dpop-jti", 65).first_use(Proof("jkt", "jti-2", time.time()))
+        assert not identity.available
+    finally:
+        await gateway.close()
+        await identity.close()
+        admin = Redis.from_url(redis_url)
+        keys = [key async for key in admin.scan_iter(match=prefix + "*")]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()

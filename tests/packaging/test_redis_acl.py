@@ -1,0 +1,143 @@
+"""The bundled Redis's users: the chart renders svckit.redisacl's rules, and a real server enforces them.
+
+svckit.redisacl is the one statement of what each component may do in Redis (devstack and the tests
+use it); the chart cannot import it, so its template (timesheets.redisAclRules) repeats the rules, and
+these tests keep the two equal. The rendered ACL file is then loaded by a real Redis server: each
+component's URL from the generated Secret connects, runs what that component runs and is refused
+(NOPERM) everything else, and the default user is off.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from svckit import redisacl
+
+from testkit.redisproc import PrivateRedis
+from tests.packaging.support import (
+    MINIMAL,
+    SCENARIOS,
+    Obj,
+    component,
+    render,
+    render_notes,
+    rendered_scenario,
+)
+from tests.packaging.test_policies import app_deployments, env_of, main_container
+
+COMPONENTS = ("gateway", "identity", "timesheets", "approvals", "audit")
+
+
+def generated(objects: list[Obj]) -> dict[str, str]:
+    (secret,) = [o for o in objects if o["kind"] == "Secret" and "redis-users.acl" in o.get("data", {})]
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def expected_file(data: dict[str, str], prefix: str) -> str:
+    components = [c for c in COMPONENTS if f"redis-password-{c}" in data]
+    return redisacl.acl_file(
+        {c: c for c in components},
+        {c: data[f"redis-password-{c}"] for c in components},
+        prefix,
+        probe_password=data["redis-password"],
+    )
+
+
+@pytest.mark.parametrize(
+    "scenario", [name for name, values in SCENARIOS.items() if values.get("redis", {}).get("enabled")]
+)
+def test_the_bundled_redis_acl_is_svckit_redisacl(scenario: str) -> None:
+    values = SCENARIOS[scenario]
+    data = generated(rendered_scenario(scenario))
+    prefix = values.get("config", {}).get("redisKeyPrefix", "tsp:")
+    assert data["redis-users.acl"] == expected_file(data, prefix)
+
+
+@pytest.mark.parametrize("identity", [True, False])
+def test_the_acl_escapes_the_prefix_and_names_the_enabled_components_only(identity: bool) -> None:
+    prefix = r"a*b?[c]\d:"
+    values: dict[str, Any] = {
+        **SCENARIOS["values-dev.yaml"],
+        "config": {**SCENARIOS["values-dev.yaml"].get("config", {}), "redisKeyPrefix": prefix},
+        "identity": {**SCENARIOS["values-dev.yaml"].get("identity", {}), "enabled": identity},
+    }
+    if not identity:
+        values["oidc"] = {"issuers": ["https://login.example.com/"]}
+    data = generated(render(values))
+    assert data["redis-users.acl"] == expected_file(data, prefix)
+    assert r"~a\*b\?\[c\]\\d:gateway:*" in data["redis-users.acl"]
+    assert ("redis-url-identity" in data) == identity
+
+
+def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
+    data = generated(rendered_scenario("values-dev.yaml"))
+    with PrivateRedis(acl=data["redis-users.acl"]) as server:
+
+        def client(component: str) -> redis.Redis:
+            url = data[f"redis-url-{component}"]
+            url = url.replace("ts-timesheets-redis:6379", f"127.0.0.1:{server.port}")
+            return redis.Redis.from_url(url, driver_info=None)
+
+        anonymous = redis.Redis.from_url(server.url, driver_info=None)
+        with pytest.raises((ResponseError, AuthenticationError), match=r"NOAUTH|authenticated"):
+            anonymous.get("tsp:revocations:complete")  # the default user is off
+        with pytest.raises(AuthenticationError):
+            redis.Redis.from_url(server.url_for("default", data["redis-password"]), driver_info=None).ping()
+        probe = redis.Redis.from_url(server.url_for("probe", data["redis-password"]), driver_info=None)
+        assert probe.ping()
+        with pytest.raises(NoPermissionError):
+            probe.get("tsp:gateway:jwks:x")
+
+        gateway, identity, timesheets = client("gateway"), client("identity"), client("timesheets")
+        assert identity.xadd("tsp:revocations", {"jti": "a"}, minid="0")
+        assert identity.set("tsp:revocations:complete", "1")
+        assert gateway.xread({"tsp:revocations": "0"}, count=10)
+        assert gateway.set("tsp:gateway:jwks:x", "{}", ex=60)
+        assert gateway.incrby("tsp:gateway:rl:client:a:1", 3) == 3
+        assert timesheets.set("tsp:identity-replay:timesheets:n1", "1", nx=True, ex=60)
+        refused: list[Callable[[], object]] = [
+            lambda: gateway.xadd("tsp:revocations", {"jti": "b"}),  # the gateways only read the stream
+            lambda: gateway.delete("tsp:revocations"),
+            lambda: timesheets.xadd("tsp:revocations", {"jti": "c"}, id=f"{2**64 - 1}-{2**64 - 1}"),
+            lambda: timesheets.set("tsp:revocations:complete", "1"),
+            lambda: timesheets.set("tsp:identity-replay:audit:n1", "1"),  # another service's memory
+            lambda: timesheets.set("tsp:identity:login:addr:1.2.3.4", "0"),
+            lambda: timesheets.get("tsp:identity-replay:timesheets:n1"),
+            lambda: client("approvals").delete("tsp:gateway:rl:client:a:1"),
+            lambda: client("audit").flushall(),
+            lambda: identity.config_set("maxmemory", "1"),
+            lambda: identity.client_kill_filter(_type="normal"),
+            lambda: identity.keys("*"),
+            lambda: identity.delete("tsp:revocations"),
+            lambda: identity.set("tsp:gateway:jwks:x", "{}"),
+            lambda: gateway.eval("return 1", 0),
+        ]
+        for attempt in refused:
+            with pytest.raises(NoPermissionError):
+                attempt()
+
+
+def redis_url_keys(objects: list[Obj]) -> dict[str, str]:
+    """Component → the Secret key its REDIS_URL comes from."""
+    keys = {}
+    for dep in app_deployments(objects):
+        env = env_of(main_container(dep))
+        if "REDIS_URL" in env:
+            keys[component(dep)] = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    return keys
+
+
+def test_an_external_redis_gives_each_component_its_own_url_unless_the_operator_shares_one() -> None:
+    own = redis_url_keys(render(MINIMAL))
+    assert own == {c: f"redis-url-{c}" for c in COMPONENTS}
+    assert "sharedCredential" not in render_notes(MINIMAL)
+    shared_values = {**MINIMAL, "externalRedis": {"existingSecret": "redis", "sharedCredential": True}}
+    assert set(redis_url_keys(render(shared_values)).values()) == {"redis-url"}
+    notes = render_notes(shared_values)
+    assert "WARNING: externalRedis.sharedCredential" in notes
+    assert "redis/redis-url" in notes
