@@ -28,7 +28,7 @@ RELEASE = NAMESPACE = "timesheets"
 VALUES: dict[str, Any] = {
     "oidc": {"issuers": ["http://localhost:9000/"]},
     "externalDatabase": {"existingSecret": "timesheets-database"},
-    "externalRedis": {"existingSecret": "timesheets-redis"},
+    "externalRedis": {"existingSecret": "timesheets-redis", "sharedCredential": False},
     "databaseRoles": {"existingSecret": "timesheets-database-roles"},
     "metrics": {"prometheusRule": {"enabled": True}},
 }

@@ -129,7 +129,7 @@ EXTENSIONS: dict[str, Any] = {
 MINIMAL = {
     "oidc": {"issuers": ["https://login.example.com/"]},
     "externalDatabase": {"existingSecret": "db", "host": "db.internal", "database": "timesheets"},
-    "externalRedis": {"existingSecret": "redis"},
+    "externalRedis": {"existingSecret": "redis", "sharedCredential": False},
 }
 
 

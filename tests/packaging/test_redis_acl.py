@@ -141,3 +141,14 @@ def test_an_external_redis_gives_each_component_its_own_url_unless_the_operator_
     notes = render_notes(shared_values)
     assert "WARNING: externalRedis.sharedCredential" in notes
     assert "redis/redis-url" in notes
+
+
+def test_an_external_redis_needs_the_operator_to_say_whether_its_credential_is_shared() -> None:
+    """A Secret from before 0.2.0 holds one redis-url; read as redis-url-<component> it would stop every
+    pod at start. Unsaid, the render fails, before the upgrade changes anything."""
+    import helm_python as helm
+
+    unsaid = {**MINIMAL, "externalRedis": {"existingSecret": "redis"}}
+    with pytest.raises(helm.HelmError) as failed:
+        render(unsaid)
+    assert "externalRedis.sharedCredential" in str(failed.value)

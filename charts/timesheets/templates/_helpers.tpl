@@ -289,6 +289,9 @@ would install "healthy" and broken. Call with (dict "root" $ "component" "gatewa
 name: {{ include "timesheets.generatedSecretName" $root }}
 key: redis-url-{{ .component }}
 {{- else if $root.Values.externalRedis.existingSecret -}}
+{{- if kindIs "invalid" $root.Values.externalRedis.sharedCredential -}}
+{{- fail "externalRedis.sharedCredential: say whether each component has its own Redis user (false: the Secret holds redis-url-<component>, one URL each; docs/CONTRACTS.md, \"Redis keys and who may touch them\") or every component shares the URL at externalRedis.existingSecretUrlKey (true: what a Secret from before 0.2.0 holds; any compromised component can then write what the others rely on)" -}}
+{{- end -}}
 name: {{ $root.Values.externalRedis.existingSecret }}
 {{- if $root.Values.externalRedis.sharedCredential }}
 key: {{ $root.Values.externalRedis.existingSecretUrlKey }}
