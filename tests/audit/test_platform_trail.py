@@ -8,35 +8,20 @@ exactly as in production (``AUDIT_URL``, ``TIMESHEETS_URL``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from approvals.app import create_app as create_approvals
-from approvals.settings import ApprovalsSettings
-from audit.app import create_app as create_audit
-from audit.settings import AuditSettings
-from svckit.settings import load_settings
-from timesheets.app import create_app as create_timesheets
-from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
-    create_database,
-    drop_database,
-    free_port,
-    migrate_schema,
-    runtime_url,
-    serve_app,
     user,
 )
+from testkit.inprocess import three_services
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 
@@ -52,56 +37,15 @@ class Platform:
     audit: SignedApi
 
 
-async def ready(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"{url} never became ready")
-
-
 @pytest.fixture(scope="module")
 async def platform(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[Platform]:
-    name = f"tsp_test_trail_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
-    try:
-        for service in ("timesheets", "approvals", "audit"):
-            await migrate_schema(dsn, service, SERVICES / service / service)
-        ports = {service: free_port() for service in ("timesheets", "approvals", "audit")}
-        urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-        common = {**identity_keys, "AUDIT_URL": urls["audit"]}
-
-        def env(service: str, **more: str) -> dict[str, str]:
-            return {**common, "DATABASE_URL": runtime_url(dsn, service), **more}  # its own role
-
-        audit = create_audit(load_settings(AuditSettings, env=env("audit"), audit_verify_interval_seconds=0))
-        timesheets = create_timesheets(
-            load_settings(TimesheetsSettings, env=env("timesheets", OUTBOX_POLL_INTERVAL_SECONDS="0.5"))
-        )
-        approvals = create_approvals(
-            load_settings(
-                ApprovalsSettings,
-                env=env("approvals", TIMESHEETS_URL=urls["timesheets"], OUTBOX_POLL_INTERVAL_SECONDS="0.5"),
-            )
-        )
-        async with (
-            serve_app(audit, ports["audit"]),
-            serve_app(timesheets, ports["timesheets"]),
-            serve_app(approvals, ports["approvals"]),
-        ):
-            for url in urls.values():
-                await ready(url)
-            clients = Platform(*(SignedApi(urls[s], caller) for s in ("timesheets", "approvals", "audit")))
-            try:
-                yield clients
-            finally:
-                for client in (clients.timesheets, clients.approvals, clients.audit):
-                    await client.close()
-    finally:
-        await drop_database(name)
+    async with three_services(identity_keys, "trail") as urls:
+        clients = Platform(*(SignedApi(urls[s], caller) for s in ("timesheets", "approvals", "audit")))
+        try:
+            yield clients
+        finally:
+            for client in (clients.timesheets, clients.approvals, clients.audit):
+                await client.close()
 
 
 async def trail_of(platform: Platform, resource_id: str, expected: int, timeout: float = 15.0) -> list[Any]:

@@ -10,7 +10,6 @@ wired as in production; the denial window is short so that records arrive within
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,26 +18,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from approvals.app import create_app as create_approvals
-from approvals.settings import ApprovalsSettings
-from audit.app import create_app as create_audit
-from audit.settings import AuditSettings
 from svckit.identity import NONCE, SIGNATURE, Identity
-from svckit.settings import load_settings
-from timesheets.app import create_app as create_timesheets
-from timesheets.settings import TimesheetsSettings
 
-from testkit.client import SignedApi, wait_ready
+from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
-    create_database,
-    drop_database,
-    free_port,
-    migrate_schema,
-    runtime_url,
-    serve_app,
     user,
 )
+from testkit.inprocess import three_services
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 ALICE = user("alice", "read:timesheets", "create:timesheets")
@@ -57,48 +44,15 @@ class Platform:
 
 @pytest.fixture(scope="module")
 async def platform(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[Platform]:
-    name = f"tsp_test_svcdenials_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
-    try:
-        for service in ("timesheets", "approvals", "audit"):
-            await migrate_schema(dsn, service, SERVICES / service / service)
-        ports = {service: free_port() for service in ("timesheets", "approvals", "audit")}
-        urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-
-        def env(service: str, **more: str) -> dict[str, str]:
-            return {
-                **identity_keys,
-                "AUDIT_URL": urls["audit"],
-                "DATABASE_URL": runtime_url(dsn, service),
-                "AUDIT_DENIAL_WINDOW_SECONDS": WINDOW,
-                **more,
-            }
-
-        audit = create_audit(load_settings(AuditSettings, env=env("audit"), audit_verify_interval_seconds=0))
-        timesheets = create_timesheets(
-            load_settings(TimesheetsSettings, env=env("timesheets", OUTBOX_POLL_INTERVAL_SECONDS="0.2"))
-        )
-        approvals = create_approvals(
-            load_settings(
-                ApprovalsSettings,
-                env=env("approvals", TIMESHEETS_URL=urls["timesheets"], OUTBOX_POLL_INTERVAL_SECONDS="0.2"),
-            )
-        )
-        async with (
-            serve_app(audit, ports["audit"]),
-            serve_app(timesheets, ports["timesheets"]),
-            serve_app(approvals, ports["approvals"]),
-        ):
-            for url in urls.values():
-                await wait_ready(url)
-            platform = Platform(urls, SignedApi(urls["audit"], caller), SignedApi(urls["timesheets"], caller))
-            try:
-                yield platform
-            finally:
-                await platform.audit.close()
-                await platform.timesheets.close()
-    finally:
-        await drop_database(name)
+    async with three_services(
+        identity_keys, "svcdenials", poll_seconds=0.2, AUDIT_DENIAL_WINDOW_SECONDS=WINDOW
+    ) as urls:
+        platform = Platform(urls, SignedApi(urls["audit"], caller), SignedApi(urls["timesheets"], caller))
+        try:
+            yield platform
+        finally:
+            await platform.audit.close()
+            await platform.timesheets.close()
 
 
 async def send(url: str, method: str, headers: dict[str, str], body: bytes = b"") -> int:
