@@ -288,3 +288,54 @@ async def test_another_services_role_cannot_hold_up_the_audit_chain(schemas: str
     finally:
         await thief.close()
         await audit.close()
+
+
+async def test_another_services_role_cannot_hold_up_the_migration_job(schemas: str) -> None:
+    """The migration runner serialises runs with advisory locks, which any role that may connect can
+    take. Only migrations, running as the owner, are meant to: a session of any other role holding
+    one is ended by the next run, which then goes on (it says so in its log), instead of the
+    pre-upgrade Job waiting behind it for ever."""
+    import asyncio
+
+    from svckit.migrations import migrate
+
+    from testkit.fixtures import runtime_role
+
+    thief = await as_role(schemas, "timesheets")
+    try:
+        await thief.execute("SELECT pg_advisory_lock($1)", zlib.crc32(b"svckit-migrate:audit"))
+        migrations = SERVICES / "audit" / "audit" / "migrations"
+        await asyncio.wait_for(migrate(schemas, "audit", migrations, role=runtime_role("audit")), timeout=20)
+        assert not await _alive(thief)
+    finally:
+        await thief.close()
+
+
+@pytest.mark.parametrize("transaction", [False, True])
+async def test_a_runner_lock_held_by_another_role_is_taken_back(schemas: str, transaction: bool) -> None:
+    """The same for the lock on the database's grants (transaction-scoped), through the kit's taker."""
+    import asyncio
+
+    from svckit import runnerlock
+
+    key = zlib.crc32(f"svckit-test-{uuid.uuid4()}".encode())
+    thief = await as_role(schemas, "approvals")
+    owner = await asyncpg.connect(schemas)
+    try:
+        await thief.execute("SELECT pg_advisory_lock($1)", key)
+        async with owner.transaction():
+            await asyncio.wait_for(runnerlock.take(owner, key, "test", transaction=transaction), timeout=10)
+            assert not await _alive(thief)
+        if not transaction:
+            await owner.execute("SELECT pg_advisory_unlock($1)", key)
+    finally:
+        await thief.close()
+        await owner.close()
+
+
+async def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False
+    return True
