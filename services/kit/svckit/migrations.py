@@ -7,7 +7,8 @@ services need (the outbox), versioned on its own track, so a change to it is one
 every writer's next ``migrate`` applies.
 
 Each file runs in its own transaction together with the row that records it, so a failed file leaves
-nothing behind. An advisory lock serialises concurrent runners (many replicas, a Helm hook Job). A
+nothing behind. An advisory lock serialises concurrent runners (many replicas, a Helm hook Job); a
+session of another role holding it is ended (:mod:`svckit.runnerlock`). A
 recorded file whose checksum changed, or that disappeared, stops the run: history is not rewritten
 silently. The one sanctioned exception is *adoption*: a kit set may declare that it replaces a file
 services used to carry themselves (same name, one of the listed checksums). A database that applied
@@ -37,6 +38,7 @@ from ssl import SSLContext
 
 import asyncpg
 
+from . import runnerlock
 from .dbtls import SslMode
 from .roles import RoleError, RuntimeRole, apply, read_privileges
 
@@ -253,7 +255,7 @@ async def migrate(
     conn = await asyncpg.connect(dsn, ssl=ssl)
     try:
         lock_key = zlib.crc32(f"svckit-migrate:{schema}".encode())
-        await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
+        await runnerlock.take(conn, lock_key, f"svckit-migrate:{schema}", transaction=False)
         try:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
             await _bookkeeping(conn, quoted)

@@ -43,6 +43,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from . import runnerlock
+
 PRIVILEGES_FILE = "privileges.txt"
 ALLOWED = ("SELECT", "INSERT", "UPDATE", "DELETE")  # in GRANT order
 EVERY_TABLE = "*"
@@ -319,9 +321,8 @@ async def _grant_connect(conn: asyncpg.Connection, database: str, name: str) -> 
     two migrations granting at once (each service's, in parallel) fail with "tuple concurrently
     updated". A lock for the database's grants, held to the end of this transaction, puts them one
     after the other."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"svckit-grant-connect:{database}".encode())
-    )
+    what = f"svckit-grant-connect:{database}"
+    await runnerlock.take(conn, zlib.crc32(what.encode()), what, transaction=True)
     try:
         async with conn.transaction():
             await conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {_ident(name)}")
