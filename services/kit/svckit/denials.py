@@ -69,6 +69,12 @@ dropped_total = Counter(
     "than the pending bound, or it stopped with records still waiting).",
     ["service"],
 )
+written_total = Counter(
+    "audit_denials_written_total",
+    "Aggregated denial records a service wrote to the audit trail (its outbox, or the audit service's "
+    "own trail).",
+    ["service"],
+)
 
 
 @dataclass(slots=True)
@@ -246,6 +252,7 @@ class DenialRecorder:
         self.routes: Sequence[BaseRoute] = ()  # set by create_service_app: templates of refused paths
         self._pending: list[AuditEvent] = []
         self._dropped = dropped_total.labels(source)
+        self._written = written_total.labels(source)
         self.written = 0
         # a window's records go out soon after it ends; between windows a run only looks at a dict
         interval = min(max(window_seconds / 4, 0.05), 5.0)
@@ -315,6 +322,7 @@ class DenialRecorder:
         await self.sink(batch)
         del self._pending[: len(batch)]
         self.written += len(batch)
+        self._written.inc(len(batch))
         return bool(self._pending)
 
     @property

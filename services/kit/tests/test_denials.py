@@ -176,6 +176,7 @@ async def test_a_refusal_before_routing_is_recorded_under_the_route_template() -
     assert details[("GET", "/timesheets/{id}")].actor.kind == "anonymous"
     assert details[("POST", "/timesheets")].actor.subject == "mallory"
     assert denials.written == 4
+    assert REGISTRY.get_sample_value("audit_denials_written_total", {"service": denials.source}) == 4
 
 
 async def test_records_wait_while_the_sink_fails_within_a_bound_and_drops_are_counted() -> None:
