@@ -163,7 +163,7 @@ def test_a_prefix_the_acl_file_cannot_hold_fails_the_render_not_the_bundled_redi
     import helm_python as helm
 
     prefix = "my app:"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no spaces"):
         redisacl.rules("gateway", prefix)  # what devstack and the docs' user_line say
     values: dict[str, Any] = {
         **SCENARIOS["values-dev.yaml"],
@@ -174,4 +174,5 @@ def test_a_prefix_the_acl_file_cannot_hold_fails_the_render_not_the_bundled_redi
     except helm.HelmError:
         return  # refused before anything changes
     with PrivateRedis(acl=data["redis-users.acl"]) as server:  # raises when Redis does not start
-        assert server.process is not None and server.process.poll() is None
+        assert server.process is not None
+        assert server.process.poll() is None
