@@ -152,3 +152,27 @@ def test_an_external_redis_needs_the_operator_to_say_whether_its_credential_is_s
     with pytest.raises(helm.HelmError) as failed:
         render(unsaid)
     assert "externalRedis.sharedCredential" in str(failed.value)
+
+
+def test_a_prefix_the_acl_file_cannot_hold_fails_the_render_not_the_bundled_redis() -> None:
+    """config.redisKeyPrefix is free text (the schema says only "string"; the services take any
+    prefix), but an ACL file's rules are separated by spaces: a prefix with a space renders a
+    rule Redis cannot parse, and the bundled Redis aborts at start ("Syntax error") with every
+    component waiting on it. svckit.redisacl.rules refuses such a prefix; the chart must too, at
+    render time, or render rules a Redis loads."""
+    import helm_python as helm
+
+    prefix = "my app:"
+    with pytest.raises(ValueError, match="no spaces"):
+        redisacl.rules("gateway", prefix)  # what devstack and the docs' user_line say
+    values: dict[str, Any] = {
+        **SCENARIOS["values-dev.yaml"],
+        "config": {**SCENARIOS["values-dev.yaml"].get("config", {}), "redisKeyPrefix": prefix},
+    }
+    try:
+        data = generated(render(values))
+    except helm.HelmError:
+        return  # refused before anything changes
+    with PrivateRedis(acl=data["redis-users.acl"]) as server:  # raises when Redis does not start
+        assert server.process is not None
+        assert server.process.poll() is None

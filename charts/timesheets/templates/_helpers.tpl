@@ -263,6 +263,9 @@ services/kit/svckit/redisacl.py renders (tests/packaging/test_redis_acl.py check
 Call with (dict "root" $ "component" "gateway").
 */}}
 {{- define "timesheets.redisAclRules" -}}
+{{- if regexMatch "[\\s[:cntrl:]]" .root.Values.config.redisKeyPrefix -}}
+{{- fail "config.redisKeyPrefix: no spaces or control characters with the bundled Redis (redis.enabled): its ACL file separates rules by spaces, and Redis would not start" -}}
+{{- end -}}
 {{- $p := regexReplaceAll "([*?\\[\\]\\\\])" .root.Values.config.redisKeyPrefix "\\${1}" -}}
 {{- $base := "resetchannels -@all +ping +select" -}}
 {{- $tail := "-@dangerous -@admin" -}}

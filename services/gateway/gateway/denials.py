@@ -140,6 +140,10 @@ class DenialAuditor:
             address=address,
             request_id=request_id,
         )
+        if self.windows.open_windows > 2:
+            # windows ended while the delivery task backs off (up to 30 s; a short window ends many
+            # times meanwhile): their records join the bounded queue now (as svckit.denials does)
+            self._enqueue([event.to_json() for event in self.windows.close()])
 
     def _enqueue(self, documents: list[dict[str, Any]]) -> None:
         room = self._queue_size - len(self._queue)

@@ -388,7 +388,9 @@ class JwksCache:
         return self.redis.key("gateway", "jwks", state.config.issuer)
 
     def _mac(self, issuer: str, document: str) -> str:
-        message = b"tsp-gateway-jwks-v1\n%b\n%b" % (issuer.encode(), document.encode())
+        # surrogatepass: a copy from Redis may hold lone surrogates (valid JSON); it then fails the MAC
+        text = document.encode("utf-8", "surrogatepass")
+        message = b"tsp-gateway-jwks-v1\n%b\n%b" % (issuer.encode(), text)
         return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
 
     async def _from_redis(self, state: IssuerKeys) -> tuple[KeySet, Any] | None:
@@ -405,7 +407,8 @@ class JwksCache:
                 raise TypeError("payload and mac are strings")
         except (ValueError, KeyError, TypeError):
             document = mac = ""
-        if not hmac.compare_digest(mac.encode(), self._mac(state.config.issuer, document).encode()):
+        expected = self._mac(state.config.issuer, document)
+        if not hmac.compare_digest(mac.encode("utf-8", "surrogatepass"), expected.encode()):
             metrics.jwks_cache.labels("redis", "rejected").inc()
             log.warning(
                 "ignored a key set in Redis that this gateway's MAC does not vouch for: written by "

@@ -51,3 +51,46 @@ def test_addresses_beyond_the_bound_share_one_budget(monkeypatch: pytest.MonkeyP
     limits.count_anonymous("2001:db8::b")
     assert not limits.anonymous_refused("2001:db8::c").allowed  # the overflow bucket is full
     assert limits.anonymous_refused("2001:db8::0").allowed  # the first four keep their own
+
+
+async def test_gateway_denial_windows_that_end_while_no_delivery_runs_are_bounded() -> None:
+    """The gateway's delivery task backs off up to 30 s while the audit service is away; with a short
+    AUDIT_DENIAL_WINDOW_SECONDS (down to 0.05 s) many windows end meanwhile, each with up to
+    AUDIT_DENIAL_MAX_KEYS tallies, all kept until the next delivery runs. The services' recorder
+    (svckit.denials.DenialRecorder) turns ended windows into bounded waiting records on the request
+    path once more than two are open; the gateway's auditor, fed by every anonymous flood, must stay
+    within the same kind of bound (its queue: AUDIT_QUEUE_SIZE, drops counted)."""
+    from gateway.denials import DenialAuditor
+    from svckit.http import HttpClient, SignedClient
+
+    from testkit.fixtures import new_pair_keys, pair_signer
+
+    clock = FakeClock(start=START)
+    http = HttpClient()
+    try:
+        auditor = DenialAuditor(
+            SignedClient(http, "http://127.0.0.1:9", pair_signer(new_pair_keys("unit"), "gateway", "audit")),
+            queue_size=5,
+            batch_size=5,
+            flush_seconds=1,
+            window_seconds=10,
+            max_keys=3,
+            clock=clock,
+        )
+        for window in range(50):  # no delivery at all: the task is backing off
+            for i in range(3):
+                auditor.aggregate(
+                    status=401,
+                    reason="malformed",
+                    route="/api/timesheets",
+                    method="GET",
+                    request_id=f"r{window}-{i}",
+                    identity=None,
+                    address=f"198.51.100.{i}",
+                )
+            clock.advance(10)
+        assert len(auditor.windows) + auditor.queued <= 2 * 3 + 5, (
+            f"{len(auditor.windows)} tallies kept for {auditor.windows.open_windows} windows"
+        )
+    finally:
+        await http.close()

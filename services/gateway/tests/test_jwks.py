@@ -369,3 +369,33 @@ async def test_keys_planted_in_redis_are_not_trusted(
             assert (await api("GET", f"{gateway}/api/timesheets", provider.token()))[0] == 200
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "envelope", [{"payload": "\ud800", "mac": "0" * 64}, {"payload": "{}", "mac": "\ud800"}]
+)
+async def test_an_unencodable_entry_in_redis_is_ignored_like_any_copy_the_mac_refuses(
+    api: Any, start_gateway: Any, provider: Provider, redis_url: str, redis_prefix: str, envelope: Any
+) -> None:
+    """The MAC is there because Redis is not trusted with keys, so whatever a writer puts in the
+    cache entry must leave the gateway fetching from the provider. An envelope whose ``payload`` or
+    ``mac`` holds a lone surrogate (``"\\ud800"``: valid JSON, not encodable as UTF-8) must be a copy
+    the MAC refuses, not an exception in every load (a 500, and no key fetched from the provider for
+    as long as the entry stays): a key the provider rotated in must still be fetched."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    prefix = f"{redis_prefix}surrogate-{uuid.uuid4().hex[:6]}:"
+    client = aioredis.from_url(redis_url)
+    key = f"{prefix}gateway:jwks:{provider.issuer}"
+    try:
+        async with start_gateway(redis_key_prefix=prefix) as gateway:
+            await wait_for_keys(api, gateway, provider)
+            await client.set(key, json.dumps(envelope))
+            kid = f"rotated-{uuid.uuid4().hex[:6]}"
+            provider.add_key(kid, "RS256")
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(kid))
+            assert status == 200, f"a key the provider published was not fetched: {status} {body}"
+    finally:
+        await client.aclose()
