@@ -15,6 +15,8 @@ from pathlib import Path
 from svckit import redisacl
 from svckit.identity import PAIRS, pair_variable
 
+from .roles import redis_password_variable
+
 
 def _key() -> str:
     return secrets.token_urlsafe(32)
@@ -46,7 +48,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "APPROVALS_DB_PASSWORD": _key,
     "AUDIT_DB_PASSWORD": _key,
     # each component's Redis user on the embedded server (svckit.redisacl, devstack.roles)
-    **{f"{component.upper()}_REDIS_PASSWORD": _key for component in redisacl.COMPONENTS},
+    **{redis_password_variable(component): _key for component in redisacl.COMPONENTS},
     # the audit service's checkpoint signing key (Ed25519), the public half at /api/audit/checkpoint-keys
     "AUDIT_CHECKPOINT_KEYS": _checkpoint_key,
     # the gateway's MAC key over the key sets it caches in Redis (gateway.jwks)

@@ -25,11 +25,11 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
 * Redis is not trusted with keys: only the gateway's Redis user may write ``gateway:*``
   (svckit.redisacl), but a Redis shared with a wider credential (``externalRedis.sharedCredential``),
   or anyone holding the gateway's, could plant a key set there that would let its author sign tokens
-  for anyone. A copy is
-  stored with an HMAC-SHA256 under ``GATEWAY_CACHE_SECRET`` (the gateway's alone) over the issuer and
-  the document; a copy whose MAC does not verify is ignored (``gateway_jwks_cache_total{layer="redis",
-  result="rejected"}``, and a warning) and the provider asked instead. Without the setting each process
-  draws a key of its own, so replicas do not share copies (each fetches once at start).
+  for anyone. A copy is stored with an HMAC-SHA256 under ``GATEWAY_CACHE_SECRET`` (the gateway's
+  alone) over the issuer and the document; a copy whose MAC does not verify is ignored
+  (``gateway_jwks_cache_total{layer="redis",result="rejected"}``, and a warning) and the provider
+  asked instead. Without the setting each process draws a key of its own, so replicas do not share
+  copies (each fetches once at start).
 """
 
 from __future__ import annotations
