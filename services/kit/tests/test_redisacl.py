@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 from svckit import redisacl
 from svckit.dpop import Proof, ReplayGuard
@@ -32,10 +31,12 @@ def test_the_prefix_is_escaped_and_every_user_ends_without_dangerous_commands() 
         redisacl.rules("gateway", "a b:")
 
 
-async def test_a_service_records_its_own_nonces_only(redis_user: Callable[..., str], redis_url: str) -> None:
+async def test_a_service_records_its_own_nonces_only(
+    redis_user: Callable[..., str], redis_prefix: str
+) -> None:
     """The replay memory (svckit.replay: its own RESP wire, AUTH with the user's name) works as the
     timesheets user, which may not write the audit service's memory nor read its own."""
-    prefix = f"test-acl-{uuid.uuid4().hex}:"
+    prefix = f"{redis_prefix}acl-{uuid.uuid4().hex}:"  # deleted with the session's keys
     url = await asyncio.to_thread(redis_user, "timesheets", prefix)
     guard = RedisGuard(url, prefix, timeout=1.0, retry_seconds=1.0)
     try:
@@ -51,17 +52,12 @@ async def test_a_service_records_its_own_nonces_only(redis_user: Callable[..., s
         memory.close()
     finally:
         await guard.close()
-        admin = Redis.from_url(redis_url)
-        keys = [key async for key in admin.scan_iter(match=prefix + "*")]
-        if keys:
-            await admin.delete(*keys)
-        await admin.aclose()
 
 
 async def test_the_dpop_memories_are_the_gateways_and_the_providers(
-    redis_user: Callable[..., str], redis_url: str
+    redis_user: Callable[..., str], redis_prefix: str
 ) -> None:
-    prefix = f"test-acl-{uuid.uuid4().hex}:"
+    prefix = f"{redis_prefix}acl-{uuid.uuid4().hex}:"  # deleted with the session's keys
     urls = [await asyncio.to_thread(redis_user, c, prefix) for c in ("gateway", "identity")]
     gateway, identity = (RedisGuard(url, prefix, timeout=1.0, retry_seconds=30.0) for url in urls)
     try:
@@ -76,8 +72,3 @@ async def test_the_dpop_memories_are_the_gateways_and_the_providers(
     finally:
         await gateway.close()
         await identity.close()
-        admin = Redis.from_url(redis_url)
-        keys = [key async for key in admin.scan_iter(match=prefix + "*")]
-        if keys:
-            await admin.delete(*keys)
-        await admin.aclose()
