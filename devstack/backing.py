@@ -79,8 +79,6 @@ def create_redis_users(admin_url: str, prefix: str, passwords: Mapping[str, str]
     import redis
     from svckit import redisacl
 
-    from .roles import redis_user_url
-
     client = redis.Redis.from_url(admin_url, driver_info=None)
     try:
         for component, password in passwords.items():
@@ -88,7 +86,7 @@ def create_redis_users(admin_url: str, prefix: str, passwords: Mapping[str, str]
             client.execute_command("ACL", "SETUSER", component, *args)  # type: ignore[no-untyped-call]
     finally:
         client.close()
-    return {component: redis_user_url(admin_url, component, pw) for component, pw in passwords.items()}
+    return {component: redisacl.user_url(admin_url, component, pw) for component, pw in passwords.items()}
 
 
 def npm_available() -> bool:

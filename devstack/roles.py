@@ -15,14 +15,13 @@ the identity keys of the pairs it is an end of only (svckit.identity.PAIRS), a m
 Redis likewise: with the embedded server, ``make dev`` creates one ACL user per component
 (svckit.redisacl: its commands, its keys under ``REDIS_KEY_PREFIX``), named after the component, with
 the password ``<COMPONENT>_REDIS_PASSWORD`` from ``.local/secrets.env``, and each service gets a
-``REDIS_URL`` naming its own user (:func:`redis_user_url`) and no Redis password at all. A
+``REDIS_URL`` naming its own user (``svckit.redisacl.user_url``) and no Redis password at all. A
 ``REDIS_URL`` given in the environment is used as it is, by every service (its users are yours).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from svckit.identity import PAIRS, pair_variable
 from svckit.roles import role_url
@@ -66,15 +65,6 @@ def password_variable(service: str) -> str:
 
 def redis_password_variable(component: str) -> str:
     return component.upper() + REDIS_PASSWORD_SUFFIX
-
-
-def redis_user_url(url: str, username: str, password: str) -> str:
-    """``url`` (the Redis server's) as ``username`` connects."""
-    parts = urlsplit(url)
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname or '127.0.0.1'}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def migrate_env(env: Mapping[str, str], service: str) -> dict[str, str]:

@@ -9,20 +9,9 @@ user is not granted fails its tests here (``NOPERM``) before it fails in a clust
 from __future__ import annotations
 
 import secrets
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from svckit import redisacl
-
-
-def user_url(admin_url: str, username: str, password: str) -> str:
-    """``admin_url`` (the server tests administer) as ``username`` would connect."""
-    parts = urlsplit(admin_url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class RedisUsers:
@@ -47,7 +36,7 @@ class RedisUsers:
         finally:
             await client.aclose()
         self.names.append(name)
-        return user_url(self.admin_url, name, password)
+        return redisacl.user_url(self.admin_url, name, password)
 
     async def close(self) -> None:
         if not self.names:

@@ -37,6 +37,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
 #: The components that connect to Redis, in the order the chart and devstack list them.
 COMPONENTS: tuple[str, ...] = ("gateway", "identity", "timesheets", "approvals", "audit")
@@ -107,6 +108,15 @@ def rules(component: str, prefix: str) -> str:
 def password_hash(password: str) -> str:
     """The SHA-256 form Redis accepts for a password (``#<hex>``): the ACL file holds no password."""
     return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def user_url(server_url: str, username: str, password: str) -> str:
+    """``server_url`` (the Redis server's, any user's or none) as ``username`` connects with it."""
+    parts = urlsplit(server_url)
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname or '127.0.0.1'}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def user_line(component: str, username: str, password: str, prefix: str) -> str:
