@@ -23,10 +23,11 @@ from typing import Literal
 import asyncpg
 from svckit.context import current_request_id
 from svckit.contracts.approvals import DecisionIn
+from svckit.contracts.audit import AuditEvent
 from svckit.contracts.timesheets import Entry
-from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database, OutcomeUnknown
 from svckit.identity import Identity
-from svckit.outbox import enqueue
+from svckit.outbox import enqueue_once, holds
 
 from . import events, store
 from .metrics import decisions
@@ -105,8 +106,7 @@ class Workflow:
             if existing is not None:
                 return await self._again(existing, approver, body)
             if refusal.status == 403:
-                async with self.database.transaction() as conn:
-                    await enqueue(conn, events.refused_own_entry(approver, entry_id))
+                await self._record_refusal(events.refused_own_entry(approver, entry_id, body))
             return refusal
 
         decision_id = uuid.uuid4()
@@ -132,6 +132,33 @@ class Workflow:
                 return Refusal(409, "The entry has already been decided.")
             return await self._again(existing, approver, body)
         return await self.drive(row, self.attempts, via="request")
+
+    async def _record_refusal(self, event: AuditEvent) -> None:
+        """The audit record of a refused attempt, on its own (nothing else changed): best effort. The
+        refusal is the answer whatever happens to this write — never a 503 that invites a retry of a
+        request that can only be refused again, nor anything that says it was stored when it may not
+        be. The record's id is the request's (:func:`events.refusal_id`), so writing it again adds
+        nothing: one more try after a failure (the database answered again, or the transaction
+        failed before its ``COMMIT``), and the same request refused again."""
+
+        async def stored(conn: Connection) -> bool:
+            return await holds(conn, event.id)
+
+        failure = ""
+        for _ in range(2):
+            try:
+                async with self.database.transaction(committed=stored) as conn:
+                    await enqueue_once(conn, event)
+                return
+            except OutcomeUnknown:  # Postgres stayed away (10 s): the answer waits no longer
+                failure = "outcome unknown"
+                break
+            except NOTE_ERRORS as exc:  # not stored (or stored and relayed already): once more
+                failure = type(exc).__name__
+        log.warning(
+            "the audit record of a refused decision is not known to be stored",
+            extra={"event_id": str(event.id), "reason": event.details.get("reason"), "error": failure},
+        )
 
     async def _live(self, entry_id: uuid.UUID) -> DecisionRow | None:
         async with self.database.connection() as conn:

@@ -153,7 +153,9 @@ async def test_an_own_entry_is_403_whatever_its_denial_record_commit_does(
     assert created.status == 201
     entry_id = str(created.body["id"])
     request_id = f"lc-own-{uuid.uuid4().hex}"
-    done = proxy.cut_at_commit(when, after_sending=b"INSERT INTO outbox")
+    # the record's transaction, by the request id in its payload (a statement's text is sent only
+    # the first time a pooled connection prepares it)
+    done = proxy.cut_at_commit(when, after_sending=request_id.encode())
     reply = await put_as_request(approvals, caller, own, entry_id, request_id)
     assert done.is_set()
     assert reply.status == 403, reply.text
@@ -214,8 +216,9 @@ async def test_voiding_the_decision(
     the decision cannot be applied (never that it will be)."""
     proxy, approvals = rig
     entry_id, decision_id = await pending_then_deleted(timesheets, db)
-    # voiding is one statement in autocommit: cut where it executes
-    done = proxy.cut_at_commit(when, after_sending=b"SET state = 'void'", autocommit=True)
+    # voiding is one statement in autocommit: cut where it executes (the statement's, by the
+    # decision id in its audit event: its text is sent only the first time a connection prepares it)
+    done = proxy.cut_at_commit(when, after_sending=decision_id.encode(), autocommit=True)
     reply = await approvals.call("PUT", f"/approvals/{entry_id}", APPROVER, json={"decision": "approved"})
     assert done.is_set()
     if when == "after":  # voided (only its answer was lost): the entry is gone
