@@ -1,5 +1,5 @@
-"""The audit events of the approvals service: a decision applied (enqueued in the statement that
-settles it), and an approver's refused attempt at their own entry (best effort, on its own)."""
+"""The audit events of the approvals service: a decision applied or voided (enqueued in the statement
+that settles it), and an approver's refused attempt at their own entry (best effort, on its own)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,30 @@ def decided(row: DecisionRow, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
             "decision": row.decision,
             "comment": row.comment,
             "applied_by": via,
+        },
+    )
+
+
+def voided(row: DecisionRow, reason: str, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
+    """A recorded decision voided because it can never apply (``reason``, from the timesheets
+    service's answer: ``entry_gone``, ``already_decided`` or ``own_entry``), as the outbox's values
+    (like :func:`decided`): a change of the decision's state, on the trail like the others. Outcome
+    ``failure``: what the approver decided did not take effect. ``via``: ``request`` or
+    ``reconciler``, whichever voided it; the request id is the original PUT's."""
+    return outbox_values(
+        action="approval.voided",
+        resource_type="timesheet",
+        resource_id=str(row.entry_id),
+        outcome="failure",
+        actor=approver_of(row),
+        source=SOURCE,
+        request_id=row.request_id or "",
+        details={
+            "decision_id": str(row.id),
+            "decision": row.decision,
+            "comment": row.comment,
+            "reason": reason,
+            "voided_by": via,
         },
     )
 
