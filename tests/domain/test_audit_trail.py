@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
+from approvals.store import RECORD_PENDING, pending_arguments
+from svckit.contracts.approvals import DecisionIn
 from svckit.identity import Identity
 from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
@@ -132,6 +134,30 @@ async def act(stack: Stack) -> dict[str, Any]:
     assert (
         await stack.approvals.call("PUT", f"/approvals/{own.body['id']}", bob, json={"decision": "approved"})
     ).status == 403
+    # A decision recorded pending (its apply call lost, say) whose entry the owner deleted meanwhile:
+    # the approver's repeated PUT finds the entry gone and voids the decision, a change on the trail.
+    gone = await stack.timesheets.call(
+        "POST", "/timesheets", alice, json={"date": "2026-11-05", "project": "C", "hours": 2}
+    )
+    conn = await asyncpg.connect(stack.url)
+    try:
+        recorded = await conn.fetchrow(
+            RECORD_PENDING.replace("INTO decisions", "INTO approvals.decisions"),
+            *pending_arguments(
+                uuid.UUID(gone.body["id"]),
+                bob,
+                DecisionIn(decision="approved"),
+                None,
+                decision_id=uuid.uuid4(),
+            ),
+        )
+    finally:
+        await conn.close()
+    assert recorded is not None
+    assert (await stack.timesheets.call("DELETE", f"/timesheets/{gone.body['id']}", alice)).status == 204
+    assert (
+        await stack.approvals.call("PUT", f"/approvals/{gone.body['id']}", bob, json={"decision": "approved"})
+    ).status == 404
     batch = Identity(
         "http://localhost:9000/", "batch", "client", "timesheets-batch", frozenset({"batch:upload"}), ""
     )
@@ -145,6 +171,11 @@ async def act(stack: Stack) -> dict[str, Any]:
         rejected: [created, *decided],
         deleted: [created, ("timesheets", "timesheet.deleted", "success")],
         own.body["id"]: [created, ("approvals", "approval.decided", "denied")],
+        gone.body["id"]: [
+            created,
+            ("timesheets", "timesheet.deleted", "success"),
+            ("approvals", "approval.voided", "failure"),
+        ],
         upload.body["upload_id"]: [("timesheets", "timesheet.uploaded", "success")],
     }
 

@@ -35,6 +35,12 @@ VOID_ANSWERS = {
     "already_decided": (409, "The entry has already been decided."),
     "own_entry": (403, "Approvers cannot decide their own entries."),
 }
+#: why a recorded decision can never apply, by its void reason: the 503 of one whose voiding failed
+VOID_CAUSES = {
+    "entry_gone": "the entry was deleted",
+    "already_decided": "the entry was decided otherwise",
+    "own_entry": "the entry is the approver's own",
+}
 
 
 def unavailable(detail: str) -> Problem:
@@ -158,6 +164,16 @@ async def decide(request: Request) -> bytes:
     if result.state == "void":
         status, detail = VOID_ANSWERS[result.reason]
         raise Problem(status, None, detail)
+    if result.voiding:
+        # Not "will be applied" (the timesheets service said it never can), and no decision member: a
+        # 503 with one says it will be. Voided meanwhile or not, repeating the request tells.
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"The decision is recorded, but it cannot be applied: {VOID_CAUSES[result.voiding]}. It is "
+            "being voided; repeat this request to see the outcome.",
+            headers=RETRY_AFTER,
+        )
     if result.reason == "refused":
         raise Problem(
             502,

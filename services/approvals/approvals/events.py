@@ -1,16 +1,22 @@
-"""The audit events of the approvals service (enqueued in the transaction that settles a decision)."""
+"""The audit events of the approvals service: a decision applied or voided (enqueued in the statement
+that settles it), and an approver's refused attempt at their own entry (best effort, on its own)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
+from svckit.context import current_request_id
+from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent, outbox_values
 from svckit.identity import Identity
 
 from .store import DecisionRow
 
 SOURCE = "approvals"
+#: the namespace of the ids of refused attempts' records (:func:`refusal_id`); never changes
+REFUSALS = uuid.UUID("9f90d771-8751-494e-aa78-243980401b23")
 
 
 def approver_of(row: DecisionRow) -> Identity:
@@ -46,7 +52,47 @@ def decided(row: DecisionRow, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
     )
 
 
-def refused_own_entry(approver: Identity, entry_id: uuid.UUID) -> AuditEvent:
+def voided(row: DecisionRow, reason: str, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
+    """A recorded decision voided because it can never apply (``reason``, from the timesheets
+    service's answer: ``entry_gone``, ``already_decided`` or ``own_entry``), as the outbox's values
+    (like :func:`decided`): a change of the decision's state, on the trail like the others. Outcome
+    ``failure``: what the approver decided did not take effect. ``via``: ``request`` or
+    ``reconciler``, whichever voided it; the request id is the original PUT's."""
+    return outbox_values(
+        action="approval.voided",
+        resource_type="timesheet",
+        resource_id=str(row.entry_id),
+        outcome="failure",
+        actor=approver_of(row),
+        source=SOURCE,
+        request_id=row.request_id or "",
+        details={
+            "decision_id": str(row.id),
+            "decision": row.decision,
+            "comment": row.comment,
+            "reason": reason,
+            "voided_by": via,
+        },
+    )
+
+
+def refusal_id(
+    approver: Identity, entry_id: uuid.UUID, body: DecisionIn, request_id: str | None
+) -> uuid.UUID:
+    """The id of a refused attempt's record, derived from the request: its id, who sent it, the entry
+    and what it decided. The same request refused twice is one record — the gateway sends an
+    idempotent request once more, with its request id, when its connection closed under it — and
+    writing the record again adds nothing (:func:`svckit.outbox.enqueue_once`). A fresh id when the
+    request has none."""
+    if request_id is None:
+        return uuid.uuid4()
+    key = [request_id, approver.issuer, approver.subject, str(entry_id), body.decision, body.comment]
+    return uuid.uuid5(REFUSALS, json.dumps(key))
+
+
+def refused_own_entry(approver: Identity, entry_id: uuid.UUID, body: DecisionIn) -> AuditEvent:
+    """An approver's attempt at their own entry, refused (403): its id from :func:`refusal_id`."""
+    request_id = current_request_id()
     return AuditEvent.create(
         action="approval.decided",
         resource_type="timesheet",
@@ -55,4 +101,6 @@ def refused_own_entry(approver: Identity, entry_id: uuid.UUID) -> AuditEvent:
         actor=approver,
         source=SOURCE,
         details={"reason": "own_entry"},
+        request_id=request_id,
+        event_id=refusal_id(approver, entry_id, body, request_id),
     )

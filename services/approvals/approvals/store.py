@@ -135,16 +135,14 @@ MARK_APPLIED = with_enqueued(
 )
 
 
-async def mark_void(conn: Connection, decision_id: uuid.UUID, reason: str) -> DecisionRow | None:
-    return DecisionRow.maybe(
-        await conn.fetchrow(
-            f"""UPDATE decisions SET state = 'void', void_reason = $2, updated_at = clock_timestamp()
-            WHERE id = $1 AND state = 'pending'
-            RETURNING {COLUMNS}""",
-            decision_id,
-            reason,
-        )
-    )
+#: pending → void with its reason (``$2``) and the void's audit event (``$3`` to ``$5``): one statement,
+#: like :data:`MARK_APPLIED`; no row (and no event) when it was no longer pending
+MARK_VOID = with_enqueued(
+    f"""UPDATE decisions SET state = 'void', void_reason = $2, updated_at = clock_timestamp()
+        WHERE id = $1 AND state = 'pending'
+        RETURNING {COLUMNS}""",
+    first=3,
+)
 
 
 async def record_attempt(conn: Connection, decision_id: uuid.UUID, error: str | None) -> None:

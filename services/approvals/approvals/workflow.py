@@ -6,7 +6,7 @@ The steps (see docs/approvals-consistency.md for the failure analysis):
    conflicts in the database, not in application code).
 2. **Apply** it at the timesheets service, keyed by the decision id. That call is idempotent and its
    answer definitive: applied (also when repeated), entry gone, decided otherwise, own entry.
-3. **Settle** here: ``applied`` (with its audit event, in the same transaction) or ``void``.
+3. **Settle** here: ``applied`` or ``void``, each with its audit event in the same statement.
 
 If anything dies between the steps the decision stays ``pending`` and the :mod:`reconciler`
 repeats step 2 and 3 until they complete, so the decision and the entry's status always end equal.
@@ -23,10 +23,11 @@ from typing import Literal
 import asyncpg
 from svckit.context import current_request_id
 from svckit.contracts.approvals import DecisionIn
+from svckit.contracts.audit import AuditEvent
 from svckit.contracts.timesheets import Entry
-from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database, OutcomeUnknown
 from svckit.identity import Identity
-from svckit.outbox import enqueue
+from svckit.outbox import enqueue_once, holds
 
 from . import events, store
 from .metrics import decisions
@@ -43,13 +44,17 @@ VOID_REASONS = {"gone": "entry_gone", "conflict": "already_decided", "forbidden"
 @dataclass(frozen=True)
 class Result:
     """Where a decision stands after an attempt, and the entry as the timesheets service returned it
-    (``entry_text``: as it wrote it, when it answered the entry with a 200)."""
+    (``entry_text``: as it wrote it, when it answered the entry with a 200). ``voiding``: a pending
+    decision the timesheets service's answer says can never apply, with the void reason it gave,
+    when voiding it here failed or is not known to have committed (a retry or the reconciler voids
+    it)."""
 
     state: State
     decision: DecisionRow
     entry: Entry | None = None
     reason: str = ""
     entry_text: str = ""
+    voiding: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Workflow:
         events_committed: Callable[[], None] = lambda: None,
     ) -> None:
         """``events_committed``: called once a decision and its audit event have committed
-        (``store.MARK_APPLIED`` sends no NOTIFY): the outbox relay's ``wake``."""
+        (``store.MARK_APPLIED`` and ``store.MARK_VOID`` send no NOTIFY): the outbox relay's ``wake``."""
         self.database = database
         self.timesheets = timesheets
         self.attempts = attempts
@@ -105,8 +110,7 @@ class Workflow:
             if existing is not None:
                 return await self._again(existing, approver, body)
             if refusal.status == 403:
-                async with self.database.transaction() as conn:
-                    await enqueue(conn, events.refused_own_entry(approver, entry_id))
+                await self._record_refusal(events.refused_own_entry(approver, entry_id, body))
             return refusal
 
         decision_id = uuid.uuid4()
@@ -132,6 +136,33 @@ class Workflow:
                 return Refusal(409, "The entry has already been decided.")
             return await self._again(existing, approver, body)
         return await self.drive(row, self.attempts, via="request")
+
+    async def _record_refusal(self, event: AuditEvent) -> None:
+        """The audit record of a refused attempt, on its own (nothing else changed): best effort. The
+        refusal is the answer whatever happens to this write — never a 503 that invites a retry of a
+        request that can only be refused again, nor anything that says it was stored when it may not
+        be. The record's id is the request's (:func:`events.refusal_id`), so writing it again adds
+        nothing: one more try after a failure (the database answered again, or the transaction
+        failed before its ``COMMIT``), and the same request refused again."""
+
+        async def stored(conn: Connection) -> bool:
+            return await holds(conn, event.id)
+
+        failure = ""
+        for _ in range(2):
+            try:
+                async with self.database.transaction(committed=stored) as conn:
+                    await enqueue_once(conn, event)
+                return
+            except OutcomeUnknown:  # Postgres stayed away (10 s): the answer waits no longer
+                failure = "outcome unknown"
+                break
+            except NOTE_ERRORS as exc:  # not stored (or stored and relayed already): once more
+                failure = type(exc).__name__
+        log.warning(
+            "the audit record of a refused decision is not known to be stored",
+            extra={"event_id": str(event.id), "reason": event.details.get("reason"), "error": failure},
+        )
 
     async def _live(self, entry_id: uuid.UUID) -> DecisionRow | None:
         async with self.database.connection() as conn:
@@ -168,42 +199,41 @@ class Workflow:
             )
             await self._note_failure(decision.id, f"refused: {outcome.detail[:200]}")
             return Result("pending", decision, outcome.entry, "refused")
-        applied = False
+        void_reason = VOID_REASONS.get(outcome.verdict, "")
 
         async def settled(conn: Connection) -> bool:
             return await store.settled(conn, decision.id)
 
+        # One statement in autocommit: applied or void with its audit event, or nothing if settled
+        # already (the event is built from the pending row: the fields it names never change).
+        arguments: tuple[object, ...]
+        if outcome.verdict == "applied":
+            statement, arguments = store.MARK_APPLIED, events.decided(decision, via)
+        else:
+            statement, arguments = store.MARK_VOID, (void_reason, *events.voided(decision, void_reason, via))
         try:
-            if outcome.verdict == "applied":
-                # One statement in autocommit: applied with its audit event, or nothing if settled
-                # already (the event is built from the pending row: the fields it names never change).
-                row = DecisionRow.maybe(
-                    await self.database.write_once(
-                        store.MARK_APPLIED,
-                        decision.id,
-                        *events.decided(decision, via),
-                        committed=settled,
-                        reread=store.decision_record(decision.id),
-                    )
+            row = DecisionRow.maybe(
+                await self.database.write_once(
+                    statement,
+                    decision.id,
+                    *arguments,
+                    committed=settled,
+                    reread=store.decision_record(decision.id),
                 )
-                applied = row is not None  # (after a lost answer: whoever applied it, it is applied)
-                if applied:
-                    self.events_committed()
-                if row is None:
-                    async with self.database.connection() as conn:
-                        row = await store.get(conn, decision.id)
-            else:
-                async with self.database.transaction(committed=settled) as conn:
-                    row = await store.mark_void(conn, decision.id, VOID_REASONS[outcome.verdict])
-                    if row is None:  # another request or the reconciler settled it first: report that
-                        row = await store.get(conn, decision.id)
+            )
+            changed = row is not None  # (after a lost answer: whoever settled it, it is settled)
+            if changed:
+                self.events_committed()
+            if row is None:  # another request or the reconciler settled it first: report that
+                async with self.database.connection() as conn:
+                    row = await store.get(conn, decision.id)
         except UNAVAILABLE_ERRORS as exc:
-            # Applied at the timesheets service but not settled here (or not known to be): the
-            # decision is recorded and stays pending until a retry or the reconciler settles it.
+            # Answered for good by the timesheets service but not settled here (or not known to be):
+            # the decision is recorded and stays pending until a retry or the reconciler settles it.
             log.warning("could not settle a decision; it stays pending", extra={"error": type(exc).__name__})
-            return Result("pending", decision, outcome.entry, "settle_failed")
+            return Result("pending", decision, outcome.entry, "settle_failed", voiding=void_reason)
         assert row is not None
-        if applied:
+        if changed and outcome.verdict == "applied":
             decisions.labels(row.decision).inc()
         return Result(
             row.state,  # type: ignore[arg-type]

@@ -35,6 +35,8 @@ from svckit.outbox import (
     OutboxRelay,
     backoff_delay,
     enqueue,
+    enqueue_once,
+    holds,
 )
 from svckit.settings import ServiceSettings, load_settings
 
@@ -241,6 +243,22 @@ async def test_rolled_back_change_leaves_no_event(database: Database, schema: st
     with pytest.raises(RuntimeError, match="rolled back"):
         await enqueue_then_fail(database, event())
     assert await outbox_rows(database, schema) == []
+
+
+async def test_an_event_enqueued_once_is_held_once(database: Database, schema: str) -> None:
+    """An event whose id is derived from what it records, written again (another try after a lost
+    COMMIT, the same request twice), is one row; ``holds`` is the commit check that finds it."""
+    item = event()
+    async with database.connection() as conn:
+        assert not await holds(conn, item.id)
+        with pytest.raises(RuntimeError, match="inside the transaction"):
+            await enqueue_once(conn, item)
+    for added in (True, False):
+        async with database.transaction() as conn:
+            assert await enqueue_once(conn, item) is added
+    async with database.connection() as conn:
+        assert await holds(conn, item.id)
+    assert [row["id"] for row in await outbox_rows(database, schema)] == [item.id]
 
 
 # ---- relay -----------------------------------------------------------------------------------------

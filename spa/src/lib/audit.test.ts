@@ -76,6 +76,21 @@ describe("audit events", () => {
     expect(own.details).toBe("Delta");
   });
 
+  it("reads a voided decision as voided, with what was decided and why", () => {
+    const view = describeEvent({
+      action: "approval.voided",
+      outcome: "failure",
+      actor: actor("local|bob", "Bob"),
+      resource: { type: "timesheet", id: "e2" },
+      details: { decision_id: "d1", decision: "approved", comment: null, reason: "entry_gone", voided_by: "request" },
+    });
+    expect(view).toMatchObject({
+      label: "Decision voided",
+      tone: "deny",
+      details: "approved · the entry was deleted",
+    });
+  });
+
   it("copes with unknown shapes", () => {
     const view = describeEvent({ action: "something.else", resource: { type: "thing", id: "42" } });
     expect(view).toMatchObject({ actor: "—", label: "something.else", tone: "other", seq: null, details: "thing 42" });

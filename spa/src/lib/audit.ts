@@ -23,6 +23,7 @@ export const ACTION_CHOICES: [string, string][] = [
   ["timesheet.deleted", "Entry deleted"],
   ["timesheet.decided", "Entry approved or rejected"],
   ["approval.decided", "Approval decision"],
+  ["approval.voided", "Decision voided"],
   ["timesheet.uploaded", "Batch upload"],
   ["access.denied", "Access denied"],
 ];
@@ -37,11 +38,14 @@ const LABELS: Record<string, string> = {
   "timesheet.created": "Entry added",
   "timesheet.deleted": "Entry deleted",
   "timesheet.uploaded": "Batch upload",
+  "approval.voided": "Decision voided",
   "access.denied": "Access denied",
 };
 
 const REASONS: Record<string, string> = {
   own_entry: "approvers cannot decide their own entries",
+  entry_gone: "the entry was deleted",
+  already_decided: "the entry was decided otherwise",
   insufficient_scope: "missing permission",
   invalid_token: "invalid token",
   missing_token: "no token",
@@ -119,8 +123,12 @@ export function describeEvent(raw: AuditEvent | Json): EventView {
   if (decision === "approved") label = "Entry approved";
   if (decision === "rejected") label = "Entry rejected";
   if (action === "approval.decided" && outcome === "denied") label = "Decision refused";
+  // a recorded decision that could never apply: what was decided is a detail, not the label
+  const voided = action === "approval.voided";
+  if (voided) label = "Decision voided";
 
   const parts: string[] = [];
+  if (voided && decision) parts.push(decision);
   const project = text(details.project);
   if (project) parts.push(project);
   const date = text(details.date);
