@@ -52,7 +52,9 @@ def test_every_route_that_takes_a_body_is_covered_here() -> None:
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
     }
     app = build_app(load_settings(IdentitySettings, env=env))
-    posts = {route.path for route in app.routes if isinstance(route, Route) and "POST" in (route.methods or ())}
+    posts = {
+        route.path for route in app.routes if isinstance(route, Route) and "POST" in (route.methods or ())
+    }
     assert posts == {*OAUTH_BODY_ROUTES, *FORM_BODY_ROUTES, *NO_BODY_ROUTES}
 
 
