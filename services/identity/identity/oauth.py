@@ -408,8 +408,19 @@ class SenderConstrained:
 
 
 def refuse_binding(binding: str, request: Request, what: str) -> OAuth2Error:
-    """A code or refresh token bound to a DPoP key this request did not prove (left unused)."""
+    """A code or refresh token bound to a DPoP key this request did not prove (left as it was: unused,
+    and a used one not taken for reuse, so that whoever copied it cannot revoke what it belongs to).
+    Counted and logged (never the token itself): it is what a stolen bound credential looks like."""
     dpop_binding_refusals.labels(binding).inc()
+    client: Client | None = getattr(request, "client", None)
+    log.warning(
+        f"{what} presented without its DPoP key; refused",
+        extra={
+            "binding": binding,
+            "client_id": client.client_id if client is not None else None,
+            "proof": "none" if request.dpop_jkt is None else "another key",
+        },
+    )
     if request.dpop_jkt is None:
         return InvalidDpopProofError(f"The {what} is bound to a DPoP key: send a proof by that key.")
     return InvalidGrantError(f"The {what} is bound to another DPoP key.")

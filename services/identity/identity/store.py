@@ -493,9 +493,12 @@ async def consume_refresh_token(
 ) -> tuple[str, RefreshToken | None, str | None]:
     """Mark a refresh token used, atomically: (state, the token when fresh or expired, its family id).
 
-    A second use is ``REUSED``: the caller revokes the whole family (reuse detection). A token bound
-    to a DPoP key is used only with a proof by that key (``dpop_jkt``); without one it stays unused
-    (``WRONG_KEY``): a stolen bound token is worthless, and presenting it cannot log the owner out.
+    A token bound to a DPoP key is used only with a proof by that key (``dpop_jkt``); without one it
+    is ``WRONG_KEY`` whatever else is true of it (unused, used, revoked), and nothing changes: a stolen
+    bound token is worthless, and presenting it, even an old one its owner has since rotated, cannot
+    log the owner out. The binding is therefore checked before reuse: only a presentation by the key
+    holder (or of a token bound to no key) that finds the token used is ``REUSED``, and the caller
+    revokes the whole family (reuse detection).
     """
     token_hash = digest(token)
     row = await db.fetchrow(
@@ -508,14 +511,18 @@ async def consume_refresh_token(
     )
     if row is None:
         found = await db.fetchrow(
-            "SELECT family_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1", token_hash
+            "SELECT family_id, used_at, revoked_at, dpop_jkt FROM refresh_tokens WHERE token_hash = $1",
+            token_hash,
         )
         if found is None:
             return RefreshState.UNKNOWN, None, None
+        if found["dpop_jkt"] is not None and found["dpop_jkt"] != dpop_jkt:
+            return RefreshState.WRONG_KEY, None, found["family_id"]
         if found["used_at"] is not None:
             return RefreshState.REUSED, None, found["family_id"]
         if found["revoked_at"] is not None:
             return RefreshState.REVOKED, None, found["family_id"]
+        # unused, unrevoked, the key proved, yet not updated: only a race could; refuse, change nothing
         return RefreshState.WRONG_KEY, None, found["family_id"]
     item = RefreshToken(
         token_hash=token_hash,
