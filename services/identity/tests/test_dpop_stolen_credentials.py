@@ -5,7 +5,10 @@ browser, without the private key, presents it with a proof by a key of their own
 when the copy is an old one the owner has since rotated, that is not the owner reusing it: the
 binding is checked before reuse detection, the request is refused (``invalid_grant`` for another
 key, ``invalid_dpop_proof`` without a proof) and counted, and the family lives on. Reuse by the key
-holder (the same key, an already rotated token) still revokes the family, as before."""
+holder (the same key, an already rotated token) still revokes the family, as before.
+
+The same holds for an authorization code bound to a key (``dpop_jkt``): a copy presented after its
+use without that key is refused, not taken for a replay that revokes what the code issued."""
 
 from __future__ import annotations
 
@@ -158,3 +161,35 @@ async def test_an_unbound_family_keeps_its_reuse_detection(
         http, base_url, refresh_grant(second["refresh_token"]), owner.proof("POST", token_url)
     )
     assert (status, error["error"]) == (400, "invalid_grant"), "the family was revoked"
+
+
+async def test_a_stolen_used_code_without_the_key_is_not_a_replay(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    owner, attacker = DpopKey(), DpopKey()
+    token_url = base_url + "/oauth/token"
+    code, verifier = await authorize_code(browser, dpop_jkt=owner.jkt)
+    status, body, _ = await token_request(
+        http, base_url, code_grant(code, verifier), owner.proof("POST", token_url)
+    )
+    assert status == 200, body
+    status, error, _ = await token_request(
+        http, base_url, code_grant(code, verifier), attacker.proof("POST", token_url)
+    )
+    assert (status, error["error"]) == (400, "invalid_grant"), error
+    assert "another DPoP key" in error["error_description"]
+    status, error, _ = await token_request(http, base_url, code_grant(code, verifier))
+    assert (status, error["error"]) == (400, "invalid_dpop_proof"), error
+    # nothing the code issued was revoked
+    assert await userinfo(http, base_url, body["access_token"], owner) == 200
+    status, renewed, _ = await token_request(
+        http, base_url, refresh_grant(body["refresh_token"]), owner.proof("POST", token_url)
+    )
+    assert status == 200, renewed
+    # the key holder replaying it is a replay: everything it issued is revoked
+    status, error, _ = await token_request(
+        http, base_url, code_grant(code, verifier), owner.proof("POST", token_url)
+    )
+    assert (status, error["error"]) == (400, "invalid_grant"), error
+    assert "already used" in error["error_description"]
+    assert await userinfo(http, base_url, renewed["access_token"], owner) == 401
