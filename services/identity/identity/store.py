@@ -259,7 +259,9 @@ async def consume_code(
 
     A second use finds ``used_at`` set: the caller refuses it and revokes what the first use issued.
     A code bound to a DPoP key (``dpop_jkt``) is used only by a request proving that key; any other
-    attempt leaves it unused (whoever intercepted it cannot burn it for the client).
+    attempt is ``WRONG_KEY`` and changes nothing, used or not (whoever intercepted it can neither burn
+    it for the client nor, by presenting it after its use, revoke what it issued): the binding is
+    checked before replay detection.
     """
     code_hash = digest(code)
     row = await db.fetchrow(
@@ -276,6 +278,8 @@ async def consume_code(
         )
         if found is None:
             return CodeState.UNKNOWN, None
+        if found["dpop_jkt"] is not None and found["dpop_jkt"] != dpop_jkt:
+            return CodeState.WRONG_KEY, None
         return (CodeState.REPLAYED if found["used"] else CodeState.WRONG_KEY), None
     item = AuthorizationCode(
         code_hash=code_hash,
