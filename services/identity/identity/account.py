@@ -13,6 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 
 from . import store
+from .bodies import read_form
 from .browser import CSRF_COOKIE, CsrfSigner, csrf_cookie_value, set_cookie
 from .pages import error_page, render
 from .revocation import Revoker
@@ -56,7 +57,7 @@ class Account:
         return response
 
     async def revoke_consent(self, request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         if not self.csrf.verify(
             request.cookies.get(CSRF_COOKIE), "revoke", str(form.get("csrf_token") or "")
         ):

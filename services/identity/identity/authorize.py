@@ -39,6 +39,7 @@ from svckit.db import Database
 from svckit.dpop import is_thumbprint
 
 from . import store
+from .bodies import read_form
 from .browser import CSRF_COOKIE, CsrfSigner, csrf_cookie_value, set_cookie
 from .keystore import KeyStore
 from .models import Client, SignedInUser, origin_of
@@ -192,13 +193,13 @@ class AuthorizationEndpoint:
         await self.keys.refresh_if_stale(self.database.pool)
         pairs = list(request.query_params.multi_items())
         if request.method == "POST":  # OIDC Core §3.1.2.1: the endpoint also accepts form-encoded POST
-            form = await request.form()
+            form = await read_form(request)
             pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         return await self._authorize(request, pairs, decision=None)
 
     async def decision(self, request: Request) -> Response:
         """Remember the consent (allow) or tell the client ``access_denied``."""
-        form = await request.form()
+        form = await read_form(request)
         token = form.get("csrf_token")
         if not self.csrf.verify(request.cookies.get(CSRF_COOKIE), "consent", str(token or "")):
             login_failures.labels("csrf").inc()

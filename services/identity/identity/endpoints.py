@@ -26,6 +26,7 @@ from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
 
 from . import store
 from .authorize import RESPONSE_MODES
+from .bodies import coded_refusal, read_body, read_form
 from .browser import client_address
 from .keystore import KeyStore
 from .oauth import CURRENT_DB, IdentityServer, Result, unquotable_parameter
@@ -98,10 +99,14 @@ def oauth_error(status: int, error: str, description: str, headers: dict[str, st
 
 
 async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
-    """Form (RFC 6749) or JSON (as Auth0 also accepts) body to parameter pairs."""
+    """Form (RFC 6749) or JSON (as Auth0 also accepts) body to parameter pairs. A body in a content
+    coding is the kit's 415 (``Accept-Encoding: identity``), answered as an OAuth error (§5.2)."""
+    refusal = coded_refusal(request)
+    if refusal is not None:
+        return oauth_error(refusal.status, "invalid_request", refusal.detail or "", refusal.headers)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
-        form = await request.form()
+        form = await read_form(request)
         pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         seen: set[str] = set()
         for name, _ in pairs:
@@ -113,7 +118,7 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
         return pairs
     if media_type == "application/json":
         try:
-            document = parse_json(await request.body())
+            document = parse_json(await read_body(request))
         except NotAccepted:
             return oauth_error(400, "invalid_request", "The body is not valid JSON.")
         if not isinstance(document, dict) or not all(

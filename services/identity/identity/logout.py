@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 
 from . import store
+from .bodies import read_form
 from .browser import CSRF_COOKIE, SESSION_COOKIE, CsrfSigner, clear_cookie, csrf_cookie_value, set_cookie
 from .keystore import KeyStore
 from .models import Client, SignedInUser
@@ -90,7 +91,7 @@ class Logout:
         query = list(request.query_params.multi_items())
         form: list[tuple[str, str]] = []
         if request.method == "POST":
-            form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+            form = [(k, v) for k, v in (await read_form(request)).multi_items() if isinstance(v, str)]
         confirmed = self.csrf.verify(
             request.cookies.get(CSRF_COOKIE), LOGOUT_PURPOSE, dict(form).get("csrf_token")
         )

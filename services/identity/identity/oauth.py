@@ -17,6 +17,7 @@ collected on ``Request.revoked_tokens`` and published by the endpoint after the 
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import secrets
@@ -27,12 +28,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import unquote_plus
 
 import anyio.from_thread
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Error, OAuth2Request
-from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
+    InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
@@ -44,7 +46,6 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode, OpenIDImplicitGrant, OpenIDToken
@@ -235,16 +236,37 @@ class Backend:
         return anyio.from_thread.run(func, *args)
 
 
-def client_secret_basic(query_client: Callable[[str], Client | None], request: Request) -> Client | None:
-    """Authlib's ``client_secret_basic``, except that credentials that are not base64 of UTF-8 text
-    authenticate nobody (``invalid_client``): Authlib lets the ``ValueError`` of decoding them escape,
-    a 500."""
-    try:
-        extract_basic_authorization(request.headers)
-    except ValueError:  # UnicodeDecodeError, or a header value that is not ASCII
+def basic_credentials(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """The client id and secret of an ``Authorization: Basic`` header, or None when there are none.
+
+    RFC 6749 §2.3.1: each is application/x-www-form-urlencoded (Appendix B) before it goes into Basic,
+    so each is decoded so: ``+`` is a space and ``%XX`` a byte of their UTF-8. Authlib decodes only
+    ``%XX`` (``unquote``), so a secret with a space, sent as the RFC says, never matched; and lets the
+    ``ValueError`` of credentials that are not base64 of UTF-8 escape (a 500). Credentials that do not
+    decode to UTF-8 text, at either step, are nobody's: ``invalid_client``."""
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic":
         return None
-    client: Client | None = authenticate_client_secret_basic(query_client, request)
-    return client
+    try:
+        text = base64.b64decode(token.strip()).decode("utf-8")
+        client_id, colon, secret = text.partition(":")
+        if not colon:
+            return None
+        return unquote_plus(client_id, errors="strict"), unquote_plus(secret, errors="strict")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a header value that is not ASCII
+        return None
+
+
+def client_secret_basic(query_client: Callable[[str], Client | None], request: Request) -> Client | None:
+    """``client_secret_basic`` as Authlib's, with the credentials read by :func:`basic_credentials`."""
+    credentials = basic_credentials(request.headers)
+    if credentials is None or not all(credentials):
+        return None
+    client_id, secret = credentials
+    client = query_client(client_id)
+    if client is None:  # as Authlib answers an unknown client: 401, so that the client retries with Basic
+        raise InvalidClientError(status_code=401, description="The client does not exist on this server.")
+    return client if client.check_client_secret(secret) else None
 
 
 def _datetime(timestamp: int) -> datetime:
@@ -386,8 +408,19 @@ class SenderConstrained:
 
 
 def refuse_binding(binding: str, request: Request, what: str) -> OAuth2Error:
-    """A code or refresh token bound to a DPoP key this request did not prove (left unused)."""
+    """A code or refresh token bound to a DPoP key this request did not prove (left as it was: unused,
+    and a used one not taken for reuse, so that whoever copied it cannot revoke what it belongs to).
+    Counted and logged (never the token itself): it is what a stolen bound credential looks like."""
     dpop_binding_refusals.labels(binding).inc()
+    client: Client | None = getattr(request, "client", None)
+    log.warning(
+        f"{what} presented without its DPoP key; refused",
+        extra={
+            "binding": binding,
+            "client_id": client.client_id if client is not None else None,
+            "proof": "none" if request.dpop_jkt is None else "another key",
+        },
+    )
     if request.dpop_jkt is None:
         return InvalidDpopProofError(f"The {what} is bound to a DPoP key: send a proof by that key.")
     return InvalidGrantError(f"The {what} is bound to another DPoP key.")

@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 
 from . import store
+from .bodies import read_form
 from .browser import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -83,7 +84,7 @@ class PasswordSignIn:
         return await self._page(request, return_to, error=None, username=hint, status=200)
 
     async def submit(self, request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         return_to = safe_return_to(str(form.get("return_to") or ""))
         username = str(form.get("username") or "").strip()[:200]
         password = str(form.get("password") or "")[:1000]

@@ -259,7 +259,9 @@ async def consume_code(
 
     A second use finds ``used_at`` set: the caller refuses it and revokes what the first use issued.
     A code bound to a DPoP key (``dpop_jkt``) is used only by a request proving that key; any other
-    attempt leaves it unused (whoever intercepted it cannot burn it for the client).
+    attempt is ``WRONG_KEY`` and changes nothing, used or not (whoever intercepted it can neither burn
+    it for the client nor, by presenting it after its use, revoke what it issued): the binding is
+    checked before replay detection.
     """
     code_hash = digest(code)
     row = await db.fetchrow(
@@ -276,6 +278,8 @@ async def consume_code(
         )
         if found is None:
             return CodeState.UNKNOWN, None
+        if found["dpop_jkt"] is not None and found["dpop_jkt"] != dpop_jkt:
+            return CodeState.WRONG_KEY, None
         return (CodeState.REPLAYED if found["used"] else CodeState.WRONG_KEY), None
     item = AuthorizationCode(
         code_hash=code_hash,
@@ -493,9 +497,12 @@ async def consume_refresh_token(
 ) -> tuple[str, RefreshToken | None, str | None]:
     """Mark a refresh token used, atomically: (state, the token when fresh or expired, its family id).
 
-    A second use is ``REUSED``: the caller revokes the whole family (reuse detection). A token bound
-    to a DPoP key is used only with a proof by that key (``dpop_jkt``); without one it stays unused
-    (``WRONG_KEY``): a stolen bound token is worthless, and presenting it cannot log the owner out.
+    A token bound to a DPoP key is used only with a proof by that key (``dpop_jkt``); without one it
+    is ``WRONG_KEY`` whatever else is true of it (unused, used, revoked), and nothing changes: a stolen
+    bound token is worthless, and presenting it, even an old one its owner has since rotated, cannot
+    log the owner out. The binding is therefore checked before reuse: only a presentation by the key
+    holder (or of a token bound to no key) that finds the token used is ``REUSED``, and the caller
+    revokes the whole family (reuse detection).
     """
     token_hash = digest(token)
     row = await db.fetchrow(
@@ -508,14 +515,18 @@ async def consume_refresh_token(
     )
     if row is None:
         found = await db.fetchrow(
-            "SELECT family_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1", token_hash
+            "SELECT family_id, used_at, revoked_at, dpop_jkt FROM refresh_tokens WHERE token_hash = $1",
+            token_hash,
         )
         if found is None:
             return RefreshState.UNKNOWN, None, None
+        if found["dpop_jkt"] is not None and found["dpop_jkt"] != dpop_jkt:
+            return RefreshState.WRONG_KEY, None, found["family_id"]
         if found["used_at"] is not None:
             return RefreshState.REUSED, None, found["family_id"]
         if found["revoked_at"] is not None:
             return RefreshState.REVOKED, None, found["family_id"]
+        # unused, unrevoked, the key proved, yet not updated: only a race could; refuse, change nothing
         return RefreshState.WRONG_KEY, None, found["family_id"]
     item = RefreshToken(
         token_hash=token_hash,

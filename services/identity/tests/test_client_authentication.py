@@ -1,14 +1,24 @@
-"""Client authentication at the token and revocation endpoints (RFC 6749 §2.3.1): malformed
-``client_secret_basic`` credentials are an ``invalid_client`` answer in JSON, never a 500."""
+"""Client authentication at the token and revocation endpoints (RFC 6749 §2.3.1): ``client_secret_basic``
+credentials are form-urlencoded (Appendix B: ``+`` is a space, ``%XX`` a byte of UTF-8) before they
+go into Basic, and are decoded so; malformed ones are an ``invalid_client`` answer in JSON, never a
+500."""
 
 from __future__ import annotations
 
 import base64
 import socket
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
+from identity import store
+from identity.models import Client
+from identity.passwords import hash_secret
+
+from testkit.oidc import BATCH_SECRET
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -63,3 +73,98 @@ def test_basic_credentials_that_are_not_ascii_are_invalid_client(base_url: str, 
     assert status_line == b"HTTP/1.1 401 Unauthorized", answer[:300]
     assert b"content-type: application/json" in rest.lower()
     assert b'"error":"invalid_client"' in rest
+
+
+#: A client whose id and secret hold what form-urlencoding changes: spaces, ``+``, ``%``, ``&``, ``:``,
+#: ``/``, ``=`` and characters beyond ASCII (RFC 6749 Appendix B's own example is `` %&+£€``).
+ODD_ID = "basic client+1"
+ODD_SECRET = "s3cret with+plus %&:/=£€ and%20not-an-escape"
+
+
+@pytest.fixture
+async def odd_client(db: asyncpg.Connection) -> AsyncIterator[None]:
+    await store.upsert_client(
+        db,
+        Client(
+            client_id=ODD_ID,
+            name="Form-encoded credentials",
+            first_party=True,
+            secret_hash=hash_secret(ODD_SECRET),
+            redirect_uris=(),
+            post_logout_redirect_uris=(),
+            web_origins=(),
+            grant_types=("client_credentials",),
+            response_types=(),
+            allowed_scopes=("batch:upload",),
+        ),
+    )
+    yield
+    await db.execute("DELETE FROM clients WHERE client_id = $1", ODD_ID)
+
+
+def basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+async def authenticate(http: aiohttp.ClientSession, base_url: str, path: str, authorization: str) -> int:
+    """The status of a client credentials grant (``/oauth/token``) or a revocation of an unknown token
+    (``/oauth/revoke``: 200 once the client authenticated, RFC 7009 §2.2)."""
+    data = {"grant_type": "client_credentials", "token": "unknown-token"}
+    async with http.post(base_url + path, data=data, headers={"Authorization": authorization}) as response:
+        body = await response.json()
+        if response.status != 200:
+            assert response.status == 401, body
+            assert body["error"] == "invalid_client"
+        return response.status
+
+
+@pytest.mark.usefixtures("odd_client")
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke"])
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(quote_plus, id="form-urlencoded"),  # space as '+', as Appendix B writes it
+        pytest.param(lambda text: quote(text, safe=""), id="percent-encoded"),  # space as %20
+    ],
+)
+async def test_form_urlencoded_basic_credentials_authenticate(
+    http: aiohttp.ClientSession, base_url: str, path: str, encode: Any
+) -> None:
+    assert await authenticate(http, base_url, path, basic(encode(ODD_ID), encode(ODD_SECRET))) == 200
+
+
+@pytest.mark.usefixtures("odd_client")
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke"])
+async def test_raw_basic_credentials_are_decoded_as_form_urlencoded(
+    http: aiohttp.ClientSession, base_url: str, path: str
+) -> None:
+    """Sent raw, where the encoding matters (a '+' is a space once decoded), they are other
+    credentials: refused. client_secret_post carries the same secret unchanged."""
+    encoded_id = quote(ODD_ID, safe="")
+    assert await authenticate(http, base_url, path, basic(ODD_ID, ODD_SECRET)) == 401
+    assert await authenticate(http, base_url, path, basic(encoded_id, ODD_SECRET)) == 401
+    # only '%' escaped: the raw '+' decodes to a space, so this is another secret
+    assert await authenticate(http, base_url, path, basic(encoded_id, ODD_SECRET.replace("%", "%25"))) == 401
+    data = {"grant_type": "client_credentials", "client_id": ODD_ID, "client_secret": ODD_SECRET}
+    async with http.post(base_url + "/oauth/token", data=data) as response:
+        assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke"])
+async def test_secrets_that_encoding_leaves_alone_authenticate_raw_or_encoded(
+    http: aiohttp.ClientSession, base_url: str, path: str
+) -> None:
+    """Generated secrets (``secrets.token_urlsafe``: letters, digits, '-' and '_') read the same either
+    way: clients that send them raw keep working."""
+    assert quote_plus(BATCH_SECRET) == BATCH_SECRET
+    authorization = aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)
+    assert await authenticate(http, base_url, path, authorization) == 200
+
+
+@pytest.mark.usefixtures("odd_client")
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke"])
+@pytest.mark.parametrize("secret", ["%FF%FE", "%C3", "s3cret%"])
+async def test_percent_escapes_that_are_not_utf8_are_invalid_client(
+    http: aiohttp.ClientSession, base_url: str, path: str, secret: str
+) -> None:
+    assert await authenticate(http, base_url, path, basic(quote_plus(ODD_ID), secret)) == 401
