@@ -4,7 +4,10 @@
 ``approvals_decisions_pending`` (decisions recorded but not yet applied or voided),
 ``approvals_oldest_pending_decision_age_seconds`` and ``approvals_reconciliations_total{outcome}``
 (``applied``, ``void``, ``retry``): a pending count or age that keeps growing means the timesheets
-service is unreachable or refusing decisions.
+service is unreachable or refusing decisions. ``approvals_refusals_total{reason}`` counts decisions
+refused before anything was recorded for a reason that is a denial (``own_entry``: an approver's own
+entry, 403); its audit record is written beside (``audit_denials_written_total`` /
+``audit_denials_dropped_total{service="approvals"}``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,14 @@ reconciliations = Counter(
     "Pending decisions the reconciler drove, by outcome (applied, void, retry).",
     ["outcome"],
 )
+refusals = Counter(
+    "approvals_refusals_total",
+    "Decisions refused before anything was recorded, by denial reason (own_entry).",
+    ["reason"],
+)
 
 for _decision in ("approved", "rejected"):
     decisions.labels(_decision)
 for _outcome in ("applied", "void", "retry"):
     reconciliations.labels(_outcome)
+refusals.labels("own_entry")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
+from svckit import denials
 from svckit.context import current_request_id
 from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent
@@ -30,7 +31,7 @@ from svckit.identity import Identity
 from svckit.outbox import enqueue_once, holds
 
 from . import events, store
-from .metrics import decisions
+from .metrics import decisions, refusals
 from .peer import ApplyOutcome, PeerUnavailable, Timesheets
 from .store import DecisionRow
 
@@ -110,6 +111,7 @@ class Workflow:
             if existing is not None:
                 return await self._again(existing, approver, body)
             if refusal.status == 403:
+                refusals.labels("own_entry").inc()
                 await self._record_refusal(events.refused_own_entry(approver, entry_id, body))
             return refusal
 
@@ -153,12 +155,14 @@ class Workflow:
             try:
                 async with self.database.transaction(committed=stored) as conn:
                     await enqueue_once(conn, event)
+                denials.written_total.labels(events.SOURCE).inc()
                 return
             except OutcomeUnknown:  # Postgres stayed away (10 s): the answer waits no longer
                 failure = "outcome unknown"
                 break
             except NOTE_ERRORS as exc:  # not stored (or stored and relayed already): once more
                 failure = type(exc).__name__
+        denials.dropped_total.labels(events.SOURCE).inc()
         log.warning(
             "the audit record of a refused decision is not known to be stored",
             extra={"event_id": str(event.id), "reason": event.details.get("reason"), "error": failure},

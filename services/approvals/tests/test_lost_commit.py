@@ -16,6 +16,7 @@ import pytest
 from approvals.app import create_app as create_approvals
 from approvals.settings import ApprovalsSettings
 from approvals.store import RECORD_PENDING, pending_arguments
+from prometheus_client import REGISTRY
 from svckit.contracts.approvals import DecisionIn
 from svckit.identity import Identity
 from svckit.settings import load_settings
@@ -156,16 +157,29 @@ async def test_an_own_entry_is_403_whatever_its_denial_record_commit_does(
     # the record's transaction, by the request id in its payload (a statement's text is sent only
     # the first time a pooled connection prepares it)
     done = proxy.cut_at_commit(when, after_sending=request_id.encode())
+    refused, written, dropped = own_entry_counts()
     reply = await put_as_request(approvals, caller, own, entry_id, request_id)
     assert done.is_set()
     assert reply.status == 403, reply.text
     assert reply.body["detail"] == "Approvers cannot decide their own entries."
     assert await own_entry_denials(db, entry_id) == [request_id]
+    # the denial counted by its reason, and its record as written (stored, whichever try stored it)
+    assert own_entry_counts() == (refused + 1, written + 1, dropped)
 
     again = await put_as_request(approvals, caller, own, entry_id, request_id)
     assert again.status == 403, again.text
     assert await own_entry_denials(db, entry_id) == [request_id]
     assert await decision_state(db, entry_id) is None  # nothing recorded as a decision
+
+
+def own_entry_counts() -> tuple[float, float, float]:
+    """``approvals_refusals_total{reason="own_entry"}`` and the approvals service's denial records
+    written and dropped, in this process (the service under test runs in it)."""
+    return (
+        REGISTRY.get_sample_value("approvals_refusals_total", {"reason": "own_entry"}) or 0.0,
+        REGISTRY.get_sample_value("audit_denials_written_total", {"service": "approvals"}) or 0.0,
+        REGISTRY.get_sample_value("audit_denials_dropped_total", {"service": "approvals"}) or 0.0,
+    )
 
 
 async def pending_then_deleted(timesheets: SignedApi, db: asyncpg.Connection) -> tuple[str, str]:

@@ -65,14 +65,15 @@ SERVICE_ONLY = "service_only"
 
 dropped_total = Counter(
     "audit_denials_dropped_total",
-    "Aggregated denial records a service could not write to the audit trail (its sink failed for longer "
-    "than the pending bound, or it stopped with records still waiting).",
+    "Denial records a service could not write to the audit trail: aggregated ones (its sink failed for "
+    "longer than the pending bound, or it stopped with records still waiting) and its own refusals' "
+    "(approvals: an approver's own entry, when its write failed twice).",
     ["service"],
 )
 written_total = Counter(
     "audit_denials_written_total",
-    "Aggregated denial records a service wrote to the audit trail (its outbox, or the audit service's "
-    "own trail).",
+    "Denial records a service wrote to the audit trail (its outbox, or the audit service's own trail): "
+    "aggregated ones, and its own refusals' (approvals: an approver's own entry).",
     ["service"],
 )
 
