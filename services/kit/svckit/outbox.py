@@ -301,12 +301,15 @@ class OutboxRelay:
     async def record(self, events: Sequence[AuditEvent]) -> None:
         """Commit ``events`` to the outbox on their own — records of no state change of the service,
         such as its aggregated denials (:mod:`svckit.denials`) — and wake this relay. One transaction:
-        all of them or none (a database error propagates: :data:`DB_ERRORS`)."""
+        all of them or none (a database error propagates: :data:`DB_ERRORS`). An event already held is
+        not added again: the caller's retry after a ``COMMIT`` whose answer was lost writes what the
+        first try did not, instead of failing on the first try's ids until they are relayed."""
         if not events:
             return
         async with self.database.transaction() as conn:
             await conn.executemany(
-                f"INSERT INTO {self.schema}.outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb)",
+                f"INSERT INTO {self.schema}.outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb)"
+                " ON CONFLICT (id) DO NOTHING",
                 [event_parameters(event) for event in events],
             )
         self.wake()

@@ -261,6 +261,19 @@ async def test_an_event_enqueued_once_is_held_once(database: Database, schema: s
     assert [row["id"] for row in await outbox_rows(database, schema)] == [item.id]
 
 
+async def test_recording_the_same_events_again_adds_nothing(
+    database: Database, schema: str, http: HttpClient
+) -> None:
+    """``OutboxRelay.record`` written again with the same events — the denial sink's retry after a
+    ``COMMIT`` whose answer was lost — adds nothing and raises nothing (it failed on the duplicate id,
+    and kept failing on every retry until the first copy was relayed)."""
+    relay = OutboxRelay(database, schema, "writer", signed(http, "http://127.0.0.1:9", "writer"))
+    items = [event(), event()]
+    await relay.record(items)
+    await relay.record([items[1], event()])
+    assert len(await outbox_rows(database, schema)) == 3
+
+
 # ---- relay -----------------------------------------------------------------------------------------
 
 
