@@ -96,7 +96,10 @@ MEANINGS = {
     "jwks_fetch_timeout_seconds": "timeout of a discovery or JWKS fetch",
     "jwks_retry_min_seconds": "back-off after a failed discovery/JWKS fetch (doubling, jittered)",
     "jwks_retry_max_seconds": "longest back-off between fetches while an issuer keeps failing",
-    "max_body_bytes": "largest accepted request body (413 above)",
+    "max_body_bytes": (
+        "largest accepted request body (413 above); at the gateway the ceiling of each route's own"
+        " limit (`max_body_bytes` in its route table, else 1 MiB)"
+    ),
     "upstream_connect_timeout_seconds": "connect timeout to a service (502/503 after)",
     "upstream_read_timeout_seconds": "read timeout from a service (504 after)",
     "upstream_pool_size": "keep-alive connections to the services",

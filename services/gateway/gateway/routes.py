@@ -4,6 +4,11 @@ Matching is on path *segments* of the decoded path, so a template variable can n
 ``/``; literal segments win over variables (``/timesheets/upload`` before ``/timesheets/{id}``).
 Raw paths with dot-segments or encoded slashes are refused before matching (see :func:`unsafe_path`)
 so the path the gateway authorizes is the path the service routes.
+
+Each route has a body limit of its own (``max_body_bytes``, else :data:`ROUTE_BODY_BYTES`, and never
+above the gateway's ``MAX_BODY_BYTES``): the gateway holds a request's body whole in memory before
+forwarding it (its digest is signed), so the upload's 16 MiB must not be what any authenticated caller
+can make it hold on every route.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from svckit.app import DEFAULT_MAX_BODY
 
+#: a route's body limit unless it states its own: what the services take outside uploads (the kit's)
+ROUTE_BODY_BYTES = DEFAULT_MAX_BODY
 API_PREFIX = "/api"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 _VARIABLE = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
@@ -36,6 +44,7 @@ class Route:
     require: Literal["all", "any"]
     segments: tuple[str | None, ...]  # None marks a variable segment
     dpop_required: bool = False  # `dpop: required`: only DPoP-bound tokens, with their proof
+    max_body_bytes: int = ROUTE_BODY_BYTES  # `max_body_bytes`: the largest body it takes
 
     def allows(self, granted: frozenset[str]) -> bool:
         if not self.scopes:
@@ -124,6 +133,7 @@ def parse_route(entry: object, index: int, upstreams: frozenset[str]) -> Route:
     scopes = entry.get("scopes", [])
     require = entry.get("require", "all")
     dpop = entry.get("dpop", "allowed")
+    max_body = entry.get("max_body_bytes", ROUTE_BODY_BYTES)
     if method not in METHODS:
         raise RouteTableError(f"{where}: method {method!r} is not one of {sorted(METHODS)}")
     if not isinstance(template, str) or not template.startswith(API_PREFIX + "/"):
@@ -144,8 +154,17 @@ def parse_route(entry: object, index: int, upstreams: frozenset[str]) -> Route:
         raise RouteTableError(f"{where}: require must be 'all' or 'any'")
     if dpop not in ("allowed", "required"):
         raise RouteTableError(f"{where}: dpop must be 'allowed' or 'required'")
+    if type(max_body) is not int or max_body < 0:
+        raise RouteTableError(f"{where}: max_body_bytes must be a whole number of bytes")
     return Route(
-        method, template, str(upstream), frozenset(scopes), require, tuple(segments), dpop == "required"
+        method,
+        template,
+        str(upstream),
+        frozenset(scopes),
+        require,
+        tuple(segments),
+        dpop == "required",
+        max_body,
     )
 
 

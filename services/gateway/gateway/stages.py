@@ -481,13 +481,21 @@ class RateLimit:
 
 
 class Body:
-    """``Content-Length`` checked at once, then the body read whole (up to ``MAX_BODY_BYTES``): the
-    identity signature binds its digest (``Content-Digest``), which must be known before the request
-    head goes upstream, so bodies are no longer streamed through."""
+    """``Content-Length`` checked at once, then the body read whole (up to the route's limit: its
+    ``max_body_bytes``, at most ``MAX_BODY_BYTES``): the identity signature binds its digest
+    (``Content-Digest``), which must be known before the request head goes upstream, so bodies are no
+    longer streamed through."""
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body = max_body_bytes
-        self.too_large = f"The request body exceeds {max_body_bytes} bytes."
+
+    def limit(self, request: ApiRequest) -> int:
+        route = request.matched
+        return self.max_body if route is None else min(route.max_body_bytes, self.max_body)
+
+    @staticmethod
+    def too_large(limit: int) -> Refusal:
+        return Refusal(413, f"The request body exceeds {limit} bytes.")
 
     def check(self, request: ApiRequest, receive: Receive) -> Refusal | None:
         """The declared length (no I/O); decides whether :meth:`read` has anything to do."""
@@ -499,18 +507,20 @@ class Body:
                     raise ValueError
             except ValueError:
                 return Refusal(400, "The Content-Length header is not a number.")
-            if length > self.max_body:
-                return Refusal(413, self.too_large)
+            limit = self.limit(request)
+            if length > limit:
+                return self.too_large(limit)
         if length > 0 or request.chunked or request.method not in NO_BODY_METHODS:
             request.read_body = True
         return None
 
     async def read(self, request: ApiRequest, receive: Receive) -> Refusal | None:
         """The whole body before the upstream is contacted (its digest is signed)."""
+        limit = self.limit(request)
         try:
-            request.body = await read_body(receive, self.max_body)
+            request.body = await read_body(receive, limit)
         except BodyTooLarge:
-            return Refusal(413, self.too_large)
+            return self.too_large(limit)
         except ClientGone:
             return GONE
         return None

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gateway.app import create_app
+from gateway.routes import ROUTE_BODY_BYTES
 from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 
 from testkit.fixtures import free_port
@@ -237,6 +238,30 @@ async def test_a_full_upload_fits_the_default_body_limit(api: Any, gateway: str,
         "POST", f"{gateway}/api/timesheets/upload", token, data=b"x" * (MAX_UPLOAD_BYTES + 1)
     )
     assert status == 413, body
+
+
+async def test_only_the_upload_route_takes_a_large_body(
+    api: Any, gateway: str, provider: Provider, echo: Any
+) -> None:
+    """A route's body limit is its own: the upload's 16 MiB is not every route's. An entry, a decision
+    or anything else is at most 1 MiB (what the services behind take outside uploads), refused at
+    the gateway before the body is held in memory or the upstream sees it."""
+    token = provider.scoped("create:timesheets", "approve:timesheets")
+    status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=b"x" * ROUTE_BODY_BYTES)
+    assert (status, body["body_length"]) == (200, ROUTE_BODY_BYTES)
+    before = echo.requests
+    for method, path in (("POST", "/api/timesheets"), ("PUT", f"/api/approvals/{uuid.uuid4()}")):
+        status, _, body = await api(method, f"{gateway}{path}", token, data=b"x" * (ROUTE_BODY_BYTES + 1))
+        assert status == 413, body
+        assert str(ROUTE_BODY_BYTES) in body["detail"]
+
+    async def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"z" * 100_000
+
+    status, _, body = await api("POST", f"{gateway}/api/timesheets", token, data=chunks())
+    assert status == 413, body
+    assert echo.requests == before
 
 
 async def test_large_response_is_streamed(api: Any, gateway: str, provider: Provider) -> None:

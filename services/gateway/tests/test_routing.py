@@ -179,6 +179,9 @@ async def test_percent_encoded_id_is_forwarded_verbatim(api: Any, gateway: str, 
     assert body["query"] == "x=%20y"
 
 
+ROUTE_X = 'routes: [{method: GET, path: "/api/x", upstream: timesheets, '
+
+
 @pytest.mark.unit
 def test_route_table_errors_name_the_entry(tmp_path: Path) -> None:
     upstreams = frozenset({"timesheets"})
@@ -189,6 +192,9 @@ def test_route_table_errors_name_the_entry(tmp_path: Path) -> None:
         'routes: [{method: GET, path: "/api/x", upstream: nowhere}]': "route #1: upstream",
         'routes: [{method: GET, path: "/api/x", upstream: timesheets, scopes: "a b"}]': "route #1: scopes",
         'routes: [{method: GET, path: "/api/x", upstream: timesheets, require: some}]': "route #1: require",
+        ROUTE_X + "max_body_bytes: 16MiB}]": "route #1: max_body",
+        ROUTE_X + "max_body_bytes: -1}]": "route #1: max_body",
+        ROUTE_X + "max_body_bytes: true}]": "route #1: max_body",
         'routes: [{method: GET, path: "/api/{x}", upstream: timesheets},'
         ' {method: GET, path: "/api/{y}", upstream: timesheets}]': "duplicate",
     }
