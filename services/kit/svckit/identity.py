@@ -514,7 +514,9 @@ class IdentityVerifier:
     #: (a set of every scope word, the signed string's tail) was ~1 MB for 60 KB of headers
     MAX_CACHED_IDENTITIES = 10_000
 
-    def _keep(self, key: tuple[str, str, str, str, str, str, str], known: tuple[Identity, bytes, bool]) -> None:
+    def _keep(
+        self, key: tuple[str, str, str, str, str, str, str], known: tuple[Identity, bytes, bool]
+    ) -> None:
         if len(self._identities) >= self.MAX_CACHED_IDENTITIES:
             self._identities.clear()
         self._identities[key] = known
