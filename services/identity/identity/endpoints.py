@@ -14,6 +14,7 @@ token, withdrawn consent, ``/oauth/revoke`` itself) are published to the gateway
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -45,7 +46,7 @@ dpop_refusals = Counter(
 )
 client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
-    "Token requests refused because their address failed client authentication too often.",
+    "Token and revocation requests refused because their address failed client authentication too often.",
 )
 
 
@@ -247,30 +248,21 @@ class ProtocolEndpoints:
             return oauth_error(
                 400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
             )
-        address = client_address(request, self.settings.trusted_proxy_networks)
-        verdict = await self.client_auth_throttle.check(address)
-        if not verdict.allowed:
-            client_auth_throttled.inc()
-            return oauth_error(
-                429,
-                "too_many_attempts",
-                f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
-                {"Retry-After": str(verdict.retry_after)},
-            )
         token_url = self.settings.url("oauth/token")
-        proof = await self._proof(request, token_url)
-        if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
-            headers = self._nonce_headers() if proof.use_nonce else {}
-            return oauth_error(400, proof.error, proof.description, headers)
-        oreq = OAuthRequest("POST", token_url, request.headers, [], params)
-        oreq.dpop_jkt = proof
-        result = await self._in_transaction("token", oreq)
-        if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
-            await self.client_auth_throttle.failed(address)
-        response = _json_result(result)
-        if proof is not None:
-            response.headers.update(self._nonce_headers())  # RFC 9449 §8.2: the next nonce
-        return response
+
+        async def run() -> Result | Response:
+            proof = await self._proof(request, token_url)
+            if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
+                headers = self._nonce_headers() if proof.use_nonce else {}
+                return oauth_error(400, proof.error, proof.description, headers)
+            oreq = OAuthRequest("POST", token_url, request.headers, [], params)
+            oreq.dpop_jkt = proof
+            result = await self._in_transaction("token", oreq)
+            if proof is not None:
+                result.headers.extend(self._nonce_headers().items())  # RFC 9449 §8.2: the next nonce
+            return result
+
+        return await self._authenticating_client(request, params, run)
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 token revocation, through Authlib's endpoint (client authentication included)."""
@@ -281,7 +273,43 @@ class ProtocolEndpoints:
         if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
             return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
         oreq = OAuthRequest("POST", self.settings.url("oauth/revoke"), request.headers, [], params)
-        return _json_result(await self._in_transaction("revocation", oreq))
+
+        async def run() -> Result:
+            return await self._in_transaction("revocation", oreq)
+
+        return await self._authenticating_client(request, params, run)
+
+    async def _authenticating_client(
+        self,
+        request: Request,
+        params: list[tuple[str, str]],
+        run: Callable[[], Awaitable[Result | Response]],
+    ) -> Response:
+        """``run`` (where Authlib authenticates the client) within the address's budget of failed
+        client authentications (:class:`FailureThrottle`), shared by the token and revocation
+        endpoints: 429 once it is used up."""
+        address = client_address(request, self.settings.trusted_proxy_networks)
+        presents_secret = request.headers.get("authorization", "")[:6].lower() == "basic " or any(
+            name == "client_secret" for name, _ in params
+        )
+        verdict = await self.client_auth_throttle.begin(address, presents_secret=presents_secret)
+        if not verdict.allowed:
+            client_auth_throttled.inc()
+            return oauth_error(
+                429,
+                "too_many_attempts",
+                f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
+                {"Retry-After": str(verdict.retry_after)},
+            )
+        failed = False
+        try:
+            result = await run()
+            if isinstance(result, Response):
+                return result
+            failed = isinstance(result.body, dict) and result.body.get("error") == "invalid_client"
+            return _json_result(result)
+        finally:
+            await self.client_auth_throttle.end(address, presents_secret=presents_secret, failed=failed)
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
