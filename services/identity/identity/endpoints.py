@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +32,7 @@ from .browser import client_address
 from .keystore import KeyStore
 from .oauth import CURRENT_DB, IdentityServer, Result, unquotable_parameter
 from .oauth import Request as OAuthRequest
+from .passwords import client_secrets, settled_in_request
 from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
 from .settings import IdentitySettings
@@ -144,6 +146,23 @@ def _bearer_challenge(error: str | None = None, description: str | None = None) 
     if description:
         value += f', error_description="{description}"'
     return {"WWW-Authenticate": value}
+
+
+def presented_secrets(request: Request, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (client id, secret) pairs a token or revocation request presents, as Authlib reads them:
+    HTTP Basic (``client_secret_basic``), then the form's ``client_id`` and ``client_secret``
+    (``client_secret_post``)."""
+    presented = []
+    try:
+        client_id, secret = extract_basic_authorization(request.headers)
+    except ValueError:  # not base64 of UTF-8: authenticates nobody (oauth.client_secret_basic)
+        client_id = secret = None
+    if client_id and secret:
+        presented.append((client_id, secret))
+    form = dict(params)
+    if form.get("client_id") and form.get("client_secret"):
+        presented.append((form["client_id"], form["client_secret"]))
+    return presented
 
 
 def _json_result(result: Result) -> Response:
@@ -289,9 +308,8 @@ class ProtocolEndpoints:
         client authentications (:class:`FailureThrottle`), shared by the token and revocation
         endpoints: 429 once it is used up."""
         address = client_address(request, self.settings.trusted_proxy_networks)
-        presents_secret = request.headers.get("authorization", "")[:6].lower() == "basic " or any(
-            name == "client_secret" for name, _ in params
-        )
+        presented = presented_secrets(request, params)
+        presents_secret = bool(presented)
         verdict = await self.client_auth_throttle.begin(address, presents_secret=presents_secret)
         if not verdict.allowed:
             client_auth_throttled.inc()
@@ -303,13 +321,23 @@ class ProtocolEndpoints:
             )
         failed = False
         try:
-            result = await run()
+            with settled_in_request():
+                for client_id, secret in presented:
+                    await self._check_secret(client_id, secret)
+                result = await run()
             if isinstance(result, Response):
                 return result
             failed = isinstance(result.body, dict) and result.body.get("error") == "invalid_client"
             return _json_result(result)
         finally:
             await self.client_auth_throttle.end(address, presents_secret=presents_secret, failed=failed)
+
+    async def _check_secret(self, client_id: str, secret: str) -> None:
+        """A presented client secret checked before Authlib's transaction (its verdict settled for the
+        request: :func:`settled_in_request`); the client is read on a connection held only for that."""
+        client = await store.get_client(self.database.pool, client_id)
+        if client is not None and client.secret_hash is not None:
+            await anyio.to_thread.run_sync(client_secrets.verify, client.secret_hash, secret)
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
