@@ -22,6 +22,10 @@ class Forwarding(NamedTuple):  # a tuple: built for every request, and a frozen 
 
 
 _DIRECT_CACHE = 4096
+#: the longest ``Host`` whose forwarding is kept: a DNS name (253) with a port, or an IPv6 literal with
+#: one; a longer value (the head limit allows 64 KiB) is no host any client reaches us by, and keeping
+#: 4,096 of them was ~256 MiB per worker, for requests that need no token
+_CACHED_HOST_BYTES = 270
 
 
 class ForwardedHeaders:
@@ -50,10 +54,12 @@ class ForwardedHeaders:
             key = (peer, scheme, host)
             direct = self._direct.get(key)
             if direct is None:
-                if len(self._direct) >= _DIRECT_CACHE:
-                    self._direct.clear()
                 proto = b"https" if scheme == "https" else b"http"
-                direct = self._direct[key] = Forwarding(peer, peer.encode(), proto, host)
+                direct = Forwarding(peer, peer.encode(), proto, host)
+                if host is None or len(host) <= _CACHED_HOST_BYTES:
+                    if len(self._direct) >= _DIRECT_CACHE:
+                        self._direct.clear()
+                    self._direct[key] = direct
             return direct
         proto = b"https" if scheme == "https" else b"http"
         if not is_trusted(peer, self.networks):

@@ -14,9 +14,11 @@ token, withdrawn consent, ``/oauth/revoke`` itself) are published to the gateway
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +33,7 @@ from .browser import client_address
 from .keystore import KeyStore
 from .oauth import CURRENT_DB, IdentityServer, Result, unquotable_parameter
 from .oauth import Request as OAuthRequest
+from .passwords import client_secrets, settled_in_request
 from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
 from .settings import IdentitySettings
@@ -46,7 +49,7 @@ dpop_refusals = Counter(
 )
 client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
-    "Token requests refused because their address failed client authentication too often.",
+    "Token and revocation requests refused because their address failed client authentication too often.",
 )
 
 
@@ -148,6 +151,23 @@ def _bearer_challenge(error: str | None = None, description: str | None = None) 
     if description:
         value += f', error_description="{description}"'
     return {"WWW-Authenticate": value}
+
+
+def presented_secrets(request: Request, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (client id, secret) pairs a token or revocation request presents, as Authlib reads them:
+    HTTP Basic (``client_secret_basic``), then the form's ``client_id`` and ``client_secret``
+    (``client_secret_post``)."""
+    presented = []
+    try:
+        client_id, secret = extract_basic_authorization(request.headers)
+    except ValueError:  # not base64 of UTF-8: authenticates nobody (oauth.client_secret_basic)
+        client_id = secret = None
+    if client_id and secret:
+        presented.append((client_id, secret))
+    form = dict(params)
+    if form.get("client_id") and form.get("client_secret"):
+        presented.append((form["client_id"], form["client_secret"]))
+    return presented
 
 
 def _json_result(result: Result) -> Response:
@@ -252,30 +272,21 @@ class ProtocolEndpoints:
             return oauth_error(
                 400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
             )
-        address = client_address(request, self.settings.trusted_proxy_networks)
-        verdict = await self.client_auth_throttle.check(address)
-        if not verdict.allowed:
-            client_auth_throttled.inc()
-            return oauth_error(
-                429,
-                "too_many_attempts",
-                f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
-                {"Retry-After": str(verdict.retry_after)},
-            )
         token_url = self.settings.url("oauth/token")
-        proof = await self._proof(request, token_url)
-        if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
-            headers = self._nonce_headers() if proof.use_nonce else {}
-            return oauth_error(400, proof.error, proof.description, headers)
-        oreq = OAuthRequest("POST", token_url, request.headers, [], params)
-        oreq.dpop_jkt = proof
-        result = await self._in_transaction("token", oreq)
-        if isinstance(result.body, dict) and result.body.get("error") == "invalid_client":
-            await self.client_auth_throttle.failed(address)
-        response = _json_result(result)
-        if proof is not None:
-            response.headers.update(self._nonce_headers())  # RFC 9449 §8.2: the next nonce
-        return response
+
+        async def run() -> Result | Response:
+            proof = await self._proof(request, token_url)
+            if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
+                headers = self._nonce_headers() if proof.use_nonce else {}
+                return oauth_error(400, proof.error, proof.description, headers)
+            oreq = OAuthRequest("POST", token_url, request.headers, [], params)
+            oreq.dpop_jkt = proof
+            result = await self._in_transaction("token", oreq)
+            if proof is not None:
+                result.headers.extend(self._nonce_headers().items())  # RFC 9449 §8.2: the next nonce
+            return result
+
+        return await self._authenticating_client(request, params, run)
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 token revocation, through Authlib's endpoint (client authentication included)."""
@@ -286,7 +297,52 @@ class ProtocolEndpoints:
         if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
             return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
         oreq = OAuthRequest("POST", self.settings.url("oauth/revoke"), request.headers, [], params)
-        return _json_result(await self._in_transaction("revocation", oreq))
+
+        async def run() -> Result:
+            return await self._in_transaction("revocation", oreq)
+
+        return await self._authenticating_client(request, params, run)
+
+    async def _authenticating_client(
+        self,
+        request: Request,
+        params: list[tuple[str, str]],
+        run: Callable[[], Awaitable[Result | Response]],
+    ) -> Response:
+        """``run`` (where Authlib authenticates the client) within the address's budget of failed
+        client authentications (:class:`FailureThrottle`), shared by the token and revocation
+        endpoints: 429 once it is used up."""
+        address = client_address(request, self.settings.trusted_proxy_networks)
+        presented = presented_secrets(request, params)
+        presents_secret = bool(presented)
+        verdict = await self.client_auth_throttle.begin(address, presents_secret=presents_secret)
+        if not verdict.allowed:
+            client_auth_throttled.inc()
+            return oauth_error(
+                429,
+                "too_many_attempts",
+                f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
+                {"Retry-After": str(verdict.retry_after)},
+            )
+        failed = False
+        try:
+            with settled_in_request():
+                for client_id, secret in presented:
+                    await self._check_secret(client_id, secret)
+                result = await run()
+            if isinstance(result, Response):
+                return result
+            failed = isinstance(result.body, dict) and result.body.get("error") == "invalid_client"
+            return _json_result(result)
+        finally:
+            await self.client_auth_throttle.end(address, presents_secret=presents_secret, failed=failed)
+
+    async def _check_secret(self, client_id: str, secret: str) -> None:
+        """A presented client secret checked before Authlib's transaction (its verdict settled for the
+        request: :func:`settled_in_request`); the client is read on a connection held only for that."""
+        client = await store.get_client(self.database.pool, client_id)
+        if client is not None and client.secret_hash is not None:
+            await anyio.to_thread.run_sync(client_secrets.verify, client.secret_hash, secret)
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")

@@ -8,10 +8,13 @@ stronger settings later only need ``needs_rehash`` (checked at every successful 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -61,7 +64,13 @@ class VerifiedSecrets:
             expires = self._entries.get(key)
             if expires is not None and expires > now:
                 return True
-        if not verify_secret(stored_hash, secret):
+        settled = _settled.get()
+        if settled is not None and key in settled:
+            return settled[key]
+        ok = verify_secret(stored_hash, secret)
+        if settled is not None:
+            settled[key] = ok
+        if not ok:
             return False
         with self._lock:
             self._entries[key] = now + self.ttl
@@ -69,6 +78,23 @@ class VerifiedSecrets:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return True
+
+
+#: the verdicts on the secrets this request checked already (:func:`settled_in_request`)
+_settled: ContextVar[dict[bytes, bool] | None] = ContextVar("identity_settled_secrets", default=None)
+
+
+@contextlib.contextmanager
+def settled_in_request() -> Iterator[None]:
+    """Within the block, a secret checked once (right or wrong) is not checked again: the endpoints
+    check a presented client secret before they open the request's transaction, and Authlib's check
+    inside it (a worker thread, with a copy of this context: the same dict) finds the verdict — so the
+    Argon2 verification never runs while a pooled connection waits for it."""
+    token = _settled.set({})
+    try:
+        yield
+    finally:
+        _settled.reset(token)
 
 
 client_secrets = VerifiedSecrets()

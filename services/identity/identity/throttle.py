@@ -241,10 +241,16 @@ class LoginThrottle:
 
 
 class FailureThrottle:
-    """Failures per client address only (failed client authentication at the token endpoint).
+    """Failures per client address only (failed client authentication at the token and revocation
+    endpoints).
 
     A client id is no secret, so counting per client would let anyone lock a client out. Successful
-    requests are not counted: only after a failure does ``failed`` count one.
+    requests are not counted. A request that presents a client secret takes a slot *before* the
+    secret is checked (:meth:`begin`, atomically, as sign-in does) and gives it back when it did not
+    fail (:meth:`end`): a wrong secret costs an Argon2 verification while the request holds its
+    database transaction, and a burst of concurrent guesses all passed a check made before any of
+    them had failed. A request without a secret costs no such work: its address is only checked
+    before, and a failure counted after.
     """
 
     def __init__(
@@ -268,3 +274,18 @@ class FailureThrottle:
 
     async def failed(self, address: str) -> None:
         await self.counters.add([self._counter(address)])
+
+    async def begin(self, address: str, *, presents_secret: bool) -> Verdict:
+        """Before a client authenticates: refuse (429) an address at its limit; with a secret, count
+        this attempt now."""
+        if presents_secret:
+            return await self.counters.acquire([self._counter(address)])
+        return await self.check(address)
+
+    async def end(self, address: str, *, presents_secret: bool, failed: bool) -> None:
+        """After it: an attempt with a secret that did not fail gives its slot back; one without a
+        secret that failed is counted."""
+        if presents_secret and not failed:
+            await self.counters.give_back([self._counter(address)])
+        elif failed and not presents_secret:
+            await self.failed(address)

@@ -352,7 +352,7 @@ class ProofVerifier:
         if len(parts) != 3:
             raise ProofError("dpop_malformed", "The DPoP proof is not a JWS in compact form.")
         known = self._headers.get(parts[0])
-        algorithm, key_jkt, key = known if known is not None else self._header(parts[0])
+        algorithm, key_jkt, key = decided = known if known is not None else self._header(parts[0])
         claims = _json_object(_b64decode(parts[1]), "payload")
 
         signature = _b64decode(parts[2])
@@ -362,6 +362,10 @@ class ProofVerifier:
             valid = False
         if not valid:
             raise ProofError("dpop_signature", "The DPoP proof signature does not verify.")
+        if known is None:  # kept once its key signed it: a header is the sender's text, up to 8 KiB
+            self._headers[parts[0]] = decided
+            if len(self._headers) > _KEY_CACHE_SIZE:
+                self._headers.popitem(last=False)
 
         jti = claims.get("jti")
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
@@ -397,7 +401,8 @@ class ProofVerifier:
         return Proof(key_jkt, jti, float(iat))
 
     def _header(self, text: str) -> tuple[Algorithm, str, Any]:
-        """The checks of a proof's header that it decides alone; what passes them is remembered."""
+        """The checks of a proof's header that it decides alone (:meth:`verify` remembers what passed
+        them once the proof's signature verified)."""
         header = _json_object(_b64decode(text), "header")
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() != "dpop+jwt":
@@ -415,9 +420,6 @@ class ProofVerifier:
         if not isinstance(jwk, dict):
             raise ProofError("dpop_jwk", "The DPoP proof header has no public key ('jwk').")
         key_jkt, key = self._key(alg, algorithm, jwk)
-        self._headers[text] = (algorithm, key_jkt, key)
-        if len(self._headers) > _KEY_CACHE_SIZE:
-            self._headers.popitem(last=False)
         return algorithm, key_jkt, key
 
     def _key(self, alg: str, algorithm: Algorithm, jwk: dict[str, Any]) -> tuple[str, Any]:

@@ -458,7 +458,8 @@ class IdentityVerifier:
         Per request only the HMAC of the signed string is computed, from SHA-256 states keyed once per
         key (:func:`_hmac_states`); the identity part (an :class:`Identity`, its part of the signed
         string and whether the key's sender may assert it) is made once per (key id, identity headers)
-        and reused (:attr:`MAX_CACHED_IDENTITIES`; the values are immutable)."""
+        and, once their signature verified, reused (:attr:`MAX_CACHED_IDENTITIES`; the values are
+        immutable)."""
         get = headers.get
         signature = get(SIGNATURE)
         if not signature:
@@ -484,6 +485,7 @@ class IdentityVerifier:
             raise IdentityError("malformed", "The Content-Digest (sha-256) is missing or malformed.")
         key = (kid, issuer, subject, kind, get(CLIENT_ID, ""), get(SCOPES, ""), get(NAME, ""))
         known = self._identities.get(key)
+        fresh = known is None
         if known is None:
             known = self._identity_of(key)
         identity, tail, allowed = known
@@ -499,14 +501,25 @@ class IdentityVerifier:
         expected = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
         if not hmac.compare_digest(expected, signature.encode()):
             raise IdentityError("bad_signature", "The identity signature does not verify.")
+        if fresh:
+            self._keep(key, known)
         if not allowed:
             raise IdentityError(
                 "wrong_principal", "The identity was signed with a key that may not assert this principal."
             )
         return identity
 
-    #: identities kept with their part of the signed string (the dict is emptied when it is full)
+    #: identities kept with their part of the signed string (the dict is emptied when it is full); only
+    #: those whose signature verified: headers nobody signed are up to the caller, and what they make
+    #: (a set of every scope word, the signed string's tail) was ~1 MB for 60 KB of headers
     MAX_CACHED_IDENTITIES = 10_000
+
+    def _keep(
+        self, key: tuple[str, str, str, str, str, str, str], known: tuple[Identity, bytes, bool]
+    ) -> None:
+        if len(self._identities) >= self.MAX_CACHED_IDENTITIES:
+            self._identities.clear()
+        self._identities[key] = known
 
     def _identity_of(self, key: tuple[str, str, str, str, str, str, str]) -> tuple[Identity, bytes, bool]:
         kid, issuer, subject, kind, client_id, scopes, name = key
@@ -519,11 +532,7 @@ class IdentityVerifier:
             name=name,
         )
         fields = (issuer, subject, kind, client_id, " ".join(sorted(identity.scopes)), name)
-        known = (identity, ("\n" + "\n".join(fields)).encode(), may_assert(self.senders[kid], identity))
-        if len(self._identities) >= self.MAX_CACHED_IDENTITIES:
-            self._identities.clear()
-        self._identities[key] = known
-        return known
+        return identity, ("\n" + "\n".join(fields)).encode(), may_assert(self.senders[kid], identity)
 
 
 def identity_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

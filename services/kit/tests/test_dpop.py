@@ -7,7 +7,9 @@ is in process (the fast tier).
 from __future__ import annotations
 
 import base64
+import gc
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -399,3 +401,31 @@ async def test_without_redis_the_local_window_still_refuses_replays() -> None:
         assert replay_checks.labels("local")._value.get() == before + 1
     finally:
         await redis.close()
+
+
+@unit
+def test_headers_of_proofs_whose_signature_fails_are_not_kept(key: DpopKey, clock: FakeClock) -> None:
+    """What a proof's header decides (algorithm, key, thumbprint) is kept per header text, 10,000 of
+    them, so that a client's every proof is read once; it was kept before the signature was checked:
+    anyone could fill it with headers of up to 8 KiB (an extra member makes each new) — ~80 MB per
+    process, at the provider's token endpoint without any credential (fails on main: 1.3 MB kept
+    for 200 such proofs)."""
+    check = verifier(clock)
+    proofs = []
+    for number in range(200):
+        header, payload, _ = key.proof("GET", URL, iat=NOW, headers={"pad": f"{number}" + "p" * 4500}).split(
+            "."
+        )
+        proofs.append(f"{header}.{payload}.{b64(b'not the signature')}")
+    refused(check, proofs[0], "dpop_signature")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for proof in proofs[1:]:
+            refused(check, proof, "dpop_signature")
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 200_000, f"{kept / 1e6:.2f} MB kept for {len(proofs) - 1} refused proofs"

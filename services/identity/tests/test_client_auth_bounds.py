@@ -1,0 +1,110 @@
+"""How much Argon2 work a caller without a client secret can make the provider do.
+
+Every wrong client secret costs one Argon2 verification (~0.1 s of a core, in a worker thread, while
+the request holds its database transaction), so failed client authentications are limited per
+address (``CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS``) wherever a client authenticates: the token and
+the revocation endpoints, counted together, and a burst of concurrent guesses gets no more than the
+limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from testkit.fixtures import ServiceProcess, free_port
+
+LIMIT = 3
+
+
+@pytest.fixture
+def provider(seeded: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
+    """A provider of its own (its own throttle counters), allowing ``LIMIT`` failures per address (or
+    as many as the test's indirect parameter says)."""
+    port = free_port()
+    env = {
+        **seeded,
+        "IDENTITY_ISSUER": f"http://localhost:{port}/",
+        "REDIS_KEY_PREFIX": seeded["REDIS_KEY_PREFIX"] + f"client-auth-{secrets.token_hex(3)}:",
+        "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": str(getattr(request, "param", LIMIT)),
+    }
+    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    try:
+        yield f"http://localhost:{port}"
+    finally:
+        process.stop()
+
+
+WRONG = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", "not-the-secret")}
+
+
+async def test_wrong_secrets_at_the_revocation_endpoint_are_limited(provider: str) -> None:
+    """``/oauth/revoke`` authenticates confidential clients with their secret, and was not throttled:
+    every guess an Argon2 verification, without limit (fails on main: six 401s)."""
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(LIMIT + 3):
+            async with http.post(f"{provider}/oauth/revoke", data={"token": "x"}, headers=WRONG) as r:
+                statuses.append(r.status)
+        assert statuses == [401] * LIMIT + [429] * 3
+        # and the token endpoint counts the same failures
+        async with http.post(
+            f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
+        ) as r:
+            assert r.status == 429
+
+
+async def test_a_burst_of_wrong_secrets_gets_no_more_than_the_limit(provider: str) -> None:
+    """The token endpoint checked the address's count before the secret and counted a failure after
+    it, so concurrent guesses all passed the check together: any number of Argon2 verifications at
+    once, each holding a pooled database connection (fails on main: 12 of 12 were verified)."""
+    async with aiohttp.ClientSession() as http:
+
+        async def guess() -> int:
+            async with http.post(
+                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
+            ) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(guess() for _ in range(12)))
+    assert statuses.count(401) <= LIMIT, statuses
+    assert statuses.count(429) == 12 - statuses.count(401), statuses
+
+
+LONG_TRANSACTIONS = """
+    SELECT count(*) FROM pg_stat_activity
+     WHERE datname = current_database() AND state = 'idle in transaction'
+       AND now() - xact_start > interval '50 milliseconds'"""
+
+
+@pytest.mark.parametrize("provider", [1000], indirect=True)
+async def test_no_transaction_is_held_while_a_secret_is_checked(
+    provider: str, db: asyncpg.Connection
+) -> None:
+    """Authlib checks the client secret inside the request's transaction, so each wrong guess held a
+    pooled connection (idle in transaction) for its whole Argon2 verification, ~0.1 s of a core and
+    more under load: a few addresses' guesses took the pool (``DB_POOL_MAX``, 10) from every other
+    request. Secrets are checked before the transaction now (fails on main: transactions open longer
+    than 50 ms while the guesses run)."""
+    async with aiohttp.ClientSession() as http:
+
+        async def guess() -> int:
+            async with http.post(
+                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
+            ) as r:
+                await r.read()
+                return r.status
+
+        burst = asyncio.gather(*(guess() for _ in range(10)))
+        longest = 0
+        while not burst.done():
+            longest = max(longest, await db.fetchval(LONG_TRANSACTIONS))
+            await asyncio.sleep(0.02)
+        assert await burst == [401] * 10
+    assert longest == 0, f"{longest} transactions held open over 50 ms while secrets were checked"
