@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,7 +30,7 @@ from .authorize import RESPONSE_MODES
 from .bodies import coded_refusal, read_body, read_form
 from .browser import client_address
 from .keystore import KeyStore
-from .oauth import CURRENT_DB, IdentityServer, Result, unquotable_parameter
+from .oauth import CURRENT_DB, IdentityServer, Result, basic_credentials, unquotable_parameter
 from .oauth import Request as OAuthRequest
 from .passwords import client_secrets, settled_in_request
 from .revocation import RevocationPublisher
@@ -158,12 +157,9 @@ def presented_secrets(request: Request, params: list[tuple[str, str]]) -> list[t
     HTTP Basic (``client_secret_basic``), then the form's ``client_id`` and ``client_secret``
     (``client_secret_post``)."""
     presented = []
-    try:
-        client_id, secret = extract_basic_authorization(request.headers)
-    except ValueError:  # not base64 of UTF-8: authenticates nobody (oauth.client_secret_basic)
-        client_id = secret = None
-    if client_id and secret:
-        presented.append((client_id, secret))
+    basic = basic_credentials(request.headers)  # form-urlencoded inside, as client_secret_basic reads it
+    if basic is not None and all(basic):
+        presented.append(basic)
     form = dict(params)
     if form.get("client_id") and form.get("client_secret"):
         presented.append((form["client_id"], form["client_secret"]))
