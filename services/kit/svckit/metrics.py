@@ -49,7 +49,8 @@ http_duration = Histogram(
 http_refused = Counter(
     "http_refused_total",
     "Requests the HTTP layer answered itself before any route saw them (400 unparsable, 408 head or "
-    "body too slow, 414 target too long, 431 head too large), by status code.",
+    "body too slow, 414 target too long, 431 head too large), by status code; 408 also counts a body "
+    "that stopped after its response began (the connection ended, no answer could be sent).",
     ["status"],
 )
 

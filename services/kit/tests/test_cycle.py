@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from starlette.types import Receive, Scope, Send
 from prometheus_client import REGISTRY
+from starlette.types import Receive, Scope, Send
 from svckit.cycle import check_head, check_names
 from svckit.server import ProblemHttpProtocol
 
@@ -332,7 +332,7 @@ async def test_waiting_on_the_application_is_not_the_client_stalling() -> None:
         # more than the server buffers: reading is paused until the application reads, after 1.5 s
         big = b"x" * (4 * 65536)
         writer.write(b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big))
-        writer.write(big[:65536 * 2])
+        writer.write(big[: 65536 * 2])
         await asyncio.sleep(1.0)
         writer.write(big[65536 * 2 :])
         assert (await read_response(reader))[1] == big
@@ -404,3 +404,29 @@ async def test_a_stalled_body_is_answered_when_its_timeout_ends() -> None:
     assert_problem(received, 408)
     late = took - ShortBodyTimeout.request_body_timeout
     assert -0.05 < late < 0.5, f"the 408 came {late:+.2f} s after the body timeout"
+
+
+async def test_the_body_clock_restarts_when_the_server_is_ready_for_the_body_again() -> None:
+    """The body's timer does not count while the client may not send (it waits for ``100 Continue``)
+    or the server is not reading (paused until the application consumes what came): it stops then,
+    and is armed again when that ends — the 100 sent, reading resumed — so a client that stalls
+    afterwards is still answered 408, on time from that moment."""
+    loop = asyncio.get_running_loop()
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(
+            b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100")
+        received, took = await until_closed(reader)  # and the body never comes
+    assert_problem(received, 408)
+    assert 0.75 < took < 0.8 + 0.5
+
+    async with connection(ShortTimeouts) as (reader, writer):
+        started = loop.time()
+        writer.write(b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (65536 * 5))
+        writer.write(b"x" * 65536 * 4)  # paused after the first 64 KiB until the application reads
+        received, _ = await until_closed(reader)
+        took = loop.time() - started
+    assert_problem(received, 408)
+    assert 1.5 + 0.75 < took < 1.5 + 0.8 + 0.5
