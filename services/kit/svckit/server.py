@@ -109,7 +109,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
-from .metrics import http_refused
+from .metrics import forget_dead_processes, http_refused
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
@@ -713,6 +713,7 @@ class Supervisor:
                 self.failed = self.stopping = True
                 return
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
+            forget_dead_processes()  # its live gauges no longer count
             self.processes[index] = self._spawn(sockets)
 
     def _stop_workers(self) -> None:
