@@ -31,7 +31,8 @@ MEANINGS = {
         "a request head not complete this long after its first byte: 408, connection ended (slowloris)"
     ),
     "request_body_timeout_seconds": (
-        "a request body silent this long while the server waits for it: 408, connection ended"
+        "a request body silent this long while the server waits for it: 408, connection ended (only "
+        "ended, once the response has begun)"
     ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",

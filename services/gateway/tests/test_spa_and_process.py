@@ -167,6 +167,66 @@ async def test_multi_worker_process(
         await asyncio.to_thread(process.stop)
 
 
+def workers_of(process: ServiceProcess) -> set[int]:
+    """The pids of the gateway's worker processes (spawned by multiprocessing)."""
+    assert process.process is not None
+    pids = set()
+    for child in psutil.Process(process.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # gone, or a zombie not reaped yet: no worker
+            pass
+    return pids
+
+
+async def test_a_dead_workers_live_gauges_stop_counting(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
+) -> None:
+    """A gauge in a ``live*`` multiprocess mode (the upstream pools' connections: ``livesum``) is
+    meant to count only live workers, but a worker's file stayed after it died: a crashed worker
+    that the supervisor replaced kept adding its last values (idle connections that no longer
+    exist) until the whole gateway restarted. The supervisor now drops a dead worker's live gauges
+    before it starts the next one."""
+    env = process_env(
+        provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=""
+    )
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        token = provider.token()
+        for _ in range(10):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    process.url + "/api/timesheets", headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                assert r.status == 200
+        await asyncio.sleep(1.5)  # the workers write their metrics to the files once a second
+        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
+            idle = metric(await r.text(), "gateway_upstream_connections", service="timesheets", state="idle")
+        assert idle >= 1
+        killed = workers_of(process)
+        assert len(killed) == 2
+        for pid in killed:  # both: the replacements have no upstream connection yet
+            os.kill(pid, 9)
+        for _ in range(200):
+            current = workers_of(process)
+            if len(current) == 2 and not current & killed:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the killed workers were not replaced")
+        await asyncio.to_thread(process.start)  # the new workers serve
+        await asyncio.sleep(1.5)
+        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
+            idle = metric(await r.text(), "gateway_upstream_connections", service="timesheets", state="idle")
+        assert idle == 0
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
 def test_bad_route_file_stops_start_up_with_one_line(tmp_path: Path, identity_keys: dict[str, str]) -> None:
     import subprocess
     import sys

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +22,8 @@ from . import server
 from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
 from .logs import configure_logging
-from .metrics import MetricsServer
+from .metrics import MetricsServer, forget_dead_processes
+from .metrics import bind_listener as metrics_socket
 from .migrations import MigrationError, migrate
 from .roles import RoleError, RuntimeRole
 from .server import ProblemHttpProtocol
@@ -76,17 +77,40 @@ def serve(
     return server.serve(config, workers)
 
 
+class ReloadedProcess:
+    """What DEV_RELOAD's reloader runs in each child it starts: the metrics listener, on the socket
+    the reloader bound once, then uvicorn. The listener is in the application's process, as without
+    DEV_RELOAD, so ``/metrics`` is the same: it was in the reloader, reading the child's samples from
+    multiprocess files, which hold neither what a collector reads at scrape time (the database pool's
+    ``db_pool_connections``) nor the runtime's collectors nor the counters' ``_created``. A class of
+    this module, so the reloader can hand it to the spawned child."""
+
+    def __init__(self, config: uvicorn.Config, metrics_listener: socket.socket) -> None:
+        self.config = config
+        self.metrics_listener = metrics_listener
+
+    def __call__(self, sockets: list[socket.socket] | None = None) -> None:
+        forget_dead_processes()  # the gateway's multiprocess files: the previous child's live gauges
+        host, port = self.metrics_listener.getsockname()[:2]
+        metrics = MetricsServer(host, port, listener=self.metrics_listener).start()
+        try:
+            uvicorn.Server(self.config).run(sockets=sockets)
+        finally:
+            metrics.stop()
+
+
 def serve_reloading(
     app_factory: str,
     settings: ServiceSettings,
     http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
+    *,
+    metrics_listener: socket.socket,
 ) -> int:
     """Development only (DEV_RELOAD; the chart's devMode.sourceSync under `skaffold dev`): uvicorn's
     reloader restarts the app whenever a Python file under PYTHONPATH changes — where skaffold syncs
-    edited sources. The app runs in a child process, so its metrics go through multiprocess files
-    that this process's metrics listener aggregates. The child gets the kit's configuration, so the
-    same HTTP layer and request timeouts as in production: only the restarts differ."""
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
+    edited sources. The app runs in a child process, with the metrics listener on
+    ``metrics_listener`` (:class:`ReloadedProcess`). The child gets the kit's configuration, so the
+    same HTTP layer, request timeouts and metrics as in production: only the restarts differ."""
     watched = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] or [os.getcwd()]
     config = server.ServingConfig(
         app_factory,
@@ -103,18 +127,17 @@ def serve_reloading(
     listener = config.bind_socket()
     try:
         # uvicorn.Server, not the kit's DrainingServer: each restart hands the same listener on
-        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[listener]).run()
+        ChangeReload(config, target=ReloadedProcess(config, metrics_listener), sockets=[listener]).run()
     finally:
         listener.close()
     return 0
 
 
-def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
-    """The metrics listener on METRICS_PORT, in this process — with several workers that is uvicorn's
-    supervisor, which aggregates the workers' samples — started before uvicorn and kept through the
-    drain. ``None`` (after one line on stderr) when the port cannot be bound."""
+def bind_metrics_listener(settings: ServiceSettings) -> socket.socket | None:
+    """The metrics listener's socket on METRICS_PORT, bound before anything else starts. ``None``
+    (after one line on stderr) when the port cannot be bound."""
     try:
-        return MetricsServer(settings.bind_host, settings.metrics_port).start()
+        return metrics_socket(settings.bind_host, settings.metrics_port)
     except OSError as exc:
         print(
             f"cannot serve metrics on {settings.bind_host}:{settings.metrics_port} (METRICS_PORT): "
@@ -123,6 +146,16 @@ def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
             flush=True,
         )
         return None
+
+
+def start_metrics_listener(settings: ServiceSettings) -> MetricsServer | None:
+    """The metrics listener on METRICS_PORT, in this process — with several workers that is uvicorn's
+    supervisor, which aggregates the workers' samples — started before uvicorn and kept through the
+    drain. ``None`` (after one line on stderr) when the port cannot be bound."""
+    listener = bind_metrics_listener(settings)
+    if listener is None:
+        return None
+    return MetricsServer(settings.bind_host, settings.metrics_port, listener=listener).start()
 
 
 async def migrate_with_wait(
@@ -183,12 +216,18 @@ def run_cli(
         if missing := settings.missing_identity_pairs():
             print(f"invalid configuration: {missing}", file=sys.stderr, flush=True)
             return 2
+        if settings.dev_reload:  # the listener is served by the application's process (ReloadedProcess)
+            listener = bind_metrics_listener(settings)
+            if listener is None:
+                return 1
+            try:
+                return serve_reloading(app_factory, settings, http_protocol, metrics_listener=listener)
+            finally:
+                listener.close()
         metrics = start_metrics_listener(settings)
         if metrics is None:
             return 1
         try:
-            if settings.dev_reload:
-                return serve_reloading(app_factory, settings, http_protocol)
             return serve(app_factory, settings, workers(settings) if workers else 1, http_protocol)
         finally:
             metrics.stop()

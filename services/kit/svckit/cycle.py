@@ -154,8 +154,16 @@ def no_response() -> None:
     return None
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class LeanCycle(RequestResponseCycle):
     """One request's ASGI cycle (see the module docstring for how it differs from uvicorn's)."""
+
+    #: called once when a request that asked for ``100 Continue`` stops waiting for it (the 100 is
+    #: sent, or the response starts without it): from then on its body is the client's to send, and
+    #: the server's body clock runs (:class:`svckit.server.ProblemHttpProtocol` sets it on such cycles)
+    on_continue: Callable[[], None] = staticmethod(no_response)
 
     def __init__(
         self,
@@ -209,6 +217,27 @@ class LeanCycle(RequestResponseCycle):
     async def send_500_response(self) -> None:
         await send_internal_error(self.send)
 
+    def unsent(self) -> bool:
+        """Whether nothing of the response has left yet (a head is framed at ``http.response.start``
+        but sent with the first body message), so the server may still answer in its place."""
+        return not self.response_started or bool(self._head)
+
+    async def receive(self) -> Any:
+        """uvicorn's, and :attr:`on_continue` told when the ``100 Continue`` goes out."""
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(_CONTINUE)
+            self.waiting_for_100_continue = False
+            self.on_continue()
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
+        self.body = bytearray()
+        return message
+
     def _abandon(self) -> None:
         """A response that cannot complete: what was framed goes out, then the connection ends."""
         head, self._head = self._head, b""
@@ -225,7 +254,9 @@ class LeanCycle(RequestResponseCycle):
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"Expected 'http.response.start', but got '{message['type']}'.")
             self.response_started = True
-            self.waiting_for_100_continue = False
+            if self.waiting_for_100_continue:  # answered without a 100: the client may send or not
+                self.waiting_for_100_continue = False
+                self.on_continue()
             self._head = self._frame(message["status"], message.get("headers", ()))
             return
         if self.response_complete:

@@ -9,7 +9,10 @@ identity provider would publish it): :class:`MetricsServer` is a second, tiny HT
 thread, so it keeps answering while the event loop is busy or draining, and it lives in the process
 that outlives uvicorn's workers: with several workers (``PROMETHEUS_MULTIPROC_DIR`` set) that is the
 supervisor, which aggregates every worker's samples and reports its own ``process_*`` series — whose
-start time changes exactly when the container restarts, which is what restart alerts want.
+start time changes exactly when the container restarts, which is what restart alerts want. Under
+DEV_RELOAD (development only) the application runs in the reloader's child, and so does the listener,
+on the socket the reloader bound once: the very metrics a single process serves — the pool's gauge,
+read from the pool at scrape time, among them — starting over at each reload like the application.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,7 +53,8 @@ http_duration = Histogram(
 http_refused = Counter(
     "http_refused_total",
     "Requests the HTTP layer answered itself before any route saw them (400 unparsable, 408 head or "
-    "body too slow, 414 target too long, 431 head too large), by status code.",
+    "body too slow, 414 target too long, 431 head too large), by status code; 408 also counts a body "
+    "that stopped after its response began (the connection ended, no answer could be sent).",
     ["status"],
 )
 
@@ -85,6 +90,38 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
 
 
+def forget_dead_processes() -> list[int]:
+    """Drop the live gauges of processes that are gone from ``PROMETHEUS_MULTIPROC_DIR``; the pids
+    whose gauges were dropped. A gauge in a ``live*`` mode is meant to count only live processes, but its
+    file stays until someone says the process died: a worker that crashed and was replaced, or a
+    child DEV_RELOAD restarted, kept adding its last values (an upstream pool's connections counted
+    twice, the oldest task success of a process that no longer runs). Said by whoever starts the
+    next process (the supervisor, the reloaded child), before it serves."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    from prometheus_client import multiprocess
+
+    dead: set[int] = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        suffix = path.stem.rsplit("_", 1)[1]
+        if suffix.isdigit() and not _alive(int(suffix)):
+            dead.add(int(suffix))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
 METRICS_PATH = "/metrics"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -104,14 +141,30 @@ def metrics_wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> 
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """One thread per scrape; never blocks process exit."""
+    """One thread per scrape; never blocks process exit. Serves a socket bound by
+    :func:`bind_listener` (possibly in another process: DEV_RELOAD's reloader binds it once)."""
 
     daemon_threads = True
-    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        """The socket is bound already: only what HTTPServer and WSGIServer derive from its address."""
+        host, port = self.server_address = self.socket.getsockname()[:2]
+        self.server_name = socket.getfqdn(host)
+        self.server_port = port
+        self.setup_environ()
 
 
-class _ThreadingServer6(_ThreadingServer):
-    address_family = socket.AF_INET6
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The metrics listener's socket, bound and listening; ``OSError`` when the port is taken."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(_ThreadingServer.request_queue_size)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -123,12 +176,14 @@ class MetricsServer:
     """The metrics listener: ``GET /metrics`` on ``host:port`` in a daemon thread.
 
     ``port=0`` picks a free port (tests); :attr:`port` is the one bound. ``start`` raises ``OSError``
-    when the port is taken, before anything else of the service starts.
+    when the port is taken, before anything else of the service starts. ``listener``: a socket
+    :func:`bind_listener` bound already (``host`` and ``port`` are then only what it was bound to).
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, listener: socket.socket | None = None) -> None:
         self.host = host
         self.requested_port = port
+        self._listener = listener
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -146,10 +201,13 @@ class MetricsServer:
         return f"http://{host}:{self.port}{METRICS_PATH}"
 
     def start(self) -> MetricsServer:
-        server_class = _ThreadingServer6 if ":" in self.host else _ThreadingServer
-        self._server = make_server(
-            self.host, self.requested_port, metrics_wsgi_app, server_class, handler_class=_QuietHandler
-        )
+        listener = self._listener or bind_listener(self.host, self.requested_port)
+        server = _ThreadingServer(listener.getsockname()[:2], _QuietHandler, bind_and_activate=False)
+        server.socket.close()  # the one socketserver made; it serves the bound one
+        server.socket = listener
+        server.server_bind()
+        server.set_app(metrics_wsgi_app)
+        self._server = server
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-listener", daemon=True
         )

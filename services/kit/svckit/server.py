@@ -26,17 +26,24 @@ for as long as the client liked. Every connection now has one timer from the sta
 timer, armed once per connection and re-armed by itself, never per request), which looks at what the
 connection is waiting for when it fires: an idle connection is closed after ``timeout_keep_alive``;
 a request head not complete :data:`REQUEST_HEAD_TIMEOUT_SECONDS` after its first byte is answered 408
-and the connection ends; a request body the application is waiting for, of which nothing arrived for
-:data:`REQUEST_BODY_TIMEOUT_SECONDS`, likewise (the application hears ``http.disconnect``). The body
-clock counts silence only while the server is ready to read: not while reading is paused because the
-application has not consumed what came, nor while the client waits for ``100 Continue``, nor once a
-response has started (a 408 could no longer be sent). The timer fires at least once per shortest of
-the three periods (the keep-alive's, 5 s, with the defaults: as often as before), so the head's
-deadline is met on time, and a body's silence counts from the later of its last byte and the moment
-the timer first saw the server waiting for it (at most one period late: the server cannot tell
-without a timer per request when an application began to wait). The settings
-``REQUEST_HEAD_TIMEOUT_SECONDS`` and ``REQUEST_BODY_TIMEOUT_SECONDS`` reach the protocol through
-:class:`ServingConfig`.
+and the connection ends. It fires at least once per the shorter of those two periods, so the head's
+deadline is met on time.
+
+A request whose body is still to come once its head has been read (most bodies come with the head
+and need nothing) gets a timer of its own, due :data:`REQUEST_BODY_TIMEOUT_SECONDS` after the last
+byte; when it fires early it re-arms itself for that long after the latest byte, so bytes that keep
+coming cost nothing per read, and a body that stops arriving is refused when the timeout ends — not up
+to a period of the connection's timer later (5 s with the defaults), as it was. The silence counts
+only while the server is ready to read: not while reading is paused because the application has not
+consumed what came, nor while the client waits for ``100 Continue``; when either ends (resumed
+reading is a flow-control transition, the 100 a branch of the request's first ``receive``: neither is
+per read) the silence counts from then. A body that stops arriving is answered 408 while nothing of
+the response has left (the application hears ``http.disconnect``), and ends the connection once the
+response has begun — one that streams while the application still reads the body: a 408 can no
+longer be sent, but neither the connection nor the application's task waiting for the body may be
+held for as long as the client likes. Both are counted in ``http_refused_total{status="408"}``. The
+settings ``REQUEST_HEAD_TIMEOUT_SECONDS`` and ``REQUEST_BODY_TIMEOUT_SECONDS`` reach the protocol
+through :class:`ServingConfig`.
 
 **Shutdown without resets** (SIGTERM, with one worker or several). Stopping must refuse new
 connections cleanly and finish what was accepted:
@@ -62,8 +69,9 @@ connections cleanly and finish what was accepted:
 **The request cycle** is :class:`svckit.cycle.LeanCycle` for every request: uvicorn's ASGI with the
 response head framed and checked once and sent in the same write as a small body (one syscall and
 one TCP segment per response instead of two), and the last-resort 500 a problem document. The
-connection's one timer (keep-alive, head, body) is armed once per connection and re-arms itself, rather
-than being made and cancelled per request.
+connection's one timer (keep-alive, head) is armed once per connection and re-arms itself, rather
+than being made and cancelled per request; only a request whose body is still to come after its head
+has a timer of its own.
 
 **Lingering close.** A server that answers before it has read the whole request (a 413 from the
 ``Content-Length`` alone, a 400 at the first bad byte) and then closes the socket while the client is
@@ -101,7 +109,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
-from .metrics import http_refused
+from .metrics import forget_dead_processes, http_refused
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
@@ -222,7 +230,12 @@ class _LingeringTransport:
         self.writelines = transport.writelines
         self.get_extra_info = transport.get_extra_info
         self.pause_reading = transport.pause_reading
-        self.resume_reading = transport.resume_reading
+
+    def resume_reading(self) -> None:
+        """Called by flow control only when reading was paused (never per read): the body clock
+        restarts from here, since a paused server was not waiting for the client."""
+        self._transport.resume_reading()
+        self._protocol.body_wanted()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -265,8 +278,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._receiving = False
         self._active_at = 0.0
         self._tick = 0.0
-        self._body_waited: object = None
-        self._body_waited_since = 0.0
+        self._head_completed = False
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_wanted_at = 0.0
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -275,7 +289,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._active_at = self.loop.time()
         # the connection's one timer, from the start: a client that sends nothing is idle too
-        self._tick = min(float(self.timeout_keep_alive), self.request_head_timeout, self.request_body_timeout)
+        self._tick = min(float(self.timeout_keep_alive), self.request_head_timeout)
         self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
     def linger(self) -> None:
@@ -311,10 +325,17 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._receiving and self._head_raw > MAX_HEAD_BYTES and not self.lingering:
             self._refuse(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
+        elif self._head_completed:  # a head ended in this read
+            self._head_completed = False
+            if self.cycle.more_body and self._body_timer is None:  # and its body is still to come
+                self._arm_body_timer(self._active_at)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
@@ -400,6 +421,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             cycle, app = self.new_cycle(keep_alive), cast(ASGIApp, service_unavailable)
         else:
             cycle, app = self.route(keep_alive)
+        if self.expect_100_continue:  # its body clock starts when it stops waiting for the 100
+            cycle.on_continue = self.body_wanted
+        self._head_completed = True
         existing = self.cycle
         self.cycle = cycle
         if existing is None or existing.response_complete:
@@ -422,7 +446,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         """Serve the request now (a task running the cycle, as uvicorn does)."""
         self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
 
-    # --- one timer per connection: idle, head and body (see the module docstring) -----------------
+    # --- one timer per connection (idle, head), one per body awaited (see the module docstring) ----
 
     def _unset_keepalive_if_required(self) -> None:
         """uvicorn cancels its keep-alive timer on every read and arms a new one after every response
@@ -443,9 +467,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
     def _timer_expired(self) -> None:
-        """What the connection waits for decides: the application (nothing to do), a body the
-        application waits for (silence bounded), the rest of a head (bounded from its first byte), or
-        the next request (idle, the keep-alive bound). Re-armed for the nearest deadline, at most one
+        """What the connection waits for decides: the application (nothing to do here: a body it
+        waits for has a timer of its own), the rest of a head (bounded from its first byte), or the
+        next request (idle, the keep-alive bound). Re-armed for the nearest deadline, at most one
         tick away, so a deadline of whatever state the connection enters next is not missed."""
         self.timeout_keep_alive_task = None
         if self.transport.is_closing():
@@ -454,14 +478,6 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self.pipeline or (cycle is not None and not cycle.response_complete):
             left = self._tick
-            if self._awaiting_body():
-                if self._body_waited is not cycle:  # first seen waiting: the silence counts from here
-                    self._body_waited, self._body_waited_since = cycle, now
-                since = max(self._active_at, self._body_waited_since)
-                left = since + self.request_body_timeout - now
-                if left <= 0:
-                    self._body_timed_out()
-                    return
         elif self._receiving:
             left = self._head_at + self.request_head_timeout - now
             if left <= 0:
@@ -475,27 +491,59 @@ class ProblemHttpProtocol(HttpToolsProtocol):
                 return
         self.timeout_keep_alive_task = self.loop.call_later(min(left, self._tick), self._timer_expired)
 
-    def _awaiting_body(self) -> bool:
-        """Whether the request being served waits on the client for body bytes the server is ready to
-        read (a response not started yet, so a 408 can still be its answer)."""
-        cycle = self.cycle
-        return (
-            not self.pipeline
-            and cycle is not None
-            and cycle.more_body
-            and not cycle.response_started
-            and not cycle.disconnected
-            and not cycle.waiting_for_100_continue
-            and not self.flow.read_paused
-        )
+    def body_wanted(self) -> None:
+        """The server became ready for body bytes it was not waiting for: reading resumed after a
+        pause, or a request that asked for ``100 Continue`` stopped waiting for it. Its silence
+        counts from now (called on those transitions only, never per read)."""
+        self._body_wanted_at = now = self.loop.time()
+        self._arm_body_timer(now)
 
-    def _body_timed_out(self) -> None:
-        """408 for a body that stopped arriving; the application hears ``http.disconnect`` and what it
-        would still send is dropped (its cycle is disconnected)."""
+    def _arm_body_timer(self, since: float) -> None:
+        """The request's body timer, due ``request_body_timeout`` after ``since``, if its body is
+        still to come and none is armed (one per request at most: it re-arms itself while bytes
+        keep coming). A request whose body came with its head has none."""
         cycle = self.cycle
+        if self._body_timer is None and cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._body_timer = self.loop.call_at(since + self.request_body_timeout, self._body_timer_expired)
+
+    def _body_timer_expired(self) -> None:
+        """A body due by now: nothing from the client since the later of its last byte and the moment
+        the server was ready for more is a timeout; else the timer is due again that long after it.
+        Not while the server is not waiting for the client (reading paused, a ``100 Continue`` not
+        sent yet): :meth:`body_wanted` arms it again when that ends."""
+        self._body_timer = None
+        cycle = cast(LeanCycle | None, self.cycle)
+        if (
+            cycle is None
+            or not cycle.more_body
+            or cycle.response_complete
+            or cycle.disconnected
+            or cycle.waiting_for_100_continue
+            or self.pipeline
+            or self.flow.read_paused
+            or self.transport.is_closing()
+        ):
+            return
+        since = max(self._active_at, self._body_wanted_at)
+        if self.loop.time() - since < self.request_body_timeout:
+            self._arm_body_timer(since)
+        else:
+            self._body_timed_out(cycle)
+
+    def _body_timed_out(self, cycle: LeanCycle) -> None:
+        """A body that stopped arriving: answered 408 while nothing of the response has left, else
+        the connection ended (the client sees a response cut short); counted as a 408 either way. The
+        application hears ``http.disconnect`` and what it would still send is dropped (its cycle is
+        disconnected), so its task ends."""
+        detail = f"The request body stopped arriving: nothing for {self.request_body_timeout:g} s."
+        unsent = cycle.unsent()
         cycle.disconnected = True
         cycle.message_event.set()
-        self._refuse(408, f"The request body stopped arriving: nothing for {self.request_body_timeout:g} s.")
+        if unsent:
+            self._refuse(408, detail)
+        else:
+            refusals.note(408, detail + " The response had begun: the connection was ended.")
+            self.transport.close()
 
     # --- answers of the server layer -----------------------------------------------------------
 
@@ -665,6 +713,7 @@ class Supervisor:
                 self.failed = self.stopping = True
                 return
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
+            forget_dead_processes()  # its live gauges no longer count
             self.processes[index] = self._spawn(sockets)
 
     def _stop_workers(self) -> None:

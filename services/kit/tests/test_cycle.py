@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from starlette.types import Receive, Scope, Send
 from svckit.cycle import check_head, check_names
 from svckit.server import ProblemHttpProtocol
@@ -22,11 +23,17 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/len`` a body with its length, ``/chunked`` one without (two parts), ``/close`` one the app
     ends with ``Connection: close``, ``/slow?s=`` after a pause, ``/split`` a header value that would
     start a new line, ``/short`` fewer bytes than its length, ``/echo?s=`` the request body read after
-    a pause (``/disconnected`` when the server said the client had gone)."""
+    a pause (``/disconnected`` when the server said the client had gone); ``/stream`` and
+    ``/started`` begin their response before reading the body (``/stream`` sends a first part of it,
+    ``/started`` only its head), then read the body and end the response with it: each records what
+    its reading ended with in :data:`ENDED`."""
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
         return
     path = scope["path"]
+    if path in ("/stream", "/started"):
+        await respond_before_reading(path, receive, send)
+        return
     body = path.encode()
     if path in ("/slow", "/echo") and scope["query_string"]:
         await asyncio.sleep(float(scope["query_string"].decode().removeprefix("s=")))
@@ -54,6 +61,32 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
+#: what each ``/stream`` or ``/started`` request's reading ended with ("complete", "disconnect"), in order
+ENDED: list[str] = []
+
+
+async def respond_before_reading(path: str, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if path == "/stream":
+        await send({"type": "http.response.body", "body": b"begun;", "more_body": True})
+    body = b""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ENDED.append("disconnect")
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                ENDED.append("complete")
+                break
+        await send({"type": "http.response.body", "body": body})
+    except BaseException:
+        ENDED.append("failed")
+        raise
+    ENDED.append("returned")
+
+
 class ShortKeepAlive(ProblemHttpProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +96,12 @@ class ShortKeepAlive(ProblemHttpProtocol):
 class ShortTimeouts(ShortKeepAlive):
     request_head_timeout = 0.8
     request_body_timeout = 0.8
+
+
+class ShortBodyTimeout(ProblemHttpProtocol):
+    """Only the body's timeout short; the keep-alive (5 s) and the head's (10 s) as served."""
+
+    request_body_timeout = 1.5
 
 
 #: what the app in the middle of one (a disconnected cycle) sends, if it were sent
@@ -289,3 +328,105 @@ async def test_waiting_on_the_application_is_not_the_client_stalling() -> None:
             await asyncio.sleep(0.4)
             writer.write(bytes([byte]))
         assert (await read_response(reader))[1] == b"hello"
+
+        # more than the server buffers: reading is paused until the application reads, after 1.5 s
+        big = b"x" * (4 * 65536)
+        writer.write(b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big))
+        writer.write(big[: 65536 * 2])
+        await asyncio.sleep(1.0)
+        writer.write(big[65536 * 2 :])
+        assert (await read_response(reader))[1] == big
+
+
+def refused_408() -> float:
+    return REGISTRY.get_sample_value("http_refused_total", {"status": "408"}) or 0.0
+
+
+async def ended(*outcomes: str) -> list[str]:
+    """What the ``/stream`` or ``/started`` application recorded, once it has (or 3 s have passed)."""
+    for _ in range(300):
+        if len(ENDED) >= len(outcomes):
+            break
+        await asyncio.sleep(0.01)
+    return ENDED
+
+
+async def test_a_body_that_stalls_after_the_response_began_ends_the_connection() -> None:
+    """A response under way (its head and a first part sent) while the application still reads the
+    body, and the client stops sending: the body clock stopped once a response had started (a 408
+    could no longer be sent), so the connection — and the application's task waiting for the body —
+    were held for as long as the client liked. Now the body timeout ends the connection (the client
+    has a truncated response: a chunked body without its last chunk), it is counted as a 408 of the
+    HTTP layer, and the application hears ``http.disconnect`` and returns."""
+    ENDED.clear()
+    before = refused_408()
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        try:
+            received, took = await until_closed(reader)
+        except TimeoutError:
+            pytest.fail("the connection is still open 5 s after the body stopped arriving")
+    assert received == b"6\r\nbegun;\r\n"  # the part sent before the stall, nothing after it
+    assert took < 3
+    assert refused_408() == before + 1
+    assert await ended("disconnect", "returned") == ["disconnect", "returned"]
+
+
+async def test_a_body_that_stalls_after_an_unsent_response_start_is_answered_408() -> None:
+    """The application started its response (``http.response.start``) and then waits for the body:
+    nothing of the response has left yet (the kit's cycle sends a head with the first part of its
+    body), so the client can still be answered 408, and is."""
+    ENDED.clear()
+    before = refused_408()
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(b"POST /started HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        try:
+            received, took = await until_closed(reader)
+        except TimeoutError:
+            pytest.fail("the connection is still open 5 s after the body stopped arriving")
+    assert_problem(received, 408)
+    assert took < 3
+    assert refused_408() == before + 1
+    assert await ended("disconnect", "returned") == ["disconnect", "returned"]
+
+
+async def test_a_stalled_body_is_answered_when_its_timeout_ends() -> None:
+    """The body's silence was measured by the connection's one timer, which fires once per shortest
+    of the timeouts: the 408 came up to that period late (5 s with the defaults; 1.3 s here, where
+    the client is not in step with the timer). Now a request waiting for its body has a timer of its
+    own, due when the timeout ends."""
+    async with connection(ShortBodyTimeout) as (reader, writer):
+        await asyncio.sleep(0.2)  # not in step with the connection's timer
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        received, took = await until_closed(reader)
+    assert_problem(received, 408)
+    late = took - ShortBodyTimeout.request_body_timeout
+    assert -0.05 < late < 0.5, f"the 408 came {late:+.2f} s after the body timeout"
+
+
+async def test_the_body_clock_restarts_when_the_server_is_ready_for_the_body_again() -> None:
+    """The body's timer does not count while the client may not send (it waits for ``100 Continue``)
+    or the server is not reading (paused until the application consumes what came): it stops then,
+    and is armed again when that ends — the 100 sent, reading resumed — so a client that stalls
+    afterwards is still answered 408, on time from that moment."""
+    loop = asyncio.get_running_loop()
+    async with connection(ShortTimeouts) as (reader, writer):
+        writer.write(
+            b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100")
+        received, took = await until_closed(reader)  # and the body never comes
+    assert_problem(received, 408)
+    assert 0.75 < took < 0.8 + 0.5
+
+    async with connection(ShortTimeouts) as (reader, writer):
+        started = loop.time()
+        writer.write(b"POST /echo?s=1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (65536 * 5))
+        writer.write(b"x" * 65536 * 4)  # paused after the first 64 KiB until the application reads
+        received, _ = await until_closed(reader)
+        took = loop.time() - started
+    assert_problem(received, 408)
+    assert 1.5 + 0.75 < took < 1.5 + 0.8 + 0.5

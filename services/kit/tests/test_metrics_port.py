@@ -155,3 +155,27 @@ def test_dev_reload_serves_with_the_configured_request_timeouts(service_env: dic
             waited = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert waited < 4
+
+
+def metric_families(exposition: str) -> set[str]:
+    """The metric families an exposition declares (its ``# TYPE`` lines)."""
+    return {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_dev_reload_serves_the_same_metrics(service_env: dict[str, str]) -> None:
+    """Under DEV_RELOAD the application runs in the reloader's child and the metrics listener was in
+    the reloader, reading the child's samples from multiprocess files: what is not written to those
+    files was missing — the database pool gauge (``db_pool_connections``, a collector read at scrape
+    time, in the process that has the pool), the Python runtime's collectors, every counter's
+    ``_created``. Now the listener runs in the application's process, on the port the reloader
+    bound: the same metrics as without DEV_RELOAD, the pool's among them."""
+    with ServiceProcess("audit", service_env).start(timeout=60) as service:
+        expected = metric_families(get(service.metrics_url)[1].decode())
+    assert "db_pool_connections" in expected
+    env = {**service_env, "DEV_RELOAD": "1", "DB_POOL_MAX": "7"}
+    with ServiceProcess("audit", env).start(wait_path="/readyz", timeout=60) as service:
+        status, body, _ = get(service.metrics_url)
+    assert status == 200
+    exposition = body.decode()
+    assert metric_families(exposition) == expected
+    assert 'db_pool_connections{state="max"} 7.0' in exposition.splitlines()
