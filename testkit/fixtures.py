@@ -58,7 +58,15 @@ def server_url() -> str:
 
 #: Fixtures that reach a server; the fast tier (``-m unit``) may use none of them.
 SERVER_FIXTURES = frozenset(
-    {"database_url", "redis_url", "redis_prefix", "redis_user", "service_redis", "service_env", "isolated_env"}
+    {
+        "database_url",
+        "redis_url",
+        "redis_prefix",
+        "redis_user",
+        "service_redis",
+        "service_env",
+        "isolated_env",
+    }
 )
 
 
@@ -628,6 +636,11 @@ class ServiceRedis:
     def user(self, component: str) -> str:
         """The name of ``component``'s user."""
         return urlsplit(self.url(component)).username or ""
+
+    def runtime_env(self, env: Mapping[str, str], service: str) -> dict[str, str]:
+        """``env`` (the owner's, the admin's) as ``service`` runs in production: its runtime database
+        role (:func:`runtime_env`) and its own Redis user."""
+        return {**runtime_env(env, service), "REDIS_URL": self.url(service)}
 
 
 @pytest.fixture(scope="session")

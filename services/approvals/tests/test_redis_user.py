@@ -12,7 +12,11 @@ from testkit.redisusers import connections_of, refusals, replay_keys
 
 
 async def test_both_services_connect_as_their_own_redis_users_and_may_do_no_more(
-    approvals: SignedApi, timesheets: SignedApi, service_redis: ServiceRedis, redis_url: str, redis_prefix: str
+    approvals: SignedApi,
+    timesheets: SignedApi,
+    service_redis: ServiceRedis,
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
     alice = user(f"alice-{uuid.uuid4().hex[:6]}", "create:timesheets")
     made = await timesheets.call(
@@ -21,7 +25,9 @@ async def test_both_services_connect_as_their_own_redis_users_and_may_do_no_more
     assert made.status == 201, made.text
     before = {s: await replay_keys(redis_url, redis_prefix, s) for s in ("approvals", "timesheets")}
     boss = user(f"boss-{uuid.uuid4().hex[:6]}", "approve:timesheets")
-    decided = await approvals.call("PUT", f"/approvals/{made.body['id']}", boss, json={"decision": "approved"})
+    decided = await approvals.call(
+        "PUT", f"/approvals/{made.body['id']}", boss, json={"decision": "approved"}
+    )
     assert decided.status == 200, decided.text  # approvals → timesheets, each nonce recorded, no 503
     for service in ("approvals", "timesheets"):
         assert await replay_keys(redis_url, redis_prefix, service) > before[service], service
