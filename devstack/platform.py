@@ -20,7 +20,14 @@ from typing import IO
 from svckit import redisacl
 from svckit.settings import RedisSettings
 
-from .backing import EmbeddedPostgres, EmbeddedRedis, create_redis_users, npm_available, port_is_free
+from .backing import (
+    REDIS_ADMIN,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    embedded_redis_acl,
+    npm_available,
+    port_is_free,
+)
 from .roles import identity_key_visible, migrate_env, redis_password_variable, service_database
 from .secrets_file import load_or_create
 
@@ -125,14 +132,12 @@ class Platform:
             self._postgres = EmbeddedPostgres(self.state_dir)
             env["DATABASE_URL"] = self._postgres.start()
         if not self.overrides.get("REDIS_URL"):
-            self.log("devstack", "REDIS_URL not set: starting embedded Redis (Valkey, .local/valkey)")
-            self._redis = EmbeddedRedis(self.state_dir)
-            env["REDIS_URL"] = self._redis.start()
-            # each service its own Redis user (svckit.redisacl; devstack.roles): REDIS_URL stays the
-            # default user's, for migrations, seeding and you
-            prefix = env.get("REDIS_KEY_PREFIX") or RedisSettings.model_fields["redis_key_prefix"].default
-            passwords = {c: env[redis_password_variable(c)] for c in redisacl.COMPONENTS}
-            self.redis_urls = create_redis_users(env["REDIS_URL"], prefix, passwords)
+            self.log(
+                "devstack",
+                "REDIS_URL not set: starting embedded Redis (Valkey, .local/valkey): each service as its"
+                " own user, admin with ADMIN_REDIS_PASSWORD (.local/secrets.env), PING only without",
+            )
+            self.start_redis(env)
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.state_dir / "prometheus-multiproc"))
         Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         for stale in Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
@@ -153,6 +158,21 @@ class Platform:
         self.run_step("identity", [sys.executable, "-m", "identity", "seed"])
         if self.build_spa:
             self.build_spa_bundle()
+
+    def start_redis(self, env: dict[str, str], port: int = 6380) -> None:
+        """Start the embedded Redis, closed as the chart's bundled one is: each component a user of its
+        own (svckit.redisacl; devstack.roles) in :attr:`redis_urls`; ``REDIS_URL`` in ``env`` becomes
+        the admin user's (``ADMIN_REDIS_PASSWORD``: devstack's own setup, and you); without a password,
+        only ``PING`` (devstack.backing.embedded_redis_acl)."""
+        prefix = env.get("REDIS_KEY_PREFIX") or RedisSettings.model_fields["redis_key_prefix"].default
+        passwords = {c: env[redis_password_variable(c)] for c in redisacl.COMPONENTS}
+        admin_password = env[redis_password_variable(REDIS_ADMIN)]
+        self._redis = EmbeddedRedis(
+            self.state_dir, port, acl=embedded_redis_acl(prefix, passwords, admin_password)
+        )
+        server = self._redis.start()
+        env["REDIS_URL"] = redisacl.user_url(server, REDIS_ADMIN, admin_password)
+        self.redis_urls = {c: redisacl.user_url(server, c, pw) for c, pw in passwords.items()}
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
         """A service's environment: its own database role's and Redis user's URLs, no other database
@@ -304,6 +324,11 @@ class Platform:
             lines.append(
                 f"  Batch client   timesheets-batch / {self.env.get('BATCH_CLIENT_SECRET', '?')} "
                 "(client_credentials, batch:upload)"
+            )
+        if self._redis is not None:
+            lines.append(
+                f"  Redis          {self.env['REDIS_URL']} (admin; each service connects as its own "
+                "user, and without a password only PING is allowed)"
             )
         if self.prometheus:
             lines.append("  Prometheus     http://localhost:9090/")

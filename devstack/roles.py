@@ -15,8 +15,10 @@ the identity keys of the pairs it is an end of only (svckit.identity.PAIRS), a m
 Redis likewise: with the embedded server, ``make dev`` creates one ACL user per component
 (svckit.redisacl: its commands, its keys under ``REDIS_KEY_PREFIX``), named after the component, with
 the password ``<COMPONENT>_REDIS_PASSWORD`` from ``.local/secrets.env``, and each service gets a
-``REDIS_URL`` naming its own user (``svckit.redisacl.user_url``) and no Redis password at all. A
-``REDIS_URL`` given in the environment is used as it is, by every service (its users are yours).
+``REDIS_URL`` naming its own user (``svckit.redisacl.user_url``) and no Redis password at all. The
+``admin`` user (``ADMIN_REDIS_PASSWORD``) is devstack's and the developer's; without a password the
+server answers only ``PING`` (devstack.backing.embedded_redis_acl). A ``REDIS_URL`` given in the
+environment is used as it is, by every service (its users are yours).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 from svckit import redisacl
 from svckit.identity import PAIRS, pair_variable
 
+from .backing import REDIS_ADMIN
 from .roles import redis_password_variable
 
 
@@ -47,8 +48,9 @@ GENERATED: dict[str, Callable[[], str]] = {
     "TIMESHEETS_DB_PASSWORD": _key,
     "APPROVALS_DB_PASSWORD": _key,
     "AUDIT_DB_PASSWORD": _key,
-    # each component's Redis user on the embedded server (svckit.redisacl, devstack.roles)
-    **{redis_password_variable(component): _key for component in redisacl.COMPONENTS},
+    # each component's Redis user on the embedded server (svckit.redisacl, devstack.roles), and the
+    # admin user devstack and the developer use there (devstack.backing.embedded_redis_acl)
+    **{redis_password_variable(component): _key for component in (*redisacl.COMPONENTS, REDIS_ADMIN)},
     # the audit service's checkpoint signing key (Ed25519), the public half at /api/audit/checkpoint-keys
     "AUDIT_CHECKPOINT_KEYS": _checkpoint_key,
     # the gateway's MAC key over the key sets it caches in Redis (gateway.jwks)

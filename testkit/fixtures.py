@@ -58,7 +58,15 @@ def server_url() -> str:
 
 #: Fixtures that reach a server; the fast tier (``-m unit``) may use none of them.
 SERVER_FIXTURES = frozenset(
-    {"database_url", "redis_url", "redis_prefix", "redis_user", "service_env", "isolated_env"}
+    {
+        "database_url",
+        "redis_url",
+        "redis_prefix",
+        "redis_user",
+        "service_redis",
+        "service_env",
+        "isolated_env",
+    }
 )
 
 
@@ -603,6 +611,42 @@ def redis_user(redis_url: str) -> Iterator[Callable[..., str]]:
 
     yield create
     _run_async(users.close())
+
+
+class ServiceRedis:
+    """This session's Redis as each component connects to it under test: as its own ACL user
+    (svckit.redisacl), never as the admin ``REDIS_URL`` the tests themselves use, so that a command or
+    a key a service uses and its user is not granted fails that service's tests (``NOPERM``: the
+    replay memory's circuit opens, and unsafe requests get 503) before it fails in a cluster.
+
+    One user per component for the session, created on first use, for keys under the session's
+    prefix and under any prefix that starts so (an :class:`IsolatedEnv`'s, a test's own)."""
+
+    def __init__(self, create: Callable[..., str], prefix: str) -> None:
+        self._create = create
+        self.prefix = prefix
+        self._urls: dict[str, str] = {}
+
+    def url(self, component: str) -> str:
+        """``component``'s ``REDIS_URL`` (its user's name and password, on the session's server)."""
+        if component not in self._urls:
+            self._urls[component] = self._create(component, self.prefix, any_suffix=True)
+        return self._urls[component]
+
+    def user(self, component: str) -> str:
+        """The name of ``component``'s user."""
+        return urlsplit(self.url(component)).username or ""
+
+    def runtime_env(self, env: Mapping[str, str], service: str) -> dict[str, str]:
+        """``env`` (the owner's, the admin's) as ``service`` runs in production: its runtime database
+        role (:func:`runtime_env`) and its own Redis user."""
+        return {**runtime_env(env, service), "REDIS_URL": self.url(service)}
+
+
+@pytest.fixture(scope="session")
+def service_redis(redis_user: Callable[..., str], redis_prefix: str) -> ServiceRedis:
+    """``service_redis.url("timesheets")`` → the ``REDIS_URL`` a service under test runs with."""
+    return ServiceRedis(redis_user, redis_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The three services behind the gateway — timesheets, approvals and audit — run in the test's own
 process on loopback, over a database of their own, wired to each other exactly as in production
-(``AUDIT_URL``, ``TIMESHEETS_URL``), each connected as its own runtime role."""
+(``AUDIT_URL``, ``TIMESHEETS_URL``), each connected as its own runtime role and its own Redis user,
+under the session's Redis prefix (testkit.fixtures.ServiceRedis)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import wait_ready
-from testkit.fixtures import create_database, drop_database, free_port, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import (
+    ServiceRedis,
+    create_database,
+    drop_database,
+    free_port,
+    migrate_schema,
+    runtime_url,
+    serve_app,
+)
 
 SERVICES = Path(__file__).resolve().parents[1] / "services"
 NAMES = ("timesheets", "approvals", "audit")
@@ -26,7 +35,11 @@ NAMES = ("timesheets", "approvals", "audit")
 
 @contextlib.asynccontextmanager
 async def three_services(
-    identity_keys: Mapping[str, str], purpose: str, poll_seconds: float = 0.5, **env: str
+    identity_keys: Mapping[str, str],
+    redis: ServiceRedis,
+    purpose: str,
+    poll_seconds: float = 0.5,
+    **env: str,
 ) -> AsyncIterator[dict[str, str]]:
     """The services' base URLs by name, ready (``/readyz`` 200); ``env`` is given to all three (the
     outbox relays poll every ``poll_seconds``). The database is dropped afterwards."""
@@ -39,7 +52,11 @@ async def three_services(
         urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
 
         def settings_env(service: str, **more: str) -> dict[str, str]:
-            own = {"DATABASE_URL": runtime_url(dsn, service)}  # its own role
+            own = {  # its own role and Redis user
+                "DATABASE_URL": runtime_url(dsn, service),
+                "REDIS_URL": redis.url(service),
+                "REDIS_KEY_PREFIX": redis.prefix,
+            }
             return {**identity_keys, "AUDIT_URL": urls["audit"], **env, **own, **more}
 
         poll = {"OUTBOX_POLL_INTERVAL_SECONDS": str(poll_seconds)}

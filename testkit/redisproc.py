@@ -14,7 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+from svckit import redisacl
 
 from testkit.fixtures import free_port
 
@@ -29,6 +32,16 @@ def server_binary() -> str:
     if bundled.exists():
         return str(bundled)
     raise RuntimeError("no redis-server or valkey-server binary found")
+
+
+def component_users(prefix: str, passwords: Mapping[str, str]) -> str:
+    """An ACL file (``PrivateRedis(acl=...)``) with the components' users as in production: each of
+    ``passwords`` (component → password) named after its component, with its rules (svckit.redisacl)
+    for keys under ``prefix``; the default user stays the tests' own (every command, no password), for
+    looking at keys. A component connects with ``url_for(component, password)``."""
+    lines = ["user default on nopass ~* &* +@all"]
+    lines += [redisacl.user_line(c, c, passwords[c], prefix) for c in redisacl.COMPONENTS if c in passwords]
+    return "\n".join(lines) + "\n"
 
 
 class PrivateRedis:

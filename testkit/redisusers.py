@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 from svckit import redisacl
 
 
@@ -47,3 +48,54 @@ class RedisUsers:
             self.names.clear()
         finally:
             await client.aclose()
+
+
+# ---- checks that a service under test runs as its user (testkit.fixtures.ServiceRedis) ----------------
+
+
+async def connections_of(admin_url: str, username: str) -> int:
+    """How many connections the server holds for ``username`` (``CLIENT LIST``, as the admin): a
+    service connected as its own user shows there under that name, one connected as the admin does not."""
+    client = aioredis.Redis.from_url(admin_url)
+    try:
+        return sum(1 for entry in await client.client_list() if entry.get("user") == username)
+    finally:
+        await client.aclose()
+
+
+async def replay_keys(admin_url: str, prefix: str, service: str) -> set[bytes]:
+    """The nonces ``service``'s replay memory (svckit.replay) holds under ``prefix``."""
+    client = aioredis.Redis.from_url(admin_url)
+    try:
+        match = redisacl.pattern(prefix, f"identity-replay:{service}:*")
+        return {key async for key in client.scan_iter(match=match, count=1000)}
+    finally:
+        await client.aclose()
+
+
+async def refusals(url: str, component: str, prefix: str) -> list[str]:
+    """What ``url`` (``component``'s user, keys under ``prefix``) may NOT do, tried: each other replay
+    service's memory, a key outside the prefix, reading its own memory, and commands that reach past
+    keys (``KEYS``, ``CONFIG GET``). Every one is harmless if it were allowed. Returns those that were
+    not refused with ``NOPERM`` (empty: confined as svckit.redisacl says)."""
+    others = [c for c in ("timesheets", "approvals", "audit") if c != component]
+    attempts: list[tuple[str, ...]] = [
+        *(("SET", f"{prefix}identity-replay:{other}:probe", "1", "NX", "EX", "5") for other in others),
+        ("SET", f"not-{prefix}identity-replay:{component}:probe", "1", "NX", "EX", "5"),
+        ("KEYS", f"{prefix}no-such-key-*"),
+        ("CONFIG", "GET", "port"),
+    ]
+    if "get" not in redisacl.GRANTS[component].commands:
+        attempts.append(("GET", f"{prefix}identity-replay:{component}:probe"))
+    allowed: list[str] = []
+    client = aioredis.Redis.from_url(url, driver_info=None)
+    try:
+        for command in attempts:
+            try:
+                await client.execute_command(*command)  # type: ignore[no-untyped-call]
+            except NoPermissionError:
+                continue
+            allowed.append(" ".join(command))
+    finally:
+        await client.aclose()
+    return allowed

@@ -27,8 +27,8 @@ from testkit.fixtures import (
     Caller,
     IsolatedEnv,
     ServiceProcess,
+    ServiceRedis,
     migrate_schema,
-    runtime_env,
     runtime_url,
     user,
 )
@@ -98,12 +98,12 @@ async def signed_up_to(api: SignedApi, seq: int, timeout: float = 20.0) -> list[
 
 @pytest.fixture
 async def stack(
-    isolated_env: IsolatedEnv, checkpoint_keys: str, tmp_path: Path
+    isolated_env: IsolatedEnv, checkpoint_keys: str, service_redis: ServiceRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[dict[str, str], Replicas]]:
     env = isolated_env("checkpoints")
     await migrate_schema(env["DATABASE_URL"], "audit", AUDIT_PACKAGE)
     served = {
-        **runtime_env(env, "audit"),
+        **service_redis.runtime_env(env, "audit"),
         "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
         "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",
         "AUDIT_VERIFY_INTERVAL_SECONDS": "0",

@@ -25,10 +25,10 @@ from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
+    ServiceRedis,
     free_port,
     migrate_schema,
     pair_signer,
-    runtime_env,
     scrape,
     user,
 )
@@ -76,9 +76,11 @@ class Writer:
 
 
 @pytest.fixture
-async def audit_process(database_url: str, service_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
+async def audit_process(
+    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[ServiceProcess]:
     await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
-    env = {**runtime_env(service_env, "audit"), "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}
+    env = {**service_redis.runtime_env(service_env, "audit"), "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}
     process = ServiceProcess("audit", env, port=free_port())
     await asyncio.to_thread(process.start, "/readyz")
     yield process

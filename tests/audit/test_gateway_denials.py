@@ -18,16 +18,18 @@ from svckit.http import HttpClient, SignedClient
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, migrate_schema, pair_signer, runtime_env, serve_app, user
+from testkit.fixtures import Caller, ServiceRedis, migrate_schema, pair_signer, serve_app, user
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
 AUDITOR = user("carol", "read:audit")
 
 
 @pytest.fixture
-async def audit_url(database_url: str, service_env: dict[str, str]) -> AsyncIterator[str]:
+async def audit_url(
+    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[str]:
     await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
-    env = runtime_env(service_env, "audit")
+    env = service_redis.runtime_env(service_env, "audit")  # its own runtime role and Redis user
     settings = load_settings(AuditSettings, env=env, audit_verify_interval_seconds=0)
     async with serve_app(create_app(settings)) as url:
         async with aiohttp.ClientSession() as session:

@@ -19,6 +19,7 @@ import pytest
 from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
+    ServiceRedis,
     user,
 )
 from testkit.inprocess import three_services
@@ -38,8 +39,10 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-async def platform(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[Platform]:
-    async with three_services(identity_keys, "trail") as urls:
+async def platform(
+    identity_keys: dict[str, str], service_redis: ServiceRedis, caller: Caller
+) -> AsyncIterator[Platform]:
+    async with three_services(identity_keys, service_redis, "trail") as urls:
         clients = Platform(*(SignedApi(urls[s], caller) for s in ("timesheets", "approvals", "audit")))
         try:
             yield clients

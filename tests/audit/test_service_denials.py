@@ -23,6 +23,7 @@ from svckit.identity import NONCE, SIGNATURE, Identity
 from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
+    ServiceRedis,
     user,
 )
 from testkit.inprocess import three_services
@@ -43,9 +44,11 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-async def platform(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[Platform]:
+async def platform(
+    identity_keys: dict[str, str], service_redis: ServiceRedis, caller: Caller
+) -> AsyncIterator[Platform]:
     async with three_services(
-        identity_keys, "svcdenials", poll_seconds=0.2, AUDIT_DENIAL_WINDOW_SECONDS=WINDOW
+        identity_keys, service_redis, "svcdenials", poll_seconds=0.2, AUDIT_DENIAL_WINDOW_SECONDS=WINDOW
     ) as urls:
         platform = Platform(urls, SignedApi(urls["audit"], caller), SignedApi(urls["timesheets"], caller))
         try:

@@ -1,8 +1,9 @@
 """Browser end-to-end fixtures: the whole platform as `make dev` runs it, and headless Chromium.
 
 The platform is started once per session with ``devstack.Platform`` on its fixed ports (the SPA's
-redirect URIs are registered for ``http://localhost:8080``), against this session's own database
-and Redis key prefix. Every screen a test visits is saved as a PNG under
+redirect URIs are registered for ``http://localhost:8080``), against this session's own database,
+and an embedded Redis as ``make dev`` starts it (under the state dir: each service as its own ACL
+user, the default user PING-only). Every screen a test visits is saved as a PNG under
 ``test-output/screenshots/<test name>/`` so a reviewer can see the app without running it.
 """
 
@@ -49,7 +50,8 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
     env = isolated_env("browser")
     stack = Platform(
         {
-            **{key: env[key] for key in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
+            # no REDIS_URL: devstack's embedded Redis, each service as its own user (svckit.redisacl)
+            **{key: env[key] for key in ("DATABASE_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
             "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",  # the audit page shows a checkpoint within seconds
             "CORS_ORIGINS": f"{APP},{SDK_ORIGIN}",  # the SDK harness calls the API from its own origin
             # DPoP server nonces on, at the provider and the gateway: every client here (the SPA, the

@@ -41,7 +41,7 @@ from timesheets.settings import TimesheetsSettings
 
 from bench.api import AUDIENCE, Issuer
 from testkit.client import wait_ready
-from testkit.fixtures import IsolatedEnv, migrate_schema, pair_fields, runtime_env, serve_app
+from testkit.fixtures import IsolatedEnv, ServiceRedis, migrate_schema, pair_fields, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 HOOKS = Path(__file__).with_name("fuzz_auth.py")
@@ -70,23 +70,24 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
+async def platform(isolated_env: IsolatedEnv, service_redis: ServiceRedis) -> AsyncIterator[Platform]:
     env = isolated_env("fuzz")
+    own = service_redis.runtime_env  # each service as its own runtime role and Redis user
     for service in ("timesheets", "approvals", "audit"):
         await migrate_schema(env["DATABASE_URL"], service, SERVICES / service / service)
     issuer = Issuer()
     try:
-        audit_env = runtime_env(env, "audit")  # each service as its own runtime role
+        audit_env = own(env, "audit")
         audit = create_audit(load_settings(AuditSettings, env=audit_env, audit_verify_interval_seconds=0))
         async with serve_app(audit) as audit_url:
-            timesheets_env = {**runtime_env(env, "timesheets"), "AUDIT_URL": audit_url}
+            timesheets_env = {**own(env, "timesheets"), "AUDIT_URL": audit_url}
             timesheets = create_timesheets(load_settings(TimesheetsSettings, env=timesheets_env))
             async with serve_app(timesheets) as timesheets_url:
                 approvals = create_approvals(
                     load_settings(
                         ApprovalsSettings,
                         env={
-                            **runtime_env(env, "approvals"),
+                            **own(env, "approvals"),
                             "AUDIT_URL": audit_url,
                             "TIMESHEETS_URL": timesheets_url,
                         },
@@ -97,7 +98,7 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
                         **pair_fields(env),
                         oidc_issuer=[issuer.issuer],
                         oidc_audience=AUDIENCE,
-                        redis_url=env["REDIS_URL"],
+                        redis_url=service_redis.url("gateway"),
                         redis_key_prefix=env["REDIS_KEY_PREFIX"],
                         timesheets_url=timesheets_url,
                         approvals_url=approvals_url,

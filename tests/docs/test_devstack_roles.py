@@ -126,11 +126,13 @@ def test_a_secret_of_one_service_reaches_no_other() -> None:
 
 def test_a_service_sees_no_redis_password() -> None:
     """`make dev` generates a Redis password per component (its ACL user on the embedded server,
-    svckit.redisacl); a service gets its own user's REDIS_URL from devstack, and no password."""
+    svckit.redisacl) and one for its admin user; a service gets its own user's REDIS_URL from
+    devstack, and no password."""
     from svckit import redisacl
 
-    env = {**ENV, **{f"{c.upper()}_REDIS_PASSWORD": f"{c}-redis-pw" for c in redisacl.COMPONENTS}}
-    assert {f"{c.upper()}_REDIS_PASSWORD" for c in redisacl.COMPONENTS} <= set(GENERATED)
+    users = (*redisacl.COMPONENTS, "admin")
+    env = {**ENV, **{f"{c.upper()}_REDIS_PASSWORD": f"{c}-redis-pw" for c in users}}
+    assert {f"{c.upper()}_REDIS_PASSWORD" for c in users} <= set(GENERATED)
     for service, schema in SCHEMA_OF.items():
         seen = "".join(service_database(env, service, schema).values())
         assert "redis-pw" not in seen, service

@@ -12,8 +12,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from testkit.fixtures import ServiceRedis
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
 
@@ -45,7 +49,7 @@ def test_the_outbox_section_does_not_tell_operators_to_share_one_signing_key() -
 
 
 def test_the_readyz_exec_command_shows_why_a_pod_is_not_ready(
-    service_env: dict[str, str], tmp_path: Path
+    service_env: dict[str, str], service_redis: ServiceRedis, tmp_path: Path
 ) -> None:
     """Database TLS: "pods stay unready with the same reason in /readyz (checks.postgres):
     kubectl exec deploy/timesheets-timesheets -- python -c "…urlopen('http://127.0.0.1:8101/readyz')…"".
@@ -56,7 +60,11 @@ def test_the_readyz_exec_command_shows_why_a_pod_is_not_ready(
     (command,) = [c for c in re.findall(r'python -c "([^"]*)"', runbook()) if "readyz" in c]
     assert "8101" in command
     dead = free_port()  # nothing listens here
-    env = {**service_env, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{dead}/none"}
+    env = {
+        **service_env,
+        "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{dead}/none",
+        "REDIS_URL": service_redis.url("timesheets"),
+    }
     service = ServiceProcess("timesheets", env, log_dir=tmp_path).start("/healthz")
     try:
         one_liner = command.replace("8101", str(service.port))

@@ -22,6 +22,7 @@ from testkit.client import SignedApi, wait_ready
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
+    ServiceRedis,
     create_database,
     drop_database,
     free_port,
@@ -130,9 +131,12 @@ async def domain_database(test_run_id: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
-    url = runtime_url(domain_database, "timesheets")  # as in production: its own role
-    env = {**service_env, "DATABASE_URL": url, "AUDIT_URL": "http://127.0.0.1:9"}
+async def timesheets_url(
+    domain_database: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[str]:
+    url = runtime_url(domain_database, "timesheets")  # as in production: its own role and Redis user
+    redis = service_redis.url("timesheets")
+    env = {**service_env, "DATABASE_URL": url, "REDIS_URL": redis, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
         await wait_ready(url)
         yield url
@@ -148,11 +152,12 @@ async def fault_proxy(timesheets_url: str) -> AsyncIterator[FaultProxy]:
 
 @pytest.fixture
 def approvals_env(
-    domain_database: str, service_env: dict[str, str], fault_proxy: FaultProxy
+    domain_database: str, service_env: dict[str, str], service_redis: ServiceRedis, fault_proxy: FaultProxy
 ) -> dict[str, str]:
     return {
         **service_env,
         "DATABASE_URL": runtime_url(domain_database, "approvals"),
+        "REDIS_URL": service_redis.url("approvals"),
         "TIMESHEETS_URL": fault_proxy.url,
         "AUDIT_URL": "http://127.0.0.1:9",
         "APPLY_TIMEOUT_SECONDS": "2",

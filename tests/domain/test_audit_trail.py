@@ -26,10 +26,10 @@ from testkit.client import SignedApi, wait_ready
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
+    ServiceRedis,
     create_database,
     drop_database,
     migrate_schema,
-    runtime_env,
     serve_app,
     user,
 )
@@ -49,23 +49,28 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(
-    test_run_id: str, service_env: dict[str, str], caller: Caller, tmp_path_factory: pytest.TempPathFactory
+    test_run_id: str,
+    service_env: dict[str, str],
+    service_redis: ServiceRedis,
+    caller: Caller,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     name = f"tsp_test_{test_run_id}_trail"
     url = await create_database(name)
     for service in ("timesheets", "approvals", "audit"):
         await migrate_schema(url, service, SERVICES / service / service)
     env = {**service_env, "DATABASE_URL": url}  # the owner: each service gets its own role below
+    own = service_redis.runtime_env  # each its own runtime role and Redis user
     logs = tmp_path_factory.mktemp("audit")
-    audit = ServiceProcess("audit", runtime_env(env, "audit"), log_dir=logs).start("/readyz")
+    audit = ServiceProcess("audit", own(env, "audit"), log_dir=logs).start("/readyz")
     relay = {"AUDIT_URL": audit.url, "OUTBOX_MAX_BACKOFF_SECONDS": "1", "OUTBOX_POLL_INTERVAL_SECONDS": "0.5"}
     timesheets_app = create_timesheets(
-        load_settings(TimesheetsSettings, env={**runtime_env(env, "timesheets"), **relay})
+        load_settings(TimesheetsSettings, env={**own(env, "timesheets"), **relay})
     )
     try:
         async with serve_app(timesheets_app) as timesheets_url:
             await wait_ready(timesheets_url)
-            approvals_env = {**runtime_env(env, "approvals"), **relay, "TIMESHEETS_URL": timesheets_url}
+            approvals_env = {**own(env, "approvals"), **relay, "TIMESHEETS_URL": timesheets_url}
             approvals_settings = load_settings(ApprovalsSettings, env=approvals_env)
             async with serve_app(create_approvals(approvals_settings)) as approvals_url:
                 await wait_ready(approvals_url)

@@ -16,7 +16,7 @@ from svckit.settings import load_settings
 
 from bench.api import AUDIENCE, Issuer
 from testkit.client import wait_ready
-from testkit.fixtures import ServiceProcess, runtime_url, serve_app
+from testkit.fixtures import ServiceProcess, ServiceRedis, runtime_url, serve_app
 
 EMPLOYEE = "openid read:timesheets create:timesheets delete:timesheets"
 MANAGER = EMPLOYEE + " approve:timesheets"
@@ -44,6 +44,7 @@ async def gateway(
     domain_database: str,
     timesheets_url: str,
     service_env: dict[str, str],
+    service_redis: ServiceRedis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Gateway]:
     issuer = Issuer()
@@ -51,6 +52,7 @@ async def gateway(
     approvals_env = {
         **env,
         "DATABASE_URL": runtime_url(domain_database, "approvals"),
+        "REDIS_URL": service_redis.url("approvals"),
         "TIMESHEETS_URL": timesheets_url,
     }
     approvals_app = create_approvals(load_settings(ApprovalsSettings, env=approvals_env))
@@ -60,6 +62,7 @@ async def gateway(
             "gateway",
             {
                 **env,
+                "REDIS_URL": service_redis.url("gateway"),
                 "OIDC_ISSUER": issuer.issuer,
                 "OIDC_AUDIENCE": AUDIENCE,
                 "TIMESHEETS_URL": timesheets_url,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,6 +24,8 @@ import aiohttp
 import asyncpg
 import psutil
 import pytest
+import redis
+from redis.exceptions import NoPermissionError
 from svckit.identity import PAIRS, pair_variable
 
 from devstack import SERVICES
@@ -82,6 +85,20 @@ async def connected_roles(database_url: str) -> dict[str, set[str]]:
     return seen
 
 
+def assert_redis_closed(admin_url: str) -> None:
+    """The embedded Redis: the admin user (the banner's URL) may do anything, nobody else more than PING."""
+    admin = redis.Redis.from_url(admin_url, driver_info=None)
+    nobody = redis.Redis.from_url(f"redis://127.0.0.1:{urlsplit(admin_url).port}/0", driver_info=None)
+    try:
+        assert admin.execute_command("ACL", "WHOAMI") in ("admin", b"admin")  # type: ignore[no-untyped-call]
+        assert nobody.ping()
+        with pytest.raises(NoPermissionError):
+            nobody.get("tsp:revocations:complete")
+    finally:
+        admin.close()
+        nobody.close()
+
+
 def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path: Path) -> None:
     busy = [p for spec in SERVICES for p in (spec.port, spec.metrics_port) if not port_is_free(p)]
     assert not busy, f"ports in use before the test: {busy}"
@@ -131,6 +148,9 @@ def test_make_dev_runs_and_stops_everything(isolated_env: IsolatedEnv, tmp_path:
         )
         output = (tmp_path / "make-dev.log").read_text(errors="replace")
         assert "alice" in output
+        admin_url = re.search(r"Redis +(redis://admin:\S+)", output)
+        assert admin_url, "the banner shows the embedded Redis's admin URL"
+        assert_redis_closed(admin_url.group(1))
         assert asyncio.run(sign_in_and_call_the_api()) == 200
         roles = asyncio.run(connected_roles(isolated["DATABASE_URL"]))
         prefix = isolated["DB_ROLE_PREFIX"]

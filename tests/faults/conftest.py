@@ -26,14 +26,18 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from svckit import redisacl
 
 from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port, migrate_schema, new_pair_keys
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli, sign_in_tokens
 from testkit.pgproc import PrivatePostgres, postgres_bin
-from testkit.redisproc import PrivateRedis
+from testkit.redisproc import PrivateRedis, component_users
 
 SERVICES = REPO_ROOT / "services"
 OUTPUT = REPO_ROOT / "test-output" / "faults.json"
+REDIS_PREFIX = "faults:"
+#: each component's Redis user on the private Redis (its ACL file: the users survive a restart)
+REDIS_PASSWORDS = {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
 SCOPES = {
     "alice": "openid read:timesheets create:timesheets delete:timesheets",
     "bob": "openid read:timesheets approve:timesheets",
@@ -78,19 +82,20 @@ def figures() -> Figures:
 
 
 class Stack:
-    """Five service processes on a private Postgres and Redis; each can be killed and started again."""
+    """Five service processes on a private Postgres and Redis; each can be killed and started again.
+    Each connects to Redis as its own ACL user (svckit.redisacl), as in production."""
 
     def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, logs: Path) -> None:
         self.postgres = postgres
         self.redis = redis
         self.logs = logs
+        redis_url = {c: redis.url_for(c, password) for c, password in REDIS_PASSWORDS.items()}
         self.identity_keys = new_pair_keys("faults")
         port = free_port()
         self.issuer = f"http://localhost:{port}/"
         common = {
             "DATABASE_URL": postgres.dsn,
-            "REDIS_URL": redis.url,
-            "REDIS_KEY_PREFIX": "faults:",
+            "REDIS_KEY_PREFIX": REDIS_PREFIX,
             **self.identity_keys,
             "LOG_LEVEL": "INFO",
             "DB_CONNECT_TIMEOUT_SECONDS": "2",
@@ -101,6 +106,7 @@ class Stack:
             "identity",
             {
                 **common,
+                "REDIS_URL": redis_url["identity"],
                 "IDENTITY_ISSUER": self.issuer,
                 "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
                 "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
@@ -110,18 +116,21 @@ class Stack:
             port=port,
             log_dir=logs,
         )
-        self.audit = ServiceProcess("audit", common, log_dir=logs)
+        self.audit = ServiceProcess("audit", {**common, "REDIS_URL": redis_url["audit"]}, log_dir=logs)
         relay = {
             "AUDIT_URL": self.audit.url,
             "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
             "OUTBOX_MAX_BACKOFF_SECONDS": "1",
         }
-        self.timesheets = ServiceProcess("timesheets", {**common, **relay}, log_dir=logs)
+        self.timesheets = ServiceProcess(
+            "timesheets", {**common, **relay, "REDIS_URL": redis_url["timesheets"]}, log_dir=logs
+        )
         self.approvals = ServiceProcess(
             "approvals",
             {
                 **common,
                 **relay,
+                "REDIS_URL": redis_url["approvals"],
                 "TIMESHEETS_URL": self.timesheets.url,
                 "RECONCILE_INTERVAL_SECONDS": "0.5",
                 "RECONCILE_AFTER_SECONDS": "1",
@@ -131,6 +140,7 @@ class Stack:
         )
         self.gateway_env = {
             **common,
+            "REDIS_URL": redis_url["gateway"],
             "OIDC_ISSUER": self.issuer,
             "TIMESHEETS_URL": self.timesheets.url,
             "APPROVALS_URL": self.approvals.url,
@@ -238,7 +248,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="session")
 def private_redis() -> Iterator[PrivateRedis]:
-    with PrivateRedis() as server:
+    with PrivateRedis(acl=component_users(REDIS_PREFIX, REDIS_PASSWORDS)) as server:
         yield server
 
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.fixtures import IsolatedEnv, free_port, migrate_role_env, runtime_env
+from testkit.fixtures import IsolatedEnv, ServiceRedis, free_port, migrate_role_env
 from tests.packaging.images import ImageProcess, find_uv, image_layout, runtime_venv
 from tests.packaging.support import (
     PROMETHEUS_DIR,
@@ -90,7 +90,7 @@ def exported_series(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def platform(
-    isolated_env: IsolatedEnv, tmp_path_factory: pytest.TempPathFactory
+    isolated_env: IsolatedEnv, service_redis: ServiceRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ImageProcess]]:
     """The five services run as their images run them (tests/packaging/images.py): migrated and
     seeded by the images' own commands, as the chart's migration Job does, then started."""
@@ -122,7 +122,10 @@ def platform(
             name,
             venv,
             image_layout(name, tmp_path_factory.mktemp(f"image-{name}")),
-            runtime_env(env, name) if name != "gateway" else env,  # each service as its own role
+            # each service as its own database role and Redis user (the gateway has no database)
+            service_redis.runtime_env(env, name)
+            if name != "gateway"
+            else {**env, "REDIS_URL": service_redis.url(name)},
             ports[name],
             logs / f"{name}.log",
         )

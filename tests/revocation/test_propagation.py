@@ -40,7 +40,7 @@ from testkit.oidc import (
     run_cli,
     sign_in_tokens,
 )
-from testkit.redisproc import PrivateRedis
+from testkit.redisproc import PrivateRedis, component_users
 
 REPO = Path(__file__).resolve().parents[2]
 PROPAGATION_BOUND_SECONDS = 2.0
@@ -79,10 +79,7 @@ def redis_passwords() -> dict[str, str]:
 def redis_server(revocation_env: dict[str, str], redis_passwords: dict[str, str]) -> Iterator[PrivateRedis]:
     """The components' users as in production (svckit.redisacl, named after the component), whose
     ACL file survives a restart; the default user stays the tests' own, for looking at keys."""
-    prefix = revocation_env["REDIS_KEY_PREFIX"]
-    lines = ["user default on nopass ~* &* +@all"]
-    lines += [redisacl.user_line(c, c, redis_passwords[c], prefix) for c in redisacl.COMPONENTS]
-    with PrivateRedis(acl="\n".join(lines) + "\n") as server:
+    with PrivateRedis(acl=component_users(revocation_env["REDIS_KEY_PREFIX"], redis_passwords)) as server:
         yield server
 
 

@@ -28,7 +28,7 @@ from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
-from testkit.fixtures import migrate_schema, pair_fields, runtime_env, serve_app
+from testkit.fixtures import ServiceRedis, migrate_schema, pair_fields, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 AUDIENCE = "https://timesheets.abc.example/api"
@@ -80,18 +80,20 @@ class Edge:
 
 
 @pytest.fixture(scope="session")
-async def edge(database_url: str, service_env: dict[str, str]) -> AsyncIterator[Edge]:
+async def edge(
+    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[Edge]:
     await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
     await migrate_schema(database_url, "audit", SERVICES / "audit" / "audit")
     issuer, other = Issuer(), Issuer()
     async with serve_app(issuer.app()) as issuer_url, serve_app(other.app()) as other_url:
         issuer.base, other.base = issuer_url, other_url
-        audit_env = runtime_env(service_env, "audit")
+        audit_env = service_redis.runtime_env(service_env, "audit")  # its own role and Redis user
         audit_settings = load_settings(AuditSettings, env=audit_env, audit_verify_interval_seconds=0)
         async with serve_app(create_audit(audit_settings)) as audit_url:
             timesheets_settings = load_settings(
                 TimesheetsSettings,
-                env={**runtime_env(service_env, "timesheets"), "AUDIT_URL": audit_url},
+                env={**service_redis.runtime_env(service_env, "timesheets"), "AUDIT_URL": audit_url},
                 outbox_poll_interval_seconds=0.2,
             )
             async with serve_app(create_timesheets(timesheets_settings)) as timesheets_url:
@@ -99,7 +101,7 @@ async def edge(database_url: str, service_env: dict[str, str]) -> AsyncIterator[
                     **pair_fields(service_env),
                     oidc_issuer=[issuer.issuer, other.issuer],
                     oidc_audience=AUDIENCE,
-                    redis_url=service_env["REDIS_URL"],
+                    redis_url=service_redis.url("gateway"),
                     redis_key_prefix=service_env["REDIS_KEY_PREFIX"] + "security:",
                     timesheets_url=timesheets_url,
                     approvals_url=timesheets_url,

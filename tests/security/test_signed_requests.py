@@ -25,10 +25,10 @@ import pytest
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
+    ServiceRedis,
     create_database,
     drop_database,
     migrate_schema,
-    runtime_env,
     scrape,
     user,
 )
@@ -48,8 +48,8 @@ async def database(test_run_id: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-def env(database: str, service_env: dict[str, str]) -> dict[str, str]:
-    return runtime_env(
+def env(database: str, service_env: dict[str, str], service_redis: ServiceRedis) -> dict[str, str]:
+    return service_redis.runtime_env(
         {
             **service_env,
             "DATABASE_URL": database,

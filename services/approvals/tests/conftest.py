@@ -19,7 +19,7 @@ from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, TcpProxy, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import Caller, ServiceRedis, TcpProxy, migrate_schema, runtime_url, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,14 @@ def decision_row(**changes: Any) -> DecisionRow:
 
 
 @pytest.fixture(scope="session")
+def service_env(service_env: dict[str, str], service_redis: ServiceRedis) -> dict[str, str]:
+    """Every approvals service of this suite connects to Redis as its own ACL user, as in production
+    (testkit.fixtures.ServiceRedis), never as the tests' admin URL; the timesheets service beside it
+    as timesheets' (:func:`timesheets_url`)."""
+    return {**service_env, "REDIS_URL": service_redis.url("approvals")}
+
+
+@pytest.fixture(scope="session")
 async def domain_database(database_url: str) -> str:
     await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
     await migrate_schema(database_url, "approvals", SERVICES / "approvals" / "approvals")
@@ -57,9 +65,12 @@ async def domain_database(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def timesheets_url(domain_database: str, service_env: dict[str, str]) -> AsyncIterator[str]:
-    url = runtime_url(domain_database, "timesheets")  # each service as its own runtime role
-    env = {**service_env, "DATABASE_URL": url, "AUDIT_URL": "http://127.0.0.1:9"}
+async def timesheets_url(
+    domain_database: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[str]:
+    url = runtime_url(domain_database, "timesheets")  # each service as its own runtime role and Redis user
+    redis = service_redis.url("timesheets")
+    env = {**service_env, "DATABASE_URL": url, "REDIS_URL": redis, "AUDIT_URL": "http://127.0.0.1:9"}
     async with serve_app(create_timesheets(load_settings(TimesheetsSettings, env=env))) as url:
         await wait_ready(url)
         yield url

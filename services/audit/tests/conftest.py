@@ -20,12 +20,19 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi
-from testkit.fixtures import Caller, migrate_schema, runtime_env, serve_app, user
+from testkit.fixtures import Caller, ServiceRedis, migrate_schema, runtime_env, serve_app, user
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audit"
 
 AUDITOR = user("carol", "read:audit", name="Carol")
 TIMESHEETS = Identity.service("timesheets")
+
+
+@pytest.fixture(scope="session")
+def service_env(service_env: dict[str, str], service_redis: ServiceRedis) -> dict[str, str]:
+    """Every audit service of this suite connects to Redis as its own ACL user, as in production
+    (testkit.fixtures.ServiceRedis), never as the tests' admin URL."""
+    return {**service_env, "REDIS_URL": service_redis.url("audit")}
 
 
 @pytest.fixture(scope="session")

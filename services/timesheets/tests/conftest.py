@@ -12,9 +12,16 @@ from timesheets.app import create_app
 from timesheets.settings import TimesheetsSettings
 
 from testkit.client import SignedApi, wait_ready
-from testkit.fixtures import Caller, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import Caller, ServiceRedis, migrate_schema, runtime_url, serve_app
 
 PACKAGE = Path(__file__).resolve().parents[1] / "timesheets"
+
+
+@pytest.fixture(scope="session")
+def service_env(service_env: dict[str, str], service_redis: ServiceRedis) -> dict[str, str]:
+    """Every timesheets service of this suite connects to Redis as its own ACL user, as in production
+    (testkit.fixtures.ServiceRedis), never as the tests' admin URL."""
+    return {**service_env, "REDIS_URL": service_redis.url("timesheets")}
 
 
 @pytest.fixture(scope="session")
