@@ -77,7 +77,7 @@ checkpoint_latest = Gauge(
 )
 listings_refused = Counter(
     "audit_listings_refused_total",
-    "GET /audit/events pages refused: too_long (a statement hit the read timeout, 422), busy (no listing turn, 503).",
+    "GET /audit/events pages refused: too_long (read timeout, 422), busy (no listing turn, 503).",
     ["reason"],
 )
 for _reason in ("too_long", "busy"):

@@ -112,7 +112,11 @@ COMBINATIONS = {
     "to early, next page": {"to": iso(RECORDS // 100), "cursor": encode_cursor(RECORDS // 100 - 60)},
     "a day in the past": {"from": iso(RECORDS // 2), "to": iso(RECORDS // 2 + 8640)},
     "the last day, last page": {"from": iso(RECORDS - 8640), "cursor": encode_cursor(RECORDS - 8630)},
-    "a day in the past, denied": {"from": iso(RECORDS // 2), "to": iso(RECORDS // 2 + 8640), "outcome": "denied"},
+    "a day in the past, denied": {
+        "from": iso(RECORDS // 2),
+        "to": iso(RECORDS // 2 + 8640),
+        "outcome": "denied",
+    },
     "an actor's denials": {"actor": "local|user7", "outcome": "denied"},
 }
 
@@ -229,7 +233,8 @@ async def test_listings_cannot_take_the_connections_ingestion_needs(
         api = SignedApi(url, caller)
         try:
             listings = [
-                asyncio.ensure_future(api.call("GET", "/audit/events", AUDITOR, params=HEAVY)) for _ in range(30)
+                asyncio.ensure_future(api.call("GET", "/audit/events", AUDITOR, params=HEAVY))
+                for _ in range(30)
             ]
             await asyncio.sleep(0.05)
             for _ in range(10):
