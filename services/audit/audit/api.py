@@ -31,13 +31,13 @@ from svckit.contracts.audit import (
     VerifyQuery,
     encode_checkpoint_cursor,
 )
-from svckit.problems import validation_problem
+from svckit.problems import Problem, validation_problem
 from svckit.query import parse_query
 from svckit.responses import model_response
 
 from .checkpoints import InvalidCheckpoint, PublicKeys, parse
 from .intake import read_batch
-from .store import AppendResult, AuditStore, Verification
+from .store import AppendResult, AuditStore, ListingTooBroad, ReadersBusy, Verification
 from .trail import CheckpointTrail
 
 READ_AUDIT = "read:audit"
@@ -94,8 +94,33 @@ async def ingest(request: Request) -> AppendResult:
 
 @requires_scope(READ_AUDIT)
 async def list_events(request: Request) -> Response:
+    """A page of records. A listing that runs into the read timeout is the query's cost, not the
+    database's absence: 422 saying how to narrow it, not 503 (a retry would cost the same again)."""
     query = parse_query(request, EventsQuery)
-    rows, next_cursor = await store_of(request).list(query)
+    try:
+        rows, next_cursor = await store_of(request).list(query)
+    except ListingTooBroad as exc:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"The listing took longer than {exc.seconds:g} s and was stopped. Narrow it: a shorter "
+            "from/to window, or a filter that selects fewer records (actor, resource_id, client_id).",
+            errors=[
+                {
+                    "field": "query",
+                    "loc": ["query"],
+                    "message": f"selects too much to list within {exc.seconds:g} s",
+                    "type": "query_too_broad",
+                }
+            ],
+        ) from None
+    except ReadersBusy as exc:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"{exc.readers} listings are already running; retry shortly.",
+            headers={"Retry-After": "2"},
+        ) from None
     return model_response(EventsPage(items=[row.record() for row in rows], next_cursor=next_cursor))
 
 

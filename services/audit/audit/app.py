@@ -35,7 +35,12 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         settings = load_settings(AuditSettings)
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
-    store = AuditStore(database, SCHEMA)
+    store = AuditStore(
+        database,
+        SCHEMA,
+        read_timeout=settings.audit_read_timeout_seconds,
+        readers=settings.read_concurrency,
+    )
     keys = settings.checkpoint_keys
     interval = settings.audit_verify_interval_seconds
     verifier = BackgroundVerifier(store, interval, settings.audit_full_verify_interval_seconds, keys)

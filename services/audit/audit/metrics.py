@@ -10,6 +10,9 @@
 - ``audit_checkpoints_total{outcome="signed|unchanged|refused"}``: runs of the checkpoint signer —
   ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an error
   log line says what; alert on any).
+- ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` pages not served:
+  a statement ran into AUDIT_READ_TIMEOUT_SECONDS (422, the caller narrows the query), or every
+  listing turn (AUDIT_READ_CONCURRENCY) stayed taken that long (503).
 - ``audit_checkpoint_latest_timestamp_seconds``: when the newest checkpoint this process signed or
   found was signed (alert when it lags while records keep arriving).
 """
@@ -72,3 +75,10 @@ checkpoint_latest = Gauge(
     "Unix time at which the newest checkpoint this process signed or found was signed.",
     multiprocess_mode="livemax",
 )
+listings_refused = Counter(
+    "audit_listings_refused_total",
+    "GET /audit/events pages refused: too_long (read timeout, 422), busy (no listing turn, 503).",
+    ["reason"],
+)
+for _reason in ("too_long", "busy"):
+    listings_refused.labels(_reason)

@@ -27,6 +27,17 @@ class AuditSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     # How often a checkpoint is signed when the chain grew (one replica at a time); 0: never by this
     # process (it still verifies against the checkpoints others signed).
     audit_checkpoint_interval_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # GET /audit/events: how long one statement of a listing may run (SET LOCAL statement_timeout; a
+    # listing that would take longer answers 422, narrow it), at most the driver's 30 s; and how many
+    # listings may hold a pooled connection at once (at most DB_POOL_MAX - 1: ingestion keeps the
+    # rest; a listing waits up to the timeout for a turn, then 503).
+    audit_read_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    audit_read_concurrency: int = Field(default=4, ge=1, le=100)
+
+    @property
+    def read_concurrency(self) -> int:
+        """Listings at once: AUDIT_READ_CONCURRENCY, leaving at least one pooled connection over."""
+        return max(1, min(self.audit_read_concurrency, self.db_pool_max - 1))
 
     @field_validator("audit_checkpoint_keys")
     @classmethod

@@ -19,12 +19,15 @@ cannot grow with the table or turn into a scan.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import json
 import logging
+import time
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -72,6 +75,51 @@ WALK_COLUMNS = ", ".join(
     UTC_TEXT.format(column=c) + f" AS {c}" if c in ("occurred_at", "recorded_at") else c
     for c in SELECT_COLUMNS.split(", ")
 )
+
+
+#: Filters of ``GET /audit/events`` (as columns) that an index leads with, each ending in seq
+#: (migrations 0003, 0011, 0013; ``test_listing_plans`` holds this to the database's indexes): a walk
+#: of it newest first reads only matches. ``resource_type`` alone is no index's exact prefix, but its
+#: few values each cover much of the trail, so a walk finds a page at once (and 0011's plan test
+#: bounds one that matches nothing).
+EXACT_FILTERS: frozenset[frozenset[str]] = frozenset(
+    frozenset(columns)
+    for columns in (
+        (),
+        ("actor_subject",),
+        ("actor_issuer",),
+        ("actor_client_id",),
+        ("action",),
+        ("resource_type",),
+        ("resource_type", "resource_id"),
+        ("resource_id",),
+        ("outcome",),
+        ("source",),
+        ("source", "outcome"),
+        ("source", "action"),
+        ("actor_client_id", "outcome"),
+        ("action", "outcome"),
+    )
+)
+#: Records just below the cursor that a listing without an exact index reads first (a primary key
+#: range: ~300 pages of realistic records, a few ms): where matches are dense it fills the page.
+BAND = 5000
+
+
+class ListingTooBroad(Exception):
+    """A listing statement ran into the read timeout (the caller narrows it: 422)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the listing took longer than {seconds:g} s")
+        self.seconds = seconds
+
+
+class ReadersBusy(Exception):
+    """Every listing turn was taken for as long as a listing may take (503, Retry-After)."""
+
+    def __init__(self, readers: int) -> None:
+        super().__init__(f"{readers} listings are running")
+        self.readers = readers
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +289,17 @@ def chain_row(
 class AuditStore:
     columns = COLUMNS  # of the records table, in the order rows are written
 
-    def __init__(self, database: Database, schema: str) -> None:
+    def __init__(
+        self, database: Database, schema: str, *, read_timeout: float = 5.0, readers: int = 4
+    ) -> None:
         self.database = database
         self.schema = schema
+        #: seconds a listing statement may run (AUDIT_READ_TIMEOUT_SECONDS), and how many listings
+        #: may hold a pooled connection at once (AUDIT_READ_CONCURRENCY): the rest of the pool is
+        #: ingestion's, the verifier's and the checkpoint signer's
+        self.read_timeout = read_timeout
+        self.readers = readers
+        self._readers = asyncio.Semaphore(readers)
         # the advisory key append_documents still takes as its first argument (pods built before
         # migration 0012 pass it too); since 0012 the function locks the table chain_lock instead
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
@@ -481,7 +537,28 @@ class AuditStore:
     # ---- query ---------------------------------------------------------------------------------
 
     async def list(self, query: EventsQuery) -> tuple[list[RecordRow], str | None]:
-        """One page, newest first; the cursor is the last seq shown (stable while records are added)."""
+        """One page, newest first; the cursor is the last seq shown (stable while records are added).
+
+        Postgres, asked for the newest records that match, likes to walk an index newest first and
+        drop what does not match, expecting matches to be spread evenly along the walk. When they are
+        few and old (the timesheets service's own denials among the gateway's; a window of last month)
+        that walk reads the whole trail for one page. So a walk that filters is never left to it:
+
+        * filters that an index leads with exactly (:data:`EXACT_FILTERS`), without from/to: one walk
+          of that index, every entry of which matches;
+        * anything else: the :data:`BAND` records just below the cursor (or the head) first, a range
+          of the primary key whose cost does not depend on the filters, which fills the page when
+          matches are dense there (a window reaching the present, a common combination); only if it
+          does not, the matching records below the band, planned as a set (``OFFSET 0``: Postgres
+          picks the index of the most selective condition — the from/to window, a pair's index — and
+          sorts what it finds), so the cost follows what the filters select, not what they exclude.
+
+        Every statement runs under :attr:`read_timeout` (``SET LOCAL statement_timeout``): a listing
+        that would still take longer (a window of years) ends with :class:`ListingTooBroad` instead
+        of holding a pooled connection; at most :attr:`readers` listings run at once
+        (:class:`ReadersBusy` after waiting :attr:`read_timeout` for a turn), so ingestion, which
+        shares the pool, always finds a connection.
+        """
         conditions: list[str] = []
         params: list[Any] = []
 
@@ -506,19 +583,77 @@ class AuditStore:
             where("occurred_at >= {}", query.from_)
         if query.to is not None:
             where("occurred_at < {}", query.to)
-        if query.before_seq is not None:
-            where("seq < {}", query.before_seq)
-        params.append(query.limit + 1)
-        sql = (
-            f"SELECT {SELECT_COLUMNS} FROM {self.schema}.records"
-            + (" WHERE " + " AND ".join(conditions) if conditions else "")
-            + f" ORDER BY seq DESC LIMIT ${len(params)}"
-        )
-        async with self.database.connection() as conn:
-            rows = await conn.fetch(sql, *params)
+        filtered = frozenset(column for column, value in equal.items() if value is not None)
+        exact = filtered in EXACT_FILTERS and query.from_ is None and query.to is None
+        want = query.limit + 1
+        table = f"{self.schema}.records"
+
+        def statement(bounds: Sequence[str], *, as_set: bool = False) -> str:
+            """The listing with ``bounds`` on seq (``${n}`` after the filters' parameters, then the
+            limit). ``as_set``: planned for every match, then sorted (no walk that filters)."""
+            clause = " AND ".join([*conditions, *bounds])
+            where_clause = f" WHERE {clause}" if clause else ""
+            limit = f"${len(params) + len(bounds) + 1}"
+            if as_set:
+                return (
+                    f"SELECT * FROM (SELECT {SELECT_COLUMNS} FROM {table}{where_clause} OFFSET 0) AS found"
+                    f" ORDER BY seq DESC LIMIT {limit}"
+                )
+            return f"SELECT {SELECT_COLUMNS} FROM {table}{where_clause} ORDER BY seq DESC LIMIT {limit}"
+
+        below = f"seq < ${len(params) + 1}"
+        from_floor = f"seq >= ${len(params) + 2}"
+        started = time.monotonic()
+        try:
+            async with self._reading(), self.database.transaction() as conn:
+                # bounded, and planned for the values given (a generic plan guesses every selectivity)
+                await conn.execute(
+                    "SELECT set_config('statement_timeout', $1, true),"
+                    " set_config('plan_cache_mode', 'force_custom_plan', true)",
+                    f"{max(1, round(self.read_timeout * 1000))}ms",
+                )
+                before = query.before_seq
+                rows: list[asyncpg.Record] = []
+                if exact:
+                    if before is None:
+                        rows = await conn.fetch(statement([]), *params, want)
+                    else:
+                        rows = await conn.fetch(statement([below]), *params, before, want)
+                else:
+                    if before is None:  # the head row (0005): one lookup by key
+                        head = await conn.fetchval(f"SELECT seq FROM {self.schema}.chain_head")
+                        before = head + 1 if head is not None else None
+                    if before is None:  # no head row (removed by the owner): the matches as a set
+                        rows = await conn.fetch(statement([], as_set=True), *params, want)
+                    else:
+                        floor = max(1, before - BAND)
+                        rows = await conn.fetch(statement([below, from_floor]), *params, before, floor, want)
+                        if len(rows) < want and floor > 1:
+                            rows += await conn.fetch(
+                                statement([below], as_set=True), *params, floor, want - len(rows)
+                            )
+        except asyncpg.QueryCanceledError:
+            if time.monotonic() - started < self.read_timeout:
+                raise  # cancelled by someone else (an operator): the database's failure, 503
+            metrics.listings_refused.labels("too_long").inc()
+            raise ListingTooBroad(self.read_timeout) from None
         page = [RecordRow.of(row) for row in rows[: query.limit]]
         next_cursor = encode_cursor(page[-1].seq) if len(rows) > query.limit else None
         return page, next_cursor
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """A turn among :attr:`readers` listings, waited for at most :attr:`read_timeout`."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await self._readers.acquire()
+        except TimeoutError:
+            metrics.listings_refused.labels("busy").inc()
+            raise ReadersBusy(self.readers) from None
+        try:
+            yield
+        finally:
+            self._readers.release()
 
     # ---- verify --------------------------------------------------------------------------------
 
