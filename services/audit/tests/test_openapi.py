@@ -35,3 +35,14 @@ async def test_operational_endpoints_answer_without_identity(api: SignedApi) -> 
     metrics = await scrape(api.base_url)
     assert "audit_events_ingested_total" in metrics
     assert "audit_ingest_lag_seconds_bucket" in metrics
+
+
+async def test_the_listing_documents_its_own_refusals(api: SignedApi) -> None:
+    """A listing too broad for the read timeout (422 ``query_too_broad``) and one that found every
+    listing turn taken (503, Retry-After) are the listing's own answers, documented as such."""
+    document = (await api.call("GET", "/openapi.json", None)).body
+    answers = document["paths"]["/audit/events"]["get"]["responses"]
+    too_broad = answers["422"]["content"]["application/problem+json"]["example"]
+    assert too_broad["errors"][0]["type"] == "query_too_broad"
+    assert "AUDIT_READ_CONCURRENCY" in answers["503"]["description"]
+    assert "Retry-After" in answers["503"]["headers"]

@@ -2568,7 +2568,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A query parameter is invalid, unknown or repeated; errors[] names it. */
+      /** @description A query parameter is invalid, unknown or repeated (errors[] names it), or the listing selects too much to list within the read timeout (AUDIT_READ_TIMEOUT_SECONDS): errors[0].type query_too_broad; narrow the from/to window or filter more. A retry costs the same again. */
       422: {
         headers: {
           [name: string]: unknown;
@@ -2579,16 +2579,15 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Unprocessable Content",
            *       "status": 422,
-           *       "detail": "The query string has invalid parameters.",
+           *       "detail": "The listing took longer than 5 s and was stopped. Narrow it: a shorter from/to window, or a filter that selects fewer records (actor, resource_id, client_id).",
            *       "errors": [
            *         {
-           *           "field": "limit",
+           *           "field": "query",
            *           "loc": [
-           *             "query",
-           *             "limit"
+           *             "query"
            *           ],
-           *           "message": "Input should be less than or equal to 100",
-           *           "type": "less_than_equal"
+           *           "message": "selects too much to list within 5 s",
+           *           "type": "query_too_broad"
            *         }
            *       ]
            *     }
@@ -2633,10 +2632,10 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY) stayed taken; retry after Retry-After seconds. */
       503: {
         headers: {
-          /** @description Seconds to wait before retrying. */
+          /** @description Seconds to wait. */
           "Retry-After"?: number;
           [name: string]: unknown;
         };
@@ -2646,7 +2645,7 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Service Unavailable",
            *       "status": 503,
-           *       "detail": "A backing service is unreachable; retry shortly."
+           *       "detail": "4 listings are already running; retry shortly."
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];

@@ -367,7 +367,36 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/audit/events",
         "Audit records, newest first",
-        (Answer(200, "One page of records.", EventsPage),),
+        (
+            Answer(200, "One page of records.", EventsPage),
+            problem_answer(
+                422,
+                "Unprocessable Content",
+                "A query parameter is invalid, unknown or repeated (errors[] names it), or the listing "
+                "selects too much to list within the read timeout (AUDIT_READ_TIMEOUT_SECONDS): "
+                "errors[0].type query_too_broad; narrow the from/to window or filter more. A retry "
+                "costs the same again.",
+                "The listing took longer than 5 s and was stopped. Narrow it: a shorter from/to window, "
+                "or a filter that selects fewer records (actor, resource_id, client_id).",
+                errors=[
+                    {
+                        "field": "query",
+                        "loc": ["query"],
+                        "message": "selects too much to list within 5 s",
+                        "type": "query_too_broad",
+                    }
+                ],
+            ),
+            Answer(
+                503,
+                "The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY) stayed "
+                "taken; retry after Retry-After seconds.",
+                problem=problem_example(
+                    503, "Service Unavailable", "4 listings are already running; retry shortly."
+                ),
+                headers={"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+            ),
+        ),
         query=EventsQuery,
         tag="audit",
     ),
