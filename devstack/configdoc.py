@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from svckit.identity import GATEWAY, PAIRS, pair_variable
+from svckit.identity import GATEWAY, OPTIONAL_SENDERS, PAIRS, pair_variable
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
@@ -209,7 +209,11 @@ def pair_rows() -> list[tuple[str, str, str, str]]:
     return [
         (
             pair_variable(sender, receiver),
-            "(secret, none; required to serve)",
+            (
+                f"(secret, none; required to serve by {sender}, optional at {receiver})"
+                if sender in OPTIONAL_SENDERS
+                else "(secret, none; required to serve)"
+            ),
             f"{sender}, {receiver}",
             f"{sender} → {receiver} identity key, `kid:secret[,kid:secret…]`: {sender} signs with the first, "
             f"{receiver} accepts all; a key of {sender} may assert "

@@ -144,10 +144,13 @@ imagePullSecrets:
 
 {{/*
 The sender → receiver pairs that sign identities (svckit.identity.PAIRS): one key each, in the Secret
-as identity-keys-<sender>-to-<receiver>, given to those two containers only.
+as identity-keys-<sender>-to-<receiver>, given to those two containers only. The bundled identity
+provider's pair with audit (its denials' outbox relay) only when it runs (identity.enabled).
 */}}
 {{- define "timesheets.identityPairs" -}}
-{{- toJson (list (list "gateway" "timesheets") (list "gateway" "approvals") (list "gateway" "audit") (list "approvals" "timesheets") (list "timesheets" "audit") (list "approvals" "audit")) -}}
+{{- $pairs := list (list "gateway" "timesheets") (list "gateway" "approvals") (list "gateway" "audit") (list "approvals" "timesheets") (list "timesheets" "audit") (list "approvals" "audit") -}}
+{{- if .Values.identity.enabled }}{{ $pairs = append $pairs (list "identity" "audit") }}{{ end -}}
+{{- toJson $pairs -}}
 {{- end -}}
 
 {{/* Secret that holds the identity pair keys, the checkpoint key and the identity provider's secrets. */}}
