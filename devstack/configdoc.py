@@ -120,7 +120,7 @@ MEANINGS = {
     "audit_flush_seconds": "longest wait before a partial batch is delivered",
     "audit_denial_window_seconds": "denials are recorded as one count per (status, reason, route, method, "
     "caller, address) and window: the gateway's anonymous and rate-limit ones, the services' refused "
-    "identities and scopes",
+    "identities and scopes, the provider's refused sign-ins and client authentications",
     "audit_denial_max_keys": "aggregated denial records per window and worker (the rest share address `*`)",
     "identity_cookie_secure": "force the Secure cookie flag (default: on when the issuer is https)",
     "identity_allow_insecure_http": "allow an http issuer other than localhost (never in production)",

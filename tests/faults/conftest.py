@@ -97,10 +97,17 @@ class Stack:
             "REDIS_RETRY_SECONDS": "0.5",
             "SHUTDOWN_TIMEOUT_SECONDS": "5",
         }
+        self.audit = ServiceProcess("audit", common, log_dir=logs)
+        relay = {
+            "AUDIT_URL": self.audit.url,
+            "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
+            "OUTBOX_MAX_BACKOFF_SECONDS": "1",
+        }
         self.identity = ServiceProcess(
             "identity",
             {
                 **common,
+                **relay,  # the provider's denials go to the audit trail too
                 "IDENTITY_ISSUER": self.issuer,
                 "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
                 "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
@@ -110,12 +117,6 @@ class Stack:
             port=port,
             log_dir=logs,
         )
-        self.audit = ServiceProcess("audit", common, log_dir=logs)
-        relay = {
-            "AUDIT_URL": self.audit.url,
-            "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
-            "OUTBOX_MAX_BACKOFF_SECONDS": "1",
-        }
         self.timesheets = ServiceProcess("timesheets", {**common, **relay}, log_dir=logs)
         self.approvals = ServiceProcess(
             "approvals",

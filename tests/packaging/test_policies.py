@@ -499,7 +499,7 @@ def peers(rules: list[Obj], key: str) -> set[str]:
 BACKEND_CALLERS = {
     "timesheets": {"gateway", "approvals"},
     "approvals": {"gateway"},
-    "audit": {"gateway", "timesheets", "approvals"},
+    "audit": {"gateway", "timesheets", "approvals", "identity"},  # identity: the provider's denials
 }
 
 

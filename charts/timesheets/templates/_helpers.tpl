@@ -84,10 +84,11 @@ external authorization server (Auth0) is used.
 {{/*
 Who calls whom inside the release (each service's settings name the peers it reads: TIMESHEETS_URL,
 APPROVALS_URL, AUDIT_URL). The peer URLs in each environment and the NetworkPolicies are both
-derived from this one table. The gateway also calls the bundled identity provider (JWKS).
+derived from this one table. The gateway also calls the bundled identity provider (JWKS); the
+provider calls audit (its outbox relay: its denials).
 */}}
 {{- define "timesheets.calls" -}}
-{{- toJson (dict "gateway" (list "timesheets" "approvals" "audit" "identity") "identity" list "timesheets" (list "audit") "approvals" (list "timesheets" "audit") "audit" list) -}}
+{{- toJson (dict "gateway" (list "timesheets" "approvals" "audit" "identity") "identity" (list "audit") "timesheets" (list "audit") "approvals" (list "timesheets" "audit") "audit" list) -}}
 {{- end -}}
 
 {{/* The fixed port of each component (docs/CONTRACTS.md). */}}
