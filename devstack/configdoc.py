@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from svckit.identity import GATEWAY, PAIRS, pair_variable
+from svckit.identity import GATEWAY, OPTIONAL_SENDERS, PAIRS, pair_variable
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
@@ -120,7 +120,7 @@ MEANINGS = {
     "audit_flush_seconds": "longest wait before a partial batch is delivered",
     "audit_denial_window_seconds": "denials are recorded as one count per (status, reason, route, method, "
     "caller, address) and window: the gateway's anonymous and rate-limit ones, the services' refused "
-    "identities and scopes",
+    "identities and scopes, the provider's refused sign-ins and client authentications",
     "audit_denial_max_keys": "aggregated denial records per window and worker (the rest share address `*`)",
     "identity_cookie_secure": "force the Secure cookie flag (default: on when the issuer is https)",
     "identity_allow_insecure_http": "allow an http issuer other than localhost (never in production)",
@@ -209,7 +209,11 @@ def pair_rows() -> list[tuple[str, str, str, str]]:
     return [
         (
             pair_variable(sender, receiver),
-            "(secret, none; required to serve)",
+            (
+                f"(secret, none; required to serve by {sender}, optional at {receiver})"
+                if sender in OPTIONAL_SENDERS
+                else "(secret, none; required to serve)"
+            ),
             f"{sender}, {receiver}",
             f"{sender} → {receiver} identity key, `kid:secret[,kid:secret…]`: {sender} signs with the first, "
             f"{receiver} accepts all; a key of {sender} may assert "

@@ -17,6 +17,7 @@ ENV = {
     "IDENTITY_KEYS": "k:x",  # the retired shared key: nobody sees it
     "IDENTITY_KEYS_GATEWAY_TO_AUDIT": "ga:x",
     "IDENTITY_KEYS_APPROVALS_TO_TIMESHEETS": "at:x",
+    "IDENTITY_KEYS_IDENTITY_TO_AUDIT": "ia:x",
     "AUDIT_CHECKPOINT_KEYS": "ck:seed",
 }
 
@@ -62,9 +63,21 @@ def test_each_service_sees_the_identity_keys_of_its_own_pairs_only() -> None:
     timesheets = service_database(ENV, "timesheets", "timesheets")
     assert timesheets["IDENTITY_KEYS_APPROVALS_TO_TIMESHEETS"] == "at:x"
     assert "IDENTITY_KEYS_GATEWAY_TO_AUDIT" not in timesheets
-    assert not [
+    # the provider signs its denials' relay to audit with the key of that pair, and holds no other
+    assert [
         name for name in service_database(ENV, "identity", "identity") if name.startswith("IDENTITY_KEYS")
-    ]
+    ] == ["IDENTITY_KEYS_IDENTITY_TO_AUDIT"]
+
+
+def test_the_providers_audit_key_reaches_the_provider_and_audit_only() -> None:
+    holders = {
+        service
+        for service, schema in (*SCHEMA_OF.items(), ("gateway", None))
+        if "IDENTITY_KEYS_IDENTITY_TO_AUDIT" in service_database(ENV, service, schema)
+    }
+    assert holders == {"identity", "audit"}
+    assert "IDENTITY_KEYS_IDENTITY_TO_AUDIT" in GENERATED
+    assert "IDENTITY_KEYS_IDENTITY_TO_AUDIT" not in migrate_env(ENV, "identity")
 
 
 def test_every_pair_key_is_generated_for_a_local_run() -> None:

@@ -102,11 +102,18 @@ class Stack:
             "REDIS_RETRY_SECONDS": "0.5",
             "SHUTDOWN_TIMEOUT_SECONDS": "5",
         }
+        self.audit = ServiceProcess("audit", {**common, "REDIS_URL": redis_url["audit"]}, log_dir=logs)
+        relay = {
+            "AUDIT_URL": self.audit.url,
+            "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
+            "OUTBOX_MAX_BACKOFF_SECONDS": "1",
+        }
         self.identity = ServiceProcess(
             "identity",
             {
                 **common,
                 "REDIS_URL": redis_url["identity"],
+                **relay,  # the provider's denials go to the audit trail too
                 "IDENTITY_ISSUER": self.issuer,
                 "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
                 "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
@@ -116,12 +123,6 @@ class Stack:
             port=port,
             log_dir=logs,
         )
-        self.audit = ServiceProcess("audit", {**common, "REDIS_URL": redis_url["audit"]}, log_dir=logs)
-        relay = {
-            "AUDIT_URL": self.audit.url,
-            "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
-            "OUTBOX_MAX_BACKOFF_SECONDS": "1",
-        }
         self.timesheets = ServiceProcess(
             "timesheets", {**common, **relay, "REDIS_URL": redis_url["timesheets"]}, log_dir=logs
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+from svckit.identity import PAIRS
 
 from tests.packaging.fakeapi import FakeApiServer, fake_api, object_path
 from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, Obj, parse_manifests
@@ -100,6 +101,23 @@ def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: F
     assert data["postgres-password"] == LIVE["postgres-password"]
     assert len(data["identity-session-secret"]) == 48
     assert data["identity-session-secret"] != LIVE["identity-session-secret"]
+
+
+def test_an_upgrade_adds_the_providers_audit_key_and_keeps_every_other_pair_key(api: FakeApiServer) -> None:
+    """A release from before the provider relayed its denials to the audit trail has a key for every
+    pair but identity → audit: the upgrade generates that one (naming its pair) and changes no other."""
+    before = {
+        f"identity-keys-{sender}-to-{receiver}": f"{sender}-{receiver}-1:" + "Q" * 48
+        for sender, receiver in PAIRS
+        if sender != "identity"
+    }
+    live_secret(api, {**LIVE, **before})
+    data = render_against(api, upgrade=True)
+    for key, value in {**LIVE, **before}.items():
+        assert data[key] == value, key
+    kid, _, secret = data["identity-keys-identity-to-audit"].partition(":")
+    assert kid == "identity-audit-1"
+    assert len(secret) == 48
 
 
 def test_a_first_install_generates_fresh_values(api: FakeApiServer) -> None:

@@ -84,10 +84,11 @@ external authorization server (Auth0) is used.
 {{/*
 Who calls whom inside the release (each service's settings name the peers it reads: TIMESHEETS_URL,
 APPROVALS_URL, AUDIT_URL). The peer URLs in each environment and the NetworkPolicies are both
-derived from this one table. The gateway also calls the bundled identity provider (JWKS).
+derived from this one table. The gateway also calls the bundled identity provider (JWKS); the
+provider calls audit (its outbox relay: its denials).
 */}}
 {{- define "timesheets.calls" -}}
-{{- toJson (dict "gateway" (list "timesheets" "approvals" "audit" "identity") "identity" list "timesheets" (list "audit") "approvals" (list "timesheets" "audit") "audit" list) -}}
+{{- toJson (dict "gateway" (list "timesheets" "approvals" "audit" "identity") "identity" (list "audit") "timesheets" (list "audit") "approvals" (list "timesheets" "audit") "audit" list) -}}
 {{- end -}}
 
 {{/* The fixed port of each component (docs/CONTRACTS.md). */}}
@@ -144,10 +145,13 @@ imagePullSecrets:
 
 {{/*
 The sender → receiver pairs that sign identities (svckit.identity.PAIRS): one key each, in the Secret
-as identity-keys-<sender>-to-<receiver>, given to those two containers only.
+as identity-keys-<sender>-to-<receiver>, given to those two containers only. The bundled identity
+provider's pair with audit (its denials' outbox relay) only when it runs (identity.enabled).
 */}}
 {{- define "timesheets.identityPairs" -}}
-{{- toJson (list (list "gateway" "timesheets") (list "gateway" "approvals") (list "gateway" "audit") (list "approvals" "timesheets") (list "timesheets" "audit") (list "approvals" "audit")) -}}
+{{- $pairs := list (list "gateway" "timesheets") (list "gateway" "approvals") (list "gateway" "audit") (list "approvals" "timesheets") (list "timesheets" "audit") (list "approvals" "audit") -}}
+{{- if .Values.identity.enabled }}{{ $pairs = append $pairs (list "identity" "audit") }}{{ end -}}
+{{- toJson $pairs -}}
 {{- end -}}
 
 {{/* Secret that holds the identity pair keys, the checkpoint key and the identity provider's secrets. */}}

@@ -16,7 +16,10 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.dpop import ReplayGuard
+from svckit.http import HttpClient, SignedClient
+from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
+from svckit.outbox import DB_ERRORS, OutboxRelay
 from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
 from svckit.tasks import PeriodicTask, stop_all
@@ -40,6 +43,7 @@ from .tokens import IdTokenMinter
 
 log = logging.getLogger("identity.app")
 
+SCHEMA = "identity"
 HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (KeyEncryptionError, *UNAVAILABLE_ERRORS)
 
 #: How much longer than an access token lives a revocation stays in the stream: the gateways' largest
@@ -52,7 +56,19 @@ def build_app(settings: IdentitySettings) -> Starlette:
     logging.getLogger("authlib").setLevel(logging.INFO)
     if settings.identity_allow_insecure_http:
         os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
-    database = Database.from_settings(settings, "identity")
+    database = Database.from_settings(settings, SCHEMA)
+    # the provider's denials (identity.denials) go through its outbox to the audit service, signed with
+    # the identity → audit pair's key (svckit.identity.PAIRS), like every writer's events
+    http = HttpClient()
+    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit")))
+    relay = OutboxRelay(
+        database,
+        SCHEMA,
+        "identity",
+        audit,
+        poll_interval=settings.outbox_poll_interval_seconds,
+        max_backoff=settings.outbox_max_backoff_seconds,
+    )
     keys = KeyStore(
         KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
     )
@@ -148,22 +164,30 @@ def build_app(settings: IdentitySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        relay.start()
         housekeeper.start()
         revocation_feed.start()
         try:
             yield
         finally:
             await stop_all([revocation_feed, housekeeper])
+            await relay.stop()
             await redis.close()
 
     app = create_service_app(
         settings,
         routes,
         database=database,
+        http=http,
         checks={"signing_keys": keys_ready},
         lifespan=lifespan,
         require_identity=False,
         max_body_size=64 * 1024,
+        state={"relay": relay},
+        # refused sign-ins, client authentications, codes, refresh tokens: aggregated records,
+        # committed to the outbox and relayed to the audit trail
+        denial_sink=relay.record,
+        denial_sink_errors=DB_ERRORS,
     )
     app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
     return app

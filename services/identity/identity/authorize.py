@@ -38,7 +38,7 @@ from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 from svckit.dpop import is_thumbprint
 
-from . import store
+from . import denials, store
 from .bodies import read_form
 from .browser import CSRF_COOKIE, CsrfSigner, csrf_cookie_value, set_cookie
 from .keystore import KeyStore
@@ -203,6 +203,7 @@ class AuthorizationEndpoint:
         token = form.get("csrf_token")
         if not self.csrf.verify(request.cookies.get(CSRF_COOKIE), "consent", str(token or "")):
             login_failures.labels("csrf").inc()
+            denials.deny(request, self.settings, 403, denials.CSRF)
             return error_page("invalid_request", "The form expired or was not sent by this site.", 403)
         answer = str(form.get("decision") or "")
         if answer not in ("allow", "deny"):

@@ -25,7 +25,7 @@ from svckit.body import NotAccepted, parse_json
 from svckit.db import Database
 from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
 
-from . import store
+from . import denials, store
 from .authorize import RESPONSE_MODES
 from .bodies import coded_refusal, read_body, read_form
 from .browser import client_address
@@ -278,6 +278,8 @@ class ProtocolEndpoints:
             oreq = OAuthRequest("POST", token_url, request.headers, [], params)
             oreq.dpop_jkt = proof
             result = await self._in_transaction("token", oreq)
+            if oreq.denial is not None:  # a replayed code, a reused refresh token, a DPoP binding
+                denials.deny(request, self.settings, result.status, oreq.denial)
             if proof is not None:
                 result.headers.extend(self._nonce_headers().items())  # RFC 9449 §8.2: the next nonce
             return result
@@ -314,6 +316,7 @@ class ProtocolEndpoints:
         verdict = await self.client_auth_throttle.begin(address, presents_secret=presents_secret)
         if not verdict.allowed:
             client_auth_throttled.inc()
+            denials.deny(request, self.settings, 429, denials.THROTTLED)
             return oauth_error(
                 429,
                 "too_many_attempts",
@@ -329,6 +332,8 @@ class ProtocolEndpoints:
             if isinstance(result, Response):
                 return result
             failed = isinstance(result.body, dict) and result.body.get("error") == "invalid_client"
+            if failed:
+                denials.deny(request, self.settings, result.status, denials.INVALID_CLIENT)
             return _json_result(result)
         finally:
             await self.client_auth_throttle.end(address, presents_secret=presents_secret, failed=failed)

@@ -54,7 +54,7 @@ from authlib.oidc.rpinitiated import EndSessionEndpoint
 from prometheus_client import Counter
 from svckit.db import Connection, Database
 
-from . import store
+from . import denials, store
 from .keystore import KeyStore
 from .models import AuthorizationCode, Client, RefreshToken, SignedInUser
 from .scopes import ALL_SCOPES, split_scope
@@ -177,6 +177,8 @@ class Request(OAuth2Request):  # type: ignore[misc]
         # usable), except a revocation it caused (a replayed code, a reused refresh token, consent
         # no longer given), which must commit although the answer is an error.
         self.commit_refusal = False
+        # The reason of a refusal the audit trail records (identity.denials), set where it is decided.
+        self.denial: str | None = None
 
     @property
     def args(self) -> dict[str, str]:
@@ -385,6 +387,7 @@ class SenderConstrained:
         client: Client = super().authenticate_token_endpoint_client()  # type: ignore[misc]
         if client.dpop_bound_access_tokens and self.request.dpop_jkt is None:
             dpop_binding_refusals.labels("client").inc()
+            self.request.denial = denials.dpop_binding("client")
             raise InvalidDpopProofError("This client must send a DPoP proof with every token request.")
         return client
 
@@ -412,6 +415,7 @@ def refuse_binding(binding: str, request: Request, what: str) -> OAuth2Error:
     and a used one not taken for reuse, so that whoever copied it cannot revoke what it belongs to).
     Counted and logged (never the token itself): it is what a stolen bound credential looks like."""
     dpop_binding_refusals.labels(binding).inc()
+    request.denial = denials.dpop_binding(binding)
     client: Client | None = getattr(request, "client", None)
     log.warning(
         f"{what} presented without its DPoP key; refused",
@@ -541,6 +545,7 @@ class CodeGrant(SenderConstrained, ClientScopeAndAudience, AuthorizationCodeGran
             revoked = self.backend.run(store.revoke_code, conn, code, "code_replay")
             self.request.revoked_tokens.extend(revoked)
             code_replays.inc()
+            self.request.denial = denials.CODE_REPLAY
             log.warning(
                 "authorization code replayed; revoked what it issued",
                 extra={"client_id": client.client_id, "revoked": len(revoked)},
@@ -654,6 +659,7 @@ class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant)
             assert family_id is not None
             self._revoke_family(family_id, "refresh_reuse")
             refresh_reuse.inc()
+            self.request.denial = denials.REFRESH_TOKEN_REUSE
             log.warning("refresh token reused; revoked its family", extra={"grant": "refresh_token"})
             raise InvalidGrantError("The refresh token was already used; its session is revoked")
         if state == store.RefreshState.REVOKED:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 
-from . import store
+from . import denials, store
 from .bodies import read_form
 from .browser import (
     CSRF_COOKIE,
@@ -90,6 +90,7 @@ class PasswordSignIn:
         password = str(form.get("password") or "")[:1000]
         if not self.csrf.verify(request.cookies.get(CSRF_COOKIE), "login", str(form.get("csrf_token") or "")):
             login_failures.labels("csrf").inc()
+            denials.deny(request, self.settings, 403, denials.CSRF)
             error = "This form expired or was not sent by this site. Please try again."
             return await self._page(request, return_to, status=403, username=username, error=error)
         if not username or not password:
@@ -100,6 +101,7 @@ class PasswordSignIn:
         verdict = await self.throttle.attempt(username, address)
         if not verdict.allowed:
             login_failures.labels("throttled").inc()
+            denials.deny(request, self.settings, 429, denials.THROTTLED)
             log.warning("sign-in throttled", extra={"address": address, "limit": verdict.scope})
             return await self._page(
                 request,
@@ -115,6 +117,7 @@ class PasswordSignIn:
         ok = await anyio.to_thread.run_sync(verify_secret, stored, password)
         if not ok or user is None:
             login_failures.labels("invalid_credentials").inc()
+            denials.deny(request, self.settings, 401, denials.INVALID_CREDENTIALS)
             log.info("sign-in refused", extra={"address": address, "reason": "invalid_credentials"})
             error = "Wrong user name or password."
             return await self._page(request, return_to, status=401, username=username, error=error)

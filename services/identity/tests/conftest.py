@@ -43,6 +43,10 @@ def identity_env(service_env: dict[str, str], issuer: str, redis_user: Callable[
         # the provider's own Redis user, as in production (svckit.redisacl)
         "REDIS_URL": redis_user("identity", service_env["REDIS_KEY_PREFIX"], any_suffix=True),
         "IDENTITY_ISSUER": issuer,
+        # the outbox relay of the provider's denials: no audit service here (nothing listens there, the
+        # records wait in the outbox); test_identity_audit_trail.py runs one
+        "AUDIT_URL": f"http://127.0.0.1:{free_port()}",
+        "AUDIT_DENIAL_WINDOW_SECONDS": "0.5",  # records in the outbox soon after a refusal
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
         "DEMO_PASSWORD": DEMO_PASSWORD,

@@ -20,6 +20,7 @@ from identity.settings import IdentitySettings
 from starlette.routing import Route
 from svckit.settings import load_settings
 
+from testkit.fixtures import new_identity_keys
 from testkit.oidc import BATCH_SECRET
 
 pytestmark = pytest.mark.usefixtures("identity_service")
@@ -50,6 +51,7 @@ def test_every_route_that_takes_a_body_is_covered_here() -> None:
     env = {
         "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+        "IDENTITY_KEYS_IDENTITY_TO_AUDIT": new_identity_keys("identity-audit-1"),  # its denials' relay
     }
     app = build_app(load_settings(IdentitySettings, env=env))
     posts = {

@@ -4,6 +4,8 @@ must use DPoP; each proof refusal at the token endpoint; /userinfo with DPoP; di
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -106,7 +108,7 @@ async def test_without_a_proof_tokens_stay_bearer(
 
 
 async def test_dpop_jkt_binds_the_code_to_the_key(
-    browser: Browser, http: aiohttp.ClientSession, base_url: str
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
 ) -> None:
     key = DpopKey()
     token_url = base_url + "/oauth/token"
@@ -121,6 +123,26 @@ async def test_dpop_jkt_binds_the_code_to_the_key(
     status, body, _ = await token_request(http, base_url, grant, key.proof("POST", token_url))
     assert status == 200, body
     assert claims(body["access_token"])["cnf"] == {"jkt": key.jkt}
+    # both refusals are on their way to the audit trail: in the provider's outbox (no audit service
+    # runs here), anonymous, with nothing of the code in them
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        records = [
+            json.loads(row[0])
+            for row in await db.fetch(
+                "SELECT payload::text FROM outbox WHERE payload->'details'->>'reason' = 'dpop_binding_code'"
+            )
+        ]
+        if sum(record["details"]["count"] for record in records) >= 2:
+            break
+        assert asyncio.get_running_loop().time() < deadline, records
+        await asyncio.sleep(0.1)
+    for record in records:
+        assert record["action"] == "access.denied"
+        assert record["source"] == "identity"
+        assert record["actor"]["kind"] == "anonymous"
+        assert (record["details"]["status"], record["details"]["route"]) == (400, "/oauth/token")
+        assert code not in json.dumps(record)
 
 
 async def test_a_malformed_dpop_jkt_is_refused_at_authorize(browser: Browser) -> None:

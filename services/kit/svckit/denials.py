@@ -21,7 +21,9 @@ Two users:
   ``denial_sink=``): requests whose signed identity did not verify or was replayed (401, the
   reasons of ``identity_verification_failures_total``) — sent straight to a service from inside the
   cluster, they never passed the gateway — and callers the service itself refused a scope or a route
-  for service principals (403, :mod:`svckit.authz`). The request path only updates a dictionary (no
+  for service principals (403, :mod:`svckit.authz`) — and the bundled identity provider's refusals
+  (failed sign-ins and client authentications, code replays, refresh-token reuse, DPoP binding
+  refusals: ``identity.denials``). The request path only updates a dictionary (no
   I/O); a supervised background task (:class:`svckit.tasks.PeriodicTask`, ``audit-denials-flush``)
   closes ended windows and hands their events to the service's *sink*: the transactional outbox of a
   writer service (:meth:`svckit.outbox.OutboxRelay.record`, relayed to the audit service with
@@ -270,8 +272,18 @@ class DenialRecorder:
 
     # ---- the request path (no I/O) -----------------------------------------------------------
 
-    def deny(self, scope: Scope, status: int, reason: str, identity: Identity | None = None) -> None:
-        """Count one denial of the request in ``scope``; ``identity``: the caller, when it verified."""
+    def deny(
+        self,
+        scope: Scope,
+        status: int,
+        reason: str,
+        identity: Identity | None = None,
+        *,
+        address: str | None = None,
+    ) -> None:
+        """Count one denial of the request in ``scope``; ``identity``: the caller, when it verified;
+        ``address``: the client's, when the service resolves it through proxies it trusts (the bundled
+        identity provider, reached through an ingress), else the connection's peer."""
         state: dict[str, Any] = scope.get("state") or {}
         self.windows.add(
             status=status,
@@ -279,7 +291,7 @@ class DenialRecorder:
             route=self.route_of(scope),
             method=scope["method"],
             identity=identity,
-            address=peer_address(scope),
+            address=peer_address(scope) if address is None else address,
             request_id=str(state.get("request_id", "")),
         )
         if self.windows.open_windows > 2:

@@ -94,7 +94,8 @@ def new_nonce() -> str:
 
 GATEWAY = "gateway"
 #: Every sender → receiver pair that signs: the gateway forwards to the three API services and feeds its
-#: denials to audit; approvals applies decisions at timesheets; the outbox relays deliver to audit.
+#: denials to audit; approvals applies decisions at timesheets; the outbox relays deliver to audit (the
+#: bundled identity provider's too: its denials).
 PAIRS: tuple[tuple[str, str], ...] = (
     (GATEWAY, "timesheets"),
     (GATEWAY, "approvals"),
@@ -102,7 +103,12 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("approvals", "timesheets"),
     ("timesheets", "audit"),
     ("approvals", "audit"),
+    ("identity", "audit"),
 )
+#: Senders a deployment may run without: the bundled identity provider (production may use Auth0
+#: instead). The sender itself needs its pairs' keys to serve; a receiver serves without them (it then
+#: accepts nothing from that sender).
+OPTIONAL_SENDERS: frozenset[str] = frozenset({"identity"})
 
 Kind = Literal["user", "client", "service"]
 KINDS: frozenset[str] = frozenset({"user", "client", "service"})
@@ -704,6 +710,7 @@ __all__ = [
     "KIND",
     "NAME",
     "NONCE",
+    "OPTIONAL_SENDERS",
     "PAIRS",
     "PREFIX",
     "REQUEST_ID",

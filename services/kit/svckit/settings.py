@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .dbtls import DatabaseTls, resolve
-from .identity import PAIRS, pair_variable
+from .identity import OPTIONAL_SENDERS, PAIRS, pair_variable
 from .roles import RuntimeRole
 
 MIN_IDENTITY_KEY_BYTES = 32
@@ -113,6 +113,7 @@ class ServiceSettings(BaseSettings):
     identity_keys_approvals_to_timesheets: PairKeys = Field(default_factory=dict, repr=False)
     identity_keys_timesheets_to_audit: PairKeys = Field(default_factory=dict, repr=False)
     identity_keys_approvals_to_audit: PairKeys = Field(default_factory=dict, repr=False)
+    identity_keys_identity_to_audit: PairKeys = Field(default_factory=dict, repr=False)
 
     @field_validator("log_level")
     @classmethod
@@ -143,18 +144,27 @@ class ServiceSettings(BaseSettings):
         return self
 
     def missing_identity_pairs(self) -> str:
-        """ "" when every pair this service is an end of has keys, else the one-line complaint.
+        """ "" when every pair this service is an end of has keys, else the one-line complaint. A receiver
+        needs no keys of an optional sender (``OPTIONAL_SENDERS``: a release without the bundled
+        identity provider gives the audit service none of its pair).
 
         Checked when a service is about to serve (svckit.cli), not by every command: ``migrate`` runs
         with the service's settings but must not be given its identity keys (the chart does not)."""
         missing = [
             pair_variable(sender, receiver)
             for sender, receiver in PAIRS
-            if self.service_name in (sender, receiver) and not self.pair_keys(sender, receiver)
+            if self._needs_pair(sender, receiver) and not self.pair_keys(sender, receiver)
         ]
         if not missing:
             return ""
         return f"{', '.join(missing)} must be set (kid:secret[,kid:secret...])"
+
+    def _needs_pair(self, sender: str, receiver: str) -> bool:
+        """Whether this service cannot serve without the pair's keys: it signs with them, or it
+        receives from a sender every release runs."""
+        if sender == self.service_name:
+            return True
+        return receiver == self.service_name and sender not in OPTIONAL_SENDERS
 
     def pair_keys(self, sender: str, receiver: str) -> dict[str, bytes]:
         """The keys of one pair (empty when unset)."""

@@ -105,6 +105,23 @@ def test_service_refuses_to_start(package: str, env: dict[str, str], variable: s
 
 
 @pytest.mark.unit
+def test_the_providers_pair_is_required_by_the_provider_only() -> None:
+    """The bundled identity provider signs its denials' relay to audit with the identity → audit key and
+    cannot serve without it; the audit service serves without it (a release using Auth0 runs no
+    provider), and then accepts nothing from ``identity``."""
+    without = {k: v for k, v in PAIRS.items() if k != pair_variable("identity", "audit")}
+    audit = load_settings(DatabaseSettings, env={**without, "SERVICE_NAME": "audit"})
+    assert audit.missing_identity_pairs() == ""
+    assert "identity" not in audit.identity_verify_keys
+    provider = load_settings(DatabaseSettings, env={**without, "SERVICE_NAME": "identity"})
+    assert "IDENTITY_KEYS_IDENTITY_TO_AUDIT" in provider.missing_identity_pairs()
+    both = load_settings(DatabaseSettings, env={**PAIRS, "SERVICE_NAME": "audit"})
+    assert set(both.identity_verify_keys) == {"gateway", "timesheets", "approvals", "identity"}
+    assert not load_settings(
+        DatabaseSettings, env={**PAIRS, "SERVICE_NAME": "identity"}
+    ).missing_identity_pairs()
+
+
 def test_a_service_reads_only_the_pairs_it_is_an_end_of() -> None:
     settings = load_settings(DatabaseSettings, env={**PAIRS, "SERVICE_NAME": "timesheets"})
     assert set(settings.identity_verify_keys) == {"gateway", "approvals"}

@@ -1,0 +1,238 @@
+"""The provider's refusals are on the audit trail, like every other denial of the platform: a wrong
+password at ``/login`` and a wrong client secret at the token and revocation endpoints each end up as
+an aggregated ``access.denied`` record with source ``identity``, its reason, the route and the
+caller's address, anonymous (the caller did not verify) and with nothing secret in it.
+
+A real provider process (``python -m identity``, its own database, seeded) relays its outbox to a real
+audit service (``testkit.inprocess.three_services``) through a proxy the test can cut: with the audit
+service unreachable the records wait in the provider's outbox and arrive once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from testkit.client import SignedApi
+from testkit.fixtures import (
+    Caller,
+    ServiceProcess,
+    TcpProxy,
+    create_database,
+    drop_database,
+    free_port,
+    migrate_schema,
+    runtime_env,
+    user,
+)
+from testkit.inprocess import three_services
+from testkit.oidc import (
+    BATCH_SECRET,
+    Browser,
+    code_request,
+    exchange_code,
+    params_of,
+    pkce_pair,
+    refresh,
+    run_cli,
+    sign_in_tokens,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
+CAROL = user("carol", "read:audit")
+WINDOW = "0.2"
+ADDRESS = "127.0.0.1"  # the peer: the test client on loopback
+#: (status, reason, method, route) of a record
+Key = tuple[int, str, str, str]
+WRONG_PASSWORD = "wrong-" + secrets.token_urlsafe(12)  # what must never be on the trail
+WRONG_SECRET = "wrong-" + secrets.token_urlsafe(24)
+
+
+@dataclass
+class Provider:
+    url: str
+    issuer: str  # its issuer without the trailing slash: where a browser signs in
+    dsn: str  # the provider's database, as its owner
+    audit: SignedApi
+    proxy: TcpProxy  # between the provider's relay and the audit service
+
+
+@pytest.fixture(scope="module")
+async def provider(identity_env: dict[str, str], caller: Caller) -> AsyncIterator[Provider]:
+    keys = {name: value for name, value in identity_env.items() if name.startswith("IDENTITY_KEYS_")}
+    async with three_services(keys, "idtrail", poll_seconds=0.2) as urls:
+        audit_port = urlsplit(urls["audit"]).port
+        assert audit_port is not None
+        proxy = TcpProxy("127.0.0.1", audit_port)
+        await proxy.start()
+        name = f"tsp_test_idtrail_{secrets.token_hex(4)}"
+        dsn = await create_database(name)
+        port = free_port()
+        env = {
+            **identity_env,
+            "DATABASE_URL": dsn,
+            "IDENTITY_ISSUER": f"http://localhost:{port}/",
+            "AUDIT_URL": f"http://127.0.0.1:{proxy.port}",
+            "AUDIT_DENIAL_WINDOW_SECONDS": WINDOW,
+            "OUTBOX_POLL_INTERVAL_SECONDS": "0.2",
+            "OUTBOX_MAX_BACKOFF_SECONDS": "0.5",
+        }
+        process: ServiceProcess | None = None
+        audit = SignedApi(urls["audit"], caller)
+        try:
+            await migrate_schema(dsn, "identity", PACKAGE_DIR)
+            seeded = run_cli(env, "seed")
+            assert seeded.returncode == 0, seeded.stderr
+            process = ServiceProcess("identity", runtime_env(env, "identity"), port=port)
+            process.start(wait_path="/readyz")
+            yield Provider(process.url, env["IDENTITY_ISSUER"].rstrip("/"), dsn, audit, proxy)
+        finally:
+            if process is not None:
+                process.stop()
+            await audit.close()
+            await proxy.cut()
+            await drop_database(name)
+
+
+async def denials(provider: Provider, expected: dict[Key, int], timeout: float = 20.0) -> list[Any]:
+    """The provider's ``access.denied`` records on the trail, once the counts of ``expected``'s keys
+    have reached what it says."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        params = {"action": "access.denied", "source": "identity", "limit": "100"}
+        reply = await provider.audit.call("GET", "/audit/events", CAROL, params=params)
+        assert reply.status == 200, reply.text
+        items: list[Any] = reply.body["items"]
+        found = counts(items)
+        if all(found[key] >= count for key, count in expected.items()):
+            return items
+        assert asyncio.get_running_loop().time() < deadline, items
+        await asyncio.sleep(0.1)
+
+
+def key_of(item: Any) -> Key:
+    details = item["details"]
+    return (details["status"], details["reason"], details["method"], details["route"])
+
+
+def counts(items: list[Any]) -> Counter[Key]:
+    tally: Counter[Key] = Counter()
+    for item in items:
+        tally[key_of(item)] += item["details"]["count"]
+    return tally
+
+
+async def wrong_password(session: aiohttp.ClientSession, base: str, username: str) -> int:
+    async with session.get(base + "/login") as page:
+        html = await page.text()
+    marker = 'name="csrf_token" value="'
+    token = html[html.index(marker) + len(marker) :].split('"', 1)[0]
+    form = {"username": username, "password": WRONG_PASSWORD, "csrf_token": token, "return_to": ""}
+    async with session.post(base + "/login", data=form, allow_redirects=False) as response:
+        await response.read()
+        return response.status
+
+
+async def wrong_client_secret(session: aiohttp.ClientSession, base: str, path: str) -> int:
+    form = {"grant_type": "client_credentials"} if path == "/oauth/token" else {"token": "x" * 20}
+    headers = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", WRONG_SECRET)}
+    async with session.post(base + path, data=form, headers=headers) as response:
+        await response.read()
+        return response.status
+
+
+def assert_nothing_secret(items: list[Any], *values: str) -> None:
+    text = str(items)
+    for value in (WRONG_PASSWORD, WRONG_SECRET, BATCH_SECRET, *values):
+        assert value not in text
+
+
+async def test_a_wrong_password_and_a_wrong_client_secret_are_on_the_trail(provider: Provider) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        for _ in range(3):
+            assert await wrong_password(session, provider.url, "alice") == 401
+        for _ in range(2):
+            assert await wrong_client_secret(session, provider.url, "/oauth/token") == 401
+
+    expected = {
+        (401, "invalid_credentials", "POST", "/login"): 3,
+        (401, "invalid_client", "POST", "/oauth/token"): 2,
+    }
+    items = [item for item in await denials(provider, expected) if key_of(item) in expected]
+    assert counts(items) == expected
+    for item in items:
+        assert item["outcome"] == "denied"
+        assert item["source"] == "identity"
+        # the caller did not verify: neither the user name nor the client id it claimed is the actor
+        assert (item["actor"]["kind"], item["actor"]["subject"], item["actor"]["issuer"]) == (
+            "anonymous",
+            "anonymous",
+            "",
+        )
+        details = item["details"]
+        assert item["resource"] == {"type": "route", "id": f"{details['method']} {details['route']}"}
+        assert details["address"] == ADDRESS
+        assert details["window_start"] < details["window_end"]
+    assert_nothing_secret(items, "alice", "timesheets-batch")
+
+    reply = await provider.audit.call("GET", "/audit/verify", CAROL)
+    assert reply.status == 200, reply.text
+    assert reply.body["ok"] is True, reply.body
+
+
+async def test_with_the_audit_service_away_the_records_wait_in_the_outbox(provider: Provider) -> None:
+    await provider.proxy.cut()
+    async with aiohttp.ClientSession() as session:
+        assert await wrong_client_secret(session, provider.url, "/oauth/revoke") == 401
+    conn = await asyncpg.connect(provider.dsn)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await conn.fetchval("SELECT count(*) FROM identity.outbox"):
+            assert asyncio.get_running_loop().time() < deadline, "the record never reached the outbox"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the relay tried, and failed, meanwhile
+        assert await conn.fetchval("SELECT count(*) FROM identity.outbox WHERE attempts > 0")
+    finally:
+        await conn.close()
+
+    await provider.proxy.start()
+    revoke = (401, "invalid_client", "POST", "/oauth/revoke")
+    items = await denials(provider, {revoke: 1})
+    assert counts(items)[revoke] == 1
+    assert_nothing_secret(items, "timesheets-batch")
+
+
+async def test_a_replayed_code_and_a_reused_refresh_token_are_on_the_trail(provider: Provider) -> None:
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+        aiohttp.ClientSession() as http,
+    ):
+        browser = Browser(provider.issuer, session)
+        verifier, challenge = pkce_pair()
+        response = await browser.sign_in_and_authorize("alice", **code_request(challenge))
+        assert response.status == 302, browser.last_html
+        code = params_of(response.headers["Location"])["code"]
+        assert (await exchange_code(http, provider.issuer, code, verifier))[0] == 200
+        assert (await exchange_code(http, provider.issuer, code, verifier))[0] == 400  # replayed
+
+        scope = "openid offline_access read:timesheets"
+        first = (await sign_in_tokens(browser, http, provider.issuer, scope=scope))["refresh_token"]
+        assert (await refresh(http, provider.issuer, first))[0] == 200
+        assert (await refresh(http, provider.issuer, first))[0] == 400  # reused
+
+    replay = (400, "code_replay", "POST", "/oauth/token")
+    reuse = (400, "refresh_token_reuse", "POST", "/oauth/token")
+    items = await denials(provider, {replay: 1, reuse: 1})
+    assert counts(items)[replay] == 1
+    assert counts(items)[reuse] == 1
+    assert_nothing_secret(items, code, verifier, first, "alice", "timesheets-spa")
