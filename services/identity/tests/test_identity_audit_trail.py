@@ -27,6 +27,7 @@ from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
+    ServiceRedis,
     TcpProxy,
     create_database,
     drop_database,
@@ -68,9 +69,11 @@ class Provider:
 
 
 @pytest.fixture(scope="module")
-async def provider(identity_env: dict[str, str], caller: Caller) -> AsyncIterator[Provider]:
+async def provider(
+    identity_env: dict[str, str], caller: Caller, service_redis: ServiceRedis
+) -> AsyncIterator[Provider]:
     keys = {name: value for name, value in identity_env.items() if name.startswith("IDENTITY_KEYS_")}
-    async with three_services(keys, "idtrail", poll_seconds=0.2) as urls:
+    async with three_services(keys, service_redis, "idtrail", poll_seconds=0.2) as urls:
         audit_port = urlsplit(urls["audit"]).port
         assert audit_port is not None
         proxy = TcpProxy("127.0.0.1", audit_port)
