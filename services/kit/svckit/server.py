@@ -675,7 +675,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def _refuse_connection(self) -> None:
         """One connection more than :attr:`max_connections`: answered 503 with ``Retry-After`` at once,
         before it is read or parsed, and closed (lingering, so the answer is not lost to a reset)."""
-        detail = f"The server holds as many connections as it may ({self.max_connections}): try again."
+        detail = "The server holds as many connections as it may: try again shortly."  # not how many
         refusals.note(503, detail)
         headers = [*self.server_state.default_headers, (b"retry-after", CONNECTION_LIMIT_RETRY_AFTER)]
         self.transport.write(problem_bytes(503, detail, headers))
