@@ -34,6 +34,13 @@ MEANINGS = {
         "a request body silent this long while the server waits for it: 408, connection ended (only "
         "ended, once the response has begun)"
     ),
+    "response_send_timeout_seconds": (
+        "a client that takes nothing of its response this long while the server waits to write: "
+        "connection reset (the application hears `http.disconnect`)"
+    ),
+    "max_connections_per_worker": (
+        "open connections per worker process; one more is answered 503 (`Retry-After`) and closed"
+    ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",
     "database_url": "PostgreSQL connection URL",

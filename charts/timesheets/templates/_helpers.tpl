@@ -372,6 +372,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.requestHeadTimeoutSeconds | quote }}
 - name: REQUEST_BODY_TIMEOUT_SECONDS
   value: {{ $root.Values.config.requestBodyTimeoutSeconds | quote }}
+- name: RESPONSE_SEND_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.responseSendTimeoutSeconds | quote }}
+- name: MAX_CONNECTIONS_PER_WORKER
+  value: {{ $root.Values.config.maxConnectionsPerWorker | quote }}
 - name: IDENTITY_MAX_SKEW_SECONDS
   value: {{ $root.Values.config.identityMaxSkewSeconds | quote }}
 {{- if not .migration }}

@@ -51,6 +51,17 @@ SERVING_OPTIONS: dict[str, Any] = {
 }
 
 
+def serving_limits(settings: ServiceSettings) -> dict[str, Any]:
+    """The kit's serving settings as :class:`svckit.server.ServingConfig` takes them: the timeouts of
+    clients that stop sending or reading, and the open connections of a worker."""
+    return {
+        "request_head_timeout": settings.request_head_timeout_seconds,
+        "request_body_timeout": settings.request_body_timeout_seconds,
+        "response_send_timeout": settings.response_send_timeout_seconds,
+        "max_connections": settings.max_connections_per_worker,
+    }
+
+
 def serve(
     app_factory: str,
     settings: ServiceSettings,
@@ -60,7 +71,8 @@ def serve(
     """Serve with the kit's HTTP protocol and shutdown (:mod:`svckit.server`): SIGTERM stops
     accepting (later connections are refused, queued ones served), lets in-flight requests finish up
     to the bound with ``Connection: close``, then runs the lifespan shutdown that closes pools. The
-    request head and body timeouts come from the settings (:class:`svckit.server.ServingConfig`).
+    request head and body timeouts, the send timeout and the connection limit come from the settings
+    (:class:`svckit.server.ServingConfig`).
     ``http_protocol``: a subclass of the kit's protocol (the gateway serves its API through its own)."""
     config = server.ServingConfig(
         app_factory,
@@ -70,8 +82,7 @@ def serve(
         workers=workers,
         http=http_protocol,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        request_head_timeout=settings.request_head_timeout_seconds,
-        request_body_timeout=settings.request_body_timeout_seconds,
+        **serving_limits(settings),
         **SERVING_OPTIONS,
     )
     return server.serve(config, workers)
@@ -120,8 +131,7 @@ def serve_reloading(
         reload=True,
         reload_dirs=watched,
         http=http_protocol,
-        request_head_timeout=settings.request_head_timeout_seconds,
-        request_body_timeout=settings.request_body_timeout_seconds,
+        **serving_limits(settings),
         **SERVING_OPTIONS,
     )
     listener = config.bind_socket()

@@ -53,9 +53,17 @@ http_duration = Histogram(
 http_refused = Counter(
     "http_refused_total",
     "Requests the HTTP layer answered itself before any route saw them (400 unparsable, 408 head or "
-    "body too slow, 414 target too long, 431 head too large), by status code; 408 also counts a body "
-    "that stopped after its response began (the connection ended, no answer could be sent).",
+    "body too slow, 414 target too long, 431 head too large, 503 a connection over the worker's "
+    "MAX_CONNECTIONS_PER_WORKER, answered before it sent anything), by status code; 408 also counts a "
+    "body that stopped after its response began (the connection ended, no answer could be sent).",
     ["status"],
+)
+
+http_send_timeouts = Counter(
+    "http_send_timeouts_total",
+    "Connections the HTTP layer ended because the client stopped taking its response: nothing taken "
+    "for RESPONSE_SEND_TIMEOUT_SECONDS while writing was paused or a closing connection still held "
+    "unsent bytes (the rest was dropped, the application heard http.disconnect).",
 )
 
 UNMATCHED_ROUTE = "unmatched"

@@ -45,6 +45,33 @@ held for as long as the client likes. Both are counted in ``http_refused_total{s
 settings ``REQUEST_HEAD_TIMEOUT_SECONDS`` and ``REQUEST_BODY_TIMEOUT_SECONDS`` reach the protocol
 through :class:`ServingConfig`.
 
+**Clients that stop reading.** A client that stops taking its response (a streamed one, or one
+larger than the socket's buffers) made the server's writes pause for ever: the connection, the
+response's bytes and the application's task waiting to write were held as long as the client liked.
+The send timeout (:data:`RESPONSE_SEND_TIMEOUT_SECONDS`, nginx's ``send_timeout``) is a timer armed
+only when writing pauses (a flow-control transition: ``pause_writing``; ``resume_writing`` cancels it,
+so nothing per write) and when a connection is closed with bytes still in its buffer (a close waits
+for them to leave, so one whose client reads nothing never ended). When it fires, a client that took
+some of what was waiting since it was armed (the transport's buffer and, on Linux, the socket's send
+queue, read with one ``ioctl``: the buffer alone shrinks only once the kernel has room for a large
+part of it) gets it again; one that took nothing has its connection reset (``SO_LINGER`` 0: the
+kernel drops its send queue too, as nginx's ``reset_timedout_connection``) and counted in
+``http_send_timeouts_total``; the application hears ``http.disconnect`` and what it still sends is
+dropped, as for any client gone, so its task ends.
+
+**Open connections per worker** (:data:`MAX_CONNECTIONS_PER_WORKER`). Each connection within its
+timeouts — idle, a head or a body arriving slowly, a response taken slowly — costs a socket and
+memory, and nothing bounded how many a worker held. A connection beyond the limit is answered 503
+(problem, ``Retry-After``) as soon as it is accepted, before anything of it is read or parsed, and
+closed (lingering, so the answer is not lost to a reset); counted in ``http_refused_total{status="503"}``.
+uvicorn's ``limit_concurrency`` answers 503 too, but only once a request head has been parsed: a
+connection that never completes a head — the slowloris and the idle client this limit is for — is
+never refused by it, and it counts requests in flight too, which the kit bounds elsewhere (pools,
+queues). The count is uvicorn's own set of the worker's connections, from ``connection_made`` to
+``connection_lost``, which every way a connection ends passes through. Stopping to ``accept()``
+instead would leave clients waiting in the kernel's queue with no answer, and has no API in asyncio's
+or uvloop's servers.
+
 **Shutdown without resets** (SIGTERM, with one worker or several). Stopping must refuse new
 connections cleanly and finish what was accepted:
 
@@ -85,7 +112,9 @@ discards what the client still sends, until the client closes, :data:`LINGER_SEC
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -95,6 +124,7 @@ import signal
 import socket
 import struct
 import sys
+import termios
 import time
 import urllib.parse
 from http import HTTPStatus
@@ -109,7 +139,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
-from .metrics import forget_dead_processes, http_refused
+from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
@@ -135,6 +165,19 @@ REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
 #: a request body the server waits for may be silent this long (REQUEST_BODY_TIMEOUT_SECONDS): an
 #: inactivity bound, as nginx's ``client_body_timeout``, generous for a slow uplink
 REQUEST_BODY_TIMEOUT_SECONDS = 30.0
+#: a response the client stops taking may wait this long (RESPONSE_SEND_TIMEOUT_SECONDS): an
+#: inactivity bound, as nginx's ``send_timeout``, counted while writing is paused (or a closing
+#: connection still holds unsent bytes) and restarted whenever the client has taken some
+RESPONSE_SEND_TIMEOUT_SECONDS = 30.0
+#: connections one worker process holds open at most (MAX_CONNECTIONS_PER_WORKER); one more is
+#: answered 503 at once and closed
+MAX_CONNECTIONS_PER_WORKER = 2048
+#: what a connection refused at that limit is told to wait before trying again
+CONNECTION_LIMIT_RETRY_AFTER = b"1"
+#: the ioctl that reads a TCP socket's send queue (Linux; elsewhere only the transport's buffer counts)
+_TIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+#: SO_LINGER on, 0 s: closing the socket resets the connection and drops what it had not sent
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 class ServingConfig(uvicorn.Config):
@@ -146,20 +189,25 @@ class ServingConfig(uvicorn.Config):
         *args: Any,
         request_head_timeout: float = REQUEST_HEAD_TIMEOUT_SECONDS,
         request_body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS,
+        response_send_timeout: float = RESPONSE_SEND_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS_PER_WORKER,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.request_head_timeout = request_head_timeout
         self.request_body_timeout = request_body_timeout
+        self.response_send_timeout = response_send_timeout
+        self.max_connections = max_connections
 
 
 REFUSAL_LOG_SECONDS = 10.0
 
 
 class RefusalLog:
-    """What the HTTP layer refused: every refusal counted in ``http_refused_total{status}``, and one
-    warning line per :data:`REFUSAL_LOG_SECONDS` at most, with how many were refused since the last
-    (a line per refusal would let the flood it reports flood the logs too)."""
+    """What the HTTP layer refused: every refusal counted in ``http_refused_total{status}`` (and every
+    connection it ended for a client that stopped reading in ``http_send_timeouts_total``), and one
+    warning line per :data:`REFUSAL_LOG_SECONDS` at most for all of them, with how many there were
+    since the last (a line per refusal would let the flood it reports flood the logs too)."""
 
     def __init__(self) -> None:
         self._children: dict[int, Any] = {}
@@ -171,13 +219,17 @@ class RefusalLog:
         if child is None:
             child = self._children[status] = http_refused.labels(str(status))
         child.inc()
+        self._line("request refused by the HTTP layer", {"status": status, "detail": detail})
+
+    def send_timed_out(self, detail: str) -> None:
+        http_send_timeouts.inc()
+        self._line("connection ended by the HTTP layer", {"reason": "send_timeout", "detail": detail})
+
+    def _line(self, message: str, extra: dict[str, Any]) -> None:
         self._unlogged += 1
         now = time.monotonic()
         if now - self._last_line >= REFUSAL_LOG_SECONDS:
-            log.warning(
-                "request refused by the HTTP layer",
-                extra={"status": status, "detail": detail, "refused_since_last_line": self._unlogged},
-            )
+            log.warning(message, extra={**extra, "refused_since_last_line": self._unlogged})
             self._last_line, self._unlogged = now, 0
 
 
@@ -256,6 +308,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     #: the defaults when served with a plain ``uvicorn.Config`` (tests), else :class:`ServingConfig`'s
     request_head_timeout = REQUEST_HEAD_TIMEOUT_SECONDS
     request_body_timeout = REQUEST_BODY_TIMEOUT_SECONDS
+    response_send_timeout = RESPONSE_SEND_TIMEOUT_SECONDS
+    max_connections = MAX_CONNECTIONS_PER_WORKER
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -263,6 +317,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if isinstance(config, ServingConfig):
             self.request_head_timeout = config.request_head_timeout
             self.request_body_timeout = config.request_body_timeout
+            self.response_send_timeout = config.response_send_timeout
+            self.max_connections = config.max_connections
         self.lingering = False
         self._raw: asyncio.Transport | None = None
         self._lingered_bytes = 0
@@ -281,6 +337,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._head_completed = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_wanted_at = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_buffered = 0
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -288,6 +346,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._active_at = self.loop.time()
+        if len(self.connections) > self.max_connections:  # uvicorn's set of this worker's connections
+            self._refuse_connection()
+            return
         # the connection's one timer, from the start: a client that sends nothing is idle too
         self._tick = min(float(self.timeout_keep_alive), self.request_head_timeout)
         self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
@@ -298,6 +359,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if raw is None or self.lingering or raw.is_closing():
             return
         self.lingering = True
+        if self._send_timer is None and raw.get_write_buffer_size():
+            self._arm_send_timer()  # a close waits for the buffer to drain: not for longer than this
         try:
             can_half_close = raw.can_write_eof()
         except (AttributeError, NotImplementedError):
@@ -333,6 +396,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -545,7 +611,75 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             refusals.note(408, detail + " The response had begun: the connection was ended.")
             self.transport.close()
 
+    # --- clients that stop reading (see the module docstring) ---------------------------------------
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark (a flow-control transition, never per
+        write): the send timer starts."""
+        self.flow.pause_writing()
+        if self._send_timer is None:
+            self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        """The client took enough: the send timer stops — unless the connection is closing, where
+        what is left below the low-water mark must leave in time too."""
+        self.flow.resume_writing()
+        timer = self._send_timer
+        if timer is not None and not self.lingering:
+            timer.cancel()
+            self._send_timer = None
+
+    def _arm_send_timer(self) -> None:
+        self._send_buffered = self._unsent()
+        self._send_timer = self.loop.call_later(self.response_send_timeout, self._send_timer_expired)
+
+    def _unsent(self) -> int:
+        """What the client has not taken yet: the transport's buffer and, on Linux, the socket's
+        send queue (sent but not acknowledged, or not sent) — the buffer alone shrinks only when
+        the kernel has room for a large part of it, which a slow reader may take longer to make
+        than the timeout."""
+        raw = cast(asyncio.Transport, self._raw)
+        unsent = raw.get_write_buffer_size()
+        sock = raw.get_extra_info("socket")
+        if _TIOCOUTQ is not None and sock is not None:
+            with contextlib.suppress(OSError):
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, bytes(4)))[0]
+        return unsent
+
+    def _send_timer_expired(self) -> None:
+        """Writing still paused (or a closing connection's bytes still in its buffer): if the client
+        took some since the timer was armed, it is armed again from now; if it took nothing, the
+        connection is reset — its unsent bytes dropped (a close would wait for them, the kernel's
+        own send queue too) — and the application hears ``http.disconnect`` (what it sends is
+        dropped, as for any client gone), so its task ends."""
+        self._send_timer = None
+        raw = self._raw
+        if raw is None or not (self.flow.write_paused or self.lingering) or not raw.get_write_buffer_size():
+            return
+        unsent = self._unsent()
+        if unsent < self._send_buffered:
+            self._arm_send_timer()
+            return
+        refusals.send_timed_out(
+            f"The client took nothing of its response for {self.response_send_timeout:g} s "
+            f"({unsent} bytes waiting): the connection was reset."
+        )
+        sock = raw.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a reset: the kernel drops its send queue at once
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        raw.abort()
+
     # --- answers of the server layer -----------------------------------------------------------
+
+    def _refuse_connection(self) -> None:
+        """One connection more than :attr:`max_connections`: answered 503 with ``Retry-After`` at once,
+        before it is read or parsed, and closed (lingering, so the answer is not lost to a reset)."""
+        detail = "The server holds as many connections as it may: try again shortly."  # not how many
+        refusals.note(503, detail)
+        headers = [*self.server_state.default_headers, (b"retry-after", CONNECTION_LIMIT_RETRY_AFTER)]
+        self.transport.write(problem_bytes(503, detail, headers))
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""

@@ -101,6 +101,12 @@ class ServiceSettings(BaseSettings):
     # free of the server's imports).
     request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     request_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # How long a client may take nothing of its response while the server waits to write (writing
+    # paused, or a closing connection's bytes unsent) before the connection is reset, and how many
+    # connections one worker process holds open (one more is answered 503): svckit.server's
+    # RESPONSE_SEND_TIMEOUT_SECONDS and MAX_CONNECTIONS_PER_WORKER, repeated here likewise.
+    response_send_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_connections_per_worker: int = Field(default=2048, ge=1, le=100_000)
     # Development only (the chart's devMode.sourceSync, `skaffold dev`): restart on source changes.
     dev_reload: bool = False
     identity_max_skew_seconds: int = Field(default=60, ge=1, le=3600)

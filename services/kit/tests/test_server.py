@@ -314,14 +314,23 @@ async def test_the_last_resort_500_is_a_problem_document_that_closes_the_connect
 async def test_the_request_timeouts_reach_every_connection_from_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """REQUEST_HEAD_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS: the settings' defaults are the
-    server's, and what they say is what each connection's protocol uses (through ServingConfig, which
-    a plain uvicorn.Config cannot carry)."""
+    """REQUEST_HEAD_TIMEOUT_SECONDS, REQUEST_BODY_TIMEOUT_SECONDS, RESPONSE_SEND_TIMEOUT_SECONDS and
+    MAX_CONNECTIONS_PER_WORKER: the settings' defaults are the server's, and what they say is what
+    each connection's protocol uses (through ServingConfig, which a plain uvicorn.Config cannot
+    carry)."""
     defaults = load_settings(ServiceSettings, env={})
     assert defaults.request_head_timeout_seconds == server.REQUEST_HEAD_TIMEOUT_SECONDS
     assert defaults.request_body_timeout_seconds == server.REQUEST_BODY_TIMEOUT_SECONDS
+    assert defaults.response_send_timeout_seconds == server.RESPONSE_SEND_TIMEOUT_SECONDS
+    assert defaults.max_connections_per_worker == server.MAX_CONNECTIONS_PER_WORKER
     settings = load_settings(
-        ServiceSettings, env={"REQUEST_HEAD_TIMEOUT_SECONDS": "3", "REQUEST_BODY_TIMEOUT_SECONDS": "4.5"}
+        ServiceSettings,
+        env={
+            "REQUEST_HEAD_TIMEOUT_SECONDS": "3",
+            "REQUEST_BODY_TIMEOUT_SECONDS": "4.5",
+            "RESPONSE_SEND_TIMEOUT_SECONDS": "6",
+            "MAX_CONNECTIONS_PER_WORKER": "7",
+        },
     )
     served: list[uvicorn.Config] = []
 
@@ -343,3 +352,4 @@ async def test_the_request_timeouts_reach_every_connection_from_the_settings(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
     assert (protocol.request_head_timeout, protocol.request_body_timeout) == (3.0, 4.5)
+    assert (protocol.response_send_timeout, protocol.max_connections) == (6.0, 7)
