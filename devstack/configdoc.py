@@ -104,6 +104,13 @@ MEANINGS = {
     "jwks_fetch_timeout_seconds": "timeout of a discovery or JWKS fetch",
     "jwks_retry_min_seconds": "back-off after a failed discovery/JWKS fetch (doubling, jittered)",
     "jwks_retry_max_seconds": "longest back-off between fetches while an issuer keeps failing",
+    "audit_read_timeout_seconds": (
+        "longest a listing statement may run (`GET /audit/events`); past it 422 `query_too_broad`"
+    ),
+    "audit_read_concurrency": (
+        "listings holding a database connection at once (kept below `DB_POOL_MAX`); the next waits,"
+        " then 503"
+    ),
     "max_body_bytes": (
         "largest accepted request body (413 above); at the gateway the ceiling of each route's own"
         " limit (`max_body_bytes` in its route table, else 1 MiB)"
