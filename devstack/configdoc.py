@@ -108,8 +108,7 @@ MEANINGS = {
         "longest a listing statement may run (`GET /audit/events`); past it 422 `query_too_broad`"
     ),
     "audit_read_concurrency": (
-        "listings holding a database connection at once (kept below `DB_POOL_MAX`); the next waits,"
-        " then 503"
+        "listings holding a database connection at once (kept below `DB_POOL_MAX`); the next waits, then 503"
     ),
     "max_body_bytes": (
         "largest accepted request body (413 above); at the gateway the ceiling of each route's own"
