@@ -7,6 +7,8 @@ the test loop (asyncio) and on uvloop, which is what ``python -m gateway`` serve
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -690,6 +692,8 @@ async def a_fresh_connection_lost_before_its_request_is_unsent() -> None:
     after the read timeout."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # a reset, nothing read
 
     async with Scripted(handler) as server:
