@@ -444,7 +444,8 @@ class Connection(asyncio.Protocol):
             )
             return True
         if self._early_eof:  # closed for writing, with no whole answer: nothing more will come
-            self._fail(UpstreamError("protocol", "the upstream closed the connection before the response ended"))
+            closed = "the upstream closed the connection before the response ended"
+            self._fail(UpstreamError("protocol", closed))
             return True
         return False
 

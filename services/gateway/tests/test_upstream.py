@@ -710,7 +710,10 @@ async def a_fresh_connection_lost_before_its_request_is_unsent() -> None:
         await pool.close()
 
 
-EARLY = [a_fresh_connection_refused_at_the_limit_reads_the_503, a_fresh_connection_lost_before_its_request_is_unsent]
+EARLY = [
+    a_fresh_connection_refused_at_the_limit_reads_the_503,
+    a_fresh_connection_lost_before_its_request_is_unsent,
+]
 
 
 @pytest.mark.parametrize("scenario", EARLY, ids=lambda s: s.__name__)
@@ -720,5 +723,8 @@ async def test_early_answer_on_asyncio(scenario: Callable[[], Awaitable[None]]) 
 
 @pytest.mark.parametrize("scenario", EARLY, ids=lambda s: s.__name__)
 def test_early_answer_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await scenario()
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(scenario())
+        runner.run(run())
