@@ -31,7 +31,11 @@ What a forwarding client must get right, and where:
   method). Proof on a reused connection with no response byte: the peer reset the connection (its
   application never read the request), or its FIN arrived while the request's bytes were still
   unacknowledged (a peer that closed before they arrived answers them with a reset, never an ACK);
-* a second response to one request (bytes nobody asked for) retires the connection.
+* a second response to one request (bytes nobody asked for) retires the connection; what a new
+  connection receives before its first request is written is that request's answer, though (a
+  service at its connection limit answers 503 as it accepts, and on uvloop that answer, and the FIN
+  after it, often arrive before the exchange starts), and a new connection lost before its first
+  request was written fails that request at once as ``unsent``.
 
 Tested against scripted TCP servers on asyncio and uvloop (``services/gateway/tests/test_upstream.py``).
 """
@@ -145,6 +149,10 @@ class Connection(asyncio.Protocol):
         #: instead of a waiter: called when the exchange may have moved on (see :meth:`listen`)
         self.listener: Callable[[], None] | None = None
         self._feeding = False
+        #: no exchange started yet: what arrives now is the first request's answer (see the docstring)
+        self._fresh = True
+        self._early = bytearray()
+        self._early_eof = False
         self._reset(expect_body=True)
 
     def _reset(self, *, expect_body: bool) -> None:
@@ -178,6 +186,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
+            if self._fresh and len(self._early) + len(data) <= MAX_HEAD_BYTES:
+                self._early += data  # the first request's answer, come before it (:meth:`_take_early`)
+                return
             self._fail(UpstreamError("protocol", "the upstream sent data nobody asked for"))
             return
         self._received += len(data)
@@ -199,6 +210,9 @@ class Connection(asyncio.Protocol):
             listener()  # after the parser returned: the listener may hand this connection back
 
     def eof_received(self) -> bool | None:
+        if not self.busy and self._fresh:
+            self._early_eof = True  # kept half-open: the first exchange reads what came before it
+            return True
         if self.busy and self._received == 0 and self.served > 0:
             self._refused_at_eof = _request_refused(self.sock)  # read while the socket is still open
         return None  # close the transport; connection_lost decides what the EOF meant
@@ -309,6 +323,8 @@ class Connection(asyncio.Protocol):
         self._reset(expect_body=expect_body)
         assert self.transport is not None
         self._begin()
+        if self._fresh and self._take_early():
+            return
         data = head + body if body else head
         if defer:
             self.pool.send(self, data)
@@ -321,6 +337,8 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._begin()  # a silent upstream that stops reading the body times out too
+        if self._fresh and self._take_early():
+            return
         transport.write(head)
         try:
             async for chunk in chunks:
@@ -404,6 +422,32 @@ class Connection(asyncio.Protocol):
             sock.close()
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _take_early(self) -> bool:
+        """The first exchange of a new connection, before its request is written: what the upstream
+        sent since the connection opened is parsed as its answer (a service at its connection limit
+        answers 503 as it accepts), and a connection already lost fails it as ``unsent`` when nothing
+        came (the request never left). True: the exchange is decided, the request is not written (the
+        connection is retired after it: its answer came before the request)."""
+        self._fresh = False
+        early, self._early = bytes(self._early), bytearray()
+        if early:
+            self.data_received(early)
+        if self.complete or self.error is not None:
+            self.keep_alive = False
+            return True
+        if self.closed:
+            self.error = UpstreamError(
+                "protocol",
+                "the upstream closed the connection before the request was sent",
+                unsent=not early,
+            )
+            return True
+        if self._early_eof:  # closed for writing, with no whole answer: nothing more will come
+            closed = "the upstream closed the connection before the response ended"
+            self._fail(UpstreamError("protocol", closed))
+            return True
+        return False
 
     def listen(self, listener: Callable[[], None] | None) -> None:
         """Have ``listener`` called (instead of waking a waiter) whenever the exchange may have moved

@@ -7,14 +7,18 @@ the test loop (asyncio) and on uvloop, which is what ``python -m gateway`` serve
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import uvloop
 from gateway.upstream import HIGH_WATER, Connection, UpstreamError, UpstreamPool
+from starlette.types import Receive, Scope, Send
+from svckit.server import ProblemHttpProtocol
 
-from testkit.fixtures import free_port
+from testkit.fixtures import answer_lifespan, free_port, serve_app
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
@@ -627,3 +631,100 @@ def test_base_url_must_be_http() -> None:
                 UpstreamPool(bad, size=1, connect_timeout=1, read_timeout=1, loop=loop)
     finally:
         loop.close()
+
+
+# --- a service at its connection limit (svckit.server: MAX_CONNECTIONS_PER_WORKER) -----------------
+
+
+class _OneConnection(ProblemHttpProtocol):
+    """The kit's protocol with room for one open connection: the next is answered 503 at once."""
+
+    max_connections = 1
+    linger_seconds = 0.5
+
+
+async def _at_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await answer_lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+_at_capacity.http_protocol = _OneConnection  # type: ignore[attr-defined]
+
+POST = b"POST /x HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+
+
+async def a_fresh_connection_refused_at_the_limit_reads_the_503() -> None:
+    """A service at its connection limit answers a new connection 503 as soon as it accepts it,
+    before the gateway has written its request: on uvloop those bytes (and the FIN after them) often
+    arrive before the task that opened the connection starts its exchange. They are that exchange's
+    answer, not bytes nobody asked for: the request gets the service's 503 (with its Retry-After),
+    not a 502 for an upstream that "closed the connection before the response ended"."""
+    async with serve_app(_at_capacity) as url:
+        host, port = url.removeprefix("http://").split(":")
+        _, holder = await asyncio.open_connection(host, int(port))  # the one connection it may hold
+        try:
+            await asyncio.sleep(0.05)
+            pool = pool_for(url, read_timeout=2.0)
+            connection = await pool.acquire()
+            await asyncio.sleep(0.05)  # the 503 and the FIN arrive before the exchange starts
+            started = time.monotonic()
+            try:
+                connection.start(POST, b"{}", expect_body=True)
+                await connection.read_head()
+                body = await connection.read_body()
+            finally:
+                connection.finish()
+            assert connection.status == 503
+            assert b"as many connections" in body
+            assert dict(connection.headers)[b"retry-after"] == b"1"
+            assert time.monotonic() - started < 1.0  # not the read timeout
+            await pool.close()
+        finally:
+            holder.close()
+
+
+async def a_fresh_connection_lost_before_its_request_is_unsent() -> None:
+    """A new connection the peer reset before the gateway wrote its request: the request provably
+    never left, so the exchange fails at once as ``unsent`` (sent again whatever the method), not
+    after the read timeout."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, nothing read
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, read_timeout=2.0)
+        connection = await pool.acquire()
+        await asyncio.sleep(0.05)  # the reset arrives before the exchange starts
+        started = time.monotonic()
+        connection.start(POST, b"{}", expect_body=True)
+        with pytest.raises(UpstreamError) as failed:
+            await connection.read_head()
+        connection.abort()
+        assert failed.value.unsent
+        assert time.monotonic() - started < 1.0
+        await pool.close()
+
+
+EARLY = [
+    a_fresh_connection_refused_at_the_limit_reads_the_503,
+    a_fresh_connection_lost_before_its_request_is_unsent,
+]
+
+
+@pytest.mark.parametrize("scenario", EARLY, ids=lambda s: s.__name__)
+async def test_early_answer_on_asyncio(scenario: Callable[[], Awaitable[None]]) -> None:
+    await scenario()
+
+
+@pytest.mark.parametrize("scenario", EARLY, ids=lambda s: s.__name__)
+def test_early_answer_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        await scenario()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
