@@ -39,7 +39,8 @@ MEANINGS = {
         "connection reset (the application hears `http.disconnect`)"
     ),
     "max_connections_per_worker": (
-        "open connections per worker process; one more is answered 503 (`Retry-After`) and closed"
+        "open connections per worker process; one more is answered 503 (`Retry-After`) and closed,"
+        " unless it asks for `/healthz` or `/readyz`"
     ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",

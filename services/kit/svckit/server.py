@@ -62,8 +62,13 @@ dropped, as for any client gone, so its task ends.
 **Open connections per worker** (:data:`MAX_CONNECTIONS_PER_WORKER`). Each connection within its
 timeouts — idle, a head or a body arriving slowly, a response taken slowly — costs a socket and
 memory, and nothing bounded how many a worker held. A connection beyond the limit is answered 503
-(problem, ``Retry-After``) as soon as it is accepted, before anything of it is read or parsed, and
-closed (lingering, so the answer is not lost to a reset); counted in ``http_refused_total{status="503"}``.
+(problem, ``Retry-After``) and closed (lingering, so the answer is not lost to a reset); counted in
+``http_refused_total{status="503"}``. It is not refused as it is accepted: it has
+:data:`OVER_LIMIT_HEAD_SECONDS` to send one request head, and a probe's (:data:`PROBE_PATHS`) is served,
+then the connection closed; any other head is refused the moment it is read, without a task, and a
+connection that sends none within the window is refused when it ends. A worker at its limit — the
+slowloris this limit is for — still answers the kubelet: refused probes would restart the pod under the
+attack, with every request in flight.
 uvicorn's ``limit_concurrency`` answers 503 too, but only once a request head has been parsed: a
 connection that never completes a head — the slowloris and the idle client this limit is for — is
 never refused by it, and it counts requests in flight too, which the kit bounds elsewhere (pools,
@@ -170,10 +175,18 @@ REQUEST_BODY_TIMEOUT_SECONDS = 30.0
 #: connection still holds unsent bytes) and restarted whenever the client has taken some
 RESPONSE_SEND_TIMEOUT_SECONDS = 30.0
 #: connections one worker process holds open at most (MAX_CONNECTIONS_PER_WORKER); one more is
-#: answered 503 at once and closed
+#: answered 503 and closed — unless it asks for a probe's path (:data:`PROBE_PATHS`) at once
 MAX_CONNECTIONS_PER_WORKER = 2048
 #: what a connection refused at that limit is told to wait before trying again
 CONNECTION_LIMIT_RETRY_AFTER = b"1"
+CONNECTION_LIMIT_DETAIL = "The server holds as many connections as it may: try again shortly."  # not how many
+CONNECTION_LIMIT_HEADERS = ((b"retry-after", CONNECTION_LIMIT_RETRY_AFTER),)
+#: served even over the limit: a worker at its limit (a slowloris, say) still answers the kubelet, or
+#: its liveness probe fails and the pod is restarted under the attack, with every request in flight
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+#: how long a connection over the limit may take to send its request head (at most the head timeout):
+#: a probe sends it at once; anything else is refused the moment its head is read
+OVER_LIMIT_HEAD_SECONDS = 1.0
 #: the ioctl that reads a TCP socket's send queue (Linux; elsewhere only the transport's buffer counts)
 _TIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
 #: SO_LINGER on, 0 s: closing the socket resets the connection and drops what it had not sent
@@ -239,10 +252,11 @@ refusals = RefusalLog()
 class _Refusal(Exception):
     """Raised inside a parser callback to refuse the request with ``status`` (httptools wraps it)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 def problem_bytes(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -339,6 +353,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._body_wanted_at = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
+        self._over_limit = False  # opened over max_connections: only a probe is served
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -347,7 +362,10 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._active_at = self.loop.time()
         if len(self.connections) > self.max_connections:  # uvicorn's set of this worker's connections
-            self._refuse_connection()
+            # not refused yet: a probe may ask within a short window (on_headers_complete decides)
+            self._over_limit = True
+            window = min(OVER_LIMIT_HEAD_SECONDS, self.request_head_timeout)
+            self.timeout_keep_alive_task = self.loop.call_later(window, self._refuse_connection)
             return
         # the connection's one timer, from the start: a client that sends nothing is idle too
         self._tick = min(float(self.timeout_keep_alive), self.request_head_timeout)
@@ -477,7 +495,17 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         scope["path"] = path
         scope["raw_path"] = raw_path
         scope["query_string"] = parsed.query or b""
-        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not self._draining
+        if self._over_limit:
+            self._cancel_over_limit_timer()
+            if path not in PROBE_PATHS:
+                self._refusal = _Refusal(503, CONNECTION_LIMIT_DETAIL, CONNECTION_LIMIT_HEADERS)
+                raise self._refusal
+        keep_alive = (
+            http_version != "1.0"
+            and parser.should_keep_alive()
+            and not self._draining
+            and not self._over_limit
+        )
         cycle: LeanCycle
         app: ASGIApp
         if self.limit_concurrency is not None and (
@@ -672,29 +700,34 @@ class ProblemHttpProtocol(HttpToolsProtocol):
 
     # --- answers of the server layer -----------------------------------------------------------
 
+    def _cancel_over_limit_timer(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
     def _refuse_connection(self) -> None:
-        """One connection more than :attr:`max_connections`: answered 503 with ``Retry-After`` at once,
-        before it is read or parsed, and closed (lingering, so the answer is not lost to a reset)."""
-        detail = "The server holds as many connections as it may: try again shortly."  # not how many
-        refusals.note(503, detail)
-        headers = [*self.server_state.default_headers, (b"retry-after", CONNECTION_LIMIT_RETRY_AFTER)]
-        self.transport.write(problem_bytes(503, detail, headers))
-        self.transport.close()
+        """One connection more than :attr:`max_connections` that sent no request head within its
+        window: answered 503 with ``Retry-After`` and closed (lingering, so the answer is not lost to a
+        reset). One whose head is no probe's gets the same from :meth:`on_headers_complete`."""
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing() or self.lingering or self.cycle is not None:
+            return
+        self._refuse(503, CONNECTION_LIMIT_DETAIL, CONNECTION_LIMIT_HEADERS)
 
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
         refusal, self._refusal = self._refusal, None
         if refusal is not None:
-            self._refuse(refusal.status, refusal.detail)
+            self._refuse(refusal.status, refusal.detail, refusal.headers)
         else:
             self._refuse(400, _parser_reason(sys.exc_info()[1]))
 
-    def _refuse(self, status: int, detail: str) -> None:
+    def _refuse(self, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer with a problem document and end the connection; counted and (a line at most every
         :data:`REFUSAL_LOG_SECONDS`) logged, since no route, metric or access line sees the request:
         a flood of these (oversized heads, slowloris) would otherwise be invisible."""
         refusals.note(status, detail)
-        self.transport.write(problem_bytes(status, detail, self.server_state.default_headers))
+        self.transport.write(problem_bytes(status, detail, [*self.server_state.default_headers, *headers]))
         self.transport.close()  # lingering: the client may still be sending
 
     # --- graceful shutdown -------------------------------------------------------------------------

@@ -271,7 +271,8 @@ async def served(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asynci
 
 
 async def assert_refused(address: tuple[str, int]) -> None:
-    """A connection over the limit is answered 503 at once (before it sends anything) and ends."""
+    """A connection over the limit that sends nothing is answered 503 (once its window for a probe's
+    request ends) and ends."""
     before = sample("http_refused_total", {"status": "503"})
     reader, writer = await connect(address)
     try:
@@ -323,6 +324,38 @@ async def test_open_connections_per_worker_are_capped_and_counted_down_on_every_
             writer.close()
 
 
+async def test_at_the_limit_the_probes_are_still_answered() -> None:
+    """A worker at its limit (the slowloris case the limit is for) must still answer the kubelet's
+    probes, or its liveness probe fails and the pod is restarted under the attack, dropping every
+    request in flight. A connection over the limit may send one request head within a short window:
+    ``/healthz`` and ``/readyz`` are served (then closed), anything else is the 503 at once, and a
+    connection that sends nothing gets the 503 when the window ends."""
+    limit = Short.max_connections
+    async with server() as address:
+        clients = [await served(address) for _ in range(limit)]
+        for path in ("/healthz", "/readyz"):
+            reader, writer = await connect(address)
+            writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            response = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+            assert b"connection: close" in response.lower()
+        before = sample("http_refused_total", {"status": "503"})
+        reader, writer = await connect(address)
+        started = asyncio.get_running_loop().time()
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 503"), response[:200]
+        assert b"retry-after: " in response.lower()
+        assert asyncio.get_running_loop().time() - started < Short.request_head_timeout / 2
+        assert sample("http_refused_total", {"status": "503"}) == before + 1
+        await assert_refused(address)  # sends nothing: the 503 when the window ends
+        for _, writer in clients:
+            writer.close()
+        assert await until(lambda: not Short.open, within=3), Short.open
+
+
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -330,6 +363,7 @@ async def test_open_connections_per_worker_are_capped_and_counted_down_on_every_
         test_a_slow_but_steady_reader_is_not_cut_off,
         test_a_response_left_in_the_buffer_of_a_closed_connection_is_dropped,
         test_open_connections_per_worker_are_capped_and_counted_down_on_every_close,
+        test_at_the_limit_the_probes_are_still_answered,
     ],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
 )
