@@ -10,7 +10,7 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import Database
 from svckit.health import http_peer_check
-from svckit.http import HttpClient, SignedClient
+from svckit.http import HttpClient
 from svckit.identity import IdentitySigner
 from svckit.logs import configure_logging
 from svckit.outbox import DB_ERRORS, OutboxRelay
@@ -49,13 +49,11 @@ def create_app(settings: ApprovalsSettings | None = None, *, direct: bool = True
         IdentitySigner(settings.identity_sign_keys("timesheets")),
         settings.apply_timeout_seconds,
     )
-    relay = OutboxRelay(
+    relay = OutboxRelay.for_service(
+        settings,
         database,
         SCHEMA,
-        "approvals",
-        SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit"))),
-        poll_interval=settings.outbox_poll_interval_seconds,
-        max_backoff=settings.outbox_max_backoff_seconds,
+        http,
         linger=RELAY_LINGER_SECONDS,
     )
     workflow = Workflow(database, timesheets, settings.apply_attempts, events_committed=relay.wake)

@@ -16,8 +16,7 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 from svckit.dpop import ReplayGuard
-from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
+from svckit.http import HttpClient
 from svckit.logs import configure_logging
 from svckit.outbox import DB_ERRORS, OutboxRelay
 from svckit.redisguard import RedisGuard
@@ -60,15 +59,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     # the provider's denials (identity.denials) go through its outbox to the audit service, signed with
     # the identity → audit pair's key (svckit.identity.PAIRS), like every writer's events
     http = HttpClient()
-    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit")))
-    relay = OutboxRelay(
-        database,
-        SCHEMA,
-        "identity",
-        audit,
-        poll_interval=settings.outbox_poll_interval_seconds,
-        max_backoff=settings.outbox_max_backoff_seconds,
-    )
+    relay = OutboxRelay.for_service(settings, database, SCHEMA, http)
     keys = KeyStore(
         KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
     )

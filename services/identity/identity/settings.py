@@ -10,12 +10,19 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from svckit.dpop import DpopSettings
 from svckit.proxies import Network, parse_networks
-from svckit.settings import CsvList, DatabaseSettings, DenialAuditSettings, RedisSettings, decode_secret
+from svckit.settings import (
+    CsvList,
+    DatabaseSettings,
+    DenialAuditSettings,
+    OutboxSettings,
+    RedisSettings,
+    decode_secret,
+)
 
 MIN_SECRET_BYTES = 32
 
 
-class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAuditSettings):
+class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAuditSettings, OutboxSettings):
     """Every variable the identity service reads; secrets have no default."""
 
     service_name: str = Field(default="identity", exclude=True)
@@ -24,13 +31,7 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # The identity service is reached by browsers and SDKs directly, not through the gateway, so it
     # receives no signed identity headers; it sends some: its outbox relay signs its calls to the audit
     # service with the identity → audit pair's key (IDENTITY_KEYS_IDENTITY_TO_AUDIT, svckit.identity.PAIRS).
-
-    # Where the outbox relay delivers the provider's denials (identity.denials).
-    audit_url: str = "http://127.0.0.1:8103"
-    # The outbox relay: how often it polls besides LISTEN/NOTIFY, and its longest backoff while the
-    # audit service is unreachable (so the backlog drains within this long after it returns).
-    outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
-    outbox_max_backoff_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    # The outbox relay delivers the provider's denials (identity.denials): OutboxSettings.
 
     # This provider's own issuer (``iss`` of every token, base of every URL it publishes). Not
     # OIDC_ISSUER: that is the gateway's list of trusted issuers, which may name others (Auth0) too.

@@ -82,8 +82,9 @@ from prometheus_client import Counter, Gauge
 from .clock import SYSTEM_CLOCK, Clock
 from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent
 from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
-from .http import SignedClient
-from .identity import Identity
+from .http import HttpClient, SignedClient
+from .identity import Identity, IdentitySigner
+from .settings import OutboxSettings
 from .tasks import PeriodicTask, backoff_delay
 
 log = logging.getLogger("svckit.outbox")
@@ -282,6 +283,24 @@ class OutboxRelay:
         self._metrics_due = 0.0
         self._delivered = delivered_total.labels(source)
         self._failed = delivery_failures_total.labels(source)
+
+    @classmethod
+    def for_service(
+        cls, settings: OutboxSettings, database: Database, schema: str, http: HttpClient, **options: Any
+    ) -> OutboxRelay:
+        """The relay of a service's outbox as its settings say: to ``AUDIT_URL``, signed with its key of
+        the (service → audit) pair, polling and backing off as configured; ``options`` as the
+        constructor's (``linger``)."""
+        audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit")))
+        return cls(
+            database,
+            schema,
+            settings.service_name,
+            audit,
+            poll_interval=settings.outbox_poll_interval_seconds,
+            max_backoff=settings.outbox_max_backoff_seconds,
+            **options,
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

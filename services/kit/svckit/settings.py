@@ -204,6 +204,18 @@ class DenialAuditSettings(ServiceSettings):
     audit_denial_max_keys: int = Field(default=1000, ge=1, le=100_000)
 
 
+class OutboxSettings(ServiceSettings):
+    """Settings of a service whose outbox relay delivers its audit events to the audit service
+    (:meth:`svckit.outbox.OutboxRelay.for_service`): timesheets, approvals, the identity provider."""
+
+    # where the outbox relay delivers the service's audit events
+    audit_url: str = "http://127.0.0.1:8103"
+    # how often the relay polls besides LISTEN/NOTIFY, and its longest backoff while the audit service
+    # is unreachable (so the backlog drains within this long after it returns)
+    outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    outbox_max_backoff_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+
+
 class DatabaseSettings(ServiceSettings):
     """Settings of a service that owns a Postgres schema."""
 

@@ -12,8 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
-from svckit.http import HttpClient, SignedClient
-from svckit.identity import IdentitySigner
+from svckit.http import HttpClient
 from svckit.logs import configure_logging
 from svckit.outbox import OutboxRelay
 from svckit.settings import load_settings
@@ -69,14 +68,11 @@ def create_app(settings: TimesheetsSettings | None = None, *, direct: bool = Tru
         configure_logging(settings.service_name, settings.log_level)
     database = Database.from_settings(settings, SCHEMA)
     http = HttpClient()
-    audit = SignedClient(http, settings.audit_url, IdentitySigner(settings.identity_sign_keys("audit")))
-    relay = OutboxRelay(
+    relay = OutboxRelay.for_service(
+        settings,
         database,
         SCHEMA,
-        "timesheets",
-        audit,
-        poll_interval=settings.outbox_poll_interval_seconds,
-        max_backoff=settings.outbox_max_backoff_seconds,
+        http,
         linger=RELAY_LINGER_SECONDS,
     )
     ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
