@@ -226,6 +226,7 @@ def pgbench_scripts(directory: Path, count: int) -> dict[str, Path]:
                 7: "''",
                 8: "'timesheets-spa'",
                 9: "NULL",
+                10: "'user'",
             },
         ),
         bind(
