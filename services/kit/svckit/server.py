@@ -403,7 +403,20 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             return
         if self._receiving:  # a head split across reads (rare: heads come whole); see the module docstring
             self._head_raw += len(data)  # wiped by on_message_begin if another request starts in it
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # uvicorn's data_received, without its "Invalid HTTP request received." warning per request:
+            # every refusal is counted and logged, a line per REFUSAL_LOG_SECONDS at most (RefusalLog),
+            # so that a flood of them — an attack at the connection limit — does not flood the logs
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self._receiving and self._head_raw > MAX_HEAD_BYTES and not self.lingering:
             self._refuse(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
         elif self._head_completed:  # a head ended in this read

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -354,6 +355,51 @@ async def test_at_the_limit_the_probes_are_still_answered() -> None:
         for _, writer in clients:
             writer.close()
         assert await until(lambda: not Short.open, within=3), Short.open
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record)
+
+
+@pytest.mark.parametrize(
+    ("flood", "at_the_limit"),
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True, id="over_the_connection_limit"),
+        pytest.param(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", False, id="target_too_long"),
+    ],
+)
+async def test_a_flood_of_refusals_logs_one_line_not_one_per_refusal(
+    flood: bytes, at_the_limit: bool
+) -> None:
+    """Refusals of the HTTP layer are counted, and logged one line per REFUSAL_LOG_SECONDS at most
+    (svckit.server's RefusalLog): uvicorn's own "Invalid HTTP request received." warning, one per
+    refused request, must not come on top, or an attack at the connection limit floods the logs."""
+    limit = Short.max_connections
+    handler = Lines()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "svckit.server")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        async with server() as address:
+            clients = [await served(address) for _ in range(limit if at_the_limit else 0)]
+            for _ in range(20):
+                reader, writer = await connect(address)
+                writer.write(flood)
+                response = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert response[:12] in (b"HTTP/1.1 503", b"HTTP/1.1 414"), response[:200]
+            for _, writer in clients:
+                writer.close()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in handler.lines if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 1, warnings
 
 
 @pytest.mark.parametrize(
