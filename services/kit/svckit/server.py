@@ -354,6 +354,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
         self._over_limit = False  # opened over max_connections: only a probe is served
+        self._behind_probe = False  # and what comes after its head is not read
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -395,6 +396,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self._lingered_bytes += len(data)
             if self._lingered_bytes > LINGER_BYTES and self._raw is not None:
                 self._raw.close()
+            return
+        if self._behind_probe:  # the probe's answer ends the connection: nothing more is parsed
             return
         if len(data) > MAX_HEAD_BYTES:  # a large read (a body, or a head over the limit): in slices
             view = memoryview(data)
@@ -510,6 +513,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         scope["query_string"] = parsed.query or b""
         if self._over_limit:
             self._cancel_over_limit_timer()
+            if self.cycle is not None:
+                # pipelined behind the probe, whose answer ends the connection: left unanswered (the
+                # client retries it, RFC 9112 §9.3.2), never answered before the probe's
+                self._behind_probe = True
+                raise _Refusal(0, "pipelined behind a probe over the connection limit")
             if path not in PROBE_PATHS:
                 self._refusal = _Refusal(503, CONNECTION_LIMIT_DETAIL, CONNECTION_LIMIT_HEADERS)
                 raise self._refusal
@@ -730,7 +738,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
         refusal, self._refusal = self._refusal, None
-        if refusal is not None:
+        if self._behind_probe:  # the probe's response is still to come, then the connection closes
+            self.flow.pause_reading()
+        elif refusal is not None:
             self._refuse(refusal.status, refusal.detail, refusal.headers)
         else:
             self._refuse(400, _parser_reason(sys.exc_info()[1]))

@@ -357,6 +357,25 @@ async def test_at_the_limit_the_probes_are_still_answered() -> None:
         assert await until(lambda: not Short.open, within=3), Short.open
 
 
+async def test_a_probe_pipelined_with_another_request_over_the_limit_is_answered_first() -> None:
+    """A connection over the limit that sends a probe's head and, in the same write, another request:
+    the probe's 200 comes first (answers in request order, RFC 9112 §9.3.2), then the connection
+    ends; the request behind it is never answered out of turn, before the probe's."""
+    limit = Short.max_connections
+    async with server() as address:
+        clients = [await served(address) for _ in range(limit)]
+        reader, writer = await connect(address)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
+        assert response.count(b"HTTP/1.1 ") == 1, response  # the request behind it: unanswered
+        assert b"connection: close" in response.lower()
+        for _, writer in clients:
+            writer.close()
+        assert await until(lambda: not Short.open, within=3), Short.open
+
+
 class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
