@@ -234,6 +234,14 @@ def test_the_promised_alerts_are_all_there() -> None:
     assert "audit_chain" in exprs["TimesheetsAuditChainBroken"]
     assert "process_start_time_seconds" in exprs["TimesheetsPodRestarting"]
     assert exprs["TimesheetsTargetMissing"].count("absent(up{") == len(APP_COMPONENTS)
+    assert (
+        'audit_listings_refused_total{namespace="timesheets",job="timesheets-audit",reason="busy"}'
+        in (exprs["TimesheetsAuditListingsBusy"])
+    )
+    # the identity provider has an outbox and writes denial records too: its job is watched
+    for name in ("TimesheetsOutboxBacklogTooOld", "TimesheetsDenialRecordsDropped"):
+        (jobs,) = re.findall(r'job=~"timesheets-\(([^)]*)\)"', exprs[name])
+        assert "identity" in jobs.split("|"), name
 
 
 BURN_TIERS = {
