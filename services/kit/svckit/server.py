@@ -65,7 +65,8 @@ memory, and nothing bounded how many a worker held. A connection beyond the limi
 (problem, ``Retry-After``) and closed (lingering, so the answer is not lost to a reset); counted in
 ``http_refused_total{status="503"}``. It is not refused as it is accepted: it has
 :data:`OVER_LIMIT_HEAD_SECONDS` to send one request head, and a probe's (:data:`PROBE_PATHS`) is served,
-then the connection closed; any other head is refused the moment it is read, without a task, and a
+then the connection closed (a request pipelined behind it is not read: left unanswered, never answered
+before the probe); any other head is refused the moment it is read, without a task, and a
 connection that sends none within the window is refused when it ends. A worker at its limit — the
 slowloris this limit is for — still answers the kubelet: refused probes would restart the pod under the
 attack, with every request in flight.

@@ -429,6 +429,7 @@ async def test_a_flood_of_refusals_logs_one_line_not_one_per_refusal(
         test_a_response_left_in_the_buffer_of_a_closed_connection_is_dropped,
         test_open_connections_per_worker_are_capped_and_counted_down_on_every_close,
         test_at_the_limit_the_probes_are_still_answered,
+        test_a_probe_pipelined_with_another_request_over_the_limit_is_answered_first,
     ],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
 )
