@@ -356,6 +356,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._send_buffered = 0
         self._over_limit = False  # opened over max_connections: only a probe is served
         self._behind_probe = False  # and what comes after its head is not read
+        #: a refusal of a request pipelined behind one still being answered: sent after that answer
+        self._deferred: _Refusal | None = None
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -398,8 +400,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             if self._lingered_bytes > LINGER_BYTES and self._raw is not None:
                 self._raw.close()
             return
-        if self._behind_probe:  # the probe's answer ends the connection: nothing more is parsed
-            return
+        if self._behind_probe or self._deferred is not None:  # nothing more is parsed: the connection
+            return  # ends with the answer in progress (a probe's) or with the refusal after it
         if len(data) > MAX_HEAD_BYTES:  # a large read (a body, or a head over the limit): in slices
             view = memoryview(data)
             for start in range(0, len(data), MAX_HEAD_BYTES):
@@ -579,6 +581,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if self.pipeline:  # the next pipelined request starts now, in a task (never from this callback)
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+        elif self._deferred is not None:  # the request behind the answered ones was refused
+            refusal, self._deferred = self._deferred, None
+            self._refuse(refusal.status, refusal.detail, refusal.headers)
         elif self.timeout_keep_alive_task is None:  # the timer re-arms itself; this only if it had not
             self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
@@ -741,10 +746,17 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         refusal, self._refusal = self._refusal, None
         if self._behind_probe:  # the probe's response is still to come, then the connection closes
             self.flow.pause_reading()
-        elif refusal is not None:
-            self._refuse(refusal.status, refusal.detail, refusal.headers)
-        else:
-            self._refuse(400, _parser_reason(sys.exc_info()[1]))
+            return
+        if refusal is None:
+            refusal = _Refusal(400, _parser_reason(sys.exc_info()[1]))
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            # a request pipelined behind one whose body is complete and whose answer is not: refused
+            # after that answer (and those queued before it), in request order (RFC 9112 §9.3.2)
+            self._deferred = refusal
+            self.flow.pause_reading()
+            return
+        self._refuse(refusal.status, refusal.detail, refusal.headers)
 
     def _refuse(self, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer with a problem document and end the connection; counted and (a line at most every

@@ -376,6 +376,27 @@ async def test_a_probe_pipelined_with_another_request_over_the_limit_is_answered
         assert await until(lambda: not Short.open, within=3), Short.open
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [
+        pytest.param(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="target_too_long"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no_host"),
+    ],
+)
+async def test_a_refused_request_pipelined_behind_another_is_answered_after_it(refused: bytes) -> None:
+    """A request the HTTP layer refuses (414, 400 …), pipelined behind one it accepted: the accepted
+    one's answer comes first, then the refusal (answers in request order, RFC 9112 §9.3.2) — not the
+    refusal first and the accepted request's task failing to write after it."""
+    async with server() as address:
+        reader, writer = await connect(address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + refused)
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
+        second = response.split(b"\r\n\r\nok", 1)[1]
+        assert second[:12] in (b"HTTP/1.1 414", b"HTTP/1.1 400"), response[:300]
+
+
 class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
