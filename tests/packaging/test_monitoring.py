@@ -234,6 +234,14 @@ def test_the_promised_alerts_are_all_there() -> None:
     assert "audit_chain" in exprs["TimesheetsAuditChainBroken"]
     assert "process_start_time_seconds" in exprs["TimesheetsPodRestarting"]
     assert exprs["TimesheetsTargetMissing"].count("absent(up{") == len(APP_COMPONENTS)
+    assert (
+        'audit_listings_refused_total{namespace="timesheets",job="timesheets-audit",reason="busy"}'
+        in (exprs["TimesheetsAuditListingsBusy"])
+    )
+    # the identity provider has an outbox and writes denial records too: its job is watched
+    for name in ("TimesheetsOutboxBacklogTooOld", "TimesheetsDenialRecordsDropped"):
+        (jobs,) = re.findall(r'job=~"timesheets-\(([^)]*)\)"', exprs[name])
+        assert "identity" in jobs.split("|"), name
 
 
 BURN_TIERS = {
@@ -495,6 +503,15 @@ REQUIRED_PANELS = {
     "upstream latency per service": ("gateway_upstream_duration_seconds_bucket", "by (le, service)"),
     "database pool use": ("db_pool_connections", 'state="in_use"'),
     "outbox backlog": ("outbox_pending_events", "by (service)"),
+    "outbox backlog of the identity provider too": ("outbox_pending_events", "identity|"),
+    "HTTP-layer refusals by status (connection cap 503s)": ("http_refused_total", "by (job, status)"),
+    "HTTP-layer send timeouts": ("http_send_timeouts_total", "by (job)"),
+    "audit listings refused by reason": ("audit_listings_refused_total", "by (reason)"),
+    "denial records written by service": ("audit_denials_written_total", "by (service)"),
+    "denial records dropped by service": ("audit_denials_dropped_total", "by (service)"),
+    "denials of the identity provider too": ("audit_denials_dropped_total", "identity|"),
+    "approval refusals by reason": ("approvals_refusals_total", "by (reason)"),
+    "identity DPoP binding refusals": ("identity_dpop_binding_refusals_total", "by (binding)"),
     "SLI over 30 days": ("timesheets:slo_errors:ratio_rate30d", "1 - "),
     "error budget left": ("timesheets:slo_error_budget:remaining_ratio", ""),
     "burn rate": ("timesheets:slo_objective:ratio", "ratio_rate1h"),

@@ -92,6 +92,8 @@ dpop_binding_refusals = Counter(
     "request did not prove (code, refresh_token, client).",
     ["binding"],
 )
+for _binding in ("code", "refresh_token", "client"):
+    dpop_binding_refusals.labels(_binding)  # 0 from the start: a panel shows "none", not "no data"
 consent_refusals = Counter(
     "identity_refresh_consent_refusals_total",
     "Refresh grants of third-party clients refused because consent no longer covers their scopes.",

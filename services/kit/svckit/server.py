@@ -65,7 +65,8 @@ memory, and nothing bounded how many a worker held. A connection beyond the limi
 (problem, ``Retry-After``) and closed (lingering, so the answer is not lost to a reset); counted in
 ``http_refused_total{status="503"}``. It is not refused as it is accepted: it has
 :data:`OVER_LIMIT_HEAD_SECONDS` to send one request head, and a probe's (:data:`PROBE_PATHS`) is served,
-then the connection closed; any other head is refused the moment it is read, without a task, and a
+then the connection closed (a request pipelined behind it is not read: left unanswered, never answered
+before the probe); any other head is refused the moment it is read, without a task, and a
 connection that sends none within the window is refused when it ends. A worker at its limit — the
 slowloris this limit is for — still answers the kubelet: refused probes would restart the pod under the
 attack, with every request in flight.
@@ -354,6 +355,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
         self._over_limit = False  # opened over max_connections: only a probe is served
+        self._behind_probe = False  # and what comes after its head is not read
+        #: a refusal of a request pipelined behind one still being answered: sent after that answer
+        self._deferred: _Refusal | None = None
 
     # --- lingering close -------------------------------------------------------------------------
 
@@ -396,6 +400,8 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             if self._lingered_bytes > LINGER_BYTES and self._raw is not None:
                 self._raw.close()
             return
+        if self._behind_probe or self._deferred is not None:  # nothing more is parsed: the connection
+            return  # ends with the answer in progress (a probe's) or with the refusal after it
         if len(data) > MAX_HEAD_BYTES:  # a large read (a body, or a head over the limit): in slices
             view = memoryview(data)
             for start in range(0, len(data), MAX_HEAD_BYTES):
@@ -403,7 +409,20 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             return
         if self._receiving:  # a head split across reads (rare: heads come whole); see the module docstring
             self._head_raw += len(data)  # wiped by on_message_begin if another request starts in it
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # uvicorn's data_received, without its "Invalid HTTP request received." warning per request:
+            # every refusal is counted and logged, a line per REFUSAL_LOG_SECONDS at most (RefusalLog),
+            # so that a flood of them — an attack at the connection limit — does not flood the logs
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self._receiving and self._head_raw > MAX_HEAD_BYTES and not self.lingering:
             self._refuse(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
         elif self._head_completed:  # a head ended in this read
@@ -497,6 +516,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         scope["query_string"] = parsed.query or b""
         if self._over_limit:
             self._cancel_over_limit_timer()
+            if self.cycle is not None:
+                # pipelined behind the probe, whose answer ends the connection: left unanswered (the
+                # client retries it, RFC 9112 §9.3.2), never answered before the probe's
+                self._behind_probe = True
+                raise _Refusal(0, "pipelined behind a probe over the connection limit")
             if path not in PROBE_PATHS:
                 self._refusal = _Refusal(503, CONNECTION_LIMIT_DETAIL, CONNECTION_LIMIT_HEADERS)
                 raise self._refusal
@@ -557,6 +581,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         if self.pipeline:  # the next pipelined request starts now, in a task (never from this callback)
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+        elif self._deferred is not None:  # the request behind the answered ones was refused
+            refusal, self._deferred = self._deferred, None
+            self._refuse(refusal.status, refusal.detail, refusal.headers)
         elif self.timeout_keep_alive_task is None:  # the timer re-arms itself; this only if it had not
             self.timeout_keep_alive_task = self.loop.call_later(self._tick, self._timer_expired)
 
@@ -717,10 +744,19 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
         refusal, self._refusal = self._refusal, None
-        if refusal is not None:
-            self._refuse(refusal.status, refusal.detail, refusal.headers)
-        else:
-            self._refuse(400, _parser_reason(sys.exc_info()[1]))
+        if self._behind_probe:  # the probe's response is still to come, then the connection closes
+            self.flow.pause_reading()
+            return
+        if refusal is None:
+            refusal = _Refusal(400, _parser_reason(sys.exc_info()[1]))
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            # a request pipelined behind one whose body is complete and whose answer is not: refused
+            # after that answer (and those queued before it), in request order (RFC 9112 §9.3.2)
+            self._deferred = refusal
+            self.flow.pause_reading()
+            return
+        self._refuse(refusal.status, refusal.detail, refusal.headers)
 
     def _refuse(self, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer with a problem document and end the connection; counted and (a line at most every

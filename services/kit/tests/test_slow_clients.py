@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -356,6 +357,91 @@ async def test_at_the_limit_the_probes_are_still_answered() -> None:
         assert await until(lambda: not Short.open, within=3), Short.open
 
 
+async def test_a_probe_pipelined_with_another_request_over_the_limit_is_answered_first() -> None:
+    """A connection over the limit that sends a probe's head and, in the same write, another request:
+    the probe's 200 comes first (answers in request order, RFC 9112 §9.3.2), then the connection
+    ends; the request behind it is never answered out of turn, before the probe's."""
+    limit = Short.max_connections
+    async with server() as address:
+        clients = [await served(address) for _ in range(limit)]
+        reader, writer = await connect(address)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
+        assert response.count(b"HTTP/1.1 ") == 1, response  # the request behind it: unanswered
+        assert b"connection: close" in response.lower()
+        for _, writer in clients:
+            writer.close()
+        assert await until(lambda: not Short.open, within=3), Short.open
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        pytest.param(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="target_too_long"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no_host"),
+    ],
+)
+async def test_a_refused_request_pipelined_behind_another_is_answered_after_it(refused: bytes) -> None:
+    """A request the HTTP layer refuses (414, 400 …), pipelined behind one it accepted: the accepted
+    one's answer comes first, then the refusal (answers in request order, RFC 9112 §9.3.2) — not the
+    refusal first and the accepted request's task failing to write after it."""
+    async with server() as address:
+        reader, writer = await connect(address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + refused)
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
+        second = response.split(b"\r\n\r\nok", 1)[1]
+        assert second[:12] in (b"HTTP/1.1 414", b"HTTP/1.1 400"), response[:300]
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record)
+
+
+@pytest.mark.parametrize(
+    ("flood", "at_the_limit"),
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True, id="over_the_connection_limit"),
+        pytest.param(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", False, id="target_too_long"),
+    ],
+)
+async def test_a_flood_of_refusals_logs_one_line_not_one_per_refusal(
+    flood: bytes, at_the_limit: bool
+) -> None:
+    """Refusals of the HTTP layer are counted, and logged one line per REFUSAL_LOG_SECONDS at most
+    (svckit.server's RefusalLog): uvicorn's own "Invalid HTTP request received." warning, one per
+    refused request, must not come on top, or an attack at the connection limit floods the logs."""
+    limit = Short.max_connections
+    handler = Lines()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "svckit.server")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        async with server() as address:
+            clients = [await served(address) for _ in range(limit if at_the_limit else 0)]
+            for _ in range(20):
+                reader, writer = await connect(address)
+                writer.write(flood)
+                response = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert response[:12] in (b"HTTP/1.1 503", b"HTTP/1.1 414"), response[:200]
+            for _, writer in clients:
+                writer.close()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in handler.lines if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 1, warnings
+
+
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -364,6 +450,7 @@ async def test_at_the_limit_the_probes_are_still_answered() -> None:
         test_a_response_left_in_the_buffer_of_a_closed_connection_is_dropped,
         test_open_connections_per_worker_are_capped_and_counted_down_on_every_close,
         test_at_the_limit_the_probes_are_still_answered,
+        test_a_probe_pipelined_with_another_request_over_the_limit_is_answered_first,
     ],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
 )
