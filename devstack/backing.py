@@ -61,7 +61,7 @@ class EmbeddedPostgres:
 
     def _setting(self, name: str) -> str:
         marker = "setting="  # psql prints a table: the value is the cell after the marker
-        out = self._server.psql(f"SELECT '{marker}' || current_setting('{name}');")
+        out: str = self._server.psql(f"SELECT '{marker}' || current_setting('{name}');")
         cells = (line.strip() for line in out.splitlines())
         return next(cell[len(marker) :] for cell in cells if cell.startswith(marker))
 
