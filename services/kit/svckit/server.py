@@ -424,7 +424,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         if self._receiving and self._head_raw > MAX_HEAD_BYTES and not self.lingering:
-            self._refuse(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes.")
+            self._refuse_in_order(_Refusal(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes."))
         elif self._head_completed:  # a head ended in this read
             self._head_completed = False
             if self.cycle.more_body and self._body_timer is None:  # and its body is still to come
@@ -749,10 +749,14 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             return
         if refusal is None:
             refusal = _Refusal(400, _parser_reason(sys.exc_info()[1]))
+        self._refuse_in_order(refusal)
+
+    def _refuse_in_order(self, refusal: _Refusal) -> None:
+        """A request pipelined behind one whose body is complete and whose answer is not is refused
+        after that answer (and those queued before it), in request order (RFC 9112 §9.3.2); nothing
+        more is read. Otherwise it is refused now."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and not cycle.more_body:
-            # a request pipelined behind one whose body is complete and whose answer is not: refused
-            # after that answer (and those queued before it), in request order (RFC 9112 §9.3.2)
             self._deferred = refusal
             self.flow.pause_reading()
             return

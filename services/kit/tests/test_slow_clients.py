@@ -38,7 +38,8 @@ async def forever() -> AsyncIterator[bytes]:
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/forever`` an endless streamed body (Starlette's streaming response, which returns when it
     hears ``http.disconnect``); ``/big`` 4 MiB in one message; ``/early`` a 413 answered without
-    reading the body (as a body limit does); anything else a short 200."""
+    reading the body (as a body limit does); ``/slow`` a short 200 after half a second; anything else
+    a short 200 at once."""
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
         return
@@ -57,6 +58,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return
+    if path == "/slow":
+        await asyncio.sleep(0.5)
     body = b"x" * BIG if path == "/big" else b"ok"
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
@@ -397,6 +400,25 @@ async def test_a_refused_request_pipelined_behind_another_is_answered_after_it(r
         assert second[:12] in (b"HTTP/1.1 414", b"HTTP/1.1 400"), response[:300]
 
 
+async def test_a_head_growing_over_the_limit_behind_another_request_is_refused_after_it() -> None:
+    """A pipelined head that passes the head limit only across several reads (one endless header
+    value, counted in raw bytes) behind a request still being answered: the earlier answer first,
+    then the 431 — as for a head refused in one read."""
+    async with server() as address:
+        reader, writer = await connect(address)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        await writer.drain()
+        for _ in range(5):  # 80 KiB of one header value, in reads the server takes one by one
+            await asyncio.sleep(0.02)
+            writer.write(b"v" * 16384)
+            await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
+        second = response.split(b"\r\n\r\nok", 1)[1]
+        assert second[:12] == b"HTTP/1.1 431", response[:300]
+
+
 class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -451,6 +473,7 @@ async def test_a_flood_of_refusals_logs_one_line_not_one_per_refusal(
         test_open_connections_per_worker_are_capped_and_counted_down_on_every_close,
         test_at_the_limit_the_probes_are_still_answered,
         test_a_probe_pipelined_with_another_request_over_the_limit_is_answered_first,
+        test_a_head_growing_over_the_limit_behind_another_request_is_refused_after_it,
     ],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
 )
