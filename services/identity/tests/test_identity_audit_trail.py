@@ -8,7 +8,9 @@ audit service (``testkit.inprocess.three_services``) through a proxy the test ca
 service unreachable the records wait in the provider's outbox and arrive once it is back.
 
 So are refused DPoP proofs (at the token endpoint and ``/userinfo``, each under its reason; not the
-``use_dpop_nonce`` step: the provider here demands nonces) and the tokens ``/userinfo`` refuses.
+``use_dpop_nonce`` step: the provider here demands nonces), the tokens ``/userinfo`` refuses, and a
+signed-in user's authorization requests beyond ``AUTHORIZE_MAX_CODES_PER_USER`` (named: the session
+verified).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ ADDRESS = "127.0.0.1"  # the peer: the test client on loopback
 Key = tuple[int, str, str, str]
 WRONG_PASSWORD = "wrong-" + secrets.token_urlsafe(12)  # what must never be on the trail
 WRONG_SECRET = "wrong-" + secrets.token_urlsafe(24)
+#: codes (and implicit answers) a user may have issued per window at this provider
+CODE_LIMIT = 3
 
 
 @dataclass
@@ -97,6 +101,7 @@ async def provider(
             "OUTBOX_MAX_BACKOFF_SECONDS": "0.5",
             # proofs must carry the provider's nonce: its use_dpop_nonce step is not a denial
             "DPOP_NONCES": "true",
+            "AUTHORIZE_MAX_CODES_PER_USER": str(CODE_LIMIT),
         }
         process: ServiceProcess | None = None
         audit = SignedApi(urls["audit"], caller)
@@ -249,7 +254,7 @@ async def test_a_replayed_code_and_a_reused_refresh_token_are_on_the_trail(provi
     assert_nothing_secret(items, code, verifier, first, "alice", "timesheets-spa")
 
 
-# --- DPoP proofs and /userinfo tokens ------------------------------------------------------------
+# --- DPoP proofs, /userinfo tokens and the per-user code limit -----------------------------------
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -390,3 +395,55 @@ async def test_userinfo_token_refusals_are_on_the_trail_with_their_reasons(provi
     for reason in reasons:
         name = "identity_userinfo_refusals_total"
         assert metric(after, name, reason=reason) - metric(before, name, reason=reason) == 1, reason
+
+
+async def test_a_user_issuing_codes_at_request_rate_is_limited_and_on_the_trail(provider: Provider) -> None:
+    before = await scrape(provider.url)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(provider.issuer, session)
+        _, challenge = pkce_pair()
+        issued = [await browser.sign_in_and_authorize("carol", **code_request(challenge))]
+        for _ in range(CODE_LIMIT - 1):
+            issued.append(await browser.authorize(**code_request(challenge)))
+        for response in issued:
+            assert response.status == 302, browser.last_html
+            assert "code" in params_of(response.headers["Location"])
+        # one more: an OAuth error answer to the client's redirect URI (RFC 6749 §4.1.2.1), no code
+        request = code_request(challenge)
+        response = await browser.authorize(**request)
+        assert response.status == 302, browser.last_html
+        location = response.headers["Location"]
+        assert location.startswith(request["redirect_uri"] + "?"), location
+        answer = params_of(location)
+        assert answer["error"] == "temporarily_unavailable", answer
+        assert answer["state"] == request["state"]
+        assert "code" not in answer
+        # the implicit flow is held to the same limit
+        implicit = {**request, "response_type": "id_token token", "nonce": "n-" + secrets.token_hex(4)}
+        response = await browser.authorize(**implicit)
+        assert params_of(response.headers["Location"])["error"] == "temporarily_unavailable"
+        # silent renewal (prompt=none, web_message) gets the error in its message, not a code either
+        renewal = await browser.authorize(**{**request, "prompt": "none", "response_mode": "web_message"})
+        assert renewal.status == 200
+        assert "temporarily_unavailable" in browser.last_html
+        assert '"code"' not in browser.last_html
+
+    conn = await asyncpg.connect(provider.dsn)
+    try:
+        subject = await conn.fetchval("SELECT subject FROM identity.users WHERE username = 'carol'")
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM identity.authorization_codes WHERE subject = $1", subject
+        )
+    finally:
+        await conn.close()
+    assert stored == CODE_LIMIT
+
+    limited = (429, "code_limit", "GET", "/authorize")
+    items = [item for item in await denials(provider, {limited: 3}) if key_of(item) == limited]
+    assert counts(items)[limited] == 3
+    for item in items:  # the user's session verified: the record names the user
+        assert (item["actor"]["kind"], item["actor"]["subject"]) == ("user", subject)
+        assert item["details"]["address"] == ADDRESS
+    after = await scrape(provider.url)
+    name = "identity_authorize_throttled_total"
+    assert metric(after, name) - metric(before, name) == 3
