@@ -39,7 +39,7 @@ from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
 from .settings import IdentitySettings
 from .throttle import FailureThrottle
-from .tokens import InvalidAccessToken, user_info, verify_access_token
+from .tokens import TOKEN_REASONS, InvalidAccessToken, user_info, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -53,6 +53,19 @@ userinfo_refusals = Counter(
     "Access tokens /userinfo refused, by reason (refused DPoP proofs: identity_dpop_proof_refusals_total).",
     ["reason"],
 )
+#: what /userinfo refuses, 0 from the start (a panel shows "none", not "no data")
+USERINFO_REASONS = (
+    denials.MISSING_TOKEN,
+    *TOKEN_REASONS,
+    denials.REVOKED,
+    denials.USER_GONE,
+    denials.DPOP_BOUND_BEARER,
+    denials.DPOP_PROOF_MISSING,
+    denials.DPOP_UNBOUND_TOKEN,
+)
+for _reason in USERINFO_REASONS:
+    userinfo_refusals.labels(_reason)
+dpop_refusals.labels("dpop_nonce")  # the series exists from the start too
 client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
     "Token and revocation requests refused because their address failed client authentication too often.",

@@ -213,6 +213,10 @@ _JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 )
 
 
+#: every :attr:`InvalidAccessToken.reason`
+TOKEN_REASONS = tuple(dict.fromkeys(["unknown_kid", *(reason for _, reason in _JWT_REASONS), "invalid"]))
+
+
 def _jwt_reason(exc: jwt.PyJWTError) -> str:
     return next((reason for kind, reason in _JWT_REASONS if isinstance(exc, kind)), "invalid")
 
