@@ -37,7 +37,7 @@ from .revocation import RevocationPublisher, Revoker
 from .sessions import Sessions
 from .settings import IdentitySettings
 from .signin import PasswordSignIn
-from .throttle import FailureThrottle, LoginThrottle
+from .throttle import FailureThrottle, IssueLimit, LoginThrottle
 from .tokens import IdTokenMinter
 
 log = logging.getLogger("identity.app")
@@ -86,13 +86,19 @@ def build_app(settings: IdentitySettings) -> Starlette:
         max_per_address=settings.client_auth_max_failures_per_address,
         window_seconds=settings.login_throttle_window_seconds,
     )
+    issue_limit = IssueLimit(
+        redis,
+        settings.identity_issuer,
+        max_per_user=settings.authorize_max_codes_per_user,
+        window_seconds=settings.login_throttle_window_seconds,
+    )
     proofs = settings.proof_verifier(settings.dpop_nonce_key)
     # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable
     replays = ReplayGuard(redis, "identity-dpop-jti", proofs.window_seconds)
     protocol = ProtocolEndpoints(
         settings, database, keys, server, client_auth_throttle, publisher, proofs, replays
     )
-    authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf)
+    authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf, issue_limit)
     signin = PasswordSignIn(settings, database, sessions, revoker, throttle, csrf)
     logout = Logout(settings, database, keys, server, revoker, sessions, csrf)
     account = Account(settings, database, sessions, revoker, csrf)

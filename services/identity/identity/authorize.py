@@ -11,6 +11,11 @@ are shown as a page here and never redirected (RFC 6749 §4.1.2.1).
 the request with those replaced by ``login_after`` (unix seconds): a session older than that counts as
 no session, so opening the ``return_to`` link without signing in leads to the sign-in page again, never
 to a code. The ID token's ``auth_time`` proves the fresh sign-in to the client.
+
+What a signed-in user has issued here — codes, implicit answers — is limited per user and window
+(``AUTHORIZE_MAX_CODES_PER_USER``, :class:`identity.throttle.IssueLimit`): beyond it the client gets
+``temporarily_unavailable`` (RFC 6749 §4.1.2.1, §4.2.2.1) at its redirect URI, in the requested
+response mode, and the refusal is counted and recorded for the audit trail under the user's name.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from authlib.oidc.core.errors import (
     RequestNotSupportedError,
     RequestURINotSupportedError,
 )
+from prometheus_client import Counter as MetricCounter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from svckit.db import Database
 from svckit.dpop import is_thumbprint
+from svckit.identity import Identity
 
 from . import denials, store
 from .bodies import read_form
@@ -50,11 +57,27 @@ from .scopes import describe, split_scope
 from .sessions import Sessions
 from .settings import IdentitySettings
 from .signin import login_failures
+from .throttle import IssueLimit
 from .tokens import granted_scopes
 
 log = logging.getLogger("identity.authorize")
 
 RESPONSE_MODES = ("query", "fragment", "form_post", "web_message")
+
+authorize_throttled = MetricCounter(
+    "identity_authorize_throttled_total",
+    "Authorization requests refused because the signed-in user had AUTHORIZE_MAX_CODES_PER_USER codes "
+    "(or implicit answers) issued in the window.",
+)
+
+
+class TemporarilyUnavailableError(OAuth2Error):  # type: ignore[misc]
+    """RFC 6749 §4.1.2.1: the server cannot handle the request now (here: the user's budget of
+    issued codes is spent until its window ends); the client may retry later."""
+
+    error = "temporarily_unavailable"
+
+
 #: Internal parameter of the return_to link: the sign-in must be newer than this (unix seconds).
 LOGIN_AFTER = "login_after"
 
@@ -181,6 +204,7 @@ class AuthorizationEndpoint:
         server: IdentityServer,
         sessions: Sessions,
         csrf: CsrfSigner,
+        issue_limit: IssueLimit,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -188,6 +212,7 @@ class AuthorizationEndpoint:
         self.server = server
         self.sessions = sessions
         self.csrf = csrf
+        self.issue_limit = issue_limit
 
     async def authorize(self, request: Request) -> Response:
         await self.keys.refresh_if_stale(self.database.pool)
@@ -289,6 +314,16 @@ class AuthorizationEndpoint:
                     return self._consent_page(request, client, user, scopes, pairs)
 
         grant_user = None if decision == "deny" else user
+        if grant_user is not None:  # a code or tokens will be issued: within the user's budget
+            verdict = await self.issue_limit.take(user.user.subject)
+            if not verdict.allowed:
+                authorize_throttled.inc()
+                caller = Identity(self.settings.identity_issuer, user.user.subject, "user", client.client_id)
+                denials.deny(request, self.settings, 429, denials.CODE_LIMIT, caller)
+                description = (
+                    f"Too many authorization requests for this user; retry in {verdict.retry_after} seconds."
+                )
+                return fail(TemporarilyUnavailableError(description))
         oreq = self._oauth_request(request, pairs)
         oreq.user = user
         result = await anyio.to_thread.run_sync(

@@ -5,6 +5,8 @@ the kit's :mod:`svckit.dpop` (the checks the gateway makes too; ``htu`` is the p
 endpoint, ``jti`` used once across replicas), so that a ``use_dpop_nonce`` answer or a bad proof
 never uses up a code or a refresh token; the grants then bind what they issue to the proof's key
 (:class:`identity.oauth.SenderConstrained`). ``/userinfo`` accepts DPoP-bound tokens with their proof.
+Every refused proof (but the ``dpop_nonce`` step: :mod:`identity.denials`) and every token ``/userinfo``
+refuses is a denial: counted by reason and recorded for the audit trail.
 
 The token and revocation endpoints run Authlib inside one database transaction per request (see
 :mod:`identity.oauth`): a code exchange uses up the code, records the access token and saves the
@@ -37,7 +39,7 @@ from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
 from .settings import IdentitySettings
 from .throttle import FailureThrottle
-from .tokens import InvalidAccessToken, user_info, verify_access_token
+from .tokens import TOKEN_REASONS, InvalidAccessToken, user_info, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -46,6 +48,24 @@ dpop_refusals = Counter(
     "DPoP proofs refused at the token endpoint and /userinfo, by reason (dpop_nonce is the nonce step).",
     ["reason"],
 )
+userinfo_refusals = Counter(
+    "identity_userinfo_refusals_total",
+    "Access tokens /userinfo refused, by reason (refused DPoP proofs: identity_dpop_proof_refusals_total).",
+    ["reason"],
+)
+#: what /userinfo refuses, 0 from the start (a panel shows "none", not "no data")
+USERINFO_REASONS = (
+    denials.MISSING_TOKEN,
+    *TOKEN_REASONS,
+    denials.REVOKED,
+    denials.USER_GONE,
+    denials.DPOP_BOUND_BEARER,
+    denials.DPOP_PROOF_MISSING,
+    denials.DPOP_UNBOUND_TOKEN,
+)
+for _reason in USERINFO_REASONS:
+    userinfo_refusals.labels(_reason)
+dpop_refusals.labels("dpop_nonce")  # the series exists from the start too
 client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
     "Token and revocation requests refused because their address failed client authentication too often.",
@@ -200,9 +220,16 @@ class ProtocolEndpoints:
         return {NONCE_HEADER: nonces.current()} if nonces is not None else {}
 
     async def _proof(
-        self, request: Request, url: str, access_token: str | None = None, jkt: str | None = None
+        self,
+        request: Request,
+        url: str,
+        status: int,
+        access_token: str | None = None,
+        jkt: str | None = None,
     ) -> str | ProofError | None:
-        """The thumbprint of the key a valid ``DPoP`` proof demonstrates; ``None`` without a proof."""
+        """The thumbprint of the key a valid ``DPoP`` proof demonstrates; ``None`` without a proof. A
+        refused proof is counted and, unless it only lacked the nonce (the protocol's retry step, not a
+        denial), recorded for the trail as answered with ``status``."""
         values = request.headers.getlist("dpop")
         if not values:
             return None
@@ -220,6 +247,8 @@ class ProtocolEndpoints:
                     return proof.jkt
                 error = ProofError("dpop_replay", "This DPoP proof was used before; make one per request.")
         dpop_refusals.labels(error.reason).inc()
+        if not error.use_nonce:
+            denials.deny(request, self.settings, status, error.reason)
         return error
 
     async def openid_configuration(self, request: Request) -> Response:
@@ -271,7 +300,7 @@ class ProtocolEndpoints:
         token_url = self.settings.url("oauth/token")
 
         async def run() -> Result | Response:
-            proof = await self._proof(request, token_url)
+            proof = await self._proof(request, token_url, 400)
             if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
                 headers = self._nonce_headers() if proof.use_nonce else {}
                 return oauth_error(400, proof.error, proof.description, headers)
@@ -350,22 +379,27 @@ class ProtocolEndpoints:
         scheme = scheme.lower()
         token = credentials.strip()
         if scheme not in ("bearer", "dpop") or not token:
+            self._refused(request, denials.MISSING_TOKEN)
             return oauth_error(
                 401, "invalid_request", "Send the access token as a Bearer token.", _bearer_challenge()
             )
         await self.keys.refresh_if_stale(self.database.pool)
         try:
             claims = verify_access_token(self.settings, self.keys, token)
-        except InvalidAccessToken:
+        except InvalidAccessToken as exc:
+            self._refused(request, exc.reason)
             return _invalid_token("The access token is invalid or expired")
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if scheme == "bearer" and jkt:  # RFC 9449 §7.1: a bound token is never a bearer token
+            self._refused(request, denials.DPOP_BOUND_BEARER)
             return _invalid_token("The access token is DPoP-bound: send it with the DPoP scheme and a proof")
         if scheme == "dpop":
-            proof = await self._proof(request, self.settings.url("userinfo"), token, str(jkt or ""))
+            proof = await self._proof(request, self.settings.url("userinfo"), 401, token, str(jkt or ""))
             if proof is None or isinstance(proof, ProofError) or not jkt:
                 error = proof if isinstance(proof, ProofError) else None
+                if error is None:  # (a refused proof is counted and recorded by _proof)
+                    self._refused(request, denials.DPOP_PROOF_MISSING if jkt else denials.DPOP_UNBOUND_TOKEN)
                 code = error.error if error else ("invalid_dpop_proof" if jkt else "invalid_token")
                 description = error.description if error else "A DPoP proof by the token's key is required"
                 challenge = f'DPoP algs="{" ".join(self.proofs.algorithms)}", error="{code}"'
@@ -375,11 +409,19 @@ class ProtocolEndpoints:
                 return oauth_error(401, code, description, headers)
         pool = self.database.pool
         if await store.token_revoked(pool, str(claims["jti"])):
+            self._refused(request, denials.REVOKED)
             return _invalid_token("The access token was revoked")
         user = await store.get_user(pool, str(claims["sub"]))
         if user is None or user.disabled:
+            self._refused(request, denials.USER_GONE)
             return _invalid_token("The user no longer exists")
         return JSONResponse(user_info(user, str(claims.get("scope", ""))), headers=NO_STORE)
+
+    def _refused(self, request: Request, reason: str) -> None:
+        """A token ``/userinfo`` refuses (401): counted, and recorded for the trail (anonymous: the
+        token did not prove its holder)."""
+        userinfo_refusals.labels(reason).inc()
+        denials.deny(request, self.settings, 401, reason)
 
 
 def _invalid_token(description: str) -> Response:

@@ -63,6 +63,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
     client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
+    # Authorization codes (and implicit answers) /authorize issues per signed-in user and
+    # LOGIN_THROTTLE_WINDOW_SECONDS: each code is a row kept until a day after it expired.
+    authorize_max_codes_per_user: int = Field(default=100, ge=1, le=100000)
     # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address.
     identity_trusted_proxies: CsvList = Field(default_factory=list)
 

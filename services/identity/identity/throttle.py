@@ -1,4 +1,5 @@
-"""Throttling of sign-ins (per user name and per client address) and of failed client authentication.
+"""Throttling of sign-ins (per user name and per client address), of failed client authentication,
+and of the codes a signed-in user has ``/authorize`` issue.
 
 Counters are fixed windows in Redis (shared by every replica, losable), through the kit's
 :class:`~svckit.redisguard.RedisGuard`: bounded calls, no library retries, skipped while Redis is
@@ -289,3 +290,32 @@ class FailureThrottle:
             await self.counters.give_back([self._counter(address)])
         elif failed and not presents_secret:
             await self.failed(address)
+
+
+class IssueLimit:
+    """Authorization responses ``/authorize`` issues per signed-in user and window: codes (each a row
+    kept until a day after it expired, to recognise a replay) and implicit answers (each access token
+    a row of the ledger). A signed-in user (or a script holding a session cookie) could otherwise
+    have them issued at request rate. Counted per (issuer, subject), hashed, atomically as sign-ins
+    are; a refused request is not counted."""
+
+    def __init__(
+        self,
+        redis: RedisGuard | None,
+        issuer: str,
+        *,
+        max_per_user: int,
+        window_seconds: int,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.counters = WindowCounters(redis, window_seconds, clock)
+        self.prefix = redis.key("identity", "authorize", "") if redis else "identity:authorize:"
+        self.issuer = issuer
+        self.max_per_user = max_per_user
+
+    async def take(self, subject: str) -> Verdict:
+        """One issue for ``subject``, or a refusal (with ``retry_after``) when its budget is spent."""
+        digest = hashlib.sha256(f"{self.issuer}\n{subject}".encode()).hexdigest()[:32]
+        return await self.counters.acquire(
+            [Counter("user", f"{self.prefix}user:{digest}", self.max_per_user)]
+        )

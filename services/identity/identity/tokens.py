@@ -192,7 +192,33 @@ class IdTokenMinter:
 
 
 class InvalidAccessToken(Exception):
-    """The bearer token was not issued by us for ``/userinfo``, or it expired."""
+    """The bearer token was not issued by us for ``/userinfo``, or it expired. ``reason``: a fixed
+    label for the metric and the audit trail (the gateway's names for the same failures)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: PyJWT's refusals to reasons, most specific first (InvalidSignatureError is a DecodeError)
+_JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.InvalidIssuerError, "issuer"),
+    (jwt.InvalidAudienceError, "audience"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAlgorithmError, "alg_not_allowed"),
+    (jwt.MissingRequiredClaimError, "malformed"),
+    (jwt.DecodeError, "malformed"),
+)
+
+
+#: every :attr:`InvalidAccessToken.reason`
+TOKEN_REASONS = tuple(dict.fromkeys(["unknown_kid", *(reason for _, reason in _JWT_REASONS), "invalid"]))
+
+
+def _jwt_reason(exc: jwt.PyJWTError) -> str:
+    return next((reason for kind, reason in _JWT_REASONS if isinstance(exc, kind)), "invalid")
 
 
 class InvalidIdTokenHint(Exception):
@@ -230,11 +256,11 @@ def verify_access_token(
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
-        raise InvalidAccessToken("malformed token") from exc
+        raise InvalidAccessToken("malformed", "malformed token") from exc
     kid = header.get("kid")
     found = keys.public_key(kid) if isinstance(kid, str) else None
     if found is None:
-        raise InvalidAccessToken("unknown signing key")
+        raise InvalidAccessToken("unknown_kid", "unknown signing key")
     public_key, alg = found
     try:
         claims: dict[str, Any] = jwt.decode(
@@ -247,5 +273,5 @@ def verify_access_token(
             options={"require": ["exp", "iat", "sub", "jti"], "verify_aud": for_userinfo},
         )
     except jwt.PyJWTError as exc:
-        raise InvalidAccessToken(str(exc)) from exc
+        raise InvalidAccessToken(_jwt_reason(exc), str(exc)) from exc
     return claims

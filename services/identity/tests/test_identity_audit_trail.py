@@ -6,6 +6,11 @@ caller's address, anonymous (the caller did not verify) and with nothing secret 
 A real provider process (``python -m identity``, its own database, seeded) relays its outbox to a real
 audit service (``testkit.inprocess.three_services``) through a proxy the test can cut: with the audit
 service unreachable the records wait in the provider's outbox and arrive once it is back.
+
+So are refused DPoP proofs (at the token endpoint and ``/userinfo``, each under its reason; not the
+``use_dpop_nonce`` step: the provider here demands nonces), the tokens ``/userinfo`` refuses, and a
+signed-in user's authorization requests beyond ``AUTHORIZE_MAX_CODES_PER_USER`` (named: the session
+verified).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import jwt
 import pytest
 
 from testkit.client import SignedApi
+from testkit.dpop import DpopKey
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
@@ -34,6 +41,7 @@ from testkit.fixtures import (
     free_port,
     migrate_schema,
     runtime_env,
+    scrape,
     user,
 )
 from testkit.inprocess import three_services
@@ -57,6 +65,10 @@ ADDRESS = "127.0.0.1"  # the peer: the test client on loopback
 Key = tuple[int, str, str, str]
 WRONG_PASSWORD = "wrong-" + secrets.token_urlsafe(12)  # what must never be on the trail
 WRONG_SECRET = "wrong-" + secrets.token_urlsafe(24)
+#: codes (and implicit answers) a user may have issued per window at this provider
+CODE_LIMIT = 3
+#: refused proofs sent in a row
+FLOOD = 30
 
 
 @dataclass
@@ -89,6 +101,9 @@ async def provider(
             "AUDIT_DENIAL_WINDOW_SECONDS": WINDOW,
             "OUTBOX_POLL_INTERVAL_SECONDS": "0.2",
             "OUTBOX_MAX_BACKOFF_SECONDS": "0.5",
+            # proofs must carry the provider's nonce: its use_dpop_nonce step is not a denial
+            "DPOP_NONCES": "true",
+            "AUTHORIZE_MAX_CODES_PER_USER": str(CODE_LIMIT),
         }
         process: ServiceProcess | None = None
         audit = SignedApi(urls["audit"], caller)
@@ -239,3 +254,201 @@ async def test_a_replayed_code_and_a_reused_refresh_token_are_on_the_trail(provi
     assert counts(items)[replay] == 1
     assert counts(items)[reuse] == 1
     assert_nothing_secret(items, code, verifier, first, "alice", "timesheets-spa")
+
+
+# --- DPoP proofs, /userinfo tokens and the per-user code limit -----------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series of a metrics exposition (0 when it is not there yet)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == wanted:
+            return float(value)
+    return 0.0
+
+
+async def client_credentials(
+    http: aiohttp.ClientSession, provider: Provider, proofs: list[str]
+) -> tuple[int, dict[str, Any], str]:
+    """The batch client's token request with these ``DPoP`` headers: (status, body, ``DPoP-Nonce``)."""
+    headers = [("Authorization", aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET))]
+    headers += [("DPoP", proof) for proof in proofs]
+    form = {"grant_type": "client_credentials"}
+    async with http.post(provider.issuer + "/oauth/token", data=form, headers=headers) as response:
+        return response.status, await response.json(), response.headers.get("DPoP-Nonce", "")
+
+
+async def bound_token(provider: Provider, key: DpopKey, username: str) -> tuple[str, str]:
+    """A DPoP-bound access token of ``username`` for ``/userinfo`` (code flow, proof with the
+    provider's nonce); returns (token, the nonce to use next)."""
+    token_url = provider.issuer + "/oauth/token"
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
+        aiohttp.ClientSession() as http,
+    ):
+        browser = Browser(provider.issuer, session)
+        verifier, challenge = pkce_pair()
+        response = await browser.sign_in_and_authorize(username, **code_request(challenge))
+        assert response.status == 302, browser.last_html
+        code = params_of(response.headers["Location"])["code"]
+        form = {
+            "grant_type": "authorization_code",
+            "client_id": "timesheets-spa",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": code_request()["redirect_uri"],
+        }
+        async with http.post(token_url, data=form, headers={"DPoP": key.proof("POST", token_url)}) as first:
+            assert first.status == 400  # the nonce step
+            assert (await first.json())["error"] == "use_dpop_nonce"
+            nonce = first.headers["DPoP-Nonce"]
+        proof = key.proof("POST", token_url, nonce=nonce)
+        async with http.post(token_url, data=form, headers={"DPoP": proof}) as issued:
+            body = await issued.json()
+            assert issued.status == 200, body
+            assert body["token_type"] == "DPoP"
+            return body["access_token"], issued.headers["DPoP-Nonce"]
+
+
+async def userinfo(
+    http: aiohttp.ClientSession, provider: Provider, headers: dict[str, str]
+) -> tuple[int, Any]:
+    async with http.get(provider.issuer + "/userinfo", headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_dpop_proof_refusals_are_on_the_trail_but_not_the_nonce_step(provider: Provider) -> None:
+    key = DpopKey()
+    token_url, userinfo_url = provider.issuer + "/oauth/token", provider.issuer + "/userinfo"
+    async with aiohttp.ClientSession() as http:
+        # a proof without the nonce: the protocol's nonce step, asked of every client — not a denial
+        status, body, nonce = await client_credentials(http, provider, [key.proof("POST", token_url)])
+        assert (status, body["error"]) == (400, "use_dpop_nonce")
+        assert nonce
+        # refused proofs: each a denial with its reason
+        status, body, _ = await client_credentials(http, provider, [key.proof("GET", token_url, nonce=nonce)])
+        assert (status, body["error"]) == (400, "invalid_dpop_proof"), body
+        for _ in range(FLOOD):  # anyone can send these at request rate: counted, not one record each
+            status, body, _ = await client_credentials(http, provider, ["not.a.proof"])
+            assert (status, body["error"]) == (400, "invalid_dpop_proof"), body
+        proofs = [key.proof("POST", token_url, nonce=nonce), key.proof("POST", token_url, nonce=nonce)]
+        status, body, _ = await client_credentials(http, provider, proofs)
+        assert (status, body["error"]) == (400, "invalid_dpop_proof"), body
+
+        token, nonce = await bound_token(provider, key, "bob")
+        headers = {
+            "Authorization": f"DPoP {token}",
+            "DPoP": key.proof("GET", userinfo_url, access_token=token),
+        }
+        status, body = await userinfo(http, provider, headers)
+        assert (status, body["error"]) == (401, "use_dpop_nonce"), body  # the nonce step again
+        proof = key.proof("GET", userinfo_url, access_token=token + "x", nonce=nonce)  # for another token
+        status, body = await userinfo(http, provider, {"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert (status, body["error"]) == (401, "invalid_dpop_proof"), body
+        proof = key.proof("GET", userinfo_url, access_token=token, nonce=nonce)
+        status, body = await userinfo(http, provider, {"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert status == 200, body  # the same token with a good proof
+
+    expected = {
+        (400, "dpop_htm", "POST", "/oauth/token"): 1,
+        (400, "dpop_malformed", "POST", "/oauth/token"): FLOOD,
+        (400, "dpop_multiple", "POST", "/oauth/token"): 1,
+        (401, "dpop_ath", "GET", "/userinfo"): 1,
+    }
+    items = await denials(provider, expected)
+    assert {key: counts(items)[key] for key in expected} == expected
+    assert not [item for item in items if item["details"]["reason"] == "dpop_nonce"]
+    flood = [item for item in items if key_of(item) == (400, "dpop_malformed", "POST", "/oauth/token")]
+    assert len(flood) < FLOOD / 3, flood  # one record per window (0.2 s), not per request
+    for item in items:
+        if key_of(item) in expected:
+            assert item["actor"]["kind"] == "anonymous"
+            assert item["details"]["address"] == ADDRESS
+    assert_nothing_secret(items, token, nonce, "bob")
+
+
+async def test_userinfo_token_refusals_are_on_the_trail_with_their_reasons(provider: Provider) -> None:
+    before = await scrape(provider.url)
+    key = DpopKey()
+    token, _ = await bound_token(provider, key, "bob")
+    foreign = jwt.encode(
+        {"sub": "x", "iss": provider.issuer + "/", "exp": 2**31, "iat": 0, "jti": "j"},
+        "a-key-of-somebody-else-entirely-32b",
+        algorithm="HS256",
+        headers={"kid": "not-ours"},
+    )
+    async with aiohttp.ClientSession() as http:
+        sent = [
+            ({}, "invalid_request"),  # no token
+            ({"Authorization": "Bearer not-a-token"}, "invalid_token"),  # not a JWT
+            ({"Authorization": f"Bearer {foreign}"}, "invalid_token"),  # signed by a key not ours
+            ({"Authorization": f"Bearer {token}"}, "invalid_token"),  # a bound token as a bearer token
+            ({"Authorization": f"DPoP {token}"}, "invalid_dpop_proof"),  # bound, without its proof
+        ]
+        for headers, error in sent:
+            status, body = await userinfo(http, provider, headers)
+            assert (status, body["error"]) == (401, error), (headers, body)
+
+    reasons = ("missing_token", "malformed", "unknown_kid", "dpop_bound_bearer", "dpop_proof_missing")
+    expected = {(401, reason, "GET", "/userinfo"): 1 for reason in reasons}
+    items = await denials(provider, expected)
+    assert {key: counts(items)[key] for key in expected} == expected
+    assert_nothing_secret(items, token, foreign, "bob")
+    after = await scrape(provider.url)
+    for reason in reasons:
+        name = "identity_userinfo_refusals_total"
+        assert metric(after, name, reason=reason) - metric(before, name, reason=reason) == 1, reason
+
+
+async def test_a_user_issuing_codes_at_request_rate_is_limited_and_on_the_trail(provider: Provider) -> None:
+    before = await scrape(provider.url)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(provider.issuer, session)
+        _, challenge = pkce_pair()
+        issued = [await browser.sign_in_and_authorize("carol", **code_request(challenge))]
+        for _ in range(CODE_LIMIT - 1):
+            issued.append(await browser.authorize(**code_request(challenge)))
+        for response in issued:
+            assert response.status == 302, browser.last_html
+            assert "code" in params_of(response.headers["Location"])
+        # one more: an OAuth error answer to the client's redirect URI (RFC 6749 §4.1.2.1), no code
+        request = code_request(challenge)
+        response = await browser.authorize(**request)
+        assert response.status == 302, browser.last_html
+        location = response.headers["Location"]
+        assert location.startswith(request["redirect_uri"] + "?"), location
+        answer = params_of(location)
+        assert answer["error"] == "temporarily_unavailable", answer
+        assert answer["state"] == request["state"]
+        assert "code" not in answer
+        # the implicit flow is held to the same limit
+        implicit = {**request, "response_type": "id_token token", "nonce": "n-" + secrets.token_hex(4)}
+        response = await browser.authorize(**implicit)
+        assert params_of(response.headers["Location"])["error"] == "temporarily_unavailable"
+        # silent renewal (prompt=none, web_message) gets the error in its message, not a code either
+        renewal = await browser.authorize(**{**request, "prompt": "none", "response_mode": "web_message"})
+        assert renewal.status == 200
+        assert "temporarily_unavailable" in browser.last_html
+        assert '"code"' not in browser.last_html
+
+    conn = await asyncpg.connect(provider.dsn)
+    try:
+        subject = await conn.fetchval("SELECT subject FROM identity.users WHERE username = 'carol'")
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM identity.authorization_codes WHERE subject = $1", subject
+        )
+    finally:
+        await conn.close()
+    assert stored == CODE_LIMIT
+
+    limited = (429, "code_limit", "GET", "/authorize")
+    items = [item for item in await denials(provider, {limited: 3}) if key_of(item) == limited]
+    assert counts(items)[limited] == 3
+    for item in items:  # the user's session verified: the record names the user
+        assert (item["actor"]["kind"], item["actor"]["subject"]) == ("user", subject)
+        assert item["details"]["address"] == ADDRESS
+    after = await scrape(provider.url)
+    name = "identity_authorize_throttled_total"
+    assert metric(after, name) - metric(before, name) == 3

@@ -83,6 +83,49 @@ def test_userinfo_refuses_tokens_for_other_audiences_and_foreign_keys() -> None:
         verify_access_token(config, keys, user_token["access_token"])
 
 
+def signed(keys: KeyStore, **claims: Any) -> str:
+    """A token signed by ``keys``' signing key with these claims over valid ``/userinfo`` ones."""
+    now = int(datetime.now(UTC).timestamp())
+    base = {"iss": ISSUER, "aud": [ISSUER + "userinfo"], "sub": "s", "jti": "j", "iat": now, "exp": now + 60}
+    signer = keys.signer()
+    payload = {k: v for k, v in {**base, **claims}.items() if v is not None}
+    return jwt.encode(payload, signer.private_key, algorithm=signer.alg, headers={"kid": signer.kid})
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": 1_000_000}, "expired"),
+        ({"iss": "https://elsewhere.example/"}, "issuer"),
+        ({"aud": "https://timesheets.abc.example/api"}, "audience"),
+        ({"jti": None}, "malformed"),
+        ({"iat": 4_000_000_000, "nbf": 4_000_000_000}, "not_yet_valid"),
+    ],
+)
+def test_userinfo_refusals_carry_a_fixed_reason(claims: dict[str, Any], reason: str) -> None:
+    """The reason goes to ``identity_userinfo_refusals_total`` and the audit trail: a fixed label,
+    never PyJWT's message."""
+    config, keys = settings(), keystore("RS256")
+    assert verify_access_token(config, keys, signed(keys))["sub"] == "s"
+    with pytest.raises(InvalidAccessToken) as refused:
+        verify_access_token(config, keys, signed(keys, **claims))
+    assert refused.value.reason == reason
+
+
+def test_userinfo_refusals_of_foreign_and_broken_tokens() -> None:
+    config, keys = settings(), keystore("RS256")
+    token = signed(keys)
+    cases = {
+        "unknown_kid": signed(keystore("RS256")),
+        "malformed": "not-a-token",
+        "bad_signature": token[:-4] + ("BBBB" if token.endswith("AAAA") else "AAAA"),
+    }
+    for reason, sent in cases.items():
+        with pytest.raises(InvalidAccessToken) as refused:
+            verify_access_token(config, keys, sent)
+        assert refused.value.reason == reason, sent
+
+
 def test_a_key_scheduled_for_later_does_not_sign_yet() -> None:
     keys = keystore("RS256", signs_from=datetime.now(UTC) + timedelta(minutes=5))
     with pytest.raises(NoSigningKey):

@@ -71,7 +71,8 @@ GRANTS: Mapping[str, Grant] = {
     ),
     "identity": Grant(
         # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
-        # identity:login:* and identity:client-auth:*; svckit.dpop SET identity-dpop-jti:<digest>;
+        # identity:login:*, identity:client-auth:* and identity:authorize:*; svckit.dpop SET
+        # identity-dpop-jti:<digest>;
         # revocation.py XADD (MINID)/XTRIM revocations, EXISTS/SET revocations:complete
         commands=(
             *("get", "set", "incr", "incrby", "decr", "expire", "pttl", "eval"),
