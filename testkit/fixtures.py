@@ -340,8 +340,12 @@ class ServiceProcess:
         args: tuple[str, ...] = (),
         port: int | None = None,
         log_dir: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``preexec_fn``: run in the child before the service starts (``subprocess.Popen``'s; a
+        test's ``setrlimit``, say)."""
         self.package = package
+        self.preexec_fn = preexec_fn
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.env = {
@@ -378,6 +382,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -53,6 +53,8 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
             # no REDIS_URL: devstack's embedded Redis, each service as its own user (svckit.redisacl)
             **{key: env[key] for key in ("DATABASE_URL", "REDIS_KEY_PREFIX", "DB_ROLE_PREFIX")},
             "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",  # the audit page shows a checkpoint within seconds
+            # denials reach the trail a couple of seconds after they happen, not a minute (the default)
+            "AUDIT_DENIAL_WINDOW_SECONDS": "2",
             "CORS_ORIGINS": f"{APP},{SDK_ORIGIN}",  # the SDK harness calls the API from its own origin
             # DPoP server nonces on, at the provider and the gateway: every client here (the SPA, the
             # SDKs) must follow use_dpop_nonce / DPoP-Nonce (RFC 9449 §8, §9)

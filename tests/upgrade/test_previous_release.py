@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from testkit.fixtures import IsolatedEnv, ServiceProcess, migrate_role_env, new_identity_keys, runtime_env
+from testkit.fixtures import IsolatedEnv, ServiceProcess, ServiceRedis, migrate_role_env, new_identity_keys
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = "c79eb8ff0a5c6bc7309e27a06f9e828a02282bd8"
@@ -82,14 +82,25 @@ def migrated(isolated_env: IsolatedEnv) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def previous_services(previous_tree: Path, migrated: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
-    """The previous release's services, started on the current schema (nothing migrates them back)."""
+def previous_services(
+    previous_tree: Path, migrated: dict[str, str], service_redis: ServiceRedis
+) -> Iterator[dict[str, ServiceProcess]]:
+    """The previous release's services, started on the current schema (nothing migrates them back).
+
+    As the chart runs them: each as its own database role and its own Redis user (``REDIS_URL``, as
+    the current suites run the services: testkit's ``ServiceRedis``). The release this line started
+    from (:data:`BASELINE`, c79eb8f) reads no ``REDIS_URL``: its services' settings are database
+    settings only and its kit has no Redis client (no shared replay memory yet), so for it the Redis
+    user is given and never used — nothing in it can be run under the ACL. A later previous release
+    (a ``v*`` tag, ``$PREVIOUS_RELEASE``) that keeps state in Redis then runs under its own user, and
+    a key or command the current ACL (svckit.redisacl, which the upgraded Redis applies) denies it
+    fails here, as it would in the cluster during a rolling upgrade or after a rollback."""
     processes = {name: ServiceProcess(name, {}) for name in SERVICES}
     urls = {name: p.url for name, p in processes.items()}
     for name, process in processes.items():
         process.env.update(
             {
-                **runtime_env(migrated, name),  # as the chart runs it: its own role, not the owner
+                **service_redis.runtime_env(migrated, name),  # its own role and Redis user, not the owner
                 "PYTHONPATH": os.pathsep.join(
                     [str(previous_tree / "services" / "kit"), str(previous_tree / "services" / name)]
                 ),

@@ -27,5 +27,7 @@ raise SystemExit(
         app_factory="gateway.app:create_app",
         workers=lambda settings: settings.gateway_workers,
         http_protocol=GatewayHttpProtocol,
+        # each worker's upstream pools, at their size (svckit.fdlimit: the open-file limit at start)
+        open_files=lambda settings: settings.upstream_pool_size * len(settings.upstreams),
     )
 )

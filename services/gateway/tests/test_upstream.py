@@ -637,10 +637,18 @@ def test_base_url_must_be_http() -> None:
 
 
 class _OneConnection(ProblemHttpProtocol):
-    """The kit's protocol with room for one open connection: the next is answered 503 at once."""
+    """The kit's protocol with room for one open connection: the next is answered 503 at once.
+
+    At once: the kit gives a connection over the limit ``min(OVER_LIMIT_HEAD_SECONDS,
+    request_head_timeout)`` (1 s) to ask for a probe's path before it refuses it, so with its defaults
+    the 503 would come only once the gateway's request head is read — never before the request, and
+    the early answer below was not tested at all (the gateway's handling of it could be removed with
+    the test still passing). A head timeout of 10 ms makes the refusal come before the exchange starts
+    (the idle holder is not affected: the head timeout counts from a head's first byte)."""
 
     max_connections = 1
     linger_seconds = 0.5
+    request_head_timeout = 0.01
 
 
 async def _at_capacity(scope: Scope, receive: Receive, send: Send) -> None:
@@ -657,11 +665,13 @@ POST = b"POST /x HTTP/1.1\r\nhost: upstream\r\ncontent-type: application/json\r\
 
 
 async def a_fresh_connection_refused_at_the_limit_reads_the_503() -> None:
-    """A service at its connection limit answers a new connection 503 as soon as it accepts it,
-    before the gateway has written its request: on uvloop those bytes (and the FIN after them) often
-    arrive before the task that opened the connection starts its exchange. They are that exchange's
-    answer, not bytes nobody asked for: the request gets the service's 503 (with its Retry-After),
-    not a 502 for an upstream that "closed the connection before the response ended"."""
+    """A service at its connection limit answers a new connection 503 without waiting for a request
+    once its window for a probe has passed (:class:`_OneConnection`), possibly before the gateway has
+    written its request: on uvloop those bytes (and the FIN after them) often arrive before the task
+    that opened the connection starts its exchange (and a gateway worker's loop may stall that long).
+    They are that exchange's answer, not bytes nobody asked for: the request gets the service's 503
+    (with its Retry-After), not a 502 for an upstream that "closed the connection before the response
+    ended"."""
     async with serve_app(_at_capacity) as url:
         host, port = url.removeprefix("http://").split(":")
         _, holder = await asyncio.open_connection(host, int(port))  # the one connection it may hold

@@ -21,13 +21,14 @@ from uvicorn.supervisors import ChangeReload
 from . import server
 from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
+from .fdlimit import check_open_files
 from .logs import configure_logging
 from .metrics import MetricsServer, forget_dead_processes
 from .metrics import bind_listener as metrics_socket
 from .migrations import MigrationError, migrate
 from .roles import RoleError, RuntimeRole
 from .server import ProblemHttpProtocol
-from .settings import DatabaseSettings, ServiceSettings, load_settings
+from .settings import DatabaseSettings, ServiceSettings, copy_with, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -211,7 +212,11 @@ def run_cli(
     workers: Callable[[S], int] | None = None,
     argv: Sequence[str] | None = None,
     http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
+    open_files: Callable[[S], int] | None = None,
 ) -> int:
+    """The entry point of ``name``. ``open_files``: the descriptors a worker of this service holds
+    besides the kit's and its client connections, at most (the gateway's upstream pools), for the
+    start-up check of the open-file limit (:mod:`svckit.fdlimit`)."""
     extra = dict(commands or {})
     choices = ["serve", *(["migrate"] if migrations else []), *extra]
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"The {name} service.")
@@ -226,6 +231,12 @@ def run_cli(
         if missing := settings.missing_identity_pairs():
             print(f"invalid configuration: {missing}", file=sys.stderr, flush=True)
             return 2
+        files = check_open_files(settings, open_files(settings) if open_files else 0)
+        if files.refusal is not None:
+            print(files.refusal, file=sys.stderr, flush=True)
+            return 2
+        if files.max_connections != settings.max_connections_per_worker:  # the default, lowered to fit
+            settings = copy_with(settings, max_connections_per_worker=files.max_connections)
         if settings.dev_reload:  # the listener is served by the application's process (ReloadedProcess)
             listener = bind_metrics_listener(settings)
             if listener is None:

@@ -18,6 +18,9 @@ from .context import current_request_id
 from .identity import Identity, IdentitySigner, request_target
 from .server import PEER_IDLE_SECONDS
 
+#: connections one process's session opens at most, to all peers together (svckit.fdlimit counts them)
+CONNECTIONS_PER_SESSION = 100
+
 
 class HttpClient:
     def __init__(self, *, total_timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
@@ -28,7 +31,9 @@ class HttpClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=PEER_IDLE_SECONDS),
+                connector=aiohttp.TCPConnector(
+                    limit=CONNECTIONS_PER_SESSION, keepalive_timeout=PEER_IDLE_SECONDS
+                ),
                 raise_for_status=False,
             )
         return self._session

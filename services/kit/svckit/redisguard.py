@@ -35,10 +35,12 @@ T = TypeVar("T")
 
 #: What a failed Redis call raises: protocol and connection errors, socket errors, timeouts.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+#: connections a guard's client opens at most, unless told otherwise (svckit.fdlimit counts them)
+MAX_CONNECTIONS = 64
 
 
 def bounded_client(
-    url: str, *, timeout: float, connect_timeout: float | None = None, max_connections: int = 64
+    url: str, *, timeout: float, connect_timeout: float | None = None, max_connections: int = MAX_CONNECTIONS
 ) -> aioredis.Redis:
     """A client whose every call fails after ``timeout`` seconds, with no library retries."""
     return aioredis.Redis.from_url(
@@ -65,7 +67,7 @@ class RedisGuard:
         *,
         timeout: float,
         retry_seconds: float,
-        max_connections: int = 64,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -75,7 +77,7 @@ class RedisGuard:
         self._down_until = 0.0
 
     @classmethod
-    def from_settings(cls, settings: RedisSettings, *, max_connections: int = 64) -> RedisGuard:
+    def from_settings(cls, settings: RedisSettings, *, max_connections: int = MAX_CONNECTIONS) -> RedisGuard:
         return cls(
             settings.redis_url,
             settings.redis_key_prefix,

@@ -53,6 +53,9 @@ from .settings import RedisSettings, ServiceSettings
 
 Verdict = Literal["fresh", "replay", "unavailable"]
 
+#: connections the replay memory's guard opens at most (and its wire one more; svckit.fdlimit counts them)
+REDIS_CONNECTIONS = 32
+
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
@@ -322,7 +325,7 @@ class ReplayMemory:
         owner after :meth:`close`), this process's own otherwise."""
         store = None
         if isinstance(settings, RedisSettings):
-            store = RedisGuard.from_settings(settings, max_connections=32)
+            store = RedisGuard.from_settings(settings, max_connections=REDIS_CONNECTIONS)
         return cls(store, settings.service_name, settings.identity_max_skew_seconds)
 
     def _remember_locally(self, nonce: str) -> bool:

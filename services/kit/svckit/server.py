@@ -63,7 +63,8 @@ dropped, as for any client gone, so its task ends.
 timeouts — idle, a head or a body arriving slowly, a response taken slowly — costs a socket and
 memory, and nothing bounded how many a worker held. A connection beyond the limit is answered 503
 (problem, ``Retry-After``) and closed (lingering, so the answer is not lost to a reset); counted in
-``http_refused_total{status="503"}``. It is not refused as it is accepted: it has
+``http_refused_total{status="503"}``. Each is a file descriptor: the open-file limit is checked
+against the limit at start (:mod:`svckit.fdlimit`). It is not refused as it is accepted: it has
 :data:`OVER_LIMIT_HEAD_SECONDS` to send one request head, and a probe's (:data:`PROBE_PATHS`) is served,
 then the connection closed (a request pipelined behind it is not read: left unanswered, never answered
 before the probe); any other head is refused the moment it is read, without a task, and a

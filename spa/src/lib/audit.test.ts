@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeCheckpoints, describeEvent, filtersToQuery, NO_FILTERS } from "./audit";
+import { describeCheckpoints, describeEvent, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
 
 const actor = (subject: string, name = "") => ({
   issuer: "http://localhost:9000/",
@@ -56,6 +56,47 @@ describe("audit events", () => {
     expect(view.details).toContain("needs approve:timesheets");
   });
 
+  it("labels the identity provider's denial reasons, keeping each code", () => {
+    const denial = (reason: string) =>
+      describeEvent({
+        seq: 9,
+        source: "identity",
+        action: "access.denied",
+        outcome: "denied",
+        actor: { issuer: "http://localhost:9000/", subject: "anonymous", kind: "anonymous", name: "" },
+        resource: { type: "route", id: "POST /token" },
+        details: { status: 400, reason, method: "POST", route: "/token" },
+      });
+    const labels: Record<string, string> = {
+      invalid_credentials: "wrong user name or password",
+      throttled: "too many failed attempts",
+      csrf: "form security check failed",
+      invalid_client: "client authentication failed",
+      code_replay: "authorization code used twice",
+      refresh_token_reuse: "refresh token used again",
+      dpop_binding_code: "authorization code used without its DPoP key",
+      dpop_binding_refresh_token: "refresh token used without its DPoP key",
+      dpop_binding_client: "no DPoP proof from a client that must send one",
+    };
+    for (const [code, label] of Object.entries(labels)) {
+      const view = denial(code);
+      expect(view.reason).toEqual({ code, label, known: true });
+      expect(view.details).toBe("POST /token · 400");
+      expect(view.details).not.toContain(code);
+    }
+    // a reason this app does not know yet: its code, spaced, and nothing hidden
+    expect(denial("brand_new_reason").reason).toEqual({
+      code: "brand_new_reason",
+      label: "brand new reason",
+      known: false,
+    });
+    expect(describeReason("code_replay")).toEqual({
+      code: "code_replay",
+      label: "authorization code used twice",
+      known: true,
+    });
+  });
+
   it("reads a refused self-approval and hides the owner when it is the actor", () => {
     const refused = describeEvent({
       action: "approval.decided",
@@ -66,7 +107,8 @@ describe("audit events", () => {
     expect(refused).toMatchObject({
       label: "Decision refused",
       tone: "deny",
-      details: "approvers cannot decide their own entries",
+      details: "",
+      reason: { code: "own_entry", label: "approvers cannot decide their own entries", known: true },
     });
     const own = describeEvent({
       action: "timesheet.created",
@@ -87,7 +129,8 @@ describe("audit events", () => {
     expect(view).toMatchObject({
       label: "Decision voided",
       tone: "deny",
-      details: "approved · the entry was deleted",
+      details: "approved",
+      reason: { code: "entry_gone", label: "the entry was deleted", known: true },
     });
   });
 

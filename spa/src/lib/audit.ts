@@ -51,7 +51,32 @@ const REASONS: Record<string, string> = {
   missing_token: "no token",
   malformed: "malformed token",
   expired: "expired token",
+  // the identity provider's refusals of sign-ins and token requests (services/identity/identity/denials.py)
+  invalid_credentials: "wrong user name or password",
+  throttled: "too many failed attempts",
+  csrf: "form security check failed",
+  invalid_client: "client authentication failed",
+  code_replay: "authorization code used twice",
+  refresh_token_reuse: "refresh token used again",
+  dpop_binding_code: "authorization code used without its DPoP key",
+  dpop_binding_refresh_token: "refresh token used without its DPoP key",
+  dpop_binding_client: "no DPoP proof from a client that must send one",
 };
+
+/** Why something was refused or voided: a label for people, and the code the producer recorded. */
+export interface ReasonView {
+  code: string;
+  /** The human label of a known code; an unknown code (a newer producer's) spaced out. */
+  label: string;
+  /** Whether the label is more than the code: the screen then shows the code beside it. */
+  known: boolean;
+}
+
+/** The reason `code` as the audit page shows it (codes stay searchable and quotable to support). */
+export function describeReason(code: string): ReasonView {
+  const label = REASONS[code];
+  return label ? { code, label, known: true } : { code, label: code.replace(/_/g, " "), known: false };
+}
 
 /** Query parameters of `GET /api/audit/events`; dates cover whole days in UTC (`to` is exclusive). */
 export function filtersToQuery(filters: AuditFilters): Record<string, string> {
@@ -97,7 +122,9 @@ export interface EventView {
   label: string;
   tone: "create" | "delete" | "approve" | "reject" | "deny" | "other";
   outcome: string;
+  /** What was done to what, " · "-separated (the reason apart: `reason`). */
   details: string;
+  reason: ReasonView | null;
 }
 
 function toneOf(action: string, decision: string | null, outcome: string): EventView["tone"] {
@@ -149,10 +176,10 @@ export function describeEvent(raw: AuditEvent | Json): EventView {
     const scope = text(details.required_scope);
     if (scope) parts.push(`needs ${scope}`);
   }
-  const reason = text(details.reason);
-  if (reason) parts.push(REASONS[reason] ?? reason.replace(/_/g, " "));
+  const code = text(details.reason);
+  const reason = code ? describeReason(code) : null;
   if (text(details.entries)) parts.push(`${text(details.entries)} entries`);
-  if (parts.length === 0) {
+  if (parts.length === 0 && reason === null) {
     const resource = record(event.resource);
     const id = text(resource.id);
     if (id) parts.push(`${text(resource.type) ?? "resource"} ${id}`);
@@ -169,6 +196,7 @@ export function describeEvent(raw: AuditEvent | Json): EventView {
     tone: toneOf(action, decision, outcome),
     outcome,
     details: parts.join(" · "),
+    reason,
   };
 }
 

@@ -202,6 +202,19 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
                     </td>
                     <td data-label="Details" class="audit-table__details">
                       {view.details}
+                      {view.reason && (
+                        <>
+                          {view.details ? " · " : ""}
+                          <span
+                            class="audit-reason"
+                            data-reason={view.reason.code}
+                            title={`Reason code: ${view.reason.code}`}
+                          >
+                            {view.reason.label}
+                            {view.reason.known && <code class="audit-reason__code">{view.reason.code}</code>}
+                          </span>
+                        </>
+                      )}
                     </td>
                   </tr>
                 );
