@@ -95,6 +95,17 @@ describe("audit events", () => {
       label: "authorization code used twice",
       known: true,
     });
+    // the gateway's and the provider's token and DPoP refusals, and the provider's newer ones
+    const known: [string, string][] = [
+      ["bad_signature", "token signature does not verify"],
+      ["dpop_ath", "DPoP proof not for this token"],
+      ["dpop_bearer_bound", "DPoP-bound token sent as a bearer token"],
+      ["code_limit", "too many sign-ins to apps for this user"],
+      ["user_gone", "the token's user no longer exists"],
+    ];
+    for (const [code, label] of known) {
+      expect(describeReason(code)).toEqual({ code, label, known: true });
+    }
   });
 
   it("reads a refused self-approval and hides the owner when it is the actor", () => {
