@@ -126,8 +126,8 @@ def busy(exc: Busy) -> NoReturn:
     raise Problem(
         503,
         "Service Unavailable",
-        f"The {exc.what} was not started: {exc.turns} {exc.holders}s are already running; retry after "
-        f"{exc.retry_after} s.",
+        f"The {exc.what} was not started: every {exc.holders} turn ({exc.turns}) is taken; retry "
+        f"after {exc.retry_after} s.",
         headers={"Retry-After": str(exc.retry_after)},
     ) from None
 

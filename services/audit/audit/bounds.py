@@ -50,7 +50,7 @@ class Busy(Refused):
     ``holders``: what holds the turns ("listing", or "verification" for a verification's own)."""
 
     def __init__(self, what: str, holders: str, turns: int, retry_after: int) -> None:
-        super().__init__(f"the {what} was not started: {turns} {holders}s are running")
+        super().__init__(f"the {what} was not started: every {holders} turn ({turns}) is taken")
         self.what = what
         self.holders = holders
         self.turns = turns

@@ -16,7 +16,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -30,6 +30,8 @@ from testkit.client import Reply, SignedApi
 from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
 
 from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, make_event, wait_ready
+
+T = TypeVar("T")
 
 #: what a test allows a call that should answer at once (a read left waiting on the lock would
 #: otherwise answer only after the driver's 30 s command timeout): a guard, not a measurement
@@ -147,7 +149,7 @@ def walks() -> float:
     )
 
 
-async def promptly(call: Awaitable[Reply]) -> Reply:
+async def promptly(call: Awaitable[T]) -> T:
     async with asyncio.timeout(PROMPT):
         return await call
 
