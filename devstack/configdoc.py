@@ -108,10 +108,20 @@ MEANINGS = {
     "jwks_retry_min_seconds": "back-off after a failed discovery/JWKS fetch (doubling, jittered)",
     "jwks_retry_max_seconds": "longest back-off between fetches while an issuer keeps failing",
     "audit_read_timeout_seconds": (
-        "longest a listing statement may run (`GET /audit/events`); past it 422 `query_too_broad`"
+        "longest a listing statement may run (`GET /audit/events`, `/audit/checkpoints`); past it 422 "
+        "`query_too_broad` (a checkpoint page: 503)"
     ),
     "audit_read_concurrency": (
-        "listings holding a database connection at once (kept below `DB_POOL_MAX`); the next waits, then 503"
+        "listings and verifications holding a database connection at once (kept below `DB_POOL_MAX`); "
+        "the next waits, then 503"
+    ),
+    "audit_verify_timeout_seconds": (
+        "longest a walk of `GET /audit/verify` may run in all; past it 422 `chain_too_long` (keep it below "
+        "the gateway's `UPSTREAM_READ_TIMEOUT_SECONDS`)"
+    ),
+    "audit_verify_concurrency": (
+        "walks of `GET /audit/verify` at once (each also takes a listing turn); the next is refused at "
+        "once, 503 with `Retry-After`"
     ),
     "max_body_bytes": (
         "largest accepted request body (413 above); at the gateway the ceiling of each route's own"

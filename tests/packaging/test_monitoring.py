@@ -507,6 +507,7 @@ REQUIRED_PANELS = {
     "HTTP-layer refusals by status (connection cap 503s)": ("http_refused_total", "by (job, status)"),
     "HTTP-layer send timeouts": ("http_send_timeouts_total", "by (job)"),
     "audit listings refused by reason": ("audit_listings_refused_total", "by (reason)"),
+    "audit verifications refused by reason": ("audit_verifications_refused_total", "by (reason)"),
     "denial records written by service": ("audit_denials_written_total", "by (service)"),
     "denial records dropped by service": ("audit_denials_dropped_total", "by (service)"),
     "denials of the identity provider too": ("audit_denials_dropped_total", "identity|"),

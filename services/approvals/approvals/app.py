@@ -56,7 +56,9 @@ def create_app(settings: ApprovalsSettings | None = None, *, direct: bool = True
         http,
         linger=RELAY_LINGER_SECONDS,
     )
-    workflow = Workflow(database, timesheets, settings.apply_attempts, events_committed=relay.wake)
+    workflow = Workflow(
+        database, timesheets, settings.apply_attempts, record=relay.record, events_committed=relay.wake
+    )
     reconciler = Reconciler(
         database,
         workflow,

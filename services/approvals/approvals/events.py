@@ -82,8 +82,8 @@ def refusal_id(
     """The id of a refused attempt's record, derived from the request: its id, who sent it, the entry
     and what it decided. The same request refused twice is one record — the gateway sends an
     idempotent request once more, with its request id, when its connection closed under it — and
-    writing the record again adds nothing (:func:`svckit.outbox.enqueue_once`). A fresh id when the
-    request has none."""
+    writing the record again adds nothing (:meth:`svckit.outbox.OutboxRelay.record`). A fresh id
+    when the request has none."""
     if request_id is None:
         return uuid.uuid4()
     key = [request_id, approver.issuer, approver.subject, str(entry_id), body.decision, body.comment]

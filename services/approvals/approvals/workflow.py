@@ -26,9 +26,10 @@ from svckit.context import current_request_id
 from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent
 from svckit.contracts.timesheets import Entry
-from svckit.db import UNAVAILABLE_ERRORS, Connection, Database, OutcomeUnknown
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
+from svckit.denials import Sink
 from svckit.identity import Identity
-from svckit.outbox import enqueue_once, holds
+from svckit.outbox import DB_ERRORS
 
 from . import events, store
 from .metrics import decisions, refusals
@@ -74,13 +75,17 @@ class Workflow:
         timesheets: Timesheets,
         attempts: int,
         *,
+        record: Sink,
         events_committed: Callable[[], None] = lambda: None,
     ) -> None:
-        """``events_committed``: called once a decision and its audit event have committed
-        (``store.MARK_APPLIED`` and ``store.MARK_VOID`` send no NOTIFY): the outbox relay's ``wake``."""
+        """``record``: commits audit events of no change of state to the outbox on their own (the
+        outbox relay's :meth:`~svckit.outbox.OutboxRelay.record`, which also writes the service's
+        aggregated denials); ``events_committed``: called once a decision and its audit event have
+        committed (``store.MARK_APPLIED`` and ``store.MARK_VOID`` send no NOTIFY): the relay's ``wake``."""
         self.database = database
         self.timesheets = timesheets
         self.attempts = attempts
+        self.record = record
         self.events_committed = events_committed
 
     async def decide(self, approver: Identity, entry_id: uuid.UUID, body: DecisionIn) -> Result | Refusal:
@@ -143,25 +148,21 @@ class Workflow:
         """The audit record of a refused attempt, on its own (nothing else changed): best effort. The
         refusal is the answer whatever happens to this write — never a 503 that invites a retry of a
         request that can only be refused again, nor anything that says it was stored when it may not
-        be. The record's id is the request's (:func:`events.refusal_id`), so writing it again adds
-        nothing: one more try after a failure (the database answered again, or the transaction
-        failed before its ``COMMIT``), and the same request refused again."""
-
-        async def stored(conn: Connection) -> bool:
-            return await holds(conn, event.id)
-
+        be. Written like the service's other denials (:meth:`~svckit.outbox.OutboxRelay.record`), and
+        like their writer (:class:`svckit.denials.DenialRecorder`) tried again after any database
+        error, an unknown outcome of its ``COMMIT`` included: the record's id is the request's
+        (:func:`events.refusal_id`) and ``record`` adds an id the outbox holds no second time, so a
+        try that did commit, or the same request refused again, leaves one record. Two tries, so the
+        answer never waits long for the database."""
         failure = ""
         for _ in range(2):
             try:
-                async with self.database.transaction(committed=stored) as conn:
-                    await enqueue_once(conn, event)
-                denials.written_total.labels(events.SOURCE).inc()
-                return
-            except OutcomeUnknown:  # Postgres stayed away (10 s): the answer waits no longer
-                failure = "outcome unknown"
-                break
-            except NOTE_ERRORS as exc:  # not stored (or stored and relayed already): once more
+                await self.record([event])
+            except DB_ERRORS as exc:  # perhaps not stored: once more (a second copy is not added)
                 failure = type(exc).__name__
+                continue
+            denials.written_total.labels(events.SOURCE).inc()
+            return
         denials.dropped_total.labels(events.SOURCE).inc()
         log.warning(
             "the audit record of a refused decision is not known to be stored",

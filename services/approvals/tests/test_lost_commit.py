@@ -172,6 +172,29 @@ async def test_an_own_entry_is_403_whatever_its_denial_record_commit_does(
     assert await decision_state(db, entry_id) is None  # nothing recorded as a decision
 
 
+async def test_the_same_own_entry_refusal_at_once_is_recorded_once(
+    rig: tuple[TcpProxy, SignedApi], timesheets: SignedApi, db: asyncpg.Connection, caller: Caller
+) -> None:
+    """The same refused request arriving several times at once (the gateway's retry overtaking the
+    first, on another replica's worth of connections): every copy is a 403 and the trail holds one
+    record, written by whichever copy came first (the others find its id and add nothing)."""
+    _, approvals = rig
+    own = user(f"lc-own-{uuid.uuid4().hex[:6]}", "create:timesheets", "approve:timesheets")
+    created = await timesheets.call(
+        "POST", "/timesheets", own, json={"date": "2026-10-08", "project": "L", "hours": 2}
+    )
+    assert created.status == 201
+    entry_id = str(created.body["id"])
+    request_id = f"lc-own-{uuid.uuid4().hex}"
+    refused, written, dropped = own_entry_counts()
+    replies = await asyncio.gather(
+        *(put_as_request(approvals, caller, own, entry_id, request_id) for _ in range(4))
+    )
+    assert [reply.status for reply in replies] == [403] * 4, [reply.text for reply in replies]
+    assert await own_entry_denials(db, entry_id) == [request_id]
+    assert own_entry_counts() == (refused + 4, written + 4, dropped)  # each copy's record is stored
+
+
 def own_entry_counts() -> tuple[float, float, float]:
     """``approvals_refusals_total{reason="own_entry"}`` and the approvals service's denial records
     written and dropped, in this process (the service under test runs in it)."""

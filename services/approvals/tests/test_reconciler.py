@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 from approvals.peer import Timesheets
 from approvals.reconciler import Reconciler
 from approvals.workflow import Workflow
+from svckit.contracts.audit import AuditEvent
 from svckit.db import Database
 from svckit.identity import Identity
 
 from testkit.client import SignedApi
 from testkit.fixtures import pair_signer, user
+
+
+async def no_refusals(events: Sequence[AuditEvent]) -> None:
+    """The reconciler drives recorded decisions: it never refuses an attempt, so records none."""
+    raise AssertionError(f"the reconciler recorded a refusal: {events}")
 
 
 @pytest.fixture
@@ -27,7 +33,8 @@ async def reconciler(
     peer = Timesheets.at(timesheets_url, pair_signer(identity_keys, "approvals", "timesheets"), 5)
     # The session's approvals app runs its own reconciler (it takes decisions untouched for 1 s). The
     # backlog below is stamped an hour ahead so only this one, told to look that far, takes it.
-    yield Reconciler(database, Workflow(database, peer, 1), interval=1, after=-7200)
+    workflow = Workflow(database, peer, 1, record=no_refusals)
+    yield Reconciler(database, workflow, interval=1, after=-7200)
     await peer.close()
     await database.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NoReturn
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -35,9 +36,10 @@ from svckit.problems import Problem, validation_problem
 from svckit.query import parse_query
 from svckit.responses import model_response
 
+from .bounds import MIN_RETRY_AFTER, Busy, TooLong
 from .checkpoints import InvalidCheckpoint, PublicKeys, parse
 from .intake import read_batch
-from .store import AppendResult, AuditStore, ListingTooBroad, ReadersBusy, Verification
+from .store import AppendResult, AuditStore, Verification
 from .trail import CheckpointTrail
 
 READ_AUDIT = "read:audit"
@@ -99,7 +101,7 @@ async def list_events(request: Request) -> Response:
     query = parse_query(request, EventsQuery)
     try:
         rows, next_cursor = await store_of(request).list(query)
-    except ListingTooBroad as exc:
+    except TooLong as exc:
         raise Problem(
             422,
             "Unprocessable Content",
@@ -114,14 +116,20 @@ async def list_events(request: Request) -> Response:
                 }
             ],
         ) from None
-    except ReadersBusy as exc:
-        raise Problem(
-            503,
-            "Service Unavailable",
-            f"{exc.readers} listings are already running; retry shortly.",
-            headers={"Retry-After": "2"},
-        ) from None
+    except Busy as exc:
+        busy(exc)
     return model_response(EventsPage(items=[row.record() for row in rows], next_cursor=next_cursor))
+
+
+def busy(exc: Busy) -> NoReturn:
+    """A read on request refused for want of a turn (:mod:`audit.bounds`): 503, when to come back."""
+    raise Problem(
+        503,
+        "Service Unavailable",
+        f"The {exc.what} was not started: every {exc.holders} turn ({exc.turns}) is taken; retry "
+        f"after {exc.retry_after} s.",
+        headers={"Retry-After": str(exc.retry_after)},
+    ) from None
 
 
 def new_trail(request: Request) -> CheckpointTrail | None:
@@ -131,32 +139,67 @@ def new_trail(request: Request) -> CheckpointTrail | None:
 
 @requires_scope(READ_AUDIT)
 async def verify(request: Request) -> Response:
+    """The chain walked on request, bounded (:meth:`AuditStore.verify_on_request`): a walk that runs
+    into the verification time limit is stopped with 422 (a retry would be stopped again; the trail
+    is verified elsewhere), one that finds no turn is refused at once with 503 and Retry-After."""
     query = parse_query(request, VerifyQuery)
     anchor = query.anchor_point
-    if anchor is None:
-        result = await shared_walk(request)
-    else:
-        lock: asyncio.Lock = request.app.state.verify_lock
-        async with lock:
-            result = await store_of(request).verify(anchor=anchor, trail=new_trail(request))
+    try:
+        if anchor is None:
+            result = await shared_walk(request)
+        else:
+            result = await store_of(request).verify_on_request(anchor=anchor, trail=new_trail(request))
+    except TooLong as exc:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"Verifying the chain took longer than {exc.seconds:g} s and was stopped: the trail is too "
+            "long to verify on request, and nothing is known about it from this one. The service "
+            "verifies it in the background (audit_chain_ok); verify it yourself from outside with "
+            "`python -m audit verify`.",
+            errors=[
+                {
+                    "field": "query",
+                    "loc": ["query"],
+                    "message": f"the chain cannot be walked within {exc.seconds:g} s",
+                    "type": "chain_too_long",
+                }
+            ],
+        ) from None
+    except Busy as exc:
+        busy(exc)
     return model_response(result.result(), exclude_none=True)
 
 
 async def shared_walk(request: Request) -> Verification:
     """Callers arriving while a full walk is under way get its result instead of starting another,
-    so repeated calls cannot multiply the work. Shielded: one caller hanging up cancels nothing."""
+    so repeated calls cannot multiply the work (nor be refused for want of a turn). Shielded: one
+    caller hanging up cancels nothing (the walk's time limit ends it)."""
     state = request.app.state
     task: asyncio.Task[Verification] | None = getattr(state, "verify_task", None)
     if task is None or task.done():
-        task = asyncio.ensure_future(store_of(request).verify(trail=new_trail(request)))
+        task = asyncio.ensure_future(store_of(request).verify_on_request(trail=new_trail(request)))
         state.verify_task = task
     return await asyncio.shield(task)
 
 
 @requires_scope(READ_AUDIT)
 async def list_checkpoints(request: Request) -> Response:
+    """A page of checkpoints, bounded as a listing is. A page is at most 100 rows read by key, so one
+    that runs into the read timeout says the database is slow, not that the request asked too much:
+    503 with Retry-After, not the events listing's 422."""
     query = parse_query(request, CheckpointsQuery)
-    signed, more = await store_of(request).checkpoints.page(query.limit, query.before_number)
+    try:
+        signed, more = await store_of(request).checkpoint_page(query.limit, query.before_number)
+    except TooLong as exc:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"The page of checkpoints took longer than {exc.seconds:g} s and was stopped; retry shortly.",
+            headers={"Retry-After": str(MIN_RETRY_AFTER)},
+        ) from None
+    except Busy as exc:
+        busy(exc)
     items = []
     for number, jws in signed:
         # the stored JWS as it is (verifying signatures is GET /audit/verify's job); a row that is

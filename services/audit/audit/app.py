@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -40,6 +39,8 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         SCHEMA,
         read_timeout=settings.audit_read_timeout_seconds,
         readers=settings.read_concurrency,
+        verify_timeout=settings.audit_verify_timeout_seconds,
+        verifiers=settings.verify_concurrency,
     )
     keys = settings.checkpoint_keys
     interval = settings.audit_verify_interval_seconds
@@ -79,7 +80,6 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         denial_sink_errors=DB_ERRORS,
         state={
             "store": store,
-            "verify_lock": asyncio.Lock(),
             "verifier": verifier,
             "checkpoint_keys": keys,
             "checkpointer": checkpointer,

@@ -15,6 +15,8 @@ from .checkpoints import Checkpoint
 from .trail import CheckpointTrail, Expectation
 
 FEED_BATCH = 500
+#: a page of the listing: (number, JWS) of each checkpoint, newest first; and whether older ones exist
+Page = tuple[list[tuple[int, str]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +48,16 @@ class CheckpointStore:
             checkpoint.jws,
         )
 
-    async def page(self, limit: int, before: int | None) -> tuple[list[tuple[int, str]], bool]:
+    async def page(self, conn: Connection, limit: int, before: int | None) -> Page:
         """(number, JWS) of up to ``limit`` checkpoints, newest first, numbered below ``before``;
-        and whether older ones exist."""
-        async with self.database.connection() as conn:
-            rows = await conn.fetch(
-                f"""SELECT number, jws FROM {self.schema}.checkpoints WHERE number < $1
-                    ORDER BY number DESC LIMIT $2""",
-                before if before is not None else 2**63 - 1,
-                limit + 1,
-            )
+        and whether older ones exist (read on ``conn``: the caller bounds it, see
+        :meth:`audit.store.AuditStore.checkpoint_page`)."""
+        rows = await conn.fetch(
+            f"""SELECT number, jws FROM {self.schema}.checkpoints WHERE number < $1
+                ORDER BY number DESC LIMIT $2""",
+            before if before is not None else 2**63 - 1,
+            limit + 1,
+        )
         return [(row["number"], row["jws"]) for row in rows[:limit]], len(rows) > limit
 
     async def after(self, conn: Connection, number: int, limit: int) -> list[StoredCheckpoint]:

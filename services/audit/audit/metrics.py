@@ -10,9 +10,14 @@
 - ``audit_checkpoints_total{outcome="signed|unchanged|refused"}``: runs of the checkpoint signer —
   ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an error
   log line says what; alert on any).
-- ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` pages not served:
-  a statement ran into AUDIT_READ_TIMEOUT_SECONDS (422, the caller narrows the query), or every
+- ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` and
+  ``GET /audit/checkpoints`` pages not served: a statement ran into AUDIT_READ_TIMEOUT_SECONDS (an
+  events listing: 422, the caller narrows the query; a checkpoint page, always small: 503), or every
   listing turn (AUDIT_READ_CONCURRENCY) stayed taken that long (503).
+- ``audit_verifications_refused_total{reason="too_long|busy"}``: ``GET /audit/verify`` walks not
+  served: stopped by AUDIT_VERIFY_TIMEOUT_SECONDS (422 ``chain_too_long``), or refused at once because
+  AUDIT_VERIFY_CONCURRENCY walks were running (or no listing turn came: 503). Callers that join the
+  full walk already running are not refused.
 - ``audit_checkpoint_latest_timestamp_seconds``: when the newest checkpoint this process signed or
   found was signed (alert when it lags while records keep arriving).
 """
@@ -77,8 +82,15 @@ checkpoint_latest = Gauge(
 )
 listings_refused = Counter(
     "audit_listings_refused_total",
-    "GET /audit/events pages refused: too_long (read timeout, 422), busy (no listing turn, 503).",
+    "GET /audit/events and /audit/checkpoints pages refused: too_long (read timeout), busy (no turn, 503).",
     ["reason"],
 )
 for _reason in ("too_long", "busy"):
     listings_refused.labels(_reason)
+verifications_refused = Counter(
+    "audit_verifications_refused_total",
+    "GET /audit/verify walks refused: too_long (verify timeout, 422), busy (no verification turn, 503).",
+    ["reason"],
+)
+for _reason in ("too_long", "busy"):
+    verifications_refused.labels(_reason)

@@ -33,11 +33,25 @@ class AuditSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     # rest; a listing waits up to the timeout for a turn, then 503).
     audit_read_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
     audit_read_concurrency: int = Field(default=4, ge=1, le=100)
+    # GET /audit/verify (a walk of the whole chain, ~1 s per 10,000 records): how long one walk on
+    # request may run in all (longer answers 422 chain_too_long: the background verifier and
+    # `python -m audit verify` cover a trail that long), kept below the gateway's
+    # UPSTREAM_READ_TIMEOUT_SECONDS (30) so the caller hears why instead of a 504 while the walk goes
+    # on; raise the two together. And how many walks on request run at once (each also takes one of
+    # the AUDIT_READ_CONCURRENCY turns): one more is refused at once, 503 with Retry-After (callers
+    # of a full walk already running share it instead).
+    audit_verify_timeout_seconds: float = Field(default=25.0, gt=0, le=600)
+    audit_verify_concurrency: int = Field(default=1, ge=1, le=10)
 
     @property
     def read_concurrency(self) -> int:
         """Listings at once: AUDIT_READ_CONCURRENCY, leaving at least one pooled connection over."""
         return max(1, min(self.audit_read_concurrency, self.db_pool_max - 1))
+
+    @property
+    def verify_concurrency(self) -> int:
+        """Walks on request at once: AUDIT_VERIFY_CONCURRENCY, at most the listing turns they take."""
+        return min(self.audit_verify_concurrency, self.read_concurrency)
 
     @field_validator("audit_checkpoint_keys")
     @classmethod

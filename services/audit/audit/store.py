@@ -19,15 +19,12 @@ cannot grow with the table or turn into a scan.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import json
 import logging
-import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -49,8 +46,9 @@ from svckit.contracts.audit import (
 from svckit.db import UNAVAILABLE_ERRORS, CommitCheck, Connection, Database
 
 from . import metrics
+from .bounds import ReadBound, Turns
 from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_text, record_hash, timestamp
-from .checkpoint_store import CheckpointFeed, CheckpointStore
+from .checkpoint_store import CheckpointFeed, CheckpointStore, Page
 from .groupcommit import GroupCommit
 from .jsonb import jsonb_text
 from .trail import CheckpointTrail
@@ -104,22 +102,6 @@ EXACT_FILTERS: frozenset[frozenset[str]] = frozenset(
 #: Records just below the cursor that a listing without an exact index reads first (a primary key
 #: range: ~300 pages of realistic records, a few ms): where matches are dense it fills the page.
 BAND = 5000
-
-
-class ListingTooBroad(Exception):
-    """A listing statement ran into the read timeout (the caller narrows it: 422)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"the listing took longer than {seconds:g} s")
-        self.seconds = seconds
-
-
-class ReadersBusy(Exception):
-    """Every listing turn was taken for as long as a listing may take (503, Retry-After)."""
-
-    def __init__(self, readers: int) -> None:
-        super().__init__(f"{readers} listings are running")
-        self.readers = readers
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,16 +272,34 @@ class AuditStore:
     columns = COLUMNS  # of the records table, in the order rows are written
 
     def __init__(
-        self, database: Database, schema: str, *, read_timeout: float = 5.0, readers: int = 4
+        self,
+        database: Database,
+        schema: str,
+        *,
+        read_timeout: float = 5.0,
+        readers: int = 4,
+        verify_timeout: float = 25.0,
+        verifiers: int = 1,
     ) -> None:
         self.database = database
         self.schema = schema
-        #: seconds a listing statement may run (AUDIT_READ_TIMEOUT_SECONDS), and how many listings
-        #: may hold a pooled connection at once (AUDIT_READ_CONCURRENCY): the rest of the pool is
-        #: ingestion's, the verifier's and the checkpoint signer's
-        self.read_timeout = read_timeout
-        self.readers = readers
-        self._readers = asyncio.Semaphore(readers)
+        #: the reads on request (:mod:`audit.bounds`). Listings (events and checkpoints): each statement
+        #: under AUDIT_READ_TIMEOUT_SECONDS, at most AUDIT_READ_CONCURRENCY at once, a turn waited for
+        #: that long; the rest of the pool is ingestion's, the verifier's and the checkpoint signer's.
+        #: Verifications: a whole walk under AUDIT_VERIFY_TIMEOUT_SECONDS, at most
+        #: AUDIT_VERIFY_CONCURRENCY at once (a turn is free or the walk is refused), each also taking a
+        #: listing turn (the same share of the pool)
+        self.listing = ReadBound(
+            "listing", Turns(readers, read_timeout), wait=read_timeout, refused=metrics.listings_refused
+        )
+        self.verifying = ReadBound(
+            "verification",
+            Turns(verifiers, verify_timeout),
+            wait=0,
+            refused=metrics.verifications_refused,
+            within=self.listing,
+            whole=True,
+        )
         # the advisory key append_documents still takes as its first argument (pods built before
         # migration 0012 pass it too); since 0012 the function locks the table chain_lock instead
         self.lock_key = zlib.crc32(f"audit-chain:{schema}".encode())
@@ -553,11 +553,11 @@ class AuditStore:
           picks the index of the most selective condition — the from/to window, a pair's index — and
           sorts what it finds), so the cost follows what the filters select, not what they exclude.
 
-        Every statement runs under :attr:`read_timeout` (``SET LOCAL statement_timeout``): a listing
-        that would still take longer (a window of years) ends with :class:`ListingTooBroad` instead
-        of holding a pooled connection; at most :attr:`readers` listings run at once
-        (:class:`ReadersBusy` after waiting :attr:`read_timeout` for a turn), so ingestion, which
-        shares the pool, always finds a connection.
+        Under :attr:`listing` (:mod:`audit.bounds`): every statement runs under the read timeout
+        (``SET LOCAL statement_timeout``), so a listing that would still take longer (a window of
+        years) ends with :class:`~audit.bounds.TooLong` instead of holding a pooled connection; and
+        a listing runs only with one of a few turns (:class:`~audit.bounds.Busy` after waiting the
+        read timeout for one), so ingestion, which shares the pool, always finds a connection.
         """
         conditions: list[str] = []
         params: list[Any] = []
@@ -603,59 +603,56 @@ class AuditStore:
 
         below = f"seq < ${len(params) + 1}"
         from_floor = f"seq >= ${len(params) + 2}"
-        started = time.monotonic()
-        try:
-            async with self._reading(), self.database.transaction() as conn:
-                # bounded, and planned for the values given (a generic plan guesses every selectivity)
-                await conn.execute(
-                    "SELECT set_config('statement_timeout', $1, true),"
-                    " set_config('plan_cache_mode', 'force_custom_plan', true)",
-                    f"{max(1, round(self.read_timeout * 1000))}ms",
-                )
-                before = query.before_seq
-                rows: list[asyncpg.Record] = []
-                if exact:
-                    if before is None:
-                        rows = await conn.fetch(statement([]), *params, want)
-                    else:
-                        rows = await conn.fetch(statement([below]), *params, before, want)
+        async with self.listing.read(), self.database.transaction() as conn:
+            # bounded, and planned for the values given (a generic plan guesses every selectivity)
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true),"
+                " set_config('plan_cache_mode', 'force_custom_plan', true)",
+                self.listing.setting,
+            )
+            before = query.before_seq
+            rows: list[asyncpg.Record] = []
+            if exact:
+                if before is None:
+                    rows = await conn.fetch(statement([]), *params, want)
                 else:
-                    if before is None:  # the head row (0005): one lookup by key
-                        head = await conn.fetchval(f"SELECT seq FROM {self.schema}.chain_head")
-                        before = head + 1 if head is not None else None
-                    if before is None:  # no head row (removed by the owner): the matches as a set
-                        rows = await conn.fetch(statement([], as_set=True), *params, want)
-                    else:
-                        floor = max(1, before - BAND)
-                        rows = await conn.fetch(statement([below, from_floor]), *params, before, floor, want)
-                        if len(rows) < want and floor > 1:
-                            rows += await conn.fetch(
-                                statement([below], as_set=True), *params, floor, want - len(rows)
-                            )
-        except asyncpg.QueryCanceledError:
-            if time.monotonic() - started < self.read_timeout:
-                raise  # cancelled by someone else (an operator): the database's failure, 503
-            metrics.listings_refused.labels("too_long").inc()
-            raise ListingTooBroad(self.read_timeout) from None
+                    rows = await conn.fetch(statement([below]), *params, before, want)
+            else:
+                if before is None:  # the head row (0005): one lookup by key
+                    head = await conn.fetchval(f"SELECT seq FROM {self.schema}.chain_head")
+                    before = head + 1 if head is not None else None
+                if before is None:  # no head row (removed by the owner): the matches as a set
+                    rows = await conn.fetch(statement([], as_set=True), *params, want)
+                else:
+                    floor = max(1, before - BAND)
+                    rows = await conn.fetch(statement([below, from_floor]), *params, before, floor, want)
+                    if len(rows) < want and floor > 1:
+                        rows += await conn.fetch(
+                            statement([below], as_set=True), *params, floor, want - len(rows)
+                        )
         page = [RecordRow.of(row) for row in rows[: query.limit]]
         next_cursor = encode_cursor(page[-1].seq) if len(rows) > query.limit else None
         return page, next_cursor
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[None]:
-        """A turn among :attr:`readers` listings, waited for at most :attr:`read_timeout`."""
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                await self._readers.acquire()
-        except TimeoutError:
-            metrics.listings_refused.labels("busy").inc()
-            raise ReadersBusy(self.readers) from None
-        try:
-            yield
-        finally:
-            self._readers.release()
+    async def checkpoint_page(self, limit: int, before: int | None) -> Page:
+        """A page of ``GET /audit/checkpoints`` (:meth:`CheckpointStore.page`) as a listing: under
+        :attr:`listing`'s turns and time limit."""
+        async with self.listing.read(), self.database.transaction() as conn:
+            await conn.execute("SELECT set_config('statement_timeout', $1, true)", self.listing.setting)
+            return await self.checkpoints.page(conn, limit, before)
 
     # ---- verify --------------------------------------------------------------------------------
+
+    async def verify_on_request(
+        self, anchor: Anchor | None = None, trail: CheckpointTrail | None = None
+    ) -> Verification:
+        """:meth:`verify` for ``GET /audit/verify``, under :attr:`verifying` (:mod:`audit.bounds`):
+        with a free verification turn and a listing turn (else :class:`~audit.bounds.Busy`), the whole
+        walk within the verification time limit (else :class:`~audit.bounds.TooLong`, and nothing is
+        observed: a walk cut short says nothing about the chain). The background verifier and the
+        checkpoint signer walk unbounded: they are one each, on their own schedule."""
+        async with self.verifying.read():
+            return await self.verify(anchor=anchor, trail=trail, statement_timeout=self.verifying.setting)
 
     async def verify(
         self,
@@ -664,6 +661,7 @@ class AuditStore:
         since: Anchor | None = None,
         trail: CheckpointTrail | None = None,
         observe: bool = True,
+        statement_timeout: str | None = None,
     ) -> Verification:
         """Recompute the chain, streaming rows through a server-side cursor.
 
@@ -683,8 +681,10 @@ class AuditStore:
 
         ``observe=False`` keeps the walk out of ``audit_chain_ok`` and its counter: the checkpoint
         signer checks only what it is about to sign, and must not mask what a full walk found.
+        ``statement_timeout``: each statement of the walk's transaction runs under it (a setting's
+        text, ``"25000ms"``).
         """
-        result = await self._walk(prefetch, anchor, since, trail)
+        result = await self._walk(prefetch, anchor, since, trail, statement_timeout)
         if not observe:
             return result
         if result.by_caller_anchor:
@@ -698,7 +698,12 @@ class AuditStore:
         return result
 
     async def _walk(
-        self, prefetch: int, anchor: Anchor | None, since: Anchor | None, trail: CheckpointTrail | None
+        self,
+        prefetch: int,
+        anchor: Anchor | None,
+        since: Anchor | None,
+        trail: CheckpointTrail | None,
+        statement_timeout: str | None,
     ) -> Verification:
         checked = 0
         expected = since.seq if since is not None else 1
@@ -721,6 +726,8 @@ class AuditStore:
             )
 
         async with self.database.transaction(isolation="repeatable_read") as conn:
+            if statement_timeout is not None:
+                await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
             cursor = conn.cursor(
                 f"SELECT {WALK_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
                 expected,

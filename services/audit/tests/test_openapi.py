@@ -46,3 +46,17 @@ async def test_the_listing_documents_its_own_refusals(api: SignedApi) -> None:
     assert too_broad["errors"][0]["type"] == "query_too_broad"
     assert "AUDIT_READ_CONCURRENCY" in answers["503"]["description"]
     assert "Retry-After" in answers["503"]["headers"]
+
+
+async def test_verification_and_checkpoint_pages_document_their_own_refusals(api: SignedApi) -> None:
+    """A walk stopped by its time limit (422 ``chain_too_long``), one refused for want of a turn and a
+    checkpoint page past the read timeout (503, Retry-After) are documented where they happen."""
+    paths = (await api.call("GET", "/openapi.json", None)).body["paths"]
+    verify = paths["/audit/verify"]["get"]["responses"]
+    too_long = verify["422"]["content"]["application/problem+json"]["example"]
+    assert too_long["errors"][0]["type"] == "chain_too_long"
+    assert "AUDIT_VERIFY_CONCURRENCY" in verify["503"]["description"]
+    assert "Retry-After" in verify["503"]["headers"]
+    page = paths["/audit/checkpoints"]["get"]["responses"]
+    assert "AUDIT_READ_TIMEOUT_SECONDS" in page["503"]["description"]
+    assert "Retry-After" in page["503"]["headers"]

@@ -70,7 +70,6 @@ import asyncio
 import json
 import logging
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,37 +146,6 @@ async def enqueue(conn: Connection | asyncpg.Connection, event: AuditEvent) -> N
     if not conn.is_in_transaction():
         raise RuntimeError("enqueue must run inside the transaction of the change it describes")
     await conn.execute(_ENQUEUE, event.id, event.occurred_at, event.model_dump_json())
-
-
-_ENQUEUE_ONCE = """
-WITH added AS (
-    INSERT INTO outbox (id, occurred_at, payload) VALUES ($1, $2, $3::jsonb)
-    ON CONFLICT (id) DO NOTHING RETURNING 1
-)
-SELECT pg_notify('outbox_' || current_schema(), '') FROM added
-"""
-
-
-async def enqueue_once(conn: Connection | asyncpg.Connection, event: AuditEvent) -> bool:
-    """:func:`enqueue`, unless the outbox already holds an event with ``event``'s id: False then.
-
-    For an event whose id is derived from what it records (``uuid5`` of a request, say), so that
-    writing it again adds nothing: another try after a ``COMMIT`` whose answer was lost, the same
-    request received twice. Exactly once in effect, like delivery: an event already relayed (and so
-    deleted here) is added again, and the audit service recognises its id as a duplicate.
-    """
-    if not conn.is_in_transaction():
-        raise RuntimeError("enqueue_once must run inside the transaction of the change it describes")
-    added = await conn.fetch(_ENQUEUE_ONCE, event.id, event.occurred_at, event.model_dump_json())
-    return bool(added)
-
-
-async def holds(conn: Connection | asyncpg.Connection, event_id: uuid.UUID) -> bool:
-    """Whether the outbox of the connection's schema holds the event: the ``committed`` check of a
-    transaction that only enqueued it (:meth:`svckit.db.Database.transaction`). An event already
-    relayed is not held any more, so this can answer False for one that was stored: write it again
-    with :func:`enqueue_once`, never with :func:`enqueue`."""
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)", event_id))
 
 
 def with_enqueued(change: str, first: int) -> str:
@@ -526,7 +494,5 @@ __all__ = [
     "OutboxRelay",
     "backoff_delay",
     "enqueue",
-    "enqueue_once",
-    "holds",
     "notify_channel",
 ]

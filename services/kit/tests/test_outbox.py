@@ -35,8 +35,6 @@ from svckit.outbox import (
     OutboxRelay,
     backoff_delay,
     enqueue,
-    enqueue_once,
-    holds,
 )
 from svckit.settings import ServiceSettings, load_settings
 
@@ -245,22 +243,6 @@ async def test_rolled_back_change_leaves_no_event(database: Database, schema: st
     assert await outbox_rows(database, schema) == []
 
 
-async def test_an_event_enqueued_once_is_held_once(database: Database, schema: str) -> None:
-    """An event whose id is derived from what it records, written again (another try after a lost
-    COMMIT, the same request twice), is one row; ``holds`` is the commit check that finds it."""
-    item = event()
-    async with database.connection() as conn:
-        assert not await holds(conn, item.id)
-        with pytest.raises(RuntimeError, match="inside the transaction"):
-            await enqueue_once(conn, item)
-    for added in (True, False):
-        async with database.transaction() as conn:
-            assert await enqueue_once(conn, item) is added
-    async with database.connection() as conn:
-        assert await holds(conn, item.id)
-    assert [row["id"] for row in await outbox_rows(database, schema)] == [item.id]
-
-
 async def test_recording_the_same_events_again_adds_nothing(
     database: Database, schema: str, http: HttpClient
 ) -> None:
@@ -272,6 +254,18 @@ async def test_recording_the_same_events_again_adds_nothing(
     await relay.record(items)
     await relay.record([items[1], event()])
     assert len(await outbox_rows(database, schema)) == 3
+
+
+async def test_the_same_event_recorded_at_once_is_one_row(
+    database: Database, schema: str, http: HttpClient
+) -> None:
+    """Writers of the same event at the same moment (the approvals service refusing one request twice:
+    the gateway's retry overtaking the first): the second waits for the first's row and adds none; both
+    succeed."""
+    relay = OutboxRelay(database, schema, "writer", signed(http, "http://127.0.0.1:9", "writer"))
+    item = event()
+    await asyncio.gather(*(relay.record([item]) for _ in range(4)))
+    assert [row["id"] for row in await outbox_rows(database, schema)] == [item.id]
 
 
 # ---- relay -----------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ export interface paths {
     };
     /**
      * Recompute the hash chain and hold it to its signed checkpoints
-     * @description Walks every record, recomputing each hash and link, and requires the record at each signed checkpoint's position to still carry the head hash that was signed: a history rewritten and re-hashed with full database access is reported, with first_bad the first record after the last checkpoint that still matches. The checkpoints themselves are checked too: signatures, numbering and the chain of prev digests.
+     * @description Walks every record, recomputing each hash and link, and requires the record at each signed checkpoint's position to still carry the head hash that was signed: a history rewritten and re-hashed with full database access is reported, with first_bad the first record after the last checkpoint that still matches. The checkpoints themselves are checked too: signatures, numbering and the chain of prev digests. A walk on request is bounded: within AUDIT_VERIFY_TIMEOUT_SECONDS (422 chain_too_long past it), at most AUDIT_VERIFY_CONCURRENCY at once (503 beyond); requests without an anchor that arrive during a walk without one share its result instead of starting another.
      */
     get: operations["verifyChain"];
     put?: never;
@@ -2632,7 +2632,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY) stayed taken; retry after Retry-After seconds. */
+      /** @description The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY, shared with GET /audit/checkpoints and /audit/verify) stayed taken for the read timeout; retry after Retry-After seconds. */
       503: {
         headers: {
           /** @description Seconds to wait. */
@@ -2645,7 +2645,7 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Service Unavailable",
            *       "status": 503,
-           *       "detail": "4 listings are already running; retry shortly."
+           *       "detail": "The listing was not started: every listing turn (4) is taken; retry after 2 s."
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];
@@ -2767,7 +2767,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A query parameter is invalid, unknown or repeated; errors[] names it. */
+      /** @description A query parameter is invalid, unknown or repeated (errors[] names it), or the walk ran into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was stopped: errors[0].type chain_too_long. Nothing is known about the chain from such an answer (audit_chain_ok is the background verifier's verdict); a retry is stopped again: verify from outside with python -m audit verify. */
       422: {
         headers: {
           [name: string]: unknown;
@@ -2778,16 +2778,15 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Unprocessable Content",
            *       "status": 422,
-           *       "detail": "The query string has invalid parameters.",
+           *       "detail": "Verifying the chain took longer than 25 s and was stopped: the trail is too long to verify on request, and nothing is known about it from this one. The service verifies it in the background (audit_chain_ok); verify it yourself from outside with `python -m audit verify`.",
            *       "errors": [
            *         {
-           *           "field": "limit",
+           *           "field": "query",
            *           "loc": [
-           *             "query",
-           *             "limit"
+           *             "query"
            *           ],
-           *           "message": "Input should be less than or equal to 100",
-           *           "type": "less_than_equal"
+           *           "message": "the chain cannot be walked within 25 s",
+           *           "type": "chain_too_long"
            *         }
            *       ]
            *     }
@@ -2832,10 +2831,10 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description The database is unreachable, or AUDIT_VERIFY_CONCURRENCY walks are running already (the request is refused at once, not queued), or no listing turn (AUDIT_READ_CONCURRENCY) came within the read timeout; retry after Retry-After seconds (when the running walk must have ended). */
       503: {
         headers: {
-          /** @description Seconds to wait before retrying. */
+          /** @description Seconds to wait. */
           "Retry-After"?: number;
           [name: string]: unknown;
         };
@@ -2845,7 +2844,7 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Service Unavailable",
            *       "status": 503,
-           *       "detail": "A backing service is unreachable; retry shortly."
+           *       "detail": "The verification was not started: every verification turn (1) is taken; retry after 18 s."
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];
@@ -3033,10 +3032,10 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description The database is unreachable or slow (a page, at most 100 checkpoints read by key, ran into the read timeout, AUDIT_READ_TIMEOUT_SECONDS), or every listing turn (AUDIT_READ_CONCURRENCY) stayed taken; retry after Retry-After seconds. */
       503: {
         headers: {
-          /** @description Seconds to wait before retrying. */
+          /** @description Seconds to wait. */
           "Retry-After"?: number;
           [name: string]: unknown;
         };
@@ -3046,7 +3045,7 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Service Unavailable",
            *       "status": 503,
-           *       "detail": "A backing service is unreachable; retry shortly."
+           *       "detail": "The page of checkpoints took longer than 5 s and was stopped; retry shortly."
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];

@@ -91,6 +91,12 @@ def problem_example(status: int, title: str, detail: str, **extensions: Any) -> 
     return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions}
 
 
+#: the header of a 503 that says when to come back
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+}
+
+
 def problem_answer(status: int, title: str, description: str, detail: str, **extensions: Any) -> Answer:
     return Answer(status, description, problem=problem_example(status, title, detail, **extensions))
 
@@ -389,12 +395,15 @@ OPERATIONS: tuple[Operation, ...] = (
             ),
             Answer(
                 503,
-                "The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY) stayed "
-                "taken; retry after Retry-After seconds.",
+                "The database is unreachable, or every listing turn (AUDIT_READ_CONCURRENCY, shared with "
+                "GET /audit/checkpoints and /audit/verify) stayed taken for the read timeout; retry after "
+                "Retry-After seconds.",
                 problem=problem_example(
-                    503, "Service Unavailable", "4 listings are already running; retry shortly."
+                    503,
+                    "Service Unavailable",
+                    "The listing was not started: every listing turn (4) is taken; retry after 2 s.",
                 ),
-                headers={"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+                headers=RETRY_AFTER,
             ),
         ),
         query=EventsQuery,
@@ -406,13 +415,53 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/audit/verify",
         "Recompute the hash chain and hold it to its signed checkpoints",
-        (Answer(200, "Whether the chain is intact, and where it breaks.", VerifyResult),),
+        (
+            Answer(200, "Whether the chain is intact, and where it breaks.", VerifyResult),
+            problem_answer(
+                422,
+                "Unprocessable Content",
+                "A query parameter is invalid, unknown or repeated (errors[] names it), or the walk ran "
+                "into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was stopped: "
+                "errors[0].type chain_too_long. Nothing is known about the chain from such an answer "
+                "(audit_chain_ok is the background verifier's verdict); a retry is stopped again: verify "
+                "from outside with python -m audit verify.",
+                "Verifying the chain took longer than 25 s and was stopped: the trail is too long to "
+                "verify on request, and nothing is known about it from this one. The service verifies it "
+                "in the background (audit_chain_ok); verify it yourself from outside with `python -m "
+                "audit verify`.",
+                errors=[
+                    {
+                        "field": "query",
+                        "loc": ["query"],
+                        "message": "the chain cannot be walked within 25 s",
+                        "type": "chain_too_long",
+                    }
+                ],
+            ),
+            Answer(
+                503,
+                "The database is unreachable, or AUDIT_VERIFY_CONCURRENCY walks are running already (the "
+                "request is refused at once, not queued), or no listing turn (AUDIT_READ_CONCURRENCY) "
+                "came within the read timeout; retry after Retry-After seconds (when the running walk "
+                "must have ended).",
+                problem=problem_example(
+                    503,
+                    "Service Unavailable",
+                    "The verification was not started: every verification turn (1) is taken; retry "
+                    "after 18 s.",
+                ),
+                headers=RETRY_AFTER,
+            ),
+        ),
         description=(
             "Walks every record, recomputing each hash and link, and requires the record at each signed "
             "checkpoint's position to still carry the head hash that was signed: a history rewritten and "
             "re-hashed with full database access is reported, with first_bad the first record after the "
             "last checkpoint that still matches. The checkpoints themselves are checked too: signatures, "
-            "numbering and the chain of prev digests."
+            "numbering and the chain of prev digests. A walk on request is bounded: within "
+            "AUDIT_VERIFY_TIMEOUT_SECONDS (422 chain_too_long past it), at most AUDIT_VERIFY_CONCURRENCY "
+            "at once (503 beyond); requests without an anchor that arrive during a walk without one share "
+            "its result instead of starting another."
         ),
         query=VerifyQuery,
         tag="audit",
@@ -423,7 +472,21 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/audit/checkpoints",
         "Signed checkpoints of the chain, newest first",
-        (Answer(200, "One page of checkpoints.", CheckpointsPage),),
+        (
+            Answer(200, "One page of checkpoints.", CheckpointsPage),
+            Answer(
+                503,
+                "The database is unreachable or slow (a page, at most 100 checkpoints read by key, ran "
+                "into the read timeout, AUDIT_READ_TIMEOUT_SECONDS), or every listing turn "
+                "(AUDIT_READ_CONCURRENCY) stayed taken; retry after Retry-After seconds.",
+                problem=problem_example(
+                    503,
+                    "Service Unavailable",
+                    "The page of checkpoints took longer than 5 s and was stopped; retry shortly.",
+                ),
+                headers=RETRY_AFTER,
+            ),
+        ),
         description=(
             "Each checkpoint signs the chain's head (seq and hash) at a moment, with a key kept outside "
             "the database, and chains to the one before (prev). Keep copies outside the platform: "
