@@ -28,8 +28,9 @@ failure a :class:`ProofError` with a stable ``reason``, the metric label and pro
    thumbprint equals the token's ``cnf.jkt`` — ``dpop_key_mismatch``.
 
 :class:`ReplayGuard` then makes sure a ``jti`` is used once (``dpop_replay``): across replicas with
-Redis ``SET NX`` (key: the key's thumbprint and the ``jti``, hashed; kept exactly as long as the
-proof's ``iat`` stays acceptable), and in process with a local window that catches replays to the
+Redis ``SET NX`` (key: the key's thumbprint and the ``jti``, hashed; kept as long as the proof's
+``iat`` stays acceptable to any replica whose clock is within the leeway of this one's:
+:attr:`ProofVerifier.window_seconds`), and in process with a local window that catches replays to the
 same process even without Redis. **While Redis is unavailable** (the kit's :class:`RedisGuard`
 circuit is open), the local window is the only check: a proof replayed to *another* process or
 replica within its ``iat`` window (at most ``max_age + 2 * leeway`` seconds) is then accepted — the
@@ -332,8 +333,14 @@ class ProofVerifier:
 
     @property
     def window_seconds(self) -> float:
-        """How long a proof stays acceptable after its ``iat`` (what the replay store must cover)."""
-        return self.max_age + self.leeway
+        """How long after its ``iat`` a proof may still be accepted somewhere: what the replay store
+        must cover. This process accepts it until ``iat`` + max age + leeway by its own clock; a
+        replica whose clock is behind by up to the leeway (the clock difference tolerated between
+        clients and servers, so between servers too) accepts it that much later. The replay entry
+        is written by whichever replica saw the proof first, with its clock: without the second
+        leeway it expired while the replicas behind still accepted the proof, and a replay to one of
+        them passed."""
+        return self.max_age + 2 * self.leeway
 
     def verify(
         self,

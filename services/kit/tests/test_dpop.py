@@ -6,9 +6,11 @@ is in process (the fast tier).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import json
+import time
 import tracemalloc
 from typing import Any
 
@@ -25,7 +27,7 @@ from svckit.dpop import (
 )
 from svckit.redisguard import RedisGuard
 
-from testkit.clock import FakeClock
+from testkit.clock import FakeClock, SkewedClock
 from testkit.dpop import DpopKey
 from testkit.fixtures import free_port
 
@@ -383,6 +385,33 @@ async def test_two_guards_sharing_redis_accept_a_jti_once(redis_url: str, redis_
         for guard in guards:
             assert guard.redis is not None
             await guard.redis.close()
+
+
+async def test_a_proof_is_accepted_once_across_replicas_whose_clocks_differ_within_the_leeway(
+    redis_url: str, redis_prefix: str, key: DpopKey
+) -> None:
+    """Two replicas (verifier and replay guard each, on one Redis), the second 1.5 s ahead of the
+    first: less than the clock leeway they grant clients. The proof is first used at the one ahead;
+    the Redis entry must outlive the moment the one behind stops accepting the proof. It expired
+    by the clock of the replica that made it (``iat`` + max age + leeway), 1.5 s early: the replay
+    to the replica behind was accepted then."""
+    replicas = []
+    for offset in (0.0, 1.5):
+        clock = SkewedClock(offset)
+        check = ProofVerifier(max_age_seconds=2, leeway_seconds=2, clock=clock)
+        redis = RedisGuard(redis_url, redis_prefix, timeout=0.5, retry_seconds=1)
+        replicas.append((check, ReplayGuard(redis, "dpop", check.window_seconds, clock=clock)))
+    (behind, behind_replays), (ahead, ahead_replays) = replicas
+    try:
+        sent = key.proof("GET", URL, iat=time.time())
+        assert await ahead_replays.first_use(ahead.verify(sent, method="GET", url=URL))
+        await asyncio.sleep(3.3)  # past iat + 3 s (when the entry the replica ahead made expired)
+        replayed = behind.verify(sent, method="GET", url=URL)  # still within its window (iat + 4 s)
+        assert not await behind_replays.first_use(replayed)
+    finally:
+        for _, replays in replicas:
+            assert replays.redis is not None
+            await replays.redis.close()
 
 
 async def test_without_redis_the_local_window_still_refuses_replays() -> None:
