@@ -395,9 +395,7 @@ async def test_an_identity_timestamp_that_is_not_ascii_digits_is_a_401_not_a_500
     host, port = base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     head_lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    writer.write(
-        f"GET /things/42 HTTP/1.1\r\nHost: x\r\n{head_lines}Connection: close\r\n\r\n".encode()
-    )
+    writer.write(f"GET /things/42 HTTP/1.1\r\nHost: x\r\n{head_lines}Connection: close\r\n\r\n".encode())
     response = await reader.read()
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")

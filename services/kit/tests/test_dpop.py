@@ -346,6 +346,24 @@ def test_processes_with_the_same_secret_agree_on_nonces(clock: FakeClock) -> Non
     assert not NonceSource(b"x" * 32, 30, clock).valid(one.current())
 
 
+@unit
+def test_nonces_are_taken_from_clocks_within_the_skew_and_no_further() -> None:
+    """The windows a nonce is taken in: the checking clock's current and previous one, widened by the
+    skew either way (a replica ahead hands out the next window's nonce first), and no more."""
+    start = 1_700_000_040.0  # a multiple of 60: a window's start
+    behind = FakeClock(start - 10)
+    checker = NonceSource(b"k" * 32, 60, behind, skew_seconds=30)
+    issued = {
+        offset: NonceSource(b"k" * 32, 60, FakeClock(start + offset)).current()
+        for offset in (-130, -75, 20, 65)
+    }
+    assert checker.valid(issued[20])  # the next window's, from a clock 30 s ahead: taken
+    assert not checker.valid(issued[65])  # from a clock 75 s ahead: not
+    assert checker.valid(issued[-75])  # the previous window's: taken
+    assert not checker.valid(issued[-130])  # two windows back, and beyond the skew: not
+    assert not NonceSource(b"k" * 32, 60, behind).valid(issued[20])  # without a skew, as before
+
+
 # --- replays ------------------------------------------------------------------------------------
 
 
