@@ -74,9 +74,12 @@ MEANINGS = {
     "dpop_policy": "`allowed` (bearer and DPoP) or `required` (DPoP-bound only): every issuer's default",
     "dpop_algorithms": "accepted DPoP proof algorithms (asymmetric only)",
     "dpop_max_age_seconds": "how old a DPoP proof (`iat`) may be",
-    "dpop_leeway_seconds": "clock leeway for a DPoP proof's `iat` (both ways)",
+    "dpop_leeway_seconds": "clock leeway for a DPoP proof's `iat` (both ways) and for server nonces",
     "dpop_nonces": "require server nonces in DPoP proofs (`DPoP-Nonce`, `use_dpop_nonce`)",
-    "dpop_nonce_seconds": "how long a DPoP nonce is handed out (it is accepted for twice that)",
+    "dpop_nonce_seconds": (
+        "how long a DPoP nonce is handed out (it is accepted for twice that, and up to "
+        "`DPOP_LEEWAY_SECONDS` either side: replicas' clocks differ)"
+    ),
     "dpop_nonce_secret": "key of the gateway's DPoP nonces (equal on every replica; for `DPOP_NONCES`)",
     "gateway_cache_secret": (
         "key of the MAC over the key sets the gateway caches in Redis (a second line behind its ACL): "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 
 #: 2023-11-14T22:13:20Z: a fixed, obviously artificial wall-clock start (tokens made for tests use it)
 DEFAULT_START = 1_700_000_000.0
@@ -71,3 +72,21 @@ class FakeClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + seconds, next(self._order), future))
         await future
+
+
+class SkewedClock:
+    """The real clocks, with the wall clock ``offset`` seconds off: one replica among others whose
+    NTP left them a little apart. Real time passes (Redis expiries, database ``now()``), so the
+    parts of a test that run against real servers see each replica's view of the same moment."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

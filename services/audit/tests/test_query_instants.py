@@ -58,3 +58,19 @@ async def test_from_underscore_is_an_unknown_parameter(api: SignedApi) -> None:
     reply = await api.call("GET", "/audit/events", AUDITOR, params={"from_": "2026-11-23T10:00:00Z"})
     assert reply.status == 422, reply.text
     assert reply.fields() == {"from_"}
+
+
+async def test_an_offsets_plus_left_unescaped_is_named_as_such(api: SignedApi) -> None:
+    """``from=2026-11-23T09:30:00+01:00`` written into a URL as is: a query string reads ``+`` as a
+    space (HTML forms, WHATWG URL), so the service receives ``2026-11-23T09:30:00 01:00``. It was
+    refused as having no offset ("must be an RFC 3339 date-time with an offset"), which the client
+    can see it has; the 422 now says what happened to it and how to send it."""
+    mangled = "/audit/events?from=2026-11-23T09%3A30%3A00+01:00&to=2026-11-24T00%3A00%3A00-05:30"
+    reply = await api.call("GET", mangled, AUDITOR)
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"from"}, reply.body  # to's '-' arrives as sent
+    message = reply.body["errors"][0]["message"]
+    assert "%2B" in message, message
+    assert "space" in message, message
+    escaped = mangled.replace("+", "%2B")
+    assert (await api.call("GET", escaped, AUDITOR)).status == 200

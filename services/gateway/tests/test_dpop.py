@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.clock import SkewedClock
 from testkit.dpop import DpopKey
 from testkit.fixtures import ServiceProcess, metrics_url
 
@@ -284,6 +285,39 @@ async def test_nonces_use_dpop_nonce_then_the_retry_passes(
         )
         assert status == 200, body
         assert answer["DPoP-Nonce"] == nonce  # the current nonce comes with every DPoP answer
+
+
+async def test_a_nonce_from_a_replica_ahead_is_taken_by_one_behind(
+    http: aiohttp.ClientSession, start_gateway: StartGateway, provider: Provider, key: DpopKey
+) -> None:
+    """Two replicas with the same nonce secret, 5 s apart (within the 30 s clock leeway), either side
+    of a nonce window's start: the one ahead hands out the new window's nonce, and the client's next
+    request may reach the one behind. That one refused it (use_dpop_nonce: it took only its current
+    and previous window's), so near every window's start a client bouncing between replicas was
+    refused, and refused again if its retry reached a third replica behind."""
+    token = bound_token(provider, key)
+    ahead, behind = SkewedClock(0.0), SkewedClock(0.0)
+    settings = {"dpop_nonces": True, "dpop_nonce_secret": NONCE_SECRET, "dpop_nonce_seconds": 10}
+    async with (
+        start_gateway(clock=ahead, **settings) as first,
+        start_gateway(clock=behind, **settings) as second,
+    ):
+        now = time.time()
+        start = round(now / 10) * 10  # a window's start (DPOP_NONCE_SECONDS=10), at most 5 s away
+        ahead.offset, behind.offset = start + 2.5 - now, start - 2.5 - now
+        url = f"{first}{ROUTE}"
+        headers = expect_refused(
+            await dpop_call(http, "GET", url, token, key.proof("GET", url, access_token=token)),
+            "dpop_nonce",
+            "use_dpop_nonce",
+        )
+        nonce = headers["DPoP-Nonce"]  # the window the replica ahead is in
+        url = f"{second}{ROUTE}"
+        status, _, body = await dpop_call(
+            http, "GET", url, token, key.proof("GET", url, access_token=token, nonce=nonce)
+        )
+        assert time.time() - now < 2.5, "too slow: the replica behind reached the new window itself"
+        assert status == 200, body
 
 
 # --- policy --------------------------------------------------------------------------------------

@@ -2,18 +2,24 @@
 
 Keys are reloaded from Postgres periodically; because a rotated key is published ``grace`` seconds
 before it signs, every replica learns it (and serves it in the JWKS) before any token carries it.
+
+The schedule (``signs_from``, ``retired_at``, ``publish_until``) is written in the database's time
+(``now()``), so it is read in the database's time too: each load measures how far this process's
+clock is from the database's and applies it. Compared with the process's own clock, a replica a few
+seconds behind the database found no key that signs right after the first one was made (not ready,
+and a 500 at the token endpoint), and kept signing with a key a rotation had retired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from svckit.clock import SYSTEM_CLOCK, Clock
 
 from .keys import KeyCipher, SigningKey, ensure_signing_key, load_keys
 
@@ -25,12 +31,16 @@ class NoSigningKey(RuntimeError):
 
 
 class KeyStore:
-    def __init__(self, cipher: KeyCipher, alg: str, refresh_seconds: float) -> None:
+    def __init__(
+        self, cipher: KeyCipher, alg: str, refresh_seconds: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.cipher = cipher
         self.alg = alg
         self.refresh_seconds = refresh_seconds
+        self.clock = clock
         self._keys: list[SigningKey] = []
         self._loaded_at = 0.0
+        self._offset = 0.0  # the database's clock minus this process's, as of the last load
         self._lock = asyncio.Lock()
 
     async def start(self, pool: asyncpg.Pool) -> None:
@@ -44,29 +54,37 @@ class KeyStore:
     async def refresh(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
             keys = await load_keys(conn, self.cipher)
+            before = self.clock.time()
+            database: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            after = self.clock.time()
+        self._offset = database.timestamp() - (before + after) / 2
         self._keys = keys
-        self._loaded_at = time.monotonic()
+        self._loaded_at = self.clock.monotonic()
 
     async def refresh_if_stale(self, pool: asyncpg.Pool) -> None:
-        if time.monotonic() - self._loaded_at < self.refresh_seconds:
+        if self.clock.monotonic() - self._loaded_at < self.refresh_seconds:
             return
         async with self._lock:
-            if time.monotonic() - self._loaded_at >= self.refresh_seconds:
+            if self.clock.monotonic() - self._loaded_at >= self.refresh_seconds:
                 await self.refresh(pool)
 
+    def _now(self) -> datetime:
+        """The database's time now, as far as this process can tell (the schedule's time)."""
+        return datetime.fromtimestamp(self.clock.time() + self._offset, UTC)
+
     def signer(self, now: datetime | None = None) -> SigningKey:
-        moment = now or datetime.now(UTC)
+        moment = now or self._now()
         for key in self._keys:
             if key.signs_at(moment):
                 return key
         raise NoSigningKey("no signing key is active; run `python -m identity rotate-keys`")
 
     def jwks(self, now: datetime | None = None) -> dict[str, Any]:
-        moment = now or datetime.now(UTC)
+        moment = now or self._now()
         return {"keys": [dict(key.jwk) for key in self._keys if key.published_at(moment)]}
 
     def public_key(self, kid: str) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, str] | None:
-        now = datetime.now(UTC)
+        now = self._now()
         for key in self._keys:
             if key.kid == kid and key.published_at(now):
                 return key.private_key.public_key(), key.alg

@@ -28,8 +28,9 @@ failure a :class:`ProofError` with a stable ``reason``, the metric label and pro
    thumbprint equals the token's ``cnf.jkt`` — ``dpop_key_mismatch``.
 
 :class:`ReplayGuard` then makes sure a ``jti`` is used once (``dpop_replay``): across replicas with
-Redis ``SET NX`` (key: the key's thumbprint and the ``jti``, hashed; kept exactly as long as the
-proof's ``iat`` stays acceptable), and in process with a local window that catches replays to the
+Redis ``SET NX`` (key: the key's thumbprint and the ``jti``, hashed; kept as long as the proof's
+``iat`` stays acceptable to any replica whose clock is within the leeway of this one's:
+:attr:`ProofVerifier.window_seconds`), and in process with a local window that catches replays to the
 same process even without Redis. **While Redis is unavailable** (the kit's :class:`RedisGuard`
 circuit is open), the local window is the only check: a proof replayed to *another* process or
 replica within its ``iat`` window (at most ``max_age + 2 * leeway`` seconds) is then accepted — the
@@ -136,6 +137,7 @@ class DpopSettings(ServiceSettings):
     dpop_max_age_seconds: int = Field(default=60, ge=5, le=600)
     dpop_leeway_seconds: int = Field(default=30, ge=0, le=300)
     # server nonces (RFC 9449 §8): proofs must carry a DPoP-Nonce handed out in the last two windows
+    # (by a clock within the leeway of the checking replica's)
     dpop_nonces: bool = False
     dpop_nonce_seconds: int = Field(default=60, ge=10, le=3600)
 
@@ -152,7 +154,7 @@ class DpopSettings(ServiceSettings):
 
     def proof_verifier(self, nonce_secret: bytes | None, clock: Clock = SYSTEM_CLOCK) -> ProofVerifier:
         nonces = (
-            NonceSource(nonce_secret, self.dpop_nonce_seconds, clock)
+            NonceSource(nonce_secret, self.dpop_nonce_seconds, clock, skew_seconds=self.dpop_leeway_seconds)
             if self.dpop_nonces and nonce_secret
             else None
         )
@@ -267,22 +269,46 @@ class NonceSource:
     no shared state: a nonce is valid during its window and the next one (``lifetime`` to twice
     that), and a client cannot make one in advance — which is the point of nonces: proofs made
     earlier (by malware that had the key for a moment) stop working.
+
+    Replicas' clocks differ a little, so near a window's start one replica already hands out the new
+    window's nonce while another has not reached it. A nonce is therefore taken if any clock within
+    ``skew_seconds`` of this one (``DPOP_LEEWAY_SECONDS``, the clock difference tolerated anywhere)
+    would take it: up to ``skew_seconds`` before its window begins here, and that much after the next
+    one ends. Without it the replica behind refused the nonce the one ahead had just handed out, and
+    a client's retry reaching a third replica further behind was refused again.
     """
 
-    def __init__(self, secret: bytes, lifetime: float, clock: Clock = SYSTEM_CLOCK) -> None:
+    #: nonces of recent windows kept (each is an HMAC; a check looks at a few windows)
+    MAX_CACHED_WINDOWS = 64
+
+    def __init__(
+        self, secret: bytes, lifetime: float, clock: Clock = SYSTEM_CLOCK, *, skew_seconds: float = 0.0
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must hold at least 16 bytes")
         if lifetime <= 0:
             raise ValueError("the nonce lifetime must be positive")
+        if skew_seconds < 0:
+            raise ValueError("the clock skew must not be negative")
         self._key = hmac.new(secret, b"tsp-dpop-nonce-v1", hashlib.sha256).digest()
         self.lifetime = lifetime
+        self.skew = skew_seconds
         self._now = clock.time
         self._cached: tuple[int, str] = (-1, "")
+        self._windows: dict[int, bytes] = {}
 
     def _nonce(self, window: int) -> str:
         return b64url(
             hmac.new(self._key, window.to_bytes(8, "big", signed=True), hashlib.sha256).digest()[:24]
         )
+
+    def _nonce_bytes(self, window: int) -> bytes:
+        known = self._windows.get(window)
+        if known is None:
+            if len(self._windows) >= self.MAX_CACHED_WINDOWS:
+                self._windows.clear()
+            known = self._windows[window] = self._nonce(window).encode()
+        return known
 
     def current(self) -> str:
         window = math.floor(self._now() / self.lifetime)
@@ -291,10 +317,14 @@ class NonceSource:
         return self._cached[1]
 
     def valid(self, nonce: str) -> bool:
-        window = math.floor(self._now() / self.lifetime)
+        now = self._now()
+        # the windows a clock within the skew of this one hands out (its current one) or still takes
+        # (its previous one): with no skew, this window and the one before
+        first = math.floor((now - self.skew) / self.lifetime) - 1
+        last = math.floor((now + self.skew) / self.lifetime)
         # bytes: compare_digest raises TypeError on a str with non-ASCII characters (client input)
         sent = nonce.encode("utf-8", "surrogatepass")
-        return any(hmac.compare_digest(sent, self._nonce(w).encode()) for w in (window, window - 1))
+        return any(hmac.compare_digest(sent, self._nonce_bytes(w)) for w in range(first, last + 1))
 
 
 # --- the verifier -------------------------------------------------------------------------------
@@ -332,8 +362,14 @@ class ProofVerifier:
 
     @property
     def window_seconds(self) -> float:
-        """How long a proof stays acceptable after its ``iat`` (what the replay store must cover)."""
-        return self.max_age + self.leeway
+        """How long after its ``iat`` a proof may still be accepted somewhere: what the replay store
+        must cover. This process accepts it until ``iat`` + max age + leeway by its own clock; a
+        replica whose clock is behind by up to the leeway (the clock difference tolerated between
+        clients and servers, so between servers too) accepts it that much later. The replay entry
+        is written by whichever replica saw the proof first, with its clock: without the second
+        leeway it expired while the replicas behind still accepted the proof, and a replay to one of
+        them passed."""
+        return self.max_age + 2 * self.leeway
 
     def verify(
         self,

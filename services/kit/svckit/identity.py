@@ -69,6 +69,8 @@ VERSION = "tsp-identity-v2"
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 #: ``Content-Digest`` as the contract sends it: one sha-256 member (RFC 9530 section 2).
 _DIGEST = re.compile(r"sha-256=:[A-Za-z0-9+/]{43}=:")
+#: ``X-Identity-Timestamp``: Unix seconds in ASCII digits (``[0-9]``: ``\d`` is any Unicode digit)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # the module's own generator: random reseeds it in a forked child (os.register_at_fork), which it does
 # not do for a Random() of our own — two forked workers would then send the same nonces, refused as
@@ -475,7 +477,9 @@ class IdentityVerifier:
         if states is None:
             raise IdentityError("unknown_key", "The identity was signed with an unknown key id.")
         timestamp = get(TIMESTAMP, "")
-        if not timestamp.isdigit():
+        # ASCII digits only, at most 12 (Unix seconds until the year 33658): ``str.isdigit`` also
+        # takes '²', which ``int()`` refuses, and 5,000 digits pass it and fail ``int()`` as well
+        if _TIMESTAMP.fullmatch(timestamp) is None:
             raise IdentityError("malformed", "The identity timestamp is missing or malformed.")
         now = now if now is not None else time.time()
         if abs(now - int(timestamp)) > self.max_skew:

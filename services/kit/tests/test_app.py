@@ -373,3 +373,31 @@ async def test_a_direct_route_with_a_path_parameter_answers_as_through_the_route
     assert answers[0] == answers[1]
     assert [answer[0] for answer in answers[1]] == [200, 503, 404, 405, 404, 201]
     assert answers[1][0][3] == {"id": 7, "path": "/items/7"}
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "²",  # str.isdigit() says yes (a superscript two), int() says no
+        "9" * 5000,  # digits past Python's 4,300-digit limit for int()
+        "١٧٨٠٠٠٠٠٠٠",  # Arabic-Indic digits: int() reads them, but the contract sends ASCII digits
+    ],
+)
+async def test_an_identity_timestamp_that_is_not_ascii_digits_is_a_401_not_a_500(
+    base_url: str, caller: Caller, timestamp: str
+) -> None:
+    """Anyone who can reach a service (no key needed) sends an otherwise well-formed identity whose
+    X-Identity-Timestamp is digits to ``str.isdigit`` that ``int()`` refuses: it was a 500 (the
+    refusal then neither counted nor on the audit trail); it is a 401 ``malformed``, as is any
+    timestamp that is not ASCII digits."""
+    headers = caller.headers(user("alice", "read:timesheets"), "GET", f"{base_url}/things/42")
+    headers["x-identity-timestamp"] = timestamp
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head_lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    writer.write(f"GET /things/42 HTTP/1.1\r\nHost: x\r\n{head_lines}Connection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["reason"] == "malformed"

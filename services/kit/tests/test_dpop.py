@@ -6,9 +6,11 @@ is in process (the fast tier).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import json
+import time
 import tracemalloc
 from typing import Any
 
@@ -25,7 +27,7 @@ from svckit.dpop import (
 )
 from svckit.redisguard import RedisGuard
 
-from testkit.clock import FakeClock
+from testkit.clock import FakeClock, SkewedClock
 from testkit.dpop import DpopKey
 from testkit.fixtures import free_port
 
@@ -344,6 +346,24 @@ def test_processes_with_the_same_secret_agree_on_nonces(clock: FakeClock) -> Non
     assert not NonceSource(b"x" * 32, 30, clock).valid(one.current())
 
 
+@unit
+def test_nonces_are_taken_from_clocks_within_the_skew_and_no_further() -> None:
+    """The windows a nonce is taken in: the checking clock's current and previous one, widened by the
+    skew either way (a replica ahead hands out the next window's nonce first), and no more."""
+    start = 1_700_000_040.0  # a multiple of 60: a window's start
+    behind = FakeClock(start - 10)
+    checker = NonceSource(b"k" * 32, 60, behind, skew_seconds=30)
+    issued = {
+        offset: NonceSource(b"k" * 32, 60, FakeClock(start + offset)).current()
+        for offset in (-130, -75, 20, 65)
+    }
+    assert checker.valid(issued[20])  # the next window's, from a clock 30 s ahead: taken
+    assert not checker.valid(issued[65])  # from a clock 75 s ahead: not
+    assert checker.valid(issued[-75])  # the previous window's: taken
+    assert not checker.valid(issued[-130])  # two windows back, and beyond the skew: not
+    assert not NonceSource(b"k" * 32, 60, behind).valid(issued[20])  # without a skew, as before
+
+
 # --- replays ------------------------------------------------------------------------------------
 
 
@@ -383,6 +403,33 @@ async def test_two_guards_sharing_redis_accept_a_jti_once(redis_url: str, redis_
         for guard in guards:
             assert guard.redis is not None
             await guard.redis.close()
+
+
+async def test_a_proof_is_accepted_once_across_replicas_whose_clocks_differ_within_the_leeway(
+    redis_url: str, redis_prefix: str, key: DpopKey
+) -> None:
+    """Two replicas (verifier and replay guard each, on one Redis), the second 1.5 s ahead of the
+    first: less than the clock leeway they grant clients. The proof is first used at the one ahead;
+    the Redis entry must outlive the moment the one behind stops accepting the proof. It expired
+    by the clock of the replica that made it (``iat`` + max age + leeway), 1.5 s early: the replay
+    to the replica behind was accepted then."""
+    replicas = []
+    for offset in (0.0, 1.5):
+        clock = SkewedClock(offset)
+        check = ProofVerifier(max_age_seconds=2, leeway_seconds=2, clock=clock)
+        redis = RedisGuard(redis_url, redis_prefix, timeout=0.5, retry_seconds=1)
+        replicas.append((check, ReplayGuard(redis, "dpop", check.window_seconds, clock=clock)))
+    (behind, behind_replays), (ahead, ahead_replays) = replicas
+    try:
+        sent = key.proof("GET", URL, iat=time.time())
+        assert await ahead_replays.first_use(ahead.verify(sent, method="GET", url=URL))
+        await asyncio.sleep(3.3)  # past iat + 3 s (when the entry the replica ahead made expired)
+        replayed = behind.verify(sent, method="GET", url=URL)  # still within its window (iat + 4 s)
+        assert not await behind_replays.first_use(replayed)
+    finally:
+        for _, replays in replicas:
+            assert replays.redis is not None
+            await replays.redis.close()
 
 
 async def test_without_redis_the_local_window_still_refuses_replays() -> None:

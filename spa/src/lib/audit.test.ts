@@ -1,5 +1,18 @@
 import { describe, expect, it } from "vitest";
 import { describeCheckpoints, describeEvent, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
+import { today } from "./week";
+
+/** `run` with the process in time zone `name` (Node reads `TZ` again when it changes). */
+function inZone<T>(name: string, run: () => T): T {
+  const saved = process.env.TZ;
+  process.env.TZ = name;
+  try {
+    return run();
+  } finally {
+    if (saved === undefined) delete process.env.TZ;
+    else process.env.TZ = saved;
+  }
+}
 
 const actor = (subject: string, name = "") => ({
   issuer: "http://localhost:9000/",
@@ -150,16 +163,15 @@ describe("audit events", () => {
     expect(view).toMatchObject({ actor: "—", label: "something.else", tone: "other", seq: null, details: "thing 42" });
   });
 
-  it("builds the query with whole UTC days", () => {
-    expect(
-      filtersToQuery({
-        ...NO_FILTERS,
-        action: "timesheet.created",
-        actor: " local|bob ",
-        from: "2026-11-01",
-        to: "2026-11-30",
-      }),
-    ).toEqual({
+  it("builds the query with whole days (here in UTC)", () => {
+    const filters = {
+      ...NO_FILTERS,
+      action: "timesheet.created",
+      actor: " local|bob ",
+      from: "2026-11-01",
+      to: "2026-11-30",
+    };
+    expect(inZone("UTC", () => filtersToQuery(filters))).toEqual({
       action: "timesheet.created",
       actor: "local|bob",
       from: "2026-11-01T00:00:00Z",
@@ -226,4 +238,37 @@ describe("checkpoint status", () => {
     expect(off.tone).toBe("off");
     expect(off.headline).toContain("only checked against itself");
   });
+});
+
+describe("date filters", () => {
+  // The audit view shows each record's time in the browser's time zone; the From and To dates it offers
+  // must select exactly the records it shows on those days. With whole days in UTC, a user at UTC+14
+  // or UTC-12 (or anywhere but UTC) filtering on a day got records shown on the day before or after,
+  // and not those of the day's first or last hours.
+  const zones = ["Pacific/Kiritimati", "Etc/GMT+12", "Europe/Berlin", "America/Santiago", "UTC"];
+  const ranges: [string, string][] = [
+    ["2026-11-30", "2026-11-30"],
+    ["2026-10-25", "2026-10-25"], // Berlin: 25 hours (summer time ends)
+    ["2026-09-06", "2026-09-07"], // Santiago: the day starts at 01:00 (summer time begins at midnight)
+    ["2026-12-31", "2027-01-01"],
+  ];
+
+  it.each(zones)("select what the view shows on those days, in %s", (name) =>
+    inZone(name, () => {
+      for (const [from, to] of ranges) {
+        const query = filtersToQuery({ ...NO_FILTERS, from, to });
+        const start = Date.parse(query.from ?? "");
+        const end = Date.parse(query.to ?? "");
+        // every quarter hour from two days before to two days after: in the range (from ≤ t < to)
+        // exactly when the day it is shown on is one of the chosen days
+        for (let t = start - 2 * 86_400_000; t < end + 2 * 86_400_000; t += 900_000) {
+          const shownOn = today(new Date(t));
+          expect({ t: new Date(t).toISOString(), selected: start <= t && t < end }).toEqual({
+            t: new Date(t).toISOString(),
+            selected: from <= shownOn && shownOn <= to,
+          });
+        }
+      }
+    }),
+  );
 });

@@ -108,15 +108,29 @@ export function describeReason(code: string): ReasonView {
   return label ? { code, label, known: true } : { code, label: code.replace(/_/g, " "), known: false };
 }
 
-/** Query parameters of `GET /api/audit/events`; dates cover whole days in UTC (`to` is exclusive). */
+/**
+ * Query parameters of `GET /api/audit/events`. The From and To dates are whole days in the browser's
+ * time zone, the one the view shows each record's time in (`to` is exclusive: the next day's start), so
+ * a day selects exactly the records shown on it, on days of 23 or 25 hours too.
+ */
 export function filtersToQuery(filters: AuditFilters): Record<string, string> {
   const query: Record<string, string> = {};
   if (filters.action) query.action = filters.action;
   if (filters.actor.trim()) query.actor = filters.actor.trim();
   if (filters.outcome) query.outcome = filters.outcome;
-  if (isIsoDate(filters.from)) query.from = `${filters.from}T00:00:00Z`;
-  if (isIsoDate(filters.to)) query.to = `${addDays(filters.to, 1)}T00:00:00Z`;
+  if (isIsoDate(filters.from)) query.from = startOfLocalDay(filters.from);
+  if (isIsoDate(filters.to)) query.to = startOfLocalDay(addDays(filters.to, 1));
   return query;
+}
+
+/** The instant a calendar day begins in the browser's time zone, as RFC 3339 UTC: local midnight, or
+ * the first moment of the day where the clocks skip midnight (summer time starting at 00:00). */
+function startOfLocalDay(value: string): string {
+  const [year, month, day] = value.split("-").map(Number) as [number, number, number];
+  const start = new Date(2000, 0, 1);
+  start.setFullYear(year, month - 1, day); // not new Date(y, m, d): it reads years 0-99 as 1900-1999
+  start.setHours(0, 0, 0, 0);
+  return start.toISOString().replace(/\.000Z$/, "Z");
 }
 
 type Json = Record<string, unknown>;

@@ -89,13 +89,26 @@ def _iso_date_text(value: Any) -> Any:
 _RFC3339 = re.compile(RFC3339_PATTERN)
 
 
+#: an RFC 3339 date-time whose offset's "+" a query string decoded as a space
+_RFC3339_PLUS_AS_SPACE = re.compile(RFC3339_PATTERN.replace("([Zz]|[+-]", "( "))
+
+
 def _rfc3339_text(value: Any) -> Any:
     """Only RFC 3339 date-time strings (or datetimes built in code): pydantic alone would also take
     numbers and strings of digits (as Unix times: ``20261203`` is 1970-08-23), times without seconds,
-    and offsets without a colon."""
+    and offsets without a colon.
+
+    A space where a positive offset's ``+`` belongs is what a query string makes of an unescaped ``+``
+    (it reads as a space): still refused (no second spelling), but saying so, since the client did
+    send an offset and the general message would tell it that it had not."""
     if isinstance(value, dt.datetime):
         return value
     if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        if isinstance(value, str) and _RFC3339_PLUS_AS_SPACE.fullmatch(value) is not None:
+            raise ValueError(
+                "has a space where its offset's '+' belongs: in a query string '+' reads as a space, "
+                "so send it as %2B (e.g. 2026-11-23T09:30:00%2B01:00), or give the time in UTC with Z"
+            )
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-23T09:30:00Z")
     return value
 
