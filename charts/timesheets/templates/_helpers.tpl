@@ -276,7 +276,7 @@ Call with (dict "root" $ "component" "gateway").
 {{- if eq .component "gateway" -}}
 {{ $base }} +get +set +incrby +expire +xread {{ $tail }} ~{{ $p }}gateway:* ~{{ $p }}dpop-jti:* %R~{{ $p }}revocations
 {{- else if eq .component "identity" -}}
-{{ $base }} +get +set +incr +incrby +decr +expire +pttl +eval +exists +xadd +xtrim {{ $tail }} ~{{ $p }}identity:* ~{{ $p }}identity-dpop-jti:* ~{{ $p }}revocations ~{{ $p }}revocations:complete
+{{ $base }} +get +set +incr +incrby +decr +expire +pttl +eval +exists +xadd +xtrim +time {{ $tail }} ~{{ $p }}identity:* ~{{ $p }}identity-dpop-jti:* ~{{ $p }}revocations ~{{ $p }}revocations:complete
 {{- else -}}
 {{ $base }} +set {{ $tail }} ~{{ $p }}identity-replay:{{ .component }}:*
 {{- end -}}

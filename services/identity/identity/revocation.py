@@ -13,8 +13,11 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
   ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
   finds it missing it re-publishes every unexpired revocation from the database and sets it again;
 * entries older than the longest access-token lifetime plus the largest gateway leeway (300 s) are
-  trimmed (``MINID`` on every ``XADD``, and by the periodic check): the tokens they name have expired,
-  so no gateway needs them.
+  trimmed by the periodic check: the tokens they name have expired, so no gateway needs them. An
+  entry's id is the time *Redis* added it (milliseconds), so its age is measured on Redis's clock
+  (``TIME``), never this replica's: a provider whose clock ran ahead of Redis's by more than the
+  leeway trimmed revocations of tokens a gateway still accepts, and a gateway that started (or lost
+  its place in the stream) then never learnt of them.
 
 Duplicates are harmless (a deny set is idempotent); the order of entries does not matter.
 """
@@ -27,7 +30,6 @@ from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
@@ -65,21 +67,16 @@ class RevocationPublisher:
         issuer: str,
         *,
         retention_seconds: int,
-        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.redis = redis
         self.database = database
         self.issuer = issuer
         self.retention_seconds = retention_seconds
-        self.clock = clock
         self.stream = redis.key(STREAM)
         self.marker = redis.key(COMPLETE_MARKER)
 
-    def _min_id(self) -> str:
-        return str(int((self.clock.time() - self.retention_seconds) * 1000))
-
     async def _append(self, revoked: Sequence[RevokedToken]) -> bool:
-        stream, min_id = self.stream, self._min_id()
+        stream = self.stream
 
         async def run(client: Redis) -> bool:
             async with client.pipeline(transaction=False) as pipe:
@@ -90,7 +87,7 @@ class RevocationPublisher:
                         "exp": int(token.expires_at.timestamp()),
                         "reason": token.reason,
                     }
-                    pipe.xadd(stream, fields, minid=min_id, approximate=False)
+                    pipe.xadd(stream, fields)
                 await pipe.execute()
             return True
 
@@ -137,9 +134,16 @@ class RevocationPublisher:
         await self.trim()
 
     async def trim(self) -> None:
-        """Drop entries older than the retention (exactly: revocations are few, and a test can see it)."""
-        stream, min_id = self.stream, self._min_id()
-        await self.redis.call(lambda client: client.xtrim(stream, minid=min_id, approximate=False))
+        """Drop entries older than the retention by Redis's clock (exactly: revocations are few, and a
+        test can see it)."""
+        stream, retention_ms = self.stream, self.retention_seconds * 1000
+
+        async def run(client: Redis) -> None:
+            seconds, microseconds = await client.time()
+            min_id = seconds * 1000 + microseconds // 1000 - retention_ms
+            await client.xtrim(stream, minid=str(max(min_id, 0)), approximate=False)
+
+        await self.redis.call(run)
 
 
 class Revoker:

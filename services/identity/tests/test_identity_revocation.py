@@ -12,9 +12,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 import asyncpg
 import jwt
+import pytest
 import redis.asyncio as aioredis
 
-from testkit.clock import FakeClock
 from testkit.oidc import (
     BATCH_SECRET,
     SPA,
@@ -162,31 +162,41 @@ async def test_revocations_are_published_to_the_stream_and_republished_when_lost
         await client.aclose()
 
 
-async def test_the_stream_keeps_only_what_can_still_be_used(redis_url: str, redis_prefix: str) -> None:
-    """Entries older than the retention (longest access-token lifetime + gateway leeway) are trimmed."""
+@pytest.mark.parametrize("skew", [0, 3600, -3600])
+async def test_the_stream_keeps_only_what_can_still_be_used(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, skew: int
+) -> None:
+    """Entries older than the retention (longest access-token lifetime + gateway leeway) are trimmed,
+    their age measured on Redis's clock (entry ids are the milliseconds Redis added them at): a
+    provider whose clock is an hour ahead of (or behind) Redis's trims the same entries, not every
+    entry still needed (or none)."""
     from datetime import UTC, datetime
 
     from identity.revocation import RevocationPublisher
     from identity.store import RevokedToken
+    from svckit.clock import SystemClock
     from svckit.db import Database
     from svckit.redisguard import RedisGuard
 
-    guard = RedisGuard(redis_url, redis_prefix + "trim:", timeout=0.5, retry_seconds=1)
-    clock = FakeClock(time.time())
+    guard = RedisGuard(redis_url, redis_prefix + f"trim{skew}:", timeout=0.5, retry_seconds=1)
     unused = Database("postgresql://unused@127.0.0.1:1/none")  # only Redis is touched below
-    publisher = RevocationPublisher(
-        guard, unused, "http://localhost:9000/", retention_seconds=60, clock=clock
-    )
-    soon = datetime.fromtimestamp(clock.time() + 30, UTC)
+    seconds, microseconds = await guard.client.time()
+    redis_ms = seconds * 1000 + microseconds // 1000
+    real_time = time.time
+    # this process's clock, skewed (time.time and the kit's system clock, which bound it at import)
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    monkeypatch.setattr(SystemClock, "time", staticmethod(time.time))
+    publisher = RevocationPublisher(guard, unused, "http://localhost:9000/", retention_seconds=60)
+    soon = datetime.fromtimestamp(real_time() + 30, UTC)
     try:
-        # an entry written two minutes ago (stream ids are the writer's milliseconds)
-        old_id = f"{int((clock.time() - 120) * 1000)}-0"
-        await guard.client.xadd(publisher.stream, {"iss": "x", "jti": "old", "exp": "0"}, id=old_id)
+        # written two minutes and half a minute ago, by Redis's clock
+        for jti, age in (("old", 120), ("recent", 30)):
+            entry_id = f"{redis_ms - age * 1000}-0"
+            await guard.client.xadd(publisher.stream, {"iss": "x", "jti": jti, "exp": "0"}, id=entry_id)
         assert await publisher._append([RevokedToken("new", soon, "revoked")])
-        entries: Any = await guard.client.xrange(publisher.stream)
-        assert [fields[b"jti"] for _, fields in entries] == [b"new"]
-        clock.advance(3600)
         await publisher.trim()
-        assert await guard.client.xlen(publisher.stream) == 0
+        entries: Any = await guard.client.xrange(publisher.stream)
+        assert [fields[b"jti"] for _, fields in entries] == [b"recent", b"new"]
     finally:
+        await guard.client.delete(publisher.stream)
         await guard.close()

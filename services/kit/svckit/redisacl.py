@@ -73,10 +73,11 @@ GRANTS: Mapping[str, Grant] = {
         # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
         # identity:login:*, identity:client-auth:* and identity:authorize:*; svckit.dpop SET
         # identity-dpop-jti:<digest>;
-        # revocation.py XADD (MINID)/XTRIM revocations, EXISTS/SET revocations:complete
+        # revocation.py XADD/XTRIM revocations (TIME: entries' age on Redis's clock), EXISTS/SET
+        # revocations:complete
         commands=(
             *("get", "set", "incr", "incrby", "decr", "expire", "pttl", "eval"),
-            *("exists", "xadd", "xtrim"),
+            *("exists", "xadd", "xtrim", "time"),
         ),
         keys=("identity:*", "identity-dpop-jti:*", "revocations", "revocations:complete"),
     ),
