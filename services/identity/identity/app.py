@@ -33,7 +33,7 @@ from .keys import KeyCipher, KeyEncryptionError
 from .keystore import KeyStore
 from .logout import Logout
 from .oauth import Backend, IdentityServer
-from .revocation import RevocationPublisher, Revoker
+from .revocation import GATEWAY_LEEWAY_SECONDS, RevocationPublisher, Revoker
 from .sessions import Sessions
 from .settings import IdentitySettings
 from .signin import PasswordSignIn
@@ -44,10 +44,6 @@ log = logging.getLogger("identity.app")
 
 SCHEMA = "identity"
 HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (KeyEncryptionError, *UNAVAILABLE_ERRORS)
-
-#: How much longer than an access token lives a revocation stays in the stream: the gateways' largest
-#: allowed clock leeway (JWT_LEEWAY_SECONDS ≤ 300), so a gateway starting late still learns it.
-STREAM_RETENTION_MARGIN_SECONDS = 300
 
 
 def build_app(settings: IdentitySettings) -> Starlette:
@@ -69,7 +65,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         redis,
         database,
         settings.identity_issuer,
-        retention_seconds=settings.access_token_ttl_seconds + STREAM_RETENTION_MARGIN_SECONDS,
+        retention_seconds=settings.access_token_ttl_seconds + GATEWAY_LEEWAY_SECONDS,
     )
     revoker = Revoker(database, publisher)
     sessions = Sessions(database)

@@ -12,6 +12,10 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
 * Redis may lose everything (a restart without persistence): the marker key
   ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
   finds it missing it re-publishes every unexpired revocation from the database and sets it again;
+* what is published and re-published is every revoked token a gateway may still accept: not expired
+  by more than the largest gateway leeway (:data:`GATEWAY_LEEWAY_SECONDS`; a gateway accepts a token
+  until ``exp`` plus its leeway, so one that started after Redis lost the stream accepted a revoked
+  token that had expired a moment ago, had the provider stopped at ``exp``);
 * entries older than the longest access-token lifetime plus the largest gateway leeway (300 s) are
   trimmed by the periodic check: the tokens they name have expired, so no gateway needs them. An
   entry's id is the time *Redis* added it (milliseconds), so its age is measured on Redis's clock
@@ -40,6 +44,10 @@ log = logging.getLogger("identity.revocation")
 
 STREAM = "revocations"
 COMPLETE_MARKER = "revocations:complete"
+#: The largest leeway past ``exp`` a gateway may grant (``JWT_LEEWAY_SECONDS`` ≤ 300): revocations are
+#: published that long past their token's expiry, and kept in the stream that much longer than an
+#: access token lives, so a gateway starting late still learns them
+GATEWAY_LEEWAY_SECONDS = 300
 #: A revocation not published within this many seconds of its commit is picked up by ``reconcile``
 #: (the request that made it publishes it itself; this only avoids publishing twice in the meantime).
 SETTLE_SECONDS = 1.0
@@ -117,7 +125,9 @@ class RevocationPublisher:
             return  # Redis unavailable: the next run tries again
         pool = self.database.pool
         if not complete:
-            everything = await store.unexpired_revocations(pool, unpublished_only=False)
+            everything = await store.unexpired_revocations(
+                pool, unpublished_only=False, leeway_seconds=GATEWAY_LEEWAY_SECONDS
+            )
             if everything and not await self._append(everything):
                 return
             if await self.redis.call(lambda client: client.set(marker, "1")) is None:
@@ -128,7 +138,7 @@ class RevocationPublisher:
                 log.info("re-published every unexpired revocation", extra={"count": len(everything)})
             return
         pending = await store.unexpired_revocations(
-            pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS
+            pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS, leeway_seconds=GATEWAY_LEEWAY_SECONDS
         )
         await self.publish(pending, outcome="retried")
         await self.trim()

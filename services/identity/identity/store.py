@@ -420,18 +420,20 @@ async def token_revoked(db: Conn, jti: str) -> bool:
 
 
 async def unexpired_revocations(
-    db: Conn, *, unpublished_only: bool, settle_seconds: float = 0.0
+    db: Conn, *, unpublished_only: bool, settle_seconds: float = 0.0, leeway_seconds: float = 0.0
 ) -> list[RevokedToken]:
-    """Revoked access tokens that have not expired: all of them (to re-publish after Redis lost the
-    stream), or those not yet published that were revoked over ``settle_seconds`` ago."""
+    """Revoked access tokens a gateway may still accept: not expired ``leeway_seconds`` ago (the
+    gateways' leeway past ``exp``): all of them (to re-publish after Redis lost the stream), or those
+    not yet published that were revoked over ``settle_seconds`` ago."""
     rows = await db.fetch(
         """SELECT jti, expires_at, revocation_reason FROM issued_tokens
-           WHERE revoked_at IS NOT NULL AND expires_at > now()
+           WHERE revoked_at IS NOT NULL AND expires_at > now() - make_interval(secs => $3)
              AND (NOT $1 OR (published_at IS NULL
                              AND revoked_at < now() - make_interval(secs => $2)))
            ORDER BY revoked_at""",
         unpublished_only,
         settle_seconds,
+        leeway_seconds,
     )
     return [
         RevokedToken(row["jti"], row["expires_at"], row["revocation_reason"] or "revoked") for row in rows

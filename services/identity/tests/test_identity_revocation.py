@@ -162,6 +162,41 @@ async def test_revocations_are_published_to_the_stream_and_republished_when_lost
         await client.aclose()
 
 
+async def test_a_revocation_within_the_gateways_leeway_past_expiry_is_republished(
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    redis_url: str,
+    seeded: dict[str, str],
+    db: asyncpg.Connection,
+) -> None:
+    """A gateway accepts a token until ``exp`` plus its leeway (up to 300 s): when Redis lost the
+    stream, a revoked token that expired a minute ago is re-published too, or a gateway that starts
+    then would accept it for the rest of its leeway."""
+    tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
+    jti = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
+    async with http.post(
+        base_url + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": tokens["access_token"]}
+    ) as r:
+        assert r.status == 200
+    await db.execute("UPDATE issued_tokens SET expires_at = now() - interval '60 seconds' WHERE jti = $1", jti)
+    stream = seeded["REDIS_KEY_PREFIX"] + "revocations"
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+
+        async def published() -> list[bytes]:
+            entries: Any = await client.xrange(stream)
+            return [fields[b"jti"] for _, fields in entries]
+
+        await client.delete(stream, seeded["REDIS_KEY_PREFIX"] + "revocations:complete")  # Redis lost it
+        deadline = time.monotonic() + 10  # REVOCATION_CHECK_SECONDS is 1 s in these tests
+        while jti.encode() not in await published():
+            assert time.monotonic() < deadline, "a revocation still within the leeway was not re-published"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize("skew", [0, 3600, -3600])
 async def test_the_stream_keeps_only_what_can_still_be_used(
     redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, skew: int
