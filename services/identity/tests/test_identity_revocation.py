@@ -179,7 +179,8 @@ async def test_a_revocation_within_the_gateways_leeway_past_expiry_is_republishe
         base_url + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": tokens["access_token"]}
     ) as r:
         assert r.status == 200
-    await db.execute("UPDATE issued_tokens SET expires_at = now() - interval '60 seconds' WHERE jti = $1", jti)
+    expired = "UPDATE issued_tokens SET expires_at = now() - interval '60 seconds' WHERE jti = $1"
+    await db.execute(expired, jti)
     stream = seeded["REDIS_KEY_PREFIX"] + "revocations"
     client = aioredis.Redis.from_url(redis_url)
     try:
