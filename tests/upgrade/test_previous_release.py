@@ -16,6 +16,7 @@ The previous release is ``$PREVIOUS_RELEASE`` if set, else the newest ``v*`` tag
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -95,27 +96,9 @@ def previous_services(
     (a ``v*`` tag, ``$PREVIOUS_RELEASE``) that keeps state in Redis then runs under its own user, and
     a key or command the current ACL (svckit.redisacl, which the upgraded Redis applies) denies it
     fails here, as it would in the cluster during a rolling upgrade or after a rollback."""
-    processes = {name: ServiceProcess(name, {}) for name in SERVICES}
-    urls = {name: p.url for name, p in processes.items()}
-    for name, process in processes.items():
-        process.env.update(
-            {
-                **service_redis.runtime_env(migrated, name),  # its own role and Redis user, not the owner
-                "PYTHONPATH": os.pathsep.join(
-                    [str(previous_tree / "services" / "kit"), str(previous_tree / "services" / name)]
-                ),
-                "TIMESHEETS_URL": urls["timesheets"],
-                "AUDIT_URL": urls["audit"],
-                "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
-            }
-        )
-    try:
-        for name in ("audit", "timesheets", "approvals"):
-            processes[name].start(wait_path="/readyz", timeout=60)
+    # its own role and Redis user, not the owner
+    with running(migrated, service_redis, previous_tree) as processes:
         yield processes
-    finally:
-        for process in processes.values():
-            process.stop()
 
 
 def test_the_services_run_the_previous_releases_code(
@@ -211,3 +194,32 @@ def test_a_contract_step_shipped_too_early_is_caught(
     )
     assert result.returncode != 0  # the previous code cannot create an entry any more
     assert "KeyError" in result.stderr or "TypeError" in result.stderr
+
+
+@contextlib.contextmanager
+def running(
+    env: dict[str, str], service_redis: ServiceRedis, code: Path | None = None
+) -> Iterator[dict[str, ServiceProcess]]:
+    """The three services on ``env``'s database, each as its own database role and Redis user (as the
+    chart runs them), wired to each other; ``code``: a release's tree to run instead of this one."""
+    processes = {name: ServiceProcess(name, {}) for name in SERVICES}
+    urls = {name: p.url for name, p in processes.items()}
+    for name, process in processes.items():
+        process.env.update(
+            {
+                **service_redis.runtime_env(env, name),
+                "TIMESHEETS_URL": urls["timesheets"],
+                "AUDIT_URL": urls["audit"],
+                "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
+            }
+        )
+        if code is not None:
+            paths = [str(code / "services" / "kit"), str(code / "services" / name)]
+            process.env["PYTHONPATH"] = os.pathsep.join(paths)
+    try:
+        for name in ("audit", "timesheets", "approvals"):
+            processes[name].start(wait_path="/readyz", timeout=60)
+        yield processes
+    finally:
+        for process in processes.values():
+            process.stop()

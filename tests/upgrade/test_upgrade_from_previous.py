@@ -31,7 +31,7 @@ from testkit.fixtures import (
     user,
 )
 
-from .test_previous_release import REPO, SERVICES, previous_release, previous_tree
+from .test_previous_release import REPO, SERVICES, previous_release, previous_tree, running
 
 __all__ = ["previous_tree"]  # the fixture, shared with test_previous_release
 
@@ -95,24 +95,8 @@ def current_services(
     env, failures = upgraded
     if failures:
         pytest.fail(f"the current migrations failed: {failures}")
-    processes = {name: ServiceProcess(name, {}) for name in SERVICES}
-    urls = {name: p.url for name, p in processes.items()}
-    for name, process in processes.items():
-        process.env.update(
-            {
-                **service_redis.runtime_env(env, name),
-                "TIMESHEETS_URL": urls["timesheets"],
-                "AUDIT_URL": urls["audit"],
-                "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
-            }
-        )
-    try:
-        for name in ("audit", "timesheets", "approvals"):
-            processes[name].start(wait_path="/readyz", timeout=60)
+    with running(env, service_redis) as processes:
         yield processes
-    finally:
-        for process in processes.values():
-            process.stop()
 
 
 async def test_the_current_release_serves_on_the_upgraded_database(
