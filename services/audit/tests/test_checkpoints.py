@@ -12,13 +12,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 from audit.app import create_app
-from audit.checkpointer import Checkpointer
-from audit.checkpoints import CheckpointKeys, PublicKeys
+from audit.checkpointer import UNKNOWN_KEY_GRACE_SECONDS, Checkpointer
+from audit.checkpoints import CheckpointKeys, PublicKeys, parse
 from audit.settings import AuditSettings
 from audit.store import AuditStore
 from audit.trail import CheckpointTrail
@@ -309,3 +310,96 @@ async def test_checkpoints_cannot_be_changed_by_the_runtime_role(ledger: Ledger)
                 await conn.execute(statement)
     finally:
         await conn.close()
+
+
+def outcomes(name: str) -> float:
+    return REGISTRY.get_sample_value("audit_checkpoints_total", {"outcome": name}) or 0.0
+
+
+async def test_a_rolling_key_rotation_is_no_refusal_at_the_replica_that_does_not_know_the_new_key_yet(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runbook's rotation rolls the audit Deployment (RollingUpdate, maxUnavailable 0): a new pod
+    (``ck-2`` first) signs the head again under ``ck-2`` while an old pod (``ck-1`` only) still runs
+    its signer every interval. The old pod is not looking at tampering — a replica newer than itself
+    signed — and must not raise the critical, security-incident refusal; it stands aside until it is
+    replaced (or refuses once that lasts longer than any rollout)."""
+    old = ledger.signer()  # a replica of the previous configuration, running on
+    rotated = CheckpointKeys.parse(f"{CheckpointKeys.generate('ck-2')},{ledger_private(ledger)}")
+    new = ledger.signer(rotated)
+    third = await new.run_once()
+    assert third is not None
+    assert third.key_id == "ck-2"
+    await ledger.ingest(2)
+    ledger.clock.advance(61)
+    refused, aside = outcomes("refused"), outcomes("unknown_key")
+    with caplog.at_level(logging.WARNING, logger="audit.checkpoints"):
+        assert await old.run_once() is None
+    assert outcomes("refused") == refused, [r.getMessage() for r in caplog.records]
+    assert outcomes("unknown_key") == aside + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # the new replica goes on signing; the old one's stand-aside left nothing behind
+    fourth = await new.run_once()
+    assert fourth is not None
+    assert (fourth.number, fourth.seq, fourth.key_id) == (4, 10, "ck-2")
+    result = await ledger.store.verify(trail=CheckpointTrail(rotated), observe=False)
+    assert result.ok, result.reason
+
+
+async def test_a_checkpoint_key_no_replica_comes_to_know_is_refused_after_the_rollout_grace(
+    ledger: Ledger,
+) -> None:
+    """Standing aside is bounded: a checkpoint signed by a key this replica still does not know long
+    after it first saw it (a forged row with a made-up kid, or a replica left on an old Secret) is
+    the refusal it always was."""
+    stranger = CheckpointKeys.parse(CheckpointKeys.generate("ck-x"))
+    await stranger_signs(ledger, stranger)
+    signer = ledger.signer()
+    refused = outcomes("refused")
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS + 1)
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused + 1
+
+
+async def stranger_signs(ledger: Ledger, keys: CheckpointKeys) -> None:
+    """The next checkpoint over the current head, signed by ``keys`` (which the ledger's signer lacks)."""
+    store = ledger.store.checkpoints
+    async with ledger.store.database.transaction() as conn:
+        stored = await store.latest(conn)
+        assert stored is not None
+        last = parse(stored.jws)
+        await store.insert(
+            conn,
+            keys.sign(
+                number=last.number + 1,
+                seq=last.seq,
+                head=last.head,
+                signed_at=datetime.now(UTC),
+                prev=last.digest,
+            ),
+        )
+
+
+async def test_the_runbook_rotation_leaves_every_replica_able_to_verify_what_the_others_sign(
+    ledger: Ledger,
+) -> None:
+    """docs/runbook.md's rotation: the new key second (every pod verifies it), then first. While the
+    second rollout runs, pods of both steps sign and verify side by side: nothing stands aside, nothing
+    is refused, and the background verifier of either kind of pod finds the trail intact (the two may
+    sign an unchanged head again under their own first key, in turn, until the rollout ends)."""
+    new_key = CheckpointKeys.generate("ck-2")
+    step_one = CheckpointKeys.parse(f"{ledger_private(ledger)},{new_key}")
+    step_two = CheckpointKeys.parse(f"{new_key},{ledger_private(ledger)}")
+    before = {name: outcomes(name) for name in ("refused", "unknown_key")}
+    one, two = ledger.signer(step_one), ledger.signer(step_two)
+    for _ in range(2):
+        await ledger.ingest(1)
+        ledger.clock.advance(61)
+        assert await two.run_once() is not None
+        await one.run_once()  # may sign the unchanged head once more under ck-1: it verifies too
+    assert {name: outcomes(name) for name in before} == before
+    for keys in (step_one, step_two):
+        result = await ledger.store.verify(trail=CheckpointTrail(keys), observe=False)
+        assert result.ok, result.reason
