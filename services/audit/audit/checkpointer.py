@@ -21,11 +21,11 @@ Replicas of two configurations run side by side while the Deployment rolls (Roll
 checkpoint signed by a key this replica does not know is therefore not, at first, a refusal: the
 replica stands aside (``audit_checkpoints_total{outcome="unknown_key"}``, a warning) and leaves the
 signing to the replicas that know the key. A rollout ends within minutes; a key still unknown
-:data:`UNKNOWN_KEY_GRACE_SECONDS` after this replica first met it (a replica left on an old Secret, or
-a row with a made-up ``kid`` written by someone with database rights) is refused as before. The
-runbook's rotation gives every pod the new key before any pod signs with it (docs/runbook.md, "Audit
-checkpoint keys"), so that neither the signer nor the background verifier of an old pod meets a key
-it does not know.
+``UNKNOWN_KEY_GRACE_SECONDS`` after this replica first met it (a replica left on an old Secret, or
+a row with a made-up ``kid`` written by someone with database rights) is refused as before
+(:mod:`audit.keygrace`; the background verifier gives them the same grace). The runbook's rotation
+gives every pod the new key before any pod signs with it (docs/runbook.md, "Audit checkpoint keys"),
+so that no old pod meets a key it does not know.
 """
 
 from __future__ import annotations
@@ -40,15 +40,11 @@ from svckit.tasks import PeriodicTask
 
 from . import metrics
 from .checkpoints import GENESIS_DIGEST, Checkpoint, CheckpointKeys, InvalidCheckpoint, parse
+from .keygrace import UnknownKeyGrace
 from .store import AuditStore
 from .verifier import UNREACHABLE
 
 log = logging.getLogger("audit.checkpoints")
-
-#: How long a replica stands aside while the newest checkpoint is signed by a key it does not know
-#: (from the moment it first met that key, on its own clock): longer than a rollout of the audit
-#: Deployment takes, short enough that a replica left on an old Secret is noticed the same hour.
-UNKNOWN_KEY_GRACE_SECONDS = 900.0
 
 
 class _StandAside(Exception):
@@ -64,7 +60,7 @@ class Checkpointer:
         self.interval = interval
         self.clock = clock
         self.last_signed: Checkpoint | None = None  # by this process: survives what the database loses
-        self._unknown_since: dict[str, float] = {}  # key id → when this process first met it (monotonic)
+        self.grace = UnknownKeyGrace(clock)  # keys of newer replicas (audit.keygrace)
 
     def _refuse(self, reason: str, **context: object) -> None:
         metrics.checkpoints.labels("refused").inc()
@@ -76,21 +72,15 @@ class Checkpointer:
         this replica has not been given may still be a newer replica's (see the module docstring)."""
         kid = checkpoint.key_id
         if self.keys.known(kid):
-            self._unknown_since.clear()
+            self.grace.forget()
             return checkpoint
-        now = self.clock.monotonic()
-        first = self._unknown_since.setdefault(kid, now)
-        if now - first > UNKNOWN_KEY_GRACE_SECONDS:
+        if not self.grace.tolerates([kid]):
             return checkpoint
         metrics.checkpoints.labels("unknown_key").inc()
         log.warning(
             "audit checkpoint not signed: the newest checkpoint is signed by a key this replica does not "
             "know (a newer replica's, while the audit Deployment rolls?); standing aside",
-            extra={
-                "number": number,
-                "key_id": kid,
-                "seconds_left": round(first + UNKNOWN_KEY_GRACE_SECONDS - now),
-            },
+            extra={"number": number, "key_id": kid, "seconds_left": round(self.grace.seconds_left(kid))},
         )
         raise _StandAside
 

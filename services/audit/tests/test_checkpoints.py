@@ -18,11 +18,13 @@ from typing import Any
 import asyncpg
 import pytest
 from audit.app import create_app
-from audit.checkpointer import UNKNOWN_KEY_GRACE_SECONDS, Checkpointer
+from audit.checkpointer import Checkpointer
 from audit.checkpoints import CheckpointKeys, PublicKeys, parse
+from audit.keygrace import UNKNOWN_KEY_GRACE_SECONDS
 from audit.settings import AuditSettings
 from audit.store import AuditStore
 from audit.trail import CheckpointTrail
+from audit.verifier import BackgroundVerifier
 from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.settings import load_settings
@@ -403,3 +405,29 @@ async def test_the_runbook_rotation_leaves_every_replica_able_to_verify_what_the
     for keys in (step_one, step_two):
         result = await ledger.store.verify(trail=CheckpointTrail(keys), observe=False)
         assert result.ok, result.reason
+
+
+async def test_the_background_verifier_of_a_replica_not_given_the_new_key_waits_before_it_cries_broken(
+    ledger: Ledger,
+) -> None:
+    """The old pod's background verifier during the same rollout: the newest checkpoints are signed by
+    a key it was not given. The records still match every checkpoint it can verify, so it does not set
+    ``audit_chain_ok`` to 0 (the critical TimesheetsAuditChainBroken) while a rollout may explain it;
+    if the key stays unknown past the grace, it is a checkpoint nobody here can vouch for: broken."""
+    rotated = CheckpointKeys.parse(f"{CheckpointKeys.generate('ck-2')},{ledger_private(ledger)}")
+    assert await ledger.signer(rotated).run_once() is not None  # a new pod signs under ck-2
+    old_keys = PublicKeys({"ck-1": ledger.keys.keys["ck-1"]})
+    verifier = BackgroundVerifier(
+        ledger.store, interval=60, full_interval=3600, keys=old_keys, clock=ledger.clock
+    )
+    first = await verifier.run_once()
+    assert first.ok, first.reason
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 1
+    await ledger.ingest(1)
+    again = await verifier.run_once()  # incremental: the unknown checkpoint is looked at again
+    assert again.ok, again.reason
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS + 1)
+    late = await verifier.run_once()
+    assert not late.ok
+    assert "does not know" in (late.reason or "")
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 0
