@@ -31,11 +31,13 @@ class UnknownKeyGrace:
         self._first_seen: dict[str, float] = {}
 
     def tolerates(self, kids: Iterable[str]) -> bool:
-        """Whether every one of ``kids`` (unknown here) was first met no longer than the grace ago;
-        meeting one counts from now."""
+        """Whether the first unknown key met since :meth:`forget` (``kids`` among them; meeting one
+        counts from now) was met no longer than the grace ago. Every unknown key since then counts, so
+        a new made-up key id every few minutes does not start the grace again."""
         now = self.clock.monotonic()
-        firsts = [self._first_seen.setdefault(kid, now) for kid in kids]
-        return all(now - first <= self.seconds for first in firsts)
+        for kid in kids:
+            self._first_seen.setdefault(kid, now)
+        return all(now - first <= self.seconds for first in self._first_seen.values())
 
     def seconds_left(self, kid: str) -> float:
         first = self._first_seen.get(kid, self.clock.monotonic())

@@ -431,3 +431,19 @@ async def test_the_background_verifier_of_a_replica_not_given_the_new_key_waits_
     assert not late.ok
     assert "does not know" in (late.reason or "")
     assert REGISTRY.get_sample_value("audit_chain_ok") == 0
+
+
+async def test_a_new_made_up_key_id_now_and_then_does_not_start_the_grace_again(ledger: Ledger) -> None:
+    """Whoever can write checkpoint rows cannot keep the signer standing aside by writing one with a
+    fresh made-up key id before each grace ends: the grace runs from the first unknown key met."""
+    signer = ledger.signer()
+    await stranger_signs(ledger, CheckpointKeys.parse(CheckpointKeys.generate("ck-x")))
+    refused = outcomes("refused")
+    assert await signer.run_once() is None
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS - 60)
+    await stranger_signs(ledger, CheckpointKeys.parse(CheckpointKeys.generate("ck-y")))
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused
+    ledger.clock.advance(120)
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused + 1
