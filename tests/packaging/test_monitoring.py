@@ -647,3 +647,75 @@ def test_dashboard_uses_only_recording_rules_that_exist() -> None:
         *(metric_names(expand_variables(t["expr"])) for p in dashboard_panels() for t in p["targets"])
     )
     assert {n for n in used if ":" in n} <= recorded_names()
+
+
+# --- gauges of shared state, reported by every replica ------------------------------------------
+
+#: Gauges whose value each replica reads from the one database all replicas share (the outbox table,
+#: the pending decisions): two replicas report the same number, so a query must take one of them
+#: (max/min), never add them up (the "outbox backlog" panel summed them: twice the backlog with the
+#: chart's two replicas, three times with three).
+SHARED_STATE_GAUGES = (
+    "outbox_pending_events",
+    "outbox_oldest_event_age_seconds",
+    "approvals_decisions_pending",
+    "approvals_oldest_pending_decision_age_seconds",
+)
+SHARED_VALUE = 400  # above every threshold an alert on these gauges has
+
+
+def shared_state_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every dashboard query and rule that reads a shared-state gauge, with the
+    dashboard's variables set to release "ts" in namespace "timesheets"."""
+    found = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            expr = str(target["expr"])
+            if any(name in metric_names(expand_variables(expr)) for name in SHARED_STATE_GAUGES):
+                concrete = expand_variables(expr).replace("SELECTED_NS", "timesheets")
+                found.append((f"panel {panel['title']!r}", concrete.replace("SELECTED_RELEASE", "ts")))
+    for rule in load_rules():
+        if any(name in metric_names(rule["expr"]) for name in SHARED_STATE_GAUGES):
+            found.append((f"rule {rule.get('alert') or rule.get('record')}", rule["expr"]))
+    return found
+
+
+def replica_series(expr: str) -> list[dict[str, str]]:
+    """Two replicas (pods) of the job each selector of ``expr`` reads, both reporting SHARED_VALUE."""
+    series = []
+    for name, matchers in selectors(expr):
+        if name not in SHARED_STATE_GAUGES:
+            continue
+        op, job = matchers["job"]
+        if op == "=~":  # "ts-(identity|timesheets|...)": take one of the alternatives
+            job = re.sub(r"\(([^|)]+)[^)]*\)", r"\1", job)
+        service = job.rsplit("-", 1)[1]
+        namespace = matchers["namespace"][1]
+        for pod in ("a", "b"):
+            labels = f'namespace="{namespace}",job="{job}",pod="{job}-{pod}",service="{service}"'
+            series.append({"series": f"{name}{{{labels}}}", "values": f"{SHARED_VALUE}x10"})
+    return series
+
+
+@needs_promtool
+def test_gauges_of_shared_state_are_not_added_up_across_replicas(tmp_path: Path) -> None:
+    queries = shared_state_queries()
+    assert any(where.startswith("panel") for where, _ in queries)
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    tests = []
+    for where, expr in queries:
+        tests.append(
+            {
+                "name": where,
+                "interval": "1m",
+                "input_series": replica_series(expr),
+                "promql_expr_test": [
+                    # one answer per service, and it is the value every replica reported
+                    {"expr": f"count({expr})", "eval_time": "5m", "exp_samples": [{"value": 1}]},
+                    {"expr": f"({expr}) != {SHARED_VALUE}", "eval_time": "5m", "exp_samples": []},
+                ],
+            }
+        )
+    (tmp_path / "shared.test.yml").write_text(yaml.safe_dump({"rule_files": ["none.yml"], "tests": tests}))
+    result = promtool("test", "rules", str(tmp_path / "shared.test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -15,6 +15,17 @@ restarted one cannot: see the README, "What checkpoints detect").
 A new head is signed at most every ``interval`` seconds; an unchanged head is signed again only under
 a new signing key, so that after a rotation the newest checkpoint verifies with the current key and the
 previous one can be retired.
+
+Replicas of two configurations run side by side while the Deployment rolls (RollingUpdate,
+``maxUnavailable: 0``): a new pod signs under a key an old pod has never been given. A newest
+checkpoint signed by a key this replica does not know is therefore not, at first, a refusal: the
+replica stands aside (``audit_checkpoints_total{outcome="unknown_key"}``, a warning) and leaves the
+signing to the replicas that know the key. A rollout ends within minutes; a key still unknown
+``UNKNOWN_KEY_GRACE_SECONDS`` after this replica first met it (a replica left on an old Secret, or
+a row with a made-up ``kid`` written by someone with database rights) is refused as before
+(:mod:`audit.keygrace`; the background verifier gives them the same grace). The runbook's rotation
+gives every pod the new key before any pod signs with it (docs/runbook.md, "Audit checkpoint keys"),
+so that no old pod meets a key it does not know.
 """
 
 from __future__ import annotations
@@ -28,11 +39,16 @@ from svckit.contracts.audit import Anchor
 from svckit.tasks import PeriodicTask
 
 from . import metrics
-from .checkpoints import GENESIS_DIGEST, Checkpoint, CheckpointKeys, InvalidCheckpoint
+from .checkpoints import GENESIS_DIGEST, Checkpoint, CheckpointKeys, InvalidCheckpoint, parse
+from .keygrace import UnknownKeyGrace
 from .store import AuditStore
 from .verifier import UNREACHABLE
 
 log = logging.getLogger("audit.checkpoints")
+
+
+class _StandAside(Exception):
+    """The newest checkpoint's key is unknown here, within the grace: sign nothing, refuse nothing."""
 
 
 class Checkpointer:
@@ -44,10 +60,29 @@ class Checkpointer:
         self.interval = interval
         self.clock = clock
         self.last_signed: Checkpoint | None = None  # by this process: survives what the database loses
+        self.grace = UnknownKeyGrace(clock)  # keys of newer replicas (audit.keygrace)
 
     def _refuse(self, reason: str, **context: object) -> None:
         metrics.checkpoints.labels("refused").inc()
         log.error("audit checkpoint refused: " + reason, extra={"reason": reason, **context})
+
+    def _known(self, checkpoint: Checkpoint, number: int) -> Checkpoint:
+        """``checkpoint`` when its key is one of this replica's (or has stayed unknown past the grace:
+        then :meth:`~audit.checkpoints.PublicKeys.check` refuses it); :class:`_StandAside` while a key
+        this replica has not been given may still be a newer replica's (see the module docstring)."""
+        kid = checkpoint.key_id
+        if self.keys.known(kid):
+            self.grace.forget()
+            return checkpoint
+        if not self.grace.tolerates([kid]):
+            return checkpoint
+        metrics.checkpoints.labels("unknown_key").inc()
+        log.warning(
+            "audit checkpoint not signed: the newest checkpoint is signed by a key this replica does not "
+            "know (a newer replica's, while the audit Deployment rolls?); standing aside",
+            extra={"number": number, "key_id": kid, "seconds_left": round(self.grace.seconds_left(kid))},
+        )
+        raise _StandAside
 
     async def run_once(self) -> Checkpoint | None:
         """One attempt; the checkpoint signed, or None (nothing new, another replica did, refused)."""
@@ -59,7 +94,9 @@ class Checkpointer:
             last: Checkpoint | None = None
             if stored is not None:
                 try:
-                    last = self.keys.verify(stored.jws)
+                    last = self.keys.check(self._known(parse(stored.jws), stored.number))
+                except _StandAside:
+                    return None
                 except InvalidCheckpoint as exc:
                     self._refuse(f"the newest checkpoint {stored.number} does not verify ({exc})")
                     return None

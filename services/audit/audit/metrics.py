@@ -7,9 +7,11 @@
 - ``audit_chain_verifications_total{result="ok|broken"}`` and ``audit_chain_ok`` (1/0, the last
   verification in this process; NaN before the first one; alert on 0). A verification holds the
   records to the signed checkpoints too: a rewritten history makes it 0.
-- ``audit_checkpoints_total{outcome="signed|unchanged|refused"}``: runs of the checkpoint signer —
-  ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an error
-  log line says what; alert on any).
+- ``audit_checkpoints_total{outcome="signed|unchanged|refused|unknown_key"}``: runs of the checkpoint
+  signer — ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an
+  error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed by a key
+  this replica was not given, and it left the signing to the replicas that know it (a rollout of a key
+  rotation; refused once it lasts longer than ``audit.checkpointer.UNKNOWN_KEY_GRACE_SECONDS``).
 - ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` and
   ``GET /audit/checkpoints`` pages not served: a statement ran into AUDIT_READ_TIMEOUT_SECONDS (an
   events listing: 422, the caller narrows the query; a checkpoint page, always small: 503), or every
@@ -70,10 +72,11 @@ chain_ok = Gauge(
 chain_ok.set(float("nan"))
 checkpoints = Counter(
     "audit_checkpoints_total",
-    "Runs of the checkpoint signer by outcome: signed, unchanged, refused (tampering found, nothing signed).",
+    "Runs of the checkpoint signer by outcome: signed, unchanged, refused (tampering found, nothing signed), "
+    "unknown_key (the newest checkpoint's key is not this replica's yet: a rollout; nothing signed).",
     ["outcome"],
 )
-for _outcome in ("signed", "unchanged", "refused"):
+for _outcome in ("signed", "unchanged", "refused", "unknown_key"):
     checkpoints.labels(_outcome)
 checkpoint_latest = Gauge(
     "audit_checkpoint_latest_timestamp_seconds",

@@ -9,7 +9,9 @@ the database, so memory does not grow with the trail) and reports:
 * a number missing, or a ``prev`` that is not the digest of the checkpoint before (one deleted or
   replaced in the middle);
 * checkpoints signed by a key the verifier does not know (a retired key): acceptable only while a
-  later checkpoint, signed by a known key, chains back to them — the newest must always verify;
+  later checkpoint, signed by a known key, chains back to them — the newest must always verify
+  (unless ``tolerate`` says the keys of the newest ones may still be a newer replica's: the
+  background verifier's grace, :mod:`audit.keygrace`; they are then listed in ``tolerated``);
 * with copies retained elsewhere (log lines, exports: ``python -m audit verify --checkpoints``): a
   retained checkpoint the database no longer has, or has in another form.
 
@@ -20,7 +22,7 @@ whose signature verified; the chain walk (:mod:`audit.store`) holds the records 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .checkpoints import GENESIS_DIGEST, Checkpoint, InvalidCheckpoint, PublicKeys, parse
@@ -52,7 +54,11 @@ class CheckpointTrail:
     verified: int = 0
     latest: Checkpoint | None = None
     signatures_valid: bool = True
+    #: whether the newest checkpoints may stay unvouched for, given their (unknown) key ids
+    tolerate: Callable[[frozenset[str]], bool] | None = None
+    tolerated: list[int] = field(default_factory=list)  # unvouched, and tolerated
     _unvouched: list[int] = field(default_factory=list)
+    _unvouched_kids: set[str] = field(default_factory=set)
     _retained_left: set[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +89,9 @@ class CheckpointTrail:
         for number in sorted(self._retained_left):
             found += self._missing_from_database(number)
         self._retained_left.clear()
-        if self._unvouched:
+        if self._unvouched and self.tolerate is not None and self.tolerate(frozenset(self._unvouched_kids)):
+            self.tolerated = list(self._unvouched)
+        elif self._unvouched:
             self.signatures_valid = False
             self.problems.append(
                 f"checkpoint {self._unvouched[-1]} and those after checkpoint {self._unvouched[0] - 1} are "
@@ -133,9 +141,11 @@ class CheckpointTrail:
                 self.problems.append(f"checkpoint {number}: the signature does not verify")
         else:
             self._unvouched.append(number)
+            self._unvouched_kids.add(checkpoint.key_id)
         if trusted:
             self.verified += 1
             self._unvouched.clear()  # a verified checkpoint vouches for the links before it
+            self._unvouched_kids.clear()
         self.state = TrailState(number, digest, max(self.state.seq, checkpoint.seq))
         self.latest = checkpoint
         return [Expectation(number, checkpoint.seq, checkpoint.head)] if trusted else []

@@ -12,6 +12,7 @@ from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from svckit.tasks import PeriodicTask
 
 from .checkpoints import PublicKeys
+from .keygrace import UnknownKeyGrace
 from .store import AuditStore, Verification
 from .trail import CheckpointTrail, TrailState
 
@@ -27,12 +28,23 @@ class BackgroundVerifier:
     unchanged) and recomputes only what was appended since; a full run walks from seq 1 and so also
     catches tampering with older records. A broken chain is logged as an error and forces the next
     run to be a full one.
+
+    The newest checkpoints signed by a key this replica was not given (a newer pod's, while the
+    Deployment rolls a key rotation) are not yet a broken chain: for the grace of
+    :mod:`audit.keygrace` they are left unchecked, with a warning, and looked at again by every run
+    (the trail does not move past them); past it they are reported like a forged checkpoint.
     """
 
     def __init__(
-        self, store: AuditStore, interval: float, full_interval: float, keys: PublicKeys | None = None
+        self,
+        store: AuditStore,
+        interval: float,
+        full_interval: float,
+        keys: PublicKeys | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
+        self.grace = UnknownKeyGrace(clock)
         self.interval = interval
         self.full_interval = full_interval
         self.keys = keys
@@ -45,12 +57,20 @@ class BackgroundVerifier:
         full = self.head is None or now - self.last_full >= self.full_interval
         trail = None
         if self.keys is not None:  # an incremental run goes on from the checkpoints verified before
-            trail = CheckpointTrail(self.keys, state=TrailState() if full else self.trail_state)
+            state = TrailState() if full else self.trail_state
+            trail = CheckpointTrail(self.keys, state=state, tolerate=self.grace.tolerates)
         result = await self.store.verify(since=None if full else self.head, trail=trail)
         if result.ok:
             self.head = result.head or self.head
-            if trail is not None:
+            if trail is not None and trail.tolerated:
+                log.warning(
+                    "audit checkpoints signed by a key this replica was not given are left unchecked "
+                    "for now (a newer replica's, while the audit Deployment rolls?)",
+                    extra={"checkpoints": trail.tolerated},
+                )
+            elif trail is not None:
                 self.trail_state = trail.state
+                self.grace.forget()
             if full:
                 self.last_full = now
             log.info("audit chain verified", extra={"checked": result.checked, "full": full})

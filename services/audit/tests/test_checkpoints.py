@@ -12,16 +12,19 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 from audit.app import create_app
 from audit.checkpointer import Checkpointer
-from audit.checkpoints import CheckpointKeys, PublicKeys
+from audit.checkpoints import CheckpointKeys, PublicKeys, parse
+from audit.keygrace import UNKNOWN_KEY_GRACE_SECONDS
 from audit.settings import AuditSettings
 from audit.store import AuditStore
 from audit.trail import CheckpointTrail
+from audit.verifier import BackgroundVerifier
 from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.settings import load_settings
@@ -309,3 +312,138 @@ async def test_checkpoints_cannot_be_changed_by_the_runtime_role(ledger: Ledger)
                 await conn.execute(statement)
     finally:
         await conn.close()
+
+
+def outcomes(name: str) -> float:
+    return REGISTRY.get_sample_value("audit_checkpoints_total", {"outcome": name}) or 0.0
+
+
+async def test_a_rolling_key_rotation_is_no_refusal_at_the_replica_that_does_not_know_the_new_key_yet(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runbook's rotation rolls the audit Deployment (RollingUpdate, maxUnavailable 0): a new pod
+    (``ck-2`` first) signs the head again under ``ck-2`` while an old pod (``ck-1`` only) still runs
+    its signer every interval. The old pod is not looking at tampering — a replica newer than itself
+    signed — and must not raise the critical, security-incident refusal; it stands aside until it is
+    replaced (or refuses once that lasts longer than any rollout)."""
+    old = ledger.signer()  # a replica of the previous configuration, running on
+    rotated = CheckpointKeys.parse(f"{CheckpointKeys.generate('ck-2')},{ledger_private(ledger)}")
+    new = ledger.signer(rotated)
+    third = await new.run_once()
+    assert third is not None
+    assert third.key_id == "ck-2"
+    await ledger.ingest(2)
+    ledger.clock.advance(61)
+    refused, aside = outcomes("refused"), outcomes("unknown_key")
+    with caplog.at_level(logging.WARNING, logger="audit.checkpoints"):
+        assert await old.run_once() is None
+    assert outcomes("refused") == refused, [r.getMessage() for r in caplog.records]
+    assert outcomes("unknown_key") == aside + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # the new replica goes on signing; the old one's stand-aside left nothing behind
+    fourth = await new.run_once()
+    assert fourth is not None
+    assert (fourth.number, fourth.seq, fourth.key_id) == (4, 10, "ck-2")
+    result = await ledger.store.verify(trail=CheckpointTrail(rotated), observe=False)
+    assert result.ok, result.reason
+
+
+async def test_a_checkpoint_key_no_replica_comes_to_know_is_refused_after_the_rollout_grace(
+    ledger: Ledger,
+) -> None:
+    """Standing aside is bounded: a checkpoint signed by a key this replica still does not know long
+    after it first saw it (a forged row with a made-up kid, or a replica left on an old Secret) is
+    the refusal it always was."""
+    stranger = CheckpointKeys.parse(CheckpointKeys.generate("ck-x"))
+    await stranger_signs(ledger, stranger)
+    signer = ledger.signer()
+    refused = outcomes("refused")
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS + 1)
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused + 1
+
+
+async def stranger_signs(ledger: Ledger, keys: CheckpointKeys) -> None:
+    """The next checkpoint over the current head, signed by ``keys`` (which the ledger's signer lacks)."""
+    store = ledger.store.checkpoints
+    async with ledger.store.database.transaction() as conn:
+        stored = await store.latest(conn)
+        assert stored is not None
+        last = parse(stored.jws)
+        await store.insert(
+            conn,
+            keys.sign(
+                number=last.number + 1,
+                seq=last.seq,
+                head=last.head,
+                signed_at=datetime.now(UTC),
+                prev=last.digest,
+            ),
+        )
+
+
+async def test_the_runbook_rotation_leaves_every_replica_able_to_verify_what_the_others_sign(
+    ledger: Ledger,
+) -> None:
+    """docs/runbook.md's rotation: the new key second (every pod verifies it), then first. While the
+    second rollout runs, pods of both steps sign and verify side by side: nothing stands aside, nothing
+    is refused, and the background verifier of either kind of pod finds the trail intact (the two may
+    sign an unchanged head again under their own first key, in turn, until the rollout ends)."""
+    new_key = CheckpointKeys.generate("ck-2")
+    step_one = CheckpointKeys.parse(f"{ledger_private(ledger)},{new_key}")
+    step_two = CheckpointKeys.parse(f"{new_key},{ledger_private(ledger)}")
+    before = {name: outcomes(name) for name in ("refused", "unknown_key")}
+    one, two = ledger.signer(step_one), ledger.signer(step_two)
+    for _ in range(2):
+        await ledger.ingest(1)
+        ledger.clock.advance(61)
+        assert await two.run_once() is not None
+        await one.run_once()  # may sign the unchanged head once more under ck-1: it verifies too
+    assert {name: outcomes(name) for name in before} == before
+    for keys in (step_one, step_two):
+        result = await ledger.store.verify(trail=CheckpointTrail(keys), observe=False)
+        assert result.ok, result.reason
+
+
+async def test_the_background_verifier_of_a_replica_not_given_the_new_key_waits_before_it_cries_broken(
+    ledger: Ledger,
+) -> None:
+    """The old pod's background verifier during the same rollout: the newest checkpoints are signed by
+    a key it was not given. The records still match every checkpoint it can verify, so it does not set
+    ``audit_chain_ok`` to 0 (the critical TimesheetsAuditChainBroken) while a rollout may explain it;
+    if the key stays unknown past the grace, it is a checkpoint nobody here can vouch for: broken."""
+    rotated = CheckpointKeys.parse(f"{CheckpointKeys.generate('ck-2')},{ledger_private(ledger)}")
+    assert await ledger.signer(rotated).run_once() is not None  # a new pod signs under ck-2
+    old_keys = PublicKeys({"ck-1": ledger.keys.keys["ck-1"]})
+    verifier = BackgroundVerifier(
+        ledger.store, interval=60, full_interval=3600, keys=old_keys, clock=ledger.clock
+    )
+    first = await verifier.run_once()
+    assert first.ok, first.reason
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 1
+    await ledger.ingest(1)
+    again = await verifier.run_once()  # incremental: the unknown checkpoint is looked at again
+    assert again.ok, again.reason
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS + 1)
+    late = await verifier.run_once()
+    assert not late.ok
+    assert "does not know" in (late.reason or "")
+    assert REGISTRY.get_sample_value("audit_chain_ok") == 0
+
+
+async def test_a_new_made_up_key_id_now_and_then_does_not_start_the_grace_again(ledger: Ledger) -> None:
+    """Whoever can write checkpoint rows cannot keep the signer standing aside by writing one with a
+    fresh made-up key id before each grace ends: the grace runs from the first unknown key met."""
+    signer = ledger.signer()
+    await stranger_signs(ledger, CheckpointKeys.parse(CheckpointKeys.generate("ck-x")))
+    refused = outcomes("refused")
+    assert await signer.run_once() is None
+    ledger.clock.advance(UNKNOWN_KEY_GRACE_SECONDS - 60)
+    await stranger_signs(ledger, CheckpointKeys.parse(CheckpointKeys.generate("ck-y")))
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused
+    ledger.clock.advance(120)
+    assert await signer.run_once() is None
+    assert outcomes("refused") == refused + 1

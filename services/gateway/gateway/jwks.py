@@ -8,6 +8,14 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
   ``[JWKS_MIN_TTL_SECONDS, JWKS_MAX_TTL_SECONDS]`` (``JWKS_DEFAULT_TTL_SECONDS`` without one). A stale
   set keeps serving while one background refresh runs; it is dropped after
   ``JWKS_MAX_STALE_SECONDS`` — keys never live forever if the provider stays unreachable.
+* Renewing stale keys across replicas: every replica and worker holds the same set (loaded from one
+  copy in Redis), so it goes stale everywhere at once, and under traffic each starts its background
+  refresh within moments of the others — N replicas x W workers provider calls every TTL (twice that
+  with discovery). A background refresh of a set that still serves therefore first takes a lease in
+  Redis (``gateway:jwks-refresh:<issuer>``, ``SET NX PX``, for at most the fetch timeout): the one that
+  gets it asks the provider and leaves the new copy in Redis; the others keep serving the stale set
+  and look at Redis again :data:`LEASE_RETRY_SECONDS` later. A load that a request waits for (no
+  usable keys, an unknown ``kid``) takes no lease, nor does any load while Redis is unavailable.
 * Unknown ``kid``: one refresh per issuer, single-flight (concurrent requests await the same task),
   and at most one per ``JWKS_REFETCH_COOLDOWN_SECONDS`` so a flood of made-up ``kid`` values costs
   the provider one request per cool-down, not one per token.
@@ -49,6 +57,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+from redis.asyncio import Redis
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.redisguard import RedisGuard
 
@@ -180,9 +189,12 @@ class IssuerKeys:
     retry_at: float = 0.0  # monotonic: no fetch from this issuer before (back-off after a failure)
     warned_at: float = float("-inf")  # monotonic: when the last failure warning was logged
     unwarned: int = 0  # failures since that warning
+    lease_wait_until: float = 0.0  # monotonic: another replica renews the keys; look at Redis then
 
 
 WARN_EVERY_SECONDS = 60.0
+#: After another replica took the refresh lease: when to look for the copy it leaves in Redis.
+LEASE_RETRY_SECONDS = 0.5
 
 
 class JwksCache:
@@ -250,7 +262,11 @@ class JwksCache:
         return self.clock.monotonic() < state.retry_at
 
     def _refresh_in_background(self, state: IssuerKeys) -> None:
-        if state.inflight is None and not self._backing_off(state):
+        if (
+            state.inflight is None
+            and not self._backing_off(state)
+            and self.clock.monotonic() >= state.lease_wait_until
+        ):
             self._start(state, unknown_kid=None)
 
     def _start(self, state: IssuerKeys, unknown_kid: str | None) -> asyncio.Task[None]:
@@ -281,6 +297,12 @@ class JwksCache:
                     self._update_age(state)
                     return
         metrics.jwks_cache.labels("redis", "miss").inc()
+        lease = None
+        if unknown_kid is None and current is not None and self.usable(state):
+            lease = await self._take_lease(state)
+            if lease is False:  # another replica is renewing them: its copy will be in Redis
+                state.lease_wait_until = self.clock.monotonic() + LEASE_RETRY_SECONDS
+                return
         try:
             keyset, raw = await self._fetch(state)
         except Exception as exc:  # the provider being down must never break verification
@@ -288,6 +310,8 @@ class JwksCache:
             metrics.jwks_fetch.labels(state.config.issuer, outcome).inc()
             self._failed(state, exc)
             self._update_age(state)
+            if lease:
+                await self._release_lease(state)
             return
         metrics.jwks_fetch.labels(state.config.issuer, "ok").inc()
         if state.failures:
@@ -300,6 +324,8 @@ class JwksCache:
         state.keyset, state.raw = keyset, raw
         self._update_age(state)
         await self._to_redis(state)
+        if lease:
+            await self._release_lease(state)
 
     def _failed(self, state: IssuerKeys, exc: Exception) -> None:
         """Back off (exponential, capped, jittered) and warn — once per streak, then rarely."""
@@ -429,6 +455,33 @@ class JwksCache:
         if self.clock.time() > keyset.fetched_at + self.settings.jwks_max_stale_seconds:
             return None
         return keyset, stored["jwks"]
+
+    def _lease_key(self, state: IssuerKeys) -> str:
+        assert self.redis is not None
+        return self.redis.key("gateway", "jwks-refresh", state.config.issuer)
+
+    async def _take_lease(self, state: IssuerKeys) -> bool | None:
+        """The right to renew the issuer's keys for every replica (see the module docstring): True
+        taken, False another replica holds it, None no lease to be had (no Redis, or it failed:
+        renew as if alone)."""
+        if self.redis is None:
+            return None
+        key = self._lease_key(state)
+        lifetime = max(1, int(self.settings.jwks_fetch_timeout_seconds * 1000))
+
+        async def run(client: Redis) -> bool:
+            return bool(await client.set(key, "1", nx=True, px=lifetime))
+
+        taken: bool | None = await self.redis.call(run)
+        return taken
+
+    async def _release_lease(self, state: IssuerKeys) -> None:
+        """Let the lease go at once (the next renewal, a TTL later, must not wait for it to expire).
+        A ``SET`` that expires in a millisecond: the gateway's Redis user has no ``DEL``."""
+        if self.redis is None:
+            return
+        key = self._lease_key(state)
+        await self.redis.call(lambda client: client.set(key, "0", px=1))
 
     async def _to_redis(self, state: IssuerKeys) -> None:
         if self.redis is None or state.keyset is None:

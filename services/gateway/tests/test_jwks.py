@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -399,3 +400,46 @@ async def test_an_unencodable_entry_in_redis_is_ignored_like_any_copy_the_mac_re
             assert status == 200, f"a key the provider published was not fetched: {status} {body}"
     finally:
         await client.aclose()
+
+
+async def test_replicas_renewing_stale_keys_together_ask_the_provider_once(
+    api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
+) -> None:
+    """Every replica (and every worker of each) holds the same key set, loaded from one copy in Redis:
+    it goes stale at the same instant everywhere, and under traffic each of them starts its background
+    refresh within moments of the others. One of them asks the provider; the others take the copy it
+    leaves in Redis, instead of N replicas x W workers calls (twice that with discovery) every TTL."""
+    prefix = f"{redis_prefix}stampede-{uuid.uuid4().hex[:6]}:"
+    clock = FakeClock(start=time.time())
+    options = {"redis_key_prefix": prefix, "jwks_min_ttl_seconds": 10}
+    provider.max_age = 10
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            gateways = [await stack.enter_async_context(start_gateway(clock, **options)) for _ in range(3)]
+            for gateway in gateways:
+                await wait_for_keys(api, gateway, provider)
+
+            async def everyone() -> None:
+                calls = (
+                    api("GET", f"{g}/api/timesheets", provider.token()) for g in gateways for _ in range(3)
+                )
+                results = await asyncio.gather(*calls)
+                assert {status for status, _, _ in results} == {200}  # stale keys serve meanwhile
+
+            for _round in range(2):
+                clock.advance(11)  # stale everywhere at once
+                before = provider.jwks_hits + provider.discovery_hits
+                taken = sample("gateway_jwks_cache_total", layer="redis", result="hit")
+                provider.delay = 0.3  # a provider across the internet: the refreshes overlap
+                try:
+                    await everyone()
+                    await asyncio.sleep(0.6)  # the one fetch is done, its copy is in Redis
+                finally:
+                    provider.delay = 0.0
+                clock.advance(1)  # the others look at Redis again
+                await everyone()
+                await asyncio.sleep(0.2)
+                assert provider.jwks_hits + provider.discovery_hits - before == 2  # discovery + JWKS
+                assert sample("gateway_jwks_cache_total", layer="redis", result="hit") - taken == 2
+    finally:
+        provider.max_age = 600

@@ -115,19 +115,25 @@ def _new_key_row(alg: str, cipher: KeyCipher) -> tuple[str, dict[str, Any], byte
 
 
 async def ensure_signing_key(conn: Conn, alg: str, cipher: KeyCipher) -> str | None:
-    """Create a key that signs immediately if no key signs now; return its kid (None if not needed)."""
+    """Create a key that signs immediately if no key signs now; return its kid (None if not needed).
+
+    Every replica calls this at start, one at a time (the table lock). "Now" is the moment the lock
+    is held (``clock_timestamp()``), not the transaction's start (``now()``): a replica whose
+    transaction began before another's, but that got the lock second, found the key the other had
+    just made "not signing yet" (it signs from the other's later start) and made a second one, which
+    stayed published and never signed."""
     async with conn.transaction():
         await conn.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
         exists = await conn.fetchval(
-            """SELECT 1 FROM signing_keys
-               WHERE signs_from <= now() AND (retired_at IS NULL OR retired_at > now())"""
+            """SELECT 1 FROM signing_keys, clock_timestamp() AS now
+               WHERE signs_from <= now AND (retired_at IS NULL OR retired_at > now)"""
         )
         if exists:
             return None
         kid, jwk, blob = _new_key_row(alg, cipher)
         await conn.execute(
             """INSERT INTO signing_keys (kid, alg, public_jwk, private_key, signs_from)
-               VALUES ($1, $2, $3::jsonb, $4, now())""",
+               VALUES ($1, $2, $3::jsonb, $4, clock_timestamp())""",
             kid,
             alg,
             json.dumps(jwk),

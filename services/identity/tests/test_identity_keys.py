@@ -193,3 +193,36 @@ async def test_a_wrong_key_encryption_key_leaves_the_service_up_but_not_ready(se
         assert wrong not in logs
     finally:
         process.stop()
+
+
+async def test_two_replicas_starting_together_on_a_fresh_database_make_one_signing_key(
+    test_run_id: str,
+) -> None:
+    """Every replica runs ``ensure_signing_key`` at start, serialised by the table lock. A replica
+    whose transaction began before another's (its ``BEGIN``, then the lock it waits for) but took the
+    lock second must find the key the first one made: with ``now()`` (its own transaction's start)
+    that key seemed not to sign yet, and it made a second one, published for ever and never used."""
+    from testkit.fixtures import create_database, drop_database, migrate_schema, runtime_url
+
+    name = f"tsp_test_{test_run_id}_twokeys"
+    url = await create_database(name)
+    cipher = keymod.KeyCipher(secrets.token_bytes(32))
+    try:
+        await migrate_schema(url, "identity", Path(keymod.__file__).parent)
+        settings = {"search_path": "identity"}
+        first, second = [
+            await asyncpg.connect(runtime_url(url, "identity"), server_settings=settings) for _ in range(2)
+        ]
+        try:
+            async with second.transaction():
+                await second.execute("SELECT 1")  # the second replica's transaction has begun
+                await asyncio.sleep(0.01)
+                assert await keymod.ensure_signing_key(first, "RS256", cipher) is not None
+                made = await keymod.ensure_signing_key(second, "RS256", cipher)
+            assert made is None, "a second signing key was made"
+            assert await first.fetchval("SELECT count(*) FROM signing_keys") == 1
+        finally:
+            await first.close()
+            await second.close()
+    finally:
+        await drop_database(name)

@@ -63,7 +63,8 @@ def _replay(service: str) -> Grant:
 
 GRANTS: Mapping[str, Grant] = {
     "gateway": Grant(
-        # jwks.py GET/SET gateway:jwks:<issuer>; ratelimit.py INCRBY+EXPIRE gateway:rl:...;
+        # jwks.py GET/SET gateway:jwks:<issuer>, SET NX PX gateway:jwks-refresh:<issuer>;
+        # ratelimit.py INCRBY+EXPIRE gateway:rl:...;
         # svckit.dpop SET dpop-jti:<digest> NX EX; revocations.py XREAD revocations
         commands=("get", "set", "incrby", "expire", "xread"),
         keys=("gateway:*", "dpop-jti:*"),
