@@ -192,14 +192,21 @@ request = function()
   n = n + 1
   local auth = "Bearer " .. tokens[(n %% #tokens) + 1]
   if n %% 2 == 0 then
-    local body = string.format('{"date":"2026-%%02d-%%02d","project":"Bench","hours":7.5,"notes":"wrk"}',
-                               (n %% 12) + 1, (n %% 28) + 1)
+    local day = os.date("!%%Y-%%m-%%d", 946684800 + ((n * 7919) %% 36500) * 86400)
+    local body = string.format('{"date":"%%s","project":"Bench","hours":0.25,"notes":"wrk"}', day)
     return wrk.format("POST", "/api/timesheets",
                       {["Authorization"] = auth, ["Content-Type"] = "application/json"}, body)
   end
   return wrk.format("GET", "/api/timesheets?limit=20", {["Authorization"] = auth})
 end
 """
+
+
+def spread_date(n: int) -> str:
+    """The date of the ``n``-th request's create: spread over the work-date window (a stride through
+    its 36,500 days, as the wrk script's), with a quarter hour each, so that no user's day nears the
+    24 hours a day holds (a full day answers 422, which would be measured instead of the create)."""
+    return (dt.date(2000, 1, 1) + dt.timedelta(days=(n * 7919) % 36500)).isoformat()
 
 
 def direct_script(
@@ -218,8 +225,8 @@ def direct_script(
         for n in range(requests):
             identity = identities[n % len(identities)]
             if n % 2:
-                date = f"2026-{n % 12 + 1:02d}-{n % 28 + 1:02d}"
-                body = f'{{"date":"{date}","project":"Bench","hours":7.5,"notes":"wrk"}}'.encode()
+                date = spread_date(n)
+                body = f'{{"date":"{date}","project":"Bench","hours":0.25,"notes":"wrk"}}'.encode()
                 headers = signer.headers(identity, method="POST", target="/timesheets", body=body)
                 yield "POST", "/timesheets", {**headers, "Content-Type": "application/json"}, body
             else:
@@ -260,7 +267,7 @@ def run_wrk(url: str, script: Path, seconds: float, *, connections: int = CLIENT
 
 
 PGBENCH_CREATE = """\\set u random(0, %(last)d)
-\\set d random(0, 300)
+\\set d random(0, 36499)
 %(create)s;
 """
 
@@ -284,9 +291,9 @@ def pgbench_scripts(directory: Path, issuer: str) -> list[Path]:
         2: quoted_issuer,
         3: subject,
         4: "''",
-        5: "(date '2026-01-01' + :d::int)",
+        5: "(date '2000-01-01' + :d::int)",
         6: "'Bench'",
-        7: "7.5",
+        7: "0.25",
         8: "'pgbench'",
         9: "'timesheets-spa'",
         10: "gen_random_uuid()",

@@ -81,9 +81,9 @@ request = function()
   n = n + 1
   local auth = "Bearer " .. tokens[(n %% #tokens) + 1]
   if n %% 2 == 0 then
+    local day = os.date("!%%Y-%%m-%%d", 946684800 + ((n * 7919) %% 36500) * 86400)
     local body = string.format(
-      '{"date":"2026-%%02d-%%02d","project":"%(project)s","hours":7.5,"notes":"%%s-%%d"}',
-      (n %% 12) + 1, (n %% 28) + 1, tag, n)
+      '{"date":"%%s","project":"%(project)s","hours":0.25,"notes":"%%s-%%d"}', day, tag, n)
     return wrk.format("POST", "/api/timesheets",
                       {["Authorization"] = auth, ["Content-Type"] = "application/json"}, body)
   end
@@ -222,7 +222,8 @@ async def write_and_record(stack: Stack, issuer: Issuer, tag: str, count: int = 
         while queue:
             n = queue.pop()
             note = f"{tag}-acked-{n}"
-            body = {"date": "2026-06-01", "project": PROJECT, "hours": 1, "notes": note}
+            day = dt.date(2026, 6, 1) - dt.timedelta(days=n % 365)  # a day holds 24 hours a person
+            body = {"date": day.isoformat(), "project": PROJECT, "hours": 1, "notes": note}
             headers = {"Authorization": f"Bearer {tokens[index]}", "Idempotency-Key": note}
             for attempt in range(3):  # a retry keeps the Idempotency-Key: never a second entry
                 url = gateways[(n + attempt) % len(gateways)] + "/api/timesheets"

@@ -100,6 +100,18 @@ async def test_employee_manager_auditor_workday(new_page: NewPage, shot: Shots) 
     await add_entry(alice, CYGNUS, "1.25", "Typo: wrong project")
     await expect(entry(alice, APOLLO).locator(".badge")).to_have_text("Submitted")
     await shot(alice, "alice-three-entries")
+    # A day holds at most 24 hours: a 24-hour entry on top of these is the service's 422, its detail
+    # in the banner (the day, the hours recorded) and its message at the hours field.
+    await form.get_by_label("Project").fill(f"Overtime {RUN}")
+    await form.get_by_label("Hours").fill("24")
+    await form.get_by_role("button", name="Add entry").click()
+    await expect(alice.get_by_role("alert")).to_contain_text("A day holds at most 24 hours")
+    await expect(alice.get_by_role("alert")).to_contain_text("hours are already recorded on")
+    await expect(hours_error).to_contain_text("already recorded, at most 24 a day")
+    await expect(entry(alice, f"Overtime {RUN}")).to_have_count(0)
+    await shot(alice, "alice-day-full")
+    await form.get_by_label("Project").fill("")
+    await form.get_by_label("Hours").fill("")
 
     await entry(alice, CYGNUS).get_by_role("button", name=re.compile("^Delete")).click()
     dialog = alice.get_by_role("dialog", name="Delete this entry?")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -115,7 +116,9 @@ class WriteLoad:
             sequence += 1
             tag = f"w{index}-{sequence}-{uuid.uuid4().hex[:8]}"
             headers = {**self.employee, "Idempotency-Key": str(uuid.uuid4())}
-            body = {"date": "2026-10-01", "project": PROJECT, "hours": 1, "notes": tag}
+            # A day of its own for every 20 writes (a person's day holds at most 24 hours).
+            day = dt.date(2026, 10, 1) - dt.timedelta(days=(sequence * self.writers + index) // 20)
+            body = {"date": day.isoformat(), "project": PROJECT, "hours": 1, "notes": tag}
             deadline = time.monotonic() + self.give_up_after
             while True:
                 outcome, payload = await self._send("POST", f"{self.api}/timesheets", headers, body)

@@ -83,7 +83,8 @@ async def send(
 
 
 def entry(project: str) -> bytes:
-    return json.dumps({"date": "2026-11-23", "project": project, "hours": 7.5}).encode()
+    # an hour: every test here creates for the same ALICE on one date, and a day holds 24 hours
+    return json.dumps({"date": "2026-11-23", "project": project, "hours": 1}).encode()
 
 
 async def refusals(url: str, reason: str) -> float:

@@ -196,13 +196,17 @@ async def test_refused_decisions_answer_alike(
 
 async def test_decisions_answer_alike(approvals: SignedApi, routed: SignedApi, timesheets: SignedApi) -> None:
     alice, bob, carol = employee("alice"), manager("bob"), manager("carol")
-    for body in (
-        b'{"decision":"approved"}',
-        b'{"decision": "rejected"}',
-        b'{"decision":"approved","comment":"ok"}',
+    for day, body in enumerate(
+        (
+            b'{"decision":"approved"}',
+            b'{"decision": "rejected"}',
+            b'{"decision":"approved","comment":"ok"}',
+        ),
+        start=23,
     ):
         headers = {"content-type": "application/json"}
-        first, second = await submit(timesheets, alice), await submit(timesheets, alice)
+        date = f"2026-11-{day}"  # the pair's day (alice's day holds 24 hours: two 8-hour entries)
+        first, second = await submit(timesheets, alice, date), await submit(timesheets, alice, date)
         direct = await approvals.call("PUT", f"/approvals/{first}", bob, data=body, headers=headers)
         general = await routed.call("PUT", f"/approvals/{second}", bob, data=body, headers=headers)
         assert direct.status == 200, direct.text

@@ -125,8 +125,8 @@ async def test_bad_bodies(api: SignedApi, data: bytes, content_type: str, status
 
 async def test_edge_values_are_accepted(api: SignedApi) -> None:
     who = employee()
-    for hours in (0.25, 24, 8):
-        body = await create(api, who, hours=hours, project="  P  ", notes="")
+    for day, hours in enumerate((0.25, 24, 8), start=1):  # a day each: a day holds 24 hours
+        body = await create(api, who, hours=hours, date=f"2026-10-0{day}", project="  P  ", notes="")
         assert body["hours"] == hours
         assert body["project"] == "P"
         assert body["notes"] is None

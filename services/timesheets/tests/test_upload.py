@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from typing import Any
@@ -26,10 +27,11 @@ def batch_client() -> Identity:
 
 
 def rows(n: int, prefix: str) -> list[dict[str, Any]]:
+    """``n`` rows for 7 users, on a date of their own each (a user's day holds at most 24 hours)."""
     return [
         {
             "user": f"{prefix}-{i % 7}",
-            "date": f"2026-11-{1 + i % 28:02d}",
+            "date": (dt.date(2026, 11, 1) - dt.timedelta(days=i)).isoformat(),
             "project": "Bulk",
             "hours": 0.25 * (1 + i % 32),
         }

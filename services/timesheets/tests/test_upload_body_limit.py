@@ -30,7 +30,7 @@ async def test_a_full_batch_of_the_longest_rows_in_cjk_is_stored(
     prefix = uuid.uuid4().hex[:8]
     rows = []
     for i in range(MAX_UPLOAD_ENTRIES):
-        name = f"{prefix}-{i % 7}"
+        name = f"{prefix}-{i:04d}"  # a user of their own: 23.75 hours each on the one date
         rows.append(
             {
                 "user": name + "者" * (255 - len(name)),  # 255 characters

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +26,7 @@ from svckit.problems import Problem, field_errors, validation_problem
 from svckit.query import parse_query
 from svckit.responses import json_response, send_json
 
-from . import cursor, events, idempotency, store
+from . import cursor, daycap, events, idempotency, store
 from .intake import read_entry
 from .metrics import entries_created, entries_deleted
 from .representation import entry_json, entry_of, page_json
@@ -131,26 +132,32 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
         event=events.created(identity, entry_id, entry),
     )
     database = database_of(request)
-    if key is None:
-        # One statement in autocommit: the entry, its audit event and the relays' NOTIFY commit
-        # together by themselves, in one round trip.
-        async with outcome_located(location):
-            record = await database.write_once(
-                store.CREATE_ENTRY, *arguments, committed=committed, reread=store.entry_record(entry_id)
-            )
-        assert record is not None
-        text = entry_json(store.EntryRow.of(record))
-    else:
-        async with outcome_located(location), database.transaction(committed=committed) as conn:
-            fingerprint = idempotency.fingerprint("create", entry.canonical())
-            outcome = await idempotency.begin(
-                conn, identity.principal, key, "create", fingerprint, _ttl(request)
-            )
-            if isinstance(outcome, Response):
-                replaying = True
-                return outcome
-            text = entry_json(await store.insert_entry(conn, arguments))
-            await outcome.save(conn, 201, text, location)  # the very text answered, for replays
+    try:
+        if key is None:
+            # One statement in autocommit: the entry, its audit event and the relays' NOTIFY commit
+            # together by themselves, in one round trip (the day's limit checked inside it).
+            async with outcome_located(location):
+                record = await database.write_once(
+                    store.CREATE_ENTRY, *arguments, committed=committed, reread=store.entry_record(entry_id)
+                )
+            assert record is not None
+            text = entry_json(store.EntryRow.of(record))
+        else:
+            async with outcome_located(location), database.transaction(committed=committed) as conn:
+                fingerprint = idempotency.fingerprint("create", entry.canonical())
+                outcome = await idempotency.begin(
+                    conn, identity.principal, key, "create", fingerprint, _ttl(request)
+                )
+                if isinstance(outcome, Response):
+                    replaying = True
+                    return outcome
+                text = entry_json(await store.insert_entry(conn, arguments))
+                await outcome.save(conn, 201, text, location)  # the very text answered, for replays
+    except asyncpg.CheckViolationError as exc:
+        # The day is full (the key's claim rolled back with it: a 422 is not kept for replays).
+        if not daycap.is_refusal(exc):
+            raise
+        raise daycap.refusal(exc, entry.date, entry.hours) from None
     events_committed(request)
     entries_created.labels("api").inc()
     return text, location
@@ -266,6 +273,14 @@ async def upload_entries(request: Request) -> Response:
                 replaying = True
                 return outcome
             claim = outcome
+        days = sorted({(row.user, row.date) for row in rows})
+        over = daycap.row_errors(rows, await store.day_totals(conn, identity.issuer, days))
+        if over:  # the days stay locked until this transaction ends: nothing can slip in meanwhile
+            raise validation_problem(
+                over[:MAX_ROW_ERRORS],
+                f"{len(over)} of {len(rows)} rows would take a day past {daycap.hours_text(daycap.LIMIT)} "
+                "hours; nothing was stored.",
+            )
         stored = await store.insert_upload(
             conn, identity.issuer, rows, client_id=identity.client_id, upload_id=upload_id
         )

@@ -86,11 +86,14 @@ COLUMNS = ", ".join(EntryRow._fields)
 ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
 
 
-#: A new entry and its audit event in one statement (``$10`` to ``$12``: the event's outbox values)
+#: A new entry and its audit event in one statement (``$10`` to ``$12``: the event's outbox values).
+#: The hours go in through ``admit_day_hours`` (migration 0005): under the owner's day lock it checks
+#: that the day keeps to :data:`svckit.contracts.timesheets.DAY_HOURS_LIMIT`, or fails the statement
+#: with the ``entries_day_hours`` check violation (``daycap.refusal``); no round trip of its own.
 CREATE_ENTRY = with_enqueued(
     f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
                              source, created_by_client)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'api', $9)
+        VALUES ($1, $2, $3, $4, $5, $6, admit_day_hours($2, $3, $5, $7), $8, 'api', $9)
         RETURNING {COLUMNS}""",
     first=10,
 )
@@ -137,6 +140,23 @@ async def insert_entry(conn: Connection, arguments: tuple[Any, ...]) -> EntryRow
     row = await conn.fetchrow(CREATE_ENTRY, *arguments)
     assert row is not None
     return EntryRow.of(row)
+
+
+async def day_totals(
+    conn: Connection, issuer: str, days: Sequence[tuple[str, dt.date]]
+) -> dict[tuple[str, dt.date], Decimal]:
+    """The hours recorded on each (subject, date) of ``issuer``'s users, each day locked (until the
+    caller's transaction ends) before it is summed: one statement for all of them. Callers pass the
+    days sorted, so that two transactions that lock some of the same days take them in the same order
+    (one waits for the other; neither deadlocks)."""
+    records = await conn.fetch(
+        """SELECT k.subject, k.date, day_hours_locked($1, k.subject, k.date) AS total
+           FROM unnest($2::text[], $3::date[]) WITH ORDINALITY AS k(subject, date, n)""",
+        issuer,
+        [subject for subject, _ in days],
+        [date for _, date in days],
+    )
+    return {(record["subject"], record["date"]): record["total"] for record in records}
 
 
 async def insert_upload(

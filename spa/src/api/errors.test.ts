@@ -44,4 +44,28 @@ describe("problem answers", () => {
     expect(describeError(new NetworkError("down"), "add").kind).toBe("unavailable");
     expect(describeError(new Error("?"), "add").kind).toBe("error");
   });
+
+  it("shows a full day's 422: the detail in the banner, the message at the hours field", () => {
+    // The timesheets service's answer when an entry would take the person's day past 24 hours
+    // (services/timesheets/timesheets/daycap.py), as the contract documents it.
+    const detail =
+      "A day holds at most 24 hours: 20 hours are already recorded on 2026-11-23, so at most 4 more can be added.";
+    const error = new ApiError(422, {
+      status: 422,
+      title: "Unprocessable Content",
+      detail,
+      errors: [
+        {
+          field: "hours",
+          loc: ["hours"],
+          message: "would bring 2026-11-23 to 28 hours; 20 already recorded, at most 24 a day",
+          type: "day_hours_exceeded",
+        },
+      ],
+    });
+    expect(describeError(error, "add the entry")).toMatchObject({ kind: "invalid", text: detail });
+    expect(error.fieldErrors).toEqual({
+      hours: "would bring 2026-11-23 to 28 hours; 20 already recorded, at most 24 a day",
+    });
+  });
 });

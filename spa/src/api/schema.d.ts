@@ -34,7 +34,7 @@ export interface paths {
     put?: never;
     /**
      * Batch upload by a machine client: up to 1,000 entries for named users, all or nothing
-     * @description Any bad row refuses the whole batch; errors[] names every bad field as entries.N.field.
+     * @description Any bad row refuses the whole batch; errors[] names every bad field as entries.N.field. A user's entries on one date add up to at most 24 hours: rows past that are refused the same way (entries.N.hours, day_hours_exceeded).
      */
     post: operations["uploadEntries"];
     delete?: never;
@@ -496,7 +496,7 @@ export interface components {
       /** Format: date */
       date: string;
       project: string;
-      /** @description Hours worked, in quarter hours: more than 0, at most 24. */
+      /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
       notes: string | null;
       /** @enum {string} */
@@ -547,7 +547,7 @@ export interface components {
       date: string;
       /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
       project: string;
-      /** @description Hours worked, in quarter hours: more than 0, at most 24. */
+      /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
       /**
        * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. An empty string means none.
@@ -784,7 +784,7 @@ export interface components {
       date: string;
       /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
       project: string;
-      /** @description Hours worked, in quarter hours: more than 0, at most 24. */
+      /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
       /**
        * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. An empty string means none.
@@ -1211,7 +1211,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Invalid fields (errors[] names each one), or an Idempotency-Key reused with a different body. */
+      /** @description Invalid fields (errors[] names each one), an Idempotency-Key reused with a different body (type idempotency_key_reused), or the entry would take the caller's entries on its date past 24 hours (type day_hours_exceeded on hours: the detail says the day, the hours already recorded and how many more fit; deleted entries do not count, rejected ones do until deleted). Checked under a lock per person and day: of concurrent creates that together pass the limit, the later ones get this answer. Not kept for an Idempotency-Key: the same request may be repeated once the day has room. */
       422: {
         headers: {
           [name: string]: unknown;
@@ -1222,16 +1222,15 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Unprocessable Content",
            *       "status": 422,
-           *       "detail": "This Idempotency-Key was already used for a different request; use a new key for a new request.",
+           *       "detail": "A day holds at most 24 hours: 20 hours are already recorded on 2026-11-23, so at most 4 more can be added.",
            *       "errors": [
            *         {
-           *           "field": "Idempotency-Key",
+           *           "field": "hours",
            *           "loc": [
-           *             "header",
-           *             "Idempotency-Key"
+           *             "hours"
            *           ],
-           *           "message": "reused with a different request body",
-           *           "type": "idempotency_key_reused"
+           *           "message": "would bring 2026-11-23 to 28 hours; 20 already recorded, at most 24 a day",
+           *           "type": "day_hours_exceeded"
            *         }
            *       ]
            *     }
@@ -1457,7 +1456,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Invalid fields (errors[] names each one), or an Idempotency-Key reused with a different body. */
+      /** @description Nothing was stored. Invalid fields (errors[] names each one as entries.N.field), an Idempotency-Key reused with a different body (type idempotency_key_reused), or rows that would take a user's day past 24 hours (type day_hours_exceeded, entries.N.hours, counting the hours already recorded and the batch's earlier rows that fit; reported once every row is valid). */
       422: {
         headers: {
           [name: string]: unknown;
@@ -1468,16 +1467,17 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Unprocessable Content",
            *       "status": 422,
-           *       "detail": "This Idempotency-Key was already used for a different request; use a new key for a new request.",
+           *       "detail": "2 of 7 rows would take a day past 24 hours; nothing was stored.",
            *       "errors": [
            *         {
-           *           "field": "Idempotency-Key",
+           *           "field": "entries.2.hours",
            *           "loc": [
-           *             "header",
-           *             "Idempotency-Key"
+           *             "entries",
+           *             2,
+           *             "hours"
            *           ],
-           *           "message": "reused with a different request body",
-           *           "type": "idempotency_key_reused"
+           *           "message": "would bring 2026-11-23 to 25 hours for local|alice: 20 already recorded, 4 in rows before it; at most 24 a day",
+           *           "type": "day_hours_exceeded"
            *         }
            *       ]
            *     }

@@ -32,6 +32,7 @@ from .audit import (
     VerifyResult,
 )
 from .timesheets import (
+    DAY_HOURS_LIMIT,
     ApplyDecision,
     Entry,
     EntryIn,
@@ -121,17 +122,47 @@ IDEMPOTENCY_HEADERS = {
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
-IDEMPOTENCY_REUSED = problem_answer(
+#: a person's day is full (timesheets/daycap.py): the create's 422
+DAY_HOURS_EXCEEDED = problem_answer(
     422,
     "Unprocessable Content",
-    "Invalid fields (errors[] names each one), or an Idempotency-Key reused with a different body.",
-    "This Idempotency-Key was already used for a different request; use a new key for a new request.",
+    "Invalid fields (errors[] names each one), an Idempotency-Key reused with a different body (type "
+    "idempotency_key_reused), or the entry would take the caller's entries on its date past "
+    f"{DAY_HOURS_LIMIT} hours (type day_hours_exceeded on hours: the detail says the day, the hours "
+    "already recorded and how many more fit; deleted entries do not count, rejected ones do until "
+    "deleted). Checked under a lock per person and day: of concurrent creates that together pass the "
+    "limit, the later ones get this answer. Not kept for an Idempotency-Key: the same request may be "
+    "repeated once the day has room.",
+    f"A day holds at most {DAY_HOURS_LIMIT} hours: 20 hours are already recorded on 2026-11-23, so at "
+    "most 4 more can be added.",
     errors=[
         {
-            "field": "Idempotency-Key",
-            "loc": ["header", "Idempotency-Key"],
-            "message": "reused with a different request body",
-            "type": "idempotency_key_reused",
+            "field": "hours",
+            "loc": ["hours"],
+            "message": (
+                f"would bring 2026-11-23 to 28 hours; 20 already recorded, at most {DAY_HOURS_LIMIT} a day"
+            ),
+            "type": "day_hours_exceeded",
+        }
+    ],
+)
+#: the upload's 422: bad rows, a reused key, or rows past a day's limit
+UPLOAD_REFUSED = problem_answer(
+    422,
+    "Unprocessable Content",
+    "Nothing was stored. Invalid fields (errors[] names each one as entries.N.field), an "
+    "Idempotency-Key reused with a different body (type idempotency_key_reused), or rows that would "
+    f"take a user's day past {DAY_HOURS_LIMIT} hours (type day_hours_exceeded, entries.N.hours, "
+    "counting the hours already recorded and the batch's earlier rows that fit; reported once every "
+    "row is valid).",
+    f"2 of 7 rows would take a day past {DAY_HOURS_LIMIT} hours; nothing was stored.",
+    errors=[
+        {
+            "field": "entries.2.hours",
+            "loc": ["entries", 2, "hours"],
+            "message": f"would bring 2026-11-23 to 25 hours for local|alice: 20 already recorded, 4 in rows "
+            f"before it; at most {DAY_HOURS_LIMIT} a day",
+            "type": "day_hours_exceeded",
         }
     ],
 )
@@ -169,7 +200,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 headers=IDEMPOTENCY_HEADERS,
                 links=ENTRY_ID_LINKS,
             ),
-            IDEMPOTENCY_REUSED,
+            DAY_HOURS_EXCEEDED,
             Answer(
                 503,
                 "Unavailable; with outcome unknown, the database went away while the entry was being "
@@ -209,9 +240,13 @@ OPERATIONS: tuple[Operation, ...] = (
                 "The caller lacks the scope, or is not a machine client acting as itself.",
                 "Batch upload is for machine clients acting as themselves.",
             ),
-            IDEMPOTENCY_REUSED,
+            UPLOAD_REFUSED,
         ),
-        description="Any bad row refuses the whole batch; errors[] names every bad field as entries.N.field.",
+        description=(
+            "Any bad row refuses the whole batch; errors[] names every bad field as entries.N.field. A "
+            f"user's entries on one date add up to at most {DAY_HOURS_LIMIT} hours: rows past that are "
+            "refused the same way (entries.N.hours, day_hours_exceeded)."
+        ),
         body=UploadIn,
         also=(UploadRow,),
         idempotency_key=True,

@@ -30,12 +30,18 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 50
 MAX_CURSOR = 512
 
+#: a person's entries on one date add up to at most this many hours (timesheets/daycap.py)
+DAY_HOURS_LIMIT = 24
+
 HOURS_SCHEMA: dict[str, Any] = {
     "type": "number",
     "exclusiveMinimum": 0,
     "maximum": 24,
     "multipleOf": 0.25,
-    "description": "Hours worked, in quarter hours: more than 0, at most 24.",
+    "description": (
+        "Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up "
+        "to at most 24 (422 day_hours_exceeded)."
+    ),
 }
 
 
