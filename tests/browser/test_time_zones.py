@@ -215,3 +215,31 @@ async def test_summer_time_weeks_in_berlin(new_page: NewPage, shot: Shots) -> No
     await page.get_by_role("button", name="Previous week").click()
     await expect(page.locator(".screen__subtitle")).to_have_text(f"Week 12 · 16 Mar 2026 {DASH} 22 Mar 2026")
 
+
+async def test_the_week_follows_the_date_past_midnight(new_page: NewPage, shot: Shots) -> None:
+    """The app left open on Sunday evening: at midnight (the user's) the new week is shown, Monday is
+    "today", and the form offers Monday, not the Sunday of the page's first render (nor, once an entry
+    is added, the Monday of the week before)."""
+    zone = "Pacific/Kiritimati"
+    sunday_evening = last_utc(6, 9, 57)  # 23:57 there
+    sunday = sunday_evening.astimezone(ZoneInfo(zone)).date()
+    monday = sunday + dt.timedelta(days=1)
+    page, _ = await new_page(timezone_id=zone)
+    await page.clock.install(time=sunday_evening)
+    await sign_in(page, shot, "alice")
+    await expect_week(page, sunday)
+    await shot(page, "sunday-evening")
+
+    await page.clock.fast_forward("05:00")  # timers due by then run: 00:02 on Monday
+    await expect_week(page, monday)
+    await expect(page.locator("form.entry-form").get_by_label("Date")).to_have_value(monday.isoformat())
+    await add_today(page, f"Past midnight {RUN}", "0.5", monday)
+    await expect(page.locator("form.entry-form").get_by_label("Date")).to_have_value(monday.isoformat())
+    await shot(page, "monday-after-midnight")
+
+    # A computer asleep over midnight runs no timer: the date is checked again when the page is seen.
+    await page.clock.set_system_time(sunday_evening + dt.timedelta(days=1, minutes=10))
+    await page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    tuesday = monday + dt.timedelta(days=1)
+    await expect_week(page, tuesday)
+    await expect(page.locator("form.entry-form").get_by_label("Date")).to_have_value(tuesday.isoformat())
