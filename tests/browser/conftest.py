@@ -98,12 +98,16 @@ def shot(request: pytest.FixtureRequest) -> Shots:
 
 @pytest.fixture
 async def new_page(browser: Browser) -> AsyncIterator[NewPage]:
-    """A fresh browser profile per user (own cookies at the provider), desktop size by default."""
+    """A fresh browser profile per user (own cookies at the provider), desktop size by default, in
+    British English and UTC unless a test names another ``locale`` or ``timezone_id`` (the user's own
+    time zone: tests/browser/test_time_zones.py)."""
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
     async def make(viewport: ViewportSize = DESKTOP, **options: Any) -> tuple[Page, Tokens]:
-        context = await browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC", **options)
+        options.setdefault("locale", "en-GB")
+        options.setdefault("timezone_id", "UTC")
+        context = await browser.new_context(viewport=viewport, **options)
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = await context.new_page()

@@ -1,18 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { describeCheckpoints, describeEvent, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
 import { today } from "./week";
-
-/** `run` with the process in time zone `name` (Node reads `TZ` again when it changes). */
-function inZone<T>(name: string, run: () => T): T {
-  const saved = process.env.TZ;
-  process.env.TZ = name;
-  try {
-    return run();
-  } finally {
-    if (saved === undefined) delete process.env.TZ;
-    else process.env.TZ = saved;
-  }
-}
+import { inZone } from "./zones.testing";
 
 const actor = (subject: string, name = "") => ({
   issuer: "http://localhost:9000/",

@@ -1,5 +1,16 @@
 import { describe, expect, it } from "vitest";
-import { addDays, formatHours, isIsoDate, isoWeekNumber, today, weekDays, weekStart, weekTotals } from "./week";
+import {
+  addDays,
+  formatHours,
+  isIsoDate,
+  isoWeekNumber,
+  msUntilTomorrow,
+  today,
+  weekDays,
+  weekStart,
+  weekTotals,
+} from "./week";
+import { inZone } from "./zones.testing";
 
 describe("week maths", () => {
   it("starts weeks on Monday", () => {
@@ -49,4 +60,34 @@ describe("week maths", () => {
     expect(formatHours(0.25)).toBe("0.25 h");
     expect(today(new Date(2026, 0, 5, 23, 30))).toBe("2026-01-05");
   });
+});
+
+describe("the user's calendar", () => {
+  // An instant when the date differs around the world: Monday in Kiritimati, Sunday in UTC and Pago Pago.
+  const instant = new Date("2026-11-29T10:30:00Z");
+
+  it.each([
+    ["Pacific/Kiritimati", "2026-11-30"],
+    ["UTC", "2026-11-29"],
+    ["Pacific/Pago_Pago", "2026-11-28"],
+  ])("today is the date in the browser's time zone, %s", (zone, expected) =>
+    inZone(zone, () => expect(today(instant)).toBe(expected)),
+  );
+
+  it.each([
+    // [zone, now, the next day's first instant]
+    ["Pacific/Kiritimati", "2026-11-29T09:57:00Z", "2026-11-29T10:00:00Z"], // 23:57 there
+    ["Pacific/Pago_Pago", "2026-11-29T10:30:00Z", "2026-11-29T11:00:00Z"], // 23:30 there
+    ["Europe/Berlin", "2026-10-24T23:30:00Z", "2026-10-25T23:00:00Z"], // 01:30 on the 25-hour Sunday
+    ["Europe/Berlin", "2026-03-28T23:30:00Z", "2026-03-29T22:00:00Z"], // 00:30 on the 23-hour Sunday
+    ["America/Santiago", "2026-09-05T12:00:00Z", "2026-09-06T04:00:00Z"], // no 00:00 on 6 Sep: 01:00
+    ["UTC", "2026-12-31T12:00:00Z", "2027-01-01T00:00:00Z"],
+  ])("the next day begins at the user's midnight, in %s from %s", (zone, now, next) =>
+    inZone(zone, () => {
+      const ms = msUntilTomorrow(new Date(now));
+      expect(new Date(Date.parse(now) + ms).toISOString()).toBe(new Date(next).toISOString());
+      expect(today(new Date(Date.parse(now) + ms))).not.toBe(today(new Date(now)));
+      expect(today(new Date(Date.parse(now) + ms - 1))).toBe(today(new Date(now)));
+    }),
+  );
 });

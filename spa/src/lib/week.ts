@@ -37,6 +37,17 @@ export function today(now: Date = new Date()): IsoDate {
   return `${y}-${m}-${d}`;
 }
 
+/**
+ * Milliseconds from `now` until the next day begins in the user's time zone: the next local midnight
+ * (or the first moment of that day where the clocks skip midnight). Counted on the local calendar, not
+ * in 24-hour steps: the days summer time begins or ends last 23 or 25 hours.
+ */
+export function msUntilTomorrow(now: Date = new Date()): number {
+  const next = new Date(now.getTime());
+  next.setHours(24, 0, 0, 0); // the Date arithmetic of the local calendar: the next day's 00:00 (or first moment)
+  return next.getTime() - now.getTime();
+}
+
 export function addDays(value: IsoDate, days: number): IsoDate {
   const date = parseIsoDate(value);
   date.setUTCDate(date.getUTCDate() + days);

@@ -11,13 +11,13 @@ import {
   formatWeekRange,
   isIsoDate,
   isoWeekNumber,
-  today,
+  type IsoDate,
   weekDays,
   weekStart,
   weekTotals,
 } from "../lib/week";
 import { Banner, ConfirmDialog, EmptyState, Field, Loading, StatusBadge, describedBy, toast } from "./common";
-import { useLoad } from "./hooks";
+import { useLoad, useToday } from "./hooks";
 
 interface Props {
   api: ApiClient;
@@ -27,7 +27,13 @@ interface Props {
 }
 
 export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: Props) {
-  const [start, setStart] = useState(() => weekStart(today()));
+  const todayDate = useToday();
+  // The week shown: the current one (`null`, following the date when the user's midnight passes with
+  // the page open), or one the user chose.
+  const [chosen, setChosen] = useState<IsoDate | null>(null);
+  const start = chosen ?? weekStart(todayDate);
+  const isThisWeek = start === weekStart(todayDate);
+  const show = (monday: IsoDate): void => setChosen(monday === weekStart(todayDate) ? null : monday);
   const days = weekDays(start);
   const end = days[6] ?? start;
   const entries = useLoad(() => api.listEntries(start, end), [start]);
@@ -39,7 +45,6 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
     [entries.data, start, end],
   );
   const totals = weekTotals(start, list);
-  const isThisWeek = start === weekStart(today());
   const projects = useMemo(() => [...new Set((entries.data ?? []).map((e) => e.project))].sort(), [entries.data]);
 
   const confirmDelete = async (): Promise<void> => {
@@ -73,18 +78,13 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
           </p>
         </div>
         <nav class="week-nav" aria-label="Choose week">
-          <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, -7))}>
+          <button type="button" class="button button--ghost" onClick={() => show(addDays(start, -7))}>
             <span aria-hidden="true">‹ </span>Previous week
           </button>
-          <button
-            type="button"
-            class="button button--ghost"
-            disabled={isThisWeek}
-            onClick={() => setStart(weekStart(today()))}
-          >
+          <button type="button" class="button button--ghost" disabled={isThisWeek} onClick={() => setChosen(null)}>
             This week
           </button>
-          <button type="button" class="button button--ghost" onClick={() => setStart(addDays(start, 7))}>
+          <button type="button" class="button button--ghost" onClick={() => show(addDays(start, 7))}>
             Next week<span aria-hidden="true"> ›</span>
           </button>
         </nav>
@@ -137,7 +137,7 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
               <ol class="days" aria-label="Days of the week">
                 {days.map((day, index) => {
                   const dayEntries = list.filter((e) => e.date === day);
-                  const isToday = day === today();
+                  const isToday = day === todayDate;
                   return (
                     <li
                       class={`day${isToday ? " day--today" : ""}${dayEntries.length ? "" : " day--empty"}`}
@@ -175,10 +175,10 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
         {canCreate && (
           <EntryForm
             api={api}
-            defaultDate={isThisWeek ? today() : start}
+            defaultDate={isThisWeek ? todayDate : start}
             projects={projects}
             onAdded={(entry) => {
-              if (entry.date < start || entry.date > end) setStart(weekStart(entry.date));
+              if (entry.date < start || entry.date > end) show(weekStart(entry.date));
               else entries.reload();
             }}
             onSignInAgain={onSignInAgain}

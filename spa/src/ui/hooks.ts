@@ -1,11 +1,39 @@
 /** Small hooks: the live session state, and path-based routing inside the app's base path. */
 import { useEffect, useState } from "preact/hooks";
 import type { SessionManager, SessionState } from "../auth/session";
+import { msUntilTomorrow, today, type IsoDate } from "../lib/week";
 
 export function useSession(manager: SessionManager): SessionState {
   const [state, setState] = useState(manager.current);
   useEffect(() => manager.subscribe(setState), [manager]);
   return state;
+}
+
+/**
+ * Today's date in the user's time zone, kept current while the app stays open: a timer for the next
+ * day's start (the user's midnight), and a fresh look whenever the page is seen again (timers do not run
+ * while a computer sleeps, nor on time in a background tab).
+ */
+export function useToday(): IsoDate {
+  const [day, setDay] = useState(() => today());
+  useEffect(() => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const check = (): void => {
+      setDay(today());
+      clearTimeout(timer);
+      timer = setTimeout(check, msUntilTomorrow());
+    };
+    const onVisible = (): void => {
+      if (document.visibilityState === "visible") check();
+    };
+    check();
+    document.addEventListener("visibilitychange", onVisible);
+    return () => {
+      clearTimeout(timer);
+      document.removeEventListener("visibilitychange", onVisible);
+    };
+  }, []);
+  return day;
 }
 
 export type Screen = "timesheets" | "approvals" | "audit";
