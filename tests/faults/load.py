@@ -55,8 +55,16 @@ class LoadReport:
         return total
 
 
+#: how many days one load may fill (20 writes a day: 20,000 writes), and where the first load's begin
+DAYS_PER_LOAD = 1000
+FIRST_LOAD_DAY = dt.date(2040, 1, 1)
+
+
 class WriteLoad:
     """``writers`` creating entries back to back, and one approver deciding every third of them."""
+
+    #: the first day the next load writes on (each takes :data:`DAYS_PER_LOAD` of its own)
+    _next_day = FIRST_LOAD_DAY
 
     def __init__(
         self,
@@ -74,6 +82,10 @@ class WriteLoad:
         self.give_up_after = give_up_after
         self.report = LoadReport()
         self._stopping = False
+        # Days of its own (a person's day holds at most 24 hours): other tests on the same platform
+        # write the same person's entries on dates of their own, and so does an earlier load.
+        self._first_day = WriteLoad._next_day
+        WriteLoad._next_day += dt.timedelta(days=DAYS_PER_LOAD)
         self._to_decide: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -116,8 +128,8 @@ class WriteLoad:
             sequence += 1
             tag = f"w{index}-{sequence}-{uuid.uuid4().hex[:8]}"
             headers = {**self.employee, "Idempotency-Key": str(uuid.uuid4())}
-            # A day of its own for every 20 writes (a person's day holds at most 24 hours).
-            day = dt.date(2026, 10, 1) - dt.timedelta(days=(sequence * self.writers + index) // 20)
+            # A day for every 20 writes, from this load's own days on.
+            day = self._first_day + dt.timedelta(days=(sequence * self.writers + index) // 20)
             body = {"date": day.isoformat(), "project": PROJECT, "hours": 1, "notes": tag}
             deadline = time.monotonic() + self.give_up_after
             while True:
