@@ -19,6 +19,15 @@ _PORT = re.compile(r"[0-9]*")
 _ENCODE = "percent-encode '/', '?', '#' and '@' in the user name and password (%2F, %3F, %23, %40)"
 
 
+def _stray_at(after: str) -> bool:
+    """An '@' after an authority without one: the rest of a password whose '/' or '?' ended the
+    authority early — unless it is a ``user=`` option's value (``?user=admin@server``: Azure's form)."""
+    path, _, query = after.partition("?")
+    if "@" in path:
+        return True
+    return any("@" in field and not field.startswith("user=") for field in query.split("&"))
+
+
 def unreadable(url: str) -> str | None:
     """``None`` when ``url``'s authority (``user:password@host:port[,host:port…]``) reads as one, else
     why not, in words that quote nothing of the URL."""
@@ -30,7 +39,7 @@ def unreadable(url: str) -> str | None:
         return f"holds a '#': {_ENCODE}"
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, after = rest[:end], rest[end:]
-    if authority.count("@") > 1 or (authority.count("@") == 0 and "@" in after):
+    if authority.count("@") > 1 or (authority.count("@") == 0 and _stray_at(after)):
         return f"holds an '@' outside the user name and password: {_ENCODE}"
     hosts = authority.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():

@@ -30,6 +30,7 @@ PASSWORDS = [
     "Frag0one#Frag0two",
     "Frag0one@Frag0two",
     "1234/Frag0two",  # the authority then ends in a valid-looking port; the '@' follows in the path
+    "1234?Frag0two",  # likewise, the '@' in the query
 ]
 
 
@@ -94,6 +95,7 @@ def test_a_redis_url_cut_inside_its_password_is_refused_without_echoing_it(passw
         "postgres://app:pw@[::1]:5432/x",
         "postgresql://app:pw@h1:5432,h2:5433/x?target_session_attrs=read-write",
         "postgresql:///timesheets?host=/var/run/postgresql",
+        "postgresql://db.example:5432/x?user=admin@server&password=pw",  # Azure's user@server
     ],
 )
 def test_well_formed_database_urls_are_still_taken(url: str) -> None:
