@@ -46,7 +46,9 @@ MEANINGS = {
     ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",
-    "database_url": "PostgreSQL connection URL",
+    "database_url": (
+        "PostgreSQL connection URL (a password percent-encodes `/ ? # @`, or the service refuses to start)"
+    ),
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
     "db_connect_timeout_seconds": "connect and acquire timeout",
@@ -57,7 +59,10 @@ MEANINGS = {
     "db_runtime_password": "`migrate` only: the password `migrate` sets on that role",
     "db_manage_roles": "`migrate` only: create the role / set its password (`false`: the platform team "
     "creates the role; `migrate` only grants)",
-    "redis_url": "Redis URL (losable state: caches, counters, the replay memory of signed requests)",
+    "redis_url": (
+        "Redis URL (losable state: caches, counters, the replay memory of signed requests; a password "
+        "percent-encodes `/ ? # @`, or the service refuses to start)"
+    ),
     "redis_key_prefix": "prefix of every Redis key",
     "oidc_issuer": "issuers the gateway trusts, comma-separated (exact `iss` values)",
     "identity_issuer": "the bundled provider's own issuer (its `iss`); list it in `OIDC_ISSUER`",

@@ -225,20 +225,23 @@ class CheckpointKeys(PublicKeys):
     @classmethod
     def parse(cls, text: str) -> CheckpointKeys:
         private: dict[str, Ed25519PrivateKey] = {}
-        for item in text.split(","):
+        # Entries are named by position, never by their text: what stands before an entry's colon is
+        # read as its kid, but is the seed itself when the two were written the other way round (a
+        # base64url seed is a valid kid) — and the refusal goes to stderr and the pod's log.
+        for number, item in enumerate(text.split(","), start=1):
             kid, sep, seed = item.strip().partition(":")
             if not sep or not _KID.fullmatch(kid):
                 raise CheckpointKeyError(
-                    "each entry must be 'kid:seed' (kid: letters, digits, '.', '_', '-')"
+                    f"entry {number}: each entry must be 'kid:seed' (kid: letters, digits, '.', '_', '-')"
                 )
             if kid in private:
-                raise CheckpointKeyError(f"key id {kid!r} appears twice")
+                raise CheckpointKeyError(f"entry {number}: its key id appears twice")
             try:
                 raw = _b64decode(seed.strip())
             except (binascii.Error, ValueError):
                 raw = b""
             if len(raw) != 32:
-                raise CheckpointKeyError(f"the seed of key {kid!r} must be 32 bytes, base64url")
+                raise CheckpointKeyError(f"entry {number}: the seed must be 32 bytes, base64url")
             private[kid] = Ed25519PrivateKey.from_private_bytes(raw)
         return cls(private)
 

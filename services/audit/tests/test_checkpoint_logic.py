@@ -11,6 +11,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -145,6 +148,43 @@ def test_unusable_keys_are_refused_without_echoing_them(text: str, message: str)
         CheckpointKeys.parse(text)
     seed = text.partition(":")[2]
     assert len(seed) < 8 or seed[:8] not in str(refused.value)
+
+
+SEED = CheckpointKeys.generate("ck-1").partition(":")[2]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{SEED}:ck-1",  # the seed and the key id swapped: the seed stands where the kid is read
+        f"{SEED}:{SEED[:10]}",
+        f"{SEED}:{SEED},{SEED}:{SEED}",
+        f"{CheckpointKeys.generate('ck-0')},{SEED}",  # a seed set without its kid
+    ],
+    ids=["swapped", "swapped-short-kid", "twice", "no-kid"],  # no seed in the test ids either
+)
+def test_a_refused_entry_is_named_by_position_never_by_what_stands_before_its_colon(text: str) -> None:
+    """Whatever stands before an entry's colon is read as its kid, but may be key material (a seed
+    written first): a refusal names the entry's position, as IDENTITY_KEYS_* refusals do."""
+    with pytest.raises(CheckpointKeyError, match=r"^entry [12]: ") as refused:
+        CheckpointKeys.parse(text)
+    assert SEED[:8] not in str(refused.value)
+
+
+def test_the_service_refuses_a_misordered_entry_without_printing_the_seed() -> None:
+    """As the process prints it: one line naming AUDIT_CHECKPOINT_KEYS, no part of the seed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "audit"],
+        env={**env, "AUDIT_CHECKPOINT_KEYS": f"{SEED}:ck-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "AUDIT_CHECKPOINT_KEYS entry 1: " in result.stderr
+    assert SEED[:8] not in result.stdout + result.stderr
 
 
 def test_the_first_key_signs_the_others_verify() -> None:

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .dbtls import DatabaseTls, resolve
 from .identity import OPTIONAL_SENDERS, PAIRS, pair_variable
 from .roles import RuntimeRole
+from .urlshape import unreadable
 
 MIN_IDENTITY_KEY_BYTES = 32
 
@@ -243,6 +244,8 @@ class DatabaseSettings(ServiceSettings):
     def _postgres_scheme(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
+        if problem := unreadable(value):  # before asyncpg quotes pieces of the password (svckit.urlshape)
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -281,6 +284,8 @@ class RedisSettings(ServiceSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if problem := unreadable(value):  # before redis-py quotes pieces of the password (svckit.urlshape)
+            raise ValueError(problem)
         return value
 
 
