@@ -264,3 +264,27 @@ async def test_concurrent_uploads_cannot_both_pass(api: SignedApi, db: asyncpg.C
     )
     assert sorted(reply.status for reply in replies) == [201, 422], [r.text for r in replies]
     assert [await stored(db, s) for s in (alice, bob)] == [1, 1]
+
+
+async def test_an_uploads_day_locks_take_no_room_in_the_servers_lock_table(db: asyncpg.Connection) -> None:
+    """A 1,000-row upload on 1,000 distinct days: its day locks are rows of 128 buckets, not an
+    advisory lock per day (those live in the server's shared lock table, 4 to 8 thousand entries: a few
+    such uploads at once made every session of every service fail with "out of shared memory")."""
+    from timesheets import store
+
+    days = sorted(
+        (f"many-{uuid.uuid4().hex[:6]}-{i % 10}", dt.date(2001, 1, 1) + dt.timedelta(days=i))
+        for i in range(1000)
+    )
+    async with db.transaction():
+        totals = await store.day_totals(db, "http://localhost:9000/", days)
+        held = await db.fetchval("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()")
+        assert held < 50, held  # the transaction's own, the relation locks: no lock per day
+        buckets = await db.fetchval(
+            "SELECT count(DISTINCT day_bucket($1, k.s, k.d)) FROM unnest($2::text[], $3::date[]) AS k(s, d)",
+            "http://localhost:9000/",
+            [subject for subject, _ in days],
+            [date for _, date in days],
+        )
+    assert set(totals.values()) == {0}
+    assert buckets == 128

@@ -145,13 +145,14 @@ async def insert_entry(conn: Connection, arguments: tuple[Any, ...]) -> EntryRow
 async def day_totals(
     conn: Connection, issuer: str, days: Sequence[tuple[str, dt.date]]
 ) -> dict[tuple[str, dt.date], Decimal]:
-    """The hours recorded on each (subject, date) of ``issuer``'s users, each day locked (until the
-    caller's transaction ends) before it is summed: one statement for all of them. Callers pass the
-    days sorted, so that two transactions that lock some of the same days take them in the same order
-    (one waits for the other; neither deadlocks)."""
+    """The hours recorded on each (subject, date) of ``issuer``'s users, every day's lock bucket taken
+    first (until the caller's transaction ends; ``lock_days``, in bucket order, so that two uploads
+    sharing buckets never deadlock, and at most 128 row locks whatever the upload's size: migration
+    0005), then each day summed: one statement for all of them."""
     records = await conn.fetch(
-        """SELECT k.subject, k.date, day_hours_locked($1, k.subject, k.date) AS total
-           FROM unnest($2::text[], $3::date[]) WITH ORDINALITY AS k(subject, date, n)""",
+        """WITH locked AS (SELECT lock_days($1, $2::text[], $3::date[]) AS buckets)
+           SELECT k.subject, k.date, day_hours_locked($1, k.subject, k.date) AS total
+           FROM locked, unnest($2::text[], $3::date[]) WITH ORDINALITY AS k(subject, date, n)""",
         issuer,
         [subject for subject, _ in days],
         [date for _, date in days],
