@@ -277,7 +277,7 @@ async def test_an_uploads_day_locks_take_no_room_in_the_servers_lock_table(db: a
         for i in range(1000)
     )
     async with db.transaction():
-        totals = await store.day_totals(db, "http://localhost:9000/", days)
+        totals = await store.day_totals(db, "http://localhost:9000/", days)  # type: ignore[arg-type]  # a plain connection, as the pool hands out
         held = await db.fetchval("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()")
         assert held < 50, held  # the transaction's own, the relation locks: no lock per day
         buckets = await db.fetchval(
