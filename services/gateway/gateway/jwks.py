@@ -12,7 +12,7 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
   copy in Redis), so it goes stale everywhere at once, and under traffic each starts its background
   refresh within moments of the others — N replicas x W workers provider calls every TTL (twice that
   with discovery). A background refresh of a set that still serves therefore first takes a lease in
-  Redis (``gateway:jwks-refresh:<issuer>``, ``SET NX PX``, for at most the fetch timeout): the one that
+  Redis (``gateway:jwks-refresh:<issuer>``, ``SET NX PX``, for as long as its fetch may take): the one that
   gets it asks the provider and leaves the new copy in Redis; the others keep serving the stale set
   and look at Redis again :data:`LEASE_RETRY_SECONDS` later. A load that a request waits for (no
   usable keys, an unknown ``kid``) takes no lease, nor does any load while Redis is unavailable.
@@ -467,7 +467,10 @@ class JwksCache:
         if self.redis is None:
             return None
         key = self._lease_key(state)
-        lifetime = max(1, int(self.settings.jwks_fetch_timeout_seconds * 1000))
+        # as long as the holder's fetch may take (discovery, then the key set: a timeout each) and a
+        # second more, so that it is still the holder's when it lets it go (a SET over a lease that
+        # expired meanwhile would end another replica's: the gateway's Redis user has no DEL)
+        lifetime = int((2 * self.settings.jwks_fetch_timeout_seconds + 1) * 1000)
 
         async def run(client: Redis) -> bool:
             return bool(await client.set(key, "1", nx=True, px=lifetime))

@@ -69,7 +69,8 @@ class Provider:
         self.jwks_hits = 0
         self.down = False
         self.max_age = 600
-        self.delay = 0.0
+        self.delay = 0.0  # before each JWKS answer
+        self.discovery_delay = 0.0  # before each discovery answer
         self.add_key("rsa-1", "RS256")
         self.add_key("ec-1", "ES256")
         self.add_key("ed-1", "EdDSA")
@@ -104,6 +105,8 @@ class Provider:
     def app(self) -> Starlette:
         async def discovery(request: Request) -> Response:
             self.discovery_hits += 1
+            if self.discovery_delay:
+                await asyncio.sleep(self.discovery_delay)
             if self.down:
                 return Response("down", status_code=503)
             return JSONResponse({"issuer": self.issuer, "jwks_uri": self.base + "/jwks"})

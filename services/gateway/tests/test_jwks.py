@@ -402,6 +402,42 @@ async def test_an_unencodable_entry_in_redis_is_ignored_like_any_copy_the_mac_re
         await client.aclose()
 
 
+async def test_the_renewal_lease_outlasts_a_slow_provider(
+    api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
+) -> None:
+    """The lease holder's fetch is two requests (discovery, then the key set), each allowed the fetch
+    timeout: a lease of one timeout ran out in the middle of a slow provider's answers, and another
+    replica took it and asked the provider too."""
+    prefix = f"{redis_prefix}slow-lease-{uuid.uuid4().hex[:6]}:"
+    clock = FakeClock(start=time.time())
+    options = {"redis_key_prefix": prefix, "jwks_min_ttl_seconds": 10, "jwks_fetch_timeout_seconds": 0.5}
+    provider.max_age = 10
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            gateways = [await stack.enter_async_context(start_gateway(clock, **options)) for _ in range(3)]
+            for gateway in gateways:
+                await wait_for_keys(api, gateway, provider)
+
+            async def everyone() -> None:
+                calls = (api("GET", f"{g}/api/timesheets", provider.token()) for g in gateways)
+                assert {status for status, _, _ in await asyncio.gather(*calls)} == {200}
+
+            clock.advance(11)  # stale everywhere at once
+            before = provider.jwks_hits + provider.discovery_hits
+            provider.delay = provider.discovery_delay = 0.4  # each within the timeout, both together not
+            try:
+                await everyone()  # one replica takes the lease and asks
+                await asyncio.sleep(0.6)  # past one timeout: the holder is still on its second request
+                clock.advance(1)  # the others look again
+                await everyone()
+                await asyncio.sleep(0.6)
+            finally:
+                provider.delay = provider.discovery_delay = 0.0
+            assert provider.jwks_hits + provider.discovery_hits - before == 2  # one discovery, one JWKS
+    finally:
+        provider.max_age = 600
+
+
 async def test_replicas_renewing_stale_keys_together_ask_the_provider_once(
     api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
 ) -> None:
