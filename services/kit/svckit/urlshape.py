@@ -21,11 +21,12 @@ _ENCODE = "percent-encode '/', '?', '#' and '@' in the user name and password (%
 
 def _stray_at(after: str) -> bool:
     """An '@' after an authority without one: the rest of a password whose '/' or '?' ended the
-    authority early — unless it is a ``user=`` option's value (``?user=admin@server``: Azure's form)."""
+    authority early — unless it is the value of a ``user=`` or ``password=`` option
+    (``?user=admin@server``: Azure's form; both clients take the password as an option too)."""
     path, _, query = after.partition("?")
     if "@" in path:
         return True
-    return any("@" in field and not field.startswith("user=") for field in query.split("&"))
+    return any("@" in field and not field.startswith(("user=", "password=")) for field in query.split("&"))
 
 
 def unreadable(url: str) -> str | None:

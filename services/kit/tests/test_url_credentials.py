@@ -96,6 +96,7 @@ def test_a_redis_url_cut_inside_its_password_is_refused_without_echoing_it(passw
         "postgresql://app:pw@h1:5432,h2:5433/x?target_session_attrs=read-write",
         "postgresql:///timesheets?host=/var/run/postgresql",
         "postgresql://db.example:5432/x?user=admin@server&password=pw",  # Azure's user@server
+        "postgresql:///db?host=/var/run/postgresql&password=a@b",  # the password as an option
     ],
 )
 def test_well_formed_database_urls_are_still_taken(url: str) -> None:
@@ -114,6 +115,7 @@ def test_well_formed_database_urls_are_still_taken(url: str) -> None:
         "rediss://tsp-gateway:pw@redis.example:6380/2",
         "redis://[::1]:6379",
         "unix:///run/redis.sock?db=0",
+        "unix:///run/redis.sock?password=p@ss",
     ],
 )
 def test_well_formed_redis_urls_are_still_taken(url: str) -> None:
