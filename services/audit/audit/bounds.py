@@ -128,11 +128,16 @@ class ReadBound:
     async def read(self) -> AsyncIterator[None]:
         """The block as one read: its turns taken (else :class:`Busy`), its time limited (else
         :class:`TooLong`). A statement cancelled sooner than the limit was cancelled by someone else
-        (an operator): that propagates as the database's failure it is."""
+        (an operator): that propagates as the database's failure it is. A whole read's limit counts
+        from the request's arrival, the wait for its turns included: a verification that waited for
+        a listing turn (up to the read timeout) and then walked for its whole limit reached the
+        gateway's upstream timeout (a 504 instead of the 422 it was promised)."""
+        arrived = time.monotonic()
         async with self._turns():
             started = time.monotonic()
+            left = self.seconds - (started - arrived)
             try:
-                async with asyncio.timeout(self.seconds if self.whole else None) as limit:
+                async with asyncio.timeout(max(left, 0.001) if self.whole else None) as limit:
                     yield
             except asyncpg.QueryCanceledError:
                 if time.monotonic() - started < self.seconds:
