@@ -1,5 +1,6 @@
 """A person's day holds at most 24 hours: the sum of their entries on one date, checked in the
-database under a per-(owner, date) lock, so concurrent creates and uploads cannot pass it together."""
+database under a row lock on the (owner, date)'s bucket, so concurrent creates and uploads cannot pass
+it together."""
 
 from __future__ import annotations
 

@@ -273,7 +273,7 @@ async def upload_entries(request: Request) -> Response:
                 replaying = True
                 return outcome
             claim = outcome
-        days = sorted({(row.user, row.date) for row in rows})
+        days = list({(row.user, row.date) for row in rows})  # locked in bucket order by the database
         over = daycap.row_errors(rows, await store.day_totals(conn, identity.issuer, days))
         if over:  # the days stay locked until this transaction ends: nothing can slip in meanwhile
             raise validation_problem(

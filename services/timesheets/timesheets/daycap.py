@@ -8,8 +8,9 @@ entry may be deleted) before recording the day again. Counting it keeps what a p
 for a day within 24 hours, and keeps a rejected-then-re-entered day from holding twice its hours.
 
 The rule holds whatever the per-entry limit on ``hours`` is (also 24 today): it is about the day.
-It is checked in the database under a lock per (owner, date) (migration 0005, ``store.CREATE_ENTRY``,
-``store.day_totals``), so concurrent creates and uploads cannot pass it together. Only new writes are
+It is checked in the database under a row lock on the (owner, date)'s bucket (migration 0005,
+``store.CREATE_ENTRY``, ``store.day_totals``), so concurrent creates and uploads cannot pass it
+together. Only new writes are
 checked: a day already over the limit (data from before the rule) stays readable and deletable, and
 takes nothing more until it is under it.
 
