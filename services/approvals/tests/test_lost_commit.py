@@ -135,6 +135,17 @@ async def own_entry_denials(db: asyncpg.Connection, entry_id: str) -> list[str]:
     return [row["request_id"] for row in rows]
 
 
+async def own_entry(timesheets: SignedApi) -> tuple[Identity, str, str]:
+    """An approver who also records time, an entry of theirs, and the request id of their attempt to
+    decide it."""
+    own = user(f"lc-own-{uuid.uuid4().hex[:6]}", "create:timesheets", "approve:timesheets")
+    created = await timesheets.call(
+        "POST", "/timesheets", own, json={"date": "2026-10-08", "project": "L", "hours": 2}
+    )
+    assert created.status == 201
+    return own, str(created.body["id"]), f"lc-own-{uuid.uuid4().hex}"
+
+
 @pytest.mark.parametrize("when", ["after", "before"])
 async def test_an_own_entry_is_403_whatever_its_denial_record_commit_does(
     rig: tuple[TcpProxy, SignedApi],
@@ -147,13 +158,7 @@ async def test_an_own_entry_is_403_whatever_its_denial_record_commit_does(
     that invites a retry. The record is stored once (after a COMMIT that never arrived, by a second
     try of the same record), and the same request sent again adds none."""
     proxy, approvals = rig
-    own = user(f"lc-own-{uuid.uuid4().hex[:6]}", "create:timesheets", "approve:timesheets")
-    created = await timesheets.call(
-        "POST", "/timesheets", own, json={"date": "2026-10-08", "project": "L", "hours": 2}
-    )
-    assert created.status == 201
-    entry_id = str(created.body["id"])
-    request_id = f"lc-own-{uuid.uuid4().hex}"
+    own, entry_id, request_id = await own_entry(timesheets)
     # the record's transaction, by the request id in its payload (a statement's text is sent only
     # the first time a pooled connection prepares it)
     done = proxy.cut_at_commit(when, after_sending=request_id.encode())
@@ -179,13 +184,7 @@ async def test_the_same_own_entry_refusal_at_once_is_recorded_once(
     first, on another replica's worth of connections): every copy is a 403 and the trail holds one
     record, written by whichever copy came first (the others find its id and add nothing)."""
     _, approvals = rig
-    own = user(f"lc-own-{uuid.uuid4().hex[:6]}", "create:timesheets", "approve:timesheets")
-    created = await timesheets.call(
-        "POST", "/timesheets", own, json={"date": "2026-10-08", "project": "L", "hours": 2}
-    )
-    assert created.status == 201
-    entry_id = str(created.body["id"])
-    request_id = f"lc-own-{uuid.uuid4().hex}"
+    own, entry_id, request_id = await own_entry(timesheets)
     refused, written, dropped = own_entry_counts()
     replies = await asyncio.gather(
         *(put_as_request(approvals, caller, own, entry_id, request_id) for _ in range(4))

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -402,6 +403,29 @@ async def test_an_unencodable_entry_in_redis_is_ignored_like_any_copy_the_mac_re
         await client.aclose()
 
 
+@contextlib.asynccontextmanager
+async def replicas(
+    api: Any, start_gateway: Any, provider: Provider, clock: FakeClock, prefix: str, **options: Any
+) -> AsyncIterator[list[str]]:
+    """Three gateways sharing one Redis copy of the keys (a 10 s TTL), each holding them already."""
+    provider.max_age = 10
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            settings = {"redis_key_prefix": prefix, "jwks_min_ttl_seconds": 10, **options}
+            gateways = [await stack.enter_async_context(start_gateway(clock, **settings)) for _ in range(3)]
+            for gateway in gateways:
+                await wait_for_keys(api, gateway, provider)
+            yield gateways
+    finally:
+        provider.max_age = 600
+
+
+async def everyone(api: Any, gateways: list[str], provider: Provider, each: int = 1) -> None:
+    """``each`` requests to every gateway at once, all answered (stale keys serve meanwhile)."""
+    calls = (api("GET", f"{g}/api/timesheets", provider.token()) for g in gateways for _ in range(each))
+    assert {status for status, _, _ in await asyncio.gather(*calls)} == {200}
+
+
 async def test_the_renewal_lease_outlasts_a_slow_provider(
     api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
 ) -> None:
@@ -410,32 +434,21 @@ async def test_the_renewal_lease_outlasts_a_slow_provider(
     replica took it and asked the provider too."""
     prefix = f"{redis_prefix}slow-lease-{uuid.uuid4().hex[:6]}:"
     clock = FakeClock(start=time.time())
-    options = {"redis_key_prefix": prefix, "jwks_min_ttl_seconds": 10, "jwks_fetch_timeout_seconds": 0.5}
-    provider.max_age = 10
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            gateways = [await stack.enter_async_context(start_gateway(clock, **options)) for _ in range(3)]
-            for gateway in gateways:
-                await wait_for_keys(api, gateway, provider)
-
-            async def everyone() -> None:
-                calls = (api("GET", f"{g}/api/timesheets", provider.token()) for g in gateways)
-                assert {status for status, _, _ in await asyncio.gather(*calls)} == {200}
-
-            clock.advance(11)  # stale everywhere at once
-            before = provider.jwks_hits + provider.discovery_hits
-            provider.delay = provider.discovery_delay = 0.4  # each within the timeout, both together not
-            try:
-                await everyone()  # one replica takes the lease and asks
-                await asyncio.sleep(0.6)  # past one timeout: the holder is still on its second request
-                clock.advance(1)  # the others look again
-                await everyone()
-                await asyncio.sleep(0.6)
-            finally:
-                provider.delay = provider.discovery_delay = 0.0
-            assert provider.jwks_hits + provider.discovery_hits - before == 2  # one discovery, one JWKS
-    finally:
-        provider.max_age = 600
+    async with replicas(
+        api, start_gateway, provider, clock, prefix, jwks_fetch_timeout_seconds=0.5
+    ) as gateways:
+        clock.advance(11)  # stale everywhere at once
+        before = provider.jwks_hits + provider.discovery_hits
+        provider.delay = provider.discovery_delay = 0.4  # each within the timeout, both together not
+        try:
+            await everyone(api, gateways, provider)  # one replica takes the lease and asks
+            await asyncio.sleep(0.6)  # past one timeout: the holder is still on its second request
+            clock.advance(1)  # the others look again
+            await everyone(api, gateways, provider)
+            await asyncio.sleep(0.6)
+        finally:
+            provider.delay = provider.discovery_delay = 0.0
+        assert provider.jwks_hits + provider.discovery_hits - before == 2  # one discovery, one JWKS
 
 
 async def test_replicas_renewing_stale_keys_together_ask_the_provider_once(
@@ -447,35 +460,19 @@ async def test_replicas_renewing_stale_keys_together_ask_the_provider_once(
     leaves in Redis, instead of N replicas x W workers calls (twice that with discovery) every TTL."""
     prefix = f"{redis_prefix}stampede-{uuid.uuid4().hex[:6]}:"
     clock = FakeClock(start=time.time())
-    options = {"redis_key_prefix": prefix, "jwks_min_ttl_seconds": 10}
-    provider.max_age = 10
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            gateways = [await stack.enter_async_context(start_gateway(clock, **options)) for _ in range(3)]
-            for gateway in gateways:
-                await wait_for_keys(api, gateway, provider)
-
-            async def everyone() -> None:
-                calls = (
-                    api("GET", f"{g}/api/timesheets", provider.token()) for g in gateways for _ in range(3)
-                )
-                results = await asyncio.gather(*calls)
-                assert {status for status, _, _ in results} == {200}  # stale keys serve meanwhile
-
-            for _round in range(2):
-                clock.advance(11)  # stale everywhere at once
-                before = provider.jwks_hits + provider.discovery_hits
-                taken = sample("gateway_jwks_cache_total", layer="redis", result="hit")
-                provider.delay = 0.3  # a provider across the internet: the refreshes overlap
-                try:
-                    await everyone()
-                    await asyncio.sleep(0.6)  # the one fetch is done, its copy is in Redis
-                finally:
-                    provider.delay = 0.0
-                clock.advance(1)  # the others look at Redis again
-                await everyone()
-                await asyncio.sleep(0.2)
-                assert provider.jwks_hits + provider.discovery_hits - before == 2  # discovery + JWKS
-                assert sample("gateway_jwks_cache_total", layer="redis", result="hit") - taken == 2
-    finally:
-        provider.max_age = 600
+    async with replicas(api, start_gateway, provider, clock, prefix) as gateways:
+        for _round in range(2):
+            clock.advance(11)  # stale everywhere at once
+            before = provider.jwks_hits + provider.discovery_hits
+            taken = sample("gateway_jwks_cache_total", layer="redis", result="hit")
+            provider.delay = 0.3  # a provider across the internet: the refreshes overlap
+            try:
+                await everyone(api, gateways, provider, each=3)
+                await asyncio.sleep(0.6)  # the one fetch is done, its copy is in Redis
+            finally:
+                provider.delay = 0.0
+            clock.advance(1)  # the others look at Redis again
+            await everyone(api, gateways, provider, each=3)
+            await asyncio.sleep(0.2)
+            assert provider.jwks_hits + provider.discovery_hits - before == 2  # discovery + JWKS
+            assert sample("gateway_jwks_cache_total", layer="redis", result="hit") - taken == 2
