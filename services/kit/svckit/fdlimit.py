@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .http import CONNECTIONS_PER_SESSION
@@ -48,9 +47,6 @@ log = logging.getLogger("svckit.fdlimit")
 #: metrics listeners, the event loop's epoll and wake-up pipe, signal and child-watcher fds, metric
 #: files (the gateway's multiprocess mode), TLS and CA files, ``/dev/urandom``, a migration file read
 BASE_FILES = 64
-
-#: a service's own descriptors beyond the kit's (the gateway's upstream pools), from its settings
-ExtraFiles = Callable[[ServiceSettings], int]
 
 
 def files_besides_connections(settings: ServiceSettings, extra: int = 0) -> int:
@@ -121,4 +117,4 @@ def check_open_files(settings: ServiceSettings, extra: int = 0) -> OpenFiles:
     return OpenFiles(fits)
 
 
-__all__ = ["BASE_FILES", "ExtraFiles", "OpenFiles", "check_open_files", "files_besides_connections"]
+__all__ = ["BASE_FILES", "OpenFiles", "check_open_files", "files_besides_connections"]
