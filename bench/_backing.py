@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from testkit.fixtures import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +84,14 @@ def fresh_database(name: str) -> Iterator[str]:
         yield url
     finally:
         asyncio.run(drop_database(name))
+
+
+def embedded_postgres(state: Path = STATE) -> int | None:
+    """The pid of the benchmark's embedded Postgres (its backends are its children), None when the
+    server is someone else's (``DATABASE_URL``): its CPU time is then not this run's alone."""
+    data = str(state / "postgres")
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "-D" in command and data in command:
+            return int(process.pid)
+    return None

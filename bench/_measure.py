@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process and its children (a service may fork workers); 0 if gone."""
+    """User + system CPU of a process and its children (a service may fork workers), those that have
+    ended included (a Postgres backend of a connection closed meanwhile: pgbench's are opened and
+    closed within its run, so no listing of live children ever sees them); 0 if gone."""
     if pid is None:
         return 0.0
     try:
@@ -33,7 +35,7 @@ def cpu_seconds(pid: int | None) -> float:
             times = process.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 

@@ -38,7 +38,10 @@ swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) ru
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
-reference app; pgbench's own), and the ratios the issue sets targets for, from the same run.
+reference app; pgbench's own; the embedded Postgres's, all its processes, when this run started it:
+the machine's two cores are shared by all of them, so throughput follows their sum, and the service's
+creates are relayed into the audit trail where the reference's outbox rows stay unread), and the
+ratios the issue sets targets for, from the same run.
 
 Writes ``bench/results/api.json``: the gateway case at the top level (as before), the direct case
 under ``direct_to_timesheets``, ``reference``, ``pgbench``, ``ratios`` and ``targets``; prints a
@@ -77,7 +80,7 @@ from jwt.algorithms import RSAAlgorithm
 from svckit.identity import Identity
 from svckit.migrations import migrate
 
-from bench._backing import fresh_database, servers
+from bench._backing import embedded_postgres, fresh_database, servers
 from bench._measure import CpuMeter, median_case, sampled
 from bench._presigned import Request, write_pool
 from testkit.fixtures import ServiceProcess, free_port, new_pair_keys, pair_signer
@@ -357,8 +360,9 @@ def measured(run: Callable[[], dict[str, Any]], meter: CpuMeter) -> dict[str, An
     result = run()
     used = meter.stop()
     requests = max(1, result["requests"])
-    result["cpu_us_per_request"] = {
-        name: round(seconds * 1e6 / requests, 1) for name, seconds in used.items()
+    result["cpu_us_per_request"] = {  # beside what the run measured itself (pgbench its own CPU)
+        **result.get("cpu_us_per_request", {}),
+        **{name: round(seconds * 1e6 / requests, 1) for name, seconds in used.items()},
     }
     return result
 
@@ -514,17 +518,21 @@ def main() -> int:
                 script.write_text(LUA % {"tokens": ", ".join(f'"{t}"' for t in tokens)})
                 direct = logs / "direct.lua"
                 pgbench = pgbench_scripts(logs, issuer.issuer) if shutil.which("pgbench") else None
-                services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit)}
+                # the embedded Postgres's CPU beside each case's (its backends and background
+                # processes): where the cases' throughput differs more than their servers' CPU does
+                postgres = embedded_postgres() if backing.embedded else None
+                postgres_pids = {"postgres": postgres} if postgres else {}
+                services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit), **postgres_pids}
                 meters = {
                     "gateway": CpuMeter({"gateway": pid_of(gateway), **services}),
                     "direct": CpuMeter(services),
-                    "reference": CpuMeter({"reference": reference.pid}),
+                    "reference": CpuMeter({"reference": reference.pid, **postgres_pids}),
                 }
                 if gated is not None:
-                    meters["reference_identity"] = CpuMeter({"reference": gated.pid})
+                    meters["reference_identity"] = CpuMeter({"reference": gated.pid, **postgres_pids})
                 if before_service is not None:
                     meters["direct_before"] = CpuMeter(
-                        {"timesheets": pid_of(before_service), "audit": pid_of(audit)}
+                        {"timesheets": pid_of(before_service), "audit": pid_of(audit), **postgres_pids}
                     )
                 targets: dict[str, Callable[[], dict[str, Any]]] = {
                     "gateway": lambda: measured(
@@ -551,7 +559,9 @@ def main() -> int:
                     )
                 if pgbench is not None:
                     scripts = pgbench
-                    targets["pgbench"] = lambda: run_pgbench(peers_url, scripts, seconds, logs)
+                    targets["pgbench"] = lambda: measured(
+                        lambda: run_pgbench(peers_url, scripts, seconds, logs), CpuMeter(postgres_pids)
+                    )
                 order = [case for case in CASES if case in selected and case in targets]
 
                 def signed(run_seconds: float = seconds) -> Path:  # minted right before each run
@@ -600,6 +610,14 @@ def main() -> int:
     def cpu(case: dict[str, Any] | None, server: str) -> float | None:
         return case["cpu_us_per_request"][server] if case is not None else None
 
+    def cpu_of(case: dict[str, Any] | None, server: str) -> float | None:
+        return case["cpu_us_per_request"].get(server) if case is not None else None
+
+    def total_cpu(case: dict[str, Any] | None) -> float | None:
+        """Every measured process's CPU per request: the service's, the audit service's and the
+        database's, or the reference's and the database's."""
+        return sum(case["cpu_us_per_request"].values()) if case is not None else None
+
     def rps(case: dict[str, Any] | None) -> float | None:
         return case["rps"] if case is not None else None
 
@@ -610,6 +628,15 @@ def main() -> int:
         ),
         "service_vs_pgbench_rps": ratio(rps(direct_result), rps(pg)),
     }
+    if cpu_of(direct_result, "postgres") is not None:
+        # the embedded Postgres's CPU per request beside the servers': the service's creates are also
+        # relayed and chained into the audit trail (the reference's outbox rows are left unread)
+        ratios["service_vs_reference_postgres_cpu_per_request"] = ratio(
+            cpu_of(direct_result, "postgres"), cpu_of(minimal, "postgres")
+        )
+        ratios["service_all_vs_reference_all_cpu_per_request"] = ratio(
+            total_cpu(direct_result), total_cpu(minimal)
+        )
     if gated_result is not None:
         ratios["service_vs_reference_identity_rps"] = ratio(rps(direct_result), rps(gated_result))
         ratios["service_vs_reference_identity_cpu_per_request"] = ratio(
@@ -687,6 +714,12 @@ def main() -> int:
         f"timesheets / pgbench: {ratios['service_vs_pgbench_rps']} (target >= 0.5); "
         f"p99 direct {direct_result['p99_ms'] if direct_result else None} ms (target <= 50)"
     )
+    if "service_all_vs_reference_all_cpu_per_request" in ratios:
+        print(
+            "with the database (informational): Postgres's CPU per request, timesheets / reference "
+            f"{ratios['service_vs_reference_postgres_cpu_per_request']}; every process's (service, audit,"
+            f" Postgres / reference, Postgres) {ratios['service_all_vs_reference_all_cpu_per_request']}"
+        )
     if gated_result is not None:
         print(
             "timesheets / reference + identity contract (informational): "

@@ -44,7 +44,8 @@ old pair against the new one (``timesheets_vs_before_cpu_per_request``,
 ``services_vs_before_cpu_per_request``): the A/B of a change to the timesheets side of a decision.
 
 ``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
-each; medians, each round's rps, the CPU time per request of every server process, and the ratios
+each; medians, each round's rps, the CPU time per request of every server process (the embedded
+Postgres's too, when this run started it), and the ratios
 the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
 (the service's cases under ``queue`` and ``decide`` as before; ``reference``, ``pgbench``, ``ratios``,
 ``targets``) and prints a table. Benchmarks assert nothing.
@@ -77,7 +78,7 @@ import asyncpg
 from svckit.identity import Identity
 from svckit.migrations import migrate
 
-from bench._backing import fresh_database, servers
+from bench._backing import embedded_postgres, fresh_database, servers
 from bench._measure import CpuMeter, sampled
 from bench._presigned import Request, write_pool
 from bench.api import (
@@ -285,6 +286,14 @@ def ratios(
         if pgbench and pgbench["rps"]
         else None,
     }
+    database, reference_database = cpu.get("postgres"), reference["cpu_us_per_request"].get("postgres")
+    if database is not None and reference_database:
+        # informational: the embedded Postgres's CPU per request, and every process's together (the
+        # services' creates and decisions are also relayed and chained into the audit trail)
+        found["service_vs_reference_postgres_cpu_per_request"] = round(database / reference_database, 3)
+        found["service_all_vs_reference_all_cpu_per_request"] = round(
+            sum(cpu.values()) / sum(reference["cpu_us_per_request"].values()), 3
+        )
     if gated is not None:
         gated_cpu = gated["cpu_us_per_request"]["reference"]
         found["service_vs_reference_identity_rps"] = (
@@ -383,6 +392,9 @@ def main() -> int:
                     raise RuntimeError("reference_identity admitted an unsigned request")
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
+                # the embedded Postgres's CPU beside each peer's (see bench/api.py)
+                postgres = embedded_postgres() if backing.embedded else None
+                postgres_pids = {"postgres": postgres} if postgres else {}
                 if baseline:
                     old_timesheets = timesheets
                     if both_before:
@@ -414,6 +426,7 @@ def main() -> int:
                             "approvals": pid_of(before),
                             "timesheets": pid_of(old_timesheets),
                             "audit": pid_of(audit),
+                            **postgres_pids,
                         }
                     )
                 urls["reference_identity"] = gated.reference_url
@@ -423,10 +436,11 @@ def main() -> int:
                             "approvals": pid_of(approvals),
                             "timesheets": pid_of(timesheets),
                             "audit": pid_of(audit),
+                            **postgres_pids,
                         }
                     ),
-                    "reference": CpuMeter({"reference": reference.pid}),
-                    "reference_identity": CpuMeter({"reference": gated.pid}),
+                    "reference": CpuMeter({"reference": reference.pid, **postgres_pids}),
+                    "reference_identity": CpuMeter({"reference": gated.pid, **postgres_pids}),
                 }
                 pgbench = pgbench_scripts(logs, count) if shutil.which("pgbench") else None
                 slices = [entries[i * per_slice : (i + 1) * per_slice] for i in range(count // per_slice)]
@@ -464,7 +478,10 @@ def main() -> int:
                             runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
                         if pgbench is not None:
                             runs["pgbench"][case].append(
-                                run_pgbench(pgbench_url, [pgbench[case]], seconds, logs)
+                                measured(
+                                    lambda: run_pgbench(pgbench_url, [pgbench[case]], seconds, logs),  # noqa: B023
+                                    CpuMeter(postgres_pids),
+                                )
                             )
             finally:  # the servers stop before their databases are dropped
                 for peer_process in (reference, gated):
@@ -540,6 +557,12 @@ def main() -> int:
             f"(target <= 1.0); / pgbench {r['service_vs_pgbench_rps']} (target >= 0.5); "
             f"p99 {service[case]['p99_ms']} ms (target <= 50)"
         )
+        if "service_all_vs_reference_all_cpu_per_request" in r:
+            print(
+                f"{case}: with the database (informational): Postgres's CPU per request, services / "
+                f"reference {r['service_vs_reference_postgres_cpu_per_request']}; every process's "
+                f"{r['service_all_vs_reference_all_cpu_per_request']}"
+            )
         if "service_vs_reference_identity_cpu_per_request" in r:
             print(
                 f"{case}: services / reference + identity contract (informational) "

@@ -58,7 +58,7 @@ from svckit.identity import Identity
 from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 
-from bench._backing import STATE, fresh_database, servers
+from bench._backing import embedded_postgres, fresh_database, servers
 from bench._measure import CpuMeter, median_case, spread
 from bench._presigned import Request, write_pool
 from bench.api import run_wrk
@@ -201,17 +201,6 @@ def ingest_cases() -> tuple[tuple[int, int], ...]:
     chosen = os.environ.get("BENCH_AUDIT_CASES", "")
     sizes = {int(size) for size in chosen.split(",") if size.strip()}
     return tuple(case for case in INGEST_CASES if not sizes or case[0] in sizes)
-
-
-def embedded_postgres() -> int | None:
-    """The pid of the benchmark's embedded Postgres (its backends are its children), None when the
-    server is someone else's (``DATABASE_URL``): its CPU time is then not this run's alone."""
-    data = str(STATE / "postgres")
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        if "-D" in command and data in command:
-            return int(process.pid)
-    return None
 
 
 async def relay_case(dsn: str, client: SignedClient, total: int = 5000, per_tx: int = 50) -> dict[str, Any]:
