@@ -720,7 +720,7 @@ class AuditStore:
             from_seq=start,
             to_seq=end,
             to_head=end == head,
-            signed_through=result.signed_through or None,
+            signed_through=(result.signed_through or None) if result.ok else None,
             anchor=origin.described(),
         )
         return replace(result, covered=covered)

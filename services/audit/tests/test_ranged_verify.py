@@ -306,6 +306,7 @@ async def test_a_rewrite_before_the_anchor_shows_at_the_anchor_record(ranged: Ra
         assert body["checked"] == 1
         assert "signed checkpoint 2, the range's anchor" in body["reason"]
         assert body["checkpoints"]["chain_matches"] is False
+        assert "signed_through" not in body["range"]  # nothing of the range is as signed
 
 
 async def test_an_anchor_whose_signature_does_not_verify_anchors_nothing(ranged: Ranged) -> None:

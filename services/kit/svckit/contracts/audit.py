@@ -637,7 +637,7 @@ class CheckpointStatus(BaseModel):
 
 class RangeAnchor(BaseModel):
     """What a ranged verification starts from: a signed checkpoint whose signature verified with a
-    known key (its record must carry ``hash``), or the chain's start (record 1 links to 64 zeros)."""
+    known key (its record must carry that hash), or the chain's start (record 1 links to 64 zeros)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -665,7 +665,7 @@ class VerifiedRange(BaseModel):
         ge=1,
         description="The last record of the range that a verified checkpoint signs: up to it the records "
         "are those that were signed; after it (appended since the newest checkpoint) the chain alone "
-        "holds them. Absent when no checkpoint covers any of the range.",
+        "holds them. Absent when no checkpoint covers any of the range, and when ok is false.",
     )
     anchor: RangeAnchor
 
