@@ -39,6 +39,7 @@ from svckit.responses import model_response
 from .bounds import MIN_RETRY_AFTER, Busy, TooLong
 from .checkpoints import InvalidCheckpoint, PublicKeys, parse
 from .intake import read_batch
+from .ranges import BadRange, RangeRequest
 from .store import AppendResult, AuditStore, Verification
 from .trail import CheckpointTrail
 
@@ -137,38 +138,86 @@ def new_trail(request: Request) -> CheckpointTrail | None:
     return CheckpointTrail(keys) if keys is not None else None
 
 
+#: where a walk too long for a request is verified instead (the 422 chain_too_long says so)
+RANGED_INSTEAD = (
+    "verify a range on request instead: ?from_checkpoint=latest (from the newest signed checkpoint to "
+    "the head) or ?since=<seq> (from the newest checkpoint at or before that record)"
+)
+
+
 @requires_scope(READ_AUDIT)
 async def verify(request: Request) -> Response:
     """The chain walked on request, bounded (:meth:`AuditStore.verify_on_request`): a walk that runs
     into the verification time limit is stopped with 422 (a retry would be stopped again; the trail
-    is verified elsewhere), one that finds no turn is refused at once with 503 and Retry-After."""
+    is verified elsewhere, or a range of it here), one that finds no turn is refused at once with
+    503 and Retry-After. With ``from_checkpoint``, ``since`` or ``until``: a range, anchored at a
+    signed checkpoint (:mod:`audit.ranges`), under the same bound."""
     query = parse_query(request, VerifyQuery)
     anchor = query.anchor_point
     try:
-        if anchor is None:
+        if query.ranged:
+            result = await verify_range(request, query)
+        elif anchor is None:
             result = await shared_walk(request)
         else:
             result = await store_of(request).verify_on_request(anchor=anchor, trail=new_trail(request))
     except TooLong as exc:
+        if query.ranged:
+            detail = (
+                f"Verifying the range took longer than {exc.seconds:g} s and was stopped; nothing is known "
+                "about it from this one. Start it later (from_checkpoint=latest walks only what was "
+                "appended since the newest checkpoint), end it sooner (until), or verify from outside "
+                "with `python -m audit verify`."
+            )
+            message = f"the range cannot be walked within {exc.seconds:g} s"
+        else:
+            detail = (
+                f"Verifying the chain took longer than {exc.seconds:g} s and was stopped: the trail is too "
+                "long to verify on request, and nothing is known about it from this one. The service "
+                "verifies it in the background (audit_chain_ok); verify it yourself from outside with "
+                f"`python -m audit verify`, or {RANGED_INSTEAD}."
+            )
+            message = f"the chain cannot be walked within {exc.seconds:g} s"
         raise Problem(
             422,
             "Unprocessable Content",
-            f"Verifying the chain took longer than {exc.seconds:g} s and was stopped: the trail is too "
-            "long to verify on request, and nothing is known about it from this one. The service "
-            "verifies it in the background (audit_chain_ok); verify it yourself from outside with "
-            "`python -m audit verify`.",
-            errors=[
-                {
-                    "field": "query",
-                    "loc": ["query"],
-                    "message": f"the chain cannot be walked within {exc.seconds:g} s",
-                    "type": "chain_too_long",
-                }
-            ],
+            detail,
+            errors=[{"field": "query", "loc": ["query"], "message": message, "type": "chain_too_long"}],
         ) from None
     except Busy as exc:
         busy(exc)
     return model_response(result.result(), exclude_none=True)
+
+
+def range_problem(parameter: str, message: str) -> Problem:
+    """A range that names nothing on this chain (or cannot be anchored): 422 naming the parameter."""
+    return validation_problem(
+        [{"field": parameter, "loc": ["query", parameter], "message": message, "type": "bad_range"}],
+        "The range to verify is invalid.",
+    )
+
+
+async def verify_range(request: Request, query: VerifyQuery) -> Verification:
+    """A ranged walk (:meth:`AuditStore.verify_range`): what the parameters say alone is checked here,
+    what they say of this chain (beyond the head, no such checkpoint) by the walk, in its snapshot."""
+    keys: PublicKeys | None = request.app.state.checkpoint_keys
+    if query.from_checkpoint is not None and query.since is not None:
+        raise range_problem("since", "give since or from_checkpoint, not both")
+    if keys is None:
+        given = next(p for p in ("from_checkpoint", "since", "until") if getattr(query, p) is not None)
+        raise range_problem(
+            given,
+            "this service signs no checkpoints (AUDIT_CHECKPOINT_KEYS is empty), so a range has "
+            "nothing to be anchored to: verify the whole chain, or with anchor=<seq>:<hash>",
+        )
+    since, until = query.since_seq, query.until_seq
+    if since is not None and until is not None and until < since:
+        raise range_problem("until", f"is before since ({since})")
+    wanted = RangeRequest(checkpoint=query.checkpoint, since=since, until=until, anchor=query.anchor_point)
+    try:
+        return await store_of(request).verify_range(wanted, keys)
+    except BadRange as exc:
+        raise range_problem(exc.parameter, exc.message) from None
 
 
 async def shared_walk(request: Request) -> Verification:

@@ -36,6 +36,21 @@ class CheckpointStore:
         )
         return StoredCheckpoint(row["number"], row["jws"]) if row is not None else None
 
+    async def numbered(self, conn: Connection, number: int) -> StoredCheckpoint | None:
+        jws = await conn.fetchval(f"SELECT jws FROM {self.schema}.checkpoints WHERE number = $1", number)
+        return StoredCheckpoint(number, jws) if jws is not None else None
+
+    async def at_or_before(self, conn: Connection, seq: int) -> StoredCheckpoint | None:
+        """The newest checkpoint whose row says it signs ``seq`` or an earlier record: selected by the
+        ``seq`` column, which nothing trusts (the caller checks what the JWS signs). Walked newest
+        first by number: a few rows back for a recent ``seq``, the table at most (one row a minute)."""
+        row = await conn.fetchrow(
+            f"""SELECT number, jws FROM {self.schema}.checkpoints WHERE seq <= $1
+                ORDER BY number DESC LIMIT 1""",
+            seq,
+        )
+        return StoredCheckpoint(row["number"], row["jws"]) if row is not None else None
+
     async def insert(self, conn: Connection, checkpoint: Checkpoint) -> None:
         await conn.execute(
             f"""INSERT INTO {self.schema}.checkpoints (number, seq, head, signed_at, key_id, jws)
@@ -73,9 +88,10 @@ class CheckpointFeed:
     """The checkpoints of the database, through a :class:`CheckpointTrail`, in step with a chain walk:
     :meth:`at` answers what record ``seq`` must hash to, fetching in batches as the walk advances."""
 
-    def __init__(self, store: CheckpointStore, trail: CheckpointTrail) -> None:
+    def __init__(self, store: CheckpointStore, trail: CheckpointTrail, until: int | None = None) -> None:
         self.store = store
         self.trail = trail
+        self.until = until  # a range's last record: checkpoints stop at the first that signs beyond it
         self._after = trail.state.number
         self._exhausted = False
         self._pending: deque[Expectation] = deque()
@@ -85,6 +101,10 @@ class CheckpointFeed:
         for stored in batch:
             self._pending.extend(self.trail.feed(stored.number, stored.jws))
             self._after = stored.number
+            if self.until is not None and self.trail.state.seq > self.until:
+                # the rest sign beyond the range: not its to check (nor, unvouched, to report)
+                self._exhausted = True
+                return
         if len(batch) < FEED_BATCH:
             self._exhausted = True
             self._pending.extend(self.trail.finish())
@@ -102,9 +122,11 @@ class CheckpointFeed:
         return found
 
     async def rest(self, conn: Connection) -> list[Expectation]:
-        """Every expectation not yet answered (after the walk's last record: those it cannot meet)."""
+        """Every expectation not yet answered (after the walk's last record: those it cannot meet;
+        within a range, those up to its last record)."""
         while not self._exhausted:
             await self._fetch(conn)
-        rest = list(self._pending)
+        until = self.until
+        rest = [e for e in self._pending if until is None or e.seq <= until]
         self._pending.clear()
         return rest

@@ -6,7 +6,9 @@
 - ``audit_ingest_lag_seconds``: event time → stored, so a backlog in some outbox shows here too.
 - ``audit_chain_verifications_total{result="ok|broken"}`` and ``audit_chain_ok`` (1/0, the last
   verification in this process; NaN before the first one; alert on 0). A verification holds the
-  records to the signed checkpoints too: a rewritten history makes it 0.
+  records to the signed checkpoints too: a rewritten history makes it 0. A ranged one
+  (``GET /audit/verify?from_checkpoint=…``) counts and sets them only when it finds the range broken:
+  intact, it says nothing of the records before its anchor.
 - ``audit_checkpoints_total{outcome="signed|unchanged|refused|unknown_key"}``: runs of the checkpoint
   signer — ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an
   error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed by a key

@@ -25,7 +25,7 @@ import logging
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
@@ -40,6 +40,7 @@ from svckit.contracts.audit import (
     CheckpointSummary,
     EventsQuery,
     Resource,
+    VerifiedRange,
     VerifyResult,
     encode_cursor,
 )
@@ -49,8 +50,10 @@ from . import metrics
 from .bounds import ReadBound, Turns
 from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_text, record_hash, timestamp
 from .checkpoint_store import CheckpointFeed, CheckpointStore, Page
+from .checkpoints import PublicKeys
 from .groupcommit import GroupCommit
 from .jsonb import jsonb_text
+from .ranges import BadRange, Origin, RangeRequest, find_origin
 from .trail import CheckpointTrail
 
 log = logging.getLogger("audit.store")
@@ -123,18 +126,22 @@ class Verification:
     # The checkpoints the walk held the records to (None: checkpoints off)
     trail: CheckpointTrail | None = None
     records_match: bool = True  # the records hold every signed head the walk reached
+    signed_through: int = 0  # the last record walked that a verified checkpoint vouched for
+    covered: VerifiedRange | None = None  # a ranged walk's range and anchor (None: the whole chain)
 
     def result(self) -> VerifyResult:
-        """What ``GET /audit/verify`` answers (``first_bad`` and ``reason`` only when broken)."""
+        """What ``GET /audit/verify`` answers (``first_bad`` and ``reason`` only when broken;
+        ``range`` only for a ranged walk whose anchor held)."""
         checkpoints = self.checkpoint_status()
         if self.ok:
-            return VerifyResult(ok=True, checked=self.checked, checkpoints=checkpoints)
+            return VerifyResult(ok=True, checked=self.checked, checkpoints=checkpoints, range=self.covered)
         return VerifyResult(
             ok=False,
             checked=self.checked,
             first_bad=self.first_bad,
             reason=self.reason,
             checkpoints=checkpoints,
+            range=self.covered,
         )
 
     def checkpoint_status(self) -> CheckpointStatus | None:
@@ -654,6 +661,80 @@ class AuditStore:
         async with self.verifying.read():
             return await self.verify(anchor=anchor, trail=trail, statement_timeout=self.verifying.setting)
 
+    async def verify_range(
+        self, wanted: RangeRequest, keys: PublicKeys, prefetch: int = 1000
+    ) -> Verification:
+        """A range of the chain walked on request (``GET /audit/verify?from_checkpoint=|since=|until=``,
+        :mod:`audit.ranges`), under the same bound as a whole walk (:meth:`verify_on_request`): the
+        anchor (a checkpoint whose signature verifies, or the chain's start) found and the range
+        walked from it in one snapshot. :class:`~audit.ranges.BadRange` when the range names nothing
+        on this chain (a position beyond the head, a checkpoint that does not exist).
+
+        ``audit_chain_ok`` is the whole chain's verdict: a range found broken sets it to 0 (a record
+        or a checkpoint is wrong, wherever the rest stands), a range found intact leaves it alone
+        (it says nothing of the records before it)."""
+        async with self.verifying.read():
+            result = await self._ranged(wanted, keys, prefetch, self.verifying.setting)
+        if result.by_caller_anchor:
+            log.warning(
+                "audit chain does not hold the anchor given",
+                extra={"first_bad": result.first_bad, "reason": result.reason},
+            )
+        elif not result.ok:
+            metrics.verifications.labels("broken").inc()
+            metrics.chain_ok.set(0)
+        return result
+
+    async def _ranged(
+        self, wanted: RangeRequest, keys: PublicKeys, prefetch: int, statement_timeout: str
+    ) -> Verification:
+        async with self.database.transaction(isolation="repeatable_read") as conn:
+            await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
+            # the last record, by the primary key (not chain_head, which the records must agree with)
+            head: int = await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {self.schema}.records")
+            for parameter, seq in (("since", wanted.since), ("until", wanted.until)):
+                if seq is not None and seq > head:
+                    raise BadRange(parameter, f"is beyond the head of the chain (record {head})")
+            origin = await find_origin(conn, self.checkpoints, keys, wanted, head)
+            if origin.problem is not None:
+                return self._unanchored(origin, keys)
+            start = origin.start
+            end = wanted.until if wanted.until is not None else head
+            if end < start:
+                raise BadRange("until", f"is before the range's start (record {start}, its anchor's)")
+            given = wanted.anchor  # beyond the head it is reported missing (truncated), as ever
+            if given is not None and given.seq < start:
+                raise BadRange("anchor", f"lies before the range, which starts at record {start}")
+            if given is not None and wanted.until is not None and given.seq > wanted.until:
+                raise BadRange("anchor", f"lies beyond until (record {wanted.until})")
+            result = await self._walk_on(
+                conn,
+                prefetch,
+                wanted.anchor,
+                origin.point,
+                origin.trail(keys),
+                until=wanted.until,
+                origin=origin,
+            )
+        covered = VerifiedRange(
+            from_seq=start,
+            to_seq=end,
+            to_head=end == head,
+            signed_through=(result.signed_through or None) if result.ok else None,
+            anchor=origin.described(),
+        )
+        return replace(result, covered=covered)
+
+    @staticmethod
+    def _unanchored(origin: Origin, keys: PublicKeys) -> Verification:
+        """The range's checkpoint anchors nothing: nothing is walked, the answer says why."""
+        trail = CheckpointTrail(keys, checked=1, problems=[origin.problem or ""])
+        if origin.first_bad is None:  # the checkpoint is at fault
+            trail.signatures_valid = False
+        return Verification(
+            False, 0, origin.first_bad, origin.problem, trail=trail, records_match=origin.first_bad is None
+        )
+
     async def verify(
         self,
         prefetch: int = 1000,
@@ -705,12 +786,31 @@ class AuditStore:
         trail: CheckpointTrail | None,
         statement_timeout: str | None,
     ) -> Verification:
+        async with self.database.transaction(isolation="repeatable_read") as conn:
+            if statement_timeout is not None:
+                await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
+            return await self._walk_on(conn, prefetch, anchor, since, trail)
+
+    async def _walk_on(
+        self,
+        conn: Connection,
+        prefetch: int,
+        anchor: Anchor | None,
+        since: Anchor | None,
+        trail: CheckpointTrail | None,
+        *,
+        until: int | None = None,
+        origin: Origin | None = None,
+    ) -> Verification:
+        """The walk of :meth:`verify` in ``conn``'s transaction; up to ``until`` (else to the head).
+        ``origin``: ``since`` is a ranged walk's checkpoint anchor, which the messages name."""
         checked = 0
         expected = since.seq if since is not None else 1
         prev_hash: str | None = None if since is not None else GENESIS
         points = [(point, point is anchor) for point in (since, anchor) if point is not None]
-        feed = CheckpointFeed(self.checkpoints, trail) if trail is not None else None
+        feed = CheckpointFeed(self.checkpoints, trail, until) if trail is not None else None
         matched = since.seq if since is not None else 0  # the last seq a signed checkpoint vouched for
+        anchored = origin.checkpoint if origin is not None else None
 
         def broken(
             first_bad: int | None, reason: str, *, by_caller_anchor: bool = False, records_match: bool = False
@@ -723,47 +823,53 @@ class AuditStore:
                 by_caller_anchor=by_caller_anchor,
                 trail=trail,
                 records_match=records_match,
+                signed_through=matched,
             )
 
-        async with self.database.transaction(isolation="repeatable_read") as conn:
-            if statement_timeout is not None:
-                await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
-            cursor = conn.cursor(
-                f"SELECT {WALK_COLUMNS} FROM {self.schema}.records WHERE seq >= $1 ORDER BY seq",
-                expected,
-                prefetch=prefetch,
-            )
-            async for row in cursor:
-                seq = row["seq"]
-                if seq != expected:
-                    return broken(expected, f"record {expected} is missing")
-                checked += 1
-                if prev_hash is not None and row["prev_hash"] != prev_hash:
-                    return broken(seq, "prev_hash does not match the previous record's hash")
-                if sha256(canonical_text(*row[:HASHED]).encode()).hexdigest() != row["hash"]:
-                    return broken(seq, "hash does not match the record's content")
-                for point, given in points:
-                    if seq == point.seq and row["hash"] != point.hash:
+        bounds = "seq >= $1" if until is None else "seq >= $1 AND seq <= $2"
+        cursor = conn.cursor(
+            f"SELECT {WALK_COLUMNS} FROM {self.schema}.records WHERE {bounds} ORDER BY seq",
+            *((expected,) if until is None else (expected, until)),
+            prefetch=prefetch,
+        )
+        async for row in cursor:
+            seq = row["seq"]
+            if seq != expected:
+                return broken(expected, f"record {expected} is missing")
+            checked += 1
+            if prev_hash is not None and row["prev_hash"] != prev_hash:
+                return broken(seq, "prev_hash does not match the previous record's hash")
+            if sha256(canonical_text(*row[:HASHED]).encode()).hexdigest() != row["hash"]:
+                return broken(seq, "hash does not match the record's content")
+            for point, given in points:
+                if seq == point.seq and row["hash"] != point.hash:
+                    if anchored is not None and point is since:
                         return broken(
                             seq,
-                            "hash differs from the anchor: the chain was rewritten",
-                            by_caller_anchor=given,
-                            records_match=not given,
+                            f"record {seq} differs from signed checkpoint {anchored.number}, the range's "
+                            "anchor: the history up to it was rewritten and the chain recomputed after it "
+                            "was signed (verify from an earlier checkpoint to find where)",
                         )
-                if feed is not None:
-                    for signed in await feed.at(conn, seq):
-                        if row["hash"] != signed.head:
-                            first = matched + 1
-                            span = f"record {seq}" if first == seq else f"records {first} to {seq}"
-                            return broken(
-                                first,
-                                f"{span} differ from signed checkpoint {signed.number}: the history was "
-                                "rewritten and the chain recomputed after it was signed",
-                            )
-                        matched = seq
-                prev_hash = row["hash"]
-                expected += 1
-            unmet = await feed.rest(conn) if feed is not None else []
+                    return broken(
+                        seq,
+                        "hash differs from the anchor: the chain was rewritten",
+                        by_caller_anchor=given,
+                        records_match=not given,
+                    )
+            if feed is not None:
+                for signed in await feed.at(conn, seq):
+                    if row["hash"] != signed.head:
+                        first = matched + 1
+                        span = f"record {seq}" if first == seq else f"records {first} to {seq}"
+                        return broken(
+                            first,
+                            f"{span} differ from signed checkpoint {signed.number}: the history was "
+                            "rewritten and the chain recomputed after it was signed",
+                        )
+                    matched = seq
+            prev_hash = row["hash"]
+            expected += 1
+        unmet = await feed.rest(conn) if feed is not None else []
         for point, given in points:
             if point.seq >= expected:
                 return broken(
@@ -781,5 +887,7 @@ class AuditStore:
             )
         head = Anchor(seq=expected - 1, hash=prev_hash) if prev_hash is not None and expected > 1 else None
         if trail is not None and not trail.ok:
-            return Verification(False, checked, None, trail.problems[0], head=head, trail=trail)
-        return Verification(True, checked, head=head, trail=trail)
+            return Verification(
+                False, checked, None, trail.problems[0], head=head, trail=trail, signed_through=matched
+            )
+        return Verification(True, checked, head=head, trail=trail, signed_through=matched)

@@ -55,6 +55,9 @@ async def test_verification_and_checkpoint_pages_document_their_own_refusals(api
     verify = paths["/audit/verify"]["get"]["responses"]
     too_long = verify["422"]["content"]["application/problem+json"]["example"]
     assert too_long["errors"][0]["type"] == "chain_too_long"
+    assert "?from_checkpoint=latest" in too_long["detail"]  # the ranged form, which stays cheap
+    parameters = {p["name"] for p in paths["/audit/verify"]["get"]["parameters"]}
+    assert parameters == {"anchor", "from_checkpoint", "since", "until"}
     assert "AUDIT_VERIFY_CONCURRENCY" in verify["503"]["description"]
     assert "Retry-After" in verify["503"]["headers"]
     page = paths["/audit/checkpoints"]["get"]["responses"]

@@ -178,6 +178,7 @@ async def test_verifications_beyond_the_bound_are_refused_at_once_while_one_runs
             {"anchor": anchor},
             {"anchor": anchor},
             {"anchor": anchor},
+            {"since": "1"},  # a ranged walk is a walk of its own too
             *([None] if running == "anchored" else []),  # a full walk, then, would be a second one
         ]
         replies = await promptly(
@@ -238,9 +239,17 @@ async def test_a_verification_past_its_time_limit_is_stopped_with_a_clear_proble
         assert reply.problem, reply.text
         assert reply.body["errors"][0]["type"] == "chain_too_long"
         assert "python -m audit verify" in reply.body["detail"]
+        assert "?from_checkpoint=latest" in reply.body["detail"]  # what can be verified on request
         assert refused("audit_verifications_refused_total", "too_long") == too_long + 1
         assert walks() == before
         assert await lock.waiting() == 0  # the walk's statement was cancelled, not left behind
+        # a ranged walk is held to the same limit (its anchor is looked up in the checkpoints too)
+        reply = await promptly(api.call("GET", "/audit/verify", AUDITOR, params={"since": "1"}))
+        assert reply.status == 422, reply.text
+        assert reply.body["errors"][0]["type"] == "chain_too_long"
+        assert "Verifying the range" in reply.body["detail"]
+        assert refused("audit_verifications_refused_total", "too_long") == too_long + 2
+        assert await lock.waiting() == 0
     reply = await promptly(api.call("GET", "/audit/verify", AUDITOR))  # its turn was given back
     assert reply.status == 200, reply.text
     assert reply.body["ok"] is True

@@ -117,6 +117,37 @@ describe("ApiClient", () => {
     expect(await api.listApprovals().catch((e: ApiError) => e.retryAfterSeconds)).toBe(3);
   });
 
+  it("verifies from the newest checkpoint when the whole chain is too long to walk on request", async () => {
+    const urls: string[] = [];
+    const ranged = { ok: true, checked: 11, range: { from_seq: 3000, to_seq: 3010, to_head: true } };
+    handler = (req, res) => {
+      urls.push(req.url ?? "");
+      if (req.url?.includes("from_checkpoint=latest")) {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify(ranged));
+      } else {
+        problem(res, 422, { detail: "too long", errors: [{ field: "query", message: "x", type: "chain_too_long" }] });
+      }
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    expect(await api.verifyChain()).toEqual(ranged);
+    expect(urls).toEqual(["/api/audit/verify", "/api/audit/verify?from_checkpoint=latest"]);
+    // no checkpoint to start from (422 naming from_checkpoint): the first refusal is the one to show
+    handler = (req, res) =>
+      req.url?.includes("from_checkpoint")
+        ? problem(res, 422, { errors: [{ field: "from_checkpoint", message: "none yet", type: "bad_range" }] })
+        : problem(res, 422, { detail: "too long", errors: [{ field: "query", message: "x", type: "chain_too_long" }] });
+    expect(await api.verifyChain().catch((e: ApiError) => e.message)).toBe("too long");
+    // any other refusal of the whole walk is not retried
+    urls.length = 0;
+    handler = (req, res) => {
+      urls.push(req.url ?? "");
+      problem(res, 503, { detail: "busy" }, { "retry-after": "5" });
+    };
+    expect(await api.verifyChain().catch((e: ApiError) => e.status)).toBe(503);
+    expect(urls).toEqual(["/api/audit/verify"]);
+  });
+
   it("follows next_cursor and encodes ids and queries", async () => {
     const urls: string[] = [];
     handler = (req, res) => {

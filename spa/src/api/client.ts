@@ -8,7 +8,7 @@
  * this computer's clock is off (proofs are dated by the server's clock). Other tokens go as `Bearer`.
  */
 import { serverClock } from "../auth/dpop";
-import { ApiError, NetworkError, missingScopeFrom, type Problem } from "./errors";
+import { ApiError, NetworkError, missingScopeFrom, problemType, type Problem } from "./errors";
 import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
 
 export interface TokenSource {
@@ -165,7 +165,23 @@ export class ApiClient {
     return this.request<Page<AuditEvent>>("GET", "/audit/events", { query: { ...query, cursor, limit: 50 } });
   }
 
-  verifyChain(): Promise<ChainVerification> {
-    return this.request<ChainVerification>("GET", "/audit/verify");
+  /**
+   * The whole chain verified; or, when the audit service will not walk it whole on request (422
+   * `chain_too_long`: the trail is too long), the range from the newest signed checkpoint to the newest
+   * event (the answer's `range` says so). Without a checkpoint to start from, the first refusal stands.
+   */
+  async verifyChain(): Promise<ChainVerification> {
+    try {
+      return await this.request<ChainVerification>("GET", "/audit/verify");
+    } catch (error) {
+      if (!(error instanceof ApiError) || problemType(error) !== "chain_too_long") throw error;
+      try {
+        return await this.request<ChainVerification>("GET", "/audit/verify", {
+          query: { from_checkpoint: "latest" },
+        });
+      } catch (second) {
+        throw second instanceof ApiError && second.status === 422 ? error : second;
+      }
+    }
   }
 }

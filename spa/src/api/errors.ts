@@ -69,6 +69,15 @@ export function parseFieldErrors(errors: unknown): FieldError[] {
   return result;
 }
 
+/** The `type` of a problem's first `errors[]` member (`chain_too_long`, `query_too_broad`…), if any. */
+export function problemType(error: ApiError): string | null {
+  const errors = error.problem.errors;
+  const first: unknown = Array.isArray(errors) ? errors[0] : null;
+  if (typeof first !== "object" || first === null) return null;
+  const type = (first as Record<string, unknown>).type;
+  return typeof type === "string" ? type : null;
+}
+
 /** The `scope="…"` of an RFC 6750 `WWW-Authenticate: Bearer error="insufficient_scope"` header. */
 export function missingScopeFrom(header: string | null): string | null {
   if (!header || !/error="insufficient_scope"/.test(header)) return null;

@@ -123,8 +123,8 @@ export interface paths {
       cookie?: never;
     };
     /**
-     * Recompute the hash chain and hold it to its signed checkpoints
-     * @description Walks every record, recomputing each hash and link, and requires the record at each signed checkpoint's position to still carry the head hash that was signed: a history rewritten and re-hashed with full database access is reported, with first_bad the first record after the last checkpoint that still matches. The checkpoints themselves are checked too: signatures, numbering and the chain of prev digests. A walk on request is bounded: within AUDIT_VERIFY_TIMEOUT_SECONDS (422 chain_too_long past it), at most AUDIT_VERIFY_CONCURRENCY at once (503 beyond); requests without an anchor that arrive during a walk without one share its result instead of starting another.
+     * Recompute the hash chain (or a range of it) and hold it to its signed checkpoints
+     * @description Walks every record, recomputing each hash and link, and requires the record at each signed checkpoint's position to still carry the head hash that was signed: a history rewritten and re-hashed with full database access is reported, with first_bad the first record after the last checkpoint that still matches. The checkpoints themselves are checked too: signatures, numbering and the chain of prev digests. A walk on request is bounded: within AUDIT_VERIFY_TIMEOUT_SECONDS (422 chain_too_long past it), at most AUDIT_VERIFY_CONCURRENCY at once (503 beyond); requests without parameters that arrive during a walk without any share its result instead of starting another. A range (from_checkpoint=<n>|latest, or since=<seq>: the newest checkpoint at or before it; optionally until=<seq>) is walked from a signed checkpoint whose signature must verify with a known key and whose record must still carry the head it signed (or from the chain's start when no checkpoint lies that early), then on to the head or until, holding the records to every later checkpoint: the answer's range says what was verified and what anchored it. A checkpoint that does not verify anchors nothing (ok false, checked 0). The same bounds apply; a range is cheap when it is short. audit_chain_ok is set to 0 by a broken range, left alone by an intact one.
      */
     get: operations["verifyChain"];
     put?: never;
@@ -703,6 +703,34 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
+    /**
+     * RangeAnchor
+     * @description What a ranged verification starts from: a signed checkpoint whose signature verified with a
+     *     known key (its record must carry that hash), or the chain's start (record 1 links to 64 zeros).
+     */
+    RangeAnchor: {
+      /** @enum {string} */
+      kind: "checkpoint" | "start";
+      /** @description The record it vouches for (the checkpoint's seq; 0 for the start). */
+      seq: number;
+      /** @description The head hash the checkpoint signed (64 zeros for the start: record 1's prev_hash). */
+      hash: string;
+      /**
+       * @description The checkpoint's number (a checkpoint only).
+       * @default null
+       */
+      number: number | null;
+      /**
+       * @description The kid of the key its signature verified with.
+       * @default null
+       */
+      key_id: string | null;
+      /**
+       * @description When it was signed.
+       * @default null
+       */
+      signed_at: string | null;
+    };
     /** Resource */
     Resource: {
       type: string;
@@ -795,6 +823,24 @@ export interface components {
       user: string;
     };
     /**
+     * VerifiedRange
+     * @description The range a verification covered, and what anchored it (only when a range was asked for).
+     */
+    VerifiedRange: {
+      /** @description The first record walked: the anchor's (1 from the start). */
+      from_seq: number;
+      /** @description The last record of the range: until, or the head. */
+      to_seq: number;
+      /** @description to_seq was the chain's head when the walk began. */
+      to_head: boolean;
+      /**
+       * @description The last record of the range that a verified checkpoint signs: up to it the records are those that were signed; after it (appended since the newest checkpoint) the chain alone holds them. Absent when no checkpoint covers any of the range, and when ok is false.
+       * @default null
+       */
+      signed_through: number | null;
+      anchor: components["schemas"]["RangeAnchor"];
+    };
+    /**
      * VerifyResult
      * @example {
      *       "checked": 1842,
@@ -811,6 +857,36 @@ export interface components {
      *         "verified": 17
      *       },
      *       "ok": true
+     *     }
+     * @example {
+     *       "checked": 43,
+     *       "checkpoints": {
+     *         "chain_matches": true,
+     *         "checked": 2,
+     *         "latest": {
+     *           "key_id": "ck-2026-11",
+     *           "number": 17,
+     *           "seq": 1842,
+     *           "signed_at": "2026-11-23T17:05:00Z"
+     *         },
+     *         "signatures_valid": true,
+     *         "verified": 2
+     *       },
+     *       "ok": true,
+     *       "range": {
+     *         "anchor": {
+     *           "hash": "3f5e000000000000000000000000000000000000000000000000000000000000",
+     *           "key_id": "ck-2026-11",
+     *           "kind": "checkpoint",
+     *           "number": 16,
+     *           "seq": 1800,
+     *           "signed_at": "2026-11-23T17:04:00Z"
+     *         },
+     *         "from_seq": 1800,
+     *         "signed_through": 1842,
+     *         "to_head": true,
+     *         "to_seq": 1842
+     *       }
      *     }
      * @example {
      *       "checked": 977,
@@ -830,7 +906,7 @@ export interface components {
       /** @description Records examined. */
       checked: number;
       /**
-       * @description The first seq that is missing, altered or unlinked, or — when the records no longer match a signed checkpoint — the first one after the last checkpoint that still matches (only when ok is false and records are at fault).
+       * @description The first seq that is missing, altered or unlinked, or — when the records no longer match a signed checkpoint — the first one after the last checkpoint that still matches (only when ok is false and records are at fault). In a range: the anchor's own record when it no longer carries the head its checkpoint signed (the history up to it was rewritten).
        * @default null
        */
       first_bad: number | null;
@@ -844,6 +920,11 @@ export interface components {
        * @default null
        */
       checkpoints: components["schemas"]["CheckpointStatus"] | null;
+      /**
+       * @description What was verified, from what anchor (only when a range was asked for, and its anchor held: an anchor that does not verify anchors nothing, and ok is false).
+       * @default null
+       */
+      range: components["schemas"]["VerifiedRange"] | null;
     };
   };
   responses: never;
@@ -2673,8 +2754,14 @@ export interface operations {
   verifyChain: {
     parameters: {
       query?: {
-        /** @description '<seq>:<hash>' of a record seen earlier (e.g. the newest from GET /audit/events?limit=1, kept outside the database): the chain must still hold it unchanged, which catches truncation and re-hashed rewrites. */
+        /** @description '<seq>:<hash>' of a record seen earlier (e.g. the newest from GET /audit/events?limit=1, kept outside the database): the chain must still hold it unchanged, which catches truncation and re-hashed rewrites. In a range, its seq must lie within the range. */
         anchor?: string;
+        /** @description Verify from this signed checkpoint (its number, or 'latest' for the newest) to the head: its signature must verify with a known key and its record must still carry the head it signed. Not with since. */
+        from_checkpoint?: number | "latest";
+        /** @description Verify from the newest signed checkpoint at or before this seq (the chain's start when there is none) to the head: the range covers since. Not with from_checkpoint. */
+        since?: number;
+        /** @description End the range at this seq instead of the head (at most the head; not before the range's start). */
+        until?: number;
       };
       header?: never;
       path?: never;
@@ -2682,7 +2769,7 @@ export interface operations {
     };
     requestBody?: never;
     responses: {
-      /** @description Whether the chain is intact, and where it breaks. */
+      /** @description Whether the chain (or the range, with what anchored it) is intact, and where it breaks. */
       200: {
         headers: {
           [name: string]: unknown;
@@ -2767,7 +2854,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A query parameter is invalid, unknown or repeated (errors[] names it), or the walk ran into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was stopped: errors[0].type chain_too_long. Nothing is known about the chain from such an answer (audit_chain_ok is the background verifier's verdict); a retry is stopped again: verify from outside with python -m audit verify. */
+      /** @description A query parameter is invalid, unknown or repeated (errors[] names it); a range that names nothing on this chain (since or until beyond the head, until before the range's start, no such checkpoint, since with from_checkpoint, a checkpoint signed by a key the service no longer knows, checkpoints off: errors[] names the parameter, type bad_range); or the walk ran into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was stopped: errors[0].type chain_too_long. Nothing is known about the chain from such an answer (audit_chain_ok is the background verifier's verdict); a retry is stopped again: verify a range (from_checkpoint=latest), or from outside with python -m audit verify. */
       422: {
         headers: {
           [name: string]: unknown;
@@ -2778,7 +2865,7 @@ export interface operations {
            *       "type": "about:blank",
            *       "title": "Unprocessable Content",
            *       "status": 422,
-           *       "detail": "Verifying the chain took longer than 25 s and was stopped: the trail is too long to verify on request, and nothing is known about it from this one. The service verifies it in the background (audit_chain_ok); verify it yourself from outside with `python -m audit verify`.",
+           *       "detail": "Verifying the chain took longer than 25 s and was stopped: the trail is too long to verify on request, and nothing is known about it from this one. The service verifies it in the background (audit_chain_ok); verify it yourself from outside with `python -m audit verify`, or verify a range on request instead: ?from_checkpoint=latest (from the newest signed checkpoint to the head) or ?since=<seq> (from the newest checkpoint at or before that record).",
            *       "errors": [
            *         {
            *           "field": "query",

@@ -18,6 +18,7 @@ export type AuditEvent = Schemas["AuditRecord"];
 export type AuditPage = Schemas["EventsPage"];
 export type ChainVerification = Schemas["VerifyResult"];
 export type CheckpointStatus = Schemas["CheckpointStatus"];
+export type VerifiedRange = Schemas["VerifiedRange"];
 
 /** A page of any listing: the items and the cursor of the next page (null on the last). */
 export interface Page<T> {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeCheckpoints, describeEvent, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
+import { describeCheckpoints, describeEvent, describeRange, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
 import { today } from "./week";
 import { inZone } from "./zones.testing";
 
@@ -260,4 +260,39 @@ describe("date filters", () => {
       }
     }),
   );
+});
+
+describe("a verified range", () => {
+  const when = (iso: string) => `at ${iso}`;
+  const anchor = {
+    kind: "checkpoint" as const,
+    number: 3,
+    seq: 3000,
+    hash: "ab".repeat(32),
+    key_id: "ck-1",
+    signed_at: "2026-11-23T17:05:00Z",
+  };
+
+  it("names the checkpoint it was anchored at, who signed it, and where it ends", () => {
+    expect(describeRange({ from_seq: 3000, to_seq: 3010, to_head: true, signed_through: 3000, anchor }, when)).toBe(
+      "From checkpoint #3 (event 3000, signed at 2026-11-23T17:05:00Z with key ck-1) to the newest event, 3010.",
+    );
+    expect(
+      describeRange(
+        {
+          from_seq: 1,
+          to_seq: 1500,
+          to_head: false,
+          signed_through: null,
+          anchor: { kind: "start", seq: 0, hash: "0".repeat(64), number: null, key_id: null, signed_at: null },
+        },
+        when,
+      ),
+    ).toBe("From the first event to event 1500.");
+  });
+
+  it("is absent for a verification of the whole trail", () => {
+    expect(describeRange(undefined, when)).toBeNull();
+    expect(describeRange(null, when)).toBeNull();
+  });
 });

@@ -4,7 +4,7 @@
  * `{seq, occurred_at, source, actor {issuer, subject, kind, name}, action, resource {type, id}, outcome,
  * details}`; this turns each into a short "who did what" line.
  */
-import type { AuditEvent, CheckpointStatus } from "../api/types";
+import type { AuditEvent, CheckpointStatus, VerifiedRange } from "../api/types";
 import { shortSubject } from "../api/types";
 import { addDays, isIsoDate } from "./week";
 
@@ -295,4 +295,20 @@ export function describeCheckpoints(
     chain,
     problem,
   };
+}
+
+/**
+ * What a verification of a range covered (the answer's `range`; absent when the whole trail was
+ * verified): "From checkpoint #3 (event 3000, signed … with key ck-1) to the newest event, 3010."
+ * The audit page verifies from the newest checkpoint when the trail is too long to verify whole.
+ */
+export function describeRange(range: VerifiedRange | null | undefined, when: (iso: string) => string): string | null {
+  if (!range) return null;
+  const anchor = range.anchor;
+  const from =
+    anchor.kind === "checkpoint"
+      ? `checkpoint #${anchor.number ?? "?"} (event ${anchor.seq}, signed ${anchor.signed_at ? when(anchor.signed_at) : "at an unknown time"} with key ${anchor.key_id ?? "?"})`
+      : "the first event";
+  const to = range.to_head ? `the newest event, ${range.to_seq}` : `event ${range.to_seq}`;
+  return `From ${from} to ${to}.`;
 }

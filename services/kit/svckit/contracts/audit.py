@@ -480,10 +480,38 @@ def _anchor(value: str) -> str:
     return value
 
 
+#: ``from_checkpoint=latest``: the newest checkpoint in the database
+LATEST = "latest"
+_SEQ_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}
+
+
+def _position(value: str) -> str:
+    if chain_position(value) is None:
+        raise ValueError(f"must be a record's seq: a whole number from 1 to {MAX_SEQ}, in ASCII digits")
+    return value
+
+
+def _checkpoint_reference(value: str) -> str:
+    if value != LATEST and chain_position(value) is None:
+        raise ValueError("must be a checkpoint's number (1, 2, 3, …) or 'latest'")
+    return value
+
+
+#: a chain position as a query parameter: ASCII digits only, checked as the cursor's and the anchor's
+SeqParameter = Annotated[str, Field(max_length=20), AfterValidator(_position)]
+
+
 class VerifyQuery(BaseModel):
-    """``anchor=<seq>:<hash>``: a record seen earlier (say, the newest one from ``GET /audit/events
-    ?limit=1``, saved somewhere the database's owner cannot write). The chain must still hold it,
-    unchanged: that catches truncation and wholesale re-hashed rewrites, which the chain alone cannot."""
+    """Without parameters: the whole chain. ``anchor=<seq>:<hash>``: a record seen earlier (say, the
+    newest one from ``GET /audit/events?limit=1``, saved somewhere the database's owner cannot write).
+    The chain must still hold it, unchanged: that catches truncation and wholesale re-hashed rewrites,
+    which the chain alone cannot.
+
+    A **range** (``from_checkpoint``, ``since``, ``until``) is walked from a signed checkpoint, whose
+    record must still carry the head that was signed, so that the answer says "the chain from
+    checkpoint N (signed by key K at T) to the head is intact", not merely "these rows hash
+    together"; a trail too long to walk on request whole is verified this way (``from_checkpoint=
+    latest``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -499,7 +527,51 @@ class VerifyQuery(BaseModel):
                     "pattern": ANCHOR_PATTERN,
                     "description": "'<seq>:<hash>' of a record seen earlier (e.g. the newest from "
                     "GET /audit/events?limit=1, kept outside the database): the chain must still "
-                    "hold it unchanged, which catches truncation and re-hashed rewrites.",
+                    "hold it unchanged, which catches truncation and re-hashed rewrites. In a range, "
+                    "its seq must lie within the range.",
+                }
+            ),
+        ]
+        | None
+    ) = None
+    from_checkpoint: (
+        Annotated[
+            str,
+            Field(max_length=20),
+            AfterValidator(_checkpoint_reference),
+            WithJsonSchema(
+                {
+                    "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SEQ}, {"const": LATEST}],
+                    "description": "Verify from this signed checkpoint (its number, or 'latest' for the "
+                    "newest) to the head: its signature must verify with a known key and its record "
+                    "must still carry the head it signed. Not with since.",
+                }
+            ),
+        ]
+        | None
+    ) = None
+    since: (
+        Annotated[
+            SeqParameter,
+            WithJsonSchema(
+                {
+                    **_SEQ_SCHEMA,
+                    "description": "Verify from the newest signed checkpoint at or before this seq (the "
+                    "chain's start when there is none) to the head: the range covers since. Not with "
+                    "from_checkpoint.",
+                }
+            ),
+        ]
+        | None
+    ) = None
+    until: (
+        Annotated[
+            SeqParameter,
+            WithJsonSchema(
+                {
+                    **_SEQ_SCHEMA,
+                    "description": "End the range at this seq instead of the head (at most the head; "
+                    "not before the range's start).",
                 }
             ),
         ]
@@ -512,6 +584,27 @@ class VerifyQuery(BaseModel):
             return None
         seq, _, digest = self.anchor.partition(":")
         return Anchor(seq=int(seq), hash=digest)
+
+    @property
+    def ranged(self) -> bool:
+        """A range was asked for (else the whole chain, as without parameters)."""
+        return self.from_checkpoint is not None or self.since is not None or self.until is not None
+
+    @property
+    def checkpoint(self) -> int | Literal["latest"] | None:
+        if self.from_checkpoint is None:
+            return None
+        if self.from_checkpoint == LATEST:
+            return "latest"
+        return int(self.from_checkpoint)
+
+    @property
+    def since_seq(self) -> int | None:
+        return int(self.since) if self.since is not None else None
+
+    @property
+    def until_seq(self) -> int | None:
+        return int(self.until) if self.until is not None else None
 
 
 class CheckpointSummary(BaseModel):
@@ -542,6 +635,41 @@ class CheckpointStatus(BaseModel):
     problem: str | None = Field(None, description="The first thing wrong with the checkpoints (when any).")
 
 
+class RangeAnchor(BaseModel):
+    """What a ranged verification starts from: a signed checkpoint whose signature verified with a
+    known key (its record must carry that hash), or the chain's start (record 1 links to 64 zeros)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["checkpoint", "start"]
+    seq: int = Field(ge=0, description="The record it vouches for (the checkpoint's seq; 0 for the start).")
+    hash: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="The head hash the checkpoint signed (64 zeros for the start: record 1's prev_hash).",
+    )
+    number: int | None = Field(None, ge=1, description="The checkpoint's number (a checkpoint only).")
+    key_id: str | None = Field(None, description="The kid of the key its signature verified with.")
+    signed_at: Timestamp | None = Field(None, description="When it was signed.")
+
+
+class VerifiedRange(BaseModel):
+    """The range a verification covered, and what anchored it (only when a range was asked for)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_seq: int = Field(ge=1, description="The first record walked: the anchor's (1 from the start).")
+    to_seq: int = Field(ge=1, description="The last record of the range: until, or the head.")
+    to_head: bool = Field(description="to_seq was the chain's head when the walk began.")
+    signed_through: int | None = Field(
+        None,
+        ge=1,
+        description="The last record of the range that a verified checkpoint signs: up to it the records "
+        "are those that were signed; after it (appended since the newest checkpoint) the chain alone "
+        "holds them. Absent when no checkpoint covers any of the range, and when ok is false.",
+    )
+    anchor: RangeAnchor
+
+
 class VerifyResult(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -561,6 +689,36 @@ class VerifyResult(BaseModel):
                         },
                         "signatures_valid": True,
                         "chain_matches": True,
+                    },
+                },
+                {
+                    "ok": True,
+                    "checked": 43,
+                    "checkpoints": {
+                        "checked": 2,
+                        "verified": 2,
+                        "latest": {
+                            "number": 17,
+                            "seq": 1842,
+                            "signed_at": "2026-11-23T17:05:00Z",
+                            "key_id": "ck-2026-11",
+                        },
+                        "signatures_valid": True,
+                        "chain_matches": True,
+                    },
+                    "range": {
+                        "from_seq": 1800,
+                        "to_seq": 1842,
+                        "to_head": True,
+                        "signed_through": 1842,
+                        "anchor": {
+                            "kind": "checkpoint",
+                            "number": 16,
+                            "seq": 1800,
+                            "hash": "3f5e" + "0" * 60,
+                            "key_id": "ck-2026-11",
+                            "signed_at": "2026-11-23T17:04:00Z",
+                        },
                     },
                 },
                 {
@@ -587,11 +745,17 @@ class VerifyResult(BaseModel):
         ge=1,
         description="The first seq that is missing, altered or unlinked, or — when the records no longer "
         "match a signed checkpoint — the first one after the last checkpoint that still matches (only when "
-        "ok is false and records are at fault).",
+        "ok is false and records are at fault). In a range: the anchor's own record when it no longer "
+        "carries the head its checkpoint signed (the history up to it was rewritten).",
     )
     reason: str | None = Field(None, description="What is wrong (only when ok is false).")
     checkpoints: CheckpointStatus | None = Field(
         None, description="The chain against its signed checkpoints (absent when checkpoints are off)."
+    )
+    range: VerifiedRange | None = Field(
+        None,
+        description="What was verified, from what anchor (only when a range was asked for, and its anchor "
+        "held: an anchor that does not verify anchors nothing, and ok is false).",
     )
 
 
@@ -752,7 +916,9 @@ __all__ = [
     "IngestBatch",
     "IngestResult",
     "InvalidEvent",
+    "RangeAnchor",
     "Resource",
+    "VerifiedRange",
     "VerifyQuery",
     "VerifyResult",
     "decode_cursor",

@@ -449,21 +449,30 @@ OPERATIONS: tuple[Operation, ...] = (
         "audit",
         "GET",
         "/audit/verify",
-        "Recompute the hash chain and hold it to its signed checkpoints",
+        "Recompute the hash chain (or a range of it) and hold it to its signed checkpoints",
         (
-            Answer(200, "Whether the chain is intact, and where it breaks.", VerifyResult),
+            Answer(
+                200,
+                "Whether the chain (or the range, with what anchored it) is intact, and where it breaks.",
+                VerifyResult,
+            ),
             problem_answer(
                 422,
                 "Unprocessable Content",
-                "A query parameter is invalid, unknown or repeated (errors[] names it), or the walk ran "
-                "into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was stopped: "
-                "errors[0].type chain_too_long. Nothing is known about the chain from such an answer "
-                "(audit_chain_ok is the background verifier's verdict); a retry is stopped again: verify "
-                "from outside with python -m audit verify.",
+                "A query parameter is invalid, unknown or repeated (errors[] names it); a range that names "
+                "nothing on this chain (since or until beyond the head, until before the range's start, "
+                "no such checkpoint, since with from_checkpoint, a checkpoint signed by a key the service "
+                "no longer knows, checkpoints off: errors[] names the parameter, type bad_range); or the "
+                "walk ran into the verification time limit (AUDIT_VERIFY_TIMEOUT_SECONDS) and was "
+                "stopped: errors[0].type chain_too_long. Nothing is known about the chain from such an "
+                "answer (audit_chain_ok is the background verifier's verdict); a retry is stopped again: "
+                "verify a range (from_checkpoint=latest), or from outside with python -m audit verify.",
                 "Verifying the chain took longer than 25 s and was stopped: the trail is too long to "
                 "verify on request, and nothing is known about it from this one. The service verifies it "
                 "in the background (audit_chain_ok); verify it yourself from outside with `python -m "
-                "audit verify`.",
+                "audit verify`, or verify a range on request instead: ?from_checkpoint=latest (from the "
+                "newest signed checkpoint to the head) or ?since=<seq> (from the newest checkpoint at or "
+                "before that record).",
                 errors=[
                     {
                         "field": "query",
@@ -495,8 +504,15 @@ OPERATIONS: tuple[Operation, ...] = (
             "last checkpoint that still matches. The checkpoints themselves are checked too: signatures, "
             "numbering and the chain of prev digests. A walk on request is bounded: within "
             "AUDIT_VERIFY_TIMEOUT_SECONDS (422 chain_too_long past it), at most AUDIT_VERIFY_CONCURRENCY "
-            "at once (503 beyond); requests without an anchor that arrive during a walk without one share "
-            "its result instead of starting another."
+            "at once (503 beyond); requests without parameters that arrive during a walk without any "
+            "share its result instead of starting another. A range (from_checkpoint=<n>|latest, or "
+            "since=<seq>: the newest checkpoint at or before it; optionally until=<seq>) is walked from a "
+            "signed checkpoint whose signature must verify with a known key and whose record must still "
+            "carry the head it signed (or from the chain's start when no checkpoint lies that early), "
+            "then on to the head or until, holding the records to every later checkpoint: the answer's "
+            "range says what was verified and what anchored it. A checkpoint that does not verify "
+            "anchors nothing (ok false, checked 0). The same bounds apply; a range is cheap when it is "
+            "short. audit_chain_ok is set to 0 by a broken range, left alone by an intact one."
         ),
         query=VerifyQuery,
         tag="audit",
