@@ -8,9 +8,14 @@ that is tested.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool(name: str) -> str:
@@ -50,3 +55,16 @@ def restore_schema(database_url: str, path: Path) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"pg_restore failed ({result.returncode}):\n{result.stderr[-3000:]}")
+
+
+def service_command(service: str, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <service> <args>`` with ``env`` (a service's own, as its pods have it)."""
+    return subprocess.run(
+        [sys.executable, "-m", service, *args],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
