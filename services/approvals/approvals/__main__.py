@@ -1,9 +1,11 @@
-"""`python -m approvals` serves; `python -m approvals migrate` applies the schema migrations."""
+"""`python -m approvals` serves; `python -m approvals migrate` applies the schema migrations;
+`python -m approvals reapply-decisions` repairs the entries after a restore of the timesheets schema."""
 
 from pathlib import Path
 
 from svckit.cli import run_cli
 
+from .reapply import reapply_decisions
 from .settings import ApprovalsSettings
 
 raise SystemExit(
@@ -13,5 +15,6 @@ raise SystemExit(
         app_factory="approvals.app:create_app",
         schema="approvals",
         migrations=Path(__file__).parent / "migrations",
+        commands={"reapply-decisions": reapply_decisions},
     )
 )

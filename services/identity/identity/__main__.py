@@ -1,4 +1,4 @@
-"""``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client]``."""
+"""``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client|after-restore]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from svckit.cli import run_cli
 
-from .admin import add_client, add_user, rotate
+from .admin import add_client, add_user, after_restore, rotate
 from .seed import seed
 from .settings import IdentitySettings
 
@@ -24,6 +24,7 @@ def main() -> int:
             "rotate-keys": rotate,
             "add-user": add_user,
             "add-client": add_client,
+            "after-restore": after_restore,
         },
     )
 

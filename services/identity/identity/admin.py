@@ -1,4 +1,5 @@
-"""Administration commands: ``rotate-keys``, ``add-user``, ``add-client`` (``seed`` is in seed.py).
+"""Administration commands: ``rotate-keys``, ``add-user``, ``add-client``, ``after-restore`` (``seed`` is
+in seed.py).
 
 Run as ``python -m identity <command> --help``. Secrets are never taken from the command line (where
 ``ps`` would show them): passwords come from stdin or an environment variable, generated client
@@ -14,11 +15,15 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from svckit.contracts.audit import AuditEvent
+from svckit.identity import Identity
+from svckit.outbox import enqueue
 
 from . import store
 from .keys import KeyCipher, new_secret, rotate_keys
 from .models import Client, User
 from .passwords import hash_secret
+from .revocation import GATEWAY_LEEWAY_SECONDS
 from .scopes import ALL_SCOPES, KNOWN_ROLES, OIDC_SCOPES
 from .settings import IdentitySettings
 
@@ -73,6 +78,73 @@ def rotate(settings: IdentitySettings, args: list[str]) -> int:
             max_token_ttl_seconds=settings.max_token_ttl_seconds,
         )
         print(f"published key {kid} ({parsed.alg}); it signs from {starts.isoformat()}")
+        return 0
+
+    return run_with_connection(settings, work)
+
+
+def after_restore(settings: IdentitySettings, args: list[str]) -> int:
+    """Acknowledge a restore of the identity schema: end everything issued before it, rotate the key.
+
+    Run once after restoring the schema from a backup and before the provider serves again
+    (docs/runbook.md, "Backup and restore"). The restored rows undo what happened since the backup —
+    a rotated refresh token (perhaps copied by a thief) is fresh again, a signed-out session lives, a
+    redeemed code redeems, a revocation is gone — and nothing outside the database remembers which
+    rows that concerns, so every credential issued before now ends (store.end_everything_issued):
+    every user signs in again. A new signing key is published as well (it signs after the grace), so
+    that a rotation made after the backup, perhaps of a leaked key, is not undone for good. The
+    provider publishes the revocations to the gateways when it starts. Running it twice is harmless.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m identity after-restore", description=after_restore.__doc__
+    )
+    parser.add_argument(
+        "--key-grace-seconds",
+        type=int,
+        default=settings.key_rotation_grace_seconds,
+        help="seconds until the new key signs (default KEY_ROTATION_GRACE_SECONDS); 0 when a key "
+        "retired after the backup had leaked",
+    )
+    parsed = parser.parse_args(args)
+    if parsed.key_grace_seconds < 0:
+        parser.error("--key-grace-seconds must not be negative")
+
+    async def work(conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            ended = await store.end_everything_issued(conn, leeway_seconds=GATEWAY_LEEWAY_SECONDS)
+            kid, starts = await rotate_keys(
+                conn,
+                settings.signing_alg,
+                KeyCipher(settings.key_encryption_key),
+                grace_seconds=parsed.key_grace_seconds,
+                max_token_ttl_seconds=settings.max_token_ttl_seconds,
+            )
+            details = {
+                "access_tokens_revoked": ended.access_tokens,
+                "refresh_tokens_revoked": ended.refresh_tokens,
+                "sessions_ended": ended.sessions,
+                "codes_expired": ended.codes,
+                "revocations_to_publish": ended.republished,
+                "new_key": kid,
+            }
+            await enqueue(
+                conn,
+                AuditEvent.create(
+                    action="identity.restored",
+                    resource_type="identity",
+                    resource_id=settings.identity_issuer,
+                    outcome="success",
+                    actor=Identity.service("identity"),
+                    source="identity",
+                    details=details,
+                ),
+            )
+        print(
+            f"ended everything issued before the restore: {ended.access_tokens} access tokens and "
+            f"{ended.refresh_tokens} refresh tokens revoked, {ended.sessions} sessions ended, "
+            f"{ended.codes} codes expired; {ended.republished} revocations will be published again"
+        )
+        print(f"published key {kid} ({settings.signing_alg}); it signs from {starts.isoformat()}")
         return 0
 
     return run_with_connection(settings, work)

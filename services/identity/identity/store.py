@@ -559,6 +559,61 @@ async def access_token_owner(db: Conn, jti: str) -> str | None:
     return client_id
 
 
+@dataclass(frozen=True)
+class RestoreAcknowledged:
+    """What :func:`end_everything_issued` ended (counts), for the operator and the audit trail."""
+
+    access_tokens: int
+    refresh_tokens: int
+    sessions: int
+    codes: int
+    republished: int
+
+
+async def end_everything_issued(db: Conn, *, leeway_seconds: float) -> RestoreAcknowledged:
+    """After the schema was restored from a backup: end every credential issued before now.
+
+    The restored rows are the state of the backup's time, so what happened since is undone: refresh
+    tokens rotated or revoked since are usable again, ended sessions live again, redeemed codes are
+    unredeemed, revocations are gone. Which rows that concerns is recorded nowhere else, so all of them
+    end: every refresh token is revoked, every session deleted, every unredeemed code expired, every
+    access token a gateway may still accept revoked (reason ``restore``), and every unexpired revocation
+    marked unpublished so that the provider publishes them all again, whatever a restored or flushed
+    Redis holds now. Call inside one transaction, before the provider serves from the restored rows.
+    """
+    access = await db.fetchval(
+        """WITH revoked AS (
+               UPDATE issued_tokens SET revoked_at = now(), revocation_reason = 'restore'
+               WHERE revoked_at IS NULL AND expires_at > now() - make_interval(secs => $1)
+               RETURNING 1)
+           SELECT count(*) FROM revoked""",
+        leeway_seconds,
+    )
+    republished = await db.fetchval(
+        """WITH marked AS (
+               UPDATE issued_tokens SET published_at = NULL
+               WHERE revoked_at IS NOT NULL AND expires_at > now() - make_interval(secs => $1)
+               RETURNING 1)
+           SELECT count(*) FROM marked""",
+        leeway_seconds,
+    )
+    refresh = await db.fetchval(
+        """WITH revoked AS (
+               UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL RETURNING 1)
+           SELECT count(*) FROM revoked"""
+    )
+    sessions = await db.fetchval(
+        "WITH ended AS (DELETE FROM sessions RETURNING 1) SELECT count(*) FROM ended"
+    )
+    codes = await db.fetchval(
+        """WITH expired AS (
+               UPDATE authorization_codes SET expires_at = now()
+               WHERE used_at IS NULL AND expires_at > now() RETURNING 1)
+           SELECT count(*) FROM expired"""
+    )
+    return RestoreAcknowledged(access, refresh, sessions, codes, republished)
+
+
 async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:
     """Drop rows nobody can use any more (called from a periodic task)."""
     await db.execute("DELETE FROM sessions WHERE expires_at < now()")

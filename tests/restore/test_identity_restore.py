@@ -1,0 +1,282 @@
+"""The identity schema restored to an earlier point: nothing issued before the restore works again.
+
+A provider's database holds which refresh tokens were used, which sessions ended, which codes were
+redeemed and which tokens were revoked. A backup taken before those changes brings them back undone:
+a refresh token its owner has since rotated (and a thief copied) is fresh again, a signed-out
+session's cookie signs in again, a redeemed code redeems again, a revoked token is no longer revoked
+in the source of truth. Nothing outside the database remembers them, so the provider cannot tell by
+itself: the operator runs ``python -m identity after-restore`` before the provider serves again
+(docs/runbook.md, "Backup and restore"), which ends everything issued before the restore.
+
+Real processes on loopback: the identity service, a gateway (forwarding to an echo upstream) and a
+private Redis, which is kept across the restore (the runbook's procedure); the backup and the restore
+are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from svckit import redisacl
+from yarl import URL
+
+from testkit.backup import dump_schema, restore_schema
+from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
+from testkit.oidc import (
+    BATCH_SECRET,
+    DEMO_PASSWORD,
+    SPA,
+    Browser,
+    code_request,
+    exchange_code,
+    params_of,
+    pkce_pair,
+    refresh,
+    run_cli,
+    sign_in_tokens,
+)
+from testkit.redisproc import PrivateRedis, component_users
+
+REPO = Path(__file__).resolve().parents[2]
+SCOPE = "openid offline_access read:timesheets"
+
+
+@dataclass
+class Stack:
+    identity: ServiceProcess
+    identity_env: dict[str, str]  # the runtime role's, as the pods and the admin commands run
+    owner_url: str  # the migration role's: what backs up and restores
+    issuer: str
+    gateway: ServiceProcess
+    logs: Path
+
+    @property
+    def base(self) -> str:
+        return self.issuer.rstrip("/")
+
+
+async def _echo(request: Request) -> JSONResponse:
+    return JSONResponse({"path": request.url.path})
+
+
+@pytest.fixture(scope="module")
+def restore_env(isolated_env: IsolatedEnv) -> dict[str, str]:
+    return isolated_env("restore_identity")
+
+
+@pytest.fixture(scope="module")
+def redis_passwords() -> dict[str, str]:
+    return {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
+
+
+@pytest.fixture(scope="module")
+def redis_server(restore_env: dict[str, str], redis_passwords: dict[str, str]) -> Iterator[PrivateRedis]:
+    with PrivateRedis(acl=component_users(restore_env["REDIS_KEY_PREFIX"], redis_passwords)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[str]:
+    app = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
+    async with serve_app(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    restore_env: dict[str, str],
+    redis_server: PrivateRedis,
+    redis_passwords: dict[str, str],
+    upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    env = restore_env
+    urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
+    port = free_port()
+    issuer = f"http://localhost:{port}/"
+    identity_env = {
+        **env,
+        "REDIS_URL": urls["identity"],
+        "IDENTITY_ISSUER": issuer,
+        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
+        "DEMO_PASSWORD": DEMO_PASSWORD,
+        "BATCH_CLIENT_SECRET": BATCH_SECRET,
+        "REVOCATION_CHECK_SECONDS": "0.5",
+        "REDIS_RETRY_SECONDS": "0.5",
+    }
+    await migrate_schema(env["DATABASE_URL"], "identity", REPO / "services" / "identity" / "identity")
+    seeded = run_cli(identity_env, "seed")
+    assert seeded.returncode == 0, seeded.stderr
+    logs = tmp_path_factory.mktemp("restore-identity-logs")
+    runtime = runtime_env(identity_env, "identity")
+    identity = ServiceProcess("identity", runtime, port=port, log_dir=logs).start(wait_path="/readyz")
+    gateway_env = {
+        **env,
+        "REDIS_URL": urls["gateway"],
+        "OIDC_ISSUER": issuer,
+        "TIMESHEETS_URL": upstream,
+        "APPROVALS_URL": upstream,
+        "AUDIT_URL": upstream,
+        "GATEWAY_WORKERS": "1",
+        "AUDIT_DENIALS": "false",
+        "REDIS_RETRY_SECONDS": "0.5",
+        "SPA_DIST_DIR": str(logs),
+    }
+    gateway = ServiceProcess("gateway", gateway_env, log_dir=logs).start(wait_path="/readyz")
+    holder = Stack(identity, runtime, env["DATABASE_URL"], issuer, gateway, logs)
+    try:
+        yield holder
+    finally:
+        for process in (holder.gateway, holder.identity):
+            process.stop()
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A browser's or client's session; no connection outlives a request (the provider restarts)."""
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), connector=aiohttp.TCPConnector(force_close=True)
+    )
+
+
+async def api_status(http: aiohttp.ClientSession, stack: Stack, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(stack.gateway.url + "/api/timesheets", headers=headers) as response:
+        return response.status
+
+
+async def refused_within(http: aiohttp.ClientSession, stack: Stack, token: str, limit: float = 5.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if await api_status(http, stack, token) == 401:
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway still accepts the token {limit}s after the restore was acknowledged")
+
+
+async def a_code(browser: Browser) -> tuple[str, str]:
+    """An authorization code of ``browser``'s signed-in session and its PKCE verifier."""
+    verifier, challenge = pkce_pair()
+    response = await browser.authorize(**code_request(challenge))
+    assert response.status == 302, browser.last_html
+    return params_of(response.headers["Location"])["code"], verifier
+
+
+async def silently_authorized(browser: Browser) -> bool:
+    """Does ``browser``'s session cookie still get a code without signing in?"""
+    response = await browser.authorize(**code_request(pkce_pair()[1]))
+    location = response.headers.get("Location", "")
+    return response.status == 302 and location.startswith(SPA) and "code=" in location
+
+
+async def signing_kids(http: aiohttp.ClientSession, stack: Stack) -> set[str]:
+    async with http.get(stack.base + "/.well-known/jwks.json") as response:
+        body: dict[str, Any] = await response.json()
+    return {key["kid"] for key in body["keys"]}
+
+
+async def test_nothing_issued_before_an_identity_restore_works_after_it(stack: Stack, tmp_path: Path) -> None:
+    async with (
+        new_session() as alice_http,
+        new_session() as bob_http,
+        new_session() as thief_http,
+    ):
+        alice = Browser(stack.base, alice_http)
+        bob = Browser(stack.base, bob_http)
+        alice_tokens = await sign_in_tokens(alice, alice_http, stack.base, "alice", scope=SCOPE)
+        bob_tokens = await sign_in_tokens(bob, bob_http, stack.base, "bob", scope=SCOPE)
+        code, verifier = await a_code(alice)  # redeemed after the backup
+        assert await api_status(alice_http, stack, alice_tokens["access_token"]) == 200
+        assert await api_status(bob_http, stack, bob_tokens["access_token"]) == 200
+        kids_before = await signing_kids(alice_http, stack)
+
+        backup = dump_schema(stack.owner_url, "identity", tmp_path / "identity.dump")
+
+        # --- after the backup: a rotation (a thief copied the token it replaced), a sign-out, a code
+        status, rotated = await refresh(alice_http, stack.base, alice_tokens["refresh_token"])
+        assert status == 200, rotated
+        stolen_refresh = alice_tokens["refresh_token"]
+        status, _ = await refresh(thief_http, stack.base, stolen_refresh)
+        assert status == 400, "before the restore, the rotated token is refused (reuse detection)"
+        thief_http.cookie_jar.update_cookies(bob_http.cookie_jar.filter_cookies(URL(stack.base)))
+        thief = Browser(stack.base, thief_http)
+        response = await bob.get(f"/v2/logout?client_id=timesheets-spa&returnTo={SPA}/")
+        assert response.status == 302
+        await refused_within(bob_http, stack, bob_tokens["access_token"])
+        status, redeemed = await exchange_code(alice_http, stack.base, code, verifier)
+        assert status == 200, redeemed
+
+        # --- the runbook's procedure: stop the provider, restore, acknowledge the restore, start
+        stack.identity.stop()
+        restore_schema(stack.owner_url, backup)
+        done = run_cli(stack.identity_env, "after-restore")
+        assert done.returncode == 0, done.stdout + done.stderr
+        print(done.stdout)
+        stack.identity = ServiceProcess(
+            "identity", stack.identity_env, port=stack.identity.port, log_dir=stack.logs
+        ).start(wait_path="/readyz")
+
+        # the refresh token alice rotated after the backup (fresh again in the restored rows): refused
+        status, error = await refresh(thief_http, stack.base, stolen_refresh)
+        assert status == 400, f"a refresh token rotated before the restore works again: {error}"
+        assert error["error"] == "invalid_grant"
+        # and so is every other refresh token issued before the restore (bob's was revoked by his
+        # sign-out, alice's newest is unknown to the restored database)
+        for token in (bob_tokens["refresh_token"], rotated["refresh_token"]):
+            status, error = await refresh(thief_http, stack.base, token)
+            assert status == 400, error
+        # bob's signed-out session cookie, copied before his sign-out, signs nobody in
+        assert not await silently_authorized(thief), "a signed-out session signs in again after the restore"
+        assert not await silently_authorized(alice), "sessions of before the restore must sign in again"
+        # the code redeemed after the backup is not redeemed again
+        status, error = await exchange_code(thief_http, stack.base, code, verifier)
+        assert status == 400, f"an authorization code redeemed before the restore redeems again: {error}"
+        # every access token of before the restore is refused at the gateway, bob's (revoked after the
+        # backup, a revocation the restored rows lack) and alice's (issued before the backup) alike
+        for token in (bob_tokens["access_token"], alice_tokens["access_token"]):
+            await refused_within(alice_http, stack, token)
+
+        # a new key is published; a new sign-in works end to end
+        assert await signing_kids(alice_http, stack) - kids_before, "after-restore publishes a new key"
+        async with new_session() as fresh_http:
+            fresh = await sign_in_tokens(
+                Browser(stack.base, fresh_http), fresh_http, stack.base, "alice", scope=SCOPE
+            )
+            assert await api_status(fresh_http, stack, fresh["access_token"]) == 200
+            status, renewed = await refresh(fresh_http, stack.base, fresh["refresh_token"])
+            assert status == 200, renewed
+
+
+async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
+    """Run twice (an operator unsure whether the first run finished): the second finds nothing more
+    to end and succeeds; the restore is recorded in the provider's outbox for the audit trail."""
+    first = run_cli(stack.identity_env, "after-restore")
+    assert first.returncode == 0, first.stdout + first.stderr
+    conn = await asyncpg.connect(stack.owner_url, server_settings={"search_path": "identity"})
+    try:
+        actions = [
+            row["action"]
+            for row in await conn.fetch(
+                "SELECT payload->>'action' AS action FROM outbox ORDER BY position DESC LIMIT 5"
+            )
+        ]
+        unrevoked = await conn.fetchval(
+            "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL AND created_at < now()"
+        )
+    finally:
+        await conn.close()
+    assert "identity.restored" in actions, actions
+    assert unrevoked == 0
