@@ -181,12 +181,21 @@ async def test_a_day_ahead_or_behind_utc(
     local = at.astimezone(ZoneInfo(zone))
     await carol.get_by_label("Action").select_option("timesheet.created")
     rows = carol.locator("table.audit-table tbody tr").filter(has_text=project)
-    when = rf"^{local.day} {month(local.date())},? {local:%H:%M:%S}$"
+    # the zone's full date and time, the year and the UTC offset included (unambiguous next year and
+    # in any other zone), the exact instant as the server wrote it in the tooltip and <time datetime>
+    offset = local.strftime("%z")
+    zone_offset = re.escape(f"UTC{offset[:3]}:{offset[3:]}")
+    when = rf"^{local.day} {month(local.date())} {local.year}, {local:%H:%M:%S} {zone_offset}$"
+    time_element = rows.locator('td[data-label="When"] time')
     # Its day in the zone shows it, at the zone's time; the day before and the day after (one of them
     # UTC's day when the zone's differs) do not (each checked after it was shown, so never vacuously).
     for other in (local.date() - dt.timedelta(days=1), local.date() + dt.timedelta(days=1)):
         await filter_days(carol, local.date(), local.date())
         await expect(rows.locator('td[data-label="When"]')).to_have_text(re.compile(when))
+        await expect(time_element).to_have_attribute("title", str(record["occurred_at"]))
+        await expect(time_element).to_have_attribute(
+            "datetime", at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
         await filter_days(carol, other, other)
         await expect(rows).to_have_count(0)
     await filter_days(carol, local.date(), local.date())

@@ -138,6 +138,18 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{/*
+A user name or password percent-encoded for a URL's userinfo (RFC 3986 §3.2.1): every byte but the
+unreserved A-Z a-z 0-9 - . _ ~ as %XX, so that '/', '?', '#', '@', ':', '%' and spaces in a password
+(one given in the live Secret, say) neither end the authority early nor decode to another password.
+Go's urlquery (url.QueryEscape) encodes exactly those bytes, but writes a space as '+', which in a
+userinfo is a literal '+' (asyncpg and redis-py unquote, never unquote_plus): since QueryEscape writes
+a '+' itself as %2B, every '+' it returns was a space, and becomes %20.
+*/}}
+{{- define "timesheets.userinfoEscape" -}}
+{{- urlquery . | replace "+" "%20" -}}
+{{- end -}}
+
 {{/* Name of the Secret the chart generates (kept across upgrades). */}}
 {{- define "timesheets.generatedSecretName" -}}
 {{- printf "%s-generated" (include "timesheets.fullname" .) | trunc 63 | trimSuffix "-" -}}

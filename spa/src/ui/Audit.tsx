@@ -13,21 +13,24 @@ import {
   filtersToQuery,
   type AuditFilters,
 } from "../lib/audit";
+import { describeInstant } from "../lib/instant";
 import { Banner, EmptyState, Field, Loading } from "./common";
 import { useLoad } from "./hooks";
 
-const timeFormat = new Intl.DateTimeFormat("en-GB", {
-  day: "numeric",
-  month: "short",
-  hour: "2-digit",
-  minute: "2-digit",
-  second: "2-digit",
-});
-
+/** An instant as text: the full local date and time with the year and the UTC offset. */
 function formatTime(value: string | null): string {
-  if (!value) return "—";
-  const date = new Date(value);
-  return Number.isNaN(date.getTime()) ? value : timeFormat.format(date);
+  return describeInstant(value).text;
+}
+
+/** An instant in a table cell: that text in a `<time>` whose tooltip is the exact instant. */
+function Instant({ value }: { value: string | null }) {
+  const view = describeInstant(value);
+  if (!view.datetime) return <>{view.text}</>;
+  return (
+    <time dateTime={view.datetime} title={view.exact ?? undefined}>
+      {view.text}
+    </time>
+  );
 }
 
 export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
@@ -196,7 +199,9 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
                     <td class="audit-table__seq" data-label="#">
                       {view.seq ?? index + 1}
                     </td>
-                    <td data-label="When">{formatTime(view.time)}</td>
+                    <td data-label="When" class="audit-table__when">
+                      <Instant value={view.time} />
+                    </td>
                     <td data-label="Who">{view.actor}</td>
                     <td data-label="What">
                       <span class={`action action--${view.tone}`}>{view.label}</span>
