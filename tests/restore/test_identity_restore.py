@@ -19,25 +19,18 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from svckit import redisacl
 from yarl import URL
 
 from testkit.backup import dump_schema, restore_schema
-from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
+from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
-    BATCH_SECRET,
-    DEMO_PASSWORD,
     SPA,
     Browser,
     code_request,
@@ -48,28 +41,14 @@ from testkit.oidc import (
     run_cli,
     sign_in_tokens,
 )
+from testkit.providerstack import ProviderStack, echo_upstream, provider_and_gateways
 from testkit.redisproc import PrivateRedis, component_users
 
 REPO = Path(__file__).resolve().parents[2]
 SCOPE = "openid offline_access read:timesheets"
 
 
-@dataclass
-class Stack:
-    identity: ServiceProcess
-    identity_env: dict[str, str]  # the runtime role's, as the pods and the admin commands run
-    owner_url: str  # the migration role's: what backs up and restores
-    issuer: str
-    gateway: ServiceProcess
-    logs: Path
-
-    @property
-    def base(self) -> str:
-        return self.issuer.rstrip("/")
-
-
-async def _echo(request: Request) -> JSONResponse:
-    return JSONResponse({"path": request.url.path})
+Stack = ProviderStack
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +69,7 @@ def redis_server(restore_env: dict[str, str], redis_passwords: dict[str, str]) -
 
 @pytest.fixture(scope="module")
 async def upstream() -> AsyncIterator[str]:
-    app = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
-    async with serve_app(app) as url:
+    async with echo_upstream() as url:
         yield url
 
 
@@ -103,46 +81,10 @@ async def stack(
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    env = restore_env
     urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
-    port = free_port()
-    issuer = f"http://localhost:{port}/"
-    identity_env = {
-        **env,
-        "REDIS_URL": urls["identity"],
-        "IDENTITY_ISSUER": issuer,
-        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
-        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
-        "DEMO_PASSWORD": DEMO_PASSWORD,
-        "BATCH_CLIENT_SECRET": BATCH_SECRET,
-        "REVOCATION_CHECK_SECONDS": "0.5",
-        "REDIS_RETRY_SECONDS": "0.5",
-    }
-    await migrate_schema(env["DATABASE_URL"], "identity", REPO / "services" / "identity" / "identity")
-    seeded = run_cli(identity_env, "seed")
-    assert seeded.returncode == 0, seeded.stderr
     logs = tmp_path_factory.mktemp("restore-identity-logs")
-    runtime = runtime_env(identity_env, "identity")
-    identity = ServiceProcess("identity", runtime, port=port, log_dir=logs).start(wait_path="/readyz")
-    gateway_env = {
-        **env,
-        "REDIS_URL": urls["gateway"],
-        "OIDC_ISSUER": issuer,
-        "TIMESHEETS_URL": upstream,
-        "APPROVALS_URL": upstream,
-        "AUDIT_URL": upstream,
-        "GATEWAY_WORKERS": "1",
-        "AUDIT_DENIALS": "false",
-        "REDIS_RETRY_SECONDS": "0.5",
-        "SPA_DIST_DIR": str(logs),
-    }
-    gateway = ServiceProcess("gateway", gateway_env, log_dir=logs).start(wait_path="/readyz")
-    holder = Stack(identity, runtime, env["DATABASE_URL"], issuer, gateway, logs)
-    try:
-        yield holder
-    finally:
-        for process in (holder.gateway, holder.identity):
-            process.stop()
+    async with provider_and_gateways(restore_env, urls, upstream, logs) as provider:
+        yield provider
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -154,7 +96,7 @@ def new_session() -> aiohttp.ClientSession:
 
 async def api_status(http: aiohttp.ClientSession, stack: Stack, token: str) -> int:
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.get(stack.gateway.url + "/api/timesheets", headers=headers) as response:
+    async with http.get(stack.gateways[0].url + "/api/timesheets", headers=headers) as response:
         return response.status
 
 

@@ -20,16 +20,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from svckit import redisacl
 
-from testkit.fixtures import IsolatedEnv, ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
+from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
-    BATCH_SECRET,
-    DEMO_PASSWORD,
     SPA,
     Browser,
     code_request,
@@ -37,9 +31,9 @@ from testkit.oidc import (
     hidden_field,
     params_of,
     pkce_pair,
-    run_cli,
     sign_in_tokens,
 )
+from testkit.providerstack import echo_upstream, provider_and_gateways
 from testkit.redisproc import PrivateRedis, component_users
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,10 +53,6 @@ class Stack:
     @property
     def base(self) -> str:
         return self.issuer.rstrip("/")
-
-
-async def _echo(request: Request) -> JSONResponse:
-    return JSONResponse({"path": request.url.path})
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +75,7 @@ def redis_server(revocation_env: dict[str, str], redis_passwords: dict[str, str]
 
 @pytest.fixture(scope="module")
 async def upstream() -> AsyncIterator[str]:
-    app = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
-    async with serve_app(app) as url:
+    async with echo_upstream() as url:
         yield url
 
 
@@ -98,48 +87,17 @@ async def stack(
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    env = revocation_env
     redis_urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
-    port = free_port()
-    issuer = f"http://localhost:{port}/"
-    identity_env = {
-        **env,
-        "REDIS_URL": redis_urls["identity"],
-        "IDENTITY_ISSUER": issuer,
-        "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
-        "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
-        "DEMO_PASSWORD": DEMO_PASSWORD,
-        "BATCH_CLIENT_SECRET": BATCH_SECRET,
-        "REVOCATION_CHECK_SECONDS": "0.5",
-        "REDIS_RETRY_SECONDS": "0.5",
-    }
-    await migrate_schema(env["DATABASE_URL"], "identity", REPO / "services" / "identity" / "identity")
-    seeded = run_cli(identity_env, "seed")
-    assert seeded.returncode == 0, seeded.stderr
     logs = tmp_path_factory.mktemp("revocation-logs")
-    identity = ServiceProcess(
-        "identity", runtime_env(identity_env, "identity"), port=port, log_dir=logs
-    ).start(wait_path="/readyz")
-    gateway_env = {
-        **env,
-        "REDIS_URL": redis_urls["gateway"],
-        "OIDC_ISSUER": issuer,
-        "TIMESHEETS_URL": upstream,
-        "APPROVALS_URL": upstream,
-        "AUDIT_URL": upstream,
-        "GATEWAY_WORKERS": "1",
-        "AUDIT_DENIALS": "false",
-        "REDIS_RETRY_SECONDS": "0.5",
-        "SPA_DIST_DIR": str(logs),
-    }
-    gateways = [
-        ServiceProcess("gateway", gateway_env, log_dir=logs).start(wait_path="/readyz") for _ in range(2)
-    ]
-    try:
-        yield Stack(identity, issuer, gateways, gateway_env, redis_server, redis_urls)
-    finally:
-        for process in [*gateways, identity]:
-            process.stop()
+    async with provider_and_gateways(revocation_env, redis_urls, upstream, logs, gateways=2) as provider:
+        yield Stack(
+            provider.identity,
+            provider.issuer,
+            provider.gateways,
+            provider.gateway_env,
+            redis_server,
+            redis_urls,
+        )
 
 
 @pytest.fixture
