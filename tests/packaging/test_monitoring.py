@@ -512,6 +512,7 @@ REQUIRED_PANELS = {
     "denial records dropped by service": ("audit_denials_dropped_total", "by (service)"),
     "denials of the identity provider too": ("audit_denials_dropped_total", "identity|"),
     "approval refusals by reason": ("approvals_refusals_total", "by (reason)"),
+    "timesheets refusals by reason and source": ("timesheets_refusals_total", "by (reason, source)"),
     "identity DPoP binding refusals": ("identity_dpop_binding_refusals_total", "by (binding)"),
     "identity DPoP proof refusals": ("identity_dpop_proof_refusals_total", "by (reason)"),
     "identity /userinfo refusals": ("identity_userinfo_refusals_total", "by (reason)"),
