@@ -500,6 +500,7 @@ REQUIRED_PANELS = {
     "p99": ("gateway_request_duration_seconds_bucket", "histogram_quantile(0.99"),
     "auth failures by reason": ("gateway_auth_failures_total", "by (reason)"),
     "JWKS cache hit ratio": ("gateway_jwks_cache_total", 'result="hit"'),
+    "JWKS renewal lease by outcome": ("gateway_jwks_lease_total", "by (outcome)"),
     "upstream latency per service": ("gateway_upstream_duration_seconds_bucket", "by (le, service)"),
     "database pool use": ("db_pool_connections", 'state="in_use"'),
     "outbox backlog": ("outbox_pending_events", "by (service)"),
