@@ -232,6 +232,8 @@ def test_the_promised_alerts_are_all_there() -> None:
     assert "gateway_jwks_key_age_seconds" in exprs["TimesheetsJWKSKeysTooOld"]
     assert "outbox_oldest_event_age_seconds" in exprs["TimesheetsOutboxBacklogTooOld"]
     assert "audit_chain" in exprs["TimesheetsAuditChainBroken"]
+    grace = "audit_checkpoint_unknown_key_since_timestamp_seconds"
+    assert grace in exprs["TimesheetsAuditCheckpointKeyUnknown"]
     assert "process_start_time_seconds" in exprs["TimesheetsPodRestarting"]
     assert exprs["TimesheetsTargetMissing"].count("absent(up{") == len(APP_COMPONENTS)
     assert (
@@ -509,6 +511,10 @@ REQUIRED_PANELS = {
     "HTTP-layer send timeouts": ("http_send_timeouts_total", "by (job)"),
     "audit listings refused by reason": ("audit_listings_refused_total", "by (reason)"),
     "audit verifications refused by reason": ("audit_verifications_refused_total", "by (reason)"),
+    "audit checkpoints under an unknown key, per replica": (
+        "audit_checkpoint_unknown_key_since_timestamp_seconds",
+        "by (instance)",
+    ),
     "denial records written by service": ("audit_denials_written_total", "by (service)"),
     "denial records dropped by service": ("audit_denials_dropped_total", "by (service)"),
     "denials of the identity provider too": ("audit_denials_dropped_total", "identity|"),
