@@ -52,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from svckit.contracts.timesheets import DAY_HOURS_LIMIT
 from svckit.db import Database
 from svckit.identity import (
     ISSUER,
@@ -119,6 +120,7 @@ async def create(request: Request) -> Response:
             event_id,
             dt.datetime.now(dt.UTC),
             payload,
+            decimal.Decimal(DAY_HOURS_LIMIT),
         )
     return answer(dict(row) if row is not None else {}, 201)
 

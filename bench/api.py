@@ -283,6 +283,7 @@ def pgbench_scripts(directory: Path, issuer: str) -> list[Path]:
     """The service's own SQL text (``timesheets.store``) with its parameters written as pgbench
     expressions: the same statements in the same transactions (a create is one statement in
     autocommit, as the service sends it without an Idempotency-Key), 50% create / 50% list."""
+    from svckit.contracts.timesheets import DAY_HOURS_LIMIT
     from timesheets.store import CREATE_ENTRY
 
     from bench._reference_app import LIST_FIRST_PAGE
@@ -302,6 +303,7 @@ def pgbench_scripts(directory: Path, issuer: str) -> list[Path]:
         10: "gen_random_uuid()",
         11: "now()",
         12: '\'{"action": "timesheet.created"}\'',
+        13: str(DAY_HOURS_LIMIT),
     }
     list_values = {1: quoted_issuer, 2: subject, 3: "21"}
 

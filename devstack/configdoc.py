@@ -171,7 +171,9 @@ MEANINGS = {
     "login_throttle_window_seconds": "sign-in throttling window",
     "client_auth_max_failures_per_address": "failed client authentications per address per window",
     "authorize_max_codes_per_user": "codes (and implicit answers) `/authorize` issues per signed-in user "
-    "per `LOGIN_THROTTLE_WINDOW_SECONDS`; beyond: `temporarily_unavailable`",
+    "per `AUTHORIZE_CODE_WINDOW_SECONDS`; beyond: `temporarily_unavailable`",
+    "authorize_code_window_seconds": "the window of `AUTHORIZE_MAX_CODES_PER_USER` (its own, not the "
+    "sign-in throttle's)",
     "identity_trusted_proxies": "proxies whose X-Forwarded-For is believed (per-address throttling)",
     "idempotency_ttl_hours": "how long an `Idempotency-Key` is remembered",
     "outbox_poll_interval_seconds": "outbox relay poll interval (NOTIFY wakes it sooner)",

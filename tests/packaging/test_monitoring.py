@@ -232,6 +232,8 @@ def test_the_promised_alerts_are_all_there() -> None:
     assert "gateway_jwks_key_age_seconds" in exprs["TimesheetsJWKSKeysTooOld"]
     assert "outbox_oldest_event_age_seconds" in exprs["TimesheetsOutboxBacklogTooOld"]
     assert "audit_chain" in exprs["TimesheetsAuditChainBroken"]
+    grace = "audit_checkpoint_unknown_key_since_timestamp_seconds"
+    assert grace in exprs["TimesheetsAuditCheckpointKeyUnknown"]
     assert "process_start_time_seconds" in exprs["TimesheetsPodRestarting"]
     assert exprs["TimesheetsTargetMissing"].count("absent(up{") == len(APP_COMPONENTS)
     assert (
@@ -500,6 +502,7 @@ REQUIRED_PANELS = {
     "p99": ("gateway_request_duration_seconds_bucket", "histogram_quantile(0.99"),
     "auth failures by reason": ("gateway_auth_failures_total", "by (reason)"),
     "JWKS cache hit ratio": ("gateway_jwks_cache_total", 'result="hit"'),
+    "JWKS renewal lease by outcome": ("gateway_jwks_lease_total", "by (outcome)"),
     "upstream latency per service": ("gateway_upstream_duration_seconds_bucket", "by (le, service)"),
     "database pool use": ("db_pool_connections", 'state="in_use"'),
     "outbox backlog": ("outbox_pending_events", "by (service)"),
@@ -508,10 +511,15 @@ REQUIRED_PANELS = {
     "HTTP-layer send timeouts": ("http_send_timeouts_total", "by (job)"),
     "audit listings refused by reason": ("audit_listings_refused_total", "by (reason)"),
     "audit verifications refused by reason": ("audit_verifications_refused_total", "by (reason)"),
+    "audit checkpoints under an unknown key, per replica": (
+        "audit_checkpoint_unknown_key_since_timestamp_seconds",
+        "by (instance)",
+    ),
     "denial records written by service": ("audit_denials_written_total", "by (service)"),
     "denial records dropped by service": ("audit_denials_dropped_total", "by (service)"),
     "denials of the identity provider too": ("audit_denials_dropped_total", "identity|"),
     "approval refusals by reason": ("approvals_refusals_total", "by (reason)"),
+    "timesheets refusals by reason and source": ("timesheets_refusals_total", "by (reason, source)"),
     "identity DPoP binding refusals": ("identity_dpop_binding_refusals_total", "by (binding)"),
     "identity DPoP proof refusals": ("identity_dpop_proof_refusals_total", "by (reason)"),
     "identity /userinfo refusals": ("identity_userinfo_refusals_total", "by (reason)"),

@@ -100,3 +100,21 @@ def test_tuning_settings_still_pass_once_and_after_what_the_chart_sets() -> None
     assert {"name": "REDIS_TIMEOUT_SECONDS", "value": "0.5"} in env
     assert names.index("REDIS_TIMEOUT_SECONDS") > names.index("PORT")
     assert "EXTRA_FROM_SECRET" in names
+
+
+def test_the_code_limits_window_is_a_chart_value_of_its_own() -> None:
+    """``identity.authorizeCodeWindowSeconds`` is AUTHORIZE_CODE_WINDOW_SECONDS (900 by default, the
+    sign-in window's value, which the code limit shared before); the limit itself stays a tuning
+    setting (``identity.env``)."""
+    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    assert default["AUTHORIZE_CODE_WINDOW_SECONDS"] == "900"
+    values = deep_merge(
+        MINIMAL,
+        {"identity": {"authorizeCodeWindowSeconds": 60, "env": {"AUTHORIZE_MAX_CODES_PER_USER": 20}}},
+    )
+    assert not schema_refuses(values)
+    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    assert (env["AUTHORIZE_CODE_WINDOW_SECONDS"], env["AUTHORIZE_MAX_CODES_PER_USER"]) == ("60", "20")
+    assert "authorizeCodeWindowSeconds" in schema_refuses(
+        deep_merge(MINIMAL, {"identity": {"authorizeCodeWindowSeconds": 0}})
+    )

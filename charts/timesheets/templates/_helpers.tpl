@@ -538,6 +538,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: IDENTITY_TRUSTED_PROXIES
   value: {{ join "," . | quote }}
 {{- end }}
+- name: AUTHORIZE_CODE_WINDOW_SECONDS
+  value: {{ $values.authorizeCodeWindowSeconds | quote }}
 {{- if $values.dpop.nonces }}
 - name: DPOP_NONCES
   value: "true"

@@ -60,7 +60,8 @@ class Checkpointer:
         self.interval = interval
         self.clock = clock
         self.last_signed: Checkpoint | None = None  # by this process: survives what the database loses
-        self.grace = UnknownKeyGrace(clock)  # keys of newer replicas (audit.keygrace)
+        # keys of newer replicas (audit.keygrace), and since when one has been in sight
+        self.grace = UnknownKeyGrace(clock, since=metrics.unknown_key_since.labels("audit-checkpoint"))
 
     def _refuse(self, reason: str, **context: object) -> None:
         metrics.checkpoints.labels("refused").inc()

@@ -14,6 +14,13 @@
   error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed by a key
   this replica was not given, and it left the signing to the replicas that know it (a rollout of a key
   rotation; refused once it lasts longer than ``audit.checkpointer.UNKNOWN_KEY_GRACE_SECONDS``).
+- ``audit_checkpoint_unknown_key_since_timestamp_seconds{task="audit-checkpoint|audit-verifier"}``:
+  when this process's checkpoint signer, or its background verifier, first met a newest checkpoint
+  signed by a key it was not given, as long as that lasts (Unix time; 0 when there is none). Within
+  ``audit.keygrace.UNKNOWN_KEY_GRACE_SECONDS`` (15 minutes) of it the signer stands aside and the
+  verifier leaves those checkpoints unchecked; after it they are refused / the chain reported broken
+  (critical). ``time() - it`` past a rollout's length (warning at 5 minutes) is a replica left on an
+  old ``AUDIT_CHECKPOINT_KEYS`` — or checkpoints written by someone without any of the keys.
 - ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` and
   ``GET /audit/checkpoints`` pages not served: a statement ran into AUDIT_READ_TIMEOUT_SECONDS (an
   events listing: 422, the caller narrows the query; a checkpoint page, always small: 503), or every
@@ -85,6 +92,15 @@ checkpoint_latest = Gauge(
     "Unix time at which the newest checkpoint this process signed or found was signed.",
     multiprocess_mode="livemax",
 )
+unknown_key_since = Gauge(
+    "audit_checkpoint_unknown_key_since_timestamp_seconds",
+    "Unix time at which this process's checkpoint signer (task audit-checkpoint) or background verifier "
+    "(audit-verifier) first met checkpoints signed by a key it was not given, still unresolved; 0: none.",
+    ["task"],
+    multiprocess_mode="livemax",
+)
+for _task in ("audit-checkpoint", "audit-verifier"):
+    unknown_key_since.labels(_task).set(0)
 listings_refused = Counter(
     "audit_listings_refused_total",
     "GET /audit/events and /audit/checkpoints pages refused: too_long (read timeout), busy (no turn, 503).",

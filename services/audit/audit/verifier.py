@@ -11,6 +11,7 @@ from svckit.contracts.audit import Anchor
 from svckit.db import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from svckit.tasks import PeriodicTask
 
+from . import metrics
 from .checkpoints import PublicKeys
 from .keygrace import UnknownKeyGrace
 from .store import AuditStore, Verification
@@ -44,7 +45,7 @@ class BackgroundVerifier:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
-        self.grace = UnknownKeyGrace(clock)
+        self.grace = UnknownKeyGrace(clock, since=metrics.unknown_key_since.labels("audit-verifier"))
         self.interval = interval
         self.full_interval = full_interval
         self.keys = keys

@@ -447,3 +447,57 @@ async def test_a_new_made_up_key_id_now_and_then_does_not_start_the_grace_again(
     ledger.clock.advance(120)
     assert await signer.run_once() is None
     assert outcomes("refused") == refused + 1
+
+
+def grace_since(task: str) -> float | None:
+    """``audit_checkpoint_unknown_key_since_timestamp_seconds{task}``: when this process first met a
+    newest checkpoint signed by a key it was not given, still unresolved (0: none)."""
+    name = "audit_checkpoint_unknown_key_since_timestamp_seconds"
+    return REGISTRY.get_sample_value(name, {"task": task})
+
+
+async def test_a_signer_standing_aside_says_since_when_so_that_a_half_done_rotation_is_seen(
+    ledger: Ledger,
+) -> None:
+    """A replica left on the old AUDIT_CHECKPOINT_KEYS stands aside quietly for 15 minutes and then
+    raises the critical refusal. Its first sighting, on the wall clock, is a gauge an alert can read
+    long before that (TimesheetsAuditCheckpointKeyUnknown); it stays at the first sighting while the
+    replica keeps standing aside, and goes back to 0 once the newest checkpoint's key is known here."""
+    new_key = CheckpointKeys.generate("ck-2")
+    old = ledger.signer()  # given ck-1 only
+    assert await ledger.signer(CheckpointKeys.parse(f"{new_key},{ledger_private(ledger)}")).run_once()
+    await ledger.ingest(1)
+    ledger.clock.advance(61)
+    met = ledger.clock.time()
+    assert await old.run_once() is None  # stands aside
+    assert grace_since("audit-checkpoint") == met
+    ledger.clock.advance(300)
+    assert await old.run_once() is None
+    assert grace_since("audit-checkpoint") == met  # from the first sighting, not the latest
+    # the rollout is undone: a replica signing with ck-1 (and verifying ck-2) signs the head again
+    assert await ledger.signer(CheckpointKeys.parse(f"{ledger_private(ledger)},{new_key}")).run_once()
+    await old.run_once()
+    assert grace_since("audit-checkpoint") == 0
+
+
+async def test_a_verifier_leaving_checkpoints_unchecked_says_since_when(ledger: Ledger) -> None:
+    """The background verifier's grace (it leaves the newest checkpoints unchecked, then reports the
+    chain broken) is on the same gauge, under its own task."""
+    new_key = CheckpointKeys.generate("ck-2")
+    assert await ledger.signer(CheckpointKeys.parse(f"{new_key},{ledger_private(ledger)}")).run_once()
+    verifier = BackgroundVerifier(
+        ledger.store,
+        interval=60,
+        full_interval=3600,
+        keys=PublicKeys({"ck-1": ledger.keys.keys["ck-1"]}),
+        clock=ledger.clock,
+    )
+    met = ledger.clock.time()
+    assert (await verifier.run_once()).ok
+    assert grace_since("audit-verifier") == met
+    ledger.clock.advance(60)
+    assert (await verifier.run_once()).ok
+    assert grace_since("audit-verifier") == met
+    assert await ledger.signer(CheckpointKeys.parse(f"{ledger_private(ledger)},{new_key}")).run_once()
+    assert (await verifier.run_once()).ok  # the newest is ck-1's, chained to ck-2's: all vouched for
+    assert grace_since("audit-verifier") == 0

@@ -16,6 +16,8 @@ never calls the provider), then the provider (``{issuer}.well-known/openid-confi
   gets it asks the provider and leaves the new copy in Redis; the others keep serving the stale set
   and look at Redis again :data:`LEASE_RETRY_SECONDS` later. A load that a request waits for (no
   usable keys, an unknown ``kid``) takes no lease, nor does any load while Redis is unavailable.
+  ``gateway_jwks_lease_total{outcome}`` counts it: ``taken``, ``held``, then ``handed_off`` (the
+  holder's copy read) or ``lapsed`` (no copy, the lease free again: this replica renews them).
 * Unknown ``kid``: one refresh per issuer, single-flight (concurrent requests await the same task),
   and at most one per ``JWKS_REFETCH_COOLDOWN_SECONDS`` so a flood of made-up ``kid`` values costs
   the provider one request per cool-down, not one per token.
@@ -190,6 +192,7 @@ class IssuerKeys:
     warned_at: float = float("-inf")  # monotonic: when the last failure warning was logged
     unwarned: int = 0  # failures since that warning
     lease_wait_until: float = 0.0  # monotonic: another replica renews the keys; look at Redis then
+    lease_waited: bool = False  # the last renewal found the lease held: the next load says how it ended
 
 
 WARN_EVERY_SECONDS = 60.0
@@ -285,6 +288,7 @@ class JwksCache:
 
     async def _load(self, state: IssuerKeys, unknown_kid: str | None) -> None:
         """Redis first (another replica may already hold newer keys), then the provider."""
+        waited, state.lease_waited = state.lease_waited, False
         copy = await self._from_redis(state)
         current = state.keyset
         now = self.clock.time()
@@ -294,6 +298,8 @@ class JwksCache:
                 state.keyset, state.raw = copy
                 if usable:
                     metrics.jwks_cache.labels("redis", "hit").inc()
+                    if waited:
+                        metrics.jwks_lease.labels("handed_off").inc()
                     self._update_age(state)
                     return
         metrics.jwks_cache.labels("redis", "miss").inc()
@@ -301,8 +307,19 @@ class JwksCache:
         if unknown_kid is None and current is not None and self.usable(state):
             lease = await self._take_lease(state)
             if lease is False:  # another replica is renewing them: its copy will be in Redis
+                metrics.jwks_lease.labels("held").inc()
+                state.lease_waited = True
                 state.lease_wait_until = self.clock.monotonic() + LEASE_RETRY_SECONDS
                 return
+            if lease and waited:  # the holder's lease ended and it left no copy: renewed here
+                metrics.jwks_lease.labels("lapsed").inc()
+                log.info(
+                    "the replica renewing the signing keys left no copy in Redis (its fetch failed, or "
+                    "it stopped); renewing them here",
+                    extra={"issuer": state.config.issuer},
+                )
+            elif lease:
+                metrics.jwks_lease.labels("taken").inc()
         try:
             keyset, raw = await self._fetch(state)
         except Exception as exc:  # the provider being down must never break verification

@@ -9,6 +9,7 @@
 | ``gateway_jwks_fetch_total`` | issuer, outcome | fetches from an issuer (``ok``, ``error``, ``invalid``) |
 | ``gateway_jwks_cache_total`` | layer, result | key look-ups by layer (``memory``, ``redis``) and result |
 | ``gateway_jwks_key_age_seconds`` | issuer | age of the keys in use (grows while the provider is down) |
+| ``gateway_jwks_lease_total`` | outcome | renewals of stale keys through the Redis lease (below) |
 | ``gateway_rate_limited_total`` | limit | requests refused with 429 (``subject``, ``client``) |
 | ``gateway_ratelimit_failopen_total`` | (none) | requests let through unchecked while Redis is unreachable |
 | ``gateway_audit_dropped_total`` | (none) | denial audit events dropped (queue full or undeliverable) |
@@ -21,6 +22,15 @@
 | ``gateway_revoked_tokens`` | (none) | revoked, unexpired tokens in the deny set |
 
 (The revocation series are defined in ``gateway/revocations.py``.)
+
+``gateway_jwks_lease_total{outcome}`` follows the one renewal of an issuer's stale key set that the
+replicas share (``gateway:jwks-refresh:<issuer>``, :mod:`gateway.jwks`): ``taken`` this process got the
+lease and asks the provider for everyone; ``held`` another replica had it, so this one keeps serving the
+stale keys and looks in Redis again shortly; ``handed_off`` it then found the holder's copy there (what
+a ``held`` should end in); ``lapsed`` it found no newer copy and the lease free again — the holder's
+renewal ended without leaving one (its fetch failed, or it stopped and the lease ran out) — and renews
+the keys itself. ``lapsed`` beside ``gateway_jwks_fetch_total{outcome!="ok"}`` is a provider failing;
+``lapsed`` alone, replicas dying in the middle of renewals.
 
 Every label value comes from a fixed set or from configuration (issuer URLs, route templates), never
 from request data, so cardinality is bounded. With several workers the values aggregate through
@@ -66,6 +76,15 @@ jwks_cache = Counter(
     "Signing key look-ups by cache layer and result.",
     ["layer", "result"],
 )
+jwks_lease = Counter(
+    "gateway_jwks_lease_total",
+    "Renewals of a stale key set through the replicas' shared Redis lease, by outcome: taken, held "
+    "(another replica renews; stale keys serve meanwhile), handed_off (its copy was read), lapsed (the "
+    "lease ended without a copy; renewed here).",
+    ["outcome"],
+)
+for _outcome in ("taken", "held", "handed_off", "lapsed"):
+    jwks_lease.labels(_outcome)
 jwks_key_age = Gauge(
     "gateway_jwks_key_age_seconds",
     "Seconds since the keys in use were fetched from the issuer (oldest across workers).",

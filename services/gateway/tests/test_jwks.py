@@ -476,3 +476,70 @@ async def test_replicas_renewing_stale_keys_together_ask_the_provider_once(
             await asyncio.sleep(0.2)
             assert provider.jwks_hits + provider.discovery_hits - before == 2  # discovery + JWKS
             assert sample("gateway_jwks_cache_total", layer="redis", result="hit") - taken == 2
+
+
+LEASE_OUTCOMES = ("taken", "held", "handed_off", "lapsed")
+
+
+def lease_counts() -> dict[str, float]:
+    return {outcome: sample("gateway_jwks_lease_total", outcome=outcome) for outcome in LEASE_OUTCOMES}
+
+
+def since(before: dict[str, float]) -> dict[str, float]:
+    return {outcome: value - before[outcome] for outcome, value in lease_counts().items()}
+
+
+async def test_the_renewal_lease_is_counted_taken_held_and_handed_off(
+    api: Any, start_gateway: Any, provider: Provider, redis_prefix: str
+) -> None:
+    """Replicas that find the lease held keep serving the stale keys and read the holder's copy later:
+    that hand-off is invisible in the fetch and cache counters (a Redis hit looks like any other). One
+    counter says it: the holder's lease ``taken``, each waiter ``held`` and then ``handed_off``."""
+    prefix = f"{redis_prefix}lease-count-{uuid.uuid4().hex[:6]}:"
+    clock = FakeClock(start=time.time())
+    async with replicas(api, start_gateway, provider, clock, prefix) as gateways:
+        before = lease_counts()
+        clock.advance(11)  # stale everywhere at once
+        provider.delay = 0.3  # the holder's fetch is still running when the others ask for the lease
+        try:
+            await everyone(api, gateways, provider)
+            await asyncio.sleep(0.6)  # the holder's copy is in Redis
+        finally:
+            provider.delay = 0.0
+        clock.advance(1)  # the others look at Redis again
+        await everyone(api, gateways, provider)
+        await asyncio.sleep(0.2)
+        assert since(before) == {"taken": 1, "held": 2, "handed_off": 2, "lapsed": 0}
+
+
+async def test_a_lease_that_ended_without_a_copy_is_counted_lapsed(
+    api: Any, start_gateway: Any, provider: Provider, redis_prefix: str, redis_url: str
+) -> None:
+    """The replica holding the lease died in the middle of its fetch (or its fetch failed): the lease
+    runs out and no copy was written. The replicas waiting for it go on serving the stale keys until
+    one of them finds the lease free and renews the keys itself — ``lapsed``, what an SRE looks for
+    when the keys of every replica grow old together."""
+    import redis.asyncio as aioredis
+
+    prefix = f"{redis_prefix}lease-lapse-{uuid.uuid4().hex[:6]}:"
+    clock = FakeClock(start=time.time())
+    client = aioredis.from_url(redis_url)
+    try:
+        async with replicas(api, start_gateway, provider, clock, prefix) as gateways:
+            before = lease_counts()
+            # a replica took the lease and was killed before it wrote a copy
+            assert await client.set(f"{prefix}gateway:jwks-refresh:{provider.issuer}", "1", nx=True, px=300)
+            clock.advance(11)
+            await everyone(api, gateways, provider)  # all three find it held
+            await asyncio.sleep(0.1)  # their background renewals have looked
+            assert since(before) == {"taken": 0, "held": 3, "handed_off": 0, "lapsed": 0}
+            await asyncio.sleep(0.5)  # the dead holder's lease runs out
+            fetched = provider.jwks_hits
+            clock.advance(1)
+            await everyone(api, gateways, provider)
+            await asyncio.sleep(0.3)
+            assert provider.jwks_hits - fetched == 1  # one of them renewed the keys for all
+            counted = since(before)
+            assert (counted["lapsed"], counted["taken"]) == (1, 0), counted
+    finally:
+        await client.aclose()

@@ -86,7 +86,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         redis,
         settings.identity_issuer,
         max_per_user=settings.authorize_max_codes_per_user,
-        window_seconds=settings.login_throttle_window_seconds,
+        window_seconds=settings.authorize_code_window_seconds,
     )
     proofs = settings.proof_verifier(settings.dpop_nonce_key)
     # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable

@@ -64,8 +64,11 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
     client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
     # Authorization codes (and implicit answers) /authorize issues per signed-in user and
-    # LOGIN_THROTTLE_WINDOW_SECONDS: each code is a row kept until a day after it expired.
+    # AUTHORIZE_CODE_WINDOW_SECONDS: each code is a row kept until a day after it expired. A window of
+    # its own, not the sign-in throttle's (what suits slowing password guesses need not suit an SPA's
+    # silent renewals); the default is the sign-in window's, the value both shared before.
     authorize_max_codes_per_user: int = Field(default=100, ge=1, le=100000)
+    authorize_code_window_seconds: int = Field(default=900, ge=1, le=86400)
     # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address.
     identity_trusted_proxies: CsvList = Field(default_factory=list)
 

@@ -14,11 +14,12 @@ import pytest
 from identity import store
 from identity.models import User
 from identity.passwords import hash_secret
+from identity.settings import IdentitySettings
 from identity.throttle import LoginThrottle
 from svckit.redisguard import RedisGuard
 
 from testkit.fixtures import ServiceProcess, free_port
-from testkit.oidc import DEMO_PASSWORD, Browser, hidden_field
+from testkit.oidc import DEMO_PASSWORD, Browser, code_request, hidden_field, params_of, pkce_pair
 from testkit.redisproc import PrivateRedis
 
 SIGN_IN_BOUND_SECONDS = 1.5
@@ -165,3 +166,34 @@ async def test_sign_in_takes_bounded_time_while_redis_hangs_or_is_gone(seeded: d
         finally:
             redis_server.resume()
             process.stop()
+
+
+async def test_the_code_limit_has_a_window_of_its_own(seeded: dict[str, str]) -> None:
+    """``AUTHORIZE_MAX_CODES_PER_USER`` counts per ``AUTHORIZE_CODE_WINDOW_SECONDS``, not per the sign-in
+    throttle's ``LOGIN_THROTTLE_WINDOW_SECONDS``: an operator can give a busy SPA's silent renewals a
+    short window without shortening the one that slows password guessing (and the other way round)."""
+    port = free_port()
+    env = {
+        **seeded,
+        "IDENTITY_ISSUER": f"http://localhost:{port}/",  # counters of their own (keyed by issuer)
+        "AUTHORIZE_MAX_CODES_PER_USER": "1",
+        "AUTHORIZE_CODE_WINDOW_SECONDS": "1",
+        "LOGIN_THROTTLE_WINDOW_SECONDS": "900",
+    }
+    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz"):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            browser = Browser(f"http://localhost:{port}", session)
+            _, challenge = pkce_pair()
+            first = await browser.sign_in_and_authorize("carol", **code_request(challenge))
+            assert "code" in params_of(first.headers["Location"]), browser.last_html
+            second = await browser.authorize(**code_request(challenge))
+            assert params_of(second.headers["Location"])["error"] == "temporarily_unavailable"
+            await asyncio.sleep(1.3)  # the code window (1 s) is over; the sign-in window (900 s) is not
+            third = await browser.authorize(**code_request(challenge))
+            assert "code" in params_of(third.headers["Location"]), params_of(third.headers["Location"])
+
+
+def test_the_code_window_defaults_to_the_sign_in_window() -> None:
+    """Upgrading changes nothing: the code limit's window is 900 s as before, set on its own."""
+    fields = IdentitySettings.model_fields
+    assert fields["authorize_code_window_seconds"].default == fields["login_throttle_window_seconds"].default

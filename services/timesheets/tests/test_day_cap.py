@@ -7,10 +7,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+from svckit.contracts.timesheets import DAY_HOURS_LIMIT
 from svckit.identity import Identity
+from timesheets import daycap
 
 from testkit.client import Reply, SignedApi
 from testkit.fixtures import user
@@ -289,3 +294,58 @@ async def test_an_uploads_day_locks_take_no_room_in_the_servers_lock_table(db: a
         )
     assert set(totals.values()) == {0}
     assert buckets == 128
+
+
+# ---- one number, counted refusals --------------------------------------------------------------
+
+
+def refusals(source: str) -> float:
+    labels = {"reason": "day_hours_exceeded", "source": source}
+    return REGISTRY.get_sample_value("timesheets_refusals_total", labels) or 0.0
+
+
+async def test_day_limit_refusals_are_counted_by_reason_and_source(api: SignedApi) -> None:
+    """Operators see how often the cap refuses work (a client that keeps sending days past it, a
+    payroll import with a unit error) without reading logs: one count per refused request."""
+    alice = person()
+    assert (await create(api, alice, 24)).status == 201
+    api_before, upload_before = refusals("api"), refusals("upload")
+    assert_over_cap(await create(api, alice, 1), "24")
+    assert (refusals("api"), refusals("upload")) == (api_before + 1, upload_before)
+    client = batch_client()
+    subject = f"up-{uuid.uuid4().hex[:8]}"
+    over = {"entries": [row(subject, 20), row(subject, 8), row(subject, 8)]}  # two rows over: one request
+    reply = await api.call("POST", "/timesheets/upload", client, json=over)
+    assert reply.status == 422, reply.text
+    assert (refusals("api"), refusals("upload")) == (api_before + 1, upload_before + 1)
+
+
+async def test_the_contracts_number_is_the_only_one_the_service_enforces(
+    api: SignedApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is written once (``svckit.contracts.timesheets.DAY_HOURS_LIMIT``, what the API
+    documents): the database's check on a create takes it from the service rather than holding a
+    copy of its own, so a change of the number cannot leave the two paths (a create checked in
+    SQL, an upload in Python) enforcing different days."""
+    monkeypatch.setattr(daycap, "LIMIT", Decimal(8))
+    alice = person()
+    assert (await create(api, alice, 8)).status == 201
+    refused = await create(api, alice, 0.25)
+    assert refused.status == 422, refused.text
+    assert "at most 8 hours" in refused.body["detail"]
+    upload = {"entries": [row(person().subject, 8.25)]}
+    reply = await api.call("POST", "/timesheets/upload", batch_client(), json=upload)
+    assert reply.status == 422, reply.text
+    assert "past 8 hours" in reply.body["detail"]
+
+
+async def test_the_first_releases_day_check_still_agrees_with_the_contract(db: asyncpg.Connection) -> None:
+    """Migration 0005's ``admit_day_hours(text, text, date, numeric)`` held the number itself; no
+    code calls it since 0006 (the limit is an argument now), but while it stays in the schema it must
+    not disagree with the contract."""
+    who, day = f"legacy-{uuid.uuid4().hex[:8]}", dt.date.fromisoformat(DAY)
+    legacy = "SELECT admit_day_hours('i', $1, $2, $3::numeric)"
+    async with db.transaction():
+        assert await db.fetchval(legacy, who, day, DAY_HOURS_LIMIT) == DAY_HOURS_LIMIT
+        with pytest.raises(asyncpg.CheckViolationError):
+            await db.fetchval(legacy, who, day, Decimal(DAY_HOURS_LIMIT) + Decimal("0.25"))

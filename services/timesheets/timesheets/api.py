@@ -28,7 +28,7 @@ from svckit.responses import json_response, send_json
 
 from . import cursor, daycap, events, idempotency, store
 from .intake import read_entry
-from .metrics import entries_created, entries_deleted
+from .metrics import entries_created, entries_deleted, refusals
 from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
 
@@ -157,6 +157,7 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
         # The day is full (the key's claim rolled back with it: a 422 is not kept for replays).
         if not daycap.is_refusal(exc):
             raise
+        refusals.labels(daycap.ERROR_TYPE, "api").inc()
         raise daycap.refusal(exc, entry.date, entry.hours) from None
     events_committed(request)
     entries_created.labels("api").inc()
@@ -276,6 +277,7 @@ async def upload_entries(request: Request) -> Response:
         days = list({(row.user, row.date) for row in rows})  # locked in bucket order by the database
         over = daycap.row_errors(rows, await store.day_totals(conn, identity.issuer, days))
         if over:  # the days stay locked until this transaction ends: nothing can slip in meanwhile
+            refusals.labels(daycap.ERROR_TYPE, "upload").inc()
             raise validation_problem(
                 over[:MAX_ROW_ERRORS],
                 f"{len(over)} of {len(rows)} rows would take a day past {daycap.hours_text(daycap.LIMIT)} "

@@ -14,6 +14,11 @@ together. Only new writes are
 checked: a day already over the limit (data from before the rule) stays readable and deletable, and
 takes nothing more until it is under it.
 
+The number is written once, in the contract (``DAY_HOURS_LIMIT``, which the API documents), and read
+through :data:`LIMIT`: the upload's rows are compared with it here, and a create hands it to the
+database's ``admit_day_hours`` as an argument (migration 0006), which holds no copy of its own.
+Refusals are counted in ``timesheets_refusals_total{reason="day_hours_exceeded",source}``.
+
 The answer is the service's validation problem (422, ``errors[]``), type ``day_hours_exceeded`` on
 the ``hours`` field (``entries.N.hours`` in an upload), saying the day, the hours already recorded
 and the limit.

@@ -19,6 +19,7 @@ from svckit.contracts.timesheets import ApplyDecision, EntryIn, ListQuery, Uploa
 from svckit.db import Connection
 from svckit.outbox import event_parameters, with_enqueued
 
+from . import daycap
 from .cursor import Position
 
 Principal = tuple[str, str]
@@ -87,13 +88,15 @@ ORDER = "ORDER BY date DESC, created_at DESC, id DESC"
 
 
 #: A new entry and its audit event in one statement (``$10`` to ``$12``: the event's outbox values).
-#: The hours go in through ``admit_day_hours`` (migration 0005): under the owner's day lock it checks
-#: that the day keeps to :data:`svckit.contracts.timesheets.DAY_HOURS_LIMIT`, or fails the statement
-#: with the ``entries_day_hours`` check violation (``daycap.refusal``); no round trip of its own.
+#: The hours go in through ``admit_day_hours`` (migrations 0005, 0006): under the owner's day lock it
+#: checks that the day keeps to ``$13``, the limit (:data:`timesheets.daycap.LIMIT`, the contract's
+#: :data:`svckit.contracts.timesheets.DAY_HOURS_LIMIT`: the database holds no copy of the number), or
+#: fails the statement with the ``entries_day_hours`` check violation (``daycap.refusal``); no round
+#: trip of its own.
 CREATE_ENTRY = with_enqueued(
     f"""INSERT INTO entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
                              source, created_by_client)
-        VALUES ($1, $2, $3, $4, $5, $6, admit_day_hours($2, $3, $5, $7), $8, 'api', $9)
+        VALUES ($1, $2, $3, $4, $5, $6, admit_day_hours($2, $3, $5, $7, $13::numeric), $8, 'api', $9)
         RETURNING {COLUMNS}""",
     first=10,
 )
@@ -111,7 +114,7 @@ def create_arguments(
     """The parameters of :data:`CREATE_ENTRY`. ``entry_id`` is chosen by the caller, so that after a
     lost answer it knows what to look for; ``event`` (the creation's audit event, as the outbox's
     values: ``event_parameters`` of it, or ``svckit.contracts.audit.outbox_values``) goes to the
-    outbox in the same statement."""
+    outbox in the same statement; the day's limit last (read here, at each call, from ``daycap``)."""
     return (
         entry_id,
         owner[0],
@@ -123,6 +126,7 @@ def create_arguments(
         entry.notes,
         client_id,
         *event,
+        daycap.LIMIT,
     )
 
 
