@@ -69,7 +69,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     )
     revoker = Revoker(database, publisher)
     sessions = Sessions(database)
-    csrf = CsrfSigner(settings.session_secret)
+    csrf = CsrfSigner(settings.session_keys)
     throttle = LoginThrottle(
         redis,
         max_per_user=settings.login_max_failures_per_user,
@@ -88,7 +88,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         max_per_user=settings.authorize_max_codes_per_user,
         window_seconds=settings.login_throttle_window_seconds,
     )
-    proofs = settings.proof_verifier(settings.dpop_nonce_key)
+    proofs = settings.proof_verifier(settings.dpop_nonce_keys)
     # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable
     replays = ReplayGuard(redis, "identity-dpop-jti", proofs.window_seconds)
     protocol = ProtocolEndpoints(
