@@ -57,7 +57,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     http = HttpClient()
     relay = OutboxRelay.for_service(settings, database, SCHEMA, http)
     keys = KeyStore(
-        KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
+        KeyCipher(settings.key_encryption_keys), settings.signing_alg, settings.key_refresh_seconds
     )
     redis = RedisGuard.from_settings(settings)
     server = IdentityServer(Backend(settings, keys, database, IdTokenMinter(settings, keys)))

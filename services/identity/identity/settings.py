@@ -17,10 +17,7 @@ from svckit.settings import (
     DenialAuditSettings,
     OutboxSettings,
     RedisSettings,
-    decode_secret,
 )
-
-MIN_SECRET_BYTES = 32
 
 
 class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAuditSettings, OutboxSettings):
@@ -38,6 +35,8 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # OIDC_ISSUER: that is the gateway's list of trusted issuers, which may name others (Auth0) too.
     identity_issuer: str = "http://localhost:9000/"
     oidc_audience: str = "https://timesheets.abc.example/api"
+    # encrypts the private signing keys in the database. kid:secret[,kid:secret…] while it rotates
+    # (svckit.keyring: the first encrypts new signing keys, all decrypt), or one secret alone as before
     identity_key_encryption_key: str = Field(repr=False)
     # keys the CSRF tokens of the provider's forms and, derived from it, its DPoP nonces (not the
     # session cookies: random values looked up by digest). kid:secret[,kid:secret…] while it rotates
@@ -95,17 +94,10 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
             raise ValueError("must be the root of its host (https://id.example.com/), without a path")
         return value if value.endswith("/") else value + "/"
 
-    @field_validator("identity_key_encryption_key")
+    @field_validator("identity_key_encryption_key", "identity_session_secret")
     @classmethod
-    def _long_secret(cls, value: str) -> str:
-        if len(decode_secret(value)) < MIN_SECRET_BYTES:
-            raise ValueError(f"must hold at least {MIN_SECRET_BYTES} bytes (base64url or raw text)")
-        return value
-
-    @field_validator("identity_session_secret")
-    @classmethod
-    def _session_keys(cls, value: str) -> str:
-        KeyRing.parse(value)  # a ValueError naming no key material
+    def _key_ring(cls, value: str) -> str:
+        KeyRing.parse(value)  # a ValueError naming no key material; one secret: at least 32 bytes
         return value
 
     @property
@@ -123,8 +115,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
         )
 
     @property
-    def key_encryption_key(self) -> bytes:
-        return decode_secret(self.identity_key_encryption_key)
+    def key_encryption_keys(self) -> KeyRing:
+        """``IDENTITY_KEY_ENCRYPTION_KEY``'s keys: the first encrypts new signing keys, every one decrypts."""
+        return KeyRing.parse(self.identity_key_encryption_key)
 
     @property
     def session_keys(self) -> KeyRing:

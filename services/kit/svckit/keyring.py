@@ -89,15 +89,20 @@ class KeyRing:
         """A token made with the first key: its name in front of ``mac`` (none for an unnamed key)."""
         return f"{self.kid}{SEPARATOR}{mac}" if self.kid else mac
 
+    def keys_for(self, kid: str | None) -> tuple[bytes, ...]:
+        """The keys that may have made something named ``kid`` (``None``: unnamed): the key of that
+        name; for no name every key; for a name this ring has no key of, an unnamed key only."""
+        if kid is None:
+            return tuple(key for _, key in self.keys)
+        found = tuple(key for name, key in self.keys if name == kid)
+        return found or tuple(key for name, key in self.keys if not name)
+
     def candidates(self, token: str) -> tuple[str, tuple[bytes, ...]]:
         """The MAC part of ``token`` and the keys that may have made it (see the module docstring)."""
         kid, separator, mac = token.rpartition(SEPARATOR)
         if not separator:
-            return token, tuple(key for _, key in self.keys)
-        found = tuple(key for name, key in self.keys if name == kid)
-        if found:
-            return mac, found
-        return mac, tuple(key for name, key in self.keys if not name)
+            return token, self.keys_for(None)
+        return mac, self.keys_for(kid)
 
     def verify(self, token: str, mac_of: Callable[[bytes], bytes]) -> bool:
         """Whether ``token`` is ``named(mac)`` for some key that may have made it, ``mac_of(key)`` being
