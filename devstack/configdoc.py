@@ -100,7 +100,10 @@ MEANINGS = {
     "spa_audience": "the audience the SPA asks for (default: `OIDC_AUDIENCE`)",
     "spa_auth_flow": "`code` (Authorization Code + PKCE) or `implicit`",
     "spa_scopes": "scopes the SPA requests",
-    "identity_key_encryption_key": "encrypts the provider's private signing keys at rest",
+    "identity_key_encryption_key": (
+        "encrypts the provider's private signing keys at rest: one secret, or `kid:secret[,kid:secret…]` "
+        "while it rotates, the first encrypting new keys, every one decrypting"
+    ),
     "identity_session_secret": (
         "keys the provider's CSRF tokens and DPoP nonces (not its session cookies): one secret, or "
         "`kid:secret[,kid:secret…]` while it rotates, the first signing, every one verifying"

@@ -23,8 +23,16 @@ from tests.packaging.fakeapi import FakeApiServer, fake_api
 from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, deep_merge, parse_manifests
 from tests.packaging.test_policies import env_of
 
-KEYS = {"identitySessionSecret": "identity-session-secret", "dpopNonceSecret": "dpop-nonce-secret"}
-READERS = {"identitySessionSecret": "identity", "dpopNonceSecret": "gateway"}
+KEYS = {
+    "identitySessionSecret": "identity-session-secret",
+    "dpopNonceSecret": "dpop-nonce-secret",
+    "identityKeyEncryptionKey": "identity-key-encryption-key",
+}
+READERS = {
+    "identitySessionSecret": "identity",
+    "dpopNonceSecret": "gateway",
+    "identityKeyEncryptionKey": "identity",
+}
 BASE = deep_merge(SCENARIOS["values-dev.yaml"], {"gateway": {"dpop": {"nonces": True}}})
 #: what a release of before generated: one secret, no key id
 BEFORE = "S" * 48
@@ -90,28 +98,32 @@ def test_add_promote_drop_rotates_the_key_one_upgrade_at_a_time(api: FakeApiServ
     assert rings[1].keys[0][1] == rings[0].key  # the key of before, named: what it made stays valid
     assert rings[3].key == rings[1].keys[1][1]
     assert rings[5].key == rings[3].key
-    assert annotations == ["add", "add", "promote", "promote", "drop", "drop", None]  # each step rolls
+    # each step rolls the pods that read the key
+    assert annotations == [*(f"{name}={step}" for step in steps[:-1]), None]
     # every other generated value is kept
-    other = "identity-key-encryption-key"
+    other = "batch-client-secret"
     objects = upgrade(api, {**live, other: "K" * 48}, {name: "add"})
     assert secret_data(objects)[other] == "K" * 48
     # the next rotation goes on numbering
     assert KeyRing.parse(secret_data(objects)[key]).kids == ("k2", "k3")
 
 
-def test_the_rotated_session_secret_is_what_the_provider_reads(api: FakeApiServer) -> None:
-    live = {"identity-session-secret": BEFORE}
+@pytest.mark.parametrize("name", ["identitySessionSecret", "identityKeyEncryptionKey"])
+def test_the_rotated_keys_are_what_the_provider_reads(api: FakeApiServer, name: str) -> None:
+    live = {KEYS[name]: BEFORE}
     for step in ("add", "promote", "drop"):
-        live = secret_data(upgrade(api, live, {"identitySessionSecret": step}))
+        live = secret_data(upgrade(api, live, {name: step}))
         settings = IdentitySettings(
-            identity_key_encryption_key="K" * 48, identity_session_secret=live["identity-session-secret"]
+            identity_key_encryption_key=live["identity-key-encryption-key"],
+            identity_session_secret=live["identity-session-secret"],
         )
+        assert settings.key_encryption_keys.kids
         assert settings.session_keys.kids
 
 
 def test_only_the_reader_of_the_rotated_key_rolls(api: FakeApiServer) -> None:
     objects = upgrade(api, {"identity-session-secret": BEFORE}, {"identitySessionSecret": "add"})
-    assert pod_annotations(objects, "identity")["timesheets/key-rotation-step"] == "add"
+    assert pod_annotations(objects, "identity")["timesheets/key-rotation-step"] == "identitySessionSecret=add"
     for component in ("gateway", "timesheets", "approvals", "audit"):
         assert "timesheets/key-rotation-step" not in pod_annotations(objects, component)
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
