@@ -85,7 +85,10 @@ MEANINGS = {
         "how long a DPoP nonce is handed out (it is accepted for twice that, and up to "
         "`DPOP_LEEWAY_SECONDS` either side: replicas' clocks differ)"
     ),
-    "dpop_nonce_secret": "key of the gateway's DPoP nonces (equal on every replica; for `DPOP_NONCES`)",
+    "dpop_nonce_secret": (
+        "key of the gateway's DPoP nonces (equal on every replica; for `DPOP_NONCES`): one secret, or "
+        "`kid:secret[,kid:secret…]` while it rotates, the first making nonces, every one taking them"
+    ),
     "gateway_cache_secret": (
         "key of the MAC over the key sets the gateway caches in Redis (a second line behind its ACL): "
         "equal on every replica; unset, each process draws its own and replicas do not share copies"
@@ -97,8 +100,14 @@ MEANINGS = {
     "spa_audience": "the audience the SPA asks for (default: `OIDC_AUDIENCE`)",
     "spa_auth_flow": "`code` (Authorization Code + PKCE) or `implicit`",
     "spa_scopes": "scopes the SPA requests",
-    "identity_key_encryption_key": "encrypts the provider's private signing keys at rest",
-    "identity_session_secret": "signs the provider's session cookies and CSRF tokens",
+    "identity_key_encryption_key": (
+        "encrypts the provider's private signing keys at rest: one secret, or `kid:secret[,kid:secret…]` "
+        "while it rotates, the first encrypting new keys, every one decrypting"
+    ),
+    "identity_session_secret": (
+        "keys the provider's CSRF tokens and DPoP nonces (not its session cookies): one secret, or "
+        "`kid:secret[,kid:secret…]` while it rotates, the first signing, every one verifying"
+    ),
     "demo_password": "password of the seeded demo users",
     "batch_client_secret": "secret of the seeded `timesheets-batch` client",
     "access_token_ttl_seconds": "access token lifetime",

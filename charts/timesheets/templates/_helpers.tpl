@@ -171,6 +171,65 @@ provider's pair with audit (its denials' outbox relay) only when it runs (identi
 {{- default (include "timesheets.generatedSecretName" .) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/*
+The value of a generated key ring (svckit.keyring: kid:secret[,kid:secret…], the first one signs,
+every one verifies) after one step of its rotation (secrets.rotation.*; docs/runbook.md): "" the
+current value unchanged; "add" a fresh key named k<N+1> appended, verifying only (none while one is
+waiting there already: every later render is the same); "promote" the key with the highest k<N>
+first; "drop" the first key alone. An unnamed single secret (what the chart generated before) is
+named k1 by any step: the same key, so what it made stays valid on every pod.
+Call with (dict "current" <plain text> "step" <step> "fresh" <a new secret> "what" <values path>).
+*/}}
+{{- define "timesheets.rotatedKeys" -}}
+{{- if not .step -}}
+{{- .current -}}
+{{- else -}}
+{{- $entries := list -}}
+{{- range $e := splitList "," .current -}}
+{{- if trim $e -}}
+{{- $entries = append $entries (trim $e) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq (len $entries) 1) (not (contains ":" (first $entries))) -}}
+{{- $entries = list (printf "k1:%s" (first $entries)) -}}
+{{- end -}}
+{{- $newest := "" -}}
+{{- $max := 0 -}}
+{{- range $e := $entries -}}
+{{- $kid := splitList ":" $e | first -}}
+{{- if regexMatch "^k[0-9]+$" $kid -}}
+{{- $n := trimPrefix "k" $kid | atoi -}}
+{{- if gt $n $max -}}
+{{- $max = $n -}}
+{{- $newest = $e -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .step "add" -}}
+{{- if eq (len $entries) 1 -}}
+{{- $entries = append $entries (printf "k%d:%s" (add1 $max) .fresh) -}}
+{{- end -}}
+{{- else if eq .step "promote" -}}
+{{- if not $newest -}}
+{{- fail (printf "%s=promote: no key is named k<N> (the names this chart gives); change the keys in the Secret yourself (docs/runbook.md)" .what) -}}
+{{- end -}}
+{{- $entries = prepend (without $entries $newest) $newest -}}
+{{- else if eq .step "drop" -}}
+{{- $entries = list (first $entries) -}}
+{{- end -}}
+{{- join "," $entries -}}
+{{- end -}}
+{{- end -}}
+
+{{/* secrets.rotation steps a Secret given by reference: refused (the chart cannot change it). */}}
+{{- define "timesheets.checkRotation" -}}
+{{- range $name, $step := .Values.secrets.rotation | default dict -}}
+{{- if and $step $.Values.secrets.existingSecret -}}
+{{- fail (printf "secrets.rotation.%s: the chart rotates the keys of the Secret it generates; with secrets.existingSecret write kid:secret[,kid:secret] into %s yourself (docs/runbook.md)" $name $.Values.secrets.existingSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* True when the chart must generate a Secret (something is not provided by reference). */}}
 {{- define "timesheets.needsGeneratedSecret" -}}
 {{- $roles := .Values.databaseRoles -}}

@@ -134,7 +134,7 @@ class Gateway:
         for service in self.pools:  # exported from the start, so rate() and alerts see a zero, not a gap
             metrics.upstream_pool_waits.labels(service)
         request_metrics = self.request_metrics = metrics.RequestMetrics()
-        proofs = settings.proof_verifier(settings.dpop_nonce_key, clock)
+        proofs = settings.proof_verifier(settings.dpop_nonce_keys, clock)
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 from svckit.dpop import DpopSettings
+from svckit.keyring import KeyRing
 from svckit.proxies import parse_networks
 from svckit.settings import CsvList, DenialAuditSettings, RedisSettings, decode_secret
 
@@ -62,7 +63,9 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     # "required": bearer tokens are refused, every request needs a DPoP-bound token and its proof;
     # "allowed": both. The default for every issuer; GATEWAY_ISSUERS_FILE and routes.yaml may require.
     dpop_policy: Literal["allowed", "required"] = "allowed"
-    # the key of the stateless DPoP-Nonce values (DPOP_NONCES=true): equal on every gateway replica
+    # the key of the stateless DPoP-Nonce values (DPOP_NONCES=true): equal on every gateway replica.
+    # kid:secret[,kid:secret…] while it rotates (svckit.keyring: the first makes nonces, all check
+    # them), or one secret alone as before
     dpop_nonce_secret: str = Field(default="", repr=False)
 
     # --- JWKS caching -------------------------------------------------------------------------
@@ -174,13 +177,22 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
 
     @model_validator(mode="after")
     def _nonce_secret(self) -> GatewaySettings:
-        if self.dpop_nonces and len(decode_secret(self.dpop_nonce_secret or "")) < 32:
-            raise ValueError("DPOP_NONCES needs DPOP_NONCE_SECRET (at least 32 bytes, base64url or raw text)")
+        if self.dpop_nonces and not self.dpop_nonce_secret.strip():
+            raise ValueError(
+                "DPOP_NONCES needs DPOP_NONCE_SECRET (at least 32 bytes, base64url or raw text; "
+                "kid:secret[,kid:secret...] while it rotates)"
+            )
+        if self.dpop_nonces:
+            try:
+                KeyRing.parse(self.dpop_nonce_secret)
+            except ValueError as exc:
+                raise ValueError(f"DPOP_NONCE_SECRET {exc}") from None
         return self
 
     @property
-    def dpop_nonce_key(self) -> bytes | None:
-        return decode_secret(self.dpop_nonce_secret) if self.dpop_nonce_secret else None
+    def dpop_nonce_keys(self) -> KeyRing | None:
+        """The nonce keys (the first makes nonces, every one checks them); None without DPOP_NONCES."""
+        return KeyRing.parse(self.dpop_nonce_secret) if self.dpop_nonces else None
 
     @model_validator(mode="after")
     def _cache_secret(self) -> GatewaySettings:

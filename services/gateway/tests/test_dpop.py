@@ -320,6 +320,82 @@ async def test_a_nonce_from_a_replica_ahead_is_taken_by_one_behind(
         assert status == 200, body
 
 
+# --- nonces while DPOP_NONCE_SECRET rotates (docs/runbook.md, "Rotate the DPoP nonce key") --------
+
+OLD_NONCE_KEY = "o" * 40
+NEW_NONCE_KEY = "N" * 40
+#: the values of DPOP_NONCE_SECRET through a rotation, in order: one key as earlier releases take it
+#: (no key id); the same key named, the new one added to verify only; the new one first; the old dropped
+ROTATION = [
+    OLD_NONCE_KEY,
+    f"old:{OLD_NONCE_KEY},new:{NEW_NONCE_KEY}",
+    f"new:{NEW_NONCE_KEY},old:{OLD_NONCE_KEY}",
+    f"new:{NEW_NONCE_KEY}",
+]
+
+
+async def handed_out(http: aiohttp.ClientSession, gateway: str, token: str, key: DpopKey) -> str:
+    """The nonce a gateway hands a client whose proof has none."""
+    url = f"{gateway}{ROUTE}"
+    headers = expect_refused(
+        await dpop_call(http, "GET", url, token, key.proof("GET", url, access_token=token)),
+        "dpop_nonce",
+        "use_dpop_nonce",
+    )
+    nonce: str = headers["DPoP-Nonce"]
+    return nonce
+
+
+async def takes(http: aiohttp.ClientSession, gateway: str, token: str, key: DpopKey, nonce: str) -> bool:
+    """Whether a gateway takes a proof carrying ``nonce`` (else it answers use_dpop_nonce)."""
+    url = f"{gateway}{ROUTE}"
+    result = await dpop_call(http, "GET", url, token, key.proof("GET", url, access_token=token, nonce=nonce))
+    if result[0] == 200:
+        return True
+    expect_refused(result, "dpop_nonce", "use_dpop_nonce")
+    return False
+
+
+@pytest.mark.parametrize("step", [1, 2, 3], ids=["new-key-added", "new-key-first", "old-key-dropped"])
+async def test_nonces_cross_between_the_old_and_new_pods_of_each_rotation_step(
+    http: aiohttp.ClientSession, start_gateway: StartGateway, provider: Provider, key: DpopKey, step: int
+) -> None:
+    """While a rotation step rolls, pods of the step before and of this step serve side by side and a
+    client's requests bounce between them: a nonce handed out by either must be taken by the other.
+    With one key only, every rotation refused the nonces of the pods on the other secret (the client
+    was told use_dpop_nonce again, and again when its retry reached the other kind of pod)."""
+    token = bound_token(provider, key)
+    settings = {"dpop_nonces": True, "dpop_nonce_seconds": 3600}
+    async with (
+        start_gateway(dpop_nonce_secret=ROTATION[step - 1], **settings) as before,
+        start_gateway(dpop_nonce_secret=ROTATION[step], **settings) as after,
+    ):
+        for minter, checker in ((before, after), (after, before)):
+            nonce = await handed_out(http, minter, token, key)
+            assert await takes(http, checker, token, key, nonce), (minter == before, ROTATION[step])
+
+
+async def test_the_old_keys_nonces_are_refused_once_it_is_dropped(
+    http: aiohttp.ClientSession, start_gateway: StartGateway, provider: Provider, key: DpopKey
+) -> None:
+    """After the rotation, nonces the old key made (named, or from the single value of before) are
+    refused; and a new key put first in one step, without the pods first given it to verify, is
+    refused by the pods still on the old key alone: why the runbook rotates in two rollouts."""
+    token = bound_token(provider, key)
+    settings = {"dpop_nonces": True, "dpop_nonce_seconds": 3600}
+    async with (
+        start_gateway(dpop_nonce_secret=ROTATION[0], **settings) as unnamed_old,
+        start_gateway(dpop_nonce_secret=ROTATION[1], **settings) as named_old,
+        start_gateway(dpop_nonce_secret=ROTATION[2], **settings) as new_first,
+        start_gateway(dpop_nonce_secret=ROTATION[3], **settings) as new_only,
+    ):
+        for old in (unnamed_old, named_old):
+            nonce = await handed_out(http, old, token, key)
+            assert await takes(http, new_first, token, key, nonce)  # still verified
+            assert not await takes(http, new_only, token, key, nonce)  # dropped
+        assert not await takes(http, unnamed_old, token, key, await handed_out(http, new_first, token, key))
+
+
 # --- policy --------------------------------------------------------------------------------------
 
 

@@ -65,3 +65,23 @@ def test_issuers_file_may_only_refine_trusted_issuers(tmp_path: Path) -> None:
     path.write_text('issuers:\n  "http://localhost:9000/": {scope_claims: [roles]}\n')
     with pytest.raises(IssuerConfigError, match="unknown scope claims"):
         load_issuers(settings)
+
+
+def test_the_dpop_nonce_secret_is_one_secret_or_named_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """DPOP_NONCE_SECRET reads like the other multi-key settings while it rotates (svckit.keyring):
+    one secret alone as before, or kid:secret[,kid:secret…], the first making nonces."""
+    on = {**KEYS, "DPOP_NONCES": "true"}
+    single = load_settings(GatewaySettings, env={**on, "DPOP_NONCE_SECRET": "n" * 40})
+    assert single.dpop_nonce_keys is not None
+    assert single.dpop_nonce_keys.kids == ("",)
+    ring = load_settings(GatewaySettings, env={**on, "DPOP_NONCE_SECRET": f"new:{'b' * 40},old:{'a' * 40}"})
+    assert ring.dpop_nonce_keys is not None
+    assert ring.dpop_nonce_keys.kids == ("new", "old")
+    assert load_settings(GatewaySettings, env={**KEYS, "DPOP_NONCE_SECRET": "n" * 40}).dpop_nonce_keys is None
+    for value in ("", "short", f"{'a' * 40},{'b' * 40}", f"new:{'b' * 40},old:short-secret"):
+        with pytest.raises(SettingsError):
+            load_settings(GatewaySettings, env={**on, "DPOP_NONCE_SECRET": value})
+        err = capsys.readouterr().err
+        assert "DPOP_NONCE_SECRET" in err
+        assert ("a" * 40) not in err
+        assert "short-secret" not in err

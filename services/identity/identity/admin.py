@@ -73,7 +73,7 @@ def rotate(settings: IdentitySettings, args: list[str]) -> int:
         kid, starts = await rotate_keys(
             conn,
             parsed.alg,
-            KeyCipher(settings.key_encryption_key),
+            KeyCipher(settings.key_encryption_keys),
             grace_seconds=parsed.grace_seconds,
             max_token_ttl_seconds=settings.max_token_ttl_seconds,
         )

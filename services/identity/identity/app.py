@@ -57,7 +57,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     http = HttpClient()
     relay = OutboxRelay.for_service(settings, database, SCHEMA, http)
     keys = KeyStore(
-        KeyCipher(settings.key_encryption_key), settings.signing_alg, settings.key_refresh_seconds
+        KeyCipher(settings.key_encryption_keys), settings.signing_alg, settings.key_refresh_seconds
     )
     redis = RedisGuard.from_settings(settings)
     server = IdentityServer(Backend(settings, keys, database, IdTokenMinter(settings, keys)))
@@ -69,7 +69,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     )
     revoker = Revoker(database, publisher)
     sessions = Sessions(database)
-    csrf = CsrfSigner(settings.session_secret)
+    csrf = CsrfSigner(settings.session_keys)
     throttle = LoginThrottle(
         redis,
         max_per_user=settings.login_max_failures_per_user,
@@ -88,7 +88,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         max_per_user=settings.authorize_max_codes_per_user,
         window_seconds=settings.authorize_code_window_seconds,
     )
-    proofs = settings.proof_verifier(settings.dpop_nonce_key)
+    proofs = settings.proof_verifier(settings.dpop_nonce_keys)
     # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable
     replays = ReplayGuard(redis, "identity-dpop-jti", proofs.window_seconds)
     protocol = ProtocolEndpoints(

@@ -5,6 +5,9 @@
 * CSRF: signed double-submit. A random value sits in its own HttpOnly cookie; forms carry
   HMAC(IDENTITY_SESSION_SECRET, purpose, value). A cross-site page can neither read the cookie nor
   compute the HMAC, and SameSite=Lax keeps the cookie off cross-site POSTs in the first place.
+  The secret is a key ring (:mod:`svckit.keyring`) so that it rotates while the pods roll: a form
+  rendered by a pod on one configuration is posted to a pod on the other, so the first key makes the
+  tokens (``<kid>.<mac>``; an unnamed single key as before, ``<mac>``) and every key checks them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
+from svckit.keyring import KeyRing
 from svckit.proxies import Network, forwarded_client
 
 SESSION_COOKIE = "tsp_idp_session"
@@ -34,17 +38,22 @@ def new_token() -> str:
 
 
 class CsrfSigner:
-    def __init__(self, secret: bytes) -> None:
-        self._key = hashlib.sha256(b"tsp-identity-csrf-v1" + secret).digest()
+    def __init__(self, secret: bytes | KeyRing) -> None:
+        ring = secret if isinstance(secret, KeyRing) else KeyRing.single(secret)
+        self._ring = ring.derive(lambda key: hashlib.sha256(b"tsp-identity-csrf-v1" + key).digest())
+
+    @staticmethod
+    def _mac(key: bytes, cookie_value: str, purpose: str) -> bytes:
+        mac = hmac.new(key, f"{purpose}\n{cookie_value}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=")
 
     def token(self, cookie_value: str, purpose: str) -> str:
-        mac = hmac.new(self._key, f"{purpose}\n{cookie_value}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        return self._ring.named(self._mac(self._ring.key, cookie_value, purpose).decode())
 
     def verify(self, cookie_value: str | None, purpose: str, submitted: str | None) -> bool:
         if not cookie_value or not submitted:
             return False
-        return hmac.compare_digest(self.token(cookie_value, purpose), submitted)
+        return self._ring.verify(submitted, lambda key: self._mac(key, cookie_value, purpose))
 
 
 def csrf_cookie_value(request: Request) -> tuple[str, bool]:

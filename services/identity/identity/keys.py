@@ -20,10 +20,12 @@ from typing import Any
 
 import asyncpg
 import jwt
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from svckit.keyring import KeyRing
 
 SUPPORTED_ALGS = ("RS256", "ES256")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -35,25 +37,58 @@ class KeyEncryptionError(RuntimeError):
 
 
 class KeyCipher:
-    """AES-256-GCM with a key derived from the environment secret; nonce is stored with the data."""
+    """AES-256-GCM with keys derived from the environment secret; nonce is stored with the data.
 
-    def __init__(self, secret: bytes) -> None:
-        derived = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"tsp-identity-signing-keys-v1"
-        ).derive(secret)
-        self._aead = AESGCM(derived)
+    ``IDENTITY_KEY_ENCRYPTION_KEY`` is a key ring (:mod:`svckit.keyring`) so that it can rotate: the
+    first key encrypts new signing keys, every key decrypts. A blob encrypted with a named key says
+    which (``MAGIC``, the name's length and the name before the nonce), so decryption tries that key
+    only; one encrypted with an unnamed key (a single value, as in earlier releases) is exactly the
+    format of before (nonce and ciphertext), which every key is tried on. A signing key is decrypted
+    while it is published, so the old encryption key may go once every key it encrypted is retired
+    and unpublished (``rotate-keys``, then the publication's end: docs/runbook.md).
+    """
+
+    #: before a named key's blob: no legacy blob's random nonce starts with it in practice (2^-64), and
+    #: a blob that does is still tried the legacy way when the named way fails
+    MAGIC = b"\x00tspkek\x01"
+
+    def __init__(self, secret: bytes | KeyRing) -> None:
+        ring = secret if isinstance(secret, KeyRing) else KeyRing.single(secret)
+        self._ring = ring.derive(
+            lambda key: HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"tsp-identity-signing-keys-v1"
+            ).derive(key)
+        )
 
     def encrypt(self, plaintext: bytes, kid: str) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+        sealed = nonce + AESGCM(self._ring.key).encrypt(nonce, plaintext, kid.encode())
+        name = self._ring.kid.encode()
+        return self.MAGIC + bytes([len(name)]) + name + sealed if name else sealed
 
     def decrypt(self, blob: bytes, kid: str) -> bytes:
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
-        except Exception as exc:
-            raise KeyEncryptionError(
-                f"cannot decrypt signing key {kid!r}: IDENTITY_KEY_ENCRYPTION_KEY does not match"
-            ) from exc
+        for sealed, keys in self._readings(blob):
+            for key in keys:
+                try:
+                    return AESGCM(key).decrypt(sealed[:12], sealed[12:], kid.encode())
+                except (InvalidTag, ValueError):
+                    continue  # the next key, or the error below
+        raise KeyEncryptionError(
+            f"cannot decrypt signing key {kid!r}: IDENTITY_KEY_ENCRYPTION_KEY does not match (none of its "
+            "keys encrypted it)"
+        )
+
+    def _readings(self, blob: bytes) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """The ways to read ``blob``: as a named key's (that key), then as a legacy one (every key)."""
+        everything = tuple(key for _, key in self._ring.keys)
+        readings: list[tuple[bytes, tuple[bytes, ...]]] = []
+        if blob.startswith(self.MAGIC) and len(blob) > len(self.MAGIC):
+            size = blob[len(self.MAGIC)]
+            start = len(self.MAGIC) + 1
+            name = blob[start : start + size].decode("ascii", "replace")
+            readings.append((blob[start + size :], self._ring.keys_for(name)))
+        readings.append((blob, everything))
+        return readings
 
 
 def generate_private_key(alg: str) -> PrivateKey:

@@ -113,7 +113,7 @@ def seed(settings: IdentitySettings, args: list[str]) -> int:
             batch_hash = await _keep_or_hash_client(conn, "timesheets-batch", settings.batch_client_secret)
             for client in demo_clients(batch_hash):
                 await store.upsert_client(conn, client)
-        kid = await ensure_signing_key(conn, settings.signing_alg, KeyCipher(settings.key_encryption_key))
+        kid = await ensure_signing_key(conn, settings.signing_alg, KeyCipher(settings.key_encryption_keys))
         print("seeded users alice (employee), bob (manager), carol (auditor)")
         print("seeded clients timesheets-spa, partner-spa, timesheets-batch")
         if kid:

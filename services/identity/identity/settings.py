@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from svckit.dpop import DpopSettings
+from svckit.keyring import KeyRing
 from svckit.proxies import Network, parse_networks
 from svckit.settings import (
     CsvList,
@@ -16,10 +17,7 @@ from svckit.settings import (
     DenialAuditSettings,
     OutboxSettings,
     RedisSettings,
-    decode_secret,
 )
-
-MIN_SECRET_BYTES = 32
 
 
 class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAuditSettings, OutboxSettings):
@@ -37,7 +35,12 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # OIDC_ISSUER: that is the gateway's list of trusted issuers, which may name others (Auth0) too.
     identity_issuer: str = "http://localhost:9000/"
     oidc_audience: str = "https://timesheets.abc.example/api"
+    # encrypts the private signing keys in the database. kid:secret[,kid:secret…] while it rotates
+    # (svckit.keyring: the first encrypts new signing keys, all decrypt), or one secret alone as before
     identity_key_encryption_key: str = Field(repr=False)
+    # keys the CSRF tokens of the provider's forms and, derived from it, its DPoP nonces (not the
+    # session cookies: random values looked up by digest). kid:secret[,kid:secret…] while it rotates
+    # (svckit.keyring: the first makes tokens, all check them), or one secret alone as before
     identity_session_secret: str = Field(repr=False)
     identity_cookie_secure: bool | None = None
     identity_allow_insecure_http: bool = False
@@ -96,9 +99,8 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
 
     @field_validator("identity_key_encryption_key", "identity_session_secret")
     @classmethod
-    def _long_secret(cls, value: str) -> str:
-        if len(decode_secret(value)) < MIN_SECRET_BYTES:
-            raise ValueError(f"must hold at least {MIN_SECRET_BYTES} bytes (base64url or raw text)")
+    def _key_ring(cls, value: str) -> str:
+        KeyRing.parse(value)  # a ValueError naming no key material; one secret: at least 32 bytes
         return value
 
     @property
@@ -108,17 +110,22 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
         return self.identity_issuer.startswith("https://")
 
     @property
-    def dpop_nonce_key(self) -> bytes:
-        """The DPoP nonces' key, derived from the session secret (shared by every replica already)."""
-        return hmac.new(self.session_secret, b"tsp-identity-dpop-nonces", hashlib.sha256).digest()
+    def dpop_nonce_keys(self) -> KeyRing:
+        """The DPoP nonces' keys, derived from the session keys (shared by every replica already, and
+        rotated with them: the same names, the first makes nonces)."""
+        return self.session_keys.derive(
+            lambda key: hmac.new(key, b"tsp-identity-dpop-nonces", hashlib.sha256).digest()
+        )
 
     @property
-    def key_encryption_key(self) -> bytes:
-        return decode_secret(self.identity_key_encryption_key)
+    def key_encryption_keys(self) -> KeyRing:
+        """``IDENTITY_KEY_ENCRYPTION_KEY``'s keys: the first encrypts new signing keys, every one decrypts."""
+        return KeyRing.parse(self.identity_key_encryption_key)
 
     @property
-    def session_secret(self) -> bytes:
-        return decode_secret(self.identity_session_secret)
+    def session_keys(self) -> KeyRing:
+        """``IDENTITY_SESSION_SECRET``'s keys: the first makes CSRF tokens and nonces, every one checks."""
+        return KeyRing.parse(self.identity_session_secret)
 
     def url(self, path: str) -> str:
         """An absolute URL on this issuer (``path`` without a leading slash)."""

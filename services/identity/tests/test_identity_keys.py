@@ -47,7 +47,7 @@ async def test_private_keys_are_encrypted_at_rest(db: asyncpg.Connection, seeded
         assert b"PRIVATE KEY" not in blob
         assert "d" not in json.loads(row["public_jwk"])
     settings = load_settings(IdentitySettings, env=seeded)
-    loaded = await keymod.load_keys(db, keymod.KeyCipher(settings.key_encryption_key))
+    loaded = await keymod.load_keys(db, keymod.KeyCipher(settings.key_encryption_keys))
     assert {k.kid for k in loaded} >= {rows[0]["kid"]}
     with pytest.raises(keymod.KeyEncryptionError, match="IDENTITY_KEY_ENCRYPTION_KEY"):
         await keymod.load_keys(db, keymod.KeyCipher(secrets.token_bytes(32)))

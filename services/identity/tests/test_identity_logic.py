@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from datetime import UTC, datetime
 
 import jwt
 import pytest
 from identity.authorize import LOGIN_AFTER, login_after
+from identity.browser import CsrfSigner
 from identity.keys import KeyCipher, SigningKey, generate_private_key, jwk_thumbprint_kid, public_jwk
 from identity.keystore import KeyStore
 from identity.models import Client, SignedInUser, User
 from identity.settings import IdentitySettings
 from identity.tokens import IdTokenMinter, InvalidIdTokenHint, half_hash, verify_id_token_hint
+from svckit.keyring import KeyRing
 from svckit.settings import load_settings
 
 pytestmark = pytest.mark.unit
@@ -118,3 +121,46 @@ def test_prompt_login_and_max_age_bound_the_sign_in_time() -> None:
     assert login_after([("max_age", "300"), (LOGIN_AFTER, "999999.5")], now) == 999_999.5
     assert login_after([(LOGIN_AFTER, "junk")], now) == now, "unreadable: the strictest bound"
     assert login_after([("max_age", "-5")], now) is None, "not a number of seconds: ignored as before"
+
+
+# --- CSRF tokens while IDENTITY_SESSION_SECRET rotates (svckit.keyring) ------------------------------
+
+
+def test_csrf_tokens_of_a_single_secret_are_those_of_earlier_releases() -> None:
+    """One secret without a key id makes the tokens earlier releases made and took, so pods of the
+    release before and of this one accept each other's forms while an upgrade rolls."""
+    secret = secrets.token_bytes(32)
+    key = hashlib.sha256(b"tsp-identity-csrf-v1" + secret).digest()
+    before = base64.urlsafe_b64encode(hmac.new(key, b"login\ncookie", hashlib.sha256).digest()).rstrip(b"=")
+    signer = CsrfSigner(KeyRing.single(secret))
+    assert signer.token("cookie", "login") == before.decode()
+    assert signer.verify("cookie", "login", before.decode())
+
+
+def test_csrf_tokens_are_made_with_the_first_key_and_checked_with_each() -> None:
+    old, new = "o" * 40, "n" * 40
+    adding, first, after = (
+        CsrfSigner(KeyRing.parse(value))
+        for value in (f"old:{old},new:{new}", f"new:{new},old:{old}", f"new:{new}")
+    )
+    made = adding.token("cookie", "consent")
+    assert made.startswith("old.")
+    assert first.verify("cookie", "consent", made)
+    assert adding.verify("cookie", "consent", first.token("cookie", "consent"))
+    assert not after.verify("cookie", "consent", made)  # the old key dropped
+    assert not first.verify("cookie", "login", made)  # bound to its purpose and cookie as before
+    assert not first.verify("other", "consent", made)
+
+
+def test_the_session_secret_reads_as_a_key_ring() -> None:
+    def read(value: str) -> IdentitySettings:
+        return IdentitySettings(identity_key_encryption_key="k" * 40, identity_session_secret=value)
+
+    assert read("s" * 40).session_keys.kids == ("",)
+    ring = read(f"b:{'b' * 40},a:{'a' * 40}").session_keys
+    assert ring.kids == ("b", "a")
+    nonces = read(f"b:{'b' * 40},a:{'a' * 40}").dpop_nonce_keys
+    assert nonces.kids == ("b", "a")
+    assert nonces.key != ring.key  # a key of its own, derived
+    with pytest.raises(ValueError, match="must each be named"):
+        read(f"{'a' * 40},{'b' * 40}")

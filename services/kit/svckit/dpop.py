@@ -64,6 +64,7 @@ from pydantic import Field, field_validator
 
 from .body import NotAccepted, parse_json
 from .clock import SYSTEM_CLOCK, Clock
+from .keyring import KeyRing
 from .redisguard import RedisGuard
 from .settings import CsvList, ServiceSettings
 
@@ -152,7 +153,9 @@ class DpopSettings(ServiceSettings):
             )
         return value
 
-    def proof_verifier(self, nonce_secret: bytes | None, clock: Clock = SYSTEM_CLOCK) -> ProofVerifier:
+    def proof_verifier(
+        self, nonce_secret: bytes | KeyRing | None, clock: Clock = SYSTEM_CLOCK
+    ) -> ProofVerifier:
         nonces = (
             NonceSource(nonce_secret, self.dpop_nonce_seconds, clock, skew_seconds=self.dpop_leeway_seconds)
             if self.dpop_nonces and nonce_secret
@@ -276,44 +279,57 @@ class NonceSource:
     would take it: up to ``skew_seconds`` before its window begins here, and that much after the next
     one ends. Without it the replica behind refused the nonce the one ahead had just handed out, and
     a client's retry reaching a third replica further behind was refused again.
+
+    The secret rotates the same way while pods roll (``DPOP_NONCE_SECRET`` as a
+    :class:`~svckit.keyring.KeyRing`): the first key makes the nonces, named ``<kid>.<mac>`` (a single
+    unnamed key makes them as before, unnamed), and every key of the ring checks them, so a nonce from
+    a pod that already makes them with the new key is taken by one that only checks it, and the
+    other way round. Without it, every rotation refused the nonces of the pods on the other secret.
     """
 
-    #: nonces of recent windows kept (each is an HMAC; a check looks at a few windows)
+    #: nonces of recent windows kept (per key) (each is an HMAC; a check looks at a few windows)
     MAX_CACHED_WINDOWS = 64
 
     def __init__(
-        self, secret: bytes, lifetime: float, clock: Clock = SYSTEM_CLOCK, *, skew_seconds: float = 0.0
+        self,
+        secret: bytes | KeyRing,
+        lifetime: float,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        skew_seconds: float = 0.0,
     ) -> None:
-        if len(secret) < 16:
+        """``secret``: one key, or a :class:`~svckit.keyring.KeyRing` while the key rotates — the first
+        key makes the nonces (named ``<kid>.<mac>``), every key checks them."""
+        ring = secret if isinstance(secret, KeyRing) else KeyRing.single(secret)
+        if any(len(key) < 16 for _, key in ring.keys):
             raise ValueError("the nonce secret must hold at least 16 bytes")
         if lifetime <= 0:
             raise ValueError("the nonce lifetime must be positive")
         if skew_seconds < 0:
             raise ValueError("the clock skew must not be negative")
-        self._key = hmac.new(secret, b"tsp-dpop-nonce-v1", hashlib.sha256).digest()
+        self._ring = ring.derive(lambda key: hmac.new(key, b"tsp-dpop-nonce-v1", hashlib.sha256).digest())
         self.lifetime = lifetime
         self.skew = skew_seconds
         self._now = clock.time
         self._cached: tuple[int, str] = (-1, "")
-        self._windows: dict[int, bytes] = {}
+        self._windows: dict[tuple[bytes, int], bytes] = {}
 
-    def _nonce(self, window: int) -> str:
-        return b64url(
-            hmac.new(self._key, window.to_bytes(8, "big", signed=True), hashlib.sha256).digest()[:24]
-        )
+    @staticmethod
+    def _mac(key: bytes, window: int) -> str:
+        return b64url(hmac.new(key, window.to_bytes(8, "big", signed=True), hashlib.sha256).digest()[:24])
 
-    def _nonce_bytes(self, window: int) -> bytes:
-        known = self._windows.get(window)
+    def _mac_bytes(self, key: bytes, window: int) -> bytes:
+        known = self._windows.get((key, window))
         if known is None:
             if len(self._windows) >= self.MAX_CACHED_WINDOWS:
                 self._windows.clear()
-            known = self._windows[window] = self._nonce(window).encode()
+            known = self._windows[key, window] = self._mac(key, window).encode()
         return known
 
     def current(self) -> str:
         window = math.floor(self._now() / self.lifetime)
         if self._cached[0] != window:
-            self._cached = (window, self._nonce(window))
+            self._cached = (window, self._ring.named(self._mac(self._ring.key, window)))
         return self._cached[1]
 
     def valid(self, nonce: str) -> bool:
@@ -322,9 +338,15 @@ class NonceSource:
         # (its previous one): with no skew, this window and the one before
         first = math.floor((now - self.skew) / self.lifetime) - 1
         last = math.floor((now + self.skew) / self.lifetime)
+        # the key its name picks (every key for a nonce without one: svckit.keyring), compared as
         # bytes: compare_digest raises TypeError on a str with non-ASCII characters (client input)
-        sent = nonce.encode("utf-8", "surrogatepass")
-        return any(hmac.compare_digest(sent, self._nonce_bytes(w)) for w in range(first, last + 1))
+        mac, keys = self._ring.candidates(nonce)
+        sent = mac.encode("utf-8", "surrogatepass")
+        return any(
+            hmac.compare_digest(sent, self._mac_bytes(key, window))
+            for key in keys
+            for window in range(first, last + 1)
+        )
 
 
 # --- the verifier -------------------------------------------------------------------------------

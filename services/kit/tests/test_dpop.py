@@ -25,6 +25,7 @@ from svckit.dpop import (
     normalise_url,
     thumbprint,
 )
+from svckit.keyring import KeyRing
 from svckit.redisguard import RedisGuard
 
 from testkit.clock import FakeClock, SkewedClock
@@ -362,6 +363,32 @@ def test_nonces_are_taken_from_clocks_within_the_skew_and_no_further() -> None:
     assert checker.valid(issued[-75])  # the previous window's: taken
     assert not checker.valid(issued[-130])  # two windows back, and beyond the skew: not
     assert not NonceSource(b"k" * 32, 60, behind).valid(issued[20])  # without a skew, as before
+
+
+@unit
+def test_a_nonce_key_ring_makes_with_its_first_key_and_checks_with_each(clock: FakeClock) -> None:
+    """DPOP_NONCE_SECRET while it rotates (svckit.keyring): the first key makes the nonces, named; a
+    ring that still holds a key checks that key's nonces, named or unnamed (an earlier release's, or a
+    pod given the single value of before); a key no longer in the ring checks nothing."""
+    old, new = b"o" * 32, b"n" * 32
+    before = NonceSource(old, 60, clock)  # the single value of before: unnamed nonces, as before
+    adding = NonceSource(KeyRing((("old", old), ("new", new))), 60, clock)
+    first = NonceSource(KeyRing((("new", new), ("old", old))), 60, clock)
+    after = NonceSource(KeyRing((("new", new),)), 60, clock)
+    assert "." not in before.current()
+    assert adding.current().startswith("old.")
+    assert first.current().startswith("new.")
+    assert adding.current().removeprefix("old.") == before.current()  # the name is only a hint
+    for one, other in ((before, adding), (adding, first), (first, after)):
+        assert other.valid(one.current())
+        assert one.valid(other.current())
+    assert not after.valid(before.current())
+    assert not after.valid(adding.current())
+    assert not before.valid(first.current())  # the new key made first in one step: refused
+    # a made-up name finds no key in a named ring; a name is checked against that key only
+    assert not first.valid("made-up." + before.current())
+    assert not first.valid("new." + before.current())
+    assert before.valid("made-up." + before.current())  # an unnamed key answers for any name
 
 
 # --- replays ------------------------------------------------------------------------------------
