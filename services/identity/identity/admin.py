@@ -115,7 +115,7 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
             kid, starts = await rotate_keys(
                 conn,
                 settings.signing_alg,
-                KeyCipher(settings.key_encryption_key),
+                KeyCipher(settings.key_encryption_keys),
                 grace_seconds=parsed.key_grace_seconds,
                 max_token_ttl_seconds=settings.max_token_ttl_seconds,
             )
