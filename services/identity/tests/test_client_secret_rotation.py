@@ -12,14 +12,23 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from testkit.oidc import BATCH_SECRET, run_cli
 
-CLIENT_ERROR = {"error": "invalid_client"}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A connection per request: the admin commands between requests take longer than the server's
+    keep-alive, and a reused connection the server closed meanwhile would fail the test, not the code."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        yield session
 
 
 async def grant(http: aiohttp.ClientSession, base_url: str, client_id: str, secret: str, *, post: bool = False) -> tuple[int, dict[str, Any]]:
@@ -58,7 +67,7 @@ def new_client(env: dict[str, str]) -> tuple[str, str]:
 async def outbox_events(db: asyncpg.Connection, action: str, client_id: str) -> list[dict[str, Any]]:
     rows = await db.fetch("SELECT payload FROM outbox ORDER BY occurred_at")
     events = [json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"] for r in rows]
-    return [e for e in events if e["action"] == action and e["resource_id"] == client_id]
+    return [e for e in events if e["action"] == action and e["resource"]["id"] == client_id]
 
 
 async def test_both_secrets_work_during_the_overlap_and_the_old_one_ends_with_it(
@@ -89,7 +98,7 @@ async def test_both_secrets_work_during_the_overlap_and_the_old_one_ends_with_it
 
     events = await outbox_events(db, "identity.client_secret_rotated", client_id)
     assert len(events) == 1, events
-    assert events[0]["outcome"] == "success" and events[0]["resource_type"] == "client"
+    assert events[0]["outcome"] == "success" and events[0]["resource"]["type"] == "client"
     assert events[0]["details"]["overlap_seconds"] == 4
     assert old not in json.dumps(events) and new not in json.dumps(events)
 
