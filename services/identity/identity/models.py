@@ -73,7 +73,11 @@ class Client:
         overlap, the one of before."""
         if self.secret_hash is None:
             return ()
-        return (self.secret_hash,) if self.previous_secret_hash is None else (self.secret_hash, self.previous_secret_hash)
+        return (
+            (self.secret_hash,)
+            if self.previous_secret_hash is None
+            else (self.secret_hash, self.previous_secret_hash)
+        )
 
     @property
     def client_metadata(self) -> dict[str, Any]:

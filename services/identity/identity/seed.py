@@ -2,7 +2,8 @@
 
 Running it again changes nothing (unchanged passwords and secrets keep their stored hashes); a
 changed ``DEMO_PASSWORD`` is applied, a changed ``BATCH_CLIENT_SECRET`` rotates the client's secret
-with an overlap — unless ``rotate-client-secret`` set the current one (:func:`_batch_secret`). It also makes sure a signing key exists.
+with an overlap — unless ``rotate-client-secret`` set the current one (:func:`_batch_secret`). It
+also makes sure a signing key exists.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ async def _batch_secret(conn: asyncpg.Connection, settings: IdentitySettings, se
             f"BATCH_CLIENT_SECRET is not the current secret of {client_id}, which "
             f"`python -m identity rotate-client-secret` set at {rotated_at.isoformat()}: not applied. Put "
             "the current secret into BATCH_CLIENT_SECRET (docs/runbook.md, \"Rotate the batch client's "
-            "secret\"); from then on a change of it is applied again.",
+            'secret"); from then on a change of it is applied again.',
             file=sys.stderr,
         )
         return stored
@@ -127,7 +128,8 @@ async def _batch_secret(conn: asyncpg.Connection, settings: IdentitySettings, se
         f"{settings.client_secret_overlap_seconds} s (retire-client-secret ends that)"
     )
     rotated = await store.get_client(conn, client_id)
-    assert rotated is not None and rotated.secret_hash is not None
+    assert rotated is not None
+    assert rotated.secret_hash is not None
     return rotated.secret_hash
 
 

@@ -113,7 +113,9 @@ async def get_client(db: Conn, client_id: str) -> Client | None:
 
 
 async def all_clients(db: Conn) -> list[Client]:
-    return [_client(row) for row in await db.fetch(f"SELECT {CLIENT_COLUMNS} FROM clients c ORDER BY client_id")]
+    return [
+        _client(row) for row in await db.fetch(f"SELECT {CLIENT_COLUMNS} FROM clients c ORDER BY client_id")
+    ]
 
 
 async def upsert_client(db: Conn, client: Client) -> bool:
@@ -132,10 +134,10 @@ async def upsert_client(db: Conn, client: Client) -> bool:
                  response_types = EXCLUDED.response_types,
                  allowed_scopes = EXCLUDED.allowed_scopes,
                  dpop_bound_access_tokens = EXCLUDED.dpop_bound_access_tokens, updated_at = now(),
-                 previous_secret_hash = CASE WHEN clients.secret_hash IS NOT DISTINCT FROM EXCLUDED.secret_hash
-                                             THEN clients.previous_secret_hash END,
+                 previous_secret_hash = CASE WHEN clients.secret_hash IS NOT DISTINCT FROM
+                     EXCLUDED.secret_hash THEN clients.previous_secret_hash END,
                  previous_secret_expires_at = CASE WHEN clients.secret_hash IS NOT DISTINCT FROM
-                                                   EXCLUDED.secret_hash THEN clients.previous_secret_expires_at END
+                     EXCLUDED.secret_hash THEN clients.previous_secret_expires_at END
            RETURNING (xmax = 0)""",
         client.client_id,
         client.name,
@@ -211,7 +213,6 @@ async def secret_rotated_at(db: Conn, client_id: str) -> datetime | None:
         "SELECT secret_rotated_at FROM clients WHERE client_id = $1", client_id
     )
     return value
-
 
 
 # --- sessions ----------------------------------------------------------------------------------

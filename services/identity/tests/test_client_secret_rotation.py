@@ -22,7 +22,6 @@ import pytest
 from testkit.oidc import BATCH_SECRET, run_cli
 
 
-
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A connection per request: the admin commands between requests take longer than the server's
@@ -31,7 +30,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def grant(http: aiohttp.ClientSession, base_url: str, client_id: str, secret: str, *, post: bool = False) -> tuple[int, dict[str, Any]]:
+async def grant(
+    http: aiohttp.ClientSession, base_url: str, client_id: str, secret: str, *, post: bool = False
+) -> tuple[int, dict[str, Any]]:
     """A client-credentials grant with ``client_secret_basic`` (or ``client_secret_post``)."""
     form = {"grant_type": "client_credentials"}
     headers = {}
@@ -79,15 +80,17 @@ async def test_both_secrets_work_during_the_overlap_and_the_old_one_ends_with_it
     result = run_cli(seeded, "rotate-client-secret", client_id, "--overlap-seconds", "4")
     started = time.monotonic()
     new = shown_secret(result)
-    assert new != old and len(new) >= 40
-    assert result.stdout.count(new) == 1 and new not in result.stderr, "printed once, never logged"
+    assert new != old
+    assert len(new) >= 40
+    assert result.stdout.count(new) == 1, "printed once"
+    assert new not in result.stderr, "never logged"
 
     for secret in (old, new):  # every place the client authenticates takes either
         assert (await grant(http, base_url, client_id, secret))[0] == 200
         assert (await grant(http, base_url, client_id, secret, post=True))[0] == 200
         assert await revoke(http, base_url, client_id, secret) == 200
     made_up = await grant(http, base_url, client_id, "made-up-" + secrets.token_urlsafe(24))
-    assert made_up[0] == 401 and made_up[1]["error"] == "invalid_client"
+    assert (made_up[0], made_up[1]["error"]) == (401, "invalid_client")
     assert await revoke(http, base_url, client_id, "made-up") == 401
 
     await asyncio.sleep(max(0.0, 4.5 - (time.monotonic() - started)))
@@ -98,9 +101,10 @@ async def test_both_secrets_work_during_the_overlap_and_the_old_one_ends_with_it
 
     events = await outbox_events(db, "identity.client_secret_rotated", client_id)
     assert len(events) == 1, events
-    assert events[0]["outcome"] == "success" and events[0]["resource"]["type"] == "client"
+    assert (events[0]["outcome"], events[0]["resource"]["type"]) == ("success", "client")
     assert events[0]["details"]["overlap_seconds"] == 4
-    assert old not in json.dumps(events) and new not in json.dumps(events)
+    assert old not in json.dumps(events)
+    assert new not in json.dumps(events)
 
 
 async def test_retiring_ends_the_overlap_early(
@@ -132,7 +136,9 @@ def test_only_confidential_clients_that_exist_rotate(seeded: dict[str, str]) -> 
         for command in ("rotate-client-secret", "retire-client-secret"):
             result = run_cli(seeded, command, client_id)
             assert result.returncode == 2, (command, client_id, result.stdout)
-    assert run_cli(seeded, "rotate-client-secret", "timesheets-batch", "--overlap-seconds", "-1").returncode == 2
+    assert (
+        run_cli(seeded, "rotate-client-secret", "timesheets-batch", "--overlap-seconds", "-1").returncode == 2
+    )
 
 
 async def test_the_seed_does_not_undo_a_rotation_by_command(
@@ -147,7 +153,8 @@ async def test_the_seed_does_not_undo_a_rotation_by_command(
         reseed = run_cli(seeded, "seed")
         assert reseed.returncode == 0, reseed.stderr
         assert "rotate-client-secret" in reseed.stdout + reseed.stderr, "says why it was not applied"
-        assert rotated not in reseed.stdout + reseed.stderr and BATCH_SECRET not in reseed.stdout + reseed.stderr
+        assert rotated not in reseed.stdout + reseed.stderr
+        assert BATCH_SECRET not in reseed.stdout + reseed.stderr
         assert (await grant(http, base_url, batch, rotated))[0] == 200
         assert (await grant(http, base_url, batch, BATCH_SECRET))[0] == 200  # still in the overlap
         assert run_cli(seeded, "retire-client-secret", batch).returncode == 0
@@ -160,7 +167,9 @@ async def test_the_seed_does_not_undo_a_rotation_by_command(
         assert run_cli({**seeded, "BATCH_CLIENT_SECRET": rotated}, "seed").returncode == 0
         assert run_cli(seeded, "seed").returncode == 0
     assert (await grant(http, base_url, batch, BATCH_SECRET))[0] == 200
-    assert (await grant(http, base_url, batch, rotated))[0] == 200, "a changed variable rotates with the overlap"
+    assert (await grant(http, base_url, batch, rotated))[0] == 200, (
+        "a changed variable rotates with the overlap"
+    )
     assert run_cli(seeded, "retire-client-secret", batch).returncode == 0
     assert (await grant(http, base_url, batch, rotated))[0] == 401
     assert (await grant(http, base_url, batch, BATCH_SECRET))[0] == 200
