@@ -19,7 +19,9 @@ SERVICES = ("gateway", "identity", "timesheets", "approvals", "audit")
 PAIR_PREFIX = "identity_keys_"
 SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 #: names with a hint in them that are no secret (their default is shown)
-NOT_SECRET = frozenset({"database_url", "demo_password", "audit_denial_max_keys"})
+NOT_SECRET = frozenset(
+    {"database_url", "demo_password", "audit_denial_max_keys", "client_secret_overlap_seconds"}
+)
 
 MEANINGS = {
     "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
@@ -173,6 +175,10 @@ MEANINGS = {
     "refresh_token_idle_seconds": "a refresh token unused this long expires",
     "refresh_token_lifetime_seconds": "absolute refresh token lifetime (rotated on every use)",
     "key_rotation_grace_seconds": "a new signing key is published this long before it signs",
+    "client_secret_overlap_seconds": (
+        "a rotated client secret stays valid this long beside the new one (`rotate-client-secret`, a "
+        "changed `BATCH_CLIENT_SECRET` at `seed`)"
+    ),
     "key_refresh_seconds": "how often replicas reload the signing keys",
     "revocation_check_seconds": "how often the revocation stream is checked (re-published if Redis lost it)",
     "login_max_failures_per_user": "failed sign-ins per user per window before throttling",

@@ -1,4 +1,5 @@
-"""``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client|after-restore]``."""
+"""``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client|after-restore|
+rotate-client-secret|retire-client-secret]``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from svckit.cli import run_cli
 
-from .admin import add_client, add_user, after_restore, rotate
+from .admin import add_client, add_user, after_restore, retire_client_secret, rotate, rotate_client_secret
 from .seed import seed
 from .settings import IdentitySettings
 
@@ -25,6 +26,8 @@ def main() -> int:
             "add-user": add_user,
             "add-client": add_client,
             "after-restore": after_restore,
+            "rotate-client-secret": rotate_client_secret,
+            "retire-client-secret": retire_client_secret,
         },
     )
 

@@ -1,5 +1,5 @@
-"""Administration commands: ``rotate-keys``, ``add-user``, ``add-client``, ``after-restore`` (``seed`` is
-in seed.py).
+"""Administration commands: ``rotate-keys``, ``add-user``, ``add-client``, ``after-restore``,
+``rotate-client-secret``, ``retire-client-secret`` (``seed`` is in seed.py).
 
 Run as ``python -m identity <command> --help``. Secrets are never taken from the command line (where
 ``ps`` would show them): passwords come from stdin or an environment variable, generated client
@@ -265,6 +265,108 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
         print(f"{'added' if inserted else 'updated'} client {client.client_id}")
         if secret and not parsed.secret_env:
             print(f"client secret (shown once): {secret}")
+        return 0
+
+    return run_with_connection(settings, work)
+
+
+def _client_secret_event(action: str, client_id: str, details: dict[str, object]) -> AuditEvent:
+    """The audit event of a change to a client's secrets (never a secret nor a hash in it)."""
+    return AuditEvent.create(
+        action=action,
+        resource_type="client",
+        resource_id=client_id,
+        outcome="success",
+        actor=Identity.service("identity"),
+        source="identity",
+        details=details,
+    )
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection, client_id: str, secret: str, overlap_seconds: int, *, by: str
+) -> store.SecretRotation | None:
+    """Rotate in one transaction with its audit event (``by``: ``command`` or ``seed``). None when there
+    is no such confidential client."""
+    async with conn.transaction():
+        rotation = await store.rotate_client_secret(
+            conn, client_id, hash_secret(secret), overlap_seconds, by_command=by == "command"
+        )
+        if rotation is not None:
+            details: dict[str, object] = {
+                "overlap_seconds": overlap_seconds,
+                "previous_valid_until": rotation.previous_valid_until.isoformat(),
+                "ended_an_earlier_overlap": rotation.ended_earlier,
+                "by": by,
+            }
+            await enqueue(conn, _client_secret_event("identity.client_secret_rotated", client_id, details))
+    return rotation
+
+
+def rotate_client_secret(settings: IdentitySettings, args: list[str]) -> int:
+    """Give a confidential client a new generated secret, printed once; the current one stays valid
+    for the overlap, so that the client can change over without a failed request.
+
+    A client holds two secrets at most: rotating again during an overlap ends the secret of before it
+    at once. ``retire-client-secret`` ends the overlap early. The seed (BATCH_CLIENT_SECRET) does not
+    put back the secret of before a rotation by this command (docs/runbook.md).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m identity rotate-client-secret", description=rotate_client_secret.__doc__
+    )
+    parser.add_argument("client_id")
+    parser.add_argument(
+        "--overlap-seconds",
+        type=int,
+        default=settings.client_secret_overlap_seconds,
+        help="seconds the current secret stays valid beside the new one (default "
+        "CLIENT_SECRET_OVERLAP_SECONDS); 0 ends it now, as after a leak",
+    )
+    parsed = parser.parse_args(args)
+    if not 0 <= parsed.overlap_seconds <= 30 * 86400:
+        parser.error("--overlap-seconds must be between 0 and 2592000 (30 days)")
+    secret = new_secret()
+
+    async def work(conn: asyncpg.Connection) -> int:
+        rotation = await rotate_secret(conn, parsed.client_id, secret, parsed.overlap_seconds, by="command")
+        if rotation is None:
+            print(f"no confidential client {parsed.client_id}", file=sys.stderr)
+            return 2
+        if rotation.ended_earlier:
+            print("the secret of before the previous rotation is no longer valid")
+        print(
+            f"rotated the secret of client {parsed.client_id}; the secret of before is valid until "
+            f"{rotation.previous_valid_until.isoformat()}"
+        )
+        print(f"client secret (shown once): {secret}")
+        return 0
+
+    return run_with_connection(settings, work)
+
+
+def retire_client_secret(settings: IdentitySettings, args: list[str]) -> int:
+    """End a rotation's overlap now: only the client's current secret is valid from now on."""
+    parser = argparse.ArgumentParser(
+        prog="python -m identity retire-client-secret", description=retire_client_secret.__doc__
+    )
+    parser.add_argument("client_id")
+    parsed = parser.parse_args(args)
+
+    async def work(conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            client = await store.get_client(conn, parsed.client_id)
+            if client is None or client.is_public:
+                print(f"no confidential client {parsed.client_id}", file=sys.stderr)
+                return 2
+            retired = await store.retire_previous_client_secret(conn, parsed.client_id)
+            if retired:
+                event = _client_secret_event("identity.client_secret_retired", parsed.client_id, {})
+                await enqueue(conn, event)
+        print(
+            f"retired the secret of before of client {parsed.client_id}: only the current one is valid"
+            if retired
+            else f"client {parsed.client_id} has no secret of before in an overlap: nothing to retire"
+        )
         return 0
 
     return run_with_connection(settings, work)

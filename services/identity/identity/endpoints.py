@@ -371,8 +371,8 @@ class ProtocolEndpoints:
         """A presented client secret checked before Authlib's transaction (its verdict settled for the
         request: :func:`settled_in_request`); the client is read on a connection held only for that."""
         client = await store.get_client(self.database.pool, client_id)
-        if client is not None and client.secret_hash is not None:
-            await anyio.to_thread.run_sync(client_secrets.verify, client.secret_hash, secret)
+        if client is not None and not client.is_public:
+            await anyio.to_thread.run_sync(client_secrets.verify_any, client.secret_hashes, secret)
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")

@@ -60,10 +60,24 @@ class Client:
     allowed_scopes: tuple[str, ...]
     # RFC 9449 §5.2: every token request must carry a DPoP proof (its access tokens are all bound)
     dpop_bound_access_tokens: bool = False
+    # the secret of before a rotation, while its overlap lasts (store: None once it ended or was retired)
+    previous_secret_hash: str | None = field(repr=False, default=None)
 
     @property
     def is_public(self) -> bool:
         return self.secret_hash is None
+
+    @property
+    def secret_hashes(self) -> tuple[str, ...]:
+        """Every secret the client may authenticate with now: the current one and, during a rotation's
+        overlap, the one of before."""
+        if self.secret_hash is None:
+            return ()
+        return (
+            (self.secret_hash,)
+            if self.previous_secret_hash is None
+            else (self.secret_hash, self.previous_secret_hash)
+        )
 
     @property
     def client_metadata(self) -> dict[str, Any]:
@@ -96,7 +110,7 @@ class Client:
         return redirect_uri in self.redirect_uris
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.secret_hash is not None and client_secrets.verify(self.secret_hash, client_secret)
+        return not self.is_public and client_secrets.verify_any(self.secret_hashes, client_secret)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.is_public:

@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 
 from argon2 import PasswordHasher
@@ -58,7 +58,15 @@ class VerifiedSecrets:
         self._lock = threading.Lock()
 
     def verify(self, stored_hash: str, secret: str) -> bool:
-        key = hashlib.sha256(stored_hash.encode() + b"\0" + secret.encode()).digest()
+        return self.verify_any((stored_hash,), secret)
+
+    def verify_any(self, stored_hashes: Sequence[str], secret: str) -> bool:
+        """True when ``secret`` matches one of the client's live secrets (two during a rotation's
+        overlap). Each is verified, a match or not, so the time does not tell which one matched; the
+        verdict is remembered for the set of hashes, so a cached success costs no Argon2 whichever it
+        was, and a retired or added secret (another set) is verified again. A wrong secret costs one
+        verification per live secret."""
+        key = hashlib.sha256(b"\0".join(h.encode() for h in stored_hashes) + b"\0" + secret.encode()).digest()
         now = time.monotonic()
         with self._lock:
             expires = self._entries.get(key)
@@ -67,7 +75,8 @@ class VerifiedSecrets:
         settled = _settled.get()
         if settled is not None and key in settled:
             return settled[key]
-        ok = verify_secret(stored_hash, secret)
+        matches = [verify_secret(stored_hash, secret) for stored_hash in stored_hashes]  # no short cut
+        ok = any(matches)
         if settled is not None:
             settled[key] = ok
         if not ok:

@@ -56,6 +56,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     refresh_token_lifetime_seconds: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
     signing_alg: Literal["RS256", "ES256"] = "RS256"
     key_rotation_grace_seconds: int = Field(default=600, ge=0, le=7 * 86400)
+    # how long a rotated client secret stays valid beside the new one (rotate-client-secret, and a
+    # changed BATCH_CLIENT_SECRET at seed): the time to hand the new secret to the client
+    client_secret_overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     # How often the revocation stream is checked: lost (Redis restarted empty) → re-published from the

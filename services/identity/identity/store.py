@@ -50,7 +50,14 @@ def _client(row: asyncpg.Record) -> Client:
         response_types=tuple(row["response_types"]),
         allowed_scopes=tuple(row["allowed_scopes"]),
         dpop_bound_access_tokens=row["dpop_bound_access_tokens"],
+        previous_secret_hash=row["live_previous_secret_hash"],
     )
+
+
+#: a client row with the secret of before only while its overlap lasts (the database's clock decides,
+#: the same for every replica)
+CLIENT_COLUMNS = """c.*, CASE WHEN c.previous_secret_expires_at > now() THEN c.previous_secret_hash END
+    AS live_previous_secret_hash"""
 
 
 # --- users -------------------------------------------------------------------------------------
@@ -101,15 +108,19 @@ async def update_password_hash(db: Conn, subject: str, password_hash: str) -> No
 async def get_client(db: Conn, client_id: str) -> Client | None:
     if not storable(client_id):
         return None
-    row = await db.fetchrow("SELECT * FROM clients WHERE client_id = $1", client_id)
+    row = await db.fetchrow(f"SELECT {CLIENT_COLUMNS} FROM clients c WHERE client_id = $1", client_id)
     return _client(row) if row else None
 
 
 async def all_clients(db: Conn) -> list[Client]:
-    return [_client(row) for row in await db.fetch("SELECT * FROM clients ORDER BY client_id")]
+    return [
+        _client(row) for row in await db.fetch(f"SELECT {CLIENT_COLUMNS} FROM clients c ORDER BY client_id")
+    ]
 
 
 async def upsert_client(db: Conn, client: Client) -> bool:
+    """Insert or update by client id; True when inserted. A changed secret replaces the client's
+    secrets outright: a rotation's secret of before ends with it (:func:`rotate_client_secret` keeps it)."""
     inserted: bool = await db.fetchval(
         """INSERT INTO clients (client_id, name, first_party, secret_hash, redirect_uris,
                                 post_logout_redirect_uris, web_origins, grant_types,
@@ -122,7 +133,11 @@ async def upsert_client(db: Conn, client: Client) -> bool:
                  web_origins = EXCLUDED.web_origins, grant_types = EXCLUDED.grant_types,
                  response_types = EXCLUDED.response_types,
                  allowed_scopes = EXCLUDED.allowed_scopes,
-                 dpop_bound_access_tokens = EXCLUDED.dpop_bound_access_tokens, updated_at = now()
+                 dpop_bound_access_tokens = EXCLUDED.dpop_bound_access_tokens, updated_at = now(),
+                 previous_secret_hash = CASE WHEN clients.secret_hash IS NOT DISTINCT FROM
+                     EXCLUDED.secret_hash THEN clients.previous_secret_hash END,
+                 previous_secret_expires_at = CASE WHEN clients.secret_hash IS NOT DISTINCT FROM
+                     EXCLUDED.secret_hash THEN clients.previous_secret_expires_at END
            RETURNING (xmax = 0)""",
         client.client_id,
         client.name,
@@ -137,6 +152,67 @@ async def upsert_client(db: Conn, client: Client) -> bool:
         client.dpop_bound_access_tokens,
     )
     return inserted
+
+
+@dataclass(frozen=True)
+class SecretRotation:
+    previous_valid_until: datetime  # the secret of before is taken until then (now, with no overlap)
+    ended_earlier: bool  # the rotation ended the overlap of an earlier one (its secret of before ends)
+
+
+async def rotate_client_secret(
+    db: Conn, client_id: str, secret_hash: str, overlap_seconds: int, *, by_command: bool
+) -> SecretRotation | None:
+    """Make ``secret_hash`` the confidential client's secret; the current one stays valid for
+    ``overlap_seconds`` (two secrets at most: the secret of before an earlier rotation ends now).
+    ``by_command`` marks the secret as set by the command (the seed leaves it: seed.py). None when
+    there is no such confidential client."""
+    row = await db.fetchrow(
+        """UPDATE clients c
+              SET previous_secret_hash = secret_hash,
+                  previous_secret_expires_at = now() + make_interval(secs => $3),
+                  secret_hash = $2,
+                  secret_rotated_at = CASE WHEN $4 THEN now() END,
+                  updated_at = now()
+             FROM (SELECT previous_secret_expires_at > now() AS live FROM clients WHERE client_id = $1
+                   FOR UPDATE) before
+            WHERE c.client_id = $1 AND c.secret_hash IS NOT NULL
+        RETURNING c.previous_secret_expires_at, coalesce(before.live, false) AS ended_earlier""",
+        client_id,
+        secret_hash,
+        float(overlap_seconds),
+        by_command,
+    )
+    return SecretRotation(row["previous_secret_expires_at"], row["ended_earlier"]) if row else None
+
+
+async def retire_previous_client_secret(db: Conn, client_id: str) -> bool:
+    """End a rotation's overlap now: only the current secret is taken. False when none was running."""
+    retired: bool = await db.fetchval(
+        """WITH retired AS (
+               UPDATE clients SET previous_secret_hash = NULL, previous_secret_expires_at = NULL,
+                                  updated_at = now()
+                WHERE client_id = $1 AND previous_secret_expires_at > now() RETURNING 1)
+           SELECT count(*) > 0 FROM retired""",
+        client_id,
+    )
+    return retired
+
+
+async def clear_secret_rotated(db: Conn, client_id: str) -> None:
+    """The seed's value is the current secret again: from now on the seed manages it (seed.py)."""
+    await db.execute(
+        "UPDATE clients SET secret_rotated_at = NULL WHERE client_id = $1 AND secret_rotated_at IS NOT NULL",
+        client_id,
+    )
+
+
+async def secret_rotated_at(db: Conn, client_id: str) -> datetime | None:
+    """When a command last rotated the client's secret (None: never, or the seed manages it again)."""
+    value: datetime | None = await db.fetchval(
+        "SELECT secret_rotated_at FROM clients WHERE client_id = $1", client_id
+    )
+    return value
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -200,7 +276,7 @@ async def add_consent(db: Conn, subject: str, client_id: str, scopes: Sequence[s
 
 async def list_consents(db: Conn, subject: str) -> list[tuple[Client, list[str], datetime]]:
     rows = await db.fetch(
-        """SELECT c.*, k.scopes AS granted, k.granted_at FROM consents k
+        f"""SELECT {CLIENT_COLUMNS}, k.scopes AS granted, k.granted_at FROM consents k
            JOIN clients c USING (client_id) WHERE k.subject = $1 ORDER BY c.name""",
         subject,
     )
