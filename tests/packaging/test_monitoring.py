@@ -650,6 +650,19 @@ def test_dashboard_panels_are_described_and_use_the_datasource_variable() -> Non
             assert metric_names(expand_variables(target["expr"])), target["expr"]  # parses
 
 
+def test_dashboard_panels_do_not_overlap() -> None:
+    """Two branches each adding a panel at the same free place merged into one drawn over the other
+    (Grafana keeps both, one hidden); every grid cell holds one panel at most, within 24 columns."""
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] <= grid["x"] + grid["w"] <= 24, panel["title"]
+        for y in range(grid["y"], grid["y"] + grid["h"]):
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                assert (x, y) not in taken, f"{panel['title']!r} is drawn over {taken[(x, y)]!r}"
+                taken[(x, y)] = panel["title"]
+
+
 def test_dashboard_uses_only_recording_rules_that_exist() -> None:
     used = set().union(
         *(metric_names(expand_variables(t["expr"])) for p in dashboard_panels() for t in p["targets"])

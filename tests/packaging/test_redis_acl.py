@@ -102,6 +102,10 @@ def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
         assert gateway.set("tsp:gateway:jwks:x", "{}", ex=60)
         assert gateway.incrby("tsp:gateway:rl:client:a:1", 3) == 3
         assert timesheets.set("tsp:identity-replay:timesheets:n1", "1", nx=True, ex=60)
+        audit = client("audit")  # the trail's watermark (audit.watermark): GET, and the raise-only EVAL
+        assert audit.get("tsp:audit:watermark:db") is None
+        raise_only = "redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], ARGV[1])"
+        assert audit.eval(raise_only, 1, "tsp:audit:watermark:db", "{}")
         refused: list[Callable[[], object]] = [
             lambda: gateway.xadd("tsp:revocations", {"jti": "b"}),  # the gateways only read the stream
             lambda: gateway.delete("tsp:revocations"),
@@ -112,6 +116,9 @@ def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
             lambda: timesheets.get("tsp:identity-replay:timesheets:n1"),
             lambda: client("approvals").delete("tsp:gateway:rl:client:a:1"),
             lambda: client("audit").flushall(),
+            lambda: client("audit").get("tsp:identity:login:addr:1.2.3.4"),  # its own keys only
+            lambda: client("audit").eval("return redis.call('GET', KEYS[1])", 1, "tsp:revocations:complete"),
+            lambda: client("approvals").get("tsp:audit:watermark:db"),
             lambda: identity.config_set("maxmemory", "1"),
             lambda: identity.client_kill_filter(_type="normal"),
             lambda: identity.keys("*"),

@@ -2,29 +2,40 @@
 
 The producers delete an outbox row once the audit service stored it, so records stored after the
 backup exist nowhere else after the restore, and the restored trail is consistent with itself: the
-chain verifies, the checkpoints in the database verify, the service's own verification and signer see
-nothing wrong. Only the checkpoints retained outside the database (docs/runbook.md, "Audit checkpoint
-keys") know the trail was longer. docs/runbook.md ("Backup and restore") therefore has the operator
-verify the restored trail against the retained copies *before* the service starts again: the report
-names the newest checkpoint the database lacks, i.e. how many records (and up to which signed head)
-were lost — the finding to record in the incident, since no command can bring them back.
+chain verifies, the checkpoints in the database verify. Two things outside the database know the
+trail was longer: the checkpoints retained outside it (docs/runbook.md, "Audit checkpoint keys"),
+which ``python -m audit verify --checkpoints`` holds the restored trail to (the report names the
+first record lost and the newest checkpoint the database lacks — the finding to record in the
+incident, since no command can bring them back); and the running service's watermark in Redis
+(:mod:`audit.watermark`), the newest checkpoint signed, kept across the restore. The service started
+on the restored trail reports the rollback (``audit_trail_rolled_back`` 1: the critical alert
+TimesheetsAuditTrailRolledBack) while it keeps serving, and its signer refuses to sign the numbers
+already signed for the lost heads; ``python -m audit accept-restore`` records the operator's
+acceptance on the trail, the signal clears and checkpoints go on under the next unused number.
 
-Real processes: the audit service (signing checkpoints every second), ``pg_dump`` / ``pg_restore`` of
-its schema, the offline ``python -m audit verify`` with the retained checkpoints and pinned keys.
+Real processes: the audit service (signing checkpoints every second) with its own Redis user,
+``pg_dump`` / ``pg_restore`` of its schema, the offline ``python -m audit verify`` with the retained
+checkpoints and pinned keys, ``python -m audit accept-restore`` with the service's environment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import json
+import math
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from svckit.identity import Identity
 
 from testkit.backup import dump_schema, restore_schema, service_command
@@ -90,7 +101,44 @@ def verify_offline(owner: str, tmp_path: Path) -> tuple[int, dict[str, Any], str
     return result.returncode, json.loads(result.stdout or "{}"), result.stderr
 
 
-async def test_an_audit_restore_is_found_by_the_retained_checkpoints_before_the_service_starts(
+def metric(process: ServiceProcess, name: str, **labels: str) -> float | None:
+    """The value of one series of the process's ``/metrics`` (None when it is not exported)."""
+    with urllib.request.urlopen(process.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+async def rolled_back(process: ServiceProcess, timeout: float = 15.0) -> float | None:
+    """``audit_trail_rolled_back`` once the service has checked (NaN before its first check)."""
+    return await wait_for(lambda: metric(process, "audit_trail_rolled_back"), 0.0, timeout=timeout)
+
+
+async def wait_for(
+    read: Callable[[], Any], at_least: float, *, exact: bool = False, timeout: float = 15.0
+) -> float | None:
+    """Poll ``read`` (a value or an awaitable of one) until it is a number ≥ ``at_least`` (or equal
+    to it, ``exact``); the last value read when the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if inspect.isawaitable(value):
+            value = await value
+        if (
+            value is not None
+            and not math.isnan(value)
+            and (value == at_least if exact else value >= at_least)
+        ):
+            return float(value)
+        if time.monotonic() > deadline:
+            return None if value is None else float(value)
+        await asyncio.sleep(0.2)
+
+
+async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_running_service(
     isolated_env: IsolatedEnv,
     checkpoint_keys: str,
     service_redis: ServiceRedis,
@@ -133,17 +181,51 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_before_the_
     assert report["first_bad"] == at_backup["seq"] + 1, report  # the first record lost
     assert f"checkpoint {newest['number']} is missing from the database" in json.dumps(report), report
 
-    # the service itself sees a consistent trail and goes on from the backup's head: no alert
+    # the service starts again on the restored trail: consistent with itself, so it still serves and
+    # verifies — but its watermark in Redis (kept across the restore, as the runbook says) names a
+    # newer checkpoint than the database holds: the running platform reports the rollback
     audit = ServiceProcess("audit", served, log_dir=tmp_path).start("/readyz")
     api = SignedApi(audit.url, caller)
     try:
+        assert await rolled_back(audit) == 1.0
+        with urllib.request.urlopen(audit.url + "/readyz", timeout=5) as ready:
+            assert ready.status == 200  # the service stays ready: reads and ingestion keep working
         body = (await api.call("GET", "/audit/verify", AUDITOR)).body
         assert body["ok"] is True, body
         head = (await api.call("GET", "/audit/checkpoints?limit=1", AUDITOR)).body["items"][0]
         assert head["seq"] == at_backup["seq"]
-        await append(api, 8, 4)  # the producers go on; the trail forks from the retained copies
-        await signed_up_to(api, 8)
-        assert verify_offline(owner, tmp_path)[0] == 1, "the old copies keep reporting the fork"
+        await append(api, 8, 4)  # the producers go on (ingestion is not stopped)
+        refusals = await wait_for(lambda: metric(audit, "audit_checkpoints_total", outcome="rolled_back"), 2)
+        assert refusals is not None
+        assert refusals >= 2, refusals
+        # the signer refuses: checkpoint numbers up to the watermark's were signed for other heads
+        newest_now = (await api.call("GET", "/audit/checkpoints?limit=1", AUDITOR)).body["items"][0]
+        assert newest_now["number"] == at_backup["number"], newest_now
+        assert "audit trail rolled back" in audit.logs()
+        assert verify_offline(owner, tmp_path)[0] == 1, "the old copies keep reporting the loss"
+
+        # the runbook: the operator records the loss in the incident and accepts the restored trail
+        accepted = service_command("audit", served, "accept-restore", "--reason", "INC-7: audit restore")
+        assert accepted.returncode == 0, accepted.stderr
+        report = json.loads(accepted.stdout)
+        assert report["restored"]["number"] == at_backup["number"], report
+        assert report["watermark"]["number"] == newest["number"], report
+        assert report["next_number"] == newest["number"] + 1, report
+        assert await wait_for(lambda: rolled_back(audit), 0.0, exact=True) == 0.0
+        assert "audit trail rollback cleared" in audit.logs()
+        # checkpoints go on under the next number never signed, chained to the restored newest
+        signed = await signed_up_to(api, at_backup["seq"] + 5)  # 4 records and the acceptance
+        assert signed["number"] == newest["number"] + 1, signed
+        assert signed["prev"] == hashlib.sha256(at_backup["jws"].encode()).hexdigest()
+        events = (await api.call("GET", "/audit/events?action=audit.restore_accepted", AUDITOR)).body
+        (record,) = events["items"]
+        assert record["details"]["reason"] == "INC-7: audit restore"
+        assert record["details"]["lost"]["checkpoints"] == [at_backup["number"] + 1, newest["number"]]
+        assert (await api.call("GET", "/audit/verify", AUDITOR)).body["ok"] is True
+        # a second run finds nothing to accept
+        again = service_command("audit", served, "accept-restore", "--reason", "INC-7: audit restore")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["state"] == "consistent"
         # the runbook: the copies of before the restore are archived with the incident, and the
         # retained copies start again from the restored trail's checkpoints
         (tmp_path / "retained.jsonl").rename(tmp_path / "retained-before-restore.jsonl")

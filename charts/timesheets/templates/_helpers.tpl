@@ -348,6 +348,8 @@ Call with (dict "root" $ "component" "gateway").
 {{ $base }} +get +set +incrby +expire +xread {{ $tail }} ~{{ $p }}gateway:* ~{{ $p }}dpop-jti:* %R~{{ $p }}revocations
 {{- else if eq .component "identity" -}}
 {{ $base }} +get +set +incr +incrby +decr +expire +pttl +eval +exists +xadd +xtrim +time {{ $tail }} ~{{ $p }}identity:* ~{{ $p }}identity-dpop-jti:* ~{{ $p }}revocations ~{{ $p }}revocations:complete
+{{- else if eq .component "audit" -}}
+{{ $base }} +set +get +eval {{ $tail }} ~{{ $p }}identity-replay:audit:* ~{{ $p }}audit:*
 {{- else -}}
 {{ $base }} +set {{ $tail }} ~{{ $p }}identity-replay:{{ .component }}:*
 {{- end -}}

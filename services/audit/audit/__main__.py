@@ -1,12 +1,14 @@
 """`python -m audit` serves; `python -m audit migrate` applies the schema migrations;
 `python -m audit verify` / `export-checkpoints` check and copy the trail offline (audit/offline.py,
-which needs only the database's settings, not the service's)."""
+which needs only the database's settings, not the service's); `python -m audit accept-restore`
+accepts the loss a restore of the schema caused (audit/restore.py, with the service's settings)."""
 
 import sys
 from pathlib import Path
 
 from svckit.cli import run_cli
 
+from .restore import accept_restore
 from .settings import AuditSettings
 
 if sys.argv[1:2] in (["verify"], ["export-checkpoints"]):
@@ -21,5 +23,6 @@ raise SystemExit(
         app_factory="audit.app:create_app",
         schema="audit",
         migrations=Path(__file__).parent / "migrations",
+        commands={"accept-restore": accept_restore},
     )
 )

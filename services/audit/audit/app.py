@@ -12,6 +12,7 @@ from svckit.contracts.audit import MAX_BATCH, MAX_DETAILS_BYTES
 from svckit.db import Database
 from svckit.logs import configure_logging
 from svckit.outbox import DB_ERRORS
+from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
 
 from .api import INGEST, routes
@@ -20,6 +21,7 @@ from .openapi import build_document
 from .settings import AuditSettings
 from .store import AuditStore
 from .verifier import BackgroundVerifier
+from .watermark import TrailWatermark
 
 log = logging.getLogger("audit")
 
@@ -43,10 +45,23 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         verifiers=settings.verify_concurrency,
     )
     keys = settings.checkpoint_keys
+    # the trail's watermark outside the database (audit.watermark): a restore that lost signed records
+    # is reported, and the signer does not sign their numbers again. A Redis client of its own with
+    # few connections (within the budget svckit.fdlimit counts for a service's guard): one call per
+    # check by the signer or the background verifier, never on the ingest path.
+    redis: RedisGuard | None = None
+    watermark: TrailWatermark | None = None
+    if keys is not None:
+        redis = RedisGuard.from_settings(settings, max_connections=4)
+        watermark = TrailWatermark(redis, keys, store.checkpoints)
     interval = settings.audit_verify_interval_seconds
-    verifier = BackgroundVerifier(store, interval, settings.audit_full_verify_interval_seconds, keys)
+    verifier = BackgroundVerifier(
+        store, interval, settings.audit_full_verify_interval_seconds, keys, watermark=watermark
+    )
     signing = settings.audit_checkpoint_interval_seconds
-    checkpointer = Checkpointer(store, keys, signing) if keys is not None and signing > 0 else None
+    checkpointer = (
+        Checkpointer(store, keys, signing, watermark=watermark) if keys is not None and signing > 0 else None
+    )
     if keys is None:
         log.warning(
             "AUDIT_CHECKPOINT_KEYS is not set: no checkpoints are signed or checked, so a history "
@@ -65,6 +80,8 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         finally:
             for task in tasks:
                 await task.stop()
+            if redis is not None:
+                await redis.close()
 
     return create_service_app(
         settings,
@@ -83,5 +100,6 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
             "verifier": verifier,
             "checkpoint_keys": keys,
             "checkpointer": checkpointer,
+            "watermark": watermark,
         },
     )

@@ -12,6 +12,16 @@ when the newest checkpoint does not verify, when the chain no longer extends it,
 this process signed have disappeared from the database (a replica that stays up notices what a
 restarted one cannot: see the README, "What checkpoints detect").
 
+Before anything else each run checks the trail's watermark in Redis (:mod:`audit.watermark`): when
+it says the database was put back to an earlier point (a restore of the schema), checkpoint numbers
+up to the watermark's were signed for heads the database no longer has, and signing the next number
+after the database's newest would sign one of them again for another head. The signer then signs
+nothing (``audit_checkpoints_total{outcome="rolled_back"}``, an error log) until the operator accepted
+the loss (``python -m audit accept-restore``); from then on it signs the number after the
+watermark's, chained to the database's newest checkpoint. It writes each checkpoint it signed as the
+new watermark once its transaction committed. Without an answer from Redis it signs as before (the
+platform works without Redis); a rollback meanwhile is found when Redis answers again.
+
 A new head is signed at most every ``interval`` seconds; an unchanged head is signed again only under
 a new signing key, so that after a rotation the newest checkpoint verifies with the current key and the
 previous one can be retired.
@@ -36,6 +46,7 @@ from datetime import UTC, datetime
 
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.contracts.audit import Anchor
+from svckit.db import Connection
 from svckit.tasks import PeriodicTask
 
 from . import metrics
@@ -43,6 +54,7 @@ from .checkpoints import GENESIS_DIGEST, Checkpoint, CheckpointKeys, InvalidChec
 from .keygrace import UnknownKeyGrace
 from .store import AuditStore
 from .verifier import UNREACHABLE
+from .watermark import Finding, TrailWatermark, Watermark
 
 log = logging.getLogger("audit.checkpoints")
 
@@ -53,12 +65,19 @@ class _StandAside(Exception):
 
 class Checkpointer:
     def __init__(
-        self, store: AuditStore, keys: CheckpointKeys, interval: float, clock: Clock = SYSTEM_CLOCK
+        self,
+        store: AuditStore,
+        keys: CheckpointKeys,
+        interval: float,
+        clock: Clock = SYSTEM_CLOCK,
+        watermark: TrailWatermark | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.interval = interval
         self.clock = clock
+        self.watermark = watermark  # None: no check against the trail's watermark (tests of the rest)
+        self._unwatched = False  # whether the last run signed without an answer from Redis (logged once)
         self.last_signed: Checkpoint | None = None  # by this process: survives what the database loses
         # keys of newer replicas (audit.keygrace), and since when one has been in sight
         self.grace = UnknownKeyGrace(clock, since=metrics.unknown_key_since.labels("audit-checkpoint"))
@@ -85,12 +104,35 @@ class Checkpointer:
         )
         raise _StandAside
 
+    async def _watermark(self, conn: Connection) -> Finding | None:
+        """The watermark's finding (None without a watermark, or while Redis does not answer)."""
+        if self.watermark is None:
+            return None
+        finding = await self.watermark.check(conn)
+        unwatched = finding.state == "unknown"
+        if unwatched and not self._unwatched:
+            log.warning(
+                "audit checkpoints are signed without checking the trail's watermark: Redis does not "
+                "answer (a rollback meanwhile is found once it does)"
+            )
+        self._unwatched = unwatched
+        return None if unwatched else finding
+
     async def run_once(self) -> Checkpoint | None:
         """One attempt; the checkpoint signed, or None (nothing new, another replica did, refused)."""
         checkpoints = self.store.checkpoints
         async with self.store.database.transaction() as conn:
             # a table of the schema's own (0012), not an advisory lock another role could take
             await conn.execute(f"LOCK TABLE {checkpoints.schema}.checkpoint_lock IN EXCLUSIVE MODE")
+            finding = await self._watermark(conn)
+            if finding is not None and finding.state == "rolled_back":
+                metrics.checkpoints.labels("rolled_back").inc()
+                log.error(
+                    "audit checkpoint not signed: the audit trail was rolled back; run `python -m audit "
+                    "accept-restore` once the loss is recorded (docs/runbook.md, Backup and restore)",
+                    extra={"finding": finding.report()},
+                )
+                return None
             stored = await checkpoints.latest(conn)
             last: Checkpoint | None = None
             if stored is not None:
@@ -102,6 +144,9 @@ class Checkpointer:
                     self._refuse(f"the newest checkpoint {stored.number} does not verify ({exc})")
                     return None
             mine = self.last_signed
+            accepted = finding.watermark if finding is not None and finding.state == "accepted" else None
+            if accepted is not None and mine is not None and mine.number <= accepted.number:
+                mine = self.last_signed = None  # among the checkpoints the operator accepted lost
             if mine is not None and (
                 last is None
                 or last.number < mine.number
@@ -134,14 +179,20 @@ class Checkpointer:
             ):
                 metrics.checkpoints.labels("unchanged").inc()
                 return None
+            number = last.number + 1 if last is not None else 1
+            if finding is not None:  # past every number signed before, after an accepted rollback too
+                number = max(number, finding.next_number)
             checkpoint = self.keys.sign(
-                number=last.number + 1 if last is not None else 1,
+                number=number,
                 seq=head.seq,
                 head=head.hash,
                 signed_at=now,
                 prev=last.digest if last is not None else GENESIS_DIGEST,
             )
             await checkpoints.insert(conn, checkpoint)
+            key = await self.watermark.key(conn) if self.watermark is not None else None
+        if self.watermark is not None and key is not None:  # committed: the watermark may name it now
+            await self.watermark.write(key, Watermark.of(checkpoint))
         self.last_signed = checkpoint
         metrics.checkpoints.labels("signed").inc()
         metrics.checkpoint_latest.set(checkpoint.signed_at.timestamp())

@@ -9,11 +9,14 @@
   records to the signed checkpoints too: a rewritten history makes it 0. A ranged one
   (``GET /audit/verify?from_checkpoint=…``) counts and sets them only when it finds the range broken:
   intact, it says nothing of the records before its anchor.
-- ``audit_checkpoints_total{outcome="signed|unchanged|refused|unknown_key"}``: runs of the checkpoint
-  signer — ``refused`` means it found the chain or the checkpoints tampered with and signed nothing (an
-  error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed by a key
-  this replica was not given, and it left the signing to the replicas that know it (a rollout of a key
-  rotation; refused once it lasts longer than ``audit.checkpointer.UNKNOWN_KEY_GRACE_SECONDS``).
+- ``audit_checkpoints_total{outcome="signed|unchanged|refused|unknown_key|rolled_back"}``: runs of the
+  checkpoint signer — ``refused`` means it found the chain or the checkpoints tampered with and signed
+  nothing (an error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed
+  by a key this replica was not given, and it left the signing to the replicas that know it (a rollout
+  of a key rotation; refused once it lasts longer than ``audit.checkpointer.UNKNOWN_KEY_GRACE_SECONDS``);
+  ``rolled_back``: the trail's watermark (:mod:`audit.watermark`) says the database was put back to an
+  earlier point, and the signer signs nothing (it would sign again numbers signed for other heads)
+  until the operator runs ``python -m audit accept-restore``.
 - ``audit_checkpoint_unknown_key_since_timestamp_seconds{task="audit-checkpoint|audit-verifier"}``:
   when this process's checkpoint signer, or its background verifier, first met a newest checkpoint
   signed by a key it was not given, as long as that lasts (Unix time; 0 when there is none). Within
@@ -21,6 +24,9 @@
   verifier leaves those checkpoints unchecked; after it they are refused / the chain reported broken
   (critical). ``time() - it`` past a rollout's length (warning at 5 minutes) is a replica left on an
   old ``AUDIT_CHECKPOINT_KEYS`` — or checkpoints written by someone without any of the keys.
+- ``audit_trail_rolled_back`` (1/0; NaN before this process could check): 1 while the database's
+  checkpoints are behind the watermark kept in Redis, or fork from it — records signed before were
+  lost (a restore of the schema); 0 once they agree or the operator accepted the loss (alert on 1).
 - ``audit_listings_refused_total{reason="too_long|busy"}``: ``GET /audit/events`` and
   ``GET /audit/checkpoints`` pages not served: a statement ran into AUDIT_READ_TIMEOUT_SECONDS (an
   events listing: 422, the caller narrows the query; a checkpoint page, always small: 503), or every
@@ -82,11 +88,19 @@ chain_ok.set(float("nan"))
 checkpoints = Counter(
     "audit_checkpoints_total",
     "Runs of the checkpoint signer by outcome: signed, unchanged, refused (tampering found, nothing signed), "
-    "unknown_key (the newest checkpoint's key is not this replica's yet: a rollout; nothing signed).",
+    "unknown_key (the newest checkpoint's key is not this replica's yet: a rollout; nothing signed), "
+    "rolled_back (the database is behind the trail's watermark: nothing signed until accept-restore).",
     ["outcome"],
 )
-for _outcome in ("signed", "unchanged", "refused", "unknown_key"):
+for _outcome in ("signed", "unchanged", "refused", "unknown_key", "rolled_back"):
     checkpoints.labels(_outcome)
+trail_rolled_back = Gauge(
+    "audit_trail_rolled_back",
+    "1 while the database's checkpoints are behind (or fork from) the newest checkpoint signed, kept in "
+    "Redis: the trail was put back to an earlier point and records were lost; 0 when they agree.",
+    multiprocess_mode="livemax",
+)
+trail_rolled_back.set(float("nan"))  # unknown until checked, as audit_chain_ok
 checkpoint_latest = Gauge(
     "audit_checkpoint_latest_timestamp_seconds",
     "Unix time at which the newest checkpoint this process signed or found was signed.",

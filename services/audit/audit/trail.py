@@ -7,7 +7,9 @@ the database, so memory does not grow with the trail) and reports:
 
 * a signature that does not verify with the key its ``kid`` names (a forged or altered checkpoint);
 * a number missing, or a ``prev`` that is not the digest of the checkpoint before (one deleted or
-  replaced in the middle);
+  replaced in the middle). Numbers may skip when the next checkpoint's ``prev`` is the digest of
+  the one before the gap: the signer never signs a number twice, so after an accepted restore it
+  goes on past the numbers of the lost heads (:mod:`audit.watermark`);
 * checkpoints signed by a key the verifier does not know (a retired key): acceptable only while a
   later checkpoint, signed by a known key, chains back to them — the newest must always verify
   (unless ``tolerate`` says the keys of the newest ones may still be a newer replica's: the
@@ -108,20 +110,27 @@ class CheckpointTrail:
     def _take(self, number: int, jws: str) -> list[Expectation]:
         self.checked += 1
         expected = self.state.number + 1
-        if number > expected:
-            self.problems.append(
-                f"checkpoint {expected} is missing"
-                if number == expected + 1
-                else f"checkpoints {expected} to {number - 1} are missing"
-            )
+        missing = (
+            f"checkpoint {expected} is missing"
+            if number == expected + 1
+            else f"checkpoints {expected} to {number - 1} are missing"
+        )
         digest = hashlib.sha256(jws.encode("utf-8", "replace")).hexdigest()
         try:
             checkpoint = parse(jws)
         except InvalidCheckpoint as exc:
+            if number > expected:
+                self.problems.append(missing)
             self.signatures_valid = False
             self.problems.append(f"checkpoint {number} is not a valid checkpoint ({exc})")
             self.state = TrailState(number, digest, self.state.seq)
             return []
+        # Numbers skipped with ``prev`` still naming the checkpoint before: the signer went on past the
+        # numbers it had signed for heads a restore lost, after the operator accepted the loss
+        # (audit.watermark) — the signed link says nothing was removed in between. A checkpoint
+        # removed from the middle leaves the next one's ``prev`` naming it: reported.
+        if number > expected and checkpoint.prev != self.state.digest:
+            self.problems.append(missing)
         if checkpoint.number != number:
             self.problems.append(f"checkpoint {number} is signed as number {checkpoint.number}")
         if number == expected and checkpoint.prev != self.state.digest:

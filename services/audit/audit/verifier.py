@@ -16,6 +16,7 @@ from .checkpoints import PublicKeys
 from .keygrace import UnknownKeyGrace
 from .store import AuditStore, Verification
 from .trail import CheckpointTrail, TrailState
+from .watermark import TrailWatermark
 
 log = logging.getLogger("audit.verifier")
 
@@ -30,6 +31,10 @@ class BackgroundVerifier:
     catches tampering with older records. A broken chain is logged as an error and forces the next
     run to be a full one.
 
+    After each run it checks the trail's watermark in Redis (:mod:`audit.watermark`): a restored
+    trail verifies, and only the watermark says that it lost signed records. That keeps
+    ``audit_trail_rolled_back`` current on the replicas that do not sign.
+
     The newest checkpoints signed by a key this replica was not given (a newer pod's, while the
     Deployment rolls a key rotation) are not yet a broken chain: for the grace of
     :mod:`audit.keygrace` they are left unchecked, with a warning, and looked at again by every run
@@ -43,8 +48,10 @@ class BackgroundVerifier:
         full_interval: float,
         keys: PublicKeys | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        watermark: TrailWatermark | None = None,
     ) -> None:
         self.store = store
+        self.watermark = watermark
         self.grace = UnknownKeyGrace(clock, since=metrics.unknown_key_since.labels("audit-verifier"))
         self.interval = interval
         self.full_interval = full_interval
@@ -82,6 +89,9 @@ class BackgroundVerifier:
                 "audit chain is broken",
                 extra={"first_bad": result.first_bad, "reason": result.reason, "checked": result.checked},
             )
+        if self.watermark is not None:  # a trail consistent with itself may still have been rolled back
+            async with self.store.database.connection() as conn:
+                await self.watermark.check(conn)
         return result
 
     def task(self, clock: Clock = SYSTEM_CLOCK) -> PeriodicTask:

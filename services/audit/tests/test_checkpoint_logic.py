@@ -254,6 +254,32 @@ def test_a_checkpoint_deleted_from_the_middle_is_noticed() -> None:
     assert [e.number for e in expectations] == [1, 2, 4, 5]  # the others still hold the records
 
 
+def test_numbers_skipped_by_a_checkpoint_chained_to_the_one_before_are_not_missing() -> None:
+    """After an accepted restore (audit.watermark) the signer goes on past the numbers it had signed
+    for the lost heads, its ``prev`` the digest of the restored newest checkpoint: nothing was removed
+    in between, and no number is signed twice. The copies retained before the restore still say
+    which checkpoints the restore lost."""
+    chain = signed_chain(KEYS, 4)  # 3 and 4 are lost by the restore
+    after = KEYS.sign(
+        number=5, seq=30, head=head(31), signed_at=T0 + timedelta(hours=1), prev=chain[1].digest
+    )
+    trail = CheckpointTrail(KEYS)
+    expectations = walk(trail, rows([*chain[:2], after]))
+    assert trail.ok, trail.problems
+    assert [e.number for e in expectations] == [1, 2, 5]
+    retained = CheckpointTrail(KEYS, retained=dict(rows(chain)))
+    walk(retained, rows([*chain[:2], after]))
+    assert "checkpoint 3 is missing from the database (a retained copy has it)" in retained.problems
+    assert "checkpoint 4 is missing from the database (a retained copy has it)" in retained.problems
+
+
+def test_a_skip_whose_prev_names_a_removed_checkpoint_is_missing_checkpoints() -> None:
+    chain = signed_chain(KEYS, 5)
+    trail = CheckpointTrail(KEYS)
+    walk(trail, rows([chain[0], chain[4]]))  # 2 to 4 removed: 5 still names 4 as its prev
+    assert trail.problems == ["checkpoints 2 to 4 are missing"]
+
+
 def test_a_checkpoint_replaced_by_one_signed_with_another_key_is_noticed() -> None:
     chain = signed_chain(KEYS, 4)
     mallory = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))

@@ -22,7 +22,8 @@ identity   ``identity:*`` (sign-in and client-auth    GET SET INCR DECR EXPIRE P
            ``revocations``, ``revocations:complete``  checked too) INCRBY EXISTS XADD XTRIM
 timesheets ``identity-replay:timesheets:*``           SET (``NX EX``: the replay memory)
 approvals  ``identity-replay:approvals:*``            SET
-audit      ``identity-replay:audit:*``                SET
+audit      ``identity-replay:audit:*``,               SET; GET and EVAL (the watermark's
+           ``audit:*`` (the trail's watermark)        raise-only write: GET and SET inside)
 ========== ========================================= ===========================================
 
 Every user may also ``PING`` (the gateway's probe of Redis) and ``SELECT`` (a ``/db`` in the URL);
@@ -84,7 +85,12 @@ GRANTS: Mapping[str, Grant] = {
     ),
     "timesheets": _replay("timesheets"),
     "approvals": _replay("approvals"),
-    "audit": _replay("audit"),
+    "audit": Grant(
+        # svckit.replay as the others; audit.watermark GET and EVAL (GET, SET inside) of
+        # audit:watermark:<database>: the newest checkpoint signed, which a restore cannot roll back
+        commands=("set", "get", "eval"),
+        keys=("identity-replay:audit:*", "audit:*"),
+    ),
 }
 
 _GLOB = re.compile(r"([*?\[\]\\])")
