@@ -1,4 +1,5 @@
-"""The timesheets schema restored to an earlier point than approvals and audit.
+"""The timesheets schema restored to an earlier point than approvals and audit; and the approvals
+schema restored to an earlier point than timesheets.
 
 What the restore loses is lost (an entry created after the backup is gone, though the audit trail
 recorded its creation: the trail is the record of what happened), but the rules must hold on what it
@@ -8,6 +9,12 @@ approved entry and no approver could ever decide it again (409). ``python -m app
 reapply-decisions`` sends the applied decisions again (the apply step is idempotent by decision id)
 and names those whose entry the restore lost. Audit events the restored outbox holds again (delivered
 after the backup) are delivered again and stored once: the audit service ingests by event id.
+
+An approvals dump older than the timesheets one (docs/runbook.md: no command to run) lacks the
+decisions made after it, which the entries and the trail keep; a decision it holds as ``pending``
+that was applied after it settles as ``applied`` again when the reconciler repeats it (the
+timesheets service answers 200: the entry carries that decision id), without a second record of it
+on the trail.
 
 Real processes on loopback (timesheets, approvals, audit), one database of their own; the backup
 and the restore are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``), as
@@ -91,6 +98,16 @@ class Platform:
             log_dir=self.timesheets.log_path.parent,
         )
         self.timesheets.start("/readyz")
+
+    def start_approvals(self) -> None:
+        """A new approvals process on the same port (the previous one stopped)."""
+        self.approvals = ServiceProcess(
+            "approvals",
+            self.approvals_env,
+            port=self.approvals.port,
+            log_dir=self.approvals.log_path.parent,
+        )
+        self.approvals.start("/readyz")
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +210,100 @@ async def test_decisions_survive_a_restore_of_the_timesheets_schema(
         assert actions.count("timesheet.created") == 1, actions
         assert actions.count("approval.decided") == 1, actions
         assert await trail(db, lost) == ["approval.decided", "timesheet.created", "timesheet.decided"]
+    finally:
+        await timesheets.close()
+        await approvals.close()
+        await db.close()
+
+
+async def decision_rows(db: asyncpg.Connection, entry_id: str) -> list[tuple[str, str]]:
+    rows = await db.fetch("SELECT id::text, state FROM approvals.decisions WHERE entry_id = $1", entry_id)
+    return [(row["id"], row["state"]) for row in rows]
+
+
+async def test_an_approvals_restore_to_an_earlier_point_than_timesheets(
+    platform: Platform, caller: Caller, tmp_path: Path
+) -> None:
+    """What the runbook says of an approvals dump older than the timesheets one: the decisions made
+    after it are missing from approvals but kept by the entries and the trail (no approver can decide
+    them again); its pending decisions applied since settle as applied; nothing is recorded twice."""
+    alice, bob, dave = employee(), manager(), manager()
+    db = await asyncpg.connect(platform.owner_url)
+    timesheets = SignedApi(platform.timesheets.url, caller)
+    approvals = SignedApi(platform.approvals.url, caller)
+    try:
+        entries = {}
+        for name in ("pending", "later"):
+            reply = await timesheets.call(
+                "POST", "/timesheets", alice, json={"date": "2026-11-24", "project": name, "hours": 4}
+            )
+            assert reply.status == 201, reply.text
+            entries[name] = reply.body["id"]
+        pending, later = entries["pending"], entries["later"]
+
+        # the backup holds a decision recorded but not applied yet: its entry's row is locked (a slow
+        # timesheets database), so the apply call times out and the PUT answers 503
+        locker = await asyncpg.connect(platform.owner_url)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute(
+                "SELECT 1 FROM timesheets.entries WHERE id = $1 FOR UPDATE", uuid.UUID(pending)
+            )
+            reply = await approvals.call("PUT", f"/approvals/{pending}", bob, json={"decision": "approved"})
+            assert reply.status == 503, reply.text
+            assert reply.body["decision"]["state"] == "pending", reply.text
+            backup = dump_schema(platform.owner_url, "approvals", tmp_path / "approvals.dump")
+            await lock.rollback()
+        finally:
+            await locker.close()
+
+        # after the backup: "pending" applied (the reconciler settles it), "later" decided
+        reply = await approvals.call("PUT", f"/approvals/{later}", bob, json={"decision": "rejected"})
+        assert reply.status == 200, reply.text
+        deadline = time.monotonic() + 30
+        while [state for _, state in await decision_rows(db, pending)] != ["applied"]:
+            assert time.monotonic() < deadline, "the reconciler did not settle the decision"
+            await asyncio.sleep(0.2)
+        await outbox_empty(db, "approvals")
+        await outbox_empty(db, "timesheets")
+        before = {e: await trail(db, e) for e in (pending, later)}
+        assert before[pending] == ["approval.decided", "timesheet.created", "timesheet.decided"]
+        assert before[later] == ["approval.decided", "timesheet.created", "timesheet.decided"]
+
+        # --- the runbook: stop the service, restore its schema, start it (no step of its own)
+        platform.approvals.stop()
+        restore_schema(platform.owner_url, backup)
+        assert [state for _, state in await decision_rows(db, pending)] == ["pending"]
+        assert await decision_rows(db, later) == []
+        platform.start_approvals()
+        await approvals.close()
+        approvals = SignedApi(platform.approvals.url, caller)
+
+        # the restored pending decision settles as it did: applied (the entry carries its id)
+        deadline = time.monotonic() + 30
+        while [state for _, state in await decision_rows(db, pending)] != ["applied"]:
+            assert time.monotonic() < deadline, "the restored pending decision was not settled"
+            await asyncio.sleep(0.2)
+        reply = await timesheets.call("GET", f"/timesheets/{pending}", alice)
+        assert reply.body["status"] == "approved", reply.text
+
+        # the decision made after the backup: approvals lacks it, the entry and the trail keep it, and
+        # nobody can decide the entry again
+        reply = await timesheets.call("GET", f"/timesheets/{later}", alice)
+        assert reply.body["status"] == "rejected", reply.text
+        assert reply.body["decision"]["by"]["subject"] == bob.subject, reply.text
+        reply = await approvals.call("PUT", f"/approvals/{later}", dave, json={"decision": "approved"})
+        assert reply.status == 409, reply.text
+        assert await decision_rows(db, later) == []
+        queue = await approvals.call("GET", "/approvals?limit=100", dave)
+        assert queue.status == 200, queue.text
+        assert not {pending, later} & {item["id"] for item in queue.body["items"]}
+
+        # the trail: what it had, once (a settlement repeated is the same event, stored once)
+        await outbox_empty(db, "approvals")
+        after = {e: await trail(db, e) for e in (pending, later)}
+        assert after == before, (before, after)
     finally:
         await timesheets.close()
         await approvals.close()

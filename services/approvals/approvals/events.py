@@ -17,6 +17,17 @@ from .store import DecisionRow
 SOURCE = "approvals"
 #: the namespace of the ids of refused attempts' records (:func:`refusal_id`); never changes
 REFUSALS = uuid.UUID("9f90d771-8751-494e-aa78-243980401b23")
+#: the namespace of a settlement's event id (:func:`settlement_id`)
+SETTLEMENTS = uuid.UUID("5d0b6a8e-3c1f-4a53-9f0e-2b7c8d41e6a9")
+
+
+def settlement_id(row: DecisionRow, action: str) -> uuid.UUID:
+    """The event id of a decision's settlement (``approval.decided`` / ``approval.voided``): derived
+    from the decision, so that settling it again is the same event, stored once by the audit service.
+    A decision settles once, but an approvals schema restored to a point where it was still pending
+    (docs/runbook.md, "Backup and restore") settles it again, and the trail must not say twice that
+    it was applied (tests/restore/test_timesheets_restore.py)."""
+    return uuid.uuid5(SETTLEMENTS, f"{action}:{row.id}")
 
 
 def approver_of(row: DecisionRow) -> Identity:
@@ -36,6 +47,7 @@ def decided(row: DecisionRow, via: str) -> tuple[uuid.UUID, dt.datetime, str]:
     the original PUT's, even when the reconciler finished it later. ``via`` says which: ``request``
     or ``reconciler``."""
     return outbox_values(
+        event_id=settlement_id(row, "approval.decided"),
         action="approval.decided",
         resource_type="timesheet",
         resource_id=str(row.entry_id),
@@ -59,6 +71,7 @@ def voided(row: DecisionRow, reason: str, via: str) -> tuple[uuid.UUID, dt.datet
     ``failure``: what the approver decided did not take effect. ``via``: ``request`` or
     ``reconciler``, whichever voided it; the request id is the original PUT's."""
     return outbox_values(
+        event_id=settlement_id(row, "approval.voided"),
         action="approval.voided",
         resource_type="timesheet",
         resource_id=str(row.entry_id),

@@ -39,7 +39,7 @@ from svckit.responses import model_response
 from .bounds import MIN_RETRY_AFTER, Busy, TooLong
 from .checkpoints import InvalidCheckpoint, PublicKeys, parse
 from .intake import read_batch
-from .ranges import BadRange, RangeRequest
+from .ranges import BadRange, range_request
 from .store import AppendResult, AuditStore, Verification
 from .trail import CheckpointTrail
 
@@ -201,8 +201,10 @@ async def verify_range(request: Request, query: VerifyQuery) -> Verification:
     """A ranged walk (:meth:`AuditStore.verify_range`): what the parameters say alone is checked here,
     what they say of this chain (beyond the head, no such checkpoint) by the walk, in its snapshot."""
     keys: PublicKeys | None = request.app.state.checkpoint_keys
-    if query.from_checkpoint is not None and query.since is not None:
-        raise range_problem("since", "give since or from_checkpoint, not both")
+    try:
+        wanted = range_request(query)
+    except BadRange as exc:
+        raise range_problem(exc.parameter, exc.message) from None
     if keys is None:
         given = next(p for p in ("from_checkpoint", "since", "until") if getattr(query, p) is not None)
         raise range_problem(
@@ -210,10 +212,6 @@ async def verify_range(request: Request, query: VerifyQuery) -> Verification:
             "this service signs no checkpoints (AUDIT_CHECKPOINT_KEYS is empty), so a range has "
             "nothing to be anchored to: verify the whole chain, or with anchor=<seq>:<hash>",
         )
-    since, until = query.since_seq, query.until_seq
-    if since is not None and until is not None and until < since:
-        raise range_problem("until", f"is before since ({since})")
-    wanted = RangeRequest(checkpoint=query.checkpoint, since=since, until=until, anchor=query.anchor_point)
     try:
         return await store_of(request).verify_range(wanted, keys)
     except BadRange as exc:

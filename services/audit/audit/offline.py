@@ -9,7 +9,12 @@ chain to the checkpoints in the database *and* to copies retained elsewhere (``-
 exported earlier, or the service's own log lines). It needs none of the service's other settings.
 
 ``verify`` prints the same JSON document as ``GET /audit/verify`` and exits 0 (intact), 1 (broken),
-2 (bad arguments or settings) or 3 (database unreachable). ``export-checkpoints`` writes one JSON line
+2 (bad arguments or settings) or 3 (database unreachable). ``--from-checkpoint N|latest``, ``--since
+SEQ`` and ``--until SEQ`` verify a range, as the API's ``from_checkpoint``/``since``/``until`` do and
+with the same code (:mod:`audit.ranges`): anchored at a signed checkpoint whose signature verifies
+(or at the chain's start), the retained copies held to the checkpoints from the anchor on. A range
+that names nothing on the chain (a checkpoint that does not exist, a position beyond the head) is a
+usage error (exit 2) naming the option. ``export-checkpoints`` writes one JSON line
 per checkpoint (``--after N`` continues an earlier export): keep them where the database's owner cannot
 write (object storage with retention, a log archive).
 
@@ -31,6 +36,7 @@ from typing import Any
 import asyncpg
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from svckit.contracts.audit import VerifyQuery
 from svckit.db import UNAVAILABLE_ERRORS, Database
 from svckit.dbtls import resolve
 from svckit.settings import describe_error
@@ -44,6 +50,7 @@ from .checkpoints import (
     from_flattened,
     parse,
 )
+from .ranges import BadRange, RangeRequest, range_request
 from .store import AuditStore
 from .trail import CheckpointTrail
 
@@ -139,15 +146,47 @@ async def _with_store(settings: OfflineSettings) -> tuple[Database, AuditStore]:
     return database, AuditStore(database, SCHEMA)
 
 
-async def _verify(settings: OfflineSettings, keys: PublicKeys, retained: dict[int, str]) -> int:
+def option(parameter: str) -> str:
+    """The command-line option of an API parameter (``from_checkpoint`` → ``--from-checkpoint``)."""
+    return "--" + parameter.replace("_", "-")
+
+
+def wanted_range(args: argparse.Namespace) -> RangeRequest | None:
+    """The range the options ask for, read as ``GET /audit/verify`` reads its parameters (None: the
+    whole chain); :class:`BadRange` naming the API's parameter when they are wrong."""
+    given = {
+        name: getattr(args, name)
+        for name in ("from_checkpoint", "since", "until")
+        if getattr(args, name) is not None
+    }
+    if not given:
+        return None
+    try:
+        query = VerifyQuery.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        parameter = str(error["loc"][0]) if error["loc"] else next(iter(given))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise BadRange(parameter, message) from None
+    return range_request(query)
+
+
+async def _verify(
+    settings: OfflineSettings, keys: PublicKeys, retained: dict[int, str], wanted: RangeRequest | None
+) -> int:
     database, store = await _with_store(settings)
     try:
-        result = await store.verify(trail=CheckpointTrail(keys, retained))
+        if wanted is None:
+            result = await store.verify(trail=CheckpointTrail(keys, retained))
+        else:  # unbounded, as the whole walk: nobody shares this pool
+            result = await store.verify_range(wanted, keys, retained=retained, bounded=False)
     finally:
         await database.close()
     print(result.result().model_dump_json(exclude_none=True, indent=2))
     if result.ok:
-        print(f"audit chain intact: {result.checked} records", file=sys.stderr)
+        covered = result.covered
+        span = f" from record {covered.from_seq} to {covered.to_seq}" if covered is not None else ""
+        print(f"audit chain intact{span}: {result.checked} records", file=sys.stderr)
         return 0
     where = f" at record {result.first_bad}" if result.first_bad is not None else ""
     print(f"audit chain BROKEN{where}: {result.reason}", file=sys.stderr)
@@ -176,6 +215,18 @@ def main(argv: list[str]) -> int:
     verify = commands.add_parser("verify", help="verify the chain against its signed checkpoints")
     verify.add_argument("--checkpoints", type=Path, help="checkpoints retained outside the database")
     verify.add_argument("--keys", type=Path, help="a JWKS of the checkpoint keys (pinned by the auditor)")
+    verify.add_argument(
+        "--from-checkpoint",
+        metavar="N|latest",
+        help="verify a range: from this signed checkpoint (its number, or the newest) to the head",
+    )
+    verify.add_argument(
+        "--since",
+        metavar="SEQ",
+        help="verify a range: from the newest signed checkpoint at or before this record (not with "
+        "--from-checkpoint)",
+    )
+    verify.add_argument("--until", metavar="SEQ", help="end the range at this record instead of the head")
     export = commands.add_parser("export-checkpoints", help="print every checkpoint as one JSON line")
     export.add_argument("--after", type=int, default=0, help="only checkpoints numbered above this")
     args = parser.parse_args(argv)
@@ -188,8 +239,10 @@ def main(argv: list[str]) -> int:
         return USAGE
     keys: PublicKeys | None = None
     retained: dict[int, str] = {}
+    wanted: RangeRequest | None = None
     if args.command == "verify":
         try:
+            wanted = wanted_range(args)
             keys = public_keys(args, settings)
             retained = read_retained(args.checkpoints) if args.checkpoints is not None else {}
         except (
@@ -201,10 +254,16 @@ def main(argv: list[str]) -> int:
         ) as exc:
             print(f"audit verify: {exc}", file=sys.stderr)
             return USAGE
+        except BadRange as exc:
+            print(f"audit verify: {option(exc.parameter)}: {exc.message}", file=sys.stderr)
+            return USAGE
     try:
         if keys is None:
             return asyncio.run(_export(settings, args.after))
-        return asyncio.run(_verify(settings, keys, retained))
+        return asyncio.run(_verify(settings, keys, retained, wanted))
+    except BadRange as exc:  # what the range names is not on this chain (found in the walk's snapshot)
+        print(f"audit verify: {option(exc.parameter)}: {exc.message}", file=sys.stderr)
+        return USAGE
     except DATABASE_FAILURES as exc:
         print(
             f"audit {args.command}: database unreachable or refusing ({type(exc).__name__}: {exc})",

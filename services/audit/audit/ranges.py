@@ -20,14 +20,19 @@ head is the caller's mistake (:class:`BadRange`, a 422 naming the parameter), an
 signed by a key this service no longer knows (a retired one, which only a later checkpoint's ``prev``
 chain vouches for); a checkpoint that is no checkpoint, or whose signature does not verify, is the
 database's fault (:attr:`Origin.problem`: the verification answers ``ok: false``, walking nothing).
+
+The API and the offline ``python -m audit verify --from-checkpoint|--since|--until`` (:mod:`audit.offline`)
+both take their range through :func:`range_request` and walk it with
+:meth:`audit.store.AuditStore.verify_range`: a range means the same from inside and outside the service.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from svckit.contracts.audit import Anchor, RangeAnchor
+from svckit.contracts.audit import Anchor, RangeAnchor, VerifyQuery
 from svckit.db import Connection
 
 from .chain import GENESIS
@@ -47,12 +52,25 @@ class RangeRequest:
 
 
 class BadRange(ValueError):
-    """The range names nothing on this chain: answered 422 naming ``parameter``."""
+    """The range names nothing on this chain: answered 422 naming ``parameter`` (offline: a usage
+    error naming the option)."""
 
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
         self.message = message
+
+
+def range_request(query: VerifyQuery) -> RangeRequest:
+    """The range ``query`` asks for, checked as far as the parameters alone can be (what they say of
+    the chain, the walk checks in its snapshot): :class:`BadRange` for ``since`` with
+    ``from_checkpoint``, or ``until`` before ``since``."""
+    if query.from_checkpoint is not None and query.since is not None:
+        raise BadRange("since", "give since or from_checkpoint, not both")
+    since, until = query.since_seq, query.until_seq
+    if since is not None and until is not None and until < since:
+        raise BadRange("until", f"is before since ({since})")
+    return RangeRequest(checkpoint=query.checkpoint, since=since, until=until, anchor=query.anchor_point)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +108,26 @@ class Origin:
             signed_at=checkpoint.signed_at,
         )
 
-    def trail(self, keys: PublicKeys) -> CheckpointTrail:
+    def trail(self, keys: PublicKeys, retained: Mapping[int, str] | None = None) -> CheckpointTrail:
         """The checkpoint trail of the walk: it goes on after the anchor (whose signature verified,
-        counted as checked and verified), or begins at checkpoint 1 from the chain's start."""
+        counted as checked and verified), or begins at checkpoint 1 from the chain's start.
+
+        ``retained``: copies kept outside the database (offline ``--checkpoints``); those after the
+        anchor are held to the database's as in a full walk (one the database lacks is reported), the
+        anchor's own copy must be the anchor, and earlier ones lie outside the range."""
+        retained = retained or {}
         checkpoint = self.checkpoint
         if checkpoint is None:
-            return CheckpointTrail(keys)
+            return CheckpointTrail(keys, retained)
         state = TrailState(checkpoint.number, checkpoint.digest, checkpoint.seq)
-        return CheckpointTrail(keys, state=state, checked=1, verified=1, latest=checkpoint)
+        trail = CheckpointTrail(keys, retained, state=state, checked=1, verified=1, latest=checkpoint)
+        copy = retained.get(checkpoint.number)
+        if copy is not None and copy != checkpoint.jws:
+            trail.problems.append(
+                f"checkpoint {checkpoint.number}, the range's anchor, differs from the copy retained "
+                "outside the database: it was replaced (and, as it verifies, re-signed with the key)"
+            )
+        return trail
 
 
 async def find_origin(

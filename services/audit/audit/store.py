@@ -662,7 +662,13 @@ class AuditStore:
             return await self.verify(anchor=anchor, trail=trail, statement_timeout=self.verifying.setting)
 
     async def verify_range(
-        self, wanted: RangeRequest, keys: PublicKeys, prefetch: int = 1000
+        self,
+        wanted: RangeRequest,
+        keys: PublicKeys,
+        prefetch: int = 1000,
+        *,
+        retained: Mapping[int, str] | None = None,
+        bounded: bool = True,
     ) -> Verification:
         """A range of the chain walked on request (``GET /audit/verify?from_checkpoint=|since=|until=``,
         :mod:`audit.ranges`), under the same bound as a whole walk (:meth:`verify_on_request`): the
@@ -670,11 +676,19 @@ class AuditStore:
         walked from it in one snapshot. :class:`~audit.ranges.BadRange` when the range names nothing
         on this chain (a position beyond the head, a checkpoint that does not exist).
 
+        ``bounded=False``: no turn and no time limit, as the offline whole walk (``python -m audit
+        verify --from-checkpoint|--since|--until``, outside the service, where nobody else shares the
+        pool); ``retained``: the checkpoints kept outside the database that it holds the range's to
+        (:meth:`audit.ranges.Origin.trail`).
+
         ``audit_chain_ok`` is the whole chain's verdict: a range found broken sets it to 0 (a record
         or a checkpoint is wrong, wherever the rest stands), a range found intact leaves it alone
         (it says nothing of the records before it)."""
-        async with self.verifying.read():
-            result = await self._ranged(wanted, keys, prefetch, self.verifying.setting)
+        if bounded:
+            async with self.verifying.read():
+                result = await self._ranged(wanted, keys, prefetch, self.verifying.setting, retained)
+        else:
+            result = await self._ranged(wanted, keys, prefetch, None, retained)
         if result.by_caller_anchor:
             log.warning(
                 "audit chain does not hold the anchor given",
@@ -686,10 +700,16 @@ class AuditStore:
         return result
 
     async def _ranged(
-        self, wanted: RangeRequest, keys: PublicKeys, prefetch: int, statement_timeout: str
+        self,
+        wanted: RangeRequest,
+        keys: PublicKeys,
+        prefetch: int,
+        statement_timeout: str | None,
+        retained: Mapping[int, str] | None,
     ) -> Verification:
         async with self.database.transaction(isolation="repeatable_read") as conn:
-            await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
+            if statement_timeout is not None:
+                await conn.execute("SELECT set_config('statement_timeout', $1, true)", statement_timeout)
             # the last record, by the primary key (not chain_head, which the records must agree with)
             head: int = await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {self.schema}.records")
             for parameter, seq in (("since", wanted.since), ("until", wanted.until)):
@@ -712,7 +732,7 @@ class AuditStore:
                 prefetch,
                 wanted.anchor,
                 origin.point,
-                origin.trail(keys),
+                origin.trail(keys, retained),
                 until=wanted.until,
                 origin=origin,
             )

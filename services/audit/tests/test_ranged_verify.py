@@ -10,10 +10,16 @@ whose signature does not verify, a record that no longer holds the anchor's sign
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -403,3 +409,112 @@ async def test_without_checkpoints_a_range_has_nothing_to_be_anchored_to(
                 assert "AUDIT_CHECKPOINT_KEYS" in reply.body["errors"][0]["message"]
         finally:
             await api.close()
+
+
+# ---- the same ranges from outside the service: python -m audit verify --from-checkpoint|--since|--until
+
+
+def verify_offline(ranged: Ranged, *args: str, keys: bool = True) -> tuple[int, dict[str, Any], str]:
+    """``python -m audit verify ARGS`` against the module's database, as an auditor runs it: the
+    database's URL and the checkpoint keys (their public halves), nothing else of the service's."""
+    env = {"DATABASE_URL": ranged.env["DATABASE_URL"], "PATH": "/usr/bin:/bin"}
+    if keys:
+        env["AUDIT_CHECKPOINT_KEYS"] = ranged.env["AUDIT_CHECKPOINT_KEYS"]
+    result = subprocess.run(
+        [sys.executable, "-m", "audit", "verify", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.returncode, report, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "params"),
+    [
+        (("--from-checkpoint", "latest"), {"from_checkpoint": "latest"}),
+        (("--from-checkpoint", "2"), {"from_checkpoint": "2"}),
+        (("--since", "2500"), {"since": "2500"}),
+        (("--since", "999"), {"since": "999"}),
+        (("--since", "1000", "--until", "1500"), {"since": "1000", "until": "1500"}),
+        (("--until", "1200"), {"until": "1200"}),
+    ],
+)
+async def test_offline_the_same_range_gives_the_same_answer_as_the_api(
+    ranged: Ranged, args: tuple[str, ...], params: dict[str, str]
+) -> None:
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    assert status == 0, stderr[-800:]
+    assert report == await ranged.verify(**params)
+    assert report["range"]["from_seq"] in (1, 1000, 2000, 3000)
+    assert f"from record {report['range']['from_seq']}" in stderr
+
+
+async def test_offline_a_range_reports_what_lies_in_it_only(ranged: Ranged) -> None:
+    async with tampered(
+        ranged.owner, "records", "seq = 2500", f"UPDATE audit.records SET {ALTERED} WHERE seq = 2500"
+    ):
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--from-checkpoint", "2")
+        assert (status, report["ok"], report["first_bad"]) == (1, False, 2500), stderr[-800:]
+        assert "BROKEN at record 2500" in stderr
+        status, report, _ = await asyncio.to_thread(verify_offline, ranged, "--from-checkpoint", "latest")
+        assert (status, report["ok"], report["checked"]) == (0, True, AFTER + 1)
+        status, report, _ = await asyncio.to_thread(verify_offline, ranged)  # the whole chain, as before
+        assert (status, report["first_bad"]) == (1, 2500)
+        assert "range" not in report
+
+
+async def test_offline_a_range_is_held_to_the_checkpoints_retained_outside_the_database(
+    ranged: Ranged, tmp_path: Path
+) -> None:
+    """The restore's case (docs/runbook.md): the database rolled back to checkpoint 2, records and
+    checkpoint 3 gone. The trail left is consistent, so the range from its newest checkpoint verifies
+    by itself; with the copies retained outside the database it is reported. A retained copy of the
+    anchor that differs from the database's is reported too."""
+    retained = tmp_path / "retained.jsonl"
+    retained.write_text("".join(json.dumps({"jws": c.jws}) + "\n" for c in ranged.checkpoints.values()))
+    async with (
+        tampered(ranged.owner, "records", "seq > 2000", "DELETE FROM audit.records WHERE seq > 2000"),
+        tampered(ranged.owner, "checkpoints", "number = 3", "DELETE FROM audit.checkpoints WHERE number = 3"),
+    ):
+        latest = ("--from-checkpoint", "latest")
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *latest)
+        assert (status, report["ok"], report["range"]["from_seq"]) == (0, True, 2000), stderr[-800:]
+        args = ("--from-checkpoint", "latest", "--checkpoints", str(retained))
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+        assert (status, report["ok"]) == (1, False), stderr[-800:]
+        assert report["first_bad"] == 2001
+        assert "checkpoint 3 is missing from the database" in report["checkpoints"]["problem"]
+    # the anchor re-signed with the key (stolen) at another instant: both verify, they differ
+    key = CheckpointKeys.parse(ranged.env["AUDIT_CHECKPOINT_KEYS"])
+    real = ranged.checkpoints[3]
+    later = real.signed_at + timedelta(seconds=1)
+    resigned = key.sign(number=3, seq=real.seq, head=real.head, signed_at=later, prev=real.prev)
+    assert resigned.jws != real.jws
+    retained.write_text(json.dumps({"jws": resigned.jws}) + "\n")
+    args = ("--from-checkpoint", "3", "--checkpoints", str(retained))
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    assert (status, report["ok"]) == (1, False), stderr[-800:]
+    assert "the range's anchor, differs from the copy retained" in report["reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--since", "abc"), "--since"),
+        (("--since", "0"), "--since"),
+        (("--since", str(HEAD + 1)), "--since"),
+        (("--until", str(HEAD + 1)), "--until"),
+        (("--since", "2000", "--until", "1999"), "--until"),
+        (("--from-checkpoint", "3", "--until", "2999"), "--until"),
+        (("--from-checkpoint", "first"), "--from-checkpoint"),
+        (("--from-checkpoint", "4"), "--from-checkpoint"),
+        (("--from-checkpoint", "2", "--since", "2000"), "--since"),
+    ],
+)
+async def test_offline_a_bad_range_is_a_usage_error_naming_the_option(
+    ranged: Ranged, args: tuple[str, ...], option: str
+) -> None:
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    assert status == 2, stderr[-800:]
+    assert report == {}
+    assert "Traceback" not in stderr
+    assert f"audit verify: {option}: " in stderr, stderr

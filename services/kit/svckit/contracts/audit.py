@@ -263,6 +263,7 @@ def outbox_values(
     source: str,
     details: Mapping[str, Any],
     request_id: str | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> tuple[uuid.UUID, datetime, str]:
     """``event_parameters(AuditEvent.create(...))`` (:mod:`svckit.outbox`: the outbox row's id,
     occurred_at and JSON payload) for a writer's hot path, without building and serialising the
@@ -270,7 +271,9 @@ def outbox_values(
     the model's patterns once per (source, action, type); the actor through :class:`Actor` once per
     identity (kept as JSON); the resource id, request id and details as the model checks them. Raises
     :class:`InvalidEvent` where :meth:`AuditEvent.create` does; the payload parses to the same
-    document (``tests/test_contracts.py`` holds the two to it; the outbox stores it as ``jsonb``)."""
+    document (``tests/test_contracts.py`` holds the two to it; the outbox stores it as ``jsonb``).
+    ``event_id``: the event's id when the change it records has one of its own (the audit service
+    stores an id once: the same change written again is the same record); else a new one."""
     if outcome not in OUTCOMES:
         raise InvalidEvent(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
     names = (source, action, resource_type)
@@ -297,7 +300,8 @@ def outbox_values(
         details_text = _details_text(details)
     except ValueError as exc:  # pydantic's ValidationError too
         raise InvalidEvent(f"the audit service would refuse this event: {exc}") from None
-    event_id = uuid.uuid4()
+    if event_id is None:
+        event_id = uuid.uuid4()
     occurred_at = datetime.now(UTC)
     payload = (
         f'{{"id":"{event_id}","occurred_at":"{occurred_at.isoformat()[:-6]}Z","source":"{source}",'
