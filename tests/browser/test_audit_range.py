@@ -2,12 +2,13 @@
 checkpoint instead, and says so, naming the checkpoint.
 
 "Too long" is made cheaply rather than with the hundreds of thousands of records that outgrow the
-default 25 s: only this test's audit service runs with ``AUDIT_VERIFY_TIMEOUT_SECONDS`` 0.3 s (the
-platform's audit process is restarted with it, and restarted as it was afterwards: the shared platform
-fixture stays as every other browser test has it), and the trail gets 30,000 records (a whole walk of
-~1 s per 10,000, far past 0.3 s; the range from the newest checkpoint, signed every second here, is
-a few records). Real parts throughout: the platform's processes, Chromium, the SPA's fallback
-(``GET /api/audit/verify`` → 422 ``chain_too_long`` → ``?from_checkpoint=latest``).
+default 25 s: the trail gets 30,000 records, and this test times a whole walk and a walk from the
+newest checkpoint (a few records) on this machine, then restarts only the platform's audit process
+with ``AUDIT_VERIFY_TIMEOUT_SECONDS`` between the two (their geometric mean), and restarts it as it was
+afterwards (the shared platform fixture stays as every other browser test has it). A fixed limit made
+the test depend on the machine's speed: on a quiet one the whole walk of 30,000 records took less
+than the 0.3 s it had been given. Real parts throughout: the platform's processes, Chromium, the SPA's
+fallback (``GET /api/audit/verify`` → 422 ``chain_too_long`` → ``?from_checkpoint=latest``).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from playwright.async_api import expect
 from svckit.identity import Identity
 
 from devstack.platform import SERVICES, Platform
-from testkit.fixtures import pair_signer
+from testkit.fixtures import pair_signer, user
 from tests.browser.support import NewPage, Shots, sign_in
 
 RECORDS = 30_000
 BATCH = 500
 TIMESHEETS = Identity.service("timesheets")
+AUDITOR = user("carol", "read:audit")
 AUDIT = next(spec for spec in SERVICES if spec.name == "audit")
 
 
@@ -59,12 +61,28 @@ async def restart_audit(platform: Platform, extra: Mapping[str, str]) -> None:
 
 
 @pytest.fixture
-async def short_verifications(platform: Platform) -> AsyncIterator[None]:
-    await restart_audit(platform, {"AUDIT_VERIFY_TIMEOUT_SECONDS": "0.3"})
+async def restored_audit(platform: Platform) -> AsyncIterator[None]:
+    """The platform's audit process as it was once the test is over (the test restarts it)."""
     try:
         yield
     finally:
         await restart_audit(platform, {})
+
+
+async def walk_seconds(platform: Platform, query: str) -> float:
+    """How long ``GET /audit/verify<query>`` takes, asked directly as an auditor (the best of three)."""
+    signer = pair_signer(platform.env, "gateway", "audit")
+    target = f"/audit/verify{query}"
+    best = float("inf")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            headers = signer.headers(AUDITOR, method="GET", target=target)
+            started = time.perf_counter()
+            async with session.get(f"http://127.0.0.1:{AUDIT.port}{target}", headers=headers) as reply:
+                assert reply.status == 200, await reply.text()
+                assert (await reply.json())["ok"] is True
+            best = min(best, time.perf_counter() - started)
+    return best
 
 
 def event(n: int) -> dict[str, Any]:
@@ -114,7 +132,7 @@ async def newest_checkpoint(platform: Platform) -> tuple[int, int]:
 
 
 async def test_a_trail_too_long_to_verify_whole_is_verified_from_the_newest_checkpoint(
-    platform: Platform, short_verifications: None, new_page: NewPage, shot: Shots
+    platform: Platform, restored_audit: None, new_page: NewPage, shot: Shots
 ) -> None:
     await lengthen_trail(platform, RECORDS)
     for _ in range(60):  # signed every second (AUDIT_CHECKPOINT_INTERVAL_SECONDS=1 on this platform)
@@ -129,6 +147,17 @@ async def test_a_trail_too_long_to_verify_whole_is_verified_from_the_newest_chec
         await asyncio.sleep(0.5)
     else:
         pytest.fail("no checkpoint covered the lengthened trail")
+
+    whole, ranged_walk = (
+        await walk_seconds(platform, ""),
+        await walk_seconds(platform, "?from_checkpoint=latest"),
+    )
+    assert whole > 16 * ranged_walk, (
+        f"a whole walk ({whole:.3f} s) is not much longer than a ranged one ({ranged_walk:.3f} s)"
+    )
+    limit = (whole * ranged_walk) ** 0.5  # at least 4x either side of both
+    print(f"whole walk {whole:.3f} s, from the newest checkpoint {ranged_walk:.4f} s: limit {limit:.3f} s")
+    await restart_audit(platform, {"AUDIT_VERIFY_TIMEOUT_SECONDS": f"{limit:.4f}"})
 
     carol, _ = await new_page()
     await sign_in(carol, shot, "carol")
