@@ -31,7 +31,11 @@ With ``BENCH_GATEWAY_BASELINE`` set to a checkout (a directory holding ``service
 ``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second gateway
 runs from that code with the same settings, measured in the same rounds as ``gateway_before``
 (under ``reference``; ``ratios.gateway_vs_before_cpu_per_request``): an A/B of a change in one run,
-the pair's order swapped every other round.
+the pair's order swapped every other round. The ratio of medians moves with this machine's drift (a
+round that ran slow for one side: CPU steal changes the cost of the same work by tens of percent), so
+the pairs are also compared round by round (``…_cpu_per_request_paired``), and with each side's CPU
+per request over the upstream's in its run (``…_cpu_per_upstream_cpu_paired``: the upstream does the
+same work for both sides, a yardstick of the machine's speed at that moment).
 
 Rounds of direct, passthrough, pooled, gateway and haproxy are interleaved (``BENCH_GATEWAY_ROUNDS``,
 default 5, of ``BENCH_GATEWAY_SECONDS``, default 5, each) and the medians reported; naive runs once,
@@ -283,6 +287,27 @@ def machine() -> str:
         pass
     system = f"{platform.system()} {platform.release()}"
     return f"{system}, {os.cpu_count()} cores ({model}), Python {platform.python_version()}"
+
+
+def paired_ratios(after: list[dict[str, Any]], before: list[dict[str, Any]]) -> dict[str, float | None]:
+    """An A/B pair's CPU per request compared round by round: ``paired``, the median of each round's
+    ratio; ``per_upstream``, the same with each side's CPU per request divided by the upstream's in its
+    run. This machine's speed drifts by tens of percent within a run (CPU steal): a round that ran
+    slow for one side moves a ratio of medians, while the upstream does the same work for both sides
+    and slows down with them, so the second figure holds only what the fronts' code changes."""
+    paired, per_upstream = [], []
+    for a, b in zip(after, before, strict=False):
+        a_cpu, b_cpu = a.get("cpu_us_per_request"), b.get("cpu_us_per_request")
+        if not a_cpu or not b_cpu:
+            continue
+        paired.append(a_cpu / b_cpu)
+        a_up, b_up = a.get("upstream_cpu_us_per_request"), b.get("upstream_cpu_us_per_request")
+        if a_up and b_up:
+            per_upstream.append((a_cpu / a_up) / (b_cpu / b_up))
+    return {
+        "paired": round(statistics.median(paired), 3) if paired else None,
+        "per_upstream": round(statistics.median(per_upstream), 3) if per_upstream else None,
+    }
 
 
 def median_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -559,6 +584,10 @@ def main() -> int:
             / reference["gateway_dpop_before"]["cpu_us_per_request"],
             3,
         )
+        for front in ("gateway", "gateway_dpop"):
+            compared = paired_ratios(runs[front], runs[f"{front}_before"])
+            ratios[f"{front}_vs_before_cpu_per_request_paired"] = compared["paired"]
+            ratios[f"{front}_vs_before_cpu_per_upstream_cpu_paired"] = compared["per_upstream"]
         if "haproxy" in cases:
             ratios["gateway_before_vs_haproxy_cpu_per_request"] = round(
                 reference["gateway_before"]["cpu_us_per_request"] / cases["haproxy"]["cpu_us_per_request"], 3
@@ -624,7 +653,12 @@ def main() -> int:
         print(
             f"gateway / gateway_before (BENCH_GATEWAY_BASELINE) CPU per request: "
             f"{ratios['gateway_vs_before_cpu_per_request']:.3f}; with DPoP "
-            f"{ratios['gateway_dpop_vs_before_cpu_per_request']:.3f}"
+            f"{ratios['gateway_dpop_vs_before_cpu_per_request']:.3f} (ratio of medians); the median of each "
+            f"round's pair {ratios['gateway_vs_before_cpu_per_request_paired']}, with DPoP "
+            f"{ratios['gateway_dpop_vs_before_cpu_per_request_paired']}; each side's CPU per request over "
+            f"the upstream's in its round (the machine's speed taken out) "
+            f"{ratios['gateway_vs_before_cpu_per_upstream_cpu_paired']}, with DPoP "
+            f"{ratios['gateway_dpop_vs_before_cpu_per_upstream_cpu_paired']}"
         )
     print(f"written to {RESULTS / 'gateway.json'}")
     return 0
