@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { describeCheckpoints, describeEvent, describeRange, describeReason, filtersToQuery, NO_FILTERS } from "./audit";
+import {
+  describeCheckpoints,
+  describeEvent,
+  describeRange,
+  describeReason,
+  eventsChecked,
+  filtersToQuery,
+  NO_FILTERS,
+} from "./audit";
 import { today } from "./week";
 import { inZone } from "./zones.testing";
 
@@ -294,5 +302,14 @@ describe("a verified range", () => {
   it("is absent for a verification of the whole trail", () => {
     expect(describeRange(undefined, when)).toBeNull();
     expect(describeRange(null, when)).toBeNull();
+  });
+});
+
+describe("eventsChecked", () => {
+  it("says event for one and events otherwise", () => {
+    expect(eventsChecked(1)).toBe("1 event checked");
+    expect(eventsChecked(0)).toBe("0 events checked");
+    expect(eventsChecked(undefined)).toBe("0 events checked");
+    expect(eventsChecked(30000)).toBe("30000 events checked");
   });
 });

@@ -312,3 +312,9 @@ export function describeRange(range: VerifiedRange | null | undefined, when: (is
   const to = range.to_head ? `the newest event, ${range.to_seq}` : `event ${range.to_seq}`;
   return `From ${from} to ${to}.`;
 }
+
+/** "1 event checked", "30000 events checked": how many records a verification walked. */
+export function eventsChecked(checked: number | null | undefined): string {
+  const n = checked ?? 0;
+  return `${n} ${n === 1 ? "event" : "events"} checked`;
+}

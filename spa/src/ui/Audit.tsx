@@ -10,6 +10,7 @@ import {
   describeCheckpoints,
   describeEvent,
   describeRange,
+  eventsChecked,
   filtersToQuery,
   type AuditFilters,
 } from "../lib/audit";
@@ -263,7 +264,7 @@ function ChainStatus({
     tone = "ok";
     body = (
       <span data-testid="chain-range">
-        <strong>Chain verified from the newest checkpoint.</strong> {range} {chain.checked ?? 0} events checked; none
+        <strong>Chain verified from the newest checkpoint.</strong> {range} {eventsChecked(chain.checked)}; none
         altered, none missing. The whole trail is too long to verify here: the audit service verifies it in the
         background.
       </span>
@@ -272,7 +273,7 @@ function ChainStatus({
     tone = "ok";
     body = (
       <span>
-        <strong>Chain verified.</strong> {chain.checked ?? 0} events checked; none altered, none missing.
+        <strong>Chain verified.</strong> {eventsChecked(chain.checked)}; none altered, none missing.
       </span>
     );
   } else {
