@@ -39,10 +39,20 @@ _SUFFIXES = (
     "private_key",
     "private-key",
     "cookie",
+    # the key rings' own names (svckit.keyring; IDENTITY_KEY_ENCRYPTION_KEY, AUDIT_CHECKPOINT_KEYS)
+    "encryption_key",
+    "encryption-key",
+    "encryptionkey",
+    "checkpoint_keys",
+    "checkpoint-keys",
 )
 _ENDS_IN_SECRET = "|".join(f"(?<={suffix})" for suffix in _SUFFIXES)
+# a pair's keys, IDENTITY_KEYS_<SENDER>_TO_<RECEIVER>: named by their start
+_PAIR_KEYS = r"identity_keys_[\w-]{1,64}+"
 _SENSITIVE_NAME = (
-    r"(?:(?:code|code_verifier|authorization)(?![\w-])|[\w-]{1,64}+(?:"
+    r"(?:(?:code|code_verifier|authorization)(?![\w-])|"
+    + _PAIR_KEYS
+    + r"|[\w-]{1,64}+(?:"
     + _ENDS_IN_SECRET
     + r"|(?<=signature)))"
 )
@@ -53,7 +63,9 @@ _SECRET_FIELD = re.compile(
     r"(?:"
     r"(b?'(?:[^'\\\n]|\\.)*'|b?\"(?:[^\"\\\n]|\\.)*\")"  # a quoted value: Python's repr, JSON
     r"|(\\+)([\"'])(?:(?!\4\5).)*\4\5"  # quoted with escaped quotes: JSON inside a string
-    r"|b?[\"']?[^\s\"'&,;)\]}]+"  # unquoted (key=value, a header, a variable, a query) or unclosed
+    r"|b?[\"']?[^\s\"'&,;)\]}]+"  # unquoted (key=value, a header, a variable, a query) or unclosed,
+    # and a key ring's further entries (kid:secret,kid:secret: svckit.keyring), each tried once
+    r"(?:,[\w.-]{1,64}+:[^\s\"'&,;)\]}]+)*+"
     r")"
 )
 # user:password@ in any URL, the user name possibly empty (redis://:password@host), the password up to
@@ -64,7 +76,9 @@ _SECRET_FIELD = re.compile(
 _URL_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://[^:/@\s]*):(\S*)")
 # A structured field (an extra, a key in a dict) whose value is redacted whole, whatever it is: the
 # names above but for "code" (an error's, a status's) and "signature" (a checkpoint's JWS is public).
-_SECRET_KEY = re.compile(r"(?i)(?:code_verifier|authorization|[\w-]{1,64}+(?:" + _ENDS_IN_SECRET + r"))")
+_SECRET_KEY = re.compile(
+    r"(?i)(?:code_verifier|authorization|" + _PAIR_KEYS + r"|[\w-]{1,64}+(?:" + _ENDS_IN_SECRET + r"))"
+)
 
 _SCRUBBERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),

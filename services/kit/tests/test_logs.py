@@ -80,6 +80,13 @@ LEAKS = [
     ("{'x-api-key': 'hdr-12', 'cookie': 'session=ck-13'}", "hdr-12"),
     ("{'x-api-key': 'hdr-12', 'cookie': 'session=ck-13'}", "ck-13"),
     ("cut short: password='unclosed-14", "unclosed-14"),
+    # key rings (svckit.keyring: kid:secret[,kid:secret…]): every key of the ring, not the first alone
+    ("IDENTITY_SESSION_SECRET=k1:ring-first-16,k2:ring-second-17 LOG_LEVEL=INFO", "ring-second-17"),
+    ("DPOP_NONCE_SECRET=new:nonce-new-18,old:nonce-old-19", "nonce-old-19"),
+    ("IDENTITY_KEY_ENCRYPTION_KEY=kek-single-20", "kek-single-20"),
+    ("IDENTITY_KEY_ENCRYPTION_KEY=new:kek-new-21,old:kek-old-22", "kek-old-22"),
+    ("AUDIT_CHECKPOINT_KEYS=ck1:ck-first-23,ck2:ck-second-24", "ck-second-24"),
+    ("IDENTITY_KEYS_GATEWAY_TO_TIMESHEETS=k1:pair-25", "pair-25"),
 ]
 
 # prose and fields that merely name a secret, or end in a word that looks like one
@@ -89,6 +96,7 @@ KEPT = [
     "status_code=500 error_code=42 secret_name=db-creds max_tokens=5",
     "a token is required",
     "see https://example.com:8443/docs for the secret rotation runbook",
+    "the key-encryption key rotates in three steps; AUDIT_CHECKPOINT_KEYS names each key",
 ]
 
 
@@ -171,7 +179,17 @@ class Shown:
 
 
 @pytest.mark.parametrize(
-    "text", ["a-" * 100_000, "a://" * 50_000, "password='" + "x" * 200_000, "x:" * 100_000, "a_" * 100_000]
+    "text",
+    [
+        "a-" * 100_000,
+        "a://" * 50_000,
+        "password='" + "x" * 200_000,
+        "x:" * 100_000,
+        "a_" * 100_000,
+        "secret=k:v" + ",k:v" * 50_000,  # a key ring's entries, each taken once
+        "secret=k:v" + ",k" * 100_000,
+        "identity_keys_" * 20_000,
+    ],
 )
 def test_scrubbing_takes_linear_time(text: str) -> None:
     """A long run the patterns could start in at every character (a base64 blob, a dump) is scrubbed
