@@ -86,12 +86,24 @@ class CheckpointStore:
 
 class CheckpointFeed:
     """The checkpoints of the database, through a :class:`CheckpointTrail`, in step with a chain walk:
-    :meth:`at` answers what record ``seq`` must hash to, fetching in batches as the walk advances."""
+    :meth:`at` answers what record ``seq`` must hash to, fetching in batches as the walk advances.
+
+    With ``until`` (a range's last record) the checkpoints stop at the first that signs beyond it
+    (``beyond``): the rest are not the range's to check. Unless a checkpoint inside the range is
+    signed by a key the trail does not know: only a later checkpoint a known key signed vouches for
+    it, through the ``prev`` chain, as in a whole walk — so the feed reads on past ``until`` (the
+    checkpoints only, no record) to the first checkpoint a known key signed, or to the last one,
+    where :meth:`CheckpointTrail.finish` reports it exactly as a whole walk does. Without this, a
+    range whose next checkpoint is also unknown-signed left its own unreported (a forged run of
+    checkpoints passed for intact). The read past ``until`` is only as long as that run of
+    unknown-signed checkpoints, none when every key is known, and stays within the walk's bounds (on
+    request: the verification's time limit, else a 422 ``chain_too_long``)."""
 
     def __init__(self, store: CheckpointStore, trail: CheckpointTrail, until: int | None = None) -> None:
         self.store = store
         self.trail = trail
-        self.until = until  # a range's last record: checkpoints stop at the first that signs beyond it
+        self.until = until
+        self.beyond: int | None = None  # the first checkpoint that signs beyond ``until``, once met
         self._after = trail.state.number
         self._exhausted = False
         self._pending: deque[Expectation] = deque()
@@ -101,8 +113,10 @@ class CheckpointFeed:
         for stored in batch:
             self._pending.extend(self.trail.feed(stored.number, stored.jws))
             self._after = stored.number
-            if self.until is not None and self.trail.state.seq > self.until:
-                # the rest sign beyond the range: not its to check (nor, unvouched, to report)
+            if self.beyond is None and self.until is not None and self.trail.state.seq > self.until:
+                self.beyond = stored.number
+            if self.beyond is not None and not self.trail.awaits_vouching(self.beyond):
+                # the rest sign beyond the range, and none inside it awaits a voucher: not its to check
                 self._exhausted = True
                 return
         if len(batch) < FEED_BATCH:

@@ -13,7 +13,11 @@ it. So a range starts at an **anchor** the database alone cannot forge:
 
 Checkpoints after the anchor are checked as the walk meets them (signatures, numbers, ``prev``
 links), as in a full walk; those before it are outside the range, and so are the records before it.
-A range's start is therefore at most one checkpoint interval before ``since``.
+A range's start is therefore at most one checkpoint interval before ``since``. With ``until``, those
+signing beyond it are outside too — except as witnesses: a checkpoint inside the range signed by a
+key this service does not know is vouched for only by a later one a known key signed, so the walk
+reads checkpoints past ``until`` up to that one, or to the newest, where it reports the checkpoint
+as a full walk does (:class:`audit.checkpoint_store.CheckpointFeed`).
 
 What cannot anchor anything is refused: a checkpoint that does not exist or a position beyond the
 head is the caller's mistake (:class:`BadRange`, a 422 naming the parameter), and so is a checkpoint

@@ -85,6 +85,12 @@ class CheckpointTrail:
                 jws = self.retained[number]  # the retained copy is the better witness
         return found + self._take(number, jws)
 
+    def awaits_vouching(self, before: int) -> bool:
+        """Whether a checkpoint numbered below ``before`` is signed by a key this verifier does not
+        know, with no checkpoint a known key signed after it yet: only a later one can vouch for it
+        (or :meth:`finish`, at the end of the checkpoints, report it)."""
+        return bool(self._unvouched) and self._unvouched[0] < before
+
     def finish(self) -> list[Expectation]:
         """After the database's last checkpoint: retained ones beyond it, and what stays unvouched."""
         found: list[Expectation] = []

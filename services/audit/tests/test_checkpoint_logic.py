@@ -321,6 +321,24 @@ def test_checkpoints_of_a_retired_key_are_vouched_for_by_later_ones() -> None:
     assert [e.number for e in expectations] == [4, 5]
 
 
+def test_a_trail_says_which_checkpoints_still_await_a_voucher() -> None:
+    """What a range ending at ``until`` reads on for (:class:`audit.checkpoint_store.CheckpointFeed`):
+    a checkpoint before the first one beyond the range, signed by an unknown key and not yet followed
+    by one a known key signed. An unknown one beyond the range alone is not the range's to vouch for."""
+    old = CheckpointKeys.parse(CheckpointKeys.generate("ck-old"))
+    chain = signed_chain(KEYS, 1)
+    early = signed_chain(old, 2, first=chain[-1])  # checkpoints 2 and 3
+    (later,) = signed_chain(KEYS, 1, first=early[-1])  # checkpoint 4
+    trail = CheckpointTrail(KEYS)
+    for checkpoint in (chain[0], early[0], early[1]):
+        trail.feed(checkpoint.number, checkpoint.jws)
+    assert trail.awaits_vouching(before=3)  # checkpoint 2, inside a range that 3 is beyond
+    assert not trail.awaits_vouching(before=2)  # only 2 and 3, beyond a range that 2 is beyond
+    trail.feed(later.number, later.jws)
+    assert not trail.awaits_vouching(before=3)  # 4 vouches for 2 and 3
+    assert trail.ok
+
+
 def test_a_retained_copy_reveals_a_checkpoint_deleted_or_re_signed_in_the_database() -> None:
     """Someone with the signing key can re-sign a rewritten history, and someone with database rights
     can delete the newest checkpoints: the database alone then looks consistent. A copy retained

@@ -129,7 +129,8 @@ async def intact_after(ranged: Ranged) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def tampered(owner: str, table: str, where: str, *statements: str) -> AsyncIterator[None]:
     """``statements`` as the owner with the append-only triggers off; afterwards the rows of ``table``
-    matching ``where`` are put back as they were (the module's trail is shared by its tests)."""
+    matching ``where`` are put back as they were, those the statements added removed (the module's
+    trail is shared by its tests)."""
     key = {"records": "seq", "checkpoints": "number"}[table]
     conn = await asyncpg.connect(owner)
     try:
@@ -141,6 +142,8 @@ async def tampered(owner: str, table: str, where: str, *statements: str) -> Asyn
             async with conn.transaction():
                 await conn.execute("ALTER TABLE audit.records DISABLE TRIGGER USER")
                 await conn.execute("ALTER TABLE audit.checkpoints DISABLE TRIGGER USER")
+                kept = [row[key] for row in saved]
+                await conn.execute(f"DELETE FROM audit.{table} WHERE ({where}) AND {key} <> ALL($1)", kept)
                 for row in saved:  # changed back, or inserted again if deleted
                     columns = list(row.keys())
                     values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
@@ -343,6 +346,106 @@ async def test_an_anchor_whose_signature_does_not_verify_anchors_nothing(ranged:
         assert inside["ok"] is False
         assert inside["checkpoints"]["problem"] == "checkpoint 2: the signature does not verify"
         assert (await ranged.verify(from_checkpoint="latest"))["ok"] is True
+
+
+def resigned(key: CheckpointKeys, real: list[Checkpoint], after: Checkpoint) -> list[Checkpoint]:
+    """``real`` signed again with ``key``, chained by ``prev`` from ``after`` (same heads and instants)."""
+    chain: list[Checkpoint] = []
+    for checkpoint in real:
+        prev = (chain[-1] if chain else after).digest
+        chain.append(
+            key.sign(
+                number=checkpoint.number,
+                seq=checkpoint.seq,
+                head=checkpoint.head,
+                signed_at=checkpoint.signed_at,
+                prev=prev,
+            )
+        )
+    return chain
+
+
+def replacing(checkpoints: list[Checkpoint]) -> list[str]:
+    return [
+        f"UPDATE audit.checkpoints SET jws = '{c.jws}', key_id = '{c.key_id}' WHERE number = {c.number}"
+        for c in checkpoints
+    ]
+
+
+#: ranges that end past checkpoint 2 (seq 2000) but before checkpoint 3 (seq 3000), or at it
+THROUGH_CHECKPOINT_2 = (
+    {"until": "2500"},
+    {"from_checkpoint": "1", "until": "2500"},
+    {"since": "1500", "until": "2000"},
+    {"since": "1000", "until": "2999"},
+)
+
+
+async def test_a_checkpoint_in_the_range_signed_by_an_unknown_key_is_reported(ranged: Ranged) -> None:
+    """Checkpoints 2 and 3 replaced by ones the owner signed with a key of their own (its own kid),
+    chained from checkpoint 1 as the real ones were. The full walk reports them: no key this service
+    knows vouches for them. A range that holds checkpoint 2 reports them the same way, although the
+    first checkpoint beyond it (3) is the owner's too — the walk reads on past ``until`` until a
+    checkpoint a known key signed vouches for 2, or the checkpoints end (here: they end). A range that
+    ends before checkpoint 2 holds no checkpoint but 1, and is intact."""
+    mallory = CheckpointKeys.parse(CheckpointKeys.generate("mallory"))
+    real = ranged.checkpoints
+    forged = resigned(mallory, [real[2], real[3]], after=real[1])
+    unknown = (
+        "checkpoint 3 and those after checkpoint 1 are signed by a key this verifier does not know, and no "
+        "later checkpoint signed by a known key vouches for them"
+    )
+    async with tampered(ranged.owner, "checkpoints", "number >= 2", *replacing(forged)):
+        full = await ranged.verify()
+        assert (full["ok"], full["reason"]) == (False, unknown), full
+        for params in THROUGH_CHECKPOINT_2:
+            body = await ranged.verify(**params)
+            assert body["ok"] is False, (params, body)
+            assert body["reason"] == unknown, params
+            assert "first_bad" not in body  # the records are as checkpoint 1 (or the chain's start) says
+            assert body["checkpoints"]["problem"] == unknown
+            assert body["checkpoints"]["signatures_valid"] is False
+            assert body["checkpoints"]["chain_matches"] is True
+        before = await ranged.verify(since="1000", until="1999")  # checkpoint 2 signs beyond it
+        assert before["ok"] is True, before
+        assert before["checkpoints"]["signatures_valid"] is True
+        # the same range from outside the service: the same answer
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--until", "2500")
+        assert (status, report) == (1, await ranged.verify(until="2500")), stderr[-800:]
+        assert f"BROKEN: {unknown}" in stderr
+
+
+async def test_a_retired_keys_checkpoint_in_the_range_is_vouched_for_by_a_later_one(ranged: Ranged) -> None:
+    """A rotation: checkpoints 2 and 3 signed by ``rv-0``, a key since retired (this service no longer
+    has it), and checkpoint 4 by ``rv-1``, chained to them. The full walk accepts 2 and 3 (4 vouches
+    for them through ``prev``), and so does a range that ends between 2 and 3: it reads on past its
+    end to checkpoint 4, where a key it knows vouches for the chain — only checkpoints, no records."""
+    retired = CheckpointKeys.parse(CheckpointKeys.generate("rv-0"))
+    current = CheckpointKeys.parse(ranged.env["AUDIT_CHECKPOINT_KEYS"])
+    real = ranged.checkpoints
+    old = resigned(retired, [real[2], real[3]], after=real[1])
+    conn = await asyncpg.connect(ranged.owner)
+    try:
+        head = await conn.fetchval("SELECT hash FROM audit.records WHERE seq = $1", HEAD)
+    finally:
+        await conn.close()
+    later = real[3].signed_at + timedelta(seconds=61)
+    newest = current.sign(number=4, seq=HEAD, head=head, signed_at=later, prev=old[-1].digest)
+    insert = (
+        "INSERT INTO audit.checkpoints (number, seq, head, signed_at, key_id, jws) VALUES "
+        f"(4, {HEAD}, '{head}', '{later.isoformat()}', 'rv-1', '{newest.jws}')"
+    )
+    async with tampered(ranged.owner, "checkpoints", "number >= 2", *replacing(old), insert):
+        full = await ranged.verify()
+        assert full["ok"] is True, full
+        assert (full["checkpoints"]["checked"], full["checkpoints"]["verified"]) == (4, 2)
+        for params in THROUGH_CHECKPOINT_2:
+            body = await ranged.verify(**params)
+            assert body["ok"] is True, (params, body)
+            assert body["checkpoints"]["signatures_valid"] is True
+            assert body["range"]["to_seq"] == int(params["until"])
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--until", "2500")
+        assert (status, report) == (0, await ranged.verify(until="2500")), stderr[-800:]
 
 
 async def test_an_intact_range_does_not_clear_the_alarm_of_a_broken_chain(ranged: Ranged) -> None:
