@@ -8,10 +8,12 @@ a signer does while Redis does not answer.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from subprocess import CompletedProcess
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,6 +27,7 @@ from svckit.contracts.audit import AuditEvent
 from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
+from testkit.backup import service_command
 from testkit.clock import FakeClock
 from testkit.fixtures import (
     ServiceRedis,
@@ -55,6 +58,7 @@ class Trail:
     clock: FakeClock
     redis: RedisGuard
     watermark: TrailWatermark
+    keys_text: str  # AUDIT_CHECKPOINT_KEYS as the service and its commands read it
 
     def signer(self, watermark: TrailWatermark | None = None) -> Checkpointer:
         return Checkpointer(
@@ -92,7 +96,8 @@ async def trail(service_redis: ServiceRedis) -> AsyncIterator[Trail]:
     """Records 1-5 signed as checkpoint 1, records 6-8 as checkpoint 2; the watermark names 2."""
     name = f"tsp_test_wm_{secrets.token_hex(4)}"
     dsn = await create_database(name)
-    keys = CheckpointKeys.parse(CheckpointKeys.generate("ck-1"))
+    keys_text = CheckpointKeys.generate("ck-1")
+    keys = CheckpointKeys.parse(keys_text)
     redis = RedisGuard(
         service_redis.url("audit"),
         f"{service_redis.prefix}wm-{secrets.token_hex(4)}:",
@@ -104,7 +109,8 @@ async def trail(service_redis: ServiceRedis) -> AsyncIterator[Trail]:
         await migrate_schema(dsn, "audit", PACKAGE_DIR)
         await database.wait_connected(10)
         store = AuditStore(database, "audit")
-        trail = Trail(dsn, store, keys, FakeClock(), redis, TrailWatermark(redis, keys, store.checkpoints))
+        watermark = TrailWatermark(redis, keys, store.checkpoints)
+        trail = Trail(dsn, store, keys, FakeClock(), redis, watermark, keys_text)
         await trail.ingest(5)
         assert (await trail.signer().run_once()) is not None
         await trail.ingest(3)
@@ -226,3 +232,59 @@ async def test_the_watermark_is_only_ever_raised(trail: Trail) -> None:
     stored = await trail.stored()
     assert stored is not None
     assert stored.number == 7
+
+
+def accept_restore(trail: Trail, service_env: dict[str, str], **overrides: str) -> CompletedProcess[str]:
+    """``python -m audit accept-restore`` with the audit Deployment's environment for ``trail``."""
+    env = {
+        **service_env,
+        "DATABASE_URL": runtime_url(trail.owner, "audit"),
+        "REDIS_KEY_PREFIX": trail.redis.prefix,
+        "AUDIT_CHECKPOINT_KEYS": trail.keys_text,
+        "REDIS_TIMEOUT_SECONDS": "0.5",
+        "DB_CONNECT_TIMEOUT_SECONDS": "2",
+        **overrides,
+    }
+    return service_command("audit", env, "accept-restore", "--reason", "INC-9: audit restore")
+
+
+async def test_accept_restore_refuses_a_restored_checkpoint_that_does_not_verify(
+    trail: Trail, service_env: dict[str, str]
+) -> None:
+    """A newest checkpoint whose signature fails is tampering to investigate, not a restore to
+    accept: exit 1, the watermark left as it was, nothing written to the trail."""
+    await owner_sql(trail.owner, "DELETE FROM audit.checkpoints WHERE number = 2")  # the backup lacked it
+    await owner_sql(
+        trail.owner,
+        "UPDATE audit.checkpoints SET jws = left(jws, length(jws) - 8) || 'AAAAAAAA' WHERE number = 1",
+    )
+    assert await trail.check() == "rolled_back"
+    mark = await trail.stored()
+    refused = accept_restore(trail, service_env)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert "does not verify" in json.loads(refused.stdout)["refused"]
+    assert "refused" in refused.stderr
+    assert await trail.stored() == mark  # not accepted
+    async with trail.store.database.connection() as conn:
+        recorded = await conn.fetchval(
+            "SELECT count(*) FROM audit.records WHERE action = 'audit.restore_accepted'"
+        )
+    assert recorded == 0
+
+
+async def test_accept_restore_without_its_database_or_redis_says_so_with_exit_3(
+    trail: Trail, service_env: dict[str, str]
+) -> None:
+    await owner_sql(trail.owner, "DELETE FROM audit.checkpoints WHERE number = 2")
+    mark = await trail.stored()
+    no_redis = accept_restore(trail, service_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert no_redis.returncode == 3, (no_redis.stdout, no_redis.stderr)
+    assert "unreachable" in no_redis.stderr
+    assert "Redis does not answer" in no_redis.stderr
+    no_database = accept_restore(
+        trail, service_env, DATABASE_URL=f"postgresql://audit@127.0.0.1:{free_port()}/nowhere"
+    )
+    assert no_database.returncode == 3, (no_database.stdout, no_database.stderr)
+    assert "unreachable" in no_database.stderr
+    assert await trail.stored() == mark  # nothing changed
+    assert await trail.check() == "rolled_back"
