@@ -8,8 +8,8 @@ trust it and forward every ``/api/...`` call to an upstream answering with the p
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from svckit import redisacl
 
 from testkit.fixtures import ServiceProcess, free_port, migrate_schema, runtime_env, serve_app
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, run_cli
+from testkit.redisproc import PrivateRedis, component_users
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,22 @@ async def echo_upstream() -> AsyncIterator[str]:
     app = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
     async with serve_app(app) as url:
         yield url
+
+
+@dataclass
+class ComponentRedis:
+    server: PrivateRedis
+    urls: dict[str, str]  # each component's own Redis user's URL (svckit.redisacl)
+
+
+@contextmanager
+def component_redis(prefix: str) -> Iterator[ComponentRedis]:
+    """A private Redis whose users are the components' as in production (svckit.redisacl, named
+    after the component, keys under ``prefix``), whose ACL file survives a restart; the default user
+    stays the tests' own, for looking at keys."""
+    passwords = {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
+    with PrivateRedis(acl=component_users(prefix, passwords)) as server:
+        yield ComponentRedis(server, {c: server.url_for(c, password) for c, password in passwords.items()})
 
 
 @dataclass

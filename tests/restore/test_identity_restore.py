@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from svckit import redisacl
 from yarl import URL
 
 from testkit.backup import dump_schema, restore_schema
@@ -41,8 +40,13 @@ from testkit.oidc import (
     run_cli,
     sign_in_tokens,
 )
-from testkit.providerstack import ProviderStack, echo_upstream, provider_and_gateways
-from testkit.redisproc import PrivateRedis, component_users
+from testkit.providerstack import (
+    ComponentRedis,
+    ProviderStack,
+    component_redis,
+    echo_upstream,
+    provider_and_gateways,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCOPE = "openid offline_access read:timesheets"
@@ -57,14 +61,9 @@ def restore_env(isolated_env: IsolatedEnv) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def redis_passwords() -> dict[str, str]:
-    return {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
-
-
-@pytest.fixture(scope="module")
-def redis_server(restore_env: dict[str, str], redis_passwords: dict[str, str]) -> Iterator[PrivateRedis]:
-    with PrivateRedis(acl=component_users(restore_env["REDIS_KEY_PREFIX"], redis_passwords)) as server:
-        yield server
+def redis_users(restore_env: dict[str, str]) -> Iterator[ComponentRedis]:
+    with component_redis(restore_env["REDIS_KEY_PREFIX"]) as users:
+        yield users
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +75,12 @@ async def upstream() -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 async def stack(
     restore_env: dict[str, str],
-    redis_server: PrivateRedis,
-    redis_passwords: dict[str, str],
+    redis_users: ComponentRedis,
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
     logs = tmp_path_factory.mktemp("restore-identity-logs")
-    async with provider_and_gateways(restore_env, urls, upstream, logs) as provider:
+    async with provider_and_gateways(restore_env, redis_users.urls, upstream, logs) as provider:
         yield provider
 
 

@@ -9,7 +9,6 @@ verified-token cache, then revokes it at the provider and measures how long unti
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
-from svckit import redisacl
 
 from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
@@ -33,8 +31,8 @@ from testkit.oidc import (
     pkce_pair,
     sign_in_tokens,
 )
-from testkit.providerstack import echo_upstream, provider_and_gateways
-from testkit.redisproc import PrivateRedis, component_users
+from testkit.providerstack import ComponentRedis, component_redis, echo_upstream, provider_and_gateways
+from testkit.redisproc import PrivateRedis
 
 REPO = Path(__file__).resolve().parents[2]
 PROPAGATION_BOUND_SECONDS = 2.0
@@ -61,16 +59,9 @@ def revocation_env(isolated_env: IsolatedEnv) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def redis_passwords() -> dict[str, str]:
-    return {component: secrets.token_urlsafe(24) for component in redisacl.COMPONENTS}
-
-
-@pytest.fixture(scope="module")
-def redis_server(revocation_env: dict[str, str], redis_passwords: dict[str, str]) -> Iterator[PrivateRedis]:
-    """The components' users as in production (svckit.redisacl, named after the component), whose
-    ACL file survives a restart; the default user stays the tests' own, for looking at keys."""
-    with PrivateRedis(acl=component_users(revocation_env["REDIS_KEY_PREFIX"], redis_passwords)) as server:
-        yield server
+def redis_users(revocation_env: dict[str, str]) -> Iterator[ComponentRedis]:
+    with component_redis(revocation_env["REDIS_KEY_PREFIX"]) as users:
+        yield users
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +73,21 @@ async def upstream() -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 async def stack(
     revocation_env: dict[str, str],
-    redis_server: PrivateRedis,
-    redis_passwords: dict[str, str],
+    redis_users: ComponentRedis,
     upstream: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    redis_urls = {c: redis_server.url_for(c, password) for c, password in redis_passwords.items()}
     logs = tmp_path_factory.mktemp("revocation-logs")
-    async with provider_and_gateways(revocation_env, redis_urls, upstream, logs, gateways=2) as provider:
+    async with provider_and_gateways(
+        revocation_env, redis_users.urls, upstream, logs, gateways=2
+    ) as provider:
         yield Stack(
             provider.identity,
             provider.issuer,
             provider.gateways,
             provider.gateway_env,
-            redis_server,
-            redis_urls,
+            redis_users.server,
+            redis_users.urls,
         )
 
 
