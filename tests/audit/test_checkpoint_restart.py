@@ -13,15 +13,14 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from svckit.identity import Identity
 
+from testkit.auditevents import make_event
 from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
@@ -38,26 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 AUDIT_PACKAGE = REPO / "services" / "audit" / "audit"
 TIMESHEETS = Identity.service("timesheets")
 AUDITOR = user("carol", "read:audit")
-
-
-def event(n: int) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": "timesheets",
-        "actor": {
-            "issuer": "http://localhost:9000/",
-            "subject": "alice",
-            "kind": "user",
-            "client_id": "spa",
-            "name": "A",
-        },
-        "action": "timesheet.created",
-        "resource": {"type": "timesheet", "id": str(uuid.uuid4())},
-        "outcome": "success",
-        "request_id": uuid.uuid4().hex,
-        "details": {"n": n},
-    }
 
 
 class Replicas:
@@ -147,7 +126,7 @@ async def test_a_rewritten_history_is_reported_after_every_replica_restarted(
                 "POST",
                 "/internal/events",
                 TIMESHEETS,
-                json={"events": [event(batch * 4 + n) for n in range(4)]},
+                json={"events": [make_event(details={"n": batch * 4 + n}) for n in range(4)]},
             )
             assert reply.body == {"accepted": 4, "duplicates": 0}, reply.text
             signed = await signed_up_to(api, (batch + 1) * 4)

@@ -18,9 +18,7 @@ import json
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -30,6 +28,7 @@ from playwright.async_api import expect
 from svckit.identity import Identity
 
 from devstack.platform import SERVICES, Platform
+from testkit.auditevents import make_event
 from testkit.fixtures import pair_signer, user
 from tests.browser.support import NewPage, Shots, sign_in
 
@@ -85,23 +84,8 @@ async def walk_seconds(platform: Platform, query: str) -> float:
     return best
 
 
-def event(n: int) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": "timesheets",
-        "actor": {
-            "issuer": "http://localhost:9000/",
-            "subject": "loadgen",
-            "kind": "user",
-            "client_id": "timesheets-spa",
-            "name": "Load Generator",
-        },
-        "action": "timesheet.created",
-        "resource": {"type": "timesheet", "id": str(uuid.uuid4())},
-        "outcome": "success",
-        "details": {"n": n},
-    }
+def loadgen_event(n: int) -> dict[str, Any]:
+    return make_event(subject="loadgen", name="Load Generator", details={"n": n})
 
 
 async def lengthen_trail(platform: Platform, count: int) -> None:
@@ -109,7 +93,7 @@ async def lengthen_trail(platform: Platform, count: int) -> None:
     signer = pair_signer(platform.env, "timesheets", "audit")
     async with aiohttp.ClientSession() as session:
         for start in range(0, count, BATCH):
-            body = json.dumps({"events": [event(start + n) for n in range(BATCH)]}).encode()
+            body = json.dumps({"events": [loadgen_event(start + n) for n in range(BATCH)]}).encode()
             headers = signer.headers(TIMESHEETS, method="POST", target="/internal/events", body=body)
             async with session.post(
                 f"http://127.0.0.1:{AUDIT.port}/internal/events",

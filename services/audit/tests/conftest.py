@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from audit.settings import AuditSettings
 from svckit.identity import Identity
 from svckit.settings import load_settings
 
+from testkit.auditevents import make_event
 from testkit.client import SignedApi
 from testkit.fixtures import Caller, ServiceRedis, migrate_schema, runtime_env, serve_app, user
 
@@ -69,39 +68,6 @@ async def api(audit_url: str, caller: Caller) -> AsyncIterator[SignedApi]:
     client = SignedApi(audit_url, caller)
     yield client
     await client.close()
-
-
-def make_event(
-    *,
-    source: str = "timesheets",
-    subject: str = "alice",
-    action: str = "timesheet.created",
-    resource_type: str = "timesheet",
-    resource_id: str | None = None,
-    outcome: str = "success",
-    occurred_at: datetime | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """An event in the wire shape of POST /internal/events."""
-    event: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "occurred_at": (occurred_at or datetime.now(UTC)).isoformat(),
-        "source": source,
-        "actor": {
-            "issuer": "http://localhost:9000/",
-            "subject": subject,
-            "kind": "user",
-            "client_id": "timesheets-spa",
-            "name": subject.title(),
-        },
-        "action": action,
-        "resource": {"type": resource_type, "id": resource_id or str(uuid.uuid4())},
-        "outcome": outcome,
-        "request_id": uuid.uuid4().hex,
-        "details": {"project": "StoreZero", "hours": 7.5},
-    }
-    event.update(overrides)
-    return event
 
 
 @pytest.fixture(scope="session")

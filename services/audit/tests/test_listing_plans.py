@@ -26,10 +26,11 @@ from audit.store import EXACT_FILTERS, AuditStore
 from svckit.contracts.audit import EventsQuery, encode_cursor
 from svckit.settings import load_settings
 
+from testkit.auditevents import make_event
 from testkit.client import SignedApi
 from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
 
-from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, make_event, wait_ready
+from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, wait_ready
 from .realistic_trail import PARTNER, recorded, seed
 
 RECORDS = 200_000

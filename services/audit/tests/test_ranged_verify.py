@@ -34,12 +34,13 @@ from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.settings import load_settings
 
+from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
 from testkit.clock import FakeClock
 from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
 from testkit.tamper import rewrite_history
 
-from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, make_event, wait_ready
+from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, wait_ready
 
 #: records signed by each checkpoint: 1000, 2000, 3000; then :data:`AFTER` more, not yet signed
 STEP = 1000

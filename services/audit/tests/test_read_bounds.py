@@ -26,10 +26,11 @@ from audit.settings import AuditSettings
 from prometheus_client import REGISTRY
 from svckit.settings import load_settings
 
+from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
 from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
 
-from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, make_event, wait_ready
+from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, wait_ready
 
 T = TypeVar("T")
 

@@ -27,6 +27,7 @@ from svckit.contracts.audit import AuditEvent
 from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
+from testkit.auditevents import make_event
 from testkit.backup import service_command
 from testkit.clock import FakeClock
 from testkit.fixtures import (
