@@ -91,7 +91,6 @@ async def _accept(settings: AuditSettings, reason: str) -> tuple[int, dict[str, 
         async with database.connection() as conn:
             finding = await watermark.check(conn, catch_up=False)
             key = await watermark.key(conn)
-            stored = await store.checkpoints.latest(conn)
         if finding.state == "unknown":
             raise _Unreachable("Redis does not answer")
         report = finding.report()
@@ -99,7 +98,7 @@ async def _accept(settings: AuditSettings, reason: str) -> tuple[int, dict[str, 
             return 0, report
         mark = finding.watermark
         assert mark is not None
-        newest = finding.newest
+        newest, stored = finding.newest, finding.stored
         if stored is not None:
             try:
                 keys.verify(stored.jws)

@@ -58,7 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -144,12 +144,14 @@ class Watermark:
 
 @dataclass(frozen=True)
 class Finding:
-    """What one check found: the state, the watermark read, the database's newest checkpoint."""
+    """What one check found: the state, the watermark read, the database's newest checkpoint (parsed,
+    and ``stored``: its row as read, which accept-restore verifies rather than reading it again)."""
 
     state: State
     watermark: Watermark | None = None
     newest: Checkpoint | None = None
     reason: str = ""
+    stored: StoredCheckpoint | None = None
 
     @property
     def next_number(self) -> int:
@@ -240,8 +242,8 @@ class TrailWatermark:
             except InvalidCheckpoint:
                 newest = None  # the chain's verification reports it; nothing to compare with here
         if not answered:
-            return self._report(Finding("unknown", None, newest, "Redis does not answer"))
-        finding = await self._compare(conn, mark, stored, newest)
+            return self._report(Finding("unknown", None, newest, "Redis does not answer", stored))
+        finding = replace(await self._compare(conn, mark, stored, newest), stored=stored)
         if catch_up and finding.state == "consistent":
             verified = self._verified(stored)
             if verified is not None and (mark is None or verified.number > mark.number):

@@ -40,7 +40,7 @@ from testkit.fixtures import (
 )
 from testkit.tamper import owner_sql
 
-from .conftest import PACKAGE_DIR, make_event
+from .conftest import PACKAGE_DIR
 
 
 def rolled_back_gauge() -> float | None:
@@ -233,6 +233,28 @@ async def test_the_watermark_is_only_ever_raised(trail: Trail) -> None:
     stored = await trail.stored()
     assert stored is not None
     assert stored.number == 7
+
+
+async def test_a_finding_carries_the_newest_checkpoint_as_read(trail: Trail) -> None:
+    """accept-restore verifies the very row the check compared (one read, not a second one that a
+    checkpoint signed meanwhile could make differ): the finding carries it, in every state."""
+    async with trail.store.database.connection() as conn:
+        consistent = await trail.watermark.check(conn)
+        newest = await trail.store.checkpoints.latest(conn)
+    assert newest is not None
+    assert (consistent.state, consistent.stored) == ("consistent", newest)
+    await owner_sql(trail.owner, "DELETE FROM audit.checkpoints WHERE number = 2")
+    async with trail.store.database.connection() as conn:
+        rolled_back = await trail.watermark.check(conn, catch_up=False)
+        first = await trail.store.checkpoints.latest(conn)
+        unknown = await trail.unreachable().check(conn)
+    assert first is not None
+    assert first.number == 1
+    assert (rolled_back.state, rolled_back.stored) == ("rolled_back", first)
+    assert (unknown.state, unknown.stored) == ("unknown", first)
+    await owner_sql(trail.owner, "DELETE FROM audit.checkpoints")
+    async with trail.store.database.connection() as conn:
+        assert (await trail.watermark.check(conn)).stored is None
 
 
 def accept_restore(trail: Trail, service_env: dict[str, str], **overrides: str) -> CompletedProcess[str]:
