@@ -8,6 +8,7 @@ that is tested.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,25 +46,50 @@ def _major(version_text: str) -> int:
     return number // 10000 if number >= 10000 else number
 
 
+def _server_address(database_url: str) -> tuple[str | None, int | None, str]:
+    """What names the server (not the database or the role) in a ``postgresql://`` URL: host, port and
+    the query (which may name a socket directory), so that every database of one server shares an entry."""
+    parts = urlsplit(database_url)
+    return parts.hostname, parts.port, parts.query
+
+
+_SERVER_MAJORS: dict[tuple[str | None, int | None, str], int] = {}
+
+
+def _server_major(database_url: str, psql: Path) -> int:
+    """The server's major version, asked once per server (a ``psql`` each time made every dump and
+    restore of a test pay for it)."""
+    address = _server_address(database_url)
+    if address not in _SERVER_MAJORS:
+        asked = subprocess.run(
+            [str(psql), "-Atc", "SHOW server_version_num", database_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        _SERVER_MAJORS[address] = _major(asked.stdout.strip())
+    return _SERVER_MAJORS[address]
+
+
+@functools.cache
+def _client_major(directory: Path) -> int:
+    """The major version of the client tools in ``directory`` (``pg_dump --version``), once per binary."""
+    version = subprocess.run(
+        [str(directory / "pg_dump"), "--version"], capture_output=True, text=True, check=True
+    )
+    return _major(version.stdout)
+
+
 def _tool(name: str, database_url: str) -> str:
     """``name`` of the same major version as the server: an older ``pg_dump`` refuses a newer server,
     and a newer one writes settings (``transaction_timeout``) an older server's restore refuses."""
     dirs = _client_dirs()
     if not dirs:
         raise RuntimeError(f"{name} is not installed (Debian: apt-get install postgresql-client)")
-    asked = subprocess.run(
-        [str(dirs[-1] / "psql"), "-Atc", "SHOW server_version_num", database_url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    server = _major(asked.stdout.strip())
+    server = _server_major(database_url, dirs[-1] / "psql")
     for directory in dirs:
-        version = subprocess.run(
-            [str(directory / "pg_dump"), "--version"], capture_output=True, text=True, check=True
-        )
-        if _major(version.stdout) == server:
+        if _client_major(directory) == server:
             return str(directory / name)
     raise RuntimeError(f"no {name} of PostgreSQL {server} found (looked in {', '.join(map(str, dirs))})")
 
