@@ -610,9 +610,8 @@ def main() -> int:
         return round(a / b, 3) if a is not None and b else None
 
     def cpu(case: dict[str, Any] | None, server: str) -> float | None:
-        return case["cpu_us_per_request"][server] if case is not None else None
-
-    def cpu_of(case: dict[str, Any] | None, server: str) -> float | None:
+        """``server``'s CPU per request in ``case``; None without the case or a figure for it (the
+        embedded Postgres's is measured only where its process is known)."""
         return case["cpu_us_per_request"].get(server) if case is not None else None
 
     def total_cpu(case: dict[str, Any] | None) -> float | None:
@@ -630,11 +629,11 @@ def main() -> int:
         ),
         "service_vs_pgbench_rps": ratio(rps(direct_result), rps(pg)),
     }
-    if cpu_of(direct_result, "postgres") is not None:
+    if cpu(direct_result, "postgres") is not None:
         # the embedded Postgres's CPU per request beside the servers': the service's creates are also
         # relayed and chained into the audit trail (the reference's outbox rows are left unread)
         ratios["service_vs_reference_postgres_cpu_per_request"] = ratio(
-            cpu_of(direct_result, "postgres"), cpu_of(minimal, "postgres")
+            cpu(direct_result, "postgres"), cpu(minimal, "postgres")
         )
         ratios["service_all_vs_reference_all_cpu_per_request"] = ratio(
             total_cpu(direct_result), total_cpu(minimal)
