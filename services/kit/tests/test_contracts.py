@@ -4,10 +4,12 @@ service unchanged."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -15,7 +17,16 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from svckit.context import request_id_var
 from svckit.contracts.approvals import DecisionIn
-from svckit.contracts.audit import AuditEvent, IngestBatch, InvalidEvent, outbox_values
+from svckit.contracts.audit import (
+    AuditEvent,
+    IngestBatch,
+    InvalidEvent,
+    decode_checkpoint_cursor,
+    decode_cursor,
+    encode_checkpoint_cursor,
+    encode_cursor,
+    outbox_values,
+)
 from svckit.contracts.fields import CONTROL_CHARS, NAME_PATTERN, rfc3339
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
@@ -330,3 +341,24 @@ def test_a_timestamp_is_spelt_as_isoformat_in_utc_with_z(value: dt.datetime) -> 
     """The UTC case written out by hand is the ``isoformat`` spelling, microseconds always."""
     expected = value.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     assert rfc3339(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("encode", "decode", "other"),
+    [
+        (encode_cursor, decode_cursor, encode_checkpoint_cursor),
+        (encode_checkpoint_cursor, decode_checkpoint_cursor, encode_cursor),
+    ],
+)
+def test_a_cursor_names_one_position_of_its_own_listing(
+    encode: Callable[[int], str], decode: Callable[[str], int], other: Callable[[int], str]
+) -> None:
+    """The events' and the checkpoints' cursors share one format but not their tag: each decodes
+    its own listing's positions (1..2^63-1) and refuses the other's and anything else alike."""
+    for position in (1, 42, 2**63 - 1):
+        assert decode(encode(position)) == position
+    tag = base64.urlsafe_b64decode(encode(1) + "==").decode()[0]
+    bare = base64.urlsafe_b64encode(tag.encode()).decode()
+    for value in (other(42), "not-a-cursor!", "", "é", bare, encode(0)):
+        with pytest.raises(ValueError, match="is not a cursor returned by this API"):
+            decode(value)

@@ -330,8 +330,26 @@ class IngestResult(BaseModel):
 # ---- GET /audit/events ---------------------------------------------------------------------------
 
 
+def _encode_position(tag: str, position: int) -> str:
+    """A listing's opaque cursor: ``tag`` (which listing) and the position, base64url without padding."""
+    return base64.urlsafe_b64encode(f"{tag}{position}".encode()).rstrip(b"=").decode()
+
+
+def _decode_position(tag: str, value: str) -> int:
+    """The position in a cursor of :func:`_encode_position` with ``tag``; ValueError for anything else
+    (another listing's cursor included), which the query models report as a 422."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("is not a cursor returned by this API") from None
+    position = chain_position(raw[1:]) if raw.startswith(tag) else None
+    if position is None:
+        raise ValueError("is not a cursor returned by this API")
+    return position
+
+
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).rstrip(b"=").decode()
+    return _encode_position("s", seq)
 
 
 MAX_SEQ = 2**63 - 1  # seq is a bigint: a position beyond it names no record (and cannot be a parameter)
@@ -347,14 +365,7 @@ def chain_position(text: str) -> int | None:
 
 
 def decode_cursor(value: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("is not a cursor returned by this API") from None
-    seq = chain_position(raw[1:]) if raw.startswith("s") else None
-    if seq is None:
-        raise ValueError("is not a cursor returned by this API")
-    return seq
+    return _decode_position("s", value)
 
 
 def _valid_cursor(value: str) -> str:
@@ -774,18 +785,11 @@ JWS_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
 
 
 def encode_checkpoint_cursor(number: int) -> str:
-    return base64.urlsafe_b64encode(f"c{number}".encode()).rstrip(b"=").decode()
+    return _encode_position("c", number)
 
 
 def decode_checkpoint_cursor(value: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("is not a cursor returned by this API") from None
-    number = chain_position(raw[1:]) if raw.startswith("c") else None
-    if number is None:
-        raise ValueError("is not a cursor returned by this API")
-    return number
+    return _decode_position("c", value)
 
 
 def _valid_checkpoint_cursor(value: str) -> str:
