@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import Locator, Page, expect
 
-from tests.browser.support import NewPage, Shots, Tokens, api_call_in_page, sign_in
+from tests.browser.support import NewPage, Shots, Tokens, api_call_in_page, eventually, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -105,7 +105,10 @@ async def add_today(page: Page, project: str, hours_text: str, today: dt.date) -
 
 
 async def audit_record(page: Page, tokens: Tokens, project: str) -> dict[str, object]:
-    """The audit record of ``project``'s creation, straight from the API (with the page's own token)."""
+    """The audit record of ``project``'s creation, straight from the API (with the page's own token).
+    The audit view's heading shows before its first API call leaves the page (and before the page's
+    request event reaches this process): wait for that call's token rather than read it at once."""
+    await eventually(lambda: bool(tokens.seen), "the audit view's first API call")
     for _ in range(40):
         answer = await api_call_in_page(
             page, "GET", "/api/audit/events?action=timesheet.created", tokens.last
