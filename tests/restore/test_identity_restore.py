@@ -211,12 +211,14 @@ async def restart_after_restore(stack: Stack, backup: Path) -> None:
 
 
 async def test_an_access_token_issued_after_the_backup_is_refused_after_the_restore(
-    stack: Stack, tmp_path: Path
+    stack: Stack, redis_users: ComponentRedis, tmp_path: Path
 ) -> None:
     """The restored ledger does not know the access tokens issued after the backup, so revoking its
     rows cannot reach them: after-restore records a cutoff ("not before") that the provider publishes
     on the revocation stream, and the gateways refuse every token of the issuer issued before it,
-    verified-token cache hits included — a fresh sign-in after the restore works."""
+    verified-token cache hits included — a fresh sign-in after the restore works. Redis losing
+    everything afterwards changes nothing: the provider re-publishes the cutoff, and a gateway started
+    then refuses the token too."""
     backup = dump_schema(stack.owner_url, "identity", tmp_path / "identity.dump")
     async with new_session() as http:
         issued_after = await sign_in_tokens(Browser(stack.base, http), http, stack.base, "alice", scope=SCOPE)
@@ -237,6 +239,23 @@ async def test_an_access_token_issued_after_the_backup_is_refused_after_the_rest
             Browser(stack.base, fresh_http), fresh_http, stack.base, "alice", scope=SCOPE
         )
         assert await api_status(fresh_http, stack, fresh["access_token"]) == 200
+
+        redis_users.server.restart()  # Redis loses the stream and its marker
+        late = ServiceProcess("gateway", stack.gateway_env, log_dir=stack.logs).start(wait_path="/readyz")
+        try:
+            late_stack = ProviderStack(
+                stack.identity,
+                stack.identity_env,
+                stack.issuer,
+                [late],
+                stack.gateway_env,
+                stack.owner_url,
+                stack.logs,
+            )
+            await refused_within(fresh_http, late_stack, token, limit=10.0)
+            assert await api_status(fresh_http, late_stack, fresh["access_token"]) == 200
+        finally:
+            late.stop()
 
 
 async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
