@@ -16,6 +16,7 @@ are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -274,10 +275,25 @@ async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
         unrevoked = await conn.fetchval(
             "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL AND created_at < now()"
         )
+        details = await conn.fetchval(
+            "SELECT payload->'details' FROM outbox WHERE payload->>'action' = 'identity.restored' "
+            "ORDER BY position DESC LIMIT 1"
+        )
+        cutoff = await conn.fetchrow(
+            "SELECT issued_before, keep_until, reason, extract(epoch FROM issued_before) AS seconds "
+            "FROM revocation_cutoffs ORDER BY issued_before DESC LIMIT 1"
+        )
     finally:
         await conn.close()
     assert "identity.restored" in actions, actions
     assert unrevoked == 0
+    # the cutoff: a whole second (iat is whole seconds), held for the access-token lifetime + 300 s
+    assert cutoff is not None
+    assert cutoff["reason"] == "restore"
+    assert cutoff["seconds"] == int(cutoff["seconds"])
+    assert (cutoff["keep_until"] - cutoff["issued_before"]).total_seconds() == 900 + 300
+    assert "the gateways refuse every access token issued before" in first.stdout
+    assert json.loads(details)["tokens_issued_before"] == cutoff["issued_before"].isoformat()
 
 
 def add_user(stack: Stack, username: str, password: str) -> None:
