@@ -147,7 +147,6 @@ class RevocationPublisher:
             return False
         published.labels(outcome).inc(len(cutoffs))
         await store.mark_cutoffs_published(self.database.pool, cutoffs)
-        now = time.time()
         for cutoff in cutoffs:
             log.info(
                 "revocation cutoff published: the gateways refuse tokens issued before it",
@@ -157,6 +156,15 @@ class RevocationPublisher:
                     "reason": cutoff.reason,
                 },
             )
+        return True
+
+    @staticmethod
+    def check_clock(cutoffs: Sequence[Cutoff]) -> None:
+        """Say so when this replica's clock is behind a held cutoff (Postgres's clock): the ``iat`` of
+        the tokens it issues now is before the cutoff, and the gateways refuse them until its clock
+        passes it. Checked by every replica at every periodic check (the condition lasts seconds)."""
+        now = time.time()
+        for cutoff in cutoffs:
             if now < cutoff.issued_before.timestamp():
                 log.error(
                     "this replica's clock is behind the database's revocation cutoff: the tokens it "
@@ -166,7 +174,6 @@ class RevocationPublisher:
                         "behind_seconds": round(cutoff.issued_before.timestamp() - now, 3),
                     },
                 )
-        return True
 
     async def publish(self, revoked: Sequence[RevokedToken], outcome: str = "inline") -> bool:
         """Publish revocations that just committed; False (retried later) when Redis is unavailable."""
@@ -192,6 +199,7 @@ class RevocationPublisher:
             return  # Redis unavailable: the next run tries again
         pool = self.database.pool
         cutoffs = await store.active_cutoffs(pool)
+        self.check_clock(cutoffs)
         if not complete:
             everything = await store.unexpired_revocations(
                 pool, unpublished_only=False, leeway_seconds=GATEWAY_LEEWAY_SECONDS

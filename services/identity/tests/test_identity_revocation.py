@@ -304,3 +304,26 @@ async def test_a_restores_cutoff_is_published_republished_and_kept_from_the_trim
     finally:
         await db.execute("DELETE FROM revocation_cutoffs WHERE issued_before = $1", cutoff.issued_before)
         await client.aclose()
+
+
+def test_a_replica_whose_clock_is_behind_a_held_cutoff_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The cutoff is Postgres's clock, a token's iat the replica's: a replica behind the database issues
+    tokens the gateways refuse until its clock passes the cutoff — its log says so, every check."""
+    import logging
+    from datetime import UTC, datetime, timedelta
+
+    from identity.revocation import RevocationPublisher
+    from identity.store import Cutoff
+
+    def held(offset: float) -> Cutoff:
+        issued_before = datetime.fromtimestamp(time.time() + offset, UTC)
+        return Cutoff(issued_before, issued_before + timedelta(seconds=1200), "restore")
+
+    with caplog.at_level(logging.ERROR, logger="identity.revocation"):
+        RevocationPublisher.check_clock([held(-5)])
+        assert not caplog.records, "a clock past the cutoff: nothing to say"
+        RevocationPublisher.check_clock([held(-5), held(30)])
+    assert [record.getMessage() for record in caplog.records] == [
+        "this replica's clock is behind the database's revocation cutoff: the tokens it issues until "
+        "its clock passes the cutoff are refused by the gateways"
+    ]
