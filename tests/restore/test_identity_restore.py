@@ -16,6 +16,7 @@ are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -199,6 +200,65 @@ async def test_nothing_issued_before_an_identity_restore_works_after_it(stack: S
             assert status == 200, renewed
 
 
+async def restart_after_restore(stack: Stack, backup: Path) -> None:
+    """The runbook's procedure: stop the provider, restore, acknowledge the restore, start."""
+    stack.identity.stop()
+    restore_schema(stack.owner_url, backup)
+    done = run_cli(stack.identity_env, "after-restore")
+    assert done.returncode == 0, done.stdout + done.stderr
+    stack.identity = ServiceProcess(
+        "identity", stack.identity_env, port=stack.identity.port, log_dir=stack.logs
+    ).start(wait_path="/readyz")
+
+
+async def test_an_access_token_issued_after_the_backup_is_refused_after_the_restore(
+    stack: Stack, redis_users: ComponentRedis, tmp_path: Path
+) -> None:
+    """The restored ledger does not know the access tokens issued after the backup, so revoking its
+    rows cannot reach them: after-restore records a cutoff ("not before") that the provider publishes
+    on the revocation stream, and the gateways refuse every token of the issuer issued before it,
+    verified-token cache hits included — a fresh sign-in after the restore works. Redis losing
+    everything afterwards changes nothing: the provider re-publishes the cutoff, and a gateway started
+    then refuses the token too."""
+    backup = dump_schema(stack.owner_url, "identity", tmp_path / "identity.dump")
+    async with new_session() as http:
+        issued_after = await sign_in_tokens(Browser(stack.base, http), http, stack.base, "alice", scope=SCOPE)
+        token = issued_after["access_token"]
+        for _ in range(2):  # the gateway verifies it, then serves it from its verified-token cache
+            assert await api_status(http, stack, token) == 200
+
+        await restart_after_restore(stack, backup)
+
+        await refused_within(http, stack, token)
+        async with http.get(
+            stack.gateways[0].url + "/api/timesheets", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert response.status == 401
+            assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    async with new_session() as fresh_http:
+        fresh = await sign_in_tokens(
+            Browser(stack.base, fresh_http), fresh_http, stack.base, "alice", scope=SCOPE
+        )
+        assert await api_status(fresh_http, stack, fresh["access_token"]) == 200
+
+        redis_users.server.restart()  # Redis loses the stream and its marker
+        late = ServiceProcess("gateway", stack.gateway_env, log_dir=stack.logs).start(wait_path="/readyz")
+        try:
+            late_stack = ProviderStack(
+                stack.identity,
+                stack.identity_env,
+                stack.issuer,
+                [late],
+                stack.gateway_env,
+                stack.owner_url,
+                stack.logs,
+            )
+            await refused_within(fresh_http, late_stack, token, limit=10.0)
+            assert await api_status(fresh_http, late_stack, fresh["access_token"]) == 200
+        finally:
+            late.stop()
+
+
 async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
     """Run twice (an operator unsure whether the first run finished): the second finds nothing more
     to end and succeeds; the restore is recorded in the provider's outbox for the audit trail."""
@@ -215,10 +275,25 @@ async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
         unrevoked = await conn.fetchval(
             "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL AND created_at < now()"
         )
+        details = await conn.fetchval(
+            "SELECT payload->'details' FROM outbox WHERE payload->>'action' = 'identity.restored' "
+            "ORDER BY position DESC LIMIT 1"
+        )
+        cutoff = await conn.fetchrow(
+            "SELECT issued_before, keep_until, reason, extract(epoch FROM issued_before) AS seconds "
+            "FROM revocation_cutoffs ORDER BY issued_before DESC LIMIT 1"
+        )
     finally:
         await conn.close()
     assert "identity.restored" in actions, actions
     assert unrevoked == 0
+    # the cutoff: a whole second (iat is whole seconds), held for the access-token lifetime + 300 s
+    assert cutoff is not None
+    assert cutoff["reason"] == "restore"
+    assert cutoff["seconds"] == int(cutoff["seconds"])
+    assert (cutoff["keep_until"] - cutoff["issued_before"]).total_seconds() == 900 + 300
+    assert "the gateways refuse every access token issued before" in first.stdout
+    assert json.loads(details)["tokens_issued_before"] == cutoff["issued_before"].isoformat()
 
 
 def add_user(stack: Stack, username: str, password: str) -> None:

@@ -21,6 +21,17 @@ consults on every request, verified-token cache hits included (one dict look-up,
   with the last possible id ends every later ``XADD`` and leaves each reader waiting after it, and a
   stream deleted under its ``revocations:complete`` marker loses what it held, so revoked tokens
   would pass again.
+* A *revocation cutoff* is an entry without ``jti``: ``{iss, issued_before, until, reason}`` (unix
+  seconds; the bundled provider's ``after-restore`` publishes one, reason ``restore``). Every token of
+  ``iss`` whose ``iat`` is before ``issued_before`` — or that has no ``iat`` — is refused until
+  ``until`` (by then each such token has expired: the provider sets it to the cutoff plus the
+  longest access-token lifetime plus the largest leeway). Like Keycloak's not-before push, it reaches
+  tokens no ledger knows (those issued after a restored backup). The check is one dict look-up by
+  issuer (empty unless a cutoff is held) and a comparison, on every request, cache hits included.
+  ``iat`` and ``issued_before`` are both written by the provider's side (its replica's clock and its
+  database's), so no gateway clock enters that comparison; the gateway's clock only ends the cutoff
+  at ``until``. Gateways of before this entry shape read it as malformed (no ``jti``) and ignore it
+  (``gateway_revocations_received_total{outcome="ignored"}``).
 * While Redis is unreachable the deny set keeps what it has (revocations published meanwhile arrive
   on reconnection); the reader retries after ``REDIS_RETRY_SECONDS``.
 """
@@ -43,6 +54,8 @@ log = logging.getLogger("gateway.revocations")
 
 STREAM = "revocations"
 MAX_JTI_LENGTH = 255
+#: 9999-12-31T23:59:59Z: a time beyond it in an entry is malformed (gateway.tokens.MAX_NUMERIC_DATE)
+MAX_UNIX_SECONDS = 253_402_300_799
 
 received = Counter(
     "gateway_revocations_received_total",
@@ -60,13 +73,50 @@ denied_tokens = Gauge(
 )
 
 
+#: The most cutoffs held per issuer (one per restore within the longest token lifetime: a handful at
+#: most); beyond it the one ending first is dropped, never the newest
+MAX_CUTOFFS_PER_ISSUER = 16
+
+
 class DenyList:
-    """``(iss, jti) → keep until`` (unix seconds): revoked tokens, refused until they expire."""
+    """``(iss, jti) → keep until`` (unix seconds): revoked tokens, refused until they expire; and per
+    issuer its revocation cutoffs, ``(issued before, until)``: tokens issued before, refused until."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 1_000_000) -> None:
         self._entries: dict[tuple[str, str], float] = {}
+        self._cutoffs: dict[str, tuple[tuple[float, float], ...]] = {}  # issuer → (issued_before, until)…
         self.clock = clock
         self.max_entries = max_entries
+
+    def add_cutoff(self, issuer: str, issued_before: float, until: float) -> bool:
+        """Remember a revocation cutoff; False when it has already ended or is held already."""
+        now = self.clock()
+        if until <= now:
+            return False
+        held = tuple(c for c in self._cutoffs.get(issuer, ()) if c[1] > now)
+        if any(before >= issued_before and end >= until for before, end in held):
+            self._cutoffs[issuer] = held
+            return False  # the same, or covered by one held (a re-read, a re-publication)
+        kept = [c for c in held if not (c[0] <= issued_before and c[1] <= until)]  # covered by the new
+        kept.append((issued_before, until))
+        kept.sort(key=lambda c: c[1], reverse=True)  # ending last first
+        self._cutoffs[issuer] = tuple(kept[:MAX_CUTOFFS_PER_ISSUER])
+        return True
+
+    def cut_off(self, issuer: str, issued_at: float | None, now: float) -> bool:
+        """Is a token of ``issuer`` issued at ``issued_at`` (``None``: no ``iat``) refused by a cutoff?
+        One dict look-up when the issuer has none (always, but for the minutes after a restore)."""
+        cutoffs = self._cutoffs.get(issuer)
+        if cutoffs is None:
+            return False
+        for issued_before, until in cutoffs:
+            if now < until and (issued_at is None or issued_at < issued_before):
+                return True
+        return False
+
+    def cutoffs(self, issuer: str) -> tuple[tuple[float, float], ...]:
+        """The cutoffs held for ``issuer``, ``(issued_before, until)``, ending last first."""
+        return self._cutoffs.get(issuer, ())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,6 +144,8 @@ class DenyList:
     def purge(self, now: float | None = None) -> None:
         moment = self.clock() if now is None else now
         self._entries = {key: until for key, until in self._entries.items() if until > moment}
+        cutoffs = {issuer: tuple(c for c in held if c[1] > moment) for issuer, held in self._cutoffs.items()}
+        self._cutoffs = {issuer: held for issuer, held in cutoffs.items() if held}
         denied_tokens.set(len(self._entries))
 
 
@@ -105,6 +157,17 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def _seconds(text: str | None) -> float | None:
+    """A unix time from the stream: a finite number from 0 to year 9999, else ``None`` (malformed)."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_SECONDS:
+        return None
+    return value
 
 
 class RevocationFeed:
@@ -155,7 +218,11 @@ class RevocationFeed:
     def apply(self, fields: Mapping[bytes, bytes]) -> str:
         """Add one stream entry to the deny set; returns the outcome (a metric label)."""
         issuer, jti, exp_text = _text(fields, b"iss"), _text(fields, b"jti"), _text(fields, b"exp")
-        if issuer is None or issuer not in self.leeways or not jti or len(jti) > MAX_JTI_LENGTH:
+        if issuer is None or issuer not in self.leeways:
+            return "ignored"
+        if jti is None and b"issued_before" in fields:
+            return self._apply_cutoff(issuer, fields)
+        if not jti or len(jti) > MAX_JTI_LENGTH:
             return "ignored"
         try:
             exp = float(exp_text or "")
@@ -165,6 +232,26 @@ class RevocationFeed:
             return "ignored"
         added = self.deny.add(issuer, jti, exp + self.leeways[issuer])
         return "added" if added else "expired"
+
+    def _apply_cutoff(self, issuer: str, fields: Mapping[bytes, bytes]) -> str:
+        """A revocation cutoff (an entry without ``jti``; the module docstring)."""
+        issued_before = _seconds(_text(fields, b"issued_before"))
+        until = _seconds(_text(fields, b"until"))
+        if issued_before is None or until is None or until < issued_before:
+            return "ignored"
+        if until <= self.deny.clock():
+            return "expired"
+        if self.deny.add_cutoff(issuer, issued_before, until):
+            log.warning(
+                "revocation cutoff: tokens of this issuer issued before it are refused",
+                extra={
+                    "issuer": issuer,
+                    "issued_before": issued_before,
+                    "until": until,
+                    "reason": (_text(fields, b"reason") or "")[:40],
+                },
+            )
+        return "added"
 
     async def _run(self) -> None:
         next_purge = time.monotonic() + self.purge_seconds

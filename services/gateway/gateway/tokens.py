@@ -68,6 +68,7 @@ class Principal:
     jti: str = ""  # the token's id, checked against revocations (gateway.revocations) on every request
     jkt: str = ""  # cnf.jkt: the DPoP key the token is bound to ("" for a bearer token)
     dpop_required: bool = False  # its issuer accepts DPoP-bound tokens only
+    issued_at: float | None = None  # iat, checked against its issuer's revocation cutoffs (None: absent)
 
 
 def principal_key(issuer: str, name: str) -> str:
@@ -208,18 +209,22 @@ class TokenVerifier:
         """:meth:`cached` by the token's :meth:`cache_key` (a caller that kept it from an earlier
         request with the same token skips the hashing)."""
         cached = self._cache.get(key)
-        if cached is not None and self._now() < cached.expires_at:
-            return self._not_revoked(cached)
+        if cached is not None:
+            now = self._now()
+            if now < cached.expires_at:
+                return self._not_revoked(cached, now)
         return None
 
-    def _not_revoked(self, principal: Principal) -> Principal:
-        """Revoked tokens are refused however they were verified (cache hits included)."""
-        if (
-            self.deny is not None
-            and principal.jti
-            and self.deny.denied(principal.identity.issuer, principal.jti)
-        ):
-            raise TokenError("revoked", "The token was revoked.")
+    def _not_revoked(self, principal: Principal, now: float) -> Principal:
+        """Revoked tokens are refused however they were verified (cache hits included): by ``jti``, or
+        issued before a revocation cutoff of their issuer (gateway.revocations: after a restore)."""
+        deny = self.deny
+        if deny is not None:
+            issuer = principal.identity.issuer
+            if principal.jti and deny.denied(issuer, principal.jti):
+                raise TokenError("revoked", "The token was revoked.")
+            if deny.cut_off(issuer, principal.issued_at, now):
+                raise TokenError("revoked", "The token was revoked (issued before its issuer's cutoff).")
         return principal
 
     async def verify(self, token: str) -> Principal:
@@ -230,9 +235,9 @@ class TokenVerifier:
         now = self._now()
         if cached is not None:
             if now < cached.expires_at:
-                return self._not_revoked(cached)
+                return self._not_revoked(cached, now)
             del self._cache[digest]
-        principal = self._not_revoked(await self._verify(token, now))
+        principal = self._not_revoked(await self._verify(token, now), now)
         if self.cache_size:
             if len(self._cache) >= self.cache_size:
                 self._evict(now)
@@ -336,4 +341,5 @@ class TokenVerifier:
             jti if isinstance(jti, str) else "",
             jkt,
             config.dpop_required,
+            numeric_date(claims, "iat"),
         )

@@ -87,3 +87,40 @@ async def test_catches_up_from_the_start_after_reconnecting(redis_server: Privat
     finally:
         await feed.stop()
         await guard.close()
+
+
+async def test_a_cutoff_is_kept_across_a_redis_loss_and_learnt_again_when_republished(
+    redis_server: PrivateRedis,
+) -> None:
+    """A cutoff entry (no jti) is applied as soon as it is written; Redis restarting empty does not make
+    a running reader forget it, and a reader started afterwards learns it from the provider's
+    re-publication (identity.revocation re-publishes held cutoffs when the stream's marker is gone)."""
+    guard = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+    deny, late_deny = DenyList(), DenyList()
+    running = RevocationFeed(guard, deny, {ISSUER: 0}, block_seconds=0.5)
+    late: RevocationFeed | None = None
+    now = int(time.time())
+    fields = {"iss": ISSUER, "issued_before": str(now), "until": str(now + 600), "reason": "restore"}
+    running.start()
+    try:
+        await guard.client.xadd("p:revocations", fields)  # type: ignore[arg-type]
+        await wait_for(lambda: deny.cut_off(ISSUER, now - 1, time.time()))
+        assert not deny.cut_off(ISSUER, now, time.time())
+        redis_server.restart()  # empty; the reader's connection breaks
+        await asyncio.sleep(0.5)
+        assert deny.cut_off(ISSUER, now - 1, time.time()), "a running gateway keeps what it learnt"
+        late = RevocationFeed(guard, late_deny, {ISSUER: 0}, block_seconds=0.5)
+        late.start()
+        await wait_for(late.connected.is_set)
+        assert not late_deny.cut_off(ISSUER, now - 1, time.time()), "the stream lost it"
+        writer = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+        await writer.client.xadd("p:revocations", fields)  # type: ignore[arg-type]  # re-published
+        await wait_for(lambda: late_deny.cut_off(ISSUER, now - 1, time.time()))
+        await wait_for(running.connected.is_set)
+        assert deny.cutoffs(ISSUER) == ((now, now + 600),), "read again: held once"
+        await writer.close()
+    finally:
+        await running.stop()
+        if late is not None:
+            await late.stop()
+        await guard.close()

@@ -362,6 +362,37 @@ async def test_a_revoked_token_is_refused_even_from_the_cache(rig: Rig) -> None:
     assert (refusal.status, refusal.reason, refusal.audit) == (401, "revoked", "aggregate")
 
 
+async def test_a_revocation_cutoff_refuses_older_tokens_of_its_issuer_even_from_the_cache(rig: Rig) -> None:
+    """After a restore (docs/CONTRACTS.md "Revocation events", cutoff entries): a token issued before
+    the cutoff — or without ``iat`` — is refused as ``revoked``, a cache hit included; one issued at or
+    after it passes; a cutoff of another issuer or one that ended refuses nothing."""
+    authenticate = Authenticate(rig.verifier, rig.limiter)
+    now = int(rig.clock.time())
+    older, newer, no_iat = (
+        PROVIDER.token(iat=now - 60, exp=now + 3600),
+        PROVIDER.token(iat=now, exp=now + 3600),
+        PROVIDER.token(iat=None, exp=now + 3600),
+    )
+    for token in (older, newer, no_iat):
+        assert await authenticate.verify(authenticated(rig, token)) is None
+        assert authenticate.cached(authenticated(rig, token))
+    rig.deny.add_cutoff("https://stranger.example/", now, now + 600)  # another issuer's restore
+    for token in (older, newer, no_iat):
+        assert authenticate.cached(authenticated(rig, token))
+    rig.deny.add_cutoff(PROVIDER.issuer, now, now + 600)
+    for token in (older, no_iat):
+        again = authenticated(rig, token)
+        assert not authenticate.cached(again), "no cache hit for a token issued before the cutoff"
+        refusal = await authenticate.verify(again)
+        assert refusal is not None
+        assert (refusal.status, refusal.reason, refusal.audit) == (401, "revoked", "aggregate")
+    assert authenticate.cached(authenticated(rig, newer))
+    fresh = authenticated(rig, PROVIDER.token(iat=now + 1))
+    assert await authenticate.verify(fresh) is None, "issued after the restore: verified"
+    rig.clock.advance(600)  # the cutoff ends (every token it refused has expired by then in production)
+    assert await authenticate.verify(authenticated(rig, older)) is None
+
+
 async def test_anonymous_denials_use_up_the_address_budget(rig: Rig) -> None:
     rig = Rig(rate_limit_anonymous_per_address=3)
     authenticate = Authenticate(rig.verifier, rig.limiter)

@@ -83,6 +83,12 @@ def rotate(settings: IdentitySettings, args: list[str]) -> int:
     return run_with_connection(settings, work)
 
 
+def cutoff_keep_seconds(settings: IdentitySettings) -> int:
+    """How long a cutoff is held: every token it refuses was issued before it, so has expired by then
+    (the access-token lifetime), plus the largest leeway a gateway grants past ``exp``."""
+    return settings.access_token_ttl_seconds + GATEWAY_LEEWAY_SECONDS
+
+
 def after_restore(settings: IdentitySettings, args: list[str]) -> int:
     """Acknowledge a restore of the identity schema: end everything issued before it, rotate the key.
 
@@ -93,7 +99,11 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
     rows that concerns, so every credential issued before now ends (store.end_everything_issued):
     every user signs in again. A new signing key is published as well (it signs after the grace), so
     that a rotation made after the backup, perhaps of a leaked key, is not undone for good. The
-    provider publishes the revocations to the gateways when it starts. Running it twice is harmless.
+    provider publishes the revocations to the gateways when it starts. The access tokens issued after
+    the backup are in no restored row, so a revocation cutoff is recorded as well (reason
+    ``restore``): the provider publishes it when it starts, and the gateways refuse every access
+    token of this issuer issued before it (its ``iat``) until the longest of them has expired.
+    Running it twice is harmless.
     """
     parser = argparse.ArgumentParser(
         prog="python -m identity after-restore", description=after_restore.__doc__
@@ -111,7 +121,11 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
 
     async def work(conn: asyncpg.Connection) -> int:
         async with conn.transaction():
-            ended = await store.end_everything_issued(conn, leeway_seconds=GATEWAY_LEEWAY_SECONDS)
+            ended = await store.end_everything_issued(
+                conn,
+                leeway_seconds=GATEWAY_LEEWAY_SECONDS,
+                cutoff_keep_seconds=cutoff_keep_seconds(settings),
+            )
             kid, starts = await rotate_keys(
                 conn,
                 settings.signing_alg,
@@ -125,6 +139,8 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
                 "sessions_ended": ended.sessions,
                 "codes_expired": ended.codes,
                 "revocations_to_publish": ended.republished,
+                "tokens_issued_before": ended.cutoff.issued_before.isoformat(),
+                "cutoff_until": ended.cutoff.keep_until.isoformat(),
                 "new_key": kid,
             }
             await enqueue(
@@ -143,6 +159,10 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
             f"ended everything issued before the restore: {ended.access_tokens} access tokens and "
             f"{ended.refresh_tokens} refresh tokens revoked, {ended.sessions} sessions ended, "
             f"{ended.codes} codes expired; {ended.republished} revocations will be published again"
+        )
+        print(
+            f"the gateways refuse every access token issued before {ended.cutoff.issued_before.isoformat()} "
+            f"until {ended.cutoff.keep_until.isoformat()} (published when the provider starts)"
         )
         print(f"published key {kid} ({settings.signing_alg}); it signs from {starts.isoformat()}")
         return 0

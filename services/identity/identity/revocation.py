@@ -23,12 +23,27 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
   leeway trimmed revocations of tokens a gateway still accepts, and a gateway that started (or lost
   its place in the stream) then never learnt of them.
 
+* a *revocation cutoff* (``python -m identity after-restore``: the restored ledger does not know the
+  access tokens issued after the backup, so revoking its rows cannot reach them) is an entry of
+  another shape, ``{iss, issued_before, until, reason}`` (unix seconds, no ``jti``): gateways refuse
+  every token of ``iss`` whose ``iat`` is before ``issued_before`` (or that has none) until
+  ``until``. The cutoff lives in the database (``revocation_cutoffs``); the periodic check publishes
+  it when it is not published yet (after-restore runs while the provider is stopped: the first check
+  after the start does it) and re-publishes it with the rest when the marker is missing, and does
+  not trim the stream while a cutoff is held (its entry must outlive any trim until ``until``, whatever
+  the retention is by then: a shorter ``ACCESS_TOKEN_TTL_SECONDS`` set after the restore, say).
+  ``issued_before`` is Postgres's clock and ``iat`` the provider replica's, both provider-side: no
+  gateway clock enters the comparison, and the two meet only across the stop-restore-start of the
+  runbook's procedure, so a replica clock behind Postgres's by less than that gap issues no refused
+  token (a replica that finds its clock behind a held cutoff says so in its log).
+
 Duplicates are harmless (a deny set is idempotent); the order of entries does not matter.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +53,7 @@ from svckit.db import Database
 from svckit.redisguard import RedisGuard
 
 from . import store
-from .store import RevokedToken
+from .store import Cutoff, RevokedToken
 
 log = logging.getLogger("identity.revocation")
 
@@ -60,7 +75,8 @@ revocations = Counter(
 )
 published = Counter(
     "identity_revocations_published_total",
-    "Revocation events written to the Redis stream, by how (inline, retried, republished) or failed.",
+    "Revocation events written to the Redis stream, by how (inline, retried, republished, cutoff: a "
+    "restore's cutoff published) or failed.",
     ["outcome"],
 )
 
@@ -101,6 +117,64 @@ class RevocationPublisher:
 
         return bool(await self.redis.call(run))
 
+    async def _append_cutoffs(self, cutoffs: Sequence[Cutoff]) -> bool:
+        stream = self.stream
+
+        async def run(client: Redis) -> bool:
+            async with client.pipeline(transaction=False) as pipe:
+                for cutoff in cutoffs:
+                    fields: dict[Any, Any] = {
+                        "iss": self.issuer,
+                        "issued_before": int(cutoff.issued_before.timestamp()),
+                        "until": int(cutoff.keep_until.timestamp()),
+                        "reason": cutoff.reason,
+                    }
+                    pipe.xadd(stream, fields)
+                await pipe.execute()
+            return True
+
+        return bool(await self.redis.call(run))
+
+    async def publish_cutoffs(self, cutoffs: Sequence[Cutoff], outcome: str) -> bool:
+        """Publish revocation cutoffs; False (tried again by the next check) when Redis is unavailable."""
+        if not cutoffs:
+            return True
+        if not await self._append_cutoffs(cutoffs):
+            published.labels("failed").inc(len(cutoffs))
+            log.warning(
+                "revocation cutoffs not published yet (Redis unavailable)", extra={"count": len(cutoffs)}
+            )
+            return False
+        published.labels(outcome).inc(len(cutoffs))
+        await store.mark_cutoffs_published(self.database.pool, cutoffs)
+        for cutoff in cutoffs:
+            log.info(
+                "revocation cutoff published: the gateways refuse tokens issued before it",
+                extra={
+                    "issued_before": cutoff.issued_before.isoformat(),
+                    "until": cutoff.keep_until.isoformat(),
+                    "reason": cutoff.reason,
+                },
+            )
+        return True
+
+    @staticmethod
+    def check_clock(cutoffs: Sequence[Cutoff]) -> None:
+        """Say so when this replica's clock is behind a held cutoff (Postgres's clock): the ``iat`` of
+        the tokens it issues now is before the cutoff, and the gateways refuse them until its clock
+        passes it. Checked by every replica at every periodic check (the condition lasts seconds)."""
+        now = time.time()
+        for cutoff in cutoffs:
+            if now < cutoff.issued_before.timestamp():
+                log.error(
+                    "this replica's clock is behind the database's revocation cutoff: the tokens it "
+                    "issues until its clock passes the cutoff are refused by the gateways",
+                    extra={
+                        "issued_before": cutoff.issued_before.isoformat(),
+                        "behind_seconds": round(cutoff.issued_before.timestamp() - now, 3),
+                    },
+                )
+
     async def publish(self, revoked: Sequence[RevokedToken], outcome: str = "inline") -> bool:
         """Publish revocations that just committed; False (retried later) when Redis is unavailable."""
         if not revoked:
@@ -124,11 +198,15 @@ class RevocationPublisher:
         if complete is None:
             return  # Redis unavailable: the next run tries again
         pool = self.database.pool
+        cutoffs = await store.active_cutoffs(pool)
+        self.check_clock(cutoffs)
         if not complete:
             everything = await store.unexpired_revocations(
                 pool, unpublished_only=False, leeway_seconds=GATEWAY_LEEWAY_SECONDS
             )
             if everything and not await self._append(everything):
+                return
+            if not await self.publish_cutoffs(cutoffs, outcome="republished"):
                 return
             if await self.redis.call(lambda client: client.set(marker, "1")) is None:
                 return
@@ -141,7 +219,10 @@ class RevocationPublisher:
             pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS, leeway_seconds=GATEWAY_LEEWAY_SECONDS
         )
         await self.publish(pending, outcome="retried")
-        await self.trim()
+        if not await self.publish_cutoffs([c for c in cutoffs if not c.published], outcome="cutoff"):
+            return
+        if not cutoffs:  # a held cutoff's entry stays until its ``until`` (the module docstring)
+            await self.trim()
 
     async def trim(self) -> None:
         """Drop entries older than the retention by Redis's clock (exactly: revocations are few, and a

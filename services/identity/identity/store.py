@@ -520,6 +520,51 @@ async def mark_published(db: Conn, jtis: Sequence[str]) -> None:
     await db.execute("UPDATE issued_tokens SET published_at = now() WHERE jti = ANY($1::text[])", list(jtis))
 
 
+@dataclass(frozen=True)
+class Cutoff:
+    """A revocation cutoff ("not before"): every access token issued before ``issued_before`` is
+    refused by the gateways until ``keep_until`` (by then each such token has expired)."""
+
+    issued_before: datetime
+    keep_until: datetime
+    reason: str
+    published: bool = False
+
+
+async def record_cutoff(db: Conn, *, reason: str, keep_seconds: float) -> Cutoff:
+    """A cutoff at the database's ``now()`` rounded *up* to a whole second (``iat`` is whole seconds:
+    a token issued in the same second as the cutoff is refused, never one of before it accepted), kept
+    ``keep_seconds`` after it; unpublished, so the provider's periodic check publishes it."""
+    row = await db.fetchrow(
+        """INSERT INTO revocation_cutoffs AS c (issued_before, keep_until, reason)
+           SELECT t, t + make_interval(secs => $2), $1
+           FROM (SELECT to_timestamp(ceil(extract(epoch FROM now()))) AS t) AS cutoff
+           ON CONFLICT (issued_before) DO UPDATE
+               SET keep_until = greatest(c.keep_until, excluded.keep_until), published_at = NULL
+           RETURNING issued_before, keep_until, reason""",
+        reason,
+        keep_seconds,
+    )
+    assert row is not None  # an INSERT ... RETURNING always returns its row
+    return Cutoff(row["issued_before"], row["keep_until"], row["reason"])
+
+
+async def active_cutoffs(db: Conn) -> list[Cutoff]:
+    """Cutoffs still held (``keep_until`` not passed), published or not."""
+    rows = await db.fetch(
+        """SELECT issued_before, keep_until, reason, published_at IS NOT NULL AS published
+           FROM revocation_cutoffs WHERE keep_until > now() ORDER BY issued_before"""
+    )
+    return [Cutoff(row["issued_before"], row["keep_until"], row["reason"], row["published"]) for row in rows]
+
+
+async def mark_cutoffs_published(db: Conn, cutoffs: Sequence[Cutoff]) -> None:
+    await db.execute(
+        "UPDATE revocation_cutoffs SET published_at = now() WHERE issued_before = ANY($1::timestamptz[])",
+        [cutoff.issued_before for cutoff in cutoffs],
+    )
+
+
 # --- refresh tokens ----------------------------------------------------------------------------
 
 
@@ -644,9 +689,12 @@ class RestoreAcknowledged:
     sessions: int
     codes: int
     republished: int
+    cutoff: Cutoff
 
 
-async def end_everything_issued(db: Conn, *, leeway_seconds: float) -> RestoreAcknowledged:
+async def end_everything_issued(
+    db: Conn, *, leeway_seconds: float, cutoff_keep_seconds: float
+) -> RestoreAcknowledged:
     """After the schema was restored from a backup: end every credential issued before now.
 
     The restored rows are the state of the backup's time, so what happened since is undone: refresh
@@ -655,7 +703,10 @@ async def end_everything_issued(db: Conn, *, leeway_seconds: float) -> RestoreAc
     end: every refresh token is revoked, every session deleted, every unredeemed code expired, every
     access token a gateway may still accept revoked (reason ``restore``), and every unexpired revocation
     marked unpublished so that the provider publishes them all again, whatever a restored or flushed
-    Redis holds now. Call inside one transaction, before the provider serves from the restored rows.
+    Redis holds now. The access tokens issued after the backup are in no restored row, so a cutoff
+    (:func:`record_cutoff`, reason ``restore``, held ``cutoff_keep_seconds``) ends them: the gateways
+    refuse every token issued before it. Call inside one transaction, before the provider serves
+    from the restored rows.
     """
     access = await db.fetchval(
         """WITH revoked AS (
@@ -687,7 +738,9 @@ async def end_everything_issued(db: Conn, *, leeway_seconds: float) -> RestoreAc
                WHERE used_at IS NULL AND expires_at > now() RETURNING 1)
            SELECT count(*) FROM expired"""
     )
-    return RestoreAcknowledged(access, refresh, sessions, codes, republished)
+    await db.execute("UPDATE revocation_cutoffs SET published_at = NULL WHERE keep_until > now()")
+    cutoff = await record_cutoff(db, reason="restore", keep_seconds=cutoff_keep_seconds)
+    return RestoreAcknowledged(access, refresh, sessions, codes, republished, cutoff)
 
 
 async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> None:
@@ -699,5 +752,9 @@ async def purge_expired(db: Conn, older_than: timedelta = timedelta(days=1)) -> 
     )
     await db.execute(
         "DELETE FROM issued_tokens WHERE expires_at < now() - make_interval(secs => $1)",
+        older_than.total_seconds(),
+    )
+    await db.execute(
+        "DELETE FROM revocation_cutoffs WHERE keep_until < now() - make_interval(secs => $1)",
         older_than.total_seconds(),
     )

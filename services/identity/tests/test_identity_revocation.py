@@ -236,3 +236,94 @@ async def test_the_stream_keeps_only_what_can_still_be_used(
     finally:
         await guard.client.delete(publisher.stream)
         await guard.close()
+
+
+async def test_a_restores_cutoff_is_published_republished_and_kept_from_the_trim(
+    base_url: str, redis_url: str, seeded: dict[str, str], issuer: str, db: asyncpg.Connection
+) -> None:
+    """after-restore records a revocation cutoff (store.record_cutoff) while the provider is stopped;
+    the provider publishes it as ``{iss, issued_before, until, reason}`` on the revocation stream,
+    publishes it again when Redis lost the stream and its marker, and its periodic trim keeps the
+    stream whole while a cutoff is held (an entry older than the retention included), trimming again
+    once it ended."""
+    from identity import store
+
+    cutoff = await store.record_cutoff(db, reason="restore", keep_seconds=1200)
+    expected = {
+        "iss": issuer,
+        "issued_before": str(int(cutoff.issued_before.timestamp())),
+        "until": str(int(cutoff.keep_until.timestamp())),
+        "reason": "restore",
+    }
+    prefix = seeded["REDIS_KEY_PREFIX"]
+    stream, marker = prefix + "revocations", prefix + "revocations:complete"
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def events() -> list[dict[str, str]]:
+        entries: Any = await client.xrange(stream)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    async def until_published(what: str) -> None:
+        deadline = time.monotonic() + 10  # REVOCATION_CHECK_SECONDS is 1 s in these tests
+        while expected not in await events():
+            assert time.monotonic() < deadline, f"the cutoff was not {what}"
+            await asyncio.sleep(0.2)
+
+    try:
+        await until_published("published")
+        deadline = time.monotonic() + 5  # marked right after the XADD
+        while not await db.fetchval(
+            "SELECT published_at IS NOT NULL FROM revocation_cutoffs WHERE issued_before = $1",
+            cutoff.issued_before,
+        ):
+            assert time.monotonic() < deadline, "the publication was not recorded"
+            await asyncio.sleep(0.1)
+        await client.delete(stream, marker)  # Redis lost everything
+        await until_published("re-published")
+
+        # the stream as a provider left it that published the cutoff long ago (older than the
+        # retention, ACCESS_TOKEN_TTL_SECONDS + 300 s): while the cutoff is held nothing is trimmed
+        await client.delete(stream)  # the marker stays: the periodic check trims, not re-publishes
+        seconds, _ = await client.time()
+        long_ago = (seconds - 3600) * 1000
+        ancient = {"iss": issuer, "jti": "ancient", "exp": "0"}
+        await client.xadd(stream, ancient, id=f"{long_ago}-0")  # type: ignore[arg-type]
+        await client.xadd(stream, expected, id=f"{long_ago}-1")  # type: ignore[arg-type]
+        await asyncio.sleep(2.5)  # two periodic checks
+        assert expected in await events(), "a held cutoff was trimmed"
+        assert len(await events()) == 2
+
+        await db.execute(
+            "UPDATE revocation_cutoffs SET keep_until = now() - interval '1 second' WHERE issued_before = $1",
+            cutoff.issued_before,
+        )
+        deadline = time.monotonic() + 10
+        while await events():
+            assert time.monotonic() < deadline, "the trim did not resume once the cutoff ended"
+            await asyncio.sleep(0.2)
+    finally:
+        await db.execute("DELETE FROM revocation_cutoffs WHERE issued_before = $1", cutoff.issued_before)
+        await client.aclose()
+
+
+def test_a_replica_whose_clock_is_behind_a_held_cutoff_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The cutoff is Postgres's clock, a token's iat the replica's: a replica behind the database issues
+    tokens the gateways refuse until its clock passes the cutoff — its log says so, every check."""
+    import logging
+    from datetime import UTC, datetime, timedelta
+
+    from identity.revocation import RevocationPublisher
+    from identity.store import Cutoff
+
+    def held(offset: float) -> Cutoff:
+        issued_before = datetime.fromtimestamp(time.time() + offset, UTC)
+        return Cutoff(issued_before, issued_before + timedelta(seconds=1200), "restore")
+
+    with caplog.at_level(logging.ERROR, logger="identity.revocation"):
+        RevocationPublisher.check_clock([held(-5)])
+        assert not caplog.records, "a clock past the cutoff: nothing to say"
+        RevocationPublisher.check_clock([held(-5), held(30)])
+    assert [record.getMessage() for record in caplog.records] == [
+        "this replica's clock is behind the database's revocation cutoff: the tokens it issues until "
+        "its clock passes the cutoff are refused by the gateways"
+    ]
