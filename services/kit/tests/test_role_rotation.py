@@ -68,10 +68,12 @@ async def connect(url: str, login: str, secret: str) -> asyncpg.Connection:
 
 async def refused(url: str, login: str, secret: str) -> str:
     """A new connection as ``login`` with ``secret`` is refused; the SQLSTATE class-28 error's name."""
-    with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)) as caught:
+    try:
         conn = await connect(url, login, secret)
-        await conn.close()
-    return type(caught.value).__name__
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        return type(exc).__name__
+    await conn.close()
+    pytest.fail(f"{login} logged in with a password that should be refused")
 
 
 async def login_state(url: str, name: str) -> tuple[bool, bool]:
@@ -79,7 +81,8 @@ async def login_state(url: str, name: str) -> tuple[bool, bool]:
     admin = await asyncpg.connect(url)
     try:
         row = await admin.fetchrow(
-            "SELECT rolcanlogin, rolpassword IS NOT NULL AS has_password FROM pg_authid WHERE rolname = $1", name
+            "SELECT rolcanlogin, rolpassword IS NOT NULL AS has_password FROM pg_authid WHERE rolname = $1",
+            name,
         )
         assert row is not None
         return bool(row["rolcanlogin"]), bool(row["has_password"])
@@ -129,7 +132,8 @@ async def test_setting_a_new_password_on_the_login_in_use_still_replaces_it(owne
     await conn.close()
 
 
-INSERT_ENTRY = """INSERT INTO timesheets.entries (id, owner_issuer, owner_subject, date, project, hours, source)
+INSERT_ENTRY = """INSERT INTO timesheets.entries
+                  (id, owner_issuer, owner_subject, date, project, hours, source)
                   VALUES (gen_random_uuid(), 'https://issuer', 'alice', current_date, 'p', 1, 'api')"""
 ATTACKS = {
     "delete_entries": "DELETE FROM timesheets.entries",
