@@ -124,7 +124,9 @@ def test_add_promote_drop_switches_the_login_one_upgrade_at_a_time(api: FakeApiS
     p1 = "P" * 32
     p2 = seen[1][3]
     p3 = seen[8][3]
-    assert p2 is not None and p3 is not None and len({p1, p2, p3}) == 3
+    assert p2 is not None
+    assert p3 is not None
+    assert len({p1, p2, p3}) == 3
     assert seen == [
         ("", ROLE, p1, None, None),  # before: one login, as ever
         ("add", ROLE, p1, p2, None),  # the second login gets a password; no pod rolls
@@ -144,7 +146,9 @@ def test_only_the_rotated_service_changes(api: FakeApiServer) -> None:
     live = {
         **BEFORE,
         "database-password-timesheets": "T" * 32,
-        "database-url-timesheets": f"postgresql://ts_timesheets:{'T' * 32}@ts-timesheets-postgresql:5432/timesheets",
+        "database-url-timesheets": (
+            f"postgresql://ts_timesheets:{'T' * 32}@ts-timesheets-postgresql:5432/timesheets"
+        ),
     }
     live = secret_data(upgrade(api, live, {"audit": "add"}))
     objects = upgrade(api, live, {"audit": "promote"})
