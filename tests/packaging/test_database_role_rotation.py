@@ -16,15 +16,28 @@ import copy
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import asyncpg
 import helm_python as helm
 import pytest
+from svckit.migrations import migrate
+from svckit.roles import role_url
 from svckit.settings import DatabaseSettings
 
+from testkit.pgproc import PrivatePostgres, postgres_bin
 from tests.packaging.fakeapi import FakeApiServer, fake_api
-from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, deep_merge, parse_manifests
+from tests.packaging.support import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    SCENARIOS,
+    deep_merge,
+    parse_manifests,
+)
 from tests.packaging.test_policies import containers, env_of, workloads
 
 BASE = SCENARIOS["values-dev.yaml"]
+AUDIT_MIGRATIONS = REPO / "services" / "audit" / "audit" / "migrations"
 SECRET = "ts-timesheets-generated"
 ROLE = "ts_audit"
 SECOND = "ts_audit_b"
@@ -220,3 +233,42 @@ def test_an_unknown_step_is_refused_by_the_schema() -> None:
     values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": {"audit": "rotate"}}})
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
         chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+@pytest.mark.skipif(postgres_bin() is None, reason="needs the system's PostgreSQL binaries")
+async def test_every_pod_connects_at_every_step_and_the_old_login_not_after_drop(api: FakeApiServer) -> None:
+    """The chart's steps end to end: at each step the Job's environment (resolved from the rendered
+    Secret) runs the real ``migrate`` on a server that checks passwords; then the URL of this step
+    (the new pods) and the URL of the step before (the pods still rolling) both log in and may write
+    their schema, until ``drop``, after which the URL of before ``promote`` is refused."""
+    server = PrivatePostgres(passwords=True).start()
+    try:
+        owner = server.dsn
+        live = dict(BEFORE)
+        urls = []
+        for step in ["", "add", "promote", "drop"]:
+            objects = upgrade(api, live, {"audit": step})
+            live = secret_data(objects)
+            env = migrate_env(objects, "audit", live)
+            settings = DatabaseSettings(
+                database_url=owner,
+                db_runtime_role=env["DB_RUNTIME_ROLE"],
+                db_runtime_password=env["DB_RUNTIME_PASSWORD"],
+                db_runtime_login=env.get("DB_RUNTIME_LOGIN", ""),
+                db_runtime_other_password=env.get("DB_RUNTIME_OTHER_PASSWORD", ""),
+            )
+            await migrate(owner, "audit", AUDIT_MIGRATIONS, role=settings.runtime_role)
+            login, password = url_login(live["database-url-audit"])
+            urls.append(role_url(owner, login, password))
+            for url in urls[-2:]:  # this step's pods, and the pods of the step before, still rolling
+                conn = await asyncpg.connect(url)
+                try:
+                    assert await conn.fetchval("SELECT has_table_privilege('audit.records', 'INSERT')")
+                    assert not await conn.fetchval("SELECT has_table_privilege('audit.records', 'DELETE')")
+                finally:
+                    await conn.close()
+        assert [url_login(u)[0] for u in urls] == [ROLE, ROLE, SECOND, SECOND]
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(urls[1])  # the old login, P1: disabled by drop's Job
+    finally:
+        server.remove()
