@@ -229,6 +229,14 @@ def test_a_rotation_step_with_passwords_given_by_reference_is_refused() -> None:
         chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
+def test_a_rotation_step_without_runtime_roles_is_refused() -> None:
+    values = deep_merge(
+        copy.deepcopy(BASE), {"databaseRoles": {"enabled": False, "rotation": {"audit": "add"}}}
+    )
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match="no runtime password"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
 def test_an_unknown_step_is_refused_by_the_schema() -> None:
     values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": {"audit": "rotate"}}})
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
@@ -272,3 +280,28 @@ async def test_every_pod_connects_at_every_step_and_the_old_login_not_after_drop
             await asyncpg.connect(urls[1])  # the old login, P1: disabled by drop's Job
     finally:
         server.remove()
+
+
+def test_the_notes_say_the_next_step(api: FakeApiServer) -> None:
+    def notes(live: dict[str, str], step: str) -> tuple[str, dict[str, str]]:
+        api.live(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": SECRET, "namespace": NAMESPACE},
+                "type": "Opaque",
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in live.items()},
+            }
+        )
+        values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": {"audit": step}}})
+        rendered = api.render(values, upgrade=True)
+        text = next(t for name, t in rendered.items() if name.endswith("NOTES.txt"))
+        return text, secret_data(parse_manifests(rendered))
+
+    text, live = notes(dict(BEFORE), "add")
+    assert "--set databaseRoles.rotation.audit=promote" in text
+    text, live = notes(live, "promote")
+    assert f"its pods switch to {SECOND}; {ROLE} still logs in" in text
+    assert "--set databaseRoles.rotation.audit=drop" in text
+    text, live = notes(live, "drop")
+    assert "databaseRoles.rotation" not in text

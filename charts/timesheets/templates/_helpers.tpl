@@ -304,6 +304,9 @@ Secret and the Deployments compute the same. Call with (dict "root" $ "component
 {{/* databaseRoles.rotation steps with the role passwords given by reference: refused (the chart cannot change them). */}}
 {{- define "timesheets.checkDatabaseRotation" -}}
 {{- range $name, $step := .Values.databaseRoles.rotation | default dict -}}
+{{- if and $step (not $.Values.databaseRoles.enabled) -}}
+{{- fail (printf "databaseRoles.rotation.%s: the services connect as the owner (databaseRoles.enabled=false): there is no runtime password to rotate" $name) -}}
+{{- end -}}
 {{- if and $step $.Values.databaseRoles.existingSecret -}}
 {{- fail (printf "databaseRoles.rotation.%s: the chart rotates the passwords of the Secret it generates; with databaseRoles.existingSecret write database-login-%s and database-other-password-%s into %s yourself (docs/database-roles.md, \"Rotating a runtime password\")" $name $name $name $.Values.databaseRoles.existingSecret) -}}
 {{- end -}}
