@@ -58,7 +58,16 @@ MEANINGS = {
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "db_runtime_role": "`migrate` only: the login role the service runs as; `migrate` (as the owner in "
     "`DATABASE_URL`) grants it exactly its schema's `privileges.txt` (docs/database-roles.md)",
-    "db_runtime_password": "`migrate` only: the password `migrate` sets on that role",
+    "db_runtime_password": "`migrate` only: the password `migrate` sets on the login the service uses",
+    "db_runtime_login": (
+        "`migrate` only: the login the service uses, the role itself (empty) or `<DB_RUNTIME_ROLE>_b`, a "
+        "member inheriting its privileges; a password rotation switches between the two "
+        '(docs/database-roles.md, "Rotating a runtime password")'
+    ),
+    "db_runtime_other_password": (
+        "`migrate` only: the other login's password, kept while the pods switch; empty: `migrate` disables "
+        "the other login (`NOLOGIN`, no password)"
+    ),
     "db_manage_roles": "`migrate` only: create the role / set its password (`false`: the platform team "
     "creates the role; `migrate` only grants)",
     "redis_url": (

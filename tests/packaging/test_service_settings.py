@@ -29,6 +29,9 @@ SECRET_SHAPES = {
     "IDENTITY_SESSION_SECRET": "s" * 48,
     "BATCH_CLIENT_SECRET": "b" * 40,
     "DB_RUNTIME_PASSWORD": "r" * 32,
+    # optional keys, present while a password rotates: the login in use, the other login's password
+    "DB_RUNTIME_LOGIN": "",
+    "DB_RUNTIME_OTHER_PASSWORD": "o" * 32,
     "AUDIT_CHECKPOINT_KEYS": "ck1:" + "A" * 43,  # a 32-byte seed, base64url
     "DPOP_NONCE_SECRET": "n" * 48,
     "GATEWAY_CACHE_SECRET": "g" * 48,

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from svckit.migrations import migrate
+from svckit.roles import RuntimeRole, role_url
 
-from testkit.fixtures import ROLE_PREFIX, IsolatedEnv, migrate_schema, runtime_url
+from testkit.fixtures import ROLE_PREFIX, IsolatedEnv, migrate_schema, runtime_role, runtime_url
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 SCHEMAS = ("identity", "timesheets", "approvals", "audit")
@@ -48,6 +50,10 @@ async def schemas(isolated_env: IsolatedEnv) -> str:
     finally:
         await audit.close()
     return database_url
+
+
+async def migrate_schema_as(database_url: str, schema: str, package_dir: Path, role: RuntimeRole) -> None:
+    await migrate(database_url, schema, package_dir / "migrations", role=role)
 
 
 async def as_role(database_url: str, service: str) -> asyncpg.Connection:
@@ -152,6 +158,72 @@ async def test_the_audit_role_cannot_grant_itself_more(schemas: str) -> None:
             ), privilege
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def second_login(schemas: str) -> str:
+    """The audit role in the middle of a password rotation (docs/database-roles.md, "Rotating a
+    runtime password"): its pods switched to the second login ``<role>_b``, the role itself still
+    logs in (the old pods). Returns the second login's name; the role's own URL keeps working."""
+    role = runtime_role("audit")
+    second = RuntimeRole(
+        role.name, "rotated-" + "x" * 24, login=role.second_login, other_password=role.password
+    )
+    await migrate_schema_as(schemas, "audit", SERVICES / "audit" / "audit", second)
+    return role.second_login
+
+
+async def as_login(database_url: str, login: str) -> asyncpg.Connection:
+    """A connection as ``login`` (the shared server trusts loopback: no password is checked)."""
+    return await asyncpg.connect(
+        role_url(database_url, login, None), server_settings={"search_path": "audit"}
+    )
+
+
+@pytest.mark.parametrize("attack", sorted(AUDIT_ATTACKS))
+async def test_the_audit_roles_second_login_is_refused_the_same(
+    schemas: str, second_login: str, attack: str
+) -> None:
+    """During a rotation both logins are worth what the audit role is, and no more."""
+    conn = await as_login(schemas, second_login)
+    try:
+        assert await conn.fetchval("SELECT current_user") == second_login
+        message = await refused(
+            conn, AUDIT_ATTACKS[attack].replace(f'"{ROLE_PREFIX}audit"', f'"{second_login}"')
+        )
+        assert "append-only" not in message, "refused by its privileges, not only by the trigger"
+    finally:
+        await conn.close()
+
+
+async def test_the_audit_roles_second_login_holds_exactly_its_privileges(
+    schemas: str, second_login: str
+) -> None:
+    conn = await as_login(schemas, second_login)
+    try:
+        differing = await conn.fetch(
+            """SELECT c.relname, p.privilege FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+                      unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                                   'TRIGGER']) AS p(privilege)
+               WHERE n.nspname = ANY($3::text[]) AND c.relkind = 'r'
+                 AND has_table_privilege($1, c.oid, p.privilege)
+                     IS DISTINCT FROM has_table_privilege($2, c.oid, p.privilege)""",
+            second_login,
+            f"{ROLE_PREFIX}audit",
+            list(SCHEMAS),
+        )
+        assert differing == []
+        assert await conn.fetchval("SELECT has_table_privilege('audit.records', 'INSERT')")
+        await refused(conn, "SELECT * FROM timesheets.entries")
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM pg_class"
+            " WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        )
+        assert owned == 0
+    finally:
+        await conn.close()
+    old_pod = await as_role(schemas, "audit")  # the overlap: the role itself still logs in
+    await old_pod.close()
 
 
 CROSSINGS = [(service, other) for service in SCHEMAS for other in SCHEMAS if service != other]

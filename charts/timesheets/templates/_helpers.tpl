@@ -254,6 +254,65 @@ release name and _). Call with (dict "root" $ "component" "audit").
 {{- $name -}}
 {{- end -}}
 
+{{/*
+Where a component's runtime-password rotation stands after this render's step
+(databaseRoles.rotation.<component>; docs/database-roles.md, "Rotating a runtime password"), from the
+live generated Secret: a JSON object with "login" (the login the pods use: <role> or <role>_b),
+"other" (the other one), "state" ("" one login; "standby" the other login added, no pod uses it;
+"previous" the pods switched, the old login still logs in), "swap" (this step switches the passwords:
+the standby's becomes the one in use) and "fresh" (this step draws the standby's password). The same
+step again changes nothing, as for the key rings (timesheets.rotatedKeys). Deterministic: the
+Secret and the Deployments compute the same. Call with (dict "root" $ "component" "audit").
+*/}}
+{{- define "timesheets.databaseRotation" -}}
+{{- $root := .root -}}
+{{- $c := .component -}}
+{{- $role := include "timesheets.databaseRole" . -}}
+{{- $second := printf "%s_b" $role -}}
+{{- $step := get ($root.Values.databaseRoles.rotation | default dict) $c | default "" -}}
+{{- if and $step (gt (len $second) 63) -}}
+{{- fail (printf "databaseRoles.rotation.%s: role %s is too long for a second login (%s: at most 63 characters); use a shorter databaseRoles.prefix" $c $role $second) -}}
+{{- end -}}
+{{- $old := dict -}}
+{{- if not $root.Values.databaseRoles.existingSecret -}}
+{{- $old = get ((lookup "v1" "Secret" $root.Release.Namespace (include "timesheets.generatedSecretName" $root)) | default dict) "data" | default dict -}}
+{{- end -}}
+{{- $login := get $old (printf "database-login-%s" $c) | default "" | b64dec -}}
+{{- $state := get $old (printf "database-rotation-%s" $c) | default "" | b64dec -}}
+{{- if not (has $login (list $role $second)) -}}{{- /* none yet, or of another prefix: one login, the role */ -}}
+{{- $login = $role -}}
+{{- $state = "" -}}
+{{- end -}}
+{{- if not (has $state (list "standby" "previous")) -}}
+{{- $state = "" -}}
+{{- end -}}
+{{- $swap := false -}}
+{{- $fresh := false -}}
+{{- if and (eq $step "add") (not $state) -}}
+{{- $state = "standby" -}}
+{{- $fresh = true -}}
+{{- else if and (eq $step "promote") (eq $state "standby") -}}
+{{- $login = ternary $second $role (eq $login $role) -}}
+{{- $state = "previous" -}}
+{{- $swap = true -}}
+{{- else if eq $step "drop" -}}
+{{- $state = "" -}}
+{{- end -}}
+{{- dict "login" $login "other" (ternary $second $role (eq $login $role)) "state" $state "swap" $swap "fresh" $fresh | toJson -}}
+{{- end -}}
+
+{{/* databaseRoles.rotation steps with the role passwords given by reference: refused (the chart cannot change them). */}}
+{{- define "timesheets.checkDatabaseRotation" -}}
+{{- range $name, $step := .Values.databaseRoles.rotation | default dict -}}
+{{- if and $step (not $.Values.databaseRoles.enabled) -}}
+{{- fail (printf "databaseRoles.rotation.%s: the services connect as the owner (databaseRoles.enabled=false): there is no runtime password to rotate" $name) -}}
+{{- end -}}
+{{- if and $step $.Values.databaseRoles.existingSecret -}}
+{{- fail (printf "databaseRoles.rotation.%s: the chart rotates the passwords of the Secret it generates; with databaseRoles.existingSecret write database-login-%s and database-other-password-%s into %s yourself (docs/database-roles.md, \"Rotating a runtime password\")" $name $name $name $.Values.databaseRoles.existingSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret with each service's database-url-<service> (and database-password-<service>). */}}
 {{- define "timesheets.databaseRolesSecretName" -}}
 {{- default (include "timesheets.generatedSecretName" .) .Values.databaseRoles.existingSecret -}}
@@ -490,12 +549,26 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ include "timesheets.databaseRole" . | quote }}
 - name: DB_MANAGE_ROLES
   value: {{ $roles.manage | quote }}
+{{- /* the login the pods use while a password rotates (absent: the role itself) */}}
+- name: DB_RUNTIME_LOGIN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.databaseRolesSecretName" $root }}
+      key: database-login-{{ $c }}
+      optional: true
 {{- if $roles.manage }}
 - name: DB_RUNTIME_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "timesheets.databaseRolesSecretName" $root }}
       key: database-password-{{ $c }}
+{{- /* the other login's password during a rotation's overlap (absent: the Job disables that login) */}}
+- name: DB_RUNTIME_OTHER_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "timesheets.databaseRolesSecretName" $root }}
+      key: database-other-password-{{ $c }}
+      optional: true
 {{- end }}
 {{- end }}
 {{- if not $root.Values.postgresql.enabled }}

@@ -24,6 +24,15 @@ change. Either way it refuses a runtime role that could bypass the declaration: 
 with ``CREATEROLE``, ``BYPASSRLS`` or ``REPLICATION``, a member of the migration role, or one that
 owns anything in the schema.
 
+Rotating the password while the pods roll (``docs/database-roles.md``, "Rotating a runtime
+password"): Postgres keeps one password per role, so a new password on the role the pods use locks out
+every pod still on the old one. The privileges therefore stay on the runtime role ``<role>``, and the
+pods log in either as ``<role>`` itself or as ``<role>_b`` (:data:`SECOND_LOGIN`), a member that
+inherits them and holds nothing else: ``login`` names the one the pods use, ``other_password`` keeps
+the other one able to log in during the overlap; without it the other login is disabled (``NOLOGIN``,
+no password). ``<role>`` stays a login role so that a deployment that never rotates is what it was;
+once ``<role>_b`` is in use, ``<role>`` is a group role until the next rotation switches back.
+
 Roles are global to a PostgreSQL cluster, unlike schemas: name them per deployment (``make dev``
 and the chart use a prefix; tests a prefix per run).
 """
@@ -51,6 +60,9 @@ EVERY_TABLE = "*"
 BOOKKEEPING = "schema_migrations"
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 SCRAM_ITERATIONS = 4096
+#: the suffix of the runtime role's second login (``<role>_b``), the other half of a rotation
+SECOND_LOGIN = "_b"
+NAME_MAX = 63
 
 
 class RoleError(Exception):
@@ -59,12 +71,20 @@ class RoleError(Exception):
 
 @dataclass(frozen=True)
 class RuntimeRole:
-    """The login role a service runs as. ``password`` is set (or the role created) only when
-    ``manage``; without it the role must exist already."""
+    """The runtime role a service runs as, and the login its pods use. ``password`` is the password
+    of that login, set (the roles created) only when ``manage``; without it the roles must exist
+    already.
+
+    ``login``: the login the pods use, ``name`` (the default) or :attr:`second_login` (a member of
+    ``name`` inheriting its privileges). ``other_password``: the password of the other one of the
+    two, which keeps it able to log in while the pods switch; ``None`` disables it once it exists
+    (``NOLOGIN``, no password). Only with ``manage``: otherwise the platform team sets both."""
 
     name: str
     password: str | None = None
     manage: bool = True
+    login: str = ""
+    other_password: str | None = None
 
     def __post_init__(self) -> None:
         if not ROLE_NAME.fullmatch(self.name):
@@ -72,14 +92,51 @@ class RuntimeRole:
                 f"role name {self.name!r} must be 1-63 lower-case letters, digits or _ "
                 "(not starting with a digit)"
             )
+        if self.login not in ("", self.name, self.second_login):
+            raise RoleError(
+                f"the login of role {self.name} (DB_RUNTIME_LOGIN) is {self.name} or {self.second_login}, "
+                f"not {self.login!r}"
+            )
+        rotating = self.in_use != self.name or (self.manage and self.other_password)
+        if rotating and not self.has_second_login:
+            raise RoleError(
+                f"role name {self.name} is too long for a second login ({self.second_login}: at most "
+                f"{NAME_MAX} characters); use a shorter prefix to rotate its password"
+            )
         if self.manage:
             if not self.password:
                 raise RoleError(
-                    f"a password is needed to create or update role {self.name} (DB_RUNTIME_PASSWORD), or "
+                    f"a password is needed to create or update role {self.in_use} (DB_RUNTIME_PASSWORD), or "
                     "set DB_MANAGE_ROLES=false when the roles are created by the platform team"
                 )
-            if not self.password.isascii() or not self.password.isprintable():
-                raise RoleError(f"the password of role {self.name} must be printable ASCII")
+            for secret in (self.password, self.other_password):
+                if secret is not None and (not secret.isascii() or not secret.isprintable()):
+                    raise RoleError(f"the passwords of role {self.name} must be printable ASCII")
+            if self.other_password == self.password:
+                raise RoleError(
+                    f"the two logins of role {self.name} need different passwords "
+                    "(DB_RUNTIME_PASSWORD, DB_RUNTIME_OTHER_PASSWORD)"
+                )
+
+    @property
+    def second_login(self) -> str:
+        """``<name>_b``: the login a rotation alternates with ``name``."""
+        return self.name + SECOND_LOGIN
+
+    @property
+    def has_second_login(self) -> bool:
+        """False when ``<name>_b`` would be longer than Postgres' names (it would be truncated)."""
+        return len(self.second_login) <= NAME_MAX
+
+    @property
+    def in_use(self) -> str:
+        """The login the pods use: ``login``, by default ``name``."""
+        return self.login or self.name
+
+    @property
+    def other(self) -> str:
+        """The other login of the two: ``<name>_b`` while ``name`` is in use, and the reverse."""
+        return self.second_login if self.in_use == self.name else self.name
 
 
 @dataclass(frozen=True)
@@ -181,39 +238,85 @@ async def apply(conn: asyncpg.Connection, schema: str, role: RuntimeRole, privil
     async with conn.transaction():
         if role.manage:
             await _create_or_update(conn, role)
-        await _refuse_dangerous(conn, schema, role.name)
+        await _refuse_dangerous(conn, schema, role)
         await _grant(conn, schema, role.name, privileges)
+        if role.has_second_login:
+            await _strip(conn, schema, role.second_login)
+
+
+async def _exists(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name))
 
 
 async def _create_or_update(conn: asyncpg.Connection, role: RuntimeRole) -> None:
+    """The runtime role first (it holds the privileges), then its second login when a rotation uses
+    it or it exists: each able to log in with its password, or ``NOLOGIN`` without one."""
     assert role.password is not None
-    verifier = _literal(scram_verifier(role.password))
-    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
-    if not exists:
+    passwords = {role.in_use: role.password, role.other: role.other_password}
+    await _set_login(conn, role.name, passwords.get(role.name))
+    if role.has_second_login:
+        second = role.second_login
+        if passwords.get(second) is not None or await _exists(conn, second):
+            await _set_login(conn, second, passwords.get(second), member_of=role.name)
+
+
+async def _set_login(
+    conn: asyncpg.Connection, name: str, password: str | None, member_of: str | None = None
+) -> None:
+    """Create ``name`` or update it: ``LOGIN`` with ``password`` (as a SCRAM verifier), or ``NOLOGIN``
+    without a password when ``None`` — its open sessions go on, no new one is let in. ``member_of``:
+    the runtime role whose privileges this login inherits."""
+    login = f"LOGIN PASSWORD {_literal(scram_verifier(password))}" if password else "NOLOGIN PASSWORD NULL"
+    if not await _exists(conn, name):
+        member = f" IN ROLE {_ident(member_of)}" if member_of else ""
         try:
             async with conn.transaction():  # a savepoint: another runner may create it first
                 await conn.execute(
-                    f"CREATE ROLE {_ident(role.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
-                    f" NOREPLICATION NOBYPASSRLS INHERIT PASSWORD {verifier}"
+                    f"CREATE ROLE {_ident(name)} {login} NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                    f" NOREPLICATION NOBYPASSRLS INHERIT{member}"
                 )
                 return
         except asyncpg.DuplicateObjectError:
             pass
         except asyncpg.InsufficientPrivilegeError as exc:
             raise RoleError(
-                f"cannot create role {role.name}: the migration role needs CREATEROLE ({exc}); or let the "
+                f"cannot create role {name}: the migration role needs CREATEROLE ({exc}); or let the "
                 "platform team create it and set DB_MANAGE_ROLES=false"
             ) from None
     try:
-        await conn.execute(f"ALTER ROLE {_ident(role.name)} LOGIN PASSWORD {verifier}")
+        await conn.execute(f"ALTER ROLE {_ident(name)} {login}")
+        if member_of is not None:
+            await conn.execute(f"ALTER ROLE {_ident(name)} INHERIT")
+            if not await conn.fetchval(
+                """SELECT 1 FROM pg_auth_members m
+                   WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                     AND m.member = (SELECT oid FROM pg_roles WHERE rolname = $2)""",
+                member_of,
+                name,
+            ):
+                await conn.execute(f"GRANT {_ident(member_of)} TO {_ident(name)}")
     except asyncpg.InsufficientPrivilegeError as exc:
         raise RoleError(
-            f"cannot set the password of role {role.name}: {exc}; give the migration role CREATEROLE (and "
+            f"cannot set the password of role {name}: {exc}; give the migration role CREATEROLE (and "
             "ADMIN on that role), or set DB_MANAGE_ROLES=false and manage the role yourself"
         ) from None
 
 
-async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, name: str) -> None:
+async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, role: RuntimeRole) -> None:
+    """Refuse a runtime role, or a login of it, that could bypass the declared privileges. The login
+    in use must exist and be able to log in; the second login must hold the runtime role's privileges
+    by inheritance and nothing besides (no other role, no ``ADMIN`` on it)."""
+    await _refuse_dangerous_role(conn, schema, role.name, required=True)
+    if role.has_second_login:
+        second = role.second_login
+        if await _refuse_dangerous_role(conn, schema, second, required=second == role.in_use):
+            await _refuse_foreign_membership(conn, role.name, second)
+    if not await conn.fetchval("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", role.in_use):
+        raise RoleError(f"runtime role {role.in_use} cannot log in (ALTER ROLE {role.in_use} LOGIN)")
+
+
+async def _refuse_dangerous_role(conn: asyncpg.Connection, schema: str, name: str, *, required: bool) -> bool:
+    """Check one role; ``False`` when it does not exist and need not."""
     row = await conn.fetchrow(
         """SELECT rolsuper, rolcreaterole, rolbypassrls, rolreplication, rolcanlogin,
                   pg_has_role($1, current_user, 'MEMBER') AS member_of_owner,
@@ -222,6 +325,8 @@ async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, name: str) ->
         name,
     )
     if row is None:
+        if not required:
+            return False
         raise RoleError(
             f"role {name} does not exist: create it (docs/database-roles.md) or set DB_MANAGE_ROLES=true"
         )
@@ -239,8 +344,6 @@ async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, name: str) ->
         raise RoleError(f"runtime role {name} has {named}: it could bypass its privileges; remove that")
     if row["member_of_owner"]:
         raise RoleError(f"runtime role {name} is a member of the migration role {await _whoami(conn)}")
-    if not row["rolcanlogin"]:
-        raise RoleError(f"runtime role {name} cannot log in (ALTER ROLE {name} LOGIN)")
     owned = await conn.fetch(
         """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = $1 AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = $2)
@@ -255,6 +358,47 @@ async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, name: str) ->
             f"runtime role {name} owns {', '.join(r['relname'] for r in owned)} in schema {schema}: only the "
             f"migration role may own them (ALTER … OWNER TO {await _whoami(conn)})"
         )
+    return True
+
+
+async def _refuse_foreign_membership(conn: asyncpg.Connection, role: str, login: str) -> None:
+    """``login`` (the second login of ``role``) is worth exactly what ``role`` is: a member of it that
+    inherits its privileges, of no other role, without ``ADMIN`` (it could hand ``role`` on)."""
+    if not await conn.fetchval("SELECT pg_has_role($1, $2, 'USAGE')", login, role):
+        raise RoleError(
+            f"runtime login {login} does not inherit the privileges of {role}: GRANT {role} TO {login}; "
+            f"ALTER ROLE {login} INHERIT"
+        )
+    memberships = await conn.fetch(
+        """SELECT r.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+           WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY r.rolname""",
+        login,
+    )
+    others = sorted({m["rolname"] for m in memberships if m["rolname"] != role})
+    if others:
+        raise RoleError(
+            f"runtime login {login} is also a member of {', '.join(others)}: it must hold the privileges "
+            f"of {role} only (REVOKE … FROM {login})"
+        )
+    if any(m["admin_option"] for m in memberships):
+        raise RoleError(
+            f"runtime login {login} holds {role} WITH ADMIN OPTION: it could grant {role} to other roles "
+            f"(REVOKE ADMIN OPTION FOR {role} FROM {login})"
+        )
+
+
+async def _strip(conn: asyncpg.Connection, schema: str, login: str) -> None:
+    """The second login holds nothing of its own in ``schema``: only what it inherits."""
+    if not await _exists(conn, login):
+        return
+    s, r = _ident(schema), _ident(login)
+    for statement in (
+        f"REVOKE ALL ON SCHEMA {s} FROM {r}",
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}",
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM {r}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON TABLES FROM {r}",
+    ):
+        await conn.execute(statement)
 
 
 async def _whoami(conn: asyncpg.Connection) -> str:

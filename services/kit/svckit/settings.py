@@ -234,8 +234,16 @@ class DatabaseSettings(ServiceSettings):
     # declares; the service itself is then started with a DATABASE_URL naming this role. Empty: no
     # runtime role (the service would run as the owner of its tables: local experiments only).
     db_runtime_role: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
-    # The runtime role's password, set by `migrate` when DB_MANAGE_ROLES (it creates the role if needed).
+    # The password of the login the service uses (DB_RUNTIME_LOGIN), set by `migrate` when
+    # DB_MANAGE_ROLES (it creates the role if needed).
     db_runtime_password: str = ""
+    # The login the service uses: the runtime role itself (empty, the default) or its second login
+    # `<DB_RUNTIME_ROLE>_b`, a member inheriting its privileges. A password rotation switches between
+    # the two, so that pods still on the old password keep logging in (docs/database-roles.md).
+    db_runtime_login: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
+    # The password of the other login of the two, which `migrate` keeps able to log in while the pods
+    # switch; empty: `migrate` disables the other login (NOLOGIN, no password) if it exists.
+    db_runtime_other_password: str = ""
     # false: the platform team creates the runtime role (and its password) itself; `migrate` only grants.
     db_manage_roles: bool = True
 
@@ -265,7 +273,11 @@ class DatabaseSettings(ServiceSettings):
         if not self.db_runtime_role:
             return None
         return RuntimeRole(
-            self.db_runtime_role, self.db_runtime_password or None, manage=self.db_manage_roles
+            self.db_runtime_role,
+            self.db_runtime_password or None,
+            manage=self.db_manage_roles,
+            login=self.db_runtime_login,
+            other_password=self.db_runtime_other_password or None,
         )
 
 

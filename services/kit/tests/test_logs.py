@@ -87,6 +87,7 @@ LEAKS = [
     ("IDENTITY_KEY_ENCRYPTION_KEY=new:kek-new-21,old:kek-old-22", "kek-old-22"),
     ("AUDIT_CHECKPOINT_KEYS=ck1:ck-first-23,ck2:ck-second-24", "ck-second-24"),
     ("IDENTITY_KEYS_GATEWAY_TO_TIMESHEETS=k1:pair-25", "pair-25"),
+    ("DB_RUNTIME_OTHER_PASSWORD=other-pw-26 DB_RUNTIME_LOGIN=tsp_audit_b", "other-pw-26"),  # rotating
 ]
 
 # prose and fields that merely name a secret, or end in a word that looks like one
