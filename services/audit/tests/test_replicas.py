@@ -44,7 +44,9 @@ async def dsn() -> AsyncIterator[str]:
 
 
 class NoLockedPath(AuditStore):
-    async def _append_locked(self, events: Sequence[AuditEvent], committed: Any) -> set[uuid.UUID]:
+    async def _append_locked(
+        self, events: Sequence[AuditEvent], committed: Any, placed: dict[uuid.UUID, Any]
+    ) -> set[uuid.UUID]:
         raise AssertionError("a replica fell back to the locked transaction")
 
 
