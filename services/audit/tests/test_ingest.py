@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 from audit.store import AuditStore
+from prometheus_client import REGISTRY
 from svckit.contracts.audit import AuditEvent, IngestResult
 from svckit.db import Database
 from svckit.identity import Identity
@@ -87,7 +87,9 @@ async def test_the_answer_carries_the_receipt_of_the_newest_event_stored(
         await database.close()
     assert elsewhere.receipt is not None
     head = {"seq": elsewhere.receipt.seq}
-    moved = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [new_event(), new_event()]})
+    moved = await api.call(
+        "POST", "/internal/events", TIMESHEETS, json={"events": [new_event(), new_event()]}
+    )
     assert ingest_counts(moved.body) == {"accepted": 2, "duplicates": 0}
     assert moved.body["receipt"]["seq"] == head["seq"] + 2
     assert moved.body["receipt"] == (await placed(audit_schema, moved.body["receipt"]["id"]))
