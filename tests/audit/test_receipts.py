@@ -15,6 +15,7 @@ audit schema (testkit.backup), the owner's statements an insider would run (test
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import uuid
@@ -33,7 +34,7 @@ from svckit.migrations import migrate
 from svckit.outbox import AuditEvent, OutboxRelay, enqueue
 from svckit.receipts import ACCEPT_ACTION, accept_audit_restore
 
-from testkit.backup import dump_schema, restore_schema
+from testkit.backup import dump_schema, restore_schema, service_command
 from testkit.fixtures import (
     IsolatedEnv,
     ServiceProcess,
@@ -41,6 +42,7 @@ from testkit.fixtures import (
     free_port,
     migrate_schema,
     pair_signer,
+    runtime_env,
     user,
 )
 from testkit.tamper import owner_sql
@@ -324,3 +326,53 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
         await producer.relay.stop()
         await producer.database.close()
         audit.stop()
+
+
+async def test_the_accept_command_runs_as_the_service_with_its_runtime_role(
+    isolated_env: IsolatedEnv, tmp_path: Path
+) -> None:
+    """``python -m timesheets outbox accept-audit-restore --reason …`` as the runbook runs it: the
+    Deployment's environment (its runtime role), a JSON report, the acceptance queued for the trail."""
+    env = isolated_env(f"rcli_{secrets.token_hex(3)}")
+    owner = env["DATABASE_URL"]
+    await migrate_schema(owner, "timesheets", AUDIT_PACKAGE.parents[1] / "timesheets" / "timesheets")
+    served = runtime_env(env, "timesheets")
+
+    usage = service_command("timesheets", served, "outbox", "accept-audit-restore")
+    assert usage.returncode == 2, usage.stderr
+    nothing = service_command("timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-1")
+    assert nothing.returncode == 0, nothing.stderr
+    assert json.loads(nothing.stdout)["state"] == "consistent"
+
+    lost = uuid.uuid4()
+    conn = await asyncpg.connect(owner)
+    try:
+        await conn.execute(
+            "UPDATE timesheets.outbox_receipt SET event_id = $1, seq = 42, hash = $2, delivered_at = now(),"
+            " mismatch_at = now(), mismatch_detail = 'record seq 42 is not on the audit trail'",
+            lost,
+            "d" * 64,
+        )
+        accepted = service_command(
+            "timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-2"
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        report = json.loads(accepted.stdout)
+        assert report["state"] == "accepted"
+        assert report["lost"] == {
+            "event_id": str(lost),
+            "seq": 42,
+            "hash": "d" * 64,
+            "mismatch": "record seq 42 is not on the audit trail",
+        }
+        row = await conn.fetchrow("SELECT * FROM timesheets.outbox_receipt")
+        assert row is not None
+        assert (row["event_id"], row["seq"], row["mismatch_at"]) == (None, None, None)
+        queued = await conn.fetchval(
+            "SELECT payload::text FROM timesheets.outbox WHERE id = $1::uuid", report["event_id"]
+        )
+        assert queued is not None
+        assert json.loads(queued)["action"] == ACCEPT_ACTION
+        assert json.loads(queued)["details"]["reason"] == "INC-2"
+    finally:
+        await conn.close()

@@ -271,14 +271,15 @@ async def accept_audit_restore(database: Database, schema: str, source: str, rea
     return {"state": "accepted", "lost": receipt.report(), "reason": reason, "event_id": str(event.id)}
 
 
-USAGE, UNREACHABLE = 2, 3
+REFUSED, USAGE, UNREACHABLE = 1, 2, 3
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, TimeoutError)
 
 
 def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
     """``python -m <service> outbox accept-audit-restore --reason TEXT``: the ``outbox`` command of a
     producer's CLI (``run_cli(commands={"outbox": outbox_command(schema)})``). Prints a JSON report;
-    exit 0 (accepted, or nothing to accept), 2 (bad arguments), 3 (the database unreachable)."""
+    exit 0 (accepted, or nothing to accept), 1 (the schema is not migrated), 2 (bad arguments), 3 (the
+    database unreachable)."""
 
     def run(settings: DatabaseSettings, args: list[str]) -> int:
         parser = argparse.ArgumentParser(prog=f"python -m {settings.service_name} outbox")
@@ -301,11 +302,20 @@ def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
             finally:
                 await database.close()
 
+        # the report is what stdout carries: the kit's informational lines (the pool is ready…) stay out
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         try:
             report = asyncio.run(accept())
         except UNREACHABLE_ERRORS as exc:
             print(f"database unreachable: {type(exc).__name__}", file=sys.stderr, flush=True)
             return UNREACHABLE
+        except asyncpg.UndefinedTableError:
+            print(
+                f"{schema}.outbox_receipt does not exist: run `python -m {settings.service_name} migrate` first",
+                file=sys.stderr,
+                flush=True,
+            )
+            return REFUSED
         print(json.dumps(report, indent=2), flush=True)
         return 0
 
