@@ -311,7 +311,8 @@ def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
             return UNREACHABLE
         except asyncpg.UndefinedTableError:
             print(
-                f"{schema}.outbox_receipt does not exist: run `python -m {settings.service_name} migrate` first",
+                f"{schema}.outbox_receipt does not exist: "
+                f"run `python -m {settings.service_name} migrate` first",
                 file=sys.stderr,
                 flush=True,
             )
