@@ -335,15 +335,15 @@ class OutboxRelay:
         """Listen, deliver one batch, refresh the gauges now and then. True: more may be waiting
         (after a batch that was not full, only once ``linger`` has passed: more gather meanwhile)."""
         await self._ensure_listener()
-        if self._check_first:
-            try:
-                await self.check_receipt()
-            except CheckFailed as exc:  # the audit service is away: so is delivery, wait it out
-                raise DeliveryError(f"receipt check: {exc}", exc.status) from None
-            self._check_first = False
         try:
+            if self._check_first:
+                try:
+                    await self.check_receipt()
+                except CheckFailed as exc:  # the audit service is away: so is delivery, wait it out
+                    raise DeliveryError(f"receipt check: {exc}", exc.status) from None
+                self._check_first = False
             delivered = await self.deliver_due()
-        finally:
+        finally:  # the backlog gauges also while the audit service is away (their alert says so)
             await self._maybe_update_metrics()
         if 0 < delivered < self.batch_size and self.linger > 0:
             await asyncio.sleep(self.linger)  # real time: a batching window, not part of the schedule

@@ -619,3 +619,32 @@ def test_a_malformed_or_missing_receipt_in_the_answer_is_no_receipt() -> None:
     parsed = receipt_of(json.dumps({"accepted": 1, "duplicates": 0, "receipt": good}).encode())
     assert parsed is not None
     assert (str(parsed.id), parsed.seq, parsed.hash) == (good["id"], 7, "b" * 64)
+
+
+async def test_the_backlog_gauges_update_while_the_receipt_cannot_be_checked(
+    database: Database, schema: str, http: HttpClient
+) -> None:
+    """With a receipt to check first and the audit service unreachable, the relay backs off as for a
+    failed delivery — and still refreshes the backlog gauges TimesheetsOutboxBacklogTooOld reads."""
+    async with database.connection() as conn:
+        await conn.execute(
+            f"UPDATE {schema}.outbox_receipt SET event_id = $1, seq = 9, hash = $2", uuid.uuid4(), "e" * 64
+        )
+    await enqueue_committed(database, [event("unchecked"), event("unchecked")])
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    relay = OutboxRelay(
+        database,
+        schema,
+        "unchecked",
+        signed(http, nowhere, "unchecked"),
+        poll_interval=0.1,
+        base_backoff=0.05,
+        max_backoff=0.2,
+        metrics_interval=0.05,
+    )
+    relay.start()
+    try:
+        await eventually(lambda: metric("outbox_pending_events", "unchecked") == 2)
+    finally:
+        await relay.stop()
+    assert len(await outbox_rows(database, schema)) == 2
