@@ -162,6 +162,7 @@ class ReceiptChecker:
             return "mismatch"
         if receipt.event_id is None or receipt.seq is None or receipt.hash is None:
             self.gauge.set(0)
+            self._told.discard("recorded")  # accepted: a later loss is news again
             return "none"
         found = await self._ask(receipt.event_id)
         if found is None:
@@ -171,6 +172,7 @@ class ReceiptChecker:
             return "unknown"
         if found.stored and found.seq == receipt.seq and found.hash == receipt.hash:
             self.gauge.set(0)
+            self._told.discard("recorded")
             return "held"
         if not found.stored:
             detail = f"record seq {receipt.seq} (event {receipt.event_id}) is not on the audit trail"
