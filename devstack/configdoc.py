@@ -202,6 +202,10 @@ MEANINGS = {
     "idempotency_ttl_hours": "how long an `Idempotency-Key` is remembered",
     "outbox_poll_interval_seconds": "outbox relay poll interval (NOTIFY wakes it sooner)",
     "outbox_max_backoff_seconds": "longest retry delay of the outbox relay while the audit service is down",
+    "outbox_receipt_check_interval_seconds": (
+        "how often the outbox relay asks the audit service whether its trail still holds the newest "
+        "event delivered (also at start and after a failed delivery; svckit.receipts)"
+    ),
     "apply_timeout_seconds": "timeout of applying a decision at the timesheets service",
     "apply_attempts": "attempts to apply a decision before the reconciler takes over",
     "reconcile_interval_seconds": "how often interrupted decisions are reconciled",

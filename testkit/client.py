@@ -115,3 +115,10 @@ async def wait_ready(base_url: str, timeout: float = 30.0) -> None:
 
 
 __all__ = ["Reply", "SignedApi", "wait_ready"]
+
+
+def ingest_counts(body: Any) -> dict[str, Any]:
+    """What ``POST /internal/events`` answered without its ``receipt`` (whose seq and hash depend on the
+    trail): ``{"accepted": …, "duplicates": …}``."""
+    assert isinstance(body, dict), body
+    return {key: value for key, value in body.items() if key != "receipt"}

@@ -313,6 +313,27 @@ async def test_the_outbox_stays_writable_by_its_writer(schemas: str) -> None:
         await conn.close()
 
 
+async def test_a_producers_delivery_receipt_is_out_of_the_audit_roles_reach(schemas: str) -> None:
+    """The receipt the relay holds the audit trail to (svckit.receipts) lives in the producer's schema:
+    the audit service's role can neither read nor change it, and the producer's own role may only move
+    the one row (no second receipt planted, the row never removed)."""
+    audit = await as_role(schemas, "audit")
+    try:
+        await refused(audit, "SELECT * FROM timesheets.outbox_receipt")
+        await refused(audit, "UPDATE timesheets.outbox_receipt SET mismatch_at = NULL")
+    finally:
+        await audit.close()
+    conn = await as_role(schemas, "timesheets")
+    try:
+        async with conn.transaction():
+            await conn.execute("UPDATE timesheets.outbox_receipt SET seq = seq")
+        await refused(conn, "DELETE FROM timesheets.outbox_receipt")
+        await refused(conn, "INSERT INTO timesheets.outbox_receipt (singleton) VALUES (true)")
+        await refused(conn, "TRUNCATE timesheets.outbox_receipt")
+    finally:
+        await conn.close()
+
+
 async def test_the_platform_under_test_runs_as_its_runtime_roles(edge: object, database_url: str) -> None:
     """The suites start services as in production: their pools connect as the runtime roles."""
     owner = await asyncpg.connect(database_url)

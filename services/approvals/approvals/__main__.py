@@ -1,9 +1,11 @@
 """`python -m approvals` serves; `python -m approvals migrate` applies the schema migrations;
-`python -m approvals reapply-decisions` repairs the entries after a restore of the timesheets schema."""
+`python -m approvals reapply-decisions` repairs the entries after a restore of the timesheets schema;
+`python -m approvals outbox accept-audit-restore` accepts that the audit trail lost delivered events."""
 
 from pathlib import Path
 
 from svckit.cli import run_cli
+from svckit.receipts import outbox_command
 
 from .reapply import reapply_decisions
 from .settings import ApprovalsSettings
@@ -15,6 +17,6 @@ raise SystemExit(
         app_factory="approvals.app:create_app",
         schema="approvals",
         migrations=Path(__file__).parent / "migrations",
-        commands={"reapply-decisions": reapply_decisions},
+        commands={"reapply-decisions": reapply_decisions, "outbox": outbox_command("approvals")},
     )
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -29,6 +30,7 @@ from svckit.contracts.audit import (
     CheckpointsQuery,
     EventsPage,
     EventsQuery,
+    ReceiptCheck,
     VerifyQuery,
     encode_checkpoint_cursor,
 )
@@ -65,7 +67,17 @@ class Ingest:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         result = await ingest(request)
-        body = b'{"accepted":%d,"duplicates":%d}' % (result.accepted, result.duplicates)
+        receipt = result.receipt
+        if receipt is None:
+            body = b'{"accepted":%d,"duplicates":%d}' % (result.accepted, result.duplicates)
+        else:
+            body = b'{"accepted":%d,"duplicates":%d,"receipt":{"id":"%s","seq":%d,"hash":"%s"}}' % (
+                result.accepted,
+                result.duplicates,
+                str(receipt.id).encode(),
+                receipt.seq,
+                receipt.hash.encode(),
+            )
         await send(
             {
                 "type": "http.response.start",
@@ -93,6 +105,22 @@ async def ingest(request: Request) -> AppendResult:
     if foreign:
         raise validation_problem(foreign, "A service may only record events under its own name.")
     return await store_of(request).append(batch.events)
+
+
+async def check_receipt(request: Request) -> Response:
+    """``GET /internal/receipts/{id}``: where the trail holds the calling service's event — what its
+    outbox relay checks the receipt it kept against (:mod:`svckit.outbox`). Platform services only,
+    each finding only its own events: another service's id answers ``stored: false`` as an unknown one
+    does. One read by the records' primary key, outside the listing turns: a relay asks once a minute."""
+    identity = require_service(request)
+    try:
+        event_id = uuid.UUID(request.path_params["id"])
+    except ValueError:
+        raise Problem(404, "Not Found", "No such receipt: the id is not a UUID.") from None
+    placed = await store_of(request).receipt(event_id, identity.subject)
+    if placed is None:
+        return model_response(ReceiptCheck(id=event_id, stored=False), exclude_none=True)
+    return model_response(ReceiptCheck(id=event_id, stored=True, seq=placed.seq, hash=placed.hash))
 
 
 @requires_scope(READ_AUDIT)
@@ -288,6 +316,7 @@ INGEST = Route("/internal/events", Ingest(), methods=["POST"])
 
 routes = [
     INGEST,
+    Route("/internal/receipts/{id}", check_receipt, methods=["GET"]),
     Route("/audit/events", list_events, methods=["GET"]),
     Route("/audit/verify", verify, methods=["GET"]),
     Route("/audit/checkpoints", list_checkpoints, methods=["GET"]),

@@ -24,11 +24,11 @@ import json
 import logging
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from svckit.contracts.audit import (
@@ -62,6 +62,10 @@ COLUMNS = (*HASHED_COLUMNS, "hash")
 HASHED = len(HASHED_COLUMNS)
 #: Events per group commit: a few full batches (MAX_BATCH) in one COPY, not an unbounded transaction.
 GROUP_MAX_EVENTS = 2000
+
+
+#: what may stop the read of where a batch was stored, after its commit (it then has no receipt)
+RECEIPT_READ_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
 
 
 def shared_failure(exc: BaseException) -> bool:
@@ -107,10 +111,30 @@ EXACT_FILTERS: frozenset[frozenset[str]] = frozenset(
 BAND = 5000
 
 
+class Placed(NamedTuple):
+    """Where an event is stored: its record's seq and hash (the ingest answer's ``receipt``)."""
+
+    id: uuid.UUID
+    seq: int
+    hash: str
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     accepted: int
     duplicates: int
+    #: the caller's event stored at the highest seq (None: the database went away before it was known)
+    receipt: Placed | None = None
+
+
+def newest(events: Iterable[AuditEvent], placed: Mapping[uuid.UUID, Placed]) -> Placed | None:
+    """Of ``events``, the one ``placed`` puts at the highest seq (None: none of them is placed)."""
+    best: Placed | None = None
+    for event in events:
+        where = placed.get(event.id)
+        if where is not None and (best is None or where.seq > best.seq):
+            best = where
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +343,7 @@ class AuditStore:
         #: was recorded already; a details form differed), for tests and figures
         self.rechained = 0
         self._head: tuple[int, str] | None = None  # (seq, hash) this process appended or read last
-        self._group: GroupCommit[list[AuditEvent], frozenset[uuid.UUID]] = GroupCommit(
+        self._group: GroupCommit[list[AuditEvent], tuple[frozenset[uuid.UUID], Placed | None]] = GroupCommit(
             self._append_group, size=len, max_items=GROUP_MAX_EVENTS, shared_failure=shared_failure
         )
 
@@ -341,7 +365,9 @@ class AuditStore:
             for event in events:
                 unique.setdefault(event.id, event)
             distinct = list(unique.values())
-        fresh_ids = await self._group.submit(distinct)
+        fresh_ids, receipt = await self._group.submit(distinct)
+        if receipt is None:  # chained by the database, or all recorded before: ask it where
+            receipt = await self._placed(distinct, fresh_ids)
         fresh = [event for event in distinct if event.id in fresh_ids]
         recorded = datetime.now(UTC)
         lag = metrics.ingest_lag.observe
@@ -361,13 +387,45 @@ class AuditStore:
                     first_deliveries.discard(event.id)
                 else:
                     metrics.duplicates.labels(event.source).inc()
-        return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
+        return AppendResult(accepted=len(fresh), duplicates=len(events) - len(fresh), receipt=receipt)
 
-    async def _append_group(self, batches: Sequence[list[AuditEvent]]) -> list[frozenset[uuid.UUID]]:
+    async def _placed(self, events: Sequence[AuditEvent], fresh: frozenset[uuid.UUID]) -> Placed | None:
+        """Where the newest of ``events`` is stored, read after the commit: the group was chained by the
+        database (another replica had appended: this process does not know the hashes), or the events
+        were all recorded before (a resend). Only ``fresh`` when the batch added any (they are the
+        newest). None when the database went away meanwhile: the events are stored all the same, the
+        answer just carries no receipt."""
+        ids = list(fresh) if fresh else [event.id for event in events]
+        try:
+            async with self.database.connection() as conn:
+                row = await conn.fetchrow(
+                    f"SELECT id, seq, hash FROM {self.schema}.records WHERE id = ANY($1::uuid[])"
+                    " ORDER BY seq DESC LIMIT 1",
+                    ids,
+                )
+        except RECEIPT_READ_ERRORS:
+            log.info("where a batch was stored could not be read; answered without a receipt")
+            return None
+        return Placed(row["id"], row["seq"], row["hash"]) if row is not None else None
+
+    async def receipt(self, event_id: uuid.UUID, source: str) -> Placed | None:
+        """Where the trail holds ``source``'s event ``event_id`` (None: it does not)."""
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT id, seq, hash FROM {self.schema}.records WHERE id = $1 AND source = $2",
+                event_id,
+                source,
+            )
+        return Placed(row["id"], row["seq"], row["hash"]) if row is not None else None
+
+    async def _append_group(
+        self, batches: Sequence[list[AuditEvent]]
+    ) -> list[tuple[frozenset[uuid.UUID], Placed | None]]:
         """The batches of several callers appended together, in one round trip
         (:meth:`_append_at_once`; with :data:`AT_ONCE_ATTEMPTS` 0, a transaction that holds the chain
         lock while it reads the head: :meth:`_append_locked`). Returns, per batch, the ids it added to
-        the chain (the others were there already, or came earlier in the group)."""
+        the chain (the others were there already, or came earlier in the group), and where its newest
+        event is stored when this process chained it (None: the database did, or it was there before)."""
         unique: dict[uuid.UUID, AuditEvent] = {}
         for batch in batches:
             for event in batch:
@@ -382,18 +440,19 @@ class AuditStore:
             return bool(count == len(ids))
 
         events = list(unique.values())
+        placed: dict[uuid.UUID, Placed] = {}
         try:
-            added = await self._append_at_once(events, committed)
+            added = await self._append_at_once(events, committed, placed)
             if added is None:
-                added = await self._append_locked(events, committed)
+                added = await self._append_locked(events, committed, placed)
         except BaseException:
             self._head = None  # unknown now: the next group is chained from what the database finds
             raise
-        result: list[frozenset[uuid.UUID]] = []
+        result: list[tuple[frozenset[uuid.UUID], Placed | None]] = []
         for batch in batches:
             mine = frozenset(event.id for event in batch if event.id in added)
             added -= mine
-            result.append(mine)
+            result.append((mine, newest(batch, placed) if placed else None))
         return result
 
     def _chain(
@@ -447,15 +506,16 @@ class AuditStore:
         return documents, hashes, recorded_at
 
     async def _append_at_once(
-        self, events: Sequence[AuditEvent], committed: CommitCheck
+        self, events: Sequence[AuditEvent], committed: CommitCheck, placed: dict[uuid.UUID, Placed]
     ) -> set[uuid.UUID] | None:
         """The group chained from the head this process knows, sent to ``append_documents``
         (migration 0009) as one statement in autocommit: one round trip that takes the lock and
         inserts the documents as they are when that head is still the head, no event is recorded
         and every details text is jsonb's own form; otherwise it chains the group itself from the
         head it found, without the events recorded already. Either way the group is stored in that
-        one round trip; the answer is the new head and the ids skipped. None: take the locked path
-        (:data:`AT_ONCE_ATTEMPTS` is 0)."""
+        one round trip; the answer is the new head and the ids skipped. Stored as sent, the seq and
+        hash of each event are the ones computed here: they go into ``placed``. None: take the locked
+        path (:data:`AT_ONCE_ATTEMPTS` is 0)."""
         if AT_ONCE_ATTEMPTS < 1:
             return None
         expected = self._head if self._head is not None else (-1, "")  # -1: no head is ever that
@@ -489,10 +549,16 @@ class AuditStore:
         self._head = (found["head_seq"], found["head_hash"])
         if found["head_hash"] != hashes[-1]:
             self.rechained += 1  # chained by the database: another head, a recorded event, a form
+        elif not found["existing"]:  # stored as sent: the hash of the last covers the seqs and links
+            first = expected[0] + 1
+            for n, (event, digest) in enumerate(zip(events, hashes, strict=True)):
+                placed[event.id] = Placed(event.id, first + n, digest)
         taken = set(found["existing"])
         return {event.id for event in events if event.id not in taken}
 
-    async def _append_locked(self, events: Sequence[AuditEvent], committed: CommitCheck) -> set[uuid.UUID]:
+    async def _append_locked(
+        self, events: Sequence[AuditEvent], committed: CommitCheck, placed: dict[uuid.UUID, Placed]
+    ) -> set[uuid.UUID]:
         """One transaction that holds the chain lock from reading the head to committing (the path
         before migration 0006, kept behind :data:`AT_ONCE_ATTEMPTS` = 0: a switch should the function
         ever misbehave, and the lost-commit tests' second path)."""
@@ -534,6 +600,8 @@ class AuditStore:
             elif rows:  # one statement (prepared once): one round trip where COPY takes two
                 await conn.execute(self._insert, *(list(column) for column in zip(*rows, strict=True)))
         self._head = (rows[-1][0], rows[-1][-1]) if rows else (seq, prev_hash)
+        for row in rows:
+            placed[row[1]] = Placed(row[1], row[0], row[-1])
         return {event.id for event in fresh}
 
     async def _head_from_records(self, conn: Connection) -> tuple[int, str]:

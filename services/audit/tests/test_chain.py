@@ -25,7 +25,7 @@ from svckit.db import Database
 from svckit.identity import Identity
 from svckit.settings import load_settings
 
-from testkit.client import SignedApi
+from testkit.client import SignedApi, ingest_counts
 from testkit.fixtures import (
     Caller,
     create_database,
@@ -82,7 +82,7 @@ async def test_awkward_json_details_still_verify(api: SignedApi, new_event: Any)
     reply = await api.call(
         "POST", "/internal/events", TIMESHEETS, json={"events": [new_event(details=d) for d in details]}
     )
-    assert reply.body == {"accepted": 4, "duplicates": 0}
+    assert ingest_counts(reply.body) == {"accepted": 4, "duplicates": 0}
     assert (await verify(api))["ok"] is True
 
 
@@ -181,7 +181,7 @@ async def trail(identity_keys: dict[str, str], caller: Caller, new_event: Any) -
             try:
                 events = [new_event(details={"n": n}) for n in range(10)]
                 reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
-                assert reply.body == {"accepted": 10, "duplicates": 0}
+                assert ingest_counts(reply.body) == {"accepted": 10, "duplicates": 0}
                 assert await verify(api) == {"ok": True, "checked": 10}
                 yield Trail(api, dsn)
             finally:

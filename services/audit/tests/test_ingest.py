@@ -10,11 +10,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from audit.store import AuditStore
 from prometheus_client import REGISTRY
-from svckit.contracts.audit import IngestResult
+from svckit.contracts.audit import AuditEvent, IngestResult
+from svckit.db import Database
 from svckit.identity import Identity
 
-from testkit.client import SignedApi
+from testkit.client import SignedApi, ingest_counts
 from testkit.fixtures import pair_signer, user
 
 TIMESHEETS = Identity.service("timesheets")
@@ -40,15 +42,15 @@ async def test_events_are_stored_once_and_resends_are_duplicates(
     events = [new_event() for _ in range(3)]
     first = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
     assert first.status == 200, first.text
-    assert first.body == {"accepted": 3, "duplicates": 0}
+    assert ingest_counts(first.body) == {"accepted": 3, "duplicates": 0}
     conforms("IngestResult", first.body)
     # the endpoint writes its answer itself: the model's bytes and media type, the kit's request id
-    assert first.text == IngestResult(accepted=3, duplicates=0).model_dump_json()
+    assert first.text == IngestResult.model_validate(first.body).model_dump_json(exclude_none=True)
     assert first.headers["content-type"] == "application/json"
     assert first.headers["x-request-id"]
 
     again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [*events, new_event()]})
-    assert again.body == {"accepted": 1, "duplicates": 3}
+    assert ingest_counts(again.body) == {"accepted": 1, "duplicates": 3}
 
     ids = [e["id"] for e in events]
     rows = await stored(audit_schema, ids)
@@ -56,12 +58,83 @@ async def test_events_are_stored_once_and_resends_are_duplicates(
     assert [r["seq"] for r in rows] == list(range(rows[0]["seq"], rows[0]["seq"] + 3))
 
 
+async def placed(database_url: str, event_id: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT id, seq, hash FROM audit.records WHERE id = $1::uuid", event_id)
+    finally:
+        await conn.close()
+    assert row is not None
+    return {"id": str(row["id"]), "seq": row["seq"], "hash": row["hash"]}
+
+
+async def test_the_answer_carries_the_receipt_of_the_newest_event_stored(
+    api: SignedApi, audit_schema: str, new_event: Any
+) -> None:
+    """The receipt a relay keeps (svckit.receipts): the batch's event at the highest seq, with the
+    record's hash — chained here, chained by the database, or recorded before (a resend)."""
+    events = [new_event() for _ in range(3)]
+    first = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+    assert first.body["receipt"] == await placed(audit_schema, events[-1]["id"])
+
+    # the database chains a group itself when the head moved under this process (another replica's
+    # append): the receipt is read back
+    database = Database(audit_schema, schema="audit", application_name="another-replica")
+    await database.wait_connected(10)
+    try:
+        elsewhere = await AuditStore(database, "audit").append([AuditEvent.model_validate(new_event())])
+    finally:
+        await database.close()
+    assert elsewhere.receipt is not None
+    head = {"seq": elsewhere.receipt.seq}
+    moved = await api.call(
+        "POST", "/internal/events", TIMESHEETS, json={"events": [new_event(), new_event()]}
+    )
+    assert ingest_counts(moved.body) == {"accepted": 2, "duplicates": 0}
+    assert moved.body["receipt"]["seq"] == head["seq"] + 2
+    assert moved.body["receipt"] == (await placed(audit_schema, moved.body["receipt"]["id"]))
+
+    # a resend of what is stored: the newest of it, where it was stored
+    resend = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [events[2], events[0]]})
+    assert ingest_counts(resend.body) == {"accepted": 0, "duplicates": 2}
+    assert resend.body["receipt"] == first.body["receipt"]
+
+
+async def test_a_service_checks_its_receipt_and_only_its_own(
+    api: SignedApi, audit_schema: str, new_event: Any, conforms: Any
+) -> None:
+    """GET /internal/receipts/{id}: where the trail holds the caller's event; another service's event
+    and an unknown id are both just not stored; users are refused; a non-UUID is 404."""
+    event = new_event()
+    stored_reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
+    receipt = stored_reply.body["receipt"]
+
+    mine = await api.call("GET", f"/internal/receipts/{event['id']}", TIMESHEETS)
+    assert mine.status == 200, mine.text
+    assert mine.body == {**receipt, "stored": True}
+    conforms("ReceiptCheck", mine.body)
+
+    theirs = await api.call("GET", f"/internal/receipts/{event['id']}", APPROVALS)
+    assert theirs.body == {"id": event["id"], "stored": False}
+    unknown_id = str(uuid.uuid4())
+    unknown = await api.call("GET", f"/internal/receipts/{unknown_id}", TIMESHEETS)
+    assert unknown.body == {"id": unknown_id, "stored": False}
+    conforms("ReceiptCheck", unknown.body)
+
+    person = await api.call("GET", f"/internal/receipts/{event['id']}", user("carol", "read:audit"))
+    assert person.status == 403
+    assert person.problem
+    malformed = await api.call("GET", "/internal/receipts/not-a-uuid", TIMESHEETS)
+    assert malformed.status == 404
+    assert malformed.problem
+
+
 async def test_the_same_id_twice_in_one_batch_is_one_record(
     api: SignedApi, audit_schema: str, new_event: Any
 ) -> None:
     event = new_event()
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event, event]})
-    assert reply.body == {"accepted": 1, "duplicates": 1}
+    assert ingest_counts(reply.body) == {"accepted": 1, "duplicates": 1}
     assert len(await stored(audit_schema, [event["id"]])) == 1
 
 
@@ -121,7 +194,7 @@ async def test_a_service_cannot_write_events_under_another_name(api: SignedApi, 
     assert reply.status == 422
     assert reply.fields() == {"events.1.source"}
     ok = await api.call("POST", "/internal/events", APPROVALS, json={"events": events[1:]})
-    assert ok.body == {"accepted": 1, "duplicates": 0}
+    assert ingest_counts(ok.body) == {"accepted": 1, "duplicates": 0}
 
 
 def _without(event: dict[str, Any], *path: str) -> dict[str, Any]:
@@ -218,7 +291,7 @@ async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> N
     assert coded.status == 415, coded.text  # not read as if uncoded (RFC 9110 §15.5.16)
     assert coded.headers["accept-encoding"] == "identity"
     again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
-    assert again.body == {"accepted": 1, "duplicates": 0}  # nothing was stored
+    assert ingest_counts(again.body) == {"accepted": 1, "duplicates": 0}  # nothing was stored
     huge = await api.call(
         "POST",
         "/internal/events",
@@ -233,14 +306,14 @@ async def test_batch_bounds_and_body_errors(api: SignedApi, new_event: Any) -> N
 async def test_a_full_batch_of_500_small_events_is_accepted(api: SignedApi, new_event: Any) -> None:
     events = [new_event(details={}) for _ in range(500)]
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
-    assert reply.body == {"accepted": 500, "duplicates": 0}
+    assert ingest_counts(reply.body) == {"accepted": 500, "duplicates": 0}
 
 
 async def test_a_full_batch_of_the_largest_events_fits_the_body_limit(api: SignedApi, new_event: Any) -> None:
     events = [new_event(details={"blob": "x" * 16_000}) for _ in range(500)]
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
     assert reply.status == 200, reply.text[:300]
-    assert reply.body == {"accepted": 500, "duplicates": 0}
+    assert ingest_counts(reply.body) == {"accepted": 500, "duplicates": 0}
 
 
 async def test_event_ids_are_compared_as_uuids(api: SignedApi, new_event: Any) -> None:
@@ -248,7 +321,7 @@ async def test_event_ids_are_compared_as_uuids(api: SignedApi, new_event: Any) -
     await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
     upper = dict(event, id=str(uuid.UUID(event["id"])).upper())
     reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [upper]})
-    assert reply.body == {"accepted": 0, "duplicates": 1}
+    assert ingest_counts(reply.body) == {"accepted": 0, "duplicates": 1}
 
 
 @pytest.mark.parametrize(("sender", "claimed"), [("timesheets", APPROVALS), ("gateway", APPROVALS)])

@@ -14,7 +14,7 @@ from audit.app import create_app
 from audit.settings import AuditSettings
 from svckit.settings import load_settings
 
-from testkit.client import SignedApi
+from testkit.client import SignedApi, ingest_counts
 from testkit.fixtures import Caller, TcpProxy, runtime_url, serve_app
 
 from .conftest import TIMESHEETS, wait_ready
@@ -62,11 +62,11 @@ async def test_ingest(
     ids = [event["id"] for event in events]
     if when == "after":
         assert reply.status == 200, reply.text
-        assert reply.body == {"accepted": 3, "duplicates": 0}
+        assert ingest_counts(reply.body) == {"accepted": 3, "duplicates": 0}
         assert len(await stored(audit_schema, ids)) == 3
     else:
         assert reply.status == 503, reply.text
         assert reply.body["outcome"] == "not_stored"
         assert await stored(audit_schema, ids) == []
         again = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
-        assert again.body == {"accepted": 3, "duplicates": 0}
+        assert ingest_counts(again.body) == {"accepted": 3, "duplicates": 0}

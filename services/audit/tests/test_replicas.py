@@ -44,7 +44,9 @@ async def dsn() -> AsyncIterator[str]:
 
 
 class NoLockedPath(AuditStore):
-    async def _append_locked(self, events: Sequence[AuditEvent], committed: Any) -> set[uuid.UUID]:
+    async def _append_locked(
+        self, events: Sequence[AuditEvent], committed: Any, placed: dict[uuid.UUID, Any]
+    ) -> set[uuid.UUID]:
         raise AssertionError("a replica fell back to the locked transaction")
 
 
@@ -119,15 +121,32 @@ async def test_replicas_appending_in_turn_chain_in_one_round_trip_each(
 async def test_replicas_appending_concurrently_never_take_the_locked_path(
     replicas: list[AuditStore], dsn: str
 ) -> None:
+    receipts: dict[uuid.UUID, tuple[int, str]] = {}
+
     async def sender(store: AuditStore, n: int) -> int:
         accepted = 0
         for _ in range(n):
-            accepted += (await store.append([event()])).accepted
+            sent = event()
+            result = await store.append([sent])
+            accepted += result.accepted
+            assert result.receipt is not None
+            assert result.receipt.id == sent.id
+            receipts[sent.id] = (result.receipt.seq, result.receipt.hash)
         return accepted
 
     counts = await asyncio.gather(*(sender(replicas[i % 2], 15) for i in range(8)))
     assert sum(counts) == 120
     await assert_chain(replicas[0], dsn, 120)
+    # the receipts (svckit.receipts) name each record as stored, chained here or by the database
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = {
+            row["id"]: (row["seq"], row["hash"])
+            for row in await conn.fetch("SELECT id, seq, hash FROM audit.records")
+        }
+    finally:
+        await conn.close()
+    assert receipts == stored
 
 
 async def test_an_event_recorded_by_the_other_replica_is_a_duplicate_and_the_rest_is_chained(

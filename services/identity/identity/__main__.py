@@ -1,5 +1,5 @@
 """``python -m identity [serve|migrate|seed|rotate-keys|add-user|add-client|after-restore|
-rotate-client-secret|retire-client-secret]``."""
+rotate-client-secret|retire-client-secret|outbox accept-audit-restore]``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from svckit.cli import run_cli
+from svckit.receipts import outbox_command
 
 from .admin import add_client, add_user, after_restore, retire_client_secret, rotate, rotate_client_secret
 from .seed import seed
@@ -28,6 +29,7 @@ def main() -> int:
             "after-restore": after_restore,
             "rotate-client-secret": rotate_client_secret,
             "retire-client-secret": retire_client_secret,
+            "outbox": outbox_command("identity"),
         },
     )
 

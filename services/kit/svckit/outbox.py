@@ -41,9 +41,17 @@ coming, the back-off above after a failure (while backing off only ``stop()`` cu
 every commit sends a NOTIFY, and those must not turn a back-off into hammering), on an injectable
 clock.
 
+Delivery receipts (:mod:`svckit.receipts`): the audit service answers where it stored the batch's
+newest event; the statement that deletes the delivered rows also moves the schema's one-row
+``outbox_receipt`` to it, and a second periodic task (``outbox-receipt-check``, every
+``receipt_check_interval`` seconds, and before the first delivery at start and after a failed one)
+asks the audit service whether its trail still holds that record: a trail restored to an earlier
+point, or cut, does not (``outbox_audit_receipt_mismatch`` 1).
+
 Metrics (label ``service`` = the relay's ``source``): ``outbox_pending_events``,
-``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``;
-and the task's ``background_task_runs_total{task="outbox-relay"}``.
+``outbox_oldest_event_age_seconds``, ``outbox_delivered_total``, ``outbox_delivery_failures_total``,
+``outbox_audit_receipt_mismatch``; and the tasks' ``background_task_runs_total{task="outbox-relay"}``
+and ``{task="outbox-receipt-check"}``.
 
 The table comes from the kit migration set ``outbox`` (``svckit/schema/outbox/``): a writer service
 lists ``outbox`` in its ``migrations/kit.txt`` and ``python -m <service> migrate`` creates it in the
@@ -79,10 +87,11 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from .clock import SYSTEM_CLOCK, Clock
-from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent
+from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent, Receipt
 from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
 from .http import HttpClient, SignedClient
 from .identity import Identity, IdentitySigner
+from .receipts import CheckFailed, ReceiptChecker, acknowledge_statement, receipt_of
 from .settings import OutboxSettings
 from .tasks import PeriodicTask, backoff_delay
 
@@ -214,6 +223,7 @@ class OutboxRelay:
         max_backoff: float = 30.0,
         request_timeout: float = 10.0,
         metrics_interval: float = 5.0,
+        receipt_check_interval: float = 60.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
@@ -251,6 +261,21 @@ class OutboxRelay:
         self._metrics_due = 0.0
         self._delivered = delivered_total.labels(source)
         self._failed = delivery_failures_total.labels(source)
+        self._acknowledge_sql = acknowledge_statement(schema)
+        self.receipts = ReceiptChecker(database, schema, source, audit, request_timeout)
+        # the receipt is checked before the first delivery (at start, and after a failed one: a
+        # restore takes the audit service away), then on its own timer
+        self._check_first = True
+        self.receipt_task = PeriodicTask(
+            "outbox-receipt-check",
+            receipt_check_interval,
+            self.check_receipt,
+            clock=clock,
+            expected=(CheckFailed, *DB_ERRORS),
+            backoff_base=base_backoff,
+            max_backoff=max_backoff,
+            logger=log,
+        )
 
     @classmethod
     def for_service(
@@ -267,6 +292,7 @@ class OutboxRelay:
             audit,
             poll_interval=settings.outbox_poll_interval_seconds,
             max_backoff=settings.outbox_max_backoff_seconds,
+            receipt_check_interval=settings.outbox_receipt_check_interval_seconds,
             **options,
         )
 
@@ -275,10 +301,12 @@ class OutboxRelay:
     def start(self) -> None:
         """Start relaying in the background; returns at once (the database may not be up yet)."""
         self.task.start()
+        self.receipt_task.start()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Let a delivery in flight finish (bounded by ``timeout``), then stop and close the listener."""
         await self.task.stop(timeout)
+        await self.receipt_task.stop(timeout)
         await self._close_listener()
 
     def wake(self) -> None:
@@ -308,8 +336,14 @@ class OutboxRelay:
         (after a batch that was not full, only once ``linger`` has passed: more gather meanwhile)."""
         await self._ensure_listener()
         try:
+            if self._check_first:
+                try:
+                    await self.check_receipt()
+                except CheckFailed as exc:  # the audit service is away: so is delivery, wait it out
+                    raise DeliveryError(f"receipt check: {exc}", exc.status) from None
+                self._check_first = False
             delivered = await self.deliver_due()
-        finally:
+        finally:  # the backlog gauges also while the audit service is away (their alert says so)
             await self._maybe_update_metrics()
         if 0 < delivered < self.batch_size and self.linger > 0:
             await asyncio.sleep(self.linger)  # real time: a batching window, not part of the schedule
@@ -338,8 +372,8 @@ class OutboxRelay:
                 return 0
             batch = [_Row(*row) for row in rows]
             try:
-                await self._post(batch)
-                await self._acknowledge(conn, batch)
+                receipt = await self._post(batch)
+                await self._acknowledge(conn, batch, receipt)
                 acknowledged = len(batch)
             except DeliveryError as exc:
                 if exc.status in SPLIT_STATUSES and len(batch) > 1:
@@ -352,6 +386,8 @@ class OutboxRelay:
         self._delivered.inc(acknowledged)
         # Raised only after the transaction committed the attempt counts and retry times.
         if failure is not None:
+            if failure.status not in SPLIT_STATUSES:
+                self._check_first = True  # the audit service was away: check before going on
             raise failure
         return len(batch)
 
@@ -360,7 +396,7 @@ class OutboxRelay:
         delivered = 0
         for row in batch:
             try:
-                await self._post([row])
+                receipt = await self._post([row])
             except DeliveryError as exc:
                 await self._record_failure(conn, [row], exc)
                 if exc.status not in SPLIT_STATUSES:
@@ -370,11 +406,12 @@ class OutboxRelay:
                     extra={"service": self.source, "event_id": row.event_id(), "status": exc.status},
                 )
                 continue
-            await self._acknowledge(conn, [row])
+            await self._acknowledge(conn, [row], receipt)
             delivered += 1
         return delivered
 
-    async def _post(self, batch: Sequence[_Row]) -> None:
+    async def _post(self, batch: Sequence[_Row]) -> Receipt | None:
+        """Send ``batch``; the receipt the audit service answered (None from one that answers none)."""
         # {"events": [...]} around the stored documents as they are: parsing each one and writing it
         # again cost more than the rest of a batch's delivery
         body = f'{{"events":[{",".join([row.payload for row in batch])}]}}'.encode()
@@ -383,8 +420,7 @@ class OutboxRelay:
                 "POST", INGEST_PATH, self.identity, content=body, timeout=self.request_timeout
             ) as response:
                 if response.status == 200:
-                    await response.read()
-                    return
+                    return receipt_of(await response.read())
                 text = (await response.text())[:300]
                 self._failed.inc()
                 raise DeliveryError(f"audit service answered {response.status}: {text}", response.status)
@@ -392,11 +428,20 @@ class OutboxRelay:
             self._failed.inc()
             raise DeliveryError(f"audit service unreachable: {type(exc).__name__}") from exc
 
-    async def _acknowledge(self, conn: Connection, batch: Sequence[_Row]) -> None:
-        await conn.execute(
-            f"DELETE FROM {self.schema}.outbox WHERE position = ANY($1::bigint[])",
-            [row.position for row in batch],
-        )
+    async def _acknowledge(self, conn: Connection, batch: Sequence[_Row], receipt: Receipt | None) -> None:
+        """Delete the delivered rows and, with a receipt, move it in the same statement."""
+        positions = [row.position for row in batch]
+        if receipt is None:
+            await conn.execute(
+                f"DELETE FROM {self.schema}.outbox WHERE position = ANY($1::bigint[])", positions
+            )
+        else:
+            await conn.execute(self._acknowledge_sql, positions, receipt.id, receipt.seq, receipt.hash)
+
+    async def check_receipt(self) -> bool:
+        """Hold the audit trail to the receipt once (:class:`svckit.receipts.ReceiptChecker`)."""
+        await self.receipts.check()
+        return False
 
     async def _record_failure(self, conn: Connection, batch: Sequence[_Row], exc: DeliveryError) -> None:
         """Note the attempt on the rows. Only events the audit service refused as malformed get a

@@ -215,6 +215,9 @@ class OutboxSettings(ServiceSettings):
     # is unreachable (so the backlog drains within this long after it returns)
     outbox_poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     outbox_max_backoff_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    # how often the relay asks the audit service whether its trail still holds the newest event it
+    # delivered (svckit.receipts; also at start and after a failed delivery)
+    outbox_receipt_check_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
 
 
 class DatabaseSettings(ServiceSettings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import time
 import uuid
@@ -556,3 +557,94 @@ async def test_a_receiver_that_refuses_our_identity_is_retried_not_split(
     assert all("401" in row["last_error"] for row in rows)
     assert len({row["attempts"] for row in rows}) == 1  # retried together, as one batch
     assert state.received == []
+
+
+# ---- delivery receipts (svckit.receipts) ---------------------------------------------------------
+
+
+async def receipt_row(database: Database, schema: str) -> asyncpg.Record:
+    async with database.connection() as conn:
+        row = await conn.fetchrow(f"SELECT * FROM {schema}.outbox_receipt")
+    assert row is not None
+    return row
+
+
+async def test_an_audit_service_older_than_receipts_is_tolerated(
+    database: Database, schema: str, http: HttpClient
+) -> None:
+    """During a rolling upgrade the audit service may answer ``{"accepted", "duplicates"}`` only and
+    have no receipt route (the receiver here): deliveries go on as before, no receipt is kept, the
+    check has nothing to hold the trail to and reports no mismatch; a receipt kept from a newer audit
+    service (rolled back since) cannot be checked there, and nothing is reported either."""
+    state = Receiver()
+    async with serve_app(receiver_app(state, "old-audit")) as url:
+        relay = OutboxRelay(database, schema, "old-audit", signed(http, url, "old-audit"), poll_interval=0.2)
+        relay.start()
+        try:
+            sent = [event("old-audit") for _ in range(3)]
+            await enqueue_committed(database, sent)
+            await eventually(lambda: len(state.received) == 3)
+
+            async def drained() -> bool:
+                return await outbox_rows(database, schema) == []
+
+            await eventually(drained)
+        finally:
+            await relay.stop()
+        row = await receipt_row(database, schema)
+        assert (row["event_id"], row["seq"], row["hash"], row["mismatch_at"]) == (None, None, None, None)
+        assert await relay.receipts.check() == "none"
+        assert metric("outbox_audit_receipt_mismatch", "old-audit") == 0.0
+
+        async with database.connection() as conn:
+            await conn.execute(
+                f"UPDATE {schema}.outbox_receipt SET event_id = $1, seq = 3, hash = $2",
+                sent[-1].id,
+                "a" * 64,
+            )
+        assert await relay.receipts.check() == "unknown"  # 404: no such route there
+        assert (await receipt_row(database, schema))["mismatch_at"] is None
+        assert metric("outbox_audit_receipt_mismatch", "old-audit") == 0.0
+
+
+@pytest.mark.unit
+def test_a_malformed_or_missing_receipt_in_the_answer_is_no_receipt() -> None:
+    from svckit.receipts import receipt_of
+
+    good = {"id": str(uuid.uuid4()), "seq": 7, "hash": "b" * 64}
+    assert receipt_of(b'{"accepted":1,"duplicates":0}') is None
+    assert receipt_of(b"not json") is None
+    assert receipt_of(b'{"accepted":1,"duplicates":0,"receipt":{"id":"x","seq":1,"hash":"c"}}') is None
+    assert receipt_of(b'{"accepted":1,"duplicates":0,"receipt":null}') is None
+    parsed = receipt_of(json.dumps({"accepted": 1, "duplicates": 0, "receipt": good}).encode())
+    assert parsed is not None
+    assert (str(parsed.id), parsed.seq, parsed.hash) == (good["id"], 7, "b" * 64)
+
+
+async def test_the_backlog_gauges_update_while_the_receipt_cannot_be_checked(
+    database: Database, schema: str, http: HttpClient
+) -> None:
+    """With a receipt to check first and the audit service unreachable, the relay backs off as for a
+    failed delivery — and still refreshes the backlog gauges TimesheetsOutboxBacklogTooOld reads."""
+    async with database.connection() as conn:
+        await conn.execute(
+            f"UPDATE {schema}.outbox_receipt SET event_id = $1, seq = 9, hash = $2", uuid.uuid4(), "e" * 64
+        )
+    await enqueue_committed(database, [event("unchecked"), event("unchecked")])
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    relay = OutboxRelay(
+        database,
+        schema,
+        "unchecked",
+        signed(http, nowhere, "unchecked"),
+        poll_interval=0.1,
+        base_backoff=0.05,
+        max_backoff=0.2,
+        metrics_interval=0.05,
+    )
+    relay.start()
+    try:
+        await eventually(lambda: metric("outbox_pending_events", "unchecked") == 2)
+    finally:
+        await relay.stop()
+    assert len(await outbox_rows(database, schema)) == 2

@@ -1,8 +1,10 @@
-"""`python -m timesheets` serves; `python -m timesheets migrate` applies the schema migrations."""
+"""`python -m timesheets` serves; `python -m timesheets migrate` applies the schema migrations;
+`python -m timesheets outbox accept-audit-restore` accepts that the audit trail lost delivered events."""
 
 from pathlib import Path
 
 from svckit.cli import run_cli
+from svckit.receipts import outbox_command
 
 from .settings import TimesheetsSettings
 
@@ -13,5 +15,6 @@ raise SystemExit(
         app_factory="timesheets.app:create_app",
         schema="timesheets",
         migrations=Path(__file__).parent / "migrations",
+        commands={"outbox": outbox_command("timesheets")},
     )
 )

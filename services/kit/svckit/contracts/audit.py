@@ -54,6 +54,8 @@ ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$"
 MAX_ACTION = 100
 RESOURCE_TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 MAX_REQUEST_ID = 128
+MAX_SEQ = 2**63 - 1  # seq is a bigint: a position beyond it names no record (and cannot be a parameter)
+RECEIPTS_PATH = "/internal/receipts"
 
 
 def _utc_text(value: datetime) -> str:
@@ -320,11 +322,61 @@ class IngestBatch(BaseModel):
     events: Annotated[list[AuditEvent], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+class Receipt(BaseModel):
+    """Where one event is stored on the chain: what a producer keeps to hold the trail to later
+    (``GET /internal/receipts/{id}``; :mod:`svckit.outbox`). The hash vouches for every record
+    before it too (each record's hash covers its predecessor's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: uuid.UUID = Field(description="The event's id.")
+    seq: int = Field(ge=1, le=MAX_SEQ, description="The record's position on the chain.")
+    hash: Annotated[str, Field(pattern=HASH_PATTERN, description="The record's hash.")]
+
+
+EXAMPLE_RECEIPT: dict[str, Any] = {
+    "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "seq": 1842,
+    "hash": "1a2b" + "0" * 60,
+}
+
+
 class IngestResult(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 199, "duplicates": 1}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"accepted": 199, "duplicates": 1, "receipt": EXAMPLE_RECEIPT}]}
+    )
 
     accepted: int = Field(ge=0, description="Events stored now.")
     duplicates: int = Field(ge=0, description="Events already stored (recognised by id).")
+    receipt: Receipt | None = Field(
+        None,
+        description="The batch's event stored at the highest seq, and that record's hash: the producer "
+        "keeps it and later asks GET /internal/receipts/{id} whether the trail still holds it (a trail "
+        "restored to an earlier point, or cut by someone with the database owner's rights, does not). "
+        "Absent when the service could not tell (it lost the database right after the commit), and "
+        "from audit services older than receipts.",
+    )
+
+
+class ReceiptCheck(BaseModel):
+    """``GET /internal/receipts/{id}``: whether the trail holds the calling service's event, where."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{**EXAMPLE_RECEIPT, "stored": True}, {"id": EXAMPLE_RECEIPT["id"], "stored": False}]
+        },
+    )
+
+    id: uuid.UUID
+    stored: bool = Field(
+        description="The trail holds a record of this id from the calling service (false also for another "
+        "service's event: a service learns nothing about the others' records)."
+    )
+    seq: int | None = Field(None, ge=1, le=MAX_SEQ, description="Its position (when stored).")
+    hash: Annotated[str, Field(pattern=HASH_PATTERN)] | None = Field(
+        None, description="Its hash (when stored)."
+    )
 
 
 # ---- GET /audit/events ---------------------------------------------------------------------------
@@ -352,7 +404,6 @@ def encode_cursor(seq: int) -> str:
     return _encode_position("s", seq)
 
 
-MAX_SEQ = 2**63 - 1  # seq is a bigint: a position beyond it names no record (and cannot be a parameter)
 _SEQ = re.compile(r"[0-9]{1,19}")
 
 
@@ -908,6 +959,7 @@ __all__ = [
     "INGEST_PATH",
     "MAX_BATCH",
     "OUTCOMES",
+    "RECEIPTS_PATH",
     "Actor",
     "Anchor",
     "AuditEvent",
@@ -925,6 +977,8 @@ __all__ = [
     "IngestResult",
     "InvalidEvent",
     "RangeAnchor",
+    "Receipt",
+    "ReceiptCheck",
     "Resource",
     "VerifiedRange",
     "VerifyQuery",

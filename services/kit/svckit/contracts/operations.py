@@ -28,6 +28,7 @@ from .audit import (
     EventsQuery,
     IngestBatch,
     IngestResult,
+    ReceiptCheck,
     VerifyQuery,
     VerifyResult,
 )
@@ -399,6 +400,24 @@ OPERATIONS: tuple[Operation, ...] = (
             "stored again. Each event's source must be the calling service's own name."
         ),
         body=IngestBatch,
+        internal=True,
+        tag="internal",
+    ),
+    Operation(
+        "checkReceipt",
+        "audit",
+        "GET",
+        "/internal/receipts/{id}",
+        "Internal (platform services only): whether the trail still holds one of the caller's events",
+        (
+            Answer(200, "Stored (with its seq and hash) or not stored.", ReceiptCheck),
+            problem_answer(404, "Not Found", "The id is not a UUID.", "No such receipt."),
+        ),
+        description=(
+            "A producer's outbox relay holds the trail to the receipt the ingest answered for the newest "
+            "event it delivered (svckit.outbox): the record must still be there, at the same seq and "
+            "with the same hash. Only the calling service's own events are found."
+        ),
         internal=True,
         tag="internal",
     ),

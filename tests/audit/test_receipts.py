@@ -1,0 +1,378 @@
+"""Delivery receipts: a producer finds out when the audit trail lost events it had delivered.
+
+The relay deletes what the audit service acknowledged, so a trail put back to an earlier point loses
+those events for good. The audit service's own watermark (Redis) is gone when Redis was flushed
+across the restore, and records newer than its newest signed checkpoint were never covered by it:
+both holes of docs/runbook.md "Backup and restore". The producer keeps the receipt the ingest answered
+(svckit.receipts) in its own schema, which the audit database's owner cannot reach, and holds the
+trail to it: ``outbox_audit_receipt_mismatch{service}`` goes to 1.
+
+Real processes and servers: the audit service as ``python -m audit`` (its own Redis user, signing
+checkpoints), a writer schema with the kit's outbox and a real relay, ``pg_dump``/``pg_restore`` of the
+audit schema (testkit.backup), the owner's statements an insider would run (testkit.tamper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from svckit.db import Database
+from svckit.http import HttpClient, SignedClient
+from svckit.migrations import migrate
+from svckit.outbox import AuditEvent, OutboxRelay, enqueue
+from svckit.receipts import ACCEPT_ACTION, accept_audit_restore
+
+from testkit.backup import dump_schema, restore_schema, service_command
+from testkit.fixtures import (
+    IsolatedEnv,
+    ServiceProcess,
+    ServiceRedis,
+    free_port,
+    migrate_schema,
+    pair_signer,
+    runtime_env,
+    user,
+)
+from testkit.tamper import owner_sql
+
+AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
+SOURCE = "timesheets"  # the audit service records events only under the caller's own name
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def mismatch() -> float | None:
+    return REGISTRY.get_sample_value("outbox_audit_receipt_mismatch", {"service": SOURCE})
+
+
+@dataclass
+class Producer:
+    database: Database
+    schema: str
+    relay: OutboxRelay
+
+    async def deliver(self, count: int) -> list[uuid.UUID]:
+        """Commit ``count`` events and wait until the relay has delivered them all."""
+        actor = user("alice", "create:timesheets")
+        events = [
+            AuditEvent.create(
+                action="timesheet.created",
+                resource_type="timesheet",
+                resource_id=str(uuid.uuid4()),
+                outcome="success",
+                actor=actor,
+                source=SOURCE,
+                details={"n": n},
+            )
+            for n in range(count)
+        ]
+        async with self.database.transaction() as conn:
+            for event in events:
+                await enqueue(conn, event)
+
+        async def drained() -> None:
+            while await self.rows("SELECT count(*) FROM {schema}.outbox") != [0]:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(drained(), 30)
+        return [event.id for event in events]
+
+    async def rows(self, sql: str) -> list[Any]:
+        async with self.database.connection() as conn:
+            return [row[0] for row in await conn.fetch(sql.format(schema=self.schema))]
+
+    async def receipt(self) -> asyncpg.Record:
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(f"SELECT * FROM {self.schema}.outbox_receipt")
+        assert row is not None
+        return row
+
+
+@pytest.fixture
+def audit_env(
+    isolated_env: IsolatedEnv, service_redis: ServiceRedis, checkpoint_keys: str
+) -> tuple[str, dict[str, str]]:
+    """A database of its own (its audit schema is dumped and restored) and the audit service's env."""
+    env = isolated_env(f"rc_{secrets.token_hex(3)}")
+    served = {
+        **service_redis.runtime_env(env, "audit"),
+        "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
+        "AUDIT_CHECKPOINT_INTERVAL_SECONDS": "1",
+        "AUDIT_VERIFY_INTERVAL_SECONDS": "0",
+    }
+    return env["DATABASE_URL"], served
+
+
+async def start_producer(
+    owner: str, audit_url: str, identity_keys: dict[str, str], http: HttpClient, **options: Any
+) -> Producer:
+    schema = f"writer_{secrets.token_hex(4)}"
+    await migrate(owner, schema, None, kit=["outbox"])
+    database = Database(owner, schema=schema, application_name="writer")
+    await database.wait_connected(10)
+    audit = SignedClient(http, audit_url, pair_signer(identity_keys, SOURCE, "audit"))
+    relay = OutboxRelay(
+        database, schema, SOURCE, audit, poll_interval=0.2, base_backoff=0.1, max_backoff=0.5, **options
+    )
+    relay.start()
+    return Producer(database, schema, relay)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient(total_timeout=5)
+    yield client
+    await client.close()
+
+
+async def eventually(probe: Callable[[], Any], expected: Any, timeout: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value == expected or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def forget_watermark(redis_url: str, prefix: str) -> int:
+    """Redis restarted or flushed across the restore: the audit service's keys are gone."""
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=500)]
+        return int(await client.delete(*keys)) if keys else 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_healthy_trail_keeps_the_receipt_and_the_gauge_at_0(
+    audit_env: tuple[str, dict[str, str]], identity_keys: dict[str, str], http: HttpClient, tmp_path: Path
+) -> None:
+    owner, served = audit_env
+    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
+    audit = ServiceProcess("audit", served, log_dir=tmp_path).start("/readyz")
+    producer = await start_producer(owner, audit.url, identity_keys, http)
+    try:
+        ids = await producer.deliver(5)
+        receipt = await producer.receipt()
+        conn = await asyncpg.connect(owner)
+        try:
+            newest = await conn.fetchrow("SELECT id, seq, hash FROM audit.records ORDER BY seq DESC LIMIT 1")
+        finally:
+            await conn.close()
+        assert newest is not None
+        assert newest["id"] == ids[-1]
+        assert (receipt["event_id"], receipt["seq"], receipt["hash"]) == tuple(newest.values())
+        assert receipt["mismatch_at"] is None
+
+        assert await producer.relay.receipts.check() == "held"
+        assert mismatch() == 0.0
+        # nothing to accept: the command changes nothing
+        report = await accept_audit_restore(producer.database, producer.schema, SOURCE, "no incident")
+        assert report["state"] == "consistent"
+        assert (await producer.receipt())["seq"] == newest["seq"]
+    finally:
+        await producer.relay.stop()
+        await producer.database.close()
+        audit.stop()
+
+
+async def test_records_cut_by_the_owner_after_the_newest_checkpoint_are_found_by_the_producer(
+    audit_env: tuple[str, dict[str, str]],
+    identity_keys: dict[str, str],
+    http: HttpClient,
+    redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An insider with the audit owner's rights deletes the newest records (and puts the chain's head
+    back) while Redis is flushed: the trail verifies, the audit service's watermark knows nothing —
+    the producer's receipt names a record that is gone."""
+    owner, served = audit_env
+    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
+    audit = ServiceProcess("audit", served, log_dir=tmp_path).start("/readyz")
+    producer = await start_producer(owner, audit.url, identity_keys, http)
+    try:
+        await producer.deliver(3)
+        kept = (await producer.receipt())["seq"]
+        lost = await producer.deliver(3)
+        receipt = await producer.receipt()
+        assert receipt["event_id"] == lost[-1]
+        assert await producer.relay.receipts.check() == "held"
+        assert mismatch() == 0.0
+
+        await forget_watermark(redis_url, served["REDIS_KEY_PREFIX"])
+        await owner_sql(
+            owner,
+            f"DELETE FROM audit.checkpoints WHERE seq > {kept}",
+            f"DELETE FROM audit.records WHERE seq > {kept}",
+            "UPDATE audit.chain_head SET (seq, hash) ="
+            f" (SELECT seq, hash FROM audit.records WHERE seq = {kept})",
+        )
+        caplog.set_level(logging.ERROR, logger="svckit.outbox")
+        assert await producer.relay.receipts.check() == "mismatch"
+        assert mismatch() == 1.0
+        lines = [r for r in caplog.records if "audit trail lost events" in r.getMessage()]
+        assert len(lines) == 1
+        assert getattr(lines[0], "event_id") == str(lost[-1])  # noqa: B009 (a log record's extra)
+        assert getattr(lines[0], "seq") == receipt["seq"]  # noqa: B009
+
+        # later deliveries store new records (at the lost seqs and past them): the receipt stays on
+        # the lost record, the mismatch stays recorded, every later check reports it, logged once
+        await producer.deliver(5)
+        after = await producer.receipt()
+        assert (after["event_id"], after["seq"]) == (receipt["event_id"], receipt["seq"])
+        assert (
+            after["mismatch_detail"]
+            == f"record seq {receipt['seq']} (event {lost[-1]}) is not on the audit trail"
+        )
+        assert await producer.relay.receipts.check() == "mismatch"
+        assert len([r for r in caplog.records if "audit trail lost events" in r.getMessage()]) == 1
+
+        # the operator accepts: the receipt starts afresh, the acceptance goes to the trail
+        report = await accept_audit_restore(producer.database, producer.schema, SOURCE, "INC-9: cut")
+        assert report["state"] == "accepted"
+        assert report["lost"]["event_id"] == str(lost[-1])
+        assert report["lost"]["seq"] == receipt["seq"]
+        await eventually(lambda: producer.rows("SELECT count(*) FROM {schema}.outbox"), [0])
+        conn = await asyncpg.connect(owner)
+        try:
+            accepted = await conn.fetchrow(
+                "SELECT seq, details FROM audit.records WHERE action = $1", ACCEPT_ACTION
+            )
+        finally:
+            await conn.close()
+        assert accepted is not None
+        assert '"INC-9: cut"' in accepted["details"]
+        assert await producer.relay.receipts.check() == "held"
+        assert mismatch() == 0.0
+        assert (await producer.receipt())["seq"] == accepted["seq"]
+    finally:
+        await producer.relay.stop()
+        await producer.database.close()
+        audit.stop()
+
+
+async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_its_own(
+    audit_env: tuple[str, dict[str, str]],
+    identity_keys: dict[str, str],
+    http: HttpClient,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The audit schema restored from a dump (testkit.backup) while Redis lost the watermark: the audit
+    service starts on the restored trail and sees nothing wrong (``audit_trail_rolled_back`` 0). The
+    relay, which could not deliver while the service was away, checks its receipt before it delivers
+    again — no test calls the check — and the gauge goes to 1."""
+    owner, served = audit_env
+    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
+    port = free_port()
+    audit = ServiceProcess("audit", served, port=port, log_dir=tmp_path).start("/readyz")
+    producer = await start_producer(owner, audit.url, identity_keys, http, receipt_check_interval=3600)
+    try:
+        await producer.deliver(4)
+        backup = dump_schema(owner, "audit", tmp_path / "audit.dump")
+        lost = await producer.deliver(4)  # acknowledged, deleted from the outbox: only the trail had them
+        assert (await producer.receipt())["event_id"] == lost[-1]
+        assert await producer.relay.receipts.check() == "held"
+        assert mismatch() == 0.0
+        failed_before = (
+            REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0
+        )
+        audit.stop()
+        restore_schema(owner, backup)
+        await forget_watermark(redis_url, served["REDIS_KEY_PREFIX"])
+        # the relay tries while the service is away (a change committed meanwhile)
+        async with producer.database.transaction() as conn:
+            await enqueue(
+                conn,
+                AuditEvent.create(
+                    action="timesheet.created",
+                    resource_type="timesheet",
+                    resource_id="during-restore",
+                    outcome="success",
+                    actor=user("alice", "create:timesheets"),
+                    source=SOURCE,
+                ),
+            )
+        await eventually(
+            lambda: (
+                (REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0)
+                > failed_before
+            ),
+            True,
+        )
+        audit = ServiceProcess("audit", served, port=port, log_dir=tmp_path).start("/readyz")
+        assert await eventually(mismatch, 1.0) == 1.0
+        row = await producer.receipt()
+        assert row["event_id"] == lost[-1]
+        assert "is not on the audit trail" in row["mismatch_detail"]
+        # the audit service's own signal is silent: its watermark went with Redis
+        assert "audit trail rolled back" not in audit.logs()
+    finally:
+        await producer.relay.stop()
+        await producer.database.close()
+        audit.stop()
+
+
+async def test_the_accept_command_runs_as_the_service_with_its_runtime_role(
+    isolated_env: IsolatedEnv, tmp_path: Path
+) -> None:
+    """``python -m timesheets outbox accept-audit-restore --reason …`` as the runbook runs it: the
+    Deployment's environment (its runtime role), a JSON report, the acceptance queued for the trail."""
+    env = isolated_env(f"rcli_{secrets.token_hex(3)}")
+    owner = env["DATABASE_URL"]
+    await migrate_schema(owner, "timesheets", AUDIT_PACKAGE.parents[1] / "timesheets" / "timesheets")
+    served = runtime_env(env, "timesheets")
+
+    usage = service_command("timesheets", served, "outbox", "accept-audit-restore")
+    assert usage.returncode == 2, usage.stderr
+    nothing = service_command("timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-1")
+    assert nothing.returncode == 0, nothing.stderr
+    assert json.loads(nothing.stdout)["state"] == "consistent"
+
+    lost = uuid.uuid4()
+    conn = await asyncpg.connect(owner)
+    try:
+        await conn.execute(
+            "UPDATE timesheets.outbox_receipt SET event_id = $1, seq = 42, hash = $2, delivered_at = now(),"
+            " mismatch_at = now(), mismatch_detail = 'record seq 42 is not on the audit trail'",
+            lost,
+            "d" * 64,
+        )
+        accepted = service_command(
+            "timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-2"
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        report = json.loads(accepted.stdout)
+        assert report["state"] == "accepted"
+        assert report["lost"] == {
+            "event_id": str(lost),
+            "seq": 42,
+            "hash": "d" * 64,
+            "mismatch": "record seq 42 is not on the audit trail",
+        }
+        row = await conn.fetchrow("SELECT * FROM timesheets.outbox_receipt")
+        assert row is not None
+        assert (row["event_id"], row["seq"], row["mismatch_at"]) == (None, None, None)
+        queued = await conn.fetchval(
+            "SELECT payload::text FROM timesheets.outbox WHERE id = $1::uuid", report["event_id"]
+        )
+        assert queued is not None
+        assert json.loads(queued)["action"] == ACCEPT_ACTION
+        assert json.loads(queued)["details"]["reason"] == "INC-2"
+    finally:
+        await conn.close()
