@@ -28,6 +28,15 @@ service's: the signature, the body's digest, the nonce in that service's replay 
 own internal routes are signed as ``service:approvals`` (:func:`peer_headers`). The benchmarks
 measure it as ``reference_identity`` beside the plain reference (the issue's targets stay against
 the plain one).
+
+With ``REFERENCE_RELAY=1`` as well (``reference_audited`` in ``bench/api.py``) it also does the
+consistency rule's work (DESIGN.md: "a state change and its audit record commit together"; the
+records "delivered later, exactly once in effect"): a create's outbox row is a whole audit event
+(``svckit.contracts.audit.outbox_values``, as the service writes it, instead of a stub no one reads)
+and the kit's relay (:class:`svckit.outbox.OutboxRelay`, as the service runs it) delivers it to an
+audit service of its own (``AUDIT_URL``), which chains it. The service's creates pay for that; the
+plain reference's do not, and its outbox rows stay unread. The issue's targets stay against the
+plain reference; this case says what the gap is made of.
 """
 
 from __future__ import annotations
@@ -52,8 +61,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from svckit.contracts.audit import outbox_values
 from svckit.contracts.timesheets import DAY_HOURS_LIMIT
 from svckit.db import Database
+from svckit.http import HttpClient
 from svckit.identity import (
     ISSUER,
     SUBJECT,
@@ -62,8 +73,10 @@ from svckit.identity import (
     IdentitySigner,
     IdentityVerifier,
 )
+from svckit.outbox import OutboxRelay
 from svckit.replay import ReplayMemory
 from svckit.settings import ServiceSettings
+from timesheets.app import RELAY_LINGER_SECONDS
 from timesheets.settings import TimesheetsSettings
 from timesheets.store import (
     APPLY_DECISION,
@@ -100,11 +113,37 @@ def database_of(request: Request) -> Database:
     return database
 
 
+def created_event(
+    entry_id: uuid.UUID, issuer: str, subject: str, body: dict[str, Any], audited: bool
+) -> tuple[uuid.UUID, dt.datetime, str]:
+    """A create's outbox values: a stub no one reads, or (``audited``) the whole event the audit
+    service ingests, built as the service builds it."""
+    if not audited:
+        event_id = uuid.uuid4()
+        payload = json.dumps({"id": str(event_id), "action": "timesheet.created", "resource": str(entry_id)})
+        return event_id, dt.datetime.now(dt.UTC), payload
+    return outbox_values(
+        action="timesheet.created",
+        resource_type="timesheet",
+        resource_id=str(entry_id),
+        outcome="success",
+        actor=Identity(issuer, subject, "user", "timesheets-spa"),
+        source="timesheets",
+        details={
+            "owner": {"issuer": issuer, "subject": subject},
+            "date": body["date"],
+            "project": body["project"],
+            "hours": float(body["hours"]),
+        },
+    )
+
+
 async def create(request: Request) -> Response:
     body = json.loads(await request.body())
     issuer, subject = request.headers[ISSUER], request.headers[SUBJECT]
-    entry_id, event_id = uuid.uuid4(), uuid.uuid4()
-    payload = json.dumps({"id": str(event_id), "action": "timesheet.created", "resource": str(entry_id)})
+    entry_id = uuid.uuid4()
+    relay: OutboxRelay | None = request.app.state.relay
+    event = created_event(entry_id, issuer, subject, body, audited=relay is not None)
     async with database_of(request).connection() as conn:
         row = await conn.fetchrow(
             CREATE_ENTRY,
@@ -117,11 +156,11 @@ async def create(request: Request) -> Response:
             body["hours"],
             body.get("notes"),
             "timesheets-spa",
-            event_id,
-            dt.datetime.now(dt.UTC),
-            payload,
+            *event,
             decimal.Decimal(DAY_HOURS_LIMIT),
         )
+    if relay is not None:
+        relay.wake()  # as the service does after a commit (the NOTIFY wakes it too, from elsewhere)
     return answer(dict(row) if row is not None else {}, 201)
 
 
@@ -277,9 +316,21 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.signer = None
     if os.environ.get("REFERENCE_IDENTITY") == "1":
         app.state.signer = IdentitySigner(ApprovalsSettings().identity_sign_keys("timesheets"))
+    app.state.relay = None
+    http: HttpClient | None = None
+    if os.environ.get("REFERENCE_RELAY") == "1":
+        http = HttpClient()
+        app.state.relay = OutboxRelay.for_service(
+            TimesheetsSettings(), database, "timesheets", http, linger=RELAY_LINGER_SECONDS
+        )
+        app.state.relay.start()
     async with aiohttp.ClientSession() as session:
         app.state.session = session
         yield
+    if app.state.relay is not None:
+        await app.state.relay.stop()
+    if http is not None:
+        await http.close()
     await approvals.close()
     await database.close()
 

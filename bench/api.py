@@ -92,7 +92,15 @@ CLIENTS = 32
 USERS = 32
 SEED_PER_USER = 100
 SCOPES = "openid read:timesheets create:timesheets"
-CASES = ("gateway", "direct", "direct_before", "reference", "reference_identity", "pgbench")
+CASES = (
+    "gateway",
+    "direct",
+    "direct_before",
+    "reference",
+    "reference_identity",
+    "reference_audited",
+    "pgbench",
+)
 #: pre-signed requests per second of a direct run: more than the service answers on a fast, quiet
 #: machine of this kind (~9,000/s at the 2026-12-04 run, where 2,500 ran out); a pool that runs out
 #: shows as 401 replays among the non-2xx, and the run then fails
@@ -448,6 +456,7 @@ def main() -> int:
     processes: list[ServiceProcess] = []
     reference: subprocess.Popen[bytes] | None = None
     gated: subprocess.Popen[bytes] | None = None
+    audited: subprocess.Popen[bytes] | None = None
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     try:
@@ -514,6 +523,33 @@ def main() -> int:
                     gated_url = gated.reference_url  # type: ignore[attr-defined]
                     if not refuses_unsigned(gated_url):
                         raise RuntimeError("reference_identity admitted an unsigned request")
+                audited_url = ""
+                reference_audit: ServiceProcess | None = None
+                if "reference_audited" in selected:
+                    # the reference doing the consistency rule's work too: its outbox relayed to an
+                    # audit service of its own (on its database), chained there
+                    reference_audit = ServiceProcess(
+                        "audit",
+                        {
+                            **env,
+                            "DATABASE_URL": peers_url,
+                            "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:ra:",
+                        },
+                        log_dir=logs,
+                    ).start()
+                    processes.append(reference_audit)
+                    audited_env = {
+                        **identity_keys,
+                        "REFERENCE_IDENTITY": "1",
+                        "REFERENCE_RELAY": "1",
+                        "AUDIT_URL": reference_audit.url,
+                        "REDIS_URL": redis_url,
+                        "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:reference-audited:",
+                    }
+                    audited = start_reference(peers_url, logs, audited_env, "reference_audited")
+                    audited_url = audited.reference_url  # type: ignore[attr-defined]
+                    if not refuses_unsigned(audited_url):
+                        raise RuntimeError("reference_audited admitted an unsigned request")
 
                 tokens = [issuer.token(subject) for subject in subjects]
                 script = logs / "api.lua"
@@ -532,6 +568,10 @@ def main() -> int:
                 }
                 if gated is not None:
                     meters["reference_identity"] = CpuMeter({"reference": gated.pid, **postgres_pids})
+                if audited is not None and reference_audit is not None:
+                    meters["reference_audited"] = CpuMeter(
+                        {"reference": audited.pid, "audit": pid_of(reference_audit), **postgres_pids}
+                    )
                 if before_service is not None:
                     meters["direct_before"] = CpuMeter(
                         {"timesheets": pid_of(before_service), "audit": pid_of(audit), **postgres_pids}
@@ -553,6 +593,10 @@ def main() -> int:
                 if gated is not None:
                     targets["reference_identity"] = lambda: measured(
                         lambda: run_wrk(gated_url, signed(), seconds), meters["reference_identity"]
+                    )
+                if audited is not None:
+                    targets["reference_audited"] = lambda: measured(
+                        lambda: run_wrk(audited_url, signed(), seconds), meters["reference_audited"]
                     )
                 if before_service is not None:
                     before_url_http = before_service.url
@@ -580,6 +624,8 @@ def main() -> int:
                 run_wrk(reference_url, signed(3), 3)
                 if gated is not None:
                     run_wrk(gated_url, signed(3), 3)
+                if audited is not None:
+                    run_wrk(audited_url, signed(3), 3)
                 for number in range(rounds):  # interleaved: a noisy moment hurts every case alike
                     cases_now = list(order)
                     if number % 2 and "direct_before" in cases_now and "direct" in cases_now:
@@ -590,7 +636,7 @@ def main() -> int:
                         runs[case].append(targets[case]())
                 created = asyncio.run(count_entries(url)) - before
             finally:  # the servers stop before their database is dropped
-                for peer in (reference, gated):
+                for peer in (reference, gated, audited):
                     if peer is not None:
                         peer.terminate()
                         peer.wait(10)
@@ -605,6 +651,7 @@ def main() -> int:
     result, direct_result = cases.get("gateway"), cases.get("direct")
     minimal, pg, before_result = cases.get("reference"), cases.get("pgbench"), cases.get("direct_before")
     gated_result = cases.get("reference_identity")
+    audited_result = cases.get("reference_audited")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
@@ -646,6 +693,16 @@ def main() -> int:
         ratios["reference_identity_vs_reference_cpu_per_request"] = ratio(
             cpu(gated_result, "reference"), cpu(minimal, "reference")
         )
+    if audited_result is not None:
+        # the same work as the service's (identity contract, whole events, relayed and chained): the
+        # service's own cost beside the least that work can cost on this stack
+        ratios["service_vs_reference_audited_rps"] = ratio(rps(direct_result), rps(audited_result))
+        ratios["service_vs_reference_audited_cpu_per_request"] = ratio(
+            cpu(direct_result, "timesheets"), cpu(audited_result, "reference")
+        )
+        ratios["service_all_vs_reference_audited_all_cpu_per_request"] = ratio(
+            total_cpu(direct_result), total_cpu(audited_result)
+        )
     if before_result is not None:
         ratios["service_vs_before_cpu_per_request"] = ratio(
             cpu(direct_result, "timesheets"), cpu(before_result, "timesheets")
@@ -669,6 +726,7 @@ def main() -> int:
         "gateway_rps_ratio": ratio(rps(result), rps(direct_result)),
         "reference": minimal,
         "reference_identity": gated_result,
+        "reference_audited": audited_result,
         "pgbench": pg,
         "ratios": ratios,
         "targets": TARGETS,
@@ -693,6 +751,7 @@ def main() -> int:
         ("the same, baseline code", "direct_before"),
         ("reference app (same SQL)", "reference"),
         ("reference + identity contract", "reference_identity"),
+        ("reference + contract + audit relay", "reference_audited"),
         ("pgbench (same SQL)", "pgbench"),
     ):
         shown = cases.get(key)
@@ -728,6 +787,13 @@ def main() -> int:
             f"{ratios['service_vs_reference_identity_cpu_per_request']} by CPU per request; the contract "
             f"costs the reference {ratios['reference_identity_vs_reference_cpu_per_request']}x its CPU"
         )
+    if audited_result is not None:
+        print(
+            "timesheets / reference + identity contract + audit relay (informational: the same work): "
+            f"{ratios['service_vs_reference_audited_rps']} by throughput, "
+            f"{ratios['service_vs_reference_audited_cpu_per_request']} by CPU per request; every process's "
+            f"{ratios.get('service_all_vs_reference_audited_all_cpu_per_request')}"
+        )
     if before_result is not None:
         print(
             "timesheets / baseline (BENCH_API_BASELINE): "
@@ -737,7 +803,9 @@ def main() -> int:
         )
     print(f"written to {written}")
     checked = [
-        case for case in (result, direct_result, minimal, gated_result, before_result) if case is not None
+        case
+        for case in (result, direct_result, minimal, gated_result, audited_result, before_result)
+        if case is not None
     ]
     ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in checked)
     return 0 if ok else 1

@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from svckit.migrations import migrate
 
 from bench._backing import fresh_database
 from bench.api import refuses_unsigned, start_reference
-from bench.approvals import DECISION, entry_uuid, manager, seed
-from testkit.fixtures import new_pair_keys, pair_signer
+from bench.approvals import DECISION, ROOT, entry_uuid, manager, seed
+from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
 LIST = "/timesheets?limit=20"
 
@@ -87,3 +89,73 @@ def test_the_gated_reference_checks_the_identity_contract(
         for process in (gated, plain):
             process.terminate()
             process.wait(10)
+
+
+@pytest.fixture
+def audited_database() -> Iterator[str]:
+    """A database of its own: the other test's decision leaves stub rows (the plain reference's) in
+    the timesheets outbox, which no audit service would take."""
+    with fresh_database(f"tsp_test_reference_audited_{uuid.uuid4().hex[:8]}") as url:
+        asyncio.run(seed(url, 8))
+        yield url
+
+
+def test_the_audited_reference_relays_whole_events_into_an_audit_trail(
+    audited_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``reference_audited`` does the consistency rule's work the plain reference skips: a create's
+    outbox row is a whole audit event, relayed by the kit's relay to an audit service of its own and
+    chained there (the plain reference's rows stay in its outbox, unread)."""
+    asyncio.run(migrate(audited_database, "audit", ROOT / "services" / "audit" / "audit" / "migrations"))
+    keys = new_pair_keys("a")
+    prefix = f"tsp-test:{uuid.uuid4().hex}:"
+    audit = ServiceProcess(
+        "audit",
+        {**keys, "DATABASE_URL": audited_database, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix},
+        log_dir=tmp_path,
+    ).start()
+    env = {
+        **keys,
+        "REFERENCE_IDENTITY": "1",
+        "REFERENCE_RELAY": "1",
+        "AUDIT_URL": audit.url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix + "reference:",
+    }
+    audited = start_reference(audited_database, tmp_path, env, "reference_audited")
+    try:
+        url: str = audited.reference_url  # type: ignore[attr-defined]
+        assert refuses_unsigned(url)
+        signer = pair_signer(keys, "gateway", "timesheets")
+        body = b'{"date":"2026-11-30","project":"Relayed","hours":1.5,"notes":"bench"}'
+        headers = signer.headers(manager(2), method="POST", target="/timesheets", body=body)
+        status, created = call(
+            url, "POST", "/timesheets", {**headers, "Content-Type": "application/json"}, body
+        )
+        assert status == 201, status
+
+        async def recorded() -> Any:
+            conn = await asyncpg.connect(audited_database)
+            try:
+                for _ in range(100):
+                    row = await conn.fetchrow(
+                        "SELECT r.source, r.action, r.details,"
+                        " (SELECT count(*) FROM timesheets.outbox) AS waiting"
+                        " FROM audit.records r WHERE r.resource_id = $1",
+                        str(created["id"]),
+                    )
+                    if row is not None and row["waiting"] == 0:
+                        return row
+                    await asyncio.sleep(0.1)
+                return None
+            finally:
+                await conn.close()
+
+        row = asyncio.run(recorded())
+        assert row is not None, "the create's event never reached the audit trail (or stayed in the outbox)"
+        assert (row["source"], row["action"]) == ("timesheets", "timesheet.created")
+        assert json.loads(row["details"])["project"] == "Relayed"
+    finally:
+        audited.terminate()
+        audited.wait(10)
+        audit.stop()
