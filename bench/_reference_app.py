@@ -175,12 +175,35 @@ async def list_entries(request: Request) -> Response:
 # ---- the timesheets half of approvals: the internal routes ---------------------------------------
 
 
-def event_payload(action: str, resource: uuid.UUID) -> tuple[uuid.UUID, dt.datetime, str]:
+def event_payload(
+    request: Request,
+    action: str,
+    resource: uuid.UUID,
+    *,
+    source: str,
+    issuer: str,
+    subject: str,
+    details: dict[str, Any],
+) -> tuple[uuid.UUID, dt.datetime, str]:
     """An outbox row's values (id, occurred_at, payload): a small document, no model (with the
-    ``details`` that ``APPLY_DECISION`` adds the entry's fields to)."""
-    event_id = uuid.uuid4()
-    payload = json.dumps({"id": str(event_id), "action": action, "resource": str(resource), "details": {}})
-    return event_id, dt.datetime.now(dt.UTC), payload
+    ``details`` that ``APPLY_DECISION`` adds the entry's fields to); or, when this app relays its
+    outboxes (``REFERENCE_RELAY``), the whole event the audit service ingests, built as the services
+    build theirs (``outbox_values``)."""
+    if request.app.state.relay is None:
+        event_id = uuid.uuid4()
+        payload = json.dumps(
+            {"id": str(event_id), "action": action, "resource": str(resource), "details": {}}
+        )
+        return event_id, dt.datetime.now(dt.UTC), payload
+    return outbox_values(
+        action=action,
+        resource_type="timesheet",
+        resource_id=str(resource),
+        outcome="success",
+        actor=Identity(issuer, subject, "user", "timesheets-spa"),
+        source=source,
+        details=details,
+    )
 
 
 async def pending(request: Request) -> Response:
@@ -213,11 +236,25 @@ async def apply_decision(request: Request) -> Response:
             "",
             dt.datetime.fromisoformat(body["at"]),
             None,
-            *event_payload("timesheet.decided", entry_id),
+            *event_payload(
+                request,
+                "timesheet.decided",
+                entry_id,
+                source="timesheets",
+                issuer=body["issuer"],
+                subject=body["subject"],
+                details={
+                    "decision": body["decision"],
+                    "decision_id": body["decision_id"],
+                    "via": "approvals",
+                },
+            ),
         )
         if updated is None:  # nothing changed: the entry's state says why (the refusal path)
             await conn.fetchrow(GET_ENTRY, entry_id)
             return Response(status_code=409)
+    if request.app.state.relay is not None:
+        request.app.state.relay.wake()
     return answer(dict(updated))
 
 
@@ -300,7 +337,23 @@ async def decide(request: Request) -> Response:
     if applied is None:
         return Response(status_code=502)
     async with database.connection() as conn:
-        settled = await conn.fetchrow(MARK_APPLIED, decision_id, *event_payload("approval.decided", entry_id))
+        event = event_payload(
+            request,
+            "approval.decided",
+            entry_id,
+            source="approvals",
+            issuer=issuer,
+            subject=subject,
+            details={
+                "decision_id": str(decision_id),
+                "decision": body["decision"],
+                "comment": body.get("comment"),
+                "applied_by": "request",
+            },
+        )
+        settled = await conn.fetchrow(MARK_APPLIED, decision_id, *event)
+    if request.app.state.relay is not None:
+        request.app.state.approvals_relay.wake()
     return answer({**dict(settled or decision), "entry": applied})
 
 
@@ -317,18 +370,25 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if os.environ.get("REFERENCE_IDENTITY") == "1":
         app.state.signer = IdentitySigner(ApprovalsSettings().identity_sign_keys("timesheets"))
     app.state.relay = None
+    relays: list[OutboxRelay] = []
     http: HttpClient | None = None
     if os.environ.get("REFERENCE_RELAY") == "1":
+        # both outboxes relayed, as the two services relay theirs (each signed with its own key)
         http = HttpClient()
         app.state.relay = OutboxRelay.for_service(
             TimesheetsSettings(), database, "timesheets", http, linger=RELAY_LINGER_SECONDS
         )
-        app.state.relay.start()
+        app.state.approvals_relay = OutboxRelay.for_service(
+            ApprovalsSettings(), approvals, "approvals", http, linger=RELAY_LINGER_SECONDS
+        )
+        relays = [app.state.relay, app.state.approvals_relay]
+        for relay in relays:
+            relay.start()
     async with aiohttp.ClientSession() as session:
         app.state.session = session
         yield
-    if app.state.relay is not None:
-        await app.state.relay.stop()
+    for relay in relays:
+        await relay.stop()
     if http is not None:
         await http.close()
     await approvals.close()

@@ -28,6 +28,10 @@ entries the reference's requests are about):
   replay memory over Redis; its calls to its own internal routes signed as ``service:approvals``), on a
   database of its own seeded alike. Informational: the issue's targets stay against the plain
   reference (``ratios.<case>.service_vs_reference_identity_*``);
+- ``reference_audited``: that reference doing the consistency rule's work too (``REFERENCE_RELAY=1``:
+  whole audit events in both outboxes, relayed by the kit's relays to an audit service of its own and
+  chained there), on a database of its own: the same work as the services'. Informational
+  (``ratios.<case>.service_vs_reference_audited_*``, every process's CPU included);
 - ``pgbench``: the same statements and transactions in one script per case (:func:`pgbench_scripts`:
   the services' SQL text, tables qualified by schema since pgbench has one ``search_path``, the
   parameters as pgbench expressions), ``-M prepared -c32 -j1``. A decision picks an entry at random
@@ -268,12 +272,14 @@ def ratios(
     *,
     both_before: bool = False,
     gated: dict[str, Any] | None = None,
+    audited: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The issue's ratios for one case; the services' CPU is approvals + timesheets (the reference's
     one process does both). With ``before`` (``BENCH_APPROVALS_BASELINE``), the approvals service's
     CPU per request and throughput against the old code's; ``both_before``: the old approvals
     service had an old timesheets service of its own (the two services' CPU against the old pair's).
-    ``gated``: the reference honouring the identity contract (informational ratios)."""
+    ``gated``: the reference honouring the identity contract, ``audited``: and relaying its outboxes
+    to an audit service of its own (informational ratios)."""
     cpu = service["cpu_us_per_request"]
     service_cpu = cpu["approvals"] + cpu["timesheets"]
     reference_cpu = reference["cpu_us_per_request"]["reference"]
@@ -304,6 +310,17 @@ def ratios(
         )
         found["reference_identity_vs_reference_cpu_per_request"] = (
             round(gated_cpu / reference_cpu, 3) if reference_cpu else None
+        )
+    if audited is not None:
+        audited_cpu = audited["cpu_us_per_request"]
+        found["service_vs_reference_audited_rps"] = (
+            round(service["rps"] / audited["rps"], 3) if audited["rps"] else None
+        )
+        found["service_vs_reference_audited_cpu_per_request"] = (
+            round(service_cpu / audited_cpu["reference"], 3) if audited_cpu["reference"] else None
+        )
+        found["service_all_vs_reference_audited_all_cpu_per_request"] = round(
+            sum(cpu.values()) / sum(audited_cpu.values()), 3
         )
     if before is not None:
         old = before["cpu_us_per_request"]
@@ -339,10 +356,18 @@ def main() -> int:
     processes: list[ServiceProcess] = []
     reference: Any = None
     gated: Any = None
+    audited: Any = None
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
     cases = ("queue", "decide")
-    peers: tuple[str, ...] = ("service", "before", "reference", "reference_identity", "pgbench")
+    peers: tuple[str, ...] = (
+        "service",
+        "before",
+        "reference",
+        "reference_identity",
+        "reference_audited",
+        "pgbench",
+    )
     if not baseline:
         peers = tuple(peer for peer in peers if peer != "before")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
@@ -358,9 +383,10 @@ def main() -> int:
             fresh_database(name + "_peers") as peers_url,
             fresh_database(name + "_pgbench") as pgbench_url,
             fresh_database(name + "_gated") as gated_url,
+            fresh_database(name + "_audited") as audited_url,
         ):
             entries = asyncio.run(seed(url, count))
-            for database in (peers_url, pgbench_url, gated_url):
+            for database in (peers_url, pgbench_url, gated_url, audited_url):
                 asyncio.run(seed(database, count))
             try:
                 keys = new_pair_keys("bench")
@@ -390,6 +416,25 @@ def main() -> int:
                 gated = start_reference(gated_url, logs, gated_env, "reference_identity")
                 if not refuses_unsigned(gated.reference_url):
                     raise RuntimeError("reference_identity admitted an unsigned request")
+                reference_audit = ServiceProcess(
+                    "audit",
+                    {
+                        **env,
+                        "DATABASE_URL": audited_url,
+                        "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:ra:",
+                    },
+                    log_dir=logs,
+                ).start()
+                processes.append(reference_audit)
+                audited_env = {
+                    **gated_env,
+                    "REFERENCE_RELAY": "1",
+                    "AUDIT_URL": reference_audit.url,
+                    "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:reference-audited:",
+                }
+                audited = start_reference(audited_url, logs, audited_env, "reference_audited")
+                if not refuses_unsigned(audited.reference_url):
+                    raise RuntimeError("reference_audited admitted an unsigned request")
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
                 # the embedded Postgres's CPU beside each peer's (see bench/api.py)
@@ -430,6 +475,7 @@ def main() -> int:
                         }
                     )
                 urls["reference_identity"] = gated.reference_url
+                urls["reference_audited"] = audited.reference_url
                 meters |= {
                     "service": CpuMeter(
                         {
@@ -441,6 +487,9 @@ def main() -> int:
                     ),
                     "reference": CpuMeter({"reference": reference.pid, **postgres_pids}),
                     "reference_identity": CpuMeter({"reference": gated.pid, **postgres_pids}),
+                    "reference_audited": CpuMeter(
+                        {"reference": audited.pid, "audit": pid_of(reference_audit), **postgres_pids}
+                    ),
                 }
                 pgbench = pgbench_scripts(logs, count) if shutil.which("pgbench") else None
                 slices = [entries[i * per_slice : (i + 1) * per_slice] for i in range(count // per_slice)]
@@ -475,6 +524,8 @@ def main() -> int:
                                 pids = {"reference": reference.pid}
                             elif peer == "reference_identity":
                                 pids = {"reference": gated.pid}
+                            elif peer == "reference_audited":
+                                pids = {"reference": audited.pid}
                             runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
                         if pgbench is not None:
                             runs["pgbench"][case].append(
@@ -484,7 +535,7 @@ def main() -> int:
                                 )
                             )
             finally:  # the servers stop before their databases are dropped
-                for peer_process in (reference, gated):
+                for peer_process in (reference, gated, audited):
                     if peer_process is not None:
                         peer_process.terminate()
                         peer_process.wait(10)
@@ -499,6 +550,7 @@ def main() -> int:
             result.pop("raw", None)
     service, minimal, pg = found["service"], found["reference"], found["pgbench"]
     gated_found = found["reference_identity"]
+    audited_found = found["reference_audited"]
     old = found.get("before")
     report: dict[str, Any] = {
         "benchmark": "approvals",
@@ -511,6 +563,7 @@ def main() -> int:
         **service,
         "reference": minimal,
         "reference_identity": gated_found,
+        "reference_audited": audited_found,
         "pgbench": pg or None,
         **({"before": old, "before_timesheets": "baseline" if both_before else "shared"} if old else {}),
         "ratios": {
@@ -521,6 +574,7 @@ def main() -> int:
                 old[case] if old else None,
                 both_before=both_before,
                 gated=gated_found.get(case),
+                audited=audited_found.get(case),
             )
             for case in cases
         },
@@ -537,6 +591,7 @@ def main() -> int:
             ("before", old or {}),
             ("reference", minimal),
             ("reference_identity", gated_found),
+            ("reference_audited", audited_found),
             ("pgbench", pg),
         ):
             if peer == "before" and not old:
@@ -569,6 +624,13 @@ def main() -> int:
                 f"{r['service_vs_reference_identity_rps']} by throughput, "
                 f"{r['service_vs_reference_identity_cpu_per_request']} by CPU per request; the contract "
                 f"costs the reference {r['reference_identity_vs_reference_cpu_per_request']}x its CPU"
+            )
+        if "service_vs_reference_audited_cpu_per_request" in r:
+            print(
+                f"{case}: services / reference + contract + audit relay (informational: the same work) "
+                f"{r['service_vs_reference_audited_rps']} by throughput, "
+                f"{r['service_vs_reference_audited_cpu_per_request']} by CPU per request; every process's "
+                f"{r['service_all_vs_reference_audited_all_cpu_per_request']}"
             )
         if old:
             print(

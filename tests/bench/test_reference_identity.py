@@ -103,9 +103,9 @@ def audited_database() -> Iterator[str]:
 def test_the_audited_reference_relays_whole_events_into_an_audit_trail(
     audited_database: str, redis_url: str, tmp_path: Path
 ) -> None:
-    """``reference_audited`` does the consistency rule's work the plain reference skips: a create's
-    outbox row is a whole audit event, relayed by the kit's relay to an audit service of its own and
-    chained there (the plain reference's rows stay in its outbox, unread)."""
+    """``reference_audited`` does the consistency rule's work the plain reference skips: a create's and
+    a decision's outbox rows are whole audit events, relayed by the kit's relays (both outboxes) to an
+    audit service of its own and chained there (the plain reference's rows stay unread)."""
     asyncio.run(migrate(audited_database, "audit", ROOT / "services" / "audit" / "audit" / "migrations"))
     keys = new_pair_keys("a")
     prefix = f"tsp-test:{uuid.uuid4().hex}:"
@@ -134,27 +134,39 @@ def test_the_audited_reference_relays_whole_events_into_an_audit_trail(
         )
         assert status == 201, status
 
-        async def recorded() -> Any:
+        # a decision: its two events, the entry's (timesheets outbox) and the decision's (approvals')
+        to_approvals = pair_signer(keys, "gateway", "approvals")
+        target = f"/approvals/{entry_uuid(1)}"
+        signed = to_approvals.headers(manager(0), method="PUT", target=target, body=DECISION)
+        status, decided = call(url, "PUT", target, {**signed, "Content-Type": "application/json"}, DECISION)
+        assert status == 200, status
+        assert decided["entry"]["status"] == "approved"
+
+        async def recorded() -> list[Any]:
             conn = await asyncpg.connect(audited_database)
             try:
                 for _ in range(100):
-                    row = await conn.fetchrow(
-                        "SELECT r.source, r.action, r.details,"
-                        " (SELECT count(*) FROM timesheets.outbox) AS waiting"
-                        " FROM audit.records r WHERE r.resource_id = $1",
-                        str(created["id"]),
+                    rows = await conn.fetch(
+                        "SELECT r.source, r.action, r.resource_id, r.details,"
+                        " (SELECT count(*) FROM timesheets.outbox) + (SELECT count(*) FROM approvals.outbox)"
+                        " AS waiting FROM audit.records r ORDER BY r.seq"
                     )
-                    if row is not None and row["waiting"] == 0:
-                        return row
+                    if len(rows) >= 3 and rows[0]["waiting"] == 0:
+                        return list(rows)
                     await asyncio.sleep(0.1)
-                return None
+                return []
             finally:
                 await conn.close()
 
-        row = asyncio.run(recorded())
-        assert row is not None, "the create's event never reached the audit trail (or stayed in the outbox)"
-        assert (row["source"], row["action"]) == ("timesheets", "timesheet.created")
-        assert json.loads(row["details"])["project"] == "Relayed"
+        rows = asyncio.run(recorded())
+        assert rows, "the events never reached the audit trail (or stayed in an outbox)"
+        found = {(row["source"], row["action"], row["resource_id"]) for row in rows}
+        assert found == {
+            ("timesheets", "timesheet.created", str(created["id"])),
+            ("timesheets", "timesheet.decided", str(entry_uuid(1))),
+            ("approvals", "approval.decided", str(entry_uuid(1))),
+        }, found
+        assert json.loads(rows[0]["details"])["project"] == "Relayed"
     finally:
         audited.terminate()
         audited.wait(10)
