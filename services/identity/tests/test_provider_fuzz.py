@@ -16,11 +16,13 @@ Every answer must hold to the provider's contract (docs/CONTRACTS.md, "Identity 
   an address taken from the request.
 
 Bounded for CI: a fixed seed (``derandomize``) and ``TSP_PROVIDER_FUZZ_EXAMPLES`` examples (default 1,000:
-about 6 s); set it higher to explore (e.g. 20000, some minutes).
+about 6 s); set it higher to explore (e.g. 20000, some minutes), and ``TSP_PROVIDER_FUZZ_RANDOM=1``
+for a new seed each run.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -34,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testkit.oidc import DEMO_PASSWORD
+from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -293,14 +295,14 @@ _requests = st.tuples(
     _pairs,
     st.sampled_from(("form", "json", "multipart", "garbage-json", "none", "text/plain", "application/xml")),
     st.sampled_from(NASTY_HEADERS),
-    st.booleans(),  # a valid authorization request underneath (deeper than its first check)
+    st.booleans(),  # a valid authorization request (or an authenticated client) underneath
     st.booleans(),  # signed in
 )
 
 
 @settings(
     max_examples=EXAMPLES,
-    derandomize=True,
+    derandomize=os.environ.get("TSP_PROVIDER_FUZZ_RANDOM") is None,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -323,6 +325,10 @@ def test_generated_requests_hold_to_the_contract(
             **PKCE,
         }
         pairs = [*((name, quote(value, safe="")) for name, value in base.items()), *pairs]
+    if valid_base and path in OAUTH_JSON:  # an authenticated client underneath
+        basic = base64.b64encode(f"timesheets-batch:{BATCH_SECRET}".encode())
+        headers = (("Authorization", b"Basic " + basic), *headers)
+        pairs = [("grant_type", "client_credentials"), ("token", "t"), *pairs]
     if session and path not in ("/v2/logout", "/oidc/logout", "/login"):  # carol stays signed in
         headers = (*headers, ("Cookie", signed_in))
     if method == "GET":
