@@ -342,7 +342,9 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
                     code_hash=code.code_hash if code and previous is None else None,
                     client_id=request.client.client_id,
                     subject=user.user.subject,
-                    scope=token["scope"],
+                    # a rotated token keeps its family's scope (RFC 6749 §6), whatever the access
+                    # token was narrowed to (RefreshGrant.issue_token)
+                    scope=previous.scope if previous is not None else token["scope"],
                     auth_time=_datetime(user.auth_time),
                     session_hash=session_hash,
                     idle_seconds=settings.refresh_token_idle_seconds,
@@ -699,6 +701,16 @@ class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant)
             auth_time=int(refresh_token.auth_time.timestamp()),
             session_hash=refresh_token.session_hash or b"",
         )
+
+    def issue_token(self, user: SignedInUser, refresh_token: RefreshToken) -> dict[str, Any]:
+        """RFC 6749 §6: a narrower ``scope`` narrows the access token only. The presented refresh
+        token is spent (rotation), so a new one is issued whatever the narrower scope holds, even
+        without ``offline_access``: with none the client would keep the spent one (§6), and its next
+        use would be taken for reuse and revoke the session. :meth:`Backend.save_token` gives it the
+        presented token's scope ("identical", §6)."""
+        token: dict[str, Any] = super().issue_token(user, refresh_token)
+        token.setdefault("refresh_token", secrets.token_urlsafe(32))
+        return token
 
     def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
         return None  # consumed (marked used) atomically in authenticate_refresh_token
