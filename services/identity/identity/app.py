@@ -183,6 +183,11 @@ def build_app(settings: IdentitySettings) -> Starlette:
         denial_sink_errors=DB_ERRORS,
     )
     app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
+    # No route has a trailing slash, and Starlette's answer to one (a 307 to the same path without it)
+    # is an absolute URL built from the request's Host and scheme: any name a request (or a poisoned
+    # cache) sends, plain http behind the TLS ingress, and a 307 replays a POST's body (a client
+    # secret) there. Such a path is a 404 like any other unknown path.
+    app.router.redirect_slashes = False
     return app
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio.to_thread
 from prometheus_client import Counter
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from svckit.body import NotAccepted, parse_json
@@ -32,7 +33,7 @@ from .authorize import RESPONSE_MODES
 from .bodies import coded_refusal, read_body, read_form
 from .browser import client_address
 from .keystore import KeyStore
-from .oauth import CURRENT_DB, IdentityServer, Result, basic_credentials, unquotable_parameter
+from .oauth import CURRENT_DB, IdentityServer, Result, basic_credentials, quotable, unquotable_parameter
 from .oauth import Request as OAuthRequest
 from .passwords import client_secrets, settled_in_request
 from .revocation import RevocationPublisher
@@ -122,20 +123,27 @@ def oauth_error(status: int, error: str, description: str, headers: dict[str, st
 
 async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     """Form (RFC 6749) or JSON (as Auth0 also accepts) body to parameter pairs. A body in a content
-    coding is the kit's 415 (``Accept-Encoding: identity``), answered as an OAuth error (§5.2)."""
+    coding is the kit's 415 (``Accept-Encoding: identity``), a form Starlette will not parse (more than
+    1,000 fields) its 400: both answered as OAuth errors (§5.2), not as the kit's problem documents.
+    A parameter's name is the client's input: it is quoted (:func:`identity.oauth.quotable`)."""
     refusal = coded_refusal(request)
     if refusal is not None:
         return oauth_error(refusal.status, "invalid_request", refusal.detail or "", refusal.headers)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
-        form = await read_form(request)
+        try:
+            form = await read_form(request)
+        except HTTPException as refused:  # Starlette's MultiPartException: "Too many fields …"
+            return oauth_error(400, "invalid_request", quotable(refused.detail))
         pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         seen: set[str] = set()
         for name, _ in pairs:
             # RFC 6749 §3.2: no parameter more than once (Authlib's checks and this service's own code
             # would otherwise read different copies of one: the first, or the last)
             if name in seen:
-                return oauth_error(400, "invalid_request", f"The parameter '{name}' is sent more than once.")
+                return oauth_error(
+                    400, "invalid_request", f"The parameter '{quotable(name)}' is sent more than once."
+                )
             seen.add(name)
         return pairs
     if media_type == "application/json":
@@ -295,7 +303,9 @@ class ProtocolEndpoints:
         bad = unquotable_parameter(params) or next((k for k, v in params if not store.storable(v)), None)
         if bad is not None:
             return oauth_error(
-                400, "invalid_request", f"The {bad} parameter holds characters that are not allowed."
+                400,
+                "invalid_request",
+                f"The {quotable(bad)} parameter holds characters that are not allowed.",
             )
         token_url = self.settings.url("oauth/token")
 

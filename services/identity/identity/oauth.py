@@ -342,7 +342,9 @@ class IdentityServer(AuthorizationServer):  # type: ignore[misc]
                     code_hash=code.code_hash if code and previous is None else None,
                     client_id=request.client.client_id,
                     subject=user.user.subject,
-                    scope=token["scope"],
+                    # a rotated token keeps its family's scope (RFC 6749 §6), whatever the access
+                    # token was narrowed to (RefreshGrant.issue_token)
+                    scope=previous.scope if previous is not None else token["scope"],
                     auth_time=_datetime(user.auth_time),
                     session_hash=session_hash,
                     idle_seconds=settings.refresh_token_idle_seconds,
@@ -700,6 +702,16 @@ class RefreshGrant(SenderConstrained, ClientScopeAndAudience, RefreshTokenGrant)
             session_hash=refresh_token.session_hash or b"",
         )
 
+    def issue_token(self, user: SignedInUser, refresh_token: RefreshToken) -> dict[str, Any]:
+        """RFC 6749 §6: a narrower ``scope`` narrows the access token only. The presented refresh
+        token is spent (rotation), so a new one is issued whatever the narrower scope holds, even
+        without ``offline_access``: with none the client would keep the spent one (§6), and its next
+        use would be taken for reuse and revoke the session. :meth:`Backend.save_token` gives it the
+        presented token's scope ("identical", §6)."""
+        token: dict[str, Any] = super().issue_token(user, refresh_token)
+        token.setdefault("refresh_token", secrets.token_urlsafe(32))
+        return token
+
     def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
         return None  # consumed (marked used) atomically in authenticate_refresh_token
 
@@ -717,6 +729,15 @@ class Revocable:
         return client.client_id == self.client_id
 
 
+class UnsupportedTokenTypeError(OAuth2Error):  # type: ignore[misc]
+    """RFC 7009 §2.2.1: the token type (here: the ``token_type_hint``) is not one this server revokes.
+    An error response of RFC 6749 §5.2, so a 400: Authlib's own is a ``ForbiddenError`` (401), which a
+    client reads as failed client authentication."""
+
+    error = "unsupported_token_type"
+    description = "token_type_hint must be access_token or refresh_token."
+
+
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
     """``POST /oauth/revoke`` (RFC 7009, Auth0's path). Clients authenticate as at the token endpoint:
     public clients by ``client_id`` (method ``none``), confidential ones with their secret. A refresh
@@ -729,6 +750,14 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     def backend(self) -> Backend:
         server: IdentityServer = self.server
         return server.backend
+
+    def check_params(self, request: Request, client: Client) -> None:
+        """Authlib's checks, with :class:`UnsupportedTokenTypeError` (400) for an unknown hint."""
+        if "token" not in request.form:
+            raise InvalidRequestError("The token parameter is required.")
+        hint = request.form.get("token_type_hint")
+        if hint and hint not in self.SUPPORTED_TOKEN_TYPES:
+            raise UnsupportedTokenTypeError()
 
     def authenticate_token(self, request: Request, client: Client) -> Revocable | None:
         """The token named in the request, if it is ours; another client's token is refused."""

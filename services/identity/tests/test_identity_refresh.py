@@ -19,6 +19,26 @@ async def test_no_refresh_token_without_offline_access(
     assert "refresh_token" not in body
 
 
+@pytest.mark.parametrize("narrower", ["openid read:timesheets", "openid", "offline_access"])
+async def test_a_narrower_scope_narrows_the_access_token_only(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, narrower: str
+) -> None:
+    """RFC 6749 §6: ``scope`` on a refresh narrows what the *access token* may do; a refresh token
+    issued then has the scope of the one presented. A scope without ``offline_access`` used up the
+    refresh token and issued none: the client kept the spent one (§6: no new token, keep the old),
+    whose next use was taken for reuse and revoked the session. And ``offline_access`` alone left
+    the family with that scope for good."""
+    full = "openid profile offline_access read:timesheets"
+    body = await sign_in_tokens(browser, http, base_url, scope=full)
+    status, narrowed = await refresh(http, base_url, body["refresh_token"], scope=narrower)
+    assert status == 200, narrowed
+    assert narrowed["scope"] == narrower
+    assert narrowed["refresh_token"] != body["refresh_token"]
+    status, again = await refresh(http, base_url, narrowed["refresh_token"])
+    assert status == 200, again
+    assert again["scope"] == full
+
+
 async def test_rotation_and_reuse_detection(
     browser: Browser, http: aiohttp.ClientSession, base_url: str, verify: Any
 ) -> None:
