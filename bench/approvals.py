@@ -31,7 +31,11 @@ entries the reference's requests are about):
 - ``reference_audited``: that reference doing the consistency rule's work too (``REFERENCE_RELAY=1``:
   whole audit events in both outboxes, relayed by the kit's relays to an audit service of its own and
   chained there), on a database of its own: the same work as the services'. Informational
-  (``ratios.<case>.service_vs_reference_audited_*``, every process's CPU included);
+  (``ratios.<case>.service_vs_reference_audited_*``, every process's CPU included). The database sees
+  the same from both per decision, counted by the server (``tests/bench/test_decision_statements.py``:
+  four statements, each once and in autocommit; the relays' and the audit appends' per batch), so a
+  gap in Postgres's CPU between the two is not statements the services add (in a short A/A run, the
+  same code as ``before``, the two pairs' Postgres CPU per decision differed by 3%);
 - ``pgbench``: the same statements and transactions in one script per case (:func:`pgbench_scripts`:
   the services' SQL text, tables qualified by schema since pgbench has one ``search_path``, the
   parameters as pgbench expressions), ``-M prepared -c32 -j1``. A decision picks an entry at random

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -49,12 +50,21 @@ class PrivatePostgres:
     """A PostgreSQL cluster of the test's own: ``start()``, ``stop(mode)``, ``start()``, ``remove()``."""
 
     def __init__(
-        self, bin_dir: Path | None = None, *, passwords: bool = False, log_statements: bool = False
+        self,
+        bin_dir: Path | None = None,
+        *,
+        passwords: bool = False,
+        log_statements: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """``passwords``: every role but ``postgres`` must log in over TCP with its SCRAM password (the
-        shared server trusts loopback). ``log_statements``: the server log records every statement."""
+        shared server trusts loopback). ``log_statements``: the server log records every statement.
+        ``settings``: more server parameters, as ``postgresql.conf`` writes them (quoted where it must):
+        what a test needs of the server that the shared one must not be reconfigured for (say
+        ``shared_preload_libraries = 'pg_stat_statements'``, to count what the services send)."""
         self.passwords = passwords
         self.log_statements = log_statements
+        self.settings = dict(settings or {})
         found = bin_dir or postgres_bin()
         if found is None:
             raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
@@ -113,6 +123,7 @@ class PrivatePostgres:
         }
         if self.log_statements:
             settings["log_statement"] = "'all'"
+        settings |= self.settings
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
         if self.passwords:
