@@ -30,7 +30,7 @@ from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
 
 from . import denials, store
 from .authorize import RESPONSE_MODES
-from .bodies import coded_refusal, read_body, read_form
+from .bodies import FORM_MEDIA_TYPE, coded_refusal, media_type, read_body, read_form
 from .browser import client_address
 from .keystore import KeyStore
 from .oauth import CURRENT_DB, IdentityServer, Result, basic_credentials, quotable, unquotable_parameter
@@ -129,8 +129,8 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     refusal = coded_refusal(request)
     if refusal is not None:
         return oauth_error(refusal.status, "invalid_request", refusal.detail or "", refusal.headers)
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type == "application/x-www-form-urlencoded":
+    sent = media_type(request)  # any other (multipart too) is refused unread, below
+    if sent == FORM_MEDIA_TYPE:
         try:
             form = await read_form(request)
         except HTTPException as refused:  # Starlette's MultiPartException: "Too many fields …"
@@ -146,7 +146,7 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
                 )
             seen.add(name)
         return pairs
-    if media_type == "application/json":
+    if sent == "application/json":
         try:
             document = parse_json(await read_body(request))
         except NotAccepted:
