@@ -432,3 +432,81 @@ async def _alive(conn: asyncpg.Connection) -> bool:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         return False
     return True
+
+
+async def _read_the_trail(conn: asyncpg.Connection, audit: asyncpg.Connection) -> None:
+    await conn.fetch("SELECT actor_subject FROM audit.records")
+
+
+async def _change_users(conn: asyncpg.Connection, audit: asyncpg.Connection) -> None:
+    async with conn.transaction():  # changes nothing for good: the privilege check is the point
+        await conn.execute("UPDATE identity.users SET name = 'mallory'")
+        raise _RolledBack
+
+
+async def _end_the_audit_session(conn: asyncpg.Connection, audit: asyncpg.Connection) -> None:
+    pid = audit.get_server_pid()
+    assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+async def _append_to_the_trail(conn: asyncpg.Connection, audit: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE audit.chain_lock IN EXCLUSIVE MODE")  # the audit role's UPDATE
+        raise _RolledBack
+
+
+class _RolledBack(Exception):
+    """Raised inside an attack's transaction: it got that far, and leaves nothing behind."""
+
+
+#: a role a platform team might grant the runtime role, and what the timesheets role could then do
+FOREIGN_MEMBERSHIPS = {
+    "pg_read_all_data": _read_the_trail,
+    "pg_write_all_data": _change_users,
+    "pg_signal_backend": _end_the_audit_session,
+    "audit": _append_to_the_trail,  # another service's runtime role
+}
+
+
+@pytest.mark.parametrize("granted", sorted(FOREIGN_MEMBERSHIPS))
+async def test_a_runtime_role_that_is_a_member_of_another_role_is_refused(schemas: str, granted: str) -> None:
+    """The runtime role's own memberships: a platform team's ``GRANT pg_read_all_data TO
+    <prefix>timesheets`` (or another predefined role, or another service's runtime role) hands it other
+    schemas than its own. Shown as the timesheets role (refused before the grant, done after it);
+    ``migrate`` then refuses the role, naming the membership and the ``REVOKE`` to run."""
+    from svckit.migrations import MigrationError
+
+    from testkit.fixtures import runtime_role
+
+    role = runtime_role("timesheets").name
+    group = ROLE_PREFIX + granted if granted in SCHEMAS else granted
+    attack = FOREIGN_MEMBERSHIPS[granted]
+    owner = await asyncpg.connect(schemas)
+    try:
+        for granted_now in (False, True):
+            if granted_now:
+                await owner.execute(f'GRANT "{group}" TO "{role}"')
+            thief, audit = await as_role(schemas, "timesheets"), await as_role(schemas, "audit")
+            try:
+                if granted_now:
+                    with contextlib.suppress(_RolledBack):
+                        await attack(thief, audit)
+                else:
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError), contextlib.suppress(_RolledBack):
+                        await attack(thief, audit)
+            finally:
+                await thief.close()
+                await audit.close()
+        with pytest.raises(MigrationError) as caught:
+            await migrate_schema_as(
+                schemas, "timesheets", SERVICES / "timesheets" / "timesheets", runtime_role("timesheets")
+            )
+        assert f"runtime role {role} is a member of {group}" in str(caught.value)
+        assert f"REVOKE {group} FROM {role}" in str(caught.value)
+    finally:
+        await owner.execute(f'REVOKE "{group}" FROM "{role}"')
+        await owner.close()
+    # revoked, the role is what it was: migrate accepts it again
+    await migrate_schema_as(
+        schemas, "timesheets", SERVICES / "timesheets" / "timesheets", runtime_role("timesheets")
+    )

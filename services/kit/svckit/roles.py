@@ -21,8 +21,8 @@ from ``privileges.txt`` is gone after the next ``migrate``. With ``manage`` it a
 the password itself never reaches the server's statement log. Without ``manage`` (a managed database
 whose platform team creates roles: ``docs/database-roles.md``) the role must exist and only grants
 change. Either way it refuses a runtime role that could bypass the declaration: a superuser, a role
-with ``CREATEROLE``, ``BYPASSRLS`` or ``REPLICATION``, a member of the migration role, or one that
-owns anything in the schema.
+with ``CREATEROLE``, ``BYPASSRLS`` or ``REPLICATION``, a member of the migration role or of any other
+role (``pg_read_all_data``, another service's runtime role, …), or one that owns anything in the schema.
 
 Rotating the password while the pods roll (``docs/database-roles.md``, "Rotating a runtime
 password"): Postgres keeps one password per role, so a new password on the role the pods use locks out
@@ -304,9 +304,11 @@ async def _set_login(
 
 async def _refuse_dangerous(conn: asyncpg.Connection, schema: str, role: RuntimeRole) -> None:
     """Refuse a runtime role, or a login of it, that could bypass the declared privileges. The login
-    in use must exist and be able to log in; the second login must hold the runtime role's privileges
-    by inheritance and nothing besides (no other role, no ``ADMIN`` on it)."""
+    in use must exist and be able to log in; the runtime role is a member of no role, and the second
+    login holds the runtime role's privileges by inheritance and nothing besides (no other role, no
+    ``ADMIN`` on it)."""
     await _refuse_dangerous_role(conn, schema, role.name, required=True)
+    await _refuse_memberships(conn, role.name)
     if role.has_second_login:
         second = role.second_login
         if await _refuse_dangerous_role(conn, schema, second, required=second == role.in_use):
@@ -361,6 +363,41 @@ async def _refuse_dangerous_role(conn: asyncpg.Connection, schema: str, name: st
     return True
 
 
+async def _memberships(conn: asyncpg.Connection, name: str) -> list[asyncpg.Record]:
+    """The roles ``name`` is a direct member of (``rolname``, ``admin_option``), by name. Direct ones
+    suffice: a role reached through another is reached through one of these."""
+    return await conn.fetch(
+        """SELECT r.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+           WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY r.rolname""",
+        name,
+    )
+
+
+def _revokes(groups: Iterable[str], member: str) -> str:
+    """The statements that take ``member`` out of ``groups``, to paste into psql."""
+
+    def name(role: str) -> str:
+        return role if ROLE_NAME.fullmatch(role) else _ident(role)
+
+    return "; ".join(f"REVOKE {name(group)} FROM {name(member)}" for group in groups)
+
+
+async def _refuse_memberships(conn: asyncpg.Connection, role: str) -> None:
+    """The runtime role is a member of no role at all. A membership hands it that role's rights on
+    top of its declaration, whether it inherits them or takes them with ``SET ROLE``: a platform team's
+    ``pg_read_all_data`` reads every schema (the audit trail, the identity provider's users),
+    ``pg_write_all_data`` changes them, ``pg_signal_backend`` ends other services' sessions, and another
+    service's runtime role is that service's schema. (The migration role was checked before: its
+    membership anywhere in the chain is refused with its own message.)"""
+    groups = [m["rolname"] for m in await _memberships(conn, role)]
+    if groups:
+        raise RoleError(
+            f"runtime role {role} is a member of {', '.join(groups)}: it would hold that role's rights "
+            f"beyond its declared privileges (another schema's data, other sessions); run "
+            f"{_revokes(groups, role)}"
+        )
+
+
 async def _refuse_foreign_membership(conn: asyncpg.Connection, role: str, login: str) -> None:
     """``login`` (the second login of ``role``) is worth exactly what ``role`` is: a member of it that
     inherits its privileges, of no other role, without ``ADMIN`` (it could hand ``role`` on)."""
@@ -369,16 +406,12 @@ async def _refuse_foreign_membership(conn: asyncpg.Connection, role: str, login:
             f"runtime login {login} does not inherit the privileges of {role}: GRANT {role} TO {login}; "
             f"ALTER ROLE {login} INHERIT"
         )
-    memberships = await conn.fetch(
-        """SELECT r.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
-           WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY r.rolname""",
-        login,
-    )
+    memberships = await _memberships(conn, login)
     others = sorted({m["rolname"] for m in memberships if m["rolname"] != role})
     if others:
         raise RoleError(
             f"runtime login {login} is also a member of {', '.join(others)}: it must hold the privileges "
-            f"of {role} only (REVOKE … FROM {login})"
+            f"of {role} only ({_revokes(others, login)})"
         )
     if any(m["admin_option"] for m in memberships):
         raise RoleError(

@@ -263,6 +263,39 @@ async def test_a_role_that_could_bypass_its_privileges_is_refused(scratch: tuple
         await owner.close()
 
 
+@pytest.mark.parametrize("manage", [True, False])
+async def test_a_role_that_is_a_member_of_any_other_role_is_refused(
+    scratch: tuple[str, Path], manage: bool
+) -> None:
+    """The runtime role's own memberships (tests/security/test_database_roles.py shows what each
+    hands it): refused, named, with the REVOKE to run; a member of a NOINHERIT role too (it can still
+    SET ROLE to it). Its second login's memberships are checked apart (test_role_rotation.py)."""
+    url, folder = scratch
+    (folder / "privileges.txt").write_text("* SELECT\n")
+    runtime = role(f"grp{int(manage)}", manage=manage)
+    other = f"{ROLE_PREFIX}other{int(manage)}"
+    owner = await asyncpg.connect(url)
+    try:
+        await owner.execute(f"CREATE ROLE {other} NOLOGIN NOINHERIT")
+        if not manage:
+            await owner.execute(f"CREATE ROLE {runtime.name} LOGIN")
+        await migrate(url, "app", folder, role=runtime)  # no membership: accepted
+        await owner.execute(f"GRANT pg_read_all_data, {other} TO {runtime.name}")
+        with pytest.raises(MigrationError) as caught:
+            await migrate(url, "app", folder, role=runtime)
+        message = str(caught.value)
+        assert f"runtime role {runtime.name} is a member of pg_read_all_data, {other}:" in message
+        assert f"REVOKE pg_read_all_data FROM {runtime.name}; REVOKE {other} FROM {runtime.name}" in message
+        await owner.execute(f"REVOKE pg_read_all_data FROM {runtime.name}")
+        with pytest.raises(MigrationError, match=f"is a member of {other}:"):
+            await migrate(url, "app", folder, role=runtime)
+        await owner.execute(f"REVOKE {other} FROM {runtime.name}")
+        await migrate(url, "app", folder, role=runtime)
+    finally:
+        await owner.execute(f"DROP ROLE IF EXISTS {other}")
+        await owner.close()
+
+
 async def test_without_managing_roles_the_role_must_exist_and_keeps_its_password(
     scratch: tuple[str, Path],
 ) -> None:
