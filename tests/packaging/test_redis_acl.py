@@ -4,7 +4,9 @@ svckit.redisacl is the one statement of what each component may do in Redis (dev
 use it); the chart cannot import it, so its template (timesheets.redisAclRules) repeats the rules, and
 these tests keep the two equal. The rendered ACL file is then loaded by a real Redis server: each
 component's URL from the generated Secret connects, runs what that component runs and is refused
-(NOPERM) everything else, and the default user is off.
+(NOPERM) everything else, and the default user is off. The operators' ``admin`` user
+(``redis-admin-password``) runs the read-only diagnostics (INFO, SLOWLOG GET, CLIENT LIST, MEMORY
+STATS, …) and nothing that reads a key, changes the configuration or the users, or ends Redis for all.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def expected_file(data: dict[str, str], prefix: str) -> str:
         {c: data[f"redis-password-{c}"] for c in components},
         prefix,
         probe_password=data["redis-password"],
+        admin_password=data["redis-admin-password"],
     )
 
 
@@ -129,6 +132,75 @@ def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
         for attempt in refused:
             with pytest.raises(NoPermissionError):
                 attempt()
+
+
+def test_the_bundled_redis_has_an_admin_user_for_diagnostics_only() -> None:
+    """Without it an operator had no user that may run INFO or SLOWLOG on the bundled Redis (the
+    default user is off, the probe may PING only, each component its own commands): diagnosing meant
+    editing the ACL file in the Secret and restarting Redis. Its rules are svckit.redisacl's."""
+    data = generated(rendered_scenario("values-dev.yaml"))
+    password = data["redis-admin-password"]
+    assert len(password) >= 32
+    line = f"user admin on {redisacl.password_hash(password)} {redisacl.ADMIN_RULES}"
+    assert line in data["redis-users.acl"].splitlines()
+    assert not any(rule.startswith(("~", "%", "&", "allkeys", "allchannels")) for rule in line.split(" "))
+    with PrivateRedis(acl=data["redis-users.acl"]) as server:
+        owner = client_of(server, "gateway", data)
+        owner.set("tsp:gateway:jwks:x", "{}")
+        admin = redis.Redis.from_url(server.url_for("admin", password), driver_info=None)
+        assert "redis_version" in admin.info()
+        assert "used_memory" in admin.info("memory")
+        assert isinstance(admin.slowlog_get(), list)
+        assert admin.slowlog_len() >= 0
+        assert any(c["user"] == "gateway" for c in admin.client_list())
+        assert admin.client_info()["user"] == "admin"
+        assert "keys.count" in admin.memory_stats()
+        assert command(admin, "MEMORY", "DOCTOR")
+        assert isinstance(command(admin, "LATENCY", "LATEST"), list)
+        assert admin.dbsize() == 1
+        assert isinstance(admin.acl_log(), list)
+        assert admin.acl_whoami() == "admin"
+        refused: list[Callable[[], object]] = [
+            lambda: admin.get("tsp:gateway:jwks:x"),  # no key reads
+            lambda: admin.keys("*"),
+            lambda: admin.scan(),
+            lambda: command(admin, "MEMORY", "USAGE", "tsp:gateway:jwks:x"),
+            lambda: admin.set("tsp:gateway:jwks:x", "[]"),
+            lambda: admin.delete("tsp:gateway:jwks:x"),
+            lambda: admin.flushall(),
+            lambda: admin.flushdb(),
+            lambda: admin.config_set("maxmemory", "1"),
+            lambda: admin.config_get("*"),
+            lambda: command(admin, "CONFIG", "REWRITE"),
+            lambda: admin.acl_setuser("admin", enabled=True, commands=["+@all"], keys=["*"]),
+            lambda: admin.acl_list(),  # the users' password hashes
+            lambda: admin.acl_getuser("gateway"),
+            lambda: command(admin, "ACL", "LOAD"),
+            lambda: command(admin, "MONITOR"),  # every command's arguments, values too
+            lambda: admin.client_kill_filter(_type="normal"),
+            lambda: command(admin, "CLIENT", "PAUSE", "1000"),
+            lambda: admin.slowlog_reset(),
+            lambda: command(admin, "SHUTDOWN", "NOSAVE"),
+            lambda: command(admin, "SAVE"),
+            lambda: command(admin, "REPLICAOF", "127.0.0.1", "1"),
+            lambda: admin.eval("return redis.call('GET', KEYS[1])", 1, "tsp:gateway:jwks:x"),
+            lambda: admin.publish("x", "y"),
+        ]
+        for attempt in refused:
+            with pytest.raises(NoPermissionError):
+                attempt()
+        assert owner.get("tsp:gateway:jwks:x") == b"{}"  # all still there
+
+
+def command(client: redis.Redis, *args: str) -> Any:
+    """One command as sent (redis-py has no typed method for some of these)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def client_of(server: PrivateRedis, component: str, data: dict[str, str]) -> redis.Redis:
+    """``component``'s client on ``server``, with the URL the rendered Secret gives it."""
+    url = data[f"redis-url-{component}"].replace("ts-timesheets-redis:6379", f"127.0.0.1:{server.port}")
+    return redis.Redis.from_url(url, driver_info=None)
 
 
 def redis_url_keys(objects: list[Obj]) -> dict[str, str]:

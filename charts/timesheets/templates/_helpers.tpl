@@ -392,6 +392,14 @@ read-only at /etc/timesheets/database-ca in every container that connects (servi
 {{- end -}}
 
 {{/*
+The bundled Redis's admin user (the operators'): the read-only diagnostics only, no key, no channel;
+svckit.redisacl.ADMIN_RULES (tests/packaging/test_redis_acl.py keeps the two equal).
+*/}}
+{{- define "timesheets.redisAdminRules" -}}
+resetchannels -@all +ping +select +info +dbsize +slowlog|get +slowlog|len +client|list +client|info +memory|stats +memory|doctor +latency|latest +latency|history +latency|doctor +acl|log +acl|whoami
+{{- end -}}
+
+{{/*
 The ACL rules of a component's Redis user, for keys under config.redisKeyPrefix: the same lines as
 services/kit/svckit/redisacl.py renders (tests/packaging/test_redis_acl.py checks they are equal).
 Call with (dict "root" $ "component" "gateway").

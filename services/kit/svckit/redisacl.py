@@ -141,6 +141,32 @@ def setuser_args(component: str, password: str, prefix: str) -> list[str]:
 #: The bundled Redis's probe user (the chart's readiness probe): PING only.
 PROBE_RULES = "resetchannels -@all +ping"
 
+#: What the bundled Redis's ``admin`` user (the operators', docs/runbook.md "Diagnosing the bundled
+#: Redis") may run: the read-only diagnostics, by subcommand. No key pattern (no command that names a
+#: key runs: GET, SCAN, MEMORY USAGE), no channel, nothing that writes, reads the users' password
+#: hashes (ACL LIST, GETUSER), changes the configuration or the users, watches every command's
+#: arguments (MONITOR), or ends Redis or its clients for all (FLUSH*, SHUTDOWN, CLIENT KILL/PAUSE).
+#: Most of these sit in ``@admin``/``@dangerous``, so unlike the components' rules there is no
+#: ``-@dangerous -@admin`` tail: ``-@all`` first and only what is named. ``ACL LOG`` (the refused
+#: commands and keys behind a component's NOPERM) takes ``RESET`` too, which Redis cannot tell apart.
+ADMIN_COMMANDS: tuple[str, ...] = (
+    *CONNECTION_COMMANDS,
+    "info",
+    "dbsize",
+    "slowlog|get",
+    "slowlog|len",
+    "client|list",
+    "client|info",
+    "memory|stats",
+    "memory|doctor",
+    "latency|latest",
+    "latency|history",
+    "latency|doctor",
+    "acl|log",
+    "acl|whoami",
+)
+ADMIN_RULES = "resetchannels -@all " + " ".join(f"+{command}" for command in ADMIN_COMMANDS)
+
 
 def acl_file(
     usernames: Mapping[str, str],
@@ -148,11 +174,15 @@ def acl_file(
     prefix: str,
     *,
     probe_password: str | None = None,
+    admin_password: str | None = None,
 ) -> str:
-    """An ACL file (``--aclfile``): the default user off, the probe user (PING only) when given a
-    password, then one user per component given (``usernames``: component → user name)."""
+    """An ACL file (``--aclfile``): the default user off, the probe user (PING only) and the
+    operators' admin user (:data:`ADMIN_RULES`) when given their passwords, then one user per
+    component given (``usernames``: component → user name)."""
     lines = ["user default off resetchannels -@all"]
     if probe_password is not None:
         lines.append(f"user probe on {password_hash(probe_password)} {PROBE_RULES}")
+    if admin_password is not None:
+        lines.append(f"user admin on {password_hash(admin_password)} {ADMIN_RULES}")
     lines += [user_line(c, usernames[c], passwords[c], prefix) for c in COMPONENTS if c in usernames]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,34 @@ def test_the_prefix_is_escaped_and_every_user_ends_without_dangerous_commands() 
         redisacl.rules("gateway", "a b:")
 
 
+@pytest.mark.unit
+def test_the_admin_user_names_its_diagnostics_one_by_one_and_no_key() -> None:
+    """The bundled Redis's operators' user (tests/packaging/test_redis_acl.py runs it on a real Redis):
+    ``-@all`` then single commands or subcommands, no category, no key or channel pattern."""
+    rules = redisacl.ADMIN_RULES.split(" ")
+    assert rules[:2] == ["resetchannels", "-@all"]
+    granted = rules[2:]
+    assert all(rule.startswith("+") and "@" not in rule for rule in granted), granted
+    for never in (
+        "+config",
+        "+config|set",
+        "+acl",
+        "+acl|setuser",
+        "+acl|list",
+        "+flushall",
+        "+monitor",
+        "+client",
+        "+client|kill",
+        "+slowlog",
+        "+slowlog|reset",
+        "+get",
+        "+scan",
+        "+keys",
+    ):
+        assert never not in granted
+    assert {"+info", "+slowlog|get", "+client|list", "+memory|stats"} <= set(granted)
+
+
 async def test_a_service_records_its_own_nonces_only(
     redis_user: Callable[..., str], redis_prefix: str
 ) -> None:
