@@ -614,6 +614,25 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
             for service in stack.services.values():
                 await wait_ready(service.url)
 
+        async def read_only(on: bool) -> None:
+            # what a demoted primary (or a standby the DSN reached during a failover) answers to a write:
+            # SQLSTATE 25006, "cannot execute INSERT in a read-only transaction"
+            conn = await stack.db()
+            try:
+                await conn.execute(
+                    f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}"
+                )
+                await conn.execute("SELECT pg_reload_conf()")
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.3)  # every backend has read the configuration again
+
+        async def postgres_read_only() -> None:
+            await read_only(True)
+
+        async def postgres_writable() -> None:
+            await read_only(False)
+
         async def redis_down() -> None:
             await asyncio.to_thread(stack.redis.stop)
 
@@ -637,6 +656,7 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
         failures: list[str] = []
         for fault, stop, start, rounds, gone in (
             ("postgres stopped", postgres_down, postgres_up, 2, None),
+            ("postgres read-only", postgres_read_only, postgres_writable, 1, None),
             ("redis stopped", redis_down, redis_up, 2, None),
             ("redis hung", redis_hung, redis_resumed, 2, None),
             ("audit killed", audit_down, audit_up, 1, stack.audit.url),
