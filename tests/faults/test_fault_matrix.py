@@ -37,7 +37,7 @@ from svckit.keyring import KeyRing
 from yarl import URL
 
 from testkit.dpop import DpopKey
-from testkit.fixtures import Caller, user
+from testkit.fixtures import Caller, ServiceProcess, user
 from testkit.oidc import (
     BATCH_SECRET,
     DEMO_PASSWORD,
@@ -645,11 +645,18 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
         async def redis_resumed() -> None:
             await asyncio.to_thread(stack.redis.resume)
 
-        async def audit_down() -> None:
-            await asyncio.to_thread(stack.audit.stop, 5)
+        def killed(
+            service: ServiceProcess,
+        ) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+            async def down() -> None:
+                await asyncio.to_thread(service.stop, 5)
 
-        async def audit_up() -> None:
-            await asyncio.to_thread(stack.audit.start, "/readyz", 60)
+            async def up() -> None:
+                await asyncio.to_thread(service.start, "/readyz", 60)
+                for other in stack.services.values():  # its peers' readiness follows it
+                    await wait_ready(other.url)
+
+            return down, up
 
         started = time.monotonic()
         report: dict[str, Any] = {}
@@ -659,7 +666,8 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
             ("postgres read-only", postgres_read_only, postgres_writable, 1, None),
             ("redis stopped", redis_down, redis_up, 2, None),
             ("redis hung", redis_hung, redis_resumed, 2, None),
-            ("audit killed", audit_down, audit_up, 1, stack.audit.url),
+            ("audit killed", *killed(stack.audit), 1, stack.audit.url),
+            ("timesheets killed", *killed(stack.timesheets), 1, stack.timesheets.url),
         ):
             problems, statuses = await under_fault(
                 stack, http, matrix, logs, stop, start, rounds, gone, fault
