@@ -56,7 +56,7 @@ SPA_ORIGIN = "http://localhost:8080"
 PROBLEM = "application/problem+json"
 #: where a 5xx may be the OAuth error JSON (RFC 6749 §5.2 / RFC 7009) instead of a problem document
 OAUTH = "oauth"
-#: a browser page: an HTML error page will do
+#: a browser page: its 5xx is an HTML page
 PAGE = "page"
 API = "api"
 #: FAULT_MATRIX_VERBOSE=1 prints every answer under every fault (``pytest -s``)
@@ -144,8 +144,8 @@ def violation(probe: Probe, reply: Reply) -> str | None:
     shapes = {PROBLEM}
     if probe.kind == OAUTH:
         shapes.add("application/json")
-    if probe.kind == PAGE:
-        shapes.add("text/html")
+    if probe.kind == PAGE:  # a person reads it: the provider's own page, not a JSON document
+        shapes = {"text/html"}
     if reply.content_type not in shapes:
         return f"{status} as {reply.content_type!r}: {reply.body[:200]}"
     if reply.content_type == "application/json" and '"error"' not in reply.body:
