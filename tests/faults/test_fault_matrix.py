@@ -326,6 +326,11 @@ async def build_matrix(stack: Stack) -> Matrix:
         headers = {"DPoP": key.proof("POST", token_url), "Content-Type": "application/x-www-form-urlencoded"}
         return headers, urlencode(fields).encode()
 
+    def wrong_password() -> tuple[dict[str, str], bytes | None]:
+        # a refused sign-in of a user of its own each time: alice's sign-ins are never throttled
+        fields = {"username": f"matrix-{uuid.uuid4().hex[:8]}", "password": "wrong", "csrf_token": login_csrf}
+        return {**session, "Content-Type": "application/x-www-form-urlencoded"}, urlencode(fields).encode()
+
     spa = {"client_id": "timesheets-spa"}
     provider: list[tuple[str, str, str, Callable[..., Any], bool]] = [
         ("GET", "/.well-known/openid-configuration", API, static(), True),
@@ -361,7 +366,7 @@ async def build_matrix(stack: Stack) -> Matrix:
             "POST",
             "/login",
             PAGE,
-            form({"username": "alice", "password": "wrong", "csrf_token": login_csrf}, session),
+            wrong_password,
             False,
         ),
         (
