@@ -23,7 +23,7 @@ from svckit.redisguard import RedisGuard
 from svckit.settings import load_settings
 from svckit.tasks import PeriodicTask, stop_all
 
-from . import store
+from . import outage, store
 from .account import Account
 from .authorize import AuthorizationEndpoint
 from .browser import CsrfSigner
@@ -182,6 +182,11 @@ def build_app(settings: IdentitySettings) -> Starlette:
         denial_sink=relay.record,
         denial_sink_errors=DB_ERRORS,
     )
+    # the browser pages' 503 is a page (identity.outage); the kit's problem document for the rest
+    unavailable: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+    for error in unavailable:
+        if issubclass(error, Exception):
+            app.add_exception_handler(error, outage.unavailable)
     app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
     # No route has a trailing slash, and Starlette's answer to one (a 307 to the same path without it)
     # is an absolute URL built from the request's Host and scheme: any name a request (or a poisoned

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.db import UNAVAILABLE_ERRORS
 
 from .keys import KeyCipher, SigningKey, ensure_signing_key, load_keys
 
@@ -42,6 +43,7 @@ class KeyStore:
         self._loaded_at = 0.0
         self._offset = 0.0  # the database's clock minus this process's, as of the last load
         self._lock = asyncio.Lock()
+        self._stale = False  # the last read failed: the keys in use are those of an earlier one
 
     async def start(self, pool: asyncpg.Pool) -> None:
         """Make sure a key can sign, then load every published key."""
@@ -62,11 +64,32 @@ class KeyStore:
         self._loaded_at = self.clock.monotonic()
 
     async def refresh_if_stale(self, pool: asyncpg.Pool) -> None:
+        """Read the keys again when the last read is ``refresh_seconds`` old. While the database is
+        unreachable the keys last loaded stay in use (the JWKS and discovery need no database; a
+        key schedule a read would change is at most an outage old), and the read is tried again
+        after ``refresh_seconds``, not on every request; with none loaded yet the error is the
+        caller's: the kit's 503. It was a 503 on the JWKS ``refresh_seconds`` into every outage."""
         if self.clock.monotonic() - self._loaded_at < self.refresh_seconds:
             return
         async with self._lock:
-            if self.clock.monotonic() - self._loaded_at >= self.refresh_seconds:
+            if self.clock.monotonic() - self._loaded_at < self.refresh_seconds:
+                return
+            try:
                 await self.refresh(pool)
+            except UNAVAILABLE_ERRORS as exc:
+                if not self._keys:
+                    raise
+                self._loaded_at = self.clock.monotonic()
+                if not self._stale:
+                    log.warning(
+                        "signing keys could not be read again; the keys last loaded stay in use",
+                        extra={"error": type(exc).__name__},
+                    )
+                self._stale = True
+                return
+            if self._stale:
+                log.info("signing keys read again")
+                self._stale = False
 
     def _now(self) -> datetime:
         """The database's time now, as far as this process can tell (the schedule's time)."""

@@ -6,6 +6,7 @@ from its JWKS early, because its clock is a few seconds off the database's.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ from identity.keystore import KeyStore
 from svckit.migrations import migrate
 
 from testkit.clock import SkewedClock
+from testkit.fixtures import free_port
 
 from .conftest import PACKAGE_DIR
 
@@ -53,3 +55,29 @@ async def test_a_replica_whose_clock_is_behind_the_databases_signs_from_the_firs
         kid, _ = await rotate_keys(conn, "ES256", cipher, grace_seconds=0, max_token_ttl_seconds=60)
     await behind.refresh(pool)
     assert behind.signer().kid == kid != first.kid  # on the schedule's time, not 5 s late
+
+
+async def test_the_keys_last_loaded_stay_published_while_the_database_is_away(pool: asyncpg.Pool) -> None:
+    """The JWKS is served from memory, but each request re-read the keys once they were older than
+    ``key_refresh_seconds`` (30 s): 30 s into a Postgres outage the provider's JWKS answered 503, so
+    a gateway could not fetch a key set (a new replica, an unknown ``kid``) although the provider
+    held it. Now the keys last loaded stay in use until a read succeeds again, tried once per
+    ``refresh_seconds`` rather than on every request; with none loaded yet the error is the caller's
+    (the kit's 503)."""
+    cipher = KeyCipher(secrets.token_bytes(32))
+    store = KeyStore(cipher, "ES256", 0.05)
+    await store.start(pool)
+    published = store.jwks()
+    await asyncio.sleep(0.1)  # stale
+    away = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/none", min_size=0)
+    try:
+        await store.refresh_if_stale(away)
+        assert store.jwks() == published
+        assert store.signer().kid == published["keys"][0]["kid"]
+        await asyncio.sleep(0.1)
+        await store.refresh_if_stale(pool)  # back: read again
+        assert store.jwks() == published
+        with pytest.raises(ConnectionRefusedError):  # nothing loaded yet: nothing to serve
+            await KeyStore(cipher, "ES256", 0.05).refresh_if_stale(away)
+    finally:
+        await away.close()

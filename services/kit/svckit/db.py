@@ -52,12 +52,21 @@ class OutcomeUnknown(DatabaseUnavailable):
     """The connection died around ``COMMIT`` and whether it committed could not be found out."""
 
 
+#: SQLSTATE 25006 ("cannot execute INSERT in a read-only transaction"): a write reached a server that
+#: takes none — a primary demoted by a failover while the pool still holds connections to it, or a
+#: standby the DSN's name points at for a moment. Like an outage, it passes once the new primary is
+#: reached (503 + Retry-After, not the 500 it was). Unlike a broken connection it is the server's
+#: definite refusal: nothing was applied, so there is no outcome to resolve, and the connection is
+#: closed rather than pooled again (the next one is opened anew, to wherever the name points now).
+READ_ONLY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.ReadOnlySQLTransactionError,)
+
 # Every error class that means "the database is not there right now; retry": the socket (OSError,
 # timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
 # shutdown, "cannot connect now", cancelled), 53 (insufficient resources: too many connections,
 # disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy),
 # and asyncpg's client-side states of a connection that broke mid-operation (``InterfaceError``
-# "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown).
+# "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown),
+# and :data:`READ_ONLY_ERRORS`.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -68,6 +77,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.InterfaceError,
     asyncpg_base.InternalClientError,
+    *READ_ONLY_ERRORS,
 )
 
 # What handlers receive from `connection()` / `transaction()`; annotate with this.
@@ -87,6 +97,26 @@ for _outcome in ("committed", "not_committed", "unknown"):
     ambiguous_commits.labels(_outcome)
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class OneLineOutage(logging.Filter):
+    """asyncpg (0.32) logs a warning *with the whole traceback* each time its pool fails to open the
+    connections of its floor again (``min_size``), every 1 to 60 s per service for as long as Postgres
+    is away: tracebacks in every service's log for a condition that is expected and answered (503 with
+    ``Retry-After``, ``/readyz`` says ``postgres``). An error of :data:`UNAVAILABLE_ERRORS` keeps the
+    line with the error named (``error``) and loses the traceback; any other (a login refused) keeps
+    it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            record.error = f"{type(exc).__name__}: {exc}"[:200]
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(OneLineOutage())
 
 
 class Database:
@@ -256,6 +286,9 @@ class Database:
             conn: Connection = await pool.acquire()
         try:
             yield conn
+        except READ_ONLY_ERRORS:
+            conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
+            raise
         finally:
             await pool.release(conn, timeout=self.connect_timeout)
 
@@ -314,6 +347,8 @@ class Database:
             try:
                 row: asyncpg.Record | None = await conn.fetchrow(query, *args)
                 return row
+            except READ_ONLY_ERRORS:
+                raise  # the server refused the statement: certainly not applied, nothing to resolve
             except UNAVAILABLE_ERRORS as exc:
                 failure: BaseException = exc
         failed_at = time.monotonic()

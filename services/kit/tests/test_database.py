@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import Database, NotCommitted, OutcomeUnknown
+from svckit.db import Database, NotCommitted, OutcomeUnknown, ambiguous_commits
+from svckit.logs import JsonFormatter
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
 
@@ -280,3 +283,90 @@ async def test_a_pooled_connection_is_waited_for_within_the_connect_timeout_and_
         assert database.pool.get_idle_size() == 1
     finally:
         await database.close()
+
+
+async def test_a_write_refused_by_a_read_only_server_is_a_503_at_once_on_a_fresh_connection(
+    database_url: str, identity_keys: dict[str, str]
+) -> None:
+    """A primary demoted by a failover (or a standby the DSN reaches for a moment) refuses writes with
+    SQLSTATE 25006: the kit answered 500. Now 503 with ``Retry-After`` like any outage, at once (a
+    definite refusal: no outcome to resolve, no ambiguous commit counted), and the session is not
+    pooled again, so the next request opens a connection to wherever the name points now."""
+    table = f"read_only_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f"CREATE TABLE {table} (id uuid PRIMARY KEY)")
+    # every session of this pool as a read-only server's (asyncpg passes the parameter to the server)
+    read_only = database_url + ("&" if "?" in database_url else "?") + "default_transaction_read_only=on"
+    database = Database(read_only, schema="public", min_size=1, max_size=1, outcome_check_seconds=5)
+    await database.wait_connected(10)
+
+    async def committed(conn: Any) -> bool:
+        raise AssertionError("a refused write has no outcome to resolve")
+
+    async def reread(conn: Any) -> asyncpg.Record | None:
+        raise AssertionError("a refused write has nothing to read again")
+
+    async def create(request: Request) -> Response:
+        async with database.transaction() as conn:
+            await conn.execute(f"INSERT INTO {table} (id) VALUES ($1)", uuid.uuid4())
+        return JSONResponse({}, status_code=201)
+
+    try:
+        async with database.connection() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+        unknown_before = ambiguous_commits.labels("unknown")._value.get()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
+            await database.write_once(
+                f"INSERT INTO {table} (id) VALUES ($1) RETURNING id",
+                uuid.uuid4(),
+                committed=committed,
+                reread=reread,
+            )
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert ambiguous_commits.labels("unknown")._value.get() == unknown_before
+        async with database.connection() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != first  # not pooled again
+
+        settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+        app = create_service_app(settings, [Route("/rows", create, methods=["POST"])], require_identity=False)
+        async with (
+            serve_app(app) as base,
+            aiohttp.ClientSession() as session,
+            session.post(f"{base}/rows") as response,
+        ):
+            body = await response.json(content_type=None)
+            assert response.status == 503, body
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"]
+    finally:
+        await database.close()
+        await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
+
+
+def test_the_pools_reconnect_warnings_during_an_outage_carry_no_traceback() -> None:
+    """asyncpg's pool warns with a whole traceback each time it cannot reopen its floor of connections
+    (every 1-60 s per service while Postgres is away; tests/faults/test_fault_matrix.py found them):
+    an outage's error is named on one line, anything else (a login refused) keeps its traceback."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("test"))
+    pool_log = logging.getLogger("asyncpg.pool")
+    pool_log.addHandler(handler)
+    try:
+        for error in (
+            ConnectionRefusedError(111, "Connection refused"),
+            asyncpg.exceptions.InvalidPasswordError("password authentication failed for user x"),
+        ):
+            try:
+                raise error
+            except Exception:
+                pool_log.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    finally:
+        pool_log.removeHandler(handler)
+    outage, refused = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "exc" not in outage
+    assert outage["error"] == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert "Traceback" in refused["exc"]
+    assert "InvalidPasswordError" in refused["exc"]
