@@ -196,6 +196,27 @@ async def count_entries(url: str) -> int:
         await conn.close()
 
 
+async def relayed(url: str, seeded: int, timeout: float = 30.0) -> dict[str, int]:
+    """After the load: the entries created (beyond the ``seeded`` ones), the audit records of their
+    creation, and the outbox rows still waiting once the relay had ``timeout`` seconds to drain them
+    (a case whose relay falls behind or fails shows it here, not as a cheaper run)."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting: int = await conn.fetchval("SELECT count(*) FROM timesheets.outbox")
+            if waiting == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        created: int = await conn.fetchval("SELECT count(*) FROM timesheets.entries") - seeded
+        audited: int = await conn.fetchval(
+            "SELECT count(*) FROM audit.records WHERE action = 'timesheet.created'"
+        )
+        return {"entries_created": created, "creations_audited": audited, "outbox_waiting": waiting}
+    finally:
+        await conn.close()
+
+
 LUA = """
 local tokens = {%(tokens)s}
 local n = 0
@@ -459,17 +480,22 @@ def main() -> int:
     audited: subprocess.Popen[bytes] | None = None
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
+    relay_checks: dict[str, dict[str, int]] = {}
     try:
         with (
             servers(redis=True) as backing,
             fresh_database(name) as url,
             fresh_database(name + "_peers") as peers_url,
             fresh_database(name + "_before") as before_url,
+            # a database of its own: the other references' stub outbox rows are not events to relay
+            fresh_database(name + "_audited") as audited_db,
         ):
             redis_url = backing.redis_url
             assert redis_url is not None
             for database in (url, peers_url, before_url) if baseline else (url, peers_url):
                 asyncio.run(prepare_database(database, issuer.issuer, subjects))
+            if "reference_audited" in selected:
+                asyncio.run(prepare_database(audited_db, issuer.issuer, subjects))
             try:
                 identity_keys = new_pair_keys("bench")
                 env = {
@@ -532,7 +558,7 @@ def main() -> int:
                         "audit",
                         {
                             **env,
-                            "DATABASE_URL": peers_url,
+                            "DATABASE_URL": audited_db,
                             "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:ra:",
                         },
                         log_dir=logs,
@@ -546,7 +572,7 @@ def main() -> int:
                         "REDIS_URL": redis_url,
                         "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:reference-audited:",
                     }
-                    audited = start_reference(peers_url, logs, audited_env, "reference_audited")
+                    audited = start_reference(audited_db, logs, audited_env, "reference_audited")
                     audited_url = audited.reference_url  # type: ignore[attr-defined]
                     if not refuses_unsigned(audited_url):
                         raise RuntimeError("reference_audited admitted an unsigned request")
@@ -635,6 +661,11 @@ def main() -> int:
                     for case in cases_now:
                         runs[case].append(targets[case]())
                 created = asyncio.run(count_entries(url)) - before
+                # every creation audited, by the service and by the reference doing the same work
+                seeded = SEED_PER_USER * len(subjects)
+                relay_checks["service"] = asyncio.run(relayed(url, seeded))
+                if audited is not None:
+                    relay_checks["reference_audited"] = asyncio.run(relayed(audited_db, seeded))
             finally:  # the servers stop before their database is dropped
                 for peer in (reference, gated, audited):
                     if peer is not None:
@@ -722,6 +753,7 @@ def main() -> int:
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **(result or {}),
         "entries_created_incl_warmup": created,
+        "relayed_after_the_load": relay_checks,
         "direct_to_timesheets": direct_result,
         "gateway_rps_ratio": ratio(rps(result), rps(direct_result)),
         "reference": minimal,
@@ -801,13 +833,21 @@ def main() -> int:
             f"{ratios['service_vs_before_rps']} by throughput; baseline / reference "
             f"{ratios['before_vs_reference_cpu_per_request']} by CPU"
         )
+    for who, check in relay_checks.items():
+        print(
+            f"after the load, {who}: {check['entries_created']} entries created, "
+            f"{check['creations_audited']} creations audited, {check['outbox_waiting']} outbox rows waiting"
+        )
     print(f"written to {written}")
     checked = [
         case
         for case in (result, direct_result, minimal, gated_result, audited_result, before_result)
         if case is not None
     ]
-    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in checked)
+    ok = all(case["non_2xx"] == 0 and case["requests"] > 0 for case in checked) and all(
+        check["outbox_waiting"] == 0 and check["creations_audited"] == check["entries_created"]
+        for check in relay_checks.values()
+    )
     return 0 if ok else 1
 
 
