@@ -77,6 +77,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,6 +157,29 @@ async def seed(url: str, count: int) -> list[uuid.UUID]:
     finally:
         await conn.close()
     return ids
+
+
+async def relayed(url: str, timeout: float = 30.0) -> dict[str, int]:
+    """After the load: decisions applied, their ``approval.decided`` audit records, and the rows still
+    waiting in the two outboxes once the relays had ``timeout`` seconds to drain them (a peer whose
+    relay falls behind or fails shows it here, not as a cheaper run)."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting: int = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM timesheets.outbox) + (SELECT count(*) FROM approvals.outbox)"
+            )
+            if waiting == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        applied: int = await conn.fetchval("SELECT count(*) FROM approvals.decisions WHERE state = 'applied'")
+        audited: int = await conn.fetchval(
+            "SELECT count(*) FROM audit.records WHERE action = 'approval.decided'"
+        )
+        return {"decisions_applied": applied, "decisions_audited": audited, "outbox_waiting": waiting}
+    finally:
+        await conn.close()
 
 
 def queue_script(path: Path, keys: dict[str, str], requests: int) -> Path:
@@ -361,6 +385,7 @@ def main() -> int:
     reference: Any = None
     gated: Any = None
     audited: Any = None
+    relay_checks: dict[str, dict[str, int]] = {}
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
     cases = ("queue", "decide")
@@ -538,6 +563,9 @@ def main() -> int:
                                     CpuMeter(postgres_pids),
                                 )
                             )
+                # every applied decision audited, by the services and by the reference doing the same work
+                relay_checks["service"] = asyncio.run(relayed(url))
+                relay_checks["reference_audited"] = asyncio.run(relayed(audited_url))
             finally:  # the servers stop before their databases are dropped
                 for peer_process in (reference, gated, audited):
                     if peer_process is not None:
@@ -583,6 +611,7 @@ def main() -> int:
             for case in cases
         },
         "targets": TARGETS,
+        "relayed_after_the_load": relay_checks,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "approvals.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -646,8 +675,17 @@ def main() -> int:
                 f"{case}: timesheets / before {r['timesheets_vs_before_cpu_per_request']}, approvals + "
                 f"timesheets / before {r['services_vs_before_cpu_per_request']} (CPU per request)"
             )
+    for who, check in relay_checks.items():
+        print(
+            f"after the load, {who}: {check['decisions_applied']} decisions applied, "
+            f"{check['decisions_audited']} audited, {check['outbox_waiting']} outbox rows waiting"
+        )
     print(f"written to {RESULTS / 'approvals.json'}")
-    return 0 if all(case["non_2xx"] == 0 for case in service.values()) else 1
+    relays_ok = all(
+        check["outbox_waiting"] == 0 and check["decisions_audited"] == check["decisions_applied"]
+        for check in relay_checks.values()
+    )
+    return 0 if all(case["non_2xx"] == 0 for case in service.values()) and relays_ok else 1
 
 
 if __name__ == "__main__":
