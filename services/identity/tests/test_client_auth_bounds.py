@@ -115,9 +115,10 @@ async def test_no_transaction_is_held_while_a_secret_is_checked(
                 return r.status
 
         wrong = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", sent)}
-        # One guess alone takes an Argon2 check and more: a transaction held across the checks of a
-        # burst of ten (two cores) is held several times that. Under it, but at least 50 ms, is what a
-        # loaded machine may stall a transaction for without any check inside it.
+        # One guess alone takes an Argon2 check and more: with the check inside the transaction, each
+        # guess of a burst of ten holds one for longer than that (8-10 at a time, measured with the
+        # pre-check disabled). A loaded machine may stall one or two of the provider's transactions
+        # for as long without any check inside them: that is not the defect.
         started = time.perf_counter()
         assert await guess() == 401
         bound = max(0.05, time.perf_counter() - started)
@@ -128,7 +129,7 @@ async def test_no_transaction_is_held_while_a_secret_is_checked(
             longest = max(longest, await db.fetchval(LONG_TRANSACTIONS, role, bound))
             await asyncio.sleep(0.02)
         assert await burst == [401] * 10
-    assert longest == 0, (
-        f"{longest} transactions held open over {bound * 1000:.0f} ms (one guess's time) while secrets"
-        " were checked"
+    assert longest <= 2, (
+        f"{longest} transactions held open at once over {bound * 1000:.0f} ms (one guess's time) while"
+        " secrets were checked"
     )
