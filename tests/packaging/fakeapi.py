@@ -116,7 +116,8 @@ class FakeApiServer:
 @contextmanager
 def fake_api() -> Iterator[FakeApiServer]:
     server = FakeApiServer()
-    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: at its default 0.5 s that was ~0.35 s a test
+    thread = threading.Thread(target=server.server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server

@@ -86,7 +86,10 @@ def image_layout(service: str, root: Path) -> Path:
     for word, args in service_stages(service)["build"]:
         if word == "COPY" and not args.startswith("--from") and args.startswith("services/"):
             source, dest = args.split()
-            shutil.copytree(REPO / source, app / Path(dest).name)
+            # as .dockerignore: no bytecode caches of the working tree
+            shutil.copytree(
+                REPO / source, app / Path(dest).name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
     return app
 
 
