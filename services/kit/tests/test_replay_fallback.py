@@ -11,16 +11,19 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import svckit.app
 from prometheus_client import REGISTRY
 from svckit import replayfallback
+from svckit.app import create_service_app
 from svckit.db import Database
 from svckit.identity import new_nonce
 from svckit.migrations import migrate
 from svckit.redisguard import RedisGuard
 from svckit.replay import ReplayMemory
 from svckit.replayfallback import FallbackMemory
+from svckit.settings import RedisSettings, load_settings
 
-from testkit.fixtures import free_port, runtime_role, runtime_url
+from testkit.fixtures import free_port, receiver_env, runtime_role, runtime_url, serve_app
 from testkit.redisproc import PrivateRedis
 
 SKEW = 60
@@ -167,3 +170,34 @@ async def test_expired_nonces_are_purged_a_bounded_batch_at_a_time(
         await owner.close()
     assert [row["nonce"] for row in rows] == [live]
     assert await kept.record(live) == "replay"
+
+
+async def test_a_service_app_purges_the_expired_nonces_itself(
+    identity_keys: dict[str, str],
+    databases: list[Database],
+    database_url: str,
+    schema: str,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``create_service_app(replay_fallback=True)`` runs the purge as a task of its own (every minute;
+    here every tenth of a second)."""
+    monkeypatch.setattr(svckit.app, "PURGE_INTERVAL", 0.1)
+    expired = FallbackMemory(databases[0], 0)
+    for _ in range(3):
+        assert await expired.record(new_nonce()) == "fresh"
+    env = {**receiver_env(identity_keys), "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix}
+    settings = load_settings(RedisSettings, env=env)
+    database = Database(runtime_url(database_url, schema), schema=schema, max_size=2)
+    app = create_service_app(settings, [], database=database, replay_fallback=True)
+    owner = await asyncpg.connect(database_url)
+    try:
+        async with serve_app(app):
+            for _ in range(100):
+                if await owner.fetchval(f'SELECT count(*) FROM "{schema}".identity_replay') == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await owner.fetchval(f'SELECT count(*) FROM "{schema}".identity_replay') == 0
+    finally:
+        await owner.close()
