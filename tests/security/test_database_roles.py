@@ -128,6 +128,9 @@ async def test_the_audit_role_may_append_and_read_and_that_is_all(schemas: str) 
             ("checkpoint_lock", "UPDATE"),  # UPDATE; they hold no rows (a CHECK refuses any)
             ("checkpoints", "INSERT"),
             ("checkpoints", "SELECT"),
+            ("identity_replay", "DELETE"),  # the replay memory's fallback (kit set replay): nonces,
+            ("identity_replay", "INSERT"),  # never records
+            ("identity_replay", "SELECT"),
             ("records", "INSERT"),
             ("records", "SELECT"),
         ]
@@ -281,6 +284,41 @@ async def test_a_writer_role_cannot_erase_the_records_it_only_ever_marks(
     try:
         await refused(conn, f"DELETE FROM {service}.{table}")
         await conn.execute(f"SELECT count(*) FROM {service}.{table}")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("service", ["timesheets", "approvals", "audit"])
+async def test_a_receivers_role_records_and_purges_nonces_and_holds_nothing_more_on_them(
+    schemas: str, service: str
+) -> None:
+    """The replay memory's fallback (svckit.replayfallback): each service that checks signed requests
+    records nonces in its own schema and deletes expired ones; it cannot rewrite or drop the table,
+    and the audit role's rights there are that table's only (its records: see above)."""
+    conn = await as_role(schemas, service)
+    try:
+        granted = await conn.fetch(
+            "SELECT privilege_type FROM information_schema.role_table_grants"
+            " WHERE grantee = current_user AND table_schema = $1 AND table_name = 'identity_replay'"
+            " ORDER BY 1",
+            service,
+        )
+        assert [r["privilege_type"] for r in granted] == ["DELETE", "INSERT", "SELECT"]
+        record = (
+            f"INSERT INTO {service}.identity_replay (nonce, expires_at) VALUES ($1, now())"
+            " ON CONFLICT (nonce) DO NOTHING RETURNING true"
+        )
+        nonce = f"roles-{service}-0123456789abcdef"
+        assert await conn.fetchval(record, nonce) is True
+        assert await conn.fetchval(record, nonce) is None  # a replay
+        await conn.execute(f"DELETE FROM {service}.identity_replay WHERE expires_at <= now()")
+        for statement in (
+            f"UPDATE {service}.identity_replay SET expires_at = now() + interval '1 day'",
+            f"TRUNCATE {service}.identity_replay",
+            f"ALTER TABLE {service}.identity_replay ADD COLUMN planted text",
+            f"DROP TABLE {service}.identity_replay",
+        ):
+            await refused(conn, statement)
     finally:
         await conn.close()
 

@@ -5,8 +5,10 @@ production (``python -m timesheets``, two replicas on one Redis), each expected 
   binds ``Content-Digest``);
 * the same header set and body sent again within the skew window, to the replica that accepted it and
   to the other one (each signed request is accepted once: svckit.replay);
-* with Redis unreachable, a replica cannot know what the other accepted: writes are refused (503,
-  ``Retry-After``), reads go on with the replica's own memory, which still refuses a replay to it.
+* with Redis unreachable, a replica cannot know through it what the other accepted: writes are
+  recorded in the replicas' shared database instead (svckit.replayfallback), so a replay to the other
+  replica is refused still; with the database unreachable too they are refused (503, ``Retry-After``);
+  reads go on with the replica's own memory, which still refuses a replay to it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from testkit.fixtures import (
     ServiceRedis,
     create_database,
     drop_database,
+    free_port,
     migrate_schema,
     scrape,
     user,
@@ -135,40 +138,91 @@ async def test_a_replay_is_refused_by_the_replica_that_accepted_it_and_by_the_ot
     assert [item["project"] for item in page["items"]].count(json.loads(body)["project"]) == 1
 
 
-async def test_without_redis_writes_wait_and_reads_go_on_with_local_memory(
+async def fallback_count(url: str, outcome: str) -> float:
+    text = await scrape(url)
+    match = re.search(rf'^identity_replay_fallback_total{{outcome="{outcome}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_without_redis_a_write_is_accepted_once_by_any_replica_through_the_database(
     env: dict[str, str], caller: Caller, tmp_path: Path
 ) -> None:
+    """Redis stopped: the replicas record unsafe nonces in their shared database instead
+    (svckit.replayfallback), so a write is accepted, once; reads go on with each replica's memory."""
     redis = PrivateRedis().start()
-    process = ServiceProcess(
-        "timesheets", {**env, "REDIS_URL": redis.url, "REDIS_RETRY_SECONDS": "0.5"}, log_dir=tmp_path
-    )
+    replica_env = {**env, "REDIS_URL": redis.url, "REDIS_RETRY_SECONDS": "0.5"}
+    first, second = (ServiceProcess("timesheets", replica_env, log_dir=tmp_path) for _ in range(2))
     try:
-        process.start("/readyz")
-        url = process.url + "/timesheets"
+        first.start("/readyz")
+        second.start("/readyz")
+        url = first.url + "/timesheets"
         body = entry("While Redis is up")
         headers = {**caller.headers(ALICE, "POST", url, body=body), "content-type": "application/json"}
         assert (await send(url, "POST", headers, body))[0] == 201
         redis.stop()
-        before = await refusals(process.url, "replay_store_unavailable")
-        body = entry("While Redis is down")
+        accepted = await fallback_count(first.url, "accepted")
+        project = f"While Redis is down {secrets.token_hex(3)}"
+        body = entry(project)
         headers = {**caller.headers(ALICE, "POST", url, body=body), "content-type": "application/json"}
-        status, problem, answer = await send(url, "POST", headers, body)
-        assert (status, problem["reason"]) == (503, "replay_store_unavailable")
-        assert answer["Content-Type"].startswith("application/problem+json")
-        assert answer["Retry-After"] == "2"
-        assert await refusals(process.url, "replay_store_unavailable") == before + 1
-        read = caller.headers(ALICE, "GET", url + "?limit=1")
-        assert (await send(url + "?limit=1", "GET", read))[0] == 200
-        status, problem, _ = await send(url + "?limit=1", "GET", read)  # this replica remembers it
+        status, created, _ = await send(url, "POST", headers, body)
+        assert (status, created.get("project")) == (201, project), created
+        assert await fallback_count(first.url, "accepted") == accepted + 1
+        before = await refusals(second.url, "replay")
+        status, problem, _ = await send(second.url + "/timesheets", "POST", headers, body)
+        assert (status, problem["reason"]) == (401, "replay")  # the other replica: the database knew
+        assert await refusals(second.url, "replay") == before + 1
+        assert await fallback_count(second.url, "replay") >= 1
+        read = caller.headers(ALICE, "GET", url + "?limit=100")
+        status, page, _ = await send(url + "?limit=100", "GET", read)
+        assert status == 200
+        assert [item["project"] for item in page["items"]].count(project) == 1  # one entry, not two
+        status, problem, _ = await send(url + "?limit=100", "GET", read)  # this replica remembers it
         assert (status, problem["reason"]) == (401, "replay")
         redis.start()
         for _ in range(50):  # back once the guard tries Redis again (REDIS_RETRY_SECONDS)
+            body = entry(f"Redis back {secrets.token_hex(3)}")
             headers = {**caller.headers(ALICE, "POST", url, body=body), "content-type": "application/json"}
             status, _, _ = await send(url, "POST", headers, body)
             if status == 201:
                 break
             await asyncio.sleep(0.2)
         assert status == 201
+    finally:
+        first.stop()
+        second.stop()
+        redis.stop()
+
+
+async def test_without_redis_and_postgres_writes_wait_and_reads_need_no_shared_memory(
+    env: dict[str, str], caller: Caller, tmp_path: Path
+) -> None:
+    """Both memories unavailable (the database too: nobody listens on its port): an unsafe request is
+    refused 503 ``replay_store_unavailable`` with ``Retry-After``, as before the fallback."""
+    redis = PrivateRedis().start()
+    process = ServiceProcess(
+        "timesheets",
+        {
+            **env,
+            "REDIS_URL": redis.url,
+            "REDIS_RETRY_SECONDS": "0.5",
+            "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+        },
+        log_dir=tmp_path,
+    )
+    try:
+        process.start("/healthz")  # not ready: its database is away
+        redis.stop()
+        url = process.url + "/timesheets"
+        before = await refusals(process.url, "replay_store_unavailable")
+        unavailable = await fallback_count(process.url, "unavailable")
+        body = entry("While both are down")
+        headers = {**caller.headers(ALICE, "POST", url, body=body), "content-type": "application/json"}
+        status, problem, answer = await send(url, "POST", headers, body)
+        assert (status, problem["reason"]) == (503, "replay_store_unavailable")
+        assert answer["Content-Type"].startswith("application/problem+json")
+        assert answer["Retry-After"] == "2"
+        assert await refusals(process.url, "replay_store_unavailable") == before + 1
+        assert await fallback_count(process.url, "unavailable") == unavailable + 1
     finally:
         process.stop()
         redis.stop()

@@ -426,9 +426,10 @@ Call with (dict "root" $ "component" "gateway").
 Where a component's REDIS_URL comes from: its own Redis user's URL (bundled Redis: the generated
 Secret's redis-url-<component>; external: externalRedis.existingSecret's redis-url-<component>, or the
 one shared key when externalRedis.sharedCredential). Required: Redis holds only losable state, but the
-API services keep their replay memory of signed requests there and refuse every write (503
-replay_store_unavailable) without it, while /readyz stays 200 (reads go on), so a release without one
-would install "healthy" and broken. Call with (dict "root" $ "component" "gateway").
+API services keep their replay memory of signed requests there; without it every write takes a
+database round trip more (svckit.replayfallback) with a weaker replay guarantee, rate limits are not
+enforced, while /readyz stays 200, so a release without one would install "healthy" and degraded for
+good. Call with (dict "root" $ "component" "gateway").
 */}}
 {{- define "timesheets.redisSecretRef" -}}
 {{- $root := .root -}}

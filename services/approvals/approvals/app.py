@@ -89,5 +89,6 @@ def create_app(settings: ApprovalsSettings | None = None, *, direct: bool = True
         # refused identities and scopes: aggregated records, committed to the outbox like the rest
         denial_sink=relay.record,
         denial_sink_errors=DB_ERRORS,
+        replay_fallback=True,  # writes go on through a Redis outage (svckit.replayfallback)
         state={"timesheets": timesheets, "workflow": workflow, "reconciler": reconciler, "relay": relay},
     )

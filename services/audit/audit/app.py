@@ -95,6 +95,7 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
         # in process: never sent to itself over HTTP, where they could be refused in turn
         denial_sink=store.append,
         denial_sink_errors=DB_ERRORS,
+        replay_fallback=True,  # writes go on through a Redis outage (svckit.replayfallback)
         state={
             "store": store,
             "verifier": verifier,

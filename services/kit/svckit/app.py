@@ -34,7 +34,9 @@ from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
 from .problems import EXCEPTION_HANDLERS, problem_response
 from .replay import ReplayMemory
+from .replayfallback import PURGE_INTERVAL, PURGE_TASK
 from .settings import DenialAuditSettings, ServiceSettings
+from .tasks import PeriodicTask
 
 DEFAULT_MAX_BODY = 1 << 20
 #: the cyclic collector's thresholds once a service has started (see :func:`freeze_startup_objects`)
@@ -130,6 +132,7 @@ def create_service_app(
     direct_routes: Sequence[Route] = (),
     denial_sink: Sink | None = None,
     denial_sink_errors: tuple[type[BaseException], ...] = (),
+    replay_fallback: bool = False,
 ) -> Starlette:
     """Build a service app. ``state`` entries end up on ``app.state`` for handlers to use.
 
@@ -141,7 +144,11 @@ def create_service_app(
 
     ``denial_sink``: where the service's denials go (:class:`svckit.denials.DenialRecorder`: refused
     identities, 401, and the kit's 403s, aggregated per window as ``settings`` say); its errors
-    ``denial_sink_errors`` mean "try again later". The recorder is ``app.state.denials``."""
+    ``denial_sink_errors`` mean "try again later". The recorder is ``app.state.denials``.
+
+    ``replay_fallback``: while Redis is unavailable, the nonces of unsafe signed requests are recorded
+    in ``database`` (whose schema lists the kit set ``replay`` in its ``kit.txt``) instead of being
+    refused 503 (:mod:`svckit.replayfallback`); a task purges the expired ones."""
     all_checks: dict[str, Check] = {}
     if database is not None:
         all_checks["postgres"] = database.check
@@ -171,8 +178,13 @@ def create_service_app(
         if verifier is None:
             verifier = IdentityVerifier(settings.identity_verify_keys, settings.identity_max_skew_seconds)
         # each signed request is accepted once: by every replica when they share Redis (svckit.replay)
-        replay = ReplayMemory.for_service(settings)
+        replay = ReplayMemory.for_service(settings, database if replay_fallback else None)
         gate = IdentityGate(verifier, open_paths=(*OPEN_PATHS, *open_paths), replay=replay, denials=denials)
+    purge: PeriodicTask | None = None
+    if replay is not None and replay.fallback is not None:
+        purge = PeriodicTask(
+            PURGE_TASK, PURGE_INTERVAL, replay.fallback.purge, jitter=0.2, expected=UNAVAILABLE_ERRORS
+        )
     handlers: dict[Any, Callable[[Request, Exception], Any]] = dict(EXCEPTION_HANDLERS)
     handlers[DatabaseUnavailable] = unavailable_handler
     for error in UNAVAILABLE_ERRORS:
@@ -192,6 +204,8 @@ def create_service_app(
             database.start()
         if denials is not None:
             denials.start()
+        if purge is not None:
+            purge.start()
         try:
             if lifespan is not None:
                 async with lifespan(app):
@@ -203,6 +217,8 @@ def create_service_app(
         finally:
             if denials is not None:
                 await denials.stop()  # the last records, while the database is still there
+            if purge is not None:
+                await purge.stop()
             if replay is not None:
                 replay.close()
                 if replay.redis is not None:

@@ -103,6 +103,8 @@ KIT_SETS: dict[str, KitSet] = {
             ),
         ),
     ),
+    # svckit.replay: the replay memory's fallback while Redis is unavailable (every signed receiver)
+    "replay": KitSet("replay"),
 }
 
 

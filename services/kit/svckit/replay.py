@@ -7,10 +7,13 @@ that saw it or to any other, must be refused, so every replica records the nonce
 window of its own memory (a replay to the same replica is refused even while Redis is away).
 
 Redis unreachable (svckit.redisguard: down, hung, or its circuit open): a replica cannot know what the
-others accepted. Unsafe methods (POST, PUT, PATCH, DELETE) are then refused — 503 with
-``Retry-After``, counted as ``replay_store_unavailable`` — because a replay of one could change data
-twice; safe methods (GET, HEAD) go on with this replica's own memory only, so reads keep working
-through a Redis outage (a replayed read within the window discloses no more than the original did).
+others accepted. Unsafe methods (POST, PUT, PATCH, DELETE) are then recorded in the service's Postgres
+instead (:mod:`svckit.replayfallback`: one ``INSERT … ON CONFLICT DO NOTHING``, shared by every
+replica; its docstring says when else it is used and what it leaves open), and refused — 503 with
+``Retry-After``, counted as ``replay_store_unavailable`` — only when the database is unavailable too
+(or the service has none), because a replay of one could change data twice; safe methods (GET, HEAD)
+go on with this replica's own memory only, so reads keep working through a Redis outage (a replayed
+read within the window discloses no more than the original did).
 
 Batched: the nonces of requests that reach the check in the same turn of the event loop, or while a
 round trip is under way, are recorded together, one pipelined round trip for all of them (no timer: a
@@ -47,8 +50,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import ResponseError
 
+from .db import Database
 from .identity import SAFE_METHODS
 from .redisguard import REDIS_ERRORS, RedisGuard
+from .replayfallback import FallbackMemory
 from .settings import RedisSettings, ServiceSettings
 
 Verdict = Literal["fresh", "replay", "unavailable"]
@@ -293,6 +298,9 @@ class ReplayMemory:
     The local window keeps at most ``max_local`` nonces (~20 MB; ~200 bytes each), the oldest dropped
     first: under more than ``max_local / window`` signed requests per second it covers less than the
     whole window, which only matters while Redis — the memory every replica shares — is away.
+
+    ``fallback``: where unsafe nonces go while Redis is unavailable, and for one window after this
+    replica last found it so (:mod:`svckit.replayfallback`); without it they are refused then.
     """
 
     def __init__(
@@ -303,6 +311,7 @@ class ReplayMemory:
         *,
         max_local: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        database: Database | None = None,
     ) -> None:
         self.redis = redis
         self.service = service
@@ -312,6 +321,12 @@ class ReplayMemory:
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()  # nonce → forget after (insertion order)
         self._ttl = int(self.window) + 1
+        self.fallback: FallbackMemory | None = None
+        if database is not None and redis is not None:
+            self.fallback = FallbackMemory(database, self._ttl)
+        # until when (this clock) unsafe nonces recorded in Redis are recorded in the fallback too:
+        # one window after Redis was last found unavailable here (svckit.replayfallback)
+        self._fallback_until = float("-inf")
         self._waiting: list[tuple[str, asyncio.Future[bool | None]]] = []  # (key, recorded?) to send
         self._sender: asyncio.Task[None] | None = None
         self._busy = False  # the sender task is queued or its round trip under way
@@ -319,14 +334,15 @@ class ReplayMemory:
         self._wire = SetOnceWire.for_url(redis.url, timeout=redis.timeout) if redis is not None else None
 
     @classmethod
-    def for_service(cls, settings: ServiceSettings) -> ReplayMemory:
+    def for_service(cls, settings: ServiceSettings, database: Database | None = None) -> ReplayMemory:
         """The memory a service's identity gate uses (``svckit.app``, and whatever must check as a
         service does): shared over Redis when the settings have it (:attr:`redis`, closed by the
-        owner after :meth:`close`), this process's own otherwise."""
+        owner after :meth:`close`), this process's own otherwise; with ``database`` (whose schema
+        has the kit set ``replay``) the fallback while Redis is unavailable."""
         store = None
         if isinstance(settings, RedisSettings):
             store = RedisGuard.from_settings(settings, max_connections=REDIS_CONNECTIONS)
-        return cls(store, settings.service_name, settings.identity_max_skew_seconds)
+        return cls(store, settings.service_name, settings.identity_max_skew_seconds, database=database)
 
     def _remember_locally(self, nonce: str) -> bool:
         """False when this process accepted ``nonce`` within the window; otherwise records it."""
@@ -356,9 +372,20 @@ class ReplayMemory:
         self._waiting.append((key, future))
         self._send_waiting()
         recorded = await future
+        if method in SAFE_METHODS:
+            if recorded is None:
+                self._fallback_until = self._clock() + self.window
+            return "replay" if recorded is False else "fresh"
+        if recorded is False:
+            return "replay"
+        fallback = self.fallback
         if recorded is None:
-            return "fresh" if method in SAFE_METHODS else "unavailable"
-        return "fresh" if recorded else "replay"
+            self._fallback_until = self._clock() + self.window
+            return "unavailable" if fallback is None else await fallback.record(nonce)
+        if fallback is not None and self._clock() < self._fallback_until:
+            # Redis is back; what other replicas accepted through the fallback is not in it
+            return "replay" if await fallback.record(nonce) == "replay" else "fresh"
+        return "fresh"
 
     def _send_waiting(self) -> None:
         """Those who queued behind a round trip get the next one, one turn of the loop later (with the

@@ -106,5 +106,6 @@ def create_app(settings: TimesheetsSettings | None = None, *, direct: bool = Tru
         # refused identities and scopes: aggregated records, committed to the outbox like the rest
         denial_sink=relay.record,
         denial_sink_errors=DB_ERRORS,
+        replay_fallback=True,  # writes go on through a Redis outage (svckit.replayfallback)
         direct_routes=[LIST, CREATE, PENDING, PEER_ENTRY, DECISION] if direct else [],
     )
