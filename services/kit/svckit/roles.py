@@ -287,7 +287,11 @@ async def _set_login(
         await conn.execute(f"ALTER ROLE {_ident(name)} {login}")
         if member_of is not None:
             await conn.execute(f"ALTER ROLE {_ident(name)} INHERIT")
-            if not await conn.fetchval(
+            if await _grant_level_inheritance(conn):
+                # from PostgreSQL 16 inheritance is an option of each grant (the role's INHERIT only
+                # the default for new ones): set it on the grant, which creates or updates it
+                await conn.execute(f"GRANT {_ident(member_of)} TO {_ident(name)} WITH INHERIT TRUE")
+            elif not await conn.fetchval(
                 """SELECT 1 FROM pg_auth_members m
                    WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $1)
                      AND m.member = (SELECT oid FROM pg_roles WHERE rolname = $2)""",
@@ -398,14 +402,21 @@ async def _refuse_memberships(conn: asyncpg.Connection, role: str) -> None:
         )
 
 
+async def _grant_level_inheritance(conn: asyncpg.Connection) -> bool:
+    """PostgreSQL 16 and later keep ``INHERIT`` per membership grant (``GRANT … WITH INHERIT``)."""
+    return int(await conn.fetchval("SHOW server_version_num")) >= 160000
+
+
 async def _refuse_foreign_membership(conn: asyncpg.Connection, role: str, login: str) -> None:
     """``login`` (the second login of ``role``) is worth exactly what ``role`` is: a member of it that
     inherits its privileges, of no other role, without ``ADMIN`` (it could hand ``role`` on)."""
     if not await conn.fetchval("SELECT pg_has_role($1, $2, 'USAGE')", login, role):
-        raise RoleError(
-            f"runtime login {login} does not inherit the privileges of {role}: GRANT {role} TO {login}; "
-            f"ALTER ROLE {login} INHERIT"
+        repair = (
+            f"GRANT {role} TO {login} WITH INHERIT TRUE"
+            if await _grant_level_inheritance(conn)
+            else f"GRANT {role} TO {login}; ALTER ROLE {login} INHERIT"
         )
+        raise RoleError(f"runtime login {login} does not inherit the privileges of {role}: {repair}")
     memberships = await _memberships(conn, login)
     others = sorted({m["rolname"] for m in memberships if m["rolname"] != role})
     if others:
