@@ -447,7 +447,7 @@ key: {{ $root.Values.externalRedis.existingSecretUrlKey }}
 key: redis-url-{{ .component }}
 {{- end }}
 {{- else -}}
-{{- fail "no Redis: set redis.enabled=true (demo) or externalRedis.existingSecret (a Secret holding each component's REDIS_URL, redis-url-<component>); the API services keep their replay memory of signed requests there and refuse writes without it" -}}
+{{- fail "no Redis: set redis.enabled=true (demo) or externalRedis.existingSecret (a Secret holding each component's REDIS_URL, redis-url-<component>); the API services keep their replay memory of signed requests there (their database only while it is away)" -}}
 {{- end -}}
 {{- end -}}
 

@@ -149,6 +149,10 @@ PROBE_RULES = "resetchannels -@all +ping"
 #: Most of these sit in ``@admin``/``@dangerous``, so unlike the components' rules there is no
 #: ``-@dangerous -@admin`` tail: ``-@all`` first and only what is named. ``ACL LOG`` (the refused
 #: commands and keys behind a component's NOPERM) takes ``RESET`` too, which Redis cannot tell apart.
+#: Two of them do show data, by design of the diagnostics: ``SLOWLOG GET`` the arguments of slow
+#: commands (key names and values, up to 128 bytes each: rate-limit keys name subjects and client
+#: addresses) and ``ACL LOG`` the refused keys; the runbook says so. Without them a slow or refused
+#: command could not be told apart, so the admin password is an operator's secret like the others.
 ADMIN_COMMANDS: tuple[str, ...] = (
     *CONNECTION_COMMANDS,
     "info",
