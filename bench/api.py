@@ -448,6 +448,37 @@ def start_reference(
     raise RuntimeError(f"the {name} app did not start: " + (logs / f"{name}.log").read_text()[-500:])
 
 
+def start_reference_audited(
+    database: str,
+    logs: Path,
+    env: dict[str, str],
+    prefix: str,
+    processes: list[ServiceProcess],
+) -> tuple[ServiceProcess, subprocess.Popen[bytes]]:
+    """The reference doing the service's whole work (``REFERENCE_IDENTITY`` + ``REFERENCE_RELAY``,
+    :mod:`bench._reference_app`): an audit service of its own on ``database`` (appended to
+    ``processes``, to be stopped with them), and the reference relaying its outboxes to it, checked
+    to refuse an unsigned request. ``env``: the services' (pair keys, ``REDIS_URL``)."""
+    audit = ServiceProcess(
+        "audit", {**env, "DATABASE_URL": database, "REDIS_KEY_PREFIX": prefix + "ra:"}, log_dir=logs
+    ).start()
+    processes.append(audit)
+    reference_env = {
+        **{name: value for name, value in env.items() if name.startswith("IDENTITY_KEYS_")},
+        "REFERENCE_IDENTITY": "1",
+        "REFERENCE_RELAY": "1",
+        "AUDIT_URL": audit.url,
+        "REDIS_URL": env["REDIS_URL"],
+        "REDIS_KEY_PREFIX": prefix + "reference-audited:",
+    }
+    reference = start_reference(database, logs, reference_env, "reference_audited")
+    if not refuses_unsigned(reference.reference_url):  # type: ignore[attr-defined]
+        reference.terminate()
+        reference.wait(10)
+        raise RuntimeError("reference_audited admitted an unsigned request")
+    return audit, reference
+
+
 def refuses_unsigned(url: str) -> bool:
     """True when ``url`` answers an unsigned list request with 401 (the identity gate is in front)."""
     try:
@@ -557,28 +588,10 @@ def main() -> int:
                 if "reference_audited" in selected:
                     # the reference doing the consistency rule's work too: its outbox relayed to an
                     # audit service of its own (on its database), chained there
-                    reference_audit = ServiceProcess(
-                        "audit",
-                        {
-                            **env,
-                            "DATABASE_URL": audited_db,
-                            "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:ra:",
-                        },
-                        log_dir=logs,
-                    ).start()
-                    processes.append(reference_audit)
-                    audited_env = {
-                        **identity_keys,
-                        "REFERENCE_IDENTITY": "1",
-                        "REFERENCE_RELAY": "1",
-                        "AUDIT_URL": reference_audit.url,
-                        "REDIS_URL": redis_url,
-                        "REDIS_KEY_PREFIX": f"tsp-bench:{os.getpid()}:reference-audited:",
-                    }
-                    audited = start_reference(audited_db, logs, audited_env, "reference_audited")
+                    reference_audit, audited = start_reference_audited(
+                        audited_db, logs, env, f"tsp-bench:{os.getpid()}:", processes
+                    )
                     audited_url = audited.reference_url  # type: ignore[attr-defined]
-                    if not refuses_unsigned(audited_url):
-                        raise RuntimeError("reference_audited admitted an unsigned request")
 
                 tokens = [issuer.token(subject) for subject in subjects]
                 script = logs / "api.lua"

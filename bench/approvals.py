@@ -100,6 +100,7 @@ from bench.api import (
     run_pgbench,
     run_wrk,
     start_reference,
+    start_reference_audited,
 )
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
@@ -445,25 +446,9 @@ def main() -> int:
                 gated = start_reference(gated_url, logs, gated_env, "reference_identity")
                 if not refuses_unsigned(gated.reference_url):
                     raise RuntimeError("reference_identity admitted an unsigned request")
-                reference_audit = ServiceProcess(
-                    "audit",
-                    {
-                        **env,
-                        "DATABASE_URL": audited_url,
-                        "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:ra:",
-                    },
-                    log_dir=logs,
-                ).start()
-                processes.append(reference_audit)
-                audited_env = {
-                    **gated_env,
-                    "REFERENCE_RELAY": "1",
-                    "AUDIT_URL": reference_audit.url,
-                    "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:reference-audited:",
-                }
-                audited = start_reference(audited_url, logs, audited_env, "reference_audited")
-                if not refuses_unsigned(audited.reference_url):
-                    raise RuntimeError("reference_audited admitted an unsigned request")
+                reference_audit, audited = start_reference_audited(
+                    audited_url, logs, env, f"tsp-bench-approvals:{os.getpid()}:", processes
+                )
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
                 # the embedded Postgres's CPU beside each peer's (see bench/api.py)

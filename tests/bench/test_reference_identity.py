@@ -21,7 +21,7 @@ import pytest
 from svckit.migrations import migrate
 
 from bench._backing import fresh_database
-from bench.api import refuses_unsigned, start_reference
+from bench.api import refuses_unsigned, start_reference, start_reference_audited
 from bench.approvals import DECISION, ROOT, entry_uuid, manager, seed
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
@@ -108,21 +108,10 @@ def test_the_audited_reference_relays_whole_events_into_an_audit_trail(
     audit service of its own and chained there (the plain reference's rows stay unread)."""
     asyncio.run(migrate(audited_database, "audit", ROOT / "services" / "audit" / "audit" / "migrations"))
     keys = new_pair_keys("a")
-    prefix = f"tsp-test:{uuid.uuid4().hex}:"
-    audit = ServiceProcess(
-        "audit",
-        {**keys, "DATABASE_URL": audited_database, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix},
-        log_dir=tmp_path,
-    ).start()
-    env = {
-        **keys,
-        "REFERENCE_IDENTITY": "1",
-        "REFERENCE_RELAY": "1",
-        "AUDIT_URL": audit.url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix + "reference:",
-    }
-    audited = start_reference(audited_database, tmp_path, env, "reference_audited")
+    started: list[ServiceProcess] = []
+    audit, audited = start_reference_audited(
+        audited_database, tmp_path, {**keys, "REDIS_URL": redis_url}, f"tsp-test:{uuid.uuid4().hex}:", started
+    )
     try:
         url: str = audited.reference_url  # type: ignore[attr-defined]
         assert refuses_unsigned(url)

@@ -36,6 +36,7 @@ from svckit.identity import Identity
 from svckit.keyring import KeyRing
 from yarl import URL
 
+from testkit.auditevents import make_event
 from testkit.dpop import DpopKey
 from testkit.fixtures import Caller, ServiceProcess, user
 from testkit.oidc import (
@@ -494,23 +495,14 @@ async def build_matrix(stack: Stack) -> Matrix:
         "by": {"issuer": stack.issuer, "subject": "local|bob"},
         "at": "2026-10-01T12:00:00Z",
     }
-    event = {
-        "id": str(uuid.uuid4()),
-        "occurred_at": "2026-10-01T12:00:00Z",
-        "source": "timesheets",
-        "actor": {
-            "issuer": stack.issuer,
-            "subject": "local|alice",
-            "kind": "user",
-            "client_id": "timesheets-spa",
-            "name": "Alice",
-        },
-        "action": "timesheet.created",
-        "resource": {"type": "timesheet", "id": read_entry},
-        "outcome": "success",
-        "request_id": "matrix",
-        "details": {"project": "matrix"},
-    }
+    event = make_event(
+        subject="local|alice",
+        resource_id=read_entry,
+        occurred_at=dt.datetime(2026, 10, 1, 12, tzinfo=dt.UTC),
+        details={"project": "matrix"},
+        request_id="matrix",
+    )
+    event["actor"]["issuer"] = stack.issuer
     direct: list[tuple[str, str, str, Identity | None, Any]] = [
         ("timesheets", "GET", ts + "/timesheets?limit=5", alice, None),
         (
