@@ -155,6 +155,20 @@ def test_add_promote_drop_switches_the_login_one_upgrade_at_a_time(api: FakeApiS
     ]
 
 
+def test_a_step_out_of_order_is_refused_not_ignored(api: FakeApiServer) -> None:
+    """``promote`` before ``add`` and ``add`` before the last rotation's ``drop`` changed nothing and
+    said nothing: an operator rotating after a leak took the rotation for done while the leaked
+    password kept working (found by a review). The render fails, naming the step to run first."""
+    with pytest.raises(helm.HelmError, match=r"rotation\.audit=promote: no second password was added"):
+        upgrade(api, dict(BEFORE), {"audit": "promote"})
+    live = secret_data(upgrade(api, dict(BEFORE), {"audit": "add"}))
+    live = secret_data(upgrade(api, live, {"audit": "promote"}))
+    with pytest.raises(helm.HelmError, match=r"rotation\.audit=add: the last rotation's old login"):
+        upgrade(api, live, {"audit": "add"})
+    live = secret_data(upgrade(api, live, {"audit": "drop"}))
+    assert secret_data(upgrade(api, live, {"audit": "add"}))  # in order again: accepted
+
+
 def test_only_the_rotated_service_changes(api: FakeApiServer) -> None:
     live = {
         **BEFORE,

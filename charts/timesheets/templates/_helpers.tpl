@@ -286,6 +286,14 @@ Secret and the Deployments compute the same. Call with (dict "root" $ "component
 {{- if not (has $state (list "standby" "previous")) -}}
 {{- $state = "" -}}
 {{- end -}}
+{{- /* a step out of order would change nothing and say nothing: the operator would take a
+     rotation for done (after a leak, the leaked password would keep working) */ -}}
+{{- if and (eq $step "promote") (not $state) -}}
+{{- fail (printf "databaseRoles.rotation.%s=promote: no second password was added yet; run the step add first (one helm upgrade), then promote (docs/database-roles.md, \"Rotating a runtime password\")" $c) -}}
+{{- end -}}
+{{- if and (eq $step "add") (eq $state "previous") -}}
+{{- fail (printf "databaseRoles.rotation.%s=add: the last rotation's old login still logs in; run the step drop first (one helm upgrade), then add" $c) -}}
+{{- end -}}
 {{- $swap := false -}}
 {{- $fresh := false -}}
 {{- if and (eq $step "add") (not $state) -}}
