@@ -136,6 +136,14 @@ def test_only_the_reader_of_the_rotated_key_rolls(api: FakeApiServer) -> None:
                 )
 
 
+def test_promote_before_add_is_refused_not_ignored(api: FakeApiServer) -> None:
+    """``promote`` with one key in the ring changed nothing and said nothing: a rotation taken for
+    done (after a leak, the leaked key kept signing). The render fails, naming the step to run first."""
+    name = "dpopNonceSecret"
+    with pytest.raises(helm.HelmError, match=f"{name}=promote: the ring holds one key; run the step add"):
+        upgrade(api, {KEYS[name]: BEFORE}, {name: "promote"})
+
+
 def test_promote_needs_the_charts_key_names(api: FakeApiServer) -> None:
     with pytest.raises(helm.HelmError, match="no key is named k<N>"):
         upgrade(

@@ -210,6 +210,9 @@ Call with (dict "current" <plain text> "step" <step> "fresh" <a new secret> "wha
 {{- $entries = append $entries (printf "k%d:%s" (add1 $max) .fresh) -}}
 {{- end -}}
 {{- else if eq .step "promote" -}}
+{{- if eq (len $entries) 1 -}}{{- /* nothing to promote: silently unchanged, a rotation taken for done */ -}}
+{{- fail (printf "%s=promote: the ring holds one key; run the step add first (one helm upgrade), then promote (docs/runbook.md)" .what) -}}
+{{- end -}}
 {{- if not $newest -}}
 {{- fail (printf "%s=promote: no key is named k<N> (the names this chart gives); change the keys in the Secret yourself (docs/runbook.md)" .what) -}}
 {{- end -}}
