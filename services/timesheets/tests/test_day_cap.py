@@ -293,7 +293,9 @@ async def test_an_uploads_day_locks_take_no_room_in_the_servers_lock_table(db: a
             [date for _, date in days],
         )
     assert set(totals.values()) == {0}
-    assert buckets == 128
+    # at most 128 rows however many days; 1,000 random days miss one of the 128 buckets about one run
+    # in twenty ((127/128)^1000 per bucket), so "every bucket" was a flake: at least 120 says spread
+    assert 120 <= buckets <= 128, buckets
 
 
 # ---- one number, counted refusals --------------------------------------------------------------
