@@ -155,6 +155,15 @@ def after_restore(settings: IdentitySettings, args: list[str]) -> int:
                     details=details,
                 ),
             )
+        # the cutoff is the next whole second (an iat is whole seconds): wait until Postgres's clock
+        # has passed it, so that a provider started after this command (the runbook's order) issues
+        # no token the gateways would take for one issued before it (a fresh sign-in refused 401)
+        remaining = await conn.fetchval(
+            "SELECT extract(epoch FROM $1::timestamptz - clock_timestamp())::float8",
+            ended.cutoff.issued_before,
+        )
+        if remaining > 0:
+            await asyncio.sleep(min(float(remaining), 1.0) + 0.01)
         print(
             f"ended everything issued before the restore: {ended.access_tokens} access tokens and "
             f"{ended.refresh_tokens} refresh tokens revoked, {ended.sessions} sessions ended, "
