@@ -276,7 +276,12 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
     """The audit schema restored from a dump (testkit.backup) while Redis lost the watermark: the audit
     service starts on the restored trail and sees nothing wrong (``audit_trail_rolled_back`` 0). The
     relay, which could not deliver while the service was away, checks its receipt before it delivers
-    again — no test calls the check — and the gauge goes to 1."""
+    again — no test calls the check — and pins the mismatch in its row, which holds the gauge at 1.
+
+    Only this relay's own state is waited on (its outbox row's attempts, its receipt row): the
+    process-wide metrics are shared with every relay of the same service name in the test process
+    (the session's timesheets apps relay to a closed port and fail all along, and their empty receipts
+    set the gauge to 0 at each of their checks)."""
     owner, served = audit_env
     await migrate_schema(owner, "audit", AUDIT_PACKAGE)
     port = free_port()
@@ -289,9 +294,6 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
         assert (await producer.receipt())["event_id"] == lost[-1]
         assert await producer.relay.receipts.check() == "held"
         assert mismatch() == 0.0
-        failed_before = (
-            REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0
-        )
         audit.stop()
         restore_schema(owner, backup)
         await forget_watermark(redis_url, served["REDIS_KEY_PREFIX"])
@@ -308,18 +310,25 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
                     source=SOURCE,
                 ),
             )
-        await eventually(
-            lambda: (
-                (REGISTRY.get_sample_value("outbox_delivery_failures_total", {"service": SOURCE}) or 0.0)
-                > failed_before
-            ),
-            True,
-        )
+
+        async def tried() -> bool:  # this relay's failed attempt, recorded on the row it could not deliver
+            return await producer.rows("SELECT count(*) FROM {schema}.outbox WHERE attempts > 0") == [1]
+
+        assert await eventually(tried, True) is True
         audit = ServiceProcess("audit", served, port=port, log_dir=tmp_path).start("/readyz")
-        assert await eventually(mismatch, 1.0) == 1.0
+
+        async def pinned() -> bool:
+            return (await producer.receipt())["mismatch_at"] is not None
+
+        assert await eventually(pinned, True) is True
         row = await producer.receipt()
         assert row["event_id"] == lost[-1]
         assert "is not on the audit trail" in row["mismatch_detail"]
+        # the pinned row holds the gauge at 1 at every check (read before any other task can run)
+        assert await producer.relay.receipts.check() == "mismatch"
+        assert mismatch() == 1.0
+        # and delivery went on: the change committed during the restore reached the restored trail
+        assert await eventually(lambda: producer.rows("SELECT count(*) FROM {schema}.outbox"), [0]) == [0]
         # the audit service's own signal is silent: its watermark went with Redis
         assert "audit trail rolled back" not in audit.logs()
     finally:

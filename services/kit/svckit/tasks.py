@@ -167,18 +167,22 @@ class PeriodicTask:
         except Exception as exc:
             self.failures += 1
             self._error.inc()
+            # the task and the error in the message too, not only in the JSON fields: a plain-text
+            # reader (pytest's captured log, kubectl logs through a formatter) otherwise sees a
+            # retry of something unnamed for a reason unsaid
             if isinstance(exc, self.expected):
+                error = f"{type(exc).__name__}: {exc}"[:300]
                 self.log.warning(
-                    "background task failed; retrying",
-                    extra={
-                        "task": self.name,
-                        "error": f"{type(exc).__name__}: {exc}"[:300],
-                        "failures": self.failures,
-                    },
+                    "background task %s failed; retrying: %s",
+                    self.name,
+                    error,
+                    extra={"task": self.name, "error": error, "failures": self.failures},
                 )
             else:
                 self.log.exception(
-                    "background task failed; retrying", extra={"task": self.name, "failures": self.failures}
+                    "background task %s failed; retrying",
+                    self.name,
+                    extra={"task": self.name, "failures": self.failures},
                 )
             return None
         if self.failures:

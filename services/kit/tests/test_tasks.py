@@ -152,11 +152,13 @@ async def test_a_failure_backs_off_ignores_wake_and_recovers(caplog: pytest.LogC
     assert runs(task.name, "error") == 2
     assert runs(task.name, "ok") == 2
     messages = [
-        (r.levelname, r.getMessage(), r.exc_info is not None)
+        (r.levelname, r.msg, r.exc_info is not None)
         for r in caplog.records
         if getattr(r, "task", None) == task.name  # other tests' tasks may share the event loop
     ]
-    assert messages.count(("WARNING", "background task failed; retrying", False)) == 2
+    assert messages.count(("WARNING", "background task %s failed; retrying: %s", False)) == 2
+    said = [r.getMessage() for r in caplog.records if getattr(r, "task", None) == task.name]
+    assert said[0] == f"background task {task.name} failed; retrying: ConnectionError: peer away"
     assert ("INFO", "background task recovered", False) in messages
 
 
@@ -176,7 +178,7 @@ async def test_an_unexpected_error_is_logged_with_its_traceback_and_the_loop_liv
     failed = [
         r
         for r in caplog.records
-        if r.getMessage() == "background task failed; retrying" and getattr(r, "task", None) == task.name
+        if r.msg == "background task %s failed; retrying" and getattr(r, "task", None) == task.name
     ]
     assert failed
     assert failed[0].exc_info is not None
