@@ -12,9 +12,12 @@ use without that key is refused, not taken for a replay that revokes what the co
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from testkit.dpop import DpopKey
@@ -45,6 +48,34 @@ async def counts(base_url: str) -> tuple[float, float]:
     )
 
 
+async def outbox_denials(db: asyncpg.Connection, reason: str, at_least: int) -> list[dict[str, Any]]:
+    """The ``access.denied`` records of ``reason`` in the provider's outbox (no audit service runs
+    here), once their counts add up to ``at_least`` (the recorder writes them in the background)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        records = [
+            json.loads(row[0])
+            for row in await db.fetch(
+                "SELECT payload::text FROM outbox WHERE payload->'details'->>'reason' = $1", reason
+            )
+        ]
+        if sum(record["details"]["count"] for record in records) >= at_least:
+            return records
+        assert asyncio.get_running_loop().time() < deadline, records
+        await asyncio.sleep(0.1)
+
+
+async def revoke(
+    http: aiohttp.ClientSession, base_url: str, token: str, proof: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """``POST /oauth/revoke`` as the SPA (a public client: its ``client_id`` is all it proves)."""
+    headers = {"DPoP": proof} if proof is not None else {}
+    data = {"client_id": "timesheets-spa", "token": token, "token_type_hint": "refresh_token"}
+    async with http.post(base_url + "/oauth/revoke", data=data, headers=headers) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text else {}
+
+
 def refresh_grant(token: str) -> dict[str, str]:
     return {"grant_type": "refresh_token", "client_id": "timesheets-spa", "refresh_token": token}
 
@@ -72,7 +103,11 @@ async def bound_session(
 
 
 async def test_a_stolen_refresh_token_without_the_key_leaves_the_family_alone(
-    browser: Browser, http: aiohttp.ClientSession, base_url: str, identity_service: ServiceProcess
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    identity_service: ServiceProcess,
+    db: asyncpg.Connection,
 ) -> None:
     owner, attacker = DpopKey(), DpopKey()
     token_url = base_url + "/oauth/token"
@@ -99,6 +134,14 @@ async def test_a_stolen_refresh_token_without_the_key_leaves_the_family_alone(
     assert "refresh token presented without its DPoP key" in logs
     assert first["refresh_token"] not in logs
     assert second["refresh_token"] not in logs
+    # and on their way to the audit trail like the provider's other denials: anonymous, 400, no token
+    records = await outbox_denials(db, "dpop_binding_refresh_token", 4)
+    for record in records:
+        assert record["action"] == "access.denied"
+        assert record["actor"]["kind"] == "anonymous"
+        assert (record["details"]["status"], record["details"]["route"]) == (400, "/oauth/token")
+        assert first["refresh_token"] not in json.dumps(record)
+        assert second["refresh_token"] not in json.dumps(record)
 
     # the owner's session is untouched: its access token works, and it refreshes with its key
     assert await userinfo(http, base_url, second["access_token"], owner) == 200
@@ -193,3 +236,44 @@ async def test_a_stolen_used_code_without_the_key_is_not_a_replay(
     assert (status, error["error"]) == (400, "invalid_grant"), error
     assert "already used" in error["error_description"]
     assert await userinfo(http, base_url, renewed["access_token"], owner) == 401
+
+
+async def test_a_stolen_refresh_token_cannot_be_revoked_without_the_key(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    """RFC 7009 lets a public client revoke its tokens with its ``client_id`` alone, which the token
+    string names to anyone: ``/oauth/revoke`` ended a bound family for whoever had copied a refresh
+    token, rotated or current, with no key at all (the same denial of service the token endpoint no
+    longer allows). A refresh token bound to a DPoP key is revoked only with a proof by that key."""
+    owner, attacker = DpopKey(), DpopKey()
+    token_url, revoke_url = base_url + "/oauth/token", base_url + "/oauth/revoke"
+    first = await bound_session(browser, http, base_url, owner)
+    status, second, _ = await token_request(
+        http, base_url, refresh_grant(first["refresh_token"]), owner.proof("POST", token_url)
+    )
+    assert status == 200, second
+    refusals, reuses = await counts(base_url)
+    for stolen in (first["refresh_token"], second["refresh_token"]):
+        status, error = await revoke(http, base_url, stolen)
+        assert (status, error.get("error")) == (400, "invalid_dpop_proof"), error
+        status, error = await revoke(http, base_url, stolen, attacker.proof("POST", revoke_url))
+        assert (status, error.get("error")) == (400, "invalid_grant"), error
+        assert "another DPoP key" in error["error_description"]
+    assert await counts(base_url) == (refusals + 4, reuses)
+    records = await outbox_denials(db, "dpop_binding_refresh_token", 1)
+    assert any(record["details"]["route"] == "/oauth/revoke" for record in records), records
+
+    # the family lives: the owner's access token works and it refreshes with its key
+    assert await userinfo(http, base_url, second["access_token"], owner) == 200
+    status, third, _ = await token_request(
+        http, base_url, refresh_grant(second["refresh_token"]), owner.proof("POST", token_url)
+    )
+    assert status == 200, third
+    # the key holder revokes it (a rotated token names the same family): all of it ends
+    status, body = await revoke(http, base_url, first["refresh_token"], owner.proof("POST", revoke_url))
+    assert status == 200, body
+    status, error, _ = await token_request(
+        http, base_url, refresh_grant(third["refresh_token"]), owner.proof("POST", token_url)
+    )
+    assert (status, error["error"]) == (400, "invalid_grant"), error
+    assert await userinfo(http, base_url, third["access_token"], owner) == 401
