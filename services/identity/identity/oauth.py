@@ -724,6 +724,7 @@ class Revocable:
     kind: str  # "refresh_token" (key = family id) or "access_token" (key = jti)
     key: str
     client_id: str
+    dpop_jkt: str | None = None  # a refresh token's DPoP binding (its family's key)
 
     def check_client(self, client: Client) -> bool:
         return client.client_id == self.client_id
@@ -733,7 +734,15 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     """``POST /oauth/revoke`` (RFC 7009, Auth0's path). Clients authenticate as at the token endpoint:
     public clients by ``client_id`` (method ``none``), confidential ones with their secret. A refresh
     token revokes its whole family and every access token issued with or from it; an access token
-    revokes itself. Unknown tokens answer 200 too (RFC 7009 §2.2); another client's token is refused."""
+    revokes itself. Unknown tokens answer 200 too (RFC 7009 §2.2); another client's token is refused.
+
+    A refresh token bound to a DPoP key (a public client's, RFC 9449 §5) is revoked only with a proof
+    by that key (``DPoP`` header, ``htu`` this endpoint; verified by the endpoint before Authlib runs:
+    ``Request.dpop_jkt``). A public client proves nothing but its ``client_id``, which anyone who
+    copied the token string can name: without the key check, a stolen token, even one its owner had
+    rotated, ended the owner's session here though the token endpoint refuses it. Refused like there
+    (``invalid_dpop_proof`` without a proof, ``invalid_grant`` with another key), counted
+    (``identity_dpop_binding_refusals_total{binding="refresh_token"}``) and on the audit trail."""
 
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
@@ -758,13 +767,15 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         token = self._find(request, request.form["token"], request.form.get("token_type_hint"))
         if token is not None and not token.check_client(client):
             raise InvalidGrantError("The token was not issued to this client")
+        if token is not None and token.dpop_jkt is not None and token.dpop_jkt != request.dpop_jkt:
+            raise refuse_binding("refresh_token", request, "refresh token")
         return token
 
     def _find(self, request: Request, token_string: str, token_type_hint: str | None) -> Revocable | None:
         if token_type_hint != "access_token":  # noqa: S105 - a hint's name, not a secret
             owner = self.backend.run(store.refresh_token_owner, self.backend.conn(request), token_string)
             if owner is not None:
-                return Revocable("refresh_token", owner[0], owner[1])
+                return Revocable("refresh_token", owner[0], owner[1], owner[2])
         try:
             claims = verify_access_token(
                 self.backend.settings, self.backend.keys, token_string, for_userinfo=False
