@@ -282,3 +282,29 @@ async def test_a_stolen_refresh_token_cannot_be_revoked_without_the_key(
     )
     assert (status, error["error"]) == (400, "invalid_grant"), error
     assert await userinfo(http, base_url, third["access_token"], owner) == 401
+
+
+async def test_a_stolen_bound_access_token_cannot_be_revoked_without_the_key(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """The same for a public client's DPoP-bound access token (``cnf.jkt``): its string, copied from a
+    log or a proxy, is worthless at the gateway without the key, and must not end it here either."""
+    owner, attacker = DpopKey(), DpopKey()
+    revoke_url = base_url + "/oauth/revoke"
+    tokens = await bound_session(browser, http, base_url, owner)
+    before = metric(await scrape(base_url), "identity_dpop_binding_refusals_total", binding="access_token")
+    for proof in (None, attacker.proof("POST", revoke_url)):
+        data = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+        headers = {"DPoP": proof} if proof is not None else {}
+        async with http.post(revoke_url, data=data, headers=headers) as response:
+            error = await response.json()
+            wanted = "invalid_dpop_proof" if proof is None else "invalid_grant"
+            assert (response.status, error["error"]) == (400, wanted), error
+    after = metric(await scrape(base_url), "identity_dpop_binding_refusals_total", binding="access_token")
+    assert after == before + 2
+    assert await userinfo(http, base_url, tokens["access_token"], owner) == 200
+    # by its key holder: revoked
+    data = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+    async with http.post(revoke_url, data=data, headers={"DPoP": owner.proof("POST", revoke_url)}) as r:
+        assert r.status == 200, await r.text()
+    assert await userinfo(http, base_url, tokens["access_token"], owner) == 401
