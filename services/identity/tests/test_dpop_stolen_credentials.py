@@ -18,11 +18,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import jwt
 import pytest
 
 from testkit.dpop import DpopKey
 from testkit.fixtures import ServiceProcess, scrape
-from testkit.oidc import Browser
+from testkit.oidc import BATCH_SECRET, Browser
 
 from .test_identity_dpop import authorize_code, code_grant, token_request
 
@@ -308,3 +309,24 @@ async def test_a_stolen_bound_access_token_cannot_be_revoked_without_the_key(
     async with http.post(revoke_url, data=data, headers={"DPoP": owner.proof("POST", revoke_url)}) as r:
         assert r.status == 200, await r.text()
     assert await userinfo(http, base_url, tokens["access_token"], owner) == 401
+
+
+async def test_a_confidential_client_revokes_its_bound_token_with_its_secret(
+    http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    """A confidential client proves itself with its secret: its DPoP-bound access token (client
+    credentials with a proof) is revoked without a proof, as before."""
+    key = DpopKey()
+    data = {
+        "grant_type": "client_credentials",
+        "client_id": "timesheets-batch",
+        "client_secret": BATCH_SECRET,
+        "audience": "https://timesheets.abc.example/api",
+    }
+    status, body, _ = await token_request(http, base_url, data, key.proof("POST", base_url + "/oauth/token"))
+    assert (status, body.get("token_type")) == (200, "DPoP"), body
+    form = {"client_id": "timesheets-batch", "client_secret": BATCH_SECRET, "token": body["access_token"]}
+    async with http.post(base_url + "/oauth/revoke", data=form) as response:
+        assert response.status == 200, await response.text()
+    jti = jwt.decode(body["access_token"], options={"verify_signature": False})["jti"]
+    assert await db.fetchval("SELECT revoked_at IS NOT NULL FROM issued_tokens WHERE jti = $1", jti)
