@@ -70,7 +70,8 @@ DPOP_UNBOUND_TOKEN = "dpop_unbound_token"  # noqa: S105 - a reason, not a secret
 
 def dpop_binding(binding: str) -> str:
     """The token endpoint: a ``code``, ``refresh_token`` or ``client`` bound to a DPoP key the request
-    did not prove (``identity_dpop_binding_refusals_total{binding}``)."""
+    did not prove; ``/oauth/revoke``: a public client's ``refresh_token`` or ``access_token`` bound to
+    a key the request did not prove (``identity_dpop_binding_refusals_total{binding}``)."""
     return f"dpop_binding_{binding}"
 
 

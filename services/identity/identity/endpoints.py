@@ -333,10 +333,22 @@ class ProtocolEndpoints:
             return params
         if any(not store.storable(v) for _, v in params) or unquotable_parameter(params):
             return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
-        oreq = OAuthRequest("POST", self.settings.url("oauth/revoke"), request.headers, [], params)
+        revoke_url = self.settings.url("oauth/revoke")
 
-        async def run() -> Result:
-            return await self._in_transaction("revocation", oreq)
+        async def run() -> Result | Response:
+            # a DPoP-bound refresh token is revoked only with a proof by its key (oauth.Revocation)
+            proof = await self._proof(request, revoke_url, 400)
+            if isinstance(proof, ProofError):  # 400, as at the token endpoint: nothing was revoked
+                headers = self._nonce_headers() if proof.use_nonce else {}
+                return oauth_error(400, proof.error, proof.description, headers)
+            oreq = OAuthRequest("POST", revoke_url, request.headers, [], params)
+            oreq.dpop_jkt = proof
+            result = await self._in_transaction("revocation", oreq)
+            if oreq.denial is not None:  # a refresh token bound to a key the request did not prove
+                denials.deny(request, self.settings, result.status, oreq.denial)
+            if proof is not None:
+                result.headers.extend(self._nonce_headers().items())
+            return result
 
         return await self._authenticating_client(request, params, run)
 

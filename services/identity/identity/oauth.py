@@ -88,11 +88,11 @@ code_replays = Counter(
 )
 dpop_binding_refusals = Counter(
     "identity_dpop_binding_refusals_total",
-    "Token requests refused because a code, refresh token or client is bound to a DPoP key the "
-    "request did not prove (code, refresh_token, client).",
+    "Token and revocation requests refused because a code, refresh token, access token or client is "
+    "bound to a DPoP key the request did not prove (code, refresh_token, access_token, client).",
     ["binding"],
 )
-for _binding in ("code", "refresh_token", "client"):
+for _binding in ("code", "refresh_token", "access_token", "client"):
     dpop_binding_refusals.labels(_binding)  # 0 from the start: a panel shows "none", not "no data"
 consent_refusals = Counter(
     "identity_refresh_consent_refusals_total",
@@ -415,8 +415,9 @@ class SenderConstrained:
 
 
 def refuse_binding(binding: str, request: Request, what: str) -> OAuth2Error:
-    """A code or refresh token bound to a DPoP key this request did not prove (left as it was: unused,
-    and a used one not taken for reuse, so that whoever copied it cannot revoke what it belongs to).
+    """A code, refresh token or (at ``/oauth/revoke``) access token bound to a DPoP key this request
+    did not prove (left as it was: unused, not revoked, and a used one not taken for reuse, so that
+    whoever copied it cannot revoke what it belongs to).
     Counted and logged (never the token itself): it is what a stolen bound credential looks like."""
     dpop_binding_refusals.labels(binding).inc()
     request.denial = denials.dpop_binding(binding)
@@ -724,6 +725,11 @@ class Revocable:
     kind: str  # "refresh_token" (key = family id) or "access_token" (key = jti)
     key: str
     client_id: str
+    dpop_jkt: str | None = None  # its DPoP binding: a refresh token's family key, an access token's cnf.jkt
+
+    @property
+    def what(self) -> str:
+        return self.kind.replace("_", " ")
 
     def check_client(self, client: Client) -> bool:
         return client.client_id == self.client_id
@@ -733,7 +739,17 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     """``POST /oauth/revoke`` (RFC 7009, Auth0's path). Clients authenticate as at the token endpoint:
     public clients by ``client_id`` (method ``none``), confidential ones with their secret. A refresh
     token revokes its whole family and every access token issued with or from it; an access token
-    revokes itself. Unknown tokens answer 200 too (RFC 7009 §2.2); another client's token is refused."""
+    revokes itself. Unknown tokens answer 200 too (RFC 7009 §2.2); another client's token is refused.
+
+    A public client's token bound to a DPoP key (a refresh token's family, an access token's
+    ``cnf.jkt``: RFC 9449 §5, §6) is revoked only with a proof by that key (``DPoP`` header, ``htu``
+    this endpoint; verified by the endpoint before Authlib runs: ``Request.dpop_jkt``). A public client
+    proves nothing but its ``client_id``, which anyone who copied the token string can name: without
+    the key check, a stolen refresh token, even one its owner had rotated, ended the owner's session
+    here though the token endpoint refuses it. Refused like there (``invalid_dpop_proof`` without a
+    proof, ``invalid_grant`` with another key), counted (``identity_dpop_binding_refusals_total
+    {binding="refresh_token"|"access_token"}``) and on the audit trail. A confidential client proves
+    itself with its secret: its revocations need no proof, as before."""
 
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
@@ -758,20 +774,29 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         token = self._find(request, request.form["token"], request.form.get("token_type_hint"))
         if token is not None and not token.check_client(client):
             raise InvalidGrantError("The token was not issued to this client")
+        if token is not None and client.is_public and token.dpop_jkt not in (None, request.dpop_jkt):
+            raise refuse_binding(token.kind, request, token.what)
         return token
 
     def _find(self, request: Request, token_string: str, token_type_hint: str | None) -> Revocable | None:
         if token_type_hint != "access_token":  # noqa: S105 - a hint's name, not a secret
             owner = self.backend.run(store.refresh_token_owner, self.backend.conn(request), token_string)
             if owner is not None:
-                return Revocable("refresh_token", owner[0], owner[1])
+                return Revocable("refresh_token", owner[0], owner[1], owner[2])
         try:
             claims = verify_access_token(
                 self.backend.settings, self.backend.keys, token_string, for_userinfo=False
             )
         except InvalidAccessToken:
             return None
-        return Revocable("access_token", str(claims["jti"]), str(claims.get("client_id", "")))
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        return Revocable(
+            "access_token",
+            str(claims["jti"]),
+            str(claims.get("client_id", "")),
+            str(jkt) if jkt is not None else None,
+        )
 
     def revoke_token(self, token: Revocable, request: Request) -> None:
         conn = self.backend.conn(request)

@@ -666,12 +666,13 @@ async def consume_refresh_token(
     return state, item, item.family_id
 
 
-async def refresh_token_owner(db: Conn, token: str) -> tuple[str, str] | None:
-    """(family id, client id) of a refresh token, used or not, for revocation."""
+async def refresh_token_owner(db: Conn, token: str) -> tuple[str, str, str | None] | None:
+    """(family id, client id, DPoP key thumbprint it is bound to) of a refresh token, used or not, for
+    revocation (a bound token is revoked only with a proof by its key)."""
     row = await db.fetchrow(
-        "SELECT family_id, client_id FROM refresh_tokens WHERE token_hash = $1", digest(token)
+        "SELECT family_id, client_id, dpop_jkt FROM refresh_tokens WHERE token_hash = $1", digest(token)
     )
-    return (row["family_id"], row["client_id"]) if row else None
+    return (row["family_id"], row["client_id"], row["dpop_jkt"]) if row else None
 
 
 async def access_token_owner(db: Conn, jti: str) -> str | None:

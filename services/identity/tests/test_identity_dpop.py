@@ -286,6 +286,33 @@ async def test_nonces_use_dpop_nonce_then_the_retry_passes(
         )
         assert status == 200, body
         assert headers["DPoP-Nonce"]
+        # revoking the bound refresh token takes a proof by its key (with the nonce) too; the nonce
+        # step revokes nothing: the refresh token still refreshes
+        revoke_url = issuer + "/oauth/revoke"
+        form = {"client_id": "timesheets-spa", "token": body["refresh_token"]}
+        async with http.post(revoke_url, data=form, headers={"DPoP": key.proof("POST", revoke_url)}) as r:
+            assert (r.status, (await r.json())["error"]) == (400, "use_dpop_nonce")
+            nonce = r.headers["DPoP-Nonce"]
+        refresh = {"grant_type": "refresh_token", "client_id": "timesheets-spa"}
+        status, renewed, _ = await token_request(
+            http,
+            issuer,
+            {**refresh, "refresh_token": body["refresh_token"]},
+            key.proof("POST", token_url, nonce=nonce),
+        )
+        assert status == 200, renewed
+        form["token"] = renewed["refresh_token"]
+        proof = key.proof("POST", revoke_url, nonce=nonce)
+        async with http.post(revoke_url, data=form, headers={"DPoP": proof}) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["DPoP-Nonce"]
+        status, error, _ = await token_request(
+            http,
+            issuer,
+            {**refresh, "refresh_token": renewed["refresh_token"]},
+            key.proof("POST", token_url, nonce=nonce),
+        )
+        assert (status, error["error"]) == (400, "invalid_grant"), error
 
 
 async def test_cors_lets_a_browser_send_proofs_and_read_nonces(
