@@ -65,6 +65,16 @@ class FakeClock:
         """How many ``sleep()`` calls are waiting (cancelled ones excluded)."""
         return sum(1 for _, _, future in self._sleepers if not future.done())
 
+    def sleeping(self, at_most: float) -> int:
+        """How many ``sleep()`` calls are waiting with at most ``at_most`` seconds left: one task's short
+        pause (a back-off) told apart from another task's long one on the same clock (its interval),
+        where :attr:`sleepers` > 0 holds as soon as either sleeps."""
+        return sum(
+            1
+            for deadline, _, future in self._sleepers
+            if not future.done() and deadline - self._mono <= at_most
+        )
+
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)

@@ -8,17 +8,15 @@ back, every event is recorded exactly once, in outbox order, and the chain verif
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from svckit.db import Database
-from svckit.http import HttpClient, SignedClient
-from svckit.migrations import migrate
-from svckit.outbox import AuditEvent, OutboxRelay, enqueue
+from svckit.http import HttpClient
+from svckit.identity import Identity
+from svckit.outbox import enqueue
 
 from testkit.client import SignedApi
 from testkit.fixtures import (
@@ -27,41 +25,27 @@ from testkit.fixtures import (
     ServiceRedis,
     free_port,
     migrate_schema,
-    pair_signer,
     scrape,
     user,
 )
+from tests.audit.support import OutboxWriter, created_events
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
-SOURCE = "timesheets"  # the audit service records events only under the caller's own name
 AUDITOR = user("carol", "read:audit")
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Writer:
+class Writer(OutboxWriter):
     """Stands in for a writer service: its own schema with an outbox, a relay, and 'changes'."""
 
-    def __init__(self, database: Database, schema: str, relay: OutboxRelay) -> None:
-        self.database = database
-        self.schema = schema
-        self.relay = relay
-        self.actor = user(f"writer-{schema}", "create:timesheets")
+    @property
+    def actor(self) -> Identity:
+        return user(f"writer-{self.schema}", "create:timesheets")
 
     async def change(self, count: int = 1) -> list[uuid.UUID]:
         """One committed transaction: a state change (here: a row) and its audit events."""
-        events = [
-            AuditEvent.create(
-                action="timesheet.created",
-                resource_type="timesheet",
-                resource_id=str(uuid.uuid4()),
-                outcome="success",
-                actor=self.actor,
-                source=SOURCE,
-                details={"n": n},
-            )
-            for n in range(count)
-        ]
+        events = created_events(self.actor, count)
         async with self.database.transaction() as conn:
             await conn.execute(f"INSERT INTO {self.schema}.changes DEFAULT VALUES")
             for event in events:
@@ -97,28 +81,26 @@ async def audit_process(
 async def writer(
     database_url: str, identity_keys: dict[str, str], audit_process: ServiceProcess
 ) -> AsyncIterator[Writer]:
-    schema = f"writer_{secrets.token_hex(4)}"
-    await migrate(database_url, schema, None, kit=["outbox"])
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"SET search_path TO {schema}")
-        await conn.execute("CREATE TABLE changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)")
-    finally:
-        await conn.close()
-    database = Database(database_url, schema=schema, application_name="writer")
-    await database.wait_connected(10)
     http = HttpClient(total_timeout=5)
-    audit = SignedClient(http, audit_process.url, pair_signer(identity_keys, SOURCE, "audit"))
-    relay = OutboxRelay(
-        database, schema, SOURCE, audit, batch_size=25, poll_interval=0.5, base_backoff=0.1, max_backoff=1.0
+    writer = await Writer.start(
+        database_url,
+        audit_process.url,
+        identity_keys,
+        http,
+        batch_size=25,
+        poll_interval=0.5,
+        base_backoff=0.1,
+        max_backoff=1.0,
     )
-    relay.start()
+    async with writer.database.connection() as conn:
+        await conn.execute(
+            f"CREATE TABLE {writer.schema}.changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)"
+        )
     try:
-        yield Writer(database, schema, relay)
+        yield writer
     finally:
-        await relay.stop()
+        await writer.stop()
         await http.close()
-        await database.close()
 
 
 async def until_outbox_empty(writer: Writer, timeout: float = 30.0) -> None:

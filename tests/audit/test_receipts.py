@@ -20,6 +20,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
-from svckit.db import Database
-from svckit.http import HttpClient, SignedClient
-from svckit.migrations import migrate
-from svckit.outbox import AuditEvent, OutboxRelay, enqueue
+from svckit.http import HttpClient
+from svckit.outbox import AuditEvent, enqueue
 from svckit.receipts import ACCEPT_ACTION, accept_audit_restore
 
 from testkit.backup import dump_schema, restore_schema, service_command
@@ -41,14 +40,13 @@ from testkit.fixtures import (
     ServiceRedis,
     free_port,
     migrate_schema,
-    pair_signer,
     runtime_env,
     user,
 )
 from testkit.tamper import owner_sql
+from tests.audit.support import SOURCE, OutboxWriter, created_events
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
-SOURCE = "timesheets"  # the audit service records events only under the caller's own name
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,27 +55,12 @@ def mismatch() -> float | None:
     return REGISTRY.get_sample_value("outbox_audit_receipt_mismatch", {"service": SOURCE})
 
 
-@dataclass
-class Producer:
-    database: Database
-    schema: str
-    relay: OutboxRelay
+class Producer(OutboxWriter):
+    """The producer whose receipts the tests hold the trail to."""
 
     async def deliver(self, count: int) -> list[uuid.UUID]:
         """Commit ``count`` events and wait until the relay has delivered them all."""
-        actor = user("alice", "create:timesheets")
-        events = [
-            AuditEvent.create(
-                action="timesheet.created",
-                resource_type="timesheet",
-                resource_id=str(uuid.uuid4()),
-                outcome="success",
-                actor=actor,
-                source=SOURCE,
-                details={"n": n},
-            )
-            for n in range(count)
-        ]
+        events = created_events(user("alice", "create:timesheets"), count)
         async with self.database.transaction() as conn:
             for event in events:
                 await enqueue(conn, event)
@@ -99,6 +82,16 @@ class Producer:
         assert row is not None
         return row
 
+    async def deliver_held(self, count: int) -> tuple[list[uuid.UUID], asyncpg.Record]:
+        """Deliver ``count`` events and check the receipt they left: the last one's, and held (the
+        gauge read right after this relay's own check, before any other relay's can run)."""
+        ids = await self.deliver(count)
+        receipt = await self.receipt()
+        assert receipt["event_id"] == ids[-1]
+        assert await self.relay.receipts.check() == "held"
+        assert mismatch() == 0.0
+        return ids, receipt
+
 
 @pytest.fixture
 def audit_env(
@@ -115,19 +108,58 @@ def audit_env(
     return env["DATABASE_URL"], served
 
 
-async def start_producer(
-    owner: str, audit_url: str, identity_keys: dict[str, str], http: HttpClient, **options: Any
-) -> Producer:
-    schema = f"writer_{secrets.token_hex(4)}"
-    await migrate(owner, schema, None, kit=["outbox"])
-    database = Database(owner, schema=schema, application_name="writer")
-    await database.wait_connected(10)
-    audit = SignedClient(http, audit_url, pair_signer(identity_keys, SOURCE, "audit"))
-    relay = OutboxRelay(
-        database, schema, SOURCE, audit, poll_interval=0.2, base_backoff=0.1, max_backoff=0.5, **options
-    )
-    relay.start()
-    return Producer(database, schema, relay)
+@dataclass
+class Stack:
+    """The audit service as a process on a port of its own (restartable there) and a producer."""
+
+    served: dict[str, str]
+    port: int
+    log_dir: Path
+    audit: ServiceProcess
+    producer: Producer
+
+    def start_audit(self) -> None:
+        self.audit = start_audit(self.served, self.port, self.log_dir)
+
+
+def start_audit(served: dict[str, str], port: int, log_dir: Path) -> ServiceProcess:
+    return ServiceProcess("audit", served, port=port, log_dir=log_dir).start("/readyz")
+
+
+@asynccontextmanager
+async def audit_and_producer(
+    audit_env: tuple[str, dict[str, str]],
+    identity_keys: dict[str, str],
+    http: HttpClient,
+    log_dir: Path,
+    **relay_options: Any,
+) -> AsyncIterator[Stack]:
+    """The audit schema migrated, the audit service started, a producer relaying to it (polling and
+    backing off fast; ``relay_options`` added); all stopped at the end."""
+    owner, served = audit_env
+    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
+    port = free_port()
+    audit = start_audit(served, port, log_dir)
+    try:
+        producer = await Producer.start(
+            owner,
+            audit.url,
+            identity_keys,
+            http,
+            poll_interval=0.2,
+            base_backoff=0.1,
+            max_backoff=0.5,
+            **relay_options,
+        )
+    except BaseException:
+        audit.stop()
+        raise
+    stack = Stack(served, port, log_dir, audit, producer)
+    try:
+        yield stack
+    finally:
+        await producer.stop()
+        stack.audit.stop()  # the one running now (a test may have restarted it)
 
 
 @pytest.fixture
@@ -161,13 +193,10 @@ async def forget_watermark(redis_url: str, prefix: str) -> int:
 async def test_a_healthy_trail_keeps_the_receipt_and_the_gauge_at_0(
     audit_env: tuple[str, dict[str, str]], identity_keys: dict[str, str], http: HttpClient, tmp_path: Path
 ) -> None:
-    owner, served = audit_env
-    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
-    audit = ServiceProcess("audit", served, log_dir=tmp_path).start("/readyz")
-    producer = await start_producer(owner, audit.url, identity_keys, http)
-    try:
-        ids = await producer.deliver(5)
-        receipt = await producer.receipt()
+    owner, _ = audit_env
+    async with audit_and_producer(audit_env, identity_keys, http, tmp_path) as stack:
+        producer = stack.producer
+        ids, receipt = await producer.deliver_held(5)
         conn = await asyncpg.connect(owner)
         try:
             newest = await conn.fetchrow("SELECT id, seq, hash FROM audit.records ORDER BY seq DESC LIMIT 1")
@@ -177,17 +206,10 @@ async def test_a_healthy_trail_keeps_the_receipt_and_the_gauge_at_0(
         assert newest["id"] == ids[-1]
         assert (receipt["event_id"], receipt["seq"], receipt["hash"]) == tuple(newest.values())
         assert receipt["mismatch_at"] is None
-
-        assert await producer.relay.receipts.check() == "held"
-        assert mismatch() == 0.0
         # nothing to accept: the command changes nothing
         report = await accept_audit_restore(producer.database, producer.schema, SOURCE, "no incident")
         assert report["state"] == "consistent"
         assert (await producer.receipt())["seq"] == newest["seq"]
-    finally:
-        await producer.relay.stop()
-        await producer.database.close()
-        audit.stop()
 
 
 async def test_records_cut_by_the_owner_after_the_newest_checkpoint_are_found_by_the_producer(
@@ -202,17 +224,11 @@ async def test_records_cut_by_the_owner_after_the_newest_checkpoint_are_found_by
     back) while Redis is flushed: the trail verifies, the audit service's watermark knows nothing —
     the producer's receipt names a record that is gone."""
     owner, served = audit_env
-    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
-    audit = ServiceProcess("audit", served, log_dir=tmp_path).start("/readyz")
-    producer = await start_producer(owner, audit.url, identity_keys, http)
-    try:
+    async with audit_and_producer(audit_env, identity_keys, http, tmp_path) as stack:
+        producer = stack.producer
         await producer.deliver(3)
         kept = (await producer.receipt())["seq"]
-        lost = await producer.deliver(3)
-        receipt = await producer.receipt()
-        assert receipt["event_id"] == lost[-1]
-        assert await producer.relay.receipts.check() == "held"
-        assert mismatch() == 0.0
+        lost, receipt = await producer.deliver_held(3)
 
         await forget_watermark(redis_url, served["REDIS_KEY_PREFIX"])
         await owner_sql(
@@ -260,10 +276,6 @@ async def test_records_cut_by_the_owner_after_the_newest_checkpoint_are_found_by
         assert await producer.relay.receipts.check() == "held"
         assert mismatch() == 0.0
         assert (await producer.receipt())["seq"] == accepted["seq"]
-    finally:
-        await producer.relay.stop()
-        await producer.database.close()
-        audit.stop()
 
 
 async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_its_own(
@@ -283,18 +295,15 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
     (the session's timesheets apps relay to a closed port and fail all along, and their empty receipts
     set the gauge to 0 at each of their checks)."""
     owner, served = audit_env
-    await migrate_schema(owner, "audit", AUDIT_PACKAGE)
-    port = free_port()
-    audit = ServiceProcess("audit", served, port=port, log_dir=tmp_path).start("/readyz")
-    producer = await start_producer(owner, audit.url, identity_keys, http, receipt_check_interval=3600)
-    try:
+    async with audit_and_producer(
+        audit_env, identity_keys, http, tmp_path, receipt_check_interval=3600
+    ) as stack:
+        producer = stack.producer
         await producer.deliver(4)
         backup = dump_schema(owner, "audit", tmp_path / "audit.dump")
-        lost = await producer.deliver(4)  # acknowledged, deleted from the outbox: only the trail had them
-        assert (await producer.receipt())["event_id"] == lost[-1]
-        assert await producer.relay.receipts.check() == "held"
-        assert mismatch() == 0.0
-        audit.stop()
+        # acknowledged, deleted from the outbox: only the trail had them
+        lost, _ = await producer.deliver_held(4)
+        stack.audit.stop()
         restore_schema(owner, backup)
         await forget_watermark(redis_url, served["REDIS_KEY_PREFIX"])
         # the relay tries while the service is away (a change committed meanwhile)
@@ -315,7 +324,7 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
             return await producer.rows("SELECT count(*) FROM {schema}.outbox WHERE attempts > 0") == [1]
 
         assert await eventually(tried, True) is True
-        audit = ServiceProcess("audit", served, port=port, log_dir=tmp_path).start("/readyz")
+        stack.start_audit()
 
         async def pinned() -> bool:
             return (await producer.receipt())["mismatch_at"] is not None
@@ -330,11 +339,7 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
         # and delivery went on: the change committed during the restore reached the restored trail
         assert await eventually(lambda: producer.rows("SELECT count(*) FROM {schema}.outbox"), [0]) == [0]
         # the audit service's own signal is silent: its watermark went with Redis
-        assert "audit trail rolled back" not in audit.logs()
-    finally:
-        await producer.relay.stop()
-        await producer.database.close()
-        audit.stop()
+        assert "audit trail rolled back" not in stack.audit.logs()
 
 
 async def test_the_accept_command_runs_as_the_service_with_its_runtime_role(

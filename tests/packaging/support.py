@@ -7,12 +7,16 @@ No cluster is needed: ``Chart.render`` is what ``helm template`` does (schema va
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import helm_python as helm
 import yaml
+
+if TYPE_CHECKING:  # fakeapi imports this module
+    from tests.packaging.fakeapi import FakeApiServer
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "timesheets"
@@ -210,6 +214,48 @@ def component(obj: Obj) -> str:
 
 
 APP_COMPONENTS = ("gateway", "identity", "timesheets", "approvals", "audit")
+
+
+# --- upgrades over a live Secret (tests/packaging/fakeapi.py) -------------------------------------
+
+#: the Secret the chart generates (dev values) and, on an upgrade, reads back with ``lookup``
+GENERATED_SECRET = f"{RELEASE}-timesheets-generated"
+
+
+def set_live_secret(api: FakeApiServer, data: dict[str, str]) -> None:
+    """Make ``data`` (plain text) the live generated Secret that the next render looks up."""
+    api.live(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": GENERATED_SECRET, "namespace": NAMESPACE},
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+    )
+
+
+def upgrade_over(api: FakeApiServer, live: dict[str, str], values: dict[str, Any]) -> list[Obj]:
+    """``helm upgrade`` with ``values`` against a cluster whose generated Secret holds ``live``."""
+    set_live_secret(api, live)
+    return parse_manifests(api.render(values, upgrade=True))
+
+
+def secret_data(objects: list[Obj]) -> dict[str, str]:
+    """The one Secret among ``objects``, decoded."""
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def pod_annotations(objects: list[Obj], component: str) -> dict[str, str]:
+    """The pod template annotations of ``component``'s Deployment (what rolls its pods)."""
+    (deployment,) = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == f"{RELEASE}-timesheets-{component}"
+    ]
+    annotations: dict[str, str] = deployment["spec"]["template"]["metadata"]["annotations"]
+    return annotations
 
 
 # --- monitoring artefacts ------------------------------------------------------------------------

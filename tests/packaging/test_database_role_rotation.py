@@ -11,8 +11,6 @@ is tested in services/kit/tests/test_role_rotation.py.
 
 from __future__ import annotations
 
-import base64
-import copy
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -20,25 +18,27 @@ import asyncpg
 import helm_python as helm
 import pytest
 from svckit.migrations import migrate
-from svckit.roles import role_url
+from svckit.roles import RuntimeRole, role_url
 from svckit.settings import DatabaseSettings
 
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from tests.packaging.fakeapi import FakeApiServer, fake_api
 from tests.packaging.support import (
-    CHART,
-    NAMESPACE,
-    RELEASE,
+    GENERATED_SECRET,
     REPO,
     SCENARIOS,
     deep_merge,
     parse_manifests,
+    pod_annotations,
+    render,
+    secret_data,
+    set_live_secret,
+    upgrade_over,
 )
 from tests.packaging.test_policies import containers, env_of, workloads
 
 BASE = SCENARIOS["values-dev.yaml"]
 AUDIT_MIGRATIONS = REPO / "services" / "audit" / "audit" / "migrations"
-SECRET = "ts-timesheets-generated"
 ROLE = "ts_audit"
 SECOND = "ts_audit_b"
 BEFORE = {
@@ -48,22 +48,7 @@ BEFORE = {
 
 
 def upgrade(api: FakeApiServer, live: dict[str, str], rotation: dict[str, str]) -> list[dict[str, Any]]:
-    api.live(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": NAMESPACE},
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in live.items()},
-        }
-    )
-    values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": rotation}})
-    return parse_manifests(api.render(values, upgrade=True))
-
-
-def secret_data(objects: list[dict[str, Any]]) -> dict[str, str]:
-    (secret,) = [o for o in objects if o["kind"] == "Secret"]
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return upgrade_over(api, live, deep_merge(BASE, {"databaseRoles": {"rotation": rotation}}))
 
 
 def migrate_env(objects: list[dict[str, Any]], service: str, data: dict[str, str]) -> dict[str, str]:
@@ -78,22 +63,23 @@ def migrate_env(objects: list[dict[str, Any]], service: str, data: dict[str, str
                         env[name] = str(entry["value"])
                         continue
                     ref = entry["valueFrom"]["secretKeyRef"]
-                    if ref["name"] != SECRET or ref["key"] not in data:
-                        assert ref.get("optional") or ref["name"] != SECRET, (name, ref)
+                    if ref["name"] != GENERATED_SECRET or ref["key"] not in data:
+                        assert ref.get("optional") or ref["name"] != GENERATED_SECRET, (name, ref)
                         continue
                     env[name] = data[ref["key"]]
                 return env
     raise AssertionError(f"no migrate container for {service}")
 
 
-def pod_annotations(objects: list[dict[str, Any]], component: str) -> dict[str, str]:
-    (deployment,) = [
-        o
-        for o in objects
-        if o["kind"] == "Deployment" and o["metadata"]["name"] == f"ts-timesheets-{component}"
-    ]
-    annotations: dict[str, str] = deployment["spec"]["template"]["metadata"]["annotations"]
-    return annotations
+def runtime_role(owner: str, env: dict[str, str]) -> RuntimeRole | None:
+    """What ``migrate`` makes of the Job's environment ``env`` (the service's settings)."""
+    return DatabaseSettings(
+        database_url=owner,
+        db_runtime_role=env["DB_RUNTIME_ROLE"],
+        db_runtime_password=env["DB_RUNTIME_PASSWORD"],
+        db_runtime_login=env.get("DB_RUNTIME_LOGIN", ""),
+        db_runtime_other_password=env.get("DB_RUNTIME_OTHER_PASSWORD", ""),
+    ).runtime_role
 
 
 def url_login(url: str) -> tuple[str, str]:
@@ -115,13 +101,7 @@ def test_add_promote_drop_switches_the_login_one_upgrade_at_a_time(api: FakeApiS
         objects = upgrade(api, live, {"audit": step})
         live = secret_data(objects)
         env = migrate_env(objects, "audit", live)
-        role = DatabaseSettings(
-            database_url="postgresql://owner@db/timesheets",
-            db_runtime_role=env["DB_RUNTIME_ROLE"],
-            db_runtime_password=env["DB_RUNTIME_PASSWORD"],
-            db_runtime_login=env.get("DB_RUNTIME_LOGIN", ""),
-            db_runtime_other_password=env.get("DB_RUNTIME_OTHER_PASSWORD", ""),
-        ).runtime_role
+        role = runtime_role("postgresql://owner@db/timesheets", env)
         assert role is not None
         # the service's URL names the login migrate prepares, with the password migrate sets on it
         assert url_login(live["database-url-audit"]) == (role.in_use, role.password)
@@ -214,19 +194,8 @@ def test_with_roles_the_platform_team_creates_the_job_gets_the_login_and_no_pass
 ) -> None:
     """databaseRoles.manage=false: the chart still keeps the two passwords in its Secret (the
     platform team sets them on the logins: docs/database-roles.md), and the Job checks the login in use."""
-    api.live(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": NAMESPACE},
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in BEFORE.items()},
-        }
-    )
-    values = deep_merge(
-        copy.deepcopy(BASE), {"databaseRoles": {"manage": False, "rotation": {"audit": "add"}}}
-    )
-    objects = parse_manifests(api.render(values, upgrade=True))
+    values = deep_merge(BASE, {"databaseRoles": {"manage": False, "rotation": {"audit": "add"}}})
+    objects = upgrade_over(api, BEFORE, values)
     data = secret_data(objects)
     assert data["database-other-password-audit"]
     env = migrate_env(objects, "audit", data)
@@ -236,25 +205,21 @@ def test_with_roles_the_platform_team_creates_the_job_gets_the_login_and_no_pass
 
 
 def test_a_rotation_step_with_passwords_given_by_reference_is_refused() -> None:
-    values = deep_merge(
-        copy.deepcopy(SCENARIOS["values-prod.yaml"]), {"databaseRoles": {"rotation": {"audit": "add"}}}
-    )
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match="database-login-audit"):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = deep_merge(SCENARIOS["values-prod.yaml"], {"databaseRoles": {"rotation": {"audit": "add"}}})
+    with pytest.raises(helm.HelmError, match="database-login-audit"):
+        render(values)
 
 
 def test_a_rotation_step_without_runtime_roles_is_refused() -> None:
-    values = deep_merge(
-        copy.deepcopy(BASE), {"databaseRoles": {"enabled": False, "rotation": {"audit": "add"}}}
-    )
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match="no runtime password"):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = deep_merge(BASE, {"databaseRoles": {"enabled": False, "rotation": {"audit": "add"}}})
+    with pytest.raises(helm.HelmError, match="no runtime password"):
+        render(values)
 
 
 def test_an_unknown_step_is_refused_by_the_schema() -> None:
-    values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": {"audit": "rotate"}}})
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = deep_merge(BASE, {"databaseRoles": {"rotation": {"audit": "rotate"}}})
+    with pytest.raises(helm.HelmError):
+        render(values)
 
 
 @pytest.mark.skipif(postgres_bin() is None, reason="needs the system's PostgreSQL binaries")
@@ -272,14 +237,7 @@ async def test_every_pod_connects_at_every_step_and_the_old_login_not_after_drop
             objects = upgrade(api, live, {"audit": step})
             live = secret_data(objects)
             env = migrate_env(objects, "audit", live)
-            settings = DatabaseSettings(
-                database_url=owner,
-                db_runtime_role=env["DB_RUNTIME_ROLE"],
-                db_runtime_password=env["DB_RUNTIME_PASSWORD"],
-                db_runtime_login=env.get("DB_RUNTIME_LOGIN", ""),
-                db_runtime_other_password=env.get("DB_RUNTIME_OTHER_PASSWORD", ""),
-            )
-            await migrate(owner, "audit", AUDIT_MIGRATIONS, role=settings.runtime_role)
+            await migrate(owner, "audit", AUDIT_MIGRATIONS, role=runtime_role(owner, env))
             login, password = url_login(live["database-url-audit"])
             urls.append(role_url(owner, login, password))
             for url in urls[-2:]:  # this step's pods, and the pods of the step before, still rolling
@@ -298,16 +256,8 @@ async def test_every_pod_connects_at_every_step_and_the_old_login_not_after_drop
 
 def test_the_notes_say_the_next_step(api: FakeApiServer) -> None:
     def notes(live: dict[str, str], step: str) -> tuple[str, dict[str, str]]:
-        api.live(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": NAMESPACE},
-                "type": "Opaque",
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in live.items()},
-            }
-        )
-        values = deep_merge(copy.deepcopy(BASE), {"databaseRoles": {"rotation": {"audit": step}}})
+        set_live_secret(api, live)
+        values = deep_merge(BASE, {"databaseRoles": {"rotation": {"audit": step}}})
         rendered = api.render(values, upgrade=True)
         text = next(t for name, t in rendered.items() if name.endswith("NOTES.txt"))
         return text, secret_data(parse_manifests(rendered))

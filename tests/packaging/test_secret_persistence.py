@@ -8,7 +8,6 @@ cluster can run on this machine). The test then checks what an upgrade would app
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +17,18 @@ import pytest
 from svckit.identity import PAIRS
 
 from tests.packaging.fakeapi import FakeApiServer, fake_api, object_path
-from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, Obj, parse_manifests
+from tests.packaging.support import (
+    CHART,
+    GENERATED_SECRET,
+    NAMESPACE,
+    RELEASE,
+    SCENARIOS,
+    parse_manifests,
+    secret_data,
+    set_live_secret,
+)
 
-SECRET_NAME = "ts-timesheets-generated"
-SECRET_PATH = object_path("Secret", SECRET_NAME)
+SECRET_PATH = object_path("Secret", GENERATED_SECRET)
 
 
 @pytest.fixture
@@ -30,29 +37,8 @@ def api() -> Iterator[FakeApiServer]:
         yield server
 
 
-def live_secret(api: FakeApiServer, data: dict[str, str]) -> None:
-    api.live(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
-    )
-
-
 def render_against(api: FakeApiServer, *, upgrade: bool) -> dict[str, str]:
-    (secret,) = [
-        o
-        for o in parse_manifests(api.render(SCENARIOS["values-dev.yaml"], upgrade=upgrade))
-        if o["kind"] == "Secret"
-    ]
-    return decoded(secret)
-
-
-def decoded(secret: Obj) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return secret_data(parse_manifests(api.render(SCENARIOS["values-dev.yaml"], upgrade=upgrade)))
 
 
 LIVE = {
@@ -74,7 +60,7 @@ LIVE = {
 
 
 def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
-    live_secret(api, LIVE)
+    set_live_secret(api, LIVE)
     data = render_against(api, upgrade=True)
     assert SECRET_PATH in api.requests, "the chart looked the live Secret up"
     for key, value in LIVE.items():
@@ -95,7 +81,7 @@ def test_an_upgrade_keeps_every_generated_value(api: FakeApiServer) -> None:
 
 def test_values_missing_from_an_older_release_are_generated_the_rest_kept(api: FakeApiServer) -> None:
     old = "identity-keys-gateway-to-timesheets"
-    live_secret(api, {old: LIVE[old], "postgres-password": LIVE["postgres-password"]})
+    set_live_secret(api, {old: LIVE[old], "postgres-password": LIVE["postgres-password"]})
     data = render_against(api, upgrade=True)
     assert data[old] == LIVE[old]
     assert data["postgres-password"] == LIVE["postgres-password"]
@@ -111,7 +97,7 @@ def test_an_upgrade_adds_the_providers_audit_key_and_keeps_every_other_pair_key(
         for sender, receiver in PAIRS
         if sender != "identity"
     }
-    live_secret(api, {**LIVE, **before})
+    set_live_secret(api, {**LIVE, **before})
     data = render_against(api, upgrade=True)
     for key, value in {**LIVE, **before}.items():
         assert data[key] == value, key

@@ -10,8 +10,6 @@ the step still verify after it; the pods that read the key roll with each step.
 
 from __future__ import annotations
 
-import base64
-import copy
 from typing import Any
 
 import helm_python as helm
@@ -20,7 +18,14 @@ from identity.settings import IdentitySettings
 from svckit.keyring import KeyRing
 
 from tests.packaging.fakeapi import FakeApiServer, fake_api
-from tests.packaging.support import CHART, NAMESPACE, RELEASE, SCENARIOS, deep_merge, parse_manifests
+from tests.packaging.support import (
+    SCENARIOS,
+    deep_merge,
+    pod_annotations,
+    render,
+    secret_data,
+    upgrade_over,
+)
 from tests.packaging.test_policies import env_of
 
 KEYS = {
@@ -39,32 +44,7 @@ BEFORE = "S" * 48
 
 
 def upgrade(api: FakeApiServer, live: dict[str, str], rotation: dict[str, str]) -> list[dict[str, Any]]:
-    api.live(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "ts-timesheets-generated", "namespace": NAMESPACE},
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in live.items()},
-        }
-    )
-    values = deep_merge(copy.deepcopy(BASE), {"secrets": {"rotation": rotation}})
-    return parse_manifests(api.render(values, upgrade=True))
-
-
-def secret_data(objects: list[dict[str, Any]]) -> dict[str, str]:
-    (secret,) = [o for o in objects if o["kind"] == "Secret"]
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-
-
-def pod_annotations(objects: list[dict[str, Any]], component: str) -> dict[str, str]:
-    (deployment,) = [
-        o
-        for o in objects
-        if o["kind"] == "Deployment" and o["metadata"]["name"] == f"ts-timesheets-{component}"
-    ]
-    annotations: dict[str, str] = deployment["spec"]["template"]["metadata"]["annotations"]
-    return annotations
+    return upgrade_over(api, live, deep_merge(BASE, {"secrets": {"rotation": rotation}}))
 
 
 @pytest.fixture
@@ -154,14 +134,12 @@ def test_promote_needs_the_charts_key_names(api: FakeApiServer) -> None:
 
 
 def test_a_rotation_step_with_a_secret_given_by_reference_is_refused() -> None:
-    values = deep_merge(
-        copy.deepcopy(SCENARIOS["values-prod.yaml"]), {"secrets": {"rotation": {"dpopNonceSecret": "add"}}}
-    )
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match="write kid:secret"):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = deep_merge(SCENARIOS["values-prod.yaml"], {"secrets": {"rotation": {"dpopNonceSecret": "add"}}})
+    with pytest.raises(helm.HelmError, match="write kid:secret"):
+        render(values)
 
 
 def test_an_unknown_step_is_refused_by_the_schema() -> None:
-    values = deep_merge(copy.deepcopy(BASE), {"secrets": {"rotation": {"dpopNonceSecret": "rotate"}}})
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = deep_merge(BASE, {"secrets": {"rotation": {"dpopNonceSecret": "rotate"}}})
+    with pytest.raises(helm.HelmError):
+        render(values)

@@ -28,10 +28,9 @@ from svckit.urlshape import unreadable
 
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis
-from tests.packaging.fakeapi import FakeApiServer, fake_api
-from tests.packaging.support import SCENARIOS, parse_manifests, render
+from tests.packaging.fakeapi import fake_api
+from tests.packaging.support import SCENARIOS, render, secret_data, upgrade_over
 
-SECRET_NAME = "ts-timesheets-generated"
 SERVICES = ("identity", "timesheets", "approvals", "audit")
 REDIS_USERS = ("gateway", "identity", "timesheets", "approvals", "audit")
 
@@ -50,22 +49,7 @@ PASSWORDS = {
 def data() -> dict[str, str]:
     """The generated Secret an upgrade renders over a live one holding :data:`PASSWORDS`."""
     with fake_api() as api:
-        live(api)
-        rendered = api.render(SCENARIOS["values-dev.yaml"], upgrade=True)
-    (secret,) = [o for o in parse_manifests(rendered) if o["kind"] == "Secret"]
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-
-
-def live(api: FakeApiServer) -> None:
-    api.live(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET_NAME, "namespace": "timesheets"},
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in PASSWORDS.items()},
-        }
-    )
+        return secret_data(upgrade_over(api, PASSWORDS, SCENARIOS["values-dev.yaml"]))
 
 
 def urls(data: dict[str, str]) -> Iterator[tuple[str, str, str]]:

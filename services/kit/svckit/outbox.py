@@ -262,7 +262,7 @@ class OutboxRelay:
         self._delivered = delivered_total.labels(source)
         self._failed = delivery_failures_total.labels(source)
         self._acknowledge_sql = acknowledge_statement(schema)
-        self.receipts = ReceiptChecker(database, schema, source, audit, request_timeout)
+        self.receipts = ReceiptChecker(self)
         # the receipt is checked before the first delivery (at start, and after a failed one: a
         # restore takes the audit service away), then on its own timer
         self._check_first = True

@@ -43,7 +43,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
@@ -128,19 +128,36 @@ async def held(conn: Connection | asyncpg.Connection, schema: str, *, lock: bool
     return Held(row["event_id"], row["seq"], row["hash"], row["mismatch_detail"])
 
 
+class Producer(Protocol):
+    """What the checker reads of the relay it serves (:class:`svckit.outbox.OutboxRelay`): the
+    writer's schema and pool, its name, and how it reaches the audit service — kept by the relay
+    alone, not restated here."""
+
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def schema(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def audit(self) -> SignedClient: ...
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def request_timeout(self) -> float: ...
+
+
 class ReceiptChecker:
     """Holds one schema's trail to its receipt (:func:`check` on a timer; see the module docstring)."""
 
-    def __init__(
-        self, database: Database, schema: str, source: str, audit: SignedClient, request_timeout: float
-    ) -> None:
-        self.database = database
-        self.schema = schema
-        self.source = source
-        self.audit = audit
-        self.identity = Identity.service(source)
-        self.request_timeout = request_timeout
-        self.gauge = receipt_mismatch.labels(source)
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.gauge = receipt_mismatch.labels(producer.source)
         self._told: set[str] = set()  # what this process has logged already (once each)
 
     async def check(self) -> str:
@@ -148,15 +165,16 @@ class ReceiptChecker:
         holds it), ``mismatch`` (it does not: recorded, or found now), ``unknown`` (this audit service
         answers no receipt checks). Raises :class:`CheckFailed` when the audit service cannot be asked,
         a database error when the receipt cannot be read; the gauge then stays as it was."""
-        async with self.database.connection() as conn:
-            receipt = await held(conn, self.schema)
+        producer = self.producer
+        async with producer.database.connection() as conn:
+            receipt = await held(conn, producer.schema)
         if receipt.mismatch is not None:
             self.gauge.set(1)
             self._once(
                 "recorded",
                 logging.ERROR,
                 "the audit trail lost events this service delivered (recorded earlier); accept with "
-                f"`python -m {self.source} outbox accept-audit-restore`",
+                f"`python -m {producer.source} outbox accept-audit-restore`",
                 receipt,
             )
             return "mismatch"
@@ -182,9 +200,9 @@ class ReceiptChecker:
             detail = (
                 f"record seq {receipt.seq} (event {receipt.event_id}) has another hash on the audit trail"
             )
-        async with self.database.connection() as conn:
+        async with producer.database.connection() as conn:
             recorded = await conn.fetchval(
-                f"""UPDATE {self.schema}.outbox_receipt SET mismatch_at = now(), mismatch_detail = $4
+                f"""UPDATE {producer.schema}.outbox_receipt SET mismatch_at = now(), mismatch_detail = $4
                     WHERE event_id = $1 AND seq = $2 AND hash = $3 AND mismatch_at IS NULL
                     RETURNING true""",
                 receipt.event_id,
@@ -200,7 +218,7 @@ class ReceiptChecker:
             "audit trail lost events this service delivered: %s",
             detail,
             extra={
-                "service": self.source,
+                "service": producer.source,
                 "event_id": str(receipt.event_id),
                 "seq": receipt.seq,
                 "found_seq": found.seq,
@@ -209,9 +227,10 @@ class ReceiptChecker:
         return "mismatch"
 
     async def _ask(self, event_id: uuid.UUID) -> ReceiptCheck | None:
+        producer = self.producer
         try:
-            async with self.audit.request(
-                "GET", f"{RECEIPTS_PATH}/{event_id}", self.identity, timeout=self.request_timeout
+            async with producer.audit.request(
+                "GET", f"{RECEIPTS_PATH}/{event_id}", producer.identity, timeout=producer.request_timeout
             ) as response:
                 if response.status in (404, 405):  # an audit service from before receipts
                     await response.read()
@@ -235,7 +254,7 @@ class ReceiptChecker:
             level,
             message,
             extra={
-                "service": self.source,
+                "service": self.producer.source,
                 "event_id": str(receipt.event_id) if receipt.event_id else None,
                 "seq": receipt.seq,
                 "mismatch": receipt.mismatch,
@@ -329,6 +348,7 @@ __all__ = [
     "ACCEPT_ACTION",
     "CheckFailed",
     "Held",
+    "Producer",
     "ReceiptChecker",
     "accept_audit_restore",
     "acknowledge_statement",

@@ -360,16 +360,14 @@ async def test_commits_during_an_outage_do_not_cut_the_backoff_short(
     await enqueue_committed(database, [event(service)])
     relay.start()
     try:
-        await eventually(lambda: metric("outbox_delivery_failures_total", service) >= 1)
-        await eventually(lambda: clock.sleepers > 0)  # backing off
+        await eventually(backing_off(relay, clock, 1))
         before = metric("outbox_delivery_failures_total", service)
         for _ in range(20):
             await enqueue_committed(database, [event(service)])
         await asyncio.sleep(0.3)  # real time for the NOTIFYs to arrive; the clock stands still
         assert metric("outbox_delivery_failures_total", service) == before  # no NOTIFY cut it short
         clock.advance(1.0)  # the back-off (0.5-1 s) is over: exactly one more try
-        await eventually(lambda: metric("outbox_delivery_failures_total", service) == before + 1)
-        await eventually(lambda: clock.sleepers > 0)
+        await eventually(backing_off(relay, clock, 2))
         assert metric("outbox_delivery_failures_total", service) == before + 1
     finally:
         await relay.stop()
@@ -396,7 +394,7 @@ async def test_the_backlog_gauges_appear_as_soon_as_the_database_does(
     )
     relay.start()
     try:
-        await eventually(lambda: clock.sleepers > 0)  # the first pass failed: backing off
+        await eventually(backing_off(relay, clock, 1))  # the first pass failed
         assert relay.task.failures == 1
         assert REGISTRY.get_sample_value("outbox_pending_events", {"service": service}) is None
         await database.wait_connected(10)
@@ -410,13 +408,35 @@ async def test_the_backlog_gauges_appear_as_soon_as_the_database_does(
         await database.close()
 
 
-def failures_reach(service: str, tries: int) -> Callable[[], bool]:
-    return lambda: metric("outbox_delivery_failures_total", service) == tries
+def backing_off(relay: OutboxRelay, clock: FakeClock, failures: int) -> Callable[[], bool]:
+    """The relay's own delivery task has failed ``failures`` times running and waits out its back-off
+    on ``clock``: the attempt recorded on the rows (the pass returned), the pause begun. Not "someone
+    sleeps on the clock": the relay's receipt-check task sleeps its interval there from the start, so
+    a test that advanced the clock on that moved it before the back-off began (the pause then started
+    later and the advance meant to end it fell short) whenever recording the attempt took longer than
+    the test's poll — under load."""
+    return lambda: relay.task.failures == failures and clock.sleeping(at_most=relay.max_backoff) == 1
 
 
+async def slow_failure_records(database: Database, schema: str, seconds: float) -> None:
+    """Make recording a failed attempt on the outbox's rows take ``seconds`` (a loaded database)."""
+    async with database.connection() as conn:
+        await conn.execute(
+            f"""CREATE FUNCTION {schema}.slowly() RETURNS trigger LANGUAGE plpgsql AS
+                $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+                CREATE TRIGGER slowly BEFORE UPDATE ON {schema}.outbox
+                FOR EACH STATEMENT EXECUTE FUNCTION {schema}.slowly()"""
+        )
+
+
+@pytest.mark.parametrize("recording", [0.0, 0.2], ids=["fast-db", "slow-db"])
 async def test_server_errors_are_retried_with_backoff(
-    database: Database, schema: str, http: HttpClient
+    database: Database, schema: str, http: HttpClient, recording: float
 ) -> None:
+    """The retries wait out the back-off, each its own, however long the relay takes to record the
+    failed attempt before it pauses (a loaded database or CI host: what once made this test fail)."""
+    if recording:
+        await slow_failure_records(database, schema, recording)
     state = Receiver(status=503)
     service = f"writer-{schema[-8:]}"
     clock = FakeClock()
@@ -436,8 +456,8 @@ async def test_server_errors_are_retried_with_backoff(
         try:
             # back-off ceilings 0.2, 0.4, 0.4, …; each wait is drawn from the upper half of its ceiling
             for tries, (too_early, late_enough) in enumerate(((0.09, 0.11), (0.19, 0.21), (0.19, 0.21)), 1):
-                await eventually(failures_reach(service, tries))
-                await eventually(lambda: clock.sleepers > 0)
+                await eventually(backing_off(relay, clock, tries))
+                assert metric("outbox_delivery_failures_total", service) == tries
                 clock.advance(too_early)
                 await asyncio.sleep(0.05)
                 assert metric("outbox_delivery_failures_total", service) == tries  # still backing off

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -47,6 +48,36 @@ async def databases(database_url: str, schema: str) -> AsyncIterator[list[Databa
         await pool.close()
 
 
+@asynccontextmanager
+async def two_replicas(
+    databases: list[Database], retry_seconds: float
+) -> AsyncIterator[tuple[PrivateRedis, ReplayMemory, ReplayMemory]]:
+    """A Redis of their own (for the test to stop) and two replicas' replay memories on it, each with
+    its own guard (circuit) and its own pool on the fallback's schema."""
+    redis = PrivateRedis().start()
+    guards = [RedisGuard(redis.url, "replay:", timeout=0.5, retry_seconds=retry_seconds) for _ in range(2)]
+    try:
+        first, second = (
+            ReplayMemory(guard, "timesheets", SKEW, database=db)
+            for guard, db in zip(guards, databases, strict=True)
+        )
+        yield redis, first, second
+    finally:
+        for guard in guards:
+            await guard.close()
+        redis.stop()
+
+
+async def stored_nonces(database_url: str, schema: str) -> list[str]:
+    """The nonces in the fallback's table, read as its owner."""
+    owner = await asyncpg.connect(database_url)
+    try:
+        rows = await owner.fetch(f'SELECT nonce FROM "{schema}".identity_replay')
+    finally:
+        await owner.close()
+    return [row["nonce"] for row in rows]
+
+
 def fallback_count(outcome: str) -> float:
     value = REGISTRY.get_sample_value("identity_replay_fallback_total", {"outcome": outcome})
     return value or 0.0
@@ -55,13 +86,7 @@ def fallback_count(outcome: str) -> float:
 async def test_with_redis_stopped_an_unsafe_request_is_accepted_once_by_any_replica(
     databases: list[Database],
 ) -> None:
-    redis = PrivateRedis().start()
-    guards = [RedisGuard(redis.url, "replay:", timeout=0.5, retry_seconds=30.0) for _ in range(2)]
-    try:
-        first, second = (
-            ReplayMemory(guard, "timesheets", SKEW, database=db)
-            for guard, db in zip(guards, databases, strict=True)
-        )
+    async with two_replicas(databases, retry_seconds=30.0) as (redis, first, second):
         redis.stop()
         before = {outcome: fallback_count(outcome) for outcome in ("accepted", "replay")}
         nonce = new_nonce()
@@ -77,10 +102,6 @@ async def test_with_redis_stopped_an_unsafe_request_is_accepted_once_by_any_repl
         assert await first.first_use(read, "GET") == "fresh"
         assert await second.first_use(read, "GET") == "fresh"
         assert fallback_count("accepted") == before["accepted"] + 2
-    finally:
-        for guard in guards:
-            await guard.close()
-        redis.stop()
 
 
 async def test_with_postgres_unavailable_too_unsafe_requests_are_refused(schema: str) -> None:
@@ -109,13 +130,7 @@ async def test_a_nonce_accepted_during_the_outage_is_refused_after_redis_is_back
 ) -> None:
     """For one window after a replica last found Redis unavailable it records unsafe nonces in the
     fallback as well: what another replica accepted there during the outage is not in Redis."""
-    redis = PrivateRedis().start()
-    guards = [RedisGuard(redis.url, "replay:", timeout=0.5, retry_seconds=0.2) for _ in range(2)]
-    try:
-        first, second = (
-            ReplayMemory(guard, "timesheets", SKEW, database=db)
-            for guard, db in zip(guards, databases, strict=True)
-        )
+    async with two_replicas(databases, retry_seconds=0.2) as (redis, first, second):
         redis.stop()
         during = new_nonce()
         assert await first.first_use(during, "POST") == "fresh"  # through the database
@@ -128,10 +143,6 @@ async def test_a_nonce_accepted_during_the_outage_is_refused_after_redis_is_back
         assert await first.first_use(after, "PUT") == "replay"
         assert second.redis is not None
         assert second.redis.available
-    finally:
-        for guard in guards:
-            await guard.close()
-        redis.stop()
 
 
 async def test_while_redis_is_up_nothing_goes_to_the_database(
@@ -141,11 +152,7 @@ async def test_while_redis_is_up_nothing_goes_to_the_database(
     try:
         memory = ReplayMemory(guard, "timesheets", SKEW, database=databases[0])
         assert await memory.first_use(new_nonce(), "POST") == "fresh"
-        owner = await asyncpg.connect(database_url)
-        try:
-            assert await owner.fetchval(f'SELECT count(*) FROM "{schema}".identity_replay') == 0
-        finally:
-            await owner.close()
+        assert await stored_nonces(database_url, schema) == []
     finally:
         memory.close()
         await guard.close()
@@ -163,12 +170,7 @@ async def test_expired_nonces_are_purged_a_bounded_batch_at_a_time(
     monkeypatch.setattr(replayfallback, "PURGE_BATCH", 3)
     assert await kept.purge() is True  # three deleted: there may be more
     assert await kept.purge() is False  # the last two
-    owner = await asyncpg.connect(database_url)
-    try:
-        rows = await owner.fetch(f'SELECT nonce FROM "{schema}".identity_replay')
-    finally:
-        await owner.close()
-    assert [row["nonce"] for row in rows] == [live]
+    assert await stored_nonces(database_url, schema) == [live]
     assert await kept.record(live) == "replay"
 
 
@@ -191,13 +193,9 @@ async def test_a_service_app_purges_the_expired_nonces_itself(
     settings = load_settings(RedisSettings, env=env)
     database = Database(runtime_url(database_url, schema), schema=schema, max_size=2)
     app = create_service_app(settings, [], database=database, replay_fallback=True)
-    owner = await asyncpg.connect(database_url)
-    try:
-        async with serve_app(app):
-            for _ in range(100):
-                if await owner.fetchval(f'SELECT count(*) FROM "{schema}".identity_replay') == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert await owner.fetchval(f'SELECT count(*) FROM "{schema}".identity_replay') == 0
-    finally:
-        await owner.close()
+    async with serve_app(app):
+        for _ in range(100):
+            if not await stored_nonces(database_url, schema):
+                break
+            await asyncio.sleep(0.05)
+        assert await stored_nonces(database_url, schema) == []
