@@ -62,7 +62,7 @@ PAGE = "page"
 API = "api"
 #: FAULT_MATRIX_VERBOSE=1 prints every answer under every fault (``pytest -s``)
 VERBOSE = bool(os.environ.get("FAULT_MATRIX_VERBOSE"))
-#: a readiness probe: its 503 is for the kubelet, which reads no Retry-After
+#: a readiness probe: its 503 is a problem with Retry-After too (tests/faults/test_not_ready.py)
 PROBE = "probe"
 
 
@@ -151,7 +151,7 @@ def violation(probe: Probe, reply: Reply) -> str | None:
         return f"{status} as {reply.content_type!r}: {reply.body[:200]}"
     if reply.content_type == "application/json" and '"error"' not in reply.body:
         return f"{status} JSON without an OAuth error: {reply.body[:200]}"
-    if status == 503 and probe.kind != PROBE and reply.retry_after is None:
+    if status == 503 and reply.retry_after is None:
         return f"503 without Retry-After: {reply.body[:200]}"
     return None
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from svckit.app import RETRY_AFTER, unavailable_handler
+from svckit.app import unavailable_handler
+from svckit.problems import RETRY_AFTER
 
 from .pages import render
 
