@@ -54,6 +54,9 @@ MEANINGS = {
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
     "db_connect_timeout_seconds": "connect and acquire timeout",
+    "db_statement_timeout_seconds": "longest wait for one statement's answer (the driver's bound: a "
+    "hung server enforces nothing); past it 503 with `Retry-After` and the session is closed. The "
+    "audit service's `AUDIT_READ_TIMEOUT_SECONDS` may not exceed it",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "db_runtime_role": "`migrate` only: the login role the service runs as; `migrate` (as the owner in "

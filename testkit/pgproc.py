@@ -1,4 +1,5 @@
-"""A private Postgres server for tests that stop it (``pg_ctl stop -m fast`` / ``-m immediate``).
+"""A private Postgres server for tests that stop it (``pg_ctl stop -m fast`` / ``-m immediate``) or
+freeze it (``pause()``: SIGSTOP of every process of the cluster, a hung server; ``resume()``).
 
 The machine's shared Postgres must never be stopped or reconfigured (other test runs use it), so a
 fault test starts a cluster of its own: made with ``initdb`` and run with ``pg_ctl`` from the system's
@@ -9,9 +10,11 @@ refuses to run, so the cluster then belongs to the ``postgres`` system user. (Re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -144,6 +147,37 @@ class PrivatePostgres:
             "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(int(timeout)), "stop", check=False
         )
 
+    def _processes(self) -> list[int]:
+        """The postmaster first, then its children (backends, checkpointer, walwriter...)."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (comm) state ppid ...": the name may hold spaces, the fields after ")" do not
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def pause(self) -> None:
+        """SIGSTOP to every process of the cluster: connections are still accepted by the kernel (the
+        listen backlog), nothing is answered, open sessions hang mid-statement (a hung server, a VM
+        frozen). The postmaster first, so that it starts no new backend meanwhile."""
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT to every process of the cluster (the children first, then the postmaster)."""
+        for pid in reversed(self._processes()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def running(self) -> bool:
         result = self._run("pg_ctl", "-D", str(self.data), "status", check=False)
         return result.returncode == 0
@@ -155,6 +189,7 @@ class PrivatePostgres:
             return ""
 
     def remove(self) -> None:
+        self.resume()  # a stopped cluster cannot stop
         if self.data.exists() and self.running():
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -99,10 +99,16 @@ class Stack:
             **self.identity_keys,
             "LOG_LEVEL": "INFO",
             "DB_CONNECT_TIMEOUT_SECONDS": "2",
+            "DB_STATEMENT_TIMEOUT_SECONDS": "2",  # a hung Postgres: 503 after this (test_postgres.py)
             "REDIS_RETRY_SECONDS": "0.5",
             "SHUTDOWN_TIMEOUT_SECONDS": "5",
         }
-        self.audit = ServiceProcess("audit", {**common, "REDIS_URL": redis_url["audit"]}, log_dir=logs)
+        audit = {
+            "REDIS_URL": redis_url["audit"],
+            # a listing's own limit below the statement bound (audit.settings)
+            "AUDIT_READ_TIMEOUT_SECONDS": "1.5",
+        }
+        self.audit = ServiceProcess("audit", {**common, **audit}, log_dir=logs)
         relay = {
             "AUDIT_URL": self.audit.url,
             "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
@@ -191,6 +197,7 @@ class Stack:
 
     async def ensure_up(self) -> None:
         """Every service running and ready (a case that failed half-way may have left one down)."""
+        self.postgres.resume()  # a case that failed while it was frozen
         if not self.postgres.running():
             await asyncio.to_thread(self.postgres.start)
         for service in self.services.values():

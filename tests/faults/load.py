@@ -31,6 +31,10 @@ class LoadReport:
     failures: list[float] = field(default_factory=list)  # monotonic times of failed attempts
     unresolved: list[str] = field(default_factory=list)  # gave up retrying (deadline)
     unexpected: list[str] = field(default_factory=list)
+    #: the longest attempt per outcome, in seconds (a hung backend must not hang its clients)
+    longest: dict[str, float] = field(default_factory=dict)
+    #: every attempt: (monotonic start, monotonic end, "METHOD outcome")
+    timings: list[tuple[float, float, str]] = field(default_factory=list)
 
     def first_success_after(self, moment: float) -> float | None:
         later = [t for t in self.successes if t > moment]
@@ -115,12 +119,19 @@ class WriteLoad:
 
     async def _send(self, method: str, url: str, headers: dict[str, str], body: Any) -> tuple[str, Any]:
         assert self._session is not None
+        started = time.monotonic()
         try:
             async with self._session.request(method, url, headers=headers, json=body) as response:
                 payload = await response.json(content_type=None) if response.status != 204 else None
-                return str(response.status), payload
+                outcome = str(response.status)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            return f"connection:{type(exc).__name__}", None
+            outcome, payload = f"connection:{type(exc).__name__}", None
+        ended = time.monotonic()
+        took = round(ended - started, 2)
+        key = f"{method} {outcome}"
+        self.report.timings.append((started, ended, key))
+        self.report.longest[key] = max(self.report.longest.get(key, 0.0), took)
+        return outcome, payload
 
     async def _writer(self, index: int) -> None:
         sequence = 0

@@ -1,10 +1,11 @@
 """Every public and internal route of every service, answered under each backing fault: Postgres
-stopped, Redis stopped, the audit service killed. One stop per fault; while it is down every probe is
-fired at once, twice (the first round meets the broken connections, the second the refused ones and
-the open circuits). The rule (docs/runbook.md, "Postgres restarts…" and "Redis outages"): no 5xx but
-503 — or 502/504 from the gateway for an upstream that is gone — and each 5xx a problem document
-(the OAuth error JSON at the token and revocation endpoints, an HTML page where a browser page is
-asked for), a 503 with ``Retry-After``; and no traceback in any service's log meanwhile.
+stopped, read-only or hung, Redis stopped or hung, the audit service killed. One stop per fault;
+while it is down every probe is fired at once, twice (the first round meets the broken connections,
+the second the refused ones and the open circuits). The rule (docs/runbook.md, "Postgres
+restarts…" and "Redis outages"): no 5xx but 503 — or 502/504 from the gateway for an upstream that
+is gone — and each 5xx a problem document (the OAuth error JSON at the token and revocation
+endpoints, an HTML page where a browser page is asked for), a 503 with ``Retry-After`` (``/readyz``'s
+too); and no traceback in any service's log meanwhile.
 
 A layer that does I/O outside the kit's fault answers (:class:`svckit.middleware.ServiceFront` maps
 the database's and Redis's unavailability to 503 only for what runs inside it) shows up here as a
@@ -62,7 +63,7 @@ PAGE = "page"
 API = "api"
 #: FAULT_MATRIX_VERBOSE=1 prints every answer under every fault (``pytest -s``)
 VERBOSE = bool(os.environ.get("FAULT_MATRIX_VERBOSE"))
-#: a readiness probe: its 503 is for the kubelet, which reads no Retry-After
+#: a readiness probe: its 503 is a problem with Retry-After too (tests/faults/test_not_ready.py)
 PROBE = "probe"
 
 
@@ -151,7 +152,7 @@ def violation(probe: Probe, reply: Reply) -> str | None:
         return f"{status} as {reply.content_type!r}: {reply.body[:200]}"
     if reply.content_type == "application/json" and '"error"' not in reply.body:
         return f"{status} JSON without an OAuth error: {reply.body[:200]}"
-    if status == 503 and probe.kind != PROBE and reply.retry_after is None:
+    if status == 503 and reply.retry_after is None:
         return f"503 without Retry-After: {reply.body[:200]}"
     return None
 
@@ -630,6 +631,14 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
         async def postgres_writable() -> None:
             await read_only(False)
 
+        async def postgres_hung() -> None:
+            await asyncio.to_thread(stack.postgres.pause)  # SIGSTOP: connections accepted, nothing answered
+
+        async def postgres_resumed() -> None:
+            await asyncio.to_thread(stack.postgres.resume)
+            for service in stack.services.values():
+                await wait_ready(service.url)
+
         async def redis_down() -> None:
             await asyncio.to_thread(stack.redis.stop)
 
@@ -661,6 +670,7 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
         for fault, stop, start, rounds, gone in (
             ("postgres stopped", postgres_down, postgres_up, 2, None),
             ("postgres read-only", postgres_read_only, postgres_writable, 1, None),
+            ("postgres hung", postgres_hung, postgres_resumed, 1, None),
             ("redis stopped", redis_down, redis_up, 2, None),
             ("redis hung", redis_hung, redis_resumed, 2, None),
             ("audit killed", *killed(stack.audit), 1, stack.audit.url),

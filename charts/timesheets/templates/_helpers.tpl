@@ -548,6 +548,11 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ include "timesheets.url" (dict "root" $root "component" $peer) | quote }}
 {{- end }}
 {{- end }}
+{{- if and (has $c (list "identity" "timesheets" "approvals")) (not .migration) }}
+{{- /* the services with an outbox (svckit.outbox): its relay's receipt check (svckit.receipts) */}}
+- name: OUTBOX_RECEIPT_CHECK_INTERVAL_SECONDS
+  value: {{ $root.Values.config.outboxReceiptCheckIntervalSeconds | quote }}
+{{- end }}
 {{- if has $c (list "gateway" "identity") }}
 - name: OIDC_AUDIENCE
   value: {{ $root.Values.oidc.audience | quote }}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from svckit.settings import DatabaseSettings, DenialAuditSettings, RedisSettings
 
 from .checkpoints import CheckpointKeys
@@ -27,8 +27,12 @@ class AuditSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
     # How often a checkpoint is signed when the chain grew (one replica at a time); 0: never by this
     # process (it still verifies against the checkpoints others signed).
     audit_checkpoint_interval_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # The audit trail's reads run statements of up to AUDIT_READ_TIMEOUT_SECONDS (a verification's
+    # pages, of its whole limit): the driver's bound stays 30 s here, as it was for every service.
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # GET /audit/events: how long one statement of a listing may run (SET LOCAL statement_timeout; a
-    # listing that would take longer answers 422, narrow it), at most the driver's 30 s; and how many
+    # listing that would take longer answers 422, narrow it), at most DB_STATEMENT_TIMEOUT_SECONDS (the
+    # driver's bound, which would answer 503 first) and at most 30 s; and how many
     # listings may hold a pooled connection at once (at most DB_POOL_MAX - 1: ingestion keeps the
     # rest; a listing waits up to the timeout for a turn, then 503).
     audit_read_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
@@ -59,6 +63,15 @@ class AuditSettings(DatabaseSettings, RedisSettings, DenialAuditSettings):
         if value.strip():
             CheckpointKeys.parse(value)  # CheckpointKeyError is a ValueError naming no key material
         return value
+
+    @model_validator(mode="after")
+    def _read_within_statement_bound(self) -> AuditSettings:
+        if self.audit_read_timeout_seconds > self.db_statement_timeout_seconds:
+            raise ValueError(
+                "AUDIT_READ_TIMEOUT_SECONDS must be at most DB_STATEMENT_TIMEOUT_SECONDS (a listing's "
+                "statement would be cut by the driver, 503, before the database's own limit, 422)"
+            )
+        return self
 
     @property
     def checkpoint_keys(self) -> CheckpointKeys | None:

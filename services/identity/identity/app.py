@@ -30,7 +30,7 @@ from .browser import CsrfSigner
 from .cors import ClientOrigins, CorsMiddleware
 from .endpoints import ProtocolEndpoints
 from .keys import KeyCipher, KeyEncryptionError
-from .keystore import KeyStore
+from .keystore import KeyStore, NoSigningKey
 from .logout import Logout
 from .oauth import Backend, IdentityServer
 from .revocation import GATEWAY_LEEWAY_SECONDS, RevocationPublisher, Revoker
@@ -187,6 +187,9 @@ def build_app(settings: IdentitySettings) -> Starlette:
     for error in unavailable:
         if issubclass(error, Exception):
             app.add_exception_handler(error, outage.unavailable)
+    # no usable signing key (yet): not now, like an outage, never a 500 (identity.outage)
+    for error in (NoSigningKey, KeyEncryptionError):
+        app.add_exception_handler(error, outage.keys_not_loaded)
     app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
     # No route has a trailing slash, and Starlette's answer to one (a 307 to the same path without it)
     # is an absolute URL built from the request's Host and scheme: any name a request (or a poisoned

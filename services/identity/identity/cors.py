@@ -19,9 +19,8 @@ import time
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from svckit.app import RETRY_AFTER
 from svckit.db import UNAVAILABLE_ERRORS, Database
-from svckit.problems import problem_response
+from svckit.problems import RETRY_AFTER, problem_response
 
 from . import store
 

@@ -32,7 +32,7 @@ from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
-from .problems import EXCEPTION_HANDLERS, problem_response
+from .problems import EXCEPTION_HANDLERS, RETRY_AFTER, problem_response
 from .replay import ReplayMemory
 from .replayfallback import PURGE_INTERVAL, PURGE_TASK
 from .settings import DenialAuditSettings, ServiceSettings
@@ -44,9 +44,6 @@ GC_THRESHOLDS = (20_000, 20, 20)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
-
-
-RETRY_AFTER = {"Retry-After": "2"}
 
 
 async def unavailable_handler(request: Request, exc: Exception) -> Response:

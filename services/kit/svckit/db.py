@@ -129,6 +129,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
         max_backoff: float = 10.0,
         outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
@@ -143,6 +144,7 @@ class Database:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.max_backoff = max_backoff
         self.outcome_check_seconds = outcome_check_seconds
         self._pool: asyncpg.Pool | None = None
@@ -159,6 +161,7 @@ class Database:
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             connect_timeout=settings.db_connect_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
             tls=settings.database_tls,
         )
 
@@ -179,7 +182,7 @@ class Database:
             settings["search_path"] = f"{self.schema},public"
         return {
             "timeout": self.connect_timeout,
-            "command_timeout": 30,
+            "command_timeout": self.statement_timeout,
             "server_settings": settings,
             "ssl": self.ssl,
         }
@@ -289,6 +292,9 @@ class Database:
         except READ_ONLY_ERRORS:
             conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
             raise
+        except TimeoutError:
+            abandon(conn)
+            raise
         finally:
             await pool.release(conn, timeout=self.connect_timeout)
 
@@ -308,7 +314,11 @@ class Database:
             body_done = False
             try:
                 async with conn.transaction(isolation=isolation):
-                    yield conn
+                    try:
+                        yield conn
+                    except TimeoutError:
+                        abandon(conn)  # no ROLLBACK to wait for: the session's end rolls back
+                        raise
                     body_done = True
             except UNAVAILABLE_ERRORS as exc:
                 if not body_done:
@@ -350,6 +360,8 @@ class Database:
             except READ_ONLY_ERRORS:
                 raise  # the server refused the statement: certainly not applied, nothing to resolve
             except UNAVAILABLE_ERRORS as exc:
+                if isinstance(exc, TimeoutError):
+                    abandon(conn)
                 failure: BaseException = exc
         failed_at = time.monotonic()
         log.warning(
@@ -422,6 +434,16 @@ class Database:
         size = self._pool.get_size()
         idle = self._pool.get_idle_size()
         return {"in_use": size - idle, "idle": idle, "max": self.max_size}
+
+
+def abandon(conn: Any) -> None:
+    """Close a connection whose statement got no answer within the statement bound
+    (``DB_STATEMENT_TIMEOUT_SECONDS``, asyncpg's ``command_timeout``) at once, without a word to
+    the server. A server that does not answer (hung: a frozen VM, a stalled disk, a partition) would
+    not answer the ``ROLLBACK`` or the release's clean-up either: each waited the bound again, so a
+    request took twice the bound or more before its 503. What the session held is rolled back by the
+    server when it sees the connection gone."""
+    conn.terminate()
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

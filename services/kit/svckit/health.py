@@ -2,7 +2,8 @@
 
 ``/healthz`` only says the event loop answers (a failing liveness probe restarts the pod, so it must
 not depend on anything outside the process). ``/readyz`` runs every registered check concurrently,
-each bounded in time, and names the ones that failed.
+each bounded in time, and names the ones that failed: 503 problem with ``Retry-After`` when one did
+(as every other 503 of the kit: a client or balancer that reads it is told when to look again).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .problems import problem_response
+from .problems import RETRY_AFTER, problem_response
 
 Check = Callable[[], Awaitable[None]]
 
@@ -56,6 +57,7 @@ def readyz_endpoint(checks: Mapping[str, Check]) -> Callable[[Request], Awaitabl
                 503,
                 "Service Unavailable",
                 "Not ready: " + ", ".join(failed),
+                headers=RETRY_AFTER,
                 status_text="not ready",
                 checks=results,
                 failed=failed,

@@ -20,6 +20,10 @@ from starlette.responses import Response
 from .context import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
+#: the header of every "unavailable, come back shortly" 503 of the kit: a backing service away
+#: (svckit.app), a service not ready (svckit.health). Small: a restart of Postgres or a pod becoming
+#: ready takes seconds, and a client told when to look again does not poll in a tight loop.
+RETRY_AFTER = {"Retry-After": "2"}
 
 log = logging.getLogger("svckit.problems")
 

@@ -227,6 +227,12 @@ class DatabaseSettings(ServiceSettings):
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=500)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # The longest the service waits for the answer to one statement (asyncpg's command_timeout, on
+    # the client side: a server that hangs enforces no statement_timeout of its own). Past it the
+    # request is answered 503 with Retry-After and the session is closed, not pooled again
+    # (svckit.db.abandon). It was a fixed 30 s, the gateway's own upstream read timeout: every request
+    # on a hung database waited with it, and the gateway's 504 raced the service's 503.
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
     # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
     db_sslrootcert: str = ""
