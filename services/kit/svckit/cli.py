@@ -213,10 +213,13 @@ def run_cli(
     argv: Sequence[str] | None = None,
     http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
     open_files: Callable[[S], int] | None = None,
+    files_per_connection: int = 1,
 ) -> int:
     """The entry point of ``name``. ``open_files``: the descriptors a worker of this service holds
     besides the kit's and its client connections, at most (the gateway's upstream pools), for the
-    start-up check of the open-file limit (:mod:`svckit.fdlimit`)."""
+    start-up check of the open-file limit (:mod:`svckit.fdlimit`); ``files_per_connection``: the
+    descriptors one client connection may hold, itself included (the gateway's 2: an SPA file it
+    streams)."""
     extra = dict(commands or {})
     choices = ["serve", *(["migrate"] if migrations else []), *extra]
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"The {name} service.")
@@ -231,7 +234,7 @@ def run_cli(
         if missing := settings.missing_identity_pairs():
             print(f"invalid configuration: {missing}", file=sys.stderr, flush=True)
             return 2
-        files = check_open_files(settings, open_files(settings) if open_files else 0)
+        files = check_open_files(settings, open_files(settings) if open_files else 0, files_per_connection)
         if files.refusal is not None:
             print(files.refusal, file=sys.stderr, flush=True)
             return 2
