@@ -134,6 +134,8 @@ async def test_connections_stalled_on_spa_files_stay_within_the_open_file_limit(
         with process.start("/readyz") as gateway:
             assert gateway.process is not None
             limit = soft_limit(gateway.process.pid)  # what the gateway raised itself to
+            with urllib.request.urlopen(gateway.metrics_url, timeout=5) as scraped:
+                assert f"http_max_connections {float(STALL_CAP)}" in scraped.read().decode()
             time.sleep(0.2)  # the start-up probe's connection is gone
             stalled = [stalled_download(gateway.port, asset) for _ in range(STALL_CAP - 1)]
             try:

@@ -23,7 +23,7 @@ from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
 from .fdlimit import check_open_files
 from .logs import configure_logging
-from .metrics import MetricsServer, forget_dead_processes
+from .metrics import MetricsServer, forget_dead_processes, http_max_connections
 from .metrics import bind_listener as metrics_socket
 from .migrations import MigrationError, migrate
 from .roles import RoleError, RuntimeRole
@@ -104,6 +104,8 @@ class ReloadedProcess:
     def __call__(self, sockets: list[socket.socket] | None = None) -> None:
         forget_dead_processes()  # the gateway's multiprocess files: the previous child's live gauges
         host, port = self.metrics_listener.getsockname()[:2]
+        if isinstance(self.config, server.ServingConfig):  # this child's gauge, not the reloader's
+            http_max_connections.set(self.config.max_connections)
         metrics = MetricsServer(host, port, listener=self.metrics_listener).start()
         try:
             uvicorn.Server(self.config).run(sockets=sockets)
@@ -240,6 +242,7 @@ def run_cli(
             return 2
         if files.max_connections != settings.max_connections_per_worker:  # the default, lowered to fit
             settings = copy_with(settings, max_connections_per_worker=files.max_connections)
+        http_max_connections.set(settings.max_connections_per_worker)
         if settings.dev_reload:  # the listener is served by the application's process (ReloadedProcess)
             listener = bind_metrics_listener(settings)
             if listener is None:

@@ -34,6 +34,16 @@ def nofile(soft: int, hard: int) -> Callable[[], None]:
     return limit
 
 
+def served_cap(service: ServiceProcess) -> float:
+    """What the service's ``http_max_connections`` gauge says."""
+    with urllib.request.urlopen(service.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    lines = text.splitlines()
+    values = [float(line.split()[1]) for line in lines if line.startswith("http_max_connections ")]
+    assert len(values) == 1, text
+    return values[0]
+
+
 def soft_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -109,6 +119,7 @@ def test_the_default_cap_is_lowered_to_what_the_hard_limit_leaves(audit_env: dic
         assert len(warnings) == 1, service.logs()
         assert warnings[0]["max_connections"] == room
         assert warnings[0]["open_file_limit"] == limit
+        assert served_cap(service) == room  # and in a metric, for who reads no start-up logs
         time.sleep(0.2)  # the start-up probe's connection is gone
         holders = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(room)]
         try:
@@ -153,6 +164,7 @@ def test_a_raised_soft_limit_holds_the_whole_cap_and_answers_the_next_one_503(
         pytest.skip("this test process cannot open the cap's connections itself")
     env = {**audit_env, "MAX_CONNECTIONS_PER_WORKER": str(cap), "REQUEST_HEAD_TIMEOUT_SECONDS": "60"}
     with ServiceProcess("audit", env, preexec_fn=nofile(soft, 4096)).start("/readyz") as service:
+        assert served_cap(service) == cap
         time.sleep(0.2)  # the start-up probe's connection is gone
         holders = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(cap)]
         try:
