@@ -158,3 +158,32 @@ async def test_connections_stalled_on_spa_files_stay_within_the_open_file_limit(
             assert "Too many open files" not in gateway.logs(), gateway.logs()[-3000:]
 
     await asyncio.to_thread(fill)
+
+
+async def test_the_default_cap_is_lowered_to_two_files_per_connection(
+    provider: Provider,
+    echo: Echo,
+    identity_keys: dict[str, str],
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MAX_CONNECTIONS_PER_WORKER`` unset and a hard limit below what the default cap needs: the
+    gateway serves as many connections as the limit holds at two descriptors each, and says so."""
+    monkeypatch.delenv("MAX_CONNECTIONS_PER_WORKER", raising=False)  # "unset" must mean unset
+    env = process_env(
+        provider, echo, identity_keys, redis_prefix, UPSTREAM_POOL_SIZE="4", GATEWAY_WORKERS="1"
+    )
+    settings = load_settings(GatewaySettings, env=env)
+    besides = files_besides_connections(settings) + 4 * len(settings.upstreams)
+    room = 50
+    limit = besides + 2 * room + 1  # the odd descriptor holds no connection
+
+    def start() -> None:
+        with ServiceProcess("gateway", env, preexec_fn=nofile(limit, limit)).start("/readyz") as gateway:
+            warnings = [line for line in gateway.logs().splitlines() if "open-file limit is too low" in line]
+            assert len(warnings) == 1, gateway.logs()
+            assert f'"max_connections": {room},' in warnings[0]
+            with urllib.request.urlopen(gateway.metrics_url, timeout=5) as scraped:
+                assert f"http_max_connections {float(room)}" in scraped.read().decode()
+
+    await asyncio.to_thread(start)
