@@ -43,8 +43,9 @@ MEANINGS = {
     "max_connections_per_worker": (
         "open connections per worker process; one more is answered 503 (`Retry-After`) and closed,"
         " unless it asks for `/healthz` or `/readyz`. At start the soft open-file limit is raised to"
-        " this plus the worker's pools; a hard limit too low stops the start (exit 2) when this is set,"
-        " and lowers the default to fit (a warning line) when it is not"
+        " this (twice this for the gateway, whose responses hold the SPA file they stream open) plus"
+        " the worker's pools; a hard limit too low stops the start (exit 2) when this is set,"
+        " and lowers the default to fit (a warning line, `http_max_connections`) when it is not"
     ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",

@@ -29,5 +29,8 @@ raise SystemExit(
         http_protocol=GatewayHttpProtocol,
         # each worker's upstream pools, at their size (svckit.fdlimit: the open-file limit at start)
         open_files=lambda settings: settings.upstream_pool_size * len(settings.upstreams),
+        # a connection streaming an SPA file holds the file open too (Starlette's FileResponse, for as
+        # long as its client takes to read it)
+        files_per_connection=2,
     )
 )

@@ -23,7 +23,7 @@ from .db import UNAVAILABLE_ERRORS
 from .dbtls import SslMode, describe_connect_error
 from .fdlimit import check_open_files
 from .logs import configure_logging
-from .metrics import MetricsServer, forget_dead_processes
+from .metrics import MetricsServer, forget_dead_processes, http_max_connections
 from .metrics import bind_listener as metrics_socket
 from .migrations import MigrationError, migrate
 from .roles import RoleError, RuntimeRole
@@ -104,6 +104,8 @@ class ReloadedProcess:
     def __call__(self, sockets: list[socket.socket] | None = None) -> None:
         forget_dead_processes()  # the gateway's multiprocess files: the previous child's live gauges
         host, port = self.metrics_listener.getsockname()[:2]
+        if isinstance(self.config, server.ServingConfig):  # this child's gauge, not the reloader's
+            http_max_connections.set(self.config.max_connections)
         metrics = MetricsServer(host, port, listener=self.metrics_listener).start()
         try:
             uvicorn.Server(self.config).run(sockets=sockets)
@@ -213,10 +215,13 @@ def run_cli(
     argv: Sequence[str] | None = None,
     http_protocol: type[ProblemHttpProtocol] = ProblemHttpProtocol,
     open_files: Callable[[S], int] | None = None,
+    files_per_connection: int = 1,
 ) -> int:
     """The entry point of ``name``. ``open_files``: the descriptors a worker of this service holds
     besides the kit's and its client connections, at most (the gateway's upstream pools), for the
-    start-up check of the open-file limit (:mod:`svckit.fdlimit`)."""
+    start-up check of the open-file limit (:mod:`svckit.fdlimit`); ``files_per_connection``: the
+    descriptors one client connection may hold, itself included (the gateway's 2: an SPA file it
+    streams)."""
     extra = dict(commands or {})
     choices = ["serve", *(["migrate"] if migrations else []), *extra]
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"The {name} service.")
@@ -231,12 +236,13 @@ def run_cli(
         if missing := settings.missing_identity_pairs():
             print(f"invalid configuration: {missing}", file=sys.stderr, flush=True)
             return 2
-        files = check_open_files(settings, open_files(settings) if open_files else 0)
+        files = check_open_files(settings, open_files(settings) if open_files else 0, files_per_connection)
         if files.refusal is not None:
             print(files.refusal, file=sys.stderr, flush=True)
             return 2
         if files.max_connections != settings.max_connections_per_worker:  # the default, lowered to fit
             settings = copy_with(settings, max_connections_per_worker=files.max_connections)
+        http_max_connections.set(settings.max_connections_per_worker)
         if settings.dev_reload:  # the listener is served by the application's process (ReloadedProcess)
             listener = bind_metrics_listener(settings)
             if listener is None:

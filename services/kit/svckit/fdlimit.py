@@ -11,8 +11,9 @@ never came.
 
 At start, before the listeners are bound (:func:`check_open_files`, called by ``svckit.cli``):
 
-1. what a worker may need is the cap plus :func:`files_besides_connections` (an upper bound from the
-   settings: the pools at their maximum, plus :data:`BASE_FILES`);
+1. what a worker may need is the cap (times the descriptors one connection may hold: 2 for the
+   gateway, whose responses stream SPA files) plus :func:`files_besides_connections` (an upper bound
+   from the settings: the pools at their maximum, plus :data:`BASE_FILES`);
 2. a soft limit below that is raised toward the hard limit (``setrlimit``, which needs no privilege:
    as Go's runtime and nginx's ``worker_rlimit_nofile`` do); the workers inherit it;
 3. if the hard limit is still too low, which way it goes depends on who chose the cap:
@@ -74,12 +75,14 @@ def _limits() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def check_open_files(settings: ServiceSettings, extra: int = 0) -> OpenFiles:
+def check_open_files(settings: ServiceSettings, extra: int = 0, per_connection: int = 1) -> OpenFiles:
     """Raise the soft ``RLIMIT_NOFILE`` as far as the workers need (and the hard limit allows), then
-    decide the cap they serve with (see the module docstring)."""
+    decide the cap they serve with (see the module docstring). ``per_connection``: the descriptors one
+    client connection may hold, itself included (the gateway's 2: a connection streaming an SPA file
+    holds that file open for as long as its client takes to read it)."""
     cap = settings.max_connections_per_worker
     besides = files_besides_connections(settings, extra)
-    needed = cap + besides
+    needed = cap * per_connection + besides
     soft, hard = _limits()
     ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if soft != resource.RLIM_INFINITY and soft < ceiling:
@@ -92,14 +95,15 @@ def check_open_files(settings: ServiceSettings, extra: int = 0) -> OpenFiles:
         soft = _limits()[0]
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return OpenFiles(cap)
-    fits = soft - besides
+    fits = (soft - besides) // per_connection
     explicit = "max_connections_per_worker" in settings.model_fields_set
+    each = f", {per_connection} per connection" if per_connection > 1 else ""
     if explicit or fits < 1:
         return OpenFiles(
             cap,
             refusal=(
                 f"invalid configuration: MAX_CONNECTIONS_PER_WORKER={cap} needs {needed} open files per "
-                f"worker ({besides} besides its connections), but the open-file limit (RLIMIT_NOFILE) "
+                f"worker ({besides} besides its connections{each}), but the open-file limit (RLIMIT_NOFILE) "
                 f"is {soft}: raise the limit (ulimit -n, the container runtime's nofile) or lower "
                 f"MAX_CONNECTIONS_PER_WORKER to {max(fits, 0)} or less"
             ),

@@ -30,6 +30,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -64,6 +65,14 @@ http_send_timeouts = Counter(
     "Connections the HTTP layer ended because the client stopped taking its response: nothing taken "
     "for RESPONSE_SEND_TIMEOUT_SECONDS while writing was paused or a closing connection still held "
     "unsent bytes (the rest was dropped, the application heard http.disconnect).",
+)
+
+http_max_connections = Gauge(
+    "http_max_connections",
+    "Open connections each worker of this process holds at most before it answers 503: "
+    "MAX_CONNECTIONS_PER_WORKER, or less when it was not set and the open-file limit could not hold "
+    "the default (svckit.fdlimit; a warning line at start).",
+    multiprocess_mode="livemax",  # the gateway: set once, in the supervisor, before the workers start
 )
 
 UNMATCHED_ROUTE = "unmatched"

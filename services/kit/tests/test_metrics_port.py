@@ -172,10 +172,11 @@ def test_dev_reload_serves_the_same_metrics(service_env: dict[str, str]) -> None
     with ServiceProcess("audit", service_env).start(timeout=60) as service:
         expected = metric_families(get(service.metrics_url)[1].decode())
     assert "db_pool_connections" in expected
-    env = {**service_env, "DEV_RELOAD": "1", "DB_POOL_MAX": "7"}
+    env = {**service_env, "DEV_RELOAD": "1", "DB_POOL_MAX": "7", "MAX_CONNECTIONS_PER_WORKER": "300"}
     with ServiceProcess("audit", env).start(wait_path="/readyz", timeout=60) as service:
         status, body, _ = get(service.metrics_url)
     assert status == 200
     exposition = body.decode()
     assert metric_families(exposition) == expected
     assert 'db_pool_connections{state="max"} 7.0' in exposition.splitlines()
+    assert "http_max_connections 300.0" in exposition.splitlines()  # set in the child, not the reloader

@@ -34,6 +34,16 @@ def nofile(soft: int, hard: int) -> Callable[[], None]:
     return limit
 
 
+def served_cap(service: ServiceProcess) -> float:
+    """What the service's ``http_max_connections`` gauge says."""
+    with urllib.request.urlopen(service.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    lines = text.splitlines()
+    values = [float(line.split()[1]) for line in lines if line.startswith("http_max_connections ")]
+    assert len(values) == 1, text
+    return values[0]
+
+
 def soft_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -109,6 +119,7 @@ def test_the_default_cap_is_lowered_to_what_the_hard_limit_leaves(audit_env: dic
         assert len(warnings) == 1, service.logs()
         assert warnings[0]["max_connections"] == room
         assert warnings[0]["open_file_limit"] == limit
+        assert served_cap(service) == room  # and in a metric, for who reads no start-up logs
         time.sleep(0.2)  # the start-up probe's connection is gone
         holders = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(room)]
         try:
@@ -125,3 +136,46 @@ def test_the_default_cap_is_lowered_to_what_the_hard_limit_leaves(audit_env: dic
         time.sleep(0.2)
         with urllib.request.urlopen(service.url + "/readyz", timeout=5) as ready:
             assert ready.status == 200
+
+
+def refusal(url: str) -> urllib.error.HTTPError:
+    """The error status ``url`` answers; the test fails on a success or on no answer at all."""
+    try:
+        urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as refused:
+        return refused
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        pytest.fail(f"over the cap the client got {exc!r}, not the cap's 503")
+    pytest.fail("a request over the cap was served")
+
+
+def test_a_raised_soft_limit_holds_the_whole_cap_and_answers_the_next_one_503(
+    audit_env: dict[str, str],
+) -> None:
+    """The end-to-end promise: a worker started under a soft limit far below its cap (a container
+    runtime's 1024 against the default 2048, scaled down) holds all ``cap`` connections, answers the
+    next one with the cap's 503 problem, and still answers its probe (which opens a database
+    connection). Without the start-up check (seen with it taken out) the worker held 112 of the 300
+    (its 128 descriptors used up), the other 188 clients saw their connection closed without a byte,
+    the request over the cap, ``/readyz`` and ``/healthz`` were all reset at once (a kubelet would
+    have restarted the pod for its liveness probe), no 503 came and the service logged nothing."""
+    cap, soft = 300, 128
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < cap + 64:
+        pytest.skip("this test process cannot open the cap's connections itself")
+    env = {**audit_env, "MAX_CONNECTIONS_PER_WORKER": str(cap), "REQUEST_HEAD_TIMEOUT_SECONDS": "60"}
+    with ServiceProcess("audit", env, preexec_fn=nofile(soft, 4096)).start("/readyz") as service:
+        assert served_cap(service) == cap
+        time.sleep(0.2)  # the start-up probe's connection is gone
+        holders = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(cap)]
+        try:
+            time.sleep(0.5)  # all accepted: each one a descriptor of the worker
+            refused = refusal(service.url + "/events")
+            assert refused.code == 503
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert b"as many connections" in refused.read()
+            with urllib.request.urlopen(service.url + "/readyz", timeout=5) as ready:
+                assert ready.status == 200  # the probe is served at the cap, database and all
+        finally:
+            for holder in holders:
+                holder.close()
+        assert "Too many open files" not in service.logs()
