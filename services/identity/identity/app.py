@@ -73,6 +73,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     throttle = LoginThrottle(
         redis,
         max_per_user=settings.login_max_failures_per_user,
+        max_per_user_all_addresses=settings.login_max_failures_per_user_all_addresses,
         max_per_address=settings.login_max_failures_per_address,
         window_seconds=settings.login_throttle_window_seconds,
     )
