@@ -313,7 +313,14 @@ class IssueLimit:
     kept until a day after it expired, to recognise a replay) and implicit answers (each access token
     a row of the ledger). A signed-in user (or a script holding a session cookie) could otherwise
     have them issued at request rate. Counted per (issuer, subject), hashed, atomically as sign-ins
-    are; a refused request is not counted."""
+    are; a refused request is not counted.
+
+    Requests a browser marks ``Sec-Fetch-Site: cross-site`` have a budget of their own: any page the
+    person visits can navigate their browser to ``/authorize`` (a popup it keeps re-navigating; the
+    SameSite=Lax cookie goes along), and with one budget it could spend theirs in seconds and have the
+    provider refuse their own app's sign-ins and silent renewals (served from the provider's site) for
+    the rest of the window. Such pages can now spend only the cross-site budget; apps on other sites
+    (third parties) share it with them."""
 
     def __init__(
         self,
@@ -329,9 +336,9 @@ class IssueLimit:
         self.issuer = issuer
         self.max_per_user = max_per_user
 
-    async def take(self, subject: str) -> Verdict:
-        """One issue for ``subject``, or a refusal (with ``retry_after``) when its budget is spent."""
+    async def take(self, subject: str, *, cross_site: bool = False) -> Verdict:
+        """One issue for ``subject``, or a refusal (with ``retry_after``) when its budget (the
+        cross-site one for a cross-site request) is spent."""
         digest = hashlib.sha256(f"{self.issuer}\n{subject}".encode()).hexdigest()[:32]
-        return await self.counters.acquire(
-            [Counter("user", f"{self.prefix}user:{digest}", self.max_per_user)]
-        )
+        key = f"{self.prefix}{'cross-site-user' if cross_site else 'user'}:{digest}"
+        return await self.counters.acquire([Counter("user", key, self.max_per_user)])
