@@ -109,7 +109,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         Route("/oauth/token", protocol.token, methods=["POST"]),
         Route("/oauth/revoke", protocol.revoke, methods=["POST"]),
         Route("/userinfo", protocol.userinfo, methods=["GET", "POST"]),
-        Route("/v2/logout", logout.auth0_logout, methods=["GET"]),
+        Route("/v2/logout", logout.auth0_logout, methods=["GET", "POST"]),
         Route("/oidc/logout", logout.oidc_logout, methods=["GET", "POST"]),
         Route("/account/consents", account.consents_page, methods=["GET"]),
         Route("/account/consents/revoke", account.revoke_consent, methods=["POST"]),
