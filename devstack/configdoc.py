@@ -194,7 +194,12 @@ MEANINGS = {
     ),
     "key_refresh_seconds": "how often replicas reload the signing keys",
     "revocation_check_seconds": "how often the revocation stream is checked (re-published if Redis lost it)",
-    "login_max_failures_per_user": "failed sign-ins per user per window before throttling",
+    "login_max_failures_per_user": (
+        "failed sign-ins per user name from one client address per window before throttling that pair"
+    ),
+    "login_max_failures_per_user_all_addresses": (
+        "failed sign-ins per user name from all addresses per window before throttling the name everywhere"
+    ),
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",
     "client_auth_max_failures_per_address": "failed client authentications per address per window",

@@ -73,6 +73,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     throttle = LoginThrottle(
         redis,
         max_per_user=settings.login_max_failures_per_user,
+        max_per_user_all_addresses=settings.login_max_failures_per_user_all_addresses,
         max_per_address=settings.login_max_failures_per_address,
         window_seconds=settings.login_throttle_window_seconds,
     )
@@ -108,7 +109,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         Route("/oauth/token", protocol.token, methods=["POST"]),
         Route("/oauth/revoke", protocol.revoke, methods=["POST"]),
         Route("/userinfo", protocol.userinfo, methods=["GET", "POST"]),
-        Route("/v2/logout", logout.auth0_logout, methods=["GET"]),
+        Route("/v2/logout", logout.auth0_logout, methods=["GET", "POST"]),
         Route("/oidc/logout", logout.oidc_logout, methods=["GET", "POST"]),
         Route("/account/consents", account.consents_page, methods=["GET"]),
         Route("/account/consents/revoke", account.revoke_consent, methods=["POST"]),

@@ -315,7 +315,9 @@ class AuthorizationEndpoint:
 
         grant_user = None if decision == "deny" else user
         if grant_user is not None:  # a code or tokens will be issued: within the user's budget
-            verdict = await self.issue_limit.take(user.user.subject)
+            # a page on another site navigating the person's browser here spends its own budget only
+            cross_site = request.headers.get("sec-fetch-site", "").strip().lower() == "cross-site"
+            verdict = await self.issue_limit.take(user.user.subject, cross_site=cross_site)
             if not verdict.allowed:
                 authorize_throttled.inc()
                 caller = Identity(self.settings.identity_issuer, user.user.subject, "user", client.client_id)

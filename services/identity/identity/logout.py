@@ -4,7 +4,10 @@ RP-Initiated Logout ends a session at once only for a request carrying an ``id_t
 signed-in person; otherwise it asks them first (§2 of the specification: the OP MUST ask), on a page
 whose form carries a CSRF token. Without that question any page could sign a visitor out, since a
 top-level navigation carries the SameSite=Lax session cookie. Auth0's ``/v2/logout`` keeps Auth0's
-behaviour (no question), as its SDKs expect.
+behaviour (no question) for what the browser does not mark ``Sec-Fetch-Site: cross-site`` — an app on
+the provider's site, a bookmark, a non-browser client — as its SDKs expect; a navigation from another
+site, which any page can start, is asked the same question (its form posts back to ``/v2/logout``),
+and after the click goes on to ``returnTo`` as before.
 
 Either way the browser's session ends and every token issued through it (refresh tokens and the
 access tokens they and the session's code exchanges produced) is revoked and published to the
@@ -70,9 +73,27 @@ class Logout:
         return response
 
     async def auth0_logout(self, request: Request) -> Response:
-        """Auth0's ``/v2/logout?client_id=…&returnTo=…``: ``returnTo`` must be registered for the client."""
-        return_to = request.query_params.get("returnTo")
-        client_id = request.query_params.get("client_id")
+        """Auth0's ``/v2/logout?client_id=…&returnTo=…``: ``returnTo`` must be registered for the client.
+
+        ``GET`` signs out at once unless another site started the navigation (then it asks); ``POST``
+        is the question's form, which signs out only with its CSRF token (else it asks again)."""
+        if request.method == "POST":
+            form = await read_form(request)
+            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            token = fields.get("csrf_token")
+            confirmed = self.csrf.verify(request.cookies.get(CSRF_COOKIE), LOGOUT_PURPOSE, token)
+        else:
+            fields = dict(request.query_params)
+            site = request.headers.get("sec-fetch-site", "").strip().lower()
+            confirmed = site != "cross-site"
+        return_to = fields.get("returnTo") or None
+        client_id = fields.get("client_id") or None
+        if not confirmed:
+            user = await self.sessions.current(request)
+            if user is not None:
+                client = await store.get_client(self.database.pool, client_id) if client_id else None
+                params = [(k, v) for k, v in (("client_id", client_id), ("returnTo", return_to)) if v]
+                return self._ask(request, user, params, client, action="/v2/logout")
         await self._end_session(request)
         if not return_to:
             return self._signed_out()
@@ -136,6 +157,7 @@ class Logout:
         params: list[tuple[str, str]],
         client: Client | None,
         problem: tuple[str, str] | None = None,
+        action: str = "/oidc/logout",
     ) -> Response:
         cookie, fresh = csrf_cookie_value(request)
         error, description = problem or ("", "")
@@ -144,7 +166,7 @@ class Logout:
             400 if problem else 200,
             user_name=user.user.name,
             client_name=client.name if client is not None else "",
-            action="/oidc/logout",
+            action=action,
             csrf_token=self.csrf.token(cookie, LOGOUT_PURPOSE),
             params=params,
             error=error,

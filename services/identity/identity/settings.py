@@ -65,7 +65,11 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # database; revocations whose publication failed → published. Bounds the catch-up after an outage.
     revocation_check_seconds: float = Field(default=5.0, gt=0, le=300)
 
+    # Failed sign-ins per (user name, client address) and window; the name's failures from all
+    # addresses have a limit of their own (LOGIN_MAX_FAILURES_PER_USER_ALL_ADDRESSES, default 50), so
+    # that wrong passwords from one address cannot lock the person out from everywhere else.
     login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
+    login_max_failures_per_user_all_addresses: int = Field(default=50, ge=1, le=100000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
     client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)

@@ -12,6 +12,12 @@ refused, so no burst can exceed the limits while the slow password check runs. A
 gives its own slot back, so only failures stay counted; earlier failures are not forgiven by a success
 (else a guess that happened to be right would reopen the window to more guesses). The right password
 is refused too while a limit holds, until its window ends.
+
+Failures against one user name are limited per (user name, address), not per user name alone: a user
+name is no secret, so a per-name lockout let anyone lock a person out of their own sign-in from a
+single address, with a handful of wrong passwords a window. The name's failures from all addresses
+together still have a limit of their own, higher, that bounds guessing spread over many addresses; to
+lock someone out that way takes that many failures from at least ``all / per-user`` addresses.
 """
 
 from __future__ import annotations
@@ -210,7 +216,12 @@ def _user_part(username: str) -> str:
 
 
 class LoginThrottle:
-    """Sign-in attempts per user name and per client address, counted before the password check."""
+    """Sign-in attempts per client address, per (user name, address) and per user name from all
+    addresses, counted before the password check.
+
+    ``max_per_user`` limits one address's failures against one user name (scope ``user``);
+    ``max_per_user_all_addresses`` (default ``10 * max_per_user``) the name's failures from everywhere
+    (scope ``user_all``), so that one address cannot lock a person out from every other."""
 
     def __init__(
         self,
@@ -219,17 +230,22 @@ class LoginThrottle:
         max_per_user: int,
         max_per_address: int,
         window_seconds: int,
+        max_per_user_all_addresses: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.counters = WindowCounters(redis, window_seconds, clock)
         self.prefix = redis.key("identity", "login", "") if redis else "identity:login:"
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
+        self.max_per_user_all_addresses = max_per_user_all_addresses or 10 * max_per_user
 
-    def _counters(self, username: str, address: str) -> tuple[Counter, Counter]:
+    def _counters(self, username: str, address: str) -> tuple[Counter, Counter, Counter]:
+        user = _user_part(username)
+        pair = hashlib.sha256(f"{user}\n{address}".encode()).hexdigest()[:32]
         return (
             Counter("address", f"{self.prefix}addr:{address}", self.max_per_address),
-            Counter("user", f"{self.prefix}user:{_user_part(username)}", self.max_per_user),
+            Counter("user", f"{self.prefix}user-addr:{pair}", self.max_per_user),
+            Counter("user_all", f"{self.prefix}user:{user}", self.max_per_user_all_addresses),
         )
 
     async def attempt(self, username: str, address: str) -> Verdict:
@@ -297,7 +313,14 @@ class IssueLimit:
     kept until a day after it expired, to recognise a replay) and implicit answers (each access token
     a row of the ledger). A signed-in user (or a script holding a session cookie) could otherwise
     have them issued at request rate. Counted per (issuer, subject), hashed, atomically as sign-ins
-    are; a refused request is not counted."""
+    are; a refused request is not counted.
+
+    Requests a browser marks ``Sec-Fetch-Site: cross-site`` have a budget of their own: any page the
+    person visits can navigate their browser to ``/authorize`` (a popup it keeps re-navigating; the
+    SameSite=Lax cookie goes along), and with one budget it could spend theirs in seconds and have the
+    provider refuse their own app's sign-ins and silent renewals (served from the provider's site) for
+    the rest of the window. Such pages can now spend only the cross-site budget; apps on other sites
+    (third parties) share it with them."""
 
     def __init__(
         self,
@@ -313,9 +336,9 @@ class IssueLimit:
         self.issuer = issuer
         self.max_per_user = max_per_user
 
-    async def take(self, subject: str) -> Verdict:
-        """One issue for ``subject``, or a refusal (with ``retry_after``) when its budget is spent."""
+    async def take(self, subject: str, *, cross_site: bool = False) -> Verdict:
+        """One issue for ``subject``, or a refusal (with ``retry_after``) when its budget (the
+        cross-site one for a cross-site request) is spent."""
         digest = hashlib.sha256(f"{self.issuer}\n{subject}".encode()).hexdigest()[:32]
-        return await self.counters.acquire(
-            [Counter("user", f"{self.prefix}user:{digest}", self.max_per_user)]
-        )
+        key = f"{self.prefix}{'cross-site-user' if cross_site else 'user'}:{digest}"
+        return await self.counters.acquire([Counter("user", key, self.max_per_user)])

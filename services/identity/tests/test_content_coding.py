@@ -33,6 +33,7 @@ FORM_BODY_ROUTES = (
     "/authorize/decision",
     "/login",
     "/oidc/logout",
+    "/v2/logout",
     "/account/consents/revoke",
 )
 #: POST routes that read no body: /userinfo takes its token from the Authorization header only.

@@ -22,7 +22,14 @@ from testkit.fixtures import ServiceProcess
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
-HTML_FORMS = ("/authorize", "/authorize/decision", "/login", "/oidc/logout", "/account/consents/revoke")
+HTML_FORMS = (
+    "/authorize",
+    "/authorize/decision",
+    "/login",
+    "/oidc/logout",
+    "/v2/logout",
+    "/account/consents/revoke",
+)
 OAUTH_FORMS = ("/oauth/token", "/oauth/revoke")
 FORM = "application/x-www-form-urlencoded"
 #: bodies python_multipart logs a WARNING for ("Expected boundary character …", "Did not find …")

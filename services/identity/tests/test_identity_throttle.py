@@ -33,15 +33,24 @@ async def guard(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisGuard]:
 
 
 async def test_attempts_are_shared_through_redis(guard: RedisGuard) -> None:
-    replica_a = LoginThrottle(guard, max_per_user=3, max_per_address=100, window_seconds=60)
-    replica_b = LoginThrottle(guard, max_per_user=3, max_per_address=100, window_seconds=60)
+    replica_a = LoginThrottle(
+        guard, max_per_user=3, max_per_user_all_addresses=5, max_per_address=100, window_seconds=60
+    )
+    replica_b = LoginThrottle(
+        guard, max_per_user=3, max_per_user_all_addresses=5, max_per_address=100, window_seconds=60
+    )
     user = "shared-" + secrets.token_hex(4)
     for _ in range(3):
         assert (await replica_a.attempt(user, "10.0.0.1")).allowed
-    verdict = await replica_b.attempt(user, "10.0.0.2")
+    verdict = await replica_b.attempt(user, "10.0.0.1")
     assert not verdict.allowed
     assert verdict.scope == "user"
     assert 0 < verdict.retry_after <= 60
+    # another address is not locked out by the first one's failures, up to the name's overall limit
+    for _ in range(2):
+        assert (await replica_b.attempt(user, "10.0.0.2")).allowed
+    verdict = await replica_a.attempt(user, "10.0.0.3")
+    assert (verdict.allowed, verdict.scope) == (False, "user_all")
 
 
 async def test_a_success_gives_back_its_slot_but_forgives_no_failure(guard: RedisGuard) -> None:

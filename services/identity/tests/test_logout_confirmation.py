@@ -4,7 +4,8 @@ no hint, or when the hint does not belong to the signed-in user).
 
 Without that, any page can sign a visitor out: a top-level navigation to ``/oidc/logout`` carries the
 SameSite=Lax session cookie. Auth0 asks the same question at its ``/oidc/logout``; its ``/v2/logout``
-(kept as Auth0 has it) does not.
+signs out at once as Auth0 does, but for a navigation another site started
+(``Sec-Fetch-Site: cross-site``), which is asked too.
 """
 
 from __future__ import annotations
@@ -106,3 +107,47 @@ async def test_nobody_signed_in_nothing_to_ask(browser: Browser) -> None:
     done = await browser.get("/oidc/logout?" + urlencode(RETURN))
     assert done.status == 302
     assert done.headers["Location"] == f"{SPA}/?state=bye"
+
+
+AUTH0_RETURN = {"client_id": "timesheets-spa", "returnTo": f"{SPA}/"}
+CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+
+
+async def test_auth0_logout_started_by_another_site_asks_first(browser: Browser) -> None:
+    """Any page could sign a visitor out through ``/v2/logout``: a cross-site top-level navigation
+    carries the Lax cookie. A navigation the browser marks cross-site is now asked, and the person's
+    click goes on to ``returnTo`` as before."""
+    await browser.login("alice")
+    page = await browser.get("/v2/logout?" + urlencode(AUTH0_RETURN), headers=CROSS_SITE)
+    assert page.status == 200
+    assert "Location" not in page.headers
+    assert 'action="/v2/logout"' in browser.last_html
+    assert await signed_in(browser), "another site signed the person out"
+
+    await browser.get("/v2/logout?" + urlencode(AUTH0_RETURN), headers=CROSS_SITE)
+    form = {name: hidden_field(browser.last_html, name) for name in ("csrf_token", *AUTH0_RETURN)}
+    done = await browser.post("/v2/logout", form)
+    assert done.status == 302
+    assert done.headers["Location"] == f"{SPA}/"
+    assert not await signed_in(browser)
+
+
+async def test_auth0_logout_post_needs_the_questions_token(browser: Browser) -> None:
+    await browser.login("alice")
+    for form in (AUTH0_RETURN, {**AUTH0_RETURN, "csrf_token": "forged"}):
+        page = await browser.post("/v2/logout", form)
+        assert page.status == 200
+        assert "Location" not in page.headers
+        assert await signed_in(browser)
+
+
+@pytest.mark.parametrize("site", ["same-origin", "same-site", "none", None])
+async def test_auth0_logout_from_the_providers_site_or_no_browser_is_at_once(
+    browser: Browser, site: str | None
+) -> None:
+    await browser.login("alice")
+    headers = {"Sec-Fetch-Site": site} if site else {}
+    done = await browser.get("/v2/logout?" + urlencode(AUTH0_RETURN), headers=headers)
+    assert done.status == 302
+    assert done.headers["Location"] == f"{SPA}/"
+    assert not await signed_in(browser)

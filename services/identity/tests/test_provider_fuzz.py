@@ -67,6 +67,7 @@ POST_PATHS = (
     "/oauth/revoke",
     "/userinfo",
     "/oidc/logout",
+    "/v2/logout",
     "/account/consents/revoke",
 )
 OAUTH_JSON = ("/oauth/token", "/oauth/revoke")
