@@ -98,9 +98,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not _unit_only(config) and os.environ.get("DATABASE_URL"):
         try:
+            _run_async(drop_templates())  # before the roles: nothing of theirs is left in them
             _run_async(drop_runtime_roles(server_url()))
         except (OSError, asyncpg.PostgresError) as exc:  # never hide the session's own result
-            print(f"testkit: could not drop the runtime roles {ROLE_PREFIX}*: {exc}", file=sys.stderr)
+            print(
+                f"testkit: could not drop the templates or the runtime roles {ROLE_PREFIX}*: {exc}",
+                file=sys.stderr,
+            )
     while _embedded:
         _embedded.pop().stop()
     while _in_process_metrics:
@@ -769,6 +773,44 @@ def migrate_role_env(service: str) -> dict[str, str]:
 async def migrate_schema(database_url: str, schema: str, package_dir: Path) -> list[int]:
     """Migrate as the owner (``database_url``) and prepare the schema's runtime role."""
     return await migrate(database_url, schema, package_dir / "migrations", role=runtime_role(schema))
+
+
+#: Template databases of this session, by schema and migrations folder (:func:`create_migrated_database`).
+_templates: dict[tuple[str, Path], str] = {}
+
+
+async def create_migrated_database(name: str, schema: str, package_dir: Path) -> str:
+    """A fresh database ``name`` with ``schema`` migrated (as :func:`migrate_schema`), for tests that
+    need a database of their own per test.
+
+    Why: running every migration again for each such test cost about half a second a database (13
+    audit migrations; more on a loaded machine), paid by dozens of tests. The migrations run once per
+    session into a template database, and each test's database is a copy (``CREATE DATABASE …
+    TEMPLATE``, a file copy). :func:`migrate_schema` then runs on the copy as before: it finds every
+    migration applied (so the copy is what the migrations make), and brings the runtime role to its
+    privileges on this database (``CONNECT`` is a grant on the database, not copied with it).
+    Templates are dropped when the session ends."""
+    key = (schema, package_dir.resolve())
+    template = _templates.get(key)
+    if template is None:
+        template = f"tsp_test_{RUN_ID}_tpl{len(_templates)}"
+        await migrate_schema(await create_database(template), schema, package_dir)
+        _templates[key] = template
+    admin = await asyncpg.connect(server_url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    url = with_database(server_url(), name)
+    await migrate_schema(url, schema, package_dir)
+    return url
+
+
+async def drop_templates() -> None:
+    """Drop the template databases of :func:`create_migrated_database` (at the end of the session)."""
+    while _templates:
+        await drop_database(_templates.popitem()[1])
 
 
 async def drop_runtime_roles(server: str, prefix: str = ROLE_PREFIX) -> list[str]:

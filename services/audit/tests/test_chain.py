@@ -28,9 +28,8 @@ from svckit.settings import load_settings
 from testkit.client import SignedApi, ingest_counts
 from testkit.fixtures import (
     Caller,
-    create_database,
+    create_migrated_database,
     drop_database,
-    migrate_schema,
     runtime_env,
     runtime_url,
     serve_app,
@@ -167,9 +166,8 @@ ATTACKER_DISABLES_TRIGGER = "ALTER TABLE audit.records DISABLE TRIGGER USER"
 @pytest.fixture
 async def trail(identity_keys: dict[str, str], caller: Caller, new_event: Any) -> AsyncIterator[Trail]:
     name = f"tsp_test_audit_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         settings = load_settings(
             AuditSettings,
             env={"DATABASE_URL": runtime_url(dsn, "audit"), **identity_keys},

@@ -31,7 +31,13 @@ from svckit.settings import load_settings
 
 from testkit.client import SignedApi
 from testkit.clock import FakeClock
-from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import (
+    Caller,
+    create_migrated_database,
+    drop_database,
+    runtime_url,
+    serve_app,
+)
 from testkit.tamper import owner_sql, rewrite_history
 
 from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, EventFactory, wait_ready
@@ -77,10 +83,9 @@ async def ledger(
 ) -> AsyncIterator[Ledger]:
     """A trail with two checkpoints: records 1-5 signed as checkpoint 1, records 6-8 as checkpoint 2."""
     name = f"tsp_test_ck_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     keys_text = CheckpointKeys.generate("ck-1")
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         env = {
             "DATABASE_URL": runtime_url(dsn, "audit"),
             **identity_keys,

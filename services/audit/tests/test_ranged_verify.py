@@ -37,7 +37,13 @@ from svckit.settings import load_settings
 from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
 from testkit.clock import FakeClock
-from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import (
+    Caller,
+    create_migrated_database,
+    drop_database,
+    runtime_url,
+    serve_app,
+)
 from testkit.tamper import rewrite_history
 
 from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, wait_ready
@@ -79,10 +85,9 @@ async def ingest(api: SignedApi, count: int) -> None:
 @pytest.fixture(scope="module")
 async def ranged(caller: Caller, identity_keys: dict[str, str]) -> AsyncIterator[Ranged]:
     name = f"tsp_test_ranged_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     keys_text = CheckpointKeys.generate("rv-1")
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         env = {
             "DATABASE_URL": runtime_url(dsn, "audit"),
             **identity_keys,

@@ -28,7 +28,13 @@ from svckit.settings import load_settings
 
 from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
-from testkit.fixtures import Caller, create_database, drop_database, migrate_schema, runtime_url, serve_app
+from testkit.fixtures import (
+    Caller,
+    create_migrated_database,
+    drop_database,
+    runtime_url,
+    serve_app,
+)
 
 from .conftest import AUDITOR, PACKAGE_DIR, TIMESHEETS, wait_ready
 
@@ -58,10 +64,9 @@ class Trail:
 @pytest.fixture(scope="module")
 async def trail(identity_keys: dict[str, str], service_env: dict[str, str]) -> AsyncIterator[Trail]:
     name = f"tsp_test_bounds_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     keys = CheckpointKeys.generate("rb-1")
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         env = {
             **service_env,
             "DATABASE_URL": runtime_url(dsn, "audit"),
@@ -310,9 +315,8 @@ async def long_trail(
     identity_keys: dict[str, str], service_env: dict[str, str]
 ) -> AsyncIterator[dict[str, str]]:
     name = f"tsp_test_bounds_long_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         yield {
             **service_env,
             "DATABASE_URL": runtime_url(dsn, "audit"),

@@ -23,7 +23,7 @@ from audit.store import SELECT_COLUMNS, AuditStore
 from svckit.contracts.audit import AuditEvent
 from svckit.db import Database
 
-from testkit.fixtures import create_database, drop_database, migrate_schema, runtime_url
+from testkit.fixtures import create_migrated_database, drop_database, runtime_url
 
 from .conftest import PACKAGE_DIR
 
@@ -35,9 +35,8 @@ AWKWARD = '"q" \\ / \x01\x08\x0c\n\r\t\x1f\x7f é € 😀 \u2028 </script>'
 @pytest.fixture
 async def dsn() -> AsyncIterator[str]:
     name = f"tsp_test_audit_{secrets.token_hex(4)}"
-    url = await create_database(name)
+    url = await create_migrated_database(name, "audit", PACKAGE_DIR)
     try:
-        await migrate_schema(url, "audit", PACKAGE_DIR)
         yield runtime_url(url, "audit")
     finally:
         await drop_database(name)

@@ -32,10 +32,9 @@ from testkit.backup import service_command
 from testkit.clock import FakeClock
 from testkit.fixtures import (
     ServiceRedis,
-    create_database,
+    create_migrated_database,
     drop_database,
     free_port,
-    migrate_schema,
     runtime_url,
 )
 from testkit.tamper import owner_sql
@@ -96,7 +95,7 @@ class Trail:
 async def trail(service_redis: ServiceRedis) -> AsyncIterator[Trail]:
     """Records 1-5 signed as checkpoint 1, records 6-8 as checkpoint 2; the watermark names 2."""
     name = f"tsp_test_wm_{secrets.token_hex(4)}"
-    dsn = await create_database(name)
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
     keys_text = CheckpointKeys.generate("ck-1")
     keys = CheckpointKeys.parse(keys_text)
     redis = RedisGuard(
@@ -107,7 +106,6 @@ async def trail(service_redis: ServiceRedis) -> AsyncIterator[Trail]:
     )
     database = Database(runtime_url(dsn, "audit"), schema="audit", application_name="audit-watermark")
     try:
-        await migrate_schema(dsn, "audit", PACKAGE_DIR)
         await database.wait_connected(10)
         store = AuditStore(database, "audit")
         watermark = TrailWatermark(redis, keys, store.checkpoints)
