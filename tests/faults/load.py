@@ -249,3 +249,30 @@ async def check_invariants(conn: asyncpg.Connection, report: LoadReport) -> dict
         "decisions_without_audit_records": int(missing_decided),
         "acknowledged_decisions_not_applied": int(unapplied),
     }
+
+
+async def settled(dsn: str, report: LoadReport) -> tuple[float, dict[str, int]]:
+    """After the load, on a connection of its own: the seconds until every event was delivered
+    (:func:`wait_for_outboxes`), and what the acknowledgements left stored (:func:`check_invariants`)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        drained = await wait_for_outboxes(conn)
+        return drained, await check_invariants(conn, report)
+    finally:
+        await conn.close()
+
+
+#: what :func:`check_invariants` counts that a fault may never leave above 0
+NEVER = (
+    "lost",
+    "duplicates",
+    "entries_without_one_audit_record",
+    "decisions_without_audit_records",
+    "acknowledged_decisions_not_applied",
+)
+
+
+def assert_stored_once(counts: dict[str, int]) -> None:
+    """Every acknowledged write stored once with its audit records, every acknowledged decision
+    applied and audited on both sides."""
+    assert all(counts[name] == 0 for name in NEVER), counts
