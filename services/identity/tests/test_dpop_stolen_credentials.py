@@ -72,11 +72,15 @@ async def outbox_denials(
 
 
 async def revoke(
-    http: aiohttp.ClientSession, base_url: str, token: str, proof: str | None = None
+    http: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    proof: str | None = None,
+    hint: str = "refresh_token",
 ) -> tuple[int, dict[str, Any]]:
     """``POST /oauth/revoke`` as the SPA (a public client: its ``client_id`` is all it proves)."""
     headers = {"DPoP": proof} if proof is not None else {}
-    data = {"client_id": "timesheets-spa", "token": token, "token_type_hint": "refresh_token"}
+    data = {"client_id": "timesheets-spa", "token": token, "token_type_hint": hint}
     async with http.post(base_url + "/oauth/revoke", data=data, headers=headers) as response:
         text = await response.text()
         return response.status, json.loads(text) if text else {}
@@ -295,19 +299,17 @@ async def test_a_stolen_bound_access_token_cannot_be_revoked_without_the_key(
     tokens = await bound_session(browser, http, base_url, owner)
     before = metric(await scrape(base_url), "identity_dpop_binding_refusals_total", binding="access_token")
     for proof in (None, attacker.proof("POST", revoke_url)):
-        data = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
-        headers = {"DPoP": proof} if proof is not None else {}
-        async with http.post(revoke_url, data=data, headers=headers) as response:
-            error = await response.json()
-            wanted = "invalid_dpop_proof" if proof is None else "invalid_grant"
-            assert (response.status, error["error"]) == (400, wanted), error
+        status, error = await revoke(http, base_url, tokens["access_token"], proof, hint="access_token")
+        wanted = "invalid_dpop_proof" if proof is None else "invalid_grant"
+        assert (status, error["error"]) == (400, wanted), error
     after = metric(await scrape(base_url), "identity_dpop_binding_refusals_total", binding="access_token")
     assert after == before + 2
     assert await userinfo(http, base_url, tokens["access_token"], owner) == 200
     # by its key holder: revoked
-    data = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
-    async with http.post(revoke_url, data=data, headers={"DPoP": owner.proof("POST", revoke_url)}) as r:
-        assert r.status == 200, await r.text()
+    status, body = await revoke(
+        http, base_url, tokens["access_token"], owner.proof("POST", revoke_url), hint="access_token"
+    )
+    assert status == 200, body
     assert await userinfo(http, base_url, tokens["access_token"], owner) == 401
 
 
