@@ -6,6 +6,7 @@ seeded with ``python -m identity seed``; tests drive it over HTTP like a browser
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,20 @@ from testkit.fixtures import ServiceProcess, free_port, migrate_schema, runtime_
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
+
+
+@contextlib.contextmanager
+def own_provider(seeded: dict[str, str], **settings: str) -> Iterator[str]:
+    """A provider process of its own on a free port (its issuer named by that port), with
+    ``settings`` over the seeded environment — limits and counters no other test shares: its base
+    URL while it runs."""
+    port = free_port()
+    env = {**seeded, "IDENTITY_ISSUER": f"http://localhost:{port}/", **settings}
+    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    try:
+        yield f"http://localhost:{port}"
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -22,25 +22,17 @@ from identity import store
 from identity.models import User
 from identity.passwords import hash_secret
 
-from testkit.fixtures import ServiceProcess, free_port
 from testkit.oidc import Browser, code_request, params_of, pkce_pair
+
+from .conftest import own_provider
 
 LIMIT = 4
 
 
 @pytest.fixture(scope="module")
 def provider(seeded: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **seeded,
-        "IDENTITY_ISSUER": f"http://localhost:{port}/",
-        "AUTHORIZE_MAX_CODES_PER_USER": str(LIMIT),
-    }
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
-    try:
-        yield f"http://localhost:{port}"
-    finally:
-        process.stop()
+    with own_provider(seeded, AUTHORIZE_MAX_CODES_PER_USER=str(LIMIT)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from testkit.fixtures import ServiceProcess, free_port
+from .conftest import own_provider
 
 LIMIT = 3
 
@@ -28,18 +28,12 @@ LIMIT = 3
 def provider(seeded: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
     """A provider of its own (its own throttle counters), allowing ``LIMIT`` failures per address (or
     as many as the test's indirect parameter says)."""
-    port = free_port()
-    env = {
-        **seeded,
-        "IDENTITY_ISSUER": f"http://localhost:{port}/",
-        "REDIS_KEY_PREFIX": seeded["REDIS_KEY_PREFIX"] + f"client-auth-{secrets.token_hex(3)}:",
-        "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": str(getattr(request, "param", LIMIT)),
-    }
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
-    try:
-        yield f"http://localhost:{port}"
-    finally:
-        process.stop()
+    with own_provider(
+        seeded,
+        REDIS_KEY_PREFIX=seeded["REDIS_KEY_PREFIX"] + f"client-auth-{secrets.token_hex(3)}:",
+        CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS=str(getattr(request, "param", LIMIT)),
+    ) as url:
+        yield url
 
 
 WRONG = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", "not-the-secret")}

@@ -23,8 +23,9 @@ from identity import store
 from identity.models import User
 from identity.passwords import hash_secret
 
-from testkit.fixtures import ServiceProcess, free_port
 from testkit.oidc import hidden_field
+
+from .conftest import own_provider
 
 PER_USER = 3
 PER_USER_ALL = 6
@@ -34,20 +35,14 @@ VICTIM = "198.51.100.20"
 
 @pytest.fixture(scope="module")
 def provider(seeded: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **seeded,
-        "IDENTITY_ISSUER": f"http://localhost:{port}/",
-        "IDENTITY_TRUSTED_PROXIES": "127.0.0.1/32,::1/128",
-        "LOGIN_MAX_FAILURES_PER_USER": str(PER_USER),
-        "LOGIN_MAX_FAILURES_PER_USER_ALL_ADDRESSES": str(PER_USER_ALL),
-        "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
-    }
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
-    try:
-        yield f"http://localhost:{port}"
-    finally:
-        process.stop()
+    with own_provider(
+        seeded,
+        IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
+        LOGIN_MAX_FAILURES_PER_USER=str(PER_USER),
+        LOGIN_MAX_FAILURES_PER_USER_ALL_ADDRESSES=str(PER_USER_ALL),
+        LOGIN_MAX_FAILURES_PER_ADDRESS="1000",
+    ) as url:
+        yield url
 
 
 @pytest.fixture
