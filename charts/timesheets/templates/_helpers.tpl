@@ -613,6 +613,12 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.dbPoolMin | quote }}
 - name: DB_POOL_MAX
   value: {{ $root.Values.config.dbPoolMax | quote }}
+{{- /* how long a request waits on a hung Postgres (svckit.db): for a connection, for one statement's
+     answer; the audit service's own statement bound (its trail's reads run long statements) */}}
+- name: DB_CONNECT_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.dbConnectTimeoutSeconds | quote }}
+- name: DB_STATEMENT_TIMEOUT_SECONDS
+  value: {{ (eq $c "audit" | ternary $values.dbStatementTimeoutSeconds $root.Values.config.dbStatementTimeoutSeconds) | quote }}
 {{- end }}
 {{- if $usesRedis }}
 - name: REDIS_URL

@@ -25,17 +25,33 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
 
 
 @contextlib.contextmanager
-def own_provider(seeded: dict[str, str], **settings: str) -> Iterator[str]:
+def own_provider_process(
+    seeded: dict[str, str], *, wait_path: str = "/readyz", **settings: str
+) -> Iterator[ServiceProcess]:
     """A provider process of its own on a free port (its issuer named by that port), with
-    ``settings`` over the seeded environment — limits and counters no other test shares: its base
-    URL while it runs."""
+    ``settings`` over the seeded environment — limits and counters no other test shares — started
+    once ``wait_path`` answers 200 (``/healthz`` for one that is never ready). The process itself, for
+    a test that reads its logs; :func:`provider_url` is the base URL to drive it at."""
     port = free_port()
-    env = {**seeded, "IDENTITY_ISSUER": f"http://localhost:{port}/", **settings}
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    env = {**seeded, "IDENTITY_ISSUER": provider_url(port) + "/", **settings}
+    process = ServiceProcess("identity", env, port=port).start(wait_path=wait_path)
     try:
-        yield f"http://localhost:{port}"
+        yield process
     finally:
         process.stop()
+
+
+def provider_url(port: int) -> str:
+    """The base URL of a provider on ``port`` as its issuer names it (localhost, not
+    ServiceProcess.url's 127.0.0.1): its cookies and redirects are for that host."""
+    return f"http://localhost:{port}"
+
+
+@contextlib.contextmanager
+def own_provider(seeded: dict[str, str], **settings: str) -> Iterator[str]:
+    """:func:`own_provider_process`, ready: its base URL while it runs."""
+    with own_provider_process(seeded, **settings) as process:
+        yield provider_url(process.port)
 
 
 @pytest.fixture(scope="session")

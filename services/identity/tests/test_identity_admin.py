@@ -10,6 +10,8 @@ from svckit.settings import SettingsError, load_settings
 
 from testkit.oidc import run_cli
 
+from .conftest import own_provider
+
 
 def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, str]) -> None:
     env = {k: v for k, v in seeded.items() if k != "IDENTITY_KEY_ENCRYPTION_KEY"}
@@ -140,19 +142,14 @@ def test_issuer_gets_a_trailing_slash(seeded: dict[str, str]) -> None:
 
 
 async def test_failed_client_authentication_is_throttled_per_address(seeded: dict[str, str]) -> None:
-    from testkit.fixtures import ServiceProcess, free_port
     from testkit.oidc import BATCH_SECRET
 
-    port = free_port()
-    env = {
-        **seeded,
-        "IDENTITY_ISSUER": f"http://localhost:{port}/",
-        "REDIS_KEY_PREFIX": seeded["REDIS_KEY_PREFIX"] + "client-throttle:",
-        "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": "3",
-    }
-    url = f"http://localhost:{port}/oauth/token"
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
-    try:
+    with own_provider(
+        seeded,
+        REDIS_KEY_PREFIX=seeded["REDIS_KEY_PREFIX"] + "client-throttle:",
+        CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS="3",
+    ) as base:
+        url = base + "/oauth/token"
         async with aiohttp.ClientSession() as http:
 
             async def attempt(secret: str) -> int:
@@ -170,5 +167,3 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
                 assert r.status == 429
                 assert (await r.json())["error"] == "too_many_attempts"
                 assert int(r.headers["Retry-After"]) > 0
-    finally:
-        process.stop()

@@ -16,8 +16,9 @@ from identity import store
 from identity.models import Client
 
 from testkit.dpop import DpopKey
-from testkit.fixtures import ServiceProcess, free_port
 from testkit.oidc import BATCH_SECRET, SPA, Browser, code_request, params_of, pkce_pair
+
+from .conftest import own_provider
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -268,10 +269,7 @@ async def test_nonces_use_dpop_nonce_then_the_retry_passes(
     seeded: dict[str, str], browser: Browser, http: aiohttp.ClientSession
 ) -> None:
     """With DPOP_NONCES the first proof is answered use_dpop_nonce (nothing used up), the retry works."""
-    port = free_port()
-    issuer = f"http://localhost:{port}"
-    env = {**seeded, "IDENTITY_ISSUER": issuer + "/", "DPOP_NONCES": "true"}
-    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz"):
+    with own_provider(seeded, DPOP_NONCES="true") as issuer:
         key = DpopKey()
         token_url = issuer + "/oauth/token"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:

@@ -20,6 +20,8 @@ from svckit.settings import load_settings
 
 from testkit.oidc import BATCH_SECRET, run_cli
 
+from .conftest import own_provider_process, provider_url
+
 pytestmark = pytest.mark.usefixtures("identity_service")
 
 
@@ -173,26 +175,19 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
 async def test_a_wrong_key_encryption_key_leaves_the_service_up_but_not_ready(seeded: dict[str, str]) -> None:
     """The keys' housekeeping task cannot decrypt them: /healthz 200, /readyz 503 naming
     signing_keys, and a log line naming the variable (never the key)."""
-    from testkit.fixtures import ServiceProcess, free_port
-
     wrong = secrets.token_urlsafe(32)
-    port = free_port()
-    env = {**seeded, "IDENTITY_KEY_ENCRYPTION_KEY": wrong, "IDENTITY_ISSUER": f"http://localhost:{port}/"}
-    process = ServiceProcess("identity", env, port=port).start(wait_path="/healthz")
-    try:
+    with own_provider_process(seeded, wait_path="/healthz", IDENTITY_KEY_ENCRYPTION_KEY=wrong) as process:
         async with aiohttp.ClientSession() as http:
             for _ in range(50):
                 if "IDENTITY_KEY_ENCRYPTION_KEY does not match" in process.logs():
                     break
                 await asyncio.sleep(0.1)
-            async with http.get(f"http://localhost:{port}/readyz") as r:
+            async with http.get(provider_url(process.port) + "/readyz") as r:
                 assert r.status == 503
                 assert "signing_keys" in await r.text()
         logs = process.logs()
         assert "IDENTITY_KEY_ENCRYPTION_KEY does not match" in logs
         assert wrong not in logs
-    finally:
-        process.stop()
 
 
 async def test_two_replicas_starting_together_on_a_fresh_database_make_one_signing_key(

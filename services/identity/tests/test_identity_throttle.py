@@ -18,9 +18,11 @@ from identity.settings import IdentitySettings
 from identity.throttle import LoginThrottle
 from svckit.redisguard import RedisGuard
 
-from testkit.fixtures import ServiceProcess, free_port
+from testkit.fixtures import free_port
 from testkit.oidc import DEMO_PASSWORD, Browser, code_request, hidden_field, params_of, pkce_pair
 from testkit.redisproc import PrivateRedis
+
+from .conftest import own_provider, own_provider_process, provider_url
 
 SIGN_IN_BOUND_SECONDS = 1.5
 
@@ -129,18 +131,13 @@ async def test_sign_in_takes_bounded_time_while_redis_hangs_or_is_gone(seeded: d
     """A replica whose Redis hangs (SIGSTOP: connections accepted, nothing answered) and then refuses
     connections still signs users in, each sign-in within SIGN_IN_BOUND_SECONDS, and still throttles
     in process; once Redis is back it is used again."""
-    with PrivateRedis() as redis_server:
-        port = free_port()
-        env = {
-            **seeded,
-            "REDIS_URL": redis_server.url,
-            "IDENTITY_ISSUER": f"http://localhost:{port}/",
-            "LOGIN_MAX_FAILURES_PER_USER": "3",
-        }
-        process = ServiceProcess("identity", env, port=port).start(wait_path="/readyz")
+    with (
+        PrivateRedis() as redis_server,
+        own_provider_process(seeded, REDIS_URL=redis_server.url, LOGIN_MAX_FAILURES_PER_USER="3") as process,
+    ):
         try:
             async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-                browser = Browser(f"http://localhost:{port}", session)
+                browser = Browser(provider_url(process.port), session)
 
                 async def timed_login(user: str, password: str = DEMO_PASSWORD) -> tuple[int, float]:
                     started = time.monotonic()
@@ -173,25 +170,21 @@ async def test_sign_in_takes_bounded_time_while_redis_hangs_or_is_gone(seeded: d
                 assert (status, elapsed < SIGN_IN_BOUND_SECONDS) == (303, True)
             assert "redis unavailable" in process.logs()
         finally:
-            redis_server.resume()
-            process.stop()
+            redis_server.resume()  # before the provider stops (and the private Redis after it)
 
 
 async def test_the_code_limit_has_a_window_of_its_own(seeded: dict[str, str]) -> None:
     """``AUTHORIZE_MAX_CODES_PER_USER`` counts per ``AUTHORIZE_CODE_WINDOW_SECONDS``, not per the sign-in
     throttle's ``LOGIN_THROTTLE_WINDOW_SECONDS``: an operator can give a busy SPA's silent renewals a
     short window without shortening the one that slows password guessing (and the other way round)."""
-    port = free_port()
-    env = {
-        **seeded,
-        "IDENTITY_ISSUER": f"http://localhost:{port}/",  # counters of their own (keyed by issuer)
-        "AUTHORIZE_MAX_CODES_PER_USER": "1",
-        "AUTHORIZE_CODE_WINDOW_SECONDS": "1",
-        "LOGIN_THROTTLE_WINDOW_SECONDS": "900",
-    }
-    with ServiceProcess("identity", env, port=port).start(wait_path="/readyz"):
+    with own_provider(  # counters of their own (keyed by issuer)
+        seeded,
+        AUTHORIZE_MAX_CODES_PER_USER="1",
+        AUTHORIZE_CODE_WINDOW_SECONDS="1",
+        LOGIN_THROTTLE_WINDOW_SECONDS="900",
+    ) as url:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            browser = Browser(f"http://localhost:{port}", session)
+            browser = Browser(url, session)
             _, challenge = pkce_pair()
             first = await browser.sign_in_and_authorize("carol", **code_request(challenge))
             assert "code" in params_of(first.headers["Location"]), browser.last_html
