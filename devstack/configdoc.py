@@ -193,6 +193,9 @@ MEANINGS = {
         "changed `BATCH_CLIENT_SECRET` at `seed`)"
     ),
     "key_refresh_seconds": "how often replicas reload the signing keys",
+    "cors_origins_refresh_seconds": (
+        "how often the registered clients' web origins (the CORS allow-list) are re-read"
+    ),
     "revocation_check_seconds": "how often the revocation stream is checked (re-published if Redis lost it)",
     "login_max_failures_per_user": (
         "failed sign-ins per user name from one client address per window before throttling that pair"

@@ -48,7 +48,8 @@ def harness_html(bundle: str, config: dict[str, Any]) -> str:
 async def provider_allows_origin(issuer: str, origin: str) -> None:
     """Wait until the provider's token endpoint lets ``origin`` through CORS.
 
-    The bundled provider re-reads its clients' web origins every 10 s (``identity.cors.ClientOrigins``):
+    The bundled provider re-reads its clients' web origins every ``CORS_ORIGINS_REFRESH_SECONDS``
+    (10 s by default; ``identity.cors.ClientOrigins``):
     a client registered just now is not known yet, and an SDK's first token request from its origin
     would fail ("Failed to fetch") if sent before.
     """

@@ -121,6 +121,7 @@ class Stack:
                 "REDIS_URL": redis_url["identity"],
                 **relay,  # the provider's denials go to the audit trail too
                 "IDENTITY_ISSUER": self.issuer,
+                "CORS_ORIGINS_REFRESH_SECONDS": "1",  # test_provider_cors.py: re-read during an outage
                 "IDENTITY_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
                 "IDENTITY_SESSION_SECRET": secrets.token_urlsafe(32),
                 "DEMO_PASSWORD": DEMO_PASSWORD,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,22 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+async def scraped(process: ServiceProcess, until: Callable[[str], bool], within: float = 10.0) -> str:
+    """The gateway's metrics once ``until`` holds for them (the workers write theirs to the files once
+    a second), or as they are at the deadline (the caller's assertion then says what is wrong)."""
+    deadline = time.monotonic() + within
+    while True:
+        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as response:
+            text = await response.text()
+        if until(text) or time.monotonic() > deadline:
+            return text
+        await asyncio.sleep(0.1)
+
+
+def idle_upstream(text: str) -> float:
+    return metric(text, "gateway_upstream_connections", service="timesheets", state="idle")
+
+
 async def test_multi_worker_process(
     provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
 ) -> None:
@@ -139,11 +157,16 @@ async def test_multi_worker_process(
                 body = await response.json()
                 seen = [v for k, v in body["headers"] if k == "x-forwarded-for"]
                 assert seen == ["127.0.0.1"]
-        await asyncio.sleep(1.5)  # request metrics are written to Prometheus once a second
         async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as response:
             assert response.status == 404  # never on the public listener
-        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as response:
-            text = await response.text()
+        text = await scraped(
+            process,
+            lambda text: (
+                metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200")
+                >= 20
+                and idle_upstream(text) >= 1
+            ),
+        )
         assert (
             metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200") == 20
         )
@@ -203,10 +226,7 @@ async def test_a_dead_workers_live_gauges_stop_counting(
                 ) as r,
             ):
                 assert r.status == 200
-        await asyncio.sleep(1.5)  # the workers write their metrics to the files once a second
-        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
-            idle = metric(await r.text(), "gateway_upstream_connections", service="timesheets", state="idle")
-        assert idle >= 1
+        assert idle_upstream(await scraped(process, lambda text: idle_upstream(text) >= 1)) >= 1
         killed = workers_of(process)
         assert len(killed) == 2
         for pid in killed:  # both: the replacements have no upstream connection yet
@@ -219,10 +239,8 @@ async def test_a_dead_workers_live_gauges_stop_counting(
         else:
             pytest.fail("the killed workers were not replaced")
         await asyncio.to_thread(process.start)  # the new workers serve
-        await asyncio.sleep(1.5)
-        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
-            idle = metric(await r.text(), "gateway_upstream_connections", service="timesheets", state="idle")
-        assert idle == 0
+        # the dead workers' idle connections counted on (their files stayed) would never reach 0
+        assert idle_upstream(await scraped(process, lambda text: idle_upstream(text) == 0)) == 0
     finally:
         await asyncio.to_thread(process.stop)
 

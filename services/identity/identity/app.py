@@ -191,7 +191,9 @@ def build_app(settings: IdentitySettings) -> Starlette:
     # no usable signing key (yet): not now, like an outage, never a 500 (identity.outage)
     for error in (NoSigningKey, KeyEncryptionError):
         app.add_exception_handler(error, outage.keys_not_loaded)
-    app.add_middleware(CorsMiddleware, origins=ClientOrigins(database))
+    app.add_middleware(
+        CorsMiddleware, origins=ClientOrigins(database, ttl=settings.cors_origins_refresh_seconds)
+    )
     # No route has a trailing slash, and Starlette's answer to one (a 307 to the same path without it)
     # is an absolute URL built from the request's Host and scheme: any name a request (or a poisoned
     # cache) sends, plain http behind the TLS ingress, and a 307 replays a POST's body (a client

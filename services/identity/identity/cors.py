@@ -42,10 +42,11 @@ log = logging.getLogger("identity.cors")
 
 
 class ClientOrigins:
-    """The union of every registered client's web origins, re-read every ``ttl`` seconds; the last
-    read kept while the database is away (``None``: none read yet)."""
+    """The union of every registered client's web origins, re-read every ``ttl`` seconds
+    (``CORS_ORIGINS_REFRESH_SECONDS``); the last read kept while the database is away (``None``: none
+    read yet)."""
 
-    def __init__(self, database: Database, ttl: float = 10.0) -> None:
+    def __init__(self, database: Database, ttl: float) -> None:
         self.database = database
         self.ttl = ttl
         self._origins: frozenset[str] | None = None

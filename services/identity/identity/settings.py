@@ -60,6 +60,9 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # changed BATCH_CLIENT_SECRET at seed): the time to hand the new secret to the client
     client_secret_overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How often the registered clients' web origins (the CORS allow-list, identity.cors) are re-read:
+    # how long a newly registered origin waits, and how soon an outage is noticed by that read.
+    cors_origins_refresh_seconds: float = Field(default=10.0, gt=0, le=3600)
 
     # How often the revocation stream is checked: lost (Redis restarted empty) → re-published from the
     # database; revocations whose publication failed → published. Bounds the catch-up after an outage.

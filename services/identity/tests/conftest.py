@@ -84,6 +84,7 @@ def identity_env(service_env: dict[str, str], issuer: str, redis_user: Callable[
         "BATCH_CLIENT_SECRET": BATCH_SECRET,
         "KEY_REFRESH_SECONDS": "1",
         "REVOCATION_CHECK_SECONDS": "1",
+        "CORS_ORIGINS_REFRESH_SECONDS": "1",  # clients registered by a test are allowed soon
         "KEY_ROTATION_GRACE_SECONDS": "600",
         "LOGIN_MAX_FAILURES_PER_USER": "5",
         "LOGIN_MAX_FAILURES_PER_ADDRESS": "40",

@@ -24,7 +24,7 @@ async def test_origins_never_read_let_requests_through_and_answer_preflights_503
     never_started = Database("postgresql://nobody@127.0.0.1:9/nowhere")  # its pool is never made
     app = CorsMiddleware(
         Starlette(routes=[Route("/.well-known/openid-configuration", discovery)]),
-        ClientOrigins(never_started),
+        ClientOrigins(never_started, ttl=10.0),
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://provider") as http:
         reply = await http.get("/.well-known/openid-configuration", headers={"Origin": ORIGIN})

@@ -15,6 +15,7 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
+from testkit.fixtures import scrape
 from testkit.oidc import (
     BATCH_SECRET,
     SPA,
@@ -238,6 +239,24 @@ async def test_the_stream_keeps_only_what_can_still_be_used(
         await guard.close()
 
 
+async def feed_checks(base_url: str, after: float = 0.0) -> float:
+    """The provider's periodic revocation checks completed so far (``background_task_runs_total`` of
+    ``identity-revocation-feed``), once there are at least ``after`` (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        runs = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in (await scrape(base_url)).splitlines()
+            if line.startswith("background_task_runs_total{")
+            and 'task="identity-revocation-feed"' in line
+            and 'outcome="ok"' in line
+        )
+        if runs >= after:
+            return runs
+        assert time.monotonic() < deadline, f"{runs} periodic revocation checks, not {after}"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_restores_cutoff_is_published_republished_and_kept_from_the_trim(
     base_url: str, redis_url: str, seeded: dict[str, str], issuer: str, db: asyncpg.Connection
 ) -> None:
@@ -287,9 +306,10 @@ async def test_a_restores_cutoff_is_published_republished_and_kept_from_the_trim
         seconds, _ = await client.time()
         long_ago = (seconds - 3600) * 1000
         ancient = {"iss": issuer, "jti": "ancient", "exp": "0"}
+        checks_before = await feed_checks(base_url)
         await client.xadd(stream, ancient, id=f"{long_ago}-0")  # type: ignore[arg-type]
         await client.xadd(stream, expected, id=f"{long_ago}-1")  # type: ignore[arg-type]
-        await asyncio.sleep(2.5)  # two periodic checks
+        await feed_checks(base_url, after=checks_before + 2)  # two periodic checks, run after the XADDs
         assert expected in await events(), "a held cutoff was trimmed"
         assert len(await events()) == 2
 

@@ -74,6 +74,25 @@ def becomes_ready(process: ServiceProcess, within: float) -> bool:
     return False
 
 
+def refused_loads(process: ServiceProcess) -> int:
+    """How many times the pod's key loading failed on a key it cannot decrypt (each attempt logs it)."""
+    lines = process.log_path.read_text(errors="replace").splitlines()
+    return sum("identity-housekeeping failed" in line and "KeyEncryptionError" in line for line in lines)
+
+
+def stays_unready(process: ServiceProcess, attempts: int, within: float) -> bool:
+    """Not ready at any time until the pod has tried to load the keys ``attempts`` times and failed:
+    what it refuses is seen refused, not merely not reached yet."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if ready(process):
+            return False
+        if refused_loads(process) >= attempts:
+            return not ready(process)
+        time.sleep(0.1)
+    raise AssertionError(f"the pod did not try to load the keys {attempts} times in {within} s")
+
+
 async def signing_kid(process: ServiceProcess) -> str:
     auth = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", BATCH_SECRET)}
     async with (
@@ -106,7 +125,10 @@ async def test_the_key_encryption_key_rotates_pod_by_pod(
         started.append(process)
         return process.start(wait_path="/readyz" if wait_ready else "/healthz")
 
-    before, adding = start(ROTATION[0]), start(ROTATION[1])
+    # two pods rolling side by side: started together
+    before, adding = await asyncio.gather(
+        asyncio.to_thread(start, ROTATION[0]), asyncio.to_thread(start, ROTATION[1])
+    )
     old_kid = await signing_kid(before)
     assert await signing_kid(adding) == old_kid
 
@@ -135,7 +157,7 @@ async def test_the_key_encryption_key_rotates_pod_by_pod(
         # the old signing key is still published (tokens it signed are still valid): its key-encryption
         # key cannot go yet
         early = start(ROTATION[3], wait_ready=False)
-        assert not becomes_ready(early, within=3)
+        assert stays_unready(early, attempts=2, within=30)  # the second after a back-off of 1 s
         # the old signing key's publication ends (in production: its tokens' lifetime + a minute)
         await conn.execute("UPDATE signing_keys SET publish_until = now() WHERE kid = $1", old_kid)
     finally:
