@@ -24,7 +24,8 @@ import random
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
 from typing import Any, Literal
 
 import asyncpg
@@ -278,54 +279,28 @@ class Database:
         async with self.pool.acquire(timeout=2.0) as conn:
             await conn.fetchval("SELECT 1", timeout=2.0)
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection for the block, waited for at most ``connect_timeout``. The bound is
-        ``asyncio.timeout`` around asyncpg's acquire, not its ``acquire(timeout=)``: that runs every
-        acquire as a task of its own (``wait_for``), idle connection or not, a cost per statement on
-        the busiest paths (the audit service's group commit). The release keeps the same timeout."""
-        pool = self.pool
-        async with asyncio.timeout(self.connect_timeout):
-            conn: Connection = await pool.acquire()
-        try:
-            yield conn
-        except READ_ONLY_ERRORS:
-            conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
-            raise
-        except TimeoutError:
-            abandon(conn)
-            raise
-        finally:
-            await pool.release(conn, timeout=self.connect_timeout)
+    def connection(self) -> PooledConnection:
+        """A pooled connection for the block (``async with``), waited for at most ``connect_timeout``:
+        see :class:`PooledConnection`."""
+        return PooledConnection(self)
 
-    @contextlib.asynccontextmanager
-    async def transaction(
+    def transaction(
         self, isolation: IsolationLevel = "read_committed", *, committed: CommitCheck | None = None
-    ) -> AsyncIterator[Connection]:
-        """A transaction on a pooled connection, committed when the block ends without an exception.
+    ) -> PooledTransaction:
+        """A transaction on a pooled connection (``async with``), committed when the block ends
+        without an exception.
 
         If the connection breaks while committing, the outcome is resolved as the module docstring
         says: with ``committed`` the block's end either returns normally (it did commit) or raises
         :class:`NotCommitted`; without it (or when Postgres stays away) :class:`OutcomeUnknown`.
         """
-        failure: BaseException | None = None
-        async with self.connection() as conn:
-            server_pid = conn.get_server_pid()
-            body_done = False
-            try:
-                async with conn.transaction(isolation=isolation):
-                    try:
-                        yield conn
-                    except TimeoutError:
-                        abandon(conn)  # no ROLLBACK to wait for: the session's end rolls back
-                        raise
-                    body_done = True
-            except UNAVAILABLE_ERRORS as exc:
-                if not body_done:
-                    raise
-                failure = exc  # COMMIT was (perhaps) sent and its answer lost
-        if failure is None:
-            return
+        return PooledTransaction(self, isolation, committed)
+
+    async def _commit_lost(
+        self, failure: BaseException, committed: CommitCheck | None, server_pid: int
+    ) -> None:
+        """The end of a transaction whose ``COMMIT`` (perhaps) went out and whose answer was lost:
+        returns when ``committed`` finds it did commit, else raises."""
         failed_at = time.monotonic()
         log.warning(
             "the database connection broke while committing; resolving the outcome",
@@ -444,6 +419,118 @@ def abandon(conn: Any) -> None:
     request took twice the bound or more before its 503. What the session held is rolled back by the
     server when it sees the connection gone."""
     conn.terminate()
+
+
+class PooledConnection:
+    """What :meth:`Database.connection` returns: ``async with`` it for a pooled connection.
+
+    A class rather than a ``contextlib.asynccontextmanager`` generator: the services enter one for
+    every statement they send (four per approval decision across two services, one per relay batch),
+    and the generator's machinery (a generator object, ``asend``/``athrow``, the wrapper's frames)
+    and the acquire's timer were about a fifth of the CPU a use costs in process, asyncpg's acquire and
+    release included (``bench/connection_use.py``: ~4 µs of ~21). One use only, as a generator's is.
+
+    The wait for a free connection is bounded by ``connect_timeout`` with ``asyncio.timeout`` around
+    asyncpg's acquire, not its ``acquire(timeout=)``: that runs every acquire as a task of its own
+    (``wait_for``), idle connection or not; when a connection is idle there is no wait to bound. The
+    release keeps the same bound. How the block ends decides what happens to the connection: a
+    read-only server's session (:data:`READ_ONLY_ERRORS`) is not pooled again; a statement that got
+    no answer within the statement bound (``TimeoutError``) is :func:`abandon`-ed; otherwise it goes
+    back to the pool as it is.
+    """
+
+    __slots__ = ("_conn", "_database", "_pool")
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._pool: asyncpg.Pool | None = None
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        database = self._database
+        pool = self._pool = database.pool
+        conn: Connection
+        if pool.get_idle_size():
+            # an idle connection: asyncpg hands it over without waiting (an idle pooled connection
+            # is one waiting in its pool's queue; ``test_an_acquire_with_an_idle_connection_never_
+            # waits`` holds asyncpg to it), so there is nothing to bound: no timer to arm and cancel
+            # (``asyncio.timeout``: ~4 µs, most of what this adds to a use)
+            conn = await pool.acquire()
+        else:
+            async with asyncio.timeout(database.connect_timeout):
+                conn = await pool.acquire()
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, pool = self._conn, self._pool
+        assert conn is not None, "exited without being entered"
+        assert pool is not None
+        self._conn = None
+        if exc is not None:
+            if isinstance(exc, READ_ONLY_ERRORS):
+                conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
+            elif isinstance(exc, TimeoutError):
+                abandon(conn)
+        await pool.release(conn, timeout=self._database.connect_timeout)
+
+
+class PooledTransaction:
+    """What :meth:`Database.transaction` returns: ``async with`` it for a transaction on a pooled
+    connection (asyncpg's ``Transaction`` inside a :class:`PooledConnection`), a class for the reason
+    that one is. A block that ends without an exception commits; one that raises rolls back, except
+    that a statement that got no answer within the statement bound (``TimeoutError``) abandons the
+    connection first (no ``ROLLBACK`` to wait for: the session's end rolls back). A ``COMMIT`` whose
+    answer was lost (an error of :data:`UNAVAILABLE_ERRORS` once the block is done) is resolved by
+    :meth:`Database._commit_lost` after the connection went back."""
+
+    __slots__ = ("_committed", "_database", "_isolation", "_pid", "_use", "_xact")
+
+    def __init__(self, database: Database, isolation: IsolationLevel, committed: CommitCheck | None) -> None:
+        self._database = database
+        self._isolation = isolation
+        self._committed = committed
+        self._use: PooledConnection | None = None
+        self._xact: Any = None
+        self._pid = 0
+
+    async def __aenter__(self) -> Connection:
+        use = self._use = PooledConnection(self._database)
+        conn = await use.__aenter__()
+        try:
+            self._pid = conn.get_server_pid()
+            xact = self._xact = conn.transaction(isolation=self._isolation)
+            await xact.__aenter__()
+        except BaseException as exc:
+            await use.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        use, xact = self._use, self._xact
+        assert use is not None, "exited without being entered"
+        conn = use._conn
+        assert conn is not None
+        failure: BaseException | None = None
+        try:
+            if isinstance(exc, TimeoutError):
+                abandon(conn)  # no ROLLBACK to wait for: the session's end rolls back
+            try:
+                await xact.__aexit__(exc_type, exc, tb)
+            except UNAVAILABLE_ERRORS as error:
+                if exc is not None:
+                    raise
+                failure = error  # COMMIT was (perhaps) sent and its answer lost
+        except BaseException as error:
+            await use.__aexit__(type(error), error, error.__traceback__)
+            raise
+        await use.__aexit__(exc_type, exc, tb)
+        if failure is not None:
+            await self._database._commit_lost(failure, self._committed, self._pid)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

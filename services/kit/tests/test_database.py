@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import Database, NotCommitted, OutcomeUnknown, ambiguous_commits
+from svckit.db import UNAVAILABLE_ERRORS, Database, NotCommitted, OutcomeUnknown, ambiguous_commits
 from svckit.logs import JsonFormatter
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
@@ -281,6 +281,90 @@ async def test_a_pooled_connection_is_waited_for_within_the_connect_timeout_and_
             async with database.connection() as conn:
                 assert await conn.fetchval("SELECT 2") == 2
         assert database.pool.get_idle_size() == 1
+    finally:
+        await database.close()
+
+
+async def test_an_acquire_with_an_idle_connection_never_waits(database_url: str) -> None:
+    """``connection()`` arms no timer when the pool says a connection is idle (``get_idle_size``), on
+    the grounds that asyncpg then hands one over without waiting. Held here against asyncpg itself,
+    in the states a pool goes through: fresh, after uses, after a failed block, after an abandoned
+    session (its slot empty, another connection idle), with every other connection taken. The
+    acquire is stepped by hand: finishing on its first step means it never suspended."""
+    database = Database(database_url, min_size=2, max_size=3, statement_timeout=0.3)
+    await database.wait_connected(10)
+    pool = database.pool
+
+    async def held_without_waiting() -> Any:
+        assert pool.get_idle_size() > 0
+        step = pool.acquire().__await__()
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        return done.value.value
+
+    try:
+        await pool.release(await held_without_waiting())
+        async with database.connection(), database.connection():
+            pass
+        with pytest.raises(ZeroDivisionError):
+            async with database.connection():
+                raise ZeroDivisionError
+        with pytest.raises(TimeoutError):
+            async with database.connection() as conn:
+                await conn.fetchval("SELECT pg_sleep(5)")
+        await pool.release(await held_without_waiting())
+        async with database.connection(), database.connection(), database.connection():
+            assert pool.get_idle_size() == 0  # (and the next acquire would wait, within the bound)
+        async with database.connection(), database.connection():  # the last idle one
+            await pool.release(await held_without_waiting())
+        assert pool.get_idle_size() == 3
+    finally:
+        await database.close()
+
+
+async def test_a_statement_past_the_statement_bound_abandons_its_session_and_nothing_else_does(
+    database_url: str,
+) -> None:
+    """A statement without an answer within ``statement_timeout`` (a hung server's, here one that is
+    merely slow) raises ``TimeoutError`` and its session is dropped, not pooled again: in
+    ``connection()`` and in ``transaction()`` (no ``ROLLBACK`` waited for: the server rolls back when
+    it sees the session gone). A block that fails otherwise gives its connection back as it is (the
+    same session serves the next block)."""
+    database = Database(database_url, min_size=1, max_size=1, statement_timeout=0.3)
+    await database.wait_connected(10)
+
+    async def session() -> int:
+        async with database.connection() as conn:
+            return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+    async def block(manager: Any, *statements: str, fail: bool = False) -> None:
+        async with manager as conn:
+            for statement in statements:
+                await conn.execute(statement)
+            if fail:
+                raise ZeroDivisionError
+
+    try:
+        first = await session()
+        with pytest.raises(ZeroDivisionError):
+            await block(database.connection(), "SELECT 1", fail=True)
+        with pytest.raises(ZeroDivisionError):
+            await block(database.transaction(), "SELECT 1", fail=True)
+        assert await session() == first
+
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await block(database.connection(), "SELECT pg_sleep(5)")
+        assert asyncio.get_running_loop().time() - started < 2.0
+        second = await session()
+        assert second != first
+
+        # (asyncpg's transaction then fails to end on the closed connection: InterfaceError from the
+        # TimeoutError, both a 503 of UNAVAILABLE_ERRORS)
+        with pytest.raises(UNAVAILABLE_ERRORS) as raised:
+            await block(database.transaction(), "SELECT pg_sleep(5)")
+        assert isinstance(raised.value, TimeoutError) or isinstance(raised.value.__context__, TimeoutError)
+        assert await session() not in (first, second)
     finally:
         await database.close()
 
