@@ -53,11 +53,9 @@ _ROLE_PASSWORD = secrets.token_urlsafe(24)
 
 #: The ``pytest -n`` worker running this process (``gw0``, ``gw1``…; ``""`` without xdist). Every name
 #: this session makes on a shared server already carries :data:`RUN_ID` (a process id), so workers never
-#: meet there; what cannot be named per worker (a fixed port) is serialised with an ``xdist_group``.
+#: meet there; ports come from a range of the worker's own (:func:`worker_ports`); what cannot be named
+#: per worker (devstack's fixed ports) is one unit of work (:data:`testkit.xdistsched.GROUPS`).
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-#: The ``xdist_group`` of tests that bind devstack's fixed ports (8080, 9000, 8101-8103, their metrics
-#: ports): the browser tests' platform and ``make dev``. ``--dist loadgroup`` runs them on one worker.
-DEVSTACK_PORTS = "devstack-ports"
 
 
 def server_url() -> str:
@@ -141,14 +139,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if wrong:
         raise pytest.UsageError("tests marked 'unit' must run in process:\n  " + "\n  ".join(wrong))
-
-
-def in_group(items: Iterable[pytest.Item], directory: Path, group: str) -> None:
-    """Put every test under ``directory`` in xdist group ``group`` (a conftest's
-    ``pytest_collection_modifyitems``, ``tryfirst``): ``--dist loadgroup`` runs a group on one worker."""
-    for item in items:
-        if directory in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 #: A test report's ``user_properties`` entry ``(SUMMARY + title, lines)`` is printed in the terminal

@@ -21,7 +21,7 @@ from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, as
 
 from devstack.backing import port_is_free
 from devstack.platform import SERVICES, Platform
-from testkit.fixtures import DEVSTACK_PORTS, IsolatedEnv, in_group
+from testkit.fixtures import IsolatedEnv
 from tests.browser.support import (
     APP,
     CHROMIUM,
@@ -35,14 +35,6 @@ from tests.browser.support import (
     Tokens,
     write_gallery,
 )
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group into the test's id
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n`` every browser test runs on one worker: the platform is this package's one
-    fixture on devstack's fixed ports (a second worker's copy could not bind them), shared with
-    tests/e2e/test_make_dev.py (same group, ``--dist loadgroup``)."""
-    in_group(items, Path(__file__).parent, DEVSTACK_PORTS)
 
 
 @pytest.fixture(scope="package")

@@ -30,13 +30,12 @@ from svckit.identity import PAIRS, pair_variable
 
 from devstack import SERVICES
 from devstack.backing import port_is_free
-from testkit.fixtures import DEVSTACK_PORTS, IsolatedEnv, free_port
+from testkit.fixtures import IsolatedEnv, free_port
 from testkit.oidc import DEMO_PASSWORD, Browser, sign_in_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# make dev binds devstack's fixed ports, as the browser tests' platform does: one worker runs both
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(DEVSTACK_PORTS)]
+pytestmark = pytest.mark.e2e
 
 
 def get(url: str) -> int:

@@ -33,7 +33,6 @@ from testkit.fixtures import (
     SUMMARY,
     ServiceProcess,
     free_port,
-    in_group,
     migrate_schema,
     new_pair_keys,
 )
@@ -84,14 +83,6 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
             (SUMMARY + "fault suite figures (also in test-output/faults.json)", FIGURES.lines())
         )
     return report
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group into the test's id
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n`` the fault tests run on one worker: they share one session's :class:`Stack`
-    (a second worker would start a second one beside it), and their recovery times and p99s are
-    figures, best taken beside one other worker's load than two stacks'."""
-    in_group(items, Path(__file__).parent, "faults")
 
 
 @pytest.fixture(scope="session")

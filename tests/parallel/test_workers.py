@@ -49,14 +49,26 @@ def test_a_worker_hands_out_free_ports_from_its_range_once(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("nodeid", "unit"),
     [
-        ("tests/faults/test_kills.py::test_sigkill@faults", "faults"),  # a group: one unit, one worker
+        ("tests/faults/test_kills.py::test_sigkill", "faults"),  # a group: one unit, one worker
+        ("tests/browser/test_dpop.py::test_x[a]", "devstack-ports"),  # fixed ports: with make dev
+        ("tests/e2e/test_make_dev.py::test_make_dev_runs_and_stops_everything", "devstack-ports"),
+        ("tests/e2e/test_devstack_redis.py::test_y", "tests/e2e/test_devstack_redis.py"),
         ("tests/a/test_b.py::test_c[x]", "tests/a/test_b.py"),  # else the file: its module fixtures once
         ("tests/a/test_b.py::C::test_d", "tests/a/test_b.py"),
-        ("tests/a/test_b.py::test_e[user@example]", "tests/a/test_b.py"),  # an "@" in a parameter
     ],
 )
 def test_a_unit_of_work_is_a_group_or_a_file(nodeid: str, unit: str) -> None:
-    from testkit.xdistsched import is_file_scope, unit_of
+    from testkit.xdistsched import is_file_unit, unit_of
 
     assert unit_of(nodeid) == unit
-    assert is_file_scope(unit) == unit.endswith(".py")
+    assert is_file_unit(unit) == unit.endswith(".py")
+
+
+def test_every_group_names_tests_that_exist() -> None:
+    """A group whose prefix matches no test (a folder renamed) would silently stop serialising."""
+    from testkit.fixtures import REPO_ROOT
+    from testkit.xdistsched import GROUPS
+
+    for prefixes in GROUPS.values():
+        for prefix in prefixes:
+            assert (REPO_ROOT / prefix).exists(), prefix
