@@ -51,6 +51,13 @@ ROLE_PREFIX = f"tspt_{RUN_ID}_"
 _ROLE_PASSWORD = secrets.token_urlsafe(24)
 
 
+#: The ``pytest -n`` worker running this process (``gw0``, ``gw1``…; ``""`` without xdist). Every name
+#: this session makes on a shared server already carries :data:`RUN_ID` (a process id), so workers never
+#: meet there; ports come from a range of the worker's own (:func:`worker_ports`); what cannot be named
+#: per worker (devstack's fixed ports) is one unit of work (:data:`testkit.xdistsched.GROUPS`).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
 def server_url() -> str:
     """The Postgres server tests create their databases on (``DATABASE_URL``'s server)."""
     return os.environ["DATABASE_URL"]
@@ -95,6 +102,17 @@ def pytest_configure(config: pytest.Config) -> None:
             _embedded.append(redis_server)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (pyproject ``addopts``) with a test file as the unit outside the groups
+    (:mod:`testkit.xdistsched`); the other ``--dist`` modes are xdist's own."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from testkit.xdistsched import FileGroupScheduling
+
+    return FileGroupScheduling(config, log)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not _unit_only(config) and os.environ.get("DATABASE_URL"):
         try:
@@ -123,6 +141,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests marked 'unit' must run in process:\n  " + "\n  ".join(wrong))
 
 
+#: A test report's ``user_properties`` entry ``(SUMMARY + title, lines)`` is printed in the terminal
+#: summary under ``title`` (the last report's lines for each title). Why not a conftest's own
+#: ``pytest_terminal_summary``: under ``pytest -n`` the test runs in a worker, whose terminal nobody
+#: sees, and the controller loads no conftest below the test paths; reports reach it.
+SUMMARY = "testkit-summary:"
+_summaries: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if isinstance(name, str) and name.startswith(SUMMARY) and isinstance(value, list):
+            _summaries[name.removeprefix(SUMMARY)] = [str(line) for line in value]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for title, lines in _summaries.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -133,12 +172,61 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
+def worker_ports(worker: str, workers: int, ephemeral_from: int) -> range | None:
+    """The ports ``free_port`` hands out on xdist worker ``worker`` (``gw0``…) of ``workers``; ``None``
+    without xdist (the kernel picks, ``bind(0)``).
+
+    Why: a port from ``bind(("127.0.0.1", 0))`` is free when asked for, and a service binds it a second
+    later; meanwhile another worker asking the kernel may be handed the same number, and one of the
+    two services fails to start. Slices are disjoint between workers, and lie below the kernel's
+    ephemeral range (``ip_local_port_range``, from ``ephemeral_from``), which it never hands out on its
+    own, so no other process takes them either.
+    """
+    match = re.fullmatch(r"gw(\d+)", worker)
+    if match is None:
+        return None
+    width = (ephemeral_from - WORKER_PORTS_FROM) // max(workers, 1)
+    if width < 500:
+        return None
+    start = WORKER_PORTS_FROM + int(match[1]) * width
+    return range(start, start + width)
+
+
+def _ephemeral_from() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+WORKER_PORTS_FROM = 10_000  # above the usual fixed ports (devstack's 8080-9103, databases, brokers)
+_WORKER_PORTS = worker_ports(WORKER, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), _ephemeral_from())
+# a random start: two parallel runs at once (two CI clones) rarely walk the same numbers at the same time
+_next_port = secrets.randbelow(len(_WORKER_PORTS)) if _WORKER_PORTS else 0
+
+
 def free_port() -> int:
     """A loopback port nobody listens on, never one this process handed out before.
 
     The kernel may give a just-closed ephemeral port again: a replica restarted on its old port while
-    its metrics listener asks for a fresh one got the same number twice (and refused to start).
+    its metrics listener asks for a fresh one got the same number twice (and refused to start). Under
+    ``pytest -n`` the port comes from this worker's own range (:func:`worker_ports`).
     """
+    global _next_port
+    if _WORKER_PORTS is not None:
+        for _ in range(len(_WORKER_PORTS)):
+            port = _WORKER_PORTS[_next_port % len(_WORKER_PORTS)]
+            _next_port += 1
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as sock:
+                try:  # no SO_REUSEADDR: a port with connections still in TIME_WAIT is skipped too
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+        raise RuntimeError(f"no free port left in this worker's range {_WORKER_PORTS}")
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

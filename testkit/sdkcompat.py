@@ -9,6 +9,7 @@ gateway). Why here: test helpers shared by two packages live in testkit, not in 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import shutil
@@ -24,15 +25,21 @@ BUNDLES = ("auth0.js", "oidc.js")
 
 
 def build_bundles() -> Path:
-    """``npm ci`` (only when node_modules was not installed from this very lock file), then esbuild."""
+    """``npm ci`` (only when node_modules was not installed from this very lock file), then esbuild.
+
+    Two suites use the bundles; under ``pytest -n`` they may build at once on two workers, in one
+    folder (an ``npm ci`` removing node_modules under the other's esbuild): the build holds an exclusive
+    ``flock`` on the project's lock file meanwhile."""
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed")
-    lock_digest = hashlib.sha256((SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
-    marker = SDK_DIR / "node_modules" / ".installed-from-lock"
-    if not marker.exists() or marker.read_text() != lock_digest:
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True, timeout=300)
-        marker.write_text(lock_digest)
-    subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_DIR, check=True, timeout=120)
+    with open(SDK_DIR / "package-lock.json", "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        lock_digest = hashlib.sha256(lock.read()).hexdigest()
+        marker = SDK_DIR / "node_modules" / ".installed-from-lock"
+        if not marker.exists() or marker.read_text() != lock_digest:
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True, timeout=300)
+            marker.write_text(lock_digest)
+        subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_DIR, check=True, timeout=120)
     return SDK_DIR / "dist"
 
 

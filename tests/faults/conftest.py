@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,14 @@ import asyncpg
 import pytest
 from svckit import redisacl
 
-from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port, migrate_schema, new_pair_keys
+from testkit.fixtures import (
+    REPO_ROOT,
+    SUMMARY,
+    ServiceProcess,
+    free_port,
+    migrate_schema,
+    new_pair_keys,
+)
 from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli, sign_in_tokens
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis, component_users
@@ -66,11 +73,16 @@ class Figures:
 FIGURES = Figures()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if FIGURES.values:
-        terminalreporter.section("fault suite figures (also in test-output/faults.json)")
-        for line in FIGURES.lines():
-            terminalreporter.write_line(line)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """The figures so far ride on each fault test's report (:data:`testkit.fixtures.SUMMARY`): under
+    ``pytest -n`` they are taken in a worker, and only the reports reach the terminal."""
+    report = yield
+    if report.when == "teardown" and FIGURES.values:
+        report.user_properties.append(
+            (SUMMARY + "fault suite figures (also in test-output/faults.json)", FIGURES.lines())
+        )
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -31,15 +31,21 @@ async def test_a_client_approver_is_on_the_trail_as_a_client(
     entry_id = created.body["id"]
     decided = await approvals.call("PUT", f"/approvals/{entry_id}", robot, json={"decision": "approved"})
     assert decided.status == 200, decided.text
-    await asyncio.sleep(0.1)
-    rows = await db.fetch(
-        """SELECT payload::text AS payload FROM approvals.outbox
-               WHERE payload->>'action' = 'approval.decided' AND payload->'resource'->>'id' = $1
-           UNION ALL
-           SELECT payload::text FROM timesheets.outbox
-               WHERE payload->>'action' = 'timesheet.decided' AND payload->'resource'->>'id' = $1""",
-        entry_id,
-    )
+    # the timesheets side is applied after the answer: wait for its event (a fixed 0.1 s was too short
+    # on a loaded machine, and the test saw one event of two)
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        rows = await db.fetch(
+            """SELECT payload::text AS payload FROM approvals.outbox
+                   WHERE payload->>'action' = 'approval.decided' AND payload->'resource'->>'id' = $1
+               UNION ALL
+               SELECT payload::text FROM timesheets.outbox
+                   WHERE payload->>'action' = 'timesheet.decided' AND payload->'resource'->>'id' = $1""",
+            entry_id,
+        )
+        if len(rows) >= 2 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     actors = [json.loads(row["payload"])["actor"] for row in rows]
     assert len(actors) == 2  # (no audit service here: both events wait in their outboxes)
     assert [(a["subject"], a["kind"]) for a in actors] == [(robot.subject, "client")] * 2

@@ -87,11 +87,13 @@ async def test_the_answer_carries_the_receipt_of_the_newest_event_stored(
         await database.close()
     assert elsewhere.receipt is not None
     head = {"seq": elsewhere.receipt.seq}
-    moved = await api.call(
-        "POST", "/internal/events", TIMESHEETS, json={"events": [new_event(), new_event()]}
-    )
+    batch = [new_event(), new_event()]
+    moved = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": batch})
     assert ingest_counts(moved.body) == {"accepted": 2, "duplicates": 0}
-    assert moved.body["receipt"]["seq"] == head["seq"] + 2
+    assert moved.body["receipt"]["id"] == batch[-1]["id"]
+    # at least two on: the session's other services may append to this trail meanwhile (seen under
+    # pytest -n, where another file's services were still relaying: 152, not 150)
+    assert moved.body["receipt"]["seq"] >= head["seq"] + 2
     assert moved.body["receipt"] == (await placed(audit_schema, moved.body["receipt"]["id"]))
 
     # a resend of what is stored: the newest of it, where it was stored

@@ -157,6 +157,7 @@ class WindowCounters:
             if result is not None:
                 allowed, index, ttl_ms = (int(value) for value in result)
                 if allowed:
+                    self._mirror(counters)
                     return Verdict(True)
                 return Verdict(False, max(1, -(-ttl_ms // 1000)), counters[index - 1].scope)
         return self.local.acquire(counters, self.window)
@@ -197,7 +198,16 @@ class WindowCounters:
                 return True
 
             if await self.redis.call(run):
+                self._mirror(counters)
                 return
+        for counter in counters:
+            self.local.incr(counter.key, self.window)
+
+    def _mirror(self, counters: Sequence[Counter]) -> None:
+        """Count in process what was just counted in Redis. Why: should Redis be unavailable for the
+        next attempt (a timeout on a busy node, a failover), the fallback counts on from what this
+        replica took, not from zero (which let a burst have the whole limit twice). While Redis is up
+        nothing changes: it compares ``max(its count, ours)`` with the limit."""
         for counter in counters:
             self.local.incr(counter.key, self.window)
 

@@ -65,7 +65,9 @@ async def test_hostile_queries(api: SignedApi, query: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/timesheets/%00", "/timesheets/" + "9" * 300, f"/timesheets/{uuid.uuid4()}%20"]
+    "path",
+    ["/timesheets/%00", "/timesheets/" + "9" * 300, f"/timesheets/{uuid.uuid4()}%20"],
+    ids=["nul", "long", "unknown-id-space"],  # fixed ids: every xdist worker must collect the same names
 )
 async def test_hostile_ids(api: SignedApi, path: str) -> None:
     reply = await api.call("GET", path, WHO)
@@ -87,6 +89,7 @@ def cursor_of(*parts: object) -> str:
         cursor_of(*["x"] * 3),
         cursor_of([[[[[]]]]]),
     ],
+    ids=["no-utc-form", "late-offset", "naive", "huge-number", "strings", "nested"],  # same on every worker
 )
 async def test_forged_cursors_are_named(api: SignedApi, cursor: str) -> None:
     reply = await api.call("GET", "/timesheets", WHO, params={"cursor": cursor})
