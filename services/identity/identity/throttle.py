@@ -102,7 +102,19 @@ class LocalWindows:
             count, expires = 0, now + window
         self._counts[key] = (count + 1, expires)
         if len(self._counts) > self._max_entries:
-            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            self._sweep(now)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the stale entries and, when that is not enough to get back to half the cap, the
+        oldest of the fresh ones. Why half: a flood of distinct keys (every attempt is counted here
+        too, the mirror of Redis's count) fills the table with entries still in their window; dropping
+        only stale ones would free nothing and walk the whole table again on every following count."""
+        keep = self._max_entries // 2
+        fresh = [(k, v) for k, v in self._counts.items() if v[1] > now]
+        self._counts = dict(fresh[-keep:] if len(fresh) > keep else fresh)
 
     def decr(self, key: str) -> None:
         count, expires = self._counts.get(key, (0, 0.0))
