@@ -28,7 +28,7 @@ from svckit.settings import load_settings
 from timesheets.app import create_app as create_timesheets
 from timesheets.settings import TimesheetsSettings
 
-from testkit.fixtures import ServiceRedis, migrate_schema, pair_fields, serve_app
+from testkit.fixtures import IsolatedEnv, ServiceRedis, migrate_schema, pair_fields, serve_app
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 AUDIENCE = "https://timesheets.abc.example/api"
@@ -77,12 +77,17 @@ class Edge:
     audit: str
     issuer: Issuer
     other_issuer: Issuer
+    database: str  # the owner's URL of the edge's own database
 
 
 @pytest.fixture(scope="session")
-async def edge(
-    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
-) -> AsyncIterator[Edge]:
+async def edge(isolated_env: IsolatedEnv, service_redis: ServiceRedis) -> AsyncIterator[Edge]:
+    """A database of its own, not the session's: this timesheets relays its outbox to a real audit
+    service every 0.2 s until the session ends, and on the session's database it deleted the outbox
+    rows that ``services/timesheets/tests`` assert on (their app relays nowhere) whenever a run put
+    this file first (``make test-parallel`` hands out files in another order)."""
+    service_env = isolated_env("security_edge")
+    database_url = service_env["DATABASE_URL"]
     await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
     await migrate_schema(database_url, "audit", SERVICES / "audit" / "audit")
     issuer, other = Issuer(), Issuer()
@@ -111,7 +116,7 @@ async def edge(
                     gateway_access_log=False,
                 )
                 async with serve_app(create_gateway(gateway_settings)) as gateway_url:
-                    yield Edge(gateway_url, timesheets_url, audit_url, issuer, other)
+                    yield Edge(gateway_url, timesheets_url, audit_url, issuer, other, database_url)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ from svckit.roles import RuntimeRole, role_url
 
 from testkit.fixtures import ROLE_PREFIX, IsolatedEnv, migrate_schema, runtime_role, runtime_url
 
+from .conftest import Edge
+
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 SCHEMAS = ("identity", "timesheets", "approvals", "audit")
 REFUSED = r"permission denied|must be owner"
@@ -372,9 +374,9 @@ async def test_a_producers_delivery_receipt_is_out_of_the_audit_roles_reach(sche
         await conn.close()
 
 
-async def test_the_platform_under_test_runs_as_its_runtime_roles(edge: object, database_url: str) -> None:
+async def test_the_platform_under_test_runs_as_its_runtime_roles(edge: Edge) -> None:
     """The suites start services as in production: their pools connect as the runtime roles."""
-    owner = await asyncpg.connect(database_url)
+    owner = await asyncpg.connect(edge.database)
     try:
         rows = await owner.fetch(
             "SELECT DISTINCT application_name, usename FROM pg_stat_activity"
