@@ -201,19 +201,16 @@ class WindowCounters:
         """Count one on each counter (an attempt that already failed)."""
         if self.redis is not None:
 
-            async def run(client: Redis) -> bool:
+            async def run(client: Redis) -> None:
                 async with client.pipeline(transaction=False) as pipe:
                     for counter in counters:
                         pipe.incr(counter.key)
                         pipe.expire(counter.key, self.window, nx=True)
                     await pipe.execute()
-                return True
 
-            if await self.redis.call(run):
-                self._mirror(counters)
-                return
-        for counter in counters:
-            self.local.incr(counter.key, self.window)
+            await self.redis.call(run)
+        # in process whatever Redis answered: the fallback's count, or the mirror of Redis's (_mirror)
+        self._mirror(counters)
 
     def _mirror(self, counters: Sequence[Counter]) -> None:
         """Count in process what was just counted in Redis. Why: should Redis be unavailable for the
