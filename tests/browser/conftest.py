@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.reports import TestReport
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
 
 from devstack.backing import port_is_free
@@ -79,6 +80,40 @@ async def platform(isolated_env: IsolatedEnv) -> AsyncIterator[Platform]:
         await asyncio.to_thread(stack.stop)
 
 
+#: where each service's log stood when the running test started (the platform's logs/ folder)
+LOG_MARKS = pytest.StashKey[dict[Path, int]]()
+#: lines of each service's log a failed test's report shows at most (the last ones it wrote)
+LOG_LINES_ON_FAILURE = 40
+
+
+def mark_platform_logs(item: pytest.Item, platform: Platform) -> None:
+    """Note where each log ends, so a failure's report can show what the platform logged during it."""
+    item.stash[LOG_MARKS] = {
+        path: path.stat().st_size for path in sorted((platform.state_dir / "logs").glob("*.log"))
+    }
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, TestReport, TestReport]:
+    """A failed browser test's report carries what the services logged while it ran: CI keeps the
+    printed report, not test-output/, and a renewal that timed out under load is otherwise a bare
+    "timed out" with nothing to say which hop was slow or what it answered."""
+    report: TestReport = yield
+    marks = item.stash.get(LOG_MARKS, None)
+    if report.failed and report.when == "call" and marks:
+        for path, start in marks.items():
+            with path.open("rb") as log:
+                log.seek(start)
+                lines = log.read().decode("utf-8", "replace").splitlines()
+            shown = "\n".join(lines[-LOG_LINES_ON_FAILURE:]) or "(nothing logged during the test)"
+            report.sections.append(
+                (f"{path.stem} log during the test (last {LOG_LINES_ON_FAILURE} lines)", shown)
+            )
+    return report
+
+
 @pytest.fixture(scope="package")
 async def browser(platform: Platform) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
@@ -97,10 +132,14 @@ def shot(request: pytest.FixtureRequest) -> Shots:
 
 
 @pytest.fixture
-async def new_page(browser: Browser) -> AsyncIterator[NewPage]:
+async def new_page(
+    browser: Browser, platform: Platform, request: pytest.FixtureRequest
+) -> AsyncIterator[NewPage]:
     """A fresh browser profile per user (own cookies at the provider), desktop size by default, in
     British English and UTC unless a test names another ``locale`` or ``timezone_id`` (the user's own
-    time zone: tests/browser/test_time_zones.py)."""
+    time zone: tests/browser/test_time_zones.py). A failure's report shows the platform's logs of the
+    test (:func:`pytest_runtest_makereport`)."""
+    mark_platform_logs(request.node, platform)
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
