@@ -31,7 +31,9 @@ STATEMENT = "DB_STATEMENT_TIMEOUT_SECONDS"
 DEMO_DATABASE = deep_merge(MINIMAL, {"postgresql": {"enabled": True}})  # the pods migrate in init containers
 
 
-def audit_values(read: object = None, statement: object = None, base: dict[str, Any] = MINIMAL) -> dict[str, Any]:
+def audit_values(
+    read: object = None, statement: object = None, base: dict[str, Any] = MINIMAL
+) -> dict[str, Any]:
     audit: dict[str, Any] = {}
     if read is not None:
         audit["readTimeoutSeconds"] = read
@@ -93,15 +95,14 @@ def test_an_audit_env_entry_of_the_same_name_is_refused(entry: dict[str, Any]) -
     assert f"the chart sets {READ} for this container" in str(refused.value)
 
 
-def service_refuses(read: float, statement: float) -> bool:
-    """Whether the audit service's settings refuse the pair (its own check across the two)."""
-    env = {READ: str(read), STATEMENT: str(statement), **{k: SECRET_SHAPES[k] for k in ("DATABASE_URL", "REDIS_URL")}}
+def service_refusal(read: float, statement: float) -> str:
+    """What the audit service's settings say of the pair ("": they take it)."""
+    env = {READ: str(read), STATEMENT: str(statement), "DATABASE_URL": SECRET_SHAPES["DATABASE_URL"]}
     try:
         settings_class("audit").model_validate({k.lower(): v for k, v in env.items()})
     except ValidationError as refused:
-        assert f"{READ} must be at most {STATEMENT}" in str(refused), refused  # that check, no other
-        return True
-    return False
+        return str(refused)
+    return ""
 
 
 @pytest.mark.parametrize(
@@ -110,9 +111,11 @@ def service_refuses(read: float, statement: float) -> bool:
 )
 def test_the_chart_refuses_the_pair_the_service_refuses(read: float, statement: float) -> None:
     values = audit_values(read=read, statement=statement)
-    if not service_refuses(read, statement):
+    refusal = service_refusal(read, statement)
+    if not refusal:
         render(values)  # equal is fine: the read timeout is at most the statement bound
         return
+    assert f"{READ} must be at most {STATEMENT}" in refusal, refusal  # that check, no other
     with pytest.raises(helm.HelmError) as refused:
         render(values)
     message = str(refused.value)
@@ -146,7 +149,7 @@ def test_the_schema_holds_the_settings_bounds(bad: object) -> None:
 def test_the_schema_requires_the_value() -> None:
     """null: Helm drops the key, and the schema requires it (not a template reading nothing)."""
     refused = schema_refuses(deep_merge(MINIMAL, {"audit": {"readTimeoutSeconds": None}}))
-    assert "readTimeoutSeconds" in refused, refused
+    assert "missing property 'readTimeoutSeconds'" in refused, refused
 
 
 def test_the_schema_bound_is_the_settings_bound() -> None:
