@@ -619,6 +619,17 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.dbConnectTimeoutSeconds | quote }}
 - name: DB_STATEMENT_TIMEOUT_SECONDS
   value: {{ (eq $c "audit" | ternary $values.dbStatementTimeoutSeconds $root.Values.config.dbStatementTimeoutSeconds) | quote }}
+{{- if eq $c "audit" }}
+{{- /* the trail's reads: one statement's limit (SET LOCAL statement_timeout), also in the migration
+     containers, which load the service's settings. The service refuses to start when it exceeds the
+     statement bound (audit/settings.py: the driver would cut the statement, 503, before the database's
+     own limit, 422); refused here instead, where the platform team runs helm, not in a pod's log */}}
+{{- if gt (float64 $values.readTimeoutSeconds) (float64 $values.dbStatementTimeoutSeconds) }}
+{{- fail (printf "audit.readTimeoutSeconds (%v) is above audit.dbStatementTimeoutSeconds (%v): the audit service refuses to start with AUDIT_READ_TIMEOUT_SECONDS above DB_STATEMENT_TIMEOUT_SECONDS (a listing's statement would be cut by the driver, 503, before the database's own limit, 422); lower the first or raise the second" $values.readTimeoutSeconds $values.dbStatementTimeoutSeconds) }}
+{{- end }}
+- name: AUDIT_READ_TIMEOUT_SECONDS
+  value: {{ $values.readTimeoutSeconds | quote }}
+{{- end }}
 {{- end }}
 {{- if $usesRedis }}
 - name: REDIS_URL
