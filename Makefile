@@ -11,7 +11,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 # pgbench (in Debian's postgresql package; bench/api.py runs it against the service's own SQL).
 SYSTEM_PACKAGES := chromium wrk prometheus haproxy postgresql
 
-.PHONY: help install system-deps dev test test-parallel unit e2e test-packaging chart-docs spa lint format bench clean
+.PHONY: help install system-deps dev test unit e2e test-packaging chart-docs spa lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,14 +40,16 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 # environment sets PYTHONDONTWRITEBYTECODE (container images often do), each would compile every module it
 # imports from source again (~0.7 s a start). The tests keep the compiled bytecode (__pycache__/, ignored
 # by git and .dockerignore).
-test test-parallel unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
+test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
-test: install system-deps ## the whole suite: unit, integration (real Postgres/Redis), end-to-end, browser, packaging
-	$(PY) -m pytest
+# Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
+# fault suite groups of their own): 440-510 s on a two-core machine against ~960 s in one process. Not
+# three: each worker's session services keep ~35 pooled Postgres connections, and three workers filled
+# the default max_connections (100). TEST_WORKERS=0 runs the suite in one process, in a fixed order.
+TEST_WORKERS ?= 2
 
-# The whole suite on two pytest-xdist workers (README: "make test-parallel"); not yet the default.
-test-parallel: install system-deps ## the whole suite on two workers (~2/3 of make test's time; not yet the default)
-	$(PY) -m pytest -n 2 --dist loadgroup
+test: install system-deps ## the whole suite (unit, integration on real Postgres/Redis, end-to-end, browser, packaging) on two workers
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The fast tier stays in one process: its tests are CPU-bound and short, and two workers each importing
 # the whole suite cost more than they save (measured on a busy two-core machine: 126 s vs 60 s).

@@ -104,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` (``make test-parallel``) with a test file as the unit outside the groups
+    """``--dist loadgroup`` (``make test``) with a test file as the unit outside the groups
     (:mod:`testkit.xdistsched`); the other ``--dist`` modes are xdist's own."""
     if config.getoption("dist") != "loadgroup":
         return None

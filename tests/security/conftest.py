@@ -85,7 +85,7 @@ async def edge(isolated_env: IsolatedEnv, service_redis: ServiceRedis) -> AsyncI
     """A database of its own, not the session's: this timesheets relays its outbox to a real audit
     service every 0.2 s until the session ends, and on the session's database it deleted the outbox
     rows that ``services/timesheets/tests`` assert on (their app relays nowhere) whenever a run put
-    this file first (``make test-parallel`` hands out files in another order)."""
+    this file first (``make test``'s workers hand out files in another order)."""
     service_env = isolated_env("security_edge")
     database_url = service_env["DATABASE_URL"]
     await migrate_schema(database_url, "timesheets", SERVICES / "timesheets" / "timesheets")
