@@ -86,12 +86,12 @@ async def test_a_burst_either_side_of_a_window_boundary_is_held_to_the_limit(
         assert first == [200] * LIMIT
         clock.advance(1.0)  # half a second into the next window
         answers = [await api("GET", f"{gateway}/api/timesheets", token) for _ in range(LIMIT)]
-        # the previous window still weighs 10 × 0.95 = 9.5: one more request, not ten (fixed windows
+        # the previous window still weighs 10 * 0.95 = 9.5: one more request, not ten (fixed windows
         # let all ten through: twenty within one second)
         assert [status for status, _, _ in answers] == [200] + [429] * (LIMIT - 1)
         _, headers, body = answers[-1]
         assert body["reason"] == "rate_limit_subject"
-        # 10 × (1 − f) + 1 < 10 once f > 0.1, i.e. 1.0 s into the window: 0.5 s from now
+        # 10 * (1 - f) + 1 < 10 once f > 0.1, i.e. 1.0 s into the window: 0.5 s from now
         assert headers["Retry-After"] == "1"
         clock.advance(0.4)
         assert (await api("GET", f"{gateway}/api/timesheets", token))[0] == 429
@@ -106,7 +106,7 @@ async def test_a_steady_rate_just_under_the_limit_is_never_refused(guards: Any) 
     clock = FakeClock(start=next_boundary(time.time()) - 3.3)
     limits = limiter(guards(), clock)
     try:
-        step = WINDOW / (LIMIT - 1)  # LIMIT − 1 requests per window's length, evenly spaced
+        step = WINDOW / (LIMIT - 1)  # LIMIT - 1 requests per window's length, evenly spaced
         refused = []
         for n in range(6 * (LIMIT - 1)):  # six windows' worth: five boundaries crossed
             decision = limits.check("steady", "")
@@ -131,22 +131,22 @@ async def test_retry_after_says_when_the_estimate_falls_below_the_limit(guards: 
             return limits.check(key, "")
 
         # the whole limit 2 s into a window: the estimate stays at 10 until the next window begins and
-        # falls below it right after (10 × (1 − f) < 10 once f > 0): 8 s from now, strictly after → 9
+        # falls below it right after (10 * (1 - f) < 10 once f > 0): 8 s from now, strictly after → 9
         refused = fill("early")
         assert (refused.allowed, refused.limit, refused.retry_after) == (False, "subject", 9)
         clock.advance(8.0)
         assert not limits.check("early", "").allowed  # f = 0: still 10
         clock.advance(0.5)
-        assert limits.check("early", "").allowed  # 10 × 0.95 + 0 = 9.5; now 1 in this window
-        clock.advance(3.5)  # 4 s into the window: 10 × 0.6 + 1 = 7
+        assert limits.check("early", "").allowed  # 10 * 0.95 + 0 = 9.5; now 1 in this window
+        clock.advance(3.5)  # 4 s into the window: 10 * 0.6 + 1 = 7
         assert [limits.check("early", "").allowed for _ in range(3)] == [True] * 3
-        refused = limits.check("early", "")  # 10 × 0.6 + 4 = 10
-        # 10 × (1 − f) + 4 < 10 once f > 0.4: just after now → 1 (never less)
+        refused = limits.check("early", "")  # 10 * 0.6 + 4 = 10
+        # 10 * (1 - f) + 4 < 10 once f > 0.4: just after now → 1 (never less)
         assert (refused.allowed, refused.retry_after) == (False, 1)
         clock.advance(0.5)
-        assert limits.check("early", "").allowed  # 10 × 0.55 + 4 = 9.5
-        # three in one window, then eight 1 s into the next (3 × 0.9 + 7 = 9.7 admitted the eighth):
-        # 3 × (1 − f) + 8 < 10 once f > 1/3, i.e. 3.33 s into the window, 2.33 s from now → 3
+        assert limits.check("early", "").allowed  # 10 * 0.55 + 4 = 9.5
+        # three in one window, then eight 1 s into the next (3 * 0.9 + 7 = 9.7 admitted the eighth):
+        # 3 * (1 - f) + 8 < 10 once f > 1/3, i.e. 3.33 s into the window, 2.33 s from now → 3
         clock.set_time(boundary + 2 * WINDOW - 1.0)
         assert [limits.check("mid", "").allowed for _ in range(3)] == [True] * 3
         clock.advance(2.0)
@@ -154,9 +154,9 @@ async def test_retry_after_says_when_the_estimate_falls_below_the_limit(guards: 
         refused = limits.check("mid", "")
         assert (refused.allowed, refused.retry_after) == (False, 3)
         clock.advance(2.2)
-        assert not limits.check("mid", "").allowed  # 3 × 0.68 + 8 = 10.04
+        assert not limits.check("mid", "").allowed  # 3 * 0.68 + 8 = 10.04
         clock.advance(0.2)
-        assert limits.check("mid", "").allowed  # 3 × 0.66 + 8 = 9.98
+        assert limits.check("mid", "").allowed  # 3 * 0.66 + 8 = 9.98
         # a caller far over the limit (the other replicas' admissions, learnt at a sync): its estimate
         # stays above the limit for longer than a window, and Retry-After says the window
         clock.set_time(boundary + 4 * WINDOW + 1.0)
