@@ -68,6 +68,7 @@ class Counter:
     before: int = 0  # global total of ``window - 1``: as known at the last sync, plus before_pending
     before_pending: int = 0  # admitted here in ``window - 1``, not yet pushed to Redis
     before_settled: bool = False  # ``before`` read once every replica had pushed its share
+    counted_here: bool = False  # this worker admitted something in ``window`` (seen at a sync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ def roll(counter: Counter, window: int) -> None:
         counter.before = counter.before_pending = 0
     counter.window = window
     counter.known = counter.pending = 0
-    counter.before_settled = False
+    counter.before_settled = counter.counted_here = False
 
 
 def count_of(value: object) -> int:
@@ -126,6 +127,9 @@ class RateLimiter:
         self._counters: dict[tuple[str, str], Counter] = {}
         self._addresses: dict[str, str] = {}  # address → its key, for the current window
         self._addresses_window = -1
+        # the current window, found again only when the clock leaves it (no division per request)
+        self._window = -1
+        self._window_start = self._window_end = 0.0
         self._synced_ok = True
         self._failopen = metrics.ratelimit_failopen
         self._limited = {name: metrics.rate_limited.labels(name) for name in self.limits}
@@ -141,19 +145,31 @@ class RateLimiter:
             self._failopen.inc()
             return ALLOW
         now = self._now()
-        size = self.window_seconds
-        window = int(now // size)
-        weight = 1.0 - (now - window * size) / size  # the previous window's share still in sight
-        subject = self._counter("subject", subject_key, window)
+        if now >= self._window_end or now < self._window_start:
+            self._enter_window(now)
+        window = self._window
+        # the previous window's share still within one window's length: 1 - part of this one elapsed
+        weight = (self._window_end - now) / self.window_seconds
+        subject = self._counters.get(("subject", subject_key))
+        if subject is None or subject.window != window:
+            subject = self._counter("subject", subject_key, window)
         if subject.before * weight + subject.known + subject.pending >= self.limits["subject"]:
             return self._refuse("subject", subject, now)
         if client_key:
-            client = self._counter("client", client_key, window)
+            client = self._counters.get(("client", client_key))
+            if client is None or client.window != window:
+                client = self._counter("client", client_key, window)
             if client.before * weight + client.known + client.pending >= self.limits["client"]:
                 return self._refuse("client", client, now)
             client.pending += 1
         subject.pending += 1
         return ALLOW
+
+    def _enter_window(self, now: float) -> None:
+        size = self.window_seconds
+        self._window = window = int(now // size)
+        self._window_start = float(window * size)
+        self._window_end = float((window + 1) * size)
 
     # --- per address, for callers without a verified token ---------------------------------------
 
@@ -161,14 +177,15 @@ class RateLimiter:
         """Has this address used up its anonymous denials within one window's length? (No I/O,
         counts nothing.)"""
         now = self._now()
-        size = self.window_seconds
-        window = int(now // size)
+        if now >= self._window_end or now < self._window_start:
+            self._enter_window(now)
+        window = self._window
         counter = self._counters.get(("address", self._address_key(address, window)))
         if counter is None:
             return ALLOW
         if counter.window != window:
             roll(counter, window)
-        weight = 1.0 - (now - window * size) / size
+        weight = (self._window_end - now) / self.window_seconds
         if counter.before * weight + counter.known + counter.pending >= self.limits["address"]:
             return self._refuse("address", counter, now)
         return ALLOW
@@ -219,13 +236,15 @@ class RateLimiter:
         size = self.window_seconds
         limit = self.limits[limit_name]
         current = counter.known + counter.pending
-        if current < limit:  # refused, so before * (1 - f) ≥ limit - current > 0
+        if current < limit:  # refused, so before * (1 - f) >= limit - current > 0
             below_at = size - (limit - current) * size / counter.before
         else:
             below_at = 2 * size - limit * size / current
-        wait = below_at - (now - counter.window * size)
         # strictly after: at ``below_at`` itself the estimate is the limit, still refused
-        return min(size, max(1, int(wait) + 1))
+        wait = int(below_at - (now - counter.window * size)) + 1
+        if wait < 1:
+            return 1
+        return wait if wait < size else size
 
     async def sync(self) -> None:
         """Push local counts of both windows, learn global ones, forget what is out of sight.
@@ -243,9 +262,11 @@ class RateLimiter:
         for entry, counter in list(self._counters.items()):
             if counter.window == window:
                 continue
-            if counter.window == window - 1 and counter.known + counter.pending > 0:
+            if counter.window == window - 1 and (counter.counted_here or counter.pending):
                 roll(counter, window)  # still weighs in this window; learn this window's total too
             else:
+                # out of sight, or only the other replicas' business: the keys kept are those this
+                # worker counted in the last two windows (a request brings one back, learnt at once)
                 del self._counters[entry]
         active = list(self._counters.items())
         if not active:
@@ -259,6 +280,8 @@ class RateLimiter:
         for (limit_name, key), counter in active:
             current = self.redis.key("gateway", "rl", limit_name, key, str(counter.window))
             pushed = counter.pending
+            if pushed:
+                counter.counted_here = True
             commands.append((current, pushed))
             current_at = position
             position += 2 if pushed else 1

@@ -219,6 +219,21 @@ async def test_two_replicas_together_are_held_to_the_limit_across_a_boundary(gua
             assert counter.before == LIMIT
         finally:
             await three.stop()
+        # what a replica keeps: the keys it counted in the last two windows, not every key the others
+        # go on counting (its memory stays bounded by its own traffic)
+        clock.advance(WINDOW)
+        assert one.check("shared", "").allowed  # 1 * 0.95 + 0 (the window before: one request)
+        await one.sync()
+        await two.sync()  # two counted nothing in the window before: its counter is rolled no more
+        assert ("subject", "shared") not in two._counters
+        assert ("subject", "shared") in one._counters
+        clock.advance(WINDOW)
+        await one.sync()
+        assert one._counters[("subject", "shared")].before == 1  # still weighs in this window
+        clock.advance(WINDOW)
+        await one.sync()
+        await two.sync()
+        assert one._counters == {} and two._counters == {}
     finally:
         await one.stop()
         await two.stop()
