@@ -233,7 +233,8 @@ async def test_two_replicas_together_are_held_to_the_limit_across_a_boundary(gua
         clock.advance(WINDOW)
         await one.sync()
         await two.sync()
-        assert one._counters == {} and two._counters == {}
+        assert one._counters == {}
+        assert two._counters == {}
     finally:
         await one.stop()
         await two.stop()
