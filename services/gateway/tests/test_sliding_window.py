@@ -272,3 +272,32 @@ async def test_with_redis_away_the_limits_fail_open_as_before(guards: Any, redis
     finally:
         await limits.stop()
         await proxy.cut()
+
+
+async def test_a_boundary_crossed_while_a_sync_is_under_way_counts_each_request_once(
+    guards: Any, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    boundary = next_boundary(time.time())
+    clock = FakeClock(start=boundary - 0.5)
+    guard = guards()
+    limits = limiter(guard, clock)
+    admin = aioredis.from_url(redis_url)
+    try:
+        for _ in range(LIMIT):
+            assert limits.check("racing", "").allowed  # ten pending, not pushed yet
+        pushing = asyncio.create_task(limits.sync())
+        await asyncio.sleep(0)  # the sync took its ten and waits for Redis
+        clock.advance(1.0)
+        assert limits.check("racing", "").allowed  # rolls the counter on meanwhile: 10 * 0.95 + 0
+        await pushing
+        await limits.sync()
+        window = int(boundary // WINDOW)
+        keys = [guard.key("gateway", "rl", "subject", "racing", str(w)) for w in (window - 1, window)]
+        stored = [await admin.get(key) for key in keys]
+        assert stored == [b"10", b"1"]  # the ten pushed once, not again as the previous window's
+        assert not limits.check("racing", "").allowed
+    finally:
+        await admin.aclose()
+        await limits.stop()
