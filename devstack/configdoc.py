@@ -164,12 +164,15 @@ MEANINGS = {
     "upstream_pool_size": "keep-alive connections to the services",
     "gateway_access_log": "one JSON access line per request",
     "rate_limit_enabled": "per-subject and per-client rate limits",
-    "rate_limit_window_seconds": "rate-limit window",
-    "rate_limit_per_subject": "requests per window per (issuer, subject)",
-    "rate_limit_per_client": "requests per window per client id",
+    "rate_limit_window_seconds": (
+        "rate-limit window: the limits hold within any window's length"
+        " (a sliding estimate from this window's and the previous one's counts)"
+    ),
+    "rate_limit_per_subject": "requests per window's length per (issuer, subject)",
+    "rate_limit_per_client": "requests per window's length per client id",
     "rate_limit_sync_seconds": "how often local counters are merged in Redis",
-    "rate_limit_anonymous_per_address": "requests without a valid token per window per client address; "
-    "beyond it 429 before any verification",
+    "rate_limit_anonymous_per_address": "requests without a valid token per window's length per client "
+    "address; beyond it 429 before any verification",
     "redis_timeout_seconds": "a Redis call slower than this counts as Redis down",
     "redis_retry_seconds": "how long to wait before trying Redis again after a failure",
     "audit_denials": "send 401/403/429 denials to the audit trail",

@@ -100,7 +100,7 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     gateway_workers: int = Field(default_factory=lambda: available_cpus(), ge=1, le=64)
     gateway_access_log: bool = True
 
-    # --- rate limits (fixed windows kept in Redis, counted locally between syncs) -------------
+    # --- rate limits (sliding windows estimated from fixed ones in Redis, counted locally) ------
     rate_limit_enabled: bool = True
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
     rate_limit_per_subject: int = Field(default=1200, ge=1)

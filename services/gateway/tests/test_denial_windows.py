@@ -28,16 +28,23 @@ def limiter(clock: FakeClock, per_address: int) -> RateLimiter:
     )
 
 
-def test_the_address_budget_is_per_address_and_per_window() -> None:
+def test_the_address_budget_is_per_address_and_slides_with_the_window() -> None:
     clock = FakeClock(start=START + 20)
     limits = limiter(clock, per_address=3)
     for _ in range(3):
         assert limits.anonymous_refused("198.51.100.1").allowed
         limits.count_anonymous("198.51.100.1")
     refused = limits.anonymous_refused("198.51.100.1")
-    assert (refused.allowed, refused.limit, refused.retry_after) == (False, "address", 40)
+    # the window's three weigh 3 * (1 - f) in the next one: below 3 just after it begins, 40 s on
+    assert (refused.allowed, refused.limit, refused.retry_after) == (False, "address", 41)
     assert limits.anonymous_refused("198.51.100.2").allowed
     clock.advance(40)
+    assert not limits.anonymous_refused("198.51.100.1").allowed  # 3 * (1 - 0): still the budget
+    clock.advance(1)
+    assert limits.anonymous_refused("198.51.100.1").allowed  # 3 * 59/60
+    limits.count_anonymous("198.51.100.1")
+    assert not limits.anonymous_refused("198.51.100.1").allowed  # sliding: not a whole new budget
+    clock.advance(60)
     assert limits.anonymous_refused("198.51.100.1").allowed
 
 

@@ -479,9 +479,12 @@ async def test_rate_limits_per_subject_follow_the_clock(rig: Rig) -> None:
     refusal = outcomes[2]
     assert refusal is not None
     assert (refusal.status, refusal.reason, refusal.audit) == (429, "rate_limit_subject", "aggregate")
-    assert dict(refusal.headers)[b"retry-after"] == b"15"
+    # the two weigh 2 * (1 - f) in the next window: below the limit just after it begins
+    assert dict(refusal.headers)[b"retry-after"] == b"16"
     rig.clock.set_time(window_end)
-    assert stage(parsed) is None
+    assert stage(parsed) is not None  # 2 * (1 - 0): still the limit
+    rig.clock.set_time(window_end + 1)
+    assert stage(parsed) is None  # 2 * 59/60
     assert RateLimit(None)(parsed) is None  # RATE_LIMIT_ENABLED=false
     await rig.http.close()
 

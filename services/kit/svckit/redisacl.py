@@ -65,7 +65,7 @@ def _replay(service: str) -> Grant:
 GRANTS: Mapping[str, Grant] = {
     "gateway": Grant(
         # jwks.py GET/SET gateway:jwks:<issuer>, SET NX PX gateway:jwks-refresh:<issuer>;
-        # ratelimit.py INCRBY+EXPIRE gateway:rl:...;
+        # ratelimit.py INCRBY+EXPIRE (something to push) or GET (nothing to push) gateway:rl:...;
         # svckit.dpop SET dpop-jti:<digest> NX EX; revocations.py XREAD revocations
         commands=("get", "set", "incrby", "expire", "xread"),
         keys=("gateway:*", "dpop-jti:*"),
