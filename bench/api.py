@@ -35,6 +35,12 @@ mix in the same rounds as ``direct_before`` (``direct_to_timesheets_before``;
 swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) runs only some cases
 (e.g. ``direct,direct_before,reference`` for a quick A/B; a full run for ``bench/results``).
 
+``BENCH_API_ROTATE=1`` rotates the cases' order every round (each case first in turn): the
+embedded Postgres's CPU is the whole server's over a case's run, it drifts within a run, and what a
+case leaves behind (autovacuum, the relay's last batch) lands in the next case's run; a fixed order
+charges that to the same case every round (``bench/_pgwork.py`` for what each case's requests cost
+the database statement by statement).
+
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
@@ -498,6 +504,7 @@ def main() -> int:
         return 1
     seconds = float(os.environ.get("BENCH_API_SECONDS", "10"))
     rounds = int(os.environ.get("BENCH_API_ROUNDS", "3"))
+    rotate = os.environ.get("BENCH_API_ROTATE", "") not in ("", "0")
     issuer = Issuer()
     subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
     name = f"tsp_bench_api_{os.getpid()}"
@@ -674,6 +681,12 @@ def main() -> int:
                         # the A/B pair's order swapped every other round: neither always runs first
                         a, b = cases_now.index("direct"), cases_now.index("direct_before")
                         cases_now[a], cases_now[b] = cases_now[b], cases_now[a]
+                    if rotate:
+                        # each case first in turn: Postgres's CPU per request drifts within a run (and
+                        # a case's background work lands in the next one), which a fixed order charges
+                        # to the same case every round
+                        shift = number % len(cases_now)
+                        cases_now = cases_now[shift:] + cases_now[:shift]
                     for case in cases_now:
                         runs[case].append(targets[case]())
                 created = asyncio.run(count_entries(url)) - before
@@ -816,6 +829,11 @@ def main() -> int:
         if key in ("direct", "direct_before"):
             rounds_cpu = [run["cpu_us_per_request"]["timesheets"] for run in runs[key]]
             print(f"{'':<36} timesheets cpu us/request per round: {rounds_cpu}")
+        if "postgres" in shown["cpu_us_per_request"]:
+            # the whole server's CPU over each run: background work (autovacuum, checkpoints) lands
+            # in whichever case runs at the time, so a round far from the others says so here
+            postgres_rounds = [run["cpu_us_per_request"].get("postgres") for run in runs[key]]
+            print(f"{'':<36} postgres cpu us/request per round: {postgres_rounds}")
     print(
         f"timesheets / reference: {ratios['service_vs_reference_rps']} by throughput (target >= 1.0), "
         f"{ratios['service_vs_reference_cpu_per_request']} by CPU per request (target <= 1.0); "
