@@ -46,7 +46,10 @@ from bench.api import (
 from testkit.fixtures import ServiceProcess, new_pair_keys
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / ".local" / "bench-pgwork"
+#: ``PGWORK_STATEMENTS=0``: without pg_stat_statements (its own cost off the figures; no statements),
+#: on a server of its own (the other's configuration names the extension's settings)
+STATEMENTS = os.environ.get("PGWORK_STATEMENTS", "1") != "0"
+STATE = ROOT / ".local" / ("bench-pgwork" if STATEMENTS else "bench-pgwork-plain")
 DATABASE_COUNTERS = (
     "xact_commit",
     "xact_rollback",
@@ -70,10 +73,12 @@ async def snapshot(server: str, names: dict[str, str]) -> dict[str, Any]:
             for case, name in names.items()
         }
         statements: dict[str, dict[str, tuple[int, int, float, int]]] = {case: {} for case in names}
-        rows = await conn.fetch(
-            "SELECT dbid, toplevel, query, calls, rows, total_exec_time, total_plan_time, wal_bytes"
-            " FROM pg_stat_statements"
-        )
+        rows = []
+        if STATEMENTS:
+            rows = await conn.fetch(
+                "SELECT dbid, toplevel, query, calls, rows, total_exec_time, total_plan_time, wal_bytes"
+                " FROM pg_stat_statements"
+            )
         for row in rows:
             for case, oid in oids.items():
                 if row["dbid"] == oid:
@@ -158,7 +163,9 @@ def main() -> int:
     connections = int(os.environ.get("PGWORK_CONNECTIONS", "32"))  # fewer: a machine not saturated
     settle = float(os.environ.get("PGWORK_SETTLE", "11"))  # pg_stat_database is flushed within 10 s
     postgres = EmbeddedPostgres(
-        STATE, {"max_connections": str(MAX_CONNECTIONS), "shared_preload_libraries": "pg_stat_statements"}
+        STATE,
+        {"max_connections": str(MAX_CONNECTIONS)}
+        | ({"shared_preload_libraries": "pg_stat_statements"} if STATEMENTS else {}),
     )
     server = postgres.start()
     redis = EmbeddedRedis(STATE, port=6384)
@@ -172,7 +179,8 @@ def main() -> int:
     audited = None
     name = f"tsp_pgwork_{os.getpid()}"
     try:
-        asyncio.run(enable(server))
+        if STATEMENTS:
+            asyncio.run(enable(server))
         with fresh_database(name) as url, fresh_database(name + "_audited") as audited_db:
             for database in (url, audited_db):
                 asyncio.run(prepare_database(database, issuer.issuer, subjects))
