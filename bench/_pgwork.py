@@ -75,9 +75,11 @@ async def snapshot(server: str, names: dict[str, str]) -> dict[str, Any]:
         statements: dict[str, dict[str, tuple[int, int, float, int]]] = {case: {} for case in names}
         rows = []
         if STATEMENTS:
+            # PGWORK_PLANS: the plannings (a statement prepared again shows here) instead of the rows
+            counted = "plans" if os.environ.get("PGWORK_PLANS") else "rows"
             rows = await conn.fetch(
-                "SELECT dbid, toplevel, query, calls, rows, total_exec_time, total_plan_time, wal_bytes"
-                " FROM pg_stat_statements"
+                f"SELECT dbid, toplevel, query, calls, {counted} AS rows, total_exec_time, total_plan_time,"
+                " wal_bytes FROM pg_stat_statements"
             )
         for row in rows:
             for case, oid in oids.items():

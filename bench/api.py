@@ -494,6 +494,52 @@ def refuses_unsigned(url: str) -> bool:
     return False
 
 
+class PostgresSplit:
+    """``BENCH_API_PG_SPLIT=1``: the embedded Postgres's CPU over each case's runs split by process
+    (each database's backends by application name, the background processes, the ended ones), per
+    request: which process the ``postgres`` figure of a case is spent in."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.used: dict[str, dict[str, float]] = {}
+        self.requests: dict[str, int] = {}
+        self._before: dict[int, float] = {}
+        self._total_before = 0.0
+
+    def before(self, postgres: int) -> None:
+        from bench._pgwork import process_cpu
+
+        self._before = process_cpu(postgres)
+        self._total_before = CpuMeter({"postgres": postgres}).stop_from_zero()
+
+    def after(self, postgres: int, case: str, requests: int) -> None:
+        from bench._pgwork import backends, process_cpu
+
+        now = process_cpu(postgres)
+        total = CpuMeter({"postgres": postgres}).stop_from_zero() - self._total_before
+        kinds = asyncio.run(backends(self.server))
+        used = self.used.setdefault(case, {})
+        counted = 0.0
+        for pid, seconds in now.items():
+            kind = kinds.get(pid, "(not a backend any more)")
+            used[kind] = used.get(kind, 0.0) + seconds - self._before.get(pid, 0.0)
+            counted += seconds - self._before.get(pid, 0.0)
+        ended = "(ended during the run, postmaster's own)"
+        used[ended] = used.get(ended, 0.0) + total - counted
+        self.requests[case] = self.requests.get(case, 0) + requests
+
+    def report(self) -> None:
+        print("postgres cpu us/request by process (BENCH_API_PG_SPLIT):")
+        for case, used in self.used.items():
+            requests = max(1, self.requests[case])
+            shown = sorted(
+                ((kind, seconds * 1e6 / requests) for kind, seconds in used.items()), key=lambda x: -x[1]
+            )
+            print(
+                f"  {case}: " + "; ".join(f"{kind} {value:.1f}" for kind, value in shown if abs(value) >= 0.5)
+            )
+
+
 def pid_of(process: ServiceProcess) -> int | None:
     return process.process.pid if process.process is not None else None
 
@@ -505,6 +551,7 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_API_SECONDS", "10"))
     rounds = int(os.environ.get("BENCH_API_ROUNDS", "3"))
     rotate = os.environ.get("BENCH_API_ROTATE", "") not in ("", "0")
+    split: PostgresSplit | None = None
     issuer = Issuer()
     subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
     name = f"tsp_bench_api_{os.getpid()}"
@@ -609,6 +656,8 @@ def main() -> int:
                 # processes): where the cases' throughput differs more than their servers' CPU does
                 postgres = embedded_postgres() if backing.embedded else None
                 postgres_pids = {"postgres": postgres} if postgres else {}
+                if os.environ.get("BENCH_API_PG_SPLIT", "") not in ("", "0"):
+                    split = PostgresSplit(backing.database_url)
                 services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit), **postgres_pids}
                 meters = {
                     "gateway": CpuMeter({"gateway": pid_of(gateway), **services}),
@@ -688,7 +737,11 @@ def main() -> int:
                         shift = number % len(cases_now)
                         cases_now = cases_now[shift:] + cases_now[:shift]
                     for case in cases_now:
+                        if split is not None and postgres:
+                            split.before(postgres)
                         runs[case].append(targets[case]())
+                        if split is not None and postgres:
+                            split.after(postgres, case, runs[case][-1]["requests"])
                 created = asyncio.run(count_entries(url)) - before
                 # every creation audited, by the service and by the reference doing the same work
                 seeded = SEED_PER_USER * len(subjects)
@@ -872,6 +925,8 @@ def main() -> int:
             f"after the load, {who}: {check['entries_created']} entries created, "
             f"{check['creations_audited']} creations audited, {check['outbox_waiting']} outbox rows waiting"
         )
+    if split is not None:
+        split.report()
     print(f"written to {written}")
     checked = [
         case
