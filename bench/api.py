@@ -39,7 +39,8 @@ swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) ru
 embedded Postgres's CPU is the whole server's over a case's run, it drifts within a run, and what a
 case leaves behind (autovacuum, the relay's last batch) lands in the next case's run; a fixed order
 charges that to the same case every round (``bench/_pgwork.py`` for what each case's requests cost
-the database statement by statement).
+the database statement by statement). ``BENCH_API_PG_SPLIT=1`` prints that CPU split by process
+(:class:`PostgresSplit`: each app's backends, the audit services', the background processes).
 
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
