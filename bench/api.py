@@ -35,6 +35,13 @@ mix in the same rounds as ``direct_before`` (``direct_to_timesheets_before``;
 swapped every other round. ``BENCH_API_CASES`` (comma-separated, default all) runs only some cases
 (e.g. ``direct,direct_before,reference`` for a quick A/B; a full run for ``bench/results``).
 
+``BENCH_API_ROTATE=1`` rotates the cases' order every round (each case first in turn): the
+embedded Postgres's CPU is the whole server's over a case's run, it drifts within a run, and what a
+case leaves behind (autovacuum, the relay's last batch) lands in the next case's run; a fixed order
+charges that to the same case every round (``bench/_pgwork.py`` for what each case's requests cost
+the database statement by statement). ``BENCH_API_PG_SPLIT=1`` prints that CPU split by process
+(:class:`PostgresSplit`: each app's backends, the audit services', the background processes).
+
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
 p50/p90/p99, the CPU time per request of each server process (gateway, timesheets, audit, the
@@ -488,6 +495,52 @@ def refuses_unsigned(url: str) -> bool:
     return False
 
 
+class PostgresSplit:
+    """``BENCH_API_PG_SPLIT=1``: the embedded Postgres's CPU over each case's runs split by process
+    (each database's backends by application name, the background processes, the ended ones), per
+    request: which process the ``postgres`` figure of a case is spent in."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.used: dict[str, dict[str, float]] = {}
+        self.requests: dict[str, int] = {}
+        self._before: dict[int, float] = {}
+        self._total_before = 0.0
+
+    def before(self, postgres: int) -> None:
+        from bench._pgwork import process_cpu
+
+        self._before = process_cpu(postgres)
+        self._total_before = CpuMeter({"postgres": postgres}).stop_from_zero()
+
+    def after(self, postgres: int, case: str, requests: int) -> None:
+        from bench._pgwork import backends, process_cpu
+
+        now = process_cpu(postgres)
+        total = CpuMeter({"postgres": postgres}).stop_from_zero() - self._total_before
+        kinds = asyncio.run(backends(self.server))
+        used = self.used.setdefault(case, {})
+        counted = 0.0
+        for pid, seconds in now.items():
+            kind = kinds.get(pid, "(not a backend any more)")
+            used[kind] = used.get(kind, 0.0) + seconds - self._before.get(pid, 0.0)
+            counted += seconds - self._before.get(pid, 0.0)
+        ended = "(ended during the run, postmaster's own)"
+        used[ended] = used.get(ended, 0.0) + total - counted
+        self.requests[case] = self.requests.get(case, 0) + requests
+
+    def report(self) -> None:
+        print("postgres cpu us/request by process (BENCH_API_PG_SPLIT):")
+        for case, used in self.used.items():
+            requests = max(1, self.requests[case])
+            shown = sorted(
+                ((kind, seconds * 1e6 / requests) for kind, seconds in used.items()), key=lambda x: -x[1]
+            )
+            print(
+                f"  {case}: " + "; ".join(f"{kind} {value:.1f}" for kind, value in shown if abs(value) >= 0.5)
+            )
+
+
 def pid_of(process: ServiceProcess) -> int | None:
     return process.process.pid if process.process is not None else None
 
@@ -498,6 +551,8 @@ def main() -> int:
         return 1
     seconds = float(os.environ.get("BENCH_API_SECONDS", "10"))
     rounds = int(os.environ.get("BENCH_API_ROUNDS", "3"))
+    rotate = os.environ.get("BENCH_API_ROTATE", "") not in ("", "0")
+    split: PostgresSplit | None = None
     issuer = Issuer()
     subjects = [f"bench-user-{i:02d}" for i in range(USERS)]
     name = f"tsp_bench_api_{os.getpid()}"
@@ -602,6 +657,8 @@ def main() -> int:
                 # processes): where the cases' throughput differs more than their servers' CPU does
                 postgres = embedded_postgres() if backing.embedded else None
                 postgres_pids = {"postgres": postgres} if postgres else {}
+                if os.environ.get("BENCH_API_PG_SPLIT", "") not in ("", "0"):
+                    split = PostgresSplit(backing.database_url)
                 services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit), **postgres_pids}
                 meters = {
                     "gateway": CpuMeter({"gateway": pid_of(gateway), **services}),
@@ -674,8 +731,18 @@ def main() -> int:
                         # the A/B pair's order swapped every other round: neither always runs first
                         a, b = cases_now.index("direct"), cases_now.index("direct_before")
                         cases_now[a], cases_now[b] = cases_now[b], cases_now[a]
+                    if rotate:
+                        # each case first in turn: Postgres's CPU per request drifts within a run (and
+                        # a case's background work lands in the next one), which a fixed order charges
+                        # to the same case every round
+                        shift = number % len(cases_now)
+                        cases_now = cases_now[shift:] + cases_now[:shift]
                     for case in cases_now:
+                        if split is not None and postgres:
+                            split.before(postgres)
                         runs[case].append(targets[case]())
+                        if split is not None and postgres:
+                            split.after(postgres, case, runs[case][-1]["requests"])
                 created = asyncio.run(count_entries(url)) - before
                 # every creation audited, by the service and by the reference doing the same work
                 seeded = SEED_PER_USER * len(subjects)
@@ -816,6 +883,11 @@ def main() -> int:
         if key in ("direct", "direct_before"):
             rounds_cpu = [run["cpu_us_per_request"]["timesheets"] for run in runs[key]]
             print(f"{'':<36} timesheets cpu us/request per round: {rounds_cpu}")
+        if "postgres" in shown["cpu_us_per_request"]:
+            # the whole server's CPU over each run: background work (autovacuum, checkpoints) lands
+            # in whichever case runs at the time, so a round far from the others says so here
+            postgres_rounds = [run["cpu_us_per_request"].get("postgres") for run in runs[key]]
+            print(f"{'':<36} postgres cpu us/request per round: {postgres_rounds}")
     print(
         f"timesheets / reference: {ratios['service_vs_reference_rps']} by throughput (target >= 1.0), "
         f"{ratios['service_vs_reference_cpu_per_request']} by CPU per request (target <= 1.0); "
@@ -854,6 +926,8 @@ def main() -> int:
             f"after the load, {who}: {check['entries_created']} entries created, "
             f"{check['creations_audited']} creations audited, {check['outbox_waiting']} outbox rows waiting"
         )
+    if split is not None:
+        split.report()
     print(f"written to {written}")
     checked = [
         case
