@@ -49,8 +49,8 @@ class CpuMeter:
     def start(self) -> None:
         self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
-    def stop_from_zero(self) -> float:
-        """The processes' CPU seconds so far, summed (a reading, not a difference)."""
+    def total_seconds(self) -> float:
+        """The processes' CPU seconds since they started, summed (a reading, not a difference)."""
         return sum(cpu_seconds(pid) for pid in self.pids.values())
 
     def stop(self) -> dict[str, float]:

@@ -511,13 +511,13 @@ class PostgresSplit:
         from bench._pgwork import process_cpu
 
         self._before = process_cpu(postgres)
-        self._total_before = CpuMeter({"postgres": postgres}).stop_from_zero()
+        self._total_before = CpuMeter({"postgres": postgres}).total_seconds()
 
     def after(self, postgres: int, case: str, requests: int) -> None:
         from bench._pgwork import backends, process_cpu
 
         now = process_cpu(postgres)
-        total = CpuMeter({"postgres": postgres}).stop_from_zero() - self._total_before
+        total = CpuMeter({"postgres": postgres}).total_seconds() - self._total_before
         kinds = asyncio.run(backends(self.server))
         used = self.used.setdefault(case, {})
         counted = 0.0
