@@ -49,10 +49,6 @@ class CpuMeter:
     def start(self) -> None:
         self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
-    def total_seconds(self) -> float:
-        """The processes' CPU seconds since they started, summed (a reading, not a difference)."""
-        return sum(cpu_seconds(pid) for pid in self.pids.values())
-
     def stop(self) -> dict[str, float]:
         return {name: cpu_seconds(pid) - self._before[name] for name, pid in self.pids.items()}
 

@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 
 from bench._backing import MAX_CONNECTIONS, embedded_postgres, fresh_database
-from bench._measure import CpuMeter
+from bench._measure import cpu_seconds
 from bench.api import (
     USERS,
     Issuer,
@@ -133,6 +133,37 @@ def process_cpu(root: int | None) -> dict[int, float]:
     return found
 
 
+#: the part of a run's CPU no live process accounts for: backends that ended during it, the postmaster
+ENDED = "(ended during the run, postmaster's own)"
+
+
+class ProcessSplit:
+    """Postgres's CPU between :meth:`start` and :meth:`stop`, split by process: each backend by type,
+    database and application name (:func:`backends`), and :data:`ENDED` for the rest of the whole
+    server's (:func:`bench._measure.cpu_seconds`, which counts ended children too). The values add up
+    to the server's CPU over the run."""
+
+    def __init__(self, server: str, postgres: int) -> None:
+        self.server = server
+        self.postgres = postgres
+        self._per_process: dict[int, float] = {}
+        self._total = 0.0
+
+    def start(self) -> None:
+        self._per_process = process_cpu(self.postgres)
+        self._total = cpu_seconds(self.postgres)
+
+    def stop(self) -> dict[str, float]:
+        now = process_cpu(self.postgres)
+        total = cpu_seconds(self.postgres) - self._total
+        kinds = asyncio.run(backends(self.server))
+        split: dict[str, float] = defaultdict(float)
+        for pid, seconds in now.items():
+            split[kinds.get(pid, "(not in pg_stat_activity)")] += seconds - self._per_process.get(pid, 0.0)
+        split[ENDED] = total - sum(split.values())
+        return dict(split)
+
+
 async def table_counters(url: str) -> dict[str, dict[str, int]]:
     conn = await asyncpg.connect(url)
     try:
@@ -198,7 +229,9 @@ def main() -> int:
             urls = {"service": timesheets.url, "reference_audited": audited.reference_url}  # type: ignore[attr-defined]
             names = {"service": name, "reference_audited": name + "_audited"}
             databases = {"service": url, "reference_audited": audited_db}
-            meter = CpuMeter({"postgres": embedded_postgres(STATE)})
+            postgres_pid = embedded_postgres(STATE)
+            assert postgres_pid is not None, "the embedded Postgres is not running"
+            splitter = ProcessSplit(server, postgres_pid)
             script = logs / "direct.lua"
 
             def signed(run_seconds: float) -> Path:
@@ -250,20 +283,12 @@ def main() -> int:
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                         )
-                    cpu_before = process_cpu(meter.pids["postgres"])
-                    meter.start()
+                    splitter.start()
                     result = run_wrk(urls[case], signed(seconds), seconds, connections=connections)
-                    cpu = meter.stop()["postgres"]
+                    by_kind = splitter.stop()
+                    cpu = sum(by_kind.values())
                     if perf is not None:
                         perf.wait(30)
-                    cpu_after = process_cpu(meter.pids["postgres"])
-                    kinds = asyncio.run(backends(server))
-                    by_kind: dict[str, float] = defaultdict(float)
-                    for pid, used in cpu_after.items():
-                        by_kind[kinds.get(pid, "(not in pg_stat_activity)")] += used - cpu_before.get(
-                            pid, 0.0
-                        )
-                    by_kind["(ended during the run, postmaster's own)"] = cpu - sum(by_kind.values())
                     total = totals[case]
                     for kind, used in by_kind.items():
                         total["by_process"][kind] += used

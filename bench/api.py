@@ -497,36 +497,24 @@ def refuses_unsigned(url: str) -> bool:
 
 class PostgresSplit:
     """``BENCH_API_PG_SPLIT=1``: the embedded Postgres's CPU over each case's runs split by process
-    (each database's backends by application name, the background processes, the ended ones), per
-    request: which process the ``postgres`` figure of a case is spent in."""
+    (:class:`bench._pgwork.ProcessSplit`: each database's backends by application name, the
+    background processes, the ended ones), summed per case and printed per request: which process the
+    ``postgres`` figure of a case is spent in."""
 
-    def __init__(self, server: str) -> None:
-        self.server = server
+    def __init__(self, server: str, postgres: int) -> None:
+        from bench._pgwork import ProcessSplit
+
+        self.run = ProcessSplit(server, postgres)
         self.used: dict[str, dict[str, float]] = {}
         self.requests: dict[str, int] = {}
-        self._before: dict[int, float] = {}
-        self._total_before = 0.0
 
-    def before(self, postgres: int) -> None:
-        from bench._pgwork import process_cpu
+    def before(self) -> None:
+        self.run.start()
 
-        self._before = process_cpu(postgres)
-        self._total_before = CpuMeter({"postgres": postgres}).total_seconds()
-
-    def after(self, postgres: int, case: str, requests: int) -> None:
-        from bench._pgwork import backends, process_cpu
-
-        now = process_cpu(postgres)
-        total = CpuMeter({"postgres": postgres}).total_seconds() - self._total_before
-        kinds = asyncio.run(backends(self.server))
+    def after(self, case: str, requests: int) -> None:
         used = self.used.setdefault(case, {})
-        counted = 0.0
-        for pid, seconds in now.items():
-            kind = kinds.get(pid, "(not a backend any more)")
-            used[kind] = used.get(kind, 0.0) + seconds - self._before.get(pid, 0.0)
-            counted += seconds - self._before.get(pid, 0.0)
-        ended = "(ended during the run, postmaster's own)"
-        used[ended] = used.get(ended, 0.0) + total - counted
+        for kind, seconds in self.run.stop().items():
+            used[kind] = used.get(kind, 0.0) + seconds
         self.requests[case] = self.requests.get(case, 0) + requests
 
     def report(self) -> None:
@@ -657,8 +645,8 @@ def main() -> int:
                 # processes): where the cases' throughput differs more than their servers' CPU does
                 postgres = embedded_postgres() if backing.embedded else None
                 postgres_pids = {"postgres": postgres} if postgres else {}
-                if os.environ.get("BENCH_API_PG_SPLIT", "") not in ("", "0"):
-                    split = PostgresSplit(backing.database_url)
+                if postgres and os.environ.get("BENCH_API_PG_SPLIT", "") not in ("", "0"):
+                    split = PostgresSplit(backing.database_url, postgres)
                 services = {"timesheets": pid_of(timesheets), "audit": pid_of(audit), **postgres_pids}
                 meters = {
                     "gateway": CpuMeter({"gateway": pid_of(gateway), **services}),
@@ -738,11 +726,11 @@ def main() -> int:
                         shift = number % len(cases_now)
                         cases_now = cases_now[shift:] + cases_now[:shift]
                     for case in cases_now:
-                        if split is not None and postgres:
-                            split.before(postgres)
+                        if split is not None:
+                            split.before()
                         runs[case].append(targets[case]())
-                        if split is not None and postgres:
-                            split.after(postgres, case, runs[case][-1]["requests"])
+                        if split is not None:
+                            split.after(case, runs[case][-1]["requests"])
                 created = asyncio.run(count_entries(url)) - before
                 # every creation audited, by the service and by the reference doing the same work
                 seeded = SEED_PER_USER * len(subjects)
