@@ -46,6 +46,11 @@ processes were busy, each case's database counters a request, the processes that
 run and the oldest snapshot held, and at the end the tables' sizes and dead rows: what tells a
 difference in the work or in how it arrives from one in what the same work cost (issue 17).
 ``BENCH_API_PERF=<prefix>`` samples the whole machine with ``perf record`` over each case's run.
+On a shared two-core machine the same statements' CPU moves by more than the cases differ: two
+identical services in one run (``BENCH_API_BASELINE`` = the same code) were up to 12 % apart in a
+round, and which of the service and reference_audited paid more turned between runs (issue 17,
+``services/timesheets/README.md``): a difference in Postgres's CPU between cases is a finding only if
+it holds across runs.
 
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
