@@ -119,17 +119,26 @@ async def backends(server: str) -> dict[int, str]:
 
 
 def process_cpu(root: int | None) -> dict[int, float]:
+    return {pid: usage[0] + usage[1] for pid, usage in process_usage(root).items()}
+
+
+def process_usage(root: int | None) -> dict[int, tuple[float, float, int, int]]:
+    """Each child of ``root``: user and system CPU seconds, voluntary and involuntary context
+    switches (a backend that sleeps between statements is woken for each: the system time and the
+    voluntary switches say how often)."""
     import psutil
 
-    found: dict[int, float] = {}
+    found: dict[int, tuple[float, float, int, int]] = {}
     if root is None:
         return found
     for process in psutil.Process(root).children(recursive=True):
         try:
-            times = process.cpu_times()
+            with process.oneshot():
+                times = process.cpu_times()
+                switches = process.num_ctx_switches()
         except psutil.Error:
             continue
-        found[process.pid] = times.user + times.system
+        found[process.pid] = (times.user, times.system, switches.voluntary, switches.involuntary)
     return found
 
 
@@ -146,21 +155,35 @@ class ProcessSplit:
     def __init__(self, server: str, postgres: int) -> None:
         self.server = server
         self.postgres = postgres
-        self._per_process: dict[int, float] = {}
+        self._per_process: dict[int, tuple[float, float, int, int]] = {}
         self._total = 0.0
+        #: the last run's user and system seconds, voluntary and involuntary switches and the number of
+        #: processes that used 1 % or more of the kind's CPU, by kind (live processes only)
+        self.detail: dict[str, list[float]] = {}
 
     def start(self) -> None:
-        self._per_process = process_cpu(self.postgres)
+        self._per_process = process_usage(self.postgres)
         self._total = cpu_seconds(self.postgres)
 
     def stop(self) -> dict[str, float]:
-        now = process_cpu(self.postgres)
+        now = process_usage(self.postgres)
         total = cpu_seconds(self.postgres) - self._total
         kinds = asyncio.run(backends(self.server))
         split: dict[str, float] = defaultdict(float)
-        for pid, seconds in now.items():
-            split[kinds.get(pid, "(not in pg_stat_activity)")] += seconds - self._per_process.get(pid, 0.0)
+        used: dict[str, list[float]] = defaultdict(list)
+        detail: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0, 0])
+        for pid, usage in now.items():
+            was = self._per_process.get(pid, (0.0, 0.0, 0, 0))
+            kind = kinds.get(pid, "(not in pg_stat_activity)")
+            delta = [usage[i] - was[i] for i in range(4)]
+            split[kind] += delta[0] + delta[1]
+            used[kind].append(delta[0] + delta[1])
+            for i in range(4):
+                detail[kind][i] += delta[i]
+        for kind, seconds in used.items():
+            detail[kind][4] = sum(1 for s in seconds if s >= 0.01 * max(1e-9, split[kind]))
         split[ENDED] = total - sum(split.values())
+        self.detail = dict(detail)
         return dict(split)
 
 

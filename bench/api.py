@@ -40,7 +40,17 @@ embedded Postgres's CPU is the whole server's over a case's run, it drifts withi
 case leaves behind (autovacuum, the relay's last batch) lands in the next case's run; a fixed order
 charges that to the same case every round (``bench/_pgwork.py`` for what each case's requests cost
 the database statement by statement). ``BENCH_API_PG_SPLIT=1`` prints that CPU split by process
-(:class:`PostgresSplit`: each app's backends, the audit services', the background processes).
+(:class:`PostgresSplit`: each app's backends, the audit services', the background processes), each
+round's and per kind of process the user and system CPU, the context switches and how many
+processes were busy, each case's database counters a request, the processes that started during a
+run and the oldest snapshot held, and at the end the tables' sizes and dead rows: what tells a
+difference in the work or in how it arrives from one in what the same work cost (issue 17).
+``BENCH_API_PERF=<prefix>`` samples the whole machine with ``perf record`` over each case's run.
+On a shared two-core machine the same statements' CPU moves by more than the cases differ: two
+identical services in one run (``BENCH_API_BASELINE`` = the same code) were up to 12 % apart in a
+round, and which of the service and reference_audited paid more turned between runs (issue 17,
+``services/timesheets/README.md``): a difference in Postgres's CPU between cases is a finding only if
+it holds across runs.
 
 ``BENCH_API_ROUNDS`` (default 3) interleaved rounds of the cases, ``BENCH_API_SECONDS`` (default
 10) each, after a 3-second warm-up; medians, each round's rps beside them. Beside throughput and
@@ -199,6 +209,25 @@ async def count_entries(url: str) -> int:
     try:
         value: int = await conn.fetchval("SELECT count(*) FROM timesheets.entries")
         return value
+    finally:
+        await conn.close()
+
+
+async def relation_state(url: str) -> list[str]:
+    """The database's tables: size with indexes, live and dead tuples, autovacuums (``BENCH_API_PG_SPLIT``:
+    whether one case's database has grown or rotted more than another's)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT schemaname || '.' || relname AS name, pg_total_relation_size(relid) AS size,"
+            " n_live_tup, n_dead_tup, autovacuum_count FROM pg_stat_user_tables"
+            " WHERE n_live_tup + n_dead_tup > 0 ORDER BY 1"
+        )
+        return [
+            f"{row['name']}: {row['size'] / 1e6:.1f} MB, live {row['n_live_tup']}, dead {row['n_dead_tup']},"
+            f" autovacuums {row['autovacuum_count']}"
+            for row in rows
+        ]
     finally:
         await conn.close()
 
@@ -506,15 +535,93 @@ class PostgresSplit:
 
         self.run = ProcessSplit(server, postgres)
         self.used: dict[str, dict[str, float]] = {}
+        self.detail: dict[str, dict[str, list[float]]] = {}
         self.requests: dict[str, int] = {}
 
     def before(self) -> None:
-        self.run.start()
+        from bench._pgwork import backends
+
+        self._watching = threading.Event()
+        self._seen_at_start = set(asyncio.run(backends(self.run.server)))
+        self._appeared: set[str] = set()
+        self._holders: dict[str, tuple[int, str]] = {}
+        self._counters = asyncio.run(self._database_counters())
+        self._watcher = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
+        self._watcher.start()
+        self.run.start()  # last: the look-ups above are not the case's
+
+    async def _database_counters(self) -> dict[str, tuple[int, ...]]:
+        conn = await asyncpg.connect(self.run.server)
+        try:
+            rows = await conn.fetch(
+                "SELECT datname, xact_commit, blks_hit, tup_returned, tup_fetched FROM pg_stat_database"
+                " WHERE datname IS NOT NULL"
+            )
+            return {row["datname"]: tuple(row)[1:] for row in rows}
+        finally:
+            await conn.close()
+
+    async def _watch(self) -> None:
+        """The oldest snapshot each database's sessions hold while the case runs (its age in
+        transactions, the session): what keeps the dead rows of its tables from being pruned."""
+        conn = await asyncpg.connect(self.run.server)
+        try:
+            while not self._watching.is_set():
+                rows = await conn.fetch(
+                    "SELECT datname, application_name, state, age(backend_xmin) AS age,"
+                    " left(query, 60) AS query"
+                    " FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+                )
+                for row in await conn.fetch(
+                    "SELECT pid, backend_type, datname, application_name, left(query, 80) AS query"
+                    " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                ):
+                    if row["pid"] not in self._seen_at_start:
+                        kind = f"{row['backend_type']} {row['datname']} {row['application_name']}"
+                        self._appeared.add(f"{kind} {row['query']!r}")
+                for row in rows:
+                    held = self._holders.get(row["datname"] or "", (0, ""))
+                    if row["age"] > held[0]:
+                        what = f"{row['application_name']} {row['state']} {row['query']!r}"
+                        self._holders[row["datname"] or ""] = (row["age"], what)
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
 
     def after(self, case: str, requests: int) -> None:
+        stopped = self.run.stop()  # first: the pause below is not the case's
+        self._watching.set()
+        self._watcher.join(10)
+        time.sleep(1.5)  # active backends flush their counters once a second
+        now = asyncio.run(self._database_counters())
+        deltas = {
+            name: [a - b for a, b in zip(values, self._counters.get(name, (0, 0, 0, 0)), strict=True)]
+            for name, values in now.items()
+        }
+        busiest = max(deltas, key=lambda name: deltas[name][0])
+        per = [value / max(1, requests) for value in deltas[busiest]]
+        print(
+            f"  [{case}] {busiest}: commits {per[0]:.3f}, buffer hits {per[1]:.1f}, tuples returned"
+            f" {per[2]:.1f}, fetched {per[3]:.1f} a request",
+            flush=True,
+        )
+        for started in sorted(self._appeared):
+            print(f"  [{case}] started during the run: {started}", flush=True)
+        for database, (age, what) in sorted(self._holders.items()):
+            print(f"  [{case}] oldest snapshot in {database}: {age} transactions, {what}", flush=True)
         used = self.used.setdefault(case, {})
-        for kind, seconds in self.run.stop().items():
+        shown = ", ".join(
+            f"{kind.replace('client backend ', '')} {seconds * 1e6 / max(1, requests):.0f}"
+            for kind, seconds in sorted(stopped.items(), key=lambda x: -x[1])[:4]
+        )
+        print(f"  [{case}] {requests} requests; postgres us/request: {shown}", flush=True)
+        for kind, seconds in stopped.items():
             used[kind] = used.get(kind, 0.0) + seconds
+        detail = self.detail.setdefault(case, {})
+        for kind, values in self.run.detail.items():
+            summed = detail.setdefault(kind, [0.0] * len(values))
+            for i, value in enumerate(values):
+                summed[i] += value
         self.requests[case] = self.requests.get(case, 0) + requests
 
     def report(self) -> None:
@@ -527,6 +634,29 @@ class PostgresSplit:
             print(
                 f"  {case}: " + "; ".join(f"{kind} {value:.1f}" for kind, value in shown if abs(value) >= 0.5)
             )
+        print("  per request: user / system CPU us, voluntary / involuntary switches; busy processes a round")
+        for case, detail in self.detail.items():
+            requests = max(1, self.requests[case])
+            for kind, (user, system, voluntary, involuntary, busy) in sorted(detail.items()):
+                if user + system >= 0.5e-6 * requests:
+                    cpu = f"{user * 1e6 / requests:.1f} / {system * 1e6 / requests:.1f}"
+                    switches = f"{voluntary / requests:.3f} / {involuntary / requests:.3f}"
+                    print(f"    {case} {kind[:50]}: {cpu}, {switches}; {busy:.0f} (sum of rounds)")
+
+
+def system_profile(case: str, number: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """``BENCH_API_PERF=<prefix>``: the whole machine sampled by ``perf record`` (call graphs) over
+    the case's run, into ``<prefix>.<case>.<round>`` (``perf report --comm postgres``: what its
+    Postgres processes spent their CPU in)."""
+    prefix = os.environ.get("BENCH_API_PERF", "")
+    if not prefix:
+        return None
+    command = ["perf", "record", "-F", "499", "-g", "-a", "-o", f"{prefix}.{case}.{number}"]
+    return subprocess.Popen(
+        [*command, "--", "sleep", str(max(1.0, seconds - 1))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def pid_of(process: ServiceProcess) -> int | None:
@@ -728,7 +858,10 @@ def main() -> int:
                     for case in cases_now:
                         if split is not None:
                             split.before()
+                        perf = system_profile(case, number, seconds)
                         runs[case].append(targets[case]())
+                        if perf is not None:
+                            perf.wait(30)
                         if split is not None:
                             split.after(case, runs[case][-1]["requests"])
                 created = asyncio.run(count_entries(url)) - before
@@ -737,6 +870,12 @@ def main() -> int:
                 relay_checks["service"] = asyncio.run(relayed(url, seeded))
                 if audited is not None:
                     relay_checks["reference_audited"] = asyncio.run(relayed(audited_db, seeded))
+                if split is not None:
+                    for label, database in (("service", url), ("reference_audited", audited_db)):
+                        if label == "service" or audited is not None:
+                            print(f"tables of the {label}'s database:")
+                            for line in asyncio.run(relation_state(database)):
+                                print(f"  {line}")
             finally:  # the servers stop before their database is dropped
                 for peer in (reference, gated, audited):
                     if peer is not None:
