@@ -124,36 +124,22 @@ async def settled(conn: Connection, decision_id: uuid.UUID) -> bool:
     return state is not None and state != "pending"
 
 
-#: A condition of the settle statements that is always true and turns ``synchronous_commit`` off for
-#: their own transaction (``set_config(…, true)``: reset when it ends; in autocommit the statement is
-#: the transaction). Its commit is then not waited for on the disk: it needs no durability of its own.
-#: The timesheets service's apply, the decision's truth, committed durably before it; a settle a crash
-#: of Postgres loses leaves the decision ``pending``, and the reconciler (or the approver's repeated
-#: PUT) settles it again, its event with the same id (``events.settlement_id``), as after a restore
-#: of this schema. On a shared cluster a later durable commit (the audit service's append of the
-#: event, any other write) flushes it anyway: the WAL is flushed in order. A condition of the row, so
-#: it runs whenever the row changes, and the answer still reports the commit (its loss is handled as
-#: any lost answer). Recording a decision (:data:`RECORD_PENDING`) stays durable: it precedes the apply.
-RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true) = 'off'"
-
 #: pending → applied with the decision's audit event (``$2`` to ``$4``): one statement; no row (and no
-#: event) when it was no longer pending (someone else settled it first); committed without waiting
-#: for the disk (:data:`RELAXED_COMMIT`)
+#: event) when it was no longer pending (someone else settled it first)
 MARK_APPLIED = with_enqueued(
     f"""UPDATE decisions SET state = 'applied', applied_at = clock_timestamp(),
                              updated_at = clock_timestamp(), last_error = NULL
-        WHERE id = $1 AND state = 'pending' AND {RELAXED_COMMIT}
+        WHERE id = $1 AND state = 'pending'
         RETURNING {COLUMNS}""",
     first=2,
 )
 
 
 #: pending → void with its reason (``$2``) and the void's audit event (``$3`` to ``$5``): one statement,
-#: like :data:`MARK_APPLIED` (and, like it, not waited for on the disk); no row (and no event) when it
-#: was no longer pending
+#: like :data:`MARK_APPLIED`; no row (and no event) when it was no longer pending
 MARK_VOID = with_enqueued(
     f"""UPDATE decisions SET state = 'void', void_reason = $2, updated_at = clock_timestamp()
-        WHERE id = $1 AND state = 'pending' AND {RELAXED_COMMIT}
+        WHERE id = $1 AND state = 'pending'
         RETURNING {COLUMNS}""",
     first=3,
 )
