@@ -53,14 +53,13 @@ old pair against the new one (``timesheets_vs_before_cpu_per_request``,
 
 ``BENCH_APPROVALS_CASES`` (``queue,decide``) and ``BENCH_APPROVALS_PEERS`` (a comma list of
 ``reference_identity``, ``reference_audited``, ``pgbench``; all by default; the service, ``before`` and
-the plain reference always run) choose what runs; a run of less than every case and the
-informational peers but ``reference_identity`` writes ``$TMPDIR/approvals.partial.json`` instead of the
-results file.
+the plain reference always run) choose what runs; a run of less than every case and peer writes
+``$TMPDIR/approvals.partial.json`` instead of the results file.
 
-``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
-each; medians, each round's rps, the CPU time per request of every server process (the embedded
-Postgres's too, when this run started it), and the ratios
-the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
+``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds (every other one in reverse order),
+``BENCH_APPROVALS_SECONDS`` (default 8) each; medians, each round's rps, the CPU time per request
+of every server process (the embedded Postgres's too, when this run started it), and the ratios the
+issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
 (the service's cases under ``queue`` and ``decide`` as before; ``reference``, ``pgbench``, ``ratios``,
 ``targets``) and prints a table. Benchmarks assert nothing.
 
@@ -410,7 +409,11 @@ def main() -> int:
     if chosen:  # the service and the plain reference always run (the targets' ratios need both)
         wanted = {"service", "reference", *chosen.split(",")}
         peers = tuple(peer for peer in peers if peer in wanted or peer == "before")
-    partial = set(cases) != {"queue", "decide"} or "pgbench" not in peers or "reference_audited" not in peers
+    partial = set(cases) != {"queue", "decide"} or not {
+        "reference_identity",
+        "reference_audited",
+        "pgbench",
+    } <= set(peers)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
     # a slice of entries per round and approvals service, and one for each one's warm-up
     instances = 2 if baseline else 1
@@ -536,8 +539,11 @@ def main() -> int:
                     run_wrk(target, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2)
                     run_wrk(target, decide_script(logs / "decide.lua", keys, entries_of(peer, rounds)), 2)
                 for n in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                    # every other round in reverse: no peer always runs right after another's load
+                    # (whose relays and audit appends may still be draining)
+                    order = list(urls.items()) if n % 2 == 0 else list(reversed(urls.items()))
                     for case in cases:
-                        for peer, target in urls.items():
+                        for peer, target in order:
                             script = (
                                 queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND))
                                 if case == "queue"
