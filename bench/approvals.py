@@ -51,10 +51,15 @@ service from that checkout of its own too (the same database and audit service),
 old pair against the new one (``timesheets_vs_before_cpu_per_request``,
 ``services_vs_before_cpu_per_request``): the A/B of a change to the timesheets side of a decision.
 
-``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds, ``BENCH_APPROVALS_SECONDS`` (default 8)
-each; medians, each round's rps, the CPU time per request of every server process (the embedded
-Postgres's too, when this run started it), and the ratios
-the issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
+``BENCH_APPROVALS_CASES`` (``queue,decide``) and ``BENCH_APPROVALS_PEERS`` (a comma list of
+``reference_identity``, ``reference_audited``, ``pgbench``; all by default; the service, ``before`` and
+the plain reference always run) choose what runs; a run of less than every case and peer writes
+``$TMPDIR/approvals.partial.json`` instead of the results file.
+
+``BENCH_APPROVALS_ROUNDS`` (default 3) interleaved rounds (every other one in reverse order),
+``BENCH_APPROVALS_SECONDS`` (default 8) each; medians, each round's rps, the CPU time per request
+of every server process (the embedded Postgres's too, when this run started it), and the ratios the
+issue sets targets for (the same as ``bench/api.py``'s). Writes ``bench/results/approvals.json``
 (the service's cases under ``queue`` and ``decide`` as before; ``reference``, ``pgbench``, ``ratios``,
 ``targets``) and prints a table. Benchmarks assert nothing.
 
@@ -389,7 +394,7 @@ def main() -> int:
     relay_checks: dict[str, dict[str, int]] = {}
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
-    cases = ("queue", "decide")
+    cases = tuple(os.environ.get("BENCH_APPROVALS_CASES", "queue,decide").split(","))
     peers: tuple[str, ...] = (
         "service",
         "before",
@@ -400,6 +405,15 @@ def main() -> int:
     )
     if not baseline:
         peers = tuple(peer for peer in peers if peer != "before")
+    chosen = os.environ.get("BENCH_APPROVALS_PEERS", "")
+    if chosen:  # the service and the plain reference always run (the targets' ratios need both)
+        wanted = {"service", "reference", *chosen.split(",")}
+        peers = tuple(peer for peer in peers if peer in wanted or peer == "before")
+    partial = set(cases) != {"queue", "decide"} or not {
+        "reference_identity",
+        "reference_audited",
+        "pgbench",
+    } <= set(peers)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {peer: {case: [] for case in cases} for peer in peers}
     # a slice of entries per round and approvals service, and one for each one's warm-up
     instances = 2 if baseline else 1
@@ -443,12 +457,14 @@ def main() -> int:
                     "REDIS_URL": backing.redis_url or "",
                     "REDIS_KEY_PREFIX": f"tsp-bench-approvals:{os.getpid()}:reference:",
                 }
-                gated = start_reference(gated_url, logs, gated_env, "reference_identity")
-                if not refuses_unsigned(gated.reference_url):
-                    raise RuntimeError("reference_identity admitted an unsigned request")
-                reference_audit, audited = start_reference_audited(
-                    audited_url, logs, env, f"tsp-bench-approvals:{os.getpid()}:", processes
-                )
+                if "reference_identity" in peers:
+                    gated = start_reference(gated_url, logs, gated_env, "reference_identity")
+                    if not refuses_unsigned(gated.reference_url):
+                        raise RuntimeError("reference_identity admitted an unsigned request")
+                if "reference_audited" in peers:
+                    reference_audit, audited = start_reference_audited(
+                        audited_url, logs, env, f"tsp-bench-approvals:{os.getpid()}:", processes
+                    )
                 urls = {"service": approvals.url, "reference": reference.reference_url}
                 meters = {}
                 # the embedded Postgres's CPU beside each peer's (see bench/api.py)
@@ -488,8 +504,10 @@ def main() -> int:
                             **postgres_pids,
                         }
                     )
-                urls["reference_identity"] = gated.reference_url
-                urls["reference_audited"] = audited.reference_url
+                if gated is not None:
+                    urls["reference_identity"] = gated.reference_url
+                if audited is not None:
+                    urls["reference_audited"] = audited.reference_url
                 meters |= {
                     "service": CpuMeter(
                         {
@@ -500,12 +518,16 @@ def main() -> int:
                         }
                     ),
                     "reference": CpuMeter({"reference": reference.pid, **postgres_pids}),
-                    "reference_identity": CpuMeter({"reference": gated.pid, **postgres_pids}),
-                    "reference_audited": CpuMeter(
-                        {"reference": audited.pid, "audit": pid_of(reference_audit), **postgres_pids}
-                    ),
                 }
-                pgbench = pgbench_scripts(logs, count) if shutil.which("pgbench") else None
+                if gated is not None:
+                    meters["reference_identity"] = CpuMeter({"reference": gated.pid, **postgres_pids})
+                if audited is not None:
+                    meters["reference_audited"] = CpuMeter(
+                        {"reference": audited.pid, "audit": pid_of(reference_audit), **postgres_pids}
+                    )
+                pgbench = (
+                    pgbench_scripts(logs, count) if shutil.which("pgbench") and "pgbench" in peers else None
+                )
                 slices = [entries[i * per_slice : (i + 1) * per_slice] for i in range(count // per_slice)]
 
                 def entries_of(peer: str, n: int) -> list[uuid.UUID]:
@@ -517,8 +539,11 @@ def main() -> int:
                     run_wrk(target, queue_script(logs / "queue.lua", keys, 2 * QUEUE_PER_SECOND), 2)
                     run_wrk(target, decide_script(logs / "decide.lua", keys, entries_of(peer, rounds)), 2)
                 for n in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                    # every other round in reverse: no peer always runs right after another's load
+                    # (whose relays and audit appends may still be draining)
+                    order = list(urls.items()) if n % 2 == 0 else list(reversed(urls.items()))
                     for case in cases:
-                        for peer, target in urls.items():
+                        for peer, target in order:
                             script = (
                                 queue_script(logs / "queue.lua", keys, int(seconds * QUEUE_PER_SECOND))
                                 if case == "queue"
@@ -536,9 +561,9 @@ def main() -> int:
                                 pids = {"approvals": pid_of(approvals), "timesheets": pid_of(timesheets)}
                             elif peer == "reference":
                                 pids = {"reference": reference.pid}
-                            elif peer == "reference_identity":
+                            elif peer == "reference_identity" and gated is not None:
                                 pids = {"reference": gated.pid}
-                            elif peer == "reference_audited":
+                            elif peer == "reference_audited" and audited is not None:
                                 pids = {"reference": audited.pid}
                             runs[peer][case].append(profiled(pids, f"{case}.{n}", work))
                         if pgbench is not None:
@@ -550,7 +575,8 @@ def main() -> int:
                             )
                 # every applied decision audited, by the services and by the reference doing the same work
                 relay_checks["service"] = asyncio.run(relayed(url))
-                relay_checks["reference_audited"] = asyncio.run(relayed(audited_url))
+                if audited is not None:
+                    relay_checks["reference_audited"] = asyncio.run(relayed(audited_url))
             finally:  # the servers stop before their databases are dropped
                 for peer_process in (reference, gated, audited):
                     if peer_process is not None:
@@ -562,6 +588,8 @@ def main() -> int:
         shutil.rmtree(logs, ignore_errors=True)
 
     found = {peer: {case: median_of(r) for case, r in by_case.items() if r} for peer, by_case in runs.items()}
+    for peer in ("pgbench", "reference_identity", "reference_audited"):
+        found.setdefault(peer, {})
     for results in found.values():
         for result in results.values():
             result.pop("raw", None)
@@ -598,12 +626,17 @@ def main() -> int:
         "targets": TARGETS,
         "relayed_after_the_load": relay_checks,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "approvals.json").write_text(json.dumps(report, indent=2) + "\n")
+    # a run of some cases or peers only is not the benchmark's figures: written beside, not over them
+    written = (
+        Path(tempfile.gettempdir()) / "approvals.partial.json" if partial else RESULTS / "approvals.json"
+    )
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{'case':<52} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}   cpu us/request   rps per round"
     )
-    for case, label in (("queue", "queue GET /approvals (c=32)"), ("decide", "decide PUT /approvals/{id}")):
+    labels = {"queue": "queue GET /approvals (c=32)", "decide": "decide PUT /approvals/{id}"}
+    for case, label in ((case, labels[case]) for case in cases):
         for peer, result in (
             ("service", service),
             ("before", old or {}),
@@ -616,7 +649,7 @@ def main() -> int:
                 continue
             row = result.get(case)
             if row is None:
-                print(f"{label + ' ' + peer:<52} (pgbench is not installed)")
+                print(f"{label + ' ' + peer:<52} (not run: pgbench not installed, or not chosen)")
                 continue
             cpu = ", ".join(f"{who} {value:.0f}" for who, value in row["cpu_us_per_request"].items())
             print(
@@ -665,7 +698,7 @@ def main() -> int:
             f"after the load, {who}: {check['decisions_applied']} decisions applied, "
             f"{check['decisions_audited']} audited, {check['outbox_waiting']} outbox rows waiting"
         )
-    print(f"written to {RESULTS / 'approvals.json'}")
+    print(f"written to {written}")
     relays_ok = all(
         check["outbox_waiting"] == 0 and check["decisions_audited"] == check["decisions_applied"]
         for check in relay_checks.values()
