@@ -57,7 +57,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
         "contract: read, validate, write",
         r"\(pydantic|^(entry_from|entry_in|apply_body|read_decision|_read|_one_pass|fast_decision|"
         r"decision_json|decision_of|entry_json|_entry|_hours|_person|rfc3339|send_json|parse_body|"
-        r"DecisionRow\.of|EntryRow\.of) ",
+        r"DecisionRow\.of|EntryRow\.of|page_json|rows_of) |^encode \(timesheets/cursor",
     ),
     ("peer HTTP client (pool, timeouts, parsing)", r"\(approvals/peerhttp|^Timesheets\._call "),
     ("metrics, logging", r"\(prometheus_client/|\(svckit/metrics|\(logging/"),

@@ -94,3 +94,13 @@ def test_main_prints_each_profile(tmp_path: Path, capsys: pytest.CaptureFixture[
     printed = capsys.readouterr().out
     assert "== run.decide.0.approvals" in printed
     assert "100.0% 100.0%  audit: events (outbox values, ids)" in printed
+
+
+def test_a_page_its_rows_and_its_cursor_are_the_contracts_writing() -> None:
+    for leaf in (
+        "page_json (timesheets/representation.py:130)",
+        "rows_of (timesheets/store.py:97)",
+        "encode (timesheets/cursor.py:33)",
+    ):
+        assert category_of(["ListEntries.__call__ (timesheets/api.py:180)", leaf]).startswith("contract")
+    assert category_of(["encode (json/encoder.py:200)"]) == OTHER

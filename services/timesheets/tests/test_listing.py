@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from svckit.identity import Identity
+from timesheets import store
 
 from testkit.client import SignedApi
 from testkit.fixtures import user
@@ -116,3 +118,21 @@ async def test_bad_parameters_are_named(api: SignedApi, query: str, field: str) 
     assert reply.status == 422, reply.text
     assert reply.problem
     assert reply.fields() == {field}
+
+
+async def test_rows_are_made_from_records_as_make_makes_them(api: SignedApi, db: asyncpg.Connection) -> None:
+    """``store.rows_of`` and ``EntryRow.of`` (one C call a row) give what ``EntryRow._make`` of the
+    record's values gives: the same fields in the same order, of the row type."""
+    who = someone()
+    for day in ("2026-11-02", "2026-11-03"):
+        await add(api, who, day)
+    records = await db.fetch(
+        f"SELECT {store.COLUMNS} FROM entries WHERE owner_subject = $1 {store.ORDER}", who.subject
+    )
+    made = store.rows_of(records)
+    assert len(made) == 2
+    assert made == [store.EntryRow._make(record.values()) for record in records]
+    assert [store.EntryRow.of(record) for record in records] == made
+    assert all(type(row) is store.EntryRow for row in made)
+    assert made[0].date.isoformat() == "2026-11-03"
+    assert made[0].owner == (who.issuer, who.subject)

@@ -3,11 +3,15 @@ serialise to: every field kind, with and without a decision, names, notes and aw
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 
 import pytest
+from timesheets import cursor
+from timesheets.cursor import Position
 from timesheets.representation import entry_json, entry_of, page_json, page_of
 from timesheets.store import EntryRow
 
@@ -58,3 +62,28 @@ def test_an_entry_is_written_as_the_model_writes_it(
 def test_a_page_is_written_as_the_model_writes_it(count: int) -> None:
     rows = [row(AWKWARD[n % len(AWKWARD)], decided=n % 3 == 0, notes="n") for n in range(count)]
     assert page_json(rows, 20) == page_of(rows, 20).model_dump_json()
+
+
+def json_cursor(position: Position) -> str:
+    """The cursor as ``json.dumps`` writes it (what the service wrote before it wrote it out)."""
+    raw = json.dumps(
+        [position.date.isoformat(), position.created_at.isoformat(), str(position.id)],
+        separators=(",", ":"),
+    ).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        WHEN,
+        dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC),  # no microseconds: isoformat leaves them out
+        dt.datetime(2026, 11, 27, 9, 30, 1, 5, dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
+        dt.datetime(2, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=14))),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, dt.UTC),
+    ],
+)
+def test_a_cursor_is_written_as_json_dumps_writes_it(created_at: dt.datetime) -> None:
+    position = Position(dt.date(2026, 11, 27), created_at, uuid.uuid4())
+    assert cursor.encode(position) == json_cursor(position)
+    assert cursor.decode(cursor.encode(position)) == position

@@ -28,7 +28,7 @@ from svckit.responses import json_response, send_json
 
 from . import cursor, daycap, events, idempotency, store
 from .intake import read_entry
-from .metrics import entries_created, entries_deleted, refusals
+from .metrics import entries_created, entries_created_api, entries_deleted, refusals
 from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
 
@@ -160,7 +160,7 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
         refusals.labels(daycap.ERROR_TYPE, "api").inc()
         raise daycap.refusal(exc, entry.date, entry.hours) from None
     events_committed(request)
-    entries_created.labels("api").inc()
+    entries_created_api.inc()
     return text, location
 
 

@@ -25,6 +25,8 @@ entries_deleted = Counter(
 
 for _source in ("api", "upload"):
     entries_created.labels(_source)
+#: the one-by-one creates' child, bound once (``labels()`` hashes and looks up its values per call)
+entries_created_api = entries_created.labels("api")
 refusals = Counter(
     "timesheets_refusals_total",
     "Writes refused by the service's rules, by reason (day_hours_exceeded) and source (api, upload).",
