@@ -226,14 +226,14 @@ class RateLimiter:
 
     def retry_after(self, limit_name: str, counter: Counter, now: float) -> int:
         """Whole seconds until the estimate of a refused key falls below its limit, if it admits
-        nothing more meanwhile (refusals are not counted): at least 1, at most the window.
+        nothing more meanwhile (refusals are not counted): at least 1, at most two windows.
 
         With ``f`` the part of the current window elapsed, the estimate is
         ``before * (1 - f) + current``. While ``current`` is below the limit it gets there within this
         window, once ``f > 1 - (limit - current) / before``; otherwise only in the next window, where
-        ``current`` is the previous one: ``f > 1 - limit / current``. A count far over the limit (the
-        other replicas' share, learnt at a sync) may take longer than a window; the answer still says
-        the window, and the retry is told again.
+        ``current`` is the previous one: ``f > 1 - limit / current``. So a count far over the limit
+        (the other replicas' share, learnt at a sync) is told up to two windows, not "the window": a
+        client that honours the answer is not refused again for retrying too early.
         """
         size = self.window_seconds
         limit = self.limits[limit_name]
@@ -246,7 +246,7 @@ class RateLimiter:
         wait = int(below_at - (now - counter.window * size)) + 1
         if wait < 1:
             return 1
-        return wait if wait < size else size
+        return wait if wait < 2 * size else 2 * size
 
     async def sync(self) -> None:
         """Push local counts of both windows, learn global ones, forget what is out of sight.

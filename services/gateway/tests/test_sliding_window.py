@@ -157,14 +157,19 @@ async def test_retry_after_says_when_the_estimate_falls_below_the_limit(guards: 
         assert not limits.check("mid", "").allowed  # 3 * 0.68 + 8 = 10.04
         clock.advance(0.2)
         assert limits.check("mid", "").allowed  # 3 * 0.66 + 8 = 9.98
-        # a caller far over the limit (the other replicas' admissions, learnt at a sync): its estimate
-        # stays above the limit for longer than a window, and Retry-After says the window
+        # a caller far over the limit (the other replicas' admissions, learnt at a sync): 60 in the
+        # window 1 s in, so the estimate stays above the limit into the next window, until
+        # 60 * (1 - f) < 10 there, f > 5/6: 18.33 s after this window began, 17.33 s from now → 18
         clock.set_time(boundary + 4 * WINDOW + 1.0)
         for _ in range(LIMIT):
             limits.check("heavy", "")
         limits._counters[("subject", "heavy")].known = 5 * LIMIT
         refused = limits.check("heavy", "")
-        assert (refused.allowed, refused.retry_after) == (False, WINDOW)
+        assert (refused.allowed, refused.retry_after) == (False, 18)
+        clock.advance(17.3)  # told 18: refused just before the estimate falls below the limit
+        assert not limits.check("heavy", "").allowed
+        clock.advance(0.1)  # 60 * (1 - 0.844) = 9.4
+        assert limits.check("heavy", "").allowed
     finally:
         await limits.stop()
 
