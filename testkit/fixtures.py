@@ -542,6 +542,7 @@ class TcpProxy:
         self._commit_pattern = _COMMIT_MESSAGE
         self._marked: set[asyncio.StreamWriter] = set()
         self.commit_cut_done = asyncio.Event()
+        self._hung = False
 
     @classmethod
     def for_postgres(cls, dsn: str) -> TcpProxy:
@@ -572,6 +573,15 @@ class TcpProxy:
         self.commit_cut_done = asyncio.Event()
         return self.commit_cut_done
 
+    def hang(self) -> None:
+        """From now on nothing is forwarded either way and new connections are accepted but never
+        answered: a server that hangs (``SIGSTOP``, a frozen VM), not one that went away."""
+        self._hung = True
+
+    def resume(self) -> None:
+        """Undo :meth:`hang` for new connections (the ones accepted while hung stay unanswered)."""
+        self._hung = False
+
     def _abort_links(self) -> None:
         for writer in list(self._links):
             writer.transport.abort()
@@ -582,6 +592,8 @@ class TcpProxy:
     ) -> None:
         try:
             while data := await reader.read(65536):
+                if self._hung:
+                    continue
                 if to_server and self._commit_cut is not None and self._commit_marker in data:
                     self._marked.add(writer)
                 if (
@@ -612,6 +624,16 @@ class TcpProxy:
         return self._pairs.get(client_writer) is self._drop_reply_of
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._hung:  # accepted, never answered
+            self._links.add(client_w)
+            try:
+                while await client_r.read(65536):
+                    pass
+            except ConnectionError:
+                pass
+            finally:
+                self._links.discard(client_w)
+            return
         try:
             if self.unix_socket:
                 server_r, server_w = await asyncio.open_unix_connection(self.unix_socket)

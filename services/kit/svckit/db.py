@@ -275,8 +275,12 @@ class Database:
                 pool.terminate()
 
     async def check(self) -> None:
-        """Readiness probe: a round trip on a pooled connection, bounded in time."""
-        async with self.pool.acquire(timeout=2.0) as conn:
+        """Readiness probe: a round trip on a pooled connection, bounded in time. Through
+        :class:`PooledConnection`, as every statement: a probe without an answer (a hung server) or
+        cut short by ``/readyz``'s bound abandons its session; asyncpg's own ``acquire()`` context
+        would release it by waiting, shielded, for the server to confirm the probe's cancellation,
+        and fail later in a task nobody awaits."""
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1", timeout=2.0)
 
     def connection(self) -> PooledConnection:
@@ -435,8 +439,12 @@ class PooledConnection:
     (``wait_for``), idle connection or not; when a connection is idle there is no wait to bound. The
     release keeps the same bound. How the block ends decides what happens to the connection: a
     read-only server's session (:data:`READ_ONLY_ERRORS`) is not pooled again; a statement that got
-    no answer within the statement bound (``TimeoutError``) is :func:`abandon`-ed; otherwise it goes
-    back to the pool as it is.
+    no answer within the statement bound (``TimeoutError``) is :func:`abandon`-ed, and so is a block
+    that was cancelled (a deadline, a task stopped): its statement may still be running, asyncpg has
+    asked the server to cancel it, and its release would wait for the server to confirm that — which
+    a hung server never does: the cancellation was held up by the bound and ended as a
+    ``TimeoutError``, or, cancelled again meanwhile, left the release failing in a task nobody
+    awaited ("Task exception was never retrieved"). Otherwise it goes back to the pool as it is.
     """
 
     __slots__ = ("_conn", "_database", "_pool")
@@ -472,7 +480,7 @@ class PooledConnection:
         if exc is not None:
             if isinstance(exc, READ_ONLY_ERRORS):
                 conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
-            elif isinstance(exc, TimeoutError):
+            elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)
 
@@ -481,8 +489,9 @@ class PooledTransaction:
     """What :meth:`Database.transaction` returns: ``async with`` it for a transaction on a pooled
     connection (asyncpg's ``Transaction`` inside a :class:`PooledConnection`), a class for the reason
     that one is. A block that ends without an exception commits; one that raises rolls back, except
-    that a statement that got no answer within the statement bound (``TimeoutError``) abandons the
-    connection first (no ``ROLLBACK`` to wait for: the session's end rolls back). A ``COMMIT`` whose
+    that a statement that got no answer within the statement bound (``TimeoutError``) or a cancelled
+    block abandons the connection first (no ``ROLLBACK`` to wait for: the session's end rolls back;
+    a cancellation stays a cancellation). A ``COMMIT`` whose
     answer was lost (an error of :data:`UNAVAILABLE_ERRORS` once the block is done) is resolved by
     :meth:`Database._commit_lost` after the connection went back."""
 
@@ -516,19 +525,26 @@ class PooledTransaction:
         conn = use._conn
         assert conn is not None
         failure: BaseException | None = None
+        abandoned = isinstance(exc, (TimeoutError, asyncio.CancelledError))
         try:
-            if isinstance(exc, TimeoutError):
+            if abandoned:
                 abandon(conn)  # no ROLLBACK to wait for: the session's end rolls back
             try:
                 await xact.__aexit__(exc_type, exc, tb)
             except UNAVAILABLE_ERRORS as error:
-                if exc is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    pass  # the abandoned session's ROLLBACK failed: the cancellation goes on
+                elif exc is not None:
                     raise
-                failure = error  # COMMIT was (perhaps) sent and its answer lost
+                else:
+                    failure = error  # COMMIT was (perhaps) sent and its answer lost
         except BaseException as error:
-            await use.__aexit__(type(error), error, error.__traceback__)
+            # an abandoned session is only given back (terminated once: its proxy is detached by then)
+            await use.__aexit__(
+                *((None, None, None) if abandoned else (type(error), error, error.__traceback__))
+            )
             raise
-        await use.__aexit__(exc_type, exc, tb)
+        await use.__aexit__(*((None, None, None) if abandoned else (exc_type, exc, tb)))
         if failure is not None:
             await self._database._commit_lost(failure, self._committed, self._pid)
 

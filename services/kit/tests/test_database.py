@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.db import UNAVAILABLE_ERRORS, Database, NotCommitted, OutcomeUnknown, ambiguous_commits
+from svckit.health import CHECK_TIMEOUT_SECONDS, run_checks
 from svckit.logs import JsonFormatter
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
@@ -366,6 +368,93 @@ async def test_a_statement_past_the_statement_bound_abandons_its_session_and_not
         assert isinstance(raised.value, TimeoutError) or isinstance(raised.value.__context__, TimeoutError)
         assert await session() not in (first, second)
     finally:
+        await database.close()
+
+
+async def test_a_statement_cancelled_on_a_hung_server_ends_at_once_and_leaves_no_failure_behind(
+    database_url: str,
+) -> None:
+    """A block cancelled while its statement runs (a request whose deadline passed, a task stopped)
+    on a server that hangs: asyncpg asks the server to cancel the statement, and a release would
+    wait for the server to confirm it, which a hung one never does. The cancellation must end the
+    block at once, as a cancellation, and the session must not be pooled again; and the release's
+    own failure (it runs shielded, so a second cancel leaves it to finish alone) must not end up as
+    an unretrieved task exception in the log. Both for ``connection()`` and ``transaction()``."""
+    proxy = TcpProxy.for_postgres(database_url)
+    await proxy.start()
+    database = Database(
+        proxy.url_for(database_url),
+        schema="public",
+        min_size=1,
+        max_size=2,
+        statement_timeout=30,
+        connect_timeout=0.5,
+    )
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        await database.wait_connected(10)
+        for manager, cancels in [(m, n) for m in (database.connection, database.transaction) for n in (1, 2)]:
+            proxy.resume()
+            started = asyncio.Event()
+
+            async def statement(manager: Any = manager, started: asyncio.Event = started) -> None:
+                async with manager() as conn:
+                    started.set()
+                    await conn.fetchval("SELECT pg_sleep(20)")
+
+            task = asyncio.create_task(statement())
+            await started.wait()
+            await asyncio.sleep(0.1)  # the statement is on the server
+            proxy.hang()
+            task.cancel()
+            if cancels == 2:
+                await asyncio.sleep(0.05)
+                task.cancel()  # a second cancel, while the block's exit may still be releasing
+            before = loop.time()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert loop.time() - before < 0.3
+            await asyncio.sleep(1.0)  # past connect_timeout: a release still waiting would fail now
+            gc.collect()
+            assert [context.get("message") for context in unretrieved] == [], (manager, cancels)
+    finally:
+        loop.set_exception_handler(previous)
+        proxy.resume()
+        await proxy.cut()
+        await database.close()
+
+
+async def test_the_readiness_probe_on_a_hung_server_leaves_no_failure_behind(database_url: str) -> None:
+    """``/readyz``'s Postgres check against a server that hangs: not ready within the check's bound,
+    and the probe's session is abandoned, not released through asyncpg's wait for the server to
+    confirm the probe's cancellation (shielded, and failing later in a task nobody awaits: "Task
+    exception was never retrieved", the fault matrix's "postgres hung" case)."""
+    proxy = TcpProxy.for_postgres(database_url)
+    await proxy.start()
+    database = Database(proxy.url_for(database_url), schema="public", min_size=1, max_size=2)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        await database.wait_connected(10)
+        assert await run_checks({"postgres": database.check}) == {"postgres": "ok"}
+        proxy.hang()
+        before = loop.time()
+        assert await run_checks({"postgres": database.check}) != {"postgres": "ok"}
+        assert loop.time() - before < CHECK_TIMEOUT_SECONDS + 0.5
+        await asyncio.sleep(database.connect_timeout + 1.0)  # a release still waiting has failed by now
+        gc.collect()
+        assert [context.get("message") for context in unretrieved] == []
+        proxy.resume()
+        assert await run_checks({"postgres": database.check}) == {"postgres": "ok"}  # a new session
+    finally:
+        loop.set_exception_handler(previous)
+        proxy.resume()
+        await proxy.cut()
         await database.close()
 
 
