@@ -539,12 +539,15 @@ class PooledTransaction:
                 else:
                     failure = error  # COMMIT was (perhaps) sent and its answer lost
         except BaseException as error:
-            # an abandoned session is only given back (terminated once: its proxy is detached by then)
-            await use.__aexit__(
-                *((None, None, None) if abandoned else (type(error), error, error.__traceback__))
-            )
+            if abandoned:  # only given back: terminated once already (its proxy is detached by then)
+                await use.__aexit__(None, None, None)
+            else:
+                await use.__aexit__(type(error), error, error.__traceback__)
             raise
-        await use.__aexit__(*((None, None, None) if abandoned else (exc_type, exc, tb)))
+        if abandoned:
+            await use.__aexit__(None, None, None)
+        else:
+            await use.__aexit__(exc_type, exc, tb)
         if failure is not None:
             await self._database._commit_lost(failure, self._committed, self._pid)
 
