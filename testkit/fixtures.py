@@ -579,7 +579,8 @@ class TcpProxy:
         self._hung = True
 
     def resume(self) -> None:
-        """Undo :meth:`hang` for new connections (the ones accepted while hung stay unanswered)."""
+        """Undo :meth:`hang`: forwarding resumes on the open links (what was sent meanwhile is lost)
+        and new connections reach the server; the ones accepted while hung stay unanswered."""
         self._hung = False
 
     def _abort_links(self) -> None:

@@ -244,9 +244,7 @@ class RateLimiter:
             below_at = 2 * size - limit * size / current
         # strictly after: at ``below_at`` itself the estimate is the limit, still refused
         wait = int(below_at - (now - counter.window * size)) + 1
-        if wait < 1:
-            return 1
-        return wait if wait < 2 * size else 2 * size
+        return max(1, min(wait, 2 * size))
 
     async def sync(self) -> None:
         """Push local counts of both windows, learn global ones, forget what is out of sight.

@@ -111,6 +111,7 @@ def page_json(rows: Sequence[EntryRow], limit: int) -> str:
     """``page_of(rows, limit).model_dump_json()``, written directly. A listing's rows are one
     owner's: the owner is written once and reused while the next row has the same."""
     items = rows[:limit]
+    # base64url: nothing in it that JSON escapes
     next_cursor = f'"{cursor.encode(items[-1].position)}"' if len(rows) > limit else "null"
     written = []
     owner_of: tuple[str, str, str] | None = None
