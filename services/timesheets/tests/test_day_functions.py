@@ -1,4 +1,4 @@
-"""The day cap's functions (migrations 0005–0007) as objects of the schema: every name in them
+"""The day cap's functions (migrations 0005 to 0007) as objects of the schema: every name in them
 resolves in this schema (and pg_catalog) whatever the caller's search_path, and they carry no
 ``SET search_path`` clause.
 
@@ -55,7 +55,8 @@ async def test_the_day_functions_carry_no_set_clause(db: asyncpg.Connection) -> 
 
 async def test_day_bucket_is_inlined_into_its_callers(db: asyncpg.Connection) -> None:
     """The planner writes ``day_bucket``'s expression into the calling query (no call per row): what a
-    SQL function with a SET clause can never have."""
+    SQL function with a SET clause, or an IMMUTABLE one whose body is not (0005's STABLE ``format()``),
+    can never have."""
     plan = await db.fetch(
         "EXPLAIN (VERBOSE, COSTS OFF) SELECT timesheets.day_bucket(e.owner_issuer, e.owner_subject, e.date)"
         " FROM timesheets.entries AS e"
@@ -152,15 +153,21 @@ async def test_names_resolve_in_this_schema_whatever_the_callers_search_path(
             DAY,
         )
         for day, bucket in zip((DAY, NEXT_DAY), buckets, strict=True):
-            assert await caller.fetchval("SELECT timesheets.day_bucket($1, $2, $3)", issuer, subject, day) == bucket
+            found = await caller.fetchval("SELECT timesheets.day_bucket($1, $2, $3)", issuer, subject, day)
+            assert found == bucket
 
         async with caller.transaction():
-            total = await caller.fetchval("SELECT timesheets.day_hours_locked($1, $2, $3)", issuer, subject, DAY)
+            total = await caller.fetchval(
+                "SELECT timesheets.day_hours_locked($1, $2, $3)", issuer, subject, DAY
+            )
             assert total == Decimal(20)
             await assert_locked(db, buckets[:1], shadow)
         async with caller.transaction():
             locked = await caller.fetchval(
-                "SELECT timesheets.lock_days($1, $2::text[], $3::date[])", issuer, [subject] * 2, [DAY, NEXT_DAY]
+                "SELECT timesheets.lock_days($1, $2::text[], $3::date[])",
+                issuer,
+                [subject, subject],
+                [DAY, NEXT_DAY],
             )
             assert locked == len(set(buckets))
             await assert_locked(db, buckets, shadow)
@@ -187,6 +194,8 @@ async def assert_locked(db: asyncpg.Connection, buckets: list[int], shadow: str)
     """This schema's ``buckets`` are held by the caller's open transaction; no row of the shadow's."""
     for bucket in buckets:
         with pytest.raises(asyncpg.LockNotAvailableError):
-            await db.fetch("SELECT bucket FROM timesheets.day_locks WHERE bucket = $1 FOR UPDATE NOWAIT", bucket)
+            await db.fetch(
+                "SELECT bucket FROM timesheets.day_locks WHERE bucket = $1 FOR UPDATE NOWAIT", bucket
+            )
     async with db.transaction():
         assert len(await db.fetch(f"SELECT bucket FROM {shadow}.day_locks FOR UPDATE NOWAIT")) == 129
