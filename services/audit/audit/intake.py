@@ -22,7 +22,14 @@ be in it:
   names (below) gives way at such an integer. (Scanning the text for numbers of 16 digits or more
   cost more per event than the rest of these checks together.) Floats need no check: pydantic reads
   them correctly rounded, as ``float`` does (``test_intake`` holds the two to the same values);
-* NaN, infinities: only ``details`` takes a number, and the model refuses non-finite ones there;
+* NaN, infinities: only ``details`` takes a number, and the walk gives way at a non-finite one;
+* the details' own check in Python (the contract's: at most ``MAX_DETAILS_BYTES`` as JSON text, no
+  NUL, deeper nesting looked for once the text has more than ``MAX_DETAILS_DEPTH`` brackets): made on
+  the ``jsonb`` text form of the details (:func:`~audit.jsonb.jsonb_text`) that the chain hashes and
+  the store would write anyway, which is ``json.dumps``' text in another key order (the same
+  separators and spellings: the same bytes, the same brackets); where that check would look further
+  or refuse, the one pass gives way. The form goes on to the store with the batch (:class:`Intake`):
+  each event's details are written as JSON once, not once to be measured and once to be hashed;
 * nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch the model accepts nests at most
   ``MAX_DETAILS_DEPTH`` + 4 levels (the model refuses deeper details);
 * a member name twice in one object (pydantic keeps the last): every member name is a string
@@ -36,8 +43,10 @@ awkward bodies.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
@@ -45,9 +54,19 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_m
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
 from svckit.body import MAX_SAFE_INTEGER, parse_body
-from svckit.contracts.audit import Actor, AuditEvent, IngestBatch, Resource, Storable
+from svckit.contracts.audit import (
+    MAX_DETAILS_BYTES,
+    MAX_DETAILS_DEPTH,
+    Actor,
+    AuditEvent,
+    IngestBatch,
+    Resource,
+    Storable,
+)
 from svckit.contracts.fields import Instant
 from svckit.identity import replaying_receive
+
+from .jsonb import jsonb_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -56,7 +75,11 @@ _SPACED_COLON = re.compile(r'"\s+:')
 
 #: the model checks written in Python that :func:`fast_batch` makes for the whole body at once (the
 #: AfterValidators among these; Instant's BeforeValidator, RFC 3339 text only, stays in the fast model)
-_PYTHON_CHECKS = (Storable, *get_args(Instant)[1:])  # no NUL or lone surrogate; a UTC form
+_PYTHON_CHECKS = (
+    Storable,  # no NUL or lone surrogate
+    *get_args(Instant)[1:],  # a UTC form
+    *(m for m in AuditEvent.model_fields["details"].metadata if isinstance(m, AfterValidator)),  # size
+)
 
 
 def _unchecked(annotation: Any, models: Mapping[type[BaseModel], type[BaseModel]]) -> Any:
@@ -108,13 +131,14 @@ _Batch = _without_python_checks("_Batch", IngestBatch, {AuditEvent: _Event})
 the whole body at once (``test_intake`` holds the JSON Schemas of the two to the same)."""
 
 
-#: what :func:`_names` answers for a value that holds an integer ``parse_body`` refuses
+#: what :func:`_names` answers for a value that holds a number ``parse_body`` or the model refuses
 _BEYOND = -1
 
 
 def _names(value: dict[str, Any] | list[Any]) -> int:
     """Member names in a JSON object or array as parsed (the distinct names of each object), or
-    :data:`_BEYOND` when it holds an integer beyond ±(2^53-1) (``parse_body`` refuses those)."""
+    :data:`_BEYOND` when it holds an integer beyond ±(2^53-1) (``parse_body`` refuses those) or a
+    non-finite float (the model does)."""
     if isinstance(value, dict):
         names = len(value)
         items: Any = value.values()
@@ -127,13 +151,39 @@ def _names(value: dict[str, Any] | list[Any]) -> int:
             if inner == _BEYOND:
                 return _BEYOND
             names += inner
-        elif type(item) is int and not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+        elif type(item) is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return _BEYOND
+        elif type(item) is float and not math.isfinite(item):
             return _BEYOND
     return names
 
 
-def fast_batch(raw: bytes) -> IngestBatch | None:
-    """The batch in ``raw`` as ``parse_body`` reads it, or None: let ``parse_body`` read (and answer)."""
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A request's batch, and the ``jsonb`` text form of each event's details when the one pass
+    wrote it (None: ``parse_body`` read the batch; the store writes the forms itself)."""
+
+    batch: IngestBatch
+    forms: list[str] | None = None
+
+
+def _details_form(details: dict[str, Any]) -> str | None:
+    """``details`` in ``jsonb``'s text form, or None where the contract's check on its JSON text
+    (``MAX_DETAILS_BYTES``, no NUL, the depth) would refuse it or look further: give way."""
+    form = jsonb_text(details)
+    if (
+        len(form.encode()) > MAX_DETAILS_BYTES
+        or "\\u0000" in form
+        or form.count("{") + form.count("[") > MAX_DETAILS_DEPTH
+    ):
+        return None
+    return form
+
+
+def fast_read(raw: bytes) -> Intake | None:
+    """The batch in ``raw`` as ``parse_body`` reads it, with its events' details forms, or None: let
+    ``parse_body`` read (and answer)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -145,18 +195,29 @@ def fast_batch(raw: bytes) -> IngestBatch | None:
     except ValidationError:
         return None
     names = len(batch.model_fields_set)
+    forms = []
     for event in batch.events:
         year = event.occurred_at.year
         details = _names(event.details)
         if year == 1 or year == 9999 or details == _BEYOND:
             return None
+        form = _details_form(event.details)
+        if form is None:
+            return None
+        forms.append(form)
         names += (
             len(event.model_fields_set)
             + len(event.actor.model_fields_set)
             + len(event.resource.model_fields_set)
             + details
         )
-    return batch if text.count('":') == names else None
+    return Intake(batch, forms) if text.count('":') == names else None
+
+
+def fast_batch(raw: bytes) -> IngestBatch | None:
+    """:func:`fast_read`'s batch (None: ``parse_body`` reads it)."""
+    found = fast_read(raw)
+    return None if found is None else found.batch
 
 
 def _json_media_type(scope: Scope) -> bool:
@@ -186,12 +247,13 @@ async def _whole_body(receive: Receive) -> bytes:
             raise ClientDisconnect()
 
 
-async def read_batch(request: Request) -> IngestBatch:
-    """The request's batch, or the problem ``parse_body`` raises for it."""
+async def read_batch(request: Request) -> Intake:
+    """The request's batch (with its details forms from the one pass), or the problem ``parse_body``
+    raises for it."""
     if _json_media_type(request.scope):
         body = await _whole_body(request.receive)
-        batch = fast_batch(body)
-        if batch is not None:
-            return batch
+        found = fast_read(body)
+        if found is not None:
+            return found
         request = Request(request.scope, replaying_receive(body, request.receive))
-    return await parse_body(request, IngestBatch)
+    return Intake(await parse_body(request, IngestBatch))

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pydantic import AwareDatetime, TypeAdapter
 from audit.chain import GENESIS, HASHED_COLUMNS, canonical, canonical_of, document, record_hash, timestamp
+from pydantic import AwareDatetime, TypeAdapter
 
 pytestmark = pytest.mark.unit
 
