@@ -4,7 +4,7 @@ whenever that is known to give what :func:`svckit.body.parse_body` gives, else `
 ``parse_body`` reads a body in three Python passes: ``json.loads`` with hooks on every object and
 number (duplicate names, integer range), a walk for the nesting depth once a batch has more than 32
 brackets (every batch of nine events or more), and ``IngestBatch.model_validate`` over the dicts. For a
-batch that is most of the service's CPU per event. :func:`fast_batch` validates the bytes in one pass
+batch that is most of the service's CPU per event. :func:`fast_read` validates the bytes in one pass
 (``IngestBatch.model_validate_json``) and takes the result only when nothing ``parse_body`` refuses can
 be in it:
 
@@ -30,8 +30,8 @@ be in it:
   separators and spellings: the same bytes, the same brackets); where that check would look further
   or refuse, the one pass gives way. The form goes on to the store with the batch (:class:`Intake`):
   each event's details are written as JSON once, not once to be measured and once to be hashed;
-* nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch the model accepts nests at most
-  ``MAX_DETAILS_DEPTH`` + 4 levels (the model refuses deeper details);
+* nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch this path takes nests at most
+  ``MAX_DETAILS_DEPTH`` + 4 levels (the details check above gives way at more brackets than that);
 * a member name twice in one object (pydantic keeps the last): every member name is a string
   followed by ``:``, so with no whitespace before any colon (else: give way) the body has at least
   as many ``":`` as member names, and more than the distinct names the model was given exactly when
@@ -73,7 +73,7 @@ Model = TypeVar("Model", bound=BaseModel)
 _SPACED_COLON = re.compile(r'"\s+:')
 
 
-#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once (the
+#: the model checks written in Python that :func:`fast_read` makes for the whole body at once (the
 #: AfterValidators among these; Instant's BeforeValidator, RFC 3339 text only, stays in the fast model)
 _PYTHON_CHECKS = (
     Storable,  # no NUL or lone surrogate
@@ -127,7 +127,7 @@ _Actor = _without_python_checks("_Actor", Actor, {})
 _Resource = _without_python_checks("_Resource", Resource, {})
 _Event = _without_python_checks("_Event", AuditEvent, {Actor: _Actor, Resource: _Resource})
 _Batch = _without_python_checks("_Batch", IngestBatch, {AuditEvent: _Event})
-"""The contract's :class:`IngestBatch` without the checks in Python that :func:`fast_batch` makes for
+"""The contract's :class:`IngestBatch` without the checks in Python that :func:`fast_read` makes for
 the whole body at once (``test_intake`` holds the JSON Schemas of the two to the same)."""
 
 
