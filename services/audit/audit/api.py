@@ -91,7 +91,8 @@ class Ingest:
 async def ingest(request: Request) -> AppendResult:
     """Check and append the events of ``request``: what ``POST /internal/events`` accepted."""
     identity = require_service(request)
-    batch = await read_batch(request)
+    intake = await read_batch(request)
+    batch = intake.batch
     foreign = [
         {
             "field": f"events.{index}.source",
@@ -104,7 +105,7 @@ async def ingest(request: Request) -> AppendResult:
     ]
     if foreign:
         raise validation_problem(foreign, "A service may only record events under its own name.")
-    return await store_of(request).append(batch.events)
+    return await store_of(request).append(batch.events, intake.forms)
 
 
 async def check_receipt(request: Request) -> Response:

@@ -50,7 +50,14 @@ _ZERO = timedelta(0)
 
 def timestamp(value: datetime) -> str:
     """UTC, microseconds, ``Z``: one spelling per instant. (A time zone at offset zero other than
-    ``UTC``, as pydantic parses ``Z``, is UTC already: its wall time is written without conversion.)"""
+    ``UTC``, as pydantic parses ``Z``, is UTC already: its wall time is written without conversion.)
+
+    Every event's ``occurred_at`` is written so at ingestion: at offset zero (what writers send) the
+    aware value's own ``isoformat`` ends in ``+00:00`` (no other offset is written with that ending),
+    which asks the time zone for its offset once, where making a naive copy to format asked twice."""
+    text = value.isoformat(timespec="microseconds")
+    if text.endswith("+00:00"):
+        return text[:-6] + "Z"
     if value.tzinfo is not UTC and value.utcoffset() != _ZERO:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

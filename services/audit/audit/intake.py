@@ -4,7 +4,7 @@ whenever that is known to give what :func:`svckit.body.parse_body` gives, else `
 ``parse_body`` reads a body in three Python passes: ``json.loads`` with hooks on every object and
 number (duplicate names, integer range), a walk for the nesting depth once a batch has more than 32
 brackets (every batch of nine events or more), and ``IngestBatch.model_validate`` over the dicts. For a
-batch that is most of the service's CPU per event. :func:`fast_batch` validates the bytes in one pass
+batch that is most of the service's CPU per event. :func:`fast_read` validates the bytes in one pass
 (``IngestBatch.model_validate_json``) and takes the result only when nothing ``parse_body`` refuses can
 be in it:
 
@@ -15,13 +15,23 @@ be in it:
   an instant with a UTC form): the body is validated with subclasses of the contract's models that
   leave them out (:data:`_Batch`, derived from the contract's own fields), when what they refuse
   cannot be in it: no ``\\u`` escape at all (the only way JSON text carries a NUL or a lone
-  surrogate, or spells a character other than as itself) and no string that starts with the year
-  0001 or 9999 (only an instant on the first or the last day has no UTC form; an instant is RFC 3339
-  text, which the fast models check too);
-* integers beyond ±(2^53-1): they have 16 digits or more, and a number that starts so gives way;
-* NaN, infinities: only ``details`` takes a number, and the model refuses non-finite ones there;
-* nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch the model accepts nests at most
-  ``MAX_DETAILS_DEPTH`` + 4 levels (the model refuses deeper details);
+  surrogate, or spells a character other than as itself) and no ``occurred_at`` in the year 1 or
+  9999, read from the parsed batch (only an instant on the first or the last day has no UTC form;
+  an instant is RFC 3339 text, which the fast models check too);
+* integers beyond ±(2^53-1): only ``details`` takes a number, and the walk that counts its member
+  names (below) gives way at such an integer. (Scanning the text for numbers of 16 digits or more
+  cost more per event than the rest of these checks together.) Floats need no check: pydantic reads
+  them correctly rounded, as ``float`` does (``test_intake`` holds the two to the same values);
+* NaN, infinities: only ``details`` takes a number, and the walk gives way at a non-finite one;
+* the details' own check in Python (the contract's: at most ``MAX_DETAILS_BYTES`` as JSON text, no
+  NUL, deeper nesting looked for once the text has more than ``MAX_DETAILS_DEPTH`` brackets): made on
+  the ``jsonb`` text form of the details (:func:`~audit.jsonb.jsonb_text`) that the chain hashes and
+  the store would write anyway, which is ``json.dumps``' text in another key order (the same
+  separators and spellings: the same bytes, the same brackets); where that check would look further
+  or refuse, the one pass gives way. The form goes on to the store with the batch (:class:`Intake`):
+  each event's details are written as JSON once, not once to be measured and once to be hashed;
+* nesting deeper than :data:`~svckit.body.MAX_DEPTH`: a batch this path takes nests at most
+  ``MAX_DETAILS_DEPTH`` + 4 levels (the details check above gives way at more brackets than that);
 * a member name twice in one object (pydantic keeps the last): every member name is a string
   followed by ``:``, so with no whitespace before any colon (else: give way) the body has at least
   as many ``":`` as member names, and more than the distinct names the model was given exactly when
@@ -33,29 +43,43 @@ awkward bodies.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
-from svckit.body import parse_body
-from svckit.contracts.audit import Actor, AuditEvent, IngestBatch, Resource, Storable
+from svckit.body import MAX_SAFE_INTEGER, parse_body
+from svckit.contracts.audit import (
+    MAX_DETAILS_BYTES,
+    MAX_DETAILS_DEPTH,
+    Actor,
+    AuditEvent,
+    IngestBatch,
+    Resource,
+    Storable,
+)
 from svckit.contracts.fields import Instant
 from svckit.identity import replaying_receive
 
+from .jsonb import jsonb_text
+
 Model = TypeVar("Model", bound=BaseModel)
 
-#: a number of 16 digits or more: a number token follows a ``:``, ``,`` or ``[`` (and whitespace)
-_LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{16}")
 _SPACED_COLON = re.compile(r'"\s+:')
 
 
-#: the model checks written in Python that :func:`fast_batch` makes for the whole body at once (the
+#: the model checks written in Python that :func:`fast_read` makes for the whole body at once (the
 #: AfterValidators among these; Instant's BeforeValidator, RFC 3339 text only, stays in the fast model)
-_PYTHON_CHECKS = (Storable, *get_args(Instant)[1:])  # no NUL or lone surrogate; a UTC form
+_PYTHON_CHECKS = (
+    Storable,  # no NUL or lone surrogate
+    *get_args(Instant)[1:],  # a UTC form
+    *(m for m in AuditEvent.model_fields["details"].metadata if isinstance(m, AfterValidator)),  # size
+)
 
 
 def _unchecked(annotation: Any, models: Mapping[type[BaseModel], type[BaseModel]]) -> Any:
@@ -103,46 +127,97 @@ _Actor = _without_python_checks("_Actor", Actor, {})
 _Resource = _without_python_checks("_Resource", Resource, {})
 _Event = _without_python_checks("_Event", AuditEvent, {Actor: _Actor, Resource: _Resource})
 _Batch = _without_python_checks("_Batch", IngestBatch, {AuditEvent: _Event})
-"""The contract's :class:`IngestBatch` without the checks in Python that :func:`fast_batch` makes for
+"""The contract's :class:`IngestBatch` without the checks in Python that :func:`fast_read` makes for
 the whole body at once (``test_intake`` holds the JSON Schemas of the two to the same)."""
 
 
-def _names(value: Any) -> int:
-    """Member names in a JSON value as parsed (the distinct names of each object)."""
+#: what :func:`_names` answers for a value that holds a number ``parse_body`` or the model refuses
+_BEYOND = -1
+
+
+def _names(value: dict[str, Any] | list[Any]) -> int:
+    """Member names in a JSON object or array as parsed (the distinct names of each object), or
+    :data:`_BEYOND` when it holds an integer beyond ±(2^53-1) (``parse_body`` refuses those) or a
+    non-finite float (the model does)."""
     if isinstance(value, dict):
-        return len(value) + sum(_names(item) for item in value.values() if isinstance(item, dict | list))
-    if isinstance(value, list):
-        return sum(_names(item) for item in value if isinstance(item, dict | list))
-    return 0
+        names = len(value)
+        items: Any = value.values()
+    else:
+        names = 0
+        items = value
+    for item in items:
+        if isinstance(item, dict | list):
+            inner = _names(item)
+            if inner == _BEYOND:
+                return _BEYOND
+            names += inner
+        elif type(item) is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return _BEYOND
+        elif type(item) is float and not math.isfinite(item):
+            return _BEYOND
+    return names
 
 
-def fast_batch(raw: bytes) -> IngestBatch | None:
-    """The batch in ``raw`` as ``parse_body`` reads it, or None: let ``parse_body`` read (and answer)."""
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A request's batch, and the ``jsonb`` text form of each event's details when the one pass
+    wrote it (None: ``parse_body`` read the batch; the store writes the forms itself)."""
+
+    batch: IngestBatch
+    forms: list[str] | None = None
+
+
+def _details_form(details: dict[str, Any]) -> str | None:
+    """``details`` in ``jsonb``'s text form, or None where the contract's check on its JSON text
+    (``MAX_DETAILS_BYTES``, no NUL, the depth) would refuse it or look further: give way."""
+    form = jsonb_text(details)
+    if (
+        len(form.encode()) > MAX_DETAILS_BYTES
+        or "\\u0000" in form
+        or form.count("{") + form.count("[") > MAX_DETAILS_DEPTH
+    ):
+        return None
+    return form
+
+
+def fast_read(raw: bytes) -> Intake | None:
+    """The batch in ``raw`` as ``parse_body`` reads it, with its events' details forms, or None: let
+    ``parse_body`` read (and answer)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if (
-        "\\u" in text
-        or '"0001-' in text
-        or '"9999-' in text
-        or _LONG_NUMBER.search(text) is not None
-        or _SPACED_COLON.search(text) is not None
-    ):
+    if "\\u" in text or _SPACED_COLON.search(text) is not None:
         return None
     try:
         batch = _Batch.model_validate_json(text)
     except ValidationError:
         return None
     names = len(batch.model_fields_set)
+    forms = []
     for event in batch.events:
+        year = event.occurred_at.year
+        details = _names(event.details)
+        if year == 1 or year == 9999 or details == _BEYOND:
+            return None
+        form = _details_form(event.details)
+        if form is None:
+            return None
+        forms.append(form)
         names += (
             len(event.model_fields_set)
             + len(event.actor.model_fields_set)
             + len(event.resource.model_fields_set)
-            + _names(event.details)
+            + details
         )
-    return batch if text.count('":') == names else None
+    return Intake(batch, forms) if text.count('":') == names else None
+
+
+def fast_batch(raw: bytes) -> IngestBatch | None:
+    """:func:`fast_read`'s batch (None: ``parse_body`` reads it)."""
+    found = fast_read(raw)
+    return None if found is None else found.batch
 
 
 def _json_media_type(scope: Scope) -> bool:
@@ -172,12 +247,13 @@ async def _whole_body(receive: Receive) -> bytes:
             raise ClientDisconnect()
 
 
-async def read_batch(request: Request) -> IngestBatch:
-    """The request's batch, or the problem ``parse_body`` raises for it."""
+async def read_batch(request: Request) -> Intake:
+    """The request's batch (with its details forms from the one pass), or the problem ``parse_body``
+    raises for it."""
     if _json_media_type(request.scope):
         body = await _whole_body(request.receive)
-        batch = fast_batch(body)
-        if batch is not None:
-            return batch
+        found = fast_read(body)
+        if found is not None:
+            return found
         request = Request(request.scope, replaying_receive(body, request.receive))
-    return await parse_body(request, IngestBatch)
+    return Intake(await parse_body(request, IngestBatch))

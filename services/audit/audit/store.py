@@ -111,6 +111,11 @@ EXACT_FILTERS: frozenset[frozenset[str]] = frozenset(
 BAND = 5000
 
 
+#: An event, and its details in ``jsonb``'s text form when the intake wrote it already (None: the
+#: store writes it, :func:`~audit.jsonb.jsonb_text`): the document hashed at ingestion carries it.
+Entry = tuple[AuditEvent, str | None]
+
+
 class Placed(NamedTuple):
     """Where an event is stored: its record's seq and hash (the ingest answer's ``receipt``)."""
 
@@ -343,7 +348,7 @@ class AuditStore:
         #: was recorded already; a details form differed), for tests and figures
         self.rechained = 0
         self._head: tuple[int, str] | None = None  # (seq, hash) this process appended or read last
-        self._group: GroupCommit[list[AuditEvent], tuple[frozenset[uuid.UUID], Placed | None]] = GroupCommit(
+        self._group: GroupCommit[list[Entry], tuple[frozenset[uuid.UUID], Placed | None]] = GroupCommit(
             self._append_group, size=len, max_items=GROUP_MAX_EVENTS, shared_failure=shared_failure
         )
 
@@ -354,21 +359,25 @@ class AuditStore:
 
     # ---- append --------------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[AuditEvent]) -> AppendResult:
+    async def append(self, events: Sequence[AuditEvent], forms: Sequence[str] | None = None) -> AppendResult:
         """Chain ``events`` (duplicates of recorded ids are counted, not stored again); returns once
         the transaction that chained them committed, shared with whatever else was being ingested
-        meanwhile (:mod:`audit.groupcommit`)."""
-        if len(events) == 1:  # the usual single event: nothing to deduplicate
-            distinct = list(events)
+        meanwhile (:mod:`audit.groupcommit`). ``forms``: each event's details in ``jsonb``'s text form,
+        as the intake wrote them (:class:`~audit.intake.Intake`); None: written here when needed."""
+        entries: list[Entry] = (
+            [(event, None) for event in events] if forms is None else list(zip(events, forms, strict=True))
+        )
+        if len(entries) == 1:  # the usual single event: nothing to deduplicate
+            distinct = entries
         else:
-            unique: dict[uuid.UUID, AuditEvent] = {}
-            for event in events:
-                unique.setdefault(event.id, event)
+            unique: dict[uuid.UUID, Entry] = {}
+            for entry in entries:
+                unique.setdefault(entry[0].id, entry)
             distinct = list(unique.values())
         fresh_ids, receipt = await self._group.submit(distinct)
         if receipt is None:  # chained by the database, or all recorded before: ask it where
-            receipt = await self._placed(distinct, fresh_ids)
-        fresh = [event for event in distinct if event.id in fresh_ids]
+            receipt = await self._placed([event for event, _ in distinct], fresh_ids)
+        fresh = [event for event, _ in distinct if event.id in fresh_ids]
         recorded = datetime.now(UTC)
         lag = metrics.ingest_lag.observe
         for event in fresh:
@@ -419,17 +428,17 @@ class AuditStore:
         return Placed(row["id"], row["seq"], row["hash"]) if row is not None else None
 
     async def _append_group(
-        self, batches: Sequence[list[AuditEvent]]
+        self, batches: Sequence[list[Entry]]
     ) -> list[tuple[frozenset[uuid.UUID], Placed | None]]:
         """The batches of several callers appended together, in one round trip
         (:meth:`_append_at_once`; with :data:`AT_ONCE_ATTEMPTS` 0, a transaction that holds the chain
         lock while it reads the head: :meth:`_append_locked`). Returns, per batch, the ids it added to
         the chain (the others were there already, or came earlier in the group), and where its newest
         event is stored when this process chained it (None: the database did, or it was there before)."""
-        unique: dict[uuid.UUID, AuditEvent] = {}
+        unique: dict[uuid.UUID, Entry] = {}
         for batch in batches:
-            for event in batch:
-                unique.setdefault(event.id, event)
+            for entry in batch:
+                unique.setdefault(entry[0].id, entry)
         ids = list(unique)
 
         async def committed(conn: Connection) -> bool:
@@ -439,20 +448,20 @@ class AuditStore:
             )
             return bool(count == len(ids))
 
-        events = list(unique.values())
+        entries = list(unique.values())
         placed: dict[uuid.UUID, Placed] = {}
         try:
-            added = await self._append_at_once(events, committed, placed)
+            added = await self._append_at_once(entries, committed, placed)
             if added is None:
-                added = await self._append_locked(events, committed, placed)
+                added = await self._append_locked([event for event, _ in entries], committed, placed)
         except BaseException:
             self._head = None  # unknown now: the next group is chained from what the database finds
             raise
         result: list[tuple[frozenset[uuid.UUID], Placed | None]] = []
         for batch in batches:
-            mine = frozenset(event.id for event in batch if event.id in added)
+            mine = frozenset(event.id for event, _ in batch if event.id in added)
             added -= mine
-            result.append((mine, newest(batch, placed) if placed else None))
+            result.append((mine, newest((event for event, _ in batch), placed) if placed else None))
         return result
 
     def _chain(
@@ -469,15 +478,16 @@ class AuditStore:
         return rows
 
     def _documents(
-        self, events: Sequence[AuditEvent], seq: int, prev_hash: str
+        self, entries: Sequence[Entry], seq: int, prev_hash: str
     ) -> tuple[list[str], list[str], str]:
-        """The canonical documents of ``events`` chained after the record ``seq`` whose hash is
-        ``prev_hash`` (:func:`~audit.chain.canonical_text`, details in jsonb's predicted form), and
-        their hashes: what ``append_documents`` stores; and the group's ``recorded_at`` as written."""
+        """The canonical documents of the events of ``entries`` chained after the record ``seq`` whose
+        hash is ``prev_hash`` (:func:`~audit.chain.canonical_text`, details in jsonb's predicted form:
+        the entry's, else written here), and their hashes: what ``append_documents`` stores; and the
+        group's ``recorded_at`` as written."""
         recorded_at = timestamp(datetime.now(UTC))
         documents = []
         hashes = []
-        for event in events:
+        for event, form in entries:
             seq += 1
             actor = event.actor
             resource = event.resource
@@ -497,7 +507,7 @@ class AuditStore:
                 resource.id,
                 event.outcome,
                 event.request_id,
-                jsonb_text(event.details),
+                jsonb_text(event.details) if form is None else form,
                 prev_hash,
             )
             prev_hash = sha256(document.encode()).hexdigest()
@@ -506,7 +516,7 @@ class AuditStore:
         return documents, hashes, recorded_at
 
     async def _append_at_once(
-        self, events: Sequence[AuditEvent], committed: CommitCheck, placed: dict[uuid.UUID, Placed]
+        self, entries: Sequence[Entry], committed: CommitCheck, placed: dict[uuid.UUID, Placed]
     ) -> set[uuid.UUID] | None:
         """The group chained from the head this process knows, sent to ``append_documents``
         (migration 0009) as one statement in autocommit: one round trip that takes the lock and
@@ -519,7 +529,8 @@ class AuditStore:
         if AT_ONCE_ATTEMPTS < 1:
             return None
         expected = self._head if self._head is not None else (-1, "")  # -1: no head is ever that
-        documents, hashes, recorded_at = self._documents(events, *expected)
+        documents, hashes, recorded_at = self._documents(entries, *expected)
+        events = [event for event, _ in entries]
 
         async def reread(conn: Connection) -> asyncpg.Record | None:
             """After a lost answer to a group that was stored: the head, and the events that were on

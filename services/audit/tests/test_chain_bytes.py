@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from audit.chain import GENESIS, HASHED_COLUMNS, canonical, canonical_of, document, record_hash, timestamp
+from pydantic import AwareDatetime, TypeAdapter
 
 pytestmark = pytest.mark.unit
 
@@ -79,3 +80,37 @@ def test_the_walks_bytes_are_the_documented_bytes(text: str, request_id: str | N
     values: list[Any] = [fields[column] for column in HASHED_COLUMNS]
     values[2:4] = [timestamp(values[2]), timestamp(values[3])]
     assert canonical_of(*values) == canonical(fields)
+
+
+def _reference_timestamp(value: datetime) -> str:
+    """:func:`timestamp`'s definition: the instant in UTC, naive, six fraction digits, ``Z``."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def test_timestamps_are_written_as_defined_whatever_the_offset_and_its_time_zone() -> None:
+    parsed = TypeAdapter(AwareDatetime)
+    instants = [
+        datetime(2026, 12, 3, 19, 55, 52, 123456, UTC),
+        datetime(2026, 12, 3, 19, 55, 52, tzinfo=UTC),
+        datetime(2026, 12, 3, 19, 55, 52, 7, tzinfo=timezone(timedelta(0), "GMT")),
+        datetime(2026, 1, 1, 0, 30, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 1, 23, 30, tzinfo=timezone(-timedelta(hours=14))),
+        datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone(timedelta(seconds=30))),
+        datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone(-timedelta(microseconds=1))),
+        datetime(5, 3, 4, 5, 6, 7, 8, UTC),
+        datetime.max.replace(tzinfo=UTC),
+        datetime.min.replace(tzinfo=UTC),
+        *(
+            parsed.validate_json(f'"{text}"')  # pydantic's own time zones, as ingestion reads them
+            for text in (
+                "2026-12-04T03:14:27.123456Z",
+                "2026-12-04T03:14:27+00:00",
+                "2026-12-04T03:14:27.5-00:00",
+                "2026-12-04T03:14:27.123456+01:00",
+                "2026-12-04T00:14:27-05:30",
+                "9999-12-31T23:59:59.999999Z",
+            )
+        ),
+    ]
+    for instant in instants:
+        assert timestamp(instant) == _reference_timestamp(instant), instant

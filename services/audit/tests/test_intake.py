@@ -5,15 +5,26 @@ refuses (those are then answered by ``parse_body`` itself, as before)."""
 from __future__ import annotations
 
 import json
+import math
+import random
 import uuid
 from typing import Any, get_args
 
 import pytest
-from audit.intake import _Batch, _json_media_type, fast_batch, read_batch
+from audit.intake import Intake, _Batch, _json_media_type, fast_batch, fast_read, read_batch
+from audit.jsonb import jsonb_text
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from svckit.body import NotAccepted, parse_body, parse_json
-from svckit.contracts.audit import MAX_NAME, MAX_REQUEST_ID, Actor, AuditEvent, IngestBatch, Resource
+from svckit.contracts.audit import (
+    MAX_DETAILS_BYTES,
+    MAX_NAME,
+    MAX_REQUEST_ID,
+    Actor,
+    AuditEvent,
+    IngestBatch,
+    Resource,
+)
 from svckit.problems import Problem
 
 pytestmark = pytest.mark.unit
@@ -33,6 +44,16 @@ def event(**changes: Any) -> dict[str, Any]:
     }
     base.update(changes)
     return base
+
+
+def sized(size: int) -> dict[str, Any]:
+    """Details of ``size`` bytes as ``json.dumps`` writes them (the contract's measure), with
+    multi-byte characters and names in another order than ``jsonb``'s."""
+    details: dict[str, Any] = {"zz": "é" * 100, "a": [1.5, {"y": None}], "m": ""}
+    missing = size - len(json.dumps(details, ensure_ascii=False).encode())
+    details["m"] = "é" * (missing // 2) + "x" * (missing % 2)
+    assert len(json.dumps(details, ensure_ascii=False).encode()) == size
+    return details
 
 
 def nested(levels: int) -> Any:
@@ -118,6 +139,24 @@ BODIES: list[bytes] = [
     compact({"events": [event(details={"a": "x"})]}).replace(b'"a"', b'"\\u0061"'),
     b'{"events":[' + compact(ONE) + b"]}\n",
     b' \n{"events":[' + compact(ONE) + b"]}",
+    compact({"events": [event(details={"n": [1, 2, {"m": -9007199254740992}]})]}),
+    compact({"events": [event(details={"n": [[[-9007199254740991]]], "m": 1000000000000000})]}),
+    compact({"events": [event(details={"f": 1234567890123456.7, "g": -0.30000000000000004})]}),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"1234567890123456e-5"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"2.2250738585072011e-308"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"1.7976931348623159e308"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"-12345678901234567890123"),
+    compact({"events": [event(details={"when": "0001-01-01", "until": "9999-12-31"})]}),
+    compact({"events": [event(occurred_at="0001-01-01T00:00:00-01:00")]}),
+    compact({"events": [event(occurred_at="9999-12-31T23:59:59+01:00")]}),
+    compact({"events": [event(details=sized(MAX_DETAILS_BYTES))]}),
+    compact({"events": [event(details=sized(MAX_DETAILS_BYTES + 1))]}),
+    compact({"events": [event(), event(details=sized(MAX_DETAILS_BYTES + 1))]}),
+    compact({"events": [event(details={"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]})]}),
+    compact({"events": [event(details={"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]})]}),
+    compact({"events": [event(details={"a": "[[[[[[[[[[[[[[[[[[{{{{{"})]}),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b"[1, Infinity]"),
+    compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', b'{"b": NaN}'),
 ]
 
 
@@ -152,6 +191,54 @@ def test_the_usual_bodies_take_the_one_pass() -> None:
     for raw in [*BODIES[:7], BODIES[14]]:  # 14: a request id of 40 digits (a string)
         assert fast_batch(raw) is not None, raw[:200]
     assert fast_batch(BODIES[7]) is None  # a string with '":' in it: parse_body reads that one
+
+
+def test_the_one_pass_hands_on_each_details_form_as_the_chain_writes_it() -> None:
+    """The details are written as JSON once per event: the text the contract's size check measures
+    is the ``jsonb`` form the chain hashes (the same bytes in another key order), and it goes on to
+    the store with the batch."""
+    for raw in [*BODIES[:7], compact({"events": [event(details=sized(MAX_DETAILS_BYTES))]})]:
+        found = fast_read(raw)
+        assert found is not None, raw[:200]
+        assert found.forms == [jsonb_text(e.details) for e in found.batch.events]
+        for e, form in zip(found.batch.events, found.forms, strict=True):
+            written = json.dumps(e.details, ensure_ascii=False)
+            assert len(form.encode()) == len(written.encode())
+            assert sorted(form) == sorted(written)
+
+
+def test_numbers_of_many_digits_that_parse_body_takes_take_the_one_pass() -> None:
+    """Only an integer beyond ±(2^53-1) makes the one pass give way, not every number written with 16
+    digits or more: a float of that many digits, or an integer at the bounds, reads the same."""
+    for details in (
+        {"n": [1, 12345678901234567890.5]},
+        {"n": 9007199254740991, "m": [-9007199254740991]},
+        {"f": 1234567890123456.7, "g": -0.30000000000000004, "h": 1e23},
+    ):
+        raw = compact({"events": [event(details=details)]})
+        fast = fast_batch(raw)
+        assert fast is not None, details
+        assert fast.model_dump() == IngestBatch.model_validate(parse_json(raw)).model_dump()
+    for beyond in ({"n": 9007199254740992}, {"n": [{"m": [-9007199254740992]}]}):
+        assert fast_batch(compact({"events": [event(details=beyond)]})) is None
+
+
+def test_pydantic_reads_floats_as_float_does() -> None:
+    """The one pass takes floats of any spelling because pydantic's JSON reader rounds them correctly,
+    exactly as ``float`` (``parse_body``'s reader) does: held over many random spellings."""
+    rng = random.Random(17)
+    for _ in range(5000):
+        whole = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 25))).lstrip("0") or "0"
+        fraction = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 25)))
+        text = f"{rng.choice(['', '-'])}{whole}.{fraction}{rng.choice(['', f'e{rng.randint(-330, 310)}'])}"
+        raw = compact({"events": [event(details={"a": "x"})]}).replace(b'"x"', text.encode())
+        expected = float(text)
+        fast = fast_batch(raw)
+        if not math.isfinite(expected):
+            assert fast is None
+            continue
+        assert fast is not None, text
+        assert repr(fast.events[0].details["a"]) == repr(expected), text
 
 
 def test_the_models_without_the_python_checks_state_the_same_contract() -> None:
@@ -210,6 +297,7 @@ def test_the_models_without_the_python_checks_are_derived_from_the_contract() ->
     # the checks written in Python: left to fast_batch (on the text)
     assert both(actor={**actor, "subject": "a\x00"}) == (True, False)
     assert both(occurred_at="0001-01-01T00:00:00+01:00") == (True, False)
+    assert both(details=sized(MAX_DETAILS_BYTES + 1)) == (True, False)
     # the bounds: the contract's, in both
     cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
         (
@@ -260,7 +348,7 @@ async def outcome(request: Request, reader: Any) -> Any:
         return ("problem", exc.status, exc.title)
     except ClientDisconnect:
         return "disconnect"
-    return batch.model_dump()
+    return (batch.batch if isinstance(batch, Intake) else batch).model_dump()
 
 
 JSON = [(b"content-type", b"application/json")]

@@ -12,7 +12,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from audit import store as store_module
 from audit.chain import UTC_TEXT, timestamp
+from audit.intake import fast_read
 from audit.jsonb import jsonb_text
 from audit.store import AuditStore
 from svckit.db import Database
@@ -85,3 +87,56 @@ async def test_postgres_writes_timestamps_as_the_chain_does(
 ) -> None:
     written = await conn.fetchval(f"SELECT {UTC_TEXT.format(column='$1::timestamptz')}", instant)
     assert written == timestamp(instant)
+
+
+def one_pass_body() -> bytes:
+    """A batch of events with the details of :data:`VALUES` that the one pass reads (not those whose
+    control characters JSON writes as ``\\u`` escapes)."""
+    events = [json.loads(event(**value).model_dump_json()) for value in VALUES if value]
+    events = [e for e in events if "\\u" not in json.dumps(e, ensure_ascii=False)]
+    assert len(events) >= 5
+    return json.dumps({"events": events}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _Frozen(datetime):
+    """``datetime`` whose ``now`` is one instant: two groups written at the same time."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime(2026, 12, 6, 4, 30, 0, 123456, UTC)
+
+
+def test_the_intakes_forms_give_the_documents_and_hashes_the_store_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch read by the one pass hands its details forms to the store (:class:`audit.intake.Intake`):
+    the documents and hashes are byte for byte those of the same events without them."""
+    monkeypatch.setattr(store_module, "datetime", _Frozen)
+    found = fast_read(one_pass_body())
+    assert found is not None
+    assert found.forms is not None
+    store = AuditStore.__new__(AuditStore)
+    given = store._documents(list(zip(found.batch.events, found.forms, strict=True)), 41, "ab" * 32)
+    written = store._documents([(e, None) for e in found.batch.events], 41, "ab" * 32)
+    assert given == written
+
+
+async def test_a_batch_stored_with_the_intakes_forms_verifies(
+    store: AuditStore, conn: asyncpg.Connection
+) -> None:
+    found = fast_read(one_pass_body())
+    assert found is not None
+    await store.append([event()])  # the process knows the head: the batch goes at once, as sent
+    rechained = store.rechained
+    result = await store.append(found.batch.events, found.forms)
+    assert result.accepted == len(found.batch.events)
+    assert result.receipt is not None
+    assert store.rechained == rechained  # stored as sent: the forms were jsonb's own
+    stored = await conn.fetch(
+        "SELECT id, details::text AS details FROM audit.records WHERE id = ANY($1::uuid[])",
+        [e.id for e in found.batch.events],
+    )
+    assert {row["id"]: row["details"] for row in stored} == {
+        e.id: form for e, form in zip(found.batch.events, found.forms or [], strict=True)
+    }
+    assert (await store.verify(observe=False)).ok
