@@ -31,9 +31,9 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 def key_from(request: Request) -> str | None:
     """The request's key, if any; a malformed one is a 400 naming the header.
 
-    The header is one value: two field lines mean what one line listing both does (RFC 9110 §5.3),
-    which the character set refuses, so they are refused too. Taking the first would let a retry that
-    sends the same two the other way round create the entry again."""
+    The header is one value. Two field lines are what a hop may join into one, ``a, b`` (RFC 9110
+    §5.3), which the character set refuses; they are refused as such. Taking the first would let a
+    retry that sends the same two the other way round create the entry again."""
     values = request.headers.getlist(HEADER)
     if not values:
         return None
