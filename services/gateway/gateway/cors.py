@@ -19,10 +19,15 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         "content-language",
         "if-match",
         "if-none-match",
+        "idempotency-key",  # offered on createEntry and uploadEntries (the published document)
     }
 )
-# WWW-Authenticate and DPoP-Nonce: a DPoP client reads use_dpop_nonce and the nonce to retry with
-EXPOSED_HEADERS = b"X-Request-Id, Retry-After, WWW-Authenticate, DPoP-Nonce, Location, Content-Disposition"
+# WWW-Authenticate and DPoP-Nonce: a DPoP client reads use_dpop_nonce and the nonce to retry with;
+# Idempotent-Replayed: whether a create with an Idempotency-Key was this request's or an earlier one's
+EXPOSED_HEADERS = (
+    b"X-Request-Id, Retry-After, WWW-Authenticate, DPoP-Nonce, Location, Content-Disposition, "
+    b"Idempotent-Replayed"
+)
 MAX_AGE = b"600"
 VARY = (b"vary", b"Origin")
 

@@ -145,12 +145,22 @@ def scopes_from(claims: dict[str, Any], config: IssuerConfig) -> frozenset[str]:
     return frozenset(scope for scope in granted if _SCOPE_TOKEN.match(scope))
 
 
+def _forwardable(value: str) -> bool:
+    """Whether ``value`` reaches a service as sent in an identity header: no control characters, and
+    no space at either end, which a hop strips from a field value (RFC 9110 §5.5) and which the
+    signature would then no longer match."""
+    return _CONTROL.search(value) is None and value == value.strip(" ")
+
+
 def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozenset[str]) -> Identity:
+    """The identity the token's claims name. The subject and the client id are refused (401) when they
+    cannot be forwarded as they are (trimmed, they would name another principal); the display name is
+    cleaned instead (control characters dropped, spaces at its ends trimmed)."""
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject or _CONTROL.search(subject) or len(subject) > 255:
+    if not isinstance(subject, str) or not subject or not _forwardable(subject) or len(subject) > 255:
         raise TokenError("malformed", "The token has no usable 'sub' claim.")
     client_id = claims.get("azp", claims.get("client_id", ""))
-    if not isinstance(client_id, str) or _CONTROL.search(client_id) or len(client_id) > 255:
+    if not isinstance(client_id, str) or not _forwardable(client_id) or len(client_id) > 255:
         raise TokenError("malformed", "The token's 'azp' / 'client_id' claim is not a plain string.")
     kind: Kind = "user"
     if claims.get("gty") == "client-credentials" or (
@@ -161,7 +171,7 @@ def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozense
     for claim in config.name_claims:
         value = claims.get(claim)
         if isinstance(value, str) and value:
-            name = _CONTROL.sub("", value)[:200]
+            name = _CONTROL.sub("", value)[:200].strip(" ")
             break
     return Identity(config.issuer, subject, kind, client_id, scopes, name)
 

@@ -45,6 +45,31 @@ async def test_preflight_allowed_origin(api: Any, gateway: str, echo: Echo) -> N
     assert echo.requests == before  # never forwarded
 
 
+async def test_a_browser_may_send_and_read_the_idempotency_headers(
+    api: Any, gateway: str, provider: Provider
+) -> None:
+    """The published document offers ``Idempotency-Key`` on ``createEntry`` and ``uploadEntries`` (and
+    a create whose outcome is unknown says to repeat with it): a browser on an allowed origin must be
+    able to send it, and to read ``Idempotent-Replayed`` on the answer."""
+    status, headers, _ = await api(
+        "OPTIONS",
+        f"{gateway}/api/timesheets",
+        headers={
+            "Origin": SPA,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
+    assert status == 204
+    assert headers["Access-Control-Allow-Headers"] == "authorization, content-type, idempotency-key"
+    status, headers, _ = await api(
+        "GET", f"{gateway}/api/timesheets", provider.token(), headers={"Origin": SPA}
+    )
+    assert status == 200
+    exposed = {name.strip().lower() for name in headers["Access-Control-Expose-Headers"].split(",")}
+    assert "idempotent-replayed" in exposed
+
+
 async def test_preflight_other_origin_gets_no_allow_headers(api: Any, gateway: str, echo: Echo) -> None:
     before = echo.requests
     for origin in (

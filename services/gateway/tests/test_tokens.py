@@ -55,6 +55,27 @@ async def test_valid_token_reaches_upstream_with_identity(api: Any, gateway: str
     assert headers["X-Upstream"] == "echo"
 
 
+async def test_a_name_with_surrounding_spaces_reaches_upstream_trimmed(
+    api: Any, gateway: str, provider: Provider
+) -> None:
+    """A header value cannot carry leading or trailing spaces (RFC 9110 §5.5: a hop strips them), so a
+    name signed with them would not verify upstream: the display name is forwarded without them."""
+    for name, forwarded in ((" Alice A.", "Alice A."), ("Alice A. ", "Alice A."), ("   ", "")):
+        status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(name=name))
+        assert status == 200, body
+        assert body["identity"]["name"] == forwarded
+
+
+@pytest.mark.parametrize("claims", [{"sub": " alice"}, {"sub": "alice "}, {"azp": " timesheets-spa"}])
+async def test_a_subject_or_client_with_surrounding_spaces_is_refused_here(
+    api: Any, gateway: str, provider: Provider, claims: dict[str, Any]
+) -> None:
+    """The subject and the client id name a principal: trimming would make another one of them, and
+    forwarded as they are they could not be verified upstream. A clear 401 here, like control
+    characters."""
+    await expect_invalid(api, gateway, provider.token(**claims), "malformed")
+
+
 @pytest.mark.parametrize("kid", ["rsa-1", "ec-1", "ed-1", "rsa-pss"])
 async def test_every_allowed_algorithm_verifies(api: Any, gateway: str, provider: Provider, kid: str) -> None:
     status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(kid))

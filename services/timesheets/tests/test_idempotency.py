@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
+import aiohttp
 import asyncpg
+from multidict import CIMultiDict
 from svckit.identity import Identity
 
 from testkit.client import SignedApi
@@ -100,6 +103,25 @@ async def test_malformed_key_is_400(api: SignedApi) -> None:
         )
         assert reply.status == 400, value
         assert reply.fields() == {"Idempotency-Key"}
+
+
+async def test_two_key_lines_are_refused_like_a_list(api: SignedApi, db: asyncpg.Connection) -> None:
+    """Two ``Idempotency-Key`` field lines mean the same as one line listing both (RFC 9110 §5.3),
+    which is refused; reading only the first would let the retry that sends them the other way round
+    create the entry a second time."""
+    alice = someone()
+    sent = json.dumps(BODY).encode()
+    url = api.base_url + "/timesheets"
+    for first, second in (("key-a", "key-b"), ("key-b", "key-a")):
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        headers.update(api.caller.headers(alice, "POST", url, body=sent))
+        headers.add("Idempotency-Key", first)
+        headers.add("Idempotency-Key", second)
+        async with aiohttp.ClientSession() as session, session.post(url, data=sent, headers=headers) as reply:
+            problem = await reply.json(content_type=None)
+            assert reply.status == 400, problem
+        assert {error["field"] for error in problem["errors"]} == {"Idempotency-Key"}
+    assert await count(db, alice) == 0
 
 
 async def test_expired_key_is_taken_over(api: SignedApi, db: asyncpg.Connection) -> None:

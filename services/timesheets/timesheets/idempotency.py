@@ -29,16 +29,20 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def key_from(request: Request) -> str | None:
-    """The request's key, if any; a malformed one is a 400 naming the header."""
-    value = request.headers.get(HEADER)
-    if value is None:
+    """The request's key, if any; a malformed one is a 400 naming the header.
+
+    The header is one value. Two field lines are what a hop may join into one, ``a, b`` (RFC 9110
+    §5.3), which the character set refuses; they are refused as such. Taking the first would let a
+    retry that sends the same two the other way round create the entry again."""
+    values = request.headers.getlist(HEADER)
+    if not values:
         return None
-    value = value.strip().strip('"')  # the draft spells it as a structured-field string
-    if not _KEY.fullmatch(value):
+    value = values[0].strip().strip('"')  # the draft spells it as a structured-field string
+    if len(values) > 1 or not _KEY.fullmatch(value):
         raise Problem(
             400,
             "Bad Request",
-            f"The {HEADER} header must be 1-255 visible ASCII characters.",
+            f"The {HEADER} header must be one value of 1-255 visible ASCII characters.",
             errors=[
                 {"field": HEADER, "loc": ["header", HEADER], "message": "malformed", "type": "value_error"}
             ],
