@@ -4,6 +4,9 @@
 parameter name (``"limit"``), the same shape :func:`svckit.body.parse_body` produces for bodies. A
 parameter given twice is refused too: silently taking the first or the last hides client bugs.
 Models should set ``extra="forbid"`` so a misspelt parameter (``?stauts=``) is an error, not a no-op.
+An integer parameter is written in decimal digits (``-`` before them at most): pydantic's lax reading
+of a string would take ``1_0``, `` 10``, ``+10`` and ``10.0`` as 10, spellings no client means and that
+the published document's ``integer`` does not offer; they answer 422 like ``abc``.
 
 A query string that is not well-formed is a 400 before any of that: a ``%`` not followed by two hex
 digits (``%zz``), or escapes that decode to bytes that are not UTF-8 (``%FF``, or ``%ED%A0%80``, a
@@ -18,7 +21,8 @@ refused is refused each time, never kept). Its validation depends on nothing but
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+import types
+from typing import TypeVar, Union, get_args, get_origin
 from urllib.parse import unquote_to_bytes
 
 from pydantic import BaseModel, ValidationError
@@ -27,12 +31,29 @@ from starlette.requests import Request
 from .problems import Problem, field_errors, validation_problem
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_DECIMAL = re.compile(r"-?[0-9]+")
 
 M = TypeVar("M", bound=BaseModel)
 
 #: query strings kept with their (frozen) model; the dict is emptied when it is full
 MAX_CACHED = 4096
 _parsed: dict[tuple[type[BaseModel], bytes], BaseModel] = {}
+_integer_names: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def integer_parameters(model: type[BaseModel]) -> frozenset[str]:
+    """The parameter names (aliases and field names) of ``model``'s integer fields (``int``, or
+    ``int | None``), found once per model."""
+    known = _integer_names.get(model)
+    if known is None:
+        names: set[str] = set()
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            optional = get_origin(annotation) in (Union, types.UnionType)
+            if annotation is int or (optional and set(get_args(annotation)) == {int, type(None)}):
+                names.update((name, field.alias or name))
+        known = _integer_names[model] = frozenset(names)
+    return known
 
 
 def check_query_string(raw: bytes) -> None:
@@ -65,10 +86,11 @@ def parse_query(request: Request, model: type[M]) -> M:
 def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
     check_query_string(raw)
     values: dict[str, str] = {}
-    repeated: list[dict[str, object]] = []
+    refused: list[dict[str, object]] = []
+    integers = integer_parameters(model)
     for name, value in request.query_params.multi_items():
         if name in values:
-            repeated.append(
+            refused.append(
                 {
                     "field": name,
                     "loc": ["query", name],
@@ -77,9 +99,18 @@ def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
                 }
             )
             continue
+        if name in integers and _DECIMAL.fullmatch(value) is None:
+            refused.append(
+                {
+                    "field": name,
+                    "loc": ["query", name],
+                    "message": "must be an integer written in decimal digits",
+                    "type": "int_parsing",
+                }
+            )
         values[name] = value
-    if repeated:
-        raise validation_problem(repeated, "The query string has invalid parameters.")
+    if refused:
+        raise validation_problem(refused, "The query string has invalid parameters.")
     try:
         return model.model_validate(values)
     except ValidationError as exc:
