@@ -97,6 +97,18 @@ async def test_forged_cursors_are_named(api: SignedApi, cursor: str) -> None:
     assert reply.fields() == {"cursor"}
 
 
+@pytest.mark.parametrize("spelling", ["{}==", "{}=", "{} ", "{}.", "+{}", "/{}"])
+async def test_a_cursor_spelled_outside_its_published_pattern_is_named(api: SignedApi, spelling: str) -> None:
+    """The document publishes cursors as base64url without padding (``CURSOR_PATTERN``): a good
+    cursor with padding, or with a character of the other alphabet, is not one (it was read as the
+    cursor it decodes to)."""
+    good = cursor_of("2026-01-01", "2026-01-01T00:00:00+00:00", str(uuid.uuid4()))
+    assert (await api.call("GET", "/timesheets", WHO, params={"cursor": good})).status == 200
+    reply = await api.call("GET", "/timesheets", WHO, params={"cursor": spelling.format(good)})
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"cursor"}
+
+
 @pytest.mark.parametrize("date", ["0001-01-01", "1999-12-31", "2100-01-01", "9999-12-31"])
 async def test_work_dates_outside_the_window_are_named(api: SignedApi, date: str) -> None:
     body = {"date": date, "project": "P", "hours": 1}

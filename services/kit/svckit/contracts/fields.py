@@ -256,7 +256,9 @@ class CursorText(GroupedMetadata):
         self.max_length = max_length
 
     def __iter__(self) -> Iterator[object]:
-        yield StringConstraints(min_length=1, max_length=self.max_length)
+        # the published pattern enforced too: a decoder that ignores padding or reads the other
+        # alphabet ("…==", "+/") would otherwise take spellings the document says are not cursors
+        yield StringConstraints(min_length=1, max_length=self.max_length, pattern=CURSOR_PATTERN)
         yield WithJsonSchema(
             {
                 "type": "string",
