@@ -11,14 +11,13 @@ messages, and the routed app to the same answers).
 
 from __future__ import annotations
 
-import uuid
-
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 from svckit.authz import identity_of, require_scope
 from svckit.body import parse_body
 from svckit.contracts.approvals import DecisionIn, QueueQuery
+from svckit.contracts.fields import path_uuid
 from svckit.contracts.timesheets import EntryPage
 from svckit.problems import Problem
 from svckit.query import parse_query
@@ -140,10 +139,9 @@ async def decide(request: Request) -> bytes:
     """Approve or reject someone else's submitted entry; recorded once, applied exactly once: the
     applied decision's JSON. The caller checked the scope."""
     approver = identity_of(request)
-    try:
-        entry_id = uuid.UUID(request.path_params["id"])
-    except ValueError:
-        raise Problem(404, "Not Found", "No such timesheet entry.") from None
+    entry_id = path_uuid(request.path_params["id"])
+    if entry_id is None:
+        raise Problem(404, "Not Found", "No such timesheet entry.")
     body = await read_decision(request)
     workflow: Workflow = request.app.state.workflow
     try:

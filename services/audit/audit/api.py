@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -34,6 +33,7 @@ from svckit.contracts.audit import (
     VerifyQuery,
     encode_checkpoint_cursor,
 )
+from svckit.contracts.fields import path_uuid
 from svckit.problems import Problem, validation_problem
 from svckit.query import parse_query
 from svckit.responses import model_response
@@ -114,10 +114,9 @@ async def check_receipt(request: Request) -> Response:
     each finding only its own events: another service's id answers ``stored: false`` as an unknown one
     does. One read by the records' primary key, outside the listing turns: a relay asks once a minute."""
     identity = require_service(request)
-    try:
-        event_id = uuid.UUID(request.path_params["id"])
-    except ValueError:
-        raise Problem(404, "Not Found", "No such receipt: the id is not a UUID.") from None
+    event_id = path_uuid(request.path_params["id"])
+    if event_id is None:
+        raise Problem(404, "Not Found", "No such receipt: the id is not a UUID.")
     placed = await store_of(request).receipt(event_id, identity.subject)
     if placed is None:
         return model_response(ReceiptCheck(id=event_id, stored=False), exclude_none=True)

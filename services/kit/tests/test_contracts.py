@@ -27,7 +27,7 @@ from svckit.contracts.audit import (
     encode_cursor,
     outbox_values,
 )
-from svckit.contracts.fields import CONTROL_CHARS, NAME_PATTERN, rfc3339
+from svckit.contracts.fields import CONTROL_CHARS, NAME_PATTERN, path_uuid, rfc3339
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
 from svckit.outbox import event_parameters
@@ -362,3 +362,12 @@ def test_a_cursor_names_one_position_of_its_own_listing(
     for value in (other(42), "not-a-cursor!", "", "é", bare, encode(0)):
         with pytest.raises(ValueError, match="is not a cursor returned by this API"):
             decode(value)
+
+
+@pytest.mark.unit
+def test_a_path_names_a_uuid_only_in_the_documented_form() -> None:
+    value = uuid.uuid4()
+    assert path_uuid(str(value)) == value
+    assert path_uuid(str(value).upper()) == value
+    for other in (f"{{{value}}}", f"urn:uuid:{value}", value.hex, f" {value}", f"{value}\n", "", "x" * 36):
+        assert path_uuid(other) is None, other

@@ -74,6 +74,21 @@ async def test_hostile_ids(api: SignedApi, path: str) -> None:
     assert reply.status == 404
 
 
+async def test_an_entry_has_one_address_its_id_in_the_documented_form(api: SignedApi) -> None:
+    """``format: uuid`` is 8-4-4-4-12 hex digits (either case); ``uuid.UUID`` also reads braces, a
+    ``urn:uuid:`` prefix and the digits without hyphens, which gave one entry several addresses."""
+    body = {"date": "2026-02-03", "project": "P", "hours": 1}
+    created = await api.call("POST", "/timesheets", WHO, json=body)
+    assert created.status == 201, created.text
+    entry_id = created.body["id"]
+    for found in (entry_id, entry_id.upper()):
+        assert (await api.call("GET", f"/timesheets/{found}", WHO)).status == 200
+    for other in (f"{{{entry_id}}}", f"urn:uuid:{entry_id}", entry_id.replace("-", "")):
+        assert (await api.call("GET", f"/timesheets/{other}", WHO)).status == 404, other
+        assert (await api.call("DELETE", f"/timesheets/{other}", WHO)).status == 404, other
+    assert (await api.call("GET", f"/timesheets/{entry_id}", WHO)).status == 200  # not deleted
+
+
 def cursor_of(*parts: object) -> str:
     raw = json.dumps(list(parts), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

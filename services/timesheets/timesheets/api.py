@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from svckit.authz import identity_of, require_scope, requires_scope
 from svckit.body import parse_body
+from svckit.contracts.fields import path_uuid
 from svckit.contracts.timesheets import ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import OutboxRelay, enqueue
@@ -55,10 +56,10 @@ def _ttl(request: Request) -> dt.timedelta:
 
 def entry_id_of(request: Request) -> uuid.UUID:
     """The path's entry id; anything that is not a UUID names no entry (404, nothing leaked)."""
-    try:
-        return uuid.UUID(request.path_params["id"])
-    except ValueError:
-        raise Problem(404, "Not Found", "No such timesheet entry.") from None
+    entry_id = path_uuid(request.path_params["id"])
+    if entry_id is None:
+        raise Problem(404, "Not Found", "No such timesheet entry.")
+    return entry_id
 
 
 @contextlib.asynccontextmanager

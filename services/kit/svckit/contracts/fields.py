@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -52,6 +53,15 @@ RFC3339_PATTERN = (
 # Opaque cursors are base64url without padding.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
+_UUID_TEXT = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def path_uuid(text: str) -> uuid.UUID | None:
+    """The UUID a path segment names, or None: only the form the document's ``format: uuid`` gives
+    (8-4-4-4-12 hex digits, either case). ``uuid.UUID`` alone also reads ``{…}``, ``urn:uuid:…`` and
+    the 32 digits without hyphens, so one entry had several addresses."""
+    return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
+
 
 EARLIEST_DATE = dt.date.min  # 0001-01-01
 LATEST_DATE = dt.date.max  # 9999-12-31
@@ -287,5 +297,6 @@ __all__ = [
     "Timestamp",
     "WorkDate",
     "no_control_chars",
+    "path_uuid",
     "rfc3339",
 ]
