@@ -54,11 +54,15 @@ class CpuMeter:
 
 
 def median_case(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One case over interleaved rounds: the median of every numeric figure, the rest from the first."""
+    """One case over interleaved rounds: the median of every numeric figure, the rest from the first.
+    A figure the same in every round (the case's batch size, its senders) stays as it is: the median
+    of an even number of rounds is a float."""
     merged: dict[str, Any] = dict(runs[0])
     for key, value in runs[0].items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             values = [run[key] for run in runs if isinstance(run.get(key), int | float)]
+            if all(found == value for found in values):
+                continue
             middle = statistics.median(values)
             merged[key] = round(middle, 1) if isinstance(middle, float) else middle
     merged["rounds"] = len(runs)

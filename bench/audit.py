@@ -30,7 +30,14 @@ cases of those batch sizes.
 With ``BENCH_AUDIT_BASELINE`` set to a checkout (a directory holding ``services/audit`` and
 ``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second audit service
 runs from that code on a database of its own (migrated with its own migrations), and every ingest
-case runs against it too, in the same rounds (``ingest_before``): an A/B of a change in one run.
+case runs against it too, in the same rounds (``ingest_before``): an A/B of a change in one run, the
+two services' order swapped every other round (on this two-core machine the first or the second run
+of a pair is favoured, so a fixed order can make a ratio of its own). Each case keeps its rounds'
+CPU per event beside their events/s (``cpu_us_per_event_rounds``, and Postgres's where it is
+measured), and ``ab`` pairs the two services' rounds: each round's ratio after/before of events/s
+and of CPU per event, which of the two ran first in it, and the median of those ratios. A ratio of
+medians mixes rounds the machine ran at different speeds; the paired ratios show the spread a
+difference must stand out of.
 """
 
 from __future__ import annotations
@@ -46,10 +53,10 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from svckit.db import Database
@@ -64,6 +71,7 @@ from bench._presigned import Request, write_pool
 from bench.api import run_wrk
 from testkit.fixtures import ServiceProcess, new_pair_keys, pair_signer
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MIGRATIONS = ROOT / "services" / "audit" / "audit" / "migrations"
@@ -194,6 +202,44 @@ def wrk_ingest_case(
         ),
         "wrk_cpu_us_per_request": round(wrk_cpu * 1e6 / requests, 1),
     }
+
+
+#: the per-round figures an A/B compares (after / before): higher events/s is better, lower CPU
+PAIRED = ("events_per_second", "cpu_us_per_event", "postgres_cpu_us_per_event")
+
+
+def round_order(targets: Sequence[T], number: int) -> list[T]:
+    """The services of round ``number``: every other round in reverse, so that neither side of an A/B
+    always runs first (right after the other's load, whose commits and autovacuum may still drain)."""
+    return list(targets) if number % 2 == 0 else list(reversed(targets))
+
+
+def paired_ratios(
+    after: Sequence[Mapping[str, Any]], before: Sequence[Mapping[str, Any]], after_first: Sequence[bool]
+) -> dict[str, Any]:
+    """One case's A/B round by round: for each figure of :data:`PAIRED`, each round's ratio
+    after/before (``<figure>_ratios``; a round without both figures left out) and their median
+    (``<figure>_ratio``, ``None`` without any), and which side ran first in each round."""
+    compared: dict[str, Any] = {"after_first": list(after_first)}
+    for key in PAIRED:
+        ratios = [
+            round(a[key] / b[key], 3)
+            for a, b in zip(after, before, strict=False)
+            if isinstance(a.get(key), int | float) and isinstance(b.get(key), int | float) and b[key]
+        ]
+        compared[f"{key}_ratios"] = ratios
+        compared[f"{key}_ratio"] = round(statistics.median(ratios), 3) if ratios else None
+    return compared
+
+
+def summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One case over its rounds: the medians (:func:`median_case`) and each round's events/s and CPU
+    per event (the audit process's, Postgres's where it is measured)."""
+    case = {**median_case(runs), "events_per_second_rounds": spread(runs, "events_per_second")}
+    case["cpu_us_per_event_rounds"] = spread(runs, "cpu_us_per_event")
+    if any(run.get("postgres_cpu_us_per_event") is not None for run in runs):
+        case["postgres_cpu_us_per_event_rounds"] = spread(runs, "postgres_cpu_us_per_event")
+    return case
 
 
 def ingest_cases() -> tuple[tuple[int, int], ...]:
@@ -329,9 +375,12 @@ async def run(
             targets = [(process, pid, runs)]
             if before is not None:
                 targets.append((before, before_pid, runs_before))
-            for _ in range(rounds):  # interleaved: a noisy moment hurts every case alike
+            firsts: dict[tuple[int, int], list[bool]] = {case: [] for case in cases}
+            for number in range(rounds):  # interleaved: a noisy moment hurts every case alike
+                order = round_order(targets, number)
                 for batch, senders in cases:
-                    for service, service_pid, found_runs in targets:
+                    firsts[(batch, senders)].append(order[0][2] is runs)
+                    for service, service_pid, found_runs in order:
                         if wrk:
                             found = await asyncio.to_thread(
                                 wrk_ingest_case,
@@ -353,15 +402,13 @@ async def run(
                                 service_pid,
                             )
                         found_runs[(batch, senders)].append(found)
-            ingest = [
-                {**median_case(cases), "events_per_second_rounds": spread(cases, "events_per_second")}
-                for cases in runs.values()
-            ]
-            ingest_before = [
-                {**median_case(cases), "events_per_second_rounds": spread(cases, "events_per_second")}
-                for cases in runs_before.values()
-                if cases
-            ]
+            ingest = [summary(found) for found in runs.values()]
+            ingest_before = [summary(found) for found in runs_before.values() if found]
+            ab = []  # the A/B round by round
+            for case in cases:
+                if runs_before[case]:
+                    compared = paired_ratios(runs[case], runs_before[case], firsts[case])
+                    ab.append({"batch": case[0], "senders": case[1], **compared})
             relay = await relay_case(dsn, client)
         finally:
             await http.close()
@@ -374,6 +421,7 @@ async def run(
     results: dict[str, Any] = {"ingest": ingest, "relay": relay, "verify": verify, "cpus": os.cpu_count()}
     if ingest_before:
         results["ingest_before"] = ingest_before
+        results["ab"] = ab
     return results
 
 
@@ -405,6 +453,16 @@ def main() -> int:
             f"{case.get('postgres_cpu_us_per_event') or '-':>13}{case.get('wrk_cpu_us_per_request', '-'):>12}"
             f"   {case['events_per_second_rounds']}"
         )
+    for case in [*results["ingest"], *({**c, "before": True} for c in results.get("ingest_before", []))]:
+        label = f"batch={case['batch']}" + (" BEFORE" if "before" in case else "")
+        pg = case.get("postgres_cpu_us_per_event_rounds")
+        pg_rounds = f"; postgres: {pg}" if pg else ""
+        print(f"  {label} rounds, cpu us/event: {case['cpu_us_per_event_rounds']}{pg_rounds}")
+    for pair in results.get("ab", []):
+        first = "".join("A" if after else "B" for after in pair["after_first"])
+        print(f"A/B batch={pair['batch']} x{pair['senders']} (after/before per round; first: {first}):")
+        for key in PAIRED:
+            print(f"  {key:<28} median {pair[f'{key}_ratio']}   rounds {pair[f'{key}_ratios']}")
     relay = results["relay"]
     took = relay["drain_seconds"]
     print(f"{'relay: drain 5000 backlog':<28}{relay['events_per_second']:>10}   (all delivered in {took}s)")
