@@ -214,12 +214,6 @@ def fast_read(raw: bytes) -> Intake | None:
     return Intake(batch, forms) if text.count('":') == names else None
 
 
-def fast_batch(raw: bytes) -> IngestBatch | None:
-    """:func:`fast_read`'s batch (None: ``parse_body`` reads it)."""
-    found = fast_read(raw)
-    return None if found is None else found.batch
-
-
 def _json_media_type(scope: Scope) -> bool:
     """``Content-Type: application/json`` exactly (any case), as ``request.headers.get`` reads it (the
     first such header), and no ``Content-Encoding`` (``parse_body`` refuses any coding but identity),
