@@ -24,8 +24,10 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
 Works with ``DATABASE_URL`` / ``REDIS_URL`` or without (embedded servers, :mod:`bench._backing`): the
 service's replay memory (Redis) is the benchmark's own, never the machine's shared one. Writes
 ``bench/results/audit.json`` and prints a table. ``BENCH_AUDIT_SECONDS`` (default 4) is the
-duration of each ingest case; ``BENCH_AUDIT_CASES`` (e.g. ``1`` or ``1,500``) runs only the ingest
-cases of those batch sizes.
+duration of each ingest case, after a warm-up of ``BENCH_AUDIT_WARMUP_SECONDS`` (default 1) per case
+and service that is not counted (without it the first round was an outlier: pools filling,
+statements being prepared); ``BENCH_AUDIT_CASES`` (e.g. ``1`` or ``1,500``) runs only the ingest cases
+of those batch sizes.
 
 With ``BENCH_AUDIT_BASELINE`` set to a checkout (a directory holding ``services/audit`` and
 ``services/kit``, e.g. ``git archive main services | tar -x -C /tmp/before``), a second audit service
@@ -349,6 +351,7 @@ async def run(
     a database of its own) the ingest cases against that checkout's service too, in the same rounds."""
     seconds = float(os.environ.get("BENCH_AUDIT_SECONDS", "4"))
     rounds = int(os.environ.get("BENCH_AUDIT_ROUNDS", "3"))
+    warmup = float(os.environ.get("BENCH_AUDIT_WARMUP_SECONDS", "1"))
     cases = ingest_cases()
     keys = new_pair_keys("bench")
     process = audit_process(dsn, redis_url, keys, {})
@@ -376,31 +379,40 @@ async def run(
             if before is not None:
                 targets.append((before, before_pid, runs_before))
             firsts: dict[tuple[int, int], list[bool]] = {case: [] for case in cases}
+
+            async def measure(
+                service: ServiceProcess, service_pid: int | None, batch: int, senders: int, duration: float
+            ) -> dict[str, Any]:
+                if wrk:
+                    return await asyncio.to_thread(
+                        wrk_ingest_case,
+                        service.url,
+                        keys,
+                        batch,
+                        senders,
+                        duration,
+                        service_pid,
+                        logs,
+                        postgres,
+                    )
+                return await ingest_case(
+                    SignedClient(http, service.url, pair_signer(keys, SOURCE, "audit")),
+                    batch,
+                    senders,
+                    duration,
+                    service_pid,
+                )
+
+            # warm-up, not counted: pools filled, statements prepared, the first round no outlier
+            for service, service_pid, _ in targets:
+                for batch, senders in cases:
+                    await measure(service, service_pid, batch, senders, warmup)
             for number in range(rounds):  # interleaved: a noisy moment hurts every case alike
                 order = round_order(targets, number)
                 for batch, senders in cases:
                     firsts[(batch, senders)].append(order[0][2] is runs)
                     for service, service_pid, found_runs in order:
-                        if wrk:
-                            found = await asyncio.to_thread(
-                                wrk_ingest_case,
-                                service.url,
-                                keys,
-                                batch,
-                                senders,
-                                seconds,
-                                service_pid,
-                                logs,
-                                postgres,
-                            )
-                        else:
-                            found = await ingest_case(
-                                SignedClient(http, service.url, pair_signer(keys, SOURCE, "audit")),
-                                batch,
-                                senders,
-                                seconds,
-                                service_pid,
-                            )
+                        found = await measure(service, service_pid, batch, senders, seconds)
                         found_runs[(batch, senders)].append(found)
             ingest = [summary(found) for found in runs.values()]
             ingest_before = [summary(found) for found in runs_before.values() if found]
