@@ -29,7 +29,7 @@ def encode(position: Position) -> str:
     (ISO texts, the id's canonical form). Written out rather than by ``json.dumps``, which builds an
     encoder for its ``separators`` on every call (half the cost of a page's cursor): none of the three
     texts holds a character JSON escapes (digits, letters, ``-:.+T``), so the bytes are the same
-    (``tests/test_cursor.py``)."""
+    (``tests/test_representation.py``)."""
     raw = f'["{position.date.isoformat()}","{position.created_at.isoformat()}","{position.id}"]'.encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
