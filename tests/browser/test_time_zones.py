@@ -248,7 +248,17 @@ async def test_the_week_follows_the_date_past_midnight(new_page: NewPage, shot: 
     await expect_week(page, sunday)
     await shot(page, "sunday-evening")
 
-    await page.clock.fast_forward("05:00")  # timers due by then run: 00:02 on Monday
+    # timers due by then run: 00:02 on Monday. The new week's days show before its entries arrive: wait
+    # for them (alice's earlier tests may have written on this Monday), or the day's total read below
+    # could be the empty one, the entries landing after it.
+    async with page.expect_response(
+        lambda r: f"/api/timesheets?from={monday.isoformat()}" in r.url and r.status == 200
+    ) as listed:
+        await page.clock.fast_forward("05:00")
+    week = await (await listed.value).json()
+    if week["next_cursor"] is None:
+        recorded = sum(float(item["hours"]) for item in week["items"] if item["date"] == monday.isoformat())
+        await expect(day_total(page, monday)).to_have_text(f"{recorded:g} h")
     await expect_week(page, monday)
     await expect(page.locator("form.entry-form").get_by_label("Date")).to_have_value(monday.isoformat())
     await add_today(page, f"Past midnight {RUN}", "0.5", monday)
