@@ -199,6 +199,13 @@ def framing_cases(target: str, port: int, path: str, headers: dict[str, str]) ->
             "bad chunk size",
             request("POST", path, {**headers, "Transfer-Encoding": "chunked"}, b"zz\r\n", length=False),
         ),
+        (
+            "two Content-Types",
+            post.replace(
+                b"Content-Type: application/json",
+                b"Content-Type: application/json\r\nContent-Type: text/plain",
+            ),
+        ),
         ("control character in a header", request("GET", path, [(b"X-Bad", b"a\x01b")])),
         ("header over 64 KiB", request("GET", path, {**headers, "X-Big": "a" * (70 * 1024)})),
         ("200 header fields", request("GET", path, [(f"X-H{i}".encode(), b"1") for i in range(200)])),

@@ -1,7 +1,7 @@
 """What the edge refuses, and how, for input found by probing it: DPoP proof claims that are not
 ASCII, a ``cnf`` with members besides ``jkt``, several Authorization headers (on the audit trail), and
-at the HTTP layer a WebSocket Upgrade, two Host fields, an endless header value (431) and clients that
-stall in a head or a body (408). Each case was a defect once; the docstrings say what it was.
+at the HTTP layer a WebSocket Upgrade, two Host or Content-Type fields, an endless header value (431)
+and clients that stall in a head or a body (408). Each case was a defect once; the docstrings say what it was.
 
 DPoP cases run against the in-process gateway of conftest.py; the HTTP-layer cases against a real
 ``python -m gateway`` process, served exactly as in production (svckit.cli.SERVING_OPTIONS).
@@ -169,6 +169,25 @@ async def test_a_request_with_two_host_fields_is_refused(process: ServiceProcess
         3,
     )
     assert problem_status(response) == 400
+
+
+async def test_a_request_with_two_content_type_fields_is_refused(
+    process: ServiceProcess, provider: Provider
+) -> None:
+    """Content-Type is a singleton (RFC 9110 §8.3). The gateway forwarded both lines and every
+    service read the first, but a proxy or framework in front may read the last: one body, two media
+    types. Refused at the edge, before a token is looked at or anything is forwarded."""
+    token = provider.token().encode()
+    body = b'{"date": "2026-12-01", "hours": 1}'
+    response, _ = await exchange(
+        process.url,
+        b"POST /api/timesheets HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body,
+        3,
+    )
+    assert problem_status(response) == 400
+    assert b"more than one Content-Type" in response
 
 
 async def test_a_header_over_the_head_limit_is_refused_before_its_line_ends(process: ServiceProcess) -> None:

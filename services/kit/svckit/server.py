@@ -10,9 +10,11 @@ control characters in a header — is a 400 whose detail is the parser's reason;
 and handed to the application); uvicorn's own last-resort 500 a problem too. ``Host`` as RFC 9112
 §3.2 has it: an HTTP/1.1 request without one, with more than one, or with a value that is no
 ``host[:port]`` is a 400 (the gateway forwards the host as ``X-Forwarded-Host`` and checks DPoP proofs'
-``htu`` against it; a proxy in front may have routed on another reading). The head limit is also
-counted in raw bytes while a head is incomplete: httptools hands a header over only once its line
-ends and buffers its value until then, so one endless header value was buffered without bound (64 MiB
+``htu`` against it; a proxy in front may have routed on another reading). Two ``Content-Type``
+lines are a 400 as well (a singleton, RFC 9110 §8.3): every reader here takes the first, but a proxy
+or a framework in front may take the last, and the body would be read as two media types. The head
+limit is also counted in raw bytes while a head is incomplete: httptools hands a header over only once
+its line ends and buffers its value until then, so one endless header value was buffered without bound (64 MiB
 by one connection in a few seconds) and never answered. A read that finds a head open and leaves it
 open was all head: such reads are counted (a lower bound of the head's size, so a head within the
 limit is never refused), and a read larger than the limit is fed in slices of the limit, so what a
@@ -345,6 +347,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         self._head_at = 0.0
         self._header_count = 0
         self._hosts = 0
+        self._content_types = 0
         self._refusal: _Refusal | None = None
         self._draining = False
         self._receiving = False
@@ -451,6 +454,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._target_bytes = self._head_bytes = self._head_raw = self._header_count = self._hosts = 0
+        self._content_types = 0
         self._receiving = True
         self._head_at = self._active_at  # when the read that holds the head's first byte arrived
         super().on_message_begin()
@@ -481,6 +485,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
                 raise self._refusal
             if _HOST_VALUE.fullmatch(value) is None:  # and so is a value that is no host[:port]
                 self._refusal = _Refusal(400, "The request's Host header field is not a host[:port].")
+                raise self._refusal
+        elif name == b"content-type":
+            self._content_types += 1
+            if self._content_types > 1:  # a singleton (RFC 9110 §8.3): readers would take different lines
+                self._refusal = _Refusal(400, "The request has more than one Content-Type header field.")
                 raise self._refusal
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True

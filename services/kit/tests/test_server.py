@@ -69,6 +69,10 @@ POST = b"POST /x HTTP/1.1\r\nHost: x\r\n"
         (b"GET /x HTTP/1.1\r\n\r\n", 400, "must have a Host"),
         (b"GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "more than one Host"),
         (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "not a host[:port]"),
+        # Content-Type is a singleton (RFC 9110 §8.3): with two lines, which media type the body is in
+        # depends on which one a reader takes; refused before any reader can disagree
+        (POST + b"Content-Type: application/json\r\nContent-Type: text/plain\r\n\r\n", 400, "Content-Type"),
+        (POST + b"Content-Type: text/plain\r\ncontent-type: application/json\r\n\r\n", 400, "Content-Type"),
         (b"GET /x HTTP/1.1\r\nHost: a/b?c\r\n\r\n", 400, "not a host[:port]"),
         (b"GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n", 400, "not a host[:port]"),
         (b"GET /" + b"a" * (MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "target"),
