@@ -136,12 +136,13 @@ def previous_services(
 
     As the chart runs them: each as its own database role and its own Redis user (``REDIS_URL``, as
     the current suites run the services: testkit's ``ServiceRedis``). The release this line started
-    from (:data:`BASELINE`, c79eb8f) reads no ``REDIS_URL``: its services' settings are database
+    from (:data:`FIRST_RELEASE`, c79eb8f) reads no ``REDIS_URL``: its services' settings are database
     settings only and its kit has no Redis client (no shared replay memory yet), so for it the Redis
-    user is given and never used — nothing in it can be run under the ACL. A later previous release
-    (a ``v*`` tag, ``$PREVIOUS_RELEASE``) that keeps state in Redis then runs under its own user, and
-    a key or command the current ACL (svckit.redisacl, which the upgraded Redis applies) denies it
-    fails here, as it would in the cluster during a rolling upgrade or after a rollback."""
+    user is given and never used — nothing in it can be run under the ACL. A later release (such as
+    :data:`BASELINE`) keeps its replay memory in Redis and runs under its own user, and a key or
+    command the current ACL (svckit.redisacl, which the upgraded Redis applies) denies it fails here
+    (a write refused with 503, or ``NOPERM`` in its log), as it would in the cluster during a rolling
+    upgrade or after a rollback."""
     # its own role and Redis user, not the owner
     with running(migrated, service_redis, previous_tree) as processes:
         yield processes
@@ -199,6 +200,8 @@ def test_the_previous_release_works_on_the_current_schema(
 ) -> None:
     driven = drive(previous_tree, previous_services, migrated)
     assert driven["seen"] == EVERYTHING_WORKED, json.dumps(driven)
+    logs = "".join(process.logs() for process in previous_services.values())
+    assert "NOPERM" not in logs  # its Redis users have the current ACL
 
 
 def test_a_contract_step_shipped_too_early_is_caught(
