@@ -372,6 +372,13 @@ def ratios(
             # paired by round (the two pairs ran in the same rounds, next to each other): the spread
             new_rounds, old_rounds = service.get("cpu_rounds", {}), before.get("cpu_rounds", {})
             if new_rounds and old_rounds:
+                # each service's own, round by round: on this machine a round's load moves both pairs
+                # alike, so when a change touches one service only, its ratio over the other's (the
+                # same round) cancels most of that (an A/A run: 0.985-1.011 by round)
+                for who in ("approvals", "timesheets"):
+                    found[f"{who}_vs_before_cpu_rounds"] = [
+                        round(a / b, 3) for a, b in zip(new_rounds[who], old_rounds[who], strict=True) if b
+                    ]
                 found["services_vs_before_cpu_rounds"] = [
                     round((a + t) / (oa + ot), 3)
                     for a, t, oa, ot in zip(
