@@ -4,7 +4,6 @@ that settles it), and an approver's refused attempt at their own entry (best eff
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import uuid
 
@@ -20,9 +19,6 @@ SOURCE = "approvals"
 REFUSALS = uuid.UUID("9f90d771-8751-494e-aa78-243980401b23")
 #: the namespace of a settlement's event id (:func:`settlement_id`)
 SETTLEMENTS = uuid.UUID("5d0b6a8e-3c1f-4a53-9f0e-2b7c8d41e6a9")
-#: SHA-1 over :data:`SETTLEMENTS`, the start of every settlement id's hash (``uuid.uuid5`` hashes the
-#: namespace's bytes again on every call)
-_SETTLEMENTS_SHA1 = hashlib.sha1(SETTLEMENTS.bytes, usedforsecurity=False)
 
 
 def settlement_id(row: DecisionRow, action: str) -> uuid.UUID:
@@ -30,11 +26,8 @@ def settlement_id(row: DecisionRow, action: str) -> uuid.UUID:
     from the decision, so that settling it again is the same event, stored once by the audit service.
     A decision settles once, but an approvals schema restored to a point where it was still pending
     (docs/runbook.md, "Backup and restore") settles it again, and the trail must not say twice that
-    it was applied (tests/restore/test_timesheets_restore.py). ``uuid.uuid5(SETTLEMENTS, name)``,
-    from the namespace's hash computed once (``tests/test_events.py`` holds the two to the same ids)."""
-    digest = _SETTLEMENTS_SHA1.copy()
-    digest.update(f"{action}:{row.id}".encode())
-    return uuid.UUID(bytes=digest.digest()[:16], version=5)
+    it was applied (tests/restore/test_timesheets_restore.py)."""
+    return uuid.uuid5(SETTLEMENTS, f"{action}:{row.id}")
 
 
 def approver_of(row: DecisionRow) -> Identity:

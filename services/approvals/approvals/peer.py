@@ -8,16 +8,14 @@ forbidden) or the call failed in a way that says nothing about the entry (:class
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import uuid
 from dataclasses import dataclass
-from json.encoder import encode_basestring as _text  # json.dumps' own string escaping
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from svckit.contracts.timesheets import ApplyDecision, Approver, Entry
 from svckit.identity import Identity, IdentitySigner
 
@@ -109,38 +107,11 @@ def pending_target(approver: Identity, limit: int, cursor: str | None) -> str:
     return f"/internal/timesheets/pending?{urlencode(params)}"
 
 
-def _max_length(model: type[BaseModel], member: str) -> int:
-    """The ``max_length`` the contract's model holds a member to."""
-    return next(
-        int(limit.max_length) for limit in model.model_fields[member].metadata if hasattr(limit, "max_length")
-    )
-
-
-#: the lengths the contract holds the members to (``Approver``'s are all the same)
-_NAME_MAX = _max_length(Approver, "issuer")
-_COMMENT_MAX = _max_length(ApplyDecision, "comment")
-_VERDICTS_SENT = frozenset({"approved", "rejected"})
-_KINDS = frozenset({"user", "client", "service"})
-
-
 def apply_body(decision: DecisionRow) -> bytes:
     """The ``ApplyDecision`` a decision row is applied with. A person's goes without ``by.kind``:
     the body the previous release sends and accepts (its ``Approver`` forbids unknown members), so a
     rolling upgrade or a rollback of the timesheets service leaves people's decisions alone; a
-    machine client's then waits, pending, for a timesheets pod that reads it (docs/upgrades.md).
-
-    Written directly (:func:`_apply_text`) when the row evidently holds the model's constraints, as
-    every row does (the table's CHECKs and the intake's limits are the model's): building the model
-    and writing it out cost ~8 us a decision in-process, against ~2. Anything else goes through the
-    model, which raises as before. ``tests/test_peer.py`` holds the two to the same bytes."""
-    text = _apply_text(decision)
-    if text is not None:
-        return text
-    return _apply_model(decision)
-
-
-def _apply_model(decision: DecisionRow) -> bytes:
-    """:func:`apply_body` through the contract's model (``model_dump_json``)."""
+    machine client's then waits, pending, for a timesheets pod that reads it (docs/upgrades.md)."""
     body = ApplyDecision(
         decision_id=decision.id,
         decision=decision.decision,
@@ -156,38 +127,6 @@ def _apply_model(decision: DecisionRow) -> bytes:
     )
     omitted = {"by": {"kind"}} if decision.approver_kind == "user" else None
     return body.model_dump_json(exclude=omitted).encode()
-
-
-def _apply_text(decision: DecisionRow) -> bytes | None:
-    """``_apply_model(decision)``'s bytes, written as pydantic writes them (strings escaped as
-    ``json.dumps`` escapes them without ``ensure_ascii``, which is pydantic's spelling too; ``at`` in
-    UTC as pydantic writes an aware datetime: seconds, ``.ffffff`` only when there are microseconds,
-    ``Z``), or None when the row is anything but the common case: a verdict, kind or length the model
-    would refuse (then it raises, as it did), a comment over its limit, a time not in ``dt.UTC``."""
-    issuer, subject = decision.approver_issuer, decision.approver_subject
-    name, client, kind = decision.approver_name, decision.approver_client, decision.approver_kind
-    comment, at = decision.comment, decision.decided_at
-    if (
-        decision.decision not in _VERDICTS_SENT
-        or kind not in _KINDS
-        or not 0 < len(issuer) <= _NAME_MAX
-        or not 0 < len(subject) <= _NAME_MAX
-        or len(name) > _NAME_MAX
-        or len(client) > _NAME_MAX
-        or (comment is not None and len(comment) > _COMMENT_MAX)
-        or at.tzinfo is not dt.UTC
-    ):
-        return None
-    fraction = ".%06d" % at.microsecond if at.microsecond else ""  # noqa: UP031 - as pydantic writes it
-    by_kind = "" if kind == "user" else f',"kind":"{kind}"'
-    return (
-        f'{{"decision_id":"{decision.id}","decision":"{decision.decision}",'
-        f'"comment":{"null" if comment is None else _text(comment)},'
-        f'"by":{{"issuer":{_text(issuer)},"subject":{_text(subject)},'
-        f'"name":{_text(name) if name else "null"},"client_id":{_text(client)}{by_kind}}},'
-        f'"at":"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:'
-        f'{at.second:02d}{fraction}Z"}}'
-    ).encode()
 
 
 class Timesheets:

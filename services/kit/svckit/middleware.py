@@ -64,9 +64,7 @@ class ServiceFront:
       Starlette looks them up), so the answers are the router's. A route with path parameters
       (``/approvals/{id}``) is matched as the router matches it (``Route.matches``: the same
       ``path_params`` in the scope), after the routes without; it must not be shadowed by a route
-      the router would try first. Only the routes of the request's method are tried: the router's
-      match of any other is at most partial, which is never served from here (``POST
-      /internal/timesheets/{id}/decision`` does not run ``GET /internal/timesheets/{id}``'s regex).
+      the router would try first.
     """
 
     def __init__(
@@ -87,11 +85,6 @@ class ServiceFront:
         # and a create); with them (``/approvals/{id}``) matched as the router matches them
         self.direct: dict[tuple[str, str], Route] = {}
         self.patterns = [route for route in direct if route.param_convertors]
-        #: :attr:`patterns` by method, in their order (each names its methods: asserted below)
-        self.patterns_by_method: dict[str, list[Route]] = {}
-        for route in self.patterns:
-            for method in route.methods or ():
-                self.patterns_by_method.setdefault(method, []).append(route)
         for route in direct:
             assert route.methods, "a direct route names its methods"
             if not route.param_convertors:
@@ -176,7 +169,7 @@ class ServiceFront:
         the application."""
         route = self.direct.get((scope["method"], scope["path"])) if self.direct else None
         if route is None:
-            for pattern in self.patterns_by_method.get(scope["method"], ()):
+            for pattern in self.patterns:
                 match, child = pattern.matches(scope)
                 if match is Match.FULL:
                     scope.update(child)  # endpoint and path_params, as the router sets them

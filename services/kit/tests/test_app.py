@@ -16,7 +16,6 @@ from starlette.routing import Route
 from svckit.app import create_service_app
 from svckit.body import parse_body
 from svckit.db import DatabaseUnavailable
-from svckit.middleware import ServiceFront
 from svckit.settings import ServiceSettings, load_settings
 
 from testkit.fixtures import Caller, metrics_url, receiver_env, serve_app, user
@@ -374,43 +373,6 @@ async def test_a_direct_route_with_a_path_parameter_answers_as_through_the_route
     assert answers[0] == answers[1]
     assert [answer[0] for answer in answers[1]] == [200, 503, 404, 405, 404, 201]
     assert answers[1][0][3] == {"id": 7, "path": "/items/7"}
-
-
-class CountedRoute(Route):
-    """A route that counts the front layer's attempts to match it."""
-
-    tries = 0
-
-    def matches(self, scope: Any) -> Any:
-        CountedRoute.tries += 1
-        return super().matches(scope)
-
-
-async def test_a_direct_route_is_matched_only_for_its_own_methods() -> None:
-    """The front layer tries only the path-parameter routes of the request's method (the router's
-    match of another is at most partial, never served from there): a decision's ``POST
-    /items/{id}/decision`` does not run ``GET /items/{id}``'s pattern first. What it serves is the
-    same (``test_a_direct_route_with_a_path_parameter_answers_as_through_the_router``)."""
-    reading = CountedRoute("/items/{id}", Named("read"), methods=["GET"])
-    deciding = Route("/items/{id}/decision", Named("decide"), methods=["POST"])
-    fallback: list[str] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fallback.append(scope["path"])
-
-    front = ServiceFront(app, 1024, direct=[reading, deciding])
-    CountedRoute.tries = 0
-    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/items/7/decision", "root_path": ""}
-    assert front._app_for(scope) is deciding.app
-    assert scope["path_params"] == {"id": "7"}
-    assert scope["route"] is deciding
-    assert CountedRoute.tries == 0
-    scope = {"type": "http", "method": "HEAD", "path": "/items/7", "root_path": ""}  # GET's HEAD too
-    assert front._app_for(scope) is reading.app
-    assert CountedRoute.tries == 1
-    scope = {"type": "http", "method": "PUT", "path": "/items/7", "root_path": ""}  # the router's 405
-    assert front._app_for(scope) is app
-    assert CountedRoute.tries == 1
 
 
 @pytest.mark.parametrize(
