@@ -50,8 +50,12 @@ With ``BENCH_APPROVALS_BASELINE_TIMESHEETS=1`` as well, the old approvals servic
 service from that checkout of its own too (the same database and audit service), so ``before`` is the
 old pair against the new one (``timesheets_vs_before_cpu_per_request``,
 ``services_vs_before_cpu_per_request``, and round by round ``services_vs_before_cpu_rounds``: the
-paired ratios, whose spread says what the median can resolve): the A/B of a change to the timesheets
-side of a decision.
+paired ratios, whose spread says what the median can resolve; each service's own by round too,
+``approvals_vs_before_cpu_rounds``, ``timesheets_vs_before_cpu_rounds``): the A/B of a change to the
+timesheets side of a decision. A round's load moves both pairs alike, so for a change to one service
+the other's ratio in the same round is a control (an A/A run: approvals' ratio over timesheets'
+0.985-1.011 by round) — but a whole run can sit a few percent off (one A/B read 0.933-0.962 in every
+round, its repeat 0.980-1.020): repeat the run, not only the rounds.
 
 ``BENCH_APPROVALS_CASES`` (``queue,decide``) and ``BENCH_APPROVALS_PEERS`` (a comma list of
 ``reference_identity``, ``reference_audited``, ``pgbench``; all by default; the service, ``before`` and
