@@ -447,6 +447,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         name: round(statistics.median(run["cpu_us_per_request"][name] for run in runs), 1) for name in servers
     }
     case["rps_rounds"] = [round(run["rps"]) for run in runs]
+    # each round's too: an A/B's paired ratios (the same round of two builds) beside the medians
+    case["cpu_rounds"] = {
+        name: [round(run["cpu_us_per_request"][name], 1) for run in runs] for name in servers
+    }
     case["raw"] = runs[-1].get("raw", "")
     return case
 

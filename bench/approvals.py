@@ -49,7 +49,13 @@ services and database; its decisions on entries of their own), measured in the s
 With ``BENCH_APPROVALS_BASELINE_TIMESHEETS=1`` as well, the old approvals service has a timesheets
 service from that checkout of its own too (the same database and audit service), so ``before`` is the
 old pair against the new one (``timesheets_vs_before_cpu_per_request``,
-``services_vs_before_cpu_per_request``): the A/B of a change to the timesheets side of a decision.
+``services_vs_before_cpu_per_request``, and round by round ``services_vs_before_cpu_rounds``: the
+paired ratios, whose spread says what the median can resolve; each service's own by round too,
+``approvals_vs_before_cpu_rounds``, ``timesheets_vs_before_cpu_rounds``): the A/B of a change to the
+timesheets side of a decision. A round's load moves both pairs alike, so for a change to one service
+the other's ratio in the same round is a control (an A/A run: approvals' ratio over timesheets'
+0.985-1.011 by round) — but a whole run can sit a few percent off (one A/B read 0.933-0.962 in every
+round, its repeat 0.980-1.020): repeat the run, not only the rounds.
 
 ``BENCH_APPROVALS_CASES`` (``queue,decide``) and ``BENCH_APPROVALS_PEERS`` (a comma list of
 ``reference_identity``, ``reference_audited``, ``pgbench``; all by default; the service, ``before`` and
@@ -367,6 +373,27 @@ def ratios(
                 round(cpu["timesheets"] / old["timesheets"], 3) if old["timesheets"] else None
             )
             found["services_vs_before_cpu_per_request"] = round(service_cpu / old_cpu, 3) if old_cpu else None
+            # paired by round (the two pairs ran in the same rounds, next to each other): the spread
+            new_rounds, old_rounds = service.get("cpu_rounds", {}), before.get("cpu_rounds", {})
+            if new_rounds and old_rounds:
+                # each service's own, round by round: on this machine a round's load moves both pairs
+                # alike, so when a change touches one service only, its ratio over the other's (the
+                # same round) cancels most of that (an A/A run: 0.985-1.011 by round)
+                for who in ("approvals", "timesheets"):
+                    found[f"{who}_vs_before_cpu_rounds"] = [
+                        round(a / b, 3) for a, b in zip(new_rounds[who], old_rounds[who], strict=True) if b
+                    ]
+                found["services_vs_before_cpu_rounds"] = [
+                    round((a + t) / (oa + ot), 3)
+                    for a, t, oa, ot in zip(
+                        new_rounds["approvals"],
+                        new_rounds["timesheets"],
+                        old_rounds["approvals"],
+                        old_rounds["timesheets"],
+                        strict=True,
+                    )
+                    if oa + ot
+                ]
         found["service_vs_before_rps"] = round(service["rps"] / before["rps"], 3) if before["rps"] else None
     return found
 
@@ -691,7 +718,8 @@ def main() -> int:
         if both_before:
             print(
                 f"{case}: timesheets / before {r['timesheets_vs_before_cpu_per_request']}, approvals + "
-                f"timesheets / before {r['services_vs_before_cpu_per_request']} (CPU per request)"
+                f"timesheets / before {r['services_vs_before_cpu_per_request']} (CPU per request; by "
+                f"round {r.get('services_vs_before_cpu_rounds', '')})"
             )
     for who, check in relay_checks.items():
         print(
