@@ -60,6 +60,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import json
@@ -591,8 +592,9 @@ class ReplayGuard:
         """Redis is unavailable: write the local window back once it is not (module docstring)."""
         self._rewrite_due = True
         if self._rewriter is None or self._rewriter.done():
+            # a context of its own: not the request's that found Redis away (its id in the log line)
             self._rewriter = asyncio.get_running_loop().create_task(
-                self._rewrite(), name=f"{self.namespace}-rewrite"
+                self._rewrite(), name=f"{self.namespace}-rewrite", context=contextvars.Context()
             )
 
     async def _rewrite(self) -> None:
