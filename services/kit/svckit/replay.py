@@ -15,7 +15,8 @@ replica; its docstring says when else it is used and what it leaves open), and r
 go on with this replica's own memory only, so reads keep working through a Redis outage (a replayed
 read within the window discloses no more than the original did).
 
-Once Redis answers again, a replica that found it unavailable writes its whole local window into it
+Once Redis answers again, a replica that found it unavailable (or whose connection Redis closed: a
+restart quicker than the next request is seen no other way) writes its whole local window into it
 (``SET NX`` with each nonce's remaining time, pipelined 1,000 at a time through the guard's client; a
 task that retries every ``REDIS_RETRY_SECONDS`` until it gets through). Without that the outage lasted
 a window longer than itself: what a replica accepted in its own memory or through the fallback was
@@ -115,7 +116,7 @@ class SetOnceWire:
 
     GRACE_SECONDS = 0.01
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float, on_lost: Callable[[], None] | None = None) -> None:
         options = parse_url(url)
         connection_class = options.pop("connection_class", None)
         if connection_class not in (None, UnixDomainSocketConnection) or set(options) - {
@@ -134,6 +135,8 @@ class SetOnceWire:
         self.username: str | None = options.get("username")
         self.password: str | None = options.get("password")
         self.timeout = timeout
+        # called when Redis closed the connection (not this side): it may have restarted empty
+        self.on_lost = on_lost
         self._writer: asyncio.Transport | None = None  # None: not connected (or closed after a failure)
         self._protocol: _WireProtocol | None = None
         self._buffer = b""
@@ -144,10 +147,12 @@ class SetOnceWire:
         self._late = False  # the deadline passed once: the grace turn is under way
 
     @classmethod
-    def for_url(cls, url: str, *, timeout: float) -> SetOnceWire | None:
+    def for_url(
+        cls, url: str, *, timeout: float, on_lost: Callable[[], None] | None = None
+    ) -> SetOnceWire | None:
         """The wire for ``url``, or None when it needs what only redis-py does (TLS)."""
         try:
-            return cls(url, timeout=timeout)
+            return cls(url, timeout=timeout, on_lost=on_lost)
         except ValueError:
             return None
 
@@ -277,6 +282,8 @@ class SetOnceWire:
     def _lost(self, protocol: _WireProtocol, exc: Exception | None) -> None:
         if protocol is self._protocol:
             self._fail(exc or ConnectionError("Redis closed the connection"))
+            if self.on_lost is not None:
+                self.on_lost()
 
     def _deadline(self) -> None:
         self._timer = None
@@ -350,7 +357,13 @@ class ReplayMemory:
         self._sender: asyncio.Task[None] | None = None
         self._busy = False  # the sender task is queued or its round trip under way
         self.round_trips = 0  # pipelined round trips made (for tests and figures)
-        self._wire = SetOnceWire.for_url(redis.url, timeout=redis.timeout) if redis is not None else None
+        # a connection Redis closed may mean a restart that lost the nonces: rewrite (no error is seen
+        # otherwise when Redis is back before the next request: the wire just connects again)
+        self._wire = (
+            SetOnceWire.for_url(redis.url, timeout=redis.timeout, on_lost=self._schedule_rewrite)
+            if redis is not None
+            else None
+        )
         # Redis was found unavailable since the local window was last written back into it
         self._rewrite_due = False
         self._rewriter: asyncio.Task[None] | None = None

@@ -33,9 +33,9 @@ Residual, stated honestly (the window is ``2 * IDENTITY_MAX_SKEW_SECONDS + 2`` s
    and in the Redis that is down). The replay must have been captured on the internal network, and be
    sent within the window of the original; a replay to A itself is refused (A's own memory). Once
    Redis is back, A writes its whole window into it again (:class:`svckit.replay.ReplayMemory`), so
-   this ends with the outage, also when Redis came back empty — unless A never noticed the outage
-   (no request reached it meanwhile: redis-py reconnects to a restarted server without an error)
-   or was restarted itself.
+   this ends with the outage, also when Redis came back empty (a restart closes A's connection,
+   which A takes as a sign of it even when its next request finds Redis back) — unless A was
+   restarted itself.
 2. A replica that never found Redis unavailable (no request reached it during the outage) does not
    look at Postgres after it: a nonce accepted through Postgres elsewhere in the outage's last window
    can be replayed to it, once, right after Redis comes back — until the replica that accepted it

@@ -89,6 +89,30 @@ async def test_nonces_seen_before_and_during_an_outage_stay_used_once_after_redi
         redis.stop()
 
 
+async def test_a_restart_between_two_requests_is_noticed_and_the_window_written_back() -> None:
+    """Redis restarts empty between two requests of replica A: A's next request finds it up (the
+    wire connects again, no error), yet what A accepted before is written back, because Redis
+    closed A's connection. Fails without the connection hook: B accepted the write again (the
+    chaos hunt's replays after a quick Redis restart)."""
+    redis = PrivateRedis().start()
+    guards = [RedisGuard(redis.url, "replay:", timeout=0.3, retry_seconds=0.2) for _ in range(2)]
+    a, b = (ReplayMemory(guard, "timesheets", 60) for guard in guards)
+    try:
+        write = new_nonce()
+        assert await a.first_use(write, "POST") == "fresh"
+        redis.restart()
+        await asyncio.sleep(0.05)  # the loop reads the closed connection
+        assert await a.first_use(new_nonce(), "POST") == "fresh"  # through Redis: no error seen
+        await asyncio.sleep(0.6)  # the rewrite: one retry period, one round trip
+        assert await b.first_use(write, "POST") == "replay"
+    finally:
+        for memory in (a, b):
+            memory.close()
+        for guard in guards:
+            await guard.close()
+        redis.stop()
+
+
 async def test_the_wire_records_each_key_once_with_the_window_as_expiry(redis_url: str) -> None:
     """The replay memory's own connection (svckit.replay.SetOnceWire): what redis-py's SET NX EX did,
     read back with redis-py; a replayed nonce is a replay whichever client recorded it first."""
