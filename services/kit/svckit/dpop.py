@@ -45,10 +45,11 @@ longer than itself: a proof accepted in process only while Redis was away was ne
 one accepted through Redis before was lost with it when Redis came back empty (a restart without
 persistence, as the chart's Redis runs), so either could be replayed once to every *other* replica
 for the rest of its window after Redis was back (the chaos hunt of the fault stack found both).
-What remains: a replay to another replica during the outage (above), or in the moment before the
-rewrite lands; and a Redis restart that no request to a replica noticed (redis-py reconnects a
-pooled connection whose server went away without an error) leaves that replica's earlier proofs
-out of the new Redis — a restart takes seconds, so a replica with traffic notices it.
+A restart quicker than the next request is noticed too: that request's pooled connection is the
+one the old server closed, so its call fails once (the circuit opens for ``retry_seconds``, the
+rewrite follows). What remains: a replay to another replica during the outage (above), in the moment
+before the rewrite lands (up to a few ``retry_seconds``: each replica notices at its next call), and
+the proofs of a replica restarted meanwhile (its window went with it).
 
 Key objects parsed from ``jwk`` are kept per thumbprint (a client sends the same key with every
 request), so a proof costs one signature verification and no key parsing.

@@ -523,6 +523,30 @@ async def test_proofs_seen_while_redis_was_away_and_before_it_came_back_empty_st
                 await guard.redis.close()
 
 
+async def test_a_restart_between_two_proofs_is_noticed_and_the_window_written_back() -> None:
+    """Redis restarts empty between two proofs at replica A (no request saw it down): A's next call
+    fails once on the connection the old server closed, and A writes its window back, the first
+    proof included. Fails on main: B accepted the first proof again."""
+    with PrivateRedis() as redis:
+        guards = [
+            ReplayGuard(RedisGuard(redis.url, "p:", timeout=0.3, retry_seconds=0.2), "dpop", 65)
+            for _ in range(2)
+        ]
+        a, b = guards
+        try:
+            first = Proof("jkt", "before-a-quick-restart", time.time())
+            assert await a.first_use(first)
+            redis.restart()
+            assert await a.first_use(Proof("jkt", "after-it", time.time()))
+            await _stored(redis, "p:dpop:*", 2)
+            assert not await b.first_use(first)
+        finally:
+            for guard in guards:
+                await guard.close()
+                assert guard.redis is not None
+                await guard.redis.close()
+
+
 async def test_a_rewrite_waiting_for_redis_stops_with_the_guard() -> None:
     """Redis stays away: the rewrite keeps waiting (it costs a sleep per retry) until close()."""
     redis = RedisGuard(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout=0.2, retry_seconds=0.05)
