@@ -437,7 +437,7 @@ class ReplayMemory:
 
     async def _rewrite(self) -> None:
         """Until it gets through: every nonce of the local window into Redis, ``SET NX`` with its
-        remaining time (see the class docstring). Nonces recorded meanwhile while Redis was away
+        remaining time (see the module docstring). Nonces recorded meanwhile while Redis was away
         again make it go round once more."""
         redis = self.redis
         assert redis is not None
