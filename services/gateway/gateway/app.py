@@ -71,6 +71,7 @@ class Gateway:
         }
         self.cors = Cors(settings.cors_origins)
         self.edge: Edge | None = None
+        self.replays: ReplayGuard | None = None
         self.jwks: JwksCache | None = None
         self.limiter: RateLimiter | None = None
         self.auditor: DenialAuditor | None = None
@@ -135,6 +136,8 @@ class Gateway:
             metrics.upstream_pool_waits.labels(service)
         request_metrics = self.request_metrics = metrics.RequestMetrics()
         proofs = settings.proof_verifier(settings.dpop_nonce_keys, clock)
+        # every replica's proofs in one Redis window (jti used once), a local one meanwhile
+        self.replays = ReplayGuard(self.redis, "dpop-jti", proofs.window_seconds, clock=clock)
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,
@@ -147,8 +150,7 @@ class Gateway:
             access_log=self.access_log,
             forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
             proofs=proofs,
-            # every replica's proofs in one Redis window (jti used once), a local one meanwhile
-            replays=ReplayGuard(self.redis, "dpop-jti", proofs.window_seconds, clock=clock),
+            replays=self.replays,
             clock=clock,
         )
         # Everything allocated so far (modules, settings, keys, pools) lives as long as the worker:
@@ -222,6 +224,8 @@ class Gateway:
         for pool in self.pools.values():
             await pool.close()
         await self._http.close()
+        if self.replays is not None:
+            await self.replays.close()
         if self.redis is not None:
             await self.redis.close()
 

@@ -166,6 +166,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
         finally:
             await stop_all([revocation_feed, housekeeper])
             await relay.stop()
+            await replays.close()
             await redis.close()
 
     app = create_service_app(

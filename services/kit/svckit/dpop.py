@@ -38,17 +38,34 @@ platform keeps serving (Redis holds only losable state), and ``dpop_replay_check
 counts every proof checked that way. Replaying a proof still needs the request it was made for
 (same method, same URL, same token).
 
+**Once Redis is back**, each process that found it unavailable writes its whole local window into
+it again (``SET NX`` with each entry's remaining time; :meth:`ReplayGuard._rewrite`, a task that
+retries every ``retry_seconds`` of the guard until it gets through). Without that, the outage lasted
+longer than itself: a proof accepted in process only while Redis was away was never in Redis, and
+one accepted through Redis before was lost with it when Redis came back empty (a restart without
+persistence, as the chart's Redis runs), so either could be replayed once to every *other* replica
+for the rest of its window after Redis was back (the chaos hunt of the fault stack found both).
+A restart quicker than the next request is noticed too: that request's pooled connection is the
+one the old server closed, so its call fails once (the circuit opens for ``retry_seconds``, the
+rewrite follows). What remains: a replay to another replica during the outage (above), in the moment
+before the rewrite lands (up to a few ``retry_seconds``: each replica notices at its next call), and
+the proofs of a replica restarted meanwhile (its window went with it).
+
 Key objects parsed from ``jwk`` are kept per thumbprint (a client sends the same key with every
 request), so a proof costs one signature verification and no key parsing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import contextvars
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
 from collections import OrderedDict
@@ -67,6 +84,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .keyring import KeyRing
 from .redisguard import RedisGuard
 from .settings import CsvList, ServiceSettings
+
+log = logging.getLogger("svckit.dpop")
 
 #: Proof algorithms this module can verify: asymmetric only (RFC 9449 §4.2 forbids MACs and none).
 SUPPORTED_ALGORITHMS = frozenset(
@@ -514,8 +533,11 @@ class ReplayGuard:
     """Each proof once: a local window in this process plus Redis ``SET NX`` across every process.
 
     ``first_use`` answers False for a ``(jkt, jti)`` seen before while the proof is still
-    acceptable; see the module docstring for what happens while Redis is unavailable.
+    acceptable; see the module docstring for what happens while Redis is unavailable and after.
     """
+
+    #: entries per pipelined round trip when the local window is written back into Redis
+    REWRITE_BATCH = 1000
 
     def __init__(
         self,
@@ -534,6 +556,10 @@ class ReplayGuard:
         self._seen: dict[bytes, float] = {}  # digest -> until (wall seconds), in insertion order
         self._redis_checks = replay_checks.labels("redis")
         self._local_checks = replay_checks.labels("local")
+        # Redis was found unavailable since the local window was last written back into it
+        self._rewrite_due = False
+        self._rewriter: asyncio.Task[None] | None = None
+        self.rewritten = 0  # entries written back after outages (for tests and the log)
 
     def _digest(self, jkt: str, jti: str) -> bytes:
         return hashlib.blake2b(f"{jkt}\n{jti}".encode(), digest_size=16).digest()
@@ -555,11 +581,72 @@ class ReplayGuard:
                 return bool(await client.set(key, b"1", nx=True, ex=ttl))
 
             fresh = await self.redis.call(claim)
+            if fresh is None:
+                self._schedule_rewrite()
         if fresh is None:
             self._local_checks.inc()
             return True
         self._redis_checks.inc()
         return fresh
+
+    def _schedule_rewrite(self) -> None:
+        """Redis is unavailable: write the local window back once it is not (module docstring)."""
+        self._rewrite_due = True
+        if self._rewriter is None or self._rewriter.done():
+            # a context of its own: not the request's that found Redis away (its id in the log line)
+            self._rewriter = asyncio.get_running_loop().create_task(
+                self._rewrite(), name=f"{self.namespace}-rewrite", context=contextvars.Context()
+            )
+
+    async def _rewrite(self) -> None:
+        """Until it gets through: every live entry of the local window into Redis, ``SET NX`` with its
+        remaining time. Entries recorded meanwhile (in process only, Redis away again) make it go
+        round once more."""
+        redis = self.redis
+        assert redis is not None
+        while self._rewrite_due:
+            await asyncio.sleep(max(redis.retry_seconds, 0.05))
+            if not redis.available:
+                continue
+            self._rewrite_due = False
+            now = self._now()
+            live = [(digest, until) for digest, until in list(self._seen.items()) if until > now]
+            written = 0
+            for start in range(0, len(live), self.REWRITE_BATCH):
+                batch = live[start : start + self.REWRITE_BATCH]
+                done = await redis.call(self._writer(batch, now))
+                if done is None:  # away again: the next round writes the whole window
+                    self._rewrite_due = True
+                    break
+                written += len(batch)
+            self.rewritten += written
+            if not self._rewrite_due:
+                log.info(
+                    "redis is back: wrote this process's DPoP proof ids into it again",
+                    extra={"namespace": self.namespace, "entries": written},
+                )
+
+    def _writer(self, batch: list[tuple[bytes, float]], now: float) -> Any:
+        assert self.redis is not None
+        key = self.redis.key
+        keys = [(key(self.namespace, digest.hex()), math.ceil(until - now)) for digest, until in batch]
+
+        async def write(client: Any) -> bool:
+            pipe = client.pipeline(transaction=False)
+            for key, ttl in keys:
+                pipe.set(key, b"1", nx=True, ex=max(1, ttl))
+            await pipe.execute()
+            return True
+
+        return write
+
+    async def close(self) -> None:
+        """Stop a rewrite still waiting for Redis (the process is stopping: its window goes with it)."""
+        rewriter, self._rewriter = self._rewriter, None
+        if rewriter is not None and not rewriter.done():
+            rewriter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rewriter
 
     def _remember(self, digest: bytes, until: float, now: float) -> None:
         seen = self._seen

@@ -8,7 +8,9 @@ guard skips Redis for ``retry_seconds`` instead of paying a timeout per request 
 redis-py's own retries are switched off: by default it retries connection errors with exponential
 back-off, which turns an outage into seconds of waiting per call. The guard's circuit is the retry
 policy. A hung server (accepting connections, never answering) costs one ``timeout`` per
-``retry_seconds``, not one per call.
+``retry_seconds``, not one per call. A call that failed for want of the server (not a refusal such as
+``NOPERM``) also drops the pool's idle connections: they lead to the same server, and kept, each
+failed once at its first use after Redis was back, reopening the circuit for ``retry_seconds`` each.
 
 Every key goes through :meth:`RedisGuard.key`, so ``REDIS_KEY_PREFIX`` separates deployments (and
 test runs) sharing one server.
@@ -25,7 +27,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .settings import RedisSettings
 
@@ -108,6 +110,13 @@ class RedisGuard:
             return await operation(self.client)
         except REDIS_ERRORS as exc:
             self.mark_down(exc)
+            if not isinstance(exc, ResponseError):
+                # The server went away (or hangs): every idle connection of the pool is as dead as
+                # this one. Kept, each failed once at its first use after Redis was back — under
+                # concurrency seconds later — and opened the circuit again each time (the chaos hunt:
+                # DPoP proofs checked in process only, rate limits open, 2-3 s after a restart).
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
             return None
 
     def dedicated(self, read_timeout: float) -> aioredis.Redis:

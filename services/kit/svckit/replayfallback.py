@@ -31,10 +31,15 @@ Residual, stated honestly (the window is ``2 * IDENTITY_MAX_SKEW_SECONDS + 2`` s
 1. A nonce accepted through Redis by replica A in the window before the outage can be replayed, once,
    to another replica B during the outage: B's fallback table never saw it (it is in A's own memory
    and in the Redis that is down). The replay must have been captured on the internal network, and be
-   sent within the window of the original; a replay to A itself is refused (A's own memory).
+   sent within the window of the original; a replay to A itself is refused (A's own memory). Once
+   Redis is back, A writes its whole window into it again (:class:`svckit.replay.ReplayMemory`), so
+   this ends with the outage, also when Redis came back empty (a restart closes A's connection,
+   which A takes as a sign of it even when its next request finds Redis back) — unless A was
+   restarted itself.
 2. A replica that never found Redis unavailable (no request reached it during the outage) does not
    look at Postgres after it: a nonce accepted through Postgres elsewhere in the outage's last window
-   can be replayed to it, once, right after Redis comes back.
+   can be replayed to it, once, right after Redis comes back — until the replica that accepted it
+   has written its window back into Redis (within ``REDIS_RETRY_SECONDS`` of Redis answering).
 3. A partition in which some replicas reach Redis and others do not splits the memory in two for its
    duration (each half refuses its own replays, not the other's).
 

@@ -31,6 +31,7 @@ from svckit.redisguard import RedisGuard
 from testkit.clock import FakeClock, SkewedClock
 from testkit.dpop import DpopKey
 from testkit.fixtures import free_port
+from testkit.redisproc import PrivateRedis
 
 URL = "https://api.example.com/api/timesheets"
 NOW = 1_700_000_000.0
@@ -473,6 +474,90 @@ async def test_without_redis_the_local_window_still_refuses_replays() -> None:
         assert await guard.first_use(proof)
         assert not await guard.first_use(proof)
         assert replay_checks.labels("local")._value.get() == before + 1
+    finally:
+        await redis.close()
+
+
+async def _stored(redis: PrivateRedis, pattern: str, count: int, timeout: float = 3.0) -> None:
+    """Wait until Redis holds ``count`` keys matching ``pattern`` (at most ``timeout`` seconds)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis.url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(await client.keys(pattern)) >= count:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_proofs_seen_while_redis_was_away_and_before_it_came_back_empty_stay_used_once() -> None:
+    """Replica A accepts one proof through Redis, then Redis dies (a restart without persistence, as
+    the chart runs it) and A accepts a second in process only; Redis comes back empty. Neither may
+    pass at replica B now: A writes its window back (fails on main: B accepted both, once each, for
+    the rest of their window — the chaos hunt's replays to the other gateway after a Redis restart)."""
+    with PrivateRedis() as redis:
+        guards = [
+            ReplayGuard(RedisGuard(redis.url, "p:", timeout=0.3, retry_seconds=0.2), "dpop", 65)
+            for _ in range(2)
+        ]
+        a, b = guards
+        try:
+            before = Proof("jkt", "before-the-restart", time.time())
+            during = Proof("jkt", "while-redis-was-away", time.time())
+            assert await a.first_use(before)
+            redis.stop()
+            assert await a.first_use(during)  # in process only
+            assert not await a.first_use(during)
+            redis.start()  # empty
+            await _stored(redis, "p:dpop:*", 2)
+            assert not await b.first_use(before)
+            assert not await b.first_use(during)
+            assert await b.first_use(Proof("jkt", "new", time.time()))
+        finally:
+            for guard in guards:
+                await guard.close()
+                assert guard.redis is not None
+                await guard.redis.close()
+
+
+async def test_a_restart_between_two_proofs_is_noticed_and_the_window_written_back() -> None:
+    """Redis restarts empty between two proofs at replica A (no request saw it down): A's next call
+    fails once on the connection the old server closed, and A writes its window back, the first
+    proof included. Fails on main: B accepted the first proof again."""
+    with PrivateRedis() as redis:
+        guards = [
+            ReplayGuard(RedisGuard(redis.url, "p:", timeout=0.3, retry_seconds=0.2), "dpop", 65)
+            for _ in range(2)
+        ]
+        a, b = guards
+        try:
+            first = Proof("jkt", "before-a-quick-restart", time.time())
+            assert await a.first_use(first)
+            redis.restart()
+            assert await a.first_use(Proof("jkt", "after-it", time.time()))
+            await _stored(redis, "p:dpop:*", 2)
+            assert not await b.first_use(first)
+        finally:
+            for guard in guards:
+                await guard.close()
+                assert guard.redis is not None
+                await guard.redis.close()
+
+
+async def test_a_rewrite_waiting_for_redis_stops_with_the_guard() -> None:
+    """Redis stays away: the rewrite keeps waiting (it costs a sleep per retry) until close()."""
+    redis = RedisGuard(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout=0.2, retry_seconds=0.05)
+    guard = ReplayGuard(redis, "dpop", 65)
+    try:
+        assert await guard.first_use(Proof("jkt", "alone", time.time()))
+        await asyncio.sleep(0.3)
+        assert guard._rewriter is not None
+        assert not guard._rewriter.done()
+        await guard.close()
+        assert guard._rewriter is None
     finally:
         await redis.close()
 

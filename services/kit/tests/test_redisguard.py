@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as aioredis
 from svckit.redisguard import RedisGuard
 
 from testkit.fixtures import free_port
@@ -66,3 +67,26 @@ async def test_a_hung_server_costs_one_timeout_not_one_per_retry(private_redis: 
     finally:
         private_redis.resume()
         await guard.close()
+
+
+async def test_after_a_restart_the_pools_idle_connections_do_not_fail_one_by_one() -> None:
+    """Six pooled connections, Redis killed (one call fails, the circuit opens) and started again:
+    once the circuit closes, concurrent calls all succeed. Fails on main: the idle connections to the
+    old server were kept, and each failed at its first use after Redis was back, opening the circuit
+    again each time (a gateway checked DPoP proofs in process only 2-3 s after a restart)."""
+    with PrivateRedis() as redis:
+        guard = RedisGuard(redis.url, "p:", timeout=0.3, retry_seconds=0.2)
+        try:
+
+            async def held(client: aioredis.Redis) -> bool:
+                await client.blpop(["p:nothing"], timeout=0.1)
+                return True
+
+            assert await asyncio.gather(*(guard.call(held) for _ in range(6))) == [True] * 6
+            redis.stop()
+            assert await guard.call(lambda c: c.ping()) is None
+            redis.start()
+            await asyncio.sleep(0.25)
+            assert await asyncio.gather(*(guard.call(lambda c: c.ping()) for _ in range(3))) == [True] * 3
+        finally:
+            await guard.close()

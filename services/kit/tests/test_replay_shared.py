@@ -54,6 +54,65 @@ async def test_writes_are_refused_and_reads_served_while_the_shared_memory_is_aw
         redis.stop()
 
 
+async def test_nonces_seen_before_and_during_an_outage_stay_used_once_after_redis_came_back_empty() -> None:
+    """Replica A accepts a write through Redis, Redis dies (a restart without persistence) and A
+    serves a read meanwhile; Redis comes back empty. Replayed to replica B then, neither may pass: A
+    writes its window back into Redis. Fails on main: B accepted both, for the rest of the window
+    (the chaos hunt saw captured writes accepted by the other timesheets replica after Redis
+    restarted, also by a replica that had seen the outage, which the stated residuals do not cover)."""
+    import redis.asyncio as aioredis
+
+    redis = PrivateRedis().start()
+    guards = [RedisGuard(redis.url, "replay:", timeout=0.3, retry_seconds=0.2) for _ in range(2)]
+    a, b = (ReplayMemory(guard, "timesheets", 60) for guard in guards)
+    try:
+        write, read = new_nonce(), new_nonce()
+        assert await a.first_use(write, "POST") == "fresh"
+        redis.stop()
+        assert await a.first_use(read, "GET") == "fresh"  # this replica's memory only
+        redis.start()  # empty
+        client = aioredis.from_url(redis.url)
+        try:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and len(await client.keys("replay:*")) < 2:
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        assert await b.first_use(write, "POST") == "replay"
+        assert await b.first_use(read, "GET") == "replay"
+        assert await b.first_use(new_nonce(), "POST") == "fresh"
+    finally:
+        for memory in (a, b):
+            memory.close()
+        for guard in guards:
+            await guard.close()
+        redis.stop()
+
+
+async def test_a_restart_between_two_requests_is_noticed_and_the_window_written_back() -> None:
+    """Redis restarts empty between two requests of replica A: A's next request finds it up (the
+    wire connects again, no error), yet what A accepted before is written back, because Redis
+    closed A's connection. Fails without the connection hook: B accepted the write again (the
+    chaos hunt's replays after a quick Redis restart)."""
+    redis = PrivateRedis().start()
+    guards = [RedisGuard(redis.url, "replay:", timeout=0.3, retry_seconds=0.2) for _ in range(2)]
+    a, b = (ReplayMemory(guard, "timesheets", 60) for guard in guards)
+    try:
+        write = new_nonce()
+        assert await a.first_use(write, "POST") == "fresh"
+        redis.restart()
+        await asyncio.sleep(0.05)  # the loop reads the closed connection
+        assert await a.first_use(new_nonce(), "POST") == "fresh"  # through Redis: no error seen
+        await asyncio.sleep(0.6)  # the rewrite: one retry period, one round trip
+        assert await b.first_use(write, "POST") == "replay"
+    finally:
+        for memory in (a, b):
+            memory.close()
+        for guard in guards:
+            await guard.close()
+        redis.stop()
+
+
 async def test_the_wire_records_each_key_once_with_the_window_as_expiry(redis_url: str) -> None:
     """The replay memory's own connection (svckit.replay.SetOnceWire): what redis-py's SET NX EX did,
     read back with redis-py; a replayed nonce is a replay whichever client recorded it first."""
