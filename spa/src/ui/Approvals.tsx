@@ -4,7 +4,7 @@ import type { ApiClient } from "../api/client";
 import { ApiError, describeError, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { formatHours, formatLongDate } from "../lib/week";
-import { Banner, EmptyState, Field, Loading, describedBy, toast } from "./common";
+import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
 
 export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
@@ -37,13 +37,7 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
       {loadError && (
         <Banner
           message={loadError}
-          action={
-            loadError.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
-          }
+          action={<MessageAction message={loadError} onSignInAgain={onSignInAgain} onRetry={queue.reload} />}
         />
       )}
       {queue.loading && !queue.data ? (
@@ -141,13 +135,7 @@ function ApprovalCard({
         <Banner
           message={message}
           onDismiss={() => setMessage(null)}
-          action={
-            message.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
-          }
+          action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
       )}
       <Field id={fieldId} label="Comment" hint="Optional when approving; required when rejecting." error={error}>
