@@ -208,3 +208,89 @@ async def test_renewal_while_the_sign_in_service_is_down_keeps_the_session(
     await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the renewal")
     await expect(page.get_by_role("alert")).to_have_count(0)
     await shot(page, "renewed-after-the-sign-in-service-came-back")
+
+
+async def add_by_api(page: Page, tokens: Tokens, project: str) -> str:
+    """An entry of today added through the gateway with the page's own token and key; its id."""
+    today = datetime.now(UTC).date().isoformat()
+    body = {"date": today, "project": project, "hours": 0.25, "notes": ""}
+    answer = await api_call_in_page(page, "POST", "/api/timesheets", tokens.last, body)
+    assert answer["status"] == 201, answer
+    entry_id: str = json.loads(answer["text"])["id"]
+    return entry_id
+
+
+async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: Shots) -> None:
+    """Bob decides an entry that alice deleted meanwhile (404), and one decided meanwhile in his other
+    tab (409): each time he is told why, the queue is read again, and the explanation stays until he
+    dismisses it (the card it was shown in is gone)."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    gone_project = f"Deleted meanwhile {uuid4().hex[:8]}"
+    decided_project = f"Decided meanwhile {uuid4().hex[:8]}"
+    gone_id = await add_by_api(alice, alice_tokens, gone_project)
+    await add_by_api(alice, alice_tokens, decided_project)
+
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    queue = bob.locator("li.approval")
+    await expect(queue.filter(has_text=gone_project)).to_have_count(1)
+    await expect(queue.filter(has_text=decided_project)).to_have_count(1)
+
+    deleted = await api_call_in_page(alice, "DELETE", f"/api/timesheets/{gone_id}", alice_tokens.last)
+    assert deleted["status"] == 204, deleted
+    await queue.filter(has_text=gone_project).get_by_role("button", name="Approve").click()
+    screen_alert = bob.locator(".screen > .banner")
+    await expect(bob.get_by_role("alert").filter(has_text="no longer exists")).to_be_visible()
+    await expect(queue.filter(has_text=gone_project)).to_have_count(0)
+    await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
+    await bob.wait_for_timeout(4_500)  # the explanation is not taken away by a timer (it was, after 4 s)
+    await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
+    await shot(bob, "deleted-meanwhile")
+    await screen_alert.get_by_role("button", name="Dismiss message").click()
+
+    decided_card = queue.filter(has_text=decided_project)
+    decided_id = await decided_card.get_attribute("data-entry-id")
+    other_tab = await api_call_in_page(
+        bob, "PUT", f"/api/approvals/{decided_id}", bob_tokens.last, {"decision": "approved"}
+    )
+    assert other_tab["status"] == 200, other_tab
+    await decided_card.get_by_label("Comment").fill("Hours do not match the plan")
+    await decided_card.get_by_role("button", name="Reject").click()
+    await expect(screen_alert.filter(has_text="You can't reject Alice Employee's")).to_be_visible()
+    await expect(queue.filter(has_text=decided_project)).to_have_count(0)
+    await shot(bob, "decided-meanwhile")
+
+
+async def test_delete_whose_answer_is_lost_is_reported_done(new_page: NewPage, shot: Shots) -> None:
+    """The entry is deleted but the answer is lost (connection reset): the app asks again, and the
+    retry's 404 means its first attempt did it, so alice is told it is deleted, not that it failed."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Delete lost {uuid4().hex[:8]}"
+    await add_by_api(page, tokens, project)
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    row = page.locator(f'[data-project="{project}"]')
+    await expect(row).to_have_count(1)
+    lost: list[int] = []
+
+    async def lose_first_deleted(route: Route) -> None:
+        response = await route.fetch()
+        if lost or response.status != 204:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)
+        await route.abort("connectionreset")
+
+    await page.route(f"{APP}/api/timesheets/*", lose_first_deleted)
+    await row.get_by_role("button", name="Delete").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Deleted {project}")).to_be_visible()
+    await expect(row).to_have_count(0)
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    assert lost == [204]
+    assert await stored(page, tokens, project) == []
+    await shot(page, "deleted-once")
