@@ -107,6 +107,16 @@ describe("ApiClient", () => {
     expect(calls).toBe(1);
   });
 
+  it("retries a delete whose answer was lost, and takes the retry's 404 as done", async () => {
+    const answers = [504, 404];
+    handler = (_req, res) => problem(res, answers.shift() ?? 404, { title: "x" }, { "retry-after": "0" });
+    const api = new ApiClient(base, new Tokens(null));
+    await expect(api.deleteEntry("e1", [0])).resolves.toBeUndefined();
+    // a first answer of 404 is the entry missing
+    handler = (_req, res) => problem(res, 404, { title: "Not Found" });
+    expect(await api.deleteEntry("e1", [0]).catch((e: ApiError) => e.status)).toBe(404);
+  });
+
   it("renews once on 401 and retries with the new token", async () => {
     const auths: (string | undefined)[] = [];
     handler = (req, res) => {

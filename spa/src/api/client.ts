@@ -185,8 +185,21 @@ export class ApiClient {
     );
   }
 
-  deleteEntry(id: string): Promise<void> {
-    return this.request<void>("DELETE", `/timesheets/${encodeURIComponent(id)}`);
+  /**
+   * Deletes an entry, retrying transient failures like `createEntry` (a DELETE is idempotent). A 404
+   * to a retry means that an attempt whose answer was lost deleted it: the delete succeeded.
+   */
+  async deleteEntry(id: string, delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS): Promise<void> {
+    let attempts = 0;
+    try {
+      await retrying(() => {
+        attempts++;
+        return this.request<void>("DELETE", `/timesheets/${encodeURIComponent(id)}`);
+      }, delaysMs);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404 && attempts > 1) return;
+      throw error;
+    }
   }
 
   listApprovals(): Promise<Entry[]> {
