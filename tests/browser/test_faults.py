@@ -294,3 +294,106 @@ async def test_delete_whose_answer_is_lost_is_reported_done(new_page: NewPage, s
     assert lost == [204]
     assert await stored(page, tokens, project) == []
     await shot(page, "deleted-once")
+
+
+async def test_gateway_down_then_back(new_page: NewPage, shot: Shots, restarts: Platform) -> None:
+    """The gateway itself stops (connection refused): the week says the server can't be reached, the
+    form keeps the entry and says it may not have been saved; once the gateway is back the week loads
+    on Try again and the entry is added once."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await stop_service(restarts, "gateway")
+
+    await page.get_by_role("button", name="Next week").click()
+    week_alert = page.locator(".screen > .banner")
+    await expect(week_alert).to_contain_text("Can't reach the server")
+    project = f"Gateway down {uuid4().hex[:8]}"
+    await fill_entry(page, project, "0.5")
+    await page.get_by_role("button", name="Add entry").click()
+    form_alert = page.locator("form").get_by_role("alert")
+    await expect(form_alert).to_contain_text("may not have been saved", timeout=30_000)
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await shot(page, "gateway-down")
+
+    await start_service(restarts, "gateway")
+    await week_alert.get_by_role("button", name="Try again").click()
+    await expect(week_alert).to_have_count(0)
+    await page.get_by_role("button", name="Add entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
+    await expect(page.locator(f'[data-project="{project}"]')).to_have_count(1)
+    assert len(await stored(page, tokens, project)) == 1
+    await shot(page, "gateway-back")
+
+
+async def test_two_tabs_renew_at_once(new_page: NewPage, shot: Shots) -> None:
+    """Two tabs of one browser (one provider session, one DPoP key) renew at the same moment: both
+    stay signed in and keep working with their own new tokens."""
+    first, first_tokens = await new_page()
+    await first.clock.install()  # the context's clock: both tabs jump together
+    await sign_in(first, shot, "alice")
+    second = await first.context.new_page()
+    second_tokens = Tokens()
+    second.on("request", second_tokens.on_request)
+    await second.goto(APP + "/")
+    await second.get_by_role("button", name="Sign in").click()  # the provider session: no password
+    await expect(second.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    for page in (first, second):
+        await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    before = (first_tokens.last, second_tokens.last)
+    renewed: list[str] = []
+    first.context.on(
+        "response",
+        lambda r: renewed.append(r.url) if r.url == f"{PROVIDER}/oauth/token" and r.status == 200 else None,
+    )
+
+    await first.clock.fast_forward("14:10")
+    await eventually(lambda: len(renewed) >= 2, "both tabs' renewals answered")
+    for page in (first, second):
+        await page.get_by_role("button", name="Next week").click()
+        await page.get_by_role("button", name="This week").click()
+        await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await eventually(
+        lambda: first_tokens.last != before[0] and second_tokens.last != before[1], "both tabs' new tokens"
+    )
+    assert first_tokens.last != second_tokens.last
+    for page in (first, second):
+        await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+        await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(second, "second-tab-renewed")
+
+
+async def test_decision_whose_answer_is_lost_is_reported_done(new_page: NewPage, shot: Shots) -> None:
+    """Bob's approval is applied but its answer is lost (connection reset): the app asks again, the
+    approvals service answers 409 with his own decision, and he is told it is approved."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Decision lost {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    lost: list[int] = []
+
+    async def lose_first_decided(route: Route) -> None:
+        response = await route.fetch()
+        if lost or response.status != 200:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)
+        await route.abort("connectionreset")
+
+    await bob.route(f"{APP}/api/approvals/*", lose_first_decided)
+    await card.get_by_label("Comment").fill("Fine by me")
+    await card.get_by_role("button", name="Approve").click()
+    approved = bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    await expect(approved).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    assert lost == [200]
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    await shot(bob, "approved-once")

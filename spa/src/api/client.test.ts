@@ -117,6 +117,21 @@ describe("ApiClient", () => {
     expect(await api.deleteEntry("e1", [0]).catch((e: ApiError) => e.status)).toBe(404);
   });
 
+  it("retries a decision whose answer was lost, and takes the retry's 409 with the same decision as done", async () => {
+    const recorded = { decision: "approved", comment: "ok", by: { subject: "bob" } };
+    const answers = [502, 409];
+    handler = (_req, res) => {
+      const status = answers.shift() ?? 409;
+      problem(res, status, status === 409 ? { decision: recorded } : {}, { "retry-after": "0" });
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    expect(await api.decide("e1", "approved", "ok", [0])).toEqual(recorded);
+    // someone else's decision (another verdict), or a 409 at the first attempt, stands
+    answers.push(502, 409);
+    expect(await api.decide("e1", "rejected", "no", [0]).catch((e: ApiError) => e.status)).toBe(409);
+    expect(await api.decide("e1", "approved", "ok", [0]).catch((e: ApiError) => e.status)).toBe(409);
+  });
+
   it("renews once on 401 and retries with the new token", async () => {
     const auths: (string | undefined)[] = [];
     handler = (req, res) => {

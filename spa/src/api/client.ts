@@ -206,10 +206,32 @@ export class ApiClient {
     return this.all<Entry>("/approvals", { limit: 100 });
   }
 
-  decide(id: string, decision: "approved" | "rejected", comment: string): Promise<unknown> {
-    return this.request("PUT", `/approvals/${encodeURIComponent(id)}`, {
-      body: comment ? { decision, comment } : { decision },
-    });
+  /**
+   * Decides an entry, retrying transient failures like `createEntry` (the approvals service takes the
+   * same approver's same decision again as a retry). When an attempt whose answer was lost recorded
+   * it, the retry is a 409 carrying that decision: the same verdict and comment mean it is done.
+   */
+  async decide(
+    id: string,
+    decision: "approved" | "rejected",
+    comment: string,
+    delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS,
+  ): Promise<unknown> {
+    let attempts = 0;
+    try {
+      return await retrying(() => {
+        attempts++;
+        return this.request("PUT", `/approvals/${encodeURIComponent(id)}`, {
+          body: comment ? { decision, comment } : { decision },
+        });
+      }, delaysMs);
+    } catch (error) {
+      const existing = error instanceof ApiError && error.status === 409 ? error.problem.decision : null;
+      const recorded = existing && typeof existing === "object" ? (existing as Record<string, unknown>) : null;
+      if (attempts > 1 && recorded && recorded.decision === decision && (recorded.comment ?? "") === comment)
+        return recorded;
+      throw error;
+    }
   }
 
   auditEvents(query: Query, cursor?: string | null): Promise<Page<AuditEvent>> {
