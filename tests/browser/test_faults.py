@@ -397,3 +397,52 @@ async def test_decision_whose_answer_is_lost_is_reported_done(new_page: NewPage,
     [entry] = await stored(alice, alice_tokens, project)
     assert entry["status"] == "approved", entry
     await shot(bob, "approved-once")
+
+
+async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots, restarts: Platform) -> None:
+    """The approvals service stops while bob opens his queue, the audit service while carol opens the
+    trail: each screen says the service is unavailable (no spinner left turning), a decision made
+    meanwhile keeps its comment, and Try again brings each screen back without a reload."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Queue while down {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    await expect(carol.get_by_role("heading", name="Audit trail")).to_be_visible()
+
+    await stop_service(restarts, "approvals")
+    await stop_service(restarts, "audit")
+    await card.get_by_label("Comment").fill("Checked against the plan")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await expect(card.get_by_label("Comment")).to_have_value("Checked against the plan")
+    await bob.get_by_role("button", name="Refresh").click()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await shot(bob, "approvals-down")
+    await carol.reload()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.get_by_test_id("chain-status")).to_contain_text("service had a problem")
+    await shot(carol, "audit-down")
+
+    await start_service(restarts, "approvals")
+    await start_service(restarts, "audit")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    card = bob.locator("li.approval").filter(has_text=project)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await trail_alert.get_by_role("button", name="Try again").click()
+    await expect(trail_alert).to_have_count(0)
+    await carol.get_by_role("button", name="Verify again").click()
+    await expect(carol.get_by_test_id("chain-status")).to_contain_text("Chain verified")
+    await shot(carol, "audit-back")
