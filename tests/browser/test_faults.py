@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import aiohttp
 import pytest
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from devstack.platform import SERVICES, Platform
 from tests.browser.support import APP, PROVIDER, NewPage, Shots, Tokens, api_call_in_page, eventually, sign_in
@@ -208,6 +208,19 @@ async def test_renewal_while_the_sign_in_service_is_down_keeps_the_session(
     await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the renewal")
     await expect(page.get_by_role("alert")).to_have_count(0)
     await shot(page, "renewed-after-the-sign-in-service-came-back")
+
+
+async def assert_inside(outer: Locator, inner: Locator) -> None:
+    """``inner`` is drawn within ``outer`` (a message in a narrow card wraps instead of spilling out)."""
+    box, within = await outer.bounding_box(), await inner.bounding_box()
+    assert box is not None
+    assert within is not None
+    assert within["x"] >= box["x"] - 0.5, (within, box)
+    assert within["x"] + within["width"] <= box["x"] + box["width"] + 0.5, (within, box)
+    overflowing = await inner.evaluate(
+        "e => [...e.querySelectorAll('*')].some(c => c.scrollWidth > c.clientWidth + 1)"
+    )
+    assert not overflowing, "text runs out of its box"
 
 
 async def add_by_api(page: Page, tokens: Tokens, project: str) -> str:
@@ -422,6 +435,8 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     await card.get_by_role("button", name="Approve").click()
     await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
     await expect(card.get_by_label("Comment")).to_have_value("Checked against the plan")
+    await assert_inside(card, card.get_by_role("alert"))
+    await assert_inside(card, card.get_by_role("button", name="Dismiss message"))
     await bob.get_by_role("button", name="Refresh").click()
     queue_alert = bob.locator(".screen > .banner")
     await expect(queue_alert).to_contain_text("The service is unavailable")
