@@ -68,9 +68,68 @@ describe("ApiClient", () => {
       res.end(JSON.stringify({ id: "e1", ...JSON.parse(body) }));
     };
     const api = new ApiClient(base, new Tokens(null));
-    const created = await api.createEntry({ date: "2026-11-27", project: "Apollo", hours: 7.5, notes: "" });
+    const created = await api.createEntry({ date: "2026-11-27", project: "Apollo", hours: 7.5, notes: "" }, "k1");
     expect(created).toMatchObject({ id: "e1", project: "Apollo" });
     expect(seen).toEqual({ auth: "Bearer t1", type: "application/json", body: expect.stringContaining('"hours":7.5') });
+  });
+
+  it("retries a create that failed transiently with the same Idempotency-Key, and stops at a refusal", async () => {
+    const keys: (string | undefined)[] = [];
+    const answers = [502, 504, 503, 201];
+    handler = (req, res, body) => {
+      keys.push(req.headers["idempotency-key"] as string | undefined);
+      const status = answers.shift() ?? 201;
+      if (status !== 201) return problem(res, status, { title: "Unavailable" }, { "retry-after": "0" });
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify({ id: "e1", ...JSON.parse(body) }));
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    const entry = { date: "2026-11-27", project: "Apollo", hours: 1, notes: "" };
+    expect(await api.createEntry(entry, "same-key", [0, 0, 0])).toMatchObject({ id: "e1" });
+    expect(keys).toEqual(["same-key", "same-key", "same-key", "same-key"]);
+
+    // a broken connection is retried too; the last transient failure stands when the retries run out
+    let calls = 0;
+    handler = (req) => {
+      calls++;
+      req.socket.destroy();
+    };
+    expect(await api.createEntry(entry, "k3", [0]).catch((e: unknown) => e)).toBeInstanceOf(NetworkError);
+    expect(calls).toBe(2);
+
+    // a refusal is final at once
+    calls = 0;
+    handler = (_req, res) => {
+      calls++;
+      problem(res, 422, { errors: [{ field: "hours", message: "too many" }] });
+    };
+    expect(await api.createEntry(entry, "k4", [0, 0]).catch((e: ApiError) => e.status)).toBe(422);
+    expect(calls).toBe(1);
+  });
+
+  it("retries a delete whose answer was lost, and takes the retry's 404 as done", async () => {
+    const answers = [504, 404];
+    handler = (_req, res) => problem(res, answers.shift() ?? 404, { title: "x" }, { "retry-after": "0" });
+    const api = new ApiClient(base, new Tokens(null));
+    await expect(api.deleteEntry("e1", [0])).resolves.toBeUndefined();
+    // a first answer of 404 is the entry missing
+    handler = (_req, res) => problem(res, 404, { title: "Not Found" });
+    expect(await api.deleteEntry("e1", [0]).catch((e: ApiError) => e.status)).toBe(404);
+  });
+
+  it("retries a decision whose answer was lost, and takes the retry's 409 with the same decision as done", async () => {
+    const recorded = { decision: "approved", comment: "ok", by: { subject: "bob" } };
+    const answers = [502, 409];
+    handler = (_req, res) => {
+      const status = answers.shift() ?? 409;
+      problem(res, status, status === 409 ? { decision: recorded } : {}, { "retry-after": "0" });
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    expect(await api.decide("e1", "approved", "ok", [0])).toEqual(recorded);
+    // someone else's decision (another verdict), or a 409 at the first attempt, stands
+    answers.push(502, 409);
+    expect(await api.decide("e1", "rejected", "no", [0]).catch((e: ApiError) => e.status)).toBe(409);
+    expect(await api.decide("e1", "approved", "ok", [0]).catch((e: ApiError) => e.status)).toBe(409);
   });
 
   it("renews once on 401 and retries with the new token", async () => {
@@ -110,7 +169,7 @@ describe("ApiClient", () => {
     expect(await api.deleteEntry("e1").catch((e: ApiError) => e.message)).toBe("An approved entry cannot be deleted.");
     handler = (_req, res) => problem(res, 422, { errors: [{ field: "hours", loc: ["hours"], message: "too many" }] });
     const invalid = (await api
-      .createEntry({ date: "x", project: "p", hours: 30, notes: "" })
+      .createEntry({ date: "x", project: "p", hours: 30, notes: "" }, "k2", [0, 0])
       .catch((e: unknown) => e)) as ApiError;
     expect(invalid.fieldErrors).toEqual({ hours: "too many" });
     handler = (_req, res) => problem(res, 429, {}, { "retry-after": "3" });

@@ -8,7 +8,7 @@
  * this computer's clock is off (proofs are dated by the server's clock). Other tokens go as `Bearer`.
  */
 import { serverClock } from "../auth/dpop";
-import { ApiError, NetworkError, missingScopeFrom, problemType, type Problem } from "./errors";
+import { ApiError, NetworkError, isTransient, missingScopeFrom, problemType, type Problem } from "./errors";
 import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
 
 export interface TokenSource {
@@ -36,6 +36,21 @@ function worthAnotherProof(response: Response, clockMoved: boolean): boolean {
 
 type Query = Record<string, string | number | undefined | null>;
 
+/**
+ * How long a create waits before each new attempt after a transient failure (a broken connection,
+ * 502, 503, 504): three more tries within a few seconds, each after the answer's `Retry-After` when
+ * that is longer (at most `MAX_RETRY_WAIT_MS`). With the same `Idempotency-Key` every attempt is the
+ * same request to the service: one that was stored and only lost its answer is replayed, not stored
+ * again.
+ */
+export const CREATE_RETRY_DELAYS_MS: readonly number[] = [500, 1500, 3000];
+export const MAX_RETRY_WAIT_MS = 5000;
+
+/** A fresh `Idempotency-Key` for one entry the user submits (kept across that entry's retries). */
+export function newIdempotencyKey(): string {
+  return crypto.randomUUID();
+}
+
 /** An answer and the access token its request carried (null when signed out). */
 interface Sent {
   response: Response;
@@ -62,9 +77,9 @@ export class ApiClient {
   }
 
   /** Sends one request; answers with the token it carried, which a 401 refused. */
-  private async send(method: string, url: string, body: unknown): Promise<Sent> {
+  private async send(method: string, url: string, body: unknown, extra: Record<string, string>): Promise<Sent> {
     const token = this.tokens.accessToken();
-    const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
+    const headers: Record<string, string> = { ...extra, accept: "application/json, application/problem+json" };
     if (token) {
       const proof = this.tokens.proof ? await this.tokens.proof(method, url, this.nonce) : null;
       headers.authorization = `${proof ? "DPoP" : "Bearer"} ${token}`;
@@ -88,16 +103,26 @@ export class ApiClient {
   }
 
   /** Sends once more when the gateway asked for its nonce, or refused a proof dated by a wrong clock. */
-  private async sendWithNonce(method: string, url: string, body: unknown): Promise<Sent> {
-    const sent = await this.send(method, url, body);
-    return worthAnotherProof(sent.response, this.clockMoved) ? this.send(method, url, body) : sent;
+  private async sendWithNonce(
+    method: string,
+    url: string,
+    body: unknown,
+    extra: Record<string, string>,
+  ): Promise<Sent> {
+    const sent = await this.send(method, url, body, extra);
+    return worthAnotherProof(sent.response, this.clockMoved) ? this.send(method, url, body, extra) : sent;
   }
 
-  async request<T>(method: string, path: string, options: { query?: Query; body?: unknown } = {}): Promise<T> {
+  async request<T>(
+    method: string,
+    path: string,
+    options: { query?: Query; body?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<T> {
     const url = this.url(path, options.query);
-    let sent = await this.sendWithNonce(method, url, options.body);
+    const extra = options.headers ?? {};
+    let sent = await this.sendWithNonce(method, url, options.body, extra);
     if (sent.response.status === 401 && (await this.tokens.renew(sent.token))) {
-      sent = await this.sendWithNonce(method, url, options.body);
+      sent = await this.sendWithNonce(method, url, options.body, extra);
     }
     const response = sent.response;
     if (response.status === 204) return undefined as T;
@@ -143,22 +168,70 @@ export class ApiClient {
     return this.all<Entry>("/timesheets", { from, to, limit: 100 });
   }
 
-  createEntry(entry: NewEntry): Promise<Entry> {
-    return this.request<Entry>("POST", "/timesheets", { body: entry });
+  /**
+   * Creates an entry with `idempotencyKey` (one per entry the user submits: the form keeps it while
+   * the same entry is submitted again), retrying transient failures with the same key: a create whose
+   * answer was lost (a proxy's 504, a reset connection) is stored once, never twice, and one the
+   * service never got is stored when it answers again within the retries.
+   */
+  createEntry(
+    entry: NewEntry,
+    idempotencyKey: string,
+    delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS,
+  ): Promise<Entry> {
+    return retrying(
+      () => this.request<Entry>("POST", "/timesheets", { body: entry, headers: { "idempotency-key": idempotencyKey } }),
+      delaysMs,
+    );
   }
 
-  deleteEntry(id: string): Promise<void> {
-    return this.request<void>("DELETE", `/timesheets/${encodeURIComponent(id)}`);
+  /**
+   * Deletes an entry, retrying transient failures like `createEntry` (a DELETE is idempotent). A 404
+   * to a retry means that an attempt whose answer was lost deleted it: the delete succeeded.
+   */
+  async deleteEntry(id: string, delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS): Promise<void> {
+    let attempts = 0;
+    try {
+      await retrying(() => {
+        attempts++;
+        return this.request<void>("DELETE", `/timesheets/${encodeURIComponent(id)}`);
+      }, delaysMs);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404 && attempts > 1) return;
+      throw error;
+    }
   }
 
   listApprovals(): Promise<Entry[]> {
     return this.all<Entry>("/approvals", { limit: 100 });
   }
 
-  decide(id: string, decision: "approved" | "rejected", comment: string): Promise<unknown> {
-    return this.request("PUT", `/approvals/${encodeURIComponent(id)}`, {
-      body: comment ? { decision, comment } : { decision },
-    });
+  /**
+   * Decides an entry, retrying transient failures like `createEntry` (the approvals service takes the
+   * same approver's same decision again as a retry). When an attempt whose answer was lost recorded
+   * it, the retry is a 409 carrying that decision: the same verdict and comment mean it is done.
+   */
+  async decide(
+    id: string,
+    decision: "approved" | "rejected",
+    comment: string,
+    delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS,
+  ): Promise<unknown> {
+    let attempts = 0;
+    try {
+      return await retrying(() => {
+        attempts++;
+        return this.request("PUT", `/approvals/${encodeURIComponent(id)}`, {
+          body: comment ? { decision, comment } : { decision },
+        });
+      }, delaysMs);
+    } catch (error) {
+      const existing = error instanceof ApiError && error.status === 409 ? error.problem.decision : null;
+      const recorded = existing && typeof existing === "object" ? (existing as Record<string, unknown>) : null;
+      if (attempts > 1 && recorded && recorded.decision === decision && (recorded.comment ?? "") === comment)
+        return recorded;
+      throw error;
+    }
   }
 
   auditEvents(query: Query, cursor?: string | null): Promise<Page<AuditEvent>> {
@@ -182,6 +255,22 @@ export class ApiClient {
       } catch (second) {
         throw second instanceof ApiError && second.status === 422 ? error : second;
       }
+    }
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `call` again after each delay while it fails transiently (`isTransient`); the last failure stands. */
+async function retrying<T>(call: () => Promise<T>, delaysMs: readonly number[]): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      const delay = delaysMs[attempt];
+      if (delay === undefined || !isTransient(error)) throw error;
+      const asked = error instanceof ApiError && error.retryAfterSeconds ? error.retryAfterSeconds * 1000 : 0;
+      await sleep(Math.min(Math.max(delay, asked), MAX_RETRY_WAIT_MS));
     }
   }
 }

@@ -46,6 +46,23 @@ export class NetworkError extends Error {
   override name = "NetworkError";
 }
 
+/** A failure worth another try as it is: no HTTP answer, or 502/503/504 from the gateway or a service. */
+export function isTransient(error: unknown): boolean {
+  return error instanceof NetworkError || (error instanceof ApiError && [502, 503, 504].includes(error.status));
+}
+
+/**
+ * Whether a failed write may have been applied all the same: the connection broke or a proxy gave up
+ * (502, 504) after the request may have reached the service, or the service's 503 says
+ * `"outcome": "unknown"`. A 503 otherwise means nothing was stored (the gateway could not connect, or
+ * the service says `"outcome": "not_stored"`).
+ */
+export function outcomeUnknown(error: unknown): boolean {
+  if (error instanceof NetworkError) return true;
+  if (!(error instanceof ApiError)) return false;
+  return error.status === 502 || error.status === 504 || (error.status === 503 && error.problem.outcome === "unknown");
+}
+
 /**
  * Reads `errors: [{field, loc, message}]`. `field` may be dotted (`body.hours`, `entries.0.hours`) and
  * `loc` an array; the form field is the last named part.

@@ -160,6 +160,48 @@ describe("SessionManager", () => {
     expect(SessionManager.hadSession()).toBe(false);
   });
 
+  it("keeps the session while the provider cannot be reached, retrying until the token expires", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    const first = session("alice");
+    manager.start(first);
+    const down = (): Promise<Session> => Promise.reject(new AuthError("timeout"));
+    auth.answers.push(down, down, async () => session("alice"));
+    await vi.advanceTimersByTimeAsync(841_000); // the renewal is due 60 s before expiry: no answer
+    expect(auth.calls).toBe(1);
+    expect(manager.current.status).toBe("signed-in");
+    expect(manager.accessToken()).toBe(first.accessToken);
+    await vi.advanceTimersByTimeAsync(15_000); // tried again after 15 s: still down
+    expect(auth.calls).toBe(2);
+    expect(manager.current.status).toBe("signed-in");
+    await vi.advanceTimersByTimeAsync(30_000); // and after 30 s more: back
+    expect(auth.calls).toBe(3);
+    expect(manager.current).toMatchObject({ status: "signed-in", renewals: 1 });
+    expect(manager.accessToken()).not.toBe(first.accessToken);
+  });
+
+  it("ends the session when the provider stays unreachable until the token expires", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    manager.start(session("alice"));
+    for (let i = 0; i < 10; i++) auth.answers.push(() => Promise.reject(new AuthError("error", "Failed to fetch")));
+    await vi.advanceTimersByTimeAsync(900_000);
+    expect(manager.current.status).toBe("expired");
+    expect(manager.current.reason).toMatch(/couldn't reach the sign-in service/);
+    // 840 s, +15, +30, then the last try 5 s before expiry (895 s)
+    expect(auth.calls).toBe(4);
+  });
+
+  it("does not wait for a token the API refused when the provider cannot be reached", async () => {
+    const auth = new Scripted();
+    const manager = new SessionManager(auth);
+    const first = session("alice");
+    manager.start(first);
+    auth.answers.push(() => Promise.reject(new AuthError("timeout")));
+    expect(await manager.renew(first.accessToken)).toBe(false);
+    expect(manager.current.status).toBe("expired");
+  });
+
   it("never switches user silently", async () => {
     const auth = new Scripted();
     const manager = new SessionManager(auth);

@@ -20,6 +20,17 @@ export interface SessionState {
 
 const HINT_KEY = "tsp.signedIn";
 
+/**
+ * Why a silent renewal may fail only for now: no answer in time (the provider is down or slow), the
+ * token request never got an answer (`error`: a network failure), or the provider says so itself
+ * (RFC 6749 §4.1.2.1). Any other answer (`login_required`, `invalid_grant`…) is final.
+ */
+const TRANSIENT_RENEWAL_ERRORS = new Set(["timeout", "error", "server_error", "temporarily_unavailable"]);
+/** Waits before the next attempts at a renewal that failed transiently (the last one repeats). */
+export const RENEWAL_RETRY_MS: readonly number[] = [15_000, 30_000, 60_000];
+/** The last attempt is made this long before the access token expires. */
+const LAST_TRY_BEFORE_EXPIRY_MS = 5_000;
+
 export class SessionManager implements TokenSource {
   private state: SessionState = { status: "signed-out", session: null, reason: null, renewals: 0 };
   private readonly listeners = new Set<(state: SessionState) => void>();
@@ -27,6 +38,8 @@ export class SessionManager implements TokenSource {
   private inflight: Promise<boolean> | null = null;
   /** The token a renewal brought because the API refused the one before: refused too, it is final. */
   private renewedAfterRefusal: string | null = null;
+  /** Renewals in a row that failed transiently (the sign-in service was away). */
+  private failedRenewals = 0;
 
   constructor(readonly auth: Authenticator) {}
 
@@ -51,6 +64,7 @@ export class SessionManager implements TokenSource {
 
   start(session: Session): void {
     sessionStorage.setItem(HINT_KEY, "1");
+    this.failedRenewals = 0;
     this.update({ status: "signed-in", session, reason: null });
     this.schedule(session);
   }
@@ -109,16 +123,23 @@ export class SessionManager implements TokenSource {
         }
         this.update({ status: "signed-in", session, reason: null, renewals: this.state.renewals + 1 });
         this.renewedAfterRefusal = refused != null ? session.accessToken : null;
+        this.failedRenewals = 0;
         this.schedule(session);
         return true;
       })
       .catch((error: unknown) => {
         const code = error instanceof AuthError ? error.code : "error";
         console.warn("silent renewal failed:", code);
+        const transient = TRANSIENT_RENEWAL_ERRORS.has(code);
+        // A renewal ahead of expiry that could not reach the provider: the token still works, so the
+        // user stays signed in (and keeps what is on the screen) while it is tried again.
+        if (transient && refused == null && this.retryRenewal()) return false;
         this.expire(
           code === "login_required" || code === "interaction_required" || code === "consent_required"
             ? "Your session at the sign-in service has ended."
-            : "We couldn't renew your session.",
+            : transient
+              ? "We couldn't reach the sign-in service to renew your session."
+              : "We couldn't renew your session.",
         );
         return false;
       })
@@ -126,6 +147,24 @@ export class SessionManager implements TokenSource {
         this.inflight = null;
       });
     return this.inflight;
+  }
+
+  /**
+   * Schedules another renewal after one that failed transiently, while the access token has time left:
+   * after 15 s, 30 s, then every minute, the last one just before the token expires. False when there
+   * is no time left (the session then ends).
+   */
+  private retryRenewal(): boolean {
+    const session = this.state.session;
+    if (!session) return false;
+    const last = session.expiresAt * 1000 - LAST_TRY_BEFORE_EXPIRY_MS;
+    const now = Date.now();
+    if (now >= last) return false;
+    const wait = RENEWAL_RETRY_MS[Math.min(this.failedRenewals, RENEWAL_RETRY_MS.length - 1)] ?? 60_000;
+    this.failedRenewals++;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.renew(), Math.min(wait, last - now));
+    return true;
   }
 
   /** Forget the tokens; the UI asks the user to sign in again. */

@@ -4,12 +4,15 @@ import type { ApiClient } from "../api/client";
 import { ApiError, describeError, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { formatHours, formatLongDate } from "../lib/week";
-import { Banner, EmptyState, Field, Loading, describedBy, toast } from "./common";
+import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
 
 export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
   const queue = useLoad(() => api.listApprovals(), []);
   const [decided, setDecided] = useState<Set<string>>(new Set());
+  // Why an entry left the queue without the decision being made (deleted or decided meanwhile): shown
+  // above the queue until dismissed, since the card that was decided is gone.
+  const [notice, setNotice] = useState<UserMessage | null>(null);
   // Oldest work first, then by person, so a manager can go through a week person by person.
   const pending = (queue.data ?? [])
     .filter((entry) => !decided.has(entry.id))
@@ -34,16 +37,11 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
           Refresh
         </button>
       </header>
+      {notice && <Banner message={notice} onDismiss={() => setNotice(null)} />}
       {loadError && (
         <Banner
           message={loadError}
-          action={
-            loadError.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
-          }
+          action={<MessageAction message={loadError} onSignInAgain={onSignInAgain} onRetry={queue.reload} />}
         />
       )}
       {queue.loading && !queue.data ? (
@@ -62,9 +60,12 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
               api={api}
               entry={entry}
               onSignInAgain={onSignInAgain}
-              onDone={(gone) => {
-                setDecided(new Set([...decided, entry.id]));
-                if (gone) queue.reload();
+              onDone={(why) => {
+                setDecided((current) => new Set([...current, entry.id]));
+                if (why) {
+                  setNotice(why);
+                  queue.reload();
+                }
               }}
             />
           ))}
@@ -82,7 +83,8 @@ function ApprovalCard({
 }: {
   api: ApiClient;
   entry: Entry;
-  onDone: (gone: boolean) => void;
+  /** Decided; or gone from the queue meanwhile (deleted, or decided by someone else): why. */
+  onDone: (gone: UserMessage | null) => void;
   onSignInAgain: () => void;
 }) {
   const [comment, setComment] = useState("");
@@ -104,13 +106,18 @@ function ApprovalCard({
     try {
       await api.decide(entry.id, decision, comment.trim());
       toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
-      onDone(false);
+      onDone(null);
     } catch (failure) {
-      if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
-      setMessage(describeError(failure, `${decision === "approved" ? "approve" : "reject"} this entry`));
+      const described = describeError(failure, `${decision === "approved" ? "approve" : "reject"} this entry`);
       if (failure instanceof ApiError && (failure.status === 409 || failure.status === 404)) {
-        setTimeout(() => onDone(true), 4000);
+        // The entry changed meanwhile: the explanation goes above the queue, which is read again.
+        onDone(
+          describeError(failure, `${decision === "approved" ? "approve" : "reject"} ${owner}'s ${entry.project} entry`),
+        );
+        return;
       }
+      if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
+      setMessage(described);
     } finally {
       setBusy(null);
     }
@@ -141,13 +148,7 @@ function ApprovalCard({
         <Banner
           message={message}
           onDismiss={() => setMessage(null)}
-          action={
-            message.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
-          }
+          action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
       )}
       <Field id={fieldId} label="Comment" hint="Optional when approving; required when rejecting." error={error}>

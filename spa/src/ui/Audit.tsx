@@ -15,7 +15,7 @@ import {
   type AuditFilters,
 } from "../lib/audit";
 import { describeInstant } from "../lib/instant";
-import { Banner, EmptyState, Field, Loading } from "./common";
+import { Banner, EmptyState, Field, Loading, MessageAction } from "./common";
 import { useLoad } from "./hooks";
 
 /** An instant as text: the full local date and time with the year and the UTC offset. */
@@ -94,11 +94,18 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
           message={failure}
           onDismiss={message ? () => setMessage(null) : undefined}
           action={
-            failure.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
+            <MessageAction
+              message={failure}
+              onSignInAgain={onSignInAgain}
+              onRetry={
+                message
+                  ? () => {
+                      setMessage(null);
+                      void loadMore();
+                    }
+                  : events.reload
+              }
+            />
           }
         />
       )}

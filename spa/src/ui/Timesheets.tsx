@@ -1,7 +1,7 @@
 /** "My timesheets": a week at a glance with per-day and weekly totals, adding and deleting entries. */
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import type { ApiClient } from "../api/client";
-import { ApiError, describeError, type UserMessage } from "../api/errors";
+import { newIdempotencyKey, type ApiClient } from "../api/client";
+import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import {
   addDays,
@@ -16,7 +16,17 @@ import {
   weekStart,
   weekTotals,
 } from "../lib/week";
-import { Banner, ConfirmDialog, EmptyState, Field, Loading, StatusBadge, describedBy, toast } from "./common";
+import {
+  Banner,
+  ConfirmDialog,
+  EmptyState,
+  Field,
+  Loading,
+  MessageAction,
+  StatusBadge,
+  describedBy,
+  toast,
+} from "./common";
 import { useLoad, useToday } from "./hooks";
 
 interface Props {
@@ -95,11 +105,11 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
           message={shown}
           onDismiss={message ? () => setMessage(null) : undefined}
           action={
-            shown.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
+            <MessageAction
+              message={shown}
+              onSignInAgain={onSignInAgain}
+              onRetry={shown === loadError ? entries.reload : undefined}
+            />
           }
         />
       )}
@@ -181,6 +191,7 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
               if (entry.date < start || entry.date > end) show(weekStart(entry.date));
               else entries.reload();
             }}
+            onMaybeAdded={entries.reload}
             onSignInAgain={onSignInAgain}
           />
         )}
@@ -265,6 +276,28 @@ interface FormState {
   notes: string;
 }
 
+/**
+ * What the form says when the create still failed transiently after its retries: whether the entry may
+ * have been stored (the answer was lost) or surely was not (the service could not be reached), and that
+ * what was typed is kept and can be sent again without being added twice.
+ */
+function describeUnsaved(error: unknown): UserMessage {
+  const reference =
+    error instanceof ApiError && error.problem.request_id ? ` (Reference: ${error.problem.request_id})` : "";
+  if (outcomeUnknown(error)) {
+    return {
+      kind: "unavailable",
+      title: "The entry may not have been saved",
+      text: `The service did not answer, so we can't tell yet whether the entry was saved. It is still in the form: press Add entry again in a moment — it will not be added twice.${reference}`,
+    };
+  }
+  return {
+    kind: "unavailable",
+    title: "The entry was not saved",
+    text: `The service is unavailable, so the entry was not saved. It is still in the form: press Add entry again in a moment.${reference}`,
+  };
+}
+
 /** Client-side checks catch the obvious; the server's 422 answers land next to the same fields. */
 export function checkEntry(form: FormState): Record<string, string> {
   const errors: Record<string, string> = {};
@@ -280,12 +313,15 @@ function EntryForm({
   defaultDate,
   projects,
   onAdded,
+  onMaybeAdded,
   onSignInAgain,
 }: {
   api: ApiClient;
   defaultDate: string;
   projects: string[];
   onAdded: (entry: Entry) => void;
+  /** The create failed in a way that may have stored it all the same: the list should be read again. */
+  onMaybeAdded: () => void;
   onSignInAgain: () => void;
 }) {
   const empty = (): FormState => ({ date: defaultDate, project: "", hours: "", notes: "" });
@@ -294,6 +330,10 @@ function EntryForm({
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [saving, setSaving] = useState(false);
   const formRef = useRef<HTMLFormElement>(null);
+  // The Idempotency-Key of the entry submitted last, while its outcome is not known (a transient
+  // failure): submitting the same entry again sends the same key, so the service stores it at most
+  // once; a changed entry is another request and gets a new key.
+  const pending = useRef<{ key: string; body: string } | null>(null);
   // Moving to another week moves the date with it, unless the user has started typing.
   useEffect(() => {
     setForm((current) =>
@@ -316,13 +356,17 @@ function EntryForm({
     setMessage(null);
     if (Object.keys(local).length) return focusFirstError(local);
     setSaving(true);
+    const entry = {
+      date: form.date,
+      project: form.project.trim(),
+      hours: Number(form.hours),
+      notes: form.notes.trim(),
+    };
+    const body = JSON.stringify(entry);
+    if (pending.current?.body !== body) pending.current = { key: newIdempotencyKey(), body };
     try {
-      const created = await api.createEntry({
-        date: form.date,
-        project: form.project.trim(),
-        hours: Number(form.hours),
-        notes: form.notes.trim(),
-      });
+      const created = await api.createEntry(entry, pending.current.key);
+      pending.current = null;
       toast(
         `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
       );
@@ -333,7 +377,9 @@ function EntryForm({
       const fieldErrors = error instanceof ApiError ? error.fieldErrors : {};
       const known = Object.fromEntries(Object.entries(fieldErrors).filter(([key]) => key in form));
       setErrors(known);
-      const described = describeError(error, "add the entry");
+      if (!isTransient(error)) pending.current = null;
+      const described = isTransient(error) ? describeUnsaved(error) : describeError(error, "add the entry");
+      if (outcomeUnknown(error)) onMaybeAdded();
       const unplaced = Object.entries(fieldErrors).filter(([key]) => !(key in form));
       setMessage(
         unplaced.length
@@ -361,13 +407,7 @@ function EntryForm({
         <Banner
           message={message}
           onDismiss={() => setMessage(null)}
-          action={
-            message.kind === "signin" ? (
-              <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
-                Sign in again
-              </button>
-            ) : undefined
-          }
+          action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
       )}
       <Field id="entry-date" label="Date" error={errors.date}>

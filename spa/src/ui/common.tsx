@@ -37,6 +37,33 @@ export function Banner({
   );
 }
 
+/**
+ * The action a message offers: sign in again after a 401, or load again after a failure to load (the
+ * service was away, answered 502-504 or the connection broke), so a screen recovers without a reload.
+ */
+export function MessageAction({
+  message,
+  onSignInAgain,
+  onRetry,
+}: {
+  message: UserMessage;
+  onSignInAgain: () => void;
+  onRetry?: (() => void) | undefined;
+}) {
+  if (message.kind === "signin")
+    return (
+      <button type="button" class="button button--primary button--small" onClick={onSignInAgain}>
+        Sign in again
+      </button>
+    );
+  if (!onRetry) return null;
+  return (
+    <button type="button" class="button button--primary button--small" onClick={onRetry}>
+      Try again
+    </button>
+  );
+}
+
 const STATUS_LABEL: Record<EntryStatus, string> = {
   submitted: "Submitted",
   approved: "Approved",

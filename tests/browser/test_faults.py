@@ -1,0 +1,463 @@
+"""The SPA under faults: a service stopped and started again, an answer lost on its way back, the sign-in
+service away when the session is renewed, a decision on an entry that changed meanwhile.
+
+Services are stopped for real (the platform's processes, as ``kill`` would): the gateway then answers
+what it answers in production (503 + ``Retry-After`` when it cannot connect). An answer lost after the
+service stored the entry (a proxy's 504, a connection reset on the way back) is made by letting the
+page's request reach the gateway (``route.fetch``) and handing the page a failure instead of its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import aiohttp
+import pytest
+from playwright.async_api import Locator, Page, Route, expect
+
+from devstack.platform import SERVICES, Platform
+from tests.browser.support import APP, PROVIDER, NewPage, Shots, Tokens, api_call_in_page, eventually, sign_in
+
+pytestmark = pytest.mark.browser
+
+
+async def stop_service(platform: Platform, name: str) -> None:
+    process = platform.processes[name]
+    process.terminate()
+    await asyncio.to_thread(process.wait, 25)
+
+
+async def start_service(platform: Platform, name: str) -> None:
+    """``name`` started again with the platform's environment, once it answers /readyz."""
+    spec = next(s for s in SERVICES if s.name == name)
+    if platform.processes[name].poll() is None:
+        return
+    platform.spawn(name, [sys.executable, "-m", name], platform.service_env(spec))
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert platform.processes[name].poll() is None, f"{name} exited on restart (see its log)"
+            try:
+                async with session.get(f"http://127.0.0.1:{spec.port}/readyz") as reply:
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{name} not ready after restart"
+            await asyncio.sleep(0.3)
+
+
+@pytest.fixture
+async def restarts(platform: Platform) -> AsyncIterator[Platform]:
+    """The platform, with every service running again once the test is over (the test stops some)."""
+    try:
+        yield platform
+    finally:
+        for spec in SERVICES:
+            await start_service(platform, spec.name)
+
+
+async def stored(page: Page, tokens: Tokens, project: str) -> list[dict[str, object]]:
+    """Alice's stored entries of ``project`` around today (the weeks the tests add to)."""
+    today = datetime.now(UTC).date()
+    window = f"from={today - timedelta(days=7)}&to={today + timedelta(days=14)}&limit=100"
+    answer = await api_call_in_page(page, "GET", f"/api/timesheets?{window}", tokens.last)
+    assert answer["status"] == 200, answer
+    return [e for e in json.loads(answer["text"])["items"] if e["project"] == project]
+
+
+async def fill_entry(page: Page, project: str, hours: str = "0.25", notes: str = "") -> None:
+    await page.get_by_label("Project").fill(project)
+    await page.get_by_label("Hours", exact=True).fill(hours)
+    if notes:
+        await page.get_by_label("Notes (optional)").fill(notes)
+
+
+@pytest.mark.parametrize("fault", ["504", "connection-reset"])
+async def test_entry_whose_answer_is_lost_is_stored_once(new_page: NewPage, shot: Shots, fault: str) -> None:
+    """The entry is stored but its answer never reaches the page: the app sends it again with the same
+    Idempotency-Key (the service replays its first answer), so it is stored once and shown as added."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Lost answer {uuid4().hex[:8]}"
+    keys: list[str | None] = []
+    lost: list[int] = []
+
+    async def lose_first_created(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        response = await route.fetch()  # the request reaches the gateway and the service
+        if lost or response.status != 201:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)  # stored; the page is told otherwise
+        if fault == "504":
+            problem = {"type": "about:blank", "title": "Gateway Timeout", "status": 504}
+            await route.fulfill(status=504, content_type="application/problem+json", body=json.dumps(problem))
+        else:
+            await route.abort("connectionreset")
+
+    await page.route(f"{APP}/api/timesheets", lose_first_created)
+    await fill_entry(page, project)
+    await page.get_by_role("button", name="Add entry").click()
+    added = page.get_by_role("status").filter(has_text=f"Added {project}")
+    form_alert = page.locator("form").get_by_role("alert")
+    await expect(added.or_(form_alert)).to_be_visible()
+    if await form_alert.count():
+        # What a user does when told it failed and the form still holds the entry: add it again.
+        await shot(page, "told-it-failed")
+        await page.get_by_role("button", name="Add entry").click()
+        await expect(page.get_by_role("button", name="Add entry")).to_be_enabled()
+    await expect(added).to_be_visible()
+    await shot(page, "added-once")
+    assert lost == [201]
+    assert len(await stored(page, tokens, project)) == 1, "the entry was stored more than once"
+    await expect(page.locator(f'[data-project="{project}"]')).to_have_count(1)
+    assert len(keys) >= 2, keys
+    assert keys[0], "the create carried no Idempotency-Key"
+    assert len(set(keys)) == 1, f"Idempotency-Key per attempt: {keys}"
+    await expect(page.get_by_role("alert")).to_have_count(0)
+
+
+async def test_timesheets_down_then_back(new_page: NewPage, shot: Shots, restarts: Platform) -> None:
+    """The timesheets service stops while alice works: the week says the service is unavailable, the
+    form keeps what she typed and says it was not saved; once the service is back she gets her week
+    again without reloading the page, and the entry is added once."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await stop_service(restarts, "timesheets")
+
+    await page.get_by_role("button", name="Next week").click()
+    week_alert = page.locator(".screen > .banner")
+    await expect(week_alert).to_contain_text("The service is unavailable")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"While down {uuid4().hex[:8]}"
+    await fill_entry(page, project, "1.5", "typed during the outage")
+    await page.get_by_role("button", name="Add entry").click()
+    form_alert = page.locator("form").get_by_role("alert")
+    await expect(form_alert).to_be_visible(timeout=30_000)
+    await expect(form_alert).to_contain_text("not saved")
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await expect(page.get_by_label("Hours", exact=True)).to_have_value("1.5")
+    await expect(page.get_by_label("Notes (optional)")).to_have_value("typed during the outage")
+    await shot(page, "timesheets-down")
+
+    await start_service(restarts, "timesheets")
+    await week_alert.get_by_role("button", name="Try again").click()
+    await expect(week_alert).to_have_count(0)
+    await page.get_by_role("button", name="Add entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
+    await expect(page.locator(f'[data-project="{project}"]')).to_have_count(1)
+    assert len(await stored(page, tokens, project)) == 1
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(page, "timesheets-back")
+
+
+async def test_renewal_while_the_sign_in_service_is_down_keeps_the_session(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """The identity service is stopped when the session's renewal is due (a minute before the access
+    token expires): the token still works, so alice stays signed in with what she typed, and the
+    renewal is tried again and succeeds once the service is back."""
+    page, tokens = await new_page()
+    await page.clock.install()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    first = tokens.last
+    project = f"Kept while renewing {uuid4().hex[:8]}"
+    await fill_entry(page, project, "2", "typed before the renewal")
+    await stop_service(restarts, "identity")
+    silent_failed: list[str] = []
+    page.on(
+        "requestfailed",
+        lambda r: silent_failed.append(r.url) if r.url.startswith(f"{PROVIDER}/authorize") else None,
+    )
+
+    await page.clock.fast_forward("14:10")  # the renewal is due at 14:00, the token expires at 15:00
+    await eventually(lambda: bool(silent_failed), "the silent sign-in failing to reach the provider")
+    await page.clock.fast_forward("00:11")  # the hidden iframe's answer is given up on after 10 s
+    await page.wait_for_timeout(500)
+    await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(page, "renewal-failed-still-signed-in")
+
+    await start_service(restarts, "identity")
+    async with page.expect_response(
+        lambda r: r.url == f"{PROVIDER}/oauth/token" and r.status == 200, timeout=30_000
+    ):
+        await page.clock.fast_forward("00:30")  # the renewal is tried again before the token expires
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    await eventually(lambda: tokens.last != first, "the API called with a renewed access token")
+    await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the renewal")
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(page, "renewed-after-the-sign-in-service-came-back")
+
+
+async def assert_inside(outer: Locator, inner: Locator) -> None:
+    """``inner`` is drawn within ``outer`` (a message in a narrow card wraps instead of spilling out)."""
+    box, within = await outer.bounding_box(), await inner.bounding_box()
+    assert box is not None
+    assert within is not None
+    assert within["x"] >= box["x"] - 0.5, (within, box)
+    assert within["x"] + within["width"] <= box["x"] + box["width"] + 0.5, (within, box)
+    overflowing = await inner.evaluate(
+        "e => [...e.querySelectorAll('*')].some(c => c.scrollWidth > c.clientWidth + 1)"
+    )
+    assert not overflowing, "text runs out of its box"
+
+
+async def add_by_api(page: Page, tokens: Tokens, project: str) -> str:
+    """An entry of today added through the gateway with the page's own token and key; its id."""
+    today = datetime.now(UTC).date().isoformat()
+    body = {"date": today, "project": project, "hours": 0.25, "notes": ""}
+    answer = await api_call_in_page(page, "POST", "/api/timesheets", tokens.last, body)
+    assert answer["status"] == 201, answer
+    entry_id: str = json.loads(answer["text"])["id"]
+    return entry_id
+
+
+async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: Shots) -> None:
+    """Bob decides an entry that alice deleted meanwhile (404), and one decided meanwhile in his other
+    tab (409): each time he is told why, the queue is read again, and the explanation stays until he
+    dismisses it (the card it was shown in is gone)."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    gone_project = f"Deleted meanwhile {uuid4().hex[:8]}"
+    decided_project = f"Decided meanwhile {uuid4().hex[:8]}"
+    gone_id = await add_by_api(alice, alice_tokens, gone_project)
+    await add_by_api(alice, alice_tokens, decided_project)
+
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    queue = bob.locator("li.approval")
+    await expect(queue.filter(has_text=gone_project)).to_have_count(1)
+    await expect(queue.filter(has_text=decided_project)).to_have_count(1)
+
+    deleted = await api_call_in_page(alice, "DELETE", f"/api/timesheets/{gone_id}", alice_tokens.last)
+    assert deleted["status"] == 204, deleted
+    await queue.filter(has_text=gone_project).get_by_role("button", name="Approve").click()
+    screen_alert = bob.locator(".screen > .banner")
+    await expect(bob.get_by_role("alert").filter(has_text="no longer exists")).to_be_visible()
+    await expect(queue.filter(has_text=gone_project)).to_have_count(0)
+    await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
+    await bob.wait_for_timeout(4_500)  # the explanation is not taken away by a timer (it was, after 4 s)
+    await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
+    await shot(bob, "deleted-meanwhile")
+    await screen_alert.get_by_role("button", name="Dismiss message").click()
+
+    decided_card = queue.filter(has_text=decided_project)
+    decided_id = await decided_card.get_attribute("data-entry-id")
+    other_tab = await api_call_in_page(
+        bob, "PUT", f"/api/approvals/{decided_id}", bob_tokens.last, {"decision": "approved"}
+    )
+    assert other_tab["status"] == 200, other_tab
+    await decided_card.get_by_label("Comment").fill("Hours do not match the plan")
+    await decided_card.get_by_role("button", name="Reject").click()
+    await expect(screen_alert.filter(has_text="You can't reject Alice Employee's")).to_be_visible()
+    await expect(queue.filter(has_text=decided_project)).to_have_count(0)
+    await shot(bob, "decided-meanwhile")
+
+
+async def test_delete_whose_answer_is_lost_is_reported_done(new_page: NewPage, shot: Shots) -> None:
+    """The entry is deleted but the answer is lost (connection reset): the app asks again, and the
+    retry's 404 means its first attempt did it, so alice is told it is deleted, not that it failed."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Delete lost {uuid4().hex[:8]}"
+    await add_by_api(page, tokens, project)
+    await page.get_by_role("button", name="Next week").click()
+    await page.get_by_role("button", name="This week").click()
+    row = page.locator(f'[data-project="{project}"]')
+    await expect(row).to_have_count(1)
+    lost: list[int] = []
+
+    async def lose_first_deleted(route: Route) -> None:
+        response = await route.fetch()
+        if lost or response.status != 204:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)
+        await route.abort("connectionreset")
+
+    await page.route(f"{APP}/api/timesheets/*", lose_first_deleted)
+    await row.get_by_role("button", name="Delete").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Deleted {project}")).to_be_visible()
+    await expect(row).to_have_count(0)
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    assert lost == [204]
+    assert await stored(page, tokens, project) == []
+    await shot(page, "deleted-once")
+
+
+async def test_gateway_down_then_back(new_page: NewPage, shot: Shots, restarts: Platform) -> None:
+    """The gateway itself stops (connection refused): the week says the server can't be reached, the
+    form keeps the entry and says it may not have been saved; once the gateway is back the week loads
+    on Try again and the entry is added once."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await stop_service(restarts, "gateway")
+
+    await page.get_by_role("button", name="Next week").click()
+    week_alert = page.locator(".screen > .banner")
+    await expect(week_alert).to_contain_text("Can't reach the server")
+    project = f"Gateway down {uuid4().hex[:8]}"
+    await fill_entry(page, project, "0.5")
+    await page.get_by_role("button", name="Add entry").click()
+    form_alert = page.locator("form").get_by_role("alert")
+    await expect(form_alert).to_contain_text("may not have been saved", timeout=30_000)
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await shot(page, "gateway-down")
+
+    await start_service(restarts, "gateway")
+    await week_alert.get_by_role("button", name="Try again").click()
+    await expect(week_alert).to_have_count(0)
+    await page.get_by_role("button", name="Add entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
+    await expect(page.locator(f'[data-project="{project}"]')).to_have_count(1)
+    assert len(await stored(page, tokens, project)) == 1
+    await shot(page, "gateway-back")
+
+
+async def test_two_tabs_renew_at_once(new_page: NewPage, shot: Shots) -> None:
+    """Two tabs of one browser (one provider session, one DPoP key) renew at the same moment: both
+    stay signed in and keep working with their own new tokens."""
+    first, first_tokens = await new_page()
+    await first.clock.install()  # the context's clock: both tabs jump together
+    await sign_in(first, shot, "alice")
+    second = await first.context.new_page()
+    second_tokens = Tokens()
+    second.on("request", second_tokens.on_request)
+    await second.goto(APP + "/")
+    await second.get_by_role("button", name="Sign in").click()  # the provider session: no password
+    await expect(second.get_by_test_id("user-name")).to_have_text("Alice Employee")
+    for page in (first, second):
+        await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    before = (first_tokens.last, second_tokens.last)
+    renewed: list[str] = []
+    first.context.on(
+        "response",
+        lambda r: renewed.append(r.url) if r.url == f"{PROVIDER}/oauth/token" and r.status == 200 else None,
+    )
+
+    await first.clock.fast_forward("14:10")
+    await eventually(lambda: len(renewed) >= 2, "both tabs' renewals answered")
+    for page in (first, second):
+        await page.get_by_role("button", name="Next week").click()
+        await page.get_by_role("button", name="This week").click()
+        await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    await eventually(
+        lambda: first_tokens.last != before[0] and second_tokens.last != before[1], "both tabs' new tokens"
+    )
+    assert first_tokens.last != second_tokens.last
+    for page in (first, second):
+        await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
+        await expect(page.get_by_role("alert")).to_have_count(0)
+    await shot(second, "second-tab-renewed")
+
+
+async def test_decision_whose_answer_is_lost_is_reported_done(new_page: NewPage, shot: Shots) -> None:
+    """Bob's approval is applied but its answer is lost (connection reset): the app asks again, the
+    approvals service answers 409 with his own decision, and he is told it is approved."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Decision lost {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    lost: list[int] = []
+
+    async def lose_first_decided(route: Route) -> None:
+        response = await route.fetch()
+        if lost or response.status != 200:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)
+        await route.abort("connectionreset")
+
+    await bob.route(f"{APP}/api/approvals/*", lose_first_decided)
+    await card.get_by_label("Comment").fill("Fine by me")
+    await card.get_by_role("button", name="Approve").click()
+    approved = bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    await expect(approved).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    assert lost == [200]
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    await shot(bob, "approved-once")
+
+
+async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots, restarts: Platform) -> None:
+    """The approvals service stops while bob opens his queue, the audit service while carol opens the
+    trail: each screen says the service is unavailable (no spinner left turning), a decision made
+    meanwhile keeps its comment, and Try again brings each screen back without a reload."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Queue while down {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    await expect(carol.get_by_role("heading", name="Audit trail")).to_be_visible()
+
+    await stop_service(restarts, "approvals")
+    await stop_service(restarts, "audit")
+    await card.get_by_label("Comment").fill("Checked against the plan")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await expect(card.get_by_label("Comment")).to_have_value("Checked against the plan")
+    await assert_inside(card, card.get_by_role("alert"))
+    await assert_inside(card, card.get_by_role("button", name="Dismiss message"))
+    await bob.get_by_role("button", name="Refresh").click()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await shot(bob, "approvals-down")
+    await carol.reload()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.get_by_test_id("chain-status")).to_contain_text("service had a problem")
+    await shot(carol, "audit-down")
+
+    await start_service(restarts, "approvals")
+    await start_service(restarts, "audit")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    card = bob.locator("li.approval").filter(has_text=project)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await trail_alert.get_by_role("button", name="Try again").click()
+    await expect(trail_alert).to_have_count(0)
+    await carol.get_by_role("button", name="Verify again").click()
+    await expect(carol.get_by_test_id("chain-status")).to_contain_text("Chain verified")
+    await shot(carol, "audit-back")
