@@ -39,7 +39,7 @@ counts every proof checked that way. Replaying a proof still needs the request i
 (same method, same URL, same token).
 
 **Once Redis is back**, each process that found it unavailable writes its whole local window into
-it again (``SET NX`` with each entry's remaining time; :meth:`ReplayGuard._rewrite`, a task that
+it again (``SET NX`` with each entry's remaining time; :mod:`svckit.windowrewrite`, a task that
 retries every ``retry_seconds`` of the guard until it gets through). Without that, the outage lasted
 longer than itself: a proof accepted in process only while Redis was away was never in Redis, and
 one accepted through Redis before was lost with it when Redis came back empty (a restart without
@@ -57,15 +57,11 @@ request), so a proof costs one signature verification and no key parsing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
-import contextvars
 import hashlib
 import hmac
 import json
-import logging
 import math
 import re
 from collections import OrderedDict
@@ -84,8 +80,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .keyring import KeyRing
 from .redisguard import RedisGuard
 from .settings import CsvList, ServiceSettings
-
-log = logging.getLogger("svckit.dpop")
+from .windowrewrite import WindowRewrite
 
 #: Proof algorithms this module can verify: asymmetric only (RFC 9449 §4.2 forbids MACs and none).
 SUPPORTED_ALGORITHMS = frozenset(
@@ -536,9 +531,6 @@ class ReplayGuard:
     acceptable; see the module docstring for what happens while Redis is unavailable and after.
     """
 
-    #: entries per pipelined round trip when the local window is written back into Redis
-    REWRITE_BATCH = 1000
-
     def __init__(
         self,
         redis: RedisGuard | None,
@@ -556,10 +548,18 @@ class ReplayGuard:
         self._seen: dict[bytes, float] = {}  # digest -> until (wall seconds), in insertion order
         self._redis_checks = replay_checks.labels("redis")
         self._local_checks = replay_checks.labels("local")
-        # Redis was found unavailable since the local window was last written back into it
-        self._rewrite_due = False
-        self._rewriter: asyncio.Task[None] | None = None
-        self.rewritten = 0  # entries written back after outages (for tests and the log)
+        # the local window written back into Redis once it is back (svckit.windowrewrite)
+        self.rewrite = (
+            WindowRewrite(
+                redis,
+                self._window,
+                self._now,
+                name=f"{namespace}-rewrite",
+                message="redis is back: wrote this process's DPoP proof ids into it again",
+            )
+            if redis is not None
+            else None
+        )
 
     def _digest(self, jkt: str, jti: str) -> bytes:
         return hashlib.blake2b(f"{jkt}\n{jti}".encode(), digest_size=16).digest()
@@ -581,72 +581,24 @@ class ReplayGuard:
                 return bool(await client.set(key, b"1", nx=True, ex=ttl))
 
             fresh = await self.redis.call(claim)
-            if fresh is None:
-                self._schedule_rewrite()
+            if fresh is None and self.rewrite is not None:
+                self.rewrite.schedule()
         if fresh is None:
             self._local_checks.inc()
             return True
         self._redis_checks.inc()
         return fresh
 
-    def _schedule_rewrite(self) -> None:
-        """Redis is unavailable: write the local window back once it is not (module docstring)."""
-        self._rewrite_due = True
-        if self._rewriter is None or self._rewriter.done():
-            # a context of its own: not the request's that found Redis away (its id in the log line)
-            self._rewriter = asyncio.get_running_loop().create_task(
-                self._rewrite(), name=f"{self.namespace}-rewrite", context=contextvars.Context()
-            )
-
-    async def _rewrite(self) -> None:
-        """Until it gets through: every live entry of the local window into Redis, ``SET NX`` with its
-        remaining time. Entries recorded meanwhile (in process only, Redis away again) make it go
-        round once more."""
-        redis = self.redis
-        assert redis is not None
-        while self._rewrite_due:
-            await asyncio.sleep(max(redis.retry_seconds, 0.05))
-            if not redis.available:
-                continue
-            self._rewrite_due = False
-            now = self._now()
-            live = [(digest, until) for digest, until in list(self._seen.items()) if until > now]
-            written = 0
-            for start in range(0, len(live), self.REWRITE_BATCH):
-                batch = live[start : start + self.REWRITE_BATCH]
-                done = await redis.call(self._writer(batch, now))
-                if done is None:  # away again: the next round writes the whole window
-                    self._rewrite_due = True
-                    break
-                written += len(batch)
-            self.rewritten += written
-            if not self._rewrite_due:
-                log.info(
-                    "redis is back: wrote this process's DPoP proof ids into it again",
-                    extra={"namespace": self.namespace, "entries": written},
-                )
-
-    def _writer(self, batch: list[tuple[bytes, float]], now: float) -> Any:
+    def _window(self) -> list[tuple[str, float]]:
+        """The local window as Redis keys and their ends, for the rewrite after an outage."""
         assert self.redis is not None
-        key = self.redis.key
-        keys = [(key(self.namespace, digest.hex()), math.ceil(until - now)) for digest, until in batch]
-
-        async def write(client: Any) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for key, ttl in keys:
-                pipe.set(key, b"1", nx=True, ex=max(1, ttl))
-            await pipe.execute()
-            return True
-
-        return write
+        key, namespace = self.redis.key, self.namespace
+        return [(key(namespace, digest.hex()), until) for digest, until in list(self._seen.items())]
 
     async def close(self) -> None:
         """Stop a rewrite still waiting for Redis (the process is stopping: its window goes with it)."""
-        rewriter, self._rewriter = self._rewriter, None
-        if rewriter is not None and not rewriter.done():
-            rewriter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rewriter
+        if self.rewrite is not None:
+            await self.rewrite.close()
 
     def _remember(self, digest: bytes, until: float, now: float) -> None:
         seen = self._seen

@@ -17,15 +17,15 @@ read within the window discloses no more than the original did).
 
 Once Redis answers again, a replica that found it unavailable (or whose connection Redis closed: a
 restart quicker than the next request is seen no other way) writes its whole local window into it
-(``SET NX`` with each nonce's remaining time, pipelined 1,000 at a time through the guard's client; a
-task that retries every ``REDIS_RETRY_SECONDS`` until it gets through). Without that the outage lasted
-a window longer than itself: what a replica accepted in its own memory or through the fallback was
-never in Redis, and what it accepted through Redis before was lost if Redis came back empty (a
-restart without persistence), so a captured request could be replayed once to any other replica for
-the rest of its window — the chaos hunt of the fault stack found such writes accepted twice, also by
-a replica that had seen the outage. It costs ~43 µs of CPU per nonce in the window, once per outage
-(10,000 nonces: ~0.43 s, measured on the shared machine), spread over round trips that let requests
-run in between.
+(``SET NX`` with each nonce's remaining time, pipelined through the guard's client by
+:mod:`svckit.windowrewrite`, retried every ``REDIS_RETRY_SECONDS`` until it gets through). Without that
+the outage lasted a window longer than itself: what a replica accepted in its own memory or through the
+fallback was never in Redis, and what it accepted through Redis before was lost if Redis came back
+empty (a restart without persistence), so a captured request could be replayed once to any other
+replica for the rest of its window — the chaos hunt of the fault stack found such writes accepted
+twice, also by a replica that had seen the outage. It costs ~43 µs of CPU per nonce in the window, once
+per outage (10,000 nonces: ~0.43 s, measured on the shared machine), spread over round trips that let
+requests run in between.
 
 Batched: the nonces of requests that reach the check in the same turn of the event loop, or while a
 round trip is under way, are recorded together, one pipelined round trip for all of them (no timer: a
@@ -53,9 +53,6 @@ not run (a starved or stalled event loop, under heavy load) is read, not taken f
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -70,13 +67,9 @@ from .identity import SAFE_METHODS
 from .redisguard import REDIS_ERRORS, RedisGuard
 from .replayfallback import FallbackMemory
 from .settings import RedisSettings, ServiceSettings
-
-log = logging.getLogger("svckit.replay")
+from .windowrewrite import WindowRewrite
 
 Verdict = Literal["fresh", "replay", "unavailable"]
-
-#: nonces per pipelined round trip when the local window is written back into Redis after an outage
-REWRITE_BATCH = 1000
 
 #: connections the replay memory's guard opens at most (and its wire one more; svckit.fdlimit counts them)
 REDIS_CONNECTIONS = 32
@@ -357,17 +350,25 @@ class ReplayMemory:
         self._sender: asyncio.Task[None] | None = None
         self._busy = False  # the sender task is queued or its round trip under way
         self.round_trips = 0  # pipelined round trips made (for tests and figures)
-        # a connection Redis closed may mean a restart that lost the nonces: rewrite (no error is seen
-        # otherwise when Redis is back before the next request: the wire just connects again)
-        self._wire = (
-            SetOnceWire.for_url(redis.url, timeout=redis.timeout, on_lost=self._schedule_rewrite)
+        # the local window written back into Redis once it is back (svckit.windowrewrite)
+        self.rewrite = (
+            WindowRewrite(
+                redis,
+                self._window,
+                self._clock,
+                name="identity-replay-rewrite",
+                message="redis is back: wrote this replica's accepted nonces into it again",
+            )
             if redis is not None
             else None
         )
-        # Redis was found unavailable since the local window was last written back into it
-        self._rewrite_due = False
-        self._rewriter: asyncio.Task[None] | None = None
-        self.rewritten = 0  # nonces written back after outages (for tests and the log)
+        # a connection Redis closed may mean a restart that lost the nonces: rewrite (no error is seen
+        # otherwise when Redis is back before the next request: the wire just connects again)
+        self._wire = (
+            SetOnceWire.for_url(redis.url, timeout=redis.timeout, on_lost=self.rewrite.schedule)
+            if redis is not None and self.rewrite is not None
+            else None
+        )
 
     @classmethod
     def for_service(cls, settings: ServiceSettings, database: Database | None = None) -> ReplayMemory:
@@ -408,8 +409,8 @@ class ReplayMemory:
         self._waiting.append((key, future))
         self._send_waiting()
         recorded = await future
-        if recorded is None:
-            self._schedule_rewrite()
+        if recorded is None and self.rewrite is not None:
+            self.rewrite.schedule()
         if method in SAFE_METHODS:
             if recorded is None:
                 self._fallback_until = self._clock() + self.window
@@ -425,57 +426,11 @@ class ReplayMemory:
             return "replay" if await fallback.record(nonce) == "replay" else "fresh"
         return "fresh"
 
-    def _schedule_rewrite(self) -> None:
-        """Redis was found unavailable: once it is back, write this replica's window into it again
-        (:meth:`_rewrite`)."""
-        self._rewrite_due = True
-        if self._rewriter is None or self._rewriter.done():
-            # a context of its own: not the request's that found Redis away
-            self._rewriter = asyncio.get_running_loop().create_task(
-                self._rewrite(), name="identity-replay-rewrite", context=contextvars.Context()
-            )
-
-    async def _rewrite(self) -> None:
-        """Until it gets through: every nonce of the local window into Redis, ``SET NX`` with its
-        remaining time (see the module docstring). Nonces recorded meanwhile while Redis was away
-        again make it go round once more."""
-        redis = self.redis
-        assert redis is not None
-        while self._rewrite_due:
-            await asyncio.sleep(max(redis.retry_seconds, 0.05))
-            if not redis.available:
-                continue
-            self._rewrite_due = False
-            now = self._clock()
-            live = [(nonce, until) for nonce, until in list(self._seen.items()) if until > now]
-            written = 0
-            for start in range(0, len(live), REWRITE_BATCH):
-                batch = live[start : start + REWRITE_BATCH]
-                keys = [
-                    (redis.key("identity-replay", self.service, nonce), max(1, math.ceil(until - now)))
-                    for nonce, until in batch
-                ]
-                if await redis.call(self._rewriter_of(keys)) is None:  # away again: all next round
-                    self._rewrite_due = True
-                    break
-                written += len(batch)
-            self.rewritten += written
-            if not self._rewrite_due:
-                log.info(
-                    "redis is back: wrote this replica's accepted nonces into it again",
-                    extra={"entries": written},
-                )
-
-    @staticmethod
-    def _rewriter_of(keys: list[tuple[str, int]]) -> Callable[[aioredis.Redis], Awaitable[bool]]:
-        async def write(client: aioredis.Redis) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for key, ttl in keys:
-                pipe.set(key, b"1", nx=True, ex=ttl)
-            await pipe.execute()
-            return True
-
-        return write
+    def _window(self) -> list[tuple[str, float]]:
+        """The local window as Redis keys and their ends, for the rewrite after an outage."""
+        assert self.redis is not None
+        key, service = self.redis.key, self.service
+        return [(key("identity-replay", service, nonce), until) for nonce, until in list(self._seen.items())]
 
     def _send_waiting(self) -> None:
         """Those who queued behind a round trip get the next one, one turn of the loop later (with the
@@ -584,9 +539,8 @@ class ReplayMemory:
         and stop a rewrite still waiting for Redis (the process is stopping: its window goes with it)."""
         if self._wire is not None:
             self._wire.close()
-        rewriter, self._rewriter = self._rewriter, None
-        if rewriter is not None and not rewriter.done():
-            rewriter.cancel()
+        if self.rewrite is not None:
+            self.rewrite.cancel()
 
     def _recorder(self, keys: list[str]) -> Callable[[aioredis.Redis], Awaitable[list[object]]]:
         ttl = self._ttl

@@ -554,10 +554,13 @@ async def test_a_rewrite_waiting_for_redis_stops_with_the_guard() -> None:
     try:
         assert await guard.first_use(Proof("jkt", "alone", time.time()))
         await asyncio.sleep(0.3)
-        assert guard._rewriter is not None
-        assert not guard._rewriter.done()
+        assert guard.rewrite is not None
+        task = guard.rewrite.task
+        assert task is not None
+        assert not task.done()
         await guard.close()
-        assert guard._rewriter is None
+        assert guard.rewrite.task is None
+        assert task.done()
     finally:
         await redis.close()
 
