@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -77,6 +77,21 @@ async def fill_entry(page: Page, project: str, hours: str = "0.25", notes: str =
     await page.get_by_label("Hours", exact=True).fill(hours)
     if notes:
         await page.get_by_label("Notes (optional)").fill(notes)
+
+
+def losing_the_first(status: int, lost: list[int]) -> Callable[[Route], Awaitable[None]]:
+    """A route handler that lets each request reach the gateway and hands the page a connection reset
+    instead of the first answer with ``status`` (noted in ``lost``): done, but the page is not told."""
+
+    async def handle(route: Route) -> None:
+        response = await route.fetch()
+        if lost or response.status != status:
+            await route.fulfill(response=response)
+            return
+        lost.append(response.status)
+        await route.abort("connectionreset")
+
+    return handle
 
 
 @pytest.mark.parametrize("fault", ["504", "connection-reset"])
@@ -289,16 +304,7 @@ async def test_delete_whose_answer_is_lost_is_reported_done(new_page: NewPage, s
     row = page.locator(f'[data-project="{project}"]')
     await expect(row).to_have_count(1)
     lost: list[int] = []
-
-    async def lose_first_deleted(route: Route) -> None:
-        response = await route.fetch()
-        if lost or response.status != 204:
-            await route.fulfill(response=response)
-            return
-        lost.append(response.status)
-        await route.abort("connectionreset")
-
-    await page.route(f"{APP}/api/timesheets/*", lose_first_deleted)
+    await page.route(f"{APP}/api/timesheets/*", losing_the_first(204, lost))
     await row.get_by_role("button", name="Delete").click()
     await page.get_by_role("dialog").get_by_role("button", name="Delete entry").click()
     await expect(page.get_by_role("status").filter(has_text=f"Deleted {project}")).to_be_visible()
@@ -390,16 +396,7 @@ async def test_decision_whose_answer_is_lost_is_reported_done(new_page: NewPage,
     card = bob.locator("li.approval").filter(has_text=project)
     await expect(card).to_have_count(1)
     lost: list[int] = []
-
-    async def lose_first_decided(route: Route) -> None:
-        response = await route.fetch()
-        if lost or response.status != 200:
-            await route.fulfill(response=response)
-            return
-        lost.append(response.status)
-        await route.abort("connectionreset")
-
-    await bob.route(f"{APP}/api/approvals/*", lose_first_decided)
+    await bob.route(f"{APP}/api/approvals/*", losing_the_first(200, lost))
     await card.get_by_label("Comment").fill("Fine by me")
     await card.get_by_role("button", name="Approve").click()
     approved = bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
