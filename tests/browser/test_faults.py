@@ -261,8 +261,13 @@ async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: 
 
     await end_session_by_401(page)
     await shot(page, "session-ended-while-typing")
-    await page.get_by_role("alert").get_by_role("button", name="Sign in again").click()
-    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))  # still signed in at the provider
+    await page.evaluate("() => { window.beforeSigningInAgain = true; }")
+    # Still signed in at the provider: through it and back to a new page, the old one's memory gone.
+    async with page.expect_request(lambda r: r.url.startswith(f"{PROVIDER}/authorize")):
+        await page.get_by_role("button", name=re.compile(r"^Sign in")).first.click()
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await page.get_by_role("button", name="Sign out").wait_for()
+    assert await page.evaluate("() => window.beforeSigningInAgain === undefined"), "not a new page"
     await expect(page.get_by_label("Project")).to_have_value(project)
     await expect(page.get_by_label("Hours", exact=True)).to_have_value("1.25")
     await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the session ended")
@@ -279,12 +284,15 @@ async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: 
 
     await fill_entry(page, "Never saved", "3")
     await eventually_draft(page, "Never saved")
-    await page.get_by_role("button", name="Sign out").click()
+    async with page.expect_request(lambda r: "logout" in r.url):
+        await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{APP}/")
     await page.get_by_role("button", name=re.compile(r"^Sign in")).wait_for()
     assert not [k for k in await session_storage(page) if k.startswith("tsp.draft.")]
 
 
 async def eventually_draft(page: Page, text: str) -> None:
+    """Wait until the typed ``text`` reached the draft in sessionStorage (written as it is typed)."""
     deadline = time.monotonic() + 5
     while text not in json.dumps(await session_storage(page)):
         assert time.monotonic() < deadline, f"no draft with {text!r}"
@@ -306,7 +314,7 @@ async def test_unsaved_entry_is_not_shown_to_another_user(new_page: NewPage, sho
     await other.close()
 
     await end_session_by_401(page)
-    await page.get_by_role("alert").get_by_role("button", name="Sign in again").click()
+    await page.get_by_role("button", name=re.compile(r"^Sign in")).first.click()
     await provider_sign_in(page, shot, "bob")
     await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
     await expect(page.get_by_test_id("user-name")).to_have_text("Bob Manager")
