@@ -272,7 +272,7 @@ async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: 
     await expect(page.get_by_label("Hours", exact=True)).to_have_value("1.25")
     await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the session ended")
     await expect(page.get_by_label("Date")).to_have_value(day)
-    await expect(page.get_by_role("status").filter(has_text="unsaved entry is back")).to_be_visible()
+    await expect(page.get_by_test_id("draft-restored")).to_contain_text("was not saved yet")
     await shot(page, "draft-restored")
     assert project in json.dumps(await session_storage(page))
     await assert_no_tokens_stored(page, tokens)
@@ -280,6 +280,7 @@ async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: 
     await page.get_by_role("button", name="Add entry").click()
     await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
     assert len(await stored(page, tokens, project)) == 1
+    await expect(page.get_by_test_id("draft-restored")).to_have_count(0)
     assert not [k for k in await session_storage(page) if k.startswith("tsp.draft.")]
 
     await fill_entry(page, "Never saved", "3")

@@ -348,9 +348,8 @@ function EntryForm({
   // What this user typed before being sent to sign in again comes back (see lib/draft.ts).
   const [restored] = useState(() => loadDraft(sessionStorage, user));
   const [form, setForm] = useState<FormState>(() => restored ?? empty());
-  useEffect(() => {
-    if (restored) toast("Your unsaved entry is back in the form.");
-  }, [restored]);
+  // Said in the form itself (a toast raised while the page is still being drawn would be missed).
+  const [restoredNote, setRestoredNote] = useState(restored !== null);
   useEffect(() => saveDraft(sessionStorage, user, form), [user, form]);
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [message, setMessage] = useState<UserMessage | null>(null);
@@ -397,6 +396,7 @@ function EntryForm({
         `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
       );
       setForm({ ...empty(), date: form.date });
+      setRestoredNote(false);
       setErrors({});
       onAdded(created);
     } catch (error) {
@@ -435,6 +435,11 @@ function EntryForm({
           onDismiss={() => setMessage(null)}
           action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
+      )}
+      {restoredNote && (
+        <p class="entry-form__restored" data-testid="draft-restored">
+          What you typed before signing in again is back in the form: it was not saved yet.
+        </p>
       )}
       <Field id="entry-date" label="Date" error={errors.date}>
         <input
