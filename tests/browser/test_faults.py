@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,18 @@ import pytest
 from playwright.async_api import Locator, Page, Route, expect
 
 from devstack.platform import SERVICES, Platform
-from tests.browser.support import APP, PROVIDER, NewPage, Shots, Tokens, api_call_in_page, eventually, sign_in
+from tests.browser.support import (
+    APP,
+    PROVIDER,
+    NewPage,
+    Shots,
+    Tokens,
+    api_call_in_page,
+    assert_no_tokens_stored,
+    eventually,
+    provider_sign_in,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -176,6 +188,142 @@ async def test_timesheets_down_then_back(new_page: NewPage, shot: Shots, restart
     assert len(await stored(page, tokens, project)) == 1
     await expect(page.get_by_role("alert")).to_have_count(0)
     await shot(page, "timesheets-back")
+
+
+async def test_week_that_failed_to_load_has_no_totals(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """A week that could not be read shows its totals as not known, never "0 h" (which says nothing
+    was recorded): neither the week loaded before nor nothing at all passes for the new week."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Counted {uuid4().hex[:8]}"
+    monday = datetime.now(UTC).date() + timedelta(days=7 - datetime.now(UTC).date().weekday())
+    answer = await api_call_in_page(
+        page,
+        "POST",
+        "/api/timesheets",
+        tokens.last,
+        {"date": monday.isoformat(), "project": project, "hours": 2.5, "notes": ""},
+    )
+    assert answer["status"] == 201, answer
+    await stop_service(restarts, "timesheets")
+
+    await page.get_by_role("button", name="Next week").click()
+    week_alert = page.locator(".screen > .banner")
+    await expect(week_alert).to_contain_text("The service is unavailable")
+    week_total = page.get_by_test_id("week-total")
+    await expect(week_total).to_have_text("—not known")
+    await expect(page.locator(".day__total")).to_have_text(["—not known"] * 7)
+    await expect(page.get_by_text("Nothing recorded this week")).to_have_count(0)
+    await shot(page, "week-not-known")
+
+    await start_service(restarts, "timesheets")
+    await week_alert.get_by_role("button", name="Try again").click()
+    await expect(week_alert).to_have_count(0)
+    await expect(page.locator(f'[data-project="{project}"]')).to_have_count(1)
+    assert (await week_total.text_content() or "").endswith(" h")
+    await expect(page.locator(f'.day[data-date="{monday}"] .day__total')).not_to_have_text("0 h")
+    await shot(page, "week-known-again")
+
+
+async def session_storage(page: Page) -> dict[str, str]:
+    """What the page keeps in sessionStorage (drafts are checked there: per user, no token)."""
+    kept: dict[str, str] = await page.evaluate("() => Object.fromEntries(Object.entries(sessionStorage))")
+    return kept
+
+
+async def end_session_by_401(page: Page) -> None:
+    """The gateway refuses every token (401), the renewed one too: the app asks to sign in again."""
+
+    async def spoil_token(route: Route) -> None:
+        headers = {**route.request.headers, "authorization": "Bearer not.a.token"}
+        await route.continue_(headers=headers)
+
+    await page.route(f"{APP}/api/timesheets*", spoil_token)
+    await page.get_by_role("button", name="Next week").click()
+    await expect(page.get_by_role("alert").filter(has_text="Please sign in again")).to_be_visible()
+    await page.unroute(f"{APP}/api/timesheets*")
+
+
+async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: Shots) -> None:
+    """Alice's session ends while she types (a 401 that renewal does not cure): after signing in again
+    the form holds what she typed; the draft holds no token, and is gone once the entry is saved and
+    when she signs out on purpose."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Draft {uuid4().hex[:8]}"
+    day = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    await page.get_by_label("Date").fill(day)
+    await fill_entry(page, project, "1.25", "typed before the session ended")
+
+    await end_session_by_401(page)
+    await shot(page, "session-ended-while-typing")
+    await page.evaluate("() => { window.beforeSigningInAgain = true; }")
+    # Still signed in at the provider: through it and back to a new page, the old one's memory gone.
+    async with page.expect_request(lambda r: r.url.startswith(f"{PROVIDER}/authorize")):
+        await page.get_by_role("button", name=re.compile(r"^Sign in")).first.click()
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await page.get_by_role("button", name="Sign out").wait_for()
+    assert await page.evaluate("() => window.beforeSigningInAgain === undefined"), "not a new page"
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await expect(page.get_by_label("Hours", exact=True)).to_have_value("1.25")
+    await expect(page.get_by_label("Notes (optional)")).to_have_value("typed before the session ended")
+    await expect(page.get_by_label("Date")).to_have_value(day)
+    await expect(page.get_by_test_id("draft-restored")).to_contain_text("was not saved yet")
+    await shot(page, "draft-restored")
+    assert project in json.dumps(await session_storage(page))
+    await assert_no_tokens_stored(page, tokens)
+
+    await page.get_by_role("button", name="Add entry").click()
+    await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
+    assert len(await stored(page, tokens, project)) == 1
+    await expect(page.get_by_test_id("draft-restored")).to_have_count(0)
+    assert not [k for k in await session_storage(page) if k.startswith("tsp.draft.")]
+
+    await fill_entry(page, "Never saved", "3")
+    await eventually_draft(page, "Never saved")
+    async with page.expect_request(lambda r: "logout" in r.url):
+        await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{APP}/")
+    await page.get_by_role("button", name=re.compile(r"^Sign in")).wait_for()
+    assert not [k for k in await session_storage(page) if k.startswith("tsp.draft.")]
+
+
+async def eventually_draft(page: Page, text: str) -> None:
+    """Wait until the typed ``text`` reached the draft in sessionStorage (written as it is typed)."""
+    deadline = time.monotonic() + 5
+    while text not in json.dumps(await session_storage(page)):
+        assert time.monotonic() < deadline, f"no draft with {text!r}"
+        await asyncio.sleep(0.1)
+
+
+async def test_unsaved_entry_is_not_shown_to_another_user(new_page: NewPage, shot: Shots) -> None:
+    """Alice's session ends (signed out at the provider elsewhere) with an entry typed; bob signs in on
+    the same tab: his form is empty and alice's draft is gone from the browser."""
+    page, _ = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Alice only {uuid4().hex[:8]}"
+    await fill_entry(page, project, "4", "alice's private notes")
+    await eventually_draft(page, project)
+    other = await page.context.new_page()
+    await other.goto(f"{PROVIDER}/v2/logout")
+    await expect(other.get_by_role("heading", name="Signed out")).to_be_visible()
+    await other.close()
+
+    await end_session_by_401(page)
+    await page.get_by_role("button", name=re.compile(r"^Sign in")).first.click()
+    await provider_sign_in(page, shot, "bob")
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await expect(page.get_by_test_id("user-name")).to_have_text("Bob Manager")
+    await page.get_by_role("link", name="My timesheets").click()
+    await expect(page.get_by_label("Project")).to_have_value("")
+    await expect(page.get_by_label("Notes (optional)")).to_have_value("")
+    await shot(page, "bob-sees-no-draft")
+    assert project not in json.dumps(await session_storage(page))
 
 
 async def test_renewal_while_the_sign_in_service_is_down_keeps_the_session(

@@ -7,6 +7,7 @@ import type { ApiClient } from "../api/client";
 import { describeScope, type UserMessage } from "../api/errors";
 import type { SessionManager } from "../auth/session";
 import type { AppConfig } from "../config";
+import { clearDraft, forgetOthers } from "../lib/draft";
 import { ApprovalsScreen } from "./Approvals";
 import { AuditScreen } from "./Audit";
 import { Banner, Toasts } from "./common";
@@ -46,6 +47,12 @@ export function App({
     });
   };
 
+  // Another user signed in on this tab: what the one before typed and left unsaved is dropped.
+  const user = state.session?.profile.sub;
+  useEffect(() => {
+    if (user) forgetOthers(sessionStorage, user);
+  }, [user]);
+
   useEffect(() => {
     const label = SCREENS.find((s) => s.screen === route)?.label;
     document.title = label ? `${label} · Timesheets` : "Timesheets";
@@ -69,6 +76,11 @@ export function App({
   }
 
   const session = state.session;
+  // Signing out on purpose drops the unsaved entry; a session that ends by itself keeps it (lib/draft.ts).
+  const signOut = (): void => {
+    clearDraft(sessionStorage, session.profile.sub);
+    void manager.signOut();
+  };
   const allowed = SCREENS.filter((s) => session.scopes.has(s.scope));
   // People who cannot record hours (auditors) start on the audit trail; everyone else on their week.
   const auditor = !session.scopes.has("create:timesheets") && session.scopes.has("read:audit");
@@ -121,7 +133,7 @@ export function App({
             <span class="user__name" data-testid="user-name">
               {name}
             </span>
-            <button type="button" class="button button--ghost button--small" onClick={() => void manager.signOut()}>
+            <button type="button" class="button button--ghost button--small" onClick={signOut}>
               Sign out
             </button>
           </div>
@@ -141,6 +153,7 @@ export function App({
         {shown === "timesheets" && (
           <TimesheetsScreen
             api={api}
+            user={session.profile.sub}
             canCreate={session.scopes.has("create:timesheets")}
             canDelete={session.scopes.has("delete:timesheets")}
             onSignInAgain={signIn}

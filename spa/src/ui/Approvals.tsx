@@ -28,7 +28,7 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
             Approvals
           </h1>
           <p class="screen__subtitle">
-            {queue.data
+            {queue.data && !queue.error
               ? `${pending.length} waiting · ${formatHours(hours)}`
               : "Entries from your team that wait for your decision"}
           </p>
@@ -46,7 +46,7 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
       )}
       {queue.loading && !queue.data ? (
         <Loading label="Loading the approval queue…" />
-      ) : queue.data && pending.length === 0 ? (
+      ) : queue.data && !queue.error && pending.length === 0 ? (
         <div class="card">
           <EmptyState title="You're all caught up.">
             Nothing is waiting for your decision. Your own entries are approved by someone else.

@@ -51,7 +51,8 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
   // Filters start folded away at phone width, where the trail itself matters most.
   const [wide] = useState(() => window.matchMedia("(min-width: 641px)").matches);
   const active = Object.values(filters).filter(Boolean).length;
-  const rows = [...(events.data ?? []), ...more];
+  // Pages loaded with "Load more" belong to the first page: none are shown without it (other filters).
+  const rows = events.data ? [...events.data, ...more] : [];
   const people = new Map<string, string>();
   for (const row of rows) {
     const view = describeEvent(row);

@@ -3,6 +3,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
+import { loadDraft, saveDraft } from "../lib/draft";
 import {
   addDays,
   formatDay,
@@ -31,12 +32,14 @@ import { useLoad, useToday } from "./hooks";
 
 interface Props {
   api: ApiClient;
+  /** The signed-in user's `sub`: whose draft the entry form keeps and restores. */
+  user: string;
   canCreate: boolean;
   canDelete: boolean;
   onSignInAgain: () => void;
 }
 
-export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: Props) {
+export function TimesheetsScreen({ api, user, canCreate, canDelete, onSignInAgain }: Props) {
   const todayDate = useToday();
   // The week shown: the current one (`null`, following the date when the user's midnight passes with
   // the page open), or one the user chose.
@@ -50,9 +53,13 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [toDelete, setToDelete] = useState<Entry | null>(null);
   const [deleting, setDeleting] = useState(false);
+  // The week's entries are known only once they loaded for this week and the latest attempt did not
+  // fail: until then (another week's answer, a failed load or reload) the totals read "not known",
+  // never "0 h", which would say nothing was recorded.
+  const known = entries.data !== null && !entries.error;
   const list = useMemo(
-    () => (entries.data ?? []).filter((e) => e.date >= start && e.date <= end),
-    [entries.data, start, end],
+    () => (known ? (entries.data ?? []) : []).filter((e) => e.date >= start && e.date <= end),
+    [known, entries.data, start, end],
   );
   const totals = weekTotals(start, list);
   const projects = useMemo(() => [...new Set((entries.data ?? []).map((e) => e.project))].sort(), [entries.data]);
@@ -130,7 +137,7 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
               )}
             </div>
             <span class="week__summary-value" data-testid="week-total">
-              {formatHours(totals.total)}
+              {known ? formatHours(totals.total) : <Unknown />}
             </span>
           </div>
           {entries.loading && !entries.data ? (
@@ -160,7 +167,7 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
                           {isToday && <span class="day__today">Today</span>}
                         </h2>
                         <span class="day__total" aria-label={`Total for ${formatLongDate(day)}`}>
-                          {formatHours(totals.perDay[index] ?? 0)}
+                          {known ? formatHours(totals.perDay[index] ?? 0) : <Unknown />}
                         </span>
                       </div>
                       {dayEntries.length > 0 && (
@@ -185,6 +192,7 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
         {canCreate && (
           <EntryForm
             api={api}
+            user={user}
             defaultDate={isThisWeek ? todayDate : start}
             projects={projects}
             onAdded={(entry) => {
@@ -212,6 +220,16 @@ export function TimesheetsScreen({ api, canCreate, canDelete, onSignInAgain }: P
         </ConfirmDialog>
       )}
     </section>
+  );
+}
+
+/** A total that is not known (the week did not load): a dash, read out as such. */
+function Unknown() {
+  return (
+    <>
+      <span aria-hidden="true">—</span>
+      <span class="sr-only">not known</span>
+    </>
   );
 }
 
@@ -310,6 +328,7 @@ export function checkEntry(form: FormState): Record<string, string> {
 
 function EntryForm({
   api,
+  user,
   defaultDate,
   projects,
   onAdded,
@@ -317,6 +336,7 @@ function EntryForm({
   onSignInAgain,
 }: {
   api: ApiClient;
+  user: string;
   defaultDate: string;
   projects: string[];
   onAdded: (entry: Entry) => void;
@@ -325,7 +345,12 @@ function EntryForm({
   onSignInAgain: () => void;
 }) {
   const empty = (): FormState => ({ date: defaultDate, project: "", hours: "", notes: "" });
-  const [form, setForm] = useState<FormState>(empty);
+  // What this user typed before being sent to sign in again comes back (see lib/draft.ts).
+  const [restored] = useState(() => loadDraft(sessionStorage, user));
+  const [form, setForm] = useState<FormState>(() => restored ?? empty());
+  // Said in the form itself (a toast raised while the page is still being drawn would be missed).
+  const [restoredNote, setRestoredNote] = useState(restored !== null);
+  useEffect(() => saveDraft(sessionStorage, user, form), [user, form]);
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [saving, setSaving] = useState(false);
@@ -371,6 +396,7 @@ function EntryForm({
         `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
       );
       setForm({ ...empty(), date: form.date });
+      setRestoredNote(false);
       setErrors({});
       onAdded(created);
     } catch (error) {
@@ -409,6 +435,11 @@ function EntryForm({
           onDismiss={() => setMessage(null)}
           action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
+      )}
+      {restoredNote && (
+        <p class="entry-form__restored" data-testid="draft-restored">
+          What you typed before signing in again is back in the form: it was not saved yet.
+        </p>
       )}
       <Field id="entry-date" label="Date" error={errors.date}>
         <input

@@ -1,6 +1,7 @@
 /** Small hooks: the live session state, and path-based routing inside the app's base path. */
 import { useEffect, useState } from "preact/hooks";
 import type { SessionManager, SessionState } from "../auth/session";
+import { viewLoad, type LoadView, type Settled } from "../lib/load";
 import { msUntilTomorrow, today, type IsoDate } from "../lib/week";
 
 export function useSession(manager: SessionManager): SessionState {
@@ -67,33 +68,31 @@ export function useRoute(basePath: string): [Screen | "home" | null, (screen: Sc
   return [screenFromPath(path, basePath), navigate];
 }
 
-/** A value loaded asynchronously, with loading and error states and a way to reload. */
-export interface Loaded<T> {
-  data: T | null;
-  error: unknown;
-  loading: boolean;
+/**
+ * A value loaded asynchronously, with loading and error states and a way to reload. `data` is only ever
+ * what was loaded for the current `deps` (see `viewLoad`): after they change it is null until the new
+ * load succeeds, so a screen never shows one week's or one filter's answer as another's.
+ */
+export interface Loaded<T> extends LoadView<T> {
   reload: () => void;
 }
 
 export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
-  const [data, setData] = useState<T | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const [loading, setLoading] = useState(true);
+  const [good, setGood] = useState<Settled<T> | null>(null);
+  const [last, setLast] = useState<Settled<T> | null>(null);
   const [tick, setTick] = useState(0);
   useEffect(() => {
     let live = true;
-    setLoading(true);
-    setError(null);
+    const settled = { deps, attempt: tick };
     load().then(
       (value) => {
         if (!live) return;
-        setData(value);
-        setLoading(false);
+        const outcome = { ...settled, ok: true, data: value, error: null };
+        setGood(outcome);
+        setLast(outcome);
       },
       (failure: unknown) => {
-        if (!live) return;
-        setError(failure);
-        setLoading(false);
+        if (live) setLast({ ...settled, ok: false, data: null, error: failure });
       },
     );
     return () => {
@@ -101,5 +100,5 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [...deps, tick]);
-  return { data, error, loading, reload: () => setTick((t) => t + 1) };
+  return { ...viewLoad(good, last, deps, tick), reload: () => setTick((t) => t + 1) };
 }

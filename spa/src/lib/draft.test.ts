@@ -1,0 +1,110 @@
+import { describe, expect, it } from "vitest";
+import { clearDraft, draftKey, forgetOthers, loadDraft, saveDraft, type Draft, type DraftStorage } from "./draft";
+
+/** sessionStorage's behaviour, in memory (Node has no Web Storage). */
+class MemoryStorage implements DraftStorage {
+  readonly items = new Map<string, string>();
+  get length(): number {
+    return this.items.size;
+  }
+  key(index: number): string | null {
+    return [...this.items.keys()][index] ?? null;
+  }
+  getItem(key: string): string | null {
+    return this.items.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    this.items.set(key, value);
+  }
+  removeItem(key: string): void {
+    this.items.delete(key);
+  }
+}
+
+const typed: Draft = { date: "2026-12-07", project: "Apollo", hours: "1.5", notes: "design review" };
+
+describe("entry drafts", () => {
+  it("gives the draft back to the user who typed it", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "alice", typed);
+    expect(loadDraft(storage, "alice")).toEqual(typed);
+  });
+
+  it("never gives one user's draft to another", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "alice", typed);
+    expect(loadDraft(storage, "bob")).toBeNull();
+    // Even if alice's value were stored under bob's key, the value names its owner.
+    storage.setItem(draftKey("bob"), storage.getItem(draftKey("alice")) ?? "");
+    expect(loadDraft(storage, "bob")).toBeNull();
+  });
+
+  it("drops the other users' drafts when someone else signs in, and nothing else", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "alice", typed);
+    saveDraft(storage, "bob", typed);
+    storage.setItem("tsp.signedIn", "1");
+    forgetOthers(storage, "bob");
+    expect(loadDraft(storage, "alice")).toBeNull();
+    expect(loadDraft(storage, "bob")).toEqual(typed);
+    expect(storage.getItem("tsp.signedIn")).toBe("1");
+  });
+
+  it("keeps users apart whatever their sub contains", () => {
+    expect(draftKey("a.b")).not.toBe(draftKey("a%2Eb"));
+    expect(draftKey("auth0|alice")).toBe("tsp.draft.auth0%7Calice");
+  });
+
+  it("forgets an empty form and a cleared draft", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "alice", typed);
+    saveDraft(storage, "alice", { ...typed, project: "", hours: "", notes: "" });
+    expect(storage.items.size).toBe(0);
+    saveDraft(storage, "alice", typed);
+    clearDraft(storage, "alice");
+    expect(loadDraft(storage, "alice")).toBeNull();
+  });
+
+  it("stores the four fields and nothing else", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "alice", { ...typed, accessToken: "eyJ.secret" } as Draft);
+    const stored = JSON.parse(storage.getItem(draftKey("alice")) ?? "{}") as Record<string, unknown>;
+    expect(Object.keys(stored).sort()).toEqual(["date", "hours", "notes", "project", "sub"]);
+  });
+
+  it("refuses what the form did not write", () => {
+    const storage = new MemoryStorage();
+    for (const raw of [
+      "not json",
+      "null",
+      "[]",
+      JSON.stringify({ sub: "alice", date: "x", project: 3, hours: "1", notes: "" }),
+      JSON.stringify({ sub: "alice", date: "x", project: "p".repeat(5000), hours: "1", notes: "" }),
+    ]) {
+      storage.setItem(draftKey("alice"), raw);
+      expect(loadDraft(storage, "alice")).toBeNull();
+    }
+  });
+
+  it("survives a storage that refuses", () => {
+    const refusing: DraftStorage = {
+      length: 1,
+      key: () => {
+        throw new Error("SecurityError");
+      },
+      getItem: () => {
+        throw new Error("SecurityError");
+      },
+      setItem: () => {
+        throw new Error("QuotaExceededError");
+      },
+      removeItem: () => {
+        throw new Error("SecurityError");
+      },
+    };
+    expect(() => saveDraft(refusing, "alice", typed)).not.toThrow();
+    expect(loadDraft(refusing, "alice")).toBeNull();
+    expect(() => clearDraft(refusing, "alice")).not.toThrow();
+    expect(() => forgetOthers(refusing, "alice")).not.toThrow();
+  });
+});
