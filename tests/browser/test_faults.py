@@ -292,6 +292,51 @@ async def test_unsaved_entry_survives_signing_in_again(new_page: NewPage, shot: 
     assert not [k for k in await session_storage(page) if k.startswith("tsp.draft.")]
 
 
+async def test_entry_stored_before_the_session_ended_is_not_stored_again(
+    new_page: NewPage, shot: Shots
+) -> None:
+    """Alice's create reaches the service, but every answer to it and to its retries is lost; then her
+    session ends. Signed in again, she adds the restored entry: the draft kept the create's
+    Idempotency-Key, so the service answers the stored entry instead of storing it a second time."""
+    page, tokens = await new_page()
+    await sign_in(page, shot, "alice")
+    await expect(page.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Stored then signed out {uuid4().hex[:8]}"
+    keys: list[str | None] = []
+
+    async def lose_every_answer(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        await route.fetch()  # stored the first time, the stored answer replayed to each retry
+        await route.abort("connectionreset")
+
+    await page.route(f"{APP}/api/timesheets", lose_every_answer)
+    await fill_entry(page, project, "0.75")
+    await page.get_by_role("button", name="Add entry").click()
+    await expect(page.get_by_role("alert").filter(has_text="may not have been saved")).to_be_visible(
+        timeout=20_000
+    )
+    await page.unroute(f"{APP}/api/timesheets")
+    assert len(keys) > 1, keys  # retried
+    assert len(set(keys)) == 1, keys  # with one key
+    assert len(await stored(page, tokens, project)) == 1
+
+    await end_session_by_401(page)
+    async with page.expect_request(lambda r: r.url.startswith(f"{PROVIDER}/authorize")):
+        await page.get_by_role("button", name=re.compile(r"^Sign in")).first.click()
+    await page.wait_for_url(re.compile(rf"^{re.escape(APP)}/"))
+    await page.get_by_role("button", name="Sign out").wait_for()
+    await expect(page.get_by_label("Project")).to_have_value(project)
+    await assert_no_tokens_stored(page, tokens)
+    async with page.expect_request(lambda r: r.method == "POST" and r.url == f"{APP}/api/timesheets") as sent:
+        await page.get_by_role("button", name="Add entry").click()
+    assert (await sent.value).headers.get("idempotency-key") == keys[0]
+    await expect(page.get_by_role("status").filter(has_text=f"Added {project}")).to_be_visible()
+    assert len(await stored(page, tokens, project)) == 1
+
+
 async def eventually_draft(page: Page, text: str) -> None:
     """Wait until the typed ``text`` reached the draft in sessionStorage (written as it is typed)."""
     deadline = time.monotonic() + 5

@@ -65,11 +65,24 @@ describe("entry drafts", () => {
     expect(loadDraft(storage, "alice")).toBeNull();
   });
 
-  it("stores the four fields and nothing else", () => {
+  it("stores the four fields and a pending create's key, nothing else", () => {
     const storage = new MemoryStorage();
     saveDraft(storage, "alice", { ...typed, accessToken: "eyJ.secret" } as Draft);
     const stored = JSON.parse(storage.getItem(draftKey("alice")) ?? "{}") as Record<string, unknown>;
-    expect(Object.keys(stored).sort()).toEqual(["date", "hours", "notes", "project", "sub"]);
+    expect(Object.keys(stored).sort()).toEqual(["date", "hours", "notes", "pending", "project", "sub"]);
+    expect(stored.pending).toBeNull();
+  });
+
+  it("gives back the key of a create whose outcome is unknown, with the body it was sent with", () => {
+    const storage = new MemoryStorage();
+    const pending = { key: "0b7f7a4e-54a4-4c43-9d4e-2b1e8a4c1f00", body: '{"project":"Apollo"}' };
+    saveDraft(storage, "alice", { ...typed, pending });
+    expect(loadDraft(storage, "alice")).toEqual({ ...typed, pending });
+    expect(loadDraft(storage, "bob")).toBeNull();
+    for (const odd of [{ key: "", body: "{}" }, { key: "a b", body: "{}" }, { key: "k", body: 3 }, "k", 7]) {
+      storage.setItem(draftKey("alice"), JSON.stringify({ sub: "alice", ...typed, pending: odd }));
+      expect(loadDraft(storage, "alice")).toEqual(typed); // the fields without a key
+    }
   });
 
   it("refuses what the form did not write", () => {

@@ -4,7 +4,7 @@
  *
  * Per user: the key and the stored value both name the user's `sub`, and a draft is only handed back
  * to that user, so on a shared browser bob never sees what alice typed. It holds the four form fields
- * and nothing else (never a token). It is dropped when the entry is saved, when the form is emptied,
+ * and the Idempotency-Key of a create whose outcome is unknown, nothing else (never a token). It is dropped when the entry is saved, when the form is emptied,
  * and when the user signs out on purpose; when another user signs in, every draft but theirs is dropped
  * (what alice typed is not left for bob to find); sessionStorage itself ends with the tab.
  */
@@ -14,6 +14,18 @@ export interface Draft {
   project: string;
   hours: string;
   notes: string;
+  /**
+   * The Idempotency-Key of this entry's last create whose outcome is not known (its answer was lost)
+   * and the body it was sent with: submitting the same entry after signing in again sends the same
+   * key, so an attempt the service did store is answered, not stored a second time. Not a secret: it
+   * names a request, it grants nothing.
+   */
+  pending?: PendingCreate;
+}
+
+export interface PendingCreate {
+  key: string;
+  body: string;
 }
 
 /** The part of the Web Storage API used here (sessionStorage in the app). */
@@ -43,7 +55,7 @@ export function hasText(draft: Draft): boolean {
 export function saveDraft(storage: DraftStorage, sub: string, draft: Draft): void {
   try {
     if (!hasText(draft)) storage.removeItem(draftKey(sub));
-    else storage.setItem(draftKey(sub), JSON.stringify({ sub, ...pick(draft) }));
+    else storage.setItem(draftKey(sub), JSON.stringify({ sub, ...pick(draft), pending: draft.pending ?? null }));
   } catch {
     // Full or refused (private mode): the draft is a convenience, the form still works.
   }
@@ -70,7 +82,8 @@ export function loadDraft(storage: DraftStorage, sub: string): Draft | null {
   if (!FIELDS.every((field) => typeof record[field] === "string" && (record[field] as string).length <= MAX_FIELD))
     return null;
   const draft = pick(record as unknown as Draft);
-  return hasText(draft) ? draft : null;
+  const pending = pendingOf(record.pending);
+  return hasText(draft) ? (pending ? { ...draft, pending } : draft) : null;
 }
 
 export function clearDraft(storage: DraftStorage, sub: string): void {
@@ -79,6 +92,15 @@ export function clearDraft(storage: DraftStorage, sub: string): void {
   } catch {
     // Nothing more to do.
   }
+}
+
+/** A stored pending create as `saveDraft` writes it, else undefined (none, or not what it writes). */
+function pendingOf(value: unknown): PendingCreate | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const { key, body } = value as Record<string, unknown>;
+  if (typeof key !== "string" || !/^[A-Za-z0-9-]{1,64}$/.test(key)) return undefined;
+  if (typeof body !== "string" || body.length > 4 * MAX_FIELD) return undefined;
+  return { key, body };
 }
 
 function pick(draft: Draft): Draft {

@@ -3,7 +3,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
-import { loadDraft, saveDraft } from "../lib/draft";
+import { loadDraft, saveDraft, type PendingCreate } from "../lib/draft";
 import {
   addDays,
   formatDay,
@@ -299,6 +299,11 @@ interface FormState {
  * have been stored (the answer was lost) or surely was not (the service could not be reached), and that
  * what was typed is kept and can be sent again without being added twice.
  */
+/** A 401 or 403 to a create: the gateway refused the token, so the service never saw its key. */
+function deniedAtTheGateway(error: unknown): boolean {
+  return error instanceof ApiError && (error.status === 401 || error.status === 403);
+}
+
 function describeUnsaved(error: unknown): UserMessage {
   const reference =
     error instanceof ApiError && error.problem.request_id ? ` (Reference: ${error.problem.request_id})` : "";
@@ -350,15 +355,18 @@ function EntryForm({
   const [form, setForm] = useState<FormState>(() => restored ?? empty());
   // Said in the form itself (a toast raised while the page is still being drawn would be missed).
   const [restoredNote, setRestoredNote] = useState(restored !== null);
-  useEffect(() => saveDraft(sessionStorage, user, form), [user, form]);
+  // The Idempotency-Key of the entry submitted last, while its outcome is not known (a transient
+  // failure): submitting the same entry again sends the same key, so the service stores it at most
+  // once; a changed entry is another request and gets a new key. Kept in the draft too, so that it
+  // outlives the page when the user is sent to sign in again.
+  const pending = useRef<PendingCreate | null>(restored?.pending ?? null);
+  const keepDraft = (state: FormState): void =>
+    saveDraft(sessionStorage, user, { ...state, pending: pending.current ?? undefined });
+  useEffect(() => keepDraft(form), [user, form]);
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [saving, setSaving] = useState(false);
   const formRef = useRef<HTMLFormElement>(null);
-  // The Idempotency-Key of the entry submitted last, while its outcome is not known (a transient
-  // failure): submitting the same entry again sends the same key, so the service stores it at most
-  // once; a changed entry is another request and gets a new key.
-  const pending = useRef<{ key: string; body: string } | null>(null);
   // Moving to another week moves the date with it, unless the user has started typing.
   useEffect(() => {
     setForm((current) =>
@@ -403,7 +411,10 @@ function EntryForm({
       const fieldErrors = error instanceof ApiError ? error.fieldErrors : {};
       const known = Object.fromEntries(Object.entries(fieldErrors).filter(([key]) => key in form));
       setErrors(known);
-      if (!isTransient(error)) pending.current = null;
+      // A refusal of this attempt says nothing about an earlier one whose answer was lost when the
+      // gateway refused the token (401, 403) before the service saw the key: the key is kept then.
+      if (!isTransient(error) && !deniedAtTheGateway(error)) pending.current = null;
+      keepDraft(form);
       const described = isTransient(error) ? describeUnsaved(error) : describeError(error, "add the entry");
       if (outcomeUnknown(error)) onMaybeAdded();
       const unplaced = Object.entries(fieldErrors).filter(([key]) => !(key in form));
