@@ -43,8 +43,8 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
 # Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
-# fault suite groups of their own): 440-510 s on a two-core machine against ~960 s in one process. Not
-# three: each worker's session services keep ~35 pooled Postgres connections, and three workers filled
+# fault suite groups of their own): 520-740 s on a shared two-core machine, by how busy the host is,
+# against ~960 s in one process. Not three: each worker's session services keep ~35 pooled Postgres connections, and three workers filled
 # the default max_connections (100). TEST_WORKERS=0 runs the suite in one process, in a fixed order.
 TEST_WORKERS ?= 2
 
