@@ -6,15 +6,18 @@ import asyncio
 import html
 import re
 import shutil
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from playwright.async_api import Page, Request, ViewportSize
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from devstack.platform import ROOT
+from devstack.platform import ROOT, SERVICES, Platform
 
 APP = "http://localhost:8080"
 PROVIDER = "http://localhost:9000"
@@ -218,3 +221,31 @@ def write_gallery(folder: Path = SCREENSHOTS) -> Path:
     index = folder / "index.html"
     index.write_text("\n".join(parts), encoding="utf-8")
     return index
+
+
+async def stop_service(platform: Platform, name: str) -> None:
+    """The platform's ``name`` process stopped (SIGTERM, as ``kill`` would)."""
+    process = platform.processes[name]
+    process.terminate()
+    await asyncio.to_thread(process.wait, 25)
+
+
+async def start_service(platform: Platform, name: str, extra: Mapping[str, str] | None = None) -> None:
+    """``name`` started again with the platform's environment (``extra`` over it) once it answers
+    /readyz; nothing when it is running."""
+    spec = next(s for s in SERVICES if s.name == name)
+    if platform.processes[name].poll() is None:
+        return
+    platform.spawn(name, [sys.executable, "-m", name], {**platform.service_env(spec), **(extra or {})})
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert platform.processes[name].poll() is None, f"{name} exited on restart (see its log)"
+            try:
+                async with session.get(f"http://127.0.0.1:{spec.port}/readyz") as reply:
+                    if reply.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{name} not ready after restart"
+            await asyncio.sleep(0.3)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -31,7 +30,7 @@ from svckit.identity import Identity
 from devstack.platform import SERVICES, Platform
 from testkit.auditevents import make_event
 from testkit.fixtures import pair_signer, user
-from tests.browser.support import NewPage, Shots, sign_in
+from tests.browser.support import NewPage, Shots, sign_in, start_service, stop_service
 
 RECORDS = 30_000
 BATCH = 500
@@ -42,22 +41,8 @@ AUDIT = next(spec for spec in SERVICES if spec.name == "audit")
 
 async def restart_audit(platform: Platform, extra: Mapping[str, str]) -> None:
     """The platform's audit process stopped and started again with ``extra`` over its environment."""
-    process = platform.processes["audit"]
-    process.terminate()
-    await asyncio.to_thread(process.wait, 25)
-    platform.spawn("audit", [sys.executable, "-m", "audit"], {**platform.service_env(AUDIT), **extra})
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert platform.processes["audit"].poll() is None, "audit exited on restart (see its log)"
-            try:
-                async with session.get(f"http://127.0.0.1:{AUDIT.port}/readyz") as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "audit not ready after restart"
-            await asyncio.sleep(0.3)
+    await stop_service(platform, "audit")
+    await start_service(platform, "audit", extra)
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-import aiohttp
 import pytest
 from playwright.async_api import Locator, Page, Route, expect
 
@@ -34,35 +32,11 @@ from tests.browser.support import (
     eventually,
     provider_sign_in,
     sign_in,
+    start_service,
+    stop_service,
 )
 
 pytestmark = pytest.mark.browser
-
-
-async def stop_service(platform: Platform, name: str) -> None:
-    process = platform.processes[name]
-    process.terminate()
-    await asyncio.to_thread(process.wait, 25)
-
-
-async def start_service(platform: Platform, name: str) -> None:
-    """``name`` started again with the platform's environment, once it answers /readyz."""
-    spec = next(s for s in SERVICES if s.name == name)
-    if platform.processes[name].poll() is None:
-        return
-    platform.spawn(name, [sys.executable, "-m", name], platform.service_env(spec))
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert platform.processes[name].poll() is None, f"{name} exited on restart (see its log)"
-            try:
-                async with session.get(f"http://127.0.0.1:{spec.port}/readyz") as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, f"{name} not ready after restart"
-            await asyncio.sleep(0.3)
 
 
 @pytest.fixture
