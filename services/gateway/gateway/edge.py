@@ -260,6 +260,8 @@ class Edge:
             extensions["reason"] = answer.reason
         if answer.required_scope:
             extensions["required_scope"] = answer.required_scope
+        if answer.outcome:
+            extensions["outcome"] = answer.outcome
         await self._problem(
             send, answer.status, answer.detail, [*base, *answer.headers], answer.title, **extensions
         )

@@ -120,11 +120,17 @@ GATEWAY_ANSWERS = (
         headers={"Retry-After": RETRY_AFTER},
     ),
     problem_answer(
-        502, "Bad Gateway", "The service behind the gateway failed.", "The service is unreachable."
+        502,
+        "Bad Gateway",
+        "The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome "
+        "says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or "
+        "look the resource up) or not_stored.",
+        "The service is unreachable.",
     ),
     Answer(
         503,
-        "A service, its database or the token issuer is unavailable; retry after Retry-After seconds.",
+        "A service, its database or the token issuer is unavailable; retry after Retry-After seconds. "
+        "For a write, outcome not_stored says nothing was changed, unknown that it may have been.",
         problem={
             "type": "about:blank",
             "title": "Service Unavailable",
@@ -133,7 +139,12 @@ GATEWAY_ANSWERS = (
         },
         headers={"Retry-After": RETRY_AFTER},
     ),
-    problem_answer(504, "Gateway Timeout", "The service did not answer in time.", "The service timed out."),
+    problem_answer(
+        504,
+        "Gateway Timeout",
+        "The service did not answer in time; for a write, outcome unknown: it may have taken effect.",
+        "The service timed out.",
+    ),
 )
 
 TAGS = (

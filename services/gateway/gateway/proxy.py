@@ -8,7 +8,8 @@
   and inbound forwarding headers; the caller's signed identity and ``X-Forwarded-*`` are added by the
   caller of :meth:`Forwarder.forward`.
 * Failures before the response head: connect failure → 503 with ``Retry-After``, timeout → 504,
-  broken upstream → 502 with ``Retry-After``. A request is sent once more, on a fresh connection,
+  broken upstream → 502 with ``Retry-After``; for a write, the problem's ``outcome`` says whether it
+  can have taken effect (:class:`UpstreamFailure`). A request is sent once more, on a fresh connection,
   when its pooled connection turned out to be closed and it is idempotent, or whatever its method
   when it provably never reached the upstream (``UpstreamError.unsent``). A failure after the head
   was sent ends the response early (:class:`UpstreamBrokeOff`): the client sees a truncated body.
@@ -61,6 +62,8 @@ STRIPPED_INBOUND = HOP_BY_HOP | {
 STRIPPED_OUTBOUND = HOP_BY_HOP | {b"x-request-id", b"date", b"server", b"content-length"}
 SMALL_BODY = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: methods that change nothing: a failed one has no outcome to report
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Methods whose requests carry no body unless the client sends one (no ``Content-Length: 0`` then).
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -74,11 +77,18 @@ class ClientGone(Exception):
 
 
 class UpstreamFailure(Exception):
-    def __init__(self, status: int, kind: str, detail: str) -> None:
+    """A failure before the response head. ``outcome`` (for a method that changes something; empty
+    for a read) is the problem's ``outcome`` member, as the services' own 503s give it:
+    ``not_stored`` when no attempt can have reached the service (it could not be connected to, or
+    provably never read the request), ``unknown`` when one may have (it broke off or stayed silent
+    after the request went out: it may have acted on it)."""
+
+    def __init__(self, status: int, kind: str, detail: str, outcome: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.kind = kind
         self.detail = detail
+        self.outcome = outcome
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -183,6 +193,7 @@ class Forwarder:
         streamed = isinstance(body, BodyStream)
         attempts = 1 if streamed else 2  # a streamed body cannot be sent twice
         started_at = started.started_at if started is not None else time.perf_counter()
+        reached = False  # whether an attempt so far may have reached the service
         for attempt in range(attempts):
             if attempt == 0 and started is not None:
                 connection = started.connection
@@ -195,7 +206,7 @@ class Forwarder:
                 try:
                     connection = idle if idle is not None else await pool.acquire(fresh=attempt > 0)
                 except UpstreamError as exc:
-                    raise self._failure(service, exc) from None
+                    raise self._failure(service, exc, method, reached) from None
             try:
                 if attempt == 0 and started is not None:
                     pass
@@ -206,17 +217,18 @@ class Forwarder:
                 await connection.read_head()
             except UpstreamError as exc:
                 connection.abort()
+                reached = reached or not (exc.unsent or exc.kind == "connect")
                 if attempt + 1 < attempts and (exc.unsent or (exc.retryable and method in IDEMPOTENT)):
                     metrics.upstream_retries.labels(service, "unsent" if exc.unsent else "idempotent").inc()
                     continue
-                raise self._failure(service, exc) from None
+                raise self._failure(service, exc, method, reached) from None
             except BaseException:
                 connection.abort()
                 raise
             break
         self.metrics.upstream(service, time.perf_counter() - started_at)
         try:
-            await self._relay(connection, send, extra_response_headers, on_status, service)
+            await self._relay(connection, send, extra_response_headers, on_status, service, method)
         finally:
             connection.finish()
 
@@ -314,16 +326,25 @@ class Forwarder:
         return [(key, value) for key, value in raw if key not in dropped]
 
     @staticmethod
-    def _failure(service: str, exc: UpstreamError) -> UpstreamFailure:
+    def _failure(service: str, exc: UpstreamError, method: str, reached: bool) -> UpstreamFailure:
         if exc.kind == "timeout":
             status, detail = 504, f"The {service} service did not answer in time."
         elif exc.kind == "connect":
             status, detail = 503, f"The {service} service is unreachable."
         else:
             status, detail = 502, f"The {service} service failed to answer properly."
+        outcome = ""
+        if method not in SAFE:
+            outcome = "unknown" if reached else "not_stored"
+            detail += (
+                " Whether the request took effect is unknown: repeat it with the same Idempotency-Key,"
+                " or look the resource up, once the service answers again."
+                if reached
+                else " The request did not reach it: nothing was changed."
+            )
         metrics.upstream_errors.labels(service, exc.kind).inc()
         log.warning("upstream request failed", extra={"upstream": service, "error": exc.detail})
-        return UpstreamFailure(status, exc.kind, detail)
+        return UpstreamFailure(status, exc.kind, detail, outcome)
 
     async def _relay(
         self,
@@ -332,6 +353,7 @@ class Forwarder:
         extra: list[tuple[bytes, bytes]],
         on_status: Callable[[int], None],
         service: str,
+        method: str,
     ) -> None:
         headers = self._response_headers(connection)
         length = connection.content_length
@@ -347,8 +369,8 @@ class Forwarder:
         if connection.complete or (length is not None and length <= SMALL_BODY):
             try:
                 body = connection.take_body() if connection.complete else await connection.read_body()
-            except UpstreamError as exc:
-                raise self._failure(service, exc) from None
+            except UpstreamError as exc:  # the service answered, but its answer was lost
+                raise self._failure(service, exc, method, reached=True) from None
             headers.append((b"content-length", str(len(body)).encode()))
             headers.extend(extra)
             await send({"type": "http.response.start", "status": status, "headers": headers})

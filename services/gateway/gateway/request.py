@@ -78,6 +78,8 @@ class Refusal:
     required_scope: str = ""
     cors: bool = True
     silent: bool = False
+    #: a failed write's ``outcome`` member (``unknown`` / ``not_stored``: docs/CONTRACTS.md)
+    outcome: str = ""
 
 
 @dataclass(slots=True)

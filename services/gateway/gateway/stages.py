@@ -575,7 +575,12 @@ class Forward:
         except ClientGone:
             return GONE
         except UpstreamFailure as exc:
-            return Refusal(exc.status, exc.detail, [] if exc.status == 504 else [(b"retry-after", b"2")])
+            return Refusal(
+                exc.status,
+                exc.detail,
+                [] if exc.status == 504 else [(b"retry-after", b"2")],
+                outcome=exc.outcome,
+            )
         return None
 
     def start(self, request: ApiRequest) -> Exchange | None:

@@ -430,3 +430,81 @@ async def test_an_upstream_that_answers_500_and_closes_costs_no_other_request_a_
         output, _ = await process.communicate()
     served = output.decode().split()
     assert len(served) == len(set(served)) == 90  # each write reached the upstream exactly once
+
+
+# --- what a failed write's answer says about its outcome (docs/CONTRACTS.md, "Errors that mean try again")
+
+
+async def scripted_upstream(behaviour: str) -> asyncio.Server:
+    """An upstream that reads a whole request and then, by ``behaviour``: ``close`` (hangs up without
+    answering: the request reached it, whether it acted is unknown), ``silent`` (never answers),
+    ``truncated`` (its small answer breaks off before the body is whole)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        if behaviour == "silent":
+            await asyncio.sleep(30)
+        elif behaviour == "truncated":
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 100\r\n\r\n" + b"{" * 10)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [("close", 502), ("silent", 504), ("truncated", 502)],
+    ids=["broken", "timed-out", "answer-lost"],
+)
+async def test_a_write_the_upstream_received_but_did_not_answer_says_its_outcome_is_unknown(
+    api: Any, start_gateway: Any, provider: Provider, behaviour: str, status: int
+) -> None:
+    # a 502/504 alone reads as "it failed"; the service may have stored the entry before it broke off,
+    # so the answer must say that nobody knows (repeat with the same Idempotency-Key, or look it up)
+    server = await scripted_upstream(behaviour)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with start_gateway(
+            timesheets_url=f"http://127.0.0.1:{port}", upstream_read_timeout_seconds=0.5
+        ) as gateway:
+            got, headers, body = await api(
+                "POST",
+                f"{gateway}/api/timesheets",
+                provider.scoped("create:timesheets"),
+                json={"date": "2026-11-23", "project": "p", "hours": 1},
+            )
+            assert got == status
+            assert body["outcome"] == "unknown"
+            assert "Idempotency-Key" in body["detail"]
+            assert ("Retry-After" in headers) == (status == 502)
+            # a read has no outcome to speak of
+            got, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
+            assert got == status
+            assert "outcome" not in body
+    finally:
+        server.close()
+
+
+async def test_a_write_that_never_reached_the_upstream_says_nothing_was_stored(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
+    async with start_gateway(timesheets_url=f"http://127.0.0.1:{free_port()}") as gateway:
+        status, headers, body = await api(
+            "DELETE", f"{gateway}/api/timesheets/{uuid.uuid4()}", provider.scoped("delete:timesheets")
+        )
+        assert status == 503
+        assert headers["Retry-After"] == "2"
+        assert body["outcome"] == "not_stored"
+        status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
+        assert status == 503
+        assert "outcome" not in body

@@ -1095,7 +1095,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -1112,7 +1112,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1131,7 +1131,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -1339,7 +1339,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -1378,7 +1378,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -1586,7 +1586,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -1603,7 +1603,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1622,7 +1622,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -1775,7 +1775,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -1792,7 +1792,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1811,7 +1811,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -1962,7 +1962,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -1979,7 +1979,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1998,7 +1998,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -2186,7 +2186,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2205,7 +2205,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -2475,7 +2475,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2494,7 +2494,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -2696,7 +2696,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -2732,7 +2732,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -2901,7 +2901,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -2937,7 +2937,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -3102,7 +3102,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -3138,7 +3138,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
@@ -3267,7 +3267,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service behind the gateway failed. */
+      /** @description The service behind the gateway failed; retry after Retry-After seconds. For a write, outcome says whether it can have taken effect: unknown (repeat it with the same Idempotency-Key, or look the resource up) or not_stored. */
       502: {
         headers: {
           [name: string]: unknown;
@@ -3284,7 +3284,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. */
+      /** @description A service, its database or the token issuer is unavailable; retry after Retry-After seconds. For a write, outcome not_stored says nothing was changed, unknown that it may have been. */
       503: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -3303,7 +3303,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description The service did not answer in time. */
+      /** @description The service did not answer in time; for a write, outcome unknown: it may have taken effect. */
       504: {
         headers: {
           [name: string]: unknown;
