@@ -490,9 +490,12 @@ class ServiceProcess:
         self.stop()
         raise RuntimeError(f"{self.package} did not answer {wait_path} in {timeout}s:\n{self.logs()}")
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 8000) -> str:
+        """The process's log, its last ``tail`` characters (enough for a failure message); ``None``:
+        all of it, for a check that must not miss an early line."""
         try:
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except FileNotFoundError:
             return ""
 

@@ -190,6 +190,6 @@ async def test_the_current_release_serves_on_the_upgraded_database(
     finally:
         for client in (timesheets, approvals, audit):
             await client.close()
-    logs = "".join(process.logs() for process in current_services.values())
+    logs = "".join(process.logs(tail=None) for process in current_services.values())
     assert "NOPERM" not in logs
     assert "Traceback" not in logs
