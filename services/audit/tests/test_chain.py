@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -383,3 +384,17 @@ async def test_the_service_verifies_in_the_background(audit_schema: str, service
                 break
             await asyncio.sleep(0.05)
     assert verifications("ok") + verifications("broken") >= before + 2  # runs again and again
+
+
+async def test_an_event_sent_at_a_leap_second_is_stored_and_chained_as_the_next_second(
+    api: SignedApi, new_event: Any
+) -> None:
+    # the text 23:59:60 is valid RFC 3339; what is hashed must be what is stored and listed (the
+    # verification rebuilds each record's bytes from the stored columns), or the chain breaks
+    subject = f"leap-{uuid.uuid4().hex[:12]}"
+    event = {**new_event(subject=subject), "occurred_at": "2016-12-31T23:59:60.5Z"}
+    stored = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [event]})
+    assert stored.status == 200, stored.text
+    page = await api.call("GET", "/audit/events", AUDITOR, params={"actor": subject})
+    assert [item["occurred_at"] for item in page.body["items"]] == ["2017-01-01T00:00:00.500000Z"]
+    assert (await verify(api))["ok"] is True

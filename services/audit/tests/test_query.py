@@ -201,3 +201,28 @@ async def test_a_repeated_parameter_is_refused(api: SignedApi) -> None:
     reply = await api.call("GET", "/audit/events?actor=a&actor=b", AUDITOR)
     assert reply.status == 422
     assert reply.fields() == {"actor"}
+
+
+async def test_a_leap_second_in_a_range_reads_as_the_next_second_begins(
+    api: SignedApi, new_event: Any
+) -> None:
+    # RFC 3339 (5.6, 5.7) spells the leap second 23:59:60; it was a 422 claiming "unexpected extra
+    # characters". It is read as Postgres reads it, the start of the next second (2017-01-01T00:00:00Z):
+    # an event there is inside `from` and outside `to`, one a moment before the reverse
+    subject = f"leap-{uuid.uuid4().hex[:12]}"
+    before = new_event(subject=subject, occurred_at=datetime(2016, 12, 31, 23, 59, 59, 999999, UTC))
+    after = new_event(subject=subject, occurred_at=datetime(2017, 1, 1, tzinfo=UTC))
+    stored = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": [before, after]})
+    assert stored.status == 200, stored.text
+    for params, expected in (
+        ({"from": "2016-12-31T23:59:60Z"}, after),
+        ({"to": "2016-12-31T23:59:60Z"}, before),
+        ({"from": "2017-01-01T00:59:60+01:00"}, after),  # the same instant with an offset
+    ):
+        page = await api.call("GET", "/audit/events", AUDITOR, params={"actor": subject, **params})
+        assert page.status == 200, page.text
+        assert [item["id"] for item in page.body["items"]] == [expected["id"]], params
+    # the last second there is has no next one in range: the same 422 as any instant past it
+    late = await api.call("GET", "/audit/events", AUDITOR, params={"to": "9999-12-31T23:59:60Z"})
+    assert late.status == 422, late.text
+    assert late.fields() == {"to"}

@@ -120,7 +120,23 @@ def _rfc3339_text(value: Any) -> Any:
                 "so send it as %2B (e.g. 2026-11-23T09:30:00%2B01:00), or give the time in UTC with Z"
             )
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-23T09:30:00Z")
+    if value[17:19] == "60":
+        return _leap_second(value)
     return value
+
+
+def _leap_second(value: str) -> dt.datetime:
+    """A time whose second is 60 (RFC 3339 5.7: a leap second), which ``datetime`` cannot hold: read
+    as PostgreSQL reads it, the start of the next second (``2016-12-31T23:59:60Z`` is
+    ``2017-01-01T00:00:00Z``), so a range given either way means the same rows. Not a 422: the text is
+    valid RFC 3339, and pydantic's message for it ("unexpected extra characters") was wrong."""
+    text = value.upper()
+    try:
+        return dt.datetime.fromisoformat(text[:17] + "59" + text[19:]) + dt.timedelta(seconds=1)
+    except OverflowError:  # 9999-12-31T23:59:60: no next second
+        raise ValueError("must be an instant between 0001-01-01 and 9999-12-31 in UTC") from None
+    except ValueError:  # a date that does not exist (2026-02-30), an hour of 24
+        raise ValueError("must be a date and time that exist, e.g. 2026-11-23T09:30:00Z") from None
 
 
 def rfc3339(value: dt.datetime) -> str:
