@@ -1,7 +1,20 @@
 import { describe, expect, it } from "vitest";
-import { ApiError, NetworkError, describeError, missingScopeFrom, parseFieldErrors } from "./errors";
+import { ApiError, NetworkError, describeError, missingScopeFrom, outcomeUnknown, parseFieldErrors } from "./errors";
 
 describe("problem answers", () => {
+  it("knows when a failed write may have been stored", () => {
+    expect(outcomeUnknown(new NetworkError("reset"))).toBe(true);
+    // the answer's outcome, where it is given, decides
+    expect(outcomeUnknown(new ApiError(503, { status: 503, outcome: "unknown" }))).toBe(true);
+    expect(outcomeUnknown(new ApiError(502, { status: 502, outcome: "not_stored" }))).toBe(false);
+    expect(outcomeUnknown(new ApiError(504, { status: 504, outcome: "unknown" }))).toBe(true);
+    // without it (a read, or an older gateway): by status
+    expect(outcomeUnknown(new ApiError(502, { status: 502 }))).toBe(true);
+    expect(outcomeUnknown(new ApiError(504, { status: 504 }))).toBe(true);
+    expect(outcomeUnknown(new ApiError(503, { status: 503 }))).toBe(false);
+    expect(outcomeUnknown(new ApiError(422, { status: 422 }))).toBe(false);
+  });
+
   it("reads the kit's field errors", () => {
     expect(
       parseFieldErrors([

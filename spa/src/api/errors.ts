@@ -52,15 +52,18 @@ export function isTransient(error: unknown): boolean {
 }
 
 /**
- * Whether a failed write may have been applied all the same: the connection broke or a proxy gave up
- * (502, 504) after the request may have reached the service, or the service's 503 says
- * `"outcome": "unknown"`. A 503 otherwise means nothing was stored (the gateway could not connect, or
- * the service says `"outcome": "not_stored"`).
+ * Whether a failed write may have been applied all the same. The answer's `outcome` says so where it is
+ * given (the services' 503s, and the gateway's 502/503/504 for a write: `"unknown"` or `"not_stored"`);
+ * without it, a broken connection or a proxy that gave up (502, 504) may have come after the request
+ * reached the service, while a 503 means nothing was stored.
  */
 export function outcomeUnknown(error: unknown): boolean {
   if (error instanceof NetworkError) return true;
   if (!(error instanceof ApiError)) return false;
-  return error.status === 502 || error.status === 504 || (error.status === 503 && error.problem.outcome === "unknown");
+  const outcome = error.problem.outcome;
+  if (outcome === "unknown") return true;
+  if (outcome === "not_stored") return false;
+  return error.status === 502 || error.status === 504;
 }
 
 /**
