@@ -492,3 +492,17 @@ async def test_forged_consent_forms_are_refused_and_change_nothing(browser: Brow
     assert done.status == 303
     response = await browser.get("/authorize?" + urlencode(silent))
     assert params_of(response.headers["Location"])["error"] == "consent_required"
+
+
+async def test_userinfo_takes_the_access_token_only_from_the_authorization_header(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """RFC 9700 §4.3.2 (a token in a URL leaks through logs, history and Referer) and §2.5: neither
+    the query (RFC 6750 §2.3) nor a form body (§2.2) carries the token here."""
+    token = (await sign_in_tokens(browser, http, base_url))["access_token"]
+    async with http.get(base_url + "/userinfo?" + urlencode({"access_token": token})) as r:
+        assert r.status == 401
+    async with http.post(base_url + "/userinfo", data={"access_token": token}) as r:
+        assert r.status == 401
+    async with http.get(base_url + "/userinfo", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200
