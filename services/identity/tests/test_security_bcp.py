@@ -4,6 +4,7 @@ attacker against the real provider process over loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -232,7 +233,7 @@ async def test_pkce_downgrade_is_refused_both_ways(
     attacker who stripped the challenge cannot pass the victim's verifier), and a code issued with
     one is not redeemed without it."""
     client_id, secret = confidential_web_app
-    auth = {"Authorization": aiohttp.helpers.BasicAuth(client_id, secret).encode()}
+    auth = {"Authorization": aiohttp.encode_basic_auth(client_id, secret)}
 
     async def code(challenge: str | None) -> str:
         request = code_request(challenge, client_id=client_id, redirect_uri=f"{SPA}/web/callback")
@@ -506,3 +507,35 @@ async def test_userinfo_takes_the_access_token_only_from_the_authorization_heade
         assert r.status == 401
     async with http.get(base_url + "/userinfo", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200
+
+
+# --- races (RFC 9700 §4.5, §4.14.2: "single use" must hold for concurrent presentations) ----------
+
+
+async def test_a_code_redeemed_concurrently_issues_once_and_then_nothing_stays_usable(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    verifier, challenge = pkce_pair()
+    response = await browser.sign_in_and_authorize("alice", **code_request(challenge))
+    code = params_of(response.headers["Location"])["code"]
+    answers = await asyncio.gather(
+        *(redeem(http, base_url, code=code, code_verifier=verifier) for _ in range(6))
+    )
+    issued = [body for status, body in answers if status == 200]
+    assert len(issued) == 1, answers
+    assert all(body["error"] == "invalid_grant" for status, body in answers if status != 200)
+    # the others were replays: what the one success issued is revoked
+    token = issued[0]["access_token"]
+    async with http.get(base_url + "/userinfo", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 401
+
+
+async def test_a_refresh_token_presented_concurrently_issues_once_and_ends_the_family(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    body = await sign_in_tokens(browser, http, base_url, scope="openid offline_access read:timesheets")
+    answers = await asyncio.gather(*(refresh(http, base_url, body["refresh_token"]) for _ in range(6)))
+    issued = [answer for status, answer in answers if status == 200]
+    assert len(issued) == 1, answers
+    status, after = await refresh(http, base_url, issued[0]["refresh_token"])
+    assert (status, after["error"]) == (400, "invalid_grant")
