@@ -539,3 +539,71 @@ async def test_a_refresh_token_presented_concurrently_issues_once_and_ends_the_f
     assert len(issued) == 1, answers
     status, after = await refresh(http, base_url, issued[0]["refresh_token"])
     assert (status, after["error"]) == (400, "invalid_grant")
+
+
+# --- registration: no authorization response over plain HTTP (RFC 9700 §2.6) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "uri"),
+    [
+        ("--redirect-uri", "http://app.example.com/callback"),
+        ("--redirect-uri", "http://localhost.evil.example/callback"),  # only starts like loopback
+        ("--redirect-uri", "http://127.0.0.1.nip.io/callback"),
+        ("--redirect-uri", "http://10.0.0.7/callback"),
+        ("--logout-uri", "http://app.example.com/"),
+        ("--web-origin", "http://app.example.com"),
+    ],
+)
+def test_a_plain_http_uri_off_the_loopback_interface_is_not_registered(
+    seeded: dict[str, str], option: str, uri: str
+) -> None:
+    """RFC 9700 §2.6: authorization responses (a code, tokens) never travel unencrypted, so an http
+    redirect URI is for the loopback interface only; the same for logout URLs and web origins (the
+    pages that read tokens)."""
+    args = [
+        "add-client",
+        "bcp-plain-http",
+        "--name",
+        "Plain",
+        "--public",
+        "--redirect-uri",
+        "https://app.example.com/cb",
+    ]
+    result = run_cli(seeded, *args, option, uri)
+    assert result.returncode == 2, result.stdout
+    assert "https" in result.stderr
+    assert "IDENTITY_ALLOW_INSECURE_HTTP" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/callback",
+        "http://localhost:8080/cb",
+        "http://127.0.0.1:8080/cb",
+        "http://[::1]:8080/cb",
+    ],
+)
+def test_https_and_loopback_uris_are_registered(seeded: dict[str, str], uri: str) -> None:
+    result = run_cli(
+        seeded, "add-client", "bcp-loopback", "--name", "Loopback", "--public", "--redirect-uri", uri
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_plain_http_deployment_may_register_plain_http_uris(seeded: dict[str, str]) -> None:
+    """As for the issuer: ``IDENTITY_ALLOW_INSECURE_HTTP`` is the one switch of a plain-HTTP test
+    deployment."""
+    env = {**seeded, "IDENTITY_ALLOW_INSECURE_HTTP": "true"}
+    args = [
+        "add-client",
+        "bcp-plain-ok",
+        "--name",
+        "Plain",
+        "--public",
+        "--redirect-uri",
+        "http://app.test/cb",
+    ]
+    result = run_cli(env, *args)
+    assert result.returncode == 0, result.stderr
