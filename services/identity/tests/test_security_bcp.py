@@ -256,6 +256,33 @@ async def test_pkce_downgrade_is_refused_both_ways(
     assert status == 200, body
 
 
+async def test_a_confidential_clients_code_is_not_redeemed_without_its_secret(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, confidential_web_app: tuple[str, str]
+) -> None:
+    """RFC 9700 §2.5, RFC 6749 §4.1.3: a confidential client authenticates at the token endpoint;
+    naming its ``client_id`` as a public client does (method ``none``) redeems nothing, and the code
+    stays the client's to redeem."""
+    client_id, secret = confidential_web_app
+    verifier, challenge = pkce_pair()
+    request = code_request(challenge, client_id=client_id, redirect_uri=f"{SPA}/web/callback")
+    request.pop("audience")
+    response = await browser.sign_in_and_authorize("alice", **request)
+    code = params_of(response.headers["Location"])["code"]
+    data = {
+        "grant_type": "authorization_code",
+        "client_id": client_id,
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": f"{SPA}/web/callback",
+    }
+    async with http.post(base_url + "/oauth/token", data=data) as r:
+        assert r.status == 401
+        assert (await r.json())["error"] == "invalid_client"
+    auth = {"Authorization": aiohttp.encode_basic_auth(client_id, secret)}
+    async with http.post(base_url + "/oauth/token", data=data, headers=auth) as r:
+        assert r.status == 200, await r.text()
+
+
 # --- grants the BCP rules out (RFC 9700 §2.4, §2.1.2) -----------------------------------------------
 
 
