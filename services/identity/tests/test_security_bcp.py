@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from testkit.oidc import (
@@ -334,6 +335,39 @@ async def test_a_refresh_cannot_widen_the_scope(
     status, refreshed = await refresh(http, base_url, body["refresh_token"])
     assert status == 200, refreshed
     assert refreshed["scope"] == "openid offline_access read:timesheets"
+
+
+async def test_rotation_never_extends_a_refresh_family_beyond_its_absolute_expiry(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    """Browser-based-apps BCP (refresh token rotation): a family ends at its absolute expiry however
+    often it is rotated, so a stolen family kept alive by its thief ends too; once past it, refused."""
+    body = await sign_in_tokens(browser, http, base_url, scope="openid offline_access read:timesheets")
+    first = hashlib.sha256(body["refresh_token"].encode()).digest()
+    family_id = await db.fetchval("SELECT family_id FROM refresh_tokens WHERE token_hash = $1", first)
+    await db.execute(
+        "UPDATE refresh_tokens SET family_expires_at = now() + interval '90 seconds' WHERE family_id = $1",
+        family_id,
+    )
+    token = body["refresh_token"]
+    for _ in range(3):
+        status, rotated = await refresh(http, base_url, token)
+        assert status == 200, rotated
+        token = rotated["refresh_token"]
+    row = await db.fetchrow(
+        "SELECT expires_at, family_expires_at, family_expires_at <= now() + interval '90 seconds' AS kept"
+        " FROM refresh_tokens WHERE token_hash = $1",
+        hashlib.sha256(token.encode()).digest(),
+    )
+    assert row is not None
+    assert row["kept"], row
+    assert row["expires_at"] <= row["family_expires_at"]
+    await db.execute(
+        "UPDATE refresh_tokens SET family_expires_at = now(), expires_at = now() WHERE family_id = $1",
+        family_id,
+    )
+    status, refused = await refresh(http, base_url, token)
+    assert (status, refused["error"]) == (400, "invalid_grant")
 
 
 # --- response headers (RFC 9700 §4.16, §4.2.4; RFC 6749 §5.1) --------------------------------------
