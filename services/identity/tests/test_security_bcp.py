@@ -168,6 +168,7 @@ async def test_an_implicit_answer_names_the_issuer(browser: Browser, issuer: str
     answer = params_of(response.headers["Location"])
     assert "access_token" in answer
     assert answer["iss"] == issuer
+    assert "refresh_token" not in answer  # never through the front channel (RFC 6749 §4.2.2)
 
 
 # --- PKCE (RFC 9700 §2.1.1, §4.8) -------------------------------------------------------------------
