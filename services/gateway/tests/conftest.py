@@ -71,6 +71,7 @@ class Provider:
         self.max_age = 600
         self.delay = 0.0  # before each JWKS answer
         self.discovery_delay = 0.0  # before each discovery answer
+        self.discovery_issuer: str | None = None  # the issuer discovery names (None: its own)
         self.add_key("rsa-1", "RS256")
         self.add_key("ec-1", "ES256")
         self.add_key("ed-1", "EdDSA")
@@ -109,7 +110,8 @@ class Provider:
                 await asyncio.sleep(self.discovery_delay)
             if self.down:
                 return Response("down", status_code=503)
-            return JSONResponse({"issuer": self.issuer, "jwks_uri": self.base + "/jwks"})
+            issuer = self.discovery_issuer or self.issuer
+            return JSONResponse({"issuer": issuer, "jwks_uri": self.base + "/jwks"})
 
         async def jwks(request: Request) -> Response:
             self.jwks_hits += 1

@@ -209,6 +209,32 @@ async def test_two_issuers_never_collide(api: Any, start_gateway: Any, provider:
             assert (await api("GET", f"{gateway}/api/timesheets", forged))[0] == 401
 
 
+async def test_keys_of_a_discovery_document_naming_another_issuer_are_never_used(
+    api: Any, start_gateway: Any, provider: Provider
+) -> None:
+    """OIDC Discovery §4.3, RFC 8414 §3.3, RFC 9700 §4.4: the document fetched from an issuer's URL
+    must name that very issuer; one that names another (a copied or spoofed document) is not that
+    issuer's, and its ``jwks_uri`` is not followed: its keys verify nothing."""
+    from testkit.fixtures import serve_app
+
+    impostor = Provider()
+    async with serve_app(impostor.app()) as url:
+        impostor.base = url
+        impostor.discovery_issuer = provider.issuer
+        async with start_gateway(oidc_issuer=[provider.issuer, impostor.issuer]) as gateway:
+            status, _, body = await api("GET", f"{gateway}/api/timesheets", impostor.token())
+            assert status == 503, body
+            assert impostor.jwks_hits == 0
+            # the same document naming its own issuer is used
+            impostor.discovery_issuer = None
+            for _ in range(100):  # the failed fetch put the issuer in back-off (jittered)
+                status, _, body = await api("GET", f"{gateway}/api/timesheets", impostor.token())
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200, body
+
+
 def fresh_token(provider: Provider, clock: FakeClock) -> str:
     """A token valid on the gateway's (fake) clock, however far the test moved it."""
     now = int(clock.time())

@@ -13,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import asyncpg
 from svckit.contracts.audit import AuditEvent
@@ -228,6 +229,18 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
     return run_with_connection(settings, work)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def encrypted_or_loopback(uri: str) -> bool:
+    """RFC 9700 §2.6: an authorization response (a code, tokens) never travels unencrypted, so a
+    client's redirect URI — and its logout URLs and web origins, the pages that read those tokens —
+    is https, or http on the loopback interface (RFC 8252 §7.3: never leaves the machine; and the
+    seeded SPA's ``http://localhost:8080`` on a developer's machine)."""
+    parts = urlsplit(uri)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
+
+
 def add_client(settings: IdentitySettings, args: list[str]) -> int:
     """Add or update an OAuth client. Confidential clients get a generated secret, printed once."""
     parser = argparse.ArgumentParser(prog="python -m identity add-client", description=add_client.__doc__)
@@ -264,6 +277,11 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
     for uri in (*parsed.redirect_uri, *parsed.logout_uri, *parsed.web_origin):
         if not uri.startswith(("https://", "http://")) or "#" in uri:
             parser.error(f"{uri!r} must be an absolute http(s) URL without a fragment")
+        if not (settings.identity_allow_insecure_http or encrypted_or_loopback(uri)):
+            parser.error(
+                f"{uri!r} must be https (plain http only on the loopback interface: localhost, "
+                "127.0.0.1, [::1]; or set IDENTITY_ALLOW_INSECURE_HTTP for a plain-http test deployment)"
+            )
     response_types: list[str] = []
     if "authorization_code" in grants:
         response_types.append("code")

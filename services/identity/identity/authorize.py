@@ -93,9 +93,16 @@ def _json_for_script(value: Any) -> str:
 
 
 class Delivery:
-    """How the authorization response reaches the client, fixed by ``response_type``/``response_mode``."""
+    """How the authorization response reaches the client, fixed by ``response_type``/``response_mode``.
 
-    def __init__(self, params: dict[str, str]) -> None:
+    Every response that reaches the client — a code, tokens, an error — names this provider in
+    ``iss`` (RFC 9207, RFC 9700 §4.4.2): a client that talks to more than one authorization server
+    (the gateway trusts a list of issuers) can then tell which one answered, and a mix-up attack,
+    where an attacker's server has the client send an honest server's code to it, is detectable.
+    Authlib does not add it; it is added here, once, for every response mode."""
+
+    def __init__(self, params: dict[str, str], issuer: str) -> None:
+        self.issuer = issuer
         self.implicit = _is_implicit(params.get("response_type"))
         self.default_mode = "fragment" if self.implicit else "query"
         requested = params.get("response_mode")
@@ -121,6 +128,8 @@ class Delivery:
                 str(body.get("error_description", "The request is not valid.")),
                 status=result.status if 400 <= result.status < 500 else 400,
             )
+        in_fragment = bool(urlsplit(location).fragment)
+        location = add_params_to_uri(location, [("iss", self.issuer)], fragment=in_fragment)
         if self.mode == self.default_mode and self.mode in ("query", "fragment"):
             return RedirectResponse(location, status_code=302, headers=_no_store())
         parts = urlsplit(location)
@@ -257,7 +266,7 @@ class AuthorizationEndpoint:
             return error_page(
                 "invalid_request", f"The {bad} parameter holds characters that are not allowed."
             )
-        delivery = Delivery(params)
+        delivery = Delivery(params, self.settings.identity_issuer)
         user = await self.sessions.current(request)
         oreq = self._oauth_request(request, pairs)
         try:

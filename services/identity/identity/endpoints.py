@@ -86,6 +86,7 @@ def discovery_document(s: IdentitySettings) -> dict[str, Any]:
         "scopes_supported": list(ALL_SCOPES),
         "response_types_supported": ["code", "id_token token", "token id_token", "id_token"],
         "response_modes_supported": list(RESPONSE_MODES),
+        "authorization_response_iss_parameter_supported": True,  # RFC 9207 (authorize.Delivery)
         "grant_types_supported": ["authorization_code", "implicit", "client_credentials", "refresh_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [s.signing_alg],
