@@ -33,6 +33,7 @@ import {
   type DPoPStore,
   type ProofRequest,
 } from "./dpop";
+import { checkResponseIssuer } from "./issuer";
 import { grantedScopes, logoutUrl, profileFrom } from "./tokens";
 import { AuthError, type Authenticator, type Discovery, type Session } from "./types";
 import { silentWebMessage } from "./webmessage";
@@ -143,6 +144,7 @@ export class CodeFlow implements Authenticator {
 
   async handleRedirectCallback(): Promise<{ session: Session; returnTo: string }> {
     try {
+      checkResponseIssuer(new URL(window.location.href).searchParams, this.discovery);
       if (this.signer) await syncServerClock();
       // The answer to manager.signinRedirect(): same settings and state store, and our client's proofs.
       const response = await this.client.processSigninResponse(window.location.href);
@@ -166,6 +168,7 @@ export class CodeFlow implements Authenticator {
         extraQueryParams: { audience: this.config.audience, response_mode: "web_message" },
       });
       const answer = await silentWebMessage(request.url);
+      checkResponseIssuer(new URLSearchParams(answer), this.discovery);
       if (this.signer) await syncServerClock();
       const response = await this.client.processSigninResponse(
         `${this.config.redirectUri}?${new URLSearchParams(answer).toString()}`,

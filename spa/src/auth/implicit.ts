@@ -8,6 +8,7 @@
 import { createRemoteJWKSet, type JWTVerifyGetKey } from "jose";
 import type { AppConfig } from "../config";
 import { validateIdToken } from "./idtoken";
+import { checkResponseIssuer } from "./issuer";
 import { grantedScopes, logoutUrl, profileFrom, randomToken } from "./tokens";
 import { AuthError, type Authenticator, type Discovery, type Session } from "./types";
 import { silentWebMessage } from "./webmessage";
@@ -97,6 +98,7 @@ export class ImplicitFlow implements Authenticator {
   /** Validates a fragment answer and turns it into a session. */
   async process(params: URLSearchParams): Promise<{ session: Session; returnTo: string }> {
     const pending = this.take(params.get("state"));
+    checkResponseIssuer(params, this.discovery);
     const error = params.get("error");
     if (error) throw new AuthError(error, params.get("error_description"));
     const accessToken = params.get("access_token");

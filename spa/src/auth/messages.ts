@@ -21,6 +21,7 @@ export function describeAuthError(error: unknown): UserMessage {
         text: "This app needs your permission before it can continue.",
       };
     case "invalid_id_token":
+    case "invalid_issuer":
       return {
         kind: "error",
         title: "Sign-in answer rejected",
