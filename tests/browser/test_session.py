@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.async_api import Page, Response, Route, expect
 
-from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, sign_in
+from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, provider_sign_in, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -165,3 +165,41 @@ async def test_reload_restores_the_session_silently(new_page: NewPage, shot: Sho
     await expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
     await expect(page.get_by_test_id("user-name")).to_have_text("Carol Auditor")
     await shot(page, "carol-after-reload")
+
+
+@pytest.mark.parametrize("flow", ["code", "implicit"])
+async def test_a_sign_in_answer_naming_another_provider_is_refused(
+    new_page: NewPage, shot: Shots, flow: str
+) -> None:
+    # a mix-up (RFC 9207, RFC 9700 4.4): the answer reaching the app names another authorization
+    # server than the one it asked. The provider's redirect to the app (a query for a code, a fragment
+    # for the implicit tokens) is rewritten on its way; the app must refuse the answer before using it
+    # (no code redeemed, no API call) and say why
+    page, tokens = await new_page()
+    redeemed: list[str] = []
+    page.on(
+        "request", lambda r: redeemed.append(r.url) if r.url.startswith(f"{PROVIDER}/oauth/token") else None
+    )
+    swapped: list[str] = []
+
+    async def swap_issuer(route: Route) -> None:
+        response = await route.fetch(max_redirects=0)
+        location = response.headers.get("location", "")
+        if not location.startswith(f"{APP}/callback") or "iss=" not in location:
+            await route.fulfill(response=response)
+            return
+        swapped.append(location)
+        forged = re.sub(r"iss=[^&]*", "iss=https%3A%2F%2Fidentity.attacker.example%2F", location)
+        await route.fulfill(response=response, headers={**response.headers, "location": forged})
+
+    await page.route(re.compile(rf"^{re.escape(PROVIDER)}/authorize"), swap_issuer)
+    await page.goto(f"{APP}/?flow={flow}")
+    await page.get_by_role("button", name=re.compile(r"^Sign in")).click()
+    await provider_sign_in(page, shot, "alice")
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Sign-in answer rejected")
+    await shot(page, f"mix-up-refused-{flow}")
+    assert swapped, "the provider's answer did not carry iss"
+    assert redeemed == [], "the code was redeemed"
+    assert tokens.seen == [], "the API was called"
+    await expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
