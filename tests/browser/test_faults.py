@@ -609,6 +609,13 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     trail_alert = carol.locator(".screen > .banner")
     await expect(trail_alert).to_contain_text("The service is unavailable")
     await expect(carol.get_by_test_id("chain-status")).to_contain_text("service had a problem")
+    # not known is not "nothing happened": no empty trail, no spinner left turning, no rows
+    await expect(carol.get_by_text("Loading the audit trail")).to_have_count(0)
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
+    await expect(carol.locator(".audit-table tbody tr")).to_have_count(0)
+    await trail_alert.get_by_role("button", name="Try again").click()  # still down: still said
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
     await shot(carol, "audit-down")
 
     await start_service(restarts, "approvals")
@@ -622,6 +629,130 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     ).to_be_visible()
     await trail_alert.get_by_role("button", name="Try again").click()
     await expect(trail_alert).to_have_count(0)
+    await expect(carol.locator(".audit-table tbody tr").first).to_be_visible()
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
     await carol.get_by_role("button", name="Verify again").click()
     await expect(carol.get_by_test_id("chain-status")).to_contain_text("Chain verified")
     await shot(carol, "audit-back")
+
+
+async def approve_the_whole_queue(page: Page, tokens: Tokens) -> None:
+    """Every entry in the page user's approval queue approved through the API, until the queue reads
+    empty. The queue is everyone's submitted entries but the approver's own (GET
+    /internal/timesheets/pending), so no manager's queue is empty by construction; the browser tests'
+    platform is theirs alone and they run one at a time (testkit.xdistsched), so nothing adds to it
+    meanwhile. A decision another test left pending (409) is finished by the reconciler within
+    seconds, hence the bounded wait."""
+    deadline = time.monotonic() + 60
+    while True:
+        answer = await api_call_in_page(page, "GET", "/api/approvals?limit=100", tokens.last)
+        assert answer["status"] == 200, answer
+        items = json.loads(answer["text"])["items"]
+        if not items:
+            return
+        for item in items:
+            decided = await api_call_in_page(
+                page, "PUT", f"/api/approvals/{item['id']}", tokens.last, {"decision": "approved"}
+            )
+            assert decided["status"] in (200, 404, 409), decided
+        assert time.monotonic() < deadline, f"the queue is still not empty: {len(items)} entries"
+        await asyncio.sleep(0.5)
+
+
+async def test_empty_queue_is_said_only_after_it_loaded(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Bob's queue holds nothing: "You're all caught up" once it loaded, never while it cannot be read
+    (the approvals service stopped: the reason and Try again, no count); an entry submitted meanwhile
+    shows on Try again with its count, and deciding it leaves the empty queue again."""
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    await approve_the_whole_queue(bob, bob_tokens)
+    caught_up = bob.get_by_text("You're all caught up.")
+    subtitle = bob.locator(".screen__subtitle")
+    await bob.get_by_role("button", name="Refresh").click()
+    await expect(caught_up).to_be_visible()
+    await expect(subtitle).to_have_text("0 waiting · 0 h")
+    await shot(bob, "all-caught-up")
+
+    await stop_service(restarts, "approvals")
+    await bob.reload()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    await expect(caught_up).to_have_count(0)
+    await expect(subtitle).not_to_contain_text("waiting")
+    await shot(bob, "queue-not-known")
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Only one waiting {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+
+    await start_service(restarts, "approvals")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    card = bob.locator("li.approval")
+    await expect(card).to_have_count(1)
+    await expect(card).to_contain_text(project)
+    await expect(subtitle).to_have_text("1 waiting · 0.25 h")
+    await expect(caught_up).to_have_count(0)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(caught_up).to_be_visible()
+    await expect(subtitle).to_have_text("0 waiting · 0 h")
+    await shot(bob, "caught-up-again")
+
+
+async def test_approval_queue_while_timesheets_is_down(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """The timesheets service, which serves the queue to the approvals service, stops: bob's queue says
+    the service is unavailable (on a refresh it keeps the cards it had, without a count; on a fresh
+    page it shows none and no "all caught up"), a decision says it was not made, and once the service
+    is back Try again shows the queue and the decision goes through once."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Queue without timesheets {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    subtitle = bob.locator(".screen__subtitle")
+    await expect(subtitle).to_contain_text("waiting")
+
+    await stop_service(restarts, "timesheets")
+    await bob.get_by_role("button", name="Refresh").click()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(subtitle).not_to_contain_text("waiting")
+    await expect(card).to_have_count(1)  # the cards last loaded stay (each decision is checked)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await shot(bob, "timesheets-down-refresh")
+    await bob.reload()
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    await expect(bob.locator("li.approval")).to_have_count(0)
+    await expect(bob.get_by_text("You're all caught up.")).to_have_count(0)
+    await expect(subtitle).not_to_contain_text("waiting")
+    await shot(bob, "timesheets-down-fresh-page")
+
+    await start_service(restarts, "timesheets")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    await expect(card).to_have_count(1)
+    await expect(subtitle).to_contain_text("waiting")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    await shot(bob, "timesheets-back")
