@@ -756,3 +756,46 @@ async def test_approval_queue_while_timesheets_is_down(
     [entry] = await stored(alice, alice_tokens, project)
     assert entry["status"] == "approved", entry
     await shot(bob, "timesheets-back")
+
+
+async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: NewPage, shot: Shots) -> None:
+    """Bob's approval reaches the service but every answer to it and its retries is lost: he is told
+    it may not have been recorded (not that it failed), the comment stays, and pressing Approve again
+    says it is approved — the service's 409 carries his own decision — not that someone else decided
+    it. One decision, the entry approved with his comment."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Every answer lost {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    sent: list[str] = []
+
+    async def lose_every_answer(route: Route) -> None:
+        sent.append(route.request.url)
+        await route.fetch()
+        await route.abort("connectionreset")
+
+    await bob.route(f"{APP}/api/approvals/*", lose_every_answer)
+    await card.get_by_label("Comment").fill("Matches the plan")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("may not have been recorded", timeout=20_000)
+    await expect(card.get_by_label("Comment")).to_have_value("Matches the plan")
+    await shot(bob, "told-it-may-not-be-recorded")
+    await bob.unroute(f"{APP}/api/approvals/*")
+    assert len(sent) > 1, sent
+    assert len(set(sent)) == 1, sent  # every attempt for the same entry
+
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    assert entry["decision"]["comment"] == "Matches the plan", entry  # type: ignore[index]
+    await shot(bob, "approved-once")

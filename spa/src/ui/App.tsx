@@ -159,7 +159,7 @@ export function App({
             onSignInAgain={signIn}
           />
         )}
-        {shown === "approvals" && <ApprovalsScreen api={api} onSignInAgain={signIn} />}
+        {shown === "approvals" && <ApprovalsScreen api={api} user={session.profile.sub} onSignInAgain={signIn} />}
         {shown === "audit" && <AuditScreen api={api} onSignInAgain={signIn} />}
         {shown === null && (
           <div class="card empty">

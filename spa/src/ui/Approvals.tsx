@@ -1,13 +1,21 @@
 /** "Approvals": other people's submitted entries, approved or rejected with a comment. */
 import { useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
-import { ApiError, describeError, type UserMessage } from "../api/errors";
+import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
 
-export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
+interface Props {
+  api: ApiClient;
+  /** The signed-in approver's `sub`: a 409 carrying a decision by them with the same verdict and comment
+   * is their own decision, already made. */
+  user: string;
+  onSignInAgain: () => void;
+}
+
+export function ApprovalsScreen({ api, user, onSignInAgain }: Props) {
   const queue = useLoad(() => api.listApprovals(), []);
   const [decided, setDecided] = useState<Set<string>>(new Set());
   // Why an entry left the queue without the decision being made (deleted or decided meanwhile): shown
@@ -58,6 +66,7 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
             <ApprovalCard
               key={entry.id}
               api={api}
+              user={user}
               entry={entry}
               onSignInAgain={onSignInAgain}
               onDone={(why) => {
@@ -77,11 +86,13 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
 
 function ApprovalCard({
   api,
+  user,
   entry,
   onDone,
   onSignInAgain,
 }: {
   api: ApiClient;
+  user: string;
   entry: Entry;
   /** Decided; or gone from the queue meanwhile (deleted, or decided by someone else): why. */
   onDone: (gone: UserMessage | null) => void;
@@ -103,17 +114,20 @@ function ApprovalCard({
     }
     setError(undefined);
     setBusy(decision);
+    const verb = decision === "approved" ? "approve" : "reject";
     try {
-      await api.decide(entry.id, decision, comment.trim());
+      // With `by`, a 409 carrying this approver's own identical decision is this one, recorded by an
+      // attempt whose answer was lost (pressed again after "may not have been recorded"): done.
+      await api.decide(entry.id, decision, comment.trim(), { by: user });
       toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
       onDone(null);
     } catch (failure) {
-      const described = describeError(failure, `${decision === "approved" ? "approve" : "reject"} this entry`);
+      const described = isTransient(failure)
+        ? describeUndecided(failure, decision)
+        : describeError(failure, `${verb} this entry`);
       if (failure instanceof ApiError && (failure.status === 409 || failure.status === 404)) {
         // The entry changed meanwhile: the explanation goes above the queue, which is read again.
-        onDone(
-          describeError(failure, `${decision === "approved" ? "approve" : "reject"} ${owner}'s ${entry.project} entry`),
-        );
+        onDone(describeError(failure, `${verb} ${owner}'s ${entry.project} entry`));
         return;
       }
       if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
