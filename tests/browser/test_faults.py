@@ -799,3 +799,50 @@ async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: New
     assert entry["status"] == "approved", entry
     assert entry["decision"]["comment"] == "Matches the plan", entry  # type: ignore[index]
     await shot(bob, "approved-once")
+
+
+async def test_approval_comment_survives_a_failed_decision_and_a_reload(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Bob types why he rejects an entry; the approvals service is stopped, so the rejection fails,
+    and he reloads the page: the comment is kept for him (sessionStorage, no token) and back in the
+    card once the queue loads again. Rejected after the restart, the comment's draft is gone."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Comment kept {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+
+    await stop_service(restarts, "approvals")
+    reason = "Split the hours between the two projects, please"
+    await card.get_by_label("Comment").fill(reason)
+    await card.get_by_role("button", name="Reject").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await bob.reload()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    assert reason in json.dumps(await session_storage(bob))
+    await assert_no_tokens_stored(bob, bob_tokens)
+    await shot(bob, "reloaded-while-down")
+
+    await start_service(restarts, "approvals")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    await expect(card.get_by_label("Comment")).to_have_value(reason)
+    await shot(bob, "comment-back")
+    await card.get_by_role("button", name="Reject").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Rejected Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    assert reason not in json.dumps(await session_storage(bob))
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "rejected", entry
+    assert entry["decision"]["comment"] == reason, entry  # type: ignore[index]
+    await bob.reload()
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    assert reason not in json.dumps(await session_storage(bob))
