@@ -846,3 +846,51 @@ async def test_approval_comment_survives_a_failed_decision_and_a_reload(
     await bob.reload()
     await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
     assert reason not in json.dumps(await session_storage(bob))
+
+
+async def test_audit_filter_that_failed_to_load_offers_no_more(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Carol's trail has more than a page; the audit service stops and she applies a filter: the trail
+    says why it is not shown, with Try again, and offers no "Load more" (the cursor belonged to the
+    unfiltered trail: asking for more of the new filter from there would skip or repeat records).
+    Once the service is back, Try again shows the filtered trail; cleared, the trail's next page
+    follows its first."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    for index in range(26):  # at least 52 records: more than the trail's first page (50)
+        entry_id = await add_by_api(alice, alice_tokens, f"Trail filler {index} {uuid4().hex[:6]}")
+        deleted = await api_call_in_page(alice, "DELETE", f"/api/timesheets/{entry_id}", alice_tokens.last)
+        assert deleted["status"] == 204, deleted
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    more = carol.get_by_role("button", name="Load more")
+    await expect(more).to_be_visible()
+
+    await stop_service(restarts, "audit")
+    await carol.get_by_label("Action").select_option("timesheet.deleted")
+    await carol.get_by_role("button", name="Apply filters").click()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.locator(".audit-table tbody tr")).to_have_count(0)
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
+    await expect(more).to_have_count(0)
+    await shot(carol, "filtered-trail-not-known")
+
+    await start_service(restarts, "audit")
+    await trail_alert.get_by_role("button", name="Try again").click()
+    await expect(trail_alert).to_have_count(0)
+    rows = carol.locator(".audit-table tbody tr")
+    await expect(rows.first).to_be_visible()
+    assert set(await rows.evaluate_all("rows => rows.map(r => r.dataset.action)")) == {"timesheet.deleted"}
+    seqs = await carol.locator(".audit-table__seq").all_text_contents()
+    assert len(seqs) == len(set(seqs)), "a record shown twice"
+    await shot(carol, "filtered-trail-back")
+    await carol.get_by_role("button", name="Clear").click()
+    await expect(rows).to_have_count(50)
+    await more.click()
+    await expect(rows.nth(50)).to_be_visible()
+    seqs = await carol.locator(".audit-table__seq").all_text_contents()
+    assert len(seqs) == len(set(seqs)), "a record shown twice"
+    assert [int(s) for s in seqs] == sorted((int(s) for s in seqs), reverse=True), "not newest first"
