@@ -667,6 +667,7 @@ async def test_empty_queue_is_said_only_after_it_loaded(
     shows on Try again with its count, and deciding it leaves the empty queue again."""
     bob, bob_tokens = await new_page()
     await sign_in(bob, shot, "bob", path="/approvals")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)  # its token is known
     await approve_the_whole_queue(bob, bob_tokens)
     caught_up = bob.get_by_text("You're all caught up.")
     subtitle = bob.locator(".screen__subtitle")
