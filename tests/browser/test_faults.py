@@ -895,3 +895,42 @@ async def test_audit_filter_that_failed_to_load_offers_no_more(
     seqs = await carol.locator(".audit-table__seq").all_text_contents()
     assert len(seqs) == len(set(seqs)), "a record shown twice"
     assert [int(s) for s in seqs] == sorted((int(s) for s in seqs), reverse=True), "not newest first"
+
+
+async def test_audit_more_that_failed_is_not_said_of_other_filters(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Carol's "Load more" fails while the audit service is stopped: she is told, with Try again. Once
+    it is back she applies a filter: the trail shown is the filtered one, and the failure to load more
+    of the unfiltered trail is no longer said of it (nor offered again)."""
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    more = carol.get_by_role("button", name="Load more")
+    if not await more.is_visible():  # run alone: a trail of less than a page gets more records first
+        alice, alice_tokens = await new_page()
+        await sign_in(alice, shot, "alice")
+        await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+        for index in range(26):
+            entry_id = await add_by_api(alice, alice_tokens, f"Trail filler {index} {uuid4().hex[:6]}")
+            deleted = await api_call_in_page(
+                alice, "DELETE", f"/api/timesheets/{entry_id}", alice_tokens.last
+            )
+            assert deleted["status"] == 204, deleted
+        await carol.reload()
+    await expect(more).to_be_visible()
+
+    await stop_service(restarts, "audit")
+    await more.click()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("load more events", timeout=20_000)
+    await shot(carol, "more-failed")
+    await start_service(restarts, "audit")
+    await carol.get_by_label("Action").select_option("timesheet.created")
+    await carol.get_by_role("button", name="Apply filters").click()
+    rows = carol.locator(".audit-table tbody tr")
+    await expect(rows.first).to_be_visible()
+    await expect(carol.locator('.audit-table tbody tr:not([data-action="timesheet.created"])')).to_have_count(
+        0
+    )
+    await expect(trail_alert).to_have_count(0)
+    await shot(carol, "filtered-without-the-old-failure")

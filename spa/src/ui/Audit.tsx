@@ -45,7 +45,8 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
   const [draft, setDraft] = useState<AuditFilters>(NO_FILTERS);
   const [filters, setFilters] = useState<AuditFilters>(draft);
   const [loadingMore, setLoadingMore] = useState(false);
-  const [message, setMessage] = useState<UserMessage | null>(null);
+  // Why "Load more" failed, for the first page it was to follow (said of no other: see `more`).
+  const [moreFailed, setMoreFailed] = useState<{ after: Page<AuditEvent>; message: UserMessage } | null>(null);
   const events = useLoad(() => api.auditEvents(filtersToQuery(filters)), [filters]);
   // Pages loaded with "Load more", and the cursor after them, belong to the first page they follow:
   // like the first page itself (lib/load.ts), they are dropped with it. A cursor is a position in the
@@ -64,6 +65,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
     const view = describeEvent(row);
     if (view.actorSubject && view.actorSubject !== "anonymous") people.set(view.actorSubject, view.actor);
   }
+  const message = first && moreFailed?.after === first ? moreFailed.message : null;
   const failure = message ?? (events.error ? describeError(events.error, "load the audit trail") : null);
 
   const loadMore = async (): Promise<void> => {
@@ -76,8 +78,9 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
         items: [...(following?.items ?? []), ...(page.items ?? [])],
         cursor: page.next_cursor ?? null,
       });
+      setMoreFailed(null);
     } catch (error) {
-      setMessage(describeError(error, "load more events"));
+      setMoreFailed({ after: first, message: describeError(error, "load more events") });
     } finally {
       setLoadingMore(false);
     }
@@ -102,7 +105,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
       {failure && (
         <Banner
           message={failure}
-          onDismiss={message ? () => setMessage(null) : undefined}
+          onDismiss={message ? () => setMoreFailed(null) : undefined}
           action={
             <MessageAction
               message={failure}
@@ -110,7 +113,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
               onRetry={
                 message
                   ? () => {
-                      setMessage(null);
+                      setMoreFailed(null);
                       void loadMore();
                     }
                   : events.reload
