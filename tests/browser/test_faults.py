@@ -609,6 +609,13 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     trail_alert = carol.locator(".screen > .banner")
     await expect(trail_alert).to_contain_text("The service is unavailable")
     await expect(carol.get_by_test_id("chain-status")).to_contain_text("service had a problem")
+    # not known is not "nothing happened": no empty trail, no spinner left turning, no rows
+    await expect(carol.get_by_text("Loading the audit trail")).to_have_count(0)
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
+    await expect(carol.locator(".audit-table tbody tr")).to_have_count(0)
+    await trail_alert.get_by_role("button", name="Try again").click()  # still down: still said
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
     await shot(carol, "audit-down")
 
     await start_service(restarts, "approvals")
@@ -622,6 +629,308 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     ).to_be_visible()
     await trail_alert.get_by_role("button", name="Try again").click()
     await expect(trail_alert).to_have_count(0)
+    await expect(carol.locator(".audit-table tbody tr").first).to_be_visible()
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
     await carol.get_by_role("button", name="Verify again").click()
     await expect(carol.get_by_test_id("chain-status")).to_contain_text("Chain verified")
     await shot(carol, "audit-back")
+
+
+async def approve_the_whole_queue(page: Page, tokens: Tokens) -> None:
+    """Every entry in the page user's approval queue approved through the API, until the queue reads
+    empty. The queue is everyone's submitted entries but the approver's own (GET
+    /internal/timesheets/pending), so no manager's queue is empty by construction; the browser tests'
+    platform is theirs alone and they run one at a time (testkit.xdistsched), so nothing adds to it
+    meanwhile. A decision another test left pending (409) is finished by the reconciler within
+    seconds, hence the bounded wait."""
+    deadline = time.monotonic() + 60
+    while True:
+        answer = await api_call_in_page(page, "GET", "/api/approvals?limit=100", tokens.last)
+        assert answer["status"] == 200, answer
+        items = json.loads(answer["text"])["items"]
+        if not items:
+            return
+        for item in items:
+            decided = await api_call_in_page(
+                page, "PUT", f"/api/approvals/{item['id']}", tokens.last, {"decision": "approved"}
+            )
+            assert decided["status"] in (200, 404, 409), decided
+        assert time.monotonic() < deadline, f"the queue is still not empty: {len(items)} entries"
+        await asyncio.sleep(0.5)
+
+
+async def test_empty_queue_is_said_only_after_it_loaded(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Bob's queue holds nothing: "You're all caught up" once it loaded, never while it cannot be read
+    (the approvals service stopped: the reason and Try again, no count); an entry submitted meanwhile
+    shows on Try again with its count, and deciding it leaves the empty queue again."""
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)  # its token is known
+    await approve_the_whole_queue(bob, bob_tokens)
+    caught_up = bob.get_by_text("You're all caught up.")
+    subtitle = bob.locator(".screen__subtitle")
+    await bob.get_by_role("button", name="Refresh").click()
+    await expect(caught_up).to_be_visible()
+    await expect(subtitle).to_have_text("0 waiting · 0 h")
+    await shot(bob, "all-caught-up")
+
+    await stop_service(restarts, "approvals")
+    await bob.reload()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    await expect(caught_up).to_have_count(0)
+    await expect(subtitle).not_to_contain_text("waiting")
+    await shot(bob, "queue-not-known")
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Only one waiting {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+
+    await start_service(restarts, "approvals")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    card = bob.locator("li.approval")
+    await expect(card).to_have_count(1)
+    await expect(card).to_contain_text(project)
+    await expect(subtitle).to_have_text("1 waiting · 0.25 h")
+    await expect(caught_up).to_have_count(0)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(caught_up).to_be_visible()
+    await expect(subtitle).to_have_text("0 waiting · 0 h")
+    await shot(bob, "caught-up-again")
+
+
+async def test_approval_queue_while_timesheets_is_down(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """The timesheets service, which serves the queue to the approvals service, stops: bob's queue says
+    the service is unavailable (on a refresh it keeps the cards it had, without a count; on a fresh
+    page it shows none and no "all caught up"), a decision says it was not made, and once the service
+    is back Try again shows the queue and the decision goes through once."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Queue without timesheets {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    subtitle = bob.locator(".screen__subtitle")
+    await expect(subtitle).to_contain_text("waiting")
+
+    await stop_service(restarts, "timesheets")
+    await bob.get_by_role("button", name="Refresh").click()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(subtitle).not_to_contain_text("waiting")
+    await expect(card).to_have_count(1)  # the cards last loaded stay (each decision is checked)
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await shot(bob, "timesheets-down-refresh")
+    await bob.reload()
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    await expect(bob.locator("li.approval")).to_have_count(0)
+    await expect(bob.get_by_text("You're all caught up.")).to_have_count(0)
+    await expect(subtitle).not_to_contain_text("waiting")
+    await shot(bob, "timesheets-down-fresh-page")
+
+    await start_service(restarts, "timesheets")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    await expect(card).to_have_count(1)
+    await expect(subtitle).to_contain_text("waiting")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    await shot(bob, "timesheets-back")
+
+
+async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: NewPage, shot: Shots) -> None:
+    """Bob's approval reaches the service but every answer to it and its retries is lost: he is told
+    it may not have been recorded (not that it failed), the comment stays, and pressing Approve again
+    says it is approved — the service's 409 carries his own decision — not that someone else decided
+    it. One decision, the entry approved with his comment."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Every answer lost {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, _ = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    sent: list[str] = []
+
+    async def lose_every_answer(route: Route) -> None:
+        sent.append(route.request.url)
+        await route.fetch()
+        await route.abort("connectionreset")
+
+    await bob.route(f"{APP}/api/approvals/*", lose_every_answer)
+    await card.get_by_label("Comment").fill("Matches the plan")
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.get_by_role("alert")).to_contain_text("may not have been recorded", timeout=20_000)
+    await expect(card.get_by_label("Comment")).to_have_value("Matches the plan")
+    await shot(bob, "told-it-may-not-be-recorded")
+    await bob.unroute(f"{APP}/api/approvals/*")
+    assert len(sent) > 1, sent
+    assert len(set(sent)) == 1, sent  # every attempt for the same entry
+
+    await card.get_by_role("button", name="Approve").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    assert entry["decision"]["comment"] == "Matches the plan", entry  # type: ignore[index]
+    await shot(bob, "approved-once")
+
+
+async def test_approval_comment_survives_a_failed_decision_and_a_reload(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Bob types why he rejects an entry; the approvals service is stopped, so the rejection fails,
+    and he reloads the page: the comment is kept for him (sessionStorage, no token) and back in the
+    card once the queue loads again. Rejected after the restart, the comment's draft is gone."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"Comment kept {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+
+    await stop_service(restarts, "approvals")
+    reason = "Split the hours between the two projects, please"
+    await card.get_by_label("Comment").fill(reason)
+    await card.get_by_role("button", name="Reject").click()
+    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await bob.reload()
+    queue_alert = bob.locator(".screen > .banner")
+    await expect(queue_alert).to_contain_text("The service is unavailable")
+    assert reason in json.dumps(await session_storage(bob))
+    await assert_no_tokens_stored(bob, bob_tokens)
+    await shot(bob, "reloaded-while-down")
+
+    await start_service(restarts, "approvals")
+    await queue_alert.get_by_role("button", name="Try again").click()
+    await expect(queue_alert).to_have_count(0)
+    await expect(card.get_by_label("Comment")).to_have_value(reason)
+    await shot(bob, "comment-back")
+    await card.get_by_role("button", name="Reject").click()
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Rejected Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    assert reason not in json.dumps(await session_storage(bob))
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "rejected", entry
+    assert entry["decision"]["comment"] == reason, entry  # type: ignore[index]
+    await bob.reload()
+    await expect(bob.get_by_text("Loading the approval queue")).to_have_count(0)
+    assert reason not in json.dumps(await session_storage(bob))
+
+
+async def test_audit_filter_that_failed_to_load_offers_no_more(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Carol's trail has more than a page; the audit service stops and she applies a filter: the trail
+    says why it is not shown, with Try again, and offers no "Load more" (the cursor belonged to the
+    unfiltered trail: asking for more of the new filter from there would skip or repeat records).
+    Once the service is back, Try again shows the filtered trail; cleared, the trail's next page
+    follows its first."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    for index in range(26):  # at least 52 records: more than the trail's first page (50)
+        entry_id = await add_by_api(alice, alice_tokens, f"Trail filler {index} {uuid4().hex[:6]}")
+        deleted = await api_call_in_page(alice, "DELETE", f"/api/timesheets/{entry_id}", alice_tokens.last)
+        assert deleted["status"] == 204, deleted
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    more = carol.get_by_role("button", name="Load more")
+    await expect(more).to_be_visible()
+
+    await stop_service(restarts, "audit")
+    await carol.get_by_label("Action").select_option("timesheet.deleted")
+    await carol.get_by_role("button", name="Apply filters").click()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("The service is unavailable")
+    await expect(carol.locator(".audit-table tbody tr")).to_have_count(0)
+    await expect(carol.get_by_text("No events match")).to_have_count(0)
+    await expect(more).to_have_count(0)
+    await shot(carol, "filtered-trail-not-known")
+
+    await start_service(restarts, "audit")
+    await trail_alert.get_by_role("button", name="Try again").click()
+    await expect(trail_alert).to_have_count(0)
+    rows = carol.locator(".audit-table tbody tr")
+    await expect(rows.first).to_be_visible()
+    assert set(await rows.evaluate_all("rows => rows.map(r => r.dataset.action)")) == {"timesheet.deleted"}
+    seqs = await carol.locator(".audit-table__seq").all_text_contents()
+    assert len(seqs) == len(set(seqs)), "a record shown twice"
+    await shot(carol, "filtered-trail-back")
+    await carol.get_by_role("button", name="Clear").click()
+    await expect(rows).to_have_count(50)
+    await more.click()
+    await expect(rows.nth(50)).to_be_visible()
+    seqs = await carol.locator(".audit-table__seq").all_text_contents()
+    assert len(seqs) == len(set(seqs)), "a record shown twice"
+    assert [int(s) for s in seqs] == sorted((int(s) for s in seqs), reverse=True), "not newest first"
+
+
+async def test_audit_more_that_failed_is_not_said_of_other_filters(
+    new_page: NewPage, shot: Shots, restarts: Platform
+) -> None:
+    """Carol's "Load more" fails while the audit service is stopped: she is told, with Try again. Once
+    it is back she applies a filter: the trail shown is the filtered one, and the failure to load more
+    of the unfiltered trail is no longer said of it (nor offered again)."""
+    carol, _ = await new_page()
+    await sign_in(carol, shot, "carol")
+    more = carol.get_by_role("button", name="Load more")
+    if not await more.is_visible():  # run alone: a trail of less than a page gets more records first
+        alice, alice_tokens = await new_page()
+        await sign_in(alice, shot, "alice")
+        await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+        for index in range(26):
+            entry_id = await add_by_api(alice, alice_tokens, f"Trail filler {index} {uuid4().hex[:6]}")
+            deleted = await api_call_in_page(
+                alice, "DELETE", f"/api/timesheets/{entry_id}", alice_tokens.last
+            )
+            assert deleted["status"] == 204, deleted
+        await carol.reload()
+    await expect(more).to_be_visible()
+
+    await stop_service(restarts, "audit")
+    await more.click()
+    trail_alert = carol.locator(".screen > .banner")
+    await expect(trail_alert).to_contain_text("load more events", timeout=20_000)
+    await shot(carol, "more-failed")
+    await start_service(restarts, "audit")
+    await carol.get_by_label("Action").select_option("timesheet.created")
+    await carol.get_by_role("button", name="Apply filters").click()
+    rows = carol.locator(".audit-table tbody tr")
+    await expect(rows.first).to_be_visible()
+    await expect(carol.locator('.audit-table tbody tr:not([data-action="timesheet.created"])')).to_have_count(
+        0
+    )
+    await expect(trail_alert).to_have_count(0)
+    await shot(carol, "filtered-without-the-old-failure")

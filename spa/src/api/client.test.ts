@@ -125,11 +125,35 @@ describe("ApiClient", () => {
       problem(res, status, status === 409 ? { decision: recorded } : {}, { "retry-after": "0" });
     };
     const api = new ApiClient(base, new Tokens(null));
-    expect(await api.decide("e1", "approved", "ok", [0])).toEqual(recorded);
+    expect(await api.decide("e1", "approved", "ok", { delaysMs: [0] })).toEqual(recorded);
     // someone else's decision (another verdict), or a 409 at the first attempt, stands
     answers.push(502, 409);
-    expect(await api.decide("e1", "rejected", "no", [0]).catch((e: ApiError) => e.status)).toBe(409);
-    expect(await api.decide("e1", "approved", "ok", [0]).catch((e: ApiError) => e.status)).toBe(409);
+    expect(await api.decide("e1", "rejected", "no", { delaysMs: [0] }).catch((e: ApiError) => e.status)).toBe(409);
+    expect(await api.decide("e1", "approved", "ok", { delaysMs: [0] }).catch((e: ApiError) => e.status)).toBe(409);
+  });
+
+  it("knows its approver's own decision in a 409, at the first attempt too, and no one else's", async () => {
+    let recorded: object = { decision: "approved", comment: "ok", by: { subject: "local|bob", name: "Bob" } };
+    const answers: number[] = [];
+    let calls = 0;
+    handler = (_req, res) => {
+      calls++;
+      const status = answers.shift() ?? 409;
+      problem(res, status, status === 409 ? { decision: recorded } : {}, { "retry-after": "0" });
+    };
+    const api = new ApiClient(base, new Tokens(null));
+    // pressed again after every answer to the first press was lost: the 409 is bob's own decision
+    expect(await api.decide("e1", "approved", "ok", { by: "local|bob", delaysMs: [0] })).toEqual(recorded);
+    expect(calls).toBe(1);
+    // the same verdict and comment by someone else, even after a retry: not bob's decision
+    recorded = { decision: "approved", comment: "ok", by: { subject: "local|carol" } };
+    answers.push(502);
+    const refused = await api.decide("e1", "approved", "ok", { by: "local|bob", delaysMs: [0] }).catch((e) => e);
+    expect(refused).toBeInstanceOf(ApiError);
+    expect((refused as ApiError).status).toBe(409);
+    // bob's own, but another comment: what was recorded is not what he asked for now
+    recorded = { decision: "approved", comment: "fine", by: { subject: "local|bob" } };
+    expect(await api.decide("e1", "approved", "ok", { by: "local|bob" }).catch((e: ApiError) => e.status)).toBe(409);
   });
 
   it("renews once on 401 and retries with the new token", async () => {

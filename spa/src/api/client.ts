@@ -208,14 +208,19 @@ export class ApiClient {
 
   /**
    * Decides an entry, retrying transient failures like `createEntry` (the approvals service takes the
-   * same approver's same decision again as a retry). When an attempt whose answer was lost recorded
-   * it, the retry is a 409 carrying that decision: the same verdict and comment mean it is done.
+   * same approver's same decision again as a retry: the PUT names the entry, and the service keeps
+   * one decision per entry, whose id it chooses). Once a decision is recorded, every further PUT is a
+   * 409 carrying it: when it is `by` this approver with the same verdict and comment, it is this
+   * decision, made by an attempt whose answer was lost — this call's or an earlier one's (the user
+   * pressed Approve again after being told the outcome was unknown) — and it is done. Someone else's
+   * decision stands as the 409 it is, even when it reads the same. Without `by`, only a retry's 409
+   * is taken as done.
    */
   async decide(
     id: string,
     decision: "approved" | "rejected",
     comment: string,
-    delaysMs: readonly number[] = CREATE_RETRY_DELAYS_MS,
+    { by = null, delaysMs = CREATE_RETRY_DELAYS_MS }: { by?: string | null; delaysMs?: readonly number[] } = {},
   ): Promise<unknown> {
     let attempts = 0;
     try {
@@ -228,8 +233,8 @@ export class ApiClient {
     } catch (error) {
       const existing = error instanceof ApiError && error.status === 409 ? error.problem.decision : null;
       const recorded = existing && typeof existing === "object" ? (existing as Record<string, unknown>) : null;
-      if (attempts > 1 && recorded && recorded.decision === decision && (recorded.comment ?? "") === comment)
-        return recorded;
+      const same = recorded !== null && recorded.decision === decision && (recorded.comment ?? "") === comment;
+      if (same && (by !== null ? subjectOf(recorded.by) === by : attempts > 1)) return recorded;
       throw error;
     }
   }
@@ -257,6 +262,14 @@ export class ApiClient {
       }
     }
   }
+}
+
+/** The subject of a decision's `by` (a person object, or a bare subject), if it has one. */
+function subjectOf(person: unknown): string | null {
+  if (typeof person === "string") return person;
+  if (typeof person !== "object" || person === null) return null;
+  const subject = (person as Record<string, unknown>).subject;
+  return typeof subject === "string" ? subject : null;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { ApiError, NetworkError, describeError, missingScopeFrom, outcomeUnknown, parseFieldErrors } from "./errors";
+import {
+  ApiError,
+  NetworkError,
+  describeError,
+  describeUndecided,
+  missingScopeFrom,
+  outcomeUnknown,
+  parseFieldErrors,
+} from "./errors";
 
 describe("problem answers", () => {
   it("knows when a failed write may have been stored", () => {
@@ -80,5 +88,23 @@ describe("problem answers", () => {
     expect(error.fieldErrors).toEqual({
       hours: "would bring 2026-11-23 to 28 hours; 20 already recorded, at most 24 a day",
     });
+  });
+
+  it("tells an approver whether a decision that still failed may have been recorded", () => {
+    const lost = describeUndecided(new NetworkError("reset"), "approved");
+    expect(lost.title).toBe("The decision may not have been recorded");
+    expect(lost.text).toContain("whether the entry was approved");
+    expect(lost.text).toContain("Press Approve again");
+    expect(describeUndecided(new ApiError(504, { status: 504 }), "rejected").title).toBe(
+      "The decision may not have been recorded",
+    );
+    const pending = new ApiError(503, { status: 503, request_id: "r1", decision: { state: "pending" } });
+    expect(describeUndecided(pending, "approved")).toMatchObject({ title: "Recorded, not applied yet" });
+    expect(describeUndecided(pending, "approved").text).toContain("(Reference: r1)");
+    const down = describeUndecided(new ApiError(503, { status: 503 }), "rejected");
+    expect(down.title).toBe("The service is unavailable");
+    expect(down.text).toContain("was not rejected");
+    expect(down.text).toContain("comment is kept");
+    expect(down.text).toContain("Press Reject again");
   });
 });

@@ -198,3 +198,34 @@ export function describeError(error: unknown, action: string): UserMessage {
       };
   }
 }
+
+/**
+ * What an approver is told when a decision still failed transiently after its retries (`isTransient`),
+ * and the comment stays in the card: whether it may have been recorded (the answer was lost: pressing
+ * the button again is answered with the recorded decision, never a second one), is recorded and waits
+ * to be applied (the approvals service's 503 carrying the decision), or surely was not.
+ */
+export function describeUndecided(error: unknown, decision: "approved" | "rejected"): UserMessage {
+  const button = decision === "approved" ? "Approve" : "Reject";
+  const reference =
+    error instanceof ApiError && error.problem.request_id ? ` (Reference: ${error.problem.request_id})` : "";
+  if (outcomeUnknown(error)) {
+    return {
+      kind: "unavailable",
+      title: "The decision may not have been recorded",
+      text: `The service did not answer, so we can't tell yet whether the entry was ${decision}. Press ${button} again in a moment: it will not be decided twice.${reference}`,
+    };
+  }
+  if (error instanceof ApiError && error.status === 503 && error.problem.decision) {
+    return {
+      kind: "unavailable",
+      title: "Recorded, not applied yet",
+      text: `Your decision is recorded and is applied as soon as the timesheets service answers. Press ${button} again in a moment to see it done.${reference}`,
+    };
+  }
+  return {
+    kind: "unavailable",
+    title: "The service is unavailable",
+    text: `The entry was not ${decision}: the service could not be reached. Your comment is kept. Press ${button} again in a moment.${reference}`,
+  };
+}

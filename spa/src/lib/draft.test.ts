@@ -1,5 +1,19 @@
 import { describe, expect, it } from "vitest";
-import { clearDraft, draftKey, forgetOthers, loadDraft, saveDraft, type Draft, type DraftStorage } from "./draft";
+import {
+  MAX_COMMENTS,
+  clearComment,
+  clearDraft,
+  clearDrafts,
+  commentsKey,
+  draftKey,
+  forgetOthers,
+  loadComments,
+  loadDraft,
+  saveComment,
+  saveDraft,
+  type Draft,
+  type DraftStorage,
+} from "./draft";
 
 /** sessionStorage's behaviour, in memory (Node has no Web Storage). */
 class MemoryStorage implements DraftStorage {
@@ -119,5 +133,75 @@ describe("entry drafts", () => {
     expect(loadDraft(refusing, "alice")).toBeNull();
     expect(() => clearDraft(refusing, "alice")).not.toThrow();
     expect(() => forgetOthers(refusing, "alice")).not.toThrow();
+    expect(() => saveComment(refusing, "bob", "e1", "why")).not.toThrow();
+    expect(loadComments(refusing, "bob")).toEqual({});
+    expect(() => clearDrafts(refusing, "bob")).not.toThrow();
+  });
+});
+
+const ENTRY = "0b5c6f9e-3d2a-4c1b-8e7f-6a5b4c3d2e1f";
+const OTHER = "7d1e5b0a-2c4f-4e8a-9b6d-3f2a1c0e9d8b";
+
+describe("approval comments", () => {
+  it("gives each entry's comment back to the approver who typed it, and to no one else", () => {
+    const storage = new MemoryStorage();
+    saveComment(storage, "bob", ENTRY, "Split the hours, please");
+    saveComment(storage, "bob", OTHER, "Fine");
+    expect(loadComments(storage, "bob")).toEqual({ [ENTRY]: "Split the hours, please", [OTHER]: "Fine" });
+    expect(loadComments(storage, "dave")).toEqual({});
+    storage.setItem(commentsKey("dave"), storage.getItem(commentsKey("bob")) ?? "");
+    expect(loadComments(storage, "dave")).toEqual({});
+  });
+
+  it("forgets a comment once its decision is recorded, or when it is emptied", () => {
+    const storage = new MemoryStorage();
+    saveComment(storage, "bob", ENTRY, "Split the hours, please");
+    saveComment(storage, "bob", OTHER, "Fine");
+    clearComment(storage, "bob", ENTRY);
+    expect(loadComments(storage, "bob")).toEqual({ [OTHER]: "Fine" });
+    saveComment(storage, "bob", OTHER, "  ");
+    expect(storage.items.size).toBe(0);
+  });
+
+  it("lives beside the entry draft: signing out drops both, another user signing in drops the others'", () => {
+    const storage = new MemoryStorage();
+    saveDraft(storage, "bob", typed);
+    saveComment(storage, "bob", ENTRY, "why");
+    saveComment(storage, "alice", ENTRY, "hers");
+    forgetOthers(storage, "bob");
+    expect(loadComments(storage, "alice")).toEqual({});
+    expect(loadComments(storage, "bob")).toEqual({ [ENTRY]: "why" });
+    expect(loadDraft(storage, "bob")).toEqual(typed);
+    clearDraft(storage, "bob"); // the entry saved: the comments stay
+    expect(loadComments(storage, "bob")).toEqual({ [ENTRY]: "why" });
+    clearDrafts(storage, "bob");
+    expect(storage.items.size).toBe(0);
+  });
+
+  it("keeps the newest comments only, and only what it writes", () => {
+    const storage = new MemoryStorage();
+    for (let index = 0; index <= MAX_COMMENTS; index++) saveComment(storage, "bob", `e-${index}`, `c${index}`);
+    const kept = loadComments(storage, "bob");
+    expect(Object.keys(kept)).toHaveLength(MAX_COMMENTS);
+    expect(kept["e-0"]).toBeUndefined();
+    expect(kept[`e-${MAX_COMMENTS}`]).toBe(`c${MAX_COMMENTS}`);
+    saveComment(storage, "bob", "not an id!", "x");
+    expect(loadComments(storage, "bob")["not an id!"]).toBeUndefined();
+    storage.setItem(
+      commentsKey("bob"),
+      JSON.stringify({ sub: "bob", comments: { [ENTRY]: "ok", [OTHER]: 3, "a b": "x", e2: "c".repeat(5000) } }),
+    );
+    expect(loadComments(storage, "bob")).toEqual({ [ENTRY]: "ok" });
+    for (const raw of ["not json", "[]", JSON.stringify({ sub: "bob", comments: ["x"] })]) {
+      storage.setItem(commentsKey("bob"), raw);
+      expect(loadComments(storage, "bob")).toEqual({});
+    }
+  });
+
+  it("stores the approver and the comments only", () => {
+    const storage = new MemoryStorage();
+    saveComment(storage, "bob", ENTRY, "why");
+    const stored = JSON.parse(storage.getItem(commentsKey("bob")) ?? "{}") as Record<string, unknown>;
+    expect(Object.keys(stored).sort()).toEqual(["comments", "sub"]);
   });
 });

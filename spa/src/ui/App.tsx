@@ -7,7 +7,7 @@ import type { ApiClient } from "../api/client";
 import { describeScope, type UserMessage } from "../api/errors";
 import type { SessionManager } from "../auth/session";
 import type { AppConfig } from "../config";
-import { clearDraft, forgetOthers } from "../lib/draft";
+import { clearDrafts, forgetOthers } from "../lib/draft";
 import { ApprovalsScreen } from "./Approvals";
 import { AuditScreen } from "./Audit";
 import { Banner, Toasts } from "./common";
@@ -76,9 +76,10 @@ export function App({
   }
 
   const session = state.session;
-  // Signing out on purpose drops the unsaved entry; a session that ends by itself keeps it (lib/draft.ts).
+  // Signing out on purpose drops the unsaved entry and comments; a session that ends by itself keeps
+  // them (lib/draft.ts).
   const signOut = (): void => {
-    clearDraft(sessionStorage, session.profile.sub);
+    clearDrafts(sessionStorage, session.profile.sub);
     void manager.signOut();
   };
   const allowed = SCREENS.filter((s) => session.scopes.has(s.scope));
@@ -159,7 +160,7 @@ export function App({
             onSignInAgain={signIn}
           />
         )}
-        {shown === "approvals" && <ApprovalsScreen api={api} onSignInAgain={signIn} />}
+        {shown === "approvals" && <ApprovalsScreen api={api} user={session.profile.sub} onSignInAgain={signIn} />}
         {shown === "audit" && <AuditScreen api={api} onSignInAgain={signIn} />}
         {shown === null && (
           <div class="card empty">

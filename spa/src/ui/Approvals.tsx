@@ -1,14 +1,25 @@
 /** "Approvals": other people's submitted entries, approved or rejected with a comment. */
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
-import { ApiError, describeError, type UserMessage } from "../api/errors";
+import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
+import { clearComment, loadComments, saveComment } from "../lib/draft";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
 
-export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
+interface Props {
+  api: ApiClient;
+  /** The signed-in approver's `sub`: whose comments are kept (lib/draft.ts); a 409 carrying a decision by
+   * them with the same verdict and comment is their own decision, already made. */
+  user: string;
+  onSignInAgain: () => void;
+}
+
+export function ApprovalsScreen({ api, user, onSignInAgain }: Props) {
   const queue = useLoad(() => api.listApprovals(), []);
+  // Comments this approver typed and had no decision recorded with yet (a reload, signing in again).
+  const [restored] = useState(() => loadComments(sessionStorage, user));
   const [decided, setDecided] = useState<Set<string>>(new Set());
   // Why an entry left the queue without the decision being made (deleted or decided meanwhile): shown
   // above the queue until dismissed, since the card that was decided is gone.
@@ -58,7 +69,9 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
             <ApprovalCard
               key={entry.id}
               api={api}
+              user={user}
               entry={entry}
+              restored={restored[entry.id] ?? ""}
               onSignInAgain={onSignInAgain}
               onDone={(why) => {
                 setDecided((current) => new Set([...current, entry.id]));
@@ -77,17 +90,24 @@ export function ApprovalsScreen({ api, onSignInAgain }: { api: ApiClient; onSign
 
 function ApprovalCard({
   api,
+  user,
   entry,
+  restored,
   onDone,
   onSignInAgain,
 }: {
   api: ApiClient;
+  user: string;
   entry: Entry;
+  /** The comment kept from before (empty: none). */
+  restored: string;
   /** Decided; or gone from the queue meanwhile (deleted, or decided by someone else): why. */
   onDone: (gone: UserMessage | null) => void;
   onSignInAgain: () => void;
 }) {
-  const [comment, setComment] = useState("");
+  const [comment, setComment] = useState(restored);
+  // Kept as it is typed: a reload, a renewal's redirect or a failed decision loses nothing.
+  useEffect(() => saveComment(sessionStorage, user, entry.id, comment), [user, entry.id, comment]);
   const [error, setError] = useState<string | undefined>();
   const [message, setMessage] = useState<UserMessage | null>(null);
   const [busy, setBusy] = useState<"approved" | "rejected" | null>(null);
@@ -103,17 +123,23 @@ function ApprovalCard({
     }
     setError(undefined);
     setBusy(decision);
+    const verb = decision === "approved" ? "approve" : "reject";
     try {
-      await api.decide(entry.id, decision, comment.trim());
+      // With `by`, a 409 carrying this approver's own identical decision is this one, recorded by an
+      // attempt whose answer was lost (pressed again after "may not have been recorded"): done.
+      await api.decide(entry.id, decision, comment.trim(), { by: user });
+      clearComment(sessionStorage, user, entry.id);
       toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
       onDone(null);
     } catch (failure) {
-      const described = describeError(failure, `${decision === "approved" ? "approve" : "reject"} this entry`);
+      const described = isTransient(failure)
+        ? describeUndecided(failure, decision)
+        : describeError(failure, `${verb} this entry`);
       if (failure instanceof ApiError && (failure.status === 409 || failure.status === 404)) {
-        // The entry changed meanwhile: the explanation goes above the queue, which is read again.
-        onDone(
-          describeError(failure, `${decision === "approved" ? "approve" : "reject"} ${owner}'s ${entry.project} entry`),
-        );
+        // The entry changed meanwhile: the explanation goes above the queue, which is read again. The
+        // comment was for a decision that can no longer be made.
+        clearComment(sessionStorage, user, entry.id);
+        onDone(describeError(failure, `${verb} ${owner}'s ${entry.project} entry`));
         return;
       }
       if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
@@ -150,6 +176,11 @@ function ApprovalCard({
           onDismiss={() => setMessage(null)}
           action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
+      )}
+      {restored && (
+        <p class="approval__restored" data-testid="comment-restored">
+          Your comment from before is back: no decision was made with it yet.
+        </p>
       )}
       <Field id={fieldId} label="Comment" hint="Optional when approving; required when rejecting." error={error}>
         <textarea

@@ -2,7 +2,7 @@
 import { useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { describeError, type UserMessage } from "../api/errors";
-import type { AuditEvent, ChainVerification } from "../api/types";
+import type { AuditEvent, ChainVerification, Page } from "../api/types";
 import {
   ACTION_CHOICES,
   NO_FILTERS,
@@ -34,41 +34,53 @@ function Instant({ value }: { value: string | null }) {
   );
 }
 
+/** The pages "Load more" added after the first page `after`, and the cursor that follows them. */
+interface MorePages {
+  after: Page<AuditEvent>;
+  items: AuditEvent[];
+  cursor: string | null;
+}
+
 export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAgain: () => void }) {
   const [draft, setDraft] = useState<AuditFilters>(NO_FILTERS);
   const [filters, setFilters] = useState<AuditFilters>(draft);
-  const [more, setMore] = useState<AuditEvent[]>([]);
-  const [cursor, setCursor] = useState<string | null>(null);
   const [loadingMore, setLoadingMore] = useState(false);
-  const [message, setMessage] = useState<UserMessage | null>(null);
-  const events = useLoad(async () => {
-    const page = await api.auditEvents(filtersToQuery(filters));
-    setMore([]);
-    setCursor(page.next_cursor ?? null);
-    return page.items ?? [];
-  }, [filters]);
+  // Why "Load more" failed, for the first page it was to follow (said of no other: see `more`).
+  const [moreFailed, setMoreFailed] = useState<{ after: Page<AuditEvent>; message: UserMessage } | null>(null);
+  const events = useLoad(() => api.auditEvents(filtersToQuery(filters)), [filters]);
+  // Pages loaded with "Load more", and the cursor after them, belong to the first page they follow:
+  // like the first page itself (lib/load.ts), they are dropped with it. A cursor is a position in the
+  // trail, whatever the filters: another filter's (or a stale load's) would skip or repeat records.
+  const [more, setMore] = useState<MorePages | null>(null);
+  const first = events.data;
+  const following = first && more?.after === first ? more : null;
+  const cursor = first ? (following ? following.cursor : (first.next_cursor ?? null)) : null;
   const chain = useLoad<ChainVerification>(() => api.verifyChain(), []);
   // Filters start folded away at phone width, where the trail itself matters most.
   const [wide] = useState(() => window.matchMedia("(min-width: 641px)").matches);
   const active = Object.values(filters).filter(Boolean).length;
-  // Pages loaded with "Load more" belong to the first page: none are shown without it (other filters).
-  const rows = events.data ? [...events.data, ...more] : [];
+  const rows = first ? [...(first.items ?? []), ...(following?.items ?? [])] : [];
   const people = new Map<string, string>();
   for (const row of rows) {
     const view = describeEvent(row);
     if (view.actorSubject && view.actorSubject !== "anonymous") people.set(view.actorSubject, view.actor);
   }
+  const message = first && moreFailed?.after === first ? moreFailed.message : null;
   const failure = message ?? (events.error ? describeError(events.error, "load the audit trail") : null);
 
   const loadMore = async (): Promise<void> => {
-    if (!cursor) return;
+    if (!first || !cursor) return;
     setLoadingMore(true);
     try {
       const page = await api.auditEvents(filtersToQuery(filters), cursor);
-      setMore([...more, ...(page.items ?? [])]);
-      setCursor(page.next_cursor ?? null);
+      setMore({
+        after: first,
+        items: [...(following?.items ?? []), ...(page.items ?? [])],
+        cursor: page.next_cursor ?? null,
+      });
+      setMoreFailed(null);
     } catch (error) {
-      setMessage(describeError(error, "load more events"));
+      setMoreFailed({ after: first, message: describeError(error, "load more events") });
     } finally {
       setLoadingMore(false);
     }
@@ -93,7 +105,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
       {failure && (
         <Banner
           message={failure}
-          onDismiss={message ? () => setMessage(null) : undefined}
+          onDismiss={message ? () => setMoreFailed(null) : undefined}
           action={
             <MessageAction
               message={failure}
@@ -101,7 +113,7 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
               onRetry={
                 message
                   ? () => {
-                      setMessage(null);
+                      setMoreFailed(null);
                       void loadMore();
                     }
                   : events.reload
