@@ -172,9 +172,11 @@ async def test_a_sign_in_answer_naming_another_provider_is_refused(
     new_page: NewPage, shot: Shots, flow: str
 ) -> None:
     # a mix-up (RFC 9207, RFC 9700 4.4): the answer reaching the app names another authorization
-    # server than the one it asked. The provider's redirect to the app (a query for a code, a fragment
-    # for the implicit tokens) is rewritten on its way; the app must refuse the answer before using it
-    # (no code redeemed, no API call) and say why
+    # server than the one it asked. The provider's answer (a query for a code, a fragment for the
+    # implicit tokens) is rewritten on its way; the app must refuse it before using it (no code
+    # redeemed, no API call) and say why. The browser follows the provider's redirects without
+    # routing them, so the sign-in form's POST is answered here: it goes on to /authorize as the
+    # browser would (same cookies), and the answer's redirect comes back with its iss replaced
     page, tokens = await new_page()
     redeemed: list[str] = []
     page.on(
@@ -183,16 +185,20 @@ async def test_a_sign_in_answer_naming_another_provider_is_refused(
     swapped: list[str] = []
 
     async def swap_issuer(route: Route) -> None:
-        response = await route.fetch(max_redirects=0)
-        location = response.headers.get("location", "")
-        if not location.startswith(f"{APP}/callback") or "iss=" not in location:
-            await route.fulfill(response=response)
+        signed_in = await route.fetch(max_redirects=0)
+        location = signed_in.headers.get("location", "")
+        if route.request.method != "POST" or not location.startswith("/authorize"):
+            await route.fulfill(response=signed_in)
             return
-        swapped.append(location)
-        forged = re.sub(r"iss=[^&]*", "iss=https%3A%2F%2Fidentity.attacker.example%2F", location)
-        await route.fulfill(response=response, headers={**response.headers, "location": forged})
+        answer = await page.context.request.get(PROVIDER + location, max_redirects=0)
+        callback = answer.headers.get("location", "")
+        assert callback.startswith(f"{APP}/callback"), callback
+        assert "iss=" in callback, callback
+        swapped.append(callback)
+        forged = re.sub(r"iss=[^&]*", "iss=https%3A%2F%2Fidentity.attacker.example%2F", callback)
+        await route.fulfill(status=303, headers={"location": forged, "cache-control": "no-store"})
 
-    await page.route(re.compile(rf"^{re.escape(PROVIDER)}/authorize"), swap_issuer)
+    await page.route(re.compile(rf"^{re.escape(PROVIDER)}/login"), swap_issuer)
     await page.goto(f"{APP}/?flow={flow}")
     await page.get_by_role("button", name=re.compile(r"^Sign in")).click()
     await provider_sign_in(page, shot, "alice")
