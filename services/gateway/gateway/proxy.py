@@ -419,10 +419,10 @@ class Forwarder:
             await connection.wait_complete()
         except UpstreamError as exc:
             raise self._failure(service, exc) from None  # nothing sent yet: a clean 502/504
-        chunks = connection.take_chunks()
-        held.release()
+        status, chunks = connection.status, connection.take_chunks()
+        held.release()  # from here on the connection may serve another request
         headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
-        await send({"type": "http.response.start", "status": connection.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         chunks.reverse()
         while True:  # handed over piece by piece, each after the client's socket took the previous
             chunk = chunks.pop() if chunks else b""
@@ -461,7 +461,7 @@ class Forwarder:
                 "streamed response cut off",
                 extra={
                     "upstream": service,
-                    "error": f"the client had not taken it within {self.stream_seconds:g} s",
+                    "error": f"not relayed within {self.stream_seconds:g} s (a slow client, most likely)",
                 },
             )
             raise UpstreamBrokeOff from None
