@@ -43,6 +43,7 @@ from .issuers import IssuerConfigError, load_issuers
 from .jwks import JwksCache
 from .proxy import Forwarder
 from .ratelimit import RateLimiter
+from .readahead import ReadAhead
 from .revocations import DenyList, RevocationFeed
 from .routes import RouteTable, RouteTableError, load_routes
 from .serving import OPENAPI_PATH, GatewayHttpProtocol, is_api_path
@@ -141,7 +142,12 @@ class Gateway:
         self.edge = Edge(
             routes=self.routes,
             verifier=verifier,
-            forwarder=Forwarder(self.pools, request_metrics),
+            forwarder=Forwarder(
+                self.pools,
+                request_metrics,
+                read_ahead=ReadAhead(settings.gateway_response_buffer_bytes),
+                stream_seconds=settings.upstream_read_timeout_seconds,
+            ),
             cors=self.cors,
             limiter=self.limiter,
             auditor=self.auditor,

@@ -17,6 +17,9 @@
 | ``gateway_upstream_retries_total`` | service, reason | requests sent again (``idempotent``, ``unsent``) |
 | ``gateway_upstream_connections`` | service, state | pooled connections (``busy``, ``idle``), all workers |
 | ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
+| ``gateway_response_buffer_bytes`` | (none) | response bytes read ahead of their clients |
+| ``gateway_response_streamed_total`` | service | large responses streamed (no read-ahead room) |
+| ``gateway_response_cutoffs_total`` | service | streamed responses cut off: a slow client |
 | ``gateway_revocations_received_total`` | outcome | revocation events (``added``, ``expired``, ``ignored``) |
 | ``gateway_revocation_feed_errors_total`` | (none) | times the revocation reader lost Redis |
 | ``gateway_revoked_tokens`` | (none) | revoked, unexpired tokens in the deny set |
@@ -121,6 +124,24 @@ upstream_connections = Gauge(
     "Connections in the gateway's upstream pools, by service and state (busy, idle); summed over workers.",
     ["service", "state"],
     multiprocess_mode="livesum",
+)
+response_buffer_bytes = Gauge(
+    "gateway_response_buffer_bytes",
+    "Bytes of upstream responses read ahead of their clients (GATEWAY_RESPONSE_BUFFER_BYTES per worker);"
+    " summed over workers.",
+    multiprocess_mode="livesum",
+)
+response_streamed = Counter(
+    "gateway_response_streamed_total",
+    "Responses over 64 KiB relayed while holding their upstream connection, because the read-ahead"
+    " budget had no room for them (or they gave no Content-Length).",
+    ["service"],
+)
+response_cutoffs = Counter(
+    "gateway_response_cutoffs_total",
+    "Streamed responses cut off (client connection closed) because the client had not taken them"
+    " within UPSTREAM_READ_TIMEOUT_SECONDS, to give the upstream connection back.",
+    ["service"],
 )
 upstream_pool_waits = Counter(
     "gateway_upstream_pool_waits_total",

@@ -13,10 +13,14 @@
   when its pooled connection turned out to be closed and it is idempotent, or whatever its method
   when it provably never reached the upstream (``UpstreamError.unsent``). A failure after the head
   was sent ends the response early (:class:`UpstreamBrokeOff`): the client sees a truncated body.
+* Slow clients: a pooled connection goes back to the pool as soon as its response is in the gateway's
+  memory, before the client is fed; a response over :data:`SMALL_BODY` is read ahead whole within the
+  worker's budget, else streamed for a bounded time (:mod:`gateway.readahead`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from starlette.types import Receive, Send
 
 from . import metrics
+from .readahead import ReadAhead
 from .upstream import Connection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
@@ -157,10 +162,37 @@ class UpstreamBrokeOff(Exception):
     """The upstream failed after the response head went to the client (already logged and counted)."""
 
 
+class _Held:
+    """The pooled connection of one exchange until it is given back: as soon as the response is in
+    memory (:meth:`Forwarder._relay`), else when :meth:`Forwarder.forward` ends."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection: Connection | None = connection
+
+    def release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.finish()
+
+
 class Forwarder:
-    def __init__(self, pools: Mapping[str, UpstreamPool], request_metrics: metrics.RequestMetrics) -> None:
+    def __init__(
+        self,
+        pools: Mapping[str, UpstreamPool],
+        request_metrics: metrics.RequestMetrics,
+        *,
+        read_ahead: ReadAhead | None = None,
+        stream_seconds: float = 30.0,
+    ) -> None:
+        """``read_ahead``: the worker's budget for responses read ahead of their clients (none: every
+        response over :data:`SMALL_BODY` is streamed); ``stream_seconds``: how long a streamed response
+        may hold its upstream connection (``UPSTREAM_READ_TIMEOUT_SECONDS``)."""
         self.pools = pools
         self.metrics = request_metrics
+        self.read_ahead = read_ahead if read_ahead is not None else ReadAhead(0)
+        self.stream_seconds = stream_seconds
 
     async def forward(
         self,
@@ -227,10 +259,11 @@ class Forwarder:
                 raise
             break
         self.metrics.upstream(service, time.perf_counter() - started_at)
+        held = _Held(connection)
         try:
-            await self._relay(connection, send, extra_response_headers, on_status, service, method)
+            await self._relay(held, connection, send, extra_response_headers, on_status, service, method)
         finally:
-            connection.finish()
+            held.release()
 
     def start(
         self,
@@ -348,6 +381,7 @@ class Forwarder:
 
     async def _relay(
         self,
+        held: _Held,
         connection: Connection,
         send: Send,
         extra: list[tuple[bytes, bytes]],
@@ -355,11 +389,14 @@ class Forwarder:
         service: str,
         method: str,
     ) -> None:
+        """The response to the client; the connection given back (``held``) as soon as the whole
+        response is in memory, before the client has taken any of it (:mod:`gateway.readahead`)."""
         headers = self._response_headers(connection)
         length = connection.content_length
         status = connection.status
         on_status(status)
         if not connection.expect_body or status in (204, 304):
+            held.release()
             if length is not None:
                 headers.append((b"content-length", str(length).encode()))
             headers.extend(extra)
@@ -371,22 +408,88 @@ class Forwarder:
                 body = connection.take_body() if connection.complete else await connection.read_body()
             except UpstreamError as exc:  # the service answered, but its answer was lost
                 raise self._failure(service, exc, method, reached=True) from None
+            held.release()
             headers.append((b"content-length", str(len(body)).encode()))
             headers.extend(extra)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
+        if length is not None and self.read_ahead.reserve(length):
+            try:
+                await self._relay_read_ahead(held, connection, send, headers + extra, service, method)
+            finally:
+                self.read_ahead.give_back(length)
+            return
+        metrics.response_streamed.labels(service).inc()
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._relay_streamed(held, connection, send, headers, service)
+
+    async def _relay_read_ahead(
+        self,
+        held: _Held,
+        connection: Connection,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        service: str,
+        method: str,
+    ) -> None:
+        """A large response read whole as fast as the upstream sends it (its length reserved in the
+        budget), the connection given back, then fed to the client from memory."""
+        connection.read_ahead()
         try:
-            async for chunk in connection.iter_body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await connection.wait_complete()
+        except UpstreamError as exc:
+            raise self._failure(service, exc, method, reached=True) from None  # nothing sent yet: 502/504
+        status, chunks = connection.status, connection.take_chunks()
+        held.release()  # from here on the connection may serve another request
+        headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        chunks.reverse()
+        while True:  # handed over piece by piece, each after the client's socket took the previous
+            chunk = chunks.pop() if chunks else b""
+            await send({"type": "http.response.body", "body": chunk, "more_body": bool(chunks)})
+            if not chunks:
+                return
+
+    async def _relay_streamed(
+        self,
+        held: _Held,
+        connection: Connection,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        service: str,
+    ) -> None:
+        """A response relayed with back-pressure, holding its connection: for no longer than
+        :attr:`stream_seconds`, after which the client's response is cut off; given back as soon as
+        the rest of the response is in memory."""
+        rest: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.stream_seconds):
+                await send({"type": "http.response.start", "status": connection.status, "headers": headers})
+                async for chunk in connection.iter_body():
+                    if connection.complete:  # the rest is here: the connection goes back now
+                        rest = [chunk, *connection.take_chunks()]
+                        held.release()
+                        break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             metrics.upstream_errors.labels(service, exc.kind).inc()
             log.warning("upstream broke off mid-response", extra={"upstream": service, "error": exc.detail})
             raise UpstreamBrokeOff from None
+        except TimeoutError:
+            metrics.response_cutoffs.labels(service).inc()
+            log.warning(
+                "streamed response cut off",
+                extra={
+                    "upstream": service,
+                    "error": f"not relayed within {self.stream_seconds:g} s (a slow client, most likely)",
+                },
+            )
+            raise UpstreamBrokeOff from None
+        for chunk in rest:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -92,6 +92,13 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     upstream_pool_size: int = Field(default=256, ge=1, le=10000)
+    gateway_response_buffer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024 * 1024,
+        description="service responses each worker may read ahead of slow clients (the pooled connection"
+        " is free at once); a larger one streams for `UPSTREAM_READ_TIMEOUT_SECONDS` at most",
+    )
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
     gateway_trusted_proxies: CsvList = Field(
         default_factory=list,

@@ -173,6 +173,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
+        self._high_water = HIGH_WATER
         self._received = 0
         self._reading_paused = False
         self._writing_paused = False
@@ -299,7 +300,7 @@ class Connection(asyncio.Protocol):
             return
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
+        if self._buffered > self._high_water and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake()
@@ -370,18 +371,44 @@ class Connection(asyncio.Protocol):
 
     async def read_body(self) -> bytes:
         """The whole body (the caller checked that it is small)."""
+        await self.wait_complete()
+        return self.take_body()
+
+    async def wait_complete(self) -> None:
+        """Until the whole response is in :meth:`take_chunks`."""
         while not self.complete:
             if self.error is not None:
                 raise self.error
             await self._wait()
-        return self.take_body()
 
     def take_body(self) -> bytes:
-        """The body of a complete response, without suspending."""
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        return body
+        """The body of a complete response (or what has come of it), without suspending.
+
+        Reading resumes if it was paused: a response can complete in the packet that took it over
+        :data:`HIGH_WATER`, and a connection handed back to the pool with its reading paused would
+        never see the next response."""
+        chunks = self.take_chunks()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def take_chunks(self) -> list[bytes]:
+        """:meth:`take_body` as the pieces the body came in (no copy of a large body)."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        self._resume_reading()
+        return chunks
+
+    def read_ahead(self) -> None:
+        """Read the rest of this response as fast as the upstream sends it, whatever the client does
+        (the caller reserved its length: :mod:`gateway.readahead`)."""
+        self._high_water = sys.maxsize
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self._last_progress = self.loop.time()
+            self.transport.resume_reading()
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         chunks = self._chunks
@@ -389,10 +416,8 @@ class Connection(asyncio.Protocol):
             while chunks:
                 chunk = chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered <= LOW_WATER and self.transport is not None:
-                    self._reading_paused = False
-                    self._last_progress = self.loop.time()
-                    self.transport.resume_reading()
+                if self._buffered <= LOW_WATER:
+                    self._resume_reading()
                 yield chunk
             if self.complete:
                 return

@@ -328,21 +328,44 @@ async def test_raw_http_client_sees_problem_json(gateway: str) -> None:
         assert response.headers["Cache-Control"] == "no-store"
 
 
-async def test_upstream_breaking_off_mid_body_truncates_the_client_response(
+async def _breaks_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n" + b"x" * 100_000)
+    await writer.drain()
+    writer.close()
+
+
+async def test_upstream_breaking_off_mid_body_read_ahead_is_a_502(
     start_gateway: Any, provider: Provider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # the head went out with a Content-Length; the body cannot be completed, so the client's
-    # connection must end short of it (a visible truncation), and the gateway logs no traceback
-    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n" + b"x" * 100_000)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    # a large answer is read whole before its head goes to the client (gateway.readahead): one the
+    # upstream breaks off is answered as a failure, not relayed truncated
+    server = await asyncio.start_server(_breaks_off, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         async with start_gateway(timesheets_url=f"http://127.0.0.1:{port}") as gateway:
+            response = await raw_get(gateway, b"/api/timesheets", provider.token(), close=False)
+    finally:
+        server.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502")
+    assert b"application/problem+json" in head
+    assert json.loads(body)["status"] == 502
+    assert "unhandled error" not in caplog.text
+
+
+async def test_upstream_breaking_off_mid_body_truncates_the_client_response(
+    start_gateway: Any, provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # streamed (no read-ahead room): the head went out with a Content-Length; the body cannot be
+    # completed, so the client's connection must end short of it (a visible truncation), and the
+    # gateway logs no traceback
+    server = await asyncio.start_server(_breaks_off, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with start_gateway(
+            timesheets_url=f"http://127.0.0.1:{port}", gateway_response_buffer_bytes=0
+        ) as gateway:
             # no "Connection: close": the response ends only because the gateway hangs up
             response = await raw_get(gateway, b"/api/timesheets", provider.token(), close=False)
     finally:

@@ -583,6 +583,69 @@ async def a_listener_is_called_after_the_parser_not_from_inside() -> None:
         await pool.close()
 
 
+async def a_response_complete_while_paused_leaves_its_connection_reading() -> None:
+    """A response that completes in the packet that took it over ``HIGH_WATER`` (reading paused),
+    taken whole and given back: the next response on that connection must still be read (it was
+    not: the pooled connection kept its reading paused, and the next request waited for its read
+    timeout)."""
+    size = HIGH_WATER + 64 * 1024
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"z" * size
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.read_head(reader)
+        writer.write(big[: HIGH_WATER - 1024])  # under the mark: read, not paused
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(big[HIGH_WATER - 1024 :])  # over it, to the end
+        await server.read_head(reader)
+        writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, size=1, read_timeout=2.0)
+        connection: Connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        deadline = time.monotonic() + 5
+        while not connection.complete and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the relay's task starts after the whole answer came
+        assert connection.complete
+        assert connection._reading_paused
+        assert len(connection.take_body()) == size
+        connection.finish()
+        assert await exchange(pool) == (200, b"ok")  # on the same connection, not a timeout
+        assert server.connections == 1
+        await pool.close()
+
+
+async def read_ahead_takes_a_large_response_whole_without_a_reader() -> None:
+    """:meth:`Connection.read_ahead`: the upstream's whole answer is read while nobody consumes it,
+    so the connection can go back to the pool before the client takes any of it."""
+    size = 2 * 1024 * 1024
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+            for _ in range(size // 65536):
+                writer.write(b"z" * 65536)
+                await writer.drain()
+
+    async with Scripted(handler) as server:
+        pool = pool_for(server.url, size=1, read_timeout=2.0)
+        connection: Connection = await pool.acquire()
+        connection.start(GET, None, expect_body=True)
+        await connection.read_head()
+        connection.read_ahead()
+        await connection.wait_complete()
+        chunks = connection.take_chunks()
+        assert sum(map(len, chunks)) == size
+        connection.finish()
+        status, body = await exchange(pool)  # the same connection serves the next one
+        assert (status, len(body)) == (200, size)
+        assert server.connections == 1
+        await pool.close()
+
+
 SCENARIOS = [
     keep_alive_reuses_one_connection,
     chunked_body_arrives_whole,
@@ -605,6 +668,8 @@ SCENARIOS = [
     deferred_writes_leave_together_after_the_round,
     deferred_write_to_a_connection_gone_meanwhile_is_unsent,
     a_listener_is_called_after_the_parser_not_from_inside,
+    a_response_complete_while_paused_leaves_its_connection_reading,
+    read_ahead_takes_a_large_response_whole_without_a_reader,
 ]
 
 

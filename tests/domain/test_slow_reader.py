@@ -1,0 +1,229 @@
+"""Slow readers behind the gateway: what a client that takes its response slowly can hold.
+
+The attack: an employee lists the largest page the API gives (100 entries with 2000-character notes,
+~830 KB) and then takes it a few bytes at a time, always within the send timeout. The service holds
+nothing by then (its handler built the body and released its database connection before writing);
+the gateway relayed the answer with back-pressure, so each such reader kept one of the gateway's
+pooled connections to the service busy until it had taken everything. ``UPSTREAM_POOL_SIZE`` of them
+and every other user's request to that service waited for a connection, with no end (503s never
+came: the pool waits without a limit, and ``/readyz`` stayed 200). Reproduced with the pool at 2.
+
+The readers connect with a TCP segment size of 1460 bytes, as over a real network: on loopback the
+kernel's send buffer grows to 4 MiB and swallows the whole page, which hid the hold.
+
+Both ends run as processes, as deployed (``python -m timesheets``, ``python -m gateway``, one worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench.api import AUDIENCE, Issuer
+from testkit.fixtures import ServiceProcess, ServiceRedis, runtime_url
+
+EMPLOYEE = "openid read:timesheets create:timesheets delete:timesheets"
+POOL = 2
+PAGE = "/api/timesheets?limit=100"
+#: a well-behaved request must be answered within this (on the old code it was never answered)
+PATIENCE = 20.0
+
+
+class Stack:
+    def __init__(self, timesheets: ServiceProcess, gateway: ServiceProcess, issuer: Issuer) -> None:
+        self.timesheets = timesheets
+        self.gateway = gateway
+        self.issuer = issuer
+
+
+@pytest.fixture
+def stack(
+    request: pytest.FixtureRequest,
+    domain_database: str,
+    service_env: dict[str, str],
+    service_redis: ServiceRedis,
+    tmp_path: Path,
+) -> Iterator[Stack]:
+    """Timesheets and a one-worker gateway with :data:`POOL` connections to it; ``request.param``:
+    more gateway settings."""
+    timesheets = ServiceProcess(
+        "timesheets",
+        {
+            **service_env,
+            "DATABASE_URL": runtime_url(domain_database, "timesheets"),
+            "REDIS_URL": service_redis.url("timesheets"),
+            "AUDIT_URL": "http://127.0.0.1:9",
+        },
+        log_dir=tmp_path,
+    )
+    issuer = Issuer()
+    gateway = ServiceProcess(
+        "gateway",
+        {
+            **service_env,
+            "REDIS_URL": service_redis.url("gateway"),
+            "OIDC_ISSUER": issuer.issuer,
+            "OIDC_AUDIENCE": AUDIENCE,
+            "TIMESHEETS_URL": timesheets.url,
+            "APPROVALS_URL": "http://127.0.0.1:9",
+            "AUDIT_URL": "http://127.0.0.1:9",
+            "GATEWAY_WORKERS": "1",
+            "UPSTREAM_POOL_SIZE": str(POOL),
+            **getattr(request, "param", {}),
+        },
+        log_dir=tmp_path,
+    )
+    with timesheets.start("/readyz"):
+        try:
+            gateway.start("/readyz", timeout=60)
+            yield Stack(timesheets, gateway, issuer)
+        finally:
+            gateway.stop()
+            issuer.close()
+
+
+async def fill_page(session: aiohttp.ClientSession, stack: Stack, token: str, entries: int = 100) -> None:
+    """``entries`` entries with the longest notes (2000 four-byte characters each)."""
+    note = "\U0001f600" * 2000
+    for i in range(entries):
+        day = f"2026-{1 + i // 28:02d}-{1 + i % 28:02d}"
+        async with session.post(
+            stack.gateway.url + "/api/timesheets",
+            json={"date": day, "project": "Slow", "hours": 1, "notes": note},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            assert response.status == 201, await response.text()
+
+
+def slow_reader(stack: Stack, token: str, requests: int = 1, path: str = PAGE) -> socket.socket:
+    """A client over a real network's segment size, with a small receive buffer, that sends
+    ``requests`` GETs (pipelined) and reads nothing until told."""
+    host, port = stack.gateway.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    sock.connect((host, int(port)))
+    head = f"GET {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n\r\n"
+    sock.sendall(head.encode() * requests)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """The one response on ``sock``, read now: its status and body (short if the gateway cut it off)."""
+    sock.settimeout(PATIENCE)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        more = sock.recv(65536)
+        if not more:
+            break
+        body += more
+    return status, body
+
+
+async def other_user_gets_an_answer(session: aiohttp.ClientSession, stack: Stack) -> int:
+    token = stack.issuer.token(f"bystander-{uuid.uuid4().hex[:6]}", EMPLOYEE)
+    async with session.get(
+        stack.gateway.url + "/api/timesheets",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientTimeout(total=PATIENCE),
+    ) as response:
+        await response.read()
+        return response.status
+
+
+async def metric(session: aiohttp.ClientSession, stack: Stack, name: str) -> float:
+    async with session.get(stack.gateway.metrics_url) as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_slow_readers_of_the_largest_page_hold_no_upstream_connection(stack: Stack) -> None:
+    reader = stack.issuer.token(f"slow-{uuid.uuid4().hex[:6]}", EMPLOYEE)
+    async with aiohttp.ClientSession() as session:
+        await fill_page(session, stack, reader)
+        readers = [slow_reader(stack, reader) for _ in range(POOL)]
+        try:
+            await asyncio.sleep(1)  # their answers have left the service
+            assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
+            await asyncio.sleep(1.2)  # the pools' figures are written once a second
+            assert (
+                await metric(session, stack, 'gateway_upstream_pool_waits_total{service="timesheets"}') == 0
+            )
+            busy = 'gateway_upstream_connections{service="timesheets",state="busy"}'
+            assert await metric(session, stack, busy) == 0
+            for sock in readers:  # and each slow reader still gets its page, whole
+                status, body = read_response(sock)
+                assert status == 200
+                assert len(json.loads(body)["items"]) == 100
+        finally:
+            for sock in readers:
+                sock.close()
+
+
+@pytest.mark.parametrize(
+    "stack", [{"GATEWAY_RESPONSE_BUFFER_BYTES": "0", "UPSTREAM_READ_TIMEOUT_SECONDS": "2"}], indirect=True
+)
+async def test_without_read_ahead_room_a_slow_reader_holds_a_connection_for_a_bounded_time(
+    stack: Stack,
+) -> None:
+    """The budget taken (here: none at all), large answers stream holding their connections, as
+    before — for ``UPSTREAM_READ_TIMEOUT_SECONDS`` in all; then the slow client's answer is cut off."""
+    reader = stack.issuer.token(f"slow-{uuid.uuid4().hex[:6]}", EMPLOYEE)
+    async with aiohttp.ClientSession() as session:
+        await fill_page(session, stack, reader)
+        readers = [slow_reader(stack, reader) for _ in range(POOL)]
+        try:
+            await asyncio.sleep(1)  # their answers are streaming, holding both connections
+            assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
+            for sock in readers:
+                status, body = read_response(sock)
+                assert status == 200
+                assert len(body) < 800_000, stack.gateway.logs()[
+                    -4000:
+                ]  # cut off: closed short of the length
+            assert await metric(session, stack, "gateway_response_cutoffs_total") >= POOL
+            assert await metric(session, stack, "gateway_response_streamed_total") >= POOL
+            assert "streamed response cut off" in stack.gateway.logs()
+        finally:
+            for sock in readers:
+                sock.close()
+
+
+async def test_clients_not_reading_pipelined_answers_hold_no_upstream_connection(stack: Stack) -> None:
+    """Small answers (under 64 KiB: relayed whole) to a client that pipelines requests and reads
+    nothing: once its socket is full, each next answer waited to be written while holding the
+    connection it had come on."""
+    reader = stack.issuer.token(f"slow-{uuid.uuid4().hex[:6]}", EMPLOYEE)
+    async with aiohttp.ClientSession() as session:
+        await fill_page(session, stack, reader, entries=5)  # a page of ~42 KB
+        readers = [
+            slow_reader(stack, reader, requests=40, path="/api/timesheets?limit=5") for _ in range(POOL)
+        ]
+        try:
+            await asyncio.sleep(1)  # their sockets are full, the next answers waiting to be written
+            assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
+            await asyncio.sleep(1.2)  # the pools' figures are written once a second
+            # it found an idle connection: it did not wait for one (the service's keep-alive close
+            # freed a held one after 5 s, so on the old code it was answered, but only after a wait)
+            assert (
+                await metric(session, stack, 'gateway_upstream_pool_waits_total{service="timesheets"}') == 0
+            )
+        finally:
+            for sock in readers:
+                sock.close()
