@@ -345,6 +345,17 @@ def user(
 # Services serve /metrics on a port of their own (METRICS_PORT), never on their public listener.
 # ``metrics_url(service_url)`` is the one way tests find it, whichever way the service was started.
 
+#: Every request method the HTTP parser (llhttp, through httptools) takes in HTTP mode — what a caller
+#: can put in ``scope["method"]``; CONNECT wants an authority-form target, so it is not among them.
+HTTP_PARSER_METHODS = (
+    *("DELETE", "GET", "HEAD", "POST", "PUT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL", "MOVE"),
+    *("PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT"),
+    *("MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH"),
+    *("PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY"),
+)
+#: what a ``method`` label may say (svckit.metrics.method_label)
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"})
+
 _metrics_urls: dict[int, str] = {}  # public port of a service process → its metrics URL
 _in_process: set[int] = set()  # public ports of apps served in this process by serve_app
 _in_process_metrics: list[MetricsServer] = []

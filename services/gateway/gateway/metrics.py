@@ -36,8 +36,9 @@ the keys itself. ``lapsed`` beside ``gateway_jwks_fetch_total{outcome!="ok"}`` i
 ``lapsed`` alone, replicas dying in the middle of renewals.
 
 Every label value comes from a fixed set or from configuration (issuer URLs, route templates), never
-from request data, so cardinality is bounded. With several workers the values aggregate through
-``PROMETHEUS_MULTIPROC_DIR`` (set by ``python -m gateway``).
+from request data, so cardinality is bounded: a method other than the usual seven is ``other``
+(:func:`svckit.metrics.method_label`, applied when the sums are added, off the request path). With
+several workers the values aggregate through ``PROMETHEUS_MULTIPROC_DIR`` (set by ``python -m gateway``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 import bisect
 
 from prometheus_client import Counter, Gauge, Histogram
-from svckit.metrics import LATENCY_BUCKETS
+from svckit.metrics import LATENCY_BUCKETS, method_label
 
 requests_total = Counter(
     "gateway_requests_total",
@@ -187,7 +188,7 @@ class RequestMetrics:
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         for (route, method, status), count in counts.items():
-            requests_total.labels(route, method, str(status)).inc(count)
+            requests_total.labels(route, method_label(method), str(status)).inc(count)
         for table, histogram in ((self._durations, request_duration), (self._upstreams, upstream_duration)):
             drained = dict(table)
             table.clear()

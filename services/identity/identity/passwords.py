@@ -4,22 +4,54 @@ Parameters follow OWASP's Password Storage Cheat Sheet (m=19 MiB, t=2, p=1): abo
 verification on the 2-core machines this runs on, against 0.75 s for argon2-cffi's RFC 9106 default,
 which would make sign-in itself a denial-of-service lever. Hashes record their parameters, so
 stronger settings later only need ``needs_rehash`` (checked at every successful sign-in).
+
+Every hashing and verification runs on a pool of :data:`HASHES_AT_ONCE` threads of its own, whichever
+thread asks (the sign-in form's, the token endpoint's, Authlib's workers), which waits for it. Each
+takes its 19 MiB in the thread that runs it, and glibc keeps what a thread's arena held: run on the 40
+threads of anyio's default pool, 40 wrong passwords sent at once left the provider ~800 MiB larger for
+good — past the chart's memory limit, for a form's CSRF token and a few addresses (the throttle counts
+attempts; it does not bound how many are checked at once). A semaphore alone bounded the peak, not
+that: ~420 MiB stayed, spread over the arenas of every thread that had taken a turn. More at once
+would not be faster anyway: the work is CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+#: the threads that run Argon2 in a process (see the module docstring): 4 times 19 MiB at most
+HASHES_AT_ONCE = 4
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process id it was made in, the pool)
+_pool_lock = threading.Lock()
+
+T = TypeVar("T")
+
+
+def _on_hashing_threads(function: Callable[..., T], *args: str) -> T:
+    """``function(*args)`` on the hashing pool, the calling thread waiting (never the event loop's:
+    the callers run in worker threads). Made on first use in each process: a pool made before a fork
+    has no threads in the child."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(HASHES_AT_ONCE, thread_name_prefix="argon2"))
+        pool = _pool[1]
+    return pool.submit(function, *args).result()
+
 
 # A hash of a random string, verified against when the user does not exist, so that an unknown
 # user name costs the same time as a wrong password and does not reveal which names exist.
@@ -27,13 +59,14 @@ _DUMMY_HASH = _HASHER.hash("no-such-user-dummy-password")
 
 
 def hash_secret(secret: str) -> str:
-    return _HASHER.hash(secret)
+    return _on_hashing_threads(_HASHER.hash, secret)
 
 
 def verify_secret(stored_hash: str | None, secret: str) -> bool:
     """True when ``secret`` matches; a missing hash still spends one verification's time."""
     try:
-        return _HASHER.verify(stored_hash or _DUMMY_HASH, secret) and stored_hash is not None
+        verified = _on_hashing_threads(_HASHER.verify, stored_hash or _DUMMY_HASH, secret)
+        return verified and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
