@@ -153,13 +153,26 @@ async def metric(session: aiohttp.ClientSession, stack: Stack, name: str) -> flo
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+async def settled(session: aiohttp.ClientSession, stack: Stack, pages: int) -> None:
+    """Until ``pages`` large answers sit whole in the gateway's read-ahead budget and no pooled
+    connection is busy (the figures are written once a second), or :data:`PATIENCE` passed — what the
+    old code never reached: its connections stayed busy while the readers took nothing."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    busy = 'gateway_upstream_connections{service="timesheets",state="busy"}'
+    while asyncio.get_running_loop().time() < deadline:
+        held = await metric(session, stack, "gateway_response_buffer_bytes")
+        if held >= pages * 800_000 and await metric(session, stack, busy) == 0:
+            return
+        await asyncio.sleep(0.2)
+
+
 async def test_slow_readers_of_the_largest_page_hold_no_upstream_connection(stack: Stack) -> None:
     reader = stack.issuer.token(f"slow-{uuid.uuid4().hex[:6]}", EMPLOYEE)
     async with aiohttp.ClientSession() as session:
         await fill_page(session, stack, reader)
         readers = [slow_reader(stack, reader) for _ in range(POOL)]
         try:
-            await asyncio.sleep(1)  # their answers have left the service
+            await settled(session, stack, POOL)  # their answers have left the service (however busy the host)
             assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
             await asyncio.sleep(1.2)  # the pools' figures are written once a second
             assert (
