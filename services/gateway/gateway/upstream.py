@@ -386,9 +386,15 @@ class Connection(asyncio.Protocol):
 
         Reading resumes if it was paused: a response can complete in the packet that took it over
         :data:`HIGH_WATER`, and a connection handed back to the pool with its reading paused would
-        never see the next response."""
-        chunks = self.take_chunks()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        never see the next response. (Every relayed answer passes here: no list copy, and the resume
+        looked at only when reading is paused.)"""
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            self._resume_reading()
+        return body
 
     def take_chunks(self) -> list[bytes]:
         """:meth:`take_body` as the pieces the body came in (no copy of a large body)."""
