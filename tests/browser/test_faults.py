@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from uuid import uuid4
 
 import pytest
@@ -415,6 +416,30 @@ async def add_by_api(page: Page, tokens: Tokens, project: str) -> str:
     return entry_id
 
 
+class Waiting(NamedTuple):
+    alice: Page
+    alice_tokens: Tokens
+    bob: Page
+    bob_tokens: Tokens
+    card: Locator
+    project: str
+
+
+async def waiting_for_bob(new_page: NewPage, shot: Shots, name: str) -> Waiting:
+    """Alice signed in with an entry of a project named ``name`` (made unique) submitted; Bob signed in
+    on his approval queue, the entry's card in it."""
+    alice, alice_tokens = await new_page()
+    await sign_in(alice, shot, "alice")
+    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
+    project = f"{name} {uuid4().hex[:8]}"
+    await add_by_api(alice, alice_tokens, project)
+    bob, bob_tokens = await new_page()
+    await sign_in(bob, shot, "bob", path="/approvals")
+    card = bob.locator("li.approval").filter(has_text=project)
+    await expect(card).to_have_count(1)
+    return Waiting(alice, alice_tokens, bob, bob_tokens, card, project)
+
+
 async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: Shots) -> None:
     """Bob decides an entry that alice deleted meanwhile (404), and one decided meanwhile in his other
     tab (409): each time he is told why, the queue is read again, and the explanation stays until he
@@ -552,16 +577,7 @@ async def test_two_tabs_renew_at_once(new_page: NewPage, shot: Shots) -> None:
 async def test_decision_whose_answer_is_lost_is_reported_done(new_page: NewPage, shot: Shots) -> None:
     """Bob's approval is applied but its answer is lost (connection reset): the app asks again, the
     approvals service answers 409 with his own decision, and he is told it is approved."""
-    alice, alice_tokens = await new_page()
-    await sign_in(alice, shot, "alice")
-    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
-    project = f"Decision lost {uuid4().hex[:8]}"
-    await add_by_api(alice, alice_tokens, project)
-
-    bob, _ = await new_page()
-    await sign_in(bob, shot, "bob", path="/approvals")
-    card = bob.locator("li.approval").filter(has_text=project)
-    await expect(card).to_have_count(1)
+    alice, alice_tokens, bob, _, card, project = await waiting_for_bob(new_page, shot, "Decision lost")
     lost: list[int] = []
     await bob.route(f"{APP}/api/approvals/*", losing_the_first(200, lost))
     await card.get_by_label("Comment").fill("Fine by me")
@@ -580,15 +596,7 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     """The approvals service stops while bob opens his queue, the audit service while carol opens the
     trail: each screen says the service is unavailable (no spinner left turning), a decision made
     meanwhile keeps its comment, and Try again brings each screen back without a reload."""
-    alice, alice_tokens = await new_page()
-    await sign_in(alice, shot, "alice")
-    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
-    project = f"Queue while down {uuid4().hex[:8]}"
-    await add_by_api(alice, alice_tokens, project)
-    bob, _ = await new_page()
-    await sign_in(bob, shot, "bob", path="/approvals")
-    card = bob.locator("li.approval").filter(has_text=project)
-    await expect(card).to_have_count(1)
+    _, _, bob, _, card, project = await waiting_for_bob(new_page, shot, "Queue while down")
     carol, _ = await new_page()
     await sign_in(carol, shot, "carol")
     await expect(carol.get_by_role("heading", name="Audit trail")).to_be_visible()
@@ -714,15 +722,9 @@ async def test_approval_queue_while_timesheets_is_down(
     the service is unavailable (on a refresh it keeps the cards it had, without a count; on a fresh
     page it shows none and no "all caught up"), a decision says it was not made, and once the service
     is back Try again shows the queue and the decision goes through once."""
-    alice, alice_tokens = await new_page()
-    await sign_in(alice, shot, "alice")
-    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
-    project = f"Queue without timesheets {uuid4().hex[:8]}"
-    await add_by_api(alice, alice_tokens, project)
-    bob, _ = await new_page()
-    await sign_in(bob, shot, "bob", path="/approvals")
-    card = bob.locator("li.approval").filter(has_text=project)
-    await expect(card).to_have_count(1)
+    alice, alice_tokens, bob, _, card, project = await waiting_for_bob(
+        new_page, shot, "Queue without timesheets"
+    )
     subtitle = bob.locator(".screen__subtitle")
     await expect(subtitle).to_contain_text("waiting")
 
@@ -764,15 +766,7 @@ async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: New
     it may not have been recorded (not that it failed), the comment stays, and pressing Approve again
     says it is approved — the service's 409 carries his own decision — not that someone else decided
     it. One decision, the entry approved with his comment."""
-    alice, alice_tokens = await new_page()
-    await sign_in(alice, shot, "alice")
-    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
-    project = f"Every answer lost {uuid4().hex[:8]}"
-    await add_by_api(alice, alice_tokens, project)
-    bob, _ = await new_page()
-    await sign_in(bob, shot, "bob", path="/approvals")
-    card = bob.locator("li.approval").filter(has_text=project)
-    await expect(card).to_have_count(1)
+    alice, alice_tokens, bob, _, card, project = await waiting_for_bob(new_page, shot, "Every answer lost")
     sent: list[str] = []
 
     async def lose_every_answer(route: Route) -> None:
@@ -808,15 +802,9 @@ async def test_approval_comment_survives_a_failed_decision_and_a_reload(
     """Bob types why he rejects an entry; the approvals service is stopped, so the rejection fails,
     and he reloads the page: the comment is kept for him (sessionStorage, no token) and back in the
     card once the queue loads again. Rejected after the restart, the comment's draft is gone."""
-    alice, alice_tokens = await new_page()
-    await sign_in(alice, shot, "alice")
-    await expect(alice.get_by_text("Loading your week")).to_have_count(0)
-    project = f"Comment kept {uuid4().hex[:8]}"
-    await add_by_api(alice, alice_tokens, project)
-    bob, bob_tokens = await new_page()
-    await sign_in(bob, shot, "bob", path="/approvals")
-    card = bob.locator("li.approval").filter(has_text=project)
-    await expect(card).to_have_count(1)
+    alice, alice_tokens, bob, bob_tokens, card, project = await waiting_for_bob(
+        new_page, shot, "Comment kept"
+    )
 
     await stop_service(restarts, "approvals")
     reason = "Split the hours between the two projects, please"
