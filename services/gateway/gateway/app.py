@@ -135,6 +135,8 @@ class Gateway:
                 self.access_log = None
         for service in self.pools:  # exported from the start, so rate() and alerts see a zero, not a gap
             metrics.upstream_pool_waits.labels(service)
+            metrics.response_streamed.labels(service)  # (increase() misses a counter's first value)
+            metrics.response_cutoffs.labels(service)
         request_metrics = self.request_metrics = metrics.RequestMetrics()
         proofs = settings.proof_verifier(settings.dpop_nonce_keys, clock)
         # every replica's proofs in one Redis window (jti used once), a local one meanwhile
