@@ -440,6 +440,21 @@ async def waiting_for_bob(new_page: NewPage, shot: Shots, name: str) -> Waiting:
     return Waiting(alice, alice_tokens, bob, bob_tokens, card, project)
 
 
+async def approved_once(
+    bob: Page, card: Locator, alice: Page, alice_tokens: Tokens, project: str
+) -> dict[str, object]:
+    """Bob is told Alice's entry is approved, its card leaves his queue with no alert left, and the
+    entry is stored (once) as approved; the stored entry."""
+    await expect(
+        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
+    ).to_be_visible()
+    await expect(card).to_have_count(0)
+    await expect(bob.get_by_role("alert")).to_have_count(0)
+    [entry] = await stored(alice, alice_tokens, project)
+    assert entry["status"] == "approved", entry
+    return entry
+
+
 async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: Shots) -> None:
     """Bob decides an entry that alice deleted meanwhile (404), and one decided meanwhile in his other
     tab (409): each time he is told why, the queue is read again, and the explanation stays until he
@@ -751,13 +766,7 @@ async def test_approval_queue_while_timesheets_is_down(
     await expect(card).to_have_count(1)
     await expect(subtitle).to_contain_text("waiting")
     await card.get_by_role("button", name="Approve").click()
-    await expect(
-        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
-    ).to_be_visible()
-    await expect(card).to_have_count(0)
-    await expect(bob.get_by_role("alert")).to_have_count(0)
-    [entry] = await stored(alice, alice_tokens, project)
-    assert entry["status"] == "approved", entry
+    await approved_once(bob, card, alice, alice_tokens, project)
     await shot(bob, "timesheets-back")
 
 
@@ -785,13 +794,7 @@ async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: New
     assert len(set(sent)) == 1, sent  # every attempt for the same entry
 
     await card.get_by_role("button", name="Approve").click()
-    await expect(
-        bob.get_by_role("status").filter(has_text=f"Approved Alice Employee's {project}")
-    ).to_be_visible()
-    await expect(card).to_have_count(0)
-    await expect(bob.get_by_role("alert")).to_have_count(0)
-    [entry] = await stored(alice, alice_tokens, project)
-    assert entry["status"] == "approved", entry
+    entry = await approved_once(bob, card, alice, alice_tokens, project)
     assert entry["decision"]["comment"] == "Matches the plan", entry  # type: ignore[index]
     await shot(bob, "approved-once")
 
