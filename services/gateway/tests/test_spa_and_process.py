@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -287,3 +289,58 @@ async def test_waiting_for_a_pooled_connection_is_counted(
         assert [status for status, _, _ in answers] == [200, 200, 200]  # queued, not refused
         await asyncio.sleep(1.3)  # pool figures are read once a second
         assert await waits() - before >= 2  # the second and the third request waited
+
+
+async def test_a_metrics_file_left_empty_by_a_killed_worker_does_not_break_the_scrape(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str, tmp_path: Path
+) -> None:
+    """prometheus_client creates a worker's metrics file and sizes it in two steps; a scrape between
+    the two read a 0-byte file, and the whole ``/metrics`` answered 500 (client_python #1199; seen in
+    CI right after a start, as the workers made their first files). A worker killed in that window
+    leaves the empty file for good (named after a pid that never comes back): every scrape failed
+    until the gateway restarted. An empty file holds no sample yet and is read as such."""
+    env = process_env(
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="2",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        token = provider.token()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(process.url + "/api/timesheets", headers={"Authorization": f"Bearer {token}"}) as r,
+        ):
+            assert r.status == 200
+        for kind in ("counter", "histogram", "gauge_livesum", "gauge_all"):
+            (tmp_path / f"{kind}_{2**22 + 1}.db").touch()  # as left between create and size
+        for _ in range(3):
+            async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
+                assert r.status == 200, await r.text()
+        counted = await scraped(  # counts reach the files once a second
+            process,
+            lambda text: (
+                metric(text, "gateway_requests_total", route="/api/timesheets", method="GET", status="200")
+                >= 1
+            ),
+        )
+        assert (
+            metric(counted, "gateway_requests_total", route="/api/timesheets", method="GET", status="200")
+            == 1
+        )
+        # a file that claims more than it holds is corrupt: a 500 that says so, one JSON log line
+        corrupt = tmp_path / f"counter_{2**22 + 2}.db"
+        corrupt.write_bytes(struct.pack("ii", 4096, 0))
+        async with aiohttp.ClientSession() as session, session.get(process.metrics_url) as r:
+            assert r.status == 500
+            assert "log" in await r.text()
+        failed = [line for line in process.logs().splitlines() if "metrics scrape failed" in line]
+        assert len(failed) == 1, process.logs()
+        assert json.loads(failed[0])["level"] == "error"
+        assert "Traceback" not in process.logs().replace(failed[0], "")
+    finally:
+        await asyncio.to_thread(process.stop)
