@@ -8,6 +8,7 @@ import pytest
 from identity.settings import IdentitySettings
 from svckit.settings import SettingsError, load_settings
 
+from testkit.fixtures import free_port
 from testkit.oidc import run_cli
 
 from .conftest import own_provider
@@ -167,3 +168,42 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
                 assert r.status == 429
                 assert (await r.json())["error"] == "too_many_attempts"
                 assert int(r.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("seed",),
+        ("rotate-keys",),
+        ("add-client", "ci-client", "--name", "CI", "--confidential", "--grant-type", "client_credentials"),
+        ("rotate-client-secret", "batch-uploader"),
+        ("retire-client-secret", "batch-uploader"),
+        ("after-restore",),
+    ],
+    ids=lambda args: args[0],
+)
+@pytest.mark.parametrize("database", ["unreachable", "no such database"])
+def test_an_admin_command_without_its_database_says_so_in_one_line(
+    seeded: dict[str, str], args: tuple[str, ...], database: str
+) -> None:
+    """An operator's command (a Job, a kubectl exec) run while Postgres is away, full (no connection
+    slots left: CI hit that) or misnamed ended in a Python traceback; it is one line naming the
+    command and why, exit 1 — as ``migrate`` and ``serve`` answer the same conditions."""
+    url = seeded["DATABASE_URL"]
+    env = {
+        **seeded,
+        "DATABASE_URL": (
+            f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+            if database == "unreachable"
+            else url.rsplit("/", 1)[0] + "/no_such_database_here"
+        ),
+        "DB_CONNECT_TIMEOUT_SECONDS": "2",
+    }
+    result = run_cli(env, *args)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{args[0]} failed: "), result.stderr
+    assert "database" in lines[0]
+    assert "postgres@" not in lines[0]  # no URL, no credentials

@@ -20,7 +20,7 @@ from uvicorn.supervisors import ChangeReload
 
 from . import server
 from .db import UNAVAILABLE_ERRORS
-from .dbtls import SslMode, describe_connect_error
+from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .fdlimit import check_open_files
 from .logs import configure_logging
 from .metrics import MetricsServer, forget_dead_processes, http_max_connections
@@ -203,6 +203,24 @@ def refused_login(exc: asyncpg.PostgresError) -> bool:
     return sqlstate.startswith("28") or sqlstate == "3D000"
 
 
+#: what :func:`database_failure` sorts out of a command's errors
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+def database_failure(exc: BaseException, tls: DatabaseTls | None) -> str | None:
+    """Why a command could not use its database, in one line for an operator (never the URL), or
+    ``None`` when ``exc`` is about something else (a statement that failed: its traceback says where)."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        reason = describe_connect_error(exc, tls)
+        return reason if reason.startswith("TLS") else f"database unreachable ({reason})"
+    if isinstance(exc, asyncpg.PostgresError) and refused_login(exc):
+        return (
+            f"the database refused the connection ({type(exc).__name__}, SQLSTATE {exc.sqlstate}): "
+            "the role, its password or the database name"
+        )
+    return None
+
+
 def run_cli(
     *,
     name: str,
@@ -280,22 +298,21 @@ def run_cli(
         except (MigrationError, RoleError) as exc:
             print(f"migration refused: {exc}", file=sys.stderr, flush=True)
             return 1
-        except UNAVAILABLE_ERRORS as exc:
-            reason = describe_connect_error(exc, tls)
-            if not reason.startswith("TLS"):
-                reason = f"database unreachable ({reason})"
-            print(f"migration failed: {reason}", file=sys.stderr, flush=True)
-            return 1
-        except asyncpg.PostgresError as exc:
-            if not refused_login(exc):
+        except DATABASE_ERRORS as exc:
+            reason = database_failure(exc, tls)
+            if reason is None:
                 raise  # a statement of a migration failed: its traceback says where
-            print(
-                f"migration failed: the database refused the connection ({type(exc).__name__}, "
-                f"SQLSTATE {exc.sqlstate}): the role, its password or the database name",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"migration failed: {reason}", file=sys.stderr, flush=True)
             return 1
         log.info("migrations complete", extra={"schema": schema, "applied": applied})
         return 0
-    return extra[parsed.command](settings, list(parsed.args))
+    try:
+        return extra[parsed.command](settings, list(parsed.args))
+    except DATABASE_ERRORS as exc:
+        # an operator's command (a Job, a kubectl exec) while Postgres is away, full or misnamed: one
+        # line, as migrate says it, not a traceback; any other database error keeps its traceback
+        db_tls = settings.database_tls if isinstance(settings, DatabaseSettings) else None
+        if (reason := database_failure(exc, db_tls)) is None:
+            raise
+        print(f"{parsed.command} failed: {reason}", file=sys.stderr, flush=True)
+        return 1
