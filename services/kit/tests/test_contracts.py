@@ -56,6 +56,10 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "project": "a\tb"}, True),
     (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
+    (EntryIn, {**ENTRY, "project": "a\x80b"}, False),  # C1 controls are control characters too
+    (EntryIn, {**ENTRY, "project": "a\x9b31mb"}, False),
+    (EntryIn, {**ENTRY, "project": "\x9f"}, False),
+    (EntryIn, {**ENTRY, "project": "a\xa0b"}, True),  # the first character after them
     (EntryIn, {**ENTRY, "project": 7}, False),
     (EntryIn, {**ENTRY, "date": "2000-01-01"}, True),
     (EntryIn, {**ENTRY, "date": "2099-12-31"}, True),
@@ -73,6 +77,8 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "notes": "x" * 2000}, True),
     (EntryIn, {**ENTRY, "notes": "x" * 2001}, False),
     (EntryIn, {**ENTRY, "notes": "bell\x07"}, False),
+    (EntryIn, {**ENTRY, "notes": "next\x85line"}, False),
+    (EntryIn, {**ENTRY, "notes": "csi\x9b2J"}, False),
     (EntryIn, {**ENTRY, "owner": "mallory"}, False),
     (EntryIn, {"project": "Store", "hours": 7.5}, False),
     (UploadRow, {**ENTRY, "user": "local|alice"}, True),
@@ -84,6 +90,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (DecisionIn, {"decision": "rejected", "comment": "Split it\nby project."}, True),
     (DecisionIn, {"decision": "maybe"}, False),
     (DecisionIn, {"decision": "approved", "comment": "nul\x00"}, False),
+    (DecisionIn, {"decision": "approved", "comment": "st\x9c"}, False),
     (DecisionIn, {"decision": "approved", "comment": "x" * 2001}, False),
     (DecisionIn, {"decision": "approved", "by": "me"}, False),
 ]

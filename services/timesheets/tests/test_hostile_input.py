@@ -28,6 +28,10 @@ WHO = user("hostile", "read:timesheets", "create:timesheets", "delete:timesheets
         (b'{"date": "2026-11-23\\n", "project": "P", "hours": 1}', "date"),
         (b'{"date": ["2026-11-23"], "project": "P", "hours": 1}', "date"),
         (b'{"date": "2026-11-23", "project": {"a": 1}, "hours": 1}', "project"),
+        # C1 control characters (U+0080-U+009F, Unicode's Cc like C0): CSI, NEL inside, a lone ST
+        (b'{"date": "2026-11-23", "project": "a\\u009b31mb", "hours": 1}', "project"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "a\\u0085b"}', "notes"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "\xc2\x9c"}', "notes"),
     ],
 )
 async def test_hostile_bodies(api: SignedApi, raw: bytes, field: str) -> None:

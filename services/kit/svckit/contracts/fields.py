@@ -28,9 +28,12 @@ from pydantic import (
 )
 from pydantic.json_schema import WithJsonSchema
 
-# Control characters other than tab, line feed and carriage return (which free text may contain).
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F"
+# Control characters other than tab, line feed and carriage return (which free text may contain): C0,
+# DEL and C1 (U+0080-U+009F), all of Unicode's general category Cc. C1 was once let through: "a\x9b2J"
+# (CSI, an 8-bit terminal escape) or a NEL inside a name went into the database, the trail and the
+# logs while the published document said "no control characters".
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
 # Free text: any characters but control characters (line breaks and tabs are fine).
 FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
 # Whitespace to ECMA-262 (``\s``: WhiteSpace and LineTerminator, U+FEFF included) or to Python (``\s``,
@@ -41,7 +44,7 @@ WHITESPACE = (
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
 # What a name may not consist of only: control characters and that whitespace.
-_BLANK_CLASS = r"\u0000-\u0020\u007F\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
+_BLANK_CLASS = r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
 NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
