@@ -362,3 +362,19 @@ async def test_a_coded_decision_is_415(
     assert reply.problem
     assert reply.headers["accept-encoding"] == "identity"
     assert await decisions_of(db, entry_id) == 0
+
+
+async def test_a_query_parameter_on_a_decision_is_refused_and_nothing_is_decided(
+    approvals: SignedApi, timesheets: SignedApi, db: asyncpg.Connection
+) -> None:
+    """``PUT /approvals/{id}`` takes no query parameters; one sent anyway (``?notify=false``,
+    ``?decision=rejected`` beside a body that approves) was ignored and the decision made."""
+    entry_id = await submit(timesheets, employee())
+    for query, names in (("notify=false", {"notify"}), ("decision=rejected", {"decision"})):
+        reply = await approvals.call(
+            "PUT", f"/approvals/{entry_id}?{query}", manager(), json={"decision": "approved"}
+        )
+        assert reply.status == 422, reply.text
+        assert reply.problem
+        assert reply.fields() == names
+    assert await decisions_of(db, entry_id) == 0
