@@ -54,6 +54,11 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "project": " \ufeff\u3000"}, False),
     (EntryIn, {**ENTRY, "project": "\ufeffStore"}, True),
     (EntryIn, {**ENTRY, "project": "a\tb"}, True),
+    (EntryIn, {**ENTRY, "project": "\u200b"}, False),  # invisible (Default_Ignorable_Code_Point) alone
+    (EntryIn, {**ENTRY, "project": "\u2060\u200d\u00ad"}, False),
+    (EntryIn, {**ENTRY, "project": "\u3164"}, False),
+    (EntryIn, {**ENTRY, "project": "\u202eA"}, True),
+    (UploadRow, {**ENTRY, "user": "\u200b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
     (EntryIn, {**ENTRY, "project": "a\x80b"}, False),  # C1 controls are control characters too

@@ -43,8 +43,21 @@ WHITESPACE = (
     "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
-# What a name may not consist of only: control characters and that whitespace.
-_BLANK_CLASS = r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
+# Characters drawn as nothing: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) in
+# the Basic Multilingual Plane — soft hyphen, zero-width space and joiners, bidi marks and overrides,
+# word joiner, Hangul fillers, variation selectors. A name of only these was stored and shown as no
+# name at all. (The property's astral ranges — tags, U+E0000 up — are left out: a published pattern
+# holds only what ECMA-262 reads without its "u" flag.)
+_INVISIBLE_CLASS = (
+    r"\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F"
+    r"\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8"
+)
+# What a name may not consist of only: control characters, that whitespace and invisible characters.
+_BLANK_CLASS = (
+    r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
+    + _INVISIBLE_CLASS
+)
+_BLANK = re.compile(rf"[{_BLANK_CLASS}]*")
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
 NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -83,10 +96,11 @@ def no_control_chars(value: str) -> str:
 
 def _not_blank(value: str) -> str:
     """``value`` without surrounding :data:`WHITESPACE` (pydantic's strip leaves U+FEFF, which
-    ECMA-262 and so the published pattern count as whitespace); a name of nothing else is blank."""
+    ECMA-262 and so the published pattern count as whitespace); a name of nothing else, or of
+    nothing but invisible characters (``_INVISIBLE_CLASS``), is blank."""
     value = value.strip(WHITESPACE)
-    if not value:
-        raise ValueError("must not be blank")
+    if _BLANK.fullmatch(value) is not None:
+        raise ValueError("must not be blank (nor only invisible characters)")
     return value
 
 
