@@ -141,6 +141,13 @@ def test_a_name_of_whitespace_in_either_sense_is_blank_to_the_pattern_and_the_mo
             assert EntryIn.model_validate({**ENTRY, "project": f"{char}x{char}"}).project == "x", repr(char)
 
 
+def test_a_project_is_stored_composed_and_a_subject_as_sent() -> None:
+    """A project name is a key people type: NFC. A ``sub`` is another system's: compared as sent."""
+    row = UploadRow.model_validate({**ENTRY, "project": "Cafe\u0301", "user": "rene\u0301"})
+    assert (row.project, row.user) == ("Caf\u00e9", "rene\u0301")
+    assert not model_accepts(EntryIn, {**ENTRY, "project": "\u0958" * 51})  # 102 in NFC
+
+
 def test_an_event_reads_back_as_sent() -> None:
     alice = Identity("https://issuer.example/", "alice", "user", "spa", frozenset({"x"}), "Alice")
     event = AuditEvent.create(

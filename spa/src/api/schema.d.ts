@@ -545,7 +545,7 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
+      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
@@ -810,7 +810,7 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
+      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;

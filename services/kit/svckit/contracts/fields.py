@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -54,8 +55,7 @@ _INVISIBLE_CLASS = (
 )
 # What a name may not consist of only: control characters, that whitespace and invisible characters.
 _BLANK_CLASS = (
-    r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
-    + _INVISIBLE_CLASS
+    r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF" + _INVISIBLE_CLASS
 )
 _BLANK = re.compile(rf"[{_BLANK_CLASS}]*")
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
@@ -240,17 +240,33 @@ Timestamp = Annotated[
 
 
 class NameText(GroupedMetadata):
-    """A required, stripped, non-blank name of at most ``max_length`` characters (``Annotated[str, …]``)."""
+    """A required, stripped, non-blank name of at most ``max_length`` characters (``Annotated[str, …]``).
 
-    def __init__(self, max_length: int, description: str) -> None:
+    ``nfc``: the name is a key people type (a project: listed, filtered and summed by it), stored in
+    Unicode NFC, so "Café" composed (U+00E9) and decomposed (e + U+0301) — drawn alike — are one name,
+    not two. Not for names another system issued (a ``sub``), which are compared as they are. A name
+    whose NFC is longer than ``max_length`` (a few characters decompose under NFC: U+0958 is two) is
+    refused, never cut."""
+
+    def __init__(self, max_length: int, description: str, *, nfc: bool = False) -> None:
         self.max_length = max_length
         self.description = description
+        self.nfc = nfc
+
+    def _composed(self, value: str) -> str:
+        value = unicodedata.normalize("NFC", value)
+        if len(value) > self.max_length:
+            raise ValueError(f"must be at most {self.max_length} characters in Unicode NFC")
+        return value
 
     def __iter__(self) -> Iterator[object]:
         yield Strict()
         yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
         yield AfterValidator(no_control_chars)
         yield AfterValidator(_not_blank)
+        if self.nfc:
+            yield AfterValidator(self._composed)
+        stored = " Stored in Unicode NFC (a decomposed spelling is the same name)." if self.nfc else ""
         yield WithJsonSchema(
             {
                 "type": "string",
@@ -258,7 +274,7 @@ class NameText(GroupedMetadata):
                 "maxLength": self.max_length,
                 "pattern": NAME_PATTERN,
                 "description": f"{self.description} Not blank, no control characters; surrounding "
-                "whitespace is removed.",
+                f"whitespace is removed.{stored}",
             }
         )
 
