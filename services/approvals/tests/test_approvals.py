@@ -327,6 +327,7 @@ async def test_a_repeated_pending_decision_is_driven_even_while_timesheets_is_un
     [
         (b'{"decision": "approved", "comment": "a\\ud800"}', 422),
         (b'{"decision": "approved", "comment": "a\\u0000b"}', 422),
+        (b'{"decision": "approved", "comment": "a\\u009bb"}', 422),  # a C1 control character
         (b'{"decision": null}', 422),
         (b'{"decision": NaN}', 422),
         (b'["approved"]', 422),
@@ -360,4 +361,20 @@ async def test_a_coded_decision_is_415(
     assert reply.status == 415, reply.text
     assert reply.problem
     assert reply.headers["accept-encoding"] == "identity"
+    assert await decisions_of(db, entry_id) == 0
+
+
+async def test_a_query_parameter_on_a_decision_is_refused_and_nothing_is_decided(
+    approvals: SignedApi, timesheets: SignedApi, db: asyncpg.Connection
+) -> None:
+    """``PUT /approvals/{id}`` takes no query parameters; one sent anyway (``?notify=false``,
+    ``?decision=rejected`` beside a body that approves) was ignored and the decision made."""
+    entry_id = await submit(timesheets, employee())
+    for query, names in (("notify=false", {"notify"}), ("decision=rejected", {"decision"})):
+        reply = await approvals.call(
+            "PUT", f"/approvals/{entry_id}?{query}", manager(), json={"decision": "approved"}
+        )
+        assert reply.status == 422, reply.text
+        assert reply.problem
+        assert reply.fields() == names
     assert await decisions_of(db, entry_id) == 0

@@ -127,3 +127,33 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_header(base_url: str, ta
     status, location = _raw_get(base_url, target, "evil.example")
     assert location is None
     assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nowhere", 404),
+        ("GET", "/oauth/token/", 404),
+        ("POST", "/api/timesheets", 404),
+        ("TRACE", "/", 404),
+        ("GET", "/oauth/token", 405),
+        ("PATCH", "/oauth/token", 405),
+        ("DELETE", "/authorize", 405),
+    ],
+)
+async def test_an_unknown_path_or_method_is_a_problem_that_says_so(
+    http: aiohttp.ClientSession, base_url: str, method: str, path: str, status: int
+) -> None:
+    """Starlette's router refuses these with an ``HTTPException`` whose detail is only the status
+    phrase, and the kit dropped it: a problem of type, title and status alone, where every other
+    refusal names what was wrong (docs/CONTRACTS.md: every refusal has a ``detail``). A 405 also
+    lists the methods the route takes in ``Allow`` (RFC 9110 §15.5.6)."""
+    async with http.request(method, base_url + path) as response:
+        document = await response.json(content_type=None)
+        assert response.status == status
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert document["status"] == status
+        assert document.get("detail"), document
+        if status == 405:
+            assert method not in response.headers["Allow"]
+            assert method in document["detail"]

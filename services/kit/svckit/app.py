@@ -33,6 +33,7 @@ from .http import HttpClient
 from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
 from .problems import EXCEPTION_HANDLERS, RETRY_AFTER, problem_response
+from .query import refuse_undocumented_queries
 from .replay import ReplayMemory
 from .replayfallback import PURGE_INTERVAL, PURGE_TASK
 from .settings import DenialAuditSettings, ServiceSettings
@@ -158,6 +159,8 @@ def create_service_app(
     ]
     if openapi is not None:
         operational.append(openapi_route(openapi))
+        # an operation documented without query parameters refuses any (svckit.query.NoQuery)
+        refuse_undocumented_queries(routes, openapi)
 
     denials: DenialRecorder | None = None
     if denial_sink is not None:

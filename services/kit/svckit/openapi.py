@@ -236,7 +236,24 @@ def body_answers(operation: Operation) -> list[Answer]:
 
 def query_answers(operation: Operation) -> list[Answer]:
     if operation.query is None:
-        return []
+        # an operation without query parameters refuses any it is given (svckit.query.NoQuery)
+        return [
+            problem_answer(
+                422,
+                "Unprocessable Content",
+                "The operation takes no query parameters: one given is refused (errors[] names it), "
+                "and nothing is done.",
+                "The query string has invalid parameters.",
+                errors=[
+                    {
+                        "field": "dry_run",
+                        "loc": ["query", "dry_run"],
+                        "message": "this operation takes no query parameters",
+                        "type": "extra_forbidden",
+                    }
+                ],
+            )
+        ]
     return [
         problem_answer(
             422,

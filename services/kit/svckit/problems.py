@@ -122,10 +122,22 @@ def validation_problem(
     return Problem(422, "Unprocessable Content", detail, errors=errors)
 
 
+def _default_detail(request: Request, status: int) -> str:
+    """What the router's own refusals mean (it raises them with the status phrase alone): every
+    refusal says what was wrong (docs/CONTRACTS.md), these too."""
+    if status == 404:
+        return "No route matches this path."
+    if status == 405:
+        return f"{request.method} is not allowed here."  # as the gateway says it (Allow: which are)
+    return f"{HTTPStatus(status).phrase}."
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
-    return problem_response(exc.status_code, None, detail, headers=exc.headers)
+    return problem_response(
+        exc.status_code, None, detail or _default_detail(request, exc.status_code), headers=exc.headers
+    )
 
 
 async def problem_handler(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,12 @@ digits (``%zz``), or escapes that decode to bytes that are not UTF-8 (``%FF``, o
 surrogate). Starlette would pass ``%zz`` through literally and replace bad bytes with U+FFFD, so the
 handler would search for something the client never sent.
 
+An operation that takes no query parameters (``GET``/``DELETE /timesheets/{id}``, ``PUT
+/approvals/{id}``, ``POST /timesheets``…) refuses any it is given the same way, 422 naming each
+(:class:`NoQuery`, installed by :func:`svckit.app.create_service_app` from the service's OpenAPI
+document), before the handler runs: ``DELETE /timesheets/{id}?dry_run=true`` deleted the entry, and
+``PUT /approvals/{id}?decision=rejected`` beside a body that approves was approved.
+
 The same query strings come back all the time (``limit=20``, an approver's queue): a model that is
 ``frozen`` is made once per raw query string and handed out again (:data:`MAX_CACHED`; what is
 refused is refused each time, never kept). Its validation depends on nothing but the string.
@@ -22,11 +28,14 @@ from __future__ import annotations
 
 import re
 import types
-from typing import TypeVar, Union, get_args, get_origin
-from urllib.parse import unquote_to_bytes
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, Union, get_args, get_origin
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .problems import Problem, field_errors, validation_problem
 
@@ -120,4 +129,59 @@ def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
         raise validation_problem(errors, "The query string has invalid parameters.") from None
 
 
-__all__ = ["parse_query"]
+def refuse_any_query(raw: bytes) -> None:
+    """A 400 for a query string that is not well-formed, else a 422 naming each parameter in it;
+    nothing when it names none (``?`` or ``?&&``, as the listings take them)."""
+    check_query_string(raw)
+    names = dict.fromkeys(name for name, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+    if names:
+        raise validation_problem(
+            [
+                {
+                    "field": name,
+                    "loc": ["query", name],
+                    "message": "this operation takes no query parameters",
+                    "type": "extra_forbidden",
+                }
+                for name in names
+            ],
+            "The query string has invalid parameters.",
+        )
+
+
+class NoQuery:
+    """A route's ASGI app that refuses a query string for ``methods`` (those whose operation
+    documents no query parameter) before the app sees the request."""
+
+    def __init__(self, app: ASGIApp, methods: frozenset[str]) -> None:
+        self.app = app
+        self.methods = methods
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw: bytes = scope.get("query_string", b"")
+        if raw and scope["method"] in self.methods:
+            refuse_any_query(raw)
+        await self.app(scope, receive, send)
+
+
+def refuse_undocumented_queries(routes: Iterable[BaseRoute], document: Mapping[str, Any]) -> None:
+    """Wrap each route's app in :class:`NoQuery` for the methods whose operation in ``document`` (the
+    service's OpenAPI document) has no query parameter. Routes the document does not describe are
+    left as they are. Done again on the same routes (an app built twice), the wrapper is replaced."""
+    paths: Mapping[str, Any] = document.get("paths", {})
+    for route in routes:
+        if not isinstance(route, Route) or not route.methods or route.path not in paths:
+            continue
+        operations = paths[route.path]
+        methods = set()
+        for method in route.methods:
+            operation = operations.get("get" if method == "HEAD" else method.lower())
+            if operation is not None and not any(
+                parameter.get("in") == "query" for parameter in operation.get("parameters", ())
+            ):
+                methods.add(method)
+        inner = route.app.app if isinstance(route.app, NoQuery) else route.app
+        route.app = NoQuery(inner, frozenset(methods)) if methods else inner
+
+
+__all__ = ["NoQuery", "parse_query", "refuse_any_query", "refuse_undocumented_queries"]

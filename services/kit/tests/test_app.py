@@ -142,6 +142,9 @@ async def test_errors_are_problem_documents(
     assert headers["content-type"] == "application/problem+json"
     assert body["status"] == status
     assert "title" in body
+    assert body.get("detail"), body  # every refusal says what was wrong, the router's 404/405 too
+    if status == 405:
+        assert set(headers["allow"].split(", ")) == {"GET", "HEAD"}
     text = str(body)
     assert "Traceback" not in text
     assert "hunter2" not in text

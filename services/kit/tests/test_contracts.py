@@ -54,8 +54,17 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "project": " \ufeff\u3000"}, False),
     (EntryIn, {**ENTRY, "project": "\ufeffStore"}, True),
     (EntryIn, {**ENTRY, "project": "a\tb"}, True),
+    (EntryIn, {**ENTRY, "project": "\u200b"}, False),  # invisible (Default_Ignorable_Code_Point) alone
+    (EntryIn, {**ENTRY, "project": "\u2060\u200d\u00ad"}, False),
+    (EntryIn, {**ENTRY, "project": "\u3164"}, False),
+    (EntryIn, {**ENTRY, "project": "\u202eA"}, True),
+    (UploadRow, {**ENTRY, "user": "\u200b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
+    (EntryIn, {**ENTRY, "project": "a\x80b"}, False),  # C1 controls are control characters too
+    (EntryIn, {**ENTRY, "project": "a\x9b31mb"}, False),
+    (EntryIn, {**ENTRY, "project": "\x9f"}, False),
+    (EntryIn, {**ENTRY, "project": "a\xa0b"}, True),  # the first character after them
     (EntryIn, {**ENTRY, "project": 7}, False),
     (EntryIn, {**ENTRY, "date": "2000-01-01"}, True),
     (EntryIn, {**ENTRY, "date": "2099-12-31"}, True),
@@ -73,6 +82,8 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "notes": "x" * 2000}, True),
     (EntryIn, {**ENTRY, "notes": "x" * 2001}, False),
     (EntryIn, {**ENTRY, "notes": "bell\x07"}, False),
+    (EntryIn, {**ENTRY, "notes": "next\x85line"}, False),
+    (EntryIn, {**ENTRY, "notes": "csi\x9b2J"}, False),
     (EntryIn, {**ENTRY, "owner": "mallory"}, False),
     (EntryIn, {"project": "Store", "hours": 7.5}, False),
     (UploadRow, {**ENTRY, "user": "local|alice"}, True),
@@ -84,6 +95,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (DecisionIn, {"decision": "rejected", "comment": "Split it\nby project."}, True),
     (DecisionIn, {"decision": "maybe"}, False),
     (DecisionIn, {"decision": "approved", "comment": "nul\x00"}, False),
+    (DecisionIn, {"decision": "approved", "comment": "st\x9c"}, False),
     (DecisionIn, {"decision": "approved", "comment": "x" * 2001}, False),
     (DecisionIn, {"decision": "approved", "by": "me"}, False),
 ]
@@ -127,6 +139,13 @@ def test_a_name_of_whitespace_in_either_sense_is_blank_to_the_pattern_and_the_mo
             assert not model_accepts(EntryIn, document), repr(name)
         if CONTROL_CHARS.search(char) is None:  # surrounding whitespace is removed (U+FEFF too)
             assert EntryIn.model_validate({**ENTRY, "project": f"{char}x{char}"}).project == "x", repr(char)
+
+
+def test_a_project_is_stored_composed_and_a_subject_as_sent() -> None:
+    """A project name is a key people type: NFC. A ``sub`` is another system's: compared as sent."""
+    row = UploadRow.model_validate({**ENTRY, "project": "Cafe\u0301", "user": "rene\u0301"})
+    assert (row.project, row.user) == ("Caf\u00e9", "rene\u0301")
+    assert not model_accepts(EntryIn, {**ENTRY, "project": "\u0958" * 51})  # 102 in NFC
 
 
 def test_an_event_reads_back_as_sent() -> None:

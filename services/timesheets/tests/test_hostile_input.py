@@ -28,6 +28,10 @@ WHO = user("hostile", "read:timesheets", "create:timesheets", "delete:timesheets
         (b'{"date": "2026-11-23\\n", "project": "P", "hours": 1}', "date"),
         (b'{"date": ["2026-11-23"], "project": "P", "hours": 1}', "date"),
         (b'{"date": "2026-11-23", "project": {"a": 1}, "hours": 1}', "project"),
+        # C1 control characters (U+0080-U+009F, Unicode's Cc like C0): CSI, NEL inside, a lone ST
+        (b'{"date": "2026-11-23", "project": "a\\u009b31mb", "hours": 1}', "project"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "a\\u0085b"}', "notes"),
+        (b'{"date": "2026-11-23", "project": "P", "hours": 1, "notes": "\xc2\x9c"}', "notes"),
     ],
 )
 async def test_hostile_bodies(api: SignedApi, raw: bytes, field: str) -> None:
@@ -143,3 +147,31 @@ async def test_work_dates_at_the_edges_of_the_window_are_stored(api: SignedApi, 
 async def test_filters_take_any_date(api: SignedApi) -> None:
     reply = await api.call("GET", "/timesheets", WHO, params={"from": "0001-01-01", "to": "9999-12-31"})
     assert reply.status == 200, reply.text
+
+
+async def test_a_query_parameter_on_an_operation_that_takes_none_is_refused_and_nothing_is_done(
+    api: SignedApi,
+) -> None:
+    """``DELETE /timesheets/{id}?dry_run=true`` deleted the entry: a route without query parameters
+    ignored any it was given, where the listings refuse an unknown one (svckit.query). A client that
+    believes in a parameter the service does not have is told so, before anything is done."""
+    body = {"date": "2026-02-04", "project": "P", "hours": 1}
+    created = await api.call("POST", "/timesheets?validate_only=true", WHO, json=body)
+    assert created.status == 422, created.text
+    assert created.problem
+    assert created.fields() == {"validate_only"}
+    created = await api.call("POST", "/timesheets", WHO, json=body)
+    assert created.status == 201, created.text
+    entry_id = created.body["id"]
+    for method, query, names in (
+        ("DELETE", "dry_run=true", {"dry_run"}),
+        ("DELETE", "a=1&b", {"a", "b"}),
+        ("GET", "fields=id", {"fields"}),
+    ):
+        reply = await api.call(method, f"/timesheets/{entry_id}?{query}", WHO)
+        assert reply.status == 422, (method, query, reply.text)
+        assert reply.problem
+        assert reply.fields() == names
+    assert (await api.call("DELETE", f"/timesheets/{entry_id}?%zz", WHO)).status == 400
+    assert (await api.call("GET", f"/timesheets/{entry_id}", WHO)).status == 200  # not deleted
+    assert (await api.call("GET", f"/timesheets/{entry_id}?", WHO)).status == 200  # an empty query

@@ -136,3 +136,24 @@ async def test_rows_are_made_from_records_as_make_makes_them(api: SignedApi, db:
     assert all(type(row) is store.EntryRow for row in made)
     assert made[0].date.isoformat() == "2026-11-03"
     assert made[0].owner == (who.issuer, who.subject)
+
+
+async def test_a_project_is_one_project_however_its_accents_are_encoded(api: SignedApi) -> None:
+    """The same "Café" typed (U+00E9, NFC) and pasted from a decomposed source (e + U+0301, NFD) look
+    the same and were two projects: listed apart, filtered apart, summed apart. A project name is
+    stored in NFC, and a filter is read the same way, so either spelling is the one project."""
+    who = someone()
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    first = await add(api, who, "2026-06-01", composed)
+    second = await add(api, who, "2026-06-02", decomposed)
+    assert first["project"] == second["project"] == composed
+    for spelling in ("Caf%C3%A9", "Cafe%CC%81"):
+        reply = await api.call("GET", f"/timesheets?project={spelling}", who)
+        assert reply.status == 200, reply.text
+        assert {item["id"] for item in reply.body["items"]} == {first["id"], second["id"]}, spelling
+    # a name whose NFC is longer than the limit is refused, not cut (U+0958 is U+0915 U+093C in NFC)
+    reply = await api.call(
+        "POST", "/timesheets", who, json={"date": "2026-06-03", "project": "\u0958" * 60, "hours": 1}
+    )
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"project"}

@@ -36,3 +36,26 @@ async def test_an_upload_row_for_a_blank_user_is_refused(api: SignedApi) -> None
     reply = await api.call("POST", "/timesheets/upload", batch_client(), json={"entries": [row]})
     assert reply.status == 422, reply.text
     assert reply.fields() == {"entries.0.user"}
+
+
+#: Default_Ignorable_Code_Point characters (Unicode's DerivedCoreProperties): drawn as nothing
+INVISIBLE = ["\u200b", "\u2060\u200d", "\u00ad", "\u3164", "\u115f\u1160", "\u200e\u202e", " \u180e \ufe0f "]
+
+
+@pytest.mark.parametrize("project", INVISIBLE, ids=[f"invisible-{n}" for n in range(len(INVISIBLE))])
+async def test_a_project_of_invisible_characters_is_blank(api: SignedApi, project: str) -> None:
+    """A zero-width space, a word joiner, a soft hyphen or a Hangul filler alone was stored as a
+    project, listed and shown to the approver as no name at all: as blank as a space."""
+    who = user(f"blank-{uuid.uuid4().hex[:8]}", "create:timesheets")
+    body = {"date": "2026-11-23", "project": project, "hours": 1}
+    reply = await api.call("POST", "/timesheets", who, json=body)
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"project"}
+
+
+async def test_a_visible_character_beside_invisible_ones_is_kept_as_sent(api: SignedApi) -> None:
+    who = user(f"blank-{uuid.uuid4().hex[:8]}", "create:timesheets")
+    body = {"date": "2026-11-23", "project": "\u200bA\u00ad", "hours": 1}
+    reply = await api.call("POST", "/timesheets", who, json=body)
+    assert reply.status == 201, reply.text
+    assert reply.body["project"] == "\u200bA\u00ad"

@@ -545,7 +545,7 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
+      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
@@ -810,7 +810,7 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. */
+      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
@@ -1755,6 +1755,34 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
+      /** @description The operation takes no query parameters: one given is refused (errors[] names it), and nothing is done. */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unprocessable Content",
+           *       "status": 422,
+           *       "detail": "The query string has invalid parameters.",
+           *       "errors": [
+           *         {
+           *           "field": "dry_run",
+           *           "loc": [
+           *             "query",
+           *             "dry_run"
+           *           ],
+           *           "message": "this operation takes no query parameters",
+           *           "type": "extra_forbidden"
+           *         }
+           *       ]
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
       /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
       429: {
         headers: {
@@ -1937,6 +1965,34 @@ export interface operations {
            *       "status": 409,
            *       "detail": "An approved entry cannot be deleted.",
            *       "status_text": "approved"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The operation takes no query parameters: one given is refused (errors[] names it), and nothing is done. */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unprocessable Content",
+           *       "status": 422,
+           *       "detail": "The query string has invalid parameters.",
+           *       "errors": [
+           *         {
+           *           "field": "dry_run",
+           *           "loc": [
+           *             "query",
+           *             "dry_run"
+           *           ],
+           *           "message": "this operation takes no query parameters",
+           *           "type": "extra_forbidden"
+           *         }
+           *       ]
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];
@@ -3242,6 +3298,34 @@ export interface operations {
            *       "detail": "This route needs the scope read:timesheets.",
            *       "reason": "insufficient_scope",
            *       "required_scope": "read:timesheets"
+           *     }
+           */
+          "application/problem+json": components["schemas"]["Problem"];
+        };
+      };
+      /** @description The operation takes no query parameters: one given is refused (errors[] names it), and nothing is done. */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "type": "about:blank",
+           *       "title": "Unprocessable Content",
+           *       "status": 422,
+           *       "detail": "The query string has invalid parameters.",
+           *       "errors": [
+           *         {
+           *           "field": "dry_run",
+           *           "loc": [
+           *             "query",
+           *             "dry_run"
+           *           ],
+           *           "message": "this operation takes no query parameters",
+           *           "type": "extra_forbidden"
+           *         }
+           *       ]
            *     }
            */
           "application/problem+json": components["schemas"]["Problem"];

@@ -4,6 +4,7 @@ import type { ApiClient } from "../api/client";
 import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { clearComment, loadComments, saveComment } from "../lib/draft";
+import { backstop, COMMENT_MAX, tooLong } from "../lib/limits";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
@@ -121,6 +122,12 @@ function ApprovalCard({
       document.getElementById(fieldId)?.focus();
       return;
     }
+    const commentTooLong = tooLong(comment.trim(), COMMENT_MAX);
+    if (commentTooLong) {
+      setError(commentTooLong);
+      document.getElementById(fieldId)?.focus();
+      return;
+    }
     setError(undefined);
     setBusy(decision);
     const verb = decision === "approved" ? "approve" : "reject";
@@ -186,7 +193,7 @@ function ApprovalCard({
         <textarea
           rows={2}
           value={comment}
-          maxLength={1000}
+          maxLength={backstop(COMMENT_MAX)}
           onInput={(e) => setComment(e.currentTarget.value)}
           {...describedBy(fieldId, error, "hint")}
         />

@@ -4,6 +4,7 @@ import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { loadDraft, saveDraft, type PendingCreate } from "../lib/draft";
+import { backstop, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
 import {
   addDays,
   formatDay,
@@ -325,7 +326,12 @@ function describeUnsaved(error: unknown): UserMessage {
 export function checkEntry(form: FormState): Record<string, string> {
   const errors: Record<string, string> = {};
   if (!isIsoDate(form.date)) errors.date = "Choose a date.";
-  if (!form.project.trim()) errors.project = "Enter the project you worked on.";
+  const project = form.project.trim();
+  const projectTooLong = tooLong(project, PROJECT_MAX);
+  if (!project) errors.project = "Enter the project you worked on.";
+  else if (projectTooLong) errors.project = projectTooLong;
+  const notesTooLong = tooLong(form.notes.trim(), NOTES_MAX);
+  if (notesTooLong) errors.notes = notesTooLong;
   if (form.hours.trim() === "" || !Number.isFinite(Number(form.hours)))
     errors.hours = "Enter the hours as a number, e.g. 7.5.";
   return errors;
@@ -470,7 +476,7 @@ function EntryForm({
           onInput={set("project")}
           list="known-projects"
           autocomplete="off"
-          maxLength={100}
+          maxLength={backstop(PROJECT_MAX)}
           required
           {...describedBy("entry-project", errors.project)}
         />
@@ -497,7 +503,7 @@ function EntryForm({
           rows={3}
           value={form.notes}
           onInput={set("notes")}
-          maxLength={2000}
+          maxLength={backstop(NOTES_MAX)}
           {...describedBy("entry-notes", errors.notes)}
         />
       </Field>

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -28,9 +29,12 @@ from pydantic import (
 )
 from pydantic.json_schema import WithJsonSchema
 
-# Control characters other than tab, line feed and carriage return (which free text may contain).
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F"
+# Control characters other than tab, line feed and carriage return (which free text may contain): C0,
+# DEL and C1 (U+0080-U+009F), all of Unicode's general category Cc. C1 was once let through: "a\x9b2J"
+# (CSI, an 8-bit terminal escape) or a NEL inside a name went into the database, the trail and the
+# logs while the published document said "no control characters".
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
 # Free text: any characters but control characters (line breaks and tabs are fine).
 FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
 # Whitespace to ECMA-262 (``\s``: WhiteSpace and LineTerminator, U+FEFF included) or to Python (``\s``,
@@ -40,8 +44,20 @@ WHITESPACE = (
     "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
-# What a name may not consist of only: control characters and that whitespace.
-_BLANK_CLASS = r"\u0000-\u0020\u007F\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF"
+# Characters drawn as nothing: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) in
+# the Basic Multilingual Plane — soft hyphen, zero-width space and joiners, bidi marks and overrides,
+# word joiner, Hangul fillers, variation selectors. A name of only these was stored and shown as no
+# name at all. (The property's astral ranges — tags, U+E0000 up — are left out: a published pattern
+# holds only what ECMA-262 reads without its "u" flag.)
+_INVISIBLE_CLASS = (
+    r"\u00AD\u034F\u061C\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200F\u202A-\u202E\u2060-\u206F"
+    r"\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8"
+)
+# What a name may not consist of only: control characters, that whitespace and invisible characters.
+_BLANK_CLASS = (
+    r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFEFF" + _INVISIBLE_CLASS
+)
+_BLANK = re.compile(rf"[{_BLANK_CLASS}]*")
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
 NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -80,10 +96,11 @@ def no_control_chars(value: str) -> str:
 
 def _not_blank(value: str) -> str:
     """``value`` without surrounding :data:`WHITESPACE` (pydantic's strip leaves U+FEFF, which
-    ECMA-262 and so the published pattern count as whitespace); a name of nothing else is blank."""
+    ECMA-262 and so the published pattern count as whitespace); a name of nothing else, or of
+    nothing but invisible characters (``_INVISIBLE_CLASS``), is blank."""
     value = value.strip(WHITESPACE)
-    if not value:
-        raise ValueError("must not be blank")
+    if _BLANK.fullmatch(value) is not None:
+        raise ValueError("must not be blank (nor only invisible characters)")
     return value
 
 
@@ -223,17 +240,33 @@ Timestamp = Annotated[
 
 
 class NameText(GroupedMetadata):
-    """A required, stripped, non-blank name of at most ``max_length`` characters (``Annotated[str, …]``)."""
+    """A required, stripped, non-blank name of at most ``max_length`` characters (``Annotated[str, …]``).
 
-    def __init__(self, max_length: int, description: str) -> None:
+    ``nfc``: the name is a key people type (a project: listed, filtered and summed by it), stored in
+    Unicode NFC, so "Café" composed (U+00E9) and decomposed (e + U+0301) — drawn alike — are one name,
+    not two. Not for names another system issued (a ``sub``), which are compared as they are. A name
+    whose NFC is longer than ``max_length`` (a few characters decompose under NFC: U+0958 is two) is
+    refused, never cut."""
+
+    def __init__(self, max_length: int, description: str, *, nfc: bool = False) -> None:
         self.max_length = max_length
         self.description = description
+        self.nfc = nfc
+
+    def _composed(self, value: str) -> str:
+        value = unicodedata.normalize("NFC", value)
+        if len(value) > self.max_length:
+            raise ValueError(f"must be at most {self.max_length} characters in Unicode NFC")
+        return value
 
     def __iter__(self) -> Iterator[object]:
         yield Strict()
         yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
         yield AfterValidator(no_control_chars)
         yield AfterValidator(_not_blank)
+        if self.nfc:
+            yield AfterValidator(self._composed)
+        stored = " Stored in Unicode NFC (a decomposed spelling is the same name)." if self.nfc else ""
         yield WithJsonSchema(
             {
                 "type": "string",
@@ -241,7 +274,7 @@ class NameText(GroupedMetadata):
                 "maxLength": self.max_length,
                 "pattern": NAME_PATTERN,
                 "description": f"{self.description} Not blank, no control characters; surrounding "
-                "whitespace is removed.",
+                f"whitespace is removed.{stored}",
             }
         )
 

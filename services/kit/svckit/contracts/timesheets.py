@@ -54,7 +54,7 @@ def _quarter_hours(value: float) -> float:
 Hours = Annotated[
     float, Strict(), Field(gt=0, le=24), AfterValidator(_quarter_hours), WithJsonSchema(HOURS_SCHEMA)
 ]
-Project = Annotated[str, NameText(100, "The project the hours were spent on.")]
+Project = Annotated[str, NameText(100, "The project the hours were spent on.", nfc=True)]
 Notes = Annotated[str | None, OptionalText(2000, "Free-text notes.")]
 # A subject as the gateway forwards it: printable, bounded.
 Subject = Annotated[
