@@ -182,6 +182,8 @@ def login_after(pairs: list[tuple[str, str]], now: float) -> float | None:
         # bounded before int(): a longer number (beyond Python's 4,300-digit limit, too) is as good
         # as "any sign-in" anyway
         bounds.append(now - (int(max_age) if len(max_age) <= MAX_AGE_DIGITS else 10**MAX_AGE_DIGITS))
+    elif max_age is not None:  # "-1", "1e3", "+1": still a demand for a recent sign-in; be strict
+        bounds.append(now)
     carried = params.get(LOGIN_AFTER)
     if carried is not None:
         try:

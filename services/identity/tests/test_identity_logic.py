@@ -120,7 +120,10 @@ def test_prompt_login_and_max_age_bound_the_sign_in_time() -> None:
     assert login_after([("max_age", "0")], now) == now
     assert login_after([("max_age", "300"), (LOGIN_AFTER, "999999.5")], now) == 999_999.5
     assert login_after([(LOGIN_AFTER, "junk")], now) == now, "unreadable: the strictest bound"
-    assert login_after([("max_age", "-5")], now) is None, "not a number of seconds: ignored as before"
+    # A max_age that is not a number of seconds asked for a fresh sign-in all the same: dropping it
+    # (as before) let a client's demand for re-authentication pass on an old session.
+    for unreadable in ("-5", "-1", "1e3", "+1", "300s", " 300", "", "\u0663"):
+        assert login_after([("max_age", unreadable)], now) == now, unreadable
 
 
 # --- CSRF tokens while IDENTITY_SESSION_SECRET rotates (svckit.keyring) ------------------------------
