@@ -226,8 +226,8 @@ class Edge:
         allowed, no body, an idle upstream connection: the hot path), or where :meth:`serve` must
         take over — an answer to send, :data:`FORWARD` (no idle connection), :data:`START` (a token
         to verify, a proof to check, a body to read: the stages before the rate limit run again,
-        which they may, as they change nothing but the request; a request admitted in flight here is
-        not counted twice, :class:`InFlight` sees it on the request).
+        which they may, as they change nothing but the request; should this fail after admitting
+        the request in flight, a bug, :class:`InFlight` sees it admitted and does not count it twice).
 
         The stages run in :meth:`_handle`'s order and answer the same; the one difference is that
         the body's framing is looked at before the rate limit instead of after it, and only to send

@@ -1075,7 +1075,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1319,7 +1319,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1566,7 +1566,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1755,7 +1755,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1942,7 +1942,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2149,7 +2149,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2438,7 +2438,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2676,7 +2676,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2881,7 +2881,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -3082,7 +3082,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -3247,7 +3247,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
