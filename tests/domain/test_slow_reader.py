@@ -238,6 +238,12 @@ async def test_without_read_ahead_room_a_slow_reader_holds_a_connection_for_a_bo
         try:
             await asyncio.sleep(1)  # their answers are streaming, holding both connections
             assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
+            # the bystander got the connection the first cut-off freed; the other reader's stuck answer
+            # may be a moment younger: reading it now could take it whole before its own cut-off
+            deadline = asyncio.get_running_loop().time() + PATIENCE
+            while await metric(session, stack, "gateway_response_cutoffs_total") < POOL:
+                assert asyncio.get_running_loop().time() < deadline, stack.gateway.logs()[-4000:]
+                await asyncio.sleep(0.1)
             for sock in readers:  # an answer of each is cut off: closed short of its length
                 whole, cut_off = answers_until_cut_off(sock, pages)
                 assert cut_off, (whole, stack.gateway.logs()[-4000:])
