@@ -125,6 +125,7 @@ async def measure() -> dict[str, float]:
         max_body_bytes=settings.max_body_bytes,
         access_log=None,
         forwarded=ForwardedHeaders([]),
+        max_in_flight_per_subject=settings.gateway_max_in_flight_per_subject,  # as shipped
     )
     statuses: list[int] = []
 

@@ -249,8 +249,9 @@ async def test_without_read_ahead_room_a_slow_reader_holds_a_connection_for_a_bo
             await asyncio.sleep(1)  # their answers are streaming, holding both connections
             assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
             # Read only once the gateway has cut them off: on a loaded host the service makes the pages
-            # slowly, and a reader that started reading before its answer had stalled for the bound
-            # would (rightly) take every page whole.
+            # slowly, and the bystander gets the connection the first cut-off frees; a reader that
+            # started reading before its answer had stalled for the bound would (rightly) take every
+            # page whole.
             await cut_off_by_now(session, stack, POOL)
             for sock in readers:  # an answer of each is cut off: closed short of its length
                 whole, cut_off = answers_until_cut_off(sock, pages)
@@ -285,3 +286,95 @@ async def test_clients_not_reading_pipelined_answers_hold_no_upstream_connection
         finally:
             for sock in readers:
                 sock.close()
+
+
+IN_FLIGHT = 2
+#: slow readers of one token: more than the budget's one page + the pool's two connections
+READERS = 6
+IN_FLIGHT_REFUSED = 'gateway_rate_limited_total{limit="in_flight"}'
+
+
+async def stalled_or_refused(session: aiohttp.ClientSession, stack: Stack) -> None:
+    """Until the slow readers hold what they can: every pooled connection busy with one waiting
+    behind them (the old code's stall, which lasts until a streamed answer is cut off), or several
+    of their requests refused for being in flight (the limit) — or :data:`PATIENCE` passed."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    busy = 'gateway_upstream_connections{service="timesheets",state="busy"}'
+    waits = 'gateway_upstream_pool_waits_total{service="timesheets"}'
+    while asyncio.get_running_loop().time() < deadline:
+        if await metric(session, stack, IN_FLIGHT_REFUSED) >= READERS - IN_FLIGHT:
+            return
+        if await metric(session, stack, busy) == POOL and await metric(session, stack, waits) >= 1:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def logged(stack: Stack, text: str) -> None:
+    """Until ``text`` is in the gateway's log (access lines are written in batches)."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    while text not in stack.gateway.logs(None):
+        assert asyncio.get_running_loop().time() < deadline, stack.gateway.logs()
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        {
+            "GATEWAY_RESPONSE_BUFFER_BYTES": "1000000",  # one page read ahead; the others stream
+            "UPSTREAM_READ_TIMEOUT_SECONDS": "120",  # a stall outlasts the test's patience
+            "GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT": str(IN_FLIGHT),
+        }
+    ],
+    indirect=True,
+)
+async def test_one_tokens_slow_readers_beyond_budget_and_pool_do_not_stall_other_users(
+    stack: Stack,
+) -> None:
+    """The residual of read-ahead: one valid token opening more slow readers of the largest page than
+    the budget's pages + the pool's connections. One is read ahead, two stream holding both pooled
+    connections, the rest wait for one — and so did every other user of the service, until the
+    streamed answers were cut off (``UPSTREAM_READ_TIMEOUT_SECONDS``, 30 s by default: a bystander
+    waited 29.8 s at 400 readers), wave after wave, within the token's rate limit, which counts
+    requests, not requests in flight. With ``GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT`` below the pool size
+    that token's further requests are refused (429) while its earlier answers are still being taken,
+    and a pooled connection stays free for everyone else."""
+    reader = stack.issuer.token(f"slow-{uuid.uuid4().hex[:6]}", EMPLOYEE)
+    send_buffer_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    pages = 2 + 2 * send_buffer_max // 800_000  # more than the kernel can hold for one reader
+    async with aiohttp.ClientSession() as session:
+        await fill_page(session, stack, reader)
+        readers = [slow_reader(stack, reader, requests=pages) for _ in range(READERS)]
+        try:
+            await stalled_or_refused(session, stack)
+            started = asyncio.get_running_loop().time()
+            assert await other_user_gets_an_answer(session, stack) == 200, stack.gateway.logs()[-3000:]
+            assert asyncio.get_running_loop().time() - started < PATIENCE
+            # the slow token's requests beyond the limit are refused while its answers are in flight
+            async with session.get(
+                stack.gateway.url + "/api/timesheets?limit=1",
+                headers={"Authorization": f"Bearer {reader}"},
+                timeout=aiohttp.ClientTimeout(total=PATIENCE),
+            ) as response:
+                assert response.status == 429
+                assert response.headers["Content-Type"] == "application/problem+json"
+                assert response.headers["Retry-After"] == "1"
+                problem = await response.json(content_type=None)
+            assert problem["reason"] == "rate_limit_in_flight"
+            assert "in progress" in problem["detail"]
+            assert await metric(session, stack, IN_FLIGHT_REFUSED) >= READERS - IN_FLIGHT
+            await logged(stack, '"route": "/api/timesheets", "status": 429')  # the access line
+        finally:
+            for sock in readers:
+                sock.close()
+        # the readers gone, their places are given back: the token is served again
+        deadline = asyncio.get_running_loop().time() + PATIENCE
+        while True:
+            async with session.get(
+                stack.gateway.url + "/api/timesheets?limit=1", headers={"Authorization": f"Bearer {reader}"}
+            ) as response:
+                await response.read()
+                if response.status == 200:
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "the readers' places were not given back"
+            await asyncio.sleep(0.2)

@@ -118,3 +118,19 @@ def test_the_code_limits_window_is_a_chart_value_of_its_own() -> None:
     assert "authorizeCodeWindowSeconds" in schema_refuses(
         deep_merge(MINIMAL, {"identity": {"authorizeCodeWindowSeconds": 0}})
     )
+
+
+def test_the_in_flight_limit_is_passed_on_and_held_below_the_pool() -> None:
+    """``gateway.maxInFlightPerSubject`` reaches the gateway; the schema keeps it below the 256 pooled
+    connections per service the chart runs the gateway with (at or above them, one user's slow
+    readers could hold every connection again: docs/runbook.md, "Requests refused for being in
+    flight")."""
+    env = {entry["name"]: entry.get("value") for entry in container_env(render(MINIMAL), "gateway")}
+    assert env["GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT"] == "64"
+    custom = deep_merge(MINIMAL, {"gateway": {"maxInFlightPerSubject": 0}})
+    env = {entry["name"]: entry.get("value") for entry in container_env(render(custom), "gateway")}
+    assert env["GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT"] == "0"
+    assert "maxInFlightPerSubject" in schema_refuses(
+        deep_merge(MINIMAL, {"gateway": {"maxInFlightPerSubject": 256}})
+    )
+    assert schema_refuses(deep_merge(MINIMAL, {"gateway": {"maxInFlightPerSubject": -1}}))

@@ -646,6 +646,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $values.workers | quote }}
 - name: GATEWAY_RESPONSE_BUFFER_BYTES
   value: {{ $values.responseBufferBytes | int64 | quote }}
+- name: GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT
+  value: {{ $values.maxInFlightPerSubject | int64 | quote }}
 - name: SPA_AUTH_ISSUER
   value: {{ default (first $root.Values.oidc.issuers) $values.spa.authIssuer | quote }}
 - name: SPA_CLIENT_ID

@@ -1,10 +1,11 @@
 """The API pipeline, as raw ASGI: the stages of :mod:`gateway.stages`, composed in one place.
 
 :meth:`Edge._handle` reads top to bottom as the request travels: what is asked (preflight, target,
-route, credentials) → who asks (authenticate) → may they (authorize, rate limit) → the body →
-forward. The first stage that answers ends the request; :meth:`Edge._answer` turns that answer into
-the response — an RFC 9457 problem document, with the RFC 6750 ``WWW-Authenticate`` challenge on
-401/403 — and counts and audits it (:mod:`gateway.denials`).
+route, credentials) → who asks (authenticate) → may they (authorize, rate limit, requests in flight)
+→ the body → forward. The first stage that answers ends the request; :meth:`Edge._answer` turns that
+answer into the response — an RFC 9457 problem document, with the RFC 6750 ``WWW-Authenticate``
+challenge on 401/403 — and counts and audits it (:mod:`gateway.denials`). A request admitted in
+flight holds its place until :meth:`Edge.finish`.
 
 This is the gateway's hot path, so it avoids per-request framework objects: one pass over the
 headers, the verified-token cache, a local rate-limit decision, one pooled upstream request. A
@@ -53,6 +54,7 @@ from .stages import (
     Body,
     Credentials,
     Forward,
+    InFlight,
     Possession,
     Preflight,
     RateLimit,
@@ -87,6 +89,7 @@ class Edge:
         max_body_bytes: int,
         access_log: AccessLog | None,
         forwarded: ForwardedHeaders,
+        max_in_flight_per_subject: int = 0,
         proofs: ProofVerifier | None = None,
         replays: ReplayGuard | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -109,6 +112,7 @@ class Edge:
         )
         self.possession = Possession(proofs, replays, self.authenticate)
         self.rate_limit = RateLimit(limiter)
+        self.in_flight = InFlight(max_in_flight_per_subject)
         self.body = Body(max_body_bytes)
         self.forward = Forward(forwarder, max_body_bytes, clock)
         self._auth_failures: dict[str, Any] = {}
@@ -169,7 +173,9 @@ class Edge:
             request_id_var.reset(context)
 
     def finish(self, request: ApiRequest) -> None:
-        """The request's metrics and access line, once it has been answered."""
+        """The request's place in flight given back, its metrics and access line, once it has been
+        answered (every request ends here, exactly once: :meth:`serve`, or the callback relay)."""
+        self.in_flight.release(request)
         elapsed = time.perf_counter() - request.started
         self.metrics.observe(request.route, request.method, request.status, elapsed)
         if self.access_log is not None:
@@ -198,9 +204,14 @@ class Edge:
         # proof of possession: only DPoP requests (and bound tokens, and where DPoP is required) pay
         if answer is None and Possession.needed(request):
             answer = await self.possession(request)
-        # authorize
+        # authorize, then admit: requests per window, then in flight (counted until finish)
         if answer is None:
-            answer = authorize(request) or self.rate_limit(request) or self.body.check(request, receive)
+            answer = (
+                authorize(request)
+                or self.rate_limit(request)
+                or self.in_flight(request)
+                or self.body.check(request, receive)
+            )
         if answer is None and request.read_body:
             answer = await self.body.read(request, receive)
         # forward
@@ -215,7 +226,8 @@ class Edge:
         allowed, no body, an idle upstream connection: the hot path), or where :meth:`serve` must
         take over — an answer to send, :data:`FORWARD` (no idle connection), :data:`START` (a token
         to verify, a proof to check, a body to read: the stages before the rate limit run again,
-        which they may, as they change nothing but the request).
+        which they may, as they change nothing but the request; should this fail after admitting
+        the request in flight, a bug, :class:`InFlight` sees it admitted and does not count it twice).
 
         The stages run in :meth:`_handle`'s order and answer the same; the one difference is that
         the body's framing is looked at before the rate limit instead of after it, and only to send
@@ -233,7 +245,7 @@ class Edge:
             return START
         if self.body.check(request, receive) is not None or request.read_body:
             return START
-        answer = authorize(request) or self.rate_limit(request)
+        answer = authorize(request) or self.rate_limit(request) or self.in_flight(request)
         if answer is not None:
             return answer
         return self.forward.start(request) or FORWARD

@@ -10,7 +10,7 @@
 | ``gateway_jwks_cache_total`` | layer, result | key look-ups by layer (``memory``, ``redis``) and result |
 | ``gateway_jwks_key_age_seconds`` | issuer | age of the keys in use (grows while the provider is down) |
 | ``gateway_jwks_lease_total`` | outcome | renewals of stale keys through the Redis lease (below) |
-| ``gateway_rate_limited_total`` | limit | requests refused with 429 (``subject``, ``client``) |
+| ``gateway_rate_limited_total`` | limit | 429s (``subject``, ``client``, ``address``, ``in_flight``) |
 | ``gateway_ratelimit_failopen_total`` | (none) | requests let through unchecked while Redis is unreachable |
 | ``gateway_audit_dropped_total`` | (none) | denial audit events dropped (queue full or undeliverable) |
 | ``gateway_upstream_errors_total`` | service, kind | upstream failures (connect, timeout, protocol) |

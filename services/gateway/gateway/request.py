@@ -148,6 +148,7 @@ class ApiRequest:
         "dpop_scheme",
         "forwarding",
         "host",
+        "in_flight",
         "matched",
         "memo",
         "method",
@@ -193,6 +194,7 @@ class ApiRequest:
         self.body: bytes | BodyStream | None = None
         self.read_body = False
         self.digest = b""  # the body's Content-Digest, computed once (every attempt upstream signs it)
+        self.in_flight = ""  # the key it counts under in InFlight once admitted, until released
         authorization: list[bytes] = []
         dpop: list[bytes] = []
         xff: list[bytes] = []

@@ -99,6 +99,14 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         description="service responses each worker may read ahead of slow clients (the pooled connection"
         " is free at once); a larger one streams for `UPSTREAM_READ_TIMEOUT_SECONDS` at most",
     )
+    gateway_max_in_flight_per_subject: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="requests of one (issuer, subject) each worker answers at once (429"
+        " `rate_limit_in_flight` beyond); below `UPSTREAM_POOL_SIZE`, one token's slow readers cannot"
+        " hold every pooled connection to a service; `0`: no limit",
+    )
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
     gateway_trusted_proxies: CsvList = Field(
         default_factory=list,

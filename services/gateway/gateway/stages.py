@@ -22,6 +22,8 @@ In order (``Edge._handle`` reads the same, top to bottom):
    token is bound to (401 ``invalid_dpop_proof`` / ``use_dpop_nonce``); bearer requests skip it;
 6. :func:`authorize` — the route's scopes (403);
 7. :class:`RateLimit` — per subject and per client (429);
+   :class:`InFlight` — per subject, the requests this worker is still answering (429): counted until
+   the answer has been handed over (:meth:`Edge.finish` gives the place back);
 8. :class:`Body` — ``Content-Length`` (400 / 413), then the body itself (read whole when small);
 9. :class:`Forward` — the signed identity and the forwarding headers, the upstream's answer
    streamed back (upstream failures become 502 / 503 / 504).
@@ -35,6 +37,7 @@ from svckit.dpop import ProofError, ProofVerifier, ReplayGuard, request_url
 from svckit.identity import EMPTY_DIGEST, content_digest, new_nonce
 from svckit.identity import PREFIX as IDENTITY_PREFIX
 
+from . import metrics
 from .cors import Cors
 from .forwarded import ForwardedHeaders
 from .proxy import (
@@ -475,6 +478,72 @@ class RateLimit:
             reason=f"rate_limit_{decision.limit}",
             audit="aggregate",
         )
+
+
+# --- 7b. requests in flight ----------------------------------------------------------------------
+
+
+class InFlight:
+    """Per (issuer, subject): at most ``limit`` requests in flight in this worker (429 + ``Retry-After``).
+
+    Why: the rate limit counts requests, not how long they last. A request to the largest page taken
+    a few bytes at a time lasts as long as its client likes, and holds its share of the worker's
+    read-ahead budget (:mod:`gateway.readahead`) or, once that is taken, a pooled upstream connection
+    for ``UPSTREAM_READ_TIMEOUT_SECONDS``. One valid token opening more such readers than budget ÷
+    page + ``UPSTREAM_POOL_SIZE`` stalled every other user of that service for up to 30 s per wave,
+    well within its rate limit (``tests/domain/test_slow_reader.py``). Below the pool size, one
+    subject's requests can no longer hold every connection.
+
+    A request counts from its admission here to :meth:`release`, which :meth:`gateway.edge.Edge.finish`
+    calls once its answer has been handed to the client whole, cut off, or its client is gone — the
+    one place every admitted request ends, whichever path it took (the callback relay, the task,
+    an error). In memory and per worker: a dictionary increment here, a decrement there; a key leaves
+    the dictionary when its count is back to zero, so it holds the subjects with requests in flight
+    only. ``limit`` 0: off.
+    """
+
+    __slots__ = ("_limited", "_refused", "counts", "limit")
+
+    #: seconds a refused caller is told to wait: in-flight requests of a well-behaved client end fast
+    RETRY_AFTER = 1
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+        self._limited = metrics.rate_limited.labels("in_flight")
+        self._refused = [(b"retry-after", str(self.RETRY_AFTER).encode())]
+
+    def __call__(self, request: ApiRequest) -> Refusal | None:
+        if not self.limit or request.in_flight:  # off, or admitted already (decide, then serve again)
+            return None
+        principal = request.principal
+        assert principal is not None
+        key = principal.subject_key
+        count = self.counts.get(key, 0)
+        if count >= self.limit:
+            self._limited.inc()
+            return Refusal(
+                429,
+                f"Too many requests in progress for this subject (at most {self.limit} at once); "
+                f"retry in {self.RETRY_AFTER} s, once earlier answers have been read.",
+                list(self._refused),
+                reason="rate_limit_in_flight",
+                audit="aggregate",
+            )
+        self.counts[key] = count + 1
+        request.in_flight = key
+        return None
+
+    def release(self, request: ApiRequest) -> None:
+        """The request's place given back (once: the request forgets its key)."""
+        key = request.in_flight
+        if key:
+            request.in_flight = ""
+            count = self.counts[key] - 1
+            if count:
+                self.counts[key] = count
+            else:
+                del self.counts[key]
 
 
 # --- 8. the body ---------------------------------------------------------------------------------

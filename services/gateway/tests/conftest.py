@@ -200,7 +200,8 @@ class Echo:
                 await asyncio.sleep(float(request.query_params.get("s", "3")))
             body = await request.body()
             if request.url.path.endswith("/big"):
-                return Response(b"x" * 300_000, media_type="application/octet-stream")
+                size = int(request.query_params.get("n", "300000"))  # more than the buffers hold
+                return Response(b"x" * size, media_type="application/octet-stream")
             return JSONResponse(
                 {
                     "method": request.method,

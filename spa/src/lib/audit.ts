@@ -60,6 +60,7 @@ const REASONS: Record<string, string> = {
   revoked: "revoked token",
   rate_limit_address: "too many requests from this address",
   rate_limit_subject: "too many requests from this user",
+  rate_limit_in_flight: "too many requests from this user at once",
   // DPoP proofs (svckit/dpop.py), at the gateway and the identity provider
   dpop_ath: "DPoP proof not for this token",
   dpop_htm: "DPoP proof for another method",
