@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, OutOfMemoryError
 
 from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
@@ -435,6 +435,71 @@ async def test_revocations_survive_redis_evicting_the_stream(
         finally:
             late.stop()
     finally:
+        async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
+            await admin.unlink(key)
+        await admin.aclose()
+
+
+async def test_a_revocation_made_while_redis_is_full_reaches_the_gateways_once_memory_frees(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Redis full with ``noeviction`` (the chart's policy): the provider's ``XADD`` is refused
+    (``OOM``), so a revocation cannot reach the gateways, which accept the token until memory frees —
+    the price of evicting nothing, counted (``identity_revocations_published_total{outcome="failed"}``,
+    alert TimesheetsRevocationsNotPublished) — and then reaches them within the check's period."""
+    from testkit.fixtures import scrape
+
+    _, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
+    admin = Redis.from_url(stack.redis.url)  # the private server's default user: the test's own
+
+    async def failed() -> float:
+        exposition = await scrape(stack.identity.url)
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("identity_revocations_published_total{") and 'outcome="failed"' in line
+        )
+
+    try:
+        evicted = int((await admin.info("stats"))["evicted_keys"])
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", str(used + 1024 * 1024))
+        filled = 0
+        while filled < 100_000:
+            try:
+                await admin.set(f"{prefix}fill:{filled}", b"x" * 1024, ex=600)
+            except OutOfMemoryError:
+                break
+            filled += 1
+        # full it stays: keys of the tests before expire meanwhile, and a few KiB freed let a write in
+        await admin.config_set(
+            "maxmemory", str(int((await admin.info("memory"))["used_memory"]) - 512 * 1024)
+        )
+        failed_before = await failed()
+        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+            assert response.status == 200  # revoked in the provider's database
+        deadline = time.monotonic() + 10
+        while await failed() <= failed_before:
+            assert time.monotonic() < deadline, (
+                "the refused publication is not counted",
+                stack.identity.logs(3000),
+            )
+            await asyncio.sleep(0.1)
+        for gateway in stack.gateways:  # not told: they accept it while Redis refuses every write
+            assert await call(http, gateway, tokens["access_token"]) == 200
+        assert int((await admin.info("stats"))["evicted_keys"]) == evicted
+        freed = time.monotonic()
+        async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
+            await admin.unlink(key)
+        delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], freed, limit=10.0)
+        print("memory freed to 401 on both gateways (s):", [round(d, 3) for d in delays])
+        assert max(delays) < 5.0, delays  # the provider's 0.5 s check, the guard's 0.5 s circuit
+    finally:
+        await admin.config_set("maxmemory", "0")
         async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
             await admin.unlink(key)
         await admin.aclose()
