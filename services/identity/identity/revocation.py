@@ -91,6 +91,10 @@ published = Counter(
     "restore's cutoff published) or failed.",
     ["outcome"],
 )
+# every outcome exported at 0 from the start: TimesheetsRevocationsNotPublished rates the "failed"
+# series, and rate()/increase() miss a counter's first value when the series appears with it
+for _outcome in ("inline", "retried", "republished", "cutoff", "failed"):
+    published.labels(_outcome)
 
 
 class RevocationPublisher:
