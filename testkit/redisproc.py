@@ -48,8 +48,11 @@ class PrivateRedis:
     """``start()`` / ``pause()`` (SIGSTOP: accepts connections, never answers) / ``resume()`` /
     ``restart()`` (a fresh, empty server on the same port, as after a crash without persistence)."""
 
-    def __init__(self, port: int | None = None, *, acl: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, acl: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
+        self.args = args  # more of redis-server's options (``--maxmemory``, say: a chart's arguments)
         self.dir = Path(tempfile.mkdtemp(prefix="tsp-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.acl = acl  # an ACL file's text (``--aclfile``): its users survive a restart
@@ -80,6 +83,7 @@ class PrivateRedis:
                 "--dir",
                 str(self.dir),
                 *(["--aclfile", str(self.dir / "users.acl")] if self.acl is not None else []),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,9 +13,12 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
+
+from testkit.fixtures import scrape
 
 from .conftest import Figures, Stack, tag, wait_ready
 
@@ -137,4 +140,124 @@ async def test_writes_go_on_through_the_database_with_redis_killed_and_wait_with
             await asyncio.to_thread(stack.postgres.start)
         if stack.redis.process is None or stack.redis.process.poll() is not None:
             await asyncio.to_thread(stack.redis.start)
+    await stack.ensure_up()
+
+
+def series_sum(exposition: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in exposition.splitlines():
+        named = line.startswith((name + "{", name + " "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def fill_until_refused(admin: Any, prefix: str) -> int:
+    """KiB written under ``prefix`` until Redis refused a write with ``OOM`` (it evicts nothing)."""
+    from redis.exceptions import OutOfMemoryError
+
+    for filled in range(100_000):
+        try:
+            await admin.set(f"{prefix}{filled}", b"x" * 1024, ex=600)
+        except OutOfMemoryError:
+            return filled
+    raise AssertionError("Redis never refused a write")
+
+
+async def test_a_full_redis_refusing_writes_is_an_outage_not_an_error_and_ends_when_memory_frees(
+    stack: Stack, figures: Figures
+) -> None:
+    """Redis full with ``noeviction`` (the chart's policy, docs/runbook.md "Redis memory"): every write
+    is answered ``OOM command not allowed``, and nothing is evicted. The services take that for Redis
+    unavailable (svckit.redisguard): signed writes are recorded through the database fallback (no
+    500), reads go on, the gateway's rate limits fail open and say so in their metric; once memory
+    frees, the nonces go to Redis again."""
+    from redis.asyncio import Redis
+
+    from .conftest import REDIS_PREFIX
+
+    await stack.ensure_up()
+    days = iter(range(10_000))
+    first = dt.date(2031, 1, 1) + dt.timedelta(days=random.randrange(3000))
+
+    def next_day() -> str:  # a day of its own for each write: alice's days fill up (24 hours a day)
+        return (first + dt.timedelta(days=next(days))).isoformat()
+
+    admin = Redis.from_url(stack.redis.url)  # the private server's default user: the test's own
+    fill = f"{REDIS_PREFIX}fill:"
+    statuses: dict[int, int] = {}
+    try:
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", str(used + 1024 * 1024))
+        # what an attacker's keys do (a throttle counter per user name tried, say)
+        filled = await fill_until_refused(admin, fill)
+        # full it stays: keys of the tests before expire meanwhile, and a few KiB freed let a write in
+        await admin.config_set(
+            "maxmemory", str(int((await admin.info("memory"))["used_memory"]) - 512 * 1024)
+        )
+        replay_keys = f"{REDIS_PREFIX}identity-replay:timesheets:*"
+        in_redis = len([key async for key in admin.scan_iter(match=replay_keys, count=1000)])
+        fallback_rows = "SELECT count(*) FROM timesheets.identity_replay"
+        rows_before = await wait_for_rows(stack, fallback_rows, lambda count: True, seconds=0)
+        failopen_before = series_sum(await scrape(stack.gateway.url), "gateway_ratelimit_failopen_total")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for _ in range(3):
+                entry = {"date": next_day(), "project": tag(), "hours": 1}
+                async with http.post(
+                    f"{stack.api}/timesheets", json=entry, headers=stack.headers("alice")
+                ) as reply:
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    assert reply.status == 201, await reply.text()
+                async with http.get(
+                    f"{stack.api}/timesheets?limit=1", headers=stack.headers("alice")
+                ) as reply:
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    assert reply.status == 200, await reply.text()
+            assert (
+                await wait_for_rows(stack, fallback_rows, lambda count: count >= rows_before + 3)
+                >= rows_before + 3
+            )
+            assert len([key async for key in admin.scan_iter(match=replay_keys, count=1000)]) == in_redis
+            assert (await admin.info("stats"))["evicted_keys"] == 0
+            # the gateway pushes its rate-limit counts in the background (ratelimit.py): once a push
+            # is refused, its limits fail open, counted, until one gets through
+            deadline = time.monotonic() + 20
+            while (
+                failopen := series_sum(await scrape(stack.gateway.url), "gateway_ratelimit_failopen_total")
+            ) <= failopen_before:
+                assert time.monotonic() < deadline, "no request let through without a rate-limit count"
+                async with http.get(
+                    f"{stack.api}/timesheets?limit=1", headers=stack.headers("alice")
+                ) as reply:
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    assert reply.status == 200, await reply.text()
+                await asyncio.sleep(0.1)
+
+            async for key in admin.scan_iter(match=f"{fill}*", count=1000):  # memory frees (TTLs end)
+                await admin.unlink(key)
+            await admin.config_set("maxmemory", str(used + 1024 * 1024))  # the limit as it was
+            deadline = time.monotonic() + 20
+            while len([key async for key in admin.scan_iter(match=replay_keys, count=1000)]) <= in_redis + 3:
+                # back: the next writes' nonces go to Redis again (and each replica's window with them)
+                assert time.monotonic() < deadline, "the nonces never went to Redis again"
+                entry = {"date": next_day(), "project": tag(), "hours": 1}
+                async with http.post(
+                    f"{stack.api}/timesheets", json=entry, headers=stack.headers("alice")
+                ) as reply:
+                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    assert reply.status == 201, await reply.text()
+                await asyncio.sleep(0.2)
+        figures.record(
+            "redis full (noeviction)",
+            filled_kib=filled,
+            statuses=statuses,
+            ratelimit_failopen=failopen - failopen_before,
+        )
+    finally:
+        await admin.config_set("maxmemory", "0")
+        async for key in admin.scan_iter(match=f"{fill}*", count=1000):
+            await admin.unlink(key)
+        await admin.aclose()
     await stack.ensure_up()

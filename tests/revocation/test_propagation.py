@@ -9,6 +9,7 @@ verified-token cache, then revokes it at the provider and measures how long unti
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, OutOfMemoryError
 
 from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
@@ -341,3 +342,165 @@ async def test_a_redis_writer_cannot_silence_revocations(stack: Stack, http: aio
         assert response.status == 200
     delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started, limit=5.0)
     assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+
+
+async def evict_the_stream(admin: Redis, prefix: str, readers: list[ServiceProcess]) -> dict[str, int]:
+    """Fill the private Redis past a ``maxmemory`` with ``allkeys-lru`` (what an attacker does with
+    keys of its choosing: a throttle counter per user name tried, a rate-limit counter per address)
+    until Redis evicts the revocation stream while its marker stays. Which of the two goes first is
+    Redis's sampling (``allkeys-random``: a coin toss; ``allkeys-lru``: the idler, and ``EXISTS``, the
+    provider's check, does not refresh the marker's clock while its ``XTRIM`` and each gateway's
+    ``XREAD`` refresh the stream's, so the marker usually goes first, and the stream when nobody read
+    or trimmed it for longer — after a re-publication set the marker anew, say). Here that is made
+    certain: the processes that touch the stream are stopped (SIGSTOP) while the test reads the
+    marker. The pressure ends as soon as the stream is gone."""
+    stream, marker = f"{prefix}revocations", f"{prefix}revocations:complete"
+    for reader in readers:
+        assert reader.process is not None
+        reader.process.send_signal(signal.SIGSTOP)
+    filled = 0
+    try:
+        deadline = time.monotonic() + 30
+        while (await admin.object("idletime", stream) or 0) < 2:  # LRU clocks tick in seconds
+            assert time.monotonic() < deadline, "the stream is still read"
+            await admin.get(marker)
+            await asyncio.sleep(0.1)
+        filled = await fill_until_gone(admin, prefix)
+        if not await admin.exists(marker):
+            # the sampling took the marker too (rarely: a candidate kept from an earlier sample), which
+            # is Redis losing both, tested above; the state this test wants is the one where it was set
+            # anew (the provider is still stopped: it has not seen it missing)
+            await admin.set(marker, "1")
+    finally:
+        for reader in readers:
+            assert reader.process is not None
+            reader.process.send_signal(signal.SIGCONT)
+    return {"filled": filled, "evicted": int((await admin.info("stats"))["evicted_keys"])}
+
+
+async def fill_until_gone(admin: Redis, prefix: str) -> int:
+    """Keys written past ``maxmemory`` (``allkeys-lru``) until the stream is evicted; how many."""
+    stream, marker = f"{prefix}revocations", f"{prefix}revocations:complete"
+    used = int((await admin.info("memory"))["used_memory"])
+    await admin.config_set("maxmemory-policy", "allkeys-lru")
+    await admin.config_set("maxmemory", str(used + 2 * 1024 * 1024))
+    filled = 0
+    try:
+        deadline = time.monotonic() + 30
+        while await admin.exists(stream):
+            assert time.monotonic() < deadline, "Redis never evicted the stream"
+            async with admin.pipeline(transaction=False) as pipe:
+                for _ in range(20):  # large values: few keys, so the stream is sampled soon
+                    pipe.set(f"{prefix}fill:{filled}", b"x" * 16384, ex=600)
+                    filled += 1
+                pipe.get(marker)
+                await pipe.execute()
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.config_set("maxmemory-policy", "noeviction")
+    return filled
+
+
+async def test_revocations_survive_redis_evicting_the_stream(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Redis under memory pressure with an evicting policy (``allkeys-lru``, what the chart ran)
+    drops the revocation stream and keeps its marker: the provider re-published nothing, the next
+    revocation made a new stream holding only itself, and a gateway started afterwards accepted the
+    tokens revoked before. Now the provider takes the stream's absence for a loss and re-publishes."""
+    _, before = await signed_in(stack, http)
+    _, after = await signed_in(stack, http)
+    for token in (before["access_token"], after["access_token"]):
+        await all_accept(http, stack.gateways, token)
+    form = {"client_id": "timesheets-spa", "token": before["access_token"]}
+    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+        assert response.status == 200
+    await seconds_until_refused(http, stack.gateways, before["access_token"], time.monotonic())
+
+    prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
+    admin = Redis.from_url(stack.redis.url)  # the private server's default user: the test's own
+    try:
+        figures = await evict_the_stream(admin, prefix, [stack.identity, *stack.gateways])
+        print("filled until the stream was evicted:", figures)
+        started = time.monotonic()
+        form = {"client_id": "timesheets-spa", "token": after["access_token"]}
+        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+            assert response.status == 200
+        delays = await seconds_until_refused(http, stack.gateways, after["access_token"], started, limit=5.0)
+        assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
+        late = ServiceProcess("gateway", stack.gateway_env).start(wait_path="/readyz")
+        try:
+            for token in (after["access_token"], before["access_token"]):
+                await seconds_until_refused(http, [late], token, time.monotonic(), limit=5.0)
+        finally:
+            late.stop()
+    finally:
+        async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
+            await admin.unlink(key)
+        await admin.aclose()
+
+
+async def test_a_revocation_made_while_redis_is_full_reaches_the_gateways_once_memory_frees(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Redis full with ``noeviction`` (the chart's policy): the provider's ``XADD`` is refused
+    (``OOM``), so a revocation cannot reach the gateways, which accept the token until memory frees —
+    the price of evicting nothing, counted (``identity_revocations_published_total{outcome="failed"}``,
+    alert TimesheetsRevocationsNotPublished) — and then reaches them within the check's period."""
+    from testkit.fixtures import scrape
+
+    _, tokens = await signed_in(stack, http)
+    await all_accept(http, stack.gateways, tokens["access_token"])
+    prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
+    admin = Redis.from_url(stack.redis.url)  # the private server's default user: the test's own
+
+    async def failed() -> float:
+        exposition = await scrape(stack.identity.url)
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("identity_revocations_published_total{") and 'outcome="failed"' in line
+        )
+
+    try:
+        evicted = int((await admin.info("stats"))["evicted_keys"])
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", str(used + 1024 * 1024))
+        filled = 0
+        while filled < 100_000:
+            try:
+                await admin.set(f"{prefix}fill:{filled}", b"x" * 1024, ex=600)
+            except OutOfMemoryError:
+                break
+            filled += 1
+        # full it stays: keys of the tests before expire meanwhile, and a few KiB freed let a write in
+        await admin.config_set(
+            "maxmemory", str(int((await admin.info("memory"))["used_memory"]) - 512 * 1024)
+        )
+        failed_before = await failed()
+        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+            assert response.status == 200  # revoked in the provider's database
+        deadline = time.monotonic() + 10
+        while await failed() <= failed_before:
+            assert time.monotonic() < deadline, (
+                "the refused publication is not counted",
+                stack.identity.logs(3000),
+            )
+            await asyncio.sleep(0.1)
+        for gateway in stack.gateways:  # not told: they accept it while Redis refuses every write
+            assert await call(http, gateway, tokens["access_token"]) == 200
+        assert int((await admin.info("stats"))["evicted_keys"]) == evicted
+        freed = time.monotonic()
+        async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
+            await admin.unlink(key)
+        await admin.config_set("maxmemory", str(used + 1024 * 1024))  # the limit as it was
+        delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], freed, limit=10.0)
+        print("memory freed to 401 on both gateways (s):", [round(d, 3) for d in delays])
+        assert max(delays) < 5.0, delays  # the provider's 0.5 s check, the guard's 0.5 s circuit
+    finally:
+        await admin.config_set("maxmemory", "0")
+        async for key in admin.scan_iter(match=f"{prefix}fill:*", count=1000):
+            await admin.unlink(key)
+        await admin.aclose()

@@ -12,6 +12,16 @@ The provider's database is the source of truth (``issued_tokens.revoked_at``); R
 * Redis may lose everything (a restart without persistence): the marker key
   ``<REDIS_KEY_PREFIX>revocations:complete`` is set after a full publication, so when the periodic task
   finds it missing it re-publishes every unexpired revocation from the database and sets it again;
+* Redis may also lose the stream alone: one that evicts keys under memory pressure (``maxmemory`` with
+  an ``allkeys-*`` policy, a managed Redis's default) drops whichever of the two keys it samples, and
+  the marker is read with ``EXISTS``, which does not refresh its LRU clock, while every ``XREAD`` and
+  ``XADD`` does the stream's. Found missing with its marker kept, the stream was re-published never,
+  and the next revocation's ``XADD`` made a new stream holding only itself: a gateway that started
+  (or read from ``0``) afterwards accepted every token revoked before. So only the full publication
+  creates the stream: every other ``XADD`` is ``NOMKSTREAM``, and one that finds it gone re-publishes
+  everything at once; the periodic check takes a missing stream for a missing marker (with nothing
+  to publish the stream stays absent, and each check sets the marker again: one ``SET``). The chart
+  runs its Redis with ``noeviction`` (docs/runbook.md, "Redis memory"); this is for a Redis that evicts;
 * what is published and re-published is every revoked token a gateway may still accept: not expired
   by more than the largest gateway leeway (:data:`GATEWAY_LEEWAY_SECONDS`; a gateway accepts a token
   until ``exp`` plus its leeway, so one that started after Redis lost the stream accepted a revoked
@@ -45,7 +55,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
@@ -66,6 +76,8 @@ GATEWAY_LEEWAY_SECONDS = 300
 #: A revocation not published within this many seconds of its commit is picked up by ``reconcile``
 #: (the request that made it publishes it itself; this only avoids publishing twice in the meantime).
 SETTLE_SECONDS = 1.0
+#: What an ``XADD`` round trip did: ``missing`` (``NOMKSTREAM``: the stream is gone, nothing added)
+Appended = Literal["added", "missing", "unavailable"]
 
 revocations = Counter(
     "identity_revocations_total",
@@ -79,6 +91,10 @@ published = Counter(
     "restore's cutoff published) or failed.",
     ["outcome"],
 )
+# every outcome exported at 0 from the start: TimesheetsRevocationsNotPublished rates the "failed"
+# series, and rate()/increase() miss a counter's first value when the series appears with it
+for _outcome in ("inline", "retried", "republished", "cutoff", "failed"):
+    published.labels(_outcome)
 
 
 class RevocationPublisher:
@@ -99,47 +115,56 @@ class RevocationPublisher:
         self.stream = redis.key(STREAM)
         self.marker = redis.key(COMPLETE_MARKER)
 
-    async def _append(self, revoked: Sequence[RevokedToken]) -> bool:
+    async def _xadd(self, entries: Sequence[dict[Any, Any]], *, create: bool) -> Appended:
+        """``XADD`` each entry in one round trip. ``create`` False (``NOMKSTREAM``): where the stream is
+        gone, nothing is added and the answer is ``missing`` (the module docstring: only a full
+        publication may make a new stream)."""
         stream = self.stream
 
-        async def run(client: Redis) -> bool:
+        async def run(client: Redis) -> Appended:
             async with client.pipeline(transaction=False) as pipe:
-                for token in revoked:
-                    fields: dict[Any, Any] = {
-                        "iss": self.issuer,
-                        "jti": token.jti,
-                        "exp": int(token.expires_at.timestamp()),
-                        "reason": token.reason,
-                    }
-                    pipe.xadd(stream, fields)
-                await pipe.execute()
-            return True
+                for fields in entries:
+                    pipe.xadd(stream, fields, nomkstream=not create)
+                ids = await pipe.execute()
+            return "missing" if any(entry_id is None for entry_id in ids) else "added"
 
-        return bool(await self.redis.call(run))
+        return await self.redis.call(run) or "unavailable"
 
-    async def _append_cutoffs(self, cutoffs: Sequence[Cutoff]) -> bool:
-        stream = self.stream
+    async def _append(self, revoked: Sequence[RevokedToken], *, create: bool = False) -> Appended:
+        return await self._xadd(
+            [
+                {"iss": self.issuer, "jti": t.jti, "exp": int(t.expires_at.timestamp()), "reason": t.reason}
+                for t in revoked
+            ],
+            create=create,
+        )
 
-        async def run(client: Redis) -> bool:
-            async with client.pipeline(transaction=False) as pipe:
-                for cutoff in cutoffs:
-                    fields: dict[Any, Any] = {
-                        "iss": self.issuer,
-                        "issued_before": int(cutoff.issued_before.timestamp()),
-                        "until": int(cutoff.keep_until.timestamp()),
-                        "reason": cutoff.reason,
-                    }
-                    pipe.xadd(stream, fields)
-                await pipe.execute()
-            return True
-
-        return bool(await self.redis.call(run))
+    async def _append_cutoffs(self, cutoffs: Sequence[Cutoff], *, create: bool = False) -> Appended:
+        return await self._xadd(
+            [
+                {
+                    "iss": self.issuer,
+                    "issued_before": int(c.issued_before.timestamp()),
+                    "until": int(c.keep_until.timestamp()),
+                    "reason": c.reason,
+                }
+                for c in cutoffs
+            ],
+            create=create,
+        )
 
     async def publish_cutoffs(self, cutoffs: Sequence[Cutoff], outcome: str) -> bool:
         """Publish revocation cutoffs; False (tried again by the next check) when Redis is unavailable."""
         if not cutoffs:
             return True
-        if not await self._append_cutoffs(cutoffs):
+        appended = await self._append_cutoffs(cutoffs, create=outcome == "republished")
+        if appended == "missing":  # the stream is gone: the next check re-publishes everything
+            published.labels("failed").inc(len(cutoffs))
+            log.warning(
+                "revocation cutoffs not published yet (the stream is gone)", extra={"count": len(cutoffs)}
+            )
+            return False
+        if appended == "unavailable":
             published.labels("failed").inc(len(cutoffs))
             log.warning(
                 "revocation cutoffs not published yet (Redis unavailable)", extra={"count": len(cutoffs)}
@@ -182,7 +207,11 @@ class RevocationPublisher:
         for token in revoked:
             if outcome == "inline":
                 revocations.labels(token.reason).inc()
-        if not await self._append(revoked):
+        appended = await self._append(revoked)
+        if appended == "missing":
+            # committed already: the full publication includes these
+            return await self.republish(reason="the stream is gone, its marker is not (evicted?)")
+        if appended == "unavailable":
             published.labels("failed").inc(len(revoked))
             log.warning("revocations not published yet (Redis unavailable)", extra={"count": len(revoked)})
             return False
@@ -193,27 +222,15 @@ class RevocationPublisher:
     async def reconcile(self) -> None:
         """The periodic check: re-publish everything when Redis lost the stream, else publish what a
         failed attempt left behind, and trim expired entries."""
-        marker = self.marker
-        complete = await self.redis.call(lambda client: client.exists(marker))
-        if complete is None:
+        marker, stream = self.marker, self.stream
+        present = await self.redis.call(lambda client: client.exists(marker, stream))
+        if present is None:
             return  # Redis unavailable: the next run tries again
         pool = self.database.pool
         cutoffs = await store.active_cutoffs(pool)
         self.check_clock(cutoffs)
-        if not complete:
-            everything = await store.unexpired_revocations(
-                pool, unpublished_only=False, leeway_seconds=GATEWAY_LEEWAY_SECONDS
-            )
-            if everything and not await self._append(everything):
-                return
-            if not await self.publish_cutoffs(cutoffs, outcome="republished"):
-                return
-            if await self.redis.call(lambda client: client.set(marker, "1")) is None:
-                return
-            if everything:
-                published.labels("republished").inc(len(everything))
-                await store.mark_published(pool, [token.jti for token in everything])
-                log.info("re-published every unexpired revocation", extra={"count": len(everything)})
+        if present < 2:  # the marker or the stream is gone (a restart, an eviction)
+            await self.republish(cutoffs, reason="" if present == 0 else "the stream or its marker is gone")
             return
         pending = await store.unexpired_revocations(
             pool, unpublished_only=True, settle_seconds=SETTLE_SECONDS, leeway_seconds=GATEWAY_LEEWAY_SECONDS
@@ -223,6 +240,34 @@ class RevocationPublisher:
             return
         if not cutoffs:  # a held cutoff's entry stays until its ``until`` (the module docstring)
             await self.trim()
+
+    async def republish(self, cutoffs: Sequence[Cutoff] | None = None, *, reason: str = "") -> bool:
+        """Publish every revocation a gateway may still accept and every held cutoff, creating the
+        stream, then set the marker; False (the next check tries again) when Redis fails meanwhile."""
+        pool = self.database.pool
+        if cutoffs is None:
+            cutoffs = await store.active_cutoffs(pool)
+        everything = await store.unexpired_revocations(
+            pool, unpublished_only=False, leeway_seconds=GATEWAY_LEEWAY_SECONDS
+        )
+        if everything and await self._append(everything, create=True) != "added":
+            published.labels("failed").inc(len(everything))
+            return False
+        if not await self.publish_cutoffs(cutoffs, outcome="republished"):
+            return False
+        marker = self.marker
+        if await self.redis.call(lambda client: client.set(marker, "1")) is None:
+            return False
+        if everything:
+            published.labels("republished").inc(len(everything))
+            await store.mark_published(pool, [token.jti for token in everything])
+            if reason:
+                log.warning(
+                    "re-published every unexpired revocation: " + reason, extra={"count": len(everything)}
+                )
+            else:
+                log.info("re-published every unexpired revocation", extra={"count": len(everything)})
+        return True
 
     async def trim(self) -> None:
         """Drop entries older than the retention by Redis's clock (exactly: revocations are few, and a

@@ -163,6 +163,55 @@ async def test_revocations_are_published_to_the_stream_and_republished_when_lost
         await client.aclose()
 
 
+async def test_a_stream_lost_without_its_marker_is_republished_and_never_restarted_partial(
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    issuer: str,
+    redis_url: str,
+    seeded: dict[str, str],
+) -> None:
+    """Redis evicting keys under memory pressure (an ``allkeys-*`` policy, a managed Redis's default)
+    can drop the stream and keep its ``revocations:complete`` marker: the provider then never
+    re-published, and the next revocation's ``XADD`` made a new stream holding only itself, so a
+    gateway that started (or read from ``0``) afterwards accepted every token revoked before. The
+    stream's absence is itself "incomplete": the next revocation re-publishes everything at once
+    (``XADD NOMKSTREAM`` sees it gone), and the periodic check does too."""
+    prefix = seeded["REDIS_KEY_PREFIX"]
+    stream = prefix + "revocations"
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def revoke() -> str:
+        tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
+        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+        async with http.post(base_url + "/oauth/revoke", data=form) as r:
+            assert r.status == 200
+        jti: str = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
+        return jti
+
+    async def published() -> set[str]:
+        entries: Any = await client.xrange(stream)
+        return {fields[b"jti"].decode() for _, fields in entries if b"jti" in fields}
+
+    try:
+        before = await revoke()
+        assert before in await published()
+        deadline = time.monotonic() + 10  # the marker is set by the periodic check (1 s in these tests)
+        while not await client.exists(prefix + "revocations:complete"):
+            assert time.monotonic() < deadline, "no marker"
+            await asyncio.sleep(0.1)
+        await client.delete(stream)  # evicted; the marker stays
+        after = await revoke()
+        assert {before, after} <= await published()  # at once: the revocation re-published the rest
+        await client.delete(stream)  # evicted again, and no revocation comes
+        deadline = time.monotonic() + 10  # REVOCATION_CHECK_SECONDS is 1 s in these tests
+        while not {before, after} <= await published():
+            assert time.monotonic() < deadline, "the periodic check did not re-publish a lost stream"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+
+
 async def test_a_revocation_within_the_gateways_leeway_past_expiry_is_republished(
     browser: Browser,
     http: aiohttp.ClientSession,

@@ -60,7 +60,15 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from .db import Database
 from .identity import SAFE_METHODS
@@ -73,6 +81,25 @@ Verdict = Literal["fresh", "replay", "unavailable"]
 
 #: connections the replay memory's guard opens at most (and its wire one more; svckit.fdlimit counts them)
 REDIS_CONNECTIONS = 32
+
+
+#: redis-py's classes for the error replies the wire can get (its parser's, for the same codes): the
+#: guard's warning ``redis unavailable`` names the class, and the runbook reads it (``OutOfMemoryError``:
+#: Redis is full, "Redis memory"; ``NoPermissionError``/``AuthenticationError``: "Redis users")
+_ERROR_CLASSES: dict[str, type[RedisError]] = {
+    "OOM": OutOfMemoryError,
+    "NOPERM": NoPermissionError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+}
+
+
+def _error(line: bytes) -> RedisError:
+    """The exception for an error reply (``-CODE message``, the ``-`` included or not)."""
+    message = line.decode("utf-8", "replace").lstrip("-").strip()
+    return _ERROR_CLASSES.get(message.split(" ", 1)[0], ResponseError)(message)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -173,7 +200,7 @@ class SetOnceWire:
             elif line == b"$-1":
                 answers.append(False)
             elif line.startswith(b"-"):
-                raise ResponseError(line[1:].decode("utf-8", "replace").strip())
+                raise _error(line)
             else:
                 raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
         return answers
@@ -207,7 +234,7 @@ class SetOnceWire:
                 if handshake:
                     for line in await self.send(b"".join(handshake), len(handshake)):
                         if not line.startswith(b"+"):
-                            raise ResponseError(line.decode("utf-8", "replace").lstrip("-").strip())
+                            raise _error(line)
         except BaseException:
             self.close()
             raise

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, OutOfMemoryError
 from svckit.identity import new_nonce
 from svckit.redisguard import RedisGuard
 from svckit.replay import ReplayMemory, SetOnceWire
@@ -152,13 +152,37 @@ async def test_the_wire_authenticates_and_selects_the_database_of_the_url() -> N
         try:
             assert await wire.set_once(["k"], 10) == [True]
             assert await reader.call(lambda c: c.exists("k")) == 1  # in database 3, behind the password
-            with pytest.raises(ResponseError):
+            with pytest.raises(AuthenticationError):  # WRONGPASS, as redis-py names it
                 await wrong.set_once(["k2"], 10)
             assert wrong._writer is None  # a failed round trip leaves no connection behind
         finally:
             wire.close()
             wrong.close()
             await reader.close()
+
+
+async def test_the_wire_names_redis_errors_as_redis_py_does() -> None:
+    """A full Redis (``noeviction``: ``-OOM command not allowed…``) and a refused credential raise the
+    classes redis-py raises for them (``OutOfMemoryError``, ``AuthenticationError``), so the guard's
+    warning ``redis unavailable`` names the cause at the services as at the gateway (the runbook's
+    "Redis memory" and "Redis users" read it); before, the wire's were all ``ResponseError``."""
+    with PrivateRedis(args=("--maxmemory-policy", "noeviction")) as redis:
+        admin = RedisGuard(redis.url, "", timeout=1.0, retry_seconds=1.0)
+        wire = SetOnceWire(redis.url, timeout=1.0)
+        wrong = SetOnceWire(f"redis://nobody:wrong@127.0.0.1:{redis.port}/0", timeout=1.0)
+        try:
+            assert await wire.set_once(["k"], 10) == [True]
+            assert await admin.call(lambda c: c.config_set("maxmemory", "1")) is True
+            with pytest.raises(OutOfMemoryError):
+                await wire.set_once(["k2"], 10)
+            assert await admin.call(lambda c: c.config_set("maxmemory", "0")) is True
+            assert await wire.set_once(["k2"], 10) == [True]  # memory freed: recorded again
+            with pytest.raises(AuthenticationError):
+                await wrong.set_once(["k3"], 10)
+        finally:
+            wire.close()
+            wrong.close()
+            await admin.close()
 
 
 async def test_a_hung_store_refuses_writes_within_the_timeout_and_recovers() -> None:
