@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, Request, ViewportSize
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
@@ -57,10 +58,13 @@ class Shots:
             await page.screenshot(
                 path=str(path), full_page=full_page, animations="disabled", caret="initial", timeout=10_000
             )
-        except PlaywrightTimeoutError:
+        except PlaywrightError as exc:
             # Headless Chromium on a starved machine sometimes never hands over the frame of a page
-            # that has just navigated (CI saw a 15 s hang after "fonts loaded"). A screenshot is
-            # evidence, not the check: ask once more for a fresh frame, with more time.
+            # that has just navigated (CI saw a 15 s hang after "fonts loaded", and once "Unable to
+            # capture screenshot" right after a sign-out's redirect). A screenshot is evidence, not
+            # the check: ask once more for a fresh frame, with more time.
+            if not isinstance(exc, PlaywrightTimeoutError) and "Unable to capture screenshot" not in str(exc):
+                raise
             await page.bring_to_front()
             await page.wait_for_load_state("load")
             await page.screenshot(path=str(path), full_page=full_page, caret="initial", timeout=30_000)

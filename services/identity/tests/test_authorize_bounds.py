@@ -15,7 +15,7 @@ NOW = 1_800_000_000.0
     [
         ([("max_age", "60")], NOW - 60),
         ([("max_age", "9" * 5000)], NOW - 10**MAX_AGE_DIGITS),  # past Python's 4,300-digit limit
-        ([("max_age", "\u0661\u0662")], None),  # digits, but not ASCII ones: ignored
+        ([("max_age", "\u0661\u0662")], NOW),  # digits, but not ASCII ones: unreadable, so strict
         ([("login_after", "1e999")], NOW),  # unreadable or not finite: strict
         ([("login_after", "nan")], NOW),
         ([("login_after", "1" * 5000)], float("1" * 32)),
