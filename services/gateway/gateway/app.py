@@ -204,6 +204,10 @@ class Gateway:
         """Request metrics and the pools' figures, written once a second, never per request."""
         if self.request_metrics is not None:
             self.request_metrics.flush()
+        if self.edge is not None:
+            counts = self.edge.in_flight.counts.values()
+            metrics.requests_in_flight.set(sum(counts))
+            metrics.requests_in_flight_busiest.set(max(counts, default=0))
         waits = self._pool_waits
         for service, pool in self.pools.items():
             metrics.upstream_connections.labels(service, "busy").set(pool.open - pool.idle)

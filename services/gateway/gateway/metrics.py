@@ -132,6 +132,18 @@ response_buffer_bytes = Gauge(
     " summed over workers.",
     multiprocess_mode="livesum",
 )
+requests_in_flight = Gauge(
+    "gateway_requests_in_flight",
+    "API requests admitted and not yet answered whole (GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT counts them per"
+    " subject); summed over workers, written once a second.",
+    multiprocess_mode="livesum",
+)
+requests_in_flight_busiest = Gauge(
+    "gateway_requests_in_flight_busiest_subject",
+    "The most API requests one subject has in flight in one worker (refused beyond"
+    " GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT); the largest over workers, written once a second.",
+    multiprocess_mode="livemax",
+)
 response_streamed = Counter(
     "gateway_response_streamed_total",
     "Responses over 64 KiB relayed while holding their upstream connection, because the read-ahead"

@@ -331,3 +331,26 @@ async def test_a_request_cancelled_in_flight(start_gateway: StartGateway, provid
             await task
         assert edge.in_flight.counts == {}
         assert sent == []
+
+
+async def test_requests_in_flight_are_on_the_metrics(start_gateway: StartGateway, provider: Provider) -> None:
+    """An SRE sees how close the busiest subject is to its limit, and how many requests are in flight
+    in all, without a per-request cost: both gauges are set by the once-a-second metrics flush."""
+    busy = provider.scoped("read:timesheets", subject=f"busy-{uuid.uuid4().hex[:6]}")
+    calm = provider.scoped("read:timesheets", subject=f"calm-{uuid.uuid4().hex[:6]}")
+    async with gateway_with(start_gateway, gateway_max_in_flight_per_subject=8) as (gateway, edge):
+        held = [asyncio.create_task(get(gateway, "/api/timesheets/slow?s=6", busy)) for _ in range(3)]
+        held.append(asyncio.create_task(get(gateway, "/api/timesheets/slow?s=6", calm)))
+        await until(lambda: sum(edge.in_flight.counts.values()) == 4, "four requests in flight")
+        await until(
+            lambda: sample("gateway_requests_in_flight") == 4
+            and sample("gateway_requests_in_flight_busiest_subject") == 3,
+            "the gauges written by the flush",
+        )
+        assert [(await task)[0] for task in held] == [200] * 4
+        await given_back(edge)
+        await until(
+            lambda: sample("gateway_requests_in_flight") == 0
+            and sample("gateway_requests_in_flight_busiest_subject") == 0,
+            "the gauges back at zero",
+        )
