@@ -15,6 +15,15 @@ replica; its docstring says when else it is used and what it leaves open), and r
 go on with this replica's own memory only, so reads keep working through a Redis outage (a replayed
 read within the window discloses no more than the original did).
 
+Redis refusing writes while it serves reads (full under ``noeviction``: ``OOM``; read-only, ...:
+:func:`svckit.redisguard.refuses_writes_only`) is unavailable as above — the circuit opens, unsafe
+nonces go to the fallback — except that each nonce whose ``SET NX`` was refused (or not sent while
+the circuit is open for such a refusal) is first looked up with ``EXISTS`` (one pipelined round trip
+per batch, on the same wire): a nonce another replica recorded in Redis before it filled up is a
+replay, for every method. Before, ``OOM`` was an outage like any other and the other replica
+accepted such a replay once, through the fallback that did not know it. A working Redis pays nothing
+for this (the ``SET NX`` round trip alone, as before).
+
 Once Redis answers again, a replica that found it unavailable (or whose connection Redis closed: a
 restart quicker than the next request is seen no other way) writes its whole local window into it
 (``SET NX`` with each nonce's remaining time, pipelined through the guard's client by
