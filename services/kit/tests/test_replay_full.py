@@ -84,18 +84,21 @@ def guard(server: PrivateRedis, component: str, retry_seconds: float = 30.0) -> 
 async def test_a_signed_request_recorded_before_redis_filled_up_is_not_accepted_again(
     server: PrivateRedis, databases: list[Database], wire: bool
 ) -> None:
-    guards = [guard(server, "timesheets") for _ in range(2)]
-    first, second = (
-        ReplayMemory(g, "timesheets", SKEW, database=db) for g, db in zip(guards, databases, strict=True)
+    guards = [guard(server, "timesheets") for _ in range(3)]
+    first, second, third = (
+        ReplayMemory(g, "timesheets", SKEW, database=db)
+        for g, db in zip(guards, [*databases, databases[0]], strict=True)
     )
     if not wire:  # a URL the wire does not speak (rediss://): redis-py's pipeline, the same answers
-        for memory in (first, second):
+        for memory in (first, second, third):
             memory._wire = None
     try:
         write, read = new_nonce(), new_nonce()
         assert await first.first_use(write, "POST") == "fresh"
         assert await first.first_use(read, "GET") == "fresh"
+        assert await third.first_use(new_nonce(), "GET") == "fresh"  # connected before: the wire's callbacks
         fill(server)
+        assert await third.first_use(write, "PATCH") == "replay"
         # the first request while full finds out (OOM), those after it find the circuit open: both
         assert await second.first_use(write, "POST") == "replay"
         assert await second.first_use(read, "GET") == "replay"
@@ -114,7 +117,7 @@ async def test_a_signed_request_recorded_before_redis_filled_up_is_not_accepted_
         ]
         assert not guards[0].available
     finally:
-        for memory in (first, second):
+        for memory in (first, second, third):
             memory.close()
         for g in guards:
             await g.close()
