@@ -105,6 +105,13 @@ def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
         assert gateway.set("tsp:gateway:jwks:x", "{}", ex=60)
         assert gateway.incrby("tsp:gateway:rl:client:a:1", 3) == 3
         assert timesheets.set("tsp:identity-replay:timesheets:n1", "1", nx=True, ex=60)
+        # the replay memory's lookup while Redis refuses writes (full): EXISTS of its own keys
+        assert timesheets.exists("tsp:identity-replay:timesheets:n1") == 1
+        assert client("approvals").exists("tsp:identity-replay:approvals:n1") == 0
+        assert client("audit").exists("tsp:identity-replay:audit:n1") == 0
+        # the DPoP memories' lookup then: GET of their own proof ids (granted before)
+        assert gateway.get("tsp:dpop-jti:d1") is None
+        assert identity.get("tsp:identity-dpop-jti:d1") is None
         audit = client("audit")  # the trail's watermark (audit.watermark): GET, and the raise-only EVAL
         assert audit.get("tsp:audit:watermark:db") is None
         raise_only = "redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], ARGV[1])"
@@ -117,6 +124,10 @@ def test_the_rendered_acl_limits_each_component_on_a_real_redis() -> None:
             lambda: timesheets.set("tsp:identity-replay:audit:n1", "1"),  # another service's memory
             lambda: timesheets.set("tsp:identity:login:addr:1.2.3.4", "0"),
             lambda: timesheets.get("tsp:identity-replay:timesheets:n1"),
+            lambda: timesheets.exists("tsp:identity-replay:audit:n1"),  # another service's memory
+            lambda: timesheets.exists("tsp:revocations:complete"),
+            lambda: client("audit").exists("tsp:identity:login:addr:1.2.3.4"),
+            lambda: gateway.exists("tsp:dpop-jti:d1"),  # the gateway reads with GET, as before
             lambda: client("approvals").delete("tsp:gateway:rl:client:a:1"),
             lambda: client("audit").flushall(),
             lambda: client("audit").get("tsp:identity:login:addr:1.2.3.4"),  # its own keys only

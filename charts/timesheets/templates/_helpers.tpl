@@ -427,9 +427,9 @@ Call with (dict "root" $ "component" "gateway").
 {{- else if eq .component "identity" -}}
 {{ $base }} +get +set +incr +incrby +decr +expire +pttl +eval +exists +xadd +xtrim +time {{ $tail }} ~{{ $p }}identity:* ~{{ $p }}identity-dpop-jti:* ~{{ $p }}revocations ~{{ $p }}revocations:complete
 {{- else if eq .component "audit" -}}
-{{ $base }} +set +get +eval {{ $tail }} ~{{ $p }}identity-replay:audit:* ~{{ $p }}audit:*
+{{ $base }} +set +exists +get +eval {{ $tail }} ~{{ $p }}identity-replay:audit:* ~{{ $p }}audit:*
 {{- else -}}
-{{ $base }} +set {{ $tail }} ~{{ $p }}identity-replay:{{ .component }}:*
+{{ $base }} +set +exists {{ $tail }} ~{{ $p }}identity-replay:{{ .component }}:*
 {{- end -}}
 {{- end -}}
 

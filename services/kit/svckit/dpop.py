@@ -35,7 +35,13 @@ same process even without Redis. **While Redis is unavailable** (the kit's :clas
 circuit is open), the local window is the only check: a proof replayed to *another* process or
 replica within its ``iat`` window (at most ``max_age + 2 * leeway`` seconds) is then accepted — the
 platform keeps serving (Redis holds only losable state), and ``dpop_replay_checks_total{store="local"}``
-counts every proof checked that way. Replaying a proof still needs the request it was made for
+counts every proof checked that way. **While Redis refuses writes but serves reads** (full under
+``noeviction``, read-only: :func:`svckit.redisguard.refuses_writes_only`; the circuit is open, as for
+any failure), a proof is still looked up there (``GET`` of its key; one round trip, only then): one
+recorded before Redis filled up is refused as a replay by every replica (counted
+``store="redis"``), one that is not is accepted and remembered in process as above. Without that, a
+proof accepted through Redis just before it filled up could be replayed once to another replica.
+Replaying a proof still needs the request it was made for
 (same method, same URL, same token).
 
 **Once Redis is back**, each process that found it unavailable writes its whole local window into
@@ -581,6 +587,14 @@ class ReplayGuard:
                 return bool(await client.set(key, b"1", nx=True, ex=ttl))
 
             fresh = await self.redis.call(claim)
+            if fresh is None and self.redis.readable:
+                # Redis refuses writes but serves reads (full): a proof recorded there is a replay
+                async def recorded(client: Any) -> bool:
+                    return await client.get(key) is not None
+
+                if await self.redis.read(recorded):
+                    self._redis_checks.inc()
+                    return False
             if fresh is None and self.rewrite is not None:
                 self.rewrite.schedule()
         if fresh is None:

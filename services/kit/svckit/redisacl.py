@@ -20,9 +20,10 @@ gateway    ``gateway:*`` (key-set cache, rate-limit   GET SET INCRBY EXPIRE; XRE
 identity   ``identity:*`` (sign-in and client-auth    GET SET INCR DECR EXPIRE PTTL EVAL (the
            throttles), ``identity-dpop-jti:*``,       throttle's scripts: their commands are
            ``revocations``, ``revocations:complete``  checked too) INCRBY EXISTS XADD XTRIM
-timesheets ``identity-replay:timesheets:*``           SET (``NX EX``: the replay memory)
-approvals  ``identity-replay:approvals:*``            SET
-audit      ``identity-replay:audit:*``,               SET; GET and EVAL (the watermark's
+timesheets ``identity-replay:timesheets:*``           SET (``NX EX``: the replay memory); EXISTS
+                                                      (the same keys, while Redis refuses writes)
+approvals  ``identity-replay:approvals:*``            SET EXISTS
+audit      ``identity-replay:audit:*``,               SET EXISTS; GET and EVAL (the watermark's
            ``audit:*`` (the trail's watermark)        raise-only write: GET and SET inside)
 ========== ========================================= ===========================================
 
@@ -58,15 +59,17 @@ class Grant:
 
 
 def _replay(service: str) -> Grant:
-    # svckit.replay: SET <prefix>identity-replay:<service>:<nonce> 1 NX EX <window>
-    return Grant(commands=("set",), keys=(f"identity-replay:{service}:*",))
+    # svckit.replay: SET <prefix>identity-replay:<service>:<nonce> 1 NX EX <window>; EXISTS of the
+    # same key when Redis refused the SET but serves reads (full: a nonce recorded before is a replay)
+    return Grant(commands=("set", "exists"), keys=(f"identity-replay:{service}:*",))
 
 
 GRANTS: Mapping[str, Grant] = {
     "gateway": Grant(
         # jwks.py GET/SET gateway:jwks:<issuer>, SET NX PX gateway:jwks-refresh:<issuer>;
         # ratelimit.py INCRBY+EXPIRE (something to push) or GET (nothing to push) gateway:rl:...;
-        # svckit.dpop SET dpop-jti:<digest> NX EX; revocations.py XREAD revocations
+        # svckit.dpop SET dpop-jti:<digest> NX EX (GET of it while Redis refuses writes); revocations.py
+        # XREAD revocations
         commands=("get", "set", "incrby", "expire", "xread"),
         keys=("gateway:*", "dpop-jti:*"),
         read_keys=("revocations",),
@@ -74,7 +77,7 @@ GRANTS: Mapping[str, Grant] = {
     "identity": Grant(
         # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
         # identity:login:*, identity:client-auth:* and identity:authorize:*; svckit.dpop SET
-        # identity-dpop-jti:<digest>;
+        # identity-dpop-jti:<digest> (GET of it while Redis refuses writes);
         # revocation.py XADD/XTRIM revocations (TIME: entries' age on Redis's clock), EXISTS/SET
         # revocations:complete
         commands=(
@@ -88,7 +91,7 @@ GRANTS: Mapping[str, Grant] = {
     "audit": Grant(
         # svckit.replay as the others; audit.watermark GET and EVAL (GET, SET inside) of
         # audit:watermark:<database>: the newest checkpoint signed, which a restore cannot roll back
-        commands=("set", "get", "eval"),
+        commands=("set", "exists", "get", "eval"),
         keys=("identity-replay:audit:*", "audit:*"),
     ),
 }

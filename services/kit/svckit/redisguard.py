@@ -12,6 +12,16 @@ policy. A hung server (accepting connections, never answering) costs one ``timeo
 ``NOPERM``) also drops the pool's idle connections: they lead to the same server, and kept, each
 failed once at its first use after Redis was back, reopening the circuit for ``retry_seconds`` each.
 
+A Redis that refuses writes but still serves reads — full under ``noeviction`` (``OOM``), a replica
+(``READONLY``), a failed background save (``MISCONF``), too few replicas for ``min-replicas-to-write``
+(``NOREPLICAS``) — opens the circuit like any failure (every caller goes on without it, as before), but
+the guard remembers that reads are still served (:attr:`RedisGuard.readable`, :meth:`RedisGuard.read`):
+the replay checks then still ask Redis whether a proof or request was recorded there before, so one
+accepted just before Redis filled up is not accepted again by another replica
+(:mod:`svckit.replay`, :mod:`svckit.dpop`). Nothing else is a write refusal: ``LOADING``, ``BUSY`` and
+``MASTERDOWN`` refuse reads too, ``NOPERM``/``NOAUTH`` are the user's, timeouts and connection errors
+the server's absence.
+
 Every key goes through :meth:`RedisGuard.key`, so ``REDIS_KEY_PREFIX`` separates deployments (and
 test runs) sharing one server.
 """
@@ -27,7 +37,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from .settings import RedisSettings
 
@@ -39,6 +49,16 @@ T = TypeVar("T")
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 #: connections a guard's client opens at most, unless told otherwise (svckit.fdlimit counts them)
 MAX_CONNECTIONS = 64
+#: error replies (by code) with which Redis refuses a write while it serves reads (module docstring)
+_WRITE_REFUSALS = ("MISCONF ", "NOREPLICAS ")
+
+
+def refuses_writes_only(exc: BaseException) -> bool:
+    """``exc`` is Redis refusing a write while it still answers reads (full, read-only, ...)."""
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError):
+        return True
+    # redis-py has no class of its own for these: a ResponseError whose message keeps the code
+    return type(exc) is ResponseError and str(exc).startswith(_WRITE_REFUSALS)
 
 
 def bounded_client(
@@ -77,6 +97,8 @@ class RedisGuard:
         self.retry_seconds = retry_seconds
         self.client: aioredis.Redis = bounded_client(url, timeout=timeout, max_connections=max_connections)
         self._down_until = 0.0
+        # until when reads are still served while the circuit is open: it was a write refusal
+        self._reads_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: RedisSettings, *, max_connections: int = MAX_CONNECTIONS) -> RedisGuard:
@@ -93,14 +115,22 @@ class RedisGuard:
         """False while the circuit is open (a call failed less than ``retry_seconds`` ago)."""
         return time.monotonic() >= self._down_until
 
+    @property
+    def readable(self) -> bool:
+        """True while a read is worth sending: the circuit is closed, or the failure that opened it
+        was Redis refusing a write while it serves reads (:func:`refuses_writes_only`)."""
+        now = time.monotonic()
+        return now >= self._down_until or now < self._reads_until
+
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     def mark_down(self, exc: BaseException) -> None:
         """Open the circuit after a failure seen outside :meth:`call` (a dedicated connection, say)."""
-        if self.available:
+        if self.available or (self.readable and not refuses_writes_only(exc)):  # reads stop too: said
             log.warning("redis unavailable, continuing without it", extra={"error": type(exc).__name__})
         self._down_until = time.monotonic() + self.retry_seconds
+        self._reads_until = self._down_until if refuses_writes_only(exc) else 0.0
 
     async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
         """Run ``operation`` unless Redis is known to be down; ``None`` when it fails."""
@@ -115,6 +145,20 @@ class RedisGuard:
                 # this one. Kept, each failed once at its first use after Redis was back — under
                 # concurrency seconds later — and opened the circuit again each time (the chaos hunt:
                 # DPoP proofs checked in process only, rate limits open, 2-3 s after a restart).
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
+            return None
+
+    async def read(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
+        """Run a read while :attr:`readable` (also while the circuit is open for a write refusal);
+        ``None`` when it fails, which opens the circuit for reads too."""
+        if not self.readable:
+            return None
+        try:
+            return await operation(self.client)
+        except REDIS_ERRORS as exc:
+            self.mark_down(exc)
+            if not isinstance(exc, ResponseError):
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.client.connection_pool.disconnect(inuse_connections=False)
             return None

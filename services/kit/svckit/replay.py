@@ -15,6 +15,15 @@ replica; its docstring says when else it is used and what it leaves open), and r
 go on with this replica's own memory only, so reads keep working through a Redis outage (a replayed
 read within the window discloses no more than the original did).
 
+Redis refusing writes while it serves reads (full under ``noeviction``: ``OOM``; read-only, ...:
+:func:`svckit.redisguard.refuses_writes_only`) is unavailable as above — the circuit opens, unsafe
+nonces go to the fallback — except that each nonce whose ``SET NX`` was refused (or not sent while
+the circuit is open for such a refusal) is first looked up with ``EXISTS`` (one pipelined round trip
+per batch, on the same wire): a nonce another replica recorded in Redis before it filled up is a
+replay, for every method. Before, ``OOM`` was an outage like any other and the other replica
+accepted such a replay once, through the fallback that did not know it. A working Redis pays nothing
+for this (the ``SET NX`` round trip alone, as before).
+
 Once Redis answers again, a replica that found it unavailable (or whose connection Redis closed: a
 restart quicker than the next request is seen no other way) writes its whole local window into it
 (``SET NX`` with each nonce's remaining time, pipelined through the guard's client by
@@ -72,7 +81,7 @@ from redis.exceptions import (
 
 from .db import Database
 from .identity import SAFE_METHODS
-from .redisguard import REDIS_ERRORS, RedisGuard
+from .redisguard import REDIS_ERRORS, RedisGuard, refuses_writes_only
 from .replayfallback import FallbackMemory
 from .settings import RedisSettings, ServiceSettings
 from .windowrewrite import WindowRewrite
@@ -191,19 +200,42 @@ class SetOnceWire:
         return b"".join(buffer)
 
     @staticmethod
-    def answers(lines: list[bytes]) -> list[bool]:
-        """The replies of :meth:`set_commands`: True where recorded now, False where it was there."""
-        answers: list[bool] = []
+    def answers(lines: list[bytes]) -> list[bool | RedisError]:
+        """The replies of :meth:`set_commands`: True where recorded now, False where it was there, the
+        error where Redis refused the write but serves reads (full: ``OOM``; see
+        :func:`~svckit.redisguard.refuses_writes_only`). Any other error is raised."""
+        answers: list[bool | RedisError] = []
         for line in lines:
             if line == b"+OK":
                 answers.append(True)
             elif line == b"$-1":
                 answers.append(False)
             elif line.startswith(b"-"):
-                raise _error(line)
+                error = _error(line)
+                if not refuses_writes_only(error):
+                    raise error
+                answers.append(error)
             else:
                 raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
         return answers
+
+    @staticmethod
+    def exists_commands(keys: list[str]) -> bytes:
+        """``EXISTS key`` for every key, as one buffer (one reply line each: ``:1`` or ``:0``)."""
+        return b"".join(b"*2\r\n$6\r\nEXISTS\r\n%b" % _bulk(key.encode()) for key in keys)
+
+    @staticmethod
+    def present(lines: list[bytes]) -> list[bool]:
+        """The replies of :meth:`exists_commands`: True where the key is there."""
+        found: list[bool] = []
+        for line in lines:
+            if line in (b":1", b":0"):
+                found.append(line == b":1")
+            elif line.startswith(b"-"):
+                raise _error(line)
+            else:
+                raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+        return found
 
     @property
     def connected(self) -> bool:
@@ -254,22 +286,35 @@ class SetOnceWire:
         transport.write(data)
         return reply
 
-    async def set_once(self, keys: list[str], ttl: int) -> list[bool]:
+    async def set_once(self, keys: list[str], ttl: int) -> list[bool | RedisError]:
         """``SET key 1 NX EX ttl`` for every key in one round trip: True where this call recorded it,
-        False where it was already there. Raises (one of :data:`~svckit.redisguard.REDIS_ERRORS`) when
-        Redis fails or does not answer within the timeout."""
-        if self._writer is None:
-            await self.connect()
-        reply = self.send(self.set_commands(keys, ttl), len(keys))
-        try:
-            lines = await reply
-        except BaseException:
-            self.close()  # cancelled: the connection's state is unknown, what comes next must not be misread
-            raise
+        False where it was already there, the error where Redis refused the write but serves reads.
+        Raises (one of :data:`~svckit.redisguard.REDIS_ERRORS`) when Redis fails otherwise or does
+        not answer within the timeout."""
+        lines = await self._round_trip(self.set_commands(keys, ttl), len(keys))
         try:
             return self.answers(lines)
         except BaseException:
             self.close()
+            raise
+
+    async def exists(self, keys: list[str]) -> list[bool]:
+        """``EXISTS key`` for every key in one round trip (while Redis refuses writes); raises as
+        :meth:`set_once` does."""
+        lines = await self._round_trip(self.exists_commands(keys), len(keys))
+        try:
+            return self.present(lines)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _round_trip(self, data: bytes, replies: int) -> list[bytes]:
+        if self._writer is None:
+            await self.connect()
+        try:
+            return await self.send(data, replies)
+        except BaseException:
+            self.close()  # cancelled: the connection's state is unknown, what comes next must not be misread
             raise
 
     # --- the transport's side ----------------------------------------------------------------------
@@ -478,6 +523,10 @@ class ReplayMemory:
         wire = self._wire
         batch, self._waiting = self._waiting, []
         if not self.redis.available:
+            if self.redis.readable:  # refusing writes, serving reads (full): looked up, in a task
+                self._waiting = batch + self._waiting
+                self._sender = asyncio.create_task(self._send(), name="identity-replay")
+                return
             self._busy = False
             self._settle(batch, None)
             return
@@ -504,20 +553,40 @@ class ReplayMemory:
     ) -> None:
         assert self.redis is not None
         assert self._wire is not None
-        self._busy = False
-        answers: list[bool] | None = None
+        answers: list[bool | RedisError] | None = None
         try:
             answers = self._wire.answers(reply.result())
             self.round_trips += 1
         except REDIS_ERRORS as exc:
             self._wire.close()
             self.redis.mark_down(exc)
+        if answers is not None and not all(isinstance(answer, bool) for answer in answers):
+            # Redis refused some writes (full): looked up in a task, which settles the batch (and
+            # keeps the wire its own until then)
+            self._sender = asyncio.create_task(self._complete(batch, answers), name="identity-replay")
+            return
+        self._busy = False
+        try:
+            self._settle(batch, answers)  # type: ignore[arg-type]  # all bool here
         finally:
-            self._settle(batch, answers)
+            self._send_waiting()
+
+    async def _complete(
+        self, batch: list[tuple[str, asyncio.Future[bool | None]]], answers: list[bool | RedisError]
+    ) -> None:
+        """Settle a batch some of whose writes Redis refused, once the refused keys are looked up."""
+        try:
+            self._settle(batch, await self._looked_up([key for key, _ in batch], answers))
+        finally:
+            self._sender = None
+            self._busy = False
+            self._settle(batch, None)  # what is still unsettled (cancelled meanwhile: nobody may wait)
             self._send_waiting()
 
     @staticmethod
-    def _settle(batch: list[tuple[str, asyncio.Future[bool | None]]], answers: list[bool] | None) -> None:
+    def _settle(
+        batch: list[tuple[str, asyncio.Future[bool | None]]], answers: list[bool | None] | None
+    ) -> None:
         for index, (_, future) in enumerate(batch):
             if not future.done():  # done: that request was cancelled meanwhile
                 future.set_result(None if answers is None else answers[index])
@@ -538,7 +607,7 @@ class ReplayMemory:
                 self.round_trips += 1
                 for index, (_, future) in enumerate(batch):
                     if not future.done():  # done: that request was cancelled meanwhile
-                        future.set_result(None if answers is None else bool(answers[index]))
+                        future.set_result(None if answers is None else answers[index])
         finally:
             self._sender = None
             self._busy = False
@@ -547,19 +616,64 @@ class ReplayMemory:
                     future.set_result(None)
             self._waiting = []
 
-    async def _record(self, keys: list[str]) -> list[bool] | list[object] | None:
-        """Each key set if absent, in one round trip; None while Redis is unavailable (the guard's
-        circuit: a failure here opens it, as one inside :meth:`RedisGuard.call` does)."""
-        assert self.redis is not None
+    async def _record(self, keys: list[str]) -> list[bool | None] | None:
+        """Each key set if absent, in one round trip: True where recorded now, False where it was
+        there, None where Redis refused the write (full) and the key is not there either; None for
+        all while Redis is unavailable (the guard's circuit: a failure here opens it, as one inside
+        :meth:`RedisGuard.call` does)."""
+        redis = self.redis
+        assert redis is not None
+        if not redis.available:
+            # the circuit is open; while Redis still serves reads (full), each key is looked up
+            return await self._looked_up(keys, [None] * len(keys)) if redis.readable else None
+        answers: list[bool | RedisError] | None
         if self._wire is None:
-            return await self.redis.call(self._recorder(keys))
-        if not self.redis.available:
+            answers = await redis.call(self._recorder(keys))
+        else:
+            try:
+                answers = await self._wire.set_once(keys, self._ttl)
+            except REDIS_ERRORS as exc:
+                redis.mark_down(exc)
+                answers = None
+        return None if answers is None else await self._looked_up(keys, answers)
+
+    async def _looked_up(
+        self, keys: list[str], answers: list[bool | RedisError] | list[None]
+    ) -> list[bool | None]:
+        """``answers`` with each write Redis refused (an error, or None: not sent, the circuit open for
+        a refusal) replaced by whether its key is in Redis: False (recorded before: a replay) or None
+        (not there: unrecorded, as while Redis is away). The first refusal opens the circuit (the
+        guard's warning names it). One round trip of ``EXISTS``, only when a write was refused."""
+        redis = self.redis
+        assert redis is not None
+        refused = [index for index, answer in enumerate(answers) if not isinstance(answer, bool)]
+        result: list[bool | None] = [answer if isinstance(answer, bool) else None for answer in answers]
+        if not refused:
+            return result
+        error = next((answer for answer in answers if isinstance(answer, RedisError)), None)
+        if error is not None:
+            redis.mark_down(error)
+        present = await self._present([keys[index] for index in refused])
+        if present is not None:
+            for index, there in zip(refused, present, strict=True):
+                result[index] = False if there else None
+        return result
+
+    async def _present(self, keys: list[str]) -> list[bool] | None:
+        """Whether each key is in Redis (``EXISTS``), or None when Redis does not serve reads."""
+        redis = self.redis
+        assert redis is not None
+        if not redis.readable:
             return None
+        if self._wire is None:
+            return await redis.read(self._existence(keys))
         try:
-            return await self._wire.set_once(keys, self._ttl)
+            present = await self._wire.exists(keys)
         except REDIS_ERRORS as exc:
-            self.redis.mark_down(exc)
+            redis.mark_down(exc)
             return None
+        self.round_trips += 1
+        return present
 
     def close(self) -> None:
         """Close the replay memory's own Redis connection (the guard's client is closed by its owner)
@@ -569,14 +683,32 @@ class ReplayMemory:
         if self.rewrite is not None:
             self.rewrite.cancel()
 
-    def _recorder(self, keys: list[str]) -> Callable[[aioredis.Redis], Awaitable[list[object]]]:
+    def _recorder(self, keys: list[str]) -> Callable[[aioredis.Redis], Awaitable[list[bool | RedisError]]]:
+        """redis-py's pipeline of the same ``SET NX EX`` commands, answered as :meth:`SetOnceWire.answers`."""
         ttl = self._ttl
 
-        async def record(client: aioredis.Redis) -> list[object]:
+        async def record(client: aioredis.Redis) -> list[bool | RedisError]:
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.set(key, b"1", nx=True, ex=ttl)
-            answers: list[object] = await pipe.execute()
+            answers: list[bool | RedisError] = []
+            for answer in await pipe.execute(raise_on_error=False):
+                if isinstance(answer, BaseException):
+                    if not refuses_writes_only(answer):
+                        raise answer  # the guard's call opens the circuit
+                    answers.append(answer)  # type: ignore[arg-type]  # a RedisError
+                else:
+                    answers.append(answer is True)
             return answers
 
         return record
+
+    @staticmethod
+    def _existence(keys: list[str]) -> Callable[[aioredis.Redis], Awaitable[list[bool]]]:
+        async def look(client: aioredis.Redis) -> list[bool]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            return [bool(count) for count in await pipe.execute()]
+
+        return look

@@ -19,6 +19,11 @@ When it is used (:class:`svckit.replay.ReplayMemory` decides), and what that lea
   ~230 us at 16 concurrent, plus the database's own work and WAL; not taken.
 * **Redis unavailable** (this replica's Redis round trip failed, or its circuit is open): unsafe
   nonces go to Postgres; safe methods go on with the replica's own memory, as before.
+* **Redis refusing writes but serving reads** (full under ``noeviction``: ``OOM``; read-only;
+  :func:`svckit.redisguard.refuses_writes_only`): as unavailable, but each nonce whose ``SET NX``
+  was refused (or not sent: the circuit is open for such a refusal) is first looked up there
+  (``EXISTS``, one round trip per batch): one recorded before is a replay, whatever the method; one
+  that is not goes on as above.
 * **For one window after the replica last found Redis unavailable**, unsafe nonces recorded in Redis
   are also recorded in Postgres, and a conflict there is a replay. A nonce another replica accepted
   through Postgres during the outage (it cannot be in Redis) is so refused here once Redis is back,
@@ -35,7 +40,8 @@ Residual, stated honestly (the window is ``2 * IDENTITY_MAX_SKEW_SECONDS + 2`` s
    Redis is back, A writes its whole window into it again (:class:`svckit.replay.ReplayMemory`), so
    this ends with the outage, also when Redis came back empty (a restart closes A's connection,
    which A takes as a sign of it even when its next request finds Redis back) — unless A was
-   restarted itself.
+   restarted itself. Not so while Redis is only full (or read-only): the nonce is still readable
+   there, and B refuses it (the lookup above); before, B took ``OOM`` for an outage and accepted it.
 2. A replica that never found Redis unavailable (no request reached it during the outage) does not
    look at Postgres after it: a nonce accepted through Postgres elsewhere in the outage's last window
    can be replayed to it, once, right after Redis comes back — until the replica that accepted it

@@ -77,6 +77,10 @@ async def test_a_service_records_its_own_nonces_only(
             await guard.client.set(f"{prefix}identity-replay:audit:{nonce}", "1", nx=True)
         with pytest.raises(NoPermissionError):
             await guard.client.get(f"{prefix}identity-replay:timesheets:{nonce}")
+        # EXISTS of its own keys (the lookup while Redis refuses writes), nobody else's
+        assert await guard.client.exists(f"{prefix}identity-replay:timesheets:{nonce}") == 1
+        with pytest.raises(NoPermissionError):
+            await guard.client.exists(f"{prefix}identity-replay:audit:{nonce}")
         memory.close()
     finally:
         await guard.close()
