@@ -136,6 +136,16 @@ class RedisGuard:
         """Run ``operation`` unless Redis is known to be down; ``None`` when it fails."""
         if not self.available:
             return None
+        return await self._run(operation)
+
+    async def read(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
+        """Run a read while :attr:`readable` (also while the circuit is open for a write refusal);
+        ``None`` when it fails, which opens the circuit for reads too."""
+        if not self.readable:
+            return None
+        return await self._run(operation)
+
+    async def _run(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
         try:
             return await operation(self.client)
         except REDIS_ERRORS as exc:
@@ -145,20 +155,6 @@ class RedisGuard:
                 # this one. Kept, each failed once at its first use after Redis was back — under
                 # concurrency seconds later — and opened the circuit again each time (the chaos hunt:
                 # DPoP proofs checked in process only, rate limits open, 2-3 s after a restart).
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self.client.connection_pool.disconnect(inuse_connections=False)
-            return None
-
-    async def read(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
-        """Run a read while :attr:`readable` (also while the circuit is open for a write refusal);
-        ``None`` when it fails, which opens the circuit for reads too."""
-        if not self.readable:
-            return None
-        try:
-            return await operation(self.client)
-        except REDIS_ERRORS as exc:
-            self.mark_down(exc)
-            if not isinstance(exc, ResponseError):
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.client.connection_pool.disconnect(inuse_connections=False)
             return None
