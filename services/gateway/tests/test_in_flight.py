@@ -343,14 +343,18 @@ async def test_requests_in_flight_are_on_the_metrics(start_gateway: StartGateway
         held.append(asyncio.create_task(get(gateway, "/api/timesheets/slow?s=6", calm)))
         await until(lambda: sum(edge.in_flight.counts.values()) == 4, "four requests in flight")
         await until(
-            lambda: sample("gateway_requests_in_flight") == 4
-            and sample("gateway_requests_in_flight_busiest_subject") == 3,
+            lambda: (
+                sample("gateway_requests_in_flight") == 4
+                and sample("gateway_requests_in_flight_busiest_subject") == 3
+            ),
             "the gauges written by the flush",
         )
         assert [(await task)[0] for task in held] == [200] * 4
         await given_back(edge)
         await until(
-            lambda: sample("gateway_requests_in_flight") == 0
-            and sample("gateway_requests_in_flight_busiest_subject") == 0,
+            lambda: (
+                sample("gateway_requests_in_flight") == 0
+                and sample("gateway_requests_in_flight_busiest_subject") == 0
+            ),
             "the gauges back at zero",
         )
