@@ -34,7 +34,8 @@ a key, or of a new window, wakes the sync at once) — the usual trade for keepi
 When Redis is unreachable the subject and client limits fail open (requests pass) and every such
 request is counted in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers
 again. The address limit does not fail open: it keeps counting in the worker, so protection
-degrades to per-worker instead of disappearing. The number of addresses tracked per window is
+degrades to per-worker instead of disappearing. An IPv6 address counts as its /64
+(:func:`svckit.proxies.throttle_key`: a host sends from any address of it at will). The number of addresses tracked per window is
 bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one counter, which under a flood
 from that many addresses soon refuses all of them — the safe side for anonymous traffic. A worker
 keeps the counters of the keys it counted in the current and the previous window (the previous one
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.proxies import throttle_key
 from svckit.redisguard import RedisGuard
 from svckit.tasks import PeriodicTask
 
@@ -205,7 +207,8 @@ class RateLimiter:
         if key is None:
             if len(self._addresses) >= MAX_ADDRESSES:
                 return principal_key("address", OVERFLOW_ADDRESS)
-            key = self._addresses[address] = principal_key("address", address)
+            # an IPv6 host's /64 is one client: else each of its addresses a fresh budget and key
+            key = self._addresses[address] = principal_key("address", throttle_key(address))
         return key
 
     # --- shared ------------------------------------------------------------------------------------
