@@ -35,11 +35,12 @@ When Redis is unreachable the subject and client limits fail open (requests pass
 request is counted in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers
 again. The address limit does not fail open: it keeps counting in the worker, so protection
 degrades to per-worker instead of disappearing. An IPv6 address counts as its /64
-(:func:`svckit.proxies.throttle_key`: a host sends from any address of it at will). The number of addresses tracked per window is
-bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one counter, which under a flood
-from that many addresses soon refuses all of them — the safe side for anonymous traffic. A worker
-keeps the counters of the keys it counted in the current and the previous window (the previous one
-weighs in the estimate), so at most twice that many address counters.
+(:func:`svckit.proxies.throttle_key`: a host sends from any address of it at will). The number of
+addresses tracked per window is bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one
+counter, which under a flood from that many addresses soon refuses all of them — the safe side for
+anonymous traffic. A worker keeps the counters of the keys it counted in the current and the
+previous window (the previous one weighs in the estimate), so at most twice that many address
+counters.
 """
 
 from __future__ import annotations

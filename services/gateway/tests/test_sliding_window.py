@@ -316,7 +316,7 @@ async def test_one_hosts_ipv6_addresses_share_one_anonymous_budget_and_one_key(
     a fresh budget of anonymous denials (the flood was never refused) and a Redis counter of its own
     (two windows + 5 s) per request, up to ``MAX_ADDRESSES`` per window on each worker, ~165 bytes
     each: 100 000 addresses a minute on each of ten workers filled the chart's 192 MB Redis. Now an
-    IPv6 address counts as its /64 (fails on main: never refused, 3 × LIMIT keys)."""
+    IPv6 address counts as its /64 (fails on main: never refused, 30 keys)."""
     guard = guards()
     limits = limiter(guard, FakeClock(start=next_boundary(time.time()) + 1.0))
     try:
