@@ -149,6 +149,18 @@ class RateLimiter:
         if not self._synced_ok or not self.redis.available:
             self._failopen.inc()
             return ALLOW
+        return self._judge(subject_key, client_key, count=True)
+
+    def refused(self, subject_key: str, client_key: str) -> Decision:
+        """Is this verified caller already over a limit? (No I/O, counts nothing: :meth:`check`
+        counts the request later.) Why: the gateway remembers each DPoP proof it accepts in Redis, a
+        key per request, before the rate limit's stage; asked first, a caller over its limit makes no
+        more keys than its limit admits requests (else one token filled Redis at the gateway's rate)."""
+        if not self._synced_ok or not self.redis.available:
+            return ALLOW  # failing open: counted once, by :meth:`check`
+        return self._judge(subject_key, client_key, count=False)
+
+    def _judge(self, subject_key: str, client_key: str, *, count: bool) -> Decision:
         now = self._now()
         if now >= self._window_end or now < self._window_start:
             self._enter_window(now)
@@ -166,8 +178,10 @@ class RateLimiter:
                 client = self._counter("client", client_key, window)
             if client.before * weight + client.known + client.pending >= self.limits["client"]:
                 return self._refuse("client", client, now)
-            client.pending += 1
-        subject.pending += 1
+            if count:
+                client.pending += 1
+        if count:
+            subject.pending += 1
         return ALLOW
 
     def _enter_window(self, now: float) -> None:
