@@ -2,7 +2,7 @@
 
 The proof of possession is checked (stage 5) before the rate limit (stage 7), and each proof the
 gateway accepts is a Redis key (``dpop-jti``, ~160 bytes) kept as long as the proof could be replayed
-(``DPOP_MAX_AGE_SECONDS`` + 2 × leeway, 120 s by default; more with an ``iat`` ahead by the leeway).
+(``DPOP_MAX_AGE_SECONDS`` + twice the leeway, 120 s by default; more with an ``iat`` ahead by the leeway).
 So one DPoP-bound token sending a fresh proof with every request made a key per request at whatever
 rate the gateway answers, all of them answered 429 by the rate limit right after: ~150 s of a
 gateway's full rate (a few thousand requests a second a worker) is hundreds of MB, and a full
