@@ -34,11 +34,13 @@ a key, or of a new window, wakes the sync at once) — the usual trade for keepi
 When Redis is unreachable the subject and client limits fail open (requests pass) and every such
 request is counted in ``gateway_ratelimit_failopen_total``; counting resumes when Redis answers
 again. The address limit does not fail open: it keeps counting in the worker, so protection
-degrades to per-worker instead of disappearing. The number of addresses tracked per window is
-bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one counter, which under a flood
-from that many addresses soon refuses all of them — the safe side for anonymous traffic. A worker
-keeps the counters of the keys it counted in the current and the previous window (the previous one
-weighs in the estimate), so at most twice that many address counters.
+degrades to per-worker instead of disappearing. An IPv6 address counts as its /64
+(:func:`svckit.proxies.throttle_key`: a host sends from any address of it at will). The number of
+addresses tracked per window is bounded (:data:`MAX_ADDRESSES`); beyond it, new addresses share one
+counter, which under a flood from that many addresses soon refuses all of them — the safe side for
+anonymous traffic. A worker keeps the counters of the keys it counted in the current and the
+previous window (the previous one weighs in the estimate), so at most twice that many address
+counters.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.proxies import throttle_key
 from svckit.redisguard import RedisGuard
 from svckit.tasks import PeriodicTask
 
@@ -146,6 +149,18 @@ class RateLimiter:
         if not self._synced_ok or not self.redis.available:
             self._failopen.inc()
             return ALLOW
+        return self._judge(subject_key, client_key, count=True)
+
+    def refused(self, subject_key: str, client_key: str) -> Decision:
+        """Is this verified caller already over a limit? (No I/O, counts nothing: :meth:`check`
+        counts the request later.) Why: the gateway remembers each DPoP proof it accepts in Redis, a
+        key per request, before the rate limit's stage; asked first, a caller over its limit makes no
+        more keys than its limit admits requests (else one token filled Redis at the gateway's rate)."""
+        if not self._synced_ok or not self.redis.available:
+            return ALLOW  # failing open: counted once, by :meth:`check`
+        return self._judge(subject_key, client_key, count=False)
+
+    def _judge(self, subject_key: str, client_key: str, *, count: bool) -> Decision:
         now = self._now()
         if now >= self._window_end or now < self._window_start:
             self._enter_window(now)
@@ -163,8 +178,10 @@ class RateLimiter:
                 client = self._counter("client", client_key, window)
             if client.before * weight + client.known + client.pending >= self.limits["client"]:
                 return self._refuse("client", client, now)
-            client.pending += 1
-        subject.pending += 1
+            if count:
+                client.pending += 1
+        if count:
+            subject.pending += 1
         return ALLOW
 
     def _enter_window(self, now: float) -> None:
@@ -205,7 +222,8 @@ class RateLimiter:
         if key is None:
             if len(self._addresses) >= MAX_ADDRESSES:
                 return principal_key("address", OVERFLOW_ADDRESS)
-            key = self._addresses[address] = principal_key("address", address)
+            # an IPv6 host's /64 is one client: else each of its addresses a fresh budget and key
+            key = self._addresses[address] = principal_key("address", throttle_key(address))
         return key
 
     # --- shared ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from .proxy import (
     UpstreamFailure,
     read_body,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import Decision, RateLimiter
 from .request import GONE, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
 from .routes import API_PREFIX, RouteTable, unsafe_path
 from .tokens import TokenError, TokenVerifier
@@ -387,6 +387,11 @@ class Possession:
         over_budget = self.authenticate.anonymous_budget(request)
         if over_budget is not None:
             return over_budget
+        limiter = self.authenticate.limiter
+        if limiter is not None:  # over its rate limit: refused before its proof becomes a Redis key
+            decision = limiter.refused(principal.subject_key, principal.client_key)
+            if not decision.allowed:
+                return rate_limited(decision)
         forwarding = request.forwarding
         assert forwarding is not None
         host = forwarding.host.decode("latin-1") if forwarding.host is not None else ""
@@ -471,13 +476,19 @@ class RateLimit:
         decision = self.limiter.check(principal.subject_key, principal.client_key)
         if decision.allowed:
             return None
-        return Refusal(
-            429,
-            f"Too many requests for this {decision.limit}; retry in {decision.retry_after} s.",
-            [(b"retry-after", str(decision.retry_after).encode())],
-            reason=f"rate_limit_{decision.limit}",
-            audit="aggregate",
-        )
+        return rate_limited(decision)
+
+
+def rate_limited(decision: Decision) -> Refusal:
+    """The 429 of a caller over its rate limit (also answered by :class:`Possession`, before a proof
+    is remembered)."""
+    return Refusal(
+        429,
+        f"Too many requests for this {decision.limit}; retry in {decision.retry_after} s.",
+        [(b"retry-after", str(decision.retry_after).encode())],
+        reason=f"rate_limit_{decision.limit}",
+        audit="aggregate",
+    )
 
 
 # --- 7b. requests in flight ----------------------------------------------------------------------

@@ -202,8 +202,9 @@ async def wait_for_address(echo: Echo, address: str, timeout: float = 5.0) -> li
 
 
 def unique_address() -> str:
-    # IPv6 documentation prefix with a random tail: unique per test, valid in X-Forwarded-For
-    return f"2001:db8::{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}"
+    # IPv6 documentation prefix, a random /64 of it (the limits count an IPv6 client by its /64):
+    # unique per test, valid in X-Forwarded-For
+    return f"2001:db8:{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}::1"
 
 
 BEHIND_PROXY = {"gateway_trusted_proxies": ["127.0.0.1"]}

@@ -52,12 +52,12 @@ def test_addresses_beyond_the_bound_share_one_budget(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ratelimit, "MAX_ADDRESSES", 4)
     clock = FakeClock(start=START)
     limits = limiter(clock, per_address=2)
-    for i in range(4):
-        limits.count_anonymous(f"2001:db8::{i}")
-    limits.count_anonymous("2001:db8::a")
-    limits.count_anonymous("2001:db8::b")
-    assert not limits.anonymous_refused("2001:db8::c").allowed  # the overflow bucket is full
-    assert limits.anonymous_refused("2001:db8::0").allowed  # the first four keep their own
+    for i in range(4):  # each its own /64: one client to the limit (svckit.proxies.throttle_key)
+        limits.count_anonymous(f"2001:db8:{i}::1")
+    limits.count_anonymous("2001:db8:a::1")
+    limits.count_anonymous("2001:db8:b::1")
+    assert not limits.anonymous_refused("2001:db8:c::1").allowed  # the overflow bucket is full
+    assert limits.anonymous_refused("2001:db8:0::1").allowed  # the first four keep their own
 
 
 async def test_gateway_denial_windows_that_end_while_no_delivery_runs_are_bounded() -> None:

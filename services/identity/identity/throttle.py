@@ -13,6 +13,9 @@ gives its own slot back, so only failures stay counted; earlier failures are not
 (else a guess that happened to be right would reopen the window to more guesses). The right password
 is refused too while a limit holds, until its window ends.
 
+A client address is :func:`svckit.proxies.throttle_key`'s: an IPv6 address counts as its /64 (a host
+picks any address of it at will; counted one by one, each was a fresh budget and a fresh Redis key).
+
 Failures against one user name are limited per (user name, address), not per user name alone: a user
 name is no secret, so a per-name lockout let anyone lock a person out of their own sign-in from a
 single address, with a handful of wrong passwords a window. The name's failures from all addresses
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.proxies import throttle_key
 from svckit.redisguard import RedisGuard
 
 log = logging.getLogger("identity.throttle")
@@ -259,6 +263,7 @@ class LoginThrottle:
         self.max_per_user_all_addresses = max_per_user_all_addresses or 10 * max_per_user
 
     def _counters(self, username: str, address: str) -> tuple[Counter, Counter, Counter]:
+        address = throttle_key(address)  # an IPv6 host's /64: one client, one counter
         user = _user_part(username)
         pair = hashlib.sha256(f"{user}\n{address}".encode()).hexdigest()[:32]
         return (
@@ -303,7 +308,8 @@ class FailureThrottle:
         self.max_per_address = max_per_address
 
     def _counter(self, address: str) -> Counter:
-        return Counter("address", f"{self.prefix}addr:{address}", self.max_per_address)
+        # an IPv6 host's /64 is one client: else each of its addresses a new budget and a new key
+        return Counter("address", f"{self.prefix}addr:{throttle_key(address)}", self.max_per_address)
 
     async def check(self, address: str) -> Verdict:
         return await self.counters.check([self._counter(address)])

@@ -57,3 +57,27 @@ def forwarded_client(
     except ValueError:
         return peer, []
     return client, chain
+
+
+#: The IPv6 prefix one client is counted under: a /64 is what one subscriber, host or site is given
+#: (RFC 6177's end-site assignment is /48 to /64), and a host picks any of its 2**64 addresses at will.
+IPV6_CLIENT_PREFIX = 64
+
+
+def throttle_key(address: str) -> str:
+    """The address a per-address limit counts a client under: an IPv4 address itself (an IPv4-mapped
+    IPv6 one as IPv4), an IPv6 address as its /64 (``2001:db8:1:2::/64``), anything else unchanged.
+
+    Why: counted per IPv6 address, one host rotating through its own /64 was a new client on every
+    request — each limit bypassed (sign-in guesses, Argon2 work, anonymous denials) and each request
+    a new Redis counter kept for the limit's window, so one host could fill Redis (runbook, "Redis
+    memory") and force the outage a full Redis is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
