@@ -280,7 +280,10 @@ async def test_a_failing_provider_is_asked_a_bounded_number_of_times(
             fetches = provider_calls(provider) - before
             warnings = [r for r in caplog.records if "fetching signing keys failed" in r.getMessage()]
             print(f"issuer down, stale keys: {fetches} fetches in 10 min of traffic, per minute {per_minute}")
-            assert fetches <= 20, per_minute
+            # the back-off's own bound: delays jittered down to half their ceiling (0.5, 1, 2, … 30 s)
+            # allow 6 fetches in the first 32 s, then one per 30 s at most: 26 in 600 s (the mean is
+            # ~19, so the bound of 20 this once had failed now and then)
+            assert fetches <= 6 + 600 // 30, per_minute
             assert max(per_minute[2:]) <= 2, per_minute  # capped at one per 30-60 s
             assert len(warnings) <= 11, len(warnings)  # the first, then at most one a minute
             assert cache.ready() == [provider.issuer]  # stale, but usable
