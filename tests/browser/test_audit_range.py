@@ -143,9 +143,18 @@ async def test_a_trail_too_long_to_verify_whole_is_verified_from_the_newest_chec
     await sign_in(carol, shot, "carol")
     await expect(carol.get_by_role("heading", name="Audit trail")).to_be_visible()
     chain = carol.get_by_test_id("chain-status")
-    await carol.get_by_role("button", name="Verify again").click()
     ranged = carol.get_by_test_id("chain-range")
-    await expect(ranged).to_contain_text("Chain verified from the newest checkpoint.", timeout=30_000)
+    # The walk from the newest checkpoint is mostly fixed cost, and a load spike on the CI host once
+    # stretched it past the limit measured minutes before ("took longer than 0.0275 s"): as a user
+    # would, press Verify again; a whole walk is 4x over the limit and never passes this way.
+    for attempt in range(3):
+        await carol.get_by_role("button", name="Verify again").click()
+        try:
+            await expect(ranged).to_contain_text("Chain verified from the newest checkpoint.", timeout=30_000)
+            break
+        except AssertionError:
+            if attempt == 2 or "took longer than" not in await chain.inner_text():
+                raise
     await expect(chain).to_have_attribute("data-ok", "true")
     text = await ranged.inner_text()
     found = re.search(r"From checkpoint #(\d+) \(event (\d+), signed .* with key \S+\) to the newest", text)
