@@ -560,6 +560,11 @@ class ReplayMemory:
         except REDIS_ERRORS as exc:
             self._wire.close()
             self.redis.mark_down(exc)
+        except BaseException:
+            self._busy = False
+            self._settle(batch, None)  # nobody may wait forever (a bug)
+            self._send_waiting()
+            raise
         if answers is not None and not all(isinstance(answer, bool) for answer in answers):
             # Redis refused some writes (full): looked up in a task, which settles the batch (and
             # keeps the wire its own until then)
