@@ -32,6 +32,7 @@ import asyncpg
 import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Send
+from svckit.db import Database
 from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_variable, request_target
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
@@ -883,6 +884,20 @@ def runtime_role(service: str) -> RuntimeRole:
 def runtime_url(url: str, service: str) -> str:
     """``url`` (a database of this session) as ``service``'s runtime role would connect."""
     return role_url(url, ROLE_PREFIX + service, _ROLE_PASSWORD)
+
+
+@contextlib.asynccontextmanager
+async def replica_pools(url: str, schema: str, replicas: int = 2) -> AsyncIterator[list[Database]]:
+    """One small pool per replica on ``schema`` of ``url``, as its runtime role, each connected: what
+    several processes of one service hold (the replay fallback's tests share one table this way)."""
+    pools = [Database(runtime_url(url, schema), schema=schema, max_size=2) for _ in range(replicas)]
+    try:
+        for pool in pools:
+            await pool.wait_connected(10)
+        yield pools
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 def runtime_env(env: Mapping[str, str], service: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from svckit.replay import ReplayMemory
 from svckit.replayfallback import FallbackMemory
 from svckit.settings import RedisSettings, load_settings
 
-from testkit.fixtures import free_port, receiver_env, runtime_role, runtime_url, serve_app
+from testkit.fixtures import free_port, receiver_env, replica_pools, runtime_role, runtime_url, serve_app
 from testkit.redisproc import PrivateRedis
 
 SKEW = 60
@@ -40,12 +40,8 @@ async def schema(database_url: str) -> str:
 @pytest.fixture
 async def databases(database_url: str, schema: str) -> AsyncIterator[list[Database]]:
     """Two replicas' pools on the same schema, as its runtime role."""
-    pools = [Database(runtime_url(database_url, schema), schema=schema, max_size=2) for _ in range(2)]
-    for pool in pools:
-        await pool.wait_connected(10)
-    yield pools
-    for pool in pools:
-        await pool.close()
+    async with replica_pools(database_url, schema) as pools:
+        yield pools
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from svckit.migrations import migrate
 from svckit.redisguard import RedisGuard, refuses_writes_only
 from svckit.replay import ReplayMemory
 
-from testkit.fixtures import runtime_role, runtime_url
+from testkit.fixtures import replica_pools, runtime_role
 from testkit.redisproc import PrivateRedis, component_users
 
 SKEW = 60
@@ -40,12 +40,8 @@ async def databases(database_url: str) -> AsyncIterator[list[Database]]:
     """Two replicas' pools on one schema with the kit set ``replay``, as its runtime role."""
     schema = f"replay_{secrets.token_hex(4)}"
     await migrate(database_url, schema, None, kit=["replay"], role=runtime_role(schema))
-    pools = [Database(runtime_url(database_url, schema), schema=schema, max_size=2) for _ in range(2)]
-    for pool in pools:
-        await pool.wait_connected(10)
-    yield pools
-    for pool in pools:
-        await pool.close()
+    async with replica_pools(database_url, schema) as pools:
+        yield pools
 
 
 @pytest.fixture
