@@ -115,6 +115,15 @@ def slow_reader(stack: Stack, token: str, requests: int = 1, path: str = PAGE) -
     return sock
 
 
+def content_length(head: bytes) -> int:
+    """The ``Content-Length`` of a response head (the gateway always sends one here)."""
+    return next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
     """The one response on ``sock``, read now: its status and body (short if the gateway cut it off)."""
     sock.settimeout(PATIENCE)
@@ -123,11 +132,7 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
+    length = content_length(head)
     while len(body) < length:
         more = sock.recv(65536)
         if not more:
@@ -149,11 +154,7 @@ def answers_until_cut_off(sock: socket.socket, requests: int) -> tuple[int, bool
             data += more
         head, _, data = data.partition(b"\r\n\r\n")
         assert int(head.split(b" ")[1]) == 200, head
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
+        length = content_length(head)
         while len(data) < length:
             more = sock.recv(65536)
             if not more:

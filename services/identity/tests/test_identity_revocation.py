@@ -128,6 +128,18 @@ async def test_revocation_authenticates_clients_as_auth0_does(
         assert r.status == 200
 
 
+async def revoked_access_token(
+    browser: Browser, http: aiohttp.ClientSession, base_url: str
+) -> dict[str, Any]:
+    """A fresh SPA access token's claims, once the SPA has revoked it at ``/oauth/revoke``."""
+    tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
+    form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
+    async with http.post(base_url + "/oauth/revoke", data=form) as r:
+        assert r.status == 200
+    claims: dict[str, Any] = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    return claims
+
+
 async def test_revocations_are_published_to_the_stream_and_republished_when_lost(
     browser: Browser,
     http: aiohttp.ClientSession,
@@ -138,12 +150,7 @@ async def test_revocations_are_published_to_the_stream_and_republished_when_lost
 ) -> None:
     """The event contract of docs/CONTRACTS.md: {iss, jti, exp, reason} on <prefix>revocations; the
     provider re-publishes every unexpired revocation when the stream and its marker are gone."""
-    tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
-    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
-    async with http.post(
-        base_url + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": tokens["access_token"]}
-    ) as r:
-        assert r.status == 200
+    access = await revoked_access_token(browser, http, base_url)
     stream = seeded["REDIS_KEY_PREFIX"] + "revocations"
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -182,11 +189,7 @@ async def test_a_stream_lost_without_its_marker_is_republished_and_never_restart
     client = aioredis.Redis.from_url(redis_url)
 
     async def revoke() -> str:
-        tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
-        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
-        async with http.post(base_url + "/oauth/revoke", data=form) as r:
-            assert r.status == 200
-        jti: str = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
+        jti: str = (await revoked_access_token(browser, http, base_url))["jti"]
         return jti
 
     async def published() -> set[str]:
@@ -223,12 +226,7 @@ async def test_a_revocation_within_the_gateways_leeway_past_expiry_is_republishe
     """A gateway accepts a token until ``exp`` plus its leeway (up to 300 s): when Redis lost the
     stream, a revoked token that expired a minute ago is re-published too, or a gateway that starts
     then would accept it for the rest of its leeway."""
-    tokens = await sign_in_tokens(browser, http, base_url, scope="openid read:timesheets")
-    jti = jwt.decode(tokens["access_token"], options={"verify_signature": False})["jti"]
-    async with http.post(
-        base_url + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": tokens["access_token"]}
-    ) as r:
-        assert r.status == 200
+    jti = (await revoked_access_token(browser, http, base_url))["jti"]
     expired = "UPDATE issued_tokens SET expires_at = now() - interval '60 seconds' WHERE jti = $1"
     await db.execute(expired, jti)
     stream = seeded["REDIS_KEY_PREFIX"] + "revocations"
