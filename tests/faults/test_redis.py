@@ -203,13 +203,17 @@ async def test_a_full_redis_refusing_writes_is_an_outage_not_an_error_and_ends_w
         rows_before = await wait_for_rows(stack, fallback_rows, lambda count: True, seconds=0)
         failopen_before = series_sum(await scrape(stack.gateway.url), "gateway_ratelimit_failopen_total")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            for _ in range(3):
+
+            async def create() -> None:
                 entry = {"date": next_day(), "project": tag(), "hours": 1}
                 async with http.post(
                     f"{stack.api}/timesheets", json=entry, headers=stack.headers("alice")
                 ) as reply:
                     statuses[reply.status] = statuses.get(reply.status, 0) + 1
                     assert reply.status == 201, await reply.text()
+
+            for _ in range(3):
+                await create()
                 async with http.get(
                     f"{stack.api}/timesheets?limit=1", headers=stack.headers("alice")
                 ) as reply:
@@ -242,12 +246,7 @@ async def test_a_full_redis_refusing_writes_is_an_outage_not_an_error_and_ends_w
             while len([key async for key in admin.scan_iter(match=replay_keys, count=1000)]) <= in_redis + 3:
                 # back: the next writes' nonces go to Redis again (and each replica's window with them)
                 assert time.monotonic() < deadline, "the nonces never went to Redis again"
-                entry = {"date": next_day(), "project": tag(), "hours": 1}
-                async with http.post(
-                    f"{stack.api}/timesheets", json=entry, headers=stack.headers("alice")
-                ) as reply:
-                    statuses[reply.status] = statuses.get(reply.status, 0) + 1
-                    assert reply.status == 201, await reply.text()
+                await create()
                 await asyncio.sleep(0.2)
         figures.record(
             "redis full (noeviction)",
