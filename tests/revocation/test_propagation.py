@@ -126,6 +126,15 @@ async def seconds_until_refused(
     return list(await asyncio.gather(*(watch(g) for g in gateways)))
 
 
+async def revoke(http: aiohttp.ClientSession, stack: Stack, token: str, **hint: str) -> float:
+    """The SPA revokes ``token`` at the provider (200: revoked in its database); when it asked."""
+    asked = time.monotonic()
+    form = {"client_id": "timesheets-spa", "token": token, **hint}
+    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
+        assert response.status == 200
+    return asked
+
+
 async def signed_in(
     stack: Stack, http: aiohttp.ClientSession, **params: str
 ) -> tuple[Browser, dict[str, Any]]:
@@ -139,10 +148,7 @@ async def test_revoked_access_token_is_refused_by_both_gateways_within_2s(
 ) -> None:
     _, tokens = await signed_in(stack, http)
     await all_accept(http, stack.gateways, tokens["access_token"])
-    started = time.monotonic()
-    form = {"client_id": "timesheets-spa", "token": tokens["access_token"], "token_type_hint": "access_token"}
-    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-        assert response.status == 200
+    started = await revoke(http, stack, tokens["access_token"], token_type_hint="access_token")
     delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started)
     print("revocation to 401 on both gateways (s):", [round(d, 3) for d in delays])
     assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
@@ -167,10 +173,7 @@ async def test_revoking_a_refresh_token_refuses_its_access_tokens(
         rotated = await response.json()
     for token in (tokens["access_token"], rotated["access_token"]):
         await all_accept(http, stack.gateways, token)
-    started = time.monotonic()
-    form = {"client_id": "timesheets-spa", "token": rotated["refresh_token"]}
-    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-        assert response.status == 200
+    started = await revoke(http, stack, rotated["refresh_token"])
     for token in (tokens["access_token"], rotated["access_token"]):
         delays = await seconds_until_refused(http, stack.gateways, token, started)
         assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
@@ -272,17 +275,11 @@ async def test_revocations_survive_redis_losing_everything(stack: Stack, http: a
     _, during = await signed_in(stack, http)
     for token in (before["access_token"], during["access_token"]):
         await all_accept(http, stack.gateways, token)
-    async with http.post(
-        stack.base + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": before["access_token"]}
-    ) as response:
-        assert response.status == 200
+    await revoke(http, stack, before["access_token"])
     await seconds_until_refused(http, stack.gateways, before["access_token"], time.monotonic())
 
     stack.redis.stop()  # Redis gone: the next revocation cannot be published now
-    async with http.post(
-        stack.base + "/oauth/revoke", data={"client_id": "timesheets-spa", "token": during["access_token"]}
-    ) as response:
-        assert response.status == 200
+    await revoke(http, stack, during["access_token"])
     for gateway in stack.gateways:  # the gateways keep what they had
         assert await call(http, gateway, before["access_token"]) == 401
     stack.redis.start()  # back, empty
@@ -336,10 +333,7 @@ async def test_a_redis_writer_cannot_silence_revocations(stack: Stack, http: aio
             assert (await admin.xinfo_stream(stream))["last-generated-id"] != last_id.encode()
     finally:
         await admin.aclose()
-    started = time.monotonic()
-    form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
-    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-        assert response.status == 200
+    started = await revoke(http, stack, tokens["access_token"])
     delays = await seconds_until_refused(http, stack.gateways, tokens["access_token"], started, limit=5.0)
     assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
 
@@ -412,9 +406,7 @@ async def test_revocations_survive_redis_evicting_the_stream(
     _, after = await signed_in(stack, http)
     for token in (before["access_token"], after["access_token"]):
         await all_accept(http, stack.gateways, token)
-    form = {"client_id": "timesheets-spa", "token": before["access_token"]}
-    async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-        assert response.status == 200
+    await revoke(http, stack, before["access_token"])
     await seconds_until_refused(http, stack.gateways, before["access_token"], time.monotonic())
 
     prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
@@ -422,10 +414,7 @@ async def test_revocations_survive_redis_evicting_the_stream(
     try:
         figures = await evict_the_stream(admin, prefix, [stack.identity, *stack.gateways])
         print("filled until the stream was evicted:", figures)
-        started = time.monotonic()
-        form = {"client_id": "timesheets-spa", "token": after["access_token"]}
-        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-            assert response.status == 200
+        started = await revoke(http, stack, after["access_token"])
         delays = await seconds_until_refused(http, stack.gateways, after["access_token"], started, limit=5.0)
         assert max(delays) < PROPAGATION_BOUND_SECONDS, delays
         late = ServiceProcess("gateway", stack.gateway_env).start(wait_path="/readyz")
@@ -479,9 +468,7 @@ async def test_a_revocation_made_while_redis_is_full_reaches_the_gateways_once_m
             "maxmemory", str(int((await admin.info("memory"))["used_memory"]) - 512 * 1024)
         )
         failed_before = await failed()
-        form = {"client_id": "timesheets-spa", "token": tokens["access_token"]}
-        async with http.post(stack.base + "/oauth/revoke", data=form) as response:
-            assert response.status == 200  # revoked in the provider's database
+        await revoke(http, stack, tokens["access_token"])  # revoked in the provider's database
         deadline = time.monotonic() + 10
         while await failed() <= failed_before:
             assert time.monotonic() < deadline, (
