@@ -20,7 +20,7 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -175,33 +175,45 @@ async def other_user_gets_an_answer(session: aiohttp.ClientSession, stack: Stack
         return response.status
 
 
+def value(text: str, name: str) -> float:
+    """The sum of the samples in a scrape whose line starts with ``name`` (a family, or one series)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 async def metric(session: aiohttp.ClientSession, stack: Stack, name: str) -> float:
     async with session.get(stack.gateway.metrics_url) as response:
-        text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+        return value(await response.text(), name)
+
+
+async def metrics_until(session: aiohttp.ClientSession, stack: Stack, holds: Callable[[str], bool]) -> None:
+    """Until ``holds`` is true of a scrape of the gateway (its figures are written once a second), or
+    :data:`PATIENCE` passed (the caller's checks then show what happened instead)."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    while asyncio.get_running_loop().time() < deadline:
+        async with session.get(stack.gateway.metrics_url) as response:
+            if holds(await response.text()):
+                return
+        await asyncio.sleep(0.2)
 
 
 async def settled(session: aiohttp.ClientSession, stack: Stack, pages: int) -> None:
     """Until ``pages`` large answers sit whole in the gateway's read-ahead budget and no pooled
     connection is busy (the figures are written once a second), or :data:`PATIENCE` passed — what the
     old code never reached: its connections stayed busy while the readers took nothing."""
-    deadline = asyncio.get_running_loop().time() + PATIENCE
     busy = 'gateway_upstream_connections{service="timesheets",state="busy"}'
-    while asyncio.get_running_loop().time() < deadline:
-        held = await metric(session, stack, "gateway_response_buffer_bytes")
-        if held >= pages * 800_000 and await metric(session, stack, busy) == 0:
-            return
-        await asyncio.sleep(0.2)
+    await metrics_until(
+        session,
+        stack,
+        lambda text: (
+            value(text, "gateway_response_buffer_bytes") >= pages * 800_000 and value(text, busy) == 0
+        ),
+    )
 
 
 async def cut_off_by_now(session: aiohttp.ClientSession, stack: Stack, answers: int) -> None:
     """Until the gateway has cut off ``answers`` streamed answers (written once a second), or
     :data:`PATIENCE` passed (the caller's reads then show what happened instead)."""
-    deadline = asyncio.get_running_loop().time() + PATIENCE
-    while asyncio.get_running_loop().time() < deadline:
-        if await metric(session, stack, "gateway_response_cutoffs_total") >= answers:
-            return
-        await asyncio.sleep(0.2)
+    await metrics_until(session, stack, lambda text: value(text, "gateway_response_cutoffs_total") >= answers)
 
 
 async def test_slow_readers_of_the_largest_page_hold_no_upstream_connection(stack: Stack) -> None:
@@ -299,15 +311,16 @@ async def stalled_or_refused(session: aiohttp.ClientSession, stack: Stack) -> No
     """Until the slow readers hold what they can: every pooled connection busy with one waiting
     behind them (the old code's stall, which lasts until a streamed answer is cut off), or several
     of their requests refused for being in flight (the limit) — or :data:`PATIENCE` passed."""
-    deadline = asyncio.get_running_loop().time() + PATIENCE
     busy = 'gateway_upstream_connections{service="timesheets",state="busy"}'
     waits = 'gateway_upstream_pool_waits_total{service="timesheets"}'
-    while asyncio.get_running_loop().time() < deadline:
-        if await metric(session, stack, IN_FLIGHT_REFUSED) >= READERS - IN_FLIGHT:
-            return
-        if await metric(session, stack, busy) == POOL and await metric(session, stack, waits) >= 1:
-            return
-        await asyncio.sleep(0.2)
+    await metrics_until(
+        session,
+        stack,
+        lambda text: (
+            value(text, IN_FLIGHT_REFUSED) >= READERS - IN_FLIGHT
+            or (value(text, busy) == POOL and value(text, waits) >= 1)
+        ),
+    )
 
 
 async def logged(stack: Stack, text: str) -> None:
