@@ -38,9 +38,9 @@ import pytest
 from testkit.fixtures import IsolatedEnv, ServiceProcess, ServiceRedis, migrate_role_env, new_identity_keys
 
 REPO = Path(__file__).resolve().parents[2]
-#: The newest landed release (main at ``47837cf``, chart 0.5.0): the one a ``helm rollback`` of the next release goes
-#: back to. Bump it to the release's commit when a release lands (docs/upgrades.md), or tag releases
-#: ``v*``: the newest such tag before this commit takes precedence.
+#: The newest landed release (main at ``47837cf``, chart 0.5.0): the one a ``helm rollback`` of the
+#: next release goes back to. Bump it to the release's commit when a release lands (docs/upgrades.md),
+#: or tag releases ``v*``: the newest such tag before this commit takes precedence.
 BASELINE = "47837cf8fb2b5190e50860308638d9a61368d27c"
 #: The commit this release line started from: before timesheets' day cap (0005-0007), audit's later
 #: migrations, runtime database roles and the identity contract's pairwise keys and body binding. Not
