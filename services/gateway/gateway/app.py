@@ -157,7 +157,7 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             access_log=self.access_log,
             forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
-            max_in_flight_per_subject=settings.gateway_max_in_flight_per_subject,
+            max_in_flight_per_subject=settings.in_flight_limit,
             proofs=proofs,
             replays=self.replays,
             clock=clock,

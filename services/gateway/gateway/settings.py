@@ -105,7 +105,8 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         le=100_000,
         description="requests of one (issuer, subject) each worker answers at once (429"
         " `rate_limit_in_flight` beyond); below `UPSTREAM_POOL_SIZE`, one token's slow readers cannot"
-        " hold every pooled connection to a service; `0`: no limit",
+        " hold every pooled connection to a service (a value at or above it is refused; left unset"
+        " with a smaller pool, the pool's size less one); `0`: no limit",
     )
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
     gateway_trusted_proxies: CsvList = Field(
@@ -218,6 +219,26 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     @property
     def gateway_cache_key(self) -> bytes | None:
         return decode_secret(self.gateway_cache_secret) if self.gateway_cache_secret else None
+
+    @model_validator(mode="after")
+    def _in_flight_below_pool(self) -> GatewaySettings:
+        """The in-flight limit exists so that one token cannot hold every pooled connection to a
+        service; at or above the pool's size it holds nothing back, so an explicit such value is a
+        mistake worth a refusal, not a silent no-op. Left unset, it follows a pool smaller than its
+        default (a one-connection pool cannot be shared out: there, no limit)."""
+        limit, pool = self.gateway_max_in_flight_per_subject, self.upstream_pool_size
+        if limit >= pool > 0 and "gateway_max_in_flight_per_subject" in self.model_fields_set:
+            raise ValueError(
+                f"GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT ({limit}) must be below UPSTREAM_POOL_SIZE ({pool}):"
+                " at or above it one token's requests may hold every pooled connection to a service"
+                " (0 turns the limit off)"
+            )
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The per-subject limit in force: the setting, or, left unset, the pool's size less one."""
+        return min(self.gateway_max_in_flight_per_subject, self.upstream_pool_size - 1)
 
     @model_validator(mode="after")
     def _ttl_bounds(self) -> GatewaySettings:

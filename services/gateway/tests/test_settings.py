@@ -85,3 +85,32 @@ def test_the_dpop_nonce_secret_is_one_secret_or_named_keys(capsys: pytest.Captur
         assert "DPOP_NONCE_SECRET" in err
         assert ("a" * 40) not in err
         assert "short-secret" not in err
+
+
+@pytest.mark.parametrize(("limit", "pool"), [("32", "32"), ("300", "256"), ("2", "1")])
+def test_an_in_flight_limit_at_or_above_the_pool_is_refused(
+    limit: str, pool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At or above the pool's size the per-subject limit lets one token's slow readers hold every
+    pooled connection to a service: the setting would protect nothing while looking as if it did."""
+    env = {**KEYS, "GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT": limit, "UPSTREAM_POOL_SIZE": pool}
+    with pytest.raises(SettingsError):
+        load_settings(GatewaySettings, env=env)
+    err = capsys.readouterr().err
+    assert "GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT" in err
+    assert f"UPSTREAM_POOL_SIZE ({pool})" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "limit"),
+    [
+        ({}, 64),  # the default, below the default pool of 256
+        ({"UPSTREAM_POOL_SIZE": "16"}, 15),  # unset: follows a smaller pool
+        ({"UPSTREAM_POOL_SIZE": "1"}, 0),  # one connection cannot be shared out
+        ({"UPSTREAM_POOL_SIZE": "16", "GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT": "0"}, 0),  # off, explicitly
+        ({"UPSTREAM_POOL_SIZE": "16", "GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT": "15"}, 15),
+    ],
+)
+def test_the_in_flight_limit_stays_below_the_pool(env: dict[str, str], limit: int) -> None:
+    settings = load_settings(GatewaySettings, env={**KEYS, **env})
+    assert settings.in_flight_limit == limit
