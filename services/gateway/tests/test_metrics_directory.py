@@ -86,7 +86,12 @@ async def test_a_restarted_gateway_starts_from_a_clean_directory(
     directory.mkdir()
     (directory / "notes.txt").write_text("not prometheus'")
     env = process_env(
-        provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(directory)
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="2",
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
     )
     token = provider.token()
     first = ServiceProcess("gateway", env)
@@ -138,7 +143,12 @@ async def test_dead_workers_files_stay_bounded_and_their_counts_stay(
     directory = tmp_path / "metrics"
     directory.mkdir()
     env = process_env(
-        provider, echo, identity_keys, redis_prefix, GATEWAY_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(directory)
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="2",
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
     )
     process = ServiceProcess("gateway", env)
     await asyncio.to_thread(process.start)
@@ -156,7 +166,7 @@ async def test_dead_workers_files_stay_bounded_and_their_counts_stay(
         token = provider.token()
         expected = 0
         files: list[int] = []
-        for _ in range(5):
+        for _ in range(3):
             await call(process, token, 4)
             expected += 4
             text = await scraped(process, lambda text: answered(text) >= expected)  # noqa: B023
@@ -180,5 +190,3 @@ async def test_dead_workers_files_stay_bounded_and_their_counts_stay(
         scraping = False
         scraper.cancel()
         await asyncio.to_thread(process.stop)
-
-
