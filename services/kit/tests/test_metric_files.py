@@ -132,16 +132,17 @@ def test_a_scrape_during_a_compaction_counts_each_sample_once(directory: Path) -
         write(directory, jobs)
     expected = scrape()
     seen: list[str] = []
+    scrapers: list[threading.Thread] = []
 
     def scrape_in_between() -> None:
         scraper = threading.Thread(target=lambda: seen.append(scrape()))
+        scrapers.append(scraper)
         scraper.start()
         scraper.join(1.0)  # time enough to read the files if nothing keeps it out
 
     compact_dead_processes(directory, before_removal=scrape_in_between)
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(10)
+    for scraper in scrapers:
+        scraper.join(10)
     assert seen == [expected] * 3  # one scrape for each type's archive
 
 
