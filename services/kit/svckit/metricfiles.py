@@ -38,6 +38,8 @@ log = logging.getLogger("svckit.metrics")
 LOCK_NAME = ".compaction.lock"
 #: the name an archive has where a file has its pid
 ARCHIVE = "archive"
+#: what reading a damaged metrics file raises (prometheus_client's reader, then the key's JSON)
+UNREADABLE = (RuntimeError, struct.error, UnicodeDecodeError, ValueError)
 #: the types whose samples are sums over processes: what an archive may hold
 SUMMED_TYPES = ("counter", "histogram", "summary")
 
@@ -130,10 +132,7 @@ def _write(path: Path, values: dict[str, float]) -> None:
 
 
 def compact_dead_processes(
-    directory: str | Path,
-    *,
-    is_alive: Callable[[int], bool] = alive,
-    before_removal: Callable[[], None] | None = None,
+    directory: str | Path, *, before_removal: Callable[[], None] | None = None
 ) -> list[int]:
     """Merge the counters, histograms and summaries of the processes that are gone into one archive
     per type, and remove their files; the pids merged. Their live gauges are
@@ -148,15 +147,21 @@ def compact_dead_processes(
     merged: set[int] = set()
     with _flock(path, fcntl.LOCK_EX):
         for kind in SUMMED_TYPES:
-            dead = [
-                file
+            dead = {
+                file: pid
                 for file in sorted(path.glob(f"{kind}_*.db"))
-                if (pid := pid_of(file)) is not None and not is_alive(pid)
-            ]
+                if (pid := pid_of(file)) is not None and not alive(pid)
+            }
             if not dead:
                 continue
             archive = path / f"{kind}_{ARCHIVE}.db"
-            totals = _values(archive) if archive.exists() else {}
+            try:
+                totals = _values(archive) if archive.exists() else {}
+            except UNREADABLE as exc:  # damaged: nothing is merged into it (the scrape says so)
+                log.warning(
+                    "a metrics archive cannot be read", extra={"file": archive.name, "error": str(exc)}
+                )
+                continue
             sources = []
             for file in dead:
                 try:
@@ -164,7 +169,7 @@ def compact_dead_processes(
                         file.unlink()
                         continue
                     values = _values(file)
-                except (RuntimeError, struct.error, UnicodeDecodeError, ValueError) as exc:
+                except UNREADABLE as exc:
                     log.warning(
                         "a dead process's metrics file cannot be read; left as it is",
                         extra={"file": file.name, "error": str(exc)},
@@ -190,5 +195,5 @@ def compact_dead_processes(
                 before_removal()
             for file in sources:
                 file.unlink()
-                merged.add(pid_of(file) or 0)
+                merged.add(dead[file])
     return sorted(merged)

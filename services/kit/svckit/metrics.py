@@ -175,7 +175,12 @@ def forget_dead_processes() -> list[int]:
             dead.add(pid)
     for pid in dead:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-    return sorted(dead | set(compact_dead_processes(directory)))
+    try:
+        merged = compact_dead_processes(directory)
+    except Exception:  # bookkeeping must never keep the supervisor from starting the next worker
+        log.exception("dead processes' metrics files could not be merged")
+        merged = []
+    return sorted(dead | set(merged))
 
 
 METRICS_PATH = "/metrics"

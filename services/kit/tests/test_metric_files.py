@@ -124,6 +124,17 @@ def test_a_live_process_keeps_its_files_and_a_dead_ones_empty_or_corrupt_file_is
         assert 'jobs_total{kind="even"} 3.0' in scrape()  # 1 of the live one's, 2 of the archive's
 
 
+def test_a_damaged_archive_takes_nothing_and_stops_nothing(directory: Path) -> None:
+    """The supervisor merges when it replaces a worker: a damaged archive must neither raise there
+    nor swallow the dead workers' files (their counts would be lost)."""
+    write(directory, 3)
+    compact_dead_processes(directory)
+    (directory / "counter_archive.db").write_bytes(b"\x00\x10\x00\x00" + b"\x00" * 12)
+    write(directory, 2)
+    assert compact_dead_processes(directory) != []  # its histogram and summary were merged
+    assert len(list(directory.glob("counter_[0-9]*.db"))) == 1
+
+
 def test_a_scrape_during_a_compaction_counts_each_sample_once(directory: Path) -> None:
     """The archive is renamed into place before the merged files are removed: a scrape in between,
     reading both, would count the dead processes twice (a counter that jumps up, then back down: two
