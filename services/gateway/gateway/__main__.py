@@ -3,7 +3,7 @@
 With several workers, Prometheus samples must be shared through files: the entry point points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (unless set) *before* prometheus_client is
 imported, so every worker writes there and ``/metrics`` on any worker shows the sum. A directory that
-is set (the image sets one, in the chart's emptyDir) is cleared of the previous run's files first
+is set (the chart sets one, in its /tmp emptyDir) is cleared of the previous run's files first
 (:func:`svckit.metricfiles.start_run`): a restarted container would otherwise sum them into its own.
 """
 
@@ -14,7 +14,7 @@ import tempfile
 from svckit.metricfiles import start_run
 
 if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # the image names one (in the chart's emptyDir, which outlives a container): the previous run's
+    # the chart names one (in its /tmp emptyDir, which outlives a container): the previous run's
     # files go before this run writes any, or they would be summed into its own
     if sharing := start_run(directory):
         print(
