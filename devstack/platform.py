@@ -139,10 +139,9 @@ class Platform:
                 " own user, admin with ADMIN_REDIS_PASSWORD (.local/secrets.env), PING only without",
             )
             self.start_redis(env)
+        # the gateway's workers' metrics files: python -m gateway creates the directory and clears the
+        # previous run's files at each start (svckit.metricfiles.start_run)
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.state_dir / "prometheus-multiproc"))
-        Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-        for stale in Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
-            stale.unlink()
         env.setdefault("SPA_DIST_DIR", str(ROOT / "spa" / "dist"))
         self.env = env
         trusted = [issuer.strip() for issuer in env["OIDC_ISSUER"].split(",") if issuer.strip()]

@@ -76,3 +76,27 @@ def test_the_readyz_exec_command_shows_why_a_pod_is_not_ready(
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"the runbook's command, exit {result.returncode}:\n{output[-1500:]}"
     assert "postgres" in result.stdout, output
+
+
+def test_the_metrics_directory_command_lists_the_files_and_the_memory_they_hold(tmp_path: Path) -> None:
+    """ "The gateway's metrics directory": the exec one-liner that shows what is in
+    /tmp/gateway-metrics. Run against a directory a process wrote through prometheus_client's
+    multiprocess mode, as the gateway's workers do: it names the file and counts its memory (the
+    blocks a sparse 64 KiB file really holds, what the emptyDir's limit counts)."""
+    import os
+
+    (command,) = [c for c in re.findall(r'python -c "([^"]*)"', runbook()) if "gateway-metrics" in c]
+    writer = "from prometheus_client import Counter; Counter('probe_total', 'Probe.').inc()"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", writer], env=env, check=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", command.replace("/tmp/gateway-metrics", str(tmp_path))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    names, held, unit = result.stdout.strip().rsplit(" ", 2)
+    assert re.fullmatch(r"\['counter_\d+\.db'\]", names), result.stdout
+    assert 0 < int(held) < 65536, result.stdout  # sparse: less than the file's length
+    assert unit == "bytes"

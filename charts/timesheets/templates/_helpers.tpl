@@ -644,6 +644,11 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ include "timesheets.oidcIssuers" $root | quote }}
 - name: GATEWAY_WORKERS
   value: {{ $values.workers | quote }}
+{{- /* the workers' metrics files, in the /tmp emptyDir: one directory by name, which python -m gateway
+     clears of the previous run's files at each start (a fresh temporary directory at each container
+     restart piled up in the emptyDir, which outlives the container) */}}
+- name: PROMETHEUS_MULTIPROC_DIR
+  value: /tmp/gateway-metrics
 - name: GATEWAY_RESPONSE_BUFFER_BYTES
   value: {{ $values.responseBufferBytes | int64 | quote }}
 - name: GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT

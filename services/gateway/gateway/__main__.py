@@ -2,13 +2,28 @@
 
 With several workers, Prometheus samples must be shared through files: the entry point points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (unless set) *before* prometheus_client is
-imported, so every worker writes there and ``/metrics`` on any worker shows the sum.
+imported, so every worker writes there and ``/metrics`` on any worker shows the sum. A directory that
+is set (the chart sets one, in its /tmp emptyDir) is cleared of the previous run's files first
+(:func:`svckit.metricfiles.start_run`): a restarted container would otherwise sum them into its own.
 """
 
 import os
+import sys
 import tempfile
 
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+from svckit.metricfiles import start_run
+
+if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # the chart names one (in its /tmp emptyDir, which outlives a container): the previous run's
+    # files go before this run writes any, or they would be summed into its own
+    if sharing := start_run(directory):
+        print(
+            f"PROMETHEUS_MULTIPROC_DIR {directory} holds metrics files of running processes {sharing}: "
+            "the previous run's files are kept and summed in; give each gateway its own directory",
+            file=sys.stderr,
+            flush=True,
+        )
+else:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 from svckit.cli import run_cli

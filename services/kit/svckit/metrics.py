@@ -39,6 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+from .metricfiles import alive, compact_dead_processes, pid_of, scrape_lock
+
 log = logging.getLogger("svckit.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -140,24 +142,27 @@ class _WorkerFiles:
     def collect(self) -> Iterable[Metric]:
         from prometheus_client import multiprocess
 
-        files = []
-        for path in self.directory.glob("*.db"):
-            try:
-                if path.stat().st_size > 0:
-                    files.append(str(path))
-            except FileNotFoundError:  # a dead worker's live gauges, dropped since the glob
-                continue
-        merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
-        return merged
+        with scrape_lock(self.directory):  # dead workers' files are not merged meanwhile (svckit.metricfiles)
+            files = []
+            for path in self.directory.glob("*.db"):
+                try:
+                    if path.stat().st_size > 0:
+                        files.append(str(path))
+                except FileNotFoundError:  # a dead worker's live gauges, dropped since the glob
+                    continue
+            merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            return merged
 
 
 def forget_dead_processes() -> list[int]:
-    """Drop the live gauges of processes that are gone from ``PROMETHEUS_MULTIPROC_DIR``; the pids
-    whose gauges were dropped. A gauge in a ``live*`` mode is meant to count only live processes, but its
-    file stays until someone says the process died: a worker that crashed and was replaced, or a
-    child DEV_RELOAD restarted, kept adding its last values (an upstream pool's connections counted
-    twice, the oldest task success of a process that no longer runs). Said by whoever starts the
-    next process (the supervisor, the reloaded child), before it serves."""
+    """Settle the files of processes that are gone from ``PROMETHEUS_MULTIPROC_DIR``; their pids.
+    A gauge in a ``live*`` mode is meant to count only live processes, but its file stays until
+    someone says the process died: a worker that crashed and was replaced, or a child DEV_RELOAD
+    restarted, kept adding its last values (an upstream pool's connections counted twice, the oldest
+    task success of a process that no longer runs). Its counters and histograms must keep counting,
+    but not as files of their own, which piled up with every death: they are merged into the
+    directory's archives (:func:`svckit.metricfiles.compact_dead_processes`). Said by whoever starts
+    the next process (the supervisor, the reloaded child), before it starts it."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         return []
@@ -165,22 +170,17 @@ def forget_dead_processes() -> list[int]:
 
     dead: set[int] = set()
     for path in Path(directory).glob("gauge_live*_*.db"):
-        suffix = path.stem.rsplit("_", 1)[1]
-        if suffix.isdigit() and not _alive(int(suffix)):
-            dead.add(int(suffix))
+        pid = pid_of(path)
+        if pid is not None and not alive(pid):
+            dead.add(pid)
     for pid in dead:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-    return sorted(dead)
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
+        merged = compact_dead_processes(directory)
+    except Exception:  # bookkeeping must never keep the supervisor from starting the next worker
+        log.exception("dead processes' metrics files could not be merged")
+        merged = []
+    return sorted(dead | set(merged))
 
 
 METRICS_PATH = "/metrics"
