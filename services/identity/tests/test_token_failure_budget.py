@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from testkit.dpop import DpopKey
 from testkit.oidc import SPA, Browser, code_request, params_of, pkce_pair
-from testkit.redisproc import PrivateRedis
+from testkit.redisproc import PrivateRedis, component_users
 
 from .conftest import own_provider
 
@@ -47,15 +47,16 @@ class Provider:
     def token_url(self) -> str:
         return self.url + "/oauth/token"
 
-    async def proof_ids(self) -> int:
-        """How many DPoP proof ids the provider keeps in Redis."""
-        client = aioredis.from_url(self.redis.url)
+    async def keys(self, pattern: str) -> set[str]:
+        client = aioredis.from_url(self.redis.url, decode_responses=True)
         try:
-            return len(
-                [k async for k in client.scan_iter(match=f"{self.prefix}identity-dpop-jti:*", count=1000)]
-            )
+            return {key async for key in client.scan_iter(match=self.prefix + pattern, count=1000)}
         finally:
             await client.aclose()
+
+    async def proof_ids(self) -> int:
+        """How many DPoP proof ids the provider keeps in Redis."""
+        return len(await self.keys("identity-dpop-jti:*"))
 
     async def used_memory(self) -> int:
         client = aioredis.from_url(self.redis.url)
@@ -66,11 +67,15 @@ class Provider:
 
 
 def start_provider(seeded: dict[str, str], **settings: str) -> Iterator[Provider]:
-    with PrivateRedis() as redis:
-        prefix = f"budget-{secrets.token_hex(3)}:"
+    """A provider on a private Redis, connecting as its own Redis user as in production
+    (``svckit.redisacl``: the budget's counters must be keys it may write); the tests look at the keys
+    as the default user."""
+    prefix = f"budget-{secrets.token_hex(3)}:"
+    password = secrets.token_urlsafe(16)
+    with PrivateRedis(acl=component_users(prefix, {"identity": password})) as redis:
         with own_provider(
             seeded,
-            REDIS_URL=redis.url,
+            REDIS_URL=redis.url_for("identity", password),
             REDIS_KEY_PREFIX=prefix,
             REDIS_TIMEOUT_SECONDS="2",  # a loaded machine's slow answer is not Redis lost (last test's)
             IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
@@ -218,6 +223,9 @@ async def test_the_budget_is_per_address_and_an_ipv6_64_is_one_address(provider:
         other_64 = await attack(http, provider, "2001:db8:1:3::1", 1)
         assert other_64 in ([400], [401]), other_64
     assert await provider.proof_ids() <= 3 * LIMIT + 1
+    counters = {f"{provider.prefix}identity:token-fail:addr:{a}" for a in (ATTACKER, NEIGHBOUR)}
+    counters |= {f"{provider.prefix}identity:token-fail:addr:2001:db8:1:{n}::/64" for n in (2, 3)}
+    assert await provider.keys("identity:token-fail:*") == counters  # in Redis, one per address or /64
 
 
 async def test_requests_that_cannot_succeed_leave_no_proof_id_and_spend_no_budget(provider: Provider) -> None:
