@@ -17,6 +17,7 @@ all its own, with the loopback believed as a proxy: each request's ``X-Forwarded
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,18 +73,21 @@ def start_provider(seeded: dict[str, str], **settings: str) -> Iterator[Provider
     as the default user."""
     prefix = f"budget-{secrets.token_hex(3)}:"
     password = secrets.token_urlsafe(16)
-    with PrivateRedis(acl=component_users(prefix, {"identity": password})) as redis:
-        with own_provider(
-            seeded,
-            REDIS_URL=redis.url_for("identity", password),
-            REDIS_KEY_PREFIX=prefix,
-            REDIS_TIMEOUT_SECONDS="2",  # a loaded machine's slow answer is not Redis lost (last test's)
-            IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
-            TOKEN_MAX_FAILURES_PER_ADDRESS=str(LIMIT),
-            CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS="1000",  # the budget under test is the token one
-            **settings,
-        ) as url:
-            yield Provider(url, redis, prefix)
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(PrivateRedis(acl=component_users(prefix, {"identity": password})))
+        url = stack.enter_context(
+            own_provider(
+                seeded,
+                REDIS_URL=redis.url_for("identity", password),
+                REDIS_KEY_PREFIX=prefix,
+                REDIS_TIMEOUT_SECONDS="2",  # a loaded machine's slow answer is not taken for Redis lost
+                IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
+                TOKEN_MAX_FAILURES_PER_ADDRESS=str(LIMIT),
+                CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS="1000",  # the budget under test is the token one
+                **settings,
+            )
+        )
+        yield Provider(url, redis, prefix)
 
 
 @pytest.fixture
