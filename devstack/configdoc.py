@@ -209,6 +209,9 @@ MEANINGS = {
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",
     "client_auth_max_failures_per_address": "failed client authentications per address per window",
+    "token_max_failures_per_address": "failed `/oauth/token` and `/oauth/revoke` requests per address (IPv6: "
+    "its /64) per `TOKEN_FAILURE_WINDOW_SECONDS`, counted before a DPoP proof is remembered; beyond: 429",
+    "token_failure_window_seconds": "the window of `TOKEN_MAX_FAILURES_PER_ADDRESS`",
     "authorize_max_codes_per_user": "codes (and implicit answers) `/authorize` issues per signed-in user "
     "per `AUTHORIZE_CODE_WINDOW_SECONDS`; beyond: `temporarily_unavailable`",
     "authorize_code_window_seconds": "the window of `AUTHORIZE_MAX_CODES_PER_USER` (its own, not the "

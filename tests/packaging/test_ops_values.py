@@ -134,3 +134,23 @@ def test_the_in_flight_limit_is_passed_on_and_held_below_the_pool() -> None:
         deep_merge(MINIMAL, {"gateway": {"maxInFlightPerSubject": 256}})
     )
     assert schema_refuses(deep_merge(MINIMAL, {"gateway": {"maxInFlightPerSubject": -1}}))
+
+
+def test_the_token_failure_budget_is_a_chart_value() -> None:
+    """``identity.tokenMaxFailuresPerAddress`` / ``identity.tokenFailureWindowSeconds`` are
+    TOKEN_MAX_FAILURES_PER_ADDRESS / TOKEN_FAILURE_WINDOW_SECONDS (300 / 300 by default, the
+    provider's own); the schema refuses a budget of 0 (every token request from an address refused)."""
+    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    assert (default["TOKEN_MAX_FAILURES_PER_ADDRESS"], default["TOKEN_FAILURE_WINDOW_SECONDS"]) == (
+        "300",
+        "300",
+    )
+    values = deep_merge(
+        MINIMAL, {"identity": {"tokenMaxFailuresPerAddress": 2000, "tokenFailureWindowSeconds": 600}}
+    )
+    assert not schema_refuses(values)
+    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    assert (env["TOKEN_MAX_FAILURES_PER_ADDRESS"], env["TOKEN_FAILURE_WINDOW_SECONDS"]) == ("2000", "600")
+    assert "tokenMaxFailuresPerAddress" in schema_refuses(
+        deep_merge(MINIMAL, {"identity": {"tokenMaxFailuresPerAddress": 0}})
+    )

@@ -725,6 +725,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- end }}
 - name: AUTHORIZE_CODE_WINDOW_SECONDS
   value: {{ $values.authorizeCodeWindowSeconds | quote }}
+- name: TOKEN_MAX_FAILURES_PER_ADDRESS
+  value: {{ $values.tokenMaxFailuresPerAddress | quote }}
+- name: TOKEN_FAILURE_WINDOW_SECONDS
+  value: {{ $values.tokenFailureWindowSeconds | quote }}
 {{- if $values.dpop.nonces }}
 - name: DPOP_NONCES
   value: "true"

@@ -83,6 +83,13 @@ def build_app(settings: IdentitySettings) -> Starlette:
         max_per_address=settings.client_auth_max_failures_per_address,
         window_seconds=settings.login_throttle_window_seconds,
     )
+    # failed token and revocation requests per address, spent before a DPoP proof is remembered
+    token_failures = FailureThrottle(
+        redis,
+        "token-fail",
+        max_per_address=settings.token_max_failures_per_address,
+        window_seconds=settings.token_failure_window_seconds,
+    )
     issue_limit = IssueLimit(
         redis,
         settings.identity_issuer,
@@ -93,7 +100,7 @@ def build_app(settings: IdentitySettings) -> Starlette:
     # DPoP proofs' jti, once across every replica (Redis), in process while Redis is unavailable
     replays = ReplayGuard(redis, "identity-dpop-jti", proofs.window_seconds)
     protocol = ProtocolEndpoints(
-        settings, database, keys, server, client_auth_throttle, publisher, proofs, replays
+        settings, database, keys, server, client_auth_throttle, token_failures, publisher, proofs, replays
     )
     authorization = AuthorizationEndpoint(settings, database, keys, server, sessions, csrf, issue_limit)
     signin = PasswordSignIn(settings, database, sessions, revoker, throttle, csrf)

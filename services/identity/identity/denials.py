@@ -38,6 +38,9 @@ from .settings import IdentitySettings
 INVALID_CREDENTIALS = "invalid_credentials"
 #: ``POST /login``, the token and revocation endpoints: the address (or user) failed too often
 THROTTLED = "throttled"
+#: the token and revocation endpoints: the address's failed requests used up its budget
+#: (``TOKEN_MAX_FAILURES_PER_ADDRESS``, ``identity_token_throttled_total{reason="token_failures"}``)
+TOKEN_FAILURES = "token_failures"  # noqa: S105 - a reason, not a secret
 #: ``POST /login``, ``POST /authorize/decision``: the form's CSRF token did not verify
 CSRF = "csrf"
 #: the token and revocation endpoints: the client did not authenticate

@@ -16,6 +16,7 @@ token, withdrawn consent, ``/oauth/revoke`` itself) are published to the gateway
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from svckit.body import NotAccepted, parse_json
 from svckit.db import Database
 from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
+from svckit.proxies import throttle_key
 
 from . import denials, store
 from .authorize import RESPONSE_MODES
@@ -39,10 +41,12 @@ from .passwords import client_secrets, settled_in_request
 from .revocation import RevocationPublisher
 from .scopes import ALL_SCOPES
 from .settings import IdentitySettings
-from .throttle import FailureThrottle
+from .throttle import FailureThrottle, LocalWindows
 from .tokens import TOKEN_REASONS, InvalidAccessToken, user_info, verify_access_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+log = logging.getLogger("identity.endpoints")
 
 dpop_refusals = Counter(
     "identity_dpop_proof_refusals_total",
@@ -71,6 +75,16 @@ client_auth_throttled = Counter(
     "identity_client_auth_throttled_total",
     "Token and revocation requests refused because their address failed client authentication too often.",
 )
+token_throttled = Counter(
+    "identity_token_throttled_total",
+    "Token and revocation requests refused (429) before their DPoP proof was remembered, by reason "
+    "(token_failures: the address's failed requests used up TOKEN_MAX_FAILURES_PER_ADDRESS).",
+    ["reason"],
+)
+token_throttled.labels(denials.TOKEN_FAILURES)
+
+#: the grants the token endpoint answers, and the parameter without which each can never succeed
+TOKEN_GRANTS = {"authorization_code": "code", "refresh_token": "refresh_token", "client_credentials": None}
 
 
 def discovery_document(s: IdentitySettings) -> dict[str, Any]:
@@ -164,6 +178,27 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
     )
 
 
+def futile_token_request(params: list[tuple[str, str]]) -> Response | None:
+    """The refusal of a token request that cannot succeed whatever the provider stores: a grant type it
+    does not answer at this endpoint, a code exchange without its code, a refresh without its refresh
+    token — answered as Authlib would (``unsupported_grant_type``, ``invalid_request``), before any DPoP
+    proof it carries is remembered and before any client secret is checked. Why: such a proof needs no
+    replay protection (the request used up nothing and issued nothing, so the proof's one use is still
+    ahead of it), and remembering it cost a Redis key for the proof's window. Not counted against the
+    address's failure budget either: it costs the provider no I/O. A proof whose request reaches the
+    grant is remembered before the grant runs, as before: soundness does not depend on this check."""
+    form = dict(params)  # each name at most once (_token_params)
+    grant_type = form.get("grant_type", "")
+    if grant_type not in TOKEN_GRANTS:
+        return oauth_error(
+            400, "unsupported_grant_type", f"grant_type={quotable(grant_type)} is not supported"
+        )
+    needed = TOKEN_GRANTS[grant_type]
+    if needed is not None and not form.get(needed):
+        return oauth_error(400, "invalid_request", f"Missing '{needed}' in request.")
+    return None
+
+
 class _Refused(Exception):
     """A refused token or revocation request: raised to roll its transaction back."""
 
@@ -211,6 +246,7 @@ class ProtocolEndpoints:
         keys: KeyStore,
         server: IdentityServer,
         client_auth_throttle: FailureThrottle,
+        token_failures: FailureThrottle,
         publisher: RevocationPublisher,
         proofs: ProofVerifier,
         replays: ReplayGuard,
@@ -220,9 +256,12 @@ class ProtocolEndpoints:
         self.keys = keys
         self.server = server
         self.client_auth_throttle = client_auth_throttle
+        self.token_failures = token_failures
         self.publisher = publisher
         self.proofs = proofs
         self.replays = replays
+        # addresses whose throttling this process logged, until the refusal's Retry-After
+        self._throttled_logged = LocalWindows()
 
     def _nonce_headers(self) -> dict[str, str]:
         nonces = self.proofs.nonces
@@ -308,13 +347,15 @@ class ProtocolEndpoints:
                 "invalid_request",
                 f"The {quotable(bad)} parameter holds characters that are not allowed.",
             )
+        futile = futile_token_request(params)
+        if futile is not None:
+            return futile
         token_url = self.settings.url("oauth/token")
 
-        async def run() -> Result | Response:
+        async def run() -> Result:
             proof = await self._proof(request, token_url, 400)
             if isinstance(proof, ProofError):  # 400 (RFC 9449 §5): nothing was used up
-                headers = self._nonce_headers() if proof.use_nonce else {}
-                return oauth_error(400, proof.error, proof.description, headers)
+                return self._proof_refusal(proof)
             oreq = OAuthRequest("POST", token_url, request.headers, [], params)
             oreq.dpop_jkt = proof
             result = await self._in_transaction("token", oreq)
@@ -336,12 +377,11 @@ class ProtocolEndpoints:
             return oauth_error(400, "invalid_request", "A parameter holds characters that are not allowed.")
         revoke_url = self.settings.url("oauth/revoke")
 
-        async def run() -> Result | Response:
+        async def run() -> Result:
             # a DPoP-bound refresh token is revoked only with a proof by its key (oauth.Revocation)
             proof = await self._proof(request, revoke_url, 400)
             if isinstance(proof, ProofError):  # 400, as at the token endpoint: nothing was revoked
-                headers = self._nonce_headers() if proof.use_nonce else {}
-                return oauth_error(400, proof.error, proof.description, headers)
+                return self._proof_refusal(proof)
             oreq = OAuthRequest("POST", revoke_url, request.headers, [], params)
             oreq.dpop_jkt = proof
             result = await self._in_transaction("revocation", oreq)
@@ -349,19 +389,36 @@ class ProtocolEndpoints:
                 denials.deny(request, self.settings, result.status, oreq.denial)
             if proof is not None:
                 result.headers.extend(self._nonce_headers().items())
+            result.futile = oreq.found_nothing  # 200 all the same (RFC 7009 §2.2)
             return result
 
         return await self._authenticating_client(request, params, run)
+
+    def _proof_refusal(self, proof: ProofError) -> Result:
+        """A refused DPoP proof as the token and revocation endpoints answer it (400, RFC 9449 §5; the
+        next nonce with ``use_dpop_nonce``)."""
+        headers = self._nonce_headers() if proof.use_nonce else {}
+        body = {"error": proof.error, "error_description": proof.description}
+        return Result(400, body, list(headers.items()))
 
     async def _authenticating_client(
         self,
         request: Request,
         params: list[tuple[str, str]],
-        run: Callable[[], Awaitable[Result | Response]],
+        run: Callable[[], Awaitable[Result]],
     ) -> Response:
-        """``run`` (where Authlib authenticates the client) within the address's budget of failed
-        client authentications (:class:`FailureThrottle`), shared by the token and revocation
-        endpoints: 429 once it is used up."""
+        """``run`` (where the DPoP proof is remembered and Authlib authenticates the client) within
+        the address's two budgets, shared by the token and revocation endpoints, 429 once either is
+        used up:
+
+        * failed client authentications (``CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS``): a wrong secret
+          costs an Argon2 verification;
+        * failed requests, whatever failed (``TOKEN_MAX_FAILURES_PER_ADDRESS``): each may have had its
+          DPoP proof remembered in Redis for the proof's window. A slot is taken before the proof is
+          remembered (and before a secret is checked) and given back by a request that did not fail,
+          so successes — an SPA refreshing, every user behind one NAT address — spend nothing, and a
+          burst gets no more than the budget. Not failures: the DPoP nonce step (the protocol's, and
+          its proof is not remembered), a database outage (not the client's doing)."""
         address = client_address(request, self.settings.trusted_proxy_networks)
         presented = presented_secrets(request, params)
         presents_secret = bool(presented)
@@ -375,27 +432,61 @@ class ProtocolEndpoints:
                 f"Too many failed client authentications; retry in {verdict.retry_after} seconds.",
                 {"Retry-After": str(verdict.retry_after)},
             )
-        failed = False
+        failed = False  # client authentication
         try:
-            with settled_in_request():
-                for client_id, secret in presented:
-                    await self._check_secret(client_id, secret)
-                result = await run()
-            if isinstance(result, Response):
-                return result
-            failed = isinstance(result.body, dict) and result.body.get("error") == "invalid_client"
-            if failed:
-                denials.deny(request, self.settings, result.status, denials.INVALID_CLIENT)
-            return _json_result(result)
+            budget = await self.token_failures.take(address)
+            if not budget.allowed:
+                return self._throttled(request, address, budget.retry_after)
+            spent = False  # this request failed: its slot stays taken
+            try:
+                with settled_in_request():
+                    wrong = [not await self._check_secret(c, s) for c, s in presented]
+                    result = await run()
+                error = result.body.get("error") if isinstance(result.body, dict) else None
+                failed = error == "invalid_client" or any(wrong)
+                spent = failed or result.futile or (result.status >= 400 and error != "use_dpop_nonce")
+                if error == "invalid_client":
+                    denials.deny(request, self.settings, result.status, denials.INVALID_CLIENT)
+                return _json_result(result)
+            finally:
+                if not spent:
+                    await self.token_failures.give_back(address)
         finally:
             await self.client_auth_throttle.end(address, presents_secret=presents_secret, failed=failed)
 
-    async def _check_secret(self, client_id: str, secret: str) -> None:
+    def _throttled(self, request: Request, address: str, retry_after: int) -> Response:
+        """429 for an address whose failed token and revocation requests used up its budget: counted,
+        on the audit trail, and logged once per address and window by this process (a flood's every
+        request would otherwise be a log line)."""
+        token_throttled.labels(denials.TOKEN_FAILURES).inc()
+        denials.deny(request, self.settings, 429, denials.TOKEN_FAILURES)
+        key = throttle_key(address)
+        if self._throttled_logged.get(key)[0] == 0:
+            self._throttled_logged.incr(key, retry_after)
+            log.warning(
+                "token requests throttled",
+                extra={"address": key, "reason": denials.TOKEN_FAILURES, "retry_after": retry_after},
+            )
+        return oauth_error(
+            429,
+            "too_many_attempts",
+            f"Too many failed token requests from this address; retry in {retry_after} seconds.",
+            {"Retry-After": str(retry_after)},
+        )
+
+    async def _check_secret(self, client_id: str, secret: str) -> bool:
         """A presented client secret checked before Authlib's transaction (its verdict settled for the
-        request: :func:`settled_in_request`); the client is read on a connection held only for that."""
+        request: :func:`settled_in_request`); the client is read on a connection held only for that.
+        False: a confidential client's secret that did not verify — a failed client authentication
+        whatever the request is answered (a refused DPoP proof is answered before Authlib checks the
+        client, and a wrong secret sent with one was never counted: Argon2 work without limit)."""
         client = await store.get_client(self.database.pool, client_id)
         if client is not None and not client.is_public:
-            await anyio.to_thread.run_sync(client_secrets.verify_any, client.secret_hashes, secret)
+            verified: bool = await anyio.to_thread.run_sync(
+                client_secrets.verify_any, client.secret_hashes, secret
+            )
+            return verified
+        return True
 
     async def userinfo(self, request: Request) -> Response:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")

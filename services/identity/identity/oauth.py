@@ -181,6 +181,9 @@ class Request(OAuth2Request):  # type: ignore[misc]
         self.commit_refusal = False
         # The reason of a refusal the audit trail records (identity.denials), set where it is decided.
         self.denial: str | None = None
+        # A revocation that named no token of this provider's (answered 200 all the same, RFC 7009
+        # §2.2): spends the address's budget of failed requests as a refusal does (identity.endpoints).
+        self.found_nothing = False
 
     @property
     def args(self) -> dict[str, str]:
@@ -198,6 +201,9 @@ class Result:
     status: int
     body: Any
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # answered 200 but achieved nothing (a revocation of a token the provider does not know): spends
+    # the address's budget of failed requests (identity.endpoints) as a refusal does
+    futile: bool = False
 
     @property
     def location(self) -> str | None:
@@ -772,6 +778,7 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         """The token named in the request, if it is ours; another client's token is refused."""
         self.check_params(request, client)
         token = self._find(request, request.form["token"], request.form.get("token_type_hint"))
+        request.found_nothing = token is None
         if token is not None and not token.check_client(client):
             raise InvalidGrantError("The token was not issued to this client")
         if token is not None and client.is_public and token.dpop_jkt not in (None, request.dpop_jkt):

@@ -76,6 +76,15 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
     client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
+    # Failed token and revocation requests (any refusal but the DPoP nonce step, and a revocation of
+    # a token the provider does not know) per client address and TOKEN_FAILURE_WINDOW_SECONDS; each
+    # may have left a DPoP proof id in Redis for the proof's window (150 s at most): the budget bounds
+    # what one address keeps there (~300 ids) however fast it sends. Successful requests are not
+    # counted: an SPA refreshing, many users behind one NAT address, spend nothing but their own
+    # failures (an expired refresh token a morning, a code the back button sends again). 1 a second
+    # from one address, sustained; past it: 429 too_many_attempts (identity.endpoints).
+    token_max_failures_per_address: int = Field(default=300, ge=1, le=1000000)
+    token_failure_window_seconds: int = Field(default=300, ge=1, le=86400)
     # Authorization codes (and implicit answers) /authorize issues per signed-in user and
     # AUTHORIZE_CODE_WINDOW_SECONDS: each code is a row kept until a day after it expired. A window of
     # its own, not the sign-in throttle's (what suits slowing password guesses need not suit an SPA's

@@ -1,5 +1,6 @@
 """Throttling of sign-ins (per user name and per client address), of failed client authentication,
-and of the codes a signed-in user has ``/authorize`` issue.
+of failed token and revocation requests (per client address), and of the codes a signed-in user has
+``/authorize`` issue.
 
 Counters are fixed windows in Redis (shared by every replica, losable), through the kit's
 :class:`~svckit.redisguard.RedisGuard`: bounded calls, no library retries, skipped while Redis is
@@ -282,8 +283,10 @@ class LoginThrottle:
 
 
 class FailureThrottle:
-    """Failures per client address only (failed client authentication at the token and revocation
-    endpoints).
+    """Failures per client address only: failed client authentication at the token and revocation
+    endpoints (``client-auth-fail``), and failed token and revocation requests whatever failed
+    (``token-fail``: :meth:`take` before a DPoP proof is remembered, :meth:`give_back` when the
+    request did not fail; :mod:`identity.endpoints`).
 
     A client id is no secret, so counting per client would let anyone lock a client out. Successful
     requests are not counted. A request that presents a client secret takes a slot *before* the
@@ -317,18 +320,27 @@ class FailureThrottle:
     async def failed(self, address: str) -> None:
         await self.counters.add([self._counter(address)])
 
+    async def take(self, address: str) -> Verdict:
+        """Count this attempt now, atomically, or refuse (429) an address at its limit; an attempt
+        that turns out well gives its slot back (:meth:`give_back`), so only failures stay counted
+        and a burst of concurrent attempts gets no more than the limit."""
+        return await self.counters.acquire([self._counter(address)])
+
+    async def give_back(self, address: str) -> None:
+        await self.counters.give_back([self._counter(address)])
+
     async def begin(self, address: str, *, presents_secret: bool) -> Verdict:
         """Before a client authenticates: refuse (429) an address at its limit; with a secret, count
         this attempt now."""
         if presents_secret:
-            return await self.counters.acquire([self._counter(address)])
+            return await self.take(address)
         return await self.check(address)
 
     async def end(self, address: str, *, presents_secret: bool, failed: bool) -> None:
         """After it: an attempt with a secret that did not fail gives its slot back; one without a
         secret that failed is counted."""
         if presents_secret and not failed:
-            await self.counters.give_back([self._counter(address)])
+            await self.give_back(address)
         elif failed and not presents_secret:
             await self.failed(address)
 

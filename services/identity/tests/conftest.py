@@ -95,6 +95,9 @@ def identity_env(service_env: dict[str, str], issuer: str, redis_user: Callable[
         # times, more than the default 30 a window once the client-secret rotation tests joined it
         # (test_client_auth_bounds.py and test_identity_admin.py check the limit on providers of their own)
         "CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS": "100000",
+        # and has token and revocation requests refused from that one address on purpose, by the hundred
+        # (test_token_failure_budget.py checks TOKEN_MAX_FAILURES_PER_ADDRESS on providers of its own)
+        "TOKEN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
 
 

@@ -127,3 +127,20 @@ async def test_no_transaction_is_held_while_a_secret_is_checked(
         f"{longest} transactions held open at once over {bound * 1000:.0f} ms (one guess's time) while"
         " secrets were checked"
     )
+
+
+async def test_wrong_secrets_sent_with_a_refused_dpop_proof_are_limited(provider: str) -> None:
+    """A presented secret is checked (Argon2) before the DPoP proof; a refused proof answered the
+    request before Authlib had found the secret wrong, and the attempt's slot was given back as if it
+    had not failed: wrong secrets with ``DPoP: x`` were verified without limit (fails on main: six
+    400s)."""
+    headers = {**WRONG, "DPoP": "not-a-proof"}
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(LIMIT + 3):
+            async with http.post(
+                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=headers
+            ) as r:
+                await r.read()
+                statuses.append(r.status)
+    assert statuses == [400] * LIMIT + [429] * 3, statuses

@@ -76,8 +76,8 @@ GRANTS: Mapping[str, Grant] = {
     ),
     "identity": Grant(
         # throttle.py EVAL (GET PTTL INCR EXPIRE DECR inside) and GET/PTTL/INCRBY/EXPIRE pipelines on
-        # identity:login:*, identity:client-auth-fail:* and identity:authorize:*; svckit.dpop SET
-        # identity-dpop-jti:<digest> (GET of it while Redis refuses writes);
+        # identity:login:*, identity:client-auth-fail:*, identity:token-fail:* and identity:authorize:*;
+        # svckit.dpop SET identity-dpop-jti:<digest> (GET of it while Redis refuses writes);
         # revocation.py XADD/XTRIM revocations (TIME: entries' age on Redis's clock), EXISTS/SET
         # revocations:complete
         commands=(
