@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from svckit.body import content_charset, refuse_coded
 from svckit.problems import Problem
@@ -93,12 +93,14 @@ async def read_form(request: Request) -> FormData:
     if codec == "utf-8":
         return await request.form()
     try:
-        pairs = parse_qsl(
-            (await request.body()).decode("ascii"),
-            keep_blank_values=True,
-            encoding=codec,
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
+        pairs: list[tuple[str, str | UploadFile]] = list(
+            parse_qsl(
+                (await request.body()).decode("ascii"),
+                keep_blank_values=True,
+                encoding=codec,
+                errors="strict",
+                max_num_fields=MAX_FORM_FIELDS,
+            )
         )
     except ValueError:  # raw bytes outside ASCII, a %-escape outside the charset, too many fields
         raise Problem(
