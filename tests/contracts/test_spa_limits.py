@@ -43,3 +43,24 @@ def test_no_form_field_limits_its_text_in_utf16_units() -> None:
     for path in sorted((SPA / "ui").glob("*.tsx")):
         for attribute in re.findall(r"maxLength=\{([^}]*)\}", path.read_text()):
             assert re.fullmatch(r"backstop\(\w+_MAX\)", attribute), f"{path.name}: maxLength={{{attribute}}}"
+
+
+def test_the_spa_refuses_the_bidirectional_controls_the_services_refuse() -> None:
+    """``limits.ts`` lists the characters the services treat as bidirectional controls
+    (``svckit.contracts.fields``), each by its Unicode name, as the services' messages name them."""
+    import unicodedata
+
+    from svckit.contracts.fields import no_bidi_controls
+
+    source = (SPA / "lib" / "limits.ts").read_text()
+    listed = {
+        chr(int(code, 16)): name for code, name in re.findall(r'"\\u([0-9a-f]{4})": "([A-Z -]+)"', source)
+    }
+    refused = set()
+    for point in range(0x10000):
+        try:
+            no_bidi_controls(chr(point))
+        except ValueError:
+            refused.add(chr(point))
+    assert set(listed) == refused
+    assert all(unicodedata.name(char) == name for char, name in listed.items())

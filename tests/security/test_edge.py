@@ -192,3 +192,22 @@ def test_identity_header_names_come_from_the_kit() -> None:
 
     assert all(name.encode().startswith(_IDENTITY_PREFIX) for name in SIGNED_HEADERS)
     assert Identity.service("gateway").kind == "service"
+
+
+@pytest.mark.parametrize(
+    ("charset", "encoding"), [("utf-16", "utf-16"), ("latin-1", "latin-1"), ("ISO-8859-1", "latin-1")]
+)
+async def test_a_json_body_in_another_charset_is_refused_through_the_gateway_not_misread(
+    edge: Edge, client: aiohttp.ClientSession, charset: str, encoding: str
+) -> None:
+    """The gateway forwards the body and its Content-Type as sent; the service reads JSON in UTF-8
+    only (RFC 8259 §8.1) and refuses another charset with 415 before reading a byte: a latin-1 "é"
+    (0xE9) is never read as UTF-8, nor UTF-16 as anything."""
+    token = edge.issuer.token(f"charset-{uuid.uuid4().hex[:6]}", "create:timesheets")
+    body = json.dumps({**ENTRY, "project": "Caf\u00e9"}, ensure_ascii=False).encode(encoding)
+    headers = {"Content-Type": f"application/json; charset={charset}"}
+    status, problem = await request(
+        client, "POST", f"{edge.gateway}/api/timesheets", token, data=body, headers=headers
+    )
+    assert status == 415, problem
+    assert "UTF-8" in problem["detail"], problem

@@ -140,7 +140,14 @@ def main(timesheets_url: str, approvals_url: str, audit_url: str) -> tuple[dict[
     status, verified = audit.call(CAROL, "GET", "/audit/verify")
     seen["verify"] = status
     seen["chain_ok"] = bool(isinstance(verified, dict) and verified.get("ok"))
-    return seen, {"approved": entry_id, "deleted": other_id}
+    # a project name decomposed (e + U+0301): the previous release stores it as sent (before the
+    # current release's 0008 trigger, which stores it in NFC)
+    status, decomposed = timesheets.call(
+        ALICE, "POST", "/timesheets", {**entry, "date": "2026-12-03", "project": "Cafe\u0301"}
+    )
+    seen["create_decomposed"] = status
+    decomposed_id = decomposed["id"] if status == 201 else "(not created)"
+    return seen, {"approved": entry_id, "deleted": other_id, "decomposed": decomposed_id}
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ EVERYTHING_WORKED: dict[str, Any] = {
     "audited": True,
     "verify": 200,
     "chain_ok": True,
+    "create_decomposed": 201,
 }
 
 pytestmark = pytest.mark.e2e
@@ -195,13 +196,44 @@ def drive(previous_tree: Path, services: dict[str, ServiceProcess], env: dict[st
     return driven
 
 
-def test_the_previous_release_works_on_the_current_schema(
+@pytest.fixture(scope="module")
+def driven(
     previous_tree: Path, previous_services: dict[str, ServiceProcess], migrated: dict[str, str]
+) -> dict[str, Any]:
+    """What the previous release's services did on the current schema (``previous_client.py``)."""
+    return drive(previous_tree, previous_services, migrated)
+
+
+def test_the_previous_release_works_on_the_current_schema(
+    driven: dict[str, Any], previous_services: dict[str, ServiceProcess]
 ) -> None:
-    driven = drive(previous_tree, previous_services, migrated)
     assert driven["seen"] == EVERYTHING_WORKED, json.dumps(driven)
     logs = "".join(process.logs(tail=None) for process in previous_services.values())
     assert "NOPERM" not in logs  # its Redis users have the current ACL
+
+
+def test_a_project_name_the_previous_release_sends_decomposed_is_stored_in_nfc(
+    driven: dict[str, Any], migrated: dict[str, str]
+) -> None:
+    """During a rollout (and after a rollback) the previous release writes on this schema, and it
+    stores a project name as sent: timesheets' 0008 trigger stores it in NFC, as the current release
+    does, so the current release's project filter (NFC) finds it."""
+    import asyncio
+
+    import asyncpg
+
+    async def stored() -> str:
+        conn = await asyncpg.connect(migrated["DATABASE_URL"])
+        try:
+            project: str = await conn.fetchval(
+                "SELECT project FROM timesheets.entries WHERE id = $1::uuid", driven["ids"]["decomposed"]
+            )
+            return project
+        finally:
+            await conn.close()
+
+    assert driven["seen"]["create_decomposed"] == 201, json.dumps(driven)
+    assert asyncio.run(stored()) == "Caf\u00e9"
 
 
 def test_a_contract_step_shipped_too_early_is_caught(

@@ -193,3 +193,22 @@ async def test_the_current_release_serves_on_the_upgraded_database(
     logs = "".join(process.logs(tail=None) for process in current_services.values())
     assert "NOPERM" not in logs
     assert "Traceback" not in logs
+
+
+async def test_a_project_name_the_previous_release_stored_decomposed_is_found_by_the_filter(
+    current_services: dict[str, ServiceProcess],
+    upgraded: tuple[dict[str, str], dict[str, list[str]], dict[str, Any]],
+    caller: Caller,
+) -> None:
+    """The previous release stored "Cafe" + U+0301 as sent; the current release reads its project
+    filter in NFC ("Caf\u00e9"). Timesheets' 0008 rewrote the row to NFC: the filter finds it, and
+    the entry reads as one project with the ones written since."""
+    decomposed = upgraded[2]["ids"]["decomposed"]
+    timesheets = SignedApi(current_services["timesheets"].url, caller)
+    try:
+        found = await timesheets.call("GET", "/timesheets", ALICE, params={"project": "Caf\u00e9"})
+        assert found.status == 200, found.text
+        assert [item["id"] for item in found.body["items"]] == [decomposed], found.text
+        assert found.body["items"][0]["project"] == "Caf\u00e9"
+    finally:
+        await timesheets.close()

@@ -328,6 +328,8 @@ async def test_a_repeated_pending_decision_is_driven_even_while_timesheets_is_un
         (b'{"decision": "approved", "comment": "a\\ud800"}', 422),
         (b'{"decision": "approved", "comment": "a\\u0000b"}', 422),
         (b'{"decision": "approved", "comment": "a\\u009bb"}', 422),  # a C1 control character
+        (b'{"decision": "approved", "comment": "ok \\u202e"}', 422),  # a bidi override
+        (b'{"decision": "approved", "comment": "\\u2069"}', 422),  # closes no isolate
         (b'{"decision": null}', 422),
         (b'{"decision": NaN}', 422),
         (b'["approved"]', 422),

@@ -7,19 +7,42 @@ another body than the client sent. The pages' form posts answer the kit's proble
 endpoints answer the same refusal in their own error shape (:func:`coded_refusal`).
 
 A form is read only as ``application/x-www-form-urlencoded``, the one media type OAuth 2.0, OIDC and the
-provider's own pages send (:func:`read_form`). Starlette's ``request.form()`` would also parse
-``multipart/form-data``, whose parser (python_multipart) logs a WARNING for every malformed body: anyone
-could fill the provider's log at will, and the provider has no use for a multipart part.
+provider's own pages send (:func:`read_form`), and in the charset its Content-Type names: UTF-8 without
+one (RFC 6749 Appendix B; browsers send none), else one of :data:`FORM_CHARSETS`, which HTTP libraries
+label forms with (Apache HttpClient's ``UrlEncodedFormEntity`` sends ``charset=ISO-8859-1`` by default).
+Any other charset is refused (415), never read as UTF-8: a Latin-1 form's "é" (%E9) and "è" (%E8) both
+read as U+FFFD, and an ASCII body labelled UTF-16 is not the form its label describes.
+
+Starlette's ``request.form()`` would also parse ``multipart/form-data``, whose parser (python_multipart)
+logs a WARNING for every malformed body: anyone could fill the provider's log at will, and the provider
+has no use for a multipart part.
 """
 
 from __future__ import annotations
 
-from starlette.datastructures import FormData
+import codecs
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
-from svckit.body import refuse_coded
+from svckit.body import content_charset, refuse_coded
 from svckit.problems import Problem
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+#: The charsets a form is read in (Python's codec names): UTF-8, and the ASCII-compatible ones HTTP
+#: libraries label forms with. Not UTF-16 and the like: a urlencoded body is ASCII text.
+FORM_CHARSETS = frozenset({"utf-8", "ascii", "iso8859-1", "cp1252"})
+#: Starlette's limit on a form's fields (its ``request.form()`` default), kept by the charset path
+MAX_FORM_FIELDS = 1000
+
+
+def _codec(label: str) -> str | None:
+    """The codec a charset label names, if it is one a form is read in (:data:`FORM_CHARSETS`)."""
+    try:
+        name = codecs.lookup(label).name
+    except LookupError:
+        return None
+    return name if name in FORM_CHARSETS else None
 
 
 def coded_refusal(request: Request) -> Problem | None:
@@ -57,7 +80,35 @@ async def read_form(request: Request) -> FormData:
             f"Send the form as {FORM_MEDIA_TYPE}.",
             headers={"Accept": FORM_MEDIA_TYPE},
         )
-    return await request.form()
+    label = content_charset(request)
+    codec = "utf-8" if label is None else _codec(label)
+    if codec is None:
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"A form is read in UTF-8 (or ASCII, ISO-8859-1, windows-1252), not in charset {label}: "
+            "send it in UTF-8 (charset=utf-8 or none).",
+            headers={"Accept": FORM_MEDIA_TYPE},
+        )
+    if codec == "utf-8":
+        return await request.form()
+    try:
+        pairs: list[tuple[str, str | UploadFile]] = list(
+            parse_qsl(
+                (await request.body()).decode("ascii"),
+                keep_blank_values=True,
+                encoding=codec,
+                errors="strict",
+                max_num_fields=MAX_FORM_FIELDS,
+            )
+        )
+    except ValueError:  # raw bytes outside ASCII, a %-escape outside the charset, too many fields
+        raise Problem(
+            400,
+            "Bad Request",
+            f"The body is not a form in charset {label} of at most {MAX_FORM_FIELDS} fields.",
+        ) from None
+    return FormData(pairs)
 
 
 async def read_body(request: Request) -> bytes:

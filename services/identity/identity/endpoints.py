@@ -25,9 +25,10 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from svckit.body import NotAccepted, parse_json
+from svckit.body import NotAccepted, content_charset, parse_json
 from svckit.db import Database
 from svckit.dpop import NONCE_HEADER, ProofError, ProofVerifier, ReplayGuard
+from svckit.problems import Problem
 from svckit.proxies import throttle_key
 
 from . import denials, store
@@ -150,6 +151,10 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
             form = await read_form(request)
         except HTTPException as refused:  # Starlette's MultiPartException: "Too many fields …"
             return oauth_error(400, "invalid_request", quotable(refused.detail))
+        except Problem as refused:  # a charset the form is not read in (415), or not in its charset
+            return oauth_error(
+                refused.status, "invalid_request", quotable(refused.detail or ""), refused.headers
+            )
         pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         seen: set[str] = set()
         for name, _ in pairs:
@@ -162,6 +167,16 @@ async def _token_params(request: Request) -> list[tuple[str, str]] | Response:
             seen.add(name)
         return pairs
     if sent == "application/json":
+        charset = content_charset(request)
+        if charset is not None and charset not in ("utf-8", "utf8"):
+            # as every service reads JSON (svckit.body.read_json): never bytes of another charset read
+            # as UTF-8 (a UTF-16 body was "not valid JSON", a Latin-1 one read as if it were UTF-8)
+            return oauth_error(
+                415,
+                "invalid_request",
+                "A JSON body is UTF-8 (RFC 8259); send charset=utf-8 or no charset.",
+                {"Accept": f"{FORM_MEDIA_TYPE}, application/json"},
+            )
         try:
             document = parse_json(await read_body(request))
         except NotAccepted:

@@ -231,6 +231,12 @@ def _media_type(request: Request) -> tuple[str, str | None]:
     return media_type.strip().lower(), charset
 
 
+def content_charset(request: Request) -> str | None:
+    """The ``charset`` parameter of the request's Content-Type, lower case and unquoted; None without
+    one."""
+    return _media_type(request)[1]
+
+
 def coded(headers: Headers) -> str | None:
     """The first content coding other than ``identity`` that ``Content-Encoding`` names, if any."""
     for value in headers.getlist("content-encoding"):

@@ -14,6 +14,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from svckit.context import request_id_var
 from svckit.contracts.approvals import DecisionIn
@@ -57,7 +59,27 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (EntryIn, {**ENTRY, "project": "\u200b"}, False),  # invisible (Default_Ignorable_Code_Point) alone
     (EntryIn, {**ENTRY, "project": "\u2060\u200d\u00ad"}, False),
     (EntryIn, {**ENTRY, "project": "\u3164"}, False),
-    (EntryIn, {**ENTRY, "project": "\u202eA"}, True),
+    # bidirectional controls ("Trojan Source"): none in a name; in free text no embedding or override,
+    # and an isolate only closed on its own line, not nested; right-to-left letters need none
+    (EntryIn, {**ENTRY, "project": "\u202eA"}, False),
+    (EntryIn, {**ENTRY, "project": "Store\u202e"}, False),
+    (EntryIn, {**ENTRY, "project": "a\u202ab"}, False),
+    (EntryIn, {**ENTRY, "project": "a\u2067b\u2069"}, False),  # balanced, but a name is a key
+    (EntryIn, {**ENTRY, "project": "a\u2069"}, False),
+    (EntryIn, {**ENTRY, "project": "\u05e9\u05dc\u05d5\u05dd Store"}, True),  # Hebrew
+    (EntryIn, {**ENTRY, "project": "\u0645\u0634\u0631\u0648\u0639 1"}, True),  # Arabic
+    (EntryIn, {**ENTRY, "project": "a\u200fb\u200e\u061c"}, True),  # marks: RLM, LRM, ALM
+    (UploadRow, {**ENTRY, "user": "alice\u202e"}, False),
+    (EntryIn, {**ENTRY, "notes": "fine \u202egnp.exe"}, False),
+    (EntryIn, {**ENTRY, "notes": "\u202c"}, False),
+    (EntryIn, {**ENTRY, "notes": "x \u2067\u05e9\u05dc\u05d5\u05dd\u2069 y"}, True),
+    (EntryIn, {**ENTRY, "notes": "\u2066a\u2069\u2068b\u2069\n\u2067c\u2069"}, True),
+    (EntryIn, {**ENTRY, "notes": "open \u2067isolate"}, False),
+    (EntryIn, {**ENTRY, "notes": "\u2067a\nb\u2069"}, False),  # not closed on its line
+    (EntryIn, {**ENTRY, "notes": "\u2067a\u2029b\u2069"}, False),
+    (EntryIn, {**ENTRY, "notes": "\u2066a\u2067b\u2069\u2069"}, False),  # nested
+    (EntryIn, {**ENTRY, "notes": "stray\u2069"}, False),
+    (EntryIn, {**ENTRY, "notes": "\u05e9\u05dc\u05d5\u05dd\r\n\u200f"}, True),
     (UploadRow, {**ENTRY, "user": "\u200b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x01b"}, False),
     (EntryIn, {**ENTRY, "project": "a\x7fb"}, False),
@@ -97,6 +119,8 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (DecisionIn, {"decision": "approved", "comment": "nul\x00"}, False),
     (DecisionIn, {"decision": "approved", "comment": "st\x9c"}, False),
     (DecisionIn, {"decision": "approved", "comment": "x" * 2001}, False),
+    (DecisionIn, {"decision": "approved", "comment": "ok \u202e"}, False),
+    (DecisionIn, {"decision": "approved", "comment": "\u2068\u05d8\u05d5\u05d1\u2069"}, True),
     (DecisionIn, {"decision": "approved", "by": "me"}, False),
 ]
 
@@ -139,6 +163,37 @@ def test_a_name_of_whitespace_in_either_sense_is_blank_to_the_pattern_and_the_mo
             assert not model_accepts(EntryIn, document), repr(name)
         if CONTROL_CHARS.search(char) is None:  # surrounding whitespace is removed (U+FEFF too)
             assert EntryIn.model_validate({**ENTRY, "project": f"{char}x{char}"}).project == "x", repr(char)
+
+
+# the bidirectional controls, line breaks and a few ordinary characters (Hebrew, Latin, a mark)
+_BIDI_ALPHABET = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\n\r\u2029\u200f\u05d0a "
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text(alphabet=_BIDI_ALPHABET, max_size=12))
+def test_the_pattern_and_the_model_read_bidirectional_controls_alike(text: str) -> None:
+    """Notes, comments and names: the published pattern (what the SPA and other clients check) and the
+    model (what the services check) take and refuse the same texts of bidirectional controls."""
+    notes = {**ENTRY, "notes": text}
+    assert published(EntryIn).is_valid(notes) is model_accepts(EntryIn, notes), repr(text)
+    project = {**ENTRY, "project": f"P{text}P"}
+    assert published(EntryIn).is_valid(project) is model_accepts(EntryIn, project), repr(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("ok \u202e", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("\u2067open", "U+2067 (RIGHT-TO-LEFT ISOLATE), which is not closed by U+2069"),
+        ("a\u2069", "U+2069 (POP DIRECTIONAL ISOLATE), which closes no isolate"),
+        ("\u2066a\u2068b\u2069\u2069", "U+2068 (FIRST STRONG ISOLATE) inside another isolate"),
+    ],
+)
+def test_a_bidirectional_control_is_refused_by_name(text: str, says: str) -> None:
+    """The 422's message names the character (its code point and Unicode name), not only the field."""
+    with pytest.raises(ValidationError) as refused:
+        DecisionIn.model_validate({"decision": "approved", "comment": text})
+    assert says in str(refused.value)
 
 
 def test_a_project_is_stored_composed_and_a_subject_as_sent() -> None:

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+from svckit.identity import Identity
 
 from testkit.client import SignedApi
 from testkit.fixtures import user
@@ -175,3 +176,48 @@ async def test_a_query_parameter_on_an_operation_that_takes_none_is_refused_and_
     assert (await api.call("DELETE", f"/timesheets/{entry_id}?%zz", WHO)).status == 400
     assert (await api.call("GET", f"/timesheets/{entry_id}", WHO)).status == 200  # not deleted
     assert (await api.call("GET", f"/timesheets/{entry_id}?", WHO)).status == 200  # an empty query
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "says"),
+    [
+        # "Trojan Source": an override makes the text display reversed in the approver's queue
+        ({"project": "Store \u202egnp.exe", "notes": None}, "project", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"project": "P", "notes": "fine\u202e"}, "notes", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"project": "P", "notes": "a\u202bb\u202c"}, "notes", "U+202B (RIGHT-TO-LEFT EMBEDDING)"),
+        ({"project": "P", "notes": "\u2067open"}, "notes", "U+2067 (RIGHT-TO-LEFT ISOLATE)"),
+        ({"project": "A\u2066B\u2069", "notes": None}, "project", "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+    ],
+)
+async def test_a_bidirectional_control_is_refused_naming_the_field_and_the_character(
+    api: SignedApi, document: dict[str, str | None], field: str, says: str
+) -> None:
+    reply = await api.call("POST", "/timesheets", WHO, json={"date": "2026-11-23", "hours": 1, **document})
+    assert reply.status == 422, reply.text
+    assert reply.problem
+    assert reply.fields() == {field}
+    assert says in json.dumps(reply.body, ensure_ascii=False), reply.text
+
+
+async def test_right_to_left_text_and_a_closed_isolate_are_kept_as_sent(api: SignedApi) -> None:
+    """Hebrew and Arabic letters need no control (the reader's browser orders them); a closed isolate
+    on its line, as an editor may put around a right-to-left phrase, is kept."""
+    document = {
+        "date": "2026-11-23",
+        "project": "\u05e4\u05e8\u05d5\u05d9\u05e7\u05d8 \u0645\u0634\u0631\u0648\u0639",
+        "hours": 1,
+        "notes": "Reviewed \u2067\u05e9\u05dc\u05d5\u05dd 42\u2069 with \u200fthe team",
+    }
+    created = await api.call("POST", "/timesheets", WHO, json=document)
+    assert created.status == 201, created.text
+    assert (created.body["project"], created.body["notes"]) == (document["project"], document["notes"])
+
+
+async def test_an_upload_row_with_a_bidirectional_override_is_named(api: SignedApi) -> None:
+    row = {"user": "local|alice", "date": "2026-11-23", "project": "Store", "hours": 1, "notes": "\u202dx"}
+    uploader = Identity(
+        "http://localhost:9000/", "batch-bidi", "client", "timesheets-batch", frozenset({"batch:upload"}), ""
+    )
+    reply = await api.call("POST", "/timesheets/upload", uploader, json={"entries": [row]})
+    assert reply.status == 422, reply.text
+    assert reply.fields() == {"entries.0.notes"}

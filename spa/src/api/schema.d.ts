@@ -464,7 +464,7 @@ export interface components {
       /** @enum {string} */
       decision: "approved" | "rejected";
       /**
-       * @description Why, for the entry's owner. At most 2000 characters; line breaks are fine, other control characters are not. An empty string means none.
+       * @description Why, for the entry's owner. At most 2000 characters; line breaks are fine, other control characters are not. No bidirectional embedding or override (U+202A-U+202E); an isolate (U+2066-U+2068) is closed by U+2069 on its line, not nested. An empty string means none.
        * @default null
        */
       comment: string | null;
@@ -545,12 +545,12 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
+      /** @description The project the hours were spent on. Not blank, no control characters, no bidirectional controls (U+202A-U+202E, U+2066-U+2069); surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
       /**
-       * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. An empty string means none.
+       * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. No bidirectional embedding or override (U+202A-U+202E); an isolate (U+2066-U+2068) is closed by U+2069 on its line, not nested. An empty string means none.
        * @default null
        */
       notes: string | null;
@@ -810,16 +810,16 @@ export interface components {
        * @description The day worked, YYYY-MM-DD, 2000-01-01 to 2099-12-31.
        */
       date: string;
-      /** @description The project the hours were spent on. Not blank, no control characters; surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
+      /** @description The project the hours were spent on. Not blank, no control characters, no bidirectional controls (U+202A-U+202E, U+2066-U+2069); surrounding whitespace is removed. Stored in Unicode NFC (a decomposed spelling is the same name). */
       project: string;
       /** @description Hours worked, in quarter hours: more than 0, at most 24; a person's entries on one date add up to at most 24 (422 day_hours_exceeded). */
       hours: number;
       /**
-       * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. An empty string means none.
+       * @description Free-text notes. At most 2000 characters; line breaks are fine, other control characters are not. No bidirectional embedding or override (U+202A-U+202E); an isolate (U+2066-U+2068) is closed by U+2069 on its line, not nested. An empty string means none.
        * @default null
        */
       notes: string | null;
-      /** @description The subject (sub) of the user the entry is for, within the uploader's issuer. Not blank, no control characters; surrounding whitespace is removed. */
+      /** @description The subject (sub) of the user the entry is for, within the uploader's issuer. Not blank, no control characters, no bidirectional controls (U+202A-U+202E, U+2066-U+2069); surrounding whitespace is removed. */
       user: string;
     };
     /**

@@ -44,7 +44,22 @@ describe("audit events", () => {
       tone: "reject",
       actorSubject: "local|bob",
     });
-    expect(view.details).toBe("Apollo · 2026-11-27 · 7.5 h · owner alice");
+    // people's text isolated (U+2068 … U+2069): it cannot reorder the parts around it
+    expect(view.details).toBe("\u2068Apollo\u2069 · 2026-11-27 · 7.5 h · owner \u2068alice\u2069");
+  });
+
+  it("isolates an override recorded before the services refused them: it reverses only its own text", () => {
+    const view = describeEvent({
+      action: "timesheet.decided",
+      actor: actor("local|bob", "Bob"),
+      details: {
+        project: "Store \u202egnp.exe",
+        decision: "approved",
+        comment: "ok \u202e",
+        owner: { issuer: "x", subject: "local|mallory" },
+      },
+    });
+    expect(view.details).toBe("\u2068Store \u202egnp.exe\u2069 · owner \u2068mallory\u2069 · “\u2068ok \u202e\u2069”");
   });
 
   it("reads gateway denials", () => {
@@ -136,7 +151,7 @@ describe("audit events", () => {
       actor: actor("local|bob", "Bob Manager"),
       details: { project: "Delta", owner: { issuer: "http://localhost:9000/", subject: "local|bob" } },
     });
-    expect(own.details).toBe("Delta");
+    expect(own.details).toBe("\u2068Delta\u2069");
   });
 
   it("reads a voided decision as voided, with what was decided and why", () => {

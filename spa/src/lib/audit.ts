@@ -104,6 +104,14 @@ export interface ReasonView {
 }
 
 /** The reason `code` as the audit page shows it (codes stay searchable and quotable to support). */
+/**
+ * People's text inside the details line, between U+2068 FIRST STRONG ISOLATE and U+2069 POP DIRECTIONAL
+ * ISOLATE: a right-to-left project name cannot reorder the parts around it, and a bidirectional
+ * override recorded before the services refused them (the trail is never rewritten) reverses only its
+ * own text, not the rest of the line (the cell is a `<bdi>` too).
+ */
+const isolated = (value: string): string => `\u2068${value}\u2069`;
+
 export function describeReason(code: string): ReasonView {
   const label = REASONS[code];
   return label ? { code, label, known: true } : { code, label: code.replace(/_/g, " "), known: false };
@@ -202,16 +210,16 @@ export function describeEvent(raw: AuditEvent | Json): EventView {
   const parts: string[] = [];
   if (voided && decision) parts.push(decision);
   const project = text(details.project);
-  if (project) parts.push(project);
+  if (project) parts.push(isolated(project));
   const date = text(details.date);
   if (date) parts.push(date);
   const hours = text(details.hours);
   if (hours) parts.push(`${hours} h`);
   const owner = personText(details.owner);
   const ownerSubject = text(record(details.owner).subject);
-  if (owner && ownerSubject !== text(actor.subject)) parts.push(`owner ${owner}`);
+  if (owner && ownerSubject !== text(actor.subject)) parts.push(`owner ${isolated(owner)}`);
   const comment = text(details.comment);
-  if (comment) parts.push(`“${comment}”`);
+  if (comment) parts.push(`“${isolated(comment)}”`);
   if (action === "access.denied") {
     const status = text(details.status);
     const route = text(details.route);

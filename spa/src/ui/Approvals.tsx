@@ -4,7 +4,7 @@ import type { ApiClient } from "../api/client";
 import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { clearComment, loadComments, saveComment } from "../lib/draft";
-import { backstop, COMMENT_MAX, tooLong } from "../lib/limits";
+import { backstop, bidiInText, COMMENT_MAX, tooLong } from "../lib/limits";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
@@ -122,7 +122,7 @@ function ApprovalCard({
       document.getElementById(fieldId)?.focus();
       return;
     }
-    const commentTooLong = tooLong(comment.trim(), COMMENT_MAX);
+    const commentTooLong = tooLong(comment.trim(), COMMENT_MAX) ?? bidiInText(comment.trim());
     if (commentTooLong) {
       setError(commentTooLong);
       document.getElementById(fieldId)?.focus();
@@ -169,14 +169,18 @@ function ApprovalCard({
         </span>
         <div>
           <h2 class="approval__title" id={`approval-${entry.id}`}>
-            {owner} · {entry.project}
+            <bdi>{owner}</bdi> · <bdi>{entry.project}</bdi>
           </h2>
           <p class="approval__meta">
             {formatLongDate(entry.date)} · <strong>{formatHours(entry.hours)}</strong>
           </p>
         </div>
       </div>
-      {entry.notes && <p class="approval__notes">{entry.notes}</p>}
+      {entry.notes && (
+        <p class="approval__notes" dir="auto">
+          {entry.notes}
+        </p>
+      )}
       {message && (
         <Banner
           message={message}

@@ -223,12 +223,14 @@ export function AuditScreen({ api, onSignInAgain }: { api: ApiClient; onSignInAg
                     <td data-label="When" class="audit-table__when">
                       <Instant value={view.time} />
                     </td>
-                    <td data-label="Who">{view.actor}</td>
+                    <td data-label="Who">
+                      <bdi>{view.actor}</bdi>
+                    </td>
                     <td data-label="What">
                       <span class={`action action--${view.tone}`}>{view.label}</span>
                     </td>
                     <td data-label="Details" class="audit-table__details">
-                      {view.details}
+                      <bdi>{view.details}</bdi>
                       {view.reason && (
                         <>
                           {view.details ? " · " : ""}

@@ -4,7 +4,7 @@ import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { loadDraft, saveDraft, type PendingCreate } from "../lib/draft";
-import { backstop, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
+import { backstop, bidiInName, bidiInText, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
 import {
   addDays,
   formatDay,
@@ -215,7 +215,8 @@ export function TimesheetsScreen({ api, user, canCreate, canDelete, onSignInAgai
           onCancel={() => setToDelete(null)}
         >
           <p>
-            <strong>{toDelete.project}</strong>, {formatHours(toDelete.hours)} on {formatLongDate(toDelete.date)}.
+            <strong dir="auto">{toDelete.project}</strong>, {formatHours(toDelete.hours)} on{" "}
+            {formatLongDate(toDelete.date)}.
           </p>
           <p>This can't be undone.</p>
         </ConfirmDialog>
@@ -240,18 +241,27 @@ function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boo
     <li class={`entry entry--${entry.status}`} data-entry-id={entry.id} data-project={entry.project}>
       <div class="entry__main">
         <div class="entry__line">
-          <span class="entry__project">{entry.project}</span>
+          <span class="entry__project" dir="auto">
+            {entry.project}
+          </span>
           <span class="entry__hours">{formatHours(entry.hours)}</span>
         </div>
-        {entry.notes && <p class="entry__notes">{entry.notes}</p>}
+        {entry.notes && (
+          <p class="entry__notes" dir="auto">
+            {entry.notes}
+          </p>
+        )}
         <div class="entry__meta">
           <StatusBadge status={entry.status} />
           {decision && entry.status !== "submitted" && (
             <span class="entry__decision">
-              by {personName(decision.by)}
+              by <bdi>{personName(decision.by)}</bdi>
               {decision.comment ? (
                 <>
-                  : <q class="entry__comment">{decision.comment}</q>
+                  :{" "}
+                  <q class="entry__comment" dir="auto">
+                    {decision.comment}
+                  </q>
                 </>
               ) : null}
             </span>
@@ -328,10 +338,12 @@ export function checkEntry(form: FormState): Record<string, string> {
   if (!isIsoDate(form.date)) errors.date = "Choose a date.";
   const project = form.project.trim();
   const projectTooLong = tooLong(project, PROJECT_MAX);
+  const projectBidi = bidiInName(project);
   if (!project) errors.project = "Enter the project you worked on.";
   else if (projectTooLong) errors.project = projectTooLong;
-  const notesTooLong = tooLong(form.notes.trim(), NOTES_MAX);
-  if (notesTooLong) errors.notes = notesTooLong;
+  else if (projectBidi) errors.project = projectBidi;
+  const notesProblem = tooLong(form.notes.trim(), NOTES_MAX) ?? bidiInText(form.notes.trim());
+  if (notesProblem) errors.notes = notesProblem;
   if (form.hours.trim() === "" || !Number.isFinite(Number(form.hours)))
     errors.hours = "Enter the hours as a number, e.g. 7.5.";
   return errors;

@@ -35,8 +35,22 @@ from pydantic.json_schema import WithJsonSchema
 # logs while the published document said "no control characters".
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _CONTROL_CLASS = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
-# Free text: any characters but control characters (line breaks and tabs are fine).
-FREE_TEXT_PATTERN = rf"^[^{_CONTROL_CLASS}]*$"
+# Bidirectional formatting controls ("Trojan Source", CVE-2021-42574): the embeddings and overrides
+# U+202A-U+202E (LRE, RLE, PDF, LRO, RLO) and the isolates U+2066-U+2069 (LRI, RLI, FSI, PDI). One
+# user's "\u202egnp.exe" reads "exe.png" in another's view (an approver's queue, the audit trail), and
+# an override or an unclosed isolate reorders what a view draws after it. Right-to-left letters need
+# none of them (a reader's browser orders Hebrew and Arabic by itself), nor do the marks U+200E, U+200F
+# and U+061C, which reorder nothing and stay allowed. A name (a key people type, filtered by) holds
+# none; free text no embedding or override, and an isolate only closed on its own line, not nested.
+_BIDI_CLASS = r"\u202A-\u202E\u2066-\u2069"
+_BIDI = re.compile(rf"[{_BIDI_CLASS}]")
+# What ends a paragraph to the bidi algorithm (class B) in free text: an isolate ends there too.
+_PARAGRAPH_CLASS = r"\n\r\u2029"
+_BIDI_OR_PARAGRAPH = re.compile(rf"[{_BIDI_CLASS}{_PARAGRAPH_CLASS}]")
+_PLAIN_CLASS = _CONTROL_CLASS + _BIDI_CLASS
+# Free text: any characters but control characters (line breaks and tabs are fine), and bidirectional
+# controls only as an isolate (U+2066-U+2068) closed by U+2069 on its line.
+FREE_TEXT_PATTERN = rf"^(?:[^{_PLAIN_CLASS}]|[\u2066-\u2068][^{_PLAIN_CLASS}{_PARAGRAPH_CLASS}]*\u2069)*$"
 # Whitespace to ECMA-262 (``\s``: WhiteSpace and LineTerminator, U+FEFF included) or to Python (``\s``,
 # ``str.isspace``: U+001C-U+001F and U+0085 included), listed rather than written ``\s``, which the two
 # read differently.
@@ -59,7 +73,7 @@ _BLANK_CLASS = (
 )
 _BLANK = re.compile(rf"[{_BLANK_CLASS}]*")
 # A name: free text that is not blank (services strip surrounding whitespace before checking length).
-NAME_PATTERN = rf"^[^{_CONTROL_CLASS}]*[^{_BLANK_CLASS}][^{_CONTROL_CLASS}]*$"
+NAME_PATTERN = rf"^[^{_PLAIN_CLASS}]*[^{_BLANK_CLASS}][^{_PLAIN_CLASS}]*$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # RFC 3339 date-time (section 5.6): a full date, "T", a full time with seconds, and an offset ("Z" or
 # +hh:mm / -hh:mm); the letters in either case, as the RFC's ABNF allows.
@@ -91,6 +105,54 @@ WORK_DATE_PATTERN = r"^20[0-9]{2}-[0-9]{2}-[0-9]{2}$"
 def no_control_chars(value: str) -> str:
     if CONTROL_CHARS.search(value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def _named(char: str) -> str:
+    return f"U+{ord(char):04X} ({unicodedata.name(char)})"
+
+
+def _bidi_refused(char: str) -> ValueError:
+    return ValueError(
+        f"must not contain {_named(char)}: a bidirectional control makes text display in another order "
+        "than it is written (right-to-left letters need none)"
+    )
+
+
+def no_bidi_controls(value: str) -> str:
+    """A name holds no bidirectional control (:data:`_BIDI_CLASS`), isolates included: one would
+    make two names drawn alike ("A" and "A" isolated) two projects."""
+    found = _BIDI.search(value)
+    if found is not None:
+        raise _bidi_refused(found.group())
+    return value
+
+
+def closed_isolates(value: str | None) -> str | None:
+    """Free text's bidirectional controls, as :data:`FREE_TEXT_PATTERN` has them: no embedding or
+    override; an isolate (LRI, RLI, FSI) closed by PDI before its line ends, not nested; no PDI that
+    closes nothing (one would end an isolate a view puts around the text). The message names the
+    character."""
+    if value is None:
+        return None
+    opened: str | None = None
+    for found in _BIDI_OR_PARAGRAPH.finditer(value):
+        char = found.group()
+        if char in "\u2066\u2067\u2068":
+            if opened is not None:
+                raise ValueError(f"must not open {_named(char)} inside another isolate ({_named(opened)})")
+            opened = char
+        elif char == "\u2069":
+            if opened is None:
+                raise ValueError(f"has {_named(char)}, which closes no isolate")
+            opened = None
+        elif char in "\n\r\u2029":
+            if opened is not None:
+                break
+        else:
+            raise _bidi_refused(char)
+    if opened is not None:
+        raise ValueError(f"has {_named(opened)}, which is not closed by U+2069 on its line")
     return value
 
 
@@ -263,6 +325,7 @@ class NameText(GroupedMetadata):
         yield Strict()
         yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
         yield AfterValidator(no_control_chars)
+        yield AfterValidator(no_bidi_controls)
         yield AfterValidator(_not_blank)
         if self.nfc:
             yield AfterValidator(self._composed)
@@ -273,8 +336,8 @@ class NameText(GroupedMetadata):
                 "minLength": 1,
                 "maxLength": self.max_length,
                 "pattern": NAME_PATTERN,
-                "description": f"{self.description} Not blank, no control characters; surrounding "
-                f"whitespace is removed.{stored}",
+                "description": f"{self.description} Not blank, no control characters, no bidirectional "
+                f"controls (U+202A-U+202E, U+2066-U+2069); surrounding whitespace is removed.{stored}",
             }
         )
 
@@ -296,6 +359,7 @@ class OptionalText(GroupedMetadata):
     def __iter__(self) -> Iterator[object]:
         yield StringConstraints(max_length=self.max_length)
         yield AfterValidator(_blank_is_none)
+        yield AfterValidator(closed_isolates)
         yield WithJsonSchema(
             {
                 "anyOf": [
@@ -303,7 +367,9 @@ class OptionalText(GroupedMetadata):
                     {"type": "null"},
                 ],
                 "description": f"{self.description} At most {self.max_length} characters; line breaks "
-                "are fine, other control characters are not. An empty string means none.",
+                "are fine, other control characters are not. No bidirectional embedding or override "
+                "(U+202A-U+202E); an isolate (U+2066-U+2068) is closed by U+2069 on its line, not "
+                "nested. An empty string means none.",
             }
         )
 
@@ -345,6 +411,8 @@ __all__ = [
     "OptionalText",
     "Timestamp",
     "WorkDate",
+    "closed_isolates",
+    "no_bidi_controls",
     "no_control_chars",
     "path_uuid",
     "rfc3339",
