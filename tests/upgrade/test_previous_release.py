@@ -215,25 +215,33 @@ def test_the_previous_release_works_on_the_current_schema(
 def test_a_project_name_the_previous_release_sends_decomposed_is_stored_in_nfc(
     driven: dict[str, Any], migrated: dict[str, str]
 ) -> None:
-    """During a rollout (and after a rollback) the previous release writes on this schema, and it
-    stores a project name as sent: timesheets' 0008 trigger stores it in NFC, as the current release
-    does, so the current release's project filter (NFC) finds it."""
+    """During a rollout (and after a rollback) an older release writes on this schema, and releases
+    before 47837cf store a project name as sent: timesheets' 0008 trigger stores it in NFC, as the
+    current release does, so the current release's project filter (NFC) finds it. The previous
+    release's own write is checked, and, since from 47837cf on a release composes names itself, a
+    write as sent by an older one (the statement it ran) too."""
     import asyncio
 
     import asyncpg
 
-    async def stored() -> str:
+    async def stored() -> tuple[str, str]:
         conn = await asyncpg.connect(migrated["DATABASE_URL"])
         try:
+            entry = driven["ids"]["decomposed"]
             project: str = await conn.fetchval(
-                "SELECT project FROM timesheets.entries WHERE id = $1::uuid", driven["ids"]["decomposed"]
+                "SELECT project FROM timesheets.entries WHERE id = $1::uuid", entry
             )
-            return project
+            rewritten: str = await conn.fetchval(
+                "UPDATE timesheets.entries SET project = $2 WHERE id = $1::uuid RETURNING project",
+                entry,
+                "Cafe\u0301",
+            )
+            return project, rewritten
         finally:
             await conn.close()
 
     assert driven["seen"]["create_decomposed"] == 201, json.dumps(driven)
-    assert asyncio.run(stored()) == "Caf\u00e9"
+    assert asyncio.run(stored()) == ("Caf\u00e9", "Caf\u00e9")
 
 
 def test_a_contract_step_shipped_too_early_is_caught(

@@ -91,6 +91,24 @@ def upgraded(
     # as the previous release ran: its services, its roles (or the owner), its gateway's signatures
     with running(env, service_redis, previous_tree, roles=has_runtime_roles(previous_tree)) as processes:
         written = drive(previous_tree, processes, env)
+    # the decomposed name as releases before 47837cf stored it (from 47837cf on, a release stores new
+    # names in NFC itself): what 0008's backfill must rewrite, whichever release is the previous one
+    decomposed = written["ids"]["decomposed"]
+    spelled = subprocess.run(
+        [
+            "psql",
+            env["DATABASE_URL"],
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            "UPDATE timesheets.entries SET project = 'Cafe' || U&'\\0301' "
+            f"WHERE id = '{decomposed}' RETURNING project IS NFC NORMALIZED",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert spelled.stdout.split() == ["f", "UPDATE", "1"], spelled.stderr
     failures = {}
     for service in SERVICES:
         result = run_migrate(service, {**env, **migrate_role_env(service)})

@@ -1,16 +1,16 @@
 -- Project names in Unicode NFC, the rows written before it too.
 --
--- Since the input2 changes the service stores a new project name in NFC and reads the project filter
+-- Since release 47837cf the service stores a new project name in NFC and reads the project filter
 -- so (svckit.contracts.fields.NameText, nfc=True): "Café" composed (U+00E9) and decomposed (e +
 -- U+0301) are one project. Rows stored before that keep the spelling they were sent in, so a filter
 -- by the (NFC) name missed the decomposed ones, and a listing showed one project twice.
 --
 -- Two parts, both expand-only (docs/upgrades.md):
 --
--- * a trigger that stores a project name in NFC whoever writes it. The previous release (still serving
---   while a release rolls, and again after a `helm rollback`, on this schema) stores names as sent,
---   NFD included: without the trigger it would go on writing rows the filter misses after this
---   migration ran. The trigger fires only for a name that is not NFC (its WHEN condition, evaluated
+-- * a trigger that stores a project name in NFC whoever writes it. Releases before 47837cf (still
+--   serving while this release rolls out over one of them, and again after a `helm rollback` to one,
+--   on this schema) store names as sent, NFD included: without the trigger they would go on writing
+--   rows the filter misses after this migration ran. The trigger fires only for a name that is not NFC (its WHEN condition, evaluated
 --   without calling a function), so the current release's writes, already NFC, never run it. A name
 --   whose NFC is longer than the column's 100 characters (a few characters decompose under NFC,
 --   U+0958 is two) is left as sent: the previous release took it so, and rewriting it would fail the
