@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -30,17 +31,19 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from svckit.cli import database_failure, migrate_with_wait
 
 from testkit.fixtures import TcpProxy, scrape
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis
 
-from .conftest import Figures, Stack, wait_ready
+from .conftest import SERVICES, Figures, Stack, wait_ready
 from .load import PROJECT, WriteLoad, assert_stored_once, settled
 
 pytestmark = pytest.mark.timeout(120)
 
 DB_SERVICES = ("identity", "audit", "timesheets", "approvals")
+TIMESHEETS_MIGRATIONS = SERVICES / "timesheets" / "timesheets" / "migrations"
 
 
 @contextlib.asynccontextmanager
@@ -242,3 +245,24 @@ async def test_a_failover_to_a_hot_standby_for_real(
         assert first_write < 10
         assert_stored_once(counts)
         assert tracebacks(stack) == []
+
+
+async def test_migrating_against_a_hot_standby_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """``python -m <service> migrate`` (the chart's migration Job or init container) against a
+    standby: it waits for the primary as for an unreachable database (a failover may be under way),
+    each attempt one line that says the database takes no writes, and then fails with one line that
+    says where ``DATABASE_URL`` leads (it said "database not reachable yet" and "database
+    unreachable")."""
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    with PrivatePostgres() as primary, PrivatePostgres(standby_of=primary) as standby:
+        caplog.set_level(logging.WARNING, logger="svckit.cli")
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError) as refused:
+            await migrate_with_wait(standby.dsn, "timesheets", TIMESHEETS_MIGRATIONS, wait_seconds=0.6)
+    lines = [record.getMessage() for record in caplog.records if record.name == "svckit.cli"]
+    assert lines
+    assert all("takes no writes" in line and "primary" in line for line in lines), lines
+    reason = database_failure(refused.value, None)
+    assert reason is not None
+    assert "takes no writes" in reason
+    assert "standby" in reason
