@@ -272,6 +272,8 @@ class Database:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
+        if (probe := _read_only_probes.pop(self, None)) is not None:
+            probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
