@@ -89,7 +89,11 @@ class PrivatePostgres:
         if standby_of is None:
             self._initdb()
         else:
-            self._basebackup(standby_of)
+            try:
+                self._basebackup(standby_of)
+            except BaseException:
+                shutil.rmtree(self.root, ignore_errors=True)  # no server of it to remove later
+                raise
 
     @property
     def dsn(self) -> str:

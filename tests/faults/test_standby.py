@@ -3,8 +3,10 @@ every service behind a TCP proxy that plays the Service/DNS name the failover mo
 
 1. *The name points at the standby* (the primary's sessions cut): the services hold connections to a
    server that takes no writes (SQLSTATE 25006). Writes answer 503 problem+json with ``Retry-After``
-   and a reason, never a 500; reads go on; ``/readyz`` says ``postgres`` is read-only; the background
-   loops log their failures with back-off, no traceback, no spinning.
+   and a reason (``database_read_only``), never a 500, counted in ``db_read_only_refusals_total``;
+   reads go on; ``/readyz`` stays ready (on purpose: docs/runbook.md, "A failover: the services
+   reach a server that takes no writes"); the background loops log one line per attempt with
+   back-off, no traceback, no spinning.
 2. *The name is set back to the primary, the open connections stay with the standby* (as TCP
    connections do; the standby's replay paused, so that what it answers is visibly old): the pools
    replace the connections that still reach the read-only server, so no read is answered from it
