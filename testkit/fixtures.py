@@ -598,6 +598,15 @@ class TcpProxy:
         and new connections reach the server; the ones accepted while hung stay unanswered."""
         self._hung = False
 
+    def retarget(self, port: int, host: str = "127.0.0.1", *, cut: bool = False) -> None:
+        """New connections reach ``host:port`` from now on (a Service or DNS name moved by a failover).
+        The open ones stay with the old server, as TCP connections do, unless ``cut`` drops them
+        (the old server died with its sessions)."""
+        self.target = (host, port)
+        self.unix_socket = None
+        if cut:
+            self._abort_links()
+
     def _abort_links(self) -> None:
         for writer in list(self._links):
             writer.transport.abort()

@@ -59,8 +59,12 @@ class PrivatePostgres:
         passwords: bool = False,
         log_statements: bool = False,
         settings: Mapping[str, str] | None = None,
+        standby_of: PrivatePostgres | None = None,
     ) -> None:
-        """``passwords``: every role but ``postgres`` must log in over TCP with its SCRAM password (the
+        """``standby_of``: a streaming hot standby of that (running) server instead of a new cluster
+        (``pg_basebackup -R``: a copy of its data that follows its WAL and answers reads only, until
+        :meth:`promote`): what a failover promotes, or what a Service name points at by mistake.
+        ``passwords``: every role but ``postgres`` must log in over TCP with its SCRAM password (the
         shared server trusts loopback). ``log_statements``: the server log records every statement.
         ``settings``: more server parameters, as ``postgresql.conf`` writes them (quoted where it must):
         what a test needs of the server that the shared one must not be reconfigured for (say
@@ -82,7 +86,14 @@ class PrivatePostgres:
             pwd.getpwnam(self._user)  # KeyError: no such user on this machine
             self.root.chmod(0o755)
             shutil.chown(self.root, self._user)
-        self._initdb()
+        if standby_of is None:
+            self._initdb()
+        else:
+            try:
+                self._basebackup(standby_of)
+            except BaseException:
+                shutil.rmtree(self.root, ignore_errors=True)  # no server of it to remove later
+                raise
 
     @property
     def dsn(self) -> str:
@@ -135,6 +146,31 @@ class PrivatePostgres:
                 "host all postgres 127.0.0.1/32 trust\n"
                 "host all all 127.0.0.1/32 scram-sha-256\n"
             )
+
+    def _basebackup(self, primary: PrivatePostgres) -> None:
+        self._run(
+            "pg_basebackup",
+            "-D",
+            str(self.data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-R",  # standby.signal and primary_conninfo: a standby of ``primary`` once started
+            "--checkpoint=fast",
+            "--no-sync",
+        )
+        with (self.data / "postgresql.conf").open("a") as conf:  # the last setting of a name wins
+            conf.write(f"port = {self.port}\nunix_socket_directories = '{self.root}'\n")
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """End a standby's recovery (``pg_ctl promote``): it takes writes from now on, its open
+        sessions included."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(int(timeout)), "promote")
 
     def start(self, timeout: float = 30.0) -> PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start")

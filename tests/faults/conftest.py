@@ -97,8 +97,12 @@ class Stack:
     """Five service processes on a private Postgres and Redis; each can be killed and started again.
     Each connects to Redis as its own ACL user (svckit.redisacl), as in production."""
 
-    def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, logs: Path) -> None:
+    def __init__(
+        self, postgres: PrivatePostgres, redis: PrivateRedis, logs: Path, *, dsn: str | None = None
+    ) -> None:
+        """``dsn``: where the services find Postgres, if not at ``postgres`` itself (a proxy before it)."""
         self.postgres = postgres
+        self.dsn = dsn or postgres.dsn
         self.redis = redis
         self.logs = logs
         redis_url = {c: redis.url_for(c, password) for c, password in REDIS_PASSWORDS.items()}
@@ -106,7 +110,7 @@ class Stack:
         port = free_port()
         self.issuer = f"http://localhost:{port}/"
         common = {
-            "DATABASE_URL": postgres.dsn,
+            "DATABASE_URL": self.dsn,
             "REDIS_KEY_PREFIX": REDIS_PREFIX,
             **self.identity_keys,
             "LOG_LEVEL": "INFO",
@@ -195,7 +199,7 @@ class Stack:
 
     async def prepare(self) -> None:
         for schema in ("identity", "timesheets", "approvals", "audit"):
-            await migrate_schema(self.postgres.dsn, schema, SERVICES / schema / schema)
+            await migrate_schema(self.dsn, schema, SERVICES / schema / schema)
         seeded = await asyncio.to_thread(run_cli, {**os.environ, **self.identity.env}, "seed")
         assert seeded.returncode == 0, seeded.stderr
 
@@ -242,7 +246,7 @@ class Stack:
             service.stop(timeout=10)
 
     async def db(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.postgres.dsn)
+        return await asyncpg.connect(self.dsn)
 
 
 async def wait_ready(url: str, timeout: float = 30.0) -> float:

@@ -26,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable, NotCommitted, OutcomeUnknown
+from .db import (
+    READ_ONLY_ERRORS,
+    UNAVAILABLE_ERRORS,
+    Database,
+    DatabaseUnavailable,
+    NotCommitted,
+    OutcomeUnknown,
+)
 from .denials import DenialRecorder, Sink
 from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
@@ -66,6 +73,18 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
             "The database went away before the change was committed; nothing was stored. Retry shortly.",
             headers=RETRY_AFTER,
             outcome="not_stored",
+        )
+    if isinstance(exc, READ_ONLY_ERRORS):
+        # a failover's window (svckit.db.READ_ONLY_ERRORS): the server refused the statement, so
+        # nothing was stored, and a retry reaches the new primary once the name points at it
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database takes no writes right now (read-only: a failover in progress); nothing "
+            "was stored. Retry shortly.",
+            headers=RETRY_AFTER,
+            outcome="not_stored",
+            reason="database_read_only",
         )
     return problem_response(
         503,

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.supervisors import ChangeReload
 
 from . import server
-from .db import UNAVAILABLE_ERRORS
+from .db import READ_ONLY_ERRORS, UNAVAILABLE_ERRORS
 from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .fdlimit import check_open_files
 from .logs import configure_logging
@@ -190,7 +190,14 @@ async def migrate_with_wait(
         except UNAVAILABLE_ERRORS as exc:
             if time.monotonic() > deadline or describe_connect_error(exc).startswith("TLS"):
                 raise
-            log.warning("database not reachable yet, retrying migration", extra={"retry_in": delay})
+            if isinstance(exc, READ_ONLY_ERRORS):  # reachable, but a standby: a failover may end it
+                log.warning(
+                    "the database takes no writes (a hot standby or a demoted primary: migrations need "
+                    "the primary), retrying migration",
+                    extra={"retry_in": delay, "error": f"{type(exc).__name__}: {exc}"[:200]},
+                )
+            else:
+                log.warning("database not reachable yet, retrying migration", extra={"retry_in": delay})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -210,6 +217,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg
 def database_failure(exc: BaseException, tls: DatabaseTls | None) -> str | None:
     """Why a command could not use its database, in one line for an operator (never the URL), or
     ``None`` when ``exc`` is about something else (a statement that failed: its traceback says where)."""
+    if isinstance(exc, READ_ONLY_ERRORS):
+        return (
+            f"the database takes no writes ({type(exc).__name__}, SQLSTATE 25006): DATABASE_URL reaches "
+            "a hot standby or a demoted primary, not the primary"
+        )
     if isinstance(exc, UNAVAILABLE_ERRORS):
         reason = describe_connect_error(exc, tls)
         return reason if reason.startswith("TLS") else f"database unreachable ({reason})"

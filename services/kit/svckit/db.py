@@ -97,6 +97,15 @@ ambiguous_commits = Counter(
 for _outcome in ("committed", "not_committed", "unknown"):
     ambiguous_commits.labels(_outcome)
 
+read_only_refusals = Counter(
+    "db_read_only_refusals_total",
+    "Statements refused by a server that takes no writes (SQLSTATE 25006: a hot standby, a demoted "
+    "primary): writes answered 503 during a failover, or a DATABASE_URL that reaches a standby.",
+)
+#: after a probe found the DSN's server still read-only, the next probe waits this long
+#: (:func:`refused_as_read_only`)
+READ_ONLY_PROBE_SECONDS = 0.5
+
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -263,6 +272,8 @@ class Database:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
+        if (probe := _read_only_probes.pop(self, None)) is not None:
+            probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -480,6 +491,7 @@ class PooledConnection:
         if exc is not None:
             if isinstance(exc, READ_ONLY_ERRORS):
                 conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
+                await refused_as_read_only(self._database, pool)
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)
@@ -550,6 +562,57 @@ class PooledTransaction:
             await use.__aexit__(exc_type, exc, tb)
         if failure is not None:
             await self._database._commit_lost(failure, self._committed, self._pid)
+
+
+async def refused_as_read_only(database: Database, pool: asyncpg.Pool) -> None:
+    """A statement was refused as read-only (:data:`READ_ONLY_ERRORS`). The pool's other connections
+    were most likely opened to the same server: each would answer one more write with 503 before
+    being dropped, and one used only for reads would keep reading from that server — a demoted
+    primary, or a standby behind the new one — for as long as it lives (a failover moves a Service
+    or DNS name: open TCP connections stay where they were). So a fresh connection asks where the
+    DSN's name leads now (:func:`_replace_if_moved`): to a server that takes writes, every pooled
+    connection is replaced at its next use. Started here, not awaited (the refusal's 503 does not
+    wait for it); one probe at a time per database, and not again within
+    :data:`READ_ONLY_PROBE_SECONDS` of one that found the server still read-only (a failover that is
+    not over yet: replacing the pool then would only reconnect to the same standby)."""
+    read_only_refusals.inc()
+    running = _read_only_probes.get(database)
+    if running is not None and not running.done():
+        return
+    if time.monotonic() - _still_read_only.get(database, -READ_ONLY_PROBE_SECONDS) < READ_ONLY_PROBE_SECONDS:
+        return
+    _read_only_probes[database] = asyncio.create_task(
+        _replace_if_moved(database, pool), name="db-read-only-probe"
+    )
+
+
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+async def _replace_if_moved(database: Database, pool: asyncpg.Pool) -> None:
+    try:
+        conn = await asyncpg.connect(database.dsn, **database._connect_options())
+        try:
+            read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')", timeout=2.0)
+        finally:
+            conn.terminate()
+    except _PROBE_ERRORS as exc:
+        read_only = None  # unknown: replacing the connections costs no more than they cost now
+        log.info("read-only probe failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+    if read_only == "on":
+        _still_read_only[database] = time.monotonic()
+        return
+    log.warning(
+        "a pooled connection was refused as read-only and the database's address now leads to a "
+        "writable server: replacing the pool's connections",
+        extra={"schema": database.schema},
+    )
+    await pool.expire_connections()
+
+
+#: the probe of each database in flight (:func:`refused_as_read_only`), and when one last found it read-only
+_read_only_probes: weakref.WeakKeyDictionary[Database, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+_still_read_only: weakref.WeakKeyDictionary[Database, float] = weakref.WeakKeyDictionary()
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
