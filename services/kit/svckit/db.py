@@ -597,8 +597,11 @@ async def _replace_if_moved(database: Database, pool: asyncpg.Pool) -> None:
         finally:
             conn.terminate()
     except _PROBE_ERRORS as exc:
-        read_only = None  # unknown: replacing the connections costs no more than they cost now
+        # unknown (the server away, or out of connection slots): the pool keeps what it has — its
+        # connections may still serve reads, and one closed now might not be replaced — and the next
+        # refusal asks again
         log.info("read-only probe failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+        return
     if read_only == "on":
         _still_read_only[database] = time.monotonic()
         return
