@@ -204,7 +204,8 @@ class Platform:
             env={
                 name: value
                 for name, value in {**os.environ, **self.env, **(extra_env or {})}.items()
-                if identity_key_visible(name, None)  # migrations and seeding sign nothing
+                # migrations and seeding sign nothing, and write no metrics into the gateway's directory
+                if identity_key_visible(name, None) and name != "PROMETHEUS_MULTIPROC_DIR"
             },
             cwd=ROOT,
             capture_output=True,
