@@ -1,0 +1,197 @@
+"""probe"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from svckit import redisacl
+
+from testkit.fixtures import runtime_role, runtime_url, scrape
+from testkit.pgproc import PrivatePostgres, postgres_bin
+from testkit.redisproc import PrivateRedis, component_users
+from testkit.slots import PostgresSlots, RedisSlots
+
+from .conftest import REDIS_PASSWORDS, REDIS_PREFIX, Figures, Stack, wait_ready
+from .load import WriteLoad, assert_stored_once, settled
+from .test_fault_matrix import LogWatch, build_matrix, fire_all, under_fault
+
+pytestmark = pytest.mark.timeout(240)
+
+DATABASE_SERVICES = ("identity", "timesheets", "approvals", "audit")
+
+
+@pytest.fixture(scope="module")
+async def roles_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    with (
+        PrivatePostgres() as postgres,
+        PrivateRedis(acl=component_users(REDIS_PREFIX, REDIS_PASSWORDS)) as redis,
+    ):
+        stack = Stack(postgres, redis, tmp_path_factory.mktemp("slots-logs"))
+        await stack.prepare()
+        for name in DATABASE_SERVICES:
+            stack.services[name].env["DATABASE_URL"] = runtime_url(postgres.dsn, name)
+        try:
+            await stack.start_all()
+            await stack.sign_in()
+            yield stack
+        finally:
+            await asyncio.to_thread(stack.stop_all)
+
+
+async def test_no_route_answers_500_with_the_stores_out_of_slots(roles_stack: Stack, figures: Figures) -> None:
+    stack = roles_stack
+    matrix = await build_matrix(stack)
+    logs = LogWatch(stack)
+    pg = PostgresSlots(stack.postgres.dsn, [runtime_role(s).name for s in DATABASE_SERVICES])
+    rs = RedisSlots(stack.redis.url, redisacl.COMPONENTS)
+
+    async def pg_full() -> None:
+        await pg.exhaust()
+
+    async def pg_free() -> None:
+        await pg.release()
+        for service in stack.services.values():
+            await wait_ready(service.url, 20)
+
+    async def redis_full() -> None:
+        await rs.exhaust()
+
+    async def redis_free() -> None:
+        await rs.release()
+        for service in stack.services.values():
+            await wait_ready(service.url, 20)
+
+    timeout = aiohttp.ClientTimeout(total=20)
+    report: dict[str, Any] = {}
+    failures: list[str] = []
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            logs.mark()
+            baseline = await fire_all(http, matrix.probes)
+            broken = [f"{p.name}: {r.status} {r.body[:200]}" for p, r in baseline if not 0 < r.status < 500]
+            assert broken == [], broken
+            for fault, stop, start in (
+                ("postgres out of slots", pg_full, pg_free),
+                ("redis at maxclients", redis_full, redis_free),
+            ):
+                problems, statuses = await under_fault(stack, http, matrix, logs, stop, start, 2, None, fault)
+                report[fault] = {"statuses": statuses, "violations": len(problems)}
+                failures += [f"[{fault}] {line}" for line in problems]
+    finally:
+        await pg.release()
+        await rs.close()
+    figures.record("stores out of slots", **report)
+    print(report)
+    assert failures == [], "\n".join(failures)
+
+
+#: how long the slots stay taken in the detailed case: long enough to see the retries' pace
+HOLD_SECONDS = 6.0
+#: what a service may spend of CPU and of log lines (requests' access lines aside) meanwhile: a few
+#: retries with backoff each second (the pool's floor, the outbox relay and its LISTEN connection, the
+#: reconciler, the revocation feed), far below a reconnect loop's thousands
+MAX_CPU_SECONDS = 1.5
+MAX_LOG_LINES = 40
+
+
+def failures_counted(metrics: str, reason: str) -> float:
+    prefix = f'db_connect_failures_total{{reason="{reason}"}} '
+    values = [float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix)]
+    return sum(values)
+
+
+def new_lines(path: Any, offset: int) -> list[str]:
+    with open(path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace").splitlines()
+
+
+async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselves(
+    roles_stack: Stack, figures: Figures
+) -> None:
+    stack = roles_stack
+    await stack.ensure_up()
+    db_services = {name: stack.services[name] for name in DATABASE_SERVICES}
+    pg = PostgresSlots(stack.postgres.dsn, [runtime_role(s).name for s in DATABASE_SERVICES])
+    processes = {}
+    for name, service in db_services.items():
+        assert service.process is not None
+        processes[name] = psutil.Process(service.process.pid)
+    offsets = {name: s.log_path.stat().st_size for name, s in db_services.items()}
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            WriteLoad(stack.api, stack.headers("alice"), stack.headers("bob"), writers=2) as load,
+            aiohttp.ClientSession(timeout=timeout) as http,
+        ):
+            await asyncio.sleep(0.5)
+            cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+            await pg.exhaust()
+            exhausted_at = time.monotonic()
+            assert await pg.sessions() == 0
+            # a request that needs the database: 503 problem with Retry-After, through the gateway
+            async with http.post(
+                stack.api + "/timesheets",
+                json={"date": "2031-05-05", "project": "slots", "hours": 1},
+                headers=stack.headers("alice"),
+            ) as reply:
+                body = await reply.json(content_type=None)
+                assert reply.status == 503, body
+                assert reply.headers["Content-Type"].startswith("application/problem+json")
+                assert reply.headers.get("Retry-After"), dict(reply.headers)
+            for name, service in db_services.items():
+                async with http.get(service.url + "/readyz") as reply:
+                    ready = await reply.json(content_type=None)
+                    assert reply.status == 503, (name, ready)
+                    assert "postgres" in ready["failed"], (name, ready)
+                    assert "TooManyConnections" in ready["checks"]["postgres"], (name, ready)
+                async with http.get(service.url + "/healthz") as reply:
+                    assert reply.status == 200, name
+            while time.monotonic() - exhausted_at < HOLD_SECONDS:
+                await asyncio.sleep(0.2)
+            spent = {name: round(sum(p.cpu_times()[:2]) - cpu[name], 2) for name, p in processes.items()}
+            counted = {name: failures_counted(await scrape(s.url), "slots") for name, s in db_services.items()}
+            assert await pg.sessions() == 0
+            await pg.release()
+            released_at = time.monotonic()
+            ready_after = {name: round(await wait_ready(s.url, 30), 2) for name, s in db_services.items()}
+            await asyncio.sleep(1.0)
+            first_write = load.report.first_success_after(released_at)
+            report = await load.stop()
+    finally:
+        await pg.release()
+
+    _, counts = await settled(stack.postgres.dsn, report)
+    lines = {name: new_lines(s.log_path, offsets[name]) for name, s in db_services.items()}
+    chatter = {name: [line for line in found if '"logger": "access"' not in line] for name, found in lines.items()}
+    figures.record(
+        "postgres out of connection slots",
+        hold_s=HOLD_SECONDS,
+        cpu_seconds_while_refused=spent,
+        log_lines_while_refused={name: len(found) for name, found in chatter.items()},
+        connect_failures_counted=counted,
+        ready_after_release_s=ready_after,
+        first_write_after_release_s=round(first_write, 2) if first_write is not None else None,
+        answers=report.attempts,
+    )
+    for name in DATABASE_SERVICES:
+        assert processes[name].is_running(), f"{name} exited"  # recovered in place, no restart
+        assert spent[name] < MAX_CPU_SECONDS, spent  # no tight reconnect loop
+        assert len(chatter[name]) < MAX_LOG_LINES, "\n".join(chatter[name][-60:])
+        assert all(line.startswith("{") and "Traceback" not in line for line in lines[name]), name
+        assert any("TooManyConnectionsError" in line for line in chatter[name]), name
+        # what the operator's alert counts (db_connect_failures_total, reason "slots")
+        assert counted[name] > 0, counted
+    assert report.server_errors == 0, report.attempts  # 503 with Retry-After, never a 500
+    assert report.unexpected == []
+    assert report.unresolved == []
+    assert first_write is not None
+    assert_stored_once(counts)  # every acknowledged entry stored once, with its audit record
