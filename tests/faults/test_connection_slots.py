@@ -89,8 +89,10 @@ async def test_no_route_answers_500_with_the_stores_out_of_slots(roles_stack: St
         await pg.release()
         await rs.close()
     figures.record("stores out of slots", **report)
-    print(report)
     assert failures == [], "\n".join(failures)
+    # the log says why Redis was unavailable: at maxclients (up, refusing), not down
+    said = [name for name, s in stack.services.items() if "max number of clients reached" in s.logs(None)]
+    assert said, "no service's log names Redis's refusal"
 
 
 #: how long the slots stay taken in the detailed case: long enough to see the retries' pace
@@ -195,3 +197,35 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
     assert report.unresolved == []
     assert first_write is not None
     assert_stored_once(counts)  # every acknowledged entry stored once, with its audit record
+
+
+async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_ready(roles_stack: Stack) -> None:
+    """A pod (re)started while the slots are taken: it listens, stays alive (``/healthz``), not ready
+    (``/readyz``: the chart's readiness probe keeps it out of the Service; its liveness probe leaves
+    it running), retries with backoff — one line per attempt — and is ready once a slot is free."""
+    stack = roles_stack
+    await stack.ensure_up()
+    service = stack.timesheets
+    pg = PostgresSlots(stack.postgres.dsn, [runtime_role(s).name for s in DATABASE_SERVICES])
+    try:
+        await pg.exhaust()
+        await asyncio.to_thread(service.stop, 10)
+        await asyncio.to_thread(service.start, "/healthz", 30)  # its log file begins anew
+        started = time.monotonic()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while time.monotonic() - started < 4.0:
+                async with http.get(service.url + "/readyz") as reply:
+                    ready = await reply.json(content_type=None)
+                    assert reply.status == 503, ready
+                    assert "TooManyConnections" in ready["checks"]["postgres"], ready
+                await asyncio.sleep(0.5)
+        assert service.process is not None and service.process.poll() is None, service.logs()
+        attempts = [
+            line for line in new_lines(service.log_path, 0) if "database not reachable, retrying" in line
+        ]
+        assert 2 <= len(attempts) <= 8, attempts  # backoff: 0.2 s doubling (5 attempts in 4 s), no loop
+        assert all("TooManyConnectionsError" in line for line in attempts), attempts
+        await pg.release()
+        await wait_ready(service.url, 30)  # the next attempt (at most DB max backoff, 10 s, later)
+    finally:
+        await pg.release()

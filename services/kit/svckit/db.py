@@ -97,6 +97,44 @@ ambiguous_commits = Counter(
 for _outcome in ("committed", "not_committed", "unknown"):
     ambiguous_commits.labels(_outcome)
 
+connect_failures = Counter(
+    "db_connect_failures_total",
+    "New database connections that failed (the pool's, the outbox's LISTEN connection, an outcome "
+    "check), by reason: slots (the server or the role is out of connection slots, SQLSTATE 53300: "
+    "max_connections or the role's CONNECTION LIMIT reached), unavailable (unreachable, starting or "
+    "shutting down, timed out), refused (login refused, database missing, anything else).",
+    ["reason"],
+)
+for _reason in ("slots", "unavailable", "refused"):
+    connect_failures.labels(_reason)
+
+
+def connect_failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of :data:`connect_failures` for a connection attempt that raised ``exc``."""
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return "slots"
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return "unavailable"
+    return "refused"
+
+
+async def counted_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` that counts its failures (:data:`connect_failures`): the pools' ``connect``
+    hook, and what every other connection of the kit opens with (:meth:`Database.connect`).
+
+    Why: a server that refuses new connections (its slots taken by another tenant or a leak) leaves
+    the connections a service holds working; only what connects anew fails — a pool replacing a
+    connection, growing under load, a replica starting — so the 503s come and go with the load, and
+    ``/readyz`` flaps. The counter says which it is without reading logs (``TimesheetsDatabase
+    ConnectionsRefused``, docs/runbook.md)."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+    except Exception as exc:
+        connect_failures.labels(connect_failure_reason(exc)).inc()
+        raise
+    return conn
+
+
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -194,10 +232,20 @@ class Database:
             min_size=self.min_size,
             max_size=self.max_size,
             reset=_keep_session,
+            connect=counted_connect,
             **self._connect_options(),
         )
         assert pool is not None
         return pool
+
+    async def connect(self, application_name: str | None = None) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (a LISTEN, an outcome check), opened as the
+        pool's are and counted as they are (:func:`counted_connect`); ``application_name`` tells it
+        apart in ``pg_stat_activity``."""
+        options = self._connect_options()
+        if application_name is not None:
+            options["server_settings"] = {**options["server_settings"], "application_name": application_name}
+        return await counted_connect(self.dsn, **options)
 
     async def _connect_forever(self) -> None:
         delay = 0.2
@@ -365,7 +413,7 @@ class Database:
         delay = 0.05
         while time.monotonic() < deadline:
             try:
-                conn = await asyncpg.connect(self.dsn, **self._connect_options())
+                conn = await self.connect()
             except UNAVAILABLE_ERRORS:
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 1.0)
