@@ -76,7 +76,7 @@ class RedisSlots:
         self.maxclients = self.maxclients or str(config["maxclients"])
         await self.admin.config_set("maxclients", 1)
         for user in self.users:
-            await self.admin.execute_command("CLIENT", "KILL", "USER", user)
+            await self.admin.client_kill_filter(user=user)
 
     async def clients(self) -> int:
         """Connected clients, the test's own included."""

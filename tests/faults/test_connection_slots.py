@@ -1,10 +1,23 @@
-"""probe"""
+"""The backing stores up but refusing new connections, on servers of this module's own
+(testkit.slots): Postgres out of connection slots (SQLSTATE 53300, the runtime roles at ``CONNECTION
+LIMIT 0`` after their sessions were ended) and Redis at ``maxclients``. The services run as their
+runtime roles here (the session's fault stack connects as the superuser, which no limit stops).
+
+* Every route of every service under each (the fault matrix's probes): no 500, 503s with
+  ``Retry-After``, no traceback; the log says Redis refused for ``maxclients``.
+* Postgres out of slots for a while under write load: a request needing the database is a 503
+  problem, ``/readyz`` names ``postgres`` and ``TooManyConnectionsError``, ``/healthz`` stays up, the
+  refusals are counted (``db_connect_failures_total{reason="slots"}``, the alert's), the services
+  neither spin (CPU, log lines) nor exit, and they recover by themselves once slots are free, every
+  acknowledged write stored once with its audit record.
+* A service started meanwhile: alive, not ready, retrying with backoff; ready once a slot is free.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -46,7 +59,9 @@ async def roles_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
             await asyncio.to_thread(stack.stop_all)
 
 
-async def test_no_route_answers_500_with_the_stores_out_of_slots(roles_stack: Stack, figures: Figures) -> None:
+async def test_no_route_answers_500_with_the_stores_out_of_slots(
+    roles_stack: Stack, figures: Figures
+) -> None:
     stack = roles_stack
     matrix = await build_matrix(stack)
     logs = LogWatch(stack)
@@ -160,7 +175,9 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
             while time.monotonic() - exhausted_at < HOLD_SECONDS:
                 await asyncio.sleep(0.2)
             spent = {name: round(sum(p.cpu_times()[:2]) - cpu[name], 2) for name, p in processes.items()}
-            counted = {name: failures_counted(await scrape(s.url), "slots") for name, s in db_services.items()}
+            counted = {
+                name: failures_counted(await scrape(s.url), "slots") for name, s in db_services.items()
+            }
             assert await pg.sessions() == 0
             await pg.release()
             released_at = time.monotonic()
@@ -173,7 +190,9 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
 
     _, counts = await settled(stack.postgres.dsn, report)
     lines = {name: new_lines(s.log_path, offsets[name]) for name, s in db_services.items()}
-    chatter = {name: [line for line in found if '"logger": "access"' not in line] for name, found in lines.items()}
+    chatter = {
+        name: [line for line in found if '"logger": "access"' not in line] for name, found in lines.items()
+    }
     figures.record(
         "postgres out of connection slots",
         hold_s=HOLD_SECONDS,
@@ -199,7 +218,9 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
     assert_stored_once(counts)  # every acknowledged entry stored once, with its audit record
 
 
-async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_ready(roles_stack: Stack) -> None:
+async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_ready(
+    roles_stack: Stack,
+) -> None:
     """A pod (re)started while the slots are taken: it listens, stays alive (``/healthz``), not ready
     (``/readyz``: the chart's readiness probe keeps it out of the Service; its liveness probe leaves
     it running), retries with backoff — one line per attempt — and is ready once a slot is free."""
@@ -219,7 +240,8 @@ async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_re
                     assert reply.status == 503, ready
                     assert "TooManyConnections" in ready["checks"]["postgres"], ready
                 await asyncio.sleep(0.5)
-        assert service.process is not None and service.process.poll() is None, service.logs()
+        assert service.process is not None
+        assert service.process.poll() is None, service.logs()  # waiting, not exited
         attempts = [
             line for line in new_lines(service.log_path, 0) if "database not reachable, retrying" in line
         ]
