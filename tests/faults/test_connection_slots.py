@@ -251,3 +251,43 @@ async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_re
         await wait_ready(service.url, 30)  # the next attempt (at most DB max backoff, 10 s, later)
     finally:
         await pg.release()
+
+
+
+async def test_a_pool_that_may_not_grow_serves_on_the_connections_it_has(
+    roles_stack: Stack, figures: Figures
+) -> None:
+    """The timesheets role's slots all taken by the service itself (``CONNECTION LIMIT`` = the
+    sessions it holds: its pool's one and the outbox's LISTEN), under more concurrent writes than
+    that: the pool cannot grow, and a request that finds no idle connection waits (within
+    ``DB_CONNECT_TIMEOUT_SECONDS``) for one of the pool's own to be released rather than being
+    answered 503 at once — a write takes milliseconds. It was: a third of the writes were refused."""
+    stack = roles_stack
+    await stack.ensure_up()
+    role = runtime_role("timesheets").name
+    admin = await stack.db()
+    try:
+        held = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held}')
+        metrics_before = failures_counted(await scrape(stack.timesheets.url), "slots")
+        async with WriteLoad(stack.api, stack.headers("alice"), stack.headers("bob"), writers=8) as load:
+            await asyncio.sleep(3.0)
+            report = await load.stop()
+        refused = failures_counted(await scrape(stack.timesheets.url), "slots") - metrics_before
+        sessions = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+    finally:
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        await admin.close()
+    _, counts = await settled(stack.postgres.dsn, report)
+    figures.record(
+        "pool at its role's connection limit",
+        sessions_allowed=held,
+        answers=report.attempts,
+        connections_refused=refused,
+    )
+    assert sessions <= held
+    assert refused > 0  # the pool did try to grow, and was refused
+    assert report.attempts.get("503", 0) == 0, report.attempts
+    assert report.server_errors == 0, report.attempts
+    assert report.unexpected == []
+    assert_stored_once(counts)
