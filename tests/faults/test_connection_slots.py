@@ -253,7 +253,6 @@ async def test_a_service_started_while_postgres_has_no_slot_waits_and_becomes_re
         await pg.release()
 
 
-
 async def test_a_pool_that_may_not_grow_serves_on_the_connections_it_has(
     roles_stack: Stack, figures: Figures
 ) -> None:
