@@ -117,6 +117,11 @@ HOLD_SECONDS = 6.0
 #: reconciler, the revocation feed), far below a reconnect loop's thousands
 MAX_CPU_SECONDS = 1.5
 MAX_LOG_LINES = 40
+#: connection attempts a service may make meanwhile: a refused one still costs the full server a
+#: backend (fork, authentication); at most one a second from the requests (svckit.db
+#: SLOT_RETRY_SECONDS), plus the pool floor's, the outbox LISTEN's and the loops' retries — not one
+#: per request, which the write load turned into tens a second per service
+MAX_ATTEMPTS_PER_SECOND = 5
 
 
 def failures_counted(metrics: str, reason: str) -> float:
@@ -211,6 +216,7 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
         assert any("TooManyConnectionsError" in line for line in chatter[name]), name
         # what the operator's alert counts (db_connect_failures_total, reason "slots")
         assert counted[name] > 0, counted
+        assert counted[name] < MAX_ATTEMPTS_PER_SECOND * HOLD_SECONDS, counted
     assert report.server_errors == 0, report.attempts  # 503 with Retry-After, never a 500
     assert report.unexpected == []
     assert report.unresolved == []

@@ -9,7 +9,8 @@ database answer 503 with ``Retry-After`` (every class in :data:`UNAVAILABLE_ERRO
 Postgres up but out of connection slots (SQLSTATE 53300: ``max_connections`` or the role's
 ``CONNECTION LIMIT`` reached) refuses only new connections: a pool that may not grow serves its
 requests on the connections it holds, each waiting for one to be released within
-``connect_timeout`` (:meth:`Database.acquire_released`); only a pool left with none answers 503.
+``connect_timeout`` (:meth:`Database.acquire_released`); only a pool left with none answers 503,
+and no new connection is tried for a second after a refusal (:meth:`Database.out_of_slots`).
 Every failed connection is counted by reason (``db_connect_failures_total``, :func:`counted_connect`).
 
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
@@ -143,8 +144,8 @@ async def counted_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
-#: once Postgres refused the pool a connection for want of a slot, how long requests wait for the
-#: pool's own connections before it tries to grow again (:meth:`Database.waits_for_release`)
+#: once Postgres refused a connection for want of a slot, how long no new one is tried
+#: (:meth:`Database.out_of_slots`)
 SLOT_RETRY_SECONDS = 1.0
 #: why a request found no connection: the pool may not grow and none of its own was released in time
 #: (``/readyz``-safe: no role or host names)
@@ -250,7 +251,7 @@ class Database:
             min_size=self.min_size,
             max_size=self.max_size,
             reset=_keep_session,
-            connect=counted_connect,
+            connect=self._counted_connect,
             **self._connect_options(),
         )
         assert pool is not None
@@ -263,7 +264,19 @@ class Database:
         options = self._connect_options()
         if application_name is not None:
             options["server_settings"] = {**options["server_settings"], "application_name": application_name}
-        return await counted_connect(self.dsn, **options)
+        return await self._counted_connect(self.dsn, **options)
+
+    async def _counted_connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """:func:`counted_connect`, and a refusal for want of a slot noted (:meth:`out_of_slots`): every
+        connection of this database opens here, the pool's (whoever acquires: the identity provider
+        uses its pool directly, and asyncpg's floor maintenance) and the others."""
+        if self.out_of_slots(asyncio.get_running_loop().time()):
+            raise DatabaseUnavailable(NO_SLOT)  # refused a moment ago: not one more backend for nothing
+        try:
+            return await counted_connect(*args, **kwargs)
+        except asyncpg.TooManyConnectionsError:
+            self._slot_retry_at = asyncio.get_running_loop().time() + SLOT_RETRY_SECONDS
+            raise
 
     async def _connect_forever(self) -> None:
         delay = 0.2
@@ -349,17 +362,14 @@ class Database:
         async with self.connection() as conn:
             await conn.fetchval("SELECT 1", timeout=2.0)
 
-    def waits_for_release(self, pool: asyncpg.Pool, now: float) -> bool:
-        """Whether a request that finds no idle connection should wait for one of the pool's own
-        rather than have the pool open another: Postgres refused it one for want of a slot less than
-        :data:`SLOT_RETRY_SECONDS` ago, and it holds some. Trying again each time cost a refused
-        connection per request (a backend forked for nothing on a server with no room) and a round
-        trip before each wait: a third fewer writes served."""
-        return now < self._slot_retry_at and bool(pool.get_size())
-
-    def slots_refused(self, now: float) -> None:
-        """Postgres refused the pool a connection for want of a slot (SQLSTATE 53300)."""
-        self._slot_retry_at = now + SLOT_RETRY_SECONDS
+    def out_of_slots(self, now: float) -> bool:
+        """Postgres refused a connection of this database for want of a slot (SQLSTATE 53300) less
+        than :data:`SLOT_RETRY_SECONDS` ago. Meanwhile no new connection is tried — a request waits
+        for one of the pool's own (:meth:`acquire_released`), or is answered 503 at once when it has
+        none — for a refused connection still costs the full server a backend (a fork, an
+        authentication): tried for each request, the write load made it tens a second per service,
+        and a request paid a round trip before waiting."""
+        return now < self._slot_retry_at
 
     async def acquire_released(self, pool: asyncpg.Pool, deadline: float) -> Connection:
         """The pool had no idle connection and may not grow (Postgres out of slots: its
@@ -570,15 +580,14 @@ class PooledConnection:
         else:
             now = asyncio.get_running_loop().time()
             deadline = now + database.connect_timeout
-            if database.waits_for_release(pool, now):
+            if database.out_of_slots(now):
+                # the pool may not grow: one of its own connections, or 503 at once if it has none
                 conn = await database.acquire_released(pool, deadline)
             else:
                 try:
                     async with asyncio.timeout_at(deadline):
                         conn = await pool.acquire()
                 except asyncpg.TooManyConnectionsError:
-                    # the pool may not grow: wait for one of its own connections instead
-                    database.slots_refused(asyncio.get_running_loop().time())
                     if not pool.get_size():
                         raise
                     conn = await database.acquire_released(pool, deadline)
