@@ -15,6 +15,7 @@ the test's own connection.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import asyncpg
@@ -43,6 +44,11 @@ class PostgresSlots:
         end = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ({roles})"
         self.exhausted = True
         await self._as_admin(*limits, end)
+        # the ended sessions' backends exit on their own time (later on a busy machine)
+        deadline = asyncio.get_running_loop().time() + 15
+        while await self.sessions():
+            assert asyncio.get_running_loop().time() < deadline, "the services' sessions did not end"
+            await asyncio.sleep(0.05)
 
     async def sessions(self) -> int:
         """The services' sessions on the server (none while exhausted)."""
