@@ -48,7 +48,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from svckit.redisguard import REDIS_ERRORS, RedisGuard
+from svckit.redisguard import REDIS_ERRORS, RedisGuard, describe_redis_error
 
 log = logging.getLogger("gateway.revocations")
 
@@ -278,7 +278,9 @@ class RevocationFeed:
                     return
                 feed_errors.inc()
                 self.redis.mark_down(exc)
-                log.warning("revocation stream unavailable; retrying", extra={"error": type(exc).__name__})
+                log.warning(
+                    "revocation stream unavailable; retrying", extra={"error": describe_redis_error(exc)}
+                )
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await client.aclose()

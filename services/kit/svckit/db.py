@@ -6,6 +6,13 @@ asyncpg replaces broken connections by itself once Postgres is back. Handlers th
 database answer 503 with ``Retry-After`` (every class in :data:`UNAVAILABLE_ERRORS`, mapped once in
 :mod:`svckit.app`, never per handler).
 
+Postgres up but out of connection slots (SQLSTATE 53300: ``max_connections`` or the role's
+``CONNECTION LIMIT`` reached) refuses only new connections: a pool that may not grow serves its
+requests on the connections it holds, each waiting for one to be released within
+``connect_timeout`` (:meth:`Database.acquire_released`); only a pool left with none answers 503,
+and no new connection is tried for a second after a refusal (:meth:`Database.out_of_slots`).
+Every failed connection is counted by reason (``db_connect_failures_total``, :func:`counted_connect`).
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
@@ -106,7 +113,52 @@ read_only_refusals = Counter(
 #: (:func:`refused_as_read_only`)
 READ_ONLY_PROBE_SECONDS = 0.5
 
+connect_failures = Counter(
+    "db_connect_failures_total",
+    "New database connections that failed (the pool's, the outbox's LISTEN connection, an outcome "
+    "check), by reason: slots (the server or the role is out of connection slots, SQLSTATE 53300: "
+    "max_connections or the role's CONNECTION LIMIT reached), unavailable (unreachable, starting or "
+    "shutting down, timed out), refused (login refused, database missing, anything else).",
+    ["reason"],
+)
+for _reason in ("slots", "unavailable", "refused"):
+    connect_failures.labels(_reason)
+
+
+def connect_failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of :data:`connect_failures` for a connection attempt that raised ``exc``."""
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return "slots"
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return "unavailable"
+    return "refused"
+
+
+async def counted_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` that counts its failures (:data:`connect_failures`): the pools' ``connect``
+    hook, and what every other connection of the kit opens with (:meth:`Database.connect`).
+
+    Why: a server that refuses new connections (its slots taken by another tenant or a leak) leaves
+    the connections a service holds working; only what connects anew fails — a pool replacing a
+    connection, growing under load, a replica starting — so the 503s come and go with the load, and
+    ``/readyz`` flaps. The counter says which it is without reading logs (``TimesheetsDatabase
+    ConnectionsRefused``, docs/runbook.md)."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+    except Exception as exc:
+        connect_failures.labels(connect_failure_reason(exc)).inc()
+        raise
+    return conn
+
+
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+#: once Postgres refused a connection for want of a slot, how long no new one is tried
+#: (:meth:`Database.out_of_slots`)
+SLOT_RETRY_SECONDS = 1.0
+#: why a request found no connection: the pool may not grow and none of its own was released in time
+#: (``/readyz``-safe: no role or host names)
+NO_SLOT = "TooManyConnectionsError: the database has no connection slot free for a new connection"
 
 
 class OneLineOutage(logging.Filter):
@@ -160,6 +212,11 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._connector: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # requests waiting for a pooled connection to be released (the pool may not grow: out of
+        # slots), and what wakes them (:meth:`acquire_released`)
+        self._release_waiters = 0
+        self._released = asyncio.Event()
+        self._slot_retry_at = 0.0  # until when the pool does not try to grow (out of slots)
         _databases.add(self)
 
     @classmethod
@@ -203,10 +260,32 @@ class Database:
             min_size=self.min_size,
             max_size=self.max_size,
             reset=_keep_session,
+            connect=self._counted_connect,
             **self._connect_options(),
         )
         assert pool is not None
         return pool
+
+    async def connect(self, application_name: str | None = None) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (a LISTEN, an outcome check), opened as the
+        pool's are and counted as they are (:func:`counted_connect`); ``application_name`` tells it
+        apart in ``pg_stat_activity``."""
+        options = self._connect_options()
+        if application_name is not None:
+            options["server_settings"] = {**options["server_settings"], "application_name": application_name}
+        return await self._counted_connect(self.dsn, **options)
+
+    async def _counted_connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """:func:`counted_connect`, and a refusal for want of a slot noted (:meth:`out_of_slots`): every
+        connection of this database opens here, the pool's (whoever acquires: the identity provider
+        uses its pool directly, and asyncpg's floor maintenance) and the others."""
+        if self.out_of_slots(asyncio.get_running_loop().time()):
+            raise DatabaseUnavailable(NO_SLOT)  # refused a moment ago: not one more backend for nothing
+        try:
+            return await counted_connect(*args, **kwargs)
+        except asyncpg.TooManyConnectionsError:
+            self._slot_retry_at = asyncio.get_running_loop().time() + SLOT_RETRY_SECONDS
+            raise
 
     async def _connect_forever(self) -> None:
         delay = 0.2
@@ -294,6 +373,40 @@ class Database:
         async with self.connection() as conn:
             await conn.fetchval("SELECT 1", timeout=2.0)
 
+    def out_of_slots(self, now: float) -> bool:
+        """Postgres refused a connection of this database for want of a slot (SQLSTATE 53300) less
+        than :data:`SLOT_RETRY_SECONDS` ago. Meanwhile no new connection is tried — a request waits
+        for one of the pool's own (:meth:`acquire_released`), or is answered 503 at once when it has
+        none — for a refused connection still costs the full server a backend (a fork, an
+        authentication): tried for each request, the write load made it tens a second per service,
+        and a request paid a round trip before waiting."""
+        return now < self._slot_retry_at
+
+    async def acquire_released(self, pool: asyncpg.Pool, deadline: float) -> Connection:
+        """The pool had no idle connection and may not grow (Postgres out of slots: its
+        ``max_connections`` or the role's ``CONNECTION LIMIT``): wait until ``deadline`` for one of
+        its own connections to be released and take it. A statement holds one for milliseconds;
+        answering 503 at once refused a third of the writes of a service whose role had no slot to
+        spare while its own connection served the rest. None released in time (or none left):
+        :class:`DatabaseUnavailable` (503 with ``Retry-After``). asyncpg hands out a live idle
+        connection before it connects another holder, so a wake-up with one idle connects nothing."""
+        self._release_waiters += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    if pool.get_idle_size():
+                        conn: Connection = await pool.acquire()
+                        return conn
+                    if not pool.get_size():
+                        break
+                    self._released.clear()
+                    await self._released.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._release_waiters -= 1
+        raise DatabaseUnavailable(NO_SLOT)
+
     def connection(self) -> PooledConnection:
         """A pooled connection for the block (``async with``), waited for at most ``connect_timeout``:
         see :class:`PooledConnection`."""
@@ -376,7 +489,7 @@ class Database:
         delay = 0.05
         while time.monotonic() < deadline:
             try:
-                conn = await asyncpg.connect(self.dsn, **self._connect_options())
+                conn = await self.connect()
             except UNAVAILABLE_ERRORS:
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 1.0)
@@ -476,8 +589,19 @@ class PooledConnection:
             # (``asyncio.timeout``: ~4 µs, most of what this adds to a use)
             conn = await pool.acquire()
         else:
-            async with asyncio.timeout(database.connect_timeout):
-                conn = await pool.acquire()
+            now = asyncio.get_running_loop().time()
+            deadline = now + database.connect_timeout
+            if database.out_of_slots(now):
+                # the pool may not grow: one of its own connections, or 503 at once if it has none
+                conn = await database.acquire_released(pool, deadline)
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await pool.acquire()
+                except asyncpg.TooManyConnectionsError:
+                    if not pool.get_size():
+                        raise
+                    conn = await database.acquire_released(pool, deadline)
         self._conn = conn
         return conn
 
@@ -495,6 +619,8 @@ class PooledConnection:
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)
+        if self._database._release_waiters:
+            self._database._released.set()
 
 
 class PooledTransaction:
@@ -591,7 +717,7 @@ _PROBE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.P
 
 async def _replace_if_moved(database: Database, pool: asyncpg.Pool) -> None:
     try:
-        conn = await asyncpg.connect(database.dsn, **database._connect_options())
+        conn = await database.connect(application_name="read-only probe")  # counted; not while out of slots
         try:
             read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')", timeout=2.0)
         finally:

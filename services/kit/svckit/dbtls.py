@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from .health import CheckFailed
+
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 SSLMODES: tuple[SslMode, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 VERIFYING = ("verify-ca", "verify-full")
@@ -152,4 +154,6 @@ def describe_connect_error(exc: BaseException, tls: DatabaseTls | None = None) -
         return f"TLS: the handshake with the database failed: {exc.reason or type(exc).__name__}{where}"
     if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
         return f"TLS: the database server does not offer TLS{where}"
+    if isinstance(exc, CheckFailed):
+        return str(exc)  # its words are already safe to publish (svckit.db's "no connection slot")
     return type(exc).__name__

@@ -495,12 +495,7 @@ class OutboxRelay:
             return
         self._listener = None
         try:
-            conn = await asyncpg.connect(
-                self.database.dsn,
-                timeout=self.database.connect_timeout,
-                server_settings={"application_name": f"{self.database.application_name}-outbox"},
-                ssl=self.database.ssl,
-            )
+            conn = await self.database.connect(f"{self.database.application_name}-outbox")
         except DB_ERRORS as exc:
             self._listen_unavailable(exc)
             return

@@ -53,6 +53,12 @@ MAX_CONNECTIONS = 64
 _WRITE_REFUSALS = ("MISCONF ", "NOREPLICAS ")
 
 
+def describe_redis_error(exc: BaseException) -> str:
+    """``exc`` for a log line: its class and its text, one line, bounded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
 def refuses_writes_only(exc: BaseException) -> bool:
     """``exc`` is Redis refusing a write while it still answers reads (full, read-only, ...)."""
     if isinstance(exc, OutOfMemoryError | ReadOnlyError):
@@ -128,7 +134,11 @@ class RedisGuard:
     def mark_down(self, exc: BaseException) -> None:
         """Open the circuit after a failure seen outside :meth:`call` (a dedicated connection, say)."""
         if self.available or (self.readable and not refuses_writes_only(exc)):  # reads stop too: said
-            log.warning("redis unavailable, continuing without it", extra={"error": type(exc).__name__})
+            # the error's text too: "max number of clients reached" (Redis at maxclients: up, refusing
+            # new connections) and "Connection refused" (down) call for different remedies
+            log.warning(
+                "redis unavailable, continuing without it", extra={"error": describe_redis_error(exc)}
+            )
         self._down_until = time.monotonic() + self.retry_seconds
         self._reads_until = self._down_until if refuses_writes_only(exc) else 0.0
 
