@@ -169,6 +169,7 @@ async def test_services_out_of_postgres_slots_answer_503_and_recover_by_themselv
                 assert reply.status == 503, body
                 assert reply.headers["Content-Type"].startswith("application/problem+json")
                 assert reply.headers.get("Retry-After"), dict(reply.headers)
+                assert body.get("reason") == "database_out_of_slots", body  # not "unreachable"
             for name, service in db_services.items():
                 async with http.get(service.url + "/readyz") as reply:
                     ready = await reply.json(content_type=None)

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from .db import (
     READ_ONLY_ERRORS,
+    SLOT_ERRORS,
     UNAVAILABLE_ERRORS,
     Database,
     DatabaseUnavailable,
@@ -85,6 +86,16 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
             headers=RETRY_AFTER,
             outcome="not_stored",
             reason="database_read_only",
+        )
+    if isinstance(exc, SLOT_ERRORS):
+        # Postgres up, but out of connection slots (svckit.db.SLOT_ERRORS): no outcome is claimed
+        # (a handler's earlier transaction may have committed before its next connection was refused)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database has no connection free for this service right now; retry shortly.",
+            headers=RETRY_AFTER,
+            reason="database_out_of_slots",
         )
     return problem_response(
         503,

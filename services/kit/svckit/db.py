@@ -52,6 +52,11 @@ class DatabaseUnavailable(CheckFailed):
     """Raised when a handler needs the pool before it exists (its message is ``/readyz``-safe)."""
 
 
+class OutOfSlots(DatabaseUnavailable):
+    """No connection for a request while Postgres refuses new ones for want of a slot (SQLSTATE 53300),
+    and none of the pool's own was released in time (:meth:`Database.acquire_released`)."""
+
+
 class NotCommitted(DatabaseUnavailable):
     """The connection died around ``COMMIT`` and the check on a fresh connection found nothing stored."""
 
@@ -67,6 +72,10 @@ class OutcomeUnknown(DatabaseUnavailable):
 #: definite refusal: nothing was applied, so there is no outcome to resolve, and the connection is
 #: closed rather than pooled again (the next one is opened anew, to wherever the name points now).
 READ_ONLY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.ReadOnlySQLTransactionError,)
+#: Postgres up but refusing new connections for want of a slot (SQLSTATE 53300), or no connection of
+#: the pool's own released in time meanwhile: answered 503 ``database_out_of_slots`` (svckit.app), not
+#: "unreachable" — the operator's remedy differs (docs/runbook.md, TimesheetsDatabaseConnectionsRefused)
+SLOT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TooManyConnectionsError, OutOfSlots)
 
 # Every error class that means "the database is not there right now; retry": the socket (OSError,
 # timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
@@ -280,7 +289,7 @@ class Database:
         connection of this database opens here, the pool's (whoever acquires: the identity provider
         uses its pool directly, and asyncpg's floor maintenance) and the others."""
         if self.out_of_slots(asyncio.get_running_loop().time()):
-            raise DatabaseUnavailable(NO_SLOT)  # refused a moment ago: not one more backend for nothing
+            raise OutOfSlots(NO_SLOT)  # refused a moment ago: not one more backend for nothing
         try:
             return await counted_connect(*args, **kwargs)
         except asyncpg.TooManyConnectionsError:
@@ -405,7 +414,7 @@ class Database:
             pass
         finally:
             self._release_waiters -= 1
-        raise DatabaseUnavailable(NO_SLOT)
+        raise OutOfSlots(NO_SLOT)
 
     def connection(self) -> PooledConnection:
         """A pooled connection for the block (``async with``), waited for at most ``connect_timeout``:
