@@ -360,7 +360,9 @@ def service_answers(operation: Operation) -> list[Answer]:
         problem_answer(403, "Forbidden", forbidden, "This operation needs the scope 'read:timesheets'."),
         Answer(
             503,
-            "The database (or a peer service) is unreachable; retry after Retry-After seconds.",
+            "The database (or a peer service) is unreachable, has no connection slot free (reason"
+            " `database_out_of_slots`) or takes no writes (reason `database_read_only`, outcome"
+            " `not_stored`: a failover); retry after Retry-After seconds.",
             problem={
                 "type": "about:blank",
                 "title": "Service Unavailable",
