@@ -10,6 +10,7 @@ page's request reach the gateway (``route.fetch``) and handing the page a failur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -18,10 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from uuid import uuid4
 
+import asyncpg
 import pytest
-from playwright.async_api import Locator, Page, Route, expect
+from playwright.async_api import Locator, Page, Response, Route, expect
 
 from devstack.platform import SERVICES, Platform
+from devstack.roles import role_name
 from tests.browser.support import (
     APP,
     PROVIDER,
@@ -796,6 +799,81 @@ async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: New
     await card.get_by_role("button", name="Approve").click()
     entry = await approved_once(bob, card, alice, alice_tokens, project)
     assert entry["decision"]["comment"] == "Matches the plan", entry  # type: ignore[index]
+    await shot(bob, "approved-once")
+
+
+@contextlib.asynccontextmanager
+async def timesheets_database_read_only(platform: Platform) -> AsyncIterator[None]:
+    """The timesheets service's database takes no writes while it still answers reads, as a demoted
+    primary or a standby does during a failover: its runtime role's sessions start read-only
+    (``default_transaction_read_only``) and the ones it holds are ended, so its pool reconnects to a
+    "server" that refuses writes (SQLSTATE 25006: the kit answers 503 ``database_read_only``). Only
+    this role, only for the block: the platform's database is shared by the whole browser module
+    (never ``ALTER SYSTEM``). Writable again on the way out, its sessions ended again so none stays
+    read-only."""
+    role = role_name(platform.env, "timesheets")
+
+    async def set_read_only(on: bool) -> None:
+        conn = await asyncpg.connect(platform.env["DATABASE_URL"])
+        try:
+            change = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
+            await conn.execute(f'ALTER ROLE "{role}" {change}')
+            ended = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+            )
+            pids = [row["pid"] for row in ended]
+            deadline = time.monotonic() + 15
+            while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids):
+                assert time.monotonic() < deadline, f"{role}'s sessions {pids} did not end"
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+
+    try:
+        await set_read_only(True)
+        yield
+    finally:
+        await set_read_only(False)
+
+
+async def test_decision_recorded_but_not_applied_is_applied_once(
+    new_page: NewPage, shot: Shots, platform: Platform
+) -> None:
+    """The timesheets service's database takes no writes (a failover) while it answers reads: Bob's
+    approval is recorded by the approvals service but cannot be applied to the entry, and its 503
+    carries his decision. The card says it is recorded, not applied yet (not that it failed, nor that
+    it may not be recorded), and the comment stays. Once the database takes writes again, pressing
+    Approve again (or the reconciler before him) says it is approved: one decision, with his comment."""
+    alice, alice_tokens, bob, _, card, project = await waiting_for_bob(new_page, shot, "Recorded not applied")
+    answers: list[tuple[int, str]] = []
+
+    async def note(response: Response) -> None:
+        if "/api/approvals/" in response.url and response.request.method == "PUT":
+            answers.append((response.status, await response.text()))
+
+    bob.on("response", note)
+    comment = "Matches the plan"
+    async with timesheets_database_read_only(platform):
+        assert await stored(alice, alice_tokens, project), "the entry is read while writes fail"
+        await card.get_by_label("Comment").fill(comment)
+        await card.get_by_role("button", name="Approve").click()
+        alert = card.get_by_role("alert")
+        await expect(alert).to_contain_text("Recorded, not applied yet", timeout=40_000)
+        await expect(card.get_by_label("Comment")).to_have_value(comment)
+        await assert_inside(card, alert)
+        await shot(bob, "recorded-not-applied")
+        # really the approvals service's own answer: a 503 with the recorded decision, his
+        recorded = [json.loads(text) for status, text in answers if status == 503]
+        assert recorded, answers
+        assert recorded[-1]["decision"]["decision"] == "approved", recorded[-1]
+        assert recorded[-1]["decision"]["comment"] == comment, recorded[-1]
+        assert recorded[-1]["decision"]["state"] == "pending", recorded[-1]
+        [entry] = await stored(alice, alice_tokens, project)
+        assert entry["status"] == "submitted", entry  # recorded, not applied
+
+    await card.get_by_role("button", name="Approve").click()
+    entry = await approved_once(bob, card, alice, alice_tokens, project)
+    assert entry["decision"]["comment"] == comment, entry  # type: ignore[index]
     await shot(bob, "approved-once")
 
 
