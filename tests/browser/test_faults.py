@@ -843,7 +843,8 @@ async def test_decision_recorded_but_not_applied_is_applied_once(
     approval is recorded by the approvals service but cannot be applied to the entry, and its 503
     carries his decision. The card says it is recorded, not applied yet (not that it failed, nor that
     it may not be recorded), and the comment stays. Once the database takes writes again, pressing
-    Approve again (or the reconciler before him) says it is approved: one decision, with his comment."""
+    Approve again (or the reconciler before him) says it is approved: one decision, with his comment.
+    A reload meanwhile says the same: recorded, not "no decision was made"."""
     alice, alice_tokens, bob, _, card, project = await waiting_for_bob(new_page, shot, "Recorded not applied")
     answers: list[tuple[int, str]] = []
 
@@ -870,10 +871,21 @@ async def test_decision_recorded_but_not_applied_is_applied_once(
         assert recorded[-1]["decision"]["state"] == "pending", recorded[-1]
         [entry] = await stored(alice, alice_tokens, project)
         assert entry["status"] == "submitted", entry  # recorded, not applied
+        # Reloaded meanwhile, the card (the entry still waits) brings the comment back and does not
+        # say that no decision was made with it: it was, and waits to be applied.
+        await bob.reload()
+        await expect(card.get_by_label("Comment")).to_have_value(comment)
+        restored_note = card.get_by_test_id("comment-restored")
+        await expect(restored_note).to_contain_text("Your approval with this comment is recorded")
+        await expect(restored_note).not_to_contain_text("no decision was made")
+        await shot(bob, "recorded-reloaded")
 
     await card.get_by_role("button", name="Approve").click()
     entry = await approved_once(bob, card, alice, alice_tokens, project)
     assert entry["decision"]["comment"] == comment, entry  # type: ignore[index]
+    kept = json.dumps(await session_storage(bob))
+    assert comment not in kept, kept  # done with: neither the comment nor the mark of its decision stays
+    assert str(entry["id"]) not in kept, kept
     await shot(bob, "approved-once")
 
 

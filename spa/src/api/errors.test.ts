@@ -4,6 +4,7 @@ import {
   NetworkError,
   describeError,
   describeUndecided,
+  isRecorded,
   missingScopeFrom,
   outcomeUnknown,
   parseFieldErrors,
@@ -101,6 +102,12 @@ describe("problem answers", () => {
     const pending = new ApiError(503, { status: 503, request_id: "r1", decision: { state: "pending" } });
     expect(describeUndecided(pending, "approved")).toMatchObject({ title: "Recorded, not applied yet" });
     expect(describeUndecided(pending, "approved").text).toContain("(Reference: r1)");
+    expect(isRecorded(pending)).toBe(true);
+    expect(isRecorded(new ApiError(503, { status: 503, outcome: "unknown", decision: { state: "pending" } }))).toBe(
+      false,
+    );
+    expect(isRecorded(new ApiError(503, { status: 503 }))).toBe(false);
+    expect(isRecorded(new NetworkError("reset"))).toBe(false);
     const down = describeUndecided(new ApiError(503, { status: 503 }), "rejected");
     expect(down.title).toBe("The service is unavailable");
     expect(down.text).toContain("was not rejected");

@@ -200,6 +200,15 @@ export function describeError(error: unknown, action: string): UserMessage {
 }
 
 /**
+ * Whether a failed decision is recorded all the same and waits to be applied: the approvals service's
+ * 503 that carries the decision (it could not apply it to the entry yet; its reconciler, or the same
+ * request repeated, does).
+ */
+export function isRecorded(error: unknown): boolean {
+  return error instanceof ApiError && error.status === 503 && !outcomeUnknown(error) && Boolean(error.problem.decision);
+}
+
+/**
  * What an approver is told when a decision still failed transiently after its retries (`isTransient`),
  * and the comment stays in the card: whether it may have been recorded (the answer was lost: pressing
  * the button again is answered with the recorded decision, never a second one), is recorded and waits
@@ -216,7 +225,7 @@ export function describeUndecided(error: unknown, decision: "approved" | "reject
       text: `The service did not answer, so we can't tell yet whether the entry was ${decision}. Press ${button} again in a moment: it will not be decided twice.${reference}`,
     };
   }
-  if (error instanceof ApiError && error.status === 503 && error.problem.decision) {
+  if (isRecorded(error)) {
     return {
       kind: "unavailable",
       title: "Recorded, not applied yet",

@@ -9,6 +9,8 @@ import {
   forgetOthers,
   loadComments,
   loadDraft,
+  loadRecorded,
+  markRecorded,
   saveComment,
   saveDraft,
   type Draft,
@@ -161,6 +163,27 @@ describe("approval comments", () => {
     expect(loadComments(storage, "bob")).toEqual({ [OTHER]: "Fine" });
     saveComment(storage, "bob", OTHER, "  ");
     expect(storage.items.size).toBe(0);
+  });
+
+  it("remembers a decision recorded but not applied yet, with its comment, until the comment is done with", () => {
+    const storage = new MemoryStorage();
+    saveComment(storage, "bob", ENTRY, "Matches the plan");
+    markRecorded(storage, "bob", ENTRY, "approved");
+    markRecorded(storage, "bob", OTHER, "rejected"); // recorded with no comment kept
+    saveComment(storage, "bob", ENTRY, "Matches the plan"); // the card saving its comment again on a reload
+    expect(loadRecorded(storage, "bob")).toEqual({ [ENTRY]: "approved", [OTHER]: "rejected" });
+    expect(loadComments(storage, "bob")).toEqual({ [ENTRY]: "Matches the plan" });
+    expect(loadRecorded(storage, "dave")).toEqual({});
+    clearComment(storage, "bob", ENTRY); // seen applied
+    expect(loadRecorded(storage, "bob")).toEqual({ [OTHER]: "rejected" });
+    expect(loadComments(storage, "bob")).toEqual({});
+    clearComment(storage, "bob", OTHER);
+    expect(storage.items.size).toBe(0);
+    storage.setItem(
+      commentsKey("bob"),
+      JSON.stringify({ sub: "bob", recorded: { [ENTRY]: "maybe", "a b": "approved" } }),
+    );
+    expect(loadRecorded(storage, "bob")).toEqual({});
   });
 
   it("lives beside the entry draft: signing out drops both, another user signing in drops the others'", () => {

@@ -137,20 +137,60 @@ export function loadComments(storage: DraftStorage, sub: string): Comments {
 
 /**
  * Keeps the comment `sub` is typing on entry `id` (an empty one is forgotten). The newest stay when
- * there are more than `MAX_COMMENTS`.
+ * there are more than `MAX_COMMENTS`. The decisions marked recorded (`markRecorded`) stay as they are.
  */
 export function saveComment(storage: DraftStorage, sub: string, id: string, comment: string): void {
   if (!ENTRY_ID.test(id)) return;
   const comments = loadComments(storage, sub);
   delete comments[id];
   if (comment.trim()) comments[id] = comment.slice(0, MAX_FIELD);
-  const kept = Object.entries(comments).slice(-MAX_COMMENTS);
-  writeOwn(storage, commentsKey(sub), sub, kept.length ? { comments: Object.fromEntries(kept) } : null);
+  writeComments(storage, sub, comments, loadRecorded(storage, sub));
 }
 
-/** The comment on `id` is done with: its decision was recorded, or the entry left the queue. */
+/** The comment on `id` is done with: its decision was applied, or the entry left the queue. */
 export function clearComment(storage: DraftStorage, sub: string, id: string): void {
-  saveComment(storage, sub, id, "");
+  if (!ENTRY_ID.test(id)) return;
+  const comments = loadComments(storage, sub);
+  const recorded = loadRecorded(storage, sub);
+  delete comments[id];
+  delete recorded[id];
+  writeComments(storage, sub, comments, recorded);
+}
+
+/** Entry id → the decision `sub` made on it that the approvals service recorded but has not applied yet. */
+export type Recorded = Record<string, "approved" | "rejected">;
+
+/** `sub`'s decisions recorded and not applied yet, as `markRecorded` writes them (others are skipped). */
+export function loadRecorded(storage: DraftStorage, sub: string): Recorded {
+  const stored = readOwn(storage, commentsKey(sub), sub)?.recorded;
+  const recorded: Recorded = {};
+  if (typeof stored !== "object" || stored === null || Array.isArray(stored)) return recorded;
+  for (const [id, decision] of Object.entries(stored as Record<string, unknown>)) {
+    if (ENTRY_ID.test(id) && (decision === "approved" || decision === "rejected")) recorded[id] = decision;
+  }
+  return recorded;
+}
+
+/**
+ * The approvals service recorded `sub`'s `decision` on `id` but could not apply it yet (its 503 that
+ * carries the decision): a reload must not say that no decision was made with the comment kept.
+ * Forgotten with the comment (`clearComment`), once the decision is seen applied.
+ */
+export function markRecorded(storage: DraftStorage, sub: string, id: string, decision: "approved" | "rejected"): void {
+  if (!ENTRY_ID.test(id)) return;
+  const recorded = loadRecorded(storage, sub);
+  delete recorded[id];
+  recorded[id] = decision;
+  writeComments(storage, sub, loadComments(storage, sub), recorded);
+}
+
+function writeComments(storage: DraftStorage, sub: string, comments: Comments, recorded: Recorded): void {
+  const kept = Object.entries(comments).slice(-MAX_COMMENTS);
+  const marked = Object.entries(recorded).slice(-MAX_COMMENTS);
+  const value: Record<string, unknown> = {};
+  if (kept.length) value.comments = Object.fromEntries(kept);
+  if (marked.length) value.recorded = Object.fromEntries(marked);
+  writeOwn(storage, commentsKey(sub), sub, kept.length || marked.length ? value : null);
 }
 
 /** A stored pending create as `saveDraft` writes it, else undefined (none, or not what it writes). */

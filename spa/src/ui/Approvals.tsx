@@ -1,9 +1,9 @@
 /** "Approvals": other people's submitted entries, approved or rejected with a comment. */
 import { useEffect, useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
-import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
+import { ApiError, describeError, describeUndecided, isRecorded, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
-import { clearComment, loadComments, saveComment } from "../lib/draft";
+import { clearComment, loadComments, loadRecorded, markRecorded, saveComment } from "../lib/draft";
 import { backstop, bidiInText, COMMENT_MAX, tooLong } from "../lib/limits";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
@@ -21,6 +21,8 @@ export function ApprovalsScreen({ api, user, onSignInAgain }: Props) {
   const queue = useLoad(() => api.listApprovals(), []);
   // Comments this approver typed and had no decision recorded with yet (a reload, signing in again).
   const [restored] = useState(() => loadComments(sessionStorage, user));
+  // Decisions recorded but not applied yet when the page was left (its entry still waits in the queue).
+  const [recorded] = useState(() => loadRecorded(sessionStorage, user));
   const [decided, setDecided] = useState<Set<string>>(new Set());
   // Why an entry left the queue without the decision being made (deleted or decided meanwhile): shown
   // above the queue until dismissed, since the card that was decided is gone.
@@ -73,6 +75,7 @@ export function ApprovalsScreen({ api, user, onSignInAgain }: Props) {
               user={user}
               entry={entry}
               restored={restored[entry.id] ?? ""}
+              recorded={recorded[entry.id]}
               onSignInAgain={onSignInAgain}
               onDone={(why) => {
                 setDecided((current) => new Set([...current, entry.id]));
@@ -94,6 +97,7 @@ function ApprovalCard({
   user,
   entry,
   restored,
+  recorded,
   onDone,
   onSignInAgain,
 }: {
@@ -102,6 +106,8 @@ function ApprovalCard({
   entry: Entry;
   /** The comment kept from before (empty: none). */
   restored: string;
+  /** This approver's decision on it, recorded and not applied yet when the page was left, if any. */
+  recorded?: "approved" | "rejected";
   /** Decided; or gone from the queue meanwhile (deleted, or decided by someone else): why. */
   onDone: (gone: UserMessage | null) => void;
   onSignInAgain: () => void;
@@ -150,6 +156,7 @@ function ApprovalCard({
         return;
       }
       if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
+      if (isRecorded(failure)) markRecorded(sessionStorage, user, entry.id, decision);
       setMessage(described);
     } finally {
       setBusy(null);
@@ -188,10 +195,18 @@ function ApprovalCard({
           action={<MessageAction message={message} onSignInAgain={onSignInAgain} />}
         />
       )}
-      {restored && (
+      {recorded ? (
         <p class="approval__restored" data-testid="comment-restored">
-          Your comment from before is back: no decision was made with it yet.
+          Your {recorded === "approved" ? "approval" : "rejection"}
+          {restored ? " with this comment" : ""} is recorded and waits to be applied. Press{" "}
+          {recorded === "approved" ? "Approve" : "Reject"} again to see it done.
         </p>
+      ) : (
+        restored && (
+          <p class="approval__restored" data-testid="comment-restored">
+            Your comment from before is back: no decision was made with it yet.
+          </p>
+        )
       )}
       <Field id={fieldId} label="Comment" hint="Optional when approving; required when rejecting." error={error}>
         <textarea
