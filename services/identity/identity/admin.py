@@ -211,15 +211,15 @@ _USER_TEXT = {
 }
 
 
-def user_text_refusal(option: str, value: str) -> str | None:
-    """Why ``value`` may not be the user's ``option`` (``--name`` or ``--email``), or None; the
-    message is the kit's (it names a bidirectional control by its code point and name)."""
+def user_text(option: str, value: str) -> str:
+    """``value`` as the user's ``option`` (``--name`` or ``--email``) is stored: without surrounding
+    whitespace (which the rule strips first, a trailing NEL among it); ValueError with the kit's
+    message (it names a bidirectional control by its code point and name) when refused."""
     try:
-        _USER_TEXT[option].validate_python(value)
+        return _USER_TEXT[option].validate_python(value)
     except ValidationError as refused:
         message = str(refused.errors()[0]["msg"]).removeprefix("Value error, ")
-        return f"{option} {message}"
-    return None
+        raise ValueError(f"{option} {message}") from None
 
 
 def add_user(settings: IdentitySettings, args: list[str]) -> int:
@@ -233,11 +233,11 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
     parsed = parser.parse_args(args)
     if not parsed.username.replace(".", "").replace("-", "").replace("_", "").isalnum():
         parser.error("username may only hold letters, digits, '.', '-' and '_'")
-    for option, value in (("--name", parsed.name), ("--email", parsed.email)):
-        refusal = user_text_refusal(option, value)
-        if refusal is not None:
-            parser.error(refusal)
-    if "@" not in parsed.email:
+    try:
+        name, email = user_text("--name", parsed.name), user_text("--email", parsed.email)
+    except ValueError as refused:
+        parser.error(str(refused))
+    if "@" not in email:
         parser.error("--email must be an e-mail address")
     password = _read_secret(parsed.password_env, "password")
     if len(password) < 4:
@@ -247,8 +247,8 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
         user = User(
             subject_for(parsed.username),
             parsed.username,
-            parsed.email,
-            parsed.name,
+            email,
+            name,
             tuple(dict.fromkeys(parsed.role)),
             hash_secret(password),
         )
