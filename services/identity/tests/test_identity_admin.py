@@ -197,6 +197,7 @@ async def test_add_user_stores_a_name_without_the_whitespace_around_it(
         row = await conn.fetchrow("SELECT name, email FROM users WHERE username = 'fay'")
     finally:
         await conn.close()
+    assert row is not None
     assert tuple(row) == ("Fay", "fay@example.com")
 
 
