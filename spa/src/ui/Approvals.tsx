@@ -1,4 +1,5 @@
 /** "Approvals": other people's submitted entries, approved or rejected with a comment. */
+import type { ComponentChildren } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { ApiError, describeError, describeUndecided, isTransient, type UserMessage } from "../api/errors";
@@ -118,7 +119,7 @@ function ApprovalCard({
   const decide = async (decision: "approved" | "rejected"): Promise<void> => {
     setMessage(null);
     if (decision === "rejected" && !comment.trim()) {
-      setError(`Say why you're rejecting it, so ${owner} can fix it.`);
+      setError(commentNeeded(owner));
       document.getElementById(fieldId)?.focus();
       return;
     }
@@ -136,7 +137,7 @@ function ApprovalCard({
       // attempt whose answer was lost (pressed again after "may not have been recorded"): done.
       await api.decide(entry.id, decision, comment.trim(), { by: user });
       clearComment(sessionStorage, user, entry.id);
-      toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
+      toast(decidedToast(decision, owner, entry.project));
       onDone(null);
     } catch (failure) {
       const described = isTransient(failure)
@@ -222,4 +223,14 @@ function ApprovalCard({
       </div>
     </li>
   );
+}
+
+/** The rejection's missing comment, in the comment field's error. */
+export function commentNeeded(owner: string): string {
+  return `Say why you're rejecting it, so ${owner} can fix it.`;
+}
+
+/** The toast of a decision: "Approved Alice Employee's Apollo entry". */
+export function decidedToast(decision: "approved" | "rejected", owner: string, project: string): ComponentChildren {
+  return `${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${project} entry`;
 }

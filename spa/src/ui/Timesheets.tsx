@@ -1,4 +1,5 @@
 /** "My timesheets": a week at a glance with per-day and weekly totals, adding and deleting entries. */
+import type { ComponentChildren } from "preact";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
@@ -70,7 +71,7 @@ export function TimesheetsScreen({ api, user, canCreate, canDelete, onSignInAgai
     setDeleting(true);
     try {
       await api.deleteEntry(toDelete.id);
-      toast(`Deleted ${toDelete.project} on ${formatDay(toDelete.date)}`);
+      toast(deletedToast(toDelete));
       setMessage(null);
     } catch (error) {
       setMessage(describeError(error, "delete this entry"));
@@ -284,7 +285,7 @@ function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boo
             type="button"
             class="button button--icon"
             onClick={onDelete}
-            aria-label={`Delete ${entry.project}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`}
+            aria-label={deleteLabel(entry)}
           >
             <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
               <path
@@ -419,7 +420,7 @@ function EntryForm({
       const created = await api.createEntry(entry, pending.current.key);
       pending.current = null;
       toast(
-        `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
+        addedToast(created.project ?? form.project, formatHours(created.hours ?? form.hours), created.date ?? form.date),
       );
       setForm({ ...empty(), date: form.date });
       setRestoredNote(false);
@@ -524,4 +525,19 @@ function EntryForm({
       </button>
     </form>
   );
+}
+
+/** The toast of a deletion: "Deleted Apollo on Mon 23 Nov". */
+export function deletedToast(entry: Pick<Entry, "project" | "date">): ComponentChildren {
+  return `Deleted ${entry.project} on ${formatDay(entry.date)}`;
+}
+
+/** The toast of an entry added: "Added Apollo, 7.5 h on Mon 23 Nov" (`hours` formatted). */
+export function addedToast(project: string, hours: string, date: string): ComponentChildren {
+  return `Added ${project}, ${hours} on ${formatDay(date)}`;
+}
+
+/** The accessible name of an entry's delete button (a string: an attribute holds no markup). */
+export function deleteLabel(entry: Pick<Entry, "project" | "hours" | "date">): string {
+  return `Delete ${entry.project}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`;
 }

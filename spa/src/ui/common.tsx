@@ -145,15 +145,15 @@ export function ConfirmDialog({
   );
 }
 
-let pushToast: ((text: string) => void) | null = null;
+let pushToast: ((text: ComponentChildren) => void) | null = null;
 
 /** Announce an outcome visually and to screen readers ("Entry added"). */
-export function toast(text: string): void {
+export function toast(text: ComponentChildren): void {
   pushToast?.(text);
 }
 
 export function Toasts() {
-  const [items, setItems] = useState<{ id: number; text: string }[]>([]);
+  const [items, setItems] = useState<{ id: number; text: ComponentChildren }[]>([]);
   useEffect(() => {
     let next = 0;
     pushToast = (text) => {
