@@ -5,7 +5,7 @@ import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { loadDraft, saveDraft, type PendingCreate } from "../lib/draft";
-import { backstop, bidiInName, bidiInText, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
+import { backstop, bidiInName, bidiInText, isolated, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
 import {
   addDays,
   formatDay,
@@ -281,12 +281,7 @@ function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boo
             <span class="sr-only">Approved entries can't be deleted</span>
           </span>
         ) : (
-          <button
-            type="button"
-            class="button button--icon"
-            onClick={onDelete}
-            aria-label={deleteLabel(entry)}
-          >
+          <button type="button" class="button button--icon" onClick={onDelete} aria-label={deleteLabel(entry)}>
             <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
               <path
                 fill="currentColor"
@@ -420,7 +415,11 @@ function EntryForm({
       const created = await api.createEntry(entry, pending.current.key);
       pending.current = null;
       toast(
-        addedToast(created.project ?? form.project, formatHours(created.hours ?? form.hours), created.date ?? form.date),
+        addedToast(
+          created.project ?? form.project,
+          formatHours(created.hours ?? form.hours),
+          created.date ?? form.date,
+        ),
       );
       setForm({ ...empty(), date: form.date });
       setRestoredNote(false);
@@ -527,17 +526,29 @@ function EntryForm({
   );
 }
 
-/** The toast of a deletion: "Deleted Apollo on Mon 23 Nov". */
+/**
+ * The toast of a deletion: "Deleted Apollo on Mon 23 Nov", the project in `<bdi>` (a project stored
+ * with an override before the services refused them reverses only itself; the text stays the same).
+ */
 export function deletedToast(entry: Pick<Entry, "project" | "date">): ComponentChildren {
-  return `Deleted ${entry.project} on ${formatDay(entry.date)}`;
+  return (
+    <>
+      Deleted <bdi>{entry.project}</bdi> on {formatDay(entry.date)}
+    </>
+  );
 }
 
-/** The toast of an entry added: "Added Apollo, 7.5 h on Mon 23 Nov" (`hours` formatted). */
+/** The toast of an entry added: "Added Apollo, 7.5 h on Mon 23 Nov" (`hours` formatted), as above. */
 export function addedToast(project: string, hours: string, date: string): ComponentChildren {
-  return `Added ${project}, ${hours} on ${formatDay(date)}`;
+  return (
+    <>
+      Added <bdi>{project}</bdi>, {hours} on {formatDay(date)}
+    </>
+  );
 }
 
-/** The accessible name of an entry's delete button (a string: an attribute holds no markup). */
+/** The accessible name of an entry's delete button: an attribute holds no markup, so the project is
+ * isolated with U+2068 … U+2069 (a screen reader reads them as nothing; the name still starts "Delete"). */
 export function deleteLabel(entry: Pick<Entry, "project" | "hours" | "date">): string {
-  return `Delete ${entry.project}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`;
+  return `Delete ${isolated(entry.project)}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`;
 }
