@@ -32,6 +32,7 @@ from typing import Any
 from jwt.algorithms import Algorithm, get_default_algorithms
 from svckit.body import NotAccepted, parse_json
 from svckit.clock import SYSTEM_CLOCK, Clock
+from svckit.contracts.fields import display_text
 from svckit.dpop import is_thumbprint
 from svckit.identity import Identity, IdentitySigner, Kind, PreparedIdentity
 
@@ -155,7 +156,11 @@ def _forwardable(value: str) -> bool:
 def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozenset[str]) -> Identity:
     """The identity the token's claims name. The subject and the client id are refused (401) when they
     cannot be forwarded as they are (trimmed, they would name another principal); the display name is
-    cleaned instead (control characters dropped, spaces at its ends trimmed)."""
+    cleaned instead (svckit's ``display_text``: control characters, C1 included, and bidirectional
+    controls dropped; spaces at its ends trimmed). The services keep it in rows and the audit trail,
+    which more than the SPA reads (exports, logs, other tools): "Alice\u202eecila" would read as
+    another name there, and refusing the token would lock the user out for a profile the operator
+    may not control."""
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or not _forwardable(subject) or len(subject) > 255:
         raise TokenError("malformed", "The token has no usable 'sub' claim.")
@@ -171,7 +176,7 @@ def identity_from(claims: dict[str, Any], config: IssuerConfig, scopes: frozense
     for claim in config.name_claims:
         value = claims.get(claim)
         if isinstance(value, str) and value:
-            name = _CONTROL.sub("", value)[:200].strip(" ")
+            name = display_text(value)[:200].strip(" ")
             break
     return Identity(config.issuer, subject, kind, client_id, scopes, name)
 

@@ -66,6 +66,29 @@ async def test_a_name_with_surrounding_spaces_reaches_upstream_trimmed(
         assert body["identity"]["name"] == forwarded
 
 
+@pytest.mark.parametrize(
+    ("name", "forwarded"),
+    [
+        ("Alice\u202eecila", "Aliceecila"),
+        ("\u2067Alice\u2069 Employee", "Alice Employee"),
+        ("Alice\u202aB\u202c\u202d\u2066\u2068", "AliceB"),
+        ("Alice\x85\x9b2J Employee", "Alice2J Employee"),
+        ("\u05d0\u05dc\u05d9\u200f", "\u05d0\u05dc\u05d9\u200f"),
+    ],
+)
+async def test_a_name_is_forwarded_without_bidirectional_or_c1_controls(
+    api: Any, gateway: str, provider: Provider, name: str, forwarded: str
+) -> None:
+    """An external provider's name claim is not ours to refuse (the user would be locked out for a
+    profile the operator does not control) but is kept by every service (an approver's queue, the
+    audit trail, exports): forwarded without the bidirectional controls (U+202A-U+202E, U+2066-U+2069)
+    that would draw it, or what follows it, in another order, nor C1 controls, as C0 ones already
+    were. Right-to-left letters and the marks stay."""
+    status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token(name=name))
+    assert status == 200, body
+    assert body["identity"]["name"] == forwarded
+
+
 @pytest.mark.parametrize("claims", [{"sub": " alice"}, {"sub": "alice "}, {"azp": " timesheets-spa"}])
 async def test_a_subject_or_client_with_surrounding_spaces_is_refused_here(
     api: Any, gateway: str, provider: Provider, claims: dict[str, Any]

@@ -13,10 +13,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import asyncpg
+from pydantic import TypeAdapter, ValidationError
 from svckit.contracts.audit import AuditEvent
+from svckit.contracts.fields import NameText
 from svckit.identity import Identity
 from svckit.outbox import enqueue
 
@@ -196,6 +199,29 @@ def _read_secret(env_name: str | None, what: str) -> str:
     return value
 
 
+#: What a user's name and e-mail address may be: the kit's rule for a name (svckit NameText, as the
+#: services hold a project's name to) — not blank, no control characters (C0, DEL, C1), no
+#: bidirectional controls. They become the ``name`` and ``email`` claims of ID tokens and userinfo,
+#: which the gateway forwards as the caller's name and the services keep in rows and the audit trail:
+#: "Alice\u202eecila" would read as another name in a manager's queue. At most 200 characters for a
+#: name (what the gateway forwards of it), 254 for an address (RFC 5321's path).
+_USER_TEXT = {
+    "--name": TypeAdapter(Annotated[str, NameText(200, "A user's display name.")]),
+    "--email": TypeAdapter(Annotated[str, NameText(254, "A user's e-mail address.")]),
+}
+
+
+def user_text(option: str, value: str) -> str:
+    """``value`` as the user's ``option`` (``--name`` or ``--email``) is stored: without surrounding
+    whitespace (which the rule strips first, a trailing NEL among it); ValueError with the kit's
+    message (it names a bidirectional control by its code point and name) when refused."""
+    try:
+        return _USER_TEXT[option].validate_python(value)
+    except ValidationError as refused:
+        message = str(refused.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{option} {message}") from None
+
+
 def add_user(settings: IdentitySettings, args: list[str]) -> int:
     """Add or update a user; the password is read from stdin (or --password-env VAR)."""
     parser = argparse.ArgumentParser(prog="python -m identity add-user", description=add_user.__doc__)
@@ -207,7 +233,11 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
     parsed = parser.parse_args(args)
     if not parsed.username.replace(".", "").replace("-", "").replace("_", "").isalnum():
         parser.error("username may only hold letters, digits, '.', '-' and '_'")
-    if "@" not in parsed.email:
+    try:
+        name, email = user_text("--name", parsed.name), user_text("--email", parsed.email)
+    except ValueError as refused:
+        parser.error(str(refused))
+    if "@" not in email:
         parser.error("--email must be an e-mail address")
     password = _read_secret(parsed.password_env, "password")
     if len(password) < 4:
@@ -217,8 +247,8 @@ def add_user(settings: IdentitySettings, args: list[str]) -> int:
         user = User(
             subject_for(parsed.username),
             parsed.username,
-            parsed.email,
-            parsed.name,
+            email,
+            name,
             tuple(dict.fromkeys(parsed.role)),
             hash_secret(password),
         )

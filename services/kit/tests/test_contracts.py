@@ -29,7 +29,15 @@ from svckit.contracts.audit import (
     encode_cursor,
     outbox_values,
 )
-from svckit.contracts.fields import CONTROL_CHARS, NAME_PATTERN, path_uuid, rfc3339
+from svckit.contracts.fields import (
+    CONTROL_CHARS,
+    NAME_PATTERN,
+    display_text,
+    no_bidi_controls,
+    no_control_chars,
+    path_uuid,
+    rfc3339,
+)
 from svckit.contracts.timesheets import EntryIn, UploadRow
 from svckit.identity import Identity
 from svckit.outbox import event_parameters
@@ -445,3 +453,20 @@ def test_a_path_names_a_uuid_only_in_the_documented_form() -> None:
     assert path_uuid(str(value).upper()) == value
     for other in (f"{{{value}}}", f"urn:uuid:{value}", value.hex, f" {value}", f"{value}\n", "", "x" * 36):
         assert path_uuid(other) is None, other
+
+
+def test_display_text_drops_exactly_what_a_name_refuses_beyond_line_breaks() -> None:
+    """``display_text`` (the gateway's cleaning of another provider's name claim) and the name rule
+    (``no_control_chars``, ``no_bidi_controls``) agree character by character over the Basic
+    Multilingual Plane, tab and line breaks aside (free text keeps them, a name drops them)."""
+    for code in range(0x10000):
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        try:
+            no_bidi_controls(no_control_chars(char))
+            refused = char in "\t\n\r"
+        except ValueError:
+            refused = True
+        assert (display_text(f"a{char}b") == "ab") is refused, hex(code)
+        assert display_text(f"a{char}b") in ("ab", f"a{char}b"), hex(code)

@@ -6,6 +6,8 @@
  */
 import type { AuditEvent, CheckpointStatus, VerifiedRange } from "../api/types";
 import { shortSubject } from "../api/types";
+// people's text inside the details line is isolated (the cell is a <bdi> too)
+import { isolated } from "./limits";
 import { addDays, isIsoDate } from "./week";
 
 export interface AuditFilters {
@@ -104,14 +106,6 @@ export interface ReasonView {
 }
 
 /** The reason `code` as the audit page shows it (codes stay searchable and quotable to support). */
-/**
- * People's text inside the details line, between U+2068 FIRST STRONG ISOLATE and U+2069 POP DIRECTIONAL
- * ISOLATE: a right-to-left project name cannot reorder the parts around it, and a bidirectional
- * override recorded before the services refused them (the trail is never rewritten) reverses only its
- * own text, not the rest of the line (the cell is a `<bdi>` too).
- */
-const isolated = (value: string): string => `\u2068${value}\u2069`;
-
 export function describeReason(code: string): ReasonView {
   const label = REASONS[code];
   return label ? { code, label, known: true } : { code, label: code.replace(/_/g, " "), known: false };

@@ -83,3 +83,12 @@ export function bidiInText(text: string): string | null {
   }
   return opened ? `Close ${named(opened)} with U+2069 on its line, or remove it.` : null;
 }
+
+/**
+ * People's text inside a string (an attribute, a message) between U+2068 FIRST STRONG ISOLATE and
+ * U+2069 POP DIRECTIONAL ISOLATE: a right-to-left name cannot reorder the words around it, and a
+ * bidirectional override stored before the services refused them (old rows are not rewritten)
+ * reverses only its own text, not the rest of the line. In markup, `<bdi>` does the same and leaves
+ * the text as it is (what a test or a copy reads).
+ */
+export const isolated = (value: string): string => `\u2068${value}\u2069`;

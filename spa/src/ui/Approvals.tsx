@@ -1,10 +1,11 @@
 /** "Approvals": other people's submitted entries, approved or rejected with a comment. */
+import type { ComponentChildren } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import type { ApiClient } from "../api/client";
 import { ApiError, describeError, describeUndecided, isRecorded, isTransient, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { clearComment, loadComments, loadRecorded, markRecorded, saveComment } from "../lib/draft";
-import { backstop, bidiInText, COMMENT_MAX, tooLong } from "../lib/limits";
+import { backstop, bidiInText, COMMENT_MAX, isolated, tooLong } from "../lib/limits";
 import { formatHours, formatLongDate } from "../lib/week";
 import { Banner, EmptyState, Field, Loading, MessageAction, describedBy, toast } from "./common";
 import { useLoad } from "./hooks";
@@ -124,7 +125,7 @@ function ApprovalCard({
   const decide = async (decision: "approved" | "rejected"): Promise<void> => {
     setMessage(null);
     if (decision === "rejected" && !comment.trim()) {
-      setError(`Say why you're rejecting it, so ${owner} can fix it.`);
+      setError(commentNeeded(owner));
       document.getElementById(fieldId)?.focus();
       return;
     }
@@ -142,7 +143,7 @@ function ApprovalCard({
       // attempt whose answer was lost (pressed again after "may not have been recorded"): done.
       await api.decide(entry.id, decision, comment.trim(), { by: user });
       clearComment(sessionStorage, user, entry.id);
-      toast(`${decision === "approved" ? "Approved" : "Rejected"} ${owner}'s ${entry.project} entry`);
+      toast(decidedToast(decision, owner, entry.project));
       onDone(null);
     } catch (failure) {
       const described = isTransient(failure)
@@ -152,7 +153,7 @@ function ApprovalCard({
         // The entry changed meanwhile: the explanation goes above the queue, which is read again. The
         // comment was for a decision that can no longer be made.
         clearComment(sessionStorage, user, entry.id);
-        onDone(describeError(failure, `${verb} ${owner}'s ${entry.project} entry`));
+        onDone(describeError(failure, decisionAction(verb, owner, entry.project)));
         return;
       }
       if (failure instanceof ApiError && failure.fieldErrors.comment) setError(failure.fieldErrors.comment);
@@ -237,4 +238,28 @@ function ApprovalCard({
       </div>
     </li>
   );
+}
+
+/** The rejection's missing comment, in the comment field's error (a string: the owner isolated). */
+export function commentNeeded(owner: string): string {
+  return `Say why you're rejecting it, so ${isolated(owner)} can fix it.`;
+}
+
+/**
+ * The toast of a decision: "Approved Alice Employee's Apollo entry", the owner's name and the project
+ * in `<bdi>`: an override in either (stored before the services refused them) reverses only itself,
+ * and the toast's text stays what it says (no invisible isolate characters in it).
+ */
+export function decidedToast(decision: "approved" | "rejected", owner: string, project: string): ComponentChildren {
+  return (
+    <>
+      {decision === "approved" ? "Approved" : "Rejected"} <bdi>{owner}</bdi>'s <bdi>{project}</bdi> entry
+    </>
+  );
+}
+
+/** What a failed decision was, in its message: "reject Alice Employee's Apollo entry", the owner
+ * and the project isolated (the banner draws them in `<bdi>`, its text unchanged). */
+export function decisionAction(verb: "approve" | "reject", owner: string, project: string): string {
+  return `${verb} ${isolated(owner)}'s ${isolated(project)} entry`;
 }

@@ -1,10 +1,11 @@
 /** "My timesheets": a week at a glance with per-day and weekly totals, adding and deleting entries. */
+import type { ComponentChildren } from "preact";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { newIdempotencyKey, type ApiClient } from "../api/client";
 import { ApiError, describeError, isTransient, outcomeUnknown, type UserMessage } from "../api/errors";
 import { personName, type Entry } from "../api/types";
 import { loadDraft, saveDraft, type PendingCreate } from "../lib/draft";
-import { backstop, bidiInName, bidiInText, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
+import { backstop, bidiInName, bidiInText, isolated, NOTES_MAX, PROJECT_MAX, tooLong } from "../lib/limits";
 import {
   addDays,
   formatDay,
@@ -70,7 +71,7 @@ export function TimesheetsScreen({ api, user, canCreate, canDelete, onSignInAgai
     setDeleting(true);
     try {
       await api.deleteEntry(toDelete.id);
-      toast(`Deleted ${toDelete.project} on ${formatDay(toDelete.date)}`);
+      toast(deletedToast(toDelete));
       setMessage(null);
     } catch (error) {
       setMessage(describeError(error, "delete this entry"));
@@ -280,12 +281,7 @@ function EntryRow({ entry, canDelete, onDelete }: { entry: Entry; canDelete: boo
             <span class="sr-only">Approved entries can't be deleted</span>
           </span>
         ) : (
-          <button
-            type="button"
-            class="button button--icon"
-            onClick={onDelete}
-            aria-label={`Delete ${entry.project}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`}
-          >
+          <button type="button" class="button button--icon" onClick={onDelete} aria-label={deleteLabel(entry)}>
             <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
               <path
                 fill="currentColor"
@@ -419,7 +415,11 @@ function EntryForm({
       const created = await api.createEntry(entry, pending.current.key);
       pending.current = null;
       toast(
-        `Added ${created.project ?? form.project}, ${formatHours(created.hours ?? form.hours)} on ${formatDay(created.date ?? form.date)}`,
+        addedToast(
+          created.project ?? form.project,
+          formatHours(created.hours ?? form.hours),
+          created.date ?? form.date,
+        ),
       );
       setForm({ ...empty(), date: form.date });
       setRestoredNote(false);
@@ -524,4 +524,31 @@ function EntryForm({
       </button>
     </form>
   );
+}
+
+/**
+ * The toast of a deletion: "Deleted Apollo on Mon 23 Nov", the project in `<bdi>` (a project stored
+ * with an override before the services refused them reverses only itself; the text stays the same).
+ */
+export function deletedToast(entry: Pick<Entry, "project" | "date">): ComponentChildren {
+  return (
+    <>
+      Deleted <bdi>{entry.project}</bdi> on {formatDay(entry.date)}
+    </>
+  );
+}
+
+/** The toast of an entry added: "Added Apollo, 7.5 h on Mon 23 Nov" (`hours` formatted), as above. */
+export function addedToast(project: string, hours: string, date: string): ComponentChildren {
+  return (
+    <>
+      Added <bdi>{project}</bdi>, {hours} on {formatDay(date)}
+    </>
+  );
+}
+
+/** The accessible name of an entry's delete button: an attribute holds no markup, so the project is
+ * isolated with U+2068 … U+2069 (a screen reader reads them as nothing; the name still starts "Delete"). */
+export function deleteLabel(entry: Pick<Entry, "project" | "hours" | "date">): string {
+  return `Delete ${isolated(entry.project)}, ${formatHours(entry.hours)} on ${formatLongDate(entry.date)}`;
 }

@@ -4,6 +4,17 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import type { UserMessage } from "../api/errors";
 import type { EntryStatus } from "../api/types";
 
+/**
+ * A message's text with its isolated parts (people's names and projects, put between U+2068 and U+2069
+ * by `isolated` from lib/limits) drawn as `<bdi>` instead: the same isolation, and the text a reader
+ * copies, a screen reader reads or a test matches holds no invisible isolate characters.
+ */
+export function withIsolates(text: string): ComponentChildren {
+  const parts = text.split(/\u2068([^\u2068\u2069]*)\u2069/);
+  if (parts.length === 1) return text;
+  return parts.map((part, index) => (index % 2 === 1 ? <bdi>{part}</bdi> : part));
+}
+
 export function Banner({
   message,
   onDismiss,
@@ -18,7 +29,7 @@ export function Banner({
     <div class={`banner banner--${tone}`} role="alert" data-kind={message.kind}>
       <div class="banner__body">
         <strong class="banner__title">{message.title}</strong>
-        <p class="banner__text">{message.text}</p>
+        <p class="banner__text">{withIsolates(message.text)}</p>
       </div>
       <div class="banner__actions">
         {action}
@@ -145,15 +156,15 @@ export function ConfirmDialog({
   );
 }
 
-let pushToast: ((text: string) => void) | null = null;
+let pushToast: ((text: ComponentChildren) => void) | null = null;
 
 /** Announce an outcome visually and to screen readers ("Entry added"). */
-export function toast(text: string): void {
+export function toast(text: ComponentChildren): void {
   pushToast?.(text);
 }
 
 export function Toasts() {
-  const [items, setItems] = useState<{ id: number; text: string }[]>([]);
+  const [items, setItems] = useState<{ id: number; text: ComponentChildren }[]>([]);
   useEffect(() => {
     let next = 0;
     pushToast = (text) => {
@@ -208,7 +219,7 @@ export function Field({
       {error && (
         <p class="field__error" id={`${id}-error`}>
           <span aria-hidden="true">⚠ </span>
-          {error}
+          {withIsolates(error)}
         </p>
       )}
     </div>

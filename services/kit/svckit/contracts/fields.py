@@ -128,6 +128,18 @@ def no_bidi_controls(value: str) -> str:
     return value
 
 
+_UNDRAWABLE = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI_CLASS}]")
+
+
+def display_text(value: str) -> str:
+    """Another system's display text (an external provider's ``name`` claim), which is not ours to
+    refuse, as the services may keep and show it: without control characters (C0 — tab and line
+    breaks included —, DEL, C1) and bidirectional controls (:data:`_BIDI_CLASS`), the characters
+    :class:`NameText` refuses in a name. Dropping them changes no principal (a name is a label, the
+    subject names the caller); right-to-left letters and the marks U+200E, U+200F and U+061C stay."""
+    return _UNDRAWABLE.sub("", value)
+
+
 def closed_isolates(value: str | None) -> str | None:
     """Free text's bidirectional controls, as :data:`FREE_TEXT_PATTERN` has them: no embedding or
     override; an isolate (LRI, RLI, FSI) closed by PDI before its line ends, not nested; no PDI that
@@ -412,6 +424,7 @@ __all__ = [
     "Timestamp",
     "WorkDate",
     "closed_isolates",
+    "display_text",
     "no_bidi_controls",
     "no_control_chars",
     "path_uuid",
