@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from svckit.http import HttpClient
 from svckit.identity import Identity
 from svckit.outbox import enqueue
@@ -23,8 +24,8 @@ from testkit.client import SignedApi
 from testkit.fixtures import (
     Caller,
     ServiceProcess,
-    TcpProxy,
     ServiceRedis,
+    TcpProxy,
     free_port,
     migrate_schema,
     scrape,
@@ -213,14 +214,18 @@ async def test_audit_killed_mid_stream_loses_and_doubles_nothing(
     assert body["ok"] is True
 
 
+@pytest.mark.parametrize("relay_refused_first", [False, True], ids=["writer-first", "relay-first"])
 async def test_the_relay_listens_where_the_database_name_leads_after_a_failover(
-    identity_keys: dict[str, str], audit_process: ServiceProcess
+    identity_keys: dict[str, str], audit_process: ServiceProcess, relay_refused_first: bool
 ) -> None:
     """A failover moves the database's name (a Service/DNS name: here a TCP proxy) to the promoted
     standby while the old primary stays up, now refusing writes. The pool finds that out on its first
     refused write and replaces its connections (svckit.db.refused_as_read_only); the relay's LISTEN
     connection must follow too: NOTIFYs are sent on the server that commits, so a listener left on the
-    old server never hears one and every event waits for the next poll (here 20 s)."""
+    old server never hears one and every event waits for the next poll (here 20 s).
+
+    ``relay-first``: the relay's own pass meets the demoted primary before the name moves (its probe
+    then finds the name still there, and the failover's end is not announced by one)."""
     if postgres_bin() is None:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
     poll_interval = 20.0
@@ -264,6 +269,11 @@ async def test_the_relay_listens_where_the_database_name_leads_after_a_failover(
         await old.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         await old.execute("SELECT pg_reload_conf()")
         await old.close()
+        if relay_refused_first:
+            refusals = REGISTRY.get_sample_value("db_read_only_refusals_total") or 0.0
+            writer.relay.wake()
+            while (REGISTRY.get_sample_value("db_read_only_refusals_total") or 0.0) == refusals:
+                await asyncio.sleep(0.05)
         await asyncio.to_thread(standby.promote)
         proxy.retarget(standby.port)  # the open connections stay with the old primary
 
@@ -279,7 +289,7 @@ async def test_the_relay_listens_where_the_database_name_leads_after_a_failover(
                 await asyncio.sleep(0.1)
         await until_outbox_empty(writer, poll_interval + 10)
         after = await delivery_seconds()
-        assert after < poll_interval / 4, f"delivered after {after:.1f} s (before the failover: {before:.2f} s)"
+        assert after < poll_interval / 4, f"delivered after {after:.1f} s (before: {before:.2f} s)"
     finally:
         if writer is not None:
             await writer.stop()

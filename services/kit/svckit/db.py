@@ -226,6 +226,10 @@ class Database:
         self._release_waiters = 0
         self._released = asyncio.Event()
         self._slot_retry_at = 0.0  # until when the pool does not try to grow (out of slots)
+        # told when the read-only probe found the DSN's name leading to another, writable server and
+        # replaced the pool's connections (:func:`refused_as_read_only`): a connection of its own
+        # (the outbox relay's LISTEN) opened before is on the old server
+        self._move_callbacks: list[Callable[[], None]] = []
         _databases.add(self)
 
     @classmethod
@@ -283,6 +287,17 @@ class Database:
         if application_name is not None:
             options["server_settings"] = {**options["server_settings"], "application_name": application_name}
         return await self._counted_connect(self.dsn, **options)
+
+    def on_address_moved(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were
+        found on a read-only server while the DSN's name leads to a writable one (and replaced). What
+        holds a connection of its own (:meth:`connect`) replaces it then: it would stay on the old
+        server as long as that one stays up."""
+        self._move_callbacks.append(callback)
+
+    def _address_moved(self) -> None:
+        for callback in list(self._move_callbacks):
+            callback()
 
     async def _counted_connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
         """:func:`counted_connect`, and a refusal for want of a slot noted (:meth:`out_of_slots`): every
@@ -746,6 +761,7 @@ async def _replace_if_moved(database: Database, pool: asyncpg.Pool) -> None:
         extra={"schema": database.schema},
     )
     await pool.expire_connections()
+    database._address_moved()
 
 
 #: the probe of each database in flight (:func:`refused_as_read_only`), and when one last found it read-only
