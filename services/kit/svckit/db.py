@@ -301,8 +301,8 @@ class Database:
 
     async def _counted_connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
         """:func:`counted_connect`, and a refusal for want of a slot noted (:meth:`out_of_slots`): every
-        connection of this database opens here, the pool's (whoever acquires: the identity provider
-        uses its pool directly, and asyncpg's floor maintenance) and the others."""
+        connection of this database opens here, the pool's (whoever acquires: :class:`PooledConnection`,
+        and asyncpg's floor maintenance) and the others."""
         if self.out_of_slots(asyncio.get_running_loop().time()):
             raise OutOfSlots(NO_SLOT)  # refused a moment ago: not one more backend for nothing
         try:
@@ -435,6 +435,14 @@ class Database:
         """A pooled connection for the block (``async with``), waited for at most ``connect_timeout``:
         see :class:`PooledConnection`."""
         return PooledConnection(self)
+
+    @property
+    def queries(self) -> PooledQueries:
+        """The pool's one-statement methods (``fetch``, ``fetchrow``, ``fetchval``, ``execute``,
+        ``executemany``) and ``acquire()``, each on a connection of :meth:`connection`: for code
+        written against an ``asyncpg.Pool`` (the identity provider's store), which would otherwise
+        bypass the wait for a pooled connection while out of slots and the read-only handling."""
+        return PooledQueries(self)
 
     def transaction(
         self, isolation: IsolationLevel = "read_committed", *, committed: CommitCheck | None = None
@@ -645,6 +653,41 @@ class PooledConnection:
         await pool.release(conn, timeout=self._database.connect_timeout)
         if self._database._release_waiters:
             self._database._released.set()
+
+
+class PooledQueries:
+    """What :attr:`Database.queries` returns: an ``asyncpg.Pool``'s statement methods through the
+    kit's :class:`PooledConnection` (see there)."""
+
+    __slots__ = ("_database",)
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def acquire(self) -> PooledConnection:
+        return PooledConnection(self._database)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        async with PooledConnection(self._database) as conn:
+            return list(await conn.fetch(query, *args, timeout=timeout))
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
+        async with PooledConnection(self._database) as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args, timeout=timeout)
+            return row
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        async with PooledConnection(self._database) as conn:
+            return await conn.fetchval(query, *args, column=column, timeout=timeout)
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with PooledConnection(self._database) as conn:
+            result: str = await conn.execute(query, *args, timeout=timeout)
+            return result
+
+    async def executemany(self, command: str, args: Any, *, timeout: float | None = None) -> None:
+        async with PooledConnection(self._database) as conn:
+            await conn.executemany(command, args, timeout=timeout)
 
 
 class PooledTransaction:
