@@ -8,12 +8,14 @@ back, every event is recorded exactly once, in outbox order, and the chain verif
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from svckit.http import HttpClient
 from svckit.identity import Identity
 from svckit.outbox import enqueue
@@ -23,11 +25,13 @@ from testkit.fixtures import (
     Caller,
     ServiceProcess,
     ServiceRedis,
+    TcpProxy,
     free_port,
     migrate_schema,
     scrape,
     user,
 )
+from testkit.pgproc import PrivatePostgres, postgres_bin
 from tests.audit.support import OutboxWriter, created_events
 
 AUDIT_PACKAGE = Path(__file__).resolve().parents[2] / "services" / "audit" / "audit"
@@ -208,3 +212,89 @@ async def test_audit_killed_mid_stream_loses_and_doubles_nothing(
     assert {row["id"] for row in rows} == set(sent)
     body = await verify_through_api(audit_process.url, caller)
     assert body["ok"] is True
+
+
+@pytest.mark.parametrize("relay_refused_first", [False, True], ids=["writer-first", "relay-first"])
+async def test_the_relay_listens_where_the_database_name_leads_after_a_failover(
+    identity_keys: dict[str, str], audit_process: ServiceProcess, relay_refused_first: bool
+) -> None:
+    """A failover moves the database's name (a Service/DNS name: here a TCP proxy) to the promoted
+    standby while the old primary stays up, now refusing writes. The pool finds that out on its first
+    refused write and replaces its connections (svckit.db.refused_as_read_only); the relay's LISTEN
+    connection must follow too: NOTIFYs are sent on the server that commits, so a listener left on the
+    old server never hears one and every event waits for the next poll (here 20 s).
+
+    ``relay-first``: the relay's own pass meets the demoted primary before the name moves (its probe
+    then finds the name still there, and the failover's end is not announced by one)."""
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    poll_interval = 20.0
+    http = HttpClient(total_timeout=5)
+    primary = PrivatePostgres().start()
+    standby: PrivatePostgres | None = None
+    proxy = TcpProxy("127.0.0.1", primary.port)
+    await proxy.start()
+    writer: Writer | None = None
+    try:
+        writer = await Writer.start(
+            proxy.url_for(primary.dsn), audit_process.url, identity_keys, http, poll_interval=poll_interval
+        )
+        async with writer.database.connection() as conn:
+            await conn.execute(
+                f"CREATE TABLE {writer.schema}.changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)"
+            )
+        standby = await asyncio.to_thread(PrivatePostgres, standby_of=primary)
+        await asyncio.to_thread(standby.start)
+        dsn = proxy.url_for(primary.dsn)
+
+        async def delivery_seconds() -> float:
+            """From the commit of an event by another replica (NOTIFY included) to its delivery."""
+            other = await asyncpg.connect(dsn, server_settings={"search_path": writer.schema})
+            try:
+                async with other.transaction():
+                    await other.execute(f"INSERT INTO {writer.schema}.changes DEFAULT VALUES")
+                    await enqueue(other, created_events(writer.actor, 1)[0])
+            finally:
+                await other.close()
+            started = time.monotonic()
+            await until_outbox_empty(writer, poll_interval + 10)
+            return time.monotonic() - started
+
+        await until_outbox_empty(writer)
+        before = await delivery_seconds()
+        assert before < poll_interval / 4  # NOTIFY speed
+
+        # the failover: the old primary stays up and reachable, refusing writes (demoted)
+        old = await asyncpg.connect(primary.dsn)
+        await old.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        await old.execute("SELECT pg_reload_conf()")
+        await old.close()
+        if relay_refused_first:
+            refusals = REGISTRY.get_sample_value("db_read_only_refusals_total") or 0.0
+            writer.relay.wake()
+            while (REGISTRY.get_sample_value("db_read_only_refusals_total") or 0.0) == refusals:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(standby.promote)
+        proxy.retarget(standby.port)  # the open connections stay with the old primary
+
+        # the writer's next write is refused once (the pool's session on the old primary), then stored
+        refused = 0
+        while True:
+            try:
+                await writer.change()
+                break
+            except asyncpg.ReadOnlySQLTransactionError:
+                refused += 1
+                assert refused < 50
+                await asyncio.sleep(0.1)
+        await until_outbox_empty(writer, poll_interval + 10)
+        after = await delivery_seconds()
+        assert after < poll_interval / 4, f"delivered after {after:.1f} s (before: {before:.2f} s)"
+    finally:
+        if writer is not None:
+            await writer.stop()
+        await http.close()
+        await proxy.cut()
+        if standby is not None:
+            await asyncio.to_thread(standby.remove)
+        await asyncio.to_thread(primary.remove)

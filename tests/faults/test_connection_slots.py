@@ -16,6 +16,7 @@ runtime roles here (the session's fault stack connects as the superuser, which n
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,11 +27,12 @@ import pytest
 from svckit import redisacl
 
 from testkit.fixtures import runtime_role, runtime_url, scrape
+from testkit.oidc import Browser, sign_in_tokens
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis, component_users
 from testkit.slots import PostgresSlots, RedisSlots
 
-from .conftest import REDIS_PASSWORDS, REDIS_PREFIX, Figures, Stack, wait_ready
+from .conftest import REDIS_PASSWORDS, REDIS_PREFIX, SCOPES, Figures, Stack, wait_ready
 from .load import WriteLoad, assert_stored_once, settled
 from .test_fault_matrix import LogWatch, build_matrix, fire_all, under_fault
 
@@ -297,3 +299,46 @@ async def test_a_pool_that_may_not_grow_serves_on_the_connections_it_has(
     assert report.server_errors == 0, report.attempts
     assert report.unexpected == []
     assert_stored_once(counts)
+
+
+async def test_identity_at_its_connection_limit_serves_sign_ins_on_the_connections_it_has(
+    roles_stack: Stack, figures: Figures
+) -> None:
+    """As above for the identity provider, whose sign-in, authorize and key look-ups went to its
+    asyncpg pool directly (``pool.fetchrow``/``pool.acquire()``) rather than through the kit's
+    connection wrapper: with no spare slot for its role, a request that found no idle connection got
+    the one-second back-off's 503 at once instead of waiting for one of the pool's own connections."""
+    stack = roles_stack
+    await stack.ensure_up()
+    role = runtime_role("identity").name
+    admin = await stack.db()
+    outcomes: dict[str, int] = {}
+    try:
+        held = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {held}')
+        metrics_before = failures_counted(await scrape(stack.identity.url), "slots")
+
+        async def flows(who: str, until: float) -> None:
+            while time.monotonic() < until:
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                    browser = Browser(stack.identity.url, http)
+                    try:
+                        await sign_in_tokens(browser, http, stack.identity.url, who, scope=SCOPES[who])
+                        key = "signed in"
+                    except AssertionError as exc:
+                        found = re.search(r'<p class="error"[^>]*>([^<]*)|<title>([^<]*)', str(exc))
+                        key = " ".join(filter(None, found.groups())) if found else str(exc)[:120]
+                outcomes[key] = outcomes.get(key, 0) + 1
+
+        until = time.monotonic() + 4.0
+        await asyncio.gather(*(flows(who, until) for who in list(SCOPES) * 3))
+        refused = failures_counted(await scrape(stack.identity.url), "slots") - metrics_before
+        sessions = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
+    finally:
+        await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        await admin.close()
+    figures.record("identity at its role's connection limit", sessions_allowed=held, outcomes=outcomes)
+    assert sessions <= held
+    assert refused > 0  # the pool did try to grow, and was refused
+    assert outcomes.get("signed in", 0) > 0
+    assert list(outcomes) == ["signed in"], outcomes

@@ -33,7 +33,10 @@ consults on every request, verified-token cache hits included (one dict look-up,
   at ``until``. Gateways of before this entry shape read it as malformed (no ``jti``) and ignore it
   (``gateway_revocations_received_total{outcome="ignored"}``).
 * While Redis is unreachable the deny set keeps what it has (revocations published meanwhile arrive
-  on reconnection); the reader retries after ``REDIS_RETRY_SECONDS``.
+  on reconnection); the reader retries with capped exponential back-off and jitter: the first retry
+  within ``REDIS_RETRY_SECONDS``, doubling up to ``max_retry_seconds`` (5 s by default), so a long
+  outage is not a connection attempt every second from every gateway process. It logs the outage's
+  start, then every :data:`LOG_EVERY`-th failed attempt, and one line when it reads again.
 """
 
 from __future__ import annotations
@@ -49,10 +52,13 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from svckit.redisguard import REDIS_ERRORS, RedisGuard, describe_redis_error
+from svckit.tasks import backoff_delay
 
 log = logging.getLogger("gateway.revocations")
 
 STREAM = "revocations"
+#: during an outage, one warning for the first failed attempt and then one for every this many
+LOG_EVERY = 10
 MAX_JTI_LENGTH = 255
 #: 9999-12-31T23:59:59Z: a time beyond it in an entry is malformed (gateway.tokens.MAX_NUMERIC_DATE)
 MAX_UNIX_SECONDS = 253_402_300_799
@@ -181,6 +187,7 @@ class RevocationFeed:
         *,
         block_seconds: float = 5.0,
         purge_seconds: float = 60.0,
+        max_retry_seconds: float = 5.0,
     ) -> None:
         self.redis = redis
         self.deny = deny
@@ -188,6 +195,7 @@ class RevocationFeed:
         self.block_ms = max(1, int(block_seconds * 1000))
         self.read_timeout = block_seconds + max(redis.timeout, 1.0)
         self.purge_seconds = purge_seconds
+        self.max_retry_seconds = max(max_retry_seconds, redis.retry_seconds)
         self.stream = redis.key(STREAM)
         self.last_id = "0"
         self.connected = asyncio.Event()  # set while reading (tests and readiness may wait on it)
@@ -255,6 +263,8 @@ class RevocationFeed:
 
     async def _run(self) -> None:
         next_purge = time.monotonic() + self.purge_seconds
+        failures = 0  # failed attempts in a row (the outage in progress)
+        down_since = 0.0
         while not self._stopping:
             client: Redis = self.redis.dedicated(self.read_timeout)
             self.last_id = "0"  # (re)connected: read everything the stream still holds
@@ -264,6 +274,15 @@ class RevocationFeed:
                         {self.stream: self.last_id}, count=1000, block=self.block_ms
                     )
                     self.connected.set()
+                    if failures:
+                        log.info(
+                            "revocation stream readable again",
+                            extra={
+                                "attempts": failures,
+                                "outage_seconds": round(time.monotonic() - down_since, 1),
+                            },
+                        )
+                        failures = 0
                     for _stream, entries in response or []:
                         for entry_id, fields in entries:
                             received.labels(self.apply(fields)).inc()
@@ -277,11 +296,19 @@ class RevocationFeed:
                 if self._stopping:
                     return
                 feed_errors.inc()
-                self.redis.mark_down(exc)
-                log.warning(
-                    "revocation stream unavailable; retrying", extra={"error": describe_redis_error(exc)}
-                )
+                if failures == 0:
+                    # the guard's circuit (and its one line) at the outage's start: opened again at
+                    # every retry, it logged once per attempt too
+                    self.redis.mark_down(exc)
+                    down_since = time.monotonic()
+                failures += 1
+                if failures == 1 or failures % LOG_EVERY == 0:
+                    log.warning(
+                        "revocation stream unavailable; retrying with back-off",
+                        extra={"error": describe_redis_error(exc), "attempts": failures},
+                    )
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await client.aclose()
-            await asyncio.sleep(self.redis.retry_seconds)
+            if failures:
+                await asyncio.sleep(backoff_delay(failures, self.redis.retry_seconds, self.max_retry_seconds))

@@ -4,11 +4,13 @@ is bounded whatever Redis is doing (blocked in XREAD, hung, gone)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from gateway.revocations import DenyList, RevocationFeed
+from prometheus_client import REGISTRY
 from svckit.redisguard import RedisGuard
 
 from testkit.redisproc import PrivateRedis
@@ -124,3 +126,41 @@ async def test_a_cutoff_is_kept_across_a_redis_loss_and_learnt_again_when_republ
         if late is not None:
             await late.stop()
         await guard.close()
+
+
+async def test_a_redis_outage_is_retried_with_back_off_and_logged_sparingly(
+    redis_server: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped for 6 s: the reader's first retry is quick, then they spread out (capped); the
+    outage is logged when it starts (and then every tenth attempt), its end once; the reader is back
+    within a capped retry of Redis being back. It was: one attempt and one warning every
+    ``retry_seconds`` (here 0.2 s: ~30 of each)."""
+    caplog.set_level(logging.INFO)
+    guard = RedisGuard(redis_server.url, "p:", timeout=0.3, retry_seconds=0.2)
+    feed = RevocationFeed(guard, DenyList(), {ISSUER: 0}, block_seconds=0.5, max_retry_seconds=1.6)
+    errors = "gateway_revocation_feed_errors_total"
+    feed.start()
+    try:
+        await wait_for(feed.connected.is_set)
+        before = REGISTRY.get_sample_value(errors) or 0.0
+        caplog.clear()
+        redis_server.stop()
+        await wait_for(lambda: not feed.connected.is_set())
+        await asyncio.sleep(6.0)
+        attempts = (REGISTRY.get_sample_value(errors) or 0.0) - before
+        down_lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        redis_server.start()
+        back_at = time.monotonic()
+        await wait_for(feed.connected.is_set, timeout=5.0)
+        recovered_in = time.monotonic() - back_at
+    finally:
+        await feed.stop()
+        await guard.close()
+    assert 3 <= attempts <= 12, attempts
+    feed_lines = [r.getMessage() for r in down_lines if r.name == "gateway.revocations"]
+    guard_lines = [r.getMessage() for r in down_lines if r.name != "gateway.revocations"]
+    assert 1 <= len(feed_lines) <= 2, feed_lines  # the first attempt's, perhaps the tenth's
+    assert len(guard_lines) <= 1, guard_lines  # the guard's circuit opened once, not per attempt
+    back_lines = [r for r in caplog.records if "again" in r.getMessage()]
+    assert len(back_lines) == 1, [r.getMessage() for r in caplog.records]
+    assert recovered_in < 1.6 + 1.0, recovered_in

@@ -48,7 +48,7 @@ class Account:
         response = render(
             "consents.html",
             user_name=user.user.name,
-            consents=await store.list_consents(self.database.pool, user.user.subject),
+            consents=await store.list_consents(self.database.queries, user.user.subject),
             csrf_token=self.csrf.token(cookie, "revoke"),
             revoke_action="/account/consents/revoke",
         )

@@ -134,11 +134,11 @@ def build_app(settings: IdentitySettings) -> Starlette:
         nonlocal keys_loaded
         if not keys_loaded:
             await database.wait_connected()
-            await keys.start(database.pool)
+            await keys.start(database.queries)
             keys_loaded = True
             return
-        await keys.refresh(database.pool)
-        await store.purge_expired(database.pool)
+        await keys.refresh(database.queries)
+        await store.purge_expired(database.queries)
 
     housekeeper = PeriodicTask(
         "identity-housekeeping",

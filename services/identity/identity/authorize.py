@@ -226,7 +226,7 @@ class AuthorizationEndpoint:
         self.issue_limit = issue_limit
 
     async def authorize(self, request: Request) -> Response:
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         pairs = list(request.query_params.multi_items())
         if request.method == "POST":  # OIDC Core §3.1.2.1: the endpoint also accepts form-encoded POST
             form = await read_form(request)
@@ -314,7 +314,7 @@ class AuthorizationEndpoint:
 
         if not client.first_party:
             scopes = granted_scopes(client, user, oreq.scope)
-            pool = self.database.pool
+            pool = self.database.queries
             if decision == "allow":
                 await store.add_consent(pool, user.user.subject, client.client_id, scopes)
             elif decision is None:

@@ -56,7 +56,7 @@ class ClientOrigins:
     async def allowed(self) -> frozenset[str] | None:
         if time.monotonic() - self._loaded_at > self.ttl:
             try:
-                clients = await store.all_clients(self.database.pool)
+                clients = await store.all_clients(self.database.queries)
             except UNAVAILABLE_ERRORS as exc:
                 # tried again after ``ttl``, not on every request of the outage
                 self._loaded_at = time.monotonic()

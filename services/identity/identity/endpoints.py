@@ -319,7 +319,7 @@ class ProtocolEndpoints:
         return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
 
     async def jwks(self, request: Request) -> Response:
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
     async def _in_transaction(self, endpoint: str, oreq: OAuthRequest) -> Result:
@@ -351,7 +351,7 @@ class ProtocolEndpoints:
         return result
 
     async def token(self, request: Request) -> Response:
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         params = await _token_params(request)
         if isinstance(params, Response):
             return params
@@ -384,7 +384,7 @@ class ProtocolEndpoints:
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 token revocation, through Authlib's endpoint (client authentication included)."""
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         params = await _token_params(request)
         if isinstance(params, Response):
             return params
@@ -495,7 +495,7 @@ class ProtocolEndpoints:
         False: a confidential client's secret that did not verify — a failed client authentication
         whatever the request is answered (a refused DPoP proof is answered before Authlib checks the
         client, and a wrong secret sent with one was never counted: Argon2 work without limit)."""
-        client = await store.get_client(self.database.pool, client_id)
+        client = await store.get_client(self.database.queries, client_id)
         if client is not None and not client.is_public:
             verified: bool = await anyio.to_thread.run_sync(
                 client_secrets.verify_any, client.secret_hashes, secret
@@ -512,7 +512,7 @@ class ProtocolEndpoints:
             return oauth_error(
                 401, "invalid_request", "Send the access token as a Bearer token.", _bearer_challenge()
             )
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         try:
             claims = verify_access_token(self.settings, self.keys, token)
         except InvalidAccessToken as exc:
@@ -536,7 +536,7 @@ class ProtocolEndpoints:
                 if error is not None and error.use_nonce:
                     headers.update(self._nonce_headers())
                 return oauth_error(401, code, description, headers)
-        pool = self.database.pool
+        pool = self.database.queries
         if await store.token_revoked(pool, str(claims["jti"])):
             self._refused(request, denials.REVOKED)
             return _invalid_token("The access token was revoked")

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from svckit.clock import SYSTEM_CLOCK, Clock
-from svckit.db import UNAVAILABLE_ERRORS
+from svckit.db import UNAVAILABLE_ERRORS, PooledQueries
 
 from .keys import KeyCipher, SigningKey, ensure_signing_key, load_keys
 
@@ -45,7 +45,7 @@ class KeyStore:
         self._lock = asyncio.Lock()
         self._stale = False  # the last read failed: the keys in use are those of an earlier one
 
-    async def start(self, pool: asyncpg.Pool) -> None:
+    async def start(self, pool: asyncpg.Pool | PooledQueries) -> None:
         """Make sure a key can sign, then load every published key."""
         async with pool.acquire() as conn:
             kid = await ensure_signing_key(conn, self.alg, self.cipher)
@@ -53,7 +53,7 @@ class KeyStore:
                 log.info("created the first signing key", extra={"kid": kid, "alg": self.alg})
         await self.refresh(pool)
 
-    async def refresh(self, pool: asyncpg.Pool) -> None:
+    async def refresh(self, pool: asyncpg.Pool | PooledQueries) -> None:
         async with pool.acquire() as conn:
             keys = await load_keys(conn, self.cipher)
             before = self.clock.time()
@@ -63,7 +63,7 @@ class KeyStore:
         self._keys = keys
         self._loaded_at = self.clock.monotonic()
 
-    async def refresh_if_stale(self, pool: asyncpg.Pool) -> None:
+    async def refresh_if_stale(self, pool: asyncpg.Pool | PooledQueries) -> None:
         """Read the keys again when the last read is ``refresh_seconds`` old. While the database is
         unreachable the keys last loaded stay in use (the JWKS and discovery need no database; a
         key schedule a read would change is at most an outage old), and the read is tried again

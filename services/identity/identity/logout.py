@@ -91,13 +91,13 @@ class Logout:
         if not confirmed:
             user = await self.sessions.current(request)
             if user is not None:
-                client = await store.get_client(self.database.pool, client_id) if client_id else None
+                client = await store.get_client(self.database.queries, client_id) if client_id else None
                 params = [(k, v) for k, v in (("client_id", client_id), ("returnTo", return_to)) if v]
                 return self._ask(request, user, params, client, action="/v2/logout")
         await self._end_session(request)
         if not return_to:
             return self._signed_out()
-        client = await store.get_client(self.database.pool, client_id) if client_id else None
+        client = await store.get_client(self.database.queries, client_id) if client_id else None
         if client is None or return_to not in client.post_logout_redirect_uris:
             page = error_page(
                 "invalid_request",
@@ -108,7 +108,7 @@ class Logout:
 
     async def oidc_logout(self, request: Request) -> Response:
         """OpenID Connect RP-Initiated Logout 1.0, validated by Authlib (``id_token_hint`` by PyJWT)."""
-        await self.keys.refresh_if_stale(self.database.pool)
+        await self.keys.refresh_if_stale(self.database.queries)
         query = list(request.query_params.multi_items())
         form: list[tuple[str, str]] = []
         if request.method == "POST":

@@ -239,7 +239,7 @@ class Backend:
         if request is not None and request.db is not None:
             return request.db
         current = CURRENT_DB.get()
-        return current if current is not None else self.database.pool
+        return current if current is not None else self.database.queries
 
     def run(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run a coroutine function on the event loop from Authlib's (worker-thread) code."""

@@ -171,7 +171,7 @@ class RevocationPublisher:
             )
             return False
         published.labels(outcome).inc(len(cutoffs))
-        await store.mark_cutoffs_published(self.database.pool, cutoffs)
+        await store.mark_cutoffs_published(self.database.queries, cutoffs)
         for cutoff in cutoffs:
             log.info(
                 "revocation cutoff published: the gateways refuse tokens issued before it",
@@ -216,7 +216,7 @@ class RevocationPublisher:
             log.warning("revocations not published yet (Redis unavailable)", extra={"count": len(revoked)})
             return False
         published.labels(outcome).inc(len(revoked))
-        await store.mark_published(self.database.pool, [token.jti for token in revoked])
+        await store.mark_published(self.database.queries, [token.jti for token in revoked])
         return True
 
     async def reconcile(self) -> None:
@@ -226,7 +226,7 @@ class RevocationPublisher:
         present = await self.redis.call(lambda client: client.exists(marker, stream))
         if present is None:
             return  # Redis unavailable: the next run tries again
-        pool = self.database.pool
+        pool = self.database.queries
         cutoffs = await store.active_cutoffs(pool)
         self.check_clock(cutoffs)
         if present < 2:  # the marker or the stream is gone (a restart, an eviction)
@@ -244,7 +244,7 @@ class RevocationPublisher:
     async def republish(self, cutoffs: Sequence[Cutoff] | None = None, *, reason: str = "") -> bool:
         """Publish every revocation a gateway may still accept and every held cutoff, creating the
         stream, then set the marker; False (the next check tries again) when Redis fails meanwhile."""
-        pool = self.database.pool
+        pool = self.database.queries
         if cutoffs is None:
             cutoffs = await store.active_cutoffs(pool)
         everything = await store.unexpired_revocations(

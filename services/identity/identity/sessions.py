@@ -26,7 +26,7 @@ class Sessions:
         session_id = self.cookie(request)
         if session_id is None:
             return None
-        found = await store.get_session(self.database.pool, session_id)
+        found = await store.get_session(self.database.queries, session_id)
         if found is None:
             return None
         user, auth_time = found

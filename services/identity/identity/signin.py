@@ -111,7 +111,7 @@ class PasswordSignIn:
                 error=f"Too many failed attempts. Try again in {verdict.retry_after} seconds.",
                 headers={"Retry-After": str(verdict.retry_after)},
             )
-        pool = self.database.pool
+        pool = self.database.queries
         user = await store.get_user_by_username(pool, username)
         stored = user.password_hash if user and not user.disabled else None
         ok = await anyio.to_thread.run_sync(verify_secret, stored, password)
@@ -146,7 +146,7 @@ class PasswordSignIn:
         client_id = dict(parse_qsl(urlsplit(return_to).query)).get("client_id")
         if not client_id:
             return None
-        client = await store.get_client(self.database.pool, client_id)
+        client = await store.get_client(self.database.queries, client_id)
         return client.name if client else None
 
     async def _page(

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
+from svckit.db import PooledQueries
 
 from .models import AuthorizationCode, Client, RefreshToken, User
 
-Conn = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
+Conn = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy | PooledQueries
 
 
 def digest(value: str) -> bytes:

@@ -226,6 +226,10 @@ class Database:
         self._release_waiters = 0
         self._released = asyncio.Event()
         self._slot_retry_at = 0.0  # until when the pool does not try to grow (out of slots)
+        # told when the read-only probe found the DSN's name leading to another, writable server and
+        # replaced the pool's connections (:func:`refused_as_read_only`): a connection of its own
+        # (the outbox relay's LISTEN) opened before is on the old server
+        self._move_callbacks: list[Callable[[], None]] = []
         _databases.add(self)
 
     @classmethod
@@ -284,10 +288,21 @@ class Database:
             options["server_settings"] = {**options["server_settings"], "application_name": application_name}
         return await self._counted_connect(self.dsn, **options)
 
+    def on_address_moved(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were
+        found on a read-only server while the DSN's name leads to a writable one (and replaced). What
+        holds a connection of its own (:meth:`connect`) replaces it then: it would stay on the old
+        server as long as that one stays up."""
+        self._move_callbacks.append(callback)
+
+    def _address_moved(self) -> None:
+        for callback in list(self._move_callbacks):
+            callback()
+
     async def _counted_connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
         """:func:`counted_connect`, and a refusal for want of a slot noted (:meth:`out_of_slots`): every
-        connection of this database opens here, the pool's (whoever acquires: the identity provider
-        uses its pool directly, and asyncpg's floor maintenance) and the others."""
+        connection of this database opens here, the pool's (whoever acquires: :class:`PooledConnection`,
+        and asyncpg's floor maintenance) and the others."""
         if self.out_of_slots(asyncio.get_running_loop().time()):
             raise OutOfSlots(NO_SLOT)  # refused a moment ago: not one more backend for nothing
         try:
@@ -420,6 +435,14 @@ class Database:
         """A pooled connection for the block (``async with``), waited for at most ``connect_timeout``:
         see :class:`PooledConnection`."""
         return PooledConnection(self)
+
+    @property
+    def queries(self) -> PooledQueries:
+        """The pool's one-statement methods (``fetch``, ``fetchrow``, ``fetchval``, ``execute``,
+        ``executemany``) and ``acquire()``, each on a connection of :meth:`connection`: for code
+        written against an ``asyncpg.Pool`` (the identity provider's store), which would otherwise
+        bypass the wait for a pooled connection while out of slots and the read-only handling."""
+        return PooledQueries(self)
 
     def transaction(
         self, isolation: IsolationLevel = "read_committed", *, committed: CommitCheck | None = None
@@ -632,6 +655,41 @@ class PooledConnection:
             self._database._released.set()
 
 
+class PooledQueries:
+    """What :attr:`Database.queries` returns: an ``asyncpg.Pool``'s statement methods through the
+    kit's :class:`PooledConnection` (see there)."""
+
+    __slots__ = ("_database",)
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def acquire(self) -> PooledConnection:
+        return PooledConnection(self._database)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        async with PooledConnection(self._database) as conn:
+            return list(await conn.fetch(query, *args, timeout=timeout))
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
+        async with PooledConnection(self._database) as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args, timeout=timeout)
+            return row
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        async with PooledConnection(self._database) as conn:
+            return await conn.fetchval(query, *args, column=column, timeout=timeout)
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with PooledConnection(self._database) as conn:
+            result: str = await conn.execute(query, *args, timeout=timeout)
+            return result
+
+    async def executemany(self, command: str, args: Any, *, timeout: float | None = None) -> None:
+        async with PooledConnection(self._database) as conn:
+            await conn.executemany(command, args, timeout=timeout)
+
+
 class PooledTransaction:
     """What :meth:`Database.transaction` returns: ``async with`` it for a transaction on a pooled
     connection (asyncpg's ``Transaction`` inside a :class:`PooledConnection`), a class for the reason
@@ -746,6 +804,7 @@ async def _replace_if_moved(database: Database, pool: asyncpg.Pool) -> None:
         extra={"schema": database.schema},
     )
     await pool.expire_connections()
+    database._address_moved()
 
 
 #: the probe of each database in flight (:func:`refused_as_read_only`), and when one last found it read-only

@@ -14,7 +14,10 @@ How the relay behaves:
   audit service answered, so several replicas relay the same table without sending a row twice.
 - ``enqueue`` sends ``NOTIFY outbox_<schema>`` (delivered by Postgres at commit); the relay LISTENs on
   a dedicated connection and wakes at once. Polling every ``poll_interval`` seconds covers a lost
-  LISTEN connection and rows whose retry time came.
+  LISTEN connection and rows whose retry time came. After a failover whose old primary stays up the
+  LISTEN connection would stay on it (TCP connections do) and hear nothing: when the pool finds its
+  sessions on a read-only server while the DSN's name leads to a writable one
+  (:func:`svckit.db.refused_as_read_only`), the relay reopens it where the name leads now.
 - The hot paths' single statements (:func:`with_enqueued`) send no NOTIFY: the writer wakes the
   relay of its own process after the commit (:meth:`OutboxRelay.wake`), which delivers its rows at
   once; other replicas' relays find them when they poll, as before. A NOTIFY makes every committing
@@ -88,7 +91,7 @@ from prometheus_client import Counter, Gauge
 
 from .clock import SYSTEM_CLOCK, Clock
 from .contracts.audit import INGEST_PATH, MAX_BATCH, Actor, AuditEvent, Receipt
-from .db import UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
+from .db import READ_ONLY_ERRORS, UNAVAILABLE_ERRORS, Connection, Database, DatabaseUnavailable
 from .http import HttpClient, SignedClient
 from .identity import Identity, IdentitySigner
 from .receipts import CheckFailed, ReceiptChecker, acknowledge_statement, receipt_of
@@ -257,7 +260,11 @@ class OutboxRelay:
             logger=log,
         )
         self._listener: asyncpg.Connection | None = None
+        # the listener may be on a server that takes no writes (so no commits, no NOTIFYs): a failover
+        # whose old primary stays up (see _ensure_listener)
+        self._listener_suspect = False
         self._listen_failed = False
+        database.on_address_moved(self._address_moved)
         self._metrics_due = 0.0
         self._delivered = delivered_total.labels(source)
         self._failed = delivery_failures_total.labels(source)
@@ -343,6 +350,11 @@ class OutboxRelay:
                     raise DeliveryError(f"receipt check: {exc}", exc.status) from None
                 self._check_first = False
             delivered = await self.deliver_due()
+        except READ_ONLY_ERRORS:
+            # the pool reached a server that takes no writes: the listener, opened to the same name,
+            # most likely did too
+            self._listener_suspect = True
+            raise
         finally:  # the backlog gauges also while the audit service is away (their alert says so)
             await self._maybe_update_metrics()
         if 0 < delivered < self.batch_size and self.linger > 0:
@@ -490,23 +502,47 @@ class OutboxRelay:
     # ---- LISTEN --------------------------------------------------------------------------------
 
     async def _ensure_listener(self) -> None:
-        """Keep a dedicated LISTEN connection; without one the relay still works by polling."""
-        if self._listener is not None and not self._listener.is_closed():
+        """Keep a dedicated LISTEN connection; without one the relay still works by polling.
+
+        A failover moves the DSN's name; a LISTEN connection stays on the server it was opened to (TCP
+        connections do), and if that one stays up — a demoted primary, taking no writes — it hears no
+        NOTIFY again: the writers commit on the new primary. So when the relay's pooled connection was
+        refused as read-only, or the pool found the name leading to a writable server
+        (:meth:`svckit.db.Database.on_address_moved`), the listener is suspect: the next pass opens a
+        new one where the name leads now and keeps it in place of the old; it stays suspect while the
+        server it reached takes no writes either (the failover is not over: the passes' back-off
+        paces the tries).
+        """
+        current = self._listener
+        if current is not None and current.is_closed():
+            current = self._listener = None
+        if current is not None and not self._listener_suspect:
             return
-        self._listener = None
         try:
             conn = await self.database.connect(f"{self.database.application_name}-outbox")
         except DB_ERRORS as exc:
             self._listen_unavailable(exc)
             return
         try:
+            read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')")
             await conn.add_listener(notify_channel(self.schema), self._on_notify)
-        except DB_ERRORS as exc:
+        except DB_ERRORS as exc:  # a hot standby refuses LISTEN
             conn.terminate()
             self._listen_unavailable(exc)
             return
+        if current is not None:
+            log.info(
+                "outbox LISTEN connection reopened where the database's address leads now",
+                extra={"read_only": read_only},
+            )
+            await self._close_listener()
         self._listen_failed = False
+        self._listener_suspect = read_only == "on"
         self._listener = conn
+
+    def _address_moved(self) -> None:
+        self._listener_suspect = True
+        self.task.wake()
 
     def _listen_unavailable(self, exc: BaseException) -> None:
         if not self._listen_failed:  # once per outage, not once per poll
