@@ -209,14 +209,21 @@ _USER_TEXT = {
     "--name": TypeAdapter(Annotated[str, NameText(200, "A user's display name.")]),
     "--email": TypeAdapter(Annotated[str, NameText(254, "A user's e-mail address.")]),
 }
+#: A client's name, by the same rule: the consent page says "<name> wants to …", and an override
+#: would draw "Trusted \u202eppA" as "TrustedApp".
+_CLIENT_NAME = TypeAdapter(Annotated[str, NameText(200, "A client's name, shown on the consent page.")])
 
 
 def user_text(option: str, value: str) -> str:
     """``value`` as the user's ``option`` (``--name`` or ``--email``) is stored: without surrounding
     whitespace (which the rule strips first, a trailing NEL among it); ValueError with the kit's
     message (it names a bidirectional control by its code point and name) when refused."""
+    return _checked(_USER_TEXT[option], option, value)
+
+
+def _checked(rule: TypeAdapter[str], option: str, value: str) -> str:
     try:
-        return _USER_TEXT[option].validate_python(value)
+        return rule.validate_python(value)
     except ValidationError as refused:
         message = str(refused.errors()[0]["msg"]).removeprefix("Value error, ")
         raise ValueError(f"{option} {message}") from None
@@ -297,6 +304,10 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
         help="every token request must carry a DPoP proof (RFC 9449 dpop_bound_access_tokens)",
     )
     parsed = parser.parse_args(args)
+    try:
+        name = _checked(_CLIENT_NAME, "--name", parsed.name)
+    except ValueError as refused:
+        parser.error(str(refused))
     grants = tuple(dict.fromkeys(parsed.grant_type)) or (
         ("client_credentials",) if parsed.confidential else ("authorization_code",)
     )
@@ -325,7 +336,7 @@ def add_client(settings: IdentitySettings, args: list[str]) -> int:
     scopes = tuple(dict.fromkeys(parsed.scope)) or tuple(OIDC_SCOPES)[:3]
     client = Client(
         client_id=parsed.client_id,
-        name=parsed.name,
+        name=name,
         first_party=parsed.first_party,
         secret_hash=hash_secret(secret) if secret else None,
         redirect_uris=tuple(parsed.redirect_uri),

@@ -95,6 +95,37 @@ async def test_add_client_generates_a_secret_once(seeded: dict[str, str], databa
     assert "public client" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("Trusted \u202eppA", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("Payroll\x9b", "control characters"),
+        ("\u200b", "blank"),
+    ],
+)
+async def test_add_client_refuses_a_name_drawn_in_another_order_or_with_controls(
+    seeded: dict[str, str], database_url: str, value: str, named: str
+) -> None:
+    """A client's name is what the consent page tells a person ("<name> wants to …"): an override
+    would draw "Trusted \u202eppA" as "TrustedApp". The kit's rule for a name applies, as for a
+    user's: one line, exit 2, nothing stored; a good name is stored without surrounding spaces."""
+    refused = run_cli(seeded, "add-client", "spoof-app", "--name", value, "--confidential")
+    assert refused.returncode == 2, refused.stdout
+    assert named in refused.stderr
+    assert "Traceback" not in refused.stderr
+    accepted = run_cli(seeded, "add-client", "plain-app", "--name", "  Plain App\u0085", "--confidential")
+    assert accepted.returncode == 0, accepted.stderr
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
+    try:
+        rows = await conn.fetch(
+            "SELECT client_id, name FROM clients WHERE client_id IN ('spoof-app', 'plain-app')"
+        )
+        names = {row["client_id"]: row["name"] for row in rows}
+    finally:
+        await conn.close()
+    assert names == {"plain-app": "Plain App"}
+
+
 def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str]) -> None:
     result = run_cli(
         seeded,
