@@ -92,8 +92,13 @@ def upgraded(
     with running(env, service_redis, previous_tree, roles=has_runtime_roles(previous_tree)) as processes:
         written = drive(previous_tree, processes, env)
     # the decomposed name as releases before 47837cf stored it (from 47837cf on, a release stores new
-    # names in NFC itself): what 0008's backfill must rewrite, whichever release is the previous one
+    # names in NFC itself): what 0008's backfill must rewrite. A previous release that already has
+    # 0008 stores every write in NFC through its trigger (checked: the same statement comes back NFC),
+    # and the backfill has nothing left to do after the upgrade.
     decomposed = written["ids"]["decomposed"]
+    has_nfc_trigger = (
+        previous_tree / "services/timesheets/timesheets/migrations/0008_project_nfc.sql"
+    ).exists()
     spelled = subprocess.run(
         [
             "psql",
@@ -108,7 +113,7 @@ def upgraded(
         text=True,
         check=False,
     )
-    assert spelled.stdout.split() == ["f", "UPDATE", "1"], spelled.stderr
+    assert spelled.stdout.split() == ["t" if has_nfc_trigger else "f", "UPDATE", "1"], spelled.stderr
     failures = {}
     for service in SERVICES:
         result = run_migrate(service, {**env, **migrate_role_env(service)})
