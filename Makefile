@@ -9,6 +9,7 @@ PY := .venv/bin/python
 export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool, HAProxy and
 # pgbench (in Debian's postgresql package; bench/api.py runs it against the service's own SQL).
+# libfaketime: tests/faults/test_clock_skew.py starts a service with its wall clock off (testkit.faketime).
 SYSTEM_PACKAGES := chromium wrk prometheus haproxy postgresql libfaketime
 
 .PHONY: help install system-deps dev test unit e2e test-packaging chart-docs spa lint format bench clean

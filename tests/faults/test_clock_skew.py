@@ -86,6 +86,19 @@ def assert_server_fault(status: int, body: dict[str, Any], headers: Any, reason:
     assert "www-authenticate" not in {key.lower() for key in headers}, dict(headers)
 
 
+async def denied(http: aiohttp.ClientSession, stack: Stack, source: str, reason: str) -> list[Any]:
+    """The ``access.denied`` records of ``source`` for ``reason`` (polled: they are delivered later)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    params = {"action": "access.denied", "source": source, "limit": "100"}
+    while True:
+        async with http.get(f"{stack.api}/audit/events", params=params, headers=stack.headers("carol")) as reply:
+            assert reply.status == 200, await reply.text()
+            items = [item for item in (await reply.json())["items"] if item["details"].get("reason") == reason]
+        if items or asyncio.get_running_loop().time() > deadline:
+            return items
+        await asyncio.sleep(0.25)
+
+
 def test_libfaketime_really_moves_the_wall_clock() -> None:
     """The premise of every case here: a preloaded process's :func:`time.time` is off by the offset."""
     assert abs(faketime.measured_offset(SKEW) - SKEW) < 5
@@ -131,6 +144,9 @@ async def test_a_data_service_clock_ahead(stack: Stack, figures: Figures) -> Non
         )
         assert status == 200, listing
         assert [item for item in listing["items"] if item.get("notes") == marker] == []
+        # the service's refusals are on the audit trail as its anonymous denials (flushed as it stopped)
+        audited = await denied(http, stack, "timesheets", "clock_skew")
+        assert sum(item["details"]["count"] for item in audited) >= 2, audited
 
 
 async def test_the_gateway_clock_ahead(stack: Stack, figures: Figures) -> None:

@@ -143,10 +143,21 @@ async def test_expiry_within_leeway_is_accepted(api: Any, gateway: str, provider
     assert status == 200
 
 
-async def test_not_yet_valid(api: Any, gateway: str, provider: Provider) -> None:
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+async def test_a_token_from_the_future_is_a_clock_fault_not_the_callers(
+    api: Any, gateway: str, provider: Provider, claim: str
+) -> None:
+    """Signed by the issuer, starting 300 s ahead of the gateway's clock: one of the two clocks is off
+    (tests/faults/test_clock_skew.py does it for real). 503 ``token_clock_skew`` with ``Retry-After``
+    (until it becomes acceptable, at most 300 s), without the ``invalid_token`` challenge that sends a
+    client to sign in again — for another token from the same clock."""
     now = int(time.time())
-    await expect_invalid(api, gateway, provider.token(nbf=now + 300), "not_yet_valid")
-    await expect_invalid(api, gateway, provider.token(iat=now + 300), "not_yet_valid")
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", provider.token(**{claim: now + 300}))
+    assert status == 503, body
+    assert body["reason"] == "token_clock_skew", body
+    assert "WWW-Authenticate" not in headers
+    assert 200 <= int(headers["Retry-After"]) <= 300, headers["Retry-After"]  # less the leeway
+    assert "300 s ahead of the gateway's clock" in body["detail"]
 
 
 async def test_missing_exp(api: Any, gateway: str, provider: Provider) -> None:
