@@ -102,9 +102,9 @@ class UpstreamFailure(Exception):
 #: caller's token was verified here already, so it is never the caller's to hear (a 401 sends the SPA to
 #: renew, then to sign in again, which cannot help): :meth:`Forwarder._identity_refused` makes it a 502.
 IDENTITY_REFUSED = 401
-#: the service's reason for a timestamp beyond its window (svckit.identity.CLOCK_SKEW), and the
-#: gateway's for it: one of the two clocks is off
-UPSTREAM_CLOCK_SKEW = "clock_skew"
+#: the service's reasons for a timestamp beyond its window (svckit.identity.CLOCK_SKEW; ``stale`` from a
+#: service of an earlier release, during a rolling upgrade), and the gateway's for it: a clock is off
+UPSTREAM_CLOCK_SKEW = frozenset({"clock_skew", "stale"})
 IDENTITY_CLOCK_SKEW = "identity_clock_skew"
 #: any other refusal of the signed identity (keys that do not match, a replayed nonce): the platform's
 #: configuration, not the caller
@@ -418,7 +418,7 @@ class Forwarder:
             held.release()  # back to the pool when the answer was read whole, else closed
         match = _UPSTREAM_REASON.search(body)
         upstream_reason = match.group(1).decode() if match else "unknown"
-        if upstream_reason == UPSTREAM_CLOCK_SKEW:
+        if upstream_reason in UPSTREAM_CLOCK_SKEW:
             kind = IDENTITY_CLOCK_SKEW
             detail = (
                 f"The {service} service refused this request because its clock and the gateway's "
