@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -88,12 +89,27 @@ class UpstreamFailure(Exception):
     provably never read the request), ``unknown`` when one may have (it broke off or stayed silent
     after the request went out: it may have acted on it)."""
 
-    def __init__(self, status: int, kind: str, detail: str, outcome: str = "") -> None:
+    def __init__(self, status: int, kind: str, detail: str, outcome: str = "", reason: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.kind = kind
         self.detail = detail
         self.outcome = outcome
+        self.reason = reason
+
+
+#: An upstream's 401: it refused the identity the gateway signed (svckit.identity.IdentityGate). The
+#: caller's token was verified here already, so it is never the caller's to hear (a 401 sends the SPA to
+#: renew, then to sign in again, which cannot help): :meth:`Forwarder._identity_refused` makes it a 502.
+IDENTITY_REFUSED = 401
+#: the service's reasons for a timestamp beyond its window (svckit.identity.CLOCK_SKEW; ``stale`` from a
+#: service of an earlier release, during a rolling upgrade), and the gateway's for it: a clock is off
+UPSTREAM_CLOCK_SKEW = frozenset({"clock_skew", "stale"})
+IDENTITY_CLOCK_SKEW = "identity_clock_skew"
+#: any other refusal of the signed identity (keys that do not match, a replayed nonce): the platform's
+#: configuration, not the caller
+IDENTITY_REJECTED = "upstream_identity_refused"
+_UPSTREAM_REASON = re.compile(rb'"reason"\s*:\s*"([a-z_]{1,40})"')
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -259,6 +275,8 @@ class Forwarder:
                 raise
             break
         self.metrics.upstream(service, time.perf_counter() - started_at)
+        if connection.status == IDENTITY_REFUSED:
+            raise await self._identity_refused(connection, service, method)
         held = _Held(connection)
         try:
             await self._relay(held, connection, send, extra_response_headers, on_status, service, method)
@@ -292,11 +310,13 @@ class Forwarder:
         body to stream), ``None`` (not yet: wait for more of it)."""
         connection = exchange.connection
         if connection.complete:
-            return True
+            return connection.status != IDENTITY_REFUSED
         if connection.error is not None:
             return False
         if not connection.head_done:
             return None
+        if connection.status == IDENTITY_REFUSED:
+            return False
         if not connection.expect_body or connection.status in (204, 304):
             return True
         length = connection.content_length
@@ -378,6 +398,47 @@ class Forwarder:
         metrics.upstream_errors.labels(service, exc.kind).inc()
         log.warning("upstream request failed", extra={"upstream": service, "error": exc.detail})
         return UpstreamFailure(status, exc.kind, detail, outcome)
+
+    async def _identity_refused(self, connection: Connection, service: str, method: str) -> UpstreamFailure:
+        """The service refused the signed identity (its 401): a 502 that names the cause — the clocks
+        (``identity_clock_skew``) or anything else (``upstream_identity_refused``) — counted in
+        ``gateway_upstream_errors_total{service, kind}`` under that name. The service refused before
+        its handler ran, so a write took no effect (``not_stored``)."""
+        held = _Held(connection)
+        body = b""
+        try:
+            length = connection.content_length
+            if connection.complete:
+                body = connection.take_body()
+            elif length is not None and length <= SMALL_BODY:
+                body = await connection.read_body()
+        except UpstreamError:
+            pass  # the reason is unknown: the generic refusal
+        finally:
+            held.release()  # back to the pool when the answer was read whole, else closed
+        match = _UPSTREAM_REASON.search(body)
+        upstream_reason = match.group(1).decode() if match else "unknown"
+        if upstream_reason in UPSTREAM_CLOCK_SKEW:
+            kind = IDENTITY_CLOCK_SKEW
+            detail = (
+                f"The {service} service refused this request because its clock and the gateway's "
+                "disagree: a server clock on the platform is off. Nothing is wrong with your sign-in."
+            )
+        else:
+            kind = IDENTITY_REJECTED
+            detail = (
+                f"The {service} service refused the identity the gateway forwarded ({upstream_reason}): "
+                "a configuration fault of the platform. Nothing is wrong with your sign-in."
+            )
+        outcome = ""
+        if method not in SAFE:
+            outcome = "not_stored"
+            detail += " The request was not carried out: nothing was changed."
+        metrics.upstream_errors.labels(service, kind).inc()
+        log.warning(
+            "upstream refused the signed identity", extra={"upstream": service, "reason": upstream_reason}
+        )
+        return UpstreamFailure(502, kind, detail, outcome, reason=kind)
 
     async def _relay(
         self,

@@ -54,7 +54,7 @@ from .proxy import (
 from .ratelimit import Decision, RateLimiter
 from .request import GONE, Answer, ApiRequest, Refusal, Reply, challenge, dpop_challenge
 from .routes import API_PREFIX, RouteTable, unsafe_path
-from .tokens import TokenError, TokenVerifier
+from .tokens import TOKEN_CLOCK_SKEW, TokenError, TokenVerifier
 
 _IDENTITY_PREFIX = IDENTITY_PREFIX.encode()
 _EMPTY_DIGEST = EMPTY_DIGEST.encode()
@@ -295,9 +295,15 @@ class Authenticate:
         try:
             request.principal = await self.verifier.verify(request.token)
         except TokenError as exc:
-            if exc.status == 503:  # our keys are unavailable: not the caller's fault, not a denial
+            if exc.status == 503:  # our keys are unavailable, or a clock is off: not the caller's fault
                 return Refusal(
-                    503, exc.description, [(b"retry-after", b"5")], reason=exc.reason, failure=True
+                    503,
+                    exc.description,
+                    [(b"retry-after", str(exc.retry_after).encode())],
+                    reason=exc.reason,
+                    failure=True,
+                    # a genuine token refused: on the trail as the other refusals of a token are
+                    audit="aggregate" if exc.reason == TOKEN_CLOCK_SKEW else "",
                 )
             self._count_anonymous(request)
             return Refusal(
@@ -659,6 +665,7 @@ class Forward:
                 exc.status,
                 exc.detail,
                 [] if exc.status == 504 else [(b"retry-after", b"2")],
+                reason=exc.reason,
                 outcome=exc.outcome,
             )
         return None

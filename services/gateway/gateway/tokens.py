@@ -10,7 +10,8 @@ BENCHMARKS.md); the signature is checked with PyJWT's algorithm implementations 
    ``JWT`` or ``at+jwt``;
 3. ``iss`` exactly one of the trusted issuers (only then is a key looked up — no fetch for strangers);
 4. the signature, with the key chosen by ``kid`` whose type matches ``alg``;
-5. ``exp`` (required), ``nbf``, ``iat`` with the issuer's leeway; ``aud`` contains the API identifier;
+5. ``exp`` (required), ``nbf``, ``iat`` with the issuer's leeway (a start in the future, the
+   signature verified, is a server's clock: 503 ``token_clock_skew``); ``aud`` contains the API identifier;
    ``sub`` present; no ID-token claims (``nonce``, ``at_hash``, ``c_hash``); a confirmation (``cnf``)
    only as a DPoP key thumbprint (``cnf.jkt``, RFC 9449 §6.1), kept on the principal: such a token
    needs its proof on every request (:class:`gateway.stages.Possession`).
@@ -52,11 +53,12 @@ ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
 class TokenError(Exception):
     """A refused token. ``reason`` is a fixed metric label; ``description`` goes to the client."""
 
-    def __init__(self, reason: str, description: str, *, status: int = 401) -> None:
+    def __init__(self, reason: str, description: str, *, status: int = 401, retry_after: int = 5) -> None:
         super().__init__(description)
         self.reason = reason
         self.description = description
         self.status = status
+        self.retry_after = retry_after  # for a 503: the Retry-After it is answered with
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,17 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+#: A token whose signature verified but that starts (``iat`` / ``nbf``) beyond the leeway in the
+#: gateway's future: only its issuer could have signed it, so one of the two clocks is off — 503 with
+#: ``Retry-After`` (when it becomes valid, at most this), never 401 ``invalid_token``: a client told its
+#: token is bad signs in again and gets another token from the same clock.
+TOKEN_CLOCK_SKEW = "token_clock_skew"  # noqa: S105 (a reason code, not a secret)
+MAX_CLOCK_RETRY_AFTER = 300
+
+
 def check_times(claims: dict[str, Any], now: float, leeway: float) -> float:
-    """Check ``exp`` (required), ``nbf`` and ``iat`` against ``now`` with ``leeway``; returns ``exp``."""
+    """Check ``exp`` (required), ``nbf`` and ``iat`` against ``now`` with ``leeway``; returns ``exp``.
+    Called once the signature verified (a start in the future is then the issuer's clock's doing)."""
     exp = numeric_date(claims, "exp")
     nbf = numeric_date(claims, "nbf")
     iat = numeric_date(claims, "iat")
@@ -128,10 +139,16 @@ def check_times(claims: dict[str, Any], now: float, leeway: float) -> float:
         raise TokenError("missing_exp", "The token has no expiry ('exp').")
     if now > exp + leeway:
         raise TokenError("expired", "The token has expired.")
-    if nbf is not None and now + leeway < nbf:
-        raise TokenError("not_yet_valid", "The token is not valid yet ('nbf').")
-    if iat is not None and now + leeway < iat:
-        raise TokenError("not_yet_valid", "The token was issued in the future ('iat').")
+    start = max(nbf or 0.0, iat or 0.0)
+    if now + leeway < start:
+        ahead = start - now
+        raise TokenError(
+            TOKEN_CLOCK_SKEW,
+            f"The token was issued {ahead:.0f} s ahead of the gateway's clock: a server clock on the "
+            "platform is off. Nothing is wrong with your sign-in; retry later.",
+            status=503,
+            retry_after=max(1, min(MAX_CLOCK_RETRY_AFTER, int(ahead - leeway) + 1)),
+        )
     return exp
 
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -143,10 +144,22 @@ async def test_expiry_within_leeway_is_accepted(api: Any, gateway: str, provider
     assert status == 200
 
 
-async def test_not_yet_valid(api: Any, gateway: str, provider: Provider) -> None:
-    now = int(time.time())
-    await expect_invalid(api, gateway, provider.token(nbf=now + 300), "not_yet_valid")
-    await expect_invalid(api, gateway, provider.token(iat=now + 300), "not_yet_valid")
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+async def test_a_token_from_the_future_is_a_clock_fault_not_the_callers(
+    api: Any, gateway: str, provider: Provider, claim: str
+) -> None:
+    """Signed by the issuer, starting 300 s ahead of the gateway's clock: one of the two clocks is off
+    (tests/faults/test_clock_skew.py does it for real). 503 ``token_clock_skew`` with ``Retry-After``
+    (until it becomes acceptable, at most 300 s), without the ``invalid_token`` challenge that sends a
+    client to sign in again — for another token from the same clock."""
+    claims: dict[str, Any] = {claim: int(time.time()) + 300}
+    status, headers, body = await api("GET", f"{gateway}/api/timesheets", provider.token(**claims))
+    assert status == 503, body
+    assert body["reason"] == "token_clock_skew", body
+    assert "WWW-Authenticate" not in headers
+    assert 200 <= int(headers["Retry-After"]) <= 300, headers["Retry-After"]  # less the leeway
+    # whole seconds signed, read on the gateway's clock a moment later
+    assert re.search(r"\b(299|300) s ahead of the gateway's clock", body["detail"]), body["detail"]
 
 
 async def test_missing_exp(api: Any, gateway: str, provider: Provider) -> None:

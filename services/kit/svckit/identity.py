@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import new_request_id
@@ -127,7 +127,7 @@ REASONS = (
     "missing",
     "malformed",
     "unknown_key",
-    "stale",
+    "clock_skew",
     "bad_signature",
     "wrong_principal",
     "digest_mismatch",
@@ -136,6 +136,18 @@ REASONS = (
 )
 for _reason in REASONS:
     failures.labels(_reason)
+#: The refusal for a timestamp outside the window, signature verified: the sender's clock and this
+#: receiver's disagree (or an old signed request came back, which the window exists to refuse).
+CLOCK_SKEW = "clock_skew"
+clock_offset = Gauge(
+    "identity_clock_offset_seconds",
+    "This receiver's wall clock minus the signed X-Identity-Timestamp of the latest request from the "
+    "sender whose signature verified, accepted or refused for the clock: about 0-1 s normally (whole "
+    "seconds signed, plus the request's transit); positive when the sender's clock is behind this "
+    "one's, negative when it is ahead. Refusals start beyond IDENTITY_MAX_SKEW_SECONDS.",
+    ["sender"],
+    multiprocess_mode="mostrecent",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +463,7 @@ class IdentityVerifier:
                 self.senders[kid] = sender
         self.max_skew = max_skew_seconds
         self._states = {kid: _hmac_states(secret) for kid, secret in self.keys.items()}
+        self._offsets = {kid: clock_offset.labels(sender) for kid, sender in self.senders.items()}
         self._identities: dict[tuple[str, str, str, str, str, str, str], tuple[Identity, bytes, bool]] = {}
 
     def verify(
@@ -481,9 +494,6 @@ class IdentityVerifier:
         # takes '²', which ``int()`` refuses, and 5,000 digits pass it and fail ``int()`` as well
         if _TIMESTAMP.fullmatch(timestamp) is None:
             raise IdentityError("malformed", "The identity timestamp is missing or malformed.")
-        now = now if now is not None else time.time()
-        if abs(now - int(timestamp)) > self.max_skew:
-            raise IdentityError("stale", "The identity timestamp is outside the accepted window.")
         kind = get(KIND, "")
         issuer, subject = get(ISSUER, ""), get(SUBJECT, "")
         if kind not in KINDS or not issuer or not subject:
@@ -513,9 +523,21 @@ class IdentityVerifier:
             raise IdentityError("bad_signature", "The identity signature does not verify.")
         if fresh:
             self._keep(key, known)
+        # the window only once the signature verified: then the timestamp is the sender's own clock
+        # reading (nobody else could have signed it), and the offset says how far the two clocks are
+        # apart — worth a gauge, and a refusal that names the clock rather than the caller
+        offset = (now if now is not None else time.time()) - int(timestamp)
+        self._offsets[kid].set(offset)
         if not allowed:
             raise IdentityError(
                 "wrong_principal", "The identity was signed with a key that may not assert this principal."
+            )
+        if abs(offset) > self.max_skew:
+            raise IdentityError(
+                CLOCK_SKEW,
+                f"The identity was signed {abs(offset):.0f} s {'behind' if offset > 0 else 'ahead of'} "
+                f"this service's clock, beyond the accepted {self.max_skew} s: the sender's clock or this "
+                "service's is off (or the signed request is an old one).",
             )
         return identity
 

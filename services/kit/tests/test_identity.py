@@ -6,6 +6,7 @@ import hmac
 import os
 
 import pytest
+from prometheus_client import REGISTRY
 from svckit.identity import (
     CONTENT_DIGEST,
     KEY_ID,
@@ -58,7 +59,7 @@ def test_previous_key_still_verifies() -> None:
         ({SUBJECT: "bob"}, "bad_signature"),
         ({SCOPES: "read:timesheets approve:timesheets"}, "bad_signature"),
         ({KEY_ID: "retired"}, "unknown_key"),
-        ({TIMESTAMP: "900"}, "stale"),
+        ({TIMESTAMP: "900"}, "bad_signature"),  # another time than signed: the signature does not follow
         ({TIMESTAMP: "soon"}, "malformed"),
         ({SIGNATURE: ""}, "missing"),
         ({NONCE: "n" * 32}, "bad_signature"),  # another nonce: the captured signature does not follow
@@ -72,6 +73,33 @@ def test_tampering_refused(change: dict[str, str], reason: str) -> None:
     with pytest.raises(IdentityError) as exc:
         verify(headers)
     assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize(("signed_at", "offset"), [(900, 110), (1100, -90)])
+def test_a_signature_from_another_clock_is_refused_for_the_clock_and_its_offset_kept(
+    signed_at: int, offset: int
+) -> None:
+    """Signed beyond the window, by the right key: ``clock_skew`` (not ``stale`` nor the caller's fault),
+    and the offset (receiver's clock minus the signed time) is on ``identity_clock_offset_seconds``."""
+    headers = IdentitySigner(KEYS).headers(ALICE, method="GET", target="/timesheets?limit=5", now=signed_at)
+    with pytest.raises(IdentityError) as exc:
+        verify(headers)
+    assert exc.value.reason == "clock_skew"
+    assert f"{abs(offset)} s" in exc.value.detail
+    assert REGISTRY.get_sample_value("identity_clock_offset_seconds", {"sender": "gateway"}) == offset
+
+
+def test_within_the_window_the_offset_is_kept_too() -> None:
+    verify(signed())  # signed at 1000, verified at 1010
+    assert REGISTRY.get_sample_value("identity_clock_offset_seconds", {"sender": "gateway"}) == 10
+
+
+def test_a_forged_timestamp_is_a_bad_signature_and_moves_no_offset() -> None:
+    verify(signed())
+    with pytest.raises(IdentityError) as exc:
+        verify({**signed(), TIMESTAMP: "5000"})
+    assert exc.value.reason == "bad_signature"
+    assert REGISTRY.get_sample_value("identity_clock_offset_seconds", {"sender": "gateway"}) == 10
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,9 @@ const REASONS: Record<string, string> = {
   malformed: "malformed token",
   expired: "expired token",
   not_yet_valid: "token not valid yet",
+  // a server's clock, not the caller (docs/runbook.md "TimesheetsClockSkew", "TimesheetsTokenClockSkew")
+  token_clock_skew: "token issued ahead of the gateway's clock (a server clock is off)",
+  clock_skew: "signed request from a clock out of step (a server clock is off)",
   bad_signature: "token signature does not verify",
   unknown_kid: "token signed with an unknown key",
   alg_not_allowed: "token algorithm not allowed",
