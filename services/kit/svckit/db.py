@@ -41,6 +41,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from .dbserver import ServerIdentity, server_identity, watch_server
 from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .health import CheckFailed
 from .settings import DatabaseSettings
@@ -204,7 +205,11 @@ class Database:
         max_backoff: float = 10.0,
         outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
+        server_check_seconds: float = 0.0,
     ) -> None:
+        """``server_check_seconds``: how often a fresh connection asks which server the DSN's name
+        leads to, closing the pooled connections on another one (:mod:`svckit.dbserver`); 0: never
+        (and no question asked of a new connection)."""
         self.dsn = dsn
         self.tls = tls
         # asyncpg's ssl=: the kit's verifying context (svckit.dbtls), or None for the URL's own sslmode
@@ -230,6 +235,14 @@ class Database:
         # replaced the pool's connections (:func:`refused_as_read_only`): a connection of its own
         # (the outbox relay's LISTEN) opened before is on the old server
         self._move_callbacks: list[Callable[[], None]] = []
+        # which server each open pooled connection reached (svckit.dbserver), and the periodic check
+        self.server_check_seconds = server_check_seconds
+        self._servers: weakref.WeakKeyDictionary[asyncpg.Connection, ServerIdentity] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server_check_failed = False
+        self._server_unknown_said = False
+        self._server_watch: asyncio.Task[None] | None = None
         _databases.add(self)
 
     @classmethod
@@ -243,6 +256,7 @@ class Database:
             connect_timeout=settings.db_connect_timeout_seconds,
             statement_timeout=settings.db_statement_timeout_seconds,
             tls=settings.database_tls,
+            server_check_seconds=settings.db_leader_check_seconds,
         )
 
     @property
@@ -274,6 +288,7 @@ class Database:
             max_size=self.max_size,
             reset=_keep_session,
             connect=self._counted_connect,
+            init=self._record_server if self.server_check_seconds > 0 else None,
             **self._connect_options(),
         )
         assert pool is not None
@@ -288,9 +303,28 @@ class Database:
             options["server_settings"] = {**options["server_settings"], "application_name": application_name}
         return await self._counted_connect(self.dsn, **options)
 
+    async def _record_server(self, conn: asyncpg.Connection) -> None:
+        """The pool's ``init`` hook: note which server the new connection reached (one round trip per
+        new connection, none per use), for :func:`svckit.dbserver.check_server`. A role that may not
+        call the functions asked (revoked from PUBLIC) leaves the connection unnoted: never
+        compared, never closed by the check; said once."""
+        try:
+            identity, _ = await server_identity(conn, timeout=self.connect_timeout)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            if not self._server_unknown_said:
+                self._server_unknown_said = True
+                log.warning(
+                    "cannot tell which database server a connection reached (no failover check: "
+                    "grant EXECUTE on pg_control_system and pg_postmaster_start_time)",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
+                )
+            return
+        self._servers[conn] = identity
+
     def on_address_moved(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were
-        found on a read-only server while the DSN's name leads to a writable one (and replaced). What
+        found on a read-only server while the DSN's name leads to a writable one, or on another server
+        than the one the DSN's name leads to (:mod:`svckit.dbserver`), and replaced. What
         holds a connection of its own (:meth:`connect`) replaces it then: it would stay on the old
         server as long as that one stays up."""
         self._move_callbacks.append(callback)
@@ -320,6 +354,10 @@ class Database:
                 self._pool = await self._create_pool()
                 self._connected.set()
                 log.info("database pool ready", extra={"attempt": attempt})
+                if self.server_check_seconds > 0:
+                    self._server_watch = asyncio.create_task(
+                        watch_server(self, self.server_check_seconds), name="db-server-check"
+                    )
                 await self._warn_if_owner()
             except UNAVAILABLE_ERRORS as exc:
                 self.last_error = describe_connect_error(exc, self.tls)
@@ -377,6 +415,11 @@ class Database:
     async def close(self, timeout: float = 10.0) -> None:
         if (probe := _read_only_probes.pop(self, None)) is not None:
             probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
+        if self._server_watch is not None:
+            self._server_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server_watch
+            self._server_watch = None
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
