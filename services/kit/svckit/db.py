@@ -306,8 +306,8 @@ class Database:
     async def _record_server(self, conn: asyncpg.Connection) -> None:
         """The pool's ``init`` hook: note which server the new connection reached (one round trip per
         new connection, none per use), for :func:`svckit.dbserver.check_server`. A role that may not
-        call the functions asked (revoked from PUBLIC) leaves the connection unnoted: never
-        compared, never closed by the check; said once."""
+        call ``pg_postmaster_start_time()`` (revoked from PUBLIC) leaves the connection unnoted:
+        never compared, never closed by the check; said once."""
         try:
             identity, _ = await server_identity(conn, timeout=self.connect_timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -315,7 +315,7 @@ class Database:
                 self._server_unknown_said = True
                 log.warning(
                     "cannot tell which database server a connection reached (no failover check: "
-                    "grant EXECUTE on pg_control_system and pg_postmaster_start_time)",
+                    "grant EXECUTE on pg_postmaster_start_time() to it)",
                     extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
                 )
             return

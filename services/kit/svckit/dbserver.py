@@ -46,11 +46,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("svckit.db")
 
-#: one round trip, every function executable by PUBLIC by default (Postgres 15)
+#: one round trip; every function executable by PUBLIC by default (Postgres 15)
 IDENTITY_SQL = (
     "SELECT (SELECT system_identifier FROM pg_control_system()) AS system_identifier,"
     " pg_postmaster_start_time() AS started, host(inet_server_addr()) AS address,"
     " inet_server_port() AS port, pg_is_in_recovery() AS standby"
+)
+#: where ``pg_control_system()`` was revoked from PUBLIC (some managed offerings): the postmaster's
+#: start time alone (to the microsecond) still tells two running servers apart
+IDENTITY_SQL_WITHOUT_SYSTEM = IDENTITY_SQL.replace(
+    "(SELECT system_identifier FROM pg_control_system())", "0::bigint"
 )
 
 server_moves = Counter(
@@ -78,12 +83,17 @@ class ServerIdentity(NamedTuple):
         return self.system_identifier == other.system_identifier and self.started == other.started
 
     def describe(self) -> str:
-        return f"{self.where or 'socket'} (system {self.system_identifier}, up since {self.started.isoformat()})"
+        where = self.where or "socket"
+        return f"{where} (system {self.system_identifier}, up since {self.started.isoformat()})"
 
 
 async def server_identity(conn: Any, timeout: float | None = None) -> tuple[ServerIdentity, bool]:
-    """The server ``conn`` reached, and whether it is a standby (in recovery)."""
-    row = await conn.fetchrow(IDENTITY_SQL, timeout=timeout)
+    """The server ``conn`` reached, and whether it is a standby (in recovery). Raises
+    ``asyncpg.InsufficientPrivilegeError`` only if ``pg_postmaster_start_time()`` is not allowed."""
+    try:
+        row = await conn.fetchrow(IDENTITY_SQL, timeout=timeout)
+    except asyncpg.InsufficientPrivilegeError:
+        row = await conn.fetchrow(IDENTITY_SQL_WITHOUT_SYSTEM, timeout=timeout)
     where = f"{row['address']}:{row['port']}" if row["address"] is not None else ""
     return ServerIdentity(int(row["system_identifier"]), row["started"], where), bool(row["standby"])
 
@@ -101,7 +111,7 @@ async def check_server(database: Database) -> bool:
             current, standby = await server_identity(conn, timeout=2.0)
         finally:
             conn.terminate()
-    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+    except _check_errors() as exc:
         server_checks_failed.inc()
         if not database._server_check_failed:  # once per streak, not once per interval
             log.info(
@@ -113,7 +123,9 @@ async def check_server(database: Database) -> bool:
     database._server_check_failed = False
     # a connection already closed (its server went down) is replaced at its next use anyway
     stale = [
-        conn for conn, identity in list(held.items()) if not conn.is_closed() and not identity.same_server(current)
+        conn
+        for conn, identity in list(held.items())
+        if not conn.is_closed() and not identity.same_server(current)
     ]
     if not stale:
         return False
@@ -150,3 +162,8 @@ async def watch_server(database: Database, interval: float) -> None:
         except Exception:
             log.exception("database server check failed")
 
+
+def _check_errors() -> tuple[type[BaseException], ...]:
+    """What a failed check raises: :data:`svckit.db.UNAVAILABLE_ERRORS` (read at call time: that
+    module imports this one) and any refusal by the server."""
+    return (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError)
