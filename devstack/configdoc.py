@@ -60,7 +60,7 @@ MEANINGS = {
     "audit service's `AUDIT_READ_TIMEOUT_SECONDS` may not exceed it",
     "db_leader_check_seconds": "how often one fresh connection asks which Postgres server `DATABASE_URL` "
     "leads to; pooled connections (and the outbox's LISTEN connection) on another server are closed: "
-    "bounds how long a service writes to an old primary a failover left up (runbook, \"Split brain\"). "
+    'bounds how long a service writes to an old primary a failover left up (runbook, "Split brain"). '
     "`0`: never",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",

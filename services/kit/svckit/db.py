@@ -237,7 +237,8 @@ class Database:
         self._move_callbacks: list[Callable[[], None]] = []
         # which server each open pooled connection reached (svckit.dbserver), and the periodic check
         self.server_check_seconds = server_check_seconds
-        self._servers: weakref.WeakKeyDictionary[asyncpg.Connection, ServerIdentity] = (
+        # (the server, whether it was a standby when the connection was opened)
+        self._servers: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[ServerIdentity, bool]] = (
             weakref.WeakKeyDictionary()
         )
         self._server_check_failed = False
@@ -309,7 +310,7 @@ class Database:
         call ``pg_postmaster_start_time()`` (revoked from PUBLIC) leaves the connection unnoted:
         never compared, never closed by the check; said once."""
         try:
-            identity, _ = await server_identity(conn, timeout=self.connect_timeout)
+            identity, standby = await server_identity(conn, timeout=self.connect_timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
             if not self._server_unknown_said:
                 self._server_unknown_said = True
@@ -319,7 +320,7 @@ class Database:
                     extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
                 )
             return
-        self._servers[conn] = identity
+        self._servers[conn] = (identity, standby)
 
     def on_address_moved(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were

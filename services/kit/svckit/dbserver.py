@@ -61,9 +61,13 @@ IDENTITY_SQL_WITHOUT_SYSTEM = IDENTITY_SQL.replace(
 server_moves = Counter(
     "db_server_moved_total",
     "Times the database's address was found leading to another Postgres server than some of the "
-    "pool's open connections were on (a failover, a Service moved), which were then closed: "
-    "connections on an old primary that stayed up would have written where nobody reads.",
+    "pool's open connections were on (which were then closed), by what those connections had "
+    "reached: old=primary, a server that took writes when they connected (a failover whose old "
+    "primary stayed up: writes acknowledged there are on a server nobody reads), old=standby.",
+    ["old"],
 )
+for _old in ("primary", "standby"):
+    server_moves.labels(_old)
 server_checks_failed = Counter(
     "db_server_check_failures_total",
     "Periodic checks of where the database's address leads that could not connect or ask "
@@ -124,17 +128,18 @@ async def check_server(database: Database) -> bool:
     # a connection already closed (its server went down) is replaced at its next use anyway
     stale = [
         conn
-        for conn, identity in list(held.items())
+        for conn, (identity, _) in list(held.items())
         if not conn.is_closed() and not identity.same_server(current)
     ]
     if not stale:
         return False
-    old = {held[conn].describe() for conn in stale if conn in held}
+    old = {held[conn][0].describe() for conn in stale if conn in held}
+    wrote_there = any(not held[conn][1] for conn in stale if conn in held)
     await pool.expire_connections()  # a connection still opening to the old server is not reused
     for conn in stale:
         held.pop(conn, None)
         conn.terminate()  # a statement running on it fails as on a broken connection
-    server_moves.inc()
+    server_moves.labels("primary" if wrote_there else "standby").inc()
     log.warning(
         "the database's address leads to another server than some pooled connections were on: "
         "closed them (a failover whose old primary is still up? fence it)",
@@ -142,6 +147,7 @@ async def check_server(database: Database) -> bool:
             "schema": database.schema,
             "closed": len(stale),
             "old_server": sorted(old)[:3],
+            "old_server_took_writes": wrote_there,
             "new_server": current.describe(),
             "new_server_standby": standby,
         },

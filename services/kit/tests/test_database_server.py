@@ -40,8 +40,8 @@ async def identity_of(dsn: str) -> Any:
         await conn.close()
 
 
-def metric(name: str) -> float:
-    return REGISTRY.get_sample_value(name) or 0.0
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def sessions_on(server: PrivatePostgres, application: str) -> int:
@@ -112,7 +112,7 @@ async def test_the_check_closes_the_connections_left_on_an_old_primary_that_stay
             on_primary, _ = await identity_of(primary.dsn)
             assert all(found.same_server(on_primary) for found in before)
             # nothing moved: nothing closed, nothing counted
-            moves = metric("db_server_moved_total")
+            moves = metric("db_server_moved_total", old="primary")
             assert await check_server(database) is False
             assert await sessions_on(primary, "server-check-test") == 3
 
@@ -131,7 +131,7 @@ async def test_the_check_closes_the_connections_left_on_an_old_primary_that_stay
             running = asyncio.ensure_future(on(0))  # a statement in flight on the old primary
             await asyncio.sleep(0.05)
             assert await check_server(database) is True
-            assert metric("db_server_moved_total") == moves + 1
+            assert metric("db_server_moved_total", old="primary") == moves + 1
             assert moved == [True]  # the outbox's LISTEN connection is told to move
             with pytest.raises(UNAVAILABLE_ERRORS):
                 await running  # failed as on a broken connection: its outcome is asked where the name leads
@@ -144,7 +144,7 @@ async def test_the_check_closes_the_connections_left_on_an_old_primary_that_stay
             assert all(found.same_server(on_new) for found in after)
             # counted once: the next check finds every connection where the name leads
             assert await check_server(database) is False
-            assert metric("db_server_moved_total") == moves + 1
+            assert metric("db_server_moved_total", old="primary") == moves + 1
         finally:
             await database.close()
 
@@ -194,3 +194,30 @@ async def test_a_role_without_the_functions_asked_still_connects(
         assert len(said) == 1
     finally:
         await admin.close()
+
+
+async def test_connections_left_on_a_standby_are_counted_apart(
+    pair: tuple[PrivatePostgres, PrivatePostgres],
+) -> None:
+    """The name led to the standby for a while (reads only there) and moves back to the primary:
+    the connections are replaced as well, counted as ``old="standby"`` (no write can have been
+    acknowledged there), not as an unfenced old primary."""
+    primary, standby = pair
+    async with proxied(standby) as proxy:
+        database = Database(proxy.url_for(primary.dsn), min_size=2, max_size=2, server_check_seconds=3600)
+        await database.wait_connected(10)
+        try:
+            async with database.connection() as conn:
+                assert await conn.fetchval("SELECT pg_is_in_recovery()") is True
+            primaries, standbys = (
+                metric("db_server_moved_total", old="primary"),
+                metric("db_server_moved_total", old="standby"),
+            )
+            proxy.retarget(primary.port)
+            assert await check_server(database) is True
+            assert metric("db_server_moved_total", old="standby") == standbys + 1
+            assert metric("db_server_moved_total", old="primary") == primaries
+            async with database.connection() as conn:
+                assert await conn.fetchval("SELECT pg_is_in_recovery()") is False
+        finally:
+            await database.close()
