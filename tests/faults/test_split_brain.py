@@ -35,7 +35,7 @@ from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis
 
 from .conftest import Figures, Stack
-from .load import PROJECT, WriteLoad
+from .load import PROJECT, WriteLoad, wait_for_outboxes
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -111,6 +111,25 @@ async def service_sessions_on(server: PrivatePostgres) -> dict[str, int]:
     return {row["application_name"]: int(row["n"]) for row in rows}
 
 
+async def drained_and_audited(server: PrivatePostgres, since: dt.datetime) -> tuple[float, int]:
+    """On ``server``: the seconds until its outboxes are empty (every event delivered: the relays and
+    their LISTEN connections moved), and how many of the load's entries created there after ``since``
+    lack their one audit record (the audit service moved too)."""
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        drained = await wait_for_outboxes(conn)
+        missing = await conn.fetchval(
+            """SELECT count(*) FROM timesheets.entries e WHERE e.project = $1 AND e.created_at > $2
+               AND 1 <> (SELECT count(*) FROM audit.records r
+                         WHERE r.action = 'timesheet.created' AND r.resource_id = e.id::text)""",
+            PROJECT,
+            since,
+        )
+    finally:
+        await conn.close()
+    return drained, int(missing)
+
+
 async def server_now(server: PrivatePostgres) -> dt.datetime:
     conn = await asyncpg.connect(server.dsn)
     try:
@@ -154,6 +173,7 @@ async def test_a_failover_whose_old_primary_stays_writable(
             entry_id for _, (entry_id, at) in on_new.items() if at > moved_at + dt.timedelta(seconds=1)
         ][-16:]
         answers = await asyncio.gather(*(read_back(http, stack, entry_id) for entry_id in late_on_new))
+        drained, unaudited = await drained_and_audited(standby, moved_at + dt.timedelta(seconds=BOUND))
         figures.record(
             "split brain (old primary unfenced)",
             check_interval_s=CHECK_S,
@@ -166,9 +186,19 @@ async def test_a_failover_whose_old_primary_stays_writable(
             service_sessions_left_on_old_primary=sessions_left,
             read_backs=answers.count(200),
             read_backs_not_found=answers.count(404),
+            events_drained_on_new_primary_s=round(drained, 2),
+            entries_after_bound_without_audit_record=unaudited,
             decisions_refused=len([line for line in report.unexpected if line.startswith("decision")]),
             server_errors=report.server_errors,
         )
+        assert lost_late == {}, (
+            f"{len(lost_late)} acknowledged writes stored only on the old primary more than {BOUND} s "
+            f"after the move (the last {last_lost_s:.1f} s after it)"
+        )
+        assert sessions_left == {}, sessions_left
+        assert late_on_new, "no write reached the new primary after the move"
+        assert answers == [200] * len(answers), answers
+        assert unaudited == 0
         # an approval of an entry acknowledged by the old primary only finds no entry (404), or finds
         # it decided on the other server (409): the lost writes' consequences, nothing else
         creates_unexpected = [line for line in report.unexpected if not line.startswith("decision")]
@@ -177,11 +207,4 @@ async def test_a_failover_whose_old_primary_stays_writable(
         assert all(line.startswith(("decision 404", "decision 409")) for line in decisions_unexpected)
         assert len(decisions_unexpected) <= len(lost), decisions_unexpected
         assert report.server_errors == 0, report.attempts
-        assert lost_late == {}, (
-            f"{len(lost_late)} acknowledged writes stored only on the old primary more than {BOUND} s "
-            f"after the move (the last {last_lost_s:.1f} s after it)"
-        )
-        assert sessions_left == {}, sessions_left
-        assert late_on_new, "no write reached the new primary after the move"
-        assert answers == [200] * len(answers), answers
         assert not [tag for tag in tags if tag not in on_old and tag not in on_new]  # each stored somewhere
