@@ -20,6 +20,11 @@ until the old server session is over (so its transaction is decided), asks the c
 answers as if nothing happened), raises :class:`NotCommitted` (503, nothing was stored) or, when
 Postgres stays unreachable, :class:`OutcomeUnknown` (503 that says so). Writes therefore choose their
 identifiers before inserting, so there is something to look for.
+
+A failover moves the DSN's name, not the open connections: those on a server that takes no writes
+are replaced after its first refusal (:func:`refused_as_read_only`); those on an old primary that
+stays up and writable refuse nothing, and are closed by the periodic check of which server the name
+leads to (:mod:`svckit.dbserver`, ``server_check_seconds``: ``DB_LEADER_CHECK_SECONDS``).
 """
 
 from __future__ import annotations
