@@ -327,6 +327,16 @@ class Database:
             return
         self._servers[conn] = (identity, standby)
 
+    def server_of(self, conn: Any) -> ServerIdentity | None:
+        """The server a pooled connection (asyncpg's proxy, or the connection itself) reached, as
+        noted at its start; None when not noted (the check off, the role not allowed to ask).
+        Asked only when a write's outcome must be resolved, never per use."""
+        raw = getattr(conn, "_con", conn)  # asyncpg's PoolConnectionProxy holds the connection here
+        if raw is None or not self._servers:
+            return None
+        noted = self._servers.get(raw)
+        return None if noted is None else noted[0]
+
     def on_address_moved(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were
         found on a read-only server while the DSN's name leads to a writable one, or on another server
@@ -506,7 +516,11 @@ class Database:
         return PooledTransaction(self, isolation, committed)
 
     async def _commit_lost(
-        self, failure: BaseException, committed: CommitCheck | None, server_pid: int
+        self,
+        failure: BaseException,
+        committed: CommitCheck | None,
+        server_pid: int,
+        server: ServerIdentity | None = None,
     ) -> None:
         """The end of a transaction whose ``COMMIT`` (perhaps) went out and whose answer was lost:
         returns when ``committed`` finds it did commit, else raises."""
@@ -515,7 +529,7 @@ class Database:
             "the database connection broke while committing; resolving the outcome",
             extra={"error": f"{type(failure).__name__}: {failure}"[:200]},
         )
-        outcome = None if committed is None else await self._resolve(committed, server_pid, failed_at)
+        outcome = None if committed is None else await self._resolve(committed, server_pid, failed_at, server)
         ambiguous_commits.labels(
             "unknown" if outcome is None else "committed" if outcome else "not_committed"
         ).inc()
@@ -544,6 +558,7 @@ class Database:
             except READ_ONLY_ERRORS:
                 raise  # the server refused the statement: certainly not applied, nothing to resolve
             except UNAVAILABLE_ERRORS as exc:
+                server = self.server_of(conn)
                 if isinstance(exc, TimeoutError):
                     abandon(conn)
                 failure: BaseException = exc
@@ -552,7 +567,7 @@ class Database:
             "the database connection broke during a write; resolving the outcome",
             extra={"error": f"{type(failure).__name__}: {failure}"[:200]},
         )
-        outcome = await self._resolve(committed, server_pid, failed_at)
+        outcome = await self._resolve(committed, server_pid, failed_at, server)
         ambiguous_commits.labels(
             "unknown" if outcome is None else "committed" if outcome else "not_committed"
         ).inc()
@@ -563,9 +578,17 @@ class Database:
         async with self.connection() as conn:
             return await reread(conn)
 
-    async def _resolve(self, committed: CommitCheck, server_pid: int, failed_at: float) -> bool | None:
+    async def _resolve(
+        self, committed: CommitCheck, server_pid: int, failed_at: float, server: ServerIdentity | None = None
+    ) -> bool | None:
         """Ask ``committed`` on a fresh connection once the old session is gone; None if Postgres
-        stays unreachable for ``outcome_check_seconds``."""
+        stays unreachable for ``outcome_check_seconds``.
+
+        ``server``: where the write's connection was (:meth:`server_of`). When the fresh connection
+        reaches another server — the write's was closed because the DSN's name leads elsewhere now
+        (:mod:`svckit.dbserver`), or a failover — the old session is not there to wait for, and its
+        pid may belong to another, innocent session here (pids are per server): ``committed`` is
+        asked at once, and the answer is this server's, the one everybody reads."""
         deadline = failed_at + self.outcome_check_seconds
         delay = 0.05
         while time.monotonic() < deadline:
@@ -576,7 +599,9 @@ class Database:
                 delay = min(delay * 2, 1.0)
                 continue
             try:
-                if not await self._session_over(conn, server_pid, failed_at, deadline):
+                if not await self._on_another_server(conn, server) and not await self._session_over(
+                    conn, server_pid, failed_at, deadline
+                ):
                     return None
                 return bool(await committed(conn))
             except UNAVAILABLE_ERRORS:
@@ -585,6 +610,17 @@ class Database:
                 with contextlib.suppress(*UNAVAILABLE_ERRORS):
                     await conn.close(timeout=1)
         return None
+
+    @staticmethod
+    async def _on_another_server(conn: Any, server: ServerIdentity | None) -> bool:
+        """``conn`` reached another server than ``server`` (False when that is not known)."""
+        if server is None:
+            return False
+        try:
+            here, _ = await server_identity(conn, timeout=2.0)
+        except asyncpg.PostgresError:
+            return False
+        return not here.same_server(server)
 
     @staticmethod
     async def _session_over(conn: Any, server_pid: int, failed_at: float, deadline: float) -> bool:
@@ -779,6 +815,7 @@ class PooledTransaction:
         conn = use._conn
         assert conn is not None
         failure: BaseException | None = None
+        server: ServerIdentity | None = None
         abandoned = isinstance(exc, (TimeoutError, asyncio.CancelledError))
         try:
             if abandoned:
@@ -792,6 +829,7 @@ class PooledTransaction:
                     raise
                 else:
                     failure = error  # COMMIT was (perhaps) sent and its answer lost
+                    server = self._database.server_of(conn)
         except BaseException as error:
             if abandoned:  # only given back: terminated once already (its proxy is detached by then)
                 await use.__aexit__(None, None, None)
@@ -803,7 +841,7 @@ class PooledTransaction:
         else:
             await use.__aexit__(exc_type, exc, tb)
         if failure is not None:
-            await self._database._commit_lost(failure, self._committed, self._pid)
+            await self._database._commit_lost(failure, self._committed, self._pid, server)
 
 
 async def refused_as_read_only(database: Database, pool: asyncpg.Pool) -> None:

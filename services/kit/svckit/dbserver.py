@@ -137,8 +137,10 @@ async def check_server(database: Database) -> bool:
     wrote_there = any(not held[conn][1] for conn in stale if conn in held)
     await pool.expire_connections()  # a connection still opening to the old server is not reused
     for conn in stale:
-        held.pop(conn, None)
-        conn.terminate()  # a statement running on it fails as on a broken connection
+        # a statement running on it fails as on a broken connection; its note stays (a write's
+        # outcome is then resolved knowing it was on another server: Database._resolve), and a
+        # closed connection is not compared again
+        conn.terminate()
     server_moves.labels("primary" if wrote_there else "standby").inc()
     log.warning(
         "the database's address leads to another server than some pooled connections were on: "

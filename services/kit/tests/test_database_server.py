@@ -221,3 +221,46 @@ async def test_connections_left_on_a_standby_are_counted_apart(
                 assert await conn.fetchval("SELECT pg_is_in_recovery()") is False
         finally:
             await database.close()
+
+
+async def test_a_write_lost_on_the_old_server_is_resolved_where_the_name_leads_and_touches_nobody_there(
+    pair: tuple[PrivatePostgres, PrivatePostgres],
+) -> None:
+    """A write whose connection the check closed on the old server (or that a failover broke) is
+    resolved on the server the name leads to now. The old session is not there to wait for, and its
+    pid (pids are per server) may be an innocent session's there: resolving waited a second for
+    that session "to end" and then terminated it. Knowing the write's server, it asks at once."""
+    primary, standby = pair
+    async with proxied(standby) as proxy:
+        database = Database(
+            proxy.url_for(primary.dsn),
+            min_size=1,
+            max_size=1,
+            server_check_seconds=3600,
+            outcome_check_seconds=5,
+        )
+        await database.wait_connected(10)
+        bystander = await asyncpg.connect(standby.dsn)  # an older session there, with "the" pid
+        try:
+            old_server, _ = await identity_of(primary.dsn)
+            asked: list[bool] = []
+
+            async def committed(conn: Any) -> bool:
+                asked.append(True)
+                return False
+
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            found = await database._resolve(committed, bystander.get_server_pid(), started, old_server)
+            assert (found, asked) == (False, [True])
+            assert time.monotonic() - started < 0.5
+            assert await bystander.fetchval("SELECT 1") == 1  # untouched
+            # not knowing the write's server, as before: the innocent session is waited for, then ended
+            started = time.monotonic()
+            assert await database._resolve(committed, bystander.get_server_pid(), started) is False
+            assert time.monotonic() - started > 1.0
+            with pytest.raises((asyncpg.PostgresError, *UNAVAILABLE_ERRORS)):
+                await bystander.fetchval("SELECT 1")
+        finally:
+            bystander.terminate()
+            await database.close()
