@@ -58,6 +58,10 @@ MEANINGS = {
     "db_statement_timeout_seconds": "longest wait for one statement's answer (the driver's bound: a "
     "hung server enforces nothing); past it 503 with `Retry-After` and the session is closed. The "
     "audit service's `AUDIT_READ_TIMEOUT_SECONDS` may not exceed it",
+    "db_leader_check_seconds": "how often one fresh connection asks which Postgres server `DATABASE_URL` "
+    "leads to; pooled connections (and the outbox's LISTEN connection) on another server are closed: "
+    'bounds how long a service writes to an old primary a failover left up (runbook, "Split brain"). '
+    "`0`: never",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "db_runtime_role": "`migrate` only: the login role the service runs as; `migrate` (as the owner in "

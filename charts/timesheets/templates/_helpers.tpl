@@ -619,6 +619,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.dbConnectTimeoutSeconds | quote }}
 - name: DB_STATEMENT_TIMEOUT_SECONDS
   value: {{ (eq $c "audit" | ternary $values.dbStatementTimeoutSeconds $root.Values.config.dbStatementTimeoutSeconds) | quote }}
+{{- /* how often a pod asks which Postgres server DATABASE_URL leads to, and closes the pooled
+     connections on another one (svckit.dbserver: a failover whose old primary stays up) */}}
+- name: DB_LEADER_CHECK_SECONDS
+  value: {{ $root.Values.config.dbLeaderCheckSeconds | quote }}
 {{- if eq $c "audit" }}
 {{- /* the trail's reads: one statement's limit (SET LOCAL statement_timeout), also in the migration
      containers, which load the service's settings. The service refuses to start when it exceeds the

@@ -26,7 +26,7 @@ from svckit.context import current_request_id
 from svckit.contracts.approvals import DecisionIn
 from svckit.contracts.audit import AuditEvent
 from svckit.contracts.timesheets import Entry
-from svckit.db import UNAVAILABLE_ERRORS, Connection, Database
+from svckit.db import UNAVAILABLE_ERRORS, Connection, Database, OutcomeUnknown
 from svckit.denials import Sink
 from svckit.identity import Identity
 from svckit.outbox import DB_ERRORS
@@ -237,7 +237,12 @@ class Workflow:
             # the decision is recorded and stays pending until a retry or the reconciler settles it.
             log.warning("could not settle a decision; it stays pending", extra={"error": type(exc).__name__})
             return Result("pending", decision, outcome.entry, "settle_failed", voiding=void_reason)
-        assert row is not None
+        if row is None:
+            # recorded on one connection, gone on the next: they reached different servers (a
+            # failover whose old primary stayed up, until svckit.dbserver closes the old connections).
+            # Where the record is now cannot be said: 503, retry (it was a 500: an assertion)
+            log.warning("a decision recorded a moment ago was not found; the database server changed?")
+            raise OutcomeUnknown("the decision was not found on the database server reached now")
         if changed and outcome.verdict == "applied":
             decisions.labels(row.decision).inc()
         return Result(

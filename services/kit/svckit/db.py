@@ -20,6 +20,11 @@ until the old server session is over (so its transaction is decided), asks the c
 answers as if nothing happened), raises :class:`NotCommitted` (503, nothing was stored) or, when
 Postgres stays unreachable, :class:`OutcomeUnknown` (503 that says so). Writes therefore choose their
 identifiers before inserting, so there is something to look for.
+
+A failover moves the DSN's name, not the open connections: those on a server that takes no writes
+are replaced after its first refusal (:func:`refused_as_read_only`); those on an old primary that
+stays up and writable refuse nothing, and are closed by the periodic check of which server the name
+leads to (:mod:`svckit.dbserver`, ``server_check_seconds``: ``DB_LEADER_CHECK_SECONDS``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from .dbserver import ServerIdentity, server_identity, watch_server
 from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .health import CheckFailed
 from .settings import DatabaseSettings
@@ -204,7 +210,11 @@ class Database:
         max_backoff: float = 10.0,
         outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
+        server_check_seconds: float = 0.0,
     ) -> None:
+        """``server_check_seconds``: how often a fresh connection asks which server the DSN's name
+        leads to, closing the pooled connections on another one (:mod:`svckit.dbserver`); 0: never
+        (and no question asked of a new connection)."""
         self.dsn = dsn
         self.tls = tls
         # asyncpg's ssl=: the kit's verifying context (svckit.dbtls), or None for the URL's own sslmode
@@ -230,6 +240,15 @@ class Database:
         # replaced the pool's connections (:func:`refused_as_read_only`): a connection of its own
         # (the outbox relay's LISTEN) opened before is on the old server
         self._move_callbacks: list[Callable[[], None]] = []
+        # which server each open pooled connection reached (svckit.dbserver), and the periodic check
+        self.server_check_seconds = server_check_seconds
+        # (the server, whether it was a standby when the connection was opened)
+        self._servers: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[ServerIdentity, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server_check_failed = False
+        self._server_unknown_said = False
+        self._server_watch: asyncio.Task[None] | None = None
         _databases.add(self)
 
     @classmethod
@@ -243,6 +262,7 @@ class Database:
             connect_timeout=settings.db_connect_timeout_seconds,
             statement_timeout=settings.db_statement_timeout_seconds,
             tls=settings.database_tls,
+            server_check_seconds=settings.db_leader_check_seconds,
         )
 
     @property
@@ -274,6 +294,7 @@ class Database:
             max_size=self.max_size,
             reset=_keep_session,
             connect=self._counted_connect,
+            init=self._record_server if self.server_check_seconds > 0 else None,
             **self._connect_options(),
         )
         assert pool is not None
@@ -288,9 +309,38 @@ class Database:
             options["server_settings"] = {**options["server_settings"], "application_name": application_name}
         return await self._counted_connect(self.dsn, **options)
 
+    async def _record_server(self, conn: asyncpg.Connection) -> None:
+        """The pool's ``init`` hook: note which server the new connection reached (one round trip per
+        new connection, none per use), for :func:`svckit.dbserver.check_server`. A role that may not
+        call ``pg_postmaster_start_time()`` (revoked from PUBLIC) leaves the connection unnoted:
+        never compared, never closed by the check; said once."""
+        try:
+            identity, standby = await server_identity(conn, timeout=self.connect_timeout)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            if not self._server_unknown_said:
+                self._server_unknown_said = True
+                log.warning(
+                    "cannot tell which database server a connection reached (no failover check: "
+                    "grant EXECUTE on pg_postmaster_start_time() to it)",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
+                )
+            return
+        self._servers[conn] = (identity, standby)
+
+    def server_of(self, conn: Any) -> ServerIdentity | None:
+        """The server a pooled connection (asyncpg's proxy, or the connection itself) reached, as
+        noted at its start; None when not noted (the check off, the role not allowed to ask).
+        Asked only when a write's outcome must be resolved, never per use."""
+        raw = getattr(conn, "_con", conn)  # asyncpg's PoolConnectionProxy holds the connection here
+        if raw is None or not self._servers:
+            return None
+        noted = self._servers.get(raw)
+        return None if noted is None else noted[0]
+
     def on_address_moved(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (no arguments, in the event loop) each time the pool's connections were
-        found on a read-only server while the DSN's name leads to a writable one (and replaced). What
+        found on a read-only server while the DSN's name leads to a writable one, or on another server
+        than the one the DSN's name leads to (:mod:`svckit.dbserver`), and replaced. What
         holds a connection of its own (:meth:`connect`) replaces it then: it would stay on the old
         server as long as that one stays up."""
         self._move_callbacks.append(callback)
@@ -320,6 +370,10 @@ class Database:
                 self._pool = await self._create_pool()
                 self._connected.set()
                 log.info("database pool ready", extra={"attempt": attempt})
+                if self.server_check_seconds > 0:
+                    self._server_watch = asyncio.create_task(
+                        watch_server(self, self.server_check_seconds), name="db-server-check"
+                    )
                 await self._warn_if_owner()
             except UNAVAILABLE_ERRORS as exc:
                 self.last_error = describe_connect_error(exc, self.tls)
@@ -377,6 +431,11 @@ class Database:
     async def close(self, timeout: float = 10.0) -> None:
         if (probe := _read_only_probes.pop(self, None)) is not None:
             probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
+        if self._server_watch is not None:
+            self._server_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server_watch
+            self._server_watch = None
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -457,7 +516,11 @@ class Database:
         return PooledTransaction(self, isolation, committed)
 
     async def _commit_lost(
-        self, failure: BaseException, committed: CommitCheck | None, server_pid: int
+        self,
+        failure: BaseException,
+        committed: CommitCheck | None,
+        server_pid: int,
+        server: ServerIdentity | None = None,
     ) -> None:
         """The end of a transaction whose ``COMMIT`` (perhaps) went out and whose answer was lost:
         returns when ``committed`` finds it did commit, else raises."""
@@ -466,7 +529,7 @@ class Database:
             "the database connection broke while committing; resolving the outcome",
             extra={"error": f"{type(failure).__name__}: {failure}"[:200]},
         )
-        outcome = None if committed is None else await self._resolve(committed, server_pid, failed_at)
+        outcome = None if committed is None else await self._resolve(committed, server_pid, failed_at, server)
         ambiguous_commits.labels(
             "unknown" if outcome is None else "committed" if outcome else "not_committed"
         ).inc()
@@ -495,6 +558,7 @@ class Database:
             except READ_ONLY_ERRORS:
                 raise  # the server refused the statement: certainly not applied, nothing to resolve
             except UNAVAILABLE_ERRORS as exc:
+                server = self.server_of(conn)
                 if isinstance(exc, TimeoutError):
                     abandon(conn)
                 failure: BaseException = exc
@@ -503,7 +567,7 @@ class Database:
             "the database connection broke during a write; resolving the outcome",
             extra={"error": f"{type(failure).__name__}: {failure}"[:200]},
         )
-        outcome = await self._resolve(committed, server_pid, failed_at)
+        outcome = await self._resolve(committed, server_pid, failed_at, server)
         ambiguous_commits.labels(
             "unknown" if outcome is None else "committed" if outcome else "not_committed"
         ).inc()
@@ -514,9 +578,17 @@ class Database:
         async with self.connection() as conn:
             return await reread(conn)
 
-    async def _resolve(self, committed: CommitCheck, server_pid: int, failed_at: float) -> bool | None:
+    async def _resolve(
+        self, committed: CommitCheck, server_pid: int, failed_at: float, server: ServerIdentity | None = None
+    ) -> bool | None:
         """Ask ``committed`` on a fresh connection once the old session is gone; None if Postgres
-        stays unreachable for ``outcome_check_seconds``."""
+        stays unreachable for ``outcome_check_seconds``.
+
+        ``server``: where the write's connection was (:meth:`server_of`). When the fresh connection
+        reaches another server — the write's was closed because the DSN's name leads elsewhere now
+        (:mod:`svckit.dbserver`), or a failover — the old session is not there to wait for, and its
+        pid may belong to another, innocent session here (pids are per server): ``committed`` is
+        asked at once, and the answer is this server's, the one everybody reads."""
         deadline = failed_at + self.outcome_check_seconds
         delay = 0.05
         while time.monotonic() < deadline:
@@ -527,7 +599,9 @@ class Database:
                 delay = min(delay * 2, 1.0)
                 continue
             try:
-                if not await self._session_over(conn, server_pid, failed_at, deadline):
+                if not await self._on_another_server(conn, server) and not await self._session_over(
+                    conn, server_pid, failed_at, deadline
+                ):
                     return None
                 return bool(await committed(conn))
             except UNAVAILABLE_ERRORS:
@@ -536,6 +610,17 @@ class Database:
                 with contextlib.suppress(*UNAVAILABLE_ERRORS):
                     await conn.close(timeout=1)
         return None
+
+    @staticmethod
+    async def _on_another_server(conn: Any, server: ServerIdentity | None) -> bool:
+        """``conn`` reached another server than ``server`` (False when that is not known)."""
+        if server is None:
+            return False
+        try:
+            here, _ = await server_identity(conn, timeout=2.0)
+        except asyncpg.PostgresError:
+            return False
+        return not here.same_server(server)
 
     @staticmethod
     async def _session_over(conn: Any, server_pid: int, failed_at: float, deadline: float) -> bool:
@@ -730,6 +815,7 @@ class PooledTransaction:
         conn = use._conn
         assert conn is not None
         failure: BaseException | None = None
+        server: ServerIdentity | None = None
         abandoned = isinstance(exc, (TimeoutError, asyncio.CancelledError))
         try:
             if abandoned:
@@ -743,6 +829,7 @@ class PooledTransaction:
                     raise
                 else:
                     failure = error  # COMMIT was (perhaps) sent and its answer lost
+                    server = self._database.server_of(conn)
         except BaseException as error:
             if abandoned:  # only given back: terminated once already (its proxy is detached by then)
                 await use.__aexit__(None, None, None)
@@ -754,7 +841,7 @@ class PooledTransaction:
         else:
             await use.__aexit__(exc_type, exc, tb)
         if failure is not None:
-            await self._database._commit_lost(failure, self._committed, self._pid)
+            await self._database._commit_lost(failure, self._committed, self._pid, server)
 
 
 async def refused_as_read_only(database: Database, pool: asyncpg.Pool) -> None:

@@ -233,6 +233,11 @@ class DatabaseSettings(ServiceSettings):
     # (svckit.db.abandon). It was a fixed 30 s, the gateway's own upstream read timeout: every request
     # on a hung database waited with it, and the gateway's 504 raced the service's 503.
     db_statement_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # How often a fresh connection asks which Postgres server DATABASE_URL leads to; pooled
+    # connections (and the outbox's LISTEN connection) on another server are closed. Bounds how long
+    # a service goes on writing to an old primary that a failover left up and writable (svckit.dbserver,
+    # docs/runbook.md "Split brain"). 0: never checked.
+    db_leader_check_seconds: float = Field(default=5.0, ge=0, le=3600)
     # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
     # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
     db_sslrootcert: str = ""
