@@ -39,6 +39,7 @@ from testkit.tmpfs import can_mount
 
 from .conftest import Figures, Stack, wait_ready
 from .load import PROJECT, WriteLoad, assert_stored_once, settled
+from .test_fault_matrix import LogWatch, build_matrix, fire_all, under_fault
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,8 +50,8 @@ DATA_DISK_MB = 96
 WAL_DISK_MB = 24
 #: how long the data disk stays full in the detailed case: long enough to see the retries' pace
 HOLD_SECONDS = 4.0
-#: what a service may spend of CPU and of log lines (access lines aside) meanwhile: a few failed
-#: passes with back-off of the outbox relay and the reconciler each second, not a tight loop
+#: what a service may spend of CPU and of background log lines meanwhile: a few failed passes with
+#: back-off of the outbox relay and the reconciler each second, not a tight loop
 MAX_CPU_SECONDS = 1.5
 MAX_LOG_LINES = 30
 
@@ -113,7 +114,9 @@ def tracebacks(lines: dict[str, list[str]]) -> list[str]:
 
 
 def chatter(lines: list[str]) -> list[str]:
-    return [line for line in lines if '"logger": "access"' not in line]
+    """The lines of the background loops (the outbox relay, the reconciler, the pool's floor): a
+    request's own lines (its access line, a warning it logged) come with the clients' pace."""
+    return [line for line in lines if '"logger": "access"' not in line and '"request_id": null' in line]
 
 
 async def audit_verifies(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:
@@ -200,6 +203,7 @@ async def test_table_data_out_of_disk_refuses_writes_with_503_and_recovers_once_
         first_write_after_freed_s=None if first_write is None else round(first_write, 2),
         events_drained_s=round(drained, 2),
         answers=dict(report.attempts),
+        reasons=dict(report.reasons),
         audit_verified=verification,
     )
     assert refused > 0  # what TimesheetsDatabaseDiskFull counts
@@ -294,3 +298,47 @@ async def test_pg_wal_out_of_disk_stops_postgres_and_the_services_recover_once_i
     assert tracebacks(lines) == []
     for name, process in processes.items():
         assert process.is_running(), f"{name} exited"  # recovered in place, no restart
+
+
+async def test_no_route_answers_500_with_the_data_disk_full(disk_stack: Stack, figures: Figures) -> None:
+    """Every route of every service (the fault matrix's probes: sign-in pages, tokens, entries,
+    decisions, uploads, the audit trail) with the tables' volume full: no 500, every 5xx a 503 with
+    ``Retry-After``, no traceback; every refusal for want of room says so."""
+    stack = disk_stack
+    await stack.ensure_up()
+    data_disk, _ = disks(stack)
+    matrix = await build_matrix(stack)
+    logs = LogWatch(stack)
+
+    async def full() -> None:
+        data_disk.fill(leave=0)
+        # until a write finds no room (the pages of the tables still had some)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            started = time.monotonic()
+            while True:
+                status, _, problem = await create(http, stack, f"matrix-{uuid.uuid4().hex[:8]}")
+                if status != 201:
+                    break
+                assert time.monotonic() - started < 15, "writes never ran out of room"
+            assert problem.get("reason") == "database_disk_full", problem
+
+    async def freed() -> None:
+        data_disk.free()
+        for service in stack.services.values():
+            await wait_ready(service.url, 20)
+
+    timeout = aiohttp.ClientTimeout(total=20)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            logs.mark()
+            baseline = await fire_all(http, matrix.probes)
+            broken = [f"{p.name}: {r.status} {r.body[:200]}" for p, r in baseline if not 0 < r.status < 500]
+            assert broken == [], broken
+            problems, statuses = await under_fault(
+                stack, http, matrix, logs, full, freed, 2, None, "postgres data disk full"
+            )
+    finally:
+        data_disk.free()
+    figures.record("fault matrix, postgres data disk full", statuses=statuses, violations=len(problems))
+    assert problems == [], "\n".join(problems)
+    assert statuses.get(503, 0) > 0, statuses  # the fault was there: some probes found no room
