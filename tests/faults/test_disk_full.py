@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import psutil
 import pytest
+from svckit.db import UNAVAILABLE_ERRORS
 
 from testkit.fixtures import scrape
 from testkit.pgproc import PrivatePostgres, postgres_bin
@@ -54,6 +56,8 @@ HOLD_SECONDS = 4.0
 #: back-off of the outbox relay and the reconciler each second, not a tight loop
 MAX_CPU_SECONDS = 1.5
 MAX_LOG_LINES = 30
+#: the replication slot of a standby that is gone: what keeps pg_wal growing in the WAL case
+GONE_SLOT = "disk_full_gone_standby"
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +121,17 @@ def chatter(lines: list[str]) -> list[str]:
     """The lines of the background loops (the outbox relay, the reconciler, the pool's floor): a
     request's own lines (its access line, a warning it logged) come with the clients' pace."""
     return [line for line in lines if '"logger": "access"' not in line and '"request_id": null' in line]
+
+
+async def drop_slot(stack: Stack) -> None:
+    conn = await stack.db()
+    try:
+        await conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            GONE_SLOT,
+        )
+    finally:
+        await conn.close()
 
 
 async def audit_verifies(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:
@@ -243,8 +258,18 @@ async def test_pg_wal_out_of_disk_stops_postgres_and_the_services_recover_once_i
             aiohttp.ClientSession(timeout=timeout) as http,
         ):
             await asyncio.sleep(0.5)
+            # what fills pg_wal in real life: a replication slot whose standby is gone keeps every
+            # segment from now on (no checkpoint recycles them into the next ones)
+            admin = await stack.db()
+            await admin.execute(f"SELECT pg_create_physical_replication_slot('{GONE_SLOT}', true)")
             wal_disk.fill(leave=0)
             filled_at = time.monotonic()
+            # the segments pg_wal holds ahead (recycled before) taken at once, one per switch, so
+            # that the load's writes need a new one within a second, not after megabytes of WAL
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                for _ in range(100):
+                    await admin.execute("SELECT txid_current(); SELECT pg_switch_wal()")
+            admin.terminate()
             while stack.postgres.running():
                 assert time.monotonic() - filled_at < 20, "Postgres kept running with pg_wal full"
                 await asyncio.sleep(0.1)
@@ -267,6 +292,7 @@ async def test_pg_wal_out_of_disk_stops_postgres_and_the_services_recover_once_i
             wal_disk.free()
             await asyncio.to_thread(stack.postgres.start)
             started_at = time.monotonic()
+            await drop_slot(stack)  # the operator's remedy for its cause
             ready = {name: round(await wait_ready(services[name].url, 30), 2) for name in DB_SERVICES}
             while load.report.first_success_after(started_at) is None and time.monotonic() - started_at < 15:
                 await asyncio.sleep(0.1)
@@ -280,6 +306,8 @@ async def test_pg_wal_out_of_disk_stops_postgres_and_the_services_recover_once_i
         if not stack.postgres.running():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(stack.postgres.start)
+        with contextlib.suppress(Exception):
+            await drop_slot(stack)
     lines = {name: new_lines(s.log_path, offsets[name]) for name, s in services.items()}
     figures.record(
         "postgres pg_wal full",
