@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from testkit.fixtures import free_port
+from testkit.tmpfs import Tmpfs
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 StopMode = Literal["smart", "fast", "immediate"]
@@ -60,6 +61,8 @@ class PrivatePostgres:
         log_statements: bool = False,
         settings: Mapping[str, str] | None = None,
         standby_of: PrivatePostgres | None = None,
+        data_disk_mb: int | None = None,
+        wal_disk_mb: int | None = None,
     ) -> None:
         """``standby_of``: a streaming hot standby of that (running) server instead of a new cluster
         (``pg_basebackup -R``: a copy of its data that follows its WAL and answers reads only, until
@@ -68,7 +71,10 @@ class PrivatePostgres:
         shared server trusts loopback). ``log_statements``: the server log records every statement.
         ``settings``: more server parameters, as ``postgresql.conf`` writes them (quoted where it must):
         what a test needs of the server that the shared one must not be reconfigured for (say
-        ``shared_preload_libraries = 'pg_stat_statements'``, to count what the services send)."""
+        ``shared_preload_libraries = 'pg_stat_statements'``, to count what the services send).
+        ``data_disk_mb`` / ``wal_disk_mb``: the data directory / ``pg_wal`` (then a directory of its own,
+        ``initdb --waldir``, in 1 MB segments) on a tmpfs of that size (:mod:`testkit.tmpfs`, root
+        only): :attr:`data_disk` / :attr:`wal_disk`, to fill and free as a full volume."""
         self.passwords = passwords
         self.log_statements = log_statements
         self.settings = dict(settings or {})
@@ -79,21 +85,30 @@ class PrivatePostgres:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="tsp-pg-"))
         self.data = self.root / "data"
+        self.wal = self.root / "wal"
         self.log = self.root / "server.log"
         self._user: str | None = None
+        uid = gid = 0
         if os.geteuid() == 0:
             self._user = "postgres"
-            pwd.getpwnam(self._user)  # KeyError: no such user on this machine
+            user = pwd.getpwnam(self._user)  # KeyError: no such user on this machine
+            uid, gid = user.pw_uid, user.pw_gid
             self.root.chmod(0o755)
             shutil.chown(self.root, self._user)
-        if standby_of is None:
-            self._initdb()
-        else:
-            try:
+        self.data_disk = None if data_disk_mb is None else Tmpfs(self.data, data_disk_mb, uid=uid, gid=gid)
+        self.wal_disk = None if wal_disk_mb is None else Tmpfs(self.wal, wal_disk_mb, uid=uid, gid=gid)
+        try:
+            for disk in (self.data_disk, self.wal_disk):
+                if disk is not None:
+                    disk.mount()
+            if standby_of is None:
+                self._initdb()
+            else:
                 self._basebackup(standby_of)
-            except BaseException:
-                shutil.rmtree(self.root, ignore_errors=True)  # no server of it to remove later
-                raise
+        except BaseException:
+            self._unmount()
+            shutil.rmtree(self.root, ignore_errors=True)  # no server of it to remove later
+            raise
 
     @property
     def dsn(self) -> str:
@@ -112,10 +127,12 @@ class PrivatePostgres:
         )
 
     def _initdb(self) -> None:
+        separate_wal = ["--waldir", str(self.wal), "--wal-segsize=1"] if self.wal_disk is not None else []
         self._run(
             "initdb",
             "-D",
             str(self.data),
+            *separate_wal,
             "-U",
             "postgres",
             "-A",
@@ -135,6 +152,8 @@ class PrivatePostgres:
             "shared_buffers": "32MB",
             "logging_collector": "off",
         }
+        if self.wal_disk is not None:  # 1 MB segments: a few MB of WAL between checkpoints
+            settings |= {"min_wal_size": "4MB", "max_wal_size": "16MB"}
         if self.log_statements:
             settings["log_statement"] = "'all'"
         settings |= self.settings
@@ -228,7 +247,13 @@ class PrivatePostgres:
         self.resume()  # a stopped cluster cannot stop
         if self.data.exists() and self.running():
             self.stop("immediate")
+        self._unmount()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _unmount(self) -> None:
+        for disk in (self.data_disk, self.wal_disk):
+            if disk is not None:
+                disk.unmount()
 
     def __enter__(self) -> PrivatePostgres:
         return self.start()

@@ -35,6 +35,8 @@ class LoadReport:
     longest: dict[str, float] = field(default_factory=dict)
     #: every attempt: (monotonic start, monotonic end, "METHOD outcome")
     timings: list[tuple[float, float, str]] = field(default_factory=list)
+    #: the problem documents' ``reason`` per failed attempt: "METHOD status reason" (none: "-")
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def first_success_after(self, moment: float) -> float | None:
         later = [t for t in self.successes if t > moment]
@@ -129,6 +131,9 @@ class WriteLoad:
         ended = time.monotonic()
         took = round(ended - started, 2)
         key = f"{method} {outcome}"
+        if outcome.isdigit() and int(outcome) >= 400:
+            reason = payload.get("reason") if isinstance(payload, dict) else None
+            self.report.reasons[f"{key} {reason or '-'}"] += 1
         self.report.timings.append((started, ended, key))
         self.report.longest[key] = max(self.report.longest.get(key, 0.0), took)
         return outcome, payload

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .db import (
+    DISK_FULL_ERRORS,
     READ_ONLY_ERRORS,
     SLOT_ERRORS,
     UNAVAILABLE_ERRORS,
@@ -86,6 +87,18 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
             headers=RETRY_AFTER,
             outcome="not_stored",
             reason="database_read_only",
+        )
+    if isinstance(exc, DISK_FULL_ERRORS):
+        # the volume where the tables live is full (svckit.db.DISK_FULL_ERRORS): the statement was
+        # refused and rolled back, reads go on; no outcome is claimed (a handler's earlier
+        # transaction may have committed before a later statement found no room)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The database is out of disk space and takes no more data right now; reads still work. "
+            "Retry later.",
+            headers=RETRY_AFTER,
+            reason="database_disk_full",
         )
     if isinstance(exc, SLOT_ERRORS):
         # Postgres up, but out of connection slots (svckit.db.SLOT_ERRORS): no outcome is claimed

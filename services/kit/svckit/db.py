@@ -13,6 +13,13 @@ requests on the connections it holds, each waiting for one to be released within
 and no new connection is tried for a second after a refusal (:meth:`Database.out_of_slots`).
 Every failed connection is counted by reason (``db_connect_failures_total``, :func:`counted_connect`).
 
+Postgres out of disk where the tables live (SQLSTATE 53100: a statement that needs a new page, or a
+sort's temporary file, finds ``ENOSPC``) refuses that statement only: the rest works, reads above all.
+Such a refusal (:data:`DISK_FULL_ERRORS`) is answered 503 ``database_disk_full`` (svckit.app), counted
+(``db_disk_full_refusals_total``), and, being the server's definite answer, never taken for a lost
+connection whose outcome must be resolved (:data:`REFUSED_ERRORS`). Out of disk for its WAL, Postgres
+stops (a PANIC, then a crash recovery that cannot write either): an outage like any other.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
@@ -83,13 +90,25 @@ READ_ONLY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.ReadOnly
 #: "unreachable" — the operator's remedy differs (docs/runbook.md, TimesheetsDatabaseConnectionsRefused)
 SLOT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TooManyConnectionsError, OutOfSlots)
 
+#: SQLSTATE 53100 ("could not extend file ...: No space left on device"): the volume of the data
+#: directory or of a tablespace is full. The statement is refused and its transaction rolled back —
+#: nothing of it stored — while the server goes on answering reads and writes that fit in pages with
+#: room. Answered 503 ``database_disk_full`` (svckit.app) rather than "unreachable": the remedy is the
+#: operator's (docs/runbook.md, "Postgres out of disk", TimesheetsDatabaseDiskFull); counted in
+#: ``db_disk_full_refusals_total``. (A full ``pg_wal`` is no 53100: Postgres PANICs and stops.)
+DISK_FULL_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.DiskFullError,)
+#: the server's own refusal of a statement, answered as an error on a connection that goes on: the
+#: statement certainly did not commit, so there is no outcome to resolve (:meth:`Database.write_once`,
+#: a ``COMMIT`` refused in :class:`PooledTransaction`) — unlike a connection that broke on the way
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (*READ_ONLY_ERRORS, *DISK_FULL_ERRORS)
+
 # Every error class that means "the database is not there right now; retry": the socket (OSError,
 # timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
 # shutdown, "cannot connect now", cancelled), 53 (insufficient resources: too many connections,
 # disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy),
 # and asyncpg's client-side states of a connection that broke mid-operation (``InterfaceError``
 # "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown),
-# and :data:`READ_ONLY_ERRORS`.
+# and :data:`READ_ONLY_ERRORS` (:data:`DISK_FULL_ERRORS` are among class 53).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -124,6 +143,13 @@ read_only_refusals = Counter(
     "Statements refused by a server that takes no writes (SQLSTATE 25006: a hot standby, a demoted "
     "primary): writes answered 503 during a failover, or a DATABASE_URL that reaches a standby.",
 )
+disk_full_refusals = Counter(
+    "db_disk_full_refusals_total",
+    "Statements Postgres refused for want of disk space where the tables live (SQLSTATE 53100: the "
+    "volume of the data directory or of a tablespace is full): writes answered 503 database_disk_full, "
+    "background writes (the outbox relay, the audit ingest) retried with back-off.",
+)
+
 #: after a probe found the DSN's server still read-only, the next probe waits this long
 #: (:func:`refused_as_read_only`)
 READ_ONLY_PROBE_SECONDS = 0.5
@@ -555,7 +581,7 @@ class Database:
             try:
                 row: asyncpg.Record | None = await conn.fetchrow(query, *args)
                 return row
-            except READ_ONLY_ERRORS:
+            except REFUSED_ERRORS:
                 raise  # the server refused the statement: certainly not applied, nothing to resolve
             except UNAVAILABLE_ERRORS as exc:
                 server = self.server_of(conn)
@@ -733,6 +759,8 @@ class PooledConnection:
             if isinstance(exc, READ_ONLY_ERRORS):
                 conn.terminate()  # a read-only server's session: not pooled again (READ_ONLY_ERRORS)
                 await refused_as_read_only(self._database, pool)
+            elif isinstance(exc, DISK_FULL_ERRORS):
+                disk_full_refusals.inc()  # the session is sound: pooled again (DISK_FULL_ERRORS)
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)
@@ -825,8 +853,8 @@ class PooledTransaction:
             except UNAVAILABLE_ERRORS as error:
                 if isinstance(exc, asyncio.CancelledError):
                     pass  # the abandoned session's ROLLBACK failed: the cancellation goes on
-                elif exc is not None:
-                    raise
+                elif exc is not None or isinstance(error, REFUSED_ERRORS):
+                    raise  # (a COMMIT the server refused: certainly not committed)
                 else:
                     failure = error  # COMMIT was (perhaps) sent and its answer lost
                     server = self._database.server_of(conn)

@@ -20,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.app import create_service_app
-from svckit.db import UNAVAILABLE_ERRORS, Database, NotCommitted, OutcomeUnknown, ambiguous_commits
+from svckit.db import (
+    UNAVAILABLE_ERRORS,
+    Database,
+    NotCommitted,
+    OutcomeUnknown,
+    ambiguous_commits,
+    disk_full_refusals,
+)
 from svckit.health import CHECK_TIMEOUT_SECONDS, run_checks
 from svckit.logs import JsonFormatter
 from svckit.migrations import MigrationError, migrate
@@ -526,6 +533,91 @@ async def test_a_write_refused_by_a_read_only_server_is_a_503_at_once_on_a_fresh
     finally:
         await database.close()
         await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
+
+
+async def test_a_statement_refused_for_want_of_disk_space_is_a_503_that_says_so_at_once(
+    database_url: str, identity_keys: dict[str, str]
+) -> None:
+    """SQLSTATE 53100 (disk full: the volume of the tables full) from a real server — raised here by
+    triggers, one on the statement and one at ``COMMIT`` (a deferred constraint trigger), as Postgres
+    raises it when a relation cannot be extended (tests/faults/test_disk_full.py fills a real
+    volume). The kit took it for a broken connection: ``write_once`` and a refused ``COMMIT`` resolved
+    an outcome (a second's wait, the sound pooled session terminated) and answered 503 "went away"
+    without a reason. Now: raised at once, counted, the session pooled again, and answered 503
+    ``database_disk_full`` with ``Retry-After``."""
+    table = f"disk_full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(
+        f"""CREATE TABLE {table} (id uuid PRIMARY KEY, at_commit boolean NOT NULL DEFAULT false);
+        CREATE FUNCTION {table}_full() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          RAISE EXCEPTION 'could not extend file "base/5/16385": No space left on device'
+            USING ERRCODE = 'disk_full', HINT = 'Check free disk space.';
+        END $$;
+        CREATE TRIGGER now_full BEFORE INSERT ON {table}
+          FOR EACH ROW WHEN (NOT NEW.at_commit) EXECUTE FUNCTION {table}_full();
+        CREATE CONSTRAINT TRIGGER full_at_commit AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED
+          FOR EACH ROW WHEN (NEW.at_commit) EXECUTE FUNCTION {table}_full();"""
+    )
+    database = Database(database_url, schema="public", min_size=1, max_size=1, outcome_check_seconds=5)
+    await database.wait_connected(10)
+
+    async def committed(conn: Any) -> bool:
+        raise AssertionError("a refused write has no outcome to resolve")
+
+    async def reread(conn: Any) -> asyncpg.Record | None:
+        raise AssertionError("a refused write has nothing to read again")
+
+    async def create(request: Request) -> Response:
+        at_commit = request.query_params.get("at") == "commit"
+        async with database.transaction(committed=committed) as conn:
+            await conn.execute(
+                f"INSERT INTO {table} (id, at_commit) VALUES ($1, $2)", uuid.uuid4(), at_commit
+            )
+        return JSONResponse({}, status_code=201)
+
+    try:
+        async with database.connection() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+        refused_before = disk_full_refusals._value.get()
+        ambiguous_before = sum(
+            ambiguous_commits.labels(o)._value.get() for o in ("committed", "not_committed", "unknown")
+        )
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncpg.exceptions.DiskFullError):
+            await database.write_once(
+                f"INSERT INTO {table} (id) VALUES ($1) RETURNING id",
+                uuid.uuid4(),
+                committed=committed,
+                reread=reread,
+            )
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert disk_full_refusals._value.get() == refused_before + 1
+        async with database.connection() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == first  # a sound session, pooled again
+
+        settings = load_settings(ServiceSettings, env=receiver_env(identity_keys))
+        app = create_service_app(settings, [Route("/rows", create, methods=["POST"])], require_identity=False)
+        async with serve_app(app) as base, aiohttp.ClientSession() as session:
+            for at in ("statement", "commit"):
+                async with session.post(f"{base}/rows?at={at}") as response:
+                    body = await response.json(content_type=None)
+                    assert response.status == 503, (at, body)
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.headers["retry-after"]
+                    assert body.get("reason") == "database_disk_full", (at, body)
+        assert disk_full_refusals._value.get() == refused_before + 3
+        ambiguous_after = sum(
+            ambiguous_commits.labels(o)._value.get() for o in ("committed", "not_committed", "unknown")
+        )
+        assert ambiguous_after == ambiguous_before
+        async with database.connection() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == first
+        assert await admin.fetchval(f"SELECT count(*) FROM {table}") == 0  # nothing half-written
+    finally:
+        await database.close()
+        await admin.execute(f"DROP TABLE {table}; DROP FUNCTION {table}_full()")
         await admin.close()
 
 
