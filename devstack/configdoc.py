@@ -68,7 +68,8 @@ MEANINGS = {
     "db_idle_in_transaction_timeout_seconds": "how long a session of the service may stay idle inside a "
     "transaction before Postgres ends it, its locks released (`idle_in_transaction_session_timeout`)",
     "db_migration_lock_timeout_seconds": "`migrate` only: how long each migration waits for a lock before "
-    "it is rolled back and tried again after a backoff. Below `DB_LOCK_TIMEOUT_SECONDS`",
+    "it is rolled back and tried again after a backoff. Below `DB_LOCK_TIMEOUT_SECONDS`, above the "
+    "server's `deadlock_timeout` (1 s: a waiter past it makes Postgres cancel an autovacuum in its way)",
     "db_migration_lock_attempts": "`migrate` only: how many times each migration is tried for its locks "
     "before `migrate` exits 1 naming it (nothing of it applied)",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",

@@ -24,8 +24,8 @@ get its locks in time is rolled back (nothing of it applied), the queue behind i
 tried again after a capped exponential backoff with jitter, ``lock_attempts`` times in all; then the
 run stops with :class:`MigrationError` naming the migration (``migrate`` exits 1, the release's
 earlier migrations stay applied, later ones are not tried). The services' own lock bound
-(``DB_LOCK_TIMEOUT_SECONDS``) is at least this one, so a request queued behind a migration waits for
-it and is not refused.
+(``DB_LOCK_TIMEOUT_SECONDS``) is above this one, so a request queued behind a migration waits for it
+and is not refused.
 
 After the files, ``role`` (the service's runtime role, ``DB_RUNTIME_ROLE``) is brought to what the
 ``privileges.txt`` of the folder and of its kit sets declare, under the same lock (:mod:`svckit.roles`):
@@ -62,8 +62,11 @@ FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 KIT_MANIFEST = "kit.txt"
 KIT_ROOT = Path(__file__).parent / "schema"
 OWN = "service"
-#: defaults of DB_MIGRATION_LOCK_TIMEOUT_SECONDS and DB_MIGRATION_LOCK_ATTEMPTS (svckit.settings)
-LOCK_TIMEOUT_SECONDS = 0.5
+#: defaults of DB_MIGRATION_LOCK_TIMEOUT_SECONDS and DB_MIGRATION_LOCK_ATTEMPTS (svckit.settings).
+#: The bound is above Postgres's ``deadlock_timeout`` (1 s by default): only a lock waiter past it makes
+#: the server cancel an autovacuum worker holding the table (a plain one, not a wraparound vacuum), so
+#: a shorter bound gave up behind every vacuum of a big table, each attempt again.
+LOCK_TIMEOUT_SECONDS = 1.5
 LOCK_ATTEMPTS = 20
 #: the pause after a migration's first lock timeout, doubled after each further one up to the cap
 #: (each drawn between half and all of it: replicas of a Job do not retry in step)

@@ -255,8 +255,9 @@ class DatabaseSettings(ServiceSettings):
     # TABLE queued behind a long transaction holds up every later statement on the table meanwhile)
     # before it is rolled back and tried again after a backoff, and how many times it is tried before
     # the run gives up (exit 1, that migration not applied). Below DB_LOCK_TIMEOUT_SECONDS, so that a
-    # request queued behind a migration waits for it, never fails for it.
-    db_migration_lock_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
+    # request queued behind a migration waits for it, never fails for it; above Postgres's
+    # deadlock_timeout (1 s), after which a waiter makes the server cancel an autovacuum in its way.
+    db_migration_lock_timeout_seconds: float = Field(default=1.5, gt=0, le=60)
     db_migration_lock_attempts: int = Field(default=20, ge=1, le=1000)
     # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
     # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
