@@ -200,6 +200,45 @@ async def test_a_table_lock_held_too_long_is_answered_database_busy(stack: Stack
     assert all(a.status in (200, 201) for a in after), summary(after)
 
 
+async def test_a_row_held_by_an_idle_transaction_refuses_only_its_own_changes(stack: Stack) -> None:
+    """A session that locked one entry (``SELECT … FOR UPDATE``, then idle in transaction): deleting
+    that entry is answered 503 ``database_busy`` within the bound; reads of it, and changes of other
+    entries, go on; once the session ends the delete goes through."""
+    await stack.ensure_up()
+    alice = stack.headers("alice")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+        async def create() -> str:
+            day = FIRST_DAY + dt.timedelta(days=next(DAYS))
+            body = {"date": day.isoformat(), "project": "Lock load", "hours": 1, "notes": "row lock"}
+            headers = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+            async with http.post(f"{stack.api}/timesheets", headers=headers, json=body) as response:
+                assert response.status == 201, await response.text()
+                return str((await response.json())["id"])
+
+        held, other = await create(), await create()
+        session = await asyncpg.connect(stack.postgres.dsn, server_settings={"application_name": "stuck"})
+        try:
+            transaction = session.transaction()
+            await transaction.start()
+            await session.execute(
+                "SELECT 1 FROM timesheets.entries WHERE id = $1 FOR UPDATE", uuid.UUID(held)
+            )
+            busy = await ask(http, "delete held", "DELETE", f"{stack.api}/timesheets/{held}", headers=alice)
+            read = await ask(http, "read held", "GET", f"{stack.api}/timesheets/{held}", headers=alice)
+            free = await ask(http, "delete other", "DELETE", f"{stack.api}/timesheets/{other}", headers=alice)
+            await transaction.rollback()
+        finally:
+            await session.close()
+        after = await ask(http, "delete held", "DELETE", f"{stack.api}/timesheets/{held}", headers=alice)
+    assert (busy.status, busy.reason) == (503, "database_busy"), busy
+    assert busy.retry_after
+    assert LOCK_S <= busy.took < LOCK_S + SLACK_S, busy
+    assert read.status == 200, read
+    assert free.status == 204, free
+    assert after.status == 204, after
+
+
 # ---- migrations during traffic ---------------------------------------------------------------------
 
 
