@@ -62,6 +62,16 @@ MEANINGS = {
     "leads to; pooled connections (and the outbox's LISTEN connection) on another server are closed: "
     'bounds how long a service writes to an old primary a failover left up (runbook, "Split brain"). '
     "`0`: never",
+    "db_lock_timeout_seconds": "longest wait for a lock another session holds (Postgres's "
+    "`lock_timeout`: an operator's `LOCK TABLE`, a stuck transaction, a migration); past it 503 "
+    "`database_busy` with `Retry-After` (`db_lock_timeouts_total`). Below the statement bound",
+    "db_idle_in_transaction_timeout_seconds": "how long a session of the service may stay idle inside a "
+    "transaction before Postgres ends it, its locks released (`idle_in_transaction_session_timeout`)",
+    "db_migration_lock_timeout_seconds": "`migrate` only: how long each migration waits for a lock before "
+    "it is rolled back and tried again after a backoff. Below `DB_LOCK_TIMEOUT_SECONDS`, above the "
+    "server's `deadlock_timeout` (1 s: a waiter past it makes Postgres cancel an autovacuum in its way)",
+    "db_migration_lock_attempts": "`migrate` only: how many times each migration is tried for its locks "
+    "before `migrate` exits 1 naming it (nothing of it applied)",
     "db_sslmode": "overrides `DATABASE_URL`'s `sslmode` (e.g. `verify-full`)",
     "db_sslrootcert": "the database server's CA: a PEM file or `system` (wins over the URL's `sslrootcert`)",
     "db_runtime_role": "`migrate` only: the login role the service runs as; `migrate` (as the owner in "

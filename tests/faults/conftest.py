@@ -116,6 +116,8 @@ class Stack:
             "LOG_LEVEL": "INFO",
             "DB_CONNECT_TIMEOUT_SECONDS": "2",
             "DB_STATEMENT_TIMEOUT_SECONDS": "2",  # a hung Postgres: 503 after this (test_postgres.py)
+            "DB_LOCK_TIMEOUT_SECONDS": "0.5",  # a table locked too long: 503 after this (test_locks.py)
+            "DB_MIGRATION_LOCK_TIMEOUT_SECONDS": "0.3",  # below it (test_locks.py: a migration's wait)
             "REDIS_RETRY_SECONDS": "0.5",
             "SHUTDOWN_TIMEOUT_SECONDS": "5",
         }

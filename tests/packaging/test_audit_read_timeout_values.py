@@ -31,15 +31,25 @@ STATEMENT = "DB_STATEMENT_TIMEOUT_SECONDS"
 DEMO_DATABASE = deep_merge(MINIMAL, {"postgresql": {"enabled": True}})  # the pods migrate in init containers
 
 
+def lock_bounds(statement: object) -> tuple[float, float]:
+    """Lock bounds that fit under a statement bound (``DB_LOCK_TIMEOUT_SECONDS`` must be below it,
+    ``DB_MIGRATION_LOCK_TIMEOUT_SECONDS`` below that): the defaults, or halves for a small bound."""
+    lock = 2.0 if not isinstance(statement, (int, float)) or statement > 2 else statement / 2
+    return lock, lock / 2
+
+
 def audit_values(
     read: object = None, statement: object = None, base: dict[str, Any] = MINIMAL
 ) -> dict[str, Any]:
     audit: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if read is not None:
         audit["readTimeoutSeconds"] = read
     if statement is not None:
         audit["dbStatementTimeoutSeconds"] = statement
-    return deep_merge(base, {"audit": audit})
+        lock, migration = lock_bounds(statement)
+        extra = {"config": {"dbLockTimeoutSeconds": lock}, "migrations": {"lockTimeoutSeconds": migration}}
+    return deep_merge(base, {"audit": audit, **extra})
 
 
 def audit_migration_envs(objects: list[Obj]) -> list[dict[str, str]]:
@@ -97,7 +107,14 @@ def test_an_audit_env_entry_of_the_same_name_is_refused(entry: dict[str, Any]) -
 
 def service_refusal(read: float, statement: float) -> str:
     """What the audit service's settings say of the pair ("": they take it)."""
-    env = {READ: str(read), STATEMENT: str(statement), "DATABASE_URL": SECRET_SHAPES["DATABASE_URL"]}
+    lock, migration = lock_bounds(statement)
+    env = {
+        READ: str(read),
+        STATEMENT: str(statement),
+        "DB_LOCK_TIMEOUT_SECONDS": str(lock),
+        "DB_MIGRATION_LOCK_TIMEOUT_SECONDS": str(migration),
+        "DATABASE_URL": SECRET_SHAPES["DATABASE_URL"],
+    }
     try:
         settings_class("audit").model_validate({k.lower(): v for k, v in env.items()})
     except ValidationError as refused:

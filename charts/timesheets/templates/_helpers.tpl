@@ -623,6 +623,25 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
      connections on another one (svckit.dbserver: a failover whose old primary stays up) */}}
 - name: DB_LEADER_CHECK_SECONDS
   value: {{ $root.Values.config.dbLeaderCheckSeconds | quote }}
+{{- /* lock waits (svckit.db, svckit.migrations): a request's, below the statement bound, and a
+     migration's, below a request's (so a request queued behind a migration waits and is not
+     refused); the services refuse to start otherwise: refused here instead, where helm runs */}}
+{{- $statement := eq $c "audit" | ternary $values.dbStatementTimeoutSeconds $root.Values.config.dbStatementTimeoutSeconds }}
+{{- $lock := $root.Values.config.dbLockTimeoutSeconds }}
+{{- if ge (float64 $lock) (float64 $statement) }}
+{{- fail (printf "config.dbLockTimeoutSeconds (%v) must be below the statement bound of %s (%v): a lock wait would be cut by the driver (a 503 that says unreachable, the session closed) before the database gives up" $lock $c $statement) }}
+{{- end }}
+{{- if ge (float64 $root.Values.migrations.lockTimeoutSeconds) (float64 $lock) }}
+{{- fail (printf "migrations.lockTimeoutSeconds (%v) must be below config.dbLockTimeoutSeconds (%v): requests queued behind a migration's lock would be refused before it gives up" $root.Values.migrations.lockTimeoutSeconds $lock) }}
+{{- end }}
+- name: DB_LOCK_TIMEOUT_SECONDS
+  value: {{ $lock | quote }}
+- name: DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.dbIdleInTransactionTimeoutSeconds | quote }}
+- name: DB_MIGRATION_LOCK_TIMEOUT_SECONDS
+  value: {{ $root.Values.migrations.lockTimeoutSeconds | quote }}
+- name: DB_MIGRATION_LOCK_ATTEMPTS
+  value: {{ $root.Values.migrations.lockAttempts | quote }}
 {{- if eq $c "audit" }}
 {{- /* the trail's reads: one statement's limit (SET LOCAL statement_timeout), also in the migration
      containers, which load the service's settings. The service refuses to start when it exceeds the

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from .db import (
     DISK_FULL_ERRORS,
+    LOCK_ERRORS,
     READ_ONLY_ERRORS,
     SLOT_ERRORS,
     UNAVAILABLE_ERRORS,
@@ -99,6 +100,18 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
             "Retry later.",
             headers=RETRY_AFTER,
             reason="database_disk_full",
+        )
+    if isinstance(exc, LOCK_ERRORS):
+        # a table or rows held too long by another session (svckit.db.LOCK_ERRORS): the database is
+        # up, this request waited DB_LOCK_TIMEOUT_SECONDS for them; no outcome is claimed (a
+        # handler's earlier transaction may have committed before the one that waited)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The data this request needs is held by another database session (maintenance, a "
+            "migration or a long transaction); retry shortly.",
+            headers=RETRY_AFTER,
+            reason="database_busy",
         )
     if isinstance(exc, SLOT_ERRORS):
         # Postgres up, but out of connection slots (svckit.db.SLOT_ERRORS): no outcome is claimed

@@ -25,7 +25,7 @@ from .fdlimit import check_open_files
 from .logs import configure_logging
 from .metrics import MetricsServer, forget_dead_processes, http_max_connections
 from .metrics import bind_listener as metrics_socket
-from .migrations import MigrationError, migrate
+from .migrations import LOCK_ATTEMPTS, LOCK_TIMEOUT_SECONDS, MigrationError, migrate
 from .roles import RoleError, RuntimeRole
 from .server import ProblemHttpProtocol
 from .settings import DatabaseSettings, ServiceSettings, copy_with, load_settings
@@ -178,6 +178,8 @@ async def migrate_with_wait(
     wait_seconds: float,
     tls: ssl.SSLContext | SslMode | None = None,
     role: RuntimeRole | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    lock_attempts: int = LOCK_ATTEMPTS,
 ) -> list[int]:
     """A migration Job may start before Postgres is ready; wait for it instead of crash-looping.
     A TLS failure (a refused certificate, no TLS at the server) does not go away by waiting: it
@@ -186,7 +188,15 @@ async def migrate_with_wait(
     delay = 0.5
     while True:
         try:
-            return await migrate(dsn, schema, directory, ssl=tls, role=role)
+            return await migrate(
+                dsn,
+                schema,
+                directory,
+                ssl=tls,
+                role=role,
+                lock_timeout=lock_timeout,
+                lock_attempts=lock_attempts,
+            )
         except UNAVAILABLE_ERRORS as exc:
             if time.monotonic() > deadline or describe_connect_error(exc).startswith("TLS"):
                 raise
@@ -304,7 +314,14 @@ def run_cli(
                 )
             applied = asyncio.run(
                 migrate_with_wait(
-                    settings.database_url, schema, migrations, wait_seconds=60, tls=tls.context(), role=role
+                    settings.database_url,
+                    schema,
+                    migrations,
+                    wait_seconds=60,
+                    tls=tls.context(),
+                    role=role,
+                    lock_timeout=settings.db_migration_lock_timeout_seconds,
+                    lock_attempts=settings.db_migration_lock_attempts,
                 )
             )
         except (MigrationError, RoleError) as exc:

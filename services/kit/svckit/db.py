@@ -20,6 +20,13 @@ Such a refusal (:data:`DISK_FULL_ERRORS`) is answered 503 ``database_disk_full``
 connection whose outcome must be resolved (:data:`REFUSED_ERRORS`). Out of disk for its WAL, Postgres
 stops (a PANIC, then a crash recovery that cannot write either): an outage like any other.
 
+A lock held too long by another session (an operator's ``LOCK TABLE``, a stuck transaction, a
+migration's ``ALTER TABLE`` queued behind a long one) makes a statement wait at most ``lock_timeout``
+(set on every connection, below the statement bound): the server then refuses it (SQLSTATE 55P03,
+:data:`LOCK_ERRORS`), 503 ``database_busy``, counted in ``db_lock_timeouts_total``; the connection
+stays healthy and goes back to the pool. And no session of the service's own stays idle inside a
+transaction, holding what it locked, longer than ``idle_in_transaction_timeout``: the server ends it.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
@@ -89,6 +96,13 @@ READ_ONLY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.ReadOnly
 #: the pool's own released in time meanwhile: answered 503 ``database_out_of_slots`` (svckit.app), not
 #: "unreachable" — the operator's remedy differs (docs/runbook.md, TimesheetsDatabaseConnectionsRefused)
 SLOT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TooManyConnectionsError, OutOfSlots)
+#: SQLSTATE 55P03 (lock_not_available): the statement waited ``lock_timeout`` for a lock another
+#: session holds and the server gave up — the table or row is held by someone else (an operator, a
+#: stuck session, a migration), the database itself is fine. Answered 503 ``database_busy``
+#: (svckit.app); the server refused the statement, its transaction is rolled back, the connection is
+#: pooled again as it is. Without the bound the request waited the whole statement bound holding a
+#: pooled connection, and the pool ran dry for every route of the service.
+LOCK_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.LockNotAvailableError,)
 
 #: SQLSTATE 53100 ("could not extend file ...: No space left on device"): the volume of the data
 #: directory or of a tablespace is full. The statement is refused and its transaction rolled back —
@@ -100,7 +114,7 @@ DISK_FULL_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.DiskFull
 #: the server's own refusal of a statement, answered as an error on a connection that goes on: the
 #: statement certainly did not commit, so there is no outcome to resolve (:meth:`Database.write_once`,
 #: a ``COMMIT`` refused in :class:`PooledTransaction`) — unlike a connection that broke on the way
-REFUSED_ERRORS: tuple[type[BaseException], ...] = (*READ_ONLY_ERRORS, *DISK_FULL_ERRORS)
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (*READ_ONLY_ERRORS, *DISK_FULL_ERRORS, *LOCK_ERRORS)
 
 # Every error class that means "the database is not there right now; retry": the socket (OSError,
 # timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
@@ -108,7 +122,8 @@ REFUSED_ERRORS: tuple[type[BaseException], ...] = (*READ_ONLY_ERRORS, *DISK_FULL
 # disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy),
 # and asyncpg's client-side states of a connection that broke mid-operation (``InterfaceError``
 # "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown),
-# and :data:`READ_ONLY_ERRORS` (:data:`DISK_FULL_ERRORS` are among class 53).
+# a session the server ended for idling in a transaction (25P03: its transaction rolled back),
+# and :data:`READ_ONLY_ERRORS` and :data:`LOCK_ERRORS` (:data:`DISK_FULL_ERRORS` are among class 53).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -119,7 +134,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.InterfaceError,
     asyncpg_base.InternalClientError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     *READ_ONLY_ERRORS,
+    *LOCK_ERRORS,
 )
 
 # What handlers receive from `connection()` / `transaction()`; annotate with this.
@@ -148,6 +165,12 @@ disk_full_refusals = Counter(
     "Statements Postgres refused for want of disk space where the tables live (SQLSTATE 53100: the "
     "volume of the data directory or of a tablespace is full): writes answered 503 database_disk_full, "
     "background writes (the outbox relay, the audit ingest) retried with back-off.",
+)
+lock_timeouts = Counter(
+    "db_lock_timeouts_total",
+    "Statements the server refused after waiting lock_timeout (DB_LOCK_TIMEOUT_SECONDS) for a lock "
+    "another session holds (SQLSTATE 55P03): a table or rows held by an operator's session, a stuck "
+    "transaction or a migration; requests answered 503 database_busy.",
 )
 
 #: after a probe found the DSN's server still read-only, the next probe waits this long
@@ -233,6 +256,8 @@ class Database:
         max_size: int = 10,
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
+        lock_timeout: float | None = None,
+        idle_in_transaction_timeout: float | None = None,
         max_backoff: float = 10.0,
         outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
@@ -252,6 +277,8 @@ class Database:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.idle_in_transaction_timeout = idle_in_transaction_timeout
         self.max_backoff = max_backoff
         self.outcome_check_seconds = outcome_check_seconds
         self._pool: asyncpg.Pool | None = None
@@ -287,6 +314,8 @@ class Database:
             max_size=settings.db_pool_max,
             connect_timeout=settings.db_connect_timeout_seconds,
             statement_timeout=settings.db_statement_timeout_seconds,
+            lock_timeout=settings.db_lock_timeout_seconds,
+            idle_in_transaction_timeout=settings.db_idle_in_transaction_timeout_seconds,
             tls=settings.database_tls,
             server_check_seconds=settings.db_leader_check_seconds,
         )
@@ -302,10 +331,19 @@ class Database:
         return self._pool is not None
 
     def _connect_options(self) -> dict[str, Any]:
-        """What every connection of this database uses, pooled or not (one place to add TLS)."""
+        """What every connection of this database uses, pooled or not (one place to add TLS).
+
+        The lock bounds are server settings sent with the connection's start-up (no round trip, and
+        no privilege: ``lock_timeout`` and ``idle_in_transaction_session_timeout`` are any session's
+        to set), so they hold for every statement and transaction of the session; a transaction may
+        still tighten them with ``SET LOCAL``."""
         settings = {"application_name": self.application_name}
         if self.schema:
             settings["search_path"] = f"{self.schema},public"
+        if self.lock_timeout is not None:
+            settings["lock_timeout"] = milliseconds(self.lock_timeout)
+        if self.idle_in_transaction_timeout is not None:
+            settings["idle_in_transaction_session_timeout"] = milliseconds(self.idle_in_transaction_timeout)
         return {
             "timeout": self.connect_timeout,
             "command_timeout": self.statement_timeout,
@@ -682,6 +720,11 @@ class Database:
         return {"in_use": size - idle, "idle": idle, "max": self.max_size}
 
 
+def milliseconds(seconds: float) -> str:
+    """A duration setting's value for Postgres (``"1500ms"``; at least 1 ms: 0 would mean no bound)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 def abandon(conn: Any) -> None:
     """Close a connection whose statement got no answer within the statement bound
     (``DB_STATEMENT_TIMEOUT_SECONDS``, asyncpg's ``command_timeout``) at once, without a word to
@@ -761,6 +804,8 @@ class PooledConnection:
                 await refused_as_read_only(self._database, pool)
             elif isinstance(exc, DISK_FULL_ERRORS):
                 disk_full_refusals.inc()  # the session is sound: pooled again (DISK_FULL_ERRORS)
+            elif isinstance(exc, LOCK_ERRORS):
+                lock_timeouts.inc()  # the session is fine: pooled again (its transaction rolled back)
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)

@@ -16,6 +16,17 @@ that file records the kit migration instead, keeping the original ``applied_at``
 again. ``services/kit/tests/test_kit_migrations.py`` migrates a database built by the previous runner
 from the previous files to today's layout.
 
+No migration holds up traffic for long: its ``ALTER TABLE`` needs an ACCESS EXCLUSIVE lock, and while
+it waits for one (behind a long read transaction, say) every later statement on the table queues
+behind it — for as long as that transaction lasts, the whole service stalled (the lock-queue outage).
+So the run's session waits at most ``lock_timeout`` seconds for any lock; a migration that did not
+get its locks in time is rolled back (nothing of it applied), the queue behind it drains, and it is
+tried again after a capped exponential backoff with jitter, ``lock_attempts`` times in all; then the
+run stops with :class:`MigrationError` naming the migration (``migrate`` exits 1, the release's
+earlier migrations stay applied, later ones are not tried). The services' own lock bound
+(``DB_LOCK_TIMEOUT_SECONDS``) is above this one, so a request queued behind a migration waits for it
+and is not refused.
+
 After the files, ``role`` (the service's runtime role, ``DB_RUNTIME_ROLE``) is brought to what the
 ``privileges.txt`` of the folder and of its kit sets declare, under the same lock (:mod:`svckit.roles`):
 the connection is the migration role, which owns everything it created.
@@ -27,11 +38,13 @@ kit sets (no ``source`` column) is upgraded in place on the first run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
@@ -39,6 +52,7 @@ from ssl import SSLContext
 import asyncpg
 
 from . import runnerlock
+from .db import LOCK_ERRORS, milliseconds
 from .dbtls import SslMode
 from .roles import RoleError, RuntimeRole, apply, read_privileges
 
@@ -48,6 +62,16 @@ FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 KIT_MANIFEST = "kit.txt"
 KIT_ROOT = Path(__file__).parent / "schema"
 OWN = "service"
+#: defaults of DB_MIGRATION_LOCK_TIMEOUT_SECONDS and DB_MIGRATION_LOCK_ATTEMPTS (svckit.settings).
+#: The bound is above Postgres's ``deadlock_timeout`` (1 s by default): only a lock waiter past it makes
+#: the server cancel an autovacuum worker holding the table (a plain one, not a wraparound vacuum), so
+#: a shorter bound gave up behind every vacuum of a big table, each attempt again.
+LOCK_TIMEOUT_SECONDS = 1.5
+LOCK_ATTEMPTS = 20
+#: the pause after a migration's first lock timeout, doubled after each further one up to the cap
+#: (each drawn between half and all of it: replicas of a Job do not retry in step)
+LOCK_BACKOFF_SECONDS = 0.5
+LOCK_BACKOFF_CAP_SECONDS = 5.0
 
 
 class MigrationError(Exception):
@@ -235,6 +259,31 @@ def _check_history(
             )
 
 
+async def _bounded(what: str, step: Callable[[], Awaitable[None]], timeout: float, attempts: int) -> None:
+    """Run ``step`` (one transaction, so a refused attempt leaves nothing behind) until it gets its
+    locks within the session's ``lock_timeout``; between attempts the queue behind it drains."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await step()
+            return
+        except LOCK_ERRORS:
+            if attempt == attempts:
+                raise MigrationError(
+                    f"{what} could not take its locks: {attempts} attempts each waited {timeout:g} s "
+                    "(DB_MIGRATION_LOCK_TIMEOUT_SECONDS) behind another session holding the table (a "
+                    "long transaction, a session idle in transaction, an operator's lock); nothing of "
+                    "it was applied. Find the session (docs/runbook.md, 'A migration cannot take its "
+                    "locks') and run migrate again"
+                ) from None
+        delay = min(LOCK_BACKOFF_CAP_SECONDS, LOCK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)
+        log.warning(
+            "migration waited too long for a lock, rolled back; trying again",
+            extra={"step": what, "attempt": attempt, "of": attempts, "retry_in": round(delay, 2)},
+        )
+        await asyncio.sleep(delay)
+
+
 async def migrate(
     dsn: str,
     schema: str,
@@ -243,12 +292,16 @@ async def migrate(
     kit: Iterable[str] = (),
     ssl: SSLContext | SslMode | None = None,
     role: RuntimeRole | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    lock_attempts: int = LOCK_ATTEMPTS,
 ) -> list[int]:
     """Apply pending migrations: the kit sets first (those ``directory/kit.txt`` names, then
     ``kit``), then the folder's own files. Returns the versions of the folder's own files applied by
     this run (kit migrations applied are logged). ``ssl``: the kit's verifying TLS context
     (``DatabaseSettings.database_tls``), else the URL's own sslmode applies. ``role``: the service's
-    runtime role, brought to what the ``privileges.txt`` files declare afterwards (:mod:`svckit.roles`)."""
+    runtime role, brought to what the ``privileges.txt`` files declare afterwards (:mod:`svckit.roles`).
+    ``lock_timeout``, ``lock_attempts``: how long each step waits for a lock, how often it is tried
+    (the module docstring)."""
     own = discover(directory) if directory is not None else []
     kits = kit_sets_of(directory, kit)
     tracks: list[tuple[str, list[Migration]]] = [(k.source, discover(k.directory)) for k in kits]
@@ -259,9 +312,16 @@ async def migrate(
         lock_key = zlib.crc32(f"svckit-migrate:{schema}".encode())
         await runnerlock.take(conn, lock_key, f"svckit-migrate:{schema}", transaction=False)
         try:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-            await _bookkeeping(conn, quoted)
-            await _adopt(conn, schema, quoted, own, kits)
+            # for every statement from here on (the runner lock above is taken without waiting)
+            await conn.execute(f"SET lock_timeout = '{milliseconds(lock_timeout)}'")
+
+            async def prepare() -> None:
+                async with conn.transaction():
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+                    await _bookkeeping(conn, quoted)
+                await _adopt(conn, schema, quoted, own, kits)
+
+            await _bounded(f"{schema}: the migration bookkeeping", prepare, lock_timeout, lock_attempts)
             rows = await conn.fetch(f"SELECT source, version, name, checksum FROM {quoted}.schema_migrations")
             applied: dict[str, dict[int, asyncpg.Record]] = {}
             for row in rows:
@@ -278,17 +338,27 @@ async def migrate(
                 for migration in migrations:
                     if migration.version in applied.get(source, {}):
                         continue
-                    async with conn.transaction():
-                        await conn.execute(f"SET LOCAL search_path TO {quoted}, public")
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            f"INSERT INTO {quoted}.schema_migrations (source, version, name, checksum) "
-                            "VALUES ($1, $2, $3, $4)",
-                            source,
-                            migration.version,
-                            migration.name,
-                            migration.checksum,
-                        )
+
+                    async def apply_one(source: str = source, migration: Migration = migration) -> None:
+                        async with conn.transaction():
+                            await conn.execute(f"SET LOCAL search_path TO {quoted}, public")
+                            await conn.execute(migration.sql)
+                            await conn.execute(
+                                f"INSERT INTO {quoted}.schema_migrations (source, version, name, checksum) "
+                                "VALUES ($1, $2, $3, $4)",
+                                source,
+                                migration.version,
+                                migration.name,
+                                migration.checksum,
+                            )
+
+                    where = "" if source == OWN else f" ({source})"
+                    await _bounded(
+                        f"{schema}: migration {migration.version:04d}_{migration.name}.sql{where}",
+                        apply_one,
+                        lock_timeout,
+                        lock_attempts,
+                    )
                     log.info(
                         "migration applied",
                         extra={
@@ -303,7 +373,14 @@ async def migrate(
             if role is not None:
                 try:
                     privileges = read_privileges([*(k.directory for k in kits), directory])
-                    await apply(conn, schema, role, privileges)
+
+                    async def grant() -> None:
+                        assert role is not None
+                        await apply(conn, schema, role, privileges)
+
+                    await _bounded(
+                        f"{schema}: the runtime role's privileges", grant, lock_timeout, lock_attempts
+                    )
                 except RoleError as exc:
                     raise MigrationError(f"{schema}: {exc}") from None
                 log.info(

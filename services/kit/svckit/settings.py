@@ -238,6 +238,27 @@ class DatabaseSettings(ServiceSettings):
     # a service goes on writing to an old primary that a failover left up and writable (svckit.dbserver,
     # docs/runbook.md "Split brain"). 0: never checked.
     db_leader_check_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # The longest a statement waits for a lock another session holds (Postgres's lock_timeout, set on
+    # every connection of the service): an operator's LOCK TABLE, a row locked by a stuck session, a
+    # migration's ALTER TABLE queued behind a long transaction. Past it the server gives up (SQLSTATE
+    # 55P03) and the request is answered 503 "database_busy" with Retry-After, its connection kept.
+    # Below the statement bound: without it a request on a locked table waited the whole statement
+    # bound holding a pooled connection, and more of them than the pool holds starved the service's
+    # other routes, /readyz included (svckit.db.LOCK_ERRORS).
+    db_lock_timeout_seconds: float = Field(default=2.0, gt=0, le=600)
+    # How long one of the service's own sessions may stay idle inside a transaction before the server
+    # ends it (idle_in_transaction_session_timeout), releasing its locks: a transaction left open by a
+    # stuck handler or a frozen process must not hold rows or tables forever. Above the longest wait
+    # inside a transaction the services have (the outbox relay's delivery to the audit service, 10 s).
+    db_idle_in_transaction_timeout_seconds: float = Field(default=60.0, ge=15, le=3600)
+    # Read by `migrate` only (svckit.migrations): how long each migration waits for a lock (its ALTER
+    # TABLE queued behind a long transaction holds up every later statement on the table meanwhile)
+    # before it is rolled back and tried again after a backoff, and how many times it is tried before
+    # the run gives up (exit 1, that migration not applied). Below DB_LOCK_TIMEOUT_SECONDS, so that a
+    # request queued behind a migration waits for it, never fails for it; above Postgres's
+    # deadlock_timeout (1 s), after which a waiter makes the server cancel an autovacuum in its way.
+    db_migration_lock_timeout_seconds: float = Field(default=1.5, gt=0, le=60)
+    db_migration_lock_attempts: int = Field(default=20, ge=1, le=1000)
     # The database server's CA for sslmode=verify-full/verify-ca: a file or "system" (the image's trust
     # store); wins over the URL's sslrootcert. The chart mounts externalDatabase.caBundle here.
     db_sslrootcert: str = ""
@@ -269,6 +290,23 @@ class DatabaseSettings(ServiceSettings):
         if problem := unreadable(value):  # before asyncpg quotes pieces of the password (svckit.urlshape)
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _lock_bounds_in_order(self) -> Self:
+        """A lock wait must end before the statement bound does (else the driver cuts it first: a 503
+        that says "unreachable", the session closed), and a migration's before a request's."""
+        if self.db_lock_timeout_seconds >= self.db_statement_timeout_seconds:
+            raise ValueError(
+                f"DB_LOCK_TIMEOUT_SECONDS ({self.db_lock_timeout_seconds:g}) must be below "
+                f"DB_STATEMENT_TIMEOUT_SECONDS ({self.db_statement_timeout_seconds:g})"
+            )
+        if self.db_migration_lock_timeout_seconds >= self.db_lock_timeout_seconds:
+            raise ValueError(
+                f"DB_MIGRATION_LOCK_TIMEOUT_SECONDS ({self.db_migration_lock_timeout_seconds:g}) must be "
+                f"below DB_LOCK_TIMEOUT_SECONDS ({self.db_lock_timeout_seconds:g}): requests queued "
+                "behind a migration's lock would fail before it gives up"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_can_work(self) -> Self:
