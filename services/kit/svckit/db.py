@@ -27,6 +27,12 @@ migration's ``ALTER TABLE`` queued behind a long one) makes a statement wait at 
 stays healthy and goes back to the pool. And no session of the service's own stays idle inside a
 transaction, holding what it locked, longer than ``idle_in_transaction_timeout``: the server ends it.
 
+A transaction Postgres rolls back for a conflict with another (SQLSTATE 40001 serialization failure,
+40P01 deadlock: :data:`CONFLICT_ERRORS`) is the server's definite answer too, and the remedy is to
+run it again: :meth:`Database.write_once` and :meth:`Database.run_transaction` do, a few times, before
+the 503 ``database_conflict`` (svckit.app); counted in ``db_transaction_conflicts_total`` and
+``db_transaction_retries_total``.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
