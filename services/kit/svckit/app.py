@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .db import (
+    CONFLICT_ERRORS,
     DISK_FULL_ERRORS,
     LOCK_ERRORS,
     READ_ONLY_ERRORS,
@@ -112,6 +113,18 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
             "migration or a long transaction); retry shortly.",
             headers=RETRY_AFTER,
             reason="database_busy",
+        )
+    if isinstance(exc, CONFLICT_ERRORS):
+        # rolled back for a conflict with another transaction (svckit.db.CONFLICT_ERRORS: a deadlock,
+        # a serialization failure) and still so after the kit ran it again a few times; no outcome
+        # is claimed (a handler's earlier transaction may have committed before this one)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "The change conflicted with concurrent changes to the same data and was not stored "
+            "(tried again a few times); retry shortly.",
+            headers=RETRY_AFTER,
+            reason="database_conflict",
         )
     if isinstance(exc, SLOT_ERRORS):
         # Postgres up, but out of connection slots (svckit.db.SLOT_ERRORS): no outcome is claimed

@@ -27,6 +27,12 @@ migration's ``ALTER TABLE`` queued behind a long one) makes a statement wait at 
 stays healthy and goes back to the pool. And no session of the service's own stays idle inside a
 transaction, holding what it locked, longer than ``idle_in_transaction_timeout``: the server ends it.
 
+A transaction Postgres rolls back for a conflict with another (SQLSTATE 40001 serialization failure,
+40P01 deadlock: :data:`CONFLICT_ERRORS`) is the server's definite answer too, and the remedy is to
+run it again: :meth:`Database.write_once` and :meth:`Database.run_transaction` do, a few times, before
+the 503 ``database_conflict`` (svckit.app); counted in ``db_transaction_conflicts_total`` and
+``db_transaction_retries_total``.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
@@ -52,7 +58,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
@@ -111,15 +117,33 @@ LOCK_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.LockNotAvaila
 #: operator's (docs/runbook.md, "Postgres out of disk", TimesheetsDatabaseDiskFull); counted in
 #: ``db_disk_full_refusals_total``. (A full ``pg_wal`` is no 53100: Postgres PANICs and stops.)
 DISK_FULL_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.DiskFullError,)
+#: SQLSTATE 40001 (serialization_failure: a ``repeatable_read``/``serializable`` transaction that
+#: would break its isolation, at a statement or at ``COMMIT``) and 40P01 (deadlock_detected: row locks
+#: taken in crossed orders, the server rolls one transaction back): the transaction was rolled back
+#: whole on a sound session, and running it again is the remedy. :meth:`Database.write_once` and
+#: :meth:`Database.run_transaction` do, :data:`CONFLICT_ATTEMPTS` times in all with a short jittered
+#: back-off (``db_transaction_retries_total``); what still conflicts is answered 503
+#: ``database_conflict`` (svckit.app). Every one is counted (``db_transaction_conflicts_total``).
+#: (40002 and 40003 stay mere "unavailable": Postgres does not raise them.)
+CONFLICT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
 #: the server's own refusal of a statement, answered as an error on a connection that goes on: the
 #: statement certainly did not commit, so there is no outcome to resolve (:meth:`Database.write_once`,
 #: a ``COMMIT`` refused in :class:`PooledTransaction`) — unlike a connection that broke on the way
-REFUSED_ERRORS: tuple[type[BaseException], ...] = (*READ_ONLY_ERRORS, *DISK_FULL_ERRORS, *LOCK_ERRORS)
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    *READ_ONLY_ERRORS,
+    *DISK_FULL_ERRORS,
+    *LOCK_ERRORS,
+    *CONFLICT_ERRORS,
+)
 
 # Every error class that means "the database is not there right now; retry": the socket (OSError,
 # timeouts), SQLSTATE class 08 (connection exception), 57 (operator intervention: admin or crash
 # shutdown, "cannot connect now", cancelled), 53 (insufficient resources: too many connections,
-# disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy),
+# disk full), 40 (transaction rollback: serialization failure, deadlock — retrying is the remedy, and
+# the kit retries first: :data:`CONFLICT_ERRORS`),
 # and asyncpg's client-side states of a connection that broke mid-operation (``InterfaceError``
 # "connection is closed", ``InternalClientError`` "cannot switch to state 15" after a fast shutdown),
 # a session the server ended for idling in a transaction (25P03: its transaction rolled back),
@@ -138,6 +162,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     *READ_ONLY_ERRORS,
     *LOCK_ERRORS,
 )
+
+_T = TypeVar("_T")
 
 # What handlers receive from `connection()` / `transaction()`; annotate with this.
 Connection = asyncpg.pool.PoolConnectionProxy
@@ -172,6 +198,50 @@ lock_timeouts = Counter(
     "another session holds (SQLSTATE 55P03): a table or rows held by an operator's session, a stuck "
     "transaction or a migration; requests answered 503 database_busy.",
 )
+
+transaction_conflicts = Counter(
+    "db_transaction_conflicts_total",
+    "Transactions Postgres rolled back for a conflict with another, by reason: serialization "
+    "(SQLSTATE 40001, at a statement or at COMMIT) or deadlock (40P01). Those run again are in "
+    "db_transaction_retries_total; the rest were answered 503 database_conflict.",
+    ["reason"],
+)
+transaction_retries = Counter(
+    "db_transaction_retries_total",
+    "Transactions (or single-statement writes) run again after Postgres rolled them back for a "
+    "conflict, by reason (serialization, deadlock).",
+    ["reason"],
+)
+for _reason in ("serialization", "deadlock"):
+    transaction_conflicts.labels(_reason)
+    transaction_retries.labels(_reason)
+
+#: how many times in all a write or transaction the server rolls back for a conflict is run
+#: (:data:`CONFLICT_ERRORS`), and the back-off before the second try (doubled for each further one,
+#: each jittered between half and one and a half of it: two transactions that collided must not
+#: collide again in lock step)
+CONFLICT_ATTEMPTS = 3
+CONFLICT_BACKOFF_SECONDS = 0.02
+
+
+def conflict_reason(exc: BaseException) -> str:
+    """The ``reason`` label of :data:`transaction_conflicts` for an error of :data:`CONFLICT_ERRORS`."""
+    return "deadlock" if isinstance(exc, asyncpg.exceptions.DeadlockDetectedError) else "serialization"
+
+
+async def conflict_backoff(exc: BaseException, attempt: int) -> None:
+    """Before running again a write the server rolled back for a conflict (``attempt``: the one that
+    failed, from 1): counted, said at debug level (a conflict now and then is the normal life of
+    concurrent transactions; a lasting rate shows in the counters), then a short jittered wait."""
+    reason = conflict_reason(exc)
+    transaction_retries.labels(reason).inc()
+    log.debug(
+        "the database rolled a transaction back for a conflict; running it again",
+        extra={"reason": reason, "attempt": attempt},
+    )
+    delay = CONFLICT_BACKOFF_SECONDS * 2 ** (attempt - 1)
+    await asyncio.sleep(delay * (0.5 + random.random()))
+
 
 #: after a probe found the DSN's server still read-only, the next probe waits this long
 #: (:func:`refused_as_read_only`)
@@ -576,8 +646,44 @@ class Database:
         If the connection breaks while committing, the outcome is resolved as the module docstring
         says: with ``committed`` the block's end either returns normally (it did commit) or raises
         :class:`NotCommitted`; without it (or when Postgres stays away) :class:`OutcomeUnknown`.
+
+        A transaction the server rolls back for a conflict (:data:`CONFLICT_ERRORS`: a deadlock, a
+        serialization failure, at a statement or at ``COMMIT``) raises that error as it is: a block
+        cannot be run again from here — :meth:`run_transaction` can.
         """
         return PooledTransaction(self, isolation, committed)
+
+    async def run_transaction(
+        self,
+        body: Callable[[Connection], Awaitable[_T]],
+        isolation: IsolationLevel = "read_committed",
+        *,
+        committed: CommitCheck | None = None,
+        attempts: int = CONFLICT_ATTEMPTS,
+    ) -> _T:
+        """``body(conn)`` in a :meth:`transaction`, its result returned once committed; run again, in
+        a new transaction, when the server rolls it back for a conflict (:data:`CONFLICT_ERRORS`),
+        ``attempts`` times in all, after a short jittered back-off (:func:`conflict_backoff`); the
+        last conflict is raised (503 ``database_conflict``).
+
+        Why: a deadlock or a serialization failure says nothing about the request — two transactions
+        met, one was rolled back whole, and the same work succeeds once the other is done. Answering
+        503 handed the retry to the user for what the service can do in milliseconds.
+
+        ``body`` may run more than once: it must do nothing outside the transaction that must not be
+        done twice (no HTTP call, no counter of what was stored, no message sent — do those after
+        this returns) and must read again what it decides on (a fresh snapshot each run). An
+        Idempotency-Key claimed inside it is rolled back with it, so the run again claims it anew."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with PooledTransaction(self, isolation, committed) as conn:
+                    return await body(conn)
+            except CONFLICT_ERRORS as exc:
+                if attempt >= attempts:
+                    raise
+                await conflict_backoff(exc, attempt)
 
     async def _commit_lost(
         self,
@@ -603,7 +709,12 @@ class Database:
             raise NotCommitted("the connection broke before the transaction committed") from failure
 
     async def write_once(
-        self, query: str, *args: Any, committed: CommitCheck, reread: Reread
+        self,
+        query: str,
+        *args: Any,
+        committed: CommitCheck,
+        reread: Reread,
+        attempts: int = CONFLICT_ATTEMPTS,
     ) -> asyncpg.Record | None:
         """One statement that commits by itself (no ``BEGIN``/``COMMIT``: one round trip instead of
         three), its first row returned (None: it returned none); for writes that are a single
@@ -613,19 +724,32 @@ class Database:
         resolved as for :meth:`transaction`: when ``committed`` finds it did commit (only its answer
         was lost) the row is ``reread`` on a fresh connection; :class:`NotCommitted` when it did not,
         :class:`OutcomeUnknown` when Postgres stays away.
+
+        A statement the server rolls back for a conflict (:data:`CONFLICT_ERRORS`: a deadlock) is
+        run again, ``attempts`` times in all, as :meth:`run_transaction` does: one statement in
+        autocommit is a whole transaction, with no effect outside it.
         """
-        async with self.connection() as conn:
-            server_pid = conn.get_server_pid()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                row: asyncpg.Record | None = await conn.fetchrow(query, *args)
-                return row
-            except REFUSED_ERRORS:
-                raise  # the server refused the statement: certainly not applied, nothing to resolve
-            except UNAVAILABLE_ERRORS as exc:
-                server = self.server_of(conn)
-                if isinstance(exc, TimeoutError):
-                    abandon(conn)
-                failure: BaseException = exc
+                async with self.connection() as conn:
+                    server_pid = conn.get_server_pid()
+                    try:
+                        row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+                        return row
+                    except REFUSED_ERRORS:
+                        raise  # the server refused the statement: certainly not applied, nothing to resolve
+                    except UNAVAILABLE_ERRORS as exc:
+                        server = self.server_of(conn)
+                        if isinstance(exc, TimeoutError):
+                            abandon(conn)
+                        failure: BaseException = exc
+                break
+            except CONFLICT_ERRORS as exc:
+                if attempt >= attempts:
+                    raise
+                await conflict_backoff(exc, attempt)
         failed_at = time.monotonic()
         log.warning(
             "the database connection broke during a write; resolving the outcome",
@@ -806,6 +930,8 @@ class PooledConnection:
                 disk_full_refusals.inc()  # the session is sound: pooled again (DISK_FULL_ERRORS)
             elif isinstance(exc, LOCK_ERRORS):
                 lock_timeouts.inc()  # the session is fine: pooled again (its transaction rolled back)
+            elif isinstance(exc, CONFLICT_ERRORS):
+                transaction_conflicts.labels(conflict_reason(exc)).inc()  # sound too (CONFLICT_ERRORS)
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
         await pool.release(conn, timeout=self._database.connect_timeout)

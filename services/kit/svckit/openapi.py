@@ -363,8 +363,10 @@ def service_answers(operation: Operation) -> list[Answer]:
             "The database (or a peer service) is unreachable, has no connection slot free (reason"
             " `database_out_of_slots`), takes no writes (reason `database_read_only`, outcome"
             " `not_stored`: a failover), is out of disk space (reason `database_disk_full`: reads go"
-            " on) or holds the data the request needs locked by another session for longer than"
-            " DB_LOCK_TIMEOUT_SECONDS (reason `database_busy`); retry after Retry-After seconds.",
+            " on), holds the data the request needs locked by another session for longer than"
+            " DB_LOCK_TIMEOUT_SECONDS (reason `database_busy`) or rolled the change back for a conflict"
+            " with concurrent ones, still after the service ran it again (reason `database_conflict`);"
+            " retry after Retry-After seconds.",
             problem={
                 "type": "about:blank",
                 "title": "Service Unavailable",

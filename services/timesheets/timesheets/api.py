@@ -144,7 +144,11 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
             assert record is not None
             text = entry_json(store.EntryRow.of(record))
         else:
-            async with outcome_located(location), database.transaction(committed=committed) as conn:
+
+            async def claim_and_create(conn: Connection) -> Response | str:
+                """Run again by the kit should the server roll it back for a conflict: the key's
+                claim is rolled back with the rest, so the run again claims it anew."""
+                nonlocal replaying
                 fingerprint = idempotency.fingerprint("create", entry.canonical())
                 outcome = await idempotency.begin(
                     conn, identity.principal, key, "create", fingerprint, _ttl(request)
@@ -152,8 +156,15 @@ async def new_entry(request: Request) -> tuple[str, str] | Response:
                 if isinstance(outcome, Response):
                     replaying = True
                     return outcome
-                text = entry_json(await store.insert_entry(conn, arguments))
-                await outcome.save(conn, 201, text, location)  # the very text answered, for replays
+                created = entry_json(await store.insert_entry(conn, arguments))
+                await outcome.save(conn, 201, created, location)  # the very text answered, for replays
+                return created
+
+            async with outcome_located(location):
+                done = await database.run_transaction(claim_and_create, committed=committed)
+            if isinstance(done, Response):
+                return done
+            text = done
     except asyncpg.CheckViolationError as exc:
         # The day is full (the key's claim rolled back with it: a 422 is not kept for replays).
         if not daycap.is_refusal(exc):
@@ -264,7 +275,11 @@ async def upload_entries(request: Request) -> Response:
     async def committed(conn: Connection) -> bool:
         return replaying or await store.upload_exists(conn, upload_id)
 
-    async with database_of(request).transaction(committed=committed) as conn:
+    async def store_all(conn: Connection) -> Response | tuple[str, int]:
+        """The transaction, run again by the kit should the server roll it back for a conflict
+        (``run_transaction``: its day locks are taken in one order, so none is expected). Nothing in
+        it acts outside the transaction: the refusal's counter goes with a 422, which ends it."""
+        nonlocal replaying
         claim = None
         if key is not None:
             fingerprint = idempotency.fingerprint("upload", [row.canonical() for row in rows])
@@ -292,5 +307,11 @@ async def upload_entries(request: Request) -> Response:
         text = result.model_dump_json()  # the answer, and the very text kept for replays
         if claim is not None:
             await claim.save(conn, 201, text)
-    entries_created.labels("upload").inc(len(stored))
+        return text, len(stored)
+
+    done = await database_of(request).run_transaction(store_all, committed=committed)
+    if isinstance(done, Response):
+        return done
+    text, count = done
+    entries_created.labels("upload").inc(count)
     return json_response(text, 201)
