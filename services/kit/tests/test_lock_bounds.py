@@ -48,7 +48,7 @@ async def table(database_url: str) -> AsyncIterator[str]:
 async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
     database_url: str, table: str, identity_keys: dict[str, str]
 ) -> None:
-    database = Database(database_url, schema="public", max_size=2, statement_timeout=5.0, lock_timeout=LOCK_S)
+    database = Database(database_url, schema="public", max_size=2, statement_timeout=10.0, lock_timeout=LOCK_S)
 
     async def read(request: Request) -> Response:
         async with database.connection() as conn:
@@ -74,8 +74,9 @@ async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
                     assert response.status == 503, body
                     assert response.headers["Retry-After"]
                     assert body["reason"] == "database_busy", body
-            # the server's bound, not the statement bound (5 s) the request waited before
-            assert LOCK_S <= took < LOCK_S + 1.0, took
+            # the server's bound, not the statement bound (10 s) the request waited before (the
+            # margin is for a loaded host: a scheduling stall is no lock bound missed)
+            assert LOCK_S <= took < 5.0, took
             assert lock_timeouts._value.get() == counted + 1
             # the session is fine: pooled again as it was, and the table serves once it is free
             async with http.get(base + "/rows") as response:
