@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.packaging.images import image_chain, service_stages
-from tests.packaging.support import NAMESPACE, Obj
+from tests.packaging.support import NAMESPACE, Obj, pod_spec
 
 LAUNCHER = Path(__file__).with_name("podlaunch.py")
 
@@ -179,8 +179,9 @@ class Container:
 
 
 def containers_of(cluster: Cluster, workload: Obj, staging: Path) -> list[Container]:
-    """The init containers then the containers of a Deployment's or a Job's pod template."""
-    pod = workload["spec"]["template"]["spec"]
+    """The init containers then the containers of a Deployment's, a Job's or a Pod's pod spec."""
+    pod = pod_spec(workload)
+    assert pod is not None, workload["kind"]
     security = pod.get("securityContext", {})
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     out = []

@@ -55,6 +55,8 @@ SCOPES = {
     "bob": "openid read:timesheets approve:timesheets",
     "carol": "openid read:audit",
 }
+#: the gateway's extra variables (gateway.extraEnvVarsSecret), seen in its process's environment
+EXTRA_ENV = {"UPSTREAM_READ_TIMEOUT_SECONDS": "29"}
 #: what a log line must never say: a write the read-only view or the non-root user refused
 REFUSED_WRITES = ("Read-only file system", "PermissionError", "Permission denied", "[Errno 13]", "[Errno 30]")
 
@@ -97,6 +99,7 @@ class Pods:
         self.containers: dict[str, Container] = {}
         self.addresses: dict[str, str] = {}
         self.job: list[PodProcess] = []
+        self.helm_test: list[PodProcess] = []  # prepared, not started
 
     def url(self, component: str) -> str:
         return f"http://{self.addresses[component]}:{self.containers[component].env['PORT']}"
@@ -128,6 +131,9 @@ def pods(
                 "seedDemo": True,
                 "env": {"DEMO_PASSWORD": DEMO_PASSWORD},
             },
+            # as in production: several workers sharing their metrics files in the /tmp emptyDir,
+            # and the operator's extra variables by envFrom
+            "gateway": {"workers": 2, "extraEnvVarsSecret": "gateway-extra-env"},
             "externalDatabase": {"host": DB_HOST, "database": database},
             # roles and Redis keys of this test run only (dropped with the session's)
             "databaseRoles": {"prefix": env["DB_ROLE_PREFIX"]},
@@ -140,6 +146,7 @@ def pods(
         # what the operator creates before the install (MINIMAL's existingSecret names)
         secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{owner.port}/{database}"}),
         secret("redis", {f"redis-url-{c}": service_redis.url(c) for c in APP_COMPONENTS}),
+        secret("gateway-extra-env", EXTRA_ENV),
     ]
     cluster = Cluster(objects, operator)
     staging = tmp_path_factory.mktemp("pods")
@@ -190,6 +197,10 @@ def pods(
             url = result.url(component)
             wait_for(lambda p=process, u=url: ready_or_gone(p, u), 90, f"{component} ready")
             assert process.alive(), f"{component} exited:\n{process.logs()[-4000:]}"
+        result.helm_test = [
+            prepared(c)
+            for c in containers_of(cluster, cluster.find("Pod", f"{RELEASE}-timesheets-helm-test"), staging)
+        ]
         yield result
     finally:
         for process in result.processes.values():
@@ -316,6 +327,9 @@ def test_the_pods_run_as_rendered(pods: Pods) -> None:
         assert " ro," in mounts["/"] or " ro " in mounts["/"], mounts["/"]
         assert "tmpfs" in mounts["/tmp"], mounts["/tmp"]
         assert " rw," in mounts["/tmp"], mounts["/tmp"]
+    environ = Path(f"/proc/{pods.processes['gateway'].process.pid}/environ").read_bytes().split(b"\0")
+    assert {f"{k}={v}".encode() for k, v in EXTRA_ENV.items()} <= set(environ)
+    assert b"GATEWAY_WORKERS=2" in environ
 
 
 def test_no_pod_was_refused_a_write(pods: Pods) -> None:
@@ -324,6 +338,13 @@ def test_no_pod_was_refused_a_write(pods: Pods) -> None:
         logs = process.logs()
         refused = [line for line in logs.splitlines() if any(word in line for word in REFUSED_WRITES)]
         assert refused == [], (process.container.name, refused[:5])
+
+
+def test_helm_test_passes_against_the_running_release(pods: Pods) -> None:
+    """`helm test`'s pod (templates/tests/test-platform.yaml), as rendered, after the install."""
+    (check,) = pods.helm_test
+    assert check.start().wait(60) == 0, check.logs()
+    assert "all checks passed" in check.logs(), check.logs()
 
 
 def test_each_rewrite_is_listed(pods: Pods) -> None:
