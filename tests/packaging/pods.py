@@ -275,6 +275,12 @@ class PodProcess:
             )
         return self
 
+    @property
+    def pid(self) -> int:
+        """The container's process (podlaunch.py execs into it)."""
+        assert self.process is not None
+        return self.process.pid
+
     def wait(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout)

@@ -318,8 +318,7 @@ def test_the_view_refuses_writes_outside_the_rendered_volumes(pods: Pods) -> Non
 def test_the_pods_run_as_rendered(pods: Pods) -> None:
     """The harness does what it claims: non-root, read-only root, /tmp a tmpfs of the sizeLimit."""
     for component, process in pods.processes.items():
-        assert process.process is not None
-        pid = process.process.pid
+        pid = process.pid
         status = Path(f"/proc/{pid}/status").read_text()
         uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert set(uid) == {str(pods.containers[component].uid)}, (component, uid)
@@ -327,7 +326,7 @@ def test_the_pods_run_as_rendered(pods: Pods) -> None:
         assert " ro," in mounts["/"] or " ro " in mounts["/"], mounts["/"]
         assert "tmpfs" in mounts["/tmp"], mounts["/tmp"]
         assert " rw," in mounts["/tmp"], mounts["/tmp"]
-    environ = Path(f"/proc/{pods.processes['gateway'].process.pid}/environ").read_bytes().split(b"\0")
+    environ = Path(f"/proc/{pods.processes['gateway'].pid}/environ").read_bytes().split(b"\0")
     assert {f"{k}={v}".encode() for k, v in EXTRA_ENV.items()} <= set(environ)
     assert b"GATEWAY_WORKERS=2" in environ
 
