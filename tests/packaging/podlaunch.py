@@ -5,7 +5,7 @@ podlaunch.py spec.json``): it builds the container's view of the filesystem unde
 becomes the container's process (exec, same pid), so that a signal to the started process reaches the
 service and the namespace, with every mount below, goes away with it.
 
-The view: this machine's root filesystem bound READ-ONLY (``readOnlyRootFilesystem: true``; the
+The view: this machine's root filesystem shown READ-ONLY (``readOnlyRootFilesystem: true``; the
 image's ``/opt/venv`` and ``/opt/app`` recreations bound read-only over it), a fresh /proc, /sys and
 /dev read-only, the container runtime's own writable /dev/shm, then the pod's volumes exactly at their
 mountPaths (``spec["mounts"]``: a size-limited tmpfs per emptyDir, a read-only directory of files per
@@ -72,7 +72,24 @@ def main(spec_file: str) -> None:
     root = Path(spec["root"])
     root.mkdir(parents=True, exist_ok=True)
     shadows: list[Path] = []
-    mount("--bind", "/", str(root))  # not recursive: /proc, /sys, /dev, other mounts are not in it
+    # the image's root: a tmpfs holding this machine's top-level entries, each bound (not recursively:
+    # /proc, /sys, /dev and other mounts are not in them), so that a volume may be mounted at a new
+    # top-level directory, as a container runtime creates one in the container's layer
+    mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(root))
+    shadows.append(root)  # read-only at the end, as every shadow
+    for entry in sorted(Path("/").iterdir()):
+        place = root / entry.name
+        if entry.is_symlink():
+            place.symlink_to(os.readlink(entry))
+        elif entry.is_dir():
+            place.mkdir()
+            if entry.name not in ("proc", "sys", "dev"):
+                mount("--bind", str(entry), str(place))
+                mount("-o", "remount,bind,ro", str(place))  # now: a volume may be mounted over it
+        else:
+            place.touch()
+            mount("--bind", str(entry), str(place))
+            mount("-o", "remount,bind,ro", str(place))
     mount("-t", "proc", "proc", str(root / "proc"))
     mount("--bind", "/sys", str(root / "sys"))
     mount("--bind", "/dev", str(root / "dev"))
@@ -95,7 +112,7 @@ def main(spec_file: str) -> None:
             mount("--bind", item["source"], str(target))
             if item.get("readOnly", True):
                 mount("-o", "remount,bind,ro", str(target))
-    for path in [root, root / "sys", root / "dev", *shadows]:
+    for path in [root / "sys", root / "dev", *shadows]:
         mount("-o", "remount,bind,ro", str(path))
     os.chroot(root)
     os.chdir(spec["workingDir"])
