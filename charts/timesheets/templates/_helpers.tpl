@@ -725,8 +725,18 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
       key: audit-checkpoint-keys
 {{- end }}
 {{- if eq $c "identity" }}
+{{- /* Authlib refuses every authorization request on a plain-http issuer off the loopback interface
+     (RFC 9700 §2.6), and the service refuses to start with one: an explicit choice here, for a test
+     cluster without TLS (chart-testing), refused at render time otherwise */}}
+{{- $issuer := urlParse (first $root.Values.oidc.issuers) }}
+{{- $loopback := or (eq $issuer.hostname "localhost") (hasPrefix "127." $issuer.hostname) (eq $issuer.hostname "::1") }}
+{{- if and (eq $issuer.scheme "http") (not $loopback) (not $values.allowInsecureHttp) }}
+{{- fail (printf "oidc.issuers[0] %s is plain http off the loopback interface: the bundled identity provider would refuse every sign-in on it; use https, or set identity.allowInsecureHttp: true on a test cluster without TLS" (first $root.Values.oidc.issuers)) }}
+{{- end }}
 - name: IDENTITY_ISSUER
   value: {{ first $root.Values.oidc.issuers | quote }}
+- name: IDENTITY_ALLOW_INSECURE_HTTP
+  value: {{ $values.allowInsecureHttp | toString | quote }}
 - name: IDENTITY_KEY_ENCRYPTION_KEY
   valueFrom:
     secretKeyRef:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from svckit.dpop import DpopSettings
 from svckit.keyring import KeyRing
 from svckit.proxies import Network, parse_networks
@@ -18,6 +19,22 @@ from svckit.settings import (
     OutboxSettings,
     RedisSettings,
 )
+
+
+def encrypted_or_loopback(url: str) -> bool:
+    """What Authlib takes for a secure transport (authlib.common.security.is_secure_transport), without
+    its AUTHLIB_INSECURE_TRANSPORT switch: https, or http to localhost or a loopback address."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
 
 
 class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAuditSettings, OutboxSettings):
@@ -115,6 +132,19 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
             # The pages link to /login, /authorize… at the root of the host, as Auth0's do.
             raise ValueError("must be the root of its host (https://id.example.com/), without a path")
         return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _issuer_transport(self) -> IdentitySettings:
+        # Authlib builds every authorization request on this issuer and refuses it (InsecureTransportError,
+        # which reached the client as a 500 on each sign-in) unless it is https or on the loopback
+        # interface: a plain-http issuer reached over a network must be an explicit choice.
+        if not self.identity_allow_insecure_http and not encrypted_or_loopback(self.identity_issuer):
+            raise ValueError(
+                f"IDENTITY_ISSUER {self.identity_issuer} is plain http off the loopback interface: every "
+                "authorization request would be refused (RFC 9700 §2.6); use https, or set "
+                "IDENTITY_ALLOW_INSECURE_HTTP=true on a test network without TLS"
+            )
+        return self
 
     @field_validator("identity_key_encryption_key", "identity_session_secret")
     @classmethod

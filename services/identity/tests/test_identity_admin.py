@@ -333,3 +333,26 @@ def test_an_admin_command_without_its_database_says_so_in_one_line(
     assert lines[0].startswith(f"{args[0]} failed: "), result.stderr
     assert "database" in lines[0]
     assert "postgres@" not in lines[0]  # no URL, no credentials
+
+
+@pytest.mark.parametrize(
+    "value", ["http://timesheets-identity:9000/", "http://id.example/", "http://10.1.2.3:9000/"]
+)
+def test_a_plain_http_issuer_off_the_loopback_interface_is_refused_at_start(
+    seeded: dict[str, str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Authlib refuses every authorization request on such an issuer (InsecureTransportError: each
+    sign-in answered 500); refused before the port binds instead, naming the way out."""
+    with pytest.raises(SettingsError):
+        load_settings(IdentitySettings, env={**seeded, "IDENTITY_ISSUER": value})
+    assert "IDENTITY_ALLOW_INSECURE_HTTP" in capsys.readouterr().err
+    allowed = {**seeded, "IDENTITY_ISSUER": value, "IDENTITY_ALLOW_INSECURE_HTTP": "true"}
+    assert load_settings(IdentitySettings, env=allowed).identity_issuer == value
+
+
+@pytest.mark.parametrize(
+    "value", ["http://localhost:9000/", "http://localhost/", "http://127.3.4.5:9000/", "https://id.example/"]
+)
+def test_an_encrypted_or_loopback_issuer_needs_no_opt_in(seeded: dict[str, str], value: str) -> None:
+    env = {k: v for k, v in seeded.items() if k != "IDENTITY_ALLOW_INSECURE_HTTP"}
+    assert load_settings(IdentitySettings, env={**env, "IDENTITY_ISSUER": value}).identity_issuer == value

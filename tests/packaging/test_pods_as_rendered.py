@@ -1,0 +1,353 @@
+"""Does the chart's pod actually run? Its containers started from the render alone, then used.
+
+The chart is rendered for an install against an external database and Redis (the operator's Secrets
+named by reference, the bundled identity provider with its demo users; the chart generates every other
+secret). The migration Job's containers, then each Deployment's, run as real processes the way the
+kubelet would run them (tests/packaging/pods.py, podlaunch.py): the rendered command and environment
+(Secrets/ConfigMaps resolved), as the rendered non-root uid/gid without capabilities, on a read-only
+root filesystem where only the rendered volumes are mounted (the /tmp emptyDir as a tmpfs of its
+sizeLimit, the gateway's issuers ConfigMap as read-only files). Nothing else is given to them;
+pods.REWRITES lists the only differences from a cluster and why.
+
+Then a real flow goes through the gateway: alice signs in at the identity provider and records an
+entry, bob approves it, carol reads it in the audit trail; each pod is ready, its own metrics are
+scraped, and no log shows a write refused (read-only file system, permission denied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import random
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from testkit.fixtures import IsolatedEnv, ServiceRedis
+from testkit.oidc import DEMO_PASSWORD, Browser, sign_in_tokens
+from tests.packaging.images import find_uv, image_layout, runtime_venv
+from tests.packaging.pods import (
+    REWRITES,
+    Cluster,
+    Container,
+    PodProcess,
+    containers_of,
+    hosts_file,
+    service_names,
+    wait_for,
+)
+from tests.packaging.support import APP_COMPONENTS, MINIMAL, NAMESPACE, RELEASE, Obj, deep_merge, render
+
+pytestmark = pytest.mark.e2e
+
+DB_HOST = "db.internal"
+SCOPES = {
+    "alice": "openid read:timesheets create:timesheets",
+    "bob": "openid read:timesheets approve:timesheets",
+    "carol": "openid read:audit",
+}
+#: the gateway's extra variables (gateway.extraEnvVarsSecret), seen in its process's environment
+EXTRA_ENV = {"UPSTREAM_READ_TIMEOUT_SECONDS": "29"}
+#: what a log line must never say: a write the read-only view or the non-root user refused
+REFUSED_WRITES = ("Read-only file system", "PermissionError", "Permission denied", "[Errno 13]", "[Errno 30]")
+
+
+def secret(name: str, data: dict[str, str]) -> Obj:
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "data": encoded,
+    }
+
+
+def http(method: str, url: str, body: Any = None, token: str = "") -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+class Pods:
+    """The running release: its Deployments' containers by component, their addresses and ports."""
+
+    def __init__(self) -> None:
+        self.processes: dict[str, PodProcess] = {}
+        self.containers: dict[str, Container] = {}
+        self.addresses: dict[str, str] = {}
+        self.job: list[PodProcess] = []
+        self.helm_test: list[PodProcess] = []  # prepared, not started
+
+    def url(self, component: str) -> str:
+        return f"http://{self.addresses[component]}:{self.containers[component].env['PORT']}"
+
+    def metrics_url(self, component: str) -> str:
+        return f"http://{self.addresses[component]}:{self.containers[component].env['METRICS_PORT']}/metrics"
+
+
+@pytest.fixture(scope="module")
+def pods(
+    isolated_env: IsolatedEnv, service_redis: ServiceRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pods]:
+    uv = find_uv()
+    if uv is None:
+        pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
+    venv = runtime_venv(uv)
+    env = isolated_env("pods")
+    database = urlsplit(env["DATABASE_URL"]).path.lstrip("/")
+    identity_service = f"{RELEASE}-timesheets-identity"
+    values = deep_merge(
+        MINIMAL,
+        {
+            # the bundled provider is the issuer under its in-cluster name, plain http as on
+            # chart-testing's cluster (ci/demo-values.yaml), which says so (identity.allowInsecureHttp)
+            "oidc": {"issuers": [f"http://{identity_service}:9000/"]},
+            "identity": {
+                "enabled": True,
+                "allowInsecureHttp": True,
+                "seedDemo": True,
+                "env": {"DEMO_PASSWORD": DEMO_PASSWORD},
+            },
+            # as in production: several workers sharing their metrics files in the /tmp emptyDir,
+            # and the operator's extra variables by envFrom
+            "gateway": {"workers": 2, "extraEnvVarsSecret": "gateway-extra-env"},
+            "externalDatabase": {"host": DB_HOST, "database": database},
+            # roles and Redis keys of this test run only (dropped with the session's)
+            "databaseRoles": {"prefix": env["DB_ROLE_PREFIX"]},
+            "config": {"redisKeyPrefix": env["REDIS_KEY_PREFIX"]},
+        },
+    )
+    objects = render(values)
+    owner = urlsplit(env["DATABASE_URL"])
+    operator = [
+        # what the operator creates before the install (MINIMAL's existingSecret names)
+        secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{owner.port}/{database}"}),
+        secret("redis", {f"redis-url-{c}": service_redis.url(c) for c in APP_COMPONENTS}),
+        secret("gateway-extra-env", EXTRA_ENV),
+    ]
+    cluster = Cluster(objects, operator)
+    staging = tmp_path_factory.mktemp("pods")
+    staging.chmod(0o755)
+    base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
+    result = Pods()
+    result.addresses = {c: f"{base}.{i + 1}" for i, c in enumerate(APP_COMPONENTS)}
+    names = {DB_HOST: owner.hostname or "127.0.0.1"}
+    for component in APP_COMPONENTS:
+        for name in service_names(f"{RELEASE}-timesheets-{component}"):
+            names[name] = result.addresses[component]
+    hosts = hosts_file(staging / "hosts", names)
+    images: dict[str, list[dict[str, Any]]] = {}
+    for component in APP_COMPONENTS:
+        app = image_layout(component, tmp_path_factory.mktemp(f"image-{component}"))
+        if component == "gateway":  # the image's SPA build (the spa stage): a page to serve
+            (app / "spa" / "dist").mkdir(parents=True)
+            (app / "spa" / "dist" / "index.html").write_text("<!doctype html><title>Timesheets</title>")
+        for path in [app, *app.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        images[component] = [
+            {"kind": "dir", "path": "/opt/venv", "source": str(venv)},
+            {"kind": "dir", "path": "/opt/app", "source": str(app)},
+        ]
+
+    def prepared(container: Container, rewrite_bind: str | None = None) -> PodProcess:
+        if rewrite_bind is not None:
+            assert container.env["BIND_HOST"] == "0.0.0.0", container.env.get("BIND_HOST")
+            container.env["BIND_HOST"] = rewrite_bind
+            container.rewrites["BIND_HOST"] = REWRITES["BIND_HOST"]
+        root = staging / f"root-{container.name}-{secrets.token_hex(3)}"
+        spec = container.spec(root, images[container.service], hosts)
+        return PodProcess(container, spec, staging)
+
+    try:
+        job = cluster.find("Job", f"{RELEASE}-timesheets-migrations")
+        for container in containers_of(cluster, job, staging):  # init containers in order, then the last
+            process = prepared(container).start()
+            result.job.append(process)
+            code = process.wait(180)
+            assert code == 0, f"{container.name} exited {code}:\n{process.logs()[-4000:]}"
+        for component in APP_COMPONENTS:
+            deployment = cluster.find("Deployment", f"{RELEASE}-timesheets-{component}")
+            (container,) = [c for c in containers_of(cluster, deployment, staging) if c.name == component]
+            result.containers[component] = container
+            result.processes[component] = prepared(container, result.addresses[component]).start()
+        for component, process in result.processes.items():
+            url = result.url(component)
+            wait_for(lambda p=process, u=url: ready_or_gone(p, u), 90, f"{component} ready")
+            assert process.alive(), f"{component} exited:\n{process.logs()[-4000:]}"
+        result.helm_test = [
+            prepared(c)
+            for c in containers_of(cluster, cluster.find("Pod", f"{RELEASE}-timesheets-helm-test"), staging)
+        ]
+        yield result
+    finally:
+        for process in result.processes.values():
+            process.stop()
+
+
+def ready_or_gone(process: PodProcess, url: str) -> bool:
+    """The readiness probe's answer, or the container's end (then no use waiting)."""
+    return not process.alive() or http("GET", url + "/readyz")[0] == 200
+
+
+def scrape_with(url: str, series: bytes) -> bytes | None:
+    status, body = http("GET", url)
+    return body if status == 200 and isinstance(body, bytes) and series in body else None
+
+
+async def sign_in(identity: str) -> dict[str, str]:
+    tokens = {}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        for who, scope in SCOPES.items():
+            browser = Browser(identity, session)
+            tokens[who] = (await sign_in_tokens(browser, session, identity, who, scope=scope))["access_token"]
+            session.cookie_jar.clear()
+    return tokens
+
+
+def test_an_entry_is_recorded_approved_and_audited_through_the_gateway(pods: Pods) -> None:
+    tokens = asyncio.run(sign_in(pods.url("identity")))
+    api = pods.url("gateway") + "/api"
+    day = dt.date(2048, 1, 1) + dt.timedelta(days=random.randrange(3000))
+    entry = {"date": day.isoformat(), "project": "pods as rendered", "hours": 3, "notes": "kubelet"}
+    status, created = http("POST", f"{api}/timesheets", entry, tokens["alice"])
+    assert status == 201, created
+    status, decided = http("PUT", f"{api}/approvals/{created['id']}", {"decision": "approved"}, tokens["bob"])
+    assert status in (200, 201), decided
+
+    def audited() -> set[str]:
+        actions: set[str] = set()
+        query = "limit=100"
+        while query:  # every page (few: the records of this test's own database)
+            status, page = http("GET", f"{api}/audit/events?{query}", token=tokens["carol"])
+            assert status == 200, page
+            actions |= {e["action"] for e in page["items"] if e["resource"]["id"] == created["id"]}
+            query = f"limit=100&cursor={page['next_cursor']}" if page["next_cursor"] else ""
+        return actions
+
+    # both services' events, each through its outbox relay to the audit service
+    actions = wait_for(lambda: {"approval.decided"} <= audited() and audited(), 30, "the trail", 0.5)
+    assert any(a.startswith("timesheet") for a in actions), actions
+    status, verified = http("GET", f"{api}/audit/verify", token=tokens["carol"])
+    assert status == 200, verified
+
+
+#: a series each pod exports once it served (the gateway's from its workers' files in the /tmp emptyDir)
+OWN_SERIES = {"gateway": b"gateway_requests_total", **{c: b"http_requests_total" for c in APP_COMPONENTS[1:]}}
+
+
+def test_every_pod_is_ready_and_exports_its_metrics(pods: Pods) -> None:
+    for component in APP_COMPONENTS:
+        assert http("GET", pods.url(component) + "/readyz")[0] == 200, component
+        # the gateway writes its workers' request counts once a second (gateway.metrics.RequestMetrics)
+        series = OWN_SERIES[component]
+        url = pods.metrics_url(component)
+        body = wait_for(lambda u=url, n=series: scrape_with(u, n), 20, f"{series!r}")
+        assert b"process_start_time_seconds" in body, component
+
+
+PROBE = """
+import errno, os
+def attempt(path, size=1):
+    try:
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+print({
+    "/": attempt("/probe"), "/opt/app": attempt("/opt/app/probe"), "/etc": attempt("/etc/probe"),
+    "/var/tmp": attempt("/var/tmp/probe"), "/etc/timesheets/gateway": attempt("/etc/timesheets/gateway/x"),
+    "/tmp": attempt("/tmp/probe"), "/tmp beyond sizeLimit": attempt("/tmp/big", 65 * 2**20),
+    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+})
+"""
+
+
+def test_the_view_refuses_writes_outside_the_rendered_volumes(pods: Pods) -> None:
+    """The harness itself: a probe in the gateway's container (its mounts, user, image) may write to
+    the /tmp emptyDir up to its sizeLimit, nowhere else."""
+    import ast
+    import dataclasses
+
+    gateway = pods.containers["gateway"]
+    probe = dataclasses.replace(gateway, name="probe", argv=["python", "-c", PROBE])
+    spec_of = json.loads(pods.processes["gateway"].spec_file.read_text())
+    spec = probe.spec(
+        Path(spec_of["root"] + "-probe"), spec_of["mounts"][:2], Path(spec_of["mounts"][-1]["source"])
+    )
+    process = PodProcess(probe, spec, pods.processes["gateway"].spec_file.parent).start()
+    assert process.wait(60) == 0, process.logs()
+    seen = ast.literal_eval(process.logs().strip().splitlines()[-1])
+    assert seen == {
+        "/": "EROFS",
+        "/opt/app": "EROFS",
+        "/etc": "EROFS",
+        "/var/tmp": "EROFS",
+        "/etc/timesheets/gateway": "EROFS",
+        "/tmp": "ok",
+        "/tmp beyond sizeLimit": "ENOSPC",
+        "uid": gateway.uid,
+        "gid": gateway.gid,
+        "groups": [],
+    }
+
+
+def test_the_pods_run_as_rendered(pods: Pods) -> None:
+    """The harness does what it claims: non-root, read-only root, /tmp a tmpfs of the sizeLimit."""
+    for component, process in pods.processes.items():
+        pid = process.pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert set(uid) == {str(pods.containers[component].uid)}, (component, uid)
+        mounts = {line.split()[4]: line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+        assert " ro," in mounts["/"] or " ro " in mounts["/"], mounts["/"]
+        assert "tmpfs" in mounts["/tmp"], mounts["/tmp"]
+        assert " rw," in mounts["/tmp"], mounts["/tmp"]
+    environ = Path(f"/proc/{pods.processes['gateway'].pid}/environ").read_bytes().split(b"\0")
+    assert {f"{k}={v}".encode() for k, v in EXTRA_ENV.items()} <= set(environ)
+    assert b"GATEWAY_WORKERS=2" in environ
+
+
+def test_no_pod_was_refused_a_write(pods: Pods) -> None:
+    # the traffic of the other tests first, when run alone the start-up and the migration Job
+    for process in [*pods.job, *pods.processes.values()]:
+        logs = process.logs()
+        refused = [line for line in logs.splitlines() if any(word in line for word in REFUSED_WRITES)]
+        assert refused == [], (process.container.name, refused[:5])
+
+
+def test_helm_test_passes_against_the_running_release(pods: Pods) -> None:
+    """`helm test`'s pod (templates/tests/test-platform.yaml), as rendered, after the install."""
+    (check,) = pods.helm_test
+    assert check.start().wait(60) == 0, check.logs()
+    assert "all checks passed" in check.logs(), check.logs()
+
+
+def test_each_rewrite_is_listed(pods: Pods) -> None:
+    for container in pods.containers.values():
+        assert set(container.rewrites) <= set(REWRITES)
+        differs = {k for k, v in container.env.items() if k == "BIND_HOST" and v != "0.0.0.0"}
+        assert differs <= set(container.rewrites)
