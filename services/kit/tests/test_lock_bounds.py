@@ -48,7 +48,9 @@ async def table(database_url: str) -> AsyncIterator[str]:
 async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
     database_url: str, table: str, identity_keys: dict[str, str]
 ) -> None:
-    database = Database(database_url, schema="public", max_size=2, statement_timeout=10.0, lock_timeout=LOCK_S)
+    database = Database(
+        database_url, schema="public", max_size=2, statement_timeout=10.0, lock_timeout=LOCK_S
+    )
 
     async def read(request: Request) -> Response:
         async with database.connection() as conn:
