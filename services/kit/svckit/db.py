@@ -104,6 +104,15 @@ SLOT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TooManyConnectionsError,
 #: pooled again as it is. Without the bound the request waited the whole statement bound holding a
 #: pooled connection, and the pool ran dry for every route of the service.
 LOCK_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.LockNotAvailableError,)
+#: what an operator's command (``python -m <service> ...``) says, in one line, when the server gave up
+#: waiting for a lock another session holds (:data:`LOCK_ERRORS`): the database is fine — "unreachable"
+#: sent the operator after the wrong cause — and the remedy is to find the holder, then run it again
+LOCK_REFUSAL = (
+    "a table or row it needs is held by another session (LockNotAvailableError, SQLSTATE 55P03: "
+    "waited DB_LOCK_TIMEOUT_SECONDS), its statement was refused and rolled back: find the holder "
+    "(pg_locks, pg_stat_activity; docs/runbook.md, TimesheetsDatabaseLocksHeld), end it or let it "
+    "finish, then run the command again"
+)
 
 #: SQLSTATE 53100 ("could not extend file ...: No space left on device"): the volume of the data
 #: directory or of a tablespace is full. The statement is refused and its transaction rolled back —
