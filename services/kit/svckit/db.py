@@ -27,6 +27,11 @@ migration's ``ALTER TABLE`` queued behind a long one) makes a statement wait at 
 stays healthy and goes back to the pool. And no session of the service's own stays idle inside a
 transaction, holding what it locked, longer than ``idle_in_transaction_timeout``: the server ends it.
 
+Readiness (:meth:`Database.check`) says whether the process can serve, not whether a pooled connection
+is free this instant: a pool whose every connection is busy (slow statements, requests waiting on a
+held lock) is ready while the server answers — an overload must not take every replica out of the
+Service in turn — and a server unreachable, hung, or out of slots with no pooled connection is not.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
