@@ -328,6 +328,7 @@ class Database:
         # time.monotonic), for the readiness probe of a busy pool (:meth:`check`)
         self.health_answer_seconds = health_answer_seconds
         self._answered_at = -math.inf
+        self._own_check: asyncio.Task[None] | None = None  # the busy pool's probe in flight (check)
         _databases.add(self)
 
     @classmethod
@@ -519,6 +520,8 @@ class Database:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
+        if self._own_check is not None and not self._own_check.done():
+            self._own_check.cancel()  # a readiness probe's own connection in flight (check)
         if (probe := _read_only_probes.pop(self, None)) is not None:
             probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
         if self._server_watch is not None:
@@ -585,12 +588,23 @@ class Database:
         """Every pooled connection busy and no answer on one of them lately (statements slower than
         ``health_answer_seconds``, or a server that stopped answering): a connection of the probe's
         own, opened as the pool's are (counted; none tried while out of slots), one round trip,
-        closed. Bounded by ``/readyz``'s check bound."""
+        closed. Bounded by ``/readyz``'s check bound.
+
+        One at a time: ``/readyz`` is open to anyone who reaches the pod, and a backend per request
+        to a server already busy would make the overload worse; concurrent checks share the one in
+        flight, and its answer counts as the server's latest (:meth:`_busy_but_answering`), so at
+        most one such connection is opened per ``health_answer_seconds`` while the server answers."""
+        if self._own_check is None or self._own_check.done():
+            self._own_check = asyncio.create_task(self._own_connection_round_trip(), name="db-readiness")
+        await asyncio.shield(self._own_check)
+
+    async def _own_connection_round_trip(self) -> None:
         conn = await self.connect(application_name=f"{self.application_name} readiness")
         try:
             await conn.fetchval("SELECT 1", timeout=2.0)
         finally:
             conn.terminate()
+        self._answered_at = time.monotonic()
 
     def out_of_slots(self, now: float) -> bool:
         """Postgres refused a connection of this database for want of a slot (SQLSTATE 53300) less
