@@ -36,7 +36,7 @@ import uuid
 from typing import Any
 
 from svckit.contracts.audit import AuditEvent
-from svckit.db import Database
+from svckit.db import LOCK_ERRORS, LOCK_REFUSAL, Database
 from svckit.identity import Identity
 from svckit.redisguard import RedisGuard
 
@@ -164,6 +164,9 @@ def accept_restore(settings: AuditSettings, args: list[str]) -> int:
         return USAGE
     try:
         status, report = asyncio.run(_accept(settings, reason))
+    except LOCK_ERRORS:  # the database is fine: another session holds the table (not "unreachable")
+        print(f"audit accept-restore failed: {LOCK_REFUSAL}", file=sys.stderr)
+        return UNREACHABLE
     except UNREACHABLE_ERRORS as exc:
         print(f"audit accept-restore: unreachable ({type(exc).__name__}: {exc})", file=sys.stderr)
         return UNREACHABLE

@@ -20,6 +20,7 @@ import asyncpg
 from pydantic import TypeAdapter, ValidationError
 from svckit.contracts.audit import AuditEvent
 from svckit.contracts.fields import NameText
+from svckit.db import milliseconds
 from svckit.identity import Identity
 from svckit.outbox import enqueue
 
@@ -38,10 +39,19 @@ def subject_for(username: str) -> str:
 
 
 async def connect(settings: IdentitySettings) -> asyncpg.Connection:
+    """The admin commands' connection, bounded as the service's pooled ones are: a statement waits
+    at most ``DB_LOCK_TIMEOUT_SECONDS`` for a lock another session holds (then the kit's CLI says so
+    in one line, svckit.db.LOCK_REFUSAL) and at most ``DB_STATEMENT_TIMEOUT_SECONDS`` in all.
+    Without them ``add-user`` behind an operator's forgotten ``LOCK TABLE`` waited, silent, for ever."""
     return await asyncpg.connect(
         settings.database_url,
         timeout=settings.db_connect_timeout_seconds,
-        server_settings={"search_path": "identity,public", "application_name": "identity-admin"},
+        command_timeout=settings.db_statement_timeout_seconds,
+        server_settings={
+            "search_path": "identity,public",
+            "application_name": "identity-admin",
+            "lock_timeout": milliseconds(settings.db_lock_timeout_seconds),
+        },
         ssl=settings.database_tls.context(),  # sslmode/sslrootcert as the kit applies them (svckit.dbtls)
     )
 

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.supervisors import ChangeReload
 
 from . import server
-from .db import READ_ONLY_ERRORS, UNAVAILABLE_ERRORS
+from .db import LOCK_ERRORS, LOCK_REFUSAL, READ_ONLY_ERRORS, UNAVAILABLE_ERRORS
 from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .fdlimit import check_open_files
 from .logs import configure_logging
@@ -227,6 +227,8 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg
 def database_failure(exc: BaseException, tls: DatabaseTls | None) -> str | None:
     """Why a command could not use its database, in one line for an operator (never the URL), or
     ``None`` when ``exc`` is about something else (a statement that failed: its traceback says where)."""
+    if isinstance(exc, LOCK_ERRORS):
+        return LOCK_REFUSAL
     if isinstance(exc, READ_ONLY_ERRORS):
         return (
             f"the database takes no writes ({type(exc).__name__}, SQLSTATE 25006): DATABASE_URL reaches "

@@ -33,6 +33,11 @@ run it again: :meth:`Database.write_once` and :meth:`Database.run_transaction` d
 the 503 ``database_conflict`` (svckit.app); counted in ``db_transaction_conflicts_total`` and
 ``db_transaction_retries_total``.
 
+Readiness (:meth:`Database.check`) says whether the process can serve, not whether a pooled connection
+is free this instant: a pool whose every connection is busy (slow statements, requests waiting on a
+held lock) is ready while the server answers — an overload must not take every replica out of the
+Service in turn — and a server unreachable, hung, or out of slots with no pooled connection is not.
+
 A write's answer must never contradict its outcome. When the connection dies while ``COMMIT`` is on
 its way, the transaction may or may not have committed: :meth:`Database.transaction` then waits
 until the old server session is over (so its transaction is decided), asks the caller's
@@ -52,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -109,6 +115,15 @@ SLOT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TooManyConnectionsError,
 #: pooled again as it is. Without the bound the request waited the whole statement bound holding a
 #: pooled connection, and the pool ran dry for every route of the service.
 LOCK_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.LockNotAvailableError,)
+#: what an operator's command (``python -m <service> ...``) says, in one line, when the server gave up
+#: waiting for a lock another session holds (:data:`LOCK_ERRORS`): the database is fine — "unreachable"
+#: sent the operator after the wrong cause — and the remedy is to find the holder, then run it again
+LOCK_REFUSAL = (
+    "a table or row it needs is held by another session (LockNotAvailableError, SQLSTATE 55P03: "
+    "waited DB_LOCK_TIMEOUT_SECONDS), its statement was refused and rolled back: find the holder "
+    "(pg_locks, pg_stat_activity; docs/runbook.md, TimesheetsDatabaseLocksHeld), end it or let it "
+    "finish, then run the command again"
+)
 
 #: SQLSTATE 53100 ("could not extend file ...: No space left on device"): the volume of the data
 #: directory or of a tablespace is full. The statement is refused and its transaction rolled back —
@@ -290,6 +305,10 @@ _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 #: once Postgres refused a connection for want of a slot, how long no new one is tried
 #: (:meth:`Database.out_of_slots`)
 SLOT_RETRY_SECONDS = 1.0
+#: how long the readiness probe waits for a pooled connection before it takes the pool for busy
+#: (:meth:`Database.check`): an idle connection is handed over at once, a new one takes a round trip
+#: or two; past this, every connection is in use and requests are queued for one
+HEALTH_WAIT_SECONDS = 0.5
 #: why a request found no connection: the pool may not grow and none of its own was released in time
 #: (``/readyz``-safe: no role or host names)
 NO_SLOT = "TooManyConnectionsError: the database has no connection slot free for a new connection"
@@ -332,10 +351,13 @@ class Database:
         outcome_check_seconds: float = 10.0,
         tls: DatabaseTls | None = None,
         server_check_seconds: float = 0.0,
+        health_answer_seconds: float = 5.0,
     ) -> None:
         """``server_check_seconds``: how often a fresh connection asks which server the DSN's name
         leads to, closing the pooled connections on another one (:mod:`svckit.dbserver`); 0: never
-        (and no question asked of a new connection)."""
+        (and no question asked of a new connection). ``health_answer_seconds``: how recent an answer
+        on a pooled connection proves the server to the readiness probe while every connection is
+        busy (:meth:`check`; the chart's readiness period)."""
         self.dsn = dsn
         self.tls = tls
         # asyncpg's ssl=: the kit's verifying context (svckit.dbtls), or None for the URL's own sslmode
@@ -372,6 +394,11 @@ class Database:
         self._server_check_failed = False
         self._server_unknown_said = False
         self._server_watch: asyncio.Task[None] | None = None
+        # when the server last answered a statement on a pooled connection (PooledConnection's end;
+        # time.monotonic), for the readiness probe of a busy pool (:meth:`check`)
+        self.health_answer_seconds = health_answer_seconds
+        self._answered_at = -math.inf
+        self._own_check: asyncio.Task[None] | None = None  # the busy pool's probe in flight (check)
         _databases.add(self)
 
     @classmethod
@@ -563,6 +590,8 @@ class Database:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
+        if self._own_check is not None and not self._own_check.done():
+            self._own_check.cancel()  # a readiness probe's own connection in flight (check)
         if (probe := _read_only_probes.pop(self, None)) is not None:
             probe.cancel()  # a read-only probe in flight (refused_as_read_only): its pool is going
         if self._server_watch is not None:
@@ -582,13 +611,70 @@ class Database:
                 pool.terminate()
 
     async def check(self) -> None:
-        """Readiness probe: a round trip on a pooled connection, bounded in time. Through
-        :class:`PooledConnection`, as every statement: a probe without an answer (a hung server) or
-        cut short by ``/readyz``'s bound abandons its session; asyncpg's own ``acquire()`` context
-        would release it by waiting, shielded, for the server to confirm the probe's cancellation,
-        and fail later in a task nobody awaits."""
-        async with self.connection() as conn:
+        """Readiness probe: can this process serve — is there a pool, and does the server answer?
+
+        A round trip on a pooled connection when one is free within :data:`HEALTH_WAIT_SECONDS`.
+        Through :class:`PooledConnection`, as every statement: a probe without an answer (a hung
+        server) or cut short by ``/readyz``'s bound abandons its session; asyncpg's own ``acquire()``
+        context would release it by waiting, shielded, for the server to confirm the probe's
+        cancellation, and fail later in a task nobody awaits.
+
+        Every pooled connection busy (slow statements, requests waiting on a held lock, more
+        requests than connections) is an overload, not an outage: the probe used to queue behind
+        the requests for a connection and time out, the kubelet took the pod out of the Service, its
+        traffic saturated the other replicas the same way, and the Service was left with no ready
+        endpoint. So a pool found busy is ready when the server answered one of its statements less
+        than ``health_answer_seconds`` ago (:meth:`_busy_but_answering`), else when a connection of
+        the probe's own gets an answer (:meth:`_check_own_connection`). A server gone, hung or
+        refusing connections still fails: the pool's statements stop being answered, and the
+        probe's own connection fails or times out; a pool with no connection while out of slots
+        fails at once (:class:`OutOfSlots`)."""
+        use = PooledConnection(self)
+        try:
+            async with asyncio.timeout(HEALTH_WAIT_SECONDS):
+                conn = await use.__aenter__()
+        except TimeoutError:
+            if self._busy_but_answering():
+                return
+            await self._check_own_connection()
+            return
+        try:
             await conn.fetchval("SELECT 1", timeout=2.0)
+        except BaseException as exc:
+            await use.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await use.__aexit__(None, None, None)
+
+    def _busy_but_answering(self) -> bool:
+        """The pool has connections and the server answered a statement on one of them (a result,
+        or its own refusal such as a lock timeout) within ``health_answer_seconds``."""
+        return (
+            self._pool is not None
+            and self._pool.get_size() > 0
+            and time.monotonic() - self._answered_at < self.health_answer_seconds
+        )
+
+    async def _check_own_connection(self) -> None:
+        """Every pooled connection busy and no answer on one of them lately (statements slower than
+        ``health_answer_seconds``, or a server that stopped answering): a connection of the probe's
+        own, opened as the pool's are (counted; none tried while out of slots), one round trip,
+        closed. Bounded by ``/readyz``'s check bound.
+
+        One at a time: ``/readyz`` is open to anyone who reaches the pod, and a backend per request
+        to a server already busy would make the overload worse; concurrent checks share the one in
+        flight, and its answer counts as the server's latest (:meth:`_busy_but_answering`), so at
+        most one such connection is opened per ``health_answer_seconds`` while the server answers."""
+        if self._own_check is None or self._own_check.done():
+            self._own_check = asyncio.create_task(self._own_connection_round_trip(), name="db-readiness")
+        await asyncio.shield(self._own_check)
+
+    async def _own_connection_round_trip(self) -> None:
+        conn = await self.connect(application_name=f"{self.application_name} readiness")
+        try:
+            await conn.fetchval("SELECT 1", timeout=2.0)
+        finally:
+            conn.terminate()
+        self._answered_at = time.monotonic()
 
     def out_of_slots(self, now: float) -> bool:
         """Postgres refused a connection of this database for want of a slot (SQLSTATE 53300) less
@@ -930,13 +1016,32 @@ class PooledConnection:
                 disk_full_refusals.inc()  # the session is sound: pooled again (DISK_FULL_ERRORS)
             elif isinstance(exc, LOCK_ERRORS):
                 lock_timeouts.inc()  # the session is fine: pooled again (its transaction rolled back)
+                self._database._answered_at = time.monotonic()  # the server's answer: it works
             elif isinstance(exc, CONFLICT_ERRORS):
                 transaction_conflicts.labels(conflict_reason(exc)).inc()  # sound too (CONFLICT_ERRORS)
+                self._database._answered_at = time.monotonic()  # the server's answer too
             elif isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                 abandon(conn)
+        elif (raw := getattr(conn, "_con", None)) is not None and not raw.is_closed():
+            # the server answered (Database.check: a busy pool whose statements are answered is
+            # ready); not a block that caught its connection's failure (Database.write_once), whose
+            # proxy asyncpg may have detached already (no connection behind it: ``_con`` None)
+            self._database._answered_at = time.monotonic()
+        await self._give_back(conn, pool)
+
+    async def _give_back(self, conn: Connection, pool: asyncpg.Pool) -> None:
         await pool.release(conn, timeout=self._database.connect_timeout)
         if self._database._release_waiters:
             self._database._released.set()
+
+    async def abandoned(self) -> None:
+        """Give back a connection already :func:`abandon`-ed (its statement got no answer, or was
+        cancelled): nothing more to do with it, and no answer of the server to note."""
+        conn, pool = self._conn, self._pool
+        assert conn is not None, "exited without being entered"
+        assert pool is not None
+        self._conn = None
+        await self._give_back(conn, pool)
 
 
 class PooledQueries:
@@ -1031,12 +1136,12 @@ class PooledTransaction:
                     server = self._database.server_of(conn)
         except BaseException as error:
             if abandoned:  # only given back: terminated once already (its proxy is detached by then)
-                await use.__aexit__(None, None, None)
+                await use.abandoned()
             else:
                 await use.__aexit__(type(error), error, error.__traceback__)
             raise
         if abandoned:
-            await use.__aexit__(None, None, None)
+            await use.abandoned()
         else:
             await use.__aexit__(exc_type, exc, tb)
         if failure is not None:

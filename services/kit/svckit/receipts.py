@@ -51,7 +51,7 @@ from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from .contracts.audit import RECEIPTS_PATH, AuditEvent, Receipt, ReceiptCheck
-from .db import UNAVAILABLE_ERRORS, Connection, Database
+from .db import LOCK_ERRORS, LOCK_REFUSAL, UNAVAILABLE_ERRORS, Connection, Database
 from .http import SignedClient
 from .identity import Identity
 from .settings import DatabaseSettings
@@ -327,6 +327,9 @@ def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         try:
             report = asyncio.run(accept())
+        except LOCK_ERRORS:  # the database is fine: another session holds the table (not "unreachable")
+            print(f"outbox {parsed.action} failed: {LOCK_REFUSAL}", file=sys.stderr, flush=True)
+            return UNREACHABLE
         except UNREACHABLE_ERRORS as exc:
             print(f"database unreachable: {type(exc).__name__}", file=sys.stderr, flush=True)
             return UNREACHABLE
