@@ -6,7 +6,7 @@ running and taking writes (an operator promoting by hand, a network partition th
 manager took for the primary's death), and the name moves to the new primary *without* cutting the
 open connections (a Service moves; TCP connections stay with the backend they reached).
 
-Before the kit checked where the name leads (``DB_LEADER_CHECK_SECONDS``, :mod:`svckit.leader`), the
+Before the kit checked where the name leads (``DB_LEADER_CHECK_SECONDS``, :mod:`svckit.dbserver`), the
 pools kept their connections on the old primary for as long as it stayed up: acknowledged writes went
 on being stored on a server nobody reads any more (lost when it is rebuilt as a standby), while the
 connections a pool opened after the move wrote to the new one, so reads contradicted each other.
@@ -20,9 +20,7 @@ prevent (docs/runbook.md, "Split brain")."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +28,15 @@ import aiohttp
 import asyncpg
 import pytest
 
-from testkit.fixtures import TcpProxy
-from testkit.pgproc import PrivatePostgres, postgres_bin
+from testkit.pgproc import PrivatePostgres
 from testkit.redisproc import PrivateRedis
 
 from .conftest import Figures, Stack
+from .failover import DB_SERVICES, failover_stack
 from .load import PROJECT, WriteLoad, wait_for_outboxes
 
 pytestmark = pytest.mark.timeout(150)
 
-DB_SERVICES = ("identity", "audit", "timesheets", "approvals")
 #: the services' DB_LEADER_CHECK_SECONDS here
 CHECK_S = 1.0
 #: from the move on, how long a service may still write to the old primary: a check interval, the
@@ -47,38 +44,6 @@ CHECK_S = 1.0
 BOUND = CHECK_S + 2.0
 #: how long the load runs after the move
 AFTER_MOVE_S = BOUND + 4.0
-
-
-@contextlib.asynccontextmanager
-async def split_stack(
-    redis: PrivateRedis, logs: Path
-) -> AsyncIterator[tuple[Stack, TcpProxy, PrivatePostgres, PrivatePostgres]]:
-    if postgres_bin() is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
-    primary = PrivatePostgres().start()
-    standby: PrivatePostgres | None = None
-    stack: Stack | None = None
-    proxy: TcpProxy | None = None
-    try:
-        standby = await asyncio.to_thread(PrivatePostgres, standby_of=primary)
-        await asyncio.to_thread(standby.start)
-        proxy = TcpProxy("127.0.0.1", primary.port)
-        await proxy.start()
-        stack = Stack(primary, redis, logs, dsn=proxy.url_for(primary.dsn))
-        for name in DB_SERVICES:
-            stack.services[name].env["DB_LEADER_CHECK_SECONDS"] = str(CHECK_S)
-        await stack.prepare()
-        await stack.start_all()
-        await stack.sign_in()
-        yield stack, proxy, primary, standby
-    finally:
-        if stack is not None:
-            await asyncio.to_thread(stack.stop_all)
-        if proxy is not None:
-            await proxy.cut()
-        if standby is not None:
-            await asyncio.to_thread(standby.remove)
-        await asyncio.to_thread(primary.remove)
 
 
 async def entries_on(server: PrivatePostgres, tags: list[str]) -> dict[str, tuple[str, dt.datetime]]:
@@ -148,7 +113,12 @@ async def test_a_failover_whose_old_primary_stays_writable(
     private_redis: PrivateRedis, tmp_path: Path, figures: Figures
 ) -> None:
     async with (
-        split_stack(private_redis, tmp_path) as (stack, proxy, primary, standby),
+        failover_stack(private_redis, tmp_path, {"DB_LEADER_CHECK_SECONDS": str(CHECK_S)}) as (
+            stack,
+            proxy,
+            primary,
+            standby,
+        ),
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
     ):
         async with WriteLoad(stack.api, stack.headers("alice"), stack.headers("bob"), writers=3) as load:

@@ -26,7 +26,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +34,17 @@ import asyncpg
 import pytest
 from svckit.cli import database_failure, migrate_with_wait
 
-from testkit.fixtures import TcpProxy, scrape
+from testkit.fixtures import scrape
 from testkit.pgproc import PrivatePostgres, postgres_bin
 from testkit.redisproc import PrivateRedis
 
 from .conftest import SERVICES, Figures, Stack, wait_ready
+from .failover import DB_SERVICES, failover_stack
 from .load import PROJECT, WriteLoad, assert_stored_once, settled
 
 pytestmark = pytest.mark.timeout(120)
 
-DB_SERVICES = ("identity", "audit", "timesheets", "approvals")
 TIMESHEETS_MIGRATIONS = SERVICES / "timesheets" / "timesheets" / "migrations"
-
-
-@contextlib.asynccontextmanager
-async def failover_stack(
-    redis: PrivateRedis, logs: Path
-) -> AsyncIterator[tuple[Stack, TcpProxy, PrivatePostgres, PrivatePostgres]]:
-    if postgres_bin() is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
-    primary = PrivatePostgres().start()
-    standby: PrivatePostgres | None = None
-    stack: Stack | None = None
-    proxy: TcpProxy | None = None
-    try:
-        standby = await asyncio.to_thread(PrivatePostgres, standby_of=primary)
-        await asyncio.to_thread(standby.start)
-        proxy = TcpProxy("127.0.0.1", primary.port)
-        await proxy.start()
-        stack = Stack(primary, redis, logs, dsn=proxy.url_for(primary.dsn))
-        await stack.prepare()
-        await stack.start_all()
-        await stack.sign_in()
-        yield stack, proxy, primary, standby
-    finally:
-        if stack is not None:
-            await asyncio.to_thread(stack.stop_all)
-        if proxy is not None:
-            await proxy.cut()
-        if standby is not None:
-            await asyncio.to_thread(standby.remove)
-        await asyncio.to_thread(primary.remove)
 
 
 async def readyz(http: aiohttp.ClientSession, stack: Stack) -> dict[str, int]:
