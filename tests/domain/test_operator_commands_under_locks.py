@@ -5,9 +5,11 @@ in a transaction left open, a stuck session).
 bound: it waited, silent, for as long as the lock was held (forever, for a forgotten ``psql``). ``python
 -m timesheets outbox accept-audit-restore`` goes through the kit's pool, bounded by
 ``DB_LOCK_TIMEOUT_SECONDS``, and said "database unreachable: LockNotAvailableError" — the wrong remedy
-(the database is fine). Now each gives up after the lock bound with one line naming the held lock and
-what to do, no traceback, a non-zero exit, and nothing changed; run again once the lock is gone, it
-succeeds.
+(the database is fine). ``python -m audit export-checkpoints`` (and ``verify``, the same connection)
+had no lock bound: behind a held table it waited the 30 s statement bound, then said "database
+unreachable or refusing (TimeoutError)". Now each gives up after the lock bound with one line naming
+the held lock and what to do, no traceback, a non-zero exit, and nothing changed; run again once the
+lock is gone, it succeeds.
 """
 
 from __future__ import annotations
@@ -133,4 +135,27 @@ def test_timesheets_outbox_command_behind_a_held_table_says_so(
     took, result = asyncio.run(held())
     assert_refused_for_the_lock(took, result, "timesheets.outbox_receipt")
     took, result = command("timesheets", env, *args)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def audit_db(isolated_env: IsolatedEnv) -> tuple[str, dict[str, str]]:
+    env = isolated_env("cli_lock_audit")
+    owner = env["DATABASE_URL"]
+    asyncio.run(migrate_schema(owner, "audit", ROOT / "services" / "audit" / "audit"))
+    return owner, {**os.environ, **env, "DATABASE_URL": runtime_url(owner, "audit")}
+
+
+def test_audit_offline_command_behind_a_held_table_says_so(audit_db: tuple[str, dict[str, str]]) -> None:
+    """What an auditor runs against the database: it reads, so only an ACCESS EXCLUSIVE lock (an
+    operator's, a migration's) holds it up — and then it is told so within the lock bound."""
+    owner, env = audit_db
+
+    async def held() -> tuple[float, subprocess.CompletedProcess[str]]:
+        async with HeldTable(owner, "audit.checkpoints"):
+            return await asyncio.to_thread(command, "audit", env, "export-checkpoints")
+
+    took, result = asyncio.run(held())
+    assert_refused_for_the_lock(took, result, "audit.checkpoints")
+    took, result = command("audit", env, "export-checkpoints")
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,7 @@ import asyncpg
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from svckit.contracts.audit import VerifyQuery
-from svckit.db import UNAVAILABLE_ERRORS, Database
+from svckit.db import LOCK_ERRORS, LOCK_REFUSAL, UNAVAILABLE_ERRORS, Database
 from svckit.dbtls import resolve
 from svckit.settings import describe_error
 
@@ -69,6 +69,10 @@ class OfflineSettings(BaseSettings):
     db_sslrootcert: str = ""
     audit_checkpoint_keys: str = ""
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # as the services' (DB_LOCK_TIMEOUT_SECONDS): behind a table another session holds exclusively (an
+    # operator's LOCK TABLE, a migration), the command says so within this bound instead of waiting
+    # the statement bound and calling the database unreachable
+    db_lock_timeout_seconds: float = Field(default=2.0, gt=0, le=600)
 
 
 def checkpoint_jws(entry: Any) -> Iterator[str]:
@@ -140,6 +144,7 @@ async def _with_store(settings: OfflineSettings) -> tuple[Database, AuditStore]:
         min_size=1,
         max_size=2,
         connect_timeout=settings.db_connect_timeout_seconds,
+        lock_timeout=settings.db_lock_timeout_seconds,
         tls=tls,
     )
     await database.wait_connected(settings.db_connect_timeout_seconds)
@@ -264,6 +269,9 @@ def main(argv: list[str]) -> int:
     except BadRange as exc:  # what the range names is not on this chain (found in the walk's snapshot)
         print(f"audit verify: {option(exc.parameter)}: {exc.message}", file=sys.stderr)
         return USAGE
+    except LOCK_ERRORS:  # the database is fine: another session holds the table (not "unreachable")
+        print(f"audit {args.command} failed: {LOCK_REFUSAL}", file=sys.stderr)
+        return UNREACHABLE_EXIT
     except DATABASE_FAILURES as exc:
         print(
             f"audit {args.command}: database unreachable or refusing ({type(exc).__name__}: {exc})",
