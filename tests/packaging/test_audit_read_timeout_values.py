@@ -19,12 +19,11 @@ from typing import Any
 import helm_python as helm
 import pytest
 from pydantic import ValidationError
-from svckit.settings import load_settings
 
 from tests.packaging.support import MINIMAL, Obj, deep_merge, pod_spec, render
 from tests.packaging.test_database_bounds_values import env_of
 from tests.packaging.test_ops_values import container_env, schema_refuses
-from tests.packaging.test_service_settings import SECRET_SHAPES, settings_class
+from tests.packaging.test_service_settings import SECRET_SHAPES, rendered_settings, settings_class
 
 READ = "AUDIT_READ_TIMEOUT_SECONDS"
 STATEMENT = "DB_STATEMENT_TIMEOUT_SECONDS"
@@ -85,11 +84,7 @@ def test_the_migration_containers_get_it_too(base: dict[str, Any]) -> None:
 
 
 def test_the_service_reads_the_rendered_value() -> None:
-    env = {
-        e["name"]: str(e["value"]) if "value" in e else SECRET_SHAPES[e["name"]]
-        for e in container_env(render(audit_values(read=20, statement=20)), "audit")
-    }
-    settings: Any = load_settings(settings_class("audit"), env)
+    settings: Any = rendered_settings(audit_values(read=20, statement=20), "audit")
     assert settings.audit_read_timeout_seconds == 20
     assert settings.db_statement_timeout_seconds == 20
 

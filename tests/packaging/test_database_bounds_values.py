@@ -16,11 +16,10 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from svckit.settings import load_settings
 
 from tests.packaging.support import MINIMAL, deep_merge, render
 from tests.packaging.test_ops_values import container_env, schema_refuses
-from tests.packaging.test_service_settings import SECRET_SHAPES, settings_class
+from tests.packaging.test_service_settings import rendered_settings, settings_class
 
 CONNECT = "DB_CONNECT_TIMEOUT_SECONDS"
 STATEMENT = "DB_STATEMENT_TIMEOUT_SECONDS"
@@ -72,11 +71,7 @@ def test_the_gateway_has_no_database_and_gets_neither() -> None:
 
 @pytest.mark.parametrize("component", WITH_DATABASE)
 def test_the_service_reads_the_rendered_bounds(component: str) -> None:
-    env = {
-        e["name"]: str(e["value"]) if "value" in e else SECRET_SHAPES[e["name"]]
-        for e in container_env(render(TUNED), component)
-    }
-    settings: Any = load_settings(settings_class(component), env)
+    settings: Any = rendered_settings(TUNED, component)
     assert settings.db_connect_timeout_seconds == 2.5
     assert settings.db_statement_timeout_seconds == (45 if component == "audit" else 20)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from svckit.settings import load_settings
 
-from tests.packaging.support import MINIMAL, deep_merge, render
+from tests.packaging.support import MINIMAL, deep_merge
 from tests.packaging.test_database_bounds_values import WITH_DATABASE, WITH_IDENTITY, env_of
-from tests.packaging.test_ops_values import container_env, schema_refuses
-from tests.packaging.test_service_settings import SECRET_SHAPES, settings_class
+from tests.packaging.test_ops_values import schema_refuses
+from tests.packaging.test_service_settings import rendered_settings, settings_class
 
 NAME = "DB_LEADER_CHECK_SECONDS"
 TUNED = deep_merge(WITH_IDENTITY, {"config": {"dbLeaderCheckSeconds": 2.5}})
@@ -28,11 +27,7 @@ def test_the_chart_default_is_the_settings_default(component: str) -> None:
 
 @pytest.mark.parametrize("component", WITH_DATABASE)
 def test_the_service_reads_the_rendered_value(component: str) -> None:
-    env = {
-        e["name"]: str(e["value"]) if "value" in e else SECRET_SHAPES[e["name"]]
-        for e in container_env(render(TUNED), component)
-    }
-    settings: Any = load_settings(settings_class(component), env)
+    settings: Any = rendered_settings(TUNED, component)
     assert settings.db_leader_check_seconds == 2.5
 
 

@@ -16,13 +16,12 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from svckit.settings import load_settings
 
 from tests.packaging.support import MINIMAL, deep_merge, render
 from tests.packaging.test_audit_read_timeout_values import audit_migration_envs
 from tests.packaging.test_database_bounds_values import WITH_DATABASE, WITH_IDENTITY, env_of
-from tests.packaging.test_ops_values import container_env, schema_refuses
-from tests.packaging.test_service_settings import SECRET_SHAPES, settings_class
+from tests.packaging.test_ops_values import schema_refuses
+from tests.packaging.test_service_settings import rendered_settings, settings_class
 
 NAMES = {
     "DB_LOCK_TIMEOUT_SECONDS": "db_lock_timeout_seconds",
@@ -49,11 +48,7 @@ def test_the_chart_defaults_are_the_settings_defaults(component: str) -> None:
 
 @pytest.mark.parametrize("component", WITH_DATABASE)
 def test_the_service_reads_the_rendered_bounds(component: str) -> None:
-    env = {
-        e["name"]: str(e["value"]) if "value" in e else SECRET_SHAPES[e["name"]]
-        for e in container_env(render(TUNED), component)
-    }
-    settings: Any = load_settings(settings_class(component), env)
+    settings: Any = rendered_settings(TUNED, component)
     assert settings.db_lock_timeout_seconds == 4
     assert settings.db_idle_in_transaction_timeout_seconds == 120
     assert settings.db_migration_lock_timeout_seconds == 3

@@ -18,7 +18,8 @@ import yaml
 from svckit.identity import PAIRS, pair_variable
 from svckit.settings import ServiceSettings, SettingsError, load_settings
 
-from tests.packaging.support import APP_COMPONENTS, Obj, pod_spec
+from tests.packaging.support import APP_COMPONENTS, Obj, pod_spec, render
+from tests.packaging.test_ops_values import container_env
 
 # Shapes of the secrets the chart references (never real ones).
 SECRET_SHAPES = {
@@ -50,6 +51,16 @@ def settings_class(service: str) -> type[ServiceSettings]:
     ]
     assert len(found) == 1, found
     return found[0]
+
+
+def rendered_settings(values: dict[str, Any], component: str) -> Any:
+    """The settings ``component`` loads from the env the chart renders into its Deployment's container
+    with ``values`` (Secret references given :data:`SECRET_SHAPES`)."""
+    env = {
+        e["name"]: str(e["value"]) if "value" in e else SECRET_SHAPES[e["name"]]
+        for e in container_env(render(values), component)
+    }
+    return load_settings(settings_class(component), env)
 
 
 def containers_by_service(objects: list[Obj]) -> list[tuple[str, Obj]]:
