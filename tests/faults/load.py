@@ -66,11 +66,21 @@ DAYS_PER_LOAD = 1000
 FIRST_LOAD_DAY = dt.date(2040, 1, 1)
 
 
+_next_day = FIRST_LOAD_DAY
+
+
+def reserve_days(count: int) -> dt.date:
+    """The first of ``count`` days that nothing else in this process writes the same person's entries
+    on (a person's day holds at most 24 hours): each load takes :data:`DAYS_PER_LOAD`, and so must
+    anything else that writes on the same stack in the same years (the fault matrix)."""
+    global _next_day
+    first = _next_day
+    _next_day += dt.timedelta(days=count)
+    return first
+
+
 class WriteLoad:
     """``writers`` creating entries back to back, and one approver deciding every third of them."""
-
-    #: the first day the next load writes on (each takes :data:`DAYS_PER_LOAD` of its own)
-    _next_day = FIRST_LOAD_DAY
 
     def __init__(
         self,
@@ -90,8 +100,7 @@ class WriteLoad:
         self._stopping = False
         # Days of its own (a person's day holds at most 24 hours): other tests on the same platform
         # write the same person's entries on dates of their own, and so does an earlier load.
-        self._first_day = WriteLoad._next_day
-        WriteLoad._next_day += dt.timedelta(days=DAYS_PER_LOAD)
+        self._first_day = reserve_days(DAYS_PER_LOAD)
         self._to_decide: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None

@@ -21,7 +21,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -51,6 +50,7 @@ from testkit.oidc import (
 )
 
 from .conftest import Figures, Stack, wait_ready
+from .load import reserve_days
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -233,7 +233,9 @@ async def build_matrix(stack: Stack) -> Matrix:
     matrix = Matrix()
     base = stack.identity.url
     gw = stack.gateway.url
-    day = dt.date(2047, 1, 1) + dt.timedelta(days=random.randrange(3000))
+    # days of its own (entries on day, day + 1 and day + 2): a random one in the loads' years met a
+    # load's day of 20 hours and made its writes 422 (the 24-hour cap)
+    day = reserve_days(3)
     key = DpopKey()
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         read_entry, delete_entry, decide_entry = [await create_entry(http, stack, day) for _ in range(3)]
