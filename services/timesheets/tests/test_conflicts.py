@@ -28,7 +28,7 @@ from testkit.fixtures import user
 
 from .test_upload import batch_client
 
-WHO = user(f"conflict-{uuid.uuid4().hex[:6]}", "read:timesheets", "create:timesheets")
+WHO = user(f"conflict-{uuid.uuid4().hex[:6]}", "read:timesheets", "create:timesheets", "delete:timesheets")
 
 
 def _counts(reason: str) -> tuple[float, float]:
@@ -36,10 +36,12 @@ def _counts(reason: str) -> tuple[float, float]:
 
 
 @asynccontextmanager
-async def conflicting(db: asyncpg.Connection, times: int, errcode: str) -> AsyncIterator[str]:
-    """A project whose first ``times`` inserts into ``entries`` the server rolls back with
-    ``errcode``; its name is yielded."""
-    name = f"conflict_{uuid.uuid4().hex[:8]}"
+async def conflicting(
+    db: asyncpg.Connection, times: int, errcode: str, on: str = "INSERT", name: str = ""
+) -> AsyncIterator[str]:
+    """A project whose first ``times`` inserts into ``entries`` (``on="UPDATE"``: updates of its
+    entries) the server rolls back with ``errcode``; its name (``name``, or a fresh one) is yielded."""
+    name = name or f"conflict_{uuid.uuid4().hex[:8]}"
     await db.execute(
         f"""CREATE SEQUENCE {name}_n;
         CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
@@ -50,7 +52,7 @@ async def conflicting(db: asyncpg.Connection, times: int, errcode: str) -> Async
           END IF;
           RETURN NEW;
         END $$;
-        CREATE TRIGGER {name} BEFORE INSERT ON entries
+        CREATE TRIGGER {name} BEFORE {on} ON entries
           FOR EACH ROW WHEN (NEW.project = '{name}') EXECUTE FUNCTION {name}();"""
     )
     try:
@@ -85,6 +87,33 @@ async def test_a_create_rolled_back_by_a_deadlock_is_run_again(
             assert again.headers["idempotent-replayed"] == "true"
             assert again.body == reply.body
             assert await _stored(db, project) == 1
+
+
+async def test_a_delete_rolled_back_by_a_deadlock_is_run_again(
+    api: SignedApi, db: asyncpg.Connection
+) -> None:
+    """A deletion (a locked read, then the update with its audit event: a transaction of several
+    statements) rolled back by a deadlock is run again: 204, the entry gone, its one deletion event
+    queued. Before it ran on ``Database.transaction`` and answered 503 ``database_conflict`` at the
+    first deadlock."""
+    conflicts, retries = _counts("deadlock")
+    project = f"conflict_{uuid.uuid4().hex[:8]}"
+    created = await api.call("POST", "/timesheets", WHO, json=_entry(project))
+    assert created.status == 201, created.text
+    entry_id = uuid.UUID(created.body["id"])
+    async with conflicting(db, 2, "deadlock_detected", on="UPDATE", name=project):
+        reply = await api.call("DELETE", f"/timesheets/{entry_id}", WHO)
+        assert reply.status == 204, reply.text
+    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM entries WHERE id = $1", entry_id)
+    actions = await db.fetch(
+        """SELECT payload->>'action' AS action FROM outbox
+           WHERE payload->'resource'->>'id' = $1 ORDER BY position""",
+        str(entry_id),
+    )
+    assert [row["action"] for row in actions] == ["timesheet.created", "timesheet.deleted"]
+    assert _counts("deadlock") == (conflicts + 2, retries + 2)
+    gone = await api.call("GET", f"/timesheets/{entry_id}", WHO)
+    assert gone.status == 404, gone.text
 
 
 async def test_an_upload_rolled_back_by_a_serialization_failure_is_run_again(

@@ -227,7 +227,8 @@ async def delete_entry(request: Request) -> Response:
     async def committed(conn: Connection) -> bool:
         return await store.entry_deleted(conn, entry_id)
 
-    async with database_of(request).transaction(committed=committed) as conn:
+    async def delete(conn: Connection) -> None:
+        # run again on a conflict (svckit.db.Database.run_transaction): the row is read anew each time
         row = await store.get_entry(conn, entry_id, lock=True)
         if row is None or not row.live:
             raise not_found()
@@ -236,6 +237,8 @@ async def delete_entry(request: Request) -> Response:
         if row.status == "approved":
             raise Problem(409, "Conflict", "An approved entry cannot be deleted.", status_text="approved")
         await store.mark_deleted(conn, entry_id, events.deleted(identity, row))
+
+    await database_of(request).run_transaction(delete, committed=committed)
     events_committed(request)
     entries_deleted.inc()
     return Response(status_code=204)
