@@ -189,6 +189,13 @@ MEANINGS = {
     "address; beyond it 429 before any verification",
     "redis_timeout_seconds": "a Redis call slower than this counts as Redis down",
     "redis_retry_seconds": "how long to wait before trying Redis again after a failure",
+    "redis_tls_ca_file": (
+        "for a `rediss://` URL: the Redis server's CA, a PEM file or `system` (the image's trust store; "
+        "also when empty); only that CA is trusted"
+    ),
+    "redis_tls_verify": (
+        "for a `rediss://` URL: `full` (the certificate must name the URL's host) or `ca` (the chain only)"
+    ),
     "audit_denials": "send 401/403/429 denials to the audit trail",
     "audit_queue_size": "denial records waiting for the audit service (drops are counted beyond it)",
     "audit_batch_size": "denial records per delivery",

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 from svckit import redisacl
 
@@ -67,15 +68,12 @@ class PrivateRedis:
         """The URL of one of the ACL file's users."""
         return f"redis://{username}:{password}@127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> PrivateRedis:
+    def start(self, timeout: float = 10.0) -> Self:
         log = (self.dir / "server.log").open("ab")
         self.process = subprocess.Popen(
             [
                 server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+                *self.listen_args(),
                 "--save",
                 "",
                 "--appendonly",
@@ -90,13 +88,21 @@ class PrivateRedis:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+            with contextlib.suppress(OSError), self.open_socket() as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: the default user off)
                     return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"private redis on :{self.port} did not start")
+
+    def listen_args(self) -> list[str]:
+        """Where the server listens (:class:`testkit.redistls.TlsRedis`: TLS only)."""
+        return ["--port", str(self.port), "--bind", "127.0.0.1"]
+
+    def open_socket(self) -> socket.socket:
+        """A connection to the server as a client speaks to it (a TLS server: over TLS)."""
+        return socket.create_connection(("127.0.0.1", self.port), 0.2)
 
     def pause(self) -> None:
         """SIGSTOP: the kernel still accepts connections, nothing is ever answered (a hung server)."""
@@ -125,7 +131,7 @@ class PrivateRedis:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> PrivateRedis:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -32,13 +32,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
+from .redistls import RedisTls
 from .settings import RedisSettings
 
 log = logging.getLogger("svckit.redis")
@@ -68,11 +69,26 @@ def refuses_writes_only(exc: BaseException) -> bool:
 
 
 def bounded_client(
-    url: str, *, timeout: float, connect_timeout: float | None = None, max_connections: int = MAX_CONNECTIONS
+    url: str,
+    *,
+    timeout: float,
+    connect_timeout: float | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    tls: RedisTls | None = None,
 ) -> aioredis.Redis:
-    """A client whose every call fails after ``timeout`` seconds, with no library retries."""
+    """A client whose every call fails after ``timeout`` seconds, with no library retries; over TLS
+    verified as ``tls`` says (:mod:`svckit.redistls`: required for a ``rediss://`` URL)."""
+    options: dict[str, Any] = {}
+    if url.startswith("rediss://"):
+        if tls is None:
+            raise ValueError("a rediss:// URL needs its verification (svckit.redistls.resolve)")
+        # the URL's scheme would name redis-py's own TLS connection, and a URL's options win over
+        # keyword ones: the kit's connection class goes in with the plain scheme
+        url = "redis://" + url.removeprefix("rediss://")
+        options = tls.client_options()
     return aioredis.Redis.from_url(
         url,
+        **options,
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout or timeout,
         retry_on_timeout=False,
@@ -96,12 +112,16 @@ class RedisGuard:
         timeout: float,
         retry_seconds: float,
         max_connections: int = MAX_CONNECTIONS,
+        tls: RedisTls | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
         self.retry_seconds = retry_seconds
-        self.client: aioredis.Redis = bounded_client(url, timeout=timeout, max_connections=max_connections)
+        self.tls = tls
+        self.client: aioredis.Redis = bounded_client(
+            url, timeout=timeout, max_connections=max_connections, tls=tls
+        )
         self._down_until = 0.0
         # until when reads are still served while the circuit is open: it was a write refusal
         self._reads_until = 0.0
@@ -114,6 +134,7 @@ class RedisGuard:
             timeout=settings.redis_timeout_seconds,
             retry_seconds=settings.redis_retry_seconds,
             max_connections=max_connections,
+            tls=settings.redis_tls,
         )
 
     @property
@@ -172,7 +193,9 @@ class RedisGuard:
     def dedicated(self, read_timeout: float) -> aioredis.Redis:
         """A separate single-connection client for blocking reads (``XREAD BLOCK``), so that a long
         wait never occupies a connection of the shared pool; ``read_timeout`` must exceed the block."""
-        return bounded_client(self.url, timeout=read_timeout, connect_timeout=self.timeout, max_connections=1)
+        return bounded_client(
+            self.url, timeout=read_timeout, connect_timeout=self.timeout, max_connections=1, tls=self.tls
+        )
 
     async def close(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .dbtls import DatabaseTls, resolve
 from .identity import OPTIONAL_SENDERS, PAIRS, pair_variable
+from .redistls import RedisTls
+from .redistls import resolve as resolve_redis_tls
 from .roles import RuntimeRole
 from .urlshape import unreadable
 
@@ -342,6 +344,12 @@ class RedisSettings(ServiceSettings):
     # then skipped for REDIS_RETRY_SECONDS instead of costing a timeout per request.
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
     redis_retry_seconds: float = Field(default=2.0, gt=0, le=300)
+    # For a rediss:// URL (svckit.redistls): the server's CA, a PEM file or "system" (the image's trust
+    # store; also when empty). Only that CA is trusted. The chart mounts externalRedis.caBundle here.
+    redis_tls_ca_file: str = ""
+    # full: the certificate must name the URL's host; ca: the chain only (a server certificate that
+    # names no host the pods use, as some managed Redis offerings issue).
+    redis_tls_verify: str = "full"
 
     @field_validator("redis_url")
     @classmethod
@@ -351,6 +359,16 @@ class RedisSettings(ServiceSettings):
         if problem := unreadable(value):  # before redis-py quotes pieces of the password (svckit.urlshape)
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _redis_tls_can_work(self) -> Self:
+        """A TLS set-up that cannot work, or a URL that loosens it, stops the process now."""
+        resolve_redis_tls(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)  # a ValueError
+        return self
+
+    @property
+    def redis_tls(self) -> RedisTls | None:
+        return resolve_redis_tls(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
 
 
 S = TypeVar("S", bound=ServiceSettings)
