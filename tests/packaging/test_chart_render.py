@@ -82,6 +82,11 @@ def test_object_names_are_unique_per_kind(objects: list[Obj]) -> None:
             {"externalDatabase": {"caBundle": {"secretName": "a", "configMapName": "b"}}},
             "/externalDatabase/caBundle",
         ),
+        (
+            {"externalRedis": {"caBundle": {"secretName": "a", "configMapName": "b"}}},
+            "/externalRedis/caBundle",
+        ),
+        ({"externalRedis": {"tlsVerify": "none"}}, "/externalRedis/tlsVerify"),
     ],
 )
 def test_values_schema_refuses_bad_values(bad: dict[str, object], complaint: str) -> None:

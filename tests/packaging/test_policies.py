@@ -439,6 +439,62 @@ def test_database_ca_from_a_secret_or_the_system_store(
         assert not {"DB_SSLMODE", "DB_SSLROOTCERT"} & set(env_of(c))
 
 
+# --- Redis TLS ---------------------------------------------------------------------------------
+
+
+def test_production_checks_the_redis_certificate_in_every_container_that_connects() -> None:
+    """values-prod.yaml: the Redis CA bundle (externalRedis.caBundle) mounted into every container
+    given a REDIS_URL (the Deployments; Auth0 here, so no identity provider) and into nothing else;
+    REDIS_TLS_VERIFY left at its default (full: the host name checked)."""
+    objects = rendered_scenario("values-prod.yaml")
+    connecting = []
+    for obj, spec in workloads(objects):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            env = env_of(c)
+            mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+            assert "REDIS_TLS_VERIFY" not in env
+            if "REDIS_URL" not in env:
+                assert "REDIS_TLS_CA_FILE" not in env
+                continue
+            connecting.append(c["name"])
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            mount = mounts["redis-ca"]
+            assert env["REDIS_TLS_CA_FILE"]["value"] == mount["mountPath"] + "/ca.crt", where
+            assert mount["readOnly"] is True
+            assert volumes["redis-ca"]["configMap"] == {
+                "name": "timesheets-redis-ca",
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+            }
+    assert sorted(connecting) == ["approvals", "audit", "gateway", "timesheets"], connecting
+
+
+def test_redis_ca_from_a_secret_and_the_chain_only_check(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    values = {
+        **SCENARIOS["minimal"],
+        "externalRedis": {
+            **SCENARIOS["minimal"]["externalRedis"],
+            "caBundle": {"secretName": "redis-ca", "key": "server-ca.pem"},
+            "tlsVerify": "ca",
+        },
+    }
+    for dep in app_deployments(render_values(values)):
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["redis-ca"]["secret"] == {
+            "secretName": "redis-ca",
+            "items": [{"key": "server-ca.pem", "path": "ca.crt"}],
+        }
+        env = env_of(main_container(dep))
+        assert env["REDIS_TLS_VERIFY"]["value"] == "ca"
+        assert env["REDIS_TLS_CA_FILE"]["value"] == "/etc/timesheets/redis-ca/ca.crt"
+    for dep in app_deployments(rendered_scenario("values-dev.yaml")):  # the bundled Redis: plain
+        env = env_of(main_container(dep))
+        assert not {"REDIS_TLS_CA_FILE", "REDIS_TLS_VERIFY"} & set(env)
+        assert "redis-ca" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+
+
 # --- migrations --------------------------------------------------------------------------------
 
 

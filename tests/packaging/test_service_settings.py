@@ -96,6 +96,13 @@ def env_values(container: Obj, objects: list[Obj], tmp: Path) -> dict[str, str]:
 
         ca_path, _ = make_ca("database CA").write(tmp, "database-ca")
         env["DB_SSLROOTCERT"] = str(ca_path)
+    if "REDIS_TLS_CA_FILE" in env:
+        # The mounted CA bundle of a TLS Redis, whose URLs (the Secret's) are rediss://.
+        from testkit.pgtls import make_ca
+
+        ca_path, _ = make_ca("redis CA").write(tmp, "redis-ca")
+        env["REDIS_TLS_CA_FILE"] = str(ca_path)
+        env["REDIS_URL"] = env["REDIS_URL"].replace("redis://", "rediss://", 1)
     if "GATEWAY_ISSUERS_FILE" in env:
         # The file the gateway reads is the mounted ConfigMap: write its content where it points.
         (cm,) = [c for name, c in config_maps.items() if name.endswith("gateway-issuers")]

@@ -394,6 +394,41 @@ read-only at /etc/timesheets/database-ca in every container that connects (servi
 {{- end -}}
 {{- end -}}
 
+{{/*
+The external Redis's CA bundle (externalRedis.caBundle) as a pod volume, or nothing. Mounted read-only
+at /etc/timesheets/redis-ca in every container that connects to Redis (REDIS_TLS_CA_FILE).
+*/}}
+{{- define "timesheets.redisCaVolume" -}}
+{{- $ca := .Values.externalRedis.caBundle -}}
+{{- if and (not .Values.redis.enabled) (or $ca.secretName $ca.configMapName) -}}
+{{- if and $ca.secretName $ca.configMapName -}}
+{{- fail "externalRedis.caBundle: set secretName or configMapName, not both" -}}
+{{- end -}}
+- name: redis-ca
+  {{- if $ca.secretName }}
+  secret:
+    secretName: {{ $ca.secretName }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+  {{- else }}
+  configMap:
+    name: {{ $ca.configMapName }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- define "timesheets.redisCaMount" -}}
+{{- if include "timesheets.redisCaVolume" . -}}
+- name: redis-ca
+  mountPath: /etc/timesheets/redis-ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
 {{/* The components that connect to Redis, each as a Redis user of its own (svckit.redisacl). */}}
 {{- define "timesheets.redisComponents" -}}
 {{- $c := list "gateway" -}}
@@ -661,6 +696,14 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{ include "timesheets.redisSecretRef" (dict "root" $root "component" $c) | indent 6 }}
 - name: REDIS_KEY_PREFIX
   value: {{ $root.Values.config.redisKeyPrefix | quote }}
+{{- if include "timesheets.redisCaVolume" $root }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/timesheets/redis-ca/ca.crt
+{{- end }}
+{{- if and (not $root.Values.redis.enabled) (ne $root.Values.externalRedis.tlsVerify "full") }}
+- name: REDIS_TLS_VERIFY
+  value: {{ $root.Values.externalRedis.tlsVerify | quote }}
+{{- end }}
 {{- end }}
 {{- if eq $c "gateway" }}
 - name: OIDC_ISSUER
