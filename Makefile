@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := .venv
 # Debian packages the tests and benchmarks use: a real browser, a load generator, promtool, HAProxy and
 # pgbench (in Debian's postgresql package; bench/api.py runs it against the service's own SQL).
 # libfaketime: tests/faults/test_clock_skew.py starts a service with its wall clock off (testkit.faketime).
-SYSTEM_PACKAGES := chromium wrk prometheus haproxy postgresql libfaketime
+SYSTEM_PACKAGES := chromium wrk prometheus haproxy postgresql libfaketime pgbouncer
 
 .PHONY: help install system-deps dev test unit e2e test-packaging chart-docs spa lint format bench clean
 
@@ -27,7 +27,7 @@ $(UV):
 
 install: .venv/.synced ## create .venv from the lock file
 
-system-deps: ## install the Debian packages tests need (chromium, wrk, prometheus, haproxy, postgresql for pgbench, libfaketime for the clock-skew faults) when missing
+system-deps: ## install the Debian packages tests need (chromium, wrk, prometheus, haproxy, postgresql for pgbench, libfaketime for the clock-skew faults, pgbouncer for the pooler check) when missing
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

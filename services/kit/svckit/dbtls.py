@@ -19,17 +19,21 @@ commands) — one rule everywhere:
   too), ``DB_SSLROOTCERT`` with a mode that would not use it, a CA file that cannot be read.
 
 :func:`describe_connect_error` turns a failed connection into a short reason that is safe to show
-in ``/readyz`` and in the migration Job's log (no host names, no credentials).
+in ``/readyz`` and in the migration Job's log (no host names, no credentials); a TLS refusal and a
+connection pooler refusing the session's start-up settings are named as such.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
 
 from .health import CheckFailed
 
@@ -156,4 +160,25 @@ def describe_connect_error(exc: BaseException, tls: DatabaseTls | None = None) -
         return f"TLS: the database server does not offer TLS{where}"
     if isinstance(exc, CheckFailed):
         return str(exc)  # its words are already safe to publish (svckit.db's "no connection slot")
+    if parameter := refused_startup_parameter(exc):
+        return (
+            f"a connection pooler refused the session's settings (unsupported startup parameter: "
+            f"{parameter}): the services connect to PostgreSQL directly, not through PgBouncer "
+            '(docs/runbook.md, "Connection poolers")'
+        )
     return type(exc).__name__
+
+
+#: PgBouncer's refusal of a start-up parameter it does not pass on (``search_path``, ``lock_timeout``…)
+_UNSUPPORTED_PARAMETER = re.compile(r"unsupported startup parameter: ([a-z_]{1,63})")
+
+
+def refused_startup_parameter(exc: BaseException) -> str | None:
+    """The parameter a pooler in front of PostgreSQL refused at connection start-up (PgBouncer: a
+    ``ProtocolViolationError`` naming it), or None. Why it matters: every connection of the kit sends
+    its session settings at start-up (:meth:`svckit.db.Database._connect_options`), so such a pooler
+    refuses them all, and waiting never helps."""
+    if not isinstance(exc, asyncpg.ProtocolViolationError):
+        return None
+    found = _UNSUPPORTED_PARAMETER.search(str(exc))
+    return found.group(1) if found else None

@@ -314,8 +314,9 @@ def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
             print("--reason must say why (the incident)", file=sys.stderr, flush=True)
             return USAGE
 
+        database = Database.from_settings(settings, schema)
+
         async def accept() -> dict[str, Any]:
-            database = Database.from_settings(settings, schema)
             try:
                 database.start()
                 await database.wait_connected(settings.db_connect_timeout_seconds)
@@ -331,7 +332,10 @@ def outbox_command(schema: str) -> Callable[[DatabaseSettings, list[str]], int]:
             print(f"outbox {parsed.action} failed: {LOCK_REFUSAL}", file=sys.stderr, flush=True)
             return UNREACHABLE
         except UNREACHABLE_ERRORS as exc:
-            print(f"database unreachable: {type(exc).__name__}", file=sys.stderr, flush=True)
+            # why the pool never connected (a refused certificate, a pooler refusing the session's
+            # settings) says more than the wait's own TimeoutError
+            why = database.last_error if database.last_error != "not connected yet" else type(exc).__name__
+            print(f"database unreachable: {why}", file=sys.stderr, flush=True)
             return UNREACHABLE
         except asyncpg.UndefinedTableError:
             print(
