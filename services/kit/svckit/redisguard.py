@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from .redistls import RedisTls
+from .redistls import resolve as resolve_tls
 from .settings import RedisSettings
 
 log = logging.getLogger("svckit.redis")
@@ -77,11 +78,12 @@ def bounded_client(
     tls: RedisTls | None = None,
 ) -> aioredis.Redis:
     """A client whose every call fails after ``timeout`` seconds, with no library retries; over TLS
-    verified as ``tls`` says (:mod:`svckit.redistls`: required for a ``rediss://`` URL)."""
+    verified as ``tls`` says (:mod:`svckit.redistls`; for a ``rediss://`` URL without it: the
+    system store, the host name checked)."""
     options: dict[str, Any] = {}
     if url.startswith("rediss://"):
-        if tls is None:
-            raise ValueError("a rediss:// URL needs its verification (svckit.redistls.resolve)")
+        tls = tls or resolve_tls(url)
+        assert tls is not None  # resolve gives None only for a plain URL
         # the URL's scheme would name redis-py's own TLS connection, and a URL's options win over
         # keyword ones: the kit's connection class goes in with the plain scheme
         url = "redis://" + url.removeprefix("rediss://")
