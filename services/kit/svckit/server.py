@@ -148,10 +148,12 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
+from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 
 log = logging.getLogger("svckit.server")
+uvicorn_log = logging.getLogger("uvicorn.error")
 
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
@@ -215,6 +217,22 @@ class ServingConfig(uvicorn.Config):
         self.request_body_timeout = request_body_timeout
         self.response_send_timeout = response_send_timeout
         self.max_connections = max_connections
+
+    def bind_socket(self) -> socket.socket:
+        """uvicorn's, but ``BIND_HOST`` as :mod:`svckit.listen` binds it: ``::`` takes both families
+        (uvicorn left IPV6_V6ONLY to the kernel's default, and ``0.0.0.0`` was IPv4 only)."""
+        if self.uds is not None or self.fd is not None:
+            return super().bind_socket()
+        try:
+            sock = bind_tcp(self.host, self.port)
+        except OSError as exc:
+            uvicorn_log.error(exc)
+            sys.exit(STARTUP_FAILURE)
+        host, port = sock.getsockname()[:2]
+        scheme = "https" if self.is_ssl else "http"
+        uvicorn_log.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, url_host(host), port)
+        sock.set_inheritable(True)
+        return sock
 
 
 REFUSAL_LOG_SECONDS = 10.0
