@@ -34,6 +34,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Send
 from svckit.db import Database
 from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_variable, request_target
+from svckit.listen import url_host
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.roles import RuntimeRole, role_url
@@ -431,11 +432,6 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
         _in_process.discard(port)
         server.should_exit = True
         await task
-
-
-def url_host(address: str) -> str:
-    """``address`` as the host of a URL: an IPv6 literal in brackets (RFC 3986 §3.2.2)."""
-    return f"[{address}]" if ":" in address else address
 
 
 class ServiceProcess:

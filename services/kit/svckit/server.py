@@ -151,6 +151,7 @@ from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
+from .proxies import unmapped
 
 log = logging.getLogger("svckit.server")
 uvicorn_log = logging.getLogger("uvicorn.error")
@@ -386,6 +387,10 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        if self.client is not None and self.client[0].startswith("::ffff:"):
+            # an IPv4 peer of a dual-stack listener (BIND_HOST "::"): the application, its logs, audit
+            # records, trusted proxies and throttles see 10.1.2.3, as on 0.0.0.0, not ::ffff:10.1.2.3
+            self.client = (unmapped(self.client[0]), self.client[1])
         self._active_at = self.loop.time()
         if len(self.connections) > self.max_connections:  # uvicorn's set of this worker's connections
             # not refused yet: a probe may ask within a short window (on_headers_complete decides)

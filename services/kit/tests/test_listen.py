@@ -118,3 +118,43 @@ def test_url_host_brackets_ipv6_literals() -> None:
     assert listen.url_host("fd00::1") == "[fd00::1]"
     assert listen.url_host("127.0.0.1") == "127.0.0.1"
     assert listen.url_host("audit.ns.svc") == "audit.ns.svc"
+
+
+@needs_ipv6
+async def test_an_ipv4_peer_of_the_dual_stack_listener_is_seen_as_ipv4() -> None:
+    """On ``::`` an IPv4 peer arrives as ``::ffff:10.0.0.7``: the application must see ``10.0.0.7``, as
+    it did on ``0.0.0.0``, or an IPv4 trusted proxy (``10.0.0.0/8``) is no longer recognised and
+    every log, audit record and per-address throttle keys on a form nothing else writes."""
+    import asyncio
+
+    import aiohttp
+    import uvicorn
+    from svckit.server import ProblemHttpProtocol
+
+    seen: list[tuple[str, int] | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope.get("client"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = ServingConfig(
+        app, host="::", port=0, http=ProblemHttpProtocol, lifespan="off", log_config=None, proxy_headers=False
+    )
+    sock = config.bind_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as http:
+            for url in (f"http://127.0.0.1:{port}/", f"http://[::1]:{port}/"):
+                async with http.get(url) as reply:
+                    assert reply.status == 200
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+    assert [client[0] if client else None for client in seen] == ["127.0.0.1", "::1"], seen
