@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.fixtures import scrape
 from testkit.pgproc import PrivatePostgres, postgres_bin
@@ -132,4 +133,9 @@ async def test_a_real_flow_through_the_gateway_on_ipv6_alone(ipv6_stack: Stack) 
         actions = await trail_of(http, stack, created["id"])
         assert {"timesheet.created", "approval.decided", "timesheet.decided"} <= actions, actions
     for name, service in stack.services.items():  # the metrics listeners, on the same address
-        assert "http_requests" in await scrape(service.url), name
+        exposition = await scrape(service.url)
+        families = {family.name: family for family in text_string_to_metric_families(exposition)}
+        assert families, name
+        if name == "gateway":  # a label holding an IPv6 literal (the issuer) is still a valid exposition
+            issuers = {s.labels["issuer"] for s in families["gateway_jwks_key_age_seconds"].samples}
+            assert issuers == {stack.issuer}, issuers
