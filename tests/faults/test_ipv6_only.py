@@ -29,6 +29,8 @@ from testkit.redisproc import PrivateRedis, component_users
 
 from .conftest import REDIS_PASSWORDS, REDIS_PREFIX, Stack
 
+pytestmark = pytest.mark.timeout(150)
+
 IPV6_LOOPBACK = "::1"
 
 
