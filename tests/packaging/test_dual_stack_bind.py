@@ -100,3 +100,20 @@ def test_bind_host_is_every_address_or_every_ipv4_address() -> None:
     for wrong in ("127.0.0.1", "::1", "[::]", "*"):
         assert "bindHost" in schema_refuses(deep_merge(MINIMAL, {"network": {"bindHost": wrong}})), wrong
     assert "ipFamilies" in schema_refuses(deep_merge(MINIMAL, {"network": {"ipFamilies": ["IPv5"]}}))
+
+
+def test_network_policies_take_cidrs_of_both_families() -> None:
+    """A dual-stack cluster's external servers have an address of each family: both become ipBlocks,
+    as written (an IPv6 CIDR is no special case anywhere on the way)."""
+    cidrs = ["10.20.0.0/16", "fd00:20::/64"]
+    egress = {"databaseCIDRs": cidrs, "redisCIDRs": cidrs, "identityProviderCIDRs": cidrs}
+    objects = render(deep_merge(DUAL_STACK, {"networkPolicy": {"egress": egress}}))
+    blocks: dict[str, list[str]] = {}
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            found = [peer["ipBlock"]["cidr"] for peer in rule.get("to", []) if "ipBlock" in peer]
+            if found:
+                blocks.setdefault(policy["metadata"]["name"], []).append(",".join(found))
+    gateway = next(v for k, v in blocks.items() if k.endswith("-gateway"))
+    assert ",".join(cidrs) in gateway, blocks
+    assert all(entry == ",".join(cidrs) for entries in blocks.values() for entry in entries), blocks
