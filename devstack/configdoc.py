@@ -24,7 +24,7 @@ NOT_SECRET = frozenset(
 )
 
 MEANINGS = {
-    "bind_host": "address to listen on (the chart sets `0.0.0.0`)",
+    "bind_host": "address to listen on; `::`: every address of both families (the chart's network.bindHost)",
     "port": "port to listen on (the public listener: never serves `/metrics`)",
     "metrics_port": "port of the metrics listener (`GET /metrics`; the chart's `metrics` port)",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",

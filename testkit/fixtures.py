@@ -34,6 +34,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Send
 from svckit.db import Database
 from svckit.identity import GATEWAY, PAIRS, Identity, IdentitySigner, pair_variable, request_target
+from svckit.listen import url_host
 from svckit.metrics import MetricsServer
 from svckit.migrations import migrate
 from svckit.roles import RuntimeRole, role_url
@@ -445,10 +446,15 @@ class ServiceProcess:
         port: int | None = None,
         log_dir: Path | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        host: str = "127.0.0.1",
+        bind_host: str | None = None,
     ) -> None:
         """``preexec_fn``: run in the child before the service starts (``subprocess.Popen``'s; a
-        test's ``setrlimit``, say)."""
+        test's ``setrlimit``, say). ``host``: the address the service is reached at (``::1`` for an
+        IPv6-only stack); ``bind_host``: its ``BIND_HOST``, ``host`` unless given (``::``, say, as
+        the chart renders it)."""
         self.package = package
+        self.host = host
         self.preexec_fn = preexec_fn
         self.port = port or free_port()
         self.metrics_port = free_port()
@@ -457,7 +463,7 @@ class ServiceProcess:
             **env,
             "PORT": str(self.port),
             "METRICS_PORT": str(self.metrics_port),
-            "BIND_HOST": "127.0.0.1",
+            "BIND_HOST": bind_host or host,
         }
         _metrics_urls[self.port] = self.metrics_url
         _services[self.port] = package
@@ -469,11 +475,11 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{url_host(self.host)}:{self.metrics_port}/metrics"
 
     def start(self, wait_path: str = "/healthz", timeout: float = 30.0) -> ServiceProcess:
         if self.process is not None and self.process.poll() is None:

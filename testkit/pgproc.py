@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from svckit.listen import url_host
+
 from testkit.fixtures import free_port
 from testkit.tmpfs import Tmpfs
 
@@ -39,12 +41,12 @@ def postgres_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _wait_port(port: int, timeout: float) -> bool:
+def _wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return True
         time.sleep(0.05)
     return False
@@ -63,6 +65,7 @@ class PrivatePostgres:
         standby_of: PrivatePostgres | None = None,
         data_disk_mb: int | None = None,
         wal_disk_mb: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """``standby_of``: a streaming hot standby of that (running) server instead of a new cluster
         (``pg_basebackup -R``: a copy of its data that follows its WAL and answers reads only, until
@@ -74,7 +77,9 @@ class PrivatePostgres:
         ``shared_preload_libraries = 'pg_stat_statements'``, to count what the services send).
         ``data_disk_mb`` / ``wal_disk_mb``: the data directory / ``pg_wal`` (then a directory of its own,
         ``initdb --waldir``, in 1 MB segments) on a tmpfs of that size (:mod:`testkit.tmpfs`, root
-        only): :attr:`data_disk` / :attr:`wal_disk`, to fill and free as a full volume."""
+        only): :attr:`data_disk` / :attr:`wal_disk`, to fill and free as a full volume.
+        ``host``: the one address it listens on (``::1``: an IPv6-only server, nothing on 127.0.0.1)."""
+        self.host = host
         self.passwords = passwords
         self.log_statements = log_statements
         self.settings = dict(settings or {})
@@ -112,7 +117,7 @@ class PrivatePostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{url_host(self.host)}:{self.port}/postgres"
 
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -143,7 +148,7 @@ class PrivatePostgres:
             "--no-instructions",
         )
         settings = {
-            "listen_addresses": "'127.0.0.1'",
+            "listen_addresses": f"'{self.host}'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.root}'",
             "fsync": "off",  # crash recovery (stop -m immediate) needs the WAL, not fsync
@@ -163,7 +168,9 @@ class PrivatePostgres:
             (self.data / "pg_hba.conf").write_text(
                 "local all all trust\n"
                 "host all postgres 127.0.0.1/32 trust\n"
+                "host all postgres ::1/128 trust\n"
                 "host all all 127.0.0.1/32 scram-sha-256\n"
+                "host all all ::1/128 scram-sha-256\n"
             )
 
     def _basebackup(self, primary: PrivatePostgres) -> None:
@@ -172,7 +179,7 @@ class PrivatePostgres:
             "-D",
             str(self.data),
             "-h",
-            "127.0.0.1",
+            primary.host,
             "-p",
             str(primary.port),
             "-U",
@@ -193,7 +200,7 @@ class PrivatePostgres:
 
     def start(self, timeout: float = 30.0) -> PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start")
-        if not _wait_port(self.port, timeout):
+        if not _wait_port(self.port, timeout, self.host):
             raise RuntimeError(f"postgres did not listen on {self.port}:\n{self.logs()}")
         return self
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 from svckit import redisacl
+from svckit.listen import url_host
 
 from testkit.fixtures import free_port
 
@@ -50,8 +51,15 @@ class PrivateRedis:
     ``restart()`` (a fresh, empty server on the same port, as after a crash without persistence)."""
 
     def __init__(
-        self, port: int | None = None, *, acl: str | None = None, args: tuple[str, ...] = ()
+        self,
+        port: int | None = None,
+        *,
+        acl: str | None = None,
+        args: tuple[str, ...] = (),
+        host: str = "127.0.0.1",
     ) -> None:
+        """``host``: the one address it listens on (``::1``: an IPv6-only server)."""
+        self.host = host
         self.port = port or free_port()
         self.args = args  # more of redis-server's options (``--maxmemory``, say: a chart's arguments)
         self.dir = Path(tempfile.mkdtemp(prefix="tsp-redis-"))
@@ -62,11 +70,11 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{url_host(self.host)}:{self.port}/0"
 
     def url_for(self, username: str, password: str) -> str:
         """The URL of one of the ACL file's users."""
-        return f"redis://{username}:{password}@127.0.0.1:{self.port}/0"
+        return redisacl.user_url(self.url, username, password)  # as make dev builds them (devstack)
 
     def start(self, timeout: float = 10.0) -> Self:
         log = (self.dir / "server.log").open("ab")
@@ -98,11 +106,11 @@ class PrivateRedis:
 
     def listen_args(self) -> list[str]:
         """Where the server listens (:class:`testkit.redistls.TlsRedis`: TLS only)."""
-        return ["--port", str(self.port), "--bind", "127.0.0.1"]
+        return ["--port", str(self.port), "--bind", self.host]
 
     def open_socket(self) -> socket.socket:
         """A connection to the server as a client speaks to it (a TLS server: over TLS)."""
-        return socket.create_connection(("127.0.0.1", self.port), 0.2)
+        return socket.create_connection((self.host, self.port), 0.2)
 
     def pause(self) -> None:
         """SIGSTOP: the kernel still accepts connections, nothing is ever answered (a hung server)."""

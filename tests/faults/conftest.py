@@ -27,6 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 from svckit import redisacl
+from svckit.listen import url_host
 
 from testkit.fixtures import (
     REPO_ROOT,
@@ -98,9 +99,20 @@ class Stack:
     Each connects to Redis as its own ACL user (svckit.redisacl), as in production."""
 
     def __init__(
-        self, postgres: PrivatePostgres, redis: PrivateRedis, logs: Path, *, dsn: str | None = None
+        self,
+        postgres: PrivatePostgres,
+        redis: PrivateRedis,
+        logs: Path,
+        *,
+        dsn: str | None = None,
+        host: str = "127.0.0.1",
+        gateway_bind_host: str | None = None,
     ) -> None:
-        """``dsn``: where the services find Postgres, if not at ``postgres`` itself (a proxy before it)."""
+        """``dsn``: where the services find Postgres, if not at ``postgres`` itself (a proxy before it).
+        ``host``: the address every service binds and is reached at, by the others and by the test
+        (``::1``: an IPv6-only platform); ``gateway_bind_host``: the gateway's ``BIND_HOST``, if not
+        ``host`` (only the test calls the gateway: ``::`` there, as the chart binds it, while the
+        others keep ``host`` alone, so a peer reaching for another family fails)."""
         self.postgres = postgres
         self.dsn = dsn or postgres.dsn
         self.redis = redis
@@ -108,7 +120,7 @@ class Stack:
         redis_url = {c: redis.url_for(c, password) for c, password in REDIS_PASSWORDS.items()}
         self.identity_keys = new_pair_keys("faults")
         port = free_port()
-        self.issuer = f"http://localhost:{port}/"
+        self.issuer = f"http://{'localhost' if host == '127.0.0.1' else url_host(host)}:{port}/"
         common = {
             "DATABASE_URL": self.dsn,
             "REDIS_KEY_PREFIX": REDIS_PREFIX,
@@ -126,7 +138,7 @@ class Stack:
             # a listing's own limit below the statement bound (audit.settings)
             "AUDIT_READ_TIMEOUT_SECONDS": "1.5",
         }
-        self.audit = ServiceProcess("audit", {**common, **audit}, log_dir=logs)
+        self.audit = ServiceProcess("audit", {**common, **audit}, log_dir=logs, host=host)
         relay = {
             "AUDIT_URL": self.audit.url,
             "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
@@ -147,9 +159,10 @@ class Stack:
             },
             port=port,
             log_dir=logs,
+            host=host,
         )
         self.timesheets = ServiceProcess(
-            "timesheets", {**common, **relay, "REDIS_URL": redis_url["timesheets"]}, log_dir=logs
+            "timesheets", {**common, **relay, "REDIS_URL": redis_url["timesheets"]}, log_dir=logs, host=host
         )
         self.approvals = ServiceProcess(
             "approvals",
@@ -163,6 +176,7 @@ class Stack:
                 "APPLY_TIMEOUT_SECONDS": "2",
             },
             log_dir=logs,
+            host=host,
         )
         self.gateway_env = {
             **common,
@@ -179,7 +193,9 @@ class Stack:
             "SPA_DIST_DIR": str(logs),
             "GATEWAY_ACCESS_LOG": "false",
         }
-        self.gateway = ServiceProcess("gateway", self.gateway_env, log_dir=logs)
+        self.gateway = ServiceProcess(
+            "gateway", self.gateway_env, log_dir=logs, host=host, bind_host=gateway_bind_host
+        )
         self.tokens: dict[str, str] = {}
 
     @property

@@ -32,7 +32,7 @@ LAUNCHER = Path(__file__).with_name("podlaunch.py")
 
 #: Every difference between a container here and in a cluster, with why it cannot be avoided.
 REWRITES = {
-    "BIND_HOST": "0.0.0.0 is the pod's own network namespace in a cluster; here it is the machine's, "
+    "BIND_HOST": ":: (every address) is the pod's own network namespace in a cluster; here the machine's, "
     "where other tests listen: each pod binds its own loopback address instead (a Service's ClusterIP "
     "and the pod's IP in one), on the rendered ports",
     "/etc/hosts": "no cluster DNS: each Service name (short, .<namespace>, .svc, .svc.cluster.local) "

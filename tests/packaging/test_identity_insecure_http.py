@@ -42,10 +42,21 @@ def test_with_the_opt_in_every_identity_container_gets_it() -> None:
     assert {c[NAME] for c in containers} == {"true"}
 
 
-@pytest.mark.parametrize("issuer", ["https://id.abc.example/", "http://localhost:9000/"])
+@pytest.mark.parametrize(
+    "issuer",
+    ["https://id.abc.example/", "http://localhost:9000/", "http://[::1]:9000/", "https://[fd00::7]/"],
+)
 def test_an_encrypted_or_loopback_issuer_needs_no_opt_in(issuer: str) -> None:
     containers = identity_containers(
         render(deep_merge(MINIMAL, {"identity": {"enabled": True}, "oidc": {"issuers": [issuer]}}))
     )
     assert containers
     assert {c[NAME] for c in containers} == {"false"}
+
+
+def test_an_ipv6_http_issuer_off_the_loopback_needs_the_opt_in() -> None:
+    values = deep_merge(
+        MINIMAL, {"identity": {"enabled": True}, "oidc": {"issuers": ["http://[fd00::7]:9000/"]}}
+    )
+    with pytest.raises(Exception, match=r"identity\.allowInsecureHttp"):
+        render(values)

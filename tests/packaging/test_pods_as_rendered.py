@@ -174,7 +174,7 @@ def pods(
 
     def prepared(container: Container, rewrite_bind: str | None = None) -> PodProcess:
         if rewrite_bind is not None:
-            assert container.env["BIND_HOST"] == "0.0.0.0", container.env.get("BIND_HOST")
+            assert container.env["BIND_HOST"] == "::", container.env.get("BIND_HOST")
             container.env["BIND_HOST"] = rewrite_bind
             container.rewrites["BIND_HOST"] = REWRITES["BIND_HOST"]
         root = staging / f"root-{container.name}-{secrets.token_hex(3)}"
@@ -349,5 +349,5 @@ def test_helm_test_passes_against_the_running_release(pods: Pods) -> None:
 def test_each_rewrite_is_listed(pods: Pods) -> None:
     for container in pods.containers.values():
         assert set(container.rewrites) <= set(REWRITES)
-        differs = {k for k, v in container.env.items() if k == "BIND_HOST" and v != "0.0.0.0"}
+        differs = {k for k, v in container.env.items() if k == "BIND_HOST" and v != "::"}
         assert differs <= set(container.rewrites)

@@ -268,7 +268,7 @@ def test_services_get_the_contract_environment(objects: list[Obj]) -> None:
         c = main_container(dep)
         env = env_of(c)
         assert c["command"] == ["python", "-m", comp]
-        assert env["BIND_HOST"]["value"] == "0.0.0.0"
+        assert env["BIND_HOST"]["value"] == "::"  # both families (network.bindHost)
         assert env["PORT"]["value"] == str(CONTRACT_PORTS[comp])
         assert c["ports"][0]["containerPort"] == CONTRACT_PORTS[comp]
         assert set(identity_keys_of(c)) == {

@@ -546,7 +546,7 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- /* the API services keep the replay memory of signed requests in Redis (svckit.replay), not their migrations */}}
 {{- $usesRedis := or (has $c (list "gateway" "identity")) (and (has $c (list "timesheets" "approvals" "audit")) (not .migration)) -}}
 - name: BIND_HOST
-  value: "0.0.0.0"
+  value: {{ $root.Values.network.bindHost | quote }}
 - name: PORT
   value: {{ include "timesheets.port" . | quote }}
 - name: METRICS_PORT
@@ -896,4 +896,21 @@ Recreate
 RollingUpdate
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A Service's IP families (network.ipFamilyPolicy, network.ipFamilies): nothing when unset, so the
+     cluster's default applies (SingleStack of its primary family). */}}
+{{- define "timesheets.ipFamilies" -}}
+{{- if and (gt (len .Values.network.ipFamilies) 1) (has .Values.network.ipFamilyPolicy (list "" "SingleStack")) -}}
+{{- fail "network.ipFamilies: two families need network.ipFamilyPolicy PreferDualStack or RequireDualStack (a SingleStack Service, the default, has one)" -}}
+{{- end -}}
+{{- with .Values.network.ipFamilyPolicy }}
+ipFamilyPolicy: {{ . }}
+{{- end }}
+{{- with .Values.network.ipFamilies }}
+ipFamilies:
+{{- range . }}
+  - {{ . }}
+{{- end }}
+{{- end }}
 {{- end -}}

@@ -22,6 +22,7 @@ from . import server
 from .db import LOCK_ERRORS, LOCK_REFUSAL, READ_ONLY_ERRORS, UNAVAILABLE_ERRORS
 from .dbtls import DatabaseTls, SslMode, describe_connect_error
 from .fdlimit import check_open_files
+from .listen import url_host
 from .logs import configure_logging
 from .metrics import MetricsServer, forget_dead_processes, http_max_connections
 from .metrics import bind_listener as metrics_socket
@@ -153,7 +154,7 @@ def bind_metrics_listener(settings: ServiceSettings) -> socket.socket | None:
         return metrics_socket(settings.bind_host, settings.metrics_port)
     except OSError as exc:
         print(
-            f"cannot serve metrics on {settings.bind_host}:{settings.metrics_port} (METRICS_PORT): "
+            f"cannot serve metrics on {url_host(settings.bind_host)}:{settings.metrics_port} (METRICS_PORT): "
             f"{exc.strerror or exc}",
             file=sys.stderr,
             flush=True,

@@ -39,6 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+from .listen import ALL_IPV4_ADDRESSES, bind_tcp
 from .metricfiles import alive, compact_dead_processes, pid_of, scrape_lock
 
 log = logging.getLogger("svckit.metrics")
@@ -221,11 +222,10 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
-    """The metrics listener's socket, bound and listening; ``OSError`` when the port is taken."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """The metrics listener's socket, bound (as :func:`svckit.listen.bind_tcp` binds ``BIND_HOST``)
+    and listening; ``OSError`` when the port is taken."""
+    listener = bind_tcp(host, port)  # "::": both families, as the API's listener (svckit.listen)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
         listener.listen(_ThreadingServer.request_queue_size)
     except OSError:
         listener.close()
@@ -268,6 +268,8 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         listener = self._listener or bind_listener(self.host, self.requested_port)
+        if listener.family == socket.AF_INET and ":" in self.host:  # "::" where the kernel has no IPv6
+            self.host = ALL_IPV4_ADDRESSES
         server = _ThreadingServer(listener.getsockname()[:2], _QuietHandler, bind_and_activate=False)
         server.socket.close()  # the one socketserver made; it serves the bound one
         server.socket = listener

@@ -26,14 +26,23 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
-    if not networks:
-        return False
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address, an IPv4-mapped IPv6 one (``::ffff:10.1.2.3``: how a dual-stack
+    listener, BIND_HOST ``::``, sees an IPv4 peer) as the IPv4 address it is; ``None`` if no address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
         return False
-    return any(ip in network for network in networks)
+    ip = ip_of(address)
+    return ip is not None and any(ip in network for network in networks)
 
 
 def forwarded_client(
@@ -44,6 +53,7 @@ def forwarded_client(
     ``forwarded_for`` is every value of the header, in order. An all-trusted chain yields its origin;
     a chosen hop that is not an IP address yields the peer (garbage is not an address to key on).
     """
+    peer = unmapped(peer)
     if not networks or not is_trusted(peer, networks):
         return peer, []
     chain = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
@@ -52,11 +62,16 @@ def forwarded_client(
         client = hop
         if not is_trusted(hop, networks):
             break
-    try:
-        ipaddress.ip_address(client)
-    except ValueError:
+    ip = ip_of(client)
+    if ip is None:
         return peer, []
-    return client, chain
+    return str(ip), chain
+
+
+def unmapped(address: str) -> str:
+    """``address`` with an IPv4-mapped IPv6 form written as IPv4; anything else as it is."""
+    ip = ip_of(address)
+    return str(ip) if ip is not None and ip.version == 4 and ":" in address else address
 
 
 #: The IPv6 prefix one client is counted under: a /64 is what one subscriber, host or site is given

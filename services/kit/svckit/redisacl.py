@@ -125,7 +125,10 @@ def password_hash(password: str) -> str:
 def user_url(server_url: str, username: str, password: str) -> str:
     """``server_url`` (the Redis server's, any user's or none) as ``username`` connects with it."""
     parts = urlsplit(server_url)
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname or '127.0.0.1'}"
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:  # an IPv6 literal: urlsplit took its brackets off (RFC 3986 §3.2.2)
+        host = f"[{host}]"
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

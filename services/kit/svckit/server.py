@@ -148,10 +148,13 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
+from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
+from .proxies import unmapped
 
 log = logging.getLogger("svckit.server")
+uvicorn_log = logging.getLogger("uvicorn.error")
 
 MAX_TARGET_BYTES = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
@@ -215,6 +218,22 @@ class ServingConfig(uvicorn.Config):
         self.request_body_timeout = request_body_timeout
         self.response_send_timeout = response_send_timeout
         self.max_connections = max_connections
+
+    def bind_socket(self) -> socket.socket:
+        """uvicorn's, but ``BIND_HOST`` as :mod:`svckit.listen` binds it: ``::`` takes both families
+        (uvicorn left IPV6_V6ONLY to the kernel's default, and ``0.0.0.0`` was IPv4 only)."""
+        if self.uds is not None or self.fd is not None:
+            return super().bind_socket()
+        try:
+            sock = bind_tcp(self.host, self.port)
+        except OSError as exc:
+            uvicorn_log.error(exc)
+            sys.exit(STARTUP_FAILURE)
+        host, port = sock.getsockname()[:2]
+        scheme = "https" if self.is_ssl else "http"
+        uvicorn_log.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, url_host(host), port)
+        sock.set_inheritable(True)
+        return sock
 
 
 REFUSAL_LOG_SECONDS = 10.0
@@ -368,6 +387,10 @@ class ProblemHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        if self.client is not None and self.client[0].startswith("::ffff:"):
+            # an IPv4 peer of a dual-stack listener (BIND_HOST "::"): the application, its logs, audit
+            # records, trusted proxies and throttles see 10.1.2.3, as on 0.0.0.0, not ::ffff:10.1.2.3
+            self.client = (unmapped(self.client[0]), self.client[1])
         self._active_at = self.loop.time()
         if len(self.connections) > self.max_connections:  # uvicorn's set of this worker's connections
             # not refused yet: a probe may ask within a short window (on_headers_complete decides)

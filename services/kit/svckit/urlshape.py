@@ -16,6 +16,9 @@ import re
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PORT = re.compile(r"[0-9]*")
+#: ``fd00::5:5432``: an IPv6 literal (two colons at least, hex digits, maybe a dotted IPv4 tail) that
+#: RFC 3986 §3.2.2 wants in brackets; no client can tell its port from its last group
+_BARE_IPV6 = re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*")
 _ENCODE = "percent-encode '/', '?', '#' and '@' in the user name and password (%2F, %3F, %23, %40)"
 
 
@@ -45,6 +48,8 @@ def unreadable(url: str) -> str | None:
     hosts = authority.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         port = host.rpartition("]")[2] if host.startswith("[") else host
+        if _BARE_IPV6.fullmatch(port):
+            return "has an IPv6 address without brackets: write the IPv6 address in brackets ([fd00::5]:5432)"
         if port.startswith("[") or not _PORT.fullmatch(port.partition(":")[2]) or port.count(":") > 1:
             return f"has a host or port that cannot be read: {_ENCODE}"
     return None

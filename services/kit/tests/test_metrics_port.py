@@ -95,14 +95,19 @@ def test_service_process_serves_metrics_only_on_its_metrics_port(service_env: di
         assert b"db_pool_connections" in body
 
 
-def test_a_taken_metrics_port_stops_start_up_with_one_line(service_env: dict[str, str]) -> None:
+@pytest.mark.parametrize(("bind_host", "shown"), [("127.0.0.1", "127.0.0.1"), ("::", "[::]")])
+def test_a_taken_metrics_port_stops_start_up_with_one_line(
+    service_env: dict[str, str], bind_host: str, shown: str
+) -> None:
+    """``::`` (the chart's) shown as a URL host: ``:::9080`` read as nothing at all."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        env = {**service_env, "PORT": str(free_port()), "METRICS_PORT": str(port), "PATH": "/usr/bin:/bin"}
         result = subprocess.run(
             [sys.executable, "-m", "audit"],
-            env={**service_env, "PORT": str(free_port()), "METRICS_PORT": str(port), "PATH": "/usr/bin:/bin"},
+            env={**env, "BIND_HOST": bind_host},
             capture_output=True,
             text=True,
             timeout=30,
@@ -110,7 +115,7 @@ def test_a_taken_metrics_port_stops_start_up_with_one_line(service_env: dict[str
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"cannot serve metrics on 127.0.0.1:{port} (METRICS_PORT): Address already in use"
+        f"cannot serve metrics on {shown}:{port} (METRICS_PORT): Address already in use"
     ]
 
 

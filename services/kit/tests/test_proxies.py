@@ -42,3 +42,13 @@ def test_is_trusted() -> None:
 )
 def test_forwarded_client(peer: str, header: list[str], client: str, chain: list[str]) -> None:
     assert forwarded_client(peer, header, TRUSTED) == (client, chain)
+
+
+def test_an_ipv4_mapped_peer_is_its_ipv4_address() -> None:
+    """A dual-stack listener (BIND_HOST ``::``) sees an IPv4 proxy as ``::ffff:10.1.2.3``: still the
+    trusted 10.0.0.0/8, and an X-Forwarded-For hop written so is the client's IPv4 address."""
+    assert is_trusted("::ffff:10.1.2.3", TRUSTED)
+    assert not is_trusted("::ffff:8.8.8.8", TRUSTED)
+    assert forwarded_client("::ffff:10.1.2.3", ["203.0.113.9"], TRUSTED) == ("203.0.113.9", ["203.0.113.9"])
+    assert forwarded_client("10.1.2.3", ["::ffff:203.0.113.9"], TRUSTED)[0] == "203.0.113.9"
+    assert forwarded_client("::ffff:203.0.113.9", [], TRUSTED)[0] == "203.0.113.9"

@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 from redis.exceptions import NoPermissionError
@@ -104,3 +105,15 @@ async def test_the_dpop_memories_are_the_gateways_and_the_providers(
     finally:
         await gateway.close()
         await identity.close()
+
+
+def test_user_url_keeps_an_ipv6_literal_in_brackets() -> None:
+    """``make dev`` and the test Redis build each component's URL from the server's: an IPv6 server
+    (``redis://[::1]:6379/0``) lost its brackets (``redis://u:p@::1:6379/0``, no URL at all)."""
+    for server, host in (("redis://[::1]:6380/0", "[::1]"), ("rediss://admin:x@[fd00::7]/2", "[fd00::7]")):
+        url = redisacl.user_url(server, "gateway", "p w")
+        assert url.split("@", 1)[1].startswith(host), url
+        parts = urlsplit(url)
+        assert parts.hostname == host.strip("[]"), url
+        assert (parts.username, parts.password) == ("gateway", "p%20w")
+    assert redisacl.user_url("redis://127.0.0.1:6379/0", "audit", "p") == "redis://audit:p@127.0.0.1:6379/0"

@@ -122,3 +122,28 @@ def test_well_formed_redis_urls_are_still_taken(url: str) -> None:
     from svckit.settings import RedisSettings, load_settings
 
     assert load_settings(RedisSettings, env={"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DATABASE_URL", "postgresql://app:pw@fd00::5:5432/x"),
+        ("DATABASE_URL", "postgresql://app:pw@h1:5432,fd00::5:5432/x"),
+        ("REDIS_URL", "redis://gateway:pw@::1:6379/0"),
+    ],
+)
+def test_an_ipv6_address_without_brackets_is_named_so(
+    variable: str, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused as before, but the reason was "percent-encode '/', '?', '#' and '@' in the password":
+    wrong advice for an IPv6 literal the author forgot to bracket (what an IPv6-only cluster's
+    addresses invite)."""
+    from svckit.settings import DatabaseSettings, RedisSettings, SettingsError, load_settings
+
+    model = DatabaseSettings if variable == "DATABASE_URL" else RedisSettings
+    with pytest.raises(SettingsError):
+        load_settings(model, env={variable: url, "DB_SSLROOTCERT": ""})
+    said = capsys.readouterr().err
+    assert f"{variable} " in said, said
+    assert "IPv6 address in brackets" in said, said
