@@ -112,7 +112,7 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         default=64,
         ge=0,
         le=100_000,
-        description="requests of one (issuer, subject) each worker answers at once (429"
+        description="requests of one (issuer, subject) to one service each worker answers at once (429"
         " `rate_limit_in_flight` beyond); below `UPSTREAM_POOL_SIZE`, one token's slow readers cannot"
         " hold every pooled connection to a service (a value at or above it is refused; left unset"
         " with a smaller pool, the pool's size less one); `0`: no limit",
