@@ -22,18 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import re
 import signal
 import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from testkit.fixtures import ServiceProcess
+from testkit.fixtures import ServiceProcess, scrape
 
 from .conftest import Figures, Stack, wait_ready
 from .load import WriteLoad, assert_stored_once, reserve_days, settled
@@ -275,6 +278,30 @@ async def drained_below(stack: Stack, events: int, since: float, timeout: float 
     return round(time.monotonic() - since, 2)
 
 
+def open_files(process: ServiceProcess) -> int:
+    """Descriptors the process and its children (the gateway's workers) hold."""
+    assert process.process is not None
+    pids = [process.process.pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()
+        pids += [int(pid) for pid in children]
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
+
+
+async def gateway_load(gateway: ServiceProcess) -> dict[str, float]:
+    """What the gateway holds now: requests in flight (its gauge, written once a second) and files."""
+    text = await scrape(gateway.url)
+    found = re.search(r"^gateway_requests_in_flight (\S+)$", text, re.M)
+    return {
+        "requests_in_flight": float(found.group(1)) if found else -1.0,
+        "open_files": open_files(gateway),
+    }
+
+
 def log_offsets(processes: dict[str, ServiceProcess]) -> dict[str, int]:
     return {name: p.log_path.stat().st_size if p.log_path.exists() else 0 for name, p in processes.items()}
 
@@ -302,6 +329,7 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
         phases: list[Phase] = []
         ready: dict[str, dict[str, tuple[int, float]]] = {}
         outboxes: dict[str, float] = {}
+        held: dict[str, dict[str, float]] = {}  # what the gateway holds, before and in each freeze
         probe_key, probe_tag = str(uuid.uuid4()), f"frozen-{uuid.uuid4().hex[:12]}"
         probe_body: dict[str, object] = {
             "date": reserve_days(1).isoformat(),
@@ -321,6 +349,7 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
             try:
                 baseline = Phase("baseline", time.monotonic())
                 await asyncio.sleep(2.0)
+                held["baseline"] = await gateway_load(gateway)
                 baseline.ended = time.monotonic()
                 phases.append(baseline)
                 for name in FREEZE_ORDER:
@@ -335,6 +364,7 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
                             )
                         await asyncio.sleep(FREEZE_SECONDS / 2)
                         ready[name] = await readiness(http, {n: u for n, u in peers.items() if n != name})
+                        held[name] = await gateway_load(gateway)
                         await asyncio.sleep(FREEZE_SECONDS / 2)
                         if name == "audit":
                             outboxes["backlog when audit resumed"] = await backlog(stack)
@@ -429,6 +459,7 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
         measured[f"{phase.name} frozen"] = figures_of_phase
     measured["most in flight per route"] = load.most_in_flight
     measured["readiness while frozen"] = ready
+    measured["the gateway holds (in flight, open files)"] = held
     measured["outboxes (the relays to a frozen audit service)"] = outboxes
     measured["a create sent to the frozen timesheets service"] = frozen_write
     figures.record(
@@ -458,6 +489,14 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
         failures.append(f"a create to the frozen service: {frozen_write}")
     if frozen_write.get("again after SIGCONT") not in (200, 201) or frozen_write.get("rows") != 1:
         failures.append(f"a create to the frozen service, repeated after SIGCONT: {frozen_write}")
+    # nothing piles up in the gateway: its requests in flight stay within what its limits allow (each
+    # of 3 users' requests to each of 3 services at the in-flight limit), its open files within its
+    # pools and those requests' client connections
+    for phase_name, figures_held in held.items():
+        if figures_held["requests_in_flight"] > 3 * 3 * (POOL_SIZE - 1):
+            failures.append(f"{phase_name}: the gateway holds {figures_held}")
+        if figures_held["open_files"] > held["baseline"]["open_files"] + 3 * POOL_SIZE + 3 * 3 * POOL_SIZE:
+            failures.append(f"{phase_name}: the gateway holds {figures_held}")
     assert failures == [], "\n".join(failures)
     assert report.unexpected == []
     assert report.unresolved == []
