@@ -28,7 +28,7 @@ What a forwarding client must get right, and where:
 * a bounded wait for a connection when all ``size`` are busy (``max_wait``, then ``busy``): a frozen
   upstream (a stopped VM, a long stall: connections accepted, nothing answered) holds every pooled
   connection for the whole read timeout, and requests that kept arriving queued for a slot without
-  limit, each answered one read timeout after it got one: 6.0 s for a 3 s timeout, and longer the
+  limit, each answered one read timeout after it got one: 6.2 s for a 3 s timeout, and longer the
   longer the freeze (tests/faults/test_frozen_service.py);
 * errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``, ``busy``), whether
   nothing came back on a reused connection (``retryable``: safe to send again when idempotent) and
