@@ -1,6 +1,8 @@
 """Write load through the gateway, as a careful client writes: every create carries an
 ``Idempotency-Key`` and is retried with the same key after a 502/503/504 or a broken connection, until
-it is acknowledged (201); decisions (idempotent by nature) are retried the same way. What the clients
+it is acknowledged (201), and after a 429 once its ``Retry-After`` has passed (the user's requests in
+flight at the limit: tests/faults/test_frozen_service.py); decisions (idempotent by nature) are retried
+the same way. What the clients
 saw is counted per attempt, and :func:`check_invariants` compares what was acknowledged with what the
 database holds: no acknowledged write lost, none stored twice, every change on the audit trail once.
 """
@@ -168,6 +170,9 @@ class WriteLoad:
                         self._to_decide.put_nowait(payload["id"])
                     break
                 self.report.failures.append(now)
+                if outcome == "429" and now <= deadline:  # the user's requests in flight at the limit
+                    await asyncio.sleep(1.0)  # its Retry-After
+                    continue
                 if not (outcome.startswith("connection:") or int(outcome) in RETRY):
                     self.report.unexpected.append(f"create {outcome}: {str(payload)[:200]}")
                     break
@@ -196,6 +201,9 @@ class WriteLoad:
                 ):
                     self.report.decided.add(entry_id)  # a 409 after a lost answer: applied earlier
                     break
+                if outcome == "429" and time.monotonic() <= deadline:  # the user's requests in flight
+                    await asyncio.sleep(1.0)  # at the limit: its Retry-After
+                    continue
                 if not (outcome.startswith("connection:") or int(outcome) in RETRY):
                     self.report.unexpected.append(f"decision {outcome}: {str(payload)[:200]}")
                     break

@@ -93,6 +93,7 @@ class Gateway:
                 size=settings.upstream_pool_size,
                 connect_timeout=settings.upstream_connect_timeout_seconds,
                 read_timeout=settings.upstream_read_timeout_seconds,
+                max_wait=settings.upstream_pool_wait_seconds,
             )
             for service, url in settings.upstreams.items()
         }

@@ -13,7 +13,7 @@
 | ``gateway_rate_limited_total`` | limit | 429s (``subject``, ``client``, ``address``, ``in_flight``) |
 | ``gateway_ratelimit_failopen_total`` | (none) | requests let through unchecked while Redis is unreachable |
 | ``gateway_audit_dropped_total`` | (none) | denial audit events dropped (queue full or undeliverable) |
-| ``gateway_upstream_errors_total`` | service, kind | failures (connect, timeout, protocol, identity_*) |
+| ``gateway_upstream_errors_total`` | service, kind | errors (connect, timeout, protocol, busy, identity_*) |
 | ``gateway_upstream_retries_total`` | service, reason | requests sent again (``idempotent``, ``unsent``) |
 | ``gateway_upstream_connections`` | service, state | pooled connections (``busy``, ``idle``), all workers |
 | ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
@@ -111,8 +111,9 @@ audit_dropped = Counter(
 upstream_errors = Counter(
     "gateway_upstream_errors_total",
     "Requests that failed on the way to or from an upstream, by service and kind (connect, timeout, "
-    "protocol; identity_clock_skew, upstream_identity_refused: the service refused the identity the "
-    "gateway signed, answered 502).",
+    "protocol; busy: every pooled connection stayed busy for UPSTREAM_POOL_WAIT_SECONDS, answered 503 "
+    "upstream_busy; identity_clock_skew, upstream_identity_refused: the service refused the identity "
+    "the gateway signed, answered 502).",
     ["service", "kind"],
 )
 upstream_retries = Counter(

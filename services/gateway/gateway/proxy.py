@@ -7,7 +7,8 @@
   every inbound identity header, ``Authorization`` (services never see the end-user token), cookies
   and inbound forwarding headers; the caller's signed identity and ``X-Forwarded-*`` are added by the
   caller of :meth:`Forwarder.forward`.
-* Failures before the response head: connect failure → 503 with ``Retry-After``, timeout → 504,
+* Failures before the response head: connect failure, or every pooled connection busy for
+  ``UPSTREAM_POOL_WAIT_SECONDS`` (``upstream_busy``) → 503 with ``Retry-After``, timeout → 504,
   broken upstream → 502 with ``Retry-After``; for a write, the problem's ``outcome`` says whether it
   can have taken effect (:class:`UpstreamFailure`). A request is sent once more, on a fresh connection,
   when its pooled connection turned out to be closed and it is idempotent, or whatever its method
@@ -380,8 +381,17 @@ class Forwarder:
 
     @staticmethod
     def _failure(service: str, exc: UpstreamError, method: str, reached: bool) -> UpstreamFailure:
+        reason = ""
         if exc.kind == "timeout":
             status, detail = 504, f"The {service} service did not answer in time."
+        elif exc.kind == "busy":
+            # every pooled connection taken (by requests a frozen or slow service does not answer):
+            # the request was never sent
+            status, detail, reason = (
+                503,
+                f"The {service} service is busy answering earlier requests.",
+                "upstream_busy",
+            )
         elif exc.kind == "connect":
             status, detail = 503, f"The {service} service is unreachable."
         else:
@@ -397,7 +407,7 @@ class Forwarder:
             )
         metrics.upstream_errors.labels(service, exc.kind).inc()
         log.warning("upstream request failed", extra={"upstream": service, "error": exc.detail})
-        return UpstreamFailure(status, exc.kind, detail, outcome)
+        return UpstreamFailure(status, exc.kind, detail, outcome, reason=reason)
 
     async def _identity_refused(self, connection: Connection, service: str, method: str) -> UpstreamFailure:
         """The service refused the signed identity (its 401): a 502 that names the cause — the clocks

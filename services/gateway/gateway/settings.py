@@ -92,6 +92,15 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     upstream_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     upstream_pool_size: int = Field(default=256, ge=1, le=10000)
+    upstream_pool_wait_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="the longest a request waits for a connection when all `UPSTREAM_POOL_SIZE` to its"
+        " service are busy (503 `upstream_busy`, `Retry-After`, nothing sent); a frozen service holds"
+        " every connection for `UPSTREAM_READ_TIMEOUT_SECONDS`, and the requests behind them would"
+        " otherwise queue without bound",
+    )
     gateway_response_buffer_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,
@@ -103,7 +112,7 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         default=64,
         ge=0,
         le=100_000,
-        description="requests of one (issuer, subject) each worker answers at once (429"
+        description="requests of one (issuer, subject) to one service each worker answers at once (429"
         " `rate_limit_in_flight` beyond); below `UPSTREAM_POOL_SIZE`, one token's slow readers cannot"
         " hold every pooled connection to a service (a value at or above it is refused; left unset"
         " with a smaller pool, the pool's size less one); `0`: no limit",

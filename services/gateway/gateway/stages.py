@@ -501,7 +501,8 @@ def rate_limited(decision: Decision) -> Refusal:
 
 
 class InFlight:
-    """Per (issuer, subject): at most ``limit`` requests in flight in this worker (429 + ``Retry-After``).
+    """Per (issuer, subject) and upstream service: at most ``limit`` requests in flight in this worker
+    (429 + ``Retry-After``).
 
     Why: the rate limit counts requests, not how long they last. A request to the largest page taken
     a few bytes at a time lasts as long as its client likes, and holds its share of the worker's
@@ -517,6 +518,14 @@ class InFlight:
     an error). In memory and per worker: a dictionary increment here, a decrement there; a key leaves
     the dictionary when its count is back to zero, so it holds the subjects with requests in flight
     only. ``limit`` 0: off.
+
+    Counted per service, as the pools are, and not per subject alone: a frozen service (a stopped VM,
+    a long stall: connections accepted, nothing answered) holds each request to it for the whole
+    ``UPSTREAM_READ_TIMEOUT_SECONDS``, so a user who kept using it soon had ``limit`` requests stuck
+    there, and every other request of that user, to services that answered in milliseconds, was
+    refused 429 as well: with the approvals service frozen, 21 of 39 of a manager's timesheet
+    listings (tests/faults/test_frozen_service.py). A bulkhead per upstream keeps the limit's purpose
+    (one subject cannot hold every connection of one pool) without coupling the services.
     """
 
     __slots__ = ("_limited", "_refused", "counts", "limit")
@@ -534,14 +543,17 @@ class InFlight:
         if not self.limit or request.in_flight:  # off, or admitted already (decide, then serve again)
             return None
         principal = request.principal
+        route = request.matched
         assert principal is not None
-        key = principal.subject_key
+        assert route is not None
+        key = f"{route.upstream}\x00{principal.subject_key}"
         count = self.counts.get(key, 0)
         if count >= self.limit:
             self._limited.inc()
             return Refusal(
                 429,
-                f"Too many requests in progress for this subject (at most {self.limit} at once); "
+                f"Too many requests in progress for this subject to this service (at most {self.limit}"
+                " at once); "
                 f"retry in {self.RETRY_AFTER} s, once earlier answers have been read.",
                 list(self._refused),
                 reason="rate_limit_in_flight",

@@ -25,7 +25,12 @@ What a forwarding client must get right, and where:
 * reuse never hands out a connection whose peer has already closed or reset it: besides the
   transport's own state, the kernel's TCP state is read (one ``getsockopt``), because the peer's FIN
   may have arrived after the previous response but before the event loop reported it;
-* errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``), whether
+* a bounded wait for a connection when all ``size`` are busy (``max_wait``, then ``busy``): a frozen
+  upstream (a stopped VM, a long stall: connections accepted, nothing answered) holds every pooled
+  connection for the whole read timeout, and requests that kept arriving queued for a slot without
+  limit, each answered one read timeout after it got one: 6.2 s for a 3 s timeout, and longer the
+  longer the freeze (tests/faults/test_frozen_service.py);
+* errors as :class:`UpstreamError` with a kind (``connect``, ``timeout``, ``protocol``, ``busy``), whether
   nothing came back on a reused connection (``retryable``: safe to send again when idempotent) and
   whether the request *provably never reached* the peer (``unsent``: safe to send again whatever the
   method). Proof on a reused connection with no response byte: the peer reset the connection (its
@@ -58,7 +63,7 @@ from urllib.parse import urlsplit
 import httptools
 from svckit.server import PEER_IDLE_SECONDS
 
-Kind = Literal["connect", "timeout", "protocol"]
+Kind = Literal["connect", "timeout", "protocol", "busy"]
 
 MAX_HEAD_BYTES = 64 * 1024
 HIGH_WATER = 256 * 1024
@@ -545,9 +550,12 @@ class UpstreamPool:
         size: int,
         connect_timeout: float,
         read_timeout: float,
+        max_wait: float | None = None,
         idle_seconds: float = PEER_IDLE_SECONDS,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """``max_wait``: the longest a request waits for a connection when all ``size`` are busy
+        (then :class:`UpstreamError` ``busy``); ``None``: as long as it takes."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) base URL: {base_url!r}")
@@ -559,10 +567,12 @@ class UpstreamPool:
         self.size = size
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.max_wait = max_wait
         self.idle_seconds = idle_seconds
         self.loop = loop or asyncio.get_running_loop()
         self.open = 0
         self.waits = 0  # requests that found every connection busy and waited (a counter)
+        self.waiting = 0  # requests waiting for a connection now
         self._idle: list[Connection] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy: set[Connection] = set()
@@ -611,8 +621,10 @@ class UpstreamPool:
             transport.write(data)
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
-        """A connection: an idle one, else a new one, else wait. ``fresh``: a new connection (for a
-        retry), making room by closing an idle one when the pool is full."""
+        """A connection: an idle one, else a new one, else wait (``max_wait`` at most in all, then
+        ``busy``). ``fresh``: a new connection (for a retry), making room by closing an idle one when
+        the pool is full."""
+        deadline = None if self.max_wait is None else self.loop.time() + self.max_wait
         while True:
             if self.closed:
                 raise UpstreamError("connect", "the connection pool is closed")
@@ -628,9 +640,23 @@ class UpstreamPool:
             self.waits += 1
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
+            self.waiting += 1
             try:
-                await waiter
+                if deadline is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken just as the wait ran out (or was cancelled): pass it on
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamError(
+                        "busy", f"every connection to the upstream stayed busy for {self.max_wait:g} s"
+                    ) from None
+                raise
             finally:
+                self.waiting -= 1
                 if not waiter.done():
                     waiter.cancel()
                 with contextlib.suppress(ValueError):

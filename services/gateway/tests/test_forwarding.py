@@ -535,3 +535,26 @@ async def test_a_write_that_never_reached_the_upstream_says_nothing_was_stored(
         status, _, body = await api("GET", f"{gateway}/api/timesheets", provider.token())
         assert status == 503
         assert "outcome" not in body
+
+
+async def test_a_write_that_found_every_connection_busy_was_not_sent(
+    api: Any, start_gateway: Any, provider: Provider, echo: Any
+) -> None:
+    # a frozen service holds every pooled connection for the read timeout: a request behind them
+    # waits UPSTREAM_POOL_WAIT_SECONDS at most, then hears 503 upstream_busy; it never left, so a write
+    # says nothing was stored (tests/faults/test_frozen_service.py has it on the real services)
+    import asyncio
+
+    async with start_gateway(upstream_pool_size=1, upstream_pool_wait_seconds=0.2) as gateway:
+        before = echo.requests
+        held = asyncio.ensure_future(api("GET", f"{gateway}/api/timesheets/slow?s=2", provider.token()))
+        while echo.requests == before:  # until the one connection is taken
+            await asyncio.sleep(0.01)
+        status, headers, body = await api(
+            "DELETE", f"{gateway}/api/timesheets/{uuid.uuid4()}", provider.scoped("delete:timesheets")
+        )
+        assert status == 503
+        assert headers["Retry-After"] == "2"
+        assert body["reason"] == "upstream_busy"
+        assert body["outcome"] == "not_stored"
+        assert (await held)[0] == 200

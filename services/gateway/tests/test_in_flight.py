@@ -1,4 +1,4 @@
-"""Requests in flight per subject (``GATEWAY_MAX_INFLIGHT…``, :class:`gateway.stages.InFlight`).
+"""Requests in flight per subject and service (``GATEWAY_MAX_IN_FLIGHT…``, :class:`gateway.stages.InFlight`).
 
 A subject's place is taken at admission and given back in :meth:`gateway.edge.Edge.finish`, whichever
 way the request ends: these tests take each way on a real gateway in front of the echo upstream and
@@ -146,6 +146,21 @@ async def test_a_subject_over_its_limit_is_refused_and_others_are_not(
     assert event["details"]["status"] == 429
     assert event["details"]["count"] == 1
     assert event["details"]["route"] == "/api/timesheets/{id}"
+
+
+async def test_the_limit_is_per_service(start_gateway: StartGateway, provider: Provider) -> None:
+    """A subject whose requests to one service are stuck (a frozen pod: each waits for the read
+    timeout) is refused more of them, and still served by the other services: with one count per
+    subject, a frozen approvals service had a manager's timesheet listings refused 429 (45 of 80,
+    tests/faults/test_frozen_service.py)."""
+    token = provider.scoped("read:timesheets", "read:audit", subject=f"both-{uuid.uuid4().hex[:6]}")
+    async with gateway_with(start_gateway, gateway_max_in_flight_per_subject=2) as (gateway, edge):
+        held = [asyncio.create_task(get(gateway, "/api/timesheets/slow?s=1.5", token)) for _ in range(2)]
+        await until(lambda: sum(edge.in_flight.counts.values()) == 2, "two requests in flight")
+        assert (await get(gateway, "/api/timesheets/1", token))[0] == 429
+        assert (await get(gateway, "/api/audit/events", token))[0] == 200
+        assert [(await task)[0] for task in held] == [200, 200]
+        await given_back(edge)
 
 
 async def test_zero_means_no_limit(start_gateway: StartGateway, provider: Provider) -> None:

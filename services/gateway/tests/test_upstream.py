@@ -340,6 +340,35 @@ async def pool_size_bounds_connections() -> None:
         await pool.close()
 
 
+async def waiting_for_a_connection_is_bounded() -> None:
+    """A frozen upstream (accepts, never answers) holds every pooled connection for the read timeout:
+    a request behind them waits ``max_wait`` at most (``busy``), and the wait does not lose a slot
+    that came free just as it ran out (the next waiter gets it)."""
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await server.read_head(reader)
+            await release.wait()
+            writer.write(OK)
+
+    async with Scripted(handler) as server:
+        pool = UpstreamPool(server.url, size=1, connect_timeout=2.0, read_timeout=5.0, max_wait=0.2)
+        first = asyncio.ensure_future(exchange(pool))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as caught:
+            await exchange(pool)
+        assert caught.value.kind == "busy"
+        assert 0.2 <= time.monotonic() - started < 0.6
+        assert (pool.waiting, len(pool._waiters)) == (0, 0)
+        release.set()
+        assert await first == (200, b"ok")
+        assert await exchange(pool) == (200, b"ok")  # the slot is there for the next request
+        assert pool.open == 1
+        await pool.close()
+
+
 async def idle_connections_expire() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while True:
@@ -660,6 +689,7 @@ SCENARIOS = [
     silent_upstream_times_out,
     unreachable_upstream_is_a_connect_error,
     pool_size_bounds_connections,
+    waiting_for_a_connection_is_bounded,
     idle_connections_expire,
     unsolicited_bytes_retire_an_idle_connection,
     slow_consumer_applies_back_pressure,
