@@ -109,7 +109,8 @@ GATEWAY_ANSWERS = (
     ),
     Answer(
         429,
-        "Too many requests for this subject or client, or too many of the subject's in progress at once;"
+        "Too many requests for this subject or client, or too many of the subject's to one service in"
+        " progress at once;"
         " retry after Retry-After seconds.",
         problem={
             "type": "about:blank",

@@ -1075,7 +1075,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1319,7 +1319,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1566,7 +1566,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1783,7 +1783,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -1998,7 +1998,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2205,7 +2205,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2494,7 +2494,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2732,7 +2732,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -2937,7 +2937,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -3138,7 +3138,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
@@ -3331,7 +3331,7 @@ export interface operations {
           "application/problem+json": components["schemas"]["Problem"];
         };
       };
-      /** @description Too many requests for this subject or client, or too many of the subject's in progress at once; retry after Retry-After seconds. */
+      /** @description Too many requests for this subject or client, or too many of the subject's to one service in progress at once; retry after Retry-After seconds. */
       429: {
         headers: {
           /** @description Seconds to wait before retrying. */
