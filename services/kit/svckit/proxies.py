@@ -10,6 +10,7 @@ the identity service (per-address throttling).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,24 +46,48 @@ def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
+#: a hop with its port: ``203.0.113.9:49152`` or ``[2001:db8::7]:443`` (and ``[2001:db8::7]``)
+_HOP_WITH_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def hop_ip(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An ``X-Forwarded-For`` hop as an IP address, with or without its port (``None``: not one).
+
+    Why the port: Azure Application Gateway writes every hop as ``IP:port``; read as "not an
+    address", each of its clients was taken to be the gateway itself (:func:`forwarded_client`)."""
+    if (ip := ip_of(hop)) is not None:
+        return ip
+    found = _HOP_WITH_PORT.fullmatch(hop)
+    if found is None:
+        return None
+    if found["port"] is not None and not 0 < int(found["port"]) < 65536:
+        return None
+    if found["v6"] is not None:
+        ip = ip_of(found["v6"])
+        return ip if ip is not None and ip.version == 6 else None
+    if found["port"] is None:
+        return None  # a bare IPv4 address was ip_of's
+    return ip_of(found["v4"])
+
+
 def forwarded_client(
     peer: str, forwarded_for: Iterable[str], networks: tuple[Network, ...]
 ) -> tuple[str, list[str]]:
     """The client's address, and the ``X-Forwarded-For`` hops that were believed to get there.
 
     ``forwarded_for`` is every value of the header, in order. An all-trusted chain yields its origin;
-    a chosen hop that is not an IP address yields the peer (garbage is not an address to key on).
+    a chosen hop that is not an IP address (with or without its port, :func:`hop_ip`) yields the peer
+    (garbage is not an address to key on).
     """
     peer = unmapped(peer)
     if not networks or not is_trusted(peer, networks):
         return peer, []
     chain = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
-    client = peer
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     for hop in reversed(chain):
-        client = hop
-        if not is_trusted(hop, networks):
+        ip = hop_ip(hop)
+        if ip is None or not any(ip in network for network in networks):
             break
-    ip = ip_of(client)
     if ip is None:
         return peer, []
     return str(ip), chain

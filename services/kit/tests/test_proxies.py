@@ -52,3 +52,25 @@ def test_an_ipv4_mapped_peer_is_its_ipv4_address() -> None:
     assert forwarded_client("::ffff:10.1.2.3", ["203.0.113.9"], TRUSTED) == ("203.0.113.9", ["203.0.113.9"])
     assert forwarded_client("10.1.2.3", ["::ffff:203.0.113.9"], TRUSTED)[0] == "203.0.113.9"
     assert forwarded_client("::ffff:203.0.113.9", [], TRUSTED)[0] == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("header", "client"),
+    [
+        (["203.0.113.9:49152"], "203.0.113.9"),  # Azure Application Gateway: "IP:port" hops
+        (["198.51.100.7:1234, 10.9.9.9:5678"], "198.51.100.7"),  # a trusted hop with its port too
+        (["[2001:db8::7]:443"], "2001:db8::7"),  # an IPv6 hop with a port, bracketed
+        (["[2001:db8::7]"], "2001:db8::7"),
+        (["203.0.113.9:65536"], "10.1.1.1"),  # no such port: not an address
+        (["203.0.113.9:"], "10.1.1.1"),
+        (["[203.0.113.9]:80"], "10.1.1.1"),  # brackets are for IPv6
+        (["2001:db8::7:443"], "2001:db8::7:443"),  # an IPv6 address, not one with a port
+    ],
+)
+def test_hops_with_ports_are_their_addresses(header: list[str], client: str) -> None:
+    """Azure Application Gateway writes every X-Forwarded-For hop as ``IP:port`` (its documentation:
+    "a comma-separated list of IP:Port"). Before, such a hop was "not an IP address" and the peer — the
+    application gateway itself — was taken for the client: every client behind it shared one address,
+    one set of per-address sign-in and token-failure budgets (one client's failures locked out all),
+    one anonymous-denial counter, and the audit trail named the proxy."""
+    assert forwarded_client("10.1.1.1", header, TRUSTED)[0] == client
