@@ -86,6 +86,8 @@ class Pods:
     helm_test: list[PodProcess] = field(default_factory=list)  # prepared, not started
     #: each component's cgroups (``limits``): its rendered limits, what the kernel counted
     cgroups: dict[str, Cgroup] = field(default_factory=dict)
+    #: the rendered objects and the operator's Secrets (a generated secret's value)
+    cluster: Cluster | None = None
 
     def url(self, component: str) -> str:
         return f"http://{self.addresses[component]}:{self.containers[component].env['PORT']}"
@@ -166,7 +168,7 @@ def running_release(
     staging = tmp_path_factory.mktemp(name)
     staging.chmod(0o755)
     base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
-    result = Pods()
+    result = Pods(cluster=cluster)
     result.addresses = {c: f"{base}.{i + 1}" for i, c in enumerate(APP_COMPONENTS)}
     names = {DB_HOST: owner.hostname or "127.0.0.1"}
     for component in APP_COMPONENTS:
