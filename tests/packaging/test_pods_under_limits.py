@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from svckit.identity import Identity, IdentitySigner
+from svckit.settings import parse_identity_keys
 
 from testkit.cgroups import Cgroup, cpu_millis, unavailable
 from testkit.fixtures import IsolatedEnv, ServiceRedis
@@ -158,6 +160,52 @@ def test_concurrent_largest_uploads_stay_within_the_gateway_and_timesheets_limit
     print(f"{count} uploads of {UPLOAD_BYTES} bytes in {elapsed:.1f} s: {sorted(set(statuses))} {report}")
     for component in ("gateway", "timesheets"):
         assert_within(release, component)
+
+
+def test_concurrent_largest_uploads_from_several_gateway_workers_stay_within_the_timesheets_limit(
+    release: Pods,
+) -> None:
+    """What several gateway workers (replicas: up to gateway.autoscaling.maxReplicas) let through to one
+    timesheets pod at once: each worker four of the largest uploads (GATEWAY_REQUEST_BODY_BUFFER_BYTES),
+    signed as the gateway signs them; here sixteen, four workers' worth."""
+    timesheets = release.containers["timesheets"].env
+    signer = IdentitySigner(parse_identity_keys(timesheets["IDENTITY_KEYS_GATEWAY_TO_TIMESHEETS"]))
+    gateway = release.containers["gateway"].env
+    per_worker = int(gateway["GATEWAY_REQUEST_BODY_BUFFER_BYTES"]) // UPLOAD_BYTES
+    count = 4 * per_worker
+    batch = Identity(
+        gateway["OIDC_ISSUER"].split(",")[0],
+        "timesheets-batch",
+        kind="client",
+        client_id="timesheets-batch",
+        scopes=frozenset({"batch:upload"}),
+    )
+    body = largest_upload()
+    url = release.url("timesheets") + "/timesheets/upload"
+
+    async def send_all() -> list[int]:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+            async def one() -> int:
+                headers = signer.headers(batch, method="POST", target="/timesheets/upload", body=body)
+                headers["Content-Type"] = "application/json"
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        return response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    return 0
+
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    release.cgroups["timesheets"].reset_peak()
+    statuses = asyncio.run(send_all())
+    print(
+        f"{count} signed uploads at timesheets: {Counter(statuses)} {figures(release.cgroups['timesheets'])}"
+    )
+    assert_within(release, "timesheets")
+    assert 0 not in statuses, statuses
 
 
 # --- CPU: the probes of a busy pod held to its request ----------------------------------------------

@@ -579,7 +579,8 @@ class Body:
     allowance per worker) made the gateway, within its rendered 512 MiB limit, OOM-killed
     (tests/packaging/test_pods_under_limits.py); any caller's requests up to
     ``MAX_CONNECTIONS_PER_WORKER`` could too. A body that does not fit is answered 503
-    ``request_body_budget`` with ``Retry-After`` before a byte of it is read. ``budget`` 0: no bound.
+    ``request_body_budget`` with ``Retry-After`` before a byte of it is read; a body alone always fits
+    (a budget below a route's limit never refuses its largest bodies for good). ``budget`` 0: no bound.
     """
 
     #: seconds a refused caller is told to wait: the bodies held go upstream within a request's time
@@ -621,7 +622,7 @@ class Body:
         if not self.budget or request.body_held:
             return None
         size = int(request.content_length) if request.content_length is not None else limit
-        if self.held + size > self.budget:
+        if self.held and self.held + size > self.budget:  # alone, a body always fits
             metrics.request_body_budget_refusals.inc()
             return Refusal(
                 503,
