@@ -315,6 +315,7 @@ def under_load(
     group = pods.cgroups[component]
     request_millis = cpu_millis(pods.containers[component].resources["requests"]["cpu"])
     group.cpu_quota(request_millis)
+    group.reset_peak()
     before = group.throttled()
     busy = threading.Event()
     seen: dict[str, list[float]] = {}
@@ -414,6 +415,8 @@ def test_gateway_probes_answer_while_it_is_saturated_at_its_cpu_request(
     print(report("gateway", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
     assert_probes_hold(release, "gateway", seen)
+    print("  memory:", figures(release.cgroups["gateway"]))
+    assert_within(release, "gateway")
 
 
 def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
@@ -423,6 +426,8 @@ def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
     print(report("timesheets", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
     assert_probes_hold(release, "timesheets", seen)
+    print("  memory:", figures(release.cgroups["timesheets"]))
+    assert_within(release, "timesheets")
 
 
 def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(release: Pods) -> None:
@@ -439,3 +444,5 @@ def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(rel
     print(report("identity", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
     assert_probes_hold(release, "identity", seen)
+    print("  memory:", figures(release.cgroups["identity"]))
+    assert_within(release, "identity")
