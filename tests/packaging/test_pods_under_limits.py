@@ -211,6 +211,46 @@ def test_concurrent_largest_uploads_from_several_gateway_workers_stay_within_the
     assert 422 in statuses, statuses
 
 
+def test_every_connection_a_worker_takes_stays_within_the_limits(release: Pods) -> None:
+    """MAX_CONNECTIONS_PER_WORKER connections to the gateway and to the timesheets service at once,
+    each with a request head begun (the server holds its buffers until the head times out)."""
+    import resource
+
+    count = int(release.containers["gateway"].env["MAX_CONNECTIONS_PER_WORKER"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2 * count + 256:
+        pytest.skip(f"this process may open {hard} files, fewer than {2 * count} connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * count + 256), hard))
+
+    async def hold(component: str) -> int:
+        host, port = release.addresses[component], int(release.containers[component].env["PORT"])
+        writers = []
+        try:
+            for _ in range(count):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.write(b"GET /timesheets HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4000)
+                writers.append(writer)
+            await asyncio.sleep(1.0)
+            return len(writers)
+        finally:
+            for writer in writers:
+                writer.close()
+
+    for component in ("gateway", "timesheets"):
+        release.cgroups[component].reset_peak()
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(hold("gateway"), hold("timesheets")))
+
+    held = asyncio.run(both())
+    print(
+        f"{held} connections held: "
+        + ", ".join(f"{c} {figures(release.cgroups[c])}" for c in ("gateway", "timesheets"))
+    )
+    for component in ("gateway", "timesheets"):
+        assert_within(release, component)
+
+
 # --- CPU: the probes of a busy pod held to its request ----------------------------------------------
 
 
