@@ -40,6 +40,12 @@ MEANINGS = {
         "a client that takes nothing of its response this long while the server waits to write: "
         "connection reset (the application hears `http.disconnect`)"
     ),
+    "request_body_buffer_bytes": (
+        "identity, timesheets, approvals, audit: request bodies over 64 KiB each worker holds at once"
+        " (the declared length, the body limit without one); one that does not fit is answered 503"
+        " `request_body_budget` with `Retry-After: 2`, nothing stored; `0`: no bound (the gateway's is"
+        " `GATEWAY_REQUEST_BODY_BUFFER_BYTES`)"
+    ),
     "max_connections_per_worker": (
         "open connections per worker process; one more is answered 503 (`Retry-After`) and closed,"
         " unless it asks for `/healthz` or `/readyz`. At start the soft open-file limit is raised to"

@@ -13,6 +13,10 @@ Secret/ConfigMap) and the pod's /etc/hosts. Then chroot, the working directory o
 ``setpriv`` to the rendered uid/gid with no supplementary groups, no new privileges and no
 capabilities (``runAsUser``/``runAsGroup``, ``allowPrivilegeEscalation: false``, ``drop: [ALL]``).
 
+When the spec names ``cgroups`` (the ``cgroup.procs`` files of groups testkit.cgroups made with the
+container's rendered ``resources``), the launcher joins them first, so the service and every worker it
+forks run under the container's memory and CPU limits.
+
 A mount point missing from this machine (``/opt/app``, ``/etc/timesheets/gateway``) cannot be created
 in the read-only view, nor on the machine: its deepest existing parent is shadowed by a tmpfs holding
 bind mounts of that parent's entries, where the missing directories are created, read-only again after.
@@ -69,6 +73,9 @@ def mount_point(root: Path, path: str, shadows: list[Path], *, is_file: bool = F
 
 def main(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
+    # the container's cgroups first (its resource limits, testkit.cgroups): whatever it starts follows
+    for procs in spec.get("cgroups", []):
+        Path(procs).write_text(str(os.getpid()))
     root = Path(spec["root"])
     root.mkdir(parents=True, exist_ok=True)
     shadows: list[Path] = []

@@ -159,6 +159,10 @@ class Container:
     mounts: list[dict[str, Any]]
     workdir: str
     rewrites: dict[str, str] = field(default_factory=dict)
+    #: the rendered ``resources`` (requests, limits), applied only when :attr:`cgroups` are given
+    resources: dict[str, Any] = field(default_factory=dict)
+    #: cgroup.procs files the container joins before it starts (testkit.cgroups: its limits)
+    cgroups: list[str] = field(default_factory=list)
 
     def spec(self, root: Path, image_mounts: list[dict[str, Any]], hosts: Path) -> dict[str, Any]:
         readable = [sys.base_prefix] if sys.base_prefix.startswith("/root/") else []
@@ -175,6 +179,7 @@ class Container:
             "workingDir": self.workdir,
             "argv": self.argv,
             "env": self.env,
+            "cgroups": self.cgroups,
         }
 
 
@@ -228,6 +233,7 @@ def containers_of(cluster: Cluster, workload: Obj, staging: Path) -> list[Contai
                 gid=gid,
                 mounts=mounts,
                 workdir=container.get("workingDir") or image_workdir(service),
+                resources=container.get("resources", {}),
             )
         )
     return out

@@ -3,9 +3,9 @@
 The chart is rendered for an install against an external database and Redis (the operator's Secrets
 named by reference, the bundled identity provider with its demo users; the chart generates every other
 secret). The migration Job's containers, then each Deployment's, run as real processes the way the
-kubelet would run them (tests/packaging/pods.py, podlaunch.py): the rendered command and environment
-(Secrets/ConfigMaps resolved), as the rendered non-root uid/gid without capabilities, on a read-only
-root filesystem where only the rendered volumes are mounted (the /tmp emptyDir as a tmpfs of its
+kubelet would run them (tests/packaging/release.py, pods.py, podlaunch.py): the rendered command and
+environment (Secrets/ConfigMaps resolved), as the rendered non-root uid/gid without capabilities, on a
+read-only root filesystem where only the rendered volumes are mounted (the /tmp emptyDir as a tmpfs of its
 sizeLimit, the gateway's issuers ConfigMap as read-only files). Nothing else is given to them;
 pods.REWRITES lists the only differences from a cluster and why.
 
@@ -17,39 +17,23 @@ scraped, and no log shows a write refused (read-only file system, permission den
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import json
 import random
-import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from testkit.fixtures import IsolatedEnv, ServiceRedis
-from testkit.oidc import DEMO_PASSWORD, Browser, sign_in_tokens
-from tests.packaging.images import find_uv, image_layout, runtime_venv
-from tests.packaging.pods import (
-    REWRITES,
-    Cluster,
-    Container,
-    PodProcess,
-    containers_of,
-    hosts_file,
-    service_names,
-    wait_for,
-)
-from tests.packaging.support import APP_COMPONENTS, MINIMAL, NAMESPACE, RELEASE, Obj, deep_merge, render
+from testkit.oidc import Browser, sign_in_tokens
+from tests.packaging.pods import REWRITES, PodProcess, wait_for
+from tests.packaging.release import Pods, http, running_release
+from tests.packaging.support import APP_COMPONENTS
 
 pytestmark = pytest.mark.e2e
 
-DB_HOST = "db.internal"
 SCOPES = {
     "alice": "openid read:timesheets create:timesheets",
     "bob": "openid read:timesheets approve:timesheets",
@@ -61,155 +45,22 @@ EXTRA_ENV = {"UPSTREAM_READ_TIMEOUT_SECONDS": "29"}
 REFUSED_WRITES = ("Read-only file system", "PermissionError", "Permission denied", "[Errno 13]", "[Errno 30]")
 
 
-def secret(name: str, data: dict[str, str]) -> Obj:
-    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "data": encoded,
-    }
-
-
-def http(method: str, url: str, body: Any = None, token: str = "") -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            status = int(response.status)
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, None
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
-
-
-class Pods:
-    """The running release: its Deployments' containers by component, their addresses and ports."""
-
-    def __init__(self) -> None:
-        self.processes: dict[str, PodProcess] = {}
-        self.containers: dict[str, Container] = {}
-        self.addresses: dict[str, str] = {}
-        self.job: list[PodProcess] = []
-        self.helm_test: list[PodProcess] = []  # prepared, not started
-
-    def url(self, component: str) -> str:
-        return f"http://{self.addresses[component]}:{self.containers[component].env['PORT']}"
-
-    def metrics_url(self, component: str) -> str:
-        return f"http://{self.addresses[component]}:{self.containers[component].env['METRICS_PORT']}/metrics"
-
-
 @pytest.fixture(scope="module")
 def pods(
     isolated_env: IsolatedEnv, service_redis: ServiceRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pods]:
-    uv = find_uv()
-    if uv is None:
-        pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
-    venv = runtime_venv(uv)
-    env = isolated_env("pods")
-    database = urlsplit(env["DATABASE_URL"]).path.lstrip("/")
-    identity_service = f"{RELEASE}-timesheets-identity"
-    values = deep_merge(
-        MINIMAL,
-        {
-            # the bundled provider is the issuer under its in-cluster name, plain http as on
-            # chart-testing's cluster (ci/demo-values.yaml), which says so (identity.allowInsecureHttp)
-            "oidc": {"issuers": [f"http://{identity_service}:9000/"]},
-            "identity": {
-                "enabled": True,
-                "allowInsecureHttp": True,
-                "seedDemo": True,
-                "env": {"DEMO_PASSWORD": DEMO_PASSWORD},
-            },
-            # as in production: several workers sharing their metrics files in the /tmp emptyDir,
-            # and the operator's extra variables by envFrom
-            "gateway": {"workers": 2, "extraEnvVarsSecret": "gateway-extra-env"},
-            "externalDatabase": {"host": DB_HOST, "database": database},
-            # roles and Redis keys of this test run only (dropped with the session's)
-            "databaseRoles": {"prefix": env["DB_ROLE_PREFIX"]},
-            "config": {"redisKeyPrefix": env["REDIS_KEY_PREFIX"]},
-        },
-    )
-    objects = render(values)
-    owner = urlsplit(env["DATABASE_URL"])
-    operator = [
-        # what the operator creates before the install (MINIMAL's existingSecret names)
-        secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{owner.port}/{database}"}),
-        secret("redis", {f"redis-url-{c}": service_redis.url(c) for c in APP_COMPONENTS}),
-        secret("gateway-extra-env", EXTRA_ENV),
-    ]
-    cluster = Cluster(objects, operator)
-    staging = tmp_path_factory.mktemp("pods")
-    staging.chmod(0o755)
-    base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
-    result = Pods()
-    result.addresses = {c: f"{base}.{i + 1}" for i, c in enumerate(APP_COMPONENTS)}
-    names = {DB_HOST: owner.hostname or "127.0.0.1"}
-    for component in APP_COMPONENTS:
-        for name in service_names(f"{RELEASE}-timesheets-{component}"):
-            names[name] = result.addresses[component]
-    hosts = hosts_file(staging / "hosts", names)
-    images: dict[str, list[dict[str, Any]]] = {}
-    for component in APP_COMPONENTS:
-        app = image_layout(component, tmp_path_factory.mktemp(f"image-{component}"))
-        if component == "gateway":  # the image's SPA build (the spa stage): a page to serve
-            (app / "spa" / "dist").mkdir(parents=True)
-            (app / "spa" / "dist" / "index.html").write_text("<!doctype html><title>Timesheets</title>")
-        for path in [app, *app.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        images[component] = [
-            {"kind": "dir", "path": "/opt/venv", "source": str(venv)},
-            {"kind": "dir", "path": "/opt/app", "source": str(app)},
-        ]
-
-    def prepared(container: Container, rewrite_bind: str | None = None) -> PodProcess:
-        if rewrite_bind is not None:
-            assert container.env["BIND_HOST"] == "::", container.env.get("BIND_HOST")
-            container.env["BIND_HOST"] = rewrite_bind
-            container.rewrites["BIND_HOST"] = REWRITES["BIND_HOST"]
-        root = staging / f"root-{container.name}-{secrets.token_hex(3)}"
-        spec = container.spec(root, images[container.service], hosts)
-        return PodProcess(container, spec, staging)
-
-    try:
-        job = cluster.find("Job", f"{RELEASE}-timesheets-migrations")
-        for container in containers_of(cluster, job, staging):  # init containers in order, then the last
-            process = prepared(container).start()
-            result.job.append(process)
-            code = process.wait(180)
-            assert code == 0, f"{container.name} exited {code}:\n{process.logs()[-4000:]}"
-        for component in APP_COMPONENTS:
-            deployment = cluster.find("Deployment", f"{RELEASE}-timesheets-{component}")
-            (container,) = [c for c in containers_of(cluster, deployment, staging) if c.name == component]
-            result.containers[component] = container
-            result.processes[component] = prepared(container, result.addresses[component]).start()
-        for component, process in result.processes.items():
-            url = result.url(component)
-            wait_for(lambda p=process, u=url: ready_or_gone(p, u), 90, f"{component} ready")
-            assert process.alive(), f"{component} exited:\n{process.logs()[-4000:]}"
-        result.helm_test = [
-            prepared(c)
-            for c in containers_of(cluster, cluster.find("Pod", f"{RELEASE}-timesheets-helm-test"), staging)
-        ]
-        yield result
-    finally:
-        for process in result.processes.values():
-            process.stop()
-
-
-def ready_or_gone(process: PodProcess, url: str) -> bool:
-    """The readiness probe's answer, or the container's end (then no use waiting)."""
-    return not process.alive() or http("GET", url + "/readyz")[0] == 200
+    # as in production: several workers sharing their metrics files in the /tmp emptyDir, and the
+    # operator's extra variables by envFrom
+    overrides = {"gateway": {"workers": 2, "extraEnvVarsSecret": "gateway-extra-env"}}
+    with running_release(
+        isolated_env,
+        service_redis,
+        tmp_path_factory,
+        name="pods",
+        overrides=overrides,
+        operator_env={"gateway-extra-env": EXTRA_ENV},
+    ) as release:
+        yield release
 
 
 def scrape_with(url: str, series: bytes) -> bytes | None:

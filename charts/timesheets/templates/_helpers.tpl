@@ -717,6 +717,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: /tmp/gateway-metrics
 - name: GATEWAY_RESPONSE_BUFFER_BYTES
   value: {{ $values.responseBufferBytes | int64 | quote }}
+- name: GATEWAY_REQUEST_BODY_BUFFER_BYTES
+  value: {{ $values.requestBodyBufferBytes | int64 | quote }}
 - name: GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT
   value: {{ $values.maxInFlightPerSubject | int64 | quote }}
 - name: SPA_AUTH_ISSUER

@@ -159,6 +159,7 @@ class Gateway:
             access_log=self.access_log,
             forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
             max_in_flight_per_subject=settings.in_flight_limit,
+            request_body_budget=settings.gateway_request_body_buffer_bytes,
             proofs=proofs,
             replays=self.replays,
             clock=clock,

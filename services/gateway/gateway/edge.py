@@ -90,6 +90,7 @@ class Edge:
         access_log: AccessLog | None,
         forwarded: ForwardedHeaders,
         max_in_flight_per_subject: int = 0,
+        request_body_budget: int = 0,
         proofs: ProofVerifier | None = None,
         replays: ReplayGuard | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -113,7 +114,7 @@ class Edge:
         self.possession = Possession(proofs, replays, self.authenticate)
         self.rate_limit = RateLimit(limiter)
         self.in_flight = InFlight(max_in_flight_per_subject)
-        self.body = Body(max_body_bytes)
+        self.body = Body(max_body_bytes, request_body_budget)
         self.forward = Forward(forwarder, max_body_bytes, clock)
         self._auth_failures: dict[str, Any] = {}
 
@@ -173,9 +174,11 @@ class Edge:
             request_id_var.reset(context)
 
     def finish(self, request: ApiRequest) -> None:
-        """The request's place in flight given back, its metrics and access line, once it has been
-        answered (every request ends here, exactly once: :meth:`serve`, or the callback relay)."""
+        """The request's place in flight and its body's room given back, its metrics and access line,
+        once it has been answered (every request ends here, exactly once: :meth:`serve`, or the
+        callback relay)."""
         self.in_flight.release(request)
+        self.body.release(request)
         elapsed = time.perf_counter() - request.started
         self.metrics.observe(request.route, request.method, request.status, elapsed)
         if self.access_log is not None:

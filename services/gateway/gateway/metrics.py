@@ -19,6 +19,8 @@
 | ``gateway_upstream_pool_waits_total`` | service | requests that waited for a pooled connection |
 | ``gateway_response_buffer_bytes`` | (none) | response bytes read ahead of their clients |
 | ``gateway_response_streamed_total`` | service | large responses streamed (no read-ahead room) |
+| ``gateway_request_body_buffer_bytes`` | (none) | request bytes held before forwarding (budgeted) |
+| ``gateway_request_body_budget_refusals_total`` | (none) | bodies refused 503: no room in the budget |
 | ``gateway_response_cutoffs_total`` | service | streamed responses cut off: a slow client |
 | ``gateway_revocations_received_total`` | outcome | revocation events (``added``, ``expired``, ``ignored``) |
 | ``gateway_revocation_feed_errors_total`` | (none) | times the revocation reader lost Redis |
@@ -134,6 +136,17 @@ response_buffer_bytes = Gauge(
     "Bytes of upstream responses read ahead of their clients (GATEWAY_RESPONSE_BUFFER_BYTES per worker);"
     " summed over workers.",
     multiprocess_mode="livesum",
+)
+request_body_buffer_bytes = Gauge(
+    "gateway_request_body_buffer_bytes",
+    "Bytes of request bodies held (read whole before they go upstream) under"
+    " GATEWAY_REQUEST_BODY_BUFFER_BYTES per worker; summed over workers.",
+    multiprocess_mode="livesum",
+)
+request_body_budget_refusals = Counter(
+    "gateway_request_body_budget_refusals_total",
+    "Requests answered 503 request_body_budget: their body did not fit what was left of the worker's"
+    " GATEWAY_REQUEST_BODY_BUFFER_BYTES.",
 )
 requests_in_flight = Gauge(
     "gateway_requests_in_flight",

@@ -138,6 +138,7 @@ class ApiRequest:
         "authorization",
         "base_headers",
         "body",
+        "body_held",
         "chunked",
         "client_id",
         "client_ip",
@@ -193,6 +194,7 @@ class ApiRequest:
         self.forwarding: Forwarding | None = None
         self.body: bytes | BodyStream | None = None
         self.read_body = False
+        self.body_held = 0  # bytes of the worker's request-body budget it holds, until finish
         self.digest = b""  # the body's Content-Digest, computed once (every attempt upstream signs it)
         self.in_flight = ""  # the key it counts under in InFlight once admitted, until released
         authorization: list[bytes] = []

@@ -108,6 +108,14 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         description="service responses each worker may read ahead of slow clients (the pooled connection"
         " is free at once); a larger one streams for `UPSTREAM_READ_TIMEOUT_SECONDS` at most",
     )
+    gateway_request_body_buffer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024 * 1024,
+        description="request bodies each worker holds at once (a body is read whole before it goes"
+        " upstream: its digest is signed); one that does not fit is answered 503"
+        " `request_body_budget` with `Retry-After` before it is read; `0`: no bound",
+    )
     gateway_max_in_flight_per_subject: int = Field(
         default=64,
         ge=0,

@@ -582,10 +582,27 @@ class Body:
     """``Content-Length`` checked at once, then the body read whole (up to the route's limit: its
     ``max_body_bytes``, at most ``MAX_BODY_BYTES``): the identity signature binds its digest
     (``Content-Digest``), which must be known before the request head goes upstream, so bodies are no
-    longer streamed through."""
+    longer streamed through.
 
-    def __init__(self, max_body_bytes: int) -> None:
+    Bodies held at once are bounded per worker (``GATEWAY_REQUEST_BODY_BUFFER_BYTES``, ``budget``):
+    before it reads a body, a request takes its declared length (the route's limit when it declares
+    none) from the budget and gives it back in :meth:`release` (:meth:`gateway.edge.Edge.finish`).
+    Why: nothing else bounded them. One batch client's 64 maximum-size uploads at once (its in-flight
+    allowance per worker) made the gateway, within its rendered 512 MiB limit, OOM-killed
+    (tests/packaging/test_pods_under_limits.py); any caller's requests up to
+    ``MAX_CONNECTIONS_PER_WORKER`` could too. A body that does not fit is answered 503
+    ``request_body_budget`` with ``Retry-After`` before a byte of it is read; a body alone always fits
+    (a budget below a route's limit never refuses its largest bodies for good). ``budget`` 0: no bound.
+    """
+
+    #: seconds a refused caller is told to wait: the bodies held go upstream within a request's time
+    RETRY_AFTER = 2
+
+    def __init__(self, max_body_bytes: int, budget: int = 0) -> None:
         self.max_body = max_body_bytes
+        self.budget = budget
+        self.held = 0
+        self._refused = [(b"retry-after", str(self.RETRY_AFTER).encode())]
 
     def limit(self, request: ApiRequest) -> int:
         route = request.matched
@@ -612,9 +629,40 @@ class Body:
             request.read_body = True
         return None
 
+    def hold(self, request: ApiRequest, limit: int) -> Refusal | None:
+        """The body's room in the worker's budget, taken until :meth:`release` (503 without)."""
+        if not self.budget or request.body_held:
+            return None
+        size = int(request.content_length) if request.content_length is not None else limit
+        if self.held and self.held + size > self.budget:  # alone, a body always fits
+            metrics.request_body_budget_refusals.inc()
+            return Refusal(
+                503,
+                "The gateway is holding as many request bodies as its memory allows; retry in "
+                f"{self.RETRY_AFTER} s.",
+                list(self._refused),
+                reason="request_body_budget",
+                outcome="not_stored",
+            )
+        self.held += size
+        request.body_held = size
+        metrics.request_body_buffer_bytes.set(self.held)
+        return None
+
+    def release(self, request: ApiRequest) -> None:
+        """The body's room given back (once: the request forgets it), and the body itself."""
+        if request.body_held:
+            self.held -= request.body_held
+            request.body_held = 0
+            request.body = None
+            metrics.request_body_buffer_bytes.set(self.held)
+
     async def read(self, request: ApiRequest, receive: Receive) -> Refusal | None:
         """The whole body before the upstream is contacted (its digest is signed)."""
         limit = self.limit(request)
+        refused = self.hold(request, limit)
+        if refused is not None:
+            return refused
         try:
             request.body = await read_body(receive, limit)
         except BodyTooLarge:

@@ -263,7 +263,12 @@ def create_service_app(
     # request context, unhandled errors, body limit and identity: one layer (svckit.middleware)
     middleware = [
         Middleware(
-            ServiceFront, max_body_size=max_body_size, gate=gate, direct=direct_routes, handlers=handlers
+            ServiceFront,
+            max_body_size=max_body_size,
+            gate=gate,
+            direct=direct_routes,
+            handlers=handlers,
+            body_budget=settings.request_body_buffer_bytes,
         )
     ]
 

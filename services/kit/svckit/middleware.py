@@ -22,7 +22,58 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .context import is_valid_request_id, new_request_id, request_id_var
 from .identity import IdentityGate, body_too_large
 from .metrics import UNMATCHED_ROUTE, observe
-from .problems import unexpected_problem
+from .problems import Problem, unexpected_problem
+
+#: bodies up to this size are not counted against the budget: too small to matter, and the hot routes
+#: (a timesheet entry, a decision) pay nothing for it
+UNCOUNTED_BODY = 64 * 1024
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class BodyBudget:
+    """The bytes of request bodies a worker process holds at once (``REQUEST_BODY_BUFFER_BYTES``).
+
+    Why: a service reads a body whole and parses it, and nothing bounded how many it held. The
+    timesheets service takes ~35 MiB for each of the largest uploads (16 MiB) it parses at once
+    (docs/runbook.md, "Resource limits: where the figures come from"); each gateway worker lets four
+    through at once (``GATEWAY_REQUEST_BODY_BUFFER_BYTES``), so more than two gateway workers uploading
+    to one timesheets pod (the gateway scales to ten replicas) passed its 384Mi limit, and the kernel
+    OOM-killed it (tests/packaging/test_pods_under_limits.py). A body over :data:`UNCOUNTED_BODY`
+    (its ``Content-Length``; the body limit when it has none) takes its size here before a byte of it
+    is read and gives it back when the request is answered; one that does not fit is answered 503
+    ``request_body_budget`` with ``Retry-After`` (nothing of it stored); a body alone always fits, so a
+    capacity below the body limit slows the largest bodies down, never refuses them for good.
+    ``capacity`` 0: no bound.
+    """
+
+    RETRY_AFTER = 2
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def hold(self, size: int) -> bool:
+        if self.capacity and size > UNCOUNTED_BODY:
+            if self.held and self.held + size > self.capacity:  # alone, a body always fits
+                return False
+            self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        if self.capacity and size > UNCOUNTED_BODY:
+            self.held -= size
+
+    def refused(self) -> Problem:
+        return Problem(
+            503,
+            "Service Unavailable",
+            "The service is holding as many request bodies as its memory allows; nothing was stored. "
+            f"Retry in {self.RETRY_AFTER} s.",
+            headers={"Retry-After": str(self.RETRY_AFTER)},
+            reason="request_body_budget",
+            outcome="not_stored",
+        )
+
 
 access_log = logging.getLogger("access")
 
@@ -52,6 +103,8 @@ class ServiceFront:
       request, possibly another user's, into a closing socket). An exception after the response
       started (a broken stream) still propagates, so the server ends the connection and the client
       sees the truncation;
+    * **body budget**: a large body's room among those the worker holds (:class:`BodyBudget`), else
+      503 ``request_body_budget``;
     * **body limit**: 413 as a problem document, up front from ``Content-Length``, or as soon as a
       chunked body grows past ``max_body_size`` (the body is counted only when it has no length:
       the HTTP parser delivers exactly ``Content-Length`` bytes);
@@ -74,9 +127,11 @@ class ServiceFront:
         gate: IdentityGate | None = None,
         direct: Sequence[Route] = (),
         handlers: Mapping[Any, Handler] | None = None,
+        body_budget: int = 0,
     ) -> None:
         self.app = app
         self.max_body_size = max_body_size
+        self.bodies = BodyBudget(body_budget)
         self.gate = gate
         self.open_paths = gate.open_paths if gate is not None else frozenset()
         if gate is not None:
@@ -185,6 +240,21 @@ class ServiceFront:
         if length is not None and (not length.isdigit() or int(length) > limit):
             await body_too_large(limit).response()(scope, receive, send)
             return
+        size = int(length) if length is not None else 0
+        if length is None and self.bodies.capacity and scope["method"] not in NO_BODY_METHODS:
+            # a body without a length (chunked) may be as large as the limit
+            size = limit if any(k == b"transfer-encoding" for k, _ in scope["headers"]) else 0
+        if not self.bodies.hold(size):
+            await self.bodies.refused().response()(scope, receive, send)
+            return
+        try:
+            await self._serve_held(scope, receive, send, length, limit)
+        finally:
+            self.bodies.give_back(size)
+
+    async def _serve_held(
+        self, scope: Scope, receive: Receive, send: Send, length: bytes | None, limit: int
+    ) -> None:
         if self.gate is not None and scope["path"] not in self.open_paths:
             admitted = await self.gate.admit(scope, receive, send)  # reads the body within the limit
             if admitted is not None:

@@ -1,0 +1,491 @@
+"""The chart's pods under their rendered resource limits, at their worst case: do they stay inside?
+
+Each Deployment's container runs as rendered (tests/packaging/release.py) and in cgroups of its
+rendered ``resources`` (testkit.cgroups): the kernel OOM-kills a process of the container whose charge
+would pass ``resources.limits.memory``, as on a node. Each scenario drives one component to the most
+memory the platform lets a caller make it hold, and reads the kernel's figures: the peak charge
+(``memory.max_usage_in_bytes``) against the limit, OOM kills. docs/runbook.md, "Resource limits: where
+the figures come from", lists what was measured and the margin asserted here (:data:`MARGIN`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import math
+import statistics
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from svckit.identity import Identity, IdentitySigner
+from svckit.settings import parse_identity_keys
+
+from testkit.cgroups import Cgroup, cpu_millis, unavailable
+from testkit.fixtures import IsolatedEnv, ServiceRedis
+from testkit.oidc import Browser, sign_in_tokens
+from tests.packaging.release import Pods, running_release
+from tests.packaging.support import APP_COMPONENTS, RELEASE, pod_spec
+
+pytestmark = pytest.mark.e2e
+
+#: the share of a memory limit a worst case may reach: the rest is the margin for what this machine
+#: does not show (another allocator's fragmentation, a larger page cache, a busier event loop)
+MARGIN = 0.15
+MiB = 1 << 20
+#: the largest upload the gateway's route and the timesheets service take (MAX_UPLOAD_BYTES)
+UPLOAD_BYTES = 16 << 20
+#: how long a CPU scenario saturates its pod, how often its probes are sent meanwhile, by how many clients
+BUSY_SECONDS = 8.0
+INTERVAL = 0.2
+CLIENTS = 64
+
+
+@pytest.fixture(scope="module")
+def release(
+    isolated_env: IsolatedEnv, service_redis: ServiceRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pods]:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"no pod can be put under its limits here: {reason}")
+    with running_release(
+        isolated_env,
+        service_redis,
+        tmp_path_factory,
+        name="limits",
+        # the chart's defaults (its workers, its limits, its probes), but for the per-user rate limit
+        # of the gateway (1,200 a minute): the CPU scenarios' three users must reach the services
+        overrides={"gateway": {"env": {"RATE_LIMIT_PER_SUBJECT": "1000000"}}},
+        operator_env={},
+        limits=True,
+    ) as pods:
+        yield pods
+
+
+def figures(group: Cgroup) -> str:
+    return (
+        f"peak {group.peak_bytes / MiB:.0f} MiB of {group.limit_bytes / MiB:.0f} MiB, "
+        f"failcnt {group.failcnt}, OOM kills {group.oom_kills}"
+    )
+
+
+def assert_within(pods: Pods, component: str) -> None:
+    group = pods.cgroups[component]
+    process = pods.processes[component]
+    assert group.oom_kills == 0, f"{component} OOM-killed: {figures(group)}\n{process.logs()[-2000:]}"
+    assert process.alive(), f"{component} exited: {figures(group)}\n{process.logs()[-2000:]}"
+    assert group.peak_bytes <= group.limit_bytes * (1 - MARGIN), f"{component}: {figures(group)}"
+
+
+def batch_token(pods: Pods) -> str:
+    """The seeded batch client's token (client credentials, batch:upload)."""
+    assert pods.cluster is not None
+    (secret,) = [v["batch-client-secret"] for v in pods.cluster.stores.values() if "batch-client-secret" in v]
+    audience = pods.containers["gateway"].env["OIDC_AUDIENCE"]
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": "timesheets-batch",
+            "client_secret": secret,
+            "audience": audience,
+            "scope": "batch:upload",
+        }
+    ).encode()
+
+    async def token() -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                pods.url("identity") + "/oauth/token",
+                data=form,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ) as response,
+        ):
+            body = await response.json()
+            assert response.status == 200, body
+            return str(body["access_token"])
+
+    return asyncio.run(token())
+
+
+def largest_upload() -> bytes:
+    """An upload as large as the limit lets it be: 1,000 rows whose notes are written as \\uXXXX
+    escapes (what a client's json.dumps writes), padded with whitespace to just under the limit."""
+    rows = [
+        {"user": "alice", "date": "2047-01-01", "project": "limits", "hours": 0.25, "notes": "\u20ac" * 2000}
+        for _ in range(1000)
+    ]
+    body = json.dumps({"entries": rows}).encode()
+    assert len(body) < UPLOAD_BYTES
+    return body + b" " * (UPLOAD_BYTES - len(body) - 1)
+
+
+async def post_concurrently(url: str, token: str, body: bytes, count: int) -> list[int]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one() -> int:
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    return response.status
+            except (TimeoutError, aiohttp.ClientError):
+                return 0
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def test_concurrent_largest_uploads_stay_within_the_gateway_and_timesheets_limits(release: Pods) -> None:
+    """One batch client, as many maximum-size uploads at once as the gateway lets one caller have in
+    flight (GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT per worker, times GATEWAY_WORKERS)."""
+    gateway = release.containers["gateway"].env
+    count = int(gateway["GATEWAY_MAX_IN_FLIGHT_PER_SUBJECT"]) * int(gateway["GATEWAY_WORKERS"])
+    token = batch_token(release)
+    for component in APP_COMPONENTS:
+        release.cgroups[component].reset_peak()
+    started = time.monotonic()
+    statuses = asyncio.run(
+        post_concurrently(release.url("gateway") + "/api/timesheets/upload", token, largest_upload(), count)
+    )
+    elapsed = time.monotonic() - started
+    report = {c: figures(release.cgroups[c]) for c in ("gateway", "timesheets")}
+    print(f"{count} uploads of {UPLOAD_BYTES} bytes in {elapsed:.1f} s: {sorted(set(statuses))} {report}")
+    for component in ("gateway", "timesheets"):
+        assert_within(release, component)
+    assert 422 in statuses, statuses  # uploads went through to timesheets and were parsed there
+
+
+def test_concurrent_largest_uploads_from_several_gateway_workers_stay_within_the_timesheets_limit(
+    release: Pods,
+) -> None:
+    """What several gateway workers (replicas: up to gateway.autoscaling.maxReplicas) let through to one
+    timesheets pod at once: each worker four of the largest uploads (GATEWAY_REQUEST_BODY_BUFFER_BYTES),
+    signed as the gateway signs them; here sixteen, four workers' worth."""
+    timesheets = release.containers["timesheets"].env
+    signer = IdentitySigner(parse_identity_keys(timesheets["IDENTITY_KEYS_GATEWAY_TO_TIMESHEETS"]))
+    gateway = release.containers["gateway"].env
+    per_worker = int(gateway["GATEWAY_REQUEST_BODY_BUFFER_BYTES"]) // UPLOAD_BYTES
+    count = 4 * per_worker
+    batch = Identity(
+        gateway["OIDC_ISSUER"].split(",")[0],
+        "timesheets-batch",
+        kind="client",
+        client_id="timesheets-batch",
+        scopes=frozenset({"batch:upload"}),
+    )
+    body = largest_upload()
+    url = release.url("timesheets") + "/timesheets/upload"
+
+    async def send_all() -> list[int]:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+            async def one() -> int:
+                headers = signer.headers(batch, method="POST", target="/timesheets/upload", body=body)
+                headers["Content-Type"] = "application/json"
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        return response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    return 0
+
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    release.cgroups["timesheets"].reset_peak()
+    statuses = asyncio.run(send_all())
+    print(
+        f"{count} signed uploads at timesheets: {Counter(statuses)} {figures(release.cgroups['timesheets'])}"
+    )
+    assert_within(release, "timesheets")
+    # the ones taken were parsed (422: their rows overlap one day), the others refused 503 for want of
+    # room (a client still writing its body when refused may see the connection end instead)
+    assert 422 in statuses, statuses
+
+
+def test_every_connection_a_worker_takes_stays_within_the_limits(release: Pods) -> None:
+    """MAX_CONNECTIONS_PER_WORKER connections to the gateway and to the timesheets service at once,
+    each with a request head begun (the server holds its buffers until the head times out)."""
+    import resource
+
+    count = int(release.containers["gateway"].env["MAX_CONNECTIONS_PER_WORKER"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2 * count + 256:
+        pytest.skip(f"this process may open {hard} files, fewer than {2 * count} connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * count + 256), hard))
+
+    async def hold(component: str) -> int:
+        host, port = release.addresses[component], int(release.containers[component].env["PORT"])
+        writers = []
+        try:
+            for _ in range(count):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.write(b"GET /timesheets HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4000)
+                writers.append(writer)
+            await asyncio.sleep(1.0)
+            return len(writers)
+        finally:
+            for writer in writers:
+                writer.close()
+
+    for component in ("gateway", "timesheets"):
+        release.cgroups[component].reset_peak()
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(hold("gateway"), hold("timesheets")))
+
+    held = asyncio.run(both())
+    print(
+        f"{held} connections held: "
+        + ", ".join(f"{c} {figures(release.cgroups[c])}" for c in ("gateway", "timesheets"))
+    )
+    for component in ("gateway", "timesheets"):
+        assert_within(release, component)
+
+
+# --- CPU: the probes of a busy pod held to its request ----------------------------------------------
+
+
+@dataclass
+class Probe:
+    """A probe as rendered: the kubelet GETs ``path`` on ``port`` every ``period`` s and counts an
+    answer later than ``timeout`` s as a failure; ``failure_threshold`` in a row restart the pod
+    (liveness) or take it out of its Service (readiness)."""
+
+    kind: str
+    path: str
+    port: int
+    timeout: float
+    period: float
+    failure_threshold: int
+
+
+def rendered_probes(pods: Pods, component: str) -> list[Probe]:
+    assert pods.cluster is not None
+    deployment = pods.cluster.find("Deployment", f"{RELEASE}-timesheets-{component}")
+    pod = pod_spec(deployment)
+    assert pod is not None
+    (container,) = [c for c in pod["containers"] if c["name"] == component]
+    ports = {p["name"]: int(p["containerPort"]) for p in container["ports"]}
+    probes = []
+    for kind in ("livenessProbe", "readinessProbe"):
+        spec = container[kind]
+        port = spec["httpGet"]["port"]
+        probes.append(
+            Probe(
+                kind,
+                spec["httpGet"]["path"],
+                ports[port] if isinstance(port, str) else int(port),
+                float(spec["timeoutSeconds"]),
+                float(spec["periodSeconds"]),
+                int(spec["failureThreshold"]),
+            )
+        )
+    return probes
+
+
+def probe_once(address: str, probe: Probe) -> float:
+    """Seconds the probe took to be answered 200, as the kubelet waits for it (inf: a failure)."""
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(address, probe.port, timeout=probe.timeout)
+    try:
+        connection.request("GET", probe.path, headers={"User-Agent": "kube-probe/1.30"})
+        status = connection.getresponse().status
+    except OSError:
+        return math.inf
+    finally:
+        connection.close()
+    elapsed = time.monotonic() - started
+    return elapsed if status == 200 and elapsed <= probe.timeout else math.inf
+
+
+def probe_while(address: str, probes: list[Probe], busy: threading.Event) -> dict[str, list[float]]:
+    """Each probe every ``INTERVAL`` s (more often than the kubelet, for a p99) while ``busy``."""
+    seen: dict[str, list[float]] = {p.kind: [] for p in probes}
+    while not busy.is_set():
+        time.sleep(0.05)
+    while busy.is_set():
+        for probe in probes:
+            seen[probe.kind].append(probe_once(address, probe))
+        time.sleep(INTERVAL)
+    return seen
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def longest_failing_run(values: list[float]) -> int:
+    run = longest = 0
+    for value in values:
+        run = run + 1 if value == math.inf else 0
+        longest = max(longest, run)
+    return longest
+
+
+async def saturate(request: Callable[[aiohttp.ClientSession], Awaitable[int]], clients: int) -> Counter[int]:
+    """``clients`` loops sending ``request`` back to back for :data:`BUSY_SECONDS`; their statuses."""
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + BUSY_SECONDS
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def loop() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    statuses[await request(session)] += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    statuses[0] += 1
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+    return statuses
+
+
+def under_load(
+    pods: Pods, component: str, request: Callable[[aiohttp.ClientSession], Awaitable[int]], clients: int
+) -> tuple[dict[str, list[float]], Counter[int], tuple[int, float]]:
+    """The component held to its CPU request (the most a full node's CFS shares give it) while
+    ``clients`` saturate it; each rendered probe's latencies meanwhile."""
+    group = pods.cgroups[component]
+    request_millis = cpu_millis(pods.containers[component].resources["requests"]["cpu"])
+    group.cpu_quota(request_millis)
+    group.reset_peak()
+    before = group.throttled()
+    busy = threading.Event()
+    seen: dict[str, list[float]] = {}
+    prober = threading.Thread(
+        target=lambda: seen.update(
+            probe_while(pods.addresses[component], rendered_probes(pods, component), busy)
+        )
+    )
+    prober.start()
+    try:
+        busy.set()
+        statuses = asyncio.run(saturate(request, clients))
+    finally:
+        busy.clear()
+        prober.join()
+        group.cpu_quota(None)
+    after = group.throttled()
+    return seen, statuses, (after[0] - before[0], after[1] - before[1])
+
+
+def report(
+    component: str, seen: dict[str, list[float]], statuses: Counter[int], throttled: tuple[int, float]
+) -> str:
+    lines = [f"{component}: load {dict(statuses)}, throttled {throttled[0]} periods / {throttled[1]:.1f} s"]
+    for kind, values in seen.items():
+        answered = [v for v in values if v != math.inf]
+        lines.append(
+            f"  {kind}: {len(values)} probes, failed {len(values) - len(answered)}, "
+            f"p50 {statistics.median(answered) if answered else math.inf:.3f} s, "
+            f"p99 {p99(values):.3f} s, longest failing run {longest_failing_run(values)}"
+        )
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def tokens(release: Pods) -> list[str]:
+    """The demo users' tokens (each its own rate limit at the gateway)."""
+
+    async def signed_in() -> list[str]:
+        identity = release.url("identity")
+        out = []
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            for who in ("alice", "bob", "carol"):
+                browser = Browser(identity, session)
+                answer = await sign_in_tokens(browser, session, identity, who, scope="openid read:timesheets")
+                out.append(answer["access_token"])
+                session.cookie_jar.clear()
+        return out
+
+    return asyncio.run(signed_in())
+
+
+def listing(pods: Pods, tokens: list[str]) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
+    """The largest page of the timesheets list through the gateway, the users taking turns."""
+    url = pods.url("gateway") + "/api/timesheets?limit=100"
+    turn = iter(range(1 << 62))
+
+    async def request(session: aiohttp.ClientSession) -> int:
+        token = tokens[next(turn) % len(tokens)]
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            await response.read()
+            return response.status
+
+    return request
+
+
+def assert_probes_hold(pods: Pods, component: str, seen: dict[str, list[float]]) -> None:
+    for probe in rendered_probes(pods, component):
+        values = seen[probe.kind]
+        assert values, probe
+        assert longest_failing_run(values) < probe.failure_threshold, (component, probe, values)
+
+
+def spa(pods: Pods) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
+    """The SPA's page: served by the gateway alone (no upstream), so the gateway is the one busy."""
+    url = pods.url("gateway") + "/"
+
+    async def request(session: aiohttp.ClientSession) -> int:
+        async with session.get(url) as response:
+            await response.read()
+            return response.status
+
+    return request
+
+
+def test_gateway_probes_answer_while_it_is_saturated_at_its_cpu_request(
+    release: Pods, tokens: list[str]
+) -> None:
+    """Half the clients on the SPA (the gateway's own work), half on the API (forwarded)."""
+    page, api = spa(release), listing(release, tokens)
+    turn = iter(range(1 << 62))
+
+    async def request(session: aiohttp.ClientSession) -> int:
+        return await (page if next(turn) % 2 else api)(session)
+
+    seen, statuses, throttled = under_load(release, "gateway", request, CLIENTS)
+    print(report("gateway", seen, statuses, throttled))
+    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
+    assert_probes_hold(release, "gateway", seen)
+    print("  memory:", figures(release.cgroups["gateway"]))
+    assert_within(release, "gateway")
+
+
+def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
+    release: Pods, tokens: list[str]
+) -> None:
+    seen, statuses, throttled = under_load(release, "timesheets", listing(release, tokens), CLIENTS)
+    print(report("timesheets", seen, statuses, throttled))
+    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
+    assert_probes_hold(release, "timesheets", seen)
+    print("  memory:", figures(release.cgroups["timesheets"]))
+    assert_within(release, "timesheets")
+
+
+def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(release: Pods) -> None:
+    """Token requests with a wrong client secret: each an Argon2 verification (HASHES_AT_ONCE threads)."""
+    url = release.url("identity") + "/oauth/token"
+    form = {"grant_type": "client_credentials", "client_id": "timesheets-batch", "client_secret": "wrong"}
+
+    async def request(session: aiohttp.ClientSession) -> int:
+        async with session.post(url, data=form) as response:
+            await response.read()
+            return response.status
+
+    seen, statuses, throttled = under_load(release, "identity", request, 16)
+    print(report("identity", seen, statuses, throttled))
+    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
+    assert_probes_hold(release, "identity", seen)
+    print("  memory:", figures(release.cgroups["identity"]))
+    assert_within(release, "identity")
