@@ -112,8 +112,8 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
         default=64 * 1024 * 1024,
         ge=0,
         le=16 * 1024 * 1024 * 1024,
-        description="request bodies each worker holds at once (a body is read whole before it goes"
-        " upstream: its digest is signed); one that does not fit is answered 503"
+        description="request bodies over 64 KiB each worker holds at once (a body is read whole before"
+        " it goes upstream: its digest is signed); one that does not fit is answered 503"
         " `request_body_budget` with `Retry-After` before it is read; `0`: no bound",
     )
     gateway_max_in_flight_per_subject: int = Field(

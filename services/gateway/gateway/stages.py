@@ -36,6 +36,7 @@ from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.dpop import ProofError, ProofVerifier, ReplayGuard, request_url
 from svckit.identity import EMPTY_DIGEST, content_digest, new_nonce
 from svckit.identity import PREFIX as IDENTITY_PREFIX
+from svckit.middleware import BodyBudget
 
 from . import metrics
 from .cors import Cors
@@ -585,8 +586,9 @@ class Body:
     longer streamed through.
 
     Bodies held at once are bounded per worker (``GATEWAY_REQUEST_BODY_BUFFER_BYTES``, ``budget``):
-    before it reads a body, a request takes its declared length (the route's limit when it declares
-    none) from the budget and gives it back in :meth:`release` (:meth:`gateway.edge.Edge.finish`).
+    before it reads a body over 64 KiB, a request takes its declared length (the route's limit when it
+    declares none) from the budget and gives it back in :meth:`release` (:meth:`gateway.edge.Edge.finish`);
+    the rule is the services' own (:class:`svckit.middleware.BodyBudget`), small bodies pay nothing.
     Why: nothing else bounded them. One batch client's 64 maximum-size uploads at once (its in-flight
     allowance per worker) made the gateway, within its rendered 512 MiB limit, OOM-killed
     (tests/packaging/test_pods_under_limits.py); any caller's requests up to
@@ -600,9 +602,13 @@ class Body:
 
     def __init__(self, max_body_bytes: int, budget: int = 0) -> None:
         self.max_body = max_body_bytes
-        self.budget = budget
-        self.held = 0
+        self.bodies = BodyBudget(budget)  # the services' own rule (svckit.middleware)
         self._refused = [(b"retry-after", str(self.RETRY_AFTER).encode())]
+
+    @property
+    def held(self) -> int:
+        """Bytes of request bodies this worker holds now (counted ones: over 64 KiB)."""
+        return self.bodies.held
 
     def limit(self, request: ApiRequest) -> int:
         route = request.matched
@@ -631,10 +637,12 @@ class Body:
 
     def hold(self, request: ApiRequest, limit: int) -> Refusal | None:
         """The body's room in the worker's budget, taken until :meth:`release` (503 without)."""
-        if not self.budget or request.body_held:
+        if request.body_held:
             return None
         size = int(request.content_length) if request.content_length is not None else limit
-        if self.held and self.held + size > self.budget:  # alone, a body always fits
+        if not self.bodies.counts(size):  # no budget, or a small body: nothing to hold
+            return None
+        if not self.bodies.hold(size):
             metrics.request_body_budget_refusals.inc()
             return Refusal(
                 503,
@@ -644,18 +652,17 @@ class Body:
                 reason="request_body_budget",
                 outcome="not_stored",
             )
-        self.held += size
         request.body_held = size
-        metrics.request_body_buffer_bytes.set(self.held)
+        metrics.request_body_buffer_bytes.set(self.bodies.held)
         return None
 
     def release(self, request: ApiRequest) -> None:
         """The body's room given back (once: the request forgets it), and the body itself."""
         if request.body_held:
-            self.held -= request.body_held
+            self.bodies.give_back(request.body_held)
             request.body_held = 0
             request.body = None
-            metrics.request_body_buffer_bytes.set(self.held)
+            metrics.request_body_buffer_bytes.set(self.bodies.held)
 
     async def read(self, request: ApiRequest, receive: Receive) -> Refusal | None:
         """The whole body before the upstream is contacted (its digest is signed)."""

@@ -52,15 +52,20 @@ class BodyBudget:
         self.capacity = capacity
         self.held = 0
 
+    def counts(self, size: int) -> bool:
+        """A body of ``size`` bytes takes room here (a budget is set and the body is not small)."""
+        return bool(self.capacity) and size > UNCOUNTED_BODY
+
     def hold(self, size: int) -> bool:
-        if self.capacity and size > UNCOUNTED_BODY:
+        """Room for ``size`` bytes taken (True, also when :meth:`counts` says it takes none)."""
+        if self.counts(size):
             if self.held and self.held + size > self.capacity:  # alone, a body always fits
                 return False
             self.held += size
         return True
 
     def give_back(self, size: int) -> None:
-        if self.capacity and size > UNCOUNTED_BODY:
+        if self.counts(size):
             self.held -= size
 
     def refused(self) -> Problem:
