@@ -165,6 +165,19 @@ def readyz(url: str) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
+def postgres_check(url: str, says: str, timeout: float = 15.0) -> tuple[int, str]:
+    """``/readyz``'s status and its ``postgres`` check once the check mentions ``says`` (or at
+    ``timeout``): the pool reports its first failure a moment after the process is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = readyz(url)
+        checks = body.get("checks", {})
+        assert isinstance(checks, dict)
+        if says in str(checks.get("postgres")) or time.monotonic() > deadline:
+            return status, str(checks.get("postgres"))
+        time.sleep(0.2)
+
+
 def test_readyz_of_a_service_names_the_refused_certificate(tls: Tls) -> None:
     env = {
         **KEYS,
@@ -172,16 +185,9 @@ def test_readyz_of_a_service_names_the_refused_certificate(tls: Tls) -> None:
         "DB_SSLROOTCERT": tls.wrong_ca,
     }
     with ServiceProcess("audit", env) as service:
-        deadline = time.monotonic() + 15
-        while True:
-            status, body = readyz(service.url)
-            checks = body.get("checks", {})
-            assert isinstance(checks, dict)
-            if "TLS" in str(checks.get("postgres")) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        status, check = postgres_check(service.url, "TLS")
         assert status == 503
-        assert checks["postgres"] == (
+        assert check == (
             "failed: TLS: the database server's certificate was refused: unable to get local issuer "
             f"certificate (sslmode=verify-full, sslrootcert={tls.wrong_ca})"
         )
