@@ -73,16 +73,24 @@ class DatabaseTls:
         if not self.verifies:
             return self.sslmode if self.imposed else None
         assert self.rootcert is not None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = self.sslmode == "verify-full"
-        context.verify_mode = ssl.CERT_REQUIRED
-        if self.rootcert == SYSTEM:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            context.load_verify_locations(cafile=self.rootcert)
+        context = verifying_context(self.rootcert, check_hostname=self.sslmode == "verify-full")
         if self.certfile:
             context.load_cert_chain(self.certfile, keyfile=self.keyfile)
         return context
+
+
+def verifying_context(ca: str, *, check_hostname: bool) -> ssl.SSLContext:
+    """A client context that trusts ``ca`` alone (a PEM file), or the image's store (``system``):
+    never both; the certificate required, its host name checked when asked (Redis uses it too,
+    :mod:`svckit.redistls`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 at least
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    if ca == SYSTEM:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        context.load_verify_locations(cafile=ca)
+    return context
 
 
 def _query(dsn: str) -> dict[str, str]:

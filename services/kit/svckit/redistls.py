@@ -29,7 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio.connection import RedisSSLContext, SSLConnection
 
-SYSTEM = "system"
+from .dbtls import SYSTEM, verifying_context
+
 Verify = Literal["full", "ca"]
 #: URL query options that would loosen or replace the kit's verification
 _LOOSENING = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data")
@@ -50,15 +51,7 @@ class RedisTls:
 
     def context(self) -> ssl.SSLContext:
         """Trusts only the CA named (or the image's store): never both."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = self.verify == "full"
-        context.verify_mode = ssl.CERT_REQUIRED
-        if self.ca_file == SYSTEM:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            context.load_verify_locations(cafile=self.ca_file)
-        return context
+        return verifying_context(self.ca_file, check_hostname=self.verify == "full")
 
     def client_options(self) -> dict[str, Any]:
         """Options for ``redis.asyncio.Redis.from_url``: the kit's connection class with this context."""
