@@ -259,6 +259,18 @@ class Stack:
                 assert response.status == 200, body
                 self.tokens["batch"] = body["access_token"]
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Stack]:
+        """Migrated and seeded, every service started and ready, the suite's users signed in; every
+        service stopped at the end."""
+        await self.prepare()
+        try:
+            await self.start_all()
+            await self.sign_in()
+            yield self
+        finally:
+            await asyncio.to_thread(self.stop_all)
+
     def stop_all(self) -> None:
         for service in reversed(list(self.services.values())):
             service.stop(timeout=10)

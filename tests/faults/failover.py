@@ -30,7 +30,6 @@ async def failover_stack(
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
     primary = PrivatePostgres().start()
     standby: PrivatePostgres | None = None
-    stack: Stack | None = None
     proxy: TcpProxy | None = None
     try:
         standby = await asyncio.to_thread(PrivatePostgres, standby_of=primary)
@@ -40,13 +39,9 @@ async def failover_stack(
         stack = Stack(primary, redis, logs, dsn=proxy.url_for(primary.dsn))
         for name in DB_SERVICES:
             stack.services[name].env.update(service_env or {})
-        await stack.prepare()
-        await stack.start_all()
-        await stack.sign_in()
-        yield stack, proxy, primary, standby
+        async with stack.running():
+            yield stack, proxy, primary, standby
     finally:
-        if stack is not None:
-            await asyncio.to_thread(stack.stop_all)
         if proxy is not None:
             await proxy.cut()
         if standby is not None:

@@ -75,17 +75,13 @@ async def disk_stack(
         if exc.cmd[0] != "mount":
             raise
         pytest.skip(f"cannot mount a tmpfs here (root without CAP_SYS_ADMIN?): {exc.stderr.strip()}")
-    stack: Stack | None = None
     try:
         await asyncio.to_thread(postgres.start)
-        stack = Stack(postgres, private_redis, tmp_path_factory.mktemp("disk-full-logs"))
-        await stack.prepare()
-        await stack.start_all()
-        await stack.sign_in()
-        yield stack
+        async with Stack(
+            postgres, private_redis, tmp_path_factory.mktemp("disk-full-logs")
+        ).running() as stack:
+            yield stack
     finally:
-        if stack is not None:
-            await asyncio.to_thread(stack.stop_all)
         await asyncio.to_thread(postgres.remove)
 
 

@@ -67,13 +67,8 @@ async def ipv6_stack(
         host=IPV6_LOOPBACK,
         gateway_bind_host="::",
     )
-    await stack.prepare()
-    try:
-        await stack.start_all()
-        await stack.sign_in()
+    async with stack.running():
         yield stack
-    finally:
-        await asyncio.to_thread(stack.stop_all)
 
 
 async def call(

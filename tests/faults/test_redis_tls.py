@@ -55,12 +55,9 @@ async def tls_stack(
     for service in stack.services.values():
         service.env["REDIS_TLS_CA_FILE"] = str(ca_file)
     try:
-        await stack.prepare()
-        await stack.start_all()
-        await stack.sign_in()
-        yield stack, redis
+        async with stack.running():
+            yield stack, redis
     finally:
-        await asyncio.to_thread(stack.stop_all)
         redis.close()
 
 
