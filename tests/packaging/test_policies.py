@@ -495,6 +495,28 @@ def test_redis_ca_from_a_secret_and_the_chain_only_check(
         assert "redis-ca" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
 
 
+def test_request_body_budgets_reach_each_component(
+    render_values: Callable[[dict[str, Any]], list[Obj]],
+) -> None:
+    """config.requestBodyBufferBytes is the services' REQUEST_BODY_BUFFER_BYTES; the gateway keeps its
+    own (gateway.requestBodyBufferBytes): no variable it would not read."""
+    values = {
+        **SCENARIOS["minimal"],
+        "config": {**SCENARIOS["minimal"].get("config", {}), "requestBodyBufferBytes": 33554432},
+        "gateway": {**SCENARIOS["minimal"].get("gateway", {}), "requestBodyBufferBytes": 16777216},
+    }
+    seen = set()
+    for dep in app_deployments(render_values(values)):
+        env = env_of(main_container(dep))
+        seen.add(component(dep))
+        if component(dep) == "gateway":
+            assert env["GATEWAY_REQUEST_BODY_BUFFER_BYTES"]["value"] == "16777216"
+            assert "REQUEST_BODY_BUFFER_BYTES" not in env
+        else:
+            assert env["REQUEST_BODY_BUFFER_BYTES"]["value"] == "33554432"
+    assert {"gateway", "timesheets", "approvals", "audit"} <= seen
+
+
 # --- migrations --------------------------------------------------------------------------------
 
 

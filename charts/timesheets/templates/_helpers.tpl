@@ -563,6 +563,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $root.Values.config.responseSendTimeoutSeconds | quote }}
 - name: MAX_CONNECTIONS_PER_WORKER
   value: {{ $root.Values.config.maxConnectionsPerWorker | quote }}
+{{- if ne $c "gateway" }}
+- name: REQUEST_BODY_BUFFER_BYTES
+  value: {{ $root.Values.config.requestBodyBufferBytes | int64 | quote }}
+{{- end }}
 - name: IDENTITY_MAX_SKEW_SECONDS
   value: {{ $root.Values.config.identityMaxSkewSeconds | quote }}
 {{- if not .migration }}
