@@ -134,6 +134,26 @@ def runtime_venv(uv: str) -> Path:
     return venv
 
 
+def log_text(path: Path) -> str:
+    """A process's log file so far ("" before it exists)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def stop_gracefully(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+    """SIGTERM, as the kubelet sends it, then SIGKILL after ``grace`` seconds (its grace period)."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ImageProcess:
     """One service run as its image runs it: ``python -m <service>`` from /opt/app with its ENV."""
 
@@ -201,17 +221,7 @@ class ImageProcess:
         raise RuntimeError(f"{self.service} did not answer /healthz in {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-6000:]
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log)[-6000:]
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_gracefully(self.process)

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.packaging.images import image_chain, service_stages
+from tests.packaging.images import image_chain, log_text, service_stages, stop_gracefully
 from tests.packaging.support import NAMESPACE, Obj, pod_spec
 
 LAUNCHER = Path(__file__).with_name("podlaunch.py")
@@ -295,20 +294,10 @@ class PodProcess:
         return self.process is not None and self.process.poll() is None
 
     def logs(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_gracefully(self.process)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
