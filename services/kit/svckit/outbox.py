@@ -300,6 +300,7 @@ class OutboxRelay:
             poll_interval=settings.outbox_poll_interval_seconds,
             max_backoff=settings.outbox_max_backoff_seconds,
             receipt_check_interval=settings.outbox_receipt_check_interval_seconds,
+            request_timeout=settings.outbox_request_timeout_seconds,
             **options,
         )
 
