@@ -251,6 +251,11 @@ MEANINGS = {
         "how often the outbox relay asks the audit service whether its trail still holds the newest "
         "event delivered (also at start and after a failed delivery; svckit.receipts)"
     ),
+    "outbox_request_timeout_seconds": (
+        "how long the outbox relay waits for the audit service's answer to a batch before it gives up and "
+        "sends it again after the back-off (a batch given up on may be stored all the same: the audit "
+        "service records a resent event once); below DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"
+    ),
     "apply_timeout_seconds": "timeout of applying a decision at the timesheets service",
     "apply_attempts": "attempts to apply a decision before the reconciler takes over",
     "reconcile_interval_seconds": "how often interrupted decisions are reconciled",

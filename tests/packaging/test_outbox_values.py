@@ -56,3 +56,36 @@ def test_the_schema_takes_what_the_setting_takes(good: object) -> None:
 def test_the_schema_holds_the_settings_bounds(bad: object) -> None:
     refused = schema_refuses(interval(bad))
     assert "outboxReceiptCheckIntervalSeconds" in refused, refused
+
+
+# ``config.outboxRequestTimeoutSeconds`` (OUTBOX_REQUEST_TIMEOUT_SECONDS): how long a relay waits for
+# the audit service's answer to a batch (tests/faults/test_redelivery.py: a batch given up on is
+# recorded once all the same). Bounded above by the idle-in-transaction floor (15 s): the relay's
+# claim transaction stays open while it waits.
+
+
+def timeout_in(values: dict[str, Any], component: str) -> str | None:
+    for entry in container_env(render(values), component):
+        if entry["name"] == "OUTBOX_REQUEST_TIMEOUT_SECONDS":
+            return str(entry["value"])
+    return None
+
+
+@pytest.mark.parametrize("component", PRODUCERS)
+def test_the_request_timeout_renders_into_every_producer(component: str) -> None:
+    assert timeout_in(WITH_IDENTITY, component) == "10"  # the settings' default
+    tuned = deep_merge(WITH_IDENTITY, {"config": {"outboxRequestTimeoutSeconds": 4}})
+    assert timeout_in(tuned, component) == "4"
+
+
+@pytest.mark.parametrize("component", OTHERS)
+def test_a_service_without_an_outbox_does_not_get_the_request_timeout(component: str) -> None:
+    assert timeout_in(WITH_IDENTITY, component) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"), [(0.5, True), (14, True), (0, False), (15, False), ("10", False)]
+)
+def test_the_schema_holds_the_request_timeouts_bounds(value: object, taken: bool) -> None:
+    refused = schema_refuses(deep_merge(MINIMAL, {"config": {"outboxRequestTimeoutSeconds": value}}))
+    assert (refused == "") is taken, refused

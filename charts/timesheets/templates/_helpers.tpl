@@ -591,6 +591,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 {{- /* the services with an outbox (svckit.outbox): its relay's receipt check (svckit.receipts) */}}
 - name: OUTBOX_RECEIPT_CHECK_INTERVAL_SECONDS
   value: {{ $root.Values.config.outboxReceiptCheckIntervalSeconds | quote }}
+- name: OUTBOX_REQUEST_TIMEOUT_SECONDS
+  value: {{ $root.Values.config.outboxRequestTimeoutSeconds | quote }}
 {{- end }}
 {{- if has $c (list "gateway" "identity") }}
 - name: OIDC_AUDIENCE

@@ -37,6 +37,11 @@ How the relay behaves:
   (400/413/422) is split and re-sent event by event, so one poison event waits alone with its own
   growing ``next_attempt_at`` (and shows in ``outbox_oldest_event_age_seconds``) instead of
   blocking everything behind it. Nothing is ever dropped.
+- The relay waits ``request_timeout`` seconds for an answer (``OUTBOX_REQUEST_TIMEOUT_SECONDS``, 10):
+  past it the batch counts as failed, although the audit service may have received it and store it
+  later (frozen, or its statement waiting on a lock); the resend is then acknowledged as duplicates
+  and recorded once (tests/faults/test_redelivery.py). It stays below the database's
+  idle-in-transaction timeout: the claim transaction is open, idle, while the relay waits.
 
 The relay runs as the kit's supervised periodic task (:class:`svckit.tasks.PeriodicTask`, task
 ``outbox-relay``): one pass per ``poll_interval`` or NOTIFY, passes back to back while batches keep
@@ -300,6 +305,7 @@ class OutboxRelay:
             poll_interval=settings.outbox_poll_interval_seconds,
             max_backoff=settings.outbox_max_backoff_seconds,
             receipt_check_interval=settings.outbox_receipt_check_interval_seconds,
+            request_timeout=settings.outbox_request_timeout_seconds,
             **options,
         )
 

@@ -223,6 +223,11 @@ class OutboxSettings(ServiceSettings):
     # how often the relay asks the audit service whether its trail still holds the newest event it
     # delivered (svckit.receipts; also at start and after a failed delivery)
     outbox_receipt_check_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+    # how long the relay waits for the audit service's answer to one batch before it gives up on it
+    # (the rows stay due and are sent again after the back-off; the audit service may still store the
+    # batch it gave up on: ingest is idempotent by event id, so the resend records nothing twice).
+    # Below DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS: the relay's claim transaction stays open meanwhile.
+    outbox_request_timeout_seconds: float = Field(default=10.0, gt=0, le=14)
 
 
 class DatabaseSettings(ServiceSettings):

@@ -1,0 +1,270 @@
+"""An audit service that answers later than the relays wait: the relay gives up on a batch the audit
+service has received all the same (in its socket buffer while it is frozen; waiting on a lock while it
+is slow), and sends the same events again. The audit service then holds the batch twice in its
+intake: the one given up on, stored once it is processed, and the resend.
+
+What must hold (docs/runbook.md, "An audit service slower than the relays' delivery timeout"):
+every event on the trail exactly once (also when the resend is a batch overlapping the one given
+up on: events committed meanwhile join it) (one record, one chain entry per event id), none lost; the
+outbox rows deleted once (``outbox_delivered_total`` counts each event once); the receipt the
+producer keeps names the record the trail holds (``outbox_audit_receipt_mismatch`` 0, no
+``TimesheetsOutboxAuditReceiptMismatch``); ``/audit/verify`` finds the chain intact; no traceback.
+The resend is proved to have happened: ``audit_events_duplicates_total`` counts it (without the
+audit service's deduplication by event id the same figures show each event recorded twice).
+
+The relay of the stack's timesheets service is restarted with a short ``OUTBOX_REQUEST_TIMEOUT_SECONDS``
+(1.5 s instead of 10) to keep the case within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from svckit.contracts.audit import Actor, AuditEvent
+from svckit.identity import Identity
+from svckit.outbox import enqueue
+
+from testkit.fixtures import ServiceProcess, scrape
+
+from .conftest import Figures, Stack
+from .test_frozen_service import log_faults, log_offsets
+
+pytestmark = pytest.mark.timeout(150)
+
+#: the relay's delivery timeout here (OUTBOX_REQUEST_TIMEOUT_SECONDS; 10 by default)
+RELAY_TIMEOUT = 1.5
+#: events in flight when the audit service stops answering (one batch: below the relay's 200)
+EVENTS = 40
+#: events committed after the relay gave up, while the audit service is still frozen: the resend is a
+#: batch overlapping the one given up on (its 40 and these)
+LATER = 20
+
+
+@contextlib.asynccontextmanager
+async def restarted(service: ServiceProcess, **env: str) -> AsyncIterator[ServiceProcess]:
+    """``service`` restarted with ``env`` on top of its own, and restarted as it was afterwards."""
+    before = dict(service.env)
+    service.env.update(env)
+    await asyncio.to_thread(service.stop, 10)
+    try:
+        await asyncio.to_thread(service.start, "/readyz", 60)
+        yield service
+    finally:
+        service.env = before
+        await asyncio.to_thread(service.stop, 10)
+        await asyncio.to_thread(service.start, "/readyz", 60)
+
+
+def counter(text: str, name: str, source: str) -> float:
+    """A counter's value for ``service``/``source`` ``source`` in an exposition (0: not there yet)."""
+    total = 0.0
+    for found in re.finditer(rf'^{name}\{{[^}}]*(?:service|source)="{source}"[^}}]*\}} (\S+)$', text, re.M):
+        total += float(found.group(1))
+    return total
+
+
+async def figures_now(stack: Stack) -> dict[str, float]:
+    audit, timesheets = await asyncio.gather(scrape(stack.audit.url), scrape(stack.timesheets.url))
+    return {
+        "duplicates": counter(audit, "audit_events_duplicates_total", "timesheets"),
+        "delivered": counter(timesheets, "outbox_delivered_total", "timesheets"),
+        "failures": counter(timesheets, "outbox_delivery_failures_total", "timesheets"),
+        "mismatch": counter(timesheets, "outbox_audit_receipt_mismatch", "timesheets"),
+    }
+
+
+async def enqueue_events(stack: Stack, count: int) -> list[uuid.UUID]:
+    """``count`` events committed to the timesheets outbox at once (as its writes do), relayed at once."""
+    actor = Actor.of(Identity.service("timesheets"))
+    events = [
+        AuditEvent.create(
+            action="timesheet.created",
+            resource_type="timesheet",
+            resource_id=str(uuid.uuid4()),
+            outcome="success",
+            actor=actor,
+            source="timesheets",
+            details={"case": "redelivery"},
+        )
+        for _ in range(count)
+    ]
+    conn = await asyncpg.connect(stack.dsn, server_settings={"search_path": "timesheets"})
+    try:
+        async with conn.transaction():
+            for event in events:
+                await enqueue(conn, event)
+    finally:
+        await conn.close()
+    return [event.id for event in events]
+
+
+async def wait_for(
+    conn: asyncpg.Connection, query: str, ids: list[uuid.UUID], want: int, timeout: float
+) -> float:
+    """Seconds until ``query`` (over ``ids``) answers ``want``."""
+    started = time.monotonic()
+    while (got := await conn.fetchval(query, ids)) != want:
+        assert time.monotonic() - started < timeout, f"{query!r}: {got}, not {want}, after {timeout} s"
+        await asyncio.sleep(0.05)
+    return round(time.monotonic() - started, 2)
+
+
+GIVEN_UP = "SELECT count(*) FROM timesheets.outbox WHERE id = ANY($1::uuid[]) AND attempts >= 1"
+PENDING = "SELECT count(*) FROM timesheets.outbox WHERE id = ANY($1::uuid[])"
+
+
+async def trail_check(stack: Stack, ids: list[uuid.UUID], before: dict[str, float]) -> dict[str, Any]:
+    """What the trail, the outbox and the metrics say about ``ids`` once delivered."""
+    conn = await stack.db()
+    try:
+        per_id = await conn.fetch(
+            "SELECT id, count(*) AS records FROM audit.records WHERE id = ANY($1::uuid[]) GROUP BY id", ids
+        )
+        receipt = await conn.fetchrow("SELECT event_id, seq, hash FROM timesheets.outbox_receipt")
+        held = await conn.fetchrow(
+            "SELECT seq, hash FROM audit.records WHERE id = $1", receipt["event_id"] if receipt else None
+        )
+    finally:
+        await conn.close()
+    after = await figures_now(stack)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{stack.api}/audit/verify", headers=stack.headers("carol")) as response,
+    ):
+        verification = await response.json()
+        verify_status = response.status
+    return {
+        "events": len(ids),
+        "recorded": len(per_id),
+        "lost": len(ids) - len(per_id),
+        "recorded_twice": sum(1 for row in per_id if row["records"] > 1),
+        "delivered_counted": after["delivered"] - before["delivered"],
+        "resent_as_duplicates": after["duplicates"] - before["duplicates"],
+        "failed_posts": after["failures"] - before["failures"],
+        "receipt_mismatch": after["mismatch"],
+        "receipt_matches_trail": held is not None
+        and receipt is not None
+        and (held["seq"], held["hash"]) == (receipt["seq"], receipt["hash"]),
+        "verify": (verify_status, verification.get("ok", verification.get("valid"))),
+        "verification": verification,
+    }
+
+
+def failures_of(result: dict[str, Any]) -> list[str]:
+    failures = []
+    events = result["events"]
+    if result["lost"] or result["recorded_twice"]:
+        failures.append(f"{result['lost']} lost, {result['recorded_twice']} recorded twice of {events}")
+    if result["delivered_counted"] != events:
+        failures.append(f"outbox_delivered_total counted {result['delivered_counted']}, not {events}")
+    if result["receipt_mismatch"] or not result["receipt_matches_trail"]:
+        failures.append(
+            f"receipt: mismatch {result['receipt_mismatch']}, matches {result['receipt_matches_trail']}"
+        )
+    status, ok = result["verify"]
+    if status != 200 or ok is False:
+        failures.append(f"/audit/verify: {status} {result['verification']}")
+    # the case happened: the relay gave up and sent again what the audit service had stored
+    if result["failed_posts"] < 1 or result["resent_as_duplicates"] < EVENTS:
+        failures.append(
+            f"no redelivery reproduced: {result['failed_posts']} failed posts,"
+            f" {result['resent_as_duplicates']} duplicates"
+        )
+    return failures
+
+
+async def test_a_batch_given_up_on_while_audit_is_frozen_is_recorded_once(
+    stack: Stack, figures: Figures
+) -> None:
+    await stack.ensure_up()
+    async with restarted(stack.timesheets, OUTBOX_REQUEST_TIMEOUT_SECONDS=str(RELAY_TIMEOUT)):
+        processes = {"audit": stack.audit, "timesheets": stack.timesheets}
+        offsets = log_offsets(processes)
+        before = await figures_now(stack)
+        audit = stack.audit.process
+        assert audit is not None
+        conn = await stack.db()
+        try:
+            audit.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                ids = await enqueue_events(stack, EVENTS)
+                # the relay sent them (the kernel took the bytes) and gave up after its timeout
+                given_up_after = await wait_for(conn, GIVEN_UP, ids, EVENTS, 4 * RELAY_TIMEOUT + 5)
+                ids += await enqueue_events(stack, LATER)  # the resend overlaps the batch given up on
+                await asyncio.sleep(RELAY_TIMEOUT)  # the relay tries again meanwhile (receipt checks)
+            finally:
+                audit.send_signal(signal.SIGCONT)
+            frozen_for = round(time.monotonic() - frozen, 2)
+            drained_after = await wait_for(conn, PENDING, ids, 0, 20)
+        finally:
+            await conn.close()
+        result = await trail_check(stack, ids, before)
+        faults = log_faults(processes, offsets)
+    result.pop("verification")
+    figures.record(
+        "audit frozen past the relay timeout (redelivery)",
+        relay_timeout_s=RELAY_TIMEOUT,
+        given_up_after_s=given_up_after,
+        frozen_for_s=frozen_for,
+        drained_after_sigcont_s=drained_after,
+        **result,
+        log_faults=faults[:5],
+    )
+    assert failures_of(result) == [], result
+    assert faults == []
+
+
+async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
+    stack: Stack, figures: Figures
+) -> None:
+    await stack.ensure_up()
+    # the audit service waits on a lock longer than the relay waits for its answer (but not as long as
+    # its own lock bound: the statement completes, late)
+    async with (
+        restarted(stack.audit, DB_LOCK_TIMEOUT_SECONDS="6", DB_STATEMENT_TIMEOUT_SECONDS="8"),
+        restarted(stack.timesheets, OUTBOX_REQUEST_TIMEOUT_SECONDS=str(RELAY_TIMEOUT)),
+    ):
+        processes = {"audit": stack.audit, "timesheets": stack.timesheets}
+        offsets = log_offsets(processes)
+        before = await figures_now(stack)
+        conn, locker = await stack.db(), await stack.db()
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            locked = time.monotonic()
+            try:
+                await locker.execute("LOCK TABLE audit.records IN SHARE MODE")  # reads go on, appends wait
+                ids = await enqueue_events(stack, EVENTS)
+                given_up_after = await wait_for(conn, GIVEN_UP, ids, EVENTS, 4 * RELAY_TIMEOUT + 3)
+            finally:
+                await transaction.rollback()
+            locked_for = round(time.monotonic() - locked, 2)
+            drained_after = await wait_for(conn, PENDING, ids, 0, 20)
+        finally:
+            await conn.close()
+            await locker.close()
+        result = await trail_check(stack, ids, before)
+        faults = log_faults(processes, offsets)
+    result.pop("verification")
+    figures.record(
+        "audit slow past the relay timeout (redelivery)",
+        relay_timeout_s=RELAY_TIMEOUT,
+        given_up_after_s=given_up_after,
+        locked_for_s=locked_for,
+        drained_after_unlock_s=drained_after,
+        **result,
+        log_faults=faults[:5],
+    )
+    assert failures_of(result) == [], result
+    assert faults == []
