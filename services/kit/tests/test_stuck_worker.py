@@ -234,3 +234,35 @@ async def test_a_busy_but_beating_worker_is_left_alone(sample: Sample) -> None:
     assert [status for status, _ in answers] == [200] * 6
     assert workers_of(sample.process.pid) == workers
     assert not [line for line in sample.log if "worker stuck" in line]
+
+
+class _Beat:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+def test_the_watchdog_judges_only_silence_it_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker before its first beat is not judged; a pause of the supervisor itself (a container
+    paused or starved as a whole: on resuming every worker looks silent) restarts the count instead of
+    killing every worker; silence past the bound while watching kills once."""
+    from svckit import watchdog
+
+    now = [1000.0]
+    killed: list[int] = []
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the watchdog's module reads it at call time
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
+    dog = watchdog.Watchdog(2.0)
+    starting, beating = _Beat(watchdog.NOT_YET), _Beat(1000.0)
+    workers: list[tuple[int | None, watchdog.Beat]] = [(1, starting), (2, beating)]
+    now[0] += 10.0  # the supervisor paused 10 s: every beat looks old
+    assert dog.check(workers) == []
+    now[0] += 0.1
+    assert dog.check(workers) == []  # silent 0.1 s since watching resumed
+    for _ in range(15):  # 1.5 s more, checked every 0.1 s: within the bound
+        now[0] += 0.1
+        assert dog.check(workers) == []
+    for _ in range(6):
+        now[0] += 0.1
+        dog.check(workers)
+    assert killed == [2]  # once, and never the worker that had not beaten yet
+    assert beating.value == watchdog.NOT_YET
