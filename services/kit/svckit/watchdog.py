@@ -17,8 +17,9 @@ replacement of a dead worker then starts another (and merges the dead one's metr
 connections it held end with it — reset, or closed unanswered — so their clients fail at once and
 may retry, instead of hanging.
 
-What is *not* taken for stuck: a worker before its first beat (still importing and starting: the
-startup probe's and the supervisor's start-up failure handling cover that), and silence while the
+What is *not* taken for stuck: a worker before its first beat (still importing its application:
+13 s seen on a loaded test host; it holds no connection yet, since it accepts only once its loop
+runs, and a start-up that fails stops the supervisor), and silence while the
 supervisor itself did not run — a host or container paused or starved as a whole would otherwise
 find every worker silent on resuming, before they had a chance to beat, and kill them all. Silence
 counts only from the supervisor's last regular check (it checks every 0.1 s: a gap over
