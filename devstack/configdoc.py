@@ -53,6 +53,11 @@ MEANINGS = {
         " the worker's pools; a hard limit too low stops the start (exit 2) when this is set,"
         " and lowers the default to fit (a warning line, `http_max_connections`) when it is not"
     ),
+    "worker_stuck_seconds": (
+        "with several worker processes (the gateway's `GATEWAY_WORKERS`), one whose event loop has not"
+        " run this long is killed (SIGKILL) and replaced: the requests it held fail at once instead of"
+        " hanging (`worker_stuck_kills_total`; runbook TimesheetsWorkerStuck)"
+    ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",
     "database_url": (

@@ -43,11 +43,13 @@ def create_app() -> Starlette:
 
 def main() -> int:
     """``python -m testkit.sampleapp PORT WORKERS [uvicorn]``: serve with the kit (or plain uvicorn)."""
-    from svckit.server import ProblemHttpProtocol, serve
+    from svckit.logs import configure_logging
+    from svckit.server import ProblemHttpProtocol, ServingConfig, serve
 
+    configure_logging("sampleapp", "WARNING")  # the supervisor's lines, as JSON on stdout
     port, workers = int(sys.argv[1]), int(sys.argv[2])
     plain = len(sys.argv) > 3 and sys.argv[3] == "uvicorn"
-    config = uvicorn.Config(
+    config = ServingConfig(
         "testkit.sampleapp:create_app",
         factory=True,
         host="127.0.0.1",
@@ -56,6 +58,7 @@ def main() -> int:
         http="httptools" if plain else ProblemHttpProtocol,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        worker_stuck_seconds=float(os.environ.get("WORKER_STUCK_SECONDS", "30")),
     )
     if plain:  # uvicorn's own supervisor and shutdown, to compare with
         uvicorn.run(

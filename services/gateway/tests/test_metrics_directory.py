@@ -193,3 +193,60 @@ async def test_dead_workers_files_stay_bounded_and_their_counts_stay(
         scraping = False
         scraper.cancel()
         await asyncio.to_thread(process.stop)
+
+
+async def test_a_stuck_worker_is_replaced_and_its_counts_stay(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str, tmp_path: Path
+) -> None:
+    """A worker of three whose event loop stops (SIGSTOP: a blocked loop seen from outside) was never
+    replaced — the others answered every fresh connection, the probes included. With a short
+    WORKER_STUCK_SECONDS the supervisor kills it and starts another, counts it in
+    ``worker_stuck_kills_total``, and merges its files as a dead worker's: what it had answered stays
+    counted, once; requests on fresh connections were answered all along."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = process_env(
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="3",
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
+        WORKER_STUCK_SECONDS="2",
+    )
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        token = provider.token()
+        await call(process, token, 9)
+        text = await scraped(process, lambda text: min(answered(text), timed(text)) >= 9)
+        assert (answered(text), timed(text)) == (9, 9)
+        assert metric(text, "worker_stuck_kills_total") == 0
+        for _ in range(600):  # every worker serving (and so beating): one still starting is not judged
+            if process.logs().count("Application startup complete.") >= 3:
+                break
+            await asyncio.sleep(0.05)
+        workers = workers_of(process)
+        assert len(workers) == 3
+        stuck = min(workers)
+        os.kill(stuck, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        await call(process, token, 6)  # fresh connections: the other workers answer
+        for _ in range(200):
+            current = workers_of(process)
+            if len(current) == 3 and stuck not in current:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the stuck worker was not replaced:\n{process.logs()}")
+        assert time.monotonic() - stopped_at < 2 + 3
+        assert workers - {stuck} <= current, "a beating worker was killed"
+        await call(process, token, 5)
+        text = await scraped(process, lambda text: min(answered(text), timed(text)) >= 20)
+        assert (answered(text), timed(text)) == (20, 20), "the stuck worker's counts were lost or doubled"
+        assert metric(text, "worker_stuck_kills_total") == 1
+        assert file_pids(directory) <= live_pids(process) | {"archive"}, sorted(directory.iterdir())
+        assert f'"pid": {stuck}' in process.logs()
+        assert "worker stuck" in process.logs()
+    finally:
+        await asyncio.to_thread(process.stop)

@@ -74,6 +74,13 @@ http_send_timeouts = Counter(
     "unsent bytes (the rest was dropped, the application heard http.disconnect).",
 )
 
+worker_stuck_kills = Counter(
+    "worker_stuck_kills_total",
+    "Worker processes the supervisor killed (SIGKILL) and replaced because their event loop had not "
+    "run for WORKER_STUCK_SECONDS (svckit.watchdog): a blocked loop — a CPU-bound bug, a deadlock, a "
+    "blocking call — whose connections hung while the other workers answered the probes.",
+)
+
 http_max_connections = Gauge(
     "http_max_connections",
     "Open connections each worker of this process holds at most before it answers 503: "

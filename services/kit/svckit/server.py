@@ -152,6 +152,7 @@ from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 from .proxies import unmapped
+from .watchdog import NOT_YET, WORKER_STUCK_SECONDS, Beat, Watchdog, beating
 
 log = logging.getLogger("svckit.server")
 uvicorn_log = logging.getLogger("uvicorn.error")
@@ -211,9 +212,11 @@ class ServingConfig(uvicorn.Config):
         request_body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS,
         response_send_timeout: float = RESPONSE_SEND_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS_PER_WORKER,
+        worker_stuck_seconds: float = WORKER_STUCK_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.worker_stuck_seconds = worker_stuck_seconds
         self.request_head_timeout = request_head_timeout
         self.request_body_timeout = request_body_timeout
         self.response_send_timeout = response_send_timeout
@@ -853,12 +856,20 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server, accepting what the kernel already queued before it stops listening.
 
     ``owns_listener``: this server alone serves the socket, so it shuts the door itself before
-    draining (with several workers the supervisor does, for all of them at once).
+    draining (with several workers the supervisor does, for all of them at once). ``heartbeat``: a
+    worker's, which its event loop beats into for the supervisor's watchdog (:mod:`svckit.watchdog`).
     """
 
-    def __init__(self, config: uvicorn.Config, *, owns_listener: bool = True) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, owns_listener: bool = True, heartbeat: Beat | None = None
+    ) -> None:
         super().__init__(config)
         self.owns_listener = owns_listener
+        self.heartbeat = heartbeat
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        async with beating(self.heartbeat):
+            await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.owns_listener:
@@ -892,10 +903,11 @@ class DrainingServer(uvicorn.Server):
             log.info("accepted queued connections before closing the listener", extra={"count": accepted})
 
 
-def _run_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-    """A worker process (spawned): serve on the shared listening socket until told to stop."""
+def _run_worker(config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat) -> None:
+    """A worker process (spawned): serve on the shared listening socket until told to stop, beating
+    into ``heartbeat`` from its event loop."""
     config.configure_logging()
-    DrainingServer(config, owns_listener=False).run(sockets=sockets)
+    DrainingServer(config, owns_listener=False, heartbeat=heartbeat).run(sockets=sockets)
 
 
 class Supervisor:
@@ -903,7 +915,9 @@ class Supervisor:
 
     Replaces uvicorn's multiprocess supervisor, which kept its copy of the listening socket open until
     every worker had drained (see the module docstring). A worker that dies is replaced; one that fails
-    during start-up stops everything (it would fail the same way again).
+    during start-up stops everything (it would fail the same way again); one whose event loop stops
+    beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS) is killed, then replaced
+    as a dead one (:mod:`svckit.watchdog`).
     """
 
     def __init__(self, config: uvicorn.Config, workers: int, *, kill_after: float | None = None) -> None:
@@ -913,15 +927,20 @@ class Supervisor:
             kill_after if kill_after is not None else (config.timeout_graceful_shutdown or 30) + 10
         )
         self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.heartbeats: list[Beat] = []
         self.stopping = False
         self.failed = False
         self._context = multiprocessing.get_context("spawn")
+        self.watchdog = Watchdog(getattr(config, "worker_stuck_seconds", WORKER_STUCK_SECONDS))
 
-    def _spawn(self, sockets: list[socket.socket]) -> multiprocessing.process.BaseProcess:
-        process = self._context.Process(target=_run_worker, args=(self.config, sockets), daemon=False)
+    def _spawn(self, sockets: list[socket.socket]) -> tuple[multiprocessing.process.BaseProcess, Beat]:
+        heartbeat = cast(Beat, self._context.RawValue("d", NOT_YET))
+        process = self._context.Process(
+            target=_run_worker, args=(self.config, sockets, heartbeat), daemon=False
+        )
         process.start()
         log.info("worker started", extra={"pid": process.pid})
-        return process
+        return process, heartbeat
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -930,9 +949,14 @@ class Supervisor:
         listener = self.config.bind_socket()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.processes = [self._spawn([listener]) for _ in range(self.workers)]
+            started = [self._spawn([listener]) for _ in range(self.workers)]
+            self.processes = [process for process, _ in started]
+            self.heartbeats = [heartbeat for _, heartbeat in started]
             while not self.stopping:
                 time.sleep(0.1)
+                if not self.stopping:
+                    pids = [process.pid for process in self.processes]
+                    self.watchdog.check(list(zip(pids, self.heartbeats, strict=True)))
                 self._replace_dead([listener])
         finally:
             # Shut the door for every worker, then drop this copy: the socket goes away as soon as the
@@ -954,7 +978,7 @@ class Supervisor:
                 return
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
             forget_dead_processes()  # its live gauges no longer count
-            self.processes[index] = self._spawn(sockets)
+            self.processes[index], self.heartbeats[index] = self._spawn(sockets)
 
     def _stop_workers(self) -> None:
         for process in self.processes:

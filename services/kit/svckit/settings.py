@@ -110,6 +110,9 @@ class ServiceSettings(BaseSettings):
     # RESPONSE_SEND_TIMEOUT_SECONDS and MAX_CONNECTIONS_PER_WORKER, repeated here likewise.
     response_send_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     max_connections_per_worker: int = Field(default=2048, ge=1, le=100_000)
+    # A worker among several whose event loop has not run this long is killed and replaced
+    # (svckit.watchdog.WORKER_STUCK_SECONDS, repeated here likewise).
+    worker_stuck_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Request bodies over 64 KiB a worker holds at once (svckit.middleware.BodyBudget): four of the
     # largest uploads; 0: no bound.
     request_body_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=16 * 1024 * 1024 * 1024)

@@ -1,0 +1,268 @@
+"""A stuck worker among several (svckit.server.Supervisor's watchdog).
+
+A worker whose event loop is blocked (a CPU-bound bug, a deadlock, a blocking call; SIGSTOP of its
+pid is the same from outside) is not dead: the supervisor did not replace it, and the listening
+socket is shared, so the other workers answered every new connection — the kubelet's probes
+included — while the stuck one held the connections it had accepted (keep-alive clients, an ingress
+controller's upstream connections) with every request sent on them hanging for ever. Each worker now
+beats from its event loop; one silent for WORKER_STUCK_SECONDS is killed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+from testkit.fixtures import REPO_ROOT, free_port
+
+STUCK_SECONDS = 2.0
+#: the stuck worker is killed within the bound, plus the supervisor's polling and a loaded host's lag
+REPLACED_WITHIN = STUCK_SECONDS + 3.0
+
+
+@dataclass
+class Sample:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: list[str] = field(default_factory=list)
+
+
+def workers_of(pid: int) -> set[int]:
+    pids = set()
+    for child in psutil.Process(pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+@pytest.fixture
+async def sample() -> AsyncIterator[Sample]:
+    port = free_port()
+    env = {**os.environ, "WORKER_STUCK_SECONDS": str(STUCK_SECONDS)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "testkit.sampleapp", str(port), "2"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,  # the supervisor's JSON log lines
+    )
+    sample = Sample(port, process)
+
+    def read_log() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sample.log.append(line.decode(errors="replace"))
+
+    reader = asyncio.get_running_loop().run_in_executor(None, read_log)
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers_of(process.pid)) < 2 or not await _answers(port):
+            assert time.monotonic() < deadline, "".join(sample.log)
+            await asyncio.sleep(0.1)
+        yield sample
+    finally:
+        for pid in workers_of(process.pid):
+            os.kill(pid, signal.SIGCONT)  # a stopped worker would not drain
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await reader
+
+
+async def _answers(port: int) -> bool:
+    try:
+        connection = await _connect(port)
+    except OSError:
+        return False
+    try:
+        await asyncio.wait_for(_get(connection, "/fast"), 5)
+        return True
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        connection[1].close()
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _connect(port: int) -> Connection:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _get(connection: Connection, path: str) -> tuple[int, dict[str, object]]:
+    """One keep-alive request on ``connection``: its status and JSON body."""
+    reader, writer = connection
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, json.loads(await reader.readexactly(length))
+
+
+async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fast(sample: Sample) -> None:
+    """Keep-alive connections to both workers of two; one worker SIGSTOPped while a steady stream of
+    requests on fresh connections runs. Before the watchdog, the requests on the stopped worker's
+    connections hung for as long as the client waited (every one of them, for the whole 12 s the test
+    waited) while every fresh request and every /healthz was answered — so nothing outside would ever
+    restart it. Now: the stopped worker is killed within the bound (its pid gone, a new worker serves),
+    the requests it held fail at once when it dies (reset or closed unanswered) instead of hanging,
+    the other worker was never touched, and no fresh request sent after the stop failed (one the worker
+    had taken just before it stopped fails with it, as fast)."""
+    workers = workers_of(sample.process.pid)
+    held: dict[int, list[Connection]] = {pid: [] for pid in workers}
+    deadline = time.monotonic() + 30  # keep-alive connections on both workers (the second may still start)
+    while time.monotonic() < deadline:
+        connection = await _connect(sample.port)
+        status, body = await _get(connection, "/fast")
+        assert status == 200
+        connections = held[int(body["pid"])]  # type: ignore[call-overload]
+        if len(connections) < 3:
+            connections.append(connection)
+        else:
+            connection[1].close()
+        if all(len(connections) >= 3 for connections in held.values()):
+            break
+    assert all(len(connections) >= 3 for connections in held.values()), {p: len(c) for p, c in held.items()}
+    stuck, other = sorted(workers)
+    fresh: list[tuple[int | str, float, float]] = []  # outcome, started, seconds taken
+    streaming = True
+
+    async def stream() -> None:  # fresh connections all along, as the kubelet's probes come
+        while streaming:
+            started = time.monotonic()
+            try:
+                connection = await _connect(sample.port)
+                try:
+                    status, _ = await asyncio.wait_for(_get(connection, "/healthz"), 5)
+                finally:
+                    connection[1].close()
+                fresh.append((status, started, time.monotonic() - started))
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                fresh.append((type(exc).__name__, started, time.monotonic() - started))
+            await asyncio.sleep(0.02)
+
+    streamer = asyncio.create_task(stream())
+    await asyncio.sleep(0.3)
+    os.kill(stuck, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    outcomes: list[tuple[str, float]] = []
+
+    async def on_stuck(connection: Connection) -> None:
+        try:
+            await asyncio.wait_for(_get(connection, "/fast"), 12)
+            outcomes.append(("answered", time.monotonic() - stopped_at))
+        except TimeoutError:
+            outcomes.append(("hung", time.monotonic() - stopped_at))
+        except (OSError, asyncio.IncompleteReadError):
+            outcomes.append(("failed", time.monotonic() - stopped_at))
+
+    await asyncio.gather(*(on_stuck(connection) for connection in held[stuck]))
+    replaced_at = None
+    while time.monotonic() - stopped_at < REPLACED_WITHIN + 1:
+        current = workers_of(sample.process.pid)
+        if stuck not in current and len(current) == 2:
+            replaced_at = time.monotonic() - stopped_at
+            break
+        await asyncio.sleep(0.05)
+    if replaced_at is not None:  # the new worker serves
+        deadline = time.monotonic() + 30
+        while True:
+            connection = await _connect(sample.port)
+            _, body = await _get(connection, "/fast")
+            connection[1].close()
+            if body["pid"] not in (stuck, other):
+                break
+            assert time.monotonic() < deadline
+    streaming = False
+    await streamer
+    for connections in held.values():
+        for _, writer in connections:
+            writer.close()
+
+    failed_fresh = [(what, started - stopped_at, took) for what, started, took in fresh if what != 200]
+    figures = {
+        "stuck outcomes": outcomes,
+        "replaced after": replaced_at,
+        "fresh not 200": failed_fresh,
+        "fresh slowest": max(took for _, _, took in fresh),
+        "fresh": len(fresh),
+    }
+    assert [kind for kind, _ in outcomes] == ["failed"] * len(held[stuck]), figures
+    assert max(seconds for _, seconds in outcomes) < REPLACED_WITHIN, figures
+    assert replaced_at is not None, figures
+    assert replaced_at < REPLACED_WITHIN, figures
+    assert other in workers_of(sample.process.pid), figures
+    # a fresh request the stopped worker had taken just before it stopped fails with it (fast); none
+    # sent later reached it
+    for what, since_stop, took in failed_fresh:
+        assert what in ("ConnectionResetError", "IncompleteReadError"), figures
+        assert since_stop < 0.05, figures
+        assert took < REPLACED_WITHIN, figures
+    assert len(fresh) > 20, figures
+    stuck_lines = [json.loads(line) for line in sample.log if "worker stuck" in line]
+    assert [line.get("pid") for line in stuck_lines] == [stuck], "".join(sample.log)
+
+
+async def test_a_busy_but_beating_worker_is_left_alone(sample: Sample) -> None:
+    """Slow requests (awaiting, the loop free) on both workers for longer than the bound: nobody is
+    killed — the watchdog judges the event loop, not how long requests take."""
+    workers = workers_of(sample.process.pid)
+    connections = [await _connect(sample.port) for _ in range(6)]
+    answers = await asyncio.gather(*(_get(c, f"/slow?s={STUCK_SECONDS + 1.5}") for c in connections))
+    for _, writer in connections:
+        writer.close()
+    assert [status for status, _ in answers] == [200] * 6
+    assert workers_of(sample.process.pid) == workers
+    assert not [line for line in sample.log if "worker stuck" in line]
+
+
+class _Beat:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+def test_the_watchdog_judges_only_silence_it_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker before its first beat is not judged; a pause of the supervisor itself (a container
+    paused or starved as a whole: on resuming every worker looks silent) restarts the count instead of
+    killing every worker; silence past the bound while watching kills once."""
+    from svckit import watchdog
+
+    now = [1000.0]
+    killed: list[int] = []
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the watchdog's module reads it at call time
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
+    dog = watchdog.Watchdog(2.0)
+    starting, beating = _Beat(watchdog.NOT_YET), _Beat(1000.0)
+    workers: list[tuple[int | None, watchdog.Beat]] = [(1, starting), (2, beating)]
+    now[0] += 10.0  # the supervisor paused 10 s: every beat looks old
+    assert dog.check(workers) == []
+    now[0] += 0.1
+    assert dog.check(workers) == []  # silent 0.1 s since watching resumed
+    for _ in range(15):  # 1.5 s more, checked every 0.1 s: within the bound
+        now[0] += 0.1
+        assert dog.check(workers) == []
+    for _ in range(6):
+        now[0] += 0.1
+        dog.check(workers)
+    assert killed == [2]  # once, and never the worker that had not beaten yet
+    assert beating.value == watchdog.NOT_YET
