@@ -128,6 +128,10 @@ async def test_a_cutoff_is_kept_across_a_redis_loss_and_learnt_again_when_republ
         await guard.close()
 
 
+#: the loggers a reader's outage is told on: its own and its Redis guard's
+LOGGERS = ("gateway.revocations", "svckit.redis")
+
+
 class OwnLines(logging.Handler):
     """The records a logger emits from one asyncio task (one reader's own lines)."""
 
@@ -157,10 +161,12 @@ async def test_a_redis_outage_is_retried_with_back_off_and_logged_sparingly(
     feed = RevocationFeed(guard, DenyList(), {ISSUER: 0}, block_seconds=0.5, max_retry_seconds=1.6)
     errors = "gateway_revocation_feed_errors_total"
     feed.start()
-    # this feed's own lines: another reader in this worker process (a gateway another test started)
-    # logs to the same logger (a CI run counted its "readable again" beside this feed's)
+    # this feed's own lines (its reader's and its guard's, logged from its task): other readers and
+    # guards in this worker process (gateways other tests started) log to the same loggers — CI runs
+    # counted their "readable again" and "redis unavailable" beside this feed's
     own_records = OwnLines(feed._task)
-    logging.getLogger("gateway.revocations").addHandler(own_records)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(own_records)
     try:
         await wait_for(feed.connected.is_set)
         before = REGISTRY.get_sample_value(errors) or 0.0
@@ -170,18 +176,19 @@ async def test_a_redis_outage_is_retried_with_back_off_and_logged_sparingly(
         await wait_for(lambda: not feed.connected.is_set())
         await asyncio.sleep(6.0)
         attempts = (REGISTRY.get_sample_value(errors) or 0.0) - before
-        down_lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        down_lines = [r for r in own_records.records if r.levelno >= logging.WARNING]
         redis_server.start()
         back_at = time.monotonic()
         await wait_for(feed.connected.is_set, timeout=5.0)
         recovered_in = time.monotonic() - back_at
     finally:
-        logging.getLogger("gateway.revocations").removeHandler(own_records)
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(own_records)
         await feed.stop()
         await guard.close()
     assert 3 <= attempts <= 12, attempts
     feed_lines = [r.getMessage() for r in down_lines if r.name == "gateway.revocations"]
-    # the Redis guard's own lines (other tests' background tasks share this process and its log)
+    # the Redis guard's lines, from this feed's task
     guard_lines = [r.getMessage() for r in down_lines if r.name == "svckit.redis"]
     assert 1 <= len(feed_lines) <= 2, feed_lines  # the first attempt's, perhaps the tenth's
     assert len(guard_lines) <= 1, guard_lines  # the guard's circuit opened once, not per attempt
