@@ -30,11 +30,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from svckit.contracts.audit import Actor, AuditEvent
 from svckit.identity import Identity
 from svckit.outbox import enqueue
 
 from testkit.fixtures import ServiceProcess, scrape
+from tests.audit.support import created_events
 
 from .conftest import Figures, Stack
 from .test_frozen_service import log_faults, log_offsets
@@ -85,19 +85,7 @@ async def figures_now(stack: Stack) -> dict[str, float]:
 
 async def enqueue_events(stack: Stack, count: int) -> list[uuid.UUID]:
     """``count`` events committed to the timesheets outbox at once (as its writes do), relayed at once."""
-    actor = Actor.of(Identity.service("timesheets"))
-    events = [
-        AuditEvent.create(
-            action="timesheet.created",
-            resource_type="timesheet",
-            resource_id=str(uuid.uuid4()),
-            outcome="success",
-            actor=actor,
-            source="timesheets",
-            details={"case": "redelivery"},
-        )
-        for _ in range(count)
-    ]
+    events = created_events(Identity.service("timesheets"), count)
     conn = await asyncpg.connect(stack.dsn, server_settings={"search_path": "timesheets"})
     try:
         async with conn.transaction():
@@ -194,6 +182,16 @@ def failures_of(result: dict[str, Any]) -> list[str]:
     return failures
 
 
+def recorded_once(
+    figures: Figures, case: str, result: dict[str, Any], faults: list[str], **timings: float
+) -> None:
+    """The case's figures recorded, then every event on the trail once and no fault in a log."""
+    result.pop("verification")
+    figures.record(case, relay_timeout_s=RELAY_TIMEOUT, **timings, **result, log_faults=faults[:5])
+    assert failures_of(result) == [], result
+    assert faults == []
+
+
 async def test_a_batch_given_up_on_while_audit_is_frozen_is_recorded_once(
     stack: Stack, figures: Figures
 ) -> None:
@@ -223,18 +221,15 @@ async def test_a_batch_given_up_on_while_audit_is_frozen_is_recorded_once(
             await conn.close()
         result = await trail_check(stack, ids, before)
         faults = log_faults(processes, offsets)
-    result.pop("verification")
-    figures.record(
+    recorded_once(
+        figures,
         "audit frozen past the relay timeout (redelivery)",
-        relay_timeout_s=RELAY_TIMEOUT,
+        result,
+        faults,
         given_up_after_s=given_up_after,
         frozen_for_s=frozen_for,
         drained_after_sigcont_s=drained_after,
-        **result,
-        log_faults=faults[:5],
     )
-    assert failures_of(result) == [], result
-    assert faults == []
 
 
 async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
@@ -269,15 +264,12 @@ async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
             await locker.close()
         result = await trail_check(stack, ids, before)
         faults = log_faults(processes, offsets)
-    result.pop("verification")
-    figures.record(
+    recorded_once(
+        figures,
         "audit slow past the relay timeout (redelivery)",
-        relay_timeout_s=RELAY_TIMEOUT,
+        result,
+        faults,
         given_up_after_s=given_up_after,
         locked_for_s=locked_for,
         drained_after_unlock_s=drained_after,
-        **result,
-        log_faults=faults[:5],
     )
-    assert failures_of(result) == [], result
-    assert faults == []
