@@ -51,6 +51,7 @@ from .bounds import ReadBound, Turns
 from .chain import GENESIS, HASHED_COLUMNS, UTC_TEXT, canonical_text, record_hash, timestamp
 from .checkpoint_store import CheckpointFeed, CheckpointStore, Page
 from .checkpoints import PublicKeys
+from .duplicates import recorded_twice
 from .groupcommit import GroupCommit
 from .jsonb import jsonb_text
 from .ranges import BadRange, Origin, RangeRequest, find_origin
@@ -847,10 +848,11 @@ class AuditStore:
 
         Runs in one REPEATABLE READ snapshot, so records appended meanwhile neither appear half-way
         nor make the walk endless. Reports the first seq whose record is missing, out of place,
-        altered (hash no longer matches its content) or unlinked (prev_hash differs), or, given an
-        ``anchor`` seen earlier, where the chain no longer holds it. ``since`` (a head verified
-        before) starts the walk there instead of at seq 1: only what was appended since is
-        recomputed, and that head must still be in place, unchanged.
+        altered (hash no longer matches its content), unlinked (prev_hash differs) or a second record
+        of an event recorded before (:mod:`audit.duplicates`), or, given an ``anchor`` seen earlier,
+        where the chain no longer holds it. ``since`` (a head verified before) starts the walk there
+        instead of at seq 1: only what was appended since is recomputed (and looked up, for an event
+        recorded twice), and that head must still be in place, unchanged.
 
         With a ``trail`` the signed checkpoints stream in step (:mod:`audit.trail`): the record at
         each checkpoint's seq must carry the head hash that was signed. A chain rewritten and
@@ -925,6 +927,8 @@ class AuditStore:
                 signed_through=matched,
             )
 
+        # an event in the trail twice: none while records.id is unique (one catalog lookup)
+        twice = await recorded_twice(conn, self.schema, expected, until)
         bounds = "seq >= $1" if until is None else "seq >= $1 AND seq <= $2"
         cursor = conn.cursor(
             f"SELECT {WALK_COLUMNS} FROM {self.schema}.records WHERE {bounds} ORDER BY seq",
@@ -940,6 +944,8 @@ class AuditStore:
                 return broken(seq, "prev_hash does not match the previous record's hash")
             if sha256(canonical_text(*row[:HASHED]).encode()).hexdigest() != row["hash"]:
                 return broken(seq, "hash does not match the record's content")
+            if twice is not None and seq == twice.again:
+                return broken(seq, twice.reason)
             for point, given in points:
                 if seq == point.seq and row["hash"] != point.hash:
                     if anchored is not None and point is since:
