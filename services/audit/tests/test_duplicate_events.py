@@ -27,6 +27,8 @@ import asyncpg
 import pytest
 from audit.app import create_app
 from audit.chain import record_hash
+from audit.checkpointer import Checkpointer
+from audit.checkpoints import CheckpointKeys
 from audit.settings import AuditSettings
 from audit.store import COLUMNS, AuditStore
 from audit.verifier import BackgroundVerifier
@@ -36,6 +38,7 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi, ingest_counts
+from testkit.clock import FakeClock
 from testkit.fixtures import Caller, create_migrated_database, drop_database, runtime_url, serve_app, user
 
 from .conftest import PACKAGE_DIR, wait_ready
@@ -145,6 +148,11 @@ async def test_an_event_appended_again_fails_verification(trail: Trail) -> None:
     assert (body["ok"], body["first_bad"], body["checked"]) == (False, 11, 11)
     assert twice(event_id, 4, 11) in body["reason"]
     assert REGISTRY.get_sample_value("audit_chain_ok") == 0
+    # a range answers for the copies in it: the later copy (record 11) is what is reported
+    for params, ok in (({"since": "1", "until": "10"}, True), ({"since": "6"}, False)):
+        reply = await trail.api.call("GET", "/audit/verify", AUDITOR, params=params)
+        assert reply.status == 200, reply.text
+        assert (reply.body["ok"], reply.body.get("first_bad")) == (ok, None if ok else 11), params
 
 
 async def test_the_offline_verifier_reports_it_too(trail: Trail) -> None:
@@ -184,10 +192,18 @@ async def test_an_incremental_run_catches_a_copy_appended_after_its_head(
 
 
 async def test_the_signer_does_not_sign_over_a_copy(trail: Trail, store: AuditStore) -> None:
-    """The checkpoint signer walks what it is about to sign: a duplicate is not vouched for."""
+    """The checkpoint signer walks what it is about to sign, from its newest checkpoint on: a copy
+    appended after it is refused, not vouched for."""
+    clock = FakeClock()
+    signer = Checkpointer(store, CheckpointKeys.parse(trail.keys), interval=60, clock=clock)
+    first = await signer.run_once()
+    assert first is not None
+    assert first.seq == 10
     await trail.record_twice(5, DROP_UNIQUE)
-    verification = await store.verify(observe=False)
-    assert (verification.ok, verification.first_bad) == (False, 11)
+    clock.advance(61)
+    refused = REGISTRY.get_sample_value("audit_checkpoints_total", {"outcome": "refused"}) or 0.0
+    assert await signer.run_once() is None
+    assert REGISTRY.get_sample_value("audit_checkpoints_total", {"outcome": "refused"}) == refused + 1
 
 
 async def test_a_copy_in_a_table_that_inherits_the_records_is_found(trail: Trail) -> None:
