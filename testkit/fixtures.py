@@ -830,6 +830,10 @@ def service_env(
         **identity_keys,
         "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
         "LOG_LEVEL": "INFO",
+        # The machine's Postgres is shared by both workers' services and every stack a test module
+        # starts on it (max_connections 100): with the default 10 per pool a run peaked at 93 sessions
+        # and one service met "too many clients". 5 keeps audit's listings at their default 4 at once.
+        "DB_POOL_MAX": "5",
     }
 
 

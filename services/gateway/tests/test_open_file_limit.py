@@ -141,7 +141,9 @@ async def test_connections_stalled_on_spa_files_stay_within_the_open_file_limit(
             try:
                 time.sleep(1.0)  # responses begun, each with its file open and its socket full
                 held = len(os.listdir(f"/proc/{gateway.process.pid}/fd"))
-                with urllib.request.urlopen(gateway.url + "/config.json", timeout=5) as last:
+                # generous: behind 599 stalled downloads a loaded host once took over 5 s to answer;
+                # what is checked here is that it answers (no EMFILE), not how fast
+                with urllib.request.urlopen(gateway.url + "/config.json", timeout=30) as last:
                     assert last.status == 200  # the cap's last connection
                 heads = []
                 for client in stalled:
