@@ -74,7 +74,14 @@ def profile(
 def test_a_process_sharing_its_core_is_sampled_twice_its_cpu(
     busy_on_core_zero: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    alone = profile(busy_on_core_zero, 1, tmp_path / "alone")
+    # Core 0 must be nearly ours for the comparison to say anything: under a load of 10 the one
+    # "alone" got 0.43 s of 2.5 (as little as a shared one), and the test failed on the host's load.
+    for attempt in range(3):
+        alone = profile(busy_on_core_zero, 1, tmp_path / f"alone{attempt}")
+        if alone.cpu_seconds > 0.6 * alone.sampled_seconds:
+            break
+    else:
+        pytest.skip(f"core 0 is busy with other work (alone got {alone.cpu_seconds} s of CPU in 3 tries)")
     shared = profile(busy_on_core_zero, 2, tmp_path / "shared")
     # Both were runnable all along, so py-spy saw each running (nearly) the whole time...
     for found in (alone, shared):
