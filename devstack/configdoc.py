@@ -248,7 +248,10 @@ MEANINGS = {
     "per `AUTHORIZE_CODE_WINDOW_SECONDS`; beyond: `temporarily_unavailable`",
     "authorize_code_window_seconds": "the window of `AUTHORIZE_MAX_CODES_PER_USER` (its own, not the "
     "sign-in throttle's)",
-    "identity_trusted_proxies": "proxies whose X-Forwarded-For is believed (per-address throttling)",
+    "identity_trusted_proxies": "proxies whose X-Forwarded-For (or `Forwarded`) is believed (per-address "
+    "throttling)",
+    "identity_proxy_header": "the header those proxies write the client in: `x-forwarded-for` or RFC 7239 "
+    "`forwarded`; the other is never read",
     "idempotency_ttl_hours": "how long an `Idempotency-Key` is remembered",
     "outbox_poll_interval_seconds": "outbox relay poll interval (NOTIFY wakes it sooner)",
     "outbox_max_backoff_seconds": "longest retry delay of the outbox relay while the audit service is down",

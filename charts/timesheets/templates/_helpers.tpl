@@ -751,6 +751,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: GATEWAY_TRUSTED_PROXIES
   value: {{ join "," . | quote }}
 {{- end }}
+- name: GATEWAY_PROXY_HEADER
+  value: {{ $values.proxyHeader | default "x-forwarded-for" | quote }}
 - name: DPOP_POLICY
   value: {{ $values.dpop.policy | quote }}
 - name: GATEWAY_CACHE_SECRET
@@ -809,6 +811,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
 - name: IDENTITY_TRUSTED_PROXIES
   value: {{ join "," . | quote }}
 {{- end }}
+- name: IDENTITY_PROXY_HEADER
+  value: {{ $values.proxyHeader | default "x-forwarded-for" | quote }}
 - name: AUTHORIZE_CODE_WINDOW_SECONDS
   value: {{ $values.authorizeCodeWindowSeconds | quote }}
 - name: TOKEN_MAX_FAILURES_PER_ADDRESS

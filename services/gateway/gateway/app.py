@@ -157,7 +157,7 @@ class Gateway:
             request_metrics=request_metrics,
             max_body_bytes=settings.max_body_bytes,
             access_log=self.access_log,
-            forwarded=ForwardedHeaders(settings.gateway_trusted_proxies),
+            forwarded=ForwardedHeaders(settings.gateway_trusted_proxies, settings.gateway_proxy_header),
             max_in_flight_per_subject=settings.in_flight_limit,
             request_body_budget=settings.gateway_request_body_buffer_bytes,
             proofs=proofs,

@@ -147,6 +147,7 @@ class ApiRequest:
         "digest",
         "dpop",
         "dpop_scheme",
+        "forwarded",
         "forwarding",
         "host",
         "in_flight",
@@ -200,6 +201,7 @@ class ApiRequest:
         authorization: list[bytes] = []
         dpop: list[bytes] = []
         xff: list[bytes] = []
+        forwarded: list[bytes] = []
         origin = xf_proto = xf_host = acr_method = acr_headers = host = content_length = connection = None
         inbound_id = None
         chunked = False
@@ -228,6 +230,8 @@ class ApiRequest:
                 xf_proto = value
             elif key == b"x-forwarded-host":
                 xf_host = value
+            elif key == b"forwarded":
+                forwarded.append(value)
             elif key == b"dpop":
                 dpop.append(value)
         self.authorization = authorization
@@ -240,6 +244,7 @@ class ApiRequest:
         self.connection: bytes | None = connection
         self.chunked = chunked
         self.xff = xff
+        self.forwarded = forwarded  # RFC 7239 values: read instead of X-Forwarded-* where configured
         self.xf_proto: bytes | None = xf_proto
         self.xf_host: bytes | None = xf_host
         request_id = inbound_id.decode("latin-1") if inbound_id is not None else ""

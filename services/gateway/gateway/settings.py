@@ -16,7 +16,7 @@ from svckit.contracts.timesheets import MAX_UPLOAD_BYTES
 from svckit.dpop import DpopSettings
 from svckit.keyring import KeyRing
 from svckit.proxies import parse_networks
-from svckit.settings import CsvList, DenialAuditSettings, RedisSettings, decode_secret
+from svckit.settings import CsvList, DenialAuditSettings, ProxyHeaderSetting, RedisSettings, decode_secret
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[2]
@@ -128,7 +128,13 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:8080"])
     gateway_trusted_proxies: CsvList = Field(
         default_factory=list,
-        description="proxies (Ingress, load balancer) whose X-Forwarded-For/-Proto/-Host are believed",
+        description="proxies (Ingress, load balancer) whose X-Forwarded-For/-Proto/-Host (or Forwarded) "
+        "are believed",
+    )
+    gateway_proxy_header: ProxyHeaderSetting = Field(
+        default="x-forwarded-for",
+        description="the header the trusted proxies write the client in: `x-forwarded-for` (with "
+        "X-Forwarded-Proto/-Host) or RFC 7239 `forwarded`; the other is never read",
     )
     gateway_workers: int = Field(default_factory=lambda: available_cpus(), ge=1, le=64)
     gateway_access_log: bool = True

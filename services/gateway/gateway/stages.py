@@ -170,6 +170,7 @@ class Credentials:
                 request.xff,
                 request.xf_proto,
                 request.xf_host,
+                request.forwarded,
             )
             if memo is not None and self.forwarded.direct_only:
                 memo.host, memo.forwarding = request.host, forwarding

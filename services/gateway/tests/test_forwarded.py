@@ -67,6 +67,51 @@ def test_only_all_trusted_chain_falls_back_to_its_leftmost_hop() -> None:
     assert fwd.client_ip == "10.3.3.3"
 
 
+BEHIND_RFC7239 = ForwardedHeaders(["10.0.0.0/8", "fd00::/8"], "forwarded")
+
+
+@pytest.mark.unit
+def test_behind_proxies_that_write_forwarded_its_last_element_says_client_proto_and_host() -> None:
+    """RFC 7239 ``Forwarded`` (``GATEWAY_PROXY_HEADER=forwarded``): the elements' ``for`` values read
+    from the right, ``proto`` and ``host`` from the element the trusted peer wrote; the chain goes
+    upstream as ``X-Forwarded-For`` (the services' one header)."""
+    fwd = BEHIND_RFC7239.resolve(
+        "10.9.0.1",
+        "http",
+        b"gw:8080",
+        [],
+        None,
+        None,
+        [b'for=1.1.1.1;proto=http, for="[2001:db8::7]:4711"', b"for=10.2.0.5;proto=https;host=app.example"],
+    )
+    assert fwd.client_ip == "2001:db8::7"
+    assert fwd.forwarded_for == b"1.1.1.1, [2001:db8::7]:4711, 10.2.0.5, 10.9.0.1"
+    assert (fwd.proto, fwd.host) == (b"https", b"app.example")
+
+
+@pytest.mark.unit
+def test_behind_proxies_that_write_forwarded_the_x_forwarded_headers_are_the_clients_own() -> None:
+    """A proxy that writes ``Forwarded`` passes a client's ``X-Forwarded-*`` on untouched: read, its
+    rightmost hop (the client's choice) was the client — any address, for the audit trail and every
+    per-address budget (reproduced before the setting: the only header read was X-Forwarded-For)."""
+    fwd = BEHIND_RFC7239.resolve(
+        "10.9.0.1", "http", b"gw", [b"6.6.6.6"], b"https", b"evil.example", [b"for=198.51.100.7"]
+    )
+    assert (fwd.client_ip, fwd.proto, fwd.host) == ("198.51.100.7", b"http", b"gw")
+    assert b"6.6.6.6" not in fwd.forwarded_for
+    # and the other way round: behind X-Forwarded-For proxies a client's Forwarded is not read
+    fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"198.51.100.7"], None, None, [b"for=6.6.6.6"])
+    assert fwd.client_ip == "198.51.100.7"
+
+
+@pytest.mark.unit
+def test_the_proxy_header_setting() -> None:
+    assert GatewaySettings().gateway_proxy_header == "x-forwarded-for"
+    assert GatewaySettings(gateway_proxy_header=" Forwarded ").gateway_proxy_header == "forwarded"
+    with pytest.raises(ValidationError, match="'x-forwarded-for' or 'forwarded'"):
+        GatewaySettings(gateway_proxy_header="x-real-ip")
+
+
 @pytest.mark.unit
 def test_setting_refuses_what_is_not_a_network() -> None:
     with pytest.raises(ValidationError, match="not an IP address or CIDR"):
@@ -101,5 +146,44 @@ async def test_process_behind_a_trusted_proxy(
         seen = {k: v for k, v in body["headers"] if k.startswith("x-forwarded-")}
         assert seen["x-forwarded-for"] == "6.6.6.6, 198.51.100.7, 127.0.0.1"
         assert seen["x-forwarded-proto"] == "https"
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+async def test_process_behind_a_proxy_that_writes_forwarded(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
+) -> None:
+    """The same through a running gateway: the upstream sees the client the proxy named in
+    ``Forwarded``, not the one the client put in ``X-Forwarded-For``, and no ``Forwarded`` header."""
+    env = process_env(
+        provider,
+        echo,
+        identity_keys,
+        redis_prefix,
+        GATEWAY_WORKERS="1",
+        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
+        GATEWAY_PROXY_HEADER="forwarded",
+    )
+    process = ServiceProcess("gateway", env)
+    await asyncio.to_thread(process.start)
+    try:
+        headers = {
+            "Authorization": f"Bearer {provider.token()}",
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Proto": "http",
+            "Forwarded": 'for="198.51.100.7:50312";proto=https;host=timesheets.example',
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(process.url + "/api/timesheets", headers=headers) as response,
+        ):
+            assert response.status == 200, await response.text()
+            body = await response.json()
+        seen = {k: v for k, v in body["headers"] if k.startswith(("x-forwarded-", "forwarded"))}
+        assert seen == {
+            "x-forwarded-for": "198.51.100.7:50312, 127.0.0.1",
+            "x-forwarded-proto": "https",
+            "x-forwarded-host": "timesheets.example",
+        }, seen
     finally:
         await asyncio.to_thread(process.stop)

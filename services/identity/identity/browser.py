@@ -21,16 +21,17 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.responses import Response
 from svckit.keyring import KeyRing
-from svckit.proxies import Network, forwarded_client
+from svckit.proxies import Network, ProxyHeader, forwarded_client
 
 SESSION_COOKIE = "tsp_idp_session"
 CSRF_COOKIE = "tsp_idp_csrf"
 
 
-def client_address(request: Request, trusted: tuple[Network, ...]) -> str:
-    """The address a request came from (the peer, or what a trusted proxy says: :mod:`svckit.proxies`)."""
+def client_address(request: Request, trusted: tuple[Network, ...], header: ProxyHeader) -> str:
+    """The address a request came from (the peer, or what a trusted proxy says in ``header``:
+    :mod:`svckit.proxies`)."""
     peer = request.client.host if request.client else "unknown"
-    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)[0]
+    return forwarded_client(peer, request.headers.getlist(header), trusted, header)[0]
 
 
 def new_token() -> str:

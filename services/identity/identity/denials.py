@@ -89,5 +89,5 @@ def deny(
     ``identity``: the caller, only when it verified (a signed-in user's session)."""
     recorder: DenialRecorder | None = getattr(request.app.state, "denials", None)
     if recorder is not None:
-        address = client_address(request, settings.trusted_proxy_networks)
+        address = client_address(request, settings.trusted_proxy_networks, settings.identity_proxy_header)
         recorder.deny(request.scope, status, reason, identity, address=address)

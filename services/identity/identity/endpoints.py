@@ -434,7 +434,9 @@ class ProtocolEndpoints:
           so successes — an SPA refreshing, every user behind one NAT address — spend nothing, and a
           burst gets no more than the budget. Not failures: the DPoP nonce step (the protocol's, and
           its proof is not remembered), a database outage (not the client's doing)."""
-        address = client_address(request, self.settings.trusted_proxy_networks)
+        address = client_address(
+            request, self.settings.trusted_proxy_networks, self.settings.identity_proxy_header
+        )
         presented = presented_secrets(request, params)
         presents_secret = bool(presented)
         verdict = await self.client_auth_throttle.begin(address, presents_secret=presents_secret)

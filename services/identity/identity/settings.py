@@ -17,6 +17,7 @@ from svckit.settings import (
     DatabaseSettings,
     DenialAuditSettings,
     OutboxSettings,
+    ProxyHeaderSetting,
     RedisSettings,
 )
 
@@ -108,8 +109,10 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     # silent renewals); the default is the sign-in window's, the value both shared before.
     authorize_max_codes_per_user: int = Field(default=100, ge=1, le=100000)
     authorize_code_window_seconds: int = Field(default=900, ge=1, le=86400)
-    # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address.
+    # Proxies (ingress, load balancer) whose X-Forwarded-For is believed when throttling per address,
+    # and the header they write the client in (svckit.proxies: the other one is never read).
     identity_trusted_proxies: CsvList = Field(default_factory=list)
+    identity_proxy_header: ProxyHeaderSetting = "x-forwarded-for"
 
     @field_validator("identity_trusted_proxies")
     @classmethod

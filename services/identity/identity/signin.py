@@ -96,7 +96,9 @@ class PasswordSignIn:
         if not username or not password:
             error = "Enter your user name and password."
             return await self._page(request, return_to, status=400, username=username, error=error)
-        address = client_address(request, self.settings.trusted_proxy_networks)
+        address = client_address(
+            request, self.settings.trusted_proxy_networks, self.settings.identity_proxy_header
+        )
         # Counted before the (slow) password check, atomically: concurrent guesses cannot overrun it.
         verdict = await self.throttle.attempt(username, address)
         if not verdict.allowed:

@@ -144,12 +144,15 @@ def test_client_address_believes_only_trusted_proxies() -> None:
         )
 
     trusted = settings(IDENTITY_TRUSTED_PROXIES="10.0.0.0/8,fd00::/8").trusted_proxy_networks
-    assert client_address(request("203.0.113.9", "1.2.3.4"), trusted) == "203.0.113.9"
-    assert client_address(request("10.1.2.3", "198.51.100.7"), trusted) == "198.51.100.7"
+    assert client_address(request("203.0.113.9", "1.2.3.4"), trusted, "x-forwarded-for") == "203.0.113.9"
+    assert client_address(request("10.1.2.3", "198.51.100.7"), trusted, "x-forwarded-for") == "198.51.100.7"
     # a client-supplied left part does not win over the address the proxy saw
-    assert client_address(request("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9"), trusted) == "198.51.100.7"
-    assert client_address(request("10.1.2.3", None), trusted) == "10.1.2.3"
-    assert client_address(request("10.1.2.3", "1.2.3.4"), ()) == "10.1.2.3"
+    assert (
+        client_address(request("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9"), trusted, "x-forwarded-for")
+        == "198.51.100.7"
+    )
+    assert client_address(request("10.1.2.3", None), trusted, "x-forwarded-for") == "10.1.2.3"
+    assert client_address(request("10.1.2.3", "1.2.3.4"), (), "x-forwarded-for") == "10.1.2.3"
 
 
 def test_client_secret_verifications_are_cached_only_on_success() -> None:

@@ -1,19 +1,29 @@
 """Which address a request came from when load balancers or an Ingress controller sit in front.
 
 The TCP peer is the client unless it is one of the trusted proxies (CIDRs from configuration; none by
-default, so nothing a client sends is believed). Behind a trusted peer, ``X-Forwarded-For`` is read
-right to left and the first address that is not itself a trusted proxy is the client: entries to its
-left were written by the client and prove nothing. Used by the gateway (audit, forwarded headers) and
-the identity service (per-address throttling).
+default, so nothing a client sends is believed). Behind a trusted peer, the chain of hops its header
+names is read right to left and the first address that is not itself a trusted proxy is the client:
+entries to its left were written by the client and prove nothing. Used by the gateway (audit,
+forwarded headers) and the identity service (per-address throttling).
+
+Which header: the one the trusted proxies write, and only that one (:data:`PROXY_HEADERS`):
+``X-Forwarded-For`` (most ingress controllers and cloud load balancers; the default) or RFC 7239's
+``Forwarded`` (``for=`` of each element). Reading both, or the other one, believes the client: a
+proxy that writes ``Forwarded`` passes a client's ``X-Forwarded-For`` through untouched, so its
+rightmost hop is whatever the client wrote.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Literal, get_args
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: the header a deployment's trusted proxies write the client's address in
+ProxyHeader = Literal["x-forwarded-for", "forwarded"]
+PROXY_HEADERS: tuple[str, ...] = get_args(ProxyHeader)
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -71,18 +81,27 @@ def hop_ip(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def forwarded_client(
-    peer: str, forwarded_for: Iterable[str], networks: tuple[Network, ...]
+    peer: str, values: Iterable[str], networks: tuple[Network, ...], header: ProxyHeader = "x-forwarded-for"
 ) -> tuple[str, list[str]]:
-    """The client's address, and the ``X-Forwarded-For`` hops that were believed to get there.
+    """The client's address, and the hops that were believed to get there (each as its header wrote
+    it: ``for=`` values for ``Forwarded``).
 
-    ``forwarded_for`` is every value of the header, in order. An all-trusted chain yields its origin;
-    a chosen hop that is not an IP address (with or without its port, :func:`hop_ip`) yields the peer
-    (garbage is not an address to key on).
+    ``values`` is every value of ``header``, in order. An all-trusted chain yields its origin; a
+    chosen hop that is not an IP address (with or without its port, :func:`hop_ip`; ``unknown`` or an
+    obfuscated ``_name`` in ``Forwarded``) yields the peer (garbage is not an address to key on).
     """
     peer = unmapped(peer)
     if not networks or not is_trusted(peer, networks):
         return peer, []
-    chain = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    if header == "forwarded":
+        chain = [element.get("for", "") for element in forwarded_elements(values)]
+    else:
+        chain = [hop.strip() for value in values for hop in value.split(",") if hop.strip()]
+    return client_in_chain(peer, chain, networks)
+
+
+def client_in_chain(peer: str, chain: Sequence[str], networks: tuple[Network, ...]) -> tuple[str, list[str]]:
+    """:func:`forwarded_client` once the hops are read: the first from the right not a trusted proxy."""
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     for hop in reversed(chain):
         ip = hop_ip(hop)
@@ -90,7 +109,44 @@ def forwarded_client(
             break
     if ip is None:
         return peer, []
-    return str(ip), chain
+    return str(ip), list(chain)
+
+
+def forwarded_elements(values: Iterable[str]) -> list[dict[str, str]]:
+    """The elements of RFC 7239 ``Forwarded`` header values, in order: each its parameters (names in
+    lower case, quoted values unquoted); ``{}`` for an element that is not one (a pair without ``=``,
+    a parameter twice, a stray quote).
+
+    Split at every comma and semicolon, quoted or not, on purpose: ``for``, ``proto`` and ``host``
+    hold neither, and a client that opens a quote it never closes (``Forwarded: for="``) would
+    otherwise swallow the element its proxy appends behind it (``for=", for=198.51.100.7``) and pass
+    for the proxy itself. An extension's quoted value with a comma in it makes its element ``{}``,
+    which matters only where it is read: at or right of the client's hop."""
+    elements: list[dict[str, str]] = []
+    for value in values:
+        for piece in value.split(","):
+            if piece.strip():
+                elements.append(_element(piece))
+    return elements
+
+
+def _element(piece: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in piece.split(";"):
+        if not pair.strip():
+            continue
+        name, sep, raw = pair.partition("=")
+        name, raw = name.strip().lower(), raw.strip()
+        if not sep or not name or name in params or '"' in name:
+            return {}
+        if raw.startswith('"'):
+            if len(raw) < 2 or not raw.endswith('"'):
+                return {}
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        elif '"' in raw:
+            return {}
+        params[name] = raw
+    return params
 
 
 def unmapped(address: str) -> str:

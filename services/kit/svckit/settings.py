@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .dbtls import DatabaseTls, resolve
 from .identity import OPTIONAL_SENDERS, PAIRS, pair_variable
+from .proxies import ProxyHeader
 from .redistls import RedisTls
 from .redistls import resolve as resolve_redis_tls
 from .roles import RuntimeRole
@@ -32,6 +33,14 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
+
+
+def _header_name(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+#: ``X-Forwarded-For`` or ``Forwarded``, as written (header names are case-insensitive)
+ProxyHeaderSetting = Annotated[ProxyHeader, BeforeValidator(_header_name)]
 
 
 def decode_secret(text: str) -> bytes:

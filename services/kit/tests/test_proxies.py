@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from svckit.proxies import forwarded_client, is_trusted, parse_networks
+from svckit.proxies import forwarded_client, forwarded_elements, is_trusted, parse_networks
 
 pytestmark = pytest.mark.unit
 
@@ -74,3 +74,48 @@ def test_hops_with_ports_are_their_addresses(header: list[str], client: str) -> 
     one set of per-address sign-in and token-failure budgets (one client's failures locked out all),
     one anonymous-denial counter, and the audit trail named the proxy."""
     assert forwarded_client("10.1.1.1", header, TRUSTED)[0] == client
+
+
+@pytest.mark.parametrize(
+    ("values", "client"),
+    [
+        (["for=198.51.100.7"], "198.51.100.7"),
+        (["for=6.6.6.6, for=198.51.100.7;proto=https", "for=10.9.9.9"], "198.51.100.7"),
+        (['For="198.51.100.7"'], "198.51.100.7"),  # names are case-insensitive, values may be quoted
+        (['for="[2001:db8:cafe::17]:4711"'], "2001:db8:cafe::17"),  # RFC 7239 §6: IPv6 bracketed, a port
+        (['for="198.51.100.7:4711";by=10.9.9.9'], "198.51.100.7"),
+        (["for=10.3.3.3, for=10.4.4.4"], "10.3.3.3"),  # all trusted: the origin
+        (["for=unknown"], "10.1.1.1"),  # §6.2: the proxy does not know; not an address to key on
+        (["for=_hidden, for=10.9.9.9"], "10.1.1.1"),  # §6.3: an obfuscated identifier
+        (["proto=https"], "10.1.1.1"),  # an element without "for"
+        (["for=1.1.1.1;for=198.51.100.7"], "10.1.1.1"),  # a parameter twice: no element
+        (['for="', "for=198.51.100.7"], "198.51.100.7"),
+        # a quote the client opened and never closed does not swallow what its proxy appended
+        (['for=", for=198.51.100.7'], "198.51.100.7"),
+        (['for="1.1.1.1, for=198.51.100.7'], "198.51.100.7"),
+    ],
+)
+def test_forwarded_header_elements(values: list[str], client: str) -> None:
+    """RFC 7239 ``Forwarded``, behind proxies configured to write it: the same right-to-left reading
+    as ``X-Forwarded-For`` over the elements' ``for`` values."""
+    assert forwarded_client("10.1.1.1", values, TRUSTED, "forwarded")[0] == client
+
+
+def test_forwarded_elements_parameters() -> None:
+    assert forwarded_elements(
+        ['for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8::1]";HOST="a.example"']
+    ) == [
+        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"},
+        {"for": "[2001:db8::1]", "host": "a.example"},
+    ]
+    assert forwarded_elements(['for="a\\"b"', "x", "for=1.2.3.4;", " , "]) == [
+        {"for": 'a"b'},
+        {},
+        {"for": "1.2.3.4"},
+    ]
+
+
+def test_each_header_reads_only_its_own_values() -> None:
+    """What a proxy that writes the other header passes through untouched is the client's own text."""
+    assert forwarded_client("10.1.1.1", ["for=6.6.6.6"], TRUSTED, "x-forwarded-for")[0] == "10.1.1.1"
+    assert forwarded_client("10.1.1.1", ["6.6.6.6"], TRUSTED, "forwarded")[0] == "10.1.1.1"
