@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from svckit.db import Connection
 
+from . import metrics
+
 log = logging.getLogger("audit.store")
 
 #: whether ``records`` (``$1``, its qualified name) keeps every id once by itself
@@ -83,7 +85,9 @@ async def recorded_twice(
     """The first record from ``start`` (to ``until``) whose event is in the trail at an earlier seq,
     or None — at the cost of one catalog lookup while ``records.id`` is kept unique (see above)."""
     if await conn.fetchval(GUARDED, f"{schema}.records"):
+        metrics.event_ids_unique.set(1)
         return None
+    metrics.event_ids_unique.set(0)
     log.warning(
         "audit records.id is not kept unique by the database (constraint records_id_key missing or "
         "invalid, or a table inherits from records): this walk looks for events recorded twice by "

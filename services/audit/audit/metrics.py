@@ -9,6 +9,10 @@
   records to the signed checkpoints too: a rewritten history makes it 0. A ranged one
   (``GET /audit/verify?from_checkpoint=…``) counts and sets them only when it finds the range broken:
   intact, it says nothing of the records before its anchor.
+- ``audit_event_ids_unique`` (1/0; NaN before this process walked the chain): 0 while the database
+  does not keep ``records.id`` unique (constraint ``records_id_key`` dropped or invalid, or a table
+  inheriting from ``records``): only the owner role can do that; every walk then searches the whole
+  trail for events recorded twice (:mod:`audit.duplicates`), and appends slow down (alert on 0).
 - ``audit_checkpoints_total{outcome="signed|unchanged|refused|unknown_key|rolled_back"}``: runs of the
   checkpoint signer — ``refused`` means it found the chain or the checkpoints tampered with and signed
   nothing (an error log line says what; alert on any); ``unknown_key``: the newest checkpoint is signed
@@ -85,6 +89,13 @@ chain_ok = Gauge(
 # Unknown until this process has verified once: NaN, not 0, so a restarting pod never looks like a
 # broken chain to `min(audit_chain_ok) == 0` (PromQL's min skips NaN unless every value is NaN).
 chain_ok.set(float("nan"))
+event_ids_unique = Gauge(
+    "audit_event_ids_unique",
+    "1 when the last walk found records.id kept unique by the database (records_id_key), 0 when it did not "
+    "and had to search the trail for events recorded twice itself.",
+    multiprocess_mode="livemin",
+)
+event_ids_unique.set(float("nan"))  # unknown until this process has walked once, as audit_chain_ok
 checkpoints = Counter(
     "audit_checkpoints_total",
     "Runs of the checkpoint signer by outcome: signed, unchanged, refused (tampering found, nothing signed), "

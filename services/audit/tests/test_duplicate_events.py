@@ -220,8 +220,12 @@ async def test_a_copy_in_a_table_that_inherits_the_records_is_found(trail: Trail
 async def test_without_the_constraint_an_intact_trail_verifies_and_says_what_is_missing(
     trail: Trail, caplog: pytest.LogCaptureFixture
 ) -> None:
+    assert (await trail.verify())["ok"]
+    assert REGISTRY.get_sample_value("audit_event_ids_unique") == 1
     await trail.sql(DROP_UNIQUE)
     with caplog.at_level(logging.WARNING, logger="audit.store"):
         body = await trail.verify()
     assert (body["ok"], body["checked"]) == (True, 10)
     assert any("records_id_key" in r.getMessage() for r in caplog.records if r.name == "audit.store")
+    # and the gauge TimesheetsAuditEventIdsNotUnique alerts on
+    assert REGISTRY.get_sample_value("audit_event_ids_unique") == 0
