@@ -56,7 +56,12 @@ MEANINGS = {
     "worker_stuck_seconds": (
         "with several worker processes (the gateway's `GATEWAY_WORKERS`), one whose event loop has not"
         " run this long is killed (SIGKILL) and replaced: the requests it held fail at once instead of"
-        " hanging (`worker_stuck_kills_total`; runbook TimesheetsWorkerStuck)"
+        " hanging; its threads' stacks are logged first (`worker_stuck_kills_total`; runbook"
+        " TimesheetsWorkerStuck)"
+    ),
+    "worker_start_seconds": (
+        "with several worker processes, one whose event loop has not run once this long after it was"
+        " started (its start hung: an import, the application factory) is killed and replaced likewise"
     ),
     "dev_reload": "development only: restart when a Python file under `PYTHONPATH` changes (`skaffold dev`)",
     "identity_max_skew_seconds": "how old a signed identity may be",

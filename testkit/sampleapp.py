@@ -1,12 +1,19 @@
 """A minimal service for tests of how the kit serves (``svckit.server``): as separate processes, with
 one worker or several, without a database (or as a stand-in upstream behind a gateway). ``GET /fast``,
-``GET /slow?s=<seconds>``, and any other path (``?s=<seconds>`` to be slow)."""
+``GET /slow?s=<seconds>``, and any other path (``?s=<seconds>`` to be slow).
+
+For the supervisor's watchdog (``svckit.watchdog``): ``GET /block?s=<seconds>`` blocks the worker's event
+loop in a C call (``time.sleep``), as a blocking call in a handler does. ``SAMPLEAPP_HANG_AT_START``
+names a directory: once a file ``armed`` is in it, the next worker to start takes ``taken`` there and
+hangs in its start (its application factory), before its event loop ever runs; any later one starts
+as usual."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+import time
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,6 +31,22 @@ async def slow(request: Request) -> Response:
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 
+def block_the_loop(seconds: float) -> None:
+    """A blocking call in a handler: the event loop stops for ``seconds`` (the watchdog's stack dump
+    names this function)."""
+    time.sleep(seconds)
+
+
+async def block(request: Request) -> Response:
+    block_the_loop(min(float(request.query_params.get("s", "1")), 60.0))
+    return JSONResponse({"ok": True, "pid": os.getpid()})
+
+
+def hang_at_start(seconds: float) -> None:
+    """A start that never ends (an import or a factory waiting on something for ever)."""
+    time.sleep(seconds)
+
+
 async def anything(request: Request) -> Response:
     """Any other path (a stand-in upstream behind a gateway): ``?s=<seconds>`` makes it slow."""
     if "s" in request.query_params:
@@ -32,10 +55,19 @@ async def anything(request: Request) -> Response:
 
 
 def create_app() -> Starlette:
+    hang = os.environ.get("SAMPLEAPP_HANG_AT_START")
+    if hang and os.path.exists(os.path.join(hang, "armed")):
+        try:
+            os.close(os.open(os.path.join(hang, "taken"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass  # another worker hangs
+        else:
+            hang_at_start(600.0)
     return Starlette(
         routes=[
             Route("/fast", fast),
             Route("/slow", slow),
+            Route("/block", block),
             Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE"]),
         ]
     )
@@ -59,6 +91,7 @@ def main() -> int:
         log_level="warning",
         timeout_graceful_shutdown=10,
         worker_stuck_seconds=float(os.environ.get("WORKER_STUCK_SECONDS", "30")),
+        worker_start_seconds=float(os.environ.get("WORKER_START_SECONDS", "60")),
     )
     if plain:  # uvicorn's own supervisor and shutdown, to compare with
         uvicorn.run(

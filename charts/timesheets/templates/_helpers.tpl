@@ -718,6 +718,8 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $values.workers | quote }}
 - name: WORKER_STUCK_SECONDS
   value: {{ $values.workerStuckSeconds | quote }}
+- name: WORKER_START_SECONDS
+  value: {{ $values.workerStartSeconds | quote }}
 {{- /* the workers' metrics files, in the /tmp emptyDir: one directory by name, which python -m gateway
      clears of the previous run's files at each start (a fresh temporary directory at each container
      restart piled up in the emptyDir, which outlives the container) */}}

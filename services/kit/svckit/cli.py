@@ -56,13 +56,14 @@ SERVING_OPTIONS: dict[str, Any] = {
 def serving_limits(settings: ServiceSettings) -> dict[str, Any]:
     """The kit's serving settings as :class:`svckit.server.ServingConfig` takes them: the timeouts of
     clients that stop sending or reading, the open connections of a worker, and how long a worker's
-    event loop may be silent before its supervisor kills it."""
+    event loop may be silent (or a worker take to start) before its supervisor kills it."""
     return {
         "request_head_timeout": settings.request_head_timeout_seconds,
         "request_body_timeout": settings.request_body_timeout_seconds,
         "response_send_timeout": settings.response_send_timeout_seconds,
         "max_connections": settings.max_connections_per_worker,
         "worker_stuck_seconds": settings.worker_stuck_seconds,
+        "worker_start_seconds": settings.worker_start_seconds,
     }
 
 

@@ -78,7 +78,8 @@ worker_stuck_kills = Counter(
     "worker_stuck_kills_total",
     "Worker processes the supervisor killed (SIGKILL) and replaced because their event loop had not "
     "run for WORKER_STUCK_SECONDS (svckit.watchdog): a blocked loop — a CPU-bound bug, a deadlock, a "
-    "blocking call — whose connections hung while the other workers answered the probes.",
+    "blocking call — whose connections hung while the other workers answered the probes; or had not "
+    "run once WORKER_START_SECONDS after the worker was started (a hung start). Their stacks are logged.",
 )
 
 http_max_connections = Gauge(

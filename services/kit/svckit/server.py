@@ -152,7 +152,8 @@ from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 from .proxies import unmapped
-from .watchdog import NOT_YET, WORKER_STUCK_SECONDS, Beat, Watchdog, beating
+from .stacks import StackFile, install
+from .watchdog import NOT_YET, WORKER_START_SECONDS, WORKER_STUCK_SECONDS, Beat, Watchdog, Watched, beating
 
 log = logging.getLogger("svckit.server")
 uvicorn_log = logging.getLogger("uvicorn.error")
@@ -213,10 +214,12 @@ class ServingConfig(uvicorn.Config):
         response_send_timeout: float = RESPONSE_SEND_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS_PER_WORKER,
         worker_stuck_seconds: float = WORKER_STUCK_SECONDS,
+        worker_start_seconds: float = WORKER_START_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.worker_stuck_seconds = worker_stuck_seconds
+        self.worker_start_seconds = worker_start_seconds
         self.request_head_timeout = request_head_timeout
         self.request_body_timeout = request_body_timeout
         self.response_send_timeout = response_send_timeout
@@ -903,9 +906,11 @@ class DrainingServer(uvicorn.Server):
             log.info("accepted queued connections before closing the listener", extra={"count": accepted})
 
 
-def _run_worker(config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat) -> None:
+def _run_worker(config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, stacks: int) -> None:
     """A worker process (spawned): serve on the shared listening socket until told to stop, beating
-    into ``heartbeat`` from its event loop."""
+    into ``heartbeat`` from its event loop; first of all, ready to dump its stacks into the file
+    ``stacks`` (a descriptor) when its supervisor finds it stuck (:mod:`svckit.stacks`)."""
+    install(stacks)
     config.configure_logging()
     DrainingServer(config, owns_listener=False, heartbeat=heartbeat).run(sockets=sockets)
 
@@ -916,8 +921,9 @@ class Supervisor:
     Replaces uvicorn's multiprocess supervisor, which kept its copy of the listening socket open until
     every worker had drained (see the module docstring). A worker that dies is replaced; one that fails
     during start-up stops everything (it would fail the same way again); one whose event loop stops
-    beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS) is killed, then replaced
-    as a dead one (:mod:`svckit.watchdog`).
+    beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS), or has not beaten
+    ``worker_start_seconds`` after its spawn (WORKER_START_SECONDS), has its stacks logged, is killed,
+    then replaced as a dead one (:mod:`svckit.watchdog`).
     """
 
     def __init__(self, config: uvicorn.Config, workers: int, *, kill_after: float | None = None) -> None:
@@ -931,14 +937,25 @@ class Supervisor:
         self.stopping = False
         self.failed = False
         self._context = multiprocessing.get_context("spawn")
-        self.watchdog = Watchdog(getattr(config, "worker_stuck_seconds", WORKER_STUCK_SECONDS))
+        self._watched: list[Watched] = []
+        self.watchdog = Watchdog(
+            getattr(config, "worker_stuck_seconds", WORKER_STUCK_SECONDS),
+            getattr(config, "worker_start_seconds", WORKER_START_SECONDS),
+        )
 
     def _spawn(self, sockets: list[socket.socket]) -> tuple[multiprocessing.process.BaseProcess, Beat]:
         heartbeat = cast(Beat, self._context.RawValue("d", NOT_YET))
+        stacks = StackFile()
         process = self._context.Process(
-            target=_run_worker, args=(self.config, sockets, heartbeat), daemon=False
+            target=_run_worker, args=(self.config, sockets, heartbeat, stacks), daemon=False
         )
-        process.start()
+        spawned_at = time.monotonic()
+        try:
+            process.start()
+        except BaseException:
+            stacks.close()
+            raise
+        self._watched.append(Watched(process.pid, heartbeat, spawned_at, stacks))
         log.info("worker started", extra={"pid": process.pid})
         return process, heartbeat
 
@@ -955,8 +972,7 @@ class Supervisor:
             while not self.stopping:
                 time.sleep(0.1)
                 if not self.stopping:
-                    pids = [process.pid for process in self.processes]
-                    self.watchdog.check(list(zip(pids, self.heartbeats, strict=True)))
+                    self.watchdog.check(self._watched)
                 self._replace_dead([listener])
         finally:
             # Shut the door for every worker, then drop this copy: the socket goes away as soon as the
@@ -964,6 +980,9 @@ class Supervisor:
             refuse_new_connections(listener)
             listener.close()
             self._stop_workers()
+            for watched in self._watched:
+                if watched.stacks is not None:
+                    watched.stacks.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 1 if self.failed else 0
@@ -978,7 +997,15 @@ class Supervisor:
                 return
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
             forget_dead_processes()  # its live gauges no longer count
+            self._forget(process.pid)
             self.processes[index], self.heartbeats[index] = self._spawn(sockets)
+
+    def _forget(self, pid: int | None) -> None:
+        """A dead worker is no longer watched; its stack file is freed (it held the other copy)."""
+        for watched in [w for w in self._watched if w.pid == pid]:
+            self._watched.remove(watched)
+            if watched.stacks is not None:
+                watched.stacks.close()
 
     def _stop_workers(self) -> None:
         for process in self.processes:

@@ -11,6 +11,7 @@ beats from its event loop; one silent for WORKER_STUCK_SECONDS is killed and rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
@@ -28,6 +30,9 @@ from testkit.fixtures import REPO_ROOT, free_port
 STUCK_SECONDS = 2.0
 #: the stuck worker is killed within the bound, plus the supervisor's polling and a loaded host's lag
 REPLACED_WITHIN = STUCK_SECONDS + 3.0
+#: the test's WORKER_START_SECONDS: about a worker's start with two CPU hogs on two cores (up to 4.9 s
+#: seen from the supervisor's own start)
+START_SECONDS = 5.0
 
 
 @dataclass
@@ -50,8 +55,16 @@ def workers_of(pid: int) -> set[int]:
 
 @pytest.fixture
 async def sample() -> AsyncIterator[Sample]:
+    async with running() as sample:
+        yield sample
+
+
+@contextlib.asynccontextmanager
+async def running(**environ: str) -> AsyncIterator[Sample]:
+    """The sample app with two workers and a short WORKER_STUCK_SECONDS, its log read all along;
+    yielded once two workers run and one of them answers."""
     port = free_port()
-    env = {**os.environ, "WORKER_STUCK_SECONDS": str(STUCK_SECONDS)}
+    env = {**os.environ, "WORKER_STUCK_SECONDS": str(STUCK_SECONDS), **environ}
     process = subprocess.Popen(
         [sys.executable, "-m", "testkit.sampleapp", str(port), "2"],
         cwd=REPO_ROOT,
@@ -73,13 +86,17 @@ async def sample() -> AsyncIterator[Sample]:
             await asyncio.sleep(0.1)
         yield sample
     finally:
-        for pid in workers_of(process.pid):
+        workers = workers_of(process.pid)
+        for pid in workers:
             os.kill(pid, signal.SIGCONT)  # a stopped worker would not drain
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.to_thread(process.wait, 20)
         except subprocess.TimeoutExpired:
             process.kill()
+        for pid in workers:  # one left hanging would hold the log's pipe open
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         await reader
 
 
@@ -221,6 +238,9 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fa
     assert len(fresh) > 20, figures
     stuck_lines = [json.loads(line) for line in sample.log if "worker stuck" in line]
     assert [line.get("pid") for line in stuck_lines] == [stuck], "".join(sample.log)
+    # a stopped process cannot dump its stack: the supervisor waited a bounded moment, then killed it
+    assert stuck_lines[0]["stack"] is None, stuck_lines
+    assert "did not run" in stuck_lines[0]["stack_missing"], stuck_lines
 
 
 async def test_a_busy_but_beating_worker_is_left_alone(sample: Sample) -> None:
@@ -236,25 +256,118 @@ async def test_a_busy_but_beating_worker_is_left_alone(sample: Sample) -> None:
     assert not [line for line in sample.log if "worker stuck" in line]
 
 
+#: what a client sent the stuck request with: none of it may reach the log
+SECRET_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzdHVjay10ZXN0In0.c3R1Y2stdGVzdC1zaWduYXR1cmU"
+SECRET_HEADER = "x-stuck-test-secret"
+
+
+def stuck_records(sample: Sample) -> list[dict[str, object]]:
+    return [json.loads(line) for line in sample.log if "worker stuck" in line]
+
+
+async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sample) -> None:
+    """A handler blocks its worker's event loop in a C call (``time.sleep``). Before: the supervisor's
+    one line said which pid it killed and after how long, not where the worker was stuck — the one
+    thing needed to fix the cause. Now the line holds every thread's Python stack, dumped by the
+    worker itself (faulthandler, on the supervisor's signal) before the kill: the blocking call's
+    frames, the handler's among them; the request's headers and token appear nowhere."""
+    workers = workers_of(sample.process.pid)
+    connection = await _connect(sample.port)
+    reader, writer = connection
+    writer.write(
+        b"GET /block?s=30 HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {SECRET_TOKEN}\r\n{SECRET_HEADER}: {SECRET_TOKEN}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    sent_at = time.monotonic()
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # the worker dies under it
+        assert await asyncio.wait_for(reader.read(), REPLACED_WITHIN + 2) == b""
+    writer.close()
+    deadline = time.monotonic() + REPLACED_WITHIN
+    while not stuck_records(sample) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    records = stuck_records(sample)
+    log = "".join(sample.log)
+    assert len(records) == 1, log
+    record = records[0]
+    assert time.monotonic() - sent_at < REPLACED_WITHIN, log
+    stuck = record["pid"]
+    assert stuck in workers, log
+    assert record["level"] == "error", record
+    assert "request_id" in record, record
+    assert record["starting"] is False, record
+    stack = record["stack"]
+    assert isinstance(stack, str), record
+    assert "(most recent call first)" in stack, stack  # every thread of the worker, innermost first
+    for frame in ("in block_the_loop", "in block", "sampleapp.py"):  # the blocking call's frames
+        assert frame in stack, stack
+    assert "block_the_loop" in str(record["stuck_at"]), record
+    for secret in (SECRET_TOKEN, SECRET_HEADER, "Bearer"):
+        assert secret.lower() not in log.lower(), log
+    while stuck in workers_of(sample.process.pid):  # killed, then replaced
+        assert time.monotonic() < deadline + 2, log
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_stuck_in_its_start_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A worker that hangs in its start — an import or the application factory waiting for ever —
+    before its event loop first beat (here: the replacement of a worker that died). Before: the
+    watchdog judged only workers that had beaten once, so it held its place among the workers for
+    good, serving nothing. Now one without a first beat WORKER_START_SECONDS after its spawn is stuck
+    like any other: its stack logged (the hanging factory), killed and replaced; no worker that had
+    beaten is touched. (On a starved host another worker's slow start may pass the test's short
+    bound too: it is killed the same way, as ``starting``.)"""
+    async with running(
+        WORKER_START_SECONDS=str(START_SECONDS), SAMPLEAPP_HANG_AT_START=str(tmp_path)
+    ) as sample:
+        connection = await _connect(sample.port)
+        _, body = await asyncio.wait_for(_get(connection, "/fast"), 5)
+        connection[1].close()
+        dying = int(body["pid"])  # type: ignore[call-overload]
+        (tmp_path / "armed").touch()
+        os.kill(dying, signal.SIGKILL)  # its replacement hangs in its start
+        armed_at = time.monotonic()
+
+        def hung() -> list[dict[str, object]]:
+            return [r for r in stuck_records(sample) if "in hang_at_start" in str(r["stack"])]
+
+        while not hung():
+            assert time.monotonic() - armed_at < START_SECONDS + 8, "".join(sample.log)
+            await asyncio.sleep(0.05)
+        record = hung()[0]
+        log = "".join(sample.log)
+        assert float(record["silent_seconds"]) >= START_SECONDS, record  # type: ignore[arg-type]
+        assert record["starting"] is True, record
+        assert "in create_app" in str(record["stack"]), record
+        assert "hang_at_start" in str(record["stuck_at"]), record
+        assert record["pid"] != dying, log
+        assert all(r["starting"] is True for r in stuck_records(sample)), log  # no beating worker
+        while record["pid"] in (current := workers_of(sample.process.pid)) or len(current) < 2:  # replaced
+            assert time.monotonic() - armed_at < START_SECONDS + 12, (current, log)
+            await asyncio.sleep(0.05)
+        assert (tmp_path / "taken").exists()
+
+
 class _Beat:
     def __init__(self, value: float) -> None:
         self.value = value
 
 
 def test_the_watchdog_judges_only_silence_it_watched(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker before its first beat is not judged; a pause of the supervisor itself (a container
-    paused or starved as a whole: on resuming every worker looks silent) restarts the count instead of
-    killing every worker; silence past the bound while watching kills once."""
+    """A worker before its first beat is judged by the start's bound, from its spawn; a pause of the
+    supervisor itself (a container paused or starved as a whole: on resuming every worker looks
+    silent) restarts the count instead of killing every worker; silence past the bound while
+    watching kills once."""
     from svckit import watchdog
 
     now = [1000.0]
     killed: list[int] = []
     monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the watchdog's module reads it at call time
     monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
-    dog = watchdog.Watchdog(2.0)
+    dog = watchdog.Watchdog(2.0, start_seconds=4.0)
     starting, beating = _Beat(watchdog.NOT_YET), _Beat(1000.0)
-    workers: list[tuple[int | None, watchdog.Beat]] = [(1, starting), (2, beating)]
-    now[0] += 10.0  # the supervisor paused 10 s: every beat looks old
+    workers = [watchdog.Watched(1, starting, 1000.0), watchdog.Watched(2, beating, 990.0)]
+    now[0] += 10.0  # the supervisor paused 10 s: every beat looks old, the start too
     assert dog.check(workers) == []
     now[0] += 0.1
     assert dog.check(workers) == []  # silent 0.1 s since watching resumed
@@ -264,5 +377,8 @@ def test_the_watchdog_judges_only_silence_it_watched(monkeypatch: pytest.MonkeyP
     for _ in range(6):
         now[0] += 0.1
         dog.check(workers)
-    assert killed == [2]  # once, and never the worker that had not beaten yet
-    assert beating.value == watchdog.NOT_YET
+    assert killed == [2]  # once, and not yet the worker still starting
+    for _ in range(30):  # the start's bound passes too
+        now[0] += 0.1
+        dog.check(workers)
+    assert killed == [2, 1]
