@@ -118,9 +118,16 @@ def test_setting_refuses_what_is_not_a_network() -> None:
         GatewaySettings(gateway_trusted_proxies="10.0.0.0/8,ingress")
 
 
-async def test_process_behind_a_trusted_proxy(
-    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
-) -> None:
+async def seen_upstream(
+    provider: Provider,
+    echo: Echo,
+    identity_keys: dict[str, str],
+    redis_prefix: str,
+    headers: dict[str, str],
+    **settings: str,
+) -> dict[str, str]:
+    """The forwarding headers the upstream receives when a gateway (behind a trusted loopback proxy,
+    with ``settings``) is sent ``headers`` and a valid token."""
     env = process_env(
         provider,
         echo,
@@ -128,26 +135,32 @@ async def test_process_behind_a_trusted_proxy(
         redis_prefix,
         GATEWAY_WORKERS="1",
         GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
+        **settings,
     )
     process = ServiceProcess("gateway", env)
     await asyncio.to_thread(process.start)
     try:
-        headers = {
-            "Authorization": f"Bearer {provider.token()}",
-            "X-Forwarded-For": "6.6.6.6, 198.51.100.7",
-            "X-Forwarded-Proto": "https",
-        }
         async with (
             aiohttp.ClientSession() as session,
-            session.get(process.url + "/api/timesheets", headers=headers) as response,
+            session.get(
+                process.url + "/api/timesheets",
+                headers={"Authorization": f"Bearer {provider.token()}", **headers},
+            ) as response,
         ):
             assert response.status == 200, await response.text()
             body = await response.json()
-        seen = {k: v for k, v in body["headers"] if k.startswith("x-forwarded-")}
-        assert seen["x-forwarded-for"] == "6.6.6.6, 198.51.100.7, 127.0.0.1"
-        assert seen["x-forwarded-proto"] == "https"
     finally:
         await asyncio.to_thread(process.stop)
+    return {k: v for k, v in body["headers"] if k.startswith(("x-forwarded-", "forwarded"))}
+
+
+async def test_process_behind_a_trusted_proxy(
+    provider: Provider, echo: Echo, identity_keys: dict[str, str], redis_prefix: str
+) -> None:
+    sent = {"X-Forwarded-For": "6.6.6.6, 198.51.100.7", "X-Forwarded-Proto": "https"}
+    seen = await seen_upstream(provider, echo, identity_keys, redis_prefix, sent)
+    assert seen["x-forwarded-for"] == "6.6.6.6, 198.51.100.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
 
 
 async def test_process_behind_a_proxy_that_writes_forwarded(
@@ -155,35 +168,16 @@ async def test_process_behind_a_proxy_that_writes_forwarded(
 ) -> None:
     """The same through a running gateway: the upstream sees the client the proxy named in
     ``Forwarded``, not the one the client put in ``X-Forwarded-For``, and no ``Forwarded`` header."""
-    env = process_env(
-        provider,
-        echo,
-        identity_keys,
-        redis_prefix,
-        GATEWAY_WORKERS="1",
-        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
-        GATEWAY_PROXY_HEADER="forwarded",
+    sent = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "http",
+        "Forwarded": 'for="198.51.100.7:50312";proto=https;host=timesheets.example',
+    }
+    seen = await seen_upstream(
+        provider, echo, identity_keys, redis_prefix, sent, GATEWAY_PROXY_HEADER="forwarded"
     )
-    process = ServiceProcess("gateway", env)
-    await asyncio.to_thread(process.start)
-    try:
-        headers = {
-            "Authorization": f"Bearer {provider.token()}",
-            "X-Forwarded-For": "6.6.6.6",
-            "X-Forwarded-Proto": "http",
-            "Forwarded": 'for="198.51.100.7:50312";proto=https;host=timesheets.example',
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(process.url + "/api/timesheets", headers=headers) as response,
-        ):
-            assert response.status == 200, await response.text()
-            body = await response.json()
-        seen = {k: v for k, v in body["headers"] if k.startswith(("x-forwarded-", "forwarded"))}
-        assert seen == {
-            "x-forwarded-for": "198.51.100.7:50312, 127.0.0.1",
-            "x-forwarded-proto": "https",
-            "x-forwarded-host": "timesheets.example",
-        }, seen
-    finally:
-        await asyncio.to_thread(process.stop)
+    assert seen == {
+        "x-forwarded-for": "198.51.100.7:50312, 127.0.0.1",
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "timesheets.example",
+    }, seen
