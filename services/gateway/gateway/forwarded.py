@@ -20,6 +20,7 @@ from svckit.proxies import (
     forwarded_elements,
     is_trusted,
     parse_networks,
+    unmapped,
 )
 
 
@@ -92,7 +93,9 @@ class ForwardedHeaders:
 
     def _rfc7239(self, peer: str, proto: bytes, host: bytes | None, values: Sequence[bytes]) -> Forwarding:
         elements = forwarded_elements(value.decode("latin-1") for value in values)
-        client, chain = client_in_chain(peer, [element.get("for", "") for element in elements], self.networks)
+        client, chain = client_in_chain(
+            unmapped(peer), [element.get("for", "") for element in elements], self.networks
+        )
         if elements:
             last = elements[-1]  # the trusted peer's own element
             if last.get("proto", "").lower() in ("http", "https"):

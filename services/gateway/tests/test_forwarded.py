@@ -102,6 +102,9 @@ def test_behind_proxies_that_write_forwarded_the_x_forwarded_headers_are_the_cli
     # and the other way round: behind X-Forwarded-For proxies a client's Forwarded is not read
     fwd = INGRESS.resolve("10.9.0.1", "http", None, [b"198.51.100.7"], None, None, [b"for=6.6.6.6"])
     assert fwd.client_ip == "198.51.100.7"
+    # an element that names no address (RFC 7239 "unknown") leaves the peer, as IPv4 when it came mapped
+    fwd = BEHIND_RFC7239.resolve("::ffff:10.9.0.1", "http", None, [], None, None, [b"for=unknown"])
+    assert fwd.client_ip == "10.9.0.1"
 
 
 @pytest.mark.unit

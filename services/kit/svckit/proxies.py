@@ -6,7 +6,7 @@ names is read right to left and the first address that is not itself a trusted p
 entries to its left were written by the client and prove nothing. Used by the gateway (audit,
 forwarded headers) and the identity service (per-address throttling).
 
-Which header: the one the trusted proxies write, and only that one (:data:`PROXY_HEADERS`):
+Which header: the one the trusted proxies write, and only that one (:data:`ProxyHeader`):
 ``X-Forwarded-For`` (most ingress controllers and cloud load balancers; the default) or RFC 7239's
 ``Forwarded`` (``for=`` of each element). Reading both, or the other one, believes the client: a
 proxy that writes ``Forwarded`` passes a client's ``X-Forwarded-For`` through untouched, so its
@@ -18,12 +18,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from typing import Literal, get_args
+from typing import Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: the header a deployment's trusted proxies write the client's address in
 ProxyHeader = Literal["x-forwarded-for", "forwarded"]
-PROXY_HEADERS: tuple[str, ...] = get_args(ProxyHeader)
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
