@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
 import socket
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,21 @@ def embedded_redis_acl(prefix: str, passwords: Mapping[str, str], admin_password
 
 def npm_available() -> bool:
     return shutil.which("npm") is not None and shutil.which("node") is not None
+
+
+@contextlib.contextmanager
+def npm_install_lock(folder: Path) -> Iterator[None]:
+    """One ``npm ci`` of ``folder`` at a time on this machine: the SPA's checks (tests/spa) and the
+    browser tests' platform (``Platform.build_spa_bundle``) run on different pytest workers, and two
+    ``npm ci`` at once delete each other's node_modules. The lock file is in the temporary directory
+    (named by the folder's path), not in ``folder``, whose files' times say when to rebuild the SPA."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"tsp-npm-ci-{digest}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_root() -> bool:

@@ -27,6 +27,7 @@ from .backing import (
     EmbeddedRedis,
     embedded_redis_acl,
     npm_available,
+    npm_install_lock,
     port_is_free,
 )
 from .roles import identity_key_visible, migrate_env, redis_password_variable, service_database
@@ -226,8 +227,9 @@ class Platform:
             return
         lock = spa / "package-lock.json"
         installed = spa / "node_modules" / ".package-lock.json"
-        if not installed.exists() or (lock.exists() and lock.stat().st_mtime > installed.stat().st_mtime):
-            self.run_step("spa", ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(spa)])
+        with npm_install_lock(spa):
+            if not installed.exists() or (lock.exists() and lock.stat().st_mtime > installed.stat().st_mtime):
+                self.run_step("spa", ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(spa)])
         built = spa / "dist" / "index.html"
         sources = [p for p in spa.rglob("*") if "node_modules" not in p.parts and "dist" not in p.parts]
         newest = max((p.stat().st_mtime for p in sources if p.is_file()), default=0.0)

@@ -253,3 +253,34 @@ async def start_service(platform: Platform, name: str, extra: Mapping[str, str] 
                 pass
             assert time.monotonic() < deadline, f"{name} not ready after restart"
             await asyncio.sleep(0.3)
+
+
+#: how far :func:`through_back_off` moves the page's clock, and how often (real seconds): ten times
+#: faster than real time, so the SPA's longest back-off (three waits of MAX_RETRY_WAIT_MS, 15 s)
+#: passes in about 1.5 s
+BACK_OFF_STEP_MS = 1_000
+BACK_OFF_EVERY = 0.1
+
+
+async def through_back_off(page: Page, outcome: Awaitable[None]) -> None:
+    """Await ``outcome`` (an ``expect`` on ``page``) while moving the page's clock forward, so the
+    SPA's retry back-off (spa/src/api/client.ts ``retrying``: CREATE_RETRY_DELAYS_MS, longer when an
+    answer's Retry-After asks, at most MAX_RETRY_WAIT_MS a wait) passes in a fraction of its real time.
+
+    Why the clock and not shorter delays: the waits are the product's own (its schedule, its reading of
+    Retry-After), and every attempt is still sent to the real services and answered by them; only the
+    time between attempts is skipped, as ``setTimeout`` is. The page's clock must have been installed
+    (``page.clock.install()``) before the page loaded. Only around a wait for the outcome of failing
+    attempts: the clock's jumps also fire other timers (a toast leaves after 5 s), so an expectation on
+    a toast stays outside."""
+    waiting = asyncio.ensure_future(outcome)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=BACK_OFF_EVERY)
+            if done:
+                break
+            await page.clock.fast_forward(BACK_OFF_STEP_MS)
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+    await waiting

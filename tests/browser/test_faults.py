@@ -38,6 +38,7 @@ from tests.browser.support import (
     sign_in,
     start_service,
     stop_service,
+    through_back_off,
 )
 
 pytestmark = pytest.mark.browser
@@ -138,6 +139,7 @@ async def test_timesheets_down_then_back(new_page: NewPage, shot: Shots, restart
     form keeps what she typed and says it was not saved; once the service is back she gets her week
     again without reloading the page, and the entry is added once."""
     page, tokens = await new_page()
+    await page.clock.install()  # the create's back-off passes on it (through_back_off)
     await sign_in(page, shot, "alice")
     await expect(page.get_by_text("Loading your week")).to_have_count(0)
     await stop_service(restarts, "timesheets")
@@ -150,7 +152,7 @@ async def test_timesheets_down_then_back(new_page: NewPage, shot: Shots, restart
     await fill_entry(page, project, "1.5", "typed during the outage")
     await page.get_by_role("button", name="Add entry").click()
     form_alert = page.locator("form").get_by_role("alert")
-    await expect(form_alert).to_be_visible(timeout=30_000)
+    await through_back_off(page, expect(form_alert).to_be_visible(timeout=30_000))
     await expect(form_alert).to_contain_text("not saved")
     await expect(page.get_by_label("Project")).to_have_value(project)
     await expect(page.get_by_label("Hours", exact=True)).to_have_value("1.5")
@@ -277,6 +279,7 @@ async def test_entry_stored_before_the_session_ended_is_not_stored_again(
     session ends. Signed in again, she adds the restored entry: the draft kept the create's
     Idempotency-Key, so the service answers the stored entry instead of storing it a second time."""
     page, tokens = await new_page()
+    await page.clock.install()  # the create's back-off passes on it (through_back_off)
     await sign_in(page, shot, "alice")
     await expect(page.get_by_text("Loading your week")).to_have_count(0)
     project = f"Stored then signed out {uuid4().hex[:8]}"
@@ -293,8 +296,11 @@ async def test_entry_stored_before_the_session_ended_is_not_stored_again(
     await page.route(f"{APP}/api/timesheets", lose_every_answer)
     await fill_entry(page, project, "0.75")
     await page.get_by_role("button", name="Add entry").click()
-    await expect(page.get_by_role("alert").filter(has_text="may not have been saved")).to_be_visible(
-        timeout=20_000
+    await through_back_off(
+        page,
+        expect(page.get_by_role("alert").filter(has_text="may not have been saved")).to_be_visible(
+            timeout=20_000
+        ),
     )
     await page.unroute(f"{APP}/api/timesheets")
     assert len(keys) > 1, keys  # retried
@@ -368,11 +374,16 @@ async def test_renewal_while_the_sign_in_service_is_down_keeps_the_session(
         "requestfailed",
         lambda r: silent_failed.append(r.url) if r.url.startswith(f"{PROVIDER}/authorize") else None,
     )
+    # the SPA's own word that it gave up on the renewal (spa/src/auth/session.ts), said just before it
+    # schedules the next try: the clock is moved on for that try only once it is scheduled (a fixed
+    # half second was not always enough on a busy machine, and the try was then never due)
+    gave_up: list[str] = []
+    page.on("console", lambda m: gave_up.append(m.text) if "silent renewal failed" in m.text else None)
 
     await page.clock.fast_forward("14:10")  # the renewal is due at 14:00, the token expires at 15:00
     await eventually(lambda: bool(silent_failed), "the silent sign-in failing to reach the provider")
     await page.clock.fast_forward("00:11")  # the hidden iframe's answer is given up on after 10 s
-    await page.wait_for_timeout(500)
+    await eventually(lambda: bool(gave_up), "the page giving up on the silent renewal")
     await expect(page.get_by_test_id("user-name")).to_have_text("Alice Employee")
     await expect(page.get_by_label("Project")).to_have_value(project)
     await page.get_by_role("button", name="Next week").click()
@@ -430,13 +441,15 @@ class Waiting(NamedTuple):
 
 async def waiting_for_bob(new_page: NewPage, shot: Shots, name: str) -> Waiting:
     """Alice signed in with an entry of a project named ``name`` (made unique) submitted; Bob signed in
-    on his approval queue, the entry's card in it."""
+    on his approval queue, the entry's card in it. Bob's page has its clock installed, so that a
+    decision's back-off can pass on it (:func:`through_back_off`)."""
     alice, alice_tokens = await new_page()
     await sign_in(alice, shot, "alice")
     await expect(alice.get_by_text("Loading your week")).to_have_count(0)
     project = f"{name} {uuid4().hex[:8]}"
     await add_by_api(alice, alice_tokens, project)
     bob, bob_tokens = await new_page()
+    await bob.clock.install()
     await sign_in(bob, shot, "bob", path="/approvals")
     card = bob.locator("li.approval").filter(has_text=project)
     await expect(card).to_have_count(1)
@@ -471,6 +484,7 @@ async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: S
     await add_by_api(alice, alice_tokens, decided_project)
 
     bob, bob_tokens = await new_page()
+    await bob.clock.install()
     await sign_in(bob, shot, "bob", path="/approvals")
     queue = bob.locator("li.approval")
     await expect(queue.filter(has_text=gone_project)).to_have_count(1)
@@ -483,7 +497,10 @@ async def test_decision_on_an_entry_changed_meanwhile(new_page: NewPage, shot: S
     await expect(bob.get_by_role("alert").filter(has_text="no longer exists")).to_be_visible()
     await expect(queue.filter(has_text=gone_project)).to_have_count(0)
     await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
-    await bob.wait_for_timeout(4_500)  # the explanation is not taken away by a timer (it was, after 4 s)
+    # The explanation is not taken away by a timer (it was, after 4 s): past any such timer on the
+    # page's clock, and a moment for a removal it fired to be drawn.
+    await bob.clock.fast_forward(5_000)
+    await bob.wait_for_timeout(300)
     await expect(screen_alert.filter(has_text="no longer exists")).to_be_visible()
     await shot(bob, "deleted-meanwhile")
     await screen_alert.get_by_role("button", name="Dismiss message").click()
@@ -530,6 +547,7 @@ async def test_gateway_down_then_back(new_page: NewPage, shot: Shots, restarts: 
     form keeps the entry and says it may not have been saved; once the gateway is back the week loads
     on Try again and the entry is added once."""
     page, tokens = await new_page()
+    await page.clock.install()  # the create's back-off passes on it (through_back_off)
     await sign_in(page, shot, "alice")
     await expect(page.get_by_text("Loading your week")).to_have_count(0)
     await stop_service(restarts, "gateway")
@@ -541,7 +559,9 @@ async def test_gateway_down_then_back(new_page: NewPage, shot: Shots, restarts: 
     await fill_entry(page, project, "0.5")
     await page.get_by_role("button", name="Add entry").click()
     form_alert = page.locator("form").get_by_role("alert")
-    await expect(form_alert).to_contain_text("may not have been saved", timeout=30_000)
+    await through_back_off(
+        page, expect(form_alert).to_contain_text("may not have been saved", timeout=30_000)
+    )
     await expect(page.get_by_label("Project")).to_have_value(project)
     await shot(page, "gateway-down")
 
@@ -619,11 +639,12 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     await sign_in(carol, shot, "carol")
     await expect(carol.get_by_role("heading", name="Audit trail")).to_be_visible()
 
-    await stop_service(restarts, "approvals")
-    await stop_service(restarts, "audit")
+    await asyncio.gather(stop_service(restarts, "approvals"), stop_service(restarts, "audit"))
     await card.get_by_label("Comment").fill("Checked against the plan")
     await card.get_by_role("button", name="Approve").click()
-    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await through_back_off(
+        bob, expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    )
     await expect(card.get_by_label("Comment")).to_have_value("Checked against the plan")
     await assert_inside(card, card.get_by_role("alert"))
     await assert_inside(card, card.get_by_role("button", name="Dismiss message"))
@@ -644,8 +665,8 @@ async def test_approvals_and_audit_down_then_back(new_page: NewPage, shot: Shots
     await expect(carol.get_by_text("No events match")).to_have_count(0)
     await shot(carol, "audit-down")
 
-    await start_service(restarts, "approvals")
-    await start_service(restarts, "audit")
+    # both back at once (each start waits for its own /readyz): not one after the other's start-up
+    await asyncio.gather(start_service(restarts, "approvals"), start_service(restarts, "audit"))
     await queue_alert.get_by_role("button", name="Try again").click()
     await expect(queue_alert).to_have_count(0)
     card = bob.locator("li.approval").filter(has_text=project)
@@ -753,7 +774,9 @@ async def test_approval_queue_while_timesheets_is_down(
     await expect(subtitle).not_to_contain_text("waiting")
     await expect(card).to_have_count(1)  # the cards last loaded stay (each decision is checked)
     await card.get_by_role("button", name="Approve").click()
-    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await through_back_off(
+        bob, expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    )
     await shot(bob, "timesheets-down-refresh")
     await bob.reload()
     await expect(queue_alert).to_contain_text("The service is unavailable")
@@ -789,7 +812,9 @@ async def test_decision_whose_every_answer_is_lost_is_decided_once(new_page: New
     await bob.route(f"{APP}/api/approvals/*", lose_every_answer)
     await card.get_by_label("Comment").fill("Matches the plan")
     await card.get_by_role("button", name="Approve").click()
-    await expect(card.get_by_role("alert")).to_contain_text("may not have been recorded", timeout=20_000)
+    await through_back_off(
+        bob, expect(card.get_by_role("alert")).to_contain_text("may not have been recorded", timeout=20_000)
+    )
     await expect(card.get_by_label("Comment")).to_have_value("Matches the plan")
     await shot(bob, "told-it-may-not-be-recorded")
     await bob.unroute(f"{APP}/api/approvals/*")
@@ -859,7 +884,9 @@ async def test_decision_recorded_but_not_applied_is_applied_once(
         await card.get_by_label("Comment").fill(comment)
         await card.get_by_role("button", name="Approve").click()
         alert = card.get_by_role("alert")
-        await expect(alert).to_contain_text("Recorded, not applied yet", timeout=40_000)
+        await through_back_off(
+            bob, expect(alert).to_contain_text("Recorded, not applied yet", timeout=40_000)
+        )
         await expect(card.get_by_label("Comment")).to_have_value(comment)
         await assert_inside(card, alert)
         await shot(bob, "recorded-not-applied")
@@ -903,7 +930,9 @@ async def test_approval_comment_survives_a_failed_decision_and_a_reload(
     reason = "Split the hours between the two projects, please"
     await card.get_by_label("Comment").fill(reason)
     await card.get_by_role("button", name="Reject").click()
-    await expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    await through_back_off(
+        bob, expect(card.get_by_role("alert")).to_contain_text("The service is unavailable", timeout=30_000)
+    )
     await bob.reload()
     queue_alert = bob.locator(".screen > .banner")
     await expect(queue_alert).to_contain_text("The service is unavailable")
