@@ -25,7 +25,6 @@ CASES = [
     pytest.param(("json.tool",), '{"b": [1, 2], "a": "\\u20ac"}', {}, id="success-stdin-stdout"),
     pytest.param(("json.tool",), '{"b": ', {}, id="systemexit-message"),
     pytest.param(("json.tool", "--no-such-option"), None, {}, id="argparse-usage-error"),
-    pytest.param(("identity", "no-such-command"), None, {}, id="identity-usage-error"),
     pytest.param(("identity", "add-user", "erin"), None, {}, id="identity-settings-from-env"),
     pytest.param(
         ("audit", "verify", "--since", "abc"),
