@@ -537,7 +537,7 @@ def verify_offline(
 ) -> tuple[int, dict[str, Any], str]:
     """``python -m audit verify ARGS`` against the module's database, as an auditor runs it: the
     database's URL and the checkpoint keys (their public halves), nothing else of the service's.
-    A real process; with ``host``, the same command line run in the module's command host (one
+    A real process; with ``host``, the same command line run in the session's command host (one
     interpreter for the cases: :mod:`testkit.clihost`). Each answer's wiring (a report and exit 0,
     a broken range and exit 1, a usage error and exit 2) keeps a real process."""
     env = {"DATABASE_URL": ranged.env["DATABASE_URL"], "PATH": "/usr/bin:/bin"}

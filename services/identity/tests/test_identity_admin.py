@@ -27,7 +27,7 @@ from .conftest import own_provider
 def hosted(
     host: CliHost, env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m identity ARGS`` run in the module's command host (answers as :func:`run_cli`)."""
+    """``python -m identity ARGS`` run in the session's command host (answers as :func:`run_cli`)."""
     return host.run("identity", env, *args, stdin=stdin)
 
 
