@@ -41,6 +41,8 @@ from svckit.roles import RuntimeRole, role_url
 from svckit.server import KEEP_ALIVE_SECONDS, ProblemHttpProtocol
 from svckit.settings import parse_identity_keys
 
+from testkit.clihost import CliHost
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -716,6 +718,15 @@ class TcpProxy:
 
 
 # ---- pytest fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_host() -> Iterator[CliHost]:
+    """The session's command host (:mod:`testkit.clihost`): a test that runs the cases of a command
+    line's corpus there, each wiring of it keeping a real ``python -m`` run of its own."""
+    host = CliHost()
+    yield host
+    host.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ itself: the operator runs ``python -m identity after-restore`` before the provid
 
 Real processes on loopback: the identity service, a gateway (forwarding to an echo upstream) and a
 private Redis, which is kept across the restore (the runbook's procedure); the backup and the restore
-are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``).
+are ``pg_dump`` / ``pg_restore`` of the schema (``testkit.backup``). The first test's
+``after-restore`` is a real ``python -m identity`` process; the other tests run the runbook's commands
+in the session's command host (:mod:`testkit.clihost`: the same entry, one interpreter).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 from yarl import URL
 
 from testkit.backup import dump_schema, restore_schema
+from testkit.clihost import CliHost
 from testkit.fixtures import IsolatedEnv, ServiceProcess
 from testkit.oidc import (
     SPA,
@@ -200,11 +203,11 @@ async def test_nothing_issued_before_an_identity_restore_works_after_it(stack: S
             assert status == 200, renewed
 
 
-async def restart_after_restore(stack: Stack, backup: Path) -> None:
+async def restart_after_restore(stack: Stack, backup: Path, host: CliHost) -> None:
     """The runbook's procedure: stop the provider, restore, acknowledge the restore, start."""
     stack.identity.stop()
     restore_schema(stack.owner_url, backup)
-    done = run_cli(stack.identity_env, "after-restore")
+    done = host.run("identity", stack.identity_env, "after-restore")
     assert done.returncode == 0, done.stdout + done.stderr
     stack.identity = ServiceProcess(
         "identity", stack.identity_env, port=stack.identity.port, log_dir=stack.logs
@@ -212,7 +215,7 @@ async def restart_after_restore(stack: Stack, backup: Path) -> None:
 
 
 async def test_an_access_token_issued_after_the_backup_is_refused_after_the_restore(
-    stack: Stack, redis_users: ComponentRedis, tmp_path: Path
+    stack: Stack, redis_users: ComponentRedis, tmp_path: Path, cli_host: CliHost
 ) -> None:
     """The restored ledger does not know the access tokens issued after the backup, so revoking its
     rows cannot reach them: after-restore records a cutoff ("not before") that the provider publishes
@@ -227,7 +230,7 @@ async def test_an_access_token_issued_after_the_backup_is_refused_after_the_rest
         for _ in range(2):  # the gateway verifies it, then serves it from its verified-token cache
             assert await api_status(http, stack, token) == 200
 
-        await restart_after_restore(stack, backup)
+        await restart_after_restore(stack, backup, cli_host)
 
         await refused_within(http, stack, token)
         async with http.get(
@@ -259,10 +262,10 @@ async def test_an_access_token_issued_after_the_backup_is_refused_after_the_rest
             late.stop()
 
 
-async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
+async def test_after_restore_is_recorded_and_repeatable(stack: Stack, cli_host: CliHost) -> None:
     """Run twice (an operator unsure whether the first run finished): the second finds nothing more
     to end and succeeds; the restore is recorded in the provider's outbox for the audit trail."""
-    first = run_cli(stack.identity_env, "after-restore")
+    first = cli_host.run("identity", stack.identity_env, "after-restore")
     assert first.returncode == 0, first.stdout + first.stderr
     conn = await asyncpg.connect(stack.owner_url, server_settings={"search_path": "identity"})
     try:
@@ -296,9 +299,10 @@ async def test_after_restore_is_recorded_and_repeatable(stack: Stack) -> None:
     assert json.loads(details)["tokens_issued_before"] == cutoff["issued_before"].isoformat()
 
 
-def add_user(stack: Stack, username: str, password: str) -> None:
+def add_user(host: CliHost, stack: Stack, username: str, password: str) -> None:
     """The runbook's ``python -m identity add-user`` (the whole user: it overwrites every field)."""
-    done = run_cli(
+    done = host.run(
+        "identity",
         {**stack.identity_env, "NEW_PASSWORD": password},
         "add-user",
         username,
@@ -314,9 +318,10 @@ def add_user(stack: Stack, username: str, password: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def add_client(stack: Stack, client_id: str, secret: str) -> None:
+def add_client(host: CliHost, stack: Stack, client_id: str, secret: str) -> None:
     """The runbook's ``python -m identity add-client`` with the secret the client holds now."""
-    done = run_cli(
+    done = host.run(
+        "identity",
         {**stack.identity_env, "CLIENT_SECRET": secret},
         "add-client",
         client_id,
@@ -364,28 +369,28 @@ async def set_disabled(stack: Stack, username: str, disabled: bool) -> None:
 
 
 async def test_account_changes_after_the_backup_come_back_undone_until_reapplied(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, cli_host: CliHost
 ) -> None:
     """docs/runbook.md: a password changed, a user disabled and a client secret rotated after the
     backup are as they were at the backup once it is restored — after-restore does not (cannot) know
     them — until the operator applies them again with the commands the runbook lists."""
     erin, frank, client = f"erin{secrets.token_hex(3)}", f"frank{secrets.token_hex(3)}", "restore-batch"
-    add_user(stack, erin, "erin-old-password")
-    add_user(stack, frank, "frank-password")
-    add_client(stack, client, "old-client-secret")
+    add_user(cli_host, stack, erin, "erin-old-password")
+    add_user(cli_host, stack, frank, "frank-password")
+    add_client(cli_host, stack, client, "old-client-secret")
     backup = dump_schema(stack.owner_url, "identity", tmp_path / "identity.dump")
 
     # after the backup: erin's password changed, frank disabled, the client's secret rotated
-    add_user(stack, erin, "erin-new-password")
+    add_user(cli_host, stack, erin, "erin-new-password")
     await set_disabled(stack, frank, True)
-    add_client(stack, client, "new-client-secret")
+    add_client(cli_host, stack, client, "new-client-secret")
     assert not await signs_in(stack, erin, "erin-old-password")
     assert not await signs_in(stack, frank, "frank-password")
     assert await client_token(stack, client, "old-client-secret") == 401
 
     stack.identity.stop()
     restore_schema(stack.owner_url, backup)
-    done = run_cli(stack.identity_env, "after-restore")
+    done = cli_host.run("identity", stack.identity_env, "after-restore")
     assert done.returncode == 0, done.stdout + done.stderr
     stack.identity = ServiceProcess(
         "identity", stack.identity_env, port=stack.identity.port, log_dir=stack.logs
@@ -400,9 +405,9 @@ async def test_account_changes_after_the_backup_come_back_undone_until_reapplied
     assert await client_token(stack, client, "new-client-secret") == 401
 
     # re-applied from the change records, with the runbook's commands (no restart needed)
-    add_user(stack, erin, "erin-new-password")
+    add_user(cli_host, stack, erin, "erin-new-password")
     await set_disabled(stack, frank, True)
-    add_client(stack, client, "new-client-secret")
+    add_client(cli_host, stack, client, "new-client-secret")
     assert await signs_in(stack, erin, "erin-new-password")
     assert not await signs_in(stack, erin, "erin-old-password")
     assert not await signs_in(stack, frank, "frank-password")

@@ -36,6 +36,7 @@ from svckit.settings import load_settings
 
 from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
+from testkit.clihost import CliHost
 from testkit.clock import FakeClock
 from testkit.fixtures import (
     Caller,
@@ -387,7 +388,9 @@ THROUGH_CHECKPOINT_2 = (
 )
 
 
-async def test_a_checkpoint_in_the_range_signed_by_an_unknown_key_is_reported(ranged: Ranged) -> None:
+async def test_a_checkpoint_in_the_range_signed_by_an_unknown_key_is_reported(
+    ranged: Ranged, cli_host: CliHost
+) -> None:
     """Checkpoints 2 and 3 replaced by ones the owner signed with a key of their own (its own kid),
     chained from checkpoint 1 as the real ones were. The full walk reports them: no key this service
     knows vouches for them. A range that holds checkpoint 2 reports them the same way, although the
@@ -416,12 +419,16 @@ async def test_a_checkpoint_in_the_range_signed_by_an_unknown_key_is_reported(ra
         assert before["ok"] is True, before
         assert before["checkpoints"]["signatures_valid"] is True
         # the same range from outside the service: the same answer
-        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--until", "2500")
+        status, report, stderr = await asyncio.to_thread(
+            verify_offline, ranged, "--until", "2500", host=cli_host
+        )
         assert (status, report) == (1, await ranged.verify(until="2500")), stderr[-800:]
         assert f"BROKEN: {unknown}" in stderr
 
 
-async def test_a_retired_keys_checkpoint_in_the_range_is_vouched_for_by_a_later_one(ranged: Ranged) -> None:
+async def test_a_retired_keys_checkpoint_in_the_range_is_vouched_for_by_a_later_one(
+    ranged: Ranged, cli_host: CliHost
+) -> None:
     """A rotation: checkpoints 2 and 3 signed by ``rv-0``, a key since retired (this service no longer
     has it), and checkpoint 4 by ``rv-1``, chained to them. The full walk accepts 2 and 3 (4 vouches
     for them through ``prev``), and so does a range that ends between 2 and 3: it reads on past its
@@ -450,7 +457,9 @@ async def test_a_retired_keys_checkpoint_in_the_range_is_vouched_for_by_a_later_
             assert body["ok"] is True, (params, body)
             assert body["checkpoints"]["signatures_valid"] is True
             assert body["range"]["to_seq"] == int(params["until"])
-        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--until", "2500")
+        status, report, stderr = await asyncio.to_thread(
+            verify_offline, ranged, "--until", "2500", host=cli_host
+        )
         assert (status, report) == (0, await ranged.verify(until="2500")), stderr[-800:]
 
 
@@ -523,15 +532,27 @@ async def test_without_checkpoints_a_range_has_nothing_to_be_anchored_to(
 # ---- the same ranges from outside the service: python -m audit verify --from-checkpoint|--since|--until
 
 
-def verify_offline(ranged: Ranged, *args: str, keys: bool = True) -> tuple[int, dict[str, Any], str]:
+def verify_offline(
+    ranged: Ranged, *args: str, keys: bool = True, host: CliHost | None = None
+) -> tuple[int, dict[str, Any], str]:
     """``python -m audit verify ARGS`` against the module's database, as an auditor runs it: the
-    database's URL and the checkpoint keys (their public halves), nothing else of the service's."""
+    database's URL and the checkpoint keys (their public halves), nothing else of the service's.
+    A real process; with ``host``, the same command line run in the session's command host (one
+    interpreter for the cases: :mod:`testkit.clihost`). Each answer's wiring (a report and exit 0,
+    a broken range and exit 1, a usage error and exit 2) keeps a real process."""
     env = {"DATABASE_URL": ranged.env["DATABASE_URL"], "PATH": "/usr/bin:/bin"}
     if keys:
         env["AUDIT_CHECKPOINT_KEYS"] = ranged.env["AUDIT_CHECKPOINT_KEYS"]
-    result = subprocess.run(
-        [sys.executable, "-m", "audit", "verify", *args], capture_output=True, text=True, timeout=120, env=env
-    )
+    if host is not None:
+        result = host.run("audit", env, "verify", *args, timeout=120)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "audit", "verify", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.returncode, report, result.stderr
 
@@ -548,36 +569,42 @@ def verify_offline(ranged: Ranged, *args: str, keys: bool = True) -> tuple[int, 
     ],
 )
 async def test_offline_the_same_range_gives_the_same_answer_as_the_api(
-    ranged: Ranged, args: tuple[str, ...], params: dict[str, str]
+    ranged: Ranged, args: tuple[str, ...], params: dict[str, str], cli_host: CliHost
 ) -> None:
-    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    """The first case as a real process, the others in the host."""
+    host = None if params == {"from_checkpoint": "latest"} else cli_host
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args, host=host)
     assert status == 0, stderr[-800:]
     assert report == await ranged.verify(**params)
     assert report["range"]["from_seq"] in (1, 1000, 2000, 3000)
     assert f"from record {report['range']['from_seq']}" in stderr
 
 
-async def test_offline_a_range_reports_what_lies_in_it_only(ranged: Ranged) -> None:
+async def test_offline_a_range_reports_what_lies_in_it_only(ranged: Ranged, cli_host: CliHost) -> None:
+    """The broken range as a real process (exit 1), the others in the host."""
     async with tampered(
         ranged.owner, "records", "seq = 2500", f"UPDATE audit.records SET {ALTERED} WHERE seq = 2500"
     ):
         status, report, stderr = await asyncio.to_thread(verify_offline, ranged, "--from-checkpoint", "2")
         assert (status, report["ok"], report["first_bad"]) == (1, False, 2500), stderr[-800:]
         assert "BROKEN at record 2500" in stderr
-        status, report, _ = await asyncio.to_thread(verify_offline, ranged, "--from-checkpoint", "latest")
+        latest = ("--from-checkpoint", "latest")
+        status, report, _ = await asyncio.to_thread(verify_offline, ranged, *latest, host=cli_host)
         assert (status, report["ok"], report["checked"]) == (0, True, AFTER + 1)
-        status, report, _ = await asyncio.to_thread(verify_offline, ranged)  # the whole chain, as before
+        # the whole chain, as before
+        status, report, _ = await asyncio.to_thread(verify_offline, ranged, host=cli_host)
         assert (status, report["first_bad"]) == (1, 2500)
         assert "range" not in report
 
 
 async def test_offline_a_range_is_held_to_the_checkpoints_retained_outside_the_database(
-    ranged: Ranged, tmp_path: Path
+    ranged: Ranged, tmp_path: Path, cli_host: CliHost
 ) -> None:
     """The restore's case (docs/runbook.md): the database rolled back to checkpoint 2, records and
     checkpoint 3 gone. The trail left is consistent, so the range from its newest checkpoint verifies
     by itself; with the copies retained outside the database it is reported. A retained copy of the
-    anchor that differs from the database's is reported too."""
+    anchor that differs from the database's is reported too. (In the command host: the real
+    process's answers are those of the tests above.)"""
     retained = tmp_path / "retained.jsonl"
     retained.write_text("".join(json.dumps({"jws": c.jws}) + "\n" for c in ranged.checkpoints.values()))
     async with (
@@ -585,10 +612,10 @@ async def test_offline_a_range_is_held_to_the_checkpoints_retained_outside_the_d
         tampered(ranged.owner, "checkpoints", "number = 3", "DELETE FROM audit.checkpoints WHERE number = 3"),
     ):
         latest = ("--from-checkpoint", "latest")
-        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *latest)
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *latest, host=cli_host)
         assert (status, report["ok"], report["range"]["from_seq"]) == (0, True, 2000), stderr[-800:]
         args = ("--from-checkpoint", "latest", "--checkpoints", str(retained))
-        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+        status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args, host=cli_host)
         assert (status, report["ok"]) == (1, False), stderr[-800:]
         assert report["first_bad"] == 2001
         assert "checkpoint 3 is missing from the database" in report["checkpoints"]["problem"]
@@ -600,7 +627,7 @@ async def test_offline_a_range_is_held_to_the_checkpoints_retained_outside_the_d
     assert resigned.jws != real.jws
     retained.write_text(json.dumps({"jws": resigned.jws}) + "\n")
     args = ("--from-checkpoint", "3", "--checkpoints", str(retained))
-    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args, host=cli_host)
     assert (status, report["ok"]) == (1, False), stderr[-800:]
     assert "the range's anchor, differs from the copy retained" in report["reason"]
 
@@ -620,9 +647,11 @@ async def test_offline_a_range_is_held_to_the_checkpoints_retained_outside_the_d
     ],
 )
 async def test_offline_a_bad_range_is_a_usage_error_naming_the_option(
-    ranged: Ranged, args: tuple[str, ...], option: str
+    ranged: Ranged, args: tuple[str, ...], option: str, cli_host: CliHost
 ) -> None:
-    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args)
+    """The first case as a real process, the others in the host."""
+    host = None if args == ("--since", "abc") else cli_host
+    status, report, stderr = await asyncio.to_thread(verify_offline, ranged, *args, host=host)
     assert status == 2, stderr[-800:]
     assert report == {}
     assert "Traceback" not in stderr

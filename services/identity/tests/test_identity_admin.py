@@ -1,6 +1,15 @@
-"""Configuration and administration: required secrets, the CLI, client-authentication throttling."""
+"""Configuration and administration: required secrets, the CLI, client-authentication throttling.
+
+The command line's answers are asserted on what ``python -m identity ...`` gives: exit code, stdout,
+stderr. Each wiring of it (a settings refusal at start, the seed, a generated secret on stdout, a
+password on stdin, a refused name, a database away) keeps a real process; the corpus of cases of
+each (every refused character, every command without its database) goes through one interpreter
+(:class:`testkit.clihost.CliHost`: the same ``python -m`` entry, without ~1 s of imports a case).
+"""
 
 from __future__ import annotations
+
+import subprocess
 
 import aiohttp
 import asyncpg
@@ -8,10 +17,18 @@ import pytest
 from identity.settings import IdentitySettings
 from svckit.settings import SettingsError, load_settings
 
+from testkit.clihost import CliHost
 from testkit.fixtures import free_port
 from testkit.oidc import run_cli
 
 from .conftest import own_provider
+
+
+def hosted(
+    host: CliHost, env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m identity ARGS`` run in the session's command host (answers as :func:`run_cli`)."""
+    return host.run("identity", env, *args, stdin=stdin)
 
 
 def test_missing_secrets_stop_the_process_naming_the_variable(seeded: dict[str, str]) -> None:
@@ -31,9 +48,9 @@ def test_short_secrets_are_refused_without_echoing_them(
     assert "short-value" not in err, "secrets are never echoed"
 
 
-def test_seed_requires_the_batch_secret(seeded: dict[str, str]) -> None:
+def test_seed_requires_the_batch_secret(seeded: dict[str, str], cli_host: CliHost) -> None:
     env = {k: v for k, v in seeded.items() if k != "BATCH_CLIENT_SECRET"}
-    result = run_cli(env, "seed")
+    result = hosted(cli_host, env, "seed")
     assert result.returncode == 2
     assert "BATCH_CLIENT_SECRET" in result.stderr
 
@@ -68,7 +85,9 @@ async def test_seed_is_idempotent(seeded: dict[str, str], database_url: str) -> 
     assert batch["secret_hash"].startswith("$argon2id$")
 
 
-async def test_add_client_generates_a_secret_once(seeded: dict[str, str], database_url: str) -> None:
+async def test_add_client_generates_a_secret_once(
+    seeded: dict[str, str], database_url: str, cli_host: CliHost
+) -> None:
     result = run_cli(
         seeded,
         "add-client",
@@ -90,7 +109,9 @@ async def test_add_client_generates_a_secret_once(seeded: dict[str, str], databa
     finally:
         await conn.close()
     assert secret not in stored
-    bad = run_cli(seeded, "add-client", "x", "--name", "X", "--public", "--grant-type", "client_credentials")
+    bad = hosted(
+        cli_host, seeded, "add-client", "x", "--name", "X", "--public", "--grant-type", "client_credentials"
+    )
     assert bad.returncode == 2
     assert "public client" in bad.stderr
 
@@ -104,16 +125,20 @@ async def test_add_client_generates_a_secret_once(seeded: dict[str, str], databa
     ],
 )
 async def test_add_client_refuses_a_name_drawn_in_another_order_or_with_controls(
-    seeded: dict[str, str], database_url: str, value: str, named: str
+    seeded: dict[str, str], database_url: str, value: str, named: str, cli_host: CliHost
 ) -> None:
     """A client's name is what the consent page tells a person ("<name> wants to …"): an override
     would draw "Trusted \u202eppA" as "TrustedApp". The kit's rule for a name applies, as for a
-    user's: one line, exit 2, nothing stored; a good name is stored without surrounding spaces."""
-    refused = run_cli(seeded, "add-client", "spoof-app", "--name", value, "--confidential")
+    user's: one line, exit 2, nothing stored; a good name is stored without surrounding spaces.
+    The first case's refusal is a real ``python -m identity`` process, the others run in the host."""
+    command = ("add-client", "spoof-app", "--name", value, "--confidential")
+    refused = run_cli(seeded, *command) if "\u202e" in value else hosted(cli_host, seeded, *command)
     assert refused.returncode == 2, refused.stdout
     assert named in refused.stderr
     assert "Traceback" not in refused.stderr
-    accepted = run_cli(seeded, "add-client", "plain-app", "--name", "  Plain App\u0085", "--confidential")
+    accepted = hosted(
+        cli_host, seeded, "add-client", "plain-app", "--name", "  Plain App\u0085", "--confidential"
+    )
     assert accepted.returncode == 0, accepted.stderr
     conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
     try:
@@ -126,7 +151,7 @@ async def test_add_client_refuses_a_name_drawn_in_another_order_or_with_controls
     assert names == {"plain-app": "Plain App"}
 
 
-def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str]) -> None:
+def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str], cli_host: CliHost) -> None:
     result = run_cli(
         seeded,
         "add-user",
@@ -144,7 +169,9 @@ def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "local|erin" in result.stdout
     assert "erin-password" not in result.stdout + result.stderr
-    bad = run_cli(seeded, "add-user", "frank", "--name", "F", "--email", "f@example.com", "--role", "admin")
+    bad = hosted(
+        cli_host, seeded, "add-user", "frank", "--name", "F", "--email", "f@example.com", "--role", "admin"
+    )
     assert bad.returncode == 2
 
 
@@ -162,14 +189,17 @@ def test_add_user_reads_the_password_from_stdin(seeded: dict[str, str]) -> None:
     ],
 )
 async def test_add_user_refuses_names_drawn_in_another_order_or_with_controls(
-    seeded: dict[str, str], database_url: str, option: str, value: str, named: str
+    seeded: dict[str, str], database_url: str, option: str, value: str, named: str, cli_host: CliHost
 ) -> None:
     """A user's name and e-mail become the ``name``/``email`` claims, which the gateway forwards and the
     services keep (an approver's queue, the audit trail): the kit's rule for a name (svckit NameText:
     no control characters, no bidirectional controls, not blank) applies where they are set, adding a
-    user or renaming one, in one line and exit code 2 like the command's other refusals."""
+    user or renaming one, in one line and exit code 2 like the command's other refusals. The first
+    case's refusal is a real ``python -m identity`` process (its password on a pipe), the others run
+    in the host."""
     given = {"username": "erin", "--name": "Erin", "--email": "erin@example.com"} | {option: value}
-    first = run_cli(
+    first = hosted(
+        cli_host,
         seeded,
         "add-user",
         "erin",
@@ -182,8 +212,7 @@ async def test_add_user_refuses_names_drawn_in_another_order_or_with_controls(
         stdin="erin-password\n",
     )
     assert first.returncode == 0, first.stderr
-    result = run_cli(
-        seeded,
+    command = (
         "add-user",
         given["username"],
         "--name",
@@ -192,8 +221,11 @@ async def test_add_user_refuses_names_drawn_in_another_order_or_with_controls(
         given["--email"],
         "--role",
         "employee",
-        stdin="erin-password\n",
     )
+    if (option, value) == ("--name", "Alice\u202eecila"):
+        result = run_cli(seeded, *command, stdin="erin-password\n")
+    else:
+        result = hosted(cli_host, seeded, *command, stdin="erin-password\n")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert named in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -206,11 +238,12 @@ async def test_add_user_refuses_names_drawn_in_another_order_or_with_controls(
 
 
 async def test_add_user_stores_a_name_without_the_whitespace_around_it(
-    seeded: dict[str, str], database_url: str
+    seeded: dict[str, str], database_url: str, cli_host: CliHost
 ) -> None:
     """The rule strips surrounding whitespace before it looks (a NEL, U+0085, is whitespace to it):
     what is stored is what was checked, not the raw argument with its trailing C1 control."""
-    result = run_cli(
+    result = hosted(
+        cli_host,
         seeded,
         "add-user",
         "fay",
@@ -310,11 +343,12 @@ async def test_failed_client_authentication_is_throttled_per_address(seeded: dic
 )
 @pytest.mark.parametrize("database", ["unreachable", "no such database"])
 def test_an_admin_command_without_its_database_says_so_in_one_line(
-    seeded: dict[str, str], args: tuple[str, ...], database: str
+    seeded: dict[str, str], args: tuple[str, ...], database: str, cli_host: CliHost
 ) -> None:
     """An operator's command (a Job, a kubectl exec) run while Postgres is away, full (no connection
     slots left: CI hit that) or misnamed ended in a Python traceback; it is one line naming the
-    command and why, exit 1 — as ``migrate`` and ``serve`` answer the same conditions."""
+    command and why, exit 1 — as ``migrate`` and ``serve`` answer the same conditions. ``seed`` runs
+    as a real ``python -m identity`` process, the other commands in the host."""
     url = seeded["DATABASE_URL"]
     env = {
         **seeded,
@@ -325,7 +359,7 @@ def test_an_admin_command_without_its_database_says_so_in_one_line(
         ),
         "DB_CONNECT_TIMEOUT_SECONDS": "2",
     }
-    result = run_cli(env, *args)
+    result = run_cli(env, *args) if args[0] == "seed" else hosted(cli_host, env, *args)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
