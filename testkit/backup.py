@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from testkit.clihost import CliHost
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,8 +134,14 @@ def restore_schema(database_url: str, path: Path) -> None:
         raise RuntimeError(f"pg_restore failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
-def service_command(service: str, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m <service> <args>`` with ``env`` (a service's own, as its pods have it)."""
+def service_command(
+    service: str, env: Mapping[str, str], *args: str, host: CliHost | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <service> <args>`` with ``env`` (a service's own, as its pods have it): a real
+    process, or a run in ``host`` (the session's command host, :mod:`testkit.clihost`) for a case
+    of a command whose wiring another run shows as a real process."""
+    if host is not None:
+        return host.run(service, {**os.environ, **env}, *args, timeout=120)
     return subprocess.run(
         [sys.executable, "-m", service, *args],
         env={**os.environ, **env},

@@ -8,7 +8,9 @@ given. The host runs the command as ``python -m`` does (:func:`runpy.run_module`
 ``run_name="__main__"``, ``sys.argv`` set), in an environment replaced by the one given, with stdin
 holding the text given, file descriptors 1 and 2 redirected to files (what the command writes
 through ``print``, its logging or straight to the descriptor) and ``SystemExit`` or an uncaught
-exception turned into the exit code and stderr the interpreter would give them.
+exception turned into the exit code and stderr the interpreter would give them. The loggers' set-up
+a run made (a service's command points the root logger at that run's stdout) is undone after it, so a
+command that logs without setting logging up answers as in a fresh interpreter.
 
 What a host does not show, and the tests keep real processes for: the interpreter's start (an import
 that fails, a module that reads the environment when it is imported: the host has imported the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import locale
+import logging
 import os
 import runpy
 import select
@@ -56,8 +59,37 @@ def _streams(encoding: str) -> tuple[IO[str], IO[str]]:
     return stdout, stderr
 
 
+_LoggerState = tuple[logging.Logger, list[logging.Handler], int, bool, bool]
+
+
+def _loggers() -> list[logging.Logger]:
+    return [
+        logging.root,
+        *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)),
+    ]
+
+
+def _logging_state() -> list[_LoggerState]:
+    """What a run may change of the logging set-up (a service's command points the root logger at
+    its own stdout): the next run starts from the set-up a fresh interpreter has, not this one's."""
+    return [(x, x.handlers[:], x.level, x.propagate, x.disabled) for x in _loggers()]
+
+
+def _restore_logging(saved: list[_LoggerState], streams: tuple[IO[str], ...]) -> None:
+    known = set()
+    for logger, handlers, level, propagate, disabled in saved:
+        logger.handlers[:] = handlers
+        logger.level, logger.propagate, logger.disabled = level, propagate, disabled
+        known.add(id(logger))
+    for logger in _loggers():  # created by this run: what it writes to this run's streams goes
+        if id(logger) not in known:
+            logger.handlers[:] = [h for h in logger.handlers if getattr(h, "stream", None) not in streams]
+    logging.root.setLevel(logging.root.level)  # drops the levels cached under the run's set-up
+
+
 def _run_one(request: Mapping[str, Any]) -> dict[str, Any]:
     encoding = locale.getpreferredencoding(False)
+    saved_logging = _logging_state()
     saved_env = dict(os.environ)
     saved_argv = sys.argv[:]
     saved = (sys.stdin, sys.stdout, sys.stderr)
@@ -87,6 +119,7 @@ def _run_one(request: Mapping[str, Any]) -> dict[str, Any]:
             traceback.print_exc()
             code = 1
         finally:
+            _restore_logging(saved_logging, (sys.stdout, sys.stderr))
             for stream in (sys.stdout, sys.stderr):
                 if stream not in saved:
                     with contextlib.suppress(ValueError, OSError):  # closed by the command

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 
+from testkit.clihost import CliHost
 from testkit.fixtures import REPO_ROOT
 
 DEMO_PASSWORD = "demo-" + secrets.token_hex(4)
@@ -38,6 +39,14 @@ def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subpro
         timeout=60,
         check=False,
     )
+
+
+def hosted_cli(
+    host: CliHost, env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` run in the session's command host (:mod:`testkit.clihost`): for a setup step
+    or a case of a command's corpus, where the interpreter's start is not what the test is about."""
+    return host.run("identity", env, *args, stdin=stdin)
 
 
 # --- a scripted browser + SDK ------------------------------------------------------------------

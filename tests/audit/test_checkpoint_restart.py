@@ -22,6 +22,7 @@ from svckit.identity import Identity
 
 from testkit.auditevents import make_event
 from testkit.client import SignedApi, ingest_counts
+from testkit.clihost import CliHost
 from testkit.fixtures import (
     Caller,
     IsolatedEnv,
@@ -95,17 +96,22 @@ async def stack(
         replicas.stop()
 
 
-def offline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def offline(env: dict[str, str], *args: str, host: CliHost | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m audit ARGS`` without the service's keys: a real process, or a run in the session's
+    command host (:mod:`testkit.clihost`) for the cases besides the one real run of the verifier."""
+    full = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k != "AUDIT_CHECKPOINT_KEYS" and not k.startswith("IDENTITY_KEYS")
+        },
+        **env,
+    }
+    if host is not None:
+        return host.run("audit", full, *args)
     return subprocess.run(
         [sys.executable, "-m", "audit", *args],
-        env={
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if k != "AUDIT_CHECKPOINT_KEYS" and not k.startswith("IDENTITY_KEYS")
-            },
-            **env,
-        },
+        env=full,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -179,17 +185,25 @@ async def test_a_rewritten_history_is_reported_after_every_replica_restarted(
 
 
 async def test_the_offline_command_needs_keys_and_says_what_is_wrong(
-    stack: tuple[dict[str, str], Replicas], tmp_path: Path
+    stack: tuple[dict[str, str], Replicas], tmp_path: Path, cli_host: CliHost
 ) -> None:
+    """Its usage errors and an unreachable database in the session's command host (the test above
+    runs export-checkpoints and verify as real processes)."""
     env, _ = stack
     url = runtime_url(env["DATABASE_URL"], "audit")
-    missing = offline({"DATABASE_URL": url}, "verify")
+    missing = offline({"DATABASE_URL": url}, "verify", host=cli_host)
     assert missing.returncode == 2
     assert "give --keys FILE" in missing.stderr
     (tmp_path / "keys.json").write_text("{}")
-    assert offline({"DATABASE_URL": url}, "verify", "--keys", str(tmp_path / "keys.json")).returncode == 2
+    assert (
+        offline(
+            {"DATABASE_URL": url}, "verify", "--keys", str(tmp_path / "keys.json"), host=cli_host
+        ).returncode
+        == 2
+    )
     unreachable = offline(
         {"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/x", "DB_CONNECT_TIMEOUT_SECONDS": "1"},
         "export-checkpoints",
+        host=cli_host,
     )
     assert unreachable.returncode == 3, unreachable.stderr

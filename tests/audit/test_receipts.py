@@ -34,6 +34,7 @@ from svckit.outbox import AuditEvent, enqueue
 from svckit.receipts import ACCEPT_ACTION, accept_audit_restore
 
 from testkit.backup import dump_schema, restore_schema, service_command
+from testkit.clihost import CliHost
 from testkit.fixtures import (
     IsolatedEnv,
     ServiceProcess,
@@ -343,18 +344,22 @@ async def test_an_audit_restore_with_redis_flushed_is_found_by_the_producer_on_i
 
 
 async def test_the_accept_command_runs_as_the_service_with_its_runtime_role(
-    isolated_env: IsolatedEnv, tmp_path: Path
+    isolated_env: IsolatedEnv, tmp_path: Path, cli_host: CliHost
 ) -> None:
     """``python -m timesheets outbox accept-audit-restore --reason …`` as the runbook runs it: the
-    Deployment's environment (its runtime role), a JSON report, the acceptance queued for the trail."""
+    Deployment's environment (its runtime role), a JSON report, the acceptance queued for the trail.
+    The acceptance is a real process; the usage error and the run with nothing to accept run in the
+    command host."""
     env = isolated_env(f"rcli_{secrets.token_hex(3)}")
     owner = env["DATABASE_URL"]
     await migrate_schema(owner, "timesheets", AUDIT_PACKAGE.parents[1] / "timesheets" / "timesheets")
     served = runtime_env(env, "timesheets")
 
-    usage = service_command("timesheets", served, "outbox", "accept-audit-restore")
+    usage = service_command("timesheets", served, "outbox", "accept-audit-restore", host=cli_host)
     assert usage.returncode == 2, usage.stderr
-    nothing = service_command("timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-1")
+    nothing = service_command(
+        "timesheets", served, "outbox", "accept-audit-restore", "--reason", "INC-1", host=cli_host
+    )
     assert nothing.returncode == 0, nothing.stderr
     assert json.loads(nothing.stdout)["state"] == "consistent"
 

@@ -73,3 +73,28 @@ def test_a_run_leaves_the_host_as_it_found_it(host: CliHost) -> None:
     assert "IDENTITY_KEY_ENCRYPTION_KEY is required" in second.stderr, "the first run's variable was kept"
     assert host.run("json.tool", BASE_ENV, stdin='{"x": 1}').returncode == 0
     assert host.run("json.tool", BASE_ENV).returncode == 1, "the first run's stdin was read again"
+
+
+def test_a_runs_logging_set_up_is_not_the_next_runs(host: CliHost) -> None:
+    """A service's command points the root logger at its own stdout (svckit.logs); ``python -m audit
+    export-checkpoints`` logs without setting logging up (its retries on stderr, as the last-resort
+    handler prints them). After the first, the host printed a logging error with a traceback for
+    each retry: the handler still wrote to the first run's closed stdout."""
+    from testkit.fixtures import new_pair_keys
+
+    keyed = {**BASE_ENV, **new_pair_keys(), "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    configured = host.run("timesheets", keyed, "outbox", "accept-audit-restore")
+    assert configured.returncode == 2, configured.stderr
+    env = {**BASE_ENV, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x", "DB_CONNECT_TIMEOUT_SECONDS": "1"}
+    real = subprocess.run(
+        [sys.executable, "-m", "audit", "export-checkpoints"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    hosted = host.run("audit", env, "export-checkpoints")
+    assert "database not reachable, retrying" in real.stderr
+    assert (hosted.returncode, hosted.stdout, hosted.stderr) == (real.returncode, real.stdout, real.stderr)

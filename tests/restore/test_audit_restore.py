@@ -40,6 +40,7 @@ from svckit.identity import Identity
 
 from testkit.backup import dump_schema, restore_schema, service_command
 from testkit.client import SignedApi, ingest_counts
+from testkit.clihost import CliHost
 from testkit.fixtures import (
     Caller,
     IsolatedEnv,
@@ -92,12 +93,13 @@ def export_checkpoints(owner: str) -> subprocess.CompletedProcess[str]:
     return service_command("audit", {"DATABASE_URL": runtime_url(owner, "audit")}, "export-checkpoints")
 
 
-def verify_offline(owner: str, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
-    """The runbook's ``python -m audit verify --keys … --checkpoints …``, without the service's keys."""
+def verify_offline(owner: str, tmp_path: Path, host: CliHost) -> tuple[int, dict[str, Any], str]:
+    """The runbook's ``python -m audit verify --keys … --checkpoints …``, without the service's keys,
+    in the session's command host (test_checkpoint_restart runs the verifier as a real process)."""
     env = {k: v for k, v in os.environ.items() if k != "AUDIT_CHECKPOINT_KEYS"}
     env["DATABASE_URL"] = runtime_url(owner, "audit")
     keys, retained = str(tmp_path / "keys.json"), str(tmp_path / "retained.jsonl")
-    result = service_command("audit", env, "verify", "--keys", keys, "--checkpoints", retained)
+    result = service_command("audit", env, "verify", "--keys", keys, "--checkpoints", retained, host=host)
     return result.returncode, json.loads(result.stdout or "{}"), result.stderr
 
 
@@ -144,7 +146,10 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_
     service_redis: ServiceRedis,
     caller: Caller,
     tmp_path: Path,
+    cli_host: CliHost,
 ) -> None:
+    """The runbook's commands as they run in it; the first ``accept-restore`` is a real
+    ``python -m audit`` process, the others run in the session's command host."""
     env = isolated_env("restore_audit")
     owner = env["DATABASE_URL"]
     await migrate_schema(owner, "audit", REPO / "services" / "audit" / "audit")
@@ -163,7 +168,7 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_
         newest = await signed_up_to(api, 8)
         # the auditor's copies outside the database, as the runbook's CronJob keeps them
         exported = service_command(
-            "audit", {"DATABASE_URL": runtime_url(owner, "audit")}, "export-checkpoints"
+            "audit", {"DATABASE_URL": runtime_url(owner, "audit")}, "export-checkpoints", host=cli_host
         )
         assert exported.returncode == 0, exported.stderr
         (tmp_path / "retained.jsonl").write_text(exported.stdout)
@@ -175,7 +180,7 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_
 
     restore_schema(owner, backup)
     # the runbook's step before starting the service again: the restored trail against the copies
-    status, report, stderr = verify_offline(owner, tmp_path)
+    status, report, stderr = verify_offline(owner, tmp_path, cli_host)
     assert status == 1, (report, stderr)
     assert report["ok"] is False
     assert report["first_bad"] == at_backup["seq"] + 1, report  # the first record lost
@@ -202,7 +207,7 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_
         newest_now = (await api.call("GET", "/audit/checkpoints?limit=1", AUDITOR)).body["items"][0]
         assert newest_now["number"] == at_backup["number"], newest_now
         assert "audit trail rolled back" in audit.logs()
-        assert verify_offline(owner, tmp_path)[0] == 1, "the old copies keep reporting the loss"
+        assert verify_offline(owner, tmp_path, cli_host)[0] == 1, "the old copies keep reporting the loss"
 
         # the runbook: the operator records the loss in the incident and accepts the restored trail
         accepted = service_command("audit", served, "accept-restore", "--reason", "INC-7: audit restore")
@@ -223,17 +228,19 @@ async def test_an_audit_restore_is_found_by_the_retained_checkpoints_and_by_the_
         assert record["details"]["lost"]["checkpoints"] == [at_backup["number"] + 1, newest["number"]]
         assert (await api.call("GET", "/audit/verify", AUDITOR)).body["ok"] is True
         # a second run finds nothing to accept
-        again = service_command("audit", served, "accept-restore", "--reason", "INC-7: audit restore")
+        again = service_command(
+            "audit", served, "accept-restore", "--reason", "INC-7: audit restore", host=cli_host
+        )
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["state"] == "consistent"
         # the runbook: the copies of before the restore are archived with the incident, and the
         # retained copies start again from the restored trail's checkpoints
         (tmp_path / "retained.jsonl").rename(tmp_path / "retained-before-restore.jsonl")
         exported = service_command(
-            "audit", {"DATABASE_URL": runtime_url(owner, "audit")}, "export-checkpoints"
+            "audit", {"DATABASE_URL": runtime_url(owner, "audit")}, "export-checkpoints", host=cli_host
         )
         (tmp_path / "retained.jsonl").write_text(exported.stdout)
-        status, report, stderr = verify_offline(owner, tmp_path)
+        status, report, stderr = verify_offline(owner, tmp_path, cli_host)
         assert status == 0, (report, stderr)
     finally:
         await api.close()

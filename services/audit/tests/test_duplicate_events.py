@@ -17,8 +17,6 @@ import asyncio
 import json
 import logging
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +36,7 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.client import SignedApi, ingest_counts
+from testkit.clihost import CliHost
 from testkit.clock import FakeClock
 from testkit.fixtures import Caller, create_migrated_database, drop_database, runtime_url, serve_app, user
 
@@ -155,21 +154,16 @@ async def test_an_event_appended_again_fails_verification(trail: Trail) -> None:
         assert (reply.body["ok"], reply.body.get("first_bad")) == (ok, None if ok else 11), params
 
 
-async def test_the_offline_verifier_reports_it_too(trail: Trail) -> None:
+async def test_the_offline_verifier_reports_it_too(trail: Trail, cli_host: CliHost) -> None:
+    """``python -m audit verify`` in the session's command host (test_ranged_verify and
+    test_offline_usage run the verifier as a real process)."""
     event_id = await trail.record_twice(7, DROP_UNIQUE)
     env = {
         "DATABASE_URL": runtime_url(trail.dsn, "audit"),
         "AUDIT_CHECKPOINT_KEYS": trail.keys,
         "PATH": "/usr/bin:/bin",
     }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "audit", "verify"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    result = await asyncio.to_thread(cli_host.run, "audit", env, "verify")
     assert result.returncode == 1, result.stderr[-800:]
     report = json.loads(result.stdout)
     assert (report["ok"], report["first_bad"]) == (False, 11)

@@ -29,6 +29,7 @@ from svckit.redisguard import RedisGuard
 
 from testkit.auditevents import make_event
 from testkit.backup import service_command
+from testkit.clihost import CliHost
 from testkit.clock import FakeClock
 from testkit.fixtures import (
     ServiceRedis,
@@ -255,8 +256,11 @@ async def test_a_finding_carries_the_newest_checkpoint_as_read(trail: Trail) -> 
         assert (await trail.watermark.check(conn)).stored is None
 
 
-def accept_restore(trail: Trail, service_env: dict[str, str], **overrides: str) -> CompletedProcess[str]:
-    """``python -m audit accept-restore`` with the audit Deployment's environment for ``trail``."""
+def accept_restore(
+    trail: Trail, service_env: dict[str, str], host: CliHost | None = None, **overrides: str
+) -> CompletedProcess[str]:
+    """``python -m audit accept-restore`` with the audit Deployment's environment for ``trail``: a
+    real process, or a run in the session's command host."""
     env = {
         **service_env,
         "DATABASE_URL": runtime_url(trail.owner, "audit"),
@@ -266,7 +270,7 @@ def accept_restore(trail: Trail, service_env: dict[str, str], **overrides: str) 
         "DB_CONNECT_TIMEOUT_SECONDS": "2",
         **overrides,
     }
-    return service_command("audit", env, "accept-restore", "--reason", "INC-9: audit restore")
+    return service_command("audit", env, "accept-restore", "--reason", "INC-9: audit restore", host=host)
 
 
 async def test_accept_restore_refuses_a_restored_checkpoint_that_does_not_verify(
@@ -294,16 +298,17 @@ async def test_accept_restore_refuses_a_restored_checkpoint_that_does_not_verify
 
 
 async def test_accept_restore_without_its_database_or_redis_says_so_with_exit_3(
-    trail: Trail, service_env: dict[str, str]
+    trail: Trail, service_env: dict[str, str], cli_host: CliHost
 ) -> None:
+    """Both cases in the command host (the refusal's exit 1 above is the real process)."""
     await owner_sql(trail.owner, "DELETE FROM audit.checkpoints WHERE number = 2")
     mark = await trail.stored()
-    no_redis = accept_restore(trail, service_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    no_redis = accept_restore(trail, service_env, cli_host, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert no_redis.returncode == 3, (no_redis.stdout, no_redis.stderr)
     assert "unreachable" in no_redis.stderr
     assert "Redis does not answer" in no_redis.stderr
     no_database = accept_restore(
-        trail, service_env, DATABASE_URL=f"postgresql://audit@127.0.0.1:{free_port()}/nowhere"
+        trail, service_env, cli_host, DATABASE_URL=f"postgresql://audit@127.0.0.1:{free_port()}/nowhere"
     )
     assert no_database.returncode == 3, (no_database.stdout, no_database.stderr)
     assert "unreachable" in no_database.stderr

@@ -18,8 +18,9 @@ import asyncpg
 import jwt
 import pytest
 
+from testkit.clihost import CliHost
 from testkit.fixtures import ServiceProcess, free_port, migrate_schema, runtime_env
-from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, run_cli
+from testkit.oidc import BATCH_SECRET, DEMO_PASSWORD, Browser, hosted_cli
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
 
@@ -104,11 +105,12 @@ def identity_env(service_env: dict[str, str], issuer: str, redis_user: Callable[
 
 
 @pytest.fixture(scope="session")
-async def seeded(identity_env: dict[str, str], database_url: str) -> dict[str, str]:
+async def seeded(identity_env: dict[str, str], database_url: str, cli_host: CliHost) -> dict[str, str]:
     """Migrated and seeded as the owner (like the chart's migration Job); what it returns runs the
-    service and its admin commands as the runtime role, as in production."""
+    service and its admin commands as the runtime role, as in production. ``seed`` runs in the
+    command host (test_identity_admin runs it as a real process)."""
     await migrate_schema(database_url, "identity", PACKAGE_DIR)
-    result = run_cli(identity_env, "seed")
+    result = hosted_cli(cli_host, identity_env, "seed")
     assert result.returncode == 0, result.stderr
     return runtime_env(identity_env, "identity")
 

@@ -8,7 +8,8 @@ import secrets
 
 import pytest
 
-from testkit.oidc import SPA, Browser, params_of, run_cli
+from testkit.clihost import CliHost
+from testkit.oidc import SPA, Browser, hosted_cli, params_of
 
 pytestmark = pytest.mark.usefixtures("identity_service")
 
@@ -16,9 +17,10 @@ CLIENT_ID = "dpop-implicit-spa"
 
 
 @pytest.fixture(scope="module")
-def dpop_client_with_implicit(seeded: dict[str, str]) -> str:
+def dpop_client_with_implicit(seeded: dict[str, str], cli_host: CliHost) -> str:
     """What ``add-client`` accepts today: a public DPoP-only client also registered for implicit."""
-    result = run_cli(
+    result = hosted_cli(
+        cli_host,
         seeded,
         "add-client",
         CLIENT_ID,

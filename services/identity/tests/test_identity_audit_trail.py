@@ -30,6 +30,7 @@ import jwt
 import pytest
 
 from testkit.client import SignedApi
+from testkit.clihost import CliHost
 from testkit.dpop import DpopKey
 from testkit.fixtures import (
     Caller,
@@ -50,10 +51,10 @@ from testkit.oidc import (
     Browser,
     code_request,
     exchange_code,
+    hosted_cli,
     params_of,
     pkce_pair,
     refresh,
-    run_cli,
     sign_in_tokens,
 )
 
@@ -82,7 +83,7 @@ class Provider:
 
 @pytest.fixture(scope="module")
 async def provider(
-    identity_env: dict[str, str], caller: Caller, service_redis: ServiceRedis
+    identity_env: dict[str, str], caller: Caller, service_redis: ServiceRedis, cli_host: CliHost
 ) -> AsyncIterator[Provider]:
     keys = {name: value for name, value in identity_env.items() if name.startswith("IDENTITY_KEYS_")}
     async with three_services(keys, service_redis, "idtrail", poll_seconds=0.2) as urls:
@@ -109,7 +110,7 @@ async def provider(
         audit = SignedApi(urls["audit"], caller)
         try:
             await migrate_schema(dsn, "identity", PACKAGE_DIR)
-            seeded = run_cli(env, "seed")
+            seeded = hosted_cli(cli_host, env, "seed")
             assert seeded.returncode == 0, seeded.stderr
             process = ServiceProcess("identity", runtime_env(env, "identity"), port=port)
             process.start(wait_path="/readyz")

@@ -18,7 +18,8 @@ from identity import keys as keymod
 from identity.settings import IdentitySettings
 from svckit.settings import load_settings
 
-from testkit.oidc import BATCH_SECRET, run_cli
+from testkit.clihost import CliHost
+from testkit.oidc import BATCH_SECRET, hosted_cli
 
 from .conftest import own_provider_process, provider_url
 
@@ -64,10 +65,14 @@ async def test_a_ciphertext_cannot_be_moved_to_another_key_id() -> None:
 
 
 async def test_rotation_publishes_first_then_signs_and_keeps_the_old_key(
-    http: aiohttp.ClientSession, base_url: str, seeded: dict[str, str], db: asyncpg.Connection
+    http: aiohttp.ClientSession,
+    base_url: str,
+    seeded: dict[str, str],
+    db: asyncpg.Connection,
+    cli_host: CliHost,
 ) -> None:
     old_kid = await cc_token_kid(http, base_url)
-    result = run_cli(seeded, "rotate-keys", "--grace-seconds", "8")
+    result = hosted_cli(cli_host, seeded, "rotate-keys", "--grace-seconds", "8")
     assert result.returncode == 0, result.stderr
     words = result.stdout.split()
     new_kid, signs_from = words[2], datetime.fromisoformat(words[-1])
@@ -123,7 +128,7 @@ def test_discovery_is_cacheable_and_jwks_short_lived(base_url: str) -> None:
 
 
 async def test_an_es256_deployment_signs_access_and_id_tokens(
-    seeded: dict[str, str], test_run_id: str
+    seeded: dict[str, str], test_run_id: str, cli_host: CliHost
 ) -> None:
     """SIGNING_ALG=ES256 on a database of its own: both token kinds verify against the JWKS."""
     from testkit.fixtures import (
@@ -148,7 +153,7 @@ async def test_an_es256_deployment_signs_access_and_id_tokens(
     process: ServiceProcess | None = None
     try:
         await migrate_schema(url, "identity", Path(keymod.__file__).parent)
-        assert run_cli(env, "seed").returncode == 0
+        assert hosted_cli(cli_host, env, "seed").returncode == 0
         served = runtime_env(env, "identity")  # seeded as the owner, served as the runtime role
         process = ServiceProcess("identity", served, port=port).start(wait_path="/readyz")
         base = f"http://localhost:{port}"

@@ -24,8 +24,9 @@ import pytest
 from identity.keys import KeyCipher
 from svckit.keyring import KeyRing
 
+from testkit.clihost import CliHost
 from testkit.fixtures import IsolatedEnv, ServiceProcess, migrate_schema, runtime_env
-from testkit.oidc import BATCH_SECRET, run_cli
+from testkit.oidc import BATCH_SECRET, hosted_cli
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "identity"
 OLD = secrets.token_urlsafe(32)
@@ -36,7 +37,7 @@ ROTATION = [OLD, f"old:{OLD},new:{NEW}", f"new:{NEW},old:{OLD}", f"new:{NEW}"]
 
 
 @pytest.fixture(scope="module")
-def owner_env(isolated_env: IsolatedEnv, identity_env: dict[str, str]) -> dict[str, str]:
+def owner_env(isolated_env: IsolatedEnv, identity_env: dict[str, str], cli_host: CliHost) -> dict[str, str]:
     """A database of its own (signing keys nobody else encrypted), migrated and seeded as the owner
     with the key of before."""
     own = isolated_env("kekrotation")
@@ -47,7 +48,7 @@ def owner_env(isolated_env: IsolatedEnv, identity_env: dict[str, str]) -> dict[s
         "IDENTITY_KEY_ENCRYPTION_KEY": OLD,
     }
     asyncio.run(migrate_schema(env["DATABASE_URL"], "identity", PACKAGE_DIR))
-    result = run_cli(env, "seed")
+    result = hosted_cli(cli_host, env, "seed")
     assert result.returncode == 0, result.stderr
     return env
 
@@ -113,7 +114,7 @@ def started() -> Iterator[list[ServiceProcess]]:
 
 
 async def test_the_key_encryption_key_rotates_pod_by_pod(
-    owner_env: dict[str, str], started: list[ServiceProcess]
+    owner_env: dict[str, str], started: list[ServiceProcess], cli_host: CliHost
 ) -> None:
     """Each step's pods serve beside the step before's, signing with the same key; a new signing key
     (rotate-keys) is encrypted with the new key; the old key may go once no published signing key is
@@ -135,7 +136,8 @@ async def test_the_key_encryption_key_rotates_pod_by_pod(
     first = start(ROTATION[2])
     assert await signing_kid(first) == old_kid
     before.stop()  # step 2's rollout is over: no pod holds the old key alone
-    result = run_cli(
+    result = hosted_cli(
+        cli_host,
         {**runtime_env(owner_env, "identity"), "IDENTITY_KEY_ENCRYPTION_KEY": ROTATION[2]},
         "rotate-keys",
         "--grace-seconds",

@@ -26,8 +26,9 @@ from identity.settings import IdentitySettings
 from svckit.settings import load_settings
 
 from testkit.client import wait_ready
+from testkit.clihost import CliHost
 from testkit.fixtures import create_database, drop_database, migrate_schema, runtime_env, serve_app
-from testkit.oidc import BATCH_SECRET, run_cli
+from testkit.oidc import BATCH_SECRET, hosted_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,14 +41,16 @@ GRANT = {
 
 
 @pytest.fixture
-async def fresh(seeded: dict[str, str], test_run_id: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+async def fresh(
+    seeded: dict[str, str], test_run_id: str, cli_host: CliHost
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """A seeded database of its own: its owner's URL and the runtime role's environment."""
     name = f"tsp_test_{test_run_id}_nokeys_{secrets.token_hex(3)}"
     url = await create_database(name)
     try:
         env = {**seeded, "DATABASE_URL": url, "KEY_REFRESH_SECONDS": "60"}
         await migrate_schema(url, "identity", Path(keymod.__file__).parent)
-        assert run_cli(env, "seed").returncode == 0
+        assert hosted_cli(cli_host, env, "seed").returncode == 0
         yield url, runtime_env(env, "identity")
     finally:
         await drop_database(name)

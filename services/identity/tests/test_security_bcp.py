@@ -15,12 +15,14 @@ import aiohttp
 import asyncpg
 import pytest
 
+from testkit.clihost import CliHost
 from testkit.oidc import (
     API,
     SPA,
     Browser,
     code_request,
     hidden_field,
+    hosted_cli,
     params_of,
     pkce_pair,
     refresh,
@@ -202,10 +204,11 @@ async def test_a_code_challenge_of_a_bad_shape_is_refused(browser: Browser, chal
 
 
 @pytest.fixture(scope="module")
-def confidential_web_app(seeded: dict[str, str]) -> tuple[str, str]:
+def confidential_web_app(seeded: dict[str, str], cli_host: CliHost) -> tuple[str, str]:
     """A confidential client of the code flow (a server-side web app): PKCE is optional for it."""
     secret = secrets.token_urlsafe(32)
-    result = run_cli(
+    result = hosted_cli(
+        cli_host,
         {**seeded, "BCP_WEB_SECRET": secret},
         "add-client",
         "bcp-web-app",
@@ -618,11 +621,12 @@ async def test_a_refresh_token_presented_concurrently_issues_once_and_ends_the_f
     ],
 )
 def test_a_plain_http_uri_off_the_loopback_interface_is_not_registered(
-    seeded: dict[str, str], option: str, uri: str
+    seeded: dict[str, str], option: str, uri: str, cli_host: CliHost
 ) -> None:
     """RFC 9700 §2.6: authorization responses (a code, tokens) never travel unencrypted, so an http
     redirect URI is for the loopback interface only; the same for logout URLs and web origins (the
-    pages that read tokens)."""
+    pages that read tokens). The first case runs as a real ``python -m identity`` (the refusal's exit
+    2 and stderr as the process gives them), the others in the command host."""
     args = [
         "add-client",
         "bcp-plain-http",
@@ -632,7 +636,8 @@ def test_a_plain_http_uri_off_the_loopback_interface_is_not_registered(
         "--redirect-uri",
         "https://app.example.com/cb",
     ]
-    result = run_cli(seeded, *args, option, uri)
+    real = (option, uri) == ("--redirect-uri", "http://app.example.com/callback")
+    result = run_cli(seeded, *args, option, uri) if real else hosted_cli(cli_host, seeded, *args, option, uri)
     assert result.returncode == 2, result.stdout
     assert "https" in result.stderr
     assert "IDENTITY_ALLOW_INSECURE_HTTP" in result.stderr
@@ -647,14 +652,24 @@ def test_a_plain_http_uri_off_the_loopback_interface_is_not_registered(
         "http://[::1]:8080/cb",
     ],
 )
-def test_https_and_loopback_uris_are_registered(seeded: dict[str, str], uri: str) -> None:
-    result = run_cli(
-        seeded, "add-client", "bcp-loopback", "--name", "Loopback", "--public", "--redirect-uri", uri
+def test_https_and_loopback_uris_are_registered(seeded: dict[str, str], uri: str, cli_host: CliHost) -> None:
+    result = hosted_cli(
+        cli_host,
+        seeded,
+        "add-client",
+        "bcp-loopback",
+        "--name",
+        "Loopback",
+        "--public",
+        "--redirect-uri",
+        uri,
     )
     assert result.returncode == 0, result.stderr
 
 
-def test_a_plain_http_deployment_may_register_plain_http_uris(seeded: dict[str, str]) -> None:
+def test_a_plain_http_deployment_may_register_plain_http_uris(
+    seeded: dict[str, str], cli_host: CliHost
+) -> None:
     """As for the issuer: ``IDENTITY_ALLOW_INSECURE_HTTP`` is the one switch of a plain-HTTP test
     deployment."""
     env = {**seeded, "IDENTITY_ALLOW_INSECURE_HTTP": "true"}
@@ -667,5 +682,5 @@ def test_a_plain_http_deployment_may_register_plain_http_uris(seeded: dict[str, 
         "--redirect-uri",
         "http://app.test/cb",
     ]
-    result = run_cli(env, *args)
+    result = hosted_cli(cli_host, env, *args)
     assert result.returncode == 0, result.stderr

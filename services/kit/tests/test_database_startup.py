@@ -20,6 +20,7 @@ from svckit.app import create_service_app
 from svckit.db import Database
 from svckit.settings import ServiceSettings, load_settings
 
+from testkit.clihost import CliHost
 from testkit.fixtures import receiver_env, serve_app
 
 from .test_database import wait_for_status
@@ -67,10 +68,13 @@ async def test_a_login_refused_at_start_is_logged_and_retried_until_it_works(
 
 
 @pytest.mark.parametrize("refused", ["login", "database"])
-def test_a_migration_refused_at_login_fails_with_one_line(database_url: str, refused: str) -> None:
+def test_a_migration_refused_at_login_fails_with_one_line(
+    database_url: str, refused: str, cli_host: CliHost
+) -> None:
     """``python -m <service> migrate`` (the chart's migration Job) whose login is refused (the role
     is unknown: SQLSTATE 28000) or whose database does not exist (3D000) says so in one line and
-    exits 1, without a traceback and without the URL's password."""
+    exits 1, without a traceback and without the URL's password. The refused login runs as a real
+    process, the missing database in the session's command host (nothing is migrated either way)."""
     import os
     import subprocess
     import sys
@@ -80,14 +84,18 @@ def test_a_migration_refused_at_login_fails_with_one_line(database_url: str, ref
     url = as_role(database_url, f"tsp_nobody_{uuid.uuid4().hex[:8]}")
     if refused == "database":
         url = urlunsplit(urlsplit(database_url)._replace(path=f"/tsp_missing_{uuid.uuid4().hex[:8]}"))
-    result = subprocess.run(
-        [sys.executable, "-m", "timesheets", "migrate"],
-        env={**os.environ, **new_pair_keys(), "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {**os.environ, **new_pair_keys(), "DATABASE_URL": url}
+    if refused == "database":
+        result = cli_host.run("timesheets", env, "migrate")
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "timesheets", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert "not-yet" not in result.stderr + result.stdout
