@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, resolveConfig, safeReturnPath } from "./config";
+import { DEFAULT_REQUEST_TIMEOUT_MS } from "./api/client";
+import { ConfigError, DEFAULTS, resolveConfig, safeReturnPath } from "./config";
 
 const at = (pathname: string, search = "") => ({ origin: "http://localhost:8080", pathname, search });
 
@@ -34,6 +35,14 @@ describe("resolveConfig", () => {
     expect(config.clientId).toBe("timesheets-spa");
     expect(config.flow).toBe("code");
     expect(config.scopes.split(" ")).toContain("read:audit");
+  });
+
+  it("takes the gateway's request timeout, within bounds, or a default above the gateway's own", () => {
+    expect(resolveConfig({ requestTimeoutMs: 22_250 }, at("/")).requestTimeoutMs).toBe(22_250);
+    expect(resolveConfig({}, at("/")).requestTimeoutMs).toBe(DEFAULTS.requestTimeoutMs);
+    expect(DEFAULTS.requestTimeoutMs).toBe(DEFAULT_REQUEST_TIMEOUT_MS);
+    for (const bad of [0, 999, 900_001, 1.5e3 + 0.5, "45000", -1])
+      expect(() => resolveConfig({ requestTimeoutMs: bad }, at("/"))).toThrow(ConfigError);
   });
 
   it("acts as partner-spa under /partner/", () => {

@@ -26,6 +26,11 @@ export interface AppConfig {
   redirectUri: string;
   /** Absolute URL the provider sends the browser back to after sign-out. */
   postLogoutRedirectUri: string;
+  /**
+   * How long one API request waits for its answer before it is given up as a network failure (see
+   * `ApiClient`). The gateway derives it from its own timeouts, which it always answers within.
+   */
+  requestTimeoutMs: number;
 }
 
 export const DEFAULT_SCOPES =
@@ -41,7 +46,12 @@ export const DEFAULTS = {
   /** What the third-party demo client is registered for: it cannot ask for more. */
   partnerScopes: "openid profile email read:timesheets create:timesheets",
   apiBase: "/api",
+  /** A gateway from before `requestTimeoutMs`: above its default worst case (see client.ts). */
+  requestTimeoutMs: 45_000,
 };
+
+/** The bounds a served `requestTimeoutMs` must lie within (1 s to 15 min). */
+export const REQUEST_TIMEOUT_BOUNDS_MS = [1_000, 900_000] as const;
 
 export const PARTNER_BASE = "/partner/";
 const FLOW_KEY = "tsp.flow";
@@ -55,6 +65,15 @@ function str(raw: Record<string, unknown>, key: string): string | undefined {
   if (value === undefined || value === null || value === "") return undefined;
   if (typeof value !== "string") throw new ConfigError(`config.json: "${key}" must be a string`);
   return value.trim();
+}
+
+function timeoutMs(raw: Record<string, unknown>, key: string): number | undefined {
+  const value = raw[key];
+  if (value === undefined || value === null) return undefined;
+  const [low, high] = REQUEST_TIMEOUT_BOUNDS_MS;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < low || value > high)
+    throw new ConfigError(`config.json: "${key}" must be a whole number of milliseconds from ${low} to ${high}`);
+  return value;
 }
 
 function parseFlow(value: string | undefined | null): Flow | undefined {
@@ -108,6 +127,7 @@ export function resolveConfig(
     basePath,
     redirectUri: `${location.origin}${basePath}callback`,
     postLogoutRedirectUri: `${location.origin}${basePath}`,
+    requestTimeoutMs: timeoutMs(raw, "requestTimeoutMs") ?? DEFAULTS.requestTimeoutMs,
   };
 }
 

@@ -84,7 +84,7 @@ async function boot(root: HTMLElement): Promise<void> {
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") manager.resumeIfDue();
   });
-  const api = new ApiClient(config.apiBase, manager);
+  const api = new ApiClient(config.apiBase, manager, { timeoutMs: config.requestTimeoutMs });
   let notice: UserMessage | null = null;
   if (atCallback) {
     try {

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,7 +56,28 @@ def content_security_policy(settings: GatewaySettings) -> str:
     )
 
 
-def spa_config(settings: GatewaySettings) -> dict[str, str]:
+#: what the SPA's request timeout adds to the gateway's own worst case: the way between the browser and
+#: the gateway (an ingress, a slow link) and the gateway's own work around the upstream call
+REQUEST_TIMEOUT_MARGIN_SECONDS = 5.0
+
+
+def spa_request_timeout_ms(settings: GatewaySettings) -> int:
+    """How long the SPA waits for one API answer before it gives the attempt up as a network failure
+    (browsers have no fetch timeout: a frozen gateway or a hung ingress would leave the page waiting
+    forever). Longer than the gateway may take before it answers by itself — a JWKS fetch for an
+    unknown key, the wait for a pooled connection, connecting, the upstream's read timeout, after
+    which it answers 503/504 — so that a slow service is reported by the gateway, whose answer says
+    whether a write was stored, and only a gateway that answers nothing is timed out by the page."""
+    worst = (
+        settings.jwks_fetch_timeout_seconds
+        + settings.upstream_pool_wait_seconds
+        + settings.upstream_connect_timeout_seconds
+        + settings.upstream_read_timeout_seconds
+    )
+    return math.ceil((worst + REQUEST_TIMEOUT_MARGIN_SECONDS) * 1000)
+
+
+def spa_config(settings: GatewaySettings) -> dict[str, str | int]:
     return {
         "issuer": settings.spa_issuer,
         "clientId": settings.spa_client_id,
@@ -63,6 +85,7 @@ def spa_config(settings: GatewaySettings) -> dict[str, str]:
         "flow": settings.spa_auth_flow,
         "scopes": settings.spa_scopes,
         "apiBase": "/api",
+        "requestTimeoutMs": spa_request_timeout_ms(settings),
     }
 
 

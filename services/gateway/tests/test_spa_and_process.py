@@ -73,7 +73,13 @@ async def test_spa_files_caching_and_fallback(
 
 
 async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp_path: Path) -> None:
-    async with start_gateway(spa_dist_dir=tmp_path, spa_auth_flow="implicit") as gateway:
+    timeouts = {  # the SPA's request timeout outlasts all of them, and a margin (5 s)
+        "jwks_fetch_timeout_seconds": 3.0,
+        "upstream_pool_wait_seconds": 0.5,
+        "upstream_connect_timeout_seconds": 1.5,
+        "upstream_read_timeout_seconds": 12.25,
+    }
+    async with start_gateway(spa_dist_dir=tmp_path, spa_auth_flow="implicit", **timeouts) as gateway:
         status, headers, body = await api("GET", gateway + "/config.json")
         assert status == 200
         assert headers["Cache-Control"] == "no-cache"
@@ -85,6 +91,7 @@ async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp
             "scopes": "openid profile email read:timesheets create:timesheets delete:timesheets "
             "approve:timesheets read:audit",
             "apiBase": "/api",
+            "requestTimeoutMs": 22_250,
         }
         status, _headers, body = await api("GET", gateway + "/", headers={"Accept": "text/html"})
         assert status == 200

@@ -6,9 +6,24 @@
  * the gateway's latest `DPoP-Nonce` is put in the next proofs, and a `use_dpop_nonce` refusal is
  * retried once with the nonce it brought; so is a refused proof when the answer's `Date` shows that
  * this computer's clock is off (proofs are dated by the server's clock). Other tokens go as `Bearer`.
+ *
+ * Every attempt is bounded by `timeoutMs` (config.json `requestTimeoutMs`): browsers give a fetch no
+ * timeout of their own, so a gateway that accepts the connection and then answers nothing (a frozen
+ * pod, a hung ingress) would leave the page saying "Adding…" forever. The attempt is aborted and fails
+ * as a `TimeoutError`, a network failure: retried where the call retries, and a write's outcome is
+ * unknown (it may have reached the service). The timer is a `setTimeout` driving an `AbortController`
+ * (not `AbortSignal.timeout`), so that a test's fake clock moves past it as past the retries' waits.
  */
 import { serverClock } from "../auth/dpop";
-import { ApiError, NetworkError, isTransient, missingScopeFrom, problemType, type Problem } from "./errors";
+import {
+  ApiError,
+  NetworkError,
+  TimeoutError,
+  isTransient,
+  missingScopeFrom,
+  problemType,
+  type Problem,
+} from "./errors";
 import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
 
 export interface TokenSource {
@@ -46,14 +61,23 @@ type Query = Record<string, string | number | undefined | null>;
 export const CREATE_RETRY_DELAYS_MS: readonly number[] = [500, 1500, 3000];
 export const MAX_RETRY_WAIT_MS = 5000;
 
+/**
+ * How long one attempt waits for its whole answer when config.json does not say (a gateway from before
+ * `requestTimeoutMs`): above the gateway's own worst case with its default settings (JWKS fetch 5 s,
+ * pool wait 1 s, connect 2 s, upstream read 30 s: it answers 503/504 by then), so a slow service gets
+ * the gateway's answer, not the client's guess.
+ */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 45_000;
+
 /** A fresh `Idempotency-Key` for one entry the user submits (kept across that entry's retries). */
 export function newIdempotencyKey(): string {
   return crypto.randomUUID();
 }
 
-/** An answer and the access token its request carried (null when signed out). */
+/** An answer, its body, and the access token its request carried (null when signed out). */
 interface Sent {
   response: Response;
+  text: string;
   token: string | null;
 }
 
@@ -62,10 +86,15 @@ export class ApiClient {
   private nonce: string | null = null;
   private clockMoved = false;
 
+  private readonly timeoutMs: number;
+
   constructor(
     private readonly base: string,
     private readonly tokens: TokenSource,
-  ) {}
+    { timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS }: { timeoutMs?: number } = {},
+  ) {
+    this.timeoutMs = timeoutMs;
+  }
 
   private url(path: string, query?: Query): string {
     const params = new URLSearchParams();
@@ -76,7 +105,10 @@ export class ApiClient {
     return `${this.base}${path}${qs ? `?${qs}` : ""}`;
   }
 
-  /** Sends one request; answers with the token it carried, which a 401 refused. */
+  /**
+   * Sends one request and reads its answer within `timeoutMs`; answers with the token it carried,
+   * which a 401 refused. The timer runs until the body is read: a gateway may freeze mid-answer.
+   */
   private async send(method: string, url: string, body: unknown, extra: Record<string, string>): Promise<Sent> {
     const token = this.tokens.accessToken();
     const headers: Record<string, string> = { ...extra, accept: "application/json, application/problem+json" };
@@ -86,20 +118,29 @@ export class ApiClient {
       if (proof) headers.dpop = proof;
     }
     if (body !== undefined) headers["content-type"] = "application/json";
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.timeoutMs);
     let response: Response;
+    let text: string;
     try {
       response = await fetch(url, {
         method,
         headers,
         body: body === undefined ? null : JSON.stringify(body),
         credentials: "omit",
+        signal: abort.signal,
       });
+      text = response.status === 204 ? "" : await response.text();
     } catch (error) {
+      if (abort.signal.aborted)
+        throw new TimeoutError(`${method} ${url}: no answer within ${Math.round(this.timeoutMs / 1000)} s`);
       throw new NetworkError(String(error));
+    } finally {
+      clearTimeout(timer);
     }
     this.nonce = response.headers.get("dpop-nonce") ?? this.nonce;
     this.clockMoved = serverClock.observe(response.headers.get("date"));
-    return { response, token };
+    return { response, text, token };
   }
 
   /** Sends once more when the gateway asked for its nonce, or refused a proof dated by a wrong clock. */
@@ -124,9 +165,8 @@ export class ApiClient {
     if (sent.response.status === 401 && (await this.tokens.renew(sent.token))) {
       sent = await this.sendWithNonce(method, url, options.body, extra);
     }
-    const response = sent.response;
+    const { response, text } = sent;
     if (response.status === 204) return undefined as T;
-    const text = await response.text();
     let parsed: unknown = null;
     if (text) {
       try {

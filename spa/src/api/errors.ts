@@ -46,6 +46,15 @@ export class NetworkError extends Error {
   override name = "NetworkError";
 }
 
+/**
+ * An attempt that got no (complete) answer within the client's request timeout and was aborted: a
+ * network failure like any other (retried where the call retries, and a write's outcome is unknown:
+ * the request may have reached the service, which may have stored it).
+ */
+export class TimeoutError extends NetworkError {
+  override name = "TimeoutError";
+}
+
 /** A failure worth another try as it is: no HTTP answer, or 502/503/504 from the gateway or a service. */
 export function isTransient(error: unknown): boolean {
   return error instanceof NetworkError || (error instanceof ApiError && [502, 503, 504].includes(error.status));
@@ -129,6 +138,13 @@ export interface UserMessage {
 
 /** A message for any failure of an API call; `action` says what the user was doing ("delete the entry"). */
 export function describeError(error: unknown, action: string): UserMessage {
+  if (error instanceof TimeoutError) {
+    return {
+      kind: "unavailable",
+      title: "The server did not answer",
+      text: `We couldn't ${action} because the server did not answer in time. Please try again in a moment.`,
+    };
+  }
   if (error instanceof NetworkError) {
     return {
       kind: "unavailable",
