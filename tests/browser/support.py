@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +264,7 @@ BACK_OFF_STEP_MS = 1_000
 BACK_OFF_EVERY = 0.1
 
 
-async def through_back_off(page: Page, outcome: Awaitable[None]) -> None:
+async def through_back_off(page: Page, outcome: Awaitable[None], step_ms: int = BACK_OFF_STEP_MS) -> None:
     """Await ``outcome`` (an ``expect`` on ``page``) while moving the page's clock forward, so the
     SPA's retry back-off (spa/src/api/client.ts ``retrying``: CREATE_RETRY_DELAYS_MS, longer when an
     answer's Retry-After asks, at most MAX_RETRY_WAIT_MS a wait) passes in a fraction of its real time.
@@ -279,8 +281,17 @@ async def through_back_off(page: Page, outcome: Awaitable[None]) -> None:
             done, _ = await asyncio.wait({waiting}, timeout=BACK_OFF_EVERY)
             if done:
                 break
-            await page.clock.fast_forward(BACK_OFF_STEP_MS)
+            await page.clock.fast_forward(step_ms)
     finally:
         if not waiting.done():
             waiting.cancel()
     await waiting
+
+
+async def stored(page: Page, tokens: Tokens, project: str) -> list[dict[str, object]]:
+    """Alice's stored entries of ``project`` around today (the weeks the tests add to)."""
+    today = datetime.now(UTC).date()
+    window = f"from={today - timedelta(days=7)}&to={today + timedelta(days=14)}&limit=100"
+    answer = await api_call_in_page(page, "GET", f"/api/timesheets?{window}", tokens.last)
+    assert answer["status"] == 200, answer
+    return [e for e in json.loads(answer["text"])["items"] if e["project"] == project]

@@ -38,6 +38,7 @@ from tests.browser.support import (
     sign_in,
     start_service,
     stop_service,
+    stored,
     through_back_off,
 )
 
@@ -52,15 +53,6 @@ async def restarts(platform: Platform) -> AsyncIterator[Platform]:
     finally:
         for spec in SERVICES:
             await start_service(platform, spec.name)
-
-
-async def stored(page: Page, tokens: Tokens, project: str) -> list[dict[str, object]]:
-    """Alice's stored entries of ``project`` around today (the weeks the tests add to)."""
-    today = datetime.now(UTC).date()
-    window = f"from={today - timedelta(days=7)}&to={today + timedelta(days=14)}&limit=100"
-    answer = await api_call_in_page(page, "GET", f"/api/timesheets?{window}", tokens.last)
-    assert answer["status"] == 200, answer
-    return [e for e in json.loads(answer["text"])["items"] if e["project"] == project]
 
 
 async def fill_entry(page: Page, project: str, hours: str = "0.25", notes: str = "") -> None:

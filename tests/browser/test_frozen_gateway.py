@@ -11,28 +11,25 @@ The gateway is frozen for real (SIGSTOP to its supervisor and workers, SIGCONT a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import signal
-from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import psutil
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import expect
 
 from devstack.platform import Platform
-from tests.browser.support import APP, NewPage, Shots, Tokens, api_call_in_page, sign_in
+from tests.browser.support import APP, NewPage, Shots, sign_in, stored, through_back_off
 
 pytestmark = pytest.mark.browser
 
-#: how far the page's clock jumps at each step, and how often (real seconds): the app's request
-#: timeout (config.json ``requestTimeoutMs``, 43 s with the gateway's defaults) times four attempts
-#: plus their back-off is about three minutes of page time, passed in about two real seconds
+#: how far the page's clock jumps at each step of :func:`through_back_off` (every 0.1 s real): the
+#: app's request timeout (config.json ``requestTimeoutMs``, 43 s with the gateway's defaults) times four
+#: attempts plus their back-off is about three minutes of page time, passed in about two real seconds
 STEP_MS = 10_000
-EVERY = 0.1
 
 
 @contextlib.asynccontextmanager
@@ -50,28 +47,6 @@ async def frozen(platform: Platform, name: str) -> AsyncIterator[None]:
         for process in [supervisor, *workers]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGCONT)
-
-
-async def on_page_clock(page: Page, outcome: Awaitable[None]) -> None:
-    """Await ``outcome`` (an ``expect`` bounded in real time) while the page's clock moves ahead by
-    ``STEP_MS`` every ``EVERY`` seconds: the timers the app sets (a request's timeout, the wait before
-    a retry) fire without the test waiting for them."""
-    waiting = asyncio.ensure_future(outcome)
-    try:
-        while not (await asyncio.wait({waiting}, timeout=EVERY))[0]:
-            await page.clock.fast_forward(STEP_MS)
-    finally:
-        if not waiting.done():
-            waiting.cancel()
-    await waiting
-
-
-async def stored(page: Page, tokens: Tokens, project: str) -> list[dict[str, object]]:
-    today = datetime.now(UTC).date()
-    window = f"from={today - timedelta(days=7)}&to={today + timedelta(days=14)}&limit=100"
-    answer = await api_call_in_page(page, "GET", f"/api/timesheets?{window}", tokens.last)
-    assert answer["status"] == 200, answer
-    return [e for e in json.loads(answer["text"])["items"] if e["project"] == project]
 
 
 async def test_create_while_the_gateway_is_frozen(new_page: NewPage, shot: Shots, platform: Platform) -> None:
@@ -101,7 +76,7 @@ async def test_create_while_the_gateway_is_frozen(new_page: NewPage, shot: Shots
         await expect(page.get_by_role("button", name="Adding…")).to_be_disabled()
         # 8 real seconds are 13 minutes on the page's clock: far beyond every attempt and back-off
         told = expect(form_alert).to_contain_text("may not have been saved", timeout=8_000)
-        await on_page_clock(page, told)
+        await through_back_off(page, told, STEP_MS)
         await expect(page.get_by_role("button", name="Add entry")).to_be_enabled()
         await expect(page.get_by_label("Project")).to_have_value(project)
         await expect(page.get_by_label("Hours", exact=True)).to_have_value("0.75")
@@ -113,8 +88,8 @@ async def test_create_while_the_gateway_is_frozen(new_page: NewPage, shot: Shots
     # Continued: the same entry again carries the same key, so it is stored once whatever the
     # attempts queued in the frozen gateway's socket did once it read them.
     await page.get_by_role("button", name="Add entry").click()
-    await on_page_clock(
-        page, expect(page.locator(f'[data-project="{project}"]')).to_have_count(1, timeout=10_000)
+    await through_back_off(
+        page, expect(page.locator(f'[data-project="{project}"]')).to_have_count(1, timeout=10_000), STEP_MS
     )
     await expect(form_alert).to_have_count(0)
     # the page's clock back to the real time: the test's own request's DPoP proof is dated by it
