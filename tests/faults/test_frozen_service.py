@@ -427,7 +427,10 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
                 if bad:
                     failures.append(f"{phase.name} frozen: {route.name} answered {summary(bad)['statuses']}")
                 slow = [s for s in during if s.seconds > base_p90[route.name] + 0.5]
-                if len(slow) > len(during) * 0.02 + 1:
+                # a route a freeze reached is slowed through the whole freeze (most of its ~40 answers);
+                # one stall of the host delays the few answers in flight at that moment together (a CI
+                # run: 3 of 41 at ~0.6 s while identity was frozen, the other worker busy)
+                if len(slow) > len(during) * 0.1 + 2:
                     failures.append(
                         f"{phase.name} frozen: {route.name} {len(slow)} of {len(during)} answers slower than"
                         f" baseline p90 + 0.5 s ({summary(during)})"
