@@ -354,8 +354,10 @@ async def test_requests_in_flight_are_on_the_metrics(start_gateway: StartGateway
     busy = provider.scoped("read:timesheets", subject=f"busy-{uuid.uuid4().hex[:6]}")
     calm = provider.scoped("read:timesheets", subject=f"calm-{uuid.uuid4().hex[:6]}")
     async with gateway_with(start_gateway, gateway_max_in_flight_per_subject=8) as (gateway, edge):
-        held = [asyncio.create_task(get(gateway, "/api/timesheets/slow?s=6", busy)) for _ in range(3)]
-        held.append(asyncio.create_task(get(gateway, "/api/timesheets/slow?s=6", calm)))
+        # held 12 s: the once-a-second flush must run while all four are in flight (a CI run's
+        # flush did not show them within the 6 s they were held before)
+        held = [asyncio.create_task(get(gateway, "/api/timesheets/slow?s=12", busy)) for _ in range(3)]
+        held.append(asyncio.create_task(get(gateway, "/api/timesheets/slow?s=12", calm)))
         await until(lambda: sum(edge.in_flight.counts.values()) == 4, "four requests in flight")
         await until(
             lambda: (
