@@ -203,7 +203,14 @@ class Gateway:
         self.jwks.update_ages()
 
     async def _flush_metrics(self) -> None:
-        """Request metrics and the pools' figures, written once a second, never per request."""
+        self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Request metrics and the pools' figures, written once a second, never per request.
+
+        Synchronous and public for the tests: prometheus' registry is the process's, so a test beside
+        other gateways in the same process (each flushing its own figures into the same gauges) runs
+        this flush and reads the gauges with nothing else running in between."""
         if self.request_metrics is not None:
             self.request_metrics.flush()
         if self.edge is not None:
