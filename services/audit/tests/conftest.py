@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import jsonschema
 import pytest
 from audit.app import create_app
@@ -18,8 +21,18 @@ from svckit.identity import Identity
 from svckit.settings import load_settings
 
 from testkit.auditevents import make_event
-from testkit.client import SignedApi
-from testkit.fixtures import Caller, ServiceRedis, migrate_schema, runtime_env, serve_app, user
+from testkit.client import SignedApi, ingest_counts
+from testkit.fixtures import (
+    Caller,
+    ServiceRedis,
+    create_migrated_database,
+    drop_database,
+    migrate_schema,
+    runtime_env,
+    runtime_url,
+    serve_app,
+    user,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audit"
 
@@ -88,3 +101,60 @@ EventFactory = Callable[..., dict[str, Any]]
 @pytest.fixture(scope="session")
 def new_event() -> EventFactory:
     return make_event
+
+
+@dataclass
+class OwnTrail:
+    """An audit service on a database of its own, ten events recorded: the tests that tamper with the
+    records as the database's owner would (an attacker holding that role) break this trail, not the
+    session's."""
+
+    api: SignedApi
+    dsn: str  # the owner's
+
+    async def sql(self, *statements: str) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def row(self, seq: int) -> asyncpg.Record:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT *, details::text AS details FROM audit.records WHERE seq = $1", seq
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return row
+
+
+@contextlib.asynccontextmanager
+async def own_trail(
+    identity_keys: dict[str, str], caller: Caller, env: dict[str, str] | None = None, **overrides: Any
+) -> AsyncIterator[OwnTrail]:
+    """:class:`OwnTrail`, its service set up with ``identity_keys``, ``env`` and ``overrides``
+    (background verification off unless asked)."""
+    name = f"tsp_test_audit_{secrets.token_hex(4)}"
+    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
+    try:
+        settings = load_settings(
+            AuditSettings,
+            env={"DATABASE_URL": runtime_url(dsn, "audit"), **identity_keys, **(env or {})},
+            **{"audit_verify_interval_seconds": 0, **overrides},
+        )
+        async with serve_app(create_app(settings)) as url:
+            await wait_ready(url)
+            api = SignedApi(url, caller)
+            try:
+                events = [make_event(details={"n": n}) for n in range(10)]
+                reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
+                assert ingest_counts(reply.body) == {"accepted": 10, "duplicates": 0}
+                yield OwnTrail(api, dsn)
+            finally:
+                await api.close()
+    finally:
+        await drop_database(name)

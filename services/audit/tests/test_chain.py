@@ -7,11 +7,9 @@ attacker with database rights would, and then change, delete or re-hash rows beh
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -29,15 +27,13 @@ from svckit.settings import load_settings
 from testkit.client import SignedApi, ingest_counts
 from testkit.fixtures import (
     Caller,
-    create_migrated_database,
-    drop_database,
     runtime_env,
     runtime_url,
     serve_app,
     user,
 )
 
-from .conftest import PACKAGE_DIR, wait_ready
+from .conftest import OwnTrail, own_trail
 
 TIMESHEETS = Identity.service("timesheets")
 AUDITOR = user("carol", "read:audit")
@@ -136,57 +132,14 @@ async def test_verification_during_ingestion_sees_one_consistent_snapshot(
 # ---- tampering, on a trail of its own ---------------------------------------------------------------
 
 
-@dataclass
-class Trail:
-    api: SignedApi
-    dsn: str
-
-    async def sql(self, *statements: str) -> None:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    async def row(self, seq: int) -> asyncpg.Record:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            row = await conn.fetchrow(
-                "SELECT *, details::text AS details FROM audit.records WHERE seq = $1", seq
-            )
-        finally:
-            await conn.close()
-        assert row is not None
-        return row
-
-
 ATTACKER_DISABLES_TRIGGER = "ALTER TABLE audit.records DISABLE TRIGGER USER"
 
 
 @pytest.fixture
-async def trail(identity_keys: dict[str, str], caller: Caller, new_event: Any) -> AsyncIterator[Trail]:
-    name = f"tsp_test_audit_{secrets.token_hex(4)}"
-    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
-    try:
-        settings = load_settings(
-            AuditSettings,
-            env={"DATABASE_URL": runtime_url(dsn, "audit"), **identity_keys},
-            audit_verify_interval_seconds=0,
-        )
-        async with serve_app(create_app(settings)) as url:
-            await wait_ready(url)
-            api = SignedApi(url, caller)
-            try:
-                events = [new_event(details={"n": n}) for n in range(10)]
-                reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
-                assert ingest_counts(reply.body) == {"accepted": 10, "duplicates": 0}
-                assert await verify(api) == {"ok": True, "checked": 10}
-                yield Trail(api, dsn)
-            finally:
-                await api.close()
-    finally:
-        await drop_database(name)
+async def trail(identity_keys: dict[str, str], caller: Caller) -> AsyncIterator[OwnTrail]:
+    async with own_trail(identity_keys, caller) as trail:
+        assert await verify(trail.api) == {"ok": True, "checked": 10}
+        yield trail
 
 
 @pytest.mark.parametrize(
@@ -199,7 +152,7 @@ async def trail(identity_keys: dict[str, str], caller: Caller, new_event: Any) -
         "request_id = NULL",
     ],
 )
-async def test_a_changed_row_is_reported_at_its_seq(trail: Trail, change: str) -> None:
+async def test_a_changed_row_is_reported_at_its_seq(trail: OwnTrail, change: str) -> None:
     broken_before = verifications("broken")
     await trail.sql(ATTACKER_DISABLES_TRIGGER, f"UPDATE audit.records SET {change} WHERE seq = 4")
     body = await verify(trail.api)
@@ -211,14 +164,14 @@ async def test_a_changed_row_is_reported_at_its_seq(trail: Trail, change: str) -
     assert REGISTRY.get_sample_value("audit_chain_ok") == 0
 
 
-async def test_a_deleted_row_is_reported_missing(trail: Trail) -> None:
+async def test_a_deleted_row_is_reported_missing(trail: OwnTrail) -> None:
     await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq = 6")
     body = await verify(trail.api)
     assert (body["ok"], body["first_bad"]) == (False, 6)
     assert "missing" in body["reason"]
 
 
-async def test_a_rehashed_row_breaks_the_link_to_the_next(trail: Trail) -> None:
+async def test_a_rehashed_row_breaks_the_link_to_the_next(trail: OwnTrail) -> None:
     """An attacker who also recomputes the changed row's hash is caught by the following record."""
     row = dict((await trail.row(3)).items())
     row["actor_subject"] = "mallory"
@@ -232,7 +185,7 @@ async def test_a_rehashed_row_breaks_the_link_to_the_next(trail: Trail) -> None:
     assert "prev_hash" in body["reason"]
 
 
-async def test_a_renumbered_chain_is_caught(trail: Trail) -> None:
+async def test_a_renumbered_chain_is_caught(trail: OwnTrail) -> None:
     """Deleting a row and shifting the rest down to hide the gap still breaks the chain."""
     await trail.sql(
         ATTACKER_DISABLES_TRIGGER,
@@ -243,7 +196,7 @@ async def test_a_renumbered_chain_is_caught(trail: Trail) -> None:
     assert (body["ok"], body["first_bad"]) == (False, 5)
 
 
-async def anchor_of_newest(trail: Trail) -> str:
+async def anchor_of_newest(trail: OwnTrail) -> str:
     reply = await trail.api.call("GET", "/audit/events", AUDITOR, params={"limit": "1"})
     [newest] = reply.body["items"]
     return f"{newest['seq']}:{newest['hash']}"
@@ -256,7 +209,7 @@ async def verify_with_anchor(api: SignedApi, anchor: str) -> dict[str, Any]:
     return body
 
 
-async def test_a_wrong_anchor_is_reported_without_raising_the_alarm(trail: Trail) -> None:
+async def test_a_wrong_anchor_is_reported_without_raising_the_alarm(trail: OwnTrail) -> None:
     """A mistyped anchor says so in the answer, but must not flip audit_chain_ok to 0."""
     await verify(trail.api)
     broken_before = verifications("broken")
@@ -266,7 +219,7 @@ async def test_a_wrong_anchor_is_reported_without_raising_the_alarm(trail: Trail
     assert REGISTRY.get_sample_value("audit_chain_ok") == 1
 
 
-async def test_an_anchor_catches_a_truncated_chain(trail: Trail) -> None:
+async def test_an_anchor_catches_a_truncated_chain(trail: OwnTrail) -> None:
     anchor = await anchor_of_newest(trail)
     assert await verify_with_anchor(trail.api, anchor) == {"ok": True, "checked": 10}
     await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq >= 9")
@@ -276,7 +229,7 @@ async def test_an_anchor_catches_a_truncated_chain(trail: Trail) -> None:
     assert "truncated" in body["reason"]
 
 
-async def test_an_anchor_catches_a_rewritten_and_rehashed_chain(trail: Trail) -> None:
+async def test_an_anchor_catches_a_rewritten_and_rehashed_chain(trail: OwnTrail) -> None:
     """The attacker changes record 4 and re-hashes every later record: internally consistent."""
     anchor = await anchor_of_newest(trail)
     await trail.sql(ATTACKER_DISABLES_TRIGGER)
@@ -311,7 +264,7 @@ async def test_a_malformed_anchor_is_named(api: SignedApi, anchor: str) -> None:
     assert reply.fields() == {"anchor"}
 
 
-async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -> None:
+async def test_verification_streams_a_long_chain(trail: OwnTrail, new_event: Any) -> None:
     """Thousands of records walked through a server-side cursor, in well under a second per thousand."""
     for _ in range(6):
         events = [new_event(details={"k": "v" * 100}) for _ in range(500)]
@@ -327,7 +280,7 @@ async def test_verification_streams_a_long_chain(trail: Trail, new_event: Any) -
 
 
 @pytest.fixture
-async def store(trail: Trail) -> AsyncIterator[AuditStore]:
+async def store(trail: OwnTrail) -> AsyncIterator[AuditStore]:
     database = Database(runtime_url(trail.dsn, "audit"), schema="audit", application_name="verifier-test")
     await database.wait_connected(10)
     yield AuditStore(database, "audit")
@@ -335,7 +288,7 @@ async def store(trail: Trail) -> AsyncIterator[AuditStore]:
 
 
 async def test_incremental_runs_recompute_only_what_was_appended(
-    trail: Trail, store: AuditStore, new_event: Any
+    trail: OwnTrail, store: AuditStore, new_event: Any
 ) -> None:
     verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
     first = await verifier.run_once()
@@ -350,7 +303,7 @@ async def test_incremental_runs_recompute_only_what_was_appended(
 
 
 async def test_an_incremental_run_catches_a_changed_head_and_a_full_run_catches_the_rest(
-    trail: Trail, store: AuditStore
+    trail: OwnTrail, store: AuditStore
 ) -> None:
     verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
     assert (await verifier.run_once()).ok
@@ -366,7 +319,7 @@ async def test_an_incremental_run_catches_a_changed_head_and_a_full_run_catches_
     assert (full.ok, full.first_bad) == (False, 3)
 
 
-async def test_a_truncated_chain_fails_the_incremental_run(trail: Trail, store: AuditStore) -> None:
+async def test_a_truncated_chain_fails_the_incremental_run(trail: OwnTrail, store: AuditStore) -> None:
     verifier = BackgroundVerifier(store, interval=1, full_interval=3600)
     assert (await verifier.run_once()).ok
     await trail.sql(ATTACKER_DISABLES_TRIGGER, "DELETE FROM audit.records WHERE seq >= 8")

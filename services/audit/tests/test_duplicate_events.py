@@ -16,31 +16,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-from audit.app import create_app
 from audit.chain import record_hash
 from audit.checkpointer import Checkpointer
 from audit.checkpoints import CheckpointKeys
-from audit.settings import AuditSettings
 from audit.store import COLUMNS, AuditStore
 from audit.verifier import BackgroundVerifier
 from prometheus_client import REGISTRY
 from svckit.db import Database
 from svckit.identity import Identity
-from svckit.settings import load_settings
 
-from testkit.client import SignedApi, ingest_counts
 from testkit.clihost import CliHost
 from testkit.clock import FakeClock
-from testkit.fixtures import Caller, create_migrated_database, drop_database, runtime_url, serve_app, user
+from testkit.fixtures import Caller, runtime_url, user
 
-from .conftest import PACKAGE_DIR, wait_ready
+from .conftest import OwnTrail, own_trail
 
 TIMESHEETS = Identity.service("timesheets")
 AUDITOR = user("carol", "read:audit")
@@ -48,9 +43,7 @@ DROP_UNIQUE = "ALTER TABLE audit.records DROP CONSTRAINT records_id_key"
 
 
 @dataclass
-class Trail:
-    api: SignedApi
-    dsn: str  # the owner's
+class Trail(OwnTrail):
     keys: str  # AUDIT_CHECKPOINT_KEYS
 
     async def verify(self) -> dict[str, Any]:
@@ -87,46 +80,18 @@ class Trail:
             await conn.close()
         return str(row["id"])
 
-    async def sql(self, *statements: str) -> None:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
 
 @pytest.fixture
-async def trail(
-    identity_keys: dict[str, str], checkpoint_keys: str, caller: Caller, new_event: Any
-) -> AsyncIterator[Trail]:
-    name = f"tsp_test_audit_{secrets.token_hex(4)}"
-    dsn = await create_migrated_database(name, "audit", PACKAGE_DIR)
-    try:
-        settings = load_settings(
-            AuditSettings,
-            env={
-                "DATABASE_URL": runtime_url(dsn, "audit"),
-                "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
-                **identity_keys,
-            },
-            audit_verify_interval_seconds=0,
-            audit_checkpoint_interval_seconds=0,  # the tests sign (or not) themselves
-        )
-        async with serve_app(create_app(settings)) as url:
-            await wait_ready(url)
-            api = SignedApi(url, caller)
-            try:
-                events = [new_event(details={"n": n}) for n in range(10)]
-                reply = await api.call("POST", "/internal/events", TIMESHEETS, json={"events": events})
-                assert ingest_counts(reply.body) == {"accepted": 10, "duplicates": 0}
-                trail = Trail(api, dsn, checkpoint_keys)
-                assert (await trail.verify())["ok"] is True
-                yield trail
-            finally:
-                await api.close()
-    finally:
-        await drop_database(name)
+async def trail(identity_keys: dict[str, str], checkpoint_keys: str, caller: Caller) -> AsyncIterator[Trail]:
+    async with own_trail(
+        identity_keys,
+        caller,
+        env={"AUDIT_CHECKPOINT_KEYS": checkpoint_keys},
+        audit_checkpoint_interval_seconds=0,  # the tests sign (or not) themselves
+    ) as own:
+        trail = Trail(own.api, own.dsn, checkpoint_keys)
+        assert (await trail.verify())["ok"] is True
+        yield trail
 
 
 @pytest.fixture
