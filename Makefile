@@ -48,9 +48,15 @@ test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 # against ~960 s in one process. Not three: each worker's session services keep ~35 pooled Postgres connections, and three workers filled
 # the default max_connections (100). TEST_WORKERS=0 runs the suite in one process, in a fixed order.
 TEST_WORKERS ?= 2
+# The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not
+# pytest's shared /tmp/pytest-of-<user>: another pytest session of the same user (a test run beside
+# `make test`) removes that root's group and other bits and deletes older numbered directories, which
+# took the embedded Postgres of tests/bench/test_backing.py its data directory ("Permission denied").
+# Under /tmp and short: unix sockets live under it (at most 107 bytes a path).
+TEST_TMP ?= /tmp/tsp-pytest-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8)
 
 test: install system-deps ## the whole suite (unit, integration on real Postgres/Redis, end-to-end, browser, packaging) on two workers
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --basetemp=$(TEST_TMP)
 
 # The fast tier stays in one process: its tests are CPU-bound and short, and two workers each importing
 # the whole suite cost more than they save (measured on a busy two-core machine: 126 s vs 60 s).
