@@ -16,7 +16,9 @@ with results to keep: it prints, nothing is written (its figures: services/times
 ``PGWORK_SETTLE`` (11 s) is the pause after each run before the counters are read (backends flush
 ``pg_stat_database`` within 10 s of going idle); ``PGWORK_CONNECTIONS`` (32) wrk's connections (fewer:
 a machine that is not saturated); ``PGWORK_PERF=<prefix>`` samples each case's app backends with
-``perf record`` into ``<prefix>.<case>.<round>``.
+``perf record`` into ``<prefix>.<case>.<round>``; ``PGWORK_BUFFERS=1`` shows each statement's shared
+buffers touched (hit + read) in the WAL bytes' column (also in ``bench._pgdecide``'s table): what its
+plan visits, which the machine's load does not blur.
 """
 
 from __future__ import annotations
@@ -77,9 +79,14 @@ async def snapshot(server: str, names: dict[str, str]) -> dict[str, Any]:
         if STATEMENTS:
             # PGWORK_PLANS: the plannings (a statement prepared again shows here) instead of the rows
             counted = "plans" if os.environ.get("PGWORK_PLANS") else "rows"
+            # PGWORK_BUFFERS: the shared buffers each statement touched (hit + read: what its plan
+            # visits, unlike its time free of the machine's load) instead of its WAL bytes
+            touched = (
+                "shared_blks_hit + shared_blks_read" if os.environ.get("PGWORK_BUFFERS") else "wal_bytes"
+            )
             rows = await conn.fetch(
                 f"SELECT dbid, toplevel, query, calls, {counted} AS rows, total_exec_time, total_plan_time,"
-                " wal_bytes FROM pg_stat_statements"
+                f" {touched} AS wal_bytes FROM pg_stat_statements"
             )
         for row in rows:
             for case, oid in oids.items():
