@@ -7,6 +7,9 @@
  * tester pick the scenario's Implicit Grant without redeploying.
  */
 
+import { TimeoutError } from "./api/errors";
+import { fetchWithin } from "./lib/fetchWithin";
+
 export type Flow = "code" | "implicit";
 
 export interface AppConfig {
@@ -28,7 +31,10 @@ export interface AppConfig {
   postLogoutRedirectUri: string;
   /**
    * How long one API request waits for its answer before it is given up as a network failure (see
-   * `ApiClient`). The gateway derives it from its own timeouts, which it always answers within.
+   * `ApiClient`). The gateway derives it from its own timeouts, which it always answers within. The
+   * sign-in's requests once the configuration is known have the same bound: OIDC discovery, each
+   * token request (oidc-client-ts' `requestTimeoutInSeconds`), the Implicit Grant's JWKS, the
+   * server-clock fetch before a DPoP token request.
    */
   requestTimeoutMs: number;
 }
@@ -131,14 +137,31 @@ export function resolveConfig(
   };
 }
 
-/** Fetches `/config.json`; falls back to the local-run defaults when the server has none. */
-export async function loadConfig(): Promise<AppConfig> {
+/**
+ * How long `/config.json` may take, before the configuration (and its `requestTimeoutMs`) is known: a
+ * fixed 10 s. The gateway answers it from memory, asking no service, right after serving the page
+ * itself, so it comes in milliseconds; 10 s still covers a slow link's lost packets (a connection's
+ * retransmitted SYNs at 1 s and 3 s) while a frozen gateway leaves the user on "Loading Timesheets…"
+ * no longer than that before they are told and offered Try again.
+ */
+export const CONFIG_TIMEOUT_MS = 10_000;
+
+/**
+ * Fetches `/config.json` within `timeoutMs`; falls back to the local-run defaults when the server has
+ * none (`vite`, a 404). No answer in time rejects with a `TimeoutError` instead: the defaults name a
+ * provider on this computer, which a deployed app must not send its users to.
+ */
+export async function loadConfig(timeoutMs: number = CONFIG_TIMEOUT_MS): Promise<AppConfig> {
   let raw: Record<string, unknown> = {};
   try {
-    const response = await fetch("/config.json", { cache: "no-store", headers: { accept: "application/json" } });
-    if (response.ok) raw = (await response.json()) as Record<string, unknown>;
-    else console.warn(`/config.json answered ${response.status}; using local defaults`);
+    const init = { cache: "no-store", headers: { accept: "application/json" } } as const;
+    const answer = await fetchWithin("/config.json", init, timeoutMs, async (response) =>
+      response.ok ? ((await response.json()) as Record<string, unknown>) : response.status,
+    );
+    if (typeof answer === "number") console.warn(`/config.json answered ${answer}; using local defaults`);
+    else raw = answer;
   } catch (error) {
+    if (error instanceof TimeoutError) throw error;
     console.warn("/config.json unavailable; using local defaults", error);
   }
   const query = new URLSearchParams(window.location.search).get("flow");

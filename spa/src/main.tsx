@@ -1,10 +1,15 @@
 /**
  * Start-up: read the runtime configuration, finish a sign-in if the provider just sent us back, restore
  * the session silently after a reload, then render the app.
+ *
+ * Every step is bounded, so "Loading Timesheets…" ends: `/config.json` within `CONFIG_TIMEOUT_MS`
+ * (10 s), discovery and each token request within config.json's `requestTimeoutMs`, a silent sign-in's
+ * iframe within 10 s. A step that times out says which service did not answer, with a way to retry
+ * (Try again, or the sign-in screen's Sign in for a sign-in answer that could not be completed).
  */
 import { render } from "preact";
 import { ApiClient } from "./api/client";
-import type { UserMessage } from "./api/errors";
+import { describeError, TimeoutError, type UserMessage } from "./api/errors";
 import { CodeFlow } from "./auth/code";
 import { ImplicitFlow } from "./auth/implicit";
 import { describeAuthError } from "./auth/messages";
@@ -12,6 +17,7 @@ import { SessionManager } from "./auth/session";
 import { fetchDiscovery } from "./auth/tokens";
 import type { Authenticator } from "./auth/types";
 import { loadConfig, safeReturnPath, type AppConfig } from "./config";
+import { describeBound } from "./lib/fetchWithin";
 import { App } from "./ui/App";
 import { Banner } from "./ui/common";
 import "./styles.css";
@@ -47,11 +53,15 @@ async function boot(root: HTMLElement): Promise<void> {
   } catch (error) {
     render(
       <BootFailure
-        message={{
-          kind: "error",
-          title: "The app is misconfigured",
-          text: String(error instanceof Error ? error.message : error),
-        }}
+        message={
+          error instanceof TimeoutError
+            ? describeError(error, "load the app's settings")
+            : {
+                kind: "error",
+                title: "The app is misconfigured",
+                text: String(error instanceof Error ? error.message : error),
+              }
+        }
         onRetry={() => window.location.reload()}
       />,
       root,
@@ -62,7 +72,7 @@ async function boot(root: HTMLElement): Promise<void> {
 
   let auth: Authenticator;
   try {
-    const discovery = await fetchDiscovery(config.issuer);
+    const discovery = await fetchDiscovery(config.issuer, config.requestTimeoutMs);
     auth = config.flow === "implicit" ? new ImplicitFlow(config, discovery) : new CodeFlow(config, discovery);
   } catch (error) {
     console.error("discovery failed", error);
@@ -70,8 +80,12 @@ async function boot(root: HTMLElement): Promise<void> {
       <BootFailure
         message={{
           kind: "unavailable",
-          title: "The sign-in service is unavailable",
-          text: `We couldn't reach ${config.issuer}. Please try again in a moment.`,
+          title:
+            error instanceof TimeoutError ? "The sign-in service didn't answer" : "The sign-in service is unavailable",
+          text:
+            error instanceof TimeoutError
+              ? `${config.issuer} did not answer within ${describeBound(config.requestTimeoutMs)}. Please try again in a moment.`
+              : `We couldn't reach ${config.issuer}. Please try again in a moment.`,
         }}
         onRetry={() => window.location.reload()}
       />,

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import re
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, Request, ViewportSize
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
@@ -255,6 +258,35 @@ async def start_service(platform: Platform, name: str, extra: Mapping[str, str] 
                 pass
             assert time.monotonic() < deadline, f"{name} not ready after restart"
             await asyncio.sleep(0.3)
+
+
+def stop_processes(platform: Platform, name: str) -> list[psutil.Process]:
+    """``name``'s processes (uvicorn's supervisor and its workers) stopped by SIGSTOP: their listening
+    socket still accepts, nothing answers (a frozen pod). Workers are stopped first, so the supervisor
+    never sees one not answering its health pings; :func:`continue_processes` continues them."""
+    supervisor = psutil.Process(platform.processes[name].pid)
+    stopped = [*supervisor.children(recursive=True), supervisor]
+    for process in stopped:
+        process.send_signal(signal.SIGSTOP)
+    return stopped
+
+
+def continue_processes(stopped: list[psutil.Process]) -> None:
+    """SIGCONT to what :func:`stop_processes` stopped, in the reverse order: the supervisor first, the
+    workers last."""
+    for process in reversed(stopped):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def frozen(platform: Platform, name: str) -> AsyncIterator[None]:
+    """``name`` stopped by SIGSTOP (:func:`stop_processes`) while the block runs, continued after."""
+    stopped = stop_processes(platform, name)
+    try:
+        yield
+    finally:
+        continue_processes(stopped)
 
 
 #: how far :func:`through_back_off` moves the page's clock, and how often (real seconds): ten times

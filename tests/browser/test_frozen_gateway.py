@@ -11,18 +11,14 @@ The gateway is frozen for real (SIGSTOP to its supervisor and workers, SIGCONT a
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import uuid4
 
-import psutil
 import pytest
 from playwright.async_api import expect
 
 from devstack.platform import Platform
-from tests.browser.support import APP, NewPage, Shots, sign_in, stored, through_back_off
+from tests.browser.support import APP, NewPage, Shots, frozen, sign_in, stored, through_back_off
 
 pytestmark = pytest.mark.browser
 
@@ -30,23 +26,6 @@ pytestmark = pytest.mark.browser
 #: app's request timeout (config.json ``requestTimeoutMs``, 43 s with the gateway's defaults) times four
 #: attempts plus their back-off is about three minutes of page time, passed in about two real seconds
 STEP_MS = 10_000
-
-
-@contextlib.asynccontextmanager
-async def frozen(platform: Platform, name: str) -> AsyncIterator[None]:
-    """``name``'s processes (uvicorn's supervisor and its workers) stopped by SIGSTOP, continued after:
-    their listening socket still accepts, nothing answers. Workers are stopped first and continued
-    last, so the supervisor never sees one not answering its health pings."""
-    supervisor = psutil.Process(platform.processes[name].pid)
-    workers = supervisor.children(recursive=True)
-    for process in [*workers, supervisor]:
-        process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for process in [supervisor, *workers]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(signal.SIGCONT)
 
 
 async def test_create_while_the_gateway_is_frozen(new_page: NewPage, shot: Shots, platform: Platform) -> None:

@@ -11,19 +11,12 @@
  * timeout of their own, so a gateway that accepts the connection and then answers nothing (a frozen
  * pod, a hung ingress) would leave the page saying "Adding…" forever. The attempt is aborted and fails
  * as a `TimeoutError`, a network failure: retried where the call retries, and a write's outcome is
- * unknown (it may have reached the service). The timer is a `setTimeout` driving an `AbortController`
- * (not `AbortSignal.timeout`), so that a test's fake clock moves past it as past the retries' waits.
+ * unknown (it may have reached the service). The bound is `fetchWithin`'s (lib/fetchWithin.ts), the
+ * one the sign-in's own requests have too: a test's fake clock moves past it as past the retries' waits.
  */
 import { serverClock } from "../auth/dpop";
-import {
-  ApiError,
-  NetworkError,
-  TimeoutError,
-  isTransient,
-  missingScopeFrom,
-  problemType,
-  type Problem,
-} from "./errors";
+import { fetchWithin } from "../lib/fetchWithin";
+import { ApiError, isTransient, missingScopeFrom, problemType, type Problem } from "./errors";
 import type { AuditEvent, ChainVerification, Entry, NewEntry, Page } from "./types";
 
 export interface TokenSource {
@@ -118,26 +111,12 @@ export class ApiClient {
       if (proof) headers.dpop = proof;
     }
     if (body !== undefined) headers["content-type"] = "application/json";
-    const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), this.timeoutMs);
-    let response: Response;
-    let text: string;
-    try {
-      response = await fetch(url, {
-        method,
-        headers,
-        body: body === undefined ? null : JSON.stringify(body),
-        credentials: "omit",
-        signal: abort.signal,
-      });
-      text = response.status === 204 ? "" : await response.text();
-    } catch (error) {
-      if (abort.signal.aborted)
-        throw new TimeoutError(`${method} ${url}: no answer within ${Math.round(this.timeoutMs / 1000)} s`);
-      throw new NetworkError(String(error));
-    } finally {
-      clearTimeout(timer);
-    }
+    const [response, text] = await fetchWithin(
+      url,
+      { method, headers, body: body === undefined ? null : JSON.stringify(body), credentials: "omit" },
+      this.timeoutMs,
+      async (answer) => [answer, answer.status === 204 ? "" : await answer.text()] as const,
+    );
     this.nonce = response.headers.get("dpop-nonce") ?? this.nonce;
     this.clockMoved = serverClock.observe(response.headers.get("date"));
     return { response, text, token };

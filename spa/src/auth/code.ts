@@ -13,6 +13,7 @@
 import {
   DPoPState,
   ErrorResponse,
+  ErrorTimeout,
   IndexedDbDPoPStore,
   InMemoryWebStorage,
   OidcClient,
@@ -22,6 +23,7 @@ import {
   type User,
   type UserManagerSettings,
 } from "oidc-client-ts";
+import { TimeoutError } from "../api/errors";
 import type { AppConfig } from "../config";
 import {
   dpopAdvertised,
@@ -61,6 +63,9 @@ export function userManagerSettings(
     monitorSession: false,
     loadUserInfo: false,
     silentRequestTimeoutInSeconds: 10,
+    // each token request (the code exchange, a renewal's, the retry with the provider's DPoP nonce):
+    // the library's fetch has no bound without it, and a frozen provider would hang the sign-in
+    requestTimeoutInSeconds: config.requestTimeoutMs / 1000,
     ...(dpopStore ? { dpop: { store: dpopStore, bind_authorization_code: true } } : {}),
   };
 }
@@ -87,6 +92,7 @@ function asAuthError(error: unknown): AuthError {
   if (error instanceof ErrorResponse) return new AuthError(error.error ?? "error", error.error_description ?? null);
   if (error instanceof AuthError) return error;
   const message = error instanceof Error ? error.message : String(error);
+  if (error instanceof ErrorTimeout || error instanceof TimeoutError) return new AuthError("timeout", message);
   if (/timed out|timeout/i.test(message)) return new AuthError("timeout", message);
   return new AuthError("error", message);
 }
@@ -145,7 +151,7 @@ export class CodeFlow implements Authenticator {
   async handleRedirectCallback(): Promise<{ session: Session; returnTo: string }> {
     try {
       checkResponseIssuer(new URL(window.location.href).searchParams, this.discovery);
-      if (this.signer) await syncServerClock();
+      if (this.signer) await syncServerClock(this.config.requestTimeoutMs);
       // The answer to manager.signinRedirect(): same settings and state store, and our client's proofs.
       const response = await this.client.processSigninResponse(window.location.href);
       return { session: toSession(response), returnTo: response.url_state ?? this.config.basePath };
@@ -169,7 +175,7 @@ export class CodeFlow implements Authenticator {
       });
       const answer = await silentWebMessage(request.url);
       checkResponseIssuer(new URLSearchParams(answer), this.discovery);
-      if (this.signer) await syncServerClock();
+      if (this.signer) await syncServerClock(this.config.requestTimeoutMs);
       const response = await this.client.processSigninResponse(
         `${this.config.redirectUri}?${new URLSearchParams(answer).toString()}`,
       );

@@ -17,6 +17,7 @@
  * provider, Auth0 with DPoP enabled); otherwise the app keeps sending Bearer tokens.
  */
 import type { DPoPState, OidcClientSettings } from "oidc-client-ts";
+import { fetchWithin } from "../lib/fetchWithin";
 import type { Discovery } from "./types";
 
 /** oidc-client-ts' key store contract (the library does not export the interface by name). */
@@ -84,14 +85,22 @@ export class ServerClock {
 
 export const serverClock = new ServerClock();
 
-/** Learns the server's time from a small same-origin answer (before a token request, whose provider
- * is on another origin and does not expose its `Date`). Best effort: a failure keeps the last offset. */
-export async function syncServerClock(url = "/config.json"): Promise<void> {
+/**
+ * Learns the server's time from a small same-origin answer (before a token request, whose provider
+ * is on another origin and does not expose its `Date`), within `timeoutMs` (config.json
+ * `requestTimeoutMs`). Best effort: a failure, or no answer in time, keeps the last offset and the
+ * token request goes ahead.
+ */
+export async function syncServerClock(timeoutMs: number, url = "/config.json"): Promise<void> {
   try {
-    const response = await fetch(url, { cache: "no-store", credentials: "omit" });
-    serverClock.observe(response.headers.get("date"));
-  } catch {
-    // offline or blocked: proofs keep the last known offset
+    const date = await fetchWithin(url, { cache: "no-store", credentials: "omit" }, timeoutMs, async (response) => {
+      await response.body?.cancel(); // only the head is wanted
+      return response.headers.get("date");
+    });
+    serverClock.observe(date);
+  } catch (error) {
+    // offline, blocked or frozen: proofs keep the last known offset
+    console.warn("server clock not read:", error instanceof Error ? error.message : error);
   }
 }
 

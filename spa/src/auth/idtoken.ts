@@ -3,7 +3,7 @@
  * token's own signature vouches for them (OIDC Core §3.2.2.11): signature against the provider's JWKS,
  * `iss`, `aud`/`azp`, `exp`/`iat`, the `nonce` this tab generated, and `at_hash` binding the access token.
  */
-import { jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
+import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import { AuthError } from "./types";
 
 export const ALLOWED_ALGORITHMS = ["RS256", "PS256", "ES256", "ES384", "RS384", "RS512", "PS384", "PS512", "EdDSA"];
@@ -64,6 +64,9 @@ export async function validateIdToken(
     payload = result.payload;
     alg = result.protectedHeader.alg;
   } catch (error) {
+    // the provider's keys did not come in time: nothing was checked, so nothing was found wrong
+    if (error instanceof errors.JWKSTimeout)
+      throw new AuthError("timeout", "the sign-in service's keys did not come in time");
     throw new AuthError("invalid_id_token", error instanceof Error ? error.message : String(error));
   }
   const audiences = Array.isArray(payload.aud) ? payload.aud : [payload.aud];

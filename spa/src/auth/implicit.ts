@@ -36,7 +36,8 @@ export class ImplicitFlow implements Authenticator {
     private readonly discovery: Discovery,
     keys?: JWTVerifyGetKey,
   ) {
-    this.keys = keys ?? createRemoteJWKSet(new URL(discovery.jwks_uri));
+    // jose bounds the JWKS fetch itself (5 s unless told): the same bound as the other sign-in requests
+    this.keys = keys ?? createRemoteJWKSet(new URL(discovery.jwks_uri), { timeoutDuration: config.requestTimeoutMs });
   }
 
   private authorizeUrl(state: string, nonce: string, prompt?: "none"): string {

@@ -41,7 +41,11 @@ export function describeAuthError(error: unknown): UserMessage {
         text: `The sign-in service refused the request${error instanceof AuthError && error.description ? `: ${error.description}` : "."}`,
       };
     case "timeout":
-      return { kind: "unavailable", title: "The sign-in service didn't answer", text: "Please try again in a moment." };
+      return {
+        kind: "unavailable",
+        title: "The sign-in service didn't answer",
+        text: "It did not answer in time, so you are not signed in. Please sign in again in a moment.",
+      };
     default:
       return {
         kind: "error",

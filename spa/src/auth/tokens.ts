@@ -3,6 +3,7 @@
  * enforces them), building the sign-out URL and choosing when to renew.
  */
 import { decodeJwt } from "jose";
+import { fetchWithin } from "../lib/fetchWithin";
 import type { Discovery, Profile } from "./types";
 
 /**
@@ -85,12 +86,20 @@ export function randomToken(bytes = 32): string {
   return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-export async function fetchDiscovery(issuer: string): Promise<Discovery> {
-  const response = await fetch(`${issuer}.well-known/openid-configuration`, {
-    headers: { accept: "application/json" },
-  });
-  if (!response.ok) throw new Error(`discovery answered ${response.status}`);
-  const doc = (await response.json()) as Discovery;
+/**
+ * The provider's OIDC discovery document, within `timeoutMs` (config.json `requestTimeoutMs`): a
+ * frozen provider fails it with a `TimeoutError`, never an endless "Loading Timesheets…".
+ */
+export async function fetchDiscovery(issuer: string, timeoutMs: number): Promise<Discovery> {
+  const doc = await fetchWithin(
+    `${issuer}.well-known/openid-configuration`,
+    { headers: { accept: "application/json" } },
+    timeoutMs,
+    async (response) => {
+      if (!response.ok) throw new Error(`discovery answered ${response.status}`);
+      return (await response.json()) as Discovery;
+    },
+  );
   if (doc.issuer.replace(/\/$/, "") !== issuer.replace(/\/$/, "")) {
     throw new Error(`discovery issuer ${doc.issuer} does not match the configured ${issuer}`);
   }
