@@ -12,7 +12,9 @@ the database's and Redis's unavailability to 503 only for what runs inside it) s
 500: the identity provider's CORS middleware did (tests/faults/test_provider_cors.py).
 
 Each probe is also fired once with everything up, and must then answer below 500 too: a probe that
-never reaches its handler would prove nothing.
+never reaches its handler would prove nothing. That baseline sends one probe after the other
+(:func:`unreached`): several probes share the browser's refresh token and session, and fired at once
+they queued on the same rows past the stack's lock bound on a busy host.
 """
 
 from __future__ import annotations
