@@ -12,7 +12,9 @@ the database's and Redis's unavailability to 503 only for what runs inside it) s
 500: the identity provider's CORS middleware did (tests/faults/test_provider_cors.py).
 
 Each probe is also fired once with everything up, and must then answer below 500 too: a probe that
-never reaches its handler would prove nothing.
+never reaches its handler would prove nothing. That baseline sends one probe after the other
+(:func:`unreached`): several probes share the browser's refresh token and session, and fired at once
+they queued on the same rows past the stack's lock bound on a busy host.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from identity.browser import CSRF_COOKIE, CsrfSigner
 from svckit.identity import Identity
 from svckit.keyring import KeyRing
@@ -173,6 +177,15 @@ def probe_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
 async def fire_all(http: aiohttp.ClientSession, probes: list[Probe]) -> list[tuple[Probe, Reply]]:
     replies = await asyncio.gather(*(fire(http, probe) for probe in probes))
     return list(zip(probes, replies, strict=True))
+
+
+async def unreached(http: aiohttp.ClientSession, probes: list[Probe]) -> list[str]:
+    """The baseline, with everything up: the probes that did not reach their handler (a 5xx, or no
+    answer), as ``name: status body``. One probe after the other: fired at once, the probes that share
+    a credential queued on its rows, and on a busy host the queue outlasted the lock bound
+    (:func:`test_the_baseline_probes_one_route_at_a_time`)."""
+    replies = [(probe, await fire(http, probe)) for probe in probes]
+    return [f"{p.name}: {r.status} {r.body[:200]}" for p, r in replies if not 0 < r.status < 500]
 
 
 class LogWatch:
@@ -613,9 +626,7 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
     async with probe_session(aiohttp.ClientTimeout(total=20)) as http:
         # every probe reaches something with everything up (a probe refused at the door proves nothing)
         logs.mark()
-        baseline = await fire_all(http, matrix.probes)
-        broken = [f"{p.name}: {r.status} {r.body[:200]}" for p, r in baseline if not 0 < r.status < 500]
-        assert broken == [], broken
+        assert await unreached(http, matrix.probes) == []
         assert logs.tracebacks() == []
 
         async def postgres_down() -> None:
@@ -700,3 +711,35 @@ async def test_no_route_answers_500_under_any_fault(stack: Stack, figures: Figur
         figures.record("fault matrix", **report)
     await stack.ensure_up()
     assert failures == [], "\n".join(failures)
+
+
+async def test_the_baseline_probes_one_route_at_a_time() -> None:
+    """The baseline (everything up, every probe must be answered below 500) meets no lock of its own
+    making. Its probes share credentials: the browser's refresh token is refreshed twice and revoked
+    twice, its session signed out three times and replaced by a sign-in, and the provider serialises
+    those on the same rows (``refresh_tokens``, ``sessions``, ``issued_tokens``). Fired at once, each
+    transaction waited for the others', and the queue stayed below the stack's
+    ``DB_LOCK_TIMEOUT_SECONDS`` (0.5 s) only while the host was quick: a CI run's disk-full matrix had
+    its refresh probe answered 503 ``database_busy`` — the product shedding a wait the test had queued
+    up. So the baseline sends one probe after the other (the faults' rounds still fire all at once:
+    there a 503 with ``Retry-After`` is an allowed answer)."""
+    in_flight = 0
+    most = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.02)  # a transaction's few statements
+            return web.Response(text="ok")
+        finally:
+            in_flight -= 1
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with TestServer(app) as server:
+        probes = [Probe(f"probe {n}", "POST", str(server.make_url(f"/oauth/token/{n}"))) for n in range(8)]
+        async with probe_session(aiohttp.ClientTimeout(total=10)) as http:
+            assert await unreached(http, probes) == []
+    assert most == 1
