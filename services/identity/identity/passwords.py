@@ -17,9 +17,10 @@ would not be faster anyway: the work is CPU.
 The hashing threads run at the lowest priority (nice 19, :data:`HASHING_NICENESS`): the CPU they
 share with the event loop goes to the loop first. Held to its CPU request (100m), the provider gave
 four hashing threads and the loop equal shares: the loop had a fifth of the quota, and under a burst
-of wrong client secrets ``/readyz`` took up to 1.9 s of its 3 s timeout (2.8 s beside two CPU hogs),
+of wrong client secrets ``/readyz`` took up to 1.9 s of its 3 s timeout (2.8 s on a busier host),
 the kubelet's two failures in a row away from taking the provider out of its Service in the middle of
-a sign-in burst. Now 0.5-0.8 s at most; as many verifications a second (the loop needs little). Nice is
+a sign-in burst. Now p99 0.5-0.8 s (p50 0.08-0.15 s, was 0.5-0.6 s); as many verifications a
+second (the loop needs little). Nice is
 per thread on Linux, raising it needs no privilege, and it orders the threads of one container's
 cgroup only (another pod's share is the cgroup's, as before).
 """

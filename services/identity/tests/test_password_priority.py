@@ -2,7 +2,7 @@
 
 At its CPU request (100m) the provider's four hashing threads and the event loop share the quota as
 equals: the loop had a fifth of it, and ``/readyz`` took up to 1.9 s of its 3 s timeout under a burst
-of wrong client secrets (up to 2.8 s beside CPU hogs; the kubelet's two failures in a row take the
+of wrong client secrets (2.8 s on a busier host; the kubelet's two failures in a row take the
 provider out of its Service). At the lowest priority the hashing threads get what the loop leaves.
 tests/packaging/test_pods_under_limits.py holds the pod to its request under that burst.
 """
