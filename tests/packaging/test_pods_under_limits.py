@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import math
+import os
+import signal
 import statistics
 import threading
 import time
@@ -21,6 +24,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -30,7 +34,8 @@ from svckit.settings import parse_identity_keys
 from testkit.cgroups import Cgroup, cpu_millis, unavailable
 from testkit.fixtures import IsolatedEnv, ServiceRedis
 from testkit.oidc import Browser, sign_in_tokens
-from tests.packaging.release import Pods, running_release
+from tests.packaging.pods import wait_for
+from tests.packaging.release import Pods, ready_or_gone, running_release
 from tests.packaging.support import APP_COMPONENTS, RELEASE, pod_spec
 
 pytestmark = pytest.mark.e2e
@@ -41,9 +46,7 @@ MARGIN = 0.15
 MiB = 1 << 20
 #: the largest upload the gateway's route and the timesheets service take (MAX_UPLOAD_BYTES)
 UPLOAD_BYTES = 16 << 20
-#: how long a CPU scenario saturates its pod, how often its probes are sent meanwhile, by how many clients
-BUSY_SECONDS = 8.0
-INTERVAL = 0.2
+#: how many clients saturate a pod in a CPU scenario (which lasts :func:`scenario_seconds`)
 CLIENTS = 64
 
 
@@ -267,6 +270,12 @@ class Probe:
     period: float
     failure_threshold: int
 
+    @property
+    def acts_within(self) -> float:
+        """The shortest time in which a kubelet that starts probing as the trouble starts can act:
+        ``failure_threshold`` probes one ``period`` apart, the last one's ``timeout``."""
+        return (self.failure_threshold - 1) * self.period + self.timeout
+
 
 def rendered_probes(pods: Pods, component: str) -> list[Probe]:
     assert pods.cluster is not None
@@ -307,16 +316,87 @@ def probe_once(address: str, probe: Probe) -> float:
     return elapsed if status == 200 and elapsed <= probe.timeout else math.inf
 
 
-def probe_while(address: str, probes: list[Probe], busy: threading.Event) -> dict[str, list[float]]:
-    """Each probe every ``INTERVAL`` s (more often than the kubelet, for a p99) while ``busy``."""
-    seen: dict[str, list[float]] = {p.kind: [] for p in probes}
-    while not busy.is_set():
-        time.sleep(0.05)
-    while busy.is_set():
-        for probe in probes:
-            seen[probe.kind].append(probe_once(address, probe))
-        time.sleep(INTERVAL)
-    return seen
+#: kubelets per probe, each at another phase of the period (a pod's kubelet starts at any moment)
+PHASES = 10
+
+
+@dataclass
+class Seen:
+    """A probe's answers (seconds, inf: a failure) while a scenario ran: the n-th was sent
+    ``n * period / PHASES`` s after the first, so every ``PHASES``-th one is what one kubelet saw."""
+
+    probe: Probe
+    answers: list[float]
+
+    def kubelets(self) -> list[list[float]]:
+        return [self.answers[phase::PHASES] for phase in range(PHASES)]
+
+    def longest_failing_run(self) -> int:
+        """The most failures in a row one of the kubelets saw."""
+        return max(longest_failing_run(seen) for seen in self.kubelets())
+
+    def could_act(self) -> bool:
+        """Some kubelet probed ``failure_threshold`` times: the scenario was long enough to fail."""
+        return max(len(seen) for seen in self.kubelets()) >= self.probe.failure_threshold
+
+
+def scenario_seconds(probes: list[Probe]) -> float:
+    """How long a scenario lasts: long enough for each probe's kubelets at the first half of the
+    period's phases to act (:attr:`Probe.acts_within`; the first probe may be answered before the
+    trouble starts, the last one must time out before it ends)."""
+    return max(p.acts_within + p.period / 2 for p in probes)
+
+
+T = TypeVar("T")
+
+
+def probed_during(pods: Pods, component: str, scenario: Callable[[float], T]) -> tuple[dict[str, Seen], T]:
+    """``scenario(seconds)`` run while each rendered probe of ``component`` is sent as the kubelet
+    sends it: each kind on its own, every ``period`` s whatever the last one took (each probe its own
+    thread), at :data:`PHASES` phases of the period. What the probes saw, and what the scenario gave.
+
+    Why each kind on its own, at its period: sent one after the other every 0.2 s, a pod answering
+    nothing failed a liveness probe, then a readiness probe, in turn: two liveness failures in a row in
+    the 8 s the scenarios lasted, one readiness failure, never their thresholds (3 and 2): the check
+    could not fail (test_the_probe_check_fails_a_pod_that_stops_answering)."""
+    address = pods.addresses[component]
+    probes = rendered_probes(pods, component)
+    seconds = scenario_seconds(probes)
+    answers: dict[str, dict[int, float]] = {p.kind: {} for p in probes}
+    busy = threading.Event()
+    busy.set()
+
+    def sending(probe: Probe) -> None:
+        step = probe.period / PHASES
+        first = time.monotonic()
+        sent: list[threading.Thread] = []
+
+        def send(n: int) -> None:
+            answers[probe.kind][n] = probe_once(address, probe)
+
+        for n in itertools.count():
+            wait = first + n * step - time.monotonic()
+            if busy.wait(0) and wait > 0:
+                time.sleep(wait)  # the kubelet's ticker
+            if not busy.is_set():
+                break
+            thread = threading.Thread(target=send, args=(n,), daemon=True)
+            thread.start()
+            sent.append(thread)
+        for thread in sent:
+            thread.join()
+
+    senders = [threading.Thread(target=sending, args=(probe,)) for probe in probes]
+    for sender in senders:
+        sender.start()
+    try:
+        outcome = scenario(seconds)
+    finally:
+        busy.clear()
+        for sender in senders:
+            sender.join()
+    seen = {p.kind: Seen(p, [answers[p.kind][n] for n in sorted(answers[p.kind])]) for p in probes}
+    return seen, outcome
 
 
 def p99(values: list[float]) -> float:
@@ -332,63 +412,76 @@ def longest_failing_run(values: list[float]) -> int:
     return longest
 
 
-async def saturate(request: Callable[[aiohttp.ClientSession], Awaitable[int]], clients: int) -> Counter[int]:
-    """``clients`` loops sending ``request`` back to back for :data:`BUSY_SECONDS`; their statuses."""
+async def saturate(
+    request: Callable[[aiohttp.ClientSession], Awaitable[int]],
+    clients: int,
+    seconds: float,
+    sources: list[str] | None = None,
+) -> Counter[int]:
+    """``clients`` loops sending ``request`` back to back for ``seconds``; their statuses. ``sources``:
+    the client addresses the loops send from in turn (each its own session), else this host's."""
     statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + BUSY_SECONDS
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    deadline = time.monotonic() + seconds
+    timeout = aiohttp.ClientTimeout(total=30)
+    addresses: list[str | None] = [*sources] if sources else [None]
+    sessions = [
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, local_addr=None if a is None else (a, 0)), timeout=timeout
+        )
+        for a in addresses
+    ]
+    try:
 
-        async def loop() -> None:
+        async def loop(session: aiohttp.ClientSession) -> None:
             while time.monotonic() < deadline:
                 try:
                     statuses[await request(session)] += 1
                 except (aiohttp.ClientError, TimeoutError):
                     statuses[0] += 1
 
-        await asyncio.gather(*(loop() for _ in range(clients)))
+        await asyncio.gather(*(loop(sessions[i % len(sessions)]) for i in range(clients)))
+    finally:
+        for session in sessions:
+            await session.close()
     return statuses
 
 
 def under_load(
-    pods: Pods, component: str, request: Callable[[aiohttp.ClientSession], Awaitable[int]], clients: int
-) -> tuple[dict[str, list[float]], Counter[int], tuple[int, float]]:
+    pods: Pods,
+    component: str,
+    request: Callable[[aiohttp.ClientSession], Awaitable[int]],
+    clients: int,
+    sources: list[str] | None = None,
+) -> tuple[dict[str, Seen], Counter[int], tuple[int, float]]:
     """The component held to its CPU request (the most a full node's CFS shares give it) while
-    ``clients`` saturate it; each rendered probe's latencies meanwhile."""
+    ``clients`` saturate it (:func:`saturate`); what its rendered probes saw meanwhile."""
     group = pods.cgroups[component]
     request_millis = cpu_millis(pods.containers[component].resources["requests"]["cpu"])
     group.cpu_quota(request_millis)
     group.reset_peak()
     before = group.throttled()
-    busy = threading.Event()
-    seen: dict[str, list[float]] = {}
-    prober = threading.Thread(
-        target=lambda: seen.update(
-            probe_while(pods.addresses[component], rendered_probes(pods, component), busy)
-        )
-    )
-    prober.start()
     try:
-        busy.set()
-        statuses = asyncio.run(saturate(request, clients))
+        seen, statuses = probed_during(
+            pods, component, lambda seconds: asyncio.run(saturate(request, clients, seconds, sources))
+        )
     finally:
-        busy.clear()
-        prober.join()
         group.cpu_quota(None)
     after = group.throttled()
     return seen, statuses, (after[0] - before[0], after[1] - before[1])
 
 
 def report(
-    component: str, seen: dict[str, list[float]], statuses: Counter[int], throttled: tuple[int, float]
+    component: str, seen: dict[str, Seen], statuses: Counter[int], throttled: tuple[int, float]
 ) -> str:
     lines = [f"{component}: load {dict(statuses)}, throttled {throttled[0]} periods / {throttled[1]:.1f} s"]
-    for kind, values in seen.items():
+    for kind, probed in seen.items():
+        values = probed.answers
         answered = [v for v in values if v != math.inf]
         lines.append(
-            f"  {kind}: {len(values)} probes, failed {len(values) - len(answered)}, "
+            f"  {kind}: {len(values)} probes ({PHASES} kubelets), failed {len(values) - len(answered)}, "
             f"p50 {statistics.median(answered) if answered else math.inf:.3f} s, "
-            f"p99 {p99(values):.3f} s, longest failing run {longest_failing_run(values)}"
+            f"p99 {p99(values):.3f} s, most failures in a row {probed.longest_failing_run()} "
+            f"(threshold {probed.probe.failure_threshold})"
         )
     return "\n".join(lines)
 
@@ -425,11 +518,44 @@ def listing(pods: Pods, tokens: list[str]) -> Callable[[aiohttp.ClientSession], 
     return request
 
 
-def assert_probes_hold(pods: Pods, component: str, seen: dict[str, list[float]]) -> None:
-    for probe in rendered_probes(pods, component):
-        values = seen[probe.kind]
-        assert values, probe
-        assert longest_failing_run(values) < probe.failure_threshold, (component, probe, values)
+def failing_probes(seen: dict[str, Seen]) -> list[str]:
+    """The probes on which a kubelet would have acted: ``failure_threshold`` failures in a row."""
+    return [
+        kind
+        for kind, probed in seen.items()
+        if probed.longest_failing_run() >= probed.probe.failure_threshold
+    ]
+
+
+def assert_probes_hold(component: str, seen: dict[str, Seen]) -> None:
+    for probed in seen.values():
+        assert probed.could_act(), f"{component}: too short to fail {probed.probe}"
+    assert not failing_probes(seen), (component, {k: (s.probe, s.answers) for k, s in seen.items()})
+
+
+def test_the_probe_check_fails_a_pod_that_stops_answering(release: Pods) -> None:
+    """The check itself: a pod whose processes are stopped (SIGSTOP: the kernel still accepts the
+    probes' connections, nothing answers) fails both its probes as the kubelet counts them."""
+    component = "approvals"
+    pids = release.cgroups[component].pids()
+    assert pids
+
+    def stopped(seconds: float) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)  # the scenario: a pod answering nothing for that long
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+    seen, _ = probed_during(release, component, stopped)
+    print(report(component, seen, Counter(), (0, 0.0)))
+    assert sorted(failing_probes(seen)) == ["livenessProbe", "readinessProbe"], seen
+    with pytest.raises(AssertionError):
+        assert_probes_hold(component, seen)
+    wait_for(lambda: ready_or_gone(release.processes[component], release.url(component)), 30, "ready again")
+    assert release.processes[component].alive()
 
 
 def spa(pods: Pods) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
@@ -457,7 +583,7 @@ def test_gateway_probes_answer_while_it_is_saturated_at_its_cpu_request(
     seen, statuses, throttled = under_load(release, "gateway", request, CLIENTS)
     print(report("gateway", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert_probes_hold(release, "gateway", seen)
+    assert_probes_hold("gateway", seen)
     print("  memory:", figures(release.cgroups["gateway"]))
     assert_within(release, "gateway")
 
@@ -468,13 +594,16 @@ def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
     seen, statuses, throttled = under_load(release, "timesheets", listing(release, tokens), CLIENTS)
     print(report("timesheets", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert_probes_hold(release, "timesheets", seen)
+    assert_probes_hold("timesheets", seen)
     print("  memory:", figures(release.cgroups["timesheets"]))
     assert_within(release, "timesheets")
 
 
 def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(release: Pods) -> None:
-    """Token requests with a wrong client secret: each an Argon2 verification (HASHES_AT_ONCE threads)."""
+    """Token requests with a wrong client secret: each an Argon2 verification (HASHES_AT_ONCE threads).
+    Each client sends from an address of its own: one address's failed client authentications are
+    throttled after CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS (30), and the rest of the scenario would be
+    cheap 429s, not Argon2."""
     url = release.url("identity") + "/oauth/token"
     form = {"grant_type": "client_credentials", "client_id": "timesheets-batch", "client_secret": "wrong"}
 
@@ -483,9 +612,12 @@ def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(rel
             await response.read()
             return response.status
 
-    seen, statuses, throttled = under_load(release, "identity", request, 16)
+    clients = 16
+    sources = [f"127.0.77.{i + 1}" for i in range(clients)]
+    seen, statuses, throttled = under_load(release, "identity", request, clients, sources)
     print(report("identity", seen, statuses, throttled))
     assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert_probes_hold(release, "identity", seen)
+    assert set(statuses) == {401}, f"not Argon2 throughout: {statuses}"
+    assert_probes_hold("identity", seen)
     print("  memory:", figures(release.cgroups["identity"]))
     assert_within(release, "identity")
