@@ -77,11 +77,18 @@ async def signed_up_to(api: SignedApi, seq: int, timeout: float = 20.0) -> list[
 
 
 @pytest.fixture
-async def stack(
-    isolated_env: IsolatedEnv, checkpoint_keys: str, service_redis: ServiceRedis, tmp_path: Path
-) -> AsyncIterator[tuple[dict[str, str], Replicas]]:
+async def migrated(isolated_env: IsolatedEnv) -> dict[str, str]:
+    """A database of the test's own with the audit schema (and its runtime role)."""
     env = isolated_env("checkpoints")
     await migrate_schema(env["DATABASE_URL"], "audit", AUDIT_PACKAGE)
+    return env
+
+
+@pytest.fixture
+async def stack(
+    migrated: dict[str, str], checkpoint_keys: str, service_redis: ServiceRedis, tmp_path: Path
+) -> AsyncIterator[tuple[dict[str, str], Replicas]]:
+    env = migrated
     served = {
         **service_redis.runtime_env(env, "audit"),
         "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
@@ -185,11 +192,12 @@ async def test_a_rewritten_history_is_reported_after_every_replica_restarted(
 
 
 async def test_the_offline_command_needs_keys_and_says_what_is_wrong(
-    stack: tuple[dict[str, str], Replicas], tmp_path: Path, cli_host: CliHost
+    migrated: dict[str, str], tmp_path: Path, cli_host: CliHost
 ) -> None:
     """Its usage errors and an unreachable database in the session's command host (the test above
-    runs export-checkpoints and verify as real processes)."""
-    env, _ = stack
+    runs export-checkpoints and verify as real processes). The offline command needs the database
+    only, not the service's replicas: none is started."""
+    env = migrated
     url = runtime_url(env["DATABASE_URL"], "audit")
     missing = offline({"DATABASE_URL": url}, "verify", host=cli_host)
     assert missing.returncode == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -69,16 +69,50 @@ class Writer(OutboxWriter):
             return int(await conn.fetchval(f"SELECT coalesce(sum(attempts), 0) FROM {self.schema}.outbox"))
 
 
-@pytest.fixture
-async def audit_process(
+async def started_audit_process(
     database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
-) -> AsyncIterator[ServiceProcess]:
+) -> ServiceProcess:
     await migrate_schema(database_url, "audit", AUDIT_PACKAGE)
     env = {**service_redis.runtime_env(service_env, "audit"), "AUDIT_VERIFY_INTERVAL_SECONDS": "0"}
     process = ServiceProcess("audit", env, port=free_port())
     await asyncio.to_thread(process.start, "/readyz")
+    return process
+
+
+@pytest.fixture
+async def fresh_audit_process(
+    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[ServiceProcess]:
+    """An audit process of the test's own, just started."""
+    process = await started_audit_process(database_url, service_env, service_redis)
     yield process
     await asyncio.to_thread(process.stop)
+
+
+@pytest.fixture(scope="module")
+async def shared_audit_process(
+    database_url: str, service_env: dict[str, str], service_redis: ServiceRedis
+) -> AsyncIterator[ServiceProcess]:
+    """One audit process for the module's tests: a start costs seconds, and each test that stops or
+    kills it starts it again itself (so does :func:`audit_process`, should a test fail before that)."""
+    process = await started_audit_process(database_url, service_env, service_redis)
+    yield process
+    await asyncio.to_thread(process.stop)
+
+
+@pytest.fixture
+async def audit_process(shared_audit_process: ServiceProcess) -> ServiceProcess:
+    """The module's audit process, running (started again if an earlier test left it stopped)."""
+    await asyncio.to_thread(shared_audit_process.start, "/readyz")
+    return shared_audit_process
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
+    """Wait for a state (not for a time): ``condition`` true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -115,6 +149,23 @@ async def until_outbox_empty(writer: Writer, timeout: float = 30.0) -> None:
     await asyncio.wait_for(empty(), timeout)
 
 
+def relay_retries(caplog: pytest.LogCaptureFixture) -> int:
+    """The relays' failed tries so far (each logged as it backs off): a lower bound to wait on."""
+    return sum("outbox-relay failed; retrying" in record.getMessage() for record in caplog.records)
+
+
+async def returns(value: bool) -> bool:
+    return value
+
+
+async def has_attempts(writer: Writer, at_least: int) -> bool:
+    return await writer.attempts() >= at_least
+
+
+async def has_recorded(database_url: str, ids: list[uuid.UUID], at_least: int) -> bool:
+    return len(await recorded(database_url, list(ids))) >= at_least
+
+
 async def recorded(database_url: str, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -137,14 +188,18 @@ async def verify_through_api(url: str, caller: Caller) -> dict[str, object]:
 
 
 async def test_a_fresh_audit_process_reports_the_chain_as_unknown_not_broken(
-    audit_process: ServiceProcess,
+    fresh_audit_process: ServiceProcess,
 ) -> None:
     """Before its first verification a new replica must not trip `min(audit_chain_ok) == 0`."""
-    assert "audit_chain_ok NaN" in await scrape(audit_process.url)
+    assert "audit_chain_ok NaN" in await scrape(fresh_audit_process.url)
 
 
 async def test_events_committed_while_audit_is_stopped_arrive_exactly_once_in_order(
-    writer: Writer, audit_process: ServiceProcess, database_url: str, caller: Caller
+    writer: Writer,
+    audit_process: ServiceProcess,
+    database_url: str,
+    caller: Caller,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = [i for _ in range(10) for i in await writer.change(2)]
     await until_outbox_empty(writer)
@@ -153,7 +208,11 @@ async def test_events_committed_while_audit_is_stopped_arrive_exactly_once_in_or
     during: list[uuid.UUID] = []
     for _ in range(40):
         during.extend(await writer.change(3))
-    await asyncio.sleep(1.5)  # the relay keeps trying (and backing off) meanwhile
+    # the relay keeps trying (and backing off) meanwhile: a failed delivery on this writer's rows,
+    # then two more failed tries (its receipt checks) before the outbox is looked at
+    await until(lambda: has_attempts(writer, 1), "a failed delivery attempt")
+    failures = relay_retries(caplog)
+    await until(lambda: returns(relay_retries(caplog) >= failures + 2), "two more failed tries")
     assert await writer.attempts() > 0
     pending = await writer.outbox_ids()
     assert set(pending) == set(during)  # every event waits, none was dropped
@@ -195,13 +254,18 @@ async def test_audit_killed_mid_stream_loses_and_doubles_nothing(
             await asyncio.sleep(0.005)
 
     producer = asyncio.create_task(keep_writing())
-    await asyncio.sleep(1.0)
+    # the stream flows: batches delivered, more in flight
+    await until(lambda: has_recorded(database_url, sent, 50), "50 events delivered before the kill")
     assert audit_process.process is not None
+    attempts = await writer.attempts()
     audit_process.process.kill()  # no graceful shutdown: requests die half-way
     await asyncio.to_thread(audit_process.process.wait)
-    await asyncio.sleep(1.0)
+    # the relay meets the dead service (and backs off) while the writer goes on
+    await until(lambda: has_attempts(writer, attempts + 1), "a failed delivery attempt after the kill")
     await asyncio.to_thread(audit_process.start, "/readyz")
-    await asyncio.sleep(1.0)
+    # the writer goes on while the relay delivers (the backlog first) to the new process
+    stored = len(await recorded(database_url, sent))
+    await until(lambda: has_recorded(database_url, sent, stored + 1), "a delivery to the new process")
     stop.set()
     await producer
     await until_outbox_empty(writer)

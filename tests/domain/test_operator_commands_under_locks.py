@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from testkit.clihost import CliHost
 from testkit.fixtures import IsolatedEnv, migrate_schema, runtime_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,7 +96,9 @@ def identity_db(isolated_env: IsolatedEnv) -> tuple[str, dict[str, str]]:
     }
 
 
-def test_identity_add_user_behind_a_held_table_says_so(identity_db: tuple[str, dict[str, str]]) -> None:
+def test_identity_add_user_behind_a_held_table_says_so(
+    identity_db: tuple[str, dict[str, str]], cli_host: CliHost
+) -> None:
     owner, env = identity_db
     args = ("add-user", "locky", "--name", "Locky", "--email", "locky@example.com", "--role", "employee")
 
@@ -105,7 +108,9 @@ def test_identity_add_user_behind_a_held_table_says_so(identity_db: tuple[str, d
 
     took, result = asyncio.run(held())
     assert_refused_for_the_lock(took, result, "identity.users")
-    took, result = command("identity", env, *args, stdin="locky-password\n")
+    # the lock gone, the same command works: in the command host (the refused run above is this
+    # wiring's real process, its interpreter start included in the bound)
+    result = cli_host.run("identity", env, *args, stdin="locky-password\n", timeout=30)
     assert result.returncode == 0, result.stderr
 
 
@@ -123,7 +128,7 @@ def timesheets_db(isolated_env: IsolatedEnv) -> tuple[str, dict[str, str]]:
 
 
 def test_timesheets_outbox_command_behind_a_held_table_says_so(
-    timesheets_db: tuple[str, dict[str, str]],
+    timesheets_db: tuple[str, dict[str, str]], cli_host: CliHost
 ) -> None:
     owner, env = timesheets_db
     args = ("outbox", "accept-audit-restore", "--reason", "INC-42 lock test")
@@ -134,7 +139,7 @@ def test_timesheets_outbox_command_behind_a_held_table_says_so(
 
     took, result = asyncio.run(held())
     assert_refused_for_the_lock(took, result, "timesheets.outbox_receipt")
-    took, result = command("timesheets", env, *args)
+    result = cli_host.run("timesheets", env, *args, timeout=30)
     assert result.returncode == 0, result.stderr
 
 
@@ -146,7 +151,9 @@ def audit_db(isolated_env: IsolatedEnv) -> tuple[str, dict[str, str]]:
     return owner, {**os.environ, **env, "DATABASE_URL": runtime_url(owner, "audit")}
 
 
-def test_audit_offline_command_behind_a_held_table_says_so(audit_db: tuple[str, dict[str, str]]) -> None:
+def test_audit_offline_command_behind_a_held_table_says_so(
+    audit_db: tuple[str, dict[str, str]], cli_host: CliHost
+) -> None:
     """What an auditor runs against the database: it reads, so only an ACCESS EXCLUSIVE lock (an
     operator's, a migration's) holds it up — and then it is told so within the lock bound."""
     owner, env = audit_db
@@ -157,5 +164,5 @@ def test_audit_offline_command_behind_a_held_table_says_so(audit_db: tuple[str, 
 
     took, result = asyncio.run(held())
     assert_refused_for_the_lock(took, result, "audit.checkpoints")
-    took, result = command("audit", env, "export-checkpoints")
+    result = cli_host.run("audit", env, "export-checkpoints", timeout=30)
     assert result.returncode == 0, result.stderr

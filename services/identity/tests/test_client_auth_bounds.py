@@ -10,9 +10,12 @@ limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import quote_plus, urlsplit
 
 import aiohttp
@@ -24,46 +27,78 @@ from .conftest import own_provider
 LIMIT = 3
 
 
+@dataclass
+class Provider:
+    """A provider's base URL and the loopback address this test calls it from: the failures are
+    counted per address, so each test's own address gives it counters no other test touched."""
+
+    url: str
+    address: str
+
+    def session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.address, 0)))
+
+
+#: one loopback address (127.0.0.2 on) for each test of the module
+_addresses = itertools.count(2)
+
+
+@pytest.fixture(scope="module")
+def providers(seeded: dict[str, str]) -> Iterator[Callable[[int], str]]:
+    """Providers of the module's own (own throttle counters), one for each limit of failures per
+    address the tests ask for, started when first asked for: a start costs seconds."""
+    with contextlib.ExitStack() as stack:
+        started: dict[int, str] = {}
+
+        def provider(limit: int) -> str:
+            if limit not in started:
+                started[limit] = stack.enter_context(
+                    own_provider(
+                        seeded,
+                        REDIS_KEY_PREFIX=seeded["REDIS_KEY_PREFIX"] + f"client-auth-{secrets.token_hex(3)}:",
+                        CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS=str(limit),
+                    )
+                )
+            return started[limit]
+
+        yield provider
+
+
 @pytest.fixture
-def provider(seeded: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
-    """A provider of its own (its own throttle counters), allowing ``LIMIT`` failures per address (or
-    as many as the test's indirect parameter says)."""
-    with own_provider(
-        seeded,
-        REDIS_KEY_PREFIX=seeded["REDIS_KEY_PREFIX"] + f"client-auth-{secrets.token_hex(3)}:",
-        CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS=str(getattr(request, "param", LIMIT)),
-    ) as url:
-        yield url
+def provider(providers: Callable[[int], str], request: pytest.FixtureRequest) -> Provider:
+    """A provider allowing ``LIMIT`` failures per address (or as many as the test's indirect
+    parameter says), called from an address no other test of the module calls it from."""
+    return Provider(providers(getattr(request, "param", LIMIT)), f"127.0.0.{next(_addresses)}")
 
 
 WRONG = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", "not-the-secret")}
 
 
-async def test_wrong_secrets_at_the_revocation_endpoint_are_limited(provider: str) -> None:
+async def test_wrong_secrets_at_the_revocation_endpoint_are_limited(provider: Provider) -> None:
     """``/oauth/revoke`` authenticates confidential clients with their secret, and was not throttled:
     every guess an Argon2 verification, without limit (fails on main: six 401s)."""
-    async with aiohttp.ClientSession() as http:
+    async with provider.session() as http:
         statuses = []
         for _ in range(LIMIT + 3):
-            async with http.post(f"{provider}/oauth/revoke", data={"token": "x"}, headers=WRONG) as r:
+            async with http.post(f"{provider.url}/oauth/revoke", data={"token": "x"}, headers=WRONG) as r:
                 statuses.append(r.status)
         assert statuses == [401] * LIMIT + [429] * 3
         # and the token endpoint counts the same failures
         async with http.post(
-            f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
+            f"{provider.url}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
         ) as r:
             assert r.status == 429
 
 
-async def test_a_burst_of_wrong_secrets_gets_no_more_than_the_limit(provider: str) -> None:
+async def test_a_burst_of_wrong_secrets_gets_no_more_than_the_limit(provider: Provider) -> None:
     """The token endpoint checked the address's count before the secret and counted a failure after
     it, so concurrent guesses all passed the check together: any number of Argon2 verifications at
     once, each holding a pooled database connection (fails on main: 12 of 12 were verified)."""
-    async with aiohttp.ClientSession() as http:
+    async with provider.session() as http:
 
         async def guess() -> int:
             async with http.post(
-                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
+                f"{provider.url}/oauth/token", data={"grant_type": "client_credentials"}, headers=WRONG
             ) as r:
                 await r.read()
                 return r.status
@@ -92,18 +127,18 @@ LONG_TRANSACTIONS = """
     ],
 )
 async def test_no_transaction_is_held_while_a_secret_is_checked(
-    provider: str, seeded: dict[str, str], db: asyncpg.Connection, sent: str
+    provider: Provider, seeded: dict[str, str], db: asyncpg.Connection, sent: str
 ) -> None:
     """Authlib checks the client secret inside the request's transaction, so each wrong guess held a
     pooled connection (idle in transaction) for its whole Argon2 verification, ~0.1 s of a core and
     more under load: a few addresses' guesses took the pool (``DB_POOL_MAX``, 10) from every other
     request. Secrets are checked before the transaction now (fails on main: transactions open longer
     than one guess takes while the guesses run)."""
-    async with aiohttp.ClientSession() as http:
+    async with provider.session() as http:
 
         async def guess() -> int:
             async with http.post(
-                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=wrong
+                f"{provider.url}/oauth/token", data={"grant_type": "client_credentials"}, headers=wrong
             ) as r:
                 await r.read()
                 return r.status
@@ -129,17 +164,17 @@ async def test_no_transaction_is_held_while_a_secret_is_checked(
     )
 
 
-async def test_wrong_secrets_sent_with_a_refused_dpop_proof_are_limited(provider: str) -> None:
+async def test_wrong_secrets_sent_with_a_refused_dpop_proof_are_limited(provider: Provider) -> None:
     """A presented secret is checked (Argon2) before the DPoP proof; a refused proof answered the
     request before Authlib had found the secret wrong, and the attempt's slot was given back as if it
     had not failed: wrong secrets with ``DPoP: x`` were verified without limit (fails on main: six
     400s)."""
     headers = {**WRONG, "DPoP": "not-a-proof"}
     statuses = []
-    async with aiohttp.ClientSession() as http:
+    async with provider.session() as http:
         for _ in range(LIMIT + 3):
             async with http.post(
-                f"{provider}/oauth/token", data={"grant_type": "client_credentials"}, headers=headers
+                f"{provider.url}/oauth/token", data={"grant_type": "client_credentials"}, headers=headers
             ) as r:
                 await r.read()
                 statuses.append(r.status)
