@@ -195,6 +195,14 @@ def clear(sample: Sample) -> bool:
     return sample.status in (502, 503) and sample.retry_after
 
 
+def in_flight_together(slow: list[Sample]) -> bool:
+    """Whether the slow answers were all in flight at one moment (give or take a scheduling
+    quantum): what one stall of the host does to them, unlike a freeze that reached their route,
+    which slows every answer sent during the freeze (seconds apart, not all in flight together: the
+    first are cut off by the read timeout before the last are sent)."""
+    return max(s.started for s in slow) <= min(s.ended for s in slow) + 0.25
+
+
 def within(samples: list[Sample], route: str, start: float, end: float) -> list[Sample]:
     """The route's requests sent between ``start`` and ``end``."""
     return [s for s in samples if s.route == route and start <= s.started < end]
@@ -428,9 +436,10 @@ async def test_a_frozen_service_is_bounded_and_isolated(stack: Stack, figures: F
                     failures.append(f"{phase.name} frozen: {route.name} answered {summary(bad)['statuses']}")
                 slow = [s for s in during if s.seconds > base_p90[route.name] + 0.5]
                 # a route a freeze reached is slowed through the whole freeze (most of its ~40 answers);
-                # one stall of the host delays the few answers in flight at that moment together (a CI
-                # run: 3 of 41 at ~0.6 s while identity was frozen, the other worker busy)
-                if len(slow) > len(during) * 0.1 + 2:
+                # one stall of the host delays the answers in flight at that moment together (CI runs:
+                # 3 of 41 at ~0.6 s while identity was frozen; 8 of 39 at ~1.05 s while approvals was,
+                # on a host at a load of 15)
+                if len(slow) > len(during) * 0.1 + 2 and not in_flight_together(slow):
                     failures.append(
                         f"{phase.name} frozen: {route.name} {len(slow)} of {len(during)} answers slower than"
                         f" baseline p90 + 0.5 s ({summary(during)})"
