@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from audit.checkpoints import CheckpointKeys
+from svckit.identity import Identity
 
 from testkit import bigtrail
 from testkit.cgroups import memory_bytes
@@ -39,8 +41,10 @@ from testkit.fixtures import (
     REPO_ROOT,
     Caller,
     ServiceProcess,
+    ServiceRedis,
     create_migrated_database,
     drop_database,
+    migrate_schema,
     runtime_url,
     user,
 )
@@ -57,7 +61,8 @@ RECORDS = 200_000
 FAT = 5_000
 CHECKPOINT = 10_000
 AUDITOR = user("carol", "read:audit", name="Carol")
-AUDIT_PACKAGE = REPO_ROOT / "services" / "audit" / "audit"
+SERVICES = REPO_ROOT / "services"
+AUDIT_PACKAGE = SERVICES / "audit" / "audit"
 
 
 def rendered_container(component: str) -> Obj:
@@ -195,7 +200,8 @@ def test_largest_listing_page(trail: Trail, audit: ServiceProcess, caller: Calle
     status, peak, body = asyncio.run(get(audit, caller, "/audit/events", limit="100"))
     assert status == 200, body
     assert len(body["items"]) == 100
-    within(trail, "GET /audit/events?limit=100 (largest details)", peak, idle)
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    within(trail, f"GET /audit/events?limit=100 (largest details, {size / MiB:.1f} MiB answered)", peak, idle)
 
 
 def test_background_verifiers_full_walk(trail: Trail) -> None:
@@ -321,3 +327,115 @@ def test_a_years_retained_checkpoints_are_read_within_the_audit_pods_limit(tmp_p
     )
     print(line)
     assert year <= limit * SHARE, line
+
+
+# --- the largest pages of the timesheets listing and the approvals queue ------------------------------
+
+#: entries of one owner, all submitted, every note at its longest (2,000 characters, 3 bytes each)
+ENTRIES = 50_000
+SEED_ENTRIES = """
+INSERT INTO timesheets.entries (id, owner_issuer, owner_subject, owner_name, date, project, hours, notes,
+                                source)
+SELECT gen_random_uuid(), 'http://localhost:9000/', 'alice', 'Alice', DATE '2020-01-01' + (g % 3650),
+       'Project ' || (g % 100), 0.25, repeat(U&'\\20AC', 2000), 'api'
+FROM generate_series(1, $1::int) AS g
+"""
+APPROVER = user("bob", "approve:timesheets", name="Bob")
+OWNER = user("alice", "read:timesheets", name="Alice")
+DOMAIN = ("timesheets", "approvals")
+
+
+@dataclass
+class Domain:
+    timesheets: ServiceProcess
+    approvals: ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def domain(service_env: dict[str, str], service_redis: ServiceRedis) -> Iterator[Domain]:
+    name = f"tsp_test_memory_domain_{secrets.token_hex(4)}"
+
+    async def build() -> str:
+        owner = await create_migrated_database(name, "timesheets", SERVICES / "timesheets" / "timesheets")
+        await migrate_schema(owner, "approvals", SERVICES / "approvals" / "approvals")
+        conn = await asyncpg.connect(owner)
+        try:
+            await conn.execute(SEED_ENTRIES, ENTRIES)
+            await conn.execute("ANALYZE timesheets.entries")
+        finally:
+            await conn.close()
+        return owner
+
+    owner = asyncio.run(build())
+    common = {**service_env, "AUDIT_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
+    timesheets = ServiceProcess(
+        "timesheets",
+        {
+            **common,
+            "DATABASE_URL": runtime_url(owner, "timesheets"),
+            "REDIS_URL": service_redis.url("timesheets"),
+        },
+    )
+    approvals = ServiceProcess(
+        "approvals",
+        {
+            **common,
+            "DATABASE_URL": runtime_url(owner, "approvals"),
+            "REDIS_URL": service_redis.url("approvals"),
+            "TIMESHEETS_URL": timesheets.url,
+        },
+    )
+    try:
+        timesheets.start("/readyz", timeout=60)
+        approvals.start("/readyz", timeout=60)
+        yield Domain(timesheets, approvals)
+    finally:
+        approvals.stop()
+        timesheets.stop()
+        asyncio.run(drop_database(name))
+
+
+def largest_page(process: ServiceProcess, caller: Caller, path: str, who: Identity) -> tuple[int, Any]:
+    async def call() -> tuple[int, Any]:
+        api = SignedApi(process.url, caller, timeout=60)
+        try:
+            reply = await api.call("GET", path, who, params={"limit": "100"})
+            return reply.status, reply.body
+        finally:
+            await api.close()
+
+    return asyncio.run(call())
+
+
+def page_within(component: str, what: str, peak: int, idle: int, size: int) -> None:
+    limit = rendered_limit(component)
+    line = (
+        f"{what} ({size / MiB:.1f} MiB answered): {component} peak {peak / MiB:.0f} MiB "
+        f"(idle {idle / MiB:.0f} MiB) of {limit / MiB:.0f} MiB ({peak / limit:.0%})"
+    )
+    print(line)
+    assert peak <= limit * SHARE, line
+
+
+def test_largest_timesheets_listing_page(domain: Domain, caller: Caller) -> None:
+    pid = pid_of(domain.timesheets)
+    idle = resident_bytes(pid)
+    reset_peak(pid)
+    status, body = largest_page(domain.timesheets, caller, "/timesheets", OWNER)
+    assert status == 200, body
+    assert len(body["items"]) == 100
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    page_within("timesheets", "GET /timesheets?limit=100", peak_bytes(pid), idle, size)
+
+
+def test_largest_approvals_queue_page(domain: Domain, caller: Caller) -> None:
+    pids = {"approvals": pid_of(domain.approvals), "timesheets": pid_of(domain.timesheets)}
+    idle = {component: resident_bytes(pid) for component, pid in pids.items()}
+    for pid in pids.values():
+        reset_peak(pid)
+    status, body = largest_page(domain.approvals, caller, "/approvals", APPROVER)
+    assert status == 200, body
+    assert len(body["items"]) == 100
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    for component, pid in pids.items():
+        page_within(component, "GET /approvals?limit=100", peak_bytes(pid), idle[component], size)

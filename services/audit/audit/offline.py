@@ -20,7 +20,8 @@ write (object storage with retention, a log archive).
 
 A ``--checkpoints`` file may hold JSON lines — this export, the service's log lines (their
 ``checkpoint`` field), API items — or one JSON document (a ``GET /audit/checkpoints`` page, a list).
-Anything else in it is ignored; a checkpoint in it that is not a valid JWS is an error (exit 2).
+Anything else in it is ignored; a checkpoint in it that is not a valid JWS is an error (exit 2). It
+is read line by line and not held (:class:`RetainedCopies`): a year of copies fits the audit pod.
 """
 
 from __future__ import annotations
