@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,7 +66,7 @@ def records(count: int, fat: int = 0) -> list[tuple[Any, ...]]:
         at = START + timedelta(seconds=seq)
         values = (
             seq,
-            uuid.UUID(int=seq),
+            f"00000000-0000-4000-8000-{seq:012x}",  # the event's id, as text (asyncpg takes it so)
             at,
             at,
             "timesheets",
@@ -78,7 +77,7 @@ def records(count: int, fat: int = 0) -> list[tuple[Any, ...]]:
             f"User {seq % 500}",
             "timesheet.created",
             "timesheet",
-            str(uuid.UUID(int=seq << 64)),
+            f"{seq:08x}-0000-4000-8000-000000000000",
             "success",
             f"{seq:032x}",
             large if seq > count - fat else SMALL,
