@@ -20,7 +20,8 @@ write (object storage with retention, a log archive).
 
 A ``--checkpoints`` file may hold JSON lines — this export, the service's log lines (their
 ``checkpoint`` field), API items — or one JSON document (a ``GET /audit/checkpoints`` page, a list).
-Anything else in it is ignored; a checkpoint in it that is not a valid JWS is an error (exit 2).
+Anything else in it is ignored; a checkpoint in it that is not a valid JWS is an error (exit 2). It
+is read line by line and not held (:class:`RetainedCopies`): a year of copies fits the audit pod.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,32 +97,87 @@ def checkpoint_jws(entry: Any) -> Iterator[str]:
         yield from_flattened(jws)
 
 
-def read_retained(path: Path) -> dict[int, str]:
+class RetainedCopies(Mapping[int, str]):
+    """Checkpoint number → JWS of a ``--checkpoints`` file, without holding the file in memory.
+
+    Why: the file grows by one checkpoint a minute (the export CronJob's lines, or the service's log
+    lines), and the command may run in the audit pod or a Job like it. Read whole — its text, its
+    lines, every line parsed — a year of it (525,600 checkpoints) took ~1.8 GB, several times the
+    pod's limit (``tests/packaging/test_request_memory.py``). So the file is read line by line and only
+    where each checkpoint is (its line's offset and its place among that line's checkpoints) is kept;
+    a copy is read back when the walk asks for it (once a checkpoint, in number order). A file that
+    is one JSON document spread over lines (a ``GET /audit/checkpoints`` page as saved, a list) is
+    read whole instead, as before: that is a page, not a year.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._places: dict[int, int] = {}  # number → line offset << PLACE_BITS | index in that line
+        self._document: dict[int, str] = {}  # the checkpoints of a file that is one JSON document
+        with path.open("rb") as file:
+            first = file.readline()
+            if first.lstrip()[:1] in (b"{", b"[") and _parsed(first) is None:
+                try:
+                    document = json.loads(first + file.read())
+                except json.JSONDecodeError:
+                    pass  # not one document either: lines, some of them broken
+                else:
+                    for jws in checkpoint_jws(document):
+                        self._add(parse(jws).number, jws, None)
+                    return
+            file.seek(0)
+            offset = 0
+            for line in file:
+                for index, jws in enumerate(checkpoint_jws(_parsed(line))):
+                    self._add(parse(jws).number, jws, offset << PLACE_BITS | index)
+                offset += len(line)
+
+    def _add(self, number: int, jws: str, place: int | None) -> None:
+        if number in self._places or number in self._document:
+            if self[number] != jws:
+                raise InvalidCheckpoint(f"{self.path} holds two different checkpoints numbered {number}")
+            return
+        if place is None:
+            self._document[number] = jws
+        else:
+            self._places[number] = place
+
+    def __getitem__(self, number: int) -> str:
+        place = self._places.get(number)
+        if place is None:
+            return self._document[number]
+        with self.path.open("rb") as file:
+            file.seek(place >> PLACE_BITS)
+            found = list(checkpoint_jws(_parsed(file.readline())))
+        return found[place & PLACE_MASK]
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._places
+        yield from self._document
+
+    def __len__(self) -> int:
+        return len(self._places) + len(self._document)
+
+
+#: a checkpoint's place in a ``--checkpoints`` file: its line's offset, then its index in that line
+PLACE_BITS = 24
+PLACE_MASK = (1 << PLACE_BITS) - 1
+
+
+def _parsed(line: bytes) -> Any:
+    """One line of a ``--checkpoints`` file as JSON (None: not JSON, some other line of a log)."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def read_retained(path: Path) -> Mapping[int, str]:
     """Checkpoint number → JWS from a file of retained copies (duplicates must agree)."""
     try:
-        return _read_retained(path)
+        return RetainedCopies(path)
     except RecursionError:  # json.loads (or the walk) on a value nested beyond Python's limit
         raise InvalidCheckpoint(f"{path} nests JSON too deeply to be retained checkpoints") from None
-
-
-def _read_retained(path: Path) -> dict[int, str]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        values: list[Any] = [json.loads(text)]
-    except json.JSONDecodeError:
-        values = []
-        for line in text.splitlines():
-            try:
-                values.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # not JSON: some other line of a log file
-    found: dict[int, str] = {}
-    for value in values:
-        for jws in checkpoint_jws(value):
-            number = parse(jws).number
-            if found.setdefault(number, jws) != jws:
-                raise InvalidCheckpoint(f"{path} holds two different checkpoints numbered {number}")
-    return found
 
 
 def public_keys(args: argparse.Namespace, settings: OfflineSettings) -> PublicKeys:
@@ -177,7 +233,7 @@ def wanted_range(args: argparse.Namespace) -> RangeRequest | None:
 
 
 async def _verify(
-    settings: OfflineSettings, keys: PublicKeys, retained: dict[int, str], wanted: RangeRequest | None
+    settings: OfflineSettings, keys: PublicKeys, retained: Mapping[int, str], wanted: RangeRequest | None
 ) -> int:
     database, store = await _with_store(settings)
     try:
@@ -243,7 +299,7 @@ def main(argv: list[str]) -> int:
         print(f"audit {args.command}: {message}", file=sys.stderr)
         return USAGE
     keys: PublicKeys | None = None
-    retained: dict[int, str] = {}
+    retained: Mapping[int, str] = {}
     wanted: RangeRequest | None = None
     if args.command == "verify":
         try:
