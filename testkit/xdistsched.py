@@ -29,6 +29,21 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The longest test files (seconds each in a CI run of two workers), handed out right after the groups:
+#: in collection order they came last (tests/packaging, tests/restore, tests/spa, tests/upgrade sort
+#: late), and a unit of two or three minutes started last leaves the other worker idle as long.
+LONG_FILES: tuple[str, ...] = (
+    "tests/contracts/test_api_fuzz.py",  # ~190
+    "tests/packaging/test_pods_under_limits.py",  # ~150
+    "tests/spa/test_spa_checks.py",  # ~100
+    "tests/packaging/test_request_memory.py",  # ~90
+    "tests/upgrade/test_upgrade_from_previous.py",  # ~75
+    "tests/restore/test_timesheets_restore.py",  # ~75
+    "tests/restore/test_identity_restore.py",  # ~60
+    "tests/packaging/test_monitoring.py",  # ~60
+)
+
+
 def unit_of(nodeid: str) -> str:
     """The unit of work of a test: its group's name, else its file."""
     for group, prefixes in GROUPS.items():
@@ -49,6 +64,8 @@ class FileGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]  # xdist s
         return unit_of(nodeid)
 
     def _assign_work_unit(self, node: WorkerController) -> None:
-        for unit in [unit for unit in self.workqueue if not is_file_unit(unit)]:
+        first = [u for u in reversed(LONG_FILES) if u in self.workqueue]
+        first += [unit for unit in self.workqueue if not is_file_unit(unit)]
+        for unit in first:  # each moved to the front: the groups, then the long files in their order
             self.workqueue.move_to_end(unit, last=False)
         super()._assign_work_unit(node)

@@ -72,3 +72,13 @@ def test_every_group_names_tests_that_exist() -> None:
     for prefixes in GROUPS.values():
         for prefix in prefixes:
             assert (REPO_ROOT / prefix).exists(), prefix
+
+
+def test_the_long_files_handed_out_first_exist_and_belong_to_no_group() -> None:
+    """A renamed long file would silently be handed out last again; one in a group is the group's."""
+    from testkit.fixtures import REPO_ROOT
+    from testkit.xdistsched import LONG_FILES, is_file_unit, unit_of
+
+    for path in LONG_FILES:
+        assert (REPO_ROOT / path).is_file(), path
+        assert is_file_unit(unit_of(f"{path}::test_x")), path
