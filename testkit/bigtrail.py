@@ -21,30 +21,12 @@ from typing import Any
 import asyncpg
 from audit.chain import GENESIS, canonical_of, timestamp
 from audit.checkpoints import GENESIS_DIGEST, CheckpointKeys
+from audit.store import COLUMNS as STORED_COLUMNS
 from svckit.contracts.audit import MAX_DETAILS_BYTES
 
 #: recorded_at of record 1; one record a second after it
 START = datetime(2026, 1, 1, tzinfo=UTC)
-COLUMNS = (
-    "seq",
-    "id",
-    "occurred_at",
-    "recorded_at",
-    "source",
-    "actor_issuer",
-    "actor_subject",
-    "actor_kind",
-    "actor_client_id",
-    "actor_name",
-    "action",
-    "resource_type",
-    "resource_id",
-    "outcome",
-    "request_id",
-    "details",
-    "prev_hash",
-    "hash",
-)
+COLUMNS = STORED_COLUMNS  # the order rows are built and copied in: the store's
 
 
 def fat_details() -> str:

@@ -2,28 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SessionManager } from "./session";
 import type { ProofRequest } from "./dpop";
 import { AuthError, type Authenticator, type Session } from "./types";
-
-class MemoryStorage {
-  private data = new Map<string, string>();
-  get length(): number {
-    return this.data.size;
-  }
-  key(i: number): string | null {
-    return [...this.data.keys()][i] ?? null;
-  }
-  getItem(k: string): string | null {
-    return this.data.get(k) ?? null;
-  }
-  setItem(k: string, v: string): void {
-    this.data.set(k, v);
-  }
-  removeItem(k: string): void {
-    this.data.delete(k);
-  }
-  clear(): void {
-    this.data.clear();
-  }
-}
+import { MemoryStorage } from "../lib/frozen.testing";
 
 function session(sub: string, lifetime = 900): Session {
   const now = Math.floor(Date.now() / 1000);
