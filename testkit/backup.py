@@ -14,12 +14,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from testkit.clihost import CliHost
+from testkit.clihost import CliHost, run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,14 +139,4 @@ def service_command(
     """``python -m <service> <args>`` with ``env`` (a service's own, as its pods have it): a real
     process, or a run in ``host`` (the session's command host, :mod:`testkit.clihost`) for a case
     of a command whose wiring another run shows as a real process."""
-    if host is not None:
-        return host.run(service, {**os.environ, **env}, *args, timeout=120)
-    return subprocess.run(
-        [sys.executable, "-m", service, *args],
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_module(service, {**os.environ, **env}, *args, timeout=120, host=host)

@@ -213,6 +213,32 @@ class CliHost:
             process.stdout.close()
 
 
+def run_module(
+    module: str,
+    env: Mapping[str, str],
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 60,
+    host: CliHost | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` with ``env``, from the repository's root: in ``host`` when one is
+    given, else in an interpreter of its own (the one real run of a wiring, an interpreter's start
+    counted, the host's answers compared with the real ones). Either way ``stdin`` ``None`` is an
+    empty input, never the test process's own."""
+    if host is not None:
+        return host.run(module, env, *args, stdin=stdin, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=dict(env),
+        cwd=REPO_ROOT,
+        input=stdin or "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def main() -> None:
     """The host's end: requests on stdin, replies on stdout; the commands get their own descriptors."""
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")

@@ -11,7 +11,6 @@ import hashlib
 import re
 import secrets
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from html import unescape
 from typing import Any
@@ -19,8 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 
-from testkit.clihost import CliHost
-from testkit.fixtures import REPO_ROOT
+from testkit.clihost import CliHost, run_module
 
 DEMO_PASSWORD = "demo-" + secrets.token_hex(4)
 BATCH_SECRET = "batch-" + secrets.token_urlsafe(24)
@@ -29,16 +27,7 @@ API = "https://timesheets.abc.example/api"
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "identity", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("identity", env, *args, stdin=stdin)
 
 
 def hosted_cli(

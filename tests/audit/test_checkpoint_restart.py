@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from svckit.identity import Identity
 
 from testkit.auditevents import make_event
 from testkit.client import SignedApi, ingest_counts
-from testkit.clihost import CliHost
+from testkit.clihost import CliHost, run_module
 from testkit.fixtures import (
     Caller,
     IsolatedEnv,
@@ -114,17 +113,7 @@ def offline(env: dict[str, str], *args: str, host: CliHost | None = None) -> sub
         },
         **env,
     }
-    if host is not None:
-        return host.run("audit", full, *args)
-    return subprocess.run(
-        [sys.executable, "-m", "audit", *args],
-        env=full,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("audit", full, *args, host=host)
 
 
 async def test_a_rewritten_history_is_reported_after_every_replica_restarted(

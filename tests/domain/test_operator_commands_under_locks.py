@@ -18,14 +18,13 @@ import asyncio
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from testkit.clihost import CliHost
+from testkit.clihost import CliHost, run_module
 from testkit.fixtures import IsolatedEnv, migrate_schema, runtime_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,16 +42,8 @@ def command(
     package: str, env: dict[str, str], *args: str, stdin: str = ""
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", package, *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,  # a command that waits for the lock for ever is the failure this catches
-        check=False,
-    )
+    # a command that waits for the lock for ever is the failure the 30 s catches
+    result = run_module(package, env, *args, stdin=stdin, timeout=30)
     return time.monotonic() - start, result
 
 

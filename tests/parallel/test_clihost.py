@@ -11,13 +11,11 @@ host's; the tests only ever assert there is none.)
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from testkit.clihost import REPO_ROOT, CliHost
+from testkit.clihost import CliHost, run_module
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -47,16 +45,7 @@ def test_the_host_answers_as_the_interpreter_does(
     host: CliHost, argv: tuple[str, ...], stdin: str | None, env: dict[str, str]
 ) -> None:
     environment = {**BASE_ENV, **env}
-    real = subprocess.run(
-        [sys.executable, "-m", *argv],
-        env=environment,
-        cwd=REPO_ROOT,
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    real = run_module(argv[0], environment, *argv[1:], stdin=stdin)
     hosted = host.run(argv[0], environment, *argv[1:], stdin=stdin)
     assert (hosted.returncode, hosted.stdout, hosted.stderr) == (real.returncode, real.stdout, real.stderr)
     assert "Traceback" not in real.stderr
@@ -86,15 +75,7 @@ def test_a_runs_logging_set_up_is_not_the_next_runs(host: CliHost) -> None:
     configured = host.run("timesheets", keyed, "outbox", "accept-audit-restore")
     assert configured.returncode == 2, configured.stderr
     env = {**BASE_ENV, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x", "DB_CONNECT_TIMEOUT_SECONDS": "1"}
-    real = subprocess.run(
-        [sys.executable, "-m", "audit", "export-checkpoints"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    real = run_module("audit", env, "export-checkpoints")
     hosted = host.run("audit", env, "export-checkpoints")
     assert "database not reachable, retrying" in real.stderr
     assert (hosted.returncode, hosted.stdout, hosted.stderr) == (real.returncode, real.stdout, real.stderr)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from testkit.clihost import CliHost
+from testkit.clihost import CliHost, run_module
 
 pytestmark = pytest.mark.unit
 
@@ -24,15 +23,7 @@ ENV = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "PATH": "/usr/bin
 def verify(*args: str, host: CliHost | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m audit verify ARGS``: a real process, or a run in the session's command host
     (:mod:`testkit.clihost`) for the cases besides the one real run."""
-    if host is not None:
-        return host.run("audit", ENV, "verify", *args)
-    return subprocess.run(
-        [sys.executable, "-m", "audit", "verify", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-    )
+    return run_module("audit", ENV, "verify", *args, host=host)
 
 
 @pytest.mark.parametrize(

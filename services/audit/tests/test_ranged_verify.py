@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +34,7 @@ from svckit.settings import load_settings
 
 from testkit.auditevents import make_event
 from testkit.client import Reply, SignedApi
-from testkit.clihost import CliHost
+from testkit.clihost import CliHost, run_module
 from testkit.clock import FakeClock
 from testkit.fixtures import (
     Caller,
@@ -543,16 +541,7 @@ def verify_offline(
     env = {"DATABASE_URL": ranged.env["DATABASE_URL"], "PATH": "/usr/bin:/bin"}
     if keys:
         env["AUDIT_CHECKPOINT_KEYS"] = ranged.env["AUDIT_CHECKPOINT_KEYS"]
-    if host is not None:
-        result = host.run("audit", env, "verify", *args, timeout=120)
-    else:
-        result = subprocess.run(
-            [sys.executable, "-m", "audit", "verify", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+    result = run_module("audit", env, "verify", *args, timeout=120, host=host)
     report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.returncode, report, result.stderr
 
