@@ -25,6 +25,7 @@ import {
 } from "oidc-client-ts";
 import { TimeoutError } from "../api/errors";
 import type { AppConfig } from "../config";
+import { within } from "../lib/fetchWithin";
 import {
   dpopAdvertised,
   dpopCapable,
@@ -153,7 +154,7 @@ export class CodeFlow implements Authenticator {
       checkResponseIssuer(new URL(window.location.href).searchParams, this.discovery);
       if (this.signer) await syncServerClock(this.config.requestTimeoutMs);
       // The answer to manager.signinRedirect(): same settings and state store, and our client's proofs.
-      const response = await this.client.processSigninResponse(window.location.href);
+      const response = await this.exchange(window.location.href);
       return { session: toSession(response), returnTo: response.url_state ?? this.config.basePath };
     } catch (error) {
       throw asAuthError(error);
@@ -176,13 +177,21 @@ export class CodeFlow implements Authenticator {
       const answer = await silentWebMessage(request.url);
       checkResponseIssuer(new URLSearchParams(answer), this.discovery);
       if (this.signer) await syncServerClock(this.config.requestTimeoutMs);
-      const response = await this.client.processSigninResponse(
-        `${this.config.redirectUri}?${new URLSearchParams(answer).toString()}`,
-      );
+      const response = await this.exchange(`${this.config.redirectUri}?${new URLSearchParams(answer).toString()}`);
       return toSession(response);
     } catch (error) {
       throw asAuthError(error);
     }
+  }
+
+  /**
+   * The code in `url` exchanged for tokens by the library, within two token requests' bounds (the
+   * first and the retry with the provider's DPoP nonce): the library's `requestTimeoutInSeconds` ends
+   * at each answer's head, and a provider frozen halfway through its body would hang the sign-in.
+   */
+  private exchange(url: string): Promise<SigninResponse> {
+    const bound = 2 * this.config.requestTimeoutMs;
+    return within(this.client.processSigninResponse(url), bound, "the token exchange");
   }
 
   async signOut(session: Session | null): Promise<void> {

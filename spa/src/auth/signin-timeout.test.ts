@@ -108,6 +108,33 @@ describe("the sign-in's requests to a frozen peer", () => {
     });
   });
 
+  it("the code exchange whose answer stops halfway through its body: fails as an AuthError `timeout` too", async () => {
+    // oidc-client-ts' own timer ends at the answer's head; the body of a provider frozen mid-answer
+    // would be awaited for ever. The exchange as a whole is bounded: two token requests at most (the
+    // retry with the provider's DPoP nonce), each within requestTimeoutMs.
+    await server.close();
+    server = await hangingServer((res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "400" });
+      res.write('{"access_token": "');
+    });
+    const config = configFor(7_500);
+    const window = {
+      location: { href: "", pathname: "/callback" },
+      history: { replaceState: vi.fn() },
+      sessionStorage: new MemoryStorage(),
+    };
+    vi.stubGlobal("window", window);
+    const discovery = discoveryAt(server.origin);
+    const request = await new OidcClient(userManagerSettings(config, discovery)).createSigninRequest({
+      request_type: "si:r",
+    });
+    window.location.href = `${config.redirectUri}?code=c-1&state=${request.state.id}`;
+    const error = await endsAt(() => new CodeFlow(config, discovery, undefined).handleRedirectCallback(), 15_000);
+    expect(error).toBeInstanceOf(AuthError);
+    expect((error as AuthError).code).toBe("timeout");
+    expect(server.seen).toEqual(["POST /oauth/token"]);
+  });
+
   it("the server-clock fetch before a DPoP token request: gives up after requestTimeoutMs, keeping the clock", async () => {
     const before = serverClock.now();
     const outcome = await endsAt(() => syncServerClock(6_000, `${server.origin}/config.json`), 6_000);

@@ -3,7 +3,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { NetworkError, TimeoutError } from "../api/errors";
-import { fetchWithin } from "./fetchWithin";
+import { fetchWithin, within } from "./fetchWithin";
 import { hangingServer, until, type HangingServer } from "./frozen.testing";
 
 let server: HangingServer | null = null;
@@ -81,5 +81,26 @@ describe("fetchWithin", () => {
         answering.closeAllConnections();
       });
     }
+  });
+});
+
+describe("within", () => {
+  it("rejects at its bound with a TimeoutError naming the work, not a millisecond before", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const outcome = within(new Promise<string>(() => {}), 15_000, "the token exchange").catch((e: unknown) => e);
+    await vi.advanceTimersByTimeAsync(14_999);
+    expect(await Promise.race([outcome, "pending"])).toBe("pending");
+    await vi.advanceTimersByTimeAsync(1);
+    const error = await outcome;
+    expect(error).toBeInstanceOf(TimeoutError);
+    expect((error as Error).message).toBe("the token exchange: no answer within 15 s");
+  });
+
+  it("answers the work's outcome, its failure as it is, and leaves no timer behind", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    expect(await within(Promise.resolve("tokens"), 1000, "x")).toBe("tokens");
+    const failure = new Error("invalid_grant");
+    expect(await within(Promise.reject(failure), 1000, "x").catch((e: unknown) => e)).toBe(failure);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

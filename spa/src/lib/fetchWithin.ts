@@ -9,8 +9,9 @@
  *
  * Used by the API client (each attempt) and by the sign-in's own requests: `/config.json`, OIDC
  * discovery, the server-clock fetch before a DPoP token request. The token requests go through
- * oidc-client-ts, bounded by its `requestTimeoutInSeconds`; the Implicit Grant's JWKS through jose,
- * bounded by its `timeoutDuration` (both set from the same `requestTimeoutMs`).
+ * oidc-client-ts, bounded by its `requestTimeoutInSeconds` — whose timer ends at the answer's head, so
+ * the exchange as a whole is bounded as well (`within`); the Implicit Grant's JWKS through jose, bounded
+ * by its `timeoutDuration` (all set from the same `requestTimeoutMs`).
  */
 import { NetworkError, TimeoutError } from "../api/errors";
 
@@ -39,6 +40,27 @@ export async function fetchWithin<T>(
       throw new TimeoutError(`${init.method ?? "GET"} ${url}: no answer within ${describeBound(timeoutMs)}`);
     if (error instanceof TypeError) throw new NetworkError(String(error));
     throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * `work`'s outcome, or a `TimeoutError` naming `what` once `timeoutMs` has passed. For requests made by
+ * a library whose own bound does not cover the whole answer (oidc-client-ts stops its timer at the
+ * head: a body frozen halfway is awaited for ever). The work itself is not cancelled — nothing can
+ * reach its fetch — but the caller gets an answer; the late outcome, if any, is dropped.
+ */
+export async function within<T>(work: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(
+      () => reject(new TimeoutError(`${what}: no answer within ${describeBound(timeoutMs)}`)),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([work, expired]);
   } finally {
     clearTimeout(timer);
   }
