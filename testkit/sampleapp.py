@@ -3,7 +3,8 @@ one worker or several, without a database (or as a stand-in upstream behind a ga
 ``GET /slow?s=<seconds>``, and any other path (``?s=<seconds>`` to be slow).
 
 For the supervisor's watchdog (``svckit.watchdog``): ``GET /block?s=<seconds>`` blocks the worker's event
-loop in a C call (``time.sleep``), as a blocking call in a handler does. ``SAMPLEAPP_HANG_AT_START``
+loop in a C call (``time.sleep``), as a blocking call in a handler does (``&how=spin``: in Python, as a
+CPU-bound bug does). ``SAMPLEAPP_HANG_AT_START``
 names a directory: once a file ``armed`` is in it, the next worker to start takes ``taken`` there and
 hangs in its start (its application factory), before its event loop ever runs; any later one starts
 as usual."""
@@ -20,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from svckit.context import request_id_var
 
 
 async def fast(request: Request) -> Response:
@@ -37,8 +39,21 @@ def block_the_loop(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def spin_the_loop(seconds: float) -> None:
+    """A CPU-bound bug in a handler: pure Python that never yields."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
 async def block(request: Request) -> Response:
-    block_the_loop(min(float(request.query_params.get("s", "1")), 60.0))
+    # the request's id in the context, as the kit's front (svckit.middleware) sets it for every request
+    request_id_var.set(request.headers.get("x-request-id"))
+    seconds = min(float(request.query_params.get("s", "1")), 60.0)
+    if request.query_params.get("how") == "spin":
+        spin_the_loop(seconds)
+    else:
+        block_the_loop(seconds)
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 

@@ -18,6 +18,14 @@ is not signalled. The supervisor notes the file's size, signals (:data:`DUMP_SIG
 at most :data:`WAIT_SECONDS` for the dump to appear and stop growing (:func:`collect`): the kill is
 never held up by a worker that cannot run its handler (stopped, or starved of CPU). What it logs is
 at most :data:`MAX_LOGGED_BYTES` (faulthandler's own bound is 100 frames of 100 threads).
+
+A stack says where, not for whom: the log lines of a stuck request are few (its access line is written
+when it ends, which it never does). So the worker also names the request its event loop is serving,
+from a Python-level handler of the same signal, which runs once the C dump is written (faulthandler
+chains to it) in the context of the code that holds the loop — the request's ``request_id``, as its
+peers (the gateway's 504, the client) logged it. It runs when the loop is blocked in Python or in a
+call that returns to Python on a signal (``time.sleep``, a socket read, a lock's wait), not in a C call
+that ignores signals; then the record has the stack and no request.
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ import tempfile
 import threading
 import time
 from multiprocessing.reduction import DupFd
+from types import FrameType
 from typing import IO, Any
+
+from .context import current_request_id
 
 #: the signal on which a worker dumps its threads' stacks (uvicorn and the kit use no other for it)
 DUMP_SIGNAL = signal.SIGUSR1
@@ -45,6 +56,9 @@ MAX_LOGGED_BYTES = 32 * 1024
 #: the worker's first line: its handler is in place, and which thread runs its event loop
 READY = "svckit: stacks dumped on SIGUSR1; event loop thread 0x{ident:016x}\n"
 READY_PREFIX = READY.split("0x", 1)[0].encode()
+#: the line the worker writes after its stacks, naming the request its event loop serves ("-": none)
+REQUEST = "svckit: the event loop's request: {request_id}\n"
+REQUEST_PREFIX = REQUEST.split("{", 1)[0].encode()
 
 
 class StackFile:
@@ -103,7 +117,15 @@ def install(fd: int) -> None:
     """In a worker, first thing: dump every thread's stack into ``fd`` on :data:`DUMP_SIGNAL`, then
     say so in it (the supervisor signals only once that line is there)."""
     stream = os.fdopen(fd, "ab", buffering=0)  # kept open for the process's life by faulthandler
-    faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=False)
+
+    def name_the_request(signum: int, frame: FrameType | None) -> None:
+        # in the main thread, between two bytecodes of whatever holds the loop: its context's request
+        line = REQUEST.format(request_id=current_request_id() or "-").encode()
+        with contextlib.suppress(OSError):
+            os.write(stream.fileno(), line)
+
+    signal.signal(DUMP_SIGNAL, name_the_request)  # first: faulthandler chains to it after its dump
+    faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=True)
     stream.write(READY.format(ident=threading.get_ident()).encode())
 
 
@@ -122,6 +144,16 @@ def collect(asked: list[StackFile], wait: float = WAIT_SECONDS) -> None:
                 last[id(stack)] = (size, now)
             elif size > (stack.asked_at_size or 0) and now - seen[1] >= SETTLE_SECONDS:
                 pending.remove(stack)
+
+
+def blocked_request(dump: bytes) -> str | None:
+    """The ``request_id`` the worker named in its dump (``None``: no request held the loop, or the
+    worker could not run Python to say; see the module docstring)."""
+    for line in dump.splitlines():
+        if line.startswith(REQUEST_PREFIX):
+            named = line[len(REQUEST_PREFIX) :].decode("ascii", errors="replace").strip()
+            return None if named == "-" else named
+    return None
 
 
 def shown(dump: bytes) -> str:

@@ -165,6 +165,7 @@ class Watchdog:
             if dump:
                 where["stack"] = stack = stacks.shown(dump)
                 where["stuck_at"] = stacks.innermost(stack, worker.stacks.loop_thread())
+                where["stuck_request_id"] = stacks.blocked_request(dump)
             else:
                 where["stack_missing"] = (
                     f"no dump within {stacks.WAIT_SECONDS:g} s: the process did not run"

@@ -270,12 +270,14 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
     one line said which pid it killed and after how long, not where the worker was stuck — the one
     thing needed to fix the cause. Now the line holds every thread's Python stack, dumped by the
     worker itself (faulthandler, on the supervisor's signal) before the kill: the blocking call's
-    frames, the handler's among them; the request's headers and token appear nowhere."""
+    frames, the handler's among them; the request's headers and token appear nowhere. And which
+    request held the loop (``stuck_request_id``): its access line is written when it ends, which it
+    never does, so before only its peers' lines (the gateway's 504) knew of it."""
     workers = workers_of(sample.process.pid)
     connection = await _connect(sample.port)
     reader, writer = connection
     writer.write(
-        b"GET /block?s=30 HTTP/1.1\r\nHost: x\r\n"
+        b"GET /block?s=30 HTTP/1.1\r\nHost: x\r\nX-Request-ID: stuck-0123456789\r\n"
         + f"Authorization: Bearer {SECRET_TOKEN}\r\n{SECRET_HEADER}: {SECRET_TOKEN}\r\n\r\n".encode()
     )
     await writer.drain()
@@ -302,11 +304,30 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
     for frame in ("in block_the_loop", "in block", "sampleapp.py"):  # the blocking call's frames
         assert frame in stack, stack
     assert "block_the_loop" in str(record["stuck_at"]), record
+    assert record["stuck_request_id"] == "stuck-0123456789", record
     for secret in (SECRET_TOKEN, SECRET_HEADER, "Bearer"):
         assert secret.lower() not in log.lower(), log
     while stuck in workers_of(sample.process.pid):  # killed, then replaced
         assert time.monotonic() < deadline + 2, log
         await asyncio.sleep(0.05)
+
+
+async def test_a_worker_spinning_in_python_names_its_request_too(sample: Sample) -> None:
+    """A CPU-bound bug (pure Python that never yields) rather than a blocking call: the worker's
+    handler of the signal runs between two of its bytecodes, in the spinning request's context."""
+    reader, writer = await _connect(sample.port)
+    writer.write(b"GET /block?s=30&how=spin HTTP/1.1\r\nHost: x\r\nX-Request-ID: spin-0123456789\r\n\r\n")
+    await writer.drain()
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # the worker dies under it
+        assert await asyncio.wait_for(reader.read(), REPLACED_WITHIN + 2) == b""
+    writer.close()
+    deadline = time.monotonic() + REPLACED_WITHIN
+    while not stuck_records(sample) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    records = stuck_records(sample)
+    assert len(records) == 1, "".join(sample.log)
+    assert "spin_the_loop" in str(records[0]["stuck_at"]), records
+    assert records[0]["stuck_request_id"] == "spin-0123456789", records
 
 
 async def test_a_worker_stuck_in_its_start_is_killed_and_replaced(tmp_path: Path) -> None:
