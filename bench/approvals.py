@@ -52,7 +52,11 @@ old pair against the new one (``timesheets_vs_before_cpu_per_request``,
 ``services_vs_before_cpu_per_request``, and round by round ``services_vs_before_cpu_rounds``: the
 paired ratios, whose spread says what the median can resolve; each service's own by round too,
 ``approvals_vs_before_cpu_rounds``, ``timesheets_vs_before_cpu_rounds``): the A/B of a change to the
-timesheets side of a decision. A round's load moves both pairs alike, so for a change to one service
+timesheets side of a decision. With ``BENCH_APPROVALS_BASELINE_SCHEMA=1`` on top, that old pair works
+on a database of its own, migrated with the checkout's migrations and seeded alike (the same audit
+service): the A/B of a migration (a trigger, an index) in one run, Postgres's CPU per request of each
+pair beside the services' (the pairs take turns, so each round's Postgres CPU is the running pair's).
+A round's load moves both pairs alike, so for a change to one service
 the other's ratio in the same round is a control (an A/A run: approvals' ratio over timesheets'
 0.985-1.011 by round) — but a whole run can sit a few percent off (one A/B read 0.933-0.962 in every
 round, its repeat 0.980-1.020): repeat the run, not only the rounds.
@@ -140,10 +144,11 @@ def manager(n: int) -> Identity:
     return Identity(ISSUER, f"bench-manager-{n % MANAGERS}", "user", "timesheets-spa", SCOPES, "")
 
 
-async def seed(url: str, count: int) -> list[uuid.UUID]:
-    """The schemas, and the employees' submitted entries (their ids, in order: :func:`entry_uuid`)."""
+async def seed(url: str, count: int, root: Path = ROOT) -> list[uuid.UUID]:
+    """The schemas (the migrations of the checkout at ``root``), and the employees' submitted entries
+    (their ids, in order: :func:`entry_uuid`)."""
     for service in ("timesheets", "approvals", "audit"):
-        await migrate(url, service, ROOT / "services" / service / service / "migrations")
+        await migrate(url, service, root / "services" / service / service / "migrations")
     conn = await asyncpg.connect(url)
     try:
         ids = [entry_uuid(n) for n in range(count)]
@@ -171,27 +176,34 @@ async def seed(url: str, count: int) -> list[uuid.UUID]:
     return ids
 
 
-async def relayed(url: str, timeout: float = 30.0) -> dict[str, int]:
+async def relayed(url: str, timeout: float = 30.0, *, also: tuple[str, ...] = ()) -> dict[str, int]:
     """After the load: decisions applied, their ``approval.decided`` audit records, and the rows still
     waiting in the two outboxes once the relays had ``timeout`` seconds to drain them (a peer whose
-    relay falls behind or fails shows it here, not as a cheaper run)."""
-    conn = await asyncpg.connect(url)
+    relay falls behind or fails shows it here, not as a cheaper run). ``also``: databases of services
+    relaying to the same audit service (at ``url``), their decisions and outboxes counted too."""
+    conns = [await asyncpg.connect(database) for database in (url, *also)]
     try:
         deadline = time.monotonic() + timeout
         while True:
-            waiting: int = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM timesheets.outbox) + (SELECT count(*) FROM approvals.outbox)"
-            )
+            waiting = 0
+            for conn in conns:
+                waiting += await conn.fetchval(
+                    "SELECT (SELECT count(*) FROM timesheets.outbox)"
+                    " + (SELECT count(*) FROM approvals.outbox)"
+                )
             if waiting == 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        applied: int = await conn.fetchval("SELECT count(*) FROM approvals.decisions WHERE state = 'applied'")
-        audited: int = await conn.fetchval(
+        applied = 0
+        for conn in conns:
+            applied += await conn.fetchval("SELECT count(*) FROM approvals.decisions WHERE state = 'applied'")
+        audited: int = await conns[0].fetchval(
             "SELECT count(*) FROM audit.records WHERE action = 'approval.decided'"
         )
         return {"decisions_applied": applied, "decisions_audited": audited, "outbox_waiting": waiting}
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
 def queue_script(path: Path, keys: dict[str, str], requests: int) -> Path:
@@ -421,6 +433,7 @@ def main() -> int:
     relay_checks: dict[str, dict[str, int]] = {}
     baseline = os.environ.get("BENCH_APPROVALS_BASELINE", "")
     both_before = bool(baseline) and os.environ.get("BENCH_APPROVALS_BASELINE_TIMESHEETS", "") == "1"
+    before_schema = both_before and os.environ.get("BENCH_APPROVALS_BASELINE_SCHEMA", "") == "1"
     cases = tuple(os.environ.get("BENCH_APPROVALS_CASES", "queue,decide").split(","))
     peers: tuple[str, ...] = (
         "service",
@@ -455,10 +468,13 @@ def main() -> int:
             fresh_database(name + "_pgbench") as pgbench_url,
             fresh_database(name + "_gated") as gated_url,
             fresh_database(name + "_audited") as audited_url,
+            fresh_database(name + "_before") as before_url,
         ):
             entries = asyncio.run(seed(url, count))
             for database in (peers_url, pgbench_url, gated_url, audited_url):
                 asyncio.run(seed(database, count))
+            if before_schema:  # the old pair's own database, with the old migrations
+                asyncio.run(seed(before_url, count, Path(baseline)))
             try:
                 keys = new_pair_keys("bench")
                 env = {
@@ -499,11 +515,12 @@ def main() -> int:
                 postgres_pids = {"postgres": postgres} if postgres else {}
                 if baseline:
                     old_timesheets = timesheets
+                    old_env = {**env, "DATABASE_URL": before_url} if before_schema else env
                     if both_before:
                         old_timesheets = ServiceProcess(
                             "timesheets",
                             {
-                                **env,
+                                **old_env,
                                 "AUDIT_URL": audit.url,
                                 "PYTHONPATH": os.pathsep.join(
                                     (f"{baseline}/services/timesheets", f"{baseline}/services/kit")
@@ -516,6 +533,7 @@ def main() -> int:
                         "approvals",
                         {
                             **approvals_env,
+                            **({"DATABASE_URL": before_url} if before_schema else {}),
                             "TIMESHEETS_URL": old_timesheets.url,
                             "PYTHONPATH": f"{baseline}/services/approvals{os.pathsep}{baseline}/services/kit",
                         },
@@ -601,7 +619,9 @@ def main() -> int:
                                 )
                             )
                 # every applied decision audited, by the services and by the reference doing the same work
-                relay_checks["service"] = asyncio.run(relayed(url))
+                # (the old pair on a database of its own relays to the same audit service)
+                shared = (before_url,) if before_schema else ()
+                relay_checks["service"] = asyncio.run(relayed(url, also=shared))
                 if audited is not None:
                     relay_checks["reference_audited"] = asyncio.run(relayed(audited_url))
             finally:  # the servers stop before their databases are dropped
@@ -637,7 +657,15 @@ def main() -> int:
         "reference_identity": gated_found,
         "reference_audited": audited_found,
         "pgbench": pg or None,
-        **({"before": old, "before_timesheets": "baseline" if both_before else "shared"} if old else {}),
+        **(
+            {
+                "before": old,
+                "before_timesheets": "baseline" if both_before else "shared",
+                "before_database": "own, baseline migrations" if before_schema else "shared",
+            }
+            if old
+            else {}
+        ),
         "ratios": {
             case: ratios(
                 service[case],
