@@ -11,12 +11,11 @@ the figures come from", lists what was measured and the margin asserted here (:d
 from __future__ import annotations
 
 import asyncio
-import http.client
-import itertools
 import json
 import math
 import os
 import signal
+import socketserver
 import statistics
 import threading
 import time
@@ -34,6 +33,7 @@ from svckit.settings import parse_identity_keys
 from testkit.cgroups import Cgroup, cpu_millis, unavailable
 from testkit.fixtures import IsolatedEnv, ServiceRedis
 from testkit.oidc import Browser, sign_in_tokens
+from tests.packaging.kubelet import PHASES, Probe, probing
 from tests.packaging.pods import wait_for
 from tests.packaging.release import Pods, ready_or_gone, running_release
 from tests.packaging.support import APP_COMPONENTS, RELEASE, pod_spec
@@ -78,12 +78,17 @@ def figures(group: Cgroup) -> str:
     )
 
 
-def assert_within(pods: Pods, component: str) -> None:
+def assert_within(pods: Pods, component: str, peak_bytes: int | None = None) -> None:
+    """No OOM kill, alive, and the peak charge (the group's now, else ``peak_bytes``: the one a
+    scenario read at its end) within :data:`MARGIN` of the limit."""
     group = pods.cgroups[component]
     process = pods.processes[component]
+    peak = group.peak_bytes if peak_bytes is None else peak_bytes
     assert group.oom_kills == 0, f"{component} OOM-killed: {figures(group)}\n{process.logs()[-2000:]}"
     assert process.alive(), f"{component} exited: {figures(group)}\n{process.logs()[-2000:]}"
-    assert group.peak_bytes <= group.limit_bytes * (1 - MARGIN), f"{component}: {figures(group)}"
+    assert peak <= group.limit_bytes * (1 - MARGIN), (
+        f"{component}: peak {peak / MiB:.0f} MiB, {figures(group)}"
+    )
 
 
 def batch_token(pods: Pods) -> str:
@@ -257,26 +262,6 @@ def test_every_connection_a_worker_takes_stays_within_the_limits(release: Pods) 
 # --- CPU: the probes of a busy pod held to its request ----------------------------------------------
 
 
-@dataclass
-class Probe:
-    """A probe as rendered: the kubelet GETs ``path`` on ``port`` every ``period`` s and counts an
-    answer later than ``timeout`` s as a failure; ``failure_threshold`` in a row restart the pod
-    (liveness) or take it out of its Service (readiness)."""
-
-    kind: str
-    path: str
-    port: int
-    timeout: float
-    period: float
-    failure_threshold: int
-
-    @property
-    def acts_within(self) -> float:
-        """The shortest time in which a kubelet that starts probing as the trouble starts can act:
-        ``failure_threshold`` probes one ``period`` apart, the last one's ``timeout``."""
-        return (self.failure_threshold - 1) * self.period + self.timeout
-
-
 def rendered_probes(pods: Pods, component: str) -> list[Probe]:
     assert pods.cluster is not None
     deployment = pods.cluster.find("Deployment", f"{RELEASE}-timesheets-{component}")
@@ -299,25 +284,6 @@ def rendered_probes(pods: Pods, component: str) -> list[Probe]:
             )
         )
     return probes
-
-
-def probe_once(address: str, probe: Probe) -> float:
-    """Seconds the probe took to be answered 200, as the kubelet waits for it (inf: a failure)."""
-    started = time.monotonic()
-    connection = http.client.HTTPConnection(address, probe.port, timeout=probe.timeout)
-    try:
-        connection.request("GET", probe.path, headers={"User-Agent": "kube-probe/1.30"})
-        status = connection.getresponse().status
-    except OSError:
-        return math.inf
-    finally:
-        connection.close()
-    elapsed = time.monotonic() - started
-    return elapsed if status == 200 and elapsed <= probe.timeout else math.inf
-
-
-#: kubelets per probe, each at another phase of the period (a pod's kubelet starts at any moment)
-PHASES = 10
 
 
 @dataclass
@@ -350,53 +316,21 @@ def scenario_seconds(probes: list[Probe]) -> float:
 T = TypeVar("T")
 
 
-def probed_during(pods: Pods, component: str, scenario: Callable[[float], T]) -> tuple[dict[str, Seen], T]:
-    """``scenario(seconds)`` run while each rendered probe of ``component`` is sent as the kubelet
-    sends it: each kind on its own, every ``period`` s whatever the last one took (each probe its own
-    thread), at :data:`PHASES` phases of the period. What the probes saw, and what the scenario gave.
+def probed_during(
+    address: str, probes: list[Probe], scenario: Callable[[float], T]
+) -> tuple[dict[str, Seen], T]:
+    """``scenario(seconds)`` run while each probe (as rendered: :func:`rendered_probes`) is sent to
+    ``address`` as the kubelet sends it (:mod:`tests.packaging.kubelet`: each kind on its own, every
+    ``period`` s whatever the last one took, at :data:`PHASES` phases of the period, from a process of
+    their own). What the probes saw, and what the scenario gave.
 
     Why each kind on its own, at its period: sent one after the other every 0.2 s, a pod answering
     nothing failed a liveness probe, then a readiness probe, in turn: two liveness failures in a row in
     the 8 s the scenarios lasted, one readiness failure, never their thresholds (3 and 2): the check
     could not fail (test_the_probe_check_fails_a_pod_that_stops_answering)."""
-    address = pods.addresses[component]
-    probes = rendered_probes(pods, component)
-    seconds = scenario_seconds(probes)
-    answers: dict[str, dict[int, float]] = {p.kind: {} for p in probes}
-    busy = threading.Event()
-    busy.set()
-
-    def sending(probe: Probe) -> None:
-        step = probe.period / PHASES
-        first = time.monotonic()
-        sent: list[threading.Thread] = []
-
-        def send(n: int) -> None:
-            answers[probe.kind][n] = probe_once(address, probe)
-
-        for n in itertools.count():
-            wait = first + n * step - time.monotonic()
-            if busy.wait(0) and wait > 0:
-                time.sleep(wait)  # the kubelet's ticker
-            if not busy.is_set():
-                break
-            thread = threading.Thread(target=send, args=(n,), daemon=True)
-            thread.start()
-            sent.append(thread)
-        for thread in sent:
-            thread.join()
-
-    senders = [threading.Thread(target=sending, args=(probe,)) for probe in probes]
-    for sender in senders:
-        sender.start()
-    try:
-        outcome = scenario(seconds)
-    finally:
-        busy.clear()
-        for sender in senders:
-            sender.join()
-    seen = {p.kind: Seen(p, [answers[p.kind][n] for n in sorted(answers[p.kind])]) for p in probes}
-    return seen, outcome
+    with probing(address, probes) as probed:
+        outcome = scenario(scenario_seconds(probes))
+    return {p.kind: Seen(p, probed.answers[p.kind]) for p in probes}, outcome
 
 
 def p99(values: list[float]) -> float:
@@ -417,10 +351,12 @@ async def saturate(
     clients: int,
     seconds: float,
     sources: list[str] | None = None,
-) -> Counter[int]:
-    """``clients`` loops sending ``request`` back to back for ``seconds``; their statuses. ``sources``:
-    the client addresses the loops send from in turn (each its own session), else this host's."""
+) -> tuple[Counter[int], Counter[str]]:
+    """``clients`` loops sending ``request`` back to back for ``seconds``; their statuses (0: no answer)
+    and the errors of those without one. ``sources``: the client addresses the loops send from in turn
+    (each its own session), else this host's."""
     statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
     timeout = aiohttp.ClientTimeout(total=30)
     addresses: list[str | None] = [*sources] if sources else [None]
@@ -436,14 +372,62 @@ async def saturate(
             while time.monotonic() < deadline:
                 try:
                     statuses[await request(session)] += 1
-                except (aiohttp.ClientError, TimeoutError):
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     statuses[0] += 1
+                    errors[type(exc).__name__] += 1
 
         await asyncio.gather(*(loop(sessions[i % len(sessions)]) for i in range(clients)))
     finally:
         for session in sessions:
             await session.close()
-    return statuses
+    return statuses, errors
+
+
+#: the least of its request a saturated pod must have used over a scenario: less, and it was starved
+#: by what else ran on this machine (a node gives a pod its request), or the load did not keep it busy
+LEAST_OF_REQUEST = 0.8
+
+
+@dataclass
+class Load:
+    """What a CPU scenario gave: the probes' answers, the load's statuses, and the pod's CPU: its
+    request, the seconds it used and the CFS periods (elapsed, throttled) while the scenario ran."""
+
+    component: str
+    seen: dict[str, Seen]
+    statuses: Counter[int]
+    #: the kinds of error of the requests that had no answer (status 0)
+    errors: Counter[str]
+    request_millis: int
+    seconds: float
+    cpu_seconds: float
+    periods: tuple[int, int]
+    throttled_seconds: float
+    #: the memory group's peak charge over the scenario (figures of it: read at its end)
+    peak_bytes: int
+    memory: str
+
+    @property
+    def share_of_request(self) -> float:
+        """The CPU the pod used, as a share of its request over the scenario."""
+        return self.cpu_seconds / (self.request_millis / 1000 * self.seconds)
+
+    def report(self) -> str:
+        return report(
+            self.component,
+            self.seen,
+            self.statuses,
+            (self.periods[1], self.throttled_seconds),
+            (f", errors {dict(self.errors)}" if self.errors else "")
+            + f"; used {self.cpu_seconds:.1f} CPU s in {self.seconds:.1f} s: {self.share_of_request:.0%} of "
+            f"its request ({self.request_millis}m), throttled in {self.periods[1]} of "
+            f"{self.periods[0]} periods",
+        )
+
+    def assert_saturated(self) -> None:
+        """The load kept the pod at its request: throttled, and it had (nearly) all of its request."""
+        assert self.periods[1] > 0, "the load did not reach the quota: the scenario proves nothing"
+        assert self.share_of_request >= LEAST_OF_REQUEST, f"not held at its request: {self.report()}"
 
 
 def under_load(
@@ -452,28 +436,59 @@ def under_load(
     request: Callable[[aiohttp.ClientSession], Awaitable[int]],
     clients: int,
     sources: list[str] | None = None,
-) -> tuple[dict[str, Seen], Counter[int], tuple[int, float]]:
+) -> Load:
     """The component held to its CPU request (the most a full node's CFS shares give it) while
-    ``clients`` saturate it (:func:`saturate`); what its rendered probes saw meanwhile."""
+    ``clients`` saturate it (:func:`saturate`); what its rendered probes saw meanwhile, and the CPU it
+    had (:meth:`Load.assert_saturated`: its request, nearly all of it)."""
     group = pods.cgroups[component]
     request_millis = cpu_millis(pods.containers[component].resources["requests"]["cpu"])
     group.cpu_quota(request_millis)
     group.reset_peak()
-    before = group.throttled()
+    cpu: dict[str, tuple[float, float, tuple[int, int], float]] = {}
+
+    def scenario(seconds: float) -> tuple[Counter[int], Counter[str]]:
+        """The load, and the pod's CPU figures just before and after it (the probes sent meanwhile)."""
+        cpu["before"] = (time.monotonic(), group.cpu_seconds(), group.cpu_periods(), group.throttled()[1])
+        try:
+            return asyncio.run(saturate(request, clients, seconds, sources))
+        finally:
+            cpu["after"] = (time.monotonic(), group.cpu_seconds(), group.cpu_periods(), group.throttled()[1])
+
     try:
-        seen, statuses = probed_during(
-            pods, component, lambda seconds: asyncio.run(saturate(request, clients, seconds, sources))
+        seen, (statuses, errors) = probed_during(
+            pods.addresses[component], rendered_probes(pods, component), scenario
+        )
+        (started, used, periods, throttled), (ended, used_by_end, periods_by_end, throttled_by_end) = (
+            cpu["before"],
+            cpu["after"],
+        )
+        return Load(
+            component,
+            seen,
+            statuses,
+            errors,
+            request_millis,
+            ended - started,
+            used_by_end - used,
+            (periods_by_end[0] - periods[0], periods_by_end[1] - periods[1]),
+            throttled_by_end - throttled,
+            group.peak_bytes,
+            figures(group),
         )
     finally:
         group.cpu_quota(None)
-    after = group.throttled()
-    return seen, statuses, (after[0] - before[0], after[1] - before[1])
 
 
 def report(
-    component: str, seen: dict[str, Seen], statuses: Counter[int], throttled: tuple[int, float]
+    component: str,
+    seen: dict[str, Seen],
+    statuses: Counter[int],
+    throttled: tuple[int, float],
+    cpu: str = "",
 ) -> str:
-    lines = [f"{component}: load {dict(statuses)}, throttled {throttled[0]} periods / {throttled[1]:.1f} s"]
+    lines = [
+        f"{component}: load {dict(statuses)}, throttled {throttled[0]} periods / {throttled[1]:.1f} s{cpu}"
+    ]
     for kind, probed in seen.items():
         values = probed.answers
         answered = [v for v in values if v != math.inf]
@@ -533,29 +548,43 @@ def assert_probes_hold(component: str, seen: dict[str, Seen]) -> None:
     assert not failing_probes(seen), (component, {k: (s.probe, s.answers) for k, s in seen.items()})
 
 
-def test_the_probe_check_fails_a_pod_that_stops_answering(release: Pods) -> None:
-    """The check itself: a pod whose processes are stopped (SIGSTOP: the kernel still accepts the
-    probes' connections, nothing answers) fails both its probes as the kubelet counts them."""
-    component = "approvals"
-    pids = release.cgroups[component].pids()
-    assert pids
+# --- the scenarios: two rounds of ~30 s, each scenario beside those that share no pod with it ---------
+#
+# Each scenario lasts what the kubelet needs to act at the chart's liveness probe (27 s), and one after
+# another they took four times 28 s. Scenarios that share no pod run at once: each pod is held to its
+# request by its own group's quota, and Load.assert_saturated holds that it did get (nearly) all of it
+# (round one's pods ask for 350m of the two cores), so a scenario beside it took nothing from it.
+# Round one: the gateway (its load's API half goes to timesheets, unquota'd) beside identity (its
+# tokens are signed in beforehand: the gateway does not call it meanwhile). Round two: timesheets
+# (through the gateway, unquota'd) beside the two negative cases, which use no CPU: approvals stopped,
+# and a stand-in answering late. The probes come from a process of their own (tests.packaging.kubelet):
+# two loads in this process do not delay them.
 
-    def stopped(seconds: float) -> None:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+
+def concurrently(**scenarios: Callable[[], object]) -> dict[str, object]:
+    """Each scenario in a thread of its own, all at once; what each gave, or the exception it raised."""
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, scenario: Callable[[], object]) -> None:
         try:
-            time.sleep(seconds)  # the scenario: a pod answering nothing for that long
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+            outcomes[name] = scenario()
+        except BaseException as exc:  # re-raised by the test that reads it
+            outcomes[name] = exc
 
-    seen, _ = probed_during(release, component, stopped)
-    print(report(component, seen, Counter(), (0, 0.0)))
-    assert sorted(failing_probes(seen)) == ["livenessProbe", "readinessProbe"], seen
-    with pytest.raises(AssertionError):
-        assert_probes_hold(component, seen)
-    wait_for(lambda: ready_or_gone(release.processes[component], release.url(component)), 30, "ready again")
-    assert release.processes[component].alive()
+    threads = [threading.Thread(target=run, args=item) for item in scenarios.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def outcome(outcomes: dict[str, object], name: str, kind: type[T]) -> T:
+    value = outcomes[name]
+    if isinstance(value, BaseException):
+        raise value
+    assert isinstance(value, kind), value
+    return value
 
 
 def spa(pods: Pods) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
@@ -570,41 +599,23 @@ def spa(pods: Pods) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
     return request
 
 
-def test_gateway_probes_answer_while_it_is_saturated_at_its_cpu_request(
-    release: Pods, tokens: list[str]
-) -> None:
+def gateway_saturated(pods: Pods, tokens: list[str]) -> Load:
     """Half the clients on the SPA (the gateway's own work), half on the API (forwarded)."""
-    page, api = spa(release), listing(release, tokens)
+    page, api = spa(pods), listing(pods, tokens)
     turn = iter(range(1 << 62))
 
     async def request(session: aiohttp.ClientSession) -> int:
         return await (page if next(turn) % 2 else api)(session)
 
-    seen, statuses, throttled = under_load(release, "gateway", request, CLIENTS)
-    print(report("gateway", seen, statuses, throttled))
-    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert_probes_hold("gateway", seen)
-    print("  memory:", figures(release.cgroups["gateway"]))
-    assert_within(release, "gateway")
+    return under_load(pods, "gateway", request, CLIENTS)
 
 
-def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
-    release: Pods, tokens: list[str]
-) -> None:
-    seen, statuses, throttled = under_load(release, "timesheets", listing(release, tokens), CLIENTS)
-    print(report("timesheets", seen, statuses, throttled))
-    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert_probes_hold("timesheets", seen)
-    print("  memory:", figures(release.cgroups["timesheets"]))
-    assert_within(release, "timesheets")
-
-
-def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(release: Pods) -> None:
+def identity_saturated(pods: Pods) -> Load:
     """Token requests with a wrong client secret: each an Argon2 verification (HASHES_AT_ONCE threads).
     Each client sends from an address of its own: one address's failed client authentications are
     throttled after CLIENT_AUTH_MAX_FAILURES_PER_ADDRESS (30), and the rest of the scenario would be
     cheap 429s, not Argon2."""
-    url = release.url("identity") + "/oauth/token"
+    url = pods.url("identity") + "/oauth/token"
     form = {"grant_type": "client_credentials", "client_id": "timesheets-batch", "client_secret": "wrong"}
 
     async def request(session: aiohttp.ClientSession) -> int:
@@ -614,10 +625,147 @@ def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(rel
 
     clients = 16
     sources = [f"127.0.77.{i + 1}" for i in range(clients)]
-    seen, statuses, throttled = under_load(release, "identity", request, clients, sources)
-    print(report("identity", seen, statuses, throttled))
-    assert throttled[0] > 0, "the load did not reach the quota: the scenario proves nothing"
-    assert set(statuses) == {401}, f"not Argon2 throughout: {statuses}"
-    assert_probes_hold("identity", seen)
-    print("  memory:", figures(release.cgroups["identity"]))
-    assert_within(release, "identity")
+    return under_load(pods, "identity", request, clients, sources)
+
+
+@dataclass
+class Stopped:
+    """What the probes saw of a pod whose processes were stopped, and whether it came back."""
+
+    seen: dict[str, Seen]
+    ready_again: bool
+
+
+def stopped_pod(pods: Pods, component: str) -> Stopped:
+    """The pod's processes stopped (SIGSTOP: the kernel still accepts the probes' connections,
+    nothing answers) while its rendered probes are sent; then continued."""
+    pids = pods.cgroups[component].pids()
+    assert pids
+
+    def stopped(seconds: float) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)  # the scenario: a pod answering nothing for that long
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+    seen, _ = probed_during(pods.addresses[component], rendered_probes(pods, component), stopped)
+    ready = wait_for(lambda: ready_or_gone(pods.processes[component], pods.url(component)), 30, "ready again")
+    return Stopped(seen, bool(ready) and pods.processes[component].alive())
+
+
+#: how much later than its probe's timeout :func:`late_answers` completes the answer's head
+LATE_BY = 0.3
+
+
+def late_answers(probes: list[Probe]) -> dict[str, Seen]:
+    """The probes sent to a stand-in that answers each 200, but :data:`LATE_BY` s after the probe's
+    timeout: the status line at once, then a header every tenth of the timeout until then (no read
+    waits as long as the timeout: only the whole answer is late, which the kubelet counts too)."""
+    timeouts = {p.path: p.timeout for p in probes}
+
+    class Late(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            started = time.monotonic()
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            path = head.split(b" ", 2)[1].decode()
+            until = started + timeouts[path] + LATE_BY
+            try:
+                self.request.sendall(b"HTTP/1.1 200 OK\r\n")
+                while time.monotonic() < until:
+                    time.sleep(timeouts[path] / 10)
+                    self.request.sendall(b"X-Still-Coming: 1\r\n")
+                self.request.sendall(b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
+            except OSError:
+                pass  # the probe gave up
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    with Server(("127.0.0.1", 0), Late) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            port = server.server_address[1]
+            moved = [Probe(p.kind, p.path, port, p.timeout, p.period, p.failure_threshold) for p in probes]
+            seen, _ = probed_during("127.0.0.1", moved, time.sleep)
+        finally:
+            server.shutdown()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def gateway_and_identity(release: Pods, tokens: list[str]) -> dict[str, object]:
+    return concurrently(
+        gateway=lambda: gateway_saturated(release, tokens), identity=lambda: identity_saturated(release)
+    )
+
+
+@pytest.fixture(scope="module")
+def timesheets_and_failing_pods(release: Pods, tokens: list[str]) -> dict[str, object]:
+    probes = rendered_probes(release, "approvals")
+    return concurrently(
+        timesheets=lambda: under_load(release, "timesheets", listing(release, tokens), CLIENTS),
+        stopped=lambda: stopped_pod(release, "approvals"),
+        late=lambda: late_answers(probes),
+    )
+
+
+def test_the_probe_check_fails_a_pod_that_stops_answering(
+    timesheets_and_failing_pods: dict[str, object],
+) -> None:
+    """The check itself: a pod whose processes are stopped fails both its probes as the kubelet
+    counts them, and is ready again once continued."""
+    stopped = outcome(timesheets_and_failing_pods, "stopped", Stopped)
+    print(report("approvals (stopped)", stopped.seen, Counter(), (0, 0.0)))
+    assert sorted(failing_probes(stopped.seen)) == ["livenessProbe", "readinessProbe"], stopped.seen
+    with pytest.raises(AssertionError):
+        assert_probes_hold("approvals", stopped.seen)
+    assert stopped.ready_again
+
+
+def test_the_probe_check_fails_a_pod_that_answers_after_the_timeout(
+    timesheets_and_failing_pods: dict[str, object],
+) -> None:
+    """The check itself: answers that come, 200, but LATE_BY s after the probe's timeout (each read
+    well within it) fail both probes, as the kubelet counts them (its timeout is the whole answer's)."""
+    seen = outcome(timesheets_and_failing_pods, "late", dict)
+    print(report("approvals' probes, answered late", seen, Counter(), (0, 0.0)))
+    assert sorted(failing_probes(seen)) == ["livenessProbe", "readinessProbe"], seen
+    with pytest.raises(AssertionError):
+        assert_probes_hold("approvals", seen)
+
+
+def check_held(load: Load, pods: Pods) -> None:
+    print(load.report())
+    load.assert_saturated()
+    assert_probes_hold(load.component, load.seen)
+    print("  memory:", load.memory)
+    assert_within(pods, load.component, load.peak_bytes)
+
+
+def test_gateway_probes_answer_while_it_is_saturated_at_its_cpu_request(
+    release: Pods, gateway_and_identity: dict[str, object]
+) -> None:
+    check_held(outcome(gateway_and_identity, "gateway", Load), release)
+
+
+def test_timesheets_probes_answer_while_listings_saturate_it_at_its_cpu_request(
+    release: Pods, timesheets_and_failing_pods: dict[str, object]
+) -> None:
+    check_held(outcome(timesheets_and_failing_pods, "timesheets", Load), release)
+
+
+def test_identity_probes_answer_while_argon2_saturates_it_at_its_cpu_request(
+    release: Pods, gateway_and_identity: dict[str, object]
+) -> None:
+    load = outcome(gateway_and_identity, "identity", Load)
+    assert set(load.statuses) == {401}, f"not Argon2 throughout: {load.statuses}"
+    check_held(load, release)
