@@ -129,11 +129,15 @@ hash_refusals = Counter(
     "identity_password_hash_refusals_total",
     "Password checks and hashes of the sign-in form not done, by reason (queue_full: "
     "PASSWORD_HASH_MAX_WAITING admitted already; queue_timeout: not begun within "
-    "PASSWORD_HASH_MAX_WAIT_SECONDS; client_gone: the client disconnected before its turn).",
+    "PASSWORD_HASH_MAX_WAIT_SECONDS; client_gone: the client disconnected before its turn; in_flight: "
+    "its address's throttle slots held by checks in flight all that time).",
     ["reason"],
 )
 QUEUE_FULL, QUEUE_TIMEOUT, CLIENT_GONE = "queue_full", "queue_timeout", "client_gone"
-for _reason in (QUEUE_FULL, QUEUE_TIMEOUT, CLIENT_GONE):
+#: (counted by the sign-in form) the address's throttle slots were all held by checks in flight until
+#: the wait ended (identity.throttle.LoginThrottle.attempt)
+IN_FLIGHT = "in_flight"
+for _reason in (QUEUE_FULL, QUEUE_TIMEOUT, CLIENT_GONE, IN_FLIGHT):
     hash_refusals.labels(_reason)
 hash_jobs = Gauge(
     "identity_password_hash_jobs",

@@ -32,7 +32,7 @@ from .browser import (
     set_cookie,
 )
 from .pages import render
-from .passwords import ClientGone, HashingBusy, HashingQueue, needs_rehash
+from .passwords import IN_FLIGHT, ClientGone, HashingBusy, HashingQueue, hash_refusals, needs_rehash
 from .revocation import Revoker
 from .sessions import Sessions
 from .settings import IdentitySettings
@@ -122,7 +122,13 @@ class PasswordSignIn:
             request, self.settings.trusted_proxy_networks, self.settings.identity_proxy_header
         )
         # Counted before the (slow) password check, atomically: concurrent guesses cannot overrun it.
-        verdict = await self.throttle.attempt(username, address)
+        # A slot held by another attempt still being checked is waited for, within the check's wait.
+        wait_until = began + self.hashing.max_wait_seconds
+        verdict = await self.throttle.attempt(username, address, wait_until=wait_until)
+        if verdict.in_flight:  # the others' checks, not failures: busy, as the hashing queue's refusal
+            hash_refusals.labels(IN_FLIGHT).inc()
+            self._busy_log(address, IN_FLIGHT)
+            return await self._busy_page(request, return_to, username, verdict.retry_after)
         if not verdict.allowed:
             login_failures.labels("throttled").inc()
             denials.deny(request, self.settings, 429, denials.THROTTLED)
@@ -135,6 +141,15 @@ class PasswordSignIn:
                 error=f"Too many failed attempts. Try again in {verdict.retry_after} seconds.",
                 headers={"Retry-After": str(verdict.retry_after)},
             )
+        try:
+            return await self._check(request, return_to, username, password, address, began)
+        finally:
+            self.throttle.settle(username, address)  # no longer in flight, whatever the outcome
+
+    async def _check(
+        self, request: Request, return_to: str, username: str, password: str, address: str, began: float
+    ) -> Response:
+        """The attempt, its throttle slots taken: the password checked, the session made."""
         pool = self.database.queries
         user = await store.get_user_by_username(pool, username)
         stored = user.password_hash if user and not user.disabled else None
@@ -147,15 +162,7 @@ class PasswordSignIn:
         except HashingBusy as busy:
             await self.throttle.succeeded(username, address)  # not a failure: never checked
             self._busy_log(address, busy.reason)
-            error = f"Many people are signing in right now. Please try again in {busy.retry_after} seconds."
-            return await self._page(
-                request,
-                return_to,
-                status=503,
-                username=username,
-                error=error,
-                headers={"Retry-After": str(busy.retry_after)},
-            )
+            return await self._busy_page(request, return_to, username, busy.retry_after)
         if not ok or user is None:
             login_failures.labels("invalid_credentials").inc()
             denials.deny(request, self.settings, 401, denials.INVALID_CREDENTIALS)
@@ -185,6 +192,14 @@ class PasswordSignIn:
             max_age=self.settings.session_ttl_seconds,
         )
         return response
+
+    async def _busy_page(self, request: Request, return_to: str, username: str, retry_after: int) -> Response:
+        """The sign-in page again, 503: the check could not be made now (not a failure)."""
+        error = f"Many people are signing in right now. Please try again in {retry_after} seconds."
+        headers = {"Retry-After": str(retry_after)}
+        return await self._page(
+            request, return_to, status=503, username=username, error=error, headers=headers
+        )
 
     def _busy_log(self, address: str, reason: str) -> None:
         """A warning per :data:`BUSY_LOG_SECONDS` at most, with how many were refused since the last

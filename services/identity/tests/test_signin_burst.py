@@ -91,22 +91,30 @@ def address(i: int) -> str:
 Outcome = tuple[str, float, str | None]  # (status or exception, seconds, Retry-After)
 
 
-async def sign_in(base: str, i: int, name: str, timeout: float) -> Outcome:
-    """One person: the sign-in form, then its POST with the right password (the Argon2 check). The
-    ``i``-th arrives ``i`` times :data:`ARRIVALS` after the first: everyone within two seconds."""
-    await asyncio.sleep(i * ARRIVALS)
+async def sign_in(base: str, i: int, name: str, timeout: float, arrivals: float = ARRIVALS) -> Outcome:
+    """One person: the sign-in form, then its POST with the right password (the Argon2 check), whose
+    answer is waited for ``timeout`` s. The ``i``-th arrives ``i`` times ``arrivals`` after the first
+    (:data:`ARRIVALS`: everyone within two seconds)."""
+    await asyncio.sleep(i * arrivals)
     headers = {"X-Forwarded-For": address(i)}
     jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+    async with aiohttp.ClientSession(
+        cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    ) as http:
         async with http.get(base + "/login", headers=headers) as page:
             assert page.status == 200
             csrf = hidden_field(await page.text(), "csrf_token")
         form = {"username": name, "password": DEMO_PASSWORD, "csrf_token": csrf}
         start = time.monotonic()
         try:
-            async with http.post(
-                base + "/login", data=form, headers=headers, allow_redirects=False
-            ) as answer:
+            post = http.post(
+                base + "/login",
+                data=form,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            )
+            async with post as answer:
                 await answer.read()
                 return str(answer.status), time.monotonic() - start, answer.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -276,18 +284,18 @@ async def storm(process: ServiceProcess, people: list[str]) -> Storm:
 
 
 async def test_sign_ins_whose_clients_gave_up_are_not_done(seeded: dict[str, str], people: list[str]) -> None:
-    """200 people who give up after 2 s (a reload, a closed tab): once the last has gone, the
-    provider finishes what was under way — the 4 hashing threads' checks, and what they took up while
-    the loop heard of the disconnections — and nothing more: not the rest of the queue (fails on main:
-    121 more sign-ins completed after the last client had gone, each an Argon2 verification and a
-    session row nobody would use)."""
+    """200 people at once who give up 1 s after sending the form (a reload, a closed tab): once the
+    last has gone, the provider finishes what was under way — the 4 hashing threads' checks, and
+    what they took up while the loop heard of the disconnections — and nothing more, not the rest of
+    the queue (fails on main: 121 more sign-ins completed after the last client had gone, each an
+    Argon2 verification and a session row nobody would use)."""
     with own_provider_process(seeded, IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128") as process:
         base = provider_url(process.port)
-        outcomes = await asyncio.gather(*(sign_in(base, i, name, 2.0) for i, name in enumerate(people)))
+        outcomes = await asyncio.gather(*(sign_in(base, i, name, 1.0, 0.0) for i, name in enumerate(people)))
         when_all_gone = await metric(process, "identity_logins_total")
         answered = sum(1 for status, _, _ in outcomes if status == "303")
         gone = sum(1 for status, _, _ in outcomes if status == "TimeoutError")
-        assert gone > 50, Counter(status for status, _, _ in outcomes)  # a burst longer than 2 s
+        assert gone > 50, Counter(status for status, _, _ in outcomes)  # a burst longer than 1 s
         # the provider settles: its sign-ins stop changing
         settled, last, deadline = 0, -1.0, time.monotonic() + 60
         while settled < 3 and time.monotonic() < deadline:
@@ -331,28 +339,27 @@ async def test_a_stored_hash_of_older_parameters_is_replaced_at_sign_in(
     assert passwords.verify_secret(stored, DEMO_PASSWORD)
 
 
-OFFICE = 60  # people behind one NAT address, more than LOGIN_MAX_FAILURES_PER_ADDRESS (20)
+OFFICE = 30  # people behind one NAT address, more than LOGIN_MAX_FAILURES_PER_ADDRESS (20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, not fixed yet: an attempt takes its per-address slot before its check and"
-    " holds it while it waits its turn, so more than LOGIN_MAX_FAILURES_PER_ADDRESS right passwords at"
-    " once from one address are refused 429 'Too many failed attempts' with the window's Retry-After",
-)
 async def test_an_office_behind_one_address_signs_in_at_once(
     seeded: dict[str, str], people: list[str]
 ) -> None:
-    """60 people behind one NAT address sign in at once, each with the right password, the per-address
-    limit at its default (20): none is told they failed too often (measured: 40 of 60 answered 429
-    'Too many failed attempts. Try again in 900 seconds.', though no attempt had failed: the slots
-    were the others' checks in flight)."""
+    """30 people behind one NAT address sign in at once, each with the right password, the
+    per-address limit at its default (20): none is told they failed too often. An attempt takes its
+    slots before its check and holds them while it waits its turn, so on main 10 of 30 (40 of 60)
+    were answered 429 "Too many failed attempts. Try again in 900 seconds." though none had failed
+    (the slots were the others' checks in flight); now such an attempt waits for a slot
+    (identity.throttle.LoginThrottle.attempt)."""
     prefix = seeded["REDIS_KEY_PREFIX"] + f"office-{secrets.token_hex(3)}:"  # a fresh address counter
     with own_provider_process(
         seeded,
         REDIS_KEY_PREFIX=prefix,
         IDENTITY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
         LOGIN_MAX_FAILURES_PER_ADDRESS="20",
+        # the hashing threads run at nice 19 against the whole host here (in a pod, against the pod's
+        # own threads): beside CPU hogs 20 checks may take longer than the default 10 s wait
+        PASSWORD_HASH_MAX_WAIT_SECONDS="25",
     ) as process:
         base = provider_url(process.port)
 
@@ -364,3 +371,8 @@ async def test_an_office_behind_one_address_signs_in_at_once(
     retries = sorted(int(retry) for status, _, retry in outcomes if status == "429" and retry)
     print(f"\n  one address: {dict(statuses)}; 429 Retry-After {retries[:1]}..{retries[-1:]}")
     assert statuses["429"] == 0, statuses
+    assert set(statuses) <= {"303", "503"}, statuses
+    # more than the address's 20 slots signed in (on main exactly 20); the rest, if the host is too busy
+    # to check them within the wait, told to retry shortly — never that they failed
+    assert statuses["303"] > 20, statuses
+    assert all(retry == "2" for status, _, retry in outcomes if status == "503"), outcomes
