@@ -20,7 +20,14 @@ PAIR_PREFIX = "identity_keys_"
 SECRET_HINTS = ("secret", "password", "keys", "encryption_key", "database_url")
 #: names with a hint in them that are no secret (their default is shown)
 NOT_SECRET = frozenset(
-    {"database_url", "demo_password", "audit_denial_max_keys", "client_secret_overlap_seconds"}
+    {
+        "database_url",
+        "demo_password",
+        "audit_denial_max_keys",
+        "client_secret_overlap_seconds",
+        "password_hash_max_waiting",
+        "password_hash_max_wait_seconds",
+    }
 )
 
 MEANINGS = {
@@ -245,6 +252,10 @@ MEANINGS = {
     ),
     "login_max_failures_per_address": "failed sign-ins per client address per window before throttling",
     "login_throttle_window_seconds": "sign-in throttling window",
+    "password_hash_max_waiting": "sign-in password checks admitted at once per process (waiting or on the "
+    "4 Argon2 threads); one more: the sign-in page with 503 and `Retry-After`",
+    "password_hash_max_wait_seconds": "how long a sign-in's password check may wait for its turn before "
+    "it is answered 503 with `Retry-After` (below what a client waits); dropped at once if the client goes",
     "client_auth_max_failures_per_address": "failed client authentications per address per window",
     "token_max_failures_per_address": "failed `/oauth/token` and `/oauth/revoke` requests per address (IPv6: "
     "its /64) per `TOKEN_FAILURE_WINDOW_SECONDS`, counted before a DPoP proof is remembered; beyond: 429",

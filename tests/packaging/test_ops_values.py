@@ -154,3 +154,23 @@ def test_the_token_failure_budget_is_a_chart_value() -> None:
     assert "tokenMaxFailuresPerAddress" in schema_refuses(
         deep_merge(MINIMAL, {"identity": {"tokenMaxFailuresPerAddress": 0}})
     )
+
+
+def test_the_sign_in_password_check_admission_is_a_chart_value() -> None:
+    """``identity.passwordHashMaxWaiting`` / ``identity.passwordHashMaxWaitSeconds`` are
+    PASSWORD_HASH_MAX_WAITING / PASSWORD_HASH_MAX_WAIT_SECONDS (256 / 10 by default, the provider's
+    own); the schema refuses no admission at all and a wait past what the provider accepts (60 s)."""
+    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    assert (default["PASSWORD_HASH_MAX_WAITING"], default["PASSWORD_HASH_MAX_WAIT_SECONDS"]) == ("256", "10")
+    values = deep_merge(
+        MINIMAL, {"identity": {"passwordHashMaxWaiting": 64, "passwordHashMaxWaitSeconds": 5.5}}
+    )
+    assert not schema_refuses(values)
+    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    assert (env["PASSWORD_HASH_MAX_WAITING"], env["PASSWORD_HASH_MAX_WAIT_SECONDS"]) == ("64", "5.5")
+    assert "passwordHashMaxWaiting" in schema_refuses(
+        deep_merge(MINIMAL, {"identity": {"passwordHashMaxWaiting": 0}})
+    )
+    assert "passwordHashMaxWaitSeconds" in schema_refuses(
+        deep_merge(MINIMAL, {"identity": {"passwordHashMaxWaitSeconds": 61}})
+    )

@@ -821,6 +821,10 @@ Names and meanings: docs/CONTRACTS.md and each service's settings module.
   value: {{ $values.tokenMaxFailuresPerAddress | quote }}
 - name: TOKEN_FAILURE_WINDOW_SECONDS
   value: {{ $values.tokenFailureWindowSeconds | quote }}
+- name: PASSWORD_HASH_MAX_WAITING
+  value: {{ $values.passwordHashMaxWaiting | quote }}
+- name: PASSWORD_HASH_MAX_WAIT_SECONDS
+  value: {{ $values.passwordHashMaxWaitSeconds | quote }}
 {{- if $values.dpop.nonces }}
 - name: DPOP_NONCES
   value: "true"

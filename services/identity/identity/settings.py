@@ -93,6 +93,13 @@ class IdentitySettings(DatabaseSettings, RedisSettings, DpopSettings, DenialAudi
     login_max_failures_per_user_all_addresses: int = Field(default=50, ge=1, le=100000)
     login_max_failures_per_address: int = Field(default=20, ge=1, le=100000)
     login_throttle_window_seconds: int = Field(default=900, ge=1, le=86400)
+    # Admission of the sign-in form's Argon2 work (identity.passwords.HashingQueue): right passwords
+    # are not throttled, so a shift change signing in at once was a queue without bound. At most this
+    # many checks are admitted (waiting or on the 4 hashing threads) per process; each may wait this
+    # long for its turn (below what a client waits for its answer, so the refusal reaches it); past
+    # either, the sign-in page again with 503 and Retry-After (identity_password_hash_refusals_total).
+    password_hash_max_waiting: int = Field(default=256, ge=1, le=100000)
+    password_hash_max_wait_seconds: float = Field(default=10.0, gt=0, le=60)
     client_auth_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
     # Failed token and revocation requests (any refusal but the DPoP nonce step, and a revocation of
     # a token the provider does not know) per client address and TOKEN_FAILURE_WINDOW_SECONDS; each

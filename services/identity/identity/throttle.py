@@ -26,8 +26,11 @@ lock someone out that way takes that many failures from at least ``all / per-use
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +76,9 @@ class Verdict:
     allowed: bool
     retry_after: int = 0
     scope: str = ""
+    #: refused only for attempts still being checked in this process (none had failed): "busy, retry
+    #: shortly", never "too many failed attempts" (LoginThrottle.attempt)
+    in_flight: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,10 @@ def _user_part(username: str) -> str:
     return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
 
 
+#: what an attempt refused for the others still being checked is told to wait (seconds)
+IN_FLIGHT_RETRY_SECONDS = 2
+
+
 class LoginThrottle:
     """Sign-in attempts per client address, per (user name, address) and per user name from all
     addresses, counted before the password check.
@@ -262,6 +272,8 @@ class LoginThrottle:
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
         self.max_per_user_all_addresses = max_per_user_all_addresses or 10 * max_per_user
+        self._pending: dict[str, int] = {}  # counter key → this process's attempts in flight
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # counter key → attempts waiting
 
     def _counters(self, username: str, address: str) -> tuple[Counter, Counter, Counter]:
         address = throttle_key(address)  # an IPv6 host's /64: one client, one counter
@@ -273,13 +285,72 @@ class LoginThrottle:
             Counter("user_all", f"{self.prefix}user:{user}", self.max_per_user_all_addresses),
         )
 
-    async def attempt(self, username: str, address: str) -> Verdict:
-        """Take a slot for one sign-in attempt, or refuse (429) when a limit is reached."""
-        return await self.counters.acquire(self._counters(username, address))
+    async def attempt(self, username: str, address: str, *, wait_until: float | None = None) -> Verdict:
+        """Take a slot for one sign-in attempt, or refuse (429) when a limit is reached.
+
+        With ``wait_until`` (``time.monotonic()``), a refusal by the address's counter while it holds
+        attempts of this process still being checked waits for one of them to end (:meth:`settle`)
+        and tries again, until then. Why: the slots an attempt takes before its check are held while
+        it waits its turn for the hashing threads, so 60 right passwords at once from one address
+        (an office's NAT) found the address's 20 slots taken by the others' checks and were told
+        "Too many failed attempts" for the window, no attempt having failed. Refused at
+        ``wait_until`` with such attempts still in flight: ``in_flight`` (busy, not failed).
+
+        No guess gets past a limit by waiting: every try is the same atomic check-and-count. Only
+        the address's counter waits: many people behind one address is an office, many attempts at
+        once on one user name is no person (the name's counters refuse at once, as before).
+        Attempts in flight at another replica are not seen here: their slots refuse as before."""
+        counters = self._counters(username, address)
+        while True:
+            verdict = await self.counters.acquire(counters)
+            if verdict.allowed:
+                for counter in counters:
+                    self._pending[counter.key] = self._pending.get(counter.key, 0) + 1
+                return verdict
+            key = next(c.key for c in counters if c.scope == verdict.scope)
+            if wait_until is None or verdict.scope != "address" or not self._pending.get(key):
+                self._wake(key, every=True)  # the slots are failures: the other waiters learn it too
+                return verdict
+            left = wait_until - time.monotonic()
+            if left <= 0:
+                return Verdict(False, IN_FLIGHT_RETRY_SECONDS, verdict.scope, in_flight=True)
+            waiter = asyncio.get_running_loop().create_future()
+            queue = self._waiters.setdefault(key, deque())
+            queue.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return Verdict(False, IN_FLIGHT_RETRY_SECONDS, verdict.scope, in_flight=True)
+            finally:
+                if waiter in queue:
+                    queue.remove(waiter)
+                if not queue:
+                    self._waiters.pop(key, None)
 
     async def succeeded(self, username: str, address: str) -> None:
-        """The password was right: give this attempt's slots back (earlier failures stay counted)."""
+        """The password was right (or was never checked): give this attempt's slots back (earlier
+        failures stay counted)."""
         await self.counters.give_back(self._counters(username, address))
+
+    def settle(self, username: str, address: str) -> None:
+        """An allowed attempt has ended, whatever its outcome (after :meth:`succeeded` when it gave its
+        slots back): no longer in flight; one attempt waiting for each of its counters tries again."""
+        for counter in self._counters(username, address):
+            left = self._pending.get(counter.key, 0) - 1
+            if left > 0:
+                self._pending[counter.key] = left
+            else:
+                self._pending.pop(counter.key, None)
+            self._wake(counter.key, every=False)
+
+    def _wake(self, key: str, *, every: bool) -> None:
+        queue = self._waiters.get(key)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not every:
+                    return
 
 
 class FailureThrottle:
