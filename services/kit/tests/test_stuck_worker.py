@@ -265,6 +265,21 @@ def stuck_records(sample: Sample) -> list[dict[str, object]]:
     return [json.loads(line) for line in sample.log if "worker stuck" in line]
 
 
+async def block_a_worker(sample: Sample, request: bytes) -> list[dict[str, object]]:
+    """Send ``request`` (one that blocks its worker's loop), see its connection end with the killed
+    worker, and wait for the supervisor's ``worker stuck`` records."""
+    reader, writer = await _connect(sample.port)
+    writer.write(request)
+    await writer.drain()
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # the worker dies under it
+        assert await asyncio.wait_for(reader.read(), REPLACED_WITHIN + 2) == b""
+    writer.close()
+    deadline = time.monotonic() + REPLACED_WITHIN
+    while not stuck_records(sample) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return stuck_records(sample)
+
+
 async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sample) -> None:
     """A handler blocks its worker's event loop in a C call (``time.sleep``). Before: the supervisor's
     one line said which pid it killed and after how long, not where the worker was stuck — the one
@@ -274,21 +289,13 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
     request held the loop (``stuck_request_id``): its access line is written when it ends, which it
     never does, so before only its peers' lines (the gateway's 504) knew of it."""
     workers = workers_of(sample.process.pid)
-    connection = await _connect(sample.port)
-    reader, writer = connection
-    writer.write(
-        b"GET /block?s=30 HTTP/1.1\r\nHost: x\r\nX-Request-ID: stuck-0123456789\r\n"
-        + f"Authorization: Bearer {SECRET_TOKEN}\r\n{SECRET_HEADER}: {SECRET_TOKEN}\r\n\r\n".encode()
-    )
-    await writer.drain()
     sent_at = time.monotonic()
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # the worker dies under it
-        assert await asyncio.wait_for(reader.read(), REPLACED_WITHIN + 2) == b""
-    writer.close()
+    records = await block_a_worker(
+        sample,
+        b"GET /block?s=30 HTTP/1.1\r\nHost: x\r\nX-Request-ID: stuck-0123456789\r\n"
+        + f"Authorization: Bearer {SECRET_TOKEN}\r\n{SECRET_HEADER}: {SECRET_TOKEN}\r\n\r\n".encode(),
+    )
     deadline = time.monotonic() + REPLACED_WITHIN
-    while not stuck_records(sample) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    records = stuck_records(sample)
     log = "".join(sample.log)
     assert len(records) == 1, log
     record = records[0]
@@ -315,16 +322,9 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
 async def test_a_worker_spinning_in_python_names_its_request_too(sample: Sample) -> None:
     """A CPU-bound bug (pure Python that never yields) rather than a blocking call: the worker's
     handler of the signal runs between two of its bytecodes, in the spinning request's context."""
-    reader, writer = await _connect(sample.port)
-    writer.write(b"GET /block?s=30&how=spin HTTP/1.1\r\nHost: x\r\nX-Request-ID: spin-0123456789\r\n\r\n")
-    await writer.drain()
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # the worker dies under it
-        assert await asyncio.wait_for(reader.read(), REPLACED_WITHIN + 2) == b""
-    writer.close()
-    deadline = time.monotonic() + REPLACED_WITHIN
-    while not stuck_records(sample) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    records = stuck_records(sample)
+    records = await block_a_worker(
+        sample, b"GET /block?s=30&how=spin HTTP/1.1\r\nHost: x\r\nX-Request-ID: spin-0123456789\r\n\r\n"
+    )
     assert len(records) == 1, "".join(sample.log)
     assert "spin_the_loop" in str(records[0]["stuck_at"]), records
     assert records[0]["stuck_request_id"] == "spin-0123456789", records

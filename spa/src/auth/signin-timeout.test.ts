@@ -45,6 +45,28 @@ function discoveryAt(origin: string): Discovery {
 }
 
 /**
+ * A tab back from the provider with a code, the state of the sign-in it started there (as
+ * signinRedirect() leaves it) in its storage, and the code flow that will exchange it at `server`.
+ */
+async function returnedWithCode(
+  requestTimeoutMs: number,
+): Promise<{ config: AppConfig; discovery: Discovery; flow: CodeFlow }> {
+  const config = configFor(requestTimeoutMs);
+  const window = {
+    location: { href: "", pathname: "/callback" },
+    history: { replaceState: vi.fn() },
+    sessionStorage: new MemoryStorage(),
+  };
+  vi.stubGlobal("window", window);
+  const discovery = discoveryAt(server.origin);
+  const request = await new OidcClient(userManagerSettings(config, discovery)).createSigninRequest({
+    request_type: "si:r",
+  });
+  window.location.href = `${config.redirectUri}?code=c-1&state=${request.state.id}`;
+  return { config, discovery, flow: new CodeFlow(config, discovery, undefined) };
+}
+
+/**
  * What `call` ends with once the server has its `requests` and the fake clock has moved `boundMs`
  * (checked to be still waiting a millisecond before).
  */
@@ -83,21 +105,9 @@ describe("the sign-in's requests to a frozen peer", () => {
   });
 
   it("the code exchange by oidc-client-ts: fails after requestTimeoutMs as an AuthError `timeout`", async () => {
-    const config = configFor(7_500);
-    const window = {
-      location: { href: "", pathname: "/callback" },
-      history: { replaceState: vi.fn() },
-      sessionStorage: new MemoryStorage(),
-    };
-    vi.stubGlobal("window", window);
-    const discovery = discoveryAt(server.origin);
+    const { config, discovery, flow } = await returnedWithCode(7_500);
     expect(userManagerSettings(config, discovery).requestTimeoutInSeconds).toBe(7.5);
-    // the state of a sign-in this tab started, as signinRedirect() leaves it
-    const request = await new OidcClient(userManagerSettings(config, discovery)).createSigninRequest({
-      request_type: "si:r",
-    });
-    window.location.href = `${config.redirectUri}?code=c-1&state=${request.state.id}`;
-    const error = await endsAt(() => new CodeFlow(config, discovery, undefined).handleRedirectCallback(), 7_500);
+    const error = await endsAt(() => flow.handleRedirectCallback(), 7_500);
     expect(error).toBeInstanceOf(AuthError);
     expect((error as AuthError).code).toBe("timeout");
     expect(server.seen).toEqual(["POST /oauth/token"]);
@@ -117,19 +127,8 @@ describe("the sign-in's requests to a frozen peer", () => {
       res.writeHead(200, { "content-type": "application/json", "content-length": "400" });
       res.write('{"access_token": "');
     });
-    const config = configFor(7_500);
-    const window = {
-      location: { href: "", pathname: "/callback" },
-      history: { replaceState: vi.fn() },
-      sessionStorage: new MemoryStorage(),
-    };
-    vi.stubGlobal("window", window);
-    const discovery = discoveryAt(server.origin);
-    const request = await new OidcClient(userManagerSettings(config, discovery)).createSigninRequest({
-      request_type: "si:r",
-    });
-    window.location.href = `${config.redirectUri}?code=c-1&state=${request.state.id}`;
-    const error = await endsAt(() => new CodeFlow(config, discovery, undefined).handleRedirectCallback(), 15_000);
+    const { flow } = await returnedWithCode(7_500);
+    const error = await endsAt(() => flow.handleRedirectCallback(), 15_000);
     expect(error).toBeInstanceOf(AuthError);
     expect((error as AuthError).code).toBe("timeout");
     expect(server.seen).toEqual(["POST /oauth/token"]);
