@@ -65,6 +65,7 @@ SOURCES: dict[tuple[str, str], str] = {
     ("identity_replay_fallback", "outcome"): FIXED,
     ("identity_tokens_issued", "grant_type"): "the grant the provider issued (its code, not the form's)",
     ("identity_login_failures", "reason"): FIXED,
+    ("identity_password_hash_refusals", "reason"): FIXED + " (identity.passwords: QUEUE_FULL … IN_FLIGHT)",
     ("identity_dpop_proof_refusals", "reason"): FIXED + " (svckit.dpop.ProofError reasons)",
     ("identity_dpop_binding_refusals", "binding"): FIXED,
     ("identity_userinfo_refusals", "reason"): FIXED,
