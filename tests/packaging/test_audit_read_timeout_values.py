@@ -21,8 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.packaging.support import MINIMAL, Obj, deep_merge, pod_spec, render
-from tests.packaging.test_database_bounds_values import env_of
-from tests.packaging.test_ops_values import container_env, schema_refuses
+from tests.packaging.test_ops_values import container_env, env_of, schema_refuses
 from tests.packaging.test_service_settings import SECRET_SHAPES, rendered_settings, settings_class
 
 READ = "AUDIT_READ_TIMEOUT_SECONDS"

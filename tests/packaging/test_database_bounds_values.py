@@ -18,7 +18,7 @@ import helm_python as helm
 import pytest
 
 from tests.packaging.support import MINIMAL, deep_merge, render
-from tests.packaging.test_ops_values import container_env, schema_refuses
+from tests.packaging.test_ops_values import container_env, env_of, schema_refuses
 from tests.packaging.test_service_settings import rendered_settings, settings_class
 
 CONNECT = "DB_CONNECT_TIMEOUT_SECONDS"
@@ -26,11 +26,6 @@ STATEMENT = "DB_STATEMENT_TIMEOUT_SECONDS"
 SHARED = ("identity", "timesheets", "approvals")  # the statement bound of config.dbStatementTimeoutSeconds
 WITH_DATABASE = (*SHARED, "audit")
 WITH_IDENTITY = deep_merge(MINIMAL, {"identity": {"enabled": True}})
-
-
-def env_of(values: dict[str, Any], component: str) -> dict[str, str]:
-    """The plain entries of the component's Deployment container (Secret references left out)."""
-    return {e["name"]: str(e["value"]) for e in container_env(render(values), component) if "value" in e}
 
 
 TUNED = deep_merge(

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.packaging.support import MINIMAL, deep_merge
-from tests.packaging.test_database_bounds_values import WITH_DATABASE, WITH_IDENTITY, env_of
-from tests.packaging.test_ops_values import schema_refuses
+from tests.packaging.test_database_bounds_values import WITH_DATABASE, WITH_IDENTITY
+from tests.packaging.test_ops_values import env_of, schema_refuses
 from tests.packaging.test_service_settings import rendered_settings, settings_class
 
 NAME = "DB_LEADER_CHECK_SECONDS"

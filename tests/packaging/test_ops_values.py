@@ -34,6 +34,12 @@ def container_env(objects: list[Obj], component: str) -> list[dict[str, Any]]:
     raise AssertionError(f"no Deployment for {component}")
 
 
+def env_of(values: dict[str, Any], component: str) -> dict[str, str]:
+    """The plain entries of the component's Deployment container rendered from ``values`` (Secret
+    references left out)."""
+    return {e["name"]: str(e["value"]) for e in container_env(render(values), component) if "value" in e}
+
+
 def schema_refuses(values: dict[str, Any]) -> str:
     with helm.Chart.load(CHART) as chart:
         try:
@@ -106,14 +112,14 @@ def test_the_code_limits_window_is_a_chart_value_of_its_own() -> None:
     """``identity.authorizeCodeWindowSeconds`` is AUTHORIZE_CODE_WINDOW_SECONDS (900 by default, the
     sign-in window's value, which the code limit shared before); the limit itself stays a tuning
     setting (``identity.env``)."""
-    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    default = env_of(MINIMAL, "identity")
     assert default["AUTHORIZE_CODE_WINDOW_SECONDS"] == "900"
     values = deep_merge(
         MINIMAL,
         {"identity": {"authorizeCodeWindowSeconds": 60, "env": {"AUTHORIZE_MAX_CODES_PER_USER": 20}}},
     )
     assert not schema_refuses(values)
-    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    env = env_of(values, "identity")
     assert (env["AUTHORIZE_CODE_WINDOW_SECONDS"], env["AUTHORIZE_MAX_CODES_PER_USER"]) == ("60", "20")
     assert "authorizeCodeWindowSeconds" in schema_refuses(
         deep_merge(MINIMAL, {"identity": {"authorizeCodeWindowSeconds": 0}})
@@ -140,7 +146,7 @@ def test_the_token_failure_budget_is_a_chart_value() -> None:
     """``identity.tokenMaxFailuresPerAddress`` / ``identity.tokenFailureWindowSeconds`` are
     TOKEN_MAX_FAILURES_PER_ADDRESS / TOKEN_FAILURE_WINDOW_SECONDS (300 / 300 by default, the
     provider's own); the schema refuses a budget of 0 (every token request from an address refused)."""
-    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    default = env_of(MINIMAL, "identity")
     assert (default["TOKEN_MAX_FAILURES_PER_ADDRESS"], default["TOKEN_FAILURE_WINDOW_SECONDS"]) == (
         "300",
         "300",
@@ -149,7 +155,7 @@ def test_the_token_failure_budget_is_a_chart_value() -> None:
         MINIMAL, {"identity": {"tokenMaxFailuresPerAddress": 2000, "tokenFailureWindowSeconds": 600}}
     )
     assert not schema_refuses(values)
-    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    env = env_of(values, "identity")
     assert (env["TOKEN_MAX_FAILURES_PER_ADDRESS"], env["TOKEN_FAILURE_WINDOW_SECONDS"]) == ("2000", "600")
     assert "tokenMaxFailuresPerAddress" in schema_refuses(
         deep_merge(MINIMAL, {"identity": {"tokenMaxFailuresPerAddress": 0}})
@@ -160,13 +166,13 @@ def test_the_sign_in_password_check_admission_is_a_chart_value() -> None:
     """``identity.passwordHashMaxWaiting`` / ``identity.passwordHashMaxWaitSeconds`` are
     PASSWORD_HASH_MAX_WAITING / PASSWORD_HASH_MAX_WAIT_SECONDS (256 / 10 by default, the provider's
     own); the schema refuses no admission at all and a wait past what the provider accepts (60 s)."""
-    default = {e["name"]: e.get("value") for e in container_env(render(MINIMAL), "identity")}
+    default = env_of(MINIMAL, "identity")
     assert (default["PASSWORD_HASH_MAX_WAITING"], default["PASSWORD_HASH_MAX_WAIT_SECONDS"]) == ("256", "10")
     values = deep_merge(
         MINIMAL, {"identity": {"passwordHashMaxWaiting": 64, "passwordHashMaxWaitSeconds": 5.5}}
     )
     assert not schema_refuses(values)
-    env = {e["name"]: e.get("value") for e in container_env(render(values), "identity")}
+    env = env_of(values, "identity")
     assert (env["PASSWORD_HASH_MAX_WAITING"], env["PASSWORD_HASH_MAX_WAIT_SECONDS"]) == ("64", "5.5")
     assert "passwordHashMaxWaiting" in schema_refuses(
         deep_merge(MINIMAL, {"identity": {"passwordHashMaxWaiting": 0}})
