@@ -32,8 +32,8 @@ from svckit.settings import parse_identity_keys
 
 from testkit.cgroups import Cgroup, cpu_millis, unavailable
 from testkit.fixtures import IsolatedEnv, ServiceRedis
+from testkit.kubelet import PHASES, Probe, kubelets, longest_failing_run, probing
 from testkit.oidc import Browser, sign_in_tokens
-from tests.packaging.kubelet import PHASES, Probe, probing
 from tests.packaging.pods import wait_for
 from tests.packaging.release import Pods, ready_or_gone, running_release
 from tests.packaging.support import APP_COMPONENTS, RELEASE, pod_spec
@@ -294,16 +294,13 @@ class Seen:
     probe: Probe
     answers: list[float]
 
-    def kubelets(self) -> list[list[float]]:
-        return [self.answers[phase::PHASES] for phase in range(PHASES)]
-
     def longest_failing_run(self) -> int:
         """The most failures in a row one of the kubelets saw."""
-        return max(longest_failing_run(seen) for seen in self.kubelets())
+        return longest_failing_run(self.answers)
 
     def could_act(self) -> bool:
         """Some kubelet probed ``failure_threshold`` times: the scenario was long enough to fail."""
-        return max(len(seen) for seen in self.kubelets()) >= self.probe.failure_threshold
+        return max(len(seen) for seen in kubelets(self.answers)) >= self.probe.failure_threshold
 
 
 def scenario_seconds(probes: list[Probe]) -> float:
@@ -320,7 +317,7 @@ def probed_during(
     address: str, probes: list[Probe], scenario: Callable[[float], T]
 ) -> tuple[dict[str, Seen], T]:
     """``scenario(seconds)`` run while each probe (as rendered: :func:`rendered_probes`) is sent to
-    ``address`` as the kubelet sends it (:mod:`tests.packaging.kubelet`: each kind on its own, every
+    ``address`` as the kubelet sends it (:mod:`testkit.kubelet`: each kind on its own, every
     ``period`` s whatever the last one took, at :data:`PHASES` phases of the period, from a process of
     their own). What the probes saw, and what the scenario gave.
 
@@ -336,14 +333,6 @@ def probed_during(
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-
-
-def longest_failing_run(values: list[float]) -> int:
-    run = longest = 0
-    for value in values:
-        run = run + 1 if value == math.inf else 0
-        longest = max(longest, run)
-    return longest
 
 
 async def saturate(
@@ -557,7 +546,7 @@ def assert_probes_hold(component: str, seen: dict[str, Seen]) -> None:
 # Round one: the gateway (its load's API half goes to timesheets, unquota'd) beside identity (its
 # tokens are signed in beforehand: the gateway does not call it meanwhile). Round two: timesheets
 # (through the gateway, unquota'd) beside the two negative cases, which use no CPU: approvals stopped,
-# and a stand-in answering late. The probes come from a process of their own (tests.packaging.kubelet):
+# and a stand-in answering late. The probes come from a process of their own (testkit.kubelet):
 # two loads in this process do not delay them.
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import re
 import secrets
@@ -26,7 +25,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -39,6 +38,7 @@ from identity import passwords
 
 from testkit import cgroups
 from testkit.fixtures import ServiceProcess
+from testkit.kubelet import Probe, longest_failing_run, probing
 from testkit.oidc import DEMO_PASSWORD, Browser, hidden_field, refresh, sign_in_tokens
 
 from .conftest import own_provider_process, provider_url
@@ -55,13 +55,18 @@ RESOURCES = VALUES["identity"]["resources"]
 MEMORY_LIMIT = cgroups.memory_bytes(RESOURCES["limits"]["memory"])
 CPU_REQUEST = cgroups.cpu_millis(RESOURCES["requests"]["cpu"])
 MARGIN = 0.15
-#: the probes' paths, (timeout, failure threshold, period) as the chart renders them
+#: the probes as the chart renders them, by path (the port is the provider's, known once it runs)
 PROBES = {
-    path: (float(spec["timeoutSeconds"]), int(spec["failureThreshold"]), float(spec["periodSeconds"]))
-    for path, spec in (("/healthz", VALUES["probes"]["liveness"]), ("/readyz", VALUES["probes"]["readiness"]))
+    path: Probe(
+        kind,
+        path,
+        0,
+        float(VALUES["probes"][kind]["timeoutSeconds"]),
+        float(VALUES["probes"][kind]["periodSeconds"]),
+        int(VALUES["probes"][kind]["failureThreshold"]),
+    )
+    for kind, path in (("liveness", "/healthz"), ("readiness", "/readyz"))
 }
-#: kubelets per probe, each at another phase of the period (tests/packaging/test_pods_under_limits.py)
-PHASES = 10
 
 
 async def ensure_people(db: asyncpg.Connection, count: int) -> list[str]:
@@ -137,19 +142,12 @@ class Storm:
     outcomes: list[Outcome]
     elapsed: float
     peak: int  # the process's resident memory at its highest, bytes
-    probes: dict[str, dict[int, float]]  # path → the n-th probe's seconds (inf: failed)
+    probes: dict[str, list[float]]  # path → its probes' seconds in the order sent (inf: failed)
     refreshes: list[tuple[int, float]]  # (status, seconds)
 
     def longest_failing_run(self, path: str) -> int:
-        """The most failures in a row one of the kubelets saw (every PHASES-th probe is one's)."""
-        answers = [self.probes[path][n] for n in sorted(self.probes[path])]
-        longest = 0
-        for phase in range(PHASES):
-            run = 0
-            for seconds in answers[phase::PHASES]:
-                run = run + 1 if seconds == math.inf else 0
-                longest = max(longest, run)
-        return longest
+        """The most failures in a row one of the kubelets saw."""
+        return longest_failing_run(self.probes[path])
 
 
 @pytest.fixture
@@ -201,7 +199,7 @@ async def test_a_sign_in_storm_is_answered_before_clients_give_up(
     print(f"\n  at {where}: {figures(seen.outcomes, seen.elapsed)}; peak RSS {seen.peak / 2**20:.0f} MiB")
     print(f"  refreshes: {len(seen.refreshes)}, slowest {max(s for _, s in seen.refreshes):.2f} s")
     for path in PROBES:
-        answered = [s for s in seen.probes[path].values() if s != math.inf]
+        answered = [s for s in seen.probes[path] if s != math.inf]
         failed = len(seen.probes[path]) - len(answered)
         print(
             f"  {path}: {len(seen.probes[path])} probes, {failed} failed, slowest answered"
@@ -214,8 +212,8 @@ async def test_a_sign_in_storm_is_answered_before_clients_give_up(
     # every answer well within the client's timeout: at most two thirds of it
     assert max(seconds for _, seconds, _ in seen.outcomes) < CLIENT_TIMEOUT * 2 / 3
     if cpu is None:
-        for path, (_, threshold, _) in PROBES.items():
-            assert seen.longest_failing_run(path) < threshold, (path, seen.probes[path])
+        for path, probe in PROBES.items():
+            assert seen.longest_failing_run(path) < probe.failure_threshold, (path, seen.probes[path])
     assert oom_kills == 0
     assert seen.peak < MEMORY_LIMIT * (1 - MARGIN), f"{seen.peak / 2**20:.0f} MiB"
     assert seen.refreshes
@@ -224,39 +222,17 @@ async def test_a_sign_in_storm_is_answered_before_clients_give_up(
 
 
 async def storm(process: ServiceProcess, people: list[str]) -> Storm:
-    """Everyone signs in; meanwhile the probes as the kubelet sends them (each kind on its own, every
-    ``period`` whatever the last took, at :data:`PHASES` phases of the period: ten kubelets), a
-    refresh of a session signed in before, again and again, and the process's resident memory."""
+    """Everyone signs in; meanwhile the probes as the kubelet sends them (:mod:`testkit.kubelet`: each
+    kind on its own, every ``period`` whatever the last took, at ten phases of the period, from a
+    process of their own: sent from this one, they would wait behind its 200 clients), a refresh of a
+    session signed in before, again and again, and the process's resident memory."""
     assert process.process is not None
     pid = psutil.Process(process.process.pid)
     base = provider_url(process.port)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         tokens = await sign_in_tokens(Browser(base, http), http, base, scope="openid offline_access")
-    seen = Storm([], 0.0, pid.memory_info().rss, {path: {} for path in PROBES}, [])
+    seen = Storm([], 0.0, pid.memory_info().rss, {}, [])
     over = asyncio.Event()
-
-    async def probing(path: str, timeout: float, period: float) -> None:
-        sent: list[asyncio.Task[None]] = []
-
-        async def send(n: int, http: aiohttp.ClientSession) -> None:
-            start = time.monotonic()
-            try:
-                async with http.get(base + path, timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-                    await answer.read()
-                    ok = answer.status == 200
-            except (TimeoutError, aiohttp.ClientError):
-                ok = False
-            seen.probes[path][n] = time.monotonic() - start if ok else math.inf
-
-        first = time.monotonic()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            for n in itertools.count():
-                sent.append(asyncio.create_task(send(n, http)))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(over.wait(), first + (n + 1) * period / PHASES - time.monotonic())
-                if over.is_set():
-                    break
-            await asyncio.gather(*sent)
 
     async def refreshing() -> None:
         token = tokens["refresh_token"]
@@ -270,15 +246,19 @@ async def storm(process: ServiceProcess, people: list[str]) -> Storm:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(over.wait(), 0.5)
 
-    watchers = [asyncio.create_task(refreshing())]
-    watchers += [asyncio.create_task(probing(path, *probe[:1], probe[2])) for path, probe in PROBES.items()]
-    started = time.monotonic()
-    seen.outcomes = await asyncio.gather(
-        *(sign_in(base, i, name, CLIENT_TIMEOUT) for i, name in enumerate(people))
-    )
-    seen.elapsed = time.monotonic() - started
-    over.set()
-    await asyncio.gather(*watchers)
+    probes = [replace(probe, port=process.port) for probe in PROBES.values()]
+    # entered and left at the storm's edges: the kubelet's process starts, and hands over its answers,
+    # while this loop has nothing else to run
+    with probing("127.0.0.1", probes) as probed:
+        watcher = asyncio.create_task(refreshing())
+        started = time.monotonic()
+        seen.outcomes = await asyncio.gather(
+            *(sign_in(base, i, name, CLIENT_TIMEOUT) for i, name in enumerate(people))
+        )
+        seen.elapsed = time.monotonic() - started
+        over.set()
+        await watcher
+    seen.probes = {probe.path: probed.answers[probe.kind] for probe in probes}
     seen.peak = max(seen.peak, pid.memory_info().rss)
     return seen
 

@@ -1,4 +1,5 @@
-"""The kubelet's probes of a pod, sent from a process of their own.
+"""The kubelet's probes of a pod, sent from a process of their own (the pods' checks under their
+limits, tests/packaging/test_pods_under_limits.py, and identity's sign-in storm).
 
 Each probe kind is sent on its own, every ``period`` s whatever the last one took (each probe its own
 thread, with its ``timeout``), at :data:`PHASES` phases of the period: ten kubelets, each starting at
@@ -43,6 +44,23 @@ class Probe:
         """The shortest time in which a kubelet that starts probing as the trouble starts can act:
         ``failure_threshold`` probes one ``period`` apart, the last one's ``timeout``."""
         return (self.failure_threshold - 1) * self.period + self.timeout
+
+
+def kubelets(answers: list[float]) -> list[list[float]]:
+    """One probe kind's answers in the order sent (:func:`send_probes`), split by the kubelet that sent
+    them: every :data:`PHASES`-th one is one kubelet's."""
+    return [answers[phase::PHASES] for phase in range(PHASES)]
+
+
+def longest_failing_run(answers: list[float]) -> int:
+    """The most failures (``inf``) in a row one kubelet saw among ``answers`` (:func:`kubelets`)."""
+    longest = 0
+    for seen in kubelets(answers):
+        run = 0
+        for value in seen:
+            run = run + 1 if value == math.inf else 0
+            longest = max(longest, run)
+    return longest
 
 
 def probe_once(address: str, probe: Probe) -> float:
