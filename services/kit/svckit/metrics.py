@@ -74,6 +74,13 @@ http_send_timeouts = Counter(
     "unsent bytes (the rest was dropped, the application heard http.disconnect).",
 )
 
+http_abandoned = Counter(
+    "http_requests_abandoned_total",
+    "Requests the HTTP layer dropped unserved because their client had closed the connection while "
+    "they waited for a worker that was behind (frozen, starved of CPU, flooded): no one was there to "
+    "read an answer (svckit.abandoned).",
+)
+
 worker_stuck_kills = Counter(
     "worker_stuck_kills_total",
     "Worker processes the supervisor killed (SIGKILL) and replaced because their event loop had not "

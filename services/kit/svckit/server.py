@@ -149,7 +149,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
-from .metrics import forget_dead_processes, http_refused, http_send_timeouts
+from .metrics import forget_dead_processes, http_abandoned, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 from .proxies import unmapped
 from .stacks import StackFile, install
@@ -262,6 +262,11 @@ class RefusalLog:
             child = self._children[status] = http_refused.labels(str(status))
         child.inc()
         self._line("request refused by the HTTP layer", {"status": status, "detail": detail})
+
+    def abandoned(self) -> None:
+        """A request dropped unserved: its client left while it waited (:mod:`svckit.abandoned`)."""
+        http_abandoned.inc()
+        self._line("request dropped by the HTTP layer", {"reason": "client_gone"})
 
     def send_timed_out(self, detail: str) -> None:
         http_send_timeouts.inc()
@@ -590,9 +595,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
 
     def new_cycle(self, keep_alive: bool) -> LeanCycle:
-        return LeanCycle(
+        cycle = LeanCycle(
             self.scope, self, keep_alive=keep_alive, expect_100_continue=self.expect_100_continue
         )
+        cycle.on_abandoned = refusals.abandoned
+        return cycle
 
     def route(self, keep_alive: bool) -> tuple[LeanCycle, ASGIApp]:
         """The cycle and the application for the request whose scope is complete: the app's own here;

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import stacks
+from .abandoned import pace
 from .metrics import worker_stuck_kills
 from .stacks import StackFile
 
@@ -78,15 +79,15 @@ class Beat(Protocol):
 
 @contextlib.asynccontextmanager
 async def beating(heartbeat: Beat | None) -> AsyncIterator[None]:
-    """Beat into ``heartbeat`` from this event loop for as long as the block runs (nothing when
-    ``None``: one worker, no supervisor)."""
-    if heartbeat is None:
-        yield
-        return
+    """Beat into ``heartbeat`` from this event loop for as long as the block runs (``None``: one
+    worker, no supervisor, no one to tell), and into :data:`svckit.abandoned.pace` — whether the loop
+    keeps up — in either case."""
 
     async def beat() -> None:
         while True:
-            heartbeat.value = time.monotonic()
+            if heartbeat is not None:
+                heartbeat.value = time.monotonic()
+            pace.beat(BEAT_SECONDS)
             await asyncio.sleep(BEAT_SECONDS)
 
     task = asyncio.create_task(beat(), name="svckit-heartbeat")
