@@ -12,6 +12,10 @@ each ungranted lock in ``pg_locks``. Printed, per variant: each process's CPU pe
 whole Postgres server's included), the cluster's WAL records, bytes, writes and syncs per decision
 (``pg_stat_wal``, ``pg_stat_io``), the statements per decision (calls, rows, execution + planning
 time, WAL bytes), the wait histogram, and the latencies wrk saw. A diagnostic: nothing is written.
+``PGDECIDE_PLAIN=1`` adds the plain ``reference`` (``bench/approvals.py``'s: the same four statements,
+no identity check, no relays, its outbox rows stubs left unread) as a variant on a database of its own
+seeded alike: its statements and Postgres's CPU per decision beside the services' (the cluster's WAL
+and the whole server's CPU are each round's running variant's).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import asyncpg
 from bench._backing import MAX_CONNECTIONS, embedded_postgres, fresh_database
 from bench._measure import CpuMeter
 from bench._pgwork import STATE, enable, snapshot
-from bench.api import pid_of, run_wrk
+from bench.api import pid_of, run_wrk, start_reference
 from bench.approvals import decide_script, seed
 from testkit.fixtures import ServiceProcess, new_pair_keys
 
@@ -152,12 +156,14 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-pgdecide-"))
     processes: list[ServiceProcess] = []
     name = f"tsp_pgdecide_{os.getpid()}"
+    plain = os.environ.get("PGDECIDE_PLAIN", "") not in ("", "0")
+    reference: Any = None
     try:
         asyncio.run(enable(server))
-        with fresh_database(name) as url:
+        with fresh_database(name) as url, fresh_database(name + "_plain") as plain_url:
             per = int(seconds * 3000)
             # a slice per variant and round, and one each for the warm-up
-            entries = asyncio.run(seed(url, per * (rounds + 1) * (2 if baseline else 1)))
+            entries = asyncio.run(seed(url, per * (rounds + 1) * (1 + bool(baseline) + plain)))
             keys = new_pair_keys("bench")
             env = {
                 "DATABASE_URL": url,
@@ -179,6 +185,13 @@ def main() -> int:
                     "approvals", {**approvals_env, "PYTHONPATH": path}, log_dir=logs
                 ).start()
                 processes.append(variants["before"])
+            databases = dict.fromkeys(variants, name)
+            if plain:  # the plain reference, its database seeded with the same entries
+                asyncio.run(seed(plain_url, len(entries)))
+                reference = start_reference(plain_url, logs, None, "reference")
+                reference.url = reference.reference_url
+                variants["reference"] = reference
+                databases["reference"] = name + "_plain"
             postgres_pid = embedded_postgres(STATE)
             slices = iter(range(0, len(entries), per))
             for variant in variants.values():  # warm-up
@@ -190,17 +203,21 @@ def main() -> int:
                 for case in order:
                     total = totals[case]
                     meter = CpuMeter(
-                        {
+                        {"reference": reference.pid, "postgres": postgres_pid}
+                        if case == "reference"
+                        else {
                             "approvals": pid_of(variants[case]),
                             "timesheets": pid_of(timesheets),
                             "audit": pid_of(audit),
                             "postgres": postgres_pid,
                         }
                     )
-                    before = asyncio.run(snapshot(server, {"d": name}))
+                    before = asyncio.run(snapshot(server, {"d": databases[case]}))
                     wal_before = asyncio.run(wal(server))
                     stop = threading.Event()
-                    sampler = threading.Thread(target=sample, args=(server, name, stop, every, total.seen))
+                    sampler = threading.Thread(
+                        target=sample, args=(server, databases[case], stop, every, total.seen)
+                    )
                     script = decide_script(logs / "decide.lua", keys, entries[next(slices) :][:per])
                     sampler.start()
                     meter.start()
@@ -209,7 +226,7 @@ def main() -> int:
                     stop.set()
                     sampler.join()
                     time.sleep(3)  # the relays drain
-                    after = asyncio.run(snapshot(server, {"d": name}))
+                    after = asyncio.run(snapshot(server, {"d": databases[case]}))
                     wal_after = asyncio.run(wal(server))
                     n = max(1, result["requests"])
                     total.add(result, used, before, after, wal_before, wal_after)
@@ -222,6 +239,9 @@ def main() -> int:
             for case, total in totals.items():
                 total.report(case, every)
     finally:
+        if reference is not None:
+            reference.terminate()
+            reference.wait(10)
         for process in reversed(processes):
             process.stop()
         redis.stop()

@@ -18,12 +18,16 @@ with results to keep: it prints, nothing is written (its figures: services/times
 a machine that is not saturated); ``PGWORK_PERF=<prefix>`` samples each case's app backends with
 ``perf record`` into ``<prefix>.<case>.<round>``; ``PGWORK_BUFFERS=1`` shows each statement's shared
 buffers touched (hit + read) in the WAL bytes' column (also in ``bench._pgdecide``'s table): what its
-plan visits, which the machine's load does not blur.
+plan visits, which the machine's load does not blur. ``PGWORK_PLAIN=1`` adds a third case, the plain
+``reference`` (``bench/api.py``'s: no identity check, no relay, its outbox rows stubs left unread) on a
+database of its own: what the issue's comparison is against (``bench._pgmicro`` has the same split
+per statement, from one connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -43,6 +47,7 @@ from bench.api import (
     direct_script,
     prepare_database,
     run_wrk,
+    start_reference,
     start_reference_audited,
 )
 from testkit.fixtures import ServiceProcess, new_pair_keys
@@ -240,13 +245,19 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-pgwork-"))
     processes: list[ServiceProcess] = []
     audited = None
+    plain: subprocess.Popen[bytes] | None = None
     name = f"tsp_pgwork_{os.getpid()}"
     try:
         if STATEMENTS:
             asyncio.run(enable(server))
-        with fresh_database(name) as url, fresh_database(name + "_audited") as audited_db:
-            for database in (url, audited_db):
-                asyncio.run(prepare_database(database, issuer.issuer, subjects))
+        plain_case = os.environ.get("PGWORK_PLAIN", "") not in ("", "0")
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(fresh_database(name))
+            audited_db = stack.enter_context(fresh_database(name + "_audited"))
+            plain_db = stack.enter_context(fresh_database(name + "_plain")) if plain_case else None
+            for database in (url, audited_db, plain_db):
+                if database is not None:
+                    asyncio.run(prepare_database(database, issuer.issuer, subjects))
             keys = new_pair_keys("bench")
             prefix = f"tsp-pgwork:{os.getpid()}:"
             env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix, **keys}
@@ -259,6 +270,11 @@ def main() -> int:
             urls = {"service": timesheets.url, "reference_audited": audited.reference_url}  # type: ignore[attr-defined]
             names = {"service": name, "reference_audited": name + "_audited"}
             databases = {"service": url, "reference_audited": audited_db}
+            if plain_db is not None:
+                plain = start_reference(plain_db, logs, None, "reference")
+                urls["reference"] = plain.reference_url  # type: ignore[attr-defined]
+                names["reference"] = name + "_plain"
+                databases["reference"] = plain_db
             postgres_pid = embedded_postgres(STATE)
             assert postgres_pid is not None, "the embedded Postgres is not running"
             splitter = ProcessSplit(server, postgres_pid)
@@ -350,9 +366,10 @@ def main() -> int:
                             )
             report(totals)
     finally:
-        if audited is not None:
-            audited.terminate()
-            audited.wait(10)
+        for reference in (audited, plain):
+            if reference is not None:
+                reference.terminate()
+                reference.wait(10)
         for process in reversed(processes):
             process.stop()
         issuer.close()
