@@ -153,6 +153,16 @@ SUMMARY = "testkit-summary:"
 _summaries: dict[str, list[str]] = {}
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The worker that runs the test and when its set-up began, in its report (``--junitxml`` writes
+    them as properties ``xdist-worker`` and ``started-at``, seconds since the epoch): what a CI run's
+    critical path is read from — which worker ran what, in what order, and whether one idled at the
+    end — which the report's durations alone do not say."""
+    item.user_properties.append(("xdist-worker", WORKER or "main"))
+    item.user_properties.append(("started-at", f"{time.time():.1f}"))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, value in report.user_properties:
         if isinstance(name, str) and name.startswith(SUMMARY) and isinstance(value, list):
