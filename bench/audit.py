@@ -414,7 +414,7 @@ async def run(
                 first = await next_xid(dsn) if postgres is not None else None
                 found = await load(service, service_pid, batch, senders, duration)
                 if first is not None:  # the embedded server: its transactions are this run's alone
-                    found.update(group_figures(found, await next_xid(dsn) - first - 1))
+                    found.update(group_figures(found, await next_xid(dsn) - first))
                 return found
 
             async def load(
