@@ -13,9 +13,13 @@ kit's :class:`~svckit.outbox.OutboxRelay`. Measured:
   ``DATABASE_URL``, a server shared with others) and wrk's own per request: the senders must not be
   what limits the figure on a two-core machine.
   Every append takes the single chain lock (concurrent ones share it by group commit), so this is
-  the ceiling of the whole platform's audited write rate. ``BENCH_AUDIT_ROUNDS`` (default 3)
-  interleaved rounds of the three cases; medians, each round's events/s beside them. The issue's
-  targets are printed beside the figures, never asserted.
+  the ceiling of the whole platform's audited write rate. With the embedded Postgres, what the group
+  commit achieved in each case: the write transactions the server committed while the case ran
+  (``transactions``, from the next transaction id before and after it: each append is one, and nothing
+  else writes meanwhile), ``events_per_transaction`` and ``requests_per_transaction`` (each round's in
+  ``events_per_transaction_rounds``); absent with ``DATABASE_URL``, a server others write to.
+  ``BENCH_AUDIT_ROUNDS`` (default 3) interleaved rounds of the three cases; medians, each round's
+  events/s beside them. The issue's targets are printed beside the figures, never asserted.
 - ``relay``: 5,000 events committed to an outbox in 100 transactions (enqueue rate), then the relay
   started on that backlog, as after an audit outage: the time until it has drained it (events/s end
   to end: claim with SKIP LOCKED, POST, DELETE, commit).
@@ -60,6 +64,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import psutil
 from svckit.db import Database
 from svckit.http import HttpClient, SignedClient
@@ -206,6 +211,27 @@ def wrk_ingest_case(
     }
 
 
+async def next_xid(dsn: str) -> int:
+    """The next transaction id the server will assign (a read of the snapshot: it assigns none)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        xid: int = await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    finally:
+        await conn.close()
+    return xid
+
+
+def group_figures(case: Mapping[str, Any], commits: int) -> dict[str, Any]:
+    """What the group commit achieved in a case: the write transactions the server committed while it
+    ran (each append is one; nothing else writes during a case), events and requests per transaction."""
+    events = case["requests"] * case["batch"]
+    return {
+        "transactions": commits,
+        "events_per_transaction": round(events / commits, 2) if commits > 0 else None,
+        "requests_per_transaction": round(case["requests"] / commits, 2) if commits > 0 else None,
+    }
+
+
 #: the per-round figures an A/B compares (after / before): higher events/s is better, lower CPU
 PAIRED = ("events_per_second", "cpu_us_per_event", "postgres_cpu_us_per_event")
 
@@ -241,6 +267,8 @@ def summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     case["cpu_us_per_event_rounds"] = spread(runs, "cpu_us_per_event")
     if any(run.get("postgres_cpu_us_per_event") is not None for run in runs):
         case["postgres_cpu_us_per_event_rounds"] = spread(runs, "postgres_cpu_us_per_event")
+    if any(run.get("events_per_transaction") is not None for run in runs):
+        case["events_per_transaction_rounds"] = spread(runs, "events_per_transaction")
     return case
 
 
@@ -383,6 +411,15 @@ async def run(
             async def measure(
                 service: ServiceProcess, service_pid: int | None, batch: int, senders: int, duration: float
             ) -> dict[str, Any]:
+                first = await next_xid(dsn) if postgres is not None else None
+                found = await load(service, service_pid, batch, senders, duration)
+                if first is not None:  # the embedded server: its transactions are this run's alone
+                    found.update(group_figures(found, await next_xid(dsn) - first))
+                return found
+
+            async def load(
+                service: ServiceProcess, service_pid: int | None, batch: int, senders: int, duration: float
+            ) -> dict[str, Any]:
                 if wrk:
                     return await asyncio.to_thread(
                         wrk_ingest_case,
@@ -469,7 +506,9 @@ def main() -> int:
         label = f"batch={case['batch']}" + (" BEFORE" if "before" in case else "")
         pg = case.get("postgres_cpu_us_per_event_rounds")
         pg_rounds = f"; postgres: {pg}" if pg else ""
-        print(f"  {label} rounds, cpu us/event: {case['cpu_us_per_event_rounds']}{pg_rounds}")
+        grouped = case.get("events_per_transaction_rounds")
+        groups = f"; events per transaction: {grouped}" if grouped else ""
+        print(f"  {label} rounds, cpu us/event: {case['cpu_us_per_event_rounds']}{pg_rounds}{groups}")
     for pair in results.get("ab", []):
         first = "".join("A" if after else "B" for after in pair["after_first"])
         print(f"A/B batch={pair['batch']} x{pair['senders']} (after/before per round; first: {first}):")

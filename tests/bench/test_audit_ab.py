@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.audit import paired_ratios, round_order, summary
+from bench.audit import group_figures, paired_ratios, round_order, summary
 
 pytestmark = pytest.mark.unit
 
@@ -74,3 +74,15 @@ def test_an_even_number_of_rounds_keeps_the_case_as_it_was() -> None:
     assert (case["batch"], case["senders"]) == (1, 8)
     assert type(case["batch"]) is int
     assert case["events_per_second"] == 2050.0  # a figure that varies: its median as before
+
+
+def test_a_case_says_how_many_events_each_transaction_carried() -> None:
+    # 8 senders of single events: 6,000 requests in 1,700 appends is groups of ~3.5
+    single = group_figures({"batch": 1, "requests": 6000}, 1700)
+    assert single == {"transactions": 1700, "events_per_transaction": 3.53, "requests_per_transaction": 3.53}
+    batches = group_figures({"batch": 50, "requests": 400}, 380)
+    assert (batches["events_per_transaction"], batches["requests_per_transaction"]) == (52.63, 1.05)
+    assert group_figures({"batch": 1, "requests": 0}, 0)["events_per_transaction"] is None
+    found = [{"batch": 1, "events_per_second": 1900, "cpu_us_per_event": 1.0, **single}] * 2
+    assert summary(found)["events_per_transaction_rounds"] == [3.53, 3.53]
+    assert "events_per_transaction_rounds" not in summary([{"batch": 1, "events_per_second": 1}])
