@@ -82,7 +82,7 @@ def create_app() -> Starlette:
         routes=[
             Route("/fast", fast),
             Route("/slow", slow),
-            Route("/block", block),
+            Route("/block", block, methods=["GET", "POST"]),
             Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE"]),
         ]
     )

@@ -183,7 +183,8 @@ class GatewayHttpProtocol(ProblemHttpProtocol):
 
     def start(self, cycle: LeanCycle, app: ASGIApp) -> None:
         if isinstance(app, Edge) and isinstance(cycle, ApiCycle):
-            self._serve_api(app, cycle)
+            if not self.client_left(cycle):  # the kit's: a request no one waits for is not forwarded
+                self._serve_api(app, cycle)
         else:
             super().start(cycle, app)
 

@@ -10,10 +10,11 @@ given up on it done late (``services/kit/tests/test_abandoned_requests.py``). In
 is what stretched a frozen service's recovery on a loaded host (``tests/faults/test_frozen_service.py``:
 requests sent over 2 s after SIGCONT still refused while the backlog drained).
 
-Such a request is now dropped before its application runs when its client has closed the connection
-— its FIN already waits in the socket, which is what a client that timed out sends — counted in
-``http_requests_abandoned_total`` and logged with the HTTP layer's refusals (one line per 10 s at
-most). Nothing is answered: no one is there to read it.
+Such a request is now dropped before its application runs (the gateway: before it is forwarded) when
+its client has closed the connection — its FIN already waits in the socket behind the request, which
+is what a client that timed out sends — counted in ``http_requests_abandoned_total`` and logged with
+the HTTP layer's refusals (one line per 10 s at most): :meth:`svckit.server.ProblemHttpProtocol.client_left`.
+Nothing is answered: no one is there to read it.
 
 Looking costs a system call and a wrapping socket object (~15 µs on the 2-core build host), too much
 for every request of a service whose whole request costs ~370 µs, so the worker looks only while its

@@ -38,7 +38,6 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from .abandoned import client_gone, pace
 from .problems import PROBLEM_JSON
 
 #: a response head is sent in the same write as a body of up to this many bytes (copied once)
@@ -169,8 +168,6 @@ class LeanCycle(RequestResponseCycle):
     #: sent, or the response starts without it): from then on its body is the client's to send, and
     #: the server's body clock runs (:class:`svckit.server.ProblemHttpProtocol` sets it on such cycles)
     on_continue: Callable[[], None] = staticmethod(no_response)
-    #: called when the request is dropped unserved, its client gone while it waited (:mod:`svckit.abandoned`)
-    on_abandoned: Callable[[], None] = staticmethod(no_response)
 
     def __init__(
         self,
@@ -203,12 +200,6 @@ class LeanCycle(RequestResponseCycle):
         self._bodiless = scope["method"] == "HEAD"
 
     async def run_asgi(self, app: Any) -> None:
-        if pace.behind() and client_gone(self.transport):  # svckit.abandoned: no one waits for it
-            self.disconnected = True
-            self.on_response = no_response
-            self.transport.close()
-            self.on_abandoned()
-            return
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:

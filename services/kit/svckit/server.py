@@ -147,6 +147,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .abandoned import client_gone, pace
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_abandoned, http_refused, http_send_timeouts
@@ -595,11 +596,9 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
 
     def new_cycle(self, keep_alive: bool) -> LeanCycle:
-        cycle = LeanCycle(
+        return LeanCycle(
             self.scope, self, keep_alive=keep_alive, expect_100_continue=self.expect_100_continue
         )
-        cycle.on_abandoned = refusals.abandoned
-        return cycle
 
     def route(self, keep_alive: bool) -> tuple[LeanCycle, ASGIApp]:
         """The cycle and the application for the request whose scope is complete: the app's own here;
@@ -607,8 +606,21 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         return self.new_cycle(keep_alive), self.app
 
     def start(self, cycle: LeanCycle, app: ASGIApp) -> None:
-        """Serve the request now (a task running the cycle, as uvicorn does)."""
-        self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+        """Serve the request now (a task running the cycle, as uvicorn does), unless no one waits for
+        it any more."""
+        if not self.client_left(cycle):
+            self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    def client_left(self, cycle: LeanCycle) -> bool:
+        """Whether the request's client closed the connection while the request waited for this
+        worker — looked at only while the event loop is behind (:mod:`svckit.abandoned`) — and if so,
+        the request dropped unserved: the connection ends, nothing is answered, and it is counted."""
+        if not pace.behind() or not client_gone(self.transport):
+            return False
+        cycle.disconnected = True
+        self.transport.close()
+        refusals.abandoned()
+        return True
 
     # --- one timer per connection (idle, head), one per body awaited (see the module docstring) ----
 

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from svckit import abandoned
-from svckit.abandoned import Pace, client_gone
+from svckit.abandoned import LATE_SECONDS, Pace, client_gone
+from svckit.watchdog import BEAT_SECONDS
 
 from .test_stuck_worker import Sample, _connect, _get, running, workers_of
 
@@ -33,14 +34,20 @@ async def test_requests_whose_clients_left_while_the_workers_were_frozen_are_dro
     for pid in tree:
         os.kill(pid, signal.SIGSTOP)
     try:
-        for _ in range(GONE):
+        for n in range(GONE):
             _, writer = await _connect(sample.port)  # the kernel completes the handshake alone
-            writer.write(f"GET /block?s={BLOCK_SECONDS} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            if n % 4:
+                writer.write(f"GET /block?s={BLOCK_SECONDS} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            else:  # a write with its body, whole
+                head = f"POST /block?s={BLOCK_SECONDS} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+                writer.write(head.encode() + b"hello")
             await writer.drain()
             writer.close()  # gone: its FIN waits in the worker's socket behind the request
             await writer.wait_closed()
         waiting = [asyncio.create_task(_get(connection, "/fast")) for connection in staying]
-        await asyncio.sleep(0)  # their requests written while the workers are frozen
+        # frozen for longer than the loop may lag before it counts as behind (a beat over LATE_SECONDS
+        # late): what a client's patience is longer than
+        await asyncio.sleep(BEAT_SECONDS + LATE_SECONDS + 0.5)
     finally:
         for pid in tree:
             os.kill(pid, signal.SIGCONT)
