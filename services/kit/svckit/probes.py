@@ -45,8 +45,10 @@ from .health import Check, run_checks
 LIVENESS_SILENCE_SECONDS = 10.0
 #: how often each worker's loop runs its readiness checks in the background
 READINESS_CHECK_SECONDS = 2.0
-#: and while its last checks did not all pass
-READINESS_RECHECK_SECONDS = 0.25
+#: and while its last checks did not all pass (a pool still connecting at the start, a dependency
+#: back): sooner, but no faster than once a second — against a database out of connection slots each
+#: check may try a connection of its own (svckit.db.Database.check), where the kubelet asked every 5 s
+READINESS_RECHECK_SECONDS = 1.0
 #: a worker whose loop has not completed a check for this long is not ready (the checks themselves are
 #: bounded at 2.5 s: svckit.health.CHECK_TIMEOUT_SECONDS)
 READINESS_STALE_SECONDS = 10.0
@@ -114,8 +116,7 @@ async def publishing(checks: Mapping[str, Check]) -> AsyncIterator[None]:
             if slot[1] != STOPPING:
                 ok = all(result == "ok" for result in results.values())
                 slot[0], slot[1] = time.monotonic(), READY if ok else NOT_READY
-            # again soon while not ready (a pool still connecting at the start, a dependency back):
-            # readiness follows a recovery within a fraction of the kubelet's period
+            # again sooner while not ready: readiness follows a recovery within the kubelet's period
             await asyncio.sleep(READINESS_CHECK_SECONDS if slot[1] == READY else READINESS_RECHECK_SECONDS)
 
     task = asyncio.create_task(publish(), name="svckit-readiness")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import psutil
 import pytest
 from svckit import probes
 from svckit.watchdog import BEAT_SECONDS
@@ -51,11 +53,11 @@ def until(condition: str, check: Callable[[], T | None], seconds: float) -> T:
 
 
 @contextlib.contextmanager
-def sample(workers: int) -> Iterator[tuple[int, int]]:
+def sample(workers: int, **environ: str) -> Iterator[tuple[int, int, int]]:
     """The sample app (testkit.sampleapp) with ``workers`` workers and the kit's metrics listener:
-    (its port, its metrics port), once its liveness probe passes."""
+    (its port, its metrics port, its pid), once its liveness probe passes."""
     port, metrics = free_port(), free_port()
-    env = {**os.environ, "SAMPLEAPP_METRICS_PORT": str(metrics)}
+    env = {**os.environ, "SAMPLEAPP_METRICS_PORT": str(metrics), **environ}
     process = subprocess.Popen(
         [sys.executable, "-m", "testkit.sampleapp", str(port), str(workers)],
         cwd=REPO_ROOT,
@@ -71,7 +73,7 @@ def sample(workers: int) -> Iterator[tuple[int, int]]:
 
     try:
         until("live", live, 30)
-        yield port, metrics
+        yield port, metrics, process.pid
     finally:
         process.terminate()
         try:
@@ -102,7 +104,7 @@ def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_af
     for LIVENESS_SILENCE_SECONDS, and 200 again once it runs (fails if liveness were answered by the
     listener whatever the loop does)."""
     stuck_for = probes.LIVENESS_SILENCE_SECONDS + 6
-    with sample(1) as (port, metrics):
+    with sample(1) as (port, metrics, _):
         status, body = probe(metrics, "/healthz")
         assert status == 200, body
         started = time.monotonic()
@@ -119,6 +121,42 @@ def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_af
         assert time.monotonic() - started >= probes.LIVENESS_SILENCE_SECONDS - 2 * BEAT_SECONDS
         blocked.join()
         until("live again", lambda: probe(metrics, "/healthz")[0] == 200, 10)
+
+
+def test_with_several_workers_liveness_fails_only_once_none_beats() -> None:
+    """Two workers under the supervisor, whose metrics listener answers the probes from their
+    heartbeats: both stopped (SIGSTOP; the supervisor still runs, its watchdog's bound set beyond
+    the test) fail liveness once the bound has passed; one of them continued, liveness passes, and
+    keeps passing past the bound while the other stays stopped (a stuck worker among several is the
+    watchdog's to kill, not the kubelet's: the pod is not restarted for it)."""
+    with sample(2, WORKER_STUCK_SECONDS="300") as (_, metrics, pid):
+        workers = [
+            child.pid for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2, workers
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+
+            def failing() -> dict[str, object] | None:
+                status, body = probe(metrics, "/healthz", timeout=5)
+                return body if status == 503 else None
+
+            assert until("failing", failing, probes.LIVENESS_SILENCE_SECONDS + 6)["status"] == "stuck"
+            assert time.monotonic() - started >= probes.LIVENESS_SILENCE_SECONDS - 2 * BEAT_SECONDS
+            os.kill(workers[1], signal.SIGCONT)  # one of the two beats again: live
+            until("live again", lambda: probe(metrics, "/healthz")[0] == 200, 10)
+            # and stays so for longer than the bound, the other still stopped
+            deadline = time.monotonic() + probes.LIVENESS_SILENCE_SECONDS + 2
+            while time.monotonic() < deadline:
+                status, body = probe(metrics, "/healthz", timeout=5)
+                assert status == 200, body
+                time.sleep(0.5)
+        finally:
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, signal.SIGCONT)
 
 
 def test_readiness_follows_the_workers_checks(service_env: dict[str, str]) -> None:
