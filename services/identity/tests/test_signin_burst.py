@@ -263,6 +263,17 @@ async def storm(process: ServiceProcess, people: list[str]) -> Storm:
 
     ports = {"http": process.port, "metrics": process.metrics_port}
     probes = [replace(probe, port=ports[PROBE_PORTS[probe.kind][1]]) for probe in PROBES.values()]
+    # the storm comes once the pod is in the Service: its readiness probe passes (a kubelet routes
+    # nothing to it before)
+    (readiness,) = [probe for probe in probes if probe.kind == "readiness"]
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"http://127.0.0.1:{readiness.port}{readiness.path}") as answer:
+                if answer.status == 200:
+                    break
+            assert time.monotonic() < deadline, "the provider's readiness probe did not pass within 30 s"
+            await asyncio.sleep(0.1)
     # entered and left at the storm's edges: the kubelet's process starts, and hands over its answers,
     # while this loop has nothing else to run
     with probing("127.0.0.1", probes) as probed:
