@@ -7,7 +7,8 @@ loop in a C call (``time.sleep``), as a blocking call in a handler does (``&how=
 CPU-bound bug does). ``SAMPLEAPP_HANG_AT_START``
 names a directory: once a file ``armed`` is in it, the next worker to start takes ``taken`` there and
 hangs in its start (its application factory), before its event loop ever runs; any later one starts
-as usual."""
+as usual. ``SAMPLEAPP_METRICS_PORT``: the kit's metrics listener on that port, as ``python -m
+<service>`` starts it (its ``/healthz`` and ``/readyz`` are the kubelet's probes: ``svckit.probes``)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,15 @@ def main() -> int:
         worker_stuck_seconds=float(os.environ.get("WORKER_STUCK_SECONDS", "30")),
         worker_start_seconds=float(os.environ.get("WORKER_START_SECONDS", "60")),
     )
+    metrics_port = os.environ.get("SAMPLEAPP_METRICS_PORT")
+    if metrics_port and not plain:
+        from svckit.metrics import MetricsServer
+
+        metrics = MetricsServer("127.0.0.1", int(metrics_port)).start()
+        try:
+            return serve(config, workers)
+        finally:
+            metrics.stop()
     if plain:  # uvicorn's own supervisor and shutdown, to compare with
         uvicorn.run(
             "testkit.sampleapp:create_app",

@@ -166,6 +166,7 @@ def test_every_container_requests_cpu_and_memory_and_limits_memory(objects: list
 
 
 def test_app_containers_probe_healthz_and_readyz(objects: list[Obj]) -> None:
+    """Each app container's probes: the paths, and the ports (chart 0.12.0)."""
     deployments = app_deployments(objects)
     assert deployments
     for dep in deployments:
@@ -176,6 +177,11 @@ def test_app_containers_probe_healthz_and_readyz(objects: list[Obj]) -> None:
         port_names = {p["name"] for p in c["ports"]}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert c[probe]["httpGet"]["port"] in port_names
+        # the start through the public listener; then liveness and readiness on the metrics listener,
+        # answered beside the event loop (svckit.probes): a busy loop is not taken for a dead one
+        assert c["startupProbe"]["httpGet"]["port"] == "http"
+        assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
+        assert c["readinessProbe"]["httpGet"]["port"] == "metrics"
 
 
 def test_every_workload_of_the_chart_has_probes(objects: list[Obj]) -> None:

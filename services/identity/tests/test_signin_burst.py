@@ -55,6 +55,13 @@ RESOURCES = VALUES["identity"]["resources"]
 MEMORY_LIMIT = cgroups.memory_bytes(RESOURCES["limits"]["memory"])
 CPU_REQUEST = cgroups.cpu_millis(RESOURCES["requests"]["cpu"])
 MARGIN = 0.15
+#: the port each probe is sent to, by the name the chart's Deployment gives it (the numbers are the
+#: process's, known once it runs): ``http`` its public listener, ``metrics`` its metrics listener
+DEPLOYMENT = (Path(__file__).resolve().parents[3] / "charts/timesheets/templates/deployment.yaml").read_text()
+PROBE_PORTS = {
+    kind: re.search(rf"{kind}Probe:\s*httpGet:\s*path: (\S+)\s*port: (\w+)", DEPLOYMENT).groups()  # type: ignore[union-attr]
+    for kind in ("liveness", "readiness")
+}
 #: the probes as the chart renders them, by path (the port is the provider's, known once it runs)
 PROBES = {
     path: Probe(
@@ -65,7 +72,7 @@ PROBES = {
         float(VALUES["probes"][kind]["periodSeconds"]),
         int(VALUES["probes"][kind]["failureThreshold"]),
     )
-    for kind, path in (("liveness", "/healthz"), ("readiness", "/readyz"))
+    for kind, (path, _) in PROBE_PORTS.items()
 }
 
 
@@ -179,10 +186,13 @@ async def test_a_sign_in_storm_is_answered_before_clients_give_up(
     s at the request: it waited for one of anyio's worker threads, every one held by a sign-in
     waiting for its turn).
 
-    The probes: on two cores no kubelet sees its failure threshold in a row. At 100m they are only
-    reported: the storm's 400 page requests in 2 s alone are ~4 times what the event loop answers at
-    100m (~2 ms of CPU each), so about half the probes time out there, on main as now, whatever the
-    hashing does (docs/runbook.md, "A sign-in storm": a recurring storm needs CPU)."""
+    The probes, sent where the chart sends them: no kubelet sees liveness or readiness fail its
+    threshold in a row, and liveness fails once at most, at the request as on two cores. The storm's 400 page
+    requests in 2 s are ~4 times what the event loop answers at 100m (~2 ms of CPU each): probes sent
+    to the public port queued behind them, and about half timed out (fails on 0.11.0: liveness 5-18
+    of 19-29 failed, readiness up to 4 in a row). The chart now sends them to the metrics listener,
+    answered beside the loop from its heartbeat and its published checks (svckit.probes;
+    docs/runbook.md, "A sign-in storm")."""
     reason = cgroups.unavailable()
     if reason is not None:
         pytest.skip(reason)
@@ -211,9 +221,14 @@ async def test_a_sign_in_storm_is_answered_before_clients_give_up(
     assert all(retry is not None and int(retry) >= 1 for status, _, retry in seen.outcomes if status == "503")
     # every answer well within the client's timeout: at most two thirds of it
     assert max(seconds for _, seconds, _ in seen.outcomes) < CLIENT_TIMEOUT * 2 / 3
-    if cpu is None:
-        for path, probe in PROBES.items():
-            assert seen.longest_failing_run(path) < probe.failure_threshold, (path, seen.probes[path])
+    # the kubelets act on no probe, at the CPU request as on two cores: readiness never fails its
+    # threshold in a row (the only pod would leave the Service, and every sign-in fail at the
+    # ingress), liveness neither (the pod restarted with every sign-in in flight) and fails once at
+    # most (the answering thread waits for the busy process's interpreter lock: 0-1 of ~25 measured
+    # at 100m; sent to the loop's own port, 5-18 failed)
+    for path, probe in PROBES.items():
+        assert seen.longest_failing_run(path) < probe.failure_threshold, (path, seen.probes[path])
+    assert seen.probes["/healthz"].count(math.inf) <= 1, seen.probes["/healthz"]
     assert oom_kills == 0
     assert seen.peak < MEMORY_LIMIT * (1 - MARGIN), f"{seen.peak / 2**20:.0f} MiB"
     assert seen.refreshes
@@ -246,7 +261,19 @@ async def storm(process: ServiceProcess, people: list[str]) -> Storm:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(over.wait(), 0.5)
 
-    probes = [replace(probe, port=process.port) for probe in PROBES.values()]
+    ports = {"http": process.port, "metrics": process.metrics_port}
+    probes = [replace(probe, port=ports[PROBE_PORTS[probe.kind][1]]) for probe in PROBES.values()]
+    # the storm comes once the pod is in the Service: its readiness probe passes (a kubelet routes
+    # nothing to it before)
+    (readiness,) = [probe for probe in probes if probe.kind == "readiness"]
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"http://127.0.0.1:{readiness.port}{readiness.path}") as answer:
+                if answer.status == 200:
+                    break
+            assert time.monotonic() < deadline, "the provider's readiness probe did not pass within 30 s"
+            await asyncio.sleep(0.1)
     # entered and left at the storm's edges: the kubelet's process starts, and hands over its answers,
     # while this loop has nothing else to run
     with probing("127.0.0.1", probes) as probed:

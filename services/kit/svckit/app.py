@@ -43,6 +43,7 @@ from .health import Check, healthz, readyz_endpoint
 from .http import HttpClient
 from .identity import IdentityGate, IdentityVerifier
 from .middleware import ServiceFront
+from .probes import publishing
 from .problems import EXCEPTION_HANDLERS, RETRY_AFTER, problem_response
 from .query import refuse_undocumented_queries
 from .replay import ReplayMemory
@@ -282,12 +283,13 @@ def create_service_app(
             purge.start()
         try:
             if lifespan is not None:
-                async with lifespan(app):
+                async with lifespan(app), publishing(all_checks):
                     freeze_startup_objects()
                     yield
             else:
-                freeze_startup_objects()
-                yield
+                async with publishing(all_checks):
+                    freeze_startup_objects()
+                    yield
         finally:
             if denials is not None:
                 await denials.stop()  # the last records, while the database is still there

@@ -110,9 +110,11 @@ class ReloadedProcess:
         host, port = self.metrics_listener.getsockname()[:2]
         if isinstance(self.config, server.ServingConfig):  # this child's gauge, not the reloader's
             http_max_connections.set(self.config.max_connections)
+        heartbeat, readiness = server.probe_slots()
+        server.serving_alone(heartbeat, readiness)  # the probes of this child's metrics listener
         metrics = MetricsServer(host, port, listener=self.metrics_listener).start()
         try:
-            uvicorn.Server(self.config).run(sockets=sockets)
+            server.BeatingServer(self.config, heartbeat=heartbeat).run(sockets=sockets)
         finally:
             metrics.stop()
 

@@ -39,6 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+from . import probes
 from .listen import ALL_IPV4_ADDRESSES, bind_tcp
 from .metricfiles import alive, compact_dead_processes, pid_of, scrape_lock
 
@@ -205,7 +206,13 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def metrics_wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """``GET /metrics`` (and HEAD); 404 for any other path, 405 for any other method."""
+    """``GET /metrics`` (and HEAD), and the kubelet's probes (:mod:`svckit.probes`) in a process that
+    serves; 404 for any other path, 405 for any other method."""
+    probe = probes.wsgi_answer(environ.get("PATH_INFO", ""))
+    if probe is not None:
+        status, headers, body = probe
+        start_response(status, headers)
+        return [body]
     if environ.get("PATH_INFO") != METRICS_PATH:
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: metrics are at /metrics\n"]
@@ -227,6 +234,12 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     :func:`bind_listener` (possibly in another process: DEV_RELOAD's reloader binds it once)."""
 
     daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A probe whose request is there already is answered on this thread (:func:`svckit.probes.
+        answer_at_once`); anything else in a thread of its own."""
+        if not probes.answer_at_once(request):
+            super().process_request(request, client_address)
 
     def server_bind(self) -> None:
         """The socket is bound already: only what HTTPServer and WSGIServer derive from its address."""

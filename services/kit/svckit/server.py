@@ -147,6 +147,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from . import probes
 from .abandoned import client_gone, pace
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
@@ -874,26 +875,49 @@ def refuse_new_connections(listener: socket.socket) -> bool:
     return True
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, accepting what the kernel already queued before it stops listening.
+class BeatingServer(uvicorn.Server):
+    """uvicorn's server whose event loop beats into ``heartbeat`` while it serves: for the
+    supervisor's watchdog (:mod:`svckit.watchdog`) and the liveness probe (:mod:`svckit.probes`)."""
 
-    ``owns_listener``: this server alone serves the socket, so it shuts the door itself before
-    draining (with several workers the supervisor does, for all of them at once). ``heartbeat``: a
-    worker's, which its event loop beats into for the supervisor's watchdog (:mod:`svckit.watchdog`).
-    """
-
-    def __init__(
-        self, config: uvicorn.Config, *, owns_listener: bool = True, heartbeat: Beat | None = None
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, *, heartbeat: Beat | None = None) -> None:
         super().__init__(config)
-        self.owns_listener = owns_listener
         self.heartbeat = heartbeat
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         async with beating(self.heartbeat):
             await super().serve(sockets)
 
+
+def probe_slots() -> tuple[Beat, probes.Slot]:
+    """A worker's heartbeat and readiness slot in shared memory (a spawned worker's as its own)."""
+    context = multiprocessing.get_context("spawn")
+    return cast(Beat, context.RawValue("d", NOT_YET)), cast(probes.Slot, context.RawArray("d", 2))
+
+
+def serving_alone(heartbeat: Beat, slot: probes.Slot) -> None:
+    """This process is the only worker: its metrics listener answers the probes for it, from the
+    heartbeat and the readiness its application publishes."""
+    probes.publish_into(slot)
+    watched = probes.Watched(heartbeat, slot)
+    probes.answer_for(lambda: (watched,))
+
+
+class DrainingServer(BeatingServer):
+    """uvicorn's server, accepting what the kernel already queued before it stops listening.
+
+    ``owns_listener``: this server alone serves the socket, so it shuts the door itself before
+    draining (with several workers the supervisor does, for all of them at once). ``heartbeat``: the
+    worker's, which its event loop beats into (:class:`BeatingServer`).
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, owns_listener: bool = True, heartbeat: Beat | None = None
+    ) -> None:
+        super().__init__(config, heartbeat=heartbeat)
+        self.owns_listener = owns_listener
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        probes.stopping()  # the readiness probe fails from now on
         if self.owns_listener:
             for listener in sockets or []:
                 refuse_new_connections(listener)
@@ -925,11 +949,15 @@ class DrainingServer(uvicorn.Server):
             log.info("accepted queued connections before closing the listener", extra={"count": accepted})
 
 
-def _run_worker(config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, stacks: int) -> None:
+def _run_worker(
+    config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, readiness: probes.Slot, stacks: int
+) -> None:
     """A worker process (spawned): serve on the shared listening socket until told to stop, beating
-    into ``heartbeat`` from its event loop; first of all, ready to dump its stacks into the file
+    into ``heartbeat`` from its event loop and publishing its readiness into ``readiness`` (both read
+    by the supervisor: its watchdog, its probes); first of all, ready to dump its stacks into the file
     ``stacks`` (a descriptor) when its supervisor finds it stuck (:mod:`svckit.stacks`)."""
     install(stacks)
+    probes.publish_into(readiness)
     config.configure_logging()
     DrainingServer(config, owns_listener=False, heartbeat=heartbeat).run(sockets=sockets)
 
@@ -953,6 +981,7 @@ class Supervisor:
         )
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.heartbeats: list[Beat] = []
+        self.readiness: list[probes.Slot] = []
         self.stopping = False
         self.failed = False
         self._context = multiprocessing.get_context("spawn")
@@ -962,11 +991,13 @@ class Supervisor:
             getattr(config, "worker_start_seconds", WORKER_START_SECONDS),
         )
 
-    def _spawn(self, sockets: list[socket.socket]) -> tuple[multiprocessing.process.BaseProcess, Beat]:
-        heartbeat = cast(Beat, self._context.RawValue("d", NOT_YET))
+    def _spawn(
+        self, sockets: list[socket.socket]
+    ) -> tuple[multiprocessing.process.BaseProcess, Beat, probes.Slot]:
+        heartbeat, readiness = probe_slots()
         stacks = StackFile()
         process = self._context.Process(
-            target=_run_worker, args=(self.config, sockets, heartbeat, stacks), daemon=False
+            target=_run_worker, args=(self.config, sockets, heartbeat, readiness, stacks), daemon=False
         )
         spawned_at = time.monotonic()
         try:
@@ -976,7 +1007,11 @@ class Supervisor:
             raise
         self._watched.append(Watched(process.pid, heartbeat, spawned_at, stacks))
         log.info("worker started", extra={"pid": process.pid})
-        return process, heartbeat
+        return process, heartbeat, readiness
+
+    def watched(self) -> list[probes.Watched]:
+        """The workers as this process's probes see them (:mod:`svckit.probes`)."""
+        return [probes.Watched(h, r) for h, r in zip(self.heartbeats, self.readiness, strict=True)]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -986,8 +1021,10 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             started = [self._spawn([listener]) for _ in range(self.workers)]
-            self.processes = [process for process, _ in started]
-            self.heartbeats = [heartbeat for _, heartbeat in started]
+            self.processes = [process for process, _, _ in started]
+            self.heartbeats = [heartbeat for _, heartbeat, _ in started]
+            self.readiness = [readiness for _, _, readiness in started]
+            probes.answer_for(self.watched)
             while not self.stopping:
                 time.sleep(0.1)
                 if not self.stopping:
@@ -1017,7 +1054,7 @@ class Supervisor:
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
             forget_dead_processes()  # its live gauges no longer count
             self._forget(process.pid)
-            self.processes[index], self.heartbeats[index] = self._spawn(sockets)
+            self.processes[index], self.heartbeats[index], self.readiness[index] = self._spawn(sockets)
 
     def _forget(self, pid: int | None) -> None:
         """A dead worker is no longer watched; its stack file is freed (it held the other copy)."""
@@ -1043,7 +1080,9 @@ def serve(config: uvicorn.Config, workers: int) -> int:
     """Serve with ``workers`` processes (1: this process), the kit's protocol and shutdown."""
     if workers <= 1:
         listener = config.bind_socket()
-        single = DrainingServer(config)
+        heartbeat, readiness = probe_slots()
+        serving_alone(heartbeat, readiness)
+        single = DrainingServer(config, heartbeat=heartbeat)
         try:
             single.run(sockets=[listener])
         finally:
@@ -1053,6 +1092,7 @@ def serve(config: uvicorn.Config, workers: int) -> int:
 
 
 __all__ = [
+    "BeatingServer",
     "DrainingServer",
     "ProblemHttpProtocol",
     "ServingConfig",

@@ -79,9 +79,9 @@ class Beat(Protocol):
 
 @contextlib.asynccontextmanager
 async def beating(heartbeat: Beat | None) -> AsyncIterator[None]:
-    """Beat into ``heartbeat`` from this event loop for as long as the block runs (``None``: one
-    worker, no supervisor, no one to tell), and into :data:`svckit.abandoned.pace` — whether the loop
-    keeps up — in either case."""
+    """Beat into ``heartbeat`` from this event loop for as long as the block runs (read by the
+    supervisor's watchdog and the liveness probe; ``None``: no one reads it), and into
+    :data:`svckit.abandoned.pace` — whether the loop keeps up — in either case."""
 
     async def beat() -> None:
         while True:
