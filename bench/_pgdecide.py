@@ -167,6 +167,7 @@ def main() -> int:
     plain = os.environ.get("PGDECIDE_PLAIN", "") not in ("", "0")
     watching = os.environ.get("PGDECIDE_ROUNDSTATS", "") not in ("", "0")
     reference: Any = None
+    loops: list[subprocess.Popen[bytes]] = []  # PGDECIDE_HOGS's busy loops of the current round
     try:
         asyncio.run(enable(server))
         with fresh_database(name) as url, fresh_database(name + "_plain") as plain_url:
@@ -275,9 +276,13 @@ def main() -> int:
                 for loop in loops:
                     loop.kill()
                     loop.wait()
+                loops = []
             for case, total in totals.items():
                 total.report(case, every)
     finally:
+        for loop in loops:  # a round that failed midway leaves none running
+            loop.kill()
+            loop.wait()
         if reference is not None:
             reference.terminate()
             reference.wait(10)
