@@ -15,7 +15,11 @@ time, WAL bytes), the wait histogram, and the latencies wrk saw. A diagnostic: n
 ``PGDECIDE_PLAIN=1`` adds the plain ``reference`` (``bench/approvals.py``'s: the same four statements,
 no identity check, no relays, its outbox rows stubs left unread) as a variant on a database of its own
 seeded alike: its statements and Postgres's CPU per decision beside the services' (the cluster's WAL
-and the whole server's CPU are each round's running variant's).
+and the whole server's CPU are each round's running variant's). ``PGDECIDE_ROUNDSTATS=1`` adds, per
+round, what else moved (``bench._roundstats``): the host's other load, the outbox backlogs, the audit
+ingest, dead tuples / autovacuums / sequential scans per table, the connections to each peer, GC.
+``PGDECIDE_HOGS=<n>`` runs n busy loops beside every odd round (both variants): the host's other load
+made on purpose, interleaved with rounds without it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +42,7 @@ import asyncpg
 from bench._backing import MAX_CONNECTIONS, embedded_postgres, fresh_database
 from bench._measure import CpuMeter
 from bench._pgwork import STATE, enable, snapshot
+from bench._roundstats import RoundWatch
 from bench.api import pid_of, run_wrk, start_reference
 from bench.approvals import decide_script, seed
 from testkit.fixtures import ServiceProcess, new_pair_keys
@@ -145,6 +152,7 @@ def main() -> int:
     seconds = float(os.environ.get("PGDECIDE_SECONDS", "10"))
     every = float(os.environ.get("PGDECIDE_SAMPLE_MS", "10")) / 1000
     rounds = int(os.environ.get("PGDECIDE_ROUNDS", "2"))
+    hogs = int(os.environ.get("PGDECIDE_HOGS", "0"))
     baseline = os.environ.get("PGDECIDE_BASELINE", "")
     postgres = EmbeddedPostgres(
         STATE, {"max_connections": str(MAX_CONNECTIONS), "shared_preload_libraries": "pg_stat_statements"}
@@ -157,7 +165,9 @@ def main() -> int:
     processes: list[ServiceProcess] = []
     name = f"tsp_pgdecide_{os.getpid()}"
     plain = os.environ.get("PGDECIDE_PLAIN", "") not in ("", "0")
+    watching = os.environ.get("PGDECIDE_ROUNDSTATS", "") not in ("", "0")
     reference: Any = None
+    loops: list[subprocess.Popen[bytes]] = []  # PGDECIDE_HOGS's busy loops of the current round
     try:
         asyncio.run(enable(server))
         with fresh_database(name) as url, fresh_database(name + "_plain") as plain_url:
@@ -186,12 +196,14 @@ def main() -> int:
                 ).start()
                 processes.append(variants["before"])
             databases = dict.fromkeys(variants, name)
+            urls = dict.fromkeys(variants, url)
             if plain:  # the plain reference, its database seeded with the same entries
                 asyncio.run(seed(plain_url, len(entries)))
                 reference = start_reference(plain_url, logs, None, "reference")
                 reference.url = reference.reference_url
                 variants["reference"] = reference
                 databases["reference"] = name + "_plain"
+                urls["reference"] = plain_url
             postgres_pid = embedded_postgres(STATE)
             slices = iter(range(0, len(entries), per))
             for variant in variants.values():  # warm-up
@@ -200,6 +212,14 @@ def main() -> int:
             totals = {case: Totals() for case in variants}
             for number in range(rounds):
                 order = list(variants) if number % 2 == 0 else list(reversed(variants))
+                # PGDECIDE_HOGS: busy loops beside every other round's load, both variants' (an A/B of
+                # the host's other load on the same code)
+                loops = [
+                    subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    for _ in range(hogs if number % 2 else 0)
+                ]
+                if loops:
+                    print(f"round {number}: {len(loops)} busy loops beside", flush=True)
                 for case in order:
                     total = totals[case]
                     meter = CpuMeter(
@@ -219,10 +239,25 @@ def main() -> int:
                         target=sample, args=(server, databases[case], stop, every, total.seen)
                     )
                     script = decide_script(logs / "decide.lua", keys, entries[next(slices) :][:per])
+                    watch = None
+                    if watching:
+                        metrics = (
+                            {}
+                            if case == "reference"
+                            else {
+                                "approvals": variants[case].metrics_url,
+                                "timesheets": timesheets.metrics_url,
+                                "audit": audit.metrics_url,
+                            }
+                        )
+                        watch = RoundWatch(urls[case], meter.pids, metrics)
+                        watch.start()
                     sampler.start()
                     meter.start()
                     result = run_wrk(variants[case].url, script, seconds)
                     used = meter.stop()
+                    if watch is not None:
+                        watch.stop()
                     stop.set()
                     sampler.join()
                     time.sleep(3)  # the relays drain
@@ -236,9 +271,18 @@ def main() -> int:
                         + ", ".join(f"{who} {sec * 1e6 / n:.0f}" for who, sec in used.items()),
                         flush=True,
                     )
+                    if watch is not None:
+                        watch.report(f"round {number} {case}", sum(used.values()), n)
+                for loop in loops:
+                    loop.kill()
+                    loop.wait()
+                loops = []
             for case, total in totals.items():
                 total.report(case, every)
     finally:
+        for loop in loops:  # a round that failed midway leaves none running
+            loop.kill()
+            loop.wait()
         if reference is not None:
             reference.terminate()
             reference.wait(10)
