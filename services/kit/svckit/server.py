@@ -147,6 +147,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .collector import SpawnTarget
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
 from .metrics import forget_dead_processes, http_abandoned, http_refused, http_send_timeouts
@@ -954,7 +955,11 @@ class Supervisor:
         heartbeat = cast(Beat, self._context.RawValue("d", NOT_YET))
         stacks = StackFile()
         process = self._context.Process(
-            target=_run_worker, args=(self.config, sockets, heartbeat, stacks), daemon=False
+            # named, not the function: the child sets the collector's thresholds before it imports the
+            # kit's server and the rest of the arguments' modules (svckit.collector)
+            target=SpawnTarget(__name__, _run_worker.__name__),
+            args=(self.config, sockets, heartbeat, stacks),
+            daemon=False,
         )
         spawned_at = time.monotonic()
         try:
