@@ -2,6 +2,10 @@
 `python -m approvals reapply-decisions` repairs the entries after a restore of the timesheets schema;
 `python -m approvals outbox accept-audit-restore` accepts that the audit trail lost delivered events."""
 
+from svckit.collector import collect_rarely
+
+collect_rarely()  # before the service's imports (svckit.collector)
+
 from pathlib import Path
 
 from svckit.cli import run_cli

@@ -3,6 +3,10 @@
 which needs only the database's settings, not the service's); `python -m audit accept-restore`
 accepts the loss a restore of the schema caused (audit/restore.py, with the service's settings)."""
 
+from svckit.collector import collect_rarely
+
+collect_rarely()  # before the service's imports (svckit.collector)
+
 import sys
 from pathlib import Path
 

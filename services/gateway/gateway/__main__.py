@@ -7,6 +7,10 @@ is set (the chart sets one, in its /tmp emptyDir) is cleared of the previous run
 (:func:`svckit.metricfiles.start_run`): a restarted container would otherwise sum them into its own.
 """
 
+from svckit.collector import collect_rarely
+
+collect_rarely()  # before the service's imports (svckit.collector)
+
 import os
 import sys
 import tempfile

@@ -3,6 +3,10 @@ rotate-client-secret|retire-client-secret|outbox accept-audit-restore]``."""
 
 from __future__ import annotations
 
+from svckit.collector import collect_rarely
+
+collect_rarely()  # before the service's imports (svckit.collector)
+
 import sys
 from pathlib import Path
 

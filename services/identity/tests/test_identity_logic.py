@@ -167,3 +167,15 @@ def test_the_session_secret_reads_as_a_key_ring() -> None:
     assert nonces.key != ring.key  # a key of its own, derived
     with pytest.raises(ValueError, match="must each be named"):
         read(f"{'a' * 40},{'b' * 40}")
+
+
+def test_the_unknown_user_hash_costs_what_a_stored_hash_costs() -> None:
+    """An unknown user name is checked against ``_DUMMY_HASH`` (written out, not hashed at each
+    start): with other parameters than the hasher's its check would take another time than a wrong
+    password's, and tell which names exist."""
+    from identity.passwords import _DUMMY_HASH, _HASHER, hash_secret, verify_secret
+
+    assert not _HASHER.check_needs_rehash(_DUMMY_HASH)
+    assert _DUMMY_HASH.split("$")[:4] == hash_secret("anything").split("$")[:4]
+    assert _HASHER.verify(_DUMMY_HASH, "no-such-user-dummy-password")
+    assert not verify_secret(None, "no-such-user-dummy-password")

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .collector import GC_THRESHOLDS
 from .db import (
     CONFLICT_ERRORS,
     DISK_FULL_ERRORS,
@@ -52,8 +53,6 @@ from .settings import DenialAuditSettings, ServiceSettings
 from .tasks import PeriodicTask
 
 DEFAULT_MAX_BODY = 1 << 20
-#: the cyclic collector's thresholds once a service has started (see :func:`freeze_startup_objects`)
-GC_THRESHOLDS = (20_000, 20, 20)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]

@@ -1,6 +1,10 @@
 """`python -m timesheets` serves; `python -m timesheets migrate` applies the schema migrations;
 `python -m timesheets outbox accept-audit-restore` accepts that the audit trail lost delivered events."""
 
+from svckit.collector import collect_rarely
+
+collect_rarely()  # before the service's imports (svckit.collector)
+
 from pathlib import Path
 
 from svckit.cli import run_cli
