@@ -24,4 +24,3 @@ GC_THRESHOLDS = (20_000, 20, 20)
 def collect_rarely() -> None:
     """Set :data:`GC_THRESHOLDS`: called before a process imports its service."""
     gc.set_threshold(*GC_THRESHOLDS)
-

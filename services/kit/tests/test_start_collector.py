@@ -50,4 +50,3 @@ def test_an_entry_point_imports_its_service_with_the_service_thresholds(name: st
     thresholds, collections = _report(result)
     assert thresholds == GC_THRESHOLDS, result.stderr[-2000:]
     assert collections <= MAX_COLLECTIONS, result.stderr[-2000:]
-
