@@ -111,7 +111,13 @@ def main() -> int:
     )
     metrics_port = os.environ.get("SAMPLEAPP_METRICS_PORT")
     if metrics_port and not plain:
+        from svckit import probes
         from svckit.metrics import MetricsServer
+
+        # the liveness probe's bound on a silent loop (10 s in a service), shorter for a test's sake
+        silence = os.environ.get("SAMPLEAPP_LIVENESS_SILENCE_SECONDS")
+        if silence:
+            probes.LIVENESS_SILENCE_SECONDS = float(silence)
 
         metrics = MetricsServer("127.0.0.1", int(metrics_port)).start()
         try:
