@@ -200,16 +200,12 @@ def answer_at_once(connection: socket.socket) -> bool:
     if not head.startswith(_PROBE_HEADS) or b"\r\n\r\n" not in head or len(head) >= 4096:
         return False
     path = head.split(b" ", 2)[1].decode()
-    answered = answer(path)
+    answered = wsgi_answer(path)
     if answered is None:
         return False
-    status, body = answered
-    data = json.dumps(body).encode()
-    phrase = b"200 OK" if status == 200 else b"503 Service Unavailable"
-    response = (
-        b"HTTP/1.1 " + phrase + b"\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-        b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
-    )
+    phrase, headers, data = answered  # the same answer as through wsgiref, framed here
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    response = f"HTTP/1.1 {phrase}\r\n{lines}Connection: close\r\n\r\n".encode() + data
     try:
         connection.recv(len(head), socket.MSG_DONTWAIT)  # read: a close with unread bytes is a reset
         connection.settimeout(1.0)
