@@ -1081,3 +1081,17 @@ async def wait_for_metrics(base_url: str, series: Iterable[str], timeout: float 
             return text
         assert time.monotonic() < deadline, missing
         await asyncio.sleep(0.5)
+
+
+@contextlib.contextmanager
+def loop_failures() -> Iterator[list[dict[str, Any]]]:
+    """What the running loop's exception handler is handed meanwhile: a task that failed with nobody
+    awaiting it ("Task exception was never retrieved") ends up there, and in the service's log."""
+    loop = asyncio.get_running_loop()
+    handed: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: handed.append(context))
+    try:
+        yield handed
+    finally:
+        loop.set_exception_handler(previous)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from svckit.logs import JsonFormatter
 from svckit.migrations import MigrationError, migrate
 from svckit.settings import ServiceSettings, load_settings
 
-from testkit.fixtures import TcpProxy, receiver_env, serve_app
+from testkit.fixtures import TcpProxy, loop_failures, receiver_env, serve_app
 
 
 async def wait_for_status(url: str, status: int, timeout: float = 20.0) -> dict[str, object]:
@@ -377,20 +376,6 @@ async def test_a_statement_past_the_statement_bound_abandons_its_session_and_not
         assert await session() not in (first, second)
     finally:
         await database.close()
-
-
-@contextlib.contextmanager
-def loop_failures() -> Iterator[list[dict[str, Any]]]:
-    """What the running loop's exception handler is handed meanwhile: a task that failed with nobody
-    awaiting it ("Task exception was never retrieved") ends up there, and in the service's log."""
-    loop = asyncio.get_running_loop()
-    handed: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: handed.append(context))
-    try:
-        yield handed
-    finally:
-        loop.set_exception_handler(previous)
 
 
 async def test_a_statement_cancelled_on_a_hung_server_ends_at_once_and_leaves_no_failure_behind(
