@@ -179,6 +179,46 @@ def test_utf8_identity_headers_verify_through_the_middleware_decoding() -> None:
     assert exc.value.reason == "malformed"
 
 
+def _identity_headers_by_prefix(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """What ``identity_headers`` gave before it looked the verifier's names up: every name tested
+    against the prefix and decoded."""
+    return {
+        key.decode("latin-1"): value.decode("utf-8")
+        for key, value in raw
+        if key.startswith(b"x-identity-") or key in (b"x-request-id", b"content-digest")
+    }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [(b"x-identity-subject", b"mallory")],  # repeated: the last one, as before
+        [(b"x-identity-unknown", "é".encode())],  # a prefixed name the verifier does not read
+        [(b"x-request-id", b"second"), (b"content-digest", b"sha-256=:x:")],
+        [(b"x-identity", b"no dash"), (b"x-identityx", b"y"), (b"X-Identity-Subject", b"upper")],
+        [(b"accept", b"*/*"), (b"x-other", b"\xff"), (b"host", b"h")],  # others, even undecodable
+    ],
+)
+def test_identity_headers_are_the_prefixed_ones_as_before(extra: list[tuple[bytes, bytes]]) -> None:
+    raw = parse_block(
+        IdentitySigner(KEYS)
+        .prepare(ZOE)
+        .header_block(
+            method="GET", target=b"/timesheets", request_id=b"rid-12345", timestamp=b"1005", nonce=b"n" * 32
+        )
+    )
+    for headers in ([*raw, *extra], [*extra, *raw]):
+        assert identity_headers(headers) == _identity_headers_by_prefix(headers)
+
+
+@pytest.mark.parametrize("name", [b"x-identity-unknown", b"x-request-id", b"content-digest", NONCE.encode()])
+def test_identity_headers_not_utf8_are_malformed_whichever_is_read(name: bytes) -> None:
+    with pytest.raises(IdentityError) as exc:
+        identity_headers([(b"accept", b"*/*"), (name, b"\xff\xfe")])
+    assert exc.value.reason == "malformed"
+
+
 @pytest.mark.parametrize(
     "identity",
     [
