@@ -40,8 +40,8 @@ refusals = Counter(
     ["reason"],
 )
 
-for _decision in ("approved", "rejected"):
-    decisions.labels(_decision)
+#: the counter's children by decision, looked up once (``labels()`` is ~2 µs a call, once a decision)
+decided = {decision: decisions.labels(decision) for decision in ("approved", "rejected")}
 for _outcome in ("applied", "void", "retry"):
     reconciliations.labels(_outcome)
 refusals.labels("own_entry")
