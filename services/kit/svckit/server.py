@@ -208,7 +208,7 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 class ServingConfig(uvicorn.Config):
     """uvicorn's configuration and the kit's serving settings it has no field for: a module-level
-    class, so the multi-worker supervisor can hand it to spawned workers like uvicorn's own."""
+    class, so the multi-worker supervisor can hand it to its workers like uvicorn's own."""
 
     def __init__(
         self,
@@ -1032,7 +1032,7 @@ class Supervisor:
     every worker had drained (see the module docstring). A worker that dies is replaced; one that fails
     during start-up stops everything (it would fail the same way again); one whose event loop stops
     beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS), or has not beaten
-    ``worker_start_seconds`` after its spawn (WORKER_START_SECONDS), has its stacks logged, is killed,
+    ``worker_start_seconds`` after its start (WORKER_START_SECONDS), has its stacks logged, is killed,
     then replaced as a dead one (:mod:`svckit.watchdog`).
     """
 
