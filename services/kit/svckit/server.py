@@ -890,10 +890,11 @@ class BeatingServer(uvicorn.Server):
             await super().serve(sockets)
 
 
-#: how the supervisor starts its workers: forked from multiprocessing's fork server, a process of the
-#: supervisor's own (started, with no inherited state, at the first worker's start) that imported what
-#: a worker runs (:func:`worker_modules`) once. A spawned worker imported all of it again: ~0.6 s of CPU
-#: per worker of the gateway, at every start and every replacement, against ~0.1 s forked.
+#: how the supervisor starts its workers: forked from multiprocessing's fork server, a child of the
+#: supervisor's (a fresh interpreter started at the first worker's start, with the environment but none
+#: of the supervisor's memory) that imported what a worker runs (:func:`worker_modules`) once. A spawned
+#: worker imported all of it again: 0.6-0.85 s of CPU per worker of the gateway, at every start and every
+#: replacement, against ~0.05 s forked (docs/runbook.md, "What a start costs").
 START_METHOD: Final = "forkserver"
 
 
