@@ -1,6 +1,7 @@
 """A minimal service for tests of how the kit serves (``svckit.server``): as separate processes, with
 one worker or several, without a database (or as a stand-in upstream behind a gateway). ``GET /fast``,
-``GET /slow?s=<seconds>``, and any other path (``?s=<seconds>`` to be slow).
+``GET /slow?s=<seconds>``, ``GET /entropy`` (what the worker draws at random), and any other path
+(``?s=<seconds>`` to be slow).
 
 For the supervisor's watchdog (``svckit.watchdog``): ``GET /block?s=<seconds>`` blocks the worker's event
 loop in a C call (``time.sleep``), as a blocking call in a handler does (``&how=spin``: in Python, as a
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import secrets
 import sys
 import time
+import uuid
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from svckit.context import request_id_var
+from svckit.identity import new_nonce
 
 
 async def fast(request: Request) -> Response:
@@ -58,6 +63,20 @@ async def block(request: Request) -> Response:
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 
+async def entropy(request: Request) -> Response:
+    """What a worker draws from its per-process random state: ``random``'s generator, the kit's
+    nonces (``svckit.identity``), a ``uuid4``, ``secrets`` — two workers must never draw alike."""
+    return JSONResponse(
+        {
+            "pid": os.getpid(),
+            "random": random.getrandbits(64),
+            "nonce": new_nonce(),
+            "uuid": uuid.uuid4().hex,
+            "secret": secrets.token_hex(16),
+        }
+    )
+
+
 def hang_at_start(seconds: float) -> None:
     """A start that never ends (an import or a factory waiting on something for ever)."""
     time.sleep(seconds)
@@ -84,6 +103,7 @@ def create_app() -> Starlette:
             Route("/fast", fast),
             Route("/slow", slow),
             Route("/block", block, methods=["GET", "POST"]),
+            Route("/entropy", entropy),
             Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE"]),
         ]
     )

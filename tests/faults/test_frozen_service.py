@@ -31,12 +31,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from testkit.fixtures import ServiceProcess, scrape
+from testkit.workers import process_tree
 
 from .conftest import Figures, Stack, wait_ready
 from .load import WriteLoad, assert_stored_once, reserve_days, settled
@@ -353,14 +353,11 @@ async def delivered_up_to(
 
 
 def open_files(process: ServiceProcess) -> int:
-    """Descriptors the process and its children (the gateway's workers) hold."""
+    """Descriptors the process and every process under it (the gateway's workers, their fork
+    server) hold."""
     assert process.process is not None
-    pids = [process.process.pid]
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()
-        pids += [int(pid) for pid in children]
     total = 0
-    for pid in pids:
+    for pid in process_tree(process.process.pid):
         with contextlib.suppress(OSError):
             total += len(os.listdir(f"/proc/{pid}/fd"))
     return total

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from testkit.fixtures import ServiceProcess
+from testkit.workers import process_tree
 
 from .conftest import Echo, Provider, process_env
 from .test_spa_and_process import idle_upstream, metric, scraped, workers_of
@@ -59,9 +60,10 @@ def live_pids(process: ServiceProcess) -> set[str]:
 
 
 def killed_as_a_container(process: ServiceProcess) -> None:
-    """Every process of the gateway SIGKILLed at once, as a container's are, and gone."""
+    """Every process of the gateway (its workers, their fork server) SIGKILLed at once, as a
+    container's are, and gone."""
     assert process.process is not None
-    pids = [process.process.pid, *workers_of(process)]
+    pids = process_tree(process.process.pid)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     process.process.wait()

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from testkit.fixtures import ServiceProcess, metrics_url
+from testkit.workers import worker_pids
 
 from .conftest import AUDIENCE, Echo, Provider, process_env
 
@@ -154,6 +155,7 @@ async def test_multi_worker_process(
     await asyncio.to_thread(process.start)
     try:
         token = provider.token()
+        drawn: dict[str, list[str]] = {"x-identity-nonce": [], "x-request-id": []}
         for _ in range(20):
             async with (
                 aiohttp.ClientSession() as session,  # a new connection each time: both workers serve
@@ -166,6 +168,13 @@ async def test_multi_worker_process(
                 body = await response.json()
                 seen = [v for k, v in body["headers"] if k == "x-forwarded-for"]
                 assert seen == ["127.0.0.1"]
+                for name, values in drawn.items():
+                    values += [v for k, v in body["headers"] if k == name]
+        # each worker draws its own: the workers are forked from one process, whose generators they
+        # must not share (a nonce sent twice is refused upstream as a replay)
+        for name, values in drawn.items():
+            assert len(values) == 20, (name, values)
+            assert len(set(values)) == 20, (name, values)
         async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as response:
             assert response.status == 404  # never on the public listener
         text = await scraped(
@@ -200,16 +209,9 @@ async def test_multi_worker_process(
 
 
 def workers_of(process: ServiceProcess) -> set[int]:
-    """The pids of the gateway's worker processes (spawned by multiprocessing)."""
+    """The pids of the gateway's worker processes (forked by its supervisor's fork server)."""
     assert process.process is not None
-    pids = set()
-    for child in psutil.Process(process.process.pid).children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:  # gone, or a zombie not reaped yet: no worker
-            pass
-    return pids
+    return worker_pids(process.process.pid)
 
 
 async def test_a_dead_workers_live_gauges_stop_counting(

@@ -124,6 +124,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -138,7 +139,7 @@ import time
 import urllib.parse
 from http import HTTPStatus
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 import uvicorn
@@ -151,6 +152,7 @@ from . import probes
 from .abandoned import client_gone, pace
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
+from .metricfiles import alive
 from .metrics import forget_dead_processes, http_abandoned, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 from .proxies import unmapped
@@ -206,7 +208,7 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 class ServingConfig(uvicorn.Config):
     """uvicorn's configuration and the kit's serving settings it has no field for: a module-level
-    class, so the multi-worker supervisor can hand it to spawned workers like uvicorn's own."""
+    class, so the multi-worker supervisor can hand it to its workers like uvicorn's own."""
 
     def __init__(
         self,
@@ -888,10 +890,44 @@ class BeatingServer(uvicorn.Server):
             await super().serve(sockets)
 
 
+#: how the supervisor starts its workers: forked from multiprocessing's fork server, a child of the
+#: supervisor's (a fresh interpreter started at the first worker's start, with the environment but none
+#: of the supervisor's memory) that imported what a worker runs (:func:`worker_modules`) once. A spawned
+#: worker imported all of it again: 0.6-0.85 s of CPU per worker of the gateway, at every start and every
+#: replacement, against ~0.05 s forked (docs/runbook.md, "What a start costs").
+START_METHOD: Final = "forkserver"
+
+
 def probe_slots() -> tuple[Beat, probes.Slot]:
-    """A worker's heartbeat and readiness slot in shared memory (a spawned worker's as its own)."""
-    context = multiprocessing.get_context("spawn")
+    """A worker's heartbeat and readiness slot in shared memory (a worker's as its own)."""
+    context = multiprocessing.get_context(START_METHOD)
     return cast(Beat, context.RawValue("d", NOT_YET)), cast(probes.Slot, context.RawArray("d", 2))
+
+
+def worker_modules(config: uvicorn.Config) -> list[str]:
+    """What the fork server imports before it forks the first worker: :mod:`svckit.collector` first
+    (the service's collector thresholds), this module (the worker's target), the application's module,
+    the HTTP protocol's and what uvicorn loads in every worker (its event loop, its lifespan); last
+    :mod:`svckit.preloaded`, which takes back the fork server's own metrics files.
+
+    Imports only: what a worker makes — its settings and keys (its application factory reads them),
+    its event loop, connections, pools — it still makes after the fork, as a spawned worker did. A
+    module that made a connection, a thread or a seeded generator of its own at import would hand one
+    copy to every worker; none does (``random``'s generator, ``gateway.request``'s and the nonces of
+    ``svckit.identity`` reseed in a forked child; ``secrets`` and ``uuid4`` read the OS)."""
+    modules = [__name__, "uvicorn.lifespan.on", "uvicorn.loops.auto"]
+    if importlib.util.find_spec("uvloop") is not None:
+        modules.append("uvloop")
+    if isinstance(config.app, str):
+        modules.append(config.app.partition(":")[0])
+    if isinstance(config.http, type):
+        modules.append(config.http.__module__)
+    # not the module run as ``__main__`` (``python -m testkit.sampleapp``): multiprocessing runs it again
+    # in each worker as ``__mp_main__``, which must not find it imported under its own name
+    main = getattr(sys.modules["__main__"], "__spec__", None)
+    modules = [name for name in dict.fromkeys(modules) if main is None or name != main.name]
+    # first the collector's thresholds, as in an entry point; last what takes back the fork server's own
+    return ["svckit.collector", *modules, "svckit.preloaded"]
 
 
 def serving_alone(heartbeat: Beat, slot: probes.Slot) -> None:
@@ -911,10 +947,32 @@ class DrainingServer(BeatingServer):
     """
 
     def __init__(
-        self, config: uvicorn.Config, *, owns_listener: bool = True, heartbeat: Beat | None = None
+        self,
+        config: uvicorn.Config,
+        *,
+        owns_listener: bool = True,
+        heartbeat: Beat | None = None,
+        supervisor: int | None = None,
     ) -> None:
         super().__init__(config, heartbeat=heartbeat)
         self.owns_listener = owns_listener
+        self.supervisor = supervisor
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.supervisor is not None:
+            asyncio.get_running_loop().add_reader(self.supervisor, self._supervisor_gone)
+        await super().serve(sockets)
+
+    def _supervisor_gone(self) -> None:
+        """The supervisor's end of ``supervisor`` closed: it died without stopping this worker (SIGKILL,
+        an OOM kill). Nobody would stop, watch or replace it any more, nor shut the door of the socket:
+        it drains as on SIGTERM and shuts the door itself, so no worker is left serving as an orphan
+        (and the fork server, which lives while a worker does, ends with the last of them)."""
+        assert self.supervisor is not None
+        asyncio.get_running_loop().remove_reader(self.supervisor)
+        log.warning("the supervisor is gone; draining")
+        self.owns_listener = True
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         probes.stopping()  # the readiness probe fails from now on
@@ -952,14 +1010,20 @@ class DrainingServer(BeatingServer):
 def _run_worker(
     config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, readiness: probes.Slot, stacks: int
 ) -> None:
-    """A worker process (spawned): serve on the shared listening socket until told to stop, beating
-    into ``heartbeat`` from its event loop and publishing its readiness into ``readiness`` (both read
-    by the supervisor: its watchdog, its probes); first of all, ready to dump its stacks into the file
-    ``stacks`` (a descriptor) when its supervisor finds it stuck (:mod:`svckit.stacks`)."""
+    """A worker process (forked by the fork server: :data:`START_METHOD`): serve on the shared
+    listening socket until told to stop — or until its supervisor is gone — beating into ``heartbeat``
+    from its event loop and publishing its readiness into ``readiness`` (both read by the supervisor:
+    its watchdog, its probes); first of all, ready to dump its stacks into the file ``stacks`` (a
+    descriptor) when its supervisor finds it stuck (:mod:`svckit.stacks`)."""
     install(stacks)
     probes.publish_into(readiness)
     config.configure_logging()
-    DrainingServer(config, owns_listener=False, heartbeat=heartbeat).run(sockets=sockets)
+    # the supervisor's sentinel: multiprocessing's pipe from it, at end of file once it is gone
+    parent = multiprocessing.parent_process()
+    supervisor = parent.sentinel if parent is not None else None
+    DrainingServer(config, owns_listener=False, heartbeat=heartbeat, supervisor=supervisor).run(
+        sockets=sockets
+    )
 
 
 class Supervisor:
@@ -969,7 +1033,7 @@ class Supervisor:
     every worker had drained (see the module docstring). A worker that dies is replaced; one that fails
     during start-up stops everything (it would fail the same way again); one whose event loop stops
     beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS), or has not beaten
-    ``worker_start_seconds`` after its spawn (WORKER_START_SECONDS), has its stacks logged, is killed,
+    ``worker_start_seconds`` after its start (WORKER_START_SECONDS), has its stacks logged, is killed,
     then replaced as a dead one (:mod:`svckit.watchdog`).
     """
 
@@ -984,7 +1048,9 @@ class Supervisor:
         self.readiness: list[probes.Slot] = []
         self.stopping = False
         self.failed = False
-        self._context = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context(START_METHOD)
+        # the fork server starts with the first worker: until then, this only names its imports
+        self._context.set_forkserver_preload(worker_modules(config))
         self._watched: list[Watched] = []
         self.watchdog = Watchdog(
             getattr(config, "worker_stuck_seconds", WORKER_STUCK_SECONDS),
@@ -1051,6 +1117,12 @@ class Supervisor:
                 log.error("a worker failed to start; stopping", extra={"pid": process.pid})
                 self.failed = self.stopping = True
                 return
+            if process.pid is not None and alive(process.pid):
+                # its fork server died (the worker's end is learnt from it): the worker, orphaned,
+                # still serves, and would no longer be watched; it drains and goes as on SIGTERM
+                log.error("the fork server is gone; stopping its worker", extra={"pid": process.pid})
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
             log.warning("worker died; starting another", extra={"pid": process.pid, "exit": process.exitcode})
             forget_dead_processes()  # its live gauges no longer count
             self._forget(process.pid)

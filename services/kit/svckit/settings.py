@@ -122,7 +122,7 @@ class ServiceSettings(BaseSettings):
     # A worker among several whose event loop has not run this long is killed and replaced
     # (svckit.watchdog.WORKER_STUCK_SECONDS, repeated here likewise).
     worker_stuck_seconds: float = Field(default=30.0, gt=0, le=3600)
-    # ... and one that has not beaten this long after its spawn (its start hung: an import, the
+    # ... and one that has not beaten this long after its start (its start hung: an import, the
     # application factory) likewise (svckit.watchdog.WORKER_START_SECONDS).
     worker_start_seconds: float = Field(default=60.0, gt=0, le=3600)
     # Request bodies over 64 KiB a worker holds at once (svckit.middleware.BodyBudget): four of the

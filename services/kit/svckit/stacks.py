@@ -10,7 +10,7 @@ so no request's headers, token or body can be in it.
 
 Each worker gets an unnamed temporary file (``O_TMPFILE`` under ``TMPDIR``: the chart's memory-backed
 ``/tmp``) from its supervisor, handed over as multiprocessing hands over the listening socket (the
-descriptor duplicated into the spawned child). Nothing is ever on disk by name, so nothing is left
+descriptor duplicated into the worker). Nothing is ever on disk by name, so nothing is left
 behind whatever ends the processes; the file is freed when the worker is gone and the supervisor has
 closed its copy. The worker writes a first line when its handler is in place (:func:`install`): a
 worker still in its spawn, before the kit's code ran, would die of the signal's default action, so it
@@ -62,7 +62,7 @@ REQUEST_PREFIX = REQUEST.split("{", 1)[0].encode()
 
 
 class StackFile:
-    """The supervisor's side of one worker's dump file; picklable into the spawned worker as its
+    """The supervisor's side of one worker's dump file; picklable into the worker as its
     descriptor (:meth:`__reduce__`)."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class StackFile:
 
 
 def _inherited(fd: Any) -> int:
-    """In the spawned worker: the descriptor multiprocessing duplicated into it."""
+    """In the worker: the descriptor multiprocessing duplicated into it."""
     return int(fd.detach())
 
 

@@ -21,11 +21,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import psutil
 import pytest
 from svckit.watchdog import BEAT_SECONDS
 
 from testkit.fixtures import REPO_ROOT, ServiceProcess, free_port
+from testkit.workers import worker_pids
 
 T = TypeVar("T")
 #: the sample app's liveness bound on a silent loop (a service's is probes.LIVENESS_SILENCE_SECONDS,
@@ -137,9 +137,7 @@ def test_with_several_workers_liveness_fails_only_once_none_beats() -> None:
     keeps passing past the bound while the other stays stopped (a stuck worker among several is the
     watchdog's to kill, not the kubelet's: the pod is not restarted for it)."""
     with sample(2, WORKER_STUCK_SECONDS="300") as (_, metrics, pid):
-        workers = [
-            child.pid for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())
-        ]
+        workers = sorted(worker_pids(pid))
         assert len(workers) == 2, workers
         for worker in workers:
             os.kill(worker, signal.SIGSTOP)

@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
+from testkit.workers import worker_pids
 
 STUCK_SECONDS = 2.0
 #: the stuck worker is killed within the bound, plus the supervisor's polling and a loaded host's lag
@@ -43,14 +43,7 @@ class Sample:
 
 
 def workers_of(pid: int) -> set[int]:
-    pids = set()
-    for child in psutil.Process(pid).children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                pids.add(child.pid)
-        except psutil.Error:
-            pass
-    return pids
+    return worker_pids(pid)
 
 
 @pytest.fixture
