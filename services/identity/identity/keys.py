@@ -215,8 +215,18 @@ async def rotate_keys(
         return kid, starts
 
 
-async def load_keys(conn: Conn, cipher: KeyCipher) -> list[SigningKey]:
-    """Every key still published, newest first, with private keys decrypted."""
+#: a private key as stored (its kid and sealed blob) → the key it decrypts and parses to
+Parsed = dict[tuple[str, bytes], PrivateKey]
+
+
+async def load_keys(conn: Conn, cipher: KeyCipher, parsed: Parsed | None = None) -> list[SigningKey]:
+    """Every key still published, newest first, with private keys decrypted.
+
+    ``parsed``: the keys an earlier load decrypted, by kid and sealed blob; a key stored as it was
+    then is taken from there, not decrypted and parsed again (an RSA-2048 key's parse checks the key:
+    ~40 ms of CPU, once a second per published key in the suite's providers, 40% of the pod's CPU
+    request; :class:`identity.keystore.KeyStore` reloads every ``KEY_REFRESH_SECONDS``). It is left
+    holding exactly the keys this load returned."""
     rows = await conn.fetch(
         """SELECT kid, alg, public_jwk, private_key, signs_from, retired_at, publish_until
            FROM signing_keys
@@ -224,11 +234,20 @@ async def load_keys(conn: Conn, cipher: KeyCipher) -> list[SigningKey]:
            ORDER BY signs_from DESC, created_at DESC"""
     )
     keys = []
+    known = dict(parsed or {})
+    if parsed is not None:
+        parsed.clear()
     for row in rows:
-        pem = cipher.decrypt(bytes(row["private_key"]), row["kid"])
-        private = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise KeyEncryptionError(f"signing key {row['kid']!r} has an unsupported type")
+        stored = (row["kid"], bytes(row["private_key"]))
+        private = known.get(stored)
+        if private is None:
+            pem = cipher.decrypt(stored[1], row["kid"])
+            loaded = serialization.load_pem_private_key(pem, password=None)
+            if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+                raise KeyEncryptionError(f"signing key {row['kid']!r} has an unsupported type")
+            private = loaded
+        if parsed is not None:
+            parsed[stored] = private
         jwk = row["public_jwk"]
         keys.append(
             SigningKey(

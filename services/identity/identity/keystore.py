@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from svckit.clock import SYSTEM_CLOCK, Clock
 from svckit.db import UNAVAILABLE_ERRORS, PooledQueries
 
-from .keys import KeyCipher, SigningKey, ensure_signing_key, load_keys
+from .keys import KeyCipher, Parsed, SigningKey, ensure_signing_key, load_keys
 
 log = logging.getLogger("identity.keys")
 
@@ -40,6 +40,7 @@ class KeyStore:
         self.refresh_seconds = refresh_seconds
         self.clock = clock
         self._keys: list[SigningKey] = []
+        self._parsed: Parsed = {}  # the keys decrypted so far, by kid and sealed blob (load_keys)
         self._loaded_at = 0.0
         self._offset = 0.0  # the database's clock minus this process's, as of the last load
         self._lock = asyncio.Lock()
@@ -55,12 +56,13 @@ class KeyStore:
 
     async def refresh(self, pool: asyncpg.Pool | PooledQueries) -> None:
         async with pool.acquire() as conn:
-            keys = await load_keys(conn, self.cipher)
+            parsed = dict(self._parsed)  # kept as it was if the load fails
+            keys = await load_keys(conn, self.cipher, parsed)
             before = self.clock.time()
             database: datetime = await conn.fetchval("SELECT clock_timestamp()")
             after = self.clock.time()
         self._offset = database.timestamp() - (before + after) / 2
-        self._keys = keys
+        self._keys, self._parsed = keys, parsed
         self._loaded_at = self.clock.monotonic()
 
     async def refresh_if_stale(self, pool: asyncpg.Pool | PooledQueries) -> None:
