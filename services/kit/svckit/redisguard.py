@@ -28,6 +28,7 @@ test runs) sharing one server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -188,9 +189,23 @@ class RedisGuard:
                 # this one. Kept, each failed once at its first use after Redis was back — under
                 # concurrency seconds later — and opened the circuit again each time (the chaos hunt:
                 # DPoP proofs checked in process only, rate limits open, 2-3 s after a restart).
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self.client.connection_pool.disconnect(inuse_connections=False)
+                await self._close_idle()
             return None
+
+    async def _close_idle(self) -> None:
+        """Close the pool's idle connections, best effort. redis-py raises the first failure among the
+        closes as its own, a ``CancelledError`` too — a close cancelled by its own timeout (CPython
+        3.11's ``asyncio.timeout`` can leave that cancellation pending past its block): it reached the
+        caller as if the caller were cancelled, and a sign-in answered 500 (the identity provider at
+        its CPU request in a storm). Only a cancellation of the calling task itself is passed on."""
+        try:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except REDIS_ERRORS:
+            pass
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     def dedicated(self, read_timeout: float) -> aioredis.Redis:
         """A separate single-connection client for blocking reads (``XREAD BLOCK``), so that a long

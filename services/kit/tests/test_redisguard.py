@@ -90,3 +90,45 @@ async def test_after_a_restart_the_pools_idle_connections_do_not_fail_one_by_one
             assert await asyncio.gather(*(guard.call(lambda c: c.ping()) for _ in range(3))) == [True] * 3
         finally:
             await guard.close()
+
+
+async def test_a_cancelled_close_of_an_idle_connection_is_not_the_callers_cancellation(
+    private_redis: PrivateRedis,
+) -> None:
+    """After a failed call the guard closes the pool's idle connections (best effort), and redis-py
+    raises the first failure among those closes as its own — a ``CancelledError`` too, when a close's
+    timeout cancelled it (CPython 3.11's ``asyncio.timeout`` can leave that cancellation pending past
+    its block). That reached the caller as its own cancellation: the identity provider at its CPU
+    request answered 500 to sign-ins in a storm (2-10 of 200, in ~1 run of 10). A call that fails
+    answers None, whatever the close of someone else's connection does; the caller's own cancellation
+    still cancels it."""
+    guard = RedisGuard(private_redis.url, "p:", timeout=0.3, retry_seconds=0.0)
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.3)
+    try:
+        assert await guard.call(lambda c: c.ping()) is True  # one idle connection in the pool
+        (idle,) = guard.client.connection_pool._available_connections
+        close = idle.disconnect
+
+        async def close_then_cancelled(*args: object, **kwargs: object) -> None:
+            await close(*args, **kwargs)  # type: ignore[arg-type]
+            raise asyncio.CancelledError  # what the close's leaked cancellation delivers
+
+        idle.disconnect = close_then_cancelled  # type: ignore[method-assign]
+        # a real failure (a refused connection), the guard's pool's idle connection closed after it
+        assert await guard.call(lambda c: dead.ping()) is None
+        assert not idle.is_connected
+        idle.disconnect = close  # type: ignore[method-assign]
+
+        # and a caller's own cancellation is still its own
+        private_redis.pause()
+        try:
+            task = asyncio.create_task(guard.call(lambda c: c.ping()))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            private_redis.resume()
+    finally:
+        await dead.aclose()
+        await guard.close()
