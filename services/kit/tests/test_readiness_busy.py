@@ -149,7 +149,11 @@ async def test_a_pool_busy_with_slow_statements_is_ready_and_unready_once_the_se
                 assert took < ANSWER_S + CHECK_TIMEOUT_SECONDS + 1.0, took
                 # the probe's own connection, given up by the check's bound, fails in its own time
                 # (connect_timeout): nobody awaits it then, and that is no failure to report
-                await asyncio.sleep(database.connect_timeout + 1.0)
+                own = database._own_check
+                assert own is not None
+                await asyncio.wait([own], timeout=database.connect_timeout + 5.0)
+                assert own.done()
+                del own  # (a failure nobody took is reported when its task is collected)
                 await run_checks({"postgres": database.check})  # a new probe: the old one let go
                 gc.collect()
             assert [context.get("message") for context in unretrieved] == []
