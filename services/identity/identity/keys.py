@@ -226,7 +226,7 @@ async def load_keys(conn: Conn, cipher: KeyCipher, parsed: Parsed | None = None)
     then is taken from there, not decrypted and parsed again (an RSA-2048 key's parse checks the key:
     ~40 ms of CPU, once a second per published key in the suite's providers, 40% of the pod's CPU
     request; :class:`identity.keystore.KeyStore` reloads every ``KEY_REFRESH_SECONDS``). It is left
-    holding exactly the keys this load returned."""
+    holding exactly the keys this load returned, or as it was if the load fails."""
     rows = await conn.fetch(
         """SELECT kid, alg, public_jwk, private_key, signs_from, retired_at, publish_until
            FROM signing_keys
@@ -234,9 +234,8 @@ async def load_keys(conn: Conn, cipher: KeyCipher, parsed: Parsed | None = None)
            ORDER BY signs_from DESC, created_at DESC"""
     )
     keys = []
-    known = dict(parsed or {})
-    if parsed is not None:
-        parsed.clear()
+    known = parsed or {}
+    found: Parsed = {}
     for row in rows:
         stored = (row["kid"], bytes(row["private_key"]))
         private = known.get(stored)
@@ -246,8 +245,7 @@ async def load_keys(conn: Conn, cipher: KeyCipher, parsed: Parsed | None = None)
             if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
                 raise KeyEncryptionError(f"signing key {row['kid']!r} has an unsupported type")
             private = loaded
-        if parsed is not None:
-            parsed[stored] = private
+        found[stored] = private
         jwk = row["public_jwk"]
         keys.append(
             SigningKey(
@@ -260,6 +258,9 @@ async def load_keys(conn: Conn, cipher: KeyCipher, parsed: Parsed | None = None)
                 publish_until=row["publish_until"],
             )
         )
+    if parsed is not None:
+        parsed.clear()
+        parsed.update(found)
     return keys
 
 

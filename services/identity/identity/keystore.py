@@ -56,13 +56,12 @@ class KeyStore:
 
     async def refresh(self, pool: asyncpg.Pool | PooledQueries) -> None:
         async with pool.acquire() as conn:
-            parsed = dict(self._parsed)  # kept as it was if the load fails
-            keys = await load_keys(conn, self.cipher, parsed)
+            keys = await load_keys(conn, self.cipher, self._parsed)
             before = self.clock.time()
             database: datetime = await conn.fetchval("SELECT clock_timestamp()")
             after = self.clock.time()
         self._offset = database.timestamp() - (before + after) / 2
-        self._keys, self._parsed = keys, parsed
+        self._keys = keys
         self._loaded_at = self.clock.monotonic()
 
     async def refresh_if_stale(self, pool: asyncpg.Pool | PooledQueries) -> None:
