@@ -128,6 +128,7 @@ import importlib.util
 import json
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
 import signal
@@ -135,7 +136,9 @@ import socket
 import struct
 import sys
 import termios
+import threading
 import time
+import traceback
 import urllib.parse
 from http import HTTPStatus
 from types import FrameType
@@ -148,7 +151,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import probes
+from . import preloading, probes
 from .abandoned import client_gone, pace
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
@@ -156,7 +159,7 @@ from .metricfiles import alive
 from .metrics import forget_dead_processes, http_abandoned, http_refused, http_send_timeouts
 from .problems import PROBLEM_JSON
 from .proxies import unmapped
-from .stacks import StackFile, install
+from .stacks import StackFile, collect, innermost, install, shown
 from .watchdog import NOT_YET, WORKER_START_SECONDS, WORKER_STUCK_SECONDS, Beat, Watchdog, Watched, beating
 
 log = logging.getLogger("svckit.server")
@@ -1007,6 +1010,26 @@ class DrainingServer(BeatingServer):
             log.info("accepted queued connections before closing the listener", extra={"count": accepted})
 
 
+#: what a worker whose application failed to load writes into its stack file, for its supervisor's line
+START_FAILED = "svckit: start failed: {error}\n"
+START_FAILED_PREFIX = START_FAILED.split("{", 1)[0].encode()
+
+
+def start_failure(exc: BaseException) -> str:
+    """What an exception raised while loading the application was, in one line: its type, its message
+    and where it was raised (the innermost frame outside the import machinery, or the line a
+    ``SyntaxError`` names) — no traceback, no locals."""
+    where = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
+    error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
+    return error + (f" (at {where})" if where else "")
+
+
 def _run_worker(
     config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, readiness: probes.Slot, stacks: int
 ) -> None:
@@ -1021,9 +1044,21 @@ def _run_worker(
     # the supervisor's sentinel: multiprocessing's pipe from it, at end of file once it is gone
     parent = multiprocessing.parent_process()
     supervisor = parent.sentinel if parent is not None else None
-    DrainingServer(config, owns_listener=False, heartbeat=heartbeat, supervisor=supervisor).run(
-        sockets=sockets
-    )
+    server = DrainingServer(config, owns_listener=False, heartbeat=heartbeat, supervisor=supervisor)
+    try:
+        server.run(sockets=sockets)
+    except (Exception, SystemExit) as exc:
+        # Before it serves, what a worker runs raised: the application's import (uvicorn exits
+        # STARTUP_FAILURE itself only for a module not found), the event loop's (uvloop's). It would
+        # raise again in every replacement: a failed start, which stops the supervisor, with the error.
+        if server.started or (isinstance(exc, SystemExit) and exc.code == STARTUP_FAILURE):
+            raise  # a crash of a serving worker (replaced), or uvicorn's own failed start (after its line)
+        os.write(stacks, START_FAILED.format(error=start_failure(exc)).encode())
+        sys.exit(STARTUP_FAILURE)
+
+
+class StartFailed(Exception):
+    """A worker could not be started: its fork server hung or ended (the supervisor has said why)."""
 
 
 class Supervisor:
@@ -1049,8 +1084,14 @@ class Supervisor:
         self.stopping = False
         self.failed = False
         self._context = multiprocessing.get_context(START_METHOD)
-        # the fork server starts with the first worker: until then, this only names its imports
-        self._context.set_forkserver_preload(worker_modules(config))
+        # the fork server starts with the first worker: until then, this only names its imports, which
+        # svckit.preloading makes (each whatever it raises), reporting into a file of this process's
+        self.modules = worker_modules(config)
+        self.fork_server_report = StackFile()
+        os.environ[preloading.MODULES_ENV] = json.dumps(self.modules)
+        os.environ[preloading.REPORT_ENV] = f"/proc/{os.getpid()}/fd/{self.fork_server_report.file.fileno()}"
+        self._context.set_forkserver_preload([preloading.__name__])
+        self.start_seconds = getattr(config, "worker_start_seconds", WORKER_START_SECONDS)
         self._watched: list[Watched] = []
         self.watchdog = Watchdog(
             getattr(config, "worker_stuck_seconds", WORKER_STUCK_SECONDS),
@@ -1067,13 +1108,91 @@ class Supervisor:
         )
         spawned_at = time.monotonic()
         try:
-            process.start()
+            self._start(process)
         except BaseException:
             stacks.close()
             raise
         self._watched.append(Watched(process.pid, heartbeat, spawned_at, stacks))
         log.info("worker started", extra={"pid": process.pid})
         return process, heartbeat, readiness
+
+    def _start(self, process: multiprocessing.process.BaseProcess) -> None:
+        """``process.start()``, bounded by WORKER_START_SECONDS. It returns once the fork server has
+        forked the worker — at once, unless the fork server is still to start (the first worker's
+        start, or the first after it died): then it waits for the fork server's imports, which may
+        hang (it waited for ever, before the watchdog ever ran) or end the fork server. Either is a
+        start that failed (:class:`StartFailed`), after a line saying what it waited for."""
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                process.start()
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=start, name="svckit-worker-start", daemon=True)
+        started_at = time.monotonic()
+        thread.start()
+        thread.join(0.05)
+        while thread.is_alive():
+            waited = time.monotonic() - started_at
+            if waited > self.start_seconds or self.stopping:
+                self._fork_server_stuck(waited)
+                thread.join(5.0)  # the fork server's end ends the wait for it
+                raise StartFailed("the fork server did not start a worker")
+            thread.join(0.1)
+        if failure:
+            exc = failure[0]
+            report = self._fork_server_report()
+            log.error(
+                "the fork server ended before it started a worker; stopping",
+                extra={
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "importing": preloading.importing(report),
+                    "modules": self.modules,
+                },
+            )
+            raise StartFailed("the fork server ended") from exc
+
+    def _fork_server_report(self) -> bytes:
+        file = self.fork_server_report.file
+        return os.pread(file.fileno(), max(0, self.fork_server_report.size()), 0)
+
+    def _fork_server_stuck(self, waited: float) -> None:
+        """The fork server has not forked a worker within the bound: its stacks and what it was
+        importing logged, it is killed (the worker's start, waiting for it, then ends)."""
+        pid = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_forkserver_pid", None)
+        report = self.fork_server_report
+        where: dict[str, object] = {"stack": None}
+        if pid is not None and report.ask(pid):
+            collect([report])
+            dump = report.dump()
+            if dump:
+                where["stack"] = stack = shown(dump)
+                where["stuck_at"] = innermost(stack, report.loop_thread())
+            else:
+                where["stack_missing"] = "no dump: the fork server did not run (stopped, or starved of CPU)"
+        else:
+            where["stack_missing"] = "the fork server was not yet running svckit's code"
+        message = (
+            "the fork server did not start a worker within WORKER_START_SECONDS; killing it and stopping"
+            if not self.stopping
+            else "stopping while the fork server had not started a worker yet; killing it"
+        )
+        (log.warning if self.stopping else log.error)(
+            message,
+            extra={
+                "fork_server_pid": pid,
+                "importing": preloading.importing(self._fork_server_report()),
+                "modules": self.modules,
+                "waited_seconds": round(waited, 1),
+                "bound_seconds": self.start_seconds,
+                **where,
+            },
+        )
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def watched(self) -> list[probes.Watched]:
         """The workers as this process's probes see them (:mod:`svckit.probes`)."""
@@ -1086,16 +1205,20 @@ class Supervisor:
         listener = self.config.bind_socket()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            started = [self._spawn([listener]) for _ in range(self.workers)]
-            self.processes = [process for process, _, _ in started]
-            self.heartbeats = [heartbeat for _, heartbeat, _ in started]
-            self.readiness = [readiness for _, _, readiness in started]
+            for _ in range(self.workers):
+                process, heartbeat, readiness = self._spawn([listener])
+                self.processes.append(process)
+                self.heartbeats.append(heartbeat)
+                self.readiness.append(readiness)
             probes.answer_for(self.watched)
             while not self.stopping:
                 time.sleep(0.1)
                 if not self.stopping:
                     self.watchdog.check(self._watched)
                 self._replace_dead([listener])
+        except StartFailed:
+            self.failed = not self.stopping  # a SIGTERM while it waited is an ordinary stop
+            self.stopping = True
         finally:
             # Shut the door for every worker, then drop this copy: the socket goes away as soon as the
             # last worker has drained its queue and stops accepting.
@@ -1105,6 +1228,7 @@ class Supervisor:
             for watched in self._watched:
                 if watched.stacks is not None:
                     watched.stacks.close()
+            self.fork_server_report.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 1 if self.failed else 0
@@ -1114,7 +1238,10 @@ class Supervisor:
             if process.is_alive() or self.stopping:
                 continue
             if process.exitcode == STARTUP_FAILURE:
-                log.error("a worker failed to start; stopping", extra={"pid": process.pid})
+                log.error(
+                    "a worker failed to start; stopping",
+                    extra={"pid": process.pid, "error": self._start_error(process.pid)},
+                )
                 self.failed = self.stopping = True
                 return
             if process.pid is not None and alive(process.pid):
@@ -1127,6 +1254,17 @@ class Supervisor:
             forget_dead_processes()  # its live gauges no longer count
             self._forget(process.pid)
             self.processes[index], self.heartbeats[index], self.readiness[index] = self._spawn(sockets)
+
+    def _start_error(self, pid: int | None) -> str | None:
+        """What the worker ``pid`` wrote of its failed start (:data:`START_FAILED`), if anything:
+        uvicorn's own line (a module not found, a factory that raised) is on the worker's stderr."""
+        for watched in self._watched:
+            if watched.pid == pid and watched.stacks is not None:
+                file = watched.stacks.file
+                for line in os.pread(file.fileno(), watched.stacks.size(), 0).splitlines():
+                    if line.startswith(START_FAILED_PREFIX):
+                        return line[len(START_FAILED_PREFIX) :].decode(errors="replace")
+        return None
 
     def _forget(self, pid: int | None) -> None:
         """A dead worker is no longer watched; its stack file is freed (it held the other copy)."""
