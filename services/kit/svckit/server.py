@@ -908,10 +908,12 @@ def probe_slots() -> tuple[Beat, probes.Slot]:
 
 
 def worker_modules(config: uvicorn.Config) -> list[str]:
-    """What the fork server imports before it forks the first worker: :mod:`svckit.collector` first
-    (the service's collector thresholds), this module (the worker's target), the application's module,
-    the HTTP protocol's and what uvicorn loads in every worker (its event loop, its lifespan); last
-    :mod:`svckit.preloaded`, which takes back the fork server's own metrics files.
+    """What the fork server imports before it forks the first worker (through :mod:`svckit.preloading`,
+    each whatever its import raises: a worker imports it again and fails its start):
+    :mod:`svckit.collector` first (the service's collector thresholds), this module (the worker's
+    target), the application's module, the HTTP protocol's and what uvicorn loads in every worker (its
+    event loop, its lifespan); last :mod:`svckit.preloaded`, which takes back the fork server's own
+    metrics files.
 
     Imports only: what a worker makes — its settings and keys (its application factory reads them),
     its event loop, connections, pools — it still makes after the fork, as a spawned worker did. A
@@ -1069,7 +1071,8 @@ class Supervisor:
     during start-up stops everything (it would fail the same way again); one whose event loop stops
     beating for ``worker_stuck_seconds`` (the config's, WORKER_STUCK_SECONDS), or has not beaten
     ``worker_start_seconds`` after its start (WORKER_START_SECONDS), has its stacks logged, is killed,
-    then replaced as a dead one (:mod:`svckit.watchdog`).
+    then replaced as a dead one (:mod:`svckit.watchdog`). A worker's start waiting for the fork server's
+    imports is bounded the same way (:meth:`_start`): one that hung stops everything, as a failed start.
     """
 
     def __init__(self, config: uvicorn.Config, workers: int, *, kill_after: float | None = None) -> None:

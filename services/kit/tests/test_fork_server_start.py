@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import process_tree
+from testkit.workers import fork_servers, process_tree
 
 from .test_forked_workers import gone
 
@@ -142,4 +142,28 @@ def test_an_import_hanging_in_the_fork_server_is_bounded_and_named(tmp_path: Pat
     assert START_SECONDS <= float(record["waited_seconds"]) < START_SECONDS + 5, record  # type: ignore[arg-type]
     assert 'forkedgeapp.py", line 5 in <module>' in str(record["stuck_at"]), record
     assert took < START_SECONDS + 30, took
+    assert not left, everything
+
+
+def test_a_sigterm_while_the_fork_server_hangs_stops_the_supervisor_at_once(tmp_path: Path) -> None:
+    """A stop (a rollout, a scale-down) before the first worker started: the supervisor, waiting for
+    the fork server, ended only with the startup probe's SIGKILL; now it stops at once, exit 0."""
+    (tmp_path / "forkedgeapp.py").write_text(APP.format(failure="import time\ntime.sleep(600)"))
+    with supervisor(tmp_path) as process:
+        deadline = time.monotonic() + START_SECONDS
+        while not fork_servers(process.pid):  # it waits for the fork server's imports
+            assert time.monotonic() < deadline, "no fork server"
+            time.sleep(0.05)
+        time.sleep(1.0)  # well into the imports: the hang, not the start of the interpreter
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode, lines, stderr, left = ended(process)
+        took = time.monotonic() - signalled
+    everything = json.dumps(lines) + stderr
+    assert returncode == 0, everything
+    assert "Traceback" not in stderr, everything
+    (record,) = lines
+    assert str(record["msg"]).startswith("stopping while the fork server had not started a worker"), record
+    assert record["level"] == "warning", record
+    assert took < START_SECONDS, (took, everything)  # not the bound's wait
     assert not left, everything
