@@ -5,7 +5,8 @@ one worker or several, without a database (or as a stand-in upstream behind a ga
 
 For the supervisor's watchdog (``svckit.watchdog``): ``GET /block?s=<seconds>`` blocks the worker's event
 loop in a C call (``time.sleep``), as a blocking call in a handler does (``&how=spin``: in Python, as a
-CPU-bound bug does). ``SAMPLEAPP_HANG_AT_START``
+CPU-bound bug does); ``&release=<path>`` ends the block early once that file exists (a test that has
+seen what it waited for need not sit out the rest). ``SAMPLEAPP_HANG_AT_START``
 names a directory: once a file ``armed`` is in it, the next worker to start takes ``taken`` there and
 hangs in its start (its application factory), before its event loop ever runs; any later one starts
 as usual. ``SAMPLEAPP_METRICS_PORT``: the kit's metrics listener on that port, as ``python -m
@@ -39,27 +40,45 @@ async def slow(request: Request) -> Response:
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 
-def block_the_loop(seconds: float) -> None:
-    """A blocking call in a handler: the event loop stops for ``seconds`` (the watchdog's stack dump
-    names this function)."""
-    time.sleep(seconds)
+def released(path: str | None) -> bool:
+    return path is not None and os.path.exists(path)
 
 
-def spin_the_loop(seconds: float) -> None:
-    """A CPU-bound bug in a handler: pure Python that never yields."""
+def block_the_loop(seconds: float, release: str | None = None) -> None:
+    """A blocking call in a handler: the event loop stops for ``seconds``, or until ``release`` exists
+    (the watchdog's stack dump names this function)."""
+    if release is None:
+        time.sleep(seconds)
+        return
     until = time.monotonic() + seconds
+    while time.monotonic() < until and not released(release):
+        time.sleep(0.05)
+
+
+def spin_the_loop(seconds: float, release: str | None = None) -> None:
+    """A CPU-bound bug in a handler: pure Python that never yields (until ``seconds`` passed, or
+    ``release`` exists)."""
+    until = time.monotonic() + seconds
+    if release is None:
+        while time.monotonic() < until:
+            pass
+        return
+    checked = 0
     while time.monotonic() < until:
-        pass
+        checked += 1
+        if checked % 10_000 == 0 and released(release):
+            return
 
 
 async def block(request: Request) -> Response:
     # the request's id in the context, as the kit's front (svckit.middleware) sets it for every request
     request_id_var.set(request.headers.get("x-request-id"))
     seconds = min(float(request.query_params.get("s", "1")), 60.0)
+    release = request.query_params.get("release")
     if request.query_params.get("how") == "spin":
-        spin_the_loop(seconds)
+        spin_the_loop(seconds, release)
     else:
-        block_the_loop(seconds)
+        block_the_loop(seconds, release)
     return JSONResponse({"ok": True, "pid": os.getpid()})
 
 

@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -90,14 +92,16 @@ def sample(workers: int, **environ: str) -> Iterator[tuple[int, int, int]]:
             process.wait()
 
 
-def block(port: int, seconds: float, how: str = "sleep") -> threading.Thread:
-    """``GET /block`` in a thread: the worker's event loop stops for ``seconds``."""
+def block(port: int, seconds: float, how: str = "sleep", release: Path | None = None) -> threading.Thread:
+    """``GET /block`` in a thread: the worker's event loop stops for ``seconds``, or until the file
+    ``release`` exists (the test has seen what it waited for)."""
+    query = urllib.parse.urlencode(
+        {"s": seconds, "how": how, **({"release": str(release)} if release else {})}
+    )
 
     def send() -> None:
         with contextlib.suppress(OSError):
-            urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/block?s={seconds}&how={how}", timeout=seconds + 30
-            ).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/block?{query}", timeout=seconds + 30).read()
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
@@ -105,7 +109,9 @@ def block(port: int, seconds: float, how: str = "sleep") -> threading.Thread:
 
 
 @pytest.mark.parametrize("how", ["sleep", "spin"])
-def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_after(how: str) -> None:
+def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_after(
+    how: str, tmp_path: Path
+) -> None:
     """One worker whose event loop is blocked (a blocking C call, or Python that never yields): the
     metrics listener still answers — a thread — but liveness turns 503 once the loop has not beaten
     for the bound (``LIVENESS_SILENCE_SECONDS``; :data:`SILENCE` here), and 200 again once it runs
@@ -115,7 +121,8 @@ def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_af
         status, body = probe(metrics, "/healthz")
         assert status == 200, body
         started = time.monotonic()
-        blocked = block(port, stuck_for, how)
+        release = tmp_path / "release"
+        blocked = block(port, stuck_for, how, release)
 
         def failing() -> dict[str, object] | None:
             status, body = probe(metrics, "/healthz", timeout=5)
@@ -126,6 +133,7 @@ def test_liveness_fails_while_the_only_workers_loop_is_stuck_and_passes_again_af
         # not before the bound (from the loop's last beat, up to a beat before the block): a loop late
         # by less is busy, not stuck
         assert time.monotonic() - started >= SILENCE - 2 * BEAT_SECONDS
+        release.touch()  # seen failing: the loop runs again now, not at the end of stuck_for
         blocked.join()
         until("live again", lambda: probe(metrics, "/healthz")[0] == 200, 10)
 
