@@ -44,9 +44,13 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
 # Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
-# fault suite groups of their own): 520-740 s on a shared two-core machine, by how busy the host is,
-# against ~960 s in one process. Not three: each worker's session services keep ~35 pooled Postgres connections, and three workers filled
-# the default max_connections (100). TEST_WORKERS=0 runs the suite in one process, in a fixed order.
+# fault suite groups of their own): 867-991 s of tests in clean runs on a shared two-core machine, by how
+# busy the host is (941 s in the project's last CI); the tests' own times add up to ~2,100 s, twice the
+# wall: both workers are busy to the end. Most files wait more than they compute (~0.2-0.5 cores each),
+# so a third worker would shorten the wall (the gateway's tests alone: 115 s -> 79 s) — but with the
+# tests' services pooling 5 connections each a two-worker run peaks at ~60 sessions, and a third
+# worker's would take the machine's Postgres to its max_connections (100) again (README, "make test").
+# TEST_WORKERS=0 runs the suite in one process, in a fixed order.
 TEST_WORKERS ?= 2
 # The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not
 # pytest's shared /tmp/pytest-of-<user>: another pytest session of the same user (a test run beside
