@@ -133,7 +133,11 @@ def running_release(
         pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
     venv = runtime_venv(uv)
     env = isolated_env(name)
-    database = urlsplit(env["DATABASE_URL"]).path.lstrip("/")
+    owner = urlsplit(env["DATABASE_URL"])
+    if not owner.hostname or owner.hostname.startswith("/"):
+        pytest.fail(f"the pods reach the database by host and port, not a socket: DATABASE_URL {owner.query}")
+    port = owner.port or 5432
+    database = owner.path.lstrip("/")
     identity_service = f"{RELEASE}-timesheets-identity"
     values = deep_merge(
         deep_merge(
@@ -148,7 +152,10 @@ def running_release(
                     "seedDemo": True,
                     "env": {"DEMO_PASSWORD": DEMO_PASSWORD},
                 },
-                "externalDatabase": {"host": DB_HOST, "database": database},
+                # the session's server where it listens (the runtime roles' URLs the chart builds);
+                # not the chart's default port: the embedded Postgres of a run without DATABASE_URL
+                # listens on another (devstack.backing.EmbeddedPostgres)
+                "externalDatabase": {"host": DB_HOST, "port": port, "database": database},
                 # roles and Redis keys of this test run only (dropped with the session's)
                 "databaseRoles": {"prefix": env["DB_ROLE_PREFIX"]},
                 "config": {"redisKeyPrefix": env["REDIS_KEY_PREFIX"]},
@@ -157,10 +164,9 @@ def running_release(
         overrides,
     )
     objects = render(values)
-    owner = urlsplit(env["DATABASE_URL"])
     operator = [
         # what the operator creates before the install (MINIMAL's existingSecret names)
-        secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{owner.port}/{database}"}),
+        secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{port}/{database}"}),
         secret("redis", {f"redis-url-{c}": service_redis.url(c) for c in APP_COMPONENTS}),
         *(secret(n, data) for n, data in operator_env.items()),
     ]
@@ -170,7 +176,7 @@ def running_release(
     base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
     result = Pods(cluster=cluster)
     result.addresses = {c: f"{base}.{i + 1}" for i, c in enumerate(APP_COMPONENTS)}
-    names = {DB_HOST: owner.hostname or "127.0.0.1"}
+    names = {DB_HOST: owner.hostname}
     for component in APP_COMPONENTS:
         for service in service_names(f"{RELEASE}-timesheets-{component}"):
             names[service] = result.addresses[component]
