@@ -55,6 +55,8 @@ def _loopback_server(pgdata: Path, port: int) -> Any:
     pg_ctl: Callable[..., str] = vars(_commands)["pg_ctl"]  # the wheel makes one function per binary
 
     class LoopbackServer(PostgresServer):
+        loopback = True
+
         def ensure_postgres_running(self) -> None:
             running = PostmasterInfo.read_from_pgdata(self.pgdata)
             if running is not None and running.is_running() and not running.hostname:
@@ -79,8 +81,8 @@ def _loopback_server(pgdata: Path, port: int) -> Any:
 
     pgdata = pgdata.expanduser().resolve()
     pgdata.mkdir(exist_ok=True)
-    known = PostgresServer._instances.get(pgdata)
-    return known if known is not None else LoopbackServer(pgdata, cleanup_mode="stop")
+    known = PostgresServer._instances.get(pgdata)  # a handle this process holds already
+    return known if getattr(known, "loopback", False) else LoopbackServer(pgdata, cleanup_mode="stop")
 
 
 class EmbeddedPostgres:
