@@ -40,7 +40,9 @@ class Servers:
 
 
 @contextmanager
-def servers(*, redis: bool = False, state: Path = STATE, redis_port: int = 6382) -> Iterator[Servers]:
+def servers(
+    *, redis: bool = False, state: Path = STATE, postgres_port: int = 5435, redis_port: int = 6382
+) -> Iterator[Servers]:
     """Postgres (and Redis if asked) from the environment or embedded; ``os.environ`` is as before
     when the block ends, and embedded servers are stopped."""
     saved = {name: os.environ.get(name) for name in VARIABLES}
@@ -51,7 +53,8 @@ def servers(*, redis: bool = False, state: Path = STATE, redis_port: int = 6382)
             from devstack.backing import EmbeddedPostgres, EmbeddedRedis
 
             if not dsn:
-                postgres = EmbeddedPostgres(state, {"max_connections": str(MAX_CONNECTIONS)})
+                settings = {"max_connections": str(MAX_CONNECTIONS)}
+                postgres = EmbeddedPostgres(state, settings, port=postgres_port)
                 dsn = postgres.start()
                 started.append(postgres)
             if redis and not redis_url:

@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         state = REPO_ROOT / ".local" / "test"
         if not os.environ.get("DATABASE_URL"):
-            postgres = EmbeddedPostgres(state)
+            postgres = EmbeddedPostgres(state, port=5434)
             os.environ["DATABASE_URL"] = postgres.start()
             _embedded.append(postgres)
         if not os.environ.get("REDIS_URL"):

@@ -115,6 +115,36 @@ def limited(container: Container) -> Cgroup:
     return group
 
 
+@dataclass(frozen=True)
+class DatabaseWiring:
+    """How the release's pods reach the session's Postgres: by the name :data:`DB_HOST` (``hosts``
+    maps it to the server's address) and the server's own port, in the chart's values (the runtime
+    roles' URLs the chart builds) and in the owner's URL of the operator's ``db`` Secret."""
+
+    values: dict[str, Any]  # externalDatabase
+    operator_secret: Obj
+    hosts: dict[str, str]
+
+
+def database_wiring(database_url: str) -> DatabaseWiring:
+    """For the session's ``DATABASE_URL``: a URL with a host and a port, as a real server's (the
+    embedded Postgres of a run without ``DATABASE_URL`` listens on loopback TCP too, on a port of its
+    own: devstack.backing.EmbeddedPostgres). A socket URL cannot be handed to pods: ValueError."""
+    owner = urlsplit(database_url)
+    if not owner.hostname:
+        raise ValueError(f"the pods reach the database by host and port, not a socket: {owner.query}")
+    port = owner.port or 5432
+    database = owner.path.lstrip("/")
+    return DatabaseWiring(
+        # not the chart's default port: the server's
+        values={"externalDatabase": {"host": DB_HOST, "port": port, "database": database}},
+        operator_secret=secret(
+            "db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{port}/{database}"}
+        ),
+        hosts={DB_HOST: owner.hostname},
+    )
+
+
 @contextmanager
 def running_release(
     isolated_env: IsolatedEnv,
@@ -133,7 +163,7 @@ def running_release(
         pytest.skip("uv is not installed (make install provides .local/uv/bin/uv)")
     venv = runtime_venv(uv)
     env = isolated_env(name)
-    database = urlsplit(env["DATABASE_URL"]).path.lstrip("/")
+    wiring = database_wiring(env["DATABASE_URL"])
     identity_service = f"{RELEASE}-timesheets-identity"
     values = deep_merge(
         deep_merge(
@@ -148,7 +178,7 @@ def running_release(
                     "seedDemo": True,
                     "env": {"DEMO_PASSWORD": DEMO_PASSWORD},
                 },
-                "externalDatabase": {"host": DB_HOST, "database": database},
+                **wiring.values,
                 # roles and Redis keys of this test run only (dropped with the session's)
                 "databaseRoles": {"prefix": env["DB_ROLE_PREFIX"]},
                 "config": {"redisKeyPrefix": env["REDIS_KEY_PREFIX"]},
@@ -157,10 +187,9 @@ def running_release(
         overrides,
     )
     objects = render(values)
-    owner = urlsplit(env["DATABASE_URL"])
     operator = [
         # what the operator creates before the install (MINIMAL's existingSecret names)
-        secret("db", {"database-url": f"postgresql://{owner.username}@{DB_HOST}:{owner.port}/{database}"}),
+        wiring.operator_secret,
         secret("redis", {f"redis-url-{c}": service_redis.url(c) for c in APP_COMPONENTS}),
         *(secret(n, data) for n, data in operator_env.items()),
     ]
@@ -170,7 +199,7 @@ def running_release(
     base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
     result = Pods(cluster=cluster)
     result.addresses = {c: f"{base}.{i + 1}" for i, c in enumerate(APP_COMPONENTS)}
-    names = {DB_HOST: owner.hostname or "127.0.0.1"}
+    names = dict(wiring.hosts)
     for component in APP_COMPONENTS:
         for service in service_names(f"{RELEASE}-timesheets-{component}"):
             names[service] = result.addresses[component]
