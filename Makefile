@@ -48,7 +48,7 @@ test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 # busy the host is (941 s in the project's last CI); the tests' own times add up to ~2,100 s, twice the
 # wall: both workers are busy to the end. Most files wait more than they compute (~0.2-0.5 cores each),
 # so a third worker would shorten the wall (the gateway's tests alone: 115 s -> 79 s) — but with the
-# tests' services pooling 5 connections each a two-worker run peaks at ~60 sessions, and a third
+# tests' services pooling 5 connections each a two-worker run peaks at 60-78 sessions, and a third
 # worker's would take the machine's Postgres to its max_connections (100) again (README, "make test").
 # TEST_WORKERS=0 runs the suite in one process, in a fixed order.
 TEST_WORKERS ?= 2
