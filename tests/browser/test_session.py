@@ -9,9 +9,10 @@ it must say so and offer to sign in again. Sign-out must end the provider sessio
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 
 import pytest
-from playwright.async_api import Page, Response, Route, expect
+from playwright.async_api import Page, Request, Response, Route, expect
 
 from tests.browser.support import APP, PROVIDER, NewPage, Shots, eventually, provider_sign_in, sign_in
 
@@ -20,9 +21,37 @@ pytestmark = pytest.mark.browser
 PAST_EXPIRY = "16:00"  # minutes:seconds; the identity service's access tokens live 15 minutes
 
 
+# the page's own week: Monday of its today in UTC (the contexts' time zone), by the page's clock
+THIS_MONDAY_JS = """() => {
+  const day = new Date();
+  day.setUTCDate(day.getUTCDate() - ((day.getUTCDay() + 6) % 7));
+  return day.toISOString().slice(0, 10);
+}"""
+
+
 async def refetch_week(page: Page) -> None:
-    await page.get_by_role("button", name="Next week").click()
-    await page.get_by_role("button", name="This week").click()
+    """The next week shown, then this one again, each once its own fetch was answered. Not only once
+    "Loading your week" is gone: back at this week the page shows the entries it already had while
+    the fetches run, so the next week's GET could still be on its way when a test goes on (and be
+    answered while the test counts answers)."""
+    this_monday = date.fromisoformat(await page.evaluate(THIS_MONDAY_JS))
+    for name, monday in (("Next week", this_monday + timedelta(days=7)), ("This week", this_monday)):
+        sent: list[Request] = []
+
+        def track(request: Request, sent: list[Request] = sent, week: str = f"from={monday}") -> None:
+            if "/api/timesheets" in request.url and week in request.url:
+                sent.append(request)
+
+        # the answer that loads the week (a 401 asking for the gateway's DPoP nonce is retried)
+        def loads(response: Response, sent: list[Request] = sent) -> bool:
+            return response.request in sent and response.ok
+
+        page.on("request", track)
+        try:
+            async with page.expect_response(loads):
+                await page.get_by_role("button", name=name).click()
+        finally:
+            page.remove_listener("request", track)
     await expect(page.get_by_text("Loading your week")).to_have_count(0)
 
 
@@ -88,17 +117,21 @@ async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage,
     await refetch_week(page)
     first = tokens.last
     silent = silent_authorize(page)
-    # per URL, the token each request carried as the app sent it, and what the gateway answered
+    # per URL, the token each refused request carried as the app sent it, and what the gateway
+    # answered: the answers of these requests only, not of one the page sent before the route was in
+    # place (an answer to it is not an answer to a refused request, however its URL reads)
     carried: dict[str, list[str]] = {}
     answered: dict[str, list[int]] = {}
+    refused: list[Request] = []
 
     async def spoil_token(route: Route) -> None:
+        refused.append(route.request)
         carried.setdefault(route.request.url, []).append(route.request.headers["authorization"].split()[-1])
         headers = {**route.request.headers, "authorization": "Bearer not.a.token"}
         await route.continue_(headers=headers)
 
     def note(response: Response) -> None:
-        if "/api/timesheets" in response.url:
+        if response.request in refused:
             answered.setdefault(response.url, []).append(response.status)
 
     page.on("response", note)
@@ -111,8 +144,9 @@ async def test_api_401_renews_once_then_asks_to_sign_in_again(new_page: NewPage,
         lambda: all(len(answered.get(url, [])) == len(sent) for url, sent in carried.items()),
         "an answer to every refused request",
     )
-    # One renewal, however the refusals interleave with it. The current week may be fetched again
-    # around the click (it went stale meanwhile), so two calls can be refused for the first token:
+    # One renewal, however the refusals interleave with it. Should a fetch of the current week still
+    # be on its way when the route is set (sign_in does not wait for it), two calls can be refused
+    # for the first token:
     # whichever 401 comes first renews; the other call, refused before or after the renewal finished,
     # shares it and retries with the new token. A call first sent with the new token is refused once
     # and not renewed again: a token that a 401's renewal brought and the gateway refuses is final.
