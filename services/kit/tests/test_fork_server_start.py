@@ -89,7 +89,11 @@ def supervisor(app_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-def ended(process: subprocess.Popen[bytes]) -> tuple[int, list[dict[str, object]], str, list[int]]:
+#: what :func:`ended` returns: exit code, JSON lines, stderr, the pids left of the process tree
+Ending = tuple[int, list[dict[str, object]], str, list[int]]
+
+
+def ended(process: subprocess.Popen[bytes]) -> Ending:
     """Wait for the supervisor's end: its exit code, its JSON lines, its stderr, and what of its
     process tree outlived it (the fork server, workers: none may)."""
     deadline = time.monotonic() + ENDS_WITHIN
@@ -109,31 +113,35 @@ def ended(process: subprocess.Popen[bytes]) -> tuple[int, list[dict[str, object]
     return process.returncode, lines, stderr.decode(), [pid for pid in tree if not gone([pid])]
 
 
+def only_line(ending: Ending, exit_code: int) -> dict[str, object]:
+    """The one JSON line of a supervisor that ended (:func:`ended`) with ``exit_code``, no traceback and
+    nothing of its process tree left behind."""
+    returncode, lines, stderr, left = ending
+    everything = json.dumps(lines) + stderr
+    assert returncode == exit_code, everything
+    assert "Traceback" not in stderr, everything
+    assert not left, everything
+    assert len(lines) == 1, everything
+    return lines[0]
+
+
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 def test_a_module_failing_at_import_is_a_worker_that_failed_to_start(tmp_path: Path, failure: str) -> None:
     code, error, line = FAILURES[failure]
     (tmp_path / "forkedgeapp.py").write_text(APP.format(failure=code))
     with supervisor(tmp_path) as process:
-        returncode, lines, stderr, left = ended(process)
-    everything = json.dumps(lines) + stderr
-    assert returncode == 1, everything
-    assert "Traceback" not in stderr, everything
-    assert [record["msg"] for record in lines] == ["a worker failed to start; stopping"], everything
-    assert error in str(lines[0]["error"]), everything
-    assert f"forkedgeapp.py:{line}" in str(lines[0]["error"]), everything
-    assert not left, everything
+        record = only_line(ended(process), 1)
+    assert record["msg"] == "a worker failed to start; stopping", record
+    assert error in str(record["error"]), record
+    assert f"forkedgeapp.py:{line}" in str(record["error"]), record
 
 
 def test_an_import_hanging_in_the_fork_server_is_bounded_and_named(tmp_path: Path) -> None:
     (tmp_path / "forkedgeapp.py").write_text(APP.format(failure="import time\ntime.sleep(600)"))
     started = time.monotonic()
     with supervisor(tmp_path) as process:
-        returncode, lines, stderr, left = ended(process)
+        record = only_line(ended(process), 1)
     took = time.monotonic() - started
-    everything = json.dumps(lines) + stderr
-    assert returncode == 1, everything
-    assert "Traceback" not in stderr, everything
-    (record,) = lines
     assert str(record["msg"]).startswith("the fork server did not start a worker within WORKER_START"), record
     assert record["level"] == "error", record
     assert record["importing"] == "forkedgeapp", record
@@ -142,7 +150,6 @@ def test_an_import_hanging_in_the_fork_server_is_bounded_and_named(tmp_path: Pat
     assert START_SECONDS <= float(record["waited_seconds"]) < START_SECONDS + 5, record  # type: ignore[arg-type]
     assert 'forkedgeapp.py", line 5 in <module>' in str(record["stuck_at"]), record
     assert took < START_SECONDS + 30, took
-    assert not left, everything
 
 
 def test_a_sigterm_while_the_fork_server_hangs_stops_the_supervisor_at_once(tmp_path: Path) -> None:
@@ -157,13 +164,8 @@ def test_a_sigterm_while_the_fork_server_hangs_stops_the_supervisor_at_once(tmp_
         time.sleep(1.0)  # well into the imports: the hang, not the start of the interpreter
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        returncode, lines, stderr, left = ended(process)
+        record = only_line(ended(process), 0)
         took = time.monotonic() - signalled
-    everything = json.dumps(lines) + stderr
-    assert returncode == 0, everything
-    assert "Traceback" not in stderr, everything
-    (record,) = lines
     assert str(record["msg"]).startswith("stopping while the fork server had not started a worker"), record
     assert record["level"] == "warning", record
-    assert took < START_SECONDS, (took, everything)  # not the bound's wait
-    assert not left, everything
+    assert took < START_SECONDS, (took, record)  # not the bound's wait
