@@ -44,8 +44,8 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
 # Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
-# fault suite groups of their own): 867-991 s of tests in clean runs on a shared two-core machine, by how
-# busy the host is (941 s in the project's last CI); the tests' own times add up to ~2,100 s, twice the
+# fault suite groups of their own): 867-1,096 s of tests in clean runs on a shared two-core machine, by how
+# busy the host is (941 s in the project's last CI); the tests' own times add up to ~1,900-2,130 s, twice the
 # wall: both workers are busy to the end. Most files wait more than they compute (~0.2-0.5 cores each),
 # so a third worker would shorten the wall (the gateway's tests alone: 115 s -> 79 s) — but with the
 # tests' services pooling 5 connections each a two-worker run peaks at 60-78 sessions, and a third
