@@ -59,7 +59,7 @@ def spin_the_loop(seconds: float, release: str | None = None) -> None:
     """A CPU-bound bug in a handler: pure Python that never yields (until ``seconds`` passed, or
     ``release`` exists)."""
     until = time.monotonic() + seconds
-    if release is None:
+    if release is None:  # the bare loop: a stack dump then stops in this function (test_stuck_worker)
         while time.monotonic() < until:
             pass
         return

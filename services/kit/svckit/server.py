@@ -1146,7 +1146,7 @@ class Supervisor:
             thread.join(0.1)
         if failure:
             exc = failure[0]
-            report = self._fork_server_report()
+            report = self.fork_server_report.contents()
             log.error(
                 "the fork server ended before it started a worker; stopping",
                 extra={
@@ -1156,10 +1156,6 @@ class Supervisor:
                 },
             )
             raise StartFailed("the fork server ended") from exc
-
-    def _fork_server_report(self) -> bytes:
-        file = self.fork_server_report.file
-        return os.pread(file.fileno(), max(0, self.fork_server_report.size()), 0)
 
     def _fork_server_stuck(self, waited: float) -> None:
         """The fork server has not forked a worker within the bound: its stacks and what it was
@@ -1186,7 +1182,7 @@ class Supervisor:
             message,
             extra={
                 "fork_server_pid": pid,
-                "importing": preloading.importing(self._fork_server_report()),
+                "importing": preloading.importing(self.fork_server_report.contents()),
                 "modules": self.modules,
                 "waited_seconds": round(waited, 1),
                 "bound_seconds": self.start_seconds,
@@ -1263,8 +1259,7 @@ class Supervisor:
         uvicorn's own line (a module not found, a factory that raised) is on the worker's stderr."""
         for watched in self._watched:
             if watched.pid == pid and watched.stacks is not None:
-                file = watched.stacks.file
-                for line in os.pread(file.fileno(), watched.stacks.size(), 0).splitlines():
+                for line in watched.stacks.contents().splitlines():
                     if line.startswith(START_FAILED_PREFIX):
                         return line[len(START_FAILED_PREFIX) :].decode(errors="replace")
         return None

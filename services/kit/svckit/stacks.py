@@ -97,6 +97,10 @@ class StackFile:
         first = os.pread(self.file.fileno(), len(READY) + 32, 0).split(b"\n", 1)[0]
         return first.rsplit(b" ", 1)[-1].decode() if first.startswith(READY_PREFIX) else None
 
+    def contents(self) -> bytes:
+        """Everything written here so far (the supervisor's reading of a start's report or failure)."""
+        return os.pread(self.file.fileno(), self.size(), 0)
+
     def dump(self) -> bytes:
         """What the worker wrote since it was asked."""
         if self.asked_at_size is None:
