@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from devstack.backing import EmbeddedPostgres, free_port
+from devstack.backing import EmbeddedPostgres
+from testkit.fixtures import free_port
 
 
 async def server_address(url: str) -> tuple[str, int]:
