@@ -13,6 +13,7 @@ shared server's configuration untouched).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -45,6 +46,16 @@ async def table(database_url: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+async def pooled_sessions(database: Database) -> set[int]:
+    """The server pids of every session the pool holds, each checked for its lock bound: all of them
+    at once, since which one a request gets is the pool's choice."""
+    async with contextlib.AsyncExitStack() as stack:
+        held = [await stack.enter_async_context(database.connection()) for _ in range(database.max_size)]
+        for conn in held:
+            assert await conn.fetchval("SHOW lock_timeout") == f"{int(LOCK_S * 1000)}ms"
+        return {conn.get_server_pid() for conn in held}
+
+
 async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
     database_url: str, table: str, identity_keys: dict[str, str]
 ) -> None:
@@ -64,8 +75,7 @@ async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
     try:
         async with serve_app(app) as base, aiohttp.ClientSession() as http:
             await database.wait_connected(10)
-            async with database.connection() as conn:
-                pid = conn.get_server_pid()
+            sessions = await pooled_sessions(database)
             counted = lock_timeouts._value.get()
             async with holder.transaction():
                 await holder.execute(f"LOCK TABLE public.{table} IN ACCESS EXCLUSIVE MODE")
@@ -80,12 +90,11 @@ async def test_a_locked_table_is_answered_database_busy_after_the_lock_bound(
             # margin is for a loaded host: a scheduling stall is no lock bound missed)
             assert LOCK_S <= took < 5.0, took
             assert lock_timeouts._value.get() == counted + 1
-            # the session is fine: pooled again as it was, and the table serves once it is free
+            # the refused session is fine: the pool holds the same sessions as before (none closed
+            # and replaced), each with its bound, and the table serves once it is free
             async with http.get(base + "/rows") as response:
                 assert response.status == 200
-            async with database.connection() as conn:
-                assert conn.get_server_pid() == pid
-                assert await conn.fetchval("SHOW lock_timeout") == f"{int(LOCK_S * 1000)}ms"
+            assert await pooled_sessions(database) == sessions
     finally:
         await holder.close()
         await database.close()
