@@ -131,8 +131,7 @@ class Platform:
         env = {**DEFAULTS, **secrets, **self.overrides}
         if not self.overrides.get("DATABASE_URL"):
             self.log("devstack", "DATABASE_URL not set: starting embedded PostgreSQL (.local/postgres)")
-            self._postgres = EmbeddedPostgres(self.state_dir)
-            env["DATABASE_URL"] = self._postgres.start()
+            self.start_postgres(env)
         if not self.overrides.get("REDIS_URL"):
             self.log(
                 "devstack",
@@ -171,6 +170,15 @@ class Platform:
         self.run_step("identity", [sys.executable, "-m", "identity", "seed"])
         if self.build_spa:
             self.build_spa_bundle()
+
+    def start_postgres(self, env: dict[str, str], port: int | None = None) -> None:
+        """Start the embedded PostgreSQL (on 127.0.0.1, ``make dev``'s port or another free one);
+        ``DATABASE_URL`` in ``env`` becomes its owner's URL, the one the banner shows: the port is only
+        known once the server is up, and a developer's ``psql`` needs it."""
+        self._postgres = (
+            EmbeddedPostgres(self.state_dir) if port is None else EmbeddedPostgres(self.state_dir, port=port)
+        )
+        env["DATABASE_URL"] = self._postgres.start()
 
     def start_redis(self, env: dict[str, str], port: int = 6380) -> None:
         """Start the embedded Redis, closed as the chart's bundled one is: each component a user of its
@@ -339,6 +347,11 @@ class Platform:
             lines.append(
                 f"  Batch client   timesheets-batch / {self.env.get('BATCH_CLIENT_SECRET', '?')} "
                 "(client_credentials, batch:upload)"
+            )
+        if self._postgres is not None:
+            lines.append(
+                f"  Postgres       {self.env['DATABASE_URL']} (embedded; the schemas' owner, each "
+                "service connects as its own role)"
             )
         if self._redis is not None:
             lines.append(

@@ -11,6 +11,7 @@ always sets ``DATABASE_URL``, so only this test runs that path there.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 
 from devstack.backing import EmbeddedPostgres
+from devstack.platform import Platform
 from testkit.fixtures import free_port
 
 
@@ -64,3 +66,21 @@ def test_the_embedded_postgres_hands_out_a_loopback_tcp_url(tmp_path: Path) -> N
             assert asyncio.run(server_address(url)) == ("127.0.0.1", other)
         finally:
             again.stop()
+
+
+@pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")
+def test_make_devs_banner_shows_the_embedded_postgres_url(tmp_path: Path) -> None:
+    """Its port is only known once the server is up (another one when 5433 is taken), so the banner is
+    where a developer finds what to hand ``psql``."""
+    platform = Platform({}, state_dir=tmp_path / "state", build_spa=False)
+    platform.env = {}
+    platform.start_postgres(platform.env, port=free_port())
+    try:
+        shown = re.search(r"Postgres +(postgresql://\S+)", platform.banner())
+        assert shown, platform.banner()
+        assert shown.group(1) == platform.env["DATABASE_URL"]
+        port = urlsplit(shown.group(1)).port
+        assert port is not None
+        assert asyncio.run(server_address(shown.group(1))) == ("127.0.0.1", port)
+    finally:
+        platform.stop()
