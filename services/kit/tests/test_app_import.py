@@ -16,6 +16,7 @@ application module in the test's tmp path.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -82,6 +83,18 @@ def test_an_application_failing_at_import_is_one_line(tmp_path: Path, failure: s
     assert error in str(record["error"]), record
     assert f"{tmp_path}/appedgeapp.py:{line}" in str(record["error"]), record
     assert record["importing"] == "appedgeapp", record
+
+
+def test_a_secret_in_the_import_error_is_not_in_the_line(tmp_path: Path) -> None:
+    """The error's message is the application's: the kit's log scrubbing applies to it, as to any line."""
+    failure = 'raise RuntimeError("cannot reach postgresql://app:s3cr3t-pw@db/app password=hunter2")'
+    (tmp_path / "appedgeapp.py").write_text(APP.format(failure=failure))
+    with service(tmp_path) as process:
+        ending = ended(process, ENDS_WITHIN)
+        record = only_line(ending, 1)
+    assert "cannot reach postgresql://app:" in str(record["error"]), record
+    assert "s3cr3t-pw" not in json.dumps(ending[1]) + ending[2], ending
+    assert "hunter2" not in json.dumps(ending[1]) + ending[2], ending
 
 
 #: says it is in the hang (a file beside the module), then hangs (line 6 of the module)
