@@ -102,6 +102,8 @@ def test_the_gateways_own_code_failing_at_import_is_one_line(
     assert error in str(record["error"]), record
     assert f"{path}/gateway/{module}.py:{line + from_start - 1}" in str(record["error"]), record
     assert record["importing"] == f"gateway.{module}", record
+    assert record["imports"][0] == "gateway.app", record  # type: ignore[index]  # the entry point's first
+    assert record["imports"][-1] == f"gateway.{module}", record  # type: ignore[index]
 
 
 #: appended to a module of the copy: says it is in the hang (a file beside the copy), then hangs

@@ -211,8 +211,9 @@ class _Guard:
         frames = [frame for frame, _ in traceback.walk_tb(tb)]
         chain = self.imports(frames)
         importing = chain[-1] if chain else None
-        if isinstance(exc, SyntaxError) and exc.filename:
-            importing = _module_at(exc.filename) or importing  # its body never ran: no frame of its own
+        if isinstance(exc, SyntaxError) and exc.filename and (module := _module_at(exc.filename)):
+            importing = module  # its body never ran: no frame of its own
+            chain = chain if chain[-1:] == [module] else [*chain, module]
         _logging_for(self.service)
         log.error(
             "the application failed to import; stopping",
