@@ -7,6 +7,12 @@ supervisor's other child is multiprocessing's resource tracker.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+
 import psutil
 from svckit.collector import FORK_SERVER  # a fork server's command line, and so each of its workers'
 
@@ -51,3 +57,51 @@ def process_tree(pid: int) -> list[int]:
         return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
     except psutil.Error:
         return [pid]
+
+
+def gone(pids: list[int]) -> bool:
+    """Whether none of ``pids`` runs any more (a zombie is gone: its parent has not reaped it yet)."""
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+#: what :func:`ended` returns: exit code, JSON lines, stderr, the pids left of the process tree
+Ending = tuple[int, list[dict[str, object]], str, list[int]]
+
+
+def ended(process: subprocess.Popen[bytes], within: float) -> Ending:
+    """Wait at most ``within`` seconds for the end of ``process`` (a service's entry point, a
+    supervisor: started in a session of its own, its stdout and stderr piped): its exit code, its JSON
+    lines, its stderr, and what of its process tree outlived it (a fork server, workers: none may)."""
+    deadline = time.monotonic() + within
+    tree: list[int] = []
+    while process.poll() is None:
+        tree = process_tree(process.pid)[1:]
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"the process did not end\n{stdout.decode()}\n{stderr.decode()}")
+        time.sleep(0.1)
+    stdout, stderr = process.communicate()
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]  # JSON lines only
+    deadline = time.monotonic() + 10
+    while not gone(tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return process.returncode, lines, stderr.decode(), [pid for pid in tree if not gone([pid])]
+
+
+def only_line(ending: Ending, exit_code: int) -> dict[str, object]:
+    """The one JSON line of a process that ended (:func:`ended`) with ``exit_code``, nothing on stderr
+    (no traceback) and nothing of its process tree left behind."""
+    returncode, lines, stderr, left = ending
+    everything = json.dumps(lines) + stderr
+    assert returncode == exit_code, everything
+    assert "Traceback" not in stderr, everything
+    assert not left, everything
+    assert len(lines) == 1, everything
+    return lines[0]

@@ -8,11 +8,13 @@ collect_rarely()  # before the service's imports (svckit.collector)
 
 from pathlib import Path
 
+from svckit.appimport import importing_application
 from svckit.cli import run_cli
 from svckit.receipts import outbox_command
 
-from .reapply import reapply_decisions
-from .settings import ApprovalsSettings
+with importing_application("approvals"):  # one line and exit 1 if they raise or hang (svckit.appimport)
+    from .reapply import reapply_decisions
+    from .settings import ApprovalsSettings
 
 raise SystemExit(
     run_cli(

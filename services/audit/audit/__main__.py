@@ -10,13 +10,16 @@ collect_rarely()  # before the service's imports (svckit.collector)
 import sys
 from pathlib import Path
 
+from svckit.appimport import importing_application
 from svckit.cli import run_cli
 
-from .restore import accept_restore
-from .settings import AuditSettings
+with importing_application("audit"):  # one line and exit 1 if they raise or hang (svckit.appimport)
+    from .restore import accept_restore
+    from .settings import AuditSettings
 
 if sys.argv[1:2] in (["verify"], ["export-checkpoints"]):
-    from .offline import main
+    with importing_application("audit"):
+        from .offline import main
 
     raise SystemExit(main(sys.argv[1:]))
 

@@ -30,11 +30,15 @@ if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 else:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
+from svckit.appimport import importing_application
 from svckit.cli import run_cli
 
-from .app import check_configuration
-from .serving import GatewayHttpProtocol
-from .settings import GatewaySettings
+# The application's own imports (all of it, for the check below): one line and exit 1 if they raise or
+# hang (svckit.appimport), not a traceback, nor a silent wait for the startup probe's kill.
+with importing_application("gateway"):
+    from .app import check_configuration
+    from .serving import GatewayHttpProtocol
+    from .settings import GatewaySettings
 
 # Refuse a bad route table or issuers file here, once, before uvicorn forks workers that would die on it.
 check_configuration()

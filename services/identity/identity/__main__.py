@@ -10,12 +10,14 @@ collect_rarely()  # before the service's imports (svckit.collector)
 import sys
 from pathlib import Path
 
+from svckit.appimport import importing_application
 from svckit.cli import run_cli
 from svckit.receipts import outbox_command
 
-from .admin import add_client, add_user, after_restore, retire_client_secret, rotate, rotate_client_secret
-from .seed import seed
-from .settings import IdentitySettings
+with importing_application("identity"):  # one line and exit 1 if they raise or hang (svckit.appimport)
+    from .admin import add_client, add_user, after_restore, retire_client_secret, rotate, rotate_client_secret
+    from .seed import seed
+    from .settings import IdentitySettings
 
 
 def main() -> int:

@@ -138,7 +138,6 @@ import sys
 import termios
 import threading
 import time
-import traceback
 import urllib.parse
 from http import HTTPStatus
 from types import FrameType
@@ -153,6 +152,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import preloading, probes
 from .abandoned import client_gone, pace
+from .appimport import import_application, start_failure
 from .cycle import LeanCycle
 from .listen import bind_tcp, url_host
 from .metricfiles import alive
@@ -1017,21 +1017,6 @@ START_FAILED = "svckit: start failed: {error}\n"
 START_FAILED_PREFIX = START_FAILED.split("{", 1)[0].encode()
 
 
-def start_failure(exc: BaseException) -> str:
-    """What an exception raised while loading the application was, in one line: its type, its message
-    and where it was raised (the innermost frame outside the import machinery, or the line a
-    ``SyntaxError`` names) — no traceback, no locals."""
-    where = None
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where = f"{exc.filename}:{exc.lineno}"
-    else:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
-        if frames:
-            where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
-    error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
-    return error + (f" (at {where})" if where else "")
-
-
 def _run_worker(
     config: uvicorn.Config, sockets: list[socket.socket], heartbeat: Beat, readiness: probes.Slot, stacks: int
 ) -> None:
@@ -1285,8 +1270,15 @@ class Supervisor:
 
 
 def serve(config: uvicorn.Config, workers: int) -> int:
-    """Serve with ``workers`` processes (1: this process), the kit's protocol and shutdown."""
+    """Serve with ``workers`` processes (1: this process), the kit's protocol and shutdown. Alone, this
+    process imports the application's module first under :func:`svckit.appimport.importing_application`
+    (bounded by WORKER_START_SECONDS: one line, exit 1, if it raises or hangs), as the supervisor's fork
+    server does for its workers (:mod:`svckit.preloading`)."""
     if workers <= 1:
+        if isinstance(config.app, str):
+            module = config.app.partition(":")[0]
+            bound = getattr(config, "worker_start_seconds", WORKER_START_SECONDS)
+            import_application(module, module.split(".")[0], bound)
         listener = config.bind_socket()
         heartbeat, readiness = probe_slots()
         serving_alone(heartbeat, readiness)

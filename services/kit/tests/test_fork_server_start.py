@@ -18,7 +18,6 @@ here; for the gateway, whose supervisor imports its application first, uvicorn's
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -29,10 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit import workers
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import fork_servers, process_tree
-
-from .test_forked_workers import gone
+from testkit.workers import Ending, fork_servers, only_line
 
 #: the test's WORKER_START_SECONDS: longer than the fork server's imports with two CPU hogs on two cores
 START_SECONDS = 10.0
@@ -89,40 +87,9 @@ def supervisor(app_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-#: what :func:`ended` returns: exit code, JSON lines, stderr, the pids left of the process tree
-Ending = tuple[int, list[dict[str, object]], str, list[int]]
-
-
 def ended(process: subprocess.Popen[bytes]) -> Ending:
-    """Wait for the supervisor's end: its exit code, its JSON lines, its stderr, and what of its
-    process tree outlived it (the fork server, workers: none may)."""
-    deadline = time.monotonic() + ENDS_WITHIN
-    tree: list[int] = []
-    while process.poll() is None:
-        tree = process_tree(process.pid)[1:]
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"the supervisor did not end\n{stdout.decode()}\n{stderr.decode()}")
-        time.sleep(0.1)
-    stdout, stderr = process.communicate()
-    lines = [json.loads(line) for line in stdout.decode().splitlines()]  # JSON lines only
-    deadline = time.monotonic() + 10
-    while not gone(tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return process.returncode, lines, stderr.decode(), [pid for pid in tree if not gone([pid])]
-
-
-def only_line(ending: Ending, exit_code: int) -> dict[str, object]:
-    """The one JSON line of a supervisor that ended (:func:`ended`) with ``exit_code``, no traceback and
-    nothing of its process tree left behind."""
-    returncode, lines, stderr, left = ending
-    everything = json.dumps(lines) + stderr
-    assert returncode == exit_code, everything
-    assert "Traceback" not in stderr, everything
-    assert not left, everything
-    assert len(lines) == 1, everything
-    return lines[0]
+    """The supervisor's end (:func:`testkit.workers.ended`), waited for at most :data:`ENDS_WITHIN`."""
+    return workers.ended(process, ENDS_WITHIN)
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))

@@ -28,23 +28,12 @@ from collections.abc import Iterator
 import psutil
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import fork_servers, worker_pids
+from testkit.workers import fork_servers, gone, worker_pids
 
 from .test_stuck_worker import _answers, _connect, _get, running, workers_of
 
 #: what the processes of a killed supervisor may take to drain and end (idle: at once)
 GONE_WITHIN = 15.0
-
-
-def gone(pids: list[int]) -> bool:
-    """Whether none of ``pids`` runs any more (a zombie is gone: its parent has not reaped it yet)."""
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
 
 
 @contextlib.contextmanager

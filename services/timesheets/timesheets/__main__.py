@@ -7,10 +7,12 @@ collect_rarely()  # before the service's imports (svckit.collector)
 
 from pathlib import Path
 
+from svckit.appimport import importing_application
 from svckit.cli import run_cli
 from svckit.receipts import outbox_command
 
-from .settings import TimesheetsSettings
+with importing_application("timesheets"):  # one line and exit 1 if they raise or hang (svckit.appimport)
+    from .settings import TimesheetsSettings
 
 raise SystemExit(
     run_cli(
