@@ -13,16 +13,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from svckit.identity import PAIRS
+from svckit.watchdog import WORKER_START_SECONDS
 
 from tests.packaging.support import (
     APP_COMPONENTS,
+    MINIMAL,
     SCENARIOS,
     Obj,
     component,
+    deep_merge,
     pod_spec,
+    render,
     rendered_scenario,
 )
 
@@ -1027,3 +1032,43 @@ def test_no_two_components_share_a_redis_credential(scenario: str, objects: list
             credentials.setdefault((ref["name"], ref["key"]), []).append(component(dep))
     shared = {f"{name}/{key}": users for (name, key), users in credentials.items() if len(users) > 1}
     assert shared == {}
+
+
+def start_bound(container: Obj) -> float:
+    """WORKER_START_SECONDS as the container's process reads it: the chart's value, else the kit's
+    default (the chart gives the variable to the gateway alone)."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    return float(env.get("WORKER_START_SECONDS") or WORKER_START_SECONDS)
+
+
+def test_the_startup_probe_outlasts_a_starts_own_bound(objects: list[Obj]) -> None:
+    """A hung import ends with one line saying where it hung (svckit.appimport, the fork server's
+    watchdog) only if the kubelet has not killed the container first: the startup probe's budget (from
+    the container's start) exceeds the bound (from the imports' start) with room for the interpreter's
+    start and the line (chart 0.14.0; before, both were 60 s)."""
+    deployments = app_deployments(objects)
+    assert deployments
+    for dep in deployments:
+        (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == component(dep)]
+        probe = c["startupProbe"]
+        budget = probe["periodSeconds"] * probe["failureThreshold"]
+        assert budget > start_bound(c) + 10, (dep["metadata"]["name"], budget, start_bound(c))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"probes": {"startup": {"failureThreshold": 30}}},  # 60 s: the bound's default, no room
+        {"gateway": {"workerStartSeconds": 90}},  # the gateway's bound past the default budget (90 s)
+    ],
+    ids=["budget-at-the-default-bound", "gateway-bound-past-the-budget"],
+)
+def test_a_startup_budget_within_the_start_bound_is_refused(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        render(deep_merge(MINIMAL, values))
+    assert "probes.startup: periodSeconds x failureThreshold" in str(refused.value)
+    assert "raise probes.startup.failureThreshold" in str(refused.value)
+    # with room for the start, the same bound renders
+    assert app_deployments(
+        render(deep_merge(MINIMAL, {**values, "probes": {"startup": {"failureThreshold": 60}}}))
+    )

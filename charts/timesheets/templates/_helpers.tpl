@@ -225,6 +225,20 @@ Call with (dict "current" <plain text> "step" <step> "fresh" <a new secret> "wha
 {{- end -}}
 
 {{/* secrets.rotation steps a Secret given by reference: refused (the chart cannot change it). */}}
+{{/* The startup probe's budget must outlast a start's own bound (WORKER_START_SECONDS: the gateway's
+gateway.workerStartSeconds; the other components are not given the variable, so the kit's default,
+60 s): a hung import then ends with its one line naming the module and the hanging line
+(svckit.appimport, docs/runbook.md), not with the kubelet's kill and nothing in the log. 10 s covers the
+interpreter's start before the bound begins and the line's writing. */}}
+{{- define "timesheets.checkStartBudget" -}}
+{{- $startup := .Values.probes.startup -}}
+{{- $budget := mul $startup.periodSeconds $startup.failureThreshold -}}
+{{- $bound := maxf (float64 .Values.gateway.workerStartSeconds) 60.0 -}}
+{{- if le (float64 $budget) (addf $bound 10.0) -}}
+{{- fail (printf "probes.startup: periodSeconds x failureThreshold = %d s must exceed the start bound (%v s: gateway.workerStartSeconds, at least the other components' 60 s) by more than 10 s, or the kubelet kills a hung start before it says where it hung; raise probes.startup.failureThreshold" (int64 $budget) $bound) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "timesheets.checkRotation" -}}
 {{- range $name, $step := .Values.secrets.rotation | default dict -}}
 {{- if and $step $.Values.secrets.existingSecret -}}
