@@ -46,10 +46,14 @@ test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 # Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
 # fault suite groups of their own): 867-1,096 s of tests in clean runs on a shared two-core machine, by how
 # busy the host is (941 s in the project's last CI); the tests' own times add up to ~1,900-2,130 s, twice the
-# wall: both workers are busy to the end. Most files wait more than they compute (~0.2-0.5 cores each),
-# so a third worker would shorten the wall (the gateway's tests alone: 115 s -> 79 s) — but with the
-# tests' services pooling 5 connections each a two-worker run peaks at 60-78 sessions, and a third
-# worker's would take the machine's Postgres to its max_connections (100) again (README, "make test").
+# wall: both workers are busy to the end. Postgres sessions no longer bar a third worker: the tests'
+# services close pooled connections idle 10 s (DB_POOL_IDLE_SECONDS in testkit.fixtures.service_env;
+# asyncpg's 300 s before), and three-worker runs peaked at 60-70 sessions of the shared server's 100
+# (two workers: 62-78 before, 52 in one run now). Still two: three took 701-871 s of tests in three runs on
+# 2026-12-07 (two, right after: 932 s), the files slowing each other on two cores (their times add
+# up to 2,060-2,530 s), and one of those runs lost a fault-matrix probe to a dropped gateway connection
+# ("postgres hung": ServerDisconnectedError, a timing race under load not fixed at its cause yet).
+# `make test TEST_WORKERS=3` runs on three.
 # TEST_WORKERS=0 runs the suite in one process, in a fixed order.
 TEST_WORKERS ?= 2
 # The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not

@@ -77,6 +77,10 @@ MEANINGS = {
     ),
     "db_pool_min": "smallest database pool",
     "db_pool_max": "largest database pool",
+    "db_pool_idle_seconds": (
+        "how long a pooled connection beyond `DB_POOL_MIN` may stay idle before it is closed (the next "
+        "burst opens them again): a burst's sessions go back to the server's `max_connections`. `0`: never"
+    ),
     "db_connect_timeout_seconds": "connect and acquire timeout",
     "db_statement_timeout_seconds": "longest wait for one statement's answer (the driver's bound: a "
     "hung server enforces nothing); past it 503 with `Retry-After` and the session is closed. The "

@@ -859,10 +859,14 @@ def service_env(
         **identity_keys,
         "AUDIT_CHECKPOINT_KEYS": checkpoint_keys,
         "LOG_LEVEL": "INFO",
-        # The machine's Postgres is shared by both workers' services and every stack a test module
+        # The machine's Postgres is shared by every worker's services and every stack a test module
         # starts on it (max_connections 100): with the default 10 per pool a run peaked at 93 sessions
         # and one service met "too many clients". 5 keeps audit's listings at their default 4 at once.
         "DB_POOL_MAX": "5",
+        # A worker keeps every package's session services running to its end, mostly idle while it
+        # runs other files: their pools go back to DB_POOL_MIN (1) after a burst instead of holding
+        # up to 5 sessions each for asyncpg's default 300 s (svckit.settings, DB_POOL_IDLE_SECONDS).
+        "DB_POOL_IDLE_SECONDS": "10",
     }
 
 

@@ -343,6 +343,7 @@ class Database:
         application_name: str = "svckit",
         min_size: int = 1,
         max_size: int = 10,
+        pool_idle_seconds: float = 300.0,
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
         lock_timeout: float | None = None,
@@ -357,7 +358,10 @@ class Database:
         leads to, closing the pooled connections on another one (:mod:`svckit.dbserver`); 0: never
         (and no question asked of a new connection). ``health_answer_seconds``: how recent an answer
         on a pooled connection proves the server to the readiness probe while every connection is
-        busy (:meth:`check`; the chart's readiness period)."""
+        busy (:meth:`check`; the chart's readiness period). ``pool_idle_seconds``: how long a pooled
+        connection beyond ``min_size`` may stay idle before it is closed (asyncpg's
+        ``max_inactive_connection_lifetime``; 0: never), so that a burst's sessions go back to the
+        server."""
         self.dsn = dsn
         self.tls = tls
         # asyncpg's ssl=: the kit's verifying context (svckit.dbtls), or None for the URL's own sslmode
@@ -367,6 +371,7 @@ class Database:
         self.application_name = application_name
         self.min_size = min_size
         self.max_size = max_size
+        self.pool_idle_seconds = pool_idle_seconds
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
@@ -409,6 +414,7 @@ class Database:
             application_name=settings.service_name,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            pool_idle_seconds=settings.db_pool_idle_seconds,
             connect_timeout=settings.db_connect_timeout_seconds,
             statement_timeout=settings.db_statement_timeout_seconds,
             lock_timeout=settings.db_lock_timeout_seconds,
@@ -453,6 +459,7 @@ class Database:
             self.dsn,
             min_size=self.min_size,
             max_size=self.max_size,
+            max_inactive_connection_lifetime=self.pool_idle_seconds,
             reset=_keep_session,
             connect=self._counted_connect,
             init=self._record_server if self.server_check_seconds > 0 else None,

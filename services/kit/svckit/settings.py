@@ -251,6 +251,11 @@ class DatabaseSettings(ServiceSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=500)
+    # How long a pooled connection beyond DB_POOL_MIN may stay idle (released, unused) before the pool
+    # closes it (asyncpg's max_inactive_connection_lifetime; the next burst opens them again). A
+    # Postgres session is a scarce resource of the server's (max_connections, shared by every pod of
+    # every service): a burst's connections stay open this long after it. 0: never closed for idleness.
+    db_pool_idle_seconds: float = Field(default=300.0, ge=0, le=86400)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # The longest the service waits for the answer to one statement (asyncpg's command_timeout, on
     # the client side: a server that hangs enforces no statement_timeout of its own). Past it the
