@@ -7,14 +7,39 @@ supervisor's other child is multiprocessing's resource tracker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import psutil
 from svckit.collector import FORK_SERVER  # a fork server's command line, and so each of its workers'
+
+
+@contextlib.contextmanager
+def process_group(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` started in a session of its own, its output piped; at the end the whole group is
+    killed (a supervisor's fork server and workers, a hung import's process) and reaped."""
+    process = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def fork_servers(supervisor: int) -> list[psutil.Process]:

@@ -29,7 +29,7 @@ import gateway
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import ended, only_line
+from testkit.workers import ended, only_line, process_group
 
 #: the test's WORKER_START_SECONDS: longer than the gateway's imports with two CPU hogs on two cores
 START_SECONDS = 10.0
@@ -72,20 +72,8 @@ def gateway_process(path: Path, identity_keys: dict[str, str]) -> Iterator[subpr
         "PROMETHEUS_MULTIPROC_DIR": str(path / "metrics"),
     }
     (path / "metrics").mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    with process_group([sys.executable, "-m", "gateway"], env, REPO_ROOT) as process:
         yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))

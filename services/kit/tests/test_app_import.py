@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import ended, only_line
+from testkit.workers import ended, only_line, process_group
 
 from .test_fork_server_start import APP, FAILURES
 
@@ -56,20 +56,8 @@ def service(app_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
         "WORKER_START_SECONDS": str(START_SECONDS),
         "LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    with process_group([sys.executable, "-c", RUN], env, REPO_ROOT) as process:
         yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))

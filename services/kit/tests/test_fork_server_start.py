@@ -30,7 +30,7 @@ import pytest
 
 from testkit import workers
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import Ending, fork_servers, only_line
+from testkit.workers import Ending, fork_servers, only_line, process_group
 
 #: the test's WORKER_START_SECONDS: longer than the fork server's imports with two CPU hogs on two cores
 START_SECONDS = 10.0
@@ -71,20 +71,10 @@ FAILURES = {
 @contextlib.contextmanager
 def supervisor(app_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(app_dir), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN, str(free_port()), str(START_SECONDS)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its fork server and workers in its process group, killed with it
-    )
-    try:
+    # its fork server and workers in its process group, killed with it
+    argv = [sys.executable, "-c", RUN, str(free_port()), str(START_SECONDS)]
+    with process_group(argv, env, REPO_ROOT) as process:
         yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def ended(process: subprocess.Popen[bytes]) -> Ending:
