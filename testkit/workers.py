@@ -130,3 +130,19 @@ def only_line(ending: Ending, exit_code: int) -> dict[str, object]:
     assert not left, everything
     assert len(lines) == 1, everything
     return lines[0]
+
+
+def stopped_in_the_hang(
+    process: subprocess.Popen[bytes], marker: Path, within: float
+) -> tuple[dict[str, object], float]:
+    """SIGTERM to ``process`` once its hanging import wrote ``marker`` (in the hang, not in the
+    interpreter's start); its one line (exit 0) and how long it took after the signal."""
+    deadline = time.monotonic() + within
+    while not marker.exists():
+        assert process.poll() is None, "the process ended before its import hung"
+        assert time.monotonic() < deadline, "the import did not reach the hang"
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    record = only_line(ended(process, within), 0)
+    return record, time.monotonic() - signalled

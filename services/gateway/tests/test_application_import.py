@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import gateway
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import ended, only_line, process_group
+from testkit.workers import ended, only_line, process_group, stopped_in_the_hang
 
 #: the test's WORKER_START_SECONDS: longer than the gateway's imports with two CPU hogs on two cores
 START_SECONDS = 10.0
@@ -122,15 +121,7 @@ def test_a_sigterm_while_the_gateways_import_hangs_stops_it_at_once(
     143, nothing said); now it stops at once, exit 0, saying where the import was."""
     path, line = broken_copy(tmp_path, "jwks", HANG)
     with gateway_process(path, identity_keys) as process:
-        deadline = time.monotonic() + ENDS_WITHIN
-        while not (path / "hanging").exists():  # in the hang, not in the interpreter's start
-            assert process.poll() is None, "the gateway ended before its import hung"
-            assert time.monotonic() < deadline, "the import did not reach the hang"
-            time.sleep(0.05)
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        record = only_line(ended(process, ENDS_WITHIN), 0)
-        took = time.monotonic() - signalled
+        record, took = stopped_in_the_hang(process, path / "hanging", ENDS_WITHIN)
     assert record["msg"] == "stopping while importing the application", record
     assert record["level"] == "warning", record
     assert record["importing"] == "gateway.jwks", record

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from testkit.fixtures import REPO_ROOT, free_port
-from testkit.workers import ended, only_line, process_group
+from testkit.workers import ended, only_line, process_group, stopped_in_the_hang
 
 from .test_fork_server_start import APP, FAILURES
 
@@ -107,15 +106,7 @@ def test_an_import_hanging_is_bounded_and_named(tmp_path: Path) -> None:
 def test_a_sigterm_while_the_import_hangs_stops_the_service_at_once(tmp_path: Path) -> None:
     (tmp_path / "appedgeapp.py").write_text(APP.format(failure=HANG))
     with service(tmp_path) as process:
-        deadline = time.monotonic() + ENDS_WITHIN
-        while not (tmp_path / "hanging").exists():  # in the hang, not in the interpreter's start
-            assert process.poll() is None, "the service ended before its import hung"
-            assert time.monotonic() < deadline, "the import did not reach the hang"
-            time.sleep(0.05)
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        record = only_line(ended(process, ENDS_WITHIN), 0)
-        took = time.monotonic() - signalled
+        record, took = stopped_in_the_hang(process, tmp_path / "hanging", ENDS_WITHIN)
     assert record["msg"] == "stopping while importing the application", record
     assert record["level"] == "warning", record
     assert record["importing"] == "appedgeapp", record
