@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +19,19 @@ from pathlib import Path
 
 import psutil
 from svckit.collector import FORK_SERVER  # a fork server's command line, and so each of its workers'
+
+
+def broken_copy(package: Path, into: Path, module: str, code: str) -> tuple[Path, int]:
+    """A copy of ``package`` (a package's directory) under ``into`` with ``code`` appended to its
+    ``module``: the copied module's path, and the line ``code`` begins at. ``into`` goes first on the
+    ``PYTHONPATH`` of the process that is to import the broken copy instead of the package."""
+    shutil.copytree(package, into / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    source = into / package.name / f"{module}.py"
+    text = source.read_text()
+    if not text.endswith("\n"):
+        text += "\n"
+    source.write_text(text + code + "\n")
+    return source, text.count("\n") + 1
 
 
 @contextlib.contextmanager

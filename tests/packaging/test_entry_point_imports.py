@@ -11,15 +11,13 @@ runs from a copy of its package, its ``settings.py`` broken, first on the ``PYTH
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from testkit.fixtures import REPO_ROOT
-from testkit.workers import ended, only_line
+from testkit.workers import broken_copy, ended, only_line, process_group
 
 COMPONENTS = ("approvals", "audit", "identity", "timesheets")
 
@@ -28,30 +26,12 @@ COMPONENTS = ("approvals", "audit", "identity", "timesheets")
 def test_a_component_whose_settings_module_raises_at_import_says_so_in_one_line(
     tmp_path: Path, component: str
 ) -> None:
-    package = tmp_path / component
-    shutil.copytree(
-        REPO_ROOT / "services" / component / component, package, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    settings = package / "settings.py"
-    text = settings.read_text().rstrip("\n") + "\n"
-    settings.write_text(text + 'raise RuntimeError("no config")\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", component],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    package = REPO_ROOT / "services" / component / component
+    settings, line = broken_copy(package, tmp_path, "settings", 'raise RuntimeError("no config")')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    with process_group([sys.executable, "-m", component], env, REPO_ROOT) as process:
         record = only_line(ended(process, 60), 1)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert record["msg"] == "the application failed to import; stopping", record
     assert record["service"] == component, record
-    assert (
-        f"RuntimeError: no config (at {settings}:{text.count(chr(10)) + 1} in <module>)" == record["error"]
-    ), record
+    assert f"RuntimeError: no config (at {settings}:{line} in <module>)" == record["error"], record
     assert record["importing"] == f"{component}.settings", record

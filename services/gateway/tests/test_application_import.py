@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import gateway
 import pytest
 
+from testkit import workers
 from testkit.fixtures import REPO_ROOT, free_port
 from testkit.workers import ended, only_line, process_group, stopped_in_the_hang
 
@@ -47,14 +47,8 @@ FAILURES = {
 def broken_copy(tmp_path: Path, module: str, code: str) -> tuple[Path, int]:
     """A copy of the gateway's package under ``tmp_path`` with ``code`` appended to ``module``: the
     directory to put first on the ``PYTHONPATH``, and the line ``code`` begins at."""
-    package = tmp_path / "gateway"
-    shutil.copytree(Path(gateway.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    source = package / f"{module}.py"
-    text = source.read_text()
-    if not text.endswith("\n"):
-        text += "\n"
-    source.write_text(text + code + "\n")
-    return tmp_path, text.count("\n") + 1
+    _, line = workers.broken_copy(Path(gateway.__file__).parent, tmp_path, module, code)
+    return tmp_path, line
 
 
 @contextlib.contextmanager
