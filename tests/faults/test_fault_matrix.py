@@ -89,6 +89,9 @@ class Reply:
     content_type: str
     retry_after: str | None
     body: str
+    #: sent on a kept-alive connection (else a new one): what tells the client's keep-alive race
+    #: (a server closing an idle connection as the request arrives) from a server dropping a request
+    reused: bool = False
 
 
 @dataclass
@@ -117,8 +120,13 @@ class Matrix:
             )
 
 
-async def fire(http: aiohttp.ClientSession, probe: Probe) -> Reply:
-    headers, body = probe.build()
+async def fire(
+    http: aiohttp.ClientSession,
+    probe: Probe,
+    built: tuple[dict[str, str], bytes | None] | None = None,
+) -> Reply:
+    headers, body = built if built is not None else probe.build()
+    sent = Sent()
     try:
         async with http.request(
             # sent as signed: yarl would otherwise re-quote the query (``%3A`` → ``:``)
@@ -127,6 +135,7 @@ async def fire(http: aiohttp.ClientSession, probe: Probe) -> Reply:
             headers=headers,
             data=body,
             allow_redirects=False,
+            trace_request_ctx=sent,
         ) as response:
             text = await response.text(errors="replace")
             return Reply(
@@ -134,16 +143,31 @@ async def fire(http: aiohttp.ClientSession, probe: Probe) -> Reply:
                 response.headers.get("Content-Type", "").split(";")[0].strip(),
                 response.headers.get("Retry-After"),
                 text[:300],
+                sent.reused,
             )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return Reply(0, "", None, f"{type(exc).__name__}: {exc}")
+        return Reply(0, "", None, f"{type(exc).__name__}: {exc}", sent.reused)
+
+
+@dataclass
+class Sent:
+    """What the probe client's trace saw of one request (``trace_request_ctx``)."""
+
+    reused: bool = False
+
+
+async def _on_reuse(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if isinstance(context.trace_request_ctx, Sent):
+        context.trace_request_ctx.reused = True
 
 
 def violation(probe: Probe, reply: Reply) -> str | None:
     """What is wrong with this answer under a fault (None: nothing)."""
     status = reply.status
     if status == 0:
-        return f"no answer ({reply.body})"
+        return f"no answer on a {'reused' if reply.reused else 'new'} connection ({reply.body})"
     if status < 500:
         return None
     if status != 503 and not (probe.via_gateway and status in (502, 504)):
@@ -167,15 +191,25 @@ def probe_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
     (``PEER_IDLE_SECONDS``, below their keep-alive): with aiohttp's 15 s, a probe sent on a connection
     idle through a slow fault transition met the server closing it at that moment (a CI run: "audit
     POST /internal/events: no answer (ServerDisconnectedError)", the client's race, not the service's)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_on_reuse)
     return aiohttp.ClientSession(
         timeout=timeout,
         cookie_jar=aiohttp.DummyCookieJar(),
         connector=aiohttp.TCPConnector(keepalive_timeout=PEER_IDLE_SECONDS),
+        trace_configs=[trace],
     )
 
 
 async def fire_all(http: aiohttp.ClientSession, probes: list[Probe]) -> list[tuple[Probe, Reply]]:
-    replies = await asyncio.gather(*(fire(http, probe) for probe in probes))
+    """Every probe at once. Their headers and bodies are built first (signed tokens, DPoP proofs:
+    milliseconds of CPU each, seconds for the whole matrix on a loaded host): built inside each send,
+    a probe that had taken a kept-alive connection waited for every later probe's signing before its
+    body went out, and a connection idle nearly ``PEER_IDLE_SECONDS`` then reached the server's
+    keep-alive bound first — closed under the request (a three-worker run: "postgres hung … gateway
+    POST /api/timesheets: no answer (ServerDisconnectedError)")."""
+    built = [probe.build() for probe in probes]
+    replies = await asyncio.gather(*(fire(http, probe, b) for probe, b in zip(probes, built, strict=True)))
     return list(zip(probes, replies, strict=True))
 
 
@@ -743,3 +777,26 @@ async def test_the_baseline_probes_one_route_at_a_time() -> None:
         async with probe_session(aiohttp.ClientTimeout(total=10)) as http:
             assert await unreached(http, probes) == []
     assert most == 1
+
+
+async def test_a_reply_says_whether_its_connection_was_kept_alive() -> None:
+    """A probe that got no answer names the kind of connection it was sent on: a kept-alive one
+    closed as the request arrived is the client's race, a new one dropped is the server's fault."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with TestServer(app) as server:
+        probe = Probe("probe", "POST", str(server.make_url("/oauth/token")))
+        async with probe_session(aiohttp.ClientTimeout(total=10)) as http:
+            first, again = await fire(http, probe), await fire(http, probe)
+            ((_, together),) = await fire_all(http, [probe])
+    assert (first.status, first.reused) == (200, False)
+    assert (again.status, again.reused) == (200, True)
+    assert (together.status, together.reused) == (200, True)
+    dropped = Reply(0, "", None, "ServerDisconnectedError: Server disconnected", reused=True)
+    assert violation(probe, dropped) == (
+        "no answer on a reused connection (ServerDisconnectedError: Server disconnected)"
+    )

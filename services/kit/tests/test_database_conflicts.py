@@ -136,7 +136,12 @@ async def test_a_deadlocked_write_once_is_run_again_on_its_sound_session(
         await other.close()
     assert row is not None
     assert row["total"] == 22  # run again after the other's commit: 10 + 1 each
-    assert _counts("deadlock") == (conflicts + 1, retries + 1)
+    # Once, or twice where the kit's try again (20 ms after the rollback) took ``a`` before the other
+    # session, woken by that rollback, had locked it (a loaded host: one run of three workers): the
+    # same crossing again, broken the same way. Each one counted and run again, none left over.
+    now_conflicts, now_retries = _counts("deadlock")
+    assert now_conflicts - conflicts in (1, 2)
+    assert now_retries - retries == now_conflicts - conflicts
     assert _ambiguous() == ambiguous
     assert await _pid(database) == pid  # the sound session, pooled again (not terminated)
 
