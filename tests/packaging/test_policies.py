@@ -1060,13 +1060,17 @@ def test_the_startup_probe_outlasts_a_starts_own_bound(objects: list[Obj]) -> No
     [
         {"probes": {"startup": {"failureThreshold": 30}}},  # 60 s: the bound's default, no room
         {"gateway": {"workerStartSeconds": 90}},  # the gateway's bound past the default budget (90 s)
+        # another component's bound, given through its env (the chart sets it for the gateway alone)
+        {"audit": {"env": {"WORKER_START_SECONDS": "85"}}},
     ],
-    ids=["budget-at-the-default-bound", "gateway-bound-past-the-budget"],
+    ids=["budget-at-the-default-bound", "gateway-bound-past-the-budget", "audit-env-bound-past-the-budget"],
 )
 def test_a_startup_budget_within_the_start_bound_is_refused(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError) as refused:
         render(deep_merge(MINIMAL, values))
     assert "probes.startup: periodSeconds x failureThreshold" in str(refused.value)
+    if "audit" in values:  # the message names the value to look at
+        assert "(85 s: audit.env.WORKER_START_SECONDS)" in str(refused.value)
     assert "raise probes.startup.failureThreshold" in str(refused.value)
     # with room for the start, the same bound renders
     assert app_deployments(

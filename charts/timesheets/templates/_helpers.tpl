@@ -226,16 +226,26 @@ Call with (dict "current" <plain text> "step" <step> "fresh" <a new secret> "wha
 
 {{/* secrets.rotation steps a Secret given by reference: refused (the chart cannot change it). */}}
 {{/* The startup probe's budget must outlast a start's own bound (WORKER_START_SECONDS: the gateway's
-gateway.workerStartSeconds; the other components are not given the variable, so the kit's default,
-60 s): a hung import then ends with its one line naming the module and the hanging line
+gateway.workerStartSeconds; another component's own env.WORKER_START_SECONDS where set, else the kit's
+default, 60 s): a hung import then ends with its one line naming the module and the hanging line
 (svckit.appimport, docs/runbook.md), not with the kubelet's kill and nothing in the log. 10 s covers the
 interpreter's start before the bound begins and the line's writing. */}}
 {{- define "timesheets.checkStartBudget" -}}
 {{- $startup := .Values.probes.startup -}}
 {{- $budget := mul $startup.periodSeconds $startup.failureThreshold -}}
-{{- $bound := maxf (float64 .Values.gateway.workerStartSeconds) 60.0 -}}
+{{- $bound := float64 .Values.gateway.workerStartSeconds -}}
+{{- $from := "gateway.workerStartSeconds" -}}
+{{- range $c := list "identity" "timesheets" "approvals" "audit" -}}
+{{- $own := index ((index $.Values $c).env | default dict) "WORKER_START_SECONDS" -}}
+{{- $seconds := 60.0 -}}
+{{- if $own -}}{{- $seconds = float64 $own -}}{{- end -}}
+{{- if gt $seconds $bound -}}
+{{- $bound = $seconds -}}
+{{- $from = ternary (printf "%s.env.WORKER_START_SECONDS" $c) "the other components' default" (not (empty $own)) -}}
+{{- end -}}
+{{- end -}}
 {{- if le (float64 $budget) (addf $bound 10.0) -}}
-{{- fail (printf "probes.startup: periodSeconds x failureThreshold = %d s must exceed the start bound (%v s: gateway.workerStartSeconds, at least the other components' 60 s) by more than 10 s, or the kubelet kills a hung start before it says where it hung; raise probes.startup.failureThreshold" (int64 $budget) $bound) -}}
+{{- fail (printf "probes.startup: periodSeconds x failureThreshold = %d s must exceed the start bound (%v s: %s) by more than 10 s, or the kubelet kills a hung start before it says where it hung; raise probes.startup.failureThreshold" (int64 $budget) $bound $from) -}}
 {{- end -}}
 {{- end -}}
 
