@@ -18,7 +18,9 @@ from svckit import abandoned
 from svckit.abandoned import LATE_SECONDS, Pace, client_gone
 from svckit.watchdog import BEAT_SECONDS
 
-from .test_stuck_worker import Sample, _connect, _get, running, workers_of
+from testkit.workers import worker_pids
+
+from .test_stuck_worker import Sample, _connect, _get, running
 
 #: clients that send a request and leave while the workers are frozen, and what each would block its
 #: worker's loop for if it were served: 12 s of work spread over two workers
@@ -29,7 +31,7 @@ STAYING = 4
 
 
 async def test_requests_whose_clients_left_while_the_workers_were_frozen_are_dropped(sample: Sample) -> None:
-    tree = [sample.process.pid, *workers_of(sample.process.pid)]
+    tree = [sample.process.pid, *worker_pids(sample.process.pid)]
     staying = [await _connect(sample.port) for _ in range(STAYING)]
     for pid in tree:
         os.kill(pid, signal.SIGSTOP)

@@ -30,7 +30,7 @@ import psutil
 from testkit.fixtures import REPO_ROOT, free_port
 from testkit.workers import fork_servers, gone, worker_pids
 
-from .test_stuck_worker import _answers, _connect, _get, running, workers_of
+from .test_stuck_worker import _answers, _connect, _get, running
 
 #: what the processes of a killed supervisor may take to drain and end (idle: at once)
 GONE_WITHIN = 15.0
@@ -133,7 +133,7 @@ async def test_workers_are_the_fork_servers_children_and_stopped_by_the_supervis
     """SIGTERM to the supervisor: the workers it signals are the fork server's children, they drain
     and end, and the fork server ends with the last of them."""
     async with running() as sample:
-        workers = workers_of(sample.process.pid)
+        workers = worker_pids(sample.process.pid)
         (server,) = fork_servers(sample.process.pid)
         assert {child.pid for child in server.children()} == workers
         assert all(psutil.Process(pid).ppid() == server.pid for pid in workers)

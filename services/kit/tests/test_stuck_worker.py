@@ -42,10 +42,6 @@ class Sample:
     log: list[str] = field(default_factory=list)
 
 
-def workers_of(pid: int) -> set[int]:
-    return worker_pids(pid)
-
-
 @pytest.fixture
 async def sample() -> AsyncIterator[Sample]:
     async with running() as sample:
@@ -74,12 +70,12 @@ async def running(**environ: str) -> AsyncIterator[Sample]:
     reader = asyncio.get_running_loop().run_in_executor(None, read_log)
     try:
         deadline = time.monotonic() + 30
-        while len(workers_of(process.pid)) < 2 or not await _answers(port):
+        while len(worker_pids(process.pid)) < 2 or not await _answers(port):
             assert time.monotonic() < deadline, "".join(sample.log)
             await asyncio.sleep(0.1)
         yield sample
     finally:
-        workers = workers_of(process.pid)
+        workers = worker_pids(process.pid)
         for pid in workers:
             os.kill(pid, signal.SIGCONT)  # a stopped worker would not drain
         process.send_signal(signal.SIGTERM)
@@ -138,7 +134,7 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fa
     the requests it held fail at once when it dies (reset or closed unanswered) instead of hanging,
     the other worker was never touched, and no fresh request sent after the stop failed (one the worker
     had taken just before it stopped fails with it, as fast)."""
-    workers = workers_of(sample.process.pid)
+    workers = worker_pids(sample.process.pid)
     held: dict[int, list[Connection]] = {pid: [] for pid in workers}
     deadline = time.monotonic() + 30  # keep-alive connections on both workers (the second may still start)
     while time.monotonic() < deadline:
@@ -189,7 +185,7 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fa
     await asyncio.gather(*(on_stuck(connection) for connection in held[stuck]))
     replaced_at = None
     while time.monotonic() - stopped_at < REPLACED_WITHIN + 1:
-        current = workers_of(sample.process.pid)
+        current = worker_pids(sample.process.pid)
         if stuck not in current and len(current) == 2:
             replaced_at = time.monotonic() - stopped_at
             break
@@ -221,7 +217,7 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fa
     assert max(seconds for _, seconds in outcomes) < REPLACED_WITHIN, figures
     assert replaced_at is not None, figures
     assert replaced_at < REPLACED_WITHIN, figures
-    assert other in workers_of(sample.process.pid), figures
+    assert other in worker_pids(sample.process.pid), figures
     # a fresh request the stopped worker had taken just before it stopped fails with it (fast); none
     # sent later reached it
     for what, since_stop, took in failed_fresh:
@@ -239,13 +235,13 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_connections_fail_fa
 async def test_a_busy_but_beating_worker_is_left_alone(sample: Sample) -> None:
     """Slow requests (awaiting, the loop free) on both workers for longer than the bound: nobody is
     killed — the watchdog judges the event loop, not how long requests take."""
-    workers = workers_of(sample.process.pid)
+    workers = worker_pids(sample.process.pid)
     connections = [await _connect(sample.port) for _ in range(6)]
     answers = await asyncio.gather(*(_get(c, f"/slow?s={STUCK_SECONDS + 1.5}") for c in connections))
     for _, writer in connections:
         writer.close()
     assert [status for status, _ in answers] == [200] * 6
-    assert workers_of(sample.process.pid) == workers
+    assert worker_pids(sample.process.pid) == workers
     assert not [line for line in sample.log if "worker stuck" in line]
 
 
@@ -281,7 +277,7 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
     frames, the handler's among them; the request's headers and token appear nowhere. And which
     request held the loop (``stuck_request_id``): its access line is written when it ends, which it
     never does, so before only its peers' lines (the gateway's 504) knew of it."""
-    workers = workers_of(sample.process.pid)
+    workers = worker_pids(sample.process.pid)
     sent_at = time.monotonic()
     records = await block_a_worker(
         sample,
@@ -307,7 +303,7 @@ async def test_a_stuck_workers_stack_is_logged_before_it_is_killed(sample: Sampl
     assert record["stuck_request_id"] == "stuck-0123456789", record
     for secret in (SECRET_TOKEN, SECRET_HEADER, "Bearer"):
         assert secret.lower() not in log.lower(), log
-    while stuck in workers_of(sample.process.pid):  # killed, then replaced
+    while stuck in worker_pids(sample.process.pid):  # killed, then replaced
         assert time.monotonic() < deadline + 2, log
         await asyncio.sleep(0.05)
 
@@ -356,7 +352,7 @@ async def test_a_worker_stuck_in_its_start_is_killed_and_replaced(tmp_path: Path
         assert "hang_at_start" in str(record["stuck_at"]), record
         assert record["pid"] != dying, log
         assert all(r["starting"] is True for r in stuck_records(sample)), log  # no beating worker
-        while record["pid"] in (current := workers_of(sample.process.pid)) or len(current) < 2:  # replaced
+        while record["pid"] in (current := worker_pids(sample.process.pid)) or len(current) < 2:  # replaced
             assert time.monotonic() - armed_at < START_SECONDS + 12, (current, log)
             await asyncio.sleep(0.05)
         assert (tmp_path / "taken").exists()
