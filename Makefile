@@ -43,19 +43,18 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 # by git and .dockerignore).
 test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
-# Two pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
-# fault suite groups of their own): 867-1,096 s of tests in clean runs on a shared two-core machine, by how
-# busy the host is (941 s in the project's last CI); the tests' own times add up to ~1,900-2,130 s, twice the
-# wall: both workers are busy to the end. Postgres sessions no longer bar a third worker: the tests'
-# services close pooled connections idle 10 s (DB_POOL_IDLE_SECONDS in testkit.fixtures.service_env;
-# asyncpg's 300 s before), and three-worker runs peaked at 60-70 sessions of the shared server's 100
-# (two workers: 62-78 before, 52 in one run now). Still two: three took 701-871 s of tests in three runs on
-# 2026-12-07 (two, right after: 932 s), the files slowing each other on two cores (their times add
-# up to 2,060-2,530 s), and one of those runs lost a fault-matrix probe to a dropped gateway connection
-# ("postgres hung": ServerDisconnectedError, a timing race under load not fixed at its cause yet).
-# `make test TEST_WORKERS=3` runs on three.
-# TEST_WORKERS=0 runs the suite in one process, in a fixed order.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
+# fault suite groups of their own): 650-664 s of tests in three runs on a shared two-core machine on
+# 2026-12-07 (the last two all passed; the first failed one test, a race fixed below), where two workers took 866-954 s in that day's clean runs (933 s in the
+# project's last CI); the tests' own times add up to ~1,920-1,950 s, ~640-655 s a worker: all three busy
+# to the end. A third process gains on two cores because the tests wait (for servers, for Postgres,
+# for timers) more than they compute. Postgres sessions allow it: the tests' services close pooled
+# connections idle 10 s (DB_POOL_IDLE_SECONDS in testkit.fixtures.service_env), and three-worker runs
+# peaked at 60-70 sessions of the shared server's 100. The timing races the extra load showed were
+# fixed in the tests (test_decision_statements' statement text, the kit's deadlock count, the fault
+# matrix's probes built before any is sent). `make test TEST_WORKERS=2` runs on two; TEST_WORKERS=0
+# runs the suite in one process, in a fixed order.
+TEST_WORKERS ?= 3
 # The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not
 # pytest's shared /tmp/pytest-of-<user>: another pytest session of the same user (a test run beside
 # `make test`) removes that root's group and other bits and deletes older numbered directories, which
@@ -63,7 +62,7 @@ TEST_WORKERS ?= 2
 # Under /tmp and short: unix sockets live under it (at most 107 bytes a path).
 TEST_TMP ?= /tmp/tsp-pytest-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-8)
 
-test: install system-deps ## the whole suite (unit, integration on real Postgres/Redis, end-to-end, browser, packaging) on two workers
+test: install system-deps ## the whole suite (unit, integration on real Postgres/Redis, end-to-end, browser, packaging) on three workers
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --basetemp=$(TEST_TMP)
 
 # The fast tier stays in one process: its tests are CPU-bound and short, and two workers each importing

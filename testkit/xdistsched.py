@@ -1,4 +1,4 @@
-"""How ``make test`` hands tests to its pytest-xdist workers (``-n 2 --dist
+"""How ``make test`` hands tests to its pytest-xdist workers (``-n 3 --dist
 loadgroup``; :func:`testkit.fixtures.pytest_xdist_make_scheduler` puts this scheduler in place of
 loadgroup's).
 

@@ -1,4 +1,4 @@
-"""What lets ``make test`` run on several pytest-xdist workers (``-n 2``) without
+"""What lets ``make test`` run on several pytest-xdist workers (``-n 3``) without
 one worker's servers getting in another's way: each hands out loopback ports from its own range."""
 
 from __future__ import annotations
