@@ -23,6 +23,8 @@ import asyncio
 import datetime as dt
 import json
 import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -186,7 +188,9 @@ def violation(probe: Probe, reply: Reply) -> str | None:
     return None
 
 
-def probe_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+def probe_session(
+    timeout: aiohttp.ClientTimeout, keepalive: float = PEER_IDLE_SECONDS
+) -> aiohttp.ClientSession:
     """The matrix's client, keeping an idle connection no longer than the services' pools do
     (``PEER_IDLE_SECONDS``, below their keep-alive): with aiohttp's 15 s, a probe sent on a connection
     idle through a slow fault transition met the server closing it at that moment (a CI run: "audit
@@ -196,7 +200,7 @@ def probe_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         timeout=timeout,
         cookie_jar=aiohttp.DummyCookieJar(),
-        connector=aiohttp.TCPConnector(keepalive_timeout=PEER_IDLE_SECONDS),
+        connector=aiohttp.TCPConnector(keepalive_timeout=keepalive),
         trace_configs=[trace],
     )
 
@@ -207,7 +211,8 @@ async def fire_all(http: aiohttp.ClientSession, probes: list[Probe]) -> list[tup
     a probe that had taken a kept-alive connection waited for every later probe's signing before its
     body went out, and a connection idle nearly ``PEER_IDLE_SECONDS`` then reached the server's
     keep-alive bound first — closed under the request (a three-worker run: "postgres hung … gateway
-    POST /api/timesheets: no answer (ServerDisconnectedError)")."""
+    POST /api/timesheets: no answer (ServerDisconnectedError)"; replayed by
+    :func:`test_no_probe_waits_for_the_others_signing_on_a_kept_alive_connection`)."""
     built = [probe.build() for probe in probes]
     replies = await asyncio.gather(*(fire(http, probe, b) for probe, b in zip(probes, built, strict=True)))
     return list(zip(probes, replies, strict=True))
@@ -800,3 +805,62 @@ async def test_a_reply_says_whether_its_connection_was_kept_alive() -> None:
     assert violation(probe, dropped) == (
         "no answer on a reused connection (ServerDisconnectedError: Server disconnected)"
     )
+
+
+async def test_no_probe_waits_for_the_others_signing_on_a_kept_alive_connection() -> None:
+    """The race of ``fire_all`` replayed: a server that closes a connection idle 1.5 s, a client that
+    reuses one idle up to 1.0 s (``PEER_IDLE_SECONDS`` below the services' keep-alive, in miniature), a
+    POST sent on a connection idle 0.8 s, and beside it a probe whose signing takes 1 s. Built inside
+    each send, the POST's body went out 1.8 s after the connection's last answer, after the server had
+    closed it: no answer. Built first, the POST finds the connection past the client's own bound and
+    opens a new one."""
+    ready = threading.Event()
+    stopped = asyncio.Event()
+    served: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def serve() -> None:
+        async def main() -> None:
+            async def handler(request: web.Request) -> web.Response:
+                served.append(await request.text())
+                return web.Response(text="ok")
+
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handler)
+            runner = web.AppRunner(app, keepalive_timeout=1.5)
+            await runner.setup()
+            site = web.SockSite(runner, listener)
+            await site.start()
+            ready.set()
+            try:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(stopped.wait(), loop))
+            finally:
+                await runner.cleanup()
+
+        asyncio.run(main())
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 10)
+
+        def slow_signing() -> tuple[dict[str, str], bytes | None]:
+            time.sleep(1.0)  # blocks the client's loop, as CPU-bound signing does
+            return {}, b"slow"
+
+        post = Probe("post", "POST", url + "/api/timesheets", build=lambda: ({}, b"post"))
+        slow = Probe("slow", "GET", url + "/slow", build=slow_signing)
+        async with probe_session(aiohttp.ClientTimeout(total=10), keepalive=1.0) as http:
+            assert (await fire(http, post)).status == 200
+            await asyncio.sleep(0.8)
+            replies = {p.name: r for p, r in await fire_all(http, [post, slow])}
+        assert (replies["post"].status, replies["slow"].status) == (200, 200), replies
+        assert not replies["post"].reused
+        assert served.count("post") == 2
+    finally:
+        stopped.set()
+        await asyncio.to_thread(server.join, 10)
+        listener.close()
