@@ -44,16 +44,17 @@ dev: install ## run the whole platform locally (Ctrl-C stops it); DEV_PROMETHEUS
 test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 
 # Three pytest-xdist workers (testkit.xdistsched: a test file is a unit of work, the browser tests and the
-# fault suite groups of their own): 650-664 s of tests in three runs on a shared two-core machine on
-# 2026-12-07 (the last two all passed; the first failed one test, a race fixed below), where two workers took 866-954 s in that day's clean runs (933 s in the
-# project's last CI); the tests' own times add up to ~1,920-1,950 s, ~640-655 s a worker: all three busy
-# to the end. A third process gains on two cores because the tests wait (for servers, for Postgres,
-# for timers) more than they compute. Postgres sessions allow it: the tests' services close pooled
-# connections idle 10 s (DB_POOL_IDLE_SECONDS in testkit.fixtures.service_env), and three-worker runs
-# peaked at 60-70 sessions of the shared server's 100. The timing races the extra load showed were
-# fixed in the tests (test_decision_statements' statement text, the kit's deadlock count, the fault
-# matrix's probes built before any is sent). `make test TEST_WORKERS=2` runs on two; TEST_WORKERS=0
-# runs the suite in one process, in a fixed order.
+# fault suite groups of their own): 625-688 s of tests in six runs on a shared two-core machine on
+# 2026-12-07 (all passed but the first: one test, a race fixed below), where two workers took 866-954 s in
+# that day's clean runs (933 s in the project's last CI); the tests' own times add up to ~1,920-1,950 s,
+# ~640-655 s a worker: all three busy to the end. A third process gains on two cores because the tests
+# wait (for servers, for Postgres, for timers) more than they compute. Postgres sessions allow it: the
+# tests' services close pooled connections idle 10 s (DB_POOL_IDLE_SECONDS in
+# testkit.fixtures.service_env), and three-worker runs peaked at 60-70 sessions of the shared server's 100
+# (63 in a clean CI run). The timing races the extra load showed were fixed in the tests
+# (test_decision_statements' statement text, the kit's deadlock count, the fault matrix's probes built
+# before any is sent). `make test TEST_WORKERS=2` runs on two; TEST_WORKERS=0 runs the suite in one
+# process, in a fixed order.
 TEST_WORKERS ?= 3
 # The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not
 # pytest's shared /tmp/pytest-of-<user>: another pytest session of the same user (a test run beside
