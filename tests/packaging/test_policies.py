@@ -1076,3 +1076,12 @@ def test_a_startup_budget_within_the_start_bound_is_refused(values: dict[str, An
     assert app_deployments(
         render(deep_merge(MINIMAL, {**values, "probes": {"startup": {"failureThreshold": 60}}}))
     )
+
+
+def test_a_start_bound_of_the_provider_not_run_is_not_held_against_the_budget() -> None:
+    """With an external authorization server (``identity.enabled: false``) the bundled provider's
+    values are left over, not a pod: its ``env`` bound does not refuse the release."""
+    values = {"identity": {"enabled": False, "env": {"WORKER_START_SECONDS": "85"}}}
+    assert "identity" not in {component(d) for d in app_deployments(render(deep_merge(MINIMAL, values)))}
+    with pytest.raises(helm.HelmError, match=r"85 s: identity\.env\.WORKER_START_SECONDS"):
+        render(deep_merge(MINIMAL, {"identity": {"env": {"WORKER_START_SECONDS": "85"}}}))

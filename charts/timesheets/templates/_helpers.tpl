@@ -227,7 +227,7 @@ Call with (dict "current" <plain text> "step" <step> "fresh" <a new secret> "wha
 {{/* secrets.rotation steps a Secret given by reference: refused (the chart cannot change it). */}}
 {{/* The startup probe's budget must outlast a start's own bound (WORKER_START_SECONDS: the gateway's
 gateway.workerStartSeconds; another component's own env.WORKER_START_SECONDS where set, else the kit's
-default, 60 s): a hung import then ends with its one line naming the module and the hanging line
+default, 60 s; identity only when it runs): a hung import then ends with its one line naming the module and the hanging line
 (svckit.appimport, docs/runbook.md), not with the kubelet's kill and nothing in the log. 10 s covers the
 interpreter's start before the bound begins and the line's writing. */}}
 {{- define "timesheets.checkStartBudget" -}}
@@ -235,7 +235,7 @@ interpreter's start before the bound begins and the line's writing. */}}
 {{- $budget := mul $startup.periodSeconds $startup.failureThreshold -}}
 {{- $bound := float64 .Values.gateway.workerStartSeconds -}}
 {{- $from := "gateway.workerStartSeconds" -}}
-{{- range $c := list "identity" "timesheets" "approvals" "audit" -}}
+{{- range $c := splitList " " (include "timesheets.migratedComponents" .) -}}
 {{- $own := index ((index $.Values $c).env | default dict) "WORKER_START_SECONDS" -}}
 {{- $seconds := 60.0 -}}
 {{- if $own -}}{{- $seconds = float64 $own -}}{{- end -}}
