@@ -53,7 +53,7 @@ test unit e2e test-packaging: export PYTHONDONTWRITEBYTECODE :=
 # testkit.fixtures.service_env), and three-worker runs peaked at 60-70 sessions of the shared server's 100
 # (63 in a clean CI run). The timing races the extra load showed were fixed in the tests
 # (test_decision_statements' statement text, the kit's deadlock count, the fault matrix's probes built
-# before any is sent). `make test TEST_WORKERS=2` runs on two; TEST_WORKERS=0 runs the suite in one
+# before any is sent, test_locks' slack). `make test TEST_WORKERS=2` runs on two; TEST_WORKERS=0 runs the suite in one
 # process, in a fixed order.
 TEST_WORKERS ?= 3
 # The run's temporary files in a directory of this checkout's own (pytest empties it at the start), not
