@@ -160,3 +160,17 @@ def stopped_in_the_hang(
     process.send_signal(signal.SIGTERM)
     record = only_line(ended(process, within), 0)
     return record, time.monotonic() - signalled
+
+
+def assert_hung_import_line(
+    record: dict[str, object], *, importing: str, bound: float, stuck_at: str
+) -> None:
+    """``record`` is the one line of an import that hung past its bound (``svckit.appimport``): an
+    error naming the module, the bound, a wait within 5 s past it, and ``stuck_at`` (a ``file", line N
+    in <module>`` of the hanging line) in its stack."""
+    assert str(record["msg"]).startswith("the application's import did not end within WORKER_START"), record
+    assert record["level"] == "error", record
+    assert record["importing"] == importing, record
+    assert record["bound_seconds"] == bound, record
+    assert bound <= float(record["waited_seconds"]) < bound + 5, record  # type: ignore[arg-type]
+    assert stuck_at in str(record["stuck_at"]), record
