@@ -227,6 +227,9 @@ MEANINGS = {
     "audit_queue_size": "denial records waiting for the audit service (drops are counted beyond it)",
     "audit_batch_size": "denial records per delivery",
     "audit_flush_seconds": "longest wait before a partial batch is delivered",
+    "audit_request_timeout_seconds": "how long a delivery waits for the audit service's answer before it "
+    "gives up; the batch stays queued and is sent again after the back-off (the audit service records a "
+    "resent event once)",
     "audit_denial_window_seconds": "denials are recorded as one count per (status, reason, route, method, "
     "caller, address) and window: the gateway's anonymous and rate-limit ones, the services' refused "
     "identities and scopes, the provider's refused sign-ins and client authentications",

@@ -16,6 +16,11 @@ audit service's deduplication by event id the same figures show each event recor
 
 The relay of the stack's timesheets service is restarted with a short ``OUTBOX_REQUEST_TIMEOUT_SECONDS``
 (1.5 s instead of 10) to keep the case within seconds.
+
+The gateway's denial feed (``gateway.denials``: no outbox, a queue in memory) is held to the same:
+restarted with ``AUDIT_REQUEST_TIMEOUT_SECONDS`` 1.5, its 403s (one record each, named by the request
+id the test sends) are each on the trail once after the audit service was frozen or slow past that
+timeout, none dropped, and the give-up is proved to have happened (the feed's failed runs).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -102,7 +107,7 @@ async def enqueue_events(stack: Stack, count: int) -> list[uuid.UUID]:
 
 
 async def wait_for(
-    conn: asyncpg.Connection, query: str, ids: list[uuid.UUID], want: int, timeout: float
+    conn: asyncpg.Connection, query: str, ids: Sequence[uuid.UUID | str], want: int, timeout: float
 ) -> float:
     """Seconds until ``query`` (over ``ids``) answers ``want``."""
     started = time.monotonic()
@@ -293,3 +298,198 @@ async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
         locked_for_s=locked_for,
         drained_after_unlock_s=drained_after,
     )
+
+
+# ---- the gateway's denial feed: its own queue, the same ingest -------------------------------------
+
+#: the gateway's delivery timeout here (AUDIT_REQUEST_TIMEOUT_SECONDS; 10 by default)
+FEED_TIMEOUT = 1.5
+#: how soon the gateway must have given up on the batch: its flush interval (0.5 s), the timeout and
+#: slack for a loaded host, well below the default 10 s (a gateway that ignored the setting fails)
+GIVE_UP_WITHIN = FEED_TIMEOUT + 5
+DENIED = (
+    "SELECT count(DISTINCT request_id) FROM audit.records"
+    " WHERE source = 'gateway' AND action = 'access.denied' AND request_id = ANY($1::text[])"
+)
+
+
+def label_counter(text: str, name: str, **labels: str) -> float:
+    """A counter summed over the series carrying ``labels`` (0: not there yet)."""
+    total = 0.0
+    for found in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        if all(f'{key}="{value}"' in found.group(1) for key, value in labels.items()):
+            total += float(found.group(2))
+    return total
+
+
+async def feed_figures(stack: Stack, *, audit: bool = True) -> dict[str, float]:
+    """The feed's counters; ``audit=False``: the gateway's alone (a frozen audit service answers no
+    scrape)."""
+    gateway = await scrape(stack.gateway.url)
+    figures = {
+        "given_up": label_counter(
+            gateway, "background_task_runs_total", task="gateway-denial-flush", outcome="error"
+        ),
+        "dropped": sum(float(v) for v in re.findall(r"^gateway_audit_dropped_total (\S+)$", gateway, re.M)),
+    }
+    if audit:
+        text = await scrape(stack.audit.url)
+        figures["duplicates"] = label_counter(text, "audit_events_duplicates_total", source="gateway")
+        figures["abandoned"] = sum(
+            float(found) for found in re.findall(r"^http_requests_abandoned_total (\S+)$", text, re.M)
+        )
+    return figures
+
+
+async def deny(stack: Stack, count: int) -> list[str]:
+    """``count`` requests refused 403 at the gateway (alice lacks ``read:audit``): one denial record
+    each, named by the request id the test sent."""
+    ids = [uuid.uuid4().hex for _ in range(count)]
+    async with aiohttp.ClientSession() as http:
+
+        async def one(request_id: str) -> int:
+            headers = {**stack.headers("alice"), "X-Request-Id": request_id}
+            async with http.get(f"{stack.api}/audit/verify", headers=headers) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one(request_id) for request_id in ids))
+    assert set(statuses) == {403}, statuses
+    return ids
+
+
+async def wait_for_figure(stack: Stack, name: str, above: float, timeout: float) -> float:
+    """Seconds until the feed's figure ``name`` exceeds ``above``."""
+    started = time.monotonic()
+    while (await feed_figures(stack, audit=name != "given_up"))[name] <= above:
+        assert time.monotonic() - started < timeout, f"{name} not above {above} after {timeout} s"
+        await asyncio.sleep(0.1)
+    return round(time.monotonic() - started, 2)
+
+
+async def feeding(stack: Stack, conn: asyncpg.Connection) -> None:
+    """Until the (restarted) gateway's feed delivers: one denial on the trail."""
+    ids = await deny(stack, 1)
+    await wait_for(conn, DENIED, ids, 1, 30)
+
+
+async def feed_check(
+    stack: Stack, conn: asyncpg.Connection, ids: list[str], before: dict[str, float]
+) -> dict[str, Any]:
+    per_id = await conn.fetch(
+        "SELECT request_id, count(*) AS records FROM audit.records"
+        " WHERE source = 'gateway' AND action = 'access.denied' AND request_id = ANY($1::text[])"
+        " GROUP BY request_id",
+        ids,
+    )
+    after = await feed_figures(stack)
+    return {
+        "events": len(ids),
+        "recorded": len(per_id),
+        "lost": len(ids) - len(per_id),
+        "recorded_twice": sum(1 for row in per_id if row["records"] > 1),
+        **{name: after[name] - before[name] for name in ("given_up", "dropped", "duplicates", "abandoned")},
+    }
+
+
+def feed_failures(result: dict[str, Any], *, resent: bool) -> list[str]:
+    failures = []
+    if result["lost"] or result["recorded_twice"]:
+        failures.append(
+            f"{result['lost']} lost, {result['recorded_twice']} recorded twice of {result['events']}"
+        )
+    if result["dropped"]:
+        failures.append(f"the gateway dropped {result['dropped']} denial records")
+    if result["given_up"] < 1:
+        failures.append("the gateway never gave up on a batch: the case did not happen")
+    elif resent and result["duplicates"] < EVENTS:
+        failures.append(f"no redelivery reproduced: {result['duplicates']} duplicates")
+    return failures
+
+
+async def test_denials_the_gateway_gave_up_on_while_audit_is_frozen_are_recorded_once(
+    stack: Stack, figures: Figures
+) -> None:
+    await stack.ensure_up()
+    async with restarted(stack.gateway, AUDIT_REQUEST_TIMEOUT_SECONDS=str(FEED_TIMEOUT)):
+        conn = await stack.db()
+        try:
+            await feeding(stack, conn)
+            processes = {"audit": stack.audit, "gateway": stack.gateway}
+            offsets = log_offsets(processes)
+            before = await feed_figures(stack)
+            audit = stack.audit.process
+            assert audit is not None
+            audit.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                ids = await deny(stack, EVENTS)
+                given_up_after = await wait_for_figure(stack, "given_up", before["given_up"], GIVE_UP_WITHIN)
+                ids += await deny(stack, LATER)  # queued behind the batch given up on
+                await asyncio.sleep(FEED_TIMEOUT)  # the feed tries again meanwhile
+            finally:
+                audit.send_signal(signal.SIGCONT)
+            frozen_for = round(time.monotonic() - frozen, 2)
+            drained_after = await wait_for(conn, DENIED, ids, len(ids), 40)
+            result = await feed_check(stack, conn, ids, before)
+        finally:
+            await conn.close()
+        faults = log_faults(processes, offsets)
+    figures.record(
+        "gateway's denial feed, audit frozen past its timeout",
+        feed_timeout_s=FEED_TIMEOUT,
+        given_up_after_s=given_up_after,
+        frozen_for_s=frozen_for,
+        drained_after_sigcont_s=drained_after,
+        **result,
+        log_faults=faults[:5],
+    )
+    assert feed_failures(result, resent=False) == [], result
+    assert faults == []
+
+
+async def test_denials_the_gateway_gave_up_on_while_audit_waits_on_a_lock_are_recorded_once(
+    stack: Stack, figures: Figures
+) -> None:
+    await stack.ensure_up()
+    async with (
+        restarted(stack.audit, DB_LOCK_TIMEOUT_SECONDS="6", DB_STATEMENT_TIMEOUT_SECONDS="8"),
+        restarted(stack.gateway, AUDIT_REQUEST_TIMEOUT_SECONDS=str(FEED_TIMEOUT)),
+    ):
+        conn, locker = await stack.db(), await stack.db()
+        try:
+            await feeding(stack, conn)
+            processes = {"audit": stack.audit, "gateway": stack.gateway}
+            offsets = log_offsets(processes)
+            before = await feed_figures(stack)
+            transaction = locker.transaction()
+            await transaction.start()
+            locked = time.monotonic()
+            try:
+                await locker.execute("LOCK TABLE audit.records IN SHARE MODE")  # reads go on, appends wait
+                ids = await deny(stack, EVENTS)
+                given_up_after = await wait_for_figure(stack, "given_up", before["given_up"], GIVE_UP_WITHIN)
+            finally:
+                await transaction.rollback()
+            locked_for = round(time.monotonic() - locked, 2)
+            drained_after = await wait_for(conn, DENIED, ids, EVENTS, 40)
+            # the resend is answered after the batch given up on is stored: its events acknowledged
+            # as duplicates (counted once the answer is in)
+            with contextlib.suppress(AssertionError):
+                await wait_for_figure(stack, "duplicates", before["duplicates"] + EVENTS - 1, 20)
+            result = await feed_check(stack, conn, ids, before)
+        finally:
+            await conn.close()
+            await locker.close()
+        faults = log_faults(processes, offsets)
+    figures.record(
+        "gateway's denial feed, audit slow past its timeout (redelivery)",
+        feed_timeout_s=FEED_TIMEOUT,
+        given_up_after_s=given_up_after,
+        locked_for_s=locked_for,
+        drained_after_unlock_s=drained_after,
+        **result,
+        log_faults=faults[:5],
+    )
+    assert feed_failures(result, resent=True) == [], result
+    assert faults == []

@@ -123,6 +123,7 @@ class Gateway:
                 queue_size=settings.audit_queue_size,
                 batch_size=settings.audit_batch_size,
                 flush_seconds=settings.audit_flush_seconds,
+                request_timeout=settings.audit_request_timeout_seconds,
                 window_seconds=settings.audit_denial_window_seconds,
                 max_keys=settings.audit_denial_max_keys,
                 clock=clock,

@@ -20,12 +20,14 @@ The request path only updates a dictionary (aggregated) or appends to a bounded 
 (``AUDIT_QUEUE_SIZE``, per request); a supervised background task (:class:`svckit.tasks.PeriodicTask`)
 closes finished windows and sends batches of up to ``AUDIT_BATCH_SIZE`` events to the audit
 service's ``POST /internal/events``, signed as the service principal ``gateway``. While the audit
-service is down, the batch is retried with capped exponential back-off (the queue keeps filling
-meanwhile; aggregated windows keep counting). Events that do not fit in the queue, or that the audit
-service refuses as malformed, are dropped and counted in ``gateway_audit_dropped_total`` — the
-gateway has no database, and a flood of bad tokens must not be able to exhaust its memory. The
-token itself never goes into an event: only the reason, the route template and, when the token
-verified, the caller's identity.
+service is down, or answers later than ``AUDIT_REQUEST_TIMEOUT_SECONDS``, the batch stays queued and
+is sent again, the same events with the same ids, after a capped exponential back-off (the queue keeps
+filling meanwhile; aggregated windows keep counting): the audit service records an event id once, also
+when it stored the batch given up on after all (``tests/faults/test_redelivery.py``). Events that
+do not fit in the queue, or that the audit service refuses as malformed, are dropped and counted in
+``gateway_audit_dropped_total`` — the gateway has no database, and a flood of bad tokens must not
+be able to exhaust its memory. The token itself never goes into an event: only the reason, the route
+template and, when the token verified, the caller's identity.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ class DenialAuditor:
         queue_size: int,
         batch_size: int,
         flush_seconds: float,
+        request_timeout: float = 10.0,
         window_seconds: float = 60.0,
         max_keys: int = 1000,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
         self.batch_size = batch_size
+        self.request_timeout = request_timeout
         self.windows = DenialWindows(window_seconds, max_keys, clock, source="gateway")
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._queue_size = queue_size
@@ -156,7 +160,7 @@ class DenialAuditor:
 
     async def _send(self, batch: list[dict[str, Any]]) -> int:
         async with self.client.request(
-            "POST", INGEST_PATH, self._identity, json={"events": batch}, timeout=10.0
+            "POST", INGEST_PATH, self._identity, json={"events": batch}, timeout=self.request_timeout
         ) as response:
             await response.read()
             return int(response.status)

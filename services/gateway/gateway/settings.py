@@ -154,6 +154,10 @@ class GatewaySettings(RedisSettings, DpopSettings, DenialAuditSettings):
     audit_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
     audit_batch_size: int = Field(default=200, ge=1, le=500)
     audit_flush_seconds: float = Field(default=0.5, gt=0, le=60)
+    # how long a delivery waits for the audit service's answer before it gives up on the batch: the
+    # batch stays queued and is sent again, with the same event ids, after the back-off (the audit
+    # service records a resent event once; it may store the batch given up on all the same)
+    audit_request_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # anonymous and rate-limit denials are counted per window: AUDIT_DENIAL_WINDOW_SECONDS and
     # AUDIT_DENIAL_MAX_KEYS (svckit.settings.DenialAuditSettings, shared with the services)
 
