@@ -4,6 +4,7 @@
   ``immutable``; ``index.html`` and everything else is ``no-cache`` so a deploy is seen at once.
 * A GET for a path that is not a file, from a client that accepts HTML, gets ``index.html``
   (client-side routing: ``/callback``, ``/approvals``…); anything else is a 404 problem.
+* Files are served whole: a ``Range`` is ignored (:class:`WholeFile`).
 * HTML carries a strict Content-Security-Policy: scripts, styles and connections only from the
   gateway's own origin, plus ``connect-src`` and ``frame-src`` for the configured authorization
   server (token endpoint calls and silent renewal in a hidden iframe).
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 from svckit.problems import problem_response
 
 from .settings import GatewaySettings
@@ -30,6 +32,24 @@ NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title
 <body><h1>Timesheets</h1><p>The web app is not built yet. Run <code>make spa</code> (or
 <code>cd spa &amp;&amp; npm ci &amp;&amp; npm run build</code>) and reload. The API is served under
 <code>/api</code>.</p></body></html>"""
+
+
+class WholeFile(FileResponse):
+    """A file served whole, whatever ``Range`` the request asks for, and ``Accept-Ranges: none``.
+
+    The SPA's files are small build assets that no browser fetches in parts, and RFC 9110 §14.2 lets a
+    server ignore ``Range`` (an unknown range unit it must ignore). Starlette's range handling answers
+    what it cannot parse (``pages=1-2``, ``bytes=5-1``) with a ``text/plain`` 400 and a range past the
+    end with an empty ``text/plain`` 416: answers no client of these files needs, and not the
+    problem+json every other refusal of the gateway is. Without ranges there is nothing to refuse."""
+
+    def __init__(self, path: Path, headers: dict[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self.headers["accept-ranges"] = "none"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 def origin_of(url: str) -> str:
@@ -110,9 +130,9 @@ def spa_routes(settings: GatewaySettings) -> list[Route]:
     def file(path: Path) -> Response:
         name = path.relative_to(root).as_posix()
         if path.name == "index.html" or path.suffix == ".html":
-            return FileResponse(path, headers=html_headers)
+            return WholeFile(path, headers=html_headers)
         cache = IMMUTABLE if name.startswith("assets/") or HASHED.search(name) else "no-cache"
-        return FileResponse(path, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+        return WholeFile(path, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
     async def static(request: Request) -> Response:
         index = root / "index.html"

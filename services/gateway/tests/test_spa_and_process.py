@@ -73,6 +73,34 @@ async def test_spa_files_caching_and_fallback(
         assert headers["Content-Type"] == "application/problem+json"
 
 
+async def test_the_spa_files_are_served_whole_whatever_range_is_asked(
+    api: Any, start_gateway: Any, dist: Path
+) -> None:
+    """The SPA's files are small build assets no client fetches in parts: a ``Range`` is ignored (RFC
+    9110 §14.2 lets a server ignore it; an unknown unit it must), so a range the server cannot parse
+    is not a ``text/plain`` 400 and one past the end not an empty 416 (Starlette's own range
+    handling, reproduced: ``Range: pages=1-2`` on ``/`` was 400 "Only support bytes range")."""
+    whole = (dist / "assets" / "app-3f9a1c2b.js").read_bytes()
+    async with start_gateway(spa_dist_dir=dist) as gateway:
+        for asked in ("pages=1-2", "bytes=5-1", "bytes=1000-2000", "bytes=0-3", "bytes=0-1,4-5", "bytes"):
+            status, headers, body = await api(
+                "GET", gateway + "/assets/app-3f9a1c2b.js", headers={"Range": asked}
+            )
+            assert (status, body) == (200, whole), asked
+            assert "Content-Range" not in headers, asked
+            assert headers["Accept-Ranges"] == "none", asked
+            status, headers, body = await api(
+                "GET", gateway + "/", headers={"Range": asked, "Accept": "text/html"}
+            )
+            assert status == 200, asked
+            assert b"<div id=app>" in body, asked
+            assert "Content-Security-Policy" in headers, asked
+        status, headers, body = await api(
+            "HEAD", gateway + "/assets/app-3f9a1c2b.js", headers={"Range": "bytes=0-3"}
+        )
+        assert (status, headers["Content-Length"]) == (200, str(len(whole)))
+
+
 async def test_config_json(api: Any, start_gateway: Any, provider: Provider, tmp_path: Path) -> None:
     timeouts = {  # the SPA's request timeout outlasts all of them, and a margin (5 s)
         "jwks_fetch_timeout_seconds": 3.0,
