@@ -42,6 +42,10 @@ from .problems import PROBLEM_JSON
 
 #: a response head is sent in the same write as a body of up to this many bytes (copied once)
 COALESCE_BYTES = 64 * 1024
+#: the key of an ``http.disconnect`` message whose request's body stopped arriving: the HTTP layer
+#: answered 408 (``http_refused_total{status="408"}``), so the front layer (:mod:`svckit.middleware`)
+#: does not count the request as abandoned by its client as well
+BODY_TIMED_OUT = "svckit.body_timed_out"
 
 #: what may not appear anywhere in a response head besides CR and LF (HTAB may, inside values)
 _FORBIDDEN = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
@@ -188,6 +192,8 @@ class LeanCycle(RequestResponseCycle):
         self.message_event = _Signal(protocol.loop)  # type: ignore[assignment]
         self.on_response = protocol.on_response_complete
         self.disconnected = False
+        # the body stopped arriving and the HTTP layer answered 408 itself (svckit.server)
+        self.body_timed_out = False
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = expect_100_continue
         self.body = bytearray()
@@ -237,6 +243,8 @@ class LeanCycle(RequestResponseCycle):
             await self.message_event.wait()
             self.message_event.clear()
         if self.disconnected or self.response_complete:
+            if self.body_timed_out:  # the kit's front layer counts the HTTP layer's 408, not a client gone
+                return {"type": "http.disconnect", BODY_TIMED_OUT: True}
             return {"type": "http.disconnect"}
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = bytearray()

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import is_valid_request_id, new_request_id, request_id_var
+from .cycle import BODY_TIMED_OUT
 from .identity import IdentityGate, body_too_large
 from .metrics import UNMATCHED_ROUTE, observe
 from .problems import Problem, unexpected_problem
+from .server import refusals
 
 #: bodies up to this size are not counted against the budget: too small to matter, and the hot routes
 #: (a timesheet entry, a decision) pay nothing for it
@@ -172,6 +174,9 @@ class ServiceFront:
         status = 500
         response_started = False
         request_id_header = (b"x-request-id", request_id.encode())
+        # the client left before any answer began (None: it did not): "client_gone", or "body_timeout"
+        # (its body stopped arriving: the HTTP layer answered 408); what is sent after it is dropped
+        gone: str | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -181,12 +186,21 @@ class ServiceFront:
                 message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
+        async def receive_noting() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not response_started:
+                gone = "body_timeout" if message.get(BODY_TIMED_OUT) else "client_gone"
+            return message
+
         try:
             try:
-                await self._serve(scope, receive, send_with_id, length)
+                await self._serve(scope, receive_noting, send_with_id, length)
             except Exception as exc:
                 if response_started:
                     raise
+                if gone is not None and isinstance(exc, ClientDisconnect):
+                    return  # nothing to answer: no one is there (counted below)
                 handler = self._handler(exc) if self._served_directly(scope) else None
                 if handler is None:
                     await unexpected_problem(exc)(scope, receive, send_with_id)
@@ -196,24 +210,37 @@ class ServiceFront:
                         response = await response
                     await response(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = route_template(scope)
-            method = scope["method"]
-            observe(route, method, status, elapsed)
-            if access_log.isEnabledFor(logging.INFO) and scope["path"] not in QUIET_PATHS:
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+            if gone is not None:
+                # The client left before an answer began: whatever was sent after it was dropped, and
+                # no failure of the service's (never a 500, never an error line). Counted as the kit
+                # counts such a client elsewhere, not in http_requests_total: closed, with the requests
+                # dropped unserved (http_requests_abandoned_total); timed out, the HTTP layer's 408.
+                if gone == "client_gone":
+                    refusals.left_mid_request()
+            else:
+                self._record(scope, status, started)
             request_id_var.reset(token)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, started: float) -> None:
+        """The request's series in the HTTP metrics and its access log line."""
+        elapsed = time.perf_counter() - started
+        route = route_template(scope)
+        method = scope["method"]
+        observe(route, method, status, elapsed)
+        if access_log.isEnabledFor(logging.INFO) and scope["path"] not in QUIET_PATHS:
+            access_log.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
 
     def _served_directly(self, scope: Scope) -> bool:
         return id(scope.get("route")) in self._direct_ids

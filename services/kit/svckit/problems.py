@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .context import request_id_var
@@ -160,7 +160,17 @@ async def unexpected_handler(request: Request, exc: Exception) -> Response:
     return unexpected_problem(exc)
 
 
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    """``ClientDisconnect`` (Starlette's, from ``request.body()``, ``form()``, ``stream()``): the client
+    closed the connection, or its body stopped arriving and the HTTP layer answered 408 itself, before
+    the route could read the body. Not a failure of the service: no error line, no traceback. The
+    answer is never sent (the server drops what follows a disconnect), and the front layer
+    (:mod:`svckit.middleware`) counts the request as a client gone, not by this status."""
+    return problem_response(400, None, "The client closed the connection before its request body arrived.")
+
+
 EXCEPTION_HANDLERS = {
+    ClientDisconnect: client_gone_handler,
     HTTPException: http_exception_handler,
     Problem: problem_handler,
     ValidationError: validation_handler,

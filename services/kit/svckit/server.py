@@ -275,6 +275,13 @@ class RefusalLog:
         http_abandoned.inc()
         self._line("request dropped by the HTTP layer", {"reason": "client_gone"})
 
+    def left_mid_request(self) -> None:
+        """A request whose client closed the connection before the application had read its body (or
+        answered it): nothing could be answered. Counted with the requests dropped unserved, as the
+        same client gone (:mod:`svckit.middleware`)."""
+        http_abandoned.inc()
+        self._line("request abandoned by its client", {"reason": "client_gone"})
+
     def send_timed_out(self, detail: str) -> None:
         http_send_timeouts.inc()
         self._line("connection ended by the HTTP layer", {"reason": "send_timeout", "detail": detail})
@@ -723,6 +730,7 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         detail = f"The request body stopped arriving: nothing for {self.request_body_timeout:g} s."
         unsent = cycle.unsent()
         cycle.disconnected = True
+        cycle.body_timed_out = True
         cycle.message_event.set()
         if unsent:
             self._refuse(408, detail)
