@@ -245,6 +245,29 @@ def presented_secrets(request: Request, params: list[tuple[str, str]]) -> list[t
     return presented
 
 
+#: body parameters of client authentication methods (RFC 6749 §2.3.1 ``client_secret_post``; RFC 7521
+#: §4.2 ``client_assertion``, which this provider does not support, but a request carrying one beside
+#: another method presents two all the same)
+BODY_METHODS = {"client_secret": "client_secret_post", "client_assertion": "client_assertion"}
+
+
+def client_auth_methods(request: Request, params: list[tuple[str, str]]) -> list[str]:
+    """The client authentication methods a token or revocation request uses: ``client_secret_basic``
+    for any ``Authorization: Basic`` header (well-formed or not), ``client_secret_post`` for a
+    non-empty ``client_secret``, ``client_assertion`` for a non-empty assertion. A ``client_id``
+    alone is no method (it names a public client, method ``none``, or repeats Basic's id).
+
+    RFC 6749 §2.3.1: "The client MUST NOT use more than one authentication method in each request."
+    A request using two is refused (:meth:`ProtocolEndpoints._authenticating_client`): Authlib tries
+    the methods in turn and takes the first that succeeds, so a failed one beside another — a wrong
+    Basic secret, Basic naming another client — was passed over, and which client a request
+    authenticated as depended on the order of Authlib's list."""
+    scheme, _, _ = request.headers.get("authorization", "").strip().partition(" ")
+    methods = ["client_secret_basic"] if scheme.lower() == "basic" else []
+    methods.extend(method for name, method in BODY_METHODS.items() if dict(params).get(name))
+    return methods
+
+
 def _json_result(result: Result) -> Response:
     headers = {**NO_STORE, **dict(result.headers)}
     headers.pop("Content-Type", None)
@@ -451,6 +474,17 @@ class ProtocolEndpoints:
             )
         failed = False  # client authentication
         try:
+            if len(client_auth_methods(request, params)) > 1:
+                # RFC 6749 §2.3.1; a failed client authentication (counted in the address's budget,
+                # on the audit trail), refused before any secret is checked
+                failed = True
+                denials.deny(request, self.settings, 400, denials.INVALID_CLIENT)
+                return oauth_error(
+                    400,
+                    "invalid_request",
+                    "Authenticate the client by one method only: HTTP Basic or client_secret in the "
+                    "body, not both (RFC 6749 section 2.3.1).",
+                )
             budget = await self.token_failures.take(address)
             if not budget.allowed:
                 return self._throttled(request, address, budget.retry_after)

@@ -268,15 +268,28 @@ def basic_credentials(headers: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 def client_secret_basic(query_client: Callable[[str], Client | None], request: Request) -> Client | None:
-    """``client_secret_basic`` as Authlib's, with the credentials read by :func:`basic_credentials`."""
+    """``client_secret_basic`` as Authlib's, with the credentials read by :func:`basic_credentials`;
+    None only when the request has no ``Authorization: Basic`` header at all.
+
+    An ``Authorization: Basic`` header *is* the client's choice of method, so a Basic attempt that
+    fails — malformed, an empty id or secret, an unknown client, a wrong secret — is the answer:
+    401 ``invalid_client`` with a Basic challenge (RFC 6749 §5.2). Authlib's (and this function's
+    before) returned None on a wrong secret, and Authlib then tried the next method: a wrong Basic
+    secret beside a public client's ``client_id`` went on as that client. (Basic beside a body secret
+    never reaches here: :func:`identity.endpoints.client_auth_methods` refuses it first.)"""
+    scheme, _, _ = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
     credentials = basic_credentials(request.headers)
     if credentials is None or not all(credentials):
-        return None
+        raise InvalidClientError(status_code=401, description="The Basic credentials are malformed.")
     client_id, secret = credentials
     client = query_client(client_id)
     if client is None:  # as Authlib answers an unknown client: 401, so that the client retries with Basic
         raise InvalidClientError(status_code=401, description="The client does not exist on this server.")
-    return client if client.check_client_secret(secret) else None
+    if not client.check_client_secret(secret):
+        raise InvalidClientError(status_code=401, description="The client secret is wrong.")
+    return client
 
 
 def _datetime(timestamp: int) -> datetime:

@@ -179,3 +179,31 @@ async def test_wrong_secrets_sent_with_a_refused_dpop_proof_are_limited(provider
                 await r.read()
                 statuses.append(r.status)
     assert statuses == [400] * LIMIT + [429] * 3, statuses
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"client_id": "timesheets-batch", "client_secret": "x"}, id="two-methods"),
+        pytest.param({}, id="basic-wrong-alone"),
+    ],
+)
+async def test_two_methods_and_a_wrong_basic_secret_are_failed_client_authentications(
+    provider: Provider, extra: dict[str, str]
+) -> None:
+    """Basic and a body secret in one request (400 invalid_request), or a wrong Basic secret, count
+    against the address's budget like a wrong body secret: LIMIT refusals, then 429 (fails before the
+    fix: a wrong Basic secret beside the right body secret was 200)."""
+    from testkit.oidc import BATCH_SECRET
+
+    data = {"grant_type": "client_credentials", **extra}
+    if extra:
+        data["client_secret"] = BATCH_SECRET
+    statuses = []
+    async with provider.session() as http:
+        for _ in range(LIMIT + 1):
+            async with http.post(f"{provider.url}/oauth/token", data=data, headers=WRONG) as r:
+                await r.read()
+                statuses.append(r.status)
+    expected = 400 if extra else 401
+    assert statuses == [expected] * LIMIT + [429], statuses

@@ -168,3 +168,73 @@ async def test_percent_escapes_that_are_not_utf8_are_invalid_client(
     http: aiohttp.ClientSession, base_url: str, path: str, secret: str
 ) -> None:
     assert await authenticate(http, base_url, path, basic(quote_plus(ODD_ID), secret)) == 401
+
+
+# --- one method per request (RFC 6749 §2.3.1) ----------------------------------------------------
+
+BATCH_BODY = {"client_id": "timesheets-batch", "client_secret": BATCH_SECRET}
+
+
+def _basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": aiohttp.encode_basic_auth(client_id, secret)}
+
+
+#: (Authorization header, body credentials, expected status, expected error); a wrong Basic secret
+#: beside right body credentials was ignored (200: a token issued), and Basic naming another client
+#: beside the batch client's body credentials issued a batch token
+COMBINATIONS = [
+    pytest.param(
+        _basic("timesheets-batch", "WRONG"), BATCH_BODY, 400, "invalid_request", id="basic-wrong+body"
+    ),
+    pytest.param(
+        _basic("timesheets-batch", BATCH_SECRET), BATCH_BODY, 400, "invalid_request", id="basic+body"
+    ),
+    pytest.param(_basic("timesheets-spa", "x"), BATCH_BODY, 400, "invalid_request", id="basic-other+body"),
+    pytest.param(_basic("no-such-client", "x"), BATCH_BODY, 400, "invalid_request", id="basic-unknown+body"),
+    pytest.param(
+        {"Authorization": MALFORMED_BASIC[0]}, BATCH_BODY, 400, "invalid_request", id="basic-bad+body"
+    ),
+    pytest.param(
+        {}, {**BATCH_BODY, "client_assertion": "a.b.c"}, 400, "invalid_request", id="body+assertion"
+    ),
+    pytest.param(_basic("timesheets-batch", "WRONG"), {}, 401, "invalid_client", id="basic-wrong"),
+    pytest.param({}, {**BATCH_BODY, "client_secret": "WRONG"}, 401, "invalid_client", id="body-wrong"),
+]
+
+
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke"])
+@pytest.mark.parametrize(("headers", "body", "status", "error"), COMBINATIONS)
+async def test_one_client_authentication_method_per_request(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, str],
+    status: int,
+    error: str,
+) -> None:
+    """A request presenting credentials by more than one method is refused (400 invalid_request), and
+    a failed method is never passed over for another: 401 invalid_client, with a Basic challenge when
+    Basic was used (RFC 6749 §5.2). Fails before the fix: the first three and the malformed Basic
+    were 200 (a token issued, a revocation done)."""
+    data = {"grant_type": "client_credentials", "token": "unknown-token", **body}
+    async with http.post(base_url + path, data=data, headers=headers) as response:
+        document = await response.json()
+        assert (response.status, document["error"]) == (status, error), document
+        assert response.headers["Cache-Control"] == "no-store"
+        if status == 401 and "Authorization" in headers:
+            assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+async def test_a_failed_basic_authentication_is_not_passed_over_for_a_public_client_id(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """A wrong Basic secret beside a public client's ``client_id`` (method ``none``) was passed over
+    and the request went on as the public client (here: 400 invalid_grant for the made-up refresh
+    token). Now the failed Basic attempt is the answer: 401 invalid_client."""
+    data = {"grant_type": "refresh_token", "refresh_token": "made-up", "client_id": "timesheets-spa"}
+    headers = _basic("timesheets-batch", "WRONG")
+    async with http.post(base_url + "/oauth/token", data=data, headers=headers) as response:
+        document = await response.json()
+        assert (response.status, document["error"]) == (401, "invalid_client"), document
+        assert response.headers["WWW-Authenticate"].startswith("Basic")

@@ -455,3 +455,27 @@ async def test_a_user_issuing_codes_at_request_rate_is_limited_and_on_the_trail(
     after = await scrape(provider.url)
     name = "identity_authorize_throttled_total"
     assert metric(after, name) - metric(before, name) == 3
+
+
+async def test_two_client_authentication_methods_and_a_wrong_basic_secret_are_on_the_trail(
+    provider: Provider,
+) -> None:
+    """Basic beside a body secret (400 invalid_request, RFC 6749 §2.3.1) and a wrong Basic secret
+    beside the right body credentials are refused client authentications, recorded as
+    ``invalid_client`` with their status (fails before the fix: the wrong Basic secret beside the right
+    body secret was 200, a token issued, and nothing recorded)."""
+    two = (400, "invalid_client", "POST", "/oauth/token")
+    before = counts(await denials(provider, {}))
+    headers = {"Authorization": aiohttp.encode_basic_auth("timesheets-batch", WRONG_SECRET)}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "timesheets-batch",
+        "client_secret": BATCH_SECRET,
+    }
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(provider.url + "/oauth/token", data=form, headers=headers) as response:
+                assert response.status == 400, await response.text()
+    items = await denials(provider, {two: before[two] + 2})
+    assert counts(items)[two] == before[two] + 2
+    assert_nothing_secret(items)
