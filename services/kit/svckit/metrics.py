@@ -79,7 +79,8 @@ http_abandoned = Counter(
     "http_requests_abandoned_total",
     "Requests the HTTP layer dropped unserved because their client had closed the connection while "
     "they waited for a worker that was behind (frozen, starved of CPU, flooded): no one was there to "
-    "read an answer (svckit.abandoned).",
+    "read an answer (svckit.abandoned); and requests whose client closed the connection before the "
+    "route had read their body or begun its answer (svckit.middleware).",
 )
 
 worker_stuck_kills = Counter(
