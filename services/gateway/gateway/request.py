@@ -216,7 +216,7 @@ class ApiRequest:
                 host = value
             elif key == b"content-length":
                 content_length = value
-            elif key == b"transfer-encoding":
+            elif key == b"transfer-encoding":  # "chunked" alone: the kit's protocol refused any other
                 chunked = True
             elif key == b"connection":
                 connection = value

@@ -10,6 +10,7 @@ DPoP cases run against the in-process gateway of conftest.py; the HTTP-layer cas
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import AsyncIterator
 
@@ -258,3 +259,54 @@ async def test_several_authorization_headers_are_a_denial_on_the_audit_trail(
             assert (await response.json())["reason"] == "malformed"
         records = await wait_for_address(echo, address)
     assert [record["details"]["reason"] for record in records] == ["malformed"]
+
+
+@pytest.mark.parametrize(
+    ("coding", "status", "named"),
+    [
+        (b"xyz, chunked", 501, b"'xyz'"),
+        (b"gzip, chunked", 501, b"'gzip'"),
+        (b"chunked, chunked", 400, b"Transfer-Encoding"),
+    ],
+)
+async def test_a_transfer_coding_besides_chunked_is_refused_and_nothing_is_forwarded(
+    process: ServiceProcess, provider: Provider, echo: Echo, coding: bytes, status: int, named: bytes
+) -> None:
+    """RFC 9112 §6.1: only chunked is understood. llhttp read ``gzip, chunked`` and ``xyz, chunked``
+    as plain chunked, and the gateway forwarded the de-chunked body as if the other coding were not
+    there (an entry stored, 201; a body really gzipped a misleading 400 "not UTF-8"). Now a 501 naming
+    the coding, the connection ended, nothing forwarded; chunked twice is a 400."""
+    token = provider.token(scope="create:timesheets").encode()
+    body = gzip.compress(b'{"date": "2026-12-01", "hours": 1}')
+    before = echo.requests
+    response, closed = await exchange(
+        process.url,
+        b"POST /api/timesheets HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+        b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n",
+        3,
+    )
+    assert problem_status(response) == status, response[:400]
+    assert named in response, response[:400]
+    assert b"connection: close" in response.lower()
+    assert closed
+    assert echo.requests == before
+
+
+async def test_chunked_in_any_case_is_forwarded(
+    process: ServiceProcess, provider: Provider, echo: Echo
+) -> None:
+    """A transfer coding is a case-insensitive token: ``Chunked`` is chunked, and served."""
+    token = provider.token(scope="create:timesheets").encode()
+    body = b'{"date": "2026-12-01", "hours": 1}'
+    before = echo.requests
+    response, _ = await exchange(
+        process.url,
+        b"POST /api/timesheets HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding:  Chunked \r\n\r\n"
+        b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n",
+        5,
+        answered=True,
+    )
+    assert response.startswith(b"HTTP/1.1 200 "), response[:400]
+    assert echo.requests == before + 1

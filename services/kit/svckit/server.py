@@ -322,6 +322,41 @@ def problem_bytes(status: int, detail: str, default_headers: list[tuple[bytes, b
     return b"".join(head) + body
 
 
+def _transfer_coding_refusal(headers: list[tuple[bytes, bytes]], value: bytes) -> _Refusal | None:
+    """The :class:`_Refusal` of a ``Transfer-Encoding`` field line (``value``, after the lines in
+    ``headers`` read so far) whose codings no body can be framed by here, else None. Only ``chunked``
+    is understood (a token: any case). llhttp reads any list whose last coding is chunked as chunked,
+    so ``gzip, chunked`` and ``xyz, chunked`` were de-chunked and handed on as if the other coding were
+    not there (an entry stored; a body really gzipped a misleading "not UTF-8"). A coding besides
+    chunked is a 501 naming it (RFC 9112 §6.1: a server "SHOULD respond with 501"). Chunked twice
+    (§7: "MUST NOT") or not last (§6.3) is a 400: llhttp refuses both itself as it parses the value,
+    these are the backstop. Either ends the connection (a refusal from the parser does): the body's
+    framing cannot be trusted. A list without chunked is left to llhttp (its 400 when the head ends: no
+    length can be determined), unless a later line ends the list with chunked. Runs for
+    ``Transfer-Encoding`` lines only; what it adds to every request is the one comparison of the
+    header name in :meth:`ProblemHttpProtocol.on_header`."""
+    codings = [
+        coding.strip(b" \t").lower()
+        for line in [*(v for n, v in headers if n == b"transfer-encoding"), value]
+        for coding in line.split(b",")
+    ]
+    codings = [coding for coding in codings if coding]  # empty list elements (RFC 9110 §5.6.1)
+    chunked = codings.count(b"chunked")
+    if chunked > 1:
+        return _Refusal(400, "The request's Transfer-Encoding applies chunked more than once.")
+    if chunked and codings[-1] != b"chunked":
+        return _Refusal(400, "The request's Transfer-Encoding does not end with chunked.")
+    unknown = next((coding for coding in codings if coding != b"chunked"), None)
+    if chunked and unknown is not None:
+        named = "".join(c for c in unknown.decode("latin-1") if c.isprintable())[:64]
+        return _Refusal(
+            501,
+            f"The transfer coding {named!r} is not implemented; send the body with "
+            "Transfer-Encoding: chunked alone, or with a Content-Length.",
+        )
+    return None
+
+
 def _parser_reason(exc: BaseException | None) -> str:
     """llhttp's reason (fixed strings such as "Content-Length can't be present with Transfer-Encoding")."""
     text = str(exc or "").strip().rstrip(".")
@@ -541,6 +576,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
                 raise self._refusal
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
+        elif name == b"transfer-encoding":
+            refusal = _transfer_coding_refusal(self.headers, value)
+            if refusal is not None:
+                self._refusal = refusal
+                raise refusal
         self.headers.append((name, value))
 
     # --- the request cycle (see the module docstring) --------------------------------------------
