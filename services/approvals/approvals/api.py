@@ -19,7 +19,7 @@ from svckit.body import parse_body
 from svckit.contracts.approvals import DecisionIn, QueueQuery
 from svckit.contracts.fields import path_uuid
 from svckit.contracts.timesheets import EntryPage
-from svckit.problems import Problem
+from svckit.problems import Problem, validation_problem
 from svckit.query import parse_query
 
 from .peer import PeerUnavailable, Timesheets, not_json
@@ -128,9 +128,13 @@ async def queue(request: Request) -> str:
                 raise unavailable("The timesheets service is unreachable; retry shortly.") from None
             raise Problem(502, "Bad Gateway", "The timesheets service answered an invalid page.") from None
     if reply.status == 422 and isinstance(reply.body, dict):
-        # A bad cursor: the timesheets service names the parameter; pass its problem on.
-        raise Problem(
-            422, "Unprocessable Content", reply.body.get("detail"), errors=reply.body.get("errors", [])
+        # A bad cursor: the timesheets service names the parameter; pass its problem on (bounded, with
+        # its errors_total, as every validation problem).
+        errors, total = reply.body.get("errors"), reply.body.get("errors_total")
+        raise validation_problem(
+            errors if isinstance(errors, list) else [],
+            str(reply.body.get("detail") or "The query string has invalid parameters."),
+            total=total if isinstance(total, int) else None,
         )
     raise Problem(502, "Bad Gateway", f"The timesheets service answered {reply.status}.")
 

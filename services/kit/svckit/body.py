@@ -33,12 +33,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from .problems import Problem, field_errors, validation_problem
+from .problems import MAX_FIELD_ERRORS, Problem, field_errors, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 32
-MAX_ERRORS = 50
+MAX_ERRORS = MAX_FIELD_ERRORS  # the values the walk names (svckit.problems: why so many)
 MAX_SAFE_INTEGER = 2**53 - 1
 _MAX_INTEGER_DIGITS = len(str(MAX_SAFE_INTEGER))
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -55,8 +55,9 @@ class Refused(NotAccepted):
 class InvalidValues(NotAccepted):
     """The body is JSON but some values break the rules (422); ``errors`` name where, like pydantic's."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} invalid values")
+    def __init__(self, errors: list[dict[str, Any]], total: int | None = None) -> None:
+        self.total = len(errors) if total is None else total
+        super().__init__(f"{self.total} invalid values")
         self.errors = errors
 
 
@@ -135,29 +136,36 @@ def _error(path: list[str | int], flagged: _Flagged) -> dict[str, Any]:
 def _check_tree(document: Any) -> None:
     """Depth, flagged values and lone surrogates, in one walk without recursion."""
     errors: list[dict[str, Any]] = []
+    total = 0  # all of them are counted (the problem's errors_total), the first MAX_ERRORS named
     stack: list[tuple[Any, list[str | int]]] = [(document, [])]
-    while stack and len(errors) < MAX_ERRORS:
+    while stack:
         value, path = stack.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                errors.append(_error(path, _LONE_SURROGATE))
+                total += 1
+                if total <= MAX_ERRORS:
+                    errors.append(_error(path, _LONE_SURROGATE))
         elif isinstance(value, _Flagged):
-            errors.append(_error(path, value))
+            total += 1
+            if total <= MAX_ERRORS:
+                errors.append(_error(path, value))
         elif isinstance(value, dict | list):
             if len(path) >= MAX_DEPTH:
                 raise Refused(f"The body nests deeper than {MAX_DEPTH} levels.")
             if isinstance(value, dict):
                 for name, member in value.items():
                     if _SURROGATE.search(name):
-                        printable = name.encode("utf-8", "replace").decode()
-                        errors.append(_error([*path, printable], _LONE_SURROGATE))
+                        total += 1
+                        if total <= MAX_ERRORS:
+                            printable = name.encode("utf-8", "replace").decode()
+                            errors.append(_error([*path, printable], _LONE_SURROGATE))
                     else:
                         stack.append((member, [*path, name]))
             else:
                 stack.extend((item, [*path, index]) for index, item in enumerate(value))
     if errors:
         errors.sort(key=lambda error: [str(part) for part in error["loc"]])
-        raise InvalidValues(errors)
+        raise InvalidValues(errors, total)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -283,7 +291,7 @@ async def read_json(request: Request) -> Any:
     except Refused as exc:
         raise Problem(400, "Bad Request", str(exc)) from None
     except InvalidValues as exc:
-        raise validation_problem(exc.errors) from None
+        raise validation_problem(exc.errors, total=exc.total) from None
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
@@ -291,4 +299,4 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise validation_problem(field_errors(exc)) from None
+        raise validation_problem(field_errors(exc), total=exc.error_count()) from None

@@ -126,7 +126,9 @@ def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
         errors = field_errors(exc)
         for error in errors:
             error["loc"] = ["query", *error["loc"]]
-        raise validation_problem(errors, "The query string has invalid parameters.") from None
+        raise validation_problem(
+            errors, "The query string has invalid parameters.", total=exc.error_count()
+        ) from None
 
 
 def refuse_any_query(raw: bytes) -> None:

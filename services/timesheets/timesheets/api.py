@@ -23,7 +23,7 @@ from svckit.contracts.fields import path_uuid
 from svckit.contracts.timesheets import ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import OutboxRelay, enqueue
-from svckit.problems import Problem, field_errors, validation_problem
+from svckit.problems import MAX_FIELD_ERRORS, Problem, field_errors, validation_problem
 from svckit.query import parse_query
 from svckit.responses import json_response, send_json
 
@@ -34,7 +34,6 @@ from .representation import entry_json, entry_of, page_json
 from .settings import TimesheetsSettings
 
 APPROVE = "approve:timesheets"
-MAX_ROW_ERRORS = 200
 
 
 def database_of(request: Request) -> Database:
@@ -245,19 +244,24 @@ async def delete_entry(request: Request) -> Response:
 
 
 def validate_rows(upload: UploadIn) -> list[UploadRow]:
-    """Every row checked; any bad row refuses the batch with the errors of all rows (capped)."""
+    """Every row checked; any bad row refuses the batch with the errors of all rows (the first
+    ``MAX_FIELD_ERRORS`` listed, all counted: only those listed are converted)."""
     rows: list[UploadRow] = []
     errors: list[dict[str, Any]] = []
+    bad_rows = total = 0
     for index, raw in enumerate(upload.entries):
         try:
             rows.append(UploadRow.model_validate(raw))
         except ValidationError as exc:
-            errors.extend(field_errors(exc, prefix=("entries", index)))
-    if errors:
+            bad_rows += 1
+            total += exc.error_count()
+            if len(errors) < MAX_FIELD_ERRORS:
+                errors += field_errors(exc, ("entries", index), MAX_FIELD_ERRORS - len(errors))
+    if bad_rows:
         raise validation_problem(
-            errors[:MAX_ROW_ERRORS],
-            f"{len({e['loc'][1] for e in errors})} of {len(upload.entries)} rows are invalid; "
-            "nothing was stored.",
+            errors,
+            f"{bad_rows} of {len(upload.entries)} rows are invalid; nothing was stored.",
+            total=total,
         )
     return rows
 
@@ -298,7 +302,7 @@ async def upload_entries(request: Request) -> Response:
         if over:  # the days stay locked until this transaction ends: nothing can slip in meanwhile
             refusals.labels(daycap.ERROR_TYPE, "upload").inc()
             raise validation_problem(
-                over[:MAX_ROW_ERRORS],
+                over,
                 f"{len(over)} of {len(rows)} rows would take a day past {daycap.hours_text(daycap.LIMIT)} "
                 "hours; nothing was stored.",
             )

@@ -696,10 +696,15 @@ export interface components {
        */
       request_id: string | null;
       /**
-       * @description Per-field errors (400 and 422).
+       * @description Per-field errors (400 and 422): at most 50; errors_total says how many there were when there were more.
        * @default null
        */
       errors: components["schemas"]["FieldError"][] | null;
+      /**
+       * @description Only when errors was cut at 50: how many errors there were in all.
+       * @default null
+       */
+      errors_total: number | null;
     } & {
       [key: string]: unknown;
     };

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..problems import MAX_FIELD_ERRORS
+
 
 class FieldError(BaseModel):
     """One invalid input, named so a client can show it next to the right field."""
@@ -54,7 +56,17 @@ class Problem(BaseModel):
     status: int = Field(ge=100, le=599, description="The HTTP status code, repeated.")
     detail: str | None = Field(None, description="What happened, for people.")
     request_id: str | None = Field(None, description="The X-Request-Id of the request, for support.")
-    errors: list[FieldError] | None = Field(None, description="Per-field errors (400 and 422).")
+    errors: list[FieldError] | None = Field(
+        None,
+        description=f"Per-field errors (400 and 422): at most {MAX_FIELD_ERRORS}; errors_total says how "
+        "many there were when there were more.",
+        max_length=MAX_FIELD_ERRORS,
+    )
+    errors_total: int | None = Field(
+        None,
+        gt=MAX_FIELD_ERRORS,
+        description=f"Only when errors was cut at {MAX_FIELD_ERRORS}: how many errors there were in all.",
+    )
 
 
 __all__ = ["FieldError", "Problem"]
