@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from .problems import MAX_FIELD_ERRORS, Problem, field_errors, validation_problem
+from .problems import MAX_FIELD_ERRORS, Problem, model_errors, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -299,4 +299,4 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise validation_problem(field_errors(exc), total=exc.error_count()) from None
+        raise validation_problem(model_errors(model, document, exc), total=exc.error_count()) from None

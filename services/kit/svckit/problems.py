@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -128,6 +128,45 @@ def field_errors(
             }
         )
     return errors
+
+
+def model_errors(
+    model: type[BaseModel],
+    document: object,
+    exc: ValidationError,
+    prefix: Sequence[str | int] = (),
+    limit: int = MAX_FIELD_ERRORS,
+) -> list[dict[str, Any]]:
+    """``field_errors(exc, prefix, limit)`` for ``exc``, raised by ``model.model_validate(document)``,
+    at a cost that does not grow with a flood of unknown members. pydantic converts every error to
+    Python at once (``errors()``, ~6 us each: 80,000 took 0.5 s of a 1.2 s refusal) and cannot be
+    asked for the first few; its errors are those of the model's fields in their order, then one per
+    unknown member in the document's order. So when there are more than ``limit`` and ``document`` is
+    an object the model forbids unknown members of, the document is validated again with only the
+    first ``limit`` unknown members: the same first ``limit`` errors, for a fixed cost. Only on that
+    branch (a refusal listing more than ``limit``); otherwise exactly :func:`field_errors`."""
+    if (
+        exc.error_count() <= limit
+        or not isinstance(document, dict)
+        or model.model_config.get("extra") != "forbid"
+    ):
+        return field_errors(exc, prefix, limit)
+    names: set[object] = set()
+    for name, field in model.model_fields.items():
+        names.update((name, field.alias, field.validation_alias))
+    kept: dict[object, object] = {}
+    unknown = 0
+    for name, value in document.items():
+        if name in names:
+            kept[name] = value
+        elif unknown < limit:
+            kept[name] = value
+            unknown += 1
+    try:
+        model.model_validate(kept)
+    except ValidationError as first:
+        return field_errors(first, prefix, limit)
+    return field_errors(exc, prefix, limit)  # not expected: without the rest it is valid
 
 
 def validation_problem(

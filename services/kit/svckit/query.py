@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .problems import Problem, field_errors, validation_problem
+from .problems import Problem, model_errors, validation_problem
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DECIMAL = re.compile(r"-?[0-9]+")
@@ -123,7 +123,7 @@ def _parse_query(request: Request, raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        errors = field_errors(exc)
+        errors = model_errors(model, values, exc)
         for error in errors:
             error["loc"] = ["query", *error["loc"]]
         raise validation_problem(

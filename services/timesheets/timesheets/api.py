@@ -23,7 +23,7 @@ from svckit.contracts.fields import path_uuid
 from svckit.contracts.timesheets import ListQuery, UploadIn, UploadResult, UploadRow
 from svckit.db import Connection, Database, OutcomeUnknown
 from svckit.outbox import OutboxRelay, enqueue
-from svckit.problems import MAX_FIELD_ERRORS, Problem, field_errors, validation_problem
+from svckit.problems import MAX_FIELD_ERRORS, Problem, model_errors, validation_problem
 from svckit.query import parse_query
 from svckit.responses import json_response, send_json
 
@@ -256,7 +256,8 @@ def validate_rows(upload: UploadIn) -> list[UploadRow]:
             bad_rows += 1
             total += exc.error_count()
             if len(errors) < MAX_FIELD_ERRORS:
-                errors += field_errors(exc, ("entries", index), MAX_FIELD_ERRORS - len(errors))
+                left = MAX_FIELD_ERRORS - len(errors)
+                errors += model_errors(UploadRow, raw, exc, ("entries", index), left)
     if bad_rows:
         raise validation_problem(
             errors,
