@@ -433,6 +433,7 @@ async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]
         lifespan="on",
         http=_quick_drain(app),
         proxy_headers=False,
+        ws="none",  # as svckit.cli.SERVING_OPTIONS: an Upgrade is plain HTTP to the app
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)

@@ -282,6 +282,14 @@ class RefusalLog:
         http_abandoned.inc()
         self._line("request abandoned by its client", {"reason": "client_gone"})
 
+    def upgrade_ignored(self) -> None:
+        """A request asking to switch protocols (``Upgrade: h2c``, ``websocket``): served as the plain
+        HTTP/1.1 request it also is (RFC 9110 §7.8 lets a server ignore ``Upgrade``; nothing here speaks
+        another protocol). uvicorn wrote two warnings for each such request — "Unsupported upgrade
+        request." and one telling to ``pip install 'uvicorn[standard]'`` — unthrottled: any anonymous
+        client could flood the logs with them. Now one line per :data:`REFUSAL_LOG_SECONDS` at most."""
+        self._line("upgrade request served as plain HTTP", {"reason": "upgrade_ignored"})
+
     def send_timed_out(self, detail: str) -> None:
         http_send_timeouts.inc()
         self._line("connection ended by the HTTP layer", {"reason": "send_timeout", "detail": detail})
@@ -357,9 +365,16 @@ def _transfer_coding_refusal(headers: list[tuple[bytes, bytes]], value: bytes) -
     return None
 
 
+#: llhttp's reason when a callback raised something other than a refusal: about this server's code,
+#: nothing the client can act on (a CONNECT's authority-form target failed uvicorn's URL parsing so)
+_CALLBACK_ERROR = "User callback error"
+
+
 def _parser_reason(exc: BaseException | None) -> str:
     """llhttp's reason (fixed strings such as "Content-Length can't be present with Transfer-Encoding")."""
     text = str(exc or "").strip().rstrip(".")
+    if text == _CALLBACK_ERROR:
+        text = ""
     printable = "".join(c for c in text if c.isprintable())[:200]
     return (
         f"The request is not valid HTTP/1.1 ({printable})."
@@ -853,6 +868,11 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             return
         self._refuse(503, CONNECTION_LIMIT_DETAIL, CONNECTION_LIMIT_HEADERS)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn's two warnings per ``Upgrade`` request, replaced by the refusal log's rate-limited
+        line (:meth:`RefusalLog.upgrade_ignored`); the request is served as plain HTTP all the same."""
+        refusals.upgrade_ignored()
+
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn inside its ``except httptools.HttpParserError`` (the error is current)."""
         refusal, self._refusal = self._refusal, None
@@ -860,7 +880,10 @@ class ProblemHttpProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             return
         if refusal is None:
-            refusal = _Refusal(400, _parser_reason(sys.exc_info()[1]))
+            if self.parser.get_method() == b"CONNECT":  # RFC 9110 §9.3.6: a proxy's method
+                refusal = _Refusal(501, "The CONNECT method is not implemented: this server is no proxy.")
+            else:
+                refusal = _Refusal(400, _parser_reason(sys.exc_info()[1]))
         self._refuse_in_order(refusal)
 
     def _refuse_in_order(self, refusal: _Refusal) -> None:

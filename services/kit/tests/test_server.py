@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import select
 import signal
 import socket
@@ -84,6 +85,10 @@ POST = b"POST /x HTTP/1.1\r\nHost: x\r\n"
         (b"GET /x HTTP/9.9\r\nHost: x\r\n\r\n", 400, "version"),
         (b"GET /x\x00y HTTP/1.1\r\nHost: x\r\n\r\n", 400, "url"),
         (b"GET /x HTTP/1.1\nHost: x\n\n", 400, "CRLF"),
+        # a proxy's method: 501 saying so (was 400 "not valid HTTP/1.1 (User callback error)": the
+        # parser's words about this server's code)
+        (b"CONNECT 127.0.0.1:8101 HTTP/1.1\r\nHost: 127.0.0.1:8101\r\n\r\n", 501, "CONNECT"),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501, "no proxy"),
         # Host as RFC 9112 §3.2 has it: present in HTTP/1.1, once, a host[:port]
         (b"GET /x HTTP/1.1\r\n\r\n", 400, "must have a Host"),
         (b"GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "more than one Host"),
@@ -114,6 +119,35 @@ async def test_the_server_layer_refuses_with_problem_documents(
     assert b"connection: close" in head.lower()
     assert body["status"] == status
     assert says in str(body["detail"]), body
+    assert "callback" not in str(body["detail"]), body
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n",
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    ],
+)
+async def test_an_upgrade_request_is_plain_http_and_floods_no_log(
+    base_url: str, upgrade: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No protocol besides HTTP/1.1 is spoken here: an ``Upgrade`` is ignored (RFC 9110 §7.8) and the
+    request answered as plain HTTP (here the identity gate's 401 of an unsigned request). uvicorn wrote two
+    warnings for each (one telling to ``pip install 'uvicorn[standard]'``); a flood of them now
+    leaves one rate-limited line at most."""
+    caplog.set_level(logging.WARNING)
+    for _ in range(20):
+        head, body = await raw(
+            base_url, b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + upgrade + b"\r\n"
+        )
+        assert head.startswith(b"HTTP/1.1 401"), head  # the app's answer: no signed identity
+        assert body["status"] == 401
+    lines = [record.getMessage() for record in caplog.records]
+    assert not [line for line in lines if "pip install" in line or "Unsupported upgrade" in line], lines
+    assert len([line for line in lines if "upgrade request served as plain HTTP" in line]) <= 1, lines
 
 
 @pytest.mark.parametrize(
