@@ -407,6 +407,15 @@ def feed_failures(result: dict[str, Any], *, resent: bool) -> list[str]:
     return failures
 
 
+def feed_recorded_once(
+    figures: Figures, case: str, result: dict[str, Any], faults: list[str], *, resent: bool, **timings: float
+) -> None:
+    """The case's figures recorded, then every denial on the trail once and no fault in a log."""
+    figures.record(case, feed_timeout_s=FEED_TIMEOUT, **timings, **result, log_faults=faults[:5])
+    assert feed_failures(result, resent=resent) == [], result
+    assert faults == []
+
+
 async def test_denials_the_gateway_gave_up_on_while_audit_is_frozen_are_recorded_once(
     stack: Stack, figures: Figures
 ) -> None:
@@ -435,17 +444,16 @@ async def test_denials_the_gateway_gave_up_on_while_audit_is_frozen_are_recorded
         finally:
             await conn.close()
         faults = log_faults(processes, offsets)
-    figures.record(
+    feed_recorded_once(
+        figures,
         "gateway's denial feed, audit frozen past its timeout",
-        feed_timeout_s=FEED_TIMEOUT,
+        result,
+        faults,
+        resent=False,
         given_up_after_s=given_up_after,
         frozen_for_s=frozen_for,
         drained_after_sigcont_s=drained_after,
-        **result,
-        log_faults=faults[:5],
     )
-    assert feed_failures(result, resent=False) == [], result
-    assert faults == []
 
 
 async def test_denials_the_gateway_gave_up_on_while_audit_waits_on_a_lock_are_recorded_once(
@@ -482,14 +490,13 @@ async def test_denials_the_gateway_gave_up_on_while_audit_waits_on_a_lock_are_re
             await conn.close()
             await locker.close()
         faults = log_faults(processes, offsets)
-    figures.record(
+    feed_recorded_once(
+        figures,
         "gateway's denial feed, audit slow past its timeout (redelivery)",
-        feed_timeout_s=FEED_TIMEOUT,
+        result,
+        faults,
+        resent=True,
         given_up_after_s=given_up_after,
         locked_for_s=locked_for,
         drained_after_unlock_s=drained_after,
-        **result,
-        log_faults=faults[:5],
     )
-    assert feed_failures(result, resent=True) == [], result
-    assert faults == []
