@@ -72,24 +72,24 @@ async def restarted(service: ServiceProcess, **env: str) -> AsyncIterator[Servic
         await asyncio.to_thread(service.start, "/readyz", 60)
 
 
-def counter(text: str, name: str, source: str) -> float:
-    """A counter's value for ``service``/``source`` ``source`` in an exposition (0: not there yet)."""
+def counter(text: str, name: str, **labels: str) -> float:
+    """A counter summed over its series in an exposition that carry ``labels`` (none: every series,
+    labelled or not; 0: not there yet)."""
     total = 0.0
-    for found in re.finditer(rf'^{name}\{{[^}}]*(?:service|source)="{source}"[^}}]*\}} (\S+)$', text, re.M):
-        total += float(found.group(1))
+    for found in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M):
+        if all(f'{key}="{value}"' in (found.group(1) or "") for key, value in labels.items()):
+            total += float(found.group(2))
     return total
 
 
 async def figures_now(stack: Stack) -> dict[str, float]:
     audit, timesheets = await asyncio.gather(scrape(stack.audit.url), scrape(stack.timesheets.url))
     return {
-        "duplicates": counter(audit, "audit_events_duplicates_total", "timesheets"),
-        "delivered": counter(timesheets, "outbox_delivered_total", "timesheets"),
-        "failures": counter(timesheets, "outbox_delivery_failures_total", "timesheets"),
-        "mismatch": counter(timesheets, "outbox_audit_receipt_mismatch", "timesheets"),
-        "abandoned": sum(
-            float(found) for found in re.findall(r"^http_requests_abandoned_total (\S+)$", audit, re.M)
-        ),
+        "duplicates": counter(audit, "audit_events_duplicates_total", source="timesheets"),
+        "delivered": counter(timesheets, "outbox_delivered_total", service="timesheets"),
+        "failures": counter(timesheets, "outbox_delivery_failures_total", service="timesheets"),
+        "mismatch": counter(timesheets, "outbox_audit_receipt_mismatch", service="timesheets"),
+        "abandoned": counter(audit, "http_requests_abandoned_total"),
     }
 
 
@@ -205,15 +205,54 @@ def recorded_once(
     case: str,
     result: dict[str, Any],
     faults: list[str],
-    *,
-    resent: bool = True,
-    **timings: float,
+    failures: list[str],
+    **values: float,
 ) -> None:
-    """The case's figures recorded, then every event on the trail once and no fault in a log."""
-    result.pop("verification")
-    figures.record(case, relay_timeout_s=RELAY_TIMEOUT, **timings, **result, log_faults=faults[:5])
-    assert failures_of(result, resent=resent) == [], result
+    """The case's figures recorded, then no failure (``failures``: what is wrong with ``result``, every
+    event on the trail once among it) and no fault in a log."""
+    figures.record(
+        case, **values, **{k: v for k, v in result.items() if k != "verification"}, log_faults=faults[:5]
+    )
+    assert failures == [], result
     assert faults == []
+
+
+class Held:
+    """How long a fault was held (set when it ends)."""
+
+    seconds = 0.0
+
+
+@contextlib.asynccontextmanager
+async def audit_frozen(stack: Stack) -> AsyncIterator[Held]:
+    """The audit service stopped (SIGSTOP) until the block ends: it answers nothing, its sockets fill."""
+    audit = stack.audit.process
+    assert audit is not None
+    held, started = Held(), time.monotonic()
+    audit.send_signal(signal.SIGSTOP)
+    try:
+        yield held
+    finally:
+        audit.send_signal(signal.SIGCONT)
+        held.seconds = round(time.monotonic() - started, 2)
+
+
+@contextlib.asynccontextmanager
+async def records_locked(stack: Stack) -> AsyncIterator[Held]:
+    """``audit.records`` locked in SHARE MODE until the block ends: reads go on, appends wait."""
+    locker = await stack.db()
+    try:
+        transaction = locker.transaction()
+        await transaction.start()
+        held, started = Held(), time.monotonic()
+        try:
+            await locker.execute("LOCK TABLE audit.records IN SHARE MODE")
+            yield held
+        finally:
+            await transaction.rollback()
+            held.seconds = round(time.monotonic() - started, 2)
+    finally:
+        await locker.close()
 
 
 async def test_a_batch_given_up_on_while_audit_is_frozen_is_dropped_and_recorded_once(
@@ -225,21 +264,14 @@ async def test_a_batch_given_up_on_while_audit_is_frozen_is_dropped_and_recorded
         processes = {"audit": stack.audit, "timesheets": stack.timesheets}
         offsets = log_offsets(processes)
         before = await figures_now(stack)
-        audit = stack.audit.process
-        assert audit is not None
         conn = await stack.db()
         try:
-            audit.send_signal(signal.SIGSTOP)
-            frozen = time.monotonic()
-            try:
+            async with audit_frozen(stack) as frozen:
                 ids = await enqueue_events(stack, EVENTS)
                 # the relay sent them (the kernel took the bytes) and gave up after its timeout
                 given_up_after = await wait_for(conn, GIVEN_UP, ids, EVENTS, 4 * RELAY_TIMEOUT + 5)
                 ids += await enqueue_events(stack, LATER)  # the resend overlaps the batch given up on
                 await asyncio.sleep(RELAY_TIMEOUT)  # the relay tries again meanwhile (receipt checks)
-            finally:
-                audit.send_signal(signal.SIGCONT)
-            frozen_for = round(time.monotonic() - frozen, 2)
             drained_after = await wait_for(conn, PENDING, ids, 0, 20)
         finally:
             await conn.close()
@@ -250,9 +282,10 @@ async def test_a_batch_given_up_on_while_audit_is_frozen_is_dropped_and_recorded
         "audit frozen past the relay timeout (the batch given up on dropped)",
         result,
         faults,
-        resent=False,
+        failures_of(result, resent=False),
+        relay_timeout_s=RELAY_TIMEOUT,
         given_up_after_s=given_up_after,
-        frozen_for_s=frozen_for,
+        frozen_for_s=frozen.seconds,
         drained_after_sigcont_s=drained_after,
     )
 
@@ -271,22 +304,14 @@ async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
         processes = {"audit": stack.audit, "timesheets": stack.timesheets}
         offsets = log_offsets(processes)
         before = await figures_now(stack)
-        conn, locker = await stack.db(), await stack.db()
+        conn = await stack.db()
         try:
-            transaction = locker.transaction()
-            await transaction.start()
-            locked = time.monotonic()
-            try:
-                await locker.execute("LOCK TABLE audit.records IN SHARE MODE")  # reads go on, appends wait
+            async with records_locked(stack) as locked:
                 ids = await enqueue_events(stack, EVENTS)
                 given_up_after = await wait_for(conn, GIVEN_UP, ids, EVENTS, 4 * RELAY_TIMEOUT + 3)
-            finally:
-                await transaction.rollback()
-            locked_for = round(time.monotonic() - locked, 2)
             drained_after = await wait_for(conn, PENDING, ids, 0, 20)
         finally:
             await conn.close()
-            await locker.close()
         result = await trail_check(stack, ids, before)
         faults = log_faults(processes, offsets)
     recorded_once(
@@ -294,8 +319,10 @@ async def test_a_batch_given_up_on_while_audit_waits_on_a_lock_is_recorded_once(
         "audit slow past the relay timeout (redelivery)",
         result,
         faults,
+        failures_of(result, resent=True),
+        relay_timeout_s=RELAY_TIMEOUT,
         given_up_after_s=given_up_after,
-        locked_for_s=locked_for,
+        locked_for_s=locked.seconds,
         drained_after_unlock_s=drained_after,
     )
 
@@ -313,31 +340,20 @@ DENIED = (
 )
 
 
-def label_counter(text: str, name: str, **labels: str) -> float:
-    """A counter summed over the series carrying ``labels`` (0: not there yet)."""
-    total = 0.0
-    for found in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
-        if all(f'{key}="{value}"' in found.group(1) for key, value in labels.items()):
-            total += float(found.group(2))
-    return total
-
-
 async def feed_figures(stack: Stack, *, audit: bool = True) -> dict[str, float]:
     """The feed's counters; ``audit=False``: the gateway's alone (a frozen audit service answers no
     scrape)."""
     gateway = await scrape(stack.gateway.url)
     figures = {
-        "given_up": label_counter(
+        "given_up": counter(
             gateway, "background_task_runs_total", task="gateway-denial-flush", outcome="error"
         ),
-        "dropped": sum(float(v) for v in re.findall(r"^gateway_audit_dropped_total (\S+)$", gateway, re.M)),
+        "dropped": counter(gateway, "gateway_audit_dropped_total"),
     }
     if audit:
         text = await scrape(stack.audit.url)
-        figures["duplicates"] = label_counter(text, "audit_events_duplicates_total", source="gateway")
-        figures["abandoned"] = sum(
-            float(found) for found in re.findall(r"^http_requests_abandoned_total (\S+)$", text, re.M)
-        )
+        figures["duplicates"] = counter(text, "audit_events_duplicates_total", source="gateway")
+        figures["abandoned"] = counter(text, "http_requests_abandoned_total")
     return figures
 
 
@@ -407,15 +423,6 @@ def feed_failures(result: dict[str, Any], *, resent: bool) -> list[str]:
     return failures
 
 
-def feed_recorded_once(
-    figures: Figures, case: str, result: dict[str, Any], faults: list[str], *, resent: bool, **timings: float
-) -> None:
-    """The case's figures recorded, then every denial on the trail once and no fault in a log."""
-    figures.record(case, feed_timeout_s=FEED_TIMEOUT, **timings, **result, log_faults=faults[:5])
-    assert feed_failures(result, resent=resent) == [], result
-    assert faults == []
-
-
 async def test_denials_the_gateway_gave_up_on_while_audit_is_frozen_are_recorded_once(
     stack: Stack, figures: Figures
 ) -> None:
@@ -427,31 +434,25 @@ async def test_denials_the_gateway_gave_up_on_while_audit_is_frozen_are_recorded
             processes = {"audit": stack.audit, "gateway": stack.gateway}
             offsets = log_offsets(processes)
             before = await feed_figures(stack)
-            audit = stack.audit.process
-            assert audit is not None
-            audit.send_signal(signal.SIGSTOP)
-            frozen = time.monotonic()
-            try:
+            async with audit_frozen(stack) as frozen:
                 ids = await deny(stack, EVENTS)
                 given_up_after = await wait_for_figure(stack, "given_up", before["given_up"], GIVE_UP_WITHIN)
                 ids += await deny(stack, LATER)  # queued behind the batch given up on
                 await asyncio.sleep(FEED_TIMEOUT)  # the feed tries again meanwhile
-            finally:
-                audit.send_signal(signal.SIGCONT)
-            frozen_for = round(time.monotonic() - frozen, 2)
             drained_after = await wait_for(conn, DENIED, ids, len(ids), 40)
             result = await feed_check(stack, conn, ids, before)
         finally:
             await conn.close()
         faults = log_faults(processes, offsets)
-    feed_recorded_once(
+    recorded_once(
         figures,
         "gateway's denial feed, audit frozen past its timeout",
         result,
         faults,
-        resent=False,
+        feed_failures(result, resent=False),
+        feed_timeout_s=FEED_TIMEOUT,
         given_up_after_s=given_up_after,
-        frozen_for_s=frozen_for,
+        frozen_for_s=frozen.seconds,
         drained_after_sigcont_s=drained_after,
     )
 
@@ -464,22 +465,15 @@ async def test_denials_the_gateway_gave_up_on_while_audit_waits_on_a_lock_are_re
         restarted(stack.audit, DB_LOCK_TIMEOUT_SECONDS="6", DB_STATEMENT_TIMEOUT_SECONDS="8"),
         restarted(stack.gateway, AUDIT_REQUEST_TIMEOUT_SECONDS=str(FEED_TIMEOUT)),
     ):
-        conn, locker = await stack.db(), await stack.db()
+        conn = await stack.db()
         try:
             await feeding(stack, conn)
             processes = {"audit": stack.audit, "gateway": stack.gateway}
             offsets = log_offsets(processes)
             before = await feed_figures(stack)
-            transaction = locker.transaction()
-            await transaction.start()
-            locked = time.monotonic()
-            try:
-                await locker.execute("LOCK TABLE audit.records IN SHARE MODE")  # reads go on, appends wait
+            async with records_locked(stack) as locked:
                 ids = await deny(stack, EVENTS)
                 given_up_after = await wait_for_figure(stack, "given_up", before["given_up"], GIVE_UP_WITHIN)
-            finally:
-                await transaction.rollback()
-            locked_for = round(time.monotonic() - locked, 2)
             drained_after = await wait_for(conn, DENIED, ids, EVENTS, 40)
             # the resend is answered after the batch given up on is stored: its events acknowledged
             # as duplicates (counted once the answer is in)
@@ -488,15 +482,15 @@ async def test_denials_the_gateway_gave_up_on_while_audit_waits_on_a_lock_are_re
             result = await feed_check(stack, conn, ids, before)
         finally:
             await conn.close()
-            await locker.close()
         faults = log_faults(processes, offsets)
-    feed_recorded_once(
+    recorded_once(
         figures,
         "gateway's denial feed, audit slow past its timeout (redelivery)",
         result,
         faults,
-        resent=True,
+        feed_failures(result, resent=True),
+        feed_timeout_s=FEED_TIMEOUT,
         given_up_after_s=given_up_after,
-        locked_for_s=locked_for,
+        locked_for_s=locked.seconds,
         drained_after_unlock_s=drained_after,
     )
